@@ -1,0 +1,1 @@
+"""The institution: local DP training (ClientApp), the job host (ServerApp), the peer daemon."""

@@ -1,0 +1,1 @@
+"""Cryptography and differential privacy: pure library code (no Flower, no network)."""

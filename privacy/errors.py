@@ -1,0 +1,30 @@
+"""The project's own exception types.
+
+Every error a user can cause (a bad config, a malformed update, a refused job, an
+exhausted budget) is raised as one of these, with a message that says what was wrong
+and what to do. They live in the lowest layer so that every layer can raise them.
+"""
+
+
+class FedsiloError(Exception):
+    """Base class of every error fedsilo raises on purpose."""
+
+
+class ConfigError(FedsiloError):
+    """A configuration value or flag is missing, malformed or out of range."""
+
+
+class DataError(FedsiloError):
+    """Input data cannot be used as given (missing column, empty partition, ...)."""
+
+
+class BudgetExceeded(FedsiloError):
+    """A job would spend more privacy budget than a data source has left."""
+
+
+class LedgerError(FedsiloError):
+    """A privacy-ledger operation is invalid (unknown source or job, double commit)."""
+
+
+class ProtocolError(FedsiloError):
+    """A protocol message is malformed, out of order, replayed or unauthenticated."""

@@ -1,0 +1,1 @@
+"""Server-side aggregation, as Flower Message-API strategies."""
