@@ -1,0 +1,104 @@
+"""The ClientApp every institution runs: local DP-SGD on its own rows (Flower Message API).
+
+It reads where its data is from `context.node_config` (`data-path`, set by the
+institution's SuperNode) or, under the Simulation Engine, from the job's `data.banks-dir`
+and the node's `partition-id`; it reads the job from `context.run_config`. Nothing
+comes from simulation-only globals, so the same app runs under both engines.
+
+Replies carry the *inner* model's weights (never Opacus' `_module.` names), the
+number of training rows as `num-examples` (FedAvg's weight), and the ε this peer has
+spent so far in the job. The peer's accountant history is kept in `context.state`
+between rounds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from peers.client.local_training import evaluate_weights, limit_threads, train_round
+from peers.data.bank import BankTensors, load_bank
+from peers.job import JobConfig
+from privacy.accounting import Mechanism
+from privacy.errors import FedsiloError
+
+PRIVACY_STATE_KEY = "fedsilo.privacy"
+ERROR_CODE_REFUSED = 4001
+
+app = ClientApp()
+
+
+def bank_index(context: Context) -> int:
+    """The bank's index: `bank-index` in node config, else the simulation partition id."""
+    return int(context.node_config.get("bank-index", context.node_config.get("partition-id", 0)))
+
+
+def bank_data(job: JobConfig, context: Context) -> BankTensors:
+    """This peer's encoded rows, from its own data path."""
+    data_path = context.node_config.get("data-path")
+    if not data_path:
+        data_path = str(Path(job.banks_dir) / f"bank-{bank_index(context):05d}.parquet")
+    return load_bank(str(data_path), job.encoder_path, job.train.test_fraction, job.train.seed)
+
+
+def _history(context: Context, job: JobConfig) -> list[Mechanism]:
+    record = context.state.get(PRIVACY_STATE_KEY)
+    if not isinstance(record, ConfigRecord) or record.get("job") != job.job_id:
+        return []
+    return [Mechanism.from_dict(m) for m in json.loads(str(record["history"]))]
+
+
+def _store_history(context: Context, job: JobConfig, history: list[Mechanism]) -> None:
+    context.state[PRIVACY_STATE_KEY] = ConfigRecord(
+        {"job": job.job_id, "history": json.dumps([m.to_dict() for m in history])})
+
+
+def _refuse(msg: Message, error: FedsiloError) -> Message:
+    return Message(Error(code=ERROR_CODE_REFUSED, reason=f"{error.__class__.__name__}: {error}"), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this bank's rows with DP-SGD."""
+    limit_threads()
+    try:
+        job = JobConfig.from_run_config(context.run_config)
+        data = bank_data(job, context)
+        weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        server_round = int(msg.content["config"]["server-round"])
+        history = _history(context, job)
+        result = train_round(job, data, weights, history, server_round, bank_index(context))
+    except FedsiloError as error:
+        return _refuse(msg, error)
+    if result.mechanism is not None:
+        _store_history(context, job, [*history, result.mechanism])
+    metrics = {
+        "num-examples": result.num_examples,
+        "train-loss": result.train_loss,
+        "epsilon": result.epsilon,
+        "bank": bank_index(context),
+        "dp-noise": result.mechanism.noise_multiplier if result.mechanism else 0.0,
+        "dp-sample-rate": result.mechanism.sample_rate if result.mechanism else 0.0,
+        "dp-steps": result.mechanism.steps if result.mechanism else 0,
+    }
+    arrays = ArrayRecord({k: Array(v) for k, v in result.weights.items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model on this bank's held-out rows."""
+    limit_threads()
+    try:
+        job = JobConfig.from_run_config(context.run_config)
+        data = bank_data(job, context)
+        weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        scores = evaluate_weights(job, data, weights)
+    except FedsiloError as error:
+        return _refuse(msg, error)
+    metrics = {"num-examples": data.n_test, "loss": scores["loss"], "auc": scores["auc"],
+               "bank": bank_index(context)}
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,74 @@
+"""One round of a peer's local work, free of Flower: train with DP-SGD, or evaluate.
+
+The privacy state a peer carries between rounds is its accountant history
+(a list of `Mechanism`s); `train_round` refuses to run a round that would push the
+peer's spent ε past the job's target, so a host that asks for more rounds than the job
+declared cannot make a peer overspend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from peers.data.bank import BankTensors
+from peers.evaluation import evaluate
+from peers.job import JobConfig, plan_dp
+from peers.models import build_model, get_weights, set_weights
+from privacy.accounting import Mechanism, epsilon_spent
+from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
+from privacy.errors import BudgetExceeded
+
+EPSILON_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    weights: dict[str, np.ndarray]
+    num_examples: int
+    train_loss: float
+    mechanism: Mechanism | None
+    epsilon: float
+
+
+def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
+                history: list[Mechanism], server_round: int, bank_seed: int) -> RoundResult:
+    """Train the global `weights` on the bank's rows for one round.
+
+    `history` is the mechanisms this peer already ran in this job; the returned ε
+    composes it with this round's mechanism (at the job's δ).
+    """
+    plan = plan_dp(job, data.n_train)
+    if job.dp.private:
+        projected = epsilon_spent([*history, plan.per_round], job.dp.delta, job.dp.accountant)
+        if projected > job.dp.epsilon * (1 + EPSILON_TOLERANCE):
+            raise BudgetExceeded(
+                f"round {server_round} would bring this peer's ε to {projected:.3f}, over the job's "
+                f"ε = {job.dp.epsilon}: the job declared {job.train.rounds} rounds"
+            )
+    model = build_model(job.model, data.x_train.shape[1])
+    set_weights(model, weights)
+    config = DPSGDConfig(lr=job.train.lr, max_grad_norm=job.dp.max_grad_norm,
+                         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                         private=job.dp.private)
+    seed = (job.train.seed * 1_000_003 + bank_seed * 7919 + server_round) % (2**31)
+    mechanism, loss = DPSGDTrainer(model, config, seed=seed).train(
+        data.x_train, data.y_train, epochs=job.train.local_epochs)
+    spent = [*history, mechanism] if mechanism else history
+    epsilon = epsilon_spent(spent, job.dp.delta, job.dp.accountant) if job.dp.private else 0.0
+    return RoundResult(get_weights(model), data.n_train, loss, mechanism, epsilon)
+
+
+def evaluate_weights(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray]) -> dict[str, float]:
+    """Loss and ROC-AUC of the global `weights` on the bank's held-out rows."""
+    model = build_model(job.model, data.x_test.shape[1])
+    set_weights(model, weights)
+    return evaluate(model, data.x_test, data.y_test)
+
+
+def limit_threads() -> None:
+    """One intra-op thread per worker: the engine already runs one worker per core."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)

@@ -1,0 +1,94 @@
+"""Reading one bank's table from its own disk and splitting it for training and testing.
+
+A bank's raw rows are read here, next to where they live, and never leave the peer.
+The split is deterministic in the job's seed and stratified by label, so that the
+simulation harness (which evaluates on every bank's test rows as a yardstick) and the
+peer's ClientApp agree on which rows are held out without exchanging row ids.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from peers.data.encoding import TabularEncoder
+from privacy.errors import DataError
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, with a one-line error when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist: check the path")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if path.suffix.lower() in (".csv", ".txt", ".gz"):
+            return pd.read_csv(path)
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+    raise DataError(f"{path} is neither CSV nor Parquet: give a .csv or .parquet file")
+
+
+def split_train_test(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of row positions into (train, test), deterministic in `seed`.
+
+    Each class keeps round(test_fraction · count) rows for testing, at least one when
+    the class has two or more rows, so both splits see both classes where possible.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    train_parts, test_parts = [], []
+    for value in np.unique(labels):
+        rows = np.flatnonzero(labels == value)
+        rng.shuffle(rows)
+        n_test = int(round(test_fraction * len(rows)))
+        if len(rows) >= 2:
+            n_test = min(max(n_test, 1), len(rows) - 1)
+        test_parts.append(rows[:n_test])
+        train_parts.append(rows[n_test:])
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(test_parts))
+
+
+@dataclass(frozen=True)
+class BankTensors:
+    """A bank's encoded training and test rows."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+
+def encode_bank(frame: pd.DataFrame, encoder: TabularEncoder, test_fraction: float, seed: int) -> BankTensors:
+    """Encode a bank's raw rows and split them (see `split_train_test`)."""
+    encoder.check_columns(frame)
+    features, labels = encoder.transform(frame)
+    train, test = split_train_test(labels, test_fraction, seed)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    return BankTensors(x[train], y[train], x[test], y[test])
+
+
+@lru_cache(maxsize=8)
+def load_bank(data_path: str, encoder_path: str, test_fraction: float, seed: int) -> BankTensors:
+    """Read, encode and split the bank's table; cached per worker process.
+
+    A Flower ClientApp is called once per round; the cache keeps the encoded tensors in
+    the worker between rounds instead of re-reading the file every time.
+    """
+    encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
+    return encode_bank(read_table(data_path), encoder, test_fraction, seed)

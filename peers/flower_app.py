@@ -1,0 +1,40 @@
+"""The Flower App descriptor of a fedsilo job.
+
+Flower reads a job's run config from the `[tool.flwr.app.config]` table of an app's
+`pyproject.toml` (a FAB under the Deployment Engine, an app directory under the
+Simulation Engine). `write_app_descriptor` writes that file for one job, so both
+engines hand the ClientApp and ServerApp the same `context.run_config`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+CLIENT_APP = "peers.client.app:app"
+SERVER_APP = "peers.server.app:app"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_app_descriptor(directory: Path, run_config: Mapping[str, Any], version: str) -> Path:
+    """Write `directory/pyproject.toml` describing the fedsilo app with `run_config`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[project]", 'name = "fedsilo-job"', f'version = "{version}"',
+        'description = "A fedsilo training job"', 'license = "Apache-2.0"', "",
+        "[tool.flwr.app]", 'publisher = "fedsilo"', "",
+        "[tool.flwr.app.components]", f'serverapp = "{SERVER_APP}"', f'clientapp = "{CLIENT_APP}"', "",
+        "[tool.flwr.app.config]",
+    ]
+    lines += [f"{json.dumps(key)} = {_toml_value(value)}" for key, value in run_config.items()]
+    path = directory / "pyproject.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

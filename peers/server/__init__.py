@@ -1,0 +1,1 @@
+"""The job host: a Flower ServerApp that runs a job's strategy over the accepting peers."""

@@ -1,0 +1,39 @@
+"""Builds the aggregation strategy a job names, wrapped with fedsilo's guards.
+
+Supported: `fedavg` (Flower's FedAvg) and `fedadam` (Flower's FedAdam: server-side
+Adam on the averaged update; it only post-processes the average, so it composes with
+local DP and with secure aggregation, which both deliver that average). Every strategy waits until `n_peers` peers are registered before
+it samples any (`min_available_nodes`), so no round starts with the early arrivals
+only.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+
+from privacy.errors import ConfigError
+from strategies.guard import ReplyGuard
+from strategies.observer import Observed, RoundCallback
+
+STRATEGIES = ("fedavg", "fedadam")
+
+
+def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
+                   fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None) -> Observed:
+    """`name` aggregation over `n_peers` peers, guarded and observed."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
+    if n_peers < 1:
+        raise ConfigError("a job needs at least one peer")
+    common = dict(
+        fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+        min_train_nodes=max(1, round(fraction_train * n_peers)),
+        min_evaluate_nodes=max(1, round(fraction_evaluate * n_peers)) if fraction_evaluate > 0 else 0,
+        min_available_nodes=n_peers,
+    )
+    inner: Strategy
+    if name == "fedavg":
+        inner = FedAvg(**common)
+    else:
+        inner = FedAdam(**common, eta=0.05, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    return Observed(ReplyGuard(inner), on_round=on_round)

@@ -1,0 +1,217 @@
+"""Tests of privacy.accounting: Mechanism, epsilon_spent, calibrate_noise, Accountant."""
+
+import json
+import math
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from privacy.accounting import Accountant, Mechanism, calibrate_noise, epsilon_spent
+from privacy.errors import BudgetExceeded, ConfigError
+
+DELTA = 1e-5
+JOB = Mechanism(1.1, 0.01, 500)
+
+
+# -- Mechanism -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0.0, 0.1, 1),
+        (-1.0, 0.1, 1),
+        (math.nan, 0.1, 1),
+        (math.inf, 0.1, 1),
+        (1.0, 0.0, 1),
+        (1.0, 1.5, 1),
+        (1.0, math.nan, 1),
+        (1.0, 0.1, -1),
+        (1.0, 0.1, 1.5),
+        (1.0, 0.1, True),
+        ("1.0", 0.1, 1),
+    ],
+)
+def test_mechanism_rejects_invalid_values(args):
+    with pytest.raises(ConfigError):
+        Mechanism(*args)
+
+
+def test_mechanism_json_round_trip():
+    m = Mechanism(1.1, 0.0123456789, 42)
+    assert Mechanism.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert Mechanism(1, 1, 0).noise_multiplier == 1.0  # ints accepted, steps=0 allowed
+    with pytest.raises(ConfigError):
+        Mechanism.from_dict({"noise_multiplier": 1.0, "sample_rate": 0.1})
+    with pytest.raises(ConfigError):
+        Mechanism.from_dict({"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1, "x": 0})
+
+
+# -- epsilon_spent ---------------------------------------------------------------
+
+
+def test_epsilon_of_one_mechanism_equals_opacus_rdp():
+    acc = RDPAccountant()
+    for _ in range(JOB.steps):
+        acc.step(noise_multiplier=JOB.noise_multiplier, sample_rate=JOB.sample_rate)
+    assert epsilon_spent([JOB], DELTA) == acc.get_epsilon(DELTA)
+
+
+def test_epsilon_of_a_history_equals_opacus_rdp_and_prv():
+    history = [Mechanism(1.1, 0.01, 300), Mechanism(2.0, 0.02, 200), Mechanism(0.9, 0.01, 50)]
+    for name, cls in (("rdp", RDPAccountant), ("prv", PRVAccountant)):
+        acc = cls()
+        acc.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in history]
+        assert epsilon_spent(history, DELTA, name) == pytest.approx(
+            acc.get_epsilon(DELTA), rel=1e-6
+        )
+
+
+def test_composition_is_sublinear_but_more_than_max():
+    a, b = JOB, Mechanism(1.5, 0.02, 400)
+    ea, eb = epsilon_spent([a], DELTA), epsilon_spent([b], DELTA)
+    both = epsilon_spent([a, b], DELTA)
+    assert max(ea, eb) < both < ea + eb
+
+
+def test_composition_does_not_depend_on_order_or_splitting():
+    a, b = JOB, Mechanism(1.5, 0.02, 400)
+    halves = [Mechanism(1.1, 0.01, 250), b, Mechanism(1.1, 0.01, 250)]
+    assert epsilon_spent([a, b], DELTA) == epsilon_spent([b, a], DELTA)
+    assert epsilon_spent([a, b], DELTA) == epsilon_spent(halves, DELTA)
+
+
+def test_prv_is_tighter_than_rdp():
+    assert epsilon_spent([JOB], DELTA, "prv") < epsilon_spent([JOB], DELTA, "rdp")
+
+
+def test_empty_history_spends_nothing():
+    assert epsilon_spent([], DELTA) == 0.0
+    assert epsilon_spent([Mechanism(1.0, 0.1, 0)], DELTA, "prv") == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"delta": 0.0}, {"delta": 1.0}, {"delta": math.nan}, {"accountant": "gdp"}],
+)
+def test_epsilon_spent_rejects_invalid_arguments(kwargs):
+    args = {"mechanisms": [JOB], "delta": DELTA, **kwargs}
+    with pytest.raises(ConfigError):
+        epsilon_spent(**args)
+
+
+def test_epsilon_spent_rejects_non_mechanisms():
+    with pytest.raises(ConfigError):
+        epsilon_spent([(1.1, 0.01, 500)], DELTA)
+
+
+# -- calibrate_noise -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_calibrate_noise_hits_the_target(accountant):
+    sigma = calibrate_noise(2.0, DELTA, 0.01, 300, accountant)
+    eps = epsilon_spent([Mechanism(sigma, 0.01, 300)], DELTA, accountant)
+    assert 2.0 - 0.01 <= eps <= 2.0
+
+
+def test_calibrate_noise_with_prior_needs_more_noise():
+    prior = [Mechanism(2.0, 0.01, 500)]
+    alone = calibrate_noise(3.0, DELTA, 0.01, 500)
+    after = calibrate_noise(3.0, DELTA, 0.01, 500, prior=prior)
+    assert after > alone
+    eps = epsilon_spent(prior + [Mechanism(after, 0.01, 500)], DELTA)
+    assert 3.0 - 0.01 <= eps <= 3.0
+    # and it is the smallest: a bit less noise overshoots the target
+    assert epsilon_spent(prior + [Mechanism(after * 0.99, 0.01, 500)], DELTA) > 3.0 - 0.01
+
+
+def test_calibrate_noise_when_prior_already_spends_the_target():
+    with pytest.raises(BudgetExceeded, match="already spends"):
+        calibrate_noise(0.5, DELTA, 0.01, 100, prior=[Mechanism(0.8, 0.01, 1000)])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_epsilon": 0.0},
+        {"target_epsilon": -1.0},
+        {"target_epsilon": math.nan},
+        {"delta": 0.0},
+        {"delta": 1.0},
+        {"sample_rate": 0.0},
+        {"sample_rate": 2.0},
+        {"steps": 0},
+        {"accountant": "moments"},
+    ],
+)
+def test_calibrate_noise_rejects_invalid_arguments(kwargs):
+    args = {"target_epsilon": 1.0, "delta": DELTA, "sample_rate": 0.01, "steps": 100, **kwargs}
+    with pytest.raises(ConfigError):
+        calibrate_noise(**args)
+
+
+def test_calibrate_noise_unreachable_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="too low"):
+        calibrate_noise(1e-9, DELTA, 1.0, 10_000)
+
+
+# -- Accountant ------------------------------------------------------------------
+
+
+def test_accountant_merges_consecutive_identical_steps():
+    acc = Accountant()
+    for _ in range(3):
+        acc.step(1.1, 0.01)
+    acc.step(1.1, 0.01, steps=7)
+    acc.step(2.0, 0.01, steps=5)
+    acc.step(1.1, 0.01)
+    acc.step(1.1, 0.01, steps=0)
+    assert acc.history == [
+        Mechanism(1.1, 0.01, 10),
+        Mechanism(2.0, 0.01, 5),
+        Mechanism(1.1, 0.01, 1),
+    ]
+    assert len(acc) == 3
+    assert acc.get_epsilon(DELTA) == epsilon_spent(acc.history, DELTA)
+
+
+@pytest.mark.parametrize("name", ["rdp", "prv"])
+def test_accountant_state_dict_round_trip(name):
+    acc = Accountant(name)
+    acc.step(1.1, 0.01, steps=200)
+    acc.step(1.3, 0.02, steps=100)
+    state = json.loads(json.dumps(acc.state_dict()))
+    restored = Accountant(name)
+    restored.load_state_dict(state)
+    assert restored.history == acc.history
+    assert restored.get_epsilon(DELTA) == acc.get_epsilon(DELTA)
+
+
+def test_accountant_state_dict_is_compatible_with_opacus():
+    opacus_acc = RDPAccountant()
+    for _ in range(50):
+        opacus_acc.step(noise_multiplier=1.1, sample_rate=0.01)
+    ours = Accountant("rdp")
+    ours.load_state_dict(opacus_acc.state_dict())
+    assert ours.get_epsilon(DELTA) == pytest.approx(opacus_acc.get_epsilon(DELTA), rel=1e-12)
+    back = RDPAccountant()
+    back.load_state_dict(ours.state_dict())
+    assert back.get_epsilon(DELTA) == pytest.approx(opacus_acc.get_epsilon(DELTA), rel=1e-12)
+
+
+def test_accountant_rejects_bad_state_and_keeps_its_own():
+    acc = Accountant("rdp")
+    acc.step(1.1, 0.01, steps=10)
+    before = acc.history
+    for bad in (
+        {},
+        {"mechanism": "prv", "history": []},
+        {"mechanism": "rdp", "history": [[1.1, 0.01]]},
+        {"mechanism": "rdp", "history": [[1.1, 0.01, 5], [-1.0, 0.01, 5]]},
+    ):
+        with pytest.raises(ConfigError):
+            acc.load_state_dict(bad)
+        assert acc.history == before
+    with pytest.raises(ConfigError):
+        Accountant("gdp")
