@@ -20,19 +20,38 @@ from peers.data.encoding import TabularEncoder
 from privacy.errors import DataError
 
 
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else exc.__class__.__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, with a one-line error when it cannot be read."""
+    """Read a CSV (optionally compressed) or Parquet file, by its extension."""
     path = Path(path)
-    if not path.is_file():
+    name = path.name.lower()
+    if not path.exists():
         raise DataError(f"data file {path} does not exist: check the path")
+    if not path.is_file():
+        raise DataError(f"{path} is not a file: give the path of a .csv or .parquet file")
+    if name.endswith(CSV_SUFFIXES):
+        kind, reader = "CSV", pd.read_csv
+    elif name.endswith(PARQUET_SUFFIXES):
+        kind, reader = "Parquet", pd.read_parquet
+    else:
+        raise DataError(f"{path.name} has an unknown extension {path.suffix!r}: give a .csv or .parquet file")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if path.suffix.lower() in (".csv", ".txt", ".gz"):
-            return pd.read_csv(path)
-    except Exception as exc:  # pandas raises many types for unreadable files
-        raise DataError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
-    raise DataError(f"{path} is neither CSV nor Parquet: give a .csv or .parquet file")
+        frame = reader(path)
+    except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
+        raise DataError(f"cannot read {path} as {kind} ({exc.__class__.__name__}: {_first_line(exc)}): "
+                        f"check that the file is a valid {kind} file") from None
+    if frame.empty:
+        raise DataError(f"{path} has no rows: give a file with data in it")
+    return frame
 
 
 def split_train_test(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,319 @@
+"""The client side of SecAgg+ as a state machine: one method per stage, no network.
+
+Stages of a round (each method refuses to run out of order, twice, or for another round)::
+
+    advertise_keys -> share_keys -> mask_input -> unmask
+
+The client refuses (raises ProtocolError, and the round is over for it) when the
+server asks for something inconsistent: keys of a peer that is not its neighbour,
+reflected or unsigned keys, too few peers to stay above the threshold, a peer listed
+both as survivor and as dropped, or anything that would reveal both ``b_v`` and
+``s_v`` of one peer. Shares from a peer that fail AES-GCM authentication are not an
+abort: the client masks without that peer and reports it in ``MaskedInput.rejected``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from privacy.errors import DataError, ProtocolError
+
+from . import keys as K
+from . import shamir
+from .config import SecAggConfig
+from .encoding import FixedPointEncoder
+from .graph import Graph
+from .messages import AdvertiseKeys, EncryptedShares, MaskedInput, UnmaskShares
+from .noise import sample_discrete_gaussian
+from .prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
+
+__all__ = ["SecAggClient", "ClientStage"]
+
+_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES
+
+
+class ClientStage(enum.Enum):
+    IDLE = "idle"
+    ADVERTISED = "advertised"
+    SHARED = "shared"
+    MASKED = "masked"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+@dataclass
+class _Round:
+    round_id: int
+    participants: frozenset[int]
+    graph: Graph
+    encoder: FixedPointEncoder
+    enc_key: X25519PrivateKey
+    mask_key: X25519PrivateKey | None
+    seed: bytes | None
+    stage: ClientStage = ClientStage.ADVERTISED
+    peer_keys: dict[int, AdvertiseKeys] = field(default_factory=dict)
+    own_share: tuple[int, int] = (0, 0)
+    partners: dict[int, tuple[int, int]] = field(default_factory=dict)  # v -> (share b_v, share s_v)
+    rejected: dict[int, str] = field(default_factory=dict)
+
+
+class SecAggClient:
+    """One peer's SecAgg+ state for successive rounds.
+
+    ``identity_key`` signs the advertised keys; ``identity_public_keys`` (node id ->
+    Ed25519 public key or its 32 raw bytes) makes the client verify its neighbours'
+    signatures. Without the map, keys are taken as relayed (simulation assumption).
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        config: SecAggConfig | None = None,
+        *,
+        identity_key: Ed25519PrivateKey | None = None,
+        identity_public_keys: Mapping[int, Ed25519PublicKey | bytes] | None = None,
+    ) -> None:
+        if not isinstance(node_id, int) or not 0 <= node_id < 1 << 64:
+            raise ProtocolError(f"node id must be an integer in [0, 2**64), got {node_id!r}")
+        self.node_id = node_id
+        self.config = config or SecAggConfig()
+        self._identity = identity_key
+        self._identities = K.load_identity_keys(identity_public_keys)
+        self._round: _Round | None = None
+        self._last_round: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def stage(self) -> ClientStage:
+        return self._round.stage if self._round else ClientStage.IDLE
+
+    def _fail(self, message: str) -> ProtocolError:
+        if self._round is not None:
+            self._round.stage = ClientStage.ABORTED
+            self._round.mask_key = None
+            self._round.seed = None
+        return ProtocolError(f"peer {self.node_id}, round {self._last_round}: {message}")
+
+    def _expect(self, round_id: int, stage: ClientStage, what: str) -> _Round:
+        st = self._round
+        if st is None or st.round_id != round_id:
+            raise ProtocolError(
+                f"peer {self.node_id}: {what} request for round {round_id}, but the current "
+                f"round is {None if st is None else st.round_id}; refused"
+            )
+        if st.stage is not stage:
+            raise ProtocolError(
+                f"peer {self.node_id}, round {round_id}: {what} request in stage "
+                f"'{st.stage.value}', expected stage '{stage.value}'; refused (out of order or replayed)"
+            )
+        return st
+
+    # ------------------------------------------------------------------ stage 0
+    def advertise_keys(self, round_id: int, participants: Sequence[int], round_seed: bytes) -> AdvertiseKeys:
+        """Start round ``round_id``: fresh key pairs and self-mask seed; advertise the public parts."""
+        if not isinstance(round_id, int) or not 0 <= round_id < 1 << 64:
+            raise ProtocolError(f"peer {self.node_id}: round id must be an integer in [0, 2**64)")
+        if self._last_round is not None and round_id <= self._last_round:
+            raise ProtocolError(
+                f"peer {self.node_id}: round {round_id} is not newer than round "
+                f"{self._last_round}; refusing to advertise keys again (replay?)"
+            )
+        parts = frozenset(participants)
+        if self.node_id not in parts:
+            raise ProtocolError(f"peer {self.node_id}: not among the participants of round {round_id}")
+        graph = self.config.graph(parts, round_seed)
+        encoder = self.config.encoder(len(parts))
+        enc_key, mask_key, seed = K.generate_key(), K.generate_key(), os.urandom(32)
+        session = self.config.session_id
+        commitment = K.seed_commitment(seed, session=session, round_id=round_id, node_id=self.node_id)
+        enc_pub, mask_pub = K.public_bytes(enc_key), K.public_bytes(mask_key)
+        signature = b""
+        if self._identity is not None:
+            signature = K.sign(self._identity, K.advertise_transcript(
+                session=session, round_id=round_id, node_id=self.node_id, enc_public_key=enc_pub,
+                mask_public_key=mask_pub, seed_commitment=commitment))
+        self._last_round = round_id
+        self._round = _Round(round_id, parts, graph, encoder, enc_key, mask_key, seed)
+        return AdvertiseKeys(round_id, self.node_id, enc_pub, mask_pub, commitment, signature)
+
+    # ------------------------------------------------------------------ stage 1
+    def share_keys(self, round_id: int, peer_keys: Mapping[int, AdvertiseKeys]) -> dict[int, EncryptedShares]:
+        """Shamir-share ``b_u`` and ``s_u`` among the live neighbours; encrypt each pair of shares."""
+        st = self._expect(round_id, ClientStage.ADVERTISED, "share-keys")
+        me = self.node_id
+        neighbours = st.graph.neighbours[me]
+        session = self.config.session_id
+        own_keys = {K.public_bytes(st.enc_key), K.public_bytes(st.mask_key)}
+        seen: set[bytes] = set()
+        for v, adv in peer_keys.items():
+            if v not in neighbours:
+                raise self._fail(f"server sent keys of peer {v}, which is not my neighbour in this round's graph")
+            if not isinstance(adv, AdvertiseKeys) or adv.node_id != v or adv.round_id != round_id:
+                raise self._fail(f"keys relayed for peer {v} are malformed or belong to another peer/round")
+            for raw in (adv.enc_public_key, adv.mask_public_key):
+                try:
+                    K.check_public_key(raw)
+                except ValueError as exc:
+                    raise self._fail(f"peer {v} advertised an invalid X25519 key ({exc})") from None
+                if raw in own_keys or raw in seen:
+                    raise self._fail(f"peer {v} advertised a key that is mine or another peer's (reflection)")
+                seen.add(raw)
+            if self._identities is not None:
+                identity = self._identities.get(v)
+                transcript = K.advertise_transcript(
+                    session=session, round_id=round_id, node_id=v, enc_public_key=adv.enc_public_key,
+                    mask_public_key=adv.mask_public_key, seed_commitment=adv.seed_commitment)
+                if identity is None:
+                    raise self._fail(f"peer {v} has no known identity key; cannot verify its keys")
+                if not K.verify(identity, adv.signature, transcript):
+                    raise self._fail(f"advertised keys of peer {v} carry an invalid signature (key substitution?)")
+        t = st.graph.threshold
+        if len(peer_keys) + 1 < t:
+            raise self._fail(
+                f"only {len(peer_keys)} of my neighbours remain, so my secrets would have "
+                f"{len(peer_keys) + 1} holders, below the threshold {t}; refusing to share keys"
+            )
+        holders = sorted(peer_keys) + [me]
+        secrets = [int.from_bytes(st.seed, "big"), int.from_bytes(K.private_bytes(st.mask_key), "big")]
+        shares = shamir.split(secrets, [shamir.point_of(v) for v in holders], t)
+        out: dict[int, EncryptedShares] = {}
+        for v, (b_share, s_share) in zip(holders, shares):
+            if v == me:
+                st.own_share = (b_share, s_share)
+                continue
+            key = K.share_key(K.shared_secret(st.enc_key, peer_keys[v].enc_public_key),
+                              session=session, round_id=round_id, src=me, dst=v)
+            aad = K.share_aad(session=session, round_id=round_id, src=me, dst=v)
+            plaintext = shamir.share_to_bytes(b_share) + shamir.share_to_bytes(s_share)
+            nonce, ct = K.encrypt(key, plaintext, aad)
+            out[v] = EncryptedShares(round_id, me, v, nonce, ct)
+        st.peer_keys = dict(peer_keys)
+        st.stage = ClientStage.SHARED
+        return out
+
+    # ------------------------------------------------------------------ stage 2
+    def _open(self, st: _Round, src: int, msg: object) -> tuple[int, int]:
+        me, session = self.node_id, self.config.session_id
+        if not isinstance(msg, EncryptedShares):
+            raise ValueError("not an EncryptedShares message")
+        if msg.src != src or msg.dst != me or msg.round_id != st.round_id:
+            raise ValueError(f"addressed (round {msg.round_id}, {msg.src} -> {msg.dst}), expected "
+                             f"(round {st.round_id}, {src} -> {me})")
+        if not isinstance(msg.nonce, bytes) or len(msg.nonce) != K.NONCE_BYTES:
+            raise ValueError("bad nonce")
+        key = K.share_key(K.shared_secret(st.enc_key, st.peer_keys[src].enc_public_key),
+                          session=session, round_id=st.round_id, src=src, dst=me)
+        aad = K.share_aad(session=session, round_id=st.round_id, src=src, dst=me)
+        plaintext = K.decrypt(key, msg.nonce, msg.ciphertext, aad)
+        if len(plaintext) != _PLAINTEXT_BYTES:
+            raise ValueError("decrypted shares have the wrong length")
+        return (shamir.share_from_bytes(plaintext[: shamir.SHARE_BYTES]),
+                shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES :]))
+
+    def mask_input(
+        self,
+        round_id: int,
+        vector: np.ndarray,
+        weight: float,
+        received: Mapping[int, EncryptedShares],
+    ) -> MaskedInput:
+        """Encode ``[w~ x, w~]`` and mask it with ``PRG(b_u)`` and the pairwise masks.
+
+        ``received`` holds the ciphertexts addressed to this peer, keyed by source.
+        """
+        st = self._expect(round_id, ClientStage.SHARED, "mask-input")
+        me = self.node_id
+        max_w = float(self.config.max_weight)
+        if not (isinstance(weight, (int, float, np.floating, np.integer)) and math.isfinite(weight)
+                and 0 <= weight <= max_w):
+            raise DataError(f"peer {me}: weight must lie in [0, max_weight={max_w}], got {weight!r}")
+        partners: dict[int, tuple[int, int]] = {}
+        rejected: dict[int, str] = {}
+        for src in sorted(received):
+            if src not in st.peer_keys:
+                raise self._fail(
+                    f"server forwarded shares from peer {src}, to whom I never sent shares "
+                    f"(not a live neighbour at the share-keys stage)"
+                )
+            try:
+                partners[src] = self._open(st, src, received[src])
+            except ValueError as exc:
+                rejected[src] = f"shares from peer {src} rejected: {exc}"
+        t = st.graph.threshold
+        if len(partners) + 1 < t:
+            raise self._fail(
+                f"only {len(partners)} valid shares received; with me that is below the threshold "
+                f"{t}; refusing to send a masked input"
+            )
+        y = st.encoder.encode(vector, float(weight) / max_w)
+        if self.config.noise is not None:
+            sigma = self.config.noise.peer_sigma(st.encoder.scale)
+            noise = sample_discrete_gaussian(sigma, y.shape[0] - 1)
+            np.add(y[:-1], noise.view(np.uint64), out=y[:-1])  # two's complement: adds mod 2**64
+        add_mask(y, st.seed, LABEL_SELF_MASK)
+        session = self.config.session_id
+        for v in sorted(partners):
+            secret = K.shared_secret(st.mask_key, st.peer_keys[v].mask_public_key)
+            seed = K.mask_seed(secret, session=session, round_id=round_id, u=me, v=v)
+            add_mask(y, seed, LABEL_PAIR_MASK, subtract=v < me)
+        y &= st.encoder.mask
+        st.partners = partners
+        st.rejected = rejected
+        st.mask_key = None  # no longer needed: its shares are out, its masks applied
+        st.seed = None
+        st.stage = ClientStage.MASKED
+        return MaskedInput(round_id, me, y, rejected)
+
+    # ------------------------------------------------------------------ stage 3
+    def unmask(self, round_id: int, survivors: Sequence[int], dropped: Sequence[int]) -> UnmaskShares:
+        """Reveal shares of ``b_v`` for survivors and of ``s_v`` for dropped peers -- never both."""
+        st = self._expect(round_id, ClientStage.MASKED, "unmask")
+        me = self.node_id
+        alive, gone = set(survivors), set(dropped)
+        if len(alive) != len(survivors) or len(gone) != len(dropped):
+            raise self._fail("unmask request lists a peer twice")
+        both = alive & gone
+        if both:
+            raise self._fail(
+                f"peer(s) {sorted(both)} listed both as survivor and as dropped; refusing to "
+                f"reveal both secrets of one peer"
+            )
+        unknown = (alive | gone) - st.participants
+        if unknown:
+            raise self._fail(f"unmask request names peers {sorted(unknown)} that are not participants")
+        if me not in alive:
+            raise self._fail("the server lists me as not surviving although I sent my masked input")
+        need = self.config.required_survivors(st.graph)
+        if len(alive) < need:
+            raise self._fail(f"only {len(alive)} survivors, fewer than the {need} required; refusing to unmask")
+        for v in sorted(st.graph.neighbours[me] & (alive | gone)):
+            if v in st.partners:
+                continue
+            if v in st.rejected and v in gone:
+                continue  # its shares failed authentication: I hold nothing of it
+            state = "survivor" if v in alive else "dropped"
+            raise self._fail(f"server lists neighbour {v} as {state}, but I hold no valid shares from it")
+        missing = set(st.partners) - alive - gone
+        if missing:
+            raise self._fail(f"neighbours {sorted(missing)} shared keys with me but are listed neither as survivor nor dropped")
+        live_holders = 1 + len(set(st.partners) & alive)
+        if live_holders < st.graph.threshold:
+            raise self._fail(
+                f"only {live_holders} holders of my secrets survive, below the threshold "
+                f"{st.graph.threshold}; refusing to unmask"
+            )
+        seed_shares = {v: shamir.share_to_bytes(st.partners[v][0]) for v in st.partners if v in alive}
+        seed_shares[me] = shamir.share_to_bytes(st.own_share[0])
+        key_shares = {v: shamir.share_to_bytes(st.partners[v][1]) for v in st.partners if v in gone}
+        st.stage = ClientStage.DONE
+        st.partners = {}
+        st.own_share = (0, 0)
+        return UnmaskShares(round_id, me, seed_shares, key_shares)

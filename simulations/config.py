@@ -1,0 +1,173 @@
+"""The configuration of one simulation, from defaults, a TOML file and CLI flags.
+
+Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
+
+    [simulation]  banks, rounds, seed, out, strategy, compare = ["centralized", "local"]
+    [data]        path, label, id-column, partition, customers (synthetic rows in all)
+    [model]       kind = "mlp" | "logreg", hidden = [64, 32]
+    [train]       local-epochs, batch-size, lr, test-fraction
+    [dp]          mode = "local" | "off", epsilon, delta, max-grad-norm, accountant
+
+With no file and no flags the defaults describe a small run on the embedded synthetic
+generator. Unknown sections or keys, and values of the wrong type, raise
+`ConfigError` naming the key and listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from peers.job import DPSpec, JobConfig, TrainSpec
+from peers.models import ModelSpec
+from privacy.errors import ConfigError
+
+COMPARISONS = ("centralized", "local")
+
+# TOML (section, key) -> SimulationConfig field
+TOML_KEYS: dict[tuple[str, str], str] = {
+    ("simulation", "banks"): "banks",
+    ("simulation", "rounds"): "rounds",
+    ("simulation", "seed"): "seed",
+    ("simulation", "out"): "out",
+    ("simulation", "strategy"): "strategy",
+    ("simulation", "compare"): "compare",
+    ("data", "path"): "data",
+    ("data", "label"): "label",
+    ("data", "id-column"): "id_column",
+    ("data", "partition"): "partition",
+    ("data", "customers"): "customers",
+    ("model", "kind"): "model",
+    ("model", "hidden"): "hidden",
+    ("train", "local-epochs"): "local_epochs",
+    ("train", "batch-size"): "batch_size",
+    ("train", "lr"): "lr",
+    ("train", "test-fraction"): "test_fraction",
+    ("dp", "mode"): "dp_mode",
+    ("dp", "epsilon"): "epsilon",
+    ("dp", "delta"): "delta",
+    ("dp", "max-grad-norm"): "max_grad_norm",
+    ("dp", "accountant"): "accountant",
+}
+
+SYNTHETIC_LABEL = "default"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """All settings of a `fedsilo simulate` run, validated on construction."""
+
+    banks: int = 5
+    rounds: int = 10
+    seed: int = 0
+    out: str = "runs"
+    strategy: str = "fedavg"
+    compare: tuple[str, ...] = ()
+    data: str | None = None
+    label: str | None = None
+    id_column: str | None = None
+    partition: str | None = None
+    customers: int | None = None  # None: the generator's default for the bank count
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (64, 32)
+    local_epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.5
+    test_fraction: float = 0.2
+    dp_mode: str = "local"
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.banks < 1:
+            raise ConfigError(f"--banks must be ≥ 1 (got {self.banks})")
+        if self.customers is not None and self.customers < 1:
+            raise ConfigError(f"data.customers must be ≥ 1 (got {self.customers})")
+        unknown = [c for c in self.compare if c not in COMPARISONS]
+        if unknown:
+            raise ConfigError(f"--compare: unknown yardstick {unknown[0]!r}; use {','.join(COMPARISONS)}")
+        if self.data is not None and not self.label:
+            raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
+        if self.data is None and self.id_column:
+            raise ConfigError("--id-column applies to --data files only")
+        self.job()  # validates model, training and DP settings
+
+    @property
+    def label_column(self) -> str:
+        return self.label if self.data is not None else (self.label or SYNTHETIC_LABEL)
+
+    def job(self, encoder_path: str = "", banks_dir: str = "", job_id: str = "simulation") -> JobConfig:
+        """The job every simulated bank runs."""
+        return JobConfig(
+            label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
+            strategy=self.strategy, peers=self.banks,
+            model=ModelSpec(kind=self.model, hidden=tuple(self.hidden)),
+            train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
+                            lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),
+            dp=DPSpec(mode=self.dp_mode, epsilon=self.epsilon, delta=self.delta,
+                      max_grad_norm=self.max_grad_norm, accountant=self.accountant),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    """Convert a TOML or flag value to the type of field `name`, or say what is wrong."""
+    default = getattr(SimulationConfig(), name)
+    if name in ("compare", "hidden"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        try:
+            return tuple(int(i) for i in items) if name == "hidden" else tuple(str(i).strip() for i in items if str(i).strip())
+        except ValueError:
+            raise ConfigError(f"{where} must list integers, got {value!r}") from None
+    if name in ("data", "label", "id_column", "partition"):
+        if value is not None and not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return None if value is None else str(value)
+    expected = int if name == "customers" else type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool or not isinstance(value, expected) or isinstance(value, bool):
+        raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into SimulationConfig field values."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    sections = sorted({s for s, _ in TOML_KEYS})
+    values: dict[str, Any] = {}
+    for section, table in document.items():
+        if section not in sections or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]; valid sections: {', '.join(sections)}")
+        for key, value in table.items():
+            name = TOML_KEYS.get((section, key))
+            if name is None:
+                valid = ", ".join(k for s, k in TOML_KEYS if s == section)
+                raise ConfigError(f"{path}: unknown key '{key}' in [{section}]; valid keys: {valid}")
+            values[name] = _coerce(name, value, f"[{section}] {key}")
+    return values
+
+
+def build_config(toml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SimulationConfig:
+    """Defaults, then the TOML file, then `overrides` (flags that were given)."""
+    values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return replace(SimulationConfig(), **values) if values else SimulationConfig()

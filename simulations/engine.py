@@ -1,0 +1,64 @@
+"""Runs a job on Flower's Simulation Engine (Ray actors, one virtual SuperNode per bank).
+
+The ClientApp is the very one a real peer runs; its run config reaches it through a
+Flower App descriptor (`peers.flower_app`) exactly as under the Deployment Engine.
+
+Flower 1.41's public `run_simulation` takes no run config, so this calls the function
+it delegates to (`flwr.simulation.run_simulation._run_simulation`) with the app
+directory that holds the descriptor. flwr is pinned to 1.41.0 in pyproject.toml;
+revisit this call when moving Flower.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from flwr.clientapp import ClientApp
+from flwr.common.logger import LOGGER_NAME
+from flwr.serverapp import ServerApp
+from flwr.simulation.run_simulation import _run_simulation
+from flwr.supercore.telemetry import EventType
+
+from peers.flower_app import write_app_descriptor
+
+
+def backend_config(cpus_per_bank: float = 1.0) -> dict[str, Any]:
+    """Ray settings: one actor per core, quiet logs, no dashboard."""
+    return {
+        "client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+        },
+    }
+
+
+def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks: int,
+                          run_config: Mapping[str, Any], app_dir: Path, version: str,
+                          verbose: bool = False) -> None:
+    """Run `server_app` against `n_banks` virtual SuperNodes running `client_app`."""
+    write_app_descriptor(app_dir, run_config, version)
+    flwr_logger = logging.getLogger(LOGGER_NAME)
+    previous = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        _run_simulation(
+            num_supernodes=n_banks,
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_name="ray",
+            backend_config=backend_config(),
+            app_dir=str(app_dir),
+            is_app=True,  # read the run config from the descriptor in app_dir
+            verbose_logging=verbose,
+        )
+    finally:
+        flwr_logger.setLevel(previous)

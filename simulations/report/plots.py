@@ -1,0 +1,55 @@
+"""PNG plots of a run: learning curves with the privacy spent, and the yardsticks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
+
+
+def plot_rounds(path: Path, rounds: list[int], auc: list[float], epsilon_max: list[float],
+                epsilon_budget: float | None) -> None:
+    """AUC of the global model per round, and the largest ε any bank has spent."""
+    fig, (ax_auc, ax_eps) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_auc.plot(rounds, auc, marker="o", color="tab:blue")
+    ax_auc.set(title="Federated model, pooled held-out rows", xlabel="round", ylabel="ROC-AUC")
+    ax_auc.grid(alpha=0.3)
+    ax_eps.plot(rounds, epsilon_max, marker="o", color="tab:red", label="ε spent (max over banks)")
+    if epsilon_budget is not None:
+        ax_eps.axhline(epsilon_budget, linestyle="--", color="grey", label=f"job's ε = {epsilon_budget:g}")
+    ax_eps.set(title="Privacy spent per bank", xlabel="round", ylabel="ε")
+    ax_eps.set_ylim(bottom=0)
+    ax_eps.legend(loc="lower right")
+    ax_eps.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_comparison(path: Path, federated: float, centralized: float | None,
+                    local: dict[str, float] | None) -> None:
+    """Federated AUC against the centralized model and each bank's local-only model."""
+    names, values, colors = ["federated"], [federated], ["tab:blue"]
+    if centralized is not None:
+        names.append("centralized\n(non-private)")
+        values.append(centralized)
+        colors.append("tab:green")
+    for bank, auc in (local or {}).items():
+        names.append(f"{bank}\nalone")
+        values.append(auc)
+        colors.append("tab:orange")
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
+    ax.bar(range(len(names)), values, color=colors)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    low = min(v for v in values if v == v) if values else 0.5
+    ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.0)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set(title="ROC-AUC on all banks' held-out rows", ylabel="ROC-AUC")
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.005, f"{v:.3f}", ha="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,288 @@
+"""`fedsilo simulate`: N banks train one model on Flower's Simulation Engine.
+
+The flow (DESIGN.md, flow 1):
+1. build and check every bank's table, before anything is written;
+2. fit the feature encoder from per-bank summaries (aggregates only, no pooled rows);
+3. each bank's ledger reserves the job's planned (ε, δ) before the job starts;
+4. Flower's Simulation Engine runs the peers' ClientApp, one virtual SuperNode per
+   bank, and the job host's strategy;
+5. each bank's ledger commits what its accountant says it actually spent;
+6. the yardsticks (centralized, local-only) are trained in the same run if asked;
+7. the run folder gets the model (safetensors), its encoder, the model card, per-round
+   metrics and plots, and appears only when all of it is written.
+
+The banks' tables sit in a temporary directory while the engine runs (each virtual
+bank reads only its own file) and are deleted afterwards; they are never put in the
+run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from peers.client.app import app as client_app
+from peers.data.bank import BankTensors, encode_bank
+from peers.data.encoding import BankSummary, TabularEncoder
+from peers.evaluation import evaluate
+from peers.job import JobConfig, plan_dp
+from peers.models import build_model, set_weights
+from peers.server.host import HostedRun, JobHost, server_app
+from privacy.accounting import Mechanism
+from privacy.errors import FedsiloError
+from privacy.ledger import SQLiteLedger
+from simulations import baselines
+from simulations.banks import Bank, prepare_banks
+from simulations.config import SimulationConfig
+from simulations.engine import run_flower_simulation
+from simulations.progress import Progress
+from simulations.report.card import build_card, write_card
+from simulations.report.plots import plot_comparison, plot_rounds
+from simulations.run_folder import RunFolder
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures `--json` prints; NaN-free where defined, None where not measured."""
+
+    run_dir: str
+    final_auc: float
+    centralized_auc: float | None
+    local_auc_mean: float | None
+    epsilon_max: float
+    delta: float
+    banks: int
+    rounds: int
+    dp: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def _version() -> str:
+    try:
+        return metadata.version("fedsilo")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
+    """Run one simulation end to end; raises `FedsiloError` on bad input, before writing."""
+    label = config.label_column
+    progress.stage(f"Preparing {config.banks} banks")
+    banks = prepare_banks(config)
+    encoder = TabularEncoder.fit([BankSummary.from_frame(b.frame, label) for b in banks], label)
+    job_template = config.job()
+    tensors = [encode_bank(b.frame, encoder, config.test_fraction, config.seed) for b in banks]
+    for bank, data in zip(banks, tensors):
+        plan_dp(job_template, data.n_train)  # fails early on an unusable bank
+    everyone = baselines.pooled(tensors)
+
+    with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir, RunFolder(config.out) as folder:
+        work = Path(work_dir)
+        encoder_json = encoder.to_json()
+        (work / "encoder.json").write_text(encoder_json)
+        (folder.path / "encoder.json").write_text(encoder_json)
+        banks_dir = work / "banks"
+        banks_dir.mkdir()
+        for bank in banks:
+            bank.frame.to_parquet(banks_dir / f"{bank.name}.parquet", index=False)
+        job = config.job(encoder_path=str(work / "encoder.json"), banks_dir=str(banks_dir), job_id=folder.name)
+
+        ledger = SQLiteLedger(folder.path / "ledger.sqlite")
+        try:
+            if job.dp.private:
+                _reserve(ledger, job, banks, tensors)
+            host = JobHost(job, evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features),
+                           on_round=progress.round_callback(job.train.rounds))
+            progress.stage(f"Training: {config.banks} banks × {config.rounds} rounds on Flower's Simulation Engine")
+            progress.start_rounds(job.train.rounds)
+            run_flower_simulation(server_app(host), client_app, config.banks, job.to_run_config(),
+                                  work / "app", _version())
+            progress.finish_rounds()
+            outcome = _check_outcome(host.outcome)
+            spent = _spent_per_bank(outcome)
+            if job.dp.private:
+                _commit(ledger, job, banks, spent)
+            ledger_status = {b.name: asdict(ledger.status(b.name)) for b in banks} if job.dp.private else {}
+        finally:
+            ledger.close()
+
+        yardsticks = _yardsticks(config, job, tensors, everyone, progress)
+        progress.stage("Writing the run folder")
+        summary = _write_outputs(folder, config, job, banks, tensors, encoder, outcome, spent,
+                                 ledger_status, yardsticks)
+    return RunSummary(**{**asdict(summary), "run_dir": str(folder.final)})
+
+
+def _check_outcome(outcome: HostedRun | None) -> HostedRun:
+    """Refuse to report a run in which no bank's update was ever aggregated."""
+    if outcome is None:
+        raise FedsiloError("the job host did not finish: run again with FEDSILO_VERBOSE=1 to see Flower's log")
+    if not any(outcome.strategy.train.values()):
+        first = next((e for errors in outcome.strategy.errors.values() for e in errors), "no reply")
+        raise FedsiloError(f"no bank returned a usable update in any round; first failure: {first}")
+    return outcome
+
+
+def _reserve(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], tensors: list[BankTensors]) -> None:
+    """Each bank's ledger reserves the whole job's mechanism before the job starts."""
+    for bank, data in zip(banks, tensors):
+        ledger.set_budget(bank.name, job.dp.epsilon, job.dp.delta, accountant=job.dp.accountant)
+        ledger.reserve(bank.name, job.job_id, [plan_dp(job, data.n_train).whole_job])
+
+
+def _commit(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], spent: dict[int, list[Mechanism]]) -> None:
+    for bank in banks:
+        if spent.get(bank.index):
+            ledger.commit(bank.name, job.job_id, spent[bank.index])
+        else:
+            ledger.release(bank.name, job.job_id)
+
+
+def _spent_per_bank(outcome: HostedRun) -> dict[int, list[Mechanism]]:
+    """The mechanisms each bank reports having run, round by round."""
+    spent: dict[int, list[Mechanism]] = {}
+    for server_round in sorted(outcome.strategy.train):
+        for metrics in outcome.strategy.train[server_round]:
+            if metrics.get("dp-steps", 0) > 0:
+                spent.setdefault(int(metrics["bank"]), []).append(Mechanism(
+                    float(metrics["dp-noise"]), float(metrics["dp-sample-rate"]), int(metrics["dp-steps"])))
+    return spent
+
+
+def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):
+    model = build_model(job.model, n_features)
+
+    def evaluate_fn(server_round: int, weights: dict[str, np.ndarray]) -> dict[str, float]:
+        set_weights(model, weights)
+        return evaluate(model, everyone.x_test, everyone.y_test)
+
+    return evaluate_fn
+
+
+def _yardsticks(config: SimulationConfig, job: JobConfig, tensors: list[BankTensors], everyone: BankTensors,
+                progress: Progress) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if "centralized" in config.compare:
+        progress.stage("Yardstick: centralized non-private model on the pooled rows")
+        result["centralized"] = baselines.centralized(job, everyone, everyone.x_test, everyone.y_test)
+    if "local" in config.compare:
+        progress.stage(f"Yardstick: {len(tensors)} local-only models, each bank alone")
+        result["local"] = [baselines.local_only(job, i, data, everyone.x_test, everyone.y_test)
+                           for i, data in enumerate(tensors)]
+    return result
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, banks: list[Bank],
+                   tensors: list[BankTensors], encoder: TabularEncoder, outcome: HostedRun,
+                   spent: dict[int, list[Mechanism]], ledger_status: dict[str, Any],
+                   yardsticks: dict[str, Any]) -> RunSummary:
+    path = folder.path
+    model_file = path / "model.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in outcome.weights.items()}, str(model_file),
+              metadata={"fedsilo.run": folder.name, "fedsilo.model": job.model.kind})
+
+    rounds = sorted(r for r in outcome.central_metrics if r > 0)
+    epsilon_by_round: dict[int, dict[int, float]] = {}
+    for r in sorted(outcome.strategy.train):
+        for m in outcome.strategy.train[r]:
+            epsilon_by_round.setdefault(r, {})[int(m["bank"])] = float(m["epsilon"])
+    running: dict[int, float] = {}
+    eps_max_curve = []
+    for r in rounds:
+        running.update(epsilon_by_round.get(r, {}))
+        eps_max_curve.append(max(running.values(), default=0.0))
+    per_round = [{
+        "round": r,
+        "pooled_test": outcome.central_metrics[r],
+        "epsilon_max": eps_max_curve[i],
+        "train": outcome.strategy.train.get(r, []),
+        "evaluate": outcome.strategy.evaluate.get(r, []),
+        "errors": outcome.strategy.errors.get(r, []),
+    } for i, r in enumerate(rounds)]
+    (path / "metrics.json").write_text(json.dumps({"rounds": per_round,
+                                                   "initial": outcome.central_metrics.get(0)}, indent=2) + "\n")
+
+    final_auc = float(outcome.central_metrics[rounds[-1]]["auc"]) if rounds else float("nan")
+    central = yardsticks.get("centralized")
+    local = yardsticks.get("local")
+    final_eval = {int(m["bank"]): m for m in outcome.strategy.evaluate.get(job.train.rounds, [])}
+    participants = []
+    for bank, data in zip(banks, tensors):
+        entry = {
+            "name": bank.name,
+            "rows_train": data.n_train,
+            "rows_test": data.n_test,
+            "default_rate": round(float(bank.frame[job.label].mean()), 4),
+            "data_sha256": bank.fingerprint(),
+            "epsilon_spent": _finite(ledger_status[bank.name]["spent_epsilon"]) if ledger_status else 0.0,
+            "delta": job.dp.delta if job.dp.private else 0.0,
+            "noise_multiplier": spent[bank.index][0].noise_multiplier if spent.get(bank.index) else None,
+            "federated_auc_own_test": _finite(final_eval.get(bank.index, {}).get("auc", float("nan"))),
+        }
+        if local:
+            entry["local_only_auc_own_test"] = _finite(local[bank.index].auc_own)
+            entry["local_only_auc_pooled_test"] = _finite(local[bank.index].auc_pooled)
+        participants.append(entry)
+    epsilon_max = max((p["epsilon_spent"] or 0.0 for p in participants), default=0.0)
+
+    local_mean = float(np.mean([lo.auc_pooled for lo in local])) if local else None
+    plot_rounds(path / "rounds.png", rounds, [outcome.central_metrics[r]["auc"] for r in rounds],
+                eps_max_curve, job.dp.epsilon if job.dp.private else None)
+    plot_comparison(path / "comparison.png", final_auc, central["auc"] if central else None,
+                    {banks[lo.bank].name: lo.auc_pooled for lo in local} if local else None)
+
+    data_info: dict[str, Any] = ({"source": "synthetic", "generator": "simulations.data.synthetic",
+                                  "seed": config.seed, "customers": config.customers}
+                                 if config.data is None else
+                                 {"source": str(config.data), "label": job.label, "id_column": config.id_column,
+                                  "partition": config.partition or "iid"})
+    data_info["features"] = encoder.feature_names
+    card = build_card(
+        run_name=folder.name,
+        job={"strategy": job.strategy, "model": {"kind": job.model.kind, "hidden": list(job.model.hidden)},
+             "train": asdict(job.train), "config": config.to_dict()},
+        data=data_info,
+        participants=participants,
+        privacy={
+            "mode": "local DP-SGD (Opacus) at every bank" if job.dp.private else "none (--no-dp)",
+            "guarantee": (f"each bank's released updates are ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with "
+                          "respect to each of its records (record-level, add/remove), over all rounds"
+                          if job.dp.private else "no differential privacy"),
+            "epsilon_target": job.dp.epsilon if job.dp.private else None,
+            "delta": job.dp.delta if job.dp.private else None,
+            "accountant": job.dp.accountant if job.dp.private else None,
+            "max_grad_norm": job.dp.max_grad_norm if job.dp.private else None,
+            "epsilon_max_spent": epsilon_max,
+            "ledger": ledger_status,
+        },
+        metrics={
+            "final_auc_pooled_test": _finite(final_auc),
+            "final_loss_pooled_test": _finite(outcome.central_metrics[rounds[-1]]["loss"]) if rounds else None,
+            "centralized_auc": _finite(central["auc"]) if central else None,
+            "local_only_auc_mean": _finite(local_mean) if local_mean is not None else None,
+            "refused_updates": [asdict(r) for r in getattr(outcome.strategy.inner, "refusals", [])],
+        },
+        model_file=model_file, encoder_file=path / "encoder.json", rounds=job.train.rounds,
+    )
+    write_card(path / "model_card.json", card)
+    return RunSummary(
+        run_dir=str(folder.final), final_auc=round(final_auc, 4),
+        centralized_auc=round(central["auc"], 4) if central else None,
+        local_auc_mean=round(local_mean, 4) if local_mean is not None else None,
+        epsilon_max=round(epsilon_max, 4), delta=job.dp.delta if job.dp.private else 0.0,
+        banks=len(banks), rounds=job.train.rounds, dp=job.dp.mode,
+    )
