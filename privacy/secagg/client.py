@@ -160,7 +160,7 @@ class SecAggClient:
                 raise self._fail(f"keys relayed for peer {v} are malformed or belong to another peer/round")
             for raw in (adv.enc_public_key, adv.mask_public_key):
                 try:
-                    K.check_public_key(raw)
+                    K.check_public_key(raw, probe=False)  # low order: caught at agreement
                 except ValueError as exc:
                     raise self._fail(f"peer {v} advertised an invalid X25519 key ({exc})") from None
                 if raw in own_keys or raw in seen:
@@ -189,8 +189,11 @@ class SecAggClient:
             if v == me:
                 st.own_share = (b_share, s_share)
                 continue
-            key = K.share_key(K.shared_secret(st.enc_key, peer_keys[v].enc_public_key),
-                              session=session, round_id=round_id, src=me, dst=v)
+            try:
+                secret = K.shared_secret(st.enc_key, peer_keys[v].enc_public_key)
+            except ValueError:
+                raise self._fail(f"peer {v} advertised a low-order encryption key") from None
+            key = K.share_key(secret, session=session, round_id=round_id, src=me, dst=v)
             aad = K.share_aad(session=session, round_id=round_id, src=me, dst=v)
             plaintext = shamir.share_to_bytes(b_share) + shamir.share_to_bytes(s_share)
             nonce, ct = K.encrypt(key, plaintext, aad)
@@ -261,7 +264,10 @@ class SecAggClient:
         add_mask(y, st.seed, LABEL_SELF_MASK)
         session = self.config.session_id
         for v in sorted(partners):
-            secret = K.shared_secret(st.mask_key, st.peer_keys[v].mask_public_key)
+            try:
+                secret = K.shared_secret(st.mask_key, st.peer_keys[v].mask_public_key)
+            except ValueError:
+                raise self._fail(f"peer {v} advertised a low-order mask key") from None
             seed = K.mask_seed(secret, session=session, round_id=round_id, u=me, v=v)
             add_mask(y, seed, LABEL_PAIR_MASK, subtract=v < me)
         y &= st.encoder.mask

@@ -97,15 +97,20 @@ def load_private(raw: bytes) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(raw)
 
 
-def check_public_key(raw: object) -> bytes:
+_PROBE = X25519PrivateKey.generate()  # only used to detect low-order points
+
+
+def check_public_key(raw: object, *, probe: bool = True) -> bytes:
     """Return ``raw`` if it is a usable X25519 public key, else raise ValueError.
 
-    Rejects wrong types and lengths and low-order points (whose agreement is all zero).
+    Rejects wrong types and lengths and, with ``probe``, low-order points (whose
+    agreement is all zero; OpenSSL refuses them).
     """
     if not isinstance(raw, bytes) or len(raw) != KEY_BYTES:
         raise ValueError(f"an X25519 public key must be {KEY_BYTES} bytes")
     pub = X25519PublicKey.from_public_bytes(raw)
-    X25519PrivateKey.generate().exchange(pub)  # raises ValueError on a low-order point
+    if probe:
+        _PROBE.exchange(pub)  # raises ValueError on a low-order point
     return raw
 
 

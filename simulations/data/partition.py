@@ -78,7 +78,7 @@ class Partitioner:
                 return f"bank {bank} with {len(part)} rows (fewer than {self.min_rows})"
             classes = np.unique(labels[part])
             if len(classes) < 2:
-                return f"bank {bank} with only class {classes[0]!r} in its {len(part)} rows"
+                return f"bank {bank} with only class {classes[0].tolist()!r} in its {len(part)} rows"
         return ""
 
     def _advice(self) -> str:

@@ -1,0 +1,82 @@
+"""SecAgg+ secure aggregation: pure client and server state machines, no network.
+
+Implements the protocol of Bonawitz et al. (CCS 2017) with the sparse communication
+graph of Bell et al. (CCS 2020, "SecAgg+"): each peer masks its fixed-point encoded
+update with a self mask ``PRG(b_u)`` and pairwise masks ``+-PRG(s_uv)`` agreed with its
+graph neighbours, Shamir-shares ``b_u`` and its mask key ``s_u`` among its neighbours,
+and the server, which only ever sees masked vectors, reconstructs ``b_u`` of survivors
+and ``s_v`` of dropped peers -- never both for one peer -- to obtain the sum alone.
+The weight travels inside the masked vector, so the server gets ``sum w_i x_i`` and
+``sum w_i`` and the weighted average without learning any ``w_i``.
+
+Why not Flower's SecAgg+: Flower derives its masks from numpy's ``RandomState`` seeded
+with a 32-bit fold of the shared secret (Flower issue 7522). With only 2**32 possible
+seeds per mask, an aggregator can brute-force each mask from the masked vector and
+strip it, so those masks hide nothing. Here masks are expanded by ChaCha20 from
+256-bit seeds derived with HKDF-SHA256 from X25519 agreements (``prg.py``, ``keys.py``).
+
+Threat model and assumptions (details in the modules):
+
+* The server follows the protocol but tries to learn individual inputs
+  (honest-but-curious), possibly colluding with up to a ``collusion_fraction`` of the
+  peers; malicious peers are detected and dropped. Key substitution by the server is
+  prevented only when identity keys are configured (Ed25519 signatures over advertised
+  keys); without them (simulations) the relay is trusted to forward keys unchanged.
+* Clients refuse requests that would reveal both secrets of a peer, and the threshold
+  is a majority of holders plus colluders, so a server lying *inconsistently* to
+  different clients still cannot unmask one input. The additional consistency-check
+  round of Bonawitz et al. (signed survivor lists) is not implemented: against a fully
+  malicious server, liveness and the exact survivor set are not guaranteed.
+* The round seed that fixes the graph is chosen independently of which peers are
+  corrupt (static adversary).
+
+Modules, one job each: ``encoding`` (fixed point, modulus), ``prg`` (ChaCha20 masks),
+``keys`` (X25519, HKDF, AES-GCM, Ed25519 hook), ``shamir`` (sharing over 2**521 - 1),
+``graph`` (degree, threshold), ``noise`` (distributed discrete Gaussian), ``messages``,
+``config``, ``client``, ``server``. This package imports neither Flower nor the network.
+"""
+
+from .client import ClientStage, SecAggClient
+from .config import SecAggConfig
+from .encoding import FixedPointEncoder
+from .errors import PeerRejected, ThresholdNotMet
+from .graph import Graph, GraphParameters, build_graph, graph_parameters
+from .messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    MaskedInput,
+    MaskInputRequest,
+    RoundSetup,
+    SecAggResult,
+    ShareKeysRequest,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from .noise import DistributedNoise, central_noise_multiplier
+from .server import SecAggServer, ServerStage
+
+__all__ = [
+    "AdvertiseKeys",
+    "ClientStage",
+    "DistributedNoise",
+    "EncryptedShares",
+    "FixedPointEncoder",
+    "Graph",
+    "GraphParameters",
+    "MaskInputRequest",
+    "MaskedInput",
+    "PeerRejected",
+    "RoundSetup",
+    "SecAggClient",
+    "SecAggConfig",
+    "SecAggResult",
+    "SecAggServer",
+    "ServerStage",
+    "ShareKeysRequest",
+    "ThresholdNotMet",
+    "UnmaskRequest",
+    "UnmaskShares",
+    "build_graph",
+    "central_noise_multiplier",
+    "graph_parameters",
+]

@@ -1,0 +1,147 @@
+"""A driver that plays one SecAgg+ round between a server and in-process clients."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from privacy.secagg import (
+    PeerRejected,
+    SecAggClient,
+    SecAggConfig,
+    SecAggResult,
+    SecAggServer,
+)
+
+ROUND = 7
+CONFIG = SecAggConfig(clip=1.0, bits=24, max_weight=1000.0)
+
+Tamper = Callable[[int, object], object]
+
+
+class Harness:
+    """Drive the four stages; peers in ``gone`` stop answering from the stage they drop at."""
+
+    def __init__(self, n: int, dim: int = 32, config: SecAggConfig = CONFIG, seed: int = 0,
+                 identities=None) -> None:
+        rng = np.random.default_rng(seed)
+        # 64-bit node ids, as Flower uses, in no particular order
+        ids: set[int] = set()
+        while len(ids) < n:
+            v = int(rng.integers(0, 2**62))
+            ids.add(2**64 - 1 - v if seed % 2 else v)  # odd seeds: ids near the top of uint64
+        self.nodes = sorted(ids)
+        self.config = config
+        self.dim = dim
+        keys = identities(self.nodes) if identities else {}
+        pubs = {u: k.public_key() for u, k in keys.items()} or None
+        self.server = SecAggServer(config, ROUND, self.nodes, dim, round_seed=rng.bytes(32),
+                                   identity_public_keys=pubs)
+        self.clients = {u: SecAggClient(u, config, identity_key=keys.get(u), identity_public_keys=pubs)
+                        for u in self.nodes}
+        c = config.clip
+        self.inputs = {u: rng.uniform(-c, c, dim) for u in self.nodes}
+        self.weights = {u: float(rng.uniform(0.1, 1.0)) * config.max_weight for u in self.nodes}
+        self.gone: set[int] = set()
+        self.refused: dict[int, PeerRejected] = {}
+        self.requests: dict = {}
+
+    def _deliver(self, receive, u, msg, tamper: Tamper | None):
+        if tamper is not None:
+            msg = tamper(u, msg)
+        try:
+            receive(u, msg)
+        except PeerRejected as exc:
+            self.refused[u] = exc
+
+    def advertise(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> None:
+        self.gone |= set(drop)
+        s = self.server.setup
+        for u in self.nodes:
+            if u not in self.gone:
+                adv = self.clients[u].advertise_keys(s.round_id, s.participants, s.round_seed)
+                self._deliver(self.server.receive_advertise, u, adv, tamper)
+        self.requests = self.server.end_advertise()
+
+    def share(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> None:
+        self.gone |= set(drop)
+        for u, req in self.requests.items():
+            if u not in self.gone:
+                out = self.clients[u].share_keys(req.round_id, req.peer_keys)
+                self._deliver(self.server.receive_shares, u, out, tamper)
+        self.requests = self.server.end_share_keys()
+
+    def mask(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> None:
+        self.gone |= set(drop)
+        for u, req in self.requests.items():
+            if u not in self.gone:
+                msg = self.clients[u].mask_input(req.round_id, self.inputs[u], self.weights[u], req.shares)
+                self._deliver(self.server.receive_masked_input, u, msg, tamper)
+        self.requests = self.server.end_mask_input()
+
+    def unmask(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> SecAggResult:
+        self.gone |= set(drop)
+        for u, req in self.requests.items():
+            if u not in self.gone:
+                msg = self.clients[u].unmask(req.round_id, req.survivors, req.dropped)
+                self._deliver(self.server.receive_unmask, u, msg, tamper)
+        return self.server.aggregate()
+
+    def run(self, drops: dict[str, Iterable[int]] | None = None) -> SecAggResult:
+        drops = drops or {}
+        self.advertise(drops.get("advertise", ()))
+        self.share(drops.get("share", ()))
+        self.mask(drops.get("mask", ()))
+        return self.unmask(drops.get("unmask", ()))
+
+    def plaintext(self, survivors: Iterable[int]) -> tuple[np.ndarray, float]:
+        """Exact weighted average (float64) of the given peers' clipped inputs, and total weight."""
+        peers = sorted(survivors)
+        c = self.config.clip
+        xs = np.stack([np.clip(self.inputs[u], -c, c) for u in peers])
+        ws = np.array([self.weights[u] for u in peers])
+        return np.average(xs, axis=0, weights=ws), float(ws.sum())
+
+    def check_exact(self, result: SecAggResult) -> float:
+        """Assert the secure average is within the stated quantization bound; return the error."""
+        plain, total = self.plaintext(result.survivors)
+        enc = self.server.encoder
+        n = len(result.survivors)
+        bound = enc.average_error_bound(n, total / self.config.max_weight)
+        err = float(np.max(np.abs(result.average - plain)))
+        assert err <= bound, f"error {err} exceeds the stated bound {bound}"
+        assert bound < 1e-5
+        weight_slack = n / (2 * enc.weight_scale) * self.config.max_weight
+        assert abs(result.total_weight - total) <= weight_slack + 1e-9
+        return err
+
+
+def deterministic_keys(monkeypatch, seed: int = 1) -> None:
+    """Make key pairs and self-mask seeds reproducible, so statistical tests are deterministic."""
+    from privacy.secagg import client as client_mod
+    from privacy.secagg import keys as keys_mod
+
+    counter = {"i": 0}
+
+    def _bytes(n: int) -> bytes:
+        counter["i"] += 1
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(f"{seed}/{counter['i']}/{len(out)}".encode()).digest()
+        return out[:n]
+
+    class _Os:
+        @staticmethod
+        def urandom(n: int) -> bytes:
+            return _bytes(n)
+
+    monkeypatch.setattr(keys_mod, "generate_key", lambda: X25519PrivateKey.from_private_bytes(_bytes(32)))
+    monkeypatch.setattr(client_mod, "os", _Os)
+
+
+def drop_count(n: int, fraction: float) -> int:
+    return math.ceil(fraction * n)

@@ -1,0 +1,91 @@
+"""What the server sees of one peer: uniform noise, useless for reconstruction attacks."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import chisquare
+
+from privacy.secagg import SecAggConfig
+
+from ._harness import Harness, deterministic_keys
+
+BINS = 64
+
+
+def _bins(values: np.ndarray, modulus_bits: int) -> np.ndarray:
+    idx = (values >> np.uint64(modulus_bits - 6)).astype(np.int64)  # 64 equal bins of Z_M
+    return np.bincount(idx, minlength=BINS)
+
+
+def _capture_uploads(h: Harness) -> dict:
+    uploads = {}
+    h.advertise()
+    h.share()
+    h.mask(tamper=lambda u, m: uploads.setdefault(u, m))
+    return uploads
+
+
+def test_masked_upload_is_uniform_while_plaintext_encoding_is_not(monkeypatch):
+    deterministic_keys(monkeypatch, seed=3)
+    h = Harness(5, dim=20_000, seed=12)
+    uploads = _capture_uploads(h)
+    enc = h.server.encoder
+    u = h.nodes[0]
+    masked = uploads[u].masked
+    p_masked = chisquare(_bins(masked, enc.modulus_bits)).pvalue
+    plain = enc.encode(h.inputs[u], h.weights[u] / h.config.max_weight)
+    p_plain = chisquare(_bins(plain, enc.modulus_bits)).pvalue
+    assert p_masked > 1e-3, p_masked
+    assert p_plain < 1e-12, p_plain
+
+
+def _linear_layer_update(rng, n_in=400, n_out=3):
+    """One SGD step on y = Wx + b with batch size 1 (squared loss): dW = g x^T, db = g."""
+    W = rng.normal(0, 0.05, (n_out, n_in))
+    b = rng.normal(0, 0.05, n_out)
+    x = rng.uniform(0, 1, n_in)
+    target = rng.normal(0, 1, n_out)
+    g = (W @ x + b) - target
+    dW, db = np.outer(g, x), g
+    scale = 0.9 / max(np.abs(dW).max(), np.abs(db).max())  # fit the clip range exactly
+    return x, np.concatenate([dW.ravel(), db]) * scale, n_out, n_in
+
+
+def _invert(update: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
+    """The attack: x = dW[i] / db[i] for the row with the largest |db[i]|."""
+    dW, db = update[: n_out * n_in].reshape(n_out, n_in), update[n_out * n_in :]
+    i = int(np.argmax(np.abs(db)))
+    return dW[i] / db[i]
+
+
+def test_reconstruction_attack_works_on_plaintext_and_fails_on_masked_upload(monkeypatch):
+    deterministic_keys(monkeypatch, seed=4)
+    rng = np.random.default_rng(0)
+    x, update, n_out, n_in = _linear_layer_update(rng)
+
+    # control: the plaintext update gives the private example back exactly
+    assert np.max(np.abs(_invert(update, n_out, n_in) - x)) < 1e-9
+
+    cfg = SecAggConfig(clip=1.0, bits=24, max_weight=1.0)
+    h = Harness(5, dim=update.size, config=cfg, seed=4)
+    target = h.nodes[2]
+    h.inputs[target] = update
+    h.weights[target] = 1.0
+    enc = h.server.encoder
+
+    # the fixed-point encoding alone does not protect: decoding it and inverting works
+    decoded, _ = enc.decode_sum(enc.encode(update, 1.0), 1)
+    assert np.corrcoef(_invert(decoded, n_out, n_in), x)[0, 1] > 0.999
+
+    # what the server holds of this peer: its masked upload; decode it as if it were plain
+    masked = _capture_uploads(h)[target].masked
+    guess_update, _ = enc.decode_sum(masked, 1)
+    for i in range(n_out):  # every row the attacker could try
+        dW_i = guess_update[i * n_in : (i + 1) * n_in]
+        guess = dW_i / guess_update[n_out * n_in + i]
+        assert abs(np.corrcoef(guess, x)[0, 1]) < 0.2  # vs > 0.999 on the plaintext
+        assert np.linalg.norm(guess - x) > 0.5 * np.linalg.norm(x)  # no better than noise
+
+    # and the protocol still delivers the right aggregate
+    result = h.unmask()
+    h.check_exact(result)

@@ -1,0 +1,27 @@
+"""Simulation config: defaults, TOML, flags, precedence."""
+
+from simulations.config import SimulationConfig, build_config
+
+
+def test_defaults_need_no_file():
+    config = build_config()
+    assert config == SimulationConfig()
+    assert config.data is None and config.label_column == "default" and config.dp_mode == "local"
+
+
+def test_toml_then_flags(tmp_path):
+    path = tmp_path / "sim.toml"
+    path.write_text(
+        '[simulation]\nbanks = 7\nrounds = 4\ncompare = ["centralized"]\n'
+        '[data]\npath = "x.csv"\nlabel = "Y"\npartition = "dirichlet:0.3"\n'
+        '[model]\nkind = "logreg"\nhidden = [8]\n[dp]\nepsilon = 2\ndelta = 1e-6\n')
+    config = build_config(path, {"rounds": 9, "banks": None})
+    assert (config.banks, config.rounds, config.compare) == (7, 9, ("centralized",))
+    assert (config.data, config.label, config.partition, config.model) == ("x.csv", "Y", "dirichlet:0.3", "logreg")
+    assert config.epsilon == 2.0 and isinstance(config.epsilon, float) and config.delta == 1e-6
+    job = config.job()
+    assert job.dp.epsilon == 2.0 and job.peers == 7 and job.model.kind == "logreg"
+
+
+def test_compare_flag_is_comma_separated():
+    assert build_config(None, {"compare": "centralized,local"}).compare == ("centralized", "local")
