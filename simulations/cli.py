@@ -33,7 +33,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", metavar="COL", help="row id column of --data, kept out of the features")
     p.add_argument("--partition", metavar="SPEC",
                    help="how rows are split into banks: iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew)")
-    p.add_argument("--customers", type=int, metavar="N", help="synthetic customers across all banks (default 20000)")
+    p.add_argument("--customers", type=int, metavar="N", help="synthetic customers across all banks (default max(20000, 200 per bank))")
     p.add_argument("--model", choices=["mlp", "logreg"], help="model family (default mlp)")
     p.add_argument("--hidden", metavar="W,W", help="MLP layer widths (default 64,32)")
     p.add_argument("--strategy", choices=["fedavg", "fedadam"], help="aggregation (default fedavg)")
@@ -46,7 +46,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dp", action="store_true", help="train without differential privacy (a baseline)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of data, partitions, models and noise (default 0)")
     p.add_argument("--out", metavar="DIR", help="where run folders are created (default ./runs)")
-    p.add_argument("--compare", metavar="LIST", help="yardsticks trained in the same run: centralized,local")
+    p.add_argument("--compare", metavar="LIST", help="yardsticks trained in the same run: centralized,local (default both), or none")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 

@@ -64,7 +64,7 @@ class SimulationConfig:
     seed: int = 0
     out: str = "runs"
     strategy: str = "fedavg"
-    compare: tuple[str, ...] = ()
+    compare: tuple[str, ...] = ("centralized", "local")
     data: str | None = None
     label: str | None = None
     id_column: str | None = None
@@ -124,7 +124,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         try:
-            return tuple(int(i) for i in items) if name == "hidden" else tuple(str(i).strip() for i in items if str(i).strip())
+            if name == "hidden":
+                return tuple(int(i) for i in items)
+            return tuple(str(i).strip() for i in items if str(i).strip() and str(i).strip() != "none")
         except ValueError:
             raise ConfigError(f"{where} must list integers, got {value!r}") from None
     if name in ("data", "label", "id_column", "partition"):

@@ -24,4 +24,5 @@ def test_toml_then_flags(tmp_path):
 
 
 def test_compare_flag_is_comma_separated():
-    assert build_config(None, {"compare": "centralized,local"}).compare == ("centralized", "local")
+    assert build_config(None, {"compare": "centralized"}).compare == ("centralized",)
+    assert build_config(None, {"compare": "none"}).compare == ()

@@ -89,3 +89,43 @@ def test_reconstruction_attack_works_on_plaintext_and_fails_on_masked_upload(mon
     # and the protocol still delivers the right aggregate
     result = h.unmask()
     h.check_exact(result)
+
+
+def test_dropped_peer_whose_upload_arrived_stays_hidden_by_its_self_mask(monkeypatch):
+    """A peer dropped after uploading: the server gets s_v, strips every pairwise mask,
+    and still sees uniform noise, because b_v is never revealed alongside s_v."""
+    import dataclasses
+
+    from privacy.secagg import keys as K
+    from privacy.secagg import shamir
+    from privacy.secagg.prg import LABEL_PAIR_MASK, add_mask
+
+    deterministic_keys(monkeypatch, seed=5)
+    h = Harness(10, dim=20_000, seed=13)
+    h.advertise()
+    h.share()
+    v, accuser = h.nodes[1], h.nodes[4]
+    enc = h.requests[accuser].shares[v]  # the relay corrupts one ciphertext from v ...
+    h.requests[accuser].shares[v] = dataclasses.replace(enc, ciphertext=bytes(len(enc.ciphertext)))
+    uploads = {}
+    h.mask(tamper=lambda u, m: uploads.setdefault(u, m))  # ... so v is dropped after uploading
+    answers = {}
+    result = h.unmask(tamper=lambda u, m: answers.setdefault(u, m))
+    assert v in result.dropped and v in uploads
+    h.check_exact(result)
+
+    assert all(v not in a.seed_shares for a in answers.values())  # never b_v and s_v together
+    holders = sorted(u for u, a in answers.items() if v in a.key_shares)[: h.server.threshold]
+    raw = shamir.reconstruct([shamir.point_of(u) for u in holders],
+                             [[shamir.share_from_bytes(answers[u].key_shares[v])] for u in holders])[0]
+    s_v = K.load_private(raw.to_bytes(32, "big"))
+    y = uploads[v].masked.copy()
+    for w in sorted(set(h.nodes) - {v}):  # v got everyone's shares, so it masked with all
+        secret = K.shared_secret(s_v, h.server._adverts[w].mask_public_key)
+        seed = K.mask_seed(secret, session=b"", round_id=h.server.round_id, u=v, v=w)
+        add_mask(y, seed, LABEL_PAIR_MASK, subtract=w > v)
+    y &= h.server.encoder.mask
+    k = h.server.encoder.modulus_bits
+    assert chisquare(_bins(y, k)).pvalue > 1e-3  # what remains is PRG(b_v): uniform
+    plain = h.server.encoder.encode(h.inputs[v], h.weights[v] / h.config.max_weight)
+    assert np.mean(y == plain) < 0.01
