@@ -19,6 +19,7 @@ from peers.models import ModelSpec
 from privacy.accounting import Mechanism, calibrate_noise
 from privacy.dpsgd import steps_per_epoch
 from privacy.errors import ConfigError
+from privacy.secagg import SecAggConfig
 
 DP_MODES = ("local", "off")
 
@@ -72,6 +73,37 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class SecAggSpec:
+    """Secure aggregation of the job's training rounds (see `strategies.secagg`).
+
+    `clip` bounds each coordinate of a peer's update (trained − global weights) before
+    fixed-point encoding with `bits` of precision; `max_weight` is a public upper bound
+    on a peer's weight (its training rows); `dropout_fraction` and
+    `collusion_fraction` are the targets from which the graph degree and threshold
+    are derived.
+    """
+
+    mode: str = "on"
+    clip: float = 8.0
+    bits: int = 24
+    max_weight: float = 1_000_000.0
+    dropout_fraction: float = 0.3
+    collusion_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("on", "off"), f"secure-aggregation '{self.mode}' is unknown: use on or off")
+        _require(math.isfinite(self.clip) and self.clip > 0, f"secagg.clip must be > 0 (got {self.clip})")
+        _require(self.max_weight > 0, f"secagg.max-weight must be > 0 (got {self.max_weight})")
+        _require(0 <= self.dropout_fraction < 1, f"secagg.dropout-fraction must be in [0, 1) (got {self.dropout_fraction})")
+        _require(0 <= self.collusion_fraction < 1,
+                 f"secagg.collusion-fraction must be in [0, 1) (got {self.collusion_fraction})")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "on"
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Everything a peer needs to take part in one training job."""
 
@@ -84,6 +116,7 @@ class JobConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     dp: DPSpec = field(default_factory=DPSpec)
+    secagg: SecAggSpec = field(default_factory=SecAggSpec)
 
     def __post_init__(self) -> None:
         _require(self.peers >= 1, f"a job needs at least one peer (got {self.peers})")
@@ -100,7 +133,7 @@ class JobConfig:
             "model.kind": self.model.kind,
             "model.hidden": ",".join(str(h) for h in self.model.hidden),
         }
-        for prefix, spec in (("train", self.train), ("dp", self.dp)):
+        for prefix, spec in (("train", self.train), ("dp", self.dp), ("secagg", self.secagg)):
             for key, value in asdict(spec).items():
                 flat[f"{prefix}.{key.replace('_', '-')}"] = value
         return flat
@@ -126,9 +159,17 @@ class JobConfig:
                                 hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32")))),
                 train=section("train", TrainSpec),
                 dp=section("dp", DPSpec),
+                secagg=section("secagg", SecAggSpec),
             )
         except KeyError as missing:
             raise ConfigError(f"run config lacks {missing}: the job host must send it") from None
+
+
+def secagg_config(job: JobConfig) -> SecAggConfig:
+    """The SecAgg+ parameters both the host and every peer derive from the job."""
+    return SecAggConfig(clip=job.secagg.clip, bits=job.secagg.bits, max_weight=job.secagg.max_weight,
+                        dropout_fraction=job.secagg.dropout_fraction,
+                        collusion_fraction=job.secagg.collusion_fraction, session_id=job.job_id.encode())
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,44 @@
-"""DP-SGD for in-memory tabular data: Opacus' per-sample clipping and noise, fast sampling.
+"""DP-SGD for in-memory tabular data: per-sample clipping, Gaussian noise, fast Poisson sampling.
 
-`DPSGDTrainer` is a small facade in the spirit of Opacus' `PrivacyEngine`, built from
-Opacus' own parts: `GradSampleModule` computes per-sample gradients, `DPOptimizer`
-clips each of them to `max_grad_norm` and adds Gaussian noise of standard deviation
-`noise_multiplier * max_grad_norm` to their sum. What it does differently from
-`PrivacyEngine.make_private` is the sampling: a bank's table already sits in memory as
-one tensor, so each step draws a Poisson batch (every row independently with
-probability `sample_rate`) with one vectorized Bernoulli mask instead of a per-row
-`DataLoader`. That is the sampling the accountant assumes (Poisson subsampling), and it
-removes the Python per-row overhead that dominates DP training of small models.
+`DPSGDTrainer` is a small facade in the spirit of Opacus' `PrivacyEngine`. Each step:
 
-Contract:
+1. Poisson sampling: every row of the bank's table (already one tensor in memory) joins
+   the batch independently with probability `sample_rate`, drawn as one vectorized
+   Bernoulli mask and turned into row indices, instead of a per-row `DataLoader`. That
+   is the sampling the accountant assumes, without Python per-row overhead;
+2. per-sample clipping: each sampled row's gradient (over all trained parameters) is
+   scaled by min(1, C / (‖g_i‖ + 1e-6)), Opacus' clipping rule, so that its norm is at
+   most C = `max_grad_norm`;
+3. noise: Gaussian noise of standard deviation `noise_multiplier · C` is added to the
+   sum of the clipped gradients, and the result is divided by the *expected* batch
+   size round(q·n) (a public constant, so the sensitivity does not depend on the
+   sampled batch); then a plain SGD step (no momentum) with `lr`.
+
+Two interchangeable backends compute steps 2–3 (`backend=`):
+
+- "ghost" (used by "auto" whenever it applies): for models that are an `nn.Sequential`
+  of distinct `nn.Linear` layers and element-wise activations — every model
+  `peers.models.build_model` makes — on 2-D input. Per-sample gradient norms come from
+  the ghost-clipping identity that Opacus' `grad_sample_mode="ghost"` uses for
+  `nn.Linear` (‖g_i a_iᵀ‖ = ‖g_i‖·‖a_i‖, plus ‖g_i‖ for the bias), from one backward
+  pass to the layers' outputs; the clipped sum is then one matrix product per layer,
+  and the noise one vectorized draw. No per-sample gradient is materialised and no
+  Python hook runs, which is what dominates Opacus' cost on a model this small.
+- "opacus": Opacus' `GradSampleModule` (per-sample gradients by hooks) and
+  `DPOptimizer` (clipping, noise, averaging). "auto" falls back to it for any other
+  model; it is also the reference the ghost backend is tested against.
+
+Contract (both backends):
 - every step returned in the `Mechanism` of `train` was taken with exactly that noise
   multiplier and sample rate, so `privacy.accounting.epsilon_spent` of the returned
   mechanisms is a valid (ε, δ) bound for releasing the trained weights;
 - an empty Poisson batch is counted as a step but performs no update (releasing less
   than was accounted for is safe: the bound stays conservative);
-- `noise_multiplier == 0` is only accepted when `private=False` (plain SGD, used for the
-  non-private baselines and `--dp off`).
+- `noise_multiplier == 0` is only accepted when `private=False` (plain SGD with the
+  same sampling, used for the non-private baselines and `--dp off`);
+- the loss function must average a per-row loss over the rows (`reduction="mean"`),
+  as Opacus' `loss_reduction="mean"` assumes, and rows must not interact in the model
+  (no batch statistics: `peers.models` holds no such layer).
 
 Assumption: the noise comes from torch's generator, not from a cryptographically secure
 one (Opacus' `secure_mode` needs torchcsprng, which does not exist for this torch); the
@@ -27,15 +48,27 @@ floating-point attacks that secure mode defends against are out of scope.
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
+
+BACKENDS = ("auto", "ghost", "opacus")
+
+# Opacus' full backward hooks make torch warn on every backward of a model whose first
+# layer's input does not require gradients (always the case here); it is harmless.
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+
+# Layers that act on each row, and each element, independently and hold no parameter:
+# a per-row loss of a Sequential of these and nn.Linear depends on its own row only.
+_ELEMENTWISE = (nn.Identity, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
+                nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Dropout)
 
 
 @dataclass(frozen=True)
@@ -65,31 +98,153 @@ def steps_per_epoch(sample_rate: float) -> int:
     return max(1, math.ceil(1.0 / sample_rate))
 
 
+def expected_batch_size(sample_rate: float, n: int) -> int:
+    """The public denominator of the noisy average: round(q·n), at least 1."""
+    return max(1, round(sample_rate * n))
+
+
+def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a Poisson sample of range(n): each row independently with probability q."""
+    return (torch.rand(n, generator=generator) < sample_rate).nonzero().squeeze(1)
+
+
+@contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_HOOK_WARNING, category=UserWarning)
+        yield
+
+
+class _LinearStack:
+    """Ghost-clipping DP-SGD step for an `nn.Sequential` of `nn.Linear` and activations."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        self.layers = layers
+        self.linears = [m for m in layers if isinstance(m, nn.Linear)]
+        self.params = [p for m in self.linears for p in ((m.weight,) if m.bias is None else (m.weight, m.bias))]
+        sizes = [p.numel() for p in self.params]
+        self._flat = torch.empty(sum(sizes), dtype=self.params[0].dtype)
+        self._grads = [v.view_as(p) for v, p in zip(self._flat.split(sizes), self.params)]
+        self._weight_grads = [self._grads[i] for i in self._weight_positions()]
+        self._bias_grads = [self._grads[i + 1] if m.bias is not None else None
+                            for i, m in zip(self._weight_positions(), self.linears)]
+
+    def _weight_positions(self) -> list[int]:
+        positions, i = [], 0
+        for m in self.linears:
+            positions.append(i)
+            i += 1 if m.bias is None else 2
+        return positions
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "_LinearStack | None":
+        """The fast step for `model`, or None when the ghost identity does not cover it."""
+        if not isinstance(model, nn.Sequential):
+            return None
+        layers = list(model.children())
+        linears = [m for m in layers if isinstance(m, nn.Linear)]
+        if not linears or any(not isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in layers):
+            return None
+        if len({id(m) for m in linears}) != len(linears):
+            return None  # a layer applied twice: per-sample norms would not add up
+        trained = [p for p in model.parameters() if p.requires_grad]
+        owned = [p for m in linears for p in m.parameters()]
+        if len(trained) != len(owned) or len(trained) != len(list(model.parameters())):
+            return None  # frozen or foreign parameters: let Opacus handle them
+        if len({p.dtype for p in owned}) != 1:
+            return None
+        return cls(layers)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, max_grad_norm: float,
+             noise_multiplier: float, lr_over_batch: float, generator: torch.Generator) -> torch.Tensor:
+        """One DP-SGD update of the parameters in place; returns the batch's mean loss.
+
+        Everything below is the textbook step divided by C, which lets every constant
+        ride on an existing operation: the flat buffer ends up holding
+        (Σ_i clip(g_i) + N(0, σ²C²)) / C, and the SGD step scales it by lr·C/E.
+        """
+        inputs, outputs = [], []
+        h = x
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                inputs.append(h)
+                h = layer(h)
+                outputs.append(h)
+            else:
+                h = layer(h)
+        loss = loss_fn(h.squeeze(-1), y)
+        batch = x.shape[0]
+        # loss is the mean over rows and rows do not interact, so row i of each output
+        # gradient is r_i = g_i / batch, g_i being the gradient of row i's own loss.
+        grad_out = torch.autograd.grad(loss, outputs)
+        with torch.no_grad():
+            # ‖r_i‖ over all parameters: a layer's share is ‖r_i,out‖·‖(a_i, 1 if bias)‖
+            # (the ghost-clipping identity for nn.Linear), accumulated with hypot.
+            norms = None
+            for layer, a, r in zip(self.linears, inputs, grad_out):
+                r_norm = torch.linalg.vector_norm(r, dim=1)
+                share = r_norm * torch.linalg.vector_norm(a, dim=1)
+                norms = share if norms is None else torch.hypot(norms, share, out=norms)
+                if layer.bias is not None:
+                    torch.hypot(norms, r_norm, out=norms)
+            # clip(g_i)/C = g_i·min(1, C/‖g_i‖)/C = r_i·min(batch/C, 1/‖r_i‖)
+            factor = norms.reciprocal_().clamp_(max=batch / max_grad_norm)
+            column = factor.unsqueeze(1)
+            # noise first, then Σ_i clip(g_i)/C accumulated onto σ·noise, per layer
+            torch.randn(self._flat.shape, generator=generator, out=self._flat)
+            for a, r, wg, bg in zip(inputs, grad_out, self._weight_grads, self._bias_grads):
+                wg.addmm_((r * column).t(), a, beta=noise_multiplier)
+                if bg is not None:
+                    bg.addmv_(r.t(), factor, beta=noise_multiplier)
+            torch._foreach_add_(self.params, self._grads, alpha=-lr_over_batch * max_grad_norm)
+        return loss.detach()
+
+
 class DPSGDTrainer:
     """Trains `model` in place on (X, y) with DP-SGD (or plain SGD when not private).
 
     The model's own parameters are updated, so its `state_dict()` keys never carry
-    Opacus' `_module.` prefix.
+    Opacus' `_module.` prefix. `backend` picks how clipping and noise are computed (see
+    the module docstring); every backend gives the same guarantee.
     """
 
-    def __init__(self, model: nn.Module, config: DPSGDConfig, seed: int) -> None:
+    def __init__(self, model: nn.Module, config: DPSGDConfig, seed: int, *, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown DP-SGD backend '{backend}': use one of {', '.join(BACKENDS)}")
         self.model = model
         self.config = config
         self._generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.0)
-        if config.private:
-            self._module: nn.Module = GradSampleModule(model, loss_reduction="mean")
-            self._optimizer: torch.optim.Optimizer = DPOptimizer(
-                optimizer,
-                noise_multiplier=config.noise_multiplier,
-                max_grad_norm=config.max_grad_norm,
-                expected_batch_size=1,  # replaced per run by q·n, see train()
-                loss_reduction="mean",
-                generator=torch.Generator().manual_seed(seed + 1),
-            )
-        else:
-            self._module = model
-            self._optimizer = optimizer
+        self._noise_generator = torch.Generator().manual_seed(seed + 1)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._fast: _LinearStack | None = None
+        self._opacus: tuple[nn.Module, torch.optim.Optimizer] | None = None
+        if config.private and backend != "opacus":
+            self._fast = _LinearStack.of(model)
+            if self._fast is None and backend == "ghost":
+                raise ConfigError("the ghost DP-SGD backend needs an nn.Sequential of nn.Linear layers and "
+                                  "element-wise activations: use backend 'auto' or 'opacus'")
+        if config.private and self._fast is None:
+            self._opacus = self._make_opacus(seed)
+
+    def _make_opacus(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        module = GradSampleModule(self.model, loss_reduction="mean")
+        optimizer = DPOptimizer(
+            torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=0.0),
+            noise_multiplier=self.config.noise_multiplier,
+            max_grad_norm=self.config.max_grad_norm,
+            expected_batch_size=1,  # replaced per run by q·n, see train()
+            loss_reduction="mean",
+            generator=self._noise_generator,
+        )
+        return module, optimizer
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: "ghost", "opacus", or "sgd" when not private."""
+        return "ghost" if self._fast else "opacus" if self._opacus else "sgd"
 
     def train(self, features: torch.Tensor, labels: torch.Tensor, epochs: int,
               loss_fn: nn.Module | None = None) -> tuple[Mechanism | None, float]:
@@ -101,26 +256,54 @@ class DPSGDTrainer:
         q = self.config.sample_rate
         steps = epochs * steps_per_epoch(q)
         loss_fn = loss_fn or nn.BCEWithLogitsLoss()
-        if isinstance(self._optimizer, DPOptimizer):
-            # Opacus divides the clipped sum by the *expected* batch size q·n, so the
-            # sensitivity of the average does not depend on the sampled batch.
-            self._optimizer.expected_batch_size = max(1, round(q * n))
-        self._module.train()
+        if self._fast is not None and features.dim() != 2:
+            raise ConfigError(f"DP-SGD on tabular rows needs 2-D features, got shape {tuple(features.shape)}")
+        self.model.train()
+        step = self._step_function(n, loss_fn)
         total_loss, counted = 0.0, 0
         for _ in range(steps):
-            mask = torch.rand(n, generator=self._generator) < q
-            if not bool(mask.any()):
+            rows = poisson_batch(n, q, self._generator)
+            size = rows.numel()
+            if size == 0:
                 continue
-            x, y = features[mask], labels[mask]
-            self._optimizer.zero_grad(set_to_none=True)
-            logits = self._module(x).squeeze(-1)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            self._optimizer.step()
-            total_loss += float(loss.detach()) * len(y)
-            counted += len(y)
-        self._optimizer.zero_grad(set_to_none=True)
+            loss = step(features.index_select(0, rows), labels.index_select(0, rows))
+            total_loss += float(loss) * size
+            counted += size
+        if self._opacus is not None:
+            self._opacus[1].zero_grad(set_to_none=True)  # drop per-sample gradients
         mean_loss = total_loss / counted if counted else float("nan")
         if not self.config.private:
             return None, mean_loss
         return Mechanism(self.config.noise_multiplier, q, steps), mean_loss
+
+    def _step_function(self, n: int, loss_fn: nn.Module):
+        config = self.config
+        if self._fast is not None:
+            fast, generator = self._fast, self._noise_generator
+            lr_over_batch = config.lr / expected_batch_size(config.sample_rate, n)
+            return lambda x, y: fast.step(x, y, loss_fn, config.max_grad_norm, config.noise_multiplier,
+                                          lr_over_batch, generator)
+        if self._opacus is not None:
+            module, optimizer = self._opacus
+            # Opacus divides the clipped noisy sum by the *expected* batch size q·n.
+            optimizer.expected_batch_size = expected_batch_size(config.sample_rate, n)
+
+            def opacus_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(module(x).squeeze(-1), y)
+                with _quiet_hooks():
+                    loss.backward()
+                optimizer.step()
+                return loss.detach()
+
+            return opacus_step
+        params, model, lr = self._params, self.model, config.lr
+
+        def sgd_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            loss = loss_fn(model(x).squeeze(-1), y)
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                torch._foreach_add_(params, grads, alpha=-lr)
+            return loss.detach()
+
+        return sgd_step

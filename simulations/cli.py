@@ -23,7 +23,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Every flag has a TOML key (see README): [simulation] banks, rounds, seed, out, strategy, compare; "
                "[data] path, label, id-column, partition, customers; [model] kind, hidden; "
                "[train] local-epochs, batch-size, lr, test-fraction; [dp] mode, epsilon, delta, max-grad-norm, "
-               "accountant.",
+               "accountant; [secagg] mode, clip, dropout-fraction, collusion-fraction; [simulation] dropout.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with defaults for any flag below")
     p.add_argument("--banks", type=int, metavar="N", help="number of banks (default 5)")
@@ -43,7 +43,13 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, metavar="E", help="ε each bank may spend on the whole job (default 3)")
     p.add_argument("--delta", type=float, metavar="D", help="δ of each bank's guarantee (default 1e-5)")
     p.add_argument("--max-grad-norm", type=float, metavar="C", help="per-example gradient clipping bound (default 1)")
-    p.add_argument("--no-dp", action="store_true", help="train without differential privacy (a baseline)")
+    p.add_argument("--dp", choices=["local", "off"], dest="dp_mode",
+                   help="local: DP-SGD at every bank (default); off: no differential privacy")
+    p.add_argument("--no-dp", action="store_true", help="same as --dp off (a non-private baseline)")
+    p.add_argument("--secure-aggregation", choices=["on", "off"], dest="secure_aggregation",
+                   help="SecAgg+ secure aggregation of every round (default on); off: plaintext baseline")
+    p.add_argument("--dropout", type=float, metavar="F",
+                   help="share of banks that vanish at a random stage of each round (default 0)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of data, partitions, models and noise (default 0)")
     p.add_argument("--out", metavar="DIR", help="where run folders are created (default ./runs)")
     p.add_argument("--compare", metavar="LIST", help="yardsticks trained in the same run: centralized,local (default both), or none")
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "customers", "model", "hidden",
                "strategy", "local_epochs", "batch_size", "lr", "epsilon", "delta", "max_grad_norm", "seed",
-               "out", "compare")
+               "out", "compare", "dp_mode", "secure_aggregation", "dropout")
 
 
 def run_simulate(args: argparse.Namespace) -> int:

@@ -2,11 +2,12 @@
 
 Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
 
-    [simulation]  banks, rounds, seed, out, strategy, compare = ["centralized", "local"]
+    [simulation]  banks, rounds, seed, out, strategy, dropout, compare = ["centralized", "local"]
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
     [model]       kind = "mlp" | "logreg", hidden = [64, 32]
     [train]       local-epochs, batch-size, lr, test-fraction
     [dp]          mode = "local" | "off", epsilon, delta, max-grad-norm, accountant
+    [secagg]      mode = "on" | "off", clip, dropout-fraction, collusion-fraction
 
 With no file and no flags the defaults describe a small run on the embedded synthetic
 generator. Unknown sections or keys, and values of the wrong type, raise
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from peers.job import DPSpec, JobConfig, TrainSpec
+from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
 from peers.models import ModelSpec
 from privacy.errors import ConfigError
 
@@ -34,6 +35,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("simulation", "out"): "out",
     ("simulation", "strategy"): "strategy",
     ("simulation", "compare"): "compare",
+    ("simulation", "dropout"): "dropout",
     ("data", "path"): "data",
     ("data", "label"): "label",
     ("data", "id-column"): "id_column",
@@ -50,6 +52,10 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("dp", "delta"): "delta",
     ("dp", "max-grad-norm"): "max_grad_norm",
     ("dp", "accountant"): "accountant",
+    ("secagg", "mode"): "secure_aggregation",
+    ("secagg", "clip"): "secagg_clip",
+    ("secagg", "dropout-fraction"): "secagg_dropout_fraction",
+    ("secagg", "collusion-fraction"): "secagg_collusion_fraction",
 }
 
 SYNTHETIC_LABEL = "default"
@@ -81,6 +87,11 @@ class SimulationConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
+    secure_aggregation: str = "on"
+    secagg_clip: float = 8.0
+    secagg_dropout_fraction: float = 0.3
+    secagg_collusion_fraction: float = 0.1
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.banks < 1:
@@ -92,6 +103,8 @@ class SimulationConfig:
             raise ConfigError(f"--compare: unknown yardstick {unknown[0]!r}; use {','.join(COMPARISONS)}")
         if self.data is not None and not self.label:
             raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         self.job()  # validates model, training and DP settings
@@ -100,8 +113,9 @@ class SimulationConfig:
     def label_column(self) -> str:
         return self.label if self.data is not None else (self.label or SYNTHETIC_LABEL)
 
-    def job(self, encoder_path: str = "", banks_dir: str = "", job_id: str = "simulation") -> JobConfig:
-        """The job every simulated bank runs."""
+    def job(self, encoder_path: str = "", banks_dir: str = "", job_id: str = "simulation",
+            max_weight: float = SecAggSpec.max_weight) -> JobConfig:
+        """The job every simulated bank runs; `max_weight` bounds a bank's training rows."""
         return JobConfig(
             label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
             strategy=self.strategy, peers=self.banks,
@@ -110,6 +124,9 @@ class SimulationConfig:
                             lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),
             dp=DPSpec(mode=self.dp_mode, epsilon=self.epsilon, delta=self.delta,
                       max_grad_norm=self.max_grad_norm, accountant=self.accountant),
+            secagg=SecAggSpec(mode=self.secure_aggregation, clip=self.secagg_clip, max_weight=max_weight,
+                              dropout_fraction=self.secagg_dropout_fraction,
+                              collusion_fraction=self.secagg_collusion_fraction),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from peers.client.app import app as client_app
+from peers.client.app import app as default_client_app
+from peers.client.app import build_client_app
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
@@ -43,6 +44,7 @@ from simulations import baselines
 from simulations.banks import Bank, prepare_banks
 from simulations.config import SimulationConfig
 from simulations.engine import run_flower_simulation
+from simulations.faults import DROPOUT_KEY, dropout_mod
 from simulations.progress import Progress
 from simulations.report.card import build_card, write_card
 from simulations.report.plots import plot_comparison, plot_rounds
@@ -95,7 +97,8 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
         banks_dir.mkdir()
         for bank in banks:
             bank.frame.to_parquet(banks_dir / f"{bank.name}.parquet", index=False)
-        job = config.job(encoder_path=str(work / "encoder.json"), banks_dir=str(banks_dir), job_id=folder.name)
+        job = config.job(encoder_path=str(work / "encoder.json"), banks_dir=str(banks_dir), job_id=folder.name,
+                         max_weight=float(max(t.n_train for t in tensors)))
 
         ledger = SQLiteLedger(folder.path / "ledger.sqlite")
         try:
@@ -105,8 +108,9 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
                            on_round=progress.round_callback(job.train.rounds))
             progress.stage(f"Training: {config.banks} banks × {config.rounds} rounds on Flower's Simulation Engine")
             progress.start_rounds(job.train.rounds)
-            run_flower_simulation(server_app(host), client_app, config.banks, job.to_run_config(),
-                                  work / "app", _version())
+            client_app = build_client_app([dropout_mod]) if config.dropout > 0 else default_client_app
+            run_flower_simulation(server_app(host), client_app, config.banks,
+                                  {**job.to_run_config(), DROPOUT_KEY: config.dropout}, work / "app", _version())
             progress.finish_rounds()
             outcome = _check_outcome(host.outcome)
             spent = _spent_per_bank(outcome)

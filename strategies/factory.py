@@ -12,15 +12,19 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
 from privacy.errors import ConfigError
+from privacy.secagg import SecAggConfig
 from strategies.guard import ReplyGuard
 from strategies.observer import Observed, RoundCallback
+from strategies.secagg import SecureAggregation
 
 STRATEGIES = ("fedavg", "fedadam")
 
 
 def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
-                   fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None) -> Observed:
-    """`name` aggregation over `n_peers` peers, guarded and observed."""
+                   fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None,
+                   secagg: SecAggConfig | None = None) -> Observed:
+    """`name` aggregation over `n_peers` peers, guarded, observed and, when `secagg`
+    is given, run through SecAgg+ secure aggregation."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
     if n_peers < 1:
@@ -36,4 +40,7 @@ def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
         inner = FedAvg(**common)
     else:
         inner = FedAdam(**common, eta=0.05, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
-    return Observed(ReplyGuard(inner), on_round=on_round)
+    guarded: Strategy = ReplyGuard(inner)
+    if secagg is not None:
+        guarded = SecureAggregation(guarded, secagg)
+    return Observed(guarded, on_round=on_round)

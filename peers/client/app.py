@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
+from peers.client.mods.secagg import secagg_mod
 from peers.client.local_training import evaluate_weights, limit_threads, train_round
 from peers.data.bank import BankTensors, load_bank
 from peers.job import JobConfig
@@ -28,7 +31,6 @@ from privacy.errors import FedsiloError
 PRIVACY_STATE_KEY = "fedsilo.privacy"
 ERROR_CODE_REFUSED = 4001
 
-app = ClientApp()
 
 
 def bank_index(context: Context) -> int:
@@ -60,7 +62,6 @@ def _refuse(msg: Message, error: FedsiloError) -> Message:
     return Message(Error(code=ERROR_CODE_REFUSED, reason=f"{error.__class__.__name__}: {error}"), reply_to=msg)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this bank's rows with DP-SGD."""
     limit_threads()
@@ -88,7 +89,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this bank's held-out rows."""
     limit_threads()
@@ -102,3 +102,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": data.n_test, "loss": scores["loss"], "auc": scores["auc"],
                "bank": bank_index(context)}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """The fedsilo ClientApp with `secagg_mod` innermost and any `mods` around it.
+
+    The simulation harness adds its fault-injection mod; a real peer runs `app`.
+    """
+    client_app = ClientApp(mods=[*mods, secagg_mod])
+    client_app.train()(train)
+    client_app.evaluate()(evaluate)
+    return client_app
+
+
+app = build_client_app()

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig
+from peers.job import JobConfig, secagg_config
 from peers.models import build_model, get_weights
 from strategies.factory import build_strategy
 from strategies.observer import Observed, RoundCallback
@@ -53,7 +53,8 @@ class JobHost:
         return get_weights(build_model(self.job.model, encoder.n_features, seed=self.job.train.seed))
 
     def run(self, grid: Grid, context: Context) -> HostedRun:
-        strategy = build_strategy(self.job.strategy, self.job.peers, on_round=self.on_round)
+        strategy = build_strategy(self.job.strategy, self.job.peers, on_round=self.on_round,
+                                  secagg=secagg_config(self.job) if self.job.secagg.enabled else None)
         central: dict[int, dict[str, float]] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -83,7 +83,7 @@ class SQLiteLedger(PrivacyLedger):
     def _transaction(self, write: bool) -> Iterator[None]:
         with self._lock:
             try:
-                self._conn.execute("BEGIN")
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield
                     self._conn.execute("COMMIT")

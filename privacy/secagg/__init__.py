@@ -29,6 +29,9 @@ Threat model and assumptions (details in the modules):
   malicious server, liveness and the exact survivor set are not guaranteed.
 * The round seed that fixes the graph is chosen independently of which peers are
   corrupt (static adversary).
+* Integrity: reconstructed secrets are checked against the advertised commitment /
+  public key, and a decoded sum outside the range a sum of encodings can take (masks
+  that did not cancel) is refused; no average is released in either case.
 
 Modules, one job each: ``encoding`` (fixed point, modulus), ``prg`` (ChaCha20 masks),
 ``keys`` (X25519, HKDF, AES-GCM, Ed25519 hook), ``shamir`` (sharing over 2**521 - 1),

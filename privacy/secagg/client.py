@@ -38,6 +38,7 @@ from .prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
 __all__ = ["SecAggClient", "ClientStage"]
 
 _PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES
+_BYTES_FIELDS = ("enc_public_key", "mask_public_key", "seed_commitment", "signature")
 
 
 class ClientStage(enum.Enum):
@@ -53,6 +54,7 @@ class ClientStage(enum.Enum):
 class _Round:
     round_id: int
     participants: frozenset[int]
+    round_seed: bytes
     graph: Graph
     encoder: FixedPointEncoder
     enc_key: X25519PrivateKey
@@ -89,6 +91,57 @@ class SecAggClient:
         self._identities = K.load_identity_keys(identity_public_keys)
         self._round: _Round | None = None
         self._last_round: int | None = None
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        """The client's round state as JSON-ready values (bytes as hex), to resume later.
+
+        It holds the round's private keys and shares: keep it where the peer keeps its
+        own secrets (Flower's node-local `context.state`), never in a message.
+        """
+        st = self._round
+        state: dict = {"node_id": self.node_id, "last_round": self._last_round, "round": None}
+        if st is None:
+            return state
+        hexa = lambda b: None if b is None else b.hex()  # noqa: E731
+        state["round"] = {
+            "round_id": st.round_id, "participants": sorted(st.participants), "round_seed": st.round_seed.hex(),
+            "enc_key": K.private_bytes(st.enc_key).hex(),
+            "mask_key": hexa(None if st.mask_key is None else K.private_bytes(st.mask_key)),
+            "seed": hexa(st.seed), "stage": st.stage.value,
+            "peer_keys": {str(v): {k: (x.hex() if isinstance(x, bytes) else x) for k, x in a.to_dict().items()}
+                          for v, a in st.peer_keys.items()},
+            "own_share": [hex(st.own_share[0]), hex(st.own_share[1])],
+            "partners": {str(v): [hex(b), hex(c)] for v, (b, c) in st.partners.items()},
+            "rejected": {str(v): r for v, r in st.rejected.items()},
+        }
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Resume from `state_dict()`; the config must be the one the state was made with."""
+        if state.get("node_id") != self.node_id:
+            raise ProtocolError(f"peer {self.node_id}: checkpoint belongs to peer {state.get('node_id')}")
+        self._last_round = state.get("last_round")
+        saved = state.get("round")
+        if saved is None:
+            self._round = None
+            return
+        unhex = lambda h: None if h is None else bytes.fromhex(h)  # noqa: E731
+        parts = frozenset(saved["participants"])
+        round_seed = bytes.fromhex(saved["round_seed"])
+        mask_raw = unhex(saved["mask_key"])
+        self._round = _Round(
+            saved["round_id"], parts, round_seed, self.config.graph(parts, round_seed),
+            self.config.encoder(len(parts)), K.load_private(bytes.fromhex(saved["enc_key"])),
+            None if mask_raw is None else K.load_private(mask_raw), unhex(saved["seed"]),
+            stage=ClientStage(saved["stage"]),
+            peer_keys={int(v): AdvertiseKeys.from_dict({k: (bytes.fromhex(x) if k in _BYTES_FIELDS else x)
+                                                        for k, x in a.items()})
+                       for v, a in saved["peer_keys"].items()},
+            own_share=(int(saved["own_share"][0], 16), int(saved["own_share"][1], 16)),
+            partners={int(v): (int(b, 16), int(c, 16)) for v, (b, c) in saved["partners"].items()},
+            rejected={int(v): r for v, r in saved["rejected"].items()},
+        )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -141,7 +194,7 @@ class SecAggClient:
                 session=session, round_id=round_id, node_id=self.node_id, enc_public_key=enc_pub,
                 mask_public_key=mask_pub, seed_commitment=commitment))
         self._last_round = round_id
-        self._round = _Round(round_id, parts, graph, encoder, enc_key, mask_key, seed)
+        self._round = _Round(round_id, parts, round_seed, graph, encoder, enc_key, mask_key, seed)
         return AdvertiseKeys(round_id, self.node_id, enc_pub, mask_pub, commitment, signature)
 
     # ------------------------------------------------------------------ stage 1

@@ -132,11 +132,11 @@ class FixedPointEncoder:
             )
         if not (0.0 <= weight_fraction <= 1.0) or not math.isfinite(weight_fraction):
             raise DataError(f"secagg normalized weight must lie in [0, 1], got {weight_fraction!r}")
+        if not np.isfinite(x).all():
+            raise DataError("secagg input contains NaN or infinity; it cannot be encoded")
         c = float(self.clip)
         work = np.empty(x.shape[0], dtype=np.float64)
         np.clip(x, -c, c, out=work)
-        if not np.isfinite(work).all():
-            raise DataError("secagg input contains NaN; it cannot be encoded")
         work *= weight_fraction
         work += c
         work *= self.scale
@@ -161,6 +161,10 @@ class FixedPointEncoder:
 
         Returns ``(A, B)``: ``A = sum w~_i clip(x_i)`` (float64, length d) and the
         normalized weight sum ``B = sum w~_i``. The value slots subtract ``n_summed * c``.
+        ValueError if some slot lies outside ``[-headroom, n_summed * max_encoded + headroom]``
+        (the weight slot outside ``[0, n_summed * max_encoded]``): then the masks did not
+        cancel and the residue is not a sum of encodings (with random residues this is
+        detected with overwhelming probability once d is more than a few dozen).
         """
         if not 1 <= n_summed <= self.n_peers:
             raise DataError(
@@ -168,6 +172,11 @@ class FixedPointEncoder:
                 f"{self.n_peers} peers"
             )
         ints = self.centered_integers(summed)
+        top = n_summed * self.max_encoded
+        if not 0 <= int(ints[-1]) <= top or int(ints[:-1].min()) < -self.headroom or int(ints[:-1].max()) > top + self.headroom:
+            raise ValueError(
+                f"the decoded sum lies outside the range a sum of {n_summed} encodings can take"
+            )
         values = ints[:-1].astype(np.float64)
         values /= self.scale
         values -= n_summed * float(self.clip)

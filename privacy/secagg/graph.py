@@ -52,6 +52,7 @@ import hmac
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from privacy.errors import ConfigError
 
@@ -200,14 +201,20 @@ def build_graph(
         len(nodes), dropout_fraction, collusion_fraction, security_bits, correctness_bits,
         complete_graph_max,
     )
-    if params.complete:
+    return Graph(nodes=nodes, neighbours=_neighbours(nodes, round_seed, params.degree, params.complete),
+                 params=params)
+
+
+@functools.lru_cache(maxsize=8)  # every in-process peer of a simulation builds the same graph
+def _neighbours(nodes: tuple[int, ...], round_seed: bytes, degree: int, complete: bool) -> Mapping[int, frozenset[int]]:
+    if complete:
         everyone = frozenset(nodes)
-        neighbours = {u: everyone - {u} for u in nodes}
+        table = {u: everyone - {u} for u in nodes}
     else:
         order = sorted(nodes, key=lambda u: _order_key(round_seed, u))
-        n, half = len(order), params.degree // 2
-        neighbours = {
+        n, half = len(order), degree // 2
+        table = {
             u: frozenset(order[(i + j) % n] for j in range(-half, half + 1) if j != 0)
             for i, u in enumerate(order)
         }
-    return Graph(nodes=nodes, neighbours=neighbours, params=params)
+    return MappingProxyType(table)

@@ -20,8 +20,10 @@ Canonne, Kamath & Steinke (2020), Algorithm 3, vectorized with numpy: propose
 ``floor(-t ln U)``, and accept with probability ``exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))``.
 The uniforms come from ChaCha20 keyed by 32 bytes of ``os.urandom`` (a CSPRNG), 53 bits
 each. The acceptance test and the logarithm are evaluated in float64 rather than with
-CKS's exact Bernoulli(exp(-gamma)) sampler; the resulting distribution differs from the
-exact discrete Gaussian only by float64 rounding (relative ~2**-50 per probability).
+CKS's exact Bernoulli(exp(-gamma)) sampler, so the output is the discrete Gaussian only
+up to float64 rounding of those probabilities and the 2**-53 grid of the uniforms
+(which cuts the geometric proposals off at about 36.7 t). We do not claim bit-exact
+sampling; the accounting below treats the samples as exact discrete Gaussians.
 
 Accounting (what the functions below return)
 --------------------------------------------

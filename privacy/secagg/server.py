@@ -108,7 +108,7 @@ class SecAggServer:
         self._u2: frozenset[int] = frozenset()
         self._inputs: dict[int, np.ndarray] = {}
         self._partners: dict[int, frozenset[int]] = {}
-        self._accused: dict[int, str] = {}
+        self._accused: dict[int, int] = {}  # accused peer -> the peer reporting it
         self._sum = np.zeros(dim + 1, dtype=np.uint64)
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
@@ -266,6 +266,11 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ stage 2
     def receive_masked_input(self, sender: int, msg: MaskedInput) -> None:
+        """Validate and accumulate one masked input.
+
+        The server keeps a reference to ``msg.masked`` until :meth:`end_mask_input` (to
+        take it out of the sum again should the peer be dropped); do not modify it.
+        """
         what = "masked-input"
         self._admit(sender, ServerStage.MASK_INPUT, what)
         if not isinstance(msg, MaskedInput):
@@ -398,7 +403,14 @@ class SecAggServer:
                 seed = K.mask_seed(secret, session=session, round_id=self.round_id, u=u, v=v)
                 add_mask(total, seed, LABEL_PAIR_MASK, subtract=v > u)  # undo u's sign for v
         total &= self.encoder.mask
-        values, weight_sum = self.encoder.decode_sum(total, len(self._survivors))
+        try:
+            values, weight_sum = self.encoder.decode_sum(total, len(self._survivors))
+        except ValueError as exc:
+            self.stage = ServerStage.ABORTED
+            raise ProtocolError(
+                f"round {self.round_id}: the masks did not cancel ({exc}); a peer masked with "
+                f"a different set of neighbours than the server forwarded. No average is released"
+            ) from None
         if weight_sum <= 0:
             self.stage = ServerStage.ABORTED
             raise ProtocolError(f"round {self.round_id}: the survivors' total weight is zero; no average exists")

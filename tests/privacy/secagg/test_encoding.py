@@ -45,6 +45,9 @@ def test_clipping_and_bad_inputs():
     assert np.allclose(values, [1.0, -1.0], atol=1e-4)
     with pytest.raises(DataError, match="NaN"):
         enc.encode(np.array([np.nan]), 1.0)
+    with pytest.raises(DataError, match="infinity"):
+        enc.encode(np.array([0.0, np.inf]), 1.0)
+    assert enc.encode(np.array([0.5], dtype=np.float32), 1.0).dtype == np.uint64
     with pytest.raises(DataError):
         enc.encode(np.array([1, 2]), 1.0)  # ints are not silently accepted
     with pytest.raises(DataError):

@@ -323,3 +323,32 @@ def test_session_binding_separates_jobs():
     result = h.unmask()
     assert u in result.dropped and CONFIG.session_id == b""
     h.check_exact(result)
+
+
+def test_client_notices_a_forwarding_gap():
+    """The server forwarded v's shares to every neighbour but u: u refuses to unmask."""
+    h = Harness(5, dim=64, seed=17)
+    h.advertise(); h.share()
+    u, v = h.nodes[0], h.nodes[1]
+    del h.requests[u].shares[v]
+    h.mask()
+    with pytest.raises(ProtocolError, match=f"peer {u}.*neighbour {v} as survivor, but I hold no valid shares"):
+        h.unmask()
+
+
+def test_corrupted_masked_input_is_detected_not_released():
+    """A well-formed but wrongly masked upload makes the masks not cancel: nothing is released."""
+    h = Harness(5, dim=64, seed=17)
+    h.advertise(); h.share()
+    bad = h.nodes[2]
+    mask = h.server.encoder.mask
+
+    def tamper(u, m):
+        if u != bad:
+            return m
+        y = (m.masked + np.arange(1, m.masked.size + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) & mask
+        return dataclasses.replace(m, masked=y)
+
+    h.mask(tamper=tamper)
+    with pytest.raises(ProtocolError, match="masks did not cancel"):
+        h.unmask()

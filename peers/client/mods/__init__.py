@@ -1,0 +1,1 @@
+"""Flower client mods: middleware that wraps any ClientApp (secure aggregation, ...)."""
