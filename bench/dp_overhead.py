@@ -90,7 +90,7 @@ def plain_sgd_epochs(x: torch.Tensor, y: torch.Tensor, q: float, epochs: int, se
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             torch._foreach_add_(params, grads, alpha=-LR)
-        float(loss)  # the trainer reads the loss every step too
+        float(loss.detach())  # the trainer reads the loss every step too
 
 
 def trainer_epochs(private: bool, backend: str = "auto") -> Callable[..., None]:

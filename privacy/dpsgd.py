@@ -141,7 +141,7 @@ class _LinearStack:
         """The fast step for `model`, or None when the ghost identity does not cover it."""
         if not isinstance(model, nn.Sequential):
             return None
-        layers = list(model.children())
+        layers = list(model)  # in call order, repeats included (children() drops them)
         linears = [m for m in layers if isinstance(m, nn.Linear)]
         if not linears or any(not isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in layers):
             return None

@@ -89,6 +89,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"privacy: every bank spent ε ≤ {summary.epsilon_max:.3f} at δ = {summary.delta:g}")
     else:
         print("privacy: none (--no-dp)")
+    print("secure aggregation: " + ("SecAgg+, the host saw only the sum of each round's updates"
+                                    if summary.secure_aggregation == "on" else "off (the host saw each update)"))
     if args.json:
         print(summary.to_json())
     return 0

@@ -45,6 +45,9 @@ from simulations.banks import Bank, prepare_banks
 from simulations.config import SimulationConfig
 from simulations.engine import run_flower_simulation
 from simulations.faults import DROPOUT_KEY, dropout_mod
+from strategies.guard import ReplyGuard
+from strategies.secagg import SecureAggregation
+from strategies.wrapper import find_wrapper
 from simulations.progress import Progress
 from simulations.report.card import build_card, write_card
 from simulations.report.plots import plot_comparison, plot_rounds
@@ -64,6 +67,7 @@ class RunSummary:
     banks: int
     rounds: int
     dp: str
+    secure_aggregation: str
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -195,6 +199,8 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
                    spent: dict[int, list[Mechanism]], ledger_status: dict[str, Any],
                    yardsticks: dict[str, Any]) -> RunSummary:
     path = folder.path
+    guard = find_wrapper(outcome.strategy, ReplyGuard)
+    secure = find_wrapper(outcome.strategy, SecureAggregation)
     model_file = path / "model.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in outcome.weights.items()}, str(model_file),
               metadata={"fedsilo.run": folder.name, "fedsilo.model": job.model.kind})
@@ -216,6 +222,11 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
         "train": outcome.strategy.train.get(r, []),
         "evaluate": outcome.strategy.evaluate.get(r, []),
         "errors": outcome.strategy.errors.get(r, []),
+        "secure_aggregation": None if secure is None else {
+            "dropped": {str(k): v for k, v in secure.dropouts.get(r, {}).items()},
+            "refused": {str(k): v for k, v in secure.refusals.get(r, {}).items()},
+            "aborted": secure.aborted_rounds.get(r),
+        },
     } for i, r in enumerate(rounds)]
     (path / "metrics.json").write_text(json.dumps({"rounds": per_round,
                                                    "initial": outcome.central_metrics.get(0)}, indent=2) + "\n")
@@ -271,6 +282,15 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
             "accountant": job.dp.accountant if job.dp.private else None,
             "max_grad_norm": job.dp.max_grad_norm if job.dp.private else None,
             "epsilon_max_spent": epsilon_max,
+            "secure_aggregation": ({
+                "protocol": "SecAgg+ (Bell et al. 2020): X25519 + HKDF-SHA256, ChaCha20 masks, Shamir over 2^521-1, "
+                            "AES-GCM share encryption",
+                "clip": job.secagg.clip, "bits": job.secagg.bits,
+                "dropout_fraction": job.secagg.dropout_fraction,
+                "collusion_fraction": job.secagg.collusion_fraction,
+                "aborted_rounds": {str(k): v for k, v in secure.aborted_rounds.items()},
+                "assumption": "honest-but-curious host colluding with at most the collusion fraction of peers",
+            } if secure is not None else "off: the host saw each bank's (DP-protected) update"),
             "ledger": ledger_status,
         },
         metrics={
@@ -278,7 +298,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
             "final_loss_pooled_test": _finite(outcome.central_metrics[rounds[-1]]["loss"]) if rounds else None,
             "centralized_auc": _finite(central["auc"]) if central else None,
             "local_only_auc_mean": _finite(local_mean) if local_mean is not None else None,
-            "refused_updates": [asdict(r) for r in getattr(outcome.strategy.inner, "refusals", [])],
+            "refused_updates": [asdict(r) for r in guard.refusals] if guard else [],
         },
         model_file=model_file, encoder_file=path / "encoder.json", rounds=job.train.rounds,
     )
@@ -288,5 +308,5 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
         centralized_auc=round(central["auc"], 4) if central else None,
         local_auc_mean=round(local_mean, 4) if local_mean is not None else None,
         epsilon_max=round(epsilon_max, 4), delta=job.dp.delta if job.dp.private else 0.0,
-        banks=len(banks), rounds=job.train.rounds, dp=job.dp.mode,
+        banks=len(banks), rounds=job.train.rounds, dp=job.dp.mode, secure_aggregation=job.secagg.mode,
     )

@@ -36,3 +36,12 @@ class StrategyWrapper(Strategy):
 
     def summary(self) -> None:
         self.inner.summary()
+
+
+def find_wrapper(strategy: Strategy, kind: type) -> Strategy | None:
+    """The first wrapper of type `kind` in the chain `strategy`, `strategy.inner`, ..."""
+    while strategy is not None:
+        if isinstance(strategy, kind):
+            return strategy
+        strategy = getattr(strategy, "inner", None)
+    return None

@@ -81,3 +81,13 @@ def test_metrics_and_plots_are_written(run):
     assert all(len(r["train"]) == 3 and not r["errors"] for r in metrics["rounds"])
     for plot in ("rounds.png", "comparison.png"):
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_card_states_secure_aggregation(run):
+    summary, folder = run
+    assert summary["secure_aggregation"] == "on"
+    card = json.loads((folder / "model_card.json").read_text())
+    secure = card["privacy"]["secure_aggregation"]
+    assert secure["clip"] > 0 and secure["aborted_rounds"] == {}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert all(r["secure_aggregation"]["dropped"] == {} for r in metrics["rounds"])
