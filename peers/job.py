@@ -11,7 +11,7 @@ Deployment Engine. Every value is checked on construction; a bad one raises
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -19,9 +19,11 @@ from peers.models import ModelSpec
 from privacy.accounting import Mechanism, calibrate_noise
 from privacy.dpsgd import steps_per_epoch
 from privacy.errors import ConfigError
-from privacy.secagg import SecAggConfig
+from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
+from privacy.secagg.graph import graph_parameters
+from privacy.secagg.noise import integer_l2_sensitivity
 
-DP_MODES = ("local", "off")
+DP_MODES = ("local", "distributed", "off")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -117,9 +119,15 @@ class JobConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     dp: DPSpec = field(default_factory=DPSpec)
     secagg: SecAggSpec = field(default_factory=SecAggSpec)
+    public_rows: int = 0
 
     def __post_init__(self) -> None:
         _require(self.peers >= 1, f"a job needs at least one peer (got {self.peers})")
+        if self.dp.mode == "distributed":
+            _require(self.secagg.enabled, "dp.mode 'distributed' needs secure aggregation: "
+                                          "only the masked sum may carry the noise (use --secure-aggregation on)")
+            _require(self.public_rows >= 1, "dp.mode 'distributed' needs the job's public total of training rows "
+                                            "(job.public-rows), the gradient normaliser every peer uses")
 
     def to_run_config(self) -> dict[str, Any]:
         """Flatten into Flower run-config scalars."""
@@ -127,6 +135,7 @@ class JobConfig:
             "job.id": self.job_id,
             "job.strategy": self.strategy,
             "job.peers": self.peers,
+            "job.public-rows": self.public_rows,
             "data.label": self.label,
             "data.encoder": self.encoder_path,
             "data.banks-dir": self.banks_dir,
@@ -152,6 +161,7 @@ class JobConfig:
                 job_id=str(config.get("job.id", "job")),
                 strategy=str(config.get("job.strategy", "fedavg")),
                 peers=int(config.get("job.peers", 1)),
+                public_rows=int(config.get("job.public-rows", 0)),
                 label=str(config["data.label"]),
                 encoder_path=str(config["data.encoder"]),
                 banks_dir=str(config.get("data.banks-dir", "")),
@@ -165,11 +175,80 @@ class JobConfig:
             raise ConfigError(f"run config lacks {missing}: the job host must send it") from None
 
 
-def secagg_config(job: JobConfig) -> SecAggConfig:
-    """The SecAgg+ parameters both the host and every peer derive from the job."""
-    return SecAggConfig(clip=job.secagg.clip, bits=job.secagg.bits, max_weight=job.secagg.max_weight,
+def secagg_config(job: JobConfig, n_params: int | None = None) -> SecAggConfig:
+    """The SecAgg+ parameters both the host and every peer derive from the job.
+
+    In distributed-DP mode (`n_params` then required) the peers' updates carry equal,
+    public weights and a share of discrete Gaussian noise each, the encoding uses 32
+    bits, and a round is only released if enough peers survive for the accounted
+    noise to be there (see `plan_distributed_dp`).
+    """
+    base = SecAggConfig(clip=job.secagg.clip, bits=job.secagg.bits, max_weight=job.secagg.max_weight,
                         dropout_fraction=job.secagg.dropout_fraction,
                         collusion_fraction=job.secagg.collusion_fraction, session_id=job.job_id.encode())
+    if job.dp.mode != "distributed":
+        return base
+    if n_params is None:
+        raise ConfigError("distributed DP needs the model's parameter count to set its noise")
+    plan = plan_distributed_dp(job, n_params)
+    return replace(base, bits=DISTRIBUTED_BITS, max_weight=1.0, noise=plan.noise, min_survivors=plan.min_survivors)
+
+
+DISTRIBUTED_BITS = 32
+MIN_PEER_SIGMA = 10.0
+
+
+@dataclass(frozen=True)
+class DistributedDPPlan:
+    """Distributed DP of a job: every round is one full-batch DP-GD step on all peers' rows.
+
+    Each peer adds `noise` (its discrete Gaussian share) to −lr·Σ clip_C(∇ℓ_r)/public_rows;
+    the host can unmask only the sum. If at least `min_survivors` peers upload and at
+    most the job's collusion fraction collude, the honest noise in the sum is that of a
+    Gaussian mechanism with multiplier `effective_multiplier` on sensitivity
+    lr·C/public_rows (rounding included), so each round is a `Mechanism`
+    (`effective_multiplier`, q = 1, 1 step) for every peer's records.
+    """
+
+    noise: DistributedNoise
+    effective_multiplier: float
+    min_survivors: int
+
+    @property
+    def per_round(self) -> Mechanism:
+        return Mechanism(self.effective_multiplier, 1.0, 1)
+
+
+def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
+    """Noise shares such that the job's rounds spend exactly its (ε, δ), under the stated assumption.
+
+    Assumption: in each round at most `max_missing` = tolerated dropouts D + colluders C
+    of the job's peers contribute no honest noise; the host refuses to unmask a round
+    with fewer than peers − D survivors (`min_survivors`), so dropouts alone can never
+    lower the noise below the accounted level.
+    """
+    n = job.peers
+    sensitivity = job.train.lr * job.dp.max_grad_norm / job.public_rows
+    base = SecAggConfig(clip=job.secagg.clip, bits=DISTRIBUTED_BITS, max_weight=1.0,
+                        dropout_fraction=job.secagg.dropout_fraction,
+                        collusion_fraction=job.secagg.collusion_fraction)
+    params = graph_parameters(n, base.dropout_fraction, base.collusion_fraction, base.security_bits,
+                              base.correctness_bits, base.complete_graph_max)
+    missing = params.dropped + params.corrupt
+    if n - missing < 1:
+        raise ConfigError(f"with {n} peers the tolerated dropouts ({params.dropped}) and colluders "
+                          f"({params.corrupt}) leave no honest noise: use more peers or lower the fractions")
+    target = _calibrated_noise(job.dp.epsilon, job.dp.delta, 1.0, job.train.rounds, job.dp.accountant)
+    scale = base.encoder(n).scale
+    integer_sensitivity = integer_l2_sensitivity(sensitivity, scale, n_params)
+    # sqrt(n - missing) · σ_p / integer_sensitivity = target, σ_p = z · sensitivity · scale / sqrt(n)
+    peer_sigma = target * integer_sensitivity / math.sqrt(n - missing)
+    if peer_sigma < MIN_PEER_SIGMA:
+        raise ConfigError("distributed noise share below 10 integer units: raise secagg bits or lower secagg.clip")
+    z = peer_sigma * math.sqrt(n) / (sensitivity * scale)
+    noise = DistributedNoise(noise_multiplier=z, l2_sensitivity=sensitivity, expected_peers=n)
+    effective = central_noise_multiplier(noise, scale, n_params, missing)
+    return DistributedDPPlan(noise, effective, max(1, n - params.dropped))
 
 
 @dataclass(frozen=True)
@@ -209,3 +288,17 @@ def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
 @lru_cache(maxsize=256)
 def _calibrated_noise(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
     return calibrate_noise(epsilon, delta, q, steps, accountant=accountant)
+
+
+@lru_cache(maxsize=32)
+def _parameter_count(encoder_path: str, model: ModelSpec) -> int:
+    from peers.data.encoding import TabularEncoder
+    from peers.models import build_model
+    from pathlib import Path
+    encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
+    return sum(p.numel() for p in build_model(model, encoder.n_features).parameters())
+
+
+def parameter_count(job: JobConfig) -> int:
+    """Number of model parameters of the job (from its encoder's width and model spec)."""
+    return _parameter_count(job.encoder_path, job.model)

@@ -43,8 +43,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, metavar="E", help="ε each bank may spend on the whole job (default 3)")
     p.add_argument("--delta", type=float, metavar="D", help="δ of each bank's guarantee (default 1e-5)")
     p.add_argument("--max-grad-norm", type=float, metavar="C", help="per-example gradient clipping bound (default 1)")
-    p.add_argument("--dp", choices=["local", "off"], dest="dp_mode",
-                   help="local: DP-SGD at every bank (default); off: no differential privacy")
+    p.add_argument("--dp", choices=["local", "distributed", "off"], dest="dp_mode",
+                   help="local: DP-SGD at every bank (default); distributed: noise shares inside secure "
+                        "aggregation, one full-batch step per round (use more rounds); off: no DP")
     p.add_argument("--no-dp", action="store_true", help="same as --dp off (a non-private baseline)")
     p.add_argument("--secure-aggregation", choices=["on", "off"], dest="secure_aggregation",
                    help="SecAgg+ secure aggregation of every round (default on); off: plaintext baseline")

@@ -6,7 +6,7 @@ Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
     [model]       kind = "mlp" | "logreg", hidden = [64, 32]
     [train]       local-epochs, batch-size, lr, test-fraction
-    [dp]          mode = "local" | "off", epsilon, delta, max-grad-norm, accountant
+    [dp]          mode = "local" | "distributed" | "off", epsilon, delta, max-grad-norm, accountant
     [secagg]      mode = "on" | "off", clip, dropout-fraction, collusion-fraction
 
 With no file and no flags the defaults describe a small run on the embedded synthetic
@@ -114,11 +114,11 @@ class SimulationConfig:
         return self.label if self.data is not None else (self.label or SYNTHETIC_LABEL)
 
     def job(self, encoder_path: str = "", banks_dir: str = "", job_id: str = "simulation",
-            max_weight: float = SecAggSpec.max_weight) -> JobConfig:
+            max_weight: float = SecAggSpec.max_weight, public_rows: int = 1) -> JobConfig:
         """The job every simulated bank runs; `max_weight` bounds a bank's training rows."""
         return JobConfig(
             label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
-            strategy=self.strategy, peers=self.banks,
+            strategy=self.strategy, peers=self.banks, public_rows=public_rows,
             model=ModelSpec(kind=self.model, hidden=tuple(self.hidden)),
             train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
                             lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from peers.client.app import build_client_app
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
-from peers.job import JobConfig, plan_dp
+from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
 from peers.models import build_model, set_weights
 from peers.server.host import HostedRun, JobHost, server_app
 from privacy.accounting import Mechanism
@@ -88,8 +88,9 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
     encoder = TabularEncoder.fit([BankSummary.from_frame(b.frame, label) for b in banks], label)
     job_template = config.job()
     tensors = [encode_bank(b.frame, encoder, config.test_fraction, config.seed) for b in banks]
-    for bank, data in zip(banks, tensors):
-        plan_dp(job_template, data.n_train)  # fails early on an unusable bank
+    if job_template.dp.mode == "local":
+        for data in tensors:
+            plan_dp(job_template, data.n_train)  # fails early on an unusable bank
     everyone = baselines.pooled(tensors)
 
     with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir, RunFolder(config.out) as folder:
@@ -102,7 +103,8 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
         for bank in banks:
             bank.frame.to_parquet(banks_dir / f"{bank.name}.parquet", index=False)
         job = config.job(encoder_path=str(work / "encoder.json"), banks_dir=str(banks_dir), job_id=folder.name,
-                         max_weight=float(max(t.n_train for t in tensors)))
+                         max_weight=float(max(t.n_train for t in tensors)),
+                         public_rows=sum(t.n_train for t in tensors))
 
         ledger = SQLiteLedger(folder.path / "ledger.sqlite")
         try:
@@ -143,9 +145,11 @@ def _check_outcome(outcome: HostedRun | None) -> HostedRun:
 
 def _reserve(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], tensors: list[BankTensors]) -> None:
     """Each bank's ledger reserves the whole job's mechanism before the job starts."""
+    distributed = plan_distributed_dp(job, parameter_count(job)) if job.dp.mode == "distributed" else None
     for bank, data in zip(banks, tensors):
         ledger.set_budget(bank.name, job.dp.epsilon, job.dp.delta, accountant=job.dp.accountant)
-        ledger.reserve(bank.name, job.job_id, [plan_dp(job, data.n_train).whole_job])
+        planned = ([distributed.per_round] * job.train.rounds if distributed else [plan_dp(job, data.n_train).whole_job])
+        ledger.reserve(bank.name, job.job_id, planned)
 
 
 def _commit(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], spent: dict[int, list[Mechanism]]) -> None:
@@ -185,9 +189,30 @@ def _yardsticks(config: SimulationConfig, job: JobConfig, tensors: list[BankTens
         result["centralized"] = baselines.centralized(job, everyone, everyone.x_test, everyone.y_test)
     if "local" in config.compare:
         progress.stage(f"Yardstick: {len(tensors)} local-only models, each bank alone")
-        result["local"] = [baselines.local_only(job, i, data, everyone.x_test, everyone.y_test)
+        # Alone, a bank has no one to share noise with: its yardstick is local DP-SGD at the same ε.
+        alone = replace(job, dp=replace(job.dp, mode="local")) if job.dp.mode == "distributed" else job
+        result["local"] = [baselines.local_only(alone, i, data, everyone.x_test, everyone.y_test)
                            for i, data in enumerate(tensors)]
     return result
+
+
+_DP_MODE_TEXT = {
+    "local": "local DP-SGD (Opacus) at every bank",
+    "distributed": "distributed DP: discrete Gaussian noise shares inside secure aggregation",
+    "off": "none (--dp off)",
+}
+
+
+def _guarantee(job: JobConfig) -> str:
+    if job.dp.mode == "local":
+        return (f"each bank's released updates are ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each "
+                "of its records (record-level, add/remove), over all rounds, whatever the host does")
+    if job.dp.mode == "distributed":
+        return (f"every released aggregate is ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each record "
+                "of every bank, over all rounds, provided that in each round at most the tolerated dropouts and "
+                "colluders (secagg dropout and collusion fractions) contribute no honest noise; the host refuses "
+                "to unmask a round with fewer survivors")
+    return "no differential privacy"
 
 
 def _finite(value: float) -> float | None:
@@ -273,10 +298,8 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
         data=data_info,
         participants=participants,
         privacy={
-            "mode": "local DP-SGD (Opacus) at every bank" if job.dp.private else "none (--no-dp)",
-            "guarantee": (f"each bank's released updates are ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with "
-                          "respect to each of its records (record-level, add/remove), over all rounds"
-                          if job.dp.private else "no differential privacy"),
+            "mode": _DP_MODE_TEXT[job.dp.mode],
+            "guarantee": _guarantee(job),
             "epsilon_target": job.dp.epsilon if job.dp.private else None,
             "delta": job.dp.delta if job.dp.private else None,
             "accountant": job.dp.accountant if job.dp.private else None,

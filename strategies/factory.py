@@ -22,9 +22,11 @@ STRATEGIES = ("fedavg", "fedadam")
 
 def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
                    fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None,
-                   secagg: SecAggConfig | None = None) -> Observed:
+                   secagg: SecAggConfig | None = None, sum_updates: bool = False) -> Observed:
     """`name` aggregation over `n_peers` peers, guarded, observed and, when `secagg`
-    is given, run through SecAgg+ secure aggregation."""
+    is given, run through SecAgg+ secure aggregation (`sum_updates`: the global model
+    moves by the sum of the peers' updates instead of their weighted mean, as
+    distributed DP needs)."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
     if n_peers < 1:
@@ -42,5 +44,5 @@ def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
         inner = FedAdam(**common, eta=0.05, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
     guarded: Strategy = ReplyGuard(inner)
     if secagg is not None:
-        guarded = SecureAggregation(guarded, secagg)
+        guarded = SecureAggregation(guarded, secagg, sum_updates=sum_updates)
     return Observed(guarded, on_round=on_round)

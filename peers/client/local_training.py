@@ -15,9 +15,10 @@ import torch
 
 from peers.data.bank import BankTensors
 from peers.evaluation import evaluate
-from peers.job import JobConfig, plan_dp
+from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
 from peers.models import build_model, get_weights, set_weights
 from privacy.accounting import Mechanism, epsilon_spent
+from privacy.clipped_gradients import clipped_gradient_sum
 from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
 from privacy.errors import BudgetExceeded
 
@@ -40,6 +41,8 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
     `history` is the mechanisms this peer already ran in this job; the returned ε
     composes it with this round's mechanism (at the job's δ).
     """
+    if job.dp.mode == "distributed":
+        return _distributed_round(job, data, weights, history, server_round)
     plan = plan_dp(job, data.n_train)
     if job.dp.private:
         projected = epsilon_spent([*history, plan.per_round], job.dp.delta, job.dp.accountant)
@@ -59,6 +62,28 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
     spent = [*history, mechanism] if mechanism else history
     epsilon = epsilon_spent(spent, job.dp.delta, job.dp.accountant) if job.dp.private else 0.0
     return RoundResult(get_weights(model), data.n_train, loss, mechanism, epsilon)
+
+
+def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
+                       history: list[Mechanism], server_round: int) -> RoundResult:
+    """One full-batch step: −lr·Σ clip(∇ℓ_r)/public_rows, with weight 1 (public).
+
+    No noise is added here: the peer's share of the distributed noise is added inside
+    secure aggregation (`secagg_mod`), and the accounting is that of the whole round's
+    noisy sum (`plan_distributed_dp`), assumed by every peer.
+    """
+    plan = plan_distributed_dp(job, parameter_count(job))
+    projected = epsilon_spent([*history, plan.per_round], job.dp.delta, job.dp.accountant)
+    if projected > job.dp.epsilon * (1 + EPSILON_TOLERANCE):
+        raise BudgetExceeded(f"round {server_round} would bring this peer's ε to {projected:.3f}, over the job's "
+                             f"ε = {job.dp.epsilon}: the job declared {job.train.rounds} rounds")
+    model = build_model(job.model, data.x_train.shape[1])
+    set_weights(model, weights)
+    gradient = clipped_gradient_sum(model, data.x_train, data.y_train, job.dp.max_grad_norm)
+    step = job.train.lr / job.public_rows
+    new = {name: (value - step * gradient[name].numpy()).astype(value.dtype) if name in gradient else value
+           for name, value in weights.items()}
+    return RoundResult(new, 1, float("nan"), plan.per_round, projected)
 
 
 def evaluate_weights(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray]) -> dict[str, float]:

@@ -53,8 +53,12 @@ class JobHost:
         return get_weights(build_model(self.job.model, encoder.n_features, seed=self.job.train.seed))
 
     def run(self, grid: Grid, context: Context) -> HostedRun:
-        strategy = build_strategy(self.job.strategy, self.job.peers, on_round=self.on_round,
-                                  secagg=secagg_config(self.job) if self.job.secagg.enabled else None)
+        initial_weights = self.initial_weights()
+        n_params = int(sum(v.size for v in initial_weights.values()))
+        strategy = build_strategy(
+            self.job.strategy, self.job.peers, on_round=self.on_round,
+            secagg=secagg_config(self.job, n_params) if self.job.secagg.enabled else None,
+            sum_updates=self.job.dp.mode == "distributed")
         central: dict[int, dict[str, float]] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -66,7 +70,7 @@ class JobHost:
             central[server_round] = scores
             return MetricRecord(scores)
 
-        initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in self.initial_weights().items()})
+        initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in initial_weights.items()})
         result = strategy.start(
             grid=grid, initial_arrays=initial, num_rounds=self.job.train.rounds,
             train_config=ConfigRecord({"job-id": self.job.job_id}),

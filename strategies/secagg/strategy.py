@@ -13,7 +13,8 @@ Each training round becomes four exchanges with the sampled peers, all as Flower
 Stages 1–2 run in `configure_train` (which is given the grid), stage 4 in
 `aggregate_train`. The host learns only Σ wᵢ·Δᵢ and Σ wᵢ over the peers that
 survived stage 3, where Δᵢ is peer i's update (trained weights − global weights),
-clipped to ±`clip` per coordinate. From them it forms one reply carrying the weighted
+clipped to ±`clip` per coordinate. (With `sum_updates`, used by distributed DP where
+every weight is 1, the global model moves by Σ Δᵢ instead of the mean.) From them it forms one reply carrying the weighted
 average update added to the global weights and hands it to the wrapped strategy, so
 any strategy that only post-processes the weighted average composes unchanged:
 FedAvg (exactly), FedAdam/FedYogi/FedAdagrad (server optimisers on that average).
@@ -86,9 +87,10 @@ class SecureAggregation(StrategyWrapper):
     """Wraps `inner` so that its training rounds aggregate through SecAgg+."""
 
     def __init__(self, inner, config: SecAggConfig, stage_timeout: float = STAGE_TIMEOUT,
-                 round_seed: Callable[[int], bytes] | None = None) -> None:
+                 round_seed: Callable[[int], bytes] | None = None, sum_updates: bool = False) -> None:
         super().__init__(inner)
         self.config = config
+        self.sum_updates = sum_updates
         self.stage_timeout = stage_timeout
         self._round_seed = round_seed or (lambda _round: os.urandom(32))
         self._round: _Round | None = None
@@ -213,7 +215,7 @@ class SecureAggregation(StrategyWrapper):
         except ThresholdNotMet as error:
             self._abort(server_round, error)
             return super().aggregate_train(server_round, [])
-        update = result.average
+        update = result.average * result.total_weight if self.sum_updates else result.average
         new_weights = unflatten(flatten(state.template) + update, state.template)
         metrics = MetricRecord({"num-examples": float(result.total_weight),
                                 "secagg-survivors": len(result.survivors),

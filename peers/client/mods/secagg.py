@@ -19,7 +19,7 @@ import json
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from peers.job import JobConfig, secagg_config
+from peers.job import JobConfig, parameter_count, secagg_config
 from privacy.errors import FedsiloError
 from privacy.secagg import MaskInputRequest, RoundSetup, SecAggClient, ShareKeysRequest, UnmaskRequest
 from privacy.secagg.messages import encrypted_shares_to_dict
@@ -38,7 +38,8 @@ HIDDEN_METRICS = ("num-examples", "train-loss")
 
 
 def _load(context: Context, job: JobConfig, node_id: int) -> SecAggClient:
-    client = SecAggClient(node_id, secagg_config(job))
+    n_params = parameter_count(job) if job.dp.mode == "distributed" else None
+    client = SecAggClient(node_id, secagg_config(job, n_params))
     record = context.state.get(STATE_KEY)
     if isinstance(record, ConfigRecord) and record.get("job") == job.job_id:
         client.load_state_dict(json.loads(str(record["state"])))
