@@ -48,6 +48,7 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks:
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here: keep Ray quiet about it
     try:
         _run_simulation(
             num_supernodes=n_banks,
