@@ -120,6 +120,9 @@ class JobConfig:
     dp: DPSpec = field(default_factory=DPSpec)
     secagg: SecAggSpec = field(default_factory=SecAggSpec)
     public_rows: int = 0
+    shared: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = ()
+    base_model: str = ""
 
     def __post_init__(self) -> None:
         _require(self.peers >= 1, f"a job needs at least one peer (got {self.peers})")
@@ -136,6 +139,9 @@ class JobConfig:
             "job.strategy": self.strategy,
             "job.peers": self.peers,
             "job.public-rows": self.public_rows,
+            "model.shared": ",".join(self.shared),
+            "model.freeze": ",".join(self.freeze),
+            "model.base": self.base_model,
             "data.label": self.label,
             "data.encoder": self.encoder_path,
             "data.banks-dir": self.banks_dir,
@@ -162,6 +168,9 @@ class JobConfig:
                 strategy=str(config.get("job.strategy", "fedavg")),
                 peers=int(config.get("job.peers", 1)),
                 public_rows=int(config.get("job.public-rows", 0)),
+                shared=_names(config.get("model.shared", "")),
+                freeze=_names(config.get("model.freeze", "")),
+                base_model=str(config.get("model.base", "")),
                 label=str(config["data.label"]),
                 encoder_path=str(config["data.encoder"]),
                 banks_dir=str(config.get("data.banks-dir", "")),
@@ -173,6 +182,15 @@ class JobConfig:
             )
         except KeyError as missing:
             raise ConfigError(f"run config lacks {missing}: the job host must send it") from None
+
+
+def _names(text: object) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def encoder_path_for(job: JobConfig, bank: str) -> str:
+    """The encoder a bank uses: the job's, or its own when the path names `{bank}` (transfer)."""
+    return job.encoder_path.replace("{bank}", bank)
 
 
 def secagg_config(job: JobConfig, n_params: int | None = None) -> SecAggConfig:
@@ -290,15 +308,31 @@ def _calibrated_noise(epsilon: float, delta: float, q: float, steps: int, accoun
     return calibrate_noise(epsilon, delta, q, steps, accountant=accountant)
 
 
+def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the parameters the job aggregates (its shared part).
+
+    Raises ConfigError when the shared declaration names no parameter of the model.
+    """
+    from peers.models import build_model, select
+    weights = {k: tuple(v.shape) for k, v in build_model(job.model, n_features).state_dict().items()}
+    shared = {k: v for k, v in weights.items() if k in select(weights, job.shared)}
+    if not shared:
+        raise ConfigError(f"model.shared {list(job.shared)} names no parameter of the model "
+                          f"(its parameters: {', '.join(weights)}); use prefixes such as hidden,head")
+    return shared
+
+
 @lru_cache(maxsize=32)
-def _parameter_count(encoder_path: str, model: ModelSpec) -> int:
-    from peers.data.encoding import TabularEncoder
-    from peers.models import build_model
+def _parameter_count(job: JobConfig) -> int:
     from pathlib import Path
-    encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
-    return sum(p.numel() for p in build_model(model, encoder.n_features).parameters())
+
+    from peers.data.encoding import TabularEncoder
+    n_features = 1
+    if "{bank}" not in job.encoder_path:
+        n_features = TabularEncoder.from_json(Path(job.encoder_path).read_text()).n_features
+    return sum(math.prod(shape) for shape in global_shapes(job, n_features).values())
 
 
 def parameter_count(job: JobConfig) -> int:
-    """Number of model parameters of the job (from its encoder's width and model spec)."""
-    return _parameter_count(job.encoder_path, job.model)
+    """Number of parameters the job aggregates (the shared part; all of them if horizontal)."""
+    return _parameter_count(job)

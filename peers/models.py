@@ -82,3 +82,16 @@ def set_weights(model: nn.Module, weights: "dict[str, np.ndarray]") -> None:
                 f"weight '{name}' has shape {tuple(weights[name].shape)}, the model expects {tuple(tensor.shape)}"
             )
     model.load_state_dict({k: torch.as_tensor(np.asarray(v), dtype=own[k].dtype) for k, v in weights.items()})
+
+
+def select(weights: "dict[str, np.ndarray]", prefixes: tuple[str, ...]) -> "OrderedDict[str, np.ndarray]":
+    """The entries whose name starts with one of `prefixes` (all of them when empty)."""
+    return OrderedDict((k, v) for k, v in weights.items() if not prefixes or k.startswith(prefixes))
+
+
+def freeze(model: nn.Module, prefixes: tuple[str, ...]) -> list[str]:
+    """Stop training the parameters whose names start with `prefixes`; return their names."""
+    frozen = [name for name, p in model.named_parameters() if prefixes and name.startswith(prefixes)]
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    return frozen

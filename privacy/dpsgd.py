@@ -6,9 +6,9 @@
    the batch independently with probability `sample_rate`, drawn as one vectorized
    Bernoulli mask and turned into row indices, instead of a per-row `DataLoader`. That
    is the sampling the accountant assumes, without Python per-row overhead;
-2. per-sample clipping: each sampled row's gradient (over all trained parameters) is
-   scaled by min(1, C / (‖g_i‖ + 1e-6)), Opacus' clipping rule, so that its norm is at
-   most C = `max_grad_norm`;
+2. per-sample clipping: each sampled row's gradient g_i (over all trained parameters)
+   is scaled by min(1, C/‖g_i‖) (Opacus: min(1, C/(‖g_i‖ + 1e-6))), so that its norm
+   is at most C = `max_grad_norm`;
 3. noise: Gaussian noise of standard deviation `noise_multiplier · C` is added to the
    sum of the clipped gradients, and the result is divided by the *expected* batch
    size round(q·n) (a public constant, so the sensitivity does not depend on the
@@ -17,7 +17,8 @@
 Two interchangeable backends compute steps 2–3 (`backend=`):
 
 - "ghost" (used by "auto" whenever it applies): for models that are an `nn.Sequential`
-  of distinct `nn.Linear` layers and element-wise activations — every model
+  of distinct `nn.Linear` layers and element-wise activations (exact types, so that no
+  subclass can change what a layer does) — every model
   `peers.models.build_model` makes — on 2-D input. Per-sample gradient norms come from
   the ghost-clipping identity that Opacus' `grad_sample_mode="ghost"` uses for
   `nn.Linear` (‖g_i a_iᵀ‖ = ‖g_i‖·‖a_i‖, plus ‖g_i‖ for the bias), from one backward
@@ -36,8 +37,8 @@ Contract (both backends):
   than was accounted for is safe: the bound stays conservative);
 - `noise_multiplier == 0` is only accepted when `private=False` (plain SGD with the
   same sampling, used for the non-private baselines and `--dp off`);
-- the loss function must average a per-row loss over the rows (`reduction="mean"`),
-  as Opacus' `loss_reduction="mean"` assumes, and rows must not interact in the model
+- the loss function must average a per-row loss over the rows (`reduction="mean"`;
+  another `reduction` is refused), as Opacus' `loss_reduction="mean"` assumes, and rows must not interact in the model
   (no batch statistics: `peers.models` holds no such layer).
 
 Assumption: the noise comes from torch's generator, not from a cryptographically secure
@@ -120,7 +121,7 @@ class _LinearStack:
 
     def __init__(self, layers: list[nn.Module]) -> None:
         self.layers = layers
-        self.linears = [m for m in layers if isinstance(m, nn.Linear)]
+        self.linears = [m for m in layers if type(m) is nn.Linear]
         self.params = [p for m in self.linears for p in ((m.weight,) if m.bias is None else (m.weight, m.bias))]
         sizes = [p.numel() for p in self.params]
         self._flat = torch.empty(sum(sizes), dtype=self.params[0].dtype)
@@ -142,8 +143,9 @@ class _LinearStack:
         if not isinstance(model, nn.Sequential):
             return None
         layers = list(model)  # in call order, repeats included (children() drops them)
-        linears = [m for m in layers if isinstance(m, nn.Linear)]
-        if not linears or any(not isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in layers):
+        linears = [m for m in layers if type(m) is nn.Linear]
+        # exact types: a subclass may override forward() and mix rows or hide parameters
+        if not linears or any(type(m) is not nn.Linear and type(m) not in _ELEMENTWISE for m in layers):
             return None
         if len({id(m) for m in linears}) != len(linears):
             return None  # a layer applied twice: per-sample norms would not add up
@@ -166,7 +168,7 @@ class _LinearStack:
         inputs, outputs = [], []
         h = x
         for layer in self.layers:
-            if isinstance(layer, nn.Linear):
+            if type(layer) is nn.Linear:
                 inputs.append(h)
                 h = layer(h)
                 outputs.append(h)
@@ -256,6 +258,9 @@ class DPSGDTrainer:
         q = self.config.sample_rate
         steps = epochs * steps_per_epoch(q)
         loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+        if self.config.private and getattr(loss_fn, "reduction", "mean") != "mean":
+            raise ConfigError("DP-SGD needs a loss averaged over the rows (reduction='mean'): "
+                              "per-sample clipping is calibrated for it")
         if self._fast is not None and features.dim() != 2:
             raise ConfigError(f"DP-SGD on tabular rows needs 2-D features, got shape {tuple(features.shape)}")
         self.model.train()

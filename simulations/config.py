@@ -17,7 +17,7 @@ generator. Unknown sections or keys, and values of the wrong type, raise
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 

@@ -40,7 +40,7 @@ def backend_config(cpus_per_bank: float = 1.0) -> dict[str, Any]:
 
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks: int,
                           run_config: Mapping[str, Any], app_dir: Path, version: str,
-                          verbose: bool = False) -> None:
+                          verbose: bool = os.environ.get("FEDSILO_VERBOSE") == "1") -> None:
     """Run `server_app` against `n_banks` virtual SuperNodes running `client_app`."""
     write_app_descriptor(app_dir, run_config, version)
     flwr_logger = logging.getLogger(LOGGER_NAME)

@@ -22,29 +22,23 @@ import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from peers.client.app import app as default_client_app
-from peers.client.app import build_client_app
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
-from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
+from peers.job import JobConfig, plan_dp
 from peers.models import build_model, set_weights
-from peers.server.host import HostedRun, JobHost, server_app
+from peers.server.host import HostedRun
 from privacy.accounting import Mechanism
-from privacy.errors import FedsiloError
-from privacy.ledger import SQLiteLedger
 from simulations import baselines
 from simulations.banks import Bank, prepare_banks
 from simulations.config import SimulationConfig
-from simulations.engine import run_flower_simulation
-from simulations.faults import DROPOUT_KEY, dropout_mod
+from simulations.federation import run_federation
 from strategies.guard import ReplyGuard
 from strategies.secagg import SecureAggregation
 from strategies.wrapper import find_wrapper
@@ -73,13 +67,6 @@ class RunSummary:
         return json.dumps(asdict(self))
 
 
-def _version() -> str:
-    try:
-        return metadata.version("fedsilo")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
     """Run one simulation end to end; raises `FedsiloError` on bad input, before writing."""
     label = config.label_column
@@ -94,81 +81,17 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
     everyone = baselines.pooled(tensors)
 
     with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir, RunFolder(config.out) as folder:
-        work = Path(work_dir)
-        encoder_json = encoder.to_json()
-        (work / "encoder.json").write_text(encoder_json)
-        (folder.path / "encoder.json").write_text(encoder_json)
-        banks_dir = work / "banks"
-        banks_dir.mkdir()
-        for bank in banks:
-            bank.frame.to_parquet(banks_dir / f"{bank.name}.parquet", index=False)
-        job = config.job(encoder_path=str(work / "encoder.json"), banks_dir=str(banks_dir), job_id=folder.name,
-                         max_weight=float(max(t.n_train for t in tensors)),
+        (folder.path / "encoder.json").write_text(encoder.to_json())
+        job = config.job(job_id=folder.name, max_weight=float(max(t.n_train for t in tensors)),
                          public_rows=sum(t.n_train for t in tensors))
-
-        ledger = SQLiteLedger(folder.path / "ledger.sqlite")
-        try:
-            if job.dp.private:
-                _reserve(ledger, job, banks, tensors)
-            host = JobHost(job, evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features),
-                           on_round=progress.round_callback(job.train.rounds))
-            progress.stage(f"Training: {config.banks} banks × {config.rounds} rounds on Flower's Simulation Engine")
-            progress.start_rounds(job.train.rounds)
-            client_app = build_client_app([dropout_mod]) if config.dropout > 0 else default_client_app
-            run_flower_simulation(server_app(host), client_app, config.banks,
-                                  {**job.to_run_config(), DROPOUT_KEY: config.dropout}, work / "app", _version())
-            progress.finish_rounds()
-            outcome = _check_outcome(host.outcome)
-            spent = _spent_per_bank(outcome)
-            if job.dp.private:
-                _commit(ledger, job, banks, spent)
-            ledger_status = {b.name: asdict(ledger.status(b.name)) for b in banks} if job.dp.private else {}
-        finally:
-            ledger.close()
-
-        yardsticks = _yardsticks(config, job, tensors, everyone, progress)
+        run = run_federation(job, banks, [encoder], tensors, Path(work_dir), folder.path / "ledger.sqlite",
+                             progress, dropout=config.dropout,
+                             evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features))
+        yardsticks = _yardsticks(config, run.job, tensors, everyone, progress)
         progress.stage("Writing the run folder")
-        summary = _write_outputs(folder, config, job, banks, tensors, encoder, outcome, spent,
-                                 ledger_status, yardsticks)
+        summary = _write_outputs(folder, config, run.job, banks, tensors, encoder, run.outcome, run.spent,
+                                 run.ledger_status, yardsticks)
     return RunSummary(**{**asdict(summary), "run_dir": str(folder.final)})
-
-
-def _check_outcome(outcome: HostedRun | None) -> HostedRun:
-    """Refuse to report a run in which no bank's update was ever aggregated."""
-    if outcome is None:
-        raise FedsiloError("the job host did not finish: run again with FEDSILO_VERBOSE=1 to see Flower's log")
-    if not any(outcome.strategy.train.values()):
-        first = next((e for errors in outcome.strategy.errors.values() for e in errors), "no reply")
-        raise FedsiloError(f"no bank returned a usable update in any round; first failure: {first}")
-    return outcome
-
-
-def _reserve(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], tensors: list[BankTensors]) -> None:
-    """Each bank's ledger reserves the whole job's mechanism before the job starts."""
-    distributed = plan_distributed_dp(job, parameter_count(job)) if job.dp.mode == "distributed" else None
-    for bank, data in zip(banks, tensors):
-        ledger.set_budget(bank.name, job.dp.epsilon, job.dp.delta, accountant=job.dp.accountant)
-        planned = ([distributed.per_round] * job.train.rounds if distributed else [plan_dp(job, data.n_train).whole_job])
-        ledger.reserve(bank.name, job.job_id, planned)
-
-
-def _commit(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], spent: dict[int, list[Mechanism]]) -> None:
-    for bank in banks:
-        if spent.get(bank.index):
-            ledger.commit(bank.name, job.job_id, spent[bank.index])
-        else:
-            ledger.release(bank.name, job.job_id)
-
-
-def _spent_per_bank(outcome: HostedRun) -> dict[int, list[Mechanism]]:
-    """The mechanisms each bank reports having run, round by round."""
-    spent: dict[int, list[Mechanism]] = {}
-    for server_round in sorted(outcome.strategy.train):
-        for metrics in outcome.strategy.train[server_round]:
-            if metrics.get("dp-steps", 0) > 0:
-                spent.setdefault(int(metrics["bank"]), []).append(Mechanism(
-                    float(metrics["dp-noise"]), float(metrics["dp-sample-rate"]), int(metrics["dp-steps"])))
-    return spent
 
 
 def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):

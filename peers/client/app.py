@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -24,11 +26,14 @@ from flwr.clientapp.typing import Mod
 from peers.client.mods.secagg import secagg_mod
 from peers.client.local_training import evaluate_weights, limit_threads, train_round
 from peers.data.bank import BankTensors, load_bank
-from peers.job import JobConfig
+from peers.job import JobConfig, encoder_path_for
+from peers.models import build_model, get_weights, select
 from privacy.accounting import Mechanism
-from privacy.errors import FedsiloError
+from privacy.errors import ConfigError, FedsiloError
 
 PRIVACY_STATE_KEY = "fedsilo.privacy"
+PRIVATE_STATE_KEY = "fedsilo.private"
+PRIVATE_OWNER_KEY = "fedsilo.private.owner"
 ERROR_CODE_REFUSED = 4001
 
 
@@ -39,11 +44,44 @@ def bank_index(context: Context) -> int:
 
 
 def bank_data(job: JobConfig, context: Context) -> BankTensors:
-    """This peer's encoded rows, from its own data path."""
-    data_path = context.node_config.get("data-path")
-    if not data_path:
-        data_path = str(Path(job.banks_dir) / f"bank-{bank_index(context):05d}.parquet")
-    return load_bank(str(data_path), job.encoder_path, job.train.test_fraction, job.train.seed)
+    """This peer's encoded rows, from its own data path, with its encoder."""
+    name = f"bank-{bank_index(context):05d}"
+    data_path = context.node_config.get("data-path") or str(Path(job.banks_dir) / f"{name}.parquet")
+    encoder_path = context.node_config.get("encoder-path") or encoder_path_for(job, name)
+    return load_bank(str(data_path), str(encoder_path), job.train.test_fraction, job.train.seed)
+
+
+def _full_weights(job: JobConfig, data: BankTensors, context: Context,
+                  received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The received shared weights completed with this peer's private ones (transfer setups).
+
+    Private weights (its own encoder, its own head) live in `context.state` and are
+    initialised per bank on first use; the host must send exactly the shared set.
+    """
+    if not job.shared:
+        return received
+    initial = get_weights(build_model(job.model, data.x_train.shape[1],
+                                      seed=job.train.seed * 7919 + bank_index(context)))
+    shared = set(select(initial, job.shared))
+    if set(received) != shared:
+        raise ConfigError(f"the host sent {sorted(received)}; this job shares exactly {sorted(shared)}")
+    stored = context.state.get(PRIVATE_STATE_KEY)
+    owner = context.state.get(PRIVATE_OWNER_KEY)
+    private = {k: v for k, v in initial.items() if k not in shared}
+    if isinstance(stored, ArrayRecord) and isinstance(owner, ConfigRecord) and owner.get("job") == job.job_id:
+        private = {k: v.numpy() for k, v in stored.items()}
+    return {k: (received[k] if k in shared else private[k]) for k in initial}
+
+
+def _keep_private(job: JobConfig, context: Context, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Store the private part in `context.state`; return the shared part (all when horizontal)."""
+    if not job.shared:
+        return weights
+    shared = select(weights, job.shared)
+    context.state[PRIVATE_STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                    for k, v in weights.items() if k not in shared})
+    context.state[PRIVATE_OWNER_KEY] = ConfigRecord({"job": job.job_id})
+    return shared
 
 
 def _history(context: Context, job: JobConfig) -> list[Mechanism]:
@@ -68,12 +106,14 @@ def train(msg: Message, context: Context) -> Message:
     try:
         job = JobConfig.from_run_config(context.run_config)
         data = bank_data(job, context)
-        weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        weights = _full_weights(job, data, context, received)
         server_round = int(msg.content["config"]["server-round"])
         history = _history(context, job)
         result = train_round(job, data, weights, history, server_round, bank_index(context))
     except FedsiloError as error:
         return _refuse(msg, error)
+    released = _keep_private(job, context, result.weights)
     if result.mechanism is not None:
         _store_history(context, job, [*history, result.mechanism])
     metrics = {
@@ -85,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
         "dp-sample-rate": result.mechanism.sample_rate if result.mechanism else 0.0,
         "dp-steps": result.mechanism.steps if result.mechanism else 0,
     }
-    arrays = ArrayRecord({k: Array(v) for k, v in result.weights.items()})
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in released.items()})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -95,8 +135,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         job = JobConfig.from_run_config(context.run_config)
         data = bank_data(job, context)
-        weights = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        scores = evaluate_weights(job, data, weights)
+        received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        scores = evaluate_weights(job, data, _full_weights(job, data, context, received))
     except FedsiloError as error:
         return _refuse(msg, error)
     metrics = {"num-examples": data.n_test, "loss": scores["loss"], "auc": scores["auc"],

@@ -16,7 +16,7 @@ import torch
 from peers.data.bank import BankTensors
 from peers.evaluation import evaluate
 from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
-from peers.models import build_model, get_weights, set_weights
+from peers.models import build_model, freeze, get_weights, set_weights
 from privacy.accounting import Mechanism, epsilon_spent
 from privacy.clipped_gradients import clipped_gradient_sum
 from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
@@ -53,6 +53,7 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
             )
     model = build_model(job.model, data.x_train.shape[1])
     set_weights(model, weights)
+    freeze(model, job.freeze)
     config = DPSGDConfig(lr=job.train.lr, max_grad_norm=job.dp.max_grad_norm,
                          noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                          private=job.dp.private)
@@ -79,6 +80,7 @@ def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.
                              f"ε = {job.dp.epsilon}: the job declared {job.train.rounds} rounds")
     model = build_model(job.model, data.x_train.shape[1])
     set_weights(model, weights)
+    freeze(model, job.freeze)
     gradient = clipped_gradient_sum(model, data.x_train, data.y_train, job.dp.max_grad_norm)
     step = job.train.lr / job.public_rows
     new = {name: (value - step * gradient[name].numpy()).astype(value.dtype) if name in gradient else value

@@ -15,10 +15,12 @@ from typing import Callable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from safetensors.numpy import load_file
 
 from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig, secagg_config
-from peers.models import build_model, get_weights
+from peers.job import JobConfig, global_shapes, secagg_config
+from peers.models import build_model, get_weights, select
+from privacy.errors import ConfigError
 from strategies.factory import build_strategy
 from strategies.observer import Observed, RoundCallback
 
@@ -49,8 +51,20 @@ class JobHost:
         self.outcome: HostedRun | None = None
 
     def initial_weights(self) -> dict[str, np.ndarray]:
-        encoder = TabularEncoder.from_json(Path(self.job.encoder_path).read_text())
-        return get_weights(build_model(self.job.model, encoder.n_features, seed=self.job.train.seed))
+        """The global model's starting point: the shared part, fresh or from `model.base`.
+
+        In a transfer job each peer's encoder (first layer) has its own width and stays
+        private, so only the shared part exists at the host.
+        """
+        job = self.job
+        n_features = 1
+        if "{bank}" not in job.encoder_path:
+            n_features = TabularEncoder.from_json(Path(job.encoder_path).read_text()).n_features
+        shapes = global_shapes(job, n_features)
+        fresh = select(get_weights(build_model(job.model, n_features, seed=job.train.seed)), job.shared)
+        if not job.base_model:
+            return dict(fresh)
+        return load_base_model(job.base_model, shapes)
 
     def run(self, grid: Grid, context: Context) -> HostedRun:
         initial_weights = self.initial_weights()
@@ -80,6 +94,24 @@ class JobHost:
         weights = {k: v.numpy() for k, v in result.arrays.items()}
         self.outcome = HostedRun(weights=weights, strategy=strategy, central_metrics=central)
         return self.outcome
+
+
+def load_base_model(path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The shared weights of a published model file, checked against the job's model."""
+    if not Path(path).is_file():
+        raise ConfigError(f"base model {path} does not exist: give a .safetensors file from an earlier run")
+    try:
+        weights = load_file(path)
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise ConfigError(f"cannot read base model {path}: {exc}") from None
+    missing = sorted(set(shapes) - set(weights))
+    if missing:
+        raise ConfigError(f"base model {path} lacks {missing}: it was not trained with this model shape")
+    for name, shape in shapes.items():
+        if tuple(weights[name].shape) != shape:
+            raise ConfigError(f"base model {path}: '{name}' has shape {tuple(weights[name].shape)}, "
+                              f"the job's model needs {shape}")
+    return {name: weights[name].astype(np.float32) for name in shapes}
 
 
 def server_app(host: JobHost) -> ServerApp:

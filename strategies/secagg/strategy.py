@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Callable, Iterable
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -52,7 +51,6 @@ from flwr.serverapp import Grid
 from privacy.errors import ProtocolError
 from privacy.secagg import (
     AdvertiseKeys,
-    EncryptedShares,
     MaskedInput,
     PeerRejected,
     SecAggConfig,
@@ -60,7 +58,7 @@ from privacy.secagg import (
     ThresholdNotMet,
     UnmaskShares,
 )
-from privacy.secagg.messages import encrypted_shares_from_dict, encrypted_shares_to_dict
+from privacy.secagg.messages import encrypted_shares_from_dict
 from strategies.secagg.wire import (
     SECAGG_CONFIG_KEY,
     flatten,

@@ -254,3 +254,23 @@ def test_unknown_backend_is_refused():
     config = DPSGDConfig(lr=0.1, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1)
     with pytest.raises(ConfigError, match="backend"):
         DPSGDTrainer(mlp(), config, seed=0, backend="fast")
+
+
+def test_a_summed_loss_is_refused_in_private_mode():
+    x, y = table()
+    config = DPSGDConfig(lr=0.1, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1)
+    with pytest.raises(ConfigError, match="mean"):
+        DPSGDTrainer(mlp(), config, seed=0).train(x, y, epochs=1, loss_fn=nn.BCEWithLogitsLoss(reduction="sum"))
+
+
+class LeakyLinear(nn.Linear):
+    """A subclass that mixes rows: must not take the ghost path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x - x.mean(0))
+
+
+def test_subclassed_layers_are_not_trusted_with_the_ghost_path():
+    model = nn.Sequential(LeakyLinear(12, 4), nn.Tanh(), nn.Linear(4, 1))
+    config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
+    assert DPSGDTrainer(model, config, seed=0).backend == "opacus"
