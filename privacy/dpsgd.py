@@ -116,26 +116,29 @@ def _quiet_hooks() -> Iterator[None]:
         yield
 
 
+def _trained(param: torch.Tensor | None) -> bool:
+    return param is not None and param.requires_grad
+
+
 class _LinearStack:
-    """Ghost-clipping DP-SGD step for an `nn.Sequential` of `nn.Linear` and activations."""
+    """Ghost-clipping DP-SGD step for an `nn.Sequential` of `nn.Linear` and activations.
+
+    Frozen parameters (requires_grad False) are neither counted in the per-sample norm
+    nor updated, as in Opacus; a layer with nothing to train only runs forward.
+    """
 
     def __init__(self, layers: list[nn.Module]) -> None:
         self.layers = layers
-        self.linears = [m for m in layers if type(m) is nn.Linear]
-        self.params = [p for m in self.linears for p in ((m.weight,) if m.bias is None else (m.weight, m.bias))]
+        self.trained = [m for m in layers if type(m) is nn.Linear and (_trained(m.weight) or _trained(m.bias))]
+        self._records = [type(m) is nn.Linear and any(m is t for t in self.trained) for m in layers]
+        self.params = [p for m in self.trained for p in (m.weight, m.bias) if _trained(p)]
         sizes = [p.numel() for p in self.params]
         self._flat = torch.empty(sum(sizes), dtype=self.params[0].dtype)
         self._grads = [v.view_as(p) for v, p in zip(self._flat.split(sizes), self.params)]
-        self._weight_grads = [self._grads[i] for i in self._weight_positions()]
-        self._bias_grads = [self._grads[i + 1] if m.bias is not None else None
-                            for i, m in zip(self._weight_positions(), self.linears)]
-
-    def _weight_positions(self) -> list[int]:
-        positions, i = [], 0
-        for m in self.linears:
-            positions.append(i)
-            i += 1 if m.bias is None else 2
-        return positions
+        grads = iter(self._grads)
+        # per trained layer: (weight gradient view or None, bias gradient view or None)
+        self._views = [(next(grads) if _trained(m.weight) else None, next(grads) if _trained(m.bias) else None)
+                       for m in self.trained]
 
     @classmethod
     def of(cls, model: nn.Module) -> "_LinearStack | None":
@@ -149,10 +152,9 @@ class _LinearStack:
             return None
         if len({id(m) for m in linears}) != len(linears):
             return None  # a layer applied twice: per-sample norms would not add up
-        trained = [p for p in model.parameters() if p.requires_grad]
         owned = [p for m in linears for p in m.parameters()]
-        if len(trained) != len(owned) or len(trained) != len(list(model.parameters())):
-            return None  # frozen or foreign parameters: let Opacus handle them
+        if len(owned) != len(list(model.parameters())) or not any(p.requires_grad for p in owned):
+            return None  # foreign parameters, or nothing to train: let Opacus handle it
         if len({p.dtype for p in owned}) != 1:
             return None
         return cls(layers)
@@ -167,8 +169,8 @@ class _LinearStack:
         """
         inputs, outputs = [], []
         h = x
-        for layer in self.layers:
-            if type(layer) is nn.Linear:
+        for layer, record in zip(self.layers, self._records):
+            if record:
                 inputs.append(h)
                 h = layer(h)
                 outputs.append(h)
@@ -180,22 +182,25 @@ class _LinearStack:
         # gradient is r_i = g_i / batch, g_i being the gradient of row i's own loss.
         grad_out = torch.autograd.grad(loss, outputs)
         with torch.no_grad():
-            # ‖r_i‖ over all parameters: a layer's share is ‖r_i,out‖·‖(a_i, 1 if bias)‖
-            # (the ghost-clipping identity for nn.Linear), accumulated with hypot.
+            # ‖r_i‖ over the trained parameters: a layer's share is ‖r_i,out‖·‖a_i‖ for
+            # its weight (the ghost-clipping identity for nn.Linear) and ‖r_i,out‖ for its
+            # bias, accumulated with hypot.
             norms = None
-            for layer, a, r in zip(self.linears, inputs, grad_out):
+            for a, r, (wg, bg) in zip(inputs, grad_out, self._views):
                 r_norm = torch.linalg.vector_norm(r, dim=1)
-                share = r_norm * torch.linalg.vector_norm(a, dim=1)
-                norms = share if norms is None else torch.hypot(norms, share, out=norms)
-                if layer.bias is not None:
-                    torch.hypot(norms, r_norm, out=norms)
+                if wg is not None:
+                    share = r_norm * torch.linalg.vector_norm(a, dim=1)
+                    norms = share if norms is None else torch.hypot(norms, share, out=norms)
+                if bg is not None:
+                    norms = r_norm if norms is None else torch.hypot(norms, r_norm, out=norms)
             # clip(g_i)/C = g_i·min(1, C/‖g_i‖)/C = r_i·min(batch/C, 1/‖r_i‖)
             factor = norms.reciprocal_().clamp_(max=batch / max_grad_norm)
             column = factor.unsqueeze(1)
             # noise first, then Σ_i clip(g_i)/C accumulated onto σ·noise, per layer
             torch.randn(self._flat.shape, generator=generator, out=self._flat)
-            for a, r, wg, bg in zip(inputs, grad_out, self._weight_grads, self._bias_grads):
-                wg.addmm_((r * column).t(), a, beta=noise_multiplier)
+            for a, r, (wg, bg) in zip(inputs, grad_out, self._views):
+                if wg is not None:
+                    wg.addmm_((r * column).t(), a, beta=noise_multiplier)
                 if bg is not None:
                     bg.addmv_(r.t(), factor, beta=noise_multiplier)
             torch._foreach_add_(self.params, self._grads, alpha=-lr_over_batch * max_grad_norm)

@@ -27,10 +27,16 @@ class Bank:
 
     index: int
     frame: pd.DataFrame
+    title: str = ""
 
     @property
     def name(self) -> str:
         return f"bank-{self.index:05d}"
+
+    @property
+    def display_name(self) -> str:
+        """The institution's own name where it has one (transfer scenarios), else `name`."""
+        return self.title or self.name
 
     def fingerprint(self) -> str:
         """SHA-256 over the bank's rows (values and column names), order-sensitive."""

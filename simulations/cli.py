@@ -53,7 +53,17 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                    help="share of banks that vanish at a random stage of each round (default 0)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of data, partitions, models and noise (default 0)")
     p.add_argument("--out", metavar="DIR", help="where run folders are created (default ./runs)")
-    p.add_argument("--compare", metavar="LIST", help="yardsticks trained in the same run: centralized,local (default both), or none")
+    p.add_argument("--compare", metavar="LIST", help="yardsticks trained in the same run: centralized,local (horizontal default); local,common (transfer default: each institution alone, and a horizontal run on the columns all share); or none")
+    p.add_argument("--setup", choices=["horizontal", "transfer"],
+                   help="horizontal: same columns everywhere (default); transfer: each institution its own columns")
+    p.add_argument("--scenario", metavar="NAME|FILE",
+                   help="transfer institutions and their columns: a TOML file, or 'uci' for the UCI file "
+                        "(default with the generator: bank, card issuer, broker)")
+    p.add_argument("--shared", metavar="PREFIXES",
+                   help="aggregated parameters by name prefix (transfer default: hidden,head; "
+                        "'hidden' keeps each institution's head private)")
+    p.add_argument("--base-model", metavar="FILE", help="start from a .safetensors model of an earlier run")
+    p.add_argument("--freeze", metavar="PREFIXES", help="parameters not to train (with --base-model), e.g. hidden1")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -67,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "customers", "model", "hidden",
                "strategy", "local_epochs", "batch_size", "lr", "epsilon", "delta", "max_grad_norm", "seed",
-               "out", "compare", "dp_mode", "secure_aggregation", "dropout")
+               "out", "compare", "dp_mode", "secure_aggregation", "dropout", "setup", "scenario", "shared",
+               "freeze", "base_model")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -78,10 +89,17 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = build_config(args.config, overrides)
 
     from simulations.progress import Progress
-    from simulations.runner import simulate
+    if config.setup == "transfer":
+        from simulations.transfer import simulate_transfer as simulate
+    else:
+        from simulations.runner import simulate
     summary = simulate(config, Progress(quiet=args.quiet))
     print(f"run folder: {summary.run_dir}")
-    print(f"federated ROC-AUC (all banks' held-out rows): {summary.final_auc:.4f}")
+    where = "all banks' held-out rows" if summary.setup == "horizontal" else "mean over institutions, own rows"
+    print(f"federated ROC-AUC ({where}): {summary.final_auc:.4f}")
+    for name, aucs in (summary.institutions or {}).items():
+        print(f"  {name:<14} federated transfer {aucs['federated']:.4f}   alone {_fmt(aucs.get('local_only'))}"
+              f"   horizontal on common columns {_fmt(aucs.get('horizontal_common'))}")
     if summary.centralized_auc is not None:
         print(f"centralized non-private ROC-AUC:              {summary.centralized_auc:.4f}")
     if summary.local_auc_mean is not None:
@@ -95,6 +113,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(summary.to_json())
     return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "  n/a " if value is None else f"{value:.4f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

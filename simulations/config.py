@@ -4,7 +4,8 @@ Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
 
     [simulation]  banks, rounds, seed, out, strategy, dropout, compare = ["centralized", "local"]
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
-    [model]       kind = "mlp" | "logreg", hidden = [64, 32]
+    [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
+    [simulation]  setup = "horizontal" | "transfer";  [data] scenario = "uci" | FILE.toml
     [train]       local-epochs, batch-size, lr, test-fraction
     [dp]          mode = "local" | "distributed" | "off", epsilon, delta, max-grad-norm, accountant
     [secagg]      mode = "on" | "off", clip, dropout-fraction, collusion-fraction
@@ -25,7 +26,8 @@ from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
 from peers.models import ModelSpec
 from privacy.errors import ConfigError
 
-COMPARISONS = ("centralized", "local")
+COMPARISONS = ("centralized", "local", "common")
+SETUPS = ("horizontal", "transfer")
 
 # TOML (section, key) -> SimulationConfig field
 TOML_KEYS: dict[tuple[str, str], str] = {
@@ -36,6 +38,11 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("simulation", "strategy"): "strategy",
     ("simulation", "compare"): "compare",
     ("simulation", "dropout"): "dropout",
+    ("simulation", "setup"): "setup",
+    ("data", "scenario"): "scenario",
+    ("model", "shared"): "shared",
+    ("model", "freeze"): "freeze",
+    ("model", "base"): "base_model",
     ("data", "path"): "data",
     ("data", "label"): "label",
     ("data", "id-column"): "id_column",
@@ -70,7 +77,7 @@ class SimulationConfig:
     seed: int = 0
     out: str = "runs"
     strategy: str = "fedavg"
-    compare: tuple[str, ...] = ("centralized", "local")
+    compare: tuple[str, ...] | None = None  # None: the setup's default yardsticks
     data: str | None = None
     label: str | None = None
     id_column: str | None = None
@@ -92,13 +99,29 @@ class SimulationConfig:
     secagg_dropout_fraction: float = 0.3
     secagg_collusion_fraction: float = 0.1
     dropout: float = 0.0
+    setup: str = "horizontal"
+    scenario: str | None = None
+    shared: tuple[str, ...] = ()
+    freeze: tuple[str, ...] = ()
+    base_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.setup not in SETUPS:
+            raise ConfigError(f"--setup '{self.setup}' is unknown: use {' or '.join(SETUPS)}")
+        if self.setup == "transfer" and "centralized" in self.yardsticks:
+            raise ConfigError("--compare centralized needs one schema for all banks: with --setup transfer use local,common")
+        if self.setup == "horizontal" and "common" in self.yardsticks:
+            raise ConfigError("--compare common is the transfer setup's yardstick: use centralized,local here")
+        if self.setup == "transfer" and self.model != "mlp":
+            raise ConfigError("--setup transfer needs --model mlp: its first layer is each institution's private encoder")
+        if self.setup == "transfer" and self.data is not None and not self.scenario:
+            raise ConfigError("--setup transfer with --data needs --scenario FILE.toml (or 'uci' for the UCI "
+                              "credit-card file) declaring each institution's columns")
         if self.banks < 1:
             raise ConfigError(f"--banks must be ≥ 1 (got {self.banks})")
         if self.customers is not None and self.customers < 1:
             raise ConfigError(f"data.customers must be ≥ 1 (got {self.customers})")
-        unknown = [c for c in self.compare if c not in COMPARISONS]
+        unknown = [c for c in self.yardsticks if c not in COMPARISONS]
         if unknown:
             raise ConfigError(f"--compare: unknown yardstick {unknown[0]!r}; use {','.join(COMPARISONS)}")
         if self.data is not None and not self.label:
@@ -110,6 +133,20 @@ class SimulationConfig:
         self.job()  # validates model, training and DP settings
 
     @property
+    def yardsticks(self) -> tuple[str, ...]:
+        """What to compare against: `compare`, or centralized,local (horizontal) / local,common (transfer)."""
+        if self.compare is not None:
+            return self.compare
+        return ("local", "common") if self.setup == "transfer" else ("centralized", "local")
+
+    @property
+    def shared_parameters(self) -> tuple[str, ...]:
+        """Prefixes of the aggregated parameters: all (horizontal) or all but the encoder (transfer)."""
+        if self.shared:
+            return tuple(self.shared)
+        return ("hidden", "head") if self.setup == "transfer" else ()
+
+    @property
     def label_column(self) -> str:
         return self.label if self.data is not None else (self.label or SYNTHETIC_LABEL)
 
@@ -119,6 +156,7 @@ class SimulationConfig:
         return JobConfig(
             label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
             strategy=self.strategy, peers=self.banks, public_rows=public_rows,
+            shared=self.shared_parameters, freeze=tuple(self.freeze), base_model=self.base_model or "",
             model=ModelSpec(kind=self.model, hidden=tuple(self.hidden)),
             train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
                             lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),
@@ -136,7 +174,7 @@ class SimulationConfig:
 def _coerce(name: str, value: Any, where: str) -> Any:
     """Convert a TOML or flag value to the type of field `name`, or say what is wrong."""
     default = getattr(SimulationConfig(), name)
-    if name in ("compare", "hidden"):
+    if name in ("compare", "hidden", "shared", "freeze"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
@@ -146,7 +184,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return tuple(str(i).strip() for i in items if str(i).strip() and str(i).strip() != "none")
         except ValueError:
             raise ConfigError(f"{where} must list integers, got {value!r}") from None
-    if name in ("data", "label", "id_column", "partition"):
+    if name in ("data", "label", "id_column", "partition", "scenario", "base_model"):
         if value is not None and not isinstance(value, (str, Path)):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return None if value is None else str(value)

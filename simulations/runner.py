@@ -44,6 +44,7 @@ from strategies.secagg import SecureAggregation
 from strategies.wrapper import find_wrapper
 from simulations.progress import Progress
 from simulations.report.card import build_card, write_card
+from simulations.report.privacy import privacy_section
 from simulations.report.plots import plot_comparison, plot_rounds
 from simulations.run_folder import RunFolder
 
@@ -62,6 +63,8 @@ class RunSummary:
     rounds: int
     dp: str
     secure_aggregation: str
+    setup: str = "horizontal"
+    institutions: dict[str, dict[str, float | None]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -107,35 +110,16 @@ def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):
 def _yardsticks(config: SimulationConfig, job: JobConfig, tensors: list[BankTensors], everyone: BankTensors,
                 progress: Progress) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    if "centralized" in config.compare:
+    if "centralized" in config.yardsticks:
         progress.stage("Yardstick: centralized non-private model on the pooled rows")
         result["centralized"] = baselines.centralized(job, everyone, everyone.x_test, everyone.y_test)
-    if "local" in config.compare:
+    if "local" in config.yardsticks:
         progress.stage(f"Yardstick: {len(tensors)} local-only models, each bank alone")
         # Alone, a bank has no one to share noise with: its yardstick is local DP-SGD at the same ε.
         alone = replace(job, dp=replace(job.dp, mode="local")) if job.dp.mode == "distributed" else job
         result["local"] = [baselines.local_only(alone, i, data, everyone.x_test, everyone.y_test)
                            for i, data in enumerate(tensors)]
     return result
-
-
-_DP_MODE_TEXT = {
-    "local": "local DP-SGD (Opacus) at every bank",
-    "distributed": "distributed DP: discrete Gaussian noise shares inside secure aggregation",
-    "off": "none (--dp off)",
-}
-
-
-def _guarantee(job: JobConfig) -> str:
-    if job.dp.mode == "local":
-        return (f"each bank's released updates are ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each "
-                "of its records (record-level, add/remove), over all rounds, whatever the host does")
-    if job.dp.mode == "distributed":
-        return (f"every released aggregate is ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each record "
-                "of every bank, over all rounds, provided that in each round at most the tolerated dropouts and "
-                "colluders (secagg dropout and collusion fractions) contribute no honest noise; the host refuses "
-                "to unmask a round with fewer survivors")
-    return "no differential privacy"
 
 
 def _finite(value: float) -> float | None:
@@ -220,25 +204,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
              "train": asdict(job.train), "config": config.to_dict()},
         data=data_info,
         participants=participants,
-        privacy={
-            "mode": _DP_MODE_TEXT[job.dp.mode],
-            "guarantee": _guarantee(job),
-            "epsilon_target": job.dp.epsilon if job.dp.private else None,
-            "delta": job.dp.delta if job.dp.private else None,
-            "accountant": job.dp.accountant if job.dp.private else None,
-            "max_grad_norm": job.dp.max_grad_norm if job.dp.private else None,
-            "epsilon_max_spent": epsilon_max,
-            "secure_aggregation": ({
-                "protocol": "SecAgg+ (Bell et al. 2020): X25519 + HKDF-SHA256, ChaCha20 masks, Shamir over 2^521-1, "
-                            "AES-GCM share encryption",
-                "clip": job.secagg.clip, "bits": job.secagg.bits,
-                "dropout_fraction": job.secagg.dropout_fraction,
-                "collusion_fraction": job.secagg.collusion_fraction,
-                "aborted_rounds": {str(k): v for k, v in secure.aborted_rounds.items()},
-                "assumption": "honest-but-curious host colluding with at most the collusion fraction of peers",
-            } if secure is not None else "off: the host saw each bank's (DP-protected) update"),
-            "ledger": ledger_status,
-        },
+        privacy=privacy_section(job, outcome, ledger_status, epsilon_max),
         metrics={
             "final_auc_pooled_test": _finite(final_auc),
             "final_loss_pooled_test": _finite(outcome.central_metrics[rounds[-1]]["loss"]) if rounds else None,

@@ -257,9 +257,10 @@ class TransferScenario:
                 raise DataError(f"institution {inst.name!r} gets {len(rows)} of {n} rows (at least "
                                 f"{MIN_INSTITUTION_ROWS} needed): raise its share or give a table of at least "
                                 f"{need} rows")
-            classes = pd.unique(labels[rows])
+            classes = np.unique(labels[rows])
             if len(classes) < 2:
-                raise DataError(f"institution {inst.name!r} gets only class {np.asarray(classes)[0].tolist()!r} of {self.label!r} "
+                only = classes[0].tolist()
+                raise DataError(f"institution {inst.name!r} gets only class {only!r} of {self.label!r} "
                                 f"in its {len(rows)} rows: raise its share, use another seed or a larger table")
         return parts
 

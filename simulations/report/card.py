@@ -41,7 +41,7 @@ def sha256_file(path: Path) -> str:
 
 
 def build_card(*, run_name: str, job: dict[str, Any], data: dict[str, Any], participants: list[dict[str, Any]],
-               privacy: dict[str, Any], metrics: dict[str, Any], model_file: Path, encoder_file: Path,
+               privacy: dict[str, Any], metrics: dict[str, Any], model_file: Path, encoder_file: Path | None,
                rounds: int) -> dict[str, Any]:
     """Assemble the card; every argument is already JSON-ready."""
     return {
@@ -57,7 +57,8 @@ def build_card(*, run_name: str, job: dict[str, Any], data: dict[str, Any], part
         "metrics": metrics,
         "artifacts": {
             "model": {"file": model_file.name, "format": "safetensors", "sha256": sha256_file(model_file)},
-            "encoder": {"file": encoder_file.name, "format": "json", "sha256": sha256_file(encoder_file)},
+            "encoder": ({"file": encoder_file.name, "format": "json", "sha256": sha256_file(encoder_file)}
+                        if encoder_file is not None else "each institution keeps its own encoder"),
         },
         "software": package_versions(),
     }

@@ -11,11 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless bac
 
 
 def plot_rounds(path: Path, rounds: list[int], auc: list[float], epsilon_max: list[float],
-                epsilon_budget: float | None) -> None:
+                epsilon_budget: float | None, auc_title: str = "Federated model, pooled held-out rows") -> None:
     """AUC of the global model per round, and the largest ε any bank has spent."""
     fig, (ax_auc, ax_eps) = plt.subplots(1, 2, figsize=(10, 4))
     ax_auc.plot(rounds, auc, marker="o", color="tab:blue")
-    ax_auc.set(title="Federated model, pooled held-out rows", xlabel="round", ylabel="ROC-AUC")
+    ax_auc.set(title=auc_title, xlabel="round", ylabel="ROC-AUC")
     ax_auc.grid(alpha=0.3)
     ax_eps.plot(rounds, epsilon_max, marker="o", color="tab:red", label="ε spent (max over banks)")
     if epsilon_budget is not None:
@@ -50,6 +50,32 @@ def plot_comparison(path: Path, federated: float, centralized: float | None,
     ax.set(title="ROC-AUC on all banks' held-out rows", ylabel="ROC-AUC")
     for i, v in enumerate(values):
         ax.text(i, v + 0.005, f"{v:.3f}", ha="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_institutions(path: Path, aucs: dict[str, dict[str, float | None]]) -> None:
+    """Per institution: alone, horizontal on common columns, federated transfer (own held-out rows)."""
+    series = [("local_only", "alone", "tab:orange"), ("horizontal_common", "horizontal, common columns", "tab:grey"),
+              ("federated", "federated transfer", "tab:blue")]
+    names = list(aucs)
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(names) + 2), 4))
+    width = 0.8 / len(series)
+    for j, (key, label, color) in enumerate(series):
+        values = [aucs[n].get(key) for n in names]
+        xs = [i + (j - 1) * width for i in range(len(names))]
+        shown = [(x, v) for x, v in zip(xs, values) if v is not None]
+        if not shown:
+            continue
+        ax.bar([x for x, _ in shown], [v for _, v in shown], width=width, color=color, label=label)
+        for x, v in shown:
+            ax.text(x, v + 0.005, f"{v:.3f}", ha="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0.4, 1.0)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set(title="ROC-AUC per institution, on its own held-out rows", ylabel="ROC-AUC")
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

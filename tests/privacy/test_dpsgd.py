@@ -231,11 +231,42 @@ def test_other_models_fall_back_to_opacus():
             DPSGDTrainer(model, config, seed=0, backend="ghost")
 
 
-def test_frozen_parameters_fall_back_to_opacus():
+@pytest.mark.parametrize("frozen", [("input.",), ("input.weight", "hidden1.bias"), ("hidden1.", "head.bias")])
+def test_frozen_parameters_stay_put_and_the_rest_is_clipped_per_example(frozen):
+    x, y = table(n=40)
     model = mlp()
-    model.input.weight.requires_grad_(False)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(frozen))
+    config = DPSGDConfig(lr=0.3, max_grad_norm=0.2, noise_multiplier=TINY_NOISE, sample_rate=1.0)
+    ghost, _, _, trainer = train_copy(model, config, x, y, backend="auto")
+    opacus, *_ = train_copy(model, config, x, y, backend="opacus")
+    assert trainer.backend == "ghost"
+    torch.testing.assert_close(flat(ghost), flat(opacus), rtol=1e-5, atol=1e-6)
+    before, after = dict(model.named_parameters()), dict(ghost.named_parameters())
+    for name in before:
+        unchanged = torch.equal(before[name], after[name])
+        assert unchanged == name.startswith(frozen), name
+    # the explicit per-example step over the trained parameters only
+    trained = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in trained]
+    for i in range(len(y)):
+        loss = nn.BCEWithLogitsLoss()(model(x[i:i + 1]).squeeze(-1), y[i:i + 1])
+        g = torch.autograd.grad(loss, trained)
+        norm = torch.cat([t.flatten() for t in g]).norm().item()
+        for t, gi in zip(total, g):
+            t += gi * min(1.0, 0.2 / norm)
+    expected = [p.detach() - 0.3 * t / 40 for p, t in zip(trained, total)]
+    got = [p.detach() for p in ghost.parameters() if p.requires_grad]
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_with_nothing_to_train_is_not_taken_by_the_ghost_path():
+    model = mlp()
+    model.requires_grad_(False)
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
-    assert DPSGDTrainer(model, config, seed=0).backend == "opacus"
+    with pytest.raises(ConfigError, match="ghost"):
+        DPSGDTrainer(model, config, seed=0, backend="ghost")
 
 
 @pytest.mark.parametrize("kwargs", [

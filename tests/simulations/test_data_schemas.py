@@ -243,7 +243,8 @@ def test_toml_example_parses(tmp_path):
     path.write_text(EXAMPLE)
     s = load_scenario_toml(path)
     assert s.label == "default" and s.names == ["bank", "broker"]
-    assert s.institutions[0].columns == (ColumnSpec("limit_bal", "limit_bal", 1.0), ColumnSpec("bill_amt1", "bill_amt1"),
+    assert s.institutions[0].columns == (ColumnSpec("limit_bal", "limit_bal", 1.0),
+                                         ColumnSpec("bill_amt1", "bill_amt1"),
                                          ColumnSpec("pay_amt1", "repaid_last_month", 0.001))
     assert s.institutions[0].share == 0.6 and s.institutions[1].columns[1] == ColumnSpec("limit_bal", "line")
     assert s.common_sources() == ["limit_bal"]
@@ -265,7 +266,8 @@ def test_toml_round_trip(tmp_path, make):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("seed = 3\n" + EXAMPLE, r"unknown key\(s\) 'seed' in the scenario \(top level\): valid keys are label, institution"),
+    ("seed = 3\n" + EXAMPLE,
+     r"unknown key\(s\) 'seed' in the scenario \(top level\): valid keys are label, institution"),
     (EXAMPLE.replace('share = 0.6', 'share = 0.6\nsize = 3'), r"unknown key\(s\) 'size' in institution 'bank'"),
     (EXAMPLE.replace('scale = 0.001', 'scael = 0.001'), r"unknown key\(s\) 'scael' in a column of institution 'bank'"),
     (EXAMPLE.replace('{source = "limit_bal", name = "line"}', '{name = "line"}'), r"has no 'source'"),
@@ -300,7 +302,8 @@ def test_uci_scenario_mirrors_the_synthetic_one():
         assert a.column_names == b.column_names and a.share == b.share
         assert [c.scale for c in a.columns] == [c.scale for c in b.columns]
     card = uci.institutions[1]
-    assert card.sources[:6] == ["X6", "X7", "X8", "X9", "X10", "X11"] and card.columns[6] == ColumnSpec("X1", "credit_line", 0.001)
+    assert card.sources[:6] == ["X6", "X7", "X8", "X9", "X10", "X11"]
+    assert card.columns[6] == ColumnSpec("X1", "credit_line", 0.001)
 
 
 @pytest.mark.skipif(not UCI.is_file(), reason=f"{UCI} is absent")

@@ -1,0 +1,53 @@
+"""The model card's privacy section: what was guaranteed, under which assumption, and spent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peers.job import JobConfig
+from peers.server.host import HostedRun
+from strategies.secagg import SecureAggregation
+from strategies.wrapper import find_wrapper
+
+DP_MODE_TEXT = {
+    "local": "local DP-SGD (Opacus) at every bank",
+    "distributed": "distributed DP: discrete Gaussian noise shares inside secure aggregation",
+    "off": "none (--dp off)",
+}
+
+
+def guarantee(job: JobConfig) -> str:
+    """The guarantee the job's DP mode gives, in one sentence."""
+    if job.dp.mode == "local":
+        return (f"each bank's released updates are ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each "
+                "of its records (record-level, add/remove), over all rounds, whatever the host does")
+    if job.dp.mode == "distributed":
+        return (f"every released aggregate is ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each record "
+                "of every bank, over all rounds, provided that in each round at most the tolerated dropouts and "
+                "colluders (secagg dropout and collusion fractions) contribute no honest noise; the host refuses "
+                "to unmask a round with fewer survivors")
+    return "no differential privacy"
+
+
+def privacy_section(job: JobConfig, outcome: HostedRun, ledger_status: dict[str, Any],
+                    epsilon_max: float) -> dict[str, Any]:
+    secure = find_wrapper(outcome.strategy, SecureAggregation)
+    return {
+        "mode": DP_MODE_TEXT[job.dp.mode],
+        "guarantee": guarantee(job),
+        "epsilon_target": job.dp.epsilon if job.dp.private else None,
+        "delta": job.dp.delta if job.dp.private else None,
+        "accountant": job.dp.accountant if job.dp.private else None,
+        "max_grad_norm": job.dp.max_grad_norm if job.dp.private else None,
+        "epsilon_max_spent": epsilon_max,
+        "secure_aggregation": ({
+            "protocol": "SecAgg+ (Bell et al. 2020): X25519 + HKDF-SHA256, ChaCha20 masks, Shamir over 2^521-1, "
+                        "AES-GCM share encryption",
+            "clip": job.secagg.clip, "bits": job.secagg.bits,
+            "dropout_fraction": job.secagg.dropout_fraction,
+            "collusion_fraction": job.secagg.collusion_fraction,
+            "aborted_rounds": {str(k): v for k, v in secure.aborted_rounds.items()},
+            "assumption": "honest-but-curious host colluding with at most the collusion fraction of peers",
+        } if secure is not None else "off: the host saw each bank's (DP-protected) update"),
+        "ledger": ledger_status,
+    }

@@ -1,0 +1,205 @@
+"""`fedsilo simulate --setup transfer`: institutions with different customers and schemas.
+
+Each institution holds its own columns (a bank: limits, bills, payments; a card
+issuer: repayment status; a small broker: demographics and a few payments), fits its
+own feature encoder on its own rows only, and trains a model whose first layer (its
+encoder into the shared representation) stays private. Only the parameters the job
+declares shared (`model.shared`, by name prefix: `hidden,head` by default, `hidden`
+to keep each institution's head private too) are ever sent: the ClientApp never puts
+a private tensor in a message, and the host's guard refuses a reply carrying a
+parameter outside the shared set.
+
+Why the released shared part keeps its DP guarantee: every parameter, private or
+shared, is trained by the same DP-SGD steps (per-example clipping over the whole
+gradient, Gaussian noise on every coordinate), so the whole training trajectory is
+(ε, δ)-DP and the shared part, a function of it, is post-processing.
+
+Yardsticks, per institution, on its own held-out rows: the same model trained alone
+(`local`), and a horizontal federation restricted to the columns every institution
+has (`common`), which is what a consortium could do without transfer learning.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import save_file
+
+from peers.data.bank import BankTensors, encode_bank
+from peers.data.encoding import BankSummary, TabularEncoder
+from peers.job import plan_dp
+from simulations import baselines
+from simulations.banks import Bank, check_bank
+from simulations.config import SimulationConfig
+from simulations.data.loader import load_table
+from simulations.data.schemas import (
+    TransferScenario,
+    load_scenario_toml,
+    synthetic_scenario,
+    synthetic_transfer_table,
+    uci_scenario,
+)
+from simulations.federation import FederationRun, run_federation
+from simulations.progress import Progress
+from simulations.report.card import build_card, write_card
+from simulations.report.plots import plot_institutions, plot_rounds
+from simulations.run_folder import RunFolder
+from simulations.report.privacy import privacy_section
+from simulations.runner import RunSummary
+
+
+def resolve_scenario(config: SimulationConfig) -> tuple[TransferScenario, pd.DataFrame]:
+    """The institutions' declaration and the pooled source table they split."""
+    if config.scenario in (None, "synthetic"):
+        scenario = synthetic_scenario()
+    elif config.scenario == "uci":
+        scenario = uci_scenario()
+    else:
+        scenario = load_scenario_toml(config.scenario)
+    if config.data is None:
+        table = synthetic_transfer_table(seed=config.seed, customers=config.customers)
+    else:
+        table = load_table(config.data, label=scenario.label, id_column=config.id_column)
+    scenario.validate(table.columns)
+    return scenario, table
+
+
+def _institutions(frames: list[pd.DataFrame], names: list[str], label: str) -> list[Bank]:
+    banks = [Bank(i, frame.reset_index(drop=True), title=name) for i, (frame, name) in enumerate(zip(frames, names))]
+    for bank in banks:
+        check_bank(bank, label)
+    return banks
+
+
+def _final_own_auc(run: FederationRun) -> dict[int, float]:
+    """Each institution's AUC on its own held-out rows after the last round (its own evaluation)."""
+    rounds = sorted(run.outcome.strategy.evaluate)
+    if not rounds:
+        return {}
+    return {int(m["bank"]): float(m["auc"]) for m in run.outcome.strategy.evaluate[rounds[-1]]}
+
+
+def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummary:
+    """Run a transfer-learning simulation end to end (checks every input before writing)."""
+    scenario, table = resolve_scenario(config)
+    label = scenario.label
+    progress.stage(f"Preparing {len(scenario.institutions)} institutions: {', '.join(scenario.names)}")
+    names = scenario.names
+    banks = _institutions(scenario.split(table, config.seed), names, label)
+    encoders = [TabularEncoder.fit([BankSummary.from_frame(b.frame, label)], label) for b in banks]
+    tensors = [encode_bank(b.frame, e, config.test_fraction, config.seed) for b, e in zip(banks, encoders)]
+    wants_common = "common" in config.yardsticks
+    common_banks = _institutions(scenario.common_frames(table, config.seed), names, label) if wants_common else []
+    config = replace(config, banks=len(banks), label=label)
+    job_template = config.job()
+    if job_template.dp.mode == "local":
+        for data in tensors:
+            plan_dp(job_template, data.n_train)
+
+    with tempfile.TemporaryDirectory(prefix="fedsilo-transfer-") as work_dir, RunFolder(config.out) as folder:
+        work = Path(work_dir)
+        job = config.job(job_id=folder.name, max_weight=float(max(t.n_train for t in tensors)),
+                         public_rows=sum(t.n_train for t in tensors))
+        run = run_federation(job, banks, encoders, tensors, work / "transfer", folder.path / "ledger.sqlite",
+                             progress, dropout=config.dropout, title="Transfer training")
+        federated = _final_own_auc(run)
+        local: dict[int, float] = {}
+        if "local" in config.yardsticks:
+            progress.stage(f"Yardstick: each of {len(banks)} institutions alone")
+            alone = replace(run.job, shared=(), dp=replace(run.job.dp, mode="local"))
+            for i, data in enumerate(tensors):
+                local[i] = baselines.local_only(alone, i, data, data.x_test, data.y_test).auc_own
+        common: dict[int, float] = {}
+        if wants_common:
+            common = _horizontal_on_common(config, common_banks, work / "common", folder.name, progress)
+        progress.stage("Writing the run folder")
+        summary = _write_outputs(folder, config, scenario, run, banks, tensors, encoders, federated, local, common)
+    return replace(summary, run_dir=str(folder.final))
+
+
+def _horizontal_on_common(config: SimulationConfig, banks: list[Bank], work: Path, run_name: str,
+                          progress: Progress) -> dict[int, float]:
+    """A horizontal federation on the columns all institutions share (the yardstick)."""
+    label = config.label_column
+    encoder = TabularEncoder.fit([BankSummary.from_frame(b.frame, label) for b in banks], label)
+    tensors = [encode_bank(b.frame, encoder, config.test_fraction, config.seed) for b in banks]
+    horizontal = replace(config, setup="horizontal", shared=(), compare=())
+    job = horizontal.job(job_id=f"{run_name}-common", max_weight=float(max(t.n_train for t in tensors)),
+                         public_rows=sum(t.n_train for t in tensors))
+    work.mkdir(parents=True, exist_ok=True)
+    run = run_federation(job, banks, [encoder], tensors, work, work / "ledger.sqlite", progress,
+                         dropout=config.dropout, title="Yardstick: horizontal on common columns")
+    return _final_own_auc(run)
+
+
+def _write_outputs(folder: RunFolder, config: SimulationConfig, scenario: TransferScenario, run: FederationRun,
+                   banks: list[Bank], tensors: list[BankTensors], encoders: list[TabularEncoder],
+                   federated: dict[int, float], local: dict[int, float], common: dict[int, float]) -> RunSummary:
+    path, job = folder.path, run.job
+    model_file = path / "model.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in run.outcome.weights.items()}, str(model_file),
+              metadata={"fedsilo.run": folder.name, "fedsilo.part": "shared", "fedsilo.shared": ",".join(job.shared)})
+    (path / "scenario.toml").write_text(scenario.to_toml())
+
+    rounds = sorted(run.outcome.strategy.evaluate)
+    mean_auc = [float(np.nanmean([m["auc"] for m in run.outcome.strategy.evaluate[r]])) for r in rounds]
+    eps_curve, running = [], {}
+    for r in rounds:
+        running.update({int(m["bank"]): float(m["epsilon"]) for m in run.outcome.strategy.train.get(r, [])})
+        eps_curve.append(max(running.values(), default=0.0))
+    plot_rounds(path / "rounds.png", rounds, mean_auc, eps_curve, job.dp.epsilon if job.dp.private else None,
+                auc_title="Federated transfer, mean over institutions (own rows)")
+    per_institution = {
+        bank.display_name: {"federated": federated.get(bank.index), "local_only": local.get(bank.index),
+                            "horizontal_common": common.get(bank.index)}
+        for bank in banks}
+    plot_institutions(path / "comparison.png", per_institution)
+    (path / "metrics.json").write_text(json.dumps({"rounds": [
+        {"round": r, "train": run.outcome.strategy.train.get(r, []), "evaluate": run.outcome.strategy.evaluate[r],
+         "errors": run.outcome.strategy.errors.get(r, [])} for r in rounds]}, indent=2) + "\n")
+
+    participants = []
+    for bank, data, encoder in zip(banks, tensors, encoders):
+        status = run.ledger_status.get(bank.name, {})
+        participants.append({
+            "name": bank.display_name, "peer": bank.name, "columns": [c for c in bank.frame.columns if c != job.label],
+            "encoded_features": encoder.n_features, "rows_train": data.n_train, "rows_test": data.n_test,
+            "default_rate": round(float(bank.frame[job.label].mean()), 4), "data_sha256": bank.fingerprint(),
+            "epsilon_spent": status.get("spent_epsilon", 0.0), "delta": job.dp.delta if job.dp.private else 0.0,
+            **{f"auc_{k}": v for k, v in per_institution[bank.display_name].items()},
+        })
+    epsilon_max = max((p["epsilon_spent"] or 0.0 for p in participants), default=0.0)
+    card = build_card(
+        run_name=folder.name,
+        job={"setup": "transfer", "strategy": job.strategy, "shared_parameters": list(job.shared),
+             "private_parameters": "each institution's encoder (first layer)" + ("" if "head" in job.shared
+                                                                                  else " and head"),
+             "model": {"kind": job.model.kind, "hidden": list(job.model.hidden)}, "train": asdict(job.train),
+             "config": config.to_dict()},
+        data={"source": "synthetic" if config.data is None else str(config.data), "scenario": scenario.to_dict(),
+              "common_columns": scenario.common_sources()},
+        participants=participants,
+        privacy={**privacy_section(job, run.outcome, run.ledger_status, epsilon_max),
+                 "shared_part": "private layers are trained by the same DP-SGD steps as the shared ones, so the "
+                                "released shared weights are post-processing of a DP trajectory"},
+        metrics={"per_institution": per_institution},
+        model_file=model_file, encoder_file=None, rounds=job.train.rounds,
+    )
+    write_card(path / "model_card.json", card)
+    values = [v for v in federated.values() if v == v]
+    local_values = [v for v in local.values() if v == v]
+    return RunSummary(
+        run_dir=str(folder.final), final_auc=round(float(np.mean(values)), 4) if values else float("nan"),
+        centralized_auc=None,
+        local_auc_mean=round(float(np.mean(local_values)), 4) if local_values else None,
+        epsilon_max=round(epsilon_max, 4), delta=job.dp.delta if job.dp.private else 0.0,
+        banks=len(banks), rounds=job.train.rounds, dp=job.dp.mode, secure_aggregation=job.secagg.mode,
+        setup="transfer",
+        institutions={name: {k: (round(v, 4) if v is not None else None) for k, v in aucs.items()}
+                      for name, aucs in per_institution.items()},
+    )
