@@ -1,0 +1,122 @@
+"""Transfer setups at the peer: private tensors never leave it; fine-tuning freezes what it is told."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from safetensors.numpy import save_file
+
+from peers.client import app as client
+from peers.data.encoding import TabularEncoder
+from peers.job import DPSpec, JobConfig, TrainSpec, global_shapes
+from peers.models import ModelSpec, build_model, get_weights, select
+from peers.server.host import JobHost
+from privacy.errors import ConfigError
+from simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
+
+SPEC = ModelSpec("mlp", (16, 8))
+
+
+@pytest.fixture(scope="module")
+def institutions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inst")
+    scenario = synthetic_scenario()
+    frames = scenario.split(synthetic_transfer_table(seed=1, customers=6000), seed=1)
+    widths = []
+    for i, frame in enumerate(frames):
+        frame.to_parquet(root / f"bank-{i:05d}.parquet")
+        encoder = TabularEncoder.fit_frames([frame], scenario.label)
+        (root / f"bank-{i:05d}.encoder.json").write_text(encoder.to_json())
+        widths.append(encoder.n_features)
+    assert len(set(widths)) == 3  # three different schemas
+    return root, scenario.label, widths
+
+
+def _job(root, label, shared=("hidden", "head"), **kw):
+    return JobConfig(label=label, encoder_path=str(root / "{bank}.encoder.json"), banks_dir=str(root), job_id="tl",
+                     peers=3, model=SPEC, shared=shared, train=TrainSpec(rounds=3, batch_size=64, lr=0.3),
+                     dp=DPSpec(epsilon=3.0), **kw)
+
+
+def _message(weights, server_round, kind="train"):
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
+                   dst_node_id=10, message_type=kind)
+
+
+def _context(job, bank):
+    return Context(run_id=1, node_id=10 + bank, node_config={"partition-id": bank, "num-partitions": 3},
+                   state=RecordDict(), run_config=job.to_run_config())
+
+
+def _shared_initial(job):
+    return dict(select(get_weights(build_model(job.model, 1)), job.shared))
+
+
+def test_private_tensors_never_appear_in_replies(institutions):
+    root, label, widths = institutions
+    job = _job(root, label)
+    for bank in range(3):
+        context = _context(job, bank)
+        shared = _shared_initial(job)
+        for server_round in (1, 2):
+            reply = client.train(_message(shared, server_round), context)
+            assert not reply.has_error(), reply.error.reason
+            sent = set(reply.content["arrays"].keys())
+            assert sent == set(shared) and not any(name.startswith("input") for name in sent)
+            # Every record of every kind in the reply: no array anywhere has the encoder's shape.
+            for record in reply.content.array_records.values():
+                assert all(a.numpy().shape[-1] != widths[bank] for a in record.values())
+            shared = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+        stored = context.state[client.PRIVATE_STATE_KEY]
+        assert set(stored.keys()) == {"input.weight", "input.bias"}
+        assert stored["input.weight"].numpy().shape == (16, widths[bank])
+
+
+def test_private_head_stays_home(institutions):
+    root, label, _ = institutions
+    job = _job(root, label, shared=("hidden",))
+    reply = client.train(_message(_shared_initial(job), 1), _context(job, 0))
+    assert set(reply.content["arrays"].keys()) == {"hidden1.weight", "hidden1.bias"}
+
+
+def test_host_sending_a_private_parameter_is_refused(institutions):
+    root, label, _ = institutions
+    job = _job(root, label)
+    weights = {**_shared_initial(job), "input.weight": np.zeros((16, 3), np.float32)}
+    reply = client.train(_message(weights, 1), _context(job, 0))
+    assert reply.has_error() and "this job shares exactly" in reply.error.reason
+
+
+def test_shared_declaration_naming_nothing_is_refused(institutions):
+    root, label, _ = institutions
+    with pytest.raises(ConfigError, match="names no parameter"):
+        global_shapes(_job(root, label, shared=("trunk",)), 5)
+
+
+def test_fine_tuning_loads_base_freezes_and_changes_only_the_rest(institutions, tmp_path):
+    root, label, _ = institutions
+    job = _job(root, label)
+    base = {k: np.full(v.shape, 0.05, np.float32) for k, v in _shared_initial(job).items()}
+    base_file = tmp_path / "base.safetensors"
+    save_file(base, str(base_file))
+    tuned = _job(root, label, base_model=str(base_file), freeze=("hidden1",))
+    initial = JobHost(tuned).initial_weights()
+    assert all(np.array_equal(initial[k], base[k]) for k in base)
+    reply = client.train(_message(initial, 1), _context(tuned, 1))
+    out = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    assert np.array_equal(out["hidden1.weight"], base["hidden1.weight"])
+    assert np.array_equal(out["hidden1.bias"], base["hidden1.bias"])
+    assert not np.array_equal(out["head.weight"], base["head.weight"])
+
+
+def test_base_model_with_wrong_shapes_is_refused(institutions, tmp_path):
+    root, label, _ = institutions
+    bad = tmp_path / "bad.safetensors"
+    save_file({"hidden1.weight": np.zeros((3, 3), np.float32), "hidden1.bias": np.zeros(3, np.float32),
+               "head.weight": np.zeros((1, 8), np.float32), "head.bias": np.zeros(1, np.float32)}, str(bad))
+    with pytest.raises(ConfigError, match="has shape \\(3, 3\\)"):
+        JobHost(_job(root, label, base_model=str(bad))).initial_weights()
+    with pytest.raises(ConfigError, match="does not exist"):
+        JobHost(_job(root, label, base_model=str(tmp_path / "absent.safetensors"))).initial_weights()

@@ -1,0 +1,31 @@
+"""A 3-institution transfer simulation with three schemas, on Flower's Simulation Engine."""
+
+import io
+import json
+from contextlib import redirect_stdout
+
+import pytest
+from safetensors.numpy import load_file
+
+from simulations.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_transfer_run_beats_chance_at_every_institution(tmp_path):
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = main(["simulate", "--setup", "transfer", "--rounds", "5", "--customers", "12000", "--compare", "local",
+                     "--json", "--quiet", "--out", str(tmp_path)])
+    assert code == 0, buffer.getvalue()
+    summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
+    assert summary["setup"] == "transfer" and set(summary["institutions"]) == {"bank", "card-issuer", "broker"}
+    for name, aucs in summary["institutions"].items():
+        assert aucs["federated"] > 0.58, name  # chance is 0.5
+        assert aucs["local_only"] is not None and aucs["horizontal_common"] is None
+    folder = next(tmp_path.iterdir())
+    weights = load_file(str(folder / "model.safetensors"))
+    assert set(weights) == {"hidden1.weight", "hidden1.bias", "head.weight", "head.bias"}
+    card = json.loads((folder / "model_card.json").read_text())
+    assert [len(p["columns"]) for p in card["participants"]] == [14, 9, 7]
+    assert all(0 < p["epsilon_spent"] <= 3.0 + 1e-6 for p in card["participants"])
