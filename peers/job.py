@@ -147,6 +147,7 @@ class JobConfig:
             "data.banks-dir": self.banks_dir,
             "model.kind": self.model.kind,
             "model.hidden": ",".join(str(h) for h in self.model.hidden),
+            "model.shared-features": self.model.shared_features,
         }
         for prefix, spec in (("train", self.train), ("dp", self.dp), ("secagg", self.secagg)):
             for key, value in asdict(spec).items():
@@ -175,7 +176,8 @@ class JobConfig:
                 encoder_path=str(config["data.encoder"]),
                 banks_dir=str(config.get("data.banks-dir", "")),
                 model=ModelSpec(kind=str(config.get("model.kind", "mlp")),
-                                hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32")))),
+                                hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32"))),
+                                shared_features=int(config.get("model.shared-features", 0))),
                 train=section("train", TrainSpec),
                 dp=section("dp", DPSpec),
                 secagg=section("secagg", SecAggSpec),
@@ -322,15 +324,24 @@ def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]
     return shared
 
 
-@lru_cache(maxsize=32)
-def _parameter_count(job: JobConfig) -> int:
+def host_feature_count(job: JobConfig) -> int:
+    """Input width of the model as the host sees it.
+
+    With one encoder for all peers, its width. With one encoder per peer (transfer),
+    peers differ only in their private inputs, which the host never holds: any width
+    past the shared block gives the host the same shared parameters.
+    """
+    if "{bank}" in job.encoder_path:
+        return job.model.shared_features + 1
     from pathlib import Path
 
     from peers.data.encoding import TabularEncoder
-    n_features = 1
-    if "{bank}" not in job.encoder_path:
-        n_features = TabularEncoder.from_json(Path(job.encoder_path).read_text()).n_features
-    return sum(math.prod(shape) for shape in global_shapes(job, n_features).values())
+    return TabularEncoder.from_json(Path(job.encoder_path).read_text()).n_features
+
+
+@lru_cache(maxsize=32)
+def _parameter_count(job: JobConfig) -> int:
+    return sum(math.prod(shape) for shape in global_shapes(job, host_feature_count(job)).values())
 
 
 def parameter_count(job: JobConfig) -> int:

@@ -23,12 +23,25 @@ MODEL_KINDS = ("mlp", "logreg")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: `kind` is "mlp" or "logreg"; `hidden` the MLP's layer widths."""
+    """What to build: `kind` is "mlp" or "logreg"; `hidden` the MLP's layer widths.
+
+    `shared_features` > 0 (transfer setups) makes the first `shared_features` inputs,
+    the columns of the consortium's shared vocabulary, go through their own first layer
+    `shared_input`, and the remaining inputs (the institution's own columns) through
+    `input`; the two are summed before the first activation. Only then can
+    `shared_input` be aggregated while `input`, whose width is the institution's own,
+    stays private.
+    """
 
     kind: str = "mlp"
     hidden: tuple[int, ...] = (64, 32)
+    shared_features: int = 0
 
     def __post_init__(self) -> None:
+        if self.shared_features < 0:
+            raise ConfigError("model.shared-features must be ≥ 0")
+        if self.shared_features and self.kind != "mlp":
+            raise ConfigError("a shared input block needs model kind mlp")
         if self.kind not in MODEL_KINDS:
             raise ConfigError(f"unknown model '{self.kind}': use one of {', '.join(MODEL_KINDS)}")
         if self.kind == "mlp" and (not self.hidden or any(h < 1 for h in self.hidden)):
@@ -50,6 +63,8 @@ def build_model(spec: ModelSpec, n_features: int, seed: int = 0) -> nn.Module:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
+        if spec.shared_features:
+            return SplitInputMLP(spec.shared_features, n_features - spec.shared_features, spec.hidden)
         if spec.kind == "logreg":
             return nn.Sequential(OrderedDict(head=nn.Linear(n_features, 1)))
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
@@ -62,6 +77,36 @@ def build_model(spec: ModelSpec, n_features: int, seed: int = 0) -> nn.Module:
         return nn.Sequential(layers)
     finally:
         torch.random.set_rng_state(generator_state)
+
+
+class SplitInputMLP(nn.Module):
+    """An MLP whose first layer is split: shared-vocabulary inputs and own inputs.
+
+    Parameter names match the plain MLP's after the first layer (`hidden1`, ..., `head`),
+    so `model.shared` prefixes mean the same in both setups.
+    """
+
+    def __init__(self, shared_features: int, own_features: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        if own_features < 0:
+            raise ConfigError(f"the model expects {shared_features} shared features but the data has fewer")
+        self.shared_features = shared_features
+        self.shared_input = nn.Linear(shared_features, hidden[0])
+        self.input = nn.Linear(own_features, hidden[0], bias=False) if own_features else None
+        self.layer_names: list[str] = []
+        for i, (a, b) in enumerate(zip(hidden[:-1], hidden[1:]), start=1):
+            self.add_module(f"hidden{i}", nn.Linear(a, b))
+            self.layer_names.append(f"hidden{i}")
+        self.head = nn.Linear(hidden[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.shared_input(x[:, :self.shared_features])
+        if self.input is not None:
+            z = z + self.input(x[:, self.shared_features:])
+        z = torch.tanh(z)
+        for name in self.layer_names:
+            z = torch.tanh(getattr(self, name)(z))
+        return self.head(z)
 
 
 def get_weights(model: nn.Module) -> "OrderedDict[str, np.ndarray]":

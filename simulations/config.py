@@ -124,7 +124,7 @@ class SimulationConfig:
         unknown = [c for c in self.yardsticks if c not in COMPARISONS]
         if unknown:
             raise ConfigError(f"--compare: unknown yardstick {unknown[0]!r}; use {','.join(COMPARISONS)}")
-        if self.data is not None and not self.label:
+        if self.data is not None and not self.label and self.setup != "transfer":
             raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round")
@@ -144,20 +144,20 @@ class SimulationConfig:
         """Prefixes of the aggregated parameters: all (horizontal) or all but the encoder (transfer)."""
         if self.shared:
             return tuple(self.shared)
-        return ("hidden", "head") if self.setup == "transfer" else ()
+        return ("shared_input", "hidden", "head") if self.setup == "transfer" else ()
 
     @property
     def label_column(self) -> str:
         return self.label if self.data is not None else (self.label or SYNTHETIC_LABEL)
 
     def job(self, encoder_path: str = "", banks_dir: str = "", job_id: str = "simulation",
-            max_weight: float = SecAggSpec.max_weight, public_rows: int = 1) -> JobConfig:
+            max_weight: float = SecAggSpec.max_weight, public_rows: int = 1, shared_features: int = 0) -> JobConfig:
         """The job every simulated bank runs; `max_weight` bounds a bank's training rows."""
         return JobConfig(
             label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
             strategy=self.strategy, peers=self.banks, public_rows=public_rows,
             shared=self.shared_parameters, freeze=tuple(self.freeze), base_model=self.base_model or "",
-            model=ModelSpec(kind=self.model, hidden=tuple(self.hidden)),
+            model=ModelSpec(kind=self.model, hidden=tuple(self.hidden), shared_features=shared_features),
             train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
                             lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),
             dp=DPSpec(mode=self.dp_mode, epsilon=self.epsilon, delta=self.delta,

@@ -1,13 +1,20 @@
 """`fedsilo simulate --setup transfer`: institutions with different customers and schemas.
 
 Each institution holds its own columns (a bank: limits, bills, payments; a card
-issuer: repayment status; a small broker: demographics and a few payments), fits its
-own feature encoder on its own rows only, and trains a model whose first layer (its
-encoder into the shared representation) stays private. Only the parameters the job
-declares shared (`model.shared`, by name prefix: `hidden,head` by default, `hidden`
-to keep each institution's head private too) are ever sent: the ClientApp never puts
-a private tensor in a message, and the host's guard refuses a reply carrying a
-parameter outside the shared set.
+issuer: repayment status; a small broker: demographics and a few payments).
+Columns that two or more institutions hold form the consortium's shared vocabulary:
+each institution maps its own version of them (renamed, rescaled) to the canonical
+name and unit, the scenario's data dictionary; a column it lacks is missing there.
+The model's first layer is split (`peers.models.SplitInputMLP`): the shared
+vocabulary goes through `shared_input`, aggregated like the rest of the shared part,
+and the institution's own columns through `input`, which never leaves it. Encoders:
+the shared-vocabulary part is fitted from every institution's summaries (aggregates),
+the own part from the institution's own rows only.
+
+Only the parameters the job declares shared (`model.shared`, by name prefix:
+`shared_input,hidden,head` by default; leave out `head` to keep each institution's
+head private) are ever sent: the ClientApp never puts a private tensor in a message,
+and the host's guard refuses a reply carrying a parameter outside the shared set.
 
 Why the released shared part keeps its DP guarantee: every parameter, private or
 shared, is trained by the same DP-SGD steps (per-example clipping over the whole
@@ -33,11 +40,13 @@ from safetensors.numpy import save_file
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.job import plan_dp
+from privacy.errors import DataError
 from simulations import baselines
 from simulations.banks import Bank, check_bank
 from simulations.config import SimulationConfig
 from simulations.data.loader import load_table
 from simulations.data.schemas import (
+    InstitutionSpec,
     TransferScenario,
     load_scenario_toml,
     synthetic_scenario,
@@ -76,6 +85,41 @@ def _institutions(frames: list[pd.DataFrame], names: list[str], label: str) -> l
     return banks
 
 
+def shared_vocabulary(scenario: TransferScenario) -> list[str]:
+    """Source columns held by two or more institutions, in first-seen order."""
+    counts: dict[str, int] = {}
+    for spec in scenario.institutions:
+        for column in spec.columns:
+            counts[column.source] = counts.get(column.source, 0) + 1
+    return [source for source, count in counts.items() if count >= 2]
+
+
+def institution_view(frame: pd.DataFrame, spec: InstitutionSpec, vocabulary: list[str],
+                     label: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(shared-vocabulary columns under canonical names and units, NaN where absent; own columns + label)."""
+    by_source = {c.source: c for c in spec.columns}
+    shared = pd.DataFrame(index=frame.index)
+    for source in vocabulary:
+        column = by_source.get(source)
+        if column is None:
+            shared[source] = np.nan
+        elif column.scale == 1.0:
+            shared[source] = frame[column.name]
+        else:
+            shared[source] = frame[column.name] / column.scale
+    own_names = [c.name for c in spec.columns if c.source not in vocabulary]
+    clash = sorted(set(own_names) & set(vocabulary))
+    if clash:
+        raise DataError(f"{spec.name}: own columns {clash} carry the name of a shared-vocabulary column: rename them")
+    return shared, frame[own_names + [label]]
+
+
+def _own_encoder(own: pd.DataFrame, label: str) -> TabularEncoder:
+    if own.shape[1] == 1:  # the label only: every column of this institution is in the vocabulary
+        return TabularEncoder(label, ())
+    return TabularEncoder.fit([BankSummary.from_frame(own, label)], label)
+
+
 def _final_own_auc(run: FederationRun) -> dict[int, float]:
     """Each institution's AUC on its own held-out rows after the last round (its own evaluation)."""
     rounds = sorted(run.outcome.strategy.evaluate)
@@ -90,8 +134,14 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
     label = scenario.label
     progress.stage(f"Preparing {len(scenario.institutions)} institutions: {', '.join(scenario.names)}")
     names = scenario.names
-    banks = _institutions(scenario.split(table, config.seed), names, label)
-    encoders = [TabularEncoder.fit([BankSummary.from_frame(b.frame, label)], label) for b in banks]
+    vocabulary = shared_vocabulary(scenario)
+    views = [institution_view(frame, spec, vocabulary, label)
+             for frame, spec in zip(scenario.split(table, config.seed), scenario.institutions)]
+    banks = _institutions([pd.concat(v, axis=1) for v in views], names, label)
+    shared_encoder = TabularEncoder.fit([BankSummary.from_frame(pd.concat([s, b.frame[[label]]], axis=1), label)
+                                         for (s, _), b in zip(views, banks)], label)
+    encoders = [TabularEncoder(label, shared_encoder.columns + _own_encoder(own, label).columns)
+                for _, own in views]
     tensors = [encode_bank(b.frame, e, config.test_fraction, config.seed) for b, e in zip(banks, encoders)]
     wants_common = "common" in config.yardsticks
     common_banks = _institutions(scenario.common_frames(table, config.seed), names, label) if wants_common else []
@@ -104,14 +154,15 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
     with tempfile.TemporaryDirectory(prefix="fedsilo-transfer-") as work_dir, RunFolder(config.out) as folder:
         work = Path(work_dir)
         job = config.job(job_id=folder.name, max_weight=float(max(t.n_train for t in tensors)),
-                         public_rows=sum(t.n_train for t in tensors))
+                         public_rows=sum(t.n_train for t in tensors), shared_features=shared_encoder.n_features)
         run = run_federation(job, banks, encoders, tensors, work / "transfer", folder.path / "ledger.sqlite",
                              progress, dropout=config.dropout, title="Transfer training")
         federated = _final_own_auc(run)
         local: dict[int, float] = {}
         if "local" in config.yardsticks:
             progress.stage(f"Yardstick: each of {len(banks)} institutions alone")
-            alone = replace(run.job, shared=(), dp=replace(run.job.dp, mode="local"))
+            alone = replace(run.job, shared=(), dp=replace(run.job.dp, mode="local"),
+                            model=replace(run.job.model, shared_features=0))
             for i, data in enumerate(tensors):
                 local[i] = baselines.local_only(alone, i, data, data.x_test, data.y_test).auc_own
         common: dict[int, float] = {}
@@ -167,7 +218,8 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, scenario: Transf
     for bank, data, encoder in zip(banks, tensors, encoders):
         status = run.ledger_status.get(bank.name, {})
         participants.append({
-            "name": bank.display_name, "peer": bank.name, "columns": [c for c in bank.frame.columns if c != job.label],
+            "name": bank.display_name, "peer": bank.name,
+            "columns": scenario.institutions[bank.index].column_names,
             "encoded_features": encoder.n_features, "rows_train": data.n_train, "rows_test": data.n_test,
             "default_rate": round(float(bank.frame[job.label].mean()), 4), "data_sha256": bank.fingerprint(),
             "epsilon_spent": status.get("spent_epsilon", 0.0), "delta": job.dp.delta if job.dp.private else 0.0,

@@ -17,8 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file
 
-from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig, global_shapes, secagg_config
+from peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
 from peers.models import build_model, get_weights, select
 from privacy.errors import ConfigError
 from strategies.factory import build_strategy
@@ -57,9 +56,7 @@ class JobHost:
         private, so only the shared part exists at the host.
         """
         job = self.job
-        n_features = 1
-        if "{bank}" not in job.encoder_path:
-            n_features = TabularEncoder.from_json(Path(job.encoder_path).read_text()).n_features
+        n_features = host_feature_count(job)
         shapes = global_shapes(job, n_features)
         fresh = select(get_weights(build_model(job.model, n_features, seed=job.train.seed)), job.shared)
         if not job.base_model:

@@ -1,6 +1,7 @@
 """Transfer setups at the peer: private tensors never leave it; fine-tuning freezes what it is told."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -13,29 +14,35 @@ from peers.models import ModelSpec, build_model, get_weights, select
 from peers.server.host import JobHost
 from privacy.errors import ConfigError
 from simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
-
-SPEC = ModelSpec("mlp", (16, 8))
-
+from simulations.transfer import institution_view, shared_vocabulary
 
 @pytest.fixture(scope="module")
 def institutions(tmp_path_factory):
+    """Three institutions laid out as the transfer runner lays them out (shared vocabulary + own columns)."""
     root = tmp_path_factory.mktemp("inst")
     scenario = synthetic_scenario()
-    frames = scenario.split(synthetic_transfer_table(seed=1, customers=6000), seed=1)
+    label = scenario.label
+    vocabulary = shared_vocabulary(scenario)
+    views = [institution_view(f, spec, vocabulary, label)
+             for f, spec in zip(scenario.split(synthetic_transfer_table(seed=1, customers=6000), seed=1),
+                                scenario.institutions)]
+    shared_encoder = TabularEncoder.fit_frames([pd.concat([s, o[[label]]], axis=1) for s, o in views], label)
     widths = []
-    for i, frame in enumerate(frames):
-        frame.to_parquet(root / f"bank-{i:05d}.parquet")
-        encoder = TabularEncoder.fit_frames([frame], scenario.label)
+    for i, (shared, own) in enumerate(views):
+        pd.concat([shared, own], axis=1).to_parquet(root / f"bank-{i:05d}.parquet")
+        own_encoder = TabularEncoder.fit_frames([own], label)
+        encoder = TabularEncoder(label, shared_encoder.columns + own_encoder.columns)
         (root / f"bank-{i:05d}.encoder.json").write_text(encoder.to_json())
-        widths.append(encoder.n_features)
-    assert len(set(widths)) == 3  # three different schemas
-    return root, scenario.label, widths
+        widths.append(own_encoder.n_features)
+    assert len(set(widths)) == 3  # three different own schemas
+    return root, label, widths, shared_encoder.n_features
 
 
-def _job(root, label, shared=("hidden", "head"), **kw):
+def _job(institutions, shared=("shared_input", "hidden", "head"), **kw):
+    root, label, _, n_shared = institutions
     return JobConfig(label=label, encoder_path=str(root / "{bank}.encoder.json"), banks_dir=str(root), job_id="tl",
-                     peers=3, model=SPEC, shared=shared, train=TrainSpec(rounds=3, batch_size=64, lr=0.3),
-                     dp=DPSpec(epsilon=3.0), **kw)
+                     peers=3, model=ModelSpec("mlp", (16, 8), shared_features=n_shared), shared=shared,
+                     train=TrainSpec(rounds=3, batch_size=64, lr=0.3), dp=DPSpec(epsilon=3.0), **kw)
 
 
 def _message(weights, server_round, kind="train"):
@@ -51,12 +58,12 @@ def _context(job, bank):
 
 
 def _shared_initial(job):
-    return dict(select(get_weights(build_model(job.model, 1)), job.shared))
+    return dict(select(get_weights(build_model(job.model, job.model.shared_features + 1)), job.shared))
 
 
 def test_private_tensors_never_appear_in_replies(institutions):
-    root, label, widths = institutions
-    job = _job(root, label)
+    _, _, widths, n_shared = institutions
+    job = _job(institutions)
     for bank in range(3):
         context = _context(job, bank)
         shared = _shared_initial(job)
@@ -64,44 +71,41 @@ def test_private_tensors_never_appear_in_replies(institutions):
             reply = client.train(_message(shared, server_round), context)
             assert not reply.has_error(), reply.error.reason
             sent = set(reply.content["arrays"].keys())
-            assert sent == set(shared) and not any(name.startswith("input") for name in sent)
-            # Every record of every kind in the reply: no array anywhere has the encoder's shape.
+            assert sent == set(shared) and "shared_input.weight" in sent and "input.weight" not in sent
+            # No array anywhere in the reply has the shape of the institution's own input layer.
             for record in reply.content.array_records.values():
-                assert all(a.numpy().shape[-1] != widths[bank] for a in record.values())
+                assert all(a.numpy().shape != (16, widths[bank]) for a in record.values())
             shared = {k: v.numpy() for k, v in reply.content["arrays"].items()}
         stored = context.state[client.PRIVATE_STATE_KEY]
-        assert set(stored.keys()) == {"input.weight", "input.bias"}
+        assert set(stored.keys()) == {"input.weight"}
         assert stored["input.weight"].numpy().shape == (16, widths[bank])
 
 
 def test_private_head_stays_home(institutions):
-    root, label, _ = institutions
-    job = _job(root, label, shared=("hidden",))
+    job = _job(institutions, shared=("shared_input", "hidden"))
     reply = client.train(_message(_shared_initial(job), 1), _context(job, 0))
-    assert set(reply.content["arrays"].keys()) == {"hidden1.weight", "hidden1.bias"}
+    assert set(reply.content["arrays"].keys()) == {"shared_input.weight", "shared_input.bias",
+                                                   "hidden1.weight", "hidden1.bias"}
 
 
 def test_host_sending_a_private_parameter_is_refused(institutions):
-    root, label, _ = institutions
-    job = _job(root, label)
+    job = _job(institutions)
     weights = {**_shared_initial(job), "input.weight": np.zeros((16, 3), np.float32)}
     reply = client.train(_message(weights, 1), _context(job, 0))
     assert reply.has_error() and "this job shares exactly" in reply.error.reason
 
 
 def test_shared_declaration_naming_nothing_is_refused(institutions):
-    root, label, _ = institutions
     with pytest.raises(ConfigError, match="names no parameter"):
-        global_shapes(_job(root, label, shared=("trunk",)), 5)
+        global_shapes(_job(institutions, shared=("trunk",)), 40)
 
 
 def test_fine_tuning_loads_base_freezes_and_changes_only_the_rest(institutions, tmp_path):
-    root, label, _ = institutions
-    job = _job(root, label)
+    job = _job(institutions)
     base = {k: np.full(v.shape, 0.05, np.float32) for k, v in _shared_initial(job).items()}
     base_file = tmp_path / "base.safetensors"
     save_file(base, str(base_file))
-    tuned = _job(root, label, base_model=str(base_file), freeze=("hidden1",))
+    tuned = _job(institutions, base_model=str(base_file), freeze=("hidden1",))
     initial = JobHost(tuned).initial_weights()
     assert all(np.array_equal(initial[k], base[k]) for k in base)
     reply = client.train(_message(initial, 1), _context(tuned, 1))
@@ -112,11 +116,10 @@ def test_fine_tuning_loads_base_freezes_and_changes_only_the_rest(institutions, 
 
 
 def test_base_model_with_wrong_shapes_is_refused(institutions, tmp_path):
-    root, label, _ = institutions
+    good = _shared_initial(_job(institutions))
     bad = tmp_path / "bad.safetensors"
-    save_file({"hidden1.weight": np.zeros((3, 3), np.float32), "hidden1.bias": np.zeros(3, np.float32),
-               "head.weight": np.zeros((1, 8), np.float32), "head.bias": np.zeros(1, np.float32)}, str(bad))
+    save_file({**good, "hidden1.weight": np.zeros((3, 3), np.float32)}, str(bad))
     with pytest.raises(ConfigError, match="has shape \\(3, 3\\)"):
-        JobHost(_job(root, label, base_model=str(bad))).initial_weights()
+        JobHost(_job(institutions, base_model=str(bad))).initial_weights()
     with pytest.raises(ConfigError, match="does not exist"):
-        JobHost(_job(root, label, base_model=str(tmp_path / "absent.safetensors"))).initial_weights()
+        JobHost(_job(institutions, base_model=str(tmp_path / "absent.safetensors"))).initial_weights()

@@ -25,7 +25,8 @@ def test_transfer_run_beats_chance_at_every_institution(tmp_path):
         assert aucs["local_only"] is not None and aucs["horizontal_common"] is None
     folder = next(tmp_path.iterdir())
     weights = load_file(str(folder / "model.safetensors"))
-    assert set(weights) == {"hidden1.weight", "hidden1.bias", "head.weight", "head.bias"}
+    assert set(weights) == {"shared_input.weight", "shared_input.bias", "hidden1.weight", "hidden1.bias",
+                            "head.weight", "head.bias"}
     card = json.loads((folder / "model_card.json").read_text())
     assert [len(p["columns"]) for p in card["participants"]] == [14, 9, 7]
     assert all(0 < p["epsilon_spent"] <= 3.0 + 1e-6 for p in card["participants"])
