@@ -39,14 +39,14 @@ from simulations import baselines
 from simulations.banks import Bank, prepare_banks
 from simulations.config import SimulationConfig
 from simulations.federation import run_federation
+from simulations.progress import Progress
+from simulations.report.card import build_card, write_card
+from simulations.report.plots import plot_comparison, plot_rounds
+from simulations.report.privacy import privacy_section
+from simulations.run_folder import RunFolder
 from strategies.guard import ReplyGuard
 from strategies.secagg import SecureAggregation
 from strategies.wrapper import find_wrapper
-from simulations.progress import Progress
-from simulations.report.card import build_card, write_card
-from simulations.report.privacy import privacy_section
-from simulations.report.plots import plot_comparison, plot_rounds
-from simulations.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
