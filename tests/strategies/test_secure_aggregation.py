@@ -1,0 +1,85 @@
+"""SecAgg+ over Flower messages: the wire format and the refusals of the strategy and the mod."""
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from peers.client.mods.secagg import secagg_mod
+from peers.job import JobConfig
+from privacy.errors import ProtocolError
+from privacy.secagg import SecAggConfig
+from strategies.secagg import SECAGG_CONFIG_KEY, SecureAggregation
+from strategies.secagg.wire import read_stage, stage_record
+
+
+def _identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def _reply(content: RecordDict, node: int) -> Message:
+    _identity()
+    ins = Message(RecordDict(), dst_node_id=node, message_type="train")
+    reply = Message(content, reply_to=ins)
+    reply.metadata.__dict__["_src_node_id"] = node
+    return reply
+
+
+def test_wire_round_trip_keeps_bytes_and_64_bit_ids():
+    payload = {"participants": [2**64 - 1, 3], "round_seed": b"\x00\xff" * 16, "nested": {"k": [b"ab", 7]}}
+    stage, server_round, back = read_stage(RecordDict({SECAGG_CONFIG_KEY: stage_record("share", 5, payload)}))
+    assert (stage, server_round, back) == ("share", 5, payload)
+
+
+@pytest.mark.parametrize("record", [
+    ConfigRecord({"stage": "share", "round": 1, "payload": b"not json"}),
+    ConfigRecord({"stage": "gossip", "round": 1, "payload": b"{}"}),
+    ConfigRecord({"stage": "share", "round": 1, "payload": b'{"x": {"$hex": "zz"}}'}),
+    ConfigRecord({"stage": "share", "round": 1, "payload": b"[1, 2]"}),
+])
+def test_malformed_stage_records_are_refused(record):
+    with pytest.raises(ProtocolError):
+        read_stage(RecordDict({SECAGG_CONFIG_KEY: record}))
+
+
+def test_strategy_refuses_wrong_stage_wrong_round_and_duplicates_naming_the_peer():
+    strategy = SecureAggregation(FedAvg(), SecAggConfig())
+    wrong_stage = _reply(RecordDict({SECAGG_CONFIG_KEY: stage_record("unmask", 3, {})}), node=11)
+    assert strategy._payload(3, 11, wrong_stage, "advertise") is None
+    wrong_round = _reply(RecordDict({SECAGG_CONFIG_KEY: stage_record("advertise", 2, {})}), node=12)
+    assert strategy._payload(3, 12, wrong_round, "advertise") is None
+    good = _reply(RecordDict({SECAGG_CONFIG_KEY: stage_record("advertise", 3, {"a": 1})}), node=13)
+    collected = strategy._collect("advertise", 3, [good, good])
+    assert list(collected) == [13]
+    refused = strategy.refusals[3]
+    assert "expected advertise of round 3" in refused[11] and "round 2" in refused[12]
+    assert "duplicate advertise reply" in refused[13]
+
+
+def test_mod_refuses_a_replayed_stage_with_an_error_reply(tmp_path):
+    _identity()
+    job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="j", peers=3)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=job.to_run_config())
+    setup = {"round_id": 1, "participants": [7, 8, 9], "round_seed": b"\x01" * 32}
+
+    def advertise():
+        msg = Message(RecordDict({SECAGG_CONFIG_KEY: stage_record("advertise", 1, setup)}),
+                      dst_node_id=7, message_type="train")
+        return secagg_mod(msg, context, lambda m, c: pytest.fail("the app must not run at this stage"))
+
+    first = advertise()
+    assert not first.has_error()
+    stage, _, keys = read_stage(first.content)
+    assert stage == "advertise" and len(keys["enc_public_key"]) == 32
+    replay = advertise()
+    assert replay.has_error() and "not newer than round 1" in replay.error.reason
+
+
+def test_mod_lets_other_messages_through():
+    _identity()
+    msg = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=7, message_type="train")
+    sentinel = Message(RecordDict(), reply_to=msg)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    assert secagg_mod(msg, context, lambda m, c: sentinel) is sentinel
+    np.testing.assert_equal(len(context.state), 0)
