@@ -100,14 +100,19 @@ def _refuse(msg: Message, error: FedsiloError) -> Message:
     return Message(Error(code=ERROR_CODE_REFUSED, reason=f"{error.__class__.__name__}: {error}"), reply_to=msg)
 
 
+def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTensors, dict[str, np.ndarray]]:
+    """The job, this bank's rows, and the full model: the received weights plus private ones."""
+    job = JobConfig.from_run_config(context.run_config)
+    data = bank_data(job, context)
+    received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    return job, data, _full_weights(job, data, context, received)
+
+
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this bank's rows with DP-SGD."""
     limit_threads()
     try:
-        job = JobConfig.from_run_config(context.run_config)
-        data = bank_data(job, context)
-        received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        weights = _full_weights(job, data, context, received)
+        job, data, weights = _received_model(msg, context)
         server_round = int(msg.content["config"]["server-round"])
         history = _history(context, job)
         result = train_round(job, data, weights, history, server_round, bank_index(context))
@@ -133,10 +138,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this bank's held-out rows."""
     limit_threads()
     try:
-        job = JobConfig.from_run_config(context.run_config)
-        data = bank_data(job, context)
-        received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        scores = evaluate_weights(job, data, _full_weights(job, data, context, received))
+        job, data, weights = _received_model(msg, context)
+        scores = evaluate_weights(job, data, weights)
     except FedsiloError as error:
         return _refuse(msg, error)
     metrics = {"num-examples": data.n_test, "loss": scores["loss"], "auc": scores["auc"],
