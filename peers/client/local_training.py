@@ -44,6 +44,7 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
     if job.dp.mode == "distributed":
         return _distributed_round(job, data, weights, history, server_round)
     plan = plan_dp(job, data.n_train)
+    projected = 0.0
     if job.dp.private:
         projected = epsilon_spent([*history, plan.per_round], job.dp.delta, job.dp.accountant)
         if projected > job.dp.epsilon * (1 + EPSILON_TOLERANCE):
@@ -60,9 +61,9 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
     seed = (job.train.seed * 1_000_003 + bank_seed * 7919 + server_round) % (2**31)
     mechanism, loss = DPSGDTrainer(model, config, seed=seed).train(
         data.x_train, data.y_train, epochs=job.train.local_epochs)
-    spent = [*history, mechanism] if mechanism else history
-    epsilon = epsilon_spent(spent, job.dp.delta, job.dp.accountant) if job.dp.private else 0.0
-    return RoundResult(get_weights(model), data.n_train, loss, mechanism, epsilon)
+    # The trainer ran exactly plan.per_round, so the ε it spent is the one projected above.
+    assert mechanism == (plan.per_round if job.dp.private else None)
+    return RoundResult(get_weights(model), data.n_train, loss, mechanism, projected)
 
 
 def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],

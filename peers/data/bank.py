@@ -102,7 +102,7 @@ def encode_bank(frame: pd.DataFrame, encoder: TabularEncoder, test_fraction: flo
     return BankTensors(x[train], y[train], x[test], y[test])
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=64)
 def load_bank(data_path: str, encoder_path: str, test_fraction: float, seed: int) -> BankTensors:
     """Read, encode and split the bank's table; cached per worker process.
 

@@ -77,14 +77,19 @@ def read_stage(content: RecordDict) -> tuple[str, int, dict[str, Any]]:
 
 
 def masked_array_record(vector: np.ndarray) -> ArrayRecord:
-    return ArrayRecord({"masked": Array(np.ascontiguousarray(vector))})
+    """The masked vector, as uint32 when every value fits (lossless, half the bytes), else uint64."""
+    fits = vector.size > 0 and int(vector.max()) < 1 << 32
+    wire = vector.astype(np.uint32) if fits else np.ascontiguousarray(vector)
+    return ArrayRecord({"masked": Array(wire)})
 
 
 def read_masked_array(content: RecordDict) -> np.ndarray:
+    """The masked vector, widened to uint64; any other dtype is left for the protocol to refuse."""
     record = content.array_records.get(MASKED_ARRAY_KEY)
     if record is None or "masked" not in record:
         raise ProtocolError("masked-input reply carries no masked vector")
-    return record["masked"].numpy()
+    vector = record["masked"].numpy()
+    return vector.astype(np.uint64) if vector.dtype == np.uint32 else vector
 
 
 def flatten(arrays: ArrayRecord) -> np.ndarray:
