@@ -17,7 +17,6 @@ generator. Unknown sections or keys, and values of the wrong type, raise
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +24,7 @@ from typing import Any, Mapping
 from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
 from peers.models import ModelSpec
 from privacy.errors import ConfigError
+from simulations.toml_file import read_toml
 
 COMPARISONS = ("centralized", "local", "common")
 SETUPS = ("horizontal", "transfer")
@@ -199,14 +199,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into SimulationConfig field values."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    document = read_toml(path, "config file")
     sections = sorted({s for s, _ in TOML_KEYS})
     values: dict[str, Any] = {}
     for section, table in document.items():

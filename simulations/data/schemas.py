@@ -36,7 +36,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -48,6 +47,7 @@ from privacy.errors import ConfigError, DataError
 from simulations.data.loader import load_table
 from simulations.data.synthetic import (BILL_COLUMNS, DEFAULT_TOTAL_CUSTOMERS, FEATURES, LABEL, PAY_AMT_COLUMNS,
                                         PAY_COLUMNS, generate_consortium)
+from simulations.toml_file import read_toml
 
 MIN_INSTITUTION_ROWS = 50
 TRANSFER_SOURCE_BANKS = 3   # synthetic banks pooled into the transfer table (a mix of customer profiles)
@@ -356,14 +356,7 @@ def check_schema(frame: pd.DataFrame, spec: InstitutionSpec, label: str) -> None
 def load_scenario_toml(path: str | Path) -> TransferScenario:
     """Read a scenario from a TOML file (top-level `label`, `[[institution]]` tables)."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"scenario file {path} does not exist: check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read scenario file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}): fix its syntax") from None
+    document = read_toml(path, "scenario file")
     try:
         return TransferScenario.from_dict(document)
     except ConfigError as exc:
