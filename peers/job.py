@@ -203,15 +203,22 @@ def secagg_config(job: JobConfig, n_params: int | None = None) -> SecAggConfig:
     bits, and a round is only released if enough peers survive for the accounted
     noise to be there (see `plan_distributed_dp`).
     """
-    base = SecAggConfig(clip=job.secagg.clip, bits=job.secagg.bits, max_weight=job.secagg.max_weight,
-                        dropout_fraction=job.secagg.dropout_fraction,
-                        collusion_fraction=job.secagg.collusion_fraction, session_id=job.job_id.encode())
+    base = _noiseless_config(job)
     if job.dp.mode != "distributed":
         return base
     if n_params is None:
         raise ConfigError("distributed DP needs the model's parameter count to set its noise")
     plan = plan_distributed_dp(job, n_params)
-    return replace(base, bits=DISTRIBUTED_BITS, max_weight=1.0, noise=plan.noise, min_survivors=plan.min_survivors)
+    return replace(base, noise=plan.noise, min_survivors=plan.min_survivors)
+
+
+def _noiseless_config(job: JobConfig) -> SecAggConfig:
+    """The job's SecAgg+ parameters before any noise: 32 bits and public weights in distributed DP."""
+    distributed = job.dp.mode == "distributed"
+    return SecAggConfig(clip=job.secagg.clip, bits=DISTRIBUTED_BITS if distributed else job.secagg.bits,
+                        max_weight=1.0 if distributed else job.secagg.max_weight,
+                        dropout_fraction=job.secagg.dropout_fraction,
+                        collusion_fraction=job.secagg.collusion_fraction, session_id=job.job_id.encode())
 
 
 DISTRIBUTED_BITS = 32
@@ -249,9 +256,7 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     """
     n = job.peers
     sensitivity = job.train.lr * job.dp.max_grad_norm / job.public_rows
-    base = SecAggConfig(clip=job.secagg.clip, bits=DISTRIBUTED_BITS, max_weight=1.0,
-                        dropout_fraction=job.secagg.dropout_fraction,
-                        collusion_fraction=job.secagg.collusion_fraction)
+    base = _noiseless_config(job)
     params = graph_parameters(n, base.dropout_fraction, base.collusion_fraction, base.security_bits,
                               base.correctness_bits, base.complete_graph_max)
     missing = params.dropped + params.corrupt
@@ -264,7 +269,7 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     # sqrt(n - missing) · σ_p / integer_sensitivity = target, σ_p = z · sensitivity · scale / sqrt(n)
     peer_sigma = target * integer_sensitivity / math.sqrt(n - missing)
     if peer_sigma < MIN_PEER_SIGMA:
-        raise ConfigError("distributed noise share below 10 integer units: raise secagg bits or lower secagg.clip")
+        raise ConfigError("distributed noise share below 10 integer units: lower secagg.clip to make the fixed-point grid finer")
     z = peer_sigma * math.sqrt(n) / (sensitivity * scale)
     noise = DistributedNoise(noise_multiplier=z, l2_sensitivity=sensitivity, expected_peers=n)
     effective = central_noise_multiplier(noise, scale, n_params, missing)
