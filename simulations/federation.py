@@ -62,11 +62,12 @@ def run_federation(job: JobConfig, banks: list[Bank], encoders: list[TabularEnco
         encoder_template = str(banks_dir / "{bank}.encoder.json")
     job = replace(job, encoder_path=encoder_template, banks_dir=str(banks_dir))
 
+    host = JobHost(job, evaluate_fn=evaluate_fn, on_round=progress.round_callback(job.train.rounds))
+    host.initial_weights()  # a bad `model.base` fails here, before any ledger entry or engine start
     ledger = SQLiteLedger(ledger_path)
     try:
         if job.dp.private:
             _reserve(ledger, job, banks, tensors)
-        host = JobHost(job, evaluate_fn=evaluate_fn, on_round=progress.round_callback(job.train.rounds))
         progress.stage(f"{title}: {len(banks)} banks × {job.train.rounds} rounds on Flower's Simulation Engine")
         progress.start_rounds(job.train.rounds)
         client_app = build_client_app([dropout_mod]) if dropout > 0 else default_client_app
