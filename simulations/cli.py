@@ -2,6 +2,9 @@
 
     fedsilo simulate [flags]     N simulated banks train a shared model (see --help)
 
+Every command family registers its subparsers with `set_defaults(handler=...)`; `main`
+calls the handler and turns the project's own errors into one line and exit status 2.
+
 Errors a user can cause print one line naming the problem and the fix, and exit with
 status 2; nothing is trained or written before every input has been checked.
 """
@@ -66,11 +69,13 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze", metavar="PREFIXES", help="parameters not to train (with --base-model), e.g. hidden1")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(handler=run_simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsilo", description="Cross-silo federated learning for banks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # One line per command family; each registers its parsers with a `handler`.
     _simulate_parser(sub)
     return parser
 
@@ -122,12 +127,10 @@ def _fmt(value: float | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "simulate":
-            return run_simulate(args)
+        return args.handler(args)
     except FedsiloError as error:
         print(f"fedsilo: error: {error}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":
