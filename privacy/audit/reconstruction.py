@@ -9,8 +9,8 @@ Two attacks on an update vector, as the aggregator would hold it:
   and descend ‖∇θ L(x′, y) − g‖² over x′ for a few steps (the label y is read off the
   sign of the output bias gradient, as in iDLG).
 
-`similarity` is the cosine between a reconstruction and the true input: 1 is an exact
-reconstruction (up to scale), 0 is unrelated. A reconstruction "succeeds" at or above
+`similarity` is the Pearson correlation between a reconstruction and the true input:
+1 is an exact reconstruction (up to shift and scale), 0 is unrelated. A reconstruction "succeeds" at or above
 `SUCCESS_SIMILARITY`.
 
 `secagg_round_view` plays one real SecAgg+ round (privacy.secagg, in process) and
@@ -34,12 +34,18 @@ SUCCESS_SIMILARITY = 0.9
 
 
 def similarity(guess: np.ndarray, truth: np.ndarray) -> float:
-    """Cosine similarity of two vectors (0 when either is zero or not finite)."""
+    """Pearson correlation of two vectors: 1 for an exact reconstruction up to shift and scale.
+
+    Centring matters: an uninformed guess with a positive mean (a masked upload decoded
+    as plaintext is one) would otherwise look similar to any row with a positive mean.
+    0 when either vector is constant or not finite.
+    """
     a, b = np.asarray(guess, dtype=np.float64).ravel(), np.asarray(truth, dtype=np.float64).ravel()
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if not np.isfinite(a).all() or norm == 0.0 or not np.isfinite(norm):
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return 0.0
-    return float(a @ b / norm)
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / norm) if norm > 0 and np.isfinite(norm) else 0.0
 
 
 def invert_linear_layer(update: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
@@ -56,7 +62,7 @@ def invert_linear_layer(update: np.ndarray, n_out: int, n_in: int) -> np.ndarray
 
 
 def best_row_similarity(update: np.ndarray, n_out: int, n_in: int, truths: list[np.ndarray]) -> float:
-    """Best cosine over every row i of the closed form (x = dW[i]/db[i]) and every true input.
+    """Best similarity over every row i of the closed form (x = dW[i]/db[i]) and every true input.
 
     An attacker does not know which row is best; taking the max over rows and over the
     candidate inputs gives the attack every benefit of the doubt.
@@ -102,8 +108,8 @@ def gradient_matching(model: nn.Module, update: np.ndarray, n_features: int, ste
         loss = nn.functional.binary_cross_entropy_with_logits(model(dummy).squeeze(-1), label)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         mismatch = sum(((g - t) ** 2).sum() for g, t in zip(grads, targets))
-        if float(mismatch) < best_loss:
-            best_loss, best = float(mismatch), dummy.detach().clone()
+        if float(mismatch.detach()) < best_loss:
+            best_loss, best = float(mismatch.detach()), dummy.detach().clone()
         mismatch.backward()
         optimizer.step()
     return best.squeeze(0).double().numpy()
