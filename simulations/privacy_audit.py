@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from peers.client.local_training import train_round
+from peers.client.local_training import limit_threads, train_round
 from peers.data.bank import BankTensors, split_train_test
 from peers.data.encoding import TabularEncoder
 from peers.job import JobConfig
@@ -346,6 +346,7 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
     """
     settings = settings or AuditSettings()
     progress = progress or Progress(quiet=True)
+    limit_threads()  # small models: one intra-op thread is the fastest
     progress.stage(f"Privacy audit of {run_dir}: reading the run and rebuilding its banks")
     run = load_run(run_dir)
     job = run.job
