@@ -74,7 +74,10 @@ def print_summary(section: dict[str, Any]) -> None:
     else:
         print(f"one-run ε audit: {canary['note']}")
     view = section["aggregator_view"]
-    for name in ("plaintext_single_peer_update", "masked_secagg_upload", "unmasked_secagg_average"):
+    for name in ("plaintext_single_peer_update", "masked_secagg_upload", "unmasked_secagg_average",
+                 "unmasked_secagg_average_of_dp_steps"):
+        if name not in view:
+            continue
         v = view[name]
         print(f"reconstruction from {name.replace('_', ' ')}: closed form {v['closed_form']:.3f}, "
               f"gradient matching {v['gradient_matching']:.3f} -> {'SUCCEEDED' if v['succeeded'] else 'failed'}")

@@ -20,7 +20,8 @@ Three measurements, all run in this process against the run's own model and data
 3. The aggregator's view: batch-size-1 gradients of a few member rows on the final
    model, attacked (closed form on the first layer, DLG-style matching) as plaintext
    single-peer updates (the control), as the masked uploads of one real SecAgg+ round,
-   and as that round's unmasked average.
+   as that round's unmasked average, and (local DP) as the unmasked average of one
+   DP-SGD step per peer with the run's noise multiplier.
 
 What the run folder keeps for this (written by `fedsilo simulate`, `membership_split.json`):
 per bank, its name, the SHA-256 fingerprint of its table, and the positions of its
@@ -43,7 +44,7 @@ from safetensors.numpy import load_file
 from peers.client.local_training import limit_threads, train_round
 from peers.data.bank import BankTensors, split_train_test
 from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig
+from peers.job import JobConfig, plan_dp
 from peers.models import build_model, get_weights, set_weights
 from privacy.accounting import Mechanism
 from privacy.audit import membership, one_run, reconstruction
@@ -296,10 +297,13 @@ def canary_audit(job: JobConfig, x_train: torch.Tensor, y_train: torch.Tensor, s
 # --------------------------------------------------------------------------- 3. the aggregator's view
 
 def aggregator_view(job: JobConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    settings: AuditSettings) -> dict[str, Any]:
+                    settings: AuditSettings, noise_multiplier: float | None = None) -> dict[str, Any]:
     """Reconstruction attacks on batch-size-1 updates of the rows `x` (one peer each).
 
-    Returns the best similarity (Pearson) to a true row per attack and per view.
+    Returns the best similarity (Pearson) to a true row per attack and per view. With a
+    `noise_multiplier`, one more view: the unmasked average of one DP-SGD step per peer
+    at batch size 1 (gradient clipped to the job's max_grad_norm C in L2, plus Gaussian
+    noise of standard deviation noise_multiplier·C), what the sum looks like under DP.
     """
     first = next(model.parameters())
     n_out, n_in = int(first.shape[0]), int(first.shape[1])
@@ -320,6 +324,15 @@ def aggregator_view(job: JobConfig, model: torch.nn.Module, x: torch.Tensor, y: 
         "masked_secagg_upload": attack(view.masked_as_plain[0], truths[:1]),
         "unmasked_secagg_average": attack(view.average, truths),
     }
+    if noise_multiplier is not None:
+        c = job.dp.max_grad_norm
+        rng = np.random.default_rng(settings.seed + 11)
+        noisy = [u * min(1.0, c / max(float(np.linalg.norm(u)), 1e-12)) + rng.normal(0.0, noise_multiplier * c, u.size)
+                 for u in updates]
+        dp_view = reconstruction.secagg_round_view([np.clip(u, -clip, clip) for u in noisy],
+                                                   SecAggConfig(clip=clip, bits=job.secagg.bits, max_weight=1.0))
+        views["unmasked_secagg_average_of_dp_steps"] = attack(dp_view.average, truths)
+        views["unmasked_secagg_average_of_dp_steps"]["noise_multiplier"] = round(noise_multiplier, 4)
     for figures in views.values():
         figures["succeeded"] = max(figures["closed_form"], figures["gradient_matching"]) >= \
             reconstruction.SUCCESS_SIMILARITY
@@ -366,7 +379,8 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
     progress.stage(f"Aggregator's view: {settings.reconstruction_peers} peers, one SecAgg+ round, "
                    f"{settings.dlg_steps} gradient-matching steps")
     rows = min(settings.reconstruction_peers, audited.x_members.shape[0])
-    aggregator = aggregator_view(job, run.model, audited.x_members[:rows], audited.y_members[:rows], settings)
+    noise = plan_dp(job, audited.x_members.shape[0]).noise_multiplier if job.dp.mode == "local" else None
+    aggregator = aggregator_view(job, run.model, audited.x_members[:rows], audited.y_members[:rows], settings, noise)
 
     epsilon = job.dp.epsilon if job.dp.private else None
     delta = job.dp.delta if job.dp.private else 0.0

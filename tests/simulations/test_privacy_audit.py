@@ -118,3 +118,13 @@ def test_audit_toml_key_and_flag(tmp_path):
         build_config(None, {"audit": True, "setup": "transfer"})
     with pytest.raises(DataError):
         AuditSettings(reference_models=0)
+
+
+def test_dp_noise_hides_the_row_in_the_average(bank):
+    config, encoder, frame = bank
+    data = encode_bank(frame.iloc[:300], encoder, 0.2, 0)
+    job, model = _trained(config, data, dp_mode="off")
+    view = aggregator_view(job, model, data.x_train[:5], data.y_train[:5], AuditSettings(dlg_steps=10),
+                           noise_multiplier=1.0)
+    noisy = view["unmasked_secagg_average_of_dp_steps"]
+    assert noisy["noise_multiplier"] == 1.0 and noisy["succeeded"] is False and noisy["closed_form"] < 0.5
