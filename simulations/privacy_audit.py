@@ -163,6 +163,9 @@ def load_run(run_dir: str | Path) -> RunUnderAudit:
     if config.setup != "horizontal":
         raise DataError("the privacy audit supports horizontal runs (one model, one encoder); this run is a "
                         f"{config.setup} run")
+    if config.data is not None and not Path(config.data).is_file():
+        raise DataError(f"the run's data file {config.data} is not found from {Path.cwd()}: the audit rebuilds each "
+                        "bank from it; run the audit from the directory the run was made in, with the file in place")
     encoder = TabularEncoder.from_json((path / "encoder.json").read_text())
     banks = prepare_banks(config)
     recorded = split["banks"]
