@@ -13,7 +13,8 @@ Three measurements, all run in this process against the run's own model and data
    bank's training rows with probability ½; the bank's training is replayed once with
    the job's exact schedule and DP plan (`train_round`, the code its ClientApp runs:
    same rounds, epochs, batch, clipping, and a noise multiplier calibrated for the job's
-   ε on the enlarged table), starting from the run's initial model. The canaries
+   ε on the enlarged table), starting from the run's initial model (a fresh one if the
+   run started from --base-model: the guarantee does not depend on the start). The canaries
    are not put into the released model: a replay at one bank is the mechanism whose ε
    the bank claims (its released updates), without the other banks' contributions.
    A lower bound above the claimed ε raises `PrivacyAuditFailed` after the card is written.
