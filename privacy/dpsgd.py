@@ -94,6 +94,17 @@ class DPSGDConfig:
             raise ConfigError("DP-SGD needs a positive max_grad_norm (clipping bound)")
 
 
+def _applied_noise(noise_multiplier: float) -> float:
+    """The noise multiplier a DP-SGD step really applies: always `noise_multiplier`.
+
+    TEST-ONLY monkeypatch point. The privacy audit's tests replace this function with one
+    returning 0.0 to simulate a forgotten noise call (the accountant still claims ε) and
+    check that the canary audit catches it. No flag, config key or environment variable
+    reaches it; production code never changes it.
+    """
+    return noise_multiplier
+
+
 def steps_per_epoch(sample_rate: float) -> int:
     """Number of Poisson-sampled steps that make one expected pass over the data."""
     return max(1, math.ceil(1.0 / sample_rate))
@@ -240,7 +251,7 @@ class DPSGDTrainer:
         module = GradSampleModule(self.model, loss_reduction="mean")
         optimizer = DPOptimizer(
             torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=0.0),
-            noise_multiplier=self.config.noise_multiplier,
+            noise_multiplier=_applied_noise(self.config.noise_multiplier),
             max_grad_norm=self.config.max_grad_norm,
             expected_batch_size=1,  # replaced per run by q·n, see train()
             loss_reduction="mean",
@@ -291,8 +302,8 @@ class DPSGDTrainer:
         if self._fast is not None:
             fast, generator = self._fast, self._noise_generator
             lr_over_batch = config.lr / expected_batch_size(config.sample_rate, n)
-            return lambda x, y: fast.step(x, y, loss_fn, config.max_grad_norm, config.noise_multiplier,
-                                          lr_over_batch, generator)
+            noise = _applied_noise(config.noise_multiplier)
+            return lambda x, y: fast.step(x, y, loss_fn, config.max_grad_norm, noise, lr_over_batch, generator)
         if self._opacus is not None:
             module, optimizer = self._opacus
             # Opacus divides the clipped noisy sum by the *expected* batch size q·n.

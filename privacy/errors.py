@@ -28,3 +28,12 @@ class LedgerError(FedsiloError):
 
 class ProtocolError(FedsiloError):
     """A protocol message is malformed, out of order, replayed or unauthenticated."""
+
+
+class PrivacyAuditFailed(FedsiloError):
+    """A privacy audit measured more leakage than the claimed guarantee allows.
+
+    Raised when the empirical ε lower bound of a one-run canary audit exceeds the ε the
+    run claims: at the audit's stated confidence the claim is false, which means a bug
+    (a missing noise call, a mis-wired accountant), not bad luck.
+    """

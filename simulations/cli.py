@@ -1,6 +1,7 @@
 """The `fedsilo` command line.
 
     fedsilo simulate [flags]     N simulated banks train a shared model (see --help)
+    fedsilo audit-privacy RUN    measure what a finished run's model leaks
 
 Every command family registers its subparsers with `set_defaults(handler=...)`; `main`
 calls the handler and turns the project's own errors into one line and exit status 2.
@@ -16,6 +17,7 @@ import sys
 from typing import Sequence
 
 from privacy.errors import FedsiloError
+from simulations import audit_privacy_cli
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +28,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Every flag has a TOML key (see README): [simulation] banks, rounds, seed, out, strategy, compare; "
                "[data] path, label, id-column, partition, customers; [model] kind, hidden; "
                "[train] local-epochs, batch-size, lr, test-fraction; [dp] mode, epsilon, delta, max-grad-norm, "
-               "accountant; [secagg] mode, clip, dropout-fraction, collusion-fraction; [simulation] dropout.",
+               "accountant; [secagg] mode, clip, dropout-fraction, collusion-fraction; [simulation] dropout, audit.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with defaults for any flag below")
     p.add_argument("--banks", type=int, metavar="N", help="number of banks (default 5)")
@@ -67,6 +69,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                         "'hidden' keeps each institution's head private)")
     p.add_argument("--base-model", metavar="FILE", help="start from a .safetensors model of an earlier run")
     p.add_argument("--freeze", metavar="PREFIXES", help="parameters not to train (with --base-model), e.g. hidden1")
+    p.add_argument("--audit", action="store_true", default=None,
+                   help="after the run, measure its privacy leakage as `fedsilo audit-privacy RUN_DIR` does "
+                        "(horizontal setup; TOML: [simulation] audit = true)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(handler=run_simulate)
@@ -77,13 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One line per command family; each registers its parsers with a `handler`.
     _simulate_parser(sub)
+    audit_privacy_cli.register(sub)
     return parser
 
 
 OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "customers", "model", "hidden",
                "strategy", "local_epochs", "batch_size", "lr", "epsilon", "delta", "max_grad_norm", "seed",
                "out", "compare", "dp_mode", "secure_aggregation", "dropout", "setup", "scenario", "shared",
-               "freeze", "base_model")
+               "freeze", "base_model", "audit")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -115,9 +121,26 @@ def run_simulate(args: argparse.Namespace) -> int:
         print("privacy: none (--no-dp)")
     print("secure aggregation: " + ("SecAgg+, the host saw only the sum of each round's updates"
                                     if summary.secure_aggregation == "on" else "off (the host saw each update)"))
+    if config.audit:
+        _audit_after_run(summary.run_dir, args.quiet)
     if args.json:
         print(summary.to_json())
     return 0
+
+
+def _audit_after_run(run_dir: str, quiet: bool) -> None:
+    """`--audit`: the privacy self-audit on the fresh run folder (raises if it FAILED)."""
+    from privacy.errors import PrivacyAuditFailed
+    from simulations.privacy_audit import audit_run
+    from simulations.progress import Progress
+    try:
+        section = audit_run(run_dir, progress=Progress(quiet=quiet))
+    except PrivacyAuditFailed:
+        import json
+        from pathlib import Path
+        audit_privacy_cli.print_summary(json.loads((Path(run_dir) / "model_card.json").read_text())["measured_privacy"])
+        raise
+    audit_privacy_cli.print_summary(section)
 
 
 def _fmt(value: float | None) -> str:

@@ -5,6 +5,7 @@ Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
     [simulation]  banks, rounds, seed, out, strategy, dropout, compare = ["centralized", "local"]
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
     [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
+    [simulation]  audit = true (privacy self-audit at the end of the run)
     [simulation]  setup = "horizontal" | "transfer";  [data] scenario = "uci" | FILE.toml
     [train]       local-epochs, batch-size, lr, test-fraction
     [dp]          mode = "local" | "distributed" | "off", epsilon, delta, max-grad-norm, accountant
@@ -39,6 +40,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("simulation", "compare"): "compare",
     ("simulation", "dropout"): "dropout",
     ("simulation", "setup"): "setup",
+    ("simulation", "audit"): "audit",
     ("data", "scenario"): "scenario",
     ("model", "shared"): "shared",
     ("model", "freeze"): "freeze",
@@ -104,6 +106,7 @@ class SimulationConfig:
     shared: tuple[str, ...] = ()
     freeze: tuple[str, ...] = ()
     base_model: str | None = None
+    audit: bool = False  # run `fedsilo audit-privacy` on the run folder at the end
 
     def __post_init__(self) -> None:
         if self.setup not in SETUPS:
@@ -128,6 +131,8 @@ class SimulationConfig:
             raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round")
+        if self.audit and self.setup != "horizontal":
+            raise ConfigError("--audit supports the horizontal setup only (one model, one encoder)")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         self.job()  # validates model, training and DP settings
@@ -189,6 +194,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return None if value is None else str(value)
     expected = int if name == "customers" else type(default)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is bool or not isinstance(value, expected) or isinstance(value, bool):

@@ -9,7 +9,9 @@ The flow (DESIGN.md, flow 1):
 5. each bank's ledger commits what its accountant says it actually spent;
 6. the yardsticks (centralized, local-only) are trained in the same run if asked;
 7. the run folder gets the model (safetensors), its encoder, the model card, per-round
-   metrics and plots, and appears only when all of it is written.
+   metrics and plots, and appears only when all of it is written; with it, for the
+   privacy self-audit only, each bank's member/non-member split as row positions
+   (`membership_split.json`, see `simulations/privacy_audit.py`).
 
 The banks' tables sit in a temporary directory while the engine runs (each virtual
 bank reads only its own file) and are deleted afterwards; they are never put in the
@@ -40,7 +42,8 @@ from simulations.banks import Bank, prepare_banks
 from simulations.config import SimulationConfig
 from simulations.federation import run_federation
 from simulations.progress import Progress
-from simulations.report.card import build_card, write_card
+from simulations.privacy_audit import SPLIT_FILE, write_membership_split
+from simulations.report.card import build_card, sha256_file, write_card
 from simulations.report.plots import plot_comparison, plot_rounds
 from simulations.report.privacy import privacy_section
 from simulations.run_folder import RunFolder
@@ -198,6 +201,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
                                  {"source": str(config.data), "label": job.label, "id_column": config.id_column,
                                   "partition": config.partition or "iid"})
     data_info["features"] = encoder.feature_names
+    write_membership_split(path / SPLIT_FILE, banks, encoder, config.test_fraction, config.seed)
     card = build_card(
         run_name=folder.name,
         job={"strategy": job.strategy, "model": {"kind": job.model.kind, "hidden": list(job.model.hidden)},
@@ -214,6 +218,8 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
         },
         model_file=model_file, encoder_file=path / "encoder.json", rounds=job.train.rounds,
     )
+    card["artifacts"]["membership_split"] = {"file": SPLIT_FILE, "format": "json", "sha256": sha256_file(path / SPLIT_FILE),
+                                             "purpose": "privacy self-audit only: row positions, no row values"}
     write_card(path / "model_card.json", card)
     return RunSummary(
         run_dir=str(folder.final), final_auc=round(final_auc, 4),

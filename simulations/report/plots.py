@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
@@ -76,6 +77,47 @@ def plot_institutions(path: Path, aucs: dict[str, dict[str, float | None]]) -> N
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set(title="ROC-AUC per institution, on its own held-out rows", ylabel="ROC-AUC")
     ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_privacy_audit(path: Path, attacks: list, epsilon_claimed: float | None,
+                       epsilon_lower_bound: float | None, confidence: float) -> None:
+    """Membership attacks' ROC on log–log axes, and the ε claimed against the measured lower bound.
+
+    `attacks` are `privacy.audit.membership.AttackResult`s. A point at FPR 0 cannot be
+    drawn on a log axis; the curves start at the smallest non-zero FPR measured.
+    """
+    fig, (ax_roc, ax_eps) = plt.subplots(1, 2, figsize=(10, 4.2))
+    floor = 1.0
+    for result, color in zip(attacks, ("tab:blue", "tab:purple", "tab:green")):
+        r = result.roc
+        keep = r.fpr > 0
+        floor = min(floor, float(r.fpr[keep].min()))
+        ax_roc.plot(r.fpr[keep], np.maximum(r.tpr[keep], floor / 10), color=color,
+                    label=f"{result.attack}: AUC {r.auc:.3f}, TPR@1% {r.tpr_at(0.01):.3f}")
+    grid = np.logspace(np.log10(floor), 0, 50)
+    ax_roc.plot(grid, grid, linestyle=":", color="grey", label="chance")
+    ax_roc.set(xscale="log", yscale="log", xlabel="false-positive rate", ylabel="true-positive rate",
+               title="Membership inference against the released model")
+    ax_roc.set_xlim(floor, 1)
+    ax_roc.set_ylim(floor / 10, 1)
+    ax_roc.legend(loc="lower right", fontsize=7)
+    ax_roc.grid(alpha=0.3, which="both")
+    names = ["ε claimed", f"ε lower bound\n({confidence:.0%} confidence)"]
+    values = [epsilon_claimed, epsilon_lower_bound]
+    colors = ["tab:grey", "tab:red" if (epsilon_claimed is not None and epsilon_lower_bound is not None
+                                        and epsilon_lower_bound > epsilon_claimed) else "tab:green"]
+    for i, (v, c) in enumerate(zip(values, colors)):
+        if v is None:
+            ax_eps.text(i, 0.05, "none" if i == 0 else "not run", ha="center")
+        else:
+            ax_eps.bar(i, v, color=c)
+            ax_eps.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    ax_eps.set_xticks(range(2), names)
+    ax_eps.set(title="One-run canary audit", ylabel="ε")
+    ax_eps.set_ylim(bottom=0, top=max([v for v in values if v is not None] + [1.0]) * 1.2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

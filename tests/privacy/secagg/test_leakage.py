@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import chisquare
 
+from privacy.audit.reconstruction import invert_linear_layer
 from privacy.secagg import SecAggConfig
 
 from ._harness import Harness, deterministic_keys
@@ -51,20 +52,13 @@ def _linear_layer_update(rng, n_in=400, n_out=3):
     return x, np.concatenate([dW.ravel(), db]) * scale, n_out, n_in
 
 
-def _invert(update: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
-    """The attack: x = dW[i] / db[i] for the row with the largest |db[i]|."""
-    dW, db = update[: n_out * n_in].reshape(n_out, n_in), update[n_out * n_in :]
-    i = int(np.argmax(np.abs(db)))
-    return dW[i] / db[i]
-
-
 def test_reconstruction_attack_works_on_plaintext_and_fails_on_masked_upload(monkeypatch):
     deterministic_keys(monkeypatch, seed=4)
     rng = np.random.default_rng(0)
     x, update, n_out, n_in = _linear_layer_update(rng)
 
     # control: the plaintext update gives the private example back exactly
-    assert np.max(np.abs(_invert(update, n_out, n_in) - x)) < 1e-9
+    assert np.max(np.abs(invert_linear_layer(update, n_out, n_in) - x)) < 1e-9
 
     cfg = SecAggConfig(clip=1.0, bits=24, max_weight=1.0)
     h = Harness(5, dim=update.size, config=cfg, seed=4)
@@ -75,7 +69,7 @@ def test_reconstruction_attack_works_on_plaintext_and_fails_on_masked_upload(mon
 
     # the fixed-point encoding alone does not protect: decoding it and inverting works
     decoded, _ = enc.decode_sum(enc.encode(update, 1.0), 1)
-    assert np.corrcoef(_invert(decoded, n_out, n_in), x)[0, 1] > 0.999
+    assert np.corrcoef(invert_linear_layer(decoded, n_out, n_in), x)[0, 1] > 0.999
 
     # what the server holds of this peer: its masked upload; decode it as if it were plain
     masked = _capture_uploads(h)[target].masked
