@@ -15,6 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from peers.cli import register as register_peer_commands
 from privacy.errors import FedsiloError
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One line per command family; each registers its parsers with a `handler`.
     _simulate_parser(sub)
+    register_peer_commands(sub)
     return parser
 
 

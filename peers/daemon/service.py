@@ -1,0 +1,387 @@
+"""The peer's behaviour: every state change is one message through the actor's mailbox.
+
+`PeerService` owns the store (jobs, audit log, model store), the privacy ledger and the
+outgoing client. Its public coroutines are the messages the HTTP routes send; each
+runs alone in the mailbox, checks everything first, then changes the store, the
+ledger and the audit log in one store transaction (the ledger write is the last step
+inside it, so a crash can only leave a ledger reservation without a job, which
+`reconcile` releases at the next start). A refusal raises `Refused`, writes one audit
+entry and changes nothing else.
+
+Lifecycle of a job at its host: proposing (asked the participants) → ready (enough
+accepted; budget reserved everywhere; waiting for training) → training → finished, or
+failed / cancelled / interrupted. At a participant: accepted → training → finished, or
+cancelled / failed / interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from peers.daemon.actor import Mailbox
+from peers.daemon.client import PeerClient
+from peers.daemon.config import PeerConfig
+from peers.daemon.model_store import publish
+from peers.daemon.policy import check_policy, planned_mechanisms, source_facts
+from peers.daemon.signed_job import SignedJob, verify_envelope
+from peers.daemon.store import ACTIVE_STATES, PeerStore
+from peers.errors import PeerUnreachable, Refused
+from peers.identity.consortium import Identity
+from peers.identity.manifest import Member
+from privacy.accounting import Mechanism
+from privacy.errors import BudgetExceeded, LedgerError
+from privacy.ledger import SQLiteLedger
+
+log = logging.getLogger("fedsilo.peer")
+
+
+class PeerService:
+    """See the module docstring. Call `start()` inside the event loop before serving."""
+
+    def __init__(self, config: PeerConfig, identity: Identity) -> None:
+        self.config = config
+        self.identity = identity
+        self.name = identity.name
+        self.store = PeerStore(config.state_dir)
+        self.ledger = SQLiteLedger(config.state_dir / "ledger.sqlite")
+        self.mailbox = Mailbox()
+        self.client = PeerClient(identity)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        self.mailbox.start()
+        await self.client.__aenter__()
+        await self.mailbox.ask(self._open)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.mailbox.stop()
+        await self.client.__aexit__()
+        self.ledger.close()
+        self.store.close()
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self) -> None:
+        """Set each source's budget from peer.toml, then reconcile the store with the ledger."""
+        for source in self.config.sources.values():
+            with self.store.transaction():
+                self.ledger.set_budget(source.name, source.epsilon, source.delta, source.accountant)
+                self.store.audit.append("local", "budget.set", "ok", f"ε = {source.epsilon:g}, δ = {source.delta:g}, "
+                                        f"{source.accountant}", source=source.name)
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """After a restart: mark interrupted jobs honestly and make the ledger match the store.
+
+        A job that was training may have released updates, so its whole reservation is
+        committed as spent; a hosted job that had not started is interrupted and its
+        reservation released; a reservation without an active job (a crash between the
+        ledger write and the store commit) is released. Accepted participations stay.
+        """
+        active = {job.job_id: job for job in self.store.jobs(ACTIVE_STATES)}
+        for job in active.values():
+            record = self.ledger.jobs(job.source).get(job.job_id) if job.source else None
+            with self.store.transaction():
+                if job.state == "training":
+                    if record is not None and record.state == "reserved":
+                        self.ledger.commit(job.source, job.job_id, list(record.mechanisms))
+                    spent = [m.to_dict() for m in record.mechanisms] if record else []
+                    self.store.set_state(job.job_id, "interrupted", "the daemon stopped during training; the whole "
+                                         "reservation is counted as spent", spent=spent)
+                    self.store.audit.append("local", "job.interrupted", "ok", "restart during training: reservation "
+                                            "committed as spent", job=job.job_id, source=job.source)
+                elif job.hosting:
+                    if record is not None and record.state == "reserved":
+                        self.ledger.release(job.source, job.job_id)
+                    self.store.set_state(job.job_id, "interrupted", "the host restarted before training started")
+                    self.store.audit.append("local", "job.interrupted", "ok", "restart before training: "
+                                            "reservation released", job=job.job_id, source=job.source)
+                    self._spawn(self._tell_participants(job.job_id, "cancel"))
+                elif record is None:
+                    self.store.set_state(job.job_id, "interrupted", "its budget reservation is missing after a restart")
+                    self.store.audit.append("local", "job.interrupted", "ok", "reservation missing", job=job.job_id,
+                                            source=job.source)
+        for source in self.config.sources:
+            for job_id, record in self.ledger.jobs(source).items():
+                if record.state == "reserved" and job_id not in active:
+                    with self.store.transaction():
+                        self.ledger.release(source, job_id)
+                        self.store.audit.append("local", "budget.release", "ok", "reservation without an active job "
+                                                "(left by a crash) released", job=job_id, source=source)
+
+    # -- the mailbox ------------------------------------------------------------------
+    async def _run(self, actor: str, action: str, work: Callable[[], Awaitable[Any]], job: str | None = None) -> Any:
+        """Run `work` in the mailbox; a Refused is written to the audit log and re-raised."""
+        async def wrapped() -> Any:
+            try:
+                return await work()
+            except Refused as refusal:
+                with self.store.transaction():
+                    self.store.audit.append(actor, action, "refused", str(refusal), job=job)
+                refusal.audited = True
+                raise
+        return await self.mailbox.ask(wrapped)
+
+    async def record_refusal(self, actor: str, action: str, detail: str) -> None:
+        """Audit a request refused before it reached a handler (unknown peer, bad body)."""
+        async def work() -> None:
+            with self.store.transaction():
+                self.store.audit.append(actor, action, "refused", detail)
+        await self.mailbox.ask(work)
+
+    def member_for(self, fingerprint: str) -> Member | None:
+        manifest = self.identity.manifest
+        member = manifest.by_fingerprint(fingerprint)
+        if member is None:  # admitted after we started? read the newest signed manifest once
+            try:
+                member = self.identity.reload_manifest().by_fingerprint(fingerprint)
+            except Exception:  # a manifest that does not verify is ignored; the old one stays
+                self.identity.manifest = manifest
+        return member
+
+    # -- jobs at the host -------------------------------------------------------------
+    async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
+        """A model owner's signed job, to be hosted here and proposed to its participants."""
+        async def work() -> dict[str, Any]:
+            if not caller.has("model-owner"):
+                raise Refused(f"{caller.name} is not a model owner: only model owners submit jobs", 403)
+            job = self._verify(envelope)
+            if job.owner != caller.name:
+                raise Refused(f"the job is signed by {job.owner} but submitted by {caller.name}", 403)
+            if job.host != self.name:
+                raise Refused(f"this peer is {self.name}, the job names {job.host} as its host: submit it there", 400)
+            self._check_replay(job)
+            check_policy(job, self.config.policy)
+            reply = await self._participation(job) if self.name in job.participants else None
+            with self.store.transaction():
+                self.store.insert_job(job.job_id, job.owner, job.host, True, reply and job.source, "proposing",
+                                      job.envelope, job.nonce)
+                for peer in job.participants:
+                    if peer == self.name:
+                        self.store.set_participant(job.job_id, peer, "accepted", "", reply)
+                    else:
+                        self.store.set_participant(job.job_id, peer, "pending")
+                self.store.audit.append(caller.name, "job.submit", "ok", f"hosting; proposing to "
+                                        f"{', '.join(job.participants)}", job=job.job_id)
+                if reply is not None:
+                    self.store.audit.append(caller.name, "job.accept", "ok", f"owner {job.owner}, ε ≤ "
+                                            f"{job.config.dp.epsilon:g}", job=job.job_id, source=job.source)
+                    self._reserve(job, reply, caller.name)
+            self._spawn(self._propose_all(job))
+            return self._view(job.job_id)
+        return await self._run(caller.name, "job.submit", work, job=_job_id(envelope))
+
+    async def _propose_all(self, job: SignedJob) -> None:
+        async def ask(peer: str) -> None:
+            member = self.identity.manifest.member(peer)
+            try:
+                assert member is not None and member.address
+                reply = await self.client.call("POST", f"{member.address}/v1/proposals", job.envelope)
+                if not isinstance(reply, dict) or reply.get("decision") not in ("accepted", "declined"):
+                    raise PeerUnreachable(f"{peer} sent an answer that is not a decision")
+            except PeerUnreachable as error:
+                reply = {"decision": "unreachable", "reason": str(error)}
+            await self.mailbox.ask(lambda: self._record_decision(job, peer, reply))
+        await asyncio.gather(*(ask(p) for p in job.participants if p != self.name))
+        await self.mailbox.ask(lambda: self._close_proposals(job))
+
+    async def _record_decision(self, job: SignedJob, peer: str, reply: dict[str, Any]) -> None:
+        with self.store.transaction():
+            decision = reply["decision"]
+            self.store.set_participant(job.job_id, peer, decision, str(reply.get("reason", "")),
+                                       reply if decision == "accepted" else None)
+            self.store.audit.append(peer, f"job.{decision}", "ok", str(reply.get("reason", "")), job=job.job_id)
+
+    async def _close_proposals(self, job: SignedJob) -> None:
+        row = self.store.job(job.job_id)
+        if row is None or row.state != "proposing":
+            return  # cancelled meanwhile
+        accepted = [p for p in self.store.participants(job.job_id) if p["decision"] == "accepted"]
+        if len(accepted) >= job.min_participants:
+            with self.store.transaction():
+                self.store.set_state(job.job_id, "ready", f"{len(accepted)} of {len(job.participants)} participants "
+                                     "accepted; budget reserved; waiting for training")
+                self.store.audit.append("local", "job.ready", "ok", ", ".join(p["peer"] for p in accepted),
+                                        job=job.job_id)
+            return
+        with self.store.transaction():
+            self._release_own(job.job_id)
+            self.store.set_state(job.job_id, "failed", f"only {len(accepted)} of {len(job.participants)} participants "
+                                 f"accepted; the job needs {job.min_participants}")
+            self.store.audit.append("local", "job.failed", "ok", "not enough participants accepted", job=job.job_id)
+        self._spawn(self._tell_participants(job.job_id, "cancel"))
+
+    async def _tell_participants(self, job_id: str, action: str) -> None:
+        """Best effort: tell every other accepted participant to `action` (cancel) the job."""
+        for participant in self.store.participants(job_id):
+            member = self.identity.manifest.member(participant["peer"])
+            if participant["decision"] != "accepted" or member is None or member.name == self.name:
+                continue
+            try:
+                await self.client.call("POST", f"{member.address}/v1/jobs/{job_id}/{action}", {})
+            except PeerUnreachable as error:
+                log.warning("could not tell %s to %s job %s: %s", member.name, action, job_id, error)
+
+    # -- jobs at a participant --------------------------------------------------------
+    async def propose(self, caller: Member, envelope: Any) -> dict[str, Any]:
+        """A host proposes a job; this peer decides by its policy and budget."""
+        async def work() -> dict[str, Any]:
+            if not caller.has("peer"):
+                raise Refused(f"{caller.name} is not a peer: only a job's host proposes it", 403)
+            job = self._verify(envelope)
+            if job.host != caller.name:
+                raise Refused(f"the job names {job.host} as host but {caller.name} proposes it", 403)
+            if self.name not in job.participants:
+                raise Refused(f"{self.name} is not a participant of job {job.job_id}", 400)
+            self._check_replay(job)
+            try:
+                check_policy(job, self.config.policy)
+                reply = await self._participation(job)
+                with self.store.transaction():
+                    self.store.insert_job(job.job_id, job.owner, job.host, False, job.source, "accepted",
+                                          job.envelope, job.nonce)
+                    self.store.audit.append(caller.name, "job.accept", "ok", f"owner {job.owner}, ε ≤ "
+                                            f"{job.config.dp.epsilon:g}", job=job.job_id, source=job.source)
+                    self._reserve(job, reply, caller.name)
+                return reply
+            except Refused as refusal:
+                with self.store.transaction():
+                    self.store.audit.append(caller.name, "job.decline", "ok", str(refusal), job=job.job_id,
+                                            source=job.source)
+                return {"decision": "declined", "reason": str(refusal)}
+        return await self._run(caller.name, "job.propose", work, job=_job_id(envelope))
+
+    async def _participation(self, job: SignedJob) -> dict[str, Any]:
+        """This peer's acceptance reply (checks its source and budget; Refused if it cannot)."""
+        source = self.config.sources.get(job.source)
+        if source is None:
+            raise Refused(f"this peer has no data source {job.source!r} (it has: {', '.join(self.config.sources)})",
+                          403)
+        facts = await asyncio.to_thread(source_facts, source, job)
+        planned = planned_mechanisms(job, facts)
+        status = self.ledger.status(source.name)
+        return {"decision": "accepted", "peer": self.name, "rows": facts.rows, "n_train": facts.n_train,
+                "fingerprint": facts.fingerprint, "summary": facts.summary,
+                "planned": [m.to_dict() for m in planned], "delta": status.delta,
+                "node_public_key": None}
+
+    def _reserve(self, job: SignedJob, reply: dict[str, Any], actor: str) -> None:
+        """Reserve the planned mechanism (inside the caller's store transaction)."""
+        planned = [Mechanism.from_dict(m) for m in reply["planned"]]
+        try:
+            projected = self.ledger.reserve(job.source, job.job_id, planned)
+        except BudgetExceeded as error:
+            raise Refused(f"budget: {error}", 403) from None
+        self.store.audit.append(actor, "budget.reserve", "ok", f"projected ε = {projected:.4f} of "
+                                f"{self.config.sources[job.source].epsilon:g}", job=job.job_id, source=job.source)
+
+    # -- either side ------------------------------------------------------------------
+    async def cancel(self, caller: Member, job_id: str) -> dict[str, Any]:
+        """Cancel an active job: by its owner, its host, or this peer itself; releases the reservation."""
+        async def work() -> dict[str, Any]:
+            job = self.store.job(job_id)
+            if job is None:
+                raise Refused(f"no job {job_id!r} here", 404)
+            if caller.name not in (job.owner, job.host, self.name):
+                raise Refused(f"{caller.name} may not cancel job {job_id}: only its owner or host can", 403)
+            if job.state not in ACTIVE_STATES:
+                raise Refused(f"job {job_id} is already {job.state}", 409)
+            with self.store.transaction():
+                released = self._release_own(job_id)
+                self.store.set_state(job_id, "cancelled", f"cancelled by {caller.name}")
+                self.store.audit.append(caller.name, "job.cancel", "ok",
+                                        "reservation released" if released else "no reservation held",
+                                        job=job_id, source=job.source)
+            if job.hosting:
+                self._spawn(self._tell_participants(job_id, "cancel"))
+            return self._view(job_id)
+        return await self._run(caller.name, "job.cancel", work, job=job_id)
+
+    def _release_own(self, job_id: str) -> bool:
+        job = self.store.job(job_id)
+        if job is None or job.source is None:
+            return False
+        record = self.ledger.jobs(job.source).get(job_id)
+        if record is None or record.state != "reserved":
+            return False
+        self.ledger.release(job.source, job_id)
+        self.store.audit.append("local", "budget.release", "ok", "", job=job_id, source=job.source)
+        return True
+
+    async def publish_model(self, job_id: str, files: dict[str, Path], card: dict[str, Any]) -> dict[str, Any]:
+        """Store the final model of a hosted job as a signed, versioned artefact."""
+        async def work() -> dict[str, Any]:
+            job = self.store.job(job_id)
+            if job is None or not job.hosting:
+                raise Refused(f"job {job_id} is not hosted here", 404)
+            version, directory = await asyncio.to_thread(publish, self.store.models_dir, self.identity, job_id,
+                                                         files, card)
+            with self.store.transaction():
+                self.store.add_model(job_id, version, directory, self.name)
+                self.store.audit.append("local", "model.publish", "ok", f"version {version}", job=job_id)
+            return {"job_id": job_id, "version": version}
+        return await self._run("local", "model.publish", work, job=job_id)
+
+    # -- reads (no state change: not through the mailbox) -------------------------------
+    def may_read_model(self, caller: Member, job_id: str) -> bool:
+        job = self.store.job(job_id)
+        if job is None:
+            return False
+        return (caller.name in (job.owner, job.host) or caller.name in job.envelope["job"]["participants"]
+                or caller.name in self.config.policy.model_readers)
+
+    def _view(self, job_id: str) -> dict[str, Any]:
+        job = self.store.job(job_id)
+        assert job is not None
+        view = job.summary()
+        if job.hosting:
+            view["participants"] = [{k: p[k] for k in ("peer", "decision", "reason")}
+                                    for p in self.store.participants(job_id)]
+        return view
+
+    def job_view(self, job_id: str) -> dict[str, Any] | None:
+        return self._view(job_id) if self.store.job(job_id) else None
+
+    def budgets(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.config.sources:
+            status = self.ledger.status(name)
+            out.append({"source": name, "epsilon_budget": status.epsilon_budget, "delta": status.delta,
+                        "spent_epsilon": status.spent_epsilon, "reserved_epsilon": status.reserved_epsilon,
+                        "remaining_epsilon": status.remaining_epsilon, "jobs": status.jobs,
+                        "accountant": status.accountant})
+        return out
+
+    # -- checks -----------------------------------------------------------------------
+    def _verify(self, envelope: Any) -> SignedJob:
+        return verify_envelope(envelope, self.identity.manifest, self.identity.ca_certificate)
+
+    def _check_replay(self, job: SignedJob) -> None:
+        if self.store.job(job.job_id) is not None:
+            raise Refused(f"job {job.job_id} is already known here: a replayed or duplicate job is refused; "
+                          "use a new job id", 409)
+        if self.store.nonce_seen(job.nonce):
+            raise Refused("this job's nonce was seen before: a replayed job is refused", 409)
+
+
+def _job_id(envelope: Any) -> str | None:
+    try:
+        value = envelope["job"]["job_id"]
+        return value if isinstance(value, str) and len(value) <= 64 else None
+    except (TypeError, KeyError):
+        return None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, allow_nan=False)
