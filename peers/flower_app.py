@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 CLIENT_APP = "peers.client.app:app"
 SERVER_APP = "peers.server.app:app"
+HOST_OUTPUT_ENV = "FEDSILO_HOST_OUTPUT"  # where a deployed ServerApp writes its result (set by the host)
 
 
 def _toml_value(value: Any) -> str:
