@@ -129,6 +129,22 @@ async def cancel_job(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).cancel(request["member"], request.match_info["job_id"]))
 
 
+async def start_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).start_training(request["member"], request.match_info["job_id"],
+                                                                    body))
+
+
+async def report_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).report(request["member"], request.match_info["job_id"], body))
+
+
+async def replicate_model(request: web.Request) -> web.Response:
+    await read_json(request)
+    return web.json_response(await _service(request).replicate(request["member"], request.match_info["job_id"]))
+
+
 def _model(request: web.Request) -> tuple[str, Any]:
     service, job_id = _service(request), request.match_info["job_id"]
     found = service.store.model(job_id)
@@ -189,11 +205,14 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/jobs", list_jobs),
     ("GET", "/v1/jobs/{job_id}", get_job),
     ("POST", "/v1/jobs/{job_id}/cancel", cancel_job),
+    ("POST", "/v1/jobs/{job_id}/start", start_job),
+    ("POST", "/v1/jobs/{job_id}/report", report_job),
     ("POST", "/v1/proposals", propose_job),
     ("GET", "/v1/models", list_models),
     ("GET", "/v1/models/{job_id}", get_model),
     ("GET", "/v1/models/{job_id}/card", model_card),
     ("GET", "/v1/models/{job_id}/files/{name}", model_file),
+    ("POST", "/v1/models/{job_id}/replicate", replicate_model),
     ("GET", "/v1/audit", audit_export),
     ("GET", "/v1/budget", budget),
 ]

@@ -43,6 +43,11 @@ def spec() -> dict[str, Any]:
                                              params=("job_id",))},
             "/v1/jobs/{job_id}/cancel": {"post": _op("cancel an active job (its owner or host); releases the "
                                                      "budget reservation", body="{}", params=("job_id",))},
+            "/v1/jobs/{job_id}/start": {"post": _op("the host starts training: join its SuperLink",
+                                                    body="{fleet_address: HOST:PORT}", params=("job_id",))},
+            "/v1/jobs/{job_id}/report": {"post": _op("a participant reports what its accountant spent (at the host)",
+                                                     body="{spent: [mechanism], epsilon, delta, accountant}",
+                                                     params=("job_id",))},
             "/v1/proposals": {"post": _op("a host proposes a job; answers {decision: accepted|declined, reason, "
                                           "...}", body="the owner-signed job envelope")},
             "/v1/models": {"get": _op("models the caller may pull")},
@@ -51,6 +56,9 @@ def spec() -> dict[str, Any]:
             "/v1/models/{job_id}/card": {"get": _op("the signed model card", params=("job_id",))},
             "/v1/models/{job_id}/files/{name}": {"get": _op("one file of the artefact (model, card, signature)",
                                                             params=("job_id", "name"))},
+            "/v1/models/{job_id}/replicate": {"post": _op("the host announces a job's model: the participant "
+                                                          "fetches and verifies a copy", body="{}",
+                                                          params=("job_id",))},
             "/v1/audit": {"get": _op("the hash-chained audit log (query: since=SEQ) and whether its chain holds")},
             "/v1/budget": {"get": _op("privacy budget per data source: total, spent, reserved, remaining ε")},
         },

@@ -3,9 +3,7 @@
 `check_policy` applies peer.toml's [policy] to a verified job and raises `Refused`
 (403) with the first rule the job breaks. `source_facts` reads the peer's own table
 (on this machine) for what a decision and the training need: the training row count
-(which fixes the DP plan), a fingerprint of the file, and the per-column aggregates
-from which the host fits the shared feature encoder (no rows; see
-peers/data/encoding.py for what they reveal). `planned_mechanisms` is the whole
+(which fixes the DP plan) and a fingerprint of the file (both go into the model card). `planned_mechanisms` is the whole
 job's DP-SGD mechanism from `peers.job.plan_dp`, which is what the ledger reserves and
 what the peer's accountant then spends.
 """
@@ -14,12 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
-
+from pathlib import Path
 from peers.daemon.config import DataSource, Policy
 from peers.daemon.signed_job import SignedJob
 from peers.data.bank import read_table, split_train_test
-from peers.data.encoding import BankSummary
 from peers.errors import Refused
 from peers.job import plan_dp
 from privacy.accounting import Mechanism
@@ -53,15 +49,14 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
 
 @dataclass(frozen=True)
 class SourceFacts:
-    """What a peer tells the host about its source when it accepts: aggregates only."""
+    """What a peer tells the host about its source when it accepts: counts and a hash, no rows."""
 
     rows: int
     n_train: int
     fingerprint: str
-    summary: dict[str, Any]
 
 
-def file_sha256(path: Any) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -76,14 +71,12 @@ def source_facts(source: DataSource, job: SignedJob) -> SourceFacts:
                       f"{job.label!r}", 403)
     try:
         frame = read_table(source.path)
-        if source.id_column:
-            frame = frame.drop(columns=[source.id_column], errors="ignore")
-        summary = BankSummary.from_frame(frame, job.label)
     except DataError as error:
         raise Refused(f"data source {source.name} cannot serve the job: {error}", 403) from None
+    if job.label not in frame.columns:
+        raise Refused(f"data source {source.name} has no column {job.label!r}", 403)
     train, _ = split_train_test(frame[job.label].to_numpy(), job.config.train.test_fraction, job.config.train.seed)
-    return SourceFacts(rows=len(frame), n_train=len(train), fingerprint=file_sha256(source.path),
-                       summary=summary.to_dict())
+    return SourceFacts(rows=len(frame), n_train=len(train), fingerprint=file_sha256(source.path))
 
 
 def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:

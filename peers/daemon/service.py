@@ -17,26 +17,29 @@ cancelled / failed / interrupted.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from peers.daemon import training
 from peers.daemon.actor import Mailbox
+from peers.daemon.card import build_card
 from peers.daemon.client import PeerClient
 from peers.daemon.config import PeerConfig
+from peers.daemon.model_pull import pull_model
 from peers.daemon.model_store import publish
 from peers.daemon.policy import check_policy, planned_mechanisms, source_facts
-from peers.daemon.signed_job import SignedJob, verify_envelope
+from peers.daemon.signed_job import SignedJob, parse_document, verify_envelope
 from peers.daemon.store import ACTIVE_STATES, PeerStore
 from peers.errors import PeerUnreachable, Refused
 from peers.identity.consortium import Identity
 from peers.identity.manifest import Member
-from privacy.accounting import Mechanism
-from privacy.errors import BudgetExceeded, LedgerError
+from privacy.accounting import Mechanism, epsilon_spent
+from privacy.errors import BudgetExceeded, FedsiloError
 from privacy.ledger import SQLiteLedger
 
 log = logging.getLogger("fedsilo.peer")
+REPORT_WAIT_SECONDS = 120.0
 
 
 class PeerService:
@@ -51,6 +54,7 @@ class PeerService:
         self.mailbox = Mailbox()
         self.client = PeerClient(identity)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._running: dict[str, Any] = {}  # job id (host) or "JOB/peer" -> HostedTraining / JoinedTraining
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -214,6 +218,7 @@ class PeerService:
                                      "accepted; budget reserved; waiting for training")
                 self.store.audit.append("local", "job.ready", "ok", ", ".join(p["peer"] for p in accepted),
                                         job=job.job_id)
+            self._spawn(self._host_training(job, accepted))
             return
         with self.store.transaction():
             self._release_own(job.job_id)
@@ -222,16 +227,101 @@ class PeerService:
             self.store.audit.append("local", "job.failed", "ok", "not enough participants accepted", job=job.job_id)
         self._spawn(self._tell_participants(job.job_id, "cancel"))
 
-    async def _tell_participants(self, job_id: str, action: str) -> None:
-        """Best effort: tell every other accepted participant to `action` (cancel) the job."""
+    async def _tell_participants(self, job_id: str, action: str, prefix: str = "jobs") -> None:
+        """Best effort: POST /v1/PREFIX/JOB/ACTION to every other accepted participant."""
         for participant in self.store.participants(job_id):
             member = self.identity.manifest.member(participant["peer"])
             if participant["decision"] != "accepted" or member is None or member.name == self.name:
                 continue
             try:
-                await self.client.call("POST", f"{member.address}/v1/jobs/{job_id}/{action}", {})
+                await self.client.call("POST", f"{member.address}/v1/{prefix}/{job_id}/{action}", {})
             except PeerUnreachable as error:
                 log.warning("could not tell %s to %s job %s: %s", member.name, action, job_id, error)
+
+    async def _host_training(self, job: SignedJob, accepted: list[dict[str, Any]]) -> None:
+        """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""
+        keys = [p["reply"]["node_public_key"] for p in accepted]
+        try:
+            hosted = await asyncio.to_thread(training.start_hosting, job.config, self.config.state_dir,
+                                             self.identity, len(accepted), keys)
+        except FedsiloError as error:
+            await self.mailbox.ask(lambda: self._host_failed(job.job_id, f"the SuperLink did not start: {error}"))
+            return
+        self._running[job.job_id] = hosted
+        await self.mailbox.ask(lambda: self._set(job.job_id, "training", "job.training",
+                                                 f"SuperLink at {hosted.fleet_address}"))
+        for participant in accepted:
+            if participant["peer"] == self.name:
+                self._spawn(self._join(job.job_id, hosted.fleet_address))
+                continue
+            member = self.identity.manifest.member(participant["peer"])
+            try:
+                assert member is not None and member.address
+                await self.client.call("POST", f"{member.address}/v1/jobs/{job.job_id}/start",
+                                       {"fleet_address": hosted.fleet_address})
+            except PeerUnreachable as error:
+                log.warning("could not start %s in job %s: %s", participant["peer"], job.job_id, error)
+        try:
+            result = await asyncio.to_thread(training.finish_hosting, hosted)
+        except FedsiloError as error:
+            await self.mailbox.ask(lambda: self._host_failed(job.job_id, f"training failed: {error}"))
+            return
+        finally:
+            self._running.pop(job.job_id, None)
+        reports = await self._await_reports(job.job_id, [p["peer"] for p in accepted])
+        card = build_card(job, self.store.participants(job.job_id), reports, result.metrics)
+        files = {"model.safetensors": result.model_path, "encoder.json": result.encoder_path,
+                 "metrics.json": result.model_path.with_name("metrics.json")}
+        await self.publish_model(job.job_id, files, card)
+        await self.mailbox.ask(lambda: self._set(job.job_id, "finished", "job.finished",
+                                                 f"model published; {len(reports)} of {len(accepted)} participants "
+                                                 "reported their spending"))
+        await self._tell_participants(job.job_id, "replicate", prefix="models")
+
+    async def _await_reports(self, job_id: str, peers: list[str]) -> dict[str, dict[str, Any]]:
+        """The participants' spending reports, waiting up to REPORT_WAIT_SECONDS for all of them."""
+        deadline = asyncio.get_running_loop().time() + REPORT_WAIT_SECONDS
+        while True:
+            reports = {p["peer"]: p["reply"]["report"] for p in self.store.participants(job_id)
+                       if p["peer"] in peers and p["reply"] and "report" in p["reply"]}
+            if len(reports) == len(peers) or asyncio.get_running_loop().time() > deadline:
+                return reports
+            await asyncio.sleep(0.2)
+
+    async def _host_failed(self, job_id: str, reason: str) -> None:
+        job = self.store.job(job_id)
+        if job is None or job.state not in ACTIVE_STATES:
+            return
+        with self.store.transaction():
+            if job.state != "training":  # nothing was released yet: the reservation goes back
+                self._release_own(job_id)
+            self.store.set_state(job_id, "failed", reason)
+            self.store.audit.append("local", "job.failed", "ok", reason, job=job_id)
+        self._spawn(self._tell_participants(job_id, "cancel"))
+
+    async def _set(self, job_id: str, state: str, action: str, detail: str) -> None:
+        with self.store.transaction():
+            self.store.set_state(job_id, state, detail)
+            self.store.audit.append("local", action, "ok", detail, job=job_id)
+
+    async def report(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
+        """A participant reports what its accountant spent in a job this peer hosts."""
+        async def work() -> dict[str, Any]:
+            job = self.store.job(job_id)
+            if job is None or not job.hosting:
+                raise Refused(f"job {job_id} is not hosted here", 404)
+            participant = next((p for p in self.store.participants(job_id) if p["peer"] == caller.name), None)
+            if participant is None or participant["decision"] != "accepted":
+                raise Refused(f"{caller.name} is not an accepted participant of job {job_id}", 403)
+            with self.store.transaction():
+                self._record_report(job_id, participant, _checked_report(body))
+                self.store.audit.append(caller.name, "job.report", "ok", f"ε = {body['epsilon']:.4f}", job=job_id)
+            return {"ok": True}
+        return await self._run(caller.name, "job.report", work, job=job_id)
+
+    def _record_report(self, job_id: str, participant: dict[str, Any], report: dict[str, Any]) -> None:
+        self.store.set_participant(job_id, participant["peer"], "accepted", participant["reason"],
+                                   {**participant["reply"], "report": report})
 
     # -- jobs at a participant --------------------------------------------------------
     async def propose(self, caller: Member, envelope: Any) -> dict[str, Any]:
@@ -271,10 +361,10 @@ class PeerService:
         facts = await asyncio.to_thread(source_facts, source, job)
         planned = planned_mechanisms(job, facts)
         status = self.ledger.status(source.name)
+        node_key = await asyncio.to_thread(training.node_public_key, self.config.state_dir)
         return {"decision": "accepted", "peer": self.name, "rows": facts.rows, "n_train": facts.n_train,
-                "fingerprint": facts.fingerprint, "summary": facts.summary,
-                "planned": [m.to_dict() for m in planned], "delta": status.delta,
-                "node_public_key": None}
+                "fingerprint": facts.fingerprint, "planned": [m.to_dict() for m in planned], "delta": status.delta,
+                "accountant": status.accountant, "node_public_key": node_key}
 
     def _reserve(self, job: SignedJob, reply: dict[str, Any], actor: str) -> None:
         """Reserve the planned mechanism (inside the caller's store transaction)."""
@@ -285,6 +375,118 @@ class PeerService:
             raise Refused(f"budget: {error}", 403) from None
         self.store.audit.append(actor, "budget.reserve", "ok", f"projected ε = {projected:.4f} of "
                                 f"{self.config.sources[job.source].epsilon:g}", job=job.job_id, source=job.source)
+
+    async def start_training(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
+        """The host says training starts: join its SuperLink with this peer's SuperNode."""
+        async def work() -> dict[str, Any]:
+            job = self.store.job(job_id)
+            if job is None:
+                raise Refused(f"no job {job_id!r} here", 404)
+            if caller.name != job.host:
+                raise Refused(f"only the host {job.host} may start job {job_id}", 403)
+            if job.state != "accepted":
+                raise Refused(f"job {job_id} is {job.state}, not waiting to start", 409)
+            if not isinstance(body, dict) or not isinstance(body.get("fleet_address"), str):
+                raise Refused("the body must be {\"fleet_address\": \"HOST:PORT\"}", 400)
+            await self._set(job_id, "training", "job.training", f"joining {body['fleet_address']}")
+            self._spawn(self._join(job_id, body["fleet_address"]))
+            return self._view(job_id)
+        return await self._run(caller.name, "job.start", work, job=job_id)
+
+    async def _join(self, job_id: str, fleet_address: str) -> None:
+        """Run this peer's SuperNode for the job, then commit what its accountant spent."""
+        job = self.store.job(job_id)
+        assert job is not None and job.source is not None
+        config, _ = parse_document(job.envelope["job"])
+        source = self.config.sources[job.source]
+        try:
+            joined = await asyncio.to_thread(training.start_joining, config, self.config.state_dir, self.identity,
+                                             fleet_address, source)
+            self._running[f"{job_id}/peer"] = joined
+            spent = await asyncio.to_thread(training.finish_joining, joined)
+            failure = None
+        except FedsiloError as error:
+            spent, failure = training.spent_so_far(self.config.state_dir, job_id), str(error)
+        finally:
+            self._running.pop(f"{job_id}/peer", None)
+        report = await self.mailbox.ask(lambda: self._close_participation(job_id, spent, failure))
+        if report is None:
+            return
+        if job.hosting:
+            async def record() -> None:
+                participant = next(p for p in self.store.participants(job_id) if p["peer"] == self.name)
+                with self.store.transaction():
+                    self._record_report(job_id, participant, report)
+            await self.mailbox.ask(record)
+            return
+        member = self.identity.manifest.member(job.host)
+        try:
+            assert member is not None and member.address
+            await self.client.call("POST", f"{member.address}/v1/jobs/{job_id}/report", report)
+        except PeerUnreachable as error:
+            log.warning("could not report job %s to its host: %s", job_id, error)
+
+    async def _close_participation(self, job_id: str, spent: list[Mechanism], failure: str | None
+                                   ) -> dict[str, Any] | None:
+        """Commit `spent` (or release an untouched reservation); returns the report for the host."""
+        job = self.store.job(job_id)
+        if job is None or job.source is None or job.state != "training":
+            return None  # cancelled meanwhile (cancel settled the ledger)
+        source = self.config.sources[job.source]
+        with self.store.transaction():
+            if spent:
+                self.ledger.commit(job.source, job_id, spent)
+                epsilon = epsilon_spent(spent, source.delta, source.accountant)
+                self.store.audit.append("local", "budget.commit", "ok", f"ε = {epsilon:.4f} spent",
+                                        job=job_id, source=job.source)
+            else:
+                self._release_own(job_id)
+                epsilon = 0.0
+            spent_json = [m.to_dict() for m in spent]
+            if failure:
+                self.store.set_state(job_id, "failed", failure, spent=spent_json)
+                self.store.audit.append("local", "job.failed", "ok", failure, job=job_id, source=job.source)
+            else:
+                self.store.set_state(job_id, "finished", f"spent ε = {epsilon:.4f} of data source {job.source}",
+                                     spent=spent_json)
+                self.store.audit.append("local", "job.finished", "ok", f"ε = {epsilon:.4f}", job=job_id,
+                                        source=job.source)
+        return {"spent": spent_json, "epsilon": epsilon, "delta": source.delta, "accountant": source.accountant,
+                "failed": failure}
+
+    async def replicate(self, caller: Member, job_id: str) -> dict[str, Any]:
+        """The host announces the job's model: fetch, verify and keep a copy."""
+        async def work() -> dict[str, Any]:
+            job = self.store.job(job_id)
+            if job is None or job.hosting:
+                raise Refused(f"no participation in job {job_id!r} here", 404)
+            if caller.name != job.host:
+                raise Refused(f"only the host {job.host} may announce the model of job {job_id}", 403)
+            self._spawn(self._fetch_replica(job_id, job.host))
+            return {"ok": True}
+        return await self._run(caller.name, "model.replicate", work, job=job_id)
+
+    async def _fetch_replica(self, job_id: str, host: str) -> None:
+        member = self.identity.manifest.member(host)
+        assert member is not None and member.address
+        staging = self.store.models_dir / job_id / ".incoming"
+        try:
+            card = await pull_model(self.client, member.address, job_id, staging)
+        except FedsiloError as error:
+            log.warning("could not replicate the model of job %s: %s", job_id, error)
+            await self.record_refusal(host, "model.replicate", f"the model did not verify: {error}")
+            return
+
+        async def keep() -> None:
+            final = self.store.models_dir / job_id / f"v{card['version']}"
+            if final.exists():
+                return
+            staging.rename(final)
+            with self.store.transaction():
+                self.store.add_model(job_id, int(card["version"]), final, card["signer"])
+                self.store.audit.append(host, "model.replicate", "ok", f"version {card['version']} verified",
+                                        job=job_id)
+        await self.mailbox.ask(keep)
 
     # -- either side ------------------------------------------------------------------
     async def cancel(self, caller: Member, job_id: str) -> dict[str, Any]:
@@ -297,12 +499,20 @@ class PeerService:
                 raise Refused(f"{caller.name} may not cancel job {job_id}: only its owner or host can", 403)
             if job.state not in ACTIVE_STATES:
                 raise Refused(f"job {job_id} is already {job.state}", 409)
+            for key in (job_id, f"{job_id}/peer"):
+                running = self._running.pop(key, None)
+                if running is not None:
+                    await asyncio.to_thread(running.stop)
+            spent = training.spent_so_far(self.config.state_dir, job_id) if job.state == "training" else []
             with self.store.transaction():
-                released = self._release_own(job_id)
-                self.store.set_state(job_id, "cancelled", f"cancelled by {caller.name}")
-                self.store.audit.append(caller.name, "job.cancel", "ok",
-                                        "reservation released" if released else "no reservation held",
-                                        job=job_id, source=job.source)
+                if spent and job.source:
+                    self.ledger.commit(job.source, job_id, spent)
+                    settled = "what its accountant spent before the cancel is committed"
+                else:
+                    settled = "reservation released" if self._release_own(job_id) else "no reservation held"
+                self.store.set_state(job_id, "cancelled", f"cancelled by {caller.name}",
+                                     spent=[m.to_dict() for m in spent] if spent else None)
+                self.store.audit.append(caller.name, "job.cancel", "ok", settled, job=job_id, source=job.source)
             if job.hosting:
                 self._spawn(self._tell_participants(job_id, "cancel"))
             return self._view(job_id)
@@ -375,6 +585,17 @@ class PeerService:
             raise Refused("this job's nonce was seen before: a replayed job is refused", 409)
 
 
+def _checked_report(body: Any) -> dict[str, Any]:
+    """A participant's spending report, checked; Refused 400 otherwise."""
+    try:
+        spent = [Mechanism.from_dict(m) for m in body["spent"]]
+        epsilon, delta = float(body["epsilon"]), float(body["delta"])
+        return {"spent": [m.to_dict() for m in spent], "epsilon": epsilon, "delta": delta,
+                "accountant": str(body.get("accountant", "rdp")), "failed": body.get("failed")}
+    except (KeyError, TypeError, ValueError, FedsiloError) as exc:
+        raise Refused(f"a report is {{spent: [mechanisms], epsilon, delta}} ({exc})", 400) from None
+
+
 def _job_id(envelope: Any) -> str | None:
     try:
         value = envelope["job"]["job_id"]
@@ -382,6 +603,3 @@ def _job_id(envelope: Any) -> str | None:
     except (TypeError, KeyError):
         return None
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, allow_nan=False)
