@@ -24,12 +24,14 @@ from peers.daemon.openapi import spec
 from peers.daemon.service import PeerService
 from peers.errors import Refused
 from peers.identity.consortium import Identity
+from peers.identity.manifest import Member
 from peers.identity.pki import certificate_fingerprint
 from peers.identity.tls import server_context
 from privacy.errors import FedsiloError
 
 log = logging.getLogger("fedsilo.peer")
 SERVICE = web.AppKey("service", PeerService)
+MEMBER = web.RequestKey("member", Member)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -51,7 +53,7 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
         await service.record_refusal("unknown", f"{request.method} {request.path}",
                                      f"client certificate {fingerprint} is not in the consortium manifest")
         return _error(403, "your certificate is not a member's in this peer's consortium manifest")
-    request["member"] = member
+    request[MEMBER] = member
     try:
         return await handler(request)
     except Refused as refusal:
@@ -95,7 +97,7 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({"peer": service.name, "consortium": service.identity.manifest.consortium,
                               "manifest_version": service.identity.manifest.version, "jobs": counts,
                               "sources": sorted(service.config.sources), "models": len(service.store.models()),
-                              "you": request["member"].name})
+                              "you": request[MEMBER].name})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -104,12 +106,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def submit_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).submit(request["member"], body), status=201)
+    return web.json_response(await _service(request).submit(request[MEMBER], body), status=201)
 
 
 async def propose_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).propose(request["member"], body))
+    return web.json_response(await _service(request).propose(request[MEMBER], body))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -126,23 +128,23 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     await read_json(request)
-    return web.json_response(await _service(request).cancel(request["member"], request.match_info["job_id"]))
+    return web.json_response(await _service(request).cancel(request[MEMBER], request.match_info["job_id"]))
 
 
 async def start_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).start_training(request["member"], request.match_info["job_id"],
+    return web.json_response(await _service(request).start_training(request[MEMBER], request.match_info["job_id"],
                                                                     body))
 
 
 async def report_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).report(request["member"], request.match_info["job_id"], body))
+    return web.json_response(await _service(request).report(request[MEMBER], request.match_info["job_id"], body))
 
 
 async def replicate_model(request: web.Request) -> web.Response:
     await read_json(request)
-    return web.json_response(await _service(request).replicate(request["member"], request.match_info["job_id"]))
+    return web.json_response(await _service(request).replicate(request[MEMBER], request.match_info["job_id"]))
 
 
 def _model(request: web.Request) -> tuple[str, Any]:
@@ -150,15 +152,15 @@ def _model(request: web.Request) -> tuple[str, Any]:
     found = service.store.model(job_id)
     if found is None:
         raise Refused(f"no model of job {job_id!r} here", 404)
-    if not service.may_read_model(request["member"], job_id):
-        raise Refused(f"{request['member'].name} may not pull the model of job {job_id}: only its owner, its "
+    if not service.may_read_model(request[MEMBER], job_id):
+        raise Refused(f"{request[MEMBER].name} may not pull the model of job {job_id}: only its owner, its "
                       "participants and the readers in this peer's policy can", 403)
     return job_id, found
 
 
 async def list_models(request: web.Request) -> web.Response:
     service = _service(request)
-    visible = [m for m in service.store.models() if service.may_read_model(request["member"], m["job_id"])]
+    visible = [m for m in service.store.models() if service.may_read_model(request[MEMBER], m["job_id"])]
     return web.json_response({"models": [{k: m[k] for k in ("job_id", "version", "signer", "created")}
                                          for m in visible]})
 

@@ -74,7 +74,12 @@ class PeerService:
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished_task)
+
+    def _finished_task(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work of peer %s failed", self.name, exc_info=task.exception())
 
     async def _open(self) -> None:
         """Set each source's budget from peer.toml, then reconcile the store with the ledger."""
@@ -443,7 +448,9 @@ class PeerService:
                 self._release_own(job_id)
                 epsilon = 0.0
             spent_json = [m.to_dict() for m in spent]
-            if failure:
+            if job.hosting:  # the hosting side decides the job's final state
+                self.store.set_state(job_id, "training", job.detail, spent=spent_json)
+            elif failure:
                 self.store.set_state(job_id, "failed", failure, spent=spent_json)
                 self.store.audit.append("local", "job.failed", "ok", failure, job=job_id, source=job.source)
             else:
