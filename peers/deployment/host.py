@@ -43,6 +43,8 @@ from peers.job import JobConfig
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 STARTUP_TIMEOUT_SECONDS = 60.0
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's SuperExec waits 1 s between checks by default
+SUPEREXEC_POLL_SECONDS = "0.1"
 POLL_SECONDS = 0.2
 
 
@@ -138,18 +140,20 @@ def _read_result(directory: Path, run_id: int) -> TrainingResult:
     return TrainingResult(model, json.loads(metrics.read_text()), run_id, directory / "encoder.json")
 
 
-def _wait_until_up(control: ControlHttpClient, supervisor: Supervisor) -> None:
+def _wait_until_up(host: str, port: int, control: ControlHttpClient, supervisor: Supervisor) -> None:
+    """Return once the SuperLink accepts connections and answers its Control API."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while True:
         supervisor.check()
         try:
-            control.ListRuns(ListRunsRequest())
-            return
-        except Exception as exc:  # pylint: disable=broad-exception-caught  # not listening yet
+            socket.create_connection((host, port), timeout=POLL_SECONDS).close()
+            break
+        except OSError:
             if time.monotonic() > deadline:
-                raise DeploymentError(f"the SuperLink did not answer within {STARTUP_TIMEOUT_SECONDS:.0f} s "
-                                      f"({exc.__class__.__name__}); see {supervisor.log_dir}") from None
+                raise DeploymentError(f"the SuperLink did not listen on {host}:{port} within "
+                                      f"{STARTUP_TIMEOUT_SECONDS:.0f} s; see {supervisor.log_dir}") from None
             time.sleep(POLL_SECONDS)
+    control.ListRuns(ListRunsRequest())
 
 
 def deployment_job(job: JobConfig) -> JobConfig:
@@ -174,7 +178,8 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
     (work_dir / "result").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     address = f"{host}:{port}"
-    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir, {HOST_OUTPUT_ENV: str(work_dir / "result")}))
+    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir, {
+        HOST_OUTPUT_ENV: str(work_dir / "result"), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_SECONDS}))
     control: ControlHttpClient | None = None
     try:
         link = supervisor.start("superlink", [
@@ -185,7 +190,7 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
             venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", address,
             "--root-certificates", str(tls.ca_cert), "--parent-pid", str(link.process.pid)])
         control = _control_client(address, Path(tls.ca_cert))
-        _wait_until_up(control, supervisor)
+        _wait_until_up(host, port, control, supervisor)
         for key in keys:
             control.RegisterNode(RegisterNodeRequest(public_key=key))
         app_dir = work_dir / "app"

@@ -2,7 +2,8 @@
 
 `join_training` starts, under one `Supervisor`:
 
-- `flower-supernode`, connecting to the host's SuperLink over TLS (verifying it against
+- `flower-supernode` (through `peers.deployment.supernode`, which shortens its
+  polling waits), connecting to the host's SuperLink over TLS (verifying it against
   the consortium CA), authenticating with the peer's node key
   (`node_auth_keypair`), in `--isolation process`, with node config `data-path` (the
   peer's own table; it never leaves the machine) and `state-dir` (`work_dir`);
@@ -93,7 +94,7 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
     try:
         supernode = supervisor.start("supernode", [
-            venv_command("flower-supernode"), "--superlink", fleet_address, "--root-certificates", str(ca_cert),
+            sys.executable, "-m", "peers.deployment.supernode", "--superlink", fleet_address, "--root-certificates", str(ca_cert),
             "--auth-supernode-private-key", str(key), "--isolation", "process",
             "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--max-retries", str(CONNECT_RETRIES),
             "--node-config", _node_config(Path(data_path).resolve(), work_dir)])

@@ -75,8 +75,10 @@ def run_task(address: str, token: str, client_app: ClientApp) -> None:
         declared = fab_client_app(fab.content)
         if declared != CLIENT_APP:
             raise PermissionError(f"this SuperNode runs only {CLIENT_APP}; the run's app declares {declared}")
+        started = time.perf_counter()
         reply = client_app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
+        LOGGER.info("%s handled in %.3f s", message.metadata.message_type, time.perf_counter() - started)
     except Exception as ex:  # pylint: disable=broad-exception-caught  # reported to the SuperNode like flwr-clientapp
         LOGGER.exception("ClientApp task failed")
         details = f"{type(ex)}:<'{ex}'>"

@@ -15,9 +15,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from peers.flower_app import HOST_OUTPUT_ENV
 from peers.job import JobConfig
-from peers.server.deployed import (announce_finish, fit_encoder_from_peers, output_directory, wait_for_peers,
+from peers.server.deployed import (RoundClock, announce_finish, fit_encoder_from_peers, output_directory, wait_for_peers,
                                    write_result)
 from peers.server.host import JobHost
+from peers.server.polling_grid import PromptGrid
 
 app = ServerApp()
 
@@ -29,10 +30,12 @@ def main(grid: Grid, context: Context) -> None:
         JobHost(job).run(grid, context)
         return
     output = output_directory(os.environ.get(HOST_OUTPUT_ENV))
+    grid = PromptGrid(grid)
     nodes = wait_for_peers(grid, job.peers)
     encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
     encoder_path = output / "encoder.json"
     encoder_path.write_text(encoder.to_json())
-    outcome = JobHost(replace(job, encoder_path=str(encoder_path))).run(grid, context)
-    write_result(output, job.job_id, outcome)
+    clock = RoundClock()
+    outcome = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round).run(grid, context)
+    write_result(output, job.job_id, outcome, clock.seconds)
     announce_finish(grid, nodes, job.job_id)

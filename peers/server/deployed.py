@@ -82,8 +82,22 @@ def announce_finish(grid: Grid, nodes: list[int], job_id: str) -> None:
     _ask(grid, nodes, FINISH, {"job-id": job_id})
 
 
-def write_result(directory: Path, job_id: str, outcome: HostedRun) -> None:
-    """`model.safetensors` and `metrics.json` (per round: each peer's train/evaluate metrics)."""
+class RoundClock:
+    """Wall time of each round: from the end of the previous round's evaluation (or the start) to the end of its own."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.seconds: dict[int, float] = {}
+
+    def on_round(self, stage: str, server_round: int, _metrics: list[dict], _errors: list[str]) -> None:
+        if stage == "evaluate":
+            now = time.monotonic()
+            self.seconds[server_round] = now - self.last
+            self.last = now
+
+
+def write_result(directory: Path, job_id: str, outcome: HostedRun, seconds: dict[int, float] | None = None) -> None:
+    """`model.safetensors` and `metrics.json` (per round: each peer's train/evaluate metrics, wall time)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in outcome.weights.items()}, str(directory / "model.safetensors"),
               metadata={"fedsilo.job": job_id})
@@ -92,6 +106,7 @@ def write_result(directory: Path, job_id: str, outcome: HostedRun) -> None:
     rounds = sorted(set(strategy.train) | set(strategy.evaluate))
     per_round = [{
         "round": r,
+        "seconds": (seconds or {}).get(r),
         "train": strategy.train.get(r, []),
         "evaluate": strategy.evaluate.get(r, []),
         "errors": strategy.errors.get(r, []),
