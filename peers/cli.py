@@ -210,10 +210,27 @@ def model_pull(args: argparse.Namespace) -> int:
         async with PeerClient(identity, timeout=600) as client:
             return await pull_model(client, args.peer, args.job_id, args.out)
     card = asyncio.run(run())
-    print(json.dumps(card, indent=2))
+    _print_card(card)
     print(f"verified: signed by {card['signer']} (consortium CA, manifest), {len(card['artifacts'])} file(s) match "
-          f"their SHA-256; model {args.job_id} version {card['version']} in {args.out}")
+          f"their SHA-256; model {args.job_id} version {card['version']} in {args.out} "
+          f"(full card: {args.out / 'model_card.json'})")
     return 0
+
+
+def _print_card(card: dict[str, Any]) -> None:
+    job, metrics = card["job"], card["metrics"]
+    print(f"model {card['job_id']} v{card['version']}: {job['model']['kind']} {job['model']['hidden']}, "
+          f"{job['strategy']}, {job['rounds']} rounds, DP {job['dp']['mode']} (target ε = {job['dp']['epsilon']:g}, "
+          f"δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}")
+    print(f"owner {job['owner']}, host {job['host']}, created {card['created']}")
+    if metrics.get("final_auc") is not None:
+        print(f"held-out ROC-AUC after the last round (example-weighted over peers): {metrics['final_auc']:.4f}")
+    for peer in card["participants"]:
+        spent = (f"ε = {peer['epsilon']:.4f}, δ = {peer['delta']:g}" if peer["reported"]
+                 else "did not report its spending")
+        print(f"  {peer['peer']:<14} {spent}, {peer['rows']} rows, data {peer['data_fingerprint'][:23]}…")
+    for name, facts in card["artifacts"].items():
+        print(f"  {name:<18} {facts['bytes']:>10} bytes  sha256 {facts['sha256'][:16]}…")
 
 
 # -- audit -----------------------------------------------------------------------------

@@ -35,7 +35,6 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
                      "spent": None if report is None else report["spent"],
                      "reported": report is not None})
     rounds = metrics.get("rounds", [])
-    last = rounds[-1] if rounds else {}
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -53,7 +52,22 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
                                  f"{config.dp.epsilon:g}, δ = {config.dp.delta:g})",
                     "secure_aggregation": "SecAgg+: the host saw only the sum of each round's updates"
                     if config.secagg.enabled else "off: the host saw each DP-protected update"},
-        "metrics": {"rounds": len(rounds), "final_round_evaluate": last.get("evaluate", []),
-                    "errors": sum(len(r.get("errors", [])) for r in rounds)},
+        "metrics": _final_metrics(rounds),
         "software": package_versions(),
     }
+
+
+def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last round's held-out metrics, each peer's and their example-weighted mean."""
+    evaluated = [r for r in rounds if r.get("evaluate")]
+    last = evaluated[-1]["evaluate"] if evaluated else []
+    total = sum(m.get("num-examples", 0) for m in last)
+
+    def mean(key: str) -> float | None:
+        values = [(m[key], m.get("num-examples", 0)) for m in last if key in m]
+        return sum(v * n for v, n in values) / total if values and total else None
+    return {"rounds": len(rounds), "final_auc": mean("auc"), "final_loss": mean("loss"),
+            "final_per_peer": [{"auc": m.get("auc"), "loss": m.get("loss"), "test_rows": m.get("num-examples")}
+                               for m in last],
+            "errors": sum(len(r.get("errors", [])) for r in rounds),
+            "note": "held-out metrics each peer reports on its own test rows, in the clear (not covered by DP)"}
