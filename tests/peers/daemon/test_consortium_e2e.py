@@ -75,8 +75,12 @@ def call(consortium, member, method, url, body=None):
 
 def wait_for(consortium, peer, job_id, states, timeout=TRAINING_TIMEOUT):
     deadline = time.monotonic() + timeout
+    view = {"state": "unknown here", "detail": "the host has not proposed it yet"}
     while time.monotonic() < deadline:
-        view = call(consortium, OWNER, "GET", f"{consortium.addresses[peer]}/v1/jobs/{job_id}")
+        try:
+            view = call(consortium, OWNER, "GET", f"{consortium.addresses[peer]}/v1/jobs/{job_id}")
+        except PeerUnreachable as error:  # 404 until the host's proposal arrives
+            assert "404" in str(error), error
         if view["state"] in states:
             return view
         time.sleep(1)
