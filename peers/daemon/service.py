@@ -63,6 +63,9 @@ class PeerService:
         await self.mailbox.ask(self._open)
 
     async def stop(self) -> None:
+        """Stop the engine processes of running jobs (they show as interrupted at the next start)."""
+        for running in list(self._running.values()):
+            await asyncio.to_thread(running.stop)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
