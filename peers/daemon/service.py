@@ -177,8 +177,8 @@ class PeerService:
             check_policy(job, self.config.policy)
             reply = await self._participation(job) if self.name in job.participants else None
             with self.store.transaction():
-                self.store.insert_job(job.job_id, job.owner, job.host, True, reply and job.source, "proposing",
-                                      job.envelope, job.nonce)
+                self.store.insert_job(job.job_id, job.owner, job.host, True,
+                                      job.source if reply is not None else None, "proposing", job.envelope, job.nonce)
                 for peer in job.participants:
                     if peer == self.name:
                         self.store.set_participant(job.job_id, peer, "accepted", "", reply)

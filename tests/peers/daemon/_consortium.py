@@ -24,7 +24,6 @@ from peers.daemon.config import load_config
 from peers.daemon.service import PeerService
 from peers.daemon.signed_job import sign_job
 from peers.identity.consortium import Identity, admit, init_consortium, init_peer
-from peers.identity.signing import canonical_json  # noqa: F401  (re-exported for tests)
 
 OWNER = "risk-dept"
 

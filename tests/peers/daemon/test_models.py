@@ -10,6 +10,7 @@ from peers.daemon.model_pull import pull_model
 from peers.daemon.model_store import publish, verify_artifact
 from peers.daemon.store import PeerStore
 from peers.errors import PeerUnreachable, SignatureError
+from privacy.errors import FedsiloError
 
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
@@ -102,6 +103,6 @@ def test_pull_refuses_a_non_empty_destination(consortium, tmp_path):
     async def body():
         async with member_client(consortium, OWNER) as owner:
             await pull_model(owner, consortium.addresses["bank-a"], "pull-1", tmp_path / "out")
-    with pytest.raises(Exception, match="not empty"):
+    with pytest.raises(FedsiloError, match="not empty"):
         run(body())
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"
