@@ -33,7 +33,6 @@ from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRu
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
 
 from peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from peers.deployment.tls import TLSFiles, public_key_pem
@@ -79,8 +78,7 @@ def job_environment(work_dir: Path, extra: dict[str, str] | None = None) -> dict
 def _control_client(address: str, ca_cert: Path) -> ControlHttpClient:
     return ControlHttpClient.from_server_address(
         server_address=address, insecure=False, root_certificates=ca_cert.read_bytes(),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-        retry_invoker=make_simple_http_retry_invoker())
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])  # no retries: a dead link is news
 
 
 @dataclass
@@ -112,7 +110,13 @@ class HostedTraining:
         try:
             while True:
                 self.supervisor.check()
-                status, sub_status, details = self.status()
+                try:
+                    status, sub_status, details = self.status()
+                except Exception as exc:  # pylint: disable=broad-exception-caught  # httpx/protobuf errors
+                    time.sleep(POLL_SECONDS)
+                    self.supervisor.check()  # the SuperLink died: say so
+                    raise DeploymentError(f"the SuperLink of job {self.job.job_id} stopped answering "
+                                          f"({exc.__class__.__name__}: {exc})") from None
                 if status == Status.FINISHED:
                     break
                 if deadline is not None and time.monotonic() > deadline:

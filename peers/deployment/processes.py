@@ -83,6 +83,10 @@ class Supervisor:
     def pids(self) -> list[int]:
         return [c.process.pid for c in self.children]
 
+    def alive(self) -> list[int]:
+        """Running processes left in the children's groups (grandchildren included)."""
+        return [pid for child in self.children for pid in live_group_members(child.process.pid)]
+
     def stop(self) -> None:
         """Stop every child's process group (SIGTERM, then SIGKILL after a grace period)."""
         if self._stopped:
@@ -103,6 +107,21 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 pass
         atexit.unregister(self.stop)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the running (not zombie) processes in process group `pgid` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -18,7 +18,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-DEFAULT_INTERVAL_SECONDS = 0.02
+DEFAULT_INTERVAL_SECONDS = 0.05
 
 
 class PromptGrid(Grid):
