@@ -61,13 +61,14 @@ class Supervisor:
         self._stopped = False
         atexit.register(self.stop)
 
-    def start(self, name: str, argv: Sequence[str]) -> Child:
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        """Start `argv` in its own session; `env` adds to the supervisor's environment."""
         if self._stopped:
             raise DeploymentError(f"cannot start {name}: this job's processes were already stopped")
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=self.env, start_new_session=True)
+                                       env={**self.env, **(env or {})}, start_new_session=True)
         child = Child(name, process, log_path)
         self.children.append(child)
         return child
