@@ -10,7 +10,9 @@
   group this module stops;
 
 then registers each accepted peer's node key and starts the run through the
-SuperLink's Control API (the app descriptor of `peers.flower_app`, built into a FAB
+SuperLink's Control API (the ServerApp is told the registered node ids, and uses no
+other node: Flower's open-source Control API has no account authentication, so anyone
+reaching the port could register a key of their own) (the app descriptor of `peers.flower_app`, built into a FAB
 with the job's run config). The ServerApp (`peers.server.app`) writes the final model
 and the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
 """
@@ -21,6 +23,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from pathlib import Path
@@ -33,11 +36,10 @@ from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRu
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
 
 from peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from peers.deployment.tls import TLSFiles, public_key_pem
-from peers.flower_app import HOST_OUTPUT_ENV, write_app_descriptor
+from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
 from peers.job import JobConfig
 
 MODEL_FILE = "model.safetensors"
@@ -79,8 +81,7 @@ def job_environment(work_dir: Path, extra: dict[str, str] | None = None) -> dict
 def _control_client(address: str, ca_cert: Path) -> ControlHttpClient:
     return ControlHttpClient.from_server_address(
         server_address=address, insecure=False, root_certificates=ca_cert.read_bytes(),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-        retry_invoker=make_simple_http_retry_invoker())
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])  # no retries: a dead link is news
 
 
 @dataclass
@@ -112,7 +113,13 @@ class HostedTraining:
         try:
             while True:
                 self.supervisor.check()
-                status, sub_status, details = self.status()
+                try:
+                    status, sub_status, details = self.status()
+                except Exception as exc:  # pylint: disable=broad-exception-caught  # httpx/protobuf errors
+                    time.sleep(POLL_SECONDS)
+                    self.supervisor.check()  # the SuperLink died: say so
+                    raise DeploymentError(f"the SuperLink of job {self.job.job_id} stopped answering "
+                                          f"({exc.__class__.__name__}: {exc})") from None
                 if status == Status.FINISHED:
                     break
                 if deadline is not None and time.monotonic() > deadline:
@@ -186,16 +193,18 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
             venv_command("flower-superlink"), "--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
             "--ssl-keyfile", str(tls.key), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
             "--isolation", "process", "--host", host, "--port", str(port)])
-        supervisor.start("superexec", [
-            venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", address,
-            "--root-certificates", str(tls.ca_cert), "--parent-pid", str(link.process.pid)])
         control = _control_client(address, Path(tls.ca_cert))
         _wait_until_up(host, port, control, supervisor)
-        for key in keys:
-            control.RegisterNode(RegisterNodeRequest(public_key=key))
+        nodes = [control.RegisterNode(RegisterNodeRequest(public_key=key)).node_id for key in keys]
+        supervisor.start("superexec", [
+            venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", address,
+            "--root-certificates", str(tls.ca_cert), "--parent-pid", str(link.process.pid)],
+            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)})
         app_dir = work_dir / "app"
         write_app_descriptor(app_dir, deployment_job(job).to_run_config(), version)
-        fab_bytes = build_fab_from_disk(app_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # pathspec's, inside Flower's FAB builder
+            fab_bytes = build_fab_from_disk(app_dir)
         response = control.StartRun(StartRunRequest(fab=fab_to_proto(Fab(sha256(fab_bytes).hexdigest(), fab_bytes, {})),
                                                     override_config=user_config_to_proto({})))
         if not response.HasField("run_id"):

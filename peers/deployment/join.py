@@ -32,7 +32,8 @@ from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
 
 POLL_SECONDS = 0.2
-CONNECT_RETRIES = 5
+CONNECT_RETRIES = 3
+REFUSED_MARK = "Failed to activate SuperNode"  # what flower-supernode logs when the SuperLink rejects its key
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def _node_config(data_path: Path, state_dir: Path) -> str:
 class JoinedTraining:
     job: JobConfig
     work_dir: Path
+    fleet_address: str
     supervisor: Supervisor
 
     def wait(self, timeout: float | None = None) -> JoinResult:
@@ -62,7 +64,7 @@ class JoinedTraining:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
-                self.supervisor.check()
+                self._check()
                 record = node_state.read_privacy(self.work_dir, self.job.job_id)
                 if record is not None and record.finished:
                     return JoinResult(list(record.spent))
@@ -72,6 +74,16 @@ class JoinedTraining:
                 time.sleep(POLL_SECONDS)
         finally:
             self.stop()
+
+    def _check(self) -> None:
+        try:
+            self.supervisor.check()
+        except DeploymentError as error:
+            if REFUSED_MARK in self.supervisor.children[0].log_tail():
+                raise DeploymentError(f"the SuperLink at {self.fleet_address} refused this peer's SuperNode for job "
+                                      f"{self.job.job_id}: its node key is not one the host authorized "
+                                      f"(log: {self.supervisor.children[0].log_path})") from error
+            raise
 
     def stop(self) -> None:
         """Stop the SuperNode and the ClientApp (idempotent)."""
@@ -100,7 +112,7 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
             "--node-config", _node_config(Path(data_path).resolve(), work_dir)])
         supervisor.start("clientapp", [sys.executable, "-m", "peers.deployment.warm_clientapp",
                                        "--runtime-api-address", runtime, "--parent-pid", str(supernode.process.pid)])
-        return JoinedTraining(job, work_dir, supervisor)
+        return JoinedTraining(job, work_dir, fleet_address, supervisor)
     except BaseException:
         supervisor.stop()
         raise

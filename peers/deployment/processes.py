@@ -61,13 +61,14 @@ class Supervisor:
         self._stopped = False
         atexit.register(self.stop)
 
-    def start(self, name: str, argv: Sequence[str]) -> Child:
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        """Start `argv` in its own session; `env` adds to the supervisor's environment."""
         if self._stopped:
             raise DeploymentError(f"cannot start {name}: this job's processes were already stopped")
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=self.env, start_new_session=True)
+                                       env={**self.env, **(env or {})}, start_new_session=True)
         child = Child(name, process, log_path)
         self.children.append(child)
         return child
@@ -82,6 +83,10 @@ class Supervisor:
 
     def pids(self) -> list[int]:
         return [c.process.pid for c in self.children]
+
+    def alive(self) -> list[int]:
+        """Running processes left in the children's groups (grandchildren included)."""
+        return [pid for child in self.children for pid in live_group_members(child.process.pid)]
 
     def stop(self) -> None:
         """Stop every child's process group (SIGTERM, then SIGKILL after a grace period)."""
@@ -103,6 +108,21 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 pass
         atexit.unregister(self.stop)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the running (not zombie) processes in process group `pgid` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _signal_group(pgid: int, sig: int) -> None:

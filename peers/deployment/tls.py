@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -62,7 +63,7 @@ def node_auth_keypair(directory: Path) -> bytes:
                                                serialization.NoEncryption()))
     try:
         private = serialization.load_ssh_private_key(path.read_bytes(), None)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(f"{path} is not an OpenSSH private key: remove it to have a new one made") from None
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path} is not an elliptic-curve key: remove it to have a new one made")
@@ -78,7 +79,7 @@ def public_key_pem(public_key: bytes) -> bytes:
     try:
         key = (serialization.load_pem_public_key(public_key) if public_key.lstrip().startswith(b"-----")
                else serialization.load_ssh_public_key(public_key))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError("a node public key is neither an OpenSSH line nor PEM: "
                           "use the bytes node_auth_keypair returned") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):

@@ -5,9 +5,10 @@ itself: it queues each message as a task on its Runtime API, and an outside exec
 acquires the task (a one-time token) and runs it. Flower's own executor (SuperExec)
 starts a fresh `flwr-clientapp` process per task, which re-imports torch every time.
 This process is a SuperExec that keeps one ClientApp loaded instead: it imports the
-fedsilo ClientApp once, then for every task it acquires, it runs Flower's own
-task-input, message-push and task-output calls (`flwr.supernode.runtime.run_clientapp`)
-against that loaded app. Tasks therefore run one at a time, exactly as the SuperNode
+fedsilo ClientApp once, then for every task it acquires, it runs the steps of
+`flwr-clientapp` (`flwr.supernode.runtime.run_clientapp`: pull the task input, call
+the app, push the reply and the task output, with Flower's own functions; only the
+retry backoff of the input pull is shorter) against that loaded app. Tasks therefore run one at a time, exactly as the SuperNode
 hands them out; the Context travels through the SuperNode as with `flwr-clientapp`.
 
 It runs only the fedsilo ClientApp: a task whose app (FAB) names any other
@@ -29,22 +30,56 @@ import tomllib
 import zipfile
 from types import FrameType
 
-from flwr.app import Error, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
 from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
+from flwr.supercore.fab import Fab
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (make_confirm_message_received_fn_protobuf,
+                                                                 make_pull_object_fn_protobuf)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from peers.flower_app import CLIENT_APP
 
 LOGGER = logging.getLogger("fedsilo.warm_clientapp")
-DEFAULT_POLL_SECONDS = 0.02
+DEFAULT_POLL_SECONDS = 0.05
+OBJECT_PULL_INITIAL_BACKOFF = 0.01
+OBJECT_PULL_BACKOFF_CAP = 0.2
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """Flower's `run_clientapp.pull_task_input`, with a short retry backoff for the message's objects.
+
+    The SuperNode hands out a task before it has pulled the message's objects from
+    the SuperLink; Flower's default backoff (1 s, doubling) would cost seconds per message.
+    """
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node = Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=OBJECT_PULL_INITIAL_BACKOFF, backoff_cap=OBJECT_PULL_BACKOFF_CAP)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does: the id is not in the deflated message
+    return message, context, run, fab
 
 
 def fab_client_app(fab_content: bytes) -> str:
@@ -127,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS,
                         help="pause between checks for a new task when idle")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s", force=True)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)  # SIGINT to this process when the SuperNode is gone
     serve(args.runtime_api_address, args.poll_seconds)

@@ -2,8 +2,8 @@
 
 It reads the job from `context.run_config` (see `peers.flower_app`) and hosts it. A
 job with no encoder path is a deployed one (`peers.server.deployed`): the encoder is
-first fitted from the peers' summaries, and the result is written into the directory
-`FEDSILO_HOST_OUTPUT` names. The simulation harness builds its own `JobHost`
+first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
+take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. The simulation harness builds its own `JobHost`
 instead, to attach a yardstick evaluation and a progress display.
 """
 
@@ -13,9 +13,10 @@ from dataclasses import replace
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from peers.flower_app import HOST_OUTPUT_ENV
+from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
 from peers.job import JobConfig
-from peers.server.deployed import (RoundClock, announce_finish, fit_encoder_from_peers, output_directory, wait_for_peers,
+from peers.server.deployed import (RoundClock, announce_finish, fit_encoder_from_peers, job_nodes, output_directory,
+                                   wait_for_peers,
                                    write_result)
 from peers.server.host import JobHost
 from peers.server.polling_grid import PromptGrid
@@ -30,7 +31,7 @@ def main(grid: Grid, context: Context) -> None:
         JobHost(job).run(grid, context)
         return
     output = output_directory(os.environ.get(HOST_OUTPUT_ENV))
-    grid = PromptGrid(grid)
+    grid = PromptGrid(grid, nodes=job_nodes(os.environ.get(JOB_NODES_ENV)))
     nodes = wait_for_peers(grid, job.peers)
     encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
     encoder_path = output / "encoder.json"

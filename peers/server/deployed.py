@@ -119,6 +119,18 @@ def write_result(directory: Path, job_id: str, outcome: HostedRun, seconds: dict
     (directory / "metrics.json").write_text(json.dumps({"job": job_id, "rounds": per_round}, indent=2) + "\n")
 
 
+def job_nodes(value: str | None) -> list[int]:
+    """The node ids the host registered for the job (comma-separated)."""
+    try:
+        nodes = [int(part) for part in (value or "").split(",") if part.strip()]
+    except ValueError:
+        nodes = []
+    if not nodes:
+        raise ConfigError("a deployed job's ServerApp needs FEDSILO_JOB_NODES (the registered node ids); "
+                          "start it with peers.deployment.host_training")
+    return nodes
+
+
 def output_directory(value: str | None) -> Path:
     if not value:
         raise ConfigError("a deployed job's ServerApp needs FEDSILO_HOST_OUTPUT (the host's result directory); "

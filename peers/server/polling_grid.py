@@ -7,6 +7,11 @@ waiting. `PromptGrid` wraps any Grid and implements `send_and_receive` with the
 Grid's own public `push_messages`/`pull_messages`, pulling every `interval` seconds;
 everything else is the wrapped grid's. The semantics are Flower's: replies are
 collected until all arrived or `timeout` passed.
+
+With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the job
+host registered for the job's accepting peers. Flower's Control API has no account
+authentication in its open-source distribution, so a node registered by anyone else
+on the same SuperLink is never sampled.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-DEFAULT_INTERVAL_SECONDS = 0.02
+DEFAULT_INTERVAL_SECONDS = 0.05
 
 
 class PromptGrid(Grid):
-    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL_SECONDS) -> None:
+    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL_SECONDS,
+                 nodes: Iterable[int] | None = None) -> None:
         self.inner = inner
         self.interval = interval
+        self.nodes = None if nodes is None else frozenset(nodes)
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
@@ -38,7 +45,8 @@ class PromptGrid(Grid):
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
+        ids = self.inner.get_node_ids()
+        return ids if self.nodes is None else [i for i in ids if i in self.nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(messages)
