@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 CLIENT_APP = "peers.client.app:app"
 SERVER_APP = "peers.server.app:app"
+HOST_OUTPUT_ENV = "FEDSILO_HOST_OUTPUT"  # where a deployed ServerApp writes its result (set by the host)
+JOB_NODES_ENV = "FEDSILO_JOB_NODES"  # the node ids a deployed ServerApp may use, comma-separated (set by the host)
 
 
 def _toml_value(value: Any) -> str:

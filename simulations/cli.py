@@ -16,6 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from peers.cli import register as register_peer_commands
 from privacy.errors import FedsiloError
 from simulations import audit_privacy_cli
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     # One line per command family; each registers its parsers with a `handler`.
     _simulate_parser(sub)
     audit_privacy_cli.register(sub)
+    register_peer_commands(sub)
     return parser
 
 

@@ -5,6 +5,12 @@ institution's SuperNode) or, under the Simulation Engine, from the job's `data.b
 and the node's `partition-id`; it reads the job from `context.run_config`. Nothing
 comes from simulation-only globals, so the same app runs under both engines.
 
+Under the Deployment Engine the node config also names `state-dir`, the peer's own
+directory (`peers.client.node_state`): the job's encoder arrives from the host in a
+`query.encoder` message (after the peer answered `query.summarize` with its
+aggregates) and is kept there, and so is the peer's accountant history, after every
+round, for the peer to commit to its own ledger.
+
 Replies carry the *inner* model's weights (never Opacus' `_module.` names), the
 number of training rows as `num-examples` (FedAvg's weight), and the ε this peer has
 spent so far in the job. The peer's accountant history is kept in `context.state`
@@ -25,7 +31,9 @@ from flwr.clientapp.typing import Mod
 
 from peers.client.mods.secagg import secagg_mod
 from peers.client.local_training import evaluate_weights, limit_threads, train_round
-from peers.data.bank import BankTensors, load_bank
+from peers.client import node_state
+from peers.data.bank import BankTensors, load_bank, read_table
+from peers.data.encoding import BankSummary
 from peers.job import JobConfig, encoder_path_for
 from peers.models import build_model, get_weights, select
 from privacy.accounting import Mechanism
@@ -48,7 +56,19 @@ def bank_data(job: JobConfig, context: Context) -> BankTensors:
     name = f"bank-{bank_index(context):05d}"
     data_path = context.node_config.get("data-path") or str(Path(job.banks_dir) / f"{name}.parquet")
     encoder_path = context.node_config.get("encoder-path") or encoder_path_for(job, name)
+    if not encoder_path:
+        encoder_path = str(node_state.encoder_file(_state_dir(context), job.job_id))
+        if not Path(encoder_path).exists():
+            raise ConfigError(f"job {job.job_id} has no encoder at this peer yet: the host must send it "
+                              f"(query.encoder) before training")
     return load_bank(str(data_path), str(encoder_path), job.train.test_fraction, job.train.seed)
+
+
+def _state_dir(context: Context) -> Path:
+    state_dir = context.node_config.get("state-dir")
+    if not state_dir:
+        raise ConfigError("this SuperNode has no state-dir in its node config: start it with peers.deployment")
+    return Path(str(state_dir))
 
 
 def _full_weights(job: JobConfig, data: BankTensors, context: Context,
@@ -121,6 +141,9 @@ def train(msg: Message, context: Context) -> Message:
     released = _keep_private(job, context, result.weights)
     if result.mechanism is not None:
         _store_history(context, job, [*history, result.mechanism])
+        if context.node_config.get("state-dir"):
+            node_state.write_privacy(_state_dir(context),
+                                     node_state.JobPrivacy(job.job_id, (*history, result.mechanism)))
     metrics = {
         "num-examples": result.num_examples,
         "train-loss": result.train_loss,
@@ -147,6 +170,49 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
+def _job_query(msg: Message, context: Context) -> tuple[JobConfig, ConfigRecord]:
+    job = JobConfig.from_run_config(context.run_config)
+    config = msg.content["config"]
+    if str(config["job-id"]) != job.job_id:
+        raise ConfigError(f"a message for job {config['job-id']} arrived in job {job.job_id}")
+    return job, config
+
+
+def summarize(msg: Message, context: Context) -> Message:
+    """Reply with this peer's per-column aggregates (never rows) for the job's encoder."""
+    try:
+        job, _ = _job_query(msg, context)
+        data_path = context.node_config.get("data-path")
+        if not data_path:
+            raise ConfigError("this SuperNode has no data-path in its node config")
+        summary = BankSummary.from_frame(read_table(str(data_path)), job.label)
+    except FedsiloError as error:
+        return _refuse(msg, error)
+    return Message(RecordDict({"config": ConfigRecord({"summary": json.dumps(summary.to_dict())})}), reply_to=msg)
+
+
+def keep_encoder(msg: Message, context: Context) -> Message:
+    """Keep the job's fitted encoder, sent by the host, in this peer's state directory."""
+    try:
+        job, config = _job_query(msg, context)
+        node_state.write_atomic(node_state.encoder_file(_state_dir(context), job.job_id), str(config["encoder"]))
+    except FedsiloError as error:
+        return _refuse(msg, error)
+    return Message(RecordDict({"config": ConfigRecord({"ok": True})}), reply_to=msg)
+
+
+def finish(msg: Message, context: Context) -> Message:
+    """Mark the job over in this peer's own privacy record (what it spent stays as its accountant wrote it)."""
+    try:
+        job, _ = _job_query(msg, context)
+        state_dir = _state_dir(context)
+        record = node_state.read_privacy(state_dir, job.job_id) or node_state.JobPrivacy(job.job_id, ())
+        node_state.write_privacy(state_dir, node_state.JobPrivacy(job.job_id, record.spent, finished=True))
+    except FedsiloError as error:
+        return _refuse(msg, error)
+    return Message(RecordDict({"config": ConfigRecord({"ok": True})}), reply_to=msg)
+
+
 def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     """The fedsilo ClientApp with `secagg_mod` innermost and any `mods` around it.
 
@@ -155,6 +221,9 @@ def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     client_app = ClientApp(mods=[*mods, secagg_mod])
     client_app.train()(train)
     client_app.evaluate()(evaluate)
+    client_app.query("summarize")(summarize)
+    client_app.query("encoder")(keep_encoder)
+    client_app.query("finish")(finish)
     return client_app
 
 

@@ -1,19 +1,42 @@
 """The ServerApp a job host runs under Flower's Deployment Engine.
 
-It reads the job from `context.run_config` (see `peers.flower_app`) and hosts it. The
-simulation harness builds its own `JobHost` instead, to attach a yardstick evaluation
-and a progress display.
+It reads the job from `context.run_config` (see `peers.flower_app`) and hosts it. A
+job with no encoder path is a deployed one (`peers.server.deployed`): the encoder is
+first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
+take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. The simulation harness builds its own `JobHost`
+instead, to attach a yardstick evaluation and a progress display.
 """
+
+import os
+from dataclasses import replace
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
 from peers.job import JobConfig
+from peers.server.deployed import (RoundClock, announce_finish, fit_encoder_from_peers, job_nodes, output_directory,
+                                   wait_for_peers,
+                                   write_result)
 from peers.server.host import JobHost
+from peers.server.polling_grid import PromptGrid
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    JobHost(JobConfig.from_run_config(context.run_config)).run(grid, context)
+    job = JobConfig.from_run_config(context.run_config)
+    if job.encoder_path:
+        JobHost(job).run(grid, context)
+        return
+    output = output_directory(os.environ.get(HOST_OUTPUT_ENV))
+    grid = PromptGrid(grid, nodes=job_nodes(os.environ.get(JOB_NODES_ENV)))
+    nodes = wait_for_peers(grid, job.peers)
+    encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
+    encoder_path = output / "encoder.json"
+    encoder_path.write_text(encoder.to_json())
+    clock = RoundClock()
+    outcome = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round).run(grid, context)
+    write_result(output, job.job_id, outcome, clock.seconds)
+    announce_finish(grid, nodes, job.job_id)

@@ -20,6 +20,7 @@ from safetensors.numpy import load_file
 
 from peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
 from peers.models import build_model, get_weights, select
+from peers.server.polling_grid import PromptGrid
 from privacy.errors import ConfigError
 from strategies.factory import build_strategy
 from strategies.observer import Observed, RoundCallback
@@ -70,6 +71,8 @@ class JobHost:
             # Simulation only: Flower's in-memory grid polls for replies every 0.1 s, which
             # dominates a round's extra exchanges (secure aggregation adds three).
             grid.pull_interval = SIMULATION_PULL_INTERVAL
+        elif not isinstance(grid, PromptGrid):
+            grid = PromptGrid(grid)  # Deployment: Flower's HttpGrid waits 3 s between pulls
         initial_weights = self.initial_weights()
         n_params = int(sum(v.size for v in initial_weights.values()))
         strategy = build_strategy(

@@ -241,6 +241,14 @@ class PrivacyLedger(abc.ABC):
         with self._transaction(write=False):
             return sorted(self._list_sources())
 
+    def jobs(self, source: str) -> dict[str, JobRecord]:
+        """The reserved and committed jobs of ``source`` by id (a snapshot); LedgerError if unknown.
+
+        For reconciling the ledger with a job store after a crash."""
+        with self._transaction(write=False):
+            self._require_source(source)
+            return self._get_jobs(source)
+
     # -- helpers ------------------------------------------------------------------
 
     def _status(

@@ -8,36 +8,14 @@ a model file can be traced back to the run that made it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from peers.provenance import package_versions, sha256_file
+
 CARD_SCHEMA = "fedsilo.model-card/1"
-TRACKED_PACKAGES = ("fedsilo", "flwr", "torch", "opacus", "numpy", "pandas", "ray", "cryptography",
-                    "safetensors", "scipy")
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of fedsilo and the packages its results depend on."""
-    versions = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_card(*, run_name: str, job: dict[str, Any], data: dict[str, Any], participants: list[dict[str, Any]],

@@ -1,0 +1,143 @@
+"""A deployed round against the same round in simulation: round time, deployed / simulated.
+
+The same job (the credit MLP, local DP-SGD, secure aggregation on, FedAvg) over the
+same banks runs twice, one after the other:
+
+* ``simulation`` -- Flower's Simulation Engine (Ray, one virtual SuperNode per bank),
+  as `fedsilo simulate` runs it;
+* ``deployment`` -- Flower's Deployment Engine on 127.0.0.1, as two institutions'
+  machines would: a SuperLink over TLS with SuperNode authentication (a throwaway CA,
+  `peers.deployment.local_ca`), the ServerApp under its SuperExec, and per bank a
+  SuperNode with its warm ClientApp (`peers.deployment.host_training` /
+  `join_training`), each bank reading its own CSV file.
+
+Round time = from the end of round r-1's evaluation to the end of round r's (strategy
+callback, `RoundClock`), so start-up, the encoder fit and data loading are outside
+every round. Round 1 of each arm is a warm-up and is not counted; the figure is the
+median over rounds 2..R. Data: the UCI credit-card table (`--data`), split into the
+banks by an IID partition (seeded).
+
+    python bench/deployed_round.py                    # 3 banks, 5 rounds, UCI data
+    python bench/deployed_round.py --rounds 3 --banks 2
+
+The last line is the ratio. A measurement, not a pass/fail test: other processes on
+the machine move the figures (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peers.client.app import app as client_app  # noqa: E402
+from peers.data.encoding import TabularEncoder  # noqa: E402
+from peers.deployment import host_training, join_training, node_auth_keypair  # noqa: E402
+from peers.deployment.local_ca import make_local_tls  # noqa: E402
+from peers.job import JobConfig, TrainSpec  # noqa: E402
+from peers.server.deployed import RoundClock  # noqa: E402
+from peers.server.host import JobHost, server_app  # noqa: E402
+from simulations.data.loader import load_table  # noqa: E402
+from simulations.data.partition import parse_partitioner  # noqa: E402
+from simulations.engine import run_flower_simulation  # noqa: E402
+from simulations.federation import fedsilo_version  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_Credit_Card.csv"
+
+
+def bank_frames(data: Path, label: str, id_column: str | None, banks: int, seed: int):
+    table = load_table(data, label=label, id_column=id_column)
+    parts = parse_partitioner("iid").split(table[label].to_numpy(), banks, seed)
+    return [table.iloc[sorted(rows)].reset_index(drop=True) for rows in parts]
+
+
+def simulated(job: JobConfig, frames, work: Path) -> dict[int, float]:
+    banks_dir = work / "banks"
+    banks_dir.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        frame.to_parquet(banks_dir / f"bank-{i:05d}.parquet", index=False)
+    encoder_path = work / "encoder.json"
+    encoder_path.write_text(TabularEncoder.fit_frames(frames, job.label).to_json())
+    job = replace(job, encoder_path=str(encoder_path), banks_dir=str(banks_dir))
+    clock = RoundClock()
+    host = JobHost(job, on_round=clock.on_round)
+    run_flower_simulation(server_app(host), client_app, len(frames), job.to_run_config(), work / "app",
+                          fedsilo_version())
+    return clock.seconds
+
+
+def deployed(job: JobConfig, frames, work: Path) -> dict[int, float]:
+    tls = make_local_tls(work / "tls")
+    keys, paths = [], []
+    for i, frame in enumerate(frames):
+        peer = work / f"peer-{i}"
+        peer.mkdir(parents=True)
+        frame.to_csv(peer / "data.csv", index=False)
+        paths.append(peer / "data.csv")
+        keys.append(node_auth_keypair(peer / "keys"))
+    hosted = host_training(job, work / "host", tls, keys)
+    joined = []
+    try:
+        joined = [join_training(job, work / f"peer-{i}" / "work", hosted.fleet_address, tls.ca_cert,
+                                work / f"peer-{i}" / "keys", paths[i]) for i in range(len(frames))]
+        result = hosted.wait(timeout=60 * 30)
+        for peer in joined:
+            peer.wait(timeout=60)
+    finally:
+        hosted.stop()
+        for peer in joined:
+            peer.stop()
+    return {int(r["round"]): float(r["seconds"]) for r in result.metrics["rounds"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--label", default="Y")
+    parser.add_argument("--id-column", default="ID")
+    parser.add_argument("--banks", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=("simulation", "deployment"), help="run one arm only (no ratio)")
+    parser.add_argument("--keep", type=Path, help="keep the arms' files and logs in this (new) directory")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be ≥ 2 (round 1 is a warm-up)")
+    frames = bank_frames(args.data, args.label, args.id_column, args.banks, args.seed)
+    job = JobConfig(label=args.label, encoder_path="", job_id="bench-deployed-round", peers=args.banks,
+                    train=TrainSpec(rounds=args.rounds, seed=args.seed))
+    print(f"{args.banks} banks × {min(len(f) for f in frames)}–{max(len(f) for f in frames)} rows of "
+          f"{args.data.name}; {args.rounds} rounds of local DP-SGD + SecAgg+ FedAvg; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="fedsilo-bench-deployed-"))
+    try:
+        times = {}
+        for arm, run in (("simulation", simulated), ("deployment", deployed)):
+            if args.only and arm != args.only:
+                continue
+            started = time.monotonic()
+            times[arm] = run(job, frames, root / arm)
+            print(f"{arm:>11}: rounds " + ", ".join(f"{times[arm][r]:.2f}" for r in sorted(times[arm]))
+                  + f" s  (whole run {time.monotonic() - started:.1f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    if args.only:
+        return 0
+    medians = {arm: statistics.median(t[r] for r in t if r >= 2) for arm, t in times.items()}
+    print(f"median round (rounds 2..{args.rounds}): simulation {medians['simulation']:.2f} s, "
+          f"deployment {medians['deployment']:.2f} s")
+    print(f"deployed round / simulated round: ×{medians['deployment'] / medians['simulation']:.2f} (goal ≤ ×2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""The peer network's commands: consortium, peer, job, model, audit.
+
+    fedsilo consortium init --dir DIR --name NAME         root CA + empty signed manifest
+    fedsilo consortium admit REQUEST --dir DIR ...        sign a member's request, add it to the manifest
+    fedsilo peer init --name NAME --dir DIR               a member's key (0600) and certificate request
+    fedsilo peer start --config peer.toml                 run the peer daemon (mutual TLS)
+    fedsilo peer status|budget --peer URL                 ask a peer
+    fedsilo job submit job.toml --peer URL                sign a job as a model owner and submit it
+    fedsilo job show|list|cancel ... --peer URL
+    fedsilo model pull JOB --peer URL --out DIR           download, verify, print the card
+    fedsilo audit verify|show --config peer.toml          check / list a peer's audit log
+
+`register(sub)` adds them all; simulations/cli.py calls it once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from peers.errors import IdentityError
+
+IDENTITY_HELP = "your identity directory: peer.key, peer.pem, ca.pem, manifest.json (default ./identity)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _consortium(sub)
+    _peer(sub)
+    _job(sub)
+    _model(sub)
+    _audit(sub)
+
+
+# -- consortium ------------------------------------------------------------------------
+def _consortium(sub: argparse._SubParsersAction) -> None:
+    family = sub.add_parser("consortium", help="create a consortium's root CA and admit members")
+    commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = commands.add_parser("init", help="create the root CA and an empty signed manifest")
+    init.add_argument("--dir", required=True, type=Path, help="new directory for ca.key, ca.pem, manifest.json")
+    init.add_argument("--name", required=True, help="the consortium's name (lower-case, digits, '-')")
+    init.set_defaults(handler=consortium_init)
+    admit = commands.add_parser("admit", help="sign a member's certificate request and add it to the manifest")
+    admit.add_argument("request", type=Path, help="the member's peer.csr (from `fedsilo peer init`)")
+    admit.add_argument("--dir", required=True, type=Path, help="the consortium directory")
+    admit.add_argument("--roles", default="peer", help="comma-separated: peer, model-owner (default peer)")
+    admit.add_argument("--address", help="https://HOST:PORT where the peer's daemon listens (needed for role peer)")
+    admit.add_argument("--out", type=Path, help="where to write the certificate (default: peer.pem next to REQUEST)")
+    admit.set_defaults(handler=consortium_admit)
+
+
+def consortium_init(args: argparse.Namespace) -> int:
+    from peers.identity.consortium import init_consortium
+    manifest = init_consortium(args.dir, args.name)
+    print(f"consortium {manifest.consortium}: root CA {args.dir / 'ca.pem'} (key {args.dir / 'ca.key'}, mode 0600), "
+          f"manifest {args.dir / 'manifest.json'} (version {manifest.version}, no members)")
+    return 0
+
+
+def consortium_admit(args: argparse.Namespace) -> int:
+    from peers.identity.consortium import admit
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    out = args.out or args.request.with_name("peer.pem")
+    member = admit(args.dir, args.request, roles, args.address, out)
+    where = f" at {member.address}" if member.address else ""
+    print(f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
+          f"({member.fingerprint[:23]}…); manifest {args.dir / 'manifest.json'} updated: "
+          "give every member its new copy")
+    return 0
+
+
+# -- peer ------------------------------------------------------------------------------
+def _peer(sub: argparse._SubParsersAction) -> None:
+    family = sub.add_parser("peer", help="a member's keys, its daemon, and questions to a peer")
+    commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = commands.add_parser("init", help="create a key (mode 0600) and a certificate request")
+    init.add_argument("--name", required=True, help="the member's name (lower-case, digits, '-')")
+    init.add_argument("--dir", type=Path, default=Path("identity"), help="new identity directory (default ./identity)")
+    init.set_defaults(handler=peer_init)
+    start = commands.add_parser("start", help="run the peer daemon (HTTPS with mutual TLS) until interrupted")
+    start.add_argument("--config", required=True, help="peer.toml (identity, state, policy, data sources)")
+    start.set_defaults(handler=peer_start)
+    for name, what in (("status", "a peer's name, jobs and sources"), ("budget", "a peer's remaining privacy budget")):
+        command = commands.add_parser(name, help=what)
+        command.add_argument("--peer", required=True, help="the peer's https://HOST:PORT")
+        command.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+        command.set_defaults(handler=peer_query, path=f"/v1/{name}")
+
+
+def peer_init(args: argparse.Namespace) -> int:
+    from peers.identity.consortium import init_peer
+    request = init_peer(args.dir, args.name)
+    print(f"{args.name}: key {args.dir / 'peer.key'} (mode 0600, keep it here), request {request}: "
+          "send the request to the consortium (`fedsilo consortium admit`)")
+    return 0
+
+
+def peer_start(args: argparse.Namespace) -> int:
+    from peers.daemon.app import run_daemon
+    return run_daemon(args.config)
+
+
+def peer_query(args: argparse.Namespace) -> int:
+    print(json.dumps(_call(args.identity, "GET", f"{args.peer.rstrip('/')}{args.path}"), indent=2))
+    return 0
+
+
+def _call(identity_dir: Path, method: str, url: str, body: Any = None) -> Any:
+    from peers.daemon.client import PeerClient
+    from peers.identity.consortium import Identity
+    identity = Identity.load(identity_dir)
+
+    async def run() -> Any:
+        async with PeerClient(identity) as client:
+            return await client.call(method, url, body)
+    return asyncio.run(run())
+
+
+# -- job -------------------------------------------------------------------------------
+def _job(sub: argparse._SubParsersAction) -> None:
+    family = sub.add_parser("job", help="submit, follow and cancel training jobs (model owners)")
+    commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
+    submit = commands.add_parser("submit", help="sign job.toml with your key and submit it to its host")
+    submit.add_argument("file", type=Path, help="job.toml (see README: Run a consortium)")
+    submit.add_argument("--peer", required=True, help="the host's https://HOST:PORT")
+    submit.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+    submit.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                        help="wait this long for the participants' decisions (default 30; 0: do not wait)")
+    submit.set_defaults(handler=job_submit)
+    for name, what in (("show", "a job's state and its participants' decisions"), ("cancel", "cancel a job")):
+        command = commands.add_parser(name, help=what)
+        command.add_argument("job_id", metavar="JOB")
+        command.add_argument("--peer", required=True, help="the peer's https://HOST:PORT")
+        command.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+        command.set_defaults(handler=job_show if name == "show" else job_cancel)
+    listing = commands.add_parser("list", help="the jobs a peer hosts or takes part in")
+    listing.add_argument("--peer", required=True, help="the peer's https://HOST:PORT")
+    listing.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+    listing.set_defaults(handler=job_list)
+
+
+def job_submit(args: argparse.Namespace) -> int:
+    import time
+
+    from peers.daemon.signed_job import job_document, sign_job
+    from peers.identity.consortium import Identity
+    identity = Identity.load(args.identity)
+    if not identity.manifest.member(identity.name).has("model-owner"):
+        raise IdentityError(f"{identity.name} is not a model owner: the consortium must admit it with "
+                            "--roles model-owner")
+    envelope = sign_job(identity, job_document(args.file, identity.name))
+    base = args.peer.rstrip("/")
+    view = _call(args.identity, "POST", f"{base}/v1/jobs", envelope)
+    job_id = view["job_id"]
+    print(f"job {job_id} signed by {identity.name} and submitted to {view['host']}: {view['state']}")
+    deadline = time.monotonic() + args.wait
+    while view["state"] == "proposing" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        view = _call(args.identity, "GET", f"{base}/v1/jobs/{job_id}")
+    _print_job(view)
+    return 0
+
+
+def _print_job(view: dict[str, Any]) -> None:
+    print(f"job {view['job_id']}: {view['state']}" + (f" ({view['detail']})" if view.get("detail") else ""))
+    for participant in view.get("participants", []):
+        reason = f": {participant['reason']}" if participant["reason"] else ""
+        print(f"  {participant['peer']:<16} {participant['decision']}{reason}")
+
+
+def job_show(args: argparse.Namespace) -> int:
+    _print_job(_call(args.identity, "GET", f"{args.peer.rstrip('/')}/v1/jobs/{args.job_id}"))
+    return 0
+
+
+def job_cancel(args: argparse.Namespace) -> int:
+    _print_job(_call(args.identity, "POST", f"{args.peer.rstrip('/')}/v1/jobs/{args.job_id}/cancel", {}))
+    return 0
+
+
+def job_list(args: argparse.Namespace) -> int:
+    for job in _call(args.identity, "GET", f"{args.peer.rstrip('/')}/v1/jobs")["jobs"]:
+        print(f"{job['job_id']:<24} {job['state']:<12} owner {job['owner']:<14} host {job['host']:<14} "
+              f"source {job['source'] or '-'}")
+    return 0
+
+
+# -- model -----------------------------------------------------------------------------
+def _model(sub: argparse._SubParsersAction) -> None:
+    family = sub.add_parser("model", help="pull and verify a job's signed model")
+    commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pull = commands.add_parser("pull", help="download a job's model, verify signature and hashes, print its card")
+    pull.add_argument("job_id", metavar="JOB")
+    pull.add_argument("--peer", required=True, help="a peer that holds the model: https://HOST:PORT")
+    pull.add_argument("--out", required=True, type=Path, help="new directory for the model files")
+    pull.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+    pull.set_defaults(handler=model_pull)
+
+
+def model_pull(args: argparse.Namespace) -> int:
+    from peers.daemon.client import PeerClient
+    from peers.daemon.model_pull import pull_model
+    from peers.identity.consortium import Identity
+    identity = Identity.load(args.identity)
+
+    async def run() -> dict[str, Any]:
+        async with PeerClient(identity, timeout=600) as client:
+            return await pull_model(client, args.peer, args.job_id, args.out)
+    card = asyncio.run(run())
+    _print_card(card)
+    print(f"verified: signed by {card['signer']} (consortium CA, manifest), {len(card['artifacts'])} file(s) match "
+          f"their SHA-256; model {args.job_id} version {card['version']} in {args.out} "
+          f"(full card: {args.out / 'model_card.json'})")
+    return 0
+
+
+def _print_card(card: dict[str, Any]) -> None:
+    job, metrics = card["job"], card["metrics"]
+    print(f"model {card['job_id']} v{card['version']}: {job['model']['kind']} {job['model']['hidden']}, "
+          f"{job['strategy']}, {job['rounds']} rounds, DP {job['dp']['mode']} (target ε = {job['dp']['epsilon']:g}, "
+          f"δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}")
+    print(f"owner {job['owner']}, host {job['host']}, created {card['created']}")
+    if metrics.get("final_auc") is not None:
+        print(f"held-out ROC-AUC after the last round (example-weighted over peers): {metrics['final_auc']:.4f}")
+    for peer in card["participants"]:
+        spent = (f"ε = {peer['epsilon']:.4f}, δ = {peer['delta']:g}" if peer["reported"]
+                 else "did not report its spending")
+        print(f"  {peer['peer']:<14} {spent}, {peer['rows']} rows, data {peer['data_fingerprint'][:23]}…")
+    for name, facts in card["artifacts"].items():
+        print(f"  {name:<18} {facts['bytes']:>10} bytes  sha256 {facts['sha256'][:16]}…")
+
+
+# -- audit -----------------------------------------------------------------------------
+def _audit(sub: argparse._SubParsersAction) -> None:
+    family = sub.add_parser("audit", help="check and read a peer's hash-chained audit log (on the peer's machine)")
+    commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = commands.add_parser("verify", help="check the hash chain; names the first broken entry")
+    show = commands.add_parser("show", help="who did what to which job and data source, when")
+    for command in (verify, show):
+        command.add_argument("--config", required=True, help="the peer's peer.toml (its state directory is read)")
+    show.add_argument("--job", help="only entries of this job")
+    show.add_argument("--source", help="only entries of this data source")
+    verify.set_defaults(handler=audit_verify)
+    show.set_defaults(handler=audit_show)
+
+
+def _audit_log(config_path: str) -> Any:
+    from peers.daemon.audit_log import AuditLog
+    from peers.daemon.config import load_config
+    path = load_config(config_path).state_dir / "state.sqlite"
+    if not path.is_file():
+        raise IdentityError(f"{path} does not exist: the peer has not run yet")
+    return AuditLog(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    check = _audit_log(args.config).verify()
+    if check.ok:
+        print(f"audit log intact: {check.entries} entries, each hashing the one before")
+        return 0
+    print(f"audit log BROKEN at entry {check.first_broken}: {check.reason}")
+    return 1
+
+
+def audit_show(args: argparse.Namespace) -> int:
+    for entry in _audit_log(args.config).entries():
+        if (args.job and entry.job != args.job) or (args.source and entry.source != args.source):
+            continue
+        target = " ".join(x for x in (f"job={entry.job}" if entry.job else "",
+                                      f"source={entry.source}" if entry.source else "") if x)
+        print(f"{entry.seq:>4} {entry.time} {entry.actor:<14} {entry.action:<16} {entry.outcome:<8} {target}"
+              + (f"  {entry.detail}" if entry.detail else ""))
+    return 0

@@ -1,0 +1,279 @@
+"""The daemon's HTTP API (aiohttp) over mutual TLS, and `run_daemon` behind `fedsilo peer start`.
+
+Every request arrives over TLS with a client certificate the consortium CA signed (the
+TLS layer refuses anything else). The `identify` middleware maps the certificate's
+fingerprint to a manifest member and refuses (403, audited) a certificate that is not
+a member's. Bodies are JSON, at most `peer.max-body-bytes` (413 above), malformed JSON
+is a 400; every refusal is written to the audit log and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from peers.daemon.config import PeerConfig, load_config
+from peers.daemon.model_store import CARD, SIGNATURE
+from peers.daemon.openapi import spec
+from peers.daemon.service import PeerService
+from peers.errors import Refused
+from peers.identity.consortium import Identity
+from peers.identity.manifest import Member
+from peers.identity.pki import certificate_fingerprint
+from peers.identity.tls import server_context
+from privacy.errors import FedsiloError
+
+log = logging.getLogger("fedsilo.peer")
+SERVICE = web.AppKey("service", PeerService)
+MEMBER = web.RequestKey("member", Member)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Attach the calling member; refuse unknown certificates; turn refusals into JSON errors."""
+    service = request.app[SERVICE]
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    if not der:
+        return _error(401, "a client certificate from the consortium CA is required")
+    fingerprint = certificate_fingerprint(der)
+    member = service.member_for(fingerprint)
+    if member is None:
+        await service.record_refusal("unknown", f"{request.method} {request.path}",
+                                     f"client certificate {fingerprint} is not in the consortium manifest")
+        return _error(403, "your certificate is not a member's in this peer's consortium manifest")
+    request[MEMBER] = member
+    try:
+        return await handler(request)
+    except Refused as refusal:
+        if not refusal.audited:
+            await service.record_refusal(member.name, f"{request.method} {request.path}", str(refusal))
+        return _error(refusal.status, str(refusal))
+    except FedsiloError as error:
+        await service.record_refusal(member.name, f"{request.method} {request.path}", str(error))
+        return _error(400, str(error))
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; Refused 413 if too large, 400 if not JSON."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes", 413) \
+            from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(f"the request body is not valid JSON ({exc})", 400) from None
+
+
+MAX_BODY = web.AppKey("max_body", int)
+
+
+def _service(request: web.Request) -> PeerService:
+    return request.app[SERVICE]
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "peer": _service(request).name})
+
+
+async def status(request: web.Request) -> web.Response:
+    service = _service(request)
+    counts: dict[str, int] = {}
+    for job in service.store.jobs():
+        counts[job.state] = counts.get(job.state, 0) + 1
+    return web.json_response({"peer": service.name, "consortium": service.identity.manifest.consortium,
+                              "manifest_version": service.identity.manifest.version, "jobs": counts,
+                              "sources": sorted(service.config.sources), "models": len(service.store.models()),
+                              "you": request[MEMBER].name})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(spec())
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).submit(request[MEMBER], body), status=201)
+
+
+async def propose_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).propose(request[MEMBER], body))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    service = _service(request)
+    return web.json_response({"jobs": [j.summary() for j in service.store.jobs()]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    view = _service(request).job_view(request.match_info["job_id"])
+    if view is None:
+        raise Refused(f"no job {request.match_info['job_id']!r} here", 404)
+    return web.json_response(view)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    await read_json(request)
+    return web.json_response(await _service(request).cancel(request[MEMBER], request.match_info["job_id"]))
+
+
+async def start_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).start_training(request[MEMBER], request.match_info["job_id"],
+                                                                    body))
+
+
+async def report_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).report(request[MEMBER], request.match_info["job_id"], body))
+
+
+async def replicate_model(request: web.Request) -> web.Response:
+    await read_json(request)
+    return web.json_response(await _service(request).replicate(request[MEMBER], request.match_info["job_id"]))
+
+
+def _model(request: web.Request) -> tuple[str, Any]:
+    service, job_id = _service(request), request.match_info["job_id"]
+    found = service.store.model(job_id)
+    if found is None:
+        raise Refused(f"no model of job {job_id!r} here", 404)
+    if not service.may_read_model(request[MEMBER], job_id):
+        raise Refused(f"{request[MEMBER].name} may not pull the model of job {job_id}: only its owner, its "
+                      "participants and the readers in this peer's policy can", 403)
+    return job_id, found
+
+
+async def list_models(request: web.Request) -> web.Response:
+    service = _service(request)
+    visible = [m for m in service.store.models() if service.may_read_model(request[MEMBER], m["job_id"])]
+    return web.json_response({"models": [{k: m[k] for k in ("job_id", "version", "signer", "created")}
+                                         for m in visible]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    job_id, (version, directory, signer) = _model(request)
+    card = json.loads((directory / CARD).read_text())
+    return web.json_response({"job_id": job_id, "version": version, "host": signer, "files": sorted(card["artifacts"])})
+
+
+async def model_card(request: web.Request) -> web.Response:
+    _, (_, directory, _) = _model(request)
+    return web.json_response(json.loads((directory / CARD).read_text()))
+
+
+async def model_file(request: web.Request) -> web.StreamResponse:
+    job_id, (_, directory, _) = _model(request)
+    name = request.match_info["name"]
+    card = json.loads((directory / CARD).read_text())
+    if name not in (CARD, SIGNATURE, *card["artifacts"]):
+        raise Refused(f"the model of job {job_id} has no file {name!r}", 404)
+    return web.FileResponse(directory / name, chunk_size=1 << 20)
+
+
+async def audit_export(request: web.Request) -> web.Response:
+    since = request.query.get("since", "0")
+    if not since.isdigit():
+        raise Refused("since must be a non-negative integer (an entry's seq)", 400)
+    service = _service(request)
+    check = service.store.audit.verify()
+    return web.json_response({"peer": service.name, "chain_ok": check.ok, "first_broken": check.first_broken,
+                              "entries": [e.to_dict() for e in service.store.audit.entries(int(since))]})
+
+
+async def budget(request: web.Request) -> web.Response:
+    return web.json_response({"peer": _service(request).name, "sources": _service(request).budgets()})
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/v1/health", health),
+    ("GET", "/v1/status", status),
+    ("GET", "/v1/openapi.json", openapi),
+    ("POST", "/v1/jobs", submit_job),
+    ("GET", "/v1/jobs", list_jobs),
+    ("GET", "/v1/jobs/{job_id}", get_job),
+    ("POST", "/v1/jobs/{job_id}/cancel", cancel_job),
+    ("POST", "/v1/jobs/{job_id}/start", start_job),
+    ("POST", "/v1/jobs/{job_id}/report", report_job),
+    ("POST", "/v1/proposals", propose_job),
+    ("GET", "/v1/models", list_models),
+    ("GET", "/v1/models/{job_id}", get_model),
+    ("GET", "/v1/models/{job_id}/card", model_card),
+    ("GET", "/v1/models/{job_id}/files/{name}", model_file),
+    ("POST", "/v1/models/{job_id}/replicate", replicate_model),
+    ("GET", "/v1/audit", audit_export),
+    ("GET", "/v1/budget", budget),
+]
+
+
+def build_app(service: PeerService, max_body: int) -> web.Application:
+    app = web.Application(middlewares=[identify], client_max_size=max_body)
+    app[SERVICE] = service
+    app[MAX_BODY] = max_body
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await service.start()
+        yield
+        await service.stop()
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def listen_address(identity: Identity) -> tuple[str, int]:
+    member = identity.manifest.member(identity.name)
+    if member is None or not member.address:
+        raise FedsiloError(f"{identity.name} has no address in the manifest: admit it with --address")
+    parts = urlsplit(member.address)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web.AppRunner, PeerService, int]:
+    """Start the daemon in the running loop (port from the manifest, or `port`; 0 = any free)."""
+    identity = Identity.load(config.identity_dir)
+    service = PeerService(config, identity)
+    host, manifest_port = listen_address(identity)
+    runner = web.AppRunner(build_app(service, config.max_body_bytes), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, manifest_port if port is None else port,
+                       ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path))
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, service, bound
+
+
+def run_daemon(config_path: str) -> int:
+    """`fedsilo peer start`: serve until SIGINT or SIGTERM."""
+    config = load_config(config_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        runner, service, port = await start_daemon(config)
+        print(f"peer {service.name} listening on https://{listen_address(service.identity)[0]}:{port} "
+              f"(state: {config.state_dir})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+        print(f"peer {service.name} stopped", flush=True)
+
+    asyncio.run(main())
+    return 0

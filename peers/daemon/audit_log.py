@@ -1,0 +1,116 @@
+"""A hash-chained, append-only audit log in the peer's SQLite state.
+
+Entry `n` stores `prev_hash` = the hash of entry `n-1` (64 zeros for the first) and
+`hash` = SHA-256 of the canonical JSON of all its other fields, `prev_hash` included.
+Changing, inserting or deleting an entry in the middle breaks the chain at that entry
+or the one after it, which `verify` names. Assumption: the chain alone cannot show
+that the newest entries were cut off; export the log (`GET /v1/audit`) to a place the
+peer's operator cannot rewrite to detect that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import sqlite3
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from peers.identity.signing import canonical_json
+
+GENESIS = "0" * 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq       INTEGER PRIMARY KEY,
+    time      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    job       TEXT,
+    source    TEXT,
+    outcome   TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+"""
+FIELDS = ("seq", "time", "actor", "action", "job", "source", "outcome", "detail", "prev_hash", "hash")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who (`actor`: a member name, or 'local' for the peer itself) did `action` to `job`/`source`."""
+
+    seq: int
+    time: str
+    actor: str
+    action: str
+    job: str | None
+    source: str | None
+    outcome: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def entry_hash(fields: dict[str, Any]) -> str:
+    body = {k: fields[k] for k in FIELDS if k != "hash"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    entries: int
+    first_broken: int | None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+
+class AuditLog:
+    """Appends to and checks the `audit` table of an open SQLite connection.
+
+    `append` must run inside the caller's write transaction, so that an audit entry and
+    the state change it records are committed together or not at all.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        conn.executescript(SCHEMA)
+
+    def append(self, actor: str, action: str, outcome: str, detail: str = "", job: str | None = None,
+               source: str | None = None) -> AuditEntry:
+        last = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        fields = {"seq": seq, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                  "actor": actor, "action": action, "job": job, "source": source, "outcome": outcome,
+                  "detail": detail, "prev_hash": prev}
+        fields["hash"] = entry_hash(fields)
+        self._conn.execute(f"INSERT INTO audit ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
+                           tuple(fields[k] for k in FIELDS))
+        return AuditEntry(**fields)
+
+    def entries(self, since: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        query = f"SELECT {', '.join(FIELDS)} FROM audit WHERE seq > ? ORDER BY seq"
+        rows = self._conn.execute(query + (" LIMIT ?" if limit else ""), (since, limit) if limit else (since,))
+        return [AuditEntry(*row) for row in rows]
+
+    def verify(self) -> ChainCheck:
+        """Walk the chain from the first entry; names the first entry that does not fit."""
+        prev, expected_seq, count = GENESIS, 1, 0
+        for row in self._conn.execute(f"SELECT {', '.join(FIELDS)} FROM audit ORDER BY seq"):
+            entry = dict(zip(FIELDS, row))
+            count += 1
+            if entry["seq"] != expected_seq:
+                return ChainCheck(count, entry["seq"], f"entry {expected_seq} is missing")
+            if entry["prev_hash"] != prev:
+                return ChainCheck(count, entry["seq"], "its prev_hash is not the hash of the entry before it")
+            if entry_hash(entry) != entry["hash"]:
+                return ChainCheck(count, entry["seq"], "its content does not match its hash (it was altered)")
+            prev, expected_seq = entry["hash"], expected_seq + 1
+        return ChainCheck(count, None)

@@ -1,0 +1,72 @@
+"""Calling a peer's API over mutual TLS (aiohttp client), for peers and for the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from peers.errors import PeerUnreachable
+from peers.identity.consortium import Identity
+from peers.identity.tls import client_context
+
+CHUNK = 1 << 20
+
+
+class PeerClient:
+    """An aiohttp session presenting `identity`'s certificate; use `async with`."""
+
+    def __init__(self, identity: Identity, timeout: float = 30.0, connections: int = 100) -> None:
+        self.identity = identity
+        self._ssl = client_context(identity.ca_path, identity.cert_path, identity.key_path)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "PeerClient":
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections),
+                                              timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, method: str, url: str, body: Any = None) -> Any:
+        """The JSON reply; PeerUnreachable with the peer's error message on any failure."""
+        assert self._session is not None, "use PeerClient in `async with`"
+        try:
+            async with self._session.request(method, url, json=body) as reply:
+                text = await reply.text()
+                if reply.status >= 400:
+                    raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(text)}")
+                return json.loads(text) if text else None
+        except aiohttp.ClientError as exc:
+            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
+        except TimeoutError:
+            raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
+
+    async def download(self, url: str, destination: Path) -> int:
+        """Stream `url` into `destination`; returns the bytes written."""
+        assert self._session is not None, "use PeerClient in `async with`"
+        written = 0
+        try:
+            async with self._session.get(url) as reply:
+                if reply.status >= 400:
+                    raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(await reply.text())}")
+                with destination.open("wb") as handle:
+                    async for chunk in reply.content.iter_chunked(CHUNK):
+                        handle.write(chunk)
+                        written += len(chunk)
+        except aiohttp.ClientError as exc:
+            raise PeerUnreachable(f"cannot download {url}: {exc.__class__.__name__}: {exc}") from None
+        return written
+
+
+def _error_text(text: str) -> str:
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text[:300]

@@ -1,0 +1,187 @@
+"""peer.toml: the peer's identity, state directory, policy and data sources.
+
+```toml
+[peer]
+identity = "identity"        # peer.key, peer.pem, ca.pem, manifest.json
+state = "state"              # SQLite state, model store
+max-body-bytes = 1048576     # larger request bodies are refused with 413
+
+[policy]
+model-owners = ["risk-dept"]     # members who may propose jobs
+max-epsilon-per-job = 3.0
+min-participants = 3             # a job with fewer participants is declined
+model-families = ["mlp", "logreg"]
+strategies = ["fedavg", "fedadam"]
+model-readers = []               # besides the job's owner and participants
+
+[sources.credit-card]            # the name jobs refer to
+path = "../data/bank-a.csv"      # CSV or Parquet, relative to this file; never leaves the machine
+label = "Y"
+id-column = "ID"                 # optional: kept out of the features
+epsilon = 10.0                   # total budget of this source, over all jobs
+delta = 1e-5
+accountant = "rdp"
+```
+
+Parsing is strict: an unknown section or key, a wrong type or a value out of range is
+refused with a ConfigError naming it and the valid choices. Relative paths are relative
+to the file's directory. The listening address is the member's address in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peers.identity.pki import check_name
+from peers.models import MODEL_KINDS
+from privacy.errors import ConfigError
+from strategies.factory import STRATEGIES
+
+DEFAULT_MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What jobs this peer accepts (see the module docstring)."""
+
+    model_owners: tuple[str, ...]
+    max_epsilon_per_job: float
+    min_participants: int
+    model_families: tuple[str, ...]
+    strategies: tuple[str, ...]
+    model_readers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A table this peer holds, with its total privacy budget."""
+
+    name: str
+    path: Path
+    label: str
+    epsilon: float
+    delta: float
+    accountant: str = "rdp"
+    id_column: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    identity_dir: Path
+    state_dir: Path
+    policy: Policy
+    sources: dict[str, DataSource]
+    max_body_bytes: int = DEFAULT_MAX_BODY
+
+
+_SECTIONS = {"peer", "policy", "sources"}
+_PEER_KEYS = {"identity", "state", "max-body-bytes"}
+_POLICY_KEYS = {"model-owners", "max-epsilon-per-job", "min-participants", "model-families", "strategies",
+                "model-readers"}
+_SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
+
+
+def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {where}: valid keys are {', '.join(sorted(allowed))}")
+
+
+def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where} lacks {key!r}: add it")
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key} must be {names} (got {value!r})")
+    return value
+
+
+def _names(table: dict[str, Any], key: str, where: str, choices: tuple[str, ...] | None = None,
+           default: Any = ...) -> tuple[str, ...]:
+    values = _typed(table, key, list, where, default)
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{where}.{key} must be a list of strings (got {values!r})")
+    for value in values:
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{where}.{key}: {value!r} is unknown; valid choices are {', '.join(choices)}")
+    return tuple(values)
+
+
+def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
+    """Build a PeerConfig from a parsed peer.toml whose directory is `base`."""
+    _only(document, _SECTIONS, "peer.toml (sections)")
+    peer = _typed(document, "peer", dict, "peer.toml")
+    _only(peer, _PEER_KEYS, "[peer]")
+    max_body = _typed(peer, "max-body-bytes", int, "peer", DEFAULT_MAX_BODY)
+    if max_body < 1024:
+        raise ConfigError(f"peer.max-body-bytes must be ≥ 1024 (got {max_body})")
+
+    table = _typed(document, "policy", dict, "peer.toml")
+    _only(table, _POLICY_KEYS, "[policy]")
+    max_eps = float(_typed(table, "max-epsilon-per-job", (int, float), "policy"))
+    if not (math.isfinite(max_eps) and max_eps > 0):
+        raise ConfigError(f"policy.max-epsilon-per-job must be > 0 (got {max_eps})")
+    min_participants = _typed(table, "min-participants", int, "policy", 2)
+    if min_participants < 1:
+        raise ConfigError(f"policy.min-participants must be ≥ 1 (got {min_participants})")
+    policy = Policy(
+        model_owners=tuple(check_name(n, "policy.model-owners entry") for n in _names(table, "model-owners", "policy")),
+        max_epsilon_per_job=max_eps, min_participants=min_participants,
+        model_families=_names(table, "model-families", "policy", MODEL_KINDS, MODEL_KINDS),
+        strategies=_names(table, "strategies", "policy", tuple(STRATEGIES), tuple(STRATEGIES)),
+        model_readers=_names(table, "model-readers", "policy", None, ()),
+    )
+
+    sources_table = _typed(document, "sources", dict, "peer.toml")
+    if not sources_table:
+        raise ConfigError("peer.toml declares no data source: add a [sources.NAME] table with path and label")
+    sources = {}
+    for name, entry in sources_table.items():
+        where = f"sources.{name}"
+        check_name(name, "data source name")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"[{where}] must be a table with path, label, epsilon, delta")
+        _only(entry, _SOURCE_KEYS, f"[{where}]")
+        epsilon = float(_typed(entry, "epsilon", (int, float), where))
+        delta = float(_typed(entry, "delta", (int, float), where, 1e-5))
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise ConfigError(f"{where}.epsilon must be > 0 (got {epsilon})")
+        if not 0 < delta < 1:
+            raise ConfigError(f"{where}.delta must be in (0, 1) (got {delta})")
+        accountant = _typed(entry, "accountant", str, where, "rdp")
+        if accountant not in ("rdp", "prv"):
+            raise ConfigError(f"{where}.accountant {accountant!r} is unknown: valid choices are rdp, prv")
+        path = (base / _typed(entry, "path", str, where)).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{where}.path {path} does not exist: give the CSV or Parquet file of this source")
+        sources[name] = DataSource(name=name, path=path, label=_typed(entry, "label", str, where),
+                                   epsilon=epsilon, delta=delta, accountant=accountant,
+                                   id_column=_typed(entry, "id-column", str, where, None))
+    return PeerConfig(identity_dir=(base / _typed(peer, "identity", str, "peer")).resolve(),
+                      state_dir=(base / _typed(peer, "state", str, "peer")).resolve(),
+                      policy=policy, sources=sources, max_body_bytes=max_body)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The parsed TOML document at `path`; ConfigError naming the file otherwise."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist: check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}): fix its syntax") from None
+
+
+def load_config(path: str | Path) -> PeerConfig:
+    """Read and check peer.toml."""
+    path = Path(path)
+    return parse_config(read_toml(path, "peer config"), path.parent.resolve())

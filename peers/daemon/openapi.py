@@ -1,0 +1,67 @@
+"""The OpenAPI 3.1 description of the daemon's API (served at /v1/openapi.json).
+
+Hand-written; `tests/peers/daemon` checks that it lists exactly the routes the app serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"description": "refused: {\"error\": message}",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _op(summary: str, ok: str = "200", body: str | None = None, params: tuple[str, ...] = ()) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary,
+                                 "responses": {ok: {"description": "success", **_JSON}, "400": _ERROR, "403": _ERROR,
+                                               "404": _ERROR, "409": _ERROR, "413": _ERROR}}
+    if body:
+        operation["requestBody"] = {"required": True, "description": body, **_JSON}
+    if params:
+        operation["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                                   for p in params]
+    return operation
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fedsilo peer daemon", "version": "1",
+                 "description": "Every request needs a client certificate from the consortium CA (mutual TLS); the "
+                                "caller is the manifest member whose certificate fingerprint matches."},
+        "paths": {
+            "/v1/health": {"get": _op("liveness")},
+            "/v1/status": {"get": _op("peer name, consortium, job counts by state, sources, model count")},
+            "/v1/openapi.json": {"get": _op("this description")},
+            "/v1/jobs": {
+                "get": _op("jobs this peer hosts or takes part in"),
+                "post": _op("submit a signed job (model owners); this peer hosts it and proposes it", "201",
+                            "{job, signature, certificate}: the owner-signed job envelope"),
+            },
+            "/v1/jobs/{job_id}": {"get": _op("one job, with participants' decisions at its host",
+                                             params=("job_id",))},
+            "/v1/jobs/{job_id}/cancel": {"post": _op("cancel an active job (its owner or host); releases the "
+                                                     "budget reservation", body="{}", params=("job_id",))},
+            "/v1/jobs/{job_id}/start": {"post": _op("the host starts training: join its SuperLink",
+                                                    body="{fleet_address: HOST:PORT}", params=("job_id",))},
+            "/v1/jobs/{job_id}/report": {"post": _op("a participant reports what its accountant spent (at the host)",
+                                                     body="{spent: [mechanism], epsilon, delta, accountant}",
+                                                     params=("job_id",))},
+            "/v1/proposals": {"post": _op("a host proposes a job; answers {decision: accepted|declined, reason, "
+                                          "...}", body="the owner-signed job envelope")},
+            "/v1/models": {"get": _op("models the caller may pull")},
+            "/v1/models/{job_id}": {"get": _op("newest version of a job's model: version, host, files",
+                                               params=("job_id",))},
+            "/v1/models/{job_id}/card": {"get": _op("the signed model card", params=("job_id",))},
+            "/v1/models/{job_id}/files/{name}": {"get": _op("one file of the artefact (model, card, signature)",
+                                                            params=("job_id", "name"))},
+            "/v1/models/{job_id}/replicate": {"post": _op("the host announces a job's model: the participant "
+                                                          "fetches and verifies a copy", body="{}",
+                                                          params=("job_id",))},
+            "/v1/audit": {"get": _op("the hash-chained audit log (query: since=SEQ) and whether its chain holds")},
+            "/v1/budget": {"get": _op("privacy budget per data source: total, spent, reserved, remaining ε")},
+        },
+        "components": {"schemas": {"Error": {"type": "object", "required": ["error"],
+                                             "properties": {"error": {"type": "string"}}}}},
+    }

@@ -1,0 +1,215 @@
+"""A job as a model owner signs it, and its checks at every peer.
+
+A job file (job.toml) names the job, its host and participants, the data source every
+participant trains on (by the consortium's name for it), the target column, and the
+training setup:
+
+```toml
+[job]
+id = "credit-default-1"
+host = "bank-a"
+participants = ["bank-a", "bank-b", "bank-c"]
+min-participants = 3            # start only if this many accept
+source = "credit-card"
+label = "Y"
+strategy = "fedavg"
+valid-for-minutes = 60          # the signed job expires after this
+
+[model]                         # kind, hidden
+[train]                         # rounds, local-epochs, batch-size, lr, seed, test-fraction
+[dp]                            # mode, epsilon, delta, max-grad-norm, accountant
+[secagg]                        # mode, clip, dropout-fraction, collusion-fraction
+```
+
+The owner signs the canonical JSON of the job document (which includes a random
+128-bit nonce and the expiry) with its key; the envelope carries the document, the
+signature and the owner's certificate. `verify_envelope` accepts it only if the
+certificate is the consortium CA's, belongs to a manifest member with the role
+'model-owner' whose name is the document's owner, the signature verifies, and the job
+has not expired (nor expires implausibly far ahead). Replays (a job id or nonce seen
+before) are refused by the daemon, which remembers both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peers.daemon.config import read_toml
+from peers.errors import IdentityError, Refused, SignatureError
+from peers.identity.consortium import Identity
+from peers.identity.manifest import Manifest
+from peers.identity.pki import (
+    certificate_fingerprint, certificate_from_pem, certificate_name, certificate_pem, check_issued_by, check_name,
+)
+from peers.identity.signing import sign_document, verify_document
+from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
+from peers.models import ModelSpec
+from privacy.errors import ConfigError, FedsiloError
+
+SCHEMA = "fedsilo.job/1"
+MAX_VALIDITY_MINUTES = 7 * 24 * 60
+_JOB_KEYS = {"id", "host", "participants", "min-participants", "source", "label", "strategy", "valid-for-minutes"}
+_SECTIONS = {"job": _JOB_KEYS,
+             "model": {"kind", "hidden"},
+             "train": {"rounds", "local-epochs", "batch-size", "lr", "seed", "test-fraction"},
+             "dp": {"mode", "epsilon", "delta", "max-grad-norm", "accountant"},
+             "secagg": {"mode", "clip", "dropout-fraction", "collusion-fraction"}}
+
+
+@dataclass(frozen=True)
+class SignedJob:
+    """A verified job: the document's fields, and the envelope as received."""
+
+    job_id: str
+    owner: str
+    host: str
+    participants: tuple[str, ...]
+    min_participants: int
+    source: str
+    label: str
+    nonce: str
+    expires: dt.datetime
+    config: JobConfig
+    envelope: dict[str, Any]
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return self.envelope["job"]
+
+
+def _utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The unsigned job document from job.toml; ConfigError naming any bad key or value."""
+    document = read_toml(path, "job file")
+    for section, table in document.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in {path}: valid sections are {', '.join(_SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] in {path} must be a table")
+        unknown = sorted(set(table) - _SECTIONS[section])
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in [{section}] of {path}: valid keys are "
+                              f"{', '.join(sorted(_SECTIONS[section]))}")
+    job = document.get("job")
+    if not job:
+        raise ConfigError(f"{path} has no [job] table: give id, host, participants, source and label")
+    for key in ("id", "host", "participants", "source", "label"):
+        if key not in job:
+            raise ConfigError(f"[job] in {path} lacks {key!r}")
+    participants = job["participants"]
+    if not isinstance(participants, list) or not participants or len(set(participants)) != len(participants):
+        raise ConfigError("job.participants must be a non-empty list of distinct member names")
+    minutes = job.get("valid-for-minutes", 60)
+    if not isinstance(minutes, int) or not 1 <= minutes <= MAX_VALIDITY_MINUTES:
+        raise ConfigError(f"job.valid-for-minutes must be an integer in [1, {MAX_VALIDITY_MINUTES}] (got {minutes!r})")
+    run_config = {"job.strategy": job.get("strategy", "fedavg")}
+    for section in ("model", "train", "dp", "secagg"):
+        for key, value in document.get(section, {}).items():
+            if section == "model" and key == "hidden":
+                value = ",".join(str(v) for v in value) if isinstance(value, list) else value
+            run_config[f"{section}.{key}"] = value
+    now = now or dt.datetime.now(dt.timezone.utc)
+    body = {
+        "schema": SCHEMA, "job_id": job["id"], "owner": owner, "host": job["host"],
+        "participants": list(participants), "min_participants": job.get("min-participants", len(participants)),
+        "source": job["source"], "label": job["label"], "run_config": run_config,
+        "nonce": secrets.token_hex(16), "created": _utc(now),
+        "expires": _utc(now + dt.timedelta(minutes=minutes)),
+    }
+    parse_document(body)  # every value checked before anything is signed or sent
+    return body
+
+
+def sign_job(identity: Identity, document: dict[str, Any]) -> dict[str, Any]:
+    """The envelope a model owner sends: document, signature, certificate."""
+    return {"job": document, "signature": sign_document(identity.key, document),
+            "certificate": certificate_pem(identity.certificate)}
+
+
+def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
+    """The JobConfig a document describes, and its checked header fields; ConfigError otherwise."""
+    try:
+        if body.get("schema") != SCHEMA:
+            raise ConfigError(f"job schema {body.get('schema')!r} is unknown; this fedsilo reads {SCHEMA}")
+        job_id = check_name(body["job_id"], "job id")
+        for name in [body["owner"], body["host"], *body["participants"]]:
+            check_name(name, "member name")
+        check_name(body["source"], "data source name")
+        minimum = body["min_participants"]
+        if not isinstance(minimum, int) or not 1 <= minimum <= len(body["participants"]):
+            raise ConfigError(f"job min-participants must be in [1, {len(body['participants'])}] (got {minimum!r})")
+        if not isinstance(body["label"], str) or not body["label"]:
+            raise ConfigError("job.label must name the 0/1 target column")
+        run_config = body["run_config"]
+        if not isinstance(run_config, dict):
+            raise ConfigError("run_config must be a table")
+        config = _job_config(job_id, body["label"], len(body["participants"]), run_config)
+        return config, {"job_id": job_id, "expires": dt.datetime.fromisoformat(body["expires"]),
+                        "nonce": str(body["nonce"])}
+    except KeyError as missing:
+        raise ConfigError(f"the job document lacks {missing}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the job document is malformed ({exc})") from None
+
+
+def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any]) -> JobConfig:
+    """JobConfig from the document's run config, refusing keys JobConfig does not know."""
+    known = {"job.strategy", "model.kind", "model.hidden"} | {
+        f"{prefix}.{name.replace('_', '-')}" for prefix, spec in (("train", TrainSpec), ("dp", DPSpec),
+                                                                   ("secagg", SecAggSpec))
+        for name in spec.__dataclass_fields__}
+    unknown = sorted(set(run_config) - known)
+    if unknown:
+        raise ConfigError(f"unknown job setting {unknown[0]!r}: valid settings are {', '.join(sorted(known))}")
+    for key, value in run_config.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"job setting {key} must be a number or a string (got {value!r})")
+    config = JobConfig.from_run_config({**run_config, "job.id": job_id, "job.peers": peers, "data.label": label,
+                                        "data.encoder": ""})
+    if config.strategy not in ("fedavg", "fedadam"):
+        raise ConfigError(f"job strategy {config.strategy!r} is unknown: valid choices are fedavg, fedadam")
+    ModelSpec(config.model.kind, config.model.hidden)
+    return config
+
+
+def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.datetime | None = None) -> SignedJob:
+    """Check a received envelope (see the module docstring); Refused with the reason otherwise."""
+    if not isinstance(envelope, dict) or set(envelope) != {"job", "signature", "certificate"}:
+        raise Refused("a signed job is a JSON object with exactly the keys job, signature, certificate")
+    body = envelope["job"]
+    if not isinstance(body, dict):
+        raise Refused("the job document must be a JSON object")
+    try:
+        cert = certificate_from_pem(envelope["certificate"])
+        check_issued_by(cert, ca_cert)
+        signer = manifest.by_fingerprint(certificate_fingerprint(cert))
+        if signer is None or signer.name != certificate_name(cert):
+            raise SignatureError("the job is signed by a certificate that is not in the consortium manifest")
+        if not signer.has("model-owner"):
+            raise SignatureError(f"the job is signed by {signer.name}, who is not an admitted model owner")
+        if body.get("owner") != signer.name:
+            raise SignatureError(f"the job names owner {body.get('owner')!r} but is signed by {signer.name}")
+        verify_document(cert, body, envelope["signature"], "the job")
+        config, header = parse_document(body)
+    except FedsiloError as error:
+        raise Refused(str(error), status=403 if isinstance(error, IdentityError) else 400) from None
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if header["expires"] <= now:
+        raise Refused(f"the job expired at {_utc(header['expires'])}: the owner must sign it again", status=403)
+    if header["expires"] > now + dt.timedelta(minutes=MAX_VALIDITY_MINUTES):
+        raise Refused("the job's expiry is more than 7 days ahead: refused", status=403)
+    for name in [body["host"], *body["participants"]]:
+        member = manifest.member(name)
+        if member is None or not member.has("peer"):
+            raise Refused(f"job participant or host {name!r} is not a peer of the consortium", status=400)
+    return SignedJob(job_id=header["job_id"], owner=body["owner"], host=body["host"],
+                     participants=tuple(body["participants"]), min_participants=body["min_participants"],
+                     source=body["source"], label=body["label"], nonce=header["nonce"], expires=header["expires"],
+                     config=config, envelope=envelope)

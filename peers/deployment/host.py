@@ -1,0 +1,217 @@
+"""Hosting a job on Flower's Deployment Engine: SuperLink, ServerApp, and the run.
+
+`host_training` starts, for one job and under one `Supervisor`:
+
+- `flower-superlink`: TLS with the given certificate (its Fleet, Control and Runtime
+  APIs share one port), `--enable-supernode-auth` (only the registered node keys may
+  connect), `--disable-runtime-dependency-installation`, `--isolation process`;
+- `flower-superexec --plugin-type serverapp`: started here rather than by the
+  SuperLink, so that it and the `flwr-serverapp` process it starts live in a process
+  group this module stops;
+
+then registers each accepted peer's node key and starts the run through the
+SuperLink's Control API (the ServerApp is told the registered node ids, and uses no
+other node: Flower's open-source Control API has no account authentication, so anyone
+reaching the port could register a key of their own) (the app descriptor of `peers.flower_app`, built into a FAB
+with the job's run config). The ServerApp (`peers.server.app`) writes the final model
+and the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Sequence
+
+from flwr.cli.build import build_fab_from_disk
+from flwr.common.constant import Status, SubStatus
+from flwr.common.serde import fab_to_proto, user_config_to_proto
+from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRunRequest  # pylint: disable=E0611
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.fab import Fab
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+from peers.deployment.processes import DeploymentError, Supervisor, venv_command
+from peers.deployment.tls import TLSFiles, public_key_pem
+from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
+from peers.job import JobConfig
+
+MODEL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+STARTUP_TIMEOUT_SECONDS = 60.0
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's SuperExec waits 1 s between checks by default
+SUPEREXEC_POLL_SECONDS = "0.1"
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What the host keeps of a finished job: the final model file and per-round metrics."""
+
+    model_path: Path
+    metrics: dict[str, Any]
+    run_id: int
+    encoder_path: Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def job_environment(work_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a job's processes: this venv's commands first, Flower's home in `work_dir`."""
+    env = dict(os.environ)
+    venv_bin = str(Path(venv_command("flower-superlink")).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    env["FLWR_HOME"] = str(work_dir / "flwr-home")
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.update(extra or {})
+    return env
+
+
+def _control_client(address: str, ca_cert: Path) -> ControlHttpClient:
+    return ControlHttpClient.from_server_address(
+        server_address=address, insecure=False, root_certificates=ca_cert.read_bytes(),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])  # no retries: a dead link is news
+
+
+@dataclass
+class HostedTraining:
+    """A job being hosted; `wait` returns its result and stops its processes."""
+
+    job: JobConfig
+    work_dir: Path
+    fleet_address: str
+    run_id: int
+    supervisor: Supervisor
+    control: ControlHttpClient
+    _result: TrainingResult | None = field(default=None, repr=False)
+
+    def status(self) -> tuple[str, str, str]:
+        """(status, sub-status, details) of the run, as the SuperLink reports it."""
+        runs = self.control.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict
+        run = runs[self.run_id]
+        return run.status.status, run.status.sub_status, run.status.details
+
+    def wait(self, timeout: float | None = None) -> TrainingResult:
+        """Block until the run finishes; raise DeploymentError if it fails, a process dies, or on timeout.
+
+        The job's processes are stopped when this returns or raises.
+        """
+        if self._result is not None:
+            return self._result
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                self.supervisor.check()
+                try:
+                    status, sub_status, details = self.status()
+                except Exception as exc:  # pylint: disable=broad-exception-caught  # httpx/protobuf errors
+                    time.sleep(POLL_SECONDS)
+                    self.supervisor.check()  # the SuperLink died: say so
+                    raise DeploymentError(f"the SuperLink of job {self.job.job_id} stopped answering "
+                                          f"({exc.__class__.__name__}: {exc})") from None
+                if status == Status.FINISHED:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeploymentError(f"job {self.job.job_id} did not finish within {timeout:.0f} s "
+                                          f"(run {self.run_id} is {status}); its processes were stopped")
+                time.sleep(POLL_SECONDS)
+            if sub_status != SubStatus.COMPLETED:
+                raise DeploymentError(f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
+                                      f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})")
+            self._result = _read_result(self.work_dir / "result", self.run_id)
+            return self._result
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop every process this job started (idempotent)."""
+        self.supervisor.stop()
+        self.control.close()
+
+
+def _read_result(directory: Path, run_id: int) -> TrainingResult:
+    model, metrics = directory / MODEL_FILE, directory / METRICS_FILE
+    if not model.is_file() or not metrics.is_file():
+        raise DeploymentError(f"the ServerApp finished but wrote no {MODEL_FILE}/{METRICS_FILE} in {directory}")
+    return TrainingResult(model, json.loads(metrics.read_text()), run_id, directory / "encoder.json")
+
+
+def _wait_until_up(host: str, port: int, control: ControlHttpClient, supervisor: Supervisor) -> None:
+    """Return once the SuperLink accepts connections and answers its Control API."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while True:
+        supervisor.check()
+        try:
+            socket.create_connection((host, port), timeout=POLL_SECONDS).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"the SuperLink did not listen on {host}:{port} within "
+                                      f"{STARTUP_TIMEOUT_SECONDS:.0f} s; see {supervisor.log_dir}") from None
+            time.sleep(POLL_SECONDS)
+    control.ListRuns(ListRunsRequest())
+
+
+def deployment_job(job: JobConfig) -> JobConfig:
+    """The job as it travels to peers: no host paths (the encoder is fitted from the peers' summaries)."""
+    return replace(job, encoder_path="", banks_dir="")
+
+
+def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_keys: Sequence[bytes],
+                  host: str = "127.0.0.1", port: int | None = None, version: str = "0.0.0") -> HostedTraining:
+    """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
+
+    `port` (default: a free one) is the SuperLink's single port; peers connect to
+    `fleet_address` = `host:port`, verifying its certificate against `tls.ca_cert`.
+    Raises DeploymentError (processes stopped) if anything fails to start.
+    """
+    tls.check()
+    if len(node_public_keys) < job.peers:
+        raise DeploymentError(f"job {job.job_id} needs {job.peers} peers but only {len(node_public_keys)} "
+                              f"node keys were given: authorize every accepting peer's key")
+    keys = [public_key_pem(k) for k in node_public_keys]
+    work_dir = Path(work_dir).resolve()
+    (work_dir / "result").mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    address = f"{host}:{port}"
+    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir, {
+        HOST_OUTPUT_ENV: str(work_dir / "result"), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_SECONDS}))
+    control: ControlHttpClient | None = None
+    try:
+        link = supervisor.start("superlink", [
+            venv_command("flower-superlink"), "--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
+            "--ssl-keyfile", str(tls.key), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+            "--isolation", "process", "--host", host, "--port", str(port)])
+        control = _control_client(address, Path(tls.ca_cert))
+        _wait_until_up(host, port, control, supervisor)
+        nodes = [control.RegisterNode(RegisterNodeRequest(public_key=key)).node_id for key in keys]
+        supervisor.start("superexec", [
+            venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", address,
+            "--root-certificates", str(tls.ca_cert), "--parent-pid", str(link.process.pid)],
+            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)})
+        app_dir = work_dir / "app"
+        write_app_descriptor(app_dir, deployment_job(job).to_run_config(), version)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # pathspec's, inside Flower's FAB builder
+            fab_bytes = build_fab_from_disk(app_dir)
+        response = control.StartRun(StartRunRequest(fab=fab_to_proto(Fab(sha256(fab_bytes).hexdigest(), fab_bytes, {})),
+                                                    override_config=user_config_to_proto({})))
+        if not response.HasField("run_id"):
+            raise DeploymentError(f"the SuperLink refused to start job {job.job_id}: see {supervisor.log_dir}")
+        return HostedTraining(job, work_dir, address, int(response.run_id), supervisor, control)
+    except BaseException:
+        supervisor.stop()
+        if control is not None:
+            control.close()
+        raise

@@ -1,0 +1,118 @@
+"""Joining a hosted job: a SuperNode and its warm ClientApp, next to the peer's data.
+
+`join_training` starts, under one `Supervisor`:
+
+- `flower-supernode` (through `peers.deployment.supernode`, which shortens its
+  polling waits), connecting to the host's SuperLink over TLS (verifying it against
+  the consortium CA), authenticating with the peer's node key
+  (`node_auth_keypair`), in `--isolation process`, with node config `data-path` (the
+  peer's own table; it never leaves the machine) and `state-dir` (`work_dir`);
+- `peers.deployment.warm_clientapp`, the long-lived process that runs the fedsilo
+  ClientApp for every message the SuperNode receives (its Runtime API listens on
+  127.0.0.1 only).
+
+`wait` returns once the host has announced the end of the job, with what this peer's
+own accountant recorded (`peers.client.node_state`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from peers.client import node_state
+from peers.deployment.host import free_port, job_environment
+from peers.deployment.processes import DeploymentError, Supervisor, venv_command
+from peers.deployment.tls import node_key_path
+from peers.job import JobConfig
+from privacy.accounting import Mechanism
+from privacy.errors import ConfigError
+
+POLL_SECONDS = 0.2
+CONNECT_RETRIES = 3
+REFUSED_MARK = "Failed to activate SuperNode"  # what flower-supernode logs when the SuperLink rejects its key
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """What this peer's accountant spent in the job, for its ledger commit."""
+
+    spent: list[Mechanism]
+
+
+def _node_config(data_path: Path, state_dir: Path) -> str:
+    """Flower's `--node-config` string (TOML values)."""
+    return " ".join(f"{key}={json.dumps(str(value))}" for key, value in
+                    (("data-path", data_path), ("state-dir", state_dir)))
+
+
+@dataclass
+class JoinedTraining:
+    job: JobConfig
+    work_dir: Path
+    fleet_address: str
+    supervisor: Supervisor
+
+    def wait(self, timeout: float | None = None) -> JoinResult:
+        """Block until the host announces the job's end; DeploymentError if a process dies or on timeout.
+
+        The peer's processes are stopped when this returns or raises.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                self._check()
+                record = node_state.read_privacy(self.work_dir, self.job.job_id)
+                if record is not None and record.finished:
+                    return JoinResult(list(record.spent))
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeploymentError(f"job {self.job.job_id} did not finish at this peer within {timeout:.0f} s; "
+                                          f"its processes were stopped")
+                time.sleep(POLL_SECONDS)
+        finally:
+            self.stop()
+
+    def _check(self) -> None:
+        try:
+            self.supervisor.check()
+        except DeploymentError as error:
+            if REFUSED_MARK in self.supervisor.children[0].log_tail():
+                raise DeploymentError(f"the SuperLink at {self.fleet_address} refused this peer's SuperNode for job "
+                                      f"{self.job.job_id}: its node key is not one the host authorized "
+                                      f"(log: {self.supervisor.children[0].log_path})") from error
+            raise
+
+    def stop(self) -> None:
+        """Stop the SuperNode and the ClientApp (idempotent)."""
+        self.supervisor.stop()
+
+
+def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: Path, node_key_dir: Path,
+                  data_path: Path, runtime_port: int | None = None) -> JoinedTraining:
+    """Start this peer's SuperNode and warm ClientApp for `job`; return at once (see the module docstring)."""
+    key = node_key_path(node_key_dir)
+    if not key.is_file():
+        raise ConfigError(f"no SuperNode key in {node_key_dir}: create it with node_auth_keypair first")
+    if not Path(ca_cert).is_file():
+        raise ConfigError(f"the consortium CA certificate {ca_cert} does not exist")
+    if not Path(data_path).is_file():
+        raise ConfigError(f"the data source {data_path} does not exist: check the peer's data sources")
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runtime = f"127.0.0.1:{runtime_port or free_port()}"
+    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
+    try:
+        supernode = supervisor.start("supernode", [
+            sys.executable, "-m", "peers.deployment.supernode", "--superlink", fleet_address, "--root-certificates", str(ca_cert),
+            "--auth-supernode-private-key", str(key), "--isolation", "process",
+            "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--max-retries", str(CONNECT_RETRIES),
+            "--node-config", _node_config(Path(data_path).resolve(), work_dir)])
+        supervisor.start("clientapp", [sys.executable, "-m", "peers.deployment.warm_clientapp",
+                                       "--runtime-api-address", runtime, "--parent-pid", str(supernode.process.pid)])
+        return JoinedTraining(job, work_dir, fleet_address, supervisor)
+    except BaseException:
+        supervisor.stop()
+        raise

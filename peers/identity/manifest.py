@@ -1,0 +1,121 @@
+"""The consortium manifest: who is a member, where it listens, which certificate it holds.
+
+The manifest is a JSON file `{"manifest": {...}, "signature": "..."}` signed by the
+consortium's root CA key. Each member has a name, an https address (peers) or none
+(a model owner that only submits jobs and pulls models), the fingerprint of its
+certificate, its roles, and optionally the public key its Flower SuperNode
+authenticates with. Every peer loads it with the CA certificate and refuses it unless
+the signature verifies: a member added or changed by hand is not a member.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from peers.errors import IdentityError
+from peers.identity.pki import address_host, check_name
+from peers.identity.signing import sign_document, verify_document
+
+SCHEMA = "fedsilo.manifest/1"
+ROLES = ("peer", "model-owner")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One admitted member. `roles` ⊆ ROLES; a 'peer' has an https address."""
+
+    name: str
+    fingerprint: str
+    roles: tuple[str, ...]
+    address: str | None = None
+    node_public_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "member name")
+        unknown = [r for r in self.roles if r not in ROLES]
+        if unknown or not self.roles:
+            raise IdentityError(f"roles {list(self.roles)} of {self.name}: each must be one of {', '.join(ROLES)}")
+        if "peer" in self.roles and not self.address:
+            raise IdentityError(f"{self.name} has the role 'peer' but no address: give --address https://HOST:PORT")
+        if self.address:
+            address_host(self.address)
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["roles"] = list(self.roles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Member":
+        try:
+            return cls(name=data["name"], fingerprint=data["fingerprint"], roles=tuple(data["roles"]),
+                       address=data.get("address"), node_public_key=data.get("node_public_key"))
+        except (KeyError, TypeError) as exc:
+            raise IdentityError(f"a manifest member is malformed ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed member list of one consortium (immutable; `with_member` makes the next version)."""
+
+    consortium: str
+    version: int
+    members: tuple[Member, ...] = field(default=())
+    issued: str = ""
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
+    def by_fingerprint(self, fingerprint: str) -> Member | None:
+        return next((m for m in self.members if m.fingerprint == fingerprint), None)
+
+    def with_member(self, member: Member) -> "Manifest":
+        if self.member(member.name) is not None:
+            raise IdentityError(f"{member.name} is already a member of {self.consortium}: "
+                                "choose another name for a new peer")
+        if self.by_fingerprint(member.fingerprint) is not None:
+            raise IdentityError("this certificate is already admitted under another name")
+        return Manifest(self.consortium, self.version + 1, (*self.members, member), _now())
+
+    def body(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "consortium": self.consortium, "version": self.version, "issued": self.issued,
+                "members": [m.to_dict() for m in self.members]}
+
+    def write(self, path: Path, ca_key: ec.EllipticCurvePrivateKey) -> None:
+        """Sign with the CA key and write atomically."""
+        body = self.body()
+        document = {"manifest": body, "signature": sign_document(ca_key, body)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, ca_cert: x509.Certificate) -> "Manifest":
+        """Read and verify a manifest; IdentityError if unreadable, SignatureError if not the CA's."""
+        try:
+            document = json.loads(Path(path).read_text())
+            body, signature = document["manifest"], document["signature"]
+        except FileNotFoundError:
+            raise IdentityError(f"manifest {path} does not exist: copy the consortium's manifest.json there") \
+                from None
+        except (ValueError, KeyError, TypeError):
+            raise IdentityError(f"{path} is not a consortium manifest") from None
+        verify_document(ca_cert, body, signature, f"manifest {path}")
+        if body.get("schema") != SCHEMA:
+            raise IdentityError(f"manifest {path} has schema {body.get('schema')!r}; this fedsilo reads {SCHEMA}")
+        return cls(consortium=body["consortium"], version=int(body["version"]), issued=body.get("issued", ""),
+                   members=tuple(Member.from_dict(m) for m in body["members"]))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,67 @@
+"""A Grid that collects replies promptly under the Deployment Engine.
+
+Flower 1.41's `HttpGrid.send_and_receive` (the ServerApp's grid under the Deployment
+Engine) waits 3 s between two pulls of replies, so every message exchange of a round
+(secure aggregation has four in training, plus evaluation) costs up to 3 s of idle
+waiting. `PromptGrid` wraps any Grid and implements `send_and_receive` with the
+Grid's own public `push_messages`/`pull_messages`, pulling every `interval` seconds;
+everything else is the wrapped grid's. The semantics are Flower's: replies are
+collected until all arrived or `timeout` passed.
+
+With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the job
+host registered for the job's accepting peers. Flower's Control API has no account
+authentication in its open-source distribution, so a node registered by anyone else
+on the same SuperLink is never sampled.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+DEFAULT_INTERVAL_SECONDS = 0.05
+
+
+class PromptGrid(Grid):
+    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL_SECONDS,
+                 nodes: Iterable[int] | None = None) -> None:
+        self.inner = inner
+        self.interval = interval
+        self.nodes = None if nodes is None else frozenset(nodes)
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        ids = self.inner.get_node_ids()
+        return ids if self.nodes is None else [i for i in ids if i in self.nodes]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        pending = set(self.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending and (end is None or time.monotonic() < end):
+            arrived = list(self.pull_messages(pending))
+            replies.extend(arrived)
+            pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
+            if pending:
+                time.sleep(self.interval)
+        return replies
