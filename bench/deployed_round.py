@@ -9,7 +9,10 @@ same banks runs twice, one after the other:
   machines would: a SuperLink over TLS with SuperNode authentication (a throwaway CA,
   `peers.deployment.local_ca`), the ServerApp under its SuperExec, and per bank a
   SuperNode with its warm ClientApp (`peers.deployment.host_training` /
-  `join_training`), each bank reading its own CSV file.
+  `join_training`), each bank reading its own CSV file;
+* ``stock`` (with ``--stock``) -- the same deployment with Flower's stock
+  `flower-supernode` in subprocess isolation: a fresh `flwr-clientapp` process per
+  message and Flower's own polling waits at the SuperNode (the host is unchanged).
 
 Round time = from the end of round r-1's evaluation to the end of round r's (strategy
 callback, `RoundClock`), so start-up, the encoder fit and data loading are outside
@@ -19,6 +22,7 @@ banks by an IID partition (seeded).
 
     python bench/deployed_round.py                    # 3 banks, 5 rounds, UCI data
     python bench/deployed_round.py --rounds 3 --banks 2
+    python bench/deployed_round.py --stock            # also Flower's stock SuperNode (the baseline)
 
 The last line is the ratio. A measurement, not a pass/fail test: other processes on
 the machine move the figures (the load average is printed).
@@ -74,7 +78,7 @@ def simulated(job: JobConfig, frames, work: Path) -> dict[int, float]:
     return clock.seconds
 
 
-def deployed(job: JobConfig, frames, work: Path) -> dict[int, float]:
+def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int, float]:
     tls = make_local_tls(work / "tls")
     keys, paths = [], []
     for i, frame in enumerate(frames):
@@ -87,7 +91,7 @@ def deployed(job: JobConfig, frames, work: Path) -> dict[int, float]:
     joined = []
     try:
         joined = [join_training(job, work / f"peer-{i}" / "work", hosted.fleet_address, tls.ca_cert,
-                                work / f"peer-{i}" / "keys", paths[i]) for i in range(len(frames))]
+                                work / f"peer-{i}" / "keys", paths[i], warm=warm) for i in range(len(frames))]
         result = hosted.wait(timeout=60 * 30)
         for peer in joined:
             peer.wait(timeout=60)
@@ -106,7 +110,10 @@ def main() -> int:
     parser.add_argument("--banks", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("simulation", "deployment"), help="run one arm only (no ratio)")
+    parser.add_argument("--only", choices=("simulation", "deployment", "stock"), help="run one arm only (no ratio)")
+    parser.add_argument("--stock", action="store_true",
+                        help="also run the deployment on Flower's stock SuperNode (a flwr-clientapp process per "
+                             "message, Flower's polling waits), the baseline the warm ClientApp replaces")
     parser.add_argument("--keep", type=Path, help="keep the arms' files and logs in this (new) directory")
     args = parser.parse_args()
     if args.rounds < 2:
@@ -120,7 +127,10 @@ def main() -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="fedsilo-bench-deployed-"))
     try:
         times = {}
-        for arm, run in (("simulation", simulated), ("deployment", deployed)):
+        arms = [("simulation", simulated), ("deployment", deployed)]
+        if args.stock or args.only == "stock":
+            arms.append(("stock", lambda job, frames, work: deployed(job, frames, work, warm=False)))
+        for arm, run in arms:
             if args.only and arm != args.only:
                 continue
             started = time.monotonic()
@@ -133,8 +143,9 @@ def main() -> int:
     if args.only:
         return 0
     medians = {arm: statistics.median(t[r] for r in t if r >= 2) for arm, t in times.items()}
-    print(f"median round (rounds 2..{args.rounds}): simulation {medians['simulation']:.2f} s, "
-          f"deployment {medians['deployment']:.2f} s")
+    print(f"median round (rounds 2..{args.rounds}): " + ", ".join(f"{arm} {m:.2f} s" for arm, m in medians.items()))
+    if "stock" in medians:
+        print(f"stock deployed round / simulated round: ×{medians['stock'] / medians['simulation']:.2f}")
     print(f"deployed round / simulated round: ×{medians['deployment'] / medians['simulation']:.2f} (goal ≤ ×2)")
     return 0
 

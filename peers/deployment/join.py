@@ -91,8 +91,13 @@ class JoinedTraining:
 
 
 def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: Path, node_key_dir: Path,
-                  data_path: Path, runtime_port: int | None = None) -> JoinedTraining:
-    """Start this peer's SuperNode and warm ClientApp for `job`; return at once (see the module docstring)."""
+                  data_path: Path, runtime_port: int | None = None, warm: bool = True) -> JoinedTraining:
+    """Start this peer's SuperNode and warm ClientApp for `job`; return at once (see the module docstring).
+
+    `warm=False` runs Flower's stock `flower-supernode` in subprocess isolation
+    instead (its SuperExec starts one `flwr-clientapp` process per message, with
+    Flower's own polling waits): the baseline `bench/deployed_round.py --cold` measures.
+    """
     key = node_key_path(node_key_dir)
     if not key.is_file():
         raise ConfigError(f"no SuperNode key in {node_key_dir}: create it with node_auth_keypair first")
@@ -105,13 +110,15 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
     try:
+        launcher = [sys.executable, "-m", "peers.deployment.supernode"] if warm else [venv_command("flower-supernode")]
         supernode = supervisor.start("supernode", [
-            sys.executable, "-m", "peers.deployment.supernode", "--superlink", fleet_address, "--root-certificates", str(ca_cert),
-            "--auth-supernode-private-key", str(key), "--isolation", "process",
+            *launcher, "--superlink", fleet_address, "--root-certificates", str(ca_cert),
+            "--auth-supernode-private-key", str(key), "--isolation", "process" if warm else "subprocess",
             "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--max-retries", str(CONNECT_RETRIES),
             "--node-config", _node_config(Path(data_path).resolve(), work_dir)])
-        supervisor.start("clientapp", [sys.executable, "-m", "peers.deployment.warm_clientapp",
-                                       "--runtime-api-address", runtime, "--parent-pid", str(supernode.process.pid)])
+        if warm:
+            supervisor.start("clientapp", [sys.executable, "-m", "peers.deployment.warm_clientapp",
+                                           "--runtime-api-address", runtime, "--parent-pid", str(supernode.process.pid)])
         return JoinedTraining(job, work_dir, fleet_address, supervisor)
     except BaseException:
         supervisor.stop()
