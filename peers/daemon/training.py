@@ -26,7 +26,6 @@ from privacy.accounting import Mechanism
 
 NODE_KEY_DIR = "node-key"
 HOST_TIMEOUT_SECONDS = 1800.0
-FINISH_GRACE_SECONDS = 5.0
 
 
 def node_public_key(state_dir: Path) -> str:
@@ -61,22 +60,7 @@ def start_joining(job: JobConfig, state_dir: Path, identity: Identity, fleet_add
 
 
 def finish_joining(joined: JoinedTraining) -> list[Mechanism]:
-    """Wait for the job's end, then what this peer's accountant spent.
-
-    The ClientApp records the end when the host's `finish` message arrives, before the
-    SuperNode has sent its reply; `JoinedTraining.wait` stops the SuperNode as soon as
-    the record appears, which can cut that reply off and fail the host's run. So wait
-    for the record here, give the reply FINISH_GRACE_SECONDS to leave, then collect.
-    """
-    from peers.client import node_state
-    deadline = time.monotonic() + HOST_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        joined.supervisor.check()
-        record = node_state.read_privacy(joined.work_dir, joined.job.job_id)
-        if record is not None and record.finished:
-            time.sleep(FINISH_GRACE_SECONDS)
-            break
-        time.sleep(0.2)
+    """Wait for the job's end, then what this peer's accountant spent."""
     return list(joined.wait(timeout=HOST_TIMEOUT_SECONDS).spent)
 
 

@@ -32,6 +32,10 @@ from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
 
 POLL_SECONDS = 0.2
+# The ClientApp records the end when the host's `finish` message arrives, before the
+# SuperNode has sent its reply: stopping at once can cut that reply off and fail the
+# host's run ("Node Unavailable"). The SuperNode gets this long to deliver it.
+FINISH_GRACE_SECONDS = 5.0
 CONNECT_RETRIES = 3
 REFUSED_MARK = "Failed to activate SuperNode"  # what flower-supernode logs when the SuperLink rejects its key
 
@@ -59,7 +63,8 @@ class JoinedTraining:
     def wait(self, timeout: float | None = None) -> JoinResult:
         """Block until the host announces the job's end; DeploymentError if a process dies or on timeout.
 
-        The peer's processes are stopped when this returns or raises.
+        The peer's processes are stopped when this returns or raises (after the end,
+        once the finish reply has had FINISH_GRACE_SECONDS to leave).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -67,6 +72,7 @@ class JoinedTraining:
                 self._check()
                 record = node_state.read_privacy(self.work_dir, self.job.job_id)
                 if record is not None and record.finished:
+                    time.sleep(FINISH_GRACE_SECONDS)
                     return JoinResult(list(record.spent))
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeploymentError(f"job {self.job.job_id} did not finish at this peer within {timeout:.0f} s; "
