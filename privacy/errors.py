@@ -28,3 +28,15 @@ class LedgerError(FedsiloError):
 
 class ProtocolError(FedsiloError):
     """A protocol message is malformed, out of order, replayed or unauthenticated."""
+
+
+class PsiError(FedsiloError):
+    """A private-set-intersection or anonymous-query operation cannot proceed."""
+
+
+class QuotaExceeded(PsiError):
+    """A querier asked a list holder for more identifiers than its quota allows."""
+
+
+class StaleEpoch(PsiError):
+    """A query names a key epoch the list holder no longer (or never) served."""
