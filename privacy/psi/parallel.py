@@ -62,6 +62,12 @@ class Workers:
             self._pool = multiprocessing.get_context("spawn").Pool(self.processes)
         return self._pool
 
+    def start(self) -> None:
+        """Start the pool now (about a second) rather than on the first batch."""
+        if self.processes > 1:
+            pool = self._get_pool()
+            pool.map(_check_batch, [b""] * self.processes)
+
     def map(self, fn: Callable[..., Any], batches: Iterable[Any], *args: Any) -> Iterator[Any]:
         """``fn(batch, *args)`` for each batch, in order, at most ``2 * processes`` in flight."""
         if self.processes == 1:
