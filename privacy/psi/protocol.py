@@ -69,13 +69,18 @@ class PsiResult:
     |X ∩ Y| (``None`` for a side that learns no intersection); ``positions`` are, in
     ascending order, the positions in this side's input of the first occurrence of
     each identifier in the intersection (``None`` when this side learns only a count
-    or nothing).
+    or nothing). ``shared_keys`` (both-sides mode only) holds, row for row with
+    ``positions``, the doubly blinded element ``H(x)^ab`` of each shared identifier:
+    both sides hold the same value for the same identifier and nobody can link it to
+    an identifier outside the intersection, so sorting by it gives both sides one
+    common order of the shared identifiers (sample alignment) without naming them.
     """
 
     own_size: int
     peer_size: int
     cardinality: int | None
     positions: np.ndarray | None
+    shared_keys: np.ndarray | None = None
 
 
 def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +222,8 @@ class PsiReceiver(_Side):
         found = _member(self._double, peer)
         count = int(found.sum())
         positions = None if self.mode is Mode.CARDINALITY else self._first[found]
-        self._result = PsiResult(len(self._own), len(peer), count, positions)
+        keys = self._double[found] if self.mode is Mode.TO_BOTH else None
+        self._result = PsiResult(len(self._own), len(peer), count, positions, keys)
         if self.mode is Mode.TO_BOTH:
             return list(_frames(FrameType.CONFIRM, FrameType.CONFIRM_END, self.mode, self.session, peer))
         return []
@@ -287,8 +293,10 @@ class PsiSender(_Side):
             raise ProtocolError("the receiver confirmed a different number of elements than were sent")
         check(peer_double, self._workers)
         found = _member(peer_double, self._evaluated)
-        positions = np.sort(self._first[self._perm[found]])
-        self._result = PsiResult(len(self._own), len(self._evaluated), int(found.sum()), positions)
+        positions = self._first[self._perm[found]]
+        order = np.argsort(positions)
+        self._result = PsiResult(len(self._own), len(self._evaluated), int(found.sum()), positions[order],
+                                 peer_double[found][order])
         return []
 
 
