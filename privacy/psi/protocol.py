@@ -46,7 +46,7 @@ import numpy as np
 from privacy.errors import ProtocolError
 from privacy.psi import group
 from privacy.psi.parallel import BATCH, Workers, blind_identifiers, check, exponentiate
-from privacy.psi.wire import MAX_BATCH, FrameType, decode, encode
+from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
 
 __all__ = ["Mode", "PsiResult", "PsiReceiver", "PsiSender", "exchange"]
 
@@ -118,16 +118,17 @@ class _Stream:
     """Reassembles one stream of element frames: order, session and totals are checked."""
 
     def __init__(self, name: str) -> None:
-        self.name, self.parts, self.seq, self.count, self.closed = name, [], 0, 0, False
+        self.name, self.seq, self.count, self.closed = name, 0, 0, False
+        self.parts: list[np.ndarray] = []
 
-    def add(self, frame) -> None:
+    def add(self, frame: Frame) -> None:
         if self.closed or frame.seq != self.seq:
             raise ProtocolError(f"{self.name} frame {frame.seq} arrived out of order; the run was aborted")
         self.parts.append(np.array(frame.elements))
         self.seq += 1
         self.count += frame.count
 
-    def end(self, frame) -> np.ndarray:
+    def end(self, frame: Frame) -> np.ndarray:
         if self.closed or frame.seq != self.seq or frame.count != self.count:
             raise ProtocolError(f"the {self.name} stream ended with a wrong total; the run was aborted")
         self.closed = True
@@ -153,12 +154,10 @@ class _Side:
             self._identifiers = ()
             self._own, self._first = _distinct(rows)
 
-    def _check_frame(self, frame) -> None:
+    def _check_frame(self, frame: Frame) -> None:
         if frame.mode != self.mode:
-            raise ProtocolError(
-                f"the peer runs PSI in mode {Mode(frame.mode).name if frame.mode in Mode._value2member_map_ else frame.mode}"
-                f", this side in {self.mode.name}; agree on one mode"
-            )
+            theirs = Mode(frame.mode).name if frame.mode in {m.value for m in Mode} else str(frame.mode)
+            raise ProtocolError(f"the peer runs PSI in mode {theirs}, this side in {self.mode.name}; agree on one mode")
 
     @property
     def done(self) -> bool:

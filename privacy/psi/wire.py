@@ -75,7 +75,8 @@ def encode(type_: FrameType, mode: int, session: bytes, seq: int, elements: np.n
         raise ProtocolError("a session id is 16 bytes")
     if type_ in _ENDS:
         return _HEADER.pack(MAGIC, VERSION, type_, mode, 0, session, seq, int(total or 0))
-    assert elements is not None and elements.shape[1:] == (ELEMENT_BYTES,)
+    if elements is None or elements.dtype != np.uint8 or elements.shape[1:] != (ELEMENT_BYTES,):
+        raise ProtocolError(f"an element frame carries a uint8 array of shape (n, {ELEMENT_BYTES})")
     if len(elements) > MAX_BATCH:
         raise ProtocolError(f"a frame carries at most {MAX_BATCH} elements")
     return _HEADER.pack(MAGIC, VERSION, type_, mode, 0, session, seq, len(elements)) + elements.tobytes()
