@@ -4,8 +4,11 @@
    fedsilo (`privacy.psi`, both sides in this process, group operations on a pool of
    `--workers` processes) against OpenMined's `openmined-psi` (C++ over BoringSSL,
    P-256, one thread; `DataStructure.RAW`, so both return the exact intersection),
-   when it is installed (`pip install openmined-psi`: it pins protobuf 6.30.2, so the
-   `bench` extra does not install it). Baseline: openmined-psi in the same run.
+   when it is installed (`pip install --no-deps openmined-psi`: it pins protobuf
+   6.30.2, which Flower's gRPC health check refuses, so no extra of fedsilo installs
+   it; it runs with the protobuf Flower needs). Baseline: openmined-psi in the same
+   run. Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
+   ratio does not depend on what else the machine runs, the wall ratio does.
 2. 1M × 1M PSI with fedsilo: wall time and peak resident memory of this process and of
    the largest worker (both sides' work counted: on a real pair of peers each side
    does half of it on its own cores).
@@ -47,6 +50,12 @@ def fedsilo_psi(n: int, workers: Workers) -> tuple[float, int]:
     exchange(receiver, sender)
     elapsed = time.perf_counter() - t
     return elapsed, receiver.result().cardinality
+
+
+def cpu_seconds(run, *args) -> float:
+    start = time.process_time()
+    run(*args)
+    return time.process_time() - start
 
 
 def openmined_psi(n: int) -> tuple[float, int] | None:
@@ -105,14 +114,22 @@ def main() -> int:
         workers.start()  # a daemon keeps its pool: its start is not timed
         fed, fed_n = fedsilo_psi(args.size, workers)
         print(f"fedsilo {args.size:,} x {args.size:,}: {fed:.1f} s, {fed_n:,} shared", flush=True)
+        with Workers(1) as alone:
+            fed_cpu = cpu_seconds(fedsilo_psi, args.size, alone)
+        print(f"fedsilo {args.size:,} x {args.size:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
+        start = time.process_time()
         om = openmined_psi(args.size)
+        om_cpu = time.process_time() - start
         if om is None:
-            lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s (openmined-psi not installed)")
+            lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU "
+                         "(openmined-psi not installed)")
         else:
-            print(f"openmined-psi {args.size:,} x {args.size:,}: {om[0]:.1f} s, {om[1]:,} shared", flush=True)
+            print(f"openmined-psi {args.size:,} x {args.size:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, "
+                  f"{om[1]:,} shared", flush=True)
             assert om[1] == fed_n
-            lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s, openmined-psi {om[0]:.1f} s, "
-                         f"speed-up {om[0] / fed:.2f}x")
+            lines.append(f"psi {args.size:,}x{args.size:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
+                         f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x; CPU fedsilo {fed_cpu:.1f} s, "
+                         f"openmined-psi {om_cpu:.1f} s, per-core ratio {om_cpu / fed_cpu:.2f}x")
         if args.large:
             big, big_n = fedsilo_psi(args.large, workers)
             print(f"fedsilo {args.large:,} x {args.large:,}: {big:.1f} s, {big_n:,} shared", flush=True)

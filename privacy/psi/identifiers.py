@@ -41,6 +41,7 @@ __all__ = ["DOMAIN", "canonical", "split_typed", "digests"]
 DOMAIN = b"fedsilo/psi/v1/hash-to-group"
 _KIND = re.compile(r"[a-z0-9_-]{1,32}")
 _SPACES = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _MAX_BYTES = 0xFFFF
 
 
@@ -52,13 +53,16 @@ def _check_kind(kind: str) -> str:
 
 def canonical(value: str, kind: str) -> bytes:
     """The canonical UTF-8 bytes of ``value`` typed as ``kind`` (see the module doc)."""
-    _check_kind(kind)
+    return _canonical(value, _check_kind(kind))
+
+
+def _canonical(value: str, kind: str) -> bytes:
     if not isinstance(value, str):
         raise DataError(f"an identifier must be a str, got {type(value).__name__}")
     text = _SPACES.sub(" ", unicodedata.normalize("NFKC", value).casefold().strip())
     if not text:
         raise DataError(f"an empty {kind!r} identifier was given; remove blank entries from the list")
-    if any(unicodedata.category(c) == "Cc" for c in text):
+    if _CONTROL.search(text):
         raise DataError(f"a {kind!r} identifier contains a control character; clean the list first")
     out = f"{kind}:{text}".encode()
     if len(out) > _MAX_BYTES:
@@ -81,11 +85,13 @@ def digests(values: Iterable[str], kind: str | None) -> np.ndarray:
     """
     out = bytearray()
     pack = struct.Struct(">H").pack
+    if kind is not None:
+        _check_kind(kind)
     for value in values:
         if kind is None:
             k, v = split_typed(value)
-            data = canonical(v, k)
+            data = _canonical(v, k)
         else:
-            data = canonical(value, kind)
+            data = _canonical(value, kind)
         out += hashlib.sha512(DOMAIN + pack(len(data)) + data).digest()
     return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 64)
