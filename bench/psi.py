@@ -74,8 +74,17 @@ def openmined_psi(n: int) -> tuple[float, int] | None:
     return time.perf_counter() - t, len(found)
 
 
-def peak_mib(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def workers_peak_mib(workers: Workers) -> float:
+    """Largest peak resident size (VmHWM) among the pool's live processes."""
+    peaks = [0.0]
+    for proc in getattr(workers._pool, "_pool", []):
+        with open(f"/proc/{proc.pid}/status") as status:
+            peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
+    return max(peaks)
 
 
 def query_bench(size: int, queries: int, workers: Workers) -> dict[str, float]:
@@ -87,22 +96,46 @@ def query_bench(size: int, queries: int, workers: Workers) -> dict[str, float]:
     asked = [f"cust-{(i * 7919) % (2 * size):09d}" for i in range(queries)]  # about half on the list
     t = time.perf_counter()
     found = 0
+    cpu = time.process_time()
     for ident in asked:
         pending = querier.ask([ident])
         found += pending.open(holder.answer("bank-a", pending.request))[0] is not None
     single = (time.perf_counter() - t) / queries
+    single_cpu = (time.process_time() - cpu) / queries
     t = time.perf_counter()
     pending = querier.ask(asked)
     labels = pending.open(holder.answer("bank-a", pending.request))
     batch = (time.perf_counter() - t) / queries
     assert sum(label is not None for label in labels) == found
-    return {"publish_s": publish, "per_query_ms": single * 1e3, "per_id_in_batch_ms": batch * 1e3,
+    return {"publish_s": publish, "per_query_ms": single * 1e3, "per_query_cpu_ms": single_cpu * 1e3, "per_id_in_batch_ms": batch * 1e3,
             "found": found, "table_mib": len(table.to_bytes()) / 2**20}
+
+
+def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> None:
+    """fedsilo against openmined-psi at ``args.size`` per side: wall and CPU time."""
+    fed, fed_n = fedsilo_psi(args.size, workers)
+    print(f"fedsilo {args.size:,} x {args.size:,}: {fed:.1f} s, {fed_n:,} shared", flush=True)
+    with Workers(1) as alone:
+        fed_cpu = cpu_seconds(fedsilo_psi, args.size, alone)
+    print(f"fedsilo {args.size:,} x {args.size:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
+    start = time.process_time()
+    om = openmined_psi(args.size)
+    om_cpu = time.process_time() - start
+    if om is None:
+        lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU "
+                     "(openmined-psi not installed)")
+    else:
+        print(f"openmined-psi {args.size:,} x {args.size:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, "
+              f"{om[1]:,} shared", flush=True)
+        assert om[1] == fed_n
+        lines.append(f"psi {args.size:,}x{args.size:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
+                     f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x; CPU fedsilo {fed_cpu:.1f} s, "
+                     f"openmined-psi {om_cpu:.1f} s, per-core ratio {om_cpu / fed_cpu:.2f}x")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=100_000, help="each side's size for the comparison")
+    parser.add_argument("--size", type=int, default=100_000, help="each side's size for the comparison (0: skip)")
     parser.add_argument("--large", type=int, default=1_000_000, help="each side's size for the large run (0: skip)")
     parser.add_argument("--table", type=int, default=1_000_000, help="entries of the query table (0: skip)")
     parser.add_argument("--queries", type=int, default=1_000)
@@ -112,35 +145,19 @@ def main() -> int:
     lines = []
     with Workers(args.workers) as workers:
         workers.start()  # a daemon keeps its pool: its start is not timed
-        fed, fed_n = fedsilo_psi(args.size, workers)
-        print(f"fedsilo {args.size:,} x {args.size:,}: {fed:.1f} s, {fed_n:,} shared", flush=True)
-        with Workers(1) as alone:
-            fed_cpu = cpu_seconds(fedsilo_psi, args.size, alone)
-        print(f"fedsilo {args.size:,} x {args.size:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
-        start = time.process_time()
-        om = openmined_psi(args.size)
-        om_cpu = time.process_time() - start
-        if om is None:
-            lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU "
-                         "(openmined-psi not installed)")
-        else:
-            print(f"openmined-psi {args.size:,} x {args.size:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, "
-                  f"{om[1]:,} shared", flush=True)
-            assert om[1] == fed_n
-            lines.append(f"psi {args.size:,}x{args.size:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
-                         f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x; CPU fedsilo {fed_cpu:.1f} s, "
-                         f"openmined-psi {om_cpu:.1f} s, per-core ratio {om_cpu / fed_cpu:.2f}x")
+        if args.size:
+            compare(args, workers, lines)
         if args.large:
             big, big_n = fedsilo_psi(args.large, workers)
             print(f"fedsilo {args.large:,} x {args.large:,}: {big:.1f} s, {big_n:,} shared", flush=True)
             lines.append(f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s, peak RSS this process "
-                         f"{peak_mib(resource.RUSAGE_SELF):.0f} MiB, largest worker "
-                         f"{peak_mib(resource.RUSAGE_CHILDREN):.0f} MiB")
+                         f"{peak_mib():.0f} MiB, largest worker {workers_peak_mib(workers):.0f} MiB")
         if args.table:
             q = query_bench(args.table, args.queries, workers)
             lines.append(f"query table {args.table:,} entries: published in {q['publish_s']:.1f} s "
                          f"({q['table_mib']:.0f} MiB); {args.queries:,} queries of one identifier: "
-                         f"{q['per_query_ms']:.2f} ms each ({q['found']:,} on the list); in one request: "
+                         f"{q['per_query_ms']:.2f} ms each, {q['per_query_cpu_ms']:.2f} ms CPU ({q['found']:,} on the list); "
+                         f"in one request: "
                          f"{q['per_id_in_batch_ms']:.2f} ms per identifier")
     lines.append(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
     print("\n".join(lines))

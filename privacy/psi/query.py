@@ -150,8 +150,12 @@ class EncryptedTable:
         return table
 
     def _keys(self) -> np.ndarray:
-        return np.ascontiguousarray(self.tags).view(np.dtype(">u8")).reshape(-1, 2)[:, 0] \
-            if self.size else np.empty(0, np.uint64)
+        """The first 8 bytes of each tag as big-endian integers (contiguous, computed once)."""
+        keys = self.__dict__.get("_prefixes")
+        if keys is None:
+            keys = np.ascontiguousarray(np.ascontiguousarray(self.tags).view(np.dtype(">u8")).reshape(-1, 2)[:, 0])
+            self.__dict__["_prefixes"] = keys
+        return keys
 
     def lookup(self, elements: np.ndarray) -> list[str | None]:
         """The label of each ``H(q)^k`` in ``elements``, or None where it is not in the table."""
@@ -159,9 +163,10 @@ class EncryptedTable:
         prefixes = self._keys()
         out: list[str | None] = []
         for tag, key in zip(tags, keys):
-            lo = int(np.searchsorted(prefixes, int.from_bytes(tag[:8], "big"), "left"))
+            prefix = np.uint64(int.from_bytes(tag[:8], "big"))
+            lo = int(np.searchsorted(prefixes, prefix, "left"))
             label = None
-            while lo < self.size and int(prefixes[lo]) == int.from_bytes(tag[:8], "big"):
+            while lo < self.size and prefixes[lo] == prefix:
                 if self.tags[lo].tobytes() == tag:
                     label = self._open(key, tag, self.ciphertexts[lo].tobytes())
                     break
