@@ -37,3 +37,15 @@ class PrivacyAuditFailed(FedsiloError):
     run claims: at the audit's stated confidence the claim is false, which means a bug
     (a missing noise call, a mis-wired accountant), not bad luck.
     """
+
+
+class PsiError(FedsiloError):
+    """A private-set-intersection or anonymous-query operation cannot proceed."""
+
+
+class QuotaExceeded(PsiError):
+    """A querier asked a list holder for more identifiers than its quota allows."""
+
+
+class StaleEpoch(PsiError):
+    """A query names a key epoch the list holder no longer (or never) served."""

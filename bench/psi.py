@@ -1,0 +1,168 @@
+"""Private set intersection and anonymous query: time and memory, against openmined-psi.
+
+1. 100k × 100k PSI, intersection to the receiver (half the identifiers shared):
+   fedsilo (`privacy.psi`, both sides in this process, group operations on a pool of
+   `--workers` processes) against OpenMined's `openmined-psi` (C++ over BoringSSL,
+   P-256, one thread; `DataStructure.RAW`, so both return the exact intersection),
+   when it is installed (`pip install --no-deps openmined-psi`: it pins protobuf
+   6.30.2, which Flower's gRPC health check refuses, so no extra of fedsilo installs
+   it; it runs with the protobuf Flower needs). Baseline: openmined-psi in the same
+   run. Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
+   ratio does not depend on what else the machine runs, the wall ratio does.
+2. 1M × 1M PSI with fedsilo: wall time and peak resident memory of this process and of
+   the largest worker (both sides' work counted: on a real pair of peers each side
+   does half of it on its own cores).
+3. Anonymous query: the holder publishes a 1M-entry table (timed), then 1,000 queries
+   of one identifier each (half on the list), each one a full round trip: blind, the
+   holder's quota check and evaluation, unblind, look-up, decrypt. Also 1,000
+   identifiers in one request.
+
+Identifiers are synthetic customer numbers made by generators (never a list of a
+million strings). The CPU may be shared: run it on a quiet machine for stable figures.
+This is a measurement, not a pass/fail test. Figures are printed last.
+
+    python bench/psi.py                       # everything (about 10 min on 2 cores)
+    python bench/psi.py --large 0 --table 0   # only the 100k comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from privacy.psi import ListHolder, MemoryQuota, Mode, PsiReceiver, PsiSender, Querier, Workers, exchange  # noqa: E402
+
+
+def ids(start: int, stop: int):
+    return (f"cust-{i:09d}" for i in range(start, stop))
+
+
+def fedsilo_psi(n: int, workers: Workers) -> tuple[float, int]:
+    t = time.perf_counter()
+    receiver = PsiReceiver(ids(0, n), mode=Mode.TO_RECEIVER, workers=workers)
+    sender = PsiSender(ids(n // 2, n + n // 2), mode=Mode.TO_RECEIVER, workers=workers)
+    exchange(receiver, sender)
+    elapsed = time.perf_counter() - t
+    return elapsed, receiver.result().cardinality
+
+
+def cpu_seconds(run, *args) -> float:
+    start = time.process_time()
+    run(*args)
+    return time.process_time() - start
+
+
+def openmined_psi(n: int) -> tuple[float, int] | None:
+    try:
+        import private_set_intersection.python as psi
+    except ImportError:
+        return None
+    client_items, server_items = list(ids(0, n)), list(ids(n // 2, n + n // 2))
+    t = time.perf_counter()
+    client = psi.client.CreateWithNewKey(True)
+    server = psi.server.CreateWithNewKey(True)
+    setup = server.CreateSetupMessage(1e-9, len(client_items), server_items, psi.DataStructure.RAW)
+    request = client.CreateRequest(client_items)
+    response = server.ProcessRequest(request)
+    found = client.GetIntersection(setup, response)
+    return time.perf_counter() - t, len(found)
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def workers_peak_mib(workers: Workers) -> float:
+    """Largest peak resident size (VmHWM) among the pool's live processes."""
+    peaks = [0.0]
+    for proc in getattr(workers._pool, "_pool", []):
+        with open(f"/proc/{proc.pid}/status") as status:
+            peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
+    return max(peaks)
+
+
+def query_bench(size: int, queries: int, workers: Workers) -> dict[str, float]:
+    holder = ListHolder("risk-list", MemoryQuota(10 * queries), label_width=16, workers=workers)
+    t = time.perf_counter()
+    table = holder.publish((f"cust-{i:09d}", "high" if i % 3 else "1250000.00") for i in range(size))
+    publish = time.perf_counter() - t
+    querier = Querier(table.to_bytes())
+    asked = [f"cust-{(i * 7919) % (2 * size):09d}" for i in range(queries)]  # about half on the list
+    t = time.perf_counter()
+    found = 0
+    cpu = time.process_time()
+    for ident in asked:
+        pending = querier.ask([ident])
+        found += pending.open(holder.answer("bank-a", pending.request))[0] is not None
+    single = (time.perf_counter() - t) / queries
+    single_cpu = (time.process_time() - cpu) / queries
+    t = time.perf_counter()
+    pending = querier.ask(asked)
+    labels = pending.open(holder.answer("bank-a", pending.request))
+    batch = (time.perf_counter() - t) / queries
+    assert sum(label is not None for label in labels) == found
+    return {"publish_s": publish, "per_query_ms": single * 1e3, "per_query_cpu_ms": single_cpu * 1e3, "per_id_in_batch_ms": batch * 1e3,
+            "found": found, "table_mib": len(table.to_bytes()) / 2**20}
+
+
+def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> None:
+    """fedsilo against openmined-psi at ``args.size`` per side: wall and CPU time."""
+    fed, fed_n = fedsilo_psi(args.size, workers)
+    print(f"fedsilo {args.size:,} x {args.size:,}: {fed:.1f} s, {fed_n:,} shared", flush=True)
+    with Workers(1) as alone:
+        fed_cpu = cpu_seconds(fedsilo_psi, args.size, alone)
+    print(f"fedsilo {args.size:,} x {args.size:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
+    start = time.process_time()
+    om = openmined_psi(args.size)
+    om_cpu = time.process_time() - start
+    if om is None:
+        lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU "
+                     "(openmined-psi not installed)")
+    else:
+        print(f"openmined-psi {args.size:,} x {args.size:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, "
+              f"{om[1]:,} shared", flush=True)
+        assert om[1] == fed_n
+        lines.append(f"psi {args.size:,}x{args.size:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
+                     f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x; CPU fedsilo {fed_cpu:.1f} s, "
+                     f"openmined-psi {om_cpu:.1f} s, per-core ratio {om_cpu / fed_cpu:.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=100_000, help="each side's size for the comparison (0: skip)")
+    parser.add_argument("--large", type=int, default=1_000_000, help="each side's size for the large run (0: skip)")
+    parser.add_argument("--table", type=int, default=1_000_000, help="entries of the query table (0: skip)")
+    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average: {os.getloadavg()[0]:.2f}", flush=True)
+    lines = []
+    with Workers(args.workers) as workers:
+        workers.start()  # a daemon keeps its pool: its start is not timed
+        if args.size:
+            compare(args, workers, lines)
+        if args.large:
+            big, big_n = fedsilo_psi(args.large, workers)
+            print(f"fedsilo {args.large:,} x {args.large:,}: {big:.1f} s, {big_n:,} shared", flush=True)
+            lines.append(f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s, peak RSS this process "
+                         f"{peak_mib():.0f} MiB, largest worker {workers_peak_mib(workers):.0f} MiB")
+        if args.table:
+            q = query_bench(args.table, args.queries, workers)
+            lines.append(f"query table {args.table:,} entries: published in {q['publish_s']:.1f} s "
+                         f"({q['table_mib']:.0f} MiB); {args.queries:,} queries of one identifier: "
+                         f"{q['per_query_ms']:.2f} ms each, {q['per_query_cpu_ms']:.2f} ms CPU ({q['found']:,} on the list); "
+                         f"in one request: "
+                         f"{q['per_id_in_batch_ms']:.2f} ms per identifier")
+    lines.append(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""Risk-list sharing without disclosure: private set intersection and anonymous query.
+
+Pure library code (no network): each side is a state machine over byte messages that
+a transport (the peer daemon) carries.
+
+* :mod:`privacy.psi.protocol` — DH private set intersection: :class:`PsiReceiver`,
+  :class:`PsiSender`, :class:`Mode` (to the receiver, to both, cardinality only).
+* :mod:`privacy.psi.query` — anonymous query with labels: :class:`ListHolder`
+  publishes an :class:`EncryptedTable` per key epoch and answers blinded queries under
+  a :class:`QueryQuota`; a :class:`Querier` reads the labels of what it asked.
+* :mod:`privacy.psi.identifiers` — the canonical form of identifiers.
+* :mod:`privacy.psi.group` — ristretto255 (libsodium); :mod:`privacy.psi.wire` — framing;
+  :mod:`privacy.psi.parallel` — :class:`Workers`, batches on every core.
+
+Assumptions for every guarantee: both parties are semi-honest (follow the protocol,
+try to learn more from what they see); DDH (and one-more-DH for queries) is hard in
+ristretto255; SHA-512 and HKDF behave as random oracles.
+"""
+
+from privacy.psi.identifiers import canonical, split_typed
+from privacy.psi.parallel import Workers
+from privacy.psi.protocol import Mode, PsiReceiver, PsiResult, PsiSender, exchange
+from privacy.psi.query import EncryptedTable, ListHolder, PendingQuery, Querier
+from privacy.psi.quota import MemoryQuota, QueryQuota, QueryRecord, SQLiteQuota
+
+__all__ = [
+    "canonical",
+    "split_typed",
+    "Workers",
+    "Mode",
+    "PsiReceiver",
+    "PsiResult",
+    "PsiSender",
+    "exchange",
+    "EncryptedTable",
+    "ListHolder",
+    "PendingQuery",
+    "Querier",
+    "MemoryQuota",
+    "QueryQuota",
+    "QueryRecord",
+    "SQLiteQuota",
+]

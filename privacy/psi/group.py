@@ -1,0 +1,168 @@
+"""The prime-order group: ristretto255 (RFC 9496) from libsodium, batch operations.
+
+Why ristretto255. DH-style PSI needs a group where the decisional Diffie–Hellman
+problem is hard and where every received element can be checked cheaply. ristretto255
+is a prime-order group built on Curve25519: an encoding is 32 bytes, a canonical
+encoding decodes to exactly one group element, and there are no small-order elements
+besides the identity, so there is no cofactor to clear and no twist to worry about.
+libsodium implements it (``crypto_core_ristretto255_*``); its ``scalarmult`` refuses a
+non-canonical or invalid encoding and an identity result, which is the validation
+every received element needs. X25519 (``cryptography``) was measured and rejected:
+its raw operation is faster on this machine (48–55 µs against 77 µs) but an x-only
+element tells on which of the curve and its twist it lies, one bit of the hidden
+identifier per element unless identifiers are hashed onto the curve and every received
+element is checked with a Python-level Legendre symbol (which costs the margin back),
+and its clamped scalars cannot be inverted, which the anonymous query needs.
+
+Binding. PyNaCl does not bind the ristretto255 functions, so this module calls the
+libsodium shared library (>= 1.0.18, Debian's ``libsodium23``) through ``ctypes``.
+Batches are numpy ``uint8`` arrays of shape ``(n, 32)``; the loops pass raw addresses,
+so no Python object is made per element.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+
+from privacy.errors import ConfigError, ProtocolError
+
+__all__ = [
+    "ELEMENT_BYTES",
+    "SCALAR_BYTES",
+    "HASH_BYTES",
+    "random_scalar",
+    "invert_scalar",
+    "hash_to_group",
+    "multiply",
+    "multiply_each",
+    "check_elements",
+]
+
+ELEMENT_BYTES = 32
+SCALAR_BYTES = 32
+HASH_BYTES = 64
+
+
+def _load() -> ctypes.CDLL:
+    names = [ctypes.util.find_library("sodium"), "libsodium.so.23", "libsodium.so.26", "libsodium.so"]
+    for name in names:
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if hasattr(lib, "crypto_core_ristretto255_from_hash"):
+            break
+    else:
+        raise ConfigError(
+            "private set intersection needs libsodium >= 1.0.18 (ristretto255); "
+            "install it with your system's package manager (Debian: apt-get install libsodium23)"
+        )
+    if lib.sodium_init() < 0:
+        raise ConfigError("libsodium failed to initialise")
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    lib.crypto_core_ristretto255_from_hash.argtypes = [vp, vp]
+    lib.crypto_scalarmult_ristretto255.argtypes = [vp, vp, vp]
+    lib.crypto_core_ristretto255_is_valid_point.argtypes = [vp]
+    lib.crypto_core_ristretto255_scalar_random.argtypes = [cp]
+    lib.crypto_core_ristretto255_scalar_invert.argtypes = [cp, cp]
+    lib.crypto_core_ristretto255_scalar_reduce.argtypes = [cp, cp]
+    return lib
+
+
+_lib = _load()
+
+
+def _rows(array: np.ndarray, width: int, what: str) -> np.ndarray:
+    if array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != width:
+        raise ProtocolError(f"{what} must be a uint8 array of shape (n, {width}), got {array.dtype} {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def random_scalar() -> bytes:
+    """A uniformly random non-zero scalar modulo the group order (libsodium's CSPRNG)."""
+    out = ctypes.create_string_buffer(SCALAR_BYTES)
+    _lib.crypto_core_ristretto255_scalar_random(out)
+    return out.raw
+
+
+def invert_scalar(scalar: bytes) -> bytes:
+    """The inverse of a non-zero scalar modulo the group order."""
+    out = ctypes.create_string_buffer(SCALAR_BYTES)
+    if len(scalar) != SCALAR_BYTES or _lib.crypto_core_ristretto255_scalar_invert(out, scalar) != 0:
+        raise ProtocolError("a scalar must be 32 bytes and non-zero modulo the group order")
+    return out.raw
+
+
+def hash_to_group(digests: np.ndarray) -> np.ndarray:
+    """Map 64-byte uniform digests (rows of ``digests``) to group elements.
+
+    This is RFC 9496's one-way map (two Elligator evaluations added), so the discrete
+    logarithm of an output is unknown to everyone.
+    """
+    digests = _rows(digests, HASH_BYTES, "digests")
+    out = np.empty((len(digests), ELEMENT_BYTES), dtype=np.uint8)
+    fn, src, dst = _lib.crypto_core_ristretto255_from_hash, digests.ctypes.data, out.ctypes.data
+    for i in range(len(digests)):
+        fn(dst + ELEMENT_BYTES * i, src + HASH_BYTES * i)
+    return out
+
+
+def multiply(elements: np.ndarray, scalar: bytes) -> np.ndarray:
+    """Every element raised to ``scalar`` (written multiplicatively: ``e ** scalar``).
+
+    Raises :class:`ProtocolError` naming the first position whose bytes are not the
+    canonical encoding of a non-identity group element (the only invalid inputs: the
+    group has no other small-order element). The message names the position only.
+    """
+    elements = _rows(elements, ELEMENT_BYTES, "group elements")
+    if len(scalar) != SCALAR_BYTES:
+        raise ProtocolError("a scalar must be 32 bytes")
+    out = np.empty_like(elements)
+    fn, src, dst = _lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data
+    key = ctypes.create_string_buffer(scalar, SCALAR_BYTES)
+    kaddr = ctypes.addressof(key)
+    for i in range(len(elements)):
+        if fn(dst + ELEMENT_BYTES * i, kaddr, src + ELEMENT_BYTES * i) != 0:
+            raise ProtocolError(
+                f"group element at position {i} is not a valid ristretto255 encoding "
+                "(wrong bytes, non-canonical, or the identity); the peer's message was refused"
+            )
+    return out
+
+
+def multiply_each(elements: np.ndarray, scalars: np.ndarray) -> np.ndarray:
+    """Element ``i`` raised to scalar ``i`` (rows of ``scalars``, shape ``(n, 32)``)."""
+    elements = _rows(elements, ELEMENT_BYTES, "group elements")
+    scalars = _rows(scalars, SCALAR_BYTES, "scalars")
+    if len(scalars) != len(elements):
+        raise ProtocolError("one scalar per element is needed")
+    out = np.empty_like(elements)
+    fn, src, dst, sc = _lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data, scalars.ctypes.data
+    for i in range(len(elements)):
+        if fn(dst + ELEMENT_BYTES * i, sc + SCALAR_BYTES * i, src + ELEMENT_BYTES * i) != 0:
+            raise ProtocolError(
+                f"group element at position {i} is not a valid ristretto255 encoding "
+                "(wrong bytes, non-canonical, or the identity); the peer's message was refused"
+            )
+    return out
+
+
+def check_elements(elements: np.ndarray) -> None:
+    """Refuse any row that is not the canonical encoding of a non-identity element."""
+    elements = _rows(elements, ELEMENT_BYTES, "group elements")
+    identity = ~elements.any(axis=1)
+    if identity.any():
+        raise ProtocolError(
+            f"group element at position {int(np.argmax(identity))} is the identity; the peer's message was refused"
+        )
+    fn, src = _lib.crypto_core_ristretto255_is_valid_point, elements.ctypes.data
+    for i in range(len(elements)):
+        if fn(src + ELEMENT_BYTES * i) != 1:
+            raise ProtocolError(
+                f"group element at position {i} is not a valid ristretto255 encoding; the peer's message was refused"
+            )

@@ -1,0 +1,319 @@
+"""Diffie–Hellman private set intersection between a receiver and a sender.
+
+Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, in ristretto255)::
+
+    receiver R, set X, secret a            sender S, set Y, secret b
+    BLINDED    H(x)^a, x in X          ->
+                                       <-  EVALUATED  H(x)^ab, same order
+                                                      (shuffled in cardinality mode)
+                                       <-  SET        H(y)^b, y in Y, shuffled
+    R computes H(y)^ba and compares with H(x)^ab.
+    CONFIRM    H(y)^ba, in SET order   ->  (both-sides mode only) S compares too.
+
+What each side learns (both follow the protocol; DDH hard in ristretto255; H a random
+oracle):
+
+* :attr:`Mode.TO_RECEIVER` — R learns X ∩ Y and |Y|; S learns |X|.
+* :attr:`Mode.TO_BOTH` — both learn X ∩ Y, |X| and |Y|.
+* :attr:`Mode.CARDINALITY` — R learns |X ∩ Y| and |Y| (S shuffles H(x)^ab, so the
+  positions of matches say nothing); S learns |X|.
+
+Sizes are those of the *distinct* identifiers: each side removes duplicates (same
+canonical form, see :mod:`privacy.psi.identifiers`) before anything leaves it, and
+reports a match at the position of an identifier's first occurrence in its input.
+Neither side sees the other's identifiers or their hashes: only group elements
+raised to secret exponents. A side that deviates from the protocol can learn more
+(e.g. a receiver that puts a million guesses in X learns which are in Y); the
+semi-honest model does not cover that, and a list holder that needs to bound such
+guessing uses the query protocol with its per-querier quota (:mod:`privacy.psi.query`).
+
+Usage: each side is a state machine over byte frames (:mod:`privacy.psi.wire`) and
+never touches a socket. ``R.request_frames()`` yields the frames to send;
+``handle(frame)`` on either side consumes one frame and returns the frames to send
+back. :func:`exchange` wires two local objects together (tests, benchmarks, a daemon
+that already has both halves in one process).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from privacy.errors import ProtocolError
+from privacy.psi import group
+from privacy.psi.parallel import BATCH, Workers, blind_identifiers, check, exponentiate
+from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
+
+__all__ = ["Mode", "PsiResult", "PsiReceiver", "PsiSender", "exchange"]
+
+_FRAME = min(BATCH, MAX_BATCH)
+
+
+class Mode(enum.IntEnum):
+    """Who learns what (see the module doc)."""
+
+    TO_RECEIVER = 1
+    TO_BOTH = 2
+    CARDINALITY = 3
+
+
+@dataclass(frozen=True)
+class PsiResult:
+    """What one side learned.
+
+    ``own_size`` and ``peer_size`` count distinct identifiers; ``cardinality`` is
+    |X ∩ Y| (``None`` for a side that learns no intersection); ``positions`` are, in
+    ascending order, the positions in this side's input of the first occurrence of
+    each identifier in the intersection (``None`` when this side learns only a count
+    or nothing). ``shared_keys`` (both-sides mode only) holds, row for row with
+    ``positions``, the doubly blinded element ``H(x)^ab`` of each shared identifier:
+    both sides hold the same value for the same identifier and nobody can link it to
+    an identifier outside the intersection, so sorting by it gives both sides one
+    common order of the shared identifiers (sample alignment) without naming them.
+    """
+
+    own_size: int
+    peer_size: int
+    cardinality: int | None
+    positions: np.ndarray | None
+    shared_keys: np.ndarray | None = None
+
+
+def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows without repeats, in order of first occurrence, and those occurrences' positions."""
+    if len(rows) == 0:
+        return rows, np.empty(0, dtype=np.int64)
+    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
+    _, first = np.unique(keys, return_index=True)
+    first.sort()
+    return rows[first], first.astype(np.int64)
+
+
+def _member(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Boolean mask: which rows of ``rows`` occur in ``pool`` (exact 32-byte equality)."""
+    if len(rows) == 0 or len(pool) == 0:
+        return np.zeros(len(rows), dtype=bool)
+    void = np.dtype((np.void, group.ELEMENT_BYTES))
+    return np.isin(np.ascontiguousarray(rows).view(void).ravel(), np.ascontiguousarray(pool).view(void).ravel())
+
+
+def _shuffled(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(int.from_bytes(os.urandom(32), "big")).permutation(len(rows))
+    return rows[perm], perm
+
+
+def _frames(type_: FrameType, end: FrameType, mode: int, session: bytes, rows: np.ndarray) -> Iterator[bytes]:
+    seq = 0
+    for start in range(0, len(rows), _FRAME):
+        yield encode(type_, mode, session, seq, rows[start:start + _FRAME])
+        seq += 1
+    yield encode(end, mode, session, seq, total=len(rows))
+
+
+class _Stream:
+    """Reassembles one stream of element frames: order, session and totals are checked."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.seq, self.count, self.closed = name, 0, 0, False
+        self.parts: list[np.ndarray] = []
+
+    def add(self, frame: Frame) -> None:
+        if self.closed or frame.seq != self.seq:
+            raise ProtocolError(f"{self.name} frame {frame.seq} arrived out of order; the run was aborted")
+        self.parts.append(np.array(frame.elements))
+        self.seq += 1
+        self.count += frame.count
+
+    def end(self, frame: Frame) -> np.ndarray:
+        if self.closed or frame.seq != self.seq or frame.count != self.count:
+            raise ProtocolError(f"the {self.name} stream ended with a wrong total; the run was aborted")
+        self.closed = True
+        rows = np.concatenate(self.parts) if self.parts else np.empty((0, group.ELEMENT_BYTES), np.uint8)
+        self.parts = []
+        return rows
+
+
+class _Side:
+    def __init__(self, identifiers: Iterable[str], kind: str | None, mode: Mode, workers: Workers | None) -> None:
+        self._identifiers = identifiers
+        self._kind = kind
+        self.mode = Mode(mode)
+        self._workers = workers or Workers(1)
+        self._key = group.random_scalar()
+        self._own: np.ndarray | None = None  # H(.)^key of the distinct identifiers
+        self._first: np.ndarray | None = None
+        self._result: PsiResult | None = None
+
+    def _blind_own(self) -> None:
+        if self._own is None:
+            rows = blind_identifiers(self._identifiers, self._kind, self._key, self._workers)
+            self._identifiers = ()
+            self._own, self._first = _distinct(rows)
+
+    def _check_frame(self, frame: Frame) -> None:
+        if frame.mode != self.mode:
+            theirs = Mode(frame.mode).name if frame.mode in {m.value for m in Mode} else str(frame.mode)
+            raise ProtocolError(f"the peer runs PSI in mode {theirs}, this side in {self.mode.name}; agree on one mode")
+
+    @property
+    def done(self) -> bool:
+        """Whether this side has its result."""
+        return self._result is not None
+
+    def result(self) -> PsiResult:
+        """What this side learned; :class:`ProtocolError` before the run finished."""
+        if self._result is None:
+            raise ProtocolError("the PSI run has not finished on this side")
+        return self._result
+
+
+class PsiReceiver(_Side):
+    """The side that asks: it sends its blinded set first and learns the result.
+
+    ``identifiers``: any iterable of ``str`` (a list, a generator over a file), read
+    once, in batches; with ``kind=None`` each carries its own ``kind:`` prefix.
+    ``workers``: where the group operations run (default: this process only).
+    """
+
+    def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER,
+                 workers: Workers | None = None) -> None:
+        super().__init__(identifiers, kind, mode, workers)
+        self.session = os.urandom(16)
+        self._evaluated = _Stream("EVALUATED")
+        self._set = _Stream("SET")
+        self._double: np.ndarray | None = None  # H(x)^ab
+
+    def request_frames(self) -> Iterator[bytes]:
+        """Blind this side's identifiers and yield the BLINDED frames, then BLINDED_END."""
+        self._blind_own()
+        yield from _frames(FrameType.BLINDED, FrameType.BLINDED_END, self.mode, self.session, self._own)
+
+    def handle(self, data: bytes) -> list[bytes]:
+        """Consume one frame from the sender; return the frames to send it (maybe none)."""
+        if self._own is None or self.done:
+            raise ProtocolError("a PSI frame arrived before the request was sent or after the run ended")
+        frame = decode(data, {FrameType.EVALUATED, FrameType.EVALUATED_END, FrameType.SET, FrameType.SET_END})
+        self._check_frame(frame)
+        if frame.session != self.session:
+            raise ProtocolError("a PSI frame of another session arrived; the message was refused")
+        if frame.type is FrameType.EVALUATED:
+            self._evaluated.add(frame)
+        elif frame.type is FrameType.EVALUATED_END:
+            double = self._evaluated.end(frame)
+            if len(double) != len(self._own):
+                raise ProtocolError("the sender evaluated a different number of elements than were sent")
+            check(double, self._workers)
+            self._double = double
+        elif frame.type is FrameType.SET:
+            self._set.add(frame)
+        else:
+            if self._double is None:
+                raise ProtocolError("the sender's set ended before its evaluations; the run was aborted")
+            peer = exponentiate(self._set.end(frame), self._key, self._workers)
+            return self._finish(peer)
+        return []
+
+    def _finish(self, peer: np.ndarray) -> list[bytes]:
+        found = _member(self._double, peer)
+        count = int(found.sum())
+        positions = None if self.mode is Mode.CARDINALITY else self._first[found]
+        keys = self._double[found] if self.mode is Mode.TO_BOTH else None
+        self._result = PsiResult(len(self._own), len(peer), count, positions, keys)
+        if self.mode is Mode.TO_BOTH:
+            return list(_frames(FrameType.CONFIRM, FrameType.CONFIRM_END, self.mode, self.session, peer))
+        return []
+
+
+class PsiSender(_Side):
+    """The side that answers: it evaluates the receiver's elements and sends its own set.
+
+    It accepts only runs in its own ``mode`` (its policy). In :attr:`Mode.TO_BOTH` it
+    learns the intersection; otherwise only the number of the receiver's distinct
+    identifiers (``result().peer_size``).
+    """
+
+    def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER,
+                 workers: Workers | None = None) -> None:
+        super().__init__(identifiers, kind, mode, workers)
+        self.session: bytes | None = None
+        self._blinded = _Stream("BLINDED")
+        self._confirm = _Stream("CONFIRM")
+        self._perm: np.ndarray | None = None
+        self._evaluated: np.ndarray | None = None
+
+    def prepare(self) -> None:
+        """Blind, deduplicate and shuffle this side's set now (else on the first frame)."""
+        if self._own is None:
+            self._blind_own()
+            self._own, self._perm = _shuffled(self._own)
+
+    def handle(self, data: bytes) -> list[bytes]:
+        """Consume one frame from the receiver; return the frames to send back (maybe none)."""
+        if self.done:
+            raise ProtocolError("a PSI frame arrived after the run ended")
+        expected = {FrameType.CONFIRM, FrameType.CONFIRM_END} if self._evaluated is not None else {
+            FrameType.BLINDED, FrameType.BLINDED_END}
+        frame = decode(data, expected)
+        self._check_frame(frame)
+        if self.session is None:
+            self.session = frame.session
+        elif frame.session != self.session:
+            raise ProtocolError("a PSI frame of another session arrived; the message was refused")
+        if frame.type is FrameType.BLINDED:
+            self._blinded.add(frame)
+            return []
+        if frame.type is FrameType.CONFIRM:
+            self._confirm.add(frame)
+            return []
+        if frame.type is FrameType.CONFIRM_END:
+            return self._confirmed(self._confirm.end(frame))
+        return self._evaluate(self._blinded.end(frame))
+
+    def _evaluate(self, blinded: np.ndarray) -> list[bytes]:
+        if len(_distinct(blinded)[0]) != len(blinded):
+            raise ProtocolError("the receiver sent repeated elements; the run was aborted")
+        self.prepare()
+        evaluated = exponentiate(blinded, self._key, self._workers)
+        if self.mode is Mode.CARDINALITY:
+            evaluated, _ = _shuffled(evaluated)
+        self._evaluated = evaluated
+        out = list(_frames(FrameType.EVALUATED, FrameType.EVALUATED_END, self.mode, self.session, evaluated))
+        out += _frames(FrameType.SET, FrameType.SET_END, self.mode, self.session, self._own)
+        if self.mode is not Mode.TO_BOTH:
+            self._result = PsiResult(len(self._own), len(blinded), None, None)
+        return out
+
+    def _confirmed(self, peer_double: np.ndarray) -> list[bytes]:
+        if len(peer_double) != len(self._own):
+            raise ProtocolError("the receiver confirmed a different number of elements than were sent")
+        check(peer_double, self._workers)
+        found = _member(peer_double, self._evaluated)
+        positions = self._first[self._perm[found]]
+        order = np.argsort(positions)
+        self._result = PsiResult(len(self._own), len(self._evaluated), int(found.sum()), positions[order],
+                                 peer_double[found][order])
+        return []
+
+
+def exchange(receiver: PsiReceiver, sender: PsiSender, tap: Callable[[str, bytes], None] | None = None) -> None:
+    """Run a PSI between two local objects; ``tap(direction, frame)`` sees every frame.
+
+    ``direction`` is ``"to_sender"`` or ``"to_receiver"``.
+    """
+    def to_sender(frame: bytes) -> None:
+        if tap:
+            tap("to_sender", frame)
+        for reply in sender.handle(frame):
+            if tap:
+                tap("to_receiver", reply)
+            for back in receiver.handle(reply):
+                to_sender(back)
+
+    for frame in receiver.request_frames():
+        to_sender(frame)
+    if not (receiver.done and sender.done):
+        raise ProtocolError("the PSI run ended before both sides finished")

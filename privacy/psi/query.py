@@ -1,0 +1,284 @@
+"""Anonymous query (keyword PIR with labels) against a list holder's encrypted table.
+
+Per key epoch the holder, with secret scalar ``k``, publishes a table of its list
+(identifier ``y`` with label ``ℓ``, e.g. a risk grade, a flag, an amount)::
+
+    e_y        = H(y)^k                                 (never published as such)
+    tag || key = HKDF-SHA256(ikm=e_y, info="fedsilo/psi/v1/entry" || list || epoch), 16 + 32 bytes
+    entry      = tag, AES-256-GCM(key, nonce=0, pad(ℓ), aad=list || epoch || tag)
+
+sorted by tag. A querier with identifiers ``q``::
+
+    QUERY   H(q)^r, a fresh random r per identifier    ->  holder checks epoch and quota,
+    ANSWER  H(q)^rk                                    <-  applies k (sees group elements only)
+    querier: (H(q)^rk)^(1/r) = H(q)^k -> tag, key -> finds the entry, decrypts the label
+
+Guarantees (semi-honest parties; DDH and one-more-DH hard in ristretto255; H and
+HKDF random oracles; AES-GCM a secure AEAD):
+
+* The holder learns who asked, when and how many identifiers, never which: each
+  query element is a uniformly random group element.
+* The querier learns, for each identifier it asked, whether it is on the list and its
+  label, and the table's size; nothing about other entries: without ``k`` a tag or a
+  key cannot be computed, so the table alone lets it test no identifier. Each
+  evaluated element lets it test one identifier of its choice, which is why the
+  holder's :class:`~privacy.psi.quota.QueryQuota` is the only limit on a dictionary
+  attack by a querier.
+* A label is readable only with the key of its own identifier in its own epoch: a
+  table of an old epoch cannot be read with answers of a new one, and answers are
+  refused for any epoch but the current one (:class:`~privacy.errors.StaleEpoch`).
+  :meth:`ListHolder.rotate` draws a new ``k`` and forgets the old one.
+
+Labels are padded to ``label_width`` bytes, so ciphertexts do not reveal label
+lengths. Each AES-GCM key encrypts one message, so the fixed nonce is safe.
+An identifier may appear once in a published list (:class:`DataError` otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from privacy.errors import ConfigError, DataError, ProtocolError, StaleEpoch
+from privacy.psi import group
+from privacy.psi.identifiers import digests
+from privacy.psi.parallel import BATCH, Workers
+from privacy.psi.quota import QueryQuota
+from privacy.psi.wire import MAX_BATCH, FrameType, decode, encode
+
+__all__ = ["TAG_BYTES", "ListHolder", "EncryptedTable", "Querier", "PendingQuery"]
+
+TAG_BYTES = 16
+_TABLE = struct.Struct(">4sB3xQ8sIH2x")
+_TABLE_MAGIC = b"FPQT"
+_VERSION = 1
+_NONCE = bytes(12)
+_MAX_LABEL = 1024
+
+
+def list_digest(list_id: str) -> bytes:
+    """8 bytes naming a list inside messages (the list's name is not secret)."""
+    return hashlib.sha256(b"fedsilo/psi/v1/list" + list_id.encode()).digest()[:8]
+
+
+def _entry_keys(elements: np.ndarray, list_hash: bytes, epoch: int) -> tuple[list[bytes], list[bytes]]:
+    info = b"fedsilo/psi/v1/entry" + list_hash + epoch.to_bytes(8, "big")
+    tags, keys = [], []
+    for row in elements:
+        okm = HKDF(algorithm=hashes.SHA256(), length=TAG_BYTES + 32, salt=None, info=info).derive(row.tobytes())
+        tags.append(okm[:TAG_BYTES])
+        keys.append(okm[TAG_BYTES:])
+    return tags, keys
+
+
+def _aad(list_hash: bytes, epoch: int, tag: bytes) -> bytes:
+    return b"fedsilo/psi/v1/label" + list_hash + epoch.to_bytes(8, "big") + tag
+
+
+def _encrypt_batch(batch: list[tuple[str, str]], kind: str | None, scalar: bytes, list_hash: bytes, epoch: int,
+                   width: int) -> tuple[bytes, bytes]:
+    ids = [identifier for identifier, _ in batch]
+    elements = group.multiply(group.hash_to_group(digests(ids, kind)), scalar)
+    tags, keys = _entry_keys(elements, list_hash, epoch)
+    cts = bytearray()
+    for (_, label), tag, key in zip(batch, tags, keys):
+        data = label.encode() if isinstance(label, str) else bytes(label)
+        if len(data) > width:
+            raise DataError(f"a label is {len(data)} bytes, longer than the table's label width {width}; "
+                            "raise label_width or shorten the labels")
+        padded = len(data).to_bytes(2, "big") + data + bytes(width - len(data))
+        cts += AESGCM(key).encrypt(_NONCE, padded, _aad(list_hash, epoch, tag))
+    return b"".join(tags), bytes(cts)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class EncryptedTable:
+    """A published table as the querier holds it (parse with :meth:`from_bytes`)."""
+
+    list_hash: bytes
+    epoch: int
+    label_width: int
+    tags: np.ndarray  # (n, 16) uint8, sorted
+    ciphertexts: np.ndarray  # (n, 2 + label_width + 16) uint8
+
+    @property
+    def size(self) -> int:
+        """Number of entries (public)."""
+        return len(self.tags)
+
+    def to_bytes(self) -> bytes:
+        """The table as published (header, sorted tags, ciphertexts)."""
+        head = _TABLE.pack(_TABLE_MAGIC, _VERSION, self.epoch, self.list_hash, self.size, self.label_width)
+        return head + self.tags.tobytes() + self.ciphertexts.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EncryptedTable:
+        """Parse and check a published table (ProtocolError if malformed)."""
+        if len(data) < _TABLE.size:
+            raise ProtocolError("not a fedsilo query table (too short)")
+        magic, version, epoch, list_hash, count, width = _TABLE.unpack_from(data)
+        if magic != _TABLE_MAGIC or version != _VERSION:
+            raise ProtocolError("not a fedsilo query table of a supported version")
+        ct = 2 + width + 16
+        if len(data) != _TABLE.size + count * (TAG_BYTES + ct):
+            raise ProtocolError("the query table's length does not match its header")
+        tags = np.frombuffer(data, np.uint8, count * TAG_BYTES, _TABLE.size).reshape(count, TAG_BYTES)
+        cts = np.frombuffer(data, np.uint8, count * ct, _TABLE.size + count * TAG_BYTES).reshape(count, ct)
+        table = cls(list_hash, epoch, width, tags, cts)
+        keys = table._keys()
+        if count > 1 and not (keys[1:] >= keys[:-1]).all():
+            raise ProtocolError("the query table's tags are not sorted")
+        return table
+
+    def _keys(self) -> np.ndarray:
+        """The first 8 bytes of each tag as big-endian integers (contiguous, computed once)."""
+        keys = self.__dict__.get("_prefixes")
+        if keys is None:
+            keys = np.ascontiguousarray(np.ascontiguousarray(self.tags).view(np.dtype(">u8")).reshape(-1, 2)[:, 0])
+            self.__dict__["_prefixes"] = keys
+        return keys
+
+    def lookup(self, elements: np.ndarray) -> list[str | None]:
+        """The label of each ``H(q)^k`` in ``elements``, or None where it is not in the table."""
+        tags, keys = _entry_keys(elements, self.list_hash, self.epoch)
+        prefixes = self._keys()
+        out: list[str | None] = []
+        for tag, key in zip(tags, keys):
+            prefix = np.uint64(int.from_bytes(tag[:8], "big"))
+            lo = int(np.searchsorted(prefixes, prefix, "left"))
+            label = None
+            while lo < self.size and prefixes[lo] == prefix:
+                if self.tags[lo].tobytes() == tag:
+                    label = self._open(key, tag, self.ciphertexts[lo].tobytes())
+                    break
+                lo += 1
+            out.append(label)
+        return out
+
+    def _open(self, key: bytes, tag: bytes, ct: bytes) -> str:
+        try:
+            padded = AESGCM(key).decrypt(_NONCE, ct, _aad(self.list_hash, self.epoch, tag))
+        except InvalidTag:
+            raise ProtocolError("a table entry failed authentication; the table is corrupt or forged") from None
+        n = int.from_bytes(padded[:2], "big")
+        if n > self.label_width:
+            raise ProtocolError("a table entry has a malformed label")
+        return padded[2:2 + n].decode()
+
+
+class ListHolder:
+    """The list holder: publishes the encrypted table, answers blinded queries under quota.
+
+    ``list_id`` names the list (public); ``quota`` bounds how many identifiers each
+    querier may have evaluated (see :mod:`privacy.psi.quota`). The secret key of the
+    current epoch lives only in this object.
+    """
+
+    def __init__(self, list_id: str, quota: QueryQuota, *, kind: str | None = "id", label_width: int = 32,
+                 epoch: int = 1, workers: Workers | None = None) -> None:
+        if not isinstance(label_width, int) or not 1 <= label_width <= _MAX_LABEL:
+            raise ConfigError(f"label_width must be 1..{_MAX_LABEL} bytes, got {label_width!r}")
+        if not isinstance(epoch, int) or not 0 <= epoch < 1 << 63:
+            raise ConfigError(f"a key epoch is a non-negative integer, got {epoch!r}")
+        self.list_id, self.list_hash = list_id, list_digest(list_id)
+        self.quota, self.kind, self.label_width = quota, kind, label_width
+        self.epoch = epoch
+        self._key = group.random_scalar()
+        self._workers = workers or Workers(1)
+
+    def rotate(self) -> int:
+        """Start a new key epoch (the old key is forgotten); publish the list again after it."""
+        self._key = group.random_scalar()
+        self.epoch += 1
+        return self.epoch
+
+    def publish(self, entries: Iterable[tuple[str, str]]) -> EncryptedTable:
+        """The encrypted table of ``entries`` (identifier, label) for the current epoch.
+
+        ``entries`` is read once, in batches; an identifier that appears twice is refused.
+        """
+        tags, cts = bytearray(), bytearray()
+        for t, c in self._workers.map(_encrypt_batch, _chunks(entries, BATCH), self.kind, self._key,
+                                      self.list_hash, self.epoch, self.label_width):
+            tags += t
+            cts += c
+        tag_rows = np.frombuffer(bytes(tags), np.uint8).reshape(-1, TAG_BYTES)
+        ct_rows = np.frombuffer(bytes(cts), np.uint8).reshape(len(tag_rows), -1)
+        order = np.lexsort(np.ascontiguousarray(tag_rows).view(">u8").reshape(-1, 2).T[::-1])
+        tag_rows, ct_rows = tag_rows[order], ct_rows[order]
+        if len(tag_rows) > 1 and (tag_rows[1:] == tag_rows[:-1]).all(axis=1).any():
+            raise DataError("an identifier appears twice in the list; give each identifier one label")
+        return EncryptedTable(self.list_hash, self.epoch, self.label_width, tag_rows, ct_rows)
+
+    def answer(self, querier: str, request: bytes) -> bytes:
+        """Evaluate a querier's blinded identifiers, after checking epoch, list and quota.
+
+        Raises :class:`StaleEpoch` for another epoch, :class:`QuotaExceeded` over quota
+        (nothing evaluated), :class:`ProtocolError` for a malformed request or an invalid
+        element (nothing is charged for a malformed frame; an invalid element is
+        charged, since checking it is part of evaluating).
+        """
+        frame = decode(request, {FrameType.QUERY})
+        epoch, list_hash = int.from_bytes(frame.session[:8], "big"), frame.session[8:]
+        if list_hash != self.list_hash:
+            raise ProtocolError("the query names another list; check the list name")
+        if epoch != self.epoch:
+            raise StaleEpoch(f"the query is for key epoch {epoch} but the list is served at epoch {self.epoch}; "
+                             "fetch the current table and ask again")
+        if frame.count == 0:
+            raise ProtocolError("an empty query was refused")
+        self.quota.consume(querier, frame.count)
+        answered = group.multiply(frame.elements, self._key)
+        return encode(FrameType.ANSWER, 0, frame.session, 0, answered)
+
+
+class PendingQuery:
+    """A query sent and not yet answered: holds the blinding scalars (never sent)."""
+
+    def __init__(self, table: EncryptedTable, request: bytes, inverses: np.ndarray) -> None:
+        self.request, self._table, self._inverses = request, table, inverses
+
+    def open(self, answer: bytes) -> list[str | None]:
+        """The label of each asked identifier, in order, or None where it is not on the list."""
+        frame = decode(answer, {FrameType.ANSWER})
+        if frame.session != self.request[8:24] or frame.count != len(self._inverses):
+            raise ProtocolError("the answer does not match the query (another epoch, list or count)")
+        return self._table.lookup(group.multiply_each(frame.elements, self._inverses))
+
+
+class Querier:
+    """The querier's side: blinds identifiers, reads labels from the holder's table."""
+
+    def __init__(self, table: EncryptedTable | bytes, *, kind: str | None = "id") -> None:
+        self.table = table if isinstance(table, EncryptedTable) else EncryptedTable.from_bytes(table)
+        self.kind = kind
+
+    def ask(self, identifiers: Sequence[str]) -> PendingQuery:
+        """Blind ``identifiers`` (at most 65536) with fresh scalars; send ``.request``."""
+        if not 1 <= len(identifiers) <= MAX_BATCH:
+            raise ConfigError(f"a query asks for 1..{MAX_BATCH} identifiers, got {len(identifiers)}")
+        scalars = [group.random_scalar() for _ in identifiers]
+        points = group.hash_to_group(digests(identifiers, self.kind))
+        blinded = group.multiply_each(points, np.frombuffer(b"".join(scalars), np.uint8).reshape(-1, 32))
+        inverses = np.frombuffer(b"".join(group.invert_scalar(s) for s in scalars), np.uint8).reshape(-1, 32)
+        session = self.table.epoch.to_bytes(8, "big") + self.table.list_hash
+        return PendingQuery(self.table, encode(FrameType.QUERY, 0, session, 0, blinded), inverses)
