@@ -115,6 +115,7 @@ class JobConfig:
     job_id: str = "job"
     strategy: str = "fedavg"
     peers: int = 1
+    sample: int = 0  # peers sampled per round; 0: all of them
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     dp: DPSpec = field(default_factory=DPSpec)
@@ -126,11 +127,18 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _require(self.peers >= 1, f"a job needs at least one peer (got {self.peers})")
+        _require(0 <= self.sample <= self.peers,
+                 f"job.sample must be between 1 and the {self.peers} peers (got {self.sample})")
         if self.dp.mode == "distributed":
             _require(self.secagg.enabled, "dp.mode 'distributed' needs secure aggregation: "
                                           "only the masked sum may carry the noise (use --secure-aggregation on)")
             _require(self.public_rows >= 1, "dp.mode 'distributed' needs the job's public total of training rows "
                                             "(job.public-rows), the gradient normaliser every peer uses")
+
+    @property
+    def per_round(self) -> int:
+        """Peers asked to train in each round (all of them unless the job samples)."""
+        return self.sample or self.peers
 
     def to_run_config(self) -> dict[str, Any]:
         """Flatten into Flower run-config scalars."""
@@ -138,6 +146,7 @@ class JobConfig:
             "job.id": self.job_id,
             "job.strategy": self.strategy,
             "job.peers": self.peers,
+            "job.sample": self.sample,
             "job.public-rows": self.public_rows,
             "model.shared": ",".join(self.shared),
             "model.freeze": ",".join(self.freeze),
@@ -168,6 +177,7 @@ class JobConfig:
                 job_id=str(config.get("job.id", "job")),
                 strategy=str(config.get("job.strategy", "fedavg")),
                 peers=int(config.get("job.peers", 1)),
+                sample=int(config.get("job.sample", 0)),
                 public_rows=int(config.get("job.public-rows", 0)),
                 shared=_names(config.get("model.shared", "")),
                 freeze=_names(config.get("model.freeze", "")),
@@ -250,11 +260,11 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     """Noise shares such that the job's rounds spend exactly its (ε, δ), under the stated assumption.
 
     Assumption: in each round at most `max_missing` = tolerated dropouts D + colluders C
-    of the job's peers contribute no honest noise; the host refuses to unmask a round
+    of the round's `per_round` peers contribute no honest noise; the host refuses to unmask a round
     with fewer than peers − D survivors (`min_survivors`), so dropouts alone can never
     lower the noise below the accounted level.
     """
-    n = job.peers
+    n = job.per_round
     sensitivity = job.train.lr * job.dp.max_grad_norm / job.public_rows
     base = _noiseless_config(job)
     params = graph_parameters(n, base.dropout_fraction, base.collusion_fraction, base.security_bits,
