@@ -16,7 +16,8 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from peers.models import ModelSpec
-from privacy.accounting import Mechanism, calibrate_noise
+from privacy.accounting import Mechanism
+from privacy.accounting.cache import cached_calibration
 from privacy.dpsgd import steps_per_epoch
 from privacy.errors import ConfigError
 from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
@@ -304,25 +305,41 @@ class DPPlan:
         return Mechanism(self.noise_multiplier, self.sample_rate, self.steps_per_round * self.rounds)
 
 
+SAMPLE_RATE_STEPS_PER_OCTAVE = 4
+
+
+def grid_sample_rate(batch_size: int, n_train: int) -> float:
+    """B/n rounded up to the grid 2^(k/4) (at most 1): the expected batch is B to 1.19·B.
+
+    Few distinct rates mean few distinct noise calibrations, each seconds long: with
+    thousands of banks of heavy-tailed sizes every size would otherwise need its own.
+    """
+    exact = batch_size / n_train
+    if exact >= 1.0:
+        return 1.0
+    k = math.ceil(SAMPLE_RATE_STEPS_PER_OCTAVE * math.log2(exact) - 1e-9)
+    return min(1.0, 2.0 ** (k / SAMPLE_RATE_STEPS_PER_OCTAVE))
+
+
 def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
     """Noise multiplier that spends exactly the job's ε over all its rounds (RDP/PRV).
 
     The peer and the job host compute the same plan from public numbers (the job and
     the row count), so the ledger reservation made before the job matches what the
-    peer's DP-SGD then spends.
+    peer's DP-SGD then spends. The plan covers `rounds` participations: a peer sampled
+    in fewer rounds spends less (its ledger commits what it ran).
     """
     if n_train < 1:
         raise ConfigError("a bank needs at least one training row")
-    q = min(1.0, job.train.batch_size / n_train)
+    q = grid_sample_rate(job.train.batch_size, n_train)
     steps = job.train.local_epochs * steps_per_epoch(q)
     noise = _calibrated_noise(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant) \
         if job.dp.private else 0.0
     return DPPlan(noise, q, steps, job.train.rounds)
 
 
-@lru_cache(maxsize=256)
 def _calibrated_noise(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
-    return calibrate_noise(epsilon, delta, q, steps, accountant=accountant)
+    return cached_calibration(epsilon, delta, q, steps, accountant)
 
 
 def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]:

@@ -1,6 +1,7 @@
 """The `fedsilo` command line.
 
     fedsilo simulate [flags]     N simulated banks train a shared model (see --help)
+    fedsilo sweep CONFIG         a grid of simulations on one Ray runtime: one table, one plot
 
 Every command family registers its subparsers with `set_defaults(handler=...)`; `main`
 calls the handler and turns the project's own errors into one line and exit status 2.
@@ -16,6 +17,7 @@ import sys
 from typing import Sequence
 
 from privacy.errors import FedsiloError
+from simulations.sweep import add_sweep_parser
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One line per command family; each registers its parsers with a `handler`.
     _simulate_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 

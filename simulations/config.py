@@ -248,18 +248,21 @@ def _sample(value: Any, where: str) -> int | float:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into SimulationConfig field values."""
-    path = Path(path)
-    document = read_toml(path, "config file")
+    return config_values(read_toml(Path(path), "config file"), str(path))
+
+
+def config_values(document: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """SimulationConfig field values from a parsed TOML document (`where` names it in errors)."""
     sections = sorted({s for s, _ in TOML_KEYS})
     values: dict[str, Any] = {}
     for section, table in document.items():
         if section not in sections or not isinstance(table, dict):
-            raise ConfigError(f"{path}: unknown section [{section}]; valid sections: {', '.join(sections)}")
+            raise ConfigError(f"{where}: unknown section [{section}]; valid sections: {', '.join(sections)}")
         for key, value in table.items():
             name = TOML_KEYS.get((section, key))
             if name is None:
                 valid = ", ".join(k for s, k in TOML_KEYS if s == section)
-                raise ConfigError(f"{path}: unknown key '{key}' in [{section}]; valid keys: {valid}")
+                raise ConfigError(f"{where}: unknown key '{key}' in [{section}]; valid keys: {valid}")
             values[name] = _coerce(name, value, f"[{section}] {key}")
     return values
 

@@ -72,11 +72,8 @@ class RunSummary:
         return json.dumps(asdict(self))
 
 
-def simulate(config: SimulationConfig, progress: Progress, ray_address: str | None = None) -> RunSummary:
-    """Run one simulation end to end; raises `FedsiloError` on bad input, before writing.
-
-    `ray_address` (else `config.ray_address`) runs it on an existing Ray cluster.
-    """
+def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
+    """Run one simulation end to end; raises `FedsiloError` on bad input, before writing."""
     label = config.label_column
     progress.stage(f"Preparing {config.banks} banks")
     with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir:
@@ -98,7 +95,7 @@ def simulate(config: SimulationConfig, progress: Progress, ray_address: str | No
             # Public bounds from the banks' sizes only: a bank's training rows are below its rows.
             job = config.job(job_id=folder.name, max_weight=float(sizes.max()),
                              public_rows=int(round((1 - config.test_fraction) * int(sizes.sum()))))
-            engine = EngineSettings(ray_address=ray_address or config.ray_address,
+            engine = EngineSettings(ray_address=config.ray_address,
                                     cpus_per_bank=config.cpus_per_bank)
             run = run_federation(job, population, [encoder], work / "federation", folder.path / "ledger.sqlite",
                                  progress, dropout=config.dropout, dropout_concentration=config.dropout_concentration,
