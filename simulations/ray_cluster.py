@@ -115,7 +115,7 @@ class LocalRayCluster:
         command = [_ray_cli(), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                    *ports.node_args(head)]
         if head:
-            command += ["--include-dashboard=false", f"--temp-dir={self.temp_dir}"]
+            command += ["--head", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"]
         else:
             command += [f"--address={self.address}"]
         if self.cpus is not None:

@@ -79,8 +79,7 @@ def load_sweep(path: str | Path) -> SweepPlan:
         axes[key] = values
     if not axes:
         raise ConfigError(f"{path}: [sweep] lists no axis: give at least one of {', '.join(GRID_KEYS)}")
-    base = replace(SimulationConfig(), **base_values)
-    out = table.get("out", base.out)
+    out = table.get("out", base_values.get("out", SimulationConfig.out))
     address = table.get("ray-address")
     for key, value in (("out", out), ("ray-address", address)):
         if value is not None and not isinstance(value, str):
