@@ -33,8 +33,6 @@ from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
 from peers.job import JobConfig, plan_dp
 from peers.models import build_model, set_weights
-from peers.server.host import HostedRun
-from privacy.accounting import Mechanism
 from simulations import baselines
 from simulations.banks import build_population
 from simulations.config import SimulationConfig

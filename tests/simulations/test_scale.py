@@ -122,3 +122,16 @@ def test_a_bank_reserves_its_whole_plan_and_commits_per_participation(tmp_path):
         assert ledger.sources() == ["bank-00003"]  # a bank never sampled never appears
     finally:
         ledger.close()
+
+
+def test_host_samples_k_only_once_all_n_banks_are_registered():
+    from flwr.serverapp.strategy import FedAvg
+    from strategies.factory import build_strategy
+    from strategies.wrapper import find_wrapper
+    job = build_config(None, {"banks": 1000, "sample": "100"}).job()
+    fraction = job.per_round / job.peers  # what JobHost.run passes
+    inner = find_wrapper(build_strategy("fedavg", job.peers, fraction_train=fraction, fraction_evaluate=fraction),
+                         FedAvg)
+    assert inner.min_available_nodes == 1000  # Flower waits for every bank before sampling
+    assert inner.min_train_nodes == 100 and inner.min_evaluate_nodes == 100
+    assert max(int(1000 * inner.fraction_train), inner.min_train_nodes) == 100  # Flower's sample size
