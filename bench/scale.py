@@ -94,9 +94,11 @@ def measure(argv: list[str], label: str) -> dict:
     wall = time.perf_counter() - started
     if child.returncode != 0:
         raise SystemExit(f"{label} failed with exit status {child.returncode}")
-    result = json.loads(Path(out).read_text())
+    result = {**json.loads(Path(out).read_text()), "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30}
     Path(out).unlink()
-    return {**result, "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30}
+    print(f"  {label}: {wall:.1f} s, peak RSS {peak / 2**30:.2f} GiB, load average {os.getloadavg()[0]:.1f}",
+          file=sys.stderr, flush=True)
+    return result
 
 
 # ----------------------------------------------------------------------------- the children
@@ -204,6 +206,8 @@ def main() -> None:
     parser.add_argument("--big-banks", type=int, default=10_000)
     parser.add_argument("--big-rounds", type=int, default=3)
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--only", choices=["compare", "big"],
+                        help="compare: only Flower vs fedsilo at --banks; big: only the --big-banks run")
     parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=["flower", "fedsilo"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,11 +222,13 @@ def main() -> None:
     from privacy.accounting.cache import cache_dir
     cached = len(list(cache_dir().glob("*.json"))) if cache_dir().exists() else 0
     common = ["--banks", str(args.banks), "--rounds", str(args.rounds), "--sample", str(args.sample)]
-    flower = measure(["--kind", "flower", *common], f"Flower plain FedAvg: {args.banks} banks × {args.rounds} rounds")
-    fedsilo = measure(["--kind", "fedsilo", *common],
-                      f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds")
-    big = None
-    if not args.skip_big:
+    flower = fedsilo = big = None
+    if args.only != "big":
+        flower = measure(["--kind", "flower", *common],
+                         f"Flower plain FedAvg: {args.banks} banks × {args.rounds} rounds")
+        fedsilo = measure(["--kind", "fedsilo", *common],
+                          f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds")
+    if not args.skip_big and args.only != "compare":
         big = measure(["--kind", "fedsilo", "--banks", str(args.big_banks), "--rounds", str(args.big_rounds),
                        "--sample", str(args.sample)],
                       f"fedsilo DP + SecAgg+: {args.big_banks} banks × {args.big_rounds} rounds")
@@ -237,9 +243,10 @@ def main() -> None:
         auc = r.get("final_auc")
         print(f"{r['label']:<52}{r['wall_s']:>8.1f}{r['wall_s'] / rounds:>9.2f}{r['peak_rss_gib']:>14.2f}"
               f"{(auc if auc is not None else float('nan')):>8.3f}")
-    print(f"fedsilo / Flower wall time: {fedsilo['wall_s'] / flower['wall_s']:.2f}×  (goal ≤ 2×)")
-    print(f"fedsilo / Flower peak RSS:  {fedsilo['peak_rss_gib'] / flower['peak_rss_gib']:.2f}×  "
-          f"(fedsilo {fedsilo['peak_rss_gib']:.2f} GiB; goal ≤ 3 GiB)")
+    if flower is not None and fedsilo is not None:
+        print(f"fedsilo / Flower wall time: {fedsilo['wall_s'] / flower['wall_s']:.2f}×  (goal ≤ 2×)")
+        print(f"fedsilo / Flower peak RSS:  {fedsilo['peak_rss_gib'] / flower['peak_rss_gib']:.2f}×  "
+              f"(fedsilo {fedsilo['peak_rss_gib']:.2f} GiB; goal ≤ 3 GiB)")
     if big is not None:
         print(f"{args.big_banks} banks × {args.big_rounds} rounds: completed in {big['wall_s']:.1f} s, "
               f"peak RSS {big['peak_rss_gib']:.2f} GiB")
