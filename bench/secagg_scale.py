@@ -6,14 +6,14 @@ computation. For each n it reports the graph degree k (neighbours per peer) and 
 threshold, and times every host stage separately from the peers' work: relaying keys
 and shares, checking masked inputs, and unmasking (reconstructing each survivor's
 self-mask seed and each dropped peer's pairwise-mask key from t Shamir shares, then
-removing the masks from the sum). A share of the peers (default 10 %) vanishes after
+removing the masks from the sum). A share of the peers (default 5 %) vanishes after
 sharing keys, so unmasking also has to rebuild dropped peers' pairwise masks.
 
 Near-linear means: host time per peer stays roughly flat as n grows (the work per peer
 is O(k · dim) with k = O(log n + σ), against O(n · dim) for a complete graph). The
 figures are printed last, as ratios against the smallest n measured in the same run.
 
-    python bench/secagg_scale.py                     # n = 100, 300, 1000; dim = 3,000
+    python bench/secagg_scale.py                     # n = 100, 300, 1000; dim = 3,000; targets 10 % / 5 %
     python bench/secagg_scale.py --peers 100 1000 --dim 10000
 """
 
@@ -33,10 +33,11 @@ from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer  # noqa: E40
 ROUND = 1
 
 
-def one_round(n: int, dim: int, drop_fraction: float, seed: int = 0) -> dict:
+def one_round(n: int, dim: int, drop_fraction: float, tolerated: float, colluding: float, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     nodes = sorted({int(v) for v in rng.integers(1, 2**62, size=n)})
-    config = SecAggConfig(clip=8.0, bits=24, max_weight=1000.0)
+    config = SecAggConfig(clip=8.0, bits=24, max_weight=1000.0, dropout_fraction=tolerated,
+                          collusion_fraction=colluding)
     host = {"relay keys": 0.0, "relay shares": 0.0, "receive masked": 0.0, "unmask": 0.0}
     server = SecAggServer(config, ROUND, nodes, dim, round_seed=rng.bytes(32))
     clients = {u: SecAggClient(u, config) for u in nodes}
@@ -89,15 +90,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--dim", type=int, default=3000, help="update length (fedsilo's default MLP: ~3,600)")
-    parser.add_argument("--drop", type=float, default=0.1, help="share of peers vanishing after sharing keys")
+    parser.add_argument("--drop", type=float, default=0.05, help="share of peers vanishing after sharing keys")
+    parser.add_argument("--dropout-fraction", type=float, default=0.1, help="dropouts the graph must tolerate")
+    parser.add_argument("--collusion-fraction", type=float, default=0.05, help="peers colluding with the host")
     args = parser.parse_args()
+    from privacy.secagg.graph import graph_parameters
+    print("graph degree k by targets (tolerated dropouts, colluders), 40-bit security:")
+    for targets in ((0.3, 0.1), (0.1, 0.05), (0.05, 0.02)):
+        degrees = ", ".join(f"n={n}: k={graph_parameters(n, *targets).degree}" for n in (100, 300, 1000, 3000))
+        print(f"  {targets[0]:.0%} dropouts, {targets[1]:.0%} colluders: {degrees}")
     rows = []
     for n in args.peers:
         print(f"• {n} peers ...", file=sys.stderr, flush=True)
-        rows.append(one_round(n, args.dim, args.drop))
+        rows.append(one_round(n, args.dim, args.drop, args.dropout_fraction, args.collusion_fraction))
     base = rows[0]
     print()
-    print(f"SecAgg+ round, dim = {args.dim}, {args.drop:.0%} of peers drop after sharing keys (times in s)")
+    print(f"SecAgg+ round, dim = {args.dim}, targets {args.dropout_fraction:.0%} dropouts / "
+          f"{args.collusion_fraction:.0%} colluders, {args.drop:.0%} of peers drop after sharing keys (times in s)")
     print(f"{'peers':>6}{'degree k':>10}{'t':>5}{'dropped':>9}{'host unmask':>13}{'host total':>12}"
           f"{'host/peer ms':>14}{'× of n=' + str(base['n']) + ' per peer':>20}{'peers total':>13}{'max error':>11}")
     for r in rows:
