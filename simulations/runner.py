@@ -31,7 +31,7 @@ from safetensors.numpy import save_file
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
-from peers.job import JobConfig, plan_dp
+from peers.job import JobConfig, grid_sample_rate, plan_dp
 from peers.models import build_model, set_weights
 from simulations import baselines
 from simulations.banks import build_population
@@ -87,6 +87,7 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
         if job_template.dp.mode == "local":
             for data in tensors.values():
                 plan_dp(job_template, data.n_train)  # fails early on an unusable bank
+            _warm_dp_plans(job_template, sizes, config.test_fraction, progress)
         everyone = baselines.pooled(list(tensors.values()))
         with RunFolder(config.out) as folder:
             (folder.path / "encoder.json").write_text(encoder.to_json())
@@ -102,6 +103,23 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
             progress.stage("Writing the run folder")
             summary = _write_outputs(folder, config, run, encoder, sample, yardsticks)
     return RunSummary(**{**asdict(summary), "run_dir": str(folder.final)})
+
+
+def _warm_dp_plans(job: JobConfig, sizes: np.ndarray, test_fraction: float, progress: Progress) -> None:
+    """Calibrate, before the engine starts, the noise of every sampling rate a bank may use.
+
+    A bank's first round otherwise calibrates inside the secure-aggregation stage that
+    first reaches it (seconds per rate, longer on a loaded machine), which can exceed
+    the stage's timeout. Training rows are within one of size − round(test_fraction ·
+    size), so the rates of n − 1, n and n + 1 cover every bank; results go to the
+    shared disk cache (`privacy.accounting.cache`).
+    """
+    estimates = {int(n) - round(test_fraction * int(n)) for n in np.unique(sizes)}
+    rows = {n + d for n in estimates for d in (-1, 0, 1) if n + d >= 1}
+    by_rate = {grid_sample_rate(job.train.batch_size, n): n for n in sorted(rows)}
+    progress.stage(f"Calibrating DP noise for {len(by_rate)} sampling rates (cached on disk)")
+    for n in by_rate.values():
+        plan_dp(job, n)
 
 
 def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):

@@ -135,3 +135,16 @@ def test_host_samples_k_only_once_all_n_banks_are_registered():
     assert inner.min_available_nodes == 1000  # Flower waits for every bank before sampling
     assert inner.min_train_nodes == 100 and inner.min_evaluate_nodes == 100
     assert max(int(1000 * inner.fraction_train), inner.min_train_nodes) == 100  # Flower's sample size
+
+
+def test_noise_of_every_sampling_rate_is_calibrated_before_the_engine(tmp_path, monkeypatch):
+    from simulations.progress import Progress
+    from simulations.runner import _warm_dp_plans
+    monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
+    from privacy.accounting import cache
+    cache.cached_calibration.cache_clear()
+    job = build_config(None, {"banks": 3, "rounds": 2}).job()
+    _warm_dp_plans(job, np.array([100, 120, 150]), 0.2, Progress(quiet=True))  # every bank: q = 1
+    files = list((tmp_path / "noise-calibration").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["sample_rate"] == 1.0
+    cache.cached_calibration.cache_clear()
