@@ -16,7 +16,8 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from peers.models import ModelSpec
-from privacy.accounting import Mechanism, calibrate_noise
+from privacy.accounting import Mechanism
+from privacy.accounting.cache import cached_calibration
 from privacy.dpsgd import steps_per_epoch
 from privacy.errors import ConfigError
 from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
@@ -115,6 +116,7 @@ class JobConfig:
     job_id: str = "job"
     strategy: str = "fedavg"
     peers: int = 1
+    sample: int = 0  # peers sampled per round; 0: all of them
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     dp: DPSpec = field(default_factory=DPSpec)
@@ -126,11 +128,18 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _require(self.peers >= 1, f"a job needs at least one peer (got {self.peers})")
+        _require(0 <= self.sample <= self.peers,
+                 f"job.sample must be between 1 and the {self.peers} peers (got {self.sample})")
         if self.dp.mode == "distributed":
             _require(self.secagg.enabled, "dp.mode 'distributed' needs secure aggregation: "
                                           "only the masked sum may carry the noise (use --secure-aggregation on)")
             _require(self.public_rows >= 1, "dp.mode 'distributed' needs the job's public total of training rows "
                                             "(job.public-rows), the gradient normaliser every peer uses")
+
+    @property
+    def per_round(self) -> int:
+        """Peers asked to train in each round (all of them unless the job samples)."""
+        return self.sample or self.peers
 
     def to_run_config(self) -> dict[str, Any]:
         """Flatten into Flower run-config scalars."""
@@ -138,6 +147,7 @@ class JobConfig:
             "job.id": self.job_id,
             "job.strategy": self.strategy,
             "job.peers": self.peers,
+            "job.sample": self.sample,
             "job.public-rows": self.public_rows,
             "model.shared": ",".join(self.shared),
             "model.freeze": ",".join(self.freeze),
@@ -168,6 +178,7 @@ class JobConfig:
                 job_id=str(config.get("job.id", "job")),
                 strategy=str(config.get("job.strategy", "fedavg")),
                 peers=int(config.get("job.peers", 1)),
+                sample=int(config.get("job.sample", 0)),
                 public_rows=int(config.get("job.public-rows", 0)),
                 shared=_names(config.get("model.shared", "")),
                 freeze=_names(config.get("model.freeze", "")),
@@ -250,11 +261,11 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     """Noise shares such that the job's rounds spend exactly its (ε, δ), under the stated assumption.
 
     Assumption: in each round at most `max_missing` = tolerated dropouts D + colluders C
-    of the job's peers contribute no honest noise; the host refuses to unmask a round
+    of the round's `per_round` peers contribute no honest noise; the host refuses to unmask a round
     with fewer than peers − D survivors (`min_survivors`), so dropouts alone can never
     lower the noise below the accounted level.
     """
-    n = job.peers
+    n = job.per_round
     sensitivity = job.train.lr * job.dp.max_grad_norm / job.public_rows
     base = _noiseless_config(job)
     params = graph_parameters(n, base.dropout_fraction, base.collusion_fraction, base.security_bits,
@@ -294,25 +305,41 @@ class DPPlan:
         return Mechanism(self.noise_multiplier, self.sample_rate, self.steps_per_round * self.rounds)
 
 
+SAMPLE_RATE_STEPS_PER_OCTAVE = 4
+
+
+def grid_sample_rate(batch_size: int, n_train: int) -> float:
+    """B/n rounded up to the grid 2^(k/4) (at most 1): the expected batch is B to 1.19·B.
+
+    Few distinct rates mean few distinct noise calibrations, each seconds long: with
+    thousands of banks of heavy-tailed sizes every size would otherwise need its own.
+    """
+    exact = batch_size / n_train
+    if exact >= 1.0:
+        return 1.0
+    k = math.ceil(SAMPLE_RATE_STEPS_PER_OCTAVE * math.log2(exact) - 1e-9)
+    return min(1.0, 2.0 ** (k / SAMPLE_RATE_STEPS_PER_OCTAVE))
+
+
 def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
     """Noise multiplier that spends exactly the job's ε over all its rounds (RDP/PRV).
 
     The peer and the job host compute the same plan from public numbers (the job and
     the row count), so the ledger reservation made before the job matches what the
-    peer's DP-SGD then spends.
+    peer's DP-SGD then spends. The plan covers `rounds` participations: a peer sampled
+    in fewer rounds spends less (its ledger commits what it ran).
     """
     if n_train < 1:
         raise ConfigError("a bank needs at least one training row")
-    q = min(1.0, job.train.batch_size / n_train)
+    q = grid_sample_rate(job.train.batch_size, n_train)
     steps = job.train.local_epochs * steps_per_epoch(q)
     noise = _calibrated_noise(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant) \
         if job.dp.private else 0.0
     return DPPlan(noise, q, steps, job.train.rounds)
 
 
-@lru_cache(maxsize=256)
 def _calibrated_noise(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
-    return calibrate_noise(epsilon, delta, q, steps, accountant=accountant)
+    return cached_calibration(epsilon, delta, q, steps, accountant)
 
 
 def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]:

@@ -1,13 +1,17 @@
 """The banks of a simulation: their raw tables, from the generator or a user's file.
 
-Every bank is checked before anything is trained or written: a bank with too few rows
-or a single class stops the run with a `DataError` naming the bank and the fix.
+`build_population` describes every bank without building any bank's rows when it can
+(the embedded generator without `--partition`); a user's table, or the pooled synthetic
+table with `--partition`, is read once and split into row-index lists. Every bank's
+public facts are checked before anything is trained or written: a bank with too few
+rows or a single class stops the run with a `DataError` naming the bank and the fix
+(the partitioners check this for tables; the generator guarantees it).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +20,8 @@ from privacy.errors import DataError
 from simulations.config import SimulationConfig
 from simulations.data.loader import load_table
 from simulations.data.partition import parse_partitioner
-from simulations.data.synthetic import generate_consortium
+from simulations.data.synthetic import consortium_profiles, generate_consortium
+from simulations.population import Population, fingerprint, SyntheticPopulation, TablePopulation
 
 MIN_ROWS_PER_BANK = 20
 
@@ -40,33 +45,27 @@ class Bank:
 
     def fingerprint(self) -> str:
         """SHA-256 over the bank's rows (values and column names), order-sensitive."""
-        digest = hashlib.sha256(",".join(map(str, self.frame.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(self.frame, index=False).to_numpy().tobytes())
-        return digest.hexdigest()
+        return fingerprint(self.frame)
 
 
-def prepare_banks(config: SimulationConfig) -> list[Bank]:
-    """Build and check every bank's table for `config`."""
+def build_population(config: SimulationConfig, work: Path) -> Population:
+    """Every bank of `config`, lazily where possible; a table goes to `work/table.parquet`."""
     label = config.label_column
+    if config.data is None and not config.partition:
+        return SyntheticPopulation(seed=config.seed,
+                                   profiles=consortium_profiles(config.banks, config.seed, config.customers))
     if config.data is None:
-        frames = generate_consortium(config.banks, seed=config.seed, total_customers=config.customers)
-        if config.partition:
-            frames = _repartition(pd.concat(frames, ignore_index=True), label, config)
+        table = pd.concat(generate_consortium(config.banks, seed=config.seed, total_customers=config.customers),
+                          ignore_index=True)
     else:
         table = load_table(config.data, label=label, id_column=config.id_column)
         if len(table) < config.banks:
             raise DataError(f"{config.data} has {len(table)} rows for {config.banks} banks: use fewer banks")
-        frames = _repartition(table, label, config)
-    banks = [Bank(i, frame.reset_index(drop=True)) for i, frame in enumerate(frames)]
-    for bank in banks:
-        check_bank(bank, label)
-    return banks
-
-
-def _repartition(table: pd.DataFrame, label: str, config: SimulationConfig) -> list[pd.DataFrame]:
-    partitioner = parse_partitioner(config.partition or "iid")
-    parts = partitioner.split(table[label].to_numpy(), config.banks, config.seed)
-    return [table.iloc[np.sort(rows)] for rows in parts]
+    parts = parse_partitioner(config.partition or "iid").split(table[label].to_numpy(), config.banks, config.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    table_path = work / "table.parquet"
+    table.to_parquet(table_path, index=False)
+    return TablePopulation(seed=config.seed, table_path=str(table_path), parts=[np.sort(p) for p in parts])
 
 
 def check_bank(bank: Bank, label: str) -> None:

@@ -2,6 +2,7 @@
 
     fedsilo simulate [flags]     N simulated banks train a shared model (see --help)
     fedsilo audit-privacy RUN    measure what a finished run's model leaks
+    fedsilo sweep CONFIG         a grid of simulations on one Ray runtime: one table, one plot
 
 Every command family registers its subparsers with `set_defaults(handler=...)`; `main`
 calls the handler and turns the project's own errors into one line and exit status 2.
@@ -19,6 +20,7 @@ from typing import Sequence
 from peers.cli import register as register_peer_commands
 from privacy.errors import FedsiloError
 from simulations import audit_privacy_cli
+from simulations.sweep import add_sweep_parser
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +31,14 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         epilog="Every flag has a TOML key (see README): [simulation] banks, rounds, seed, out, strategy, compare; "
                "[data] path, label, id-column, partition, customers; [model] kind, hidden; "
                "[train] local-epochs, batch-size, lr, test-fraction; [dp] mode, epsilon, delta, max-grad-norm, "
-               "accountant; [secagg] mode, clip, dropout-fraction, collusion-fraction; [simulation] dropout, audit.",
+               "accountant; [secagg] mode, clip, dropout-fraction, collusion-fraction; [simulation] dropout, audit, "
+               "sample, dropout-concentration, yardstick-banks, ray-address, cpus-per-bank.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with defaults for any flag below")
     p.add_argument("--banks", type=int, metavar="N", help="number of banks (default 5)")
     p.add_argument("--rounds", type=int, metavar="R", help="federated rounds (default 10)")
+    p.add_argument("--sample", metavar="K|F",
+                   help="banks sampled per round: a count (100) or a fraction in (0, 1] (0.1); default all")
     p.add_argument("--data", metavar="PATH", help="your CSV or Parquet file (default: the embedded synthetic generator)")
     p.add_argument("--label", metavar="COL", help="0/1 target column of --data")
     p.add_argument("--id-column", metavar="COL", help="row id column of --data, kept out of the features")
@@ -57,6 +62,17 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                    help="SecAgg+ secure aggregation of every round (default on); off: plaintext baseline")
     p.add_argument("--dropout", type=float, metavar="F",
                    help="share of banks that vanish at a random stage of each round (default 0)")
+    p.add_argument("--dropout-concentration", type=float, metavar="K",
+                   help="spread of the banks' own dropout probabilities, Beta(K·F, K·(1−F)) around --dropout F "
+                        "(default 0: every bank drops with probability F)")
+    p.add_argument("--yardstick-banks", type=int, metavar="N",
+                   help="banks whose held-out rows score the model and train the yardsticks (default 100; "
+                        "all banks when fewer); local-only runs on the first 20 of them")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="run on an existing Ray cluster (its head's address, or 'auto'); default: a private "
+                        "Ray runtime on this machine's cores")
+    p.add_argument("--cpus-per-bank", type=float, metavar="C",
+                   help="Ray CPUs one virtual bank claims (default 1: one bank per core at a time)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of data, partitions, models and noise (default 0)")
     p.add_argument("--out", metavar="DIR", help="where run folders are created (default ./runs)")
     p.add_argument("--compare", metavar="LIST", help="yardsticks trained in the same run: centralized,local (horizontal default); local,common (transfer default: each institution alone, and a horizontal run on the columns all share); or none")
@@ -85,13 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     audit_privacy_cli.register(sub)
     register_peer_commands(sub)
+    add_sweep_parser(sub)
     return parser
 
 
 OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "customers", "model", "hidden",
                "strategy", "local_epochs", "batch_size", "lr", "epsilon", "delta", "max_grad_norm", "seed",
                "out", "compare", "dp_mode", "secure_aggregation", "dropout", "setup", "scenario", "shared",
-               "freeze", "base_model", "audit")
+               "freeze", "base_model", "audit", "sample", "dropout_concentration", "yardstick_banks", "ray_address",
+               "cpus_per_bank")
 
 
 def run_simulate(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
 
     [simulation]  banks, rounds, seed, out, strategy, dropout, compare = ["centralized", "local"]
+    [simulation]  sample (banks per round: a count, or a fraction in (0, 1]), ray-address,
+                  cpus-per-bank, dropout-concentration, yardstick-banks
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
     [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
     [simulation]  audit = true (privacy self-audit at the end of the run)
@@ -41,6 +43,11 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("simulation", "dropout"): "dropout",
     ("simulation", "setup"): "setup",
     ("simulation", "audit"): "audit",
+    ("simulation", "sample"): "sample",
+    ("simulation", "ray-address"): "ray_address",
+    ("simulation", "cpus-per-bank"): "cpus_per_bank",
+    ("simulation", "dropout-concentration"): "dropout_concentration",
+    ("simulation", "yardstick-banks"): "yardstick_banks",
     ("data", "scenario"): "scenario",
     ("model", "shared"): "shared",
     ("model", "freeze"): "freeze",
@@ -107,6 +114,11 @@ class SimulationConfig:
     freeze: tuple[str, ...] = ()
     base_model: str | None = None
     audit: bool = False  # run `fedsilo audit-privacy` on the run folder at the end
+    sample: int | float | None = None  # None: every bank in every round
+    ray_address: str | None = None
+    cpus_per_bank: float = 1.0
+    dropout_concentration: float = 0.0
+    yardstick_banks: int = 100
 
     def __post_init__(self) -> None:
         if self.setup not in SETUPS:
@@ -133,9 +145,31 @@ class SimulationConfig:
             raise ConfigError(f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round")
         if self.audit and self.setup != "horizontal":
             raise ConfigError("--audit supports the horizontal setup only (one model, one encoder)")
+        if self.sample is not None:
+            if isinstance(self.sample, float) and not 0.0 < self.sample <= 1.0:
+                raise ConfigError(f"--sample {self.sample}: a fraction of the banks must be in (0, 1]; "
+                                  "give a whole number for a count of banks")
+            if isinstance(self.sample, int) and not 1 <= self.sample <= self.banks:
+                raise ConfigError(f"--sample {self.sample}: sample between 1 and the {self.banks} banks per round")
+        if not (self.cpus_per_bank > 0):
+            raise ConfigError(f"--cpus-per-bank must be > 0 (got {self.cpus_per_bank}), e.g. 1 or 0.5")
+        if self.dropout_concentration < 0:
+            raise ConfigError(f"--dropout-concentration must be ≥ 0 (got {self.dropout_concentration}); "
+                              "0 gives every bank the same dropout probability")
+        if self.yardstick_banks < 1:
+            raise ConfigError(f"--yardstick-banks must be ≥ 1 (got {self.yardstick_banks})")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         self.job()  # validates model, training and DP settings
+
+    @property
+    def per_round(self) -> int:
+        """Banks sampled per round: `sample` as a count, a fraction of `banks`, or all."""
+        if self.sample is None:
+            return self.banks
+        if isinstance(self.sample, float):
+            return max(1, round(self.sample * self.banks))
+        return self.sample
 
     @property
     def yardsticks(self) -> tuple[str, ...]:
@@ -160,7 +194,7 @@ class SimulationConfig:
         """The job every simulated bank runs; `max_weight` bounds a bank's training rows."""
         return JobConfig(
             label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
-            strategy=self.strategy, peers=self.banks, public_rows=public_rows,
+            strategy=self.strategy, peers=self.banks, sample=self.per_round, public_rows=public_rows,
             shared=self.shared_parameters, freeze=tuple(self.freeze), base_model=self.base_model or "",
             model=ModelSpec(kind=self.model, hidden=tuple(self.hidden), shared_features=shared_features),
             train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
@@ -179,6 +213,8 @@ class SimulationConfig:
 def _coerce(name: str, value: Any, where: str) -> Any:
     """Convert a TOML or flag value to the type of field `name`, or say what is wrong."""
     default = getattr(SimulationConfig(), name)
+    if name == "sample":
+        return _sample(value, where)
     if name in ("compare", "hidden", "shared", "freeze"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -189,7 +225,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             return tuple(str(i).strip() for i in items if str(i).strip() and str(i).strip() != "none")
         except ValueError:
             raise ConfigError(f"{where} must list integers, got {value!r}") from None
-    if name in ("data", "label", "id_column", "partition", "scenario", "base_model"):
+    if name in ("data", "label", "id_column", "partition", "scenario", "base_model", "ray_address"):
         if value is not None and not isinstance(value, (str, Path)):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return None if value is None else str(value)
@@ -205,20 +241,37 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     return value
 
 
+def _sample(value: Any, where: str) -> int | float:
+    """A count of banks (a whole number) or a fraction of them (a number with a point)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            raise ConfigError(f"{where} must be a count of banks (e.g. 100) or a fraction (e.g. 0.1), "
+                              f"got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a count of banks (e.g. 100) or a fraction (e.g. 0.1), got {value!r}")
+    return value
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into SimulationConfig field values."""
-    path = Path(path)
-    document = read_toml(path, "config file")
+    return config_values(read_toml(Path(path), "config file"), str(path))
+
+
+def config_values(document: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """SimulationConfig field values from a parsed TOML document (`where` names it in errors)."""
     sections = sorted({s for s, _ in TOML_KEYS})
     values: dict[str, Any] = {}
     for section, table in document.items():
         if section not in sections or not isinstance(table, dict):
-            raise ConfigError(f"{path}: unknown section [{section}]; valid sections: {', '.join(sections)}")
+            raise ConfigError(f"{where}: unknown section [{section}]; valid sections: {', '.join(sections)}")
         for key, value in table.items():
             name = TOML_KEYS.get((section, key))
             if name is None:
                 valid = ", ".join(k for s, k in TOML_KEYS if s == section)
-                raise ConfigError(f"{path}: unknown key '{key}' in [{section}]; valid keys: {valid}")
+                raise ConfigError(f"{where}: unknown key '{key}' in [{section}]; valid keys: {valid}")
             values[name] = _coerce(name, value, f"[{section}] {key}")
     return values
 

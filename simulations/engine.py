@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,21 +26,35 @@ from flwr.supercore.telemetry import EventType
 from peers.flower_app import write_app_descriptor
 
 
-def backend_config(cpus_per_bank: float = 1.0) -> dict[str, Any]:
-    """Ray settings: one actor per core, quiet logs, no dashboard."""
-    return {
-        "client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": os.cpu_count() or 1,
-            "include_dashboard": False,
-            "logging_level": logging.ERROR,
-            "log_to_driver": False,
-        },
-    }
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where and how wide the engine runs.
+
+    `ray_address`: an existing Ray cluster (`HOST:PORT` of its head, or `auto`) to
+    connect to; None starts a private one-machine Ray runtime with this machine's
+    cores. `cpus_per_bank`: the Ray CPUs one virtual bank's actor claims, so a machine
+    (or cluster) runs CPUs / cpus_per_bank banks at once; each bank's torch work is
+    single-threaded (`limit_threads`), so 1.0 keeps every core busy with one bank.
+    """
+
+    ray_address: str | None = None
+    cpus_per_bank: float = 1.0
+
+
+def backend_config(settings: EngineSettings = EngineSettings()) -> dict[str, Any]:
+    """Ray settings: `cpus_per_bank` per actor, quiet logs, no dashboard; a local
+    runtime gets every core, a cluster brings its own resources."""
+    init_args: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if settings.ray_address:
+        init_args["address"] = settings.ray_address
+    else:
+        init_args.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+    return {"client_resources": {"num_cpus": settings.cpus_per_bank, "num_gpus": 0.0}, "init_args": init_args}
 
 
 def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks: int,
                           run_config: Mapping[str, Any], app_dir: Path, version: str,
+                          settings: EngineSettings = EngineSettings(),
                           verbose: bool = os.environ.get("FEDSILO_VERBOSE") == "1") -> None:
     """Run `server_app` against `n_banks` virtual SuperNodes running `client_app`."""
     write_app_descriptor(app_dir, run_config, version)
@@ -56,7 +71,7 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks:
             client_app=client_app,
             server_app=server_app,
             backend_name="ray",
-            backend_config=backend_config(),
+            backend_config=backend_config(settings),
             app_dir=str(app_dir),
             is_app=True,  # read the run config from the descriptor in app_dir
             verbose_logging=verbose,

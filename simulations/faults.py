@@ -1,7 +1,8 @@
 """Simulated dropouts: a client mod that makes a share of the banks vanish each round.
 
-`--dropout F` makes each bank, independently in each round, vanish with probability F
-at one stage of the round drawn uniformly from advertise, share, mask, unmask: from
+`--dropout F` makes each bank, independently in each round, vanish with its own
+probability pᵢ (F for every bank by default; drawn around F with
+`--dropout-concentration κ`, see `simulations.population.dropout_probability`) at one stage of the round drawn uniformly from advertise, share, mask, unmask: from
 that stage on it answers nothing in that round (an error reply, which the host treats
 as a vanished peer). The draw depends only on (seed, round, bank), so a run with
 secure aggregation and one without lose the same banks at the same rounds: without
@@ -16,9 +17,11 @@ from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from peers.client.app import bank_index
+from simulations.population import dropout_probability
 from strategies.secagg.wire import SECAGG_CONFIG_KEY, STAGES, read_stage
 
 DROPOUT_KEY = "sim.dropout"
+DROPOUT_CONCENTRATION_KEY = "sim.dropout-concentration"
 ERROR_CODE_DROPOUT = 4100
 
 
@@ -34,10 +37,12 @@ def dropout_stage(seed: int, server_round: int, bank: int, fraction: float) -> s
 
 def dropout_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Client mod: answer with an error from the stage this bank vanishes at."""
-    fraction = float(context.run_config.get(DROPOUT_KEY, 0.0))
-    if fraction <= 0 or msg.metadata.message_type != MessageType.TRAIN:
+    mean = float(context.run_config.get(DROPOUT_KEY, 0.0))
+    if mean <= 0 or msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     seed = int(context.run_config.get("train.seed", 0))
+    fraction = dropout_probability(seed, bank_index(context), mean,
+                                   float(context.run_config.get(DROPOUT_CONCENTRATION_KEY, 0.0)))
     if SECAGG_CONFIG_KEY in msg.content.config_records:
         stage, server_round, _ = read_stage(msg.content)
     else:

@@ -1,40 +1,54 @@
 """One federated job over simulated banks on Flower's Simulation Engine.
 
-`run_federation` is the part every setup shares: it puts each bank's table (and its
-encoder: one for all banks in the horizontal setup, one per bank in the transfer
-setup) where that bank's ClientApp reads it, has each bank's ledger reserve the job's
-planned (ε, δ), runs the job host and the peers on the engine, and commits what each
-bank's accountant says it spent.
+`run_federation` is the part every setup shares: it writes the encoder (one for all
+banks in the horizontal setup, one per bank in the transfer setup) and the pickled
+population where the banks' ClientApps read them, runs the job host and the peers on
+the engine, and commits what each bank's accountant says it spent. Each bank writes
+its own table and reserves the job's planned (ε, δ) in its ledger the first time it is
+sampled (`simulations.lazy_banks`); a bank never sampled is never built and never
+appears in the ledger. A bank's spending is accounted per participation: a bank
+sampled in fewer rounds commits fewer mechanisms (no amplification by the host's
+sampling is claimed).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from peers.client.app import app as default_client_app
 from peers.client.app import build_client_app
-from peers.data.bank import BankTensors
 from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
+from peers.job import JobConfig
 from peers.server.host import EvaluateFn, HostedRun, JobHost, server_app
 from privacy.accounting import Mechanism
 from privacy.errors import FedsiloError
 from privacy.ledger import SQLiteLedger
-from simulations.banks import Bank
-from simulations.engine import run_flower_simulation
-from simulations.faults import DROPOUT_KEY, dropout_mod
+from simulations.engine import EngineSettings, run_flower_simulation
+from simulations.faults import DROPOUT_CONCENTRATION_KEY, DROPOUT_KEY, dropout_mod
+from simulations.lazy_banks import LEDGER_KEY, POPULATION_KEY, facts_path, ledger_mod, materialize_mod
+from simulations.population import Population, bank_name
 from simulations.progress import Progress
 
 
 @dataclass
 class FederationRun:
+    """A finished job: the job as run, the host's outcome, what each bank ran (by index),
+    each participating bank's ledger status (by name), and where the banks' tables and
+    facts files are (until the harness's work directory is deleted)."""
+
     job: JobConfig
     outcome: HostedRun
     spent: dict[int, list[Mechanism]]
     ledger_status: dict[str, Any]
+    banks_dir: Path
+
+    def facts(self, index: int) -> dict[str, Any] | None:
+        """Bank `index`'s facts file (rows, default rate, fingerprint) if it was ever sampled."""
+        path = facts_path(self.banks_dir, index)
+        return json.loads(path.read_text()) if path.exists() else None
 
 
 def fedsilo_version() -> str:
@@ -44,46 +58,50 @@ def fedsilo_version() -> str:
         return "0+unknown"
 
 
-def run_federation(job: JobConfig, banks: list[Bank], encoders: list[TabularEncoder], tensors: list[BankTensors],
-                   work: Path, ledger_path: Path, progress: Progress, dropout: float = 0.0,
-                   evaluate_fn: EvaluateFn | None = None, title: str = "Training") -> FederationRun:
-    """Run `job` (its data paths are filled in here) over `banks`; see the module docstring."""
+def run_federation(job: JobConfig, population: Population, encoders: list[TabularEncoder], work: Path,
+                   ledger_path: Path, progress: Progress, dropout: float = 0.0, dropout_concentration: float = 0.0,
+                   evaluate_fn: EvaluateFn | None = None, title: str = "Training",
+                   engine: EngineSettings = EngineSettings()) -> FederationRun:
+    """Run `job` (its data paths are filled in here) over `population`; see the module docstring."""
     banks_dir = work / "banks"
     banks_dir.mkdir(parents=True, exist_ok=True)
-    for bank in banks:
-        bank.frame.to_parquet(banks_dir / f"{bank.name}.parquet", index=False)
     if len(encoders) == 1:
         encoder_path = work / "encoder.json"
         encoder_path.write_text(encoders[0].to_json())
         encoder_template = str(encoder_path)
     else:
-        for bank, encoder in zip(banks, encoders):
-            (banks_dir / f"{bank.name}.encoder.json").write_text(encoder.to_json())
+        for index, encoder in enumerate(encoders):
+            (banks_dir / f"{bank_name(index)}.encoder.json").write_text(encoder.to_json())
         encoder_template = str(banks_dir / "{bank}.encoder.json")
     job = replace(job, encoder_path=encoder_template, banks_dir=str(banks_dir))
+    population_path = population.save(work / "population.pickle")
 
     host = JobHost(job, evaluate_fn=evaluate_fn, on_round=progress.round_callback(job.train.rounds))
     host.initial_weights()  # a bad `model.base` fails here, before any ledger entry or engine start
-    ledger = SQLiteLedger(ledger_path)
+    ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    SQLiteLedger(ledger_path).close()  # the file exists before any bank reserves in it
+    per_round = f", {job.sample} sampled per round" if job.sample < job.peers else ""
+    progress.stage(f"{title}: {job.peers} banks × {job.train.rounds} rounds{per_round} on Flower's Simulation Engine"
+                   + (f" (Ray cluster {engine.ray_address})" if engine.ray_address else ""))
+    progress.start_rounds(job.train.rounds)
+    client_app = build_client_app([dropout_mod, materialize_mod, ledger_mod])
+    run_config = {**job.to_run_config(), DROPOUT_KEY: dropout, DROPOUT_CONCENTRATION_KEY: dropout_concentration,
+                  POPULATION_KEY: str(population_path), LEDGER_KEY: str(ledger_path) if job.dp.private else ""}
     try:
-        if job.dp.private:
-            _reserve(ledger, job, banks, tensors)
-        progress.stage(f"{title}: {len(banks)} banks × {job.train.rounds} rounds on Flower's Simulation Engine")
-        progress.start_rounds(job.train.rounds)
-        client_app = build_client_app([dropout_mod]) if dropout > 0 else default_client_app
-        try:
-            run_flower_simulation(server_app(host), client_app, len(banks),
-                                  {**job.to_run_config(), DROPOUT_KEY: dropout}, work / "app", fedsilo_version())
-        finally:
-            progress.finish_rounds()
-        outcome = _check_outcome(host.outcome)
-        spent = _spent_per_bank(outcome)
-        if job.dp.private:
-            _commit(ledger, job, banks, spent)
-        status = {b.name: asdict(ledger.status(b.name)) for b in banks} if job.dp.private else {}
+        run_flower_simulation(server_app(host), client_app, job.peers, run_config, work / "app",
+                              fedsilo_version(), engine)
     finally:
-        ledger.close()
-    return FederationRun(job, outcome, spent, status)
+        progress.finish_rounds()
+    outcome = _check_outcome(host.outcome)
+    spent = _spent_per_bank(outcome)
+    status: dict[str, Any] = {}
+    if job.dp.private:
+        ledger = SQLiteLedger(ledger_path)
+        try:
+            status = _commit(ledger, job, spent)
+        finally:
+            ledger.close()
+    return FederationRun(job, outcome, spent, status, banks_dir)
 
 
 def _check_outcome(outcome: HostedRun | None) -> HostedRun:
@@ -96,21 +114,17 @@ def _check_outcome(outcome: HostedRun | None) -> HostedRun:
     return outcome
 
 
-def _reserve(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], tensors: list[BankTensors]) -> None:
-    """Each bank's ledger reserves the whole job's mechanism before the job starts."""
-    distributed = plan_distributed_dp(job, parameter_count(job)) if job.dp.mode == "distributed" else None
-    for bank, data in zip(banks, tensors):
-        ledger.set_budget(bank.name, job.dp.epsilon, job.dp.delta, accountant=job.dp.accountant)
-        planned = [distributed.per_round] * job.train.rounds if distributed else [plan_dp(job, data.n_train).whole_job]
-        ledger.reserve(bank.name, job.job_id, planned)
-
-
-def _commit(ledger: SQLiteLedger, job: JobConfig, banks: list[Bank], spent: dict[int, list[Mechanism]]) -> None:
-    for bank in banks:
-        if spent.get(bank.index):
-            ledger.commit(bank.name, job.job_id, spent[bank.index])
+def _commit(ledger: SQLiteLedger, job: JobConfig, spent: dict[int, list[Mechanism]]) -> dict[str, Any]:
+    """Every bank that reserved commits what it ran (per participation) or releases; their status."""
+    status = {}
+    for name in ledger.sources():
+        index = int(name.rsplit("-", 1)[1])
+        if spent.get(index):
+            ledger.commit(name, job.job_id, spent[index])
         else:
-            ledger.release(bank.name, job.job_id)
+            ledger.release(name, job.job_id)
+        status[name] = asdict(ledger.status(name))
+    return status
 
 
 def _spent_per_bank(outcome: HostedRun) -> dict[int, list[Mechanism]]:

@@ -34,6 +34,7 @@ data file, which must still be readable and unchanged: the fingerprints are chec
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ from privacy.audit import membership, one_run, reconstruction
 from privacy.audit.roc import advantage_bound
 from privacy.errors import DataError
 from privacy.secagg import SecAggConfig
-from simulations.banks import Bank, prepare_banks
+from simulations.banks import build_population
 from simulations.config import SimulationConfig
+from simulations.population import Population, bank_name, fingerprint
 from simulations.progress import Progress
 from simulations.report.card import sha256_file, write_card
 from simulations.report.plots import plot_privacy_audit
@@ -99,15 +101,18 @@ class BankSplit:
 
 # --------------------------------------------------------------------------- the split file
 
-def write_membership_split(path: Path, banks: list[Bank], encoder: TabularEncoder, test_fraction: float,
-                           seed: int) -> None:
-    """Record, per bank, which rows trained the model (for `audit-privacy` only; no row values)."""
+def write_membership_split(path: Path, population: Population, indices: list[int], label: str,
+                           test_fraction: float, seed: int) -> None:
+    """Record, for the banks `indices` that trained, which rows trained the model (no row values).
+
+    The split is the one each bank made when it was built (`simulations.lazy_banks`).
+    """
     entries = []
-    for bank in banks:
-        _, labels = encoder.transform(bank.frame)
-        train, test = split_train_test(labels, test_fraction, seed)
-        entries.append({"name": bank.name, "data_sha256": bank.fingerprint(), "rows": len(bank.frame),
-                        "train_rows": train.tolist(), "test_rows": test.tolist()})
+    for index in indices:
+        frame = population.frame(index)
+        train, test = split_train_test(frame[label].to_numpy(), test_fraction, seed)
+        entries.append({"index": index, "name": bank_name(index), "data_sha256": fingerprint(frame),
+                        "rows": len(frame), "train_rows": train.tolist(), "test_rows": test.tolist()})
     path.write_text(json.dumps({
         "schema": SPLIT_SCHEMA,
         "purpose": "privacy self-audit only (fedsilo audit-privacy): which rows of each bank's table trained the "
@@ -168,21 +173,23 @@ def load_run(run_dir: str | Path) -> RunUnderAudit:
         raise DataError(f"the run's data file {config.data} is not found from {Path.cwd()}: the audit rebuilds each "
                         "bank from it; run the audit from the directory the run was made in, with the file in place")
     encoder = TabularEncoder.from_json((path / "encoder.json").read_text())
-    banks = prepare_banks(config)
-    recorded = split["banks"]
-    if len(recorded) != len(banks):
-        raise DataError(f"{SPLIT_FILE} lists {len(recorded)} banks, the run's data gives {len(banks)}")
     splits = []
-    for bank, entry in zip(banks, recorded):
-        if entry["data_sha256"] != bank.fingerprint():
-            raise DataError(f"{bank.name}'s table rebuilt from {config.data or 'the synthetic generator'} does not "
-                            "match its fingerprint in the run: the data changed since the run; audit it "
-                            "with the data it was trained on")
-        features, labels = encoder.transform(bank.frame)
-        x, y = torch.from_numpy(features), torch.from_numpy(labels)
-        train, test = (torch.as_tensor(entry["train_rows"], dtype=torch.long),
-                       torch.as_tensor(entry["test_rows"], dtype=torch.long))
-        splits.append(BankSplit(bank.name, x[train], y[train], x[test], y[test]))
+    with tempfile.TemporaryDirectory(prefix="fedsilo-audit-") as work:
+        population = build_population(config, Path(work))
+        for entry in split["banks"]:
+            index = int(entry["index"])
+            if not 0 <= index < population.n_banks:
+                raise DataError(f"{SPLIT_FILE} names bank {index}, the run's data gives {population.n_banks} banks")
+            frame = population.frame(index)
+            if entry["data_sha256"] != fingerprint(frame):
+                raise DataError(f"{bank_name(index)}'s table rebuilt from {config.data or 'the synthetic generator'} "
+                                "does not match its fingerprint in the run: the data changed since the run; audit "
+                                "it with the data it was trained on")
+            features, labels = encoder.transform(frame)
+            x, y = torch.from_numpy(features), torch.from_numpy(labels)
+            train, test = (torch.as_tensor(entry["train_rows"], dtype=torch.long),
+                           torch.as_tensor(entry["test_rows"], dtype=torch.long))
+            splits.append(BankSplit(bank_name(index), x[train], y[train], x[test], y[test]))
     job = config.job(job_id=card.get("run", "audit"))
     model = build_model(job.model, encoder.n_features)
     set_weights(model, load_file(str(path / "model.safetensors")))

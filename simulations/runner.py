@@ -33,14 +33,14 @@ from safetensors.numpy import save_file
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
-from peers.job import JobConfig, plan_dp
+from peers.job import JobConfig, grid_sample_rate, plan_dp
 from peers.models import build_model, set_weights
-from peers.server.host import HostedRun
-from privacy.accounting import Mechanism
 from simulations import baselines
-from simulations.banks import Bank, prepare_banks
+from simulations.banks import build_population
 from simulations.config import SimulationConfig
-from simulations.federation import run_federation
+from simulations.engine import EngineSettings
+from simulations.federation import FederationRun, run_federation
+from simulations.population import Population, bank_name, yardstick_sample
 from simulations.progress import Progress
 from simulations.privacy_audit import SPLIT_FILE, write_membership_split
 from simulations.report.card import build_card, sha256_file, write_card
@@ -77,27 +77,52 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
     """Run one simulation end to end; raises `FedsiloError` on bad input, before writing."""
     label = config.label_column
     progress.stage(f"Preparing {config.banks} banks")
-    banks = prepare_banks(config)
-    encoder = TabularEncoder.fit([BankSummary.from_frame(b.frame, label) for b in banks], label)
-    job_template = config.job()
-    tensors = [encode_bank(b.frame, encoder, config.test_fraction, config.seed) for b in banks]
-    if job_template.dp.mode == "local":
-        for data in tensors:
-            plan_dp(job_template, data.n_train)  # fails early on an unusable bank
-    everyone = baselines.pooled(tensors)
-
-    with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir, RunFolder(config.out) as folder:
-        (folder.path / "encoder.json").write_text(encoder.to_json())
-        job = config.job(job_id=folder.name, max_weight=float(max(t.n_train for t in tensors)),
-                         public_rows=sum(t.n_train for t in tensors))
-        run = run_federation(job, banks, [encoder], tensors, Path(work_dir), folder.path / "ledger.sqlite",
-                             progress, dropout=config.dropout,
-                             evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features))
-        yardsticks = _yardsticks(config, run.job, tensors, everyone, progress)
-        progress.stage("Writing the run folder")
-        summary = _write_outputs(folder, config, run.job, banks, tensors, encoder, run.outcome, run.spent,
-                                 run.ledger_status, yardsticks)
+    with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir:
+        work = Path(work_dir)
+        population = build_population(config, work / "source")
+        sizes = population.sizes()
+        sample = yardstick_sample(population.n_banks, config.yardstick_banks, config.seed)
+        frames = {i: population.frame(i) for i in sample}
+        encoder = TabularEncoder.fit([BankSummary.from_frame(frames[i], label) for i in sample], label)
+        tensors = {i: encode_bank(frames[i], encoder, config.test_fraction, config.seed) for i in sample}
+        del frames
+        job_template = config.job()
+        if job_template.dp.mode == "local":
+            for data in tensors.values():
+                plan_dp(job_template, data.n_train)  # fails early on an unusable bank
+            _warm_dp_plans(job_template, sizes, config.test_fraction, progress)
+        everyone = baselines.pooled(list(tensors.values()))
+        with RunFolder(config.out) as folder:
+            (folder.path / "encoder.json").write_text(encoder.to_json())
+            # Public bounds from the banks' sizes only: a bank's training rows are below its rows.
+            job = config.job(job_id=folder.name, max_weight=float(sizes.max()),
+                             public_rows=int(round((1 - config.test_fraction) * int(sizes.sum()))))
+            engine = EngineSettings(ray_address=config.ray_address,
+                                    cpus_per_bank=config.cpus_per_bank)
+            run = run_federation(job, population, [encoder], work / "federation", folder.path / "ledger.sqlite",
+                                 progress, dropout=config.dropout, dropout_concentration=config.dropout_concentration,
+                                 evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features), engine=engine)
+            yardsticks = _yardsticks(config, run.job, tensors, everyone, progress)
+            progress.stage("Writing the run folder")
+            summary = _write_outputs(folder, config, run, population, encoder, sample, yardsticks)
     return RunSummary(**{**asdict(summary), "run_dir": str(folder.final)})
+
+
+def _warm_dp_plans(job: JobConfig, sizes: np.ndarray, test_fraction: float, progress: Progress) -> None:
+    """Calibrate, before the engine starts, the noise of every sampling rate a bank may use.
+
+    A bank's first round otherwise calibrates inside the secure-aggregation stage that
+    first reaches it (seconds per rate, longer on a loaded machine), which can exceed
+    the stage's timeout. Training rows are within one of size − round(test_fraction ·
+    size), so the rates of n − 1, n and n + 1 cover every bank; results go to the
+    shared disk cache (`privacy.accounting.cache`).
+    """
+    estimates = {int(n) - round(test_fraction * int(n)) for n in np.unique(sizes)}
+    rows = {n + d for n in estimates for d in (-1, 0, 1) if n + d >= 1}
+    by_rate = {grid_sample_rate(job.train.batch_size, n): n for n in sorted(rows)}
+    progress.stage(f"Calibrating DP noise for {len(by_rate)} sampling rates (cached on disk)")
+    for n in by_rate.values():
+        plan_dp(job, n)
 
 
 def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):
@@ -110,18 +135,24 @@ def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):
     return evaluate_fn
 
 
-def _yardsticks(config: SimulationConfig, job: JobConfig, tensors: list[BankTensors], everyone: BankTensors,
+LOCAL_ONLY_BANKS = 20
+
+
+def _yardsticks(config: SimulationConfig, job: JobConfig, tensors: dict[int, BankTensors], everyone: BankTensors,
                 progress: Progress) -> dict[str, Any]:
+    """Centralized on the yardstick banks' pooled rows; local-only for the first 20 of them."""
     result: dict[str, Any] = {}
     if "centralized" in config.yardsticks:
-        progress.stage("Yardstick: centralized non-private model on the pooled rows")
+        progress.stage("Yardstick: centralized non-private model on the pooled rows"
+                       + (f" of {len(tensors)} banks" if len(tensors) < config.banks else ""))
         result["centralized"] = baselines.centralized(job, everyone, everyone.x_test, everyone.y_test)
     if "local" in config.yardsticks:
-        progress.stage(f"Yardstick: {len(tensors)} local-only models, each bank alone")
+        alone_banks = sorted(tensors)[:LOCAL_ONLY_BANKS]
+        progress.stage(f"Yardstick: {len(alone_banks)} local-only models, each bank alone")
         # Alone, a bank has no one to share noise with: its yardstick is local DP-SGD at the same ε.
         alone = replace(job, dp=replace(job.dp, mode="local")) if job.dp.mode == "distributed" else job
-        result["local"] = [baselines.local_only(alone, i, data, everyone.x_test, everyone.y_test)
-                           for i, data in enumerate(tensors)]
+        result["local"] = [baselines.local_only(alone, i, tensors[i], everyone.x_test, everyone.y_test)
+                           for i in alone_banks]
     return result
 
 
@@ -129,11 +160,11 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, banks: list[Bank],
-                   tensors: list[BankTensors], encoder: TabularEncoder, outcome: HostedRun,
-                   spent: dict[int, list[Mechanism]], ledger_status: dict[str, Any],
-                   yardsticks: dict[str, Any]) -> RunSummary:
+def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationRun, population: Population,
+                   encoder: TabularEncoder, yardstick_banks: list[int], yardsticks: dict[str, Any]) -> RunSummary:
+    """The run folder's files; the model card lists every bank that was sampled at least once."""
     path = folder.path
+    job, outcome, spent, ledger_status = run.job, run.outcome, run.spent, run.ledger_status
     guard = find_wrapper(outcome.strategy, ReplyGuard)
     secure = find_wrapper(outcome.strategy, SecureAggregation)
     model_file = path / "model.safetensors"
@@ -170,22 +201,29 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
     central = yardsticks.get("centralized")
     local = yardsticks.get("local")
     final_eval = {int(m["bank"]): m for m in outcome.strategy.evaluate.get(job.train.rounds, [])}
-    participants = []
-    for bank, data in zip(banks, tensors):
+    local_by_bank = {lo.bank: lo for lo in local} if local else {}
+    participants, trained = [], []
+    for index in range(job.peers):
+        facts = run.facts(index)
+        if facts is None:
+            continue  # never sampled: never built, spent nothing
+        trained.append(index)
+        name = facts["name"]
         entry = {
-            "name": bank.name,
-            "rows_train": data.n_train,
-            "rows_test": data.n_test,
-            "default_rate": round(float(bank.frame[job.label].mean()), 4),
-            "data_sha256": bank.fingerprint(),
-            "epsilon_spent": _finite(ledger_status[bank.name]["spent_epsilon"]) if ledger_status else 0.0,
+            "name": name,
+            "rows_train": facts["rows_train"],
+            "rows_test": facts["rows_test"],
+            "default_rate": facts["default_rate"],
+            "data_sha256": facts["data_sha256"],
+            "rounds_trained": len(spent.get(index, [])),
+            "epsilon_spent": _finite(ledger_status[name]["spent_epsilon"]) if name in ledger_status else 0.0,
             "delta": job.dp.delta if job.dp.private else 0.0,
-            "noise_multiplier": spent[bank.index][0].noise_multiplier if spent.get(bank.index) else None,
-            "federated_auc_own_test": _finite(final_eval.get(bank.index, {}).get("auc", float("nan"))),
+            "noise_multiplier": spent[index][0].noise_multiplier if spent.get(index) else None,
+            "federated_auc_own_test": _finite(final_eval.get(index, {}).get("auc", float("nan"))),
         }
-        if local:
-            entry["local_only_auc_own_test"] = _finite(local[bank.index].auc_own)
-            entry["local_only_auc_pooled_test"] = _finite(local[bank.index].auc_pooled)
+        if index in local_by_bank:
+            entry["local_only_auc_own_test"] = _finite(local_by_bank[index].auc_own)
+            entry["local_only_auc_pooled_test"] = _finite(local_by_bank[index].auc_pooled)
         participants.append(entry)
     epsilon_max = max((p["epsilon_spent"] or 0.0 for p in participants), default=0.0)
 
@@ -193,7 +231,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
     plot_rounds(path / "rounds.png", rounds, [outcome.central_metrics[r]["auc"] for r in rounds],
                 eps_max_curve, job.dp.epsilon if job.dp.private else None)
     plot_comparison(path / "comparison.png", final_auc, central["auc"] if central else None,
-                    {banks[lo.bank].name: lo.auc_pooled for lo in local} if local else None)
+                    {bank_name(lo.bank): lo.auc_pooled for lo in local} if local else None)
 
     data_info: dict[str, Any] = ({"source": "synthetic", "generator": "simulations.data.synthetic",
                                   "seed": config.seed, "customers": config.customers}
@@ -201,7 +239,12 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
                                  {"source": str(config.data), "label": job.label, "id_column": config.id_column,
                                   "partition": config.partition or "iid"})
     data_info["features"] = encoder.feature_names
-    write_membership_split(path / SPLIT_FILE, banks, encoder, config.test_fraction, config.seed)
+    write_membership_split(path / SPLIT_FILE, population, trained, job.label, config.test_fraction, config.seed)
+    data_info["population"] = {
+        "banks": job.peers, "sampled_per_round": job.per_round, "banks_sampled_at_least_once": len(participants),
+        "yardstick_banks": len(yardstick_banks),
+        "note": "the encoder is fitted from, and the pooled test rows and centralized yardstick use, the "
+                "yardstick banks (all banks when there are at most yardstick-banks of them)"}
     card = build_card(
         run_name=folder.name,
         job={"strategy": job.strategy, "model": {"kind": job.model.kind, "hidden": list(job.model.hidden)},
@@ -226,5 +269,5 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, job: JobConfig, 
         centralized_auc=round(central["auc"], 4) if central else None,
         local_auc_mean=round(local_mean, 4) if local_mean is not None else None,
         epsilon_max=round(epsilon_max, 4), delta=job.dp.delta if job.dp.private else 0.0,
-        banks=len(banks), rounds=job.train.rounds, dp=job.dp.mode, secure_aggregation=job.secagg.mode,
+        banks=job.peers, rounds=job.train.rounds, dp=job.dp.mode, secure_aggregation=job.secagg.mode,
     )

@@ -53,7 +53,9 @@ from simulations.data.schemas import (
     synthetic_transfer_table,
     uci_scenario,
 )
+from simulations.engine import EngineSettings
 from simulations.federation import FederationRun, run_federation
+from simulations.population import FramesPopulation
 from simulations.progress import Progress
 from simulations.report.card import build_card, write_card
 from simulations.report.plots import plot_institutions, plot_rounds
@@ -83,6 +85,11 @@ def _institutions(frames: list[pd.DataFrame], names: list[str], label: str) -> l
     for bank in banks:
         check_bank(bank, label)
     return banks
+
+
+def _population(banks: list[Bank], seed: int) -> FramesPopulation:
+    """The institutions' tables, handed to the engine (each writes its own when first sampled)."""
+    return FramesPopulation(seed=seed, frames=[b.frame for b in banks], titles=[b.display_name for b in banks])
 
 
 def shared_vocabulary(scenario: TransferScenario) -> list[str]:
@@ -155,8 +162,10 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
         work = Path(work_dir)
         job = config.job(job_id=folder.name, max_weight=float(max(t.n_train for t in tensors)),
                          public_rows=sum(t.n_train for t in tensors), shared_features=shared_encoder.n_features)
-        run = run_federation(job, banks, encoders, tensors, work / "transfer", folder.path / "ledger.sqlite",
-                             progress, dropout=config.dropout, title="Transfer training")
+        run = run_federation(job, _population(banks, config.seed), encoders, work / "transfer",
+                             folder.path / "ledger.sqlite", progress, dropout=config.dropout,
+                             dropout_concentration=config.dropout_concentration, title="Transfer training",
+                             engine=EngineSettings(config.ray_address, config.cpus_per_bank))
         federated = _final_own_auc(run)
         local: dict[int, float] = {}
         if "local" in config.yardsticks:
@@ -183,8 +192,10 @@ def _horizontal_on_common(config: SimulationConfig, banks: list[Bank], work: Pat
     job = horizontal.job(job_id=f"{run_name}-common", max_weight=float(max(t.n_train for t in tensors)),
                          public_rows=sum(t.n_train for t in tensors))
     work.mkdir(parents=True, exist_ok=True)
-    run = run_federation(job, banks, [encoder], tensors, work, work / "ledger.sqlite", progress,
-                         dropout=config.dropout, title="Yardstick: horizontal on common columns")
+    run = run_federation(job, _population(banks, config.seed), [encoder], work, work / "ledger.sqlite", progress,
+                         dropout=config.dropout, dropout_concentration=config.dropout_concentration,
+                         title="Yardstick: horizontal on common columns",
+                         engine=EngineSettings(config.ray_address, config.cpus_per_bank))
     return _final_own_auc(run)
 
 

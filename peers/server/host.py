@@ -75,8 +75,10 @@ class JobHost:
             grid = PromptGrid(grid)  # Deployment: Flower's HttpGrid waits 3 s between pulls
         initial_weights = self.initial_weights()
         n_params = int(sum(v.size for v in initial_weights.values()))
+        fraction = self.job.per_round / self.job.peers
         strategy = build_strategy(
-            self.job.strategy, self.job.peers, on_round=self.on_round,
+            self.job.strategy, self.job.peers, fraction_train=fraction, fraction_evaluate=fraction,
+            on_round=self.on_round,
             secagg=secagg_config(self.job, n_params) if self.job.secagg.enabled else None,
             sum_updates=self.job.dp.mode == "distributed")
         central: dict[int, dict[str, float]] = {}

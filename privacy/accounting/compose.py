@@ -8,10 +8,13 @@ accountant over the whole history, never by summing per-job epsilons.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as privacy_analysis
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
@@ -92,8 +95,21 @@ def epsilon_spent(
     history = canonical_history(mechanisms)
     if not history:
         return 0.0
+    if accountant == "rdp":
+        # What RDPAccountant.get_privacy_spent computes, with each (σ, q)'s per-step RDP
+        # vector memoized: Opacus' compute_rdp returns that vector times the steps.
+        rdp = sum(np.asarray(_rdp_per_step(sigma, q)) * steps for sigma, q, steps in history)
+        epsilon, _ = privacy_analysis.get_privacy_spent(orders=RDP_ALPHAS, rdp=rdp, delta=delta)
+        return float(epsilon)
     acc.history = history
     return float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    """Opacus' RDP of one step of the subsampled Gaussian at every order in RDP_ALPHAS."""
+    return tuple(privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                                              steps=1, orders=RDP_ALPHAS))
 
 
 def calibrate_noise(

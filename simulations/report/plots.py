@@ -121,3 +121,24 @@ def plot_privacy_audit(path: Path, attacks: list, epsilon_claimed: float | None,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_sweep(path: Path, rows: list[dict]) -> None:
+    """Federated ROC-AUC against ε, one line per population size, one panel per (setup, dropout)."""
+    panels = sorted({(r["setup"], r["dropout"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (setup, dropout) in zip(axes[0], panels):
+        chosen = [r for r in rows if (r["setup"], r["dropout"]) == (setup, dropout)]
+        for banks in sorted({r["banks"] for r in chosen}):
+            line = sorted((r["epsilon"], r["final_auc"]) for r in chosen if r["banks"] == banks)
+            ax.plot([e for e, _ in line], [a for _, a in line], marker="o", label=f"{banks} institutions")
+        ax.set(title=f"{setup}, dropout {dropout:g}", xlabel="ε per institution", ylabel="federated ROC-AUC")
+        epsilons = sorted({r["epsilon"] for r in chosen})
+        ax.set_xscale("log")
+        ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,256 @@
+"""Many banks on one machine: fedsilo (DP-SGD + SecAgg+) against Flower's plain FedAvg.
+
+One run measures, each in its own child process (so that the peak RSS is that of one
+whole process tree: the driver, Ray's raylet/GCS and every worker):
+
+1. baseline: Flower's own Simulation Engine (`flwr.simulation.run_simulation`) with
+   Flower's plain `FedAvg`, N banks, R rounds, K sampled per round, the same MLP and
+   the same synthetic banks (each generated on first use inside its worker, as fedsilo
+   does), plain SGD for one local epoch, evaluation on the sampled banks;
+2. fedsilo: `fedsilo simulate --banks N --sample K --rounds R --compare none` (local
+   DP-SGD at ε = 3, SecAgg+ secure aggregation, ledger, model card, plots);
+3. big: the same fedsilo run with 10,000 banks and 3 rounds.
+
+Figures (printed last): wall time, seconds per round, peak RSS of the process tree,
+and fedsilo / Flower ratios. Goals (issue 8): fedsilo ≤ 2× Flower's time, peak RSS ≤
+3 GiB. The noise calibrations fedsilo needs are cached on disk
+(`privacy.accounting.cache`); the script reports whether the cache was warm. The
+machine's CPU is shared: run it when the load is low, and read the load average
+printed with the figures.
+
+    python bench/scale.py                 # 1,000 banks × 10 rounds, 100 per round; then 10,000 × 3
+    python bench/scale.py --skip-big      # only the comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+# ----------------------------------------------------------------------------- measuring a process tree
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (psutil if installed, else /proc)."""
+    try:
+        import psutil
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except ImportError:
+        return _proc_tree_rss(pid)
+
+
+def _proc_tree_rss(pid: int) -> int:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += rss.get(current, 0)
+        stack.extend(children.get(current, []))
+    return total
+
+
+def measure(argv: list[str], label: str) -> dict:
+    """Run this script as a child with `argv`; its wall time, peak tree RSS and JSON result."""
+    print(f"• {label} ...", file=sys.stderr, flush=True)
+    out = tempfile.NamedTemporaryFile(prefix="scale-", suffix=".json", delete=False).name
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, __file__, "--child", out, *argv], env=env)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, _tree_rss(child.pid))
+        time.sleep(0.25)
+    wall = time.perf_counter() - started
+    if child.returncode != 0:
+        raise SystemExit(f"{label} failed with exit status {child.returncode}")
+    result = {**json.loads(Path(out).read_text()), "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30}
+    Path(out).unlink()
+    print(f"  {label}: {wall:.1f} s, peak RSS {peak / 2**30:.2f} GiB, load average {os.getloadavg()[0]:.1f}",
+          file=sys.stderr, flush=True)
+    return result
+
+
+# ----------------------------------------------------------------------------- the children
+def child_fedsilo(banks: int, rounds: int, sample: int, out: str) -> dict:
+    from simulations.config import build_config
+    from simulations.progress import Progress
+    from simulations.runner import simulate
+    config = build_config(None, {"banks": banks, "rounds": rounds, "sample": str(sample), "compare": "none",
+                                 "out": out})
+    started = time.perf_counter()
+    summary = simulate(config, Progress(quiet=True))
+    return {"run_s": time.perf_counter() - started, "final_auc": summary.final_auc,
+            "epsilon_max": summary.epsilon_max}
+
+
+def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
+    """Flower's plain FedAvg on the same banks and model (no DP, no secure aggregation)."""
+    import numpy as np
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from peers.data.bank import encode_bank
+    from peers.data.encoding import BankSummary, TabularEncoder
+    from peers.models import ModelSpec, build_model
+    from simulations.config import build_config
+    from simulations.banks import build_population
+    from simulations.engine import backend_config
+    from simulations.population import yardstick_sample
+
+    config = build_config(None, {"banks": banks})
+    population = build_population(config, Path(work))
+    population_path = str(population.save(Path(work) / "population.pickle"))
+    chosen = yardstick_sample(banks, config.yardstick_banks, config.seed)
+    encoder = TabularEncoder.fit([BankSummary.from_frame(population.frame(i), "default") for i in chosen], "default")
+    encoder_json = encoder.to_json()
+    spec = ModelSpec()
+
+    def bank_tensors(index: int):
+        from functools import lru_cache
+
+        @lru_cache(maxsize=256)
+        def load(i: int):
+            from simulations.population import load_population
+            frame = load_population(population_path).frame(i)
+            return encode_bank(frame, TabularEncoder.from_json(encoder_json), 0.2, 0)
+        return load(index)
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        import torch
+        torch.set_num_threads(1)
+        data = bank_tensors(int(context.node_config["partition-id"]))
+        model = build_model(spec, data.x_train.shape[1])
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        for batch in torch.randperm(data.n_train).split(128):
+            optimizer.zero_grad()
+            loss_fn(model(data.x_train[batch]).squeeze(-1), data.y_train[batch]).backward()
+            optimizer.step()
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": data.n_train})}), reply_to=msg)
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        import torch
+        from peers.evaluation import evaluate as score
+        torch.set_num_threads(1)
+        data = bank_tensors(int(context.node_config["partition-id"]))
+        model = build_model(spec, data.x_test.shape[1])
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        result = score(model, data.x_test, data.y_test)
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": data.n_test, "auc": result["auc"]})}),
+                       reply_to=msg)
+
+    server_app = ServerApp()
+    outcome: dict = {}
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        fraction = sample / banks
+        strategy = FedAvg(fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=sample,
+                          min_evaluate_nodes=sample, min_available_nodes=banks)
+        initial = ArrayRecord(build_model(spec, encoder.n_features).state_dict())
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
+        outcome["auc"] = float(result.evaluate_metrics_clientapp.get(rounds, {}).get("auc", np.nan))
+
+    started = time.perf_counter()
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=banks,
+                   backend_config=backend_config())
+    return {"run_s": time.perf_counter() - started, "final_auc": outcome.get("auc")}
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--banks", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--sample", type=int, default=100)
+    parser.add_argument("--big-banks", type=int, default=10_000)
+    parser.add_argument("--big-rounds", type=int, default=3)
+    parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--only", choices=["compare", "big"],
+                        help="compare: only Flower vs fedsilo at --banks; big: only the --big-banks run")
+    parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", choices=["flower", "fedsilo"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        with tempfile.TemporaryDirectory(prefix="scale-bench-") as work:
+            run = child_flower if args.kind == "flower" else child_fedsilo
+            result = run(args.banks, args.rounds, args.sample, work)
+        Path(args.child).write_text(json.dumps(result))
+        return
+
+    from privacy.accounting.cache import cache_dir
+    cached = len(list(cache_dir().glob("*.json"))) if cache_dir().exists() else 0
+    common = ["--banks", str(args.banks), "--rounds", str(args.rounds), "--sample", str(args.sample)]
+    flower = fedsilo = big = None
+    if args.only != "big":
+        flower = measure(["--kind", "flower", *common],
+                         f"Flower plain FedAvg: {args.banks} banks × {args.rounds} rounds")
+        fedsilo = measure(["--kind", "fedsilo", *common],
+                          f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds")
+    if not args.skip_big and args.only != "compare":
+        big = measure(["--kind", "fedsilo", "--banks", str(args.big_banks), "--rounds", str(args.big_rounds),
+                       "--sample", str(args.sample)],
+                      f"fedsilo DP + SecAgg+: {args.big_banks} banks × {args.big_rounds} rounds")
+
+    print()
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
+          f"noise-calibration cache held {cached} entries at the start")
+    print(f"{'run':<52}{'wall s':>8}{'s/round':>9}{'peak RSS GiB':>14}{'AUC':>8}")
+    for r, rounds in ((flower, args.rounds), (fedsilo, args.rounds), (big, args.big_rounds)):
+        if r is None:
+            continue
+        auc = r.get("final_auc")
+        print(f"{r['label']:<52}{r['wall_s']:>8.1f}{r['wall_s'] / rounds:>9.2f}{r['peak_rss_gib']:>14.2f}"
+              f"{(auc if auc is not None else float('nan')):>8.3f}")
+    if flower is not None and fedsilo is not None:
+        print(f"fedsilo / Flower wall time: {fedsilo['wall_s'] / flower['wall_s']:.2f}×  (goal ≤ 2×)")
+        print(f"fedsilo / Flower peak RSS:  {fedsilo['peak_rss_gib'] / flower['peak_rss_gib']:.2f}×  "
+              f"(fedsilo {fedsilo['peak_rss_gib']:.2f} GiB; goal ≤ 3 GiB)")
+    if big is not None:
+        print(f"{args.big_banks} banks × {args.big_rounds} rounds: completed in {big['wall_s']:.1f} s, "
+              f"peak RSS {big['peak_rss_gib']:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
