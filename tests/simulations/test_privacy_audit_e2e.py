@@ -57,7 +57,7 @@ def test_split_file_keeps_positions_not_rows(run):
     split = json.loads((folder / "membership_split.json").read_text())
     card = json.loads((folder / "model_card.json").read_text())
     for entry, bank in zip(split["banks"], card["participants"]):
-        assert set(entry) == {"name", "data_sha256", "rows", "train_rows", "test_rows"}
+        assert set(entry) == {"index", "name", "data_sha256", "rows", "train_rows", "test_rows"}
         assert entry["data_sha256"] == bank["data_sha256"]
         assert len(entry["train_rows"]) == bank["rows_train"] and len(entry["test_rows"]) == bank["rows_test"]
         assert sorted(entry["train_rows"] + entry["test_rows"]) == list(range(entry["rows"]))
