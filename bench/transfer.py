@@ -41,13 +41,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peers.data.bank import BankTensors, split_train_test
-from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig, TrainSpec
-from peers.models import ModelSpec
-from simulations.baselines import centralized
-from simulations.config import SimulationConfig
-from simulations.data.schemas import TransferScenario, load_scenario_toml, uci_scenario, uci_transfer_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peers.data.bank import BankTensors, split_train_test  # noqa: E402
+from peers.data.encoding import TabularEncoder  # noqa: E402
+from peers.job import JobConfig, TrainSpec  # noqa: E402
+from peers.models import ModelSpec  # noqa: E402
+from simulations.baselines import centralized  # noqa: E402
+from simulations.config import SimulationConfig  # noqa: E402
+from simulations.data.schemas import (TransferScenario, load_scenario_toml, uci_scenario,  # noqa: E402
+                                      uci_transfer_table)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "UCI_Credit_Card.csv"
 TEST_FRACTION = SimulationConfig.test_fraction
