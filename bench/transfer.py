@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from peers.data.bank import BankTensors, split_train_test  # noqa: E402
 from peers.data.encoding import TabularEncoder  # noqa: E402
@@ -52,7 +54,7 @@ from simulations.config import SimulationConfig  # noqa: E402
 from simulations.data.schemas import (TransferScenario, load_scenario_toml, uci_scenario,  # noqa: E402
                                       uci_transfer_table)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "UCI_Credit_Card.csv"
+DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "UCI_Credit_Card.csv"
 TEST_FRACTION = SimulationConfig.test_fraction
 
 
@@ -61,7 +63,9 @@ def run(data: Path, seed: int, epsilon: float, scenario: str) -> dict:
         command = [sys.executable, "-m", "simulations.cli", "simulate", "--setup", "transfer", "--data", str(data),
                    "--id-column", "ID", "--scenario", scenario, "--epsilon", str(epsilon), "--seed", str(seed),
                    "--json", "--quiet", "--out", out]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": path})
         if done.returncode != 0:
             sys.exit(f"fedsilo failed (seed {seed}): {done.stderr.strip().splitlines()[-1]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
