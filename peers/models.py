@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from privacy.errors import ConfigError
+from privacy.split_input import SplitInputMLP
 
 MODEL_KINDS = ("mlp", "logreg")
 
@@ -77,36 +78,6 @@ def build_model(spec: ModelSpec, n_features: int, seed: int = 0) -> nn.Module:
         return nn.Sequential(layers)
     finally:
         torch.random.set_rng_state(generator_state)
-
-
-class SplitInputMLP(nn.Module):
-    """An MLP whose first layer is split: shared-vocabulary inputs and own inputs.
-
-    Parameter names match the plain MLP's after the first layer (`hidden1`, ..., `head`),
-    so `model.shared` prefixes mean the same in both setups.
-    """
-
-    def __init__(self, shared_features: int, own_features: int, hidden: tuple[int, ...]) -> None:
-        super().__init__()
-        if own_features < 0:
-            raise ConfigError(f"the model expects {shared_features} shared features but the data has fewer")
-        self.shared_features = shared_features
-        self.shared_input = nn.Linear(shared_features, hidden[0])
-        self.input = nn.Linear(own_features, hidden[0], bias=False) if own_features else None
-        self.layer_names: list[str] = []
-        for i, (a, b) in enumerate(zip(hidden[:-1], hidden[1:]), start=1):
-            self.add_module(f"hidden{i}", nn.Linear(a, b))
-            self.layer_names.append(f"hidden{i}")
-        self.head = nn.Linear(hidden[-1], 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.shared_input(x[:, :self.shared_features])
-        if self.input is not None:
-            z = z + self.input(x[:, self.shared_features:])
-        z = torch.tanh(z)
-        for name in self.layer_names:
-            z = torch.tanh(getattr(self, name)(z))
-        return self.head(z)
 
 
 def get_weights(model: nn.Module) -> "OrderedDict[str, np.ndarray]":

@@ -17,13 +17,14 @@
 Two interchangeable backends compute steps 2–3 (`backend=`):
 
 - "ghost" (used by "auto" whenever it applies): for models that are an `nn.Sequential`
-  of distinct `nn.Linear` layers and element-wise activations (exact types, so that no
-  subclass can change what a layer does) — every model
-  `peers.models.build_model` makes — on 2-D input. Per-sample gradient norms come from
-  the ghost-clipping identity that Opacus' `grad_sample_mode="ghost"` uses for
-  `nn.Linear` (‖g_i a_iᵀ‖ = ‖g_i‖·‖a_i‖, plus ‖g_i‖ for the bias), from one backward
-  pass to the layers' outputs; the clipped sum is then one matrix product per layer,
-  and the noise one vectorized draw. No per-sample gradient is materialised and no
+  of distinct `nn.Linear` layers and element-wise activations, or a
+  `privacy.split_input.SplitInputMLP` (exact types, so that no subclass can change
+  what a layer does) — every model `peers.models.build_model` makes — on 2-D input.
+  Per-sample gradient norms come from the ghost-clipping identity that Opacus'
+  `grad_sample_mode="ghost"` uses for `nn.Linear` (‖g_i a_iᵀ‖ = ‖g_i‖·‖a_i‖, plus
+  ‖g_i‖ for the bias; for a layer split into column blocks, the same identity per
+  block), from one backward pass to the layers' outputs; the clipped sum is then one
+  matrix product per layer, and the noise one vectorized draw. No per-sample gradient is materialised and no
   Python hook runs, which is what dominates Opacus' cost on a model this small.
 - "opacus": Opacus' `GradSampleModule` (per-sample gradients by hooks) and
   `DPOptimizer` (clipping, noise, averaging). "auto" falls back to it for any other
@@ -59,6 +60,7 @@ from torch import nn
 
 from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
+from privacy.split_input import SplitInputMLP
 
 BACKENDS = ("auto", "ghost", "opacus")
 
@@ -131,35 +133,65 @@ def _trained(param: torch.Tensor | None) -> bool:
     return param is not None and param.requires_grad
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One nn.Linear of a linear stage, applied to the input columns `columns` (all when None)."""
+
+    layer: nn.Linear
+    columns: slice | None
+
+
+def _is_in(part: _Part, parts: list[_Part]) -> bool:
+    return any(part is other for other in parts)
+
+
 class _LinearStack:
-    """Ghost-clipping DP-SGD step for an `nn.Sequential` of `nn.Linear` and activations.
+    """Ghost-clipping DP-SGD step for a stack of linear stages and element-wise activations.
+
+    A linear stage is the sum of one or more `nn.Linear` layers, each applied to its
+    own block of the stage's input columns: one layer over all columns for an
+    `nn.Sequential`, the shared and own blocks for `SplitInputMLP`'s first layer. All
+    the layers of a stage see the same output gradient r_i, and their parameters are
+    distinct, so row i's squared gradient norm is the sum over layers of
+    ‖r_i‖²·‖a_i,block‖² (weight) and ‖r_i‖² (bias): the ghost-clipping identity per
+    block.
 
     Frozen parameters (requires_grad False) are neither counted in the per-sample norm
-    nor updated, as in Opacus; a layer with nothing to train only runs forward.
+    nor updated, as in Opacus; a stage with nothing to train only runs forward.
     """
 
-    def __init__(self, layers: list[nn.Module]) -> None:
-        self.layers = layers
-        self.trained = [m for m in layers if type(m) is nn.Linear and (_trained(m.weight) or _trained(m.bias))]
-        self._records = [type(m) is nn.Linear and any(m is t for t in self.trained) for m in layers]
-        self.params = [p for m in self.trained for p in (m.weight, m.bias) if _trained(p)]
+    def __init__(self, stages: list[nn.Module | list[_Part]]) -> None:
+        self.stages = stages
+        self.trained = [part for stage in stages if isinstance(stage, list) for part in stage
+                        if _trained(part.layer.weight) or _trained(part.layer.bias)]
+        self._records = [isinstance(stage, list) and any(_is_in(part, self.trained) for part in stage)
+                         for stage in stages]
+        self.params = [p for part in self.trained for p in (part.layer.weight, part.layer.bias) if _trained(p)]
         sizes = [p.numel() for p in self.params]
         self._flat = torch.empty(sum(sizes), dtype=self.params[0].dtype)
         self._grads = [v.view_as(p) for v, p in zip(self._flat.split(sizes), self.params)]
         grads = iter(self._grads)
-        # per trained layer: (weight gradient view or None, bias gradient view or None)
-        self._views = [(next(grads) if _trained(m.weight) else None, next(grads) if _trained(m.bias) else None)
-                       for m in self.trained]
+        # per recorded stage: its trained parts with (columns, weight gradient view or None, bias view or None)
+        self._views = [[(part.columns, next(grads) if _trained(part.layer.weight) else None,
+                         next(grads) if _trained(part.layer.bias) else None)
+                        for part in stage if _is_in(part, self.trained)]
+                       for stage, record in zip(stages, self._records) if record]
 
     @classmethod
     def of(cls, model: nn.Module) -> "_LinearStack | None":
         """The fast step for `model`, or None when the ghost identity does not cover it."""
-        if not isinstance(model, nn.Sequential):
+        if type(model) is SplitInputMLP:
+            stages = cls._split_input_stages(model)
+        elif isinstance(model, nn.Sequential):
+            layers = list(model)  # in call order, repeats included (children() drops them)
+            # exact types: a subclass may override forward() and mix rows or hide parameters
+            if any(type(m) is not nn.Linear and type(m) not in _ELEMENTWISE for m in layers):
+                return None
+            stages = [[_Part(m, None)] if type(m) is nn.Linear else m for m in layers]
+        else:
             return None
-        layers = list(model)  # in call order, repeats included (children() drops them)
-        linears = [m for m in layers if type(m) is nn.Linear]
-        # exact types: a subclass may override forward() and mix rows or hide parameters
-        if not linears or any(type(m) is not nn.Linear and type(m) not in _ELEMENTWISE for m in layers):
+        linears = [part.layer for stage in stages if isinstance(stage, list) for part in stage]
+        if not linears or any(type(m) is not nn.Linear for m in linears):
             return None
         if len({id(m) for m in linears}) != len(linears):
             return None  # a layer applied twice: per-sample norms would not add up
@@ -168,7 +200,19 @@ class _LinearStack:
             return None  # foreign parameters, or nothing to train: let Opacus handle it
         if len({p.dtype for p in owned}) != 1:
             return None
-        return cls(layers)
+        return cls(stages)
+
+    @staticmethod
+    def _split_input_stages(model: SplitInputMLP) -> list[nn.Module | list[_Part]]:
+        """`SplitInputMLP.forward` as stages (its class is taken by exact type, so its forward is this)."""
+        s = model.shared_features
+        first = [_Part(model.shared_input, slice(0, s))]
+        if model.input is not None:
+            first.append(_Part(model.input, slice(s, None)))
+        stages: list[nn.Module | list[_Part]] = [first, nn.Tanh()]
+        for name in model.layer_names:
+            stages += [[_Part(getattr(model, name), None)], nn.Tanh()]
+        return [*stages, [_Part(model.head, None)]]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, max_grad_norm: float,
              noise_multiplier: float, lr_over_batch: float, generator: torch.Generator) -> torch.Tensor:
@@ -180,13 +224,18 @@ class _LinearStack:
         """
         inputs, outputs = [], []
         h = x
-        for layer, record in zip(self.layers, self._records):
-            if record:
-                inputs.append(h)
-                h = layer(h)
-                outputs.append(h)
+        for stage, record in zip(self.stages, self._records):
+            if isinstance(stage, list):
+                z = None
+                for part in stage:
+                    out = part.layer(h if part.columns is None else h[:, part.columns])
+                    z = out if z is None else z + out
+                if record:
+                    inputs.append(h)
+                    outputs.append(z)
+                h = z
             else:
-                h = layer(h)
+                h = stage(h)
         loss = loss_fn(h.squeeze(-1), y)
         batch = x.shape[0]
         # loss is the mean over rows and rows do not interact, so row i of each output
@@ -194,26 +243,30 @@ class _LinearStack:
         grad_out = torch.autograd.grad(loss, outputs)
         with torch.no_grad():
             # ‖r_i‖ over the trained parameters: a layer's share is ‖r_i,out‖·‖a_i‖ for
-            # its weight (the ghost-clipping identity for nn.Linear) and ‖r_i,out‖ for its
-            # bias, accumulated with hypot.
+            # its weight (the ghost-clipping identity for nn.Linear, a_i its input
+            # block) and ‖r_i,out‖ for its bias, accumulated with hypot.
             norms = None
-            for a, r, (wg, bg) in zip(inputs, grad_out, self._views):
+            for h_in, r, parts in zip(inputs, grad_out, self._views):
                 r_norm = torch.linalg.vector_norm(r, dim=1)
-                if wg is not None:
-                    share = r_norm * torch.linalg.vector_norm(a, dim=1)
-                    norms = share if norms is None else torch.hypot(norms, share, out=norms)
-                if bg is not None:
-                    norms = r_norm if norms is None else torch.hypot(norms, r_norm, out=norms)
+                for columns, wg, bg in parts:
+                    if wg is not None:
+                        a = h_in if columns is None else h_in[:, columns]
+                        share = r_norm * torch.linalg.vector_norm(a, dim=1)
+                        norms = share if norms is None else torch.hypot(norms, share, out=norms)
+                    if bg is not None:
+                        norms = r_norm.clone() if norms is None else torch.hypot(norms, r_norm, out=norms)
             # clip(g_i)/C = g_i·min(1, C/‖g_i‖)/C = r_i·min(batch/C, 1/‖r_i‖)
             factor = norms.reciprocal_().clamp_(max=batch / max_grad_norm)
             column = factor.unsqueeze(1)
             # noise first, then Σ_i clip(g_i)/C accumulated onto σ·noise, per layer
             torch.randn(self._flat.shape, generator=generator, out=self._flat)
-            for a, r, (wg, bg) in zip(inputs, grad_out, self._views):
-                if wg is not None:
-                    wg.addmm_((r * column).t(), a, beta=noise_multiplier)
-                if bg is not None:
-                    bg.addmv_(r.t(), factor, beta=noise_multiplier)
+            for h_in, r, parts in zip(inputs, grad_out, self._views):
+                scaled = r * column
+                for columns, wg, bg in parts:
+                    if wg is not None:
+                        wg.addmm_(scaled.t(), h_in if columns is None else h_in[:, columns], beta=noise_multiplier)
+                    if bg is not None:
+                        bg.addmv_(r.t(), factor, beta=noise_multiplier)
             torch._foreach_add_(self.params, self._grads, alpha=-lr_over_batch * max_grad_norm)
         return loss.detach()
 

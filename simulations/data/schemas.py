@@ -369,24 +369,23 @@ def _canonical_institutions() -> tuple[InstitutionSpec, ...]:
     """Three institutions on the canonical (synthetic) column names.
 
     Shared by all: limit_bal (as limit_bal, credit_line in thousands, limit_10k in tens
-    of thousands) and age. Shared by a few: education and the last repayment status
-    pay_0 (card issuer, broker, which calls it late_months_last), pay_amt1 and pay_amt2
-    (bank, broker; renamed at the broker). Private: bill_amt1-6 and pay_amt3-6 (bank),
-    the older repayment statuses pay_2-6 (card issuer), sex and marriage (broker).
+    of thousands) and age. Shared by a few: education (card issuer, broker), pay_amt1
+    and pay_amt2 (bank, broker; renamed at the broker). Private: bill_amt1-6 and
+    pay_amt3-6 (bank), the repayment statuses pay_0, pay_2-6 (card issuer), sex and
+    marriage (broker).
     """
     return (
-        InstitutionSpec("bank", ("limit_bal", "age", *BILL_COLUMNS, *PAY_AMT_COLUMNS), 0.57),
+        InstitutionSpec("bank", ("limit_bal", "age", *BILL_COLUMNS, *PAY_AMT_COLUMNS), 0.55),
         InstitutionSpec("card-issuer", (*PAY_COLUMNS, ColumnSpec("limit_bal", "credit_line", 0.001),
                                         "education", ColumnSpec("age", "holder_age")), 0.35),
         InstitutionSpec("broker", ("age", "sex", "education", "marriage", "pay_amt1",
                                    ColumnSpec("pay_amt2", "paid_prev_month"),
-                                   ColumnSpec("pay_0", "late_months_last"),
-                                   ColumnSpec("limit_bal", "limit_10k", 0.0001)), 0.08),
+                                   ColumnSpec("limit_bal", "limit_10k", 0.0001)), 0.10),
     )
 
 
 def synthetic_scenario() -> TransferScenario:
-    """A bank (57%), a card issuer (35%) and a small broker (8%) on the synthetic generator's columns."""
+    """A bank (55%), a card issuer (35%) and a small broker (10%) on the synthetic generator's columns."""
     return TransferScenario(LABEL, _canonical_institutions())
 
 

@@ -17,6 +17,7 @@ from privacy.dpsgd import (
     steps_per_epoch,
 )
 from privacy.errors import ConfigError
+from privacy.split_input import SplitInputMLP
 
 BACKENDS = ("ghost", "opacus")
 TINY_NOISE = 1e-12
@@ -303,5 +304,78 @@ class LeakyLinear(nn.Linear):
 
 def test_subclassed_layers_are_not_trusted_with_the_ghost_path():
     model = nn.Sequential(LeakyLinear(12, 4), nn.Tanh(), nn.Linear(4, 1))
+    config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
+    assert DPSGDTrainer(model, config, seed=0).backend == "opacus"
+
+
+# -- the transfer setup's split-input model on the ghost path ---------------------------
+
+
+def split_model(shared: int = 5, own: int = 7, hidden: tuple[int, ...] = (16, 8)) -> nn.Module:
+    return build_model(ModelSpec("mlp", hidden, shared_features=shared), shared + own, seed=4)
+
+
+@pytest.mark.parametrize("own", [7, 0])
+def test_split_input_model_takes_the_ghost_path_and_matches_opacus(own):
+    """Both input blocks' per-sample norms (‖r‖·‖a_block‖) add up as Opacus' per-sample gradients do."""
+    x, y = table(n=300, d=5 + own)
+    model = split_model(own=own)
+    config = DPSGDConfig(lr=0.5, max_grad_norm=0.7, noise_multiplier=TINY_NOISE, sample_rate=0.1)
+    ghost, m_ghost, loss_ghost, t_ghost = train_copy(model, config, x, y, epochs=2, backend="auto")
+    opacus, m_opacus, loss_opacus, t_opacus = train_copy(model, config, x, y, epochs=2, backend="opacus")
+    assert (t_ghost.backend, t_opacus.backend) == ("ghost", "opacus")
+    assert m_ghost == m_opacus
+    assert loss_ghost == pytest.approx(loss_opacus, rel=1e-5)
+    torch.testing.assert_close(flat(ghost), flat(opacus), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("clip", [0.05, 1e3])
+def test_split_input_update_equals_explicit_per_example_clipping(clip):
+    x, y = table(n=40)
+    model = split_model()
+    config = DPSGDConfig(lr=0.3, max_grad_norm=clip, noise_multiplier=TINY_NOISE, sample_rate=1.0)
+    trained, _, _, trainer = train_copy(model, config, x, y, backend="ghost")
+    assert trainer.backend == "ghost"
+    expected = explicit_dp_sgd_update(copy.deepcopy(model), x, y, 0.3, clip)
+    torch.testing.assert_close(flat(trained), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", [("shared_input.",), ("input.",), ("shared_input.bias", "head.")])
+def test_split_input_frozen_blocks_stay_put_and_match_opacus(frozen):
+    x, y = table(n=60)
+    model = split_model()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(frozen))
+    config = DPSGDConfig(lr=0.3, max_grad_norm=0.2, noise_multiplier=TINY_NOISE, sample_rate=0.5)
+    ghost, _, _, trainer = train_copy(model, config, x, y, backend="auto")
+    opacus, *_ = train_copy(model, config, x, y, backend="opacus")
+    assert trainer.backend == "ghost"
+    torch.testing.assert_close(flat(ghost), flat(opacus), rtol=1e-5, atol=1e-6)
+    before, after = dict(model.named_parameters()), dict(ghost.named_parameters())
+    for name in before:
+        assert torch.equal(before[name], after[name]) == name.startswith(frozen), name
+
+
+def test_split_input_noise_has_standard_deviation_sigma_c_on_every_block():
+    x, y = table(n=50)
+    model = split_model(hidden=(64, 32))
+    lr, clip, sigma = 1e-3, 0.5, 1e4
+    config = DPSGDConfig(lr=lr, max_grad_norm=clip, noise_multiplier=sigma, sample_rate=1.0)
+    trained, *_ = train_copy(model, config, x, y, backend="ghost")
+    expected_sd = lr * sigma * clip / expected_batch_size(1.0, 50)
+    for name in ("shared_input.weight", "input.weight", "head.weight"):
+        delta = dict(trained.named_parameters())[name] - dict(model.named_parameters())[name]
+        assert delta.std().item() == pytest.approx(expected_sd, rel=0.15), name
+
+
+class RowMixingSplit(SplitInputMLP):
+    """A subclass that mixes rows in its forward: must not take the ghost path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x - x.mean(0))
+
+
+def test_a_split_input_subclass_is_not_trusted_with_the_ghost_path():
+    model = RowMixingSplit(5, 7, (8,))
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
     assert DPSGDTrainer(model, config, seed=0).backend == "opacus"

@@ -28,5 +28,5 @@ def test_transfer_run_beats_chance_at_every_institution(tmp_path):
     assert set(weights) == {"shared_input.weight", "shared_input.bias", "hidden1.weight", "hidden1.bias",
                             "head.weight", "head.bias"}
     card = json.loads((folder / "model_card.json").read_text())
-    assert [len(p["columns"]) for p in card["participants"]] == [14, 9, 8]
+    assert [len(p["columns"]) for p in card["participants"]] == [14, 9, 7]
     assert all(0 < p["epsilon_spent"] <= 3.0 + 1e-6 for p in card["participants"])
