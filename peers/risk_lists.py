@@ -75,7 +75,12 @@ async def _pick(client: PeerClient, url: str, list_name: str | None, use: str) -
     for entry in offered:
         if entry["name"] == list_name:
             return entry
-    raise Refused(f"{url} shares no list {list_name!r} with you for {use}", 403)
+    # not offered: let the holder refuse (its refusal is authoritative and lands in its audit log)
+    if use == "psi":
+        await client.frames("POST", f"{url}/v1/lists/{list_name}/psi", b"")
+    else:
+        await client.frames("GET", f"{url}/v1/lists/{list_name}/table")
+    raise Refused(f"{url} does not offer list {list_name!r} to you for {use}", 403)
 
 
 async def _record(client: PeerClient, action: str, peer: str, list_name: str, outcome: str, sent: int,
@@ -91,7 +96,11 @@ async def run_psi(client: PeerClient, peer: str, identifiers: Sequence[str], mod
     if mode not in MODES:
         raise ConfigError(f"PSI mode {mode!r} is unknown: use one of {', '.join(MODES)}")
     url = peer_url(client.identity, peer)
-    entry = await _pick(client, url, list_name, "psi")
+    try:
+        entry = await _pick(client, url, list_name, "psi")
+    except PeerUnreachable:
+        await _record(client, "psi.run", peer, list_name or "-", "refused", len(identifiers), None)
+        raise
     name, kind = entry["name"], None if entry["kind"] == "typed" else entry["kind"]
     if mode not in entry["psi_modes"]:
         raise Refused(f"{peer}'s list {name!r} allows PSI modes {', '.join(entry['psi_modes'])} only", 403)
@@ -123,7 +132,11 @@ async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: 
     if not identifiers:
         raise ConfigError("give at least one identifier to query")
     url = peer_url(client.identity, peer)
-    entry = await _pick(client, url, list_name, "query")
+    try:
+        entry = await _pick(client, url, list_name, "query")
+    except PeerUnreachable:
+        await _record(client, "query.run", peer, list_name, "refused", len(identifiers), None)
+        raise
     kind = None if entry["kind"] == "typed" else entry["kind"]
     await _record(client, "query.run", peer, list_name, "started", len(identifiers), None)
     labels: list[str | None] = []

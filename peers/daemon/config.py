@@ -34,6 +34,9 @@ quota-window = 86400             # seconds
 label-width = 32                 # bytes; longer labels are refused
 ```
 
+[policy] and [sources] may be left out: such a peer accepts no training job (it may
+still share lists, or query other peers' lists).
+
 Parsing is strict: an unknown section or key, a wrong type or a value out of range is
 refused with a ConfigError naming it and the valid choices. Relative paths are relative
 to the file's directory. The listening address is the member's address in the manifest.
@@ -161,7 +164,9 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
     if max_body < 1024:
         raise ConfigError(f"peer.max-body-bytes must be ≥ 1024 (got {max_body})")
 
-    table = _typed(document, "policy", dict, "peer.toml")
+    table = _typed(document, "policy", dict, "peer.toml", None)
+    if table is None:  # a peer that only shares lists: it accepts no training job
+        table = {"model-owners": [], "max-epsilon-per-job": 1.0}
     _only(table, _POLICY_KEYS, "[policy]")
     max_eps = float(_typed(table, "max-epsilon-per-job", (int, float), "policy"))
     if not (math.isfinite(max_eps) and max_eps > 0):
@@ -177,9 +182,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         model_readers=_names(table, "model-readers", "policy", None, ()),
     )
 
-    sources_table = _typed(document, "sources", dict, "peer.toml")
-    if not sources_table:
-        raise ConfigError("peer.toml declares no data source: add a [sources.NAME] table with path and label")
+    sources_table = _typed(document, "sources", dict, "peer.toml", {})
     sources = {}
     for name, entry in sources_table.items():
         where = f"sources.{name}"

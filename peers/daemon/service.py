@@ -36,7 +36,7 @@ from peers.errors import PeerUnreachable, Refused
 from peers.identity.consortium import Identity
 from peers.identity.manifest import Member
 from privacy.accounting import Mechanism, epsilon_spent
-from privacy.errors import BudgetExceeded, FedsiloError
+from privacy.errors import BudgetExceeded, DataError, FedsiloError
 from privacy.ledger import SQLiteLedger
 
 log = logging.getLogger("fedsilo.peer")
@@ -163,7 +163,16 @@ class PeerService:
         entry: who, which list, how many identifiers (never which).
         """
         async def run() -> bytes:
-            served = await asyncio.to_thread(work)
+            try:
+                served = await asyncio.to_thread(work)
+            except DataError as error:  # the holder's own file: tell its log, not the caller
+                with self.store.transaction():
+                    self.store.audit.append(member.name, action, "failed", f"the list cannot be served: {error}",
+                                            source=list_name)
+                refusal = Refused(f"{self.name} cannot serve list {list_name!r} now (a problem with its own file, "
+                                  "recorded in its audit log); ask its operator", 503)
+                refusal.audited = True
+                raise refusal from None
             with self.store.transaction():
                 self.store.audit.append(member.name, action, "ok", served.detail, source=list_name)
             return served.body
