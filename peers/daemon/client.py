@@ -56,7 +56,8 @@ class PeerClient:
             async with self._session.request(method, url, data=body, headers=headers) as reply:
                 data = await reply.read()
                 if reply.status >= 400:
-                    raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(data.decode(errors='replace'))}")
+                    message = _error_text(data.decode(errors="replace"))
+                    raise PeerUnreachable(f"{url} answered {reply.status}: {message}")
                 return data
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None

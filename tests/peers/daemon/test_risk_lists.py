@@ -24,7 +24,8 @@ from ._consortium import make_consortium, run, running
 HOLDER_LIST = [f"C-{i:04d}" for i in range(200)]
 GRADES = {identifier: "ABC"[i % 3] for i, identifier in enumerate(HOLDER_LIST)}
 # bank-a's clients: 40 on the broker's list (two written differently), 60 not, one repeated, one non-ASCII
-BANK = [f"C-{i:04d}" for i in range(160, 200)] + [f"X-{i:04d}-outside" for i in range(60)] + ["C-0160", "Zürich Ågency"]
+BANK = ([f"C-{i:04d}" for i in range(160, 200)] + [f"X-{i:04d}-outside" for i in range(60)]
+        + ["C-0160", "Zürich Ågency"])
 BANK[0], BANK[1] = " c-0160 ", "c-0161"
 LIST_TOML = '''
 [lists.high-risk]
@@ -34,6 +35,11 @@ label-column = "grade"
 kind = "client"
 psi = ["bank-a"]
 queriers = { bank-a = 5 }
+
+[lists.misconfigured]
+path = "high-risk.csv"
+id-column = "lei"
+psi = ["bank-a"]
 '''
 
 
@@ -74,13 +80,16 @@ def test_psi_and_query_between_two_peers(consortium):
     async def body():
         async with running(consortium, ["bank-a", "broker"]):
             async with Capturing(consortium.identity("bank-a")) as client:
-                to_me = await run_psi(client, "broker", BANK, "to-me")
+                to_me = await run_psi(client, "broker", BANK, "to-me", "high-risk")
                 count = await run_psi(client, broker_url, BANK, "count", "high-risk")
-                both = await run_psi(client, "broker", BANK, "both")
+                both = await run_psi(client, "broker", BANK, "both", "high-risk")
                 labels = await run_query(client, "broker", "high-risk", ["c-0003", "C-0004", "nobody"])
                 with pytest.raises(PeerUnreachable) as over:
                     await run_query(client, "broker", "high-risk", ["C-0005", "C-0006", "C-0007"])
                 table = await client.frames("GET", f"{broker_url}/v1/lists/high-risk/table")
+                with pytest.raises(ConfigError, match=r"shares 2 lists with you for psi \(high-risk, "
+                                                      r"misconfigured\); name one with --their-list"):
+                    await run_psi(client, "broker", BANK)
         return to_me, count, both, labels, over.value, table
 
     to_me, count, both, labels, over, table = run(body())
@@ -119,7 +128,7 @@ def test_psi_and_query_between_two_peers(consortium):
     assert any(a[0] == "bank-a" and a[2] == "refused" and "has 2 of its 5 left" in a[4] for a in holder)
     assert ("bank-a", "psi.run", "ok", "high-risk", "at broker: 101 identifiers sent, 40 learned") in asker
     assert ("bank-a", "query.run", "ok", "high-risk", "at broker: 3 identifiers sent, 2 learned") in asker
-    assert ("bank-a", "query.run", "refused", "high-risk", "at broker: 3 identifiers sent") in asker
+    assert ("bank-a", "query.run", "refused", "high-risk", "at broker: 3 identifiers sent") in asker  # quota
     for entry in holder + asker:
         for identifier in BANK + HOLDER_LIST:
             assert identifier.strip().lower() not in entry[4].lower()
@@ -201,3 +210,19 @@ def test_a_bad_list_policy_is_refused_by_name(consortium, tmp_path, edit, fragme
         load_config(bad)
     expected = "'all' is unknown; valid choices are to-me, both, count" if fragment.startswith("psi-modes") else fragment
     assert expected in str(error.value)
+
+
+def test_a_problem_with_the_holders_file_stays_in_the_holders_log(consortium):
+    async def body():
+        async with running(consortium, ["bank-a", "broker"]):
+            async with PeerClient(consortium.identity("bank-a")) as client:
+                with pytest.raises(PeerUnreachable) as failed:
+                    await run_psi(client, "broker", ["C-0001"], list_name="misconfigured")
+        return failed.value
+
+    failed = run(body())
+    assert "503" in str(failed) and "cannot serve list 'misconfigured'" in str(failed)
+    assert "lei" not in str(failed) and "client" not in str(failed)  # nothing about the holder's file
+    entry = audit(consortium, "broker")[-1]
+    assert entry[:4] == ("bank-a", "psi.answer", "failed", "misconfigured") and "no column 'lei'" in entry[4]
+    assert audit(consortium, "bank-a")[-1][1:4] == ("psi.run", "refused", "misconfigured")
