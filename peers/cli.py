@@ -9,6 +9,8 @@
     fedsilo job show|list|cancel ... --peer URL
     fedsilo model pull JOB --peer URL --out DIR           download, verify, print the card
     fedsilo audit verify|show --config peer.toml          check / list a peer's audit log
+    fedsilo psi --list FILE --with PEER [--mode MODE]     private set intersection with a peer's list
+    fedsilo query ID... --list NAME --at PEER             anonymous query of a peer's list (labels)
 
 `register(sub)` adds them all; simulations/cli.py calls it once.
 """
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _job(sub)
     _model(sub)
     _audit(sub)
+    _risk_lists(sub)
 
 
 # -- consortium ------------------------------------------------------------------------
@@ -273,4 +276,64 @@ def audit_show(args: argparse.Namespace) -> int:
                                       f"source={entry.source}" if entry.source else "") if x)
         print(f"{entry.seq:>4} {entry.time} {entry.actor:<14} {entry.action:<16} {entry.outcome:<8} {target}"
               + (f"  {entry.detail}" if entry.detail else ""))
+    return 0
+
+
+# -- psi, query ------------------------------------------------------------------------
+def _risk_lists(sub: argparse._SubParsersAction) -> None:
+    psi = sub.add_parser("psi", help="which of your identifiers are on a peer's shared list (PSI: neither side "
+                                     "sees the other's list)")
+    psi.add_argument("--list", required=True, type=Path, dest="file",
+                     help="your identifiers: one per line, or a CSV with --id-column")
+    psi.add_argument("--id-column", help="the identifier column when --list is a CSV with a header")
+    psi.add_argument("--with", required=True, dest="peer", help="the list holder: a member name or https://HOST:PORT")
+    psi.add_argument("--their-list", help="the holder's list (default: the one it shares with you for PSI)")
+    psi.add_argument("--mode", default="to-me", choices=("to-me", "both", "count"),
+                     help="to-me: you learn the shared identifiers; both: the holder learns them too; count: you "
+                          "learn only how many (default to-me)")
+    psi.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+    psi.set_defaults(handler=psi_run)
+    query = sub.add_parser("query", help="look identifiers up in a peer's list without telling it which (labels "
+                                         "of listed ones, under your quota)")
+    query.add_argument("ids", nargs="*", metavar="ID", help="identifiers to look up")
+    query.add_argument("--file", type=Path, help="more identifiers, one per line (or a CSV with --id-column)")
+    query.add_argument("--id-column", help="the identifier column when --file is a CSV with a header")
+    query.add_argument("--list", required=True, dest="list_name", help="the holder's list name")
+    query.add_argument("--at", required=True, dest="peer", help="the list holder: a member name or https://HOST:PORT")
+    query.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+    query.set_defaults(handler=query_run)
+
+
+def _read_ids(path: Path, column: str | None) -> list[str]:
+    from peers.daemon.shared_lists import read_column
+    from privacy.errors import DataError
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: give a file of identifiers")
+    if column:
+        return list(read_column(path, column))
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def psi_run(args: argparse.Namespace) -> int:
+    from peers.risk_lists import psi_with
+    ids = _read_ids(args.file, args.id_column)
+    outcome = psi_with(args.identity, args.peer, ids, args.mode, args.their_list)
+    print(f"PSI ({outcome.mode}) with {outcome.peer}'s list {outcome.list_name}: {outcome.cardinality} of your "
+          f"{outcome.own_size} distinct identifiers are on it (it holds {outcome.peer_size})")
+    for identifier in outcome.shared or []:
+        print(identifier)
+    return 0
+
+
+def query_run(args: argparse.Namespace) -> int:
+    from peers.risk_lists import query_at
+    from privacy.errors import ConfigError
+    ids = list(args.ids) + (_read_ids(args.file, args.id_column) if args.file else [])
+    if not ids:
+        raise ConfigError("give identifiers to look up: ID... or --file FILE")
+    labels = query_at(args.identity, args.peer, args.list_name, ids)
+    listed = sum(label is not None for label in labels.values())
+    print(f"{listed} of {len(labels)} identifiers are on {args.peer}'s list {args.list_name}")
+    for identifier, label in labels.items():
+        print(f"{identifier}\t{label if label is not None else '-'}")
     return 0

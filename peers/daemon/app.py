@@ -79,6 +79,16 @@ async def read_json(request: web.Request) -> Any:
 
 
 MAX_BODY = web.AppKey("max_body", int)
+FRAMES = "application/octet-stream"
+
+
+async def read_frames(request: web.Request) -> bytes:
+    """The request's binary body (PSI frames); Refused 413 if larger than the peer's limit."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes; send "
+                      "fewer identifiers per request or ask the holder to raise peer.max-body-bytes", 413) from None
 
 
 def _service(request: web.Request) -> PeerService:
@@ -199,6 +209,41 @@ async def budget(request: web.Request) -> web.Response:
     return web.json_response({"peer": _service(request).name, "sources": _service(request).budgets()})
 
 
+async def lists(request: web.Request) -> web.Response:
+    return web.json_response({"peer": _service(request).name,
+                              "lists": _service(request).lists.shared_with(request[MEMBER].name)})
+
+
+async def _serve_list(request: web.Request, action: str, work: str, binary_body: bool = True) -> web.Response:
+    service, member, name = _service(request), request[MEMBER], request.match_info["name"]
+    body = await read_frames(request) if binary_body else b""
+    method = getattr(service.lists, work)
+    args = (member.name, name, body) if binary_body else (member.name, name)
+    reply = await service.serve_list(member, action, name, lambda: method(*args))
+    return web.Response(body=reply, content_type=FRAMES)
+
+
+async def psi_run(request: web.Request) -> web.Response:
+    return await _serve_list(request, "psi.answer", "psi")
+
+
+async def psi_confirm(request: web.Request) -> web.Response:
+    return await _serve_list(request, "psi.confirm", "confirm")
+
+
+async def query_table(request: web.Request) -> web.Response:
+    return await _serve_list(request, "query.table", "table", binary_body=False)
+
+
+async def query_answer(request: web.Request) -> web.Response:
+    return await _serve_list(request, "query.answer", "query")
+
+
+async def record_own(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).record_own(request[MEMBER], body), status=201)
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/health", health),
     ("GET", "/v1/status", status),
@@ -217,6 +262,12 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/models/{job_id}/replicate", replicate_model),
     ("GET", "/v1/audit", audit_export),
     ("GET", "/v1/budget", budget),
+    ("GET", "/v1/lists", lists),
+    ("POST", "/v1/lists/{name}/psi", psi_run),
+    ("POST", "/v1/lists/{name}/psi/confirm", psi_confirm),
+    ("GET", "/v1/lists/{name}/table", query_table),
+    ("POST", "/v1/lists/{name}/query", query_answer),
+    ("POST", "/v1/psi-log", record_own),
 ]
 
 

@@ -48,6 +48,22 @@ class PeerClient:
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
 
+    async def frames(self, method: str, url: str, body: bytes | None = None) -> bytes:
+        """A binary exchange (PSI / query frames); PeerUnreachable with the peer's error message."""
+        assert self._session is not None, "use PeerClient in `async with`"
+        headers = {"Content-Type": "application/octet-stream"} if body is not None else None
+        try:
+            async with self._session.request(method, url, data=body, headers=headers) as reply:
+                data = await reply.read()
+                if reply.status >= 400:
+                    message = _error_text(data.decode(errors="replace"))
+                    raise PeerUnreachable(f"{url} answered {reply.status}: {message}")
+                return data
+        except aiohttp.ClientError as exc:
+            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
+        except TimeoutError:
+            raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
+
     async def download(self, url: str, destination: Path) -> int:
         """Stream `url` into `destination`; returns the bytes written."""
         assert self._session is not None, "use PeerClient in `async with`"

@@ -21,7 +21,21 @@ id-column = "ID"                 # optional: kept out of the features
 epsilon = 10.0                   # total budget of this source, over all jobs
 delta = 1e-5
 accountant = "rdp"
+
+[lists.high-risk]                # a list other peers may compare with (PSI) or query
+path = "../data/high-risk.csv"   # CSV, relative to this file; never leaves the machine
+id-column = "lei"
+label-column = "grade"           # optional: what a query reveals for a listed identifier
+kind = "lei"                     # the identifiers' kind (canonical form); "typed": each carries KIND:
+psi = ["broker-x"]               # members who may run PSI against it
+psi-modes = ["to-me", "both", "count"]
+queriers = { bank-a = 1000 }     # members who may query it, with identifiers per window
+quota-window = 86400             # seconds
+label-width = 32                 # bytes; longer labels are refused
 ```
+
+[policy] and [sources] may be left out: such a peer accepts no training job (it may
+still share lists, or query other peers' lists).
 
 Parsing is strict: an unknown section or key, a wrong type or a value out of range is
 refused with a ConfigError naming it and the valid choices. Relative paths are relative
@@ -32,13 +46,14 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peers.identity.pki import check_name
 from peers.models import MODEL_KINDS
 from privacy.errors import ConfigError
+from privacy.psi.identifiers import canonical
 from strategies.factory import STRATEGIES
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -69,6 +84,29 @@ class DataSource:
     id_column: str | None = None
 
 
+PSI_MODES = ("to-me", "both", "count")
+
+
+@dataclass(frozen=True)
+class SharedList:
+    """A list this peer lets named members compare with (PSI) or query (anonymous query)."""
+
+    name: str
+    path: Path
+    id_column: str
+    label_column: str | None = None
+    kind: str | None = "id"  # None: each identifier carries its own KIND: prefix
+    psi: tuple[str, ...] = ()
+    psi_modes: tuple[str, ...] = PSI_MODES
+    queriers: tuple[tuple[str, int], ...] = ()  # (member, identifiers per window)
+    quota_window: float = 86400.0
+    label_width: int = 32
+
+    def quota_of(self, member: str) -> int | None:
+        """The member's query quota, or None if it may not query this list."""
+        return dict(self.queriers).get(member)
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     identity_dir: Path
@@ -76,13 +114,16 @@ class PeerConfig:
     policy: Policy
     sources: dict[str, DataSource]
     max_body_bytes: int = DEFAULT_MAX_BODY
+    lists: dict[str, SharedList] = field(default_factory=dict)
 
 
-_SECTIONS = {"peer", "policy", "sources"}
+_SECTIONS = {"peer", "policy", "sources", "lists"}
 _PEER_KEYS = {"identity", "state", "max-body-bytes"}
 _POLICY_KEYS = {"model-owners", "max-epsilon-per-job", "min-participants", "model-families", "strategies",
                 "model-readers"}
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
+_LIST_KEYS = {"path", "id-column", "label-column", "kind", "psi", "psi-modes", "queriers", "quota-window",
+              "label-width"}
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -123,7 +164,9 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
     if max_body < 1024:
         raise ConfigError(f"peer.max-body-bytes must be ≥ 1024 (got {max_body})")
 
-    table = _typed(document, "policy", dict, "peer.toml")
+    table = _typed(document, "policy", dict, "peer.toml", None)
+    if table is None:  # a peer that only shares lists: it accepts no training job
+        table = {"model-owners": [], "max-epsilon-per-job": 1.0}
     _only(table, _POLICY_KEYS, "[policy]")
     max_eps = float(_typed(table, "max-epsilon-per-job", (int, float), "policy"))
     if not (math.isfinite(max_eps) and max_eps > 0):
@@ -139,9 +182,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         model_readers=_names(table, "model-readers", "policy", None, ()),
     )
 
-    sources_table = _typed(document, "sources", dict, "peer.toml")
-    if not sources_table:
-        raise ConfigError("peer.toml declares no data source: add a [sources.NAME] table with path and label")
+    sources_table = _typed(document, "sources", dict, "peer.toml", {})
     sources = {}
     for name, entry in sources_table.items():
         where = f"sources.{name}"
@@ -166,7 +207,44 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
                                    id_column=_typed(entry, "id-column", str, where, None))
     return PeerConfig(identity_dir=(base / _typed(peer, "identity", str, "peer")).resolve(),
                       state_dir=(base / _typed(peer, "state", str, "peer")).resolve(),
-                      policy=policy, sources=sources, max_body_bytes=max_body)
+                      policy=policy, sources=sources, max_body_bytes=max_body,
+                      lists=_lists(_typed(document, "lists", dict, "peer.toml", {}), base))
+
+
+def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
+    """The [lists.NAME] tables (see the module docstring)."""
+    lists = {}
+    for name, entry in table.items():
+        where = f"lists.{name}"
+        check_name(name, "shared list name")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"[{where}] must be a table with path, id-column and who may use it")
+        _only(entry, _LIST_KEYS, f"[{where}]")
+        path = (base / _typed(entry, "path", str, where)).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{where}.path {path} does not exist: give the CSV file of this list")
+        kind = _typed(entry, "kind", str, where, "id")
+        if kind != "typed":
+            canonical("x", kind)  # refuses a malformed kind with the valid form
+        psi = tuple(check_name(n, f"{where}.psi entry") for n in _names(entry, "psi", where, None, ()))
+        modes = _names(entry, "psi-modes", where, PSI_MODES, PSI_MODES)
+        quotas = _typed(entry, "queriers", dict, where, {})
+        for member, limit in quotas.items():
+            check_name(member, f"{where}.queriers entry")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ConfigError(f"{where}.queriers.{member} must be a positive number of identifiers per "
+                                  f"window (got {limit!r})")
+        window = float(_typed(entry, "quota-window", (int, float), where, 86400))
+        if not (math.isfinite(window) and window > 0):
+            raise ConfigError(f"{where}.quota-window must be > 0 seconds (got {window})")
+        width = _typed(entry, "label-width", int, where, 32)
+        if not 1 <= width <= 1024:
+            raise ConfigError(f"{where}.label-width must be 1..1024 bytes (got {width})")
+        lists[name] = SharedList(name=name, path=path, id_column=_typed(entry, "id-column", str, where),
+                                 label_column=_typed(entry, "label-column", str, where, None),
+                                 kind=None if kind == "typed" else kind, psi=psi, psi_modes=modes,
+                                 queriers=tuple(sorted(quotas.items())), quota_window=window, label_width=width)
+    return lists
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:

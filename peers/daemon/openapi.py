@@ -10,6 +10,7 @@ from typing import Any
 _ERROR = {"description": "refused: {\"error\": message}",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JSON = {"content": {"application/json": {"schema": {"type": "object"}}}}
+_FRAMES = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 
 
 def _op(summary: str, ok: str = "200", body: str | None = None, params: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -21,6 +22,16 @@ def _op(summary: str, ok: str = "200", body: str | None = None, params: tuple[st
     if params:
         operation["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                                    for p in params]
+    return operation
+
+
+def _frames_op(summary: str, body: str | None) -> dict[str, Any]:
+    """A PSI / query operation: binary frames (privacy/psi/wire.py) in and out; 429 over quota."""
+    operation = _op(summary, params=("name",))
+    operation["responses"]["200"] = {"description": "success: frames", **_FRAMES}
+    operation["responses"]["429"] = _ERROR
+    if body:
+        operation["requestBody"] = {"required": True, "description": body, **_FRAMES}
     return operation
 
 
@@ -61,6 +72,21 @@ def spec() -> dict[str, Any]:
                                                           params=("job_id",))},
             "/v1/audit": {"get": _op("the hash-chained audit log (query: since=SEQ) and whether its chain holds")},
             "/v1/budget": {"get": _op("privacy budget per data source: total, spent, reserved, remaining ε")},
+            "/v1/lists": {"get": _op("the lists this peer shares with the caller: PSI modes, query quota left")},
+            "/v1/lists/{name}/psi": {"post": _frames_op(
+                "PSI against a list: answers the caller's blinded set with EVALUATED and SET frames",
+                "BLINDED frames then BLINDED_END (the caller's identifiers, blinded)")},
+            "/v1/lists/{name}/psi/confirm": {"post": _frames_op(
+                "both-sides PSI, second step: the holder learns the intersection too", "CONFIRM frames then "
+                "CONFIRM_END")},
+            "/v1/lists/{name}/table": {"get": _frames_op(
+                "the list's encrypted query table of the current key epoch", None)},
+            "/v1/lists/{name}/query": {"post": _frames_op(
+                "anonymous query: applies the holder's key to blinded identifiers, under the caller's quota "
+                "(409: stale epoch, 429: over quota)", "one QUERY frame")},
+            "/v1/psi-log": {"post": _op("the peer's own client records a PSI or query it ran at another peer "
+                                        "(only this peer's certificate)", "201",
+                                        "{action, peer, list, outcome, sent, learned}: counts only")},
         },
         "components": {"schemas": {"Error": {"type": "object", "required": ["error"],
                                              "properties": {"error": {"type": "string"}}}}},

@@ -29,13 +29,14 @@ from peers.daemon.config import PeerConfig
 from peers.daemon.model_pull import pull_model
 from peers.daemon.model_store import publish
 from peers.daemon.policy import check_policy, planned_mechanisms, source_facts
+from peers.daemon.shared_lists import Served, SharedLists
 from peers.daemon.signed_job import SignedJob, parse_document, verify_envelope
 from peers.daemon.store import ACTIVE_STATES, PeerStore
 from peers.errors import PeerUnreachable, Refused
 from peers.identity.consortium import Identity
 from peers.identity.manifest import Member
 from privacy.accounting import Mechanism, epsilon_spent
-from privacy.errors import BudgetExceeded, FedsiloError
+from privacy.errors import BudgetExceeded, DataError, FedsiloError
 from privacy.ledger import SQLiteLedger
 
 log = logging.getLogger("fedsilo.peer")
@@ -53,6 +54,7 @@ class PeerService:
         self.ledger = SQLiteLedger(config.state_dir / "ledger.sqlite")
         self.mailbox = Mailbox()
         self.client = PeerClient(identity)
+        self.lists = SharedLists(config.lists, config.state_dir / "psi")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[str, Any] = {}  # job id (host) or "JOB/peer" -> HostedTraining / JoinedTraining
 
@@ -72,6 +74,7 @@ class PeerService:
         await self.mailbox.stop()
         await self.client.__aexit__()
         self.ledger.close()
+        self.lists.close()
         self.store.close()
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
@@ -151,6 +154,51 @@ class PeerService:
             with self.store.transaction():
                 self.store.audit.append(actor, action, "refused", detail)
         await self.mailbox.ask(work)
+
+    async def serve_list(self, member: Member, action: str, list_name: str,
+                         work: Callable[[], Served]) -> bytes:
+        """Run one PSI / query request (`work`, blocking) in a thread, alone in the actor, and audit it.
+
+        A refusal is audited by the HTTP layer (and changes nothing); success writes one
+        entry: who, which list, how many identifiers (never which).
+        """
+        async def run() -> bytes:
+            try:
+                served = await asyncio.to_thread(work)
+            except DataError as error:  # the holder's own file: tell its log, not the caller
+                with self.store.transaction():
+                    self.store.audit.append(member.name, action, "failed", f"the list cannot be served: {error}",
+                                            source=list_name)
+                refusal = Refused(f"{self.name} cannot serve list {list_name!r} now (a problem with its own file, "
+                                  "recorded in its audit log); ask its operator", 503)
+                refusal.audited = True
+                raise refusal from None
+            with self.store.transaction():
+                self.store.audit.append(member.name, action, "ok", served.detail, source=list_name)
+            return served.body
+        return await self.mailbox.ask(run)
+
+    async def record_own(self, member: Member, body: Any) -> dict[str, Any]:
+        """This peer's own client records a PSI or query it ran at another peer (counts only)."""
+        if member.name != self.name:
+            raise Refused(f"only {self.name}'s own certificate may write to its log of PSI and queries", 403)
+        if not isinstance(body, dict) or set(body) != {"action", "peer", "list", "outcome", "sent", "learned"}:
+            raise Refused("a record is {action, peer, list, outcome, sent, learned}", 400)
+        action, outcome = body["action"], body["outcome"]
+        counts = (body["sent"], body["learned"])
+        if action not in ("psi.run", "query.run") or outcome not in ("started", "ok", "refused") \
+                or not all(isinstance(body[k], str) and 0 < len(body[k]) <= 200 for k in ("peer", "list")) \
+                or not all(c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in counts):
+            raise Refused("a record names action psi.run|query.run, outcome started|ok|refused, the peer and list, "
+                          "and counts (non-negative integers or null)", 400)
+        detail = f"at {body['peer']}: {counts[0]} identifiers sent" + (
+            f", {counts[1]} learned" if counts[1] is not None else "")
+
+        async def work() -> dict[str, Any]:
+            with self.store.transaction():
+                entry = self.store.audit.append(self.name, action, outcome, detail, source=body["list"])
+            return {"seq": entry.seq}
+        return await self.mailbox.ask(work)
 
     def member_for(self, fingerprint: str) -> Member | None:
         manifest = self.identity.manifest

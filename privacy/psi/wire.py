@@ -29,7 +29,7 @@ import numpy as np
 from privacy.errors import ProtocolError
 from privacy.psi.group import ELEMENT_BYTES
 
-__all__ = ["MAGIC", "VERSION", "MAX_BATCH", "HEADER", "FrameType", "Frame", "encode", "decode"]
+__all__ = ["MAGIC", "VERSION", "MAX_BATCH", "HEADER", "FrameType", "Frame", "encode", "decode", "split"]
 
 MAGIC = b"FPSI"
 VERSION = 1
@@ -112,3 +112,26 @@ def decode(data: bytes, expected: set[FrameType] | None = None) -> Frame:
             )
         elements = np.frombuffer(data, dtype=np.uint8, count=payload, offset=HEADER).reshape(count, ELEMENT_BYTES)
     return Frame(kind, mode, bytes(session), seq, count, elements)
+
+
+def split(data: bytes) -> list[bytes]:
+    """Cut a concatenation of frames (one HTTP body) back into frames; nothing is decoded.
+
+    Each frame's length follows from its header (END frames carry no payload). A cut
+    frame at the end, or a header announcing more than :data:`MAX_BATCH` elements, is
+    refused with :class:`ProtocolError`; :func:`decode` checks each frame's content.
+    """
+    frames, at, view = [], 0, memoryview(data)
+    while at < len(data):
+        if len(data) - at < HEADER:
+            raise ProtocolError("the message ends inside a frame header; the message was refused")
+        type_, count = data[at + 5], _HEADER.unpack_from(data, at)[7]
+        ends = type_ in {int(t) for t in _ENDS}
+        if not ends and count > MAX_BATCH:
+            raise ProtocolError(f"a frame announces {count} elements, more than {MAX_BATCH}; the message was refused")
+        size = HEADER + (0 if ends else count * ELEMENT_BYTES)
+        if at + size > len(data):
+            raise ProtocolError("the message ends inside a frame; the message was refused")
+        frames.append(bytes(view[at:at + size]))
+        at += size
+    return frames

@@ -40,7 +40,7 @@ def test_a_valid_peer_toml(peer_dir):
 @pytest.mark.parametrize("edit, fragment", [
     (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nmax-epsilon = 1"),
      "unknown key 'max-epsilon' in [policy]: valid keys are max-epsilon-per-job, min-participants"),
-    (("[peer]", "[peers]"), "unknown key 'peers' in peer.toml (sections): valid keys are peer, policy, sources"),
+    (("[peer]", "[peers]"), "unknown key 'peers' in peer.toml (sections): valid keys are lists, peer, policy, sources"),
     (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nstrategies = [\"krum\"]"),
      "policy.strategies: 'krum' is unknown; valid choices are fedavg, fedadam"),
     (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = -1"), "policy.max-epsilon-per-job must be > 0"),

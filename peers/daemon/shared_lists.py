@@ -1,0 +1,230 @@
+"""The list holder's side of PSI and anonymous query at a peer daemon.
+
+`SharedLists` serves the `[lists.NAME]` of peer.toml to the members its policy names:
+PSI (`psi`, in the `psi-modes` allowed) and anonymous query (`queriers`, each with its
+quota of identifiers per `quota-window`). It only sees group elements; it reads the
+list file on this machine for each run. Contracts:
+
+* A member that may not use a list, and a list that does not exist, get the same
+  refusal (403), so a refusal says nothing about which lists this peer holds.
+* Every request is audited (who, when, which list, how many identifiers); nothing in
+  the log, the quota store or a reply names an identifier.
+* Query key epochs: a `ListHolder` is created (new secret key, epoch = last epoch
+  this peer served + 1, kept in `state/psi/NAME.epoch`) when the list's table is
+  first asked for after a start; a restart therefore rotates the key, and answers
+  for an older epoch are refused (409) until the querier fetches the new table.
+* Quotas live in `state/psi/NAME.quota.sqlite` (`privacy.psi.SQLiteQuota`), so a
+  restart does not reset them. A refused query consumes nothing.
+* In `both` mode the holder learns the intersection too: it is written to
+  `state/psi/results/` (a CSV of its own identifiers) for the peer's operator.
+
+The methods are blocking (group operations, file reads): the service runs them in a
+thread, inside its actor, so quota, epoch and audit changes never interleave.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from peers.daemon.config import SharedList
+from peers.errors import Refused
+from privacy.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
+from privacy.psi import ListHolder, Mode, PsiSender, QueryQuota, SQLiteQuota
+from privacy.psi.wire import FrameType, decode, split
+
+MODE_NAMES = {Mode.TO_RECEIVER: "to-me", Mode.TO_BOTH: "both", Mode.CARDINALITY: "count"}
+PENDING_SECONDS = 600.0
+
+
+def read_column(path: Path, column: str) -> Iterator[str]:
+    """The values of one column of a CSV file with a header, streamed."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        if column not in header:
+            raise DataError(f"{path} has no column {column!r} (columns: {', '.join(header)})")
+        index = header.index(column)
+        for row in reader:
+            if row:
+                yield row[index]
+
+
+class _PerQuerier(QueryQuota):
+    """Each querier's own limit from the policy, all in one SQLite file."""
+
+    def __init__(self, path: Path, shared: SharedList) -> None:
+        super().__init__(0, shared.quota_window)
+        self._by = {member: SQLiteQuota(path, limit, shared.quota_window) for member, limit in shared.queriers}
+
+    def _consume(self, querier: str, count: int, now: float) -> int:
+        return self._by[querier]._consume(querier, count, now)
+
+    def _used(self, querier: str, now: float) -> int:
+        return self._by[querier]._used(querier, now)
+
+    def records(self, querier: str | None = None) -> list:
+        return next(iter(self._by.values())).records(querier) if self._by else []
+
+    def left(self, querier: str) -> int:
+        quota = self._by[querier]
+        return quota.limit - quota.used(querier)
+
+    def close(self) -> None:
+        for quota in self._by.values():
+            quota.close()
+
+
+@dataclass
+class _Pending:
+    """A both-sides PSI waiting for the receiver's CONFIRM frames."""
+
+    sender: PsiSender
+    member: str
+    list_name: str
+    started: float
+
+
+@dataclass(frozen=True)
+class Served:
+    """A reply body and the audit detail of the request it answers (counts only)."""
+
+    body: bytes
+    detail: str
+
+
+class SharedLists:
+    """See the module docstring. `directory` is the peer's `state/psi`."""
+
+    def __init__(self, lists: dict[str, SharedList], directory: Path) -> None:
+        self.lists = lists
+        self.directory = directory
+        self._holders: dict[str, tuple[ListHolder, bytes]] = {}
+        self._quotas: dict[str, _PerQuerier] = {}
+        self._pending: dict[bytes, _Pending] = {}
+
+    def close(self) -> None:
+        for quota in self._quotas.values():
+            quota.close()
+
+    # -- policy ---------------------------------------------------------------------
+    def shared_with(self, member: str) -> list[dict[str, object]]:
+        """What `member` may do with each list it may use (names, modes, quota left)."""
+        out = []
+        for shared in self.lists.values():
+            quota = shared.quota_of(member)
+            if member not in shared.psi and quota is None:
+                continue
+            out.append({"name": shared.name, "kind": shared.kind or "typed",
+                        "psi_modes": list(shared.psi_modes) if member in shared.psi else [],
+                        "query_quota": quota, "query_left": None if quota is None else self._quota(shared).left(member),
+                        "quota_window": shared.quota_window, "labels": shared.label_column is not None})
+        return out
+
+    def _allowed(self, member: str, name: str, use: str) -> SharedList:
+        shared = self.lists.get(name)
+        if shared is None or (member not in shared.psi if use == "psi" else shared.quota_of(member) is None):
+            raise Refused(f"list {name!r} is not shared with {member} for {use} here; ask its holder to add you to "
+                          "its policy", 403)
+        return shared
+
+    # -- PSI --------------------------------------------------------------------------
+    def psi(self, member: str, name: str, body: bytes) -> Served:
+        """Answer a receiver's BLINDED frames with EVALUATED and SET frames."""
+        shared = self._allowed(member, name, "psi")
+        frames = split(body)
+        if not frames:
+            raise ProtocolError("the PSI request carries no frame")
+        first = decode(frames[0], {FrameType.BLINDED, FrameType.BLINDED_END})
+        mode = Mode(first.mode) if first.mode in {m.value for m in Mode} else None
+        if mode is None or MODE_NAMES[mode] not in shared.psi_modes:
+            raise Refused(f"list {name!r} allows PSI modes {', '.join(shared.psi_modes)} only", 403)
+        self._expire()
+        sender = PsiSender(read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode)
+        replies: list[bytes] = []
+        for frame in frames:
+            replies += sender.handle(frame)
+        if not replies:
+            raise ProtocolError("the PSI request ended before its BLINDED_END frame")
+        asked = decode(frames[-1]).count
+        if mode is Mode.TO_BOTH:
+            self._pending[first.session] = _Pending(sender, member, name, time.monotonic())
+        return Served(b"".join(replies), f"PSI mode {MODE_NAMES[mode]}: {asked} identifiers asked")
+
+    def confirm(self, member: str, name: str, body: bytes) -> Served:
+        """Finish a both-sides PSI: learn the intersection and write it to `state/psi/results`."""
+        shared = self._allowed(member, name, "psi")
+        frames = split(body)
+        session = decode(frames[0]).session if frames else b""
+        pending = self._pending.get(session)
+        if pending is None or pending.member != member or pending.list_name != name:
+            raise Refused("no both-sides PSI of yours on this list is waiting for confirmation (it expired after "
+                          f"{PENDING_SECONDS:g} s or never started); run it again", 409)
+        del self._pending[session]
+        for frame in frames:
+            pending.sender.handle(frame)
+        result = pending.sender.result()
+        wanted = set(int(p) for p in result.positions)
+        shared_ids = [v for i, v in enumerate(read_column(shared.path, shared.id_column)) if i in wanted]
+        results = self.directory / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        out = results / f"{stamp}-{name}-{member}.csv"
+        with open(out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([shared.id_column])
+            writer.writerows([v] for v in shared_ids)
+        return Served(b"", f"PSI mode both: {result.cardinality} identifiers shared, written to {out.name}")
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for session in [s for s, p in self._pending.items() if now - p.started > PENDING_SECONDS]:
+            del self._pending[session]
+
+    # -- anonymous query ------------------------------------------------------------------
+    def table(self, member: str, name: str) -> Served:
+        """The encrypted table of the current epoch (published on first use after a start)."""
+        shared = self._allowed(member, name, "query")
+        holder, table = self._holder(shared)
+        return Served(table, f"query table of epoch {holder.epoch} fetched")
+
+    def query(self, member: str, name: str, body: bytes) -> Served:
+        """Answer a QUERY frame under the member's quota; StaleEpoch → 409, over quota → 429."""
+        shared = self._allowed(member, name, "query")
+        holder, _ = self._holder(shared)
+        try:
+            answer = holder.answer(member, body)
+        except StaleEpoch as error:
+            raise Refused(str(error), 409) from None
+        except QuotaExceeded as error:
+            raise Refused(str(error), 429) from None
+        count = decode(body).count
+        left = self._quota(shared).left(member)
+        return Served(answer, f"query: {count} identifiers answered at epoch {holder.epoch}; {left} left in the "
+                              "window")
+
+    def _quota(self, shared: SharedList) -> _PerQuerier:
+        if shared.name not in self._quotas:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._quotas[shared.name] = _PerQuerier(self.directory / f"{shared.name}.quota.sqlite", shared)
+        return self._quotas[shared.name]
+
+    def _holder(self, shared: SharedList) -> tuple[ListHolder, bytes]:
+        if shared.name not in self._holders:
+            epoch_file = self.directory / f"{shared.name}.epoch"
+            epoch = int(epoch_file.read_text()) + 1 if epoch_file.is_file() else 1
+            holder = ListHolder(shared.name, self._quota(shared), kind=shared.kind, label_width=shared.label_width,
+                                epoch=epoch)
+            ids = read_column(shared.path, shared.id_column)
+            labels = read_column(shared.path, shared.label_column) if shared.label_column else None
+            table = holder.publish(zip(ids, labels) if labels is not None else ((i, "listed") for i in ids))
+            temporary = epoch_file.with_suffix(".tmp")
+            temporary.write_text(str(epoch))
+            os.replace(temporary, epoch_file)
+            self._holders[shared.name] = (holder, table.to_bytes())
+        return self._holders[shared.name]

@@ -1,0 +1,171 @@
+"""PSI and anonymous query against another peer's shared list, as a member (client side).
+
+Python API (what `fedsilo psi` and `fedsilo query` call)::
+
+    from peers.risk_lists import psi_with, query_at
+    outcome = psi_with(Path("bank-a/identity"), "broker", ["lei:…", …], mode="to-me")
+    outcome.shared            # your identifiers on the broker's list (None in count mode)
+    labels = query_at(Path("lender/identity"), "broker", "large-purchases", ["c-1001"])
+    labels["c-1001"]          # the label, or None: not on the list
+
+What crosses the wire: only group elements (see `privacy.psi`). The holder's
+daemon checks its policy and quota and audits the request; this side records the
+run in its own peer's audit log (`POST /v1/psi-log` to its own daemon, with counts
+only) before anything is sent — so the own daemon must be running — and again
+with the outcome. The identifiers' kind (their canonical form) is the one the
+holder's list declares (`GET /v1/lists`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peers.daemon.client import PeerClient
+from peers.errors import PeerUnreachable, Refused
+from peers.identity.consortium import Identity
+from privacy.errors import ConfigError
+from privacy.psi import Mode, PsiReceiver, Querier
+from privacy.psi.wire import MAX_BATCH, split
+
+MODES = {"to-me": Mode.TO_RECEIVER, "both": Mode.TO_BOTH, "count": Mode.CARDINALITY}
+
+
+@dataclass(frozen=True)
+class PsiOutcome:
+    """What this side learned: sizes of distinct identifiers, the count, and (unless count mode) which."""
+
+    peer: str
+    list_name: str
+    mode: str
+    own_size: int
+    peer_size: int
+    cardinality: int
+    shared: list[str] | None
+
+
+def peer_url(identity: Identity, peer: str) -> str:
+    """A member name (its manifest address) or an https:// URL."""
+    if peer.startswith("https://"):
+        return peer.rstrip("/")
+    member = identity.manifest.member(peer)
+    if member is None or not member.address:
+        raise ConfigError(f"{peer!r} is not a peer with an address in your manifest: give a member name or "
+                          "https://HOST:PORT")
+    return member.address.rstrip("/")
+
+
+async def shared_lists(client: PeerClient, url: str) -> list[dict[str, Any]]:
+    """The lists the peer at `url` shares with this member."""
+    return (await client.call("GET", f"{url}/v1/lists"))["lists"]
+
+
+async def _pick(client: PeerClient, url: str, list_name: str | None, use: str) -> dict[str, Any]:
+    offered = [entry for entry in await shared_lists(client, url)
+               if (entry["psi_modes"] if use == "psi" else entry["query_quota"] is not None)]
+    if list_name is None:
+        if len(offered) != 1:
+            names = ", ".join(e["name"] for e in offered) or "none"
+            raise ConfigError(f"{url} shares {len(offered)} lists with you for {use} ({names}); name one with "
+                              "--their-list")
+        return offered[0]
+    for entry in offered:
+        if entry["name"] == list_name:
+            return entry
+    # not offered: let the holder refuse (its refusal is authoritative and lands in its audit log)
+    if use == "psi":
+        await client.frames("POST", f"{url}/v1/lists/{list_name}/psi", b"")
+    else:
+        await client.frames("GET", f"{url}/v1/lists/{list_name}/table")
+    raise Refused(f"{url} does not offer list {list_name!r} to you for {use}", 403)
+
+
+async def _record(client: PeerClient, action: str, peer: str, list_name: str, outcome: str, sent: int,
+                  learned: int | None) -> None:
+    own = peer_url(client.identity, client.identity.name)
+    await client.call("POST", f"{own}/v1/psi-log", {"action": action, "peer": peer, "list": list_name,
+                                                    "outcome": outcome, "sent": sent, "learned": learned})
+
+
+async def run_psi(client: PeerClient, peer: str, identifiers: Sequence[str], mode: str = "to-me",
+                  list_name: str | None = None) -> PsiOutcome:
+    """PSI of `identifiers` with `peer`'s list (see the module docstring)."""
+    if mode not in MODES:
+        raise ConfigError(f"PSI mode {mode!r} is unknown: use one of {', '.join(MODES)}")
+    url = peer_url(client.identity, peer)
+    try:
+        entry = await _pick(client, url, list_name, "psi")
+    except PeerUnreachable:
+        await _record(client, "psi.run", peer, list_name or "-", "refused", len(identifiers), None)
+        raise
+    name, kind = entry["name"], None if entry["kind"] == "typed" else entry["kind"]
+    if mode not in entry["psi_modes"]:
+        raise Refused(f"{peer}'s list {name!r} allows PSI modes {', '.join(entry['psi_modes'])} only", 403)
+    receiver = PsiReceiver(identifiers, kind=kind, mode=MODES[mode])
+    request = b"".join(await asyncio.to_thread(lambda: list(receiver.request_frames())))
+    await _record(client, "psi.run", peer, name, "started", len(identifiers), None)
+    try:
+        reply = await client.frames("POST", f"{url}/v1/lists/{name}/psi", request)
+
+        def finish() -> bytes:
+            back: list[bytes] = []
+            for frame in split(reply):
+                back += receiver.handle(frame)
+            return b"".join(back)
+        confirm = await asyncio.to_thread(finish)
+        if confirm:
+            await client.frames("POST", f"{url}/v1/lists/{name}/psi/confirm", confirm)
+    except PeerUnreachable:
+        await _record(client, "psi.run", peer, name, "refused", len(identifiers), None)
+        raise
+    result = receiver.result()
+    await _record(client, "psi.run", peer, name, "ok", result.own_size, result.cardinality)
+    shared = None if result.positions is None else [identifiers[int(p)] for p in result.positions]
+    return PsiOutcome(peer, name, mode, result.own_size, result.peer_size, int(result.cardinality or 0), shared)
+
+
+async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: Sequence[str]) -> dict[str, str | None]:
+    """Each identifier's label on `peer`'s list `list_name`, or None where it is not listed."""
+    if not identifiers:
+        raise ConfigError("give at least one identifier to query")
+    url = peer_url(client.identity, peer)
+    try:
+        entry = await _pick(client, url, list_name, "query")
+    except PeerUnreachable:
+        await _record(client, "query.run", peer, list_name, "refused", len(identifiers), None)
+        raise
+    kind = None if entry["kind"] == "typed" else entry["kind"]
+    await _record(client, "query.run", peer, list_name, "started", len(identifiers), None)
+    labels: list[str | None] = []
+    try:
+        table = await client.frames("GET", f"{url}/v1/lists/{list_name}/table")
+        querier = await asyncio.to_thread(Querier, table, kind=kind)
+        for start in range(0, len(identifiers), MAX_BATCH):
+            pending = await asyncio.to_thread(querier.ask, list(identifiers[start:start + MAX_BATCH]))
+            answer = await client.frames("POST", f"{url}/v1/lists/{list_name}/query", pending.request)
+            labels += await asyncio.to_thread(pending.open, answer)
+    except PeerUnreachable:
+        await _record(client, "query.run", peer, list_name, "refused", len(identifiers), None)
+        raise
+    await _record(client, "query.run", peer, list_name, "ok", len(identifiers), sum(v is not None for v in labels))
+    return dict(zip(identifiers, labels))
+
+
+def psi_with(identity_dir: Path, peer: str, identifiers: Sequence[str], mode: str = "to-me",
+             list_name: str | None = None) -> PsiOutcome:
+    """Blocking `run_psi` as the member whose identity is in `identity_dir`."""
+    async def main() -> PsiOutcome:
+        async with PeerClient(Identity.load(identity_dir), timeout=600) as client:
+            return await run_psi(client, peer, identifiers, mode, list_name)
+    return asyncio.run(main())
+
+
+def query_at(identity_dir: Path, peer: str, list_name: str, identifiers: Sequence[str]) -> dict[str, str | None]:
+    """Blocking `run_query` as the member whose identity is in `identity_dir`."""
+    async def main() -> dict[str, str | None]:
+        async with PeerClient(Identity.load(identity_dir), timeout=600) as client:
+            return await run_query(client, peer, list_name, identifiers)
+    return asyncio.run(main())
