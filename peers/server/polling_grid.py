@@ -8,6 +8,12 @@ Grid's own public `push_messages`/`pull_messages`, pulling every `interval` seco
 everything else is the wrapped grid's. The semantics are Flower's: replies are
 collected until all arrived or `timeout` passed.
 
+A prompt pull meets a second wait: a reply is listed as soon as its SuperNode pushed
+the message, before its objects arrive, and `HttpGrid` then retries the missing
+objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore also
+starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
+process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module.
+
 With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the job
 host registered for the job's accepting peers. Flower's Control API has no account
 authentication in its open-source distribution, so a node registered by anyone else
@@ -16,11 +22,13 @@ on the same SuperLink is never sampled.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid import http_grid
 from flwr.supercore.run import Run
 
 DEFAULT_INTERVAL_SECONDS = 0.05
@@ -32,6 +40,8 @@ class PromptGrid(Grid):
         self.inner = inner
         self.interval = interval
         self.nodes = None if nodes is None else frozenset(nodes)
+        if isinstance(inner, http_grid.HttpGrid):
+            _prompt_object_pulls(interval)
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
@@ -65,3 +75,10 @@ class PromptGrid(Grid):
             if pending:
                 time.sleep(self.interval)
         return replies
+
+
+def _prompt_object_pulls(interval: float) -> None:
+    """Start `HttpGrid`'s object-pull retries at `interval` instead of 1 s (once per process)."""
+    if not isinstance(http_grid.pull_objects, functools.partial):
+        http_grid.pull_objects = functools.partial(http_grid.pull_objects, initial_backoff=interval,
+                                                   backoff_cap=4 * interval)
