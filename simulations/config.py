@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
 from peers.models import ModelSpec
 from privacy.errors import ConfigError
-from simulations.toml_file import read_toml
+from peers.toml_file import read_toml
 
 COMPARISONS = ("centralized", "local", "common")
 SETUPS = ("horizontal", "transfer")

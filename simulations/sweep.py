@@ -37,7 +37,7 @@ from privacy.errors import ConfigError
 from simulations.config import SimulationConfig, config_values
 from simulations.progress import Progress
 from simulations.run_folder import RunFolder, new_run_name
-from simulations.toml_file import read_toml
+from peers.toml_file import read_toml
 
 # [sweep] key -> (section, key) of the simulate config it varies
 GRID_KEYS = {"banks": ("simulation", "banks"), "epsilon": ("dp", "epsilon"), "dropout": ("simulation", "dropout"),

@@ -45,13 +45,13 @@ to the file's directory. The listening address is the member's address in the ma
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peers.identity.pki import check_name
 from peers.models import MODEL_KINDS
+from peers.toml_file import read_toml
 from privacy.errors import ConfigError
 from privacy.psi.identifiers import canonical
 from strategies.factory import STRATEGIES
@@ -245,18 +245,6 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
                                  kind=None if kind == "typed" else kind, psi=psi, psi_modes=modes,
                                  queriers=tuple(sorted(quotas.items())), quota_window=window, label_width=width)
     return lists
-
-
-def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """The parsed TOML document at `path`; ConfigError naming the file otherwise."""
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist: check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}): fix its syntax") from None
 
 
 def load_config(path: str | Path) -> PeerConfig:

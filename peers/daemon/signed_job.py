@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers.daemon.config import read_toml
+from peers.toml_file import read_toml
 from peers.errors import IdentityError, Refused, SignatureError
 from peers.identity.consortium import Identity
 from peers.identity.manifest import Manifest

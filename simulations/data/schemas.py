@@ -47,7 +47,7 @@ from privacy.errors import ConfigError, DataError
 from simulations.data.loader import load_table
 from simulations.data.synthetic import (BILL_COLUMNS, DEFAULT_TOTAL_CUSTOMERS, FEATURES, LABEL, PAY_AMT_COLUMNS,
                                         PAY_COLUMNS, generate_consortium)
-from simulations.toml_file import read_toml
+from peers.toml_file import read_toml
 
 MIN_INSTITUTION_ROWS = 50
 TRANSFER_SOURCE_BANKS = 3   # synthetic banks pooled into the transfer table (a mix of customer profiles)
