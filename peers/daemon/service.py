@@ -97,13 +97,18 @@ class PeerService:
         self._reconcile()
 
     def _reconcile(self) -> None:
-        """After a restart: mark interrupted jobs honestly and make the ledger match the store.
+        """After a restart: stop orphaned engine processes, mark interrupted jobs honestly, and
+        make the ledger match the store.
 
         A job that was training may have released updates, so its whole reservation is
         committed as spent; a hosted job that had not started is interrupted and its
         reservation released; a reservation without an active job (a crash between the
         ledger write and the store commit) is released. Accepted participations stay.
         """
+        for job_id, names in training.stop_orphaned_processes(self.config.state_dir).items():
+            with self.store.transaction():
+                self.store.audit.append("local", "job.processes.stopped", "ok", "left running by the previous run: "
+                                        + ", ".join(names), job=job_id)
         active = {job.job_id: job for job in self.store.jobs(ACTIVE_STATES)}
         for job in active.values():
             record = self.ledger.jobs(job.source).get(job.job_id) if job.source else None

@@ -20,6 +20,7 @@ from peers.data.bank import read_table
 from peers.deployment import (
     HostedTraining, JoinedTraining, TLSFiles, TrainingResult, host_training, join_training, node_auth_keypair,
 )
+from peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
 from peers.identity.consortium import Identity
 from peers.job import JobConfig
 from privacy.accounting import Mechanism
@@ -69,3 +70,18 @@ def spent_so_far(state_dir: Path, job_id: str) -> list[Mechanism]:
     from peers.client import node_state
     record = node_state.read_privacy(state_dir / "jobs" / job_id / "peer", job_id)
     return list(record.spent) if record else []
+
+
+def stop_orphaned_processes(state_dir: Path) -> dict[str, list[str]]:
+    """Stop engine processes a previous run of the daemon left running, per job id.
+
+    Called once at start, before any job runs: every SuperLink, ServerApp, SuperNode or
+    ClientApp still registered under a job's folder belongs to a daemon that died
+    without stopping it (SIGKILL, power loss).
+    """
+    stopped: dict[str, list[str]] = {}
+    for registry in sorted((state_dir / "jobs").glob(f"*/*/logs/{REGISTRY_NAME}")):
+        names = stop_leftover_processes(registry.parent)
+        if names:
+            stopped.setdefault(registry.parents[2].name, []).extend(names)
+    return stopped

@@ -6,11 +6,20 @@ a child that died on its own into a `DeploymentError` naming it and the tail of 
 log, so a crashed SuperLink or SuperNode is a failed job, not a hang. `stop()` sends
 SIGTERM to every group, waits, then SIGKILLs what is left; it is idempotent and also
 runs when the Python process exits normally.
+
+The supervisor keeps a registry of its children (`processes.json` in its log folder:
+name, process group, start time) while they run. If the supervising process dies
+without stopping them (SIGKILL, power loss), its children are orphaned;
+`stop_leftover_processes` reads the registry at the next start and stops the groups
+that are still running. A group is recognised by its id and, while its leader lives,
+by the leader's start time, so a recycled pid is never signalled (Linux does not reuse
+a pid still in use as a process group id).
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +33,7 @@ from privacy.errors import FedsiloError
 
 STOP_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 15
+REGISTRY_NAME = "processes.json"
 
 
 class DeploymentError(FedsiloError):
@@ -71,7 +81,16 @@ class Supervisor:
                                        env={**self.env, **(env or {})}, start_new_session=True)
         child = Child(name, process, log_path)
         self.children.append(child)
+        self._write_registry()
         return child
+
+    def _write_registry(self) -> None:
+        entries = [{"name": c.name, "pgid": c.process.pid, "start": _start_ticks(c.process.pid)}
+                   for c in self.children]
+        path = self.log_dir / REGISTRY_NAME
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(entries))
+        os.replace(partial, path)
 
     def check(self, expected_done: Sequence[str] = ()) -> None:
         """Raise DeploymentError if a child other than those in `expected_done` has exited."""
@@ -107,7 +126,47 @@ class Supervisor:
                 child.process.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
+        (self.log_dir / REGISTRY_NAME).unlink(missing_ok=True)
         atexit.unregister(self.stop)
+
+
+def stop_leftover_processes(log_dir: Path) -> list[str]:
+    """Stop the still-running children a dead supervisor registered in `log_dir`.
+
+    Returns the names of the children whose groups were found running and stopped
+    (SIGTERM, then SIGKILL after the grace period); removes the registry. A missing or
+    unreadable registry means nothing to stop.
+    """
+    path = Path(log_dir) / REGISTRY_NAME
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    running = []
+    for entry in entries:
+        pgid, start = int(entry["pgid"]), entry.get("start")
+        leader_start = _start_ticks(pgid)
+        if leader_start is not None and leader_start != start:
+            continue  # the pid was recycled by an unrelated process
+        if live_group_members(pgid):
+            running.append((str(entry["name"]), pgid))
+    for _, pgid in running:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline and any(live_group_members(pgid) for _, pgid in running):
+        time.sleep(0.1)
+    for _, pgid in running:
+        _signal_group(pgid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return [name for name, _ in running]
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (/proc), or None if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -88,6 +88,20 @@ def wait_for(consortium, peer, job_id, states, timeout=TRAINING_TIMEOUT):
     raise AssertionError(f"{peer}: job {job_id} is still {view['state']} ({view['detail']})")
 
 
+def alive(pid):
+    """Whether `pid` is a running (not zombie) process."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def audit_entries(consortium, name):
+    with sqlite3.connect(consortium.root / name / "state" / "state.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("SELECT * FROM audit ORDER BY seq")]
+
+
 def ledger_rows(consortium, name):
     with sqlite3.connect(consortium.root / name / "state" / "ledger.sqlite") as conn:
         return dict(conn.execute("SELECT job_id, state FROM jobs").fetchall())
@@ -153,13 +167,12 @@ def test_a_participant_killed_mid_job_restarts_consistent(consortium, tmp_path):
     children = descendants(victim.pid)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
-    for child in children:  # its SuperNode and ClientApp would otherwise linger
-        try:
-            os.killpg(child, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    assert any(alive(child) for child in children)  # its SuperNode and ClientApp, orphaned
     assert ledger_rows(consortium, "bank-c")["e2e-2"] == "reserved"
     consortium.processes["bank-c"] = start(consortium, "bank-c")
+    assert not [child for child in children if alive(child)]  # stopped by the restarted daemon
+    assert any(entry["action"] == "job.processes.stopped" and entry["job"] == "e2e-2"
+               for entry in audit_entries(consortium, "bank-c"))
     view = call(consortium, OWNER, "GET", f"{consortium.addresses['bank-c']}/v1/jobs/e2e-2")
     assert view["state"] == "interrupted" and "counted as spent" in view["detail"]
     assert ledger_rows(consortium, "bank-c")["e2e-2"] == "committed"
