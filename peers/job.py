@@ -113,6 +113,7 @@ class JobConfig:
     label: str
     encoder_path: str
     banks_dir: str = ""
+    private_dir: str = ""  # simulation: where each bank keeps its private (transfer) weights
     job_id: str = "job"
     strategy: str = "fedavg"
     peers: int = 1
@@ -155,6 +156,7 @@ class JobConfig:
             "data.label": self.label,
             "data.encoder": self.encoder_path,
             "data.banks-dir": self.banks_dir,
+            "data.private-dir": self.private_dir,
             "model.kind": self.model.kind,
             "model.hidden": ",".join(str(h) for h in self.model.hidden),
             "model.shared-features": self.model.shared_features,
@@ -186,6 +188,7 @@ class JobConfig:
                 label=str(config["data.label"]),
                 encoder_path=str(config["data.encoder"]),
                 banks_dir=str(config.get("data.banks-dir", "")),
+                private_dir=str(config.get("data.private-dir", "")),
                 model=ModelSpec(kind=str(config.get("model.kind", "mlp")),
                                 hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32"))),
                                 shared_features=int(config.get("model.shared-features", 0))),

@@ -61,8 +61,12 @@ def fedsilo_version() -> str:
 def run_federation(job: JobConfig, population: Population, encoders: list[TabularEncoder], work: Path,
                    ledger_path: Path, progress: Progress, dropout: float = 0.0, dropout_concentration: float = 0.0,
                    evaluate_fn: EvaluateFn | None = None, title: str = "Training",
-                   engine: EngineSettings = EngineSettings()) -> FederationRun:
-    """Run `job` (its data paths are filled in here) over `population`; see the module docstring."""
+                   engine: EngineSettings = EngineSettings(), private_dir: Path | None = None) -> FederationRun:
+    """Run `job` (its data paths are filled in here) over `population`; see the module docstring.
+
+    In transfer setups each bank keeps its private weights in `private_dir` (default
+    `work/private`), one safetensors file per bank that trained, rewritten every round.
+    """
     banks_dir = work / "banks"
     banks_dir.mkdir(parents=True, exist_ok=True)
     if len(encoders) == 1:
@@ -73,7 +77,10 @@ def run_federation(job: JobConfig, population: Population, encoders: list[Tabula
         for index, encoder in enumerate(encoders):
             (banks_dir / f"{bank_name(index)}.encoder.json").write_text(encoder.to_json())
         encoder_template = str(banks_dir / "{bank}.encoder.json")
-    job = replace(job, encoder_path=encoder_template, banks_dir=str(banks_dir))
+    private = Path(private_dir) if private_dir is not None else work / "private"
+    if job.shared:
+        private.mkdir(parents=True, exist_ok=True)
+    job = replace(job, encoder_path=encoder_template, banks_dir=str(banks_dir), private_dir=str(private))
     population_path = population.save(work / "population.pickle")
 
     host = JobHost(job, evaluate_fn=evaluate_fn, on_round=progress.round_callback(job.train.rounds))

@@ -165,7 +165,8 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
         run = run_federation(job, _population(banks, config.seed), encoders, work / "transfer",
                              folder.path / "ledger.sqlite", progress, dropout=config.dropout,
                              dropout_concentration=config.dropout_concentration, title="Transfer training",
-                             engine=EngineSettings(config.ray_address, config.cpus_per_bank))
+                             engine=EngineSettings(config.ray_address, config.cpus_per_bank),
+                             private_dir=folder.path / "private")
         federated = _final_own_auc(run)
         local: dict[int, float] = {}
         if "local" in config.yardsticks:

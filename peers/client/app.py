@@ -15,6 +15,11 @@ Replies carry the *inner* model's weights (never Opacus' `_module.` names), the
 number of training rows as `num-examples` (FedAvg's weight), and the ε this peer has
 spent so far in the job. The peer's accountant history is kept in `context.state`
 between rounds.
+
+In transfer setups a bank's private weights (those outside the job's shared set) are
+kept on disk, never in memory between rounds: in its node's `state-dir` under the
+Deployment Engine, in the job's `data.private-dir` (one safetensors file per bank)
+under the Simulation Engine.
 """
 
 from __future__ import annotations
@@ -40,8 +45,6 @@ from privacy.accounting import Mechanism
 from privacy.errors import ConfigError, FedsiloError
 
 PRIVACY_STATE_KEY = "fedsilo.privacy"
-PRIVATE_STATE_KEY = "fedsilo.private"
-PRIVATE_OWNER_KEY = "fedsilo.private.owner"
 ERROR_CODE_REFUSED = 4001
 
 
@@ -71,12 +74,22 @@ def _state_dir(context: Context) -> Path:
     return Path(str(state_dir))
 
 
+def _private_weights_path(job: JobConfig, context: Context) -> Path:
+    """Where this bank keeps its private weights (see the module docstring)."""
+    if context.node_config.get("state-dir"):
+        return node_state.private_weights_file(_state_dir(context), job.job_id)
+    if job.private_dir:
+        return Path(job.private_dir) / f"bank-{bank_index(context):05d}.private.safetensors"
+    raise ConfigError("this transfer job has nowhere to keep the banks' private weights: set data.private-dir "
+                      "(the simulation harness does) or the node's state-dir")
+
+
 def _full_weights(job: JobConfig, data: BankTensors, context: Context,
                   received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The received shared weights completed with this peer's private ones (transfer setups).
 
-    Private weights (its own encoder, its own head) live in `context.state` and are
-    initialised per bank on first use; the host must send exactly the shared set.
+    Private weights (its own encoder, its own head) are initialised per bank on first
+    use and then read from disk; the host must send exactly the shared set.
     """
     if not job.shared:
         return received
@@ -85,22 +98,22 @@ def _full_weights(job: JobConfig, data: BankTensors, context: Context,
     shared = set(select(initial, job.shared))
     if set(received) != shared:
         raise ConfigError(f"the host sent {sorted(received)}; this job shares exactly {sorted(shared)}")
-    stored = context.state.get(PRIVATE_STATE_KEY)
-    owner = context.state.get(PRIVATE_OWNER_KEY)
-    private = {k: v for k, v in initial.items() if k not in shared}
-    if isinstance(stored, ArrayRecord) and isinstance(owner, ConfigRecord) and owner.get("job") == job.job_id:
-        private = {k: v.numpy() for k, v in stored.items()}
+    private = node_state.read_private_weights(_private_weights_path(job, context), job.job_id)
+    if private is None:
+        private = {k: v for k, v in initial.items() if k not in shared}
+    elif set(private) | shared != set(initial) or any(private[k].shape != initial[k].shape for k in private):
+        raise ConfigError(f"the private weights kept for job {job.job_id} do not fit this model: "
+                          f"{sorted(private)} against {sorted(set(initial) - shared)}")
     return {k: (received[k] if k in shared else private[k]) for k in initial}
 
 
 def _keep_private(job: JobConfig, context: Context, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Store the private part in `context.state`; return the shared part (all when horizontal)."""
+    """Write the private part to this bank's file; return the shared part (all when horizontal)."""
     if not job.shared:
         return weights
     shared = select(weights, job.shared)
-    context.state[PRIVATE_STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v))
-                                                    for k, v in weights.items() if k not in shared})
-    context.state[PRIVATE_OWNER_KEY] = ConfigRecord({"job": job.job_id})
+    node_state.write_private_weights(_private_weights_path(job, context), job.job_id,
+                                     {k: v for k, v in weights.items() if k not in shared})
     return shared
 
 

@@ -6,7 +6,10 @@ job the ClientApp writes there:
 - `<job>.encoder.json`: the job's encoder, as the host sent it;
 - `<job>.privacy.json`: the mechanisms this peer's accountant has run so far in the
   job (`spent`), rewritten atomically after every training round, and `finished`,
-  set when the host announces the end of the job.
+  set when the host announces the end of the job;
+- `<job>.private.safetensors`: in transfer setups, the weights this peer never sends
+  (its own input block, a private head), rewritten after every training round, with
+  the job id in the file's metadata.
 
 So the peer commits to its ledger what its own accountant recorded, not what the host
 reports. Files are replaced atomically; a reader never sees half a file.
@@ -20,6 +23,10 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as safetensors_bytes
 
 from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
@@ -41,12 +48,16 @@ def privacy_file(state_dir: Path, job_id: str) -> Path:
     return Path(state_dir) / f"{_stem(job_id)}.privacy.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def private_weights_file(state_dir: Path, job_id: str) -> Path:
+    return Path(state_dir) / f"{_stem(job_id)}.private.safetensors"
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as handle:
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -78,3 +89,24 @@ def read_privacy(state_dir: Path, job_id: str) -> JobPrivacy | None:
     if data.get("job") != job_id:
         raise ConfigError(f"{path} belongs to job {data.get('job')!r}, not {job_id!r}: two job ids map to one file")
     return JobPrivacy(job_id, tuple(Mechanism.from_dict(m) for m in data["spent"]), bool(data["finished"]))
+
+
+def write_private_weights(path: Path, job_id: str, weights: dict[str, np.ndarray]) -> None:
+    """Keep a bank's private weights for `job_id` at `path` (safetensors, replaced atomically)."""
+    write_atomic(path, safetensors_bytes({k: np.ascontiguousarray(v) for k, v in weights.items()},
+                                         metadata={"job": job_id}))
+
+
+def read_private_weights(path: Path, job_id: str) -> dict[str, np.ndarray] | None:
+    """The private weights kept at `path` for `job_id`, or None if the bank has none yet."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            owner = (handle.metadata() or {}).get("job")
+            if owner != job_id:
+                raise ConfigError(f"{path} holds private weights of job {owner!r}, not {job_id!r}")
+            return {name: handle.get_tensor(name) for name in handle.keys()}
+    except SafetensorError as error:
+        raise ConfigError(f"{path} is not a readable safetensors file ({error}): delete it to start the "
+                          f"bank's private weights afresh") from None

@@ -1,5 +1,8 @@
 """Transfer setups at the peer: private tensors never leave it; fine-tuning freezes what it is told."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from safetensors.numpy import save_file
 
 from peers.client import app as client
+from peers.client import node_state
 from peers.data.encoding import TabularEncoder
 from peers.job import DPSpec, JobConfig, TrainSpec, global_shapes
 from peers.models import ModelSpec, build_model, get_weights, select
@@ -40,6 +44,7 @@ def institutions(tmp_path_factory):
 
 def _job(institutions, shared=("shared_input", "hidden", "head"), **kw):
     root, label, _, n_shared = institutions
+    kw.setdefault("private_dir", tempfile.mkdtemp(dir=root))  # each job starts with no private weights kept
     return JobConfig(label=label, encoder_path=str(root / "{bank}.encoder.json"), banks_dir=str(root), job_id="tl",
                      peers=3, model=ModelSpec("mlp", (16, 8), shared_features=n_shared), shared=shared,
                      train=TrainSpec(rounds=3, batch_size=64, lr=0.3), dp=DPSpec(epsilon=3.0), **kw)
@@ -76,9 +81,39 @@ def test_private_tensors_never_appear_in_replies(institutions):
             for record in reply.content.array_records.values():
                 assert all(a.numpy().shape != (16, widths[bank]) for a in record.values())
             shared = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-        stored = context.state[client.PRIVATE_STATE_KEY]
-        assert set(stored.keys()) == {"input.weight"}
-        assert stored["input.weight"].numpy().shape == (16, widths[bank])
+        stored = node_state.read_private_weights(Path(job.private_dir) / f"bank-{bank:05d}.private.safetensors",
+                                                 "tl")
+        assert set(stored) == {"input.weight"} and stored["input.weight"].shape == (16, widths[bank])
+        assert client.PRIVACY_STATE_KEY in context.state and len(context.state.array_records) == 0
+
+
+def test_private_weights_live_on_disk_and_carry_over_to_a_fresh_context(institutions):
+    job = _job(institutions)
+    path = Path(job.private_dir) / "bank-00001.private.safetensors"
+    shared = _shared_initial(job)
+    reply = client.train(_message(shared, 1), _context(job, 1))
+    after_one = node_state.read_private_weights(path, "tl")["input.weight"]
+    # a fresh context (a restarted node, or a bank whose memory was dropped) resumes from the file
+    received = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    full = client._full_weights(job, client.bank_data(job, _context(job, 1)), _context(job, 1), received)
+    np.testing.assert_array_equal(full["input.weight"], after_one)
+    client.train(_message(received, 2), _context(job, 1))
+    assert not np.array_equal(node_state.read_private_weights(path, "tl")["input.weight"], after_one)
+
+
+def test_private_weights_of_another_job_or_a_broken_file_are_refused(institutions):
+    job = _job(institutions)
+    path = Path(job.private_dir) / "bank-00000.private.safetensors"
+    node_state.write_private_weights(path, "another-job", {"input.weight": np.zeros((16, 3), np.float32)})
+    reply = client.train(_message(_shared_initial(job), 1), _context(job, 0))
+    assert reply.has_error() and "of job 'another-job', not 'tl'" in reply.error.reason
+    path.write_bytes(b"not safetensors")
+    reply = client.train(_message(_shared_initial(job), 1), _context(job, 0))
+    assert reply.has_error() and "not a readable safetensors file" in reply.error.reason
+    assert path.read_bytes() == b"not safetensors"  # a refusal leaves the file as it was
+    node_state.write_private_weights(path, "tl", {"input.weight": np.zeros((16, 3), np.float32)})
+    reply = client.train(_message(_shared_initial(job), 1), _context(job, 0))
+    assert reply.has_error() and "do not fit this model" in reply.error.reason
 
 
 def test_private_head_stays_home(institutions):

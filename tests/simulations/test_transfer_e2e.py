@@ -30,3 +30,8 @@ def test_transfer_run_beats_chance_at_every_institution(tmp_path):
     card = json.loads((folder / "model_card.json").read_text())
     assert [len(p["columns"]) for p in card["participants"]] == [14, 9, 7]
     assert all(0 < p["epsilon_spent"] <= 3.0 + 1e-6 for p in card["participants"])
+    # each institution's private input block was kept on disk, in the run folder, never in the shared model
+    private = {path.name: load_file(str(path)) for path in sorted((folder / "private").iterdir())}
+    assert list(private) == [f"bank-{i:05d}.private.safetensors" for i in range(3)]
+    assert all(set(tensors) == {"input.weight"} for tensors in private.values())
+    assert len({tensors["input.weight"].shape for tensors in private.values()}) == 3  # three own schemas
