@@ -2,19 +2,23 @@
 
 `host_training` starts, for one job and under one `Supervisor`:
 
-- `flower-superlink`: TLS with the given certificate (its Fleet, Control and Runtime
-  APIs share one port), `--enable-supernode-auth` (only the registered node keys may
-  connect), `--disable-runtime-dependency-installation`, `--isolation process`;
+- `flower-superlink` on 127.0.0.1 only: TLS with a loopback certificate of the job's
+  own (`local_ca`), `--enable-supernode-auth` (only the registered node keys may
+  connect), `--disable-runtime-dependency-installation`, `--isolation process`. Its
+  Fleet, Control and Runtime APIs share that port, and the latter two take requests
+  from any TLS client in Flower's open-source release;
+- `peers.deployment.fleet_gateway` on the job's public address, with the host's
+  consortium certificate: it forwards the Fleet API, and nothing else, to the
+  SuperLink, so no one on the network can start a run or register a node key;
 - `flower-superexec --plugin-type serverapp`: started here rather than by the
   SuperLink, so that it and the `flwr-serverapp` process it starts live in a process
   group this module stops;
 
 then registers each accepted peer's node key and starts the run through the
-SuperLink's Control API (the ServerApp is told the registered node ids, and uses no
-other node: Flower's open-source Control API has no account authentication, so anyone
-reaching the port could register a key of their own) (the app descriptor of `peers.flower_app`, built into a FAB
-with the job's run config). The ServerApp (`peers.server.app`) writes the final model
-and the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
+SuperLink's Control API on 127.0.0.1 (the app descriptor of `peers.flower_app`, built
+into a FAB with the job's run config); the ServerApp is told the registered node ids
+and uses no other node. The ServerApp (`peers.server.app`) writes the final model and
+the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -37,6 +42,7 @@ from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
+from peers.deployment.local_ca import make_local_tls
 from peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from peers.deployment.tls import TLSFiles, public_key_pem
 from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
@@ -48,6 +54,8 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's SuperExec waits 1 s between checks by default
 SUPEREXEC_POLL_SECONDS = "0.1"
 POLL_SECONDS = 0.2
+LOOPBACK = "127.0.0.1"
+LINK_CERT_DAYS = 30  # the SuperLink's loopback certificate outlives any job
 
 
 @dataclass(frozen=True)
@@ -147,20 +155,19 @@ def _read_result(directory: Path, run_id: int) -> TrainingResult:
     return TrainingResult(model, json.loads(metrics.read_text()), run_id, directory / "encoder.json")
 
 
-def _wait_until_up(host: str, port: int, control: ControlHttpClient, supervisor: Supervisor) -> None:
-    """Return once the SuperLink accepts connections and answers its Control API."""
+def _wait_until_listening(host: str, port: int, what: str, supervisor: Supervisor) -> None:
+    """Return once `host:port` accepts connections; fail if a child dies or on timeout."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while True:
         supervisor.check()
         try:
             socket.create_connection((host, port), timeout=POLL_SECONDS).close()
-            break
+            return
         except OSError:
             if time.monotonic() > deadline:
-                raise DeploymentError(f"the SuperLink did not listen on {host}:{port} within "
+                raise DeploymentError(f"{what} did not listen on {host}:{port} within "
                                       f"{STARTUP_TIMEOUT_SECONDS:.0f} s; see {supervisor.log_dir}") from None
             time.sleep(POLL_SECONDS)
-    control.ListRuns(ListRunsRequest())
 
 
 def deployment_job(job: JobConfig) -> JobConfig:
@@ -185,20 +192,29 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
     (work_dir / "result").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     address = f"{host}:{port}"
+    link_tls = make_local_tls(work_dir / "link-tls", days=LINK_CERT_DAYS)
+    link_port = free_port(LOOPBACK)
+    link_address = f"{LOOPBACK}:{link_port}"
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir, {
         HOST_OUTPUT_ENV: str(work_dir / "result"), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_SECONDS}))
     control: ControlHttpClient | None = None
     try:
         link = supervisor.start("superlink", [
-            venv_command("flower-superlink"), "--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.cert),
-            "--ssl-keyfile", str(tls.key), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-            "--isolation", "process", "--host", host, "--port", str(port)])
-        control = _control_client(address, Path(tls.ca_cert))
-        _wait_until_up(host, port, control, supervisor)
+            venv_command("flower-superlink"), "--ssl-ca-certfile", str(link_tls.ca_cert),
+            "--ssl-certfile", str(link_tls.cert), "--ssl-keyfile", str(link_tls.key), "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation", "--isolation", "process",
+            "--host", LOOPBACK, "--port", str(link_port)])
+        control = _control_client(link_address, Path(link_tls.ca_cert))
+        _wait_until_listening(LOOPBACK, link_port, "the SuperLink", supervisor)
+        control.ListRuns(ListRunsRequest())
+        supervisor.start("fleet-gateway", [
+            sys.executable, "-m", "peers.deployment.fleet_gateway", "--listen", address, "--upstream", link_address,
+            "--upstream-ca", str(link_tls.ca_cert), "--cert", str(tls.cert), "--key", str(tls.key)])
+        _wait_until_listening(host, port, "the fleet gateway", supervisor)
         nodes = [control.RegisterNode(RegisterNodeRequest(public_key=key)).node_id for key in keys]
         supervisor.start("superexec", [
-            venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", address,
-            "--root-certificates", str(tls.ca_cert), "--parent-pid", str(link.process.pid)],
+            venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", link_address,
+            "--root-certificates", str(link_tls.ca_cert), "--parent-pid", str(link.process.pid)],
             env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)})
         app_dir = work_dir / "app"
         write_app_descriptor(app_dir, deployment_job(job).to_run_config(), version)

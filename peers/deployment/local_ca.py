@@ -1,8 +1,10 @@
-"""A throwaway CA and server certificate for a deployed job on one machine.
+"""A throwaway CA and server certificate for connections that stay on one machine.
 
-For tests and benchmarks on 127.0.0.1 only: a consortium's real CA and its members'
+The host of a job uses one for its SuperLink's loopback port (the fleet gateway, the
+SuperExec and the host's Control client are its only clients); tests and benchmarks
+use one for a whole deployment on 127.0.0.1. A consortium's real CA and its members'
 certificates come from the consortium PKI. The certificate is valid for `localhost`
-and `127.0.0.1`, for one day.
+and `127.0.0.1`, for `days` days (one by default).
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_local_tls(directory: Path) -> TLSFiles:
-    """Write `ca.pem`, `server.pem` and `server.key` (0600) into `directory`."""
+def make_local_tls(directory: Path, days: int = 1) -> TLSFiles:
+    """Write `ca.pem`, `server.pem` and `server.key` (0600), valid for `days`, into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("fedsilo local CA")).issuer_name(_name("fedsilo local CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                        content_commitment=False, key_encipherment=False, data_encipherment=False,
@@ -40,7 +42,7 @@ def make_local_tls(directory: Path) -> TLSFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                            critical=False)

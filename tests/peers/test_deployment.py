@@ -6,8 +6,10 @@ unauthorized SuperNode is refused, and that no process outlives its job, also af
 a crash. The fast ones check the key files and the peer's own job records.
 """
 
+import http.client
 import os
 import signal
+import ssl
 import stat
 
 import numpy as np
@@ -124,6 +126,16 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
         assert joined.supervisor.alive() == []
         assert node_state.read_privacy(tmp_path / "stranger", job.job_id) is None  # it never trained
 
+        # the job's public address serves the Fleet API only: no Control or Runtime call reaches the SuperLink
+        for method, path in [("POST", "/v1/control/list-runs"), ("POST", "/v1/control/start-run"),
+                             ("POST", "/v1/control/register-node"), ("POST", "/v1/runtime/acquire-task"),
+                             ("POST", "/v1/fleet/../control/start-run"), ("POST", "/v1/fleet/%2e%2e/control/stop-run"),
+                             ("GET", "/v1/fleet/pull-messages"), ("POST", "/v1/fleet/pull-messages?x=1")]:
+            status, body = _https(hosted.fleet_address, tls.ca_cert, method, path)
+            assert status == 404 and b"serves a job's Fleet API only" in body, (path, status, body)
+        assert _https(hosted.fleet_address, tls.ca_cert, "GET", "/health")[0] == 200
+        assert [c.name for c in hosted.supervisor.children] == ["superlink", "fleet-gateway", "superexec"]
+
         superlink = hosted.supervisor.children[0]
         os.kill(superlink.process.pid, signal.SIGKILL)
         with pytest.raises(DeploymentError, match="superlink exited with code -9"):
@@ -133,3 +145,18 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
         hosted.stop()
         if joined is not None:
             joined.stop()
+
+
+def _https(address, ca_cert, method, path):
+    """(status, body) of one raw HTTPS request; the path is sent exactly as given."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPSConnection(host, int(port), timeout=30,
+                                             context=ssl.create_default_context(cafile=str(ca_cert)))
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        connection.putheader("Content-Length", "2")
+        connection.endheaders(b"{}")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

@@ -1,0 +1,120 @@
+"""The only door into a job's SuperLink from the network: its Fleet API, over TLS.
+
+Flower 1.41 serves all of a SuperLink's APIs on one HTTP port: the Fleet API that
+SuperNodes call, and also the Control API (start and stop runs, register node keys)
+and the Runtime API (hand a pending run to a SuperExec), which answer any TLS client
+without credentials in the open-source release. Exposed on the job's address, anyone
+who reaches the port could start a run of their own code on the host's SuperExec, or
+register a node key of their own. So the host binds its SuperLink to 127.0.0.1, and
+this gateway, on the job's public address with the host's consortium certificate,
+forwards to it exactly:
+
+- `POST /v1/fleet/<route>` (the Fleet API; the path exactly, no query), and
+- `GET|HEAD /health`;
+
+any other method or path (an encoded or `..` path included) is answered 404 here and never reaches the SuperLink.
+SuperNode authentication is unchanged: the SuperLink checks each request's signed
+headers against the accepting peers' registered keys, and the gateway forwards headers
+(except hop-by-hop ones) and bodies byte for byte.
+
+Assumption: local accounts on the host machine are trusted (they can reach the
+SuperLink on 127.0.0.1, as they can read the host's key files).
+
+Run as `python -m peers.deployment.fleet_gateway --listen HOST:PORT --upstream
+127.0.0.1:PORT --upstream-ca FILE --cert FILE --key FILE` (the host's supervisor does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import ssl
+from typing import Sequence
+
+import aiohttp
+from aiohttp import web
+
+MAX_BODY_BYTES = 1 << 30  # a message object is at most one model's arrays
+FLEET_ROUTE = re.compile(r"/v1/fleet/[a-z][a-z-]*")  # Flower's Fleet routes: /v1/fleet/pull-messages, ...
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                        "transfer-encoding", "upgrade", "host", "content-length"})
+UPSTREAM = web.AppKey("upstream", str)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def allowed(method: str, raw_path: str) -> bool:
+    """Whether a request (its path exactly as sent, query included) may pass to the SuperLink."""
+    if FLEET_ROUTE.fullmatch(raw_path):
+        return method == "POST"
+    return raw_path == "/health" and method in ("GET", "HEAD")
+
+
+def _forwarded(headers: "aiohttp.typedefs.LooseHeaders") -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}  # type: ignore[union-attr]
+
+
+async def forward(request: web.Request) -> web.Response:
+    if not allowed(request.method, request.raw_path):
+        return web.json_response({"error": f"{request.method} {request.path} is not served here: this address "
+                                           f"serves a job's Fleet API only"}, status=404)
+    body = await request.read()
+    session = request.app[SESSION]
+    async with session.request(request.method, request.app[UPSTREAM] + request.raw_path, data=body,
+                               headers=_forwarded(request.headers), allow_redirects=False) as upstream:
+        payload = await upstream.read()
+        return web.Response(status=upstream.status, body=payload, headers=_forwarded(upstream.headers))
+
+
+def build_gateway(upstream: str, upstream_ca: str) -> web.Application:
+    """The gateway app forwarding to `https://{upstream}`, whose certificate `upstream_ca` signed."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[UPSTREAM] = f"https://{upstream}"
+
+    async def session(app: web.Application):  # type: ignore[no-untyped-def]
+        context = ssl.create_default_context(cafile=upstream_ca)
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=0),
+                                             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+        yield
+        await app[SESSION].close()
+    app.cleanup_ctx.append(session)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m peers.deployment.fleet_gateway",
+                                     description="Serve a job's Fleet API (only) in front of its local SuperLink.")
+    parser.add_argument("--listen", type=_address, required=True, help="public HOST:PORT the SuperNodes connect to")
+    parser.add_argument("--upstream", required=True, help="the SuperLink's 127.0.0.1:PORT")
+    parser.add_argument("--upstream-ca", required=True, help="CA certificate of the SuperLink's loopback TLS")
+    parser.add_argument("--cert", required=True, help="this host's certificate (PEM), shown to SuperNodes")
+    parser.add_argument("--key", required=True, help="its private key (PEM)")
+    args = parser.parse_args(argv)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.cert, args.key)
+
+    async def serve() -> None:
+        runner = web.AppRunner(build_gateway(args.upstream, args.upstream_ca), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.listen[0], args.listen[1], ssl_context=context).start()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
