@@ -32,6 +32,7 @@ psi-modes = ["to-me", "both", "count"]
 queriers = { bank-a = 1000 }     # members who may query it, with identifiers per window
 quota-window = 86400             # seconds
 label-width = 32                 # bytes; longer labels are refused
+epoch-hours = 24                 # the query key's lifetime; a changed list file starts a new epoch too
 ```
 
 [policy] and [sources] may be left out: such a peer accepts no training job (it may
@@ -101,6 +102,7 @@ class SharedList:
     queriers: tuple[tuple[str, int], ...] = ()  # (member, identifiers per window)
     quota_window: float = 86400.0
     label_width: int = 32
+    epoch_seconds: float = 86400.0  # lifetime of a query key epoch
 
     def quota_of(self, member: str) -> int | None:
         """The member's query quota, or None if it may not query this list."""
@@ -123,7 +125,7 @@ _POLICY_KEYS = {"model-owners", "max-epsilon-per-job", "min-participants", "mode
                 "model-readers"}
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
 _LIST_KEYS = {"path", "id-column", "label-column", "kind", "psi", "psi-modes", "queriers", "quota-window",
-              "label-width"}
+              "label-width", "epoch-hours"}
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -240,10 +242,14 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
         width = _typed(entry, "label-width", int, where, 32)
         if not 1 <= width <= 1024:
             raise ConfigError(f"{where}.label-width must be 1..1024 bytes (got {width})")
+        epoch_hours = float(_typed(entry, "epoch-hours", (int, float), where, 24))
+        if not (math.isfinite(epoch_hours) and epoch_hours > 0):
+            raise ConfigError(f"{where}.epoch-hours must be > 0 (got {epoch_hours})")
         lists[name] = SharedList(name=name, path=path, id_column=_typed(entry, "id-column", str, where),
                                  label_column=_typed(entry, "label-column", str, where, None),
                                  kind=None if kind == "typed" else kind, psi=psi, psi_modes=modes,
-                                 queriers=tuple(sorted(quotas.items())), quota_window=window, label_width=width)
+                                 queriers=tuple(sorted(quotas.items())), quota_window=window, label_width=width,
+                                 epoch_seconds=epoch_hours * 3600.0)
     return lists
 
 

@@ -11,8 +11,10 @@ list file on this machine for each run. Contracts:
   the log, the quota store or a reply names an identifier.
 * Query key epochs: a `ListHolder` is created (new secret key, epoch = last epoch
   this peer served + 1, kept in `state/psi/NAME.epoch`) when the list's table is
-  first asked for after a start; a restart therefore rotates the key, and answers
-  for an older epoch are refused (409) until the querier fetches the new table.
+  asked for and there is no current epoch: after a start, once the epoch is older
+  than the list's `epoch-hours`, or once the list file changed (size or modification
+  time). A restart therefore rotates the key too. Answers for an older epoch are
+  refused (409) until the querier fetches the new table.
 * Quotas live in `state/psi/NAME.quota.sqlite` (`privacy.psi.SQLiteQuota`), so a
   restart does not reset them. A refused query consumes nothing.
 * In `both` mode the holder learns the intersection too: it is written to
@@ -104,7 +106,7 @@ class SharedLists:
     def __init__(self, lists: dict[str, SharedList], directory: Path) -> None:
         self.lists = lists
         self.directory = directory
-        self._holders: dict[str, tuple[ListHolder, bytes]] = {}
+        self._epochs: dict[str, _Epoch] = {}
         self._quotas: dict[str, _PerQuerier] = {}
         self._pending: dict[bytes, _Pending] = {}
 
@@ -215,7 +217,9 @@ class SharedLists:
         return self._quotas[shared.name]
 
     def _holder(self, shared: SharedList) -> tuple[ListHolder, bytes]:
-        if shared.name not in self._holders:
+        current = self._epochs.get(shared.name)
+        stamp = _file_stamp(shared.path)
+        if current is None or current.stamp != stamp or time.monotonic() - current.started >= shared.epoch_seconds:
             epoch_file = self.directory / f"{shared.name}.epoch"
             epoch = int(epoch_file.read_text()) + 1 if epoch_file.is_file() else 1
             holder = ListHolder(shared.name, self._quota(shared), kind=shared.kind, label_width=shared.label_width,
@@ -226,5 +230,24 @@ class SharedLists:
             temporary = epoch_file.with_suffix(".tmp")
             temporary.write_text(str(epoch))
             os.replace(temporary, epoch_file)
-            self._holders[shared.name] = (holder, table.to_bytes())
-        return self._holders[shared.name]
+            current = self._epochs[shared.name] = _Epoch(holder, table.to_bytes(), time.monotonic(), stamp)
+        return current.holder, current.table
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """A list's current query key epoch: its holder, its published table, when, and of which file."""
+
+    holder: ListHolder
+    table: bytes
+    started: float
+    stamp: tuple[int, int]
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a list file: a change starts a new epoch."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise DataError(f"list file {path} cannot be read ({error.strerror})") from None
+    return info.st_size, info.st_mtime_ns

@@ -8,12 +8,14 @@ is captured and searched for identifier bytes.
 
 import hashlib
 import sqlite3
+import time
 
 import pytest
 
 from peers.daemon.client import PeerClient
-from peers.daemon.config import load_config
-from peers.errors import PeerUnreachable
+from peers.daemon.config import SharedList, load_config
+from peers.daemon.shared_lists import SharedLists
+from peers.errors import PeerUnreachable, Refused
 from peers.risk_lists import run_psi, run_query
 from privacy.errors import ConfigError, FedsiloError
 from privacy.psi import Querier, canonical
@@ -194,13 +196,15 @@ def test_unauthorized_peer_and_unknown_list_are_refused_alike(consortium):
     ('kind = "client"', "identifier kind 'Client Id'"),
     ('label-column = "grade"', "unknown key 'label' in [lists.high-risk]"),
     ('path = "high-risk.csv"', "lists.high-risk.path"),
+    ('id-column = "client"', "lists.high-risk.epoch-hours must be > 0 (got 0.0)"),
 ])
 def test_a_bad_list_policy_is_refused_by_name(consortium, tmp_path, edit, fragment):
     replacements = {'queriers = { bank-a = 5 }': 'queriers = { bank-a = 0 }',
                     'psi = ["bank-a"]': 'psi = ["bank-a"]\npsi-modes = ["all"]',
                     'kind = "client"': 'kind = "Client Id"',
                     'label-column = "grade"': 'label = "grade"',
-                    'path = "high-risk.csv"': 'path = "missing.csv"'}
+                    'path = "high-risk.csv"': 'path = "missing.csv"',
+                    'id-column = "client"': 'id-column = "client"\nepoch-hours = 0'}
     config = consortium.config_path("broker")
     bad = tmp_path / "peer.toml"
     bad.write_text(config.read_text().replace(edit, replacements[edit]).replace(
@@ -226,3 +230,32 @@ def test_a_problem_with_the_holders_file_stays_in_the_holders_log(consortium):
     entry = audit(consortium, "broker")[-1]
     assert entry[:4] == ("bank-a", "psi.answer", "failed", "misconfigured") and "no column 'lei'" in entry[4]
     assert audit(consortium, "bank-a")[-1][1:4] == ("psi.run", "refused", "misconfigured")
+
+
+def test_a_changed_list_or_an_old_epoch_starts_a_new_key_epoch(tmp_path):
+
+    path = tmp_path / "list.csv"
+    path.write_text("client,grade\nC-1,A\nC-2,B\n")
+    shared = SharedList("high-risk", path, "client", "grade", kind="client", queriers=(("bank-a", 10),),
+                        epoch_seconds=3600.0)
+    lists = SharedLists({"high-risk": shared}, tmp_path / "psi")
+    try:
+        first = Querier(lists.table("bank-a", "high-risk").body, kind="client")
+        assert Querier(lists.table("bank-a", "high-risk").body, kind="client").table.epoch == first.table.epoch == 1
+        path.write_text("client,grade\nC-1,A\nC-2,B\nC-3,C\n")  # the holder's list changed: a new epoch
+        second = Querier(lists.table("bank-a", "high-risk").body, kind="client")
+        assert second.table.epoch == 2 and second.table.size == 3
+        with pytest.raises(Refused, match="for key epoch 1 but the list is served at epoch 2") as stale:
+            lists.query("bank-a", "high-risk", first.ask(["C-1"]).request)
+        assert stale.value.status == 409
+        aged = SharedLists({"high-risk": SharedList("high-risk", path, "client", "grade", kind="client",
+                                                    queriers=(("bank-a", 10),), epoch_seconds=0.05)}, tmp_path / "psi")
+        try:
+            third = Querier(aged.table("bank-a", "high-risk").body, kind="client").table.epoch
+            time.sleep(0.1)  # older than its epoch-hours: the next table is a new epoch
+            assert Querier(aged.table("bank-a", "high-risk").body, kind="client").table.epoch == third + 1 == 4
+        finally:
+            aged.close()
+        assert int((tmp_path / "psi" / "high-risk.epoch").read_text()) == 4  # persisted for the next start
+    finally:
+        lists.close()
