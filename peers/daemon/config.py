@@ -29,6 +29,7 @@ label-column = "grade"           # optional: what a query reveals for a listed i
 kind = "lei"                     # the identifiers' kind (canonical form); "typed": each carries KIND:
 psi = ["broker-x"]               # members who may run PSI against it
 psi-modes = ["to-me", "both", "count"]
+psi-quota = 100000               # optional: identifiers each of them may compare per window
 queriers = { bank-a = 1000 }     # members who may query it, with identifiers per window
 quota-window = 86400             # seconds
 label-width = 32                 # bytes; longer labels are refused
@@ -103,6 +104,7 @@ class SharedList:
     quota_window: float = 86400.0
     label_width: int = 32
     epoch_seconds: float = 86400.0  # lifetime of a query key epoch
+    psi_quota: int | None = None  # identifiers per PSI member per quota window; None: no limit
 
     def quota_of(self, member: str) -> int | None:
         """The member's query quota, or None if it may not query this list."""
@@ -125,7 +127,7 @@ _POLICY_KEYS = {"model-owners", "max-epsilon-per-job", "min-participants", "mode
                 "model-readers"}
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
 _LIST_KEYS = {"path", "id-column", "label-column", "kind", "psi", "psi-modes", "queriers", "quota-window",
-              "label-width", "epoch-hours"}
+              "label-width", "epoch-hours", "psi-quota"}
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -242,6 +244,10 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
         width = _typed(entry, "label-width", int, where, 32)
         if not 1 <= width <= 1024:
             raise ConfigError(f"{where}.label-width must be 1..1024 bytes (got {width})")
+        psi_quota = _typed(entry, "psi-quota", int, where, None)
+        if psi_quota is not None and (isinstance(psi_quota, bool) or psi_quota < 1):
+            raise ConfigError(f"{where}.psi-quota must be a positive number of identifiers per window "
+                              f"(got {psi_quota!r})")
         epoch_hours = float(_typed(entry, "epoch-hours", (int, float), where, 24))
         if not (math.isfinite(epoch_hours) and epoch_hours > 0):
             raise ConfigError(f"{where}.epoch-hours must be > 0 (got {epoch_hours})")
@@ -249,7 +255,7 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
                                  label_column=_typed(entry, "label-column", str, where, None),
                                  kind=None if kind == "typed" else kind, psi=psi, psi_modes=modes,
                                  queriers=tuple(sorted(quotas.items())), quota_window=window, label_width=width,
-                                 epoch_seconds=epoch_hours * 3600.0)
+                                 epoch_seconds=epoch_hours * 3600.0, psi_quota=psi_quota)
     return lists
 
 

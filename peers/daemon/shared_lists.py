@@ -16,7 +16,10 @@ list file on this machine for each run. Contracts:
   time). A restart therefore rotates the key too. Answers for an older epoch are
   refused (409) until the querier fetches the new table.
 * Quotas live in `state/psi/NAME.quota.sqlite` (`privacy.psi.SQLiteQuota`), so a
-  restart does not reset them. A refused query consumes nothing.
+  restart does not reset them. A refused query consumes nothing. A list's optional
+  `psi-quota` limits, the same way, the identifiers each member may compare with it
+  by PSI per window (`NAME.psi-quota.sqlite`): without it, a member could learn the
+  list by running PSI with candidate sets again and again.
 * In `both` mode the holder learns the intersection too: it is written to
   `state/psi/results/` (a CSV of its own identifiers) for the peer's operator.
 
@@ -58,11 +61,11 @@ def read_column(path: Path, column: str) -> Iterator[str]:
 
 
 class _PerQuerier(QueryQuota):
-    """Each querier's own limit from the policy, all in one SQLite file."""
+    """Each member's own limit from the policy, all in one SQLite file."""
 
-    def __init__(self, path: Path, shared: SharedList) -> None:
-        super().__init__(0, shared.quota_window)
-        self._by = {member: SQLiteQuota(path, limit, shared.quota_window) for member, limit in shared.queriers}
+    def __init__(self, path: Path, limits: tuple[tuple[str, int], ...], window: float) -> None:
+        super().__init__(0, window)
+        self._by = {member: SQLiteQuota(path, limit, window) for member, limit in limits}
 
     def _consume(self, querier: str, count: int, now: float) -> int:
         return self._by[querier]._consume(querier, count, now)
@@ -108,10 +111,11 @@ class SharedLists:
         self.directory = directory
         self._epochs: dict[str, _Epoch] = {}
         self._quotas: dict[str, _PerQuerier] = {}
+        self._psi_quotas: dict[str, _PerQuerier] = {}
         self._pending: dict[bytes, _Pending] = {}
 
     def close(self) -> None:
-        for quota in self._quotas.values():
+        for quota in [*self._quotas.values(), *self._psi_quotas.values()]:
             quota.close()
 
     # -- policy ---------------------------------------------------------------------
@@ -122,8 +126,11 @@ class SharedLists:
             quota = shared.quota_of(member)
             if member not in shared.psi and quota is None:
                 continue
+            psi_left = (self._psi_quota(shared).left(member)
+                        if member in shared.psi and shared.psi_quota is not None else None)
             out.append({"name": shared.name, "kind": shared.kind or "typed",
                         "psi_modes": list(shared.psi_modes) if member in shared.psi else [],
+                        "psi_quota": shared.psi_quota if member in shared.psi else None, "psi_left": psi_left,
                         "query_quota": quota, "query_left": None if quota is None else self._quota(shared).left(member),
                         "quota_window": shared.quota_window, "labels": shared.label_column is not None})
         return out
@@ -146,6 +153,12 @@ class SharedLists:
         mode = Mode(first.mode) if first.mode in {m.value for m in Mode} else None
         if mode is None or MODE_NAMES[mode] not in shared.psi_modes:
             raise Refused(f"list {name!r} allows PSI modes {', '.join(shared.psi_modes)} only", 403)
+        compared = sum(frame.count for frame in map(decode, frames) if frame.type is FrameType.BLINDED)
+        if shared.psi_quota is not None and compared:
+            try:
+                self._psi_quota(shared).consume(member, compared)
+            except QuotaExceeded as error:
+                raise Refused(f"PSI on list {name!r}: {error}", 429) from None
         self._expire()
         sender = PsiSender(read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode)
         replies: list[bytes] = []
@@ -213,8 +226,18 @@ class SharedLists:
     def _quota(self, shared: SharedList) -> _PerQuerier:
         if shared.name not in self._quotas:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._quotas[shared.name] = _PerQuerier(self.directory / f"{shared.name}.quota.sqlite", shared)
+            self._quotas[shared.name] = _PerQuerier(self.directory / f"{shared.name}.quota.sqlite", shared.queriers,
+                                                    shared.quota_window)
         return self._quotas[shared.name]
+
+    def _psi_quota(self, shared: SharedList) -> _PerQuerier:
+        if shared.name not in self._psi_quotas:
+            assert shared.psi_quota is not None
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._psi_quotas[shared.name] = _PerQuerier(self.directory / f"{shared.name}.psi-quota.sqlite",
+                                                        tuple((m, shared.psi_quota) for m in shared.psi),
+                                                        shared.quota_window)
+        return self._psi_quotas[shared.name]
 
     def _holder(self, shared: SharedList) -> tuple[ListHolder, bytes]:
         current = self._epochs.get(shared.name)

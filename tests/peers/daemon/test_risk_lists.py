@@ -259,3 +259,33 @@ def test_a_changed_list_or_an_old_epoch_starts_a_new_key_epoch(tmp_path):
         assert int((tmp_path / "psi" / "high-risk.epoch").read_text()) == 4  # persisted for the next start
     finally:
         lists.close()
+
+
+def test_the_psi_quota_bounds_how_many_identifiers_a_member_compares(tmp_path):
+    from privacy.psi import Mode, PsiReceiver
+
+    path = tmp_path / "list.csv"
+    path.write_text("client\n" + "".join(f"C-{i}\n" for i in range(20)))
+    shared = SharedList("high-risk", path, "client", kind="client", psi=("bank-a",), psi_quota=15)
+
+    def request(identifiers):
+        receiver = PsiReceiver(identifiers, kind="client", mode=Mode.TO_RECEIVER)
+        return receiver, b"".join(receiver.request_frames())
+
+    lists = SharedLists({"high-risk": shared}, tmp_path / "psi")
+    try:
+        receiver, body = request([f"C-{i}" for i in range(10)])
+        served = lists.psi("bank-a", "high-risk", body)
+        assert "10 identifiers asked" in served.detail
+        assert lists.shared_with("bank-a")[0]["psi_left"] == 5
+        _, body = request([f"C-{i}" for i in range(10, 16)])  # 6 more: over the 15 of the window
+        with pytest.raises(Refused, match="asked for 6 identifiers but has 5 of its 15 left") as refused:
+            lists.psi("bank-a", "high-risk", body)
+        assert refused.value.status == 429
+    finally:
+        lists.close()
+    reopened = SharedLists({"high-risk": shared}, tmp_path / "psi")  # a restart keeps what was used
+    try:
+        assert reopened.shared_with("bank-a")[0]["psi_left"] == 5
+    finally:
+        reopened.close()
