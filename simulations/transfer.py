@@ -223,7 +223,7 @@ def _horizontal_on_common(config: SimulationConfig, banks: list[Bank], work: Pat
     label = config.label_column
     encoder = TabularEncoder.fit([BankSummary.from_frame(b.frame, label) for b in banks], label)
     tensors = [encode_bank(b.frame, encoder, config.test_fraction, config.seed) for b in banks]
-    horizontal = replace(config, setup="horizontal", shared=(), compare=())
+    horizontal = replace(config, setup="horizontal", shared=(), compare=(), overlap=None)
     job = horizontal.job(job_id=f"{run_name}-common", max_weight=float(max(t.n_train for t in tensors)),
                          public_rows=sum(t.n_train for t in tensors))
     work.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,22 @@ def test_malformed_and_contradicting_pin_frames_are_refused():
 def test_repeated_customer_ids_are_refused():
     with pytest.raises(DataError, match="institution 1 lists 1 customer id"):
         agree_holdout([["a", "b"], ["c", " C"]], [np.zeros(2), np.zeros(2)], 0.2, 0)
+
+
+def test_a_bank_table_carries_its_agreed_sides_to_the_client_split(tmp_path):
+    """The ClientApp's split (load_bank -> encode_bank) keeps the pinned sides; no encoder reads them."""
+    import pandas as pd
+
+    from peers.data.bank import load_bank
+    from peers.data.encoding import SPLIT_COLUMN, BankSummary, TabularEncoder
+
+    rng = np.random.default_rng(0)
+    sides = np.where(rng.random(200) < 0.2, TEST, TRAIN).astype(np.int8)
+    frame = pd.DataFrame({"x": np.arange(200.0), "y": rng.integers(0, 2, 200), SPLIT_COLUMN: sides})
+    encoder = TabularEncoder.fit([BankSummary.from_frame(frame, "y")], "y")
+    assert [c.name for c in encoder.columns] == ["x"]
+    frame.to_parquet(tmp_path / "bank.parquet", index=False)
+    (tmp_path / "encoder.json").write_text(encoder.to_json())
+    data = load_bank(str(tmp_path / "bank.parquet"), str(tmp_path / "encoder.json"), 0.2, 0)
+    held_out = np.sort(np.round(data.x_test[:, 0].numpy() * frame["x"].std(ddof=0) + frame["x"].mean()))
+    assert np.array_equal(held_out, np.flatnonzero(sides == TEST))

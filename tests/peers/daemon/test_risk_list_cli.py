@@ -74,9 +74,12 @@ def test_psi_command_prints_the_shared_identifiers_and_refuses_an_ambiguous_list
                                     "--identity", bank_a)
             bad_mode = await fedsilo("psi", "--list", str(listing), "--with", "broker", "--mode", "all",
                                      "--identity", bank_a)
-        return ambiguous, to_me, count, missing, bad_mode
+        async with running(consortium, ["broker"]):  # bank-a's own daemon is down: nothing is sent
+            unrecorded = await fedsilo("psi", "--list", str(listing), "--id-column", "client", "--with", "broker",
+                                       "--their-list", "high-risk", "--identity", bank_a)
+        return ambiguous, to_me, count, missing, bad_mode, unrecorded
 
-    ambiguous, to_me, count, missing, bad_mode = run(body())
+    ambiguous, to_me, count, missing, bad_mode, unrecorded = run(body())
     url = consortium.addresses["broker"]
     assert ambiguous == (2, "", f"fedsilo: error: {url} shares 2 lists with you for psi (high-risk, misconfigured);"
                                 f" name one with --their-list\n")
@@ -90,6 +93,12 @@ def test_psi_command_prints_the_shared_identifiers_and_refuses_an_ambiguous_list
                         "(it holds 200)\n", "")
     assert missing[0] == 2 and missing[1] == "" and f"{tmp_path / 'nope.csv'} does not exist" in missing[2]
     assert bad_mode[0] == 2 and "invalid choice: 'all'" in bad_mode[2]
+    own = consortium.addresses["bank-a"]
+    assert unrecorded[:2] == (2, "") and unrecorded[2].startswith(
+        f"fedsilo: error: your own daemon (bank-a at {own}) must record every PSI and query in its audit log, and "
+        f"did not (cannot reach {own}/v1/psi-log")
+    assert unrecorded[2].endswith("): start it with `fedsilo peer start`\n")
+    assert [e[1] for e in audit(consortium, "broker")].count("psi.answer") == 2  # the third PSI never reached it
     asker = audit(consortium, "bank-a")
     assert asker.count(("bank-a", "psi.run", "ok", "high-risk", "at broker: 101 identifiers sent, 40 learned")) == 2
 
