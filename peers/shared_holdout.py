@@ -40,7 +40,6 @@ passing every frame through ``wire`` if given. Semi-honest model, as the PSI.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +49,7 @@ import pandas as pd
 from peers.alignment import AlignmentSide
 from peers.data.bank import FREE, TEST, TRAIN, split_train_test
 from privacy.errors import DataError, ProtocolError
-from privacy.psi import Workers, canonical
+from privacy.psi import Workers, canonical, exchange
 
 __all__ = ["HoldoutMember", "PairAlignment", "SharedHoldout", "agree_holdout", "pin_frame", "read_pin_frame"]
 
@@ -160,16 +159,6 @@ def _check_ids(index: int, ids: Sequence[str], kind: str | None) -> None:
                         f"(same canonical form): give each customer one row before agreeing on a split")
 
 
-def _relay(receiver: AlignmentSide, sender: AlignmentSide, wire: Callable[[bytes], None]) -> None:
-    """Carry frames between the two halves, in order, until neither has anything to send."""
-    queue = deque((frame, sender) for frame in receiver.request_frames())
-    while queue:
-        frame, to = queue.popleft()
-        wire(frame)
-        other = receiver if to is sender else sender
-        queue.extend((reply, other) for reply in to.handle(frame))
-
-
 def agree_holdout(ids: Sequence[Sequence[str]], labels: Sequence[np.ndarray], test_fraction: float, seed: int, *,
                   kind: str | None = "id", workers: Workers | None = None,
                   wire: Callable[[bytes], None] | None = None) -> SharedHoldout:
@@ -192,7 +181,7 @@ def agree_holdout(ids: Sequence[Sequence[str]], labels: Sequence[np.ndarray], te
         for high in range(low + 1, len(ids)):
             a = AlignmentSide(pd.DataFrame({"id": list(ids[low])}), "id", "receiver", kind=kind, workers=workers)
             b = AlignmentSide(pd.DataFrame({"id": list(ids[high])}), "id", "sender", kind=kind, workers=workers)
-            _relay(a, b, wire)
+            exchange(a.psi, b.psi, tap=lambda _direction, frame: wire(frame))
             pair = PairAlignment(low, high, a.rows(), b.rows())
             members[low].aligned(high, pair.rows_low)
             members[high].aligned(low, pair.rows_high)
