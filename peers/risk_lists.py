@@ -86,8 +86,12 @@ async def _pick(client: PeerClient, url: str, list_name: str | None, use: str) -
 async def _record(client: PeerClient, action: str, peer: str, list_name: str, outcome: str, sent: int,
                   learned: int | None) -> None:
     own = peer_url(client.identity, client.identity.name)
-    await client.call("POST", f"{own}/v1/psi-log", {"action": action, "peer": peer, "list": list_name,
-                                                    "outcome": outcome, "sent": sent, "learned": learned})
+    try:
+        await client.call("POST", f"{own}/v1/psi-log", {"action": action, "peer": peer, "list": list_name,
+                                                        "outcome": outcome, "sent": sent, "learned": learned})
+    except PeerUnreachable as error:
+        raise PeerUnreachable(f"your own daemon ({client.identity.name} at {own}) must record every PSI and query "
+                              f"in its audit log, and did not ({error}): start it with `fedsilo peer start`") from None
 
 
 async def run_psi(client: PeerClient, peer: str, identifiers: Sequence[str], mode: str = "to-me",

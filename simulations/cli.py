@@ -81,6 +81,10 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", metavar="NAME|FILE",
                    help="transfer institutions and their columns: a TOML file, or 'uci' for the UCI file "
                         "(default with the generator: bank, card issuer, broker)")
+    p.add_argument("--overlap", type=float, metavar="P",
+                   help="transfer: customers shared between institutions (each is also a client of another with "
+                        "probability P); their train/test side is agreed by PSI, no raw id exchanged (default: "
+                        "the scenario's, 0)")
     p.add_argument("--shared", metavar="PREFIXES",
                    help="aggregated parameters by name prefix (transfer default: hidden,head; "
                         "'hidden' keeps each institution's head private)")
@@ -108,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "customers", "model", "hidden",
                "strategy", "local_epochs", "batch_size", "lr", "epsilon", "delta", "max_grad_norm", "seed",
                "out", "compare", "dp_mode", "secure_aggregation", "dropout", "setup", "scenario", "shared",
-               "freeze", "base_model", "audit", "sample", "dropout_concentration", "yardstick_banks", "ray_address",
-               "cpus_per_bank")
+               "freeze", "base_model", "audit", "overlap", "sample", "dropout_concentration", "yardstick_banks",
+               "ray_address", "cpus_per_bank")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -131,6 +135,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     for name, aucs in (summary.institutions or {}).items():
         print(f"  {name:<14} federated transfer {aucs['federated']:.4f}   alone {_fmt(aucs.get('local_only'))}"
               f"   horizontal on common columns {_fmt(aucs.get('horizontal_common'))}")
+    if summary.shared_customers:
+        print("shared customers, found by PSI (no raw id exchanged), same train/test side everywhere: "
+              + ", ".join(f"{pair} {count:,}" for pair, count in summary.shared_customers.items()))
     if summary.centralized_auc is not None:
         print(f"centralized non-private ROC-AUC:              {summary.centralized_auc:.4f}")
     if summary.local_auc_mean is not None:

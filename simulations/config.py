@@ -8,7 +8,7 @@ Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
     [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
     [simulation]  audit = true (privacy self-audit at the end of the run)
-    [simulation]  setup = "horizontal" | "transfer";  [data] scenario = "uci" | FILE.toml
+    [simulation]  setup = "horizontal" | "transfer";  [data] scenario = "uci" | FILE.toml, overlap
     [train]       local-epochs, batch-size, lr, test-fraction
     [dp]          mode = "local" | "distributed" | "off", epsilon, delta, max-grad-norm, accountant
     [secagg]      mode = "on" | "off", clip, dropout-fraction, collusion-fraction
@@ -57,6 +57,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("data", "id-column"): "id_column",
     ("data", "partition"): "partition",
     ("data", "customers"): "customers",
+    ("data", "overlap"): "overlap",
     ("model", "kind"): "model",
     ("model", "hidden"): "hidden",
     ("train", "local-epochs"): "local_epochs",
@@ -110,6 +111,7 @@ class SimulationConfig:
     dropout: float = 0.0
     setup: str = "horizontal"
     scenario: str | None = None
+    overlap: float | None = None  # None: the scenario's own (0 for the ready ones)
     shared: tuple[str, ...] = ()
     freeze: tuple[str, ...] = ()
     base_model: str | None = None
@@ -158,6 +160,9 @@ class SimulationConfig:
                               "0 gives every bank the same dropout probability")
         if self.yardstick_banks < 1:
             raise ConfigError(f"--yardstick-banks must be ≥ 1 (got {self.yardstick_banks})")
+        if self.overlap is not None and (self.setup != "transfer" or not 0.0 <= self.overlap < 1.0):
+            raise ConfigError(f"--overlap {self.overlap}: customers shared between institutions apply to "
+                              "--setup transfer, as a probability in [0, 1)")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         self.job()  # validates model, training and DP settings
@@ -229,7 +234,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if value is not None and not isinstance(value, (str, Path)):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return None if value is None else str(value)
-    expected = int if name == "customers" else type(default)
+    expected = int if name == "customers" else float if name == "overlap" else type(default)
     if expected is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")

@@ -26,7 +26,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from peers.client.app import bank_data, bank_index
-from peers.data.bank import split_train_test
+from peers.data.bank import split_rows
 from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
 from privacy.errors import FedsiloError, LedgerError
 from privacy.ledger import SQLiteLedger
@@ -50,7 +50,7 @@ def materialize(population_path: str, banks_dir: Path, index: int, label: str, t
         return table
     population = load_population(population_path)
     frame = population.frame(index)
-    train, test = split_train_test(frame[label].to_numpy(), test_fraction, seed)
+    train, test = split_rows(frame, label, test_fraction, seed)
     facts = {"name": bank_name(index), "title": population.title(index), "rows": len(frame),
              "rows_train": len(train), "rows_test": len(test),
              "default_rate": round(float(frame[label].mean()), 4), "data_sha256": fingerprint(frame)}

@@ -68,6 +68,7 @@ class RunSummary:
     secure_aggregation: str
     setup: str = "horizontal"
     institutions: dict[str, dict[str, float | None]] | None = None
+    shared_customers: dict[str, int] | None = None  # transfer with overlap: per pair of institutions
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

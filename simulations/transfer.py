@@ -24,6 +24,14 @@ gradient, Gaussian noise on every coordinate), so the whole training trajectory 
 Yardsticks, per institution, on its own held-out rows: the same model trained alone
 (`local`), and a horizontal federation restricted to the columns every institution
 has (`common`), which is what a consortium could do without transfer learning.
+
+Shared customers (a scenario's `overlap` > 0): a customer who is a client of several
+institutions is held out at all of them or at none, so that no institution is tested
+on a customer the federated model trained on elsewhere. The institutions agree on it
+by pairwise PSI alignment and pin frames (`peers.shared_holdout`); no raw id crosses
+between them. The simulation's ids are stand-ins (`customer-ROW`, the customer's row
+in the pooled table); the agreed side of every row goes into the institution's table
+as `SPLIT_COLUMN`, which its ClientApp's split honours (`peers.data.bank.split_rows`).
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ import pandas as pd
 from safetensors.numpy import save_file
 
 from peers.data.bank import BankTensors, encode_bank
-from peers.data.encoding import BankSummary, TabularEncoder
+from peers.data.encoding import SPLIT_COLUMN, BankSummary, TabularEncoder
 from peers.job import plan_dp
+from peers.shared_holdout import SharedHoldout, agree_holdout
 from privacy.errors import DataError
 from simulations import baselines
 from simulations.banks import Bank, check_bank
@@ -76,8 +85,22 @@ def resolve_scenario(config: SimulationConfig) -> tuple[TransferScenario, pd.Dat
         table = synthetic_transfer_table(seed=config.seed, customers=config.customers)
     else:
         table = load_table(config.data, label=scenario.label, id_column=config.id_column)
+    if config.overlap is not None:
+        scenario = replace(scenario, overlap=config.overlap)
     scenario.validate(table.columns)
     return scenario, table
+
+
+def align_shared_customers(scenario: TransferScenario, table: pd.DataFrame, tables: list[pd.DataFrame],
+                           config: SimulationConfig, progress: Progress) -> tuple[SharedHoldout, dict[str, int]]:
+    """The agreed split of every institution's rows (`tables`, in `split` order) and the pairs' shared counts."""
+    parts = scenario.split_rows(table, config.seed)
+    ids = [[f"customer-{row}" for row in rows] for rows in parts]  # stand-ins for each institution's own ids
+    progress.stage("Aligning shared customers by PSI, pairwise (no raw id exchanged)")
+    agreement = agree_holdout(ids, [t[scenario.label].to_numpy() for t in tables], config.test_fraction,
+                              config.seed, kind="customer")
+    names = scenario.names
+    return agreement, {f"{names[p.low]} & {names[p.high]}": p.shared for p in agreement.pairs}
 
 
 def _institutions(frames: list[pd.DataFrame], names: list[str], label: str) -> list[Bank]:
@@ -144,14 +167,25 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
     vocabulary = shared_vocabulary(scenario)
     views = [institution_view(frame, spec, vocabulary, label)
              for frame, spec in zip(scenario.split(table, config.seed), scenario.institutions)]
-    banks = _institutions([pd.concat(v, axis=1) for v in views], names, label)
+    tables = [pd.concat(v, axis=1) for v in views]
+    shared_customers: dict[str, int] | None = None
+    sides: list[np.ndarray] | None = None
+    if scenario.overlap > 0:
+        agreement, shared_customers = align_shared_customers(scenario, table, tables, config, progress)
+        sides = agreement.sides
+        tables = [t.assign(**{SPLIT_COLUMN: s}) for t, s in zip(tables, sides)]
+    banks = _institutions(tables, names, label)
     shared_encoder = TabularEncoder.fit([BankSummary.from_frame(pd.concat([s, b.frame[[label]]], axis=1), label)
                                          for (s, _), b in zip(views, banks)], label)
     encoders = [TabularEncoder(label, shared_encoder.columns + _own_encoder(own, label).columns)
                 for _, own in views]
     tensors = [encode_bank(b.frame, e, config.test_fraction, config.seed) for b, e in zip(banks, encoders)]
     wants_common = "common" in config.yardsticks
-    common_banks = _institutions(scenario.common_frames(table, config.seed), names, label) if wants_common else []
+    common_banks = []
+    if wants_common:
+        common = scenario.common_frames(table, config.seed)
+        common_banks = _institutions(common if sides is None else [f.assign(**{SPLIT_COLUMN: s})
+                                                                   for f, s in zip(common, sides)], names, label)
     config = replace(config, banks=len(banks), label=label)
     job_template = config.job()
     if job_template.dp.mode == "local":
@@ -179,8 +213,9 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
         if wants_common:
             common = _horizontal_on_common(config, common_banks, work / "common", folder.name, progress)
         progress.stage("Writing the run folder")
-        summary = _write_outputs(folder, config, scenario, run, banks, tensors, encoders, federated, local, common)
-    return replace(summary, run_dir=str(folder.final))
+        summary = _write_outputs(folder, config, scenario, run, banks, tensors, encoders, federated, local, common,
+                                 shared_customers)
+    return replace(summary, run_dir=str(folder.final), shared_customers=shared_customers)
 
 
 def _horizontal_on_common(config: SimulationConfig, banks: list[Bank], work: Path, run_name: str,
@@ -189,7 +224,7 @@ def _horizontal_on_common(config: SimulationConfig, banks: list[Bank], work: Pat
     label = config.label_column
     encoder = TabularEncoder.fit([BankSummary.from_frame(b.frame, label) for b in banks], label)
     tensors = [encode_bank(b.frame, encoder, config.test_fraction, config.seed) for b in banks]
-    horizontal = replace(config, setup="horizontal", shared=(), compare=())
+    horizontal = replace(config, setup="horizontal", shared=(), compare=(), overlap=None)
     job = horizontal.job(job_id=f"{run_name}-common", max_weight=float(max(t.n_train for t in tensors)),
                          public_rows=sum(t.n_train for t in tensors))
     work.mkdir(parents=True, exist_ok=True)
@@ -202,7 +237,8 @@ def _horizontal_on_common(config: SimulationConfig, banks: list[Bank], work: Pat
 
 def _write_outputs(folder: RunFolder, config: SimulationConfig, scenario: TransferScenario, run: FederationRun,
                    banks: list[Bank], tensors: list[BankTensors], encoders: list[TabularEncoder],
-                   federated: dict[int, float], local: dict[int, float], common: dict[int, float]) -> RunSummary:
+                   federated: dict[int, float], local: dict[int, float], common: dict[int, float],
+                   shared_customers: dict[str, int] | None) -> RunSummary:
     path, job = folder.path, run.job
     model_file = path / "model.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in run.outcome.weights.items()}, str(model_file),
@@ -246,7 +282,10 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, scenario: Transf
              "model": {"kind": job.model.kind, "hidden": list(job.model.hidden)}, "train": asdict(job.train),
              "config": config.to_dict()},
         data={"source": "synthetic" if config.data is None else str(config.data), "scenario": scenario.to_dict(),
-              "common_columns": scenario.common_sources()},
+              "common_columns": scenario.common_sources(),
+              **({"shared_customers": {"per_pair": shared_customers, "aligned_by": "pairwise both-sides PSI "
+                                       "(peers.shared_holdout); each on the same train/test side everywhere"}}
+                 if shared_customers is not None else {})},
         participants=participants,
         privacy={**privacy_section(job, run.outcome, run.ledger_status, epsilon_max),
                  "shared_part": "private layers are trained by the same DP-SGD steps as the shared ones, so the "

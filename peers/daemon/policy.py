@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from peers.daemon.config import DataSource, Policy
 from peers.daemon.signed_job import SignedJob
-from peers.data.bank import read_table, split_train_test
+from peers.data.bank import read_table, split_rows
 from peers.errors import Refused
 from peers.job import plan_dp
 from privacy.accounting import Mechanism
@@ -75,7 +75,7 @@ def source_facts(source: DataSource, job: SignedJob) -> SourceFacts:
         raise Refused(f"data source {source.name} cannot serve the job: {error}", 403) from None
     if job.label not in frame.columns:
         raise Refused(f"data source {source.name} has no column {job.label!r}", 403)
-    train, _ = split_train_test(frame[job.label].to_numpy(), job.config.train.test_fraction, job.config.train.seed)
+    train, _ = split_rows(frame, job.label, job.config.train.test_fraction, job.config.train.seed)
     return SourceFacts(rows=len(frame), n_train=len(train), fingerprint=file_sha256(source.path))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from peers.data.encoding import TabularEncoder
+from peers.data.encoding import SPLIT_COLUMN, TabularEncoder
 from privacy.errors import DataError
 
 
@@ -54,25 +54,53 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def split_train_test(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+FREE, TRAIN, TEST = -1, 0, 1  # a row's pinned side in SPLIT_COLUMN (FREE: the split decides)
+
+
+def split_train_test(labels: np.ndarray, test_fraction: float, seed: int,
+                     pinned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of row positions into (train, test), deterministic in `seed`.
 
     Each class keeps round(test_fraction · count) rows for testing, at least one when
     the class has two or more rows, so both splits see both classes where possible.
+
+    `pinned` (optional, one of FREE, TRAIN, TEST per row) fixes some rows' side, e.g.
+    customers an institution shares with others, whose side the institutions agreed on
+    (`peers.shared_holdout`). Pinned rows keep their side; each class's free rows make up
+    its test count towards the same target, as far as they can. Without pins (or with
+    every row FREE) the split is exactly the unpinned one.
     """
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
+    if pinned is not None:
+        pinned = np.asarray(pinned)
+        if pinned.shape != (len(labels),) or not np.isin(pinned, (FREE, TRAIN, TEST)).all():
+            raise DataError(f"the pinned sides must be one of {FREE} (free), {TRAIN} (train), {TEST} (test) per row, "
+                            f"for all {len(labels)} rows")
     rng = np.random.default_rng(seed)
     train_parts, test_parts = [], []
     for value in np.unique(labels):
         rows = np.flatnonzero(labels == value)
-        rng.shuffle(rows)
         n_test = int(round(test_fraction * len(rows)))
         if len(rows) >= 2:
             n_test = min(max(n_test, 1), len(rows) - 1)
+        if pinned is not None:
+            side = pinned[rows]
+            test_parts.append(rows[side == TEST])
+            train_parts.append(rows[side == TRAIN])
+            n_test = max(0, n_test - int((side == TEST).sum()))
+            rows = rows[side == FREE]
+            n_test = min(n_test, len(rows))
+        rng.shuffle(rows)
         test_parts.append(rows[:n_test])
         train_parts.append(rows[n_test:])
     return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(test_parts))
+
+
+def split_rows(frame: pd.DataFrame, label: str, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`split_train_test` of a bank's table, honouring the sides pinned in its SPLIT_COLUMN if it has one."""
+    pinned = frame[SPLIT_COLUMN].to_numpy() if SPLIT_COLUMN in frame.columns else None
+    return split_train_test(frame[label].to_numpy(), test_fraction, seed, pinned)
 
 
 @dataclass(frozen=True)
@@ -94,10 +122,11 @@ class BankTensors:
 
 
 def encode_bank(frame: pd.DataFrame, encoder: TabularEncoder, test_fraction: float, seed: int) -> BankTensors:
-    """Encode a bank's raw rows and split them (see `split_train_test`)."""
+    """Encode a bank's raw rows and split them (see `split_train_test`; sides pinned in SPLIT_COLUMN kept)."""
     encoder.check_columns(frame)
     features, labels = encoder.transform(frame)
-    train, test = split_train_test(labels, test_fraction, seed)
+    pinned = frame[SPLIT_COLUMN].to_numpy() if SPLIT_COLUMN in frame.columns else None
+    train, test = split_train_test(labels, test_fraction, seed, pinned)
     x, y = torch.from_numpy(features), torch.from_numpy(labels)
     return BankTensors(x[train], y[train], x[test], y[test])
 

@@ -49,6 +49,10 @@ FORMAT_VERSION = 1
 
 NUMERIC, TEXT, EMPTY = "numeric", "text", "empty"
 
+# A column no encoder reads: a row's side of the train/test split when it was agreed with
+# other institutions (see `peers.data.bank.split_rows`); never a feature.
+SPLIT_COLUMN = "fedsilo_split"
+
 
 def signed_log(x: np.ndarray) -> np.ndarray:
     """sign(x)·log1p(|x|): a log that keeps the sign and is defined at 0."""
@@ -124,7 +128,7 @@ class BankSummary:
     def from_frame(cls, df: pd.DataFrame, label: str) -> "BankSummary":
         if label not in df.columns:
             raise DataError(f"label column {label!r} is not in the table: pass the name of the 0/1 target column")
-        names = [str(c) for c in df.columns if c != label]
+        names = [str(c) for c in df.columns if c != label and c != SPLIT_COLUMN]
         if not names:
             raise DataError(f"the table has no feature columns besides the label {label!r}: add features")
         return cls(label, len(df), tuple(ColumnSummary.from_series(name, df[name]) for name in names))

@@ -10,13 +10,20 @@ different units, and most columns are known to one or two institutions only.
 `split(table, seed)` deals the table's customers (rows) out at random, disjointly, in
 proportion to the shares (shares are relative weights: 0.6/0.3/0.1 and 6/3/1 split
 alike, and every row goes to some institution), and gives each institution a frame
-with exactly its own columns (renamed, rescaled) plus the label. `common_frames`
+with exactly its own columns (renamed, rescaled) plus the label. With `overlap` p > 0
+some customers are clients of several institutions, as in a real group: each customer
+is, besides her own institution's, a client of one more with probability p, of a
+second more with probability p², and so on (each further institution drawn in
+proportion to the shares among those she is not yet a client of); each of them holds
+its own columns for her, and the label is hers everywhere. Such customers must sit
+on the same side of every institution's train/test split (`peers.shared_holdout`). `common_frames`
 uses the same rows but keeps only the source columns every institution has, under
 their canonical names and units: the "horizontal FL on the common columns" yardstick.
 
 The TOML form (`load_scenario_toml`, `TransferScenario.to_toml`):
 
     label = "default"
+    overlap = 0.2          # optional: customers shared between institutions (default 0)
 
     [[institution]]
     name = "bank"
@@ -26,7 +33,7 @@ The TOML form (`load_scenario_toml`, `TransferScenario.to_toml`):
 A plain string column means source = name and scale 1.
 
 Mistakes in a scenario (a duplicate name, an institution without columns, a share
-that is not > 0, an unknown key) are `ConfigError`s raised when it is built; a table
+that is not > 0, an overlap outside [0, 1), an unknown key) are `ConfigError`s raised when it is built; a table
 that does not fit it (an unknown source column, too few rows for an institution) and
 an institution frame that does not match its declared columns are `DataError`s.
 """
@@ -57,9 +64,10 @@ UCI_ID = "ID"
 UCI_SOURCES = dict(zip(FEATURES, [f"X{i}" for i in range(1, 24)]))
 
 _SPLIT_STREAM = 7
+_OVERLAP_STREAM = 8
 _COLUMN_KEYS = ("source", "name", "scale")
 _INSTITUTION_KEYS = ("name", "share", "columns")
-_SCENARIO_KEYS = ("label", "institution")
+_SCENARIO_KEYS = ("label", "overlap", "institution")
 
 
 def _few(items: Iterable[Any], limit: int = 8) -> str:
@@ -178,13 +186,23 @@ class InstitutionSpec:
 
 @dataclass(frozen=True)
 class TransferScenario:
-    """Institutions with different customers and different columns, over one source table."""
+    """Institutions with different customers and different columns, over one source table.
+
+    `overlap` in [0, 1): how often a customer is also a client of another institution
+    (see the module docstring); 0 deals every customer to exactly one.
+    """
 
     label: str
     institutions: tuple[InstitutionSpec, ...]
+    overlap: float = 0.0
 
     def __post_init__(self) -> None:
         _check_name(self.label, "the scenario's label")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(self.overlap) < 1.0:
+            raise ConfigError(f"the scenario's overlap must be a number in [0, 1) (got {self.overlap!r}): the "
+                              f"probability that a customer is also a client of another institution")
+        object.__setattr__(self, "overlap", float(self.overlap))
         institutions = tuple(i if isinstance(i, InstitutionSpec) else InstitutionSpec.from_dict(i)
                              for i in self.institutions)
         if not institutions:
@@ -226,7 +244,7 @@ class TransferScenario:
         when it was built; this re-checks it, then checks that the label and every
         source column are in the table.
         """
-        TransferScenario(self.label, self.institutions)
+        TransferScenario(self.label, self.institutions, self.overlap)
         columns = [str(c) for c in table_columns]
         present = set(columns)
         if self.label not in present:
@@ -242,7 +260,11 @@ class TransferScenario:
 
     # splitting ----------------------------------------------------------------
     def split_rows(self, table: pd.DataFrame, seed: int) -> list[np.ndarray]:
-        """Sorted, disjoint row positions per institution, covering the table, sizes ∝ shares."""
+        """Sorted row positions per institution, covering the table.
+
+        Without overlap the parts are disjoint, sizes ∝ shares. With overlap each part
+        also holds the customers dealt to other institutions who are its clients too.
+        """
         self.validate(table.columns)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer (got {seed!r}): pass e.g. seed=0")
@@ -250,6 +272,8 @@ class TransferScenario:
         sizes = _sizes(n, self.shares)
         order = np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_STREAM])).permutation(n)
         parts = [np.sort(p) for p in np.split(order, np.cumsum(sizes)[:-1])]
+        if self.overlap > 0:
+            parts = [np.union1d(own, extra) for own, extra in zip(parts, self._also_clients(parts, n, int(seed)))]
         labels = table[self.label].to_numpy()
         for inst, share, rows in zip(self.institutions, self.shares, parts):
             if len(rows) < MIN_INSTITUTION_ROWS:
@@ -263,6 +287,23 @@ class TransferScenario:
                 raise DataError(f"institution {inst.name!r} gets only class {only!r} of {self.label!r} "
                                 f"in its {len(rows)} rows: raise its share, use another seed or a larger table")
         return parts
+
+    def _also_clients(self, parts: list[np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+        """Per institution, the rows dealt to others whose customers are its clients too."""
+        rng = np.random.default_rng(np.random.SeedSequence([seed, _OVERLAP_STREAM]))
+        count = len(self.institutions)
+        home = np.empty(n, dtype=np.int64)
+        for index, rows in enumerate(parts):
+            home[rows] = index
+        more = np.cumprod(rng.random((n, count - 1)) < self.overlap, axis=1).sum(axis=1) if count > 1 \
+            else np.zeros(n, dtype=np.int64)
+        extra: list[list[int]] = [[] for _ in range(count)]
+        for row in np.flatnonzero(more):
+            others = np.array([j for j in range(count) if j != home[row]])
+            weights = self.shares[others] / self.shares[others].sum()
+            for j in rng.choice(others, size=int(more[row]), replace=False, p=weights):
+                extra[int(j)].append(int(row))
+        return [np.array(e, dtype=np.int64) for e in extra]
 
     def split(self, table: pd.DataFrame, seed: int) -> list[pd.DataFrame]:
         """One frame per institution: its rows, only its own columns (renamed, rescaled) and the label."""
@@ -305,14 +346,15 @@ class TransferScenario:
                               "not [institution]")
         if not institutions:
             raise ConfigError("the scenario has no institutions: add at least one [[institution]] table")
-        return cls(data["label"], tuple(InstitutionSpec.from_dict(i) for i in institutions))
+        return cls(data["label"], tuple(InstitutionSpec.from_dict(i) for i in institutions), data.get("overlap", 0.0))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "institution": [i.to_dict() for i in self.institutions]}
+        overlap = {"overlap": self.overlap} if self.overlap else {}
+        return {"label": self.label, **overlap, "institution": [i.to_dict() for i in self.institutions]}
 
     def to_toml(self) -> str:
         """The scenario as TOML text (read back by `load_scenario_toml`)."""
-        lines = [f"label = {_toml(self.label)}"]
+        lines = [f"label = {_toml(self.label)}"] + ([f"overlap = {_toml(self.overlap)}"] if self.overlap else [])
         for inst in self.to_dict()["institution"]:
             lines += ["", "[[institution]]", f"name = {_toml(inst['name'])}", f"share = {_toml(inst['share'])}",
                       "columns = [" + ", ".join(_toml(c) for c in inst["columns"]) + "]"]

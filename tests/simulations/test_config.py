@@ -1,5 +1,8 @@
 """Simulation config: defaults, TOML, flags, precedence."""
 
+import pytest
+
+from privacy.errors import ConfigError
 from simulations.config import SimulationConfig, build_config
 
 
@@ -26,3 +29,13 @@ def test_toml_then_flags(tmp_path):
 def test_compare_flag_is_comma_separated():
     assert build_config(None, {"compare": "centralized"}).compare == ("centralized",)
     assert build_config(None, {"compare": "none"}).compare == ()
+
+
+def test_overlap_is_a_transfer_probability(tmp_path):
+    path = tmp_path / "sim.toml"
+    path.write_text('[simulation]\nsetup = "transfer"\n\n[data]\noverlap = 0.25\n')
+    assert build_config(path).overlap == 0.25
+    assert build_config(None, {"setup": "transfer", "overlap": 0}).overlap == 0.0
+    for overrides in ({"overlap": 0.2}, {"setup": "transfer", "overlap": 1.0}):
+        with pytest.raises(ConfigError, match="apply to --setup transfer, as a probability in"):
+            build_config(None, overrides)

@@ -265,9 +265,38 @@ def test_toml_round_trip(tmp_path, make):
     assert written[0] == ("pay_0" if make is synthetic_scenario else {"source": "X6", "name": "pay_0"})
 
 
+def test_overlap_shares_customers_between_institutions(table, scenario):
+    shared = TransferScenario(scenario.label, scenario.institutions, overlap=0.3)
+    apart, parts = scenario.split_rows(table, seed=0), shared.split_rows(table, seed=0)
+    for own, with_others in zip(apart, parts):  # each keeps its own customers and gains others' clients
+        assert set(own) <= set(with_others) and list(with_others) == sorted(set(with_others))
+    holders = np.bincount(np.concatenate(parts), minlength=len(table))
+    assert holders.min() == 1 and holders.max() == 3
+    assert abs((holders >= 2).mean() - 0.3) < 0.03 and abs((holders == 3).mean() - 0.09) < 0.02
+    assert all(np.array_equal(a, b) for a, b in zip(parts, shared.split_rows(table, seed=0)))
+    frames = shared.split(table, seed=0)  # a shared customer: her own row, each institution's own columns
+    row = int(np.intersect1d(parts[0], parts[2])[0])
+    at_bank, at_broker = frames[0].iloc[int(np.searchsorted(parts[0], row))], \
+        frames[2].iloc[int(np.searchsorted(parts[2], row))]
+    assert at_bank["age"] == at_broker["age"] == table.iloc[row]["age"]
+    assert at_bank[LABEL] == at_broker[LABEL] == table.iloc[row][LABEL]
+    assert [len(f) for f in shared.common_frames(table, seed=0)] == [len(p) for p in parts]
+
+
+def test_overlap_round_trips_through_toml(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("overlap = 0.25\n" + EXAMPLE)
+    s = load_scenario_toml(path)
+    assert s.overlap == 0.25 and s.to_toml().startswith('label = "default"\noverlap = 0.25\n')
+    assert TransferScenario.from_dict(s.to_dict()) == s
+    assert "overlap" not in synthetic_scenario().to_toml() and "overlap" not in synthetic_scenario().to_dict()
+
+
 @pytest.mark.parametrize("text, message", [
     ("seed = 3\n" + EXAMPLE,
-     r"unknown key\(s\) 'seed' in the scenario \(top level\): valid keys are label, institution"),
+     r"unknown key\(s\) 'seed' in the scenario \(top level\): valid keys are label, overlap, institution"),
+    ("overlap = 1.0\n" + EXAMPLE, r"the scenario's overlap must be a number in \[0, 1\) \(got 1.0\)"),
+    ('overlap = "a lot"\n' + EXAMPLE, r"overlap must be a number in \[0, 1\) \(got 'a lot'\)"),
     (EXAMPLE.replace('share = 0.6', 'share = 0.6\nsize = 3'), r"unknown key\(s\) 'size' in institution 'bank'"),
     (EXAMPLE.replace('scale = 0.001', 'scael = 0.001'), r"unknown key\(s\) 'scael' in a column of institution 'bank'"),
     (EXAMPLE.replace('{source = "limit_bal", name = "line"}', '{name = "line"}'), r"has no 'source'"),
