@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from privacy.errors import ProtocolError
-from privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical, exchange
+from privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical, exchange, x25519
+from privacy.psi.identifiers import PSI_DOMAIN, digests
 from privacy.psi.wire import HEADER, FrameType, decode, encode
 
 
@@ -88,8 +89,11 @@ def test_no_identifier_or_plain_hash_on_the_wire():
     wire = b"".join(frames)
     for ident in set(xs) | set(ys):
         c = canonical(ident, "id")
+        digest = digests([ident], "id", PSI_DOMAIN)
+        unblinded = x25519.hash_onto_curve(digest)[0].tobytes()  # H(id) before any secret exponent
         for needle in (ident.encode(), c, hashlib.sha256(c).digest(), hashlib.sha256(ident.encode()).digest(),
-                       hashlib.sha512(c).digest()[:32]):
+                       hashlib.sha512(c).digest()[:32], digest[0, :32].tobytes(), digest[0, 32:].tobytes(),
+                       unblinded, unblinded[:16]):
             assert needle not in wire
 
 
@@ -105,7 +109,7 @@ def test_cardinality_mode_shuffles_evaluations():
         r.handle(frame)
     assert r.result().cardinality == 100 and r.result().positions is None
     ours = np.array(r._double)  # what the receiver compares, in the order it was received
-    peer = set(bytes(row) for row in __import__("privacy.psi.group", fromlist=["x"]).multiply(
+    peer = set(bytes(row) for row in x25519.multiply(
         np.concatenate([decode(f).elements for f in replies if decode(f).type is FrameType.SET]), r._key))
     hits = [i for i, row in enumerate(ours) if bytes(row) in peer]
     assert len(hits) == 100 and hits != list(range(100))
@@ -120,12 +124,14 @@ def _request(xs, mode=Mode.TO_RECEIVER):
 @pytest.mark.parametrize("corrupt,match", [
     (lambda f: f[:HEADER - 1], "at least"),
     (lambda f: b"XXXX" + f[4:], "magic"),
-    (lambda f: f[:4] + b"\x07" + f[5:], "version"),
+    (lambda f: f[:4] + b"\x07" + f[5:], "version 7 is not supported"),
+    (lambda f: f[:4] + b"\x01" + f[5:], "version 1 .ristretto255 PSI elements.* no longer accepts"),
     (lambda f: f[:-1], "announces"),  # wrong length
     (lambda f: f + b"\x00" * 32, "announces"),
-    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "identity"),
-    (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32:], "not a valid"),  # non-canonical
-    (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32:], "not a valid"),  # not an encoding
+    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "canonical non-zero"),  # zero
+    (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32:], "canonical"),  # top bit set, >= p
+    (lambda f: f[:HEADER] + bytes([2] + [0] * 31) + f[HEADER + 32:], "twist"),  # u = 2: on the twist
+    (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32:], "small order"),  # u = 1: order 4
 ])
 def test_malformed_frames_are_refused(corrupt, match):
     _, frames = _request(["a", "b", "c"])
@@ -142,7 +148,7 @@ def test_invalid_element_from_the_sender_is_refused_by_the_receiver():
     replies = s.handle(frames[1])
     bad = bytearray(replies[0])
     bad[HEADER:HEADER + 32] = b"\x00" * 32
-    with pytest.raises(ProtocolError, match="identity"):
+    with pytest.raises(ProtocolError, match="canonical non-zero"):
         r.handle(bytes(bad))
         r.handle(replies[1])
 
