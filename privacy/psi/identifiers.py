@@ -44,7 +44,6 @@ __all__ = ["DOMAIN", "PSI_DOMAIN", "canonical", "split_typed", "digests"]
 DOMAIN = b"fedsilo/psi/v1/hash-to-group"  # the anonymous query's hash into ristretto255
 PSI_DOMAIN = b"fedsilo/psi/v2/hash-onto-curve25519"  # PSI's hash onto Curve25519
 _KIND = re.compile(r"[a-z0-9_-]{1,32}")
-_SPACES = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _MAX_BYTES = 0xFFFF
 
@@ -63,7 +62,9 @@ def canonical(value: str, kind: str) -> bytes:
 def _canonical(value: str, kind: str) -> bytes:
     if not isinstance(value, str):
         raise DataError(f"an identifier must be a str, got {type(value).__name__}")
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", value).casefold().strip())
+    # str.split() splits on the characters str.isspace() accepts, exactly what \s matches
+    # in a str pattern: trimming and collapsing runs of whitespace in one pass.
+    text = " ".join(unicodedata.normalize("NFKC", value).casefold().split())
     if not text:
         raise DataError(f"an empty {kind!r} identifier was given; remove blank entries from the list")
     if _CONTROL.search(text):

@@ -48,12 +48,12 @@ import numpy as np
 
 from privacy.errors import ProtocolError
 from privacy.psi import x25519
-from privacy.psi.parallel import BATCH, Workers, blind_identifiers, check, exponentiate
+from privacy.psi.parallel import Workers, blind_identifiers, check, exponentiate
 from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
 
 __all__ = ["Mode", "PsiResult", "PsiReceiver", "PsiSender", "exchange"]
 
-_FRAME = min(BATCH, MAX_BATCH)
+_FRAME = min(8192, MAX_BATCH)  # elements per frame on the wire (256 KiB)
 
 
 class Mode(enum.IntEnum):
@@ -86,12 +86,27 @@ class PsiResult:
     shared_keys: np.ndarray | None = None
 
 
+def _prefix(rows: np.ndarray) -> np.ndarray:
+    """Each row's first 8 bytes as one integer: a sort key that is almost always unique.
+
+    Elements are uniform in a group of order about 2^252, so equal prefixes of distinct
+    elements are rare; the functions below compare full rows wherever prefixes agree.
+    """
+    return np.ascontiguousarray(rows[:, :8]).view(np.uint64).ravel()
+
+
+def _void(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
+
+
 def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows without repeats, in order of first occurrence, and those occurrences' positions."""
     if len(rows) == 0:
         return rows, np.empty(0, dtype=np.int64)
-    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
-    _, first = np.unique(keys, return_index=True)
+    keys = np.sort(_prefix(rows))
+    if not (keys[1:] == keys[:-1]).any():  # no two prefixes agree: no repeats (the usual case)
+        return rows, np.arange(len(rows), dtype=np.int64)
+    _, first = np.unique(_void(rows), return_index=True)
     first.sort()
     return rows[first], first.astype(np.int64)
 
@@ -100,8 +115,12 @@ def _member(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """Boolean mask: which rows of ``rows`` occur in ``pool`` (exact 32-byte equality)."""
     if len(rows) == 0 or len(pool) == 0:
         return np.zeros(len(rows), dtype=bool)
-    void = np.dtype((np.void, x25519.ELEMENT_BYTES))
-    return np.isin(np.ascontiguousarray(rows).view(void).ravel(), np.ascontiguousarray(pool).view(void).ravel())
+    ours, theirs = _prefix(rows), _prefix(pool)
+    found = np.isin(ours, theirs)  # same prefix: a candidate, confirmed on the full rows below
+    if found.any():
+        candidates = pool[np.isin(theirs, ours[found])]
+        found[found] = np.isin(_void(rows[found]), _void(candidates))
+    return found
 
 
 def _shuffled(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -192,3 +192,16 @@ def test_streams_on_two_processes_match_in_process_result():
     assert r.cardinality == s.cardinality == 3_000
     assert r.positions.tolist() == list(range(9_000, 12_000))
     assert s.positions.tolist() == list(range(0, 3_000))
+
+
+def test_distinct_and_membership_compare_full_rows_when_prefixes_agree():
+    from privacy.psi.protocol import _distinct, _member
+
+    rows = np.zeros((5, 32), np.uint8)
+    rows[:, 8] = [1, 2, 1, 3, 2]  # one 8-byte prefix, three distinct rows
+    distinct, first = _distinct(rows)
+    assert first.tolist() == [0, 1, 3] and np.array_equal(distinct, rows[[0, 1, 3]])
+    pool = np.zeros((2, 32), np.uint8)
+    pool[:, 8] = [2, 9]
+    assert _member(rows, pool).tolist() == [False, True, False, False, True]
+    assert _member(rows, pool[1:]).tolist() == [False] * 5
