@@ -72,6 +72,8 @@ _RETRY = b"fedsilo/psi/v2/hash-onto-curve25519/retry"
 lib.crypto_scalarmult_curve25519.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 _from_bytes = gmpy2.mpz.from_bytes
 _jacobi = gmpy2.jacobi
+# On the curve, not the twist, not 0: ``u^3 + A u^2 + u`` is a non-zero square, i.e. its
+# Jacobi symbol modulo p is 1 (it is 0 only for u = 0). The loops below inline this test.
 
 
 def _rows(array: np.ndarray, width: int, what: str) -> np.ndarray:
@@ -85,27 +87,22 @@ def random_scalar() -> bytes:
     return os.urandom(SCALAR_BYTES)
 
 
-def _on_curve(u: gmpy2.mpz) -> bool:
-    """Whether ``0 < u < p`` is the u-coordinate of a point of the curve (not the twist)."""
-    return _jacobi(u * (u * (u + _A) + 1) % _P, _P) == 1
-
-
 def hash_onto_curve(digests: np.ndarray) -> np.ndarray:
     """Map 64-byte uniform digests (rows) to u-coordinates of curve points (see the module doc)."""
     digests = _rows(digests, 64, "digests")
     data, out = digests.tobytes(), bytearray()
+    p, a, low, jacobi, from_bytes = _P, _A, _LOW, _jacobi, _from_bytes
     for at in range(0, len(data), 64):
         digest = data[at:at + 64]
         while True:
-            low = _from_bytes(digest[:32], "little") & _LOW
-            if 0 < low < _P and _on_curve(low):
-                out += low.to_bytes(ELEMENT_BYTES, "little")
+            u = from_bytes(digest[:32], "little") & low
+            if u < p and jacobi(u * (u * (u + a) + 1) % p, p) == 1:
                 break
-            high = _from_bytes(digest[32:], "little") & _LOW
-            if 0 < high < _P and _on_curve(high):
-                out += high.to_bytes(ELEMENT_BYTES, "little")
+            u = from_bytes(digest[32:], "little") & low
+            if u < p and jacobi(u * (u * (u + a) + 1) % p, p) == 1:
                 break
             digest = hashlib.sha512(_RETRY + digest).digest()
+        out += u.to_bytes(ELEMENT_BYTES, "little")
     return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, ELEMENT_BYTES)
 
 
@@ -127,8 +124,10 @@ def check_elements(elements: np.ndarray, offset: int = 0) -> None:
         raise ProtocolError(f"group element at position {at} is not a canonical non-zero Curve25519 "
                             "u-coordinate (wrong bytes); the peer's message was refused")
     data = elements.tobytes()
+    p, a, jacobi, from_bytes = _P, _A, _jacobi, _from_bytes
     for at in range(len(elements)):
-        if not _on_curve(_from_bytes(data[ELEMENT_BYTES * at:ELEMENT_BYTES * (at + 1)], "little")):
+        u = from_bytes(data[ELEMENT_BYTES * at:ELEMENT_BYTES * (at + 1)], "little")
+        if jacobi(u * (u * (u + a) + 1) % p, p) != 1:
             raise ProtocolError(f"group element at position {offset + at} is not a point of Curve25519 (it lies on the "
                                 "twist or is of small order); the peer's message was refused")
 
