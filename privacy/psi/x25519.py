@@ -3,9 +3,9 @@
 Why X25519 for PSI. DH-style PSI needs a commutative blinding ``e -> e^k`` in a group
 where DDH is hard, and four variable-base exponentiations per pair of identifiers (two
 per side). On this machine libsodium's X25519 ladder costs about 31 µs against 55 µs
-for a ristretto255 scalar multiplication, and hashing onto the curve (below) about 4 µs
-against 19 µs for ristretto255's ``from_hash``: PSI's floor drops from about 260 µs to
-about 135 µs of CPU per pair.
+for a ristretto255 scalar multiplication, and hashing onto the curve (below) about
+3.5 µs against 19 µs for ristretto255's ``from_hash``: PSI's CPU per pair drops from
+about 250 µs to about 145 µs.
 
 The group. Elements are u-coordinates of points of Curve25519 ``v^2 = u^3 + A u^2 + u``
 (``A = 486662``) over ``GF(p)``, ``p = 2^255 - 19``, 32 bytes little-endian; ``e^k`` is
@@ -19,16 +19,23 @@ anonymous query, which unblinds, stays on ristretto255 (:mod:`privacy.psi.group`
 Hash onto the curve, never the twist. An x-only element tells whether it lies on the
 curve or on its quadratic twist; if ``H(id)`` could land on the twist, every element
 ``H(id)^k`` would carry that bit of the hidden identifier. :func:`hash_onto_curve`
-therefore returns only points of the curve, by try-and-increment on the 64-byte
-digest: the two 255-bit halves in turn, then ``SHA-512("retry" || digest)`` until a
-candidate ``u < p`` has ``u^3 + A u^2 + u`` a non-zero square (a Jacobi symbol,
-GMP through ``gmpy2``). Two candidates fail with probability 1/4, each further round
-with 1/4 again. Modelling SHA-512 as a random oracle, ``H`` is a random oracle onto
-the curve's u-coordinates; after the first (clamped, cofactor-clearing)
-exponentiation its outputs are uniform in the prime-order subgroup. The number of
-candidates depends on the identifier, so hashing is not constant-time; it runs on
-the holder's own workers in whole batches before anything is sent, so a peer sees
-only the time of the whole set.
+therefore returns only points of the curve: the Elligator 2 map of RFC 9380 (§6.7.1,
+``Z = 2``) applied to the 64-byte digest read as an integer modulo ``p``::
+
+    r  = digest mod p;   u1 = -A / (1 + 2 r^2);   u2 = -u1 - A
+    u  = u1 if u1^3 + A u1^2 + u1 is a square (Jacobi symbol 1) else u2
+
+Exactly one of ``u1`` and ``u2`` lies on the curve (``2`` is not a square modulo
+``p``), so one Jacobi symbol (GMP through ``gmpy2``) decides, and the denominators
+of a whole batch are inverted at once (Montgomery's trick: one inversion, three
+multiplications per element). This is RFC 9380's nonuniform encoding: it reaches
+about half of the curve's points, each from two values ``±r``, and it is efficiently
+invertible, so a security proof can still program ``H`` as a random oracle (draw a
+point of known discrete logarithm, retry until Elligator reaches it, answer with one
+of its two preimages, uniform). The clamped scalar of the first exponentiation
+clears the cofactor. The branch and GMP's arithmetic are not constant-time; each
+side hashes its whole set on its own workers before sending anything, so a peer
+sees only the time of the whole set.
 
 Received elements. :func:`check_elements` refuses any row that is not canonical (top
 bit set, or ``u >= p``), is zero, or is not on the curve (twist points, which also
@@ -51,7 +58,6 @@ through ``gmpy2``.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 
 import gmpy2
@@ -66,14 +72,14 @@ ELEMENT_BYTES = 32
 SCALAR_BYTES = 32
 _P = gmpy2.mpz(2**255 - 19)
 _A = 486662
-_LOW = (1 << 255) - 1
-_RETRY = b"fedsilo/psi/v2/hash-onto-curve25519/retry"
 
 lib.crypto_scalarmult_curve25519.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 _from_bytes = gmpy2.mpz.from_bytes
 _jacobi = gmpy2.jacobi
+_invert = gmpy2.invert
 # On the curve, not the twist, not 0: ``u^3 + A u^2 + u`` is a non-zero square, i.e. its
-# Jacobi symbol modulo p is 1 (it is 0 only for u = 0). The loops below inline this test.
+# Jacobi symbol modulo p is 1 (it is 0 only for u = 0). The loops below inline this test,
+# which runs 5 times per pair of identifiers.
 
 
 def _rows(array: np.ndarray, width: int, what: str) -> np.ndarray:
@@ -88,22 +94,23 @@ def random_scalar() -> bytes:
 
 
 def hash_onto_curve(digests: np.ndarray) -> np.ndarray:
-    """Map 64-byte uniform digests (rows) to u-coordinates of curve points (see the module doc)."""
+    """Map 64-byte uniform digests (rows) to u-coordinates of curve points: Elligator 2 (see the module doc)."""
     digests = _rows(digests, 64, "digests")
-    data, out = digests.tobytes(), bytearray()
-    p, a, low, jacobi, from_bytes = _P, _A, _LOW, _jacobi, _from_bytes
-    for at in range(0, len(data), 64):
-        digest = data[at:at + 64]
-        while True:
-            u = from_bytes(digest[:32], "little") & low
-            if u < p and jacobi(u * (u * (u + a) + 1) % p, p) == 1:
-                break
-            u = from_bytes(digest[32:], "little") & low
-            if u < p and jacobi(u * (u * (u + a) + 1) % p, p) == 1:
-                break
-            digest = hashlib.sha512(_RETRY + digest).digest()
-        out += u.to_bytes(ELEMENT_BYTES, "little")
-    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, ELEMENT_BYTES)
+    data, p, a, jacobi, from_bytes = digests.tobytes(), _P, _A, _jacobi, _from_bytes
+    dens = [(2 * r * r + 1) % p for r in (from_bytes(data[at:at + 64], "little") % p for at in range(0, len(data), 64))]
+    prefix, acc = [], gmpy2.mpz(1)  # prefix[i] = dens[0] * ... * dens[i-1]
+    for den in dens:
+        prefix.append(acc)
+        acc = acc * den % p
+    inverse = _invert(acc, p)  # 1 / (dens[0] * ... * dens[n-1]); never 0: 1 + 2 r^2 = 0 has no root
+    out = [b""] * len(dens)
+    for i in range(len(dens) - 1, -1, -1):
+        u = -a * (inverse * prefix[i]) % p  # -A / dens[i]
+        inverse = inverse * dens[i] % p
+        if jacobi(u * (u * (u + a) + 1) % p, p) != 1:
+            u = (-u - a) % p
+        out[i] = u.to_bytes(ELEMENT_BYTES, "little")
+    return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(-1, ELEMENT_BYTES)
 
 
 def check_elements(elements: np.ndarray, offset: int = 0) -> None:

@@ -30,18 +30,27 @@ def _int(row: np.ndarray) -> int:
     return int.from_bytes(row.tobytes(), "little")
 
 
-def test_hash_lands_on_the_curve_even_when_the_first_candidate_is_on_the_twist():
+def _elligator(digest: bytes) -> tuple[int, int]:
+    """RFC 9380's Elligator 2 for curve25519 (Z = 2) in plain Python: (u1, the chosen u)."""
+    r = int.from_bytes(digest, "little") % P
+    u1 = -A * pow(1 + 2 * r * r, P - 2, P) % P
+    square = pow(u1 * (u1 * u1 + A * u1 + 1) % P, (P - 1) // 2, P) == 1  # Euler's criterion
+    return u1, u1 if square else (-u1 - A) % P
+
+
+def test_hash_is_elligator_2_and_lands_on_the_curve_even_when_u1_is_on_the_twist():
     d = digests([f"cust-{i}" for i in range(2000)], "id", PSI_DOMAIN)
     points = x25519.hash_onto_curve(d)
     assert all(0 < _int(row) < P and _on_curve(_int(row)) for row in points)
     x25519.check_elements(points)  # no refusal
-    first = [_int(row[:32]) & ((1 << 255) - 1) for row in d]
-    twisted = [not _on_curve(u) for u in first]
-    assert 800 < sum(twisted) < 1200  # about half the first candidates lie on the twist...
-    fell_back = [i for i, t in enumerate(twisted) if t]
-    assert all(_int(points[i]) != first[i] for i in fell_back)  # ...and were not used
+    reference = [_elligator(row.tobytes()) for row in d[:300]]
+    assert [_int(row) for row in points[:300]] == [u for _, u in reference]
+    twisted = sum(not _on_curve(u1) for u1, _ in reference)
+    assert 100 < twisted < 200  # about half the first candidates lie on the twist, and were not used
     assert np.array_equal(x25519.hash_onto_curve(d), points)  # deterministic
+    assert np.array_equal(x25519.hash_onto_curve(d[7:9]), points[7:9])  # batch-independent
     assert len({row.tobytes() for row in points}) == 2000
+    assert x25519.hash_onto_curve(d[:0]).shape == (0, 32)
 
 
 def test_blinding_commutes_and_lands_in_the_prime_order_subgroup():
