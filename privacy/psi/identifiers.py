@@ -21,10 +21,12 @@ A line ``lei:5493001KJTIIGC8Y1R12`` of a list file carries its own kind: see
 Hash into a group (domain-separated per group, so the digests are useful for nothing
 else)::
 
-    PSI (X25519):                   digest = SHA-512("fedsilo/psi/v2/hash-onto-curve25519" || u16(len(canonical)) || canonical)
-                                    element = x25519.hash_onto_curve(digest)
-    anonymous query (ristretto255): digest = SHA-512("fedsilo/psi/v1/hash-to-group" || u16(len(canonical)) || canonical)
-                                    element = ristretto255_from_hash(digest)
+    PSI (X25519):
+        digest = SHA-512("fedsilo/psi/v2/hash-onto-curve25519" || u16(len(canonical)) || canonical)
+        element = x25519.hash_onto_curve(digest)        (Elligator 2 onto Curve25519)
+    anonymous query (ristretto255):
+        digest = SHA-512("fedsilo/psi/v1/hash-to-group" || u16(len(canonical)) || canonical)
+        element = ristretto255_from_hash(digest)
 """
 
 from __future__ import annotations

@@ -155,5 +155,6 @@ def multiply(elements: np.ndarray, scalar: bytes, offset: int = 0) -> np.ndarray
     kaddr = ctypes.addressof(key)
     for i in range(len(elements)):
         if fn(dst + ELEMENT_BYTES * i, kaddr, src + ELEMENT_BYTES * i) != 0:
-            raise ProtocolError(f"group element at position {offset + i} is of small order; the peer's message was refused")
+            raise ProtocolError(
+                f"group element at position {offset + i} is of small order; the peer's message was refused")
     return out
