@@ -38,9 +38,10 @@ side hashes its whole set on its own workers before sending anything, so a peer
 sees only the time of the whole set.
 
 Received elements. :func:`check_elements` refuses any row that is not canonical (top
-bit set, or ``u >= p``), is zero, or is not on the curve (twist points, which also
-covers the twist's small-order points); :func:`multiply` refuses an all-zero result,
-which is what a small-order point of the curve gives after clamping. The protocol
+bit set, or ``u >= p``), is one of the curve's four small-order u-coordinates
+(0, 1 and the two of order 8), or is not on the curve (twist points, which covers the
+twist's small-order points); :func:`multiply` also refuses an all-zero result, which
+is what a small-order point gives after clamping. The protocol
 only ever sends elements of the prime-order subgroup, so an honest peer never trips
 either check. Twist security of Curve25519 is not relied on: twist points are refused
 before any secret touches them.
@@ -72,6 +73,12 @@ ELEMENT_BYTES = 32
 SCALAR_BYTES = 32
 _P = gmpy2.mpz(2**255 - 19)
 _A = 486662
+# u-coordinates of the curve's points of small order (the twist's are refused as twist points):
+# order 2 (u = 0), order 4 (u = 1) and order 8 (two values).
+_SMALL_ORDER = np.frombuffer(b"".join(u.to_bytes(32, "little") for u in (
+    0, 1, 325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823)),
+    dtype=np.uint8).reshape(-1, 32)
 
 lib.crypto_scalarmult_curve25519.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 _from_bytes = gmpy2.mpz.from_bytes
@@ -114,7 +121,7 @@ def hash_onto_curve(digests: np.ndarray) -> np.ndarray:
 
 
 def check_elements(elements: np.ndarray, offset: int = 0) -> None:
-    """Refuse (:class:`ProtocolError`) the first row that is not a canonical, non-zero point of the curve.
+    """Refuse (:class:`ProtocolError`) the first row that is not a canonical point of the curve of large order.
 
     The message names the position only (``offset`` + the row's index: the row's place in
     the peer's stream): it says nothing about this side's secret or set.
@@ -125,11 +132,14 @@ def check_elements(elements: np.ndarray, offset: int = 0) -> None:
     top = elements[:, 31]
     bad = (top & 0x80) != 0  # the unused 256th bit must be clear
     bad |= (top == 0x7F) & (elements[:, 1:31] == 0xFF).all(axis=1) & (elements[:, 0] >= 0xED)  # u >= p
-    bad |= ~elements.any(axis=1)
     if bad.any():
         at = offset + int(np.argmax(bad))
-        raise ProtocolError(f"group element at position {at} is not a canonical non-zero Curve25519 "
+        raise ProtocolError(f"group element at position {at} is not a canonical Curve25519 "
                             "u-coordinate (wrong bytes); the peer's message was refused")
+    small = (elements[:, None, :] == _SMALL_ORDER[None, :, :]).all(axis=2).any(axis=1)
+    if small.any():
+        raise ProtocolError(f"group element at position {offset + int(np.argmax(small))} is of small order; "
+                            "the peer's message was refused")
     data = elements.tobytes()
     p, a, jacobi, from_bytes = _P, _A, _jacobi, _from_bytes
     for at in range(len(elements)):

@@ -128,7 +128,7 @@ def _request(xs, mode=Mode.TO_RECEIVER):
     (lambda f: f[:4] + b"\x01" + f[5:], "version 1 .ristretto255 PSI elements.* no longer accepts"),
     (lambda f: f[:-1], "announces"),  # wrong length
     (lambda f: f + b"\x00" * 32, "announces"),
-    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "canonical non-zero"),  # zero
+    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "small order"),  # zero
     (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32:], "canonical"),  # top bit set, >= p
     (lambda f: f[:HEADER] + bytes([2] + [0] * 31) + f[HEADER + 32:], "twist"),  # u = 2: on the twist
     (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32:], "small order"),  # u = 1: order 4
@@ -148,7 +148,7 @@ def test_invalid_element_from_the_sender_is_refused_by_the_receiver():
     replies = s.handle(frames[1])
     bad = bytearray(replies[0])
     bad[HEADER:HEADER + 32] = b"\x00" * 32
-    with pytest.raises(ProtocolError, match="canonical non-zero"):
+    with pytest.raises(ProtocolError, match="small order"):
         r.handle(bytes(bad))
         r.handle(replies[1])
 

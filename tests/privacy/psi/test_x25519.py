@@ -67,7 +67,10 @@ def test_blinding_commutes_and_lands_in_the_prime_order_subgroup():
 
 
 @pytest.mark.parametrize("u,match", [
-    (0, "canonical non-zero"),  # the point of order 2, all-zero bytes
+    (0, "small order"),  # the point of order 2, all-zero bytes
+    (1, "small order"),  # order 4
+    (SMALL_ORDER_ON_CURVE[1], "small order"),  # order 8
+    (SMALL_ORDER_ON_CURVE[2], "small order"),
     (2, "twist"),  # on the twist
     (P - 1, "twist"),  # order 4 on the twist
     (P, "canonical"),  # u >= p, = 0 mod p
@@ -82,12 +85,11 @@ def test_non_canonical_zero_and_twist_elements_are_refused(u, match):
     assert "position 102" in str(info.value)
 
 
-@pytest.mark.parametrize("u", SMALL_ORDER_ON_CURVE)
-def test_small_order_points_of_the_curve_are_refused(u):
-    rows = _rows(9, u)
-    x25519.check_elements(rows)  # on the curve...
+@pytest.mark.parametrize("u", [0, *SMALL_ORDER_ON_CURVE])
+def test_small_order_points_of_the_curve_give_zero_and_are_refused_by_multiply_too(u):
+    assert u == 0 or _on_curve(u)
     with pytest.raises(ProtocolError, match="position 1 is of small order"):
-        x25519.multiply(rows, x25519.random_scalar())  # ...but X25519 maps them to zero
+        x25519.multiply(_rows(9, u), x25519.random_scalar())  # X25519 maps them to zero
 
 
 @pytest.mark.parametrize("u", [0, 2, P - 1, P, 9 + 2**255, *SMALL_ORDER_ON_CURVE])
@@ -104,6 +106,18 @@ def test_sender_refuses_bad_elements_before_answering_and_leaks_nothing(u):
     message = str(info.value)
     assert secret not in message and "refused" in message
     assert not sender.done
+
+
+@pytest.mark.parametrize("u,match", [(1, "small order"), (2, "twist"), (P + 3, "canonical")])
+def test_receiver_refuses_bad_evaluated_elements_it_never_exponentiates(u, match):
+    receiver = PsiReceiver(["a", "b"])
+    sender = PsiSender(["a", "c"])
+    replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
+    evaluated = bytearray(replies[0])
+    evaluated[HEADER + 32:HEADER + 64] = u.to_bytes(32, "little")
+    receiver.handle(bytes(evaluated))
+    with pytest.raises(ProtocolError, match=match):
+        receiver.handle(replies[1])
 
 
 def test_receiver_refuses_a_twist_point_in_the_senders_set():
