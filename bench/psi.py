@@ -8,10 +8,15 @@
    6.30.2, which Flower's gRPC health check refuses, so no extra of fedsilo installs
    it; it runs with the protobuf Flower needs). Baseline: openmined-psi in the same
    run. Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
-   ratio does not depend on what else the machine runs, the wall ratio does.
-2. 1M × 1M PSI with fedsilo: wall time and peak resident memory of this process and of
-   the largest worker (both sides' work counted: on a real pair of peers each side
-   does half of it on its own cores).
+   ratio does not depend on what else the machine runs, the wall ratio does. Also the
+   CPU of every process of the 2-worker run (this one and the pool's), and from it the
+   wall time it would take on idle cores (CPU / workers), and the per-pair CPU
+   breakdown: hashing (canonical form + SHA-512, then onto the curve), checks of
+   received elements, X25519 exponentiations, and the rest (overhead), so the floor
+   of the method is visible.
+2. 1M × 1M PSI with fedsilo: wall time, CPU of all processes, and peak resident memory
+   of this process and of the largest worker (both sides' work counted: on a real pair
+   of peers each side does half of it on its own cores).
 3. Anonymous query: the holder publishes a 1M-entry table (timed), then 1,000 queries
    of one identifier each (half on the list), each one a full round trip: blind, the
    holder's quota check and evaluation, unblind, look-up, decrypt. Also 1,000
@@ -37,6 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from privacy.psi import ListHolder, MemoryQuota, Mode, PsiReceiver, PsiSender, Querier, Workers, exchange  # noqa: E402
+from privacy.psi import x25519  # noqa: E402
+from privacy.psi.identifiers import PSI_DOMAIN, digests  # noqa: E402
 
 
 def ids(start: int, stop: int):
@@ -78,6 +85,47 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _pool_pids(workers: Workers) -> list[int]:
+    return [proc.pid for proc in getattr(workers._pool, "_pool", [])]
+
+
+def pool_cpu_seconds(workers: Workers) -> float:
+    """CPU seconds (user + system) used so far by the pool's live processes."""
+    total = 0
+    for pid in _pool_pids(workers):
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed_psi(n: int, workers: Workers) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds of this process and the pool together, shared count."""
+    cpu = time.process_time() + pool_cpu_seconds(workers)
+    wall, shared = fedsilo_psi(n, workers)
+    return wall, time.process_time() + pool_cpu_seconds(workers) - cpu, shared
+
+
+def breakdown_us(n: int = 20_000, repeats: int = 3) -> dict[str, float]:
+    """CPU µs per element of each step, in this process on ``n`` elements: the lowest of ``repeats``."""
+    values = [f"cust-{i:09d}" for i in range(n)]
+    scalar = x25519.random_scalar()
+    out: dict[str, float] = {}
+
+    def step(name, fn, *args):
+        start = time.process_time()
+        result = fn(*args)
+        out[name] = min(out.get(name, float("inf")), (time.process_time() - start) / n * 1e6)
+        return result
+
+    for _ in range(repeats):
+        digest = step("digest", digests, values, "id", PSI_DOMAIN)
+        points = step("onto", x25519.hash_onto_curve, digest)
+        blinded = step("x25519", x25519.multiply, points, scalar)
+        step("check", x25519.check_elements, blinded)
+    return out
+
+
 def workers_peak_mib(workers: Workers) -> float:
     """Largest peak resident size (VmHWM) among the pool's live processes."""
     peaks = [0.0]
@@ -113,24 +161,36 @@ def query_bench(size: int, queries: int, workers: Workers) -> dict[str, float]:
 
 def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> None:
     """fedsilo against openmined-psi at ``args.size`` per side: wall and CPU time."""
-    fed, fed_n = fedsilo_psi(args.size, workers)
-    print(f"fedsilo {args.size:,} x {args.size:,}: {fed:.1f} s, {fed_n:,} shared", flush=True)
+    n = args.size
+    fed, fed_all_cpu, fed_n = timed_psi(n, workers)
+    print(f"fedsilo {n:,} x {n:,}: {fed:.1f} s, {fed_all_cpu:.1f} s CPU in all processes, {fed_n:,} shared", flush=True)
     with Workers(1) as alone:
-        fed_cpu = cpu_seconds(fedsilo_psi, args.size, alone)
-    print(f"fedsilo {args.size:,} x {args.size:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
+        fed_cpu = cpu_seconds(fedsilo_psi, n, alone)
+    print(f"fedsilo {n:,} x {n:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
     start = time.process_time()
-    om = openmined_psi(args.size)
+    om = openmined_psi(n)
     om_cpu = time.process_time() - start
+    parts = breakdown_us()
+    pair = fed_cpu / n * 1e6
+    hashing, checks, powers = 2 * (parts["digest"] + parts["onto"]), 3 * parts["check"], 4 * parts["x25519"]
+    idle = fed_all_cpu / args.workers
     if om is None:
-        lines.append(f"psi {args.size:,}x{args.size:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU "
-                     "(openmined-psi not installed)")
+        lines.append(f"psi {n:,}x{n:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU (openmined-psi not installed)")
     else:
-        print(f"openmined-psi {args.size:,} x {args.size:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, "
-              f"{om[1]:,} shared", flush=True)
+        print(f"openmined-psi {n:,} x {n:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, {om[1]:,} shared", flush=True)
         assert om[1] == fed_n
-        lines.append(f"psi {args.size:,}x{args.size:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
-                     f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x; CPU fedsilo {fed_cpu:.1f} s, "
-                     f"openmined-psi {om_cpu:.1f} s, per-core ratio {om_cpu / fed_cpu:.2f}x")
+        lines.append(f"psi {n:,}x{n:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
+                     f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x")
+        lines.append(f"psi {n:,}x{n:,}: CPU fedsilo in one process {fed_cpu:.1f} s, openmined-psi {om_cpu:.1f} s, "
+                     f"per-core ratio {om_cpu / fed_cpu:.2f}x; fedsilo's {args.workers}-worker run used "
+                     f"{fed_all_cpu:.1f} s of CPU in all processes: {idle:.1f} s on {args.workers} idle cores, "
+                     f"{om_cpu / idle:.2f}x openmined-psi's CPU (the wall speed-up on an idle machine, "
+                     "if the cores overlap perfectly)")
+    lines.append(f"psi CPU per pair (one process): {pair:.1f} us = hashing 2 x ({parts['digest']:.1f} canonical form "
+                 f"+ SHA-512, {parts['onto']:.1f} onto the curve) = {hashing:.1f} + checks of received elements "
+                 f"3 x {parts['check']:.1f} = {checks:.1f} + X25519 4 x {parts['x25519']:.1f} = {powers:.1f} "
+                 f"+ the rest {pair - hashing - checks - powers:.1f} (framing, duplicates, matching; the total "
+                 "minus the parts, each the fastest of 3 runs: near 0 it is within the noise of a shared machine)")
 
 
 def main() -> int:
@@ -141,17 +201,19 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average: {os.getloadavg()[0]:.2f}", flush=True)
+    load_start = os.getloadavg()[0]
+    print(f"cores: {os.cpu_count()}, workers: {args.workers}, load average: {load_start:.2f}", flush=True)
     lines = []
     with Workers(args.workers) as workers:
         workers.start()  # a daemon keeps its pool: its start is not timed
         if args.size:
             compare(args, workers, lines)
         if args.large:
-            big, big_n = fedsilo_psi(args.large, workers)
+            big, big_cpu, big_n = timed_psi(args.large, workers)
             print(f"fedsilo {args.large:,} x {args.large:,}: {big:.1f} s, {big_n:,} shared", flush=True)
-            lines.append(f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s, peak RSS this process "
-                         f"{peak_mib():.0f} MiB, largest worker {workers_peak_mib(workers):.0f} MiB")
+            lines.append(f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s wall, {big_cpu:.1f} s CPU in all "
+                         f"processes ({big_cpu / args.workers:.1f} s on {args.workers} idle cores); peak RSS this "
+                         f"process {peak_mib():.0f} MiB, largest worker {workers_peak_mib(workers):.0f} MiB")
         if args.table:
             q = query_bench(args.table, args.queries, workers)
             lines.append(f"query table {args.table:,} entries: published in {q['publish_s']:.1f} s "
@@ -159,7 +221,8 @@ def main() -> int:
                          f"{q['per_query_ms']:.2f} ms each, {q['per_query_cpu_ms']:.2f} ms CPU ({q['found']:,} on the list); "
                          f"in one request: "
                          f"{q['per_id_in_batch_ms']:.2f} ms per identifier")
-    lines.append(f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
+    lines.append(f"load average (1 min): {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+                 f"({os.cpu_count()} cores)")
     print("\n".join(lines))
     return 0
 

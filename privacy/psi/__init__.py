@@ -9,12 +9,16 @@ a transport (the peer daemon) carries.
   publishes an :class:`EncryptedTable` per key epoch and answers blinded queries under
   a :class:`QueryQuota`; a :class:`Querier` reads the labels of what it asked.
 * :mod:`privacy.psi.identifiers` — the canonical form of identifiers.
-* :mod:`privacy.psi.group` — ristretto255 (libsodium); :mod:`privacy.psi.wire` — framing;
-  :mod:`privacy.psi.parallel` — :class:`Workers`, batches on every core.
+* :mod:`privacy.psi.x25519` — PSI's group, X25519 with hashing onto the curve and
+  refusal of twist, small-order and non-canonical elements; :mod:`privacy.psi.group`
+  — the query's group, ristretto255 (its scalars can be inverted); both from libsodium.
+* :mod:`privacy.psi.wire` — framing; :mod:`privacy.psi.parallel` — :class:`Workers`,
+  batches on every core.
 
 Assumptions for every guarantee: both parties are semi-honest (follow the protocol,
-try to learn more from what they see); DDH (and one-more-DH for queries) is hard in
-ristretto255; SHA-512 and HKDF behave as random oracles.
+try to learn more from what they see); DDH is hard in the prime-order subgroup of
+Curve25519 (PSI) and DDH and one-more-DH in ristretto255 (queries); SHA-512 and HKDF
+behave as random oracles.
 """
 
 from privacy.psi.identifiers import canonical, split_typed

@@ -1,21 +1,21 @@
-"""The prime-order group: ristretto255 (RFC 9496) from libsodium, batch operations.
+"""The anonymous query's group: ristretto255 (RFC 9496) from libsodium, batch operations.
 
-Why ristretto255. DH-style PSI needs a group where the decisional Diffie–Hellman
-problem is hard and where every received element can be checked cheaply. ristretto255
-is a prime-order group built on Curve25519: an encoding is 32 bytes, a canonical
-encoding decodes to exactly one group element, and there are no small-order elements
-besides the identity, so there is no cofactor to clear and no twist to worry about.
-libsodium implements it (``crypto_core_ristretto255_*``); its ``scalarmult`` refuses a
-non-canonical or invalid encoding and an identity result, which is the validation
-every received element needs. X25519 (``cryptography``) was measured and rejected:
-its raw operation is faster on this machine (48–55 µs against 77 µs) but an x-only
-element tells on which of the curve and its twist it lies, one bit of the hidden
-identifier per element unless identifiers are hashed onto the curve and every received
-element is checked with a Python-level Legendre symbol (which costs the margin back),
-and its clamped scalars cannot be inverted, which the anonymous query needs.
+Used by the anonymous query (:mod:`privacy.psi.query`); PSI uses X25519
+(:mod:`privacy.psi.x25519`), which is about twice as fast here but whose clamped
+scalars cannot be inverted, and the query unblinds with ``1/r``.
+
+Why ristretto255 for the query. It needs a prime-order group where DDH and one-more-DH
+are hard, where scalars can be inverted, and where every received element can be
+checked cheaply. ristretto255 (RFC 9496) is built on Curve25519: an encoding is 32
+bytes, a canonical encoding decodes to exactly one group element, and there are no
+small-order elements besides the identity, so there is no cofactor to clear and no
+twist to worry about. libsodium implements it (``crypto_core_ristretto255_*``); its
+``scalarmult`` refuses a non-canonical or invalid encoding and an identity result,
+which is the validation every received element needs.
 
 Binding. PyNaCl does not bind the ristretto255 functions, so this module calls the
-libsodium shared library (>= 1.0.18, Debian's ``libsodium23``) through ``ctypes``.
+libsodium shared library (>= 1.0.18, Debian's ``libsodium23``) through ``ctypes``
+(loaded once here as :data:`lib`; :mod:`privacy.psi.x25519` uses it too).
 Batches are numpy ``uint8`` arrays of shape ``(n, 32)``; the loops pass raw addresses,
 so no Python object is made per element.
 """
@@ -30,6 +30,7 @@ import numpy as np
 from privacy.errors import ConfigError, ProtocolError
 
 __all__ = [
+    "lib",
     "ELEMENT_BYTES",
     "SCALAR_BYTES",
     "HASH_BYTES",
@@ -38,7 +39,6 @@ __all__ = [
     "hash_to_group",
     "multiply",
     "multiply_each",
-    "check_elements",
 ]
 
 ELEMENT_BYTES = 32
@@ -74,7 +74,7 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
-_lib = _load()
+lib = _load()
 
 
 def _rows(array: np.ndarray, width: int, what: str) -> np.ndarray:
@@ -86,14 +86,14 @@ def _rows(array: np.ndarray, width: int, what: str) -> np.ndarray:
 def random_scalar() -> bytes:
     """A uniformly random non-zero scalar modulo the group order (libsodium's CSPRNG)."""
     out = ctypes.create_string_buffer(SCALAR_BYTES)
-    _lib.crypto_core_ristretto255_scalar_random(out)
+    lib.crypto_core_ristretto255_scalar_random(out)
     return out.raw
 
 
 def invert_scalar(scalar: bytes) -> bytes:
     """The inverse of a non-zero scalar modulo the group order."""
     out = ctypes.create_string_buffer(SCALAR_BYTES)
-    if len(scalar) != SCALAR_BYTES or _lib.crypto_core_ristretto255_scalar_invert(out, scalar) != 0:
+    if len(scalar) != SCALAR_BYTES or lib.crypto_core_ristretto255_scalar_invert(out, scalar) != 0:
         raise ProtocolError("a scalar must be 32 bytes and non-zero modulo the group order")
     return out.raw
 
@@ -106,7 +106,7 @@ def hash_to_group(digests: np.ndarray) -> np.ndarray:
     """
     digests = _rows(digests, HASH_BYTES, "digests")
     out = np.empty((len(digests), ELEMENT_BYTES), dtype=np.uint8)
-    fn, src, dst = _lib.crypto_core_ristretto255_from_hash, digests.ctypes.data, out.ctypes.data
+    fn, src, dst = lib.crypto_core_ristretto255_from_hash, digests.ctypes.data, out.ctypes.data
     for i in range(len(digests)):
         fn(dst + ELEMENT_BYTES * i, src + HASH_BYTES * i)
     return out
@@ -123,7 +123,7 @@ def multiply(elements: np.ndarray, scalar: bytes) -> np.ndarray:
     if len(scalar) != SCALAR_BYTES:
         raise ProtocolError("a scalar must be 32 bytes")
     out = np.empty_like(elements)
-    fn, src, dst = _lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data
+    fn, src, dst = lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data
     key = ctypes.create_string_buffer(scalar, SCALAR_BYTES)
     kaddr = ctypes.addressof(key)
     for i in range(len(elements)):
@@ -142,7 +142,7 @@ def multiply_each(elements: np.ndarray, scalars: np.ndarray) -> np.ndarray:
     if len(scalars) != len(elements):
         raise ProtocolError("one scalar per element is needed")
     out = np.empty_like(elements)
-    fn, src, dst, sc = _lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data, scalars.ctypes.data
+    fn, src, dst, sc = lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data, scalars.ctypes.data
     for i in range(len(elements)):
         if fn(dst + ELEMENT_BYTES * i, sc + SCALAR_BYTES * i, src + ELEMENT_BYTES * i) != 0:
             raise ProtocolError(
@@ -150,19 +150,3 @@ def multiply_each(elements: np.ndarray, scalars: np.ndarray) -> np.ndarray:
                 "(wrong bytes, non-canonical, or the identity); the peer's message was refused"
             )
     return out
-
-
-def check_elements(elements: np.ndarray) -> None:
-    """Refuse any row that is not the canonical encoding of a non-identity element."""
-    elements = _rows(elements, ELEMENT_BYTES, "group elements")
-    identity = ~elements.any(axis=1)
-    if identity.any():
-        raise ProtocolError(
-            f"group element at position {int(np.argmax(identity))} is the identity; the peer's message was refused"
-        )
-    fn, src = _lib.crypto_core_ristretto255_is_valid_point, elements.ctypes.data
-    for i in range(len(elements)):
-        if fn(src + ELEMENT_BYTES * i) != 1:
-            raise ProtocolError(
-                f"group element at position {i} is not a valid ristretto255 encoding; the peer's message was refused"
-            )

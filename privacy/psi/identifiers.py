@@ -18,10 +18,15 @@ Canonical form of an identifier ``value`` of kind ``kind`` (UTF-8 bytes of)::
 A line ``lei:5493001KJTIIGC8Y1R12`` of a list file carries its own kind: see
 :func:`split_typed`.
 
-Hash into the group (domain-separated, so the digests are useful for nothing else)::
+Hash into a group (domain-separated per group, so the digests are useful for nothing
+else)::
 
-    digest = SHA-512("fedsilo/psi/v1/hash-to-group" || u16(len(canonical)) || canonical)
-    element = ristretto255_from_hash(digest)
+    PSI (X25519):
+        digest = SHA-512("fedsilo/psi/v2/hash-onto-curve25519" || u16(len(canonical)) || canonical)
+        element = x25519.hash_onto_curve(digest)        (Elligator 2 onto Curve25519)
+    anonymous query (ristretto255):
+        digest = SHA-512("fedsilo/psi/v1/hash-to-group" || u16(len(canonical)) || canonical)
+        element = ristretto255_from_hash(digest)
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ import numpy as np
 
 from privacy.errors import DataError
 
-__all__ = ["DOMAIN", "canonical", "split_typed", "digests"]
+__all__ = ["DOMAIN", "PSI_DOMAIN", "canonical", "split_typed", "digests"]
 
-DOMAIN = b"fedsilo/psi/v1/hash-to-group"
+DOMAIN = b"fedsilo/psi/v1/hash-to-group"  # the anonymous query's hash into ristretto255
+PSI_DOMAIN = b"fedsilo/psi/v2/hash-onto-curve25519"  # PSI's hash onto Curve25519
 _KIND = re.compile(r"[a-z0-9_-]{1,32}")
-_SPACES = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _MAX_BYTES = 0xFFFF
 
@@ -59,7 +64,9 @@ def canonical(value: str, kind: str) -> bytes:
 def _canonical(value: str, kind: str) -> bytes:
     if not isinstance(value, str):
         raise DataError(f"an identifier must be a str, got {type(value).__name__}")
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", value).casefold().strip())
+    # str.split() splits on the characters str.isspace() accepts, exactly what \s matches
+    # in a str pattern: trimming and collapsing runs of whitespace in one pass.
+    text = " ".join(unicodedata.normalize("NFKC", value).casefold().split())
     if not text:
         raise DataError(f"an empty {kind!r} identifier was given; remove blank entries from the list")
     if _CONTROL.search(text):
@@ -78,10 +85,12 @@ def split_typed(line: str) -> tuple[str, str]:
     return _check_kind(kind.strip().lower()), value
 
 
-def digests(values: Iterable[str], kind: str | None) -> np.ndarray:
+def digests(values: Iterable[str], kind: str | None, domain: bytes = DOMAIN) -> np.ndarray:
     """64-byte hash-to-group digests of ``values``, as a ``uint8`` array ``(n, 64)``.
 
-    With ``kind=None`` every value must carry its own ``kind:`` prefix.
+    With ``kind=None`` every value must carry its own ``kind:`` prefix. ``domain``
+    names the group (see the module doc): :data:`DOMAIN` (the query's ristretto255,
+    the default) or :data:`PSI_DOMAIN`.
     """
     out = bytearray()
     pack = struct.Struct(">H").pack
@@ -93,5 +102,5 @@ def digests(values: Iterable[str], kind: str | None) -> np.ndarray:
             data = _canonical(v, k)
         else:
             data = _canonical(value, kind)
-        out += hashlib.sha512(DOMAIN + pack(len(data)) + data).digest()
+        out += hashlib.sha512(domain + pack(len(data)) + data).digest()
     return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 64)

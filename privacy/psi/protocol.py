@@ -1,6 +1,7 @@
 """Diffie–Hellman private set intersection between a receiver and a sender.
 
-Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, in ristretto255)::
+Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, on X25519: ``e^k`` is
+``X25519(k, e)``, ``H`` hashes onto Curve25519, see :mod:`privacy.psi.x25519`)::
 
     receiver R, set X, secret a            sender S, set Y, secret b
     BLINDED    H(x)^a, x in X          ->
@@ -10,8 +11,8 @@ Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, in ristretto2
     R computes H(y)^ba and compares with H(x)^ab.
     CONFIRM    H(y)^ba, in SET order   ->  (both-sides mode only) S compares too.
 
-What each side learns (both follow the protocol; DDH hard in ristretto255; H a random
-oracle):
+What each side learns (both follow the protocol; DDH hard in the prime-order subgroup
+of Curve25519; SHA-512 a random oracle, so H is one onto the curve):
 
 * :attr:`Mode.TO_RECEIVER` — R learns X ∩ Y and |Y|; S learns |X|.
 * :attr:`Mode.TO_BOTH` — both learn X ∩ Y, |X| and |Y|.
@@ -22,7 +23,9 @@ Sizes are those of the *distinct* identifiers: each side removes duplicates (sam
 canonical form, see :mod:`privacy.psi.identifiers`) before anything leaves it, and
 reports a match at the position of an identifier's first occurrence in its input.
 Neither side sees the other's identifiers or their hashes: only group elements
-raised to secret exponents. A side that deviates from the protocol can learn more
+raised to secret exponents. Every element a side receives is refused unless it is a
+canonical point of the curve (not of its twist) and of large order, before its secret
+touches it (:class:`ProtocolError`, naming the position only). A side that deviates from the protocol can learn more
 (e.g. a receiver that puts a million guesses in X learns which are in Y); the
 semi-honest model does not cover that, and a list holder that needs to bound such
 guessing uses the query protocol with its per-querier quota (:mod:`privacy.psi.query`).
@@ -44,13 +47,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from privacy.errors import ProtocolError
-from privacy.psi import group
-from privacy.psi.parallel import BATCH, Workers, blind_identifiers, check, exponentiate
+from privacy.psi import x25519
+from privacy.psi.parallel import Workers, blind_identifiers, check, exponentiate
 from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
 
 __all__ = ["Mode", "PsiResult", "PsiReceiver", "PsiSender", "exchange"]
 
-_FRAME = min(BATCH, MAX_BATCH)
+_FRAME = min(8192, MAX_BATCH)  # elements per frame on the wire (256 KiB)
 
 
 class Mode(enum.IntEnum):
@@ -83,12 +86,27 @@ class PsiResult:
     shared_keys: np.ndarray | None = None
 
 
+def _prefix(rows: np.ndarray) -> np.ndarray:
+    """Each row's first 8 bytes as one integer: a sort key that is almost always unique.
+
+    Elements are uniform in a group of order about 2^252, so equal prefixes of distinct
+    elements are rare; the functions below compare full rows wherever prefixes agree.
+    """
+    return np.ascontiguousarray(rows[:, :8]).view(np.uint64).ravel()
+
+
+def _void(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
+
+
 def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows without repeats, in order of first occurrence, and those occurrences' positions."""
     if len(rows) == 0:
         return rows, np.empty(0, dtype=np.int64)
-    keys = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
-    _, first = np.unique(keys, return_index=True)
+    keys = np.sort(_prefix(rows))
+    if not (keys[1:] == keys[:-1]).any():  # no two prefixes agree: no repeats (the usual case)
+        return rows, np.arange(len(rows), dtype=np.int64)
+    _, first = np.unique(_void(rows), return_index=True)
     first.sort()
     return rows[first], first.astype(np.int64)
 
@@ -97,8 +115,12 @@ def _member(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """Boolean mask: which rows of ``rows`` occur in ``pool`` (exact 32-byte equality)."""
     if len(rows) == 0 or len(pool) == 0:
         return np.zeros(len(rows), dtype=bool)
-    void = np.dtype((np.void, group.ELEMENT_BYTES))
-    return np.isin(np.ascontiguousarray(rows).view(void).ravel(), np.ascontiguousarray(pool).view(void).ravel())
+    ours, theirs = _prefix(rows), _prefix(pool)
+    found = np.isin(ours, theirs)  # same prefix: a candidate, confirmed on the full rows below
+    if found.any():
+        candidates = pool[np.isin(theirs, ours[found])]
+        found[found] = np.isin(_void(rows[found]), _void(candidates))
+    return found
 
 
 def _shuffled(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +154,7 @@ class _Stream:
         if self.closed or frame.seq != self.seq or frame.count != self.count:
             raise ProtocolError(f"the {self.name} stream ended with a wrong total; the run was aborted")
         self.closed = True
-        rows = np.concatenate(self.parts) if self.parts else np.empty((0, group.ELEMENT_BYTES), np.uint8)
+        rows = np.concatenate(self.parts) if self.parts else np.empty((0, x25519.ELEMENT_BYTES), np.uint8)
         self.parts = []
         return rows
 
@@ -143,7 +165,7 @@ class _Side:
         self._kind = kind
         self.mode = Mode(mode)
         self._workers = workers or Workers(1)
-        self._key = group.random_scalar()
+        self._key = x25519.random_scalar()
         self._own: np.ndarray | None = None  # H(.)^key of the distinct identifiers
         self._first: np.ndarray | None = None
         self._result: PsiResult | None = None

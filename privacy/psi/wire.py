@@ -3,7 +3,7 @@
 Layout (big-endian), 32-byte header then the payload::
 
     magic    4   b"FPSI"
-    version  1   1
+    version  1   2 (version 1 carried ristretto255 PSI elements; it is refused)
     type     1   a :class:`FrameType`
     mode     1   the PSI mode (0 for query frames)
     flags    1   0
@@ -15,7 +15,10 @@ Layout (big-endian), 32-byte header then the payload::
 :func:`decode` refuses, with :class:`ProtocolError`, anything else: a short or long
 frame, another magic or version, an unknown type, a payload whose length is not
 ``count * 32``, a batch larger than :data:`MAX_BATCH`. Element bytes are checked by
-the group operations (see :mod:`privacy.psi.group`).
+the group operations: PSI frames carry X25519 u-coordinates
+(:mod:`privacy.psi.x25519`), query frames ristretto255 encodings
+(:mod:`privacy.psi.group`). Version 2 changed PSI elements from ristretto255 to
+X25519; both frame families carry the one version, so peers upgrade together.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from privacy.psi.group import ELEMENT_BYTES
 __all__ = ["MAGIC", "VERSION", "MAX_BATCH", "HEADER", "FrameType", "Frame", "encode", "decode", "split"]
 
 MAGIC = b"FPSI"
-VERSION = 1
+VERSION = 2
+_RETIRED = {1: "ristretto255 PSI elements"}
 MAX_BATCH = 1 << 16
 _HEADER = struct.Struct(">4sBBBB16sII")
 HEADER = _HEADER.size
@@ -89,6 +93,9 @@ def decode(data: bytes, expected: set[FrameType] | None = None) -> Frame:
     magic, version, type_, mode, flags, session, seq, count = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ProtocolError("not a fedsilo PSI frame (wrong magic); the message was refused")
+    if version in _RETIRED:
+        raise ProtocolError(f"the peer speaks PSI frame version {version} ({_RETIRED[version]}), which this peer "
+                            f"no longer accepts (it speaks version {VERSION}, X25519); upgrade fedsilo on the peer")
     if version != VERSION:
         raise ProtocolError(f"PSI frame version {version} is not supported (this peer speaks {VERSION}); upgrade fedsilo")
     try:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from privacy.errors import ProtocolError
-from privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical, exchange
+from privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical, exchange, x25519
+from privacy.psi.identifiers import PSI_DOMAIN, digests
 from privacy.psi.wire import HEADER, FrameType, decode, encode
 
 
@@ -88,8 +89,11 @@ def test_no_identifier_or_plain_hash_on_the_wire():
     wire = b"".join(frames)
     for ident in set(xs) | set(ys):
         c = canonical(ident, "id")
+        digest = digests([ident], "id", PSI_DOMAIN)
+        unblinded = x25519.hash_onto_curve(digest)[0].tobytes()  # H(id) before any secret exponent
         for needle in (ident.encode(), c, hashlib.sha256(c).digest(), hashlib.sha256(ident.encode()).digest(),
-                       hashlib.sha512(c).digest()[:32]):
+                       hashlib.sha512(c).digest()[:32], digest[0, :32].tobytes(), digest[0, 32:].tobytes(),
+                       unblinded, unblinded[:16]):
             assert needle not in wire
 
 
@@ -105,7 +109,7 @@ def test_cardinality_mode_shuffles_evaluations():
         r.handle(frame)
     assert r.result().cardinality == 100 and r.result().positions is None
     ours = np.array(r._double)  # what the receiver compares, in the order it was received
-    peer = set(bytes(row) for row in __import__("privacy.psi.group", fromlist=["x"]).multiply(
+    peer = set(bytes(row) for row in x25519.multiply(
         np.concatenate([decode(f).elements for f in replies if decode(f).type is FrameType.SET]), r._key))
     hits = [i for i, row in enumerate(ours) if bytes(row) in peer]
     assert len(hits) == 100 and hits != list(range(100))
@@ -120,12 +124,14 @@ def _request(xs, mode=Mode.TO_RECEIVER):
 @pytest.mark.parametrize("corrupt,match", [
     (lambda f: f[:HEADER - 1], "at least"),
     (lambda f: b"XXXX" + f[4:], "magic"),
-    (lambda f: f[:4] + b"\x07" + f[5:], "version"),
+    (lambda f: f[:4] + b"\x07" + f[5:], "version 7 is not supported"),
+    (lambda f: f[:4] + b"\x01" + f[5:], "version 1 .ristretto255 PSI elements.* no longer accepts"),
     (lambda f: f[:-1], "announces"),  # wrong length
     (lambda f: f + b"\x00" * 32, "announces"),
-    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "identity"),
-    (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32:], "not a valid"),  # non-canonical
-    (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32:], "not a valid"),  # not an encoding
+    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "small order"),  # zero
+    (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32:], "canonical"),  # top bit set, >= p
+    (lambda f: f[:HEADER] + bytes([2] + [0] * 31) + f[HEADER + 32:], "twist"),  # u = 2: on the twist
+    (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32:], "small order"),  # u = 1: order 4
 ])
 def test_malformed_frames_are_refused(corrupt, match):
     _, frames = _request(["a", "b", "c"])
@@ -142,7 +148,7 @@ def test_invalid_element_from_the_sender_is_refused_by_the_receiver():
     replies = s.handle(frames[1])
     bad = bytearray(replies[0])
     bad[HEADER:HEADER + 32] = b"\x00" * 32
-    with pytest.raises(ProtocolError, match="identity"):
+    with pytest.raises(ProtocolError, match="small order"):
         r.handle(bytes(bad))
         r.handle(replies[1])
 
@@ -186,3 +192,16 @@ def test_streams_on_two_processes_match_in_process_result():
     assert r.cardinality == s.cardinality == 3_000
     assert r.positions.tolist() == list(range(9_000, 12_000))
     assert s.positions.tolist() == list(range(0, 3_000))
+
+
+def test_distinct_and_membership_compare_full_rows_when_prefixes_agree():
+    from privacy.psi.protocol import _distinct, _member
+
+    rows = np.zeros((5, 32), np.uint8)
+    rows[:, 8] = [1, 2, 1, 3, 2]  # one 8-byte prefix, three distinct rows
+    distinct, first = _distinct(rows)
+    assert first.tolist() == [0, 1, 3] and np.array_equal(distinct, rows[[0, 1, 3]])
+    pool = np.zeros((2, 32), np.uint8)
+    pool[:, 8] = [2, 9]
+    assert _member(rows, pool).tolist() == [False, True, False, False, True]
+    assert _member(rows, pool[1:]).tolist() == [False] * 5
