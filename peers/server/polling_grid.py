@@ -14,6 +14,11 @@ objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore 
 starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
 process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module.
 
+Every message is sent with its ArrayRecords packed (`peers.packed_arrays`: a model
+travels as one Flower object instead of two per layer, so every hop makes that many
+fewer HTTP requests) and every reply is unpacked before the strategy sees it (a malformed one becomes an error reply); the
+fedsilo ClientApp's `packed_arrays_mod` does the reverse at the peer.
+
 With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the job
 host registered for the job's accepting peers. Flower's Control API has no account
 authentication in its open-source distribution, so a node registered by anyone else
@@ -30,6 +35,8 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import http_grid
 from flwr.supercore.run import Run
+
+from peers.packed_arrays import pack_message, unpack_reply
 
 DEFAULT_INTERVAL_SECONDS = 0.05
 
@@ -59,10 +66,10 @@ class PromptGrid(Grid):
         return ids if self.nodes is None else [i for i in ids if i in self.nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
+        return self.inner.push_messages([pack_message(m) for m in messages])
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
+        return [unpack_reply(m) for m in self.inner.pull_messages(message_ids)]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         pending = set(self.push_messages(messages))
