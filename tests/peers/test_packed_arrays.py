@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from peers.packed_arrays import (PACKED_PREFIX, is_packed, pack, pack_message, packed_arrays_mod, unpack,
                                  unpack_reply)
+from peers.server.polling_grid import PromptGrid
 from privacy.errors import ProtocolError
 
 
@@ -102,3 +104,52 @@ def test_a_malformed_packed_reply_becomes_an_error_reply_from_that_peer():
     assert out.metadata.reply_to_message_id == request.metadata.message_id
     good = unpack_reply(Message(pack(_content()), reply_to=request))
     assert not good.has_error() and list(good.content["arrays"].keys()) == list(_weights())
+
+
+class _EchoLink(Grid):
+    """The far side of a grid, in memory: each pushed message is answered by `packed_arrays_mod` + `_echo`."""
+
+    def __init__(self):
+        self.pushed, self.replies = [], {}
+
+    def set_run(self, run):
+        pass
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return [1]
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            message_id = message.metadata.__dict__["_message_id"] = message.object_id
+            self.pushed.append(is_packed(message.content))  # as it travels
+            context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+            self.replies[message_id] = packed_arrays_mod(message, context, _echo)
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError
+
+
+def test_prompt_grid_packs_what_it_sends_unpacks_replies_and_times_each_exchange():
+    link = _EchoLink()
+    grid = PromptGrid(link, interval=0.01)
+    replies = list(grid.send_and_receive([Message(_content(), dst_node_id=1, message_type="train")], timeout=5))
+    assert link.pushed == [True]  # what travelled
+    assert len(replies) == 1 and not is_packed(replies[0].content)  # what the strategy sees
+    assert list(replies[0].content["arrays"].keys()) == list(_weights())
+    assert np.array_equal(replies[0].content["arrays"]["net.0.weight"].numpy(), _weights()["net.0.weight"] * 2)
+    [exchange] = grid.exchanges
+    assert (exchange.message_type, exchange.messages, exchange.replies) == ("train", 1, 1)
+    assert 0 <= exchange.push_seconds <= exchange.seconds < 5
