@@ -84,11 +84,12 @@ SECAGG_STAGES = ("advertise", "share", "mask", "unmask", "evaluate")
 def stage_breakdown(exchanges: list[dict], rounds: int) -> dict[str, tuple[float, float]] | None:
     """Per exchange of a secure round: median (seconds, push seconds) over rounds 2..R.
 
-    The ServerApp's exchanges are: summarize, encoder, then per round the four SecAgg+
-    stages and evaluation, then finish. None if they are not laid out that way (an aborted round).
+    The exchanges in `metrics.json` are: summarize, encoder, then per round the four
+    SecAgg+ stages and evaluation (`finish` comes after the file is written). None if
+    they are not laid out that way (an aborted round).
     """
-    body = exchanges[2:-1]
-    if len(body) != rounds * len(SECAGG_STAGES):
+    body = exchanges[2:]
+    if len(body) != rounds * len(SECAGG_STAGES) or [e["message_type"] for e in body[:5]] != ["train"] * 4 + ["evaluate"]:
         return None
     per_round = [body[r * len(SECAGG_STAGES):(r + 1) * len(SECAGG_STAGES)] for r in range(1, rounds)]
     return {stage: (statistics.median(r[i]["seconds"] for r in per_round),
