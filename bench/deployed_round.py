@@ -78,6 +78,25 @@ def simulated(job: JobConfig, frames, work: Path) -> dict[int, float]:
     return clock.seconds
 
 
+SECAGG_STAGES = ("advertise", "share", "mask", "unmask", "evaluate")
+
+
+def stage_breakdown(exchanges: list[dict], rounds: int) -> dict[str, tuple[float, float]] | None:
+    """Per exchange of a secure round: median (seconds, push seconds) over rounds 2..R.
+
+    The exchanges in `metrics.json` are: summarize, encoder, then per round the four
+    SecAgg+ stages and evaluation (`finish` comes after the file is written). None if
+    they are not laid out that way (an aborted round).
+    """
+    body = exchanges[2:]
+    if len(body) != rounds * len(SECAGG_STAGES) or [e["message_type"] for e in body[:5]] != ["train"] * 4 + ["evaluate"]:
+        return None
+    per_round = [body[r * len(SECAGG_STAGES):(r + 1) * len(SECAGG_STAGES)] for r in range(1, rounds)]
+    return {stage: (statistics.median(r[i]["seconds"] for r in per_round),
+                    statistics.median(r[i]["push_seconds"] for r in per_round))
+            for i, stage in enumerate(SECAGG_STAGES)}
+
+
 def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int, float]:
     tls = make_local_tls(work / "tls")
     keys, paths = [], []
@@ -99,6 +118,10 @@ def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int,
         hosted.stop()
         for peer in joined:
             peer.stop()
+    breakdown = stage_breakdown(result.metrics.get("exchanges", []), job.train.rounds)
+    if breakdown:
+        print(f"{'':>11}  exchange, median s of rounds 2..{job.train.rounds} (of it pushing): " + ", ".join(
+            f"{stage} {total:.2f} ({push:.2f})" for stage, (total, push) in breakdown.items()), flush=True)
     return {int(r["round"]): float(r["seconds"]) for r in result.metrics["rounds"]}
 
 

@@ -38,5 +38,5 @@ def main(grid: Grid, context: Context) -> None:
     encoder_path.write_text(encoder.to_json())
     clock = RoundClock()
     outcome = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round).run(grid, context)
-    write_result(output, job.job_id, outcome, clock.seconds)
+    write_result(output, job.job_id, outcome, clock.seconds, [e.to_dict() for e in grid.exchanges])
     announce_finish(grid, nodes, job.job_id)

@@ -96,8 +96,10 @@ class RoundClock:
             self.last = now
 
 
-def write_result(directory: Path, job_id: str, outcome: HostedRun, seconds: dict[int, float] | None = None) -> None:
-    """`model.safetensors` and `metrics.json` (per round: each peer's train/evaluate metrics, wall time)."""
+def write_result(directory: Path, job_id: str, outcome: HostedRun, seconds: dict[int, float] | None = None,
+                 exchanges: Iterable[dict[str, Any]] = ()) -> None:
+    """`model.safetensors` and `metrics.json` (per round: each peer's train/evaluate metrics, wall time;
+    `exchanges`: the grid's message exchanges in order, see `peers.server.polling_grid.Exchange`)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in outcome.weights.items()}, str(directory / "model.safetensors"),
               metadata={"fedsilo.job": job_id})
@@ -116,7 +118,8 @@ def write_result(directory: Path, job_id: str, outcome: HostedRun, seconds: dict
             "aborted": secure.aborted_rounds.get(r),
         },
     } for r in rounds]
-    (directory / "metrics.json").write_text(json.dumps({"job": job_id, "rounds": per_round}, indent=2) + "\n")
+    (directory / "metrics.json").write_text(json.dumps({"job": job_id, "rounds": per_round,
+                                                        "exchanges": list(exchanges)}, indent=2) + "\n")
 
 
 def job_nodes(value: str | None) -> list[int]:

@@ -14,6 +14,16 @@ objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore 
 starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
 process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module.
 
+Every message is sent with its ArrayRecords packed (`peers.packed_arrays`: a model
+travels as one Flower object instead of two per layer, so every hop makes that many
+fewer HTTP requests) and every reply is unpacked before the strategy sees it (a malformed one becomes an error reply); the
+fedsilo ClientApp's `packed_arrays_mod` does the reverse at the peer.
+
+`exchanges` records, for every `send_and_receive`, the message type, how many
+messages went out, how long pushing them took and how long until the last reply
+was in (wall seconds): the deployed ServerApp writes them into `metrics.json`,
+and `bench/deployed_round.py` prints them per SecAgg+ stage.
+
 With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the job
 host registered for the job's accepting peers. Flower's Control API has no account
 authentication in its open-source distribution, so a node registered by anyone else
@@ -24,14 +34,31 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import http_grid
 from flwr.supercore.run import Run
 
+from peers.packed_arrays import pack_message, unpack_reply
+
 DEFAULT_INTERVAL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One `send_and_receive`: what went out, and its wall time (push, then until the last reply)."""
+
+    message_type: str
+    messages: int
+    replies: int
+    push_seconds: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class PromptGrid(Grid):
@@ -40,6 +67,7 @@ class PromptGrid(Grid):
         self.inner = inner
         self.interval = interval
         self.nodes = None if nodes is None else frozenset(nodes)
+        self.exchanges: list[Exchange] = []
         if isinstance(inner, http_grid.HttpGrid):
             _prompt_object_pulls(interval)
 
@@ -59,14 +87,17 @@ class PromptGrid(Grid):
         return ids if self.nodes is None else [i for i in ids if i in self.nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
+        return self.inner.push_messages([pack_message(m) for m in messages])
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
+        return [unpack_reply(m) for m in self.inner.pull_messages(message_ids)]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        started = time.monotonic()
         pending = set(self.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
+        pushed = time.monotonic()
+        end = None if timeout is None else started + timeout
         replies: list[Message] = []
         while pending and (end is None or time.monotonic() < end):
             arrived = list(self.pull_messages(pending))
@@ -74,6 +105,9 @@ class PromptGrid(Grid):
             pending.difference_update(m.metadata.reply_to_message_id for m in arrived)
             if pending:
                 time.sleep(self.interval)
+        kind = messages[0].metadata.message_type if messages else ""
+        self.exchanges.append(Exchange(kind, len(messages), len(replies), pushed - started,
+                                       time.monotonic() - started))
         return replies
 
 
