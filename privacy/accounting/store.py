@@ -9,6 +9,10 @@ each result in one small JSON file under `$FEDSILO_CACHE` (default
 atomically, so each is computed at most once per machine. A file that cannot be read or
 written is ignored and the caller computes the value. Floats are written with `repr`
 (what `json` does), so a value read back is the exact float that was computed.
+
+Assumption: the directory is as trusted as the code. Its values set noise and ε (a
+forged file could under-state what a job spends), so it must be writable only by the
+user running fedsilo, as `~/.cache` is.
 """
 
 from __future__ import annotations
