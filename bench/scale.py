@@ -11,12 +11,13 @@ whole process tree: the driver, Ray's raylet/GCS and every worker):
    DP-SGD at ε = 3, SecAgg+ secure aggregation, ledger, model card, plots);
 3. big: the same fedsilo run with 10,000 banks and 3 rounds.
 
-Figures (printed last): wall time, seconds per round, peak RSS of the process tree,
-and fedsilo / Flower ratios. Goals (issue 8): fedsilo ≤ 2× Flower's time, peak RSS ≤
-3 GiB. The noise calibrations fedsilo needs are cached on disk
-(`privacy.accounting.cache`); the script reports whether the cache was warm. The
-machine's CPU is shared: run it when the load is low, and read the load average
-printed with the figures.
+Figures (printed last): wall time, seconds per round, CPU seconds and peak RSS of the
+process tree, the load average at the end of each run, and fedsilo / Flower ratios.
+Goals (issue 8): fedsilo ≤ 2× Flower's time, peak RSS ≤ 3 GiB. The noise calibrations
+and per-step RDP vectors fedsilo needs are cached on disk (`privacy.accounting.store`);
+the script reports how many were cached at the start. The machine's CPU is shared: run
+it when the load is low, and read the load average printed with the figures (the CPU
+seconds move far less with the load than the wall time).
 
     python bench/scale.py                 # 1,000 banks × 10 rounds, 100 per round; then 10,000 × 3
     python bench/scale.py --skip-big      # only the comparison
