@@ -11,12 +11,13 @@ whole process tree: the driver, Ray's raylet/GCS and every worker):
    DP-SGD at ε = 3, SecAgg+ secure aggregation, ledger, model card, plots);
 3. big: the same fedsilo run with 10,000 banks and 3 rounds.
 
-Figures (printed last): wall time, seconds per round, peak RSS of the process tree,
-and fedsilo / Flower ratios. Goals (issue 8): fedsilo ≤ 2× Flower's time, peak RSS ≤
-3 GiB. The noise calibrations fedsilo needs are cached on disk
-(`privacy.accounting.cache`); the script reports whether the cache was warm. The
-machine's CPU is shared: run it when the load is low, and read the load average
-printed with the figures.
+Figures (printed last): wall time, seconds per round, CPU seconds and peak RSS of the
+process tree, the load average at the end of each run, and fedsilo / Flower ratios.
+Goals (issue 8): fedsilo ≤ 2× Flower's time, peak RSS ≤ 3 GiB. The noise calibrations
+and per-step RDP vectors fedsilo needs are cached on disk (`privacy.accounting.store`);
+the script reports how many were cached at the start. The machine's CPU is shared: run
+it when the load is low, and read the load average printed with the figures (the CPU
+seconds move far less with the load than the wall time).
 
     python bench/scale.py                 # 1,000 banks × 10 rounds, 100 per round; then 10,000 × 3
     python bench/scale.py --skip-big      # only the comparison
@@ -80,24 +81,53 @@ def _proc_tree_rss(pid: int) -> int:
     return total
 
 
+def _tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
+    """Update `seen` (pid -> user + system CPU seconds so far) for `pid` and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        stack.extend(children.get(current, []))
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            seen[current] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 def measure(argv: list[str], label: str) -> dict:
-    """Run this script as a child with `argv`; its wall time, peak tree RSS and JSON result."""
+    """Run this script as a child with `argv`; its wall time, peak tree RSS, CPU seconds and JSON result.
+
+    CPU seconds are the user + system time of every process of the tree, as last seen
+    by the 0.25 s sampling (a process's last quarter second may be missed): on a shared
+    machine they move far less with the load than the wall time does."""
     print(f"• {label} ...", file=sys.stderr, flush=True)
     out = tempfile.NamedTemporaryFile(prefix="scale-", suffix=".json", delete=False).name
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--child", out, *argv], env=env)
-    peak = 0
+    peak, cpu = 0, {}
     while child.poll() is None:
         peak = max(peak, _tree_rss(child.pid))
+        _tree_cpu_seconds(child.pid, cpu)
         time.sleep(0.25)
     wall = time.perf_counter() - started
     if child.returncode != 0:
         raise SystemExit(f"{label} failed with exit status {child.returncode}")
-    result = {**json.loads(Path(out).read_text()), "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30}
+    result = {**json.loads(Path(out).read_text()), "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30,
+              "cpu_s": sum(cpu.values()), "load_end": os.getloadavg()[0]}
     Path(out).unlink()
-    print(f"  {label}: {wall:.1f} s, peak RSS {peak / 2**30:.2f} GiB, load average {os.getloadavg()[0]:.1f}",
-          file=sys.stderr, flush=True)
+    print(f"  {label}: {wall:.1f} s, {result['cpu_s']:.1f} CPU s, peak RSS {peak / 2**30:.2f} GiB, "
+          f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     return result
 
 
@@ -219,8 +249,8 @@ def main() -> None:
         Path(args.child).write_text(json.dumps(result))
         return
 
-    from privacy.accounting.cache import cache_dir
-    cached = len(list(cache_dir().glob("*.json"))) if cache_dir().exists() else 0
+    from privacy.accounting import store
+    cached = {kind: len(list((store.root() / kind).glob("*.json"))) for kind in ("noise-calibration", "rdp-per-step")}
     common = ["--banks", str(args.banks), "--rounds", str(args.rounds), "--sample", str(args.sample)]
     flower = fedsilo = big = None
     if args.only != "big":
@@ -235,16 +265,18 @@ def main() -> None:
 
     print()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
-          f"noise-calibration cache held {cached} entries at the start")
-    print(f"{'run':<52}{'wall s':>8}{'s/round':>9}{'peak RSS GiB':>14}{'AUC':>8}")
+          f"accounting cache held {cached['noise-calibration']} noise calibrations and "
+          f"{cached['rdp-per-step']} RDP vectors at the start")
+    print(f"{'run':<52}{'wall s':>8}{'s/round':>9}{'CPU s':>8}{'load':>6}{'peak RSS GiB':>14}{'AUC':>8}")
     for r, rounds in ((flower, args.rounds), (fedsilo, args.rounds), (big, args.big_rounds)):
         if r is None:
             continue
         auc = r.get("final_auc")
-        print(f"{r['label']:<52}{r['wall_s']:>8.1f}{r['wall_s'] / rounds:>9.2f}{r['peak_rss_gib']:>14.2f}"
-              f"{(auc if auc is not None else float('nan')):>8.3f}")
+        print(f"{r['label']:<52}{r['wall_s']:>8.1f}{r['wall_s'] / rounds:>9.2f}{r['cpu_s']:>8.1f}{r['load_end']:>6.1f}"
+              f"{r['peak_rss_gib']:>14.2f}{(auc if auc is not None else float('nan')):>8.3f}")
     if flower is not None and fedsilo is not None:
         print(f"fedsilo / Flower wall time: {fedsilo['wall_s'] / flower['wall_s']:.2f}×  (goal ≤ 2×)")
+        print(f"fedsilo / Flower CPU time:  {fedsilo['cpu_s'] / flower['cpu_s']:.2f}×  (whole process trees)")
         print(f"fedsilo / Flower peak RSS:  {fedsilo['peak_rss_gib'] / flower['peak_rss_gib']:.2f}×  "
               f"(fedsilo {fedsilo['peak_rss_gib']:.2f} GiB; goal ≤ 3 GiB)")
     if big is not None:

@@ -2,7 +2,8 @@
 
 - `materialize_mod`: the first message a bank receives makes it write its own table
   (`banks-dir/bank-NNNNN.parquet`, from the pickled `Population`) and a small facts
-  file next to it (rows, train/test rows, default rate, SHA-256 of the rows). Until
+  file next to it (rows, train/test rows, default rate, SHA-256 of the rows, and the
+  positions of its training and held-out rows for the privacy self-audit). Until
   then the bank's rows do not exist anywhere: a bank that is never sampled is never
   built.
 - `ledger_mod`: before a bank's first training work in a job, it sets its budget and
@@ -53,7 +54,8 @@ def materialize(population_path: str, banks_dir: Path, index: int, label: str, t
     train, test = split_rows(frame, label, test_fraction, seed)
     facts = {"name": bank_name(index), "title": population.title(index), "rows": len(frame),
              "rows_train": len(train), "rows_test": len(test),
-             "default_rate": round(float(frame[label].mean()), 4), "data_sha256": fingerprint(frame)}
+             "default_rate": round(float(frame[label].mean()), 4), "data_sha256": fingerprint(frame),
+             "train_positions": train.tolist(), "test_positions": test.tolist()}
     partial = table.with_suffix(f".{os.getpid()}.partial")
     frame.to_parquet(partial, index=False)
     facts_path(banks_dir, index).write_text(json.dumps(facts))

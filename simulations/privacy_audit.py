@@ -44,7 +44,7 @@ import torch
 from safetensors.numpy import load_file
 
 from peers.client.local_training import limit_threads, train_round
-from peers.data.bank import BankTensors, split_train_test
+from peers.data.bank import BankTensors
 from peers.data.encoding import TabularEncoder
 from peers.job import JobConfig, plan_dp
 from peers.models import build_model, get_weights, set_weights
@@ -55,7 +55,7 @@ from privacy.errors import DataError
 from privacy.secagg import SecAggConfig
 from simulations.banks import build_population
 from simulations.config import SimulationConfig
-from simulations.population import Population, bank_name, fingerprint
+from simulations.population import bank_name, fingerprint
 from simulations.progress import Progress
 from simulations.report.card import sha256_file, write_card
 from simulations.report.plots import plot_privacy_audit
@@ -101,18 +101,16 @@ class BankSplit:
 
 # --------------------------------------------------------------------------- the split file
 
-def write_membership_split(path: Path, population: Population, indices: list[int], label: str,
-                           test_fraction: float, seed: int) -> None:
-    """Record, for the banks `indices` that trained, which rows trained the model (no row values).
+def write_membership_split(path: Path, banks: list[tuple[int, dict[str, Any]]], test_fraction: float,
+                           seed: int) -> None:
+    """Record, for the banks that trained, which rows trained the model (no row values).
 
-    The split is the one each bank made when it was built (`simulations.lazy_banks`).
+    `banks` pairs each such bank's index with its facts file, in which the bank wrote
+    the split it made when it was built (`simulations.lazy_banks.materialize`).
     """
-    entries = []
-    for index in indices:
-        frame = population.frame(index)
-        train, test = split_train_test(frame[label].to_numpy(), test_fraction, seed)
-        entries.append({"index": index, "name": bank_name(index), "data_sha256": fingerprint(frame),
-                        "rows": len(frame), "train_rows": train.tolist(), "test_rows": test.tolist()})
+    entries = [{"index": index, "name": facts["name"], "data_sha256": facts["data_sha256"], "rows": facts["rows"],
+                "train_rows": facts["train_positions"], "test_rows": facts["test_positions"]}
+               for index, facts in banks]
     path.write_text(json.dumps({
         "schema": SPLIT_SCHEMA,
         "purpose": "privacy self-audit only (fedsilo audit-privacy): which rows of each bank's table trained the "

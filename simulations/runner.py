@@ -35,12 +35,13 @@ from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
 from peers.job import JobConfig, grid_sample_rate, plan_dp
 from peers.models import build_model, set_weights
+from privacy.accounting import epsilon_spent
 from simulations import baselines
 from simulations.banks import build_population
 from simulations.config import SimulationConfig
 from simulations.engine import EngineSettings
 from simulations.federation import FederationRun, run_federation
-from simulations.population import Population, bank_name, yardstick_sample
+from simulations.population import bank_name, yardstick_sample
 from simulations.progress import Progress
 from simulations.privacy_audit import SPLIT_FILE, write_membership_split
 from simulations.report.card import build_card, sha256_file, write_card
@@ -105,7 +106,7 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
                                  evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features), engine=engine)
             yardsticks = _yardsticks(config, run.job, tensors, everyone, progress)
             progress.stage("Writing the run folder")
-            summary = _write_outputs(folder, config, run, population, encoder, sample, yardsticks)
+            summary = _write_outputs(folder, config, run, encoder, sample, yardsticks)
     return RunSummary(**{**asdict(summary), "run_dir": str(folder.final)})
 
 
@@ -116,14 +117,19 @@ def _warm_dp_plans(job: JobConfig, sizes: np.ndarray, test_fraction: float, prog
     first reaches it (seconds per rate, longer on a loaded machine), which can exceed
     the stage's timeout. Training rows are within one of size − round(test_fraction ·
     size), so the rates of n − 1, n and n + 1 cover every bank; results go to the
-    shared disk cache (`privacy.accounting.cache`).
+    shared disk cache (`privacy.accounting.cache`). With the RDP accountant the per-step
+    RDP of each (σ, q) is stored there too (`privacy.accounting.compose`): every peer's
+    ε projection and every ledger reservation and commit need it, and each Ray worker
+    would otherwise compute it again (half a second per rate and process).
     """
     estimates = {int(n) - round(test_fraction * int(n)) for n in np.unique(sizes)}
     rows = {n + d for n in estimates for d in (-1, 0, 1) if n + d >= 1}
     by_rate = {grid_sample_rate(job.train.batch_size, n): n for n in sorted(rows)}
     progress.stage(f"Calibrating DP noise for {len(by_rate)} sampling rates (cached on disk)")
     for n in by_rate.values():
-        plan_dp(job, n)
+        plan = plan_dp(job, n)
+        if job.dp.accountant == "rdp":
+            epsilon_spent([plan.per_round], job.dp.delta, job.dp.accountant)
 
 
 def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):
@@ -161,7 +167,7 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationRun, population: Population,
+def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationRun,
                    encoder: TabularEncoder, yardstick_banks: list[int], yardsticks: dict[str, Any]) -> RunSummary:
     """The run folder's files; the model card lists every bank that was sampled at least once."""
     path = folder.path
@@ -208,7 +214,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
         facts = run.facts(index)
         if facts is None:
             continue  # never sampled: never built, spent nothing
-        trained.append(index)
+        trained.append((index, facts))
         name = facts["name"]
         entry = {
             "name": name,
@@ -240,7 +246,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
                                  {"source": str(config.data), "label": job.label, "id_column": config.id_column,
                                   "partition": config.partition or "iid"})
     data_info["features"] = encoder.feature_names
-    write_membership_split(path / SPLIT_FILE, population, trained, job.label, config.test_fraction, config.seed)
+    write_membership_split(path / SPLIT_FILE, trained, config.test_fraction, config.seed)
     data_info["population"] = {
         "banks": job.peers, "sampled_per_round": job.per_round, "banks_sampled_at_least_once": len(participants),
         "yardstick_banks": len(yardstick_banks),

@@ -21,6 +21,7 @@ from safetensors.numpy import load_file
 from peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
 from peers.models import build_model, get_weights, select
 from peers.server.polling_grid import PromptGrid
+from peers.server.windowed_grid import WindowedGrid
 from privacy.errors import ConfigError
 from strategies.factory import build_strategy
 from strategies.observer import Observed, RoundCallback
@@ -69,8 +70,9 @@ class JobHost:
     def run(self, grid: Grid, context: Context) -> HostedRun:
         if isinstance(grid, InMemoryGrid):
             # Simulation only: Flower's in-memory grid polls for replies every 0.1 s, which
-            # dominates a round's extra exchanges (secure aggregation adds three).
-            grid.pull_interval = SIMULATION_PULL_INTERVAL
+            # dominates a round's extra exchanges (secure aggregation adds three), and the
+            # engine's dispatch costs grow with the messages held at once (see WindowedGrid).
+            grid = WindowedGrid(grid, interval=SIMULATION_PULL_INTERVAL)
         elif not isinstance(grid, PromptGrid):
             grid = PromptGrid(grid)  # Deployment: Flower's HttpGrid waits 3 s between pulls
         initial_weights = self.initial_weights()

@@ -18,6 +18,7 @@ from opacus.accountants.analysis import rdp as privacy_analysis
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
+from privacy.accounting import store
 from privacy.accounting.mechanism import Mechanism
 from privacy.errors import BudgetExceeded, ConfigError
 
@@ -105,11 +106,27 @@ def epsilon_spent(
     return float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
 
 
+RDP_STORE_KIND = "rdp-per-step"
+
+
 @functools.lru_cache(maxsize=4096)
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
-    """Opacus' RDP of one step of the subsampled Gaussian at every order in RDP_ALPHAS."""
-    return tuple(privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
-                                              steps=1, orders=RDP_ALPHAS))
+    """Opacus' RDP of one step of the subsampled Gaussian at every order in RDP_ALPHAS.
+
+    Half a second per (σ, q) at these orders, so it is also kept on disk
+    (`privacy.accounting.store`): a simulation's harness and each of its workers then
+    compute each vector once between them. A stored vector is the exact floats Opacus
+    returned; one of the wrong length is ignored and recomputed.
+    """
+    name = store.key([repr(float(noise_multiplier)), repr(float(sample_rate)), store.opacus_version(), RDP_ALPHAS])
+    record = store.load(RDP_STORE_KIND, name)
+    if record is not None and isinstance(record.get("rdp"), list) and len(record["rdp"]) == len(RDP_ALPHAS):
+        return tuple(float(v) for v in record["rdp"])
+    rdp = tuple(float(v) for v in privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
+                                                               steps=1, orders=RDP_ALPHAS))
+    store.save(RDP_STORE_KIND, name, {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate,
+                                      "rdp": list(rdp)})
+    return rdp
 
 
 def calibrate_noise(

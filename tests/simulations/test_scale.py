@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from peers.data.bank import split_train_test
 from peers.job import JobConfig, TrainSpec, grid_sample_rate, plan_dp
 from privacy.accounting import Mechanism, epsilon_spent
 from privacy.accounting.compose import RDP_ALPHAS
@@ -72,6 +73,8 @@ def test_a_bank_is_materialized_once_when_first_asked(tmp_path):
     facts = json.loads(facts_path(banks, 7).read_text())
     assert facts["rows"] == population.sizes()[7] == facts["rows_train"] + facts["rows_test"]
     assert len(facts["data_sha256"]) == 64
+    train, test = split_train_test(population.frame(7)["default"].to_numpy(), 0.2, 0)
+    assert facts["train_positions"] == train.tolist() and facts["test_positions"] == test.tolist()
     stamp = table.stat().st_mtime_ns
     materialize(str(pickled), banks, 7, "default", 0.2, 0)
     assert table.stat().st_mtime_ns == stamp and load_population(str(pickled)).n_banks == 50
@@ -105,6 +108,27 @@ def test_memoized_rdp_matches_opacus_accountant():
     accountant = RDPAccountant()
     accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in history]
     assert epsilon_spent(history, 1e-5) == accountant.get_epsilon(delta=1e-5, alphas=RDP_ALPHAS)
+
+
+def test_rdp_per_step_is_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatch):
+    from opacus.accountants.analysis import rdp
+    from privacy.accounting import compose
+    monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
+    compose._rdp_per_step.cache_clear()
+    expected = tuple(rdp.compute_rdp(q=0.0625, noise_multiplier=0.8125, steps=1, orders=RDP_ALPHAS))
+    try:
+        assert compose._rdp_per_step(0.8125, 0.0625) == expected
+        (stored,) = (tmp_path / compose.RDP_STORE_KIND).glob("*.json")
+        compose._rdp_per_step.cache_clear()
+        record = json.loads(stored.read_text())
+        stored.write_text(json.dumps({**record, "rdp": [0.0] * len(RDP_ALPHAS)}))
+        assert compose._rdp_per_step(0.8125, 0.0625) == (0.0,) * len(RDP_ALPHAS)  # what is stored is used
+        compose._rdp_per_step.cache_clear()
+        stored.write_text(json.dumps({**record, "rdp": [0.0]}))  # wrong length: recomputed, rewritten
+        assert compose._rdp_per_step(0.8125, 0.0625) == expected
+        assert json.loads(stored.read_text())["rdp"] == list(expected)
+    finally:
+        compose._rdp_per_step.cache_clear()
 
 
 def test_a_bank_reserves_its_whole_plan_and_commits_per_participation(tmp_path):
