@@ -321,7 +321,7 @@ def legacy_client_app(secure: bool) -> ClientApp:
 
 
 def warm_caches(context: Context) -> None:
-    """Once per actor: calibrate the DP noise of every bank (`peers.job._calibrated_noise`, ~0.9 s each).
+    """Once per actor: calibrate the DP noise of every bank (`privacy.accounting.cache.cached_calibration`, ~0.9 s each).
 
     A real peer calibrates once, for its own bank. A Ray actor hosts every bank in turn
     and would otherwise pay ~0.9 s the first time it meets each bank, at random rounds

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from peers.models import ModelSpec
 from privacy.accounting import Mechanism
-from privacy.accounting.cache import cached_calibration
+from privacy.accounting.cache import cached_calibration, is_cached
 from privacy.dpsgd import steps_per_epoch
 from privacy.errors import ConfigError
 from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
@@ -277,7 +277,7 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     if n - missing < 1:
         raise ConfigError(f"with {n} peers the tolerated dropouts ({params.dropped}) and colluders "
                           f"({params.corrupt}) leave no honest noise: use more peers or lower the fractions")
-    target = _calibrated_noise(job.dp.epsilon, job.dp.delta, 1.0, job.train.rounds, job.dp.accountant)
+    target = cached_calibration(job.dp.epsilon, job.dp.delta, 1.0, job.train.rounds, job.dp.accountant)
     scale = base.encoder(n).scale
     integer_sensitivity = integer_l2_sensitivity(sensitivity, scale, n_params)
     # sqrt(n - missing) · σ_p / integer_sensitivity = target, σ_p = z · sensitivity · scale / sqrt(n)
@@ -332,17 +332,25 @@ def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
     peer's DP-SGD then spends. The plan covers `rounds` participations: a peer sampled
     in fewer rounds spends less (its ledger commits what it ran).
     """
-    if n_train < 1:
-        raise ConfigError("a bank needs at least one training row")
-    q = grid_sample_rate(job.train.batch_size, n_train)
-    steps = job.train.local_epochs * steps_per_epoch(q)
-    noise = _calibrated_noise(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant) \
+    q, steps = _rate_and_steps(job, n_train)
+    noise = cached_calibration(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant) \
         if job.dp.private else 0.0
     return DPPlan(noise, q, steps, job.train.rounds)
 
 
-def _calibrated_noise(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
-    return cached_calibration(epsilon, delta, q, steps, accountant)
+def dp_plan_is_cached(job: JobConfig, n_train: int) -> bool:
+    """Whether `plan_dp(job, n_train)` needs no calibration (a disk-cache hit, or no DP)."""
+    q, steps = _rate_and_steps(job, n_train)
+    return not job.dp.private or is_cached(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds,
+                                           job.dp.accountant)
+
+
+def _rate_and_steps(job: JobConfig, n_train: int) -> tuple[float, int]:
+    """The sampling rate and the DP-SGD steps per round of a bank with `n_train` rows."""
+    if n_train < 1:
+        raise ConfigError("a bank needs at least one training row")
+    q = grid_sample_rate(job.train.batch_size, n_train)
+    return q, job.train.local_epochs * steps_per_epoch(q)
 
 
 def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]:

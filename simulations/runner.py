@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from safetensors.numpy import save_file
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
 from peers.evaluation import evaluate
-from peers.job import JobConfig, grid_sample_rate, plan_dp
+from peers.job import JobConfig, dp_plan_is_cached, grid_sample_rate, plan_dp
 from peers.models import build_model, set_weights
 from privacy.accounting import epsilon_spent
 from simulations import baselines
@@ -125,11 +128,22 @@ def _warm_dp_plans(job: JobConfig, sizes: np.ndarray, test_fraction: float, prog
     estimates = {int(n) - round(test_fraction * int(n)) for n in np.unique(sizes)}
     rows = {n + d for n in estimates for d in (-1, 0, 1) if n + d >= 1}
     by_rate = {grid_sample_rate(job.train.batch_size, n): n for n in sorted(rows)}
-    progress.stage(f"Calibrating DP noise for {len(by_rate)} sampling rates (cached on disk)")
+    missing = [n for n in by_rate.values() if not dp_plan_is_cached(job, n)]
+    progress.stage(f"Calibrating DP noise for {len(by_rate)} sampling rates ({len(by_rate) - len(missing)} cached "
+                   f"on disk)")
+    workers = min(len(missing), os.cpu_count() or 1)
+    if workers > 1:  # each calibration is seconds of pure CPU: one process per core
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_warm_dp_plan, [job] * len(missing), missing))
     for n in by_rate.values():
-        plan = plan_dp(job, n)
-        if job.dp.accountant == "rdp":
-            epsilon_spent([plan.per_round], job.dp.delta, job.dp.accountant)
+        _warm_dp_plan(job, n)  # cache hits now; also fills this process's in-memory caches
+
+
+def _warm_dp_plan(job: JobConfig, n_train: int) -> None:
+    """Calibrate the noise for `n_train` rows (and, with RDP, its per-step RDP) into the disk cache."""
+    plan = plan_dp(job, n_train)
+    if job.dp.accountant == "rdp":
+        epsilon_spent([plan.per_round], job.dp.delta, job.dp.accountant)
 
 
 def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):

@@ -28,6 +28,12 @@ def _key(epsilon: float, delta: float, q: float, steps: int, accountant: str) ->
     return store.key([repr(epsilon), repr(delta), repr(q), steps, accountant, store.opacus_version(), RDP_ALPHAS])
 
 
+def is_cached(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> bool:
+    """Whether `cached_calibration` with these arguments would be a cache hit."""
+    record = store.load(KIND, _key(epsilon, delta, q, steps, accountant))
+    return record is not None and isinstance(record.get("noise_multiplier"), float)
+
+
 @lru_cache(maxsize=1024)
 def cached_calibration(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
     """`calibrate_noise(epsilon, delta, q, steps, accountant)`, from the cache when there."""
