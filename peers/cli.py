@@ -2,6 +2,7 @@
 
     fedsilo consortium init --dir DIR --name NAME         root CA + empty signed manifest
     fedsilo consortium admit REQUEST --dir DIR ...        sign a member's request, add it to the manifest
+    fedsilo consortium remove NAME --dir DIR              take a member out of the manifest
     fedsilo peer init --name NAME --dir DIR               a member's key (0600) and certificate request
     fedsilo peer start --config peer.toml                 run the peer daemon (mutual TLS)
     fedsilo peer status|budget --peer URL                 ask a peer
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- consortium ------------------------------------------------------------------------
 def _consortium(sub: argparse._SubParsersAction) -> None:
-    family = sub.add_parser("consortium", help="create a consortium's root CA and admit members")
+    family = sub.add_parser("consortium", help="create a consortium's root CA, admit and remove members")
     commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
     init = commands.add_parser("init", help="create the root CA and an empty signed manifest")
     init.add_argument("--dir", required=True, type=Path, help="new directory for ca.key, ca.pem, manifest.json")
@@ -53,6 +54,10 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
     admit.add_argument("--address", help="https://HOST:PORT where the peer's daemon listens (needed for role peer)")
     admit.add_argument("--out", type=Path, help="where to write the certificate (default: peer.pem next to REQUEST)")
     admit.set_defaults(handler=consortium_admit)
+    remove = commands.add_parser("remove", help="take a member out of the manifest (a new signed version)")
+    remove.add_argument("name", help="the member's name")
+    remove.add_argument("--dir", required=True, type=Path, help="the consortium directory")
+    remove.set_defaults(handler=consortium_remove)
 
 
 def consortium_init(args: argparse.Namespace) -> int:
@@ -72,6 +77,15 @@ def consortium_admit(args: argparse.Namespace) -> int:
     print(f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
           f"({member.fingerprint[:23]}…); manifest {args.dir / 'manifest.json'} updated: "
           "give every member its new copy")
+    return 0
+
+
+def consortium_remove(args: argparse.Namespace) -> int:
+    from peers.identity.consortium import remove
+    manifest = remove(args.dir, args.name)
+    print(f"removed {args.name}; manifest {args.dir / 'manifest.json'} is now version {manifest.version} "
+          f"({len(manifest.members)} members): copy it into every member's identity directory; each running "
+          "daemon refuses the removed member's certificate from its next request on")
     return 0
 
 

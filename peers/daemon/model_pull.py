@@ -30,7 +30,7 @@ async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Pa
         for name in [CARD, SIGNATURE, *listing["files"]]:
             await client.download(f"{base}/files/{quote(name)}", partial / name)
         identity = client.identity
-        card = verify_artifact(partial, identity.reload_manifest(), identity.ca_certificate,
+        card = verify_artifact(partial, identity.current_manifest(), identity.ca_certificate,
                                expected_signer=listing["host"])
         if card.get("job_id") != job_id:
             raise SignatureError(f"the card is for job {card.get('job_id')!r}, not {job_id!r}")

@@ -206,14 +206,8 @@ class PeerService:
         return await self.mailbox.ask(work)
 
     def member_for(self, fingerprint: str) -> Member | None:
-        manifest = self.identity.manifest
-        member = manifest.by_fingerprint(fingerprint)
-        if member is None:  # admitted after we started? read the newest signed manifest once
-            try:
-                member = self.identity.reload_manifest().by_fingerprint(fingerprint)
-            except Exception:  # a manifest that does not verify is ignored; the old one stays
-                self.identity.manifest = manifest
-        return member
+        """The member holding this certificate in the newest manifest copied to this peer, if any."""
+        return self.identity.current_manifest().by_fingerprint(fingerprint)
 
     # -- jobs at the host -------------------------------------------------------------
     async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:

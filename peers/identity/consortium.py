@@ -4,8 +4,10 @@ Files. A consortium directory holds `ca.key` (0600), `ca.pem` and `manifest.json
 member's identity directory holds `peer.key` (0600), `peer.csr` (its request), and,
 once admitted, `peer.pem`, plus copies of the consortium's `ca.pem` and
 `manifest.json` (the manifest is public: hand the new version to every member after an
-admission). `Identity.load` reads a member's directory and checks that its certificate
-is the CA's and is in the manifest.
+admission or a removal). `Identity.load` reads a member's directory and checks that its
+certificate is the CA's and is in the manifest; a running daemon picks up a newer
+manifest version as soon as it is copied into its identity directory, and never goes
+back to an older one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from peers.errors import IdentityError
+from privacy.errors import FedsiloError
 from peers.identity.manifest import Manifest, Member
 from peers.identity.pki import (
     check_issued_by, check_name, certificate_fingerprint, certificate_name, create_ca, create_request,
@@ -73,6 +76,19 @@ def admit(consortium_dir: Path, request: Path, roles: tuple[str, ...], address: 
     return member
 
 
+def remove(consortium_dir: Path, name: str) -> Manifest:
+    """Take `name` out of the manifest (a new signed version); returns the new manifest.
+
+    Its certificate stays signed by the CA but is refused by every peer that holds the
+    new manifest: membership is the manifest, not the certificate (there is no CRL).
+    """
+    ca_key = load_private_key(consortium_dir / CA_KEY)
+    manifest = Manifest.load(consortium_dir / MANIFEST, load_certificate(consortium_dir / CA_CERT))
+    updated = manifest.without_member(name)
+    updated.write(consortium_dir / MANIFEST, ca_key)
+    return updated
+
+
 @dataclass
 class Identity:
     """A member's own key and certificate, the CA and the verified manifest.
@@ -89,6 +105,7 @@ class Identity:
     cert_path: Path
     ca_path: Path
     manifest_path: Path
+    _manifest_stamp: int = 0
 
     @classmethod
     def load(cls, directory: Path, ca: Path | None = None, manifest: Path | None = None) -> "Identity":
@@ -109,9 +126,31 @@ class Identity:
         if member is None or member.name != name:
             raise IdentityError(f"{name} is not in the manifest {manifest_path}: copy the consortium's latest "
                                 "manifest.json there")
-        return cls(name, key, cert, ca_cert, loaded, directory / PEER_KEY, cert_path, ca_path, manifest_path)
+        return cls(name, key, cert, ca_cert, loaded, directory / PEER_KEY, cert_path, ca_path, manifest_path,
+                   manifest_path.stat().st_mtime_ns)
 
     def reload_manifest(self) -> Manifest:
-        """Re-read the manifest (after an admission); keeps the old one if the new one does not verify."""
-        self.manifest = Manifest.load(self.manifest_path, self.ca_certificate)
+        """Re-read the manifest file; keep the current one if the file does not verify or is older.
+
+        A newer version (an admission, a removal) replaces the current manifest; an older
+        version (a stale copy put back) is ignored, so a removed member cannot be let in
+        again by rolling the file back.
+        """
+        try:
+            loaded = Manifest.load(self.manifest_path, self.ca_certificate)
+        except FedsiloError:
+            return self.manifest
+        if loaded.consortium == self.manifest.consortium and loaded.version > self.manifest.version:
+            self.manifest = loaded
+        return self.manifest
+
+    def current_manifest(self) -> Manifest:
+        """The manifest, re-read when its file changed since the last read (one stat otherwise)."""
+        try:
+            stamp = self.manifest_path.stat().st_mtime_ns
+        except OSError:
+            return self.manifest
+        if stamp != self._manifest_stamp:
+            self._manifest_stamp = stamp
+            self.reload_manifest()
         return self.manifest

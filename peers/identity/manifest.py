@@ -87,6 +87,13 @@ class Manifest:
             raise IdentityError("this certificate is already admitted under another name")
         return Manifest(self.consortium, self.version + 1, (*self.members, member), _now())
 
+    def without_member(self, name: str) -> "Manifest":
+        """The next version, without `name` (its certificate is then refused by every peer holding it)."""
+        if self.member(name) is None:
+            raise IdentityError(f"{name} is not a member of {self.consortium}; members: "
+                                f"{', '.join(m.name for m in self.members) or 'none'}")
+        return Manifest(self.consortium, self.version + 1, tuple(m for m in self.members if m.name != name), _now())
+
     def body(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "consortium": self.consortium, "version": self.version, "issued": self.issued,
                 "members": [m.to_dict() for m in self.members]}

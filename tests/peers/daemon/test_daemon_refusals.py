@@ -265,3 +265,43 @@ def test_audit_chain_verifies_and_names_an_altered_entry(consortium, capsys):
     with sqlite3.connect(path) as conn:  # undo, for the other tests of this module
         row = conn.execute("SELECT * FROM audit WHERE seq = 3").fetchone()
     assert json.dumps(row)
+
+
+def test_a_removed_member_is_refused_from_its_next_request_and_a_rollback_is_ignored(tmp_path, capsys):
+    """`consortium remove` + the new manifest copied to a running peer: 403 from then on, audited."""
+    import shutil
+    from simulations.cli import main
+
+    consortium = make_consortium(tmp_path / "c", peers=("bank-a", "bank-b"), rows=60)
+    ca_dir = consortium.root / "consortium"
+    old_manifest = (ca_dir / "manifest.json").read_bytes()
+
+    async def status_as(name):
+        async with member_client(consortium, name) as client:
+            return await client.call("GET", f"{consortium.addresses['bank-b']}/v1/status")
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            before = await status_as("bank-a")
+            assert main(["consortium", "remove", "bank-a", "--dir", str(ca_dir)]) == 0
+            shutil.copy(ca_dir / "manifest.json", consortium.identity_dir("bank-b") / "manifest.json")
+            with pytest.raises(PeerUnreachable) as removed:
+                await status_as("bank-a")
+            (consortium.identity_dir("bank-b") / "manifest.json").write_bytes(old_manifest)  # a stale copy
+            with pytest.raises(PeerUnreachable) as rolled_back:
+                await status_as("bank-a")
+            still = await status_as(OWNER)  # the other members are unaffected
+        return before, removed.value, rolled_back.value, still
+
+    before, removed, rolled_back, still = run(body())
+    assert (before["you"], before["manifest_version"]) == ("bank-a", 4)
+    assert (still["you"], still["manifest_version"]) == (OWNER, 5)  # the newer manifest, not the stale copy
+    for refusal in (removed, rolled_back):
+        assert "403" in str(refusal) and "not a member's in this peer's consortium manifest" in str(refusal)
+    with sqlite3.connect(consortium.root / "bank-b" / "state" / "state.sqlite") as conn:
+        refusals = conn.execute("SELECT actor, detail FROM audit WHERE outcome = 'refused'").fetchall()
+    assert len(refusals) == 2 and all(actor == "unknown" and "not in the consortium manifest" in detail
+                                      for actor, detail in refusals)
+    capsys.readouterr()
+    assert main(["consortium", "remove", "bank-a", "--dir", str(ca_dir)]) != 0
+    assert "bank-a is not a member of" in capsys.readouterr().err
