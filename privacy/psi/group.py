@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +113,25 @@ def hash_to_group(digests: np.ndarray) -> np.ndarray:
     return out
 
 
+def scalarmult_rows(fn: Any, elements: np.ndarray, scalar: bytes) -> tuple[np.ndarray, int | None]:
+    """``fn(out, scalar, e)`` (a libsodium scalar multiplication) for every ``(n, 32)`` row ``e``.
+
+    One call per row on raw addresses, no Python object per element. Returns the
+    results and the index of the first row ``fn`` refused (None if it refused none);
+    rows after a refused one are not computed.
+    """
+    if len(scalar) != SCALAR_BYTES:
+        raise ProtocolError("a scalar must be 32 bytes")
+    out = np.empty_like(elements)
+    src, dst = elements.ctypes.data, out.ctypes.data
+    key = ctypes.create_string_buffer(scalar, SCALAR_BYTES)
+    kaddr = ctypes.addressof(key)
+    for i in range(len(elements)):
+        if fn(dst + ELEMENT_BYTES * i, kaddr, src + ELEMENT_BYTES * i) != 0:
+            return out, i
+    return out, None
+
+
 def multiply(elements: np.ndarray, scalar: bytes) -> np.ndarray:
     """Every element raised to ``scalar`` (written multiplicatively: ``e ** scalar``).
 
@@ -119,19 +139,13 @@ def multiply(elements: np.ndarray, scalar: bytes) -> np.ndarray:
     canonical encoding of a non-identity group element (the only invalid inputs: the
     group has no other small-order element). The message names the position only.
     """
-    elements = _rows(elements, ELEMENT_BYTES, "group elements")
-    if len(scalar) != SCALAR_BYTES:
-        raise ProtocolError("a scalar must be 32 bytes")
-    out = np.empty_like(elements)
-    fn, src, dst = lib.crypto_scalarmult_ristretto255, elements.ctypes.data, out.ctypes.data
-    key = ctypes.create_string_buffer(scalar, SCALAR_BYTES)
-    kaddr = ctypes.addressof(key)
-    for i in range(len(elements)):
-        if fn(dst + ELEMENT_BYTES * i, kaddr, src + ELEMENT_BYTES * i) != 0:
-            raise ProtocolError(
-                f"group element at position {i} is not a valid ristretto255 encoding "
-                "(wrong bytes, non-canonical, or the identity); the peer's message was refused"
-            )
+    out, refused = scalarmult_rows(lib.crypto_scalarmult_ristretto255,
+                                   _rows(elements, ELEMENT_BYTES, "group elements"), scalar)
+    if refused is not None:
+        raise ProtocolError(
+            f"group element at position {refused} is not a valid ristretto255 encoding "
+            "(wrong bytes, non-canonical, or the identity); the peer's message was refused"
+        )
     return out
 
 

@@ -65,7 +65,7 @@ import gmpy2
 import numpy as np
 
 from privacy.errors import ProtocolError
-from privacy.psi.group import lib
+from privacy.psi.group import lib, scalarmult_rows
 
 __all__ = ["ELEMENT_BYTES", "SCALAR_BYTES", "random_scalar", "hash_onto_curve", "multiply", "check_elements"]
 
@@ -156,15 +156,9 @@ def multiply(elements: np.ndarray, scalar: bytes, offset: int = 0) -> np.ndarray
     An all-zero result (the input was of small order) raises :class:`ProtocolError`
     naming the position (``offset`` + the row's index) only.
     """
-    elements = _rows(elements, ELEMENT_BYTES, "group elements")
-    if len(scalar) != SCALAR_BYTES:
-        raise ProtocolError("a scalar must be 32 bytes")
-    out = np.empty_like(elements)
-    fn, src, dst = lib.crypto_scalarmult_curve25519, elements.ctypes.data, out.ctypes.data
-    key = ctypes.create_string_buffer(scalar, SCALAR_BYTES)
-    kaddr = ctypes.addressof(key)
-    for i in range(len(elements)):
-        if fn(dst + ELEMENT_BYTES * i, kaddr, src + ELEMENT_BYTES * i) != 0:
-            raise ProtocolError(
-                f"group element at position {offset + i} is of small order; the peer's message was refused")
+    out, refused = scalarmult_rows(lib.crypto_scalarmult_curve25519,
+                                   _rows(elements, ELEMENT_BYTES, "group elements"), scalar)
+    if refused is not None:
+        raise ProtocolError(
+            f"group element at position {offset + refused} is of small order; the peer's message was refused")
     return out
