@@ -1,13 +1,14 @@
 """Private set intersection and anonymous query: time and memory, against openmined-psi.
 
 1. 100k × 100k PSI, intersection to the receiver (half the identifiers shared):
-   fedsilo (`privacy.psi`, both sides in this process, group operations on a pool of
-   `--workers` processes) against OpenMined's `openmined-psi` (C++ over BoringSSL,
+   fedsilo (`privacy.psi`, both sides in this process, group operations on
+   `--workers` worker processes) against OpenMined's `openmined-psi` (C++ over BoringSSL,
    P-256, one thread; `DataStructure.RAW`, so both return the exact intersection),
    when it is installed (`pip install --no-deps openmined-psi`: it pins protobuf
    6.30.2, which Flower's gRPC health check refuses, so no extra of fedsilo installs
    it; it runs with the protobuf Flower needs). Baseline: openmined-psi in the same
-   run. Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
+   run. Both get their identifiers as Python lists made before the clock starts.
+   Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
    ratio does not depend on what else the machine runs, the wall ratio does. Also the
    CPU of every process of the 2-worker run (this one and the pool's), and from it the
    wall time it would take on idle cores (CPU / workers), and the per-pair CPU
@@ -22,8 +23,8 @@
    holder's quota check and evaluation, unblind, look-up, decrypt. Also 1,000
    identifiers in one request.
 
-Identifiers are synthetic customer numbers made by generators (never a list of a
-million strings). The CPU may be shared: run it on a quiet machine for stable figures.
+Identifiers are synthetic customer numbers; the 1M run and the query table read them
+from generators during the run (never a list of a million strings). The CPU may be shared: run it on a quiet machine for stable figures.
 This is a measurement, not a pass/fail test. Figures are printed last.
 
     python bench/psi.py                       # everything (about 10 min on 2 cores)
@@ -50,10 +51,15 @@ def ids(start: int, stop: int):
     return (f"cust-{i:09d}" for i in range(start, stop))
 
 
-def fedsilo_psi(n: int, workers: Workers) -> tuple[float, int]:
+def fedsilo_psi(n: int, workers: Workers, streamed: bool = False) -> tuple[float, int]:
+    """Both sides of one run; identifiers in lists made before the clock starts (as for
+    openmined-psi), or with ``streamed`` from generators read during the run."""
+    receiver_ids, sender_ids = ids(0, n), ids(n // 2, n + n // 2)
+    if not streamed:
+        receiver_ids, sender_ids = list(receiver_ids), list(sender_ids)
     t = time.perf_counter()
-    receiver = PsiReceiver(ids(0, n), mode=Mode.TO_RECEIVER, workers=workers)
-    sender = PsiSender(ids(n // 2, n + n // 2), mode=Mode.TO_RECEIVER, workers=workers)
+    receiver = PsiReceiver(receiver_ids, mode=Mode.TO_RECEIVER, workers=workers)
+    sender = PsiSender(sender_ids, mode=Mode.TO_RECEIVER, workers=workers)
     exchange(receiver, sender)
     elapsed = time.perf_counter() - t
     return elapsed, receiver.result().cardinality
@@ -85,24 +91,20 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _pool_pids(workers: Workers) -> list[int]:
-    return [proc.pid for proc in getattr(workers._pool, "_pool", [])]
-
-
 def pool_cpu_seconds(workers: Workers) -> float:
     """CPU seconds (user + system) used so far by the pool's live processes."""
     total = 0
-    for pid in _pool_pids(workers):
+    for pid in workers.pids:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def timed_psi(n: int, workers: Workers) -> tuple[float, float, int]:
+def timed_psi(n: int, workers: Workers, streamed: bool = False) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds of this process and the pool together, shared count."""
     cpu = time.process_time() + pool_cpu_seconds(workers)
-    wall, shared = fedsilo_psi(n, workers)
+    wall, shared = fedsilo_psi(n, workers, streamed)
     return wall, time.process_time() + pool_cpu_seconds(workers) - cpu, shared
 
 
@@ -129,8 +131,8 @@ def breakdown_us(n: int = 20_000, repeats: int = 3) -> dict[str, float]:
 def workers_peak_mib(workers: Workers) -> float:
     """Largest peak resident size (VmHWM) among the pool's live processes."""
     peaks = [0.0]
-    for proc in getattr(workers._pool, "_pool", []):
-        with open(f"/proc/{proc.pid}/status") as status:
+    for pid in workers.pids:
+        with open(f"/proc/{pid}/status") as status:
             peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
     return max(peaks)
 
@@ -209,7 +211,7 @@ def main() -> int:
         if args.size:
             compare(args, workers, lines)
         if args.large:
-            big, big_cpu, big_n = timed_psi(args.large, workers)
+            big, big_cpu, big_n = timed_psi(args.large, workers, streamed=True)
             print(f"fedsilo {args.large:,} x {args.large:,}: {big:.1f} s, {big_n:,} shared", flush=True)
             lines.append(f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s wall, {big_cpu:.1f} s CPU in all "
                          f"processes ({big_cpu / args.workers:.1f} s on {args.workers} idle cores); peak RSS this "

@@ -62,6 +62,12 @@ def canonical(value: str, kind: str) -> bytes:
 
 
 def _canonical(value: str, kind: str) -> bytes:
+    if isinstance(value, str) and value.isascii():
+        # The same form, faster: NFKC leaves ASCII as it is, casefold() is lower() there,
+        # and an ASCII text is printable exactly when it has no control character.
+        text = " ".join(value.lower().split())
+        if text and text.isprintable() and len(text) + len(kind) < _MAX_BYTES:
+            return f"{kind}:{text}".encode()
     if not isinstance(value, str):
         raise DataError(f"an identifier must be a str, got {type(value).__name__}")
     # str.split() splits on the characters str.isspace() accepts, exactly what \s matches
@@ -92,15 +98,11 @@ def digests(values: Iterable[str], kind: str | None, domain: bytes = DOMAIN) -> 
     names the group (see the module doc): :data:`DOMAIN` (the query's ristretto255,
     the default) or :data:`PSI_DOMAIN`.
     """
-    out = bytearray()
-    pack = struct.Struct(">H").pack
-    if kind is not None:
+    pack, sha512 = struct.Struct(">H").pack, hashlib.sha512
+    if kind is None:
+        forms = (_canonical(v, k) for k, v in map(split_typed, values))
+    else:
         _check_kind(kind)
-    for value in values:
-        if kind is None:
-            k, v = split_typed(value)
-            data = _canonical(v, k)
-        else:
-            data = _canonical(value, kind)
-        out += hashlib.sha512(domain + pack(len(data)) + data).digest()
-    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(-1, 64)
+        forms = (_canonical(value, kind) for value in values)
+    out = b"".join([sha512(domain + pack(len(data)) + data).digest() for data in forms])
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, 64)

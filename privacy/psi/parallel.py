@@ -1,10 +1,19 @@
 """Batch work on every core: hashing, blinding and exponentiating PSI group elements (X25519).
 
 :class:`Workers` runs the batch functions of this module either in the calling process
-(``processes=1``) or in a pool of ``spawn``-ed processes (safe next to threads, Flower
-or aiohttp). At most ``2 * processes`` batches are in flight, so a stream of a million
-identifiers is read as it is processed and never held as a million Python strings.
-Secret scalars travel to the pool over its local pipes only; they are never logged.
+(``processes=1``) or on ``spawn``-ed worker processes (safe next to threads, Flower or
+aiohttp), each fed over its own pipe. Each worker holds at most two batches (the one
+it runs and the next), so a stream of a million identifiers is read as it is processed
+and never held as a million Python strings, and no worker waits between batches.
+
+Why not :class:`multiprocessing.pool.Pool`: its three helper threads in the calling
+process (task, result and worker handling) cost about 0.25 CPU-s per 100k × 100k run,
+on cores the workers need; here the calling thread sends and receives itself.
+
+Stages that know their length (received elements) end with smaller batches, so the
+last batch of a stage keeps the other cores waiting for milliseconds, not for a whole
+batch. Secret scalars travel to the workers over their local pipes only; they are
+never logged.
 """
 
 from __future__ import annotations
@@ -12,37 +21,44 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from privacy.errors import ConfigError
+from privacy.errors import ConfigError, ProtocolError
 from privacy.psi import x25519
 from privacy.psi.identifiers import PSI_DOMAIN, digests
 
-__all__ = ["Workers", "BATCH", "blind_identifiers", "exponentiate", "check"]
+__all__ = ["Workers", "BATCH", "Task", "blind_identifiers", "exponentiate", "check", "blind_tasks", "exponentiate_tasks",
+           "check_tasks", "collect", "run_streams"]
 
 BATCH = 2048
-"""Elements per task: about 80 ms of work, small enough that the last task of a stage
-keeps one core waiting only briefly, large enough that pickling and the pool's
-bookkeeping stay under 1 % of the time."""
+"""Elements per task: about 70 ms of work, large enough that pickling and the pipes
+stay under 1 % of the time (the tails of sized stages use smaller ones)."""
+
+MIN_BATCH = 256
+"""The smallest batch at the end of a sized stage."""
+
+Task = tuple[Callable[..., Any], tuple[Any, ...]]
+"""One unit of work: a module-level function and its arguments (both picklable)."""
 
 
 def _blind_batch(values: list[str], kind: str | None, scalar: bytes) -> bytes:
     return x25519.multiply(x25519.hash_onto_curve(digests(values, kind, PSI_DOMAIN)), scalar).tobytes()
 
 
-def _multiply_batch(batch: tuple[int, bytes], scalar: bytes) -> bytes:
-    start, elements = batch
+def _multiply_batch(start: int, elements: bytes, scalar: bytes) -> bytes:
     rows = _as_rows(elements)
     x25519.check_elements(rows, start)
     return x25519.multiply(rows, scalar, start).tobytes()
 
 
-def _check_batch(batch: tuple[int, bytes]) -> None:
-    start, elements = batch
+def _check_batch(start: int, elements: bytes) -> None:
     x25519.check_elements(_as_rows(elements), start)
 
 
@@ -50,11 +66,40 @@ def _as_rows(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(-1, x25519.ELEMENT_BYTES)
 
 
+def _serve(conn: multiprocessing.connection.Connection) -> None:
+    """A worker's loop: run each task received, send back ``(True, result)`` or ``(False, error)``.
+
+    A thread reads tasks as they arrive, so the caller's send never waits for the task
+    being computed (with both directions of the pipe full, caller and worker would each
+    wait for the other).
+    """
+    tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def read() -> None:
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                task = None
+            tasks.put(task)
+            if task is None:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    while (task := tasks.get()) is not None:
+        fn, args = task
+        try:
+            reply = (True, fn(*args))
+        except Exception as exc:  # the caller re-raises it; the worker stays up
+            reply = (False, exc)
+        conn.send(reply)
+
+
 class Workers:
-    """Where batches run: this process (``processes=1``) or a pool (default: every core).
+    """Where batches run: this process (``processes=1``) or worker processes (default: every core).
 
     Use it as a context manager, or call :meth:`close`; one ``Workers`` can serve many
-    PSI runs (both sides of a local run may share it).
+    PSI runs (both sides of a local run may share it), one :meth:`run` at a time.
     """
 
     def __init__(self, processes: int | None = None) -> None:
@@ -62,40 +107,104 @@ class Workers:
         if not isinstance(processes, int) or processes < 1:
             raise ConfigError(f"workers must be a positive number of processes, got {processes!r}")
         self.processes = processes
-        self._pool: Any = None
+        self._procs: list[Any] = []
+        self._conns: list[multiprocessing.connection.Connection] = []
 
-    def _get_pool(self) -> Any:
-        if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(self.processes)
-        return self._pool
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live worker processes (none before the first batch or :meth:`start`)."""
+        return [proc.pid for proc in self._procs]
 
     def start(self) -> None:
-        """Start the pool now (about a second) rather than on the first batch."""
-        if self.processes > 1:
-            pool = self._get_pool()
-            pool.map(_check_batch, [(0, b"")] * self.processes)
+        """Start the worker processes now (about a second) rather than on the first batch."""
+        if self.processes == 1 or self._procs:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        for _ in range(self.processes):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(theirs,), daemon=True, name="fedsilo-psi-worker")
+            proc.start()
+            theirs.close()
+            self._procs.append(proc)
+            self._conns.append(ours)
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[Any]:
+        """Each task's result, in task order; at most two tasks per worker in flight.
+
+        A task's exception is raised here once the tasks already sent have come back,
+        so the workers are ready for the next run.
+        """
+        if self.processes == 1:
+            for fn, args in tasks:
+                yield fn(*args)
+            return
+        self.start()
+        todo = iter(tasks)
+        busy: dict[Any, collections.deque[int]] = {conn: collections.deque() for conn in self._conns}
+        done: dict[int, tuple[bool, Any]] = {}
+        sent = taken = 0
+        failure: BaseException | None = None
+        try:
+            while True:
+                for conn, queue in busy.items():  # top every worker up to two tasks
+                    while len(queue) < 2 and failure is None and (task := next(todo, None)) is not None:
+                        self._send(conn, task)
+                        queue.append(sent)
+                        sent += 1
+                while taken in done:
+                    ok, value = done.pop(taken)
+                    taken += 1
+                    if not ok and failure is None:
+                        failure = value
+                    if failure is None:
+                        yield value
+                if not any(busy.values()):
+                    break
+                for conn in multiprocessing.connection.wait([c for c, q in busy.items() if q]):
+                    done[busy[conn].popleft()] = self._receive(conn)
+        finally:
+            for conn, queue in busy.items():  # a consumer that stopped early: drain, keep pipes in step
+                while queue and self._conns:
+                    queue.popleft()
+                    self._receive(conn)
+        if failure is not None:
+            raise failure
+
+    def _send(self, conn: multiprocessing.connection.Connection, task: Task) -> None:
+        try:
+            conn.send(task)
+        except OSError:
+            self._died()
+
+    def _receive(self, conn: multiprocessing.connection.Connection) -> tuple[bool, Any]:
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            self._died()
+
+    def _died(self) -> NoReturn:
+        self.close()
+        raise ProtocolError("a PSI worker process died; the run was aborted") from None
 
     def map(self, fn: Callable[..., Any], batches: Iterable[Any], *args: Any) -> Iterator[Any]:
-        """``fn(batch, *args)`` for each batch, in order, at most ``2 * processes`` in flight."""
-        if self.processes == 1:
-            for batch in batches:
-                yield fn(batch, *args)
-            return
-        pool = self._get_pool()
-        pending: collections.deque[Any] = collections.deque()
-        for batch in batches:
-            pending.append(pool.apply_async(fn, (batch, *args)))
-            if len(pending) >= 2 * self.processes:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        """``fn(batch, *args)`` for each batch, in order (see :meth:`run`)."""
+        return self.run((fn, (batch, *args)) for batch in batches)
 
     def close(self) -> None:
-        """Stop the pool's processes (idempotent)."""
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Stop the worker processes (idempotent)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
 
     def __enter__(self) -> Workers:
         return self
@@ -110,31 +219,74 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _row_batches(rows: np.ndarray, size: int) -> Iterator[tuple[int, bytes]]:
-    for start in range(0, len(rows), size):
-        yield start, rows[start:start + size].tobytes()
+def _spans(n: int, batch: int, processes: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` spans over ``n`` items: ``batch`` long, then shrinking towards
+    :data:`MIN_BATCH` as the end nears (each at most 1/(2 × processes) of what is left)."""
+    start = 0
+    while start < n:
+        size = max(min(batch, (n - start) // (2 * processes)), min(MIN_BATCH, batch))
+        yield start, min(n, start + size)
+        start += size
 
 
-def _collect(parts: Iterable[bytes]) -> np.ndarray:
+def collect(parts: Iterable[bytes]) -> np.ndarray:
+    """Concatenate byte results of element batches into an ``(n, 32)`` array."""
     buf = bytearray()
     for part in parts:
         buf += part
     return np.frombuffer(bytes(buf), dtype=np.uint8).reshape(-1, x25519.ELEMENT_BYTES)
 
 
+def blind_tasks(values: Iterable[str], kind: str | None, scalar: bytes, batch: int = BATCH) -> Iterator[Task]:
+    """Tasks whose results are ``H(canonical(v)) ** scalar`` for each value, in order (bytes)."""
+    return ((_blind_batch, (chunk, kind, scalar)) for chunk in _chunks(values, batch))
+
+
+def exponentiate_tasks(elements: np.ndarray, scalar: bytes, processes: int, batch: int = BATCH) -> Iterator[Task]:
+    """Tasks whose results are ``e ** scalar`` for each received element (bytes), after
+    the checks of :func:`privacy.psi.x25519.check_elements`."""
+    return ((_multiply_batch, (start, elements[start:stop].tobytes(), scalar))
+            for start, stop in _spans(len(elements), batch, processes))
+
+
+def check_tasks(elements: np.ndarray, processes: int, batch: int = BATCH) -> Iterator[Task]:
+    """Tasks that refuse (ProtocolError) any element that is not a canonical point of the curve
+    of large order; their results are ``None``."""
+    return ((_check_batch, (start, elements[start:stop].tobytes()))
+            for start, stop in _spans(len(elements), batch, processes))
+
+
+def run_streams(workers: Workers, *streams: Iterable[Task]) -> list[list[Any]]:
+    """Run several task streams back to back as one, with no wait between them (the
+    workers start on the next stream while the last tasks of one still run); each
+    stream's results, in order."""
+    owner: collections.deque[int] = collections.deque()
+
+    def tagged() -> Iterator[Task]:
+        for index, stream in enumerate(streams):
+            for task in stream:
+                owner.append(index)
+                yield task
+
+    out: list[list[Any]] = [[] for _ in streams]
+    for result in workers.run(tagged()):
+        out[owner.popleft()].append(result)
+    return out
+
+
 def blind_identifiers(values: Iterable[str], kind: str | None, scalar: bytes, workers: Workers,
                       batch: int = BATCH) -> np.ndarray:
     """``H(canonical(v)) ** scalar`` for each value, in order, as an ``(n, 32)`` array."""
-    return _collect(workers.map(_blind_batch, _chunks(values, batch), kind, scalar))
+    return collect(workers.run(blind_tasks(values, kind, scalar, batch)))
 
 
 def exponentiate(elements: np.ndarray, scalar: bytes, workers: Workers, batch: int = BATCH) -> np.ndarray:
     """``e ** scalar`` for each received element; refuses (ProtocolError) any element that
     is not a canonical point of the curve, or of small order (see :mod:`privacy.psi.x25519`)."""
-    return _collect(workers.map(_multiply_batch, _row_batches(elements, batch), scalar))
+    return collect(workers.run(exponentiate_tasks(elements, scalar, workers.processes, batch)))
 
 
 def check(elements: np.ndarray, workers: Workers, batch: int = BATCH) -> None:
     """Refuse (ProtocolError) any element that is not a canonical non-zero point of the curve."""
-    for _ in workers.map(_check_batch, _row_batches(elements, batch)):
+    for _ in workers.run(check_tasks(elements, workers.processes, batch)):
         pass

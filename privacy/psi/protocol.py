@@ -48,7 +48,8 @@ import numpy as np
 
 from privacy.errors import ProtocolError
 from privacy.psi import x25519
-from privacy.psi.parallel import Workers, blind_identifiers, check, exponentiate
+from privacy.psi.parallel import (Workers, blind_identifiers, blind_tasks, check, check_tasks, collect, exponentiate_tasks,
+                                  run_streams)
 from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
 
 __all__ = ["Mode", "PsiResult", "PsiReceiver", "PsiSender", "exchange"]
@@ -116,6 +117,13 @@ def _member(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
     if len(rows) == 0 or len(pool) == 0:
         return np.zeros(len(rows), dtype=bool)
     ours, theirs = _prefix(rows), _prefix(pool)
+    order = np.argsort(theirs)
+    keys = theirs[order]
+    if not (keys[1:] == keys[:-1]).any():  # the usual case: each prefix names one row of the pool
+        at = order[np.minimum(np.searchsorted(keys, ours), len(keys) - 1)]
+        found = theirs[at] == ours  # same prefix: a candidate, confirmed on the full row
+        found[found] = (rows[found] == pool[at[found]]).all(axis=1)
+        return found
     found = np.isin(ours, theirs)  # same prefix: a candidate, confirmed on the full rows below
     if found.any():
         candidates = pool[np.isin(theirs, ours[found])]
@@ -172,9 +180,11 @@ class _Side:
 
     def _blind_own(self) -> None:
         if self._own is None:
-            rows = blind_identifiers(self._identifiers, self._kind, self._key, self._workers)
-            self._identifiers = ()
-            self._own, self._first = _distinct(rows)
+            self._set_own(blind_identifiers(self._identifiers, self._kind, self._key, self._workers))
+
+    def _set_own(self, rows: np.ndarray) -> None:
+        self._identifiers = ()
+        self._own, self._first = _distinct(rows)
 
     def _check_frame(self, frame: Frame) -> None:
         if frame.mode != self.mode:
@@ -228,15 +238,16 @@ class PsiReceiver(_Side):
             double = self._evaluated.end(frame)
             if len(double) != len(self._own):
                 raise ProtocolError("the sender evaluated a different number of elements than were sent")
-            check(double, self._workers)
-            self._double = double
+            self._double = double  # checked with the set below, in one pass over the workers
         elif frame.type is FrameType.SET:
             self._set.add(frame)
         else:
             if self._double is None:
                 raise ProtocolError("the sender's set ended before its evaluations; the run was aborted")
-            peer = exponentiate(self._set.end(frame), self._key, self._workers)
-            return self._finish(peer)
+            processes = self._workers.processes
+            _, peer = run_streams(self._workers, check_tasks(self._double, processes),
+                                  exponentiate_tasks(self._set.end(frame), self._key, processes))
+            return self._finish(collect(peer))
         return []
 
     def _finish(self, peer: np.ndarray) -> list[bytes]:
@@ -268,10 +279,13 @@ class PsiSender(_Side):
         self._evaluated: np.ndarray | None = None
 
     def prepare(self) -> None:
-        """Blind, deduplicate and shuffle this side's set now (else on the first frame)."""
+        """Blind, deduplicate and shuffle this side's set now (else with the receiver's elements)."""
         if self._own is None:
             self._blind_own()
-            self._own, self._perm = _shuffled(self._own)
+            self._shuffle_own()
+
+    def _shuffle_own(self) -> None:
+        self._own, self._perm = _shuffled(self._own)
 
     def handle(self, data: bytes) -> list[bytes]:
         """Consume one frame from the receiver; return the frames to send back (maybe none)."""
@@ -298,8 +312,12 @@ class PsiSender(_Side):
     def _evaluate(self, blinded: np.ndarray) -> list[bytes]:
         if len(_distinct(blinded)[0]) != len(blinded):
             raise ProtocolError("the receiver sent repeated elements; the run was aborted")
-        self.prepare()
-        evaluated = exponentiate(blinded, self._key, self._workers)
+        own = () if self._own is not None else blind_tasks(self._identifiers, self._kind, self._key)
+        mine, theirs = run_streams(self._workers, own, exponentiate_tasks(blinded, self._key, self._workers.processes))
+        if self._own is None:  # blinded in the same pass over the workers as the receiver's elements
+            self._set_own(collect(mine))
+            self._shuffle_own()
+        evaluated = collect(theirs)
         if self.mode is Mode.CARDINALITY:
             evaluated, _ = _shuffled(evaluated)
         self._evaluated = evaluated

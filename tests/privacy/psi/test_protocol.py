@@ -148,9 +148,10 @@ def test_invalid_element_from_the_sender_is_refused_by_the_receiver():
     replies = s.handle(frames[1])
     bad = bytearray(replies[0])
     bad[HEADER:HEADER + 32] = b"\x00" * 32
-    with pytest.raises(ProtocolError, match="small order"):
-        r.handle(bytes(bad))
-        r.handle(replies[1])
+    with pytest.raises(ProtocolError, match="small order"):  # checked with the set, before any result
+        for reply in [bytes(bad), *replies[1:]]:
+            r.handle(reply)
+    assert not r.done
 
 
 def test_errors_do_not_leak_the_holders_list():
@@ -204,4 +205,5 @@ def test_distinct_and_membership_compare_full_rows_when_prefixes_agree():
     pool = np.zeros((2, 32), np.uint8)
     pool[:, 8] = [2, 9]
     assert _member(rows, pool).tolist() == [False, True, False, False, True]
-    assert _member(rows, pool[1:]).tolist() == [False] * 5
+    assert _member(rows, pool[1:]).tolist() == [False] * 5  # one prefix per pool row: the fast path
+    assert _member(rows, pool[:1]).tolist() == [False, True, False, False, True]

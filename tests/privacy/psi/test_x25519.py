@@ -115,9 +115,10 @@ def test_receiver_refuses_bad_evaluated_elements_it_never_exponentiates(u, match
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     evaluated = bytearray(replies[0])
     evaluated[HEADER + 32:HEADER + 64] = u.to_bytes(32, "little")
-    receiver.handle(bytes(evaluated))
-    with pytest.raises(ProtocolError, match=match):
-        receiver.handle(replies[1])
+    with pytest.raises(ProtocolError, match=match):  # with the set's elements, before any result
+        for reply in [bytes(evaluated), *replies[1:]]:
+            receiver.handle(reply)
+    assert not receiver.done
 
 
 def test_receiver_refuses_a_twist_point_in_the_senders_set():
