@@ -25,7 +25,7 @@ import multiprocessing.connection
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import numpy as np
@@ -237,9 +237,18 @@ def collect(parts: Iterable[bytes]) -> np.ndarray:
     return np.frombuffer(bytes(buf), dtype=np.uint8).reshape(-1, x25519.ELEMENT_BYTES)
 
 
-def blind_tasks(values: Iterable[str], kind: str | None, scalar: bytes, batch: int = BATCH) -> Iterator[Task]:
-    """Tasks whose results are ``H(canonical(v)) ** scalar`` for each value, in order (bytes)."""
-    return ((_blind_batch, (chunk, kind, scalar)) for chunk in _chunks(values, batch))
+def blind_tasks(values: Iterable[str], kind: str | None, scalar: bytes, processes: int,
+                batch: int = BATCH) -> Iterator[Task]:
+    """Tasks whose results are ``H(canonical(v)) ** scalar`` for each value, in order (bytes).
+
+    A sequence (a list) ends with smaller batches, like received elements; any other
+    iterable is read in batches of ``batch`` as it is consumed.
+    """
+    if isinstance(values, Sequence):
+        chunks: Iterable[Any] = (values[start:stop] for start, stop in _spans(len(values), batch, processes))
+    else:
+        chunks = _chunks(values, batch)
+    return ((_blind_batch, (list(chunk), kind, scalar)) for chunk in chunks)
 
 
 def exponentiate_tasks(elements: np.ndarray, scalar: bytes, processes: int, batch: int = BATCH) -> Iterator[Task]:
@@ -277,7 +286,7 @@ def run_streams(workers: Workers, *streams: Iterable[Task]) -> list[list[Any]]:
 def blind_identifiers(values: Iterable[str], kind: str | None, scalar: bytes, workers: Workers,
                       batch: int = BATCH) -> np.ndarray:
     """``H(canonical(v)) ** scalar`` for each value, in order, as an ``(n, 32)`` array."""
-    return collect(workers.run(blind_tasks(values, kind, scalar, batch)))
+    return collect(workers.run(blind_tasks(values, kind, scalar, workers.processes, batch)))
 
 
 def exponentiate(elements: np.ndarray, scalar: bytes, workers: Workers, batch: int = BATCH) -> np.ndarray:

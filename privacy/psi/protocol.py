@@ -312,8 +312,9 @@ class PsiSender(_Side):
     def _evaluate(self, blinded: np.ndarray) -> list[bytes]:
         if len(_distinct(blinded)[0]) != len(blinded):
             raise ProtocolError("the receiver sent repeated elements; the run was aborted")
-        own = () if self._own is not None else blind_tasks(self._identifiers, self._kind, self._key)
-        mine, theirs = run_streams(self._workers, own, exponentiate_tasks(blinded, self._key, self._workers.processes))
+        processes = self._workers.processes
+        own = () if self._own is not None else blind_tasks(self._identifiers, self._kind, self._key, processes)
+        mine, theirs = run_streams(self._workers, own, exponentiate_tasks(blinded, self._key, processes))
         if self._own is None:  # blinded in the same pass over the workers as the receiver's elements
             self._set_own(collect(mine))
             self._shuffle_own()
