@@ -146,10 +146,10 @@ class Workers:
         failure: BaseException | None = None
         try:
             while True:
-                for conn, queue in busy.items():  # top every worker up to two tasks
-                    while len(queue) < 2 and failure is None and (task := next(todo, None)) is not None:
+                for conn, inflight in busy.items():  # top every worker up to two tasks
+                    while len(inflight) < 2 and failure is None and (task := next(todo, None)) is not None:
                         self._send(conn, task)
-                        queue.append(sent)
+                        inflight.append(sent)
                         sent += 1
                 while taken in done:
                     ok, value = done.pop(taken)
@@ -163,9 +163,9 @@ class Workers:
                 for conn in multiprocessing.connection.wait([c for c, q in busy.items() if q]):
                     done[busy[conn].popleft()] = self._receive(conn)
         finally:
-            for conn, queue in busy.items():  # a consumer that stopped early: drain, keep pipes in step
-                while queue and self._conns:
-                    queue.popleft()
+            for conn, inflight in busy.items():  # a consumer that stopped early: drain, keep pipes in step
+                while inflight and self._conns:
+                    inflight.popleft()
                     self._receive(conn)
         if failure is not None:
             raise failure
