@@ -116,7 +116,8 @@ class Workers:
         return [proc.pid for proc in self._procs]
 
     def start(self) -> None:
-        """Start the worker processes now (about a second) rather than on the first batch."""
+        """Start the worker processes now, and wait until each has run a first (empty)
+        batch: about a second, which a long-lived caller pays once, not on its first run."""
         if self.processes == 1 or self._procs:
             return
         ctx = multiprocessing.get_context("spawn")
@@ -127,6 +128,10 @@ class Workers:
             theirs.close()
             self._procs.append(proc)
             self._conns.append(ours)
+        for conn in self._conns:
+            self._send(conn, (_check_batch, (0, b"")))
+        for conn in self._conns:
+            self._receive(conn)
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Any]:
         """Each task's result, in task order; at most two tasks per worker in flight.
