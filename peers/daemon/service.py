@@ -11,12 +11,16 @@ entry and changes nothing else.
 Lifecycle of a job at its host: proposing (asked the participants) → ready (enough
 accepted; budget reserved everywhere; waiting for training) → training → finished, or
 failed / cancelled / interrupted. At a participant: accepted → training → finished, or
-cancelled / failed / interrupted.
+cancelled / failed / interrupted, or expired: an accepted participation whose signed job
+expires before its host starts it releases its reservation (checked at start, every
+`EXPIRY_SWEEP_SECONDS`, and when the host asks to start), so a host that vanishes
+cannot hold a peer's budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -41,6 +45,7 @@ from privacy.ledger import SQLiteLedger
 
 log = logging.getLogger("fedsilo.peer")
 REPORT_WAIT_SECONDS = 120.0
+EXPIRY_SWEEP_SECONDS = 60.0
 
 
 class PeerService:
@@ -63,6 +68,14 @@ class PeerService:
         self.mailbox.start()
         await self.client.__aenter__()
         await self.mailbox.ask(self._open)
+        self._spawn(self._sweep_expired())
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+            async def expire() -> None:
+                self._expire_participations()
+            await self.mailbox.ask(expire)
 
     async def stop(self) -> None:
         """Stop the engine processes of running jobs (they show as interrupted at the next start)."""
@@ -139,6 +152,23 @@ class PeerService:
                         self.ledger.release(source, job_id)
                         self.store.audit.append("local", "budget.release", "ok", "reservation without an active job "
                                                 "(left by a crash) released", job=job_id, source=source)
+        self._expire_participations()
+
+    def _expire_participations(self) -> None:
+        """Expire every accepted participation whose signed job expired before its host
+        started it: the reservation is released, the job marked expired, both audited."""
+        now = dt.datetime.now(dt.timezone.utc)
+        for job in self.store.jobs(("accepted",)):
+            expires = parse_document(job.envelope["job"])[1]["expires"]
+            if job.hosting or expires > now:
+                continue
+            with self.store.transaction():
+                released = self._release_own(job.job_id)
+                detail = f"the host did not start it before the job expired at {expires.isoformat()}"
+                self.store.set_state(job.job_id, "expired", detail)
+                self.store.audit.append("local", "job.expired", "ok", detail + ("; reservation released" if released
+                                                                                else ""), job=job.job_id,
+                                        source=job.source)
 
     # -- the mailbox ------------------------------------------------------------------
     async def _run(self, actor: str, action: str, work: Callable[[], Awaitable[Any]], job: str | None = None) -> Any:
@@ -439,6 +469,8 @@ class PeerService:
                 raise Refused(f"no job {job_id!r} here", 404)
             if caller.name != job.host:
                 raise Refused(f"only the host {job.host} may start job {job_id}", 403)
+            self._expire_participations()
+            job = self.store.job(job_id)
             if job.state != "accepted":
                 raise Refused(f"job {job_id} is {job.state}, not waiting to start", 409)
             if not isinstance(body, dict) or not isinstance(body.get("fleet_address"), str):

@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 ACTIVE_STATES = ("proposing", "accepted", "ready", "training")
-FINAL_STATES = ("finished", "failed", "cancelled", "interrupted")
+FINAL_STATES = ("finished", "failed", "cancelled", "interrupted", "expired")
 
 
 def now() -> str:

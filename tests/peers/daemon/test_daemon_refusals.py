@@ -305,3 +305,77 @@ def test_a_removed_member_is_refused_from_its_next_request_and_a_rollback_is_ign
     capsys.readouterr()
     assert main(["consortium", "remove", "bank-a", "--dir", str(ca_dir)]) != 0
     assert "bank-a is not a member of" in capsys.readouterr().err
+
+
+def _expiring(consortium, tmp_path, job_id, seconds):
+    """A job signed so that it expires `seconds` from now (valid 1 minute, signed 60 - seconds ago)."""
+    import datetime as dt
+
+    from peers.daemon.signed_job import job_document, sign_job
+    path = consortium.job_toml(tmp_path / f"{job_id}.toml", job_id, extra="valid-for-minutes = 1")
+    signed_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60 - seconds)
+    return sign_job(consortium.identity(OWNER), job_document(path, OWNER, now=signed_at))
+
+
+def _expire_test(consortium, monkeypatch, sweep_seconds, during):
+    """Propose a job expiring in 2 s to bank-b, run `during(services)` 2.6 s later; bank-b's state before and after."""
+    import asyncio
+
+    import peers.daemon.service as service_module
+    monkeypatch.setattr(service_module, "EXPIRY_SWEEP_SECONDS", sweep_seconds)
+
+    async def body(envelope):
+        async with running(consortium, ["bank-b"]) as services:
+            assert (await propose(consortium, envelope))["decision"] == "accepted"
+            before = state_of(consortium, "bank-b")
+            await asyncio.sleep(2.6)
+            outcome = await during(services)
+            return before, outcome, state_of(consortium, "bank-b")
+    return body
+
+
+def _assert_expired(job_id, before, after, last_actions):
+    assert (job_id, "accepted") in before[0] and (job_id, "reserved") in before[1]
+    assert (job_id, "expired") in after[0]
+    assert all(job != job_id for job, _ in after[1])  # the reservation is released: no ledger row left
+    expired = [entry for entry in after[2] if entry[1] == "job.expired"]
+    assert expired and "reservation released" in expired[-1][3]
+    assert [entry[1] for entry in after[2][-len(last_actions):]] == last_actions
+
+
+def test_a_running_daemon_expires_a_participation_its_host_never_started(consortium, tmp_path, monkeypatch):
+    async def nothing(services):
+        return None
+    before, _, after = run(_expire_test(consortium, monkeypatch, 0.5, nothing)(
+        _expiring(consortium, tmp_path, "sweep-1", 2)))
+    _assert_expired("sweep-1", before, after, ["budget.release", "job.expired"])
+
+
+def test_a_start_after_the_job_expired_is_refused_and_releases_the_reservation(consortium, tmp_path, monkeypatch):
+    async def late_start(services):
+        async with member_client(consortium, "bank-a") as client:
+            with pytest.raises(PeerUnreachable, match="409.*expired|expired.*409") as refused:
+                await client.call("POST", f"{consortium.addresses['bank-b']}/v1/jobs/late-1/start",
+                                  {"fleet_address": "127.0.0.1:1"})
+        return str(refused.value)
+    before, refusal, after = run(_expire_test(consortium, monkeypatch, 3600, late_start)(
+        _expiring(consortium, tmp_path, "late-1", 2)))
+    _assert_expired("late-1", before, after, ["budget.release", "job.expired", "job.start"])
+    assert after[2][-1][2] == "refused" and "expired" in after[2][-1][3]
+
+
+def test_a_restarted_daemon_expires_participations_that_expired_while_it_was_down(consortium, tmp_path):
+    import asyncio
+    envelope = _expiring(consortium, tmp_path, "down-1", 2)
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            await propose(consortium, envelope)
+            before = state_of(consortium, "bank-b")
+        await asyncio.sleep(2.6)
+        async with running(consortium, ["bank-b"]):
+            return before, state_of(consortium, "bank-b")
+    before, after = run(body())
+    assert (("down-1", "accepted") in before[0] and ("down-1", "expired") in after[0]
+            and all(job != "down-1" for job, _ in after[1]))
+    assert any(entry[1] == "job.expired" and "reservation released" in entry[3] for entry in after[2])
