@@ -24,7 +24,10 @@ list file on this machine for each run. Contracts:
   `state/psi/results/` (a CSV of its own identifiers) for the peer's operator.
 
 The methods are blocking (group operations, file reads): the service runs them in a
-thread, inside its actor, so quota, epoch and audit changes never interleave.
+thread, inside its actor, so quota, epoch and audit changes never interleave. The group
+operations run on one `privacy.psi.Workers` for the daemon's life (a process per core,
+started at the first PSI or table, about a second): the holder hashes and blinds its
+whole list on every PSI run and every new key epoch.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from peers.daemon.config import SharedList
 from peers.errors import Refused
 from privacy.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
-from privacy.psi import ListHolder, Mode, PsiSender, QueryQuota, SQLiteQuota
+from privacy.psi import ListHolder, Mode, PsiSender, QueryQuota, SQLiteQuota, Workers
 from privacy.psi.wire import FrameType, decode, split
 
 MODE_NAMES = {Mode.TO_RECEIVER: "to-me", Mode.TO_BOTH: "both", Mode.CARDINALITY: "count"}
@@ -106,9 +109,10 @@ class Served:
 class SharedLists:
     """See the module docstring. `directory` is the peer's `state/psi`."""
 
-    def __init__(self, lists: dict[str, SharedList], directory: Path) -> None:
+    def __init__(self, lists: dict[str, SharedList], directory: Path, workers: Workers | None = None) -> None:
         self.lists = lists
         self.directory = directory
+        self._workers = workers or Workers()
         self._epochs: dict[str, _Epoch] = {}
         self._quotas: dict[str, _PerQuerier] = {}
         self._psi_quotas: dict[str, _PerQuerier] = {}
@@ -117,6 +121,7 @@ class SharedLists:
     def close(self) -> None:
         for quota in [*self._quotas.values(), *self._psi_quotas.values()]:
             quota.close()
+        self._workers.close()
 
     # -- policy ---------------------------------------------------------------------
     def shared_with(self, member: str) -> list[dict[str, object]]:
@@ -160,7 +165,8 @@ class SharedLists:
             except QuotaExceeded as error:
                 raise Refused(f"PSI on list {name!r}: {error}", 429) from None
         self._expire()
-        sender = PsiSender(read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode)
+        sender = PsiSender(read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode,
+                           workers=self._workers)
         replies: list[bytes] = []
         for frame in frames:
             replies += sender.handle(frame)
@@ -246,7 +252,7 @@ class SharedLists:
             epoch_file = self.directory / f"{shared.name}.epoch"
             epoch = int(epoch_file.read_text()) + 1 if epoch_file.is_file() else 1
             holder = ListHolder(shared.name, self._quota(shared), kind=shared.kind, label_width=shared.label_width,
-                                epoch=epoch)
+                                epoch=epoch, workers=self._workers)
             ids = read_column(shared.path, shared.id_column)
             labels = read_column(shared.path, shared.label_column) if shared.label_column else None
             table = holder.publish(zip(ids, labels) if labels is not None else ((i, "listed") for i in ids))
