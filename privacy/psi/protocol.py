@@ -23,9 +23,14 @@ Sizes are those of the *distinct* identifiers: each side removes duplicates (sam
 canonical form, see :mod:`privacy.psi.identifiers`) before anything leaves it, and
 reports a match at the position of an identifier's first occurrence in its input.
 Neither side sees the other's identifiers or their hashes: only group elements
-raised to secret exponents. Every element a side receives is refused unless it is a
-canonical point of the curve (not of its twist) and of large order, before its secret
-touches it (:class:`ProtocolError`, naming the position only). A side that deviates from the protocol can learn more
+raised to secret exponents. Every element a side exponentiates is refused unless it
+is a canonical point of the curve (not of its twist) and of large order, before its
+secret touches it (:class:`ProtocolError`, naming the position only). Elements a side
+only compares with its own results (EVALUATED at the receiver, CONFIRM at the sender)
+are refused unless canonical and of large order, and are not tested for lying on the
+curve: off the curve, an element equals nothing this side computes, so it matches
+nothing, as a wrong point of the curve (which a deviating peer can always send) would.
+A side that deviates from the protocol can learn more
 (e.g. a receiver that puts a million guesses in X learns which are in Y); the
 semi-honest model does not cover that, and a list holder that needs to bound such
 guessing uses the query protocol with its per-querier quota (:mod:`privacy.psi.query`).
@@ -48,7 +53,7 @@ import numpy as np
 
 from privacy.errors import ProtocolError
 from privacy.psi import x25519
-from privacy.psi.parallel import (Workers, blind_identifiers, blind_tasks, check, check_tasks, collect, exponentiate_tasks,
+from privacy.psi.parallel import (Workers, blind_identifiers, blind_tasks, collect, exponentiate, exponentiate_tasks,
                                   run_streams)
 from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
 
@@ -233,21 +238,19 @@ class PsiReceiver(_Side):
         if frame.session != self.session:
             raise ProtocolError("a PSI frame of another session arrived; the message was refused")
         if frame.type is FrameType.EVALUATED:
+            x25519.check_encoding(frame.elements, self._evaluated.count)  # only compared: see the module doc
             self._evaluated.add(frame)
         elif frame.type is FrameType.EVALUATED_END:
             double = self._evaluated.end(frame)
             if len(double) != len(self._own):
                 raise ProtocolError("the sender evaluated a different number of elements than were sent")
-            self._double = double  # checked with the set below, in one pass over the workers
+            self._double = double
         elif frame.type is FrameType.SET:
             self._set.add(frame)
         else:
             if self._double is None:
                 raise ProtocolError("the sender's set ended before its evaluations; the run was aborted")
-            processes = self._workers.processes
-            _, peer = run_streams(self._workers, check_tasks(self._double, processes),
-                                  exponentiate_tasks(self._set.end(frame), self._key, processes))
-            return self._finish(collect(peer))
+            return self._finish(exponentiate(self._set.end(frame), self._key, self._workers))
         return []
 
     def _finish(self, peer: np.ndarray) -> list[bytes]:
@@ -303,6 +306,7 @@ class PsiSender(_Side):
             self._blinded.add(frame)
             return []
         if frame.type is FrameType.CONFIRM:
+            x25519.check_encoding(frame.elements, self._confirm.count)  # only compared: see the module doc
             self._confirm.add(frame)
             return []
         if frame.type is FrameType.CONFIRM_END:
@@ -331,7 +335,6 @@ class PsiSender(_Side):
     def _confirmed(self, peer_double: np.ndarray) -> list[bytes]:
         if len(peer_double) != len(self._own):
             raise ProtocolError("the receiver confirmed a different number of elements than were sent")
-        check(peer_double, self._workers)
         found = _member(peer_double, self._evaluated)
         positions = self._first[self._perm[found]]
         order = np.argsort(positions)

@@ -10,7 +10,7 @@ import pytest
 
 from privacy.errors import ProtocolError
 from privacy.psi import Workers, x25519
-from privacy.psi.parallel import _spans, blind_identifiers, check_tasks, exponentiate_tasks, run_streams
+from privacy.psi.parallel import _spans, blind_identifiers, blind_tasks, exponentiate_tasks, run_streams
 
 pytestmark = pytest.mark.slow  # spawns worker processes
 
@@ -55,10 +55,13 @@ def test_a_consumer_that_stops_early_leaves_the_pipes_in_step(workers, rows):
 
 
 def test_streams_run_back_to_back_keep_their_own_results(workers, rows):
-    scalar = x25519.random_scalar()
-    checks, powers = run_streams(workers, check_tasks(rows, 2, 700), exponentiate_tasks(rows, scalar, 2, 700))
-    assert set(checks) == {None}
-    assert np.array_equal(np.frombuffer(b"".join(powers), np.uint8).reshape(-1, 32), x25519.multiply(rows, scalar))
+    scalar, other = x25519.random_scalar(), x25519.random_scalar()
+    values = [f"c-{i}" for i in range(1500)]
+    blinded, powers = run_streams(workers, blind_tasks(values, "id", other, 2, 700),
+                                  exponentiate_tasks(rows, scalar, 2, 700))
+    as_rows = [np.frombuffer(b"".join(parts), np.uint8).reshape(-1, 32) for parts in (blinded, powers)]
+    assert np.array_equal(as_rows[0], blind_identifiers(values, "id", other, Workers(1)))
+    assert np.array_equal(as_rows[1], x25519.multiply(rows, scalar))
 
 
 def test_batches_larger_than_a_pipe_buffer_do_not_deadlock(workers):

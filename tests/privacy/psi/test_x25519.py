@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from privacy.errors import ProtocolError
-from privacy.psi import PsiReceiver, PsiSender, x25519
+from privacy.psi import Mode, PsiReceiver, PsiSender, x25519
 from privacy.psi.identifiers import PSI_DOMAIN, digests
 from privacy.psi.wire import HEADER
 
@@ -108,17 +108,28 @@ def test_sender_refuses_bad_elements_before_answering_and_leaks_nothing(u):
     assert not sender.done
 
 
-@pytest.mark.parametrize("u,match", [(1, "small order"), (2, "twist"), (P + 3, "canonical")])
-def test_receiver_refuses_bad_evaluated_elements_it_never_exponentiates(u, match):
+@pytest.mark.parametrize("u,match", [(1, "small order"), (P + 3, "canonical")])
+def test_receiver_refuses_badly_encoded_evaluated_elements(u, match):
     receiver = PsiReceiver(["a", "b"])
     sender = PsiSender(["a", "c"])
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     evaluated = bytearray(replies[0])
     evaluated[HEADER + 32:HEADER + 64] = u.to_bytes(32, "little")
-    with pytest.raises(ProtocolError, match=match):  # with the set's elements, before any result
-        for reply in [bytes(evaluated), *replies[1:]]:
-            receiver.handle(reply)
+    with pytest.raises(ProtocolError, match=match):
+        receiver.handle(bytes(evaluated))
     assert not receiver.done
+
+
+def test_a_twist_point_the_receiver_only_compares_matches_nothing():
+    """EVALUATED is never exponentiated: a twist point there is handled as documented (no match)."""
+    receiver = PsiReceiver(["a", "b"])
+    sender = PsiSender(["a", "b", "c"])
+    replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
+    evaluated = bytearray(replies[0])
+    evaluated[HEADER:HEADER + 32] = (2).to_bytes(32, "little")  # the first element, "a", on the twist
+    for reply in [bytes(evaluated), *replies[1:]]:
+        receiver.handle(reply)
+    assert receiver.result().positions.tolist() == [1]  # "b" still matches; "a" matches nothing
 
 
 def test_receiver_refuses_a_twist_point_in_the_senders_set():
@@ -132,3 +143,29 @@ def test_receiver_refuses_a_twist_point_in_the_senders_set():
     receiver.handle(bytes(set_frame))
     with pytest.raises(ProtocolError, match="twist"):
         receiver.handle(replies[3])
+
+
+@pytest.mark.parametrize("u,outcome", [(1, "small order"), (P + 3, "canonical")])
+def test_the_sender_refuses_badly_encoded_confirm_elements(u, outcome):
+    receiver = PsiReceiver(["a", "b"], mode=Mode.TO_BOTH)
+    sender = PsiSender(["a", "b", "c"], mode=Mode.TO_BOTH)
+    replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
+    confirms = [back for reply in replies for back in receiver.handle(reply)]
+    frame = bytearray(confirms[0])
+    frame[HEADER:HEADER + 32] = u.to_bytes(32, "little")
+    with pytest.raises(ProtocolError, match=outcome):
+        sender.handle(bytes(frame))
+    assert not sender.done
+
+
+def test_twist_points_the_sender_only_compares_match_nothing():
+    """CONFIRM (both-sides mode) is never exponentiated: twist points there are handled as documented."""
+    receiver = PsiReceiver(["a", "b"], mode=Mode.TO_BOTH)
+    sender = PsiSender(["a", "b", "c"], mode=Mode.TO_BOTH)
+    replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
+    confirms = [back for reply in replies for back in receiver.handle(reply)]
+    frame = bytearray(confirms[0])
+    frame[HEADER:HEADER + 3 * 32] = (2).to_bytes(32, "little") * 3  # every element on the twist
+    for back in [bytes(frame), *confirms[1:]]:
+        sender.handle(back)
+    assert receiver.result().cardinality == 2 and sender.result().cardinality == 0
