@@ -10,7 +10,7 @@
    run. Both get their identifiers as Python lists made before the clock starts.
    Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
    ratio does not depend on what else the machine runs, the wall ratio does. Also the
-   CPU of every process of the 2-worker run (this one and the pool's), and from it the
+   CPU of every process of the 2-worker run (this one and the workers), and from it the
    wall time it would take on idle cores (CPU / workers), and the per-pair CPU
    breakdown: hashing (canonical form + SHA-512, then onto the curve), checks of
    received elements, X25519 exponentiations, and the rest (overhead), so the floor
@@ -174,7 +174,7 @@ def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> Non
     om_cpu = time.process_time() - start
     parts = breakdown_us()
     pair = fed_cpu / n * 1e6
-    hashing, checks, powers = 2 * (parts["digest"] + parts["onto"]), 3 * parts["check"], 4 * parts["x25519"]
+    hashing, checks, powers = 2 * (parts["digest"] + parts["onto"]), 2 * parts["check"], 4 * parts["x25519"]
     idle = fed_all_cpu / args.workers
     if om is None:
         lines.append(f"psi {n:,}x{n:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU (openmined-psi not installed)")
@@ -189,8 +189,9 @@ def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> Non
                      f"{om_cpu / idle:.2f}x openmined-psi's CPU (the wall speed-up on an idle machine, "
                      "if the cores overlap perfectly)")
     lines.append(f"psi CPU per pair (one process): {pair:.1f} us = hashing 2 x ({parts['digest']:.1f} canonical form "
-                 f"+ SHA-512, {parts['onto']:.1f} onto the curve) = {hashing:.1f} + checks of received elements "
-                 f"3 x {parts['check']:.1f} = {checks:.1f} + X25519 4 x {parts['x25519']:.1f} = {powers:.1f} "
+                 f"+ SHA-512, {parts['onto']:.1f} onto the curve) = {hashing:.1f} + checks of the received elements "
+                 f"exponentiated 2 x {parts['check']:.1f} = {checks:.1f} + X25519 4 x {parts['x25519']:.1f} "
+                 f"= {powers:.1f} "
                  f"+ the rest {pair - hashing - checks - powers:.1f} (framing, duplicates, matching; the total "
                  "minus the parts, each the fastest of 3 runs: near 0 it is within the noise of a shared machine)")
 
