@@ -1,4 +1,4 @@
-"""`flower-supernode`, with its polling waits shortened.
+"""`flower-supernode`, with its polling waits shortened and a task posted once its message is whole.
 
 Flower 1.41's SuperNode main loop (`flwr.supernode.start_client_internal`) sleeps a
 fixed 3 s whenever the SuperLink has no message for it, and 0.5 s between checks for
@@ -11,6 +11,15 @@ objects that the SuperLink does not have yet. This entry point runs Flower's own
 SuperLink for work up to 20 times a second while idle) and its object-pull backoff
 starting at that interval (doubling, capped at 4 times it). Nothing else differs:
 same arguments, same protocol.
+
+It also posts a message's ClientApp task once the message's objects are stored, not
+before. Flower's `_pull_and_store_message` creates the task first and then pulls the
+objects from the SuperLink, so the ClientApp acquires the task at once and retries its
+own object pulls (each one served by this process, which is still pulling) until they
+are there; in a deployed round that was five retries per message. Here the task is
+created with Flower's own `create_task` arguments right after Flower's function has
+pulled and confirmed the objects (`TaskAfterObjects`); a message whose objects fail to
+arrive is dropped as Flower drops it, and never had a task.
 
 The backoff does not start shorter on purpose. A SuperNode sees a message as soon as
 the ServerApp has pushed it, before its objects; every retry is one more request the
@@ -27,10 +36,10 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
-# What `main` patches (the loop module's `time.sleep` calls and its `pull_objects`) is
-# Flower 1.41's code; another Flower may sleep or pull elsewhere, silently slower or
+# What `main` patches (the loop module's `time.sleep` calls, its `pull_objects` and its
+# `_pull_and_store_message`) is Flower 1.41's code; another Flower may sleep or pull elsewhere, silently slower or
 # broken. Re-read `flwr.supernode.start_client_internal` before widening this.
 PINNED_FLOWER = "1.41."
 POLL_ENV = "FEDSILO_SUPERNODE_POLL_SECONDS"
@@ -50,6 +59,66 @@ class CappedSleepTime:
         time.sleep(min(seconds, self.cap))
 
 
+_HELD = object()  # the task id `TaskAfterObjects.create_task` hands back: no task exists yet
+
+
+class TaskAfterObjects:
+    """The SuperNode's NodeState as one `_pull_and_store_message` call sees it: its task is held back.
+
+    `create_task` records its arguments and returns a placeholder; `finish_task` on
+    the placeholder (Flower's path for a message whose objects could not be pulled)
+    drops the held task; everything else is the state's. `post` then creates the
+    held task, if any, in the real state.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self.held: dict[str, Any] | None = None
+        self.message_id: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+    def create_task(self, **kwargs: Any) -> object:
+        self.held = kwargs
+        return _HELD
+
+    def store_message(self, message: Any) -> Any:
+        self.message_id = message.metadata.message_id
+        return self._state.store_message(message)
+
+    def finish_task(self, task_id: Any, *args: Any, **kwargs: Any) -> Any:
+        if task_id is _HELD:
+            self.held = None
+            return True
+        return self._state.finish_task(task_id, *args, **kwargs)
+
+    def post(self, object_store: Any) -> bool:
+        """Create the held task; False (and the message dropped) if the state refused it, as Flower does."""
+        if self.held is None:
+            return True
+        if self._state.create_task(**self.held) is not None:
+            return True
+        if self.message_id is not None:  # a task id collision: Flower logs it and never processes the message
+            self._state.delete_messages(message_ids=[self.message_id])
+            object_store.delete(self.message_id)
+        return False
+
+
+def post_task_after_objects(pull_and_store: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Flower's `_pull_and_store_message`, with the message's task created after its objects are stored."""
+
+    @functools.wraps(pull_and_store)
+    def wrapped(*, state: Any, object_store: Any, **kwargs: Any) -> int | None:
+        held = TaskAfterObjects(state)
+        run_id = pull_and_store(state=held, object_store=object_store, **kwargs)
+        if run_id is None:
+            return None
+        return run_id if held.post(object_store) else None
+
+    return wrapped
+
+
 def main() -> None:
     import flwr.supernode.start_client_internal as loop
     from flwr.supercore.version import package_version
@@ -62,6 +131,7 @@ def main() -> None:
     poll = float(os.environ.get(POLL_ENV, DEFAULT_POLL_SECONDS))
     loop.time = CappedSleepTime(poll)  # type: ignore[assignment]
     loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=poll, backoff_cap=poll * 4)
+    loop._pull_and_store_message = post_task_after_objects(loop._pull_and_store_message)  # pylint: disable=protected-access
     flower_supernode()
 
 

@@ -1,0 +1,79 @@
+"""`peers.deployment.supernode`: a message's ClientApp task is posted once its objects are stored.
+
+Runs Flower's own `_pull_and_store_message` against a real in-memory NodeState and
+ObjectStore; the SuperLink's side (receive, object pulls) is played by the test.
+"""
+
+from dataclasses import replace
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.supercore.constant import TaskType
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+from flwr.supercore.object_store import ObjectStoreFactory
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode import start_client_internal as loop
+from flwr.supernode.nodestate import NodeStateFactory
+from flwr.app.message import remove_content_from_message
+
+from peers.deployment.supernode import post_task_after_objects
+
+RUN_ID = 7
+
+
+@pytest.fixture()
+def node():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1  # what a Message needs
+    factory = NodeStateFactory(ObjectStoreFactory())
+    state = factory.state()
+    state.set_node_id(5)
+    state.store_run(replace(Run.create_empty(RUN_ID), primary_task_type=TaskType.CLIENT_APP))
+    return state, factory.objectstore_factory.store()
+
+
+def _incoming():
+    message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=5, message_type="train")
+    message.metadata.__dict__["_run_id"] = RUN_ID
+    message.metadata.__dict__["_message_id"] = message.object_id
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+    return remove_content_from_message(message), get_object_tree(message), contents
+
+
+def _pull(state, store, incoming, pull_object):
+    wrapped = post_task_after_objects(loop._pull_and_store_message)  # pylint: disable=protected-access
+    message, tree, _ = incoming
+    return wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree),
+                   get_run=None, get_fab=None, pull_object=pull_object, confirm_message_received=lambda *a: None,
+                   trusted_entities=None)
+
+
+def test_the_task_appears_only_after_every_object_is_stored(node):
+    state, store = node
+    incoming = _incoming()
+    contents = incoming[2]
+    tasks_while_pulling = []
+
+    def pull_object(run_id, object_id):
+        tasks_while_pulling.append(len(state.get_tasks(run_ids=[run_id])))
+        return contents[object_id]
+
+    run_id = _pull(state, store, incoming, pull_object)
+    assert run_id == RUN_ID
+    assert tasks_while_pulling == [0] * len(contents)  # the ClientApp could not acquire it before
+    tasks = state.get_tasks(run_ids=[RUN_ID])
+    assert len(tasks) == 1 and tasks[0].type == TaskType.CLIENT_APP
+    assert all(store.get(oid) == data for oid, data in contents.items())
+
+
+def test_a_message_whose_objects_never_arrive_gets_no_task_and_is_dropped(node, monkeypatch):
+    state, store = node
+    monkeypatch.setattr(loop, "pull_objects", lambda ids, pull_object_fn: pull_object_fn(next(iter(ids))))
+
+    def pull_object(run_id, object_id):
+        raise RuntimeError("object unavailable")
+
+    run_id = _pull(state, store, _incoming(), pull_object)
+    assert run_id is None
+    assert state.get_tasks(run_ids=[RUN_ID]) == []
+    assert state.get_messages_legacy(run_ids=[RUN_ID]) == []
