@@ -15,7 +15,14 @@ It runs only the fedsilo ClientApp: a task whose app (FAB) names any other
 `clientapp` is answered with an error, never imported. Runtime dependency
 installation does not exist here: nothing is installed or downloaded.
 
-Run: `python -m peers.deployment.warm_clientapp --runtime-api-address HOST:PORT`.
+Between tasks it asks the Runtime API for one every `--poll-seconds` (0.05 s). With
+`--wake-port PORT` it instead waits for a UDP datagram on 127.0.0.1:PORT, which
+`peers.deployment.supernode` sends when it posts a task, and asks only then (and every
+`WAKE_FALLBACK_SECONDS` in case a datagram is lost): no idle polling, and no polling
+delay before a task starts. A datagram is only a hint; the task still comes from the
+Runtime API.
+
+Run: `python -m peers.deployment.warm_clientapp --runtime-api-address HOST:PORT [--wake-port PORT]`.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import select
 import signal
+import socket
 import sys
 import time
 import tomllib
@@ -54,6 +63,8 @@ from peers.flower_app import CLIENT_APP
 
 LOGGER = logging.getLogger("fedsilo.warm_clientapp")
 DEFAULT_POLL_SECONDS = 0.05
+WAKE_FALLBACK_SECONDS = 1.0  # with a wake port: ask for a task this often even without a datagram
+LOOPBACK = "127.0.0.1"
 # Not shorter: the SuperNode hands out a task before it has the message's objects, and
 # each retry is served by the SuperNode process while it is still pulling them from the
 # SuperLink. Retrying from 10 ms made rounds slower than from 50 ms (bench/README.md).
@@ -132,7 +143,38 @@ def run_task(address: str, token: str, client_app: ClientApp) -> None:
             client.close()
 
 
-def serve(address: str, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+class TaskWaiter:
+    """Waits between two task requests: `poll_seconds`, or until a datagram arrives on `wake_port` (see module)."""
+
+    def __init__(self, poll_seconds: float, wake_port: int | None = None) -> None:
+        self.sock: socket.socket | None = None
+        self.seconds = poll_seconds
+        if wake_port is not None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((LOOPBACK, wake_port))
+            self.sock.setblocking(False)
+            self.seconds = WAKE_FALLBACK_SECONDS
+
+    def wait(self) -> None:
+        if self.sock is None:
+            time.sleep(self.seconds)
+            return
+        try:
+            ready, _, _ = select.select([self.sock], [], [], self.seconds)
+        except InterruptedError:  # a signal: the loop checks whether to stop
+            return
+        while ready:
+            try:
+                self.sock.recv(64)
+            except BlockingIOError:
+                break
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def serve(address: str, poll_seconds: float = DEFAULT_POLL_SECONDS, wake_port: int | None = None) -> None:
     """Acquire and run ClientApp tasks until SIGTERM/SIGINT."""
     from peers.client.app import app as client_app  # imports torch once, for the life of the process
 
@@ -146,6 +188,7 @@ def serve(address: str, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
     signal.signal(signal.SIGINT, request_stop)
     acquirer = _client(address, "SuperExec")
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    waiter = TaskWaiter(poll_seconds, wake_port)
     LOGGER.info("warm ClientApp ready on %s", address)
     try:
         while not stopping:
@@ -153,8 +196,9 @@ def serve(address: str, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
             if response.HasField("task") and response.token:
                 run_task(address, response.token, client_app)
             else:
-                time.sleep(poll_seconds)
+                waiter.wait()
     finally:
+        waiter.close()
         acquirer.close()
 
 
@@ -164,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) exits")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS,
                         help="pause between checks for a new task when idle")
+    parser.add_argument("--wake-port", type=int, default=None,
+                        help="wait for a datagram on 127.0.0.1:PORT (sent by peers.deployment.supernode when it "
+                             "posts a task) instead of polling")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s", force=True)
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)  # SIGINT to this process when the SuperNode is gone
-    serve(args.runtime_api_address, args.poll_seconds)
+    serve(args.runtime_api_address, args.poll_seconds, args.wake_port)
     return 0
 
 

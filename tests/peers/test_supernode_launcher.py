@@ -77,3 +77,54 @@ def test_a_message_whose_objects_never_arrive_gets_no_task_and_is_dropped(node, 
     assert run_id is None
     assert state.get_tasks(run_ids=[RUN_ID]) == []
     assert state.get_messages_legacy(run_ids=[RUN_ID]) == []
+
+
+def test_a_stored_reply_ends_the_loops_wait_at_once(node):
+    import threading
+    import time
+
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    from peers.deployment.supernode import CappedSleepTime, setting_wakes
+
+    state, _ = node
+    stored = threading.Event()
+    store_message = setting_wakes(InMemoryNodeState.store_message, stored)
+    sleeper = CappedSleepTime(cap=5.0, wake=stored)
+    reply = _incoming()[0]
+    threading.Timer(0.05, lambda: store_message(state, reply)).start()
+    started = time.monotonic()
+    sleeper.sleep(3)  # Flower's loop: waiting for the ClientApp's reply
+    assert time.monotonic() - started < 1.0
+    assert not stored.is_set()  # cleared for the next wait
+
+
+def test_a_posted_task_wakes_the_warm_clientapp(node):
+    import socket
+    import time
+
+    from peers.deployment.join import free_udp_port
+    from peers.deployment.supernode import ClientAppWaker
+    from peers.deployment.warm_clientapp import WAKE_FALLBACK_SECONDS, TaskWaiter
+
+    state, store = node
+    port = free_udp_port()
+    waiter = TaskWaiter(poll_seconds=0.05, wake_port=port)
+    waker = ClientAppWaker(port)
+    try:
+        assert waiter.seconds == WAKE_FALLBACK_SECONDS  # no polling every 50 ms
+        incoming = _incoming()
+        wrapped = post_task_after_objects(loop._pull_and_store_message, waker)
+        message, tree, contents = incoming
+        assert wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree),
+                       get_run=None, get_fab=None, pull_object=lambda run_id, oid: contents[oid],
+                       confirm_message_received=lambda *a: None, trusted_entities=None) == RUN_ID
+        started = time.monotonic()
+        waiter.wait()
+        assert time.monotonic() - started < WAKE_FALLBACK_SECONDS / 2
+        started = time.monotonic()
+        waiter.wait()  # the datagram was consumed: this one waits for the fallback
+        assert time.monotonic() - started >= WAKE_FALLBACK_SECONDS * 0.9
+    finally:
+        waiter.close()
+        waker.sock.close()
