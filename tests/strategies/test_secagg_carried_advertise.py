@@ -8,7 +8,7 @@ aggregate are the real ones.
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -120,17 +120,17 @@ def test_a_peer_whose_evaluation_fails_sends_no_keys_and_sits_out_the_next_round
     arrays = ArrayRecord({"w": Array(np.zeros(SHAPE, dtype=np.float32))})
     messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))
     assert {read_stage(m.content)[:2] for m in messages} == {("advertise", 2)}
-    replies = []
+
+    def failing(msg, _context):
+        return Message(Error(code=1, reason="no test rows"), reply_to=msg)
+
+    replies = {}
     for msg in messages:
-        app = _app if msg.metadata.dst_node_id != 12 else (lambda m, c: pytest.fail("unused"))
-        if msg.metadata.dst_node_id == 12:
-            reply = secagg_mod(msg, grid.contexts[12], lambda m, c: Message(
-                __import__("flwr.app", fromlist=["Error"]).Error(code=1, reason="no test rows"), reply_to=m))
-        else:
-            reply = secagg_mod(msg, grid.contexts[msg.metadata.dst_node_id], app)
-        reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
-        replies.append(reply)
-    assert replies[1].has_error()
+        node = msg.metadata.dst_node_id
+        replies[node] = secagg_mod(msg, grid.contexts[node], failing if node == 12 else _app)
+        replies[node].metadata.__dict__["_src_node_id"] = node
+    assert replies[12].has_error() and not replies[11].has_error()
+    replies = list(replies.values())
     strategy.aggregate_evaluate(1, replies)
     assert all(r.has_error() or SECAGG_CONFIG_KEY in r.content.config_records for r in replies)
     out = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
