@@ -25,9 +25,11 @@ advertise twice for one id), and every later round's id is its server round plus
 number of such restarts. Nothing of the protocol changes (the same setup,
 fresh keys per round, the same server checks); a round costs one exchange less. A
 peer whose evaluation fails (an error reply) has advertised no keys, so it is dropped
-from round r+1 as a peer that did not answer `advertise` is. The host learns only Σ wᵢ·Δᵢ and Σ wᵢ over the peers that
-survived stage 3, where Δᵢ is peer i's update (trained weights − global weights),
-clipped to ±`clip` per coordinate. (With `sum_updates`, used by distributed DP where
+from round r+1 as a peer that did not answer `advertise` is.
+
+The host learns only Σ wᵢ·Δᵢ and Σ wᵢ over the peers that survived stage 3, where
+Δᵢ is peer i's update (trained weights − global weights), clipped to ±`clip` per
+coordinate. (With `sum_updates`, used by distributed DP where
 every weight is 1, the global model moves by Σ Δᵢ instead of the mean.) From them it forms one reply carrying the weighted
 average update added to the global weights and hands it to the wrapped strategy, so
 any strategy that only post-processes the weighted average composes unchanged:
