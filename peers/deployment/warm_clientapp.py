@@ -38,20 +38,24 @@ import time
 import tomllib
 import zipfile
 from types import FrameType
+from typing import Callable
+
+import httpx
 
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode, SubStatus
 from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
-from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (AcquireTaskRequest, PullAppMessagesRequest,  # pylint: disable=E0611
+                                    PullTaskInputRequest, SendTaskHeartbeatRequest)
 from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
 from flwr.supercore.inflatable.inflatable_protobuf_utils import (make_confirm_message_received_fn_protobuf,
                                                                  make_pull_object_fn_protobuf)
 from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.heartbeat import HeartbeatSender
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.run import Run
@@ -103,19 +107,48 @@ def fab_client_app(fab_content: bytes) -> str:
     return str(descriptor["tool"]["flwr"]["app"]["components"]["clientapp"])
 
 
-def _client(address: str, component: str, token: str | None = None) -> RuntimeHttpClient:
+def _client(address: str, component: str, token: str | None = None, retry: bool = True) -> RuntimeHttpClient:
     interceptors = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token is not None:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
                                                  interceptors=interceptors,
-                                                 retry_invoker=make_simple_http_retry_invoker())
+                                                 retry_invoker=make_simple_http_retry_invoker() if retry else None)
+
+
+def task_heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
+    """One heartbeat of a running task, for Flower's `HeartbeatSender` (False: retry it).
+
+    Unlike Flower's `make_task_heartbeat_fn_http`, made for a `flwr-clientapp` process
+    that lives for one task, it never stops this process: a heartbeat the SuperNode
+    refuses (401) because it has already closed the task (the reply is in, and the
+    SuperNode no longer waits for this process) means there is nothing left to keep
+    alive. `client` must have no retry invoker: Flower's sends this process SIGINT on
+    a 401.
+    """
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            client.SendTaskHeartbeat(request)
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError as error:
+            if error.response.status_code == httpx.codes.UNAUTHORIZED:
+                return True
+            if error.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT):
+                return False
+            raise
+        return True
+
+    return beat
 
 
 def run_task(address: str, token: str, client_app: ClientApp) -> None:
     """Run one acquired task with the loaded `client_app` (Flower's flwr-clientapp steps)."""
     client = _client(address, "flwr-clientapp", token)
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat_client = _client(address, "flwr-clientapp", token, retry=False)
+    heartbeat = HeartbeatSender(task_heartbeat(heartbeat_client))
     heartbeat.start()
     message = reply = context = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
@@ -139,7 +172,9 @@ def run_task(address: str, token: str, client_app: ClientApp) -> None:
                 push_message(client, reply, context)
         finally:
             push_task_output(client=client, context=context, sub_status=status, details=details)
-            heartbeat.stop()
+            if heartbeat.is_running:
+                heartbeat.stop()
+            heartbeat_client.close()
             client.close()
 
 

@@ -128,3 +128,58 @@ def test_a_posted_task_wakes_the_warm_clientapp(node):
     finally:
         waiter.close()
         waker.sock.close()
+
+
+def test_a_heartbeat_the_supernode_refuses_after_the_task_closed_does_not_stop_the_warm_clientapp(node):
+    """A late heartbeat (401: the SuperNode already closed the task) must not SIGINT the long-lived process."""
+    import signal
+    import threading
+    import time
+
+    import uvicorn
+    from flwr.common.constant import SubStatus
+    from flwr.supernode.main import create_app
+
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+
+    from peers.deployment.host import free_port
+    from peers.deployment.warm_clientapp import _client, task_heartbeat
+
+    state, _ = node
+
+    class _Factory:
+        objectstore_factory = ObjectStoreFactory()
+
+        def state(self):
+            return state
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(state_factory=_Factory()), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=RUN_ID, fab_hash="")
+        token = state.claim_task(task_id)
+        assert state.activate_task(task_id)  # what pull-task-input does
+        client = _client(f"127.0.0.1:{port}", "flwr-clientapp", token, retry=False)
+        beat = task_heartbeat(client)
+        assert beat() is True  # a live task
+        # push-task-output, racing the heartbeat thread: the task is finished and its token revoked
+        assert state.finish_task(task_id, sub_status=SubStatus.COMPLETED, details="")
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
+        assert refused.value.response.status_code == 401
+        assert beat() is True  # refused the same way, and nothing left to keep alive
+        time.sleep(0.2)
+        assert interrupted == []
+        client.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        server.should_exit = True
+        thread.join(timeout=10)
