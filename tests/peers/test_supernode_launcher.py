@@ -156,7 +156,7 @@ def test_a_heartbeat_the_supernode_refuses_after_the_task_closed_does_not_stop_t
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(state_factory=_Factory()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     interrupted = []
