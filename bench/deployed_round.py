@@ -78,23 +78,30 @@ def simulated(job: JobConfig, frames, work: Path) -> dict[int, float]:
     return clock.seconds
 
 
-SECAGG_STAGES = ("advertise", "share", "mask", "unmask", "evaluate")
+TRAIN_STAGES = ("advertise", "share", "mask", "unmask")
 
 
 def stage_breakdown(exchanges: list[dict], rounds: int) -> dict[str, tuple[float, float]] | None:
     """Per exchange of a secure round: median (seconds, push seconds) over rounds 2..R.
 
-    The exchanges in `metrics.json` are: summarize, encoder, then per round the four
-    SecAgg+ stages and evaluation (`finish` comes after the file is written). None if
-    they are not laid out that way (an aborted round).
+    The exchanges in `metrics.json` are: summarize, encoder, then per round its SecAgg+
+    training stages and its evaluation (`finish` comes after the file is written). A
+    round's evaluation carries the next round's key advertisement, so rounds 2..R have
+    no `advertise` exchange of their own. None if they are not laid out that way (an
+    aborted round).
     """
-    body = exchanges[2:]
-    if len(body) != rounds * len(SECAGG_STAGES) or [e["message_type"] for e in body[:5]] != ["train"] * 4 + ["evaluate"]:
+    per_round, current = [], []
+    for exchange in exchanges[2:]:
+        current.append(exchange)
+        if exchange["message_type"] == "evaluate":
+            per_round.append(current)
+            current = []
+    if len(per_round) != rounds or current or any(not 4 <= len(r) <= 5 for r in per_round):
         return None
-    per_round = [body[r * len(SECAGG_STAGES):(r + 1) * len(SECAGG_STAGES)] for r in range(1, rounds)]
-    return {stage: (statistics.median(r[i]["seconds"] for r in per_round),
-                    statistics.median(r[i]["push_seconds"] for r in per_round))
-            for i, stage in enumerate(SECAGG_STAGES)}
+    named = [dict(zip(TRAIN_STAGES[5 - len(r):] + ("evaluate",), r)) for r in per_round[1:]]
+    stages = [stage for stage in (*TRAIN_STAGES, "evaluate") if all(stage in r for r in named)]
+    return {stage: (statistics.median(r[stage]["seconds"] for r in named),
+                    statistics.median(r[stage]["push_seconds"] for r in named)) for stage in stages}
 
 
 def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int, float]:

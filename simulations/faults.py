@@ -8,6 +8,9 @@ as a vanished peer). The draw depends only on (seed, round, bank), so a run with
 secure aggregation and one without lose the same banks at the same rounds: without
 secure aggregation there is a single upload, and a bank is lost if it vanishes before
 or at the mask (upload) stage, and kept if it vanishes only at unmask, after uploading.
+From round 2 on, a round's advertise stage travels with the previous round's
+evaluation (`strategies.secagg.SecureAggregation`), which this mod lets through, so a
+bank drawn to vanish at advertise vanishes at share, the round's first own exchange.
 """
 
 from __future__ import annotations

@@ -22,11 +22,13 @@ STRATEGIES = ("fedavg", "fedadam")
 
 def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
                    fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None,
-                   secagg: SecAggConfig | None = None, sum_updates: bool = False) -> Observed:
+                   secagg: SecAggConfig | None = None, sum_updates: bool = False,
+                   rounds: int | None = None) -> Observed:
     """`name` aggregation over `n_peers` peers, guarded, observed and, when `secagg`
     is given, run through SecAgg+ secure aggregation (`sum_updates`: the global model
     moves by the sum of the peers' updates instead of their weighted mean, as
-    distributed DP needs)."""
+    distributed DP needs; `rounds`, the job's number of rounds, lets each round's
+    evaluation carry the next round's key advertisement, see `SecureAggregation`)."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
     if n_peers < 1:
@@ -44,5 +46,5 @@ def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
         inner = FedAdam(**common, eta=0.05, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
     guarded: Strategy = ReplyGuard(inner)
     if secagg is not None:
-        guarded = SecureAggregation(guarded, secagg, sum_updates=sum_updates)
+        guarded = SecureAggregation(guarded, secagg, sum_updates=sum_updates, rounds=rounds)
     return Observed(guarded, on_round=on_round)

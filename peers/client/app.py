@@ -35,7 +35,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from peers.client.mods.secagg import secagg_mod
-from peers.packed_arrays import packed_arrays_mod
+from peers.packed_content import packed_content_mod
 from peers.client.local_training import evaluate_weights, limit_threads, train_round
 from peers.client import node_state
 from peers.data.bank import BankTensors, load_bank, read_table
@@ -232,7 +232,7 @@ def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
 
     The simulation harness adds its fault-injection mod; a real peer runs `app`.
     """
-    client_app = ClientApp(mods=[packed_arrays_mod, *mods, secagg_mod])
+    client_app = ClientApp(mods=[packed_content_mod, *mods, secagg_mod])
     client_app.train()(train)
     client_app.evaluate()(evaluate)
     client_app.query("summarize")(summarize)

@@ -2,8 +2,9 @@
 
 `host_training` starts, for one job and under one `Supervisor`:
 
-- `flower-superlink` on 127.0.0.1 only: TLS with a loopback certificate of the job's
-  own (`local_ca`), `--enable-supernode-auth` (only the registered node keys may
+- `flower-superlink` (through `peers.deployment.superlink`, which scopes its
+  Control-only middleware to Control requests) on 127.0.0.1 only: TLS with a
+  loopback certificate of the job's own (`local_ca`), `--enable-supernode-auth` (only the registered node keys may
   connect), `--disable-runtime-dependency-installation`, `--isolation process`. Its
   Fleet, Control and Runtime APIs share that port, and the latter two take requests
   from any TLS client in Flower's open-source release;
@@ -51,8 +52,14 @@ from peers.job import JobConfig
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 STARTUP_TIMEOUT_SECONDS = 60.0
-SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"  # Flower's SuperExec waits 1 s between checks by default
-SUPEREXEC_POLL_SECONDS = "0.1"
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+# The SuperExec asks the SuperLink for a ServerApp task every this often for the whole
+# job, though it only ever gets one, at the start; `wait` asks for the run's status
+# every RUN_STATUS_POLL_SECONDS. Every such request is served by the SuperLink's one
+# process between the round's own requests, so they are kept rare: the job's start
+# and end wait up to that long, its rounds do not.
+SUPEREXEC_POLL_SECONDS = "0.5"
+RUN_STATUS_POLL_SECONDS = 1.0
 POLL_SECONDS = 0.2
 LOOPBACK = "127.0.0.1"
 LINK_CERT_DAYS = 30  # the SuperLink's loopback certificate outlives any job
@@ -133,7 +140,7 @@ class HostedTraining:
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeploymentError(f"job {self.job.job_id} did not finish within {timeout:.0f} s "
                                           f"(run {self.run_id} is {status}); its processes were stopped")
-                time.sleep(POLL_SECONDS)
+                time.sleep(RUN_STATUS_POLL_SECONDS)
             if sub_status != SubStatus.COMPLETED:
                 raise DeploymentError(f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
                                       f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})")
@@ -200,7 +207,7 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
     control: ControlHttpClient | None = None
     try:
         link = supervisor.start("superlink", [
-            venv_command("flower-superlink"), "--ssl-ca-certfile", str(link_tls.ca_cert),
+            sys.executable, "-m", "peers.deployment.superlink", "--ssl-ca-certfile", str(link_tls.ca_cert),
             "--ssl-certfile", str(link_tls.cert), "--ssl-keyfile", str(link_tls.key), "--enable-supernode-auth",
             "--disable-runtime-dependency-installation", "--isolation", "process",
             "--host", LOOPBACK, "--port", str(link_port)])

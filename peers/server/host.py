@@ -82,7 +82,7 @@ class JobHost:
             self.job.strategy, self.job.peers, fraction_train=fraction, fraction_evaluate=fraction,
             on_round=self.on_round,
             secagg=secagg_config(self.job, n_params) if self.job.secagg.enabled else None,
-            sum_updates=self.job.dp.mode == "distributed")
+            sum_updates=self.job.dp.mode == "distributed", rounds=self.job.train.rounds)
         central: dict[int, dict[str, float]] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

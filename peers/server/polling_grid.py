@@ -14,10 +14,11 @@ objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore 
 starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
 process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module.
 
-Every message is sent with its ArrayRecords packed (`peers.packed_arrays`: a model
-travels as one Flower object instead of two per layer, so every hop makes that many
-fewer HTTP requests) and every reply is unpacked before the strategy sees it (a malformed one becomes an error reply); the
-fedsilo ClientApp's `packed_arrays_mod` does the reverse at the peer.
+Every message is sent with its content packed (`peers.packed_content`: the whole
+RecordDict travels as one Flower record, so a message is three Flower objects and every
+hop makes that many fewer HTTP requests) and every reply is unpacked before the
+strategy sees it (a malformed one becomes an error reply); the fedsilo ClientApp's
+`packed_content_mod` does the reverse at the peer.
 
 `exchanges` records, for every `send_and_receive`, the message type, how many
 messages went out, how long pushing them took and how long until the last reply
@@ -42,7 +43,7 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import http_grid
 from flwr.supercore.run import Run
 
-from peers.packed_arrays import pack_message, unpack_reply
+from peers.packed_content import pack_message, unpack_reply
 
 DEFAULT_INTERVAL_SECONDS = 0.05
 

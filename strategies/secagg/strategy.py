@@ -11,9 +11,25 @@ Each training round becomes four exchanges with the sampled peers, all as Flower
 4. unmask: survivors send shares that remove the masks of the sum, never of one peer.
 
 Stages 1–2 run in `configure_train` (which is given the grid), stage 4 in
-`aggregate_train`. The host learns only Σ wᵢ·Δᵢ and Σ wᵢ over the peers that
-survived stage 3, where Δᵢ is peer i's update (trained weights − global weights),
-clipped to ±`clip` per coordinate. (With `sum_updates`, used by distributed DP where
+`aggregate_train`.
+
+Stage 1 of round r+1 rides on round r's evaluation when the wrapper knows the job's
+`rounds`: `configure_evaluate(r)` adds the next round's `advertise` record to every
+evaluation message (the participants are the evaluated peers), the peer's
+`secagg_mod` evaluates the model as it would anyway and adds its fresh keys to the
+reply, and `aggregate_evaluate(r)` keeps those keys and hands the inner strategy the
+replies without them. `configure_train(r+1)` uses them, and skips its own `advertise`
+exchange, only if the peers it samples are exactly the peers that advertised;
+otherwise it runs stage 1 as above, under a new protocol round id (peers refuse to
+advertise twice for one id), and every later round's id is its server round plus the
+number of such restarts. Nothing of the protocol changes (the same setup,
+fresh keys per round, the same server checks); a round costs one exchange less. A
+peer whose evaluation fails (an error reply) has advertised no keys, so it is dropped
+from round r+1 as a peer that did not answer `advertise` is.
+
+The host learns only Σ wᵢ·Δᵢ and Σ wᵢ over the peers that survived stage 3, where
+Δᵢ is peer i's update (trained weights − global weights), clipped to ±`clip` per
+coordinate. (With `sum_updates`, used by distributed DP where
 every weight is 1, the global model moves by Σ Δᵢ instead of the mean.) From them it forms one reply carrying the weighted
 average update added to the global weights and hands it to the wrapped strategy, so
 any strategy that only post-processes the weighted average composes unchanged:
@@ -73,7 +89,19 @@ STAGE_TIMEOUT = 600.0
 
 
 @dataclass
+class _Advertised:
+    """Round r+1's stage 1, carried by round r's evaluation: its server and the peers' replies."""
+
+    server_round: int
+    server: SecAggServer
+    nodes: frozenset[int]
+    dim: int
+    replies: list[Message] = field(default_factory=list)
+
+
+@dataclass
 class _Round:
+    server_round: int
     server: SecAggServer
     template: ArrayRecord
     node_ids: list[int]
@@ -81,13 +109,29 @@ class _Round:
     sent: dict[int, Message] = field(default_factory=dict)
 
 
+def _dimension(arrays: ArrayRecord) -> int:
+    return int(sum(a.numpy().size for a in arrays.values()))
+
+
+def _without_stage(reply: Message) -> Message:
+    """An evaluation reply as the inner strategy knows it: without the secure-aggregation record it carried."""
+    if reply.has_error() or SECAGG_CONFIG_KEY not in reply.content.config_records:
+        return reply
+    content = RecordDict({k: v for k, v in reply.content.items() if k != SECAGG_CONFIG_KEY})
+    return Message(metadata=reply.metadata, content=content)
+
+
 class SecureAggregation(StrategyWrapper):
     """Wraps `inner` so that its training rounds aggregate through SecAgg+."""
 
     def __init__(self, inner, config: SecAggConfig, stage_timeout: float = STAGE_TIMEOUT,
-                 round_seed: Callable[[int], bytes] | None = None, sum_updates: bool = False) -> None:
+                 round_seed: Callable[[int], bytes] | None = None, sum_updates: bool = False,
+                 rounds: int | None = None) -> None:
         super().__init__(inner)
         self.config = config
+        self.rounds = rounds  # the job's last round; None: never carry stage 1 on an evaluation
+        self._advertised: _Advertised | None = None
+        self._last_round_id = 0  # the last SecAgg+ protocol round id a setup used
         self.sum_updates = sum_updates
         self.stage_timeout = stage_timeout
         self._round_seed = round_seed or (lambda _round: os.urandom(32))
@@ -97,6 +141,17 @@ class SecureAggregation(StrategyWrapper):
         self.dropouts: dict[int, dict[int, str]] = {}
 
     # ----------------------------------------------------------------- helpers
+    def _new_server(self, server_round: int, node_ids: list[int], dim: int) -> SecAggServer:
+        """A SecAgg+ server for `server_round`, under a protocol round id never used before.
+
+        The id is the server round unless an earlier setup took it: a setup carried by
+        an evaluation that the round then could not use (see the module docstring).
+        Peers refuse to advertise keys for a round id they already advertised for.
+        """
+        round_id = max(server_round, self._last_round_id + 1)
+        self._last_round_id = round_id
+        return SecAggServer(self.config, round_id, node_ids, dim, round_seed=self._round_seed(server_round))
+
     def _exchange(self, grid: Grid, stage: str, server_round: int,
                   payloads: dict[int, dict]) -> dict[int, Message]:
         """Send one stage's payload to each node; return the non-error replies by node."""
@@ -148,12 +203,18 @@ class SecureAggregation(StrategyWrapper):
             return []
         template = planned[0].content
         node_ids = [m.metadata.dst_node_id for m in planned]
-        dim = int(sum(a.numpy().size for a in arrays.values()))
-        server = SecAggServer(self.config, server_round, node_ids, dim, round_seed=self._round_seed(server_round))
-        self._round = _Round(server, arrays, node_ids, grid)
+        dim = _dimension(arrays)
+        advertised, self._advertised = self._advertised, None
+        carried = (advertised is not None and advertised.server_round == server_round
+                   and advertised.nodes == frozenset(node_ids) and advertised.dim == dim)
+        server = advertised.server if carried else self._new_server(server_round, node_ids, dim)
+        self._round = _Round(server_round, server, arrays, node_ids, grid)
         try:
-            replies = self._exchange(grid, "advertise", server_round,
-                                     {n: server.setup.to_dict() for n in node_ids})
+            if carried:  # stage 1 rode on the last evaluation
+                replies = self._collect("advertise", server_round, advertised.replies)
+            else:
+                replies = self._exchange(grid, "advertise", server_round,
+                                         {n: server.setup.to_dict() for n in node_ids})
             for node, reply in replies.items():
                 payload = self._payload(server_round, node, reply, "advertise")
                 if payload is not None:
@@ -175,6 +236,29 @@ class SecureAggregation(StrategyWrapper):
             out.append(Message(content, dst_node_id=node, message_type="train"))
         return out
 
+    # ----------------------------------------------------------------- stage 1 of the next round
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        planned = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._advertised = None
+        if not planned or self.rounds is None or server_round >= self.rounds:
+            return planned
+        next_round = server_round + 1
+        nodes = [m.metadata.dst_node_id for m in planned]
+        server = self._new_server(next_round, nodes, _dimension(arrays))
+        record = stage_record("advertise", next_round, server.setup.to_dict())
+        for message in planned:
+            message.content = RecordDict({**dict(message.content.items()), SECAGG_CONFIG_KEY: record})
+        self._advertised = _Advertised(next_round, server, frozenset(nodes), server.dim)
+        return planned
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        advertised = self._advertised
+        if advertised is not None and advertised.server_round == server_round + 1:
+            advertised.replies, replies = replies, [_without_stage(r) for r in replies]
+        return super().aggregate_evaluate(server_round, replies)
+
     def _receive(self, receive, server_round: int, node: int, decode, payload: dict) -> None:
         try:
             receive(node, decode(payload))
@@ -188,7 +272,7 @@ class SecureAggregation(StrategyWrapper):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         state, self._round = self._round, None
         replies = list(replies)
-        if state is None or state.server.round_id != server_round:
+        if state is None or state.server_round != server_round:
             return super().aggregate_train(server_round, [])
         server = state.server
         try:

@@ -7,6 +7,12 @@ weights, clipped to ±`secagg.clip` per coordinate) with the weight (`num-exampl
 inside the masked vector; `num-examples` and the training loss are removed from the
 reply's metrics, so the host learns neither per peer.
 
+An `evaluate` message may carry the next round's `advertise` stage (see
+`strategies.secagg.strategy`): the app evaluates the message without that record,
+exactly as any evaluation, and this mod adds the peer's fresh keys for the next round
+to the app's reply. If the evaluation fails, the error is the reply and no keys are
+sent (the host then drops the peer from the next round).
+
 The peer's SecAgg+ state (its round keys and the shares it holds) lives between
 messages in the node's own `context.state`, which never leaves the peer; a request
 for another round or an earlier stage is refused (replay), with an error reply.
@@ -20,7 +26,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 
 from peers.job import JobConfig, parameter_count, secagg_config
-from privacy.errors import FedsiloError
+from privacy.errors import FedsiloError, ProtocolError
 from privacy.secagg import MaskInputRequest, RoundSetup, SecAggClient, ShareKeysRequest, UnmaskRequest
 from privacy.secagg.messages import encrypted_shares_to_dict
 from strategies.secagg.wire import (
@@ -50,8 +56,35 @@ def _save(context: Context, job: JobConfig, client: SecAggClient) -> None:
     context.state[STATE_KEY] = ConfigRecord({"job": job.job_id, "state": json.dumps(client.state_dict())})
 
 
+def _evaluate_and_advertise(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """An evaluation carrying the next round's `advertise` stage: the app's evaluation, plus this peer's keys."""
+    carried = RecordDict({SECAGG_CONFIG_KEY: msg.content.config_records[SECAGG_CONFIG_KEY]})
+    msg.content = RecordDict({k: v for k, v in msg.content.items() if k != SECAGG_CONFIG_KEY})
+    evaluated = call_next(msg, context)
+    if evaluated.has_error():
+        return evaluated
+    client = None
+    try:
+        job = JobConfig.from_run_config(context.run_config)
+        stage, server_round, payload = read_stage(carried)
+        if stage != "advertise":
+            raise ProtocolError(f"an evaluation can carry only the advertise stage, not {stage}")
+        client = _load(context, job, msg.metadata.dst_node_id)
+        setup = RoundSetup.from_dict(payload)
+        out = client.advertise_keys(setup.round_id, setup.participants, setup.round_seed).to_dict()
+        _save(context, job, client)
+    except FedsiloError as error:
+        if client is not None:
+            _save(context, job, client)
+        return Message(Error(code=ERROR_CODE_SECAGG, reason=f"{error.__class__.__name__}: {error}"), reply_to=msg)
+    evaluated.content[SECAGG_CONFIG_KEY] = stage_record(stage, server_round, out)
+    return evaluated
+
+
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Client mod: handle secure-aggregation stages, pass anything else to the app."""
+    if msg.metadata.message_type == MessageType.EVALUATE and SECAGG_CONFIG_KEY in msg.content.config_records:
+        return _evaluate_and_advertise(msg, context, call_next)
     if msg.metadata.message_type != MessageType.TRAIN or SECAGG_CONFIG_KEY not in msg.content.config_records:
         return call_next(msg, context)
     client = None

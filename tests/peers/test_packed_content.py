@@ -1,4 +1,4 @@
-"""Packed ArrayRecords: byte-exact round trip, fewer Flower objects, refusals, the ClientApp mod."""
+"""Packed content: byte-exact round trip, three Flower objects per message, refusals, the ClientApp mod."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,8 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from peers.packed_arrays import (PACKED_PREFIX, is_packed, pack, pack_message, packed_arrays_mod, unpack,
-                                 unpack_reply)
+from peers.packed_content import (PACKED_KEY, is_packed, pack, pack_message, packed_content_mod, unpack,
+                                  unpack_reply)
 from peers.server.polling_grid import PromptGrid
 from privacy.errors import ProtocolError
 
@@ -35,41 +35,57 @@ def _content():
 def test_round_trip_is_byte_exact_and_keeps_order_dtypes_shapes():
     content = _content()
     packed = pack(content)
-    assert is_packed(packed) and list(packed["arrays"].keys()) == ["packed"]
-    assert list(packed["single"].keys()) == ["only"]  # one array: nothing to gain, left as it is
+    assert is_packed(packed) and list(packed.keys()) == [PACKED_KEY]
     restored = unpack(packed)
     assert list(restored.keys()) == ["arrays", "config", "single"]
     assert list(restored["arrays"].keys()) == list(_weights())
     for key, value in _weights().items():
         got = restored["arrays"][key].numpy()
         assert got.dtype == value.dtype and got.shape == value.shape and np.array_equal(got, value)
-    # Same bytes, so the same Flower object ids as the arrays that were packed.
-    assert restored["arrays"].object_id == content["arrays"].object_id
-    assert restored["config"]["server-round"] == 3
+    # The same Flower objects, so the same ids, as the content that was packed.
+    assert restored.object_id == content.object_id
+    assert restored["config"]["server-round"] == 3 and np.array_equal(restored["single"]["only"].numpy(), np.arange(5))
 
 
-def test_packing_cuts_the_objects_a_message_travels_as():
-    message = Message(_content(), dst_node_id=1, message_type="train")
-    before = len(get_all_nested_objects(message))
+def test_a_message_travels_as_three_flower_objects():
+    before = len(get_all_nested_objects(Message(_content(), dst_node_id=1, message_type="train")))
     after = len(get_all_nested_objects(pack_message(Message(_content(), dst_node_id=1, message_type="train"))))
-    assert (before, after) == (15, 10)  # 4 arrays x (array + chunk) become 1 x 2, plus the layout record
+    assert (before, after) == (15, 3)  # message, RecordDict, the packed record
 
 
-def test_content_without_multi_array_records_is_untouched():
+def test_unpacked_content_is_left_as_it_is():
     content = RecordDict({"config": ConfigRecord({"a": 1}), "one": ArrayRecord({"x": Array(np.ones(3))})})
-    assert pack(content) is content and unpack(content) is content and not is_packed(content)
+    assert unpack(content) is content and not is_packed(content)
 
 
-def test_a_layout_that_does_not_match_its_bytes_is_refused():
+def _frames(packed: RecordDict) -> bytes:
+    return packed[PACKED_KEY]["objects"]
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]), "does not match its id"),  # an object's bytes changed
+    (lambda blob: blob[:-3], "truncated"),
+    (lambda blob: blob + b"x" * 10, "truncated"),
+])
+def test_altered_or_truncated_objects_are_refused(tamper, reason):
     packed = pack(_content())
-    layout = packed[PACKED_PREFIX + "arrays"]
-    layout["sizes"] = [int(s) for s in layout["sizes"][:-1]] + [int(layout["sizes"][-1]) + 1]
-    with pytest.raises(ProtocolError, match="does not match"):
+    packed[PACKED_KEY]["objects"] = tamper(_frames(packed))
+    with pytest.raises(ProtocolError, match=reason):
         unpack(packed)
+
+
+def test_a_tree_that_is_not_a_whole_recorddict_is_refused():
     packed = pack(_content())
-    del packed[PACKED_PREFIX + "arrays"]["shapes"]
-    with pytest.raises(ProtocolError, match="malformed layout"):
+    packed[PACKED_KEY]["root"] = _content()["config"].object_id  # a record of the tree, not its RecordDict
+    with pytest.raises(ProtocolError, match="not a RecordDict|outside its tree"):
         unpack(packed)
+    missing = pack(_content())
+    missing[PACKED_KEY]["root"] = "0" * 64
+    with pytest.raises(ProtocolError, match="not a valid object tree"):
+        unpack(missing)
+    del missing[PACKED_KEY]["root"]
+    with pytest.raises(ProtocolError, match="lacks its root"):
+        unpack(missing)
 
 
 def _echo(msg: Message, _context: Context) -> Message:
@@ -86,18 +102,19 @@ def _received(content):
 
 def test_mod_unpacks_for_the_app_and_packs_the_reply_only_when_the_request_was_packed():
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    reply = packed_arrays_mod(_received(pack(_content())), context, _echo)
-    assert is_packed(reply.content) and reply.content["metrics"]["n"] == 4
+    reply = packed_content_mod(_received(pack(_content())), context, _echo)
+    assert is_packed(reply.content)
+    assert unpack(reply.content)["metrics"]["n"] == 4
     doubled = unpack(reply.content)["arrays"]
     assert all(np.array_equal(doubled[k].numpy(), v * 2) for k, v in _weights().items())
-    plain = packed_arrays_mod(_received(_content()), context, _echo)  # simulation: never packed
+    plain = packed_content_mod(_received(_content()), context, _echo)  # simulation: never packed
     assert not is_packed(plain.content) and list(plain.content["arrays"].keys()) == list(_weights())
 
 
 def test_a_malformed_packed_reply_becomes_an_error_reply_from_that_peer():
     request = _received(_content())
     content = pack(_content())
-    content[PACKED_PREFIX + "arrays"]["sizes"] = [1, 2, 3, 4]
+    content[PACKED_KEY]["objects"] = content[PACKED_KEY]["objects"][:-1]
     reply = Message(content, reply_to=request)
     out = unpack_reply(reply)
     assert out.has_error() and "malformed packed reply" in out.error.reason
@@ -107,7 +124,7 @@ def test_a_malformed_packed_reply_becomes_an_error_reply_from_that_peer():
 
 
 class _EchoLink(Grid):
-    """The far side of a grid, in memory: each pushed message is answered by `packed_arrays_mod` + `_echo`."""
+    """The far side of a grid, in memory: each pushed message is answered by `packed_content_mod` + `_echo`."""
 
     def __init__(self):
         self.pushed, self.replies = [], {}
@@ -131,7 +148,7 @@ class _EchoLink(Grid):
             message_id = message.metadata.__dict__["_message_id"] = message.object_id
             self.pushed.append(is_packed(message.content))  # as it travels
             context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-            self.replies[message_id] = packed_arrays_mod(message, context, _echo)
+            self.replies[message_id] = packed_content_mod(message, context, _echo)
             ids.append(message_id)
         return ids
 

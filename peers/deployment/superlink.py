@@ -1,0 +1,125 @@
+"""`flower-superlink`, with its Control-only and plugin-only middlewares scoped to their requests.
+
+Flower 1.41's SuperLink serves its Fleet, Runtime and Control APIs from one FastAPI
+app whose middleware stack (`flwr.superlink.main._get_middleware`) wraps every
+request in ten `BaseHTTPMiddleware` layers. Each layer costs a task group and a pair
+of memory streams per request, whether or not it does anything: in a deployed round
+the SuperLink, one Python process, serves a few hundred Fleet and Runtime requests
+(every message, every object of a message, every poll) and spent about 5 ms of CPU
+on each, most of it in those layers.
+
+Six of the layers act on some requests only, and for every other request their
+`dispatch` is exactly `return await call_next(request)` (read in Flower 1.41's
+source):
+
+- `ControlSensitiveResponseMiddleware`, `ControlAuthenticationMiddleware`,
+  `ControlLicenseMiddleware`, `ControlEventLogMiddleware`: requests whose path starts
+  with `/v1/control/`;
+- `FleetEventLogMiddleware`: `/v1/fleet/` requests, when a Fleet event-log plugin is
+  configured (`app.state.fleet_event_log_plugin`);
+- `RuntimeTracingMiddleware`: only when `FLWR_TRACING_ENABLED=1`.
+
+This entry point runs Flower's own `flower_superlink()` unchanged, except that each of
+those six layers is wrapped in `ScopedMiddleware`, which hands a request the layer
+does not act on straight to the next layer (pure ASGI, no task group) and every other
+request to the layer itself, unchanged. The layers every request needs (protobuf
+translation, error translation, SuperNode authentication) run as before, in the same
+order; Control requests see the full stack. Same arguments, same protocol, same
+responses.
+
+Run: `python -m peers.deployment.superlink <flower-superlink arguments>`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+# What `main` rewrites is the middleware list of Flower 1.41's SuperLink app, and the
+# scopes below are those of 1.41's middlewares. Another Flower may add a layer that
+# acts on Fleet requests under a name below: re-read `flwr.superlink.main` and the
+# middlewares' `dispatch` before widening this.
+PINNED_FLOWER = "1.41."
+CONTROL_PREFIX = "/v1/control/"
+FLEET_PREFIX = "/v1/fleet/"
+
+Scope = dict[str, Any]
+Applies = Callable[[Scope], bool]
+
+
+def _control(scope: Scope) -> bool:
+    return str(scope.get("path", "")).startswith(CONTROL_PREFIX)
+
+
+def _fleet_event_log(scope: Scope) -> bool:
+    app = scope.get("app")
+    plugin = getattr(getattr(app, "state", None), "fleet_event_log_plugin", None)
+    return plugin is not None and str(scope.get("path", "")).startswith(FLEET_PREFIX)
+
+
+def _tracing(_scope: Scope) -> bool:
+    return os.getenv("FLWR_TRACING_ENABLED") == "1"
+
+
+class ScopedMiddleware:
+    """Runs `layer` (a middleware class) on the HTTP requests `applies` selects; passes every other one on.
+
+    Only correct for a layer whose `dispatch` is `return await call_next(request)` for
+    every request `applies` rejects.
+    """
+
+    def __init__(self, app: Any, layer: type, applies: Applies, **kwargs: Any) -> None:
+        self.app = app
+        self.layer = layer(app, **kwargs)
+        self.applies = applies
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.applies(scope):
+            await self.app(scope, receive, send)
+        else:
+            await self.layer(scope, receive, send)
+
+
+def scoped_middleware(stack: list[Any]) -> list[Any]:
+    """Flower's SuperLink middleware list with the request-scoped layers wrapped in `ScopedMiddleware`."""
+    from starlette.middleware import Middleware
+
+    from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
+    from flwr.superlink.routers.control.middlewares import (ControlAuthenticationMiddleware,
+                                                             ControlEventLogMiddleware, ControlLicenseMiddleware,
+                                                             ControlSensitiveResponseMiddleware)
+    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
+
+    scopes: dict[type, Applies] = {
+        ControlSensitiveResponseMiddleware: _control,
+        ControlAuthenticationMiddleware: _control,
+        ControlLicenseMiddleware: _control,
+        ControlEventLogMiddleware: _control,
+        FleetEventLogMiddleware: _fleet_event_log,
+        RuntimeTracingMiddleware: _tracing,
+    }
+    out = []
+    for middleware in stack:
+        applies = scopes.get(middleware.cls)
+        if applies is None or middleware.args:
+            out.append(middleware)
+        else:
+            out.append(Middleware(ScopedMiddleware, layer=middleware.cls, applies=applies, **middleware.kwargs))
+    return out
+
+
+def main() -> None:
+    import flwr.superlink.main as superlink_app
+    from flwr.superlink.cli.flower_superlink import flower_superlink
+    from flwr.supercore.version import package_version
+
+    if not package_version.startswith(PINNED_FLOWER):
+        raise SystemExit(f"peers.deployment.superlink rewrites Flower {PINNED_FLOWER}x's SuperLink middleware, but "
+                         f"Flower {package_version} is installed: install flwr {PINNED_FLOWER}x (pyproject.toml pins it)")
+    flower_middleware = superlink_app._get_middleware  # pylint: disable=protected-access
+    superlink_app._get_middleware = lambda: scoped_middleware(flower_middleware())  # pylint: disable=protected-access
+    flower_superlink()
+
+
+if __name__ == "__main__":
+    main()
