@@ -7,7 +7,9 @@
    when it is installed (`pip install --no-deps openmined-psi`: it pins protobuf
    6.30.2, which Flower's gRPC health check refuses, so no extra of fedsilo installs
    it; it runs with the protobuf Flower needs). Baseline: openmined-psi in the same
-   run. Both get their identifiers as Python lists made before the clock starts.
+   run. Both get their identifiers as Python lists made before the clock starts; the
+   arms run `--repeats` times each (default 3), alternating, and their medians are
+   compared.
    Wall time, and CPU time with fedsilo in one process (`Workers(1)`): the CPU
    ratio does not depend on what else the machine runs, the wall ratio does. Also the
    CPU of every process of the 2-worker run (this one and the workers), and from it the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import resource
 import sys
 import time
@@ -164,14 +167,23 @@ def query_bench(size: int, queries: int, workers: Workers) -> dict[str, float]:
 def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> None:
     """fedsilo against openmined-psi at ``args.size`` per side: wall and CPU time."""
     n = args.size
-    fed, fed_all_cpu, fed_n = timed_psi(n, workers)
-    print(f"fedsilo {n:,} x {n:,}: {fed:.1f} s, {fed_all_cpu:.1f} s CPU in all processes, {fed_n:,} shared", flush=True)
+    feds, oms = [], []
+    for _ in range(args.repeats):  # the two arms alternate, so both see the machine's drift
+        feds.append(timed_psi(n, workers))
+        print(f"fedsilo {n:,} x {n:,}: {feds[-1][0]:.1f} s, {feds[-1][1]:.1f} s CPU in all processes, "
+              f"{feds[-1][2]:,} shared", flush=True)
+        start = time.process_time()
+        found = openmined_psi(n)
+        if found is None:
+            break
+        oms.append((found[0], time.process_time() - start, found[1]))
+        print(f"openmined-psi {n:,} x {n:,}: {found[0]:.1f} s, {oms[-1][1]:.1f} s CPU, {found[1]:,} shared", flush=True)
+    fed, fed_all_cpu, fed_n = (statistics.median(run[i] for run in feds) for i in range(3))
     with Workers(1) as alone:
         fed_cpu = cpu_seconds(fedsilo_psi, n, alone)
     print(f"fedsilo {n:,} x {n:,} in one process: {fed_cpu:.1f} s CPU", flush=True)
-    start = time.process_time()
-    om = openmined_psi(n)
-    om_cpu = time.process_time() - start
+    om = (statistics.median(run[0] for run in oms), oms[0][2]) if oms else None
+    om_cpu = statistics.median(run[1] for run in oms) if oms else 0.0
     parts = breakdown_us()
     pair = fed_cpu / n * 1e6
     hashing, checks, powers = 2 * (parts["digest"] + parts["onto"]), 2 * parts["check"], 4 * parts["x25519"]
@@ -179,10 +191,10 @@ def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> Non
     if om is None:
         lines.append(f"psi {n:,}x{n:,}: fedsilo {fed:.1f} s wall, {fed_cpu:.1f} s CPU (openmined-psi not installed)")
     else:
-        print(f"openmined-psi {n:,} x {n:,}: {om[0]:.1f} s, {om_cpu:.1f} s CPU, {om[1]:,} shared", flush=True)
         assert om[1] == fed_n
-        lines.append(f"psi {n:,}x{n:,}: wall fedsilo ({args.workers} workers) {fed:.1f} s, "
-                     f"openmined-psi {om[0]:.1f} s, speed-up {om[0] / fed:.2f}x")
+        walls = " / ".join(f"{run[0]:.2f}" for run in feds), " / ".join(f"{run[0]:.1f}" for run in oms)
+        lines.append(f"psi {n:,}x{n:,}: wall fedsilo ({args.workers} workers) {walls[0]} s, median {fed:.2f} s; "
+                     f"openmined-psi {walls[1]} s, median {om[0]:.1f} s; speed-up of the medians {om[0] / fed:.2f}x")
         lines.append(f"psi {n:,}x{n:,}: CPU fedsilo in one process {fed_cpu:.1f} s, openmined-psi {om_cpu:.1f} s, "
                      f"per-core ratio {om_cpu / fed_cpu:.2f}x; fedsilo's {args.workers}-worker run used "
                      f"{fed_all_cpu:.1f} s of CPU in all processes: {idle:.1f} s on {args.workers} idle cores, "
@@ -202,6 +214,8 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=1_000_000, help="each side's size for the large run (0: skip)")
     parser.add_argument("--table", type=int, default=1_000_000, help="entries of the query table (0: skip)")
     parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each arm of the comparison, alternating; the medians are compared")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
