@@ -35,7 +35,7 @@ from privacy.psi import x25519
 from privacy.psi.identifiers import PSI_DOMAIN, digests
 
 __all__ = ["Workers", "BATCH", "Task", "blind_identifiers", "exponentiate", "blind_tasks", "exponentiate_tasks",
-           "collect", "run_streams"]
+           "collect", "chunks", "run_streams"]
 
 BATCH = 2048
 """Elements per task: about 70 ms of work, large enough that pickling and the pipes
@@ -218,7 +218,8 @@ class Workers:
         self.close()
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last may be shorter), read as they are consumed."""
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
@@ -250,10 +251,10 @@ def blind_tasks(values: Iterable[str], kind: str | None, scalar: bytes, processe
     iterable is read in batches of ``batch`` as it is consumed.
     """
     if isinstance(values, Sequence):
-        chunks: Iterable[Any] = (values[start:stop] for start, stop in _spans(len(values), batch, processes))
+        pieces: Iterable[Any] = (values[start:stop] for start, stop in _spans(len(values), batch, processes))
     else:
-        chunks = _chunks(values, batch)
-    return ((_blind_batch, (list(chunk), kind, scalar)) for chunk in chunks)
+        pieces = chunks(values, batch)
+    return ((_blind_batch, (list(piece), kind, scalar)) for piece in pieces)
 
 
 def exponentiate_tasks(elements: np.ndarray, scalar: bytes, processes: int, batch: int = BATCH) -> Iterator[Task]:

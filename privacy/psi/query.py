@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from privacy.errors import ConfigError, DataError, ProtocolError, StaleEpoch
 from privacy.psi import group
 from privacy.psi.identifiers import digests
-from privacy.psi.parallel import BATCH, Workers
+from privacy.psi.parallel import BATCH, Workers, chunks
 from privacy.psi.quota import QueryQuota
 from privacy.psi.wire import MAX_BATCH, FrameType, decode, encode
 
@@ -97,17 +97,6 @@ def _encrypt_batch(batch: list[tuple[str, str]], kind: str | None, scalar: bytes
         padded = len(data).to_bytes(2, "big") + data + bytes(width - len(data))
         cts += AESGCM(key).encrypt(_NONCE, padded, _aad(list_hash, epoch, tag))
     return b"".join(tags), bytes(cts)
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @dataclass(frozen=True)
@@ -217,7 +206,7 @@ class ListHolder:
         ``entries`` is read once, in batches; an identifier that appears twice is refused.
         """
         tags, cts = bytearray(), bytearray()
-        for t, c in self._workers.map(_encrypt_batch, _chunks(entries, BATCH), self.kind, self._key,
+        for t, c in self._workers.map(_encrypt_batch, chunks(entries, BATCH), self.kind, self._key,
                                       self.list_hash, self.epoch, self.label_width):
             tags += t
             cts += c
