@@ -7,9 +7,10 @@ same banks runs twice, one after the other:
   as `fedsilo simulate` runs it;
 * ``deployment`` -- Flower's Deployment Engine on 127.0.0.1, as two institutions'
   machines would: a SuperLink over TLS with SuperNode authentication (a throwaway CA,
-  `peers.deployment.local_ca`), the ServerApp under its SuperExec, and per bank a
-  SuperNode with its warm ClientApp (`peers.deployment.host_training` /
-  `join_training`), each bank reading its own CSV file;
+  `peers.deployment.local_ca`) behind the job's fleet gateway, the ServerApp under its
+  SuperExec, and per bank a SuperNode running the ClientApp in its own process
+  (`peers.deployment.host_training` / `join_training`), each bank reading its own CSV
+  file;
 * ``stock`` (with ``--stock``) -- the same deployment with Flower's stock
   `flower-supernode` in subprocess isolation: a fresh `flwr-clientapp` process per
   message and Flower's own polling waits at the SuperNode (the host is unchanged).
@@ -143,7 +144,7 @@ def main() -> int:
     parser.add_argument("--only", choices=("simulation", "deployment", "stock"), help="run one arm only (no ratio)")
     parser.add_argument("--stock", action="store_true",
                         help="also run the deployment on Flower's stock SuperNode (a flwr-clientapp process per "
-                             "message, Flower's polling waits), the baseline the warm ClientApp replaces")
+                             "message, Flower's polling waits), the baseline the in-process ClientApp replaces")
     parser.add_argument("--keep", type=Path, help="keep the arms' files and logs in this (new) directory")
     args = parser.parse_args()
     if args.rounds < 2:

@@ -1,16 +1,12 @@
-"""Joining a hosted job: a SuperNode and its warm ClientApp, next to the peer's data.
+"""Joining a hosted job: a SuperNode running the fedsilo ClientApp, next to the peer's data.
 
-`join_training` starts, under one `Supervisor`:
-
-- `flower-supernode` (through `peers.deployment.supernode`, which shortens its
-  polling waits), connecting to the host's SuperLink over TLS (verifying it against
-  the consortium CA), authenticating with the peer's node key
-  (`node_auth_keypair`), in `--isolation process`, with node config `data-path` (the
-  peer's own table; it never leaves the machine) and `state-dir` (`work_dir`);
-- `peers.deployment.warm_clientapp`, the long-lived process that runs the fedsilo
-  ClientApp for every message the SuperNode receives (its Runtime API listens on
-  127.0.0.1 only); the SuperNode announces each task to it by a UDP datagram on a
-  127.0.0.1 port (`--wake-port`), so it does not poll.
+`join_training` starts, under one `Supervisor`, `flower-supernode` through
+`peers.deployment.supernode` (which shortens its polling waits and runs the fedsilo
+ClientApp in its own process, imported once: see that module), connecting to the
+host's SuperLink over TLS (verifying it against the consortium CA), authenticating
+with the peer's node key (`node_auth_keypair`), in `--isolation process` (its unused
+Runtime API listens on 127.0.0.1 only), with node config `data-path` (the peer's own
+table; it never leaves the machine) and `state-dir` (`work_dir`).
 
 `wait` returns once the host has announced the end of the job, with what this peer's
 own accountant recorded (`peers.client.node_state`).
@@ -19,7 +15,6 @@ own accountant recorded (`peers.client.node_state`).
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +23,6 @@ from pathlib import Path
 from peers.client import node_state
 from peers.deployment.host import free_port, job_environment
 from peers.deployment.processes import DeploymentError, Supervisor, venv_command
-from peers.deployment.supernode import WAKE_PORT_ENV
 from peers.deployment.tls import node_key_path
 from peers.job import JobConfig
 from privacy.accounting import Mechanism
@@ -95,24 +89,17 @@ class JoinedTraining:
             raise
 
     def stop(self) -> None:
-        """Stop the SuperNode and the ClientApp (idempotent)."""
+        """Stop the SuperNode (and, with `warm=False`, its ClientApp processes); idempotent."""
         self.supervisor.stop()
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port free on `host` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: Path, node_key_dir: Path,
                   data_path: Path, runtime_port: int | None = None, warm: bool = True) -> JoinedTraining:
-    """Start this peer's SuperNode and warm ClientApp for `job`; return at once (see the module docstring).
+    """Start this peer's SuperNode, with the ClientApp in its process, for `job`; return at once.
 
     `warm=False` runs Flower's stock `flower-supernode` in subprocess isolation
     instead (its SuperExec starts one `flwr-clientapp` process per message, with
-    Flower's own polling waits): the baseline `bench/deployed_round.py --cold` measures.
+    Flower's own polling waits): the baseline `bench/deployed_round.py --stock` measures.
     """
     key = node_key_path(node_key_dir)
     if not key.is_file():
@@ -124,20 +111,14 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
-    wake_port = free_udp_port()
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
     try:
         launcher = [sys.executable, "-m", "peers.deployment.supernode"] if warm else [venv_command("flower-supernode")]
-        supernode = supervisor.start("supernode", [
+        supervisor.start("supernode", [
             *launcher, "--superlink", fleet_address, "--root-certificates", str(ca_cert),
             "--auth-supernode-private-key", str(key), "--isolation", "process" if warm else "subprocess",
             "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--max-retries", str(CONNECT_RETRIES),
-            "--node-config", _node_config(Path(data_path).resolve(), work_dir)],
-            env={WAKE_PORT_ENV: str(wake_port)} if warm else None)
-        if warm:
-            supervisor.start("clientapp", [sys.executable, "-m", "peers.deployment.warm_clientapp",
-                                           "--runtime-api-address", runtime, "--parent-pid", str(supernode.process.pid),
-                                           "--wake-port", str(wake_port)])
+            "--node-config", _node_config(Path(data_path).resolve(), work_dir)])
         return JoinedTraining(job, work_dir, fleet_address, supervisor)
     except BaseException:
         supervisor.stop()

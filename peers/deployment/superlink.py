@@ -116,8 +116,14 @@ def main() -> None:
     if not package_version.startswith(PINNED_FLOWER):
         raise SystemExit(f"peers.deployment.superlink rewrites Flower {PINNED_FLOWER}x's SuperLink middleware, but "
                          f"Flower {package_version} is installed: install flwr {PINNED_FLOWER}x (pyproject.toml pins it)")
+    from flwr.superlink.servicer.fleet import fleet_handlers
+    from flwr.superlink.servicer.runtime import runtime_handlers
+
+    from peers.deployment.long_poll import LongPoll, install
+
     flower_middleware = superlink_app._get_middleware  # pylint: disable=protected-access
     superlink_app._get_middleware = lambda: scoped_middleware(flower_middleware())  # pylint: disable=protected-access
+    install(fleet_handlers, runtime_handlers, LongPoll())
     flower_superlink()
 
 

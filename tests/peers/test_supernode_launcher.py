@@ -1,185 +1,213 @@
-"""`peers.deployment.supernode`: a message's ClientApp task is posted once its objects are stored.
+"""`peers.deployment.supernode`: each pulled message is handled in the SuperNode's process.
 
-Runs Flower's own `_pull_and_store_message` against a real in-memory NodeState and
-ObjectStore; the SuperLink's side (receive, object pulls) is played by the test.
+Runs Flower's own `_pull_and_store_message` and `_push_messages` against a real
+in-memory NodeState and ObjectStore; the SuperLink's side (receive, object pulls,
+send) is played by the test.
 """
 
+import time
 from dataclasses import replace
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app.message import remove_content_from_message
+from flwr.common.constant import ErrorCode
 from flwr.supercore.constant import TaskType
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree, iterate_object_tree
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode import start_client_internal as loop
 from flwr.supernode.nodestate import NodeStateFactory
-from flwr.app.message import remove_content_from_message
 
-from peers.deployment.supernode import post_task_after_objects
+from peers.deployment.in_process_clientapp import fab_client_app
+from peers.deployment.supernode import handle_in_process
+from peers.flower_app import CLIENT_APP
 
-RUN_ID = 7
+RUN_ID, NODE_ID, SERIES_ID = 7, 5, 3
+
+
+class _Fab:
+    def __init__(self, clientapp: str) -> None:
+        import hashlib
+        import io
+        import zipfile
+
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("pyproject.toml", f'[tool.flwr.app.components]\nclientapp = "{clientapp}"\n')
+        self.content = buffer.getvalue()
+        self.hash_str = hashlib.sha256(self.content).hexdigest()
+        self.verifications = {}
+
+
+def _node(clientapp: str = CLIENT_APP):
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1  # what a Message needs
+    factory = NodeStateFactory(ObjectStoreFactory())
+    state = factory.state()
+    state.set_node_id(NODE_ID)
+    fab = _Fab(clientapp)
+    state.store_run(replace(Run.create_empty(RUN_ID), primary_task_type=TaskType.CLIENT_APP, fab_hash=fab.hash_str,
+                            series_id=SERIES_ID))
+    state.store_fab(fab)
+    state.set_run_series_context(SERIES_ID, Context(run_id=RUN_ID, node_id=NODE_ID, node_config={},
+                                                    state=RecordDict(), run_config={}))
+    return state, factory.objectstore_factory.store()
 
 
 @pytest.fixture()
 def node():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1  # what a Message needs
-    factory = NodeStateFactory(ObjectStoreFactory())
-    state = factory.state()
-    state.set_node_id(5)
-    state.store_run(replace(Run.create_empty(RUN_ID), primary_task_type=TaskType.CLIENT_APP))
-    return state, factory.objectstore_factory.store()
+    return _node()
 
 
-def _incoming():
-    message = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=5, message_type="train")
+def _incoming(x: int = 1):
+    message = Message(RecordDict({"config": ConfigRecord({"x": x})}), dst_node_id=NODE_ID, message_type="train")
     message.metadata.__dict__["_run_id"] = RUN_ID
     message.metadata.__dict__["_message_id"] = message.object_id
     contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
     return remove_content_from_message(message), get_object_tree(message), contents
 
 
-def _pull(state, store, incoming, pull_object):
-    wrapped = post_task_after_objects(loop._pull_and_store_message)  # pylint: disable=protected-access
-    message, tree, _ = incoming
+def _doubling_app(message: Message, context: Context) -> Message:
+    """Replies with twice the config value, and counts its calls in the context."""
+    calls = int(context.state.get("calls", ConfigRecord({"n": 0}))["n"]) + 1
+    context.state["calls"] = ConfigRecord({"n": calls})
+    return Message(RecordDict({"reply": ConfigRecord({"y": 2 * int(message.content["config"]["x"])})}),
+                   reply_to=message)
+
+
+def _pull(state, store, incoming, app=_doubling_app, pull_object=None):
+    wrapped = handle_in_process(loop._pull_and_store_message, app)  # pylint: disable=protected-access
+    message, tree, contents = incoming
     return wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree),
-                   get_run=None, get_fab=None, pull_object=pull_object, confirm_message_received=lambda *a: None,
-                   trusted_entities=None)
+                   get_run=None, get_fab=None, pull_object=pull_object or (lambda run_id, oid: contents[oid]),
+                   confirm_message_received=lambda *a: None, trusted_entities=None)
 
 
-def test_the_task_appears_only_after_every_object_is_stored(node):
+class _NoWaiting:
+    """Flower's loop waits (`time.sleep`) only while no reply is stored: here that fails the test instead."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(_seconds):
+        raise AssertionError("the SuperNode's loop found no stored reply to send")
+
+
+def _sent(state, store) -> list[tuple[Message, dict[str, bytes]]]:
+    """What Flower's `_push_messages` sends to the SuperLink now: (message, pushed objects) per reply."""
+    sent = []
+
+    def send(message, tree, _runtime):
+        sent.append((message, {}))
+        return {t.object_id for t in iterate_object_tree(tree)}, "session"
+
+    def push_object(_run_id, _session, object_id, content):
+        sent[-1][1][object_id] = content
+
+    waiting, loop.time = loop.time, _NoWaiting()
+    try:
+        loop._push_messages(state=state, object_store=store, send=send, push_object=push_object)  # pylint: disable=W0212
+    finally:
+        loop.time = waiting
+    return sent
+
+
+def _inflate(message: Message, objects: dict[str, bytes]) -> Message:
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    return inflate_object_from_contents(message.metadata.message_id, dict(objects))
+
+
+def test_a_message_is_answered_in_process_and_the_loop_sends_the_reply_at_once(node):
     state, store = node
-    incoming = _incoming()
-    contents = incoming[2]
-    tasks_while_pulling = []
-
-    def pull_object(run_id, object_id):
-        tasks_while_pulling.append(len(state.get_tasks(run_ids=[run_id])))
-        return contents[object_id]
-
-    run_id = _pull(state, store, incoming, pull_object)
-    assert run_id == RUN_ID
-    assert tasks_while_pulling == [0] * len(contents)  # the ClientApp could not acquire it before
-    tasks = state.get_tasks(run_ids=[RUN_ID])
-    assert len(tasks) == 1 and tasks[0].type == TaskType.CLIENT_APP
-    assert all(store.get(oid) == data for oid, data in contents.items())
+    incoming = _incoming(21)
+    assert _pull(state, store, incoming) == RUN_ID
+    assert state.get_tasks(run_ids=[RUN_ID]) == []  # no task for an outside executor
+    for object_id in incoming[2]:  # the message's objects are gone, as after ConfirmMessageReceived
+        assert store.get(object_id) is None
+    [(reply, objects)] = _sent(state, store)
+    assert reply.metadata.reply_to_message_id == incoming[0].metadata.message_id
+    assert _inflate(reply, objects).content["reply"]["y"] == 42
+    assert state.get_messages_legacy(run_ids=[RUN_ID]) == []  # the loop cleaned up after sending
+    assert state.get_run_series_context(SERIES_ID).state["calls"]["n"] == 1  # the context went back to the state
 
 
-def test_a_message_whose_objects_never_arrive_gets_no_task_and_is_dropped(node, monkeypatch):
+def test_the_context_carries_over_from_one_message_to_the_next(node):
+    state, store = node
+    for x in (1, 2):
+        assert _pull(state, store, _incoming(x)) == RUN_ID
+        _sent(state, store)
+    assert state.get_run_series_context(SERIES_ID).state["calls"]["n"] == 2
+
+
+def test_a_message_whose_objects_never_arrive_is_dropped_without_running_the_app(node, monkeypatch):
     state, store = node
     monkeypatch.setattr(loop, "pull_objects", lambda ids, pull_object_fn: pull_object_fn(next(iter(ids))))
+    called = []
 
     def pull_object(run_id, object_id):
         raise RuntimeError("object unavailable")
 
-    run_id = _pull(state, store, _incoming(), pull_object)
-    assert run_id is None
+    assert _pull(state, store, _incoming(), app=lambda **kw: called.append(kw), pull_object=pull_object) is None
+    assert called == []
     assert state.get_tasks(run_ids=[RUN_ID]) == []
     assert state.get_messages_legacy(run_ids=[RUN_ID]) == []
 
 
-def test_a_stored_reply_ends_the_loops_wait_at_once(node):
-    import threading
-    import time
-
-    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
-
-    from peers.deployment.supernode import CappedSleepTime, setting_wakes
-
-    state, _ = node
-    stored = threading.Event()
-    store_message = setting_wakes(InMemoryNodeState.store_message, stored)
-    sleeper = CappedSleepTime(cap=5.0, wake=stored)
-    reply = _incoming()[0]
-    threading.Timer(0.05, lambda: store_message(state, reply)).start()
-    started = time.monotonic()
-    sleeper.sleep(3)  # Flower's loop: waiting for the ClientApp's reply
-    assert time.monotonic() - started < 1.0
-    assert not stored.is_set()  # cleared for the next wait
-
-
-def test_a_posted_task_wakes_the_warm_clientapp(node):
-    import socket
-    import time
-
-    from peers.deployment.join import free_udp_port
-    from peers.deployment.supernode import ClientAppWaker
-    from peers.deployment.warm_clientapp import WAKE_FALLBACK_SECONDS, TaskWaiter
-
+def test_an_exception_in_the_clientapp_becomes_an_error_reply(node):
     state, store = node
-    port = free_udp_port()
-    waiter = TaskWaiter(poll_seconds=0.05, wake_port=port)
-    waker = ClientAppWaker(port)
-    try:
-        assert waiter.seconds == WAKE_FALLBACK_SECONDS  # no polling every 50 ms
-        incoming = _incoming()
-        wrapped = post_task_after_objects(loop._pull_and_store_message, waker)
-        message, tree, contents = incoming
-        assert wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree),
-                       get_run=None, get_fab=None, pull_object=lambda run_id, oid: contents[oid],
-                       confirm_message_received=lambda *a: None, trusted_entities=None) == RUN_ID
-        started = time.monotonic()
-        waiter.wait()
-        assert time.monotonic() - started < WAKE_FALLBACK_SECONDS / 2
-        started = time.monotonic()
-        waiter.wait()  # the datagram was consumed: this one waits for the fallback
-        assert time.monotonic() - started >= WAKE_FALLBACK_SECONDS * 0.9
-    finally:
-        waiter.close()
-        waker.sock.close()
+
+    def failing(message, context):
+        raise ValueError("bad update")
+
+    incoming = _incoming()
+    assert _pull(state, store, incoming, app=failing) == RUN_ID
+    [(reply, objects)] = _sent(state, store)
+    error = _inflate(reply, objects).error
+    assert error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION and "bad update" in error.reason
+    assert reply.metadata.reply_to_message_id == incoming[0].metadata.message_id
 
 
-def test_a_heartbeat_the_supernode_refuses_after_the_task_closed_does_not_stop_the_warm_clientapp(node):
-    """A late heartbeat (401: the SuperNode already closed the task) must not SIGINT the long-lived process."""
-    import signal
-    import threading
-    import time
+def test_a_run_whose_app_is_not_fedsilos_gets_an_error_reply_and_nothing_runs():
+    state, store = _node(clientapp="evil.module:app")
+    called = []
+    assert _pull(state, store, _incoming(), app=lambda **kw: called.append(kw)) == RUN_ID
+    [(reply, objects)] = _sent(state, store)
+    error = _inflate(reply, objects).error
+    assert called == []
+    assert error.code == ErrorCode.LOAD_CLIENT_APP_EXCEPTION and "evil.module:app" in error.reason
 
-    import uvicorn
-    from flwr.common.constant import SubStatus
-    from flwr.supernode.main import create_app
 
-    import httpx
-    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+def test_a_message_missing_from_the_store_is_dropped_and_nothing_is_left_to_send(node):
+    state, store = node
 
-    from peers.deployment.host import free_port
-    from peers.deployment.warm_clientapp import _client, task_heartbeat
+    def lose_objects(pull_and_store):
+        def wrapped(**kwargs):
+            run_id = pull_and_store(**kwargs)
+            for object_id in incoming[2]:
+                kwargs["object_store"].delete(object_id)
+            return run_id
+        return wrapped
 
-    state, _ = node
+    incoming = _incoming()
+    wrapped = handle_in_process(lose_objects(loop._pull_and_store_message), _doubling_app)  # pylint: disable=W0212
+    message, tree, contents = incoming
+    assert wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree), get_run=None,
+                   get_fab=None, pull_object=lambda run_id, oid: contents[oid],
+                   confirm_message_received=lambda *a: None, trusted_entities=None) is None
+    assert state.get_messages_legacy(run_ids=[RUN_ID]) == []
 
-    class _Factory:
-        objectstore_factory = ObjectStoreFactory()
 
-        def state(self):
-            return state
+def test_fab_client_app_reads_the_declared_component():
+    assert fab_client_app(_Fab("a.b:app").content) == "a.b:app"
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(state_factory=_Factory()), host="127.0.0.1", port=port,
-                                           log_level="warning", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    try:
-        while not server.started:
-            time.sleep(0.01)
-        task_id = state.create_task(task_type=TaskType.CLIENT_APP, run_id=RUN_ID, fab_hash="")
-        token = state.claim_task(task_id)
-        assert state.activate_task(task_id)  # what pull-task-input does
-        client = _client(f"127.0.0.1:{port}", "flwr-clientapp", token, retry=False)
-        beat = task_heartbeat(client)
-        assert beat() is True  # a live task
-        # push-task-output, racing the heartbeat thread: the task is finished and its token revoked
-        assert state.finish_task(task_id, sub_status=SubStatus.COMPLETED, details="")
-        with pytest.raises(httpx.HTTPStatusError) as refused:
-            client.SendTaskHeartbeat(SendTaskHeartbeatRequest())
-        assert refused.value.response.status_code == 401
-        assert beat() is True  # refused the same way, and nothing left to keep alive
-        time.sleep(0.2)
-        assert interrupted == []
-        client.close()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        server.should_exit = True
-        thread.join(timeout=10)
+
+def test_the_loops_waits_are_capped():
+    from peers.deployment.supernode import CappedSleepTime
+
+    started = time.monotonic()
+    CappedSleepTime(cap=0.05).sleep(3)  # Flower's idle wait between two pulls
+    assert time.monotonic() - started < 1.0
+    assert CappedSleepTime(cap=0.05).monotonic() > 0  # everything else is the time module's

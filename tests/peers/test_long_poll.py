@@ -1,0 +1,138 @@
+"""`peers.deployment.long_poll`: an empty pull waits for the next push, and only an empty one."""
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from flwr.proto.fleet_pb2 import PullMessagesResponse  # pylint: disable=E0611
+from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
+from flwr.superlink.servicer.fleet import fleet_handlers
+from flwr.superlink.servicer.runtime import runtime_handlers
+
+from peers.deployment.long_poll import LongPoll, install, no_messages, object_pending
+
+
+class _Mailbox:
+    """A pull handler over a list, and a push handler appending to it."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.pulls = 0
+
+    def pull(self) -> list[str]:
+        self.pulls += 1
+        taken, self.items = self.items, []
+        return taken
+
+    def push(self, item: str) -> None:
+        self.items.append(item)
+
+
+def _empty(answer: list[str]) -> bool:
+    return not answer
+
+
+def _timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_an_empty_pull_is_answered_as_soon_as_something_is_pushed():
+    box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
+    pull, push = poll.pull(box.pull, _empty), poll.push(box.push)
+    threading.Timer(0.2, push, args=("m1",)).start()
+    answer, seconds = _timed(pull)
+    assert answer == ["m1"]
+    assert 0.15 < seconds < 2.0  # held until the push, not for the whole 5 s
+
+
+def test_an_empty_pull_with_no_push_is_answered_empty_after_the_hold():
+    box, poll = _Mailbox(), LongPoll(hold_seconds=0.3)
+    answer, seconds = _timed(poll.pull(box.pull, _empty))
+    assert answer == []
+    assert 0.25 < seconds < 2.0
+    assert box.pulls == 1  # nothing arrived: the handler was not asked again
+
+
+def test_a_pull_with_an_answer_is_not_held():
+    box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
+    box.push("ready")
+    answer, seconds = _timed(poll.pull(box.pull, _empty))
+    assert answer == ["ready"] and seconds < 1.0 and box.pulls == 1
+
+
+def test_a_push_that_does_not_fill_the_answer_keeps_the_pull_held():
+    """Another node's push wakes every held pull; a pull still empty goes back to waiting."""
+    mine, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
+    pull = poll.pull(mine.pull, _empty)
+    someone_else = poll.push(lambda: None)
+    threading.Timer(0.1, someone_else).start()
+    threading.Timer(0.4, poll.push(mine.push), args=("mine",)).start()
+    answer, seconds = _timed(pull)
+    assert answer == ["mine"] and 0.35 < seconds < 2.5
+    assert mine.pulls == 3  # first ask, after the other push, after its own
+
+
+def test_a_push_between_the_first_ask_and_the_wait_is_not_missed():
+    box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
+    push = poll.push(box.push)
+
+    def racing_pull():
+        answer = box.pull()
+        if box.pulls == 1:
+            push("raced")  # arrives after the handler looked, before the wrapper waits
+        return answer
+
+    answer, seconds = _timed(poll.pull(racing_pull, _empty))
+    assert answer == ["raced"] and seconds < 1.0
+
+
+def test_a_failed_push_still_wakes_the_held_pulls():
+    box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
+
+    def refused():
+        box.push("stored before the error")
+        raise ValueError("refused")
+
+    def push_later():
+        with pytest.raises(ValueError):
+            poll.push(refused)()
+
+    threading.Timer(0.1, push_later).start()
+    answer, seconds = _timed(poll.pull(box.pull, _empty))
+    assert answer == ["stored before the error"] and seconds < 2.0
+
+
+def test_beyond_max_holders_an_empty_pull_is_answered_at_once():
+    box, poll = _Mailbox(), LongPoll(hold_seconds=1.0, max_holders=2)
+    pull = poll.pull(box.pull, _empty)
+    holders = [threading.Thread(target=pull) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    time.sleep(0.1)
+    answer, seconds = _timed(pull)  # the third: no slot left
+    assert answer == [] and seconds < 0.5
+    for holder in holders:
+        holder.join()
+    _, seconds = _timed(pull)  # slots are given back
+    assert seconds > 0.9
+
+
+def test_what_counts_as_empty():
+    assert no_messages(PullMessagesResponse())
+    assert object_pending(PullObjectResponse(object_found=True, object_available=False))
+    assert not object_pending(PullObjectResponse(object_found=True, object_available=True, object_content=b"x"))
+    assert not object_pending(PullObjectResponse(object_found=False))  # unknown: no push makes it appear
+
+
+def test_install_wraps_flowers_pull_and_push_handlers_of_both_apis():
+    fleet = SimpleNamespace(**vars(fleet_handlers))
+    runtime = SimpleNamespace(**vars(runtime_handlers))
+    install(fleet, runtime, LongPoll())
+    for copy, original in ((fleet, fleet_handlers), (runtime, runtime_handlers)):
+        for name in ("pull_messages", "pull_object", "push_messages", "push_object"):
+            assert getattr(copy, name) is not getattr(original, name)
+            assert getattr(copy, name).__wrapped__ is getattr(original, name)
+        assert copy.confirm_message_received is original.confirm_message_received
