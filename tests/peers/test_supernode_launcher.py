@@ -211,3 +211,35 @@ def test_the_loops_waits_are_capped():
     CappedSleepTime(cap=0.05).sleep(3)  # Flower's idle wait between two pulls
     assert time.monotonic() - started < 1.0
     assert CappedSleepTime(cap=0.05).monotonic() > 0  # everything else is the time module's
+
+
+def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_drops_nothing(node, caplog):
+    import threading
+
+    from peers.deployment.supernode import ConfirmLater
+
+    state, store = node
+    incoming = _incoming(5)
+    message, tree, contents = incoming
+    release, confirmed = threading.Event(), []
+
+    def slow_failing_confirm(run_id, message_id):
+        release.wait(5)
+        confirmed.append((run_id, message_id))
+        raise ConnectionError("SuperLink unreachable")
+
+    wrapped = handle_in_process(loop._pull_and_store_message, _doubling_app, ConfirmLater())  # pylint: disable=W0212
+    assert wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree), get_run=None,
+                   get_fab=None, pull_object=lambda run_id, oid: contents[oid],
+                   confirm_message_received=slow_failing_confirm, trusted_entities=None) == RUN_ID
+    assert confirmed == []  # the message was handled while the confirmation still waited
+    [(reply, objects)] = _sent(state, store)
+    assert _inflate(reply, objects).content["reply"]["y"] == 10
+    with caplog.at_level("ERROR", logger="fedsilo.supernode"):
+        release.set()
+        for _ in range(100):
+            if "could not confirm" in caplog.text:
+                break
+            time.sleep(0.02)
+    assert confirmed == [(RUN_ID, message.metadata.message_id)]
+    assert "could not confirm message" in caplog.text
