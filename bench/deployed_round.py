@@ -17,12 +17,14 @@ same banks runs twice, one after the other:
 
 Round time = from the end of round r-1's evaluation to the end of round r's (strategy
 callback, `RoundClock`), so start-up, the encoder fit and data loading are outside
-every round. Round 1 of each arm is a warm-up and is not counted; the figure is the
-median over rounds 2..R. Data: the UCI credit-card table (`--data`), split into the
-banks by an IID partition (seeded).
+every round. Round 1 of each run is a warm-up and is not counted; a run's figure is
+the median over rounds 2..R. The arms run `--repeats` times (default 3), alternating,
+so that both see the same drift of the machine's speed; an arm's figure is the median
+of its runs. Data: the UCI credit-card table (`--data`), split into the banks by an IID
+partition (seeded).
 
-    python bench/deployed_round.py                    # 3 banks, 5 rounds, UCI data
-    python bench/deployed_round.py --rounds 3 --banks 2
+    python bench/deployed_round.py                    # 3 banks, 5 rounds, 3 alternating runs per arm
+    python bench/deployed_round.py --rounds 3 --banks 2 --repeats 1
     python bench/deployed_round.py --stock            # also Flower's stock SuperNode (the baseline)
 
 The last line is the ratio. A measurement, not a pass/fail test: other processes on
@@ -145,10 +147,13 @@ def main() -> int:
     parser.add_argument("--stock", action="store_true",
                         help="also run the deployment on Flower's stock SuperNode (a flwr-clientapp process per "
                              "message, Flower's polling waits), the baseline the in-process ClientApp replaces")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per arm, alternating (default 3)")
     parser.add_argument("--keep", type=Path, help="keep the arms' files and logs in this (new) directory")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be ≥ 2 (round 1 is a warm-up)")
+    if args.repeats < 1:
+        parser.error("--repeats must be ≥ 1")
     frames = bank_frames(args.data, args.label, args.id_column, args.banks, args.seed)
     job = JobConfig(label=args.label, encoder_path="", job_id="bench-deployed-round", peers=args.banks,
                     train=TrainSpec(rounds=args.rounds, seed=args.seed))
@@ -156,28 +161,33 @@ def main() -> int:
           f"{args.data.name}; {args.rounds} rounds of local DP-SGD + SecAgg+ FedAvg; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     root = args.keep or Path(tempfile.mkdtemp(prefix="fedsilo-bench-deployed-"))
+    arms = [("simulation", simulated), ("deployment", deployed)]
+    if args.stock or args.only == "stock":
+        arms.append(("stock", lambda job, frames, work: deployed(job, frames, work, warm=False)))
+    arms = [(arm, run) for arm, run in arms if not args.only or arm == args.only]
+    runs: dict[str, list[float]] = {arm: [] for arm, _ in arms}  # per arm: each run's median round
     try:
-        times = {}
-        arms = [("simulation", simulated), ("deployment", deployed)]
-        if args.stock or args.only == "stock":
-            arms.append(("stock", lambda job, frames, work: deployed(job, frames, work, warm=False)))
-        for arm, run in arms:
-            if args.only and arm != args.only:
-                continue
-            started = time.monotonic()
-            times[arm] = run(job, frames, root / arm)
-            print(f"{arm:>11}: rounds " + ", ".join(f"{times[arm][r]:.2f}" for r in sorted(times[arm]))
-                  + f" s  (whole run {time.monotonic() - started:.1f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+        for repeat in range(args.repeats):
+            for arm, run in arms:
+                started = time.monotonic()
+                times = run(job, frames, root / f"{arm}-{repeat + 1}")
+                runs[arm].append(statistics.median(times[r] for r in times if r >= 2))
+                print(f"{arm:>11}: rounds " + ", ".join(f"{times[r]:.2f}" for r in sorted(times))
+                      + f" s  (run {repeat + 1}: median {runs[arm][-1]:.2f} s, whole run "
+                      f"{time.monotonic() - started:.1f} s, load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if args.only:
         return 0
-    medians = {arm: statistics.median(t[r] for r in t if r >= 2) for arm, t in times.items()}
-    print(f"median round (rounds 2..{args.rounds}): " + ", ".join(f"{arm} {m:.2f} s" for arm, m in medians.items()))
+    medians = {arm: statistics.median(r) for arm, r in runs.items()}
+    print(f"median round (rounds 2..{args.rounds}, median of {args.repeats} runs): "
+          + ", ".join(f"{arm} {m:.2f} s" for arm, m in medians.items()))
+    pairs = ", ".join(f"×{d / s:.2f}" for d, s in zip(runs["deployment"], runs["simulation"]))
     if "stock" in medians:
         print(f"stock deployed round / simulated round: ×{medians['stock'] / medians['simulation']:.2f}")
-    print(f"deployed round / simulated round: ×{medians['deployment'] / medians['simulation']:.2f} (goal ≤ ×2)")
+    print(f"deployed round / simulated round: ×{medians['deployment'] / medians['simulation']:.2f} (goal ≤ ×2; "
+          f"run by run {pairs})")
     return 0
 
 
