@@ -11,9 +11,13 @@ CPU per round, on a 2-core host), and every answer could be up to one pause late
 `LongPoll` wraps the SuperLink's pull handlers (plain functions of Flower's
 `fleet_handlers` and `runtime_handlers` modules). When a handler's answer is empty
 (no message, or an object preregistered but not yet pushed), the request's thread
-waits until a push handler has stored something (`Arrivals`) and asks the handler
-again, until the answer is not empty or `hold_seconds` have passed; then it answers
-as the handler did. An answer is therefore one that the same request, sent a little
+waits until a push handler has stored what it waits for (`Arrivals`, by key: the
+ServerApp's messages for a SuperNode's pull, a SuperNode's messages for the
+ServerApp's, the one object for an object pull) and asks the handler again, until the
+answer is not empty or `hold_seconds` have passed; then it answers as the handler
+did. Replies the SuperLink makes up itself (for a node gone offline, a message that
+expired) come with no push: they are found by the next pull, at most `hold_seconds`
+late. An answer is therefore one that the same request, sent a little
 later, would have had: same handlers, same state, same protocol, no client change.
 Repeating an empty pull changes no state in Flower 1.41 (messages are marked
 delivered, and replies deleted, only when they are returned).
@@ -29,74 +33,109 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 DEFAULT_HOLD_SECONDS = 1.0
 DEFAULT_MAX_HOLDERS = 24  # below the 40 threads of the SuperLink's (anyio's default) thread pool
 
+Key = Hashable
+KeyOf = Callable[[tuple[Any, ...], dict[str, Any]], Key]
+
+
+class _Channel:
+    __slots__ = ("changed", "count", "watchers")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.changed = threading.Condition(lock)
+        self.count = 0
+        self.watchers = 0
+
 
 class Arrivals:
-    """A counter of pushes stored, which held requests wait on."""
+    """Per key (what a pull waits for: new messages, one object), a count of pushes, which held pulls wait on.
+
+    A key's channel exists only while some pull watches it, so pushes nobody waits
+    for cost one dictionary lookup and memory stays bounded by the pulls in flight.
+    """
 
     def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._count = 0
+        self._lock = threading.Lock()
+        self._channels: dict[Key, _Channel] = {}
 
-    @property
-    def count(self) -> int:
-        with self._changed:
-            return self._count
+    def watch(self, key: Key) -> tuple[_Channel, int]:
+        """Start watching `key`: its channel and its count now (read before the handler looks)."""
+        with self._lock:
+            channel = self._channels.get(key)
+            if channel is None:
+                channel = self._channels[key] = _Channel(self._lock)
+            channel.watchers += 1
+            return channel, channel.count
 
-    def arrived(self) -> None:
-        with self._changed:
-            self._count += 1
-            self._changed.notify_all()
+    def unwatch(self, key: Key, channel: _Channel) -> None:
+        with self._lock:
+            channel.watchers -= 1
+            if channel.watchers == 0 and self._channels.get(key) is channel:
+                del self._channels[key]
 
-    def wait_after(self, count: int, timeout: float) -> bool:
-        """Wait until something arrived after `count` was read (True), or `timeout` seconds passed (False)."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._count != count, timeout)
+    def arrived(self, key: Key) -> None:
+        with self._lock:
+            channel = self._channels.get(key)
+            if channel is not None:
+                channel.count += 1
+                channel.changed.notify_all()
+
+    def wait_after(self, channel: _Channel, count: int, timeout: float) -> int | None:
+        """Wait until `channel` counted a push after `count`: the new count, or None after `timeout` seconds."""
+        with self._lock:
+            if channel.changed.wait_for(lambda: channel.count != count, timeout):
+                return channel.count
+            return None
 
 
 class LongPoll:
-    """Wraps push handlers to count arrivals and pull handlers to wait for one when their answer is empty."""
+    """Wraps push handlers to announce what they stored, and pull handlers to wait for it when their answer is empty."""
 
     def __init__(self, hold_seconds: float = DEFAULT_HOLD_SECONDS, max_holders: int = DEFAULT_MAX_HOLDERS) -> None:
         self.hold_seconds = hold_seconds
         self.arrivals = Arrivals()
         self._holders = threading.BoundedSemaphore(max_holders)
 
-    def push(self, handler: Callable[..., Any]) -> Callable[..., Any]:
-        """`handler`, counting an arrival after each call (also after a failed one: waiters just ask again)."""
+    def push(self, handler: Callable[..., Any], key_of: KeyOf) -> Callable[..., Any]:
+        """`handler`, announcing `key_of(args, kwargs)` after each call (also a failed one: waiters ask again)."""
 
         @functools.wraps(handler)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             try:
                 return handler(*args, **kwargs)
             finally:
-                self.arrivals.arrived()
+                self.arrivals.arrived(key_of(args, kwargs))
 
         return wrapped
 
-    def pull(self, handler: Callable[..., Any], empty: Callable[[Any], bool]) -> Callable[..., Any]:
-        """`handler`, whose answers for which `empty` is true wait for an arrival and are asked again."""
+    def pull(self, handler: Callable[..., Any], empty: Callable[[Any], bool], key_of: KeyOf) -> Callable[..., Any]:
+        """`handler`, whose answers for which `empty` is true wait for a push of `key_of(args, kwargs)`."""
 
         @functools.wraps(handler)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            seen = self.arrivals.count
-            answer = handler(*args, **kwargs)
-            if not empty(answer) or not self._holders.acquire(blocking=False):
-                return answer
+            key = key_of(args, kwargs)
+            channel, seen = self.arrivals.watch(key)
             try:
-                deadline = time.monotonic() + self.hold_seconds
-                while empty(answer) and (left := deadline - time.monotonic()) > 0:
-                    if not self.arrivals.wait_after(seen, left):
-                        break
-                    seen = self.arrivals.count
-                    answer = handler(*args, **kwargs)
-                return answer
+                answer = handler(*args, **kwargs)
+                if not empty(answer) or not self._holders.acquire(blocking=False):
+                    return answer
+                try:
+                    deadline = time.monotonic() + self.hold_seconds
+                    while empty(answer) and (left := deadline - time.monotonic()) > 0:
+                        count = self.arrivals.wait_after(channel, seen, left)
+                        if count is None:
+                            break
+                        seen = count
+                        answer = handler(*args, **kwargs)
+                    return answer
+                finally:
+                    self._holders.release()
             finally:
-                self._holders.release()
+                self.arrivals.unwatch(key, channel)
 
         return wrapped
 
@@ -111,10 +150,32 @@ def object_pending(response: Any) -> bool:
     return bool(response.object_found) and not response.object_available
 
 
+INSTRUCTIONS = "instructions"  # messages from the ServerApp to SuperNodes (Runtime push, Fleet pull)
+REPLIES = "replies"  # messages from SuperNodes to the ServerApp (Fleet push, Runtime pull)
+
+
+def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The protobuf request of a handler call: Flower's routers pass it first, by position or as `request`."""
+    return kwargs["request"] if "request" in kwargs else args[0]
+
+
+def _object(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
+    return ("object", _request(args, kwargs).object_id)
+
+
 def install(fleet_handlers: Any, runtime_handlers: Any, long_poll: LongPoll) -> None:
-    """Wrap the pull and push handlers of Flower 1.41's `fleet_handlers` and `runtime_handlers` modules."""
+    """Wrap the pull and push handlers of Flower 1.41's `fleet_handlers` and `runtime_handlers` modules.
+
+    A SuperNode's message pull waits for the ServerApp's next push of messages; the
+    ServerApp's pull of replies, for a SuperNode's next push of messages; a pull of an
+    object, for a push of that object (by either side).
+    """
+    instructions: KeyOf = lambda args, kwargs: INSTRUCTIONS  # noqa: E731
+    replies: KeyOf = lambda args, kwargs: REPLIES  # noqa: E731
+    runtime_handlers.push_messages = long_poll.push(runtime_handlers.push_messages, instructions)
+    fleet_handlers.pull_messages = long_poll.pull(fleet_handlers.pull_messages, no_messages, instructions)
+    fleet_handlers.push_messages = long_poll.push(fleet_handlers.push_messages, replies)
+    runtime_handlers.pull_messages = long_poll.pull(runtime_handlers.pull_messages, no_messages, replies)
     for module in (fleet_handlers, runtime_handlers):
-        module.push_messages = long_poll.push(module.push_messages)
-        module.push_object = long_poll.push(module.push_object)
-        module.pull_messages = long_poll.pull(module.pull_messages, no_messages)
-        module.pull_object = long_poll.pull(module.pull_object, object_pending)
+        module.push_object = long_poll.push(module.push_object, _object)
+        module.pull_object = long_poll.pull(module.pull_object, object_pending, _object)

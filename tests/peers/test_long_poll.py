@@ -10,7 +10,7 @@ from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
 from flwr.superlink.servicer.fleet import fleet_handlers
 from flwr.superlink.servicer.runtime import runtime_handlers
 
-from peers.deployment.long_poll import LongPoll, install, no_messages, object_pending
+from peers.deployment.long_poll import INSTRUCTIONS, REPLIES, LongPoll, install, no_messages, object_pending
 
 
 class _Mailbox:
@@ -33,6 +33,14 @@ def _empty(answer: list[str]) -> bool:
     return not answer
 
 
+def _box(args, kwargs):
+    return "box"
+
+
+def _other(args, kwargs):
+    return "other"
+
+
 def _timed(call):
     started = time.monotonic()
     result = call()
@@ -41,7 +49,7 @@ def _timed(call):
 
 def test_an_empty_pull_is_answered_as_soon_as_something_is_pushed():
     box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
-    pull, push = poll.pull(box.pull, _empty), poll.push(box.push)
+    pull, push = poll.pull(box.pull, _empty, _box), poll.push(box.push, _box)
     threading.Timer(0.2, push, args=("m1",)).start()
     answer, seconds = _timed(pull)
     assert answer == ["m1"]
@@ -50,7 +58,7 @@ def test_an_empty_pull_is_answered_as_soon_as_something_is_pushed():
 
 def test_an_empty_pull_with_no_push_is_answered_empty_after_the_hold():
     box, poll = _Mailbox(), LongPoll(hold_seconds=0.3)
-    answer, seconds = _timed(poll.pull(box.pull, _empty))
+    answer, seconds = _timed(poll.pull(box.pull, _empty, _box))
     assert answer == []
     assert 0.25 < seconds < 2.0
     assert box.pulls == 1  # nothing arrived: the handler was not asked again
@@ -59,25 +67,35 @@ def test_an_empty_pull_with_no_push_is_answered_empty_after_the_hold():
 def test_a_pull_with_an_answer_is_not_held():
     box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
     box.push("ready")
-    answer, seconds = _timed(poll.pull(box.pull, _empty))
+    answer, seconds = _timed(poll.pull(box.pull, _empty, _box))
     assert answer == ["ready"] and seconds < 1.0 and box.pulls == 1
 
 
-def test_a_push_that_does_not_fill_the_answer_keeps_the_pull_held():
-    """Another node's push wakes every held pull; a pull still empty goes back to waiting."""
+def test_a_push_of_the_same_key_that_does_not_fill_the_answer_keeps_the_pull_held():
+    """Another node's messages wake every held message pull; a pull still empty goes back to waiting."""
     mine, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
-    pull = poll.pull(mine.pull, _empty)
-    someone_else = poll.push(lambda: None)
-    threading.Timer(0.1, someone_else).start()
-    threading.Timer(0.4, poll.push(mine.push), args=("mine",)).start()
+    pull = poll.pull(mine.pull, _empty, _box)
+    threading.Timer(0.1, poll.push(lambda: None, _box)).start()
+    threading.Timer(0.4, poll.push(mine.push, _box), args=("mine",)).start()
     answer, seconds = _timed(pull)
     assert answer == ["mine"] and 0.35 < seconds < 2.5
     assert mine.pulls == 3  # first ask, after the other push, after its own
 
 
+def test_a_push_of_another_key_does_not_wake_the_pull():
+    mine, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
+    pull = poll.pull(mine.pull, _empty, _box)
+    for delay in (0.05, 0.1, 0.15):
+        threading.Timer(delay, poll.push(lambda: None, _other)).start()
+    threading.Timer(0.3, poll.push(mine.push, _box), args=("mine",)).start()
+    answer, _ = _timed(pull)
+    assert answer == ["mine"] and mine.pulls == 2  # never asked again for the other key's pushes
+    assert poll.arrivals._channels == {}  # pylint: disable=protected-access  # nothing left once nobody waits
+
+
 def test_a_push_between_the_first_ask_and_the_wait_is_not_missed():
     box, poll = _Mailbox(), LongPoll(hold_seconds=5.0)
-    push = poll.push(box.push)
+    push = poll.push(box.push, _box)
 
     def racing_pull():
         answer = box.pull()
@@ -85,7 +103,7 @@ def test_a_push_between_the_first_ask_and_the_wait_is_not_missed():
             push("raced")  # arrives after the handler looked, before the wrapper waits
         return answer
 
-    answer, seconds = _timed(poll.pull(racing_pull, _empty))
+    answer, seconds = _timed(poll.pull(racing_pull, _empty, _box))
     assert answer == ["raced"] and seconds < 1.0
 
 
@@ -98,16 +116,16 @@ def test_a_failed_push_still_wakes_the_held_pulls():
 
     def push_later():
         with pytest.raises(ValueError):
-            poll.push(refused)()
+            poll.push(refused, _box)()
 
     threading.Timer(0.1, push_later).start()
-    answer, seconds = _timed(poll.pull(box.pull, _empty))
+    answer, seconds = _timed(poll.pull(box.pull, _empty, _box))
     assert answer == ["stored before the error"] and seconds < 2.0
 
 
 def test_beyond_max_holders_an_empty_pull_is_answered_at_once():
     box, poll = _Mailbox(), LongPoll(hold_seconds=1.0, max_holders=2)
-    pull = poll.pull(box.pull, _empty)
+    pull = poll.pull(box.pull, _empty, _box)
     holders = [threading.Thread(target=pull) for _ in range(2)]
     for holder in holders:
         holder.start()
@@ -127,12 +145,33 @@ def test_what_counts_as_empty():
     assert not object_pending(PullObjectResponse(object_found=False))  # unknown: no push makes it appear
 
 
-def test_install_wraps_flowers_pull_and_push_handlers_of_both_apis():
+def test_install_wraps_flowers_pull_and_push_handlers_of_both_apis_with_matching_keys():
     fleet = SimpleNamespace(**vars(fleet_handlers))
     runtime = SimpleNamespace(**vars(runtime_handlers))
-    install(fleet, runtime, LongPoll())
+    poll = LongPoll(hold_seconds=5.0)
+    install(fleet, runtime, poll)
     for copy, original in ((fleet, fleet_handlers), (runtime, runtime_handlers)):
         for name in ("pull_messages", "pull_object", "push_messages", "push_object"):
             assert getattr(copy, name) is not getattr(original, name)
             assert getattr(copy, name).__wrapped__ is getattr(original, name)
         assert copy.confirm_message_received is original.confirm_message_received
+    # which push wakes which pull: watch each key, then push through the wrapped handlers' announcements
+    from flwr.proto.message_pb2 import PushObjectRequest  # pylint: disable=E0611
+
+    expected = {INSTRUCTIONS: (runtime, "push_messages"), REPLIES: (fleet, "push_messages")}
+    for key, (module, name) in expected.items():
+        channel, seen = poll.arrivals.watch(key)
+        try:
+            getattr(module, name)(request=None, state=None)  # Flower's handler fails; the push is still announced
+        except Exception:  # pylint: disable=broad-exception-caught
+            pass
+        assert channel.count == seen + 1, key
+        poll.arrivals.unwatch(key, channel)
+    for module in (fleet, runtime):
+        channel, seen = poll.arrivals.watch(("object", "abc"))
+        try:
+            module.push_object(PushObjectRequest(object_id="abc"), None, None)
+        except Exception:  # pylint: disable=broad-exception-caught
+            pass
+        assert channel.count == seen + 1
+        poll.arrivals.unwatch(("object", "abc"), channel)
