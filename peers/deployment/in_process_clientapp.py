@@ -35,7 +35,7 @@ import tomllib
 import zipfile
 from typing import Callable
 
-from flwr.app import Context, Error, Message
+from flwr.app import Error, Message
 from flwr.app.message import remove_content_from_message
 from flwr.common.constant import ErrorCode
 from flwr.supercore.inflatable.inflatable_object import (get_all_nested_objects, get_object_tree,
@@ -76,7 +76,7 @@ class InProcessClientApp:
 
     def handle(self, run_id: int, message_id: str) -> None:
         """Run the app on stored message `message_id` of `run_id` and store its reply (or an error reply)."""
-        state, store = self.state, self.store
+        state = self.state
         run = state.get_run(run_id)
         context = None if run is None else state.get_run_series_context(run.series_id)
         if run is None or context is None:  # Flower's loop stores both before the message: a broken state

@@ -163,6 +163,14 @@ def _object(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
     return ("object", _request(args, kwargs).object_id)
 
 
+def _instructions(_args: tuple[Any, ...], _kwargs: dict[str, Any]) -> Key:
+    return INSTRUCTIONS
+
+
+def _replies(_args: tuple[Any, ...], _kwargs: dict[str, Any]) -> Key:
+    return REPLIES
+
+
 def install(fleet_handlers: Any, runtime_handlers: Any, long_poll: LongPoll) -> None:
     """Wrap the pull and push handlers of Flower 1.41's `fleet_handlers` and `runtime_handlers` modules.
 
@@ -170,12 +178,10 @@ def install(fleet_handlers: Any, runtime_handlers: Any, long_poll: LongPoll) -> 
     ServerApp's pull of replies, for a SuperNode's next push of messages; a pull of an
     object, for a push of that object (by either side).
     """
-    instructions: KeyOf = lambda args, kwargs: INSTRUCTIONS  # noqa: E731
-    replies: KeyOf = lambda args, kwargs: REPLIES  # noqa: E731
-    runtime_handlers.push_messages = long_poll.push(runtime_handlers.push_messages, instructions)
-    fleet_handlers.pull_messages = long_poll.pull(fleet_handlers.pull_messages, no_messages, instructions)
-    fleet_handlers.push_messages = long_poll.push(fleet_handlers.push_messages, replies)
-    runtime_handlers.pull_messages = long_poll.pull(runtime_handlers.pull_messages, no_messages, replies)
+    runtime_handlers.push_messages = long_poll.push(runtime_handlers.push_messages, _instructions)
+    fleet_handlers.pull_messages = long_poll.pull(fleet_handlers.pull_messages, no_messages, _instructions)
+    fleet_handlers.push_messages = long_poll.push(fleet_handlers.push_messages, _replies)
+    runtime_handlers.pull_messages = long_poll.pull(runtime_handlers.pull_messages, no_messages, _replies)
     for module in (fleet_handlers, runtime_handlers):
         module.push_object = long_poll.push(module.push_object, _object)
         module.pull_object = long_poll.pull(module.pull_object, object_pending, _object)

@@ -14,10 +14,10 @@ It also runs the fedsilo ClientApp itself (`peers.deployment.in_process_clientap
 imported once when the process starts. Flower's `_pull_and_store_message` would
 create a task for each message it has pulled and stored, for an executor outside the
 process to run over the local Runtime API; here the task is never created
-(`TaskCapture`), and once Flower's function has pulled, stored and confirmed the
-message's objects, the message is handled in this process and its reply stored in
-the NodeState, where the loop's next step (`_push_messages`) finds it at once and
-sends it to the SuperLink. A message whose objects fail to arrive is dropped as Flower
+(`TaskCapture`), and once Flower's function has pulled and stored the message's
+objects, the message is handled in this process and its reply stored in where the loop's next step (`_push_messages`) finds it at once and sends it to the
+SuperLink. The message's receipt is confirmed to the SuperLink from a background
+thread (`ConfirmLater`). A message whose objects fail to arrive is dropped as Flower
 drops it; one the ClientApp cannot be run on (a broken state) is dropped too, with an
 error in the log. Start it with `--isolation process` and a 127.0.0.1 Runtime API
 address: no executor is started, and none is needed.
@@ -27,7 +27,9 @@ the ServerApp has pushed it, before its objects; every retry is one more request
 SuperLink must serve while the ServerApp is still pushing those objects to it. With
 three SuperNodes retrying from 10 ms, the host took 2-4 times as long to push a
 round's messages as with retries from 50 ms, and rounds were slower (A/B on the
-shared 2-core VM, `bench/deployed_round.py`: see bench/README.md).
+shared 2-core VM, `bench/deployed_round.py`: see bench/README.md). The job's SuperLink
+now holds a pull for an object not pushed yet until it arrives
+(`peers.deployment.long_poll`), so these retries are rare.
 
 Run: `python -m peers.deployment.supernode <flower-supernode arguments>`.
 """
@@ -139,6 +141,8 @@ def handle_in_process(pull_and_store: Callable[..., int | None], app: Callable[.
     """
     from peers.deployment.in_process_clientapp import InProcessClientApp
 
+    runners: dict[tuple[int, int], InProcessClientApp] = {}  # one per (state, store): the loop keeps its pair
+
     @functools.wraps(pull_and_store)
     def wrapped(*, state: Any, object_store: Any, **kwargs: Any) -> int | None:
         capture = TaskCapture(state)
@@ -148,7 +152,10 @@ def handle_in_process(pull_and_store: Callable[..., int | None], app: Callable[.
         if run_id is None or not capture.wanted_task or capture.message_id is None:
             return run_id  # nothing pulled, or Flower stored its own reply (a FAB that failed verification)
         try:
-            InProcessClientApp(app, state, object_store).handle(run_id, capture.message_id)
+            key = (id(state), id(object_store))
+            if key not in runners:
+                runners[key] = InProcessClientApp(app, state, object_store)
+            runners[key].handle(run_id, capture.message_id)
         except Exception:  # pylint: disable=broad-exception-caught  # a broken state: drop the message, as Flower does
             LOGGER.exception("message %s could not be handled; it is dropped", capture.message_id)
             state.delete_messages(message_ids=[capture.message_id])
