@@ -12,7 +12,9 @@ A prompt pull meets a second wait: a reply is listed as soon as its SuperNode pu
 the message, before its objects arrive, and `HttpGrid` then retries the missing
 objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore also
 starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
-process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module.
+process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module. The
+job's SuperLink holds a pull for an object not pushed yet until it arrives
+(`peers.deployment.long_poll`), so these retries happen only when a hold ends empty.
 
 Every message is sent with its content packed (`peers.packed_content`: the whole
 RecordDict travels as one Flower record, so a message is three Flower objects and every
