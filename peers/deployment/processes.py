@@ -126,6 +126,10 @@ class Supervisor:
                 child.process.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
+        # A SIGKILLed process is not gone at once: on a loaded machine a grandchild can
+        # still be tearing down when its leader has been reaped. Return only when every
+        # group is empty, so that "stopped" means stopped.
+        _wait_until_empty([child.process.pid for child in self.children], STOP_GRACE_SECONDS)
         (self.log_dir / REGISTRY_NAME).unlink(missing_ok=True)
         atexit.unregister(self.stop)
 
@@ -157,8 +161,16 @@ def stop_leftover_processes(log_dir: Path) -> list[str]:
         time.sleep(0.1)
     for _, pgid in running:
         _signal_group(pgid, signal.SIGKILL)
+    _wait_until_empty([pgid for _, pgid in running], STOP_GRACE_SECONDS)
     path.unlink(missing_ok=True)
     return [name for name, _ in running]
+
+
+def _wait_until_empty(pgids: Sequence[int], timeout: float) -> None:
+    """Poll until no running process is left in any of `pgids`, or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while any(live_group_members(pgid) for pgid in pgids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _start_ticks(pid: int) -> int | None:
