@@ -178,7 +178,9 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     job_id, (version, directory, signer) = _model(request)
     card = json.loads((directory / CARD).read_text())
-    return web.json_response({"job_id": job_id, "version": version, "host": signer, "files": sorted(card["artifacts"])})
+    job = _service(request).store.job(job_id)
+    return web.json_response({"job_id": job_id, "version": version, "host": signer, "files": sorted(card["artifacts"]),
+                              "job": job.envelope if job else None})
 
 
 async def model_card(request: web.Request) -> web.Response:

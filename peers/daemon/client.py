@@ -64,18 +64,23 @@ class PeerClient:
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
 
-    async def download(self, url: str, destination: Path) -> int:
-        """Stream `url` into `destination`; returns the bytes written."""
+    async def download(self, url: str, destination: Path, limit: int | None = None) -> int:
+        """Stream `url` into `destination` (a new file); returns the bytes written.
+
+        PeerUnreachable if the body is longer than `limit` bytes (the caller removes the file).
+        """
         assert self._session is not None, "use PeerClient in `async with`"
         written = 0
         try:
             async with self._session.get(url) as reply:
                 if reply.status >= 400:
                     raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(await reply.text())}")
-                with destination.open("wb") as handle:
+                with destination.open("xb") as handle:
                     async for chunk in reply.content.iter_chunked(CHUNK):
-                        handle.write(chunk)
                         written += len(chunk)
+                        if limit is not None and written > limit:
+                            raise PeerUnreachable(f"{url} sent more than the {limit} bytes expected: refused")
+                        handle.write(chunk)
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot download {url}: {exc.__class__.__name__}: {exc}") from None
         return written

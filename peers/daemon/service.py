@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -473,8 +474,9 @@ class PeerService:
             job = self.store.job(job_id)
             if job.state != "accepted":
                 raise Refused(f"job {job_id} is {job.state}, not waiting to start", 409)
-            if not isinstance(body, dict) or not isinstance(body.get("fleet_address"), str):
-                raise Refused("the body must be {\"fleet_address\": \"HOST:PORT\"}", 400)
+            if not isinstance(body, dict) or not training.is_fleet_address(body.get("fleet_address")):
+                raise Refused("the body must be {\"fleet_address\": \"HOST:PORT\"} (a host name or IP address and "
+                              "a port: it becomes the SuperNode's --superlink argument)", 400)
             await self._set(job_id, "training", "job.training", f"joining {body['fleet_address']}")
             self._spawn(self._join(job_id, body["fleet_address"]))
             return self._view(job_id)
@@ -551,16 +553,16 @@ class PeerService:
                 raise Refused(f"no participation in job {job_id!r} here", 404)
             if caller.name != job.host:
                 raise Refused(f"only the host {job.host} may announce the model of job {job_id}", 403)
-            self._spawn(self._fetch_replica(job_id, job.host))
+            self._spawn(self._fetch_replica(job_id, job.host, job.envelope))
             return {"ok": True}
         return await self._run(caller.name, "model.replicate", work, job=job_id)
 
-    async def _fetch_replica(self, job_id: str, host: str) -> None:
+    async def _fetch_replica(self, job_id: str, host: str, envelope: dict[str, Any]) -> None:
         member = self.identity.manifest.member(host)
         assert member is not None and member.address
         staging = self.store.models_dir / job_id / ".incoming"
         try:
-            card = await pull_model(self.client, member.address, job_id, staging)
+            card = await pull_model(self.client, member.address, job_id, staging, job_envelope=envelope)
         except FedsiloError as error:
             log.warning("could not replicate the model of job %s: %s", job_id, error)
             await self.record_refusal(host, "model.replicate", f"the model did not verify: {error}")
@@ -569,6 +571,7 @@ class PeerService:
         async def keep() -> None:
             final = self.store.models_dir / job_id / f"v{card['version']}"
             if final.exists():
+                shutil.rmtree(staging, ignore_errors=True)
                 return
             staging.rename(final)
             with self.store.transaction():
