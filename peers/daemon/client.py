@@ -67,7 +67,8 @@ class PeerClient:
     async def download(self, url: str, destination: Path, limit: int | None = None) -> int:
         """Stream `url` into `destination` (a new file); returns the bytes written.
 
-        PeerUnreachable if the body is longer than `limit` bytes (the caller removes the file).
+        With a `limit`, reading stops once more than `limit` bytes came: the return value is
+        then above `limit` and the file is incomplete (the caller refuses and removes it).
         """
         assert self._session is not None, "use PeerClient in `async with`"
         written = 0
@@ -79,7 +80,7 @@ class PeerClient:
                     async for chunk in reply.content.iter_chunked(CHUNK):
                         written += len(chunk)
                         if limit is not None and written > limit:
-                            raise PeerUnreachable(f"{url} sent more than the {limit} bytes expected: refused")
+                            break
                         handle.write(chunk)
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot download {url}: {exc.__class__.__name__}: {exc}") from None

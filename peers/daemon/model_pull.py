@@ -54,7 +54,8 @@ async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Pa
     try:
         identity = client.identity
         for name in (CARD, SIGNATURE):
-            await client.download(f"{base}/files/{name}", partial / name, limit=MAX_CARD_BYTES)
+            if await client.download(f"{base}/files/{name}", partial / name, limit=MAX_CARD_BYTES) > MAX_CARD_BYTES:
+                raise SignatureError(f"{peer_url} sent a {name} larger than {MAX_CARD_BYTES} bytes: refused")
         card = verify_card(partial, identity.current_manifest(), identity.ca_certificate, expected_signer=host)
         if card.get("job_id") != job_id:
             raise SignatureError(f"the card is for job {card.get('job_id')!r}, not {job_id!r}")
@@ -62,7 +63,9 @@ async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Pa
             raise SignatureError(f"{peer_url} lists the files {sorted(names)} but the signed card lists "
                                  f"{sorted(card['artifacts'])}: refused")
         for name, facts in card["artifacts"].items():
-            await client.download(f"{base}/files/{name}", partial / name, limit=facts["bytes"])
+            if await client.download(f"{base}/files/{name}", partial / name, limit=facts["bytes"]) > facts["bytes"]:
+                raise SignatureError(f"{name} does not match the SHA-256 in the signed card: {peer_url} sent more "
+                                     f"than its {facts['bytes']} bytes")
         card = verify_artifact(partial, identity.current_manifest(), identity.ca_certificate, expected_signer=host)
         if out_dir.exists():
             out_dir.rmdir()
