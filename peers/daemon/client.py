@@ -92,3 +92,24 @@ def _error_text(text: str) -> str:
         return str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
         return text[:300]
+
+
+async def admin_call(socket_path: Path, path: str) -> Any:
+    """GET `path` from the daemon's admin socket (the peer's operator, on its machine); the JSON reply.
+
+    PeerUnreachable if the daemon does not listen there, the account may not open the
+    socket, or the daemon answers with an error.
+    """
+    if not socket_path.exists():
+        raise PeerUnreachable(f"{socket_path} does not exist: the peer's daemon is not running (start it with "
+                              "`fedsilo peer start`)")
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
+            async with session.get(f"http://operator{path}") as reply:
+                text = await reply.text()
+                if reply.status >= 400:
+                    raise PeerUnreachable(f"the daemon's admin socket answered {reply.status}: {_error_text(text)}")
+                return json.loads(text)
+    except aiohttp.ClientError as exc:
+        raise PeerUnreachable(f"cannot reach the daemon's admin socket {socket_path} ({exc}): is the daemon running, "
+                              "and is this its account?") from None
