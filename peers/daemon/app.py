@@ -159,8 +159,10 @@ async def get_job(request: web.Request) -> web.Response:
     job_id, viewer = request.match_info["job_id"], _viewer(request)
     view = _service(request).job_view(job_id, viewer)
     if view is None:  # the same answer whether the job exists or not
-        raise Refused(f"no job {job_id!r} here" if viewer is None else f"{viewer} takes part in no job {job_id!r} "
-                      "here: a peer shows a job only to its owner, its host and its participants", 403)
+        if viewer is None:
+            raise Refused(f"no job {job_id!r} here", 404)
+        raise Refused(f"{viewer} takes part in no job {job_id!r} here: a peer shows a job only to its owner, its "
+                      "host and its participants", 403)
     return web.json_response(view)
 
 
