@@ -104,3 +104,14 @@ def test_members_see_only_their_jobs_and_only_operators_read_the_audit_log(conso
     assert exported["entries"][1:len(log["entries"]) + 1] == log["entries"]
     socket_mode = (consortium.root / a / "state" / "admin.sock").stat().st_mode
     assert stat.S_ISSOCK(socket_mode) and stat.S_IMODE(socket_mode) == 0o600
+
+
+def test_audit_export_says_when_the_daemon_is_not_there(consortium, tmp_path, capsys):
+    """Without a running daemon behind the socket the operator is told so; nothing is written."""
+    config = consortium.config_path("bank-b")
+    assert main(["audit", "export", "--config", str(config), "--out", str(tmp_path / "log.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fedsilo: error: ")
+    # no socket file (the daemon never ran), or a socket left by one that stopped
+    assert ("the peer's daemon is not running" in error) or ("is the daemon running, and is this its account?" in error)
+    assert not (tmp_path / "log.json").exists()
