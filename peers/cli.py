@@ -10,6 +10,7 @@
     fedsilo job show|list|cancel ... --peer URL
     fedsilo model pull JOB --peer URL --out DIR           download, verify, print the card
     fedsilo audit verify|show --config peer.toml          check / list a peer's audit log
+    fedsilo audit export --config peer.toml [--out FILE]  the running daemon's log, as its operator
     fedsilo psi --list FILE --with PEER [--mode MODE]     private set intersection with a peer's list
     fedsilo query ID... --list NAME --at PEER             anonymous query of a peer's list (labels)
 
@@ -262,6 +263,12 @@ def _audit(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--source", help="only entries of this data source")
     verify.set_defaults(handler=audit_verify)
     show.set_defaults(handler=audit_show)
+    export = commands.add_parser("export", help="the running daemon's log and chain check as JSON, over its admin "
+                                                "socket (this peer's operators only)")
+    export.add_argument("--config", required=True, help="the peer's peer.toml (its state directory holds the socket)")
+    export.add_argument("--since", type=int, default=0, metavar="SEQ", help="only entries after this one (default 0)")
+    export.add_argument("--out", type=Path, help="write the JSON to this new file (default: standard output)")
+    export.set_defaults(handler=audit_export)
 
 
 def _audit_log(config_path: str) -> Any:
@@ -291,6 +298,27 @@ def audit_show(args: argparse.Namespace) -> int:
         print(f"{entry.seq:>4} {entry.time} {entry.actor:<14} {entry.action:<16} {entry.outcome:<8} {target}"
               + (f"  {entry.detail}" if entry.detail else ""))
     return 0
+
+
+def audit_export(args: argparse.Namespace) -> int:
+    """GET /v1/audit over the admin socket: only whoever can open it (the daemon's account) reads the log."""
+    from peers.daemon.app import admin_socket
+    from peers.daemon.client import admin_call
+    from peers.daemon.config import load_config
+    from privacy.errors import ConfigError
+    if args.since < 0:
+        raise ConfigError(f"--since must be a non-negative entry number (got {args.since})")
+    if args.out is not None and args.out.exists():
+        raise ConfigError(f"{args.out} exists: give a new file for the export")
+    log = asyncio.run(admin_call(admin_socket(load_config(args.config).state_dir), f"/v1/audit?since={args.since}"))
+    text = json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+    if args.out is None:
+        print(text, end="")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"{len(log['entries'])} entries of {log['peer']}'s audit log written to {args.out}; chain "
+              + ("intact" if log["chain_ok"] else f"BROKEN at entry {log['first_broken']}"))
+    return 0 if log["chain_ok"] else 1
 
 
 # -- psi, query ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 from peers.daemon.client import PeerClient
 from peers.errors import PeerUnreachable, Refused
 from peers.identity.consortium import Identity
+from peers.identity.pki import check_name
 from privacy.errors import ConfigError
 from privacy.psi import Mode, PsiReceiver, Querier
 from privacy.psi.wire import MAX_BATCH, split
@@ -64,8 +65,11 @@ async def shared_lists(client: PeerClient, url: str) -> list[dict[str, Any]]:
 
 
 async def _pick(client: PeerClient, url: str, list_name: str | None, use: str) -> dict[str, Any]:
+    """The holder's entry for the list to use; its name (it goes into request paths) checked like a list name."""
     offered = [entry for entry in await shared_lists(client, url)
                if (entry["psi_modes"] if use == "psi" else entry["query_quota"] is not None)]
+    for entry in offered:
+        check_name(entry["name"], f"{url} offers a list whose name")
     if list_name is None:
         if len(offered) != 1:
             names = ", ".join(e["name"] for e in offered) or "none"

@@ -5,6 +5,13 @@ TLS layer refuses anything else). The `identify` middleware maps the certificate
 fingerprint to a manifest member and refuses (403, audited) a certificate that is not
 a member's. Bodies are JSON, at most `peer.max-body-bytes` (413 above), malformed JSON
 is a 400; every refusal is written to the audit log and changes nothing else.
+
+Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
+budget of the sources those jobs use here, the models it may pull and the lists shared
+with it. The peer's own operators read everything, and alone read the audit log, over
+the admin socket `state/admin.sock` (no TLS; mode 0600 in the 0700 state directory, so
+whoever can open it runs as the daemon's account on its machine): GET only, of
+`OPERATOR_ROUTES`. No consortium certificate, the CA's included, is an operator.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import asyncio
 import json
 import logging
 import signal
+import socket
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -32,7 +41,11 @@ from privacy.errors import FedsiloError
 log = logging.getLogger("fedsilo.peer")
 SERVICE = web.AppKey("service", PeerService)
 MEMBER = web.RequestKey("member", Member)
+OPERATOR = web.RequestKey("operator", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ADMIN_SOCKET = "admin.sock"
+OPERATOR_ROUTES = ("/v1/health", "/v1/status", "/v1/openapi.json", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/budget",
+                   "/v1/audit")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -43,26 +56,38 @@ def _error(status: int, message: str) -> web.Response:
 async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Attach the calling member; refuse unknown certificates; turn refusals into JSON errors."""
     service = request.app[SERVICE]
-    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    if not der:
-        return _error(401, "a client certificate from the consortium CA is required")
-    fingerprint = certificate_fingerprint(der)
-    member = service.member_for(fingerprint)
-    if member is None:
-        await service.record_refusal("unknown", f"{request.method} {request.path}",
-                                     f"client certificate {fingerprint} is not in the consortium manifest")
-        return _error(403, "your certificate is not a member's in this peer's consortium manifest")
-    request[MEMBER] = member
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and sock.family == socket.AF_UNIX:  # the admin socket: this peer's operator
+        route = request.match_info.route.resource
+        if request.method != "GET" or route is None or route.canonical not in OPERATOR_ROUTES:
+            return _error(403, f"the admin socket answers GET {', '.join(OPERATOR_ROUTES)} only")
+        request[OPERATOR], actor = True, "operator"
+    else:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            return _error(401, "a client certificate from the consortium CA is required")
+        fingerprint = certificate_fingerprint(der)
+        member = service.member_for(fingerprint)
+        if member is None:
+            await service.record_refusal("unknown", f"{request.method} {request.path}",
+                                         f"client certificate {fingerprint} is not in the consortium manifest")
+            return _error(403, "your certificate is not a member's in this peer's consortium manifest")
+        request[MEMBER], actor = member, member.name
     try:
         return await handler(request)
     except Refused as refusal:
         if not refusal.audited:
-            await service.record_refusal(member.name, f"{request.method} {request.path}", str(refusal))
+            await service.record_refusal(actor, f"{request.method} {request.path}", str(refusal))
         return _error(refusal.status, str(refusal))
     except FedsiloError as error:
-        await service.record_refusal(member.name, f"{request.method} {request.path}", str(error))
+        await service.record_refusal(actor, f"{request.method} {request.path}", str(error))
         return _error(400, str(error))
+
+
+def _viewer(request: web.Request) -> str | None:
+    """Whose reads these are: a member's name, or None for this peer's operator (who sees everything)."""
+    return None if request.get(OPERATOR) else request[MEMBER].name
 
 
 async def read_json(request: web.Request) -> Any:
@@ -100,14 +125,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    service = _service(request)
+    service, viewer = _service(request), _viewer(request)
     counts: dict[str, int] = {}
-    for job in service.store.jobs():
+    for job in service.visible_jobs(viewer):
         counts[job.state] = counts.get(job.state, 0) + 1
+    models = [m for m in service.store.models() if viewer is None or service.may_read_model(request[MEMBER],
+                                                                                           m["job_id"])]
     return web.json_response({"peer": service.name, "consortium": service.identity.manifest.consortium,
                               "manifest_version": service.identity.manifest.version, "jobs": counts,
-                              "sources": sorted(service.config.sources), "models": len(service.store.models()),
-                              "you": request[MEMBER].name})
+                              "sources": service.visible_sources(viewer), "models": len(models),
+                              "you": viewer or "operator"})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -125,14 +152,17 @@ async def propose_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    service = _service(request)
-    return web.json_response({"jobs": [j.summary() for j in service.store.jobs()]})
+    return web.json_response({"jobs": [j.summary() for j in _service(request).visible_jobs(_viewer(request))]})
 
 
 async def get_job(request: web.Request) -> web.Response:
-    view = _service(request).job_view(request.match_info["job_id"])
-    if view is None:
-        raise Refused(f"no job {request.match_info['job_id']!r} here", 404)
+    job_id, viewer = request.match_info["job_id"], _viewer(request)
+    view = _service(request).job_view(job_id, viewer)
+    if view is None:  # the same answer whether the job exists or not
+        if viewer is None:
+            raise Refused(f"no job {job_id!r} here", 404)
+        raise Refused(f"{viewer} takes part in no job {job_id!r} here: a peer shows a job only to its owner, its "
+                      "host and its participants", 403)
     return web.json_response(view)
 
 
@@ -178,7 +208,9 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     job_id, (version, directory, signer) = _model(request)
     card = json.loads((directory / CARD).read_text())
-    return web.json_response({"job_id": job_id, "version": version, "host": signer, "files": sorted(card["artifacts"])})
+    job = _service(request).store.job(job_id)
+    return web.json_response({"job_id": job_id, "version": version, "host": signer, "files": sorted(card["artifacts"]),
+                              "job": job.envelope if job else None})
 
 
 async def model_card(request: web.Request) -> web.Response:
@@ -196,6 +228,9 @@ async def model_file(request: web.Request) -> web.StreamResponse:
 
 
 async def audit_export(request: web.Request) -> web.Response:
+    if not request.get(OPERATOR):
+        raise Refused(f"the audit log of {_service(request).name} is for its own operators, not for consortium "
+                      "members: on its machine, run `fedsilo audit export --config peer.toml`", 403)
     since = request.query.get("since", "0")
     if not since.isdigit():
         raise Refused("since must be a non-negative integer (an entry's seq)", 400)
@@ -206,7 +241,7 @@ async def audit_export(request: web.Request) -> web.Response:
 
 
 async def budget(request: web.Request) -> web.Response:
-    return web.json_response({"peer": _service(request).name, "sources": _service(request).budgets()})
+    return web.json_response({"peer": _service(request).name, "sources": _service(request).budgets(_viewer(request))})
 
 
 async def lists(request: web.Request) -> web.Response:
@@ -298,6 +333,7 @@ def listen_address(identity: Identity) -> tuple[str, int]:
 async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web.AppRunner, PeerService, int]:
     """Start the daemon in the running loop (port from the manifest, or `port`; 0 = any free)."""
     identity = Identity.load(config.identity_dir)
+    admin = admin_socket(config.state_dir)
     service = PeerService(config, identity)
     host, manifest_port = listen_address(identity)
     runner = web.AppRunner(build_app(service, config.max_body_bytes), access_log=None)
@@ -306,7 +342,18 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
                        ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path))
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.UnixSite(runner, str(admin)).start()
+    admin.chmod(0o600)
     return runner, service, bound
+
+
+def admin_socket(state_dir: Path) -> Path:
+    """The operator's socket in the state directory; FedsiloError if its path is too long for a Unix socket."""
+    path = state_dir / ADMIN_SOCKET
+    if len(str(path).encode()) > 107:
+        raise FedsiloError(f"the admin socket {path} is longer than a Unix socket path may be (107 bytes): give "
+                           "[peer] state a shorter path")
+    return path
 
 
 def run_daemon(config_path: str) -> int:

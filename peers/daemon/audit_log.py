@@ -4,8 +4,9 @@ Entry `n` stores `prev_hash` = the hash of entry `n-1` (64 zeros for the first) 
 `hash` = SHA-256 of the canonical JSON of all its other fields, `prev_hash` included.
 Changing, inserting or deleting an entry in the middle breaks the chain at that entry
 or the one after it, which `verify` names. Assumption: the chain alone cannot show
-that the newest entries were cut off; export the log (`GET /v1/audit`) to a place the
-peer's operator cannot rewrite to detect that.
+that the newest entries were cut off; export the log (`fedsilo audit export`, GET
+/v1/audit over the daemon's admin socket) to a place the peer's operator cannot
+rewrite to detect that.
 """
 
 from __future__ import annotations

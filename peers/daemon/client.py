@@ -64,18 +64,24 @@ class PeerClient:
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
 
-    async def download(self, url: str, destination: Path) -> int:
-        """Stream `url` into `destination`; returns the bytes written."""
+    async def download(self, url: str, destination: Path, limit: int | None = None) -> int:
+        """Stream `url` into `destination` (a new file); returns the bytes written.
+
+        With a `limit`, reading stops once more than `limit` bytes came: the return value is
+        then above `limit` and the file is incomplete (the caller refuses and removes it).
+        """
         assert self._session is not None, "use PeerClient in `async with`"
         written = 0
         try:
             async with self._session.get(url) as reply:
                 if reply.status >= 400:
                     raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(await reply.text())}")
-                with destination.open("wb") as handle:
+                with destination.open("xb") as handle:
                     async for chunk in reply.content.iter_chunked(CHUNK):
-                        handle.write(chunk)
                         written += len(chunk)
+                        if limit is not None and written > limit:
+                            break
+                        handle.write(chunk)
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot download {url}: {exc.__class__.__name__}: {exc}") from None
         return written
@@ -86,3 +92,24 @@ def _error_text(text: str) -> str:
         return str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
         return text[:300]
+
+
+async def admin_call(socket_path: Path, path: str) -> Any:
+    """GET `path` from the daemon's admin socket (the peer's operator, on its machine); the JSON reply.
+
+    PeerUnreachable if the daemon does not listen there, the account may not open the
+    socket, or the daemon answers with an error.
+    """
+    if not socket_path.exists():
+        raise PeerUnreachable(f"{socket_path} does not exist: the peer's daemon is not running (start it with "
+                              "`fedsilo peer start`)")
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
+            async with session.get(f"http://operator{path}") as reply:
+                text = await reply.text()
+                if reply.status >= 400:
+                    raise PeerUnreachable(f"the daemon's admin socket answered {reply.status}: {_error_text(text)}")
+                return json.loads(text)
+    except aiohttp.ClientError as exc:
+        raise PeerUnreachable(f"cannot reach the daemon's admin socket {socket_path} ({exc}): is the daemon running, "
+                              "and is this its account?") from None

@@ -29,7 +29,8 @@ label-column = "grade"           # optional: what a query reveals for a listed i
 kind = "lei"                     # the identifiers' kind (canonical form); "typed": each carries KIND:
 psi = ["broker-x"]               # members who may run PSI against it
 psi-modes = ["to-me", "both", "count"]
-psi-quota = 100000               # optional: identifiers each of them may compare per window
+psi-quota = 100000               # identifiers each of them may compare per window; required if
+                                 # a member is in both psi and queriers (else optional, no limit)
 queriers = { bank-a = 1000 }     # members who may query it, with identifiers per window
 quota-window = 86400             # seconds
 label-width = 32                 # bytes; longer labels are refused
@@ -248,6 +249,12 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
         if psi_quota is not None and (isinstance(psi_quota, bool) or psi_quota < 1):
             raise ConfigError(f"{where}.psi-quota must be a positive number of identifiers per window "
                               f"(got {psi_quota!r})")
+        both = sorted(set(psi) & set(quotas))
+        if both and psi_quota is None:
+            raise ConfigError(f"{where} lets {', '.join(both)} both query it (a quota of identifiers per window) and "
+                              "run PSI against it without a psi-quota: one PSI with any number of guesses would tell "
+                              f"them what their query quota is meant to limit (which identifiers are listed). Set "
+                              f"{where}.psi-quota, or take them out of psi or queriers")
         epoch_hours = float(_typed(entry, "epoch-hours", (int, float), where, 24))
         if not (math.isfinite(epoch_hours) and epoch_hours > 0):
             raise ConfigError(f"{where}.epoch-hours must be > 0 (got {epoch_hours})")

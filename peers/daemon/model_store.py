@@ -8,11 +8,17 @@ holds the signer's name, certificate and ECDSA signature of the card's canonical
 and belongs to the manifest member named as signer, that member is the job's host,
 the signature verifies, and every listed file has its stated size and hash (and no
 file is missing). A tampered model file or card therefore fails verification.
+
+File names come from whoever wrote the card or serves the listing, another member:
+`check_file_name` accepts only a plain name (letters, digits, '.', '_', '-', not
+starting with '.', at most 100 characters), so a name can never leave the artefact's
+directory; `publish` and `verify_card` refuse a card that lists any other.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,17 @@ from peers.identity.signing import sign_document, verify_document
 from peers.provenance import sha256_file
 
 CARD, SIGNATURE = "model_card.json", "model_card.sig"
+MAX_FILES = 64
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_file_name(name: Any, where: str) -> str:
+    """`name` if it is a plain artefact file name (see the module docstring); SignatureError naming `where`."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise SignatureError(f"{where} names the file {str(name)[:120]!r}, which is not a plain file name (letters, "
+                             "digits, '.', '_', '-', not starting with '.', at most 100 characters): refused, "
+                             "nothing written")
+    return name
 
 
 def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, Path],
@@ -47,8 +64,9 @@ def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, 
     partial.mkdir()
     artifacts = {}
     for name, source in files.items():
-        if name in (CARD, SIGNATURE) or "/" in name:
+        if name in (CARD, SIGNATURE):
             raise IdentityError(f"an artefact file may not be called {name!r}")
+        check_file_name(name, "the model to publish")
         shutil.copyfile(source, partial / name)
         artifacts[name] = {"bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)}
     card = {**card, "job_id": job_id, "version": version, "signer": identity.name, "artifacts": artifacts}
@@ -64,9 +82,26 @@ def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, 
 def verify_artifact(directory: Path, manifest: Manifest, ca_cert: x509.Certificate,
                     expected_signer: str | None = None) -> dict[str, Any]:
     """The verified card of the artefact in `directory`; SignatureError/IdentityError naming what failed."""
+    card = verify_card(directory, manifest, ca_cert, expected_signer)
+    for name, facts in card["artifacts"].items():
+        path = directory / name
+        if not path.is_file():
+            raise SignatureError(f"the model lacks {name}, which its card lists")
+        if path.stat().st_size != facts["bytes"] or sha256_file(path) != facts["sha256"]:
+            raise SignatureError(f"{name} does not match the SHA-256 in the signed card: the file was altered")
+    return card
+
+
+def verify_card(directory: Path, manifest: Manifest, ca_cert: x509.Certificate,
+                expected_signer: str | None = None) -> dict[str, Any]:
+    """The card in `directory` if its signature is `expected_signer`'s (a peer in the manifest, certificate
+    from the consortium CA) and its form is sound: a positive integer version, 1..MAX_FILES artefact files
+    with plain names, each with its size and SHA-256. The files themselves are not read."""
     try:
         card = json.loads((directory / CARD).read_text())
         signature = json.loads((directory / SIGNATURE).read_text())
+        if not isinstance(card, dict):
+            raise TypeError("the card is not an object")
         cert = certificate_from_pem(signature["certificate"])
     except FileNotFoundError as missing:
         raise SignatureError(f"the model lacks {Path(missing.filename).name}") from None
@@ -81,15 +116,18 @@ def verify_artifact(directory: Path, manifest: Manifest, ca_cert: x509.Certifica
     if card.get("signer") != member.name:
         raise SignatureError(f"the card names signer {card.get('signer')!r} but is signed by {member.name}")
     if expected_signer is not None and member.name != expected_signer:
-        raise SignatureError(f"the model is signed by {member.name}, not by the job's host {expected_signer}")
+        raise SignatureError(f"the model is signed by {member.name} but the job's host is {expected_signer}: "
+                             "only the host the owner-signed job names may sign its model")
     verify_document(cert, card, signature["signature"], "the model card")
-    artifacts = card.get("artifacts")
-    if not isinstance(artifacts, dict) or not artifacts:
-        raise SignatureError("the model card lists no artefact files")
+    version, artifacts = card.get("version"), card.get("artifacts")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SignatureError(f"the model card's version {version!r} is not a positive integer")
+    if not isinstance(artifacts, dict) or not 1 <= len(artifacts) <= MAX_FILES:
+        raise SignatureError(f"the model card must list 1 to {MAX_FILES} artefact files")
     for name, facts in artifacts.items():
-        path = directory / name
-        if not path.is_file():
-            raise SignatureError(f"the model lacks {name}, which its card lists")
-        if path.stat().st_size != facts["bytes"] or sha256_file(path) != facts["sha256"]:
-            raise SignatureError(f"{name} does not match the SHA-256 in the signed card: the file was altered")
+        check_file_name(name, "the signed model card")
+        if name in (CARD, SIGNATURE) or not isinstance(facts, dict) \
+                or isinstance(facts.get("bytes"), bool) or not isinstance(facts.get("bytes"), int) \
+                or facts["bytes"] < 0 or not isinstance(facts.get("sha256"), str):
+            raise SignatureError(f"the model card's entry for {name} is not {{bytes, sha256}} of an artefact file")
     return card

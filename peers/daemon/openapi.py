@@ -40,17 +40,19 @@ def spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "fedsilo peer daemon", "version": "1",
                  "description": "Every request needs a client certificate from the consortium CA (mutual TLS); the "
-                                "caller is the manifest member whose certificate fingerprint matches."},
+                                "caller is the manifest member whose certificate fingerprint matches. The peer's "
+                                "operator reads (GET) over the admin socket state/admin.sock instead."},
         "paths": {
             "/v1/health": {"get": _op("liveness")},
             "/v1/status": {"get": _op("peer name, consortium, job counts by state, sources, model count")},
             "/v1/openapi.json": {"get": _op("this description")},
             "/v1/jobs": {
-                "get": _op("jobs this peer hosts or takes part in"),
+                "get": _op("the jobs here that the caller owns, hosts or takes part in"),
                 "post": _op("submit a signed job (model owners); this peer hosts it and proposes it", "201",
                             "{job, signature, certificate}: the owner-signed job envelope"),
             },
-            "/v1/jobs/{job_id}": {"get": _op("one job, with participants' decisions at its host",
+            "/v1/jobs/{job_id}": {"get": _op("one job the caller owns, hosts or takes part in (403 otherwise), with "
+                                             "participants' decisions at its host (others' reasons: owner only)",
                                              params=("job_id",))},
             "/v1/jobs/{job_id}/cancel": {"post": _op("cancel an active job (its owner or host); releases the "
                                                      "budget reservation", body="{}", params=("job_id",))},
@@ -62,7 +64,8 @@ def spec() -> dict[str, Any]:
             "/v1/proposals": {"post": _op("a host proposes a job; answers {decision: accepted|declined, reason, "
                                           "...}", body="the owner-signed job envelope")},
             "/v1/models": {"get": _op("models the caller may pull")},
-            "/v1/models/{job_id}": {"get": _op("newest version of a job's model: version, host, files",
+            "/v1/models/{job_id}": {"get": _op("newest version of a job's model: version, host, files, and the "
+                                               "owner-signed job (whose host must have signed the card)",
                                                params=("job_id",))},
             "/v1/models/{job_id}/card": {"get": _op("the signed model card", params=("job_id",))},
             "/v1/models/{job_id}/files/{name}": {"get": _op("one file of the artefact (model, card, signature)",
@@ -70,8 +73,10 @@ def spec() -> dict[str, Any]:
             "/v1/models/{job_id}/replicate": {"post": _op("the host announces a job's model: the participant "
                                                           "fetches and verifies a copy", body="{}",
                                                           params=("job_id",))},
-            "/v1/audit": {"get": _op("the hash-chained audit log (query: since=SEQ) and whether its chain holds")},
-            "/v1/budget": {"get": _op("privacy budget per data source: total, spent, reserved, remaining ε")},
+            "/v1/audit": {"get": _op("the hash-chained audit log (query: since=SEQ) and whether its chain holds: "
+                                     "only over the admin socket state/admin.sock (the peer's operator)")},
+            "/v1/budget": {"get": _op("privacy budget (total, spent, reserved, remaining ε) of each data source "
+                                      "that a job the caller takes part in uses here")},
             "/v1/lists": {"get": _op("the lists this peer shares with the caller: PSI modes, query quota left")},
             "/v1/lists/{name}/psi": {"post": _frames_op(
                 "PSI against a list: answers the caller's blinded set with EVALUATED and SET frames",

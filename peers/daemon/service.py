@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -35,7 +36,7 @@ from peers.daemon.model_store import publish
 from peers.daemon.policy import check_policy, planned_mechanisms, source_facts
 from peers.daemon.shared_lists import Served, SharedLists
 from peers.daemon.signed_job import SignedJob, parse_document, verify_envelope
-from peers.daemon.store import ACTIVE_STATES, PeerStore
+from peers.daemon.store import ACTIVE_STATES, JobRow, PeerStore
 from peers.errors import PeerUnreachable, Refused
 from peers.identity.consortium import Identity
 from peers.identity.manifest import Member
@@ -473,8 +474,9 @@ class PeerService:
             job = self.store.job(job_id)
             if job.state != "accepted":
                 raise Refused(f"job {job_id} is {job.state}, not waiting to start", 409)
-            if not isinstance(body, dict) or not isinstance(body.get("fleet_address"), str):
-                raise Refused("the body must be {\"fleet_address\": \"HOST:PORT\"}", 400)
+            if not isinstance(body, dict) or not training.is_fleet_address(body.get("fleet_address")):
+                raise Refused("the body must be {\"fleet_address\": \"HOST:PORT\"} (a host name or IP address and "
+                              "a port: it becomes the SuperNode's --superlink argument)", 400)
             await self._set(job_id, "training", "job.training", f"joining {body['fleet_address']}")
             self._spawn(self._join(job_id, body["fleet_address"]))
             return self._view(job_id)
@@ -551,16 +553,16 @@ class PeerService:
                 raise Refused(f"no participation in job {job_id!r} here", 404)
             if caller.name != job.host:
                 raise Refused(f"only the host {job.host} may announce the model of job {job_id}", 403)
-            self._spawn(self._fetch_replica(job_id, job.host))
+            self._spawn(self._fetch_replica(job_id, job.host, job.envelope))
             return {"ok": True}
         return await self._run(caller.name, "model.replicate", work, job=job_id)
 
-    async def _fetch_replica(self, job_id: str, host: str) -> None:
+    async def _fetch_replica(self, job_id: str, host: str, envelope: dict[str, Any]) -> None:
         member = self.identity.manifest.member(host)
         assert member is not None and member.address
         staging = self.store.models_dir / job_id / ".incoming"
         try:
-            card = await pull_model(self.client, member.address, job_id, staging)
+            card = await pull_model(self.client, member.address, job_id, staging, job_envelope=envelope)
         except FedsiloError as error:
             log.warning("could not replicate the model of job %s: %s", job_id, error)
             await self.record_refusal(host, "model.replicate", f"the model did not verify: {error}")
@@ -569,6 +571,7 @@ class PeerService:
         async def keep() -> None:
             final = self.store.models_dir / job_id / f"v{card['version']}"
             if final.exists():
+                shutil.rmtree(staging, ignore_errors=True)
                 return
             staging.rename(final)
             with self.store.transaction():
@@ -649,12 +652,38 @@ class PeerService:
                                     for p in self.store.participants(job_id)]
         return view
 
-    def job_view(self, job_id: str) -> dict[str, Any] | None:
-        return self._view(job_id) if self.store.job(job_id) else None
+    def takes_part(self, job: JobRow, member: str) -> bool:
+        """Whether `member` owns, hosts or is a participant of `job` (as the owner-signed job names them)."""
+        return member in (job.owner, job.host) or member in job.envelope["job"]["participants"]
 
-    def budgets(self) -> list[dict[str, Any]]:
+    def visible_jobs(self, viewer: str | None) -> list[JobRow]:
+        """The jobs `viewer` takes part in (None: this peer's operator, who sees all)."""
+        return [job for job in self.store.jobs() if viewer is None or self.takes_part(job, viewer)]
+
+    def visible_sources(self, viewer: str | None) -> list[str]:
+        """This peer's data sources that jobs `viewer` takes part in use (None: all of them)."""
+        if viewer is None:
+            return sorted(self.config.sources)
+        return sorted({job.source for job in self.visible_jobs(viewer) if job.source in self.config.sources})
+
+    def job_view(self, job_id: str, viewer: str | None) -> dict[str, Any] | None:
+        """The job as `viewer` may see it, or None if it takes no part in it (or there is no such job).
+
+        Participants' reasons (a decline may state a peer's remaining budget) are shown only
+        to the job's owner, to the operator, and to each participant for its own row.
+        """
+        job = self.store.job(job_id)
+        if job is None or (viewer is not None and not self.takes_part(job, viewer)):
+            return None
+        view = self._view(job_id)
+        if viewer is not None and viewer != job.owner and "participants" in view:
+            view["participants"] = [p if p["peer"] == viewer else {**p, "reason": ""} for p in view["participants"]]
+        return view
+
+    def budgets(self, viewer: str | None) -> list[dict[str, Any]]:
+        """The budget of each source `viewer` may see (see `visible_sources`)."""
         out = []
-        for name in self.config.sources:
+        for name in self.visible_sources(viewer):
             status = self.ledger.status(name)
             out.append({"source": name, "epsilon_budget": status.epsilon_budget, "delta": status.delta,
                         "spent_epsilon": status.spent_epsilon, "reserved_epsilon": status.reserved_epsilon,

@@ -179,8 +179,14 @@ def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any])
     return config
 
 
-def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.datetime | None = None) -> SignedJob:
-    """Check a received envelope (see the module docstring); Refused with the reason otherwise."""
+def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.datetime | None = None,
+                    check_live: bool = True) -> SignedJob:
+    """Check a received envelope (see the module docstring); Refused with the reason otherwise.
+
+    `check_live=False` checks only the owner's signature and the document's form, not
+    the expiry nor that the host and participants are still peers: what a puller needs
+    to learn, from a job that finished long ago, which host must have signed its model.
+    """
     if not isinstance(envelope, dict) or set(envelope) != {"job", "signature", "certificate"}:
         raise Refused("a signed job is a JSON object with exactly the keys job, signature, certificate")
     body = envelope["job"]
@@ -201,11 +207,11 @@ def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.dat
     except FedsiloError as error:
         raise Refused(str(error), status=403 if isinstance(error, IdentityError) else 400) from None
     now = now or dt.datetime.now(dt.timezone.utc)
-    if header["expires"] <= now:
+    if check_live and header["expires"] <= now:
         raise Refused(f"the job expired at {_utc(header['expires'])}: the owner must sign it again", status=403)
-    if header["expires"] > now + dt.timedelta(minutes=MAX_VALIDITY_MINUTES):
+    if check_live and header["expires"] > now + dt.timedelta(minutes=MAX_VALIDITY_MINUTES):
         raise Refused("the job's expiry is more than 7 days ahead: refused", status=403)
-    for name in [body["host"], *body["participants"]]:
+    for name in [body["host"], *body["participants"]] if check_live else []:
         member = manifest.member(name)
         if member is None or not member.has("peer"):
             raise Refused(f"job participant or host {name!r} is not a peer of the consortium", status=400)

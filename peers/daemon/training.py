@@ -9,6 +9,7 @@ working directory on the same machine.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,14 @@ from privacy.accounting import Mechanism
 
 NODE_KEY_DIR = "node-key"
 HOST_TIMEOUT_SECONDS = 1800.0
+_FLEET_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):([0-9]{1,5})")
+
+
+def is_fleet_address(value: object) -> bool:
+    """Whether a host's `fleet_address` is HOST:PORT (a DNS name, IPv4 or [IPv6] and a port 1..65535), so
+    that the string the host sends can only ever be the SuperNode's `--superlink` value, never an option."""
+    match = _FLEET_ADDRESS.fullmatch(value) if isinstance(value, str) else None
+    return match is not None and 1 <= int(match.group(2)) <= 65535
 
 
 def node_public_key(state_dir: Path) -> str:

@@ -45,7 +45,7 @@ def test_publish_then_verify_and_tampering_fails(consortium, tmp_path, model_fil
     assert version == 1 and directory.name == "v1"
     card = verify_artifact(directory, identity.manifest, identity.ca_certificate, expected_signer="bank-a")
     assert card["artifacts"]["model.safetensors"]["bytes"] == model_files["model.safetensors"].stat().st_size
-    with pytest.raises(SignatureError, match="not by the job's host bank-b"):
+    with pytest.raises(SignatureError, match="signed by bank-a but the job's host is bank-b"):
         verify_artifact(directory, identity.manifest, identity.ca_certificate, expected_signer="bank-b")
 
     model = directory / "model.safetensors"

@@ -36,6 +36,7 @@ id-column = "client"
 label-column = "grade"
 kind = "client"
 psi = ["bank-a"]
+psi-quota = 100000
 queriers = { bank-a = 5 }
 
 [lists.misconfigured]
@@ -214,6 +215,23 @@ def test_a_bad_list_policy_is_refused_by_name(consortium, tmp_path, edit, fragme
         load_config(bad)
     expected = "'all' is unknown; valid choices are to-me, both, count" if fragment.startswith("psi-modes") else fragment
     assert expected in str(error.value)
+
+
+def test_query_and_psi_rights_without_a_psi_quota_are_refused(consortium, tmp_path):
+    """bank-a may query 5 identifiers per window; unlimited PSI on the same list would tell it the
+    membership of any number of guesses at once, so the holder's daemon does not start with that policy."""
+    config = consortium.config_path("broker")
+    bad = tmp_path / "peer.toml"
+    bad.write_text(config.read_text().replace("psi-quota = 100000\n", "").replace(
+        '"identity"', f'"{config.parent / "identity"}"').replace('"data.csv"', f'"{config.parent / "data.csv"}"')
+        .replace('"high-risk.csv"', f'"{config.parent / "high-risk.csv"}"'))
+    with pytest.raises(ConfigError) as error:
+        load_config(bad)
+    assert str(error.value).startswith("lists.high-risk lets bank-a both query it (a quota of identifiers per "
+                                       "window) and run PSI against it without a psi-quota")
+    assert "Set lists.high-risk.psi-quota, or take them out of psi or queriers" in str(error.value)
+    bad.write_text(bad.read_text().replace('psi = ["bank-a"]\nqueriers', 'psi = ["bank-c"]\nqueriers'))
+    assert load_config(bad).lists["high-risk"].psi_quota is None  # PSI and query by different members: allowed
 
 
 def test_a_problem_with_the_holders_file_stays_in_the_holders_log(consortium):
