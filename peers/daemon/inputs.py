@@ -48,9 +48,12 @@ def finite_number(value: Any, what: str) -> float:
     """`value` as a float if it is a JSON number (not a bool, not a string) and finite; Refused 400 otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Refused(f"{what} must be a number, got {type(value).__name__}", 400)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise Refused(f"{what} must be a finite number, got {value!r}", 400)
+        raise Refused(f"{what} must be a finite number (not NaN, infinite or overflowing)", 400)
     return number
 
 
