@@ -403,7 +403,7 @@ class PeerService:
             spent = None
             if job.state == "training":
                 spent = [m.to_dict() for m in self._commit_own(job, None)]
-                settled = "whole reservation committed as spent" if spent else "no reservation held"
+                settled = "its spending is committed" if spent else "no reservation held"
             else:
                 settled = "reservation released" if self._release_own(job_id) else "no reservation held"
             self.store.set_state(job_id, "failed", reason, spent=spent)

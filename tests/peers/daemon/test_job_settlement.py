@@ -106,7 +106,8 @@ def test_a_host_whose_training_fails_commits_its_reservation_and_a_restart_keeps
     assert restarted["spent_epsilon"] == pytest.approx(planned_epsilon, rel=1e-9)
     assert restarted["remaining_epsilon"] == pytest.approx(8.0 - planned_epsilon, rel=1e-9)
     entries = audit(consortium, "bank-a")
-    assert any(a == "job.failed" and "whole reservation committed as spent" in d for _, a, _, d in entries)
+    assert any(a == "job.failed" and "its spending is committed" in d for _, a, _, d in entries)
+    assert any(a == "budget.commit" and "the whole reservation" in d for _, a, _, d in entries)
     assert not any(a == "budget.release" for _, a, _, _ in entries)
     # the participant was told and settled what its own accountant recorded
     assert participant["state"] in ("cancelled", "failed")
