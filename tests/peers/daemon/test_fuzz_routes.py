@@ -67,6 +67,8 @@ BODIES: list[bytes] = [
 JOB_IDS = ["fuzz-1", "fuzz-host", "nope", "..%2F..%2Fstate.sqlite", "%00", "a" * 300, "%F0%9F%92%A9", "%2e%2e",
            "model_card.json", "fuzz-1%20", "-1"]
 NAMES = ["high-risk", "model_card.json", "..%2Fstate.sqlite", "nope", "%00", "x" * 300, ".", "a%2Fb"]
+UNKNOWN_PATHS = ["/", "/v1", "/v2/health", "/v1/nope", "/v1/jobs/fuzz-1/x/y", "/v1/../v1/health", "/v1/jobs//cancel",
+                 "/v1/models/fuzz-1/files/", "/%2e%2e/%2e%2e/etc/passwd", "/v1/lists/high-risk/psi/confirm/more"]
 QUERIES = ["", "?since=-1", "?since=abc", "?since=1e400", "?since=" + "9" * 30, "?since=%C2%B2", "?since=NaN",
            "?since=", "?since=0&since=1", "?since=3", "?limit=99999999999999999999&x=%00"]
 
@@ -107,6 +109,11 @@ def _requests(routes, rng):
                 out.append((caller, method, path, body if method == "POST" or rng.random() < 0.2 else b"", kind))
         out.append(("bank-b", method, template.replace("{job_id}", "fuzz-1").replace("{name}", "high-risk"),
                     b" " * (2 << 20), "application/json"))  # over the 1 MiB body limit
+        for wrong in ({"GET", "POST", "DELETE", "PUT"} - {method}):  # 405, audited
+            out.append((rng.choice(callers[:4]), wrong, template.replace("{job_id}", "fuzz-1")
+                        .replace("{name}", "high-risk"), b"{}", "application/json"))
+    for path in UNKNOWN_PATHS:  # 404, audited
+        out.extend((caller, rng.choice(["GET", "POST"]), path, b"{}", "application/json") for caller in callers)
     rng.shuffle(out)
     return out
 
@@ -168,10 +175,11 @@ def test_every_route_refuses_malformed_requests_without_a_server_error(consortiu
         return plan, errors, unaudited, statuses, exported, ledger, active
 
     plan, errors, unaudited, statuses, exported, ledger, active = run(body())
-    assert len(plan) > 1000
+    assert len(plan) > 1200
     assert errors == [], f"{len(errors)} server errors, e.g. {errors[:3]}"
     assert unaudited == [], f"{len(unaudited)} refusals without an audit entry, e.g. {unaudited[:3]}"
-    assert statuses.get(400, 0) > 200 and statuses.get(403, 0) > 50 and statuses.get(413, 0) >= 10, statuses
+    assert statuses.get(400, 0) > 200 and statuses.get(403, 0) > 50 and statuses.get(413, 0) >= 10 \
+        and statuses.get(404, 0) > 50 and statuses.get(405, 0) >= 60, statuses
     assert exported["chain_ok"] is True and exported["first_broken"] is None
     assert {job_id for job_id, record in ledger.items() if record.state == "reserved"} <= active
 
