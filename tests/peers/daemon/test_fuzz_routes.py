@@ -6,9 +6,10 @@ query, a job it takes part in (hosted by bank-b) and a job it hosts. Five caller
 and a certificate the CA signed that is not in bank-a's manifest) send malformed
 requests to every route the app's router lists, so a route added later is fuzzed
 too: bodies nested thousands deep, NaN/Infinity/10**400, wrong types, oversized
-and binary bodies, bad query parameters, unknown ids and path tricks. The daemon
-must answer each with a status below 500, write an audit entry for each refusal
-(the caller's name, or "unknown"), and keep an audit chain that verifies.
+and binary bodies, bad query parameters, unknown ids, path tricks, wrong methods and
+unknown routes. The daemon must answer each with a status below 500, write an audit
+entry for each refusal (the caller's name, or "unknown"), and keep an audit chain that
+verifies.
 """
 
 import json
