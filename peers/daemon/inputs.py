@@ -19,7 +19,7 @@ from peers.errors import Refused
 
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 18  # below 2**63: fits SQLite's INTEGER and a float without overflow
-_COUNT = re.compile(r"[0-9]{1,18}")
+_COUNT = re.compile(rf"[0-9]{{1,{MAX_INT_DIGITS}}}")
 
 
 def parse_json(raw: bytes) -> Any:
