@@ -3,8 +3,11 @@
 Every request arrives over TLS with a client certificate the consortium CA signed (the
 TLS layer refuses anything else). The `identify` middleware maps the certificate's
 fingerprint to a manifest member and refuses (403, audited) a certificate that is not
-a member's. Bodies are JSON, at most `peer.max-body-bytes` (413 above), malformed JSON
-is a 400; every refusal is written to the audit log and changes nothing else.
+a member's. Bodies are JSON, at most `peer.max-body-bytes` (413 above); malformed JSON,
+JSON nested too deeply or holding a non-finite or oversized number, and a malformed query
+parameter are a 400 (see `inputs`); every refusal, an unknown route included, is written to
+the audit log and changes nothing else. An unexpected error is logged with its traceback,
+audited as failed and answered 500 without details.
 
 Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
 budget of the sources those jobs use here, the models it may pull and the lists shared
@@ -28,6 +31,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from peers.daemon.config import PeerConfig, load_config
+from peers.daemon.inputs import parse_json, query_count
 from peers.daemon.model_store import CARD, SIGNATURE
 from peers.daemon.openapi import spec
 from peers.daemon.service import PeerService
@@ -74,15 +78,25 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
                                          f"client certificate {fingerprint} is not in the consortium manifest")
             return _error(403, "your certificate is not a member's in this peer's consortium manifest")
         request[MEMBER], actor = member, member.name
+    action = f"{request.method} {request.path}"[:MAX_ACTION]
     try:
         return await handler(request)
     except Refused as refusal:
         if not refusal.audited:
-            await service.record_refusal(actor, f"{request.method} {request.path}", str(refusal))
+            await service.record_refusal(actor, action, str(refusal))
         return _error(refusal.status, str(refusal))
     except FedsiloError as error:
-        await service.record_refusal(actor, f"{request.method} {request.path}", str(error))
+        await service.record_refusal(actor, action, str(error))
         return _error(400, str(error))
+    except web.HTTPException as http:  # aiohttp's own: no such route (404), method not allowed (405)
+        if http.status >= 400:
+            await service.record_refusal(actor, action, f"{http.status} {http.reason}")
+        raise
+    except Exception as error:  # pylint: disable=broad-exception-caught  # a bug: logged, audited, no details out
+        log.exception("peer %s failed on %s from %s", service.name, action, actor)
+        await service.record_refusal(actor, action, f"internal error ({error.__class__.__name__})",
+                                     outcome="failed")
+        return _error(500, "this peer failed on the request (recorded in its audit log); tell its operator")
 
 
 def _viewer(request: web.Request) -> str | None:
@@ -91,18 +105,16 @@ def _viewer(request: web.Request) -> str | None:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; Refused 413 if too large, 400 if not JSON."""
+    """The request's JSON body; Refused 413 if too large, 400 if not acceptable JSON (`inputs.parse_json`)."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Refused(f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes", 413) \
             from None
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(f"the request body is not valid JSON ({exc})", 400) from None
+    return parse_json(raw)
 
 
+MAX_ACTION = 200  # characters of "METHOD PATH" kept in an audit entry
 MAX_BODY = web.AppKey("max_body", int)
 FRAMES = "application/octet-stream"
 
@@ -231,13 +243,11 @@ async def audit_export(request: web.Request) -> web.Response:
     if not request.get(OPERATOR):
         raise Refused(f"the audit log of {_service(request).name} is for its own operators, not for consortium "
                       "members: on its machine, run `fedsilo audit export --config peer.toml`", 403)
-    since = request.query.get("since", "0")
-    if not since.isdigit():
-        raise Refused("since must be a non-negative integer (an entry's seq)", 400)
+    since = query_count(request.query, "since")
     service = _service(request)
     check = service.store.audit.verify()
     return web.json_response({"peer": service.name, "chain_ok": check.ok, "first_broken": check.first_broken,
-                              "entries": [e.to_dict() for e in service.store.audit.entries(int(since))]})
+                              "entries": [e.to_dict() for e in service.store.audit.entries(since)]})
 
 
 async def budget(request: web.Request) -> web.Response:

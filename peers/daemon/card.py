@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from typing import Any
 
 from peers.daemon.signed_job import SignedJob
@@ -58,16 +59,29 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
 
 
 def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last round's held-out metrics, each peer's and their example-weighted mean."""
+    """The last round's held-out metrics, each peer's and their example-weighted mean.
+
+    A metric a peer sent that is not a finite number (NaN, a string) is left out (null):
+    the card must stay signable JSON whatever a participant reports.
+    """
     evaluated = [r for r in rounds if r.get("evaluate")]
-    last = evaluated[-1]["evaluate"] if evaluated else []
-    total = sum(m.get("num-examples", 0) for m in last)
+    last = [{k: _finite(m.get(k)) for k in ("auc", "loss", "num-examples")} for m in
+            (evaluated[-1]["evaluate"] if evaluated else [])]
+    total = sum(m["num-examples"] or 0 for m in last)
 
     def mean(key: str) -> float | None:
-        values = [(m[key], m.get("num-examples", 0)) for m in last if key in m]
-        return sum(v * n for v, n in values) / total if values and total else None
+        values = [(m[key], m["num-examples"] or 0) for m in last if m[key] is not None]
+        return _finite(sum(v * n for v, n in values) / total) if values and total else None
     return {"rounds": len(rounds), "final_auc": mean("auc"), "final_loss": mean("loss"),
-            "final_per_peer": [{"auc": m.get("auc"), "loss": m.get("loss"), "test_rows": m.get("num-examples")}
-                               for m in last],
+            "final_per_peer": [{"auc": m["auc"], "loss": m["loss"], "test_rows": m["num-examples"]} for m in last],
             "errors": sum(len(r.get("errors", [])) for r in rounds),
             "note": "held-out metrics each peer reports on its own test rows, in the clear (not covered by DP)"}
+
+
+def _finite(value: Any) -> float | int | None:
+    """`value` if it is a finite number (not a bool; an integer below 2**63), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else None
+    return value if math.isfinite(value) else None

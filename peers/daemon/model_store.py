@@ -53,7 +53,8 @@ def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, 
     """Copy `files` into the next version of JOB's artefact, add hashes, sign the card.
 
     The directory is written as `.vN.partial` and renamed at the end, so a crash never
-    leaves a half-written version behind a valid name. Returns (version, directory).
+    leaves a half-written version behind a valid name; on an error it is removed.
+    Returns (version, directory).
     """
     job_dir = models_dir / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -62,20 +63,24 @@ def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, 
     partial = job_dir / f".v{version}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    artifacts = {}
-    for name, source in files.items():
-        if name in (CARD, SIGNATURE):
-            raise IdentityError(f"an artefact file may not be called {name!r}")
-        check_file_name(name, "the model to publish")
-        shutil.copyfile(source, partial / name)
-        artifacts[name] = {"bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)}
-    card = {**card, "job_id": job_id, "version": version, "signer": identity.name, "artifacts": artifacts}
-    (partial / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-    signature = {"signer": identity.name, "certificate": certificate_pem(identity.certificate),
-                 "signature": sign_document(identity.key, card)}
-    (partial / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n")
-    final = job_dir / f"v{version}"
-    partial.rename(final)
+    try:
+        artifacts = {}
+        for name, source in files.items():
+            if name in (CARD, SIGNATURE):
+                raise IdentityError(f"an artefact file may not be called {name!r}")
+            check_file_name(name, "the model to publish")
+            shutil.copyfile(source, partial / name)
+            artifacts[name] = {"bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)}
+        card = {**card, "job_id": job_id, "version": version, "signer": identity.name, "artifacts": artifacts}
+        (partial / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+        signature = {"signer": identity.name, "certificate": certificate_pem(identity.certificate),
+                     "signature": sign_document(identity.key, card)}
+        (partial / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n")
+        final = job_dir / f"v{version}"
+        partial.rename(final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return version, final
 
 

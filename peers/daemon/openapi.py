@@ -58,7 +58,8 @@ def spec() -> dict[str, Any]:
                                                      "budget reservation", body="{}", params=("job_id",))},
             "/v1/jobs/{job_id}/start": {"post": _op("the host starts training: join its SuperLink",
                                                     body="{fleet_address: HOST:PORT}", params=("job_id",))},
-            "/v1/jobs/{job_id}/report": {"post": _op("a participant reports what its accountant spent (at the host)",
+            "/v1/jobs/{job_id}/report": {"post": _op("a participant reports what its accountant spent (at the host), "
+                                                     "once, while the job trains, within its plan",
                                                      body="{spent: [mechanism], epsilon, delta, accountant}",
                                                      params=("job_id",))},
             "/v1/proposals": {"post": _op("a host proposes a job; answers {decision: accepted|declined, reason, "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -31,6 +32,7 @@ from peers.daemon.actor import Mailbox
 from peers.daemon.card import build_card
 from peers.daemon.client import PeerClient
 from peers.daemon.config import PeerConfig
+from peers.daemon.inputs import finite_number
 from peers.daemon.model_pull import pull_model
 from peers.daemon.model_store import publish
 from peers.daemon.policy import check_policy, planned_mechanisms, source_facts
@@ -45,6 +47,7 @@ from privacy.errors import BudgetExceeded, DataError, FedsiloError
 from privacy.ledger import SQLiteLedger
 
 log = logging.getLogger("fedsilo.peer")
+REPORT_KEYS = {"spent", "epsilon", "delta", "accountant", "failed"}
 REPORT_WAIT_SECONDS = 120.0
 EXPIRY_SWEEP_SECONDS = 60.0
 
@@ -117,7 +120,9 @@ class PeerService:
         A job that was training may have released updates, so its whole reservation is
         committed as spent; a hosted job that had not started is interrupted and its
         reservation released; a reservation without an active job (a crash between the
-        ledger write and the store commit) is released. Accepted participations stay.
+        ledger write and the store commit) is released, unless the job ended after this
+        peer's SuperNode joined it (then it may have released updates: committed in full).
+        Accepted participations stay.
         """
         for job_id, names in training.stop_orphaned_processes(self.config.state_dir).items():
             with self.store.transaction():
@@ -128,9 +133,7 @@ class PeerService:
             record = self.ledger.jobs(job.source).get(job.job_id) if job.source else None
             with self.store.transaction():
                 if job.state == "training":
-                    if record is not None and record.state == "reserved":
-                        self.ledger.commit(job.source, job.job_id, list(record.mechanisms))
-                    spent = [m.to_dict() for m in record.mechanisms] if record else []
+                    spent = [m.to_dict() for m in self._commit_own(job, None)]
                     self.store.set_state(job.job_id, "interrupted", "the daemon stopped during training; the whole "
                                          "reservation is counted as spent", spent=spent)
                     self.store.audit.append("local", "job.interrupted", "ok", "restart during training: reservation "
@@ -148,11 +151,17 @@ class PeerService:
                                             source=job.source)
         for source in self.config.sources:
             for job_id, record in self.ledger.jobs(source).items():
-                if record.state == "reserved" and job_id not in active:
-                    with self.store.transaction():
+                if record.state != "reserved" or job_id in active:
+                    continue
+                ended = self.store.job(job_id)
+                with self.store.transaction():
+                    if ended is not None and ended.source == source and self._joined(job_id):
+                        spent = self._commit_own(ended, None)
+                        self.store.set_state(job_id, ended.state, ended.detail, spent=[m.to_dict() for m in spent])
+                    else:
                         self.ledger.release(source, job_id)
-                        self.store.audit.append("local", "budget.release", "ok", "reservation without an active job "
-                                                "(left by a crash) released", job=job_id, source=source)
+                        self.store.audit.append("local", "budget.release", "ok", "reservation without an active "
+                                                "job (left by a crash) released", job=job_id, source=source)
         self._expire_participations()
 
     def _expire_participations(self) -> None:
@@ -184,11 +193,11 @@ class PeerService:
                 raise
         return await self.mailbox.ask(wrapped)
 
-    async def record_refusal(self, actor: str, action: str, detail: str) -> None:
-        """Audit a request refused before it reached a handler (unknown peer, bad body)."""
+    async def record_refusal(self, actor: str, action: str, detail: str, outcome: str = "refused") -> None:
+        """Audit a request refused before it reached a handler (unknown peer, bad body), or one that failed."""
         async def work() -> None:
             with self.store.transaction():
-                self.store.audit.append(actor, action, "refused", detail)
+                self.store.audit.append(actor, action, outcome, detail)
         await self.mailbox.ask(work)
 
     async def serve_list(self, member: Member, action: str, list_name: str,
@@ -355,10 +364,15 @@ class PeerService:
         finally:
             self._running.pop(job.job_id, None)
         reports = await self._await_reports(job.job_id, [p["peer"] for p in accepted])
-        card = build_card(job, self.store.participants(job.job_id), reports, result.metrics)
-        files = {"model.safetensors": result.model_path, "encoder.json": result.encoder_path,
-                 "metrics.json": result.model_path.with_name("metrics.json")}
-        await self.publish_model(job.job_id, files, card)
+        try:
+            card = build_card(job, self.store.participants(job.job_id), reports, result.metrics)
+            files = {"model.safetensors": result.model_path, "encoder.json": result.encoder_path,
+                     "metrics.json": result.model_path.with_name("metrics.json")}
+            await self.publish_model(job.job_id, files, card)
+        except (FedsiloError, OSError, ValueError) as error:  # the job must end, its ledger settled
+            log.error("publishing the model of job %s failed", job.job_id, exc_info=error)
+            await self.mailbox.ask(lambda: self._host_failed(job.job_id, f"publishing the model failed: {error}"))
+            return
         await self.mailbox.ask(lambda: self._set(job.job_id, "finished", "job.finished",
                                                  f"model published; {len(reports)} of {len(accepted)} participants "
                                                  "reported their spending"))
@@ -375,14 +389,27 @@ class PeerService:
             await asyncio.sleep(0.2)
 
     async def _host_failed(self, job_id: str, reason: str) -> None:
+        """End a hosted job that failed: stop its engine processes, settle this peer's ledger, tell the others.
+
+        Before training nothing was released: the reservation goes back. During training
+        this peer's own SuperNode may have released updates: its whole reservation is
+        committed as spent (as a restart during training does), unless its accountant's
+        spending was committed already.
+        """
         job = self.store.job(job_id)
         if job is None or job.state not in ACTIVE_STATES:
             return
+        await self._stop_engines(job_id)
         with self.store.transaction():
-            if job.state != "training":  # nothing was released yet: the reservation goes back
-                self._release_own(job_id)
-            self.store.set_state(job_id, "failed", reason)
-            self.store.audit.append("local", "job.failed", "ok", reason, job=job_id)
+            spent = None
+            if job.state == "training":
+                spent = [m.to_dict() for m in self._commit_own(job, None)]
+                settled = "its spending is committed" if spent else "no reservation held"
+            else:
+                settled = "reservation released" if self._release_own(job_id) else "no reservation held"
+            self.store.set_state(job_id, "failed", reason, spent=spent)
+            self.store.audit.append("local", "job.failed", "ok", f"{reason}; {settled}", job=job_id,
+                                    source=job.source)
         self._spawn(self._tell_participants(job_id, "cancel"))
 
     async def _set(self, job_id: str, state: str, action: str, detail: str) -> None:
@@ -391,7 +418,11 @@ class PeerService:
             self.store.audit.append("local", action, "ok", detail, job=job_id)
 
     async def report(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
-        """A participant reports what its accountant spent in a job this peer hosts."""
+        """A participant reports what its accountant spent in a job this peer hosts.
+
+        Accepted once per participant, while the job trains, and only within what the
+        participant planned when it accepted (`_checked_report`); anything else is refused.
+        """
         async def work() -> dict[str, Any]:
             job = self.store.job(job_id)
             if job is None or not job.hosting:
@@ -399,9 +430,14 @@ class PeerService:
             participant = next((p for p in self.store.participants(job_id) if p["peer"] == caller.name), None)
             if participant is None or participant["decision"] != "accepted":
                 raise Refused(f"{caller.name} is not an accepted participant of job {job_id}", 403)
+            if job.state != "training":
+                raise Refused(f"job {job_id} is {job.state}: a report is accepted only while it trains", 409)
+            if "report" in participant["reply"]:
+                raise Refused(f"{caller.name} already reported its spending in job {job_id}", 409)
+            report = _checked_report(body, participant["reply"])
             with self.store.transaction():
-                self._record_report(job_id, participant, _checked_report(body))
-                self.store.audit.append(caller.name, "job.report", "ok", f"ε = {body['epsilon']:.4f}", job=job_id)
+                self._record_report(job_id, participant, report)
+                self.store.audit.append(caller.name, "job.report", "ok", f"ε = {report['epsilon']:.4f}", job=job_id)
             return {"ok": True}
         return await self._run(caller.name, "job.report", work, job=job_id)
 
@@ -491,7 +527,16 @@ class PeerService:
         try:
             joined = await asyncio.to_thread(training.start_joining, config, self.config.state_dir, self.identity,
                                              fleet_address, source)
-            self._running[f"{job_id}/peer"] = joined
+
+            async def register() -> bool:  # in the mailbox: a cancel or failure either sees it or ran before
+                still = self.store.job(job_id)
+                if still is not None and still.state == "training":
+                    self._running[f"{job_id}/peer"] = joined
+                    return True
+                return False
+            if not await self.mailbox.ask(register):
+                await asyncio.to_thread(joined.stop)
+                return
             spent = await asyncio.to_thread(training.finish_joining, joined)
             failure = None
         except FedsiloError as error:
@@ -591,14 +636,11 @@ class PeerService:
                 raise Refused(f"{caller.name} may not cancel job {job_id}: only its owner or host can", 403)
             if job.state not in ACTIVE_STATES:
                 raise Refused(f"job {job_id} is already {job.state}", 409)
-            for key in (job_id, f"{job_id}/peer"):
-                running = self._running.pop(key, None)
-                if running is not None:
-                    await asyncio.to_thread(running.stop)
+            await self._stop_engines(job_id)
             spent = training.spent_so_far(self.config.state_dir, job_id) if job.state == "training" else []
             with self.store.transaction():
                 if spent and job.source:
-                    self.ledger.commit(job.source, job_id, spent)
+                    spent = self._commit_own(job, spent)
                     settled = "what its accountant spent before the cancel is committed"
                 else:
                     settled = "reservation released" if self._release_own(job_id) else "no reservation held"
@@ -609,6 +651,37 @@ class PeerService:
                 self._spawn(self._tell_participants(job_id, "cancel"))
             return self._view(job_id)
         return await self._run(caller.name, "job.cancel", work, job=job_id)
+
+    async def _stop_engines(self, job_id: str) -> None:
+        """Stop the job's SuperLink (host) and this peer's SuperNode, if running."""
+        for key in (job_id, f"{job_id}/peer"):
+            running = self._running.pop(key, None)
+            if running is not None:
+                await asyncio.to_thread(running.stop)
+
+    def _joined(self, job_id: str) -> bool:
+        """Whether this peer's SuperNode ever started for the job (its working directory exists)."""
+        return (self.config.state_dir / "jobs" / job_id / "peer").is_dir()
+
+    def _commit_own(self, job: JobRow, spent: list[Mechanism] | None) -> list[Mechanism]:
+        """Commit this peer's reservation for `job` as `spent`, or in full if None (inside a store transaction).
+
+        A reservation already committed (its accountant's spending, at the end of its
+        SuperNode) stays as it is. Returns what the ledger now holds as spent for the job.
+        """
+        record = self.ledger.jobs(job.source).get(job.job_id) if job.source else None
+        if job.source is None or record is None:
+            return []
+        if record.state == "committed":
+            return list(record.mechanisms)
+        mechanisms = list(record.mechanisms) if spent is None else spent
+        self.ledger.commit(job.source, job.job_id, mechanisms)
+        source = self.config.sources[job.source]
+        epsilon = epsilon_spent(mechanisms, source.delta, source.accountant)
+        self.store.audit.append("local", "budget.commit", "ok", f"ε = {epsilon:.4f} spent" + (
+            " (the whole reservation: the job may have released updates)" if spent is None else ""),
+            job=job.job_id, source=job.source)
+        return mechanisms
 
     def _release_own(self, job_id: str) -> bool:
         job = self.store.job(job_id)
@@ -703,15 +776,42 @@ class PeerService:
             raise Refused("this job's nonce was seen before: a replayed job is refused", 409)
 
 
-def _checked_report(body: Any) -> dict[str, Any]:
-    """A participant's spending report, checked; Refused 400 otherwise."""
+def _checked_report(body: Any, accepted: dict[str, Any]) -> dict[str, Any]:
+    """A participant's spending report, checked against what it planned when it `accepted`; Refused 400 otherwise.
+
+    The report must name the δ and accountant of its acceptance, mechanisms at the
+    planned noise and sample rate and of at most the planned steps, and ε finite, equal
+    to what those mechanisms cost and at most the planned ε: the card then states only
+    numbers within what the participant committed to.
+    """
+    if not isinstance(body, dict) or not {"spent", "epsilon", "delta"} <= set(body) <= REPORT_KEYS:
+        raise Refused("a report is {spent: [mechanisms], epsilon, delta, accountant, failed}", 400)
+    if not isinstance(body["spent"], list):
+        raise Refused("a report's spent is a list of mechanisms", 400)
     try:
         spent = [Mechanism.from_dict(m) for m in body["spent"]]
-        epsilon, delta = float(body["epsilon"]), float(body["delta"])
-        return {"spent": [m.to_dict() for m in spent], "epsilon": epsilon, "delta": delta,
-                "accountant": str(body.get("accountant", "rdp")), "failed": body.get("failed")}
-    except (KeyError, TypeError, ValueError, FedsiloError) as exc:
-        raise Refused(f"a report is {{spent: [mechanisms], epsilon, delta}} ({exc})", 400) from None
+    except FedsiloError as exc:
+        raise Refused(f"a report's spent is a list of mechanisms ({exc})", 400) from None
+    epsilon, delta = finite_number(body["epsilon"], "a report's epsilon"), finite_number(body["delta"], "its delta")
+    accountant, failed = body.get("accountant", accepted["accountant"]), body.get("failed")
+    if delta != accepted["delta"] or accountant != accepted["accountant"]:
+        raise Refused(f"the report names δ = {delta:g} ({accountant!r}); the participant accepted with δ = "
+                      f"{accepted['delta']:g} ({accepted['accountant']})", 400)
+    if failed is not None and not (isinstance(failed, str) and len(failed) <= 2000):
+        raise Refused("a report's failed is null or a message of at most 2000 characters", 400)
+    planned = [Mechanism.from_dict(m) for m in accepted["planned"]]
+    runs = {(m.noise_multiplier, m.sample_rate) for m in planned}
+    if any((m.noise_multiplier, m.sample_rate) not in runs for m in spent) \
+            or sum(m.steps for m in spent) > sum(m.steps for m in planned):
+        raise Refused(f"the report's mechanisms ({sum(m.steps for m in spent)} DP-SGD steps) are not within the "
+                      f"participant's plan of {sum(m.steps for m in planned)} steps at its planned noise and sample "
+                      "rate", 400)
+    cost, ceiling = epsilon_spent(spent, delta, accountant), epsilon_spent(planned, delta, accountant)
+    if not (0 <= epsilon <= ceiling * (1 + 1e-9) and math.isclose(epsilon, cost, rel_tol=1e-6, abs_tol=1e-9)):
+        raise Refused(f"the report states ε = {epsilon:.6g}; its mechanisms cost ε = {cost:.6g} and the participant "
+                      f"planned at most ε = {ceiling:.6g}", 400)
+    return {"spent": [m.to_dict() for m in spent], "epsilon": epsilon, "delta": delta, "accountant": accountant,
+            "failed": failed}
 
 
 def _job_id(envelope: Any) -> str | None:

@@ -379,3 +379,27 @@ def test_a_restarted_daemon_expires_participations_that_expired_while_it_was_dow
     assert (("down-1", "accepted") in before[0] and ("down-1", "expired") in after[0]
             and all(job != "down-1" for job, _ in after[1]))
     assert any(entry[1] == "job.expired" and "reservation released" in entry[3] for entry in after[2])
+
+
+def test_a_restart_commits_a_reservation_a_job_left_after_its_supernode_joined(consortium, tmp_path):
+    """The state an older daemon left when a job failed mid-training: the job final, its reservation
+    still held. Restarted, the daemon commits it in full (updates may have left), and releases only a
+    reservation whose job never reached this peer's SuperNode."""
+    joined = signed(consortium, consortium.job_toml(tmp_path / "a.toml", "legacy-1"))
+    never = signed(consortium, consortium.job_toml(tmp_path / "b.toml", "legacy-2"))
+    state = consortium.root / "bank-b" / "state"
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            for envelope in (joined, never):
+                assert (await propose(consortium, envelope))["decision"] == "accepted"
+        with sqlite3.connect(state / "state.sqlite") as conn:
+            conn.execute("UPDATE jobs SET state = 'failed' WHERE job_id IN ('legacy-1', 'legacy-2')")
+        (state / "jobs" / "legacy-1" / "peer").mkdir(parents=True)
+        async with running(consortium, ["bank-b"]):
+            pass
+        return state_of(consortium, "bank-b")
+    _, ledger, audit = run(body())
+    assert ("legacy-1", "committed") in ledger and all(job != "legacy-2" for job, _ in ledger)
+    assert any(a[1] == "budget.commit" and "the whole reservation" in a[3] for a in audit)
+    assert any(a[1] == "budget.release" and "left by a crash" in a[3] for a in audit)
