@@ -1,5 +1,8 @@
 """One round of a peer's local work, free of Flower: train with DP-SGD, or evaluate.
 
+DP-SGD's randomness is secret and fresh in every round (`privacy.noise_source`) unless
+the job asks for the research mode (`dp.reproducible`, see `reproducible_seed`).
+
 The privacy state a peer carries between rounds is its accountant history
 (a list of `Mechanism`s); `train_round` refuses to run a round that would push the
 peer's spent ε past the job's target, so a host that asks for more rounds than the job
@@ -58,12 +61,23 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
     config = DPSGDConfig(lr=job.train.lr, max_grad_norm=job.dp.max_grad_norm,
                          noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                          private=job.dp.private)
-    seed = (job.train.seed * 1_000_003 + bank_seed * 7919 + server_round) % (2**31)
-    mechanism, loss = DPSGDTrainer(model, config, seed=seed).train(
+    trainer = DPSGDTrainer(model, config, reproducible_seed=reproducible_seed(job, bank_seed, server_round))
+    mechanism, loss = trainer.train(
         data.x_train, data.y_train, epochs=job.train.local_epochs)
     # The trainer ran exactly plan.per_round, so the ε it spent is the one projected above.
     assert mechanism == (plan.per_round if job.dp.private else None)
     return RoundResult(get_weights(model), data.n_train, loss, mechanism, projected)
+
+
+def reproducible_seed(job: JobConfig, bank_seed: int, server_round: int) -> int | None:
+    """The seed of a round's DP-SGD randomness in the research mode; None (secret noise) otherwise.
+
+    Only a job with `dp.reproducible` gets a seed, derived from public values (the
+    job's seed, the bank's index, the round): such a run's noise is not secret.
+    """
+    if not job.dp.reproducible:
+        return None
+    return (job.train.seed * 1_000_003 + bank_seed * 7919 + server_round) % (2**31)
 
 
 def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
