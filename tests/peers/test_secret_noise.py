@@ -8,6 +8,7 @@ from something it knows.
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from peers.client import app as client
 from peers.client.local_training import reproducible_seed
 from peers.data.encoding import TabularEncoder
 from peers.job import DPSpec, JobConfig, TrainSpec, plan_dp
+from peers.mechanism_check import check_mechanism
 from peers.models import ModelSpec, build_model, get_weights, set_weights
 from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
 from peers.daemon.signed_job import job_document
@@ -133,3 +135,40 @@ def test_a_signed_job_cannot_ask_for_reproducible_noise(tmp_path):
                     '[dp]\nreproducible = true\n')
     with pytest.raises(ConfigError, match="unknown key 'reproducible' in \\[dp\\]"):
         job_document(path, owner="o")
+
+
+# -- the mechanism check (peers.mechanism_check) ---------------------------------------
+
+
+def test_the_mechanism_check_passes_secret_noise_and_fails_reproducible_noise(bank_files):
+    root, encoder = bank_files
+    job = JobConfig(label="default", encoder_path=str(root / "encoder.json"), banks_dir=str(root), job_id="check",
+                    peers=2, model=ModelSpec("mlp", (32, 16)), train=TrainSpec(rounds=3, batch_size=64, lr=LR, seed=7),
+                    dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP))
+    data = client.bank_data(job, _context(job))
+    weights = get_weights(build_model(job.model, encoder.n_features))
+    secret = check_mechanism(job, data.x_train, data.y_train, weights, bank_seed=1)
+    assert secret.passed, secret.verdict
+    assert secret.interval[0] < secret.expected_sd < secret.interval[1]
+    assert secret.interval[0] <= secret.replay_sd <= secret.interval[1]
+    assert secret.sampling_differs
+
+    seeded = check_mechanism(replace(job, dp=replace(job.dp, reproducible=True)), data.x_train, data.y_train,
+                             weights, bank_seed=1)
+    assert not seeded.passed
+    assert seeded.replay_sd == 0.0 and seeded.host_sd == 0.0 and not seeded.sampling_differs
+    assert "two replays differ by sd 0" in seeded.verdict and "host's recomputation" in seeded.verdict
+
+
+def test_the_mechanism_check_fails_noise_weaker_than_planned(bank_files, monkeypatch):
+    """A forgotten factor in the noise (σ/2 applied, σ accounted) is caught by the scale, not only by freshness."""
+    import privacy.dpsgd
+    root, encoder = bank_files
+    job = JobConfig(label="default", encoder_path=str(root / "encoder.json"), banks_dir=str(root), job_id="weak",
+                    peers=2, model=ModelSpec("mlp", (32, 16)), train=TrainSpec(rounds=3, batch_size=64, lr=LR),
+                    dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP))
+    data = client.bank_data(job, _context(job))
+    weights = get_weights(build_model(job.model, encoder.n_features))
+    monkeypatch.setattr(privacy.dpsgd, "_applied_noise", lambda sigma: sigma / 2)
+    weak = check_mechanism(job, data.x_train, data.y_train, weights, bank_seed=1)
+    assert not weak.passed and weak.replay_sd < weak.interval[0]
