@@ -23,9 +23,11 @@ from peers.models import build_model, freeze, get_weights, set_weights
 from privacy.accounting import Mechanism, epsilon_spent
 from privacy.clipped_gradients import clipped_gradient_sum
 from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
-from privacy.errors import BudgetExceeded
+from privacy.errors import BudgetExceeded, ConfigError
 
 EPSILON_TOLERANCE = 1e-6
+# Distributed DP: largest |global weight| a peer encodes from, in units of secagg.clip (see _distributed_round).
+WEIGHT_BOUND = 2**10
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,16 @@ def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.
     No noise is added here: the peer's share of the distributed noise is added inside
     secure aggregation (`secagg_mod`), and the accounting is that of the whole round's
     noisy sum (`plan_distributed_dp`), assumed by every peer.
+
+    The new weights stay float64 and are encoded as they are: a cast to float32 would
+    move each coordinate by up to half a float32 ulp of the weight, a data-dependent
+    shift of hundreds of integer units at 32 bits that no sensitivity bound covers. The
+    step is clipped to the encoder's range [−clip, clip] here (the encoder clips the
+    same way), and a global weight beyond `WEIGHT_BOUND`·clip is refused (the host's
+    weights are public: refusing leaks nothing). Then the update the secagg mod
+    recomputes, new − global in float64, is within 2**-53·(|w| + 2·clip)·(1 + 2**-52)
+    of the exact step: at most 2**-12 integer units per coordinate at 32 bits, inside
+    the float allowance of `privacy.secagg.noise.integer_l2_sensitivity`.
     """
     plan = plan_distributed_dp(job, parameter_count(job))
     projected = epsilon_spent([*history, plan.per_round], job.dp.delta, job.dp.accountant)
@@ -96,10 +108,16 @@ def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.
     model = build_model(job.model, data.x_train.shape[1])
     set_weights(model, weights)
     freeze(model, job.freeze)
+    clip = job.secagg.clip
+    largest = max((float(np.abs(weights[name]).max(initial=0.0)) for name in weights), default=0.0)
+    if not largest <= WEIGHT_BOUND * clip:
+        raise ConfigError(f"a global weight of magnitude {largest:.3g} exceeds {WEIGHT_BOUND}·secagg.clip = "
+                          f"{WEIGHT_BOUND * clip:g}: distributed DP's float allowance does not cover it; "
+                          f"the job needs a larger secagg.clip")
     gradient = clipped_gradient_sum(model, data.x_train, data.y_train, job.dp.max_grad_norm)
     step = job.train.lr / job.public_rows
-    new = {name: (value - step * gradient[name].numpy()).astype(value.dtype) if name in gradient else value
-           for name, value in weights.items()}
+    new = {name: value.astype(np.float64) - np.clip(step * gradient[name].double().numpy(), -clip, clip)
+           if name in gradient else value for name, value in weights.items()}
     return RoundResult(new, 1, float("nan"), plan.per_round, projected)
 
 
