@@ -172,3 +172,18 @@ def test_the_mechanism_check_fails_noise_weaker_than_planned(bank_files, monkeyp
     monkeypatch.setattr(privacy.dpsgd, "_applied_noise", lambda sigma: sigma / 2)
     weak = check_mechanism(job, data.x_train, data.y_train, weights, bank_seed=1)
     assert not weak.passed and weak.replay_sd < weak.interval[0]
+
+
+def test_a_deployed_jobs_card_says_where_the_noise_came_from_and_what_is_public():
+    import datetime as dt
+
+    from peers.daemon.card import build_card
+    from peers.daemon.signed_job import SignedJob
+    job = SignedJob("j", "owner", "bank-a", ("bank-a", "bank-b"), 2, "credit", "default", "n",
+                    dt.datetime.now(dt.timezone.utc), JobConfig(label="default", encoder_path=""), {"job": {"id": "j"}})
+    participants = [{"peer": "bank-b", "decision": "accepted", "reply": {"rows": 100, "n_train": 80}}]
+    card = build_card(job, participants, {}, {"rounds": []})
+    assert card["privacy"]["noise"].startswith("secret: each participant drew its DP noise and sampling from its "
+                                               "own OS CSPRNG")
+    assert "training rows is released exactly" in card["privacy"]["public"]
+    assert card["participants"][0]["training_rows"] == 80
