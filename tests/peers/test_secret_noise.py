@@ -20,7 +20,7 @@ from peers.job import DPSpec, JobConfig, TrainSpec, plan_dp
 from peers.mechanism_check import check_mechanism
 from peers.models import ModelSpec, build_model, get_weights, set_weights
 from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
-from peers.daemon.signed_job import job_document
+from peers.daemon.signed_job import job_document, parse_document
 from privacy.errors import ConfigError
 from simulations.data.synthetic import generate_consortium
 
@@ -135,6 +135,12 @@ def test_a_signed_job_cannot_ask_for_reproducible_noise(tmp_path):
                     '[dp]\nreproducible = true\n')
     with pytest.raises(ConfigError, match="unknown key 'reproducible' in \\[dp\\]"):
         job_document(path, owner="o")
+    # an owner who writes the signed body by hand (an int passes the scalar check) is refused too
+    path.write_text('[job]\nid = "j"\nhost = "a"\nparticipants = ["a", "b"]\nsource = "s"\nlabel = "y"\n')
+    body = job_document(path, owner="o")
+    body["run_config"]["dp.reproducible"] = 1
+    with pytest.raises(ConfigError, match="unknown job setting 'dp.reproducible'"):
+        parse_document(body)
 
 
 # -- the mechanism check (peers.mechanism_check) ---------------------------------------
