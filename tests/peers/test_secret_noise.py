@@ -193,3 +193,18 @@ def test_a_deployed_jobs_card_says_where_the_noise_came_from_and_what_is_public(
                                                "own OS CSPRNG")
     assert "training rows is released exactly" in card["privacy"]["public"]
     assert card["participants"][0]["training_rows"] == 80
+
+
+def test_a_deployed_peer_checks_its_noise_on_request(bank_files, tmp_path, capsys, monkeypatch):
+    import privacy.dpsgd
+    from simulations.cli import main
+    root, _ = bank_files
+    path = tmp_path / "job.toml"
+    path.write_text('[job]\nid = "j"\nhost = "a"\nparticipants = ["a", "b"]\nsource = "s"\nlabel = "default"\n'
+                    '[model]\nhidden = [32, 16]\n[train]\nrounds = 3\nbatch-size = 64\nseed = 9\n[dp]\nepsilon = 2.0\n')
+    data = str(root / "bank-00000.parquet")
+    assert main(["peer", "check-noise", "--job", str(path), "--data", data]) == 0
+    assert "check-noise: passed: fresh noise of the planned scale" in capsys.readouterr().out
+    monkeypatch.setattr(privacy.dpsgd, "_applied_noise", lambda sigma: 0.0)  # a forgotten noise call
+    assert main(["peer", "check-noise", "--job", str(path), "--data", data]) == 2
+    assert "check-noise FAILED: two replays differ by sd 0" in capsys.readouterr().err
