@@ -43,7 +43,7 @@ Contract (both backends):
   (no batch statistics: `peers.models` holds no such layer).
 
 Randomness (`privacy.noise_source`): by default the Poisson masks and the noise of both
-backends come from a `SecureNoise` made fresh for each trainer — ChaCha20 keyed by
+backends come from a `SecureNoise` made fresh for each trainer — AES-256-CTR keyed by
 `os.urandom`, with Opacus' `secure_mode` defence against floating-point attacks on the
 Gaussian sampler — so nothing in the job, the host's hands or the model card determines
 them. `reproducible_seed=` (the research mode, and the only way to pass a seed) uses

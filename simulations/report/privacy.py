@@ -33,7 +33,7 @@ def noise_statement(job: JobConfig) -> str:
         return ("secret: each bank drew its discrete Gaussian noise share from its OS CSPRNG (ChaCha20 keyed by "
                 "os.urandom); nothing in the job or this card reproduces it")
     return ("secret: each bank drew its DP-SGD noise and Poisson sampling afresh in every round from its OS "
-            "CSPRNG (ChaCha20 keyed by os.urandom), with Opacus' secure-mode defence against floating-point "
+            "CSPRNG (AES-256-CTR keyed by os.urandom), with Opacus' secure-mode defence against floating-point "
             "attacks; nothing in the job or this card reproduces them. Data, partitions, train/test splits and "
             "initial weights follow the run's seed")
 
