@@ -2,9 +2,8 @@
 
 `SecureNoise` (the default, and the only source a deployed peer uses) draws every bit
 from AES-256 in counter mode (AES-NI: a few times faster than ChaCha20 here) keyed by
-32 fresh bytes of `os.urandom`, one key per instance: nothing a
-job, a host or a model card holds determines it, and two instances never share a
-stream. Its Gaussians defend against the floating-point attack on Gaussian samplers
+32 fresh bytes of `os.urandom`, one key per instance: nothing a job, a host or a model
+card holds determines it, and two instances never share a stream. Its Gaussians defend against the floating-point attack on Gaussian samplers
 (Mironov, CCS 2012, for the Laplace case; Jin et al., "Are we there yet?", 2021, and
 Holohan & Braghin, 2021, for Gaussians) the way Opacus' `secure_mode` does
 (`opacus.optimizers.optimizer._generate_noise`): each released value is the sum of four
