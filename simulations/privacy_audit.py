@@ -290,7 +290,7 @@ def canary_audit(job: JobConfig, x_train: torch.Tensor, y_train: torch.Tensor, s
     A canary's score is how much more the audited model believes its (random) label
     than a reference model does, φ_audited − φ_reference. The reference model is the
     same training on the bank's rows without any canary, with its own sampling and
-    noise seeds: it is independent of the coin flips and of the audited run's noise,
+    noise (fresh secret draws; other seeds in a --reproducible run): it is independent of the coin flips and of the audited run's noise,
     so the scores are a valid post-processing of the audited model and the bound holds.
     """
     rng = np.random.default_rng(settings.seed + 7)
