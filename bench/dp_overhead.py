@@ -2,8 +2,7 @@
 
 Both loops run in this process on the same encoded credit table, the same model
 (`peers.models.build_model(ModelSpec("mlp", (64, 32)), n_features)`), the same expected
-batch size and the same number of steps, with the same Poisson sampling
-(`privacy.dpsgd.poisson_batch`: one Bernoulli mask, turned into row indices). The
+batch size and the same number of steps, with Poisson sampling (one Bernoulli mask, turned into row indices). The
 baseline is the leanest honest non-private loop: forward, mean BCE loss,
 `torch.autograd.grad`, one fused `torch._foreach_add_` SGD update; no Opacus.
 
@@ -11,8 +10,11 @@ Each timed repetition builds a fresh model and runs whole epochs (at least
 `--min-steps` steps); the loops take turns within a repetition so that a change in the
 machine's load hits them alike; after `--warmup` untimed rounds, the median of
 `--reps` repetitions is reported per loop. Also measured, for reference: the trainer
-in non-private mode (it should match the baseline) and the trainer on Opacus'
-`GradSampleModule` + `DPOptimizer` backend (the "before" figure).
+in non-private mode (it should match the baseline), the trainer with the research
+mode's seeded torch generators (`dpsgd_seeded`: the noise path before secret noise) —
+`secret_noise_cost=` is the ratio of the default (ChaCha20 from os.urandom, four
+Box–Muller samples per noise value) to it — and the trainer on Opacus'
+`GradSampleModule` + `DPOptimizer` backend (the "before" figure of the ghost path).
 
 Everything is measured with torch.set_num_threads(1) (a peer runs one intra-op thread
 per worker) and with torch's default thread count. The last line is the one-thread
@@ -42,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peers.data.encoding import TabularEncoder  # noqa: E402
 from peers.models import ModelSpec, build_model  # noqa: E402
-from privacy.dpsgd import DPSGDConfig, DPSGDTrainer, poisson_batch, steps_per_epoch  # noqa: E402
+from privacy.dpsgd import DPSGDConfig, DPSGDTrainer, steps_per_epoch  # noqa: E402
+from privacy.noise_source import SeededNoise  # noqa: E402
 
 MODEL = ModelSpec("mlp", (64, 32))
 LR = 0.5
@@ -80,10 +83,10 @@ def plain_sgd_epochs(x: torch.Tensor, y: torch.Tensor, q: float, epochs: int, se
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = nn.BCEWithLogitsLoss()
-    generator = torch.Generator().manual_seed(seed)
+    sampling = SeededNoise(seed)
     n = x.shape[0]
     for _ in range(epochs * steps_per_epoch(q)):
-        rows = poisson_batch(n, q, generator)
+        rows = sampling.poisson_rows(n, q)
         if rows.numel() == 0:
             continue
         loss = loss_fn(model(x.index_select(0, rows)).squeeze(-1), y.index_select(0, rows))
@@ -93,13 +96,14 @@ def plain_sgd_epochs(x: torch.Tensor, y: torch.Tensor, q: float, epochs: int, se
         float(loss.detach())  # the trainer reads the loss every step too
 
 
-def trainer_epochs(private: bool, backend: str = "auto") -> Callable[..., None]:
+def trainer_epochs(private: bool, backend: str = "auto", seeded: bool = False) -> Callable[..., None]:
     def run(x: torch.Tensor, y: torch.Tensor, q: float, epochs: int, seed: int) -> None:
         model = build_model(MODEL, x.shape[1], seed=seed)
         config = DPSGDConfig(lr=LR, max_grad_norm=MAX_GRAD_NORM,
                              noise_multiplier=NOISE_MULTIPLIER if private else 0.0,
                              sample_rate=q, private=private)
-        DPSGDTrainer(model, config, seed=seed, backend=backend).train(x, y, epochs=epochs)
+        DPSGDTrainer(model, config, reproducible_seed=seed if seeded else None, backend=backend).train(
+            x, y, epochs=epochs)
     return run
 
 
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "sgd_baseline": plain_sgd_epochs,
         "trainer_nonprivate": trainer_epochs(private=False),
         "dpsgd": trainer_epochs(private=True),
+        "dpsgd_seeded": trainer_epochs(private=True, seeded=True),
     }
     if not args.no_opacus:
         loops["dpsgd_opacus_backend"] = trainer_epochs(private=True, backend="opacus")
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads by default, "
           f"torch {torch.__version__}")
     ratios: dict[int, float] = {}
+    secret_cost: dict[int, float] = {}
     for threads in (default_threads, 1) if default_threads != 1 else (1,):
         torch.set_num_threads(threads)
         medians = measure(loops, x, y, q, epochs, args.warmup, args.reps)
@@ -160,9 +166,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"   {name:<22} {seconds * 1e3:8.1f} ms/epoch  {seconds / steps_per_epoch(q) * 1e6:7.1f} us/step"
                   f"  x{seconds / base:.2f}")
         ratios[threads] = medians["dpsgd"] / base
+        secret_cost[threads] = medians["dpsgd"] / medians["dpsgd_seeded"]
     torch.set_num_threads(default_threads)
     if default_threads != 1:
         print(f"dp_overhead_ratio_threads{default_threads}={ratios[default_threads]:.2f}")
+    print(f"secret_noise_cost={secret_cost[1]:.2f} (dpsgd / dpsgd_seeded, one thread)")
     print(f"dp_overhead_ratio={ratios[1]:.2f}")
 
 

@@ -6,6 +6,7 @@
     fedsilo peer init --name NAME --dir DIR               a member's key (0600) and certificate request
     fedsilo peer start --config peer.toml                 run the peer daemon (mutual TLS)
     fedsilo peer status|budget --peer URL                 ask a peer
+    fedsilo peer check-noise --job job.toml --data FILE   check this peer's DP noise (peers/check_noise_cli.py)
     fedsilo job submit job.toml --peer URL                sign a job as a model owner and submit it
     fedsilo job show|list|cancel ... --peer URL
     fedsilo model pull JOB --peer URL --out DIR           download, verify, print the card
@@ -26,6 +27,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from peers import check_noise_cli
 from peers.errors import IdentityError
 
 IDENTITY_HELP = "your identity directory: peer.key, peer.pem, ca.pem, manifest.json (default ./identity)"
@@ -106,6 +108,7 @@ def _peer(sub: argparse._SubParsersAction) -> None:
         command.add_argument("--peer", required=True, help="the peer's https://HOST:PORT")
         command.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
         command.set_defaults(handler=peer_query, path=f"/v1/{name}")
+    check_noise_cli.register(commands)
 
 
 def peer_init(args: argparse.Namespace) -> int:

@@ -34,13 +34,21 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class DPSpec:
-    """Local differential privacy of each peer's released updates, over the whole job."""
+    """Local differential privacy of each peer's released updates, over the whole job.
+
+    `reproducible` is the research mode: DP-SGD's Poisson masks and noise come from
+    torch generators seeded by the job's public seed (`train.seed`), so the run can be
+    replayed — and so can its noise, by anyone holding the job: its ε is then not a
+    privacy guarantee. Off (the default), every peer draws them from its OS CSPRNG. A
+    deployed peer refuses a job that asks for it.
+    """
 
     mode: str = "local"
     epsilon: float = 3.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
+    reproducible: bool = False
 
     def __post_init__(self) -> None:
         _require(self.mode in DP_MODES, f"dp.mode '{self.mode}' is unknown: use one of {', '.join(DP_MODES)}")
@@ -50,6 +58,8 @@ class DPSpec:
                  f"dp.delta must be in (0, 1) (got {self.delta}); 1e-5 or 1/(10·rows) are usual")
         _require(self.max_grad_norm > 0, f"dp.max-grad-norm must be > 0 (got {self.max_grad_norm})")
         _require(self.accountant in ("rdp", "prv"), f"dp.accountant '{self.accountant}' is unknown: use rdp or prv")
+        _require(isinstance(self.reproducible, bool),
+                 f"dp.reproducible must be true or false (got {self.reproducible!r})")
 
     @property
     def private(self) -> bool:

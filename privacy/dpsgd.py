@@ -42,9 +42,13 @@ Contract (both backends):
   another `reduction` is refused), as Opacus' `loss_reduction="mean"` assumes, and rows must not interact in the model
   (no batch statistics: `peers.models` holds no such layer).
 
-Assumption: the noise comes from torch's generator, not from a cryptographically secure
-one (Opacus' `secure_mode` needs torchcsprng, which does not exist for this torch); the
-floating-point attacks that secure mode defends against are out of scope.
+Randomness (`privacy.noise_source`): by default the Poisson masks and the noise of both
+backends come from a `SecureNoise` made fresh for each trainer — AES-256-CTR keyed by
+`os.urandom`, with Opacus' `secure_mode` defence against floating-point attacks on the
+Gaussian sampler — so nothing in the job, the host's hands or the model card determines
+them. `reproducible_seed=` (the research mode, and the only way to pass a seed) uses
+torch's seeded generators instead: the run can be replayed, and so can its noise, so
+its ε is not a privacy guarantee.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator
 
 import torch
@@ -60,6 +65,7 @@ from torch import nn
 
 from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
+from privacy.noise_source import NoiseSource, SecureNoise, SeededNoise
 from privacy.split_input import SplitInputMLP
 
 BACKENDS = ("auto", "ghost", "opacus")
@@ -115,11 +121,6 @@ def steps_per_epoch(sample_rate: float) -> int:
 def expected_batch_size(sample_rate: float, n: int) -> int:
     """The public denominator of the noisy average: round(q·n), at least 1."""
     return max(1, round(sample_rate * n))
-
-
-def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Indices of a Poisson sample of range(n): each row independently with probability q."""
-    return (torch.rand(n, generator=generator) < sample_rate).nonzero().squeeze(1)
 
 
 @contextmanager
@@ -215,7 +216,7 @@ class _LinearStack:
         return [*stages, [_Part(model.head, None)]]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, max_grad_norm: float,
-             noise_multiplier: float, lr_over_batch: float, generator: torch.Generator) -> torch.Tensor:
+             noise_multiplier: float, lr_over_batch: float, noise: NoiseSource) -> torch.Tensor:
         """One DP-SGD update of the parameters in place; returns the batch's mean loss.
 
         Everything below is the textbook step divided by C, which lets every constant
@@ -259,7 +260,7 @@ class _LinearStack:
             factor = norms.reciprocal_().clamp_(max=batch / max_grad_norm)
             column = factor.unsqueeze(1)
             # noise first, then Σ_i clip(g_i)/C accumulated onto σ·noise, per layer
-            torch.randn(self._flat.shape, generator=generator, out=self._flat)
+            noise.standard_normal_(self._flat)
             for h_in, r, parts in zip(inputs, grad_out, self._views):
                 scaled = r * column
                 for columns, wg, bg in parts:
@@ -279,13 +280,13 @@ class DPSGDTrainer:
     the module docstring); every backend gives the same guarantee.
     """
 
-    def __init__(self, model: nn.Module, config: DPSGDConfig, seed: int, *, backend: str = "auto") -> None:
+    def __init__(self, model: nn.Module, config: DPSGDConfig, *, reproducible_seed: int | None = None,
+                 backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown DP-SGD backend '{backend}': use one of {', '.join(BACKENDS)}")
         self.model = model
         self.config = config
-        self._generator = torch.Generator().manual_seed(seed)
-        self._noise_generator = torch.Generator().manual_seed(seed + 1)
+        self.noise: NoiseSource = SecureNoise() if reproducible_seed is None else SeededNoise(reproducible_seed)
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._fast: _LinearStack | None = None
         self._opacus: tuple[nn.Module, torch.optim.Optimizer] | None = None
@@ -295,20 +296,19 @@ class DPSGDTrainer:
                 raise ConfigError("the ghost DP-SGD backend needs an nn.Sequential of nn.Linear layers and "
                                   "element-wise activations: use backend 'auto' or 'opacus'")
         if config.private and self._fast is None:
-            self._opacus = self._make_opacus(seed)
+            self._opacus = self._make_opacus()
 
-    def _make_opacus(self, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def _make_opacus(self) -> tuple[nn.Module, torch.optim.Optimizer]:
         from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
 
         module = GradSampleModule(self.model, loss_reduction="mean")
-        optimizer = DPOptimizer(
+        optimizer = _noise_source_optimizer()(
             torch.optim.SGD(self.model.parameters(), lr=self.config.lr, momentum=0.0),
+            noise_source=self.noise,
             noise_multiplier=_applied_noise(self.config.noise_multiplier),
             max_grad_norm=self.config.max_grad_norm,
             expected_batch_size=1,  # replaced per run by q·n, see train()
             loss_reduction="mean",
-            generator=self._noise_generator,
         )
         return module, optimizer
 
@@ -336,7 +336,7 @@ class DPSGDTrainer:
         step = self._step_function(n, loss_fn)
         total_loss, counted = 0.0, 0
         for _ in range(steps):
-            rows = poisson_batch(n, q, self._generator)
+            rows = self.noise.poisson_rows(n, q)
             size = rows.numel()
             if size == 0:
                 continue
@@ -353,10 +353,10 @@ class DPSGDTrainer:
     def _step_function(self, n: int, loss_fn: nn.Module):
         config = self.config
         if self._fast is not None:
-            fast, generator = self._fast, self._noise_generator
+            fast, source = self._fast, self.noise
             lr_over_batch = config.lr / expected_batch_size(config.sample_rate, n)
             noise = _applied_noise(config.noise_multiplier)
-            return lambda x, y: fast.step(x, y, loss_fn, config.max_grad_norm, noise, lr_over_batch, generator)
+            return lambda x, y: fast.step(x, y, loss_fn, config.max_grad_norm, noise, lr_over_batch, source)
         if self._opacus is not None:
             module, optimizer = self._opacus
             # Opacus divides the clipped noisy sum by the *expected* batch size q·n.
@@ -381,3 +381,32 @@ class DPSGDTrainer:
             return loss.detach()
 
         return sgd_step
+
+
+@lru_cache(maxsize=1)
+def _noise_source_optimizer() -> type:
+    """Opacus' `DPOptimizer` with its Gaussian noise drawn from a `NoiseSource` (imported lazily)."""
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class NoiseSourceDPOptimizer(DPOptimizer):
+        """`DPOptimizer.add_noise` with `noise_source` in place of torch's generator.
+
+        Opacus' own `secure_mode` draws from torch's global generator unless torchcsprng
+        (absent for this torch) seeds it; here the source is the trainer's, so both
+        backends share one stream and one floating-point defence.
+        """
+
+        def __init__(self, optimizer: torch.optim.Optimizer, *, noise_source: NoiseSource, **kwargs) -> None:
+            super().__init__(optimizer, **kwargs)
+            self.noise_source = noise_source
+
+        def add_noise(self) -> None:
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                noise = self.noise_source.standard_normal_(torch.empty_like(p.summed_grad)).mul_(std)
+                p.grad = (p.summed_grad + noise).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return NoiseSourceDPOptimizer

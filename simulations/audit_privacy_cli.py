@@ -73,6 +73,10 @@ def print_summary(section: dict[str, Any]) -> None:
               f"({canary['correct']}/{canary['guesses']} guesses right): {canary['verdict']}")
     else:
         print(f"one-run ε audit: {canary['note']}")
+    check = section.get("mechanism_check", {})
+    if check.get("verdict"):
+        print(f"mechanism check ({check['bank']}): replays differ by sd {check['replay_sd']:.3g}, a host's "
+              f"recomputation by {check['host_sd']:.3g}, planned {check['expected_sd']:.3g}: {check['verdict']}")
     view = section["aggregator_view"]
     for name in ("plaintext_single_peer_update", "masked_secagg_upload", "unmasked_secagg_average",
                  "unmasked_secagg_average_of_dp_steps"):

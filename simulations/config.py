@@ -8,6 +8,7 @@ Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
     [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
     [simulation]  audit = true (privacy self-audit at the end of the run)
+    [simulation]  reproducible = true (research mode: DP noise seeded by `seed`, so NOT private)
     [simulation]  setup = "horizontal" | "transfer";  [data] scenario = "uci" | FILE.toml, overlap
     [train]       local-epochs, batch-size, lr, test-fraction
     [dp]          mode = "local" | "distributed" | "off", epsilon, delta, max-grad-norm, accountant
@@ -43,6 +44,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("simulation", "dropout"): "dropout",
     ("simulation", "setup"): "setup",
     ("simulation", "audit"): "audit",
+    ("simulation", "reproducible"): "reproducible",
     ("simulation", "sample"): "sample",
     ("simulation", "ray-address"): "ray_address",
     ("simulation", "cpus-per-bank"): "cpus_per_bank",
@@ -116,6 +118,9 @@ class SimulationConfig:
     freeze: tuple[str, ...] = ()
     base_model: str | None = None
     audit: bool = False  # run `fedsilo audit-privacy` on the run folder at the end
+    # research mode: DP-SGD's sampling and noise seeded by `seed` (replayable, so not private);
+    # data, partitions, splits and initial weights follow `seed` either way
+    reproducible: bool = False
     sample: int | float | None = None  # None: every bank in every round
     ray_address: str | None = None
     cpus_per_bank: float = 1.0
@@ -205,7 +210,7 @@ class SimulationConfig:
             train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
                             lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),
             dp=DPSpec(mode=self.dp_mode, epsilon=self.epsilon, delta=self.delta,
-                      max_grad_norm=self.max_grad_norm, accountant=self.accountant),
+                      max_grad_norm=self.max_grad_norm, accountant=self.accountant, reproducible=self.reproducible),
             secagg=SecAggSpec(mode=self.secure_aggregation, clip=self.secagg_clip, max_weight=max_weight,
                               dropout_fraction=self.secagg_dropout_fraction,
                               collusion_fraction=self.secagg_collusion_fraction),

@@ -18,7 +18,13 @@ Three measurements, all run in this process against the run's own model and data
    are not put into the released model: a replay at one bank is the mechanism whose ε
    the bank claims (its released updates), without the other banks' contributions.
    A lower bound above the claimed ε raises `PrivacyAuditFailed` after the card is written.
-3. The aggregator's view: batch-size-1 gradients of a few member rows on the final
+3. The mechanism check (`peers.mechanism_check`, local DP): one noisy step of the same
+   bank replayed twice from the same inputs, and once more as the host would recompute
+   it from the job's public values; the replays must differ by the planned noise scale
+   √2·lr·σ·C/n (χ² interval) and the host's guess by as much. A canary audit of the
+   model cannot see noise that the host could regenerate; this check can. A failure
+   raises `PrivacyAuditFailed` after the card is written.
+4. The aggregator's view: batch-size-1 gradients of a few member rows on the final
    model, attacked (closed form on the first layer, DLG-style matching) as plaintext
    single-peer updates (the control), as the masked uploads of one real SecAgg+ round,
    as that round's unmasked average, and (local DP) as the unmasked average of one
@@ -47,11 +53,12 @@ from peers.client.local_training import limit_threads, train_round
 from peers.data.bank import BankTensors
 from peers.data.encoding import TabularEncoder
 from peers.job import JobConfig, plan_dp
+from peers.mechanism_check import check_mechanism
 from peers.models import build_model, get_weights, set_weights
 from privacy.accounting import Mechanism
 from privacy.audit import membership, one_run, reconstruction
 from privacy.audit.roc import advantage_bound
-from privacy.errors import DataError
+from privacy.errors import DataError, PrivacyAuditFailed
 from privacy.secagg import SecAggConfig
 from simulations.banks import build_population
 from simulations.config import SimulationConfig
@@ -283,7 +290,7 @@ def canary_audit(job: JobConfig, x_train: torch.Tensor, y_train: torch.Tensor, s
     A canary's score is how much more the audited model believes its (random) label
     than a reference model does, φ_audited − φ_reference. The reference model is the
     same training on the bank's rows without any canary, with its own sampling and
-    noise seeds: it is independent of the coin flips and of the audited run's noise,
+    noise (fresh secret draws; other seeds in a --reproducible run): it is independent of the coin flips and of the audited run's noise,
     so the scores are a valid post-processing of the audited model and the bound holds.
     """
     rng = np.random.default_rng(settings.seed + 7)
@@ -385,6 +392,11 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
         canary_note = (f"{audited.name}'s training replayed once with the job's schedule and DP plan, "
                        "with canaries each included with probability 1/2")
 
+    mechanism = None
+    if job.dp.mode == "local":
+        progress.stage(f"Mechanism check: one noisy step at {audited.name} replayed twice, and as the host would")
+        mechanism = check_mechanism(job, audited.x_members, audited.y_members, get_weights(run.model), bank_seed=0)
+
     progress.stage(f"Aggregator's view: {settings.reconstruction_peers} peers, one SecAgg+ round, "
                    f"{settings.dlg_steps} gradient-matching steps")
     rows = min(settings.reconstruction_peers, audited.x_members.shape[0])
@@ -417,6 +429,9 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
                         if canary.violates_claim else "passed: lower bound at or below the claimed ε"
                         if canary.epsilon_claimed is not None else "no claim to check (no DP)"),
         },
+        "mechanism_check": ({"bank": audited.name, **mechanism.to_dict()} if mechanism is not None else
+                            {"verdict": None, "note": "not run: only local DP-SGD adds its noise at one peer"
+                             if job.dp.private else "no DP noise to check"}),
         "aggregator_view": aggregator,
         "settings": {"canaries": settings.canaries, "reference_models": settings.reference_models,
                      "confidence": settings.confidence, "dlg_steps": settings.dlg_steps, "seed": settings.seed},
@@ -429,6 +444,9 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
     card["artifacts"] = {**card["artifacts"], "privacy_audit_plot": {
         "file": PLOT_FILE, "format": "png", "sha256": sha256_file(run.path / PLOT_FILE)}}
     write_card(run.path / "model_card.json", card)
+    if mechanism is not None and not mechanism.passed:
+        raise PrivacyAuditFailed(f"privacy audit FAILED: the mechanism check at {audited.name}: {mechanism.verdict}; "
+                                 "the released updates are not protected as the card claims: do not release this model")
     if canary is not None:
         one_run.check_claim(canary)
     return section

@@ -43,6 +43,7 @@ from peers.data.encoding import BankSummary
 from peers.job import JobConfig, encoder_path_for
 from peers.models import build_model, get_weights, select
 from privacy.accounting import Mechanism
+from peers.errors import Refused
 from privacy.errors import ConfigError, FedsiloError
 
 PRIVACY_STATE_KEY = "fedsilo.privacy"
@@ -134,6 +135,18 @@ def _refuse(msg: Message, error: FedsiloError) -> Message:
     return Message(Error(code=ERROR_CODE_REFUSED, reason=f"{error.__class__.__name__}: {error}"), reply_to=msg)
 
 
+def refuse_public_noise(job: JobConfig, context: Context) -> None:
+    """A deployed peer (one with a state-dir) never trains with noise that a seed in the job determines.
+
+    The job's run config comes from the host; a host that sets `dp.reproducible`
+    could regenerate and subtract this peer's noise, so the peer refuses the round.
+    """
+    if job.dp.reproducible and context.node_config.get("state-dir"):
+        raise Refused(f"job {job.job_id} asks for reproducible DP noise (dp.reproducible): its noise would follow "
+                      f"from the job's public seed and protect nothing; a deployed peer only trains with secret "
+                      f"noise — the job owner must drop dp.reproducible")
+
+
 def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTensors, dict[str, np.ndarray]]:
     """The job, this bank's rows, and the full model: the received weights plus private ones."""
     job = JobConfig.from_run_config(context.run_config)
@@ -147,6 +160,7 @@ def train(msg: Message, context: Context) -> Message:
     limit_threads()
     try:
         job, data, weights = _received_model(msg, context)
+        refuse_public_noise(job, context)
         server_round = int(msg.content["config"]["server-round"])
         history = _history(context, job)
         result = train_round(job, data, weights, history, server_round, bank_index(context))

@@ -51,6 +51,12 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
         "privacy": {"guarantee": f"each participant's released updates are (ε, δ)-DP per record of its data "
                                  f"source, with the ε and δ listed per participant (job target ε = "
                                  f"{config.dp.epsilon:g}, δ = {config.dp.delta:g})",
+                    "noise": "secret: each participant drew its DP noise and sampling from its own OS CSPRNG, "
+                             "afresh every round; a deployed peer refuses a job that asks for seeded noise, so "
+                             "nothing in the job or this card reproduces it",
+                    "public": "each participant's number of training rows is released exactly (training_rows "
+                              "here; it also sets its sampling rate and its weight in the average): the (ε, δ) "
+                              "protects what each record contains, not whether a peer holds one more record",
                     "secure_aggregation": "SecAgg+: the host saw only the sum of each round's updates"
                     if config.secagg.enabled else "off: the host saw each DP-protected update"},
         "metrics": _final_metrics(rounds),

@@ -164,7 +164,7 @@ def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any])
     known = {"job.strategy", "model.kind", "model.hidden"} | {
         f"{prefix}.{name.replace('_', '-')}" for prefix, spec in (("train", TrainSpec), ("dp", DPSpec),
                                                                    ("secagg", SecAggSpec))
-        for name in spec.__dataclass_fields__}
+        for name in spec.__dataclass_fields__} - {"dp.reproducible"}  # seeded noise: research mode, never deployed
     unknown = sorted(set(run_config) - known)
     if unknown:
         raise ConfigError(f"unknown job setting {unknown[0]!r}: valid settings are {', '.join(sorted(known))}")

@@ -28,8 +28,12 @@ sampling; the accounting below treats the samples as exact discrete Gaussians.
 Accounting (what the functions below return)
 --------------------------------------------
 * :func:`integer_l2_sensitivity`: a peer's encoded contribution changes by at most
-  ``scale * l2_sensitivity + sqrt(d)`` in L2 (deterministic rounding moves each of the d
-  coordinates by < 1/2, so two roundings differ by < 1 per coordinate).
+  ``scale * l2_sensitivity + sqrt(d) * (1 + FLOAT_ALLOWANCE)`` in L2 (deterministic
+  rounding moves each of the d coordinates by < 1/2, so two roundings differ by < 1 per
+  coordinate; ``FLOAT_ALLOWANCE`` = 2**-10 covers float64 error of up to 2**-12 integer
+  units per coordinate in the vector each neighbour encodes, with room for the
+  encoder's own float64 steps — the caller must keep its update's float error that
+  small, as ``peers.client.local_training`` does in distributed DP).
 * :func:`central_noise_multiplier`: assume at most ``max_missing`` of the expected peers
   drop out or collude (colluders know and subtract their own noise). The honest noise
   then has variance ``(expected_peers - max_missing) * sigma_p^2`` and the effective
@@ -141,9 +145,12 @@ def sum_headroom(peer_sigma: float, n_peers: int, correctness_bits: int) -> int:
     return math.ceil(math.sqrt(2.0 * n_peers * peer_sigma**2 * log_term)) + 1
 
 
+FLOAT_ALLOWANCE = 2.0**-10
+
+
 def integer_l2_sensitivity(l2_sensitivity: float, scale: float, dim: int) -> float:
-    """L2 sensitivity of one peer's encoded contribution: ``scale * l2_sensitivity + sqrt(dim)``."""
-    return scale * l2_sensitivity + math.sqrt(dim)
+    """L2 sensitivity of one peer's encoded contribution: ``scale * l2_sensitivity + sqrt(dim) * (1 + 2**-10)``."""
+    return scale * l2_sensitivity + math.sqrt(dim) * (1.0 + FLOAT_ALLOWANCE)
 
 
 def central_noise_multiplier(noise: DistributedNoise, scale: float, dim: int, max_missing: int) -> float:

@@ -16,8 +16,33 @@ DP_MODE_TEXT = {
 }
 
 
+PUBLIC_ROW_COUNTS = ("each bank's number of training rows is released exactly (rows_train here, its DP-SGD "
+                     "sampling rate batch/rows, and its weight in the average): the (ε, δ) protects what each "
+                     "record contains, not the fact that a bank holds one more or one fewer record")
+
+
+def noise_statement(job: JobConfig) -> str:
+    """Where the run's DP noise and Poisson sampling came from, in plain words."""
+    if not job.dp.private:
+        return "no DP noise"
+    if job.dp.reproducible:
+        return (f"REPRODUCIBLE (research mode, --reproducible): every bank's DP noise and sampling were seeded by "
+                f"the run's public seed {job.train.seed}; anyone with this card can regenerate the noise and "
+                "subtract it, so the ε figures below are bookkeeping, not a privacy guarantee")
+    if job.dp.mode == "distributed":
+        return ("secret: each bank drew its discrete Gaussian noise share from its OS CSPRNG (ChaCha20 keyed by "
+                "os.urandom); nothing in the job or this card reproduces it")
+    return ("secret: each bank drew its DP-SGD noise and Poisson sampling afresh in every round from its OS "
+            "CSPRNG (AES-256-CTR keyed by os.urandom), with Opacus' secure-mode defence against floating-point "
+            "attacks; nothing in the job or this card reproduces them. Data, partitions, train/test splits and "
+            "initial weights follow the run's seed")
+
+
 def guarantee(job: JobConfig) -> str:
     """The guarantee the job's DP mode gives, in one sentence."""
+    if job.dp.private and job.dp.reproducible:
+        return ("none: the run's DP noise was seeded by its public seed (--reproducible), so it can be regenerated "
+                "and removed; the accounted ε is not a privacy guarantee")
     if job.dp.mode == "local":
         return (f"each bank's released updates are ({job.dp.epsilon:g}, {job.dp.delta:g})-DP with respect to each "
                 "of its records (record-level, add/remove), over all rounds, whatever the host does")
@@ -40,6 +65,8 @@ def privacy_section(job: JobConfig, outcome: HostedRun, ledger_status: dict[str,
         "accountant": job.dp.accountant if job.dp.private else None,
         "max_grad_norm": job.dp.max_grad_norm if job.dp.private else None,
         "epsilon_max_spent": epsilon_max,
+        "noise": noise_statement(job),
+        "public": PUBLIC_ROW_COUNTS,
         "secure_aggregation": ({
             "protocol": "SecAgg+ (Bell et al. 2020): X25519 + HKDF-SHA256, ChaCha20 masks, Shamir over 2^521-1, "
                         "AES-GCM share encryption",

@@ -64,3 +64,58 @@ def test_clipped_gradient_sum_matches_per_example_clipping():
     moved = torch.sqrt(sum((more[n] - got[n]).pow(2).sum() for n in got))
     assert float(moved) <= 0.5 + 1e-5
     assert all(not hasattr(p, "grad_sample") or p.grad_sample is None for p in model.parameters())
+
+
+# -- the float update a peer encodes -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def distributed_bank(tmp_path_factory):
+    from peers.data.encoding import TabularEncoder
+    from simulations.data.synthetic import generate_consortium
+    root = tmp_path_factory.mktemp("dist")
+    (frame,) = generate_consortium(1, seed=2, total_customers=600)
+    encoder = TabularEncoder.fit_frames([frame], "default")
+    (root / "encoder.json").write_text(encoder.to_json())
+    x, y = (torch.from_numpy(a) for a in encoder.transform(frame))
+    job = JobConfig(label="default", encoder_path=str(root / "encoder.json"), peers=10, public_rows=600,
+                    train=TrainSpec(rounds=5, lr=2.0), dp=DPSpec(mode="distributed", epsilon=3.0),
+                    secagg=SecAggSpec(clip=1.0))
+    return job, x, y
+
+
+def test_the_distributed_update_is_encoded_in_float64_within_the_float_allowance(distributed_bank):
+    """The encoded update is the exact clipped step up to 2**-12 integer units; a float32 cast was off by hundreds."""
+    import numpy as np
+
+    from peers.client.local_training import train_round
+    from peers.data.bank import BankTensors
+    from peers.models import build_model, get_weights, set_weights
+    job, x, y = distributed_bank
+    model = build_model(job.model, x.shape[1], seed=3)
+    weights = {k: (v * 300).astype(np.float32) for k, v in get_weights(model).items()}  # |w| up to ~100
+    result = train_round(job, BankTensors(x, y, x[:0], y[:0]), weights, [], 1, 0)
+    set_weights(model, weights)
+    gradient = clipped_gradient_sum(model, x, y, job.dp.max_grad_norm)
+    step = job.train.lr / job.public_rows
+    exact = np.concatenate([-np.clip(step * gradient[k].double().numpy().ravel(), -1.0, 1.0) for k in weights])
+    released = np.concatenate([result.weights[k].ravel() for k in weights])
+    start = np.concatenate([weights[k].astype(np.float64).ravel() for k in weights])
+    scale = secagg_config(job, exact.size).encoder(job.per_round).scale
+    assert released.dtype == np.float64
+    assert np.max(np.abs((released - start) - exact)) * scale <= 2.0**-12
+    cast = released.astype(np.float32).astype(np.float64)  # what the peer released before
+    assert np.max(np.abs((cast - start) - exact)) * scale > 100
+
+
+def test_global_weights_beyond_the_float_allowance_are_refused(distributed_bank):
+    import numpy as np
+
+    from peers.client.local_training import WEIGHT_BOUND, train_round
+    from peers.data.bank import BankTensors
+    from peers.models import build_model, get_weights
+    job, x, y = distributed_bank
+    weights = get_weights(build_model(job.model, x.shape[1]))
+    weights[next(iter(weights))].flat[0] = np.float32(WEIGHT_BOUND * job.secagg.clip * 2)
+    with pytest.raises(ConfigError, match="exceeds 1024·secagg.clip"):
+        train_round(job, BankTensors(x, y, x[:0], y[:0]), weights, [], 1, 0)

@@ -13,10 +13,10 @@ from privacy.dpsgd import (
     DPSGDConfig,
     DPSGDTrainer,
     expected_batch_size,
-    poisson_batch,
     steps_per_epoch,
 )
 from privacy.errors import ConfigError
+from privacy.noise_source import SecureNoise, SeededNoise
 from privacy.split_input import SplitInputMLP
 
 BACKENDS = ("ghost", "opacus")
@@ -38,9 +38,10 @@ def mlp(d: int = 12, hidden: tuple[int, ...] = (16, 8)) -> nn.Module:
     return build_model(ModelSpec("mlp", hidden), d, seed=1)
 
 
-def train_copy(model: nn.Module, config: DPSGDConfig, x, y, epochs=1, backend="auto", seed=3):
+def train_copy(model: nn.Module, config: DPSGDConfig, x, y, epochs=1, backend="auto", seed: int | None = 3):
+    """Train a copy; `seed` None: the default secret noise, else the reproducible research mode."""
     model = copy.deepcopy(model)
-    trainer = DPSGDTrainer(model, config, seed=seed, backend=backend)
+    trainer = DPSGDTrainer(model, config, reproducible_seed=seed, backend=backend)
     mechanism, loss = trainer.train(x, y, epochs=epochs)
     return model, mechanism, loss, trainer
 
@@ -122,14 +123,53 @@ def test_noise_has_standard_deviation_sigma_c_on_the_sum(backend):
     model = mlp(hidden=(64, 32))
     lr, clip, sigma = 1e-3, 0.5, 1e4
     config = DPSGDConfig(lr=lr, max_grad_norm=clip, noise_multiplier=sigma, sample_rate=1.0)
-    trained, *_ = train_copy(model, config, x, y, backend=backend)
+    trained, *_ = train_copy(model, config, x, y, backend=backend, seed=None)
     delta = flat(trained) - flat(model)
     expected_sd = lr * sigma * clip / expected_batch_size(1.0, 50)
     assert delta.std().item() == pytest.approx(expected_sd, rel=0.05)
     assert delta.mean().abs().item() < 0.05 * expected_sd
 
 
-def test_noise_differs_between_seeds_and_repeats_with_one():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_same_run_twice_gives_different_noise_of_the_full_scale(backend):
+    """Secret noise: the same model, data, config and torch seed, twice; the updates differ by √2·lr·σ·C/E.
+
+    With one full-batch step the clipped sums are equal, so the difference is the
+    difference of the two noise draws: nothing about the run fixes them.
+    """
+    x, y = table(n=50)
+    model = mlp(hidden=(64, 32))
+    lr, clip, sigma = 0.1, 0.5, 1.0
+    config = DPSGDConfig(lr=lr, max_grad_norm=clip, noise_multiplier=sigma, sample_rate=1.0)
+    torch.manual_seed(0)
+    a, *_ = train_copy(model, config, x, y, backend=backend, seed=None)
+    torch.manual_seed(0)
+    b, *_ = train_copy(model, config, x, y, backend=backend, seed=None)
+    expected_sd = math.sqrt(2) * lr * sigma * clip / expected_batch_size(1.0, 50)
+    assert (flat(a) - flat(b)).std().item() == pytest.approx(expected_sd, rel=0.05)
+
+
+def test_secure_gaussians_are_standard_normal_sums_of_four_samples():
+    noise = SecureNoise()
+    drawn = 0
+    words = noise.words
+
+    def counting(count):
+        nonlocal drawn
+        drawn += count
+        return words(count)
+
+    noise.words = counting
+    z = noise.gaussian(200_001)
+    assert drawn == 4 * 200_001  # two uniforms per Box–Muller pair of samples, four samples per value
+    assert abs(z.mean()) < 0.01
+    assert z.var() == pytest.approx(1.0, rel=0.01)
+    assert ((z - z.mean()) ** 4).mean() / z.var() ** 2 == pytest.approx(3.0, rel=0.03)  # Gaussian tails
+    assert (abs(z) > 1.959964).double().mean() == pytest.approx(0.05, rel=0.05)
+    assert len(set(SecureNoise().words(4).tolist()) & set(SecureNoise().words(4).tolist())) == 0  # fresh keys
+
+
+def test_reproducible_noise_differs_between_seeds_and_repeats_with_one():
     x, y = table()
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.2)
     a, *_ = train_copy(mlp(), config, x, y, seed=1)
@@ -142,13 +182,14 @@ def test_noise_differs_between_seeds_and_repeats_with_one():
 # -- sampling and accounting ----------------------------------------------------------
 
 
-def test_poisson_batch_draws_each_row_with_probability_q():
-    g = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("source", [SecureNoise, lambda: SeededNoise(0)], ids=["secure", "seeded"])
+def test_poisson_batch_draws_each_row_with_probability_q(source):
+    noise = source()
     n, q, draws = 1000, 0.05, 400
     counts = torch.zeros(n)
     sizes = []
     for _ in range(draws):
-        rows = poisson_batch(n, q, g)
+        rows = noise.poisson_rows(n, q)
         assert rows.unique().numel() == rows.numel()
         counts[rows] += 1
         sizes.append(rows.numel())
@@ -197,7 +238,7 @@ def test_non_private_mode_returns_no_mechanism_and_learns():
     y = (x[:, 0] > 0).float()
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=0.0, sample_rate=0.1, private=False)
     model = mlp()
-    _, first_loss, *_ = DPSGDTrainer(copy.deepcopy(model), config, seed=0).train(x, y, epochs=1)
+    _, first_loss, *_ = DPSGDTrainer(copy.deepcopy(model), config, reproducible_seed=0).train(x, y, epochs=1)
     trained, mechanism, loss, trainer = train_copy(model, config, x, y, epochs=20)
     assert mechanism is None
     assert trainer.backend == "sgd"
@@ -227,9 +268,9 @@ def test_other_models_fall_back_to_opacus():
     shared = nn.Linear(12, 12)
     for model in (TwoInputs(), nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(12, 1))):
         config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
-        assert DPSGDTrainer(model, config, seed=0).backend == "opacus"
+        assert DPSGDTrainer(model, config).backend == "opacus"
         with pytest.raises(ConfigError, match="ghost"):
-            DPSGDTrainer(model, config, seed=0, backend="ghost")
+            DPSGDTrainer(model, config, backend="ghost")
 
 
 @pytest.mark.parametrize("frozen", [("input.",), ("input.weight", "hidden1.bias"), ("hidden1.", "head.bias")])
@@ -267,7 +308,7 @@ def test_a_model_with_nothing_to_train_is_not_taken_by_the_ghost_path():
     model.requires_grad_(False)
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
     with pytest.raises(ConfigError, match="ghost"):
-        DPSGDTrainer(model, config, seed=0, backend="ghost")
+        DPSGDTrainer(model, config, backend="ghost")
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -285,14 +326,14 @@ def test_invalid_configs_are_refused(kwargs):
 def test_unknown_backend_is_refused():
     config = DPSGDConfig(lr=0.1, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1)
     with pytest.raises(ConfigError, match="backend"):
-        DPSGDTrainer(mlp(), config, seed=0, backend="fast")
+        DPSGDTrainer(mlp(), config, backend="fast")
 
 
 def test_a_summed_loss_is_refused_in_private_mode():
     x, y = table()
     config = DPSGDConfig(lr=0.1, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1)
     with pytest.raises(ConfigError, match="mean"):
-        DPSGDTrainer(mlp(), config, seed=0).train(x, y, epochs=1, loss_fn=nn.BCEWithLogitsLoss(reduction="sum"))
+        DPSGDTrainer(mlp(), config).train(x, y, epochs=1, loss_fn=nn.BCEWithLogitsLoss(reduction="sum"))
 
 
 class LeakyLinear(nn.Linear):
@@ -305,7 +346,7 @@ class LeakyLinear(nn.Linear):
 def test_subclassed_layers_are_not_trusted_with_the_ghost_path():
     model = nn.Sequential(LeakyLinear(12, 4), nn.Tanh(), nn.Linear(4, 1))
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
-    assert DPSGDTrainer(model, config, seed=0).backend == "opacus"
+    assert DPSGDTrainer(model, config).backend == "opacus"
 
 
 # -- the transfer setup's split-input model on the ghost path ---------------------------
@@ -378,4 +419,4 @@ class RowMixingSplit(SplitInputMLP):
 def test_a_split_input_subclass_is_not_trusted_with_the_ghost_path():
     model = RowMixingSplit(5, 7, (8,))
     config = DPSGDConfig(lr=0.5, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.5)
-    assert DPSGDTrainer(model, config, seed=0).backend == "opacus"
+    assert DPSGDTrainer(model, config).backend == "opacus"

@@ -39,3 +39,24 @@ def test_overlap_is_a_transfer_probability(tmp_path):
     for overrides in ({"overlap": 0.2}, {"setup": "transfer", "overlap": 1.0}):
         with pytest.raises(ConfigError, match="apply to --setup transfer, as a probability in"):
             build_config(None, overrides)
+
+
+def test_reproducible_noise_is_only_an_explicit_choice(tmp_path):
+    from peers.job import JobConfig
+    from simulations.cli import build_parser
+    from simulations.report.privacy import guarantee, noise_statement
+    default = build_config()
+    assert not default.reproducible and not default.job().dp.reproducible
+    assert noise_statement(default.job()).startswith("secret:") and "DP" in guarantee(default.job())
+    path = tmp_path / "sim.toml"
+    path.write_text("[simulation]\nreproducible = true\nseed = 5\n")
+    research = build_config(path, {})
+    job = research.job()
+    assert job.dp.reproducible and JobConfig.from_run_config(job.to_run_config()).dp.reproducible
+    assert guarantee(job).startswith("none:") and "public seed 5" in noise_statement(job)
+    args = build_parser().parse_args(["simulate", "--reproducible"])
+    assert build_config(None, {"reproducible": args.reproducible}).reproducible
+    assert build_parser().parse_args(["simulate"]).reproducible is None  # no flag: the TOML or the default
+    with pytest.raises(ConfigError, match="reproducible"):
+        path.write_text('[simulation]\nreproducible = "yes"\n')
+        build_config(path, {})

@@ -43,6 +43,13 @@ def test_simulate_audit_writes_the_measured_section_and_keeps_hashes(run):
         assert 0.4 < a["auc"] < 0.6 and a["within_bound"] and a["advantage_bound"] == pytest.approx(0.7616, abs=1e-4)
     canary = measured["one_run_epsilon_audit"]
     assert canary["canaries"] == 1000 and canary["epsilon_lower_bound"] <= 2.0 and canary["verdict"].startswith("passed")
+    check = measured["mechanism_check"]
+    assert check["passed"] and check["verdict"].startswith("passed") and check["bank"] == "bank-00000"
+    assert check["interval"][0] <= check["replay_sd"] <= check["interval"][1]
+    assert check["interval"][0] <= check["host_sd"] <= check["interval"][1]
+    assert "mechanism check (bank-00000): replays differ by sd" in stdout
+    assert card["privacy"]["noise"].startswith("secret: each bank drew its DP-SGD noise")
+    assert "number of training rows is released exactly" in card["privacy"]["public"]
     view = measured["aggregator_view"]
     assert view["plaintext_single_peer_update"]["succeeded"] and not view["masked_secagg_upload"]["succeeded"]
     artifacts = card["artifacts"]

@@ -2,7 +2,8 @@
 
 Two real Flower simulations (Ray): SecAgg+ on and off, the same banks vanishing at the
 same rounds (`--dropout 0.3`). The secure run's AUC must be within 0.005 of the
-plaintext one (the only difference is fixed-point quantization of the updates).
+plaintext one (the only difference is fixed-point quantization of the updates: both
+runs are `--reproducible`, so their DP noise is the same too).
 """
 
 import io
@@ -16,7 +17,7 @@ from simulations.faults import dropout_stage
 
 pytestmark = pytest.mark.slow
 ARGS = ["simulate", "--banks", "6", "--rounds", "2", "--customers", "6000", "--dropout", "0.3", "--seed", "4",
-        "--compare", "none", "--json", "--quiet"]
+        "--reproducible", "--compare", "none", "--json", "--quiet"]
 
 
 def _run(out, *extra):
