@@ -3,6 +3,11 @@
     fedsilo simulate [flags]     N simulated banks train a shared model (see --help)
     fedsilo audit-privacy RUN    measure what a finished run's model leaks
     fedsilo sweep CONFIG         a grid of simulations on one Ray runtime: one table, one plot
+    fedsilo score RUN --data F   score new rows with a run's (or a pulled) model
+
+The commands are built on the Python API (`simulations.api`, exported as `fedsilo`).
+Building the parser imports no torch, Flower or Ray: each handler imports what it uses,
+after the cheap input checks, so `fedsilo --help` and a refused input answer at once.
 
 Every command family registers its subparsers with `set_defaults(handler=...)`; `main`
 calls the handler and turns the project's own errors into one line and exit status 2.
@@ -19,7 +24,7 @@ from typing import Sequence
 
 from peers.cli import register as register_peer_commands
 from privacy.errors import FedsiloError
-from simulations import audit_privacy_cli
+from simulations import audit_privacy_cli, score_cli
 from simulations.sweep import add_sweep_parser
 
 
@@ -94,6 +99,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                    help="after the run, measure its privacy leakage as `fedsilo audit-privacy RUN_DIR` does "
                         "(horizontal setup; TOML: [simulation] audit = true)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                   help="log the run to MLflow: parameters, per-round metrics and ε, artefacts (default store: "
+                        "./mlruns, no server; needs pip install 'fedsilo[mlflow]')")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(handler=run_simulate)
 
@@ -106,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_privacy_cli.register(sub)
     register_peer_commands(sub)
     add_sweep_parser(sub)
+    score_cli.register(sub)
     return parser
 
 
@@ -117,18 +126,12 @@ OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "cu
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from simulations.config import build_config
+    from simulations.api import simulate
     overrides = {name: getattr(args, name) for name in OVERRIDABLE}
     if args.no_dp:
         overrides["dp_mode"] = "off"
-    config = build_config(args.config, overrides)
-
-    from simulations.progress import Progress
-    if config.setup == "transfer":
-        from simulations.transfer import simulate_transfer as simulate
-    else:
-        from simulations.runner import simulate
-    summary = simulate(config, Progress(quiet=args.quiet))
+    result = simulate(args.config, progress=not args.quiet, mlflow=args.mlflow, **overrides)
+    config, summary = result.config, result.summary
     print(f"run folder: {summary.run_dir}")
     where = "all banks' held-out rows" if summary.setup == "horizontal" else "mean over institutions, own rows"
     print(f"federated ROC-AUC ({where}): {summary.final_auc:.4f}")
@@ -150,6 +153,9 @@ def run_simulate(args: argparse.Namespace) -> int:
                                     if summary.secure_aggregation == "on" else "off (the host saw each update)"))
     if config.audit:
         _audit_after_run(summary.run_dir, args.quiet)
+    if args.mlflow is not None:
+        from simulations.tracking import store
+        print(f"logged to MLflow: {store(args.mlflow or None)[0]}, experiment 'fedsilo', run {result.run_dir.name}")
     if args.json:
         print(summary.to_json())
     return 0
