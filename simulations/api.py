@@ -120,12 +120,11 @@ def simulate(config: SimulationConfig | str | Path | None = None, *, progress: b
     if mlflow is not None:
         from simulations.tracking import check_available
         check_available()
+    from simulations.config import build_config
     if isinstance(config, SimulationConfig):
-        from dataclasses import replace
         given = {k: v for k, v in options.items() if v is not None}
-        config = replace(config, **given) if given else config
+        config = build_config(None, {**config.to_dict(), **given}) if given else config
     else:
-        from simulations.config import build_config
         config = build_config(config, options)
     check_inputs(config.data)
     progress = _progress(progress)

@@ -91,6 +91,8 @@ class ScoringModel:
         if id_column is not None and id_column not in present:
             raise DataError(f"id column {id_column!r} is not in the table (columns: {_few(present)}): "
                             "pass --id-column with one of them")
+        if id_column is not None and id_column in self.features:
+            raise DataError(f"id column {id_column!r} is one of the model's features: name the row id column")
         missing = [c for c in self.features if c not in present]
         if missing:
             raise DataError(f"the table lacks column(s) {_few(missing)} that the model was trained on: "

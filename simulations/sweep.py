@@ -125,6 +125,9 @@ def load_sweep(path: str | Path) -> SweepPlan:
         except ConfigError as error:
             raise ConfigError(f"{path}: sweep point {point} is invalid: {error}") from None
         points.extend(replace(config, seed=seed) for seed in seeds)
+    from simulations.api import check_inputs
+    for data in {p.data for p in points}:
+        check_inputs(data)  # before any cluster starts
     return SweepPlan(points, out, address, tuple(names), seeds)
 
 

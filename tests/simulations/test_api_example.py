@@ -42,3 +42,23 @@ def test_the_readme_example_runs_and_scores_five_rows(tmp_path):
     assert len(scores) == 5 and all(0 < s < 1 for s in scores) and lines[-1].startswith("Name: score")
     [run] = list((tmp_path / "runs").iterdir())
     assert (run / "model_card.json").is_file()
+
+
+def test_import_fedsilo_and_the_cli_parser_load_no_torch_flower_or_ray():
+    code = ("import sys, fedsilo; from simulations.cli import build_parser; build_parser(); fedsilo.simulate; "
+            "fedsilo.load_run; fedsilo.SimulationResult; "
+            "print(sorted(m for m in ('torch', 'flwr', 'ray', 'opacus', 'pandas', 'mlflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(README.parent)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_api_refuses_unknown_settings_and_missing_files_before_any_run(tmp_path):
+    import fedsilo
+    from privacy.errors import ConfigError, DataError
+    with pytest.raises(ConfigError, match="unknown setting\\(s\\) bankz"):
+        fedsilo.simulate(bankz=3, out=str(tmp_path / "runs"))
+    with pytest.raises(DataError, match="does not exist"):
+        fedsilo.simulate(data=str(tmp_path / "gone.csv"), label="y", out=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()

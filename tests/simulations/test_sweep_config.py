@@ -132,3 +132,11 @@ def test_the_plot_has_error_bars_and_starts_at_chance(tmp_path):
     assert len(ax.containers) == 1 and ax.containers[0].has_yerr  # federated mean ± std
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == pytest.approx(0.76) for line in ax.lines)
     assert (tmp_path / "u.png").stat().st_size > 0
+
+
+def test_a_missing_data_file_stops_the_sweep_before_any_cluster(tmp_path, capsys):
+    path = _write(tmp_path, f'[sweep]\nseeds = [0, 1]\nout = "{tmp_path / "out"}"\n'
+                            f'[data]\npath = "{tmp_path / "gone.csv"}"\nlabel = "y"\n')
+    assert main(["sweep", str(path)]) == 2
+    assert f"data file {tmp_path / 'gone.csv'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
