@@ -69,6 +69,7 @@ class SimulationResult:
     rounds: tuple[RoundMetrics, ...]
     paths: RunPaths
     card: dict[str, Any]
+    privacy_audit: dict[str, Any] | None = None  # with audit=True: the card's measured_privacy section
 
     @property
     def run_dir(self) -> Path:
@@ -105,8 +106,10 @@ def simulate(config: SimulationConfig | str | Path | None = None, *, progress: b
              mlflow: str | None = None, **options: Any) -> SimulationResult:
     """Run one simulation, as `fedsilo simulate`; `options` are `SimulationConfig` fields (None: unset).
 
-    `progress=True` shows the progress display on stderr. `mlflow` logs the run to an
-    MLflow store (`""`: ./mlruns; see `simulations.tracking`). Raises `FedsiloError` on bad
+    `progress=True` shows the progress display on stderr. `audit=True` runs the privacy
+    self-audit on the run folder afterwards (`result.privacy_audit`; `PrivacyAuditFailed`,
+    carrying the run as `.result`, when it fails). `mlflow` logs the run to an MLflow
+    store (`""`: ./mlruns; see `simulations.tracking`). Raises `FedsiloError` on bad
     input before anything is trained or written.
     """
     if config is None or isinstance(config, (str, Path)):
@@ -134,10 +137,36 @@ def simulate(config: SimulationConfig | str | Path | None = None, *, progress: b
         from simulations.runner import simulate as run
     summary = run(config, progress)
     result = _result(config, summary)
-    if mlflow is not None:
-        from simulations.tracking import log_run
-        log_run(result.run_dir, mlflow)
+    try:
+        if config.audit:
+            result = _audited(result, progress)
+    finally:  # a FAILED audit is logged too: the card holds the failed measurement
+        if mlflow is not None:
+            from simulations.tracking import log_run
+            log_run(result.run_dir, mlflow)
     return result
+
+
+def _audited(result: SimulationResult, progress: Progress) -> SimulationResult:
+    """`audit=True`: the privacy self-audit on the fresh run folder (as `fedsilo audit-privacy`).
+
+    On a FAILED audit the `PrivacyAuditFailed` carries the run as `.result` (its card
+    holds the failed measurement) and is raised.
+    """
+    from dataclasses import replace
+
+    from privacy.errors import PrivacyAuditFailed
+    from simulations.privacy_audit import audit_run
+    try:
+        section = audit_run(result.run_dir, progress=progress)
+    except PrivacyAuditFailed as failed:
+        failed.result = replace(result, card=_card(result.run_dir))  # type: ignore[attr-defined]
+        raise
+    return replace(result, card=_card(result.run_dir), privacy_audit=section)
+
+
+def _card(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "model_card.json").read_text())
 
 
 def check_inputs(data: str | Path | None, config_file: str | Path | None = None) -> None:
@@ -190,7 +219,7 @@ def _progress(progress: bool | Progress) -> Progress:
 
 def _result(config: SimulationConfig, summary: RunSummary) -> SimulationResult:
     folder = Path(summary.run_dir)
-    card = json.loads((folder / "model_card.json").read_text())
+    card = _card(folder)
     epsilon = {str(p["name"]): float(p.get("epsilon_spent") or 0.0) for p in card.get("participants", [])}
     metrics = json.loads((folder / "metrics.json").read_text())
     rounds = tuple(RoundMetrics(round=int(r["round"]), auc=(r.get("pooled_test") or {}).get("auc"),

@@ -126,12 +126,28 @@ OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "cu
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    from privacy.errors import PrivacyAuditFailed
     from simulations.api import simulate
     overrides = {name: getattr(args, name) for name in OVERRIDABLE}
     if args.no_dp:
         overrides["dp_mode"] = "off"
-    result = simulate(args.config, progress=not args.quiet, mlflow=args.mlflow, **overrides)
-    config, summary = result.config, result.summary
+    try:
+        result = simulate(args.config, progress=not args.quiet, mlflow=args.mlflow, **overrides)
+    except PrivacyAuditFailed as failed:  # `--audit` FAILED: the run exists; show it, then the failed measurement
+        _print_run(failed.result, args.mlflow)
+        audit_privacy_cli.print_summary(failed.result.card["measured_privacy"])
+        raise
+    _print_run(result, args.mlflow)
+    if result.privacy_audit is not None:
+        audit_privacy_cli.print_summary(result.privacy_audit)
+    if args.json:
+        print(result.summary.to_json())
+    return 0
+
+
+def _print_run(result, mlflow: str | None) -> None:
+    """The run's summary lines (stdout)."""
+    summary = result.summary
     print(f"run folder: {summary.run_dir}")
     where = "all banks' held-out rows" if summary.setup == "horizontal" else "mean over institutions, own rows"
     print(f"federated ROC-AUC ({where}): {summary.final_auc:.4f}")
@@ -151,29 +167,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         print("privacy: none (--no-dp)")
     print("secure aggregation: " + ("SecAgg+, the host saw only the sum of each round's updates"
                                     if summary.secure_aggregation == "on" else "off (the host saw each update)"))
-    if config.audit:
-        _audit_after_run(summary.run_dir, args.quiet)
-    if args.mlflow is not None:
+    if mlflow is not None:
         from simulations.tracking import store
-        print(f"logged to MLflow: {store(args.mlflow or None)[0]}, experiment 'fedsilo', run {result.run_dir.name}")
-    if args.json:
-        print(summary.to_json())
-    return 0
-
-
-def _audit_after_run(run_dir: str, quiet: bool) -> None:
-    """`--audit`: the privacy self-audit on the fresh run folder (raises if it FAILED)."""
-    from privacy.errors import PrivacyAuditFailed
-    from simulations.privacy_audit import audit_run
-    from simulations.progress import Progress
-    try:
-        section = audit_run(run_dir, progress=Progress(quiet=quiet))
-    except PrivacyAuditFailed:
-        import json
-        from pathlib import Path
-        audit_privacy_cli.print_summary(json.loads((Path(run_dir) / "model_card.json").read_text())["measured_privacy"])
-        raise
-    audit_privacy_cli.print_summary(section)
+        print(f"logged to MLflow: {store(mlflow or None)[0]}, experiment 'fedsilo', run {result.run_dir.name}")
 
 
 def _fmt(value: float | None) -> str:
