@@ -266,12 +266,12 @@ def format_table(points: list[dict[str, Any]], axes: tuple[str, ...] = ()) -> st
     """
     extra = [a for a in ("lr", "rounds", "partition", "model") if a in axes]
     head = (f"{'setup':<11}{'banks':>7}{'ε':>7}{'dropout':>9}" + "".join(f"{a:>15}" for a in extra)
-            + f"{'seeds':>6}{'federated':>18}{'central':>18}{'local':>18}{'ε spent':>9}")
+            + f"{'seeds':>7}{'federated':>18}{'central':>18}{'local':>18}{'ε spent':>9}")
     lines = [head]
     for p in points:
         lines.append(f"{p['setup']:<11}{p['banks']:>7}{p['epsilon']:>7g}{p['dropout']:>9g}"
                      + "".join(f"{str(p[a]):>15}" for a in extra)
-                     + f"{p['runs']:>6}{_pm(p, 'final_auc'):>18}{_pm(p, 'centralized_auc'):>18}"
+                     + f"{p['runs']:>7}{_pm(p, 'final_auc'):>18}{_pm(p, 'centralized_auc'):>18}"
                        f"{_pm(p, 'local_auc_mean'):>18}{p['epsilon_max']:>9.3f}")
     return "\n".join(lines)
 
