@@ -21,9 +21,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +135,7 @@ def _call(identity_dir: Path, method: str, url: str, body: Any = None) -> Any:
     async def run() -> Any:
         async with PeerClient(identity) as client:
             return await client.call(method, url, body)
+    import asyncio  # here, not at the top: `fedsilo --help` should not pay for it
     return asyncio.run(run())
 
 
@@ -230,6 +229,7 @@ def model_pull(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         async with PeerClient(identity, timeout=600) as client:
             return await pull_model(client, args.peer, args.job_id, args.out)
+    import asyncio
     card = asyncio.run(run())
     _print_card(card)
     print(f"verified: signed by {card['signer']} (consortium CA, manifest), {len(card['artifacts'])} file(s) match "
@@ -280,6 +280,7 @@ def _audit_log(config_path: str) -> Any:
     path = load_config(config_path).state_dir / "state.sqlite"
     if not path.is_file():
         raise IdentityError(f"{path} does not exist: the peer has not run yet")
+    import sqlite3
     return AuditLog(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
 
 

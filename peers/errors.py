@@ -17,6 +17,10 @@ class SignatureError(IdentityError):
     """A signature does not verify, or its signer is not who the document says."""
 
 
+class IntegrityError(FedsiloError):
+    """A model's file does not match the SHA-256 its model card states, or the card cannot vouch for it."""
+
+
 class Refused(FedsiloError):
     """A request the daemon refuses; `status` is the HTTP status it answers with."""
 

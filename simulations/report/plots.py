@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 
 import matplotlib
@@ -123,22 +125,61 @@ def plot_privacy_audit(path: Path, attacks: list, epsilon_claimed: float | None,
     plt.close(fig)
 
 
-def plot_sweep(path: Path, rows: list[dict]) -> None:
-    """Federated ROC-AUC against ε, one line per population size, one panel per (setup, dropout)."""
-    panels = sorted({(r["setup"], r["dropout"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (setup, dropout) in zip(axes[0], panels):
-        chosen = [r for r in rows if (r["setup"], r["dropout"]) == (setup, dropout)]
-        for banks in sorted({r["banks"] for r in chosen}):
-            line = sorted((r["epsilon"], r["final_auc"]) for r in chosen if r["banks"] == banks)
-            ax.plot([e for e, _ in line], [a for _, a in line], marker="o", label=f"{banks} institutions")
-        ax.set(title=f"{setup}, dropout {dropout:g}", xlabel="ε per institution", ylabel="federated ROC-AUC")
-        epsilons = sorted({r["epsilon"] for r in chosen})
-        ax.set_xscale("log")
-        ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
+def plot_sweep(path: Path, points: list[dict], axes: tuple[str, ...] = ()) -> None:
+    """Federated ROC-AUC per grid point (mean, error bar ± one standard deviation over seeds).
+
+    x: ε (or, when ε is not varied, the first varied of lr, rounds, banks); one panel
+    per (setup, dropout); one line per combination of the other varied axes. The
+    yardsticks are lines in the same colour: centralized dashed, local-only dotted. The
+    y-axis runs from chance (0.5) to 1 (lower only if a value is below chance), so that
+    a difference of 0.004 looks as small as it is.
+    """
+    x_key = next((k for k in ("epsilon", "lr", "rounds", "banks") if k in axes), "epsilon")
+    panel_keys = [k for k in ("setup", "dropout") if k != x_key]
+    line_keys = [k for k in axes if k not in panel_keys and k != x_key]
+    panels = sorted({tuple(p[k] for k in panel_keys) for p in points}, key=str)
+    fig, grid = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    values = [p[m] for p in points for m in ("final_auc_mean", "centralized_auc_mean", "local_auc_mean_mean")
+              if p[m] is not None]
+    bottom = min(0.5, math.floor(min(values, default=0.5) * 20) / 20)
+    for ax, panel in zip(grid[0], panels):
+        chosen = [p for p in points if tuple(p[k] for k in panel_keys) == panel]
+        lines = sorted({tuple(p[k] for k in line_keys) for p in chosen}, key=str)
+        for colour, line in zip(itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"]), lines):
+            members = sorted((p for p in chosen if tuple(p[k] for k in line_keys) == line), key=lambda p: p[x_key])
+            name = ", ".join(f"{_AXIS_NAMES.get(k, k)} {v}" for k, v in zip(line_keys, line)) or "federated"
+            xs = [p[x_key] for p in members]
+            ax.errorbar(xs, [p["final_auc_mean"] for p in members], yerr=_errors(members, "final_auc"),
+                        marker="o", capsize=3, color=colour, label=name)
+            for measure, style, what in (("centralized_auc", "--", "centralized"), ("local_auc_mean", ":", "local")):
+                have = [p for p in members if p[f"{measure}_mean"] is not None]
+                if not have:
+                    continue
+                ys = [p[f"{measure}_mean"] for p in have]
+                if len({round(y, 9) for y in ys}) == 1 or len(have) == 1:
+                    ax.axhline(ys[0], linestyle=style, color=colour, linewidth=1, label=f"{what} ({name})")
+                else:
+                    ax.errorbar([p[x_key] for p in have], ys, yerr=_errors(have, measure), linestyle=style,
+                                color=colour, linewidth=1, capsize=2, label=f"{what} ({name})")
+        title = ", ".join(f"{v}" if k == "setup" else f"{_AXIS_NAMES.get(k, k)} {v:g}" for k, v in zip(panel_keys, panel))
+        ax.set(title=title, xlabel=_AXIS_NAMES.get(x_key, x_key) + (" per institution" if x_key == "epsilon" else ""),
+               ylabel="ROC-AUC on the pooled held-out rows")
+        xs = sorted({p[x_key] for p in chosen})
+        if x_key in ("epsilon", "lr") and len(xs) > 1:
+            ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.minorticks_off()
+        ax.set_ylim(bottom, 1.0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+_AXIS_NAMES = {"epsilon": "ε", "banks": "banks", "dropout": "dropout", "lr": "lr", "rounds": "rounds"}
+
+
+def _errors(points: list[dict], measure: str) -> list[float]:
+    """± one standard deviation over seeds (0 where a point ran once)."""
+    return [p[f"{measure}_std"] or 0.0 for p in points]

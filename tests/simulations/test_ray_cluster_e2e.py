@@ -69,7 +69,7 @@ def test_sweep_reuses_the_cluster_and_writes_one_table_and_one_plot(cluster, tmp
                       '[simulation]\nrounds = 1\ncompare = []\n[data]\ncustomers = 1200\n')
     code, out = _run(["sweep", str(config), "--quiet", "--json"])
     assert code == 0, out
-    rows = json.loads(out.strip().splitlines()[-1])
+    rows = json.loads(out.strip().splitlines()[-1])["runs"]
     assert [(r["banks"], r["epsilon"]) for r in rows] == [(3, 2.0), (4, 2.0)]
     assert all(0 < r["epsilon_max"] <= 2.0 + 1e-6 for r in rows)
     [folder] = list((tmp_path / "sweeps").iterdir())

@@ -4,7 +4,7 @@ import pytest
 
 from privacy.errors import ConfigError
 from simulations.cli import main
-from simulations.sweep import format_table, load_sweep
+from simulations.sweep import format_table, load_sweep, summarize, yardstick_keys
 
 
 def _write(tmp_path, text):
@@ -55,8 +55,88 @@ def test_missing_sweep_file_is_refused(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_table_has_one_line_per_point():
-    rows = [{"setup": "horizontal", "banks": 50, "epsilon": 1.0, "dropout": 0.0, "final_auc": 0.71,
-             "centralized_auc": None, "local_auc_mean": 0.65, "epsilon_max": 0.998, "seconds": 41.0}]
-    lines = format_table(rows).splitlines()
-    assert len(lines) == 2 and "0.7100" in lines[1] and "n/a" in lines[1] and "0.998" in lines[1]
+def _run_row(seed, auc, central=None, local=0.65, epsilon=1.0, banks=50, lr=0.5):
+    return {"setup": "horizontal", "banks": banks, "epsilon": epsilon, "dropout": 0.0, "final_auc": auc,
+            "centralized_auc": central, "local_auc_mean": local, "epsilon_max": 0.99 + seed / 1000, "seconds": 41.0,
+            "lr": lr, "rounds": 5, "partition": "iid", "model": "mlp", "seed": seed, "run_dir": f"runs/r{seed}"}
+
+
+def test_table_has_one_line_per_grid_point_with_mean_and_std_over_seeds():
+    rows = [_run_row(0, 0.71), _run_row(1, 0.73), _run_row(2, 0.75), _run_row(0, 0.80, epsilon=3.0)]
+    points = summarize(rows)
+    assert len(points) == 2
+    first, second = points
+    assert first["runs"] == 3 and first["seeds"] == [0, 1, 2]
+    assert first["final_auc_mean"] == pytest.approx(0.73) and first["final_auc_std"] == pytest.approx(0.02)
+    assert first["centralized_auc_mean"] is None and first["local_auc_mean_std"] == pytest.approx(0.0)
+    assert first["epsilon_max"] == pytest.approx(0.992)
+    assert second["runs"] == 1 and second["final_auc_std"] is None  # one seed: no standard deviation
+    lines = format_table(points, ("epsilon",)).splitlines()
+    assert len(lines) == 3 and "0.7300 ± 0.0200" in lines[1] and "n/a" in lines[1] and "0.992" in lines[1]
+    assert "0.8000" in lines[2] and "±" not in lines[2].split("0.8000")[1].split()[0]
+
+
+def test_seeds_and_repeats_multiply_every_grid_point(tmp_path):
+    plan = load_sweep(_write(tmp_path, "[sweep]\nepsilon = [1.0, 3.0]\nseeds = [4, 9]\n"))
+    assert [(p.epsilon, p.seed) for p in plan.points] == [(1.0, 4), (1.0, 9), (3.0, 4), (3.0, 9)]
+    assert plan.axes == ("epsilon",) and plan.seeds == (4, 9)
+    plan = load_sweep(_write(tmp_path, "[sweep]\nrepeats = 3\n[simulation]\nseed = 10\n"))
+    assert [p.seed for p in plan.points] == [10, 11, 12] and plan.axes == ()
+
+
+def test_learning_rate_rounds_partition_and_model_are_axes(tmp_path):
+    plan = load_sweep(_write(tmp_path, '[sweep]\nlr = [0.1, 0.5]\nrounds = [2, 4]\npartition = ["iid", "dirichlet:0.5"]\n'
+                                       'model = ["mlp", "logreg"]\n'))
+    assert len(plan.points) == 16 and plan.axes == ("lr", "rounds", "partition", "model")
+    assert {(p.lr, p.rounds, p.partition, p.model) for p in plan.points} == {
+        (lr, r, part, m) for lr in (0.1, 0.5) for r in (2, 4) for part in ("iid", "dirichlet:0.5")
+        for m in ("mlp", "logreg")}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[sweep]\nseeds = [0, 0]\n", r"seeds must be a non-empty list of distinct integers"),
+    ("[sweep]\nseeds = 3\n", r"seeds must be a non-empty list"),
+    ("[sweep]\nrepeats = 0\n", r"repeats must be a whole number ≥ 1"),
+    ("[sweep]\nrepeats = 2\nseeds = [1, 2]\n", r"gives both seeds and repeats"),
+    ("[sweep]\nmodel = [\"mlp\", \"forest\"]\n", r"sweep point \{'model': 'forest'\} is invalid: unknown model"),
+])
+def test_seed_and_axis_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(_write(tmp_path, text))
+
+
+def test_yardsticks_are_shared_by_points_on_the_same_data_split(tmp_path):
+    plan = load_sweep(_write(tmp_path, "[sweep]\nepsilon = [1.0, 3.0]\ndropout = [0.0, 0.2]\nseeds = [0, 1]\n"))
+    keys = [yardstick_keys(p) for p in plan.points]
+    centralized = {k["centralized"] for k in keys}
+    local = {k["local"] for k in keys}
+    assert len(centralized) == 2  # one per seed: ε and dropout do not change the data or the model
+    assert len(local) == 4  # one per (ε, seed): local-only spends the same ε; dropout does not matter
+    transfer = load_sweep(_write(tmp_path, '[sweep]\nseeds = [0, 1]\n[simulation]\nsetup = "transfer"\n'))
+    assert yardstick_keys(transfer.points[0]) == {}
+
+
+def test_the_plot_has_error_bars_and_starts_at_chance(tmp_path):
+    rows = [_run_row(s, 0.70 + s / 100, central=0.76, epsilon=e) for e in (1.0, 3.0) for s in (0, 1)]
+    from simulations.report import plots
+    captured = {}
+    real = plots.plt.close
+    plots.plt.close = lambda fig: captured.setdefault("fig", fig)
+    try:
+        plots.plot_sweep(tmp_path / "u.png", summarize(rows), ("epsilon",))
+    finally:
+        plots.plt.close = real
+    [ax] = captured["fig"].axes
+    real(captured["fig"])
+    assert ax.get_ylim() == (0.5, 1.0)  # 0.70 vs 0.71 must not fill the plot
+    assert len(ax.containers) == 1 and ax.containers[0].has_yerr  # federated mean ± std
+    assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == pytest.approx(0.76) for line in ax.lines)
+    assert (tmp_path / "u.png").stat().st_size > 0
+
+
+def test_a_missing_data_file_stops_the_sweep_before_any_cluster(tmp_path, capsys):
+    path = _write(tmp_path, f'[sweep]\nseeds = [0, 1]\nout = "{tmp_path / "out"}"\n'
+                            f'[data]\npath = "{tmp_path / "gone.csv"}"\nlabel = "y"\n')
+    assert main(["sweep", str(path)]) == 2
+    assert f"data file {tmp_path / 'gone.csv'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
