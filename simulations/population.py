@@ -97,6 +97,8 @@ class TablePopulation(Population):
 
     table_path: str = ""
     parts: list[np.ndarray] = field(default_factory=list)
+    # a user's file: the label mapping, the columns left out and the warnings (loader.LoadedTable)
+    load_report: dict = field(default_factory=dict)
 
     @property
     def n_banks(self) -> int:
