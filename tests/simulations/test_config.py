@@ -39,3 +39,19 @@ def test_overlap_is_a_transfer_probability(tmp_path):
     for overrides in ({"overlap": 0.2}, {"setup": "transfer", "overlap": 1.0}):
         with pytest.raises(ConfigError, match="apply to --setup transfer, as a probability in"):
             build_config(None, overrides)
+
+
+def test_positive_and_keep_columns_from_toml_and_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\npath = "t.csv"\nlabel = "y"\npositive = 1\nkeep-columns = ["account_no"]\n')
+    config = build_config(path)
+    assert config.positive == "1" and config.keep_columns == ("account_no",)
+    config = build_config(path, {"positive": "bad", "keep_columns": ["a", "b"]})
+    assert config.positive == "bad" and config.keep_columns == ("a", "b")
+
+
+def test_positive_and_keep_column_need_data():
+    with pytest.raises(ConfigError, match="--positive and --keep-column apply to --data files only"):
+        build_config(None, {"positive": "bad"})
+    with pytest.raises(ConfigError, match="--keep-column apply to --data"):
+        build_config(None, {"keep_columns": ["ID"]})
