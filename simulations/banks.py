@@ -20,7 +20,8 @@ from privacy.errors import DataError
 from simulations.config import SimulationConfig
 from simulations.data.loader import read_table_for_training
 from simulations.data.partition import parse_partitioner
-from simulations.data.synthetic import consortium_profiles, generate_consortium
+from simulations.data.synthetic import (SIMULATE_RATE_RANGE, consortium_profiles, generate_consortium,
+                                        simulate_total_customers)
 from simulations.population import Population, fingerprint, SyntheticPopulation, TablePopulation
 
 MIN_ROWS_PER_BANK = 20
@@ -51,12 +52,13 @@ class Bank:
 def build_population(config: SimulationConfig, work: Path) -> Population:
     """Every bank of `config`, lazily where possible; a table goes to `work/table.parquet`."""
     label = config.label_column
+    customers = config.customers or simulate_total_customers(config.banks)  # small banks with few defaults
     if config.data is None and not config.partition:
-        return SyntheticPopulation(seed=config.seed,
-                                   profiles=consortium_profiles(config.banks, config.seed, config.customers))
+        return SyntheticPopulation(seed=config.seed, profiles=consortium_profiles(
+            config.banks, config.seed, customers, SIMULATE_RATE_RANGE))
     if config.data is None:
-        table = pd.concat(generate_consortium(config.banks, seed=config.seed, total_customers=config.customers),
-                          ignore_index=True)
+        table = pd.concat(generate_consortium(config.banks, seed=config.seed, total_customers=customers,
+                                              rates=SIMULATE_RATE_RANGE), ignore_index=True)
     else:
         loaded = read_table_for_training(config.data, label=label, id_column=config.id_column,
                                          positive=config.positive, keep_columns=config.keep_columns)

@@ -48,7 +48,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
                    help="use this id-like column (a distinct value on every row) as a feature; repeatable")
     p.add_argument("--partition", metavar="SPEC",
                    help="how rows are split into banks: iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew)")
-    p.add_argument("--customers", type=int, metavar="N", help="synthetic customers across all banks (default max(20000, 200 per bank))")
+    p.add_argument("--customers", type=int, metavar="N", help="synthetic customers across all banks (default max(5000, 200 per bank): small banks, 3-10 %% defaults)")
     p.add_argument("--model", choices=["mlp", "logreg"], help="model family (default mlp)")
     p.add_argument("--hidden", metavar="W,W", help="MLP layer widths (default 64,32)")
     p.add_argument("--strategy", choices=["fedavg", "fedadam"], help="aggregation (default fedavg)")
