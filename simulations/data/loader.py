@@ -25,6 +25,10 @@ almost always a row id (UCI's `ID`, R exports' `rownames`, pandas' `Unnamed: 0`)
 is dropped with a warning naming it and the flags, unless it is listed in
 `keep_columns` (`--keep-column NAME`). Fractional numbers are never treated as ids (a
 continuous feature is often distinct on every row).
+
+Text columns with more distinct values than the encoder one-hot encodes
+(`peers.data.encoding.MAX_TEXT_LEVELS`: free text, dates, post codes) are left out with
+a warning too, rather than stopping the run; to use one, encode it as numbers.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from peers.data.bank import read_table
+from peers.data.encoding import MAX_TEXT_LEVELS
 from privacy.errors import ConfigError, DataError
 
 ID_CHECK_MIN_ROWS = 100
@@ -184,6 +189,15 @@ def read_table_for_training(path: str | Path, label: str, id_column: str | None 
     warnings = tuple(f"column {c!r} has a distinct value on every row, like a row id: it is left out of the "
                      f"features (name it with --id-column {c}, or pass --keep-column {c} to use it)" for c in id_like)
     dropped.update({c: "id-like: a distinct value on every row (--keep-column to use it)" for c in id_like})
+    for c in candidates:
+        series = frame[c]
+        if c in dropped or pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        levels = series.nunique()
+        if levels > MAX_TEXT_LEVELS:
+            dropped[c] = f"{levels} distinct text values, more than the {MAX_TEXT_LEVELS} one-hot encoded"
+            warnings += (f"column {c!r} has {levels} distinct text values (more than {MAX_TEXT_LEVELS}): it is left "
+                         f"out of the features (encode it as numbers, or group its values, to use it)",)
     frame = frame.drop(columns=list(dropped))
     features = [c for c in frame.columns if c != label]
     if not features:

@@ -154,7 +154,8 @@ def test_a_column_with_repeats_or_missing_values_is_not_id_like(tmp_path):
     frame.loc[3, "rownames"] = 1
     frame["ref"] = frame["ref"].astype(object)
     frame.loc[5, "ref"] = None
-    assert read_table_for_training(_write(tmp_path, frame), "y").dropped_columns == {}
+    dropped = read_table_for_training(_write(tmp_path, frame), "y").dropped_columns
+    assert "rownames" not in dropped and "id-like" not in dropped["ref"]  # (200 text values: left out for that)
 
 
 def test_multiclass_label_refused(tmp_path, table):
@@ -197,3 +198,14 @@ def test_real_uci_file():
     assert frame.shape == (30_000, 24)
     assert "ID" not in frame.columns and frame.columns[-1] == "Y"
     assert abs(frame["Y"].mean() - 0.2212) < 1e-3
+
+
+def test_free_text_column_left_out_with_a_warning(tmp_path):
+    frame = _with_ids()
+    frame["employer"] = [f"firm {i % 90}" for i in range(len(frame))]   # 90 values: more than one-hot takes
+    frame["grade"] = [f"{'ABCDEFG'[i % 7]}" for i in range(len(frame))]
+    loaded = read_table_for_training(_write(tmp_path, frame), "y", keep_columns=["rownames", "ref"])
+    assert list(loaded.frame.columns) == ["rownames", "ref", "income", "age", "y", "grade"]
+    assert "more than the 64 one-hot encoded" in loaded.dropped_columns["employer"]
+    assert loaded.warnings == ("column 'employer' has 90 distinct text values (more than 64): it is left out of "
+                               "the features (encode it as numbers, or group its values, to use it)",)
