@@ -43,6 +43,7 @@ from privacy.accounting import epsilon_spent
 from simulations import baselines
 from simulations.banks import build_population
 from simulations.config import SimulationConfig
+from simulations.data.synthetic import SIMULATE_RATE_RANGE, simulate_total_customers
 from simulations.engine import EngineSettings
 from simulations.federation import FederationRun, run_federation
 from simulations.population import bank_name, yardstick_sample
@@ -272,7 +273,9 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
     plot_calibration(path / "calibration.png", scores["calibration"])
 
     data_info: dict[str, Any] = ({"source": "synthetic", "generator": "simulations.data.synthetic",
-                                  "seed": config.seed, "customers": config.customers}
+                                  "seed": config.seed,
+                                  "customers": config.customers or simulate_total_customers(config.banks),
+                                  "default_rate_range": list(SIMULATE_RATE_RANGE)}
                                  if config.data is None else
                                  {"source": str(config.data), "label": job.label, "id_column": config.id_column,
                                   "partition": config.partition or "iid", "label_mapping": load_report["label_mapping"],
