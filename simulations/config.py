@@ -97,7 +97,7 @@ class SimulationConfig:
     positive: str | None = None  # the label value that means the event to predict
     keep_columns: tuple[str, ...] = ()  # id-like columns to keep as features
     partition: str | None = None
-    customers: int | None = None  # None: the generator's default for the bank count
+    customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
     model: str = "mlp"
     hidden: tuple[int, ...] = (64, 32)
     local_epochs: int = 1
