@@ -18,9 +18,10 @@ import pandas as pd
 
 from privacy.errors import DataError
 from simulations.config import SimulationConfig
-from simulations.data.loader import load_table
+from simulations.data.loader import read_table_for_training
 from simulations.data.partition import parse_partitioner
-from simulations.data.synthetic import consortium_profiles, generate_consortium
+from simulations.data.synthetic import (SIMULATE_RATE_RANGE, consortium_profiles, generate_consortium,
+                                        simulate_total_customers)
 from simulations.population import Population, fingerprint, SyntheticPopulation, TablePopulation
 
 MIN_ROWS_PER_BANK = 20
@@ -51,21 +52,28 @@ class Bank:
 def build_population(config: SimulationConfig, work: Path) -> Population:
     """Every bank of `config`, lazily where possible; a table goes to `work/table.parquet`."""
     label = config.label_column
+    customers = config.customers or simulate_total_customers(config.banks)  # small banks with few defaults
     if config.data is None and not config.partition:
-        return SyntheticPopulation(seed=config.seed,
-                                   profiles=consortium_profiles(config.banks, config.seed, config.customers))
+        return SyntheticPopulation(seed=config.seed, profiles=consortium_profiles(
+            config.banks, config.seed, customers, SIMULATE_RATE_RANGE))
     if config.data is None:
-        table = pd.concat(generate_consortium(config.banks, seed=config.seed, total_customers=config.customers),
-                          ignore_index=True)
+        table = pd.concat(generate_consortium(config.banks, seed=config.seed, total_customers=customers,
+                                              rates=SIMULATE_RATE_RANGE), ignore_index=True)
     else:
-        table = load_table(config.data, label=label, id_column=config.id_column)
+        loaded = read_table_for_training(config.data, label=label, id_column=config.id_column,
+                                         positive=config.positive, keep_columns=config.keep_columns)
+        table = loaded.frame
         if len(table) < config.banks:
             raise DataError(f"{config.data} has {len(table)} rows for {config.banks} banks: use fewer banks")
     parts = parse_partitioner(config.partition or "iid").split(table[label].to_numpy(), config.banks, config.seed)
     work.mkdir(parents=True, exist_ok=True)
     table_path = work / "table.parquet"
     table.to_parquet(table_path, index=False)
-    return TablePopulation(seed=config.seed, table_path=str(table_path), parts=[np.sort(p) for p in parts])
+    report = {} if config.data is None else {"label_mapping": loaded.label_mapping,
+                                             "dropped_columns": loaded.dropped_columns,
+                                             "warnings": list(loaded.warnings)}
+    return TablePopulation(seed=config.seed, table_path=str(table_path), parts=[np.sort(p) for p in parts],
+                           load_report=report)
 
 
 def check_bank(bank: Bank, label: str) -> None:

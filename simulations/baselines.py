@@ -6,19 +6,21 @@
   (same model, rounds, local epochs and DP plan, so the same ε), without the others.
 
 Both are scored on the pooled held-out rows of all banks, as the federated model is,
-and local-only models on each bank's own held-out rows too.
+and local-only models on each bank's own held-out rows too. Both also return their
+predicted probabilities on the pooled held-out rows, for the report's intervals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from peers.client.local_training import evaluate_weights, train_round
 from peers.data.bank import BankTensors
-from peers.evaluation import evaluate
+from peers.evaluation import evaluate, predict_proba
 from peers.job import JobConfig
 from peers.models import build_model, get_weights, set_weights
 
@@ -33,10 +35,14 @@ class LocalOnly:
     auc_pooled: float
     auc_own: float
     epsilon: float
+    pooled_probabilities: np.ndarray
 
 
-def centralized(job: JobConfig, train: BankTensors, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, float]:
-    """Non-private model on the pooled training rows, scored on the pooled test rows."""
+def centralized(job: JobConfig, train: BankTensors, test_x: torch.Tensor, test_y: torch.Tensor) -> dict:
+    """Non-private model on the pooled training rows, scored on the pooled test rows.
+
+    {"loss", "auc", "probabilities"}: the last are its predictions on `test_x`.
+    """
     torch.manual_seed(job.train.seed)
     model = build_model(job.model, train.x_train.shape[1], seed=job.train.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=CENTRAL_LR)
@@ -48,7 +54,7 @@ def centralized(job: JobConfig, train: BankTensors, test_x: torch.Tensor, test_y
             optimizer.zero_grad()
             loss_fn(model(train.x_train[batch]).squeeze(-1), train.y_train[batch]).backward()
             optimizer.step()
-    return evaluate(model, test_x, test_y)
+    return {**evaluate(model, test_x, test_y), "probabilities": predict_proba(model, test_x)}
 
 
 def local_only(job: JobConfig, bank: int, data: BankTensors, test_x: torch.Tensor,
@@ -65,7 +71,8 @@ def local_only(job: JobConfig, bank: int, data: BankTensors, test_x: torch.Tenso
     set_weights(model, weights)
     pooled = evaluate(model, test_x, test_y)["auc"]
     own = evaluate_weights(job, data, weights)["auc"]
-    return LocalOnly(bank=bank, auc_pooled=pooled, auc_own=own, epsilon=epsilon)
+    return LocalOnly(bank=bank, auc_pooled=pooled, auc_own=own, epsilon=epsilon,
+                     pooled_probabilities=predict_proba(model, test_x))
 
 
 def pooled(tensors: list[BankTensors]) -> BankTensors:

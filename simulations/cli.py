@@ -34,7 +34,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         description="Simulate N banks, each training on its own rows with DP-SGD (Opacus), aggregated with "
                     "Flower's Simulation Engine. With no flags: 5 synthetic banks, 10 rounds, ε = 3 per bank.",
         epilog="Every flag has a TOML key (see README): [simulation] banks, rounds, seed, out, strategy, compare; "
-               "[data] path, label, id-column, partition, customers; [model] kind, hidden; "
+               "[data] path, label, positive, id-column, keep-columns, partition, customers; [model] kind, hidden; "
                "[train] local-epochs, batch-size, lr, test-fraction; [dp] mode, epsilon, delta, max-grad-norm, "
                "accountant; [secagg] mode, clip, dropout-fraction, collusion-fraction; [simulation] dropout, audit, "
                "sample, dropout-concentration, yardstick-banks, ray-address, cpus-per-bank.",
@@ -45,11 +45,15 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", metavar="K|F",
                    help="banks sampled per round: a count (100) or a fraction in (0, 1] (0.1); default all")
     p.add_argument("--data", metavar="PATH", help="your CSV or Parquet file (default: the embedded synthetic generator)")
-    p.add_argument("--label", metavar="COL", help="0/1 target column of --data")
+    p.add_argument("--label", metavar="COL", help="target column of --data (two values)")
+    p.add_argument("--positive", metavar="VALUE",
+                   help="the label value that means the event to predict, e.g. bad (needed for text labels)")
     p.add_argument("--id-column", metavar="COL", help="row id column of --data, kept out of the features")
+    p.add_argument("--keep-column", metavar="COL", action="append", dest="keep_columns",
+                   help="use this id-like column (a distinct value on every row) as a feature; repeatable")
     p.add_argument("--partition", metavar="SPEC",
                    help="how rows are split into banks: iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew)")
-    p.add_argument("--customers", type=int, metavar="N", help="synthetic customers across all banks (default max(20000, 200 per bank))")
+    p.add_argument("--customers", type=int, metavar="N", help="synthetic customers across all banks (default max(5000, 200 per bank): small banks, 3-10 %% defaults)")
     p.add_argument("--model", choices=["mlp", "logreg"], help="model family (default mlp)")
     p.add_argument("--hidden", metavar="W,W", help="MLP layer widths (default 64,32)")
     p.add_argument("--strategy", choices=["fedavg", "fedadam"], help="aggregation (default fedavg)")
@@ -128,7 +132,7 @@ OVERRIDABLE = ("banks", "rounds", "data", "label", "id_column", "partition", "cu
                "strategy", "local_epochs", "batch_size", "lr", "epsilon", "delta", "max_grad_norm", "seed",
                "out", "compare", "dp_mode", "secure_aggregation", "dropout", "setup", "scenario", "shared",
                "freeze", "base_model", "audit", "overlap", "sample", "dropout_concentration", "yardstick_banks",
-               "ray_address", "cpus_per_bank", "reproducible")
+               "ray_address", "cpus_per_bank", "reproducible", "positive", "keep_columns")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -156,7 +160,8 @@ def _print_run(result, mlflow: str | None) -> None:
     summary = result.summary
     print(f"run folder: {summary.run_dir}")
     where = "all banks' held-out rows" if summary.setup == "horizontal" else "mean over institutions, own rows"
-    print(f"federated ROC-AUC ({where}): {summary.final_auc:.4f}")
+    scores = summary.scores or {}
+    print(f"federated ROC-AUC ({where}): {summary.final_auc:.4f}" + _interval(scores.get("federated")))
     for name, aucs in (summary.institutions or {}).items():
         print(f"  {name:<14} federated transfer {aucs['federated']:.4f}   alone {_fmt(aucs.get('local_only'))}"
               f"   horizontal on common columns {_fmt(aucs.get('horizontal_common'))}")
@@ -164,9 +169,14 @@ def _print_run(result, mlflow: str | None) -> None:
         print("shared customers, found by PSI (no raw id exchanged), same train/test side everywhere: "
               + ", ".join(f"{pair} {count:,}" for pair, count in summary.shared_customers.items()))
     if summary.centralized_auc is not None:
-        print(f"centralized non-private ROC-AUC:              {summary.centralized_auc:.4f}")
+        print(f"centralized non-private ROC-AUC:              {summary.centralized_auc:.4f}"
+              + _interval(scores.get("centralized")))
     if summary.local_auc_mean is not None:
-        print(f"local-only ROC-AUC, mean over banks:          {summary.local_auc_mean:.4f}")
+        print(f"local-only ROC-AUC, mean over banks:          {summary.local_auc_mean:.4f}"
+              + _interval(scores.get("local_only_mean")))
+    if scores:
+        from simulations.report.scores import summary_lines
+        print("\n".join(summary_lines(scores)))
     if summary.dp != "off" and result.config.reproducible:
         print(f"privacy: NONE in fact. --reproducible seeded the DP noise with --seed {result.config.seed}: "
               f"anyone who knows the seed can regenerate and subtract it, so the accounted ε ≤ {summary.epsilon_max:.3f} "
@@ -180,6 +190,12 @@ def _print_run(result, mlflow: str | None) -> None:
     if mlflow is not None:
         from simulations.tracking import store
         print(f"logged to MLflow: {store(mlflow or None)[0]}, experiment 'fedsilo', run {result.run_dir.name}")
+
+
+def _interval(metrics: dict | None) -> str:
+    """'  (95% CI 0.745 to 0.778)' for a metrics entry's ROC-AUC, or nothing."""
+    auc = (metrics or {}).get("roc_auc") or {}
+    return "" if auc.get("low") is None else f"  (95% CI {auc['low']:.4f} to {auc['high']:.4f})"
 
 
 def _fmt(value: float | None) -> str:

@@ -6,6 +6,7 @@ Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
     [simulation]  sample (banks per round: a count, or a fraction in (0, 1]), ray-address,
                   cpus-per-bank, dropout-concentration, yardstick-banks
     [data]        path, label, id-column, partition, customers (synthetic rows in all)
+    [data]        positive (the label value of the event to predict), keep-columns = ["NAME"]
     [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
     [simulation]  audit = true (privacy self-audit at the end of the run)
     [simulation]  reproducible = true (research mode: DP noise seeded by `seed`, so NOT private)
@@ -57,6 +58,8 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("data", "path"): "data",
     ("data", "label"): "label",
     ("data", "id-column"): "id_column",
+    ("data", "positive"): "positive",
+    ("data", "keep-columns"): "keep_columns",
     ("data", "partition"): "partition",
     ("data", "customers"): "customers",
     ("data", "overlap"): "overlap",
@@ -93,8 +96,10 @@ class SimulationConfig:
     data: str | None = None
     label: str | None = None
     id_column: str | None = None
+    positive: str | None = None  # the label value that means the event to predict
+    keep_columns: tuple[str, ...] = ()  # id-like columns to keep as features
     partition: str | None = None
-    customers: int | None = None  # None: the generator's default for the bank count
+    customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
     model: str = "mlp"
     hidden: tuple[int, ...] = (64, 32)
     local_epochs: int = 1
@@ -170,6 +175,8 @@ class SimulationConfig:
                               "--setup transfer, as a probability in [0, 1)")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
+        if self.data is None and (self.positive is not None or self.keep_columns):
+            raise ConfigError("--positive and --keep-column apply to --data files only")
         self.job()  # validates model, training and DP settings
 
     @property
@@ -225,7 +232,11 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     default = getattr(SimulationConfig(), name)
     if name == "sample":
         return _sample(value, where)
-    if name in ("compare", "hidden", "shared", "freeze"):
+    if name == "positive":
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be one label value, e.g. \"bad\" or 1, got {value!r}")
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if name in ("compare", "hidden", "shared", "freeze", "keep_columns"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")

@@ -8,8 +8,8 @@ itself the first time it is sampled (`simulations.lazy_banks`), so with 10,000 b
 only the sampled ones ever exist.
 
 - `SyntheticPopulation`: the embedded generator. Sizes are log-normal (heavy-tailed),
-  each bank's default rate is drawn in [5 %, 35 %], its customer mix differs; bank i's
-  rows depend on (seed, i) and its profile only.
+  each bank's default rate is drawn in a range ([3 %, 10 %] in `fedsilo simulate`), its
+  customer mix differs; bank i's rows depend on (seed, i) and its profile only.
 - `TablePopulation`: a user's table (or the pooled synthetic one, with `--partition`)
   split by a partitioner into row-index lists; the table is stored once and read by a
   worker when it first needs one of its banks.
@@ -97,6 +97,8 @@ class TablePopulation(Population):
 
     table_path: str = ""
     parts: list[np.ndarray] = field(default_factory=list)
+    # a user's file: the label mapping, the columns left out and the warnings (loader.LoadedTable)
+    load_report: dict = field(default_factory=dict)
 
     @property
     def n_banks(self) -> int:

@@ -10,6 +10,7 @@ import math
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
 
@@ -24,6 +25,10 @@ class Progress:
 
     def stage(self, text: str) -> None:
         self.console.print(f"[bold cyan]•[/] {text}")
+
+    def warn(self, text: str) -> None:
+        """A line the user should act on (e.g. a column left out of the features)."""
+        self.console.print(f"[bold yellow]! warning:[/] {escape(text)}")
 
     def start_rounds(self, rounds: int) -> None:
         self._bar = RichProgress(TextColumn("  rounds"), BarColumn(), MofNCompleteColumn(),

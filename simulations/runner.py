@@ -9,7 +9,8 @@ The flow (DESIGN.md, flow 1):
 5. each bank's ledger commits what its accountant says it actually spent;
 6. the yardsticks (centralized, local-only) are trained in the same run if asked;
 7. the run folder gets the model (safetensors), its encoder, the model card, per-round
-   metrics and plots, and appears only when all of it is written; with it, for the
+   metrics, the final scores with bootstrap intervals (`simulations/report/scores.py`)
+   and plots, and appears only when all of it is written; with it, for the
    privacy self-audit only, each bank's member/non-member split as row positions
    (`membership_split.json`, see `simulations/privacy_audit.py`).
 
@@ -35,21 +36,23 @@ from safetensors.numpy import save_file
 
 from peers.data.bank import BankTensors, encode_bank
 from peers.data.encoding import BankSummary, TabularEncoder
-from peers.evaluation import evaluate
+from peers.evaluation import evaluate, predict_proba
 from peers.job import JobConfig, dp_plan_is_cached, grid_sample_rate, plan_dp
 from peers.models import build_model, set_weights
 from privacy.accounting import epsilon_spent
 from simulations import baselines
 from simulations.banks import build_population
 from simulations.config import SimulationConfig
+from simulations.data.synthetic import SIMULATE_RATE_RANGE, simulate_total_customers
 from simulations.engine import EngineSettings
 from simulations.federation import FederationRun, run_federation
 from simulations.population import bank_name, yardstick_sample
 from simulations.progress import Progress
 from simulations.privacy_audit import SPLIT_FILE, write_membership_split
 from simulations.report.card import build_card, sha256_file, write_card
-from simulations.report.plots import plot_comparison, plot_rounds
+from simulations.report.plots import plot_calibration, plot_comparison, plot_rounds
 from simulations.report.privacy import privacy_section
+from simulations.report.scores import final_scores
 from simulations.run_folder import RunFolder
 from strategies.guard import ReplyGuard
 from strategies.secagg import SecureAggregation
@@ -73,6 +76,7 @@ class RunSummary:
     setup: str = "horizontal"
     institutions: dict[str, dict[str, float | None]] | None = None
     shared_customers: dict[str, int] | None = None  # transfer with overlap: per pair of institutions
+    scores: dict[str, Any] | None = None  # horizontal: final_scores on the pooled held-out rows, no calibration
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -85,6 +89,9 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
     with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir:
         work = Path(work_dir)
         population = build_population(config, work / "source")
+        load_report = getattr(population, "load_report", {})
+        for warning in load_report.get("warnings", []):
+            progress.warn(warning)
         sizes = population.sizes()
         sample = yardstick_sample(population.n_banks, config.yardstick_banks, config.seed)
         frames = {i: population.frame(i) for i in sample}
@@ -109,7 +116,7 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
                                  evaluate_fn=_pooled_evaluator(job, everyone, encoder.n_features), engine=engine)
             yardsticks = _yardsticks(config, run.job, tensors, everyone, progress)
             progress.stage("Writing the run folder")
-            summary = _write_outputs(folder, config, run, encoder, sample, yardsticks)
+            summary = _write_outputs(folder, config, run, encoder, sample, yardsticks, everyone, load_report)
     return RunSummary(**{**asdict(summary), "run_dir": str(folder.final)})
 
 
@@ -182,7 +189,8 @@ def _finite(value: float) -> float | None:
 
 
 def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationRun,
-                   encoder: TabularEncoder, yardstick_banks: list[int], yardsticks: dict[str, Any]) -> RunSummary:
+                   encoder: TabularEncoder, yardstick_banks: list[int], yardsticks: dict[str, Any],
+                   everyone: BankTensors, load_report: dict[str, Any]) -> RunSummary:
     """The run folder's files; the model card lists every bank that was sampled at least once."""
     path = folder.path
     job, outcome, spent, ledger_status = run.job, run.outcome, run.spent, run.ledger_status
@@ -215,12 +223,18 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
             "aborted": secure.aborted_rounds.get(r),
         },
     } for i, r in enumerate(rounds)]
-    (path / "metrics.json").write_text(json.dumps({"rounds": per_round,
-                                                   "initial": outcome.central_metrics.get(0)}, indent=2) + "\n")
-
-    final_auc = float(outcome.central_metrics[rounds[-1]]["auc"]) if rounds else float("nan")
     central = yardsticks.get("centralized")
     local = yardsticks.get("local")
+    final_model = build_model(job.model, encoder.n_features)
+    set_weights(final_model, outcome.weights)
+    scores = final_scores(everyone.y_test.numpy(), predict_proba(final_model, everyone.x_test),
+                          central["probabilities"] if central else None,
+                          {bank_name(lo.bank): lo.pooled_probabilities for lo in local} if local else None,
+                          seed=config.seed)
+    (path / "metrics.json").write_text(json.dumps({"rounds": per_round, "initial": outcome.central_metrics.get(0),
+                                                   "final_pooled_test": scores}, indent=2) + "\n")
+
+    final_auc = float(outcome.central_metrics[rounds[-1]]["auc"]) if rounds else float("nan")
     final_eval = {int(m["bank"]): m for m in outcome.strategy.evaluate.get(job.train.rounds, [])}
     local_by_bank = {lo.bank: lo for lo in local} if local else {}
     participants, trained = [], []
@@ -251,14 +265,21 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
     local_mean = float(np.mean([lo.auc_pooled for lo in local])) if local else None
     plot_rounds(path / "rounds.png", rounds, [outcome.central_metrics[r]["auc"] for r in rounds],
                 eps_max_curve, job.dp.epsilon if job.dp.private else None)
+    auc_interval = {name: (v["roc_auc"]["low"], v["roc_auc"]["high"]) for name, v in
+                    [("federated", scores["federated"]), ("centralized", scores.get("centralized")),
+                     *scores.get("local_only", {}).items()] if v is not None}
     plot_comparison(path / "comparison.png", final_auc, central["auc"] if central else None,
-                    {bank_name(lo.bank): lo.auc_pooled for lo in local} if local else None)
+                    {bank_name(lo.bank): lo.auc_pooled for lo in local} if local else None, auc_interval)
+    plot_calibration(path / "calibration.png", scores["calibration"])
 
     data_info: dict[str, Any] = ({"source": "synthetic", "generator": "simulations.data.synthetic",
-                                  "seed": config.seed, "customers": config.customers}
+                                  "seed": config.seed,
+                                  "customers": config.customers or simulate_total_customers(config.banks),
+                                  "default_rate_range": list(SIMULATE_RATE_RANGE)}
                                  if config.data is None else
                                  {"source": str(config.data), "label": job.label, "id_column": config.id_column,
-                                  "partition": config.partition or "iid"})
+                                  "partition": config.partition or "iid", "label_mapping": load_report["label_mapping"],
+                                  "columns_left_out": load_report["dropped_columns"]})
     data_info["features"] = encoder.feature_names
     write_membership_split(path / SPLIT_FILE, trained, config.test_fraction, config.seed)
     data_info["population"] = {
@@ -279,6 +300,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
             "centralized_auc": _finite(central["auc"]) if central else None,
             "local_only_auc_mean": _finite(local_mean) if local_mean is not None else None,
             "refused_updates": [asdict(r) for r in guard.refusals] if guard else [],
+            "pooled_test": {k: v for k, v in scores.items() if k != "calibration"},
         },
         model_file=model_file, encoder_file=path / "encoder.json", rounds=job.train.rounds,
     )
@@ -291,4 +313,5 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
         local_auc_mean=round(local_mean, 4) if local_mean is not None else None,
         epsilon_max=round(epsilon_max, 4), delta=job.dp.delta if job.dp.private else 0.0,
         banks=job.peers, rounds=job.train.rounds, dp=job.dp.mode, secure_aggregation=job.secagg.mode,
+        scores={k: v for k, v in scores.items() if k != "calibration"},
     )

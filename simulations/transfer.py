@@ -84,7 +84,8 @@ def resolve_scenario(config: SimulationConfig) -> tuple[TransferScenario, pd.Dat
     if config.data is None:
         table = synthetic_transfer_table(seed=config.seed, customers=config.customers)
     else:
-        table = load_table(config.data, label=scenario.label, id_column=config.id_column)
+        table = load_table(config.data, label=scenario.label, id_column=config.id_column, positive=config.positive,
+                           keep_columns=config.keep_columns)
     if config.overlap is not None:
         scenario = replace(scenario, overlap=config.overlap)
     scenario.validate(table.columns)

@@ -26,7 +26,10 @@ The generative model, per customer of bank b:
 
 Banks differ as real ones do: their sizes are log-normal (heavy-tailed quantity
 skew), their customer mix differs (age, limits, education, sex: feature skew) and
-their default rates are drawn uniformly in [5%, 35%] (label skew).
+their default rates are drawn uniformly in a range (label skew): [5%, 35%] by
+default, [3%, 10%] in `fedsilo simulate`'s default consortium (`SIMULATE_*` below:
+small banks, 5,000 customers in all, with few defaults, as retail card portfolios
+have, so that each bank alone has only tens of defaults to learn from).
 
 Everything is deterministic in `seed`. A bank's profile traits and its rows are drawn
 from random streams keyed by (seed, bank index) alone, so one bank can be generated
@@ -68,6 +71,9 @@ EDUCATION_CONCENTRATION = 25.0
 
 SIZE_SIGMA = 1.0                     # log-normal bank sizes
 DEFAULT_RATE_RANGE = (0.05, 0.35)    # label skew
+# `fedsilo simulate`'s synthetic consortium: small banks with few defaults.
+SIMULATE_TOTAL_CUSTOMERS = 5_000     # (or CUSTOMERS_PER_BANK_FLOOR per bank, if that is more)
+SIMULATE_RATE_RANGE = (0.03, 0.10)
 AGE_SHIFT_SD = 3.0                   # years
 LIMIT_SCALE_SIGMA = 0.25             # log-scale spread of banks' limit levels
 LIMIT_MEDIAN = 120_000.0
@@ -136,11 +142,11 @@ def _risk_shift(default_rate: float) -> float:
     return (logit * _PROBIT - LINK_A) / LINK_B
 
 
-def _bank_traits(seed: int, bank_index: int) -> tuple[float, dict[str, Any]]:
-    """A bank's size weight and its customer-mix traits, from its own stream."""
+def _bank_traits(seed: int, bank_index: int, rates: tuple[float, float]) -> tuple[float, dict[str, Any]]:
+    """A bank's size weight and its customer-mix traits (default rate in `rates`), from its own stream."""
     rng = _rng(seed, bank_index, _PROFILE_STREAM)
     weight = float(rng.lognormal(0.0, SIZE_SIGMA))
-    default_rate = float(rng.uniform(*DEFAULT_RATE_RANGE))
+    default_rate = float(rng.uniform(*rates))
     mix = rng.dirichlet(EDUCATION_BASE * EDUCATION_CONCENTRATION)
     traits = dict(
         default_rate=default_rate,
@@ -165,8 +171,9 @@ def _share_out(total: int, weights: np.ndarray, floor: int) -> np.ndarray:
     return sizes + floor
 
 
-def consortium_profiles(n_banks: int, seed: int = 0, total_customers: int | None = None) -> list[BankProfile]:
-    """Profiles of `n_banks` banks sharing `total_customers` customers.
+def consortium_profiles(n_banks: int, seed: int = 0, total_customers: int | None = None,
+                        rates: tuple[float, float] = DEFAULT_RATE_RANGE) -> list[BankProfile]:
+    """Profiles of `n_banks` banks sharing `total_customers` customers, default rates drawn in `rates`.
 
     `total_customers` defaults to `default_total_customers(n_banks)` (20,000 for up to
     100 banks). Every bank gets at least 100 customers; bank i's traits other than its
@@ -179,7 +186,7 @@ def consortium_profiles(n_banks: int, seed: int = 0, total_customers: int | None
     if total < MIN_BANK_SIZE * n_banks:
         raise ConfigError(f"total_customers={total} is too few for {n_banks} banks: give at least "
                           f"{MIN_BANK_SIZE * n_banks} ({MIN_BANK_SIZE} per bank) or use fewer banks")
-    drawn = [_bank_traits(seed, i) for i in range(n_banks)]
+    drawn = [_bank_traits(seed, i, rates) for i in range(n_banks)]
     sizes = _share_out(total, np.array([w for w, _ in drawn]), MIN_BANK_SIZE)
     return [BankProfile(size=int(size), **traits) for size, (_, traits) in zip(sizes, drawn)]
 
@@ -298,12 +305,19 @@ def _ensure_both_classes(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return y
 
 
-def iter_consortium(n_banks: int, seed: int = 0, total_customers: int | None = None) -> Iterator[pd.DataFrame]:
+def iter_consortium(n_banks: int, seed: int = 0, total_customers: int | None = None,
+                    rates: tuple[float, float] = DEFAULT_RATE_RANGE) -> Iterator[pd.DataFrame]:
     """Yield the banks' frames one at a time (for consortia too large to hold at once)."""
-    for index, profile in enumerate(consortium_profiles(n_banks, seed, total_customers)):
+    for index, profile in enumerate(consortium_profiles(n_banks, seed, total_customers, rates)):
         yield generate_bank(profile, seed, index)
 
 
-def generate_consortium(n_banks: int, seed: int = 0, total_customers: int | None = None) -> list[pd.DataFrame]:
+def generate_consortium(n_banks: int, seed: int = 0, total_customers: int | None = None,
+                        rates: tuple[float, float] = DEFAULT_RATE_RANGE) -> list[pd.DataFrame]:
     """All banks' frames: `[generate_bank(p, seed, i) for i, p in enumerate(consortium_profiles(...))]`."""
-    return list(iter_consortium(n_banks, seed, total_customers))
+    return list(iter_consortium(n_banks, seed, total_customers, rates))
+
+
+def simulate_total_customers(n_banks: int) -> int:
+    """`fedsilo simulate`'s default consortium size: 5,000 customers, or 200 per bank if that is more."""
+    return max(SIMULATE_TOTAL_CUSTOMERS, CUSTOMERS_PER_BANK_FLOOR * n_banks)

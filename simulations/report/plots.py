@@ -33,26 +33,62 @@ def plot_rounds(path: Path, rounds: list[int], auc: list[float], epsilon_max: li
 
 
 def plot_comparison(path: Path, federated: float, centralized: float | None,
-                    local: dict[str, float] | None) -> None:
-    """Federated AUC against the centralized model and each bank's local-only model."""
-    names, values, colors = ["federated"], [federated], ["tab:blue"]
+                    local: dict[str, float] | None,
+                    intervals: dict[str, tuple[float | None, float | None]] | None = None) -> None:
+    """Federated AUC against the centralized model and each bank's local-only model.
+
+    `intervals` (keys "federated", "centralized" and the banks' names) draws each
+    bar's confidence interval as an error bar.
+    """
+    keys, names, values, colors = ["federated"], ["federated"], [federated], ["tab:blue"]
     if centralized is not None:
+        keys.append("centralized")
         names.append("centralized\n(non-private)")
         values.append(centralized)
         colors.append("tab:green")
     for bank, auc in (local or {}).items():
+        keys.append(bank)
         names.append(f"{bank}\nalone")
         values.append(auc)
         colors.append("tab:orange")
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4))
     ax.bar(range(len(names)), values, color=colors)
+    bounds = [(intervals or {}).get(k, (None, None)) for k in keys]
+    drawn = [(i, v, lo, hi) for i, (v, (lo, hi)) in enumerate(zip(values, bounds)) if lo is not None and hi is not None]
+    if drawn:
+        ax.errorbar([d[0] for d in drawn], [d[1] for d in drawn], fmt="none", ecolor="black", capsize=3,
+                    linewidth=1, yerr=[[d[1] - d[2] for d in drawn], [d[3] - d[1] for d in drawn]])
+        ax.text(0.99, 0.98, "error bars: 95% bootstrap CI", transform=ax.transAxes, ha="right", va="top", fontsize=7)
     ax.set_xticks(range(len(names)), names, fontsize=8)
-    low = min(v for v in values if v == v) if values else 0.5
+    low = min([v for v in values if v == v] + [d[2] for d in drawn]) if values else 0.5
     ax.set_ylim(max(0.0, min(0.5, low - 0.05)), 1.0)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set(title="ROC-AUC on all banks' held-out rows", ylabel="ROC-AUC")
     for i, v in enumerate(values):
-        ax.text(i, v + 0.005, f"{v:.3f}", ha="center", fontsize=7)
+        ax.text(i + 0.12, v + 0.005, f"{v:.3f}", ha="left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_calibration(path: Path, curves: dict[str, list[dict[str, float]]]) -> None:
+    """Reliability plot: observed event rate against mean predicted probability, per bin and model.
+
+    `curves` maps a model's name to `peers.evaluation.calibration_curve` bins.
+    """
+    fig, ax = plt.subplots(figsize=(5, 5))
+    top = 0.0
+    for (name, bins), color in zip(curves.items(), ("tab:blue", "tab:green", "tab:orange")):
+        x = [b["mean_predicted"] for b in bins]
+        y = [b["observed_rate"] for b in bins]
+        top = max([top, *x, *y])
+        ax.plot(x, y, marker="o", color=color, label=name)
+    top = min(1.0, top * 1.1 + 0.01)
+    ax.plot([0, top], [0, top], linestyle=":", color="grey", label="perfectly calibrated")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted probability (bin)", ylabel="observed event rate",
+           title="Calibration on all banks' held-out rows\n(equal-count bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

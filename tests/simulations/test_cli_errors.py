@@ -27,7 +27,10 @@ def run(args, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--label", "missing"], "label column 'missing' is not in"),
-    (["--label", "kind"], "is not numeric"),
+    (["--label", "kind"], "holds the text values 'a' and 'b': say which one is the event to predict (e.g. "
+                          "default) with --positive 'a' or --positive 'b'"),
+    (["--label", "kind", "--positive", "c"], "--positive 'c' is not a value of label column 'kind'"),
+    (["--label", "y", "--keep-column", "id"], "kept column 'id' is not in table.csv"),
     (["--label", "y", "--banks", "401"], "400 rows for 401 banks"),
     (["--label", "y", "--epsilon", "0"], "dp.epsilon must be > 0"),
     (["--label", "y", "--epsilon", "-2"], "dp.epsilon must be > 0"),
@@ -60,6 +63,9 @@ def test_one_class_bank(tmp_path, capsys):
     path = tmp_path / "skewed.csv"
     frame.to_csv(path, index=False)
     code, err, leftovers = run(["--data", str(path), "--label", "y", "--banks", "9"], tmp_path, capsys)
+    assert code == 2 and "no feature columns besides label 'y' (left out: 'x'" in err and "--keep-column" in err
+    code, err, leftovers = run(["--data", str(path), "--label", "y", "--banks", "9", "--keep-column", "x"],
+                               tmp_path, capsys)
     assert code == 2 and "bank 2 with only class 0" in err and leftovers == []
 
 

@@ -60,3 +60,19 @@ def test_reproducible_noise_is_only_an_explicit_choice(tmp_path):
     with pytest.raises(ConfigError, match="reproducible"):
         path.write_text('[simulation]\nreproducible = "yes"\n')
         build_config(path, {})
+
+
+def test_positive_and_keep_columns_from_toml_and_flags(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\npath = "t.csv"\nlabel = "y"\npositive = 1\nkeep-columns = ["account_no"]\n')
+    config = build_config(path)
+    assert config.positive == "1" and config.keep_columns == ("account_no",)
+    config = build_config(path, {"positive": "bad", "keep_columns": ["a", "b"]})
+    assert config.positive == "bad" and config.keep_columns == ("a", "b")
+
+
+def test_positive_and_keep_column_need_data():
+    with pytest.raises(ConfigError, match="--positive and --keep-column apply to --data files only"):
+        build_config(None, {"positive": "bad"})
+    with pytest.raises(ConfigError, match="--keep-column apply to --data"):
+        build_config(None, {"keep_columns": ["ID"]})

@@ -6,7 +6,8 @@ import pytest
 
 from privacy.errors import ConfigError
 from simulations.data.synthetic import (
-    COLUMNS, LABEL, MIN_BANK_SIZE, BankProfile, consortium_profiles, generate_bank, generate_consortium,
+    COLUMNS, LABEL, MIN_BANK_SIZE, SIMULATE_RATE_RANGE, SIMULATE_TOTAL_CUSTOMERS, BankProfile, consortium_profiles,
+    generate_bank, generate_consortium, simulate_total_customers,
 )
 
 
@@ -108,3 +109,17 @@ def test_default_total_grows_with_many_banks():
     profiles = consortium_profiles(1000, seed=0)
     assert sum(p.size for p in profiles) == 200_000
     assert min(p.size for p in profiles) >= MIN_BANK_SIZE
+
+
+def test_simulate_default_is_small_banks_with_few_defaults(tmp_path):
+    from simulations.banks import build_population
+    from simulations.config import SimulationConfig
+    population = build_population(SimulationConfig(), tmp_path)
+    assert population.sizes().sum() == SIMULATE_TOTAL_CUSTOMERS == simulate_total_customers(5)
+    assert simulate_total_customers(100) == 20_000  # 200 per bank when that is more
+    wide = consortium_profiles(5, seed=0, total_customers=SIMULATE_TOTAL_CUSTOMERS)
+    for small, usual in zip(population.profiles, wide):
+        assert SIMULATE_RATE_RANGE[0] <= small.default_rate <= SIMULATE_RATE_RANGE[1]
+        assert small.size == usual.size and small.education_mix == usual.education_mix  # only the rates differ
+    defaults = [int(population.frame(i)[LABEL].sum()) for i in range(5)]
+    assert max(defaults) < 200 and sum(defaults) < 0.1 * SIMULATE_TOTAL_CUSTOMERS

@@ -14,7 +14,7 @@ from privacy.errors import ConfigError
 from privacy.ledger import SQLiteLedger
 from simulations.banks import build_population
 from simulations.config import build_config
-from simulations.data.synthetic import consortium_profiles, generate_bank
+from simulations.data.synthetic import SIMULATE_RATE_RANGE, consortium_profiles, generate_bank
 from simulations.lazy_banks import facts_path, materialize, reserve
 from simulations.population import (SyntheticPopulation, TablePopulation, dropout_probability, load_population,
                                     yardstick_sample)
@@ -51,8 +51,9 @@ def test_synthetic_population_builds_no_bank_and_bank_i_is_the_generators(tmp_pa
     sizes = population.sizes()
     assert sizes.min() >= 100 and sizes.max() > 10 * np.median(sizes)  # heavy-tailed sizes
     rates = [p.default_rate for p in population.profiles[:200]]
-    assert 0.05 <= min(rates) and max(rates) <= 0.35 and np.std(rates) > 0.05  # per-bank default rates
-    profile = consortium_profiles(10_000, 0)[1234]
+    low, high = SIMULATE_RATE_RANGE
+    assert low <= min(rates) and max(rates) <= high and np.std(rates) > 0.015  # per-bank default rates
+    profile = consortium_profiles(10_000, 0, rates=SIMULATE_RATE_RANGE)[1234]
     assert population.frame(1234).equals(generate_bank(profile, 0, 1234))
 
 
