@@ -69,6 +69,11 @@ class ScoringModel:
         """The input columns a table to score must have."""
         return self.encoder.input_columns
 
+    @property
+    def left_out(self) -> list[str]:
+        """Columns the run's data had but training left out (its id column, id-like ones): ignored here too."""
+        return list((self.card.get("data") or {}).get("columns_left_out") or {})
+
     def score(self, rows: pd.DataFrame, id_column: str | None = None) -> pd.Series:
         """The probability of the event for each row of `rows` (a Series named "score", same index)."""
         return self.score_rows(rows, id_column).scores
@@ -97,7 +102,7 @@ class ScoringModel:
         if missing:
             raise DataError(f"the table lacks column(s) {_few(missing)} that the model was trained on: "
                             f"add them (the model needs {len(self.features)} columns: {_few(self.features)})")
-        allowed = {*self.features, self.label, *([id_column] if id_column else [])}
+        allowed = {*self.features, self.label, *([id_column] if id_column else []), *self.left_out}
         extra = [c for c in present if c not in allowed]
         if extra:
             raise DataError(f"the table has column(s) {_few(extra)} that the model was not trained on: drop them, "

@@ -97,3 +97,15 @@ def test_plots_and_console_show_the_intervals(run):
         assert name in output
     summary = json.loads(output.strip().splitlines()[-1])
     assert summary["scores"]["federated"]["roc_auc"]["value"] == pytest.approx(summary["final_auc"], abs=1e-4)
+
+
+def test_the_same_file_scores_as_it_was_given(run, tmp_path):
+    """The run's own CSV scores without preprocessing: the columns training left out are ignored, not refused."""
+    _, folder, frame = run
+    source = tmp_path / "to_score.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(folder), "--data", str(source), "--out", str(out)]) == 0
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["ID", "score"] and len(scores) == len(frame)
+    assert scores["ID"].tolist() == frame["ID"].tolist() and scores["score"].between(0, 1).all()
