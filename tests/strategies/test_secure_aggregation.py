@@ -13,6 +13,8 @@ from privacy.secagg import SecAggConfig
 from strategies.secagg import SECAGG_CONFIG_KEY, SecureAggregation
 from strategies.secagg.wire import read_stage, stage_record
 
+from _consortium import identity_configs
+
 
 def _identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
@@ -60,7 +62,8 @@ def test_strategy_refuses_wrong_stage_wrong_round_and_duplicates_naming_the_peer
 def test_mod_refuses_a_replayed_stage_with_an_error_reply(tmp_path):
     _identity()
     job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="j", peers=3)
-    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config=job.to_run_config())
+    node_config = identity_configs(tmp_path / "consortium", [7, 8, 9])[7]
+    context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=job.to_run_config())
     setup = {"round_id": 1, "participants": [7, 8, 9], "round_seed": b"\x01" * 32}
 
     def advertise():
