@@ -7,7 +7,7 @@ virtual peers run, one block of R rounds after the other, in this order:
 
 * ``fedsilo plain``  -- `JobHost` with the job's SecAggSpec off (FedAvg, guarded, observed);
 * ``fedsilo secure`` -- the same `JobHost` with SecAggSpec on (`SecureAggregation` around
-  the same FedAvg; the peers' `secagg_mod` answers the four stages);
+  the same FedAvg; the peers' `secagg_mod` answers the five stages);
 * ``Flower plain``   -- Flower's legacy API: `DefaultWorkflow()` + legacy `FedAvg`, a
   `NumPyClient` on the peers (apples-to-apples denominator for the anchor);
 * ``Flower SecAgg+`` -- `DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))` with the

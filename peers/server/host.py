@@ -71,7 +71,7 @@ class JobHost:
     def run(self, grid: Grid, context: Context) -> HostedRun:
         if isinstance(grid, InMemoryGrid):
             # Simulation only: Flower's in-memory grid polls for replies every 0.1 s, which
-            # dominates a round's extra exchanges (secure aggregation adds three), and the
+            # dominates a round's extra exchanges (secure aggregation adds four), and the
             # engine's dispatch costs grow with the messages held at once (see WindowedGrid).
             grid = WindowedGrid(grid, interval=SIMULATION_PULL_INTERVAL)
         elif not isinstance(grid, PromptGrid):
