@@ -113,7 +113,8 @@ def load_round_identity(key_path: Path, cert_path: Path, ca_path: Path,
 
     IdentityError if a file is missing, the certificate is not the CA's or not this
     key's, or the manifest does not list it. Cached per files and their modification
-    times: a new manifest version is picked up, an unchanged one is not re-verified.
+    times (a new manifest version is picked up, an unchanged one is not re-verified),
+    the verifier once per consortium, so the many banks of a simulation share it.
     """
     paths = tuple(Path(p).resolve() for p in (key_path, cert_path, ca_path, manifest_path))
     try:
@@ -121,22 +122,27 @@ def load_round_identity(key_path: Path, cert_path: Path, ca_path: Path,
     except FileNotFoundError as missing:
         raise IdentityError(f"this peer's consortium identity is incomplete: {missing.filename} does not exist") \
             from None
-    return _load(paths, stamps)
+    verifier = _verifier(paths[2], paths[3], stamps[2:])
+    signer = _signer(paths[0], paths[1], stamps[:2], verifier)
+    return signer, verifier
 
 
 @functools.lru_cache(maxsize=4)
-def _load(paths: tuple[Path, ...], _stamps: tuple[int, ...]) -> tuple[CertificateSigner, ManifestVerifier]:
-    key_path, cert_path, ca_path, manifest_path = paths
+def _verifier(ca_path: Path, manifest_path: Path, _stamps: tuple[int, ...]) -> ManifestVerifier:
     ca = load_certificate(ca_path)
+    return ManifestVerifier(Manifest.load(manifest_path, ca), ca)
+
+
+@functools.lru_cache(maxsize=4096)
+def _signer(key_path: Path, cert_path: Path, _stamps: tuple[int, ...], verifier: ManifestVerifier) -> CertificateSigner:
     cert = load_certificate(cert_path)
-    check_issued_by(cert, ca)
+    check_issued_by(cert, verifier._ca)  # pylint: disable=protected-access
     signer = CertificateSigner(load_private_key(key_path), cert)
-    manifest = Manifest.load(manifest_path, ca)
-    member = manifest.by_fingerprint(certificate_fingerprint(cert))
+    member = verifier.manifest.by_fingerprint(certificate_fingerprint(cert))
     if member is None or member.name != signer.name:
-        raise IdentityError(f"{signer.name} is not in the manifest {manifest_path}: copy the consortium's latest "
-                            f"manifest.json there")
-    return signer, ManifestVerifier(manifest, ca)
+        raise IdentityError(f"{signer.name} is not in the consortium's manifest: copy the consortium's latest "
+                            f"manifest.json to this peer")
+    return signer
 
 
 def bank_member(index: int) -> str:
@@ -178,5 +184,6 @@ def simulated_identity(directory: Path, bank: int) -> tuple[CertificateSigner, M
 
 def simulated_verifier(directory: Path) -> ManifestVerifier:
     """The verifier alone (the simulated host's), from a `simulated_consortium` in `directory`."""
-    ca = load_certificate(directory / CA_FILE)
-    return ManifestVerifier(Manifest.load(directory / MANIFEST_FILE, ca), ca)
+    files = simulated_files(directory, 0)
+    return _verifier(files.ca_cert.resolve(), files.manifest.resolve(),
+                     (files.ca_cert.stat().st_mtime_ns, files.manifest.stat().st_mtime_ns))
