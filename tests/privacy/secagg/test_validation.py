@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.errors import ProtocolError
 from privacy.secagg import PeerRejected, SecAggConfig
