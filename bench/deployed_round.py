@@ -49,6 +49,7 @@ from peers.client.app import app as client_app  # noqa: E402
 from peers.data.encoding import TabularEncoder  # noqa: E402
 from peers.deployment import host_training, join_training, node_auth_keypair  # noqa: E402
 from peers.deployment.local_ca import make_local_tls  # noqa: E402
+from peers.identity.round_keys import simulated_consortium, simulated_files  # noqa: E402
 from peers.job import JobConfig, TrainSpec  # noqa: E402
 from peers.server.deployed import RoundClock  # noqa: E402
 from peers.server.host import JobHost, server_app  # noqa: E402
@@ -81,7 +82,7 @@ def simulated(job: JobConfig, frames, work: Path) -> dict[int, float]:
     return clock.seconds
 
 
-TRAIN_STAGES = ("advertise", "share", "mask", "unmask")
+TRAIN_STAGES = ("advertise", "share", "mask", "check", "unmask")
 
 
 def stage_breakdown(exchanges: list[dict], rounds: int) -> dict[str, tuple[float, float]] | None:
@@ -99,9 +100,10 @@ def stage_breakdown(exchanges: list[dict], rounds: int) -> dict[str, tuple[float
         if exchange["message_type"] == "evaluate":
             per_round.append(current)
             current = []
-    if len(per_round) != rounds or current or any(not 4 <= len(r) <= 5 for r in per_round):
+    full = len(TRAIN_STAGES) + 1
+    if len(per_round) != rounds or current or any(not full - 1 <= len(r) <= full for r in per_round):
         return None
-    named = [dict(zip(TRAIN_STAGES[5 - len(r):] + ("evaluate",), r)) for r in per_round[1:]]
+    named = [dict(zip(TRAIN_STAGES[full - len(r):] + ("evaluate",), r)) for r in per_round[1:]]
     stages = [stage for stage in (*TRAIN_STAGES, "evaluate") if all(stage in r for r in named)]
     return {stage: (statistics.median(r[stage]["seconds"] for r in named),
                     statistics.median(r[stage]["push_seconds"] for r in named)) for stage in stages}
@@ -116,11 +118,13 @@ def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int,
         frame.to_csv(peer / "data.csv", index=False)
         paths.append(peer / "data.csv")
         keys.append(node_auth_keypair(peer / "keys"))
+    identities = simulated_consortium(work / "identities", len(frames))
     hosted = host_training(job, work / "host", tls, keys)
     joined = []
     try:
         joined = [join_training(job, work / f"peer-{i}" / "work", hosted.fleet_address, tls.ca_cert,
-                                work / f"peer-{i}" / "keys", paths[i], warm=warm) for i in range(len(frames))]
+                                work / f"peer-{i}" / "keys", paths[i], warm=warm,
+                                identity=simulated_files(identities, i)) for i in range(len(frames))]
         result = hosted.wait(timeout=60 * 30)
         for peer in joined:
             peer.wait(timeout=60)

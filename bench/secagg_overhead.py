@@ -7,7 +7,7 @@ virtual peers run, one block of R rounds after the other, in this order:
 
 * ``fedsilo plain``  -- `JobHost` with the job's SecAggSpec off (FedAvg, guarded, observed);
 * ``fedsilo secure`` -- the same `JobHost` with SecAggSpec on (`SecureAggregation` around
-  the same FedAvg; the peers' `secagg_mod` answers the four stages);
+  the same FedAvg; the peers' `secagg_mod` answers the five stages);
 * ``Flower plain``   -- Flower's legacy API: `DefaultWorkflow()` + legacy `FedAvg`, a
   `NumPyClient` on the peers (apples-to-apples denominator for the anchor);
 * ``Flower SecAgg+`` -- `DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))` with the
@@ -84,6 +84,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow  # noqa: E4
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from peers.client.app import bank_data, bank_index, build_client_app  # noqa: E402
+from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium  # noqa: E402
 from peers.client.local_training import evaluate_weights, limit_threads, train_round  # noqa: E402
 from peers.data.bank import encode_bank  # noqa: E402
 from peers.data.encoding import BankSummary, TabularEncoder  # noqa: E402
@@ -608,8 +609,12 @@ def run_row(row: Row, args: argparse.Namespace, arms: tuple[str, ...]) -> dict:
         plan, info = prepare_row(row, args.rounds, args.seed, work, arms)
         profile_dir = work / "profile"
         profile_dir.mkdir()
-        run_config = {**plan.job.to_run_config(), DROPOUT_KEY: row.dropout,
-                      N_TRAIN_KEY: ",".join(str(n) for n in plan.n_train)}
+        # The plain arms share the simulation: the run config declares a plaintext job (a peer
+        # refuses plaintext training in a job that declares secure aggregation); the secure
+        # arm's host runs SecAgg+ anyway, and the banks sign and verify with a simulated consortium.
+        run_config = {**plan.job.to_run_config(), "secagg.mode": "off", DROPOUT_KEY: row.dropout,
+                      N_TRAIN_KEY: ",".join(str(n) for n in plan.n_train),
+                      SIMULATED_IDENTITY_KEY: str(simulated_consortium(work / "consortium", row.peers))}
         if args.profile:
             run_config[PROFILE_DIR_KEY] = str(profile_dir)
         mods = [router_mod, profile_mod, dropout_mod] if row.dropout > 0 else [router_mod, profile_mod]

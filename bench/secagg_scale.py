@@ -28,7 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from privacy.secagg import Ed25519Directory, Ed25519Identity, SecAggClient, SecAggConfig, SecAggServer  # noqa: E402
 
 ROUND = 1
 
@@ -40,7 +42,9 @@ def one_round(n: int, dim: int, drop_fraction: float, tolerated: float, colludin
                           collusion_fraction=colluding)
     host = {"relay keys": 0.0, "relay shares": 0.0, "receive masked": 0.0, "unmask": 0.0}
     server = SecAggServer(config, ROUND, nodes, dim, round_seed=rng.bytes(32))
-    clients = {u: SecAggClient(u, config) for u in nodes}
+    signers = {u: Ed25519Identity(f"peer-{u:x}", Ed25519PrivateKey.generate()) for u in nodes}
+    verifier = Ed25519Directory({i.name: i.public_key() for i in signers.values()})
+    clients = {u: SecAggClient(u, config, signer=signers[u], verifier=verifier) for u in nodes}
     inputs = {u: rng.uniform(-1, 1, dim) for u in nodes}
     peers_s = 0.0
 
@@ -71,10 +75,16 @@ def one_round(n: int, dim: int, drop_fraction: float, tolerated: float, colludin
         masked = clients[u].mask_input(request.round_id, inputs[u], 10.0, request.shares)
         peers_s += time.perf_counter() - started
         timed("receive masked", server.receive_masked_input, u, masked)
-    requests = timed("unmask", server.end_mask_input)
+    checks = timed("unmask", server.end_mask_input)
+    for u, request in checks.items():
+        started = time.perf_counter()
+        signature = clients[u].sign_survivors(request.round_id, request.survivors, request.dropped)
+        peers_s += time.perf_counter() - started
+        timed("unmask", server.receive_consistency, u, signature)
+    requests = timed("unmask", server.end_consistency)
     for u, request in requests.items():
         started = time.perf_counter()
-        shares = clients[u].unmask(request.round_id, request.survivors, request.dropped)
+        shares = clients[u].unmask(request.round_id, request.survivors, request.dropped, request.signatures)
         peers_s += time.perf_counter() - started
         timed("unmask", server.receive_unmask, u, shares)
     result = timed("unmask", server.aggregate)

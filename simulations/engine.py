@@ -2,6 +2,9 @@
 
 The ClientApp is the very one a real peer runs; its run config reaches it through a
 Flower App descriptor (`peers.flower_app`) exactly as under the Deployment Engine.
+A job with secure aggregation gets a simulated consortium (a CA, a signed manifest,
+one key and certificate per bank, `peers.identity.round_keys`), so the banks sign and
+verify SecAgg+ keys and survivor lists as deployed peers do, at the same cost.
 
 Flower 1.41's public `run_simulation` takes no run config, so this calls the function
 it delegates to (`flwr.simulation.run_simulation._run_simulation`) with the app
@@ -24,6 +27,7 @@ from flwr.simulation.run_simulation import _run_simulation
 from flwr.supercore.telemetry import EventType
 
 from peers.flower_app import write_app_descriptor
+from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks:
                           settings: EngineSettings = EngineSettings(),
                           verbose: bool = os.environ.get("FEDSILO_VERBOSE") == "1") -> None:
     """Run `server_app` against `n_banks` virtual SuperNodes running `client_app`."""
+    if str(run_config.get("secagg.mode", "on")) == "on" and not run_config.get(SIMULATED_IDENTITY_KEY):
+        consortium = simulated_consortium(Path(app_dir).parent / "consortium", n_banks)
+        run_config = {**run_config, SIMULATED_IDENTITY_KEY: str(consortium)}
     write_app_descriptor(app_dir, run_config, version)
     flwr_logger = logging.getLogger(LOGGER_NAME)
     previous = flwr_logger.level

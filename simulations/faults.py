@@ -3,7 +3,8 @@
 `--dropout F` makes each bank, independently in each round, vanish with its own
 probability pᵢ (F for every bank by default; drawn around F with
 `--dropout-concentration κ`, see `simulations.population.dropout_probability`) at one stage of the round drawn uniformly from advertise, share, mask, unmask: from
-that stage on it answers nothing in that round (an error reply, which the host treats
+that stage on (the consistency check, between mask and unmask, counts with mask: a
+bank drawn to vanish at unmask still signs the survivor list) it answers nothing in that round (an error reply, which the host treats
 as a vanished peer). The draw depends only on (seed, round, bank), so a run with
 secure aggregation and one without lose the same banks at the same rounds: without
 secure aggregation there is a single upload, and a bank is lost if it vanishes before
@@ -28,6 +29,9 @@ DROPOUT_CONCENTRATION_KEY = "sim.dropout-concentration"
 ERROR_CODE_DROPOUT = 4100
 
 
+DROP_STAGES = ("advertise", "share", "mask", "unmask")  # the stages a bank is drawn to vanish at
+
+
 def dropout_stage(seed: int, server_round: int, bank: int, fraction: float) -> str | None:
     """The stage at which `bank` vanishes in `server_round`, or None if it stays."""
     if fraction <= 0:
@@ -35,7 +39,7 @@ def dropout_stage(seed: int, server_round: int, bank: int, fraction: float) -> s
     rng = np.random.default_rng([seed, server_round, bank, 0xD0])
     if rng.random() >= fraction:
         return None
-    return STAGES[int(rng.integers(len(STAGES)))]
+    return DROP_STAGES[int(rng.integers(len(DROP_STAGES)))]
 
 
 def dropout_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
 from privacy.errors import ConfigError
-from privacy.secagg import SecAggConfig
+from privacy.secagg import SecAggConfig, Verifier
 from strategies.guard import ReplyGuard
 from strategies.observer import Observed, RoundCallback
 from strategies.secagg import SecureAggregation
@@ -23,12 +23,13 @@ STRATEGIES = ("fedavg", "fedadam")
 def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
                    fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None,
                    secagg: SecAggConfig | None = None, sum_updates: bool = False,
-                   rounds: int | None = None) -> Observed:
+                   rounds: int | None = None, verifier: Verifier | None = None) -> Observed:
     """`name` aggregation over `n_peers` peers, guarded, observed and, when `secagg`
     is given, run through SecAgg+ secure aggregation (`sum_updates`: the global model
     moves by the sum of the peers' updates instead of their weighted mean, as
     distributed DP needs; `rounds`, the job's number of rounds, lets each round's
-    evaluation carry the next round's key advertisement, see `SecureAggregation`)."""
+    evaluation carry the next round's key advertisement, see `SecureAggregation`;
+    `verifier`: the consortium's identities, for the host to check the peers' signatures too)."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
     if n_peers < 1:
@@ -46,5 +47,5 @@ def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
         inner = FedAdam(**common, eta=0.05, eta_l=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
     guarded: Strategy = ReplyGuard(inner)
     if secagg is not None:
-        guarded = SecureAggregation(guarded, secagg, sum_updates=sum_updates, rounds=rounds)
+        guarded = SecureAggregation(guarded, secagg, sum_updates=sum_updates, rounds=rounds, verifier=verifier)
     return Observed(guarded, on_round=on_round)

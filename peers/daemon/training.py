@@ -23,6 +23,7 @@ from peers.deployment import (
 )
 from peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
 from peers.identity.consortium import Identity
+from peers.identity.round_keys import IdentityFiles
 from peers.job import JobConfig
 from privacy.accounting import Mechanism
 
@@ -66,7 +67,9 @@ def start_joining(job: JobConfig, state_dir: Path, identity: Identity, fleet_add
         frame = read_table(source.path)
         data_path = work_dir / "table.parquet"
         frame.drop(columns=[source.id_column], errors="ignore").to_parquet(data_path, index=False)
-    return join_training(job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path)
+    files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path)
+    return join_training(job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path,
+                         identity=files)
 
 
 def finish_joining(joined: JoinedTraining) -> list[Mechanism]:

@@ -6,7 +6,11 @@ ClientApp in its own process, imported once: see that module), connecting to the
 host's SuperLink over TLS (verifying it against the consortium CA), authenticating
 with the peer's node key (`node_auth_keypair`), in `--isolation process` (its unused
 Runtime API listens on 127.0.0.1 only), with node config `data-path` (the peer's own
-table; it never leaves the machine) and `state-dir` (`work_dir`).
+table; it never leaves the machine), `state-dir` (`work_dir`), the job it accepted
+(`job-id`, and `secagg` on or off: the ClientApp holds the host to it) and, for a
+secure-aggregation job, where its consortium identity is (its key, certificate, the CA
+and the manifest: the ClientApp signs its SecAgg+ keys with that key, read from this
+machine's disk, and verifies the other peers' against the manifest).
 
 `wait` returns once the host has announced the end of the job, with what this peer's
 own accountant recorded (`peers.client.node_state`).
@@ -24,6 +28,7 @@ from peers.client import node_state
 from peers.deployment.host import free_port, job_environment
 from peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from peers.deployment.tls import node_key_path
+from peers.identity.round_keys import IdentityFiles
 from peers.job import JobConfig
 from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
@@ -44,10 +49,11 @@ class JoinResult:
     spent: list[Mechanism]
 
 
-def _node_config(data_path: Path, state_dir: Path) -> str:
+def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: IdentityFiles | None) -> str:
     """Flower's `--node-config` string (TOML values)."""
-    return " ".join(f"{key}={json.dumps(str(value))}" for key, value in
-                    (("data-path", data_path), ("state-dir", state_dir)))
+    entries = {"data-path": data_path, "state-dir": state_dir, "job-id": job.job_id, "secagg": job.secagg.mode,
+               **(identity.node_config() if identity is not None else {})}
+    return " ".join(f"{key}={json.dumps(str(value))}" for key, value in entries.items())
 
 
 @dataclass
@@ -94,13 +100,18 @@ class JoinedTraining:
 
 
 def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: Path, node_key_dir: Path,
-                  data_path: Path, runtime_port: int | None = None, warm: bool = True) -> JoinedTraining:
+                  data_path: Path, runtime_port: int | None = None, warm: bool = True,
+                  identity: IdentityFiles | None = None) -> JoinedTraining:
     """Start this peer's SuperNode, with the ClientApp in its process, for `job`; return at once.
 
     `warm=False` runs Flower's stock `flower-supernode` in subprocess isolation
     instead (its SuperExec starts one `flwr-clientapp` process per message, with
     Flower's own polling waits): the baseline `bench/deployed_round.py --stock` measures.
+    `identity` (this peer's consortium identity files) is required for a secure-aggregation job.
     """
+    if job.secagg.enabled and identity is None:
+        raise ConfigError(f"job {job.job_id} aggregates securely: give this peer's consortium identity files "
+                          f"(its key, certificate, the CA and the manifest) to sign its SecAgg+ keys")
     key = node_key_path(node_key_dir)
     if not key.is_file():
         raise ConfigError(f"no SuperNode key in {node_key_dir}: create it with node_auth_keypair first")
@@ -118,7 +129,7 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
             *launcher, "--superlink", fleet_address, "--root-certificates", str(ca_cert),
             "--auth-supernode-private-key", str(key), "--isolation", "process" if warm else "subprocess",
             "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--max-retries", str(CONNECT_RETRIES),
-            "--node-config", _node_config(Path(data_path).resolve(), work_dir)])
+            "--node-config", _node_config(Path(data_path).resolve(), work_dir, job, identity)])
         return JoinedTraining(job, work_dir, fleet_address, supervisor)
     except BaseException:
         supervisor.stop()

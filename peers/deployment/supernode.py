@@ -3,7 +3,7 @@
 Flower 1.41's SuperNode main loop (`flwr.supernode.start_client_internal`) sleeps a
 fixed 3 s whenever the SuperLink has no message for it, and pulls a message's objects
 that the SuperLink does not have yet with a retry backoff of 1 s, doubling. A round of
-a secure job is four message exchanges, so these waits, not the work, would set a
+a secure job is five message exchanges, so these waits, not the work, would set a
 deployed round's time. This entry point runs Flower's own `flower_supernode()`, with
 every `time.sleep` of that one module capped at `FEDSILO_SUPERNODE_POLL_SECONDS`
 (default 0.05 s; the SuperNode then asks the SuperLink for work up to 20 times a

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from safetensors.numpy import load_file
 
+from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, ManifestVerifier, simulated_verifier
 from peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
 from peers.models import build_model, get_weights, select
 from peers.server.polling_grid import PromptGrid
@@ -70,7 +71,7 @@ class JobHost:
     def run(self, grid: Grid, context: Context) -> HostedRun:
         if isinstance(grid, InMemoryGrid):
             # Simulation only: Flower's in-memory grid polls for replies every 0.1 s, which
-            # dominates a round's extra exchanges (secure aggregation adds three), and the
+            # dominates a round's extra exchanges (secure aggregation adds four), and the
             # engine's dispatch costs grow with the messages held at once (see WindowedGrid).
             grid = WindowedGrid(grid, interval=SIMULATION_PULL_INTERVAL)
         elif not isinstance(grid, PromptGrid):
@@ -82,7 +83,8 @@ class JobHost:
             self.job.strategy, self.job.peers, fraction_train=fraction, fraction_evaluate=fraction,
             on_round=self.on_round,
             secagg=secagg_config(self.job, n_params) if self.job.secagg.enabled else None,
-            sum_updates=self.job.dp.mode == "distributed", rounds=self.job.train.rounds)
+            sum_updates=self.job.dp.mode == "distributed", rounds=self.job.train.rounds,
+            verifier=_simulated_verifier(context))
         central: dict[int, dict[str, float]] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -104,6 +106,12 @@ class JobHost:
         weights = {k: v.numpy() for k, v in result.arrays.items()}
         self.outcome = HostedRun(weights=weights, strategy=strategy, central_metrics=central)
         return self.outcome
+
+
+def _simulated_verifier(context: Context) -> ManifestVerifier | None:
+    """In a simulation, the simulated consortium's identities (the host checks signatures too)."""
+    directory = context.run_config.get(SIMULATED_IDENTITY_KEY)
+    return simulated_verifier(Path(str(directory))) if directory else None
 
 
 def load_base_model(path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ state (delivered or not, until its reply is pulled). One pass thus costs
 nodes × messages in the state: with 1,000 virtual banks and a round's 100 messages it
 takes about half a second of CPU, in the process that also runs the job host, so the
 thread is busy for as long as an exchange lasts and competes with the actors for the
-machine's cores. Secure aggregation has four exchanges per training round, plus
+machine's cores. Secure aggregation has five exchanges per training round, plus
 evaluation.
 
 `WindowedGrid.send_and_receive` pushes an exchange's messages `window` at a time and

@@ -147,9 +147,12 @@ def secagg_round_view(updates: list[np.ndarray], config: SecAggConfig, round_id:
         msg = clients[u].mask_input(req.round_id, np.asarray(updates[u - 1], dtype=np.float64), 1.0, req.shares)
         uploads[u] = msg.masked
         server.receive_masked_input(u, msg)
-    requests = server.end_mask_input()
+    checks = server.end_mask_input()
+    for u, req in checks.items():
+        server.receive_consistency(u, clients[u].sign_survivors(req.round_id, req.survivors, req.dropped))
+    requests = server.end_consistency()
     for u, req in requests.items():
-        server.receive_unmask(u, clients[u].unmask(req.round_id, req.survivors, req.dropped))
+        server.receive_unmask(u, clients[u].unmask(req.round_id, req.survivors, req.dropped, req.signatures))
     result = server.aggregate()
     enc = server.encoder
     as_plain = {u - 1: enc.centered_integers(m)[:-1] / enc.scale - enc.clip for u, m in uploads.items()}

@@ -17,16 +17,19 @@ strip it, so those masks hide nothing. Here masks are expanded by ChaCha20 from
 
 Threat model and assumptions (details in the modules):
 
-* The server follows the protocol but tries to learn individual inputs
-  (honest-but-curious), possibly colluding with up to a ``collusion_fraction`` of the
-  peers; malicious peers are detected and dropped. Key substitution by the server is
-  prevented only when identity keys are configured (Ed25519 signatures over advertised
-  keys); without them (simulations) the relay is trusted to forward keys unchanged.
+* The server may deviate from the protocol to learn individual inputs, possibly
+  colluding with up to a ``collusion_fraction`` of the peers; malicious peers are
+  detected and dropped. With a ``signer`` and ``verifier`` (``auth``; every deployed and
+  simulated peer has them) each peer signs its round keys under its long-term identity
+  and checks its neighbours' before sharing or masking, so the server cannot substitute
+  keys; and the survivors sign the survivor/dropout lists (the consistency check of
+  Bonawitz et al.'s malicious-server variant) and unmask only with ``threshold``
+  signatures on the lists they signed themselves, so a server that tells peers
+  different dropout stories is caught before any share is revealed. Without them
+  (library tests, audits) the relay is trusted with the keys.
 * Clients refuse requests that would reveal both secrets of a peer, and the threshold
-  is a majority of holders plus colluders, so a server lying *inconsistently* to
-  different clients still cannot unmask one input. The additional consistency-check
-  round of Bonawitz et al. (signed survivor lists) is not implemented: against a fully
-  malicious server, liveness and the exact survivor set are not guaranteed.
+  is a majority of holders plus colluders, so two disjoint groups of honest holders can
+  never both reach it. A malicious server can still abort a round (liveness).
 * The round seed that fixes the graph is chosen independently of which peers are
   corrupt (static adversary).
 * Integrity: reconstructed secrets are checked against the advertised commitment /
@@ -34,11 +37,12 @@ Threat model and assumptions (details in the modules):
   that did not cancel) is refused; no average is released in either case.
 
 Modules, one job each: ``encoding`` (fixed point, modulus), ``prg`` (ChaCha20 masks),
-``keys`` (X25519, HKDF, AES-GCM, Ed25519 hook), ``shamir`` (sharing over 2**521 - 1),
+``keys`` (X25519, HKDF, AES-GCM, signed transcripts), ``auth`` (signer/verifier), ``shamir`` (sharing over 2**521 - 1),
 ``graph`` (degree, threshold), ``noise`` (distributed discrete Gaussian), ``messages``,
 ``config``, ``client``, ``server``. This package imports neither Flower nor the network.
 """
 
+from .auth import Ed25519Directory, Ed25519Identity, Signer, Verifier
 from .client import ClientStage, SecAggClient
 from .config import SecAggConfig
 from .encoding import FixedPointEncoder
@@ -46,12 +50,14 @@ from .errors import PeerRejected, ThresholdNotMet
 from .graph import Graph, GraphParameters, build_graph, graph_parameters
 from .messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
     EncryptedShares,
     MaskedInput,
     MaskInputRequest,
     RoundSetup,
     SecAggResult,
     ShareKeysRequest,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -61,6 +67,9 @@ from .server import SecAggServer, ServerStage
 __all__ = [
     "AdvertiseKeys",
     "ClientStage",
+    "ConsistencyRequest",
+    "Ed25519Directory",
+    "Ed25519Identity",
     "DistributedNoise",
     "EncryptedShares",
     "FixedPointEncoder",
@@ -76,9 +85,12 @@ __all__ = [
     "SecAggServer",
     "ServerStage",
     "ShareKeysRequest",
+    "Signer",
+    "SurvivorSignature",
     "ThresholdNotMet",
     "UnmaskRequest",
     "UnmaskShares",
+    "Verifier",
     "build_graph",
     "central_noise_multiplier",
     "graph_parameters",

@@ -2,14 +2,25 @@
 
 Stages of a round (each method refuses to run out of order, twice, or for another round)::
 
-    advertise_keys -> share_keys -> mask_input -> unmask
+    advertise_keys -> share_keys -> mask_input -> sign_survivors -> unmask
+
+Authentication (the actively secure variant of Bonawitz et al., CCS 2017). With a
+``signer`` and a ``verifier`` (see ``auth``) a peer signs its advertised keys, bound to
+the session (job), round and its node id, and verifies every neighbour's signature
+before it encrypts a share or derives a mask, so a server that substitutes a key is
+refused, the peer named. Before unmasking, each survivor signs the survivor and
+dropout lists it was given (``sign_survivors``); ``unmask`` reveals nothing unless the
+request carries valid signatures on the very same lists from at least ``threshold``
+distinct survivors, so a server that tells different peers different dropout stories
+is caught before any share leaves. Without them (library tests, audits) nothing is
+signed and the relay is trusted with the keys.
 
 The client refuses (raises ProtocolError, and the round is over for it) when the
 server asks for something inconsistent: keys of a peer that is not its neighbour,
-reflected or unsigned keys, too few peers to stay above the threshold, a peer listed
-both as survivor and as dropped, or anything that would reveal both ``b_v`` and
-``s_v`` of one peer. Shares from a peer that fail AES-GCM authentication are not an
-abort: the client masks without that peer and reports it in ``MaskedInput.rejected``.
+reflected or badly signed keys, too few peers to stay above the threshold, a peer
+listed both as survivor and as dropped, or anything that would reveal both ``b_v``
+and ``s_v`` of one peer. Shares from a peer that fail AES-GCM authentication are not
+an abort: the client masks without that peer and reports it in ``MaskedInput.rejected``.
 """
 
 from __future__ import annotations
@@ -21,24 +32,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.errors import DataError, ProtocolError
 
 from . import keys as K
 from . import shamir
+from .auth import Signer, Verifier
 from .config import SecAggConfig
 from .encoding import FixedPointEncoder
 from .graph import Graph
-from .messages import AdvertiseKeys, EncryptedShares, MaskedInput, UnmaskShares
+from .messages import AdvertiseKeys, EncryptedShares, MaskedInput, SurvivorSignature, UnmaskShares
 from .noise import sample_discrete_gaussian
 from .prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
 
 __all__ = ["SecAggClient", "ClientStage"]
 
 _PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES
-_BYTES_FIELDS = ("enc_public_key", "mask_public_key", "seed_commitment", "signature")
+_BYTES_FIELDS = ("enc_public_key", "mask_public_key", "seed_commitment", "signature", "credential")
 
 
 class ClientStage(enum.Enum):
@@ -46,6 +57,7 @@ class ClientStage(enum.Enum):
     ADVERTISED = "advertised"
     SHARED = "shared"
     MASKED = "masked"
+    CHECKED = "checked"
     DONE = "done"
     ABORTED = "aborted"
 
@@ -65,14 +77,17 @@ class _Round:
     own_share: tuple[int, int] = (0, 0)
     partners: dict[int, tuple[int, int]] = field(default_factory=dict)  # v -> (share b_v, share s_v)
     rejected: dict[int, str] = field(default_factory=dict)
+    own_name: str = ""
+    peer_names: dict[int, str] = field(default_factory=dict)  # v -> identity that signed v's keys
+    checked: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # the lists this peer signed
 
 
 class SecAggClient:
     """One peer's SecAgg+ state for successive rounds.
 
-    ``identity_key`` signs the advertised keys; ``identity_public_keys`` (node id ->
-    Ed25519 public key or its 32 raw bytes) makes the client verify its neighbours'
-    signatures. Without the map, keys are taken as relayed (simulation assumption).
+    ``signer`` (this peer's identity) and ``verifier`` (the admitted identities) are
+    given together or not at all: with them, keys and survivor lists are signed and
+    checked (see the module docstring); without them keys are taken as relayed.
     """
 
     def __init__(
@@ -80,15 +95,17 @@ class SecAggClient:
         node_id: int,
         config: SecAggConfig | None = None,
         *,
-        identity_key: Ed25519PrivateKey | None = None,
-        identity_public_keys: Mapping[int, Ed25519PublicKey | bytes] | None = None,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         if not isinstance(node_id, int) or not 0 <= node_id < 1 << 64:
             raise ProtocolError(f"node id must be an integer in [0, 2**64), got {node_id!r}")
+        if (signer is None) != (verifier is None):
+            raise ProtocolError(f"peer {node_id}: a signer and a verifier are given together or not at all")
         self.node_id = node_id
         self.config = config or SecAggConfig()
-        self._identity = identity_key
-        self._identities = K.load_identity_keys(identity_public_keys)
+        self._signer = signer
+        self._verifier = verifier
         self._round: _Round | None = None
         self._last_round: int | None = None
 
@@ -114,6 +131,9 @@ class SecAggClient:
             "own_share": [hex(st.own_share[0]), hex(st.own_share[1])],
             "partners": {str(v): [hex(b), hex(c)] for v, (b, c) in st.partners.items()},
             "rejected": {str(v): r for v, r in st.rejected.items()},
+            "own_name": st.own_name,
+            "peer_names": {str(v): n for v, n in st.peer_names.items()},
+            "checked": None if st.checked is None else [list(st.checked[0]), list(st.checked[1])],
         }
         return state
 
@@ -141,6 +161,9 @@ class SecAggClient:
             own_share=(int(saved["own_share"][0], 16), int(saved["own_share"][1], 16)),
             partners={int(v): (int(b, 16), int(c, 16)) for v, (b, c) in saved["partners"].items()},
             rejected={int(v): r for v, r in saved["rejected"].items()},
+            own_name=saved.get("own_name", ""),
+            peer_names={int(v): n for v, n in saved.get("peer_names", {}).items()},
+            checked=None if saved.get("checked") is None else (tuple(saved["checked"][0]), tuple(saved["checked"][1])),
         )
 
     # ------------------------------------------------------------------ helpers
@@ -169,6 +192,13 @@ class SecAggClient:
             )
         return st
 
+    def expect_mask_input(self, round_id: int) -> None:
+        """Raise ProtocolError unless a mask-input request for ``round_id`` is due now.
+
+        Lets the caller refuse a replayed or out-of-order request before it trains.
+        """
+        self._expect(round_id, ClientStage.SHARED, "mask-input")
+
     # ------------------------------------------------------------------ stage 0
     def advertise_keys(self, round_id: int, participants: Sequence[int], round_seed: bytes) -> AdvertiseKeys:
         """Start round ``round_id``: fresh key pairs and self-mask seed; advertise the public parts."""
@@ -188,14 +218,22 @@ class SecAggClient:
         session = self.config.session_id
         commitment = K.seed_commitment(seed, session=session, round_id=round_id, node_id=self.node_id)
         enc_pub, mask_pub = K.public_bytes(enc_key), K.public_bytes(mask_key)
-        signature = b""
-        if self._identity is not None:
-            signature = K.sign(self._identity, K.advertise_transcript(
+        signature = credential = b""
+        own_name = ""
+        if self._signer is not None:
+            credential = self._signer.credential
+            transcript = K.advertise_transcript(
                 session=session, round_id=round_id, node_id=self.node_id, enc_public_key=enc_pub,
-                mask_public_key=mask_pub, seed_commitment=commitment))
+                mask_public_key=mask_pub, seed_commitment=commitment, credential=credential)
+            signature = self._signer.sign(transcript)
+            try:
+                own_name = self._verifier.verify(credential, signature, transcript)  # type: ignore[union-attr]
+            except ValueError as exc:
+                raise ProtocolError(f"peer {self.node_id}: my own identity is not admitted ({exc})") from None
         self._last_round = round_id
-        self._round = _Round(round_id, parts, round_seed, graph, encoder, enc_key, mask_key, seed)
-        return AdvertiseKeys(round_id, self.node_id, enc_pub, mask_pub, commitment, signature)
+        self._round = _Round(round_id, parts, round_seed, graph, encoder, enc_key, mask_key, seed,
+                             own_name=own_name)
+        return AdvertiseKeys(round_id, self.node_id, enc_pub, mask_pub, commitment, signature, credential)
 
     # ------------------------------------------------------------------ stage 1
     def share_keys(self, round_id: int, peer_keys: Mapping[int, AdvertiseKeys]) -> dict[int, EncryptedShares]:
@@ -206,6 +244,7 @@ class SecAggClient:
         session = self.config.session_id
         own_keys = {K.public_bytes(st.enc_key), K.public_bytes(st.mask_key)}
         seen: set[bytes] = set()
+        names: dict[int, str] = {}
         for v, adv in peer_keys.items():
             if v not in neighbours:
                 raise self._fail(f"server sent keys of peer {v}, which is not my neighbour in this round's graph")
@@ -219,15 +258,20 @@ class SecAggClient:
                 if raw in own_keys or raw in seen:
                     raise self._fail(f"peer {v} advertised a key that is mine or another peer's (reflection)")
                 seen.add(raw)
-            if self._identities is not None:
-                identity = self._identities.get(v)
+            if self._verifier is not None:
                 transcript = K.advertise_transcript(
                     session=session, round_id=round_id, node_id=v, enc_public_key=adv.enc_public_key,
-                    mask_public_key=adv.mask_public_key, seed_commitment=adv.seed_commitment)
-                if identity is None:
-                    raise self._fail(f"peer {v} has no known identity key; cannot verify its keys")
-                if not K.verify(identity, adv.signature, transcript):
-                    raise self._fail(f"advertised keys of peer {v} carry an invalid signature (key substitution?)")
+                    mask_public_key=adv.mask_public_key, seed_commitment=adv.seed_commitment,
+                    credential=adv.credential)
+                try:
+                    name = self._verifier.verify(adv.credential, adv.signature, transcript)
+                except (ValueError, TypeError) as exc:
+                    raise self._fail(f"advertised keys of peer {v} carry an invalid signature ({exc}): "
+                                     f"the server substituted or altered them; round aborted, nothing shared") from None
+                if name == st.own_name or name in names.values():
+                    raise self._fail(f"advertised keys of peer {v} are signed by {name!r}, who already signed "
+                                     f"as another peer of this round; round aborted, nothing shared")
+                names[v] = name
         t = st.graph.threshold
         if len(peer_keys) + 1 < t:
             raise self._fail(
@@ -252,6 +296,7 @@ class SecAggClient:
             nonce, ct = K.encrypt(key, plaintext, aad)
             out[v] = EncryptedShares(round_id, me, v, nonce, ct)
         st.peer_keys = dict(peer_keys)
+        st.peer_names = names
         st.stage = ClientStage.SHARED
         return out
 
@@ -331,14 +376,17 @@ class SecAggClient:
         st.stage = ClientStage.MASKED
         return MaskedInput(round_id, me, y, rejected)
 
-    # ------------------------------------------------------------------ stage 3
-    def unmask(self, round_id: int, survivors: Sequence[int], dropped: Sequence[int]) -> UnmaskShares:
-        """Reveal shares of ``b_v`` for survivors and of ``s_v`` for dropped peers -- never both."""
-        st = self._expect(round_id, ClientStage.MASKED, "unmask")
+    # ------------------------------------------------------------------ consistency check
+    def sign_survivors(self, round_id: int, survivors: Sequence[int], dropped: Sequence[int]) -> SurvivorSignature:
+        """Check the survivor and dropout lists the server gave, and sign them.
+
+        The lists are kept: ``unmask`` answers only a request for exactly these lists.
+        """
+        st = self._expect(round_id, ClientStage.MASKED, "consistency-check")
         me = self.node_id
         alive, gone = set(survivors), set(dropped)
         if len(alive) != len(survivors) or len(gone) != len(dropped):
-            raise self._fail("unmask request lists a peer twice")
+            raise self._fail("consistency-check request lists a peer twice")
         both = alive & gone
         if both:
             raise self._fail(
@@ -347,7 +395,7 @@ class SecAggClient:
             )
         unknown = (alive | gone) - st.participants
         if unknown:
-            raise self._fail(f"unmask request names peers {sorted(unknown)} that are not participants")
+            raise self._fail(f"consistency-check request names peers {sorted(unknown)} that are not participants")
         if me not in alive:
             raise self._fail("the server lists me as not surviving although I sent my masked input")
         need = self.config.required_survivors(st.graph)
@@ -369,6 +417,64 @@ class SecAggClient:
                 f"only {live_holders} holders of my secrets survive, below the threshold "
                 f"{st.graph.threshold}; refusing to unmask"
             )
+        st.checked = (tuple(sorted(alive)), tuple(sorted(gone)))
+        st.stage = ClientStage.CHECKED
+        signature = credential = b""
+        if self._signer is not None:
+            credential = self._signer.credential
+            signature = self._signer.sign(K.survivors_transcript(
+                session=self.config.session_id, round_id=round_id, node_id=me,
+                survivors=st.checked[0], dropped=st.checked[1]))
+        return SurvivorSignature(round_id, me, credential, signature)
+
+    def _check_signatures(self, st: _Round, signatures: Mapping[int, SurvivorSignature]) -> None:
+        """At least ``threshold`` distinct survivors signed exactly the lists this peer signed."""
+        assert st.checked is not None and self._verifier is not None
+        survivors, dropped = st.checked
+        names: dict[str, int] = {}
+        for w in sorted(signatures):
+            sig = signatures[w]
+            if w not in survivors:
+                raise self._fail(f"the unmask request carries a signature of peer {w}, which is not a survivor")
+            if not isinstance(sig, SurvivorSignature) or sig.node_id != w or sig.round_id != st.round_id:
+                raise self._fail(f"the survivor-list signature relayed for peer {w} is malformed")
+            transcript = K.survivors_transcript(session=self.config.session_id, round_id=st.round_id,
+                                                node_id=w, survivors=survivors, dropped=dropped)
+            try:
+                name = self._verifier.verify(sig.credential, sig.signature, transcript)
+            except (ValueError, TypeError) as exc:
+                raise self._fail(
+                    f"peer {w}'s signature is not on the survivor list I signed ({exc}): the server told "
+                    f"peers different survivor lists or altered one; refusing to unmask") from None
+            known = st.own_name if w == self.node_id else st.peer_names.get(w)
+            if (known is not None and name != known) or name in names:
+                raise self._fail(f"the survivor-list signature of peer {w} is by {name!r}, who signs as another "
+                                 f"peer of this round; refusing to unmask")
+            names[name] = w
+        t = st.graph.threshold
+        if len(names) < t:
+            raise self._fail(f"only {len(names)} survivors' signatures on the survivor list I signed, "
+                             f"threshold {t}: the server may have told peers different survivor lists; "
+                             f"refusing to unmask")
+
+    # ------------------------------------------------------------------ stage 3
+    def unmask(self, round_id: int, survivors: Sequence[int], dropped: Sequence[int],
+               signatures: Mapping[int, SurvivorSignature] | None = None) -> UnmaskShares:
+        """Reveal shares of ``b_v`` for survivors and of ``s_v`` for dropped peers -- never both.
+
+        Only for the lists this peer signed in ``sign_survivors`` and, when
+        authenticated, with ``signatures`` of at least ``threshold`` survivors on them.
+        """
+        st = self._expect(round_id, ClientStage.CHECKED, "unmask")
+        me = self.node_id
+        assert st.checked is not None
+        if (tuple(sorted(survivors)), tuple(sorted(dropped))) != st.checked or \
+                len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
+            raise self._fail("the unmask request's survivor or dropout list differs from the one I signed; "
+                             "refusing to unmask")
+        if self._verifier is not None:
+            self._check_signatures(st, signatures or {})
+        alive, gone = set(survivors), set(dropped)
         seed_shares = {v: shamir.share_to_bytes(st.partners[v][0]) for v in st.partners if v in alive}
         seed_shares[me] = shamir.share_to_bytes(st.own_share[0])
         key_shares = {v: shamir.share_to_bytes(st.partners[v][1]) for v in st.partners if v in gone}

@@ -13,23 +13,22 @@ key is never reused across rounds, jobs, pairs or directions. The AES-GCM associ
 data binds (session, round, src, dst) again, so a ciphertext relayed to the wrong
 peer or replayed in another round fails authentication.
 
-Signing hook. When peers have long-term identities (Ed25519 keys, as the consortium's
-certificates carry), a peer signs its advertised keys and seed commitment; receivers
-verify against a map ``node_id -> Ed25519 public key`` that they obtained out of band
-(the consortium PKI), so the relaying server cannot substitute keys. Without a map
-(simulations) signatures are neither made nor checked: the server is then ASSUMED not
-to substitute keys (honest-but-curious server for key distribution).
+Transcripts. A peer signs (``auth.Signer``) its advertised keys, seed commitment and
+credential, bound to the session (job), round and its node id
+(:func:`advertise_transcript`), and, before any unmasking, the survivor and dropout
+lists the server gave it, bound the same way (:func:`survivors_transcript`). Receivers
+check them with an ``auth.Verifier`` holding the admitted identities, so the relaying
+server can neither substitute keys nor tell peers different dropout stories.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -39,7 +38,6 @@ from privacy.errors import ProtocolError
 __all__ = [
     "KEY_BYTES",
     "NONCE_BYTES",
-    "IdentityKeys",
     "generate_key",
     "public_bytes",
     "private_bytes",
@@ -53,16 +51,12 @@ __all__ = [
     "decrypt",
     "seed_commitment",
     "advertise_transcript",
-    "sign",
-    "verify",
-    "load_identity_keys",
+    "survivors_transcript",
 ]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _SALT = b"fedsilo/secagg/v1"
-
-IdentityKeys = Mapping[int, Ed25519PublicKey]
 
 
 def _u64(value: int, what: str) -> bytes:
@@ -165,32 +159,22 @@ def seed_commitment(seed: bytes, *, session: bytes, round_id: int, node_id: int)
 # --------------------------------------------------------------------------- identities
 def advertise_transcript(
     *, session: bytes, round_id: int, node_id: int, enc_public_key: bytes,
-    mask_public_key: bytes, seed_commitment: bytes,
+    mask_public_key: bytes, seed_commitment: bytes, credential: bytes,
 ) -> bytes:
-    """The bytes a peer signs when it advertises its round keys."""
+    """The bytes a peer signs when it advertises its round keys (under its credential)."""
     return b"".join([
         _context(b"advertise", session, round_id, node_id),
         enc_public_key, mask_public_key, seed_commitment,
+        len(credential).to_bytes(4, "big"), credential,
     ])
 
 
-def sign(identity: Ed25519PrivateKey, transcript: bytes) -> bytes:
-    return identity.sign(transcript)
-
-
-def verify(identity: Ed25519PublicKey, signature: bytes, transcript: bytes) -> bool:
-    try:
-        identity.verify(signature, transcript)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
-def load_identity_keys(keys: Mapping[int, Ed25519PublicKey | bytes] | None) -> dict[int, Ed25519PublicKey] | None:
-    """Normalize an identity map (raw 32-byte keys or key objects)."""
-    if keys is None:
-        return None
-    out: dict[int, Ed25519PublicKey] = {}
-    for node, key in keys.items():
-        out[int(node)] = Ed25519PublicKey.from_public_bytes(key) if isinstance(key, bytes) else key
-    return out
+def survivors_transcript(
+    *, session: bytes, round_id: int, node_id: int, survivors: Sequence[int], dropped: Sequence[int],
+) -> bytes:
+    """The bytes a survivor signs in the consistency check: the round's two lists, sorted."""
+    parts = [_context(b"survivors", session, round_id, node_id)]
+    for ids in (sorted(survivors), sorted(dropped)):
+        parts.append(_u64(len(ids), "list length"))
+        parts.extend(_u64(v, "node id") for v in ids)
+    return b"".join(parts)

@@ -10,6 +10,7 @@ Flow of one round (server -> client requests, client -> server answers)::
     RoundSetup                -> client.advertise_keys  -> AdvertiseKeys
     ShareKeysRequest          -> client.share_keys      -> dict[dst, EncryptedShares]
     MaskInputRequest          -> client.mask_input      -> MaskedInput
+    ConsistencyRequest        -> client.sign_survivors  -> SurvivorSignature
     UnmaskRequest             -> client.unmask          -> UnmaskShares
 """
 
@@ -30,6 +31,8 @@ __all__ = [
     "EncryptedShares",
     "MaskInputRequest",
     "MaskedInput",
+    "ConsistencyRequest",
+    "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskShares",
     "SecAggResult",
@@ -84,26 +87,30 @@ class RoundSetup:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 0 answer: a peer's two X25519 public keys and its self-mask seed commitment."""
+    """Stage 0 answer: a peer's two X25519 public keys and its self-mask seed commitment,
+    signed under its long-term identity (``credential``: public, e.g. its certificate)."""
 
     round_id: int
     node_id: int
     enc_public_key: bytes  # X25519, share encryption ("c" key)
     mask_public_key: bytes  # X25519, pairwise mask agreement ("s" key)
     seed_commitment: bytes  # SHA-256 commitment to b_u
-    signature: bytes = b""  # Ed25519 over the transcript, when identities are in use
+    signature: bytes = b""  # over keys.advertise_transcript (empty when unauthenticated)
+    credential: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
         return {"round_id": self.round_id, "node_id": self.node_id,
                 "enc_public_key": self.enc_public_key, "mask_public_key": self.mask_public_key,
-                "seed_commitment": self.seed_commitment, "signature": self.signature}
+                "seed_commitment": self.seed_commitment, "signature": self.signature,
+                "credential": self.credential}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AdvertiseKeys:
         w = "advertise-keys"
         return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w),
                    _get(d, "enc_public_key", bytes, w), _get(d, "mask_public_key", bytes, w),
-                   _get(d, "seed_commitment", bytes, w), _get(d, "signature", bytes, w))
+                   _get(d, "seed_commitment", bytes, w), _get(d, "signature", bytes, w),
+                   _get(d, "credential", bytes, w))
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,8 @@ class ShareKeysRequest:
                 "enc_public_keys": [k.enc_public_key for k in keys],
                 "mask_public_keys": [k.mask_public_key for k in keys],
                 "seed_commitments": [k.seed_commitment for k in keys],
-                "signatures": [k.signature for k in keys]}
+                "signatures": [k.signature for k in keys],
+                "credentials": [k.credential for k in keys]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShareKeysRequest:
@@ -128,10 +136,10 @@ class ShareKeysRequest:
         round_id = _get(d, "round_id", int, w)
         ids = _list(d, "peer_ids", int, w)
         cols = [_list(d, k, bytes, w) for k in
-                ("enc_public_keys", "mask_public_keys", "seed_commitments", "signatures")]
+                ("enc_public_keys", "mask_public_keys", "seed_commitments", "signatures", "credentials")]
         if any(len(col) != len(ids) for col in cols) or len(set(ids)) != len(ids):
             raise ProtocolError(f"malformed {w} message: key lists do not line up")
-        peers = {i: AdvertiseKeys(round_id, i, e, m, s, g) for i, e, m, s, g in zip(ids, *cols)}
+        peers = {i: AdvertiseKeys(round_id, i, e, m, s, g, c) for i, e, m, s, g, c in zip(ids, *cols)}
         return cls(round_id, peers)
 
 
@@ -225,8 +233,9 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
-    """Stage 3 request: who survived (sent masked input) and who dropped after sharing keys."""
+class ConsistencyRequest:
+    """Consistency-check request: who survived (sent masked input) and who dropped after
+    sharing keys. Each survivor signs exactly these lists before anything is unmasked."""
 
     round_id: int
     survivors: tuple[int, ...]
@@ -237,10 +246,59 @@ class UnmaskRequest:
                 "dropped": list(self.dropped)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> UnmaskRequest:
-        w = "unmask request"
+    def from_dict(cls, d: Mapping[str, Any]) -> ConsistencyRequest:
+        w = "consistency request"
         return cls(_get(d, "round_id", int, w), tuple(_list(d, "survivors", int, w)),
                    tuple(_list(d, "dropped", int, w)))
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """Consistency-check answer: a survivor's signature over the lists it was given."""
+
+    round_id: int
+    node_id: int
+    credential: bytes
+    signature: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round_id": self.round_id, "node_id": self.node_id,
+                "credential": self.credential, "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SurvivorSignature:
+        w = "survivor-signature"
+        return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w),
+                   _get(d, "credential", bytes, w), _get(d, "signature", bytes, w))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage 3 request: the survivor and dropout lists, and the survivors' signatures on them."""
+
+    round_id: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: Mapping[int, SurvivorSignature] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        ids = sorted(self.signatures)
+        return {"round_id": self.round_id, "survivors": list(self.survivors),
+                "dropped": list(self.dropped), "signer_ids": ids,
+                "signer_credentials": [self.signatures[i].credential for i in ids],
+                "signer_signatures": [self.signatures[i].signature for i in ids]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UnmaskRequest:
+        w = "unmask request"
+        round_id = _get(d, "round_id", int, w)
+        ids = _list(d, "signer_ids", int, w)
+        creds, sigs = _list(d, "signer_credentials", bytes, w), _list(d, "signer_signatures", bytes, w)
+        if len(creds) != len(ids) or len(sigs) != len(ids) or len(set(ids)) != len(ids):
+            raise ProtocolError(f"malformed {w} message: signature lists do not line up")
+        signatures = {i: SurvivorSignature(round_id, i, c, g) for i, c, g in zip(ids, creds, sigs)}
+        return cls(round_id, tuple(_list(d, "survivors", int, w)), tuple(_list(d, "dropped", int, w)),
+                   signatures)
 
 
 @dataclass(frozen=True)

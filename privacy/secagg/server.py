@@ -9,7 +9,9 @@ Usage (the caller moves messages; ``sender`` is the transport-authenticated node
     server.receive_shares(sender, {dst: EncryptedShares})
     requests = server.end_share_keys()                     # {node: MaskInputRequest}
     server.receive_masked_input(sender, MaskedInput)
-    requests = server.end_mask_input()                     # {node: UnmaskRequest}
+    requests = server.end_mask_input()                     # {node: ConsistencyRequest}
+    server.receive_consistency(sender, SurvivorSignature)
+    requests = server.end_consistency()                    # {node: UnmaskRequest}
     server.receive_unmask(sender, UnmaskShares)
     result = server.aggregate()                            # SecAggResult
 
@@ -26,6 +28,15 @@ a peer dropped after its shares were forwarded (it did not send, or sent a bad, 
 input, or a neighbour reports its shares failed authentication) is "dropped": its
 mask key ``s_v`` is reconstructed to remove its pairwise masks, its own input (hidden
 by ``b_v``) is excluded. A survivor's ``b_u`` is reconstructed, its ``s_u`` never.
+
+Consistency check: the survivors sign the survivor and dropout lists; the unmask
+request carries every signature received, and goes to the survivors that signed (at
+least ``threshold`` of them, else the round aborts). A survivor that does not sign
+stays in the sum (its ``b_u`` is rebuilt from the others' shares). With a
+``verifier`` the server also checks each signature on arrival (keys and lists) and
+drops a peer whose signature does not verify, so one bad peer cannot make every
+neighbour abort; the peers check them again themselves, since the server is not
+trusted to.
 """
 
 from __future__ import annotations
@@ -35,22 +46,23 @@ import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from privacy.errors import ProtocolError
 
 from . import keys as K
 from . import shamir
+from .auth import Verifier
 from .config import SecAggConfig
 from .errors import PeerRejected, ThresholdNotMet
 from .messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
     EncryptedShares,
     MaskedInput,
     MaskInputRequest,
     RoundSetup,
     SecAggResult,
     ShareKeysRequest,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -65,6 +77,7 @@ class ServerStage(enum.Enum):
     ADVERTISE = "advertise"
     SHARE_KEYS = "share-keys"
     MASK_INPUT = "mask-input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -81,7 +94,7 @@ class SecAggServer:
         dim: int,
         *,
         round_seed: bytes | None = None,
-        identity_public_keys: Mapping[int, Ed25519PublicKey | bytes] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.config = config or SecAggConfig()
         nodes = tuple(sorted(participants))
@@ -94,7 +107,9 @@ class SecAggServer:
         self.encoder = self.config.encoder(len(nodes))
         self.dim = dim
         self.min_survivors = self.config.required_survivors(self.graph)
-        self._identities = K.load_identity_keys(identity_public_keys)
+        self._verifier = verifier
+        self._names: dict[str, int] = {}  # identity -> the peer whose keys it signed
+        self._signatures: dict[int, SurvivorSignature] = {}
         self.stage = ServerStage.ADVERTISE
         self.active: set[int] = set(nodes)  # peers asked in the current stage and not dropped since
         self._asked: frozenset[int] = frozenset(nodes)  # peers asked at the start of the stage
@@ -206,14 +221,19 @@ class SecAggServer:
             raise self._reject(sender, "advertised the same key for encryption and masking")
         if not isinstance(msg.seed_commitment, bytes) or len(msg.seed_commitment) != 32:
             raise self._reject(sender, "advertised a seed commitment that is not 32 bytes")
-        if self._identities is not None:
-            identity = self._identities.get(sender)
+        if self._verifier is not None:
             transcript = K.advertise_transcript(
                 session=self.config.session_id, round_id=self.round_id, node_id=sender,
                 enc_public_key=msg.enc_public_key, mask_public_key=msg.mask_public_key,
-                seed_commitment=msg.seed_commitment)
-            if identity is None or not isinstance(msg.signature, bytes) or not K.verify(identity, msg.signature, transcript):
-                raise self._reject(sender, "advertised keys whose signature does not verify against its identity key")
+                seed_commitment=msg.seed_commitment, credential=msg.credential)
+            try:
+                name = self._verifier.verify(msg.credential, msg.signature, transcript)
+            except (ValueError, TypeError) as exc:
+                raise self._reject(sender, f"advertised keys whose signature does not verify ({exc})") from None
+            if name in self._names:
+                raise self._reject(sender, f"advertised keys signed by {name!r}, who already signed for peer "
+                                           f"{self._names[name]}")
+            self._names[name] = sender
         self._public_keys.update((msg.enc_public_key, msg.mask_public_key))
         self._adverts[sender] = msg
         self._answered.add(sender)
@@ -327,8 +347,42 @@ class SecAggServer:
                 raise self._abort(f"only {len(self._s_holders[v])} holders of dropped peer {v}'s mask key survived, threshold {t}")
         self._survivors, self._dropped = tuple(sorted(survivors)), tuple(sorted(dropped))
         self.active, self._answered, self._asked = set(survivors), set(), frozenset(survivors)
+        self.stage = ServerStage.CONSISTENCY
+        return {u: ConsistencyRequest(self.round_id, self._survivors, self._dropped) for u in self._survivors}
+
+    # ------------------------------------------------------------------ consistency check
+    def receive_consistency(self, sender: int, msg: SurvivorSignature) -> None:
+        what = "consistency-check"
+        self._admit(sender, ServerStage.CONSISTENCY, what)
+        if not isinstance(msg, SurvivorSignature):
+            raise self._reject(sender, f"sent a {type(msg).__name__} where SurvivorSignature was expected")
+        self._check_round(sender, msg.round_id, what)
+        if msg.node_id != sender:
+            raise self._reject(sender, f"sent a survivor-list signature claiming to be peer {msg.node_id!r}")
+        if self._verifier is not None:
+            transcript = K.survivors_transcript(session=self.config.session_id, round_id=self.round_id,
+                                                node_id=sender, survivors=self._survivors, dropped=self._dropped)
+            try:
+                name = self._verifier.verify(msg.credential, msg.signature, transcript)
+            except (ValueError, TypeError) as exc:
+                raise self._reject(sender, f"signed the survivor list with a signature that does not verify ({exc})") from None
+            if self._names.get(name) != sender:
+                raise self._reject(sender, f"signed the survivor list as {name!r}, not as the identity of its keys")
+        self._signatures[sender] = msg
+        self._answered.add(sender)
+
+    def end_consistency(self) -> dict[int, UnmaskRequest]:
+        """Close the check: every signature to the survivors that signed (at least ``threshold``)."""
+        self._require_stage(ServerStage.CONSISTENCY, "end_consistency")
+        for peer in sorted(self.active - self._answered):
+            self.dropouts.setdefault(peer, "no answer at the consistency-check stage")
+        signers = frozenset(self._answered)
+        if len(signers) < self.threshold:
+            raise self._abort(f"only {len(signers)} survivors signed the survivor list, threshold {self.threshold}")
+        signatures = dict(sorted(self._signatures.items()))
+        self.active, self._answered, self._asked = set(signers), set(), signers
         self.stage = ServerStage.UNMASK
-        return {u: UnmaskRequest(self.round_id, self._survivors, self._dropped) for u in self._survivors}
+        return {u: UnmaskRequest(self.round_id, self._survivors, self._dropped, signatures) for u in sorted(signers)}
 
     # ------------------------------------------------------------------ stage 3
     def receive_unmask(self, sender: int, msg: UnmaskShares) -> None:

@@ -69,12 +69,14 @@ def privacy_section(job: JobConfig, outcome: HostedRun, ledger_status: dict[str,
         "public": PUBLIC_ROW_COUNTS,
         "secure_aggregation": ({
             "protocol": "SecAgg+ (Bell et al. 2020): X25519 + HKDF-SHA256, ChaCha20 masks, Shamir over 2^521-1, "
-                        "AES-GCM share encryption",
+                        "AES-GCM share encryption; keys and survivor lists signed with the peers' consortium "
+                        "identities (Bonawitz et al. 2017, malicious-server variant)",
             "clip": job.secagg.clip, "bits": job.secagg.bits,
             "dropout_fraction": job.secagg.dropout_fraction,
             "collusion_fraction": job.secagg.collusion_fraction,
             "aborted_rounds": {str(k): v for k, v in secure.aborted_rounds.items()},
-            "assumption": "honest-but-curious host colluding with at most the collusion fraction of peers",
+            "assumption": "a host colluding with at most the collusion fraction of peers; a host that deviates "
+                          "from the protocol can abort a round but not unmask one peer",
         } if secure is not None else "off: the host saw each bank's (DP-protected) update"),
         "ledger": ledger_status,
     }

@@ -1,16 +1,19 @@
 """`SecureAggregation`: runs SecAgg+ inside any Message-API strategy's training round.
 
-Each training round becomes four exchanges with the sampled peers, all as Flower
+Each training round becomes five exchanges with the sampled peers, all as Flower
 `train` messages (see `wire`):
 
-1. advertise: each peer sends fresh X25519 public keys;
+1. advertise: each peer sends fresh X25519 public keys, signed with its consortium
+   identity (the peers verify each other's signatures: the host cannot swap a key);
 2. share: each peer sends its neighbours Shamir shares of its secrets, AES-GCM
    encrypted under pairwise keys (the host only relays ciphertexts);
 3. mask: the usual training request; the peer's `secagg_mod` trains, then uploads
    its update masked (`privacy.secagg`), with its weight inside the masked vector;
-4. unmask: survivors send shares that remove the masks of the sum, never of one peer.
+4. check: survivors sign the survivor and dropout lists (the consistency check);
+5. unmask: survivors holding enough signatures on the lists they signed send shares
+   that remove the masks of the sum, never of one peer.
 
-Stages 1–2 run in `configure_train` (which is given the grid), stage 4 in
+Stages 1–2 run in `configure_train` (which is given the grid), stages 4–5 in
 `aggregate_train`.
 
 Stage 1 of round r+1 rides on round r's evaluation when the wrapper knows the job's
@@ -48,9 +51,11 @@ the wrong length or dtype, shares that fail authentication, an unsolicited answe
 refused by `privacy.secagg` with a reason naming the peer, logged here, and the peer is
 dropped; the round continues while the threshold allows.
 
-Assumptions (see `privacy.secagg`): the host is honest-but-curious and colludes with at
-most `collusion_fraction` of the peers; without identity keys (simulation) the host is
-trusted to relay public keys unchanged.
+Assumptions (see `privacy.secagg`): the host colludes with at most
+`collusion_fraction` of the peers; it may deviate from the protocol (swap keys, tell
+peers different dropout stories), which the peers detect, but it can always abort a
+round. With a `verifier` (the consortium's identities) the host also checks the
+signatures itself and drops a badly signing peer before its neighbours abort.
 """
 
 from __future__ import annotations
@@ -67,12 +72,14 @@ from flwr.serverapp import Grid
 from privacy.errors import ProtocolError
 from privacy.secagg import (
     AdvertiseKeys,
+    SurvivorSignature,
     MaskedInput,
     PeerRejected,
     SecAggConfig,
     SecAggServer,
     ThresholdNotMet,
     UnmaskShares,
+    Verifier,
 )
 from privacy.secagg.messages import encrypted_shares_from_dict
 from strategies.secagg.wire import (
@@ -126,9 +133,10 @@ class SecureAggregation(StrategyWrapper):
 
     def __init__(self, inner, config: SecAggConfig, stage_timeout: float = STAGE_TIMEOUT,
                  round_seed: Callable[[int], bytes] | None = None, sum_updates: bool = False,
-                 rounds: int | None = None) -> None:
+                 rounds: int | None = None, verifier: Verifier | None = None) -> None:
         super().__init__(inner)
         self.config = config
+        self.verifier = verifier
         self.rounds = rounds  # the job's last round; None: never carry stage 1 on an evaluation
         self._advertised: _Advertised | None = None
         self._last_round_id = 0  # the last SecAgg+ protocol round id a setup used
@@ -150,7 +158,8 @@ class SecureAggregation(StrategyWrapper):
         """
         round_id = max(server_round, self._last_round_id + 1)
         self._last_round_id = round_id
-        return SecAggServer(self.config, round_id, node_ids, dim, round_seed=self._round_seed(server_round))
+        return SecAggServer(self.config, round_id, node_ids, dim, round_seed=self._round_seed(server_round),
+                            verifier=self.verifier)
 
     def _exchange(self, grid: Grid, stage: str, server_round: int,
                   payloads: dict[int, dict]) -> dict[int, Message]:
@@ -286,7 +295,14 @@ class SecureAggregation(StrategyWrapper):
                     self._refuse(server_round, node, str(error))
                     continue
                 self._receive(server.receive_masked_input, server_round, node, lambda m: m, masked)
-            requests = server.end_mask_input()
+            checks = server.end_mask_input()
+            for node, reply in self._exchange(state.grid, "check", server_round,
+                                              {n: r.to_dict() for n, r in checks.items()}).items():
+                payload = self._payload(server_round, node, reply, "check")
+                if payload is not None:
+                    self._receive(server.receive_consistency, server_round, node, SurvivorSignature.from_dict,
+                                  payload)
+            requests = server.end_consistency()
             replies_unmask = self._exchange(state.grid, "unmask", server_round,
                                             {n: r.to_dict() for n, r in requests.items()})
             for node, reply in replies_unmask.items():

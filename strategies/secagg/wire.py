@@ -22,7 +22,7 @@ from privacy.errors import ProtocolError
 
 SECAGG_CONFIG_KEY = "fedsilo.secagg"
 MASKED_ARRAY_KEY = "fedsilo.secagg.masked"
-STAGES = ("advertise", "share", "mask", "unmask")
+STAGES = ("advertise", "share", "mask", "check", "unmask")
 _BYTES_TAG = "$hex"
 
 

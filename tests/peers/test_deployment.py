@@ -22,6 +22,7 @@ from peers.data.encoding import TabularEncoder
 from peers.deployment import DeploymentError, TLSFiles, host_training, join_training, node_auth_keypair
 from peers.deployment.local_ca import make_local_tls
 from peers.deployment.tls import node_key_path, public_key_pem
+from peers.identity.round_keys import simulated_consortium, simulated_files
 from peers.job import DPSpec, JobConfig, TrainSpec, global_shapes, plan_dp
 from peers.models import ModelSpec
 from privacy.accounting import Mechanism
@@ -62,12 +63,29 @@ def test_peer_privacy_record_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["job_1.privacy.json"]  # no path from a job id
 
 
+def test_a_secure_job_is_not_joined_without_the_peers_identity_and_the_node_config_names_it(tmp_path):
+    from peers.deployment.join import _node_config
+    from peers.identity.round_keys import IdentityFiles
+    job = _job("needs-identity", peers=2)
+    data = tmp_path / "data.csv"
+    data.write_text("x\n1\n")
+    node_auth_keypair(tmp_path / "keys")
+    tls = make_local_tls(tmp_path / "tls")
+    with pytest.raises(ConfigError, match="aggregates securely: give this peer's consortium identity"):
+        join_training(job, tmp_path / "work", "127.0.0.1:1", tls.ca_cert, tmp_path / "keys", data)
+    files = IdentityFiles(tmp_path / "peer.key", tmp_path / "peer.pem", tmp_path / "ca.pem", tmp_path / "m.json")
+    config = _node_config(data, tmp_path, job, files)
+    assert 'job-id="needs-identity"' in config and 'secagg="on"' in config
+    assert f'identity-key="{tmp_path / "peer.key"}"' in config and f'manifest="{tmp_path / "m.json"}"' in config
+
+
 # ------------------------------------------------------------------ slow: real processes
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
     tls = make_local_tls(root / "tls")
     frames = generate_consortium(2, seed=5, total_customers=1200)
+    simulated_consortium(root / "identities", 2)
     peers = []
     for i, frame in enumerate(frames):
         data = root / f"peer-{i}" / "data.csv"
@@ -84,8 +102,9 @@ def test_secure_dp_job_runs_and_each_peer_knows_what_it_spent(consortium):
     hosted = host_training(job, root / "host", tls, [key for _, _, key in peers])
     joined = []
     try:
-        joined = [join_training(job, home / "work", hosted.fleet_address, tls.ca_cert, home / "keys", data)
-                  for home, data, _ in peers]
+        joined = [join_training(job, home / "work", hosted.fleet_address, tls.ca_cert, home / "keys", data,
+                                identity=simulated_files(root / "identities", i))
+                  for i, (home, data, _) in enumerate(peers)]
         result = hosted.wait(timeout=240)
         spent = [peer.wait(timeout=60).spent for peer in joined]
     finally:
@@ -120,7 +139,8 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
     hosted = host_training(job, tmp_path / "host", tls, [key])
     joined = None
     try:
-        joined = join_training(job, tmp_path / "stranger", hosted.fleet_address, tls.ca_cert, stranger / "keys", data)
+        joined = join_training(job, tmp_path / "stranger", hosted.fleet_address, tls.ca_cert, stranger / "keys", data,
+                               identity=simulated_files(root / "identities", 1))
         with pytest.raises(DeploymentError, match="refused this peer's SuperNode .* not one the host authorized"):
             joined.wait(timeout=120)
         assert joined.supervisor.alive() == []

@@ -18,6 +18,8 @@ from peers.job import JobConfig, secagg_config
 from strategies.secagg import SECAGG_CONFIG_KEY, SecureAggregation
 from strategies.secagg.wire import read_stage
 
+from _consortium import identity_configs
+
 SHAPE = (4, 3)
 
 
@@ -39,9 +41,10 @@ def _app(msg: Message, context: Context) -> Message:
 class PeersInProcess(Grid):
     """Answers every message with the peer's `secagg_mod` around `_app`, recording (type, stage) of each exchange."""
 
-    def __init__(self, nodes: list[int], job: JobConfig) -> None:
+    def __init__(self, nodes: list[int], job: JobConfig, identity_dir) -> None:
         self.nodes = nodes
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
+        configs = identity_configs(identity_dir, nodes)
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(),
                                     run_config=job.to_run_config()) for n in nodes}
         self.exchanges: list[tuple[str, str | None]] = []
 
@@ -80,7 +83,7 @@ class PeersInProcess(Grid):
 def _run(tmp_path, nodes: list[int], fraction_train: float, carry: bool):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="carried", peers=len(nodes))
-    grid = PeersInProcess(nodes, job)
+    grid = PeersInProcess(nodes, job, tmp_path / f"consortium-{fraction_train}-{carry}")
     inner = FedAvg(fraction_train=fraction_train, min_train_nodes=round(fraction_train * len(nodes)),
                    min_available_nodes=len(nodes), min_evaluate_nodes=len(nodes))
     strategy = SecureAggregation(inner, secagg_config(job), rounds=3 if carry else None)
@@ -93,7 +96,7 @@ def _run(tmp_path, nodes: list[int], fraction_train: float, carry: bool):
 def test_each_later_round_has_no_advertise_exchange_and_the_model_is_the_same(tmp_path):
     nodes = [11, 12, 13, 14]
     grid, strategy, result = _run(tmp_path, nodes, 1.0, carry=True)
-    train = [("train", s) for s in ("share", "mask", "unmask")]
+    train = [("train", s) for s in ("share", "mask", "check", "unmask")]
     assert grid.exchanges == [("train", "advertise"), *train, ("evaluate", "advertise"),
                               *train, ("evaluate", "advertise"), *train, ("evaluate", None)]
     assert strategy.aborted_rounds == {} and strategy.refusals == {} and strategy.dropouts == {}
@@ -101,7 +104,7 @@ def test_each_later_round_has_no_advertise_exchange_and_the_model_is_the_same(tm
     np.testing.assert_allclose(result.arrays["w"].numpy(), 3 * mean_delta, atol=1e-3)  # SecAgg+ quantization
     # the inner strategy saw the evaluations without the carried keys: same metrics as without carrying
     plain_grid, _, plain = _run(tmp_path, nodes, 1.0, carry=False)
-    assert len(plain_grid.exchanges) == 3 * 5
+    assert len(plain_grid.exchanges) == 3 * 6
     np.testing.assert_allclose(result.arrays["w"].numpy(), plain.arrays["w"].numpy(), atol=1e-3)
     assert dict(result.evaluate_metrics_clientapp[3]) == dict(plain.evaluate_metrics_clientapp[3])
 
@@ -115,7 +118,7 @@ def test_a_round_that_samples_other_peers_than_the_evaluated_ones_advertises_its
 def test_a_peer_whose_evaluation_fails_sends_no_keys_and_sits_out_the_next_round(tmp_path):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="carried", peers=4)
-    grid = PeersInProcess([11, 12, 13, 14], job)
+    grid = PeersInProcess([11, 12, 13, 14], job, tmp_path / "consortium")
     strategy = SecureAggregation(FedAvg(min_available_nodes=4), secagg_config(job), rounds=2)
     arrays = ArrayRecord({"w": Array(np.zeros(SHAPE, dtype=np.float32))})
     messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))

@@ -7,14 +7,18 @@ import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.secagg import (
+    Ed25519Directory,
+    Ed25519Identity,
     PeerRejected,
     SecAggClient,
     SecAggConfig,
     SecAggResult,
     SecAggServer,
+    ServerStage,
 )
 
 ROUND = 7
@@ -23,11 +27,20 @@ CONFIG = SecAggConfig(clip=1.0, bits=24, max_weight=1000.0)
 Tamper = Callable[[int, object], object]
 
 
+def consortium(nodes: Iterable[int]) -> tuple[dict[int, Ed25519Identity], Ed25519Directory]:
+    """A simulated consortium: one named Ed25519 identity per node, and the directory of them all."""
+    signers = {u: Ed25519Identity(f"bank-{u:x}", Ed25519PrivateKey.generate()) for u in nodes}
+    return signers, Ed25519Directory({s.name: s.public_key() for s in signers.values()})
+
+
 class Harness:
-    """Drive the four stages; peers in ``gone`` stop answering from the stage they drop at."""
+    """Drive the five stages; peers in ``gone`` stop answering from the stage they drop at.
+
+    Peers sign and verify with a simulated consortium (``authenticated=False``: none).
+    """
 
     def __init__(self, n: int, dim: int = 32, config: SecAggConfig = CONFIG, seed: int = 0,
-                 identities=None) -> None:
+                 authenticated: bool = True) -> None:
         rng = np.random.default_rng(seed)
         # 64-bit node ids, as Flower uses, in no particular order
         ids: set[int] = set()
@@ -37,18 +50,19 @@ class Harness:
         self.nodes = sorted(ids)
         self.config = config
         self.dim = dim
-        keys = identities(self.nodes) if identities else {}
-        pubs = {u: k.public_key() for u, k in keys.items()} or None
+        self.signers, self.verifier = consortium(self.nodes) if authenticated else ({}, None)
         self.server = SecAggServer(config, ROUND, self.nodes, dim, round_seed=rng.bytes(32),
-                                   identity_public_keys=pubs)
-        self.clients = {u: SecAggClient(u, config, identity_key=keys.get(u), identity_public_keys=pubs)
-                        for u in self.nodes}
+                                   verifier=self.verifier)
+        self.clients = {u: self.make_client(u) for u in self.nodes}
         c = config.clip
         self.inputs = {u: rng.uniform(-c, c, dim) for u in self.nodes}
         self.weights = {u: float(rng.uniform(0.1, 1.0)) * config.max_weight for u in self.nodes}
         self.gone: set[int] = set()
         self.refused: dict[int, PeerRejected] = {}
         self.requests: dict = {}
+
+    def make_client(self, u: int) -> SecAggClient:
+        return SecAggClient(u, self.config, signer=self.signers.get(u), verifier=self.verifier)
 
     def _deliver(self, receive, u, msg, tamper: Tamper | None):
         if tamper is not None:
@@ -83,11 +97,23 @@ class Harness:
                 self._deliver(self.server.receive_masked_input, u, msg, tamper)
         self.requests = self.server.end_mask_input()
 
-    def unmask(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> SecAggResult:
+    def check(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> None:
+        """The consistency check: survivors sign the lists they were given."""
         self.gone |= set(drop)
         for u, req in self.requests.items():
             if u not in self.gone:
-                msg = self.clients[u].unmask(req.round_id, req.survivors, req.dropped)
+                msg = self.clients[u].sign_survivors(req.round_id, req.survivors, req.dropped)
+                self._deliver(self.server.receive_consistency, u, msg, tamper)
+        self.requests = self.server.end_consistency()
+
+    def unmask(self, drop: Iterable[int] = (), tamper: Tamper | None = None) -> SecAggResult:
+        """Stage 3 (after the consistency check, run here first if it has not run)."""
+        if self.server.stage is ServerStage.CONSISTENCY:
+            self.check()
+        self.gone |= set(drop)
+        for u, req in self.requests.items():
+            if u not in self.gone:
+                msg = self.clients[u].unmask(req.round_id, req.survivors, req.dropped, req.signatures)
                 self._deliver(self.server.receive_unmask, u, msg, tamper)
         return self.server.aggregate()
 

@@ -18,7 +18,7 @@ from ._harness import Harness
 def _reload(harness: Harness) -> None:
     for u, client in list(harness.clients.items()):
         state = json.loads(json.dumps(client.state_dict()))
-        fresh = SecAggClient(u, harness.config)
+        fresh = harness.make_client(u)
         fresh.load_state_dict(state)
         harness.clients[u] = fresh
 

@@ -31,14 +31,25 @@ def test_aead_binds_round_and_addresses():
             K.decrypt(key, nonce, ct, other)
 
 
-def test_signing_hook():
-    ident = Ed25519PrivateKey.generate()
+def test_signed_transcripts_bind_keys_job_round_and_lists():
+    from privacy.secagg import Ed25519Directory, Ed25519Identity
+    me = Ed25519Identity("bank-a", Ed25519PrivateKey.generate())
+    directory = Ed25519Directory({"bank-a": me.public_key()})
     t = K.advertise_transcript(session=b"s", round_id=1, node_id=5, enc_public_key=b"a" * 32,
-                               mask_public_key=b"b" * 32, seed_commitment=b"c" * 32)
-    sig = K.sign(ident, t)
-    assert K.verify(ident.public_key(), sig, t)
-    assert not K.verify(ident.public_key(), sig, t.replace(b"a" * 32, b"d" * 32))
-    assert not K.verify(Ed25519PrivateKey.generate().public_key(), sig, t)
+                               mask_public_key=b"b" * 32, seed_commitment=b"c" * 32, credential=me.credential)
+    sig = me.sign(t)
+    assert directory.verify(me.credential, sig, t) == "bank-a"
+    with pytest.raises(ValueError, match="signature"):
+        directory.verify(me.credential, sig, t.replace(b"a" * 32, b"d" * 32))
+    with pytest.raises(ValueError, match="not an admitted"):
+        directory.verify(b"bank-b", sig, t)
+    lists = K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[5, 7], dropped=[9])
+    assert lists == K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[7, 5], dropped=[9])
+    others = [K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[5, 7, 9], dropped=[]),
+              K.survivors_transcript(session=b"s", round_id=2, node_id=5, survivors=[5, 7], dropped=[9]),
+              K.survivors_transcript(session=b"t", round_id=1, node_id=5, survivors=[5, 7], dropped=[9]),
+              K.survivors_transcript(session=b"s", round_id=1, node_id=7, survivors=[5, 7], dropped=[9])]
+    assert lists not in others and len(set(others)) == 4
 
 
 def test_public_key_checks():

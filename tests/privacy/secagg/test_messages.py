@@ -8,10 +8,12 @@ import pytest
 from privacy.errors import ProtocolError
 from privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyRequest,
     MaskedInput,
     MaskInputRequest,
     RoundSetup,
     ShareKeysRequest,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -54,8 +56,15 @@ def test_round_trip_through_dicts_still_aggregates_correctly():
     reqs = h.server.end_mask_input()
     for u, req in reqs.items():
         d = req.to_dict(); _flat(d)
+        req = ConsistencyRequest.from_dict(d)
+        msg = h.clients[u].sign_survivors(req.round_id, req.survivors, req.dropped)
+        d = msg.to_dict(); _flat(d)
+        h.server.receive_consistency(u, SurvivorSignature.from_dict(d))
+    reqs = h.server.end_consistency()
+    for u, req in reqs.items():
+        d = req.to_dict(); _flat(d)
         req = UnmaskRequest.from_dict(d)
-        msg = h.clients[u].unmask(req.round_id, req.survivors, req.dropped)
+        msg = h.clients[u].unmask(req.round_id, req.survivors, req.dropped, req.signatures)
         d = msg.to_dict(); _flat(d)
         h.server.receive_unmask(u, UnmaskShares.from_dict(d))
     h.check_exact(h.server.aggregate())

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.errors import ProtocolError
 from privacy.secagg import PeerRejected, SecAggConfig
@@ -230,34 +229,38 @@ def test_client_refuses_to_reveal_both_secrets_of_a_peer():
     u = h.nodes[0]
     v = h.nodes[1]
     with pytest.raises(ProtocolError, match=f"peer\\(s\\) \\[{v}\\] listed both"):
-        h.clients[u].unmask(ROUND, h.nodes, [v])
+        h.clients[u].sign_survivors(ROUND, h.nodes, [v])
     # the refusal ends the round for that client: no second chance with other lists
     with pytest.raises(ProtocolError):
-        h.clients[u].unmask(ROUND, h.nodes, [])
+        h.clients[u].sign_survivors(ROUND, h.nodes, [])
 
 
 def test_client_refuses_when_told_it_dropped_or_too_few_survive():
     h = _masked_round()
     u, w = h.nodes[0], h.nodes[1]
     with pytest.raises(ProtocolError, match="not surviving"):
-        h.clients[u].unmask(ROUND, h.nodes[1:], [u])
+        h.clients[u].sign_survivors(ROUND, h.nodes[1:], [u])
     with pytest.raises(ProtocolError, match="required"):
-        h.clients[w].unmask(ROUND, h.nodes[:2], h.nodes[2:])
+        h.clients[w].sign_survivors(ROUND, h.nodes[:2], h.nodes[2:])
 
 
 def test_client_refuses_unmask_that_omits_a_partner():
     h = _masked_round()
     u = h.nodes[0]
     with pytest.raises(ProtocolError, match="neither as survivor nor dropped"):
-        h.clients[u].unmask(ROUND, h.nodes[:4], [])
+        h.clients[u].sign_survivors(ROUND, h.nodes[:4], [])
 
 
 def test_client_answers_only_once():
     h = _masked_round()
+    h.check()
     u = h.nodes[0]
-    h.clients[u].unmask(ROUND, h.nodes, [])
+    req = h.requests[u]
+    h.clients[u].unmask(ROUND, req.survivors, req.dropped, req.signatures)
     with pytest.raises(ProtocolError, match="stage"):
-        h.clients[u].unmask(ROUND, h.nodes[:4], [h.nodes[4]])
+        h.clients[u].unmask(ROUND, req.survivors, req.dropped, req.signatures)
+    with pytest.raises(ProtocolError, match="stage"):
+        h.clients[u].sign_survivors(ROUND, h.nodes[:4], [h.nodes[4]])
 
 
 def test_client_refuses_keys_of_non_neighbours_and_reflection():
@@ -282,7 +285,7 @@ def test_client_refuses_keys_of_non_neighbours_and_reflection():
 
 
 def test_signed_keys_prevent_substitution_by_the_server():
-    h = Harness(5, dim=8, seed=6, identities=lambda nodes: {u: Ed25519PrivateKey.generate() for u in nodes})
+    h = Harness(5, dim=8, seed=6)
     h.advertise()
     u, v = h.nodes[0], h.nodes[1]
     attacker = K.generate_key()
@@ -293,7 +296,7 @@ def test_signed_keys_prevent_substitution_by_the_server():
 
 
 def test_server_rejects_unsigned_keys_when_identities_are_known():
-    h = Harness(5, dim=8, seed=6, identities=lambda nodes: {u: Ed25519PrivateKey.generate() for u in nodes})
+    h = Harness(5, dim=8, seed=6)
     bad = h.nodes[2]
     h.advertise(tamper=lambda u, m: dataclasses.replace(m, signature=b"") if u == bad else m)
     _assert_refused(h, bad, "signature")
@@ -309,7 +312,7 @@ def test_low_order_key_is_refused():
 def test_session_binding_separates_jobs():
     """Shares made under another job's session id do not open: AAD and keys bind the job."""
     other_job = SecAggConfig(clip=1.0, bits=24, max_weight=1000.0, session_id=b"other-job")
-    h = Harness(5, dim=8, seed=8)
+    h = Harness(5, dim=8, seed=8, authenticated=False)  # signatures would refuse even earlier
     h.advertise()
     u = h.nodes[0]
     h.clients[u].config = other_job  # u derives its keys for another job from here on

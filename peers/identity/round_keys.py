@@ -1,0 +1,189 @@
+"""A peer's consortium identity as SecAgg+ uses it: sign the round's keys, verify the neighbours'.
+
+`CertificateSigner` signs with the member's own key (`peer.key`, ECDSA P-256 with
+SHA-256); its credential is the member's certificate (DER, public). `ManifestVerifier`
+accepts a credential only if the certificate is signed by the consortium CA, valid now,
+and listed with the role 'peer' under its own name in the CA-signed manifest, and then
+checks the signature with the certificate's key; it returns the member's name. They are
+the `privacy.secagg.auth` Signer and Verifier of every deployed and simulated peer.
+
+The private key is read from the peer's own disk (`load_round_identity`), never from a
+message. `simulated_consortium` writes a real CA, manifest and one key and
+certificate per bank for simulations, so they run the same checks at the same cost.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from peers.errors import IdentityError
+from peers.identity.manifest import Manifest, Member
+from peers.identity.pki import (
+    certificate_fingerprint, certificate_name, check_issued_by, create_ca, create_request, issue_certificate,
+    load_certificate, load_private_key, new_private_key, write_private_key,
+)
+
+_ECDSA = ec.ECDSA(hashes.SHA256())
+CA_FILE, MANIFEST_FILE = "ca.pem", "manifest.json"
+SIMULATED_IDENTITY_KEY = "simulation.identity-dir"  # run config: a simulated consortium's directory
+
+
+@dataclass(frozen=True)
+class IdentityFiles:
+    """Where a peer keeps its consortium identity: its key, its certificate, the CA, the manifest."""
+
+    key: Path
+    cert: Path
+    ca_cert: Path
+    manifest: Path
+
+    def node_config(self) -> dict[str, str]:
+        """The SuperNode node-config entries the ClientApp reads them from (`peers.client.mods.secagg`)."""
+        return {"identity-key": str(self.key), "identity-cert": str(self.cert), "ca-cert": str(self.ca_cert),
+                "manifest": str(self.manifest)}
+
+
+class CertificateSigner:
+    """Signs with the member's own key; the credential is its certificate (DER)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+        if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+            raise IdentityError(f"the certificate of {certificate_name(certificate)!r} does not belong to its key")
+        self.name = certificate_name(certificate)
+        self._key = key
+        self._credential = certificate.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def credential(self) -> bytes:
+        return self._credential
+
+    def sign(self, transcript: bytes) -> bytes:
+        return self._key.sign(transcript, _ECDSA)
+
+
+class ManifestVerifier:
+    """The consortium's peers, as its CA-signed manifest lists them (see the module docstring)."""
+
+    def __init__(self, manifest: Manifest, ca_certificate: x509.Certificate) -> None:
+        self.manifest = manifest
+        self._ca = ca_certificate
+        self._admitted: dict[bytes, tuple[str, ec.EllipticCurvePublicKey]] = {}
+
+    def _admit(self, credential: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
+        known = self._admitted.get(credential)
+        if known is not None:
+            return known
+        try:
+            cert = x509.load_der_x509_certificate(credential)
+            name = certificate_name(cert)
+            check_issued_by(cert, self._ca)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"the credential is not a certificate ({error})") from None
+        except IdentityError as error:
+            raise ValueError(str(error)) from None
+        member = self.manifest.by_fingerprint(certificate_fingerprint(credential))
+        if member is None or member.name != name or not member.has("peer"):
+            raise ValueError(f"{name!r} is not a peer in the consortium's manifest (version "
+                             f"{self.manifest.version})")
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError(f"the certificate of {name!r} does not hold an EC key")
+        self._admitted[credential] = (name, key)
+        return name, key
+
+    def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str:
+        name, key = self._admit(credential)
+        try:
+            key.verify(signature, transcript, _ECDSA)
+        except (InvalidSignature, TypeError, ValueError):
+            raise ValueError(f"the signature is not {name!r}'s") from None
+        return name
+
+
+def load_round_identity(key_path: Path, cert_path: Path, ca_path: Path,
+                        manifest_path: Path) -> tuple[CertificateSigner, ManifestVerifier]:
+    """This peer's signer and the consortium's verifier, from the peer's own files.
+
+    IdentityError if a file is missing, the certificate is not the CA's or not this
+    key's, or the manifest does not list it. Cached per files and their modification
+    times (a new manifest version is picked up, an unchanged one is not re-verified),
+    the verifier once per consortium, so the many banks of a simulation share it.
+    """
+    paths = tuple(Path(p).resolve() for p in (key_path, cert_path, ca_path, manifest_path))
+    try:
+        stamps = tuple(p.stat().st_mtime_ns for p in paths)
+    except FileNotFoundError as missing:
+        raise IdentityError(f"this peer's consortium identity is incomplete: {missing.filename} does not exist") \
+            from None
+    verifier = _verifier(paths[2], paths[3], stamps[2:])
+    signer = _signer(paths[0], paths[1], stamps[:2], verifier)
+    return signer, verifier
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier(ca_path: Path, manifest_path: Path, _stamps: tuple[int, ...]) -> ManifestVerifier:
+    ca = load_certificate(ca_path)
+    return ManifestVerifier(Manifest.load(manifest_path, ca), ca)
+
+
+@functools.lru_cache(maxsize=4096)
+def _signer(key_path: Path, cert_path: Path, _stamps: tuple[int, ...], verifier: ManifestVerifier) -> CertificateSigner:
+    cert = load_certificate(cert_path)
+    check_issued_by(cert, verifier._ca)  # pylint: disable=protected-access
+    signer = CertificateSigner(load_private_key(key_path), cert)
+    member = verifier.manifest.by_fingerprint(certificate_fingerprint(cert))
+    if member is None or member.name != signer.name:
+        raise IdentityError(f"{signer.name} is not in the consortium's manifest: copy the consortium's latest "
+                            f"manifest.json to this peer")
+    return signer
+
+
+def bank_member(index: int) -> str:
+    return f"bank-{index:05d}"
+
+
+def simulated_consortium(directory: Path, banks: int, consortium: str = "simulated") -> Path:
+    """A CA, a signed manifest and one key and certificate per bank, in `directory` (simulations)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = new_private_key()
+    ca = create_ca(consortium, ca_key)
+    (directory / CA_FILE).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    members = []
+    for index in range(banks):
+        name = bank_member(index)
+        key = new_private_key()
+        address = f"https://{name}.invalid:443"
+        cert = issue_certificate(create_request(name, key), ca_key, ca, consortium, address)
+        write_private_key(directory / f"{name}.key", key)
+        (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        members.append(Member(name=name, fingerprint=certificate_fingerprint(cert), roles=("peer",),
+                              address=address))
+    Manifest(consortium, 1, tuple(members), "").write(directory / MANIFEST_FILE, ca_key)
+    return directory
+
+
+def simulated_files(directory: Path, bank: int) -> IdentityFiles:
+    """Bank `bank`'s identity files in a `simulated_consortium` in `directory`."""
+    name = bank_member(bank)
+    return IdentityFiles(directory / f"{name}.key", directory / f"{name}.pem", directory / CA_FILE,
+                         directory / MANIFEST_FILE)
+
+
+def simulated_identity(directory: Path, bank: int) -> tuple[CertificateSigner, ManifestVerifier]:
+    """Bank `bank`'s signer and the verifier of a `simulated_consortium` in `directory`."""
+    files = simulated_files(directory, bank)
+    return load_round_identity(files.key, files.cert, files.ca_cert, files.manifest)
+
+
+def simulated_verifier(directory: Path) -> ManifestVerifier:
+    """The verifier alone (the simulated host's), from a `simulated_consortium` in `directory`."""
+    files = simulated_files(directory, 0)
+    return _verifier(files.ca_cert.resolve(), files.manifest.resolve(),
+                     (files.ca_cert.stat().st_mtime_ns, files.manifest.stat().st_mtime_ns))

@@ -1,0 +1,83 @@
+"""Who signed a peer's round keys and its survivor list: the identity interface of SecAgg+.
+
+The protocol (``client``, ``server``) authenticates through two small interfaces, so
+that it knows nothing of certificates or manifests:
+
+* a :class:`Signer` is one peer's long-term identity: ``credential`` is public (a
+  certificate, or just a name when the verifier already holds the keys) and travels
+  with the peer's advertised keys; ``sign`` signs a transcript with the private key,
+  which never leaves the peer;
+* a :class:`Verifier` turns ``(credential, signature, transcript)`` into the name of
+  the identity that signed, or raises :class:`ValueError` when the credential is not an
+  admitted identity or the signature does not verify.
+
+A deployment implements both over the consortium's certificates and signed manifest
+(``peers.identity.round_keys``). :class:`Ed25519Identity` and :class:`Ed25519Directory`
+are the plain implementation for tests and tools that have the public keys in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+__all__ = ["Signer", "Verifier", "Ed25519Identity", "Ed25519Directory"]
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """One peer's identity: a public credential and a signing operation."""
+
+    @property
+    def credential(self) -> bytes: ...
+
+    def sign(self, transcript: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """The admitted identities: ``verify`` returns the signer's name or raises ValueError."""
+
+    def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str: ...
+
+
+class Ed25519Identity:
+    """A named Ed25519 key; its credential is its UTF-8 name."""
+
+    def __init__(self, name: str, key: Ed25519PrivateKey) -> None:
+        self.name = name
+        self._key = key
+
+    @property
+    def credential(self) -> bytes:
+        return self.name.encode()
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def sign(self, transcript: bytes) -> bytes:
+        return self._key.sign(transcript)
+
+
+class Ed25519Directory:
+    """Name -> Ed25519 public key, held by every peer (and the server) before the round."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self._keys = dict(keys)
+
+    def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str:
+        try:
+            name = credential.decode()
+        except (AttributeError, UnicodeDecodeError):
+            raise ValueError("the credential is not a name") from None
+        key = self._keys.get(name)
+        if key is None:
+            raise ValueError(f"{name!r} is not an admitted identity")
+        try:
+            key.verify(signature, transcript)
+        except (InvalidSignature, TypeError, ValueError):
+            raise ValueError(f"the signature is not {name!r}'s") from None
+        return name

@@ -1,0 +1,59 @@
+"""A peer's SecAgg+ identity: its consortium key signs, the CA-signed manifest decides who verifies."""
+
+import os
+
+import pytest
+
+from peers.errors import IdentityError
+from peers.identity.manifest import Manifest
+from peers.identity.pki import load_certificate, load_private_key
+from peers.identity.round_keys import (
+    CertificateSigner, ManifestVerifier, load_round_identity, simulated_consortium, simulated_files,
+    simulated_identity,
+)
+
+
+@pytest.fixture(scope="module")
+def two_consortia(tmp_path_factory):
+    root = tmp_path_factory.mktemp("round-keys")
+    return simulated_consortium(root / "ours", 3), simulated_consortium(root / "theirs", 2)
+
+
+def test_a_member_signs_and_every_member_verifies_by_name(two_consortia):
+    ours, _ = two_consortia
+    signer, verifier = simulated_identity(ours, 0)
+    _, other = simulated_identity(ours, 2)
+    signature = signer.sign(b"transcript")
+    assert verifier.verify(signer.credential, signature, b"transcript") == "bank-00000"
+    assert other.verify(signer.credential, signature, b"transcript") == "bank-00000"
+    with pytest.raises(ValueError, match="signature is not 'bank-00000'"):
+        other.verify(signer.credential, signature, b"another transcript")
+
+
+def test_certificates_of_another_ca_or_outside_the_manifest_are_refused(two_consortia):
+    ours, theirs = two_consortia
+    _, verifier = simulated_identity(ours, 1)
+    stranger, _ = simulated_identity(theirs, 0)  # the same name, another consortium's CA
+    with pytest.raises(ValueError, match="not signed by the consortium CA"):
+        verifier.verify(stranger.credential, stranger.sign(b"t"), b"t")
+    with pytest.raises(ValueError, match="not a certificate"):
+        verifier.verify(b"bank-00000", b"", b"t")
+    # a member removed from the manifest: its CA-signed certificate no longer verifies
+    files = simulated_files(ours, 0)
+    manifest = Manifest.load(files.manifest, load_certificate(files.ca_cert))
+    shrunk = ManifestVerifier(manifest.without_member("bank-00000"), load_certificate(files.ca_cert))
+    signer = CertificateSigner(load_private_key(files.key), load_certificate(files.cert))
+    with pytest.raises(ValueError, match="'bank-00000' is not a peer in the consortium's manifest"):
+        shrunk.verify(signer.credential, signer.sign(b"t"), b"t")
+
+
+def test_a_peer_whose_files_do_not_belong_together_is_refused(two_consortia, tmp_path):
+    ours, theirs = two_consortia
+    mine, foreign = simulated_files(ours, 0), simulated_files(theirs, 0)
+    with pytest.raises(IdentityError, match="not signed by the consortium CA"):
+        load_round_identity(foreign.key, foreign.cert, mine.ca_cert, mine.manifest)
+    with pytest.raises(IdentityError, match="does not belong to its key"):
+        load_round_identity(simulated_files(ours, 1).key, mine.cert, mine.ca_cert, mine.manifest)
+    with pytest.raises(IdentityError, match="does not exist"):
+        load_round_identity(tmp_path / "missing.key", mine.cert, mine.ca_cert, mine.manifest)
+    assert oct(os.stat(mine.key).st_mode & 0o777) == "0o600"
