@@ -306,6 +306,8 @@ def audit_show(args: argparse.Namespace) -> int:
 
 def audit_export(args: argparse.Namespace) -> int:
     """GET /v1/audit over the admin socket: only whoever can open it (the daemon's account) reads the log."""
+    import asyncio
+
     from peers.daemon.app import admin_socket
     from peers.daemon.client import admin_call
     from peers.daemon.config import load_config
