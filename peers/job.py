@@ -40,7 +40,7 @@ class DPSpec:
     epsilon: float = 3.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
+    accountant: str = "prv"
 
     def __post_init__(self) -> None:
         _require(self.mode in DP_MODES, f"dp.mode '{self.mode}' is unknown: use one of {', '.join(DP_MODES)}")
