@@ -93,9 +93,9 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
         del frames
         job_template = config.job()
         if job_template.dp.mode == "local":
+            _warm_dp_plans(job_template, sizes, config.test_fraction, progress)  # in parallel, on a cold cache
             for data in tensors.values():
                 plan_dp(job_template, data.n_train)  # fails early on an unusable bank
-            _warm_dp_plans(job_template, sizes, config.test_fraction, progress)
         everyone = baselines.pooled(list(tensors.values()))
         with RunFolder(config.out) as folder:
             (folder.path / "encoder.json").write_text(encoder.to_json())
