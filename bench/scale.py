@@ -21,6 +21,16 @@ seconds move far less with the load than the wall time).
 
     python bench/scale.py                 # 1,000 banks × 10 rounds, 100 per round; then 10,000 × 3
     python bench/scale.py --skip-big      # only the comparison
+    python bench/scale.py --cold          # every fedsilo run on an empty accounting cache
+    python bench/scale.py --only accounting --cold   # only the accounting of that run: PRV and RDP, CPU s
+
+`--cold` gives each fedsilo child its own new, empty directory as `FEDSILO_CACHE` (the
+accounting cache, `privacy.accounting.store`), removed afterwards: what a user's first
+run on a new machine computes. `--only accounting` measures just that computation (the
+population's noise calibrations, one round's ε and per-step RDP per sampling rate, as
+`simulations.runner` warms them before the engine starts, then the ε of 2 and 3 rounds
+at each rate, as peers and ledgers reach them), once with each accountant, each in its
+own cold-cache child: CPU seconds, which the machine's load moves little.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,7 +115,7 @@ def _tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
             continue
 
 
-def measure(argv: list[str], label: str) -> dict:
+def measure(argv: list[str], label: str, cold: bool = False) -> dict:
     """Run this script as a child with `argv`; its wall time, peak tree RSS, CPU seconds and JSON result.
 
     CPU seconds are the user + system time of every process of the tree, as last seen
@@ -113,6 +124,9 @@ def measure(argv: list[str], label: str) -> dict:
     print(f"• {label} ...", file=sys.stderr, flush=True)
     out = tempfile.NamedTemporaryFile(prefix="scale-", suffix=".json", delete=False).name
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cache = tempfile.mkdtemp(prefix="scale-cold-cache-") if cold else None
+    if cache:
+        env["FEDSILO_CACHE"] = cache  # new and empty: nothing calibrated or composed yet
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--child", out, *argv], env=env)
     peak, cpu = 0, {}
@@ -121,6 +135,8 @@ def measure(argv: list[str], label: str) -> dict:
         _tree_cpu_seconds(child.pid, cpu)
         time.sleep(0.25)
     wall = time.perf_counter() - started
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
     if child.returncode != 0:
         raise SystemExit(f"{label} failed with exit status {child.returncode}")
     result = {**json.loads(Path(out).read_text()), "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30,
@@ -142,6 +158,38 @@ def child_fedsilo(banks: int, rounds: int, sample: int, out: str) -> dict:
     summary = simulate(config, Progress(quiet=True))
     return {"run_s": time.perf_counter() - started, "final_auc": summary.final_auc,
             "epsilon_max": summary.epsilon_max}
+
+
+def child_accounting(banks: int, rounds: int, accountant: str) -> dict:
+    """The accounting a fedsilo run of this population does, without the engine (see the module doc)."""
+    from simulations.banks import build_population
+    from simulations.config import build_config
+    from simulations.progress import Progress
+    from simulations.runner import _warm_dp_plans
+    from peers.job import grid_sample_rate, plan_dp
+    from privacy.accounting import epsilon_spent
+
+    config = build_config(None, {"banks": banks, "rounds": rounds, "accountant": accountant})
+    with tempfile.TemporaryDirectory(prefix="scale-accounting-") as work:
+        sizes = build_population(config, Path(work)).sizes()
+    job = config.job(job_id="accounting")
+    def cpu_seconds() -> float:  # this process and its finished children (the calibration pool)
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    started, cpu = time.perf_counter(), cpu_seconds()
+    _warm_dp_plans(job, sizes, config.test_fraction, Progress(quiet=True))
+    warm_s = time.perf_counter() - started
+    rows = {int(n) - round(config.test_fraction * int(n)) for n in set(sizes.tolist())}
+    by_rate = {grid_sample_rate(job.train.batch_size, n): n for n in rows if n >= 1}
+    sigmas = {}
+    for q, n in sorted(by_rate.items()):
+        plan = plan_dp(job, n)
+        sigmas[repr(q)] = plan.noise_multiplier
+        for k in (2, 3):
+            epsilon_spent([plan.per_round] * k, job.dp.delta, accountant)
+    return {"run_s": time.perf_counter() - started, "warm_s": warm_s, "rates": len(by_rate),
+            "accounting_cpu_s": cpu_seconds() - cpu, "sigmas": sigmas}
 
 
 def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
@@ -236,17 +284,42 @@ def main() -> None:
     parser.add_argument("--big-banks", type=int, default=10_000)
     parser.add_argument("--big-rounds", type=int, default=3)
     parser.add_argument("--skip-big", action="store_true")
-    parser.add_argument("--only", choices=["compare", "big"],
-                        help="compare: only Flower vs fedsilo at --banks; big: only the --big-banks run")
+    parser.add_argument("--only", choices=["compare", "big", "accounting"],
+                        help="compare: only Flower vs fedsilo at --banks; big: only the --big-banks run; "
+                             "accounting: only the accounting of the --banks run, PRV against RDP")
+    parser.add_argument("--cold", action="store_true",
+                        help="run every fedsilo child on a new, empty accounting cache (FEDSILO_CACHE)")
     parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
-    parser.add_argument("--kind", choices=["flower", "fedsilo"], help=argparse.SUPPRESS)
+    parser.add_argument("--kind", choices=["flower", "fedsilo", "accounting-prv", "accounting-rdp"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        with tempfile.TemporaryDirectory(prefix="scale-bench-") as work:
-            run = child_flower if args.kind == "flower" else child_fedsilo
-            result = run(args.banks, args.rounds, args.sample, work)
+        if args.kind.startswith("accounting-"):
+            result = child_accounting(args.banks, args.rounds, args.kind.removeprefix("accounting-"))
+        else:
+            with tempfile.TemporaryDirectory(prefix="scale-bench-") as work:
+                run = child_flower if args.kind == "flower" else child_fedsilo
+                result = run(args.banks, args.rounds, args.sample, work)
         Path(args.child).write_text(json.dumps(result))
+        return
+
+    if args.only == "accounting":
+        runs = {name: measure(["--kind", f"accounting-{name}", "--banks", str(args.banks), "--rounds",
+                               str(args.rounds)], f"accounting ({name}) of {args.banks} banks × {args.rounds} rounds",
+                              cold=True)
+                for name in ("rdp", "prv")}
+        print()
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
+              "each run on a new, empty FEDSILO_CACHE")
+        print(f"{'accountant':<12}{'rates':>6}{'warm-up s':>11}{'accounting s':>14}{'its CPU s':>11}{'load':>6}")
+        for name, r in runs.items():
+            print(f"{name:<12}{r['rates']:>6}{r['warm_s']:>11.1f}{r['run_s']:>14.1f}{r['accounting_cpu_s']:>11.1f}"
+                  f"{r['load_end']:>6.1f}")
+        noise = [runs["prv"]["sigmas"][q] / runs["rdp"]["sigmas"][q] for q in runs["rdp"]["sigmas"]]
+        print(f"PRV / RDP noise multiplier at the same ε: {min(noise):.3f} to {max(noise):.3f}")
+        print(f"PRV / RDP cold accounting CPU time: "
+              f"{runs['prv']['accounting_cpu_s'] / runs['rdp']['accounting_cpu_s']:.2f}×")
         return
 
     from privacy.accounting import store
@@ -257,16 +330,17 @@ def main() -> None:
         flower = measure(["--kind", "flower", *common],
                          f"Flower plain FedAvg: {args.banks} banks × {args.rounds} rounds")
         fedsilo = measure(["--kind", "fedsilo", *common],
-                          f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds")
+                          f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds", cold=args.cold)
     if not args.skip_big and args.only != "compare":
         big = measure(["--kind", "fedsilo", "--banks", str(args.big_banks), "--rounds", str(args.big_rounds),
                        "--sample", str(args.sample)],
-                      f"fedsilo DP + SecAgg+: {args.big_banks} banks × {args.big_rounds} rounds")
+                      f"fedsilo DP + SecAgg+: {args.big_banks} banks × {args.big_rounds} rounds", cold=args.cold)
 
     print()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
-          f"accounting cache held {cached['noise-calibration']} noise calibrations and "
-          f"{cached['rdp-per-step']} RDP vectors at the start")
+          + ("fedsilo ran on a new, empty accounting cache (--cold)" if args.cold else
+             f"accounting cache held {cached['noise-calibration']} noise calibrations and "
+             f"{cached['rdp-per-step']} RDP vectors at the start"))
     print(f"{'run':<52}{'wall s':>8}{'s/round':>9}{'CPU s':>8}{'load':>6}{'peak RSS GiB':>14}{'AUC':>8}")
     for r, rounds in ((flower, args.rounds), (fedsilo, args.rounds), (big, args.big_rounds)):
         if r is None:

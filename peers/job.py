@@ -47,7 +47,7 @@ class DPSpec:
     epsilon: float = 3.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
+    accountant: str = "prv"
     reproducible: bool = False
 
     def __post_init__(self) -> None:

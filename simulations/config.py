@@ -110,7 +110,7 @@ class SimulationConfig:
     epsilon: float = 3.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
+    accountant: str = "prv"
     secure_aggregation: str = "on"
     secagg_clip: float = 8.0
     secagg_dropout_fraction: float = 0.3

@@ -100,9 +100,9 @@ def simulate(config: SimulationConfig, progress: Progress) -> RunSummary:
         del frames
         job_template = config.job()
         if job_template.dp.mode == "local":
+            _warm_dp_plans(job_template, sizes, config.test_fraction, progress)  # in parallel, on a cold cache
             for data in tensors.values():
                 plan_dp(job_template, data.n_train)  # fails early on an unusable bank
-            _warm_dp_plans(job_template, sizes, config.test_fraction, progress)
         everyone = baselines.pooled(list(tensors.values()))
         with RunFolder(config.out) as folder:
             (folder.path / "encoder.json").write_text(encoder.to_json())
@@ -127,10 +127,10 @@ def _warm_dp_plans(job: JobConfig, sizes: np.ndarray, test_fraction: float, prog
     first reaches it (seconds per rate, longer on a loaded machine), which can exceed
     the stage's timeout. Training rows are within one of size − round(test_fraction ·
     size), so the rates of n − 1, n and n + 1 cover every bank; results go to the
-    shared disk cache (`privacy.accounting.cache`). With the RDP accountant the per-step
-    RDP of each (σ, q) is stored there too (`privacy.accounting.compose`): every peer's
-    ε projection and every ledger reservation and commit need it, and each Ray worker
-    would otherwise compute it again (half a second per rate and process).
+    shared disk cache (`privacy.accounting.cache`). The ε of one round at each rate (every
+    sampled bank's first projection) and the per-step RDP of each (σ, q) (the card's RDP
+    figure) are stored there too (`privacy.accounting.compose`), so no Ray worker or
+    final report computes them again (a fraction of a second each, per process).
     """
     estimates = {int(n) - round(test_fraction * int(n)) for n in np.unique(sizes)}
     rows = {n + d for n in estimates for d in (-1, 0, 1) if n + d >= 1}
@@ -147,10 +147,12 @@ def _warm_dp_plans(job: JobConfig, sizes: np.ndarray, test_fraction: float, prog
 
 
 def _warm_dp_plan(job: JobConfig, n_train: int) -> None:
-    """Calibrate the noise for `n_train` rows (and, with RDP, its per-step RDP) into the disk cache."""
+    """Calibrate the noise for `n_train` rows into the disk cache, with the ε of one round
+    (every sampled bank's first projection) and the per-step RDP (the card's RDP figure)."""
     plan = plan_dp(job, n_train)
-    if job.dp.accountant == "rdp":
+    if job.dp.mode == "local":
         epsilon_spent([plan.per_round], job.dp.delta, job.dp.accountant)
+        epsilon_spent([plan.per_round], job.dp.delta, "rdp")
 
 
 def _pooled_evaluator(job: JobConfig, everyone: BankTensors, n_features: int):
@@ -252,6 +254,8 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
             "data_sha256": facts["data_sha256"],
             "rounds_trained": len(spent.get(index, [])),
             "epsilon_spent": _finite(ledger_status[name]["spent_epsilon"]) if name in ledger_status else 0.0,
+            "epsilon_spent_rdp": (_finite(epsilon_spent(spent[index], job.dp.delta, "rdp"))
+                                  if job.dp.private and spent.get(index) else None),
             "delta": job.dp.delta if job.dp.private else 0.0,
             "noise_multiplier": spent[index][0].noise_multiplier if spent.get(index) else None,
             "federated_auc_own_test": _finite(final_eval.get(index, {}).get("auc", float("nan"))),
@@ -261,6 +265,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
             entry["local_only_auc_pooled_test"] = _finite(local_by_bank[index].auc_pooled)
         participants.append(entry)
     epsilon_max = max((p["epsilon_spent"] or 0.0 for p in participants), default=0.0)
+    epsilon_max_rdp = max((p["epsilon_spent_rdp"] or 0.0 for p in participants), default=0.0)
 
     local_mean = float(np.mean([lo.auc_pooled for lo in local])) if local else None
     plot_rounds(path / "rounds.png", rounds, [outcome.central_metrics[r]["auc"] for r in rounds],
@@ -293,7 +298,7 @@ def _write_outputs(folder: RunFolder, config: SimulationConfig, run: FederationR
              "train": asdict(job.train), "config": config.to_dict()},
         data=data_info,
         participants=participants,
-        privacy=privacy_section(job, outcome, ledger_status, epsilon_max),
+        privacy=privacy_section(job, outcome, ledger_status, epsilon_max, epsilon_max_rdp),
         metrics={
             "final_auc_pooled_test": _finite(final_auc),
             "final_loss_pooled_test": _finite(outcome.central_metrics[rounds[-1]]["loss"]) if rounds else None,

@@ -8,13 +8,17 @@ comes from simulation-only globals, so the same app runs under both engines.
 Under the Deployment Engine the node config also names `state-dir`, the peer's own
 directory (`peers.client.node_state`): the job's encoder arrives from the host in a
 `query.encoder` message (after the peer answered `query.summarize` with its
-aggregates) and is kept there, and so is the peer's accountant history, after every
-round, for the peer to commit to its own ledger.
+aggregates) and is kept there, and so is the peer's accountant history: its durable
+record of the job (`node_state`), which the peer's daemon opens with the job's ε cap
+before the SuperNode starts. Each round reads the history and the cap from that file,
+refuses a round that would pass the cap, and appends the round before its update
+leaves, so that losing the ClientApp's memory (a restart mid-job) neither resets the
+cap nor drops earlier rounds from what the peer commits to its ledger.
 
 Replies carry the *inner* model's weights (never Opacus' `_module.` names), the
 number of training rows as `num-examples` (FedAvg's weight), and the ε this peer has
-spent so far in the job. The peer's accountant history is kept in `context.state`
-between rounds.
+spent so far in the job. Under the Simulation Engine (no `state-dir`) the accountant
+history is kept in `context.state` between rounds.
 
 In transfer setups a bank's private weights (those outside the job's shared set) are
 kept on disk, never in memory between rounds: in its node's `state-dir` under the
@@ -25,6 +29,7 @@ under the Simulation Engine.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -36,7 +41,7 @@ from flwr.clientapp.typing import Mod
 
 from peers.client.mods.secagg import secagg_mod
 from peers.packed_content import packed_content_mod
-from peers.client.local_training import evaluate_weights, limit_threads, train_round
+from peers.client.local_training import RoundResult, evaluate_weights, limit_threads, train_round
 from peers.client import node_state
 from peers.data.bank import BankTensors, load_bank, read_table
 from peers.data.encoding import BankSummary
@@ -155,6 +160,28 @@ def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTens
     return job, data, _full_weights(job, data, context, received)
 
 
+def _train_with_durable_record(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
+                               server_round: int, context: Context) -> RoundResult:
+    """A round under the Deployment Engine: history and cap from the peer's record, the round appended
+    to it (under the record's lock) before the update is returned, hence before it is released."""
+    state_dir = _state_dir(context)
+    with node_state.job_lock(state_dir, job.job_id):
+        record = node_state.read_privacy(state_dir, job.job_id)
+        if record is None or record.cap is None:
+            raise ConfigError(f"this peer has no privacy record with the ε cap of job {job.job_id} in its "
+                              "state-dir: its daemon opens one before joining (peers.deployment.join_training)")
+        if record.finished:
+            raise ConfigError(f"job {job.job_id} has ended at this peer: it trains no further round")
+        accepted = node_state.PrivacyCap(job.dp.epsilon, job.dp.delta, job.dp.accountant)
+        if job.dp.private and accepted != record.cap:
+            raise ConfigError(f"the run config's privacy terms {accepted} differ from the ones this peer accepted "
+                              f"for job {job.job_id} ({record.cap}): refused")
+        result = train_round(job, data, weights, list(record.spent), server_round, bank_index(context))
+        if result.mechanism is not None:
+            node_state.write_privacy(state_dir, replace(record, spent=(*record.spent, result.mechanism)))
+    return result
+
+
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this bank's rows with DP-SGD."""
     limit_threads()
@@ -162,16 +189,16 @@ def train(msg: Message, context: Context) -> Message:
         job, data, weights = _received_model(msg, context)
         refuse_public_noise(job, context)
         server_round = int(msg.content["config"]["server-round"])
-        history = _history(context, job)
-        result = train_round(job, data, weights, history, server_round, bank_index(context))
+        if context.node_config.get("state-dir"):
+            result = _train_with_durable_record(job, data, weights, server_round, context)
+        else:
+            history = _history(context, job)
+            result = train_round(job, data, weights, history, server_round, bank_index(context))
+            if result.mechanism is not None:
+                _store_history(context, job, [*history, result.mechanism])
     except FedsiloError as error:
         return _refuse(msg, error)
     released = _keep_private(job, context, result.weights)
-    if result.mechanism is not None:
-        _store_history(context, job, [*history, result.mechanism])
-        if context.node_config.get("state-dir"):
-            node_state.write_privacy(_state_dir(context),
-                                     node_state.JobPrivacy(job.job_id, (*history, result.mechanism)))
     metrics = {
         "num-examples": result.num_examples,
         "train-loss": result.train_loss,
@@ -234,8 +261,9 @@ def finish(msg: Message, context: Context) -> Message:
     try:
         job, _ = _job_query(msg, context)
         state_dir = _state_dir(context)
-        record = node_state.read_privacy(state_dir, job.job_id) or node_state.JobPrivacy(job.job_id, ())
-        node_state.write_privacy(state_dir, node_state.JobPrivacy(job.job_id, record.spent, finished=True))
+        with node_state.job_lock(state_dir, job.job_id):
+            record = node_state.read_privacy(state_dir, job.job_id) or node_state.JobPrivacy(job.job_id, ())
+            node_state.write_privacy(state_dir, replace(record, finished=True))
     except FedsiloError as error:
         return _refuse(msg, error)
     return Message(RecordDict({"config": ConfigRecord({"ok": True})}), reply_to=msg)

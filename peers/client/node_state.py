@@ -4,24 +4,32 @@ A SuperNode's node config names `state-dir` (a directory of that peer only). For
 job the ClientApp writes there:
 
 - `<job>.encoder.json`: the job's encoder, as the host sent it;
-- `<job>.privacy.json`: the mechanisms this peer's accountant has run so far in the
-  job (`spent`), rewritten atomically after every training round, and `finished`,
-  set when the host announces the end of the job;
+- `<job>.privacy.json`: the peer's durable record of the job: the job's (ε, δ,
+  accountant) as this peer accepted it (`cap`, written by `open_record` before its
+  SuperNode starts), the mechanisms it has run so far in the job (`spent`), appended
+  and rewritten atomically after every training round before the update leaves the
+  ClientApp, and `finished`, set when the host announces the end of the job;
 - `<job>.private.safetensors`: in transfer setups, the weights this peer never sends
   (its own input block, a private head), rewritten after every training round, with
   the job id in the file's metadata.
 
 So the peer commits to its ledger what its own accountant recorded, not what the host
-reports. Files are replaced atomically; a reader never sees half a file.
+reports, and the per-job ε cap reads this file, not the ClientApp's memory: a restarted
+ClientApp (or SuperNode) resumes from every round already released. Files are replaced
+atomically; a reader never sees half a file; `job_lock` serialises the ClientApp
+processes of one peer over a job's record.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,28 +75,79 @@ def write_atomic(path: Path, content: str | bytes) -> None:
 
 
 @dataclass(frozen=True)
+class PrivacyCap:
+    """The job's privacy target as this peer accepted it: no round may bring ε past `epsilon`."""
+
+    epsilon: float
+    delta: float
+    accountant: str
+
+
+@dataclass(frozen=True)
 class JobPrivacy:
-    """A peer's own record of a job: what it spent, and whether the job has ended."""
+    """A peer's own record of a job: its cap, what it spent, and whether the job has ended."""
 
     job_id: str
     spent: tuple[Mechanism, ...]
     finished: bool = False
+    cap: PrivacyCap | None = None
 
 
 def write_privacy(state_dir: Path, record: JobPrivacy) -> None:
+    cap = None if record.cap is None else {"epsilon": record.cap.epsilon, "delta": record.cap.delta,
+                                            "accountant": record.cap.accountant}
     write_atomic(privacy_file(state_dir, record.job_id), json.dumps({
-        "job": record.job_id, "finished": record.finished, "spent": [m.to_dict() for m in record.spent]}) + "\n")
+        "job": record.job_id, "finished": record.finished, "cap": cap,
+        "spent": [m.to_dict() for m in record.spent]}) + "\n")
 
 
 def read_privacy(state_dir: Path, job_id: str) -> JobPrivacy | None:
-    """The peer's record of `job_id`, or None if it never trained in it."""
+    """The peer's record of `job_id`, or None if it has none."""
     path = privacy_file(state_dir, job_id)
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+        cap = data.get("cap")
+        record = JobPrivacy(job_id, tuple(Mechanism.from_dict(m) for m in data["spent"]), bool(data["finished"]),
+                            None if cap is None else PrivacyCap(float(cap["epsilon"]), float(cap["delta"]),
+                                                                str(cap["accountant"])))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is not a readable privacy record ({error}): it is this peer's account of job "
+                          f"{job_id}; restore it from a backup, never delete it") from None
     if data.get("job") != job_id:
         raise ConfigError(f"{path} belongs to job {data.get('job')!r}, not {job_id!r}: two job ids map to one file")
-    return JobPrivacy(job_id, tuple(Mechanism.from_dict(m) for m in data["spent"]), bool(data["finished"]))
+    return record
+
+
+def open_record(state_dir: Path, job_id: str, cap: PrivacyCap) -> JobPrivacy:
+    """Write the job's record with its `cap` before this peer trains in it; keep what it already holds.
+
+    Raises ConfigError if the record holds another cap (the job's terms changed).
+    """
+    with job_lock(state_dir, job_id):
+        record = read_privacy(state_dir, job_id)
+        if record is not None and record.cap is not None:
+            if record.cap != cap:
+                raise ConfigError(f"the privacy record of job {job_id} holds the cap {record.cap}, not {cap}: "
+                                  "a job's privacy terms never change once it started")
+            return record
+        record = replace(record, cap=cap) if record is not None else JobPrivacy(job_id, (), cap=cap)
+        write_privacy(state_dir, record)
+        return record
+
+
+@contextmanager
+def job_lock(state_dir: Path, job_id: str) -> Iterator[None]:
+    """Hold an exclusive lock on the job's record (across processes) for a read-check-write."""
+    path = Path(state_dir) / f".{_stem(job_id)}.privacy.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_private_weights(path: Path, job_id: str, weights: dict[str, np.ndarray]) -> None:

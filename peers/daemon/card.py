@@ -1,8 +1,9 @@
 """The model card a job's host signs: what the model is, who trained it on what, at what privacy cost.
 
 Per participant: its data source's row count and file fingerprint (never rows), the
-(ε, δ) its own accountant spent (as it reported it to the host over mutual TLS), and
-the mechanisms behind that ε. The job document's SHA-256 ties the card to the
+(ε, δ) its own accountant spent (as it reported it to the host over mutual TLS), the
+mechanisms behind that ε, and the ε of those mechanisms under Opacus' RDP accountant
+(computed here; beside a PRV figure it shows what the tighter accountant bought). The job document's SHA-256 ties the card to the
 owner-signed job. Software versions make the model traceable to the code that made it.
 """
 
@@ -16,6 +17,9 @@ from typing import Any
 from peers.daemon.signed_job import SignedJob
 from peers.identity.signing import canonical_json
 from peers.provenance import package_versions
+from privacy.accounting import Mechanism, epsilon_spent
+from privacy.accounting.compose import prv_error_bound
+from privacy.errors import ConfigError
 
 SCHEMA = "fedsilo.model-card/1"
 
@@ -34,6 +38,7 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
                      "delta": None if report is None else report["delta"],
                      "accountant": None if report is None else report["accountant"],
                      "spent": None if report is None else report["spent"],
+                     "epsilon_rdp": None if report is None else _rdp_epsilon(report),
                      "reported": report is not None})
     rounds = metrics.get("rounds", [])
     return {
@@ -57,11 +62,29 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
                     "public": "each participant's number of training rows is released exactly (training_rows "
                               "here; it also sets its sampling rate and its weight in the average): the (ε, δ) "
                               "protects what each record contains, not whether a peer holds one more record",
+                    "accounting": _accounting_note(config.dp.accountant, config.dp.delta),
                     "secure_aggregation": "SecAgg+: the host saw only the sum of each round's updates"
                     if config.secagg.enabled else "off: the host saw each DP-protected update"},
         "metrics": _final_metrics(rounds),
         "software": package_versions(),
     }
+
+
+def _rdp_epsilon(report: dict[str, Any]) -> float | None:
+    """ε of the reported mechanisms under the RDP accountant, at the reported δ (None if unreadable)."""
+    try:
+        return round(epsilon_spent([Mechanism.from_dict(m) for m in report["spent"]], report["delta"], "rdp"), 6)
+    except (ConfigError, KeyError, TypeError):
+        return None
+
+
+def _accounting_note(accountant: str, delta: float) -> str:
+    if accountant == "prv":
+        bound = prv_error_bound(delta)
+        return (f"noise calibrated with the PRV accountant (Gopi et al. 2021, Opacus); a PRV ε is its certified "
+                f"upper bound (estimate at δ − {bound['delta_error']:.3g}, plus ε error {bound['eps_error']:g}); "
+                "epsilon_rdp is the same spending under the looser RDP accountant")
+    return "RDP accountant (Opacus)"
 
 
 def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ label = "Y"
 id-column = "ID"                 # optional: kept out of the features
 epsilon = 10.0                   # total budget of this source, over all jobs
 delta = 1e-5
-accountant = "rdp"
+accountant = "prv"               # prv (tight, the default) or rdp
 
 [lists.high-risk]                # a list other peers may compare with (PSI) or query
 path = "../data/high-risk.csv"   # CSV, relative to this file; never leaves the machine
@@ -83,7 +83,7 @@ class DataSource:
     label: str
     epsilon: float
     delta: float
-    accountant: str = "rdp"
+    accountant: str = "prv"
     id_column: str | None = None
 
 
@@ -201,7 +201,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
             raise ConfigError(f"{where}.epsilon must be > 0 (got {epsilon})")
         if not 0 < delta < 1:
             raise ConfigError(f"{where}.delta must be in (0, 1) (got {delta})")
-        accountant = _typed(entry, "accountant", str, where, "rdp")
+        accountant = _typed(entry, "accountant", str, where, "prv")
         if accountant not in ("rdp", "prv"):
             raise ConfigError(f"{where}.accountant {accountant!r} is unknown: valid choices are rdp, prv")
         path = (base / _typed(entry, "path", str, where)).resolve()

@@ -6,11 +6,12 @@ ClientApp in its own process, imported once: see that module), connecting to the
 host's SuperLink over TLS (verifying it against the consortium CA), authenticating
 with the peer's node key (`node_auth_keypair`), in `--isolation process` (its unused
 Runtime API listens on 127.0.0.1 only), with node config `data-path` (the peer's own
-table; it never leaves the machine), `state-dir` (`work_dir`), the job it accepted
-(`job-id`, and `secagg` on or off: the ClientApp holds the host to it) and, for a
-secure-aggregation job, where its consortium identity is (its key, certificate, the CA
-and the manifest: the ClientApp signs its SecAgg+ keys with that key, read from this
-machine's disk, and verifies the other peers' against the manifest).
+table; it never leaves the machine), `state-dir` (`work_dir`, where it first opens the
+peer's privacy record of the job with the job's ε cap: `node_state.open_record`), the
+job it accepted (`job-id`, and `secagg` on or off: the ClientApp holds the host to it)
+and, for a secure-aggregation job, where its consortium identity is (its key,
+certificate, the CA and the manifest: the ClientApp signs its SecAgg+ keys with that
+key, read from this machine's disk, and verifies the other peers' against the manifest).
 
 `wait` returns once the host has announced the end of the job, with what this peer's
 own accountant recorded (`peers.client.node_state`).
@@ -121,6 +122,9 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
         raise ConfigError(f"the data source {data_path} does not exist: check the peer's data sources")
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    # The ε cap every round is checked against: from the job this peer accepted, on its disk, never from the host.
+    node_state.open_record(work_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta,
+                                                                       job.dp.accountant))
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
     try:

@@ -1,8 +1,8 @@
 """A persistent cache of noise calibrations, shared by every process on the machine.
 
 `calibrate_noise` is a pure function of (ε, δ, sample rate, steps, accountant) and of
-the Opacus version and RDP orders that compute it, and it is slow (seconds: hundreds of
-RDP orders, a dozen evaluations). With thousands of simulated banks every Ray worker
+the Opacus version and RDP orders (or PRV method) that compute it, and it is slow
+(seconds: a handful of PRV or a dozen RDP evaluations). With thousands of simulated banks every Ray worker
 would recompute the same few values; this cache keeps each result in one small file
 (`privacy.accounting.store`, kind `noise-calibration`), so any process computes each
 calibration at most once. The cached value is the exact float `calibrate_noise`
@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from privacy.accounting import store
-from privacy.accounting.compose import RDP_ALPHAS, calibrate_noise
+from privacy.accounting.compose import PRV_METHOD, RDP_ALPHAS, calibrate_noise
 
 KIND = "noise-calibration"
 
@@ -25,7 +25,9 @@ def cache_dir() -> Path:
 
 
 def _key(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> str:
-    return store.key([repr(epsilon), repr(delta), repr(q), steps, accountant, store.opacus_version(), RDP_ALPHAS])
+    method = [PRV_METHOD] if accountant == "prv" else []  # a PRV σ is only valid for the ε it was searched with
+    return store.key([repr(epsilon), repr(delta), repr(q), steps, accountant, store.opacus_version(), RDP_ALPHAS,
+                      *method])
 
 
 def is_cached(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> bool:

@@ -4,17 +4,32 @@ Assumption behind every function here: all mechanisms passed together were run o
 the *same* set of records (one institution's data source), so their privacy losses
 compose; δ is that source's budget δ. Composition is always done by one Opacus
 accountant over the whole history, never by summing per-job epsilons.
+
+PRV (the default of jobs and sources): Opacus' `PRVAccountant` (Gopi et al. 2021,
+numerical composition of privacy loss random variables), which is tighter than RDP.
+The ε it states is never its estimate but its certified upper bound: the estimate at
+δ − δ_err plus ε_err, with ε_err = `PRV_EPS_ERROR` (0.01) and δ_err = δ/1000
+(`PRV_DELTA_ERROR_FRACTION`), so the true ε at δ is below the stated one. One
+deviation from Opacus, on the safe side: the truncation domain [−L, L] is derived
+from an RDP bound over integer orders (`PRV_DOMAIN_ORDERS`) instead of Opacus'
+fractional ones, then widened, at Opacus' mesh, to a length the FFT handles fast.
+Any order set gives a valid RDP bound, and a larger L only shrinks the truncation
+error; the bound costs milliseconds instead of half a second, the FFT up to 4x less. (Opacus' own caveat on that domain rule, an adaptation of Remark 5.6 of the
+paper said to hold for ε_err < 1, applies unchanged.)
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as privacy_analysis
+from opacus.accountants.analysis.prv import Domain
+from scipy.fft import next_fast_len
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
@@ -102,8 +117,77 @@ def epsilon_spent(
         rdp = sum(np.asarray(_rdp_per_step(sigma, q)) * steps for sigma, q, steps in history)
         epsilon, _ = privacy_analysis.get_privacy_spent(orders=RDP_ALPHAS, rdp=rdp, delta=delta)
         return float(epsilon)
+    if accountant == "prv":
+        return _prv_epsilon(tuple(history), delta)
     acc.history = history
     return float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
+
+
+#: ε error of every PRV computation: the stated ε is the estimate (at δ − δ_err) + this.
+PRV_EPS_ERROR = 0.01
+#: δ error of every PRV computation, as a fraction of δ (Opacus' default, δ/1000).
+PRV_DELTA_ERROR_FRACTION = 1e-3
+#: RDP orders for the PRV truncation domain only (see the module docstring).
+PRV_DOMAIN_ORDERS = [float(a) for a in [*range(2, 65), 80, 96, 128, 192, 256]]
+PRV_STORE_KIND = "prv-epsilon"
+#: Bump when the PRV computation changes, so that no stored value of another method is reused.
+PRV_METHOD = "opacus-prv/int-rdp-domain/1"
+
+
+def prv_error_bound(delta: float) -> dict[str, float]:
+    """What a PRV ε stated at `delta` includes: ``{"eps_error": ε_err, "delta_error": δ_err}``."""
+    return {"eps_error": PRV_EPS_ERROR, "delta_error": check_delta(delta) * PRV_DELTA_ERROR_FRACTION}
+
+
+def _rdp_bound(history: Sequence[tuple[float, float, int]], delta: float, orders: Sequence[float]) -> float:
+    """A valid RDP bound on ε of `history` at `delta` over `orders` (loose when the optimum is outside them)."""
+    rdp = sum(np.asarray(privacy_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders))
+              for sigma, q, steps in history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "optimal order is the largest alpha": still a valid bound
+        return float(privacy_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+
+class _PRVAccountant(PRVAccountant):
+    """Opacus' PRV accountant with the truncation domain bounded over integer RDP orders."""
+
+    def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error) -> Domain:  # type: ignore[override]
+        total = sum(num_self_compositions)
+        # Opacus' compute_safe_domain_size, over PRV_DOMAIN_ORDERS.
+        bound = _rdp_bound(self.history, delta_error / 4, PRV_DOMAIN_ORDERS)
+        for sigma, q, _ in self.history:
+            bound = max(bound, _rdp_bound([(sigma, q, 1)], delta_error / (8 * total), PRV_DOMAIN_ORDERS))
+        half_width = max(bound, eps_error) + 3
+        mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
+        domain = Domain.create_aligned(-half_width, half_width, mesh)
+        # Widen it to a length the FFT handles fast (Opacus' sizes can have large prime
+        # factors, 4x slower), keeping Opacus' layout: t_min = -(size/2 - 1)·dt, t_max = (size/2)·dt.
+        size = next_fast_len(domain.size, real=True)
+        while size % 2:
+            size = next_fast_len(size + 1, real=True)
+        return Domain(-(size // 2 - 1) * domain.dt, (size // 2) * domain.dt, int(size))
+
+
+@functools.lru_cache(maxsize=4096)
+def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """The PRV upper bound on ε of a canonical history at `delta` (see the module docstring).
+
+    From a fraction of a second to a second per history, so it is also kept on disk
+    (`privacy.accounting.store`): the ledger, the peer's per-round projection and the
+    harness then compute each value once per machine. A stored value is the exact float.
+    """
+    name = store.key([[[repr(s), repr(q), n] for s, q, n in history], repr(delta), PRV_EPS_ERROR,
+                      PRV_DELTA_ERROR_FRACTION, PRV_DOMAIN_ORDERS, PRV_METHOD, store.opacus_version()])
+    record = store.load(PRV_STORE_KIND, name)
+    if record is not None and isinstance(record.get("epsilon"), float):
+        return record["epsilon"]
+    acc = _PRVAccountant()
+    acc.history = list(history)
+    with np.errstate(divide="ignore", invalid="ignore"):  # Opacus' PRV pdf takes log(0) at the domain's edge
+        epsilon = float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR,
+                                        delta_error=delta * PRV_DELTA_ERROR_FRACTION))
+    store.save(PRV_STORE_KIND, name, {"history": [list(h) for h in history], "delta": delta, "epsilon": epsilon})
+    return epsilon
 
 
 RDP_STORE_KIND = "rdp-per-step"
@@ -161,6 +245,8 @@ def calibrate_noise(
         "raise the target or train fewer steps"
     )
 
+    if accountant == "prv":
+        return _calibrate_prv(target_epsilon, delta, sample_rate, steps, prior, tol, too_low)
     if not canonical_history(prior):
         try:
             return float(
@@ -205,3 +291,71 @@ def calibrate_noise(
         else:
             sigma_low = sigma
     return sigma_high
+
+
+def _calibrate_prv(target: float, delta: float, sample_rate: float, steps: int, prior: list[Mechanism],
+                   tol: float, too_low: str) -> float:
+    """`calibrate_noise` for PRV: a bracketed secant search, about 4 PRV evaluations instead of 20.
+
+    ε(σ) falls smoothly with σ. A cheap integer-order RDP calibration (milliseconds) gives
+    a starting σ, nearly always on the safe side since PRV is tighter; the search then
+    keeps a σ whose PRV ε is known to be <= target and one known to be above, and moves
+    by secant steps in (log σ, log ε), with bisection when a step stalls, until the safe
+    one is within `tol` of the target. Every returned σ has had its PRV ε computed by
+    `epsilon_spent` (so the value is stored and a later check gives the same float).
+    """
+    if prior:
+        base = epsilon_spent(prior, delta, "prv")
+        if base >= target:
+            raise BudgetExceeded(
+                f"the prior history already spends epsilon={base:.4f} at delta={delta}, "
+                f"which is not below target_epsilon={target}; no noise level fits. "
+                "Raise the budget or use a data source with budget left"
+            )
+    history = canonical_history(prior)
+
+    def eps(sigma: float) -> float:
+        return epsilon_spent(prior + [Mechanism(sigma, sample_rate, steps)], delta, "prv")
+
+    def rough(sigma: float) -> float:
+        return _rdp_bound([*history, (sigma, sample_rate, steps)], delta, PRV_DOMAIN_ORDERS)
+
+    low, high = 0.0, 1.0
+    while rough(high) > target:
+        low, high = high, high * 2
+        if high > MAX_SIGMA:
+            raise ConfigError(too_low)
+    for _ in range(40):  # rough σ to 0.1 %: its evaluations are milliseconds
+        if high - low <= 1e-3 * high:
+            break
+        mid = (low + high) / 2
+        low, high = (low, mid) if rough(mid) <= target else (mid, high)
+
+    safe, e_safe = high, eps(high)
+    while e_safe > target:  # PRV above the RDP bound: rare (its ε_err), step out
+        safe *= 1.25
+        if safe > MAX_SIGMA:
+            raise ConfigError(too_low)
+        e_safe = eps(safe)
+    unsafe, e_unsafe = 0.0, math.inf
+    for _ in range(60):
+        if target - e_safe <= tol:
+            break
+        if unsafe > 0 and safe - unsafe <= 1e-6 * safe:
+            break  # the bracket has closed: PRV's discretisation noise is above tol here
+        # Secant in log-log through the bracket, or, with no unsafe point yet, assume ε ∝ 1/σ.
+        slope = (math.log(e_unsafe / e_safe) / math.log(unsafe / safe)) if unsafe > 0 else -1.0
+        aim = target - tol / 2
+        guess = safe * math.exp(math.log(aim / e_safe) / slope) if slope < 0 else safe / 2
+        if unsafe > 0 and not (unsafe < guess < safe):
+            guess = (unsafe + safe) / 2
+        # Keep away from the bracket's ends so that a stalling secant still shrinks it.
+        if unsafe > 0:
+            width = safe - unsafe
+            guess = min(max(guess, unsafe + 0.05 * width), safe - 0.05 * width)
+        e = eps(guess)
+        if e <= target:
+            safe, e_safe = guess, e
+        else:
+            unsafe, e_unsafe = guess, e
+    return safe

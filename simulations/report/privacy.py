@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from peers.job import JobConfig
+from privacy.accounting.compose import prv_error_bound
 from peers.server.host import HostedRun
 from strategies.secagg import SecureAggregation
 from strategies.wrapper import find_wrapper
@@ -54,8 +55,18 @@ def guarantee(job: JobConfig) -> str:
     return "no differential privacy"
 
 
+def accounting_note(accountant: str, delta: float) -> str:
+    """What the stated ε is, for the accountant that computed it (PRV: its error bound)."""
+    if accountant == "prv":
+        bound = prv_error_bound(delta)
+        return (f"PRV accountant (Gopi et al. 2021, Opacus): each stated ε is its certified upper bound, the "
+                f"estimate at δ − {bound['delta_error']:.3g} plus ε error {bound['eps_error']:g}; the RDP "
+                "figures beside it are the same spending under Opacus' RDP accountant (looser)")
+    return "RDP accountant (Opacus, orders 1.1 to 1024)"
+
+
 def privacy_section(job: JobConfig, outcome: HostedRun, ledger_status: dict[str, Any],
-                    epsilon_max: float) -> dict[str, Any]:
+                    epsilon_max: float, epsilon_max_rdp: float | None = None) -> dict[str, Any]:
     secure = find_wrapper(outcome.strategy, SecureAggregation)
     return {
         "mode": DP_MODE_TEXT[job.dp.mode],
@@ -64,9 +75,11 @@ def privacy_section(job: JobConfig, outcome: HostedRun, ledger_status: dict[str,
         "delta": job.dp.delta if job.dp.private else None,
         "accountant": job.dp.accountant if job.dp.private else None,
         "max_grad_norm": job.dp.max_grad_norm if job.dp.private else None,
+        "accounting": accounting_note(job.dp.accountant, job.dp.delta) if job.dp.private else None,
         "epsilon_max_spent": epsilon_max,
         "noise": noise_statement(job),
         "public": PUBLIC_ROW_COUNTS,
+        "epsilon_max_spent_rdp": epsilon_max_rdp if job.dp.private else None,
         "secure_aggregation": ({
             "protocol": "SecAgg+ (Bell et al. 2020): X25519 + HKDF-SHA256, ChaCha20 masks, Shamir over 2^521-1, "
                         "AES-GCM share encryption; keys and survivor lists signed with the peers' consortium "

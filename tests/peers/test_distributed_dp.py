@@ -21,7 +21,7 @@ def _job(peers=10, rounds=20, epsilon=3.0, secagg="on"):
 def test_rounds_spend_the_target_and_survivors_are_enforced(peers, rounds):
     job = _job(peers, rounds)
     plan = plan_distributed_dp(job, 4000)
-    spent = epsilon_spent([plan.per_round] * rounds, job.dp.delta)
+    spent = epsilon_spent([plan.per_round] * rounds, job.dp.delta, job.dp.accountant)
     assert spent <= 3.0 + 1e-9 and spent == pytest.approx(3.0, rel=0.02)
     graph = graph_parameters(peers, 0.3, 0.1, 40, 30, 30)
     assert plan.min_survivors == peers - graph.dropped

@@ -38,6 +38,8 @@ def test_missing_run_config_key_names_it():
 def test_plan_spends_exactly_the_target_over_all_rounds(n_train):
     job = JobConfig(label="y", encoder_path="", train=TrainSpec(rounds=5, batch_size=64), dp=DPSpec(epsilon=2.0))
     plan = plan_dp(job, n_train)
-    spent = epsilon_spent([plan.per_round] * job.train.rounds, job.dp.delta)
+    assert job.dp.accountant == "prv"  # the default: the tightest sound accountant
+    spent = epsilon_spent([plan.per_round] * job.train.rounds, job.dp.delta, job.dp.accountant)
     assert spent <= 2.0 + 1e-6 and spent == pytest.approx(2.0, rel=0.02)
+    assert epsilon_spent([plan.per_round] * job.train.rounds, job.dp.delta, "rdp") > 2.0  # the card's RDP figure
     assert plan.whole_job.steps == plan.steps_per_round * 5

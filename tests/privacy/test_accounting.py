@@ -223,3 +223,84 @@ def test_accountant_rejects_bad_state_and_keeps_its_own():
         assert acc.history == before
     with pytest.raises(ConfigError):
         Accountant("gdp")
+
+
+# -- PRV: the tight accountant jobs calibrate with ---------------------------------
+
+
+def test_prv_states_opacus_upper_bound_with_its_error_bound():
+    """The stated PRV ε is Opacus' certified upper bound (never its estimate) at the stated errors."""
+    from privacy.accounting.compose import PRV_EPS_ERROR, prv_error_bound
+
+    acc = PRVAccountant()
+    acc.history = [(JOB.noise_multiplier, JOB.sample_rate, JOB.steps)]
+    bound = prv_error_bound(DELTA)
+    assert bound == {"eps_error": PRV_EPS_ERROR, "delta_error": DELTA / 1000}
+    lower, estimate, upper = acc._get_dprv(**bound).compute_epsilon(DELTA, bound["delta_error"], PRV_EPS_ERROR)
+    ours = epsilon_spent([JOB], DELTA, "prv")
+    assert ours == pytest.approx(upper, abs=1e-4) and ours > estimate + PRV_EPS_ERROR / 2 > lower
+
+
+def test_prv_domain_is_wider_than_opacus_and_fft_friendly():
+    """The one deviation from Opacus: a truncation domain at least as wide (safe), of a fast length."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+    from scipy.fft import next_fast_len
+
+    from privacy.accounting.compose import _PRVAccountant
+
+    history = [(JOB.noise_multiplier, JOB.sample_rate, JOB.steps)]
+    args = ([PoissonSubsampledGaussianPRV(JOB.sample_rate, JOB.noise_multiplier)], [JOB.steps], 0.01, DELTA / 1000)
+    stock, ours = PRVAccountant(), _PRVAccountant()
+    stock.history = ours.history = history
+    theirs, mine = stock._get_domain(*args), ours._get_domain(*args)
+    assert mine.dt == pytest.approx(theirs.dt, rel=1e-9)
+    assert mine.t_min <= theirs.t_min and mine.t_max >= theirs.t_max
+    assert mine.size % 2 == 0 and next_fast_len(mine.size, real=True) == mine.size
+    assert mine.t_min == pytest.approx(-(mine.size // 2 - 1) * mine.dt)  # Opacus' layout, which its FFT roll needs
+
+
+def test_prv_calibration_buys_less_noise_than_rdp_and_few_evaluations(monkeypatch, tmp_path):
+    """Same ε, less noise; the RDP figure of the PRV-calibrated job is above the target (the card shows it).
+    On an empty cache the search needs a handful of PRV computations, not Opacus' ~20."""
+    from privacy.accounting import compose
+
+    monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
+    compose._prv_epsilon.cache_clear()
+    calls = []
+    original = compose._PRVAccountant.get_epsilon
+    monkeypatch.setattr(compose._PRVAccountant, "get_epsilon",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    q, steps = 0.05, 200
+    prv = calibrate_noise(3.0, DELTA, q, steps, "prv")
+    rdp = calibrate_noise(3.0, DELTA, q, steps, "rdp")
+    assert len(calls) <= 8
+    assert prv < 0.97 * rdp
+    assert 3.0 - 0.01 <= epsilon_spent([Mechanism(prv, q, steps)], DELTA, "prv") <= 3.0
+    assert epsilon_spent([Mechanism(prv, q, steps)], DELTA, "rdp") > 3.0
+    # the smallest: a bit less noise overshoots
+    assert epsilon_spent([Mechanism(prv * 0.98, q, steps)], DELTA, "prv") > 3.0 - 0.01
+
+
+def test_prv_values_are_kept_on_disk_exactly(monkeypatch, tmp_path):
+    from privacy.accounting import compose, store
+
+    monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
+    compose._prv_epsilon.cache_clear()
+    first = epsilon_spent([JOB], DELTA, "prv")
+    (stored,) = (tmp_path / compose.PRV_STORE_KIND).glob("*.json")
+    assert json.loads(stored.read_text())["epsilon"] == first
+    compose._prv_epsilon.cache_clear()
+    monkeypatch.setattr(compose._PRVAccountant, "get_epsilon", lambda *a, **k: pytest.fail("recomputed"))
+    assert epsilon_spent([JOB], DELTA, "prv") == first
+    assert store.root() == tmp_path
+
+
+def test_prv_calibration_with_prior_and_exhausted_prior():
+    prior = [Mechanism(2.0, 0.01, 500)]
+    after = calibrate_noise(3.0, DELTA, 0.01, 500, "prv", prior=prior)
+    assert after > calibrate_noise(3.0, DELTA, 0.01, 500, "prv")
+    assert 3.0 - 0.01 <= epsilon_spent(prior + [Mechanism(after, 0.01, 500)], DELTA, "prv") <= 3.0
+    with pytest.raises(BudgetExceeded, match="already spends"):
+        calibrate_noise(0.5, DELTA, 0.01, 100, "prv", prior=[Mechanism(0.8, 0.01, 1000)])
+    with pytest.raises(ConfigError, match="too low"):
+        calibrate_noise(1e-9, DELTA, 1.0, 10_000, "prv")

@@ -322,3 +322,14 @@ def test_racing_processes_cannot_reserve_past_the_budget(tmp_path):
         st = led.status("cards")
         assert st.jobs == 2
         assert st.reserved_epsilon == pytest.approx(EPS_TWO)
+
+
+def test_a_prv_source_fits_a_job_an_rdp_source_refuses(ledger: PrivacyLedger):
+    """The same budget holds more under the tighter (still sound: upper-bound) PRV accounting."""
+    three = JOB * 3
+    assert epsilon_spent(three, DELTA, "prv") <= BUDGET < epsilon_spent(three, DELTA, "rdp")
+    ledger.set_budget("rdp-source", BUDGET, DELTA, "rdp")
+    ledger.set_budget("prv-source", BUDGET, DELTA, "prv")
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("rdp-source", "j", three)
+    assert ledger.reserve("prv-source", "j", three) == pytest.approx(epsilon_spent(three, DELTA, "prv"))

@@ -143,7 +143,8 @@ def test_a_bank_reserves_its_whole_plan_and_commits_per_participation(tmp_path):
         ledger.commit("bank-00003", "job-1", [plan.per_round] * 2)  # sampled in 2 of 10 rounds
         status = ledger.status("bank-00003")
         assert status.reserved_epsilon == 0 and 0 < status.spent_epsilon < job.dp.epsilon / 2
-        assert status.spent_epsilon == pytest.approx(epsilon_spent([plan.per_round] * 2, job.dp.delta))
+        assert status.spent_epsilon == pytest.approx(epsilon_spent([plan.per_round] * 2, job.dp.delta,
+                                                                   job.dp.accountant))
         assert ledger.sources() == ["bank-00003"]  # a bank never sampled never appears
     finally:
         ledger.close()

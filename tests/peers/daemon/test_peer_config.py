@@ -33,7 +33,7 @@ def test_a_valid_peer_toml(peer_dir):
     assert config.policy.model_owners == ("risk-dept",) and config.policy.min_participants == 2
     assert config.policy.strategies == ("fedavg", "fedadam")
     source = config.sources["credit-card"]
-    assert source.path == (peer_dir / "data.csv").resolve() and source.delta == 1e-5 and source.accountant == "rdp"
+    assert source.path == (peer_dir / "data.csv").resolve() and source.delta == 1e-5 and source.accountant == "prv"
     assert config.state_dir == (peer_dir / "state").resolve() and config.max_body_bytes == 1 << 20
 
 
