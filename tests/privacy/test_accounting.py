@@ -304,3 +304,22 @@ def test_prv_calibration_with_prior_and_exhausted_prior():
         calibrate_noise(0.5, DELTA, 0.01, 100, "prv", prior=[Mechanism(0.8, 0.01, 1000)])
     with pytest.raises(ConfigError, match="too low"):
         calibrate_noise(1e-9, DELTA, 1.0, 10_000, "prv")
+
+
+def test_full_batch_steps_are_accounted_exactly_as_one_gaussian_mechanism():
+    """q = 1 (distributed DP): ε is the Gaussian mechanism's exact profile, within PRV's error and below RDP."""
+    from scipy.stats import norm
+
+    history = [Mechanism(2.0, 1.0, 3), Mechanism(4.0, 1.0, 4)]
+    epsilon = epsilon_spent(history, 1e-5, "prv")
+    mu = math.sqrt(3 / 2.0**2 + 4 / 4.0**2)
+
+    def delta(eps):
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+
+    assert delta(epsilon) <= 1e-5 < delta(epsilon - 1e-6)  # the smallest ε whose δ is within budget
+    assert epsilon < epsilon_spent(history, 1e-5, "rdp")
+    opacus = PRVAccountant()
+    opacus.history = [(2.0, 1.0, 3), (4.0, 1.0, 4)]
+    assert abs(opacus.get_epsilon(delta=1e-5, eps_error=0.01) - epsilon) < 0.011
+    assert epsilon_spent([Mechanism(1e6, 1.0, 1)], 1e-5, "prv") == 0.0  # δ(0) below the budget already
