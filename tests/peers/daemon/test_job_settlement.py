@@ -47,17 +47,17 @@ def audit(consortium, name):
 
 
 BAD_REPORTS = [
-    ({"spent": [], "epsilon": float("nan"), "delta": 1e-5, "accountant": "rdp"}, "finite"),
-    ({"spent": [], "epsilon": float("inf"), "delta": 1e-5, "accountant": "rdp"}, "only finite numbers"),
-    ({"spent": [], "epsilon": 10**400, "delta": 1e-5, "accountant": "rdp"}, "at most 18 are accepted"),
-    ({"spent": [], "epsilon": "0.5", "delta": 1e-5, "accountant": "rdp"}, "must be a number"),
+    ({"spent": [], "epsilon": float("nan"), "delta": 1e-5, "accountant": "prv"}, "finite"),
+    ({"spent": [], "epsilon": float("inf"), "delta": 1e-5, "accountant": "prv"}, "only finite numbers"),
+    ({"spent": [], "epsilon": 10**400, "delta": 1e-5, "accountant": "prv"}, "at most 18 are accepted"),
+    ({"spent": [], "epsilon": "0.5", "delta": 1e-5, "accountant": "prv"}, "must be a number"),
 ]
 
 
 async def attack_with_reports(client, url, planned):
     """bank-b's bad reports (and one above its plan): each must be refused with a 400."""
     over_plan = {"spent": [{**planned, "steps": planned["steps"] * 2}], "epsilon": 99.0, "delta": 1e-5,
-                 "accountant": "rdp"}
+                 "accountant": "prv"}
     refusals = []
     for report, fragment in [*BAD_REPORTS, (over_plan, "not within the participant's plan")]:
         with pytest.raises(PeerUnreachable) as refused:
