@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
-from peers.models import ModelSpec
+from peers.model_spec import ModelSpec
 from privacy.accounting import Mechanism
 from privacy.accounting.cache import cached_calibration, is_cached
-from privacy.dpsgd import steps_per_epoch
+from privacy.sampling import steps_per_epoch
 from privacy.errors import ConfigError
 from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
 from privacy.secagg.graph import graph_parameters
