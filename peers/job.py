@@ -18,8 +18,8 @@ from typing import Any, Mapping
 from peers.model_spec import ModelSpec
 from privacy.accounting import ACCOUNTANTS, Mechanism
 from privacy.accounting.cache import cached_calibration, is_cached
-from privacy.sampling import steps_per_epoch
 from privacy.errors import ConfigError
+from privacy.sampling import steps_per_epoch
 from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
 from privacy.secagg.graph import graph_parameters
 from privacy.secagg.noise import integer_l2_sensitivity
