@@ -5,6 +5,7 @@ Measures the wall time of, each in a fresh process:
 - baseline: `python -c pass` (the interpreter's own start, with site-packages);
 - `fedsilo --help`;
 - a refused input: `fedsilo simulate --data MISSING.csv --label y` (exit status 2, one line);
+- a refused value: `fedsilo simulate --epsilon -1` (exit status 2, refused by the configuration);
 - a refused input to `fedsilo score` (a folder without a model card).
 
 The commands run as `python -m simulations.cli` with the interpreter running this
@@ -52,6 +53,7 @@ def main() -> None:
         commands = {
             "fedsilo --help": (["--help"], 0),
             "simulate, missing data file": (["simulate", "--data", missing, "--label", "y"], 2),
+            "simulate, refused value --epsilon -1": (["simulate", "--epsilon", "-1"], 2),
             # a checkout without `fedsilo score` refuses the unknown command (argparse, status 2) after the same imports
             "score, not a model folder": (["score", tmp, "--data", missing, "--out", str(Path(tmp) / "s.csv")], 2),
         }

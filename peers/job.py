@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
-from peers.models import ModelSpec
-from privacy.accounting import Mechanism
+from peers.model_spec import ModelSpec
+from privacy.accounting import ACCOUNTANTS, Mechanism
 from privacy.accounting.cache import cached_calibration, is_cached
-from privacy.dpsgd import steps_per_epoch
 from privacy.errors import ConfigError
+from privacy.sampling import steps_per_epoch
 from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
 from privacy.secagg.graph import graph_parameters
 from privacy.secagg.noise import integer_l2_sensitivity
@@ -57,7 +57,7 @@ class DPSpec:
         _require(math.isfinite(self.delta) and 0 < self.delta < 1,
                  f"dp.delta must be in (0, 1) (got {self.delta}); 1e-5 or 1/(10·rows) are usual")
         _require(self.max_grad_norm > 0, f"dp.max-grad-norm must be > 0 (got {self.max_grad_norm})")
-        _require(self.accountant in ("rdp", "prv"), f"dp.accountant '{self.accountant}' is unknown: use rdp or prv")
+        _require(self.accountant in ACCOUNTANTS, f"dp.accountant '{self.accountant}' is unknown: use rdp or prv")
         _require(isinstance(self.reproducible, bool),
                  f"dp.reproducible must be true or false (got {self.reproducible!r})")
 

@@ -10,51 +10,16 @@ gradients only for parameter layers, and batch statistics would leak across rows
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from peers.model_spec import MODEL_KINDS, ModelSpec
 from privacy.errors import ConfigError
 from privacy.split_input import SplitInputMLP
 
-MODEL_KINDS = ("mlp", "logreg")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to build: `kind` is "mlp" or "logreg"; `hidden` the MLP's layer widths.
-
-    `shared_features` > 0 (transfer setups) makes the first `shared_features` inputs,
-    the columns of the consortium's shared vocabulary, go through their own first layer
-    `shared_input`, and the remaining inputs (the institution's own columns) through
-    `input`; the two are summed before the first activation. Only then can
-    `shared_input` be aggregated while `input`, whose width is the institution's own,
-    stays private.
-    """
-
-    kind: str = "mlp"
-    hidden: tuple[int, ...] = (64, 32)
-    shared_features: int = 0
-
-    def __post_init__(self) -> None:
-        if self.shared_features < 0:
-            raise ConfigError("model.shared-features must be ≥ 0")
-        if self.shared_features and self.kind != "mlp":
-            raise ConfigError("a shared input block needs model kind mlp")
-        if self.kind not in MODEL_KINDS:
-            raise ConfigError(f"unknown model '{self.kind}': use one of {', '.join(MODEL_KINDS)}")
-        if self.kind == "mlp" and (not self.hidden or any(h < 1 for h in self.hidden)):
-            raise ConfigError("model.hidden must list positive layer widths, e.g. [64, 32]")
-
-    @classmethod
-    def parse_hidden(cls, text: str) -> tuple[int, ...]:
-        """Parse "64,32" into (64, 32)."""
-        try:
-            return tuple(int(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise ConfigError(f"model.hidden '{text}' is not a comma-separated list of widths") from None
+__all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "freeze", "get_weights", "select", "set_weights"]
 
 
 def build_model(spec: ModelSpec, n_features: int, seed: int = 0) -> nn.Module:

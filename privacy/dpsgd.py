@@ -53,7 +53,6 @@ its ε is not a privacy guarantee.
 
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from torch import nn
 from privacy.accounting import Mechanism
 from privacy.errors import ConfigError
 from privacy.noise_source import NoiseSource, SecureNoise, SeededNoise
+from privacy.sampling import expected_batch_size, steps_per_epoch
 from privacy.split_input import SplitInputMLP
 
 BACKENDS = ("auto", "ghost", "opacus")
@@ -111,16 +111,6 @@ def _applied_noise(noise_multiplier: float) -> float:
     reaches it; production code never changes it.
     """
     return noise_multiplier
-
-
-def steps_per_epoch(sample_rate: float) -> int:
-    """Number of Poisson-sampled steps that make one expected pass over the data."""
-    return max(1, math.ceil(1.0 / sample_rate))
-
-
-def expected_batch_size(sample_rate: float, n: int) -> int:
-    """The public denominator of the noisy average: round(q·n), at least 1."""
-    return max(1, round(sample_rate * n))
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
-from peers.models import ModelSpec
+from peers.model_spec import ModelSpec
 from privacy.errors import ConfigError
 from peers.toml_file import read_toml
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from peers.identity.pki import check_name
-from peers.models import MODEL_KINDS
+from peers.model_spec import MODEL_KINDS
 from peers.toml_file import read_toml
 from privacy.errors import ConfigError
 from privacy.psi.identifiers import canonical

@@ -47,7 +47,7 @@ from peers.identity.pki import (
 )
 from peers.identity.signing import sign_document, verify_document
 from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
-from peers.models import ModelSpec
+from peers.model_spec import ModelSpec
 from privacy.errors import ConfigError, FedsiloError
 
 SCHEMA = "fedsilo.job/1"

@@ -18,6 +18,10 @@ error; the bound costs milliseconds instead of half a second, the FFT up to 4x l
 paper said to hold for ε_err < 1, applies unchanged.) A history of full-batch steps
 only (q = 1, distributed DP) is a composition of Gaussian mechanisms, whose ε the
 "prv" accountant computes exactly instead (`_gaussian_epsilon`).
+
+Opacus (and with it torch) and scipy are imported inside the functions that compute,
+so that validating a name, a δ or an ε (`check_accountant`, `check_delta`,
+`check_epsilon`: what a configuration needs) imports neither.
 """
 
 from __future__ import annotations
@@ -28,18 +32,13 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as privacy_analysis
-from opacus.accountants.analysis.prv import Domain
-from scipy.fft import next_fast_len
-from opacus.accountants.accountant import IAccountant
-from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
 from privacy.accounting import store
 from privacy.accounting.mechanism import Mechanism
 from privacy.errors import BudgetExceeded, ConfigError
 
-ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
+#: The supported accountants: Opacus' RDPAccountant and PRVAccountant, by their Opacus names.
+ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 
 #: Same tolerance as ``opacus.accountants.utils.get_noise_multiplier``.
 EPSILON_TOLERANCE = 0.01
@@ -109,22 +108,21 @@ def epsilon_spent(
     bound). An empty history (or only zero-step runs) spends 0.0.
     """
     delta = check_delta(delta)
-    acc = ACCOUNTANTS[check_accountant(accountant)]()
+    check_accountant(accountant)
     history = canonical_history(mechanisms)
     if not history:
         return 0.0
     if accountant == "rdp":
+        from opacus.accountants.analysis import rdp as privacy_analysis
+
         # What RDPAccountant.get_privacy_spent computes, with each (σ, q)'s per-step RDP
         # vector memoized: Opacus' compute_rdp returns that vector times the steps.
         rdp = sum(np.asarray(_rdp_per_step(sigma, q)) * steps for sigma, q, steps in history)
         epsilon, _ = privacy_analysis.get_privacy_spent(orders=RDP_ALPHAS, rdp=rdp, delta=delta)
         return float(epsilon)
-    if accountant == "prv":
-        if all(q == 1.0 for _, q, _ in history):
-            return _gaussian_epsilon(tuple(history), delta)
-        return _prv_epsilon(tuple(history), delta)
-    acc.history = history
-    return float(acc.get_epsilon(delta=delta, **_epsilon_kwargs(accountant)))
+    if all(q == 1.0 for _, q, _ in history):
+        return _gaussian_epsilon(tuple(history), delta)
+    return _prv_epsilon(tuple(history), delta)
 
 
 #: ε error of every PRV computation: the stated ε is the estimate (at δ − δ_err) + this.
@@ -145,6 +143,8 @@ def prv_error_bound(delta: float) -> dict[str, float]:
 
 def _rdp_bound(history: Sequence[tuple[float, float, int]], delta: float, orders: Sequence[float]) -> float:
     """A valid RDP bound on ε of `history` at `delta` over `orders` (loose when the optimum is outside them)."""
+    from opacus.accountants.analysis import rdp as privacy_analysis
+
     rdp = sum(np.asarray(privacy_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders))
               for sigma, q, steps in history)
     with warnings.catch_warnings():
@@ -152,24 +152,33 @@ def _rdp_bound(history: Sequence[tuple[float, float, int]], delta: float, orders
         return float(privacy_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
 
 
-class _PRVAccountant(PRVAccountant):
-    """Opacus' PRV accountant with the truncation domain bounded over integer RDP orders."""
+@functools.cache
+def _prv_accountant_class() -> type:
+    """`_PRVAccountant`, defined on first use (it subclasses Opacus', which imports torch)."""
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import Domain
+    from scipy.fft import next_fast_len
 
-    def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error) -> Domain:  # type: ignore[override]
-        total = sum(num_self_compositions)
-        # Opacus' compute_safe_domain_size, over PRV_DOMAIN_ORDERS.
-        bound = _rdp_bound(self.history, delta_error / 4, PRV_DOMAIN_ORDERS)
-        for sigma, q, _ in self.history:
-            bound = max(bound, _rdp_bound([(sigma, q, 1)], delta_error / (8 * total), PRV_DOMAIN_ORDERS))
-        half_width = max(bound, eps_error) + 3
-        mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
-        domain = Domain.create_aligned(-half_width, half_width, mesh)
-        # Widen it to a length the FFT handles fast (Opacus' sizes can have large prime
-        # factors, 4x slower), keeping Opacus' layout: t_min = -(size/2 - 1)·dt, t_max = (size/2)·dt.
-        size = next_fast_len(domain.size, real=True)
-        while size % 2:
-            size = next_fast_len(size + 1, real=True)
-        return Domain(-(size // 2 - 1) * domain.dt, (size // 2) * domain.dt, int(size))
+    class _PRVAccountant(PRVAccountant):
+        """Opacus' PRV accountant with the truncation domain bounded over integer RDP orders."""
+
+        def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error) -> Domain:  # type: ignore[override]
+            total = sum(num_self_compositions)
+            # Opacus' compute_safe_domain_size, over PRV_DOMAIN_ORDERS.
+            bound = _rdp_bound(self.history, delta_error / 4, PRV_DOMAIN_ORDERS)
+            for sigma, q, _ in self.history:
+                bound = max(bound, _rdp_bound([(sigma, q, 1)], delta_error / (8 * total), PRV_DOMAIN_ORDERS))
+            half_width = max(bound, eps_error) + 3
+            mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
+            domain = Domain.create_aligned(-half_width, half_width, mesh)
+            # Widen it to a length the FFT handles fast (Opacus' sizes can have large prime
+            # factors, 4x slower), keeping Opacus' layout: t_min = -(size/2 - 1)·dt, t_max = (size/2)·dt.
+            size = next_fast_len(domain.size, real=True)
+            while size % 2:
+                size = next_fast_len(size + 1, real=True)
+            return Domain(-(size // 2 - 1) * domain.dt, (size // 2) * domain.dt, int(size))
+
+    return _PRVAccountant
 
 
 @functools.lru_cache(maxsize=4096)
@@ -214,7 +223,7 @@ def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) ->
     record = store.load(PRV_STORE_KIND, name)
     if record is not None and isinstance(record.get("epsilon"), float):
         return record["epsilon"]
-    acc = _PRVAccountant()
+    acc = _prv_accountant_class()()
     acc.history = list(history)
     with np.errstate(divide="ignore", invalid="ignore"):  # Opacus' PRV pdf takes log(0) at the domain's edge
         epsilon = float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR,
@@ -239,6 +248,8 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
     record = store.load(RDP_STORE_KIND, name)
     if record is not None and isinstance(record.get("rdp"), list) and len(record["rdp"]) == len(RDP_ALPHAS):
         return tuple(float(v) for v in record["rdp"])
+    from opacus.accountants.analysis import rdp as privacy_analysis
+
     rdp = tuple(float(v) for v in privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
                                                                steps=1, orders=RDP_ALPHAS))
     store.save(RDP_STORE_KIND, name, {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate,
@@ -264,6 +275,8 @@ def calibrate_noise(
     so low that σ would exceed Opacus' MAX_SIGMA, and BudgetExceeded if ``prior``
     alone already spends ``target_epsilon`` (no amount of noise can fit).
     """
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
+
     target_epsilon = check_epsilon(target_epsilon, "target_epsilon")
     delta = check_delta(delta)
     check_accountant(accountant)
@@ -337,6 +350,8 @@ def _calibrate_prv(target: float, delta: float, sample_rate: float, steps: int, 
     one is within `tol` of the target. Every returned σ has had its PRV ε computed by
     `epsilon_spent` (so the value is stored and a later check gives the same float).
     """
+    from opacus.accountants.utils import MAX_SIGMA
+
     if prior:
         base = epsilon_spent(prior, delta, "prv")
         if base >= target:
