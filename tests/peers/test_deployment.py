@@ -144,7 +144,8 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
         with pytest.raises(DeploymentError, match="refused this peer's SuperNode .* not one the host authorized"):
             joined.wait(timeout=120)
         assert joined.supervisor.alive() == []
-        assert node_state.read_privacy(tmp_path / "stranger", job.job_id) is None  # it never trained
+        record = node_state.read_privacy(tmp_path / "stranger", job.job_id)  # opened with the cap before joining
+        assert record is not None and record.spent == () and not record.finished  # it never trained
 
         # the job's public address serves the Fleet API only: no Control or Runtime call reaches the SuperLink
         for method, path in [("POST", "/v1/control/list-runs"), ("POST", "/v1/control/start-run"),

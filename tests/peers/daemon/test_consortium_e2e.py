@@ -80,8 +80,8 @@ def wait_for(consortium, peer, job_id, states, timeout=TRAINING_TIMEOUT):
     while time.monotonic() < deadline:
         try:
             view = call(consortium, OWNER, "GET", f"{consortium.addresses[peer]}/v1/jobs/{job_id}")
-        except PeerUnreachable as error:  # 404 until the host's proposal arrives
-            assert "404" in str(error), error
+        except PeerUnreachable as error:  # until the host's proposal arrives, the owner is no one's owner there
+            assert "403" in str(error) and "takes part in no job" in str(error), error
         if view["state"] in states:
             return view
         time.sleep(1)
