@@ -58,8 +58,12 @@ class SecureNoise:
         self._stream = Cipher(algorithms.AES(os.urandom(KEY_BYTES)), modes.CTR(bytes(16))).encryptor()
 
     def words(self, count: int) -> np.ndarray:
-        """`count` uniformly random uint64 words (a writable array)."""
-        return np.frombuffer(bytearray(self._stream.update(bytes(8 * count))), dtype=np.uint64)
+        """`count` uniformly random uint64 words (a writable array of its own)."""
+        # The keystream is written straight into the array's buffer (`update_into` needs
+        # block_size - 1 bytes of slack): no copy of tens of MB per draw.
+        out = bytearray(8 * count + 15)
+        written = self._stream.update_into(bytes(8 * count), out)
+        return np.frombuffer(out, dtype=np.uint64, count=written // 8)
 
     def poisson_rows(self, n: int, sample_rate: float) -> torch.Tensor:
         """Each row joins when a 32-bit word falls below floor(q·2**32): with probability q − (< 2**-32).
