@@ -127,7 +127,8 @@ def test_noise_has_standard_deviation_sigma_c_on_the_sum(backend):
     delta = flat(trained) - flat(model)
     expected_sd = lr * sigma * clip / expected_batch_size(1.0, 50)
     assert delta.std().item() == pytest.approx(expected_sd, rel=0.05)
-    assert delta.mean().abs().item() < 0.05 * expected_sd
+    # the noise is secret (fresh every run): its mean over n coordinates is within 5 sd/sqrt(n) of 0
+    assert delta.mean().abs().item() < 5 * expected_sd / delta.numel() ** 0.5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
