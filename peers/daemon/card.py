@@ -18,7 +18,7 @@ from peers.daemon.signed_job import SignedJob
 from peers.identity.signing import canonical_json
 from peers.provenance import package_versions
 from privacy.accounting import Mechanism, epsilon_spent
-from privacy.accounting.compose import prv_error_bound
+from privacy.accounting.compose import accounting_note
 from privacy.errors import ConfigError
 
 SCHEMA = "fedsilo.model-card/1"
@@ -62,7 +62,7 @@ def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict
                     "public": "each participant's number of training rows is released exactly (training_rows "
                               "here; it also sets its sampling rate and its weight in the average): the (ε, δ) "
                               "protects what each record contains, not whether a peer holds one more record",
-                    "accounting": _accounting_note(config.dp.accountant, config.dp.delta),
+                    "accounting": accounting_note(config.dp.accountant, config.dp.delta),
                     "secure_aggregation": "SecAgg+: the host saw only the sum of each round's updates"
                     if config.secagg.enabled else "off: the host saw each DP-protected update"},
         "metrics": _final_metrics(rounds),
@@ -77,14 +77,6 @@ def _rdp_epsilon(report: dict[str, Any]) -> float | None:
     except (ConfigError, KeyError, TypeError):
         return None
 
-
-def _accounting_note(accountant: str, delta: float) -> str:
-    if accountant == "prv":
-        bound = prv_error_bound(delta)
-        return (f"noise calibrated with the PRV accountant (Gopi et al. 2021, Opacus); a PRV ε is its certified "
-                f"upper bound (estimate at δ − {bound['delta_error']:.3g}, plus ε error {bound['eps_error']:g}); "
-                "epsilon_rdp is the same spending under the looser RDP accountant")
-    return "RDP accountant (Opacus)"
 
 
 def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -136,6 +136,16 @@ PRV_STORE_KIND = "prv-epsilon"
 PRV_METHOD = "opacus-prv/int-rdp-domain/1"
 
 
+def accounting_note(accountant: str, delta: float) -> str:
+    """What a stated ε is, for the accountant that computed it (PRV: its error bound), as model cards say it."""
+    if accountant == "prv":
+        bound = prv_error_bound(delta)
+        return (f"PRV accountant (Gopi et al. 2021, Opacus): each stated ε is its certified upper bound, the "
+                f"estimate at δ − {bound['delta_error']:.3g} plus ε error {bound['eps_error']:g}; the RDP "
+                "figures beside it are the same spending under Opacus' RDP accountant (looser)")
+    return "RDP accountant (Opacus, orders 1.1 to 1024)"
+
+
 def prv_error_bound(delta: float) -> dict[str, float]:
     """What a PRV ε stated at `delta` includes: ``{"eps_error": ε_err, "delta_error": δ_err}``."""
     return {"eps_error": PRV_EPS_ERROR, "delta_error": check_delta(delta) * PRV_DELTA_ERROR_FRACTION}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from peers.job import JobConfig
-from privacy.accounting.compose import prv_error_bound
+from privacy.accounting.compose import accounting_note
 from peers.server.host import HostedRun
 from strategies.secagg import SecureAggregation
 from strategies.wrapper import find_wrapper
@@ -54,15 +54,6 @@ def guarantee(job: JobConfig) -> str:
                 "to unmask a round with fewer survivors")
     return "no differential privacy"
 
-
-def accounting_note(accountant: str, delta: float) -> str:
-    """What the stated ε is, for the accountant that computed it (PRV: its error bound)."""
-    if accountant == "prv":
-        bound = prv_error_bound(delta)
-        return (f"PRV accountant (Gopi et al. 2021, Opacus): each stated ε is its certified upper bound, the "
-                f"estimate at δ − {bound['delta_error']:.3g} plus ε error {bound['eps_error']:g}; the RDP "
-                "figures beside it are the same spending under Opacus' RDP accountant (looser)")
-    return "RDP accountant (Opacus, orders 1.1 to 1024)"
 
 
 def privacy_section(job: JobConfig, outcome: HostedRun, ledger_status: dict[str, Any],
