@@ -29,20 +29,30 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "UCI_Credit_Card.csv"  # as ben
 
 def federated_auc(data: Path, seed: int, epsilon: float, banks: int, accountant: str) -> tuple[float, float]:
     """Final pooled-test AUC and mean noise multiplier of one replayed federation."""
-    from peers.data.bank import encode_bank
-    from peers.data.encoding import BankSummary, TabularEncoder
-    from peers.evaluation import evaluate
-    from peers.job import plan_dp
-    from peers.models import build_model, get_weights, set_weights
-    from peers.client.local_training import limit_threads, train_round
-    from simulations import baselines
-    from simulations.banks import build_population
-    from simulations.config import build_config
+    from fedsilo.peers.client.local_training import limit_threads, train_round
+    from fedsilo.peers.data.bank import encode_bank
+    from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+    from fedsilo.peers.evaluation import evaluate
+    from fedsilo.peers.job import plan_dp
+    from fedsilo.peers.models import build_model, get_weights, set_weights
+    from fedsilo.simulations import baselines
+    from fedsilo.simulations.banks import build_population
+    from fedsilo.simulations.config import build_config
 
     limit_threads()
-    config = build_config(None, {"data": str(data), "label": "Y", "id_column": "ID", "banks": banks,
-                                 "partition": "dirichlet:0.5", "epsilon": epsilon, "seed": seed,
-                                 "accountant": accountant})
+    config = build_config(
+        None,
+        {
+            "data": str(data),
+            "label": "Y",
+            "id_column": "ID",
+            "banks": banks,
+            "partition": "dirichlet:0.5",
+            "epsilon": epsilon,
+            "seed": seed,
+            "accountant": accountant,
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="accountant-utility-") as work:
         population = build_population(config, Path(work))
         frames = [population.frame(i) for i in range(banks)]

@@ -8,7 +8,7 @@ Measures the wall time of, each in a fresh process:
 - a refused value: `fedsilo simulate --epsilon -1` (exit status 2, refused by the configuration);
 - a refused input to `fedsilo score` (a folder without a model card).
 
-The commands run as `python -m simulations.cli` with the interpreter running this
+The commands run as `python -m fedsilo.cli` with the interpreter running this
 script, in an empty temporary directory, so the code measured is the one on PYTHONPATH
 (run it against another checkout with PYTHONPATH=/path/to/checkout; `-m` would put the
 current directory first). The runs take turns (baseline, then each command)
@@ -42,9 +42,14 @@ def wall(argv: list[str], expect: int, cwd: str, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--checkout", action="append", type=Path, metavar="DIR",
-                        help="a fedsilo checkout to measure (repeat it to compare checkouts in the same run); "
-                             "default: the one on PYTHONPATH")
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="a fedsilo checkout to measure (repeat it to compare checkouts in the same run); "
+        "default: the one on PYTHONPATH",
+    )
     args = parser.parse_args()
     python = sys.executable
     checkouts = [c.resolve() for c in args.checkout] if args.checkout else [None]
@@ -62,7 +67,7 @@ def main() -> None:
             env = dict(os.environ, **({"PYTHONPATH": str(checkout)} if checkout else {}))
             where = f" [{checkout}]" if len(checkouts) > 1 else ""
             for name, (argv, expect) in commands.items():
-                cases[name + where] = ([python, "-m", "simulations.cli", *argv], expect, env)
+                cases[name + where] = ([python, "-m", "fedsilo.cli", *argv], expect, env)
         times: dict[str, list[float]] = {name: [] for name in cases}
         for argv, expect, env in cases.values():  # warm the file cache once
             wall(argv, expect, tmp, env)
@@ -78,7 +83,9 @@ def main() -> None:
     for checkout in checkouts:
         tag = f" [{checkout}]" if len(checkouts) > 1 else ""
         worst = max(statistics.median(times[name + tag]) for name in commands)
-        print(f"slowest command{tag}: {worst:.3f} s, ×{worst / base:.2f} the interpreter's start ({args.reps} runs each)")
+        print(
+            f"slowest command{tag}: {worst:.3f} s, ×{worst / base:.2f} the interpreter's start ({args.reps} runs each)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ same banks runs twice, one after the other:
   as `fedsilo simulate` runs it;
 * ``deployment`` -- Flower's Deployment Engine on 127.0.0.1, as two institutions'
   machines would: a SuperLink over TLS with SuperNode authentication (a throwaway CA,
-  `peers.deployment.local_ca`) behind the job's fleet gateway, the ServerApp under its
+  `fedsilo.peers.deployment.local_ca`) behind the job's fleet gateway, the ServerApp under its
   SuperExec, and per bank a SuperNode running the ClientApp in its own process
-  (`peers.deployment.host_training` / `join_training`), each bank reading its own CSV
+  (`fedsilo.peers.deployment.host_training` / `join_training`), each bank reading its own CSV
   file;
 * ``stock`` (with ``--stock``) -- the same deployment with Flower's stock
   `flower-supernode` in subprocess isolation: a fresh `flwr-clientapp` process per
@@ -45,18 +45,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peers.client.app import app as client_app  # noqa: E402
-from peers.data.encoding import TabularEncoder  # noqa: E402
-from peers.deployment import host_training, join_training, node_auth_keypair  # noqa: E402
-from peers.deployment.local_ca import make_local_tls  # noqa: E402
-from peers.identity.round_keys import simulated_consortium, simulated_files  # noqa: E402
-from peers.job import JobConfig, TrainSpec  # noqa: E402
-from peers.server.deployed import RoundClock  # noqa: E402
-from peers.server.host import JobHost, server_app  # noqa: E402
-from simulations.data.loader import load_table  # noqa: E402
-from simulations.data.partition import parse_partitioner  # noqa: E402
-from simulations.engine import run_flower_simulation  # noqa: E402
-from simulations.federation import fedsilo_version  # noqa: E402
+from fedsilo.peers.client.app import app as client_app
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.deployment import host_training, join_training, node_auth_keypair
+from fedsilo.peers.deployment.local_ca import make_local_tls
+from fedsilo.peers.identity.round_keys import simulated_consortium, simulated_files
+from fedsilo.peers.job import JobConfig, TrainSpec
+from fedsilo.peers.server.deployed import RoundClock
+from fedsilo.peers.server.host import JobHost, server_app
+from fedsilo.simulations.data.loader import load_table
+from fedsilo.simulations.data.partition import parse_partitioner
+from fedsilo.simulations.engine import run_flower_simulation
+from fedsilo.simulations.federation import fedsilo_version
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_Credit_Card.csv"
 
@@ -77,8 +77,9 @@ def simulated(job: JobConfig, frames, work: Path) -> dict[int, float]:
     job = replace(job, encoder_path=str(encoder_path), banks_dir=str(banks_dir))
     clock = RoundClock()
     host = JobHost(job, on_round=clock.on_round)
-    run_flower_simulation(server_app(host), client_app, len(frames), job.to_run_config(), work / "app",
-                          fedsilo_version())
+    run_flower_simulation(
+        server_app(host), client_app, len(frames), job.to_run_config(), work / "app", fedsilo_version()
+    )
     return clock.seconds
 
 
@@ -103,10 +104,15 @@ def stage_breakdown(exchanges: list[dict], rounds: int) -> dict[str, tuple[float
     full = len(TRAIN_STAGES) + 1
     if len(per_round) != rounds or current or any(not full - 1 <= len(r) <= full for r in per_round):
         return None
-    named = [dict(zip(TRAIN_STAGES[full - len(r):] + ("evaluate",), r)) for r in per_round[1:]]
+    named = [dict(zip(TRAIN_STAGES[full - len(r) :] + ("evaluate",), r)) for r in per_round[1:]]
     stages = [stage for stage in (*TRAIN_STAGES, "evaluate") if all(stage in r for r in named)]
-    return {stage: (statistics.median(r[stage]["seconds"] for r in named),
-                    statistics.median(r[stage]["push_seconds"] for r in named)) for stage in stages}
+    return {
+        stage: (
+            statistics.median(r[stage]["seconds"] for r in named),
+            statistics.median(r[stage]["push_seconds"] for r in named),
+        )
+        for stage in stages
+    }
 
 
 def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int, float]:
@@ -122,9 +128,19 @@ def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int,
     hosted = host_training(job, work / "host", tls, keys)
     joined = []
     try:
-        joined = [join_training(job, work / f"peer-{i}" / "work", hosted.fleet_address, tls.ca_cert,
-                                work / f"peer-{i}" / "keys", paths[i], warm=warm,
-                                identity=simulated_files(identities, i)) for i in range(len(frames))]
+        joined = [
+            join_training(
+                job,
+                work / f"peer-{i}" / "work",
+                hosted.fleet_address,
+                tls.ca_cert,
+                work / f"peer-{i}" / "keys",
+                paths[i],
+                warm=warm,
+                identity=simulated_files(identities, i),
+            )
+            for i in range(len(frames))
+        ]
         result = hosted.wait(timeout=60 * 30)
         for peer in joined:
             peer.wait(timeout=60)
@@ -134,8 +150,11 @@ def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int,
             peer.stop()
     breakdown = stage_breakdown(result.metrics.get("exchanges", []), job.train.rounds)
     if breakdown:
-        print(f"{'':>11}  exchange, median s of rounds 2..{job.train.rounds} (of it pushing): " + ", ".join(
-            f"{stage} {total:.2f} ({push:.2f})" for stage, (total, push) in breakdown.items()), flush=True)
+        print(
+            f"{'':>11}  exchange, median s of rounds 2..{job.train.rounds} (of it pushing): "
+            + ", ".join(f"{stage} {total:.2f} ({push:.2f})" for stage, (total, push) in breakdown.items()),
+            flush=True,
+        )
     return {int(r["round"]): float(r["seconds"]) for r in result.metrics["rounds"]}
 
 
@@ -148,9 +167,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("simulation", "deployment", "stock"), help="run one arm only (no ratio)")
-    parser.add_argument("--stock", action="store_true",
-                        help="also run the deployment on Flower's stock SuperNode (a flwr-clientapp process per "
-                             "message, Flower's polling waits), the baseline the in-process ClientApp replaces")
+    parser.add_argument(
+        "--stock",
+        action="store_true",
+        help="also run the deployment on Flower's stock SuperNode (a flwr-clientapp process per "
+        "message, Flower's polling waits), the baseline the in-process ClientApp replaces",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per arm, alternating (default 3)")
     parser.add_argument("--keep", type=Path, help="keep the arms' files and logs in this (new) directory")
     args = parser.parse_args()
@@ -159,11 +181,19 @@ def main() -> int:
     if args.repeats < 1:
         parser.error("--repeats must be ≥ 1")
     frames = bank_frames(args.data, args.label, args.id_column, args.banks, args.seed)
-    job = JobConfig(label=args.label, encoder_path="", job_id="bench-deployed-round", peers=args.banks,
-                    train=TrainSpec(rounds=args.rounds, seed=args.seed))
-    print(f"{args.banks} banks × {min(len(f) for f in frames)}–{max(len(f) for f in frames)} rows of "
-          f"{args.data.name}; {args.rounds} rounds of local DP-SGD + SecAgg+ FedAvg; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    job = JobConfig(
+        label=args.label,
+        encoder_path="",
+        job_id="bench-deployed-round",
+        peers=args.banks,
+        train=TrainSpec(rounds=args.rounds, seed=args.seed),
+    )
+    print(
+        f"{args.banks} banks × {min(len(f) for f in frames)}–{max(len(f) for f in frames)} rows of "
+        f"{args.data.name}; {args.rounds} rounds of local DP-SGD + SecAgg+ FedAvg; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        flush=True,
+    )
     root = args.keep or Path(tempfile.mkdtemp(prefix="fedsilo-bench-deployed-"))
     arms = [("simulation", simulated), ("deployment", deployed)]
     if args.stock or args.only == "stock":
@@ -176,22 +206,30 @@ def main() -> int:
                 started = time.monotonic()
                 times = run(job, frames, root / f"{arm}-{repeat + 1}")
                 runs[arm].append(statistics.median(times[r] for r in times if r >= 2))
-                print(f"{arm:>11}: rounds " + ", ".join(f"{times[r]:.2f}" for r in sorted(times))
-                      + f" s  (run {repeat + 1}: median {runs[arm][-1]:.2f} s, whole run "
-                      f"{time.monotonic() - started:.1f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+                print(
+                    f"{arm:>11}: rounds "
+                    + ", ".join(f"{times[r]:.2f}" for r in sorted(times))
+                    + f" s  (run {repeat + 1}: median {runs[arm][-1]:.2f} s, whole run "
+                    f"{time.monotonic() - started:.1f} s, load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if args.only:
         return 0
     medians = {arm: statistics.median(r) for arm, r in runs.items()}
-    print(f"median round (rounds 2..{args.rounds}, median of {args.repeats} runs): "
-          + ", ".join(f"{arm} {m:.2f} s" for arm, m in medians.items()))
+    print(
+        f"median round (rounds 2..{args.rounds}, median of {args.repeats} runs): "
+        + ", ".join(f"{arm} {m:.2f} s" for arm, m in medians.items())
+    )
     pairs = ", ".join(f"×{d / s:.2f}" for d, s in zip(runs["deployment"], runs["simulation"]))
     if "stock" in medians:
         print(f"stock deployed round / simulated round: ×{medians['stock'] / medians['simulation']:.2f}")
-    print(f"deployed round / simulated round: ×{medians['deployment'] / medians['simulation']:.2f} (goal ≤ ×2; "
-          f"run by run {pairs})")
+    print(
+        f"deployed round / simulated round: ×{medians['deployment'] / medians['simulation']:.2f} (goal ≤ ×2; "
+        f"run by run {pairs})"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
-"""DP-SGD overhead: epoch time of `privacy.dpsgd.DPSGDTrainer` over a plain SGD epoch.
+"""DP-SGD overhead: epoch time of `fedsilo.privacy.dpsgd.DPSGDTrainer` over a plain SGD epoch.
 
 Both loops run in this process on the same encoded credit table, the same model
-(`peers.models.build_model(ModelSpec("mlp", (64, 32)), n_features)`), the same expected
+(`fedsilo.peers.models.build_model(ModelSpec("mlp", (64, 32)), n_features)`), the same expected
 batch size and the same number of steps, with Poisson sampling (one Bernoulli mask, turned into row indices). The
 baseline is the leanest honest non-private loop: forward, mean BCE loss,
 `torch.autograd.grad`, one fused `torch._foreach_add_` SGD update; no Opacus.
@@ -33,8 +33,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -42,10 +42,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peers.data.encoding import TabularEncoder  # noqa: E402
-from peers.models import ModelSpec, build_model  # noqa: E402
-from privacy.dpsgd import DPSGDConfig, DPSGDTrainer, steps_per_epoch  # noqa: E402
-from privacy.noise_source import SeededNoise  # noqa: E402
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.models import ModelSpec, build_model
+from fedsilo.privacy.dpsgd import DPSGDConfig, DPSGDTrainer, steps_per_epoch
+from fedsilo.privacy.noise_source import SeededNoise
 
 MODEL = ModelSpec("mlp", (64, 32))
 LR = 0.5
@@ -56,13 +56,13 @@ NOISE_MULTIPLIER = 1.0  # the value does not change the work done
 def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The encoded table (float32 features, 0/1 labels) and a one-line description."""
     if args.data:
-        from simulations.data.loader import load_table
+        from fedsilo.simulations.data.loader import load_table
 
         table = load_table(args.data, label=args.label, id_column=args.id_column)
         label, source = args.label, f"{Path(args.data).name}"
         frames = [table]
     else:
-        from simulations.data.synthetic import LABEL, generate_consortium
+        from fedsilo.simulations.data.synthetic import LABEL, generate_consortium
 
         frames = generate_consortium(args.banks, seed=args.seed)
         table = pd.concat(frames, ignore_index=True)
@@ -99,16 +99,29 @@ def plain_sgd_epochs(x: torch.Tensor, y: torch.Tensor, q: float, epochs: int, se
 def trainer_epochs(private: bool, backend: str = "auto", seeded: bool = False) -> Callable[..., None]:
     def run(x: torch.Tensor, y: torch.Tensor, q: float, epochs: int, seed: int) -> None:
         model = build_model(MODEL, x.shape[1], seed=seed)
-        config = DPSGDConfig(lr=LR, max_grad_norm=MAX_GRAD_NORM,
-                             noise_multiplier=NOISE_MULTIPLIER if private else 0.0,
-                             sample_rate=q, private=private)
+        config = DPSGDConfig(
+            lr=LR,
+            max_grad_norm=MAX_GRAD_NORM,
+            noise_multiplier=NOISE_MULTIPLIER if private else 0.0,
+            sample_rate=q,
+            private=private,
+        )
         DPSGDTrainer(model, config, reproducible_seed=seed if seeded else None, backend=backend).train(
-            x, y, epochs=epochs)
+            x, y, epochs=epochs
+        )
+
     return run
 
 
-def measure(loops: dict[str, Callable[..., None]], x: torch.Tensor, y: torch.Tensor, q: float,
-            epochs: int, warmup: int, reps: int) -> dict[str, float]:
+def measure(
+    loops: dict[str, Callable[..., None]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    q: float,
+    epochs: int,
+    warmup: int,
+    reps: int,
+) -> dict[str, float]:
     """Median seconds per epoch of each loop; the loops take turns in every repetition."""
     times: dict[str, list[float]] = {name: [] for name in loops}
     for rep in range(warmup + reps):
@@ -151,10 +164,13 @@ def main(argv: list[str] | None = None) -> None:
         loops["dpsgd_opacus_backend"] = trainer_epochs(private=True, backend="opacus")
 
     print(f"data: {source}: {n} rows x {x.shape[1]} features; model mlp {MODEL.hidden}")
-    print(f"batch {args.batch_size} expected (q={q:.5f}), {steps_per_epoch(q)} steps/epoch, "
-          f"{epochs} epoch(s) per repetition, {args.warmup} warm-up + {args.reps} timed repetitions, median")
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads by default, "
-          f"torch {torch.__version__}")
+    print(
+        f"batch {args.batch_size} expected (q={q:.5f}), {steps_per_epoch(q)} steps/epoch, "
+        f"{epochs} epoch(s) per repetition, {args.warmup} warm-up + {args.reps} timed repetitions, median"
+    )
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads by default, torch {torch.__version__}"
+    )
     ratios: dict[int, float] = {}
     secret_cost: dict[int, float] = {}
     for threads in (default_threads, 1) if default_threads != 1 else (1,):
@@ -163,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
         base = medians["sgd_baseline"]
         print(f"-- torch threads = {threads}")
         for name, seconds in medians.items():
-            print(f"   {name:<22} {seconds * 1e3:8.1f} ms/epoch  {seconds / steps_per_epoch(q) * 1e6:7.1f} us/step"
-                  f"  x{seconds / base:.2f}")
+            print(
+                f"   {name:<22} {seconds * 1e3:8.1f} ms/epoch  {seconds / steps_per_epoch(q) * 1e6:7.1f} us/step"
+                f"  x{seconds / base:.2f}"
+            )
         ratios[threads] = medians["dpsgd"] / base
         secret_cost[threads] = medians["dpsgd"] / medians["dpsgd_seeded"]
     torch.set_num_threads(default_threads)

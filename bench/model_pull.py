@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from peers.daemon.client import PeerClient
-from peers.daemon.model_pull import pull_model
-from peers.daemon.model_store import publish
-from peers.daemon.signed_job import job_document, sign_job
-from peers.daemon.store import PeerStore
-from peers.identity.consortium import Identity, admit, init_consortium, init_peer
-from peers.provenance import sha256_file
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.model_pull import pull_model
+from fedsilo.peers.daemon.model_store import publish
+from fedsilo.peers.daemon.signed_job import job_document, sign_job
+from fedsilo.peers.daemon.store import PeerStore
+from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
+from fedsilo.peers.provenance import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,11 @@ def setup(root: Path, megabytes: int) -> tuple[str, Path]:
     """The consortium, bank-a's peer.toml and store with one published model; returns (url, model dir)."""
     init_consortium(root / "consortium", "bench")
     url = f"https://127.0.0.1:{free_port()}"
-    for name, roles, address in (("bank-a", ("peer",), url), ("risk-dept", ("model-owner",), None),
-                                 ("bank-b", ("peer",), f"https://127.0.0.1:{free_port()}")):
+    for name, roles, address in (
+        ("bank-a", ("peer",), url),
+        ("risk-dept", ("model-owner",), None),
+        ("bank-b", ("peer",), f"https://127.0.0.1:{free_port()}"),
+    ):
         request = init_peer(root / name / "identity", name)
         admit(root / "consortium", request, roles, address, request.with_name("peer.pem"))
     for name in ("bank-a", "risk-dept", "bank-b"):
@@ -65,23 +68,32 @@ def setup(root: Path, megabytes: int) -> tuple[str, Path]:
     (root / "bank-a" / "data.csv").write_text("x,Y\n1,0\n2,1\n")
     (root / "bank-a" / "peer.toml").write_text(
         '[peer]\nidentity = "identity"\nstate = "state"\n[policy]\nmodel-owners = ["risk-dept"]\n'
-        'max-epsilon-per-job = 3.0\n[sources.credit-card]\npath = "data.csv"\nlabel = "Y"\nepsilon = 8.0\n')
+        'max-epsilon-per-job = 3.0\n[sources.credit-card]\npath = "data.csv"\nlabel = "Y"\nepsilon = 8.0\n'
+    )
     job = root / "job.toml"
-    job.write_text('[job]\nid = "bench-1"\nhost = "bank-a"\nparticipants = ["bank-a", "bank-b"]\n'
-                   'source = "credit-card"\nlabel = "Y"\n')
+    job.write_text(
+        '[job]\nid = "bench-1"\nhost = "bank-a"\nparticipants = ["bank-a", "bank-b"]\n'
+        'source = "credit-card"\nlabel = "Y"\n'
+    )
     owner = Identity.load(root / "risk-dept" / "identity")
     envelope = sign_job(owner, job_document(job, "risk-dept"))
     files = root / "files"
     files.mkdir()
     rng = np.random.default_rng(0)
-    save_file({"hidden.weight": rng.standard_normal(megabytes * (1 << 20) // 4, dtype=np.float32)},
-              str(files / "model.safetensors"))
+    save_file(
+        {"hidden.weight": rng.standard_normal(megabytes * (1 << 20) // 4, dtype=np.float32)},
+        str(files / "model.safetensors"),
+    )
     (files / "encoder.json").write_text('{"label": "Y"}')
     store = PeerStore(root / "bank-a" / "state")
     host = Identity.load(root / "bank-a" / "identity")
-    version, directory = publish(store.models_dir, host, "bench-1",
-                                 {"model.safetensors": files / "model.safetensors",
-                                  "encoder.json": files / "encoder.json"}, {"metrics": {}})
+    version, directory = publish(
+        store.models_dir,
+        host,
+        "bench-1",
+        {"model.safetensors": files / "model.safetensors", "encoder.json": files / "encoder.json"},
+        {"metrics": {}},
+    )
     with store.transaction():
         store.insert_job("bench-1", "risk-dept", "bank-a", True, None, "finished", envelope, envelope["job"]["nonce"])
         store.add_model("bench-1", version, directory, "bank-a")
@@ -91,9 +103,13 @@ def setup(root: Path, megabytes: int) -> tuple[str, Path]:
 
 def start_daemon(root: Path, url: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "simulations.cli", "peer", "start", "--config",
-                                str(root / "bank-a" / "peer.toml")], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedsilo.cli", "peer", "start", "--config", str(root / "bank-a" / "peer.toml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     host, port = url.removeprefix("https://").split(":")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -109,8 +125,9 @@ def start_daemon(root: Path, url: str) -> subprocess.Popen[bytes]:
 async def pulls(identity: Identity, url: str, out: Path, count: int) -> tuple[float, int]:
     async with PeerClient(identity, timeout=600, connections=count) as client:
         started = time.perf_counter()
-        results = await asyncio.gather(*(pull_model(client, url, "bench-1", out / f"pull-{i}") for i in range(count)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(pull_model(client, url, "bench-1", out / f"pull-{i}") for i in range(count)), return_exceptions=True
+        )
         elapsed = time.perf_counter() - started
     errors = [r for r in results if isinstance(r, BaseException)]
     for error in errors[:3]:
@@ -143,11 +160,15 @@ def main() -> None:
     aggregate = args.pulls * artefact_mb / many
     print(f"artefact: {artefact_mb:.1f} MB (model, encoder, card, signature); cores: {os.cpu_count()}")
     print(f"baseline, local read + SHA-256:       {artefact_mb / local:8.1f} MB/s")
-    print(f"baseline, one pull over mTLS:         {artefact_mb / single:8.1f} MB/s ({single:.2f} s, "
-          f"{single_errors} errors)")
+    print(
+        f"baseline, one pull over mTLS:         {artefact_mb / single:8.1f} MB/s ({single:.2f} s, "
+        f"{single_errors} errors)"
+    )
     print(f"{args.pulls} concurrent pulls over mTLS:   {aggregate:8.1f} MB/s aggregate ({many:.2f} s, {errors} errors)")
-    print(f"ratio: concurrent aggregate / one pull = {aggregate / (artefact_mb / single):.2f}x; "
-          f"/ local read + hash = {aggregate / (artefact_mb / local):.2f}x")
+    print(
+        f"ratio: concurrent aggregate / one pull = {aggregate / (artefact_mb / single):.2f}x; "
+        f"/ local read + hash = {aggregate / (artefact_mb / local):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,35 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_Cr
 
 def fedsilo_command() -> list[str]:
     script = Path(sys.executable).with_name("fedsilo")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "simulations.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fedsilo.cli"]
 
 
 def run_setting(args: argparse.Namespace, epsilon: float | None, out: Path) -> dict:
     privacy = ["--no-dp"] if epsilon is None else ["--epsilon", str(epsilon)]
-    command = [*fedsilo_command(), "simulate", "--data", str(args.data), "--label", "Y", "--id-column", "ID",
-               "--banks", str(args.banks), "--partition", args.partition, "--rounds", str(args.rounds),
-               *privacy, "--compare", "none", "--audit", "--json", "--quiet", "--out", str(out)]
+    command = [
+        *fedsilo_command(),
+        "simulate",
+        "--data",
+        str(args.data),
+        "--label",
+        "Y",
+        "--id-column",
+        "ID",
+        "--banks",
+        str(args.banks),
+        "--partition",
+        args.partition,
+        "--rounds",
+        str(args.rounds),
+        *privacy,
+        "--compare",
+        "none",
+        "--audit",
+        "--json",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -60,9 +81,16 @@ def run_setting(args: argparse.Namespace, epsilon: float | None, out: Path) -> d
     measured = card["measured_privacy"]
     loss, calibrated = measured["membership_inference"]["attacks"]
     canary = measured["one_run_epsilon_audit"]
-    return {"epsilon": epsilon, "seconds": elapsed, "federated_auc": card["metrics"]["final_auc_pooled_test"],
-            "loss": loss, "calibrated": calibrated, "canary": canary, "failed": done.returncode == 2,
-            "aggregator": measured["aggregator_view"]}
+    return {
+        "epsilon": epsilon,
+        "seconds": elapsed,
+        "federated_auc": card["metrics"]["final_auc_pooled_test"],
+        "loss": loss,
+        "calibrated": calibrated,
+        "canary": canary,
+        "failed": done.returncode == 2,
+        "aggregator": measured["aggregator_view"],
+    }
 
 
 def main() -> None:
@@ -86,30 +114,41 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
     baseline = next((r for r in rows if r["epsilon"] is None), None)
 
-    print(f"\nUCI credit card, {args.banks} banks, {args.partition}, {args.rounds} rounds; audit defaults "
-          "(1000 canaries at bank-00000, 4 reference models per bank, 95 % confidence)")
+    print(
+        f"\nUCI credit card, {args.banks} banks, {args.partition}, {args.rounds} rounds; audit defaults "
+        "(1000 canaries at bank-00000, 4 reference models per bank, 95 % confidence)"
+    )
     print("aggregator's view (closed form / gradient matching, Pearson with the true row):")
     for r in rows:
         a = r["aggregator"]
-        print(f"  ε={_eps(r['epsilon']):<5} plaintext {a['plaintext_single_peer_update']['closed_form']:.3f}/"
-              f"{a['plaintext_single_peer_update']['gradient_matching']:.3f}   masked upload "
-              f"{a['masked_secagg_upload']['closed_form']:.3f}/{a['masked_secagg_upload']['gradient_matching']:.3f}"
-              f"   unmasked average {a['unmasked_secagg_average']['closed_form']:.3f}/"
-              f"{a['unmasked_secagg_average']['gradient_matching']:.3f}")
-    header = (f"{'ε claimed':>9} | {'fed AUC':>7} | {'MIA AUC loss':>12} | {'MIA AUC calib':>13} | "
-              f"{'TPR@1% loss':>11} | {'TPR@1% calib':>12} | {'adv (bound)':>13} | {'canary ε LB':>11} | "
-              f"{'adv / no-DP adv':>15} | {'time':>5}")
+        print(
+            f"  ε={_eps(r['epsilon']):<5} plaintext {a['plaintext_single_peer_update']['closed_form']:.3f}/"
+            f"{a['plaintext_single_peer_update']['gradient_matching']:.3f}   masked upload "
+            f"{a['masked_secagg_upload']['closed_form']:.3f}/{a['masked_secagg_upload']['gradient_matching']:.3f}"
+            f"   unmasked average {a['unmasked_secagg_average']['closed_form']:.3f}/"
+            f"{a['unmasked_secagg_average']['gradient_matching']:.3f}"
+        )
+    header = (
+        f"{'ε claimed':>9} | {'fed AUC':>7} | {'MIA AUC loss':>12} | {'MIA AUC calib':>13} | "
+        f"{'TPR@1% loss':>11} | {'TPR@1% calib':>12} | {'adv (bound)':>13} | {'canary ε LB':>11} | "
+        f"{'adv / no-DP adv':>15} | {'time':>5}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         adv = max(r["loss"]["advantage"], r["calibrated"]["advantage"])
-        ratio = (f"{adv / max(baseline['loss']['advantage'], baseline['calibrated']['advantage']):.2f}×"
-                 if baseline else "n/a")
+        ratio = (
+            f"{adv / max(baseline['loss']['advantage'], baseline['calibrated']['advantage']):.2f}×"
+            if baseline
+            else "n/a"
+        )
         lb = f"{r['canary']['epsilon_lower_bound']:.3f}" + (" FAIL" if r["failed"] else "")
-        print(f"{_eps(r['epsilon']):>9} | {r['federated_auc']:>7.4f} | {r['loss']['auc']:>12.4f} | "
-              f"{r['calibrated']['auc']:>13.4f} | {r['loss']['tpr_at_1pct_fpr']:>11.4f} | "
-              f"{r['calibrated']['tpr_at_1pct_fpr']:>12.4f} | {adv:>5.3f} ({r['loss']['advantage_bound']:.3f}) | "
-              f"{lb:>11} | {ratio:>15} | {r['seconds']:>4.0f}s")
+        print(
+            f"{_eps(r['epsilon']):>9} | {r['federated_auc']:>7.4f} | {r['loss']['auc']:>12.4f} | "
+            f"{r['calibrated']['auc']:>13.4f} | {r['loss']['tpr_at_1pct_fpr']:>11.4f} | "
+            f"{r['calibrated']['tpr_at_1pct_fpr']:>12.4f} | {adv:>5.3f} ({r['loss']['advantage_bound']:.3f}) | "
+            f"{lb:>11} | {ratio:>15} | {r['seconds']:>4.0f}s"
+        )
 
 
 def _eps(value: float | None) -> str:

@@ -1,7 +1,7 @@
 """Private set intersection and anonymous query: time and memory, against openmined-psi.
 
 1. 100k × 100k PSI, intersection to the receiver (half the identifiers shared):
-   fedsilo (`privacy.psi`, both sides in this process, group operations on
+   fedsilo (`fedsilo.privacy.psi`, both sides in this process, group operations on
    `--workers` worker processes) against OpenMined's `openmined-psi` (C++ over BoringSSL,
    P-256, one thread; `DataStructure.RAW`, so both return the exact intersection),
    when it is installed (`pip install --no-deps openmined-psi`: it pins protobuf
@@ -37,17 +37,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from privacy.psi import ListHolder, MemoryQuota, Mode, PsiReceiver, PsiSender, Querier, Workers, exchange  # noqa: E402
-from privacy.psi import x25519  # noqa: E402
-from privacy.psi.identifiers import PSI_DOMAIN, digests  # noqa: E402
+from fedsilo.privacy.psi import (
+    ListHolder,
+    MemoryQuota,
+    Mode,
+    PsiReceiver,
+    PsiSender,
+    Querier,
+    Workers,
+    exchange,
+    x25519,
+)
+from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
 
 
 def ids(start: int, stop: int):
@@ -160,8 +169,14 @@ def query_bench(size: int, queries: int, workers: Workers) -> dict[str, float]:
     labels = pending.open(holder.answer("bank-a", pending.request))
     batch = (time.perf_counter() - t) / queries
     assert sum(label is not None for label in labels) == found
-    return {"publish_s": publish, "per_query_ms": single * 1e3, "per_query_cpu_ms": single_cpu * 1e3, "per_id_in_batch_ms": batch * 1e3,
-            "found": found, "table_mib": len(table.to_bytes()) / 2**20}
+    return {
+        "publish_s": publish,
+        "per_query_ms": single * 1e3,
+        "per_query_cpu_ms": single_cpu * 1e3,
+        "per_id_in_batch_ms": batch * 1e3,
+        "found": found,
+        "table_mib": len(table.to_bytes()) / 2**20,
+    }
 
 
 def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> None:
@@ -170,8 +185,11 @@ def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> Non
     feds, oms = [], []
     for _ in range(args.repeats):  # the two arms alternate, so both see the machine's drift
         feds.append(timed_psi(n, workers))
-        print(f"fedsilo {n:,} x {n:,}: {feds[-1][0]:.1f} s, {feds[-1][1]:.1f} s CPU in all processes, "
-              f"{feds[-1][2]:,} shared", flush=True)
+        print(
+            f"fedsilo {n:,} x {n:,}: {feds[-1][0]:.1f} s, {feds[-1][1]:.1f} s CPU in all processes, "
+            f"{feds[-1][2]:,} shared",
+            flush=True,
+        )
         start = time.process_time()
         found = openmined_psi(n)
         if found is None:
@@ -193,19 +211,25 @@ def compare(args: argparse.Namespace, workers: Workers, lines: list[str]) -> Non
     else:
         assert om[1] == fed_n
         walls = " / ".join(f"{run[0]:.2f}" for run in feds), " / ".join(f"{run[0]:.1f}" for run in oms)
-        lines.append(f"psi {n:,}x{n:,}: wall fedsilo ({args.workers} workers) {walls[0]} s, median {fed:.2f} s; "
-                     f"openmined-psi {walls[1]} s, median {om[0]:.1f} s; speed-up of the medians {om[0] / fed:.2f}x")
-        lines.append(f"psi {n:,}x{n:,}: CPU fedsilo in one process {fed_cpu:.1f} s, openmined-psi {om_cpu:.1f} s, "
-                     f"per-core ratio {om_cpu / fed_cpu:.2f}x; fedsilo's {args.workers}-worker run used "
-                     f"{fed_all_cpu:.1f} s of CPU in all processes: {idle:.1f} s on {args.workers} idle cores, "
-                     f"{om_cpu / idle:.2f}x openmined-psi's CPU (the wall speed-up on an idle machine, "
-                     "if the cores overlap perfectly)")
-    lines.append(f"psi CPU per pair (one process): {pair:.1f} us = hashing 2 x ({parts['digest']:.1f} canonical form "
-                 f"+ SHA-512, {parts['onto']:.1f} onto the curve) = {hashing:.1f} + checks of the received elements "
-                 f"exponentiated 2 x {parts['check']:.1f} = {checks:.1f} + X25519 4 x {parts['x25519']:.1f} "
-                 f"= {powers:.1f} "
-                 f"+ the rest {pair - hashing - checks - powers:.1f} (framing, duplicates, matching; the total "
-                 "minus the parts, each the fastest of 3 runs: near 0 it is within the noise of a shared machine)")
+        lines.append(
+            f"psi {n:,}x{n:,}: wall fedsilo ({args.workers} workers) {walls[0]} s, median {fed:.2f} s; "
+            f"openmined-psi {walls[1]} s, median {om[0]:.1f} s; speed-up of the medians {om[0] / fed:.2f}x"
+        )
+        lines.append(
+            f"psi {n:,}x{n:,}: CPU fedsilo in one process {fed_cpu:.1f} s, openmined-psi {om_cpu:.1f} s, "
+            f"per-core ratio {om_cpu / fed_cpu:.2f}x; fedsilo's {args.workers}-worker run used "
+            f"{fed_all_cpu:.1f} s of CPU in all processes: {idle:.1f} s on {args.workers} idle cores, "
+            f"{om_cpu / idle:.2f}x openmined-psi's CPU (the wall speed-up on an idle machine, "
+            "if the cores overlap perfectly)"
+        )
+    lines.append(
+        f"psi CPU per pair (one process): {pair:.1f} us = hashing 2 x ({parts['digest']:.1f} canonical form "
+        f"+ SHA-512, {parts['onto']:.1f} onto the curve) = {hashing:.1f} + checks of the received elements "
+        f"exponentiated 2 x {parts['check']:.1f} = {checks:.1f} + X25519 4 x {parts['x25519']:.1f} "
+        f"= {powers:.1f} "
+        f"+ the rest {pair - hashing - checks - powers:.1f} (framing, duplicates, matching; the total "
+        "minus the parts, each the fastest of 3 runs: near 0 it is within the noise of a shared machine)"
+    )
 
 
 def main() -> int:
@@ -214,8 +238,12 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=1_000_000, help="each side's size for the large run (0: skip)")
     parser.add_argument("--table", type=int, default=1_000_000, help="entries of the query table (0: skip)")
     parser.add_argument("--queries", type=int, default=1_000)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each arm of the comparison, alternating; the medians are compared")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each arm of the comparison, alternating; the medians are compared",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
@@ -228,18 +256,24 @@ def main() -> int:
         if args.large:
             big, big_cpu, big_n = timed_psi(args.large, workers, streamed=True)
             print(f"fedsilo {args.large:,} x {args.large:,}: {big:.1f} s, {big_n:,} shared", flush=True)
-            lines.append(f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s wall, {big_cpu:.1f} s CPU in all "
-                         f"processes ({big_cpu / args.workers:.1f} s on {args.workers} idle cores); peak RSS this "
-                         f"process {peak_mib():.0f} MiB, largest worker {workers_peak_mib(workers):.0f} MiB")
+            lines.append(
+                f"psi {args.large:,}x{args.large:,}: fedsilo {big:.1f} s wall, {big_cpu:.1f} s CPU in all "
+                f"processes ({big_cpu / args.workers:.1f} s on {args.workers} idle cores); peak RSS this "
+                f"process {peak_mib():.0f} MiB, largest worker {workers_peak_mib(workers):.0f} MiB"
+            )
         if args.table:
             q = query_bench(args.table, args.queries, workers)
-            lines.append(f"query table {args.table:,} entries: published in {q['publish_s']:.1f} s "
-                         f"({q['table_mib']:.0f} MiB); {args.queries:,} queries of one identifier: "
-                         f"{q['per_query_ms']:.2f} ms each, {q['per_query_cpu_ms']:.2f} ms CPU ({q['found']:,} on the list); "
-                         f"in one request: "
-                         f"{q['per_id_in_batch_ms']:.2f} ms per identifier")
-    lines.append(f"load average (1 min): {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
-                 f"({os.cpu_count()} cores)")
+            lines.append(
+                f"query table {args.table:,} entries: published in {q['publish_s']:.1f} s "
+                f"({q['table_mib']:.0f} MiB); {args.queries:,} queries of one identifier: "
+                f"{q['per_query_ms']:.2f} ms each, {q['per_query_cpu_ms']:.2f} ms CPU ({q['found']:,} on the list); "
+                f"in one request: "
+                f"{q['per_id_in_batch_ms']:.2f} ms per identifier"
+            )
+    lines.append(
+        f"load average (1 min): {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+        f"({os.cpu_count()} cores)"
+    )
     print("\n".join(lines))
     return 0
 

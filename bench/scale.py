@@ -14,7 +14,7 @@ whole process tree: the driver, Ray's raylet/GCS and every worker):
 Figures (printed last): wall time, seconds per round, CPU seconds and peak RSS of the
 process tree, the load average at the end of each run, and fedsilo / Flower ratios.
 Goals (issue 8): fedsilo ≤ 2× Flower's time, peak RSS ≤ 3 GiB. The noise calibrations
-and per-step RDP vectors fedsilo needs are cached on disk (`privacy.accounting.store`);
+and per-step RDP vectors fedsilo needs are cached on disk (`fedsilo.privacy.accounting.store`);
 the script reports how many were cached at the start. The machine's CPU is shared: run
 it when the load is low, and read the load average printed with the figures (the CPU
 seconds move far less with the load than the wall time).
@@ -25,10 +25,10 @@ seconds move far less with the load than the wall time).
     python bench/scale.py --only accounting --cold   # only the accounting of that run: PRV and RDP, CPU s
 
 `--cold` gives each fedsilo child its own new, empty directory as `FEDSILO_CACHE` (the
-accounting cache, `privacy.accounting.store`), removed afterwards: what a user's first
+accounting cache, `fedsilo.privacy.accounting.store`), removed afterwards: what a user's first
 run on a new machine computes. `--only accounting` measures just that computation (the
 population's noise calibrations, one round's ε and per-step RDP per sampling rate, as
-`simulations.runner` warms them before the engine starts, then the ε of 2 and 3 rounds
+`fedsilo.simulations.runner` warms them before the engine starts, then the ε of 2 and 3 rounds
 at each rate, as peers and ledgers reach them), once with each accountant, each in its
 own cold-cache child: CPU seconds, which the machine's load moves little.
 """
@@ -54,6 +54,7 @@ def _tree_rss(pid: int) -> int:
     """Resident bytes of `pid` and all its descendants (psutil if installed, else /proc)."""
     try:
         import psutil
+
         try:
             root = psutil.Process(pid)
             procs = [root, *root.children(recursive=True)]
@@ -79,7 +80,7 @@ def _proc_tree_rss(pid: int) -> int:
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
             rss[int(entry)] = int(Path(f"/proc/{entry}/statm").read_text().split()[1]) * page
         except (OSError, ValueError, IndexError):
@@ -100,7 +101,7 @@ def _tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+                children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
             except (OSError, ValueError, IndexError):
                 continue
     stack = [pid]
@@ -109,7 +110,7 @@ def _tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
         stack.extend(children.get(current, []))
         try:
             stat = Path(f"/proc/{current}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             seen[current] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, ValueError, IndexError):
             continue
@@ -139,40 +140,52 @@ def measure(argv: list[str], label: str, cold: bool = False) -> dict:
         shutil.rmtree(cache, ignore_errors=True)
     if child.returncode != 0:
         raise SystemExit(f"{label} failed with exit status {child.returncode}")
-    result = {**json.loads(Path(out).read_text()), "label": label, "wall_s": wall, "peak_rss_gib": peak / 2**30,
-              "cpu_s": sum(cpu.values()), "load_end": os.getloadavg()[0]}
+    result = {
+        **json.loads(Path(out).read_text()),
+        "label": label,
+        "wall_s": wall,
+        "peak_rss_gib": peak / 2**30,
+        "cpu_s": sum(cpu.values()),
+        "load_end": os.getloadavg()[0],
+    }
     Path(out).unlink()
-    print(f"  {label}: {wall:.1f} s, {result['cpu_s']:.1f} CPU s, peak RSS {peak / 2**30:.2f} GiB, "
-          f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    print(
+        f"  {label}: {wall:.1f} s, {result['cpu_s']:.1f} CPU s, peak RSS {peak / 2**30:.2f} GiB, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
 # ----------------------------------------------------------------------------- the children
 def child_fedsilo(banks: int, rounds: int, sample: int, out: str) -> dict:
-    from simulations.config import build_config
-    from simulations.progress import Progress
-    from simulations.runner import simulate
-    config = build_config(None, {"banks": banks, "rounds": rounds, "sample": str(sample), "compare": "none",
-                                 "out": out})
+    from fedsilo.simulations.config import build_config
+    from fedsilo.simulations.progress import Progress
+    from fedsilo.simulations.runner import simulate
+
+    config = build_config(
+        None, {"banks": banks, "rounds": rounds, "sample": str(sample), "compare": "none", "out": out}
+    )
     started = time.perf_counter()
     summary = simulate(config, Progress(quiet=True))
-    return {"run_s": time.perf_counter() - started, "final_auc": summary.final_auc,
-            "epsilon_max": summary.epsilon_max}
+    return {"run_s": time.perf_counter() - started, "final_auc": summary.final_auc, "epsilon_max": summary.epsilon_max}
 
 
 def child_accounting(banks: int, rounds: int, accountant: str) -> dict:
     """The accounting a fedsilo run of this population does, without the engine (see the module doc)."""
-    from simulations.banks import build_population
-    from simulations.config import build_config
-    from simulations.progress import Progress
-    from simulations.runner import _warm_dp_plans
-    from peers.job import grid_sample_rate, plan_dp
-    from privacy.accounting import epsilon_spent
+    from fedsilo.peers.job import grid_sample_rate, plan_dp
+    from fedsilo.privacy.accounting import epsilon_spent
+    from fedsilo.simulations.banks import build_population
+    from fedsilo.simulations.config import build_config
+    from fedsilo.simulations.progress import Progress
+    from fedsilo.simulations.runner import _warm_dp_plans
 
     config = build_config(None, {"banks": banks, "rounds": rounds, "accountant": accountant})
     with tempfile.TemporaryDirectory(prefix="scale-accounting-") as work:
         sizes = build_population(config, Path(work)).sizes()
     job = config.job(job_id="accounting")
+
     def cpu_seconds() -> float:  # this process and its finished children (the calibration pool)
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
@@ -188,8 +201,13 @@ def child_accounting(banks: int, rounds: int, accountant: str) -> dict:
         sigmas[repr(q)] = plan.noise_multiplier
         for k in (2, 3):
             epsilon_spent([plan.per_round] * k, job.dp.delta, accountant)
-    return {"run_s": time.perf_counter() - started, "warm_s": warm_s, "rates": len(by_rate),
-            "accounting_cpu_s": cpu_seconds() - cpu, "sigmas": sigmas}
+    return {
+        "run_s": time.perf_counter() - started,
+        "warm_s": warm_s,
+        "rates": len(by_rate),
+        "accounting_cpu_s": cpu_seconds() - cpu,
+        "sigmas": sigmas,
+    }
 
 
 def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
@@ -201,13 +219,13 @@ def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from peers.data.bank import encode_bank
-    from peers.data.encoding import BankSummary, TabularEncoder
-    from peers.models import ModelSpec, build_model
-    from simulations.config import build_config
-    from simulations.banks import build_population
-    from simulations.engine import backend_config
-    from simulations.population import yardstick_sample
+    from fedsilo.peers.data.bank import encode_bank
+    from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+    from fedsilo.peers.models import ModelSpec, build_model
+    from fedsilo.simulations.banks import build_population
+    from fedsilo.simulations.config import build_config
+    from fedsilo.simulations.engine import backend_config
+    from fedsilo.simulations.population import yardstick_sample
 
     config = build_config(None, {"banks": banks})
     population = build_population(config, Path(work))
@@ -222,9 +240,11 @@ def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
 
         @lru_cache(maxsize=256)
         def load(i: int):
-            from simulations.population import load_population
+            from fedsilo.simulations.population import load_population
+
             frame = load_population(population_path).frame(i)
             return encode_bank(frame, TabularEncoder.from_json(encoder_json), 0.2, 0)
+
         return load(index)
 
     client_app = ClientApp()
@@ -232,6 +252,7 @@ def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         import torch
+
         torch.set_num_threads(1)
         data = bank_tensors(int(context.node_config["partition-id"]))
         model = build_model(spec, data.x_train.shape[1])
@@ -242,20 +263,27 @@ def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
             optimizer.zero_grad()
             loss_fn(model(data.x_train[batch]).squeeze(-1), data.y_train[batch]).backward()
             optimizer.step()
-        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                                   "metrics": MetricRecord({"num-examples": data.n_train})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": data.n_train})}
+            ),
+            reply_to=msg,
+        )
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         import torch
-        from peers.evaluation import evaluate as score
+
+        from fedsilo.peers.evaluation import evaluate as score
+
         torch.set_num_threads(1)
         data = bank_tensors(int(context.node_config["partition-id"]))
         model = build_model(spec, data.x_test.shape[1])
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         result = score(model, data.x_test, data.y_test)
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": data.n_test, "auc": result["auc"]})}),
-                       reply_to=msg)
+        return Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": data.n_test, "auc": result["auc"]})}), reply_to=msg
+        )
 
     server_app = ServerApp()
     outcome: dict = {}
@@ -263,15 +291,19 @@ def child_flower(banks: int, rounds: int, sample: int, work: str) -> dict:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         fraction = sample / banks
-        strategy = FedAvg(fraction_train=fraction, fraction_evaluate=fraction, min_train_nodes=sample,
-                          min_evaluate_nodes=sample, min_available_nodes=banks)
+        strategy = FedAvg(
+            fraction_train=fraction,
+            fraction_evaluate=fraction,
+            min_train_nodes=sample,
+            min_evaluate_nodes=sample,
+            min_available_nodes=banks,
+        )
         initial = ArrayRecord(build_model(spec, encoder.n_features).state_dict())
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
         outcome["auc"] = float(result.evaluate_metrics_clientapp.get(rounds, {}).get("auc", np.nan))
 
     started = time.perf_counter()
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=banks,
-                   backend_config=backend_config())
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=banks, backend_config=backend_config())
     return {"run_s": time.perf_counter() - started, "final_auc": outcome.get("auc")}
 
 
@@ -284,14 +316,19 @@ def main() -> None:
     parser.add_argument("--big-banks", type=int, default=10_000)
     parser.add_argument("--big-rounds", type=int, default=3)
     parser.add_argument("--skip-big", action="store_true")
-    parser.add_argument("--only", choices=["compare", "big", "accounting"],
-                        help="compare: only Flower vs fedsilo at --banks; big: only the --big-banks run; "
-                             "accounting: only the accounting of the --banks run, PRV against RDP")
-    parser.add_argument("--cold", action="store_true",
-                        help="run every fedsilo child on a new, empty accounting cache (FEDSILO_CACHE)")
+    parser.add_argument(
+        "--only",
+        choices=["compare", "big", "accounting"],
+        help="compare: only Flower vs fedsilo at --banks; big: only the --big-banks run; "
+        "accounting: only the accounting of the --banks run, PRV against RDP",
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="run every fedsilo child on a new, empty accounting cache (FEDSILO_CACHE)"
+    )
     parser.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
-    parser.add_argument("--kind", choices=["flower", "fedsilo", "accounting-prv", "accounting-rdp"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--kind", choices=["flower", "fedsilo", "accounting-prv", "accounting-rdp"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
 
     if args.child:
@@ -305,57 +342,94 @@ def main() -> None:
         return
 
     if args.only == "accounting":
-        runs = {name: measure(["--kind", f"accounting-{name}", "--banks", str(args.banks), "--rounds",
-                               str(args.rounds)], f"accounting ({name}) of {args.banks} banks × {args.rounds} rounds",
-                              cold=True)
-                for name in ("rdp", "prv")}
+        runs = {
+            name: measure(
+                ["--kind", f"accounting-{name}", "--banks", str(args.banks), "--rounds", str(args.rounds)],
+                f"accounting ({name}) of {args.banks} banks × {args.rounds} rounds",
+                cold=True,
+            )
+            for name in ("rdp", "prv")
+        }
         print()
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
-              "each run on a new, empty FEDSILO_CACHE")
+        print(
+            f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
+            "each run on a new, empty FEDSILO_CACHE"
+        )
         print(f"{'accountant':<12}{'rates':>6}{'warm-up s':>11}{'accounting s':>14}{'its CPU s':>11}{'load':>6}")
         for name, r in runs.items():
-            print(f"{name:<12}{r['rates']:>6}{r['warm_s']:>11.1f}{r['run_s']:>14.1f}{r['accounting_cpu_s']:>11.1f}"
-                  f"{r['load_end']:>6.1f}")
+            print(
+                f"{name:<12}{r['rates']:>6}{r['warm_s']:>11.1f}{r['run_s']:>14.1f}{r['accounting_cpu_s']:>11.1f}"
+                f"{r['load_end']:>6.1f}"
+            )
         noise = [runs["prv"]["sigmas"][q] / runs["rdp"]["sigmas"][q] for q in runs["rdp"]["sigmas"]]
         print(f"PRV / RDP noise multiplier at the same ε: {min(noise):.3f} to {max(noise):.3f}")
-        print(f"PRV / RDP cold accounting CPU time: "
-              f"{runs['prv']['accounting_cpu_s'] / runs['rdp']['accounting_cpu_s']:.2f}×")
+        print(
+            f"PRV / RDP cold accounting CPU time: "
+            f"{runs['prv']['accounting_cpu_s'] / runs['rdp']['accounting_cpu_s']:.2f}×"
+        )
         return
 
-    from privacy.accounting import store
+    from fedsilo.privacy.accounting import store
+
     cached = {kind: len(list((store.root() / kind).glob("*.json"))) for kind in ("noise-calibration", "rdp-per-step")}
     common = ["--banks", str(args.banks), "--rounds", str(args.rounds), "--sample", str(args.sample)]
     flower = fedsilo = big = None
     if args.only != "big":
-        flower = measure(["--kind", "flower", *common],
-                         f"Flower plain FedAvg: {args.banks} banks × {args.rounds} rounds")
-        fedsilo = measure(["--kind", "fedsilo", *common],
-                          f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds", cold=args.cold)
+        flower = measure(
+            ["--kind", "flower", *common], f"Flower plain FedAvg: {args.banks} banks × {args.rounds} rounds"
+        )
+        fedsilo = measure(
+            ["--kind", "fedsilo", *common],
+            f"fedsilo DP + SecAgg+: {args.banks} banks × {args.rounds} rounds",
+            cold=args.cold,
+        )
     if not args.skip_big and args.only != "compare":
-        big = measure(["--kind", "fedsilo", "--banks", str(args.big_banks), "--rounds", str(args.big_rounds),
-                       "--sample", str(args.sample)],
-                      f"fedsilo DP + SecAgg+: {args.big_banks} banks × {args.big_rounds} rounds", cold=args.cold)
+        big = measure(
+            [
+                "--kind",
+                "fedsilo",
+                "--banks",
+                str(args.big_banks),
+                "--rounds",
+                str(args.big_rounds),
+                "--sample",
+                str(args.sample),
+            ],
+            f"fedsilo DP + SecAgg+: {args.big_banks} banks × {args.big_rounds} rounds",
+            cold=args.cold,
+        )
 
     print()
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
-          + ("fedsilo ran on a new, empty accounting cache (--cold)" if args.cold else
-             f"accounting cache held {cached['noise-calibration']} noise calibrations and "
-             f"{cached['rdp-per-step']} RDP vectors at the start"))
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end (CPU shared); "
+        + (
+            "fedsilo ran on a new, empty accounting cache (--cold)"
+            if args.cold
+            else f"accounting cache held {cached['noise-calibration']} noise calibrations and "
+            f"{cached['rdp-per-step']} RDP vectors at the start"
+        )
+    )
     print(f"{'run':<52}{'wall s':>8}{'s/round':>9}{'CPU s':>8}{'load':>6}{'peak RSS GiB':>14}{'AUC':>8}")
     for r, rounds in ((flower, args.rounds), (fedsilo, args.rounds), (big, args.big_rounds)):
         if r is None:
             continue
         auc = r.get("final_auc")
-        print(f"{r['label']:<52}{r['wall_s']:>8.1f}{r['wall_s'] / rounds:>9.2f}{r['cpu_s']:>8.1f}{r['load_end']:>6.1f}"
-              f"{r['peak_rss_gib']:>14.2f}{(auc if auc is not None else float('nan')):>8.3f}")
+        print(
+            f"{r['label']:<52}{r['wall_s']:>8.1f}{r['wall_s'] / rounds:>9.2f}{r['cpu_s']:>8.1f}{r['load_end']:>6.1f}"
+            f"{r['peak_rss_gib']:>14.2f}{(auc if auc is not None else float('nan')):>8.3f}"
+        )
     if flower is not None and fedsilo is not None:
         print(f"fedsilo / Flower wall time: {fedsilo['wall_s'] / flower['wall_s']:.2f}×  (goal ≤ 2×)")
         print(f"fedsilo / Flower CPU time:  {fedsilo['cpu_s'] / flower['cpu_s']:.2f}×  (whole process trees)")
-        print(f"fedsilo / Flower peak RSS:  {fedsilo['peak_rss_gib'] / flower['peak_rss_gib']:.2f}×  "
-              f"(fedsilo {fedsilo['peak_rss_gib']:.2f} GiB; goal ≤ 3 GiB)")
+        print(
+            f"fedsilo / Flower peak RSS:  {fedsilo['peak_rss_gib'] / flower['peak_rss_gib']:.2f}×  "
+            f"(fedsilo {fedsilo['peak_rss_gib']:.2f} GiB; goal ≤ 3 GiB)"
+        )
     if big is not None:
-        print(f"{args.big_banks} banks × {args.big_rounds} rounds: completed in {big['wall_s']:.1f} s, "
-              f"peak RSS {big['peak_rss_gib']:.2f} GiB")
+        print(
+            f"{args.big_banks} banks × {args.big_rounds} rounds: completed in {big['wall_s']:.1f} s, "
+            f"peak RSS {big['peak_rss_gib']:.2f} GiB"
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ A plain block before and after each secure block makes a drift in the machine's 
 hit both arms alike (a secure block cannot be repeated in one simulation: the peers
 refuse a SecAgg+ round id they have already used, as they should).
 
-The peers run fedsilo's real ClientApp (`peers.client.app.build_client_app`, with the
+The peers run fedsilo's real ClientApp (`fedsilo.peers.client.app.build_client_app`, with the
 simulation's `dropout_mod` in the 30 % rows, so every arm loses the same banks in the
 same rounds); a first mod hands Flower's legacy messages to a legacy ClientApp instead.
 Every arm does the same local work: DP-SGD (`train_round`; same job, same seed, hence
@@ -66,48 +66,53 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType  # noqa: E402
-from flwr.client import NumPyClient  # noqa: E402
-from flwr.client.mod import secaggplus_mod  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.common import ndarrays_to_parameters  # noqa: E402
-from flwr.server import LegacyContext, ServerConfig  # noqa: E402
-from flwr.server.strategy import FedAvg as LegacyFedAvg  # noqa: E402
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.serverapp import Grid, ServerApp
 
-from peers.client.app import bank_data, bank_index, build_client_app  # noqa: E402
-from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium  # noqa: E402
-from peers.client.local_training import evaluate_weights, limit_threads, train_round  # noqa: E402
-from peers.data.bank import encode_bank  # noqa: E402
-from peers.data.encoding import BankSummary, TabularEncoder  # noqa: E402
-from peers.job import JobConfig  # noqa: E402
-from peers.models import build_model, get_weights  # noqa: E402
-from peers.server.host import JobHost  # noqa: E402
-from privacy.accounting import Mechanism  # noqa: E402
-from privacy.secagg import graph_parameters  # noqa: E402
-from simulations.config import SYNTHETIC_LABEL, SimulationConfig  # noqa: E402
-from simulations.data.synthetic import generate_consortium  # noqa: E402
-from simulations.engine import run_flower_simulation  # noqa: E402
-from simulations.faults import DROPOUT_KEY, ERROR_CODE_DROPOUT, dropout_mod, dropout_stage  # noqa: E402
-from strategies.secagg import SecureAggregation  # noqa: E402
-from strategies.secagg.wire import SECAGG_CONFIG_KEY, STAGES  # noqa: E402
-from strategies.wrapper import find_wrapper  # noqa: E402
+from fedsilo.peers.client.app import bank_data, bank_index, build_client_app
+from fedsilo.peers.client.local_training import evaluate_weights, limit_threads, train_round
+from fedsilo.peers.data.bank import encode_bank
+from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium
+from fedsilo.peers.job import JobConfig
+from fedsilo.peers.models import build_model, get_weights
+from fedsilo.peers.server.host import JobHost
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.secagg import graph_parameters
+from fedsilo.simulations.config import SYNTHETIC_LABEL, SimulationConfig
+from fedsilo.simulations.data.synthetic import generate_consortium
+from fedsilo.simulations.engine import run_flower_simulation
+from fedsilo.simulations.faults import DROPOUT_KEY, ERROR_CODE_DROPOUT, dropout_mod, dropout_stage
+from fedsilo.strategies.secagg import SecureAggregation
+from fedsilo.strategies.secagg.wire import SECAGG_CONFIG_KEY, STAGES
+from fedsilo.strategies.wrapper import find_wrapper
 
 HIDDEN = {"188k": (398, 398), "1.9M": (1342, 1342)}  # 2 hidden layers: h^2 + (n_features + 3) h + 1
 FULL_ROWS = ("188k/0/10", "188k/30/10", "1.9M/0/10", "1.9M/30/10", "188k/0/100")
 QUICK_ROWS = ("188k/0/10",)
 GOAL = {0.0: 1.15, 0.3: 1.3}
 ARMS = ("fedsilo-plain", "fedsilo-secure", "flower-plain", "flower-secaggplus")
-ARM_TITLE = {"fedsilo-plain": "fedsilo plain", "fedsilo-secure": "fedsilo secure",
-             "flower-plain": "Flower plain", "flower-secaggplus": "Flower SecAgg+"}
+ARM_TITLE = {
+    "fedsilo-plain": "fedsilo plain",
+    "fedsilo-secure": "fedsilo secure",
+    "flower-plain": "Flower plain",
+    "flower-secaggplus": "Flower SecAgg+",
+}
 PROFILE_DIR_KEY = "bench.profile-dir"
 N_TRAIN_KEY = "bench.n-train"
 LEGACY_STATE_KEY = "bench.legacy.privacy"
@@ -122,15 +127,16 @@ class Row:
     peers: int
 
     @classmethod
-    def parse(cls, text: str) -> "Row":
+    def parse(cls, text: str) -> Row:
         try:
             size, dropout, peers = text.split("/")
             if size not in HIDDEN:
                 raise ValueError
             return cls(size, float(dropout) / 100.0, int(peers))
         except ValueError:
-            raise SystemExit(f"--rows: '{text}' is not SIZE/DROPOUT%/PEERS with SIZE in {sorted(HIDDEN)}, "
-                             f"e.g. 188k/30/10") from None
+            raise SystemExit(
+                f"--rows: '{text}' is not SIZE/DROPOUT%/PEERS with SIZE in {sorted(HIDDEN)}, e.g. 188k/30/10"
+            ) from None
 
     @property
     def label(self) -> str:
@@ -170,11 +176,11 @@ def message_label(msg: Message) -> str:
 # ======================================================================== client side (runs in Ray actors)
 def _install_client_probes() -> None:
     """Wrap client-side functions once per actor process; they append (name, seconds) to a list."""
-    import peers.client.app as A
-    import peers.client.mods.secagg as M
-    import privacy.secagg.client as C
-    import privacy.secagg.keys as K
-    import privacy.secagg.shamir as S
+    import fedsilo.peers.client.app as A
+    import fedsilo.peers.client.mods.secagg as M
+    import fedsilo.privacy.secagg.client as C
+    import fedsilo.privacy.secagg.keys as K
+    import fedsilo.privacy.secagg.shamir as S
 
     if getattr(M, "_bench_probed", False):
         return
@@ -193,6 +199,7 @@ def _install_client_probes() -> None:
                 records = M._bench_records
                 if records is not None:
                     records.append((name, time.perf_counter() - start))
+
         setattr(owner, attr, timed)
 
     probe(M, "_load", "state load (JSON -> SecAggClient)")
@@ -232,7 +239,7 @@ def profile_mod(msg: Message, context: Context, call_next) -> Message:
     """Client mod: times everything inside it and writes one JSON line per message."""
     if not context.run_config.get(PROFILE_DIR_KEY):
         return call_next(msg, context)
-    import peers.client.mods.secagg as M
+    import fedsilo.peers.client.mods.secagg as M
 
     _install_client_probes()
     label = message_label(msg)
@@ -248,11 +255,22 @@ def profile_mod(msg: Message, context: Context, call_next) -> Message:
     for name, seconds in records:
         parts[name] += seconds
     out_arrays, out_configs = (0, 0) if reply.has_error() else content_bytes(reply.content)
-    _write_profile(context, {
-        "t": t0, "label": label, "node": msg.metadata.dst_node_id, "total": total, "parts": parts,
-        "error": reply.has_error(), "in_arrays": in_arrays, "in_configs": in_configs,
-        "out_arrays": out_arrays, "out_configs": out_configs, "state": _state_bytes(context),
-    })
+    _write_profile(
+        context,
+        {
+            "t": t0,
+            "label": label,
+            "node": msg.metadata.dst_node_id,
+            "total": total,
+            "parts": parts,
+            "error": reply.has_error(),
+            "in_arrays": in_arrays,
+            "in_configs": in_configs,
+            "out_arrays": out_arrays,
+            "out_configs": out_configs,
+            "state": _state_bytes(context),
+        },
+    )
     return reply
 
 
@@ -277,8 +295,9 @@ class BenchNumPyClient(NumPyClient):
         history = self._history(job)
         result = train_round(job, data, weights, history, int(config["server_round"]), bank_index(self._context))
         if result.mechanism is not None:
-            self._context.state[LEGACY_STATE_KEY] = ConfigRecord({"job": job.job_id, "history": json.dumps(
-                [m.to_dict() for m in [*history, result.mechanism]])})
+            self._context.state[LEGACY_STATE_KEY] = ConfigRecord(
+                {"job": job.job_id, "history": json.dumps([m.to_dict() for m in [*history, result.mechanism]])}
+            )
         return [result.weights[n] for n in names], result.num_examples, {"epsilon": float(result.epsilon)}
 
     def evaluate(self, parameters, config):
@@ -290,7 +309,7 @@ class BenchNumPyClient(NumPyClient):
 
 
 def legacy_dropout_mod(msg: Message, context: Context, call_next) -> Message:
-    """`simulations.faults.dropout_mod` for Flower's legacy messages: same draw (same banks, same rounds).
+    """`fedsilo.simulations.faults.dropout_mod` for Flower's legacy messages: same draw (same banks, same rounds).
 
     One difference: a bank drawn to vanish at the advertise or share stage vanishes at
     the masked-input stage instead. Flower 1.41's SecAgg+ cannot finish a round in which
@@ -306,8 +325,9 @@ def legacy_dropout_mod(msg: Message, context: Context, call_next) -> Message:
         return call_next(msg, context)
     stage = message_label(msg).split(":")[1]
     stage = "mask" if stage == "train" else stage
-    gone = dropout_stage(int(context.run_config.get("train.seed", 0)), int(msg.metadata.group_id),
-                         bank_index(context), fraction)
+    gone = dropout_stage(
+        int(context.run_config.get("train.seed", 0)), int(msg.metadata.group_id), bank_index(context), fraction
+    )
     if gone in ("advertise", "share"):
         gone = "mask"
     if gone is not None and STAGES.index(stage) >= STAGES.index(gone):
@@ -318,17 +338,18 @@ def legacy_dropout_mod(msg: Message, context: Context, call_next) -> Message:
 def legacy_client_app(secure: bool) -> ClientApp:
     def client_fn(context: Context):
         return BenchNumPyClient(context).to_client()
+
     return ClientApp(client_fn=client_fn, mods=[legacy_dropout_mod, *([secaggplus_mod] if secure else [])])
 
 
 def warm_caches(context: Context) -> None:
-    """Once per actor: calibrate the DP noise of every bank (`privacy.accounting.cache.cached_calibration`, ~0.9 s each).
+    """Once per actor: calibrate the DP noise of every bank (`fedsilo.privacy.accounting.cache.cached_calibration`, ~0.9 s each).
 
     A real peer calibrates once, for its own bank. A Ray actor hosts every bank in turn
     and would otherwise pay ~0.9 s the first time it meets each bank, at random rounds
     and arms; doing it all in the first (warm-up) round keeps it out of the measured ones.
     """
-    import peers.job as J
+    import fedsilo.peers.job as J
 
     if getattr(J, "_bench_warm", False):
         return
@@ -350,11 +371,22 @@ def router_mod(msg: Message, context: Context, call_next) -> Message:
     reply = legacy_client_app("secaggplus_configs" in records)(msg, context)
     if context.run_config.get(PROFILE_DIR_KEY):
         out = (0, 0) if reply.has_error() else content_bytes(reply.content)
-        _write_profile(context, {"t": t0, "label": label, "node": msg.metadata.dst_node_id,
-                                 "total": time.perf_counter() - start, "parts": {}, "error": reply.has_error(),
-                                 "in_arrays": content_bytes(msg.content)[0], "out_arrays": out[0],
-                                 "in_configs": content_bytes(msg.content)[1], "out_configs": out[1],
-                                 "state": _state_bytes(context)})
+        _write_profile(
+            context,
+            {
+                "t": t0,
+                "label": label,
+                "node": msg.metadata.dst_node_id,
+                "total": time.perf_counter() - start,
+                "parts": {},
+                "error": reply.has_error(),
+                "in_arrays": content_bytes(msg.content)[0],
+                "out_arrays": out[0],
+                "in_configs": content_bytes(msg.content)[1],
+                "out_configs": out[1],
+                "state": _state_bytes(context),
+            },
+        )
     return reply
 
 
@@ -385,16 +417,18 @@ class HostProfiler:
             finally:
                 label = name(*args, **kwargs) if callable(name) else name
                 profiler._add(label, t0, time.perf_counter() - start)
+
         setattr(owner, attr, classmethod(timed) if classmethod_ else timed)
         self._undo.append(lambda: setattr(owner, attr, raw))
 
     def install(self) -> None:
-        import strategies.observer as O
-        import strategies.secagg.strategy as ST
         from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
         from flwr.superlink.grid import InMemoryGrid
-        from privacy.secagg import messages as MSG
-        from privacy.secagg.server import SecAggServer
+
+        import fedsilo.strategies.observer as O
+        import fedsilo.strategies.secagg.strategy as ST
+        from fedsilo.privacy.secagg import messages as MSG
+        from fedsilo.privacy.secagg.server import SecAggServer
 
         original_send = InMemoryGrid.send_and_receive
         profiler = self
@@ -407,16 +441,31 @@ class HostProfiler:
                 return original_send(grid, messages, timeout=timeout)
             finally:
                 profiler._add(f"exchange {label}", t0, time.perf_counter() - start)
+
         InMemoryGrid.send_and_receive = send_and_receive
         self._undo.append(lambda: setattr(InMemoryGrid, "send_and_receive", original_send))
 
         self.probe(RayBackend, "process_message", lambda self_, message, context: f"ray {message_label(message)}")
-        for method in ("__init__", "receive_advertise", "end_advertise", "receive_shares", "end_share_keys",
-                       "receive_masked_input", "end_mask_input", "receive_unmask", "aggregate"):
+        for method in (
+            "__init__",
+            "receive_advertise",
+            "end_advertise",
+            "receive_shares",
+            "end_share_keys",
+            "receive_masked_input",
+            "end_mask_input",
+            "receive_unmask",
+            "aggregate",
+        ):
             self.probe(SecAggServer, method, f"SecAggServer.{method}")
-        for fn, name in (("read_stage", "payload decode (JSON)"), ("stage_record", "payload encode (JSON)"),
-                         ("encrypted_shares_from_dict", "shares from dict"), ("flatten", "flatten"),
-                         ("unflatten", "unflatten"), ("read_masked_array", "read masked array")):
+        for fn, name in (
+            ("read_stage", "payload decode (JSON)"),
+            ("stage_record", "payload encode (JSON)"),
+            ("encrypted_shares_from_dict", "shares from dict"),
+            ("flatten", "flatten"),
+            ("unflatten", "unflatten"),
+            ("read_masked_array", "read masked array"),
+        ):
             self.probe(ST, fn, f"host {name}")
         self.probe(MSG.AdvertiseKeys, "from_dict", "host AdvertiseKeys.from_dict", classmethod_=True)
         self.probe(MSG.UnmaskShares, "from_dict", "host UnmaskShares.from_dict", classmethod_=True)
@@ -523,8 +572,11 @@ def make_server_app(plan: RowPlan, profiler: HostProfiler | None) -> ServerApp:
 
 
 def _run_fedsilo_arm(plan: RowPlan, arm: str, times: ArmTimes, grid: Grid, context: Context) -> None:
-    job = replace(plan.job, train=replace(plan.job.train, rounds=plan.rounds),
-                  secagg=replace(plan.job.secagg, mode="on" if arm == "fedsilo-secure" else "off"))
+    job = replace(
+        plan.job,
+        train=replace(plan.job.train, rounds=plan.rounds),
+        secagg=replace(plan.job.secagg, mode="on" if arm == "fedsilo-secure" else "off"),
+    )
 
     def on_round(stage: str, server_round: int, metrics: list[dict], errors: list[str]) -> None:
         getattr(times, stage)[server_round] = time.time()
@@ -542,19 +594,30 @@ def _run_flower_arm(plan: RowPlan, arm: str, times: ArmTimes, grid: Grid, contex
     n = plan.row.peers
     names = ",".join(plan.initial)
     strategy = TimedLegacyFedAvg(
-        times, fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=n, min_evaluate_clients=n,
-        min_available_clients=n, initial_parameters=ndarrays_to_parameters(list(plan.initial.values())),
+        times,
+        fraction_fit=1.0,
+        fraction_evaluate=1.0,
+        min_fit_clients=n,
+        min_evaluate_clients=n,
+        min_available_clients=n,
+        initial_parameters=ndarrays_to_parameters(list(plan.initial.values())),
         on_fit_config_fn=lambda r: {"server_round": r, "names": names},
         on_evaluate_config_fn=lambda r: {"server_round": r, "names": names},
-        fit_metrics_aggregation_fn=lambda metrics: {}, evaluate_metrics_aggregation_fn=lambda metrics: {},
+        fit_metrics_aggregation_fn=lambda metrics: {},
+        evaluate_metrics_aggregation_fn=lambda metrics: {},
     )
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=plan.rounds), strategy=strategy)
     if arm == "flower-secaggplus":
         # The same graph degree and threshold as fedsilo's SecAgg+ for these peers.
         g = graph_parameters(n, plan.job.secagg.dropout_fraction, plan.job.secagg.collusion_fraction)
-        workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
-            num_shares=g.degree + 1, reconstruction_threshold=g.threshold,
-            max_weight=float(plan.max_train), clipping_range=plan.job.secagg.clip))
+        workflow = DefaultWorkflow(
+            fit_workflow=SecAggPlusWorkflow(
+                num_shares=g.degree + 1,
+                reconstruction_threshold=g.threshold,
+                max_weight=float(plan.max_train),
+                clipping_range=plan.job.secagg.clip,
+            )
+        )
     else:
         workflow = DefaultWorkflow()
     workflow(grid, legacy)
@@ -584,8 +647,16 @@ def prepare_row(row: Row, rounds: int, seed: int, work: Path, arms: tuple[str, .
     frames = generate_consortium(row.peers, seed=seed)
     label = SYNTHETIC_LABEL
     encoder = TabularEncoder.fit([BankSummary.from_frame(f, label) for f in frames], label)
-    config = SimulationConfig(banks=row.peers, rounds=3 * rounds, seed=seed, compare=(), model="mlp",
-                              hidden=HIDDEN[row.size], secure_aggregation="on", dropout=row.dropout)
+    config = SimulationConfig(
+        banks=row.peers,
+        rounds=3 * rounds,
+        seed=seed,
+        compare=(),
+        model="mlp",
+        hidden=HIDDEN[row.size],
+        secure_aggregation="on",
+        dropout=row.dropout,
+    )
     tensors = [encode_bank(f, encoder, config.test_fraction, seed) for f in frames]
     (work / "encoder.json").write_text(encoder.to_json())
     banks_dir = work / "banks"
@@ -593,9 +664,13 @@ def prepare_row(row: Row, rounds: int, seed: int, work: Path, arms: tuple[str, .
     for i, frame in enumerate(frames):
         frame.to_parquet(banks_dir / f"bank-{i:05d}.parquet", index=False)
     max_train = max(t.n_train for t in tensors)
-    job = config.job(encoder_path=str(work / "encoder.json"), banks_dir=str(banks_dir),
-                     job_id=f"bench-secagg-{row.size}-{row.peers}", max_weight=float(max_train),
-                     public_rows=sum(t.n_train for t in tensors))
+    job = config.job(
+        encoder_path=str(work / "encoder.json"),
+        banks_dir=str(banks_dir),
+        job_id=f"bench-secagg-{row.size}-{row.peers}",
+        max_weight=float(max_train),
+        public_rows=sum(t.n_train for t in tensors),
+    )
     initial = get_weights(build_model(job.model, encoder.n_features, seed=job.train.seed))
     n_params = int(sum(v.size for v in initial.values()))
     plan = RowPlan(row, job, rounds, arms, dict(initial), n_params, max_train, [t.n_train for t in tensors])
@@ -612,9 +687,13 @@ def run_row(row: Row, args: argparse.Namespace, arms: tuple[str, ...]) -> dict:
         # The plain arms share the simulation: the run config declares a plaintext job (a peer
         # refuses plaintext training in a job that declares secure aggregation); the secure
         # arm's host runs SecAgg+ anyway, and the banks sign and verify with a simulated consortium.
-        run_config = {**plan.job.to_run_config(), "secagg.mode": "off", DROPOUT_KEY: row.dropout,
-                      N_TRAIN_KEY: ",".join(str(n) for n in plan.n_train),
-                      SIMULATED_IDENTITY_KEY: str(simulated_consortium(work / "consortium", row.peers))}
+        run_config = {
+            **plan.job.to_run_config(),
+            "secagg.mode": "off",
+            DROPOUT_KEY: row.dropout,
+            N_TRAIN_KEY: ",".join(str(n) for n in plan.n_train),
+            SIMULATED_IDENTITY_KEY: str(simulated_consortium(work / "consortium", row.peers)),
+        }
         if args.profile:
             run_config[PROFILE_DIR_KEY] = str(profile_dir)
         mods = [router_mod, profile_mod, dropout_mod] if row.dropout > 0 else [router_mod, profile_mod]
@@ -628,8 +707,15 @@ def run_row(row: Row, args: argparse.Namespace, arms: tuple[str, ...]) -> dict:
             undo_polling = fast_vce_polling(args.engine_poll)
         started = time.time()
         try:
-            run_flower_simulation(make_server_app(plan, profiler), client_app, row.peers, run_config,
-                                  work / "app", "0.0.0", verbose=args.verbose)
+            run_flower_simulation(
+                make_server_app(plan, profiler),
+                client_app,
+                row.peers,
+                run_config,
+                work / "app",
+                "0.0.0",
+                verbose=args.verbose,
+            )
         finally:
             if profiler is not None:
                 profiler.uninstall()
@@ -642,8 +728,14 @@ def run_row(row: Row, args: argparse.Namespace, arms: tuple[str, ...]) -> dict:
     missing = [a for a in arms if len(plan.times.get(a, [])) != plan.sequence.count(a)]
     if missing:
         raise SystemExit(f"row {row.label}: arms {missing} did not run; rerun with --verbose to see Flower's log")
-    result = {"row": row, "plan": plan, "info": info, "elapsed": elapsed,
-              "host": profiler.records if profiler else [], "clients": clients}
+    result = {
+        "row": row,
+        "plan": plan,
+        "info": info,
+        "elapsed": elapsed,
+        "host": profiler.records if profiler else [],
+        "clients": clients,
+    }
     result["figures"] = figures(plan)
     return result
 
@@ -656,9 +748,11 @@ def figures(plan: RowPlan) -> dict[str, dict[str, float]]:
             w, t = times.round_times(plan.rounds)
             whole += w
             train += t
-        out[arm] = {"round": statistics.median(whole) if whole else float("nan"),
-                    "train": statistics.median(train) if train else float("nan"),
-                    "rounds": whole}
+        out[arm] = {
+            "round": statistics.median(whole) if whole else float("nan"),
+            "train": statistics.median(train) if train else float("nan"),
+            "rounds": whole,
+        }
     return out
 
 
@@ -686,18 +780,25 @@ def profile_report(result: dict) -> list[str]:
         return [c for c in result["clients"] if _in_window(c["t"], windows[arm])]
 
     fig = result["figures"]
-    for family, plain, secure in (("fedsilo", "fedsilo-plain", "fedsilo-secure"),
-                                  ("Flower", "flower-plain", "flower-secaggplus")):
+    for family, plain, secure in (
+        ("fedsilo", "fedsilo-plain", "fedsilo-secure"),
+        ("Flower", "flower-plain", "flower-secaggplus"),
+    ):
         if plain not in plan.times or secure not in plan.times:
             continue
         hp, hs = host_sum(plain), host_sum(secure)
         delta = fig[secure]["round"] - fig[plain]["round"]
-        lines.append(f"  {family}: secure - plain = {delta:+.3f} s per round "
-                     f"({fig[plain]['round']:.3f} -> {fig[secure]['round']:.3f}); per measured round:")
+        lines.append(
+            f"  {family}: secure - plain = {delta:+.3f} s per round "
+            f"({fig[plain]['round']:.3f} -> {fig[secure]['round']:.3f}); per measured round:"
+        )
         lines.append("    exchanges through the grid (host wall s, messages):")
         for arm, h in ((plain, hp), (secure, hs)):
-            parts = [f"{k.split(' ', 1)[1].split(':', 1)[1]} {v[0]:.3f}" for k, v in sorted(h.items())
-                     if k.startswith("exchange ")]
+            parts = [
+                f"{k.split(' ', 1)[1].split(':', 1)[1]} {v[0]:.3f}"
+                for k, v in sorted(h.items())
+                if k.startswith("exchange ")
+            ]
             lines.append(f"      {ARM_TITLE[arm]:<15} " + ", ".join(parts))
         # Ray: driver-side per-message time vs time inside the ClientApp.
         for arm, h in ((plain, hp), (secure, hs)):
@@ -712,8 +813,10 @@ def profile_report(result: dict) -> list[str]:
                 label = key[4:]
                 app = sum(e["total"] for e in by_label.get(label, [])) / measured[arm]
                 per = count or 1
-                cells.append(f"{label.split(':')[1]}: {count:.0f} msg, Ray {1e3 * seconds / per:.0f} ms/msg "
-                             f"(app {1e3 * app / per:.0f}, transport {1e3 * (seconds - app) / per:.0f})")
+                cells.append(
+                    f"{label.split(':')[1]}: {count:.0f} msg, Ray {1e3 * seconds / per:.0f} ms/msg "
+                    f"(app {1e3 * app / per:.0f}, transport {1e3 * (seconds - app) / per:.0f})"
+                )
             if cells:
                 lines.append(f"    Ray per message, {ARM_TITLE[arm]}: " + "; ".join(cells))
         if family == "fedsilo":
@@ -728,15 +831,19 @@ def profile_report(result: dict) -> list[str]:
                     plain_parts[name] += seconds
             app_secure = sum(e["total"] for e in entries) / measured[secure]
             app_plain = sum(e["total"] for e in client_entries(plain)) / measured[plain]
-            lines.append(f"    peers' ClientApp time, summed over peers: plain {app_plain:.3f} s, "
-                         f"secure {app_secure:.3f} s (2 workers run them)")
+            lines.append(
+                f"    peers' ClientApp time, summed over peers: plain {app_plain:.3f} s, "
+                f"secure {app_secure:.3f} s (2 workers run them)"
+            )
             order = sorted(parts, key=lambda k: (k.startswith("  "), -parts[k]))
             for name in order:
                 if name.startswith("  "):
                     continue
                 base = plain_parts.get(name, 0.0) / measured[plain]
-                lines.append(f"      {name:<40} {parts[name] / measured[secure]:7.3f} s" +
-                             (f"   (plain {base:.3f})" if base else ""))
+                lines.append(
+                    f"      {name:<40} {parts[name] / measured[secure]:7.3f} s"
+                    + (f"   (plain {base:.3f})" if base else "")
+                )
             for name in order:
                 if name.startswith("  "):
                     lines.append(f"      {name:<40} {parts[name] / measured[secure]:7.3f} s")
@@ -747,23 +854,35 @@ def profile_report(result: dict) -> list[str]:
                     lines.append(f"      {name:<40} {hs[name][0]:7.3f} s  ({hs[name][1]:.0f} calls)")
             sizes: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
             for e in entries:
-                sizes[e["label"]].append((e["in_arrays"] + e["in_configs"], e["out_arrays"] + e["out_configs"],
-                                          e["state"]))
-            plain_sizes = [(e["in_arrays"] + e["in_configs"], e["out_arrays"] + e["out_configs"])
-                           for e in client_entries(plain) if e["label"] == "fedsilo:train" and not e["error"]]
-            cells = [f"{label.split(':')[1]} in {np.mean([s[0] for s in v]) / 1e3:.1f} kB / "
-                     f"out {np.mean([s[1] for s in v]) / 1e3:.1f} kB" for label, v in sorted(sizes.items())]
+                sizes[e["label"]].append(
+                    (e["in_arrays"] + e["in_configs"], e["out_arrays"] + e["out_configs"], e["state"])
+                )
+            plain_sizes = [
+                (e["in_arrays"] + e["in_configs"], e["out_arrays"] + e["out_configs"])
+                for e in client_entries(plain)
+                if e["label"] == "fedsilo:train" and not e["error"]
+            ]
+            cells = [
+                f"{label.split(':')[1]} in {np.mean([s[0] for s in v]) / 1e3:.1f} kB / "
+                f"out {np.mean([s[1] for s in v]) / 1e3:.1f} kB"
+                for label, v in sorted(sizes.items())
+            ]
             if plain_sizes:
-                cells.append(f"plain train in {np.mean([s[0] for s in plain_sizes]) / 1e3:.1f} kB / "
-                             f"out {np.mean([s[1] for s in plain_sizes]) / 1e3:.1f} kB")
+                cells.append(
+                    f"plain train in {np.mean([s[0] for s in plain_sizes]) / 1e3:.1f} kB / "
+                    f"out {np.mean([s[1] for s in plain_sizes]) / 1e3:.1f} kB"
+                )
             lines.append("    message sizes per peer: " + "; ".join(cells))
             states = [s[2] for v in sizes.values() for s in v]
             if states:
-                lines.append(f"    context.state per peer: up to {max(states) / 1e3:.1f} kB "
-                             f"(plain arm: up to {max([e['state'] for e in client_entries(plain)] or [0]) / 1e3:.1f} kB)")
+                lines.append(
+                    f"    context.state per peer: up to {max(states) / 1e3:.1f} kB "
+                    f"(plain arm: up to {max([e['state'] for e in client_entries(plain)] or [0]) / 1e3:.1f} kB)"
+                )
         else:
-            cells = [f"{k.split('.', 1)[1]} {v[0]:.3f}" for k, v in sorted(hs.items())
-                     if k.startswith("SecAggPlusWorkflow.")]
+            cells = [
+                f"{k.split('.', 1)[1]} {v[0]:.3f}" for k, v in sorted(hs.items()) if k.startswith("SecAggPlusWorkflow.")
+            ]
             if cells:
                 lines.append("    SecAggPlusWorkflow stages (host wall s): " + ", ".join(cells))
     return lines
@@ -777,29 +896,48 @@ def _fmt(x: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one row (188k/0/10), 2 rounds per arm: a smoke run")
-    parser.add_argument("--rows", default=None,
-                        help=f"comma-separated SIZE/DROPOUT%%/PEERS (default {','.join(FULL_ROWS)})")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per arm, the first one a warm-up "
-                                                                 "(default 4; 3 for 100-peer rows; 2 with --quick)")
+    parser.add_argument(
+        "--rows", default=None, help=f"comma-separated SIZE/DROPOUT%%/PEERS (default {','.join(FULL_ROWS)})"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds per arm, the first one a warm-up (default 4; 3 for 100-peer rows; 2 with --quick)",
+    )
     parser.add_argument("--no-anchor", action="store_true", help="skip Flower's legacy arms")
-    parser.add_argument("--anchor-at-100", action="store_true",
-                        help="also run Flower's legacy arms at 100 peers (Flower's SecAgg+ takes ~2 min per "
-                             "round there: +5-7 min)")
+    parser.add_argument(
+        "--anchor-at-100",
+        action="store_true",
+        help="also run Flower's legacy arms at 100 peers (Flower's SecAgg+ takes ~2 min per round there: +5-7 min)",
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="no overhead profile")
-    parser.add_argument("--grid-pull", type=float, default=None, metavar="S",
-                        help="what-if: the ServerApp's InMemoryGrid polls for replies every S seconds instead of "
-                             "Flower's 0.1 s (grid.pull_interval, a public attribute fedsilo could set)")
-    parser.add_argument("--engine-poll", type=float, default=None, metavar="S",
-                        help="what-if: the Simulation Engine picks up new messages every S seconds instead of "
-                             "0.1 s (patches flwr's vce_api.add_messages_to_queue in this process only)")
+    parser.add_argument(
+        "--grid-pull",
+        type=float,
+        default=None,
+        metavar="S",
+        help="what-if: the ServerApp's InMemoryGrid polls for replies every S seconds instead of "
+        "Flower's 0.1 s (grid.pull_interval, a public attribute fedsilo could set)",
+    )
+    parser.add_argument(
+        "--engine-poll",
+        type=float,
+        default=None,
+        metavar="S",
+        help="what-if: the Simulation Engine picks up new messages every S seconds instead of "
+        "0.1 s (patches flwr's vce_api.add_messages_to_queue in this process only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="Flower's log")
     args = parser.parse_args(argv)
 
     rows = [Row.parse(r) for r in (args.rows.split(",") if args.rows else (QUICK_ROWS if args.quick else FULL_ROWS))]
     explicit_rounds = args.rounds
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
-          f"seed {args.seed}; DP-SGD (local) in every arm; round 1 of each arm is a warm-up")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
+        f"seed {args.seed}; DP-SGD (local) in every arm; round 1 of each arm is a warm-up"
+    )
     results = []
     bench_start = time.time()
     for row in rows:
@@ -810,14 +948,19 @@ def main(argv: list[str] | None = None) -> None:
         if args.rounds < 2:
             raise SystemExit("--rounds must be at least 2 (round 1 is a warm-up)")
         blocks = 3 * (len(arms) // 2)
-        print(f"-- row {row.label}: {blocks} blocks of {args.rounds} rounds in one simulation "
-              f"(plain, secure, plain per family); load average {os.getloadavg()[0]:.1f} ...", flush=True)
+        print(
+            f"-- row {row.label}: {blocks} blocks of {args.rounds} rounds in one simulation "
+            f"(plain, secure, plain per family); load average {os.getloadavg()[0]:.1f} ...",
+            flush=True,
+        )
         result = run_row(row, args, arms)
         plan: RowPlan = result["plan"]
-        print(f"   {plan.n_params:,} parameters (mlp {HIDDEN[row.size]}, {result['info']['n_features']} features), "
-              f"{result['info']['rows']:,} rows, largest bank {plan.max_train:,} training rows; "
-              f"simulation {result['elapsed']:.0f} s (Ray start included); load average now "
-              f"{os.getloadavg()[0]:.1f}")
+        print(
+            f"   {plan.n_params:,} parameters (mlp {HIDDEN[row.size]}, {result['info']['n_features']} features), "
+            f"{result['info']['rows']:,} rows, largest bank {plan.max_train:,} training rows; "
+            f"simulation {result['elapsed']:.0f} s (Ray start included); load average now "
+            f"{os.getloadavg()[0]:.1f}"
+        )
         for arm in arms:
             for i, t in enumerate(plan.times[arm]):
                 whole, _ = t.round_times(plan.rounds)
@@ -828,13 +971,17 @@ def main(argv: list[str] | None = None) -> None:
                 halted = sorted(r for r in t.evaluate if r not in t.train)
                 if halted:
                     extra += f"; HALTED rounds (no aggregate) {halted}"
-                print(f"   {ARM_TITLE[arm] + ('' if len(plan.times[arm]) == 1 else f' #{i + 1}'):<17} "
-                      f"rounds 2..{plan.rounds}: {rounds} s{extra}")
+                print(
+                    f"   {ARM_TITLE[arm] + ('' if len(plan.times[arm]) == 1 else f' #{i + 1}'):<17} "
+                    f"rounds 2..{plan.rounds}: {rounds} s{extra}"
+                )
         results.append(result)
 
     print()
-    print(f"{'params':>6} {'drop':>4} {'peers':>5} | {'plain s/rd':>10} {'secure s/rd':>11} {'ratio':>5} "
-          f"{'train':>5} {'goal':>5} | {'Flower plain':>12} {'SecAgg+':>8} {'ratio':>5} {'train':>5}")
+    print(
+        f"{'params':>6} {'drop':>4} {'peers':>5} | {'plain s/rd':>10} {'secure s/rd':>11} {'ratio':>5} "
+        f"{'train':>5} {'goal':>5} | {'Flower plain':>12} {'SecAgg+':>8} {'ratio':>5} {'train':>5}"
+    )
     last = []
     for result in results:
         row, f = result["row"], result["figures"]
@@ -847,19 +994,24 @@ def main(argv: list[str] | None = None) -> None:
             anchor = fs / fp
             anchor_train = f["flower-secaggplus"]["train"] / f["flower-plain"]["train"]
         goal = GOAL.get(row.dropout)
-        print(f"{row.size:>6} {row.dropout:>4.0%} {row.peers:>5} | {f['fedsilo-plain']['round']:>10.2f} "
-              f"{f['fedsilo-secure']['round']:>11.2f} {_fmt(ratio)} {_fmt(train_ratio)} "
-              f"{('≤' + format(goal, '.2f')) if goal else '':>5} | {_fmt(fp):>12} {_fmt(fs):>8} "
-              f"{_fmt(anchor)} {_fmt(anchor_train)}")
+        print(
+            f"{row.size:>6} {row.dropout:>4.0%} {row.peers:>5} | {f['fedsilo-plain']['round']:>10.2f} "
+            f"{f['fedsilo-secure']['round']:>11.2f} {_fmt(ratio)} {_fmt(train_ratio)} "
+            f"{('≤' + format(goal, '.2f')) if goal else '':>5} | {_fmt(fp):>12} {_fmt(fs):>8} "
+            f"{_fmt(anchor)} {_fmt(anchor_train)}"
+        )
         anchor_text = "n/a" if anchor != anchor else f"{anchor:.2f} train={anchor_train:.2f}"
-        last.append(f"secagg_overhead_ratio[{row.size},dropout={row.dropout:.0%},peers={row.peers}]={ratio:.2f} "
-                    f"train={train_ratio:.2f} goal<={goal} flower_secaggplus_ratio={anchor_text}")
-    print("(s/rd: median seconds per round, train + evaluate; ratio: secure / plain of the same family in the "
-          "same simulation; train: the training phase only)")
+        last.append(
+            f"secagg_overhead_ratio[{row.size},dropout={row.dropout:.0%},peers={row.peers}]={ratio:.2f} "
+            f"train={train_ratio:.2f} goal<={goal} flower_secaggplus_ratio={anchor_text}"
+        )
+    print(
+        "(s/rd: median seconds per round, train + evaluate; ratio: secure / plain of the same family in the "
+        "same simulation; train: the training phase only)"
+    )
     if args.profile:
         print()
-        print("Where a secure round's extra time goes (per measured round; host = this process, "
-              "peers = Ray actors):")
+        print("Where a secure round's extra time goes (per measured round; host = this process, peers = Ray actors):")
         for result in results:
             print(f"- {result['row'].label}")
             for line in profile_report(result):

@@ -1,6 +1,6 @@
 """SecAgg+ with 100 to 1,000 peers in a round: graph degree, threshold, and the host's cost.
 
-Drives `privacy.secagg` directly (the host's `SecAggServer` and n in-process
+Drives `fedsilo.privacy.secagg` directly (the host's `SecAggServer` and n in-process
 `SecAggClient`s, no Flower, no network), so the figures are the protocol's own
 computation. For each n it reports the graph degree k (neighbours per peer) and the
 threshold, and times every host stage separately from the peers' work: relaying keys
@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.secagg import Ed25519Directory, Ed25519Identity, SecAggClient, SecAggConfig, SecAggServer  # noqa: E402
+from fedsilo.privacy.secagg import Ed25519Directory, Ed25519Identity, SecAggClient, SecAggConfig, SecAggServer
 
 ROUND = 1
 
@@ -38,8 +38,9 @@ ROUND = 1
 def one_round(n: int, dim: int, drop_fraction: float, tolerated: float, colluding: float, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     nodes = sorted({int(v) for v in rng.integers(1, 2**62, size=n)})
-    config = SecAggConfig(clip=8.0, bits=24, max_weight=1000.0, dropout_fraction=tolerated,
-                          collusion_fraction=colluding)
+    config = SecAggConfig(
+        clip=8.0, bits=24, max_weight=1000.0, dropout_fraction=tolerated, collusion_fraction=colluding
+    )
     host = {"relay keys": 0.0, "relay shares": 0.0, "receive masked": 0.0, "unmask": 0.0}
     server = SecAggServer(config, ROUND, nodes, dim, round_seed=rng.bytes(32))
     signers = {u: Ed25519Identity(f"peer-{u:x}", Ed25519PrivateKey.generate()) for u in nodes}
@@ -91,9 +92,17 @@ def one_round(n: int, dim: int, drop_fraction: float, tolerated: float, colludin
     plain = np.mean([np.clip(inputs[u], -8, 8) for u in result.survivors], axis=0)
     error = float(np.max(np.abs(result.average - plain)))
     graph = server.graph
-    return {"n": len(nodes), "degree": graph.degree, "threshold": graph.threshold, "complete": graph.params.complete,
-            "dropped": len(gone), "host": host, "host_total": sum(host.values()), "peers_s": peers_s,
-            "error": error}
+    return {
+        "n": len(nodes),
+        "degree": graph.degree,
+        "threshold": graph.threshold,
+        "complete": graph.params.complete,
+        "dropped": len(gone),
+        "host": host,
+        "host_total": sum(host.values()),
+        "peers_s": peers_s,
+        "error": error,
+    }
 
 
 def main() -> None:
@@ -104,7 +113,8 @@ def main() -> None:
     parser.add_argument("--dropout-fraction", type=float, default=0.1, help="dropouts the graph must tolerate")
     parser.add_argument("--collusion-fraction", type=float, default=0.05, help="peers colluding with the host")
     args = parser.parse_args()
-    from privacy.secagg.graph import graph_parameters
+    from fedsilo.privacy.secagg.graph import graph_parameters
+
     print("graph degree k by targets (tolerated dropouts, colluders), 40-bit security:")
     for targets in ((0.3, 0.1), (0.1, 0.05), (0.05, 0.02)):
         degrees = ", ".join(f"n={n}: k={graph_parameters(n, *targets).degree}" for n in (100, 300, 1000, 3000))
@@ -115,15 +125,21 @@ def main() -> None:
         rows.append(one_round(n, args.dim, args.drop, args.dropout_fraction, args.collusion_fraction))
     base = rows[0]
     print()
-    print(f"SecAgg+ round, dim = {args.dim}, targets {args.dropout_fraction:.0%} dropouts / "
-          f"{args.collusion_fraction:.0%} colluders, {args.drop:.0%} of peers drop after sharing keys (times in s)")
-    print(f"{'peers':>6}{'degree k':>10}{'t':>5}{'dropped':>9}{'host unmask':>13}{'host total':>12}"
-          f"{'host/peer ms':>14}{'× of n=' + str(base['n']) + ' per peer':>20}{'peers total':>13}{'max error':>11}")
+    print(
+        f"SecAgg+ round, dim = {args.dim}, targets {args.dropout_fraction:.0%} dropouts / "
+        f"{args.collusion_fraction:.0%} colluders, {args.drop:.0%} of peers drop after sharing keys (times in s)"
+    )
+    print(
+        f"{'peers':>6}{'degree k':>10}{'t':>5}{'dropped':>9}{'host unmask':>13}{'host total':>12}"
+        f"{'host/peer ms':>14}{'× of n=' + str(base['n']) + ' per peer':>20}{'peers total':>13}{'max error':>11}"
+    )
     for r in rows:
         per_peer = r["host_total"] / r["n"] * 1000
         ratio = (r["host_total"] / r["n"]) / (base["host_total"] / base["n"])
-        print(f"{r['n']:>6}{r['degree']:>10}{r['threshold']:>5}{r['dropped']:>9}{r['host']['unmask']:>13.2f}"
-              f"{r['host_total']:>12.2f}{per_peer:>14.2f}{ratio:>20.2f}{r['peers_s']:>13.1f}{r['error']:>11.1e}")
+        print(
+            f"{r['n']:>6}{r['degree']:>10}{r['threshold']:>5}{r['dropped']:>9}{r['host']['unmask']:>13.2f}"
+            f"{r['host_total']:>12.2f}{per_peer:>14.2f}{ratio:>20.2f}{r['peers_s']:>13.1f}{r['error']:>11.1e}"
+        )
     print("graph: sparse (Harary, degree k) above 30 peers; a complete graph would have degree n − 1")
 
 

@@ -2,7 +2,7 @@
 
 The UCI credit-card file (never copied into the project: pass its path) is split into
 a bank (limits, bills, payments), a card issuer (repayment status) and a small broker
-(demographics, two payment columns) by `simulations.data.schemas.uci_scenario`, or
+(demographics, two payment columns) by `fedsilo.simulations.data.schemas.uci_scenario`, or
 by a scenario TOML file (`--scenario FILE`). For each seed the real command runs:
 
     fedsilo simulate --setup transfer --data PATH --id-column ID --scenario uci --epsilon 3 --json
@@ -46,14 +46,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peers.data.bank import BankTensors, split_train_test  # noqa: E402
-from peers.data.encoding import TabularEncoder  # noqa: E402
-from peers.job import JobConfig, TrainSpec  # noqa: E402
-from peers.models import ModelSpec  # noqa: E402
-from simulations.baselines import centralized  # noqa: E402
-from simulations.config import SimulationConfig  # noqa: E402
-from simulations.data.schemas import (TransferScenario, load_scenario_toml, uci_scenario,  # noqa: E402
-                                      uci_transfer_table)
+from fedsilo.peers.data.bank import BankTensors, split_train_test  # noqa: E402
+from fedsilo.peers.data.encoding import TabularEncoder  # noqa: E402
+from fedsilo.peers.job import JobConfig, TrainSpec  # noqa: E402
+from fedsilo.peers.models import ModelSpec  # noqa: E402
+from fedsilo.simulations.baselines import centralized  # noqa: E402
+from fedsilo.simulations.config import SimulationConfig  # noqa: E402
+from fedsilo.simulations.data.schemas import (  # noqa: E402  (after the sys.path set-up above)
+    TransferScenario,
+    load_scenario_toml,
+    uci_scenario,
+    uci_transfer_table,
+)
 
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "UCI_Credit_Card.csv"
 TEST_FRACTION = SimulationConfig.test_fraction
@@ -61,12 +65,32 @@ TEST_FRACTION = SimulationConfig.test_fraction
 
 def run(data: Path, seed: int, epsilon: float, scenario: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "simulations.cli", "simulate", "--setup", "transfer", "--data", str(data),
-                   "--id-column", "ID", "--scenario", scenario, "--epsilon", str(epsilon), "--seed", str(seed),
-                   "--json", "--quiet", "--out", out]
+        command = [
+            sys.executable,
+            "-m",
+            "fedsilo.cli",
+            "simulate",
+            "--setup",
+            "transfer",
+            "--data",
+            str(data),
+            "--id-column",
+            "ID",
+            "--scenario",
+            scenario,
+            "--epsilon",
+            str(epsilon),
+            "--seed",
+            str(seed),
+            "--json",
+            "--quiet",
+            "--out",
+            out,
+        ]
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              env={**os.environ, "PYTHONPATH": path})
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": path}
+        )
         if done.returncode != 0:
             sys.exit(f"fedsilo failed (seed {seed}): {done.stderr.strip().splitlines()[-1]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -85,15 +109,21 @@ def ceiling(scenario: TransferScenario, table, institution: int, seed: int) -> t
     own = parts[institution]
     train, test = split_train_test(y[own].numpy(), TEST_FRACTION, seed)
     others = np.concatenate([p for i, p in enumerate(parts) if i != institution])
-    job = JobConfig(label=scenario.label, encoder_path="", model=ModelSpec("mlp", SimulationConfig.hidden),
-                    train=TrainSpec(seed=seed))
+    job = JobConfig(
+        label=scenario.label,
+        encoder_path="",
+        model=ModelSpec("mlp", SimulationConfig.hidden),
+        train=TrainSpec(seed=seed),
+    )
     x_test, y_test = x[own][test], y[own][test]
 
     def auc(x_train: torch.Tensor, y_train: torch.Tensor) -> float:
         return centralized(job, BankTensors(x_train, y_train, x_test, y_test), x_test, y_test)["auc"]
 
-    return (auc(x[own][train], y[own][train]),
-            auc(torch.cat([x[others], x[own][train]]), torch.cat([y[others], y[own][train]])))
+    return (
+        auc(x[own][train], y[own][train]),
+        auc(torch.cat([x[others], x[own][train]]), torch.cat([y[others], y[own][train]])),
+    )
 
 
 def mean_se(values: list[float]) -> str:
@@ -128,30 +158,43 @@ def main() -> None:
     for seed, summary in zip(args.seeds, summaries):
         for name, aucs in summary["institutions"].items():
             rows.append({"seed": seed, "institution": name, **aucs})
-            print(f"seed {seed}  {name:<12} federated transfer {aucs['federated']:.4f}  "
-                  f"alone {aucs['local_only']:.4f}  horizontal on common columns {aucs['horizontal_common']:.4f}",
-                  flush=True)
+            print(
+                f"seed {seed}  {name:<12} federated transfer {aucs['federated']:.4f}  "
+                f"alone {aucs['local_only']:.4f}  horizontal on common columns {aucs['horizontal_common']:.4f}",
+                flush=True,
+            )
         bounds.append(ceiling(scenario, table, smallest, seed))
-        print(f"seed {seed}  {scenario.names[smallest]:<12} ceiling (non-private, own columns): "
-              f"alone {bounds[-1][0]:.4f}  every customer pooled {bounds[-1][1]:.4f}", flush=True)
+        print(
+            f"seed {seed}  {scenario.names[smallest]:<12} ceiling (non-private, own columns): "
+            f"alone {bounds[-1][0]:.4f}  every customer pooled {bounds[-1][1]:.4f}",
+            flush=True,
+        )
 
     print(f"\n{len(args.seeds)} seeds {args.seeds}, ε = {args.epsilon}; mean ± standard error over seeds")
     for name in scenario.names:
         mine = [r for r in rows if r["institution"] == name]
-        print(f"{name:<12} federated transfer {mean_se([r['federated'] for r in mine])}  "
-              f"alone {mean_se([r['local_only'] for r in mine])}  "
-              f"horizontal on common columns {mean_se([r['horizontal_common'] for r in mine])}")
+        print(
+            f"{name:<12} federated transfer {mean_se([r['federated'] for r in mine])}  "
+            f"alone {mean_se([r['local_only'] for r in mine])}  "
+            f"horizontal on common columns {mean_se([r['horizontal_common'] for r in mine])}"
+        )
     for name in scenario.names:
         mine = [r for r in rows if r["institution"] == name]
-        print(f"{name:<12} transfer − alone {signed([r['federated'] - r['local_only'] for r in mine])}  "
-              f"transfer − common {signed([r['federated'] - r['horizontal_common'] for r in mine])}")
+        print(
+            f"{name:<12} transfer − alone {signed([r['federated'] - r['local_only'] for r in mine])}  "
+            f"transfer − common {signed([r['federated'] - r['horizontal_common'] for r in mine])}"
+        )
     name = scenario.names[smallest]
     mine = [r for r in rows if r["institution"] == name]
-    print(f"\nceiling for {name} (non-private, its own columns): alone {mean_se([b[0] for b in bounds])}  "
-          f"every customer pooled {mean_se([b[1] for b in bounds])}  "
-          f"pooled − alone {signed([b[1] - b[0] for b in bounds])}")
-    print(f"smallest institution ({name}): federated transfer − local-only AUC = "
-          f"{signed([r['federated'] - r['local_only'] for r in mine])} (goal ≥ +0.03)")
+    print(
+        f"\nceiling for {name} (non-private, its own columns): alone {mean_se([b[0] for b in bounds])}  "
+        f"every customer pooled {mean_se([b[1] for b in bounds])}  "
+        f"pooled − alone {signed([b[1] - b[0] for b in bounds])}"
+    )
+    print(
+        f"smallest institution ({name}): federated transfer − local-only AUC = "
+        f"{signed([r['federated'] - r['local_only'] for r in mine])} (goal ≥ +0.03)"
+    )
 
 
 if __name__ == "__main__":

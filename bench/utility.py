@@ -38,17 +38,35 @@ MARGIN_OVER_LOCAL = 0.03
 
 
 def fedsilo_command() -> list[str]:
-    """The installed `fedsilo` next to this interpreter, else `python -m simulations.cli`."""
+    """The installed `fedsilo` next to this interpreter, else `python -m fedsilo.cli`."""
     script = Path(sys.executable).with_name("fedsilo")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "simulations.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fedsilo.cli"]
 
 
 def run_once(args: argparse.Namespace, seed: int, out: Path, extra: list[str]) -> dict:
     command = [
-        *fedsilo_command(), "simulate",
-        "--data", str(args.data), "--label", args.label, "--id-column", args.id_column,
-        "--banks", str(args.banks), "--partition", args.partition, "--epsilon", str(args.epsilon),
-        "--compare", "centralized,local", "--json", "--quiet", "--out", str(out), "--seed", str(seed),
+        *fedsilo_command(),
+        "simulate",
+        "--data",
+        str(args.data),
+        "--label",
+        args.label,
+        "--id-column",
+        args.id_column,
+        "--banks",
+        str(args.banks),
+        "--partition",
+        args.partition,
+        "--epsilon",
+        str(args.epsilon),
+        "--compare",
+        "centralized,local",
+        "--json",
+        "--quiet",
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
         *extra,
     ]
     start = time.perf_counter()
@@ -68,9 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Flags after `--` are passed to fedsilo simulate unchanged.")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Flags after `--` are passed to fedsilo simulate unchanged."
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"credit table (default {DEFAULT_DATA})")
     parser.add_argument("--label", default="Y")
     parser.add_argument("--id-column", default="ID")
@@ -83,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.data} does not exist: pass --data PATH to the UCI credit-card CSV")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
-    print(f"data: {args.data} ({args.banks} banks, {args.partition}, ε = {args.epsilon:g} per bank)"
-          + (f"; extra flags: {' '.join(extra)}" if extra else ""))
+    print(
+        f"data: {args.data} ({args.banks} banks, {args.partition}, ε = {args.epsilon:g} per bank)"
+        + (f"; extra flags: {' '.join(extra)}" if extra else "")
+    )
     print(f"{'seed':>4}  {'federated':>9}  {'centralized':>11}  {'local mean':>10}  {'ε max':>6}  {'time':>6}")
     rows = []
     work = Path(tempfile.mkdtemp(prefix="fedsilo-utility-"))
@@ -92,8 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds:
             s = run_once(args, seed, work / f"seed{seed}", extra)
             rows.append(s)
-            print(f"{seed:>4}  {s['final_auc']:>9.4f}  {s['centralized_auc']:>11.4f}  {s['local_auc_mean']:>10.4f}"
-                  f"  {s['epsilon_max']:>6.3f}  {s['seconds']:>5.0f}s", flush=True)
+            print(
+                f"{seed:>4}  {s['final_auc']:>9.4f}  {s['centralized_auc']:>11.4f}  {s['local_auc_mean']:>10.4f}"
+                f"  {s['epsilon_max']:>6.3f}  {s['seconds']:>5.0f}s",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

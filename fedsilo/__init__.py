@@ -1,4 +1,4 @@
-"""fedsilo's Python API (see `simulations.api`): what the command line does, a notebook can do.
+"""fedsilo's Python API (see `fedsilo.simulations.api`): what the command line does, a notebook can do.
 
     import fedsilo
     result = fedsilo.simulate(banks=3, rounds=2)   # SimulationResult: metrics, ε per bank, paths
@@ -13,23 +13,34 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["RoundMetrics", "RunPaths", "ScoringModel", "SimulationConfig", "SimulationResult", "SweepResult",
-           "load_run", "simulate", "sweep"]
+__version__ = "0.1.0"
 
-_HOMES = {"SimulationConfig": "simulations.config", "ScoringModel": "simulations.scoring"}
+__all__ = [
+    "RoundMetrics",
+    "RunPaths",
+    "ScoringModel",
+    "SimulationConfig",
+    "SimulationResult",
+    "SweepResult",
+    "load_run",
+    "simulate",
+    "sweep",
+]
+
+_HOMES = {"SimulationConfig": "fedsilo.simulations.config", "ScoringModel": "fedsilo.simulations.scoring"}
 
 if TYPE_CHECKING:
-    from simulations.api import (RoundMetrics, RunPaths, SimulationResult, SweepResult, load_run, simulate,
-                                 sweep)
-    from simulations.config import SimulationConfig
-    from simulations.scoring import ScoringModel
+    from fedsilo.simulations.api import RoundMetrics, RunPaths, SimulationResult, SweepResult, load_run, simulate, sweep
+    from fedsilo.simulations.config import SimulationConfig
+    from fedsilo.simulations.scoring import ScoringModel
 
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'fedsilo' has no attribute {name!r}")
     from importlib import import_module
-    value = getattr(import_module(_HOMES.get(name, "simulations.api")), name)
+
+    value = getattr(import_module(_HOMES.get(name, "fedsilo.simulations.api")), name)
     globals()[name] = value
     return value
 

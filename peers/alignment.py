@@ -3,13 +3,13 @@
 Vertical and transfer setups need, at both institutions, the rows of the customers
 they share, in one common order, without either side learning the other's customers
 outside the intersection and without any raw identifier crossing the wire. Each side
-runs :mod:`privacy.psi` in both-sides mode on its id column; both then hold, for each
+runs :mod:`fedsilo.privacy.psi` in both-sides mode on its id column; both then hold, for each
 shared customer, the same doubly blinded element ``H(id)^ab`` and sort their matched
 rows by it. Row ``i`` of one side's aligned rows is the same customer as row ``i`` of
 the other's.
 
 What each side learns: the number of distinct ids the other holds and which of its
-own rows are shared (semi-honest model, see :mod:`privacy.psi.protocol`). The order
+own rows are shared (semi-honest model, see :mod:`fedsilo.privacy.psi.protocol`). The order
 is pseudorandom: it says nothing about the other side's row order.
 
 :class:`AlignmentSide` is the transport-agnostic half a peer runs (the daemon carries
@@ -23,8 +23,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from privacy.errors import DataError
-from privacy.psi import Mode, PsiReceiver, PsiResult, PsiSender, Workers, exchange
+from fedsilo.errors import DataError
+from fedsilo.privacy.psi import Mode, PsiReceiver, PsiResult, PsiSender, Workers, exchange
 
 __all__ = ["AlignmentSide", "aligned_rows", "align_local"]
 
@@ -52,11 +52,12 @@ class AlignmentSide:
     ``role`` is ``"receiver"`` (starts: send :meth:`request_frames`) or ``"sender"``;
     feed every frame from the other side to :meth:`handle` and send what it returns.
     Duplicate ids in the column: the first row with that id is used (documented PSI
-    behaviour). ``kind`` types the ids (see :mod:`privacy.psi.identifiers`).
+    behaviour). ``kind`` types the ids (see :mod:`fedsilo.privacy.psi.identifiers`).
     """
 
-    def __init__(self, table: pd.DataFrame, id_column: str, role: str, *, kind: str = "id",
-                 workers: Workers | None = None) -> None:
+    def __init__(
+        self, table: pd.DataFrame, id_column: str, role: str, *, kind: str = "id", workers: Workers | None = None
+    ) -> None:
         if role not in ("receiver", "sender"):
             raise DataError(f"an alignment role is 'receiver' or 'sender', got {role!r}")
         side = PsiReceiver if role == "receiver" else PsiSender
@@ -75,8 +76,15 @@ class AlignmentSide:
         return aligned_rows(self.psi.result())
 
 
-def align_local(table_a: pd.DataFrame, id_a: str, table_b: pd.DataFrame, id_b: str, *, kind: str = "id",
-                workers: Workers | None = None) -> tuple[np.ndarray, np.ndarray]:
+def align_local(
+    table_a: pd.DataFrame,
+    id_a: str,
+    table_b: pd.DataFrame,
+    id_b: str,
+    *,
+    kind: str = "id",
+    workers: Workers | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Row positions ``(rows_a, rows_b)``: ``table_a.iloc[rows_a[i]]`` and
     ``table_b.iloc[rows_b[i]]`` are the same customer, for every ``i``."""
     a = AlignmentSide(table_a, id_a, "receiver", kind=kind, workers=workers)

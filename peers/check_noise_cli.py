@@ -2,7 +2,7 @@
 
 It reads the job file a model owner would submit (checked as a peer checks a job: a job
 asking for seeded noise is refused) and the peer's own table, and runs
-`peers.mechanism_check.check_mechanism` with the code the peer's ClientApp runs: one
+`fedsilo.peers.mechanism_check.check_mechanism` with the code the peer's ClientApp runs: one
 noisy step replayed twice and once as the host would recompute it. Nothing leaves the
 machine and no budget is spent; it prints the verdict and fails (exit 2) when the check
 fails.
@@ -15,20 +15,23 @@ from pathlib import Path
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    check = commands.add_parser("check-noise", help="check this peer's DP noise: fresh, of the planned scale, "
-                                                    "not reproducible by a host (local, spends no budget)")
+    check = commands.add_parser(
+        "check-noise",
+        help="check this peer's DP noise: fresh, of the planned scale, "
+        "not reproducible by a host (local, spends no budget)",
+    )
     check.add_argument("--job", required=True, type=Path, help="the job.toml to check against (its DP plan)")
     check.add_argument("--data", required=True, help="this peer's CSV/Parquet table, with the job's label column")
     check.set_defaults(handler=check_noise)
 
 
 def check_noise(args: argparse.Namespace) -> int:
-    from peers.daemon.signed_job import job_document, parse_document
-    from peers.data.bank import encode_bank, read_table
-    from peers.data.encoding import TabularEncoder
-    from peers.mechanism_check import check_mechanism
-    from peers.models import build_model, get_weights
-    from privacy.errors import PrivacyAuditFailed
+    from fedsilo.errors import PrivacyAuditFailed
+    from fedsilo.peers.daemon.signed_job import job_document, parse_document
+    from fedsilo.peers.data.bank import encode_bank, read_table
+    from fedsilo.peers.data.encoding import TabularEncoder
+    from fedsilo.peers.mechanism_check import check_mechanism
+    from fedsilo.peers.models import build_model, get_weights
 
     job, _ = parse_document(job_document(args.job, owner="check-noise"))
     frame = read_table(args.data)
@@ -39,9 +42,11 @@ def check_noise(args: argparse.Namespace) -> int:
     if result is None:
         print(f"check-noise: not applicable: dp.mode {job.dp.mode} adds no DP-SGD noise at a peer")
         return 0
-    print(f"check-noise: {result.coordinates} coordinates; two replays differ by sd {result.replay_sd:.4g}, a host's "
-          f"recomputation by {result.host_sd:.4g}; planned {result.expected_sd:.4g}, accepted "
-          f"[{result.interval[0]:.4g}, {result.interval[1]:.4g}] at {result.confidence:.2%}")
+    print(
+        f"check-noise: {result.coordinates} coordinates; two replays differ by sd {result.replay_sd:.4g}, a host's "
+        f"recomputation by {result.host_sd:.4g}; planned {result.expected_sd:.4g}, accepted "
+        f"[{result.interval[0]:.4g}, {result.interval[1]:.4g}] at {result.confidence:.2%}"
+    )
     if not result.passed:
         raise PrivacyAuditFailed(f"check-noise {result.verdict}")
     print(f"check-noise: {result.verdict}")

@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peers import check_noise_cli
-from peers.errors import IdentityError
+from fedsilo.peers import check_noise_cli
+from fedsilo.peers.errors import IdentityError
 
 IDENTITY_HELP = "your identity directory: peer.key, peer.pem, ca.pem, manifest.json (default ./identity)"
 
@@ -62,31 +62,40 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
 
 
 def consortium_init(args: argparse.Namespace) -> int:
-    from peers.identity.consortium import init_consortium
+    from fedsilo.peers.identity.consortium import init_consortium
+
     manifest = init_consortium(args.dir, args.name)
-    print(f"consortium {manifest.consortium}: root CA {args.dir / 'ca.pem'} (key {args.dir / 'ca.key'}, mode 0600), "
-          f"manifest {args.dir / 'manifest.json'} (version {manifest.version}, no members)")
+    print(
+        f"consortium {manifest.consortium}: root CA {args.dir / 'ca.pem'} (key {args.dir / 'ca.key'}, mode 0600), "
+        f"manifest {args.dir / 'manifest.json'} (version {manifest.version}, no members)"
+    )
     return 0
 
 
 def consortium_admit(args: argparse.Namespace) -> int:
-    from peers.identity.consortium import admit
+    from fedsilo.peers.identity.consortium import admit
+
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     out = args.out or args.request.with_name("peer.pem")
     member = admit(args.dir, args.request, roles, args.address, out)
     where = f" at {member.address}" if member.address else ""
-    print(f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
-          f"({member.fingerprint[:23]}…); manifest {args.dir / 'manifest.json'} updated: "
-          "give every member its new copy")
+    print(
+        f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
+        f"({member.fingerprint[:23]}…); manifest {args.dir / 'manifest.json'} updated: "
+        "give every member its new copy"
+    )
     return 0
 
 
 def consortium_remove(args: argparse.Namespace) -> int:
-    from peers.identity.consortium import remove
+    from fedsilo.peers.identity.consortium import remove
+
     manifest = remove(args.dir, args.name)
-    print(f"removed {args.name}; manifest {args.dir / 'manifest.json'} is now version {manifest.version} "
-          f"({len(manifest.members)} members): copy it into every member's identity directory; each running "
-          "daemon refuses the removed member's certificate from its next request on")
+    print(
+        f"removed {args.name}; manifest {args.dir / 'manifest.json'} is now version {manifest.version} "
+        f"({len(manifest.members)} members): copy it into every member's identity directory; each running "
+        "daemon refuses the removed member's certificate from its next request on"
+    )
     return 0
 
 
@@ -110,15 +119,19 @@ def _peer(sub: argparse._SubParsersAction) -> None:
 
 
 def peer_init(args: argparse.Namespace) -> int:
-    from peers.identity.consortium import init_peer
+    from fedsilo.peers.identity.consortium import init_peer
+
     request = init_peer(args.dir, args.name)
-    print(f"{args.name}: key {args.dir / 'peer.key'} (mode 0600, keep it here), request {request}: "
-          "send the request to the consortium (`fedsilo consortium admit`)")
+    print(
+        f"{args.name}: key {args.dir / 'peer.key'} (mode 0600, keep it here), request {request}: "
+        "send the request to the consortium (`fedsilo consortium admit`)"
+    )
     return 0
 
 
 def peer_start(args: argparse.Namespace) -> int:
-    from peers.daemon.app import run_daemon
+    from fedsilo.peers.daemon.app import run_daemon
+
     return run_daemon(args.config)
 
 
@@ -128,14 +141,17 @@ def peer_query(args: argparse.Namespace) -> int:
 
 
 def _call(identity_dir: Path, method: str, url: str, body: Any = None) -> Any:
-    from peers.daemon.client import PeerClient
-    from peers.identity.consortium import Identity
+    from fedsilo.peers.daemon.client import PeerClient
+    from fedsilo.peers.identity.consortium import Identity
+
     identity = Identity.load(identity_dir)
 
     async def run() -> Any:
         async with PeerClient(identity) as client:
             return await client.call(method, url, body)
+
     import asyncio  # here, not at the top: `fedsilo --help` should not pay for it
+
     return asyncio.run(run())
 
 
@@ -147,8 +163,13 @@ def _job(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("file", type=Path, help="job.toml (see README: Run a consortium)")
     submit.add_argument("--peer", required=True, help="the host's https://HOST:PORT")
     submit.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
-    submit.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
-                        help="wait this long for the participants' decisions (default 30; 0: do not wait)")
+    submit.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for the participants' decisions (default 30; 0: do not wait)",
+    )
     submit.set_defaults(handler=job_submit)
     for name, what in (("show", "a job's state and its participants' decisions"), ("cancel", "cancel a job")):
         command = commands.add_parser(name, help=what)
@@ -165,12 +186,14 @@ def _job(sub: argparse._SubParsersAction) -> None:
 def job_submit(args: argparse.Namespace) -> int:
     import time
 
-    from peers.daemon.signed_job import job_document, sign_job
-    from peers.identity.consortium import Identity
+    from fedsilo.peers.daemon.signed_job import job_document, sign_job
+    from fedsilo.peers.identity.consortium import Identity
+
     identity = Identity.load(args.identity)
     if not identity.manifest.member(identity.name).has("model-owner"):
-        raise IdentityError(f"{identity.name} is not a model owner: the consortium must admit it with "
-                            "--roles model-owner")
+        raise IdentityError(
+            f"{identity.name} is not a model owner: the consortium must admit it with --roles model-owner"
+        )
     envelope = sign_job(identity, job_document(args.file, identity.name))
     base = args.peer.rstrip("/")
     view = _call(args.identity, "POST", f"{base}/v1/jobs", envelope)
@@ -203,8 +226,10 @@ def job_cancel(args: argparse.Namespace) -> int:
 
 def job_list(args: argparse.Namespace) -> int:
     for job in _call(args.identity, "GET", f"{args.peer.rstrip('/')}/v1/jobs")["jobs"]:
-        print(f"{job['job_id']:<24} {job['state']:<12} owner {job['owner']:<14} host {job['host']:<14} "
-              f"source {job['source'] or '-'}")
+        print(
+            f"{job['job_id']:<24} {job['state']:<12} owner {job['owner']:<14} host {job['host']:<14} "
+            f"source {job['source'] or '-'}"
+        )
     return 0
 
 
@@ -221,34 +246,42 @@ def _model(sub: argparse._SubParsersAction) -> None:
 
 
 def model_pull(args: argparse.Namespace) -> int:
-    from peers.daemon.client import PeerClient
-    from peers.daemon.model_pull import pull_model
-    from peers.identity.consortium import Identity
+    from fedsilo.peers.daemon.client import PeerClient
+    from fedsilo.peers.daemon.model_pull import pull_model
+    from fedsilo.peers.identity.consortium import Identity
+
     identity = Identity.load(args.identity)
 
     async def run() -> dict[str, Any]:
         async with PeerClient(identity, timeout=600) as client:
             return await pull_model(client, args.peer, args.job_id, args.out)
+
     import asyncio
+
     card = asyncio.run(run())
     _print_card(card)
-    print(f"verified: signed by {card['signer']} (consortium CA, manifest), {len(card['artifacts'])} file(s) match "
-          f"their SHA-256; model {args.job_id} version {card['version']} in {args.out} "
-          f"(full card: {args.out / 'model_card.json'})")
+    print(
+        f"verified: signed by {card['signer']} (consortium CA, manifest), {len(card['artifacts'])} file(s) match "
+        f"their SHA-256; model {args.job_id} version {card['version']} in {args.out} "
+        f"(full card: {args.out / 'model_card.json'})"
+    )
     return 0
 
 
 def _print_card(card: dict[str, Any]) -> None:
     job, metrics = card["job"], card["metrics"]
-    print(f"model {card['job_id']} v{card['version']}: {job['model']['kind']} {job['model']['hidden']}, "
-          f"{job['strategy']}, {job['rounds']} rounds, DP {job['dp']['mode']} (target ε = {job['dp']['epsilon']:g}, "
-          f"δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}")
+    print(
+        f"model {card['job_id']} v{card['version']}: {job['model']['kind']} {job['model']['hidden']}, "
+        f"{job['strategy']}, {job['rounds']} rounds, DP {job['dp']['mode']} (target ε = {job['dp']['epsilon']:g}, "
+        f"δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}"
+    )
     print(f"owner {job['owner']}, host {job['host']}, created {card['created']}")
     if metrics.get("final_auc") is not None:
         print(f"held-out ROC-AUC after the last round (example-weighted over peers): {metrics['final_auc']:.4f}")
     for peer in card["participants"]:
-        spent = (f"ε = {peer['epsilon']:.4f}, δ = {peer['delta']:g}" if peer["reported"]
-                 else "did not report its spending")
+        spent = (
+            f"ε = {peer['epsilon']:.4f}, δ = {peer['delta']:g}" if peer["reported"] else "did not report its spending"
+        )
         print(f"  {peer['peer']:<14} {spent}, {peer['rows']} rows, data {peer['data_fingerprint'][:23]}…")
     for name, facts in card["artifacts"].items():
         print(f"  {name:<18} {facts['bytes']:>10} bytes  sha256 {facts['sha256'][:16]}…")
@@ -266,8 +299,10 @@ def _audit(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--source", help="only entries of this data source")
     verify.set_defaults(handler=audit_verify)
     show.set_defaults(handler=audit_show)
-    export = commands.add_parser("export", help="the running daemon's log and chain check as JSON, over its admin "
-                                                "socket (this peer's operators only)")
+    export = commands.add_parser(
+        "export",
+        help="the running daemon's log and chain check as JSON, over its admin socket (this peer's operators only)",
+    )
     export.add_argument("--config", required=True, help="the peer's peer.toml (its state directory holds the socket)")
     export.add_argument("--since", type=int, default=0, metavar="SEQ", help="only entries after this one (default 0)")
     export.add_argument("--out", type=Path, help="write the JSON to this new file (default: standard output)")
@@ -275,12 +310,14 @@ def _audit(sub: argparse._SubParsersAction) -> None:
 
 
 def _audit_log(config_path: str) -> Any:
-    from peers.daemon.audit_log import AuditLog
-    from peers.daemon.config import load_config
+    from fedsilo.peers.daemon.audit_log import AuditLog
+    from fedsilo.peers.daemon.config import load_config
+
     path = load_config(config_path).state_dir / "state.sqlite"
     if not path.is_file():
         raise IdentityError(f"{path} does not exist: the peer has not run yet")
     import sqlite3
+
     return AuditLog(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
 
 
@@ -297,10 +334,13 @@ def audit_show(args: argparse.Namespace) -> int:
     for entry in _audit_log(args.config).entries():
         if (args.job and entry.job != args.job) or (args.source and entry.source != args.source):
             continue
-        target = " ".join(x for x in (f"job={entry.job}" if entry.job else "",
-                                      f"source={entry.source}" if entry.source else "") if x)
-        print(f"{entry.seq:>4} {entry.time} {entry.actor:<14} {entry.action:<16} {entry.outcome:<8} {target}"
-              + (f"  {entry.detail}" if entry.detail else ""))
+        target = " ".join(
+            x for x in (f"job={entry.job}" if entry.job else "", f"source={entry.source}" if entry.source else "") if x
+        )
+        print(
+            f"{entry.seq:>4} {entry.time} {entry.actor:<14} {entry.action:<16} {entry.outcome:<8} {target}"
+            + (f"  {entry.detail}" if entry.detail else "")
+        )
     return 0
 
 
@@ -308,10 +348,11 @@ def audit_export(args: argparse.Namespace) -> int:
     """GET /v1/audit over the admin socket: only whoever can open it (the daemon's account) reads the log."""
     import asyncio
 
-    from peers.daemon.app import admin_socket
-    from peers.daemon.client import admin_call
-    from peers.daemon.config import load_config
-    from privacy.errors import ConfigError
+    from fedsilo.errors import ConfigError
+    from fedsilo.peers.daemon.app import admin_socket
+    from fedsilo.peers.daemon.client import admin_call
+    from fedsilo.peers.daemon.config import load_config
+
     if args.since < 0:
         raise ConfigError(f"--since must be a non-negative entry number (got {args.since})")
     if args.out is not None and args.out.exists():
@@ -322,27 +363,41 @@ def audit_export(args: argparse.Namespace) -> int:
         print(text, end="")
     else:
         args.out.write_text(text, encoding="utf-8")
-        print(f"{len(log['entries'])} entries of {log['peer']}'s audit log written to {args.out}; chain "
-              + ("intact" if log["chain_ok"] else f"BROKEN at entry {log['first_broken']}"))
+        print(
+            f"{len(log['entries'])} entries of {log['peer']}'s audit log written to {args.out}; chain "
+            + ("intact" if log["chain_ok"] else f"BROKEN at entry {log['first_broken']}")
+        )
     return 0 if log["chain_ok"] else 1
 
 
 # -- psi, query ------------------------------------------------------------------------
 def _risk_lists(sub: argparse._SubParsersAction) -> None:
-    psi = sub.add_parser("psi", help="which of your identifiers are on a peer's shared list (PSI: neither side "
-                                     "sees the other's list)")
-    psi.add_argument("--list", required=True, type=Path, dest="file",
-                     help="your identifiers: one per line, or a CSV with --id-column")
+    psi = sub.add_parser(
+        "psi", help="which of your identifiers are on a peer's shared list (PSI: neither side sees the other's list)"
+    )
+    psi.add_argument(
+        "--list",
+        required=True,
+        type=Path,
+        dest="file",
+        help="your identifiers: one per line, or a CSV with --id-column",
+    )
     psi.add_argument("--id-column", help="the identifier column when --list is a CSV with a header")
     psi.add_argument("--with", required=True, dest="peer", help="the list holder: a member name or https://HOST:PORT")
     psi.add_argument("--their-list", help="the holder's list (default: the one it shares with you for PSI)")
-    psi.add_argument("--mode", default="to-me", choices=("to-me", "both", "count"),
-                     help="to-me: you learn the shared identifiers; both: the holder learns them too; count: you "
-                          "learn only how many (default to-me)")
+    psi.add_argument(
+        "--mode",
+        default="to-me",
+        choices=("to-me", "both", "count"),
+        help="to-me: you learn the shared identifiers; both: the holder learns them too; count: you "
+        "learn only how many (default to-me)",
+    )
     psi.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
     psi.set_defaults(handler=psi_run)
-    query = sub.add_parser("query", help="look identifiers up in a peer's list without telling it which (labels "
-                                         "of listed ones, under your quota)")
+    query = sub.add_parser(
+        "query",
+        help="look identifiers up in a peer's list without telling it which (labels of listed ones, under your quota)",
+    )
     query.add_argument("ids", nargs="*", metavar="ID", help="identifiers to look up")
     query.add_argument("--file", type=Path, help="more identifiers, one per line (or a CSV with --id-column)")
     query.add_argument("--id-column", help="the identifier column when --file is a CSV with a header")
@@ -353,8 +408,9 @@ def _risk_lists(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_ids(path: Path, column: str | None) -> list[str]:
-    from peers.daemon.shared_lists import read_column
-    from privacy.errors import DataError
+    from fedsilo.errors import DataError
+    from fedsilo.peers.daemon.shared_lists import read_column
+
     if not path.is_file():
         raise DataError(f"{path} does not exist: give a file of identifiers")
     if column:
@@ -363,19 +419,23 @@ def _read_ids(path: Path, column: str | None) -> list[str]:
 
 
 def psi_run(args: argparse.Namespace) -> int:
-    from peers.risk_lists import psi_with
+    from fedsilo.peers.risk_lists import psi_with
+
     ids = _read_ids(args.file, args.id_column)
     outcome = psi_with(args.identity, args.peer, ids, args.mode, args.their_list)
-    print(f"PSI ({outcome.mode}) with {outcome.peer}'s list {outcome.list_name}: {outcome.cardinality} of your "
-          f"{outcome.own_size} distinct identifiers are on it (it holds {outcome.peer_size})")
+    print(
+        f"PSI ({outcome.mode}) with {outcome.peer}'s list {outcome.list_name}: {outcome.cardinality} of your "
+        f"{outcome.own_size} distinct identifiers are on it (it holds {outcome.peer_size})"
+    )
     for identifier in outcome.shared or []:
         print(identifier)
     return 0
 
 
 def query_run(args: argparse.Namespace) -> int:
-    from peers.risk_lists import query_at
-    from privacy.errors import ConfigError
+    from fedsilo.errors import ConfigError
+    from fedsilo.peers.risk_lists import query_at
+
     ids = list(args.ids) + (_read_ids(args.file, args.id_column) if args.file else [])
     if not ids:
         raise ConfigError("give identifiers to look up: ID... or --file FILE")

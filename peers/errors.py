@@ -6,7 +6,7 @@ reply with its `status` and writes the refusal to the audit log.
 
 from __future__ import annotations
 
-from privacy.errors import FedsiloError
+from fedsilo.errors import FedsiloError
 
 
 class IdentityError(FedsiloError):

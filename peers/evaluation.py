@@ -21,8 +21,8 @@ the rows by predicted probability into equal-count bins (a reliability plot's po
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -123,8 +123,13 @@ class Bootstrap:
     rows: int
 
 
-def bootstrap(labels: np.ndarray, predictions: Mapping[str, np.ndarray], resamples: int = 1000,
-              seed: int = 0, only: tuple[str, ...] = METRICS) -> Bootstrap:
+def bootstrap(
+    labels: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    resamples: int = 1000,
+    seed: int = 0,
+    only: tuple[str, ...] = METRICS,
+) -> Bootstrap:
     """The metrics `only` of every model, on the rows and on `resamples` resamples of them.
 
     The resamples are the same for every model, and for every call with the same
@@ -167,5 +172,8 @@ def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, bins: int =
     y = np.asarray(labels, dtype=np.float64)
     p = np.asarray(probabilities, dtype=np.float64)
     order = np.argsort(p, kind="stable")
-    return [{"mean_predicted": float(p[part].mean()), "observed_rate": float(y[part].mean()), "rows": int(part.size)}
-            for part in np.array_split(order, min(bins, len(p))) if part.size]
+    return [
+        {"mean_predicted": float(p[part].mean()), "observed_rate": float(y[part].mean()), "rows": int(part.size)}
+        for part in np.array_split(order, min(bins, len(p)))
+        if part.size
+    ]

@@ -9,11 +9,12 @@ engines hand the ClientApp and ServerApp the same `context.run_config`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-CLIENT_APP = "peers.client.app:app"
-SERVER_APP = "peers.server.app:app"
+CLIENT_APP = "fedsilo.peers.client.app:app"
+SERVER_APP = "fedsilo.peers.server.app:app"
 HOST_OUTPUT_ENV = "FEDSILO_HOST_OUTPUT"  # where a deployed ServerApp writes its result (set by the host)
 JOB_NODES_ENV = "FEDSILO_JOB_NODES"  # the node ids a deployed ServerApp may use, comma-separated (set by the host)
 
@@ -30,10 +31,19 @@ def write_app_descriptor(directory: Path, run_config: Mapping[str, Any], version
     """Write `directory/pyproject.toml` describing the fedsilo app with `run_config`."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
-        "[project]", 'name = "fedsilo-job"', f'version = "{version}"',
-        'description = "A fedsilo training job"', 'license = "Apache-2.0"', "",
-        "[tool.flwr.app]", 'publisher = "fedsilo"', "",
-        "[tool.flwr.app.components]", f'serverapp = "{SERVER_APP}"', f'clientapp = "{CLIENT_APP}"', "",
+        "[project]",
+        'name = "fedsilo-job"',
+        f'version = "{version}"',
+        'description = "A fedsilo training job"',
+        'license = "Apache-2.0"',
+        "",
+        "[tool.flwr.app]",
+        'publisher = "fedsilo"',
+        "",
+        "[tool.flwr.app.components]",
+        f'serverapp = "{SERVER_APP}"',
+        f'clientapp = "{CLIENT_APP}"',
+        "",
         "[tool.flwr.app.config]",
     ]
     lines += [f"{json.dumps(key)} = {_toml_value(value)}" for key, value in run_config.items()]

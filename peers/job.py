@@ -11,18 +11,19 @@ Deployment Engine. Every value is checked on construction; a bad one raises
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
-from peers.model_spec import ModelSpec
-from privacy.accounting import ACCOUNTANTS, Mechanism
-from privacy.accounting.cache import cached_calibration, is_cached
-from privacy.errors import ConfigError
-from privacy.sampling import steps_per_epoch
-from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
-from privacy.secagg.graph import graph_parameters
-from privacy.secagg.noise import integer_l2_sensitivity
+from fedsilo.errors import ConfigError
+from fedsilo.peers.model_spec import ModelSpec
+from fedsilo.privacy.accounting import ACCOUNTANTS, Mechanism
+from fedsilo.privacy.accounting.cache import cached_calibration, is_cached
+from fedsilo.privacy.sampling import steps_per_epoch
+from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
+from fedsilo.privacy.secagg.graph import graph_parameters
+from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
 
 DP_MODES = ("local", "distributed", "off")
 
@@ -52,14 +53,19 @@ class DPSpec:
 
     def __post_init__(self) -> None:
         _require(self.mode in DP_MODES, f"dp.mode '{self.mode}' is unknown: use one of {', '.join(DP_MODES)}")
-        _require(math.isfinite(self.epsilon) and self.epsilon > 0,
-                 f"dp.epsilon must be > 0 (got {self.epsilon}); use --no-dp for a non-private run")
-        _require(math.isfinite(self.delta) and 0 < self.delta < 1,
-                 f"dp.delta must be in (0, 1) (got {self.delta}); 1e-5 or 1/(10·rows) are usual")
+        _require(
+            math.isfinite(self.epsilon) and self.epsilon > 0,
+            f"dp.epsilon must be > 0 (got {self.epsilon}); use --no-dp for a non-private run",
+        )
+        _require(
+            math.isfinite(self.delta) and 0 < self.delta < 1,
+            f"dp.delta must be in (0, 1) (got {self.delta}); 1e-5 or 1/(10·rows) are usual",
+        )
         _require(self.max_grad_norm > 0, f"dp.max-grad-norm must be > 0 (got {self.max_grad_norm})")
         _require(self.accountant in ACCOUNTANTS, f"dp.accountant '{self.accountant}' is unknown: use rdp or prv")
-        _require(isinstance(self.reproducible, bool),
-                 f"dp.reproducible must be true or false (got {self.reproducible!r})")
+        _require(
+            isinstance(self.reproducible, bool), f"dp.reproducible must be true or false (got {self.reproducible!r})"
+        )
 
     @property
     def private(self) -> bool:
@@ -87,7 +93,7 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class SecAggSpec:
-    """Secure aggregation of the job's training rounds (see `strategies.secagg`).
+    """Secure aggregation of the job's training rounds (see `fedsilo.strategies.secagg`).
 
     `clip` bounds each coordinate of a peer's update (trained − global weights) before
     fixed-point encoding with `bits` of precision; `max_weight` is a public upper bound
@@ -107,9 +113,13 @@ class SecAggSpec:
         _require(self.mode in ("on", "off"), f"secure-aggregation '{self.mode}' is unknown: use on or off")
         _require(math.isfinite(self.clip) and self.clip > 0, f"secagg.clip must be > 0 (got {self.clip})")
         _require(self.max_weight > 0, f"secagg.max-weight must be > 0 (got {self.max_weight})")
-        _require(0 <= self.dropout_fraction < 1, f"secagg.dropout-fraction must be in [0, 1) (got {self.dropout_fraction})")
-        _require(0 <= self.collusion_fraction < 1,
-                 f"secagg.collusion-fraction must be in [0, 1) (got {self.collusion_fraction})")
+        _require(
+            0 <= self.dropout_fraction < 1, f"secagg.dropout-fraction must be in [0, 1) (got {self.dropout_fraction})"
+        )
+        _require(
+            0 <= self.collusion_fraction < 1,
+            f"secagg.collusion-fraction must be in [0, 1) (got {self.collusion_fraction})",
+        )
 
     @property
     def enabled(self) -> bool:
@@ -139,13 +149,21 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _require(self.peers >= 1, f"a job needs at least one peer (got {self.peers})")
-        _require(0 <= self.sample <= self.peers,
-                 f"job.sample must be between 1 and the {self.peers} peers (got {self.sample})")
+        _require(
+            0 <= self.sample <= self.peers,
+            f"job.sample must be between 1 and the {self.peers} peers (got {self.sample})",
+        )
         if self.dp.mode == "distributed":
-            _require(self.secagg.enabled, "dp.mode 'distributed' needs secure aggregation: "
-                                          "only the masked sum may carry the noise (use --secure-aggregation on)")
-            _require(self.public_rows >= 1, "dp.mode 'distributed' needs the job's public total of training rows "
-                                            "(job.public-rows), the gradient normaliser every peer uses")
+            _require(
+                self.secagg.enabled,
+                "dp.mode 'distributed' needs secure aggregation: "
+                "only the masked sum may carry the noise (use --secure-aggregation on)",
+            )
+            _require(
+                self.public_rows >= 1,
+                "dp.mode 'distributed' needs the job's public total of training rows "
+                "(job.public-rows), the gradient normaliser every peer uses",
+            )
 
     @property
     def per_round(self) -> int:
@@ -177,15 +195,20 @@ class JobConfig:
         return flat
 
     @classmethod
-    def from_run_config(cls, config: Mapping[str, Any]) -> "JobConfig":
+    def from_run_config(cls, config: Mapping[str, Any]) -> JobConfig:
         """Rebuild from a run config; unknown keys are ignored, missing ones refused."""
         try:
+
             def section(prefix: str, spec_cls: type) -> Any:
                 names = spec_cls.__dataclass_fields__
-                return spec_cls(**{
-                    name: type(getattr(spec_cls(), name))(config[f"{prefix}.{name.replace('_', '-')}"])
-                    for name in names if f"{prefix}.{name.replace('_', '-')}" in config
-                })
+                return spec_cls(
+                    **{
+                        name: type(getattr(spec_cls(), name))(config[f"{prefix}.{name.replace('_', '-')}"])
+                        for name in names
+                        if f"{prefix}.{name.replace('_', '-')}" in config
+                    }
+                )
+
             return cls(
                 job_id=str(config.get("job.id", "job")),
                 strategy=str(config.get("job.strategy", "fedavg")),
@@ -199,9 +222,11 @@ class JobConfig:
                 encoder_path=str(config["data.encoder"]),
                 banks_dir=str(config.get("data.banks-dir", "")),
                 private_dir=str(config.get("data.private-dir", "")),
-                model=ModelSpec(kind=str(config.get("model.kind", "mlp")),
-                                hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32"))),
-                                shared_features=int(config.get("model.shared-features", 0))),
+                model=ModelSpec(
+                    kind=str(config.get("model.kind", "mlp")),
+                    hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32"))),
+                    shared_features=int(config.get("model.shared-features", 0)),
+                ),
                 train=section("train", TrainSpec),
                 dp=section("dp", DPSpec),
                 secagg=section("secagg", SecAggSpec),
@@ -239,10 +264,14 @@ def secagg_config(job: JobConfig, n_params: int | None = None) -> SecAggConfig:
 def _noiseless_config(job: JobConfig) -> SecAggConfig:
     """The job's SecAgg+ parameters before any noise: 32 bits and public weights in distributed DP."""
     distributed = job.dp.mode == "distributed"
-    return SecAggConfig(clip=job.secagg.clip, bits=DISTRIBUTED_BITS if distributed else job.secagg.bits,
-                        max_weight=1.0 if distributed else job.secagg.max_weight,
-                        dropout_fraction=job.secagg.dropout_fraction,
-                        collusion_fraction=job.secagg.collusion_fraction, session_id=job.job_id.encode())
+    return SecAggConfig(
+        clip=job.secagg.clip,
+        bits=DISTRIBUTED_BITS if distributed else job.secagg.bits,
+        max_weight=1.0 if distributed else job.secagg.max_weight,
+        dropout_fraction=job.secagg.dropout_fraction,
+        collusion_fraction=job.secagg.collusion_fraction,
+        session_id=job.job_id.encode(),
+    )
 
 
 DISTRIBUTED_BITS = 32
@@ -281,19 +310,29 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     n = job.per_round
     sensitivity = job.train.lr * job.dp.max_grad_norm / job.public_rows
     base = _noiseless_config(job)
-    params = graph_parameters(n, base.dropout_fraction, base.collusion_fraction, base.security_bits,
-                              base.correctness_bits, base.complete_graph_max)
+    params = graph_parameters(
+        n,
+        base.dropout_fraction,
+        base.collusion_fraction,
+        base.security_bits,
+        base.correctness_bits,
+        base.complete_graph_max,
+    )
     missing = params.dropped + params.corrupt
     if n - missing < 1:
-        raise ConfigError(f"with {n} peers the tolerated dropouts ({params.dropped}) and colluders "
-                          f"({params.corrupt}) leave no honest noise: use more peers or lower the fractions")
+        raise ConfigError(
+            f"with {n} peers the tolerated dropouts ({params.dropped}) and colluders "
+            f"({params.corrupt}) leave no honest noise: use more peers or lower the fractions"
+        )
     target = cached_calibration(job.dp.epsilon, job.dp.delta, 1.0, job.train.rounds, job.dp.accountant)
     scale = base.encoder(n).scale
     integer_sensitivity = integer_l2_sensitivity(sensitivity, scale, n_params)
     # sqrt(n - missing) · σ_p / integer_sensitivity = target, σ_p = z · sensitivity · scale / sqrt(n)
     peer_sigma = target * integer_sensitivity / math.sqrt(n - missing)
     if peer_sigma < MIN_PEER_SIGMA:
-        raise ConfigError("distributed noise share below 10 integer units: lower secagg.clip to make the fixed-point grid finer")
+        raise ConfigError(
+            "distributed noise share below 10 integer units: lower secagg.clip to make the fixed-point grid finer"
+        )
     z = peer_sigma * math.sqrt(n) / (sensitivity * scale)
     noise = DistributedNoise(noise_multiplier=z, l2_sensitivity=sensitivity, expected_peers=n)
     effective = central_noise_multiplier(noise, scale, n_params, missing)
@@ -343,16 +382,18 @@ def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
     in fewer rounds spends less (its ledger commits what it ran).
     """
     q, steps = _rate_and_steps(job, n_train)
-    noise = cached_calibration(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant) \
-        if job.dp.private else 0.0
+    noise = (
+        cached_calibration(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant)
+        if job.dp.private
+        else 0.0
+    )
     return DPPlan(noise, q, steps, job.train.rounds)
 
 
 def dp_plan_is_cached(job: JobConfig, n_train: int) -> bool:
     """Whether `plan_dp(job, n_train)` needs no calibration (a disk-cache hit, or no DP)."""
     q, steps = _rate_and_steps(job, n_train)
-    return not job.dp.private or is_cached(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds,
-                                           job.dp.accountant)
+    return not job.dp.private or is_cached(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant)
 
 
 def _rate_and_steps(job: JobConfig, n_train: int) -> tuple[float, int]:
@@ -368,12 +409,15 @@ def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]
 
     Raises ConfigError when the shared declaration names no parameter of the model.
     """
-    from peers.models import build_model, select
+    from fedsilo.peers.models import build_model, select
+
     weights = {k: tuple(v.shape) for k, v in build_model(job.model, n_features).state_dict().items()}
     shared = {k: v for k, v in weights.items() if k in select(weights, job.shared)}
     if not shared:
-        raise ConfigError(f"model.shared {list(job.shared)} names no parameter of the model "
-                          f"(its parameters: {', '.join(weights)}); use prefixes such as hidden,head")
+        raise ConfigError(
+            f"model.shared {list(job.shared)} names no parameter of the model "
+            f"(its parameters: {', '.join(weights)}); use prefixes such as hidden,head"
+        )
     return shared
 
 
@@ -388,7 +432,8 @@ def host_feature_count(job: JobConfig) -> int:
         return job.model.shared_features + 1
     from pathlib import Path
 
-    from peers.data.encoding import TabularEncoder
+    from fedsilo.peers.data.encoding import TabularEncoder
+
     return TabularEncoder.from_json(Path(job.encoder_path).read_text()).n_features
 
 

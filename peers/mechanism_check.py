@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from scipy.stats import chi2
 
-from peers.client.local_training import reproducible_seed
-from peers.job import JobConfig, plan_dp
-from peers.models import build_model, freeze, get_weights, set_weights
-from privacy.dpsgd import DPSGDConfig, DPSGDTrainer, expected_batch_size
+from fedsilo.peers.client.local_training import reproducible_seed
+from fedsilo.peers.job import JobConfig, plan_dp
+from fedsilo.peers.models import build_model, freeze, get_weights, set_weights
+from fedsilo.privacy.dpsgd import DPSGDConfig, DPSGDTrainer, expected_batch_size
 
 HOST_BANK_SEEDS = (0,)  # the Deployment Engine's bank index of every peer; the peer's own is added
 
@@ -46,10 +46,10 @@ class MechanismCheck:
 
     passed: bool
     coordinates: int
-    expected_sd: float           # √2·lr·σ·C/n: sd of the difference of two independent noise draws
+    expected_sd: float  # √2·lr·σ·C/n: sd of the difference of two independent noise draws
     interval: tuple[float, float]  # acceptance interval for a measured sd at `confidence`
-    replay_sd: float             # sd of (replay 1 − replay 2)
-    host_sd: float               # smallest sd of (replay 1 − a host's recomputation)
+    replay_sd: float  # sd of (replay 1 − replay 2)
+    host_sd: float  # smallest sd of (replay 1 − a host's recomputation)
     sampling_differs: bool
     confidence: float
     verdict: str
@@ -60,15 +60,23 @@ class MechanismCheck:
         return out
 
 
-def check_mechanism(job: JobConfig, x: torch.Tensor, y: torch.Tensor, weights: dict[str, np.ndarray],
-                    bank_seed: int, server_round: int = 1, confidence: float = 0.9999) -> MechanismCheck | None:
+def check_mechanism(
+    job: JobConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: dict[str, np.ndarray],
+    bank_seed: int,
+    server_round: int = 1,
+    confidence: float = 0.9999,
+) -> MechanismCheck | None:
     """Replay one noisy step at a peer (see the module docstring); None when the job adds no DP-SGD noise."""
     if job.dp.mode != "local":
         return None
     n = x.shape[0]
     plan = plan_dp(job, n)
-    config = DPSGDConfig(lr=job.train.lr, max_grad_norm=job.dp.max_grad_norm,
-                         noise_multiplier=plan.noise_multiplier, sample_rate=1.0)
+    config = DPSGDConfig(
+        lr=job.train.lr, max_grad_norm=job.dp.max_grad_norm, noise_multiplier=plan.noise_multiplier, sample_rate=1.0
+    )
 
     def step(seed: int | None) -> np.ndarray:
         model = build_model(job.model, x.shape[1])
@@ -83,24 +91,34 @@ def check_mechanism(job: JobConfig, x: torch.Tensor, y: torch.Tensor, weights: d
     first, second = step(peer_seed()), step(peer_seed())
     host_guesses = [step(_host_seed(job, index, server_round)) for index in sorted({*HOST_BANK_SEEDS, bank_seed})]
     trained = sum(p.numel() for p in _trained_parameters(job, x.shape[1]))
-    expected = math.sqrt(2.0) * job.train.lr * plan.noise_multiplier * job.dp.max_grad_norm / expected_batch_size(1.0, n)
+    expected = (
+        math.sqrt(2.0) * job.train.lr * plan.noise_multiplier * job.dp.max_grad_norm / expected_batch_size(1.0, n)
+    )
     low, high = _sd_interval(expected, trained, confidence)
     replay_sd = _sd(first - second, trained)
     host_sd = min(_sd(first - guess, trained) for guess in host_guesses)
     sampling_differs = _sampling_differs(job, n, bank_seed, server_round, plan.sample_rate)
     failures = []
     if not low <= replay_sd <= high:
-        failures.append(f"two replays differ by sd {replay_sd:.3g}, outside [{low:.3g}, {high:.3g}] around the "
-                        f"planned √2·lr·σ·C/n = {expected:.3g}")
+        failures.append(
+            f"two replays differ by sd {replay_sd:.3g}, outside [{low:.3g}, {high:.3g}] around the "
+            f"planned √2·lr·σ·C/n = {expected:.3g}"
+        )
     if not low <= host_sd <= high:
-        failures.append(f"a host's recomputation from the job's public values comes within sd {host_sd:.3g} of "
-                        f"the released step (the noise alone would leave {expected:.3g})")
+        failures.append(
+            f"a host's recomputation from the job's public values comes within sd {host_sd:.3g} of "
+            f"the released step (the noise alone would leave {expected:.3g})"
+        )
     if not sampling_differs:
         failures.append("two trainers drew the same Poisson batch: the sampling is not secret")
-    verdict = ("passed: fresh noise of the planned scale, not reproducible from the job" if not failures
-               else "FAILED: " + "; ".join(failures))
-    return MechanismCheck(not failures, trained, expected, (low, high), replay_sd, host_sd, sampling_differs,
-                          confidence, verdict)
+    verdict = (
+        "passed: fresh noise of the planned scale, not reproducible from the job"
+        if not failures
+        else "FAILED: " + "; ".join(failures)
+    )
+    return MechanismCheck(
+        not failures, trained, expected, (low, high), replay_sd, host_sd, sampling_differs, confidence, verdict
+    )
 
 
 def _host_seed(job: JobConfig, bank_seed: int, server_round: int) -> int:
@@ -132,6 +150,5 @@ def _sampling_differs(job: JobConfig, n: int, bank_seed: int, server_round: int,
     seed = reproducible_seed(job, bank_seed, server_round)
     model = build_model(job.model, 1)
     config = DPSGDConfig(lr=1.0, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=sample_rate)
-    draws = [DPSGDTrainer(model, config, reproducible_seed=seed).noise.poisson_rows(n, sample_rate)
-             for _ in range(2)]
+    draws = [DPSGDTrainer(model, config, reproducible_seed=seed).noise.poisson_rows(n, sample_rate) for _ in range(2)]
     return not torch.equal(draws[0], draws[1])

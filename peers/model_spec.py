@@ -1,15 +1,15 @@
 """What model a job trains (`ModelSpec`), without torch.
 
-A job's configuration names its model; building one is `peers.models.build_model`,
+A job's configuration names its model; building one is `fedsilo.peers.models.build_model`,
 which needs torch. Kept apart so that reading and refusing a configuration (the CLI,
-the job file) imports no torch. `peers.models` re-exports both names.
+the job file) imports no torch. `fedsilo.peers.models` re-exports both names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 MODEL_KINDS = ("mlp", "logreg")
 

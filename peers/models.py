@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from peers.model_spec import MODEL_KINDS, ModelSpec
-from privacy.errors import ConfigError
-from privacy.split_input import SplitInputMLP
+from fedsilo.errors import ConfigError
+from fedsilo.peers.model_spec import MODEL_KINDS, ModelSpec
+from fedsilo.privacy.split_input import SplitInputMLP
 
 __all__ = ["MODEL_KINDS", "ModelSpec", "build_model", "freeze", "get_weights", "select", "set_weights"]
 
@@ -33,7 +33,7 @@ def build_model(spec: ModelSpec, n_features: int, seed: int = 0) -> nn.Module:
             return SplitInputMLP(spec.shared_features, n_features - spec.shared_features, spec.hidden)
         if spec.kind == "logreg":
             return nn.Sequential(OrderedDict(head=nn.Linear(n_features, 1)))
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         widths = (n_features, *spec.hidden)
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             name = "input" if i == 0 else f"hidden{i}"
@@ -45,12 +45,12 @@ def build_model(spec: ModelSpec, n_features: int, seed: int = 0) -> nn.Module:
         torch.random.set_rng_state(generator_state)
 
 
-def get_weights(model: nn.Module) -> "OrderedDict[str, np.ndarray]":
+def get_weights(model: nn.Module) -> OrderedDict[str, np.ndarray]:
     """The model's parameters as named numpy arrays (copies)."""
     return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
 
 
-def set_weights(model: nn.Module, weights: "dict[str, np.ndarray]") -> None:
+def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
     """Load named arrays into `model`, refusing missing, extra or wrong-shaped ones."""
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
@@ -65,7 +65,7 @@ def set_weights(model: nn.Module, weights: "dict[str, np.ndarray]") -> None:
     model.load_state_dict({k: torch.as_tensor(np.asarray(v), dtype=own[k].dtype) for k, v in weights.items()})
 
 
-def select(weights: "dict[str, np.ndarray]", prefixes: tuple[str, ...]) -> "OrderedDict[str, np.ndarray]":
+def select(weights: dict[str, np.ndarray], prefixes: tuple[str, ...]) -> OrderedDict[str, np.ndarray]:
     """The entries whose name starts with one of `prefixes` (all of them when empty)."""
     return OrderedDict((k, v) for k, v in weights.items() if not prefixes or k.startswith(prefixes))
 

@@ -21,7 +21,7 @@ longer pushed once for all of them; each message carries its own copy. For
 cross-silo jobs (a few peers, models of kilobytes to a few megabytes) a request costs
 more than those bytes.
 
-The job host packs what it sends to deployed peers (`peers.server.polling_grid.PromptGrid`)
+The job host packs what it sends to deployed peers (`fedsilo.peers.server.polling_grid.PromptGrid`)
 and unpacks their replies; the ClientApp's `packed_content_mod` unpacks what it
 receives and packs its reply only if what it received was packed, so a simulation
 (never packed) sees no difference.
@@ -37,7 +37,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_id
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents, validate_object_content
 
-from privacy.errors import ProtocolError
+from fedsilo.errors import ProtocolError
 
 PACKED_KEY = "fedsilo.packed"
 _ID_BYTES = 64  # a Flower object id: SHA-256, hex
@@ -64,9 +64,9 @@ def _contents(blob: bytes) -> dict[str, bytes]:
         header_end = offset + _ID_BYTES + _LENGTH.size
         if header_end > len(blob):
             raise ProtocolError("packed content is truncated")
-        object_id = blob[offset:offset + _ID_BYTES].decode("ascii", errors="replace")
+        object_id = blob[offset : offset + _ID_BYTES].decode("ascii", errors="replace")
         (size,) = _LENGTH.unpack_from(blob, offset + _ID_BYTES)
-        body = blob[header_end:header_end + size]
+        body = blob[header_end : header_end + size]
         if len(body) != size:
             raise ProtocolError("packed content is truncated")
         if get_object_id(body) != object_id:
@@ -92,7 +92,9 @@ def unpack(content: RecordDict) -> RecordDict:
     except ProtocolError:
         raise
     except Exception as error:  # Flower raises KeyError/ValueError/... for a tree it cannot inflate
-        raise ProtocolError(f"packed content is not a valid object tree ({error.__class__.__name__}: {error})") from None
+        raise ProtocolError(
+            f"packed content is not a valid object tree ({error.__class__.__name__}: {error})"
+        ) from None
     if not isinstance(restored, RecordDict):
         raise ProtocolError(f"packed content holds a {type(restored).__name__}, not a RecordDict")
     if contents:
@@ -123,8 +125,10 @@ def unpack_reply(message: Message) -> Message:
     try:
         return unpack_message(message)
     except ProtocolError as error:
-        return Message(metadata=message.metadata,
-                       error=Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason=f"malformed packed reply: {error}"))
+        return Message(
+            metadata=message.metadata,
+            error=Error(code=ErrorCode.MESSAGE_UNAVAILABLE, reason=f"malformed packed reply: {error}"),
+        )
 
 
 def packed_content_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -7,8 +7,18 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-TRACKED_PACKAGES = ("fedsilo", "flwr", "torch", "opacus", "numpy", "pandas", "ray", "cryptography",
-                    "safetensors", "scipy")
+TRACKED_PACKAGES = (
+    "fedsilo",
+    "flwr",
+    "torch",
+    "opacus",
+    "numpy",
+    "pandas",
+    "ray",
+    "cryptography",
+    "safetensors",
+    "scipy",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -2,13 +2,13 @@
 
 Python API (what `fedsilo psi` and `fedsilo query` call)::
 
-    from peers.risk_lists import psi_with, query_at
+    from fedsilo.peers.risk_lists import psi_with, query_at
     outcome = psi_with(Path("bank-a/identity"), "broker", ["lei:…", …], mode="to-me")
     outcome.shared            # your identifiers on the broker's list (None in count mode)
     labels = query_at(Path("lender/identity"), "broker", "large-purchases", ["c-1001"])
     labels["c-1001"]          # the label, or None: not on the list
 
-What crosses the wire: only group elements (see `privacy.psi`). The holder's
+What crosses the wire: only group elements (see `fedsilo.privacy.psi`). The holder's
 daemon checks its policy and quota and audits the request; this side records the
 run in its own peer's audit log (`POST /v1/psi-log` to its own daemon, with counts
 only) before anything is sent — so the own daemon must be running — and again
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers.daemon.client import PeerClient
-from peers.errors import PeerUnreachable, Refused
-from peers.identity.consortium import Identity
-from peers.identity.pki import check_name
-from privacy.errors import ConfigError
-from privacy.psi import Mode, PsiReceiver, Querier
-from privacy.psi.wire import MAX_BATCH, split
+from fedsilo.errors import ConfigError
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.errors import PeerUnreachable, Refused
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.pki import check_name
+from fedsilo.privacy.psi import Mode, PsiReceiver, Querier
+from fedsilo.privacy.psi.wire import MAX_BATCH, split
 
 MODES = {"to-me": Mode.TO_RECEIVER, "both": Mode.TO_BOTH, "count": Mode.CARDINALITY}
 
@@ -54,8 +54,9 @@ def peer_url(identity: Identity, peer: str) -> str:
         return peer.rstrip("/")
     member = identity.manifest.member(peer)
     if member is None or not member.address:
-        raise ConfigError(f"{peer!r} is not a peer with an address in your manifest: give a member name or "
-                          "https://HOST:PORT")
+        raise ConfigError(
+            f"{peer!r} is not a peer with an address in your manifest: give a member name or https://HOST:PORT"
+        )
     return member.address.rstrip("/")
 
 
@@ -66,15 +67,19 @@ async def shared_lists(client: PeerClient, url: str) -> list[dict[str, Any]]:
 
 async def _pick(client: PeerClient, url: str, list_name: str | None, use: str) -> dict[str, Any]:
     """The holder's entry for the list to use; its name (it goes into request paths) checked like a list name."""
-    offered = [entry for entry in await shared_lists(client, url)
-               if (entry["psi_modes"] if use == "psi" else entry["query_quota"] is not None)]
+    offered = [
+        entry
+        for entry in await shared_lists(client, url)
+        if (entry["psi_modes"] if use == "psi" else entry["query_quota"] is not None)
+    ]
     for entry in offered:
         check_name(entry["name"], f"{url} offers a list whose name")
     if list_name is None:
         if len(offered) != 1:
             names = ", ".join(e["name"] for e in offered) or "none"
-            raise ConfigError(f"{url} shares {len(offered)} lists with you for {use} ({names}); name one with "
-                              "--their-list")
+            raise ConfigError(
+                f"{url} shares {len(offered)} lists with you for {use} ({names}); name one with --their-list"
+            )
         return offered[0]
     for entry in offered:
         if entry["name"] == list_name:
@@ -87,19 +92,26 @@ async def _pick(client: PeerClient, url: str, list_name: str | None, use: str) -
     raise Refused(f"{url} does not offer list {list_name!r} to you for {use}", 403)
 
 
-async def _record(client: PeerClient, action: str, peer: str, list_name: str, outcome: str, sent: int,
-                  learned: int | None) -> None:
+async def _record(
+    client: PeerClient, action: str, peer: str, list_name: str, outcome: str, sent: int, learned: int | None
+) -> None:
     own = peer_url(client.identity, client.identity.name)
     try:
-        await client.call("POST", f"{own}/v1/psi-log", {"action": action, "peer": peer, "list": list_name,
-                                                        "outcome": outcome, "sent": sent, "learned": learned})
+        await client.call(
+            "POST",
+            f"{own}/v1/psi-log",
+            {"action": action, "peer": peer, "list": list_name, "outcome": outcome, "sent": sent, "learned": learned},
+        )
     except PeerUnreachable as error:
-        raise PeerUnreachable(f"your own daemon ({client.identity.name} at {own}) must record every PSI and query "
-                              f"in its audit log, and did not ({error}): start it with `fedsilo peer start`") from None
+        raise PeerUnreachable(
+            f"your own daemon ({client.identity.name} at {own}) must record every PSI and query "
+            f"in its audit log, and did not ({error}): start it with `fedsilo peer start`"
+        ) from None
 
 
-async def run_psi(client: PeerClient, peer: str, identifiers: Sequence[str], mode: str = "to-me",
-                  list_name: str | None = None) -> PsiOutcome:
+async def run_psi(
+    client: PeerClient, peer: str, identifiers: Sequence[str], mode: str = "to-me", list_name: str | None = None
+) -> PsiOutcome:
     """PSI of `identifiers` with `peer`'s list (see the module docstring)."""
     if mode not in MODES:
         raise ConfigError(f"PSI mode {mode!r} is unknown: use one of {', '.join(MODES)}")
@@ -123,6 +135,7 @@ async def run_psi(client: PeerClient, peer: str, identifiers: Sequence[str], mod
             for frame in split(reply):
                 back += receiver.handle(frame)
             return b"".join(back)
+
         confirm = await asyncio.to_thread(finish)
         if confirm:
             await client.frames("POST", f"{url}/v1/lists/{name}/psi/confirm", confirm)
@@ -152,7 +165,7 @@ async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: 
         table = await client.frames("GET", f"{url}/v1/lists/{list_name}/table")
         querier = await asyncio.to_thread(Querier, table, kind=kind)
         for start in range(0, len(identifiers), MAX_BATCH):
-            pending = await asyncio.to_thread(querier.ask, list(identifiers[start:start + MAX_BATCH]))
+            pending = await asyncio.to_thread(querier.ask, list(identifiers[start : start + MAX_BATCH]))
             answer = await client.frames("POST", f"{url}/v1/lists/{list_name}/query", pending.request)
             labels += await asyncio.to_thread(pending.open, answer)
     except PeerUnreachable:
@@ -162,18 +175,23 @@ async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: 
     return dict(zip(identifiers, labels))
 
 
-def psi_with(identity_dir: Path, peer: str, identifiers: Sequence[str], mode: str = "to-me",
-             list_name: str | None = None) -> PsiOutcome:
+def psi_with(
+    identity_dir: Path, peer: str, identifiers: Sequence[str], mode: str = "to-me", list_name: str | None = None
+) -> PsiOutcome:
     """Blocking `run_psi` as the member whose identity is in `identity_dir`."""
+
     async def main() -> PsiOutcome:
         async with PeerClient(Identity.load(identity_dir), timeout=600) as client:
             return await run_psi(client, peer, identifiers, mode, list_name)
+
     return asyncio.run(main())
 
 
 def query_at(identity_dir: Path, peer: str, list_name: str, identifiers: Sequence[str]) -> dict[str, str | None]:
     """Blocking `run_query` as the member whose identity is in `identity_dir`."""
+
     async def main() -> dict[str, str | None]:
         async with PeerClient(Identity.load(identity_dir), timeout=600) as client:
             return await run_query(client, peer, list_name, identifiers)
+
     return asyncio.run(main())

@@ -8,12 +8,12 @@ customer puts her on the same side of its split. They agree on it without exchan
 any identifier:
 
 1. **Alignment.** Every pair of institutions runs a both-sides PSI on its id columns
-   (:mod:`peers.alignment`; the lower-indexed one is the PSI receiver). Both learn
+   (:mod:`fedsilo.peers.alignment`; the lower-indexed one is the PSI receiver). Both learn
    which of their own rows are shared, in one common order (sorted by the doubly
    blinded element ``H(id)^ab`` that both hold), and nothing about the other's
    customers outside the intersection.
 2. **Pins, in index order.** Institution ``i`` splits its rows
-   (:func:`peers.data.bank.split_train_test`, stratified and seeded), keeping the
+   (:func:`fedsilo.peers.data.bank.split_train_test`, stratified and seeded), keeping the
    sides that lower-indexed institutions pinned, then sends each higher-indexed
    institution ``j`` one *pin frame*: the side of every customer they share, one bit
    per customer in their common order. ``j`` pins those rows before it splits. So a
@@ -46,10 +46,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from peers.alignment import AlignmentSide
-from peers.data.bank import FREE, TEST, TRAIN, split_train_test
-from privacy.errors import DataError, ProtocolError
-from privacy.psi import Workers, canonical, exchange
+from fedsilo.errors import DataError, ProtocolError
+from fedsilo.peers.alignment import AlignmentSide
+from fedsilo.peers.data.bank import FREE, TEST, TRAIN, split_train_test
+from fedsilo.privacy.psi import Workers, canonical, exchange
 
 __all__ = ["HoldoutMember", "PairAlignment", "SharedHoldout", "agree_holdout", "pin_frame", "read_pin_frame"]
 
@@ -72,8 +72,9 @@ def read_pin_frame(frame: bytes, expected: int) -> np.ndarray:
     if magic != _MAGIC or version != _VERSION:
         raise ProtocolError(f"not a version-{_VERSION} pin frame: refused")
     if count != expected or len(frame) != _HEADER.size + (count + 7) // 8:
-        raise ProtocolError(f"a pin frame about {count} customers in {len(frame)} bytes, where the alignment "
-                            f"shares {expected}: refused")
+        raise ProtocolError(
+            f"a pin frame about {count} customers in {len(frame)} bytes, where the alignment shares {expected}: refused"
+        )
     bits = np.unpackbits(np.frombuffer(frame, np.uint8, offset=_HEADER.size))
     if bits[count:].any():
         raise ProtocolError("a pin frame with bits set past its count: refused")
@@ -102,16 +103,20 @@ class HoldoutMember:
     def receive(self, peer: int, frame: bytes) -> None:
         """Pin the sides a lower-indexed ``peer`` sent; refuse a frame that contradicts a pin."""
         if peer >= self.index or peer not in self.rows:
-            raise ProtocolError(f"institution {self.index} takes pins only from a lower-indexed institution it "
-                                f"aligned with; {peer} is not one")
+            raise ProtocolError(
+                f"institution {self.index} takes pins only from a lower-indexed institution it "
+                f"aligned with; {peer} is not one"
+            )
         if self.sides is not None:
             raise ProtocolError(f"institution {self.index} has already split its rows; pins arrived too late")
         rows = self.rows[peer]
         sides = read_pin_frame(frame, len(rows))
         held = self.pinned[rows]
         if ((held != FREE) & (held != sides)).any():
-            raise ProtocolError(f"institution {peer}'s pins contradict sides already agreed for "
-                                f"{int(((held != FREE) & (held != sides)).sum())} shared customers: refused")
+            raise ProtocolError(
+                f"institution {peer}'s pins contradict sides already agreed for "
+                f"{int(((held != FREE) & (held != sides)).sum())} shared customers: refused"
+            )
         self.pinned[rows] = sides
 
     def split(self) -> np.ndarray:
@@ -125,8 +130,10 @@ class HoldoutMember:
     def frame_for(self, peer: int) -> bytes:
         """The pin frame for a higher-indexed ``peer`` (after :meth:`split`)."""
         if self.sides is None or peer <= self.index or peer not in self.rows:
-            raise ProtocolError(f"institution {self.index} sends pins, after its split, only to a higher-indexed "
-                                f"institution it aligned with; {peer} is not one")
+            raise ProtocolError(
+                f"institution {self.index} sends pins, after its split, only to a higher-indexed "
+                f"institution it aligned with; {peer} is not one"
+            )
         return pin_frame(self.sides[self.rows[peer]])
 
 
@@ -155,13 +162,22 @@ class SharedHoldout:
 def _check_ids(index: int, ids: Sequence[str], kind: str | None) -> None:
     forms = [canonical(str(x), kind) for x in ids]
     if len(set(forms)) != len(forms):
-        raise DataError(f"institution {index} lists {len(forms) - len(set(forms))} customer id(s) more than once "
-                        f"(same canonical form): give each customer one row before agreeing on a split")
+        raise DataError(
+            f"institution {index} lists {len(forms) - len(set(forms))} customer id(s) more than once "
+            f"(same canonical form): give each customer one row before agreeing on a split"
+        )
 
 
-def agree_holdout(ids: Sequence[Sequence[str]], labels: Sequence[np.ndarray], test_fraction: float, seed: int, *,
-                  kind: str | None = "id", workers: Workers | None = None,
-                  wire: Callable[[bytes], None] | None = None) -> SharedHoldout:
+def agree_holdout(
+    ids: Sequence[Sequence[str]],
+    labels: Sequence[np.ndarray],
+    test_fraction: float,
+    seed: int,
+    *,
+    kind: str | None = "id",
+    workers: Workers | None = None,
+    wire: Callable[[bytes], None] | None = None,
+) -> SharedHoldout:
     """Every institution's split, with each shared customer on one side at all its holders.
 
     ``ids[i]`` and ``labels[i]`` are institution ``i``'s customer ids and labels, row for

@@ -1,6 +1,6 @@
 """The sum of per-example clipped gradients: the quantity distributed DP noises.
 
-In distributed DP (see `peers.job.plan_distributed_dp`) a peer releases, inside its
+In distributed DP (see `fedsilo.peers.job.plan_distributed_dp`) a peer releases, inside its
 masked vector, Σ_r clip_C(∇ℓ_r(w)) over all of its training rows at the global
 weights w, with no noise of its own beyond its share of the discrete Gaussian. Adding
 or removing one row changes that sum by at most C in L2 norm: that is the sensitivity
@@ -17,13 +17,14 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 MAX_CHUNK_FLOATS = 1 << 24
 
 
-def clipped_gradient_sum(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
-                         max_grad_norm: float) -> dict[str, torch.Tensor]:
+def clipped_gradient_sum(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, max_grad_norm: float
+) -> dict[str, torch.Tensor]:
     """Σ over rows of each row's gradient clipped to L2 norm `max_grad_norm` (by name)."""
     if not max_grad_norm > 0:
         raise ConfigError("clipping needs a positive max_grad_norm")
@@ -35,7 +36,7 @@ def clipped_gradient_sum(model: nn.Module, features: torch.Tensor, labels: torch
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     try:
         for start in range(0, features.shape[0], chunk):
-            x, y = features[start:start + chunk], labels[start:start + chunk]
+            x, y = features[start : start + chunk], labels[start : start + chunk]
             module.zero_grad(set_to_none=True)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")

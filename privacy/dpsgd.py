@@ -18,8 +18,8 @@ Two interchangeable backends compute steps 2–3 (`backend=`):
 
 - "ghost" (used by "auto" whenever it applies): for models that are an `nn.Sequential`
   of distinct `nn.Linear` layers and element-wise activations, or a
-  `privacy.split_input.SplitInputMLP` (exact types, so that no subclass can change
-  what a layer does) — every model `peers.models.build_model` makes — on 2-D input.
+  `fedsilo.privacy.split_input.SplitInputMLP` (exact types, so that no subclass can change
+  what a layer does) — every model `fedsilo.peers.models.build_model` makes — on 2-D input.
   Per-sample gradient norms come from the ghost-clipping identity that Opacus'
   `grad_sample_mode="ghost"` uses for `nn.Linear` (‖g_i a_iᵀ‖ = ‖g_i‖·‖a_i‖, plus
   ‖g_i‖ for the bias; for a layer split into column blocks, the same identity per
@@ -32,7 +32,7 @@ Two interchangeable backends compute steps 2–3 (`backend=`):
 
 Contract (both backends):
 - every step returned in the `Mechanism` of `train` was taken with exactly that noise
-  multiplier and sample rate, so `privacy.accounting.epsilon_spent` of the returned
+  multiplier and sample rate, so `fedsilo.privacy.accounting.epsilon_spent` of the returned
   mechanisms is a valid (ε, δ) bound for releasing the trained weights;
 - an empty Poisson batch is counted as a step but performs no update (releasing less
   than was accounted for is safe: the bound stays conservative);
@@ -40,9 +40,9 @@ Contract (both backends):
   same sampling, used for the non-private baselines and `--dp off`);
 - the loss function must average a per-row loss over the rows (`reduction="mean"`;
   another `reduction` is refused), as Opacus' `loss_reduction="mean"` assumes, and rows must not interact in the model
-  (no batch statistics: `peers.models` holds no such layer).
+  (no batch statistics: `fedsilo.peers.models` holds no such layer).
 
-Randomness (`privacy.noise_source`): by default the Poisson masks and the noise of both
+Randomness (`fedsilo.privacy.noise_source`): by default the Poisson masks and the noise of both
 backends come from a `SecureNoise` made fresh for each trainer — AES-256-CTR keyed by
 `os.urandom`, with Opacus' `secure_mode` defence against floating-point attacks on the
 Gaussian sampler — so nothing in the job, the host's hands or the model card determines
@@ -54,19 +54,19 @@ its ε is not a privacy guarantee.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from privacy.accounting import Mechanism
-from privacy.errors import ConfigError
-from privacy.noise_source import NoiseSource, SecureNoise, SeededNoise
-from privacy.sampling import expected_batch_size, steps_per_epoch
-from privacy.split_input import SplitInputMLP
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.noise_source import NoiseSource, SecureNoise, SeededNoise
+from fedsilo.privacy.sampling import expected_batch_size, steps_per_epoch
+from fedsilo.privacy.split_input import SplitInputMLP
 
 BACKENDS = ("auto", "ghost", "opacus")
 
@@ -76,8 +76,19 @@ _HOOK_WARNING = "Full backward hook is firing when gradients are computed with r
 
 # Layers that act on each row, and each element, independently and hold no parameter:
 # a per-row loss of a Sequential of these and nn.Linear depends on its own row only.
-_ELEMENTWISE = (nn.Identity, nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
-                nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Dropout)
+_ELEMENTWISE = (
+    nn.Identity,
+    nn.Tanh,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Dropout,
+)
 
 
 @dataclass(frozen=True)
@@ -153,23 +164,38 @@ class _LinearStack:
 
     def __init__(self, stages: list[nn.Module | list[_Part]]) -> None:
         self.stages = stages
-        self.trained = [part for stage in stages if isinstance(stage, list) for part in stage
-                        if _trained(part.layer.weight) or _trained(part.layer.bias)]
-        self._records = [isinstance(stage, list) and any(_is_in(part, self.trained) for part in stage)
-                         for stage in stages]
+        self.trained = [
+            part
+            for stage in stages
+            if isinstance(stage, list)
+            for part in stage
+            if _trained(part.layer.weight) or _trained(part.layer.bias)
+        ]
+        self._records = [
+            isinstance(stage, list) and any(_is_in(part, self.trained) for part in stage) for stage in stages
+        ]
         self.params = [p for part in self.trained for p in (part.layer.weight, part.layer.bias) if _trained(p)]
         sizes = [p.numel() for p in self.params]
         self._flat = torch.empty(sum(sizes), dtype=self.params[0].dtype)
         self._grads = [v.view_as(p) for v, p in zip(self._flat.split(sizes), self.params)]
         grads = iter(self._grads)
         # per recorded stage: its trained parts with (columns, weight gradient view or None, bias view or None)
-        self._views = [[(part.columns, next(grads) if _trained(part.layer.weight) else None,
-                         next(grads) if _trained(part.layer.bias) else None)
-                        for part in stage if _is_in(part, self.trained)]
-                       for stage, record in zip(stages, self._records) if record]
+        self._views = [
+            [
+                (
+                    part.columns,
+                    next(grads) if _trained(part.layer.weight) else None,
+                    next(grads) if _trained(part.layer.bias) else None,
+                )
+                for part in stage
+                if _is_in(part, self.trained)
+            ]
+            for stage, record in zip(stages, self._records)
+            if record
+        ]
 
     @classmethod
-    def of(cls, model: nn.Module) -> "_LinearStack | None":
+    def of(cls, model: nn.Module) -> _LinearStack | None:
         """The fast step for `model`, or None when the ghost identity does not cover it."""
         if type(model) is SplitInputMLP:
             stages = cls._split_input_stages(model)
@@ -205,8 +231,16 @@ class _LinearStack:
             stages += [[_Part(getattr(model, name), None)], nn.Tanh()]
         return [*stages, [_Part(model.head, None)]]
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, max_grad_norm: float,
-             noise_multiplier: float, lr_over_batch: float, noise: NoiseSource) -> torch.Tensor:
+    def step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        loss_fn: nn.Module,
+        max_grad_norm: float,
+        noise_multiplier: float,
+        lr_over_batch: float,
+        noise: NoiseSource,
+    ) -> torch.Tensor:
         """One DP-SGD update of the parameters in place; returns the batch's mean loss.
 
         Everything below is the textbook step divided by C, which lets every constant
@@ -270,8 +304,9 @@ class DPSGDTrainer:
     the module docstring); every backend gives the same guarantee.
     """
 
-    def __init__(self, model: nn.Module, config: DPSGDConfig, *, reproducible_seed: int | None = None,
-                 backend: str = "auto") -> None:
+    def __init__(
+        self, model: nn.Module, config: DPSGDConfig, *, reproducible_seed: int | None = None, backend: str = "auto"
+    ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown DP-SGD backend '{backend}': use one of {', '.join(BACKENDS)}")
         self.model = model
@@ -283,8 +318,10 @@ class DPSGDTrainer:
         if config.private and backend != "opacus":
             self._fast = _LinearStack.of(model)
             if self._fast is None and backend == "ghost":
-                raise ConfigError("the ghost DP-SGD backend needs an nn.Sequential of nn.Linear layers and "
-                                  "element-wise activations: use backend 'auto' or 'opacus'")
+                raise ConfigError(
+                    "the ghost DP-SGD backend needs an nn.Sequential of nn.Linear layers and "
+                    "element-wise activations: use backend 'auto' or 'opacus'"
+                )
         if config.private and self._fast is None:
             self._opacus = self._make_opacus()
 
@@ -307,8 +344,9 @@ class DPSGDTrainer:
         """The backend in use: "ghost", "opacus", or "sgd" when not private."""
         return "ghost" if self._fast else "opacus" if self._opacus else "sgd"
 
-    def train(self, features: torch.Tensor, labels: torch.Tensor, epochs: int,
-              loss_fn: nn.Module | None = None) -> tuple[Mechanism | None, float]:
+    def train(
+        self, features: torch.Tensor, labels: torch.Tensor, epochs: int, loss_fn: nn.Module | None = None
+    ) -> tuple[Mechanism | None, float]:
         """Run `epochs` expected passes; return the mechanism run and the mean loss.
 
         The mechanism is None when training is not private.
@@ -318,8 +356,10 @@ class DPSGDTrainer:
         steps = epochs * steps_per_epoch(q)
         loss_fn = loss_fn or nn.BCEWithLogitsLoss()
         if self.config.private and getattr(loss_fn, "reduction", "mean") != "mean":
-            raise ConfigError("DP-SGD needs a loss averaged over the rows (reduction='mean'): "
-                              "per-sample clipping is calibrated for it")
+            raise ConfigError(
+                "DP-SGD needs a loss averaged over the rows (reduction='mean'): "
+                "per-sample clipping is calibrated for it"
+            )
         if self._fast is not None and features.dim() != 2:
             raise ConfigError(f"DP-SGD on tabular rows needs 2-D features, got shape {tuple(features.shape)}")
         self.model.train()

@@ -2,7 +2,7 @@
 
 A job's step count and the denominator of its noisy average follow from the sample
 rate alone; the job's configuration needs them before any model exists, so they live
-here rather than in `privacy.dpsgd` (which re-exports both).
+here rather than in `fedsilo.privacy.dpsgd` (which re-exports both).
 """
 
 from __future__ import annotations

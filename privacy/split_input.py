@@ -1,7 +1,7 @@
 """The transfer setup's model: an MLP whose first layer is split into a shared and an own block.
 
 It lives here, below `peers`, because the ghost-clipping DP-SGD step
-(`privacy.dpsgd`) computes its forward pass itself and must know it exactly: it takes
+(`fedsilo.privacy.dpsgd`) computes its forward pass itself and must know it exactly: it takes
 this class only by exact type, so no subclass can change what the layers do.
 
     z₁ = tanh(shared_input(x[:, :s]) + input(x[:, s:]))     (input: no bias; absent if no own column)
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 
 class SplitInputMLP(nn.Module):
@@ -42,9 +42,9 @@ class SplitInputMLP(nn.Module):
         self.head = nn.Linear(hidden[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.shared_input(x[:, :self.shared_features])
+        z = self.shared_input(x[:, : self.shared_features])
         if self.input is not None:
-            z = z + self.input(x[:, self.shared_features:])
+            z = z + self.input(x[:, self.shared_features :])
         z = torch.tanh(z)
         for name in self.layer_names:
             z = torch.tanh(getattr(self, name)(z))

@@ -16,13 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from privacy.errors import DataError
-from simulations.config import SimulationConfig
-from simulations.data.loader import read_table_for_training
-from simulations.data.partition import parse_partitioner
-from simulations.data.synthetic import (SIMULATE_RATE_RANGE, consortium_profiles, generate_consortium,
-                                        simulate_total_customers)
-from simulations.population import Population, fingerprint, SyntheticPopulation, TablePopulation
+from fedsilo.errors import DataError
+from fedsilo.simulations.config import SimulationConfig
+from fedsilo.simulations.data.loader import read_table_for_training
+from fedsilo.simulations.data.partition import parse_partitioner
+from fedsilo.simulations.data.synthetic import (
+    SIMULATE_RATE_RANGE,
+    consortium_profiles,
+    generate_consortium,
+    simulate_total_customers,
+)
+from fedsilo.simulations.population import Population, SyntheticPopulation, TablePopulation, fingerprint
 
 MIN_ROWS_PER_BANK = 20
 
@@ -54,14 +58,22 @@ def build_population(config: SimulationConfig, work: Path) -> Population:
     label = config.label_column
     customers = config.customers or simulate_total_customers(config.banks)  # small banks with few defaults
     if config.data is None and not config.partition:
-        return SyntheticPopulation(seed=config.seed, profiles=consortium_profiles(
-            config.banks, config.seed, customers, SIMULATE_RATE_RANGE))
+        return SyntheticPopulation(
+            seed=config.seed, profiles=consortium_profiles(config.banks, config.seed, customers, SIMULATE_RATE_RANGE)
+        )
     if config.data is None:
-        table = pd.concat(generate_consortium(config.banks, seed=config.seed, total_customers=customers,
-                                              rates=SIMULATE_RATE_RANGE), ignore_index=True)
+        table = pd.concat(
+            generate_consortium(config.banks, seed=config.seed, total_customers=customers, rates=SIMULATE_RATE_RANGE),
+            ignore_index=True,
+        )
     else:
-        loaded = read_table_for_training(config.data, label=label, id_column=config.id_column,
-                                         positive=config.positive, keep_columns=config.keep_columns)
+        loaded = read_table_for_training(
+            config.data,
+            label=label,
+            id_column=config.id_column,
+            positive=config.positive,
+            keep_columns=config.keep_columns,
+        )
         table = loaded.frame
         if len(table) < config.banks:
             raise DataError(f"{config.data} has {len(table)} rows for {config.banks} banks: use fewer banks")
@@ -69,19 +81,28 @@ def build_population(config: SimulationConfig, work: Path) -> Population:
     work.mkdir(parents=True, exist_ok=True)
     table_path = work / "table.parquet"
     table.to_parquet(table_path, index=False)
-    report = {} if config.data is None else {"label_mapping": loaded.label_mapping,
-                                             "dropped_columns": loaded.dropped_columns,
-                                             "warnings": list(loaded.warnings)}
-    return TablePopulation(seed=config.seed, table_path=str(table_path), parts=[np.sort(p) for p in parts],
-                           load_report=report)
+    report = (
+        {}
+        if config.data is None
+        else {
+            "label_mapping": loaded.label_mapping,
+            "dropped_columns": loaded.dropped_columns,
+            "warnings": list(loaded.warnings),
+        }
+    )
+    return TablePopulation(
+        seed=config.seed, table_path=str(table_path), parts=[np.sort(p) for p in parts], load_report=report
+    )
 
 
 def check_bank(bank: Bank, label: str) -> None:
     """Refuse a bank that cannot train and be evaluated on its own rows."""
     rows = len(bank.frame)
     if rows < MIN_ROWS_PER_BANK:
-        raise DataError(f"{bank.name} has {rows} rows (at least {MIN_ROWS_PER_BANK} needed): "
-                        "use fewer banks or a larger partition alpha")
+        raise DataError(
+            f"{bank.name} has {rows} rows (at least {MIN_ROWS_PER_BANK} needed): "
+            "use fewer banks or a larger partition alpha"
+        )
     classes = bank.frame[label].nunique()
     if classes < 2:
         raise DataError(f"{bank.name} has only one class of '{label}': use fewer banks or a larger dirichlet alpha")

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from peers.client.local_training import evaluate_weights, train_round
-from peers.data.bank import BankTensors
-from peers.evaluation import evaluate, predict_proba
-from peers.job import JobConfig
-from peers.models import build_model, get_weights, set_weights
+from fedsilo.peers.client.local_training import evaluate_weights, train_round
+from fedsilo.peers.data.bank import BankTensors
+from fedsilo.peers.evaluation import evaluate, predict_proba
+from fedsilo.peers.job import JobConfig
+from fedsilo.peers.models import build_model, get_weights, set_weights
 
 CENTRAL_EPOCHS = 20
 CENTRAL_BATCH = 256
@@ -57,8 +57,7 @@ def centralized(job: JobConfig, train: BankTensors, test_x: torch.Tensor, test_y
     return {**evaluate(model, test_x, test_y), "probabilities": predict_proba(model, test_x)}
 
 
-def local_only(job: JobConfig, bank: int, data: BankTensors, test_x: torch.Tensor,
-               test_y: torch.Tensor) -> LocalOnly:
+def local_only(job: JobConfig, bank: int, data: BankTensors, test_x: torch.Tensor, test_y: torch.Tensor) -> LocalOnly:
     """Bank `bank` running the federation's training schedule alone."""
     weights = get_weights(build_model(job.model, data.x_train.shape[1], seed=job.train.seed))
     history, epsilon = [], 0.0
@@ -71,13 +70,16 @@ def local_only(job: JobConfig, bank: int, data: BankTensors, test_x: torch.Tenso
     set_weights(model, weights)
     pooled = evaluate(model, test_x, test_y)["auc"]
     own = evaluate_weights(job, data, weights)["auc"]
-    return LocalOnly(bank=bank, auc_pooled=pooled, auc_own=own, epsilon=epsilon,
-                     pooled_probabilities=predict_proba(model, test_x))
+    return LocalOnly(
+        bank=bank, auc_pooled=pooled, auc_own=own, epsilon=epsilon, pooled_probabilities=predict_proba(model, test_x)
+    )
 
 
 def pooled(tensors: list[BankTensors]) -> BankTensors:
     """All banks' rows concatenated (simulation yardsticks only)."""
     return BankTensors(
-        torch.cat([t.x_train for t in tensors]), torch.cat([t.y_train for t in tensors]),
-        torch.cat([t.x_test for t in tensors]), torch.cat([t.y_test for t in tensors]),
+        torch.cat([t.x_train for t in tensors]),
+        torch.cat([t.y_train for t in tensors]),
+        torch.cat([t.x_test for t in tensors]),
+        torch.cat([t.y_test for t in tensors]),
     )

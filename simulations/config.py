@@ -22,14 +22,15 @@ generator. Unknown sections or keys, and values of the wrong type, raise
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
-from peers.model_spec import ModelSpec
-from privacy.errors import ConfigError
-from peers.toml_file import read_toml
+from fedsilo.errors import ConfigError
+from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
+from fedsilo.peers.model_spec import ModelSpec
+from fedsilo.peers.toml_file import read_toml
 
 COMPARISONS = ("centralized", "local", "common")
 SETUPS = ("horizontal", "transfer")
@@ -136,14 +137,20 @@ class SimulationConfig:
         if self.setup not in SETUPS:
             raise ConfigError(f"--setup '{self.setup}' is unknown: use {' or '.join(SETUPS)}")
         if self.setup == "transfer" and "centralized" in self.yardsticks:
-            raise ConfigError("--compare centralized needs one schema for all banks: with --setup transfer use local,common")
+            raise ConfigError(
+                "--compare centralized needs one schema for all banks: with --setup transfer use local,common"
+            )
         if self.setup == "horizontal" and "common" in self.yardsticks:
             raise ConfigError("--compare common is the transfer setup's yardstick: use centralized,local here")
         if self.setup == "transfer" and self.model != "mlp":
-            raise ConfigError("--setup transfer needs --model mlp: its first layer is each institution's private encoder")
+            raise ConfigError(
+                "--setup transfer needs --model mlp: its first layer is each institution's private encoder"
+            )
         if self.setup == "transfer" and self.data is not None and not self.scenario:
-            raise ConfigError("--setup transfer with --data needs --scenario FILE.toml (or 'uci' for the UCI "
-                              "credit-card file) declaring each institution's columns")
+            raise ConfigError(
+                "--setup transfer with --data needs --scenario FILE.toml (or 'uci' for the UCI "
+                "credit-card file) declaring each institution's columns"
+            )
         if self.banks < 1:
             raise ConfigError(f"--banks must be ≥ 1 (got {self.banks})")
         if self.customers is not None and self.customers < 1:
@@ -154,25 +161,33 @@ class SimulationConfig:
         if self.data is not None and not self.label and self.setup != "transfer":
             raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round")
+            raise ConfigError(
+                f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round"
+            )
         if self.audit and self.setup != "horizontal":
             raise ConfigError("--audit supports the horizontal setup only (one model, one encoder)")
         if self.sample is not None:
             if isinstance(self.sample, float) and not 0.0 < self.sample <= 1.0:
-                raise ConfigError(f"--sample {self.sample}: a fraction of the banks must be in (0, 1]; "
-                                  "give a whole number for a count of banks")
+                raise ConfigError(
+                    f"--sample {self.sample}: a fraction of the banks must be in (0, 1]; "
+                    "give a whole number for a count of banks"
+                )
             if isinstance(self.sample, int) and not 1 <= self.sample <= self.banks:
                 raise ConfigError(f"--sample {self.sample}: sample between 1 and the {self.banks} banks per round")
         if not (self.cpus_per_bank > 0):
             raise ConfigError(f"--cpus-per-bank must be > 0 (got {self.cpus_per_bank}), e.g. 1 or 0.5")
         if self.dropout_concentration < 0:
-            raise ConfigError(f"--dropout-concentration must be ≥ 0 (got {self.dropout_concentration}); "
-                              "0 gives every bank the same dropout probability")
+            raise ConfigError(
+                f"--dropout-concentration must be ≥ 0 (got {self.dropout_concentration}); "
+                "0 gives every bank the same dropout probability"
+            )
         if self.yardstick_banks < 1:
             raise ConfigError(f"--yardstick-banks must be ≥ 1 (got {self.yardstick_banks})")
         if self.overlap is not None and (self.setup != "transfer" or not 0.0 <= self.overlap < 1.0):
-            raise ConfigError(f"--overlap {self.overlap}: customers shared between institutions apply to "
-                              "--setup transfer, as a probability in [0, 1)")
+            raise ConfigError(
+                f"--overlap {self.overlap}: customers shared between institutions apply to "
+                "--setup transfer, as a probability in [0, 1)"
+            )
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         if self.data is None and (self.positive is not None or self.keep_columns):
@@ -206,21 +221,52 @@ class SimulationConfig:
     def label_column(self) -> str:
         return self.label if self.data is not None else (self.label or SYNTHETIC_LABEL)
 
-    def job(self, encoder_path: str = "", banks_dir: str = "", job_id: str = "simulation",
-            max_weight: float = SecAggSpec.max_weight, public_rows: int = 1, shared_features: int = 0) -> JobConfig:
+    def job(
+        self,
+        encoder_path: str = "",
+        banks_dir: str = "",
+        job_id: str = "simulation",
+        max_weight: float = SecAggSpec.max_weight,
+        public_rows: int = 1,
+        shared_features: int = 0,
+    ) -> JobConfig:
         """The job every simulated bank runs; `max_weight` bounds a bank's training rows."""
         return JobConfig(
-            label=self.label_column, encoder_path=encoder_path, banks_dir=banks_dir, job_id=job_id,
-            strategy=self.strategy, peers=self.banks, sample=self.per_round, public_rows=public_rows,
-            shared=self.shared_parameters, freeze=tuple(self.freeze), base_model=self.base_model or "",
+            label=self.label_column,
+            encoder_path=encoder_path,
+            banks_dir=banks_dir,
+            job_id=job_id,
+            strategy=self.strategy,
+            peers=self.banks,
+            sample=self.per_round,
+            public_rows=public_rows,
+            shared=self.shared_parameters,
+            freeze=tuple(self.freeze),
+            base_model=self.base_model or "",
             model=ModelSpec(kind=self.model, hidden=tuple(self.hidden), shared_features=shared_features),
-            train=TrainSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
-                            lr=self.lr, seed=self.seed, test_fraction=self.test_fraction),
-            dp=DPSpec(mode=self.dp_mode, epsilon=self.epsilon, delta=self.delta,
-                      max_grad_norm=self.max_grad_norm, accountant=self.accountant, reproducible=self.reproducible),
-            secagg=SecAggSpec(mode=self.secure_aggregation, clip=self.secagg_clip, max_weight=max_weight,
-                              dropout_fraction=self.secagg_dropout_fraction,
-                              collusion_fraction=self.secagg_collusion_fraction),
+            train=TrainSpec(
+                rounds=self.rounds,
+                local_epochs=self.local_epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                seed=self.seed,
+                test_fraction=self.test_fraction,
+            ),
+            dp=DPSpec(
+                mode=self.dp_mode,
+                epsilon=self.epsilon,
+                delta=self.delta,
+                max_grad_norm=self.max_grad_norm,
+                accountant=self.accountant,
+                reproducible=self.reproducible,
+            ),
+            secagg=SecAggSpec(
+                mode=self.secure_aggregation,
+                clip=self.secagg_clip,
+                max_weight=max_weight,
+                dropout_fraction=self.secagg_dropout_fraction,
+                collusion_fraction=self.secagg_collusion_fraction,
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,7 +280,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         return _sample(value, where)
     if name == "positive":
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where} must be one label value, e.g. \"bad\" or 1, got {value!r}")
+            raise ConfigError(f'{where} must be one label value, e.g. "bad" or 1, got {value!r}')
         return str(value).lower() if isinstance(value, bool) else str(value)
     if name in ("compare", "hidden", "shared", "freeze", "keep_columns"):
         items = value.split(",") if isinstance(value, str) else value
@@ -269,8 +315,9 @@ def _sample(value: Any, where: str) -> int | float:
         try:
             return int(text) if text.lstrip("+-").isdigit() else float(text)
         except ValueError:
-            raise ConfigError(f"{where} must be a count of banks (e.g. 100) or a fraction (e.g. 0.1), "
-                              f"got {value!r}") from None
+            raise ConfigError(
+                f"{where} must be a count of banks (e.g. 100) or a fraction (e.g. 0.1), got {value!r}"
+            ) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} must be a count of banks (e.g. 100) or a fraction (e.g. 0.1), got {value!r}")
     return value

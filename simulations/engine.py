@@ -1,9 +1,9 @@
 """Runs a job on Flower's Simulation Engine (Ray actors, one virtual SuperNode per bank).
 
 The ClientApp is the very one a real peer runs; its run config reaches it through a
-Flower App descriptor (`peers.flower_app`) exactly as under the Deployment Engine.
+Flower App descriptor (`fedsilo.peers.flower_app`) exactly as under the Deployment Engine.
 A job with secure aggregation gets a simulated consortium (a CA, a signed manifest,
-one key and certificate per bank, `peers.identity.round_keys`), so the banks sign and
+one key and certificate per bank, `fedsilo.peers.identity.round_keys`), so the banks sign and
 verify SecAgg+ keys and survivor lists as deployed peers do, at the same cost.
 
 Flower 1.41's public `run_simulation` takes no run config, so this calls the function
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flwr.clientapp import ClientApp
 from flwr.common.logger import LOGGER_NAME
@@ -26,8 +27,8 @@ from flwr.serverapp import ServerApp
 from flwr.simulation.run_simulation import _run_simulation
 from flwr.supercore.telemetry import EventType
 
-from peers.flower_app import write_app_descriptor
-from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium
+from fedsilo.peers.flower_app import write_app_descriptor
+from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,16 @@ def backend_config(settings: EngineSettings = EngineSettings()) -> dict[str, Any
     return {"client_resources": {"num_cpus": settings.cpus_per_bank, "num_gpus": 0.0}, "init_args": init_args}
 
 
-def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks: int,
-                          run_config: Mapping[str, Any], app_dir: Path, version: str,
-                          settings: EngineSettings = EngineSettings(),
-                          verbose: bool = os.environ.get("FEDSILO_VERBOSE") == "1") -> None:
+def run_flower_simulation(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    n_banks: int,
+    run_config: Mapping[str, Any],
+    app_dir: Path,
+    version: str,
+    settings: EngineSettings = EngineSettings(),
+    verbose: bool = os.environ.get("FEDSILO_VERBOSE") == "1",
+) -> None:
     """Run `server_app` against `n_banks` virtual SuperNodes running `client_app`."""
     if str(run_config.get("secagg.mode", "on")) == "on" and not run_config.get(SIMULATED_IDENTITY_KEY):
         consortium = simulated_consortium(Path(app_dir).parent / "consortium", n_banks)
@@ -69,8 +76,6 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n_banks:
     previous = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here: keep Ray quiet about it
     try:
         _run_simulation(
             num_supernodes=n_banks,

@@ -5,7 +5,7 @@ banks in the horizontal setup, one per bank in the transfer setup) and the pickl
 population where the banks' ClientApps read them, runs the job host and the peers on
 the engine, and commits what each bank's accountant says it spent. Each bank writes
 its own table and reserves the job's planned (ε, δ) in its ledger the first time it is
-sampled (`simulations.lazy_banks`); a bank never sampled is never built and never
+sampled (`fedsilo.simulations.lazy_banks`); a bank never sampled is never built and never
 appears in the ledger. A bank's spending is accounted per participation: a bank
 sampled in fewer rounds commits fewer mechanisms (no amplification by the host's
 sampling is claimed).
@@ -19,18 +19,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from peers.client.app import build_client_app
-from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig
-from peers.server.host import EvaluateFn, HostedRun, JobHost, server_app
-from privacy.accounting import Mechanism
-from privacy.errors import FedsiloError
-from privacy.ledger import SQLiteLedger
-from simulations.engine import EngineSettings, run_flower_simulation
-from simulations.faults import DROPOUT_CONCENTRATION_KEY, DROPOUT_KEY, dropout_mod
-from simulations.lazy_banks import LEDGER_KEY, POPULATION_KEY, facts_path, ledger_mod, materialize_mod
-from simulations.population import Population, bank_name
-from simulations.progress import Progress
+from fedsilo.errors import FedsiloError
+from fedsilo.peers.client.app import build_client_app
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.job import JobConfig
+from fedsilo.peers.server.host import EvaluateFn, HostedRun, JobHost, server_app
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.ledger import SQLiteLedger
+from fedsilo.simulations.engine import EngineSettings, run_flower_simulation
+from fedsilo.simulations.faults import DROPOUT_CONCENTRATION_KEY, DROPOUT_KEY, dropout_mod
+from fedsilo.simulations.lazy_banks import LEDGER_KEY, POPULATION_KEY, facts_path, ledger_mod, materialize_mod
+from fedsilo.simulations.population import Population, bank_name
+from fedsilo.simulations.progress import Progress
 
 
 @dataclass
@@ -58,10 +58,20 @@ def fedsilo_version() -> str:
         return "0+unknown"
 
 
-def run_federation(job: JobConfig, population: Population, encoders: list[TabularEncoder], work: Path,
-                   ledger_path: Path, progress: Progress, dropout: float = 0.0, dropout_concentration: float = 0.0,
-                   evaluate_fn: EvaluateFn | None = None, title: str = "Training",
-                   engine: EngineSettings = EngineSettings(), private_dir: Path | None = None) -> FederationRun:
+def run_federation(
+    job: JobConfig,
+    population: Population,
+    encoders: list[TabularEncoder],
+    work: Path,
+    ledger_path: Path,
+    progress: Progress,
+    dropout: float = 0.0,
+    dropout_concentration: float = 0.0,
+    evaluate_fn: EvaluateFn | None = None,
+    title: str = "Training",
+    engine: EngineSettings = EngineSettings(),
+    private_dir: Path | None = None,
+) -> FederationRun:
     """Run `job` (its data paths are filled in here) over `population`; see the module docstring.
 
     In transfer setups each bank keeps its private weights in `private_dir` (default
@@ -88,15 +98,23 @@ def run_federation(job: JobConfig, population: Population, encoders: list[Tabula
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
     SQLiteLedger(ledger_path).close()  # the file exists before any bank reserves in it
     per_round = f", {job.sample} sampled per round" if job.sample < job.peers else ""
-    progress.stage(f"{title}: {job.peers} banks × {job.train.rounds} rounds{per_round} on Flower's Simulation Engine"
-                   + (f" (Ray cluster {engine.ray_address})" if engine.ray_address else ""))
+    progress.stage(
+        f"{title}: {job.peers} banks × {job.train.rounds} rounds{per_round} on Flower's Simulation Engine"
+        + (f" (Ray cluster {engine.ray_address})" if engine.ray_address else "")
+    )
     progress.start_rounds(job.train.rounds)
     client_app = build_client_app([dropout_mod, materialize_mod, ledger_mod])
-    run_config = {**job.to_run_config(), DROPOUT_KEY: dropout, DROPOUT_CONCENTRATION_KEY: dropout_concentration,
-                  POPULATION_KEY: str(population_path), LEDGER_KEY: str(ledger_path) if job.dp.private else ""}
+    run_config = {
+        **job.to_run_config(),
+        DROPOUT_KEY: dropout,
+        DROPOUT_CONCENTRATION_KEY: dropout_concentration,
+        POPULATION_KEY: str(population_path),
+        LEDGER_KEY: str(ledger_path) if job.dp.private else "",
+    }
     try:
-        run_flower_simulation(server_app(host), client_app, job.peers, run_config, work / "app",
-                              fedsilo_version(), engine)
+        run_flower_simulation(
+            server_app(host), client_app, job.peers, run_config, work / "app", fedsilo_version(), engine
+        )
     finally:
         progress.finish_rounds()
     outcome = _check_outcome(host.outcome)
@@ -140,6 +158,7 @@ def _spent_per_bank(outcome: HostedRun) -> dict[int, list[Mechanism]]:
     for server_round in sorted(outcome.strategy.train):
         for metrics in outcome.strategy.train[server_round]:
             if metrics.get("dp-steps", 0) > 0:
-                spent.setdefault(int(metrics["bank"]), []).append(Mechanism(
-                    float(metrics["dp-noise"]), float(metrics["dp-sample-rate"]), int(metrics["dp-steps"])))
+                spent.setdefault(int(metrics["bank"]), []).append(
+                    Mechanism(float(metrics["dp-noise"]), float(metrics["dp-sample-rate"]), int(metrics["dp-steps"]))
+                )
     return spent

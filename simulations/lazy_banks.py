@@ -26,12 +26,12 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from peers.client.app import bank_data, bank_index
-from peers.data.bank import split_rows
-from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
-from privacy.errors import FedsiloError, LedgerError
-from privacy.ledger import SQLiteLedger
-from simulations.population import bank_name, fingerprint, load_population
+from fedsilo.errors import FedsiloError, LedgerError
+from fedsilo.peers.client.app import bank_data, bank_index
+from fedsilo.peers.data.bank import split_rows
+from fedsilo.peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
+from fedsilo.privacy.ledger import SQLiteLedger
+from fedsilo.simulations.population import bank_name, fingerprint, load_population
 
 POPULATION_KEY = "sim.population"
 LEDGER_KEY = "sim.ledger"
@@ -43,8 +43,7 @@ def facts_path(banks_dir: Path, index: int) -> Path:
     return banks_dir / f"{bank_name(index)}.json"
 
 
-def materialize(population_path: str, banks_dir: Path, index: int, label: str, test_fraction: float,
-                seed: int) -> Path:
+def materialize(population_path: str, banks_dir: Path, index: int, label: str, test_fraction: float, seed: int) -> Path:
     """Write bank `index`'s table and facts file once (atomically); return the table's path."""
     table = banks_dir / f"{bank_name(index)}.parquet"
     if table.exists():
@@ -52,10 +51,17 @@ def materialize(population_path: str, banks_dir: Path, index: int, label: str, t
     population = load_population(population_path)
     frame = population.frame(index)
     train, test = split_rows(frame, label, test_fraction, seed)
-    facts = {"name": bank_name(index), "title": population.title(index), "rows": len(frame),
-             "rows_train": len(train), "rows_test": len(test),
-             "default_rate": round(float(frame[label].mean()), 4), "data_sha256": fingerprint(frame),
-             "train_positions": train.tolist(), "test_positions": test.tolist()}
+    facts = {
+        "name": bank_name(index),
+        "title": population.title(index),
+        "rows": len(frame),
+        "rows_train": len(train),
+        "rows_test": len(test),
+        "default_rate": round(float(frame[label].mean()), 4),
+        "data_sha256": fingerprint(frame),
+        "train_positions": train.tolist(),
+        "test_positions": test.tolist(),
+    }
     partial = table.with_suffix(f".{os.getpid()}.partial")
     frame.to_parquet(partial, index=False)
     facts_path(banks_dir, index).write_text(json.dumps(facts))
@@ -68,8 +74,14 @@ def materialize_mod(msg: Message, context: Context, call_next: ClientAppCallable
     population = context.run_config.get(POPULATION_KEY)
     if population:
         config = context.run_config
-        materialize(str(population), Path(str(config["data.banks-dir"])), bank_index(context),
-                    str(config["data.label"]), float(config["train.test-fraction"]), int(config["train.seed"]))
+        materialize(
+            str(population),
+            Path(str(config["data.banks-dir"])),
+            bank_index(context),
+            str(config["data.label"]),
+            float(config["train.test-fraction"]),
+            int(config["train.seed"]),
+        )
     return call_next(msg, context)
 
 

@@ -4,7 +4,7 @@ A `Population` knows, for every institution, the public facts a consortium would
 before a job (how many rows it holds, its dropout probability) and can produce one
 institution's table on demand, without building any other. The simulation harness
 pickles it to a file; each institution's table is written to disk by the institution
-itself the first time it is sampled (`simulations.lazy_banks`), so with 10,000 banks
+itself the first time it is sampled (`fedsilo.simulations.lazy_banks`), so with 10,000 banks
 only the sampled ones ever exist.
 
 - `SyntheticPopulation`: the embedded generator. Sizes are log-normal (heavy-tailed),
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from privacy.errors import ConfigError
-from simulations.data.synthetic import BankProfile, generate_bank
+from fedsilo.errors import ConfigError
+from fedsilo.simulations.data.synthetic import BankProfile, generate_bank
 
 _DROPOUT_STREAM = 0xD0D0
 

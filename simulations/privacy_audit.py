@@ -1,7 +1,7 @@
 """`fedsilo audit-privacy RUN_DIR`: measure what a finished run's model leaks.
 
 Three measurements, all run in this process against the run's own model and data
-(`privacy.audit` holds the attacks; this module only wires them to a run folder):
+(`fedsilo.privacy.audit` holds the attacks; this module only wires them to a run folder):
 
 1. Membership inference against the final model, for every bank: members are a
    sample of the bank's training rows, non-members half of its held-out rows; the
@@ -18,7 +18,7 @@ Three measurements, all run in this process against the run's own model and data
    are not put into the released model: a replay at one bank is the mechanism whose ε
    the bank claims (its released updates), without the other banks' contributions.
    A lower bound above the claimed ε raises `PrivacyAuditFailed` after the card is written.
-3. The mechanism check (`peers.mechanism_check`, local DP): one noisy step of the same
+3. The mechanism check (`fedsilo.peers.mechanism_check`, local DP): one noisy step of the same
    bank replayed twice from the same inputs, and once more as the host would recompute
    it from the job's public values; the replays must differ by the planned noise scale
    √2·lr·σ·C/n (χ² interval) and the host's guess by as much. A canary audit of the
@@ -49,23 +49,23 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
-from peers.client.local_training import limit_threads, train_round
-from peers.data.bank import BankTensors
-from peers.data.encoding import TabularEncoder
-from peers.job import JobConfig, plan_dp
-from peers.mechanism_check import check_mechanism
-from peers.models import build_model, get_weights, set_weights
-from privacy.accounting import Mechanism
-from privacy.audit import membership, one_run, reconstruction
-from privacy.audit.roc import advantage_bound
-from privacy.errors import DataError, PrivacyAuditFailed
-from privacy.secagg import SecAggConfig
-from simulations.banks import build_population
-from simulations.config import SimulationConfig
-from simulations.population import bank_name, fingerprint
-from simulations.progress import Progress
-from simulations.report.card import sha256_file, write_card
-from simulations.report.plots import plot_privacy_audit
+from fedsilo.errors import DataError, PrivacyAuditFailed
+from fedsilo.peers.client.local_training import limit_threads, train_round
+from fedsilo.peers.data.bank import BankTensors
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.job import JobConfig, plan_dp
+from fedsilo.peers.mechanism_check import check_mechanism
+from fedsilo.peers.models import build_model, get_weights, set_weights
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.audit import membership, one_run, reconstruction
+from fedsilo.privacy.audit.roc import advantage_bound
+from fedsilo.privacy.secagg import SecAggConfig
+from fedsilo.simulations.banks import build_population
+from fedsilo.simulations.config import SimulationConfig
+from fedsilo.simulations.population import bank_name, fingerprint
+from fedsilo.simulations.progress import Progress
+from fedsilo.simulations.report.card import sha256_file, write_card
+from fedsilo.simulations.report.plots import plot_privacy_audit
 
 SPLIT_FILE = "membership_split.json"
 PLOT_FILE = "privacy_audit.png"
@@ -108,25 +108,43 @@ class BankSplit:
 
 # --------------------------------------------------------------------------- the split file
 
-def write_membership_split(path: Path, banks: list[tuple[int, dict[str, Any]]], test_fraction: float,
-                           seed: int) -> None:
+
+def write_membership_split(
+    path: Path, banks: list[tuple[int, dict[str, Any]]], test_fraction: float, seed: int
+) -> None:
     """Record, for the banks that trained, which rows trained the model (no row values).
 
     `banks` pairs each such bank's index with its facts file, in which the bank wrote
-    the split it made when it was built (`simulations.lazy_banks.materialize`).
+    the split it made when it was built (`fedsilo.simulations.lazy_banks.materialize`).
     """
-    entries = [{"index": index, "name": facts["name"], "data_sha256": facts["data_sha256"], "rows": facts["rows"],
-                "train_rows": facts["train_positions"], "test_rows": facts["test_positions"]}
-               for index, facts in banks]
-    path.write_text(json.dumps({
-        "schema": SPLIT_SCHEMA,
-        "purpose": "privacy self-audit only (fedsilo audit-privacy): which rows of each bank's table trained the "
-                   "model (members) and which were held out (non-members); positions only, no row values",
-        "test_fraction": test_fraction, "seed": seed, "banks": entries,
-    }) + "\n")
+    entries = [
+        {
+            "index": index,
+            "name": facts["name"],
+            "data_sha256": facts["data_sha256"],
+            "rows": facts["rows"],
+            "train_rows": facts["train_positions"],
+            "test_rows": facts["test_positions"],
+        }
+        for index, facts in banks
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "schema": SPLIT_SCHEMA,
+                "purpose": "privacy self-audit only (fedsilo audit-privacy): which rows of each bank's table trained the "
+                "model (members) and which were held out (non-members); positions only, no row values",
+                "test_fraction": test_fraction,
+                "seed": seed,
+                "banks": entries,
+            }
+        )
+        + "\n"
+    )
 
 
 # --------------------------------------------------------------------------- reading a run
+
 
 @dataclass(frozen=True)
 class RunUnderAudit:
@@ -148,35 +166,48 @@ def load_run(run_dir: str | Path) -> RunUnderAudit:
         raise DataError(f"{path} is not a run folder: give the folder `fedsilo simulate` printed")
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
-        hint = (" (runs made before the privacy audit existed do not keep it: run `fedsilo simulate` again)"
-                if missing == [SPLIT_FILE] else "")
-        raise DataError(f"{path} lacks {', '.join(missing)}: it is not a finished horizontal `fedsilo simulate` "
-                        f"run folder{hint}")
+        hint = (
+            " (runs made before the privacy audit existed do not keep it: run `fedsilo simulate` again)"
+            if missing == [SPLIT_FILE]
+            else ""
+        )
+        raise DataError(
+            f"{path} lacks {', '.join(missing)}: it is not a finished horizontal `fedsilo simulate` run folder{hint}"
+        )
     try:
         card = json.loads((path / "model_card.json").read_text())
         split = json.loads((path / SPLIT_FILE).read_text())
         config_values = dict(card["job"]["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: model_card.json or {SPLIT_FILE} is not readable ({exc}): "
-                        "the run folder was modified; run `fedsilo simulate` again") from None
+        raise DataError(
+            f"{path}: model_card.json or {SPLIT_FILE} is not readable ({exc}): "
+            "the run folder was modified; run `fedsilo simulate` again"
+        ) from None
     if split.get("schema") != SPLIT_SCHEMA:
         raise DataError(f"{path / SPLIT_FILE} has schema {split.get('schema')!r}, expected {SPLIT_SCHEMA}")
     for name, key in (("model.safetensors", "model"), ("encoder.json", "encoder")):
         recorded = card.get("artifacts", {}).get(key, {}).get("sha256")
         if recorded != sha256_file(path / name):
-            raise DataError(f"{path / name} does not match the SHA-256 in model_card.json: the artefact was "
-                            "changed after the run; audit the run as it was released")
+            raise DataError(
+                f"{path / name} does not match the SHA-256 in model_card.json: the artefact was "
+                "changed after the run; audit the run as it was released"
+            )
     try:
         config = SimulationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config_values.items()})
     except TypeError as exc:
-        raise DataError(f"{path}/model_card.json has a job configuration this fedsilo cannot read ({exc}): "
-                        "audit it with the fedsilo version that made it") from None
+        raise DataError(
+            f"{path}/model_card.json has a job configuration this fedsilo cannot read ({exc}): "
+            "audit it with the fedsilo version that made it"
+        ) from None
     if config.setup != "horizontal":
-        raise DataError("the privacy audit supports horizontal runs (one model, one encoder); this run is a "
-                        f"{config.setup} run")
+        raise DataError(
+            f"the privacy audit supports horizontal runs (one model, one encoder); this run is a {config.setup} run"
+        )
     if config.data is not None and not Path(config.data).is_file():
-        raise DataError(f"the run's data file {config.data} is not found from {Path.cwd()}: the audit rebuilds each "
-                        "bank from it; run the audit from the directory the run was made in, with the file in place")
+        raise DataError(
+            f"the run's data file {config.data} is not found from {Path.cwd()}: the audit rebuilds each "
+            "bank from it; run the audit from the directory the run was made in, with the file in place"
+        )
     encoder = TabularEncoder.from_json((path / "encoder.json").read_text())
     splits = []
     with tempfile.TemporaryDirectory(prefix="fedsilo-audit-") as work:
@@ -187,13 +218,17 @@ def load_run(run_dir: str | Path) -> RunUnderAudit:
                 raise DataError(f"{SPLIT_FILE} names bank {index}, the run's data gives {population.n_banks} banks")
             frame = population.frame(index)
             if entry["data_sha256"] != fingerprint(frame):
-                raise DataError(f"{bank_name(index)}'s table rebuilt from {config.data or 'the synthetic generator'} "
-                                "does not match its fingerprint in the run: the data changed since the run; audit "
-                                "it with the data it was trained on")
+                raise DataError(
+                    f"{bank_name(index)}'s table rebuilt from {config.data or 'the synthetic generator'} "
+                    "does not match its fingerprint in the run: the data changed since the run; audit "
+                    "it with the data it was trained on"
+                )
             features, labels = encoder.transform(frame)
             x, y = torch.from_numpy(features), torch.from_numpy(labels)
-            train, test = (torch.as_tensor(entry["train_rows"], dtype=torch.long),
-                           torch.as_tensor(entry["test_rows"], dtype=torch.long))
+            train, test = (
+                torch.as_tensor(entry["train_rows"], dtype=torch.long),
+                torch.as_tensor(entry["test_rows"], dtype=torch.long),
+            )
             splits.append(BankSplit(bank_name(index), x[train], y[train], x[test], y[test]))
     job = config.job(job_id=card.get("run", "audit"))
     model = build_model(job.model, encoder.n_features)
@@ -203,14 +238,16 @@ def load_run(run_dir: str | Path) -> RunUnderAudit:
 
 # --------------------------------------------------------------------------- 1. membership inference
 
+
 def _logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     model.eval()
     with torch.no_grad():
         return model(x).squeeze(-1).double().numpy()
 
 
-def train_locally(job: JobConfig, x: torch.Tensor, y: torch.Tensor, weights: dict[str, np.ndarray],
-                  bank_seed: int) -> dict[str, np.ndarray]:
+def train_locally(
+    job: JobConfig, x: torch.Tensor, y: torch.Tensor, weights: dict[str, np.ndarray], bank_seed: int
+) -> dict[str, np.ndarray]:
     """One bank's training over the job's schedule, alone (the code its ClientApp runs)."""
     data = BankTensors(x, y, x[:0], y[:0])
     history: list[Mechanism] = []
@@ -222,8 +259,13 @@ def train_locally(job: JobConfig, x: torch.Tensor, y: torch.Tensor, weights: dic
     return weights
 
 
-def membership_inference(job: JobConfig, model: torch.nn.Module, splits: list[BankSplit], settings: AuditSettings,
-                         progress: Progress | None = None) -> tuple[membership.AttackResult, membership.AttackResult]:
+def membership_inference(
+    job: JobConfig,
+    model: torch.nn.Module,
+    splits: list[BankSplit],
+    settings: AuditSettings,
+    progress: Progress | None = None,
+) -> tuple[membership.AttackResult, membership.AttackResult]:
     """Loss-threshold and calibrated attacks on every bank's rows, pooled (see the module docstring).
 
     Reference models are the job's model trained without DP (they are never released;
@@ -234,14 +276,17 @@ def membership_inference(job: JobConfig, model: torch.nn.Module, splits: list[Ba
     scores: dict[str, list[np.ndarray]] = {"loss": [], "calibrated": [], "loss_out": [], "calibrated_out": []}
     for b, split in enumerate(splits):
         if progress:
-            progress.stage(f"Membership inference: {split.name} ({b + 1}/{len(splits)}), "
-                           f"{settings.reference_models} reference models")
+            progress.stage(
+                f"Membership inference: {split.name} ({b + 1}/{len(splits)}), "
+                f"{settings.reference_models} reference models"
+            )
         held_out = rng.permutation(split.x_nonmembers.shape[0])
-        reference, evaluation = held_out[: len(held_out) // 2], held_out[len(held_out) // 2:]
+        reference, evaluation = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]
         if len(reference) < 2 or len(evaluation) < 1:
             continue
-        members = rng.choice(split.x_members.shape[0], size=min(len(evaluation), split.x_members.shape[0]),
-                             replace=False)
+        members = rng.choice(
+            split.x_members.shape[0], size=min(len(evaluation), split.x_members.shape[0]), replace=False
+        )
         x = torch.cat([split.x_members[members], split.x_nonmembers[evaluation]])
         y = torch.cat([split.y_members[members], split.y_nonmembers[evaluation]])
         target = _logits(model, x)
@@ -249,8 +294,9 @@ def membership_inference(job: JobConfig, model: torch.nn.Module, splits: list[Ba
         for k in range(settings.reference_models):
             half = rng.choice(reference, size=max(1, len(reference) // 2), replace=False)
             fresh = get_weights(build_model(job.model, x.shape[1], seed=job.train.seed + 1 + k))
-            weights = train_locally(reference_job, split.x_nonmembers[half], split.y_nonmembers[half], fresh,
-                                    bank_seed=1000 * (b + 1) + k)
+            weights = train_locally(
+                reference_job, split.x_nonmembers[half], split.y_nonmembers[half], fresh, bank_seed=1000 * (b + 1) + k
+            )
             ref_model = build_model(job.model, x.shape[1])
             set_weights(ref_model, weights)
             refs.append(_logits(ref_model, x))
@@ -262,11 +308,18 @@ def membership_inference(job: JobConfig, model: torch.nn.Module, splits: list[Ba
         scores["calibrated"].append(calibrated[:n_in])
         scores["calibrated_out"].append(calibrated[n_in:])
     if not scores["loss"]:
-        raise DataError("no bank has enough held-out rows for a membership attack (needs ≥ 3): "
-                        "raise --test-fraction or use larger banks")
-    return (membership.attack("loss threshold", np.concatenate(scores["loss"]), np.concatenate(scores["loss_out"])),
-            membership.attack("calibrated (LiRA-style, offline)", np.concatenate(scores["calibrated"]),
-                              np.concatenate(scores["calibrated_out"])))
+        raise DataError(
+            "no bank has enough held-out rows for a membership attack (needs ≥ 3): "
+            "raise --test-fraction or use larger banks"
+        )
+    return (
+        membership.attack("loss threshold", np.concatenate(scores["loss"]), np.concatenate(scores["loss_out"])),
+        membership.attack(
+            "calibrated (LiRA-style, offline)",
+            np.concatenate(scores["calibrated"]),
+            np.concatenate(scores["calibrated_out"]),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- 2. one-run canary audit
@@ -282,8 +335,9 @@ def make_canaries(m: int, n_features: int, rng: np.random.Generator) -> tuple[to
     return x, y
 
 
-def canary_audit(job: JobConfig, x_train: torch.Tensor, y_train: torch.Tensor, settings: AuditSettings,
-                 bank_seed: int = 0) -> one_run.OneRunAudit:
+def canary_audit(
+    job: JobConfig, x_train: torch.Tensor, y_train: torch.Tensor, settings: AuditSettings, bank_seed: int = 0
+) -> one_run.OneRunAudit:
     """Replay one bank's training once with random canaries; return the ε lower bound.
 
     Does not raise on a violated claim: call `one_run.check_claim` on the result.
@@ -299,21 +353,31 @@ def canary_audit(job: JobConfig, x_train: torch.Tensor, y_train: torch.Tensor, s
     inside = torch.from_numpy(np.flatnonzero(included))
     start = get_weights(build_model(job.model, x_train.shape[1], seed=job.train.seed))
     audited = build_model(job.model, x_train.shape[1])
-    set_weights(audited, train_locally(job, torch.cat([x_train, x_c[inside]]), torch.cat([y_train, y_c[inside]]),
-                                       start, bank_seed))
+    set_weights(
+        audited,
+        train_locally(job, torch.cat([x_train, x_c[inside]]), torch.cat([y_train, y_c[inside]]), start, bank_seed),
+    )
     reference = build_model(job.model, x_train.shape[1])
     set_weights(reference, train_locally(job, x_train, y_train, start, bank_seed + 104_729))
     labels = y_c.numpy()
-    scores = (membership.confidence(_logits(audited, x_c), labels)
-              - membership.confidence(_logits(reference, x_c), labels))
+    scores = membership.confidence(_logits(audited, x_c), labels) - membership.confidence(
+        _logits(reference, x_c), labels
+    )
     claimed = job.dp.epsilon if job.dp.mode == "local" else None
     return one_run.audit(scores, included, job.dp.delta if job.dp.private else 0.0, claimed, settings.confidence)
 
 
 # --------------------------------------------------------------------------- 3. the aggregator's view
 
-def aggregator_view(job: JobConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    settings: AuditSettings, noise_multiplier: float | None = None) -> dict[str, Any]:
+
+def aggregator_view(
+    job: JobConfig,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: AuditSettings,
+    noise_multiplier: float | None = None,
+) -> dict[str, Any]:
     """Reconstruction attacks on batch-size-1 updates of the rows `x` (one peer each).
 
     Returns the best similarity (Pearson) to a true row per attack and per view. With a
@@ -323,17 +387,19 @@ def aggregator_view(job: JobConfig, model: torch.nn.Module, x: torch.Tensor, y: 
     """
     first = next(model.parameters())
     n_out, n_in = int(first.shape[0]), int(first.shape[1])
-    rows = [x[i:i + 1] for i in range(x.shape[0])]
+    rows = [x[i : i + 1] for i in range(x.shape[0])]
     truths = [r.squeeze(0).double().numpy() for r in rows]
-    updates = [reconstruction.flat_gradient(model, r, y[i:i + 1]) for i, r in enumerate(rows)]
+    updates = [reconstruction.flat_gradient(model, r, y[i : i + 1]) for i, r in enumerate(rows)]
     clip = job.secagg.clip
     clipped = [np.clip(u, -clip, clip) for u in updates]
     view = reconstruction.secagg_round_view(clipped, SecAggConfig(clip=clip, bits=job.secagg.bits, max_weight=1.0))
 
     def attack(update: np.ndarray, against: list[np.ndarray]) -> dict[str, float]:
         guess = reconstruction.gradient_matching(model, update, n_in, steps=settings.dlg_steps, seed=settings.seed)
-        return {"closed_form": round(reconstruction.best_row_similarity(update, n_out, n_in, against), 4),
-                "gradient_matching": round(max(reconstruction.similarity(guess, t) for t in against), 4)}
+        return {
+            "closed_form": round(reconstruction.best_row_similarity(update, n_out, n_in, against), 4),
+            "gradient_matching": round(max(reconstruction.similarity(guess, t) for t in against), 4),
+        }
 
     views = {
         "plaintext_single_peer_update": attack(clipped[0], truths[:1]),
@@ -343,31 +409,39 @@ def aggregator_view(job: JobConfig, model: torch.nn.Module, x: torch.Tensor, y: 
     if noise_multiplier is not None:
         c = job.dp.max_grad_norm
         rng = np.random.default_rng(settings.seed + 11)
-        noisy = [u * min(1.0, c / max(float(np.linalg.norm(u)), 1e-12)) + rng.normal(0.0, noise_multiplier * c, u.size)
-                 for u in updates]
-        dp_view = reconstruction.secagg_round_view([np.clip(u, -clip, clip) for u in noisy],
-                                                   SecAggConfig(clip=clip, bits=job.secagg.bits, max_weight=1.0))
+        noisy = [
+            u * min(1.0, c / max(float(np.linalg.norm(u)), 1e-12)) + rng.normal(0.0, noise_multiplier * c, u.size)
+            for u in updates
+        ]
+        dp_view = reconstruction.secagg_round_view(
+            [np.clip(u, -clip, clip) for u in noisy], SecAggConfig(clip=clip, bits=job.secagg.bits, max_weight=1.0)
+        )
         views["unmasked_secagg_average_of_dp_steps"] = attack(dp_view.average, truths)
         views["unmasked_secagg_average_of_dp_steps"]["noise_multiplier"] = round(noise_multiplier, 4)
     for figures in views.values():
-        figures["succeeded"] = max(figures["closed_form"], figures["gradient_matching"]) >= \
-            reconstruction.SUCCESS_SIMILARITY
+        figures["succeeded"] = (
+            max(figures["closed_form"], figures["gradient_matching"]) >= reconstruction.SUCCESS_SIMILARITY
+        )
     return {
         "peers": len(rows),
         "update": "one member row's batch-size-1 gradient of the final model per peer, clipped to ±secagg.clip",
         "similarity": "best Pearson correlation between a reconstruction and a true row (1 = exact)",
         "success_threshold": reconstruction.SUCCESS_SIMILARITY,
-        "this_run": ("secure aggregation on: the aggregator held masked uploads and the round's average"
-                     if job.secagg.mode == "on" else
-                     "secure aggregation off: the aggregator held each bank's (DP-protected, multi-step) update"),
+        "this_run": (
+            "secure aggregation on: the aggregator held masked uploads and the round's average"
+            if job.secagg.mode == "on"
+            else "secure aggregation off: the aggregator held each bank's (DP-protected, multi-step) update"
+        ),
         **views,
     }
 
 
 # --------------------------------------------------------------------------- the whole audit
 
-def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+
+def audit_run(
+    run_dir: str | Path, settings: AuditSettings | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """Audit a finished run; write `measured_privacy` into its card and the PNG; return the section.
 
     Raises `PrivacyAuditFailed` (after writing) when the canary audit's lower bound
@@ -384,21 +458,27 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
     audited = run.splits[0]
     canary: one_run.OneRunAudit | None = None
     if job.dp.mode == "distributed":
-        canary_note = ("not run: with distributed DP no bank adds its noise alone, so one bank's replay does not "
-                       "carry the claimed guarantee")
+        canary_note = (
+            "not run: with distributed DP no bank adds its noise alone, so one bank's replay does not "
+            "carry the claimed guarantee"
+        )
     else:
         progress.stage(f"One-run ε audit: {settings.canaries} canaries at {audited.name}, training replayed once")
         canary = canary_audit(job, audited.x_members, audited.y_members, settings)
-        canary_note = (f"{audited.name}'s training replayed once with the job's schedule and DP plan, "
-                       "with canaries each included with probability 1/2")
+        canary_note = (
+            f"{audited.name}'s training replayed once with the job's schedule and DP plan, "
+            "with canaries each included with probability 1/2"
+        )
 
     mechanism = None
     if job.dp.mode == "local":
         progress.stage(f"Mechanism check: one noisy step at {audited.name} replayed twice, and as the host would")
         mechanism = check_mechanism(job, audited.x_members, audited.y_members, get_weights(run.model), bank_seed=0)
 
-    progress.stage(f"Aggregator's view: {settings.reconstruction_peers} peers, one SecAgg+ round, "
-                   f"{settings.dlg_steps} gradient-matching steps")
+    progress.stage(
+        f"Aggregator's view: {settings.reconstruction_peers} peers, one SecAgg+ round, "
+        f"{settings.dlg_steps} gradient-matching steps"
+    )
     rows = min(settings.reconstruction_peers, audited.x_members.shape[0])
     noise = plan_dp(job, audited.x_members.shape[0]).noise_multiplier if job.dp.mode == "local" else None
     aggregator = aggregator_view(job, run.model, audited.x_members[:rows], audited.y_members[:rows], settings, noise)
@@ -414,40 +494,66 @@ def audit_run(run_dir: str | Path, settings: AuditSettings | None = None,
         "claimed": {"epsilon": epsilon, "delta": delta if job.dp.private else None, "dp_mode": job.dp.mode},
         "membership_inference": {
             "target": "the released final model; members: training rows, non-members: held-out rows, per bank, "
-                      "pooled over banks (as many members as non-members per bank)",
+            "pooled over banks (as many members as non-members per bank)",
             "attacks": attacks,
             "reference_models_per_bank": settings.reference_models,
             "advantage_bound_formula": "(e^ε − 1 + 2δ)/(e^ε + 1)",
         },
         "one_run_epsilon_audit": {
             "method": "Steinke, Nasr and Jagielski (NeurIPS 2023), Theorem 5.2 with δ; guesses for k in "
-                      f"{list(one_run.GUESS_FRACTIONS)}·m per side, Bonferroni-corrected",
+            f"{list(one_run.GUESS_FRACTIONS)}·m per side, Bonferroni-corrected",
             "bank": audited.name,
             "note": canary_note,
             **(canary.summary() if canary else {}),
-            "verdict": (None if canary is None else "FAILED: lower bound above the claimed ε"
-                        if canary.violates_claim else "passed: lower bound at or below the claimed ε"
-                        if canary.epsilon_claimed is not None else "no claim to check (no DP)"),
+            "verdict": (
+                None
+                if canary is None
+                else "FAILED: lower bound above the claimed ε"
+                if canary.violates_claim
+                else "passed: lower bound at or below the claimed ε"
+                if canary.epsilon_claimed is not None
+                else "no claim to check (no DP)"
+            ),
         },
-        "mechanism_check": ({"bank": audited.name, **mechanism.to_dict()} if mechanism is not None else
-                            {"verdict": None, "note": "not run: only local DP-SGD adds its noise at one peer"
-                             if job.dp.private else "no DP noise to check"}),
+        "mechanism_check": (
+            {"bank": audited.name, **mechanism.to_dict()}
+            if mechanism is not None
+            else {
+                "verdict": None,
+                "note": "not run: only local DP-SGD adds its noise at one peer"
+                if job.dp.private
+                else "no DP noise to check",
+            }
+        ),
         "aggregator_view": aggregator,
-        "settings": {"canaries": settings.canaries, "reference_models": settings.reference_models,
-                     "confidence": settings.confidence, "dlg_steps": settings.dlg_steps, "seed": settings.seed},
+        "settings": {
+            "canaries": settings.canaries,
+            "reference_models": settings.reference_models,
+            "confidence": settings.confidence,
+            "dlg_steps": settings.dlg_steps,
+            "seed": settings.seed,
+        },
     }
     progress.stage("Writing measured_privacy into the model card, and privacy_audit.png")
-    plot_privacy_audit(run.path / PLOT_FILE, [loss_attack, calibrated_attack], epsilon,
-                       canary.epsilon_lower_bound if canary else None, settings.confidence)
+    plot_privacy_audit(
+        run.path / PLOT_FILE,
+        [loss_attack, calibrated_attack],
+        epsilon,
+        canary.epsilon_lower_bound if canary else None,
+        settings.confidence,
+    )
     card = dict(run.card)
     card["measured_privacy"] = section
-    card["artifacts"] = {**card["artifacts"], "privacy_audit_plot": {
-        "file": PLOT_FILE, "format": "png", "sha256": sha256_file(run.path / PLOT_FILE)}}
+    card["artifacts"] = {
+        **card["artifacts"],
+        "privacy_audit_plot": {"file": PLOT_FILE, "format": "png", "sha256": sha256_file(run.path / PLOT_FILE)},
+    }
     write_card(run.path / "model_card.json", card)
     if mechanism is not None and not mechanism.passed:
-        raise PrivacyAuditFailed(f"privacy audit FAILED: the mechanism check at {audited.name}: {mechanism.verdict}; "
-                                 "the released updates are not protected as the card claims: do not release this model")
+        raise PrivacyAuditFailed(
+            f"privacy audit FAILED: the mechanism check at {audited.name}: {mechanism.verdict}; "
+            "the released updates are not protected as the card claims: do not release this model"
+        )
     if canary is not None:
         one_run.check_claim(canary)
     return section
-

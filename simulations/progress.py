@@ -7,11 +7,12 @@ the machine-readable line last).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 
 
 class Progress:
@@ -31,9 +32,15 @@ class Progress:
         self.console.print(f"[bold yellow]! warning:[/] {escape(text)}")
 
     def start_rounds(self, rounds: int) -> None:
-        self._bar = RichProgress(TextColumn("  rounds"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                                 console=self.console, transient=False)
+        self._bar = RichProgress(
+            TextColumn("  rounds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
         self._task = self._bar.add_task("rounds", total=rounds, status="waiting for banks")
         self._bar.start()
 
@@ -58,7 +65,8 @@ class Progress:
                 return
             aucs = [m["auc"] for m in metrics if isinstance(m.get("auc"), float) and math.isfinite(m["auc"])]
             mean_auc = sum(aucs) / len(aucs) if aucs else float("nan")
-            self._bar.update(self._task, completed=server_round,
-                             status=f"banks' mean AUC {mean_auc:.3f}  ε ≤ {self._eps:.2f}")
+            self._bar.update(
+                self._task, completed=server_round, status=f"banks' mean AUC {mean_auc:.3f}  ε ≤ {self._eps:.2f}"
+            )
 
         return on_round

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from privacy.errors import ConfigError, FedsiloError
+from fedsilo.errors import ConfigError, FedsiloError
 
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
@@ -41,10 +41,16 @@ class ClusterPorts:
 
     def node_args(self, head: bool) -> list[str]:
         b = self.base
-        args = [f"--node-manager-port={b + 2}", f"--object-manager-port={b + 3}",
-                f"--dashboard-agent-grpc-port={b + 4}", f"--dashboard-agent-listen-port={b + 5}",
-                f"--metrics-export-port={b + 6}", f"--runtime-env-agent-port={b + 7}",
-                f"--min-worker-port={b + 8}", f"--max-worker-port={b + PORTS_PER_NODE - 1}"]
+        args = [
+            f"--node-manager-port={b + 2}",
+            f"--object-manager-port={b + 3}",
+            f"--dashboard-agent-grpc-port={b + 4}",
+            f"--dashboard-agent-listen-port={b + 5}",
+            f"--metrics-export-port={b + 6}",
+            f"--runtime-env-agent-port={b + 7}",
+            f"--min-worker-port={b + 8}",
+            f"--max-worker-port={b + PORTS_PER_NODE - 1}",
+        ]
         if head:
             args = [f"--port={b}", f"--ray-client-server-port={b + 1}", *args]
         return args
@@ -82,8 +88,14 @@ def _ray_cli() -> str:
 class LocalRayCluster:
     """A head (and `workers` worker nodes) with `cpus` CPUs each; see the module docstring."""
 
-    def __init__(self, cpus: int | None = None, workers: int = 0, head_ports: ClusterPorts | None = None,
-                 worker_ports: list[ClusterPorts] | None = None, temp_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        cpus: int | None = None,
+        workers: int = 0,
+        head_ports: ClusterPorts | None = None,
+        worker_ports: list[ClusterPorts] | None = None,
+        temp_dir: str | None = None,
+    ) -> None:
         self.cpus = cpus
         self.head_ports = head_ports or ClusterPorts(free_port_block())
         self.worker_ports = worker_ports or []
@@ -96,12 +108,15 @@ class LocalRayCluster:
     def address(self) -> str:
         return self.head_ports.address
 
-    def __enter__(self) -> "LocalRayCluster":
+    def __enter__(self) -> LocalRayCluster:
         try:
             self._start(head=True, ports=self.head_ports)
             for i in range(self.workers):
-                ports = self.worker_ports[i] if i < len(self.worker_ports) else ClusterPorts(
-                    free_port_block(low=self.head_ports.base + PORTS_PER_NODE * (i + 1)))
+                ports = (
+                    self.worker_ports[i]
+                    if i < len(self.worker_ports)
+                    else ClusterPorts(free_port_block(low=self.head_ports.base + PORTS_PER_NODE * (i + 1)))
+                )
                 self._start(head=False, ports=ports)
         except BaseException:
             self.stop()
@@ -112,8 +127,14 @@ class LocalRayCluster:
         self.stop()
 
     def _start(self, head: bool, ports: ClusterPorts) -> None:
-        command = [_ray_cli(), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                   *ports.node_args(head)]
+        command = [
+            _ray_cli(),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            *ports.node_args(head),
+        ]
         if head:
             command += ["--head", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"]
         else:
@@ -121,8 +142,9 @@ class LocalRayCluster:
         if self.cpus is not None:
             command.append(f"--num-cpus={self.cpus}")
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True, env=env)
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+        )
         self._processes.append(process)
         self._wait_started(process, "head" if head else "worker")
 

@@ -8,13 +8,13 @@ leaves a half-written folder behind.
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
 
 def new_run_name(prefix: str = "run") -> str:
-    return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-%f')}"
+    return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}"
 
 
 class RunFolder:
@@ -26,15 +26,16 @@ class RunFolder:
         self.final = self.out_dir / self.name
         self.path = self.out_dir / f".{self.name}.partial"
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.final.exists():
             raise FileExistsError(f"run folder {self.final} already exists")
         self.path.mkdir()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.path.rename(self.final)
         else:

@@ -13,7 +13,7 @@ altered file.
 The rows to score must have exactly the columns the encoder was fitted on, plus
 optionally the run's label column (ignored) and an id column (kept out of the
 features, written next to each score). A missing or an unknown column is refused,
-naming them. Values are encoded as in training (`peers.data.encoding`): a category
+naming them. Values are encoded as in training (`fedsilo.peers.data.encoding`): a category
 the encoder never saw becomes all zeros in its one-hot block, as it would in training;
 `ScoreResult.unseen` counts such rows per column so that they can be reported.
 
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from peers.data.encoding import CategoricalColumn, TabularEncoder
-from peers.errors import IntegrityError
-from peers.provenance import sha256_file
-from privacy.errors import ConfigError, DataError
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.peers.data.encoding import CategoricalColumn, TabularEncoder
+from fedsilo.peers.errors import IntegrityError
+from fedsilo.peers.provenance import sha256_file
 
 CARD = "model_card.json"
 SCORE_COLUMN = "score"
@@ -81,8 +81,8 @@ class ScoringModel:
     def score_rows(self, rows: pd.DataFrame, id_column: str | None = None) -> ScoreResult:
         """`score`, with the count of rows per column whose category the encoder never saw."""
         import torch
-        id_column = id_column if id_column is not None else (self.id_column if self.id_column in rows.columns
-                                                             else None)
+
+        id_column = id_column if id_column is not None else (self.id_column if self.id_column in rows.columns else None)
         self.check_columns(rows, id_column)
         x = self.encoder.transform_features(rows)
         with torch.no_grad():
@@ -94,30 +94,36 @@ class ScoringModel:
         """Raise DataError naming the missing feature columns, or the columns the model does not know."""
         present = [str(c) for c in rows.columns]
         if id_column is not None and id_column not in present:
-            raise DataError(f"id column {id_column!r} is not in the table (columns: {_few(present)}): "
-                            "pass --id-column with one of them")
+            raise DataError(
+                f"id column {id_column!r} is not in the table (columns: {_few(present)}): "
+                "pass --id-column with one of them"
+            )
         if id_column is not None and id_column in self.features:
             raise DataError(f"id column {id_column!r} is one of the model's features: name the row id column")
         missing = [c for c in self.features if c not in present]
         if missing:
-            raise DataError(f"the table lacks column(s) {_few(missing)} that the model was trained on: "
-                            f"add them (the model needs {len(self.features)} columns: {_few(self.features)})")
+            raise DataError(
+                f"the table lacks column(s) {_few(missing)} that the model was trained on: "
+                f"add them (the model needs {len(self.features)} columns: {_few(self.features)})"
+            )
         allowed = {*self.features, self.label, *([id_column] if id_column else []), *self.left_out}
         extra = [c for c in present if c not in allowed]
         if extra:
-            raise DataError(f"the table has column(s) {_few(extra)} that the model was not trained on: drop them, "
-                            "or name the row id column with --id-column")
+            raise DataError(
+                f"the table has column(s) {_few(extra)} that the model was not trained on: drop them, "
+                "or name the row id column with --id-column"
+            )
 
     def score_file(self, data: str | Path, out: str | Path, id_column: str | None = None) -> ScoreResult:
         """Score a CSV or Parquet file; write `out` (.csv or .parquet): the id column if any, then `score`."""
-        from peers.data.bank import read_table
+        from fedsilo.peers.data.bank import read_table
+
         out = Path(out)
         writer = _writer(out)
         rows = read_table(data)
         rows.columns = [str(c) for c in rows.columns]
         result = self.score_rows(rows, id_column)
-        id_column = id_column if id_column is not None else (self.id_column if self.id_column in rows.columns
-                                                             else None)
+        id_column = id_column if id_column is not None else (self.id_column if self.id_column in rows.columns else None)
         table = pd.DataFrame({SCORE_COLUMN: result.scores.to_numpy()})
         if id_column is not None:
             table.insert(0, id_column, rows[id_column].to_numpy())
@@ -130,7 +136,8 @@ def load_run(folder: str | Path, identity: str | Path | None = None) -> ScoringM
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from peers.models import ModelSpec, build_model, set_weights
+    from fedsilo.peers.models import ModelSpec, build_model, set_weights
+
     folder = Path(folder)
     card = read_card(folder)
     files = artifact_files(card, folder)
@@ -141,16 +148,19 @@ def load_run(folder: str | Path, identity: str | Path | None = None) -> ScoringM
         if not path.is_file():
             raise IntegrityError(f"{folder} lacks {name}, the {role} its model card lists")
         if sha256_file(path) != digest:
-            raise IntegrityError(f"{path} does not match the SHA-256 in {CARD}: the {role} file was altered "
-                                 "after the run; restore it or pull the model again")
+            raise IntegrityError(
+                f"{path} does not match the SHA-256 in {CARD}: the {role} file was altered "
+                "after the run; restore it or pull the model again"
+            )
     encoder = TabularEncoder.load(folder / files["encoder"][0])
     job = card.get("job") or {}
     model_spec = job.get("model") or {}
     try:
         spec = ModelSpec(kind=str(model_spec["kind"]), hidden=tuple(int(h) for h in model_spec.get("hidden", ())))
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{folder / CARD} does not say which model it holds (job.model.kind): "
-                          "is it a fedsilo model card?") from None
+        raise ConfigError(
+            f"{folder / CARD} does not say which model it holds (job.model.kind): is it a fedsilo model card?"
+        ) from None
     model = build_model(spec, encoder.n_features)
     try:
         set_weights(model, load_file(str(folder / files["model"][0])))
@@ -165,12 +175,16 @@ def load_run(folder: str | Path, identity: str | Path | None = None) -> ScoringM
 def read_card(folder: Path) -> dict[str, Any]:
     """The folder's model card, or ConfigError saying what the folder is missing."""
     if not folder.is_dir():
-        raise ConfigError(f"{folder} is not a directory: give a run folder (fedsilo simulate) or a pulled "
-                          "model folder (fedsilo model pull)")
+        raise ConfigError(
+            f"{folder} is not a directory: give a run folder (fedsilo simulate) or a pulled "
+            "model folder (fedsilo model pull)"
+        )
     path = folder / CARD
     if not path.is_file():
-        raise ConfigError(f"{folder} has no {CARD}: give a run folder (fedsilo simulate) or a pulled model "
-                          "folder (fedsilo model pull)")
+        raise ConfigError(
+            f"{folder} has no {CARD}: give a run folder (fedsilo simulate) or a pulled model "
+            "folder (fedsilo model pull)"
+        )
     try:
         card = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -191,16 +205,19 @@ def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, s
     if not isinstance(artifacts, dict):
         raise IntegrityError(f"{folder / CARD} lists no artefacts: it cannot vouch for a model file")
     if isinstance(artifacts.get("encoder"), str):
-        raise ConfigError(f"{folder} is a transfer run: each institution keeps its own encoder and model head, "
-                          "so there is no one model to score with; score horizontal runs")
+        raise ConfigError(
+            f"{folder} is a transfer run: each institution keeps its own encoder and model head, "
+            "so there is no one model to score with; score horizontal runs"
+        )
     found: dict[str, tuple[str, str]] = {}
     for role, default in (("model", "model.safetensors"), ("encoder", "encoder.json")):
         entry = artifacts.get(role) if isinstance(artifacts.get(role), dict) else None
         name = entry.get("file") if entry else default
         entry = entry or artifacts.get(default)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(name, str):
-            raise IntegrityError(f"{folder / CARD} states no SHA-256 for the {role} ({default}): "
-                                 "it cannot vouch for the file")
+            raise IntegrityError(
+                f"{folder / CARD} states no SHA-256 for the {role} ({default}): it cannot vouch for the file"
+            )
         if Path(name).name != name:
             raise IntegrityError(f"{folder / CARD} names {role} file {name!r} outside the folder")
         found[role] = (name, entry["sha256"])
@@ -209,11 +226,13 @@ def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, s
 
 def _verify_signature(folder: Path, identity_dir: Path) -> None:
     """A pulled model's card signature, checked against the consortium as `model pull` does."""
-    from peers.daemon.model_store import SIGNATURE, verify_artifact
-    from peers.identity.consortium import Identity
+    from fedsilo.peers.daemon.model_store import SIGNATURE, verify_artifact
+    from fedsilo.peers.identity.consortium import Identity
+
     if not (folder / SIGNATURE).is_file():
-        raise IntegrityError(f"{folder} has no {SIGNATURE}: only a pulled model's card is signed; "
-                             "leave out --identity for a run folder")
+        raise IntegrityError(
+            f"{folder} has no {SIGNATURE}: only a pulled model's card is signed; leave out --identity for a run folder"
+        )
     identity = Identity.load(identity_dir)
     verify_artifact(folder, identity.current_manifest(), identity.ca_certificate)
 
@@ -228,7 +247,7 @@ def _unseen_categories(encoder: TabularEncoder, x: np.ndarray) -> dict[str, int]
     start = 0
     for column in encoder.columns:
         if isinstance(column, CategoricalColumn):
-            count = int((x[:, start:start + column.width].sum(axis=1) == 0).sum())
+            count = int((x[:, start : start + column.width].sum(axis=1) == 0).sum())
             if count:
                 unseen[column.name] = count
         start += column.width

@@ -49,27 +49,54 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privacy.errors import ConfigError
-from simulations.run_folder import RunFolder, new_run_name
-from peers.toml_file import read_toml
+from fedsilo.errors import ConfigError
+from fedsilo.peers.toml_file import read_toml
+from fedsilo.simulations.run_folder import RunFolder, new_run_name
 
 if TYPE_CHECKING:  # the config imports torch: only `load_sweep` needs it, not `fedsilo --help`
-    from simulations.config import SimulationConfig
-    from simulations.progress import Progress
+    from fedsilo.simulations.config import SimulationConfig
+    from fedsilo.simulations.progress import Progress
 
 # [sweep] key -> (section, key) of the simulate config it varies
-GRID_KEYS = {"banks": ("simulation", "banks"), "epsilon": ("dp", "epsilon"), "dropout": ("simulation", "dropout"),
-             "setup": ("simulation", "setup"), "lr": ("train", "lr"), "rounds": ("simulation", "rounds"),
-             "partition": ("data", "partition"), "model": ("model", "kind")}
+GRID_KEYS = {
+    "banks": ("simulation", "banks"),
+    "epsilon": ("dp", "epsilon"),
+    "dropout": ("simulation", "dropout"),
+    "setup": ("simulation", "setup"),
+    "lr": ("train", "lr"),
+    "rounds": ("simulation", "rounds"),
+    "partition": ("data", "partition"),
+    "model": ("model", "kind"),
+}
 SEED_KEYS = ("seeds", "repeats")
 OTHER_KEYS = ("out", "ray-address")
 # A run's grid coordinates, named as in [sweep] (model: the model kind; partition: None is iid).
 GRID_COLUMNS = ("setup", "banks", "epsilon", "dropout", "lr", "rounds", "partition", "model")
-COLUMNS = ("setup", "banks", "epsilon", "dropout", "final_auc", "centralized_auc", "local_auc_mean",
-           "epsilon_max", "seconds", "lr", "rounds", "partition", "model", "seed", "run_dir")
+COLUMNS = (
+    "setup",
+    "banks",
+    "epsilon",
+    "dropout",
+    "final_auc",
+    "centralized_auc",
+    "local_auc_mean",
+    "epsilon_max",
+    "seconds",
+    "lr",
+    "rounds",
+    "partition",
+    "model",
+    "seed",
+    "run_dir",
+)
 MEASURED = ("final_auc", "centralized_auc", "local_auc_mean")
-SUMMARY_COLUMNS = (*GRID_COLUMNS, "runs", "seeds", *(f"{m}_{s}" for m in MEASURED for s in ("mean", "std")),
-                   "epsilon_max")
+SUMMARY_COLUMNS = (
+    *GRID_COLUMNS,
+    "runs",
+    "seeds",
+    *(f"{m}_{s}" for m in MEASURED for s in ("mean", "std")),
+    "epsilon_max",
+)
 
 
 @dataclass(frozen=True)
@@ -86,16 +113,20 @@ class SweepPlan:
 
 def load_sweep(path: str | Path) -> SweepPlan:
     """Read and validate a sweep file; ConfigError names the key or the point that is wrong."""
-    from simulations.config import SimulationConfig, config_values
+    from fedsilo.simulations.config import SimulationConfig, config_values
+
     document = dict(read_toml(path, "sweep file"))
     table = document.pop("sweep", None)
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: a sweep file needs a [sweep] table with lists, e.g. banks = [50, 500] "
-                          "and epsilon = [1.0, 3.0]")
+        raise ConfigError(
+            f"{path}: a sweep file needs a [sweep] table with lists, e.g. banks = [50, 500] and epsilon = [1.0, 3.0]"
+        )
     unknown = sorted(set(table) - set(GRID_KEYS) - set(SEED_KEYS) - set(OTHER_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown key '{unknown[0]}' in [sweep]; valid keys: "
-                          f"{', '.join([*GRID_KEYS, *SEED_KEYS, *OTHER_KEYS])}")
+        raise ConfigError(
+            f"{path}: unknown key '{unknown[0]}' in [sweep]; valid keys: "
+            f"{', '.join([*GRID_KEYS, *SEED_KEYS, *OTHER_KEYS])}"
+        )
     base_values = config_values(document, str(path))
     axes: dict[str, list[Any]] = {}
     for key in GRID_KEYS:
@@ -103,13 +134,16 @@ def load_sweep(path: str | Path) -> SweepPlan:
         if values is None:
             continue
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: [sweep] {key} must be a non-empty list, e.g. {key} = "
-                              f"{'[50, 500]' if key == 'banks' else '[1.0, 3.0]'}")
+            raise ConfigError(
+                f"{path}: [sweep] {key} must be a non-empty list, e.g. {key} = "
+                f"{'[50, 500]' if key == 'banks' else '[1.0, 3.0]'}"
+            )
         axes[key] = values
     seeds = _seeds(table, base_values.get("seed", SimulationConfig.seed), path)
     if not axes and len(seeds) < 2:
-        raise ConfigError(f"{path}: [sweep] lists no axis: give at least one of {', '.join(GRID_KEYS)}, "
-                          "or seeds / repeats")
+        raise ConfigError(
+            f"{path}: [sweep] lists no axis: give at least one of {', '.join(GRID_KEYS)}, or seeds / repeats"
+        )
     out = table.get("out", base_values.get("out", SimulationConfig.out))
     address = table.get("ray-address")
     for key, value in (("out", out), ("ray-address", address)):
@@ -125,7 +159,8 @@ def load_sweep(path: str | Path) -> SweepPlan:
         except ConfigError as error:
             raise ConfigError(f"{path}: sweep point {point} is invalid: {error}") from None
         points.extend(replace(config, seed=seed) for seed in seeds)
-    from simulations.api import check_inputs
+    from fedsilo.simulations.api import check_inputs
+
     for data in {p.data for p in points}:
         check_inputs(data)  # before any cluster starts
     return SweepPlan(points, out, address, tuple(names), seeds)
@@ -137,16 +172,21 @@ def _seeds(table: dict[str, Any], base_seed: int, path: str | Path) -> tuple[int
         raise ConfigError(f"{path}: [sweep] gives both seeds and repeats: give one (seeds = [0, 1, 2] or repeats = 3)")
     if "seeds" in table:
         seeds = table["seeds"]
-        if (not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
-                or len(set(seeds)) != len(seeds)):
-            raise ConfigError(f"{path}: [sweep] seeds must be a non-empty list of distinct integers, e.g. "
-                              f"seeds = [0, 1, 2] (got {seeds!r})")
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise ConfigError(
+                f"{path}: [sweep] seeds must be a non-empty list of distinct integers, e.g. "
+                f"seeds = [0, 1, 2] (got {seeds!r})"
+            )
         return tuple(seeds)
     if "repeats" in table:
         repeats = table["repeats"]
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ConfigError(f"{path}: [sweep] repeats must be a whole number ≥ 1, e.g. repeats = 3 "
-                              f"(got {repeats!r})")
+            raise ConfigError(f"{path}: [sweep] repeats must be a whole number ≥ 1, e.g. repeats = 3 (got {repeats!r})")
         return tuple(base_seed + i for i in range(repeats))
     return (base_seed,)
 
@@ -167,19 +207,39 @@ def yardstick_keys(config: SimulationConfig) -> dict[str, tuple[Any, ...]]:
     """
     if config.setup != "horizontal":
         return {}
-    data = (config.data, config.label, config.id_column, config.partition, config.customers, config.banks,
-            config.seed, config.test_fraction, config.yardstick_banks, config.model, config.hidden)
-    training = (config.rounds, config.local_epochs, config.batch_size, config.lr, config.dp_mode, config.epsilon,
-                config.delta, config.max_grad_norm, config.accountant)
+    data = (
+        config.data,
+        config.label,
+        config.id_column,
+        config.partition,
+        config.customers,
+        config.banks,
+        config.seed,
+        config.test_fraction,
+        config.yardstick_banks,
+        config.model,
+        config.hidden,
+    )
+    training = (
+        config.rounds,
+        config.local_epochs,
+        config.batch_size,
+        config.lr,
+        config.dp_mode,
+        config.epsilon,
+        config.delta,
+        config.max_grad_norm,
+        config.accountant,
+    )
     keys = {"centralized": data, "local": data + training}
     return {name: key for name, key in keys.items() if name in config.yardsticks}
 
 
 def run_sweep(plan: SweepPlan, progress: Progress, mlflow: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """Run every point on one Ray runtime; write the tables and the plot; return the folder and the runs."""
-    from simulations.api import simulate
-    from simulations.ray_cluster import LocalRayCluster
-    from simulations.report.plots import plot_sweep
+    from fedsilo.simulations.api import simulate
+    from fedsilo.simulations.ray_cluster import LocalRayCluster
+    from fedsilo.simulations.report.plots import plot_sweep
 
     rows: list[dict[str, Any]] = []
     known: dict[tuple[str, tuple[Any, ...]], float | None] = {}  # (yardstick, its key) -> AUC
@@ -195,25 +255,40 @@ def run_sweep(plan: SweepPlan, progress: Progress, mlflow: str | None = None) ->
                 missing = tuple(name for name, key in keys.items() if (name, key) not in known)
                 compare = point.yardsticks if not keys else missing
                 config = replace(point, ray_address=address, out=str(folder_path / "runs"), compare=compare)
-                progress.stage(f"Sweep run {i}/{len(plan.points)}: {config.setup}, {config.banks} banks, "
-                               f"ε = {config.epsilon:g}, dropout {config.dropout:g}, seed {config.seed}"
-                               + (f" (yardsticks {', '.join(compare)})" if compare else ""))
+                progress.stage(
+                    f"Sweep run {i}/{len(plan.points)}: {config.setup}, {config.banks} banks, "
+                    f"ε = {config.epsilon:g}, dropout {config.dropout:g}, seed {config.seed}"
+                    + (f" (yardsticks {', '.join(compare)})" if compare else "")
+                )
                 started_at = time.perf_counter()
                 summary = simulate(config, progress=progress, mlflow=mlflow).summary
                 found = {"centralized": summary.centralized_auc, "local": summary.local_auc_mean}
                 for name in missing:
                     known[(name, keys[name])] = found[name]
-                yardstick = {name: known[(name, key)] if (name, key) in known else found[name]
-                             for name, key in keys.items()} if keys else found
-                rows.append({"setup": config.setup, "banks": summary.banks, "epsilon": config.epsilon,
-                             "dropout": config.dropout, "final_auc": summary.final_auc,
-                             "centralized_auc": yardstick.get("centralized"),
-                             "local_auc_mean": yardstick.get("local"),
-                             "epsilon_max": summary.epsilon_max,
-                             "seconds": round(time.perf_counter() - started_at, 1),
-                             "lr": config.lr, "rounds": config.rounds, "partition": config.partition or "iid",
-                             "model": config.model, "seed": config.seed,
-                             "run_dir": str(Path("runs") / Path(summary.run_dir).name)})
+                yardstick = (
+                    {name: known[(name, key)] if (name, key) in known else found[name] for name, key in keys.items()}
+                    if keys
+                    else found
+                )
+                rows.append(
+                    {
+                        "setup": config.setup,
+                        "banks": summary.banks,
+                        "epsilon": config.epsilon,
+                        "dropout": config.dropout,
+                        "final_auc": summary.final_auc,
+                        "centralized_auc": yardstick.get("centralized"),
+                        "local_auc_mean": yardstick.get("local"),
+                        "epsilon_max": summary.epsilon_max,
+                        "seconds": round(time.perf_counter() - started_at, 1),
+                        "lr": config.lr,
+                        "rounds": config.rounds,
+                        "partition": config.partition or "iid",
+                        "model": config.model,
+                        "seed": config.seed,
+                        "run_dir": str(Path("runs") / Path(summary.run_dir).name),
+                    }
+                )
         points = summarize(rows)
         _write_table(folder_path / "results.csv", COLUMNS, rows)
         (folder_path / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -265,14 +340,19 @@ def format_table(points: list[dict[str, Any]], axes: tuple[str, ...] = ()) -> st
     Columns: setup, banks, ε, dropout, and any other varied axis (lr, rounds, partition, model).
     """
     extra = [a for a in ("lr", "rounds", "partition", "model") if a in axes]
-    head = (f"{'setup':<11}{'banks':>7}{'ε':>7}{'dropout':>9}" + "".join(f"{a:>15}" for a in extra)
-            + f"{'seeds':>7}{'federated':>18}{'central':>18}{'local':>18}{'ε spent':>9}")
+    head = (
+        f"{'setup':<11}{'banks':>7}{'ε':>7}{'dropout':>9}"
+        + "".join(f"{a:>15}" for a in extra)
+        + f"{'seeds':>7}{'federated':>18}{'central':>18}{'local':>18}{'ε spent':>9}"
+    )
     lines = [head]
     for p in points:
-        lines.append(f"{p['setup']:<11}{p['banks']:>7}{p['epsilon']:>7g}{p['dropout']:>9g}"
-                     + "".join(f"{str(p[a]):>15}" for a in extra)
-                     + f"{p['runs']:>7}{_pm(p, 'final_auc'):>18}{_pm(p, 'centralized_auc'):>18}"
-                       f"{_pm(p, 'local_auc_mean'):>18}{p['epsilon_max']:>9.3f}")
+        lines.append(
+            f"{p['setup']:<11}{p['banks']:>7}{p['epsilon']:>7g}{p['dropout']:>9g}"
+            + "".join(f"{str(p[a]):>15}" for a in extra)
+            + f"{p['runs']:>7}{_pm(p, 'final_auc'):>18}{_pm(p, 'centralized_auc'):>18}"
+            f"{_pm(p, 'local_auc_mean'):>18}{p['epsilon_max']:>9.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -284,27 +364,39 @@ def _pm(point: dict[str, Any], measure: str) -> str:
 
 
 def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run a grid of simulations (banks × ε × dropout × lr × … × seeds) on one Ray runtime",
-                       description="Run every point of a grid of simulations, once per seed, on one Ray runtime and "
-                                   "write the runs' table, the grid points' mean ± standard deviation (CSV, JSON) "
-                                   "and one plot (federated ROC-AUC against ε with error bars, yardsticks as lines).",
-                       epilog="CONFIG is a simulate config plus [sweep] banks, epsilon, dropout, setup, lr, rounds, "
-                              "partition, model (lists), seeds (a list) or repeats (a count), out, ray-address; "
-                              "see README, section Sweeps.")
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of simulations (banks × ε × dropout × lr × … × seeds) on one Ray runtime",
+        description="Run every point of a grid of simulations, once per seed, on one Ray runtime and "
+        "write the runs' table, the grid points' mean ± standard deviation (CSV, JSON) "
+        "and one plot (federated ROC-AUC against ε with error bars, yardsticks as lines).",
+        epilog="CONFIG is a simulate config plus [sweep] banks, epsilon, dropout, setup, lr, rounds, "
+        "partition, model (lists), seeds (a list) or repeats (a count), out, ray-address; "
+        "see README, section Sweeps.",
+    )
     p.add_argument("config", metavar="CONFIG", help="TOML file with a [sweep] table")
-    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
-                   help="log every run to MLflow (default store: ./mlruns; needs pip install 'fedsilo[mlflow]')")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log every run to MLflow (default store: ./mlruns; needs pip install 'fedsilo[mlflow]')",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.add_argument("--json", action="store_true",
-                   help='print {"runs": [...], "points": [...]} as JSON as the last line of stdout')
+    p.add_argument(
+        "--json", action="store_true", help='print {"runs": [...], "points": [...]} as JSON as the last line of stdout'
+    )
     p.set_defaults(handler=run_sweep_command)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from simulations.progress import Progress
+    from fedsilo.simulations.progress import Progress
+
     plan = load_sweep(args.config)
     if args.mlflow is not None:
-        from simulations.tracking import check_available
+        from fedsilo.simulations.tracking import check_available
+
         check_available()
     folder, rows = run_sweep(plan, Progress(quiet=args.quiet), mlflow=args.mlflow)
     points = summarize(rows)

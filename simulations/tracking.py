@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 EXPERIMENT = "fedsilo"
 DEFAULT_STORE = "mlruns"
@@ -40,8 +40,10 @@ BATCH = 1000
 def check_available() -> None:
     """Raise ConfigError with the install command when the MLflow client is not installed."""
     if importlib.util.find_spec("mlflow") is None:
-        raise ConfigError("--mlflow needs MLflow's client: pip install 'fedsilo[mlflow]' (or pip install "
-                          "mlflow-skinny), or leave out --mlflow")
+        raise ConfigError(
+            "--mlflow needs MLflow's client: pip install 'fedsilo[mlflow]' (or pip install "
+            "mlflow-skinny), or leave out --mlflow"
+        )
 
 
 def store(uri: str | None) -> tuple[str, str | None]:
@@ -65,17 +67,23 @@ def log_run(run_dir: str | Path, uri: str | None = None) -> str:
     tracking_uri, artifact_location = store(uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(EXPERIMENT, artifact_location=artifact_location))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
+    )
     config = (card.get("job") or {}).get("config") or {}
-    run = client.create_run(experiment_id, run_name=run_dir.name,
-                            tags={"fedsilo.run_dir": str(run_dir.resolve()), "fedsilo.setup": str(config.get("setup"))})
+    run = client.create_run(
+        experiment_id,
+        run_name=run_dir.name,
+        tags={"fedsilo.run_dir": str(run_dir.resolve()), "fedsilo.setup": str(config.get("setup"))},
+    )
     run_id = run.info.run_id
     try:
         client.log_batch(run_id, params=[mlflow.entities.Param(k, _param(v)) for k, v in sorted(config.items())])
         logged = _metrics(card, metrics, int(time.time() * 1000))
         for start in range(0, len(logged), BATCH):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run_id, metrics=logged[start:start + BATCH])
+            client.log_batch(run_id, metrics=logged[start : start + BATCH])
         client.log_artifacts(run_id, str(run_dir))
     except Exception:
         client.set_terminated(run_id, status="FAILED")
@@ -91,6 +99,7 @@ def _param(value: Any) -> str:
 def _metrics(card: dict[str, Any], metrics: dict[str, Any], now: int) -> list[Any]:
     """Per-round AUC, loss and ε (max and per bank, cumulative), then the run's final figures."""
     from mlflow.entities import Metric
+
     names = {str(p.get("peer") or p["name"]): str(p["name"]) for p in card.get("participants", [])}
     # A transfer run's card names each institution and its peer (bank-00000); a horizontal run's names the peer.
     out, spent = [], {}
@@ -109,13 +118,18 @@ def _metrics(card: dict[str, Any], metrics: dict[str, Any], now: int) -> list[An
         if epsilon_max is not None:
             out.append(Metric("epsilon_max", float(epsilon_max), now, step))
     final = card.get("metrics") or {}
-    for key, name in (("final_auc_pooled_test", "final_auc"), ("centralized_auc", "centralized_auc"),
-                      ("local_only_auc_mean", "local_auc_mean")):
+    for key, name in (
+        ("final_auc_pooled_test", "final_auc"),
+        ("centralized_auc", "centralized_auc"),
+        ("local_only_auc_mean", "local_auc_mean"),
+    ):
         if isinstance(final.get(key), (int, float)):
             out.append(Metric(name, float(final[key]), now, 0))
     for participant in card.get("participants", []):
         if isinstance(participant.get("epsilon_spent"), (int, float)):
-            out.append(Metric(f"epsilon_spent.{_safe(str(participant['name']))}", float(participant["epsilon_spent"]), now, 0))
+            out.append(
+                Metric(f"epsilon_spent.{_safe(str(participant['name']))}", float(participant["epsilon_spent"]), now, 0)
+            )
     return out
 
 

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
-from privacy.errors import ConfigError
-from privacy.secagg import SecAggConfig, Verifier
-from strategies.guard import ReplyGuard
-from strategies.observer import Observed, RoundCallback
-from strategies.secagg import SecureAggregation
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.secagg import SecAggConfig, Verifier
+from fedsilo.strategies.guard import ReplyGuard
+from fedsilo.strategies.observer import Observed, RoundCallback
+from fedsilo.strategies.secagg import SecureAggregation
 
 STRATEGIES = ("fedavg", "fedadam")
 
 
-def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
-                   fraction_evaluate: float = 1.0, on_round: RoundCallback | None = None,
-                   secagg: SecAggConfig | None = None, sum_updates: bool = False,
-                   rounds: int | None = None, verifier: Verifier | None = None) -> Observed:
+def build_strategy(
+    name: str,
+    n_peers: int,
+    fraction_train: float = 1.0,
+    fraction_evaluate: float = 1.0,
+    on_round: RoundCallback | None = None,
+    secagg: SecAggConfig | None = None,
+    sum_updates: bool = False,
+    rounds: int | None = None,
+    verifier: Verifier | None = None,
+) -> Observed:
     """`name` aggregation over `n_peers` peers, guarded, observed and, when `secagg`
     is given, run through SecAgg+ secure aggregation (`sum_updates`: the global model
     moves by the sum of the peers' updates instead of their weighted mean, as
@@ -35,7 +42,8 @@ def build_strategy(name: str, n_peers: int, fraction_train: float = 1.0,
     if n_peers < 1:
         raise ConfigError("a job needs at least one peer")
     common = dict(
-        fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+        fraction_train=fraction_train,
+        fraction_evaluate=fraction_evaluate,
         min_train_nodes=max(1, round(fraction_train * n_peers)),
         min_evaluate_nodes=max(1, round(fraction_evaluate * n_peers)) if fraction_evaluate > 0 else 0,
         min_available_nodes=n_peers,

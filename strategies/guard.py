@@ -10,16 +10,16 @@ others. Refusals are kept in `refusals` for reports and tests.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import WARNING
-from typing import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from strategies.wrapper import StrategyWrapper
+from fedsilo.strategies.wrapper import StrategyWrapper
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,15 @@ class ReplyGuard(StrategyWrapper):
         self.refusals: list[Refusal] = []
         self._expected: dict[str, tuple[int, ...]] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._expected = {name: tuple(array.shape) for name, array in arrays.items()}
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = []
         for reply in replies:
             reason = check_train_reply(reply, self._expected, self.weight_key)

@@ -9,11 +9,11 @@ An optional `on_round` callback sees each finished stage (used for progress disp
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from strategies.wrapper import StrategyWrapper
+from fedsilo.strategies.wrapper import StrategyWrapper
 
 RoundCallback = Callable[[str, int, list[dict], list[str]], None]
 
@@ -40,8 +40,9 @@ class Observed(StrategyWrapper):
         self.errors: dict[int, list[str]] = defaultdict(list)
         self.on_round = on_round
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies, metrics, errors = _split(replies)
         self.train[server_round].extend(metrics)
         self.errors[server_round].extend(errors)

@@ -6,7 +6,7 @@ and the node's `partition-id`; it reads the job from `context.run_config`. Nothi
 comes from simulation-only globals, so the same app runs under both engines.
 
 Under the Deployment Engine the node config also names `state-dir`, the peer's own
-directory (`peers.client.node_state`): the job's encoder arrives from the host in a
+directory (`fedsilo.peers.client.node_state`): the job's encoder arrives from the host in a
 `query.encoder` message (after the peer answered `query.summarize` with its
 aggregates) and is kept there, and so is the peer's accountant history: its durable
 record of the job (`node_state`), which the peer's daemon opens with the job's ε cap
@@ -29,31 +29,29 @@ under the Simulation Engine.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from peers.client.mods.secagg import secagg_mod
-from peers.packed_content import packed_content_mod
-from peers.client.local_training import RoundResult, evaluate_weights, limit_threads, train_round
-from peers.client import node_state
-from peers.data.bank import BankTensors, load_bank, read_table
-from peers.data.encoding import BankSummary
-from peers.job import JobConfig, encoder_path_for
-from peers.models import build_model, get_weights, select
-from privacy.accounting import Mechanism
-from peers.errors import Refused
-from privacy.errors import ConfigError, FedsiloError
+from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.peers.client import node_state
+from fedsilo.peers.client.local_training import RoundResult, evaluate_weights, limit_threads, train_round
+from fedsilo.peers.client.mods.secagg import secagg_mod
+from fedsilo.peers.data.bank import BankTensors, load_bank, read_table
+from fedsilo.peers.data.encoding import BankSummary
+from fedsilo.peers.errors import Refused
+from fedsilo.peers.job import JobConfig, encoder_path_for
+from fedsilo.peers.models import build_model, get_weights, select
+from fedsilo.peers.packed_content import packed_content_mod
+from fedsilo.privacy.accounting import Mechanism
 
 PRIVACY_STATE_KEY = "fedsilo.privacy"
 ERROR_CODE_REFUSED = 4001
-
 
 
 def bank_index(context: Context) -> int:
@@ -69,8 +67,10 @@ def bank_data(job: JobConfig, context: Context) -> BankTensors:
     if not encoder_path:
         encoder_path = str(node_state.encoder_file(_state_dir(context), job.job_id))
         if not Path(encoder_path).exists():
-            raise ConfigError(f"job {job.job_id} has no encoder at this peer yet: the host must send it "
-                              f"(query.encoder) before training")
+            raise ConfigError(
+                f"job {job.job_id} has no encoder at this peer yet: the host must send it "
+                f"(query.encoder) before training"
+            )
     return load_bank(str(data_path), str(encoder_path), job.train.test_fraction, job.train.seed)
 
 
@@ -87,12 +87,15 @@ def _private_weights_path(job: JobConfig, context: Context) -> Path:
         return node_state.private_weights_file(_state_dir(context), job.job_id)
     if job.private_dir:
         return Path(job.private_dir) / f"bank-{bank_index(context):05d}.private.safetensors"
-    raise ConfigError("this transfer job has nowhere to keep the banks' private weights: set data.private-dir "
-                      "(the simulation harness does) or the node's state-dir")
+    raise ConfigError(
+        "this transfer job has nowhere to keep the banks' private weights: set data.private-dir "
+        "(the simulation harness does) or the node's state-dir"
+    )
 
 
-def _full_weights(job: JobConfig, data: BankTensors, context: Context,
-                  received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _full_weights(
+    job: JobConfig, data: BankTensors, context: Context, received: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """The received shared weights completed with this peer's private ones (transfer setups).
 
     Private weights (its own encoder, its own head) are initialised per bank on first
@@ -100,8 +103,9 @@ def _full_weights(job: JobConfig, data: BankTensors, context: Context,
     """
     if not job.shared:
         return received
-    initial = get_weights(build_model(job.model, data.x_train.shape[1],
-                                      seed=job.train.seed * 7919 + bank_index(context)))
+    initial = get_weights(
+        build_model(job.model, data.x_train.shape[1], seed=job.train.seed * 7919 + bank_index(context))
+    )
     shared = set(select(initial, job.shared))
     if set(received) != shared:
         raise ConfigError(f"the host sent {sorted(received)}; this job shares exactly {sorted(shared)}")
@@ -109,8 +113,10 @@ def _full_weights(job: JobConfig, data: BankTensors, context: Context,
     if private is None:
         private = {k: v for k, v in initial.items() if k not in shared}
     elif set(private) | shared != set(initial) or any(private[k].shape != initial[k].shape for k in private):
-        raise ConfigError(f"the private weights kept for job {job.job_id} do not fit this model: "
-                          f"{sorted(private)} against {sorted(set(initial) - shared)}")
+        raise ConfigError(
+            f"the private weights kept for job {job.job_id} do not fit this model: "
+            f"{sorted(private)} against {sorted(set(initial) - shared)}"
+        )
     return {k: (received[k] if k in shared else private[k]) for k in initial}
 
 
@@ -119,8 +125,9 @@ def _keep_private(job: JobConfig, context: Context, weights: dict[str, np.ndarra
     if not job.shared:
         return weights
     shared = select(weights, job.shared)
-    node_state.write_private_weights(_private_weights_path(job, context), job.job_id,
-                                     {k: v for k, v in weights.items() if k not in shared})
+    node_state.write_private_weights(
+        _private_weights_path(job, context), job.job_id, {k: v for k, v in weights.items() if k not in shared}
+    )
     return shared
 
 
@@ -133,7 +140,8 @@ def _history(context: Context, job: JobConfig) -> list[Mechanism]:
 
 def _store_history(context: Context, job: JobConfig, history: list[Mechanism]) -> None:
     context.state[PRIVACY_STATE_KEY] = ConfigRecord(
-        {"job": job.job_id, "history": json.dumps([m.to_dict() for m in history])})
+        {"job": job.job_id, "history": json.dumps([m.to_dict() for m in history])}
+    )
 
 
 def _refuse(msg: Message, error: FedsiloError) -> Message:
@@ -147,9 +155,11 @@ def refuse_public_noise(job: JobConfig, context: Context) -> None:
     could regenerate and subtract this peer's noise, so the peer refuses the round.
     """
     if job.dp.reproducible and context.node_config.get("state-dir"):
-        raise Refused(f"job {job.job_id} asks for reproducible DP noise (dp.reproducible): its noise would follow "
-                      f"from the job's public seed and protect nothing; a deployed peer only trains with secret "
-                      f"noise — the job owner must drop dp.reproducible")
+        raise Refused(
+            f"job {job.job_id} asks for reproducible DP noise (dp.reproducible): its noise would follow "
+            f"from the job's public seed and protect nothing; a deployed peer only trains with secret "
+            f"noise — the job owner must drop dp.reproducible"
+        )
 
 
 def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTensors, dict[str, np.ndarray]]:
@@ -160,22 +170,27 @@ def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTens
     return job, data, _full_weights(job, data, context, received)
 
 
-def _train_with_durable_record(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
-                               server_round: int, context: Context) -> RoundResult:
+def _train_with_durable_record(
+    job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray], server_round: int, context: Context
+) -> RoundResult:
     """A round under the Deployment Engine: history and cap from the peer's record, the round appended
     to it (under the record's lock) before the update is returned, hence before it is released."""
     state_dir = _state_dir(context)
     with node_state.job_lock(state_dir, job.job_id):
         record = node_state.read_privacy(state_dir, job.job_id)
         if record is None or record.cap is None:
-            raise ConfigError(f"this peer has no privacy record with the ε cap of job {job.job_id} in its "
-                              "state-dir: its daemon opens one before joining (peers.deployment.join_training)")
+            raise ConfigError(
+                f"this peer has no privacy record with the ε cap of job {job.job_id} in its "
+                "state-dir: its daemon opens one before joining (peers.deployment.join_training)"
+            )
         if record.finished:
             raise ConfigError(f"job {job.job_id} has ended at this peer: it trains no further round")
         accepted = node_state.PrivacyCap(job.dp.epsilon, job.dp.delta, job.dp.accountant)
         if job.dp.private and accepted != record.cap:
-            raise ConfigError(f"the run config's privacy terms {accepted} differ from the ones this peer accepted "
-                              f"for job {job.job_id} ({record.cap}): refused")
+            raise ConfigError(
+                f"the run config's privacy terms {accepted} differ from the ones this peer accepted "
+                f"for job {job.job_id} ({record.cap}): refused"
+            )
         result = train_round(job, data, weights, list(record.spent), server_round, bank_index(context))
         if result.mechanism is not None:
             node_state.write_privacy(state_dir, replace(record, spent=(*record.spent, result.mechanism)))
@@ -220,8 +235,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         scores = evaluate_weights(job, data, weights)
     except FedsiloError as error:
         return _refuse(msg, error)
-    metrics = {"num-examples": data.n_test, "loss": scores["loss"], "auc": scores["auc"],
-               "bank": bank_index(context)}
+    metrics = {"num-examples": data.n_test, "loss": scores["loss"], "auc": scores["auc"], "bank": bank_index(context)}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -1,6 +1,6 @@
 """One round of a peer's local work, free of Flower: train with DP-SGD, or evaluate.
 
-DP-SGD's randomness is secret and fresh in every round (`privacy.noise_source`) unless
+DP-SGD's randomness is secret and fresh in every round (`fedsilo.privacy.noise_source`) unless
 the job asks for the research mode (`dp.reproducible`, see `reproducible_seed`).
 
 The privacy state a peer carries between rounds is its accountant history
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from peers.data.bank import BankTensors
-from peers.evaluation import evaluate
-from peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
-from peers.models import build_model, freeze, get_weights, set_weights
-from privacy.accounting import Mechanism, epsilon_spent
-from privacy.clipped_gradients import clipped_gradient_sum
-from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
-from privacy.errors import BudgetExceeded, ConfigError
+from fedsilo.errors import BudgetExceeded, ConfigError
+from fedsilo.peers.data.bank import BankTensors
+from fedsilo.peers.evaluation import evaluate
+from fedsilo.peers.job import JobConfig, parameter_count, plan_distributed_dp, plan_dp
+from fedsilo.peers.models import build_model, freeze, get_weights, set_weights
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.clipped_gradients import clipped_gradient_sum
+from fedsilo.privacy.dpsgd import DPSGDConfig, DPSGDTrainer
 
 EPSILON_TOLERANCE = 1e-6
 # Distributed DP: largest |global weight| a peer encodes from, in units of secagg.clip (see _distributed_round).
@@ -39,8 +39,14 @@ class RoundResult:
     epsilon: float
 
 
-def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
-                history: list[Mechanism], server_round: int, bank_seed: int) -> RoundResult:
+def train_round(
+    job: JobConfig,
+    data: BankTensors,
+    weights: dict[str, np.ndarray],
+    history: list[Mechanism],
+    server_round: int,
+    bank_seed: int,
+) -> RoundResult:
     """Train the global `weights` on the bank's rows for one round.
 
     `history` is the mechanisms this peer already ran in this job; the returned ε
@@ -60,12 +66,15 @@ def train_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray
     model = build_model(job.model, data.x_train.shape[1])
     set_weights(model, weights)
     freeze(model, job.freeze)
-    config = DPSGDConfig(lr=job.train.lr, max_grad_norm=job.dp.max_grad_norm,
-                         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                         private=job.dp.private)
+    config = DPSGDConfig(
+        lr=job.train.lr,
+        max_grad_norm=job.dp.max_grad_norm,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        private=job.dp.private,
+    )
     trainer = DPSGDTrainer(model, config, reproducible_seed=reproducible_seed(job, bank_seed, server_round))
-    mechanism, loss = trainer.train(
-        data.x_train, data.y_train, epochs=job.train.local_epochs)
+    mechanism, loss = trainer.train(data.x_train, data.y_train, epochs=job.train.local_epochs)
     # The trainer ran exactly plan.per_round, so the ε it spent is the one projected above.
     assert mechanism == (plan.per_round if job.dp.private else None)
     return RoundResult(get_weights(model), data.n_train, loss, mechanism, projected)
@@ -82,8 +91,9 @@ def reproducible_seed(job: JobConfig, bank_seed: int, server_round: int) -> int 
     return (job.train.seed * 1_000_003 + bank_seed * 7919 + server_round) % (2**31)
 
 
-def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray],
-                       history: list[Mechanism], server_round: int) -> RoundResult:
+def _distributed_round(
+    job: JobConfig, data: BankTensors, weights: dict[str, np.ndarray], history: list[Mechanism], server_round: int
+) -> RoundResult:
     """One full-batch step: −lr·Σ clip(∇ℓ_r)/public_rows, with weight 1 (public).
 
     No noise is added here: the peer's share of the distributed noise is added inside
@@ -98,26 +108,34 @@ def _distributed_round(job: JobConfig, data: BankTensors, weights: dict[str, np.
     weights are public: refusing leaks nothing). Then the update the secagg mod
     recomputes, new − global in float64, is within 2**-53·(|w| + 2·clip)·(1 + 2**-52)
     of the exact step: at most 2**-12 integer units per coordinate at 32 bits, inside
-    the float allowance of `privacy.secagg.noise.integer_l2_sensitivity`.
+    the float allowance of `fedsilo.privacy.secagg.noise.integer_l2_sensitivity`.
     """
     plan = plan_distributed_dp(job, parameter_count(job))
     projected = epsilon_spent([*history, plan.per_round], job.dp.delta, job.dp.accountant)
     if projected > job.dp.epsilon * (1 + EPSILON_TOLERANCE):
-        raise BudgetExceeded(f"round {server_round} would bring this peer's ε to {projected:.3f}, over the job's "
-                             f"ε = {job.dp.epsilon}: the job declared {job.train.rounds} rounds")
+        raise BudgetExceeded(
+            f"round {server_round} would bring this peer's ε to {projected:.3f}, over the job's "
+            f"ε = {job.dp.epsilon}: the job declared {job.train.rounds} rounds"
+        )
     model = build_model(job.model, data.x_train.shape[1])
     set_weights(model, weights)
     freeze(model, job.freeze)
     clip = job.secagg.clip
     largest = max((float(np.abs(weights[name]).max(initial=0.0)) for name in weights), default=0.0)
     if not largest <= WEIGHT_BOUND * clip:
-        raise ConfigError(f"a global weight of magnitude {largest:.3g} exceeds {WEIGHT_BOUND}·secagg.clip = "
-                          f"{WEIGHT_BOUND * clip:g}: distributed DP's float allowance does not cover it; "
-                          f"the job needs a larger secagg.clip")
+        raise ConfigError(
+            f"a global weight of magnitude {largest:.3g} exceeds {WEIGHT_BOUND}·secagg.clip = "
+            f"{WEIGHT_BOUND * clip:g}: distributed DP's float allowance does not cover it; "
+            f"the job needs a larger secagg.clip"
+        )
     gradient = clipped_gradient_sum(model, data.x_train, data.y_train, job.dp.max_grad_norm)
     step = job.train.lr / job.public_rows
-    new = {name: value.astype(np.float64) - np.clip(step * gradient[name].double().numpy(), -clip, clip)
-           if name in gradient else value for name, value in weights.items()}
+    new = {
+        name: value.astype(np.float64) - np.clip(step * gradient[name].double().numpy(), -clip, clip)
+        if name in gradient
+        else value
+        for name, value in weights.items()
+    }
     return RoundResult(new, 1, float("nan"), plan.per_round, projected)
 
 

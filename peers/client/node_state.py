@@ -36,8 +36,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
-from privacy.accounting import Mechanism
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.accounting import Mechanism
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -94,11 +94,23 @@ class JobPrivacy:
 
 
 def write_privacy(state_dir: Path, record: JobPrivacy) -> None:
-    cap = None if record.cap is None else {"epsilon": record.cap.epsilon, "delta": record.cap.delta,
-                                            "accountant": record.cap.accountant}
-    write_atomic(privacy_file(state_dir, record.job_id), json.dumps({
-        "job": record.job_id, "finished": record.finished, "cap": cap,
-        "spent": [m.to_dict() for m in record.spent]}) + "\n")
+    cap = (
+        None
+        if record.cap is None
+        else {"epsilon": record.cap.epsilon, "delta": record.cap.delta, "accountant": record.cap.accountant}
+    )
+    write_atomic(
+        privacy_file(state_dir, record.job_id),
+        json.dumps(
+            {
+                "job": record.job_id,
+                "finished": record.finished,
+                "cap": cap,
+                "spent": [m.to_dict() for m in record.spent],
+            }
+        )
+        + "\n",
+    )
 
 
 def read_privacy(state_dir: Path, job_id: str) -> JobPrivacy | None:
@@ -109,12 +121,17 @@ def read_privacy(state_dir: Path, job_id: str) -> JobPrivacy | None:
     try:
         data = json.loads(path.read_text())
         cap = data.get("cap")
-        record = JobPrivacy(job_id, tuple(Mechanism.from_dict(m) for m in data["spent"]), bool(data["finished"]),
-                            None if cap is None else PrivacyCap(float(cap["epsilon"]), float(cap["delta"]),
-                                                                str(cap["accountant"])))
+        record = JobPrivacy(
+            job_id,
+            tuple(Mechanism.from_dict(m) for m in data["spent"]),
+            bool(data["finished"]),
+            None if cap is None else PrivacyCap(float(cap["epsilon"]), float(cap["delta"]), str(cap["accountant"])),
+        )
     except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path} is not a readable privacy record ({error}): it is this peer's account of job "
-                          f"{job_id}; restore it from a backup, never delete it") from None
+        raise ConfigError(
+            f"{path} is not a readable privacy record ({error}): it is this peer's account of job "
+            f"{job_id}; restore it from a backup, never delete it"
+        ) from None
     if data.get("job") != job_id:
         raise ConfigError(f"{path} belongs to job {data.get('job')!r}, not {job_id!r}: two job ids map to one file")
     return record
@@ -129,8 +146,10 @@ def open_record(state_dir: Path, job_id: str, cap: PrivacyCap) -> JobPrivacy:
         record = read_privacy(state_dir, job_id)
         if record is not None and record.cap is not None:
             if record.cap != cap:
-                raise ConfigError(f"the privacy record of job {job_id} holds the cap {record.cap}, not {cap}: "
-                                  "a job's privacy terms never change once it started")
+                raise ConfigError(
+                    f"the privacy record of job {job_id} holds the cap {record.cap}, not {cap}: "
+                    "a job's privacy terms never change once it started"
+                )
             return record
         record = replace(record, cap=cap) if record is not None else JobPrivacy(job_id, (), cap=cap)
         write_privacy(state_dir, record)
@@ -152,8 +171,9 @@ def job_lock(state_dir: Path, job_id: str) -> Iterator[None]:
 
 def write_private_weights(path: Path, job_id: str, weights: dict[str, np.ndarray]) -> None:
     """Keep a bank's private weights for `job_id` at `path` (safetensors, replaced atomically)."""
-    write_atomic(path, safetensors_bytes({k: np.ascontiguousarray(v) for k, v in weights.items()},
-                                         metadata={"job": job_id}))
+    write_atomic(
+        path, safetensors_bytes({k: np.ascontiguousarray(v) for k, v in weights.items()}, metadata={"job": job_id})
+    )
 
 
 def read_private_weights(path: Path, job_id: str) -> dict[str, np.ndarray] | None:
@@ -167,5 +187,6 @@ def read_private_weights(path: Path, job_id: str) -> dict[str, np.ndarray] | Non
                 raise ConfigError(f"{path} holds private weights of job {owner!r}, not {job_id!r}")
             return {name: handle.get_tensor(name) for name in handle.keys()}
     except SafetensorError as error:
-        raise ConfigError(f"{path} is not a readable safetensors file ({error}): delete it to start the "
-                          f"bank's private weights afresh") from None
+        raise ConfigError(
+            f"{path} is not a readable safetensors file ({error}): delete it to start the bank's private weights afresh"
+        ) from None

@@ -24,23 +24,24 @@ import json
 import logging
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from peers.daemon.config import PeerConfig, load_config
-from peers.daemon.inputs import parse_json, query_count
-from peers.daemon.model_store import CARD, SIGNATURE
-from peers.daemon.openapi import spec
-from peers.daemon.service import PeerService
-from peers.errors import Refused
-from peers.identity.consortium import Identity
-from peers.identity.manifest import Member
-from peers.identity.pki import certificate_fingerprint
-from peers.identity.tls import server_context
-from privacy.errors import FedsiloError
+from fedsilo.errors import FedsiloError
+from fedsilo.peers.daemon.config import PeerConfig, load_config
+from fedsilo.peers.daemon.inputs import parse_json, query_count
+from fedsilo.peers.daemon.model_store import CARD, SIGNATURE
+from fedsilo.peers.daemon.openapi import spec
+from fedsilo.peers.daemon.service import PeerService
+from fedsilo.peers.errors import Refused
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.manifest import Member
+from fedsilo.peers.identity.pki import certificate_fingerprint
+from fedsilo.peers.identity.tls import server_context
 
 log = logging.getLogger("fedsilo.peer")
 SERVICE = web.AppKey("service", PeerService)
@@ -48,8 +49,15 @@ MEMBER = web.RequestKey("member", Member)
 OPERATOR = web.RequestKey("operator", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADMIN_SOCKET = "admin.sock"
-OPERATOR_ROUTES = ("/v1/health", "/v1/status", "/v1/openapi.json", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/budget",
-                   "/v1/audit")
+OPERATOR_ROUTES = (
+    "/v1/health",
+    "/v1/status",
+    "/v1/openapi.json",
+    "/v1/jobs",
+    "/v1/jobs/{job_id}",
+    "/v1/budget",
+    "/v1/audit",
+)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -74,8 +82,11 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
         fingerprint = certificate_fingerprint(der)
         member = service.member_for(fingerprint)
         if member is None:
-            await service.record_refusal("unknown", f"{request.method} {request.path}",
-                                         f"client certificate {fingerprint} is not in the consortium manifest")
+            await service.record_refusal(
+                "unknown",
+                f"{request.method} {request.path}",
+                f"client certificate {fingerprint} is not in the consortium manifest",
+            )
             return _error(403, "your certificate is not a member's in this peer's consortium manifest")
         request[MEMBER], actor = member, member.name
     action = f"{request.method} {request.path}"[:MAX_ACTION]
@@ -94,8 +105,7 @@ async def identify(request: web.Request, handler: Handler) -> web.StreamResponse
         raise
     except Exception as error:  # pylint: disable=broad-exception-caught  # a bug: logged, audited, no details out
         log.exception("peer %s failed on %s from %s", service.name, action, actor)
-        await service.record_refusal(actor, action, f"internal error ({error.__class__.__name__})",
-                                     outcome="failed")
+        await service.record_refusal(actor, action, f"internal error ({error.__class__.__name__})", outcome="failed")
         return _error(500, "this peer failed on the request (recorded in its audit log); tell its operator")
 
 
@@ -109,8 +119,9 @@ async def read_json(request: web.Request) -> Any:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise Refused(f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes", 413) \
-            from None
+        raise Refused(
+            f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes", 413
+        ) from None
     return parse_json(raw)
 
 
@@ -124,8 +135,11 @@ async def read_frames(request: web.Request) -> bytes:
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise Refused(f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes; send "
-                      "fewer identifiers per request or ask the holder to raise peer.max-body-bytes", 413) from None
+        raise Refused(
+            f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes; send "
+            "fewer identifiers per request or ask the holder to raise peer.max-body-bytes",
+            413,
+        ) from None
 
 
 def _service(request: web.Request) -> PeerService:
@@ -141,12 +155,20 @@ async def status(request: web.Request) -> web.Response:
     counts: dict[str, int] = {}
     for job in service.visible_jobs(viewer):
         counts[job.state] = counts.get(job.state, 0) + 1
-    models = [m for m in service.store.models() if viewer is None or service.may_read_model(request[MEMBER],
-                                                                                           m["job_id"])]
-    return web.json_response({"peer": service.name, "consortium": service.identity.manifest.consortium,
-                              "manifest_version": service.identity.manifest.version, "jobs": counts,
-                              "sources": service.visible_sources(viewer), "models": len(models),
-                              "you": viewer or "operator"})
+    models = [
+        m for m in service.store.models() if viewer is None or service.may_read_model(request[MEMBER], m["job_id"])
+    ]
+    return web.json_response(
+        {
+            "peer": service.name,
+            "consortium": service.identity.manifest.consortium,
+            "manifest_version": service.identity.manifest.version,
+            "jobs": counts,
+            "sources": service.visible_sources(viewer),
+            "models": len(models),
+            "you": viewer or "operator",
+        }
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -173,8 +195,11 @@ async def get_job(request: web.Request) -> web.Response:
     if view is None:  # the same answer whether the job exists or not
         if viewer is None:
             raise Refused(f"no job {job_id!r} here", 404)
-        raise Refused(f"{viewer} takes part in no job {job_id!r} here: a peer shows a job only to its owner, its "
-                      "host and its participants", 403)
+        raise Refused(
+            f"{viewer} takes part in no job {job_id!r} here: a peer shows a job only to its owner, its "
+            "host and its participants",
+            403,
+        )
     return web.json_response(view)
 
 
@@ -185,8 +210,9 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def start_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).start_training(request[MEMBER], request.match_info["job_id"],
-                                                                    body))
+    return web.json_response(
+        await _service(request).start_training(request[MEMBER], request.match_info["job_id"], body)
+    )
 
 
 async def report_job(request: web.Request) -> web.Response:
@@ -205,24 +231,35 @@ def _model(request: web.Request) -> tuple[str, Any]:
     if found is None:
         raise Refused(f"no model of job {job_id!r} here", 404)
     if not service.may_read_model(request[MEMBER], job_id):
-        raise Refused(f"{request[MEMBER].name} may not pull the model of job {job_id}: only its owner, its "
-                      "participants and the readers in this peer's policy can", 403)
+        raise Refused(
+            f"{request[MEMBER].name} may not pull the model of job {job_id}: only its owner, its "
+            "participants and the readers in this peer's policy can",
+            403,
+        )
     return job_id, found
 
 
 async def list_models(request: web.Request) -> web.Response:
     service = _service(request)
     visible = [m for m in service.store.models() if service.may_read_model(request[MEMBER], m["job_id"])]
-    return web.json_response({"models": [{k: m[k] for k in ("job_id", "version", "signer", "created")}
-                                         for m in visible]})
+    return web.json_response(
+        {"models": [{k: m[k] for k in ("job_id", "version", "signer", "created")} for m in visible]}
+    )
 
 
 async def get_model(request: web.Request) -> web.Response:
     job_id, (version, directory, signer) = _model(request)
     card = json.loads((directory / CARD).read_text())
     job = _service(request).store.job(job_id)
-    return web.json_response({"job_id": job_id, "version": version, "host": signer, "files": sorted(card["artifacts"]),
-                              "job": job.envelope if job else None})
+    return web.json_response(
+        {
+            "job_id": job_id,
+            "version": version,
+            "host": signer,
+            "files": sorted(card["artifacts"]),
+            "job": job.envelope if job else None,
+        }
+    )
 
 
 async def model_card(request: web.Request) -> web.Response:
@@ -241,13 +278,22 @@ async def model_file(request: web.Request) -> web.StreamResponse:
 
 async def audit_export(request: web.Request) -> web.Response:
     if not request.get(OPERATOR):
-        raise Refused(f"the audit log of {_service(request).name} is for its own operators, not for consortium "
-                      "members: on its machine, run `fedsilo audit export --config peer.toml`", 403)
+        raise Refused(
+            f"the audit log of {_service(request).name} is for its own operators, not for consortium "
+            "members: on its machine, run `fedsilo audit export --config peer.toml`",
+            403,
+        )
     since = query_count(request.query, "since")
     service = _service(request)
     check = service.store.audit.verify()
-    return web.json_response({"peer": service.name, "chain_ok": check.ok, "first_broken": check.first_broken,
-                              "entries": [e.to_dict() for e in service.store.audit.entries(since)]})
+    return web.json_response(
+        {
+            "peer": service.name,
+            "chain_ok": check.ok,
+            "first_broken": check.first_broken,
+            "entries": [e.to_dict() for e in service.store.audit.entries(since)],
+        }
+    )
 
 
 async def budget(request: web.Request) -> web.Response:
@@ -255,8 +301,9 @@ async def budget(request: web.Request) -> web.Response:
 
 
 async def lists(request: web.Request) -> web.Response:
-    return web.json_response({"peer": _service(request).name,
-                              "lists": _service(request).lists.shared_with(request[MEMBER].name)})
+    return web.json_response(
+        {"peer": _service(request).name, "lists": _service(request).lists.shared_with(request[MEMBER].name)}
+    )
 
 
 async def _serve_list(request: web.Request, action: str, work: str, binary_body: bool = True) -> web.Response:
@@ -327,6 +374,7 @@ def build_app(service: PeerService, max_body: int) -> web.Application:
         await service.start()
         yield
         await service.stop()
+
     app.cleanup_ctx.append(lifecycle)
     return app
 
@@ -348,8 +396,12 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
     host, manifest_port = listen_address(identity)
     runner = web.AppRunner(build_app(service, config.max_body_bytes), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, manifest_port if port is None else port,
-                       ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path))
+    site = web.TCPSite(
+        runner,
+        host,
+        manifest_port if port is None else port,
+        ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path),
+    )
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     await web.UnixSite(runner, str(admin)).start()
@@ -361,8 +413,10 @@ def admin_socket(state_dir: Path) -> Path:
     """The operator's socket in the state directory; FedsiloError if its path is too long for a Unix socket."""
     path = state_dir / ADMIN_SOCKET
     if len(str(path).encode()) > 107:
-        raise FedsiloError(f"the admin socket {path} is longer than a Unix socket path may be (107 bytes): give "
-                           "[peer] state a shorter path")
+        raise FedsiloError(
+            f"the admin socket {path} is longer than a Unix socket path may be (107 bytes): give "
+            "[peer] state a shorter path"
+        )
     return path
 
 
@@ -373,8 +427,11 @@ def run_daemon(config_path: str) -> int:
 
     async def main() -> None:
         runner, service, port = await start_daemon(config)
-        print(f"peer {service.name} listening on https://{listen_address(service.identity)[0]}:{port} "
-              f"(state: {config.state_dir})", flush=True)
+        print(
+            f"peer {service.name} listening on https://{listen_address(service.identity)[0]}:{port} "
+            f"(state: {config.state_dir})",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from peers.identity.signing import canonical_json
+from fedsilo.peers.identity.signing import canonical_json
 
 GENESIS = "0" * 64
 
@@ -84,16 +84,27 @@ class AuditLog:
         self._conn = conn
         conn.executescript(SCHEMA)
 
-    def append(self, actor: str, action: str, outcome: str, detail: str = "", job: str | None = None,
-               source: str | None = None) -> AuditEntry:
+    def append(
+        self, actor: str, action: str, outcome: str, detail: str = "", job: str | None = None, source: str | None = None
+    ) -> AuditEntry:
         last = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        fields = {"seq": seq, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                  "actor": actor, "action": action, "job": job, "source": source, "outcome": outcome,
-                  "detail": detail, "prev_hash": prev}
+        fields = {
+            "seq": seq,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "actor": actor,
+            "action": action,
+            "job": job,
+            "source": source,
+            "outcome": outcome,
+            "detail": detail,
+            "prev_hash": prev,
+        }
         fields["hash"] = entry_hash(fields)
-        self._conn.execute(f"INSERT INTO audit ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
-                           tuple(fields[k] for k in FIELDS))
+        self._conn.execute(
+            f"INSERT INTO audit ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})",
+            tuple(fields[k] for k in FIELDS),
+        )
         return AuditEntry(**fields)
 
     def entries(self, since: int = 0, limit: int | None = None) -> list[AuditEntry]:

@@ -14,57 +14,79 @@ import hashlib
 import math
 from typing import Any
 
-from peers.daemon.signed_job import SignedJob
-from peers.identity.signing import canonical_json
-from peers.provenance import package_versions
-from privacy.accounting import Mechanism, epsilon_spent
-from privacy.accounting.compose import accounting_note
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
+from fedsilo.peers.daemon.signed_job import SignedJob
+from fedsilo.peers.identity.signing import canonical_json
+from fedsilo.peers.provenance import package_versions
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.accounting.compose import accounting_note
 
 SCHEMA = "fedsilo.model-card/1"
 
 
-def build_card(job: SignedJob, participants: list[dict[str, Any]], reports: dict[str, dict[str, Any]],
-               metrics: dict[str, Any]) -> dict[str, Any]:
+def build_card(
+    job: SignedJob, participants: list[dict[str, Any]], reports: dict[str, dict[str, Any]], metrics: dict[str, Any]
+) -> dict[str, Any]:
     config = job.config
     rows = []
     for participant in participants:
         if participant["decision"] != "accepted":
             continue
         reply, report = participant["reply"] or {}, reports.get(participant["peer"])
-        rows.append({"peer": participant["peer"], "rows": reply.get("rows"), "training_rows": reply.get("n_train"),
-                     "data_fingerprint": reply.get("fingerprint"),
-                     "epsilon": None if report is None else report["epsilon"],
-                     "delta": None if report is None else report["delta"],
-                     "accountant": None if report is None else report["accountant"],
-                     "spent": None if report is None else report["spent"],
-                     "epsilon_rdp": None if report is None else _rdp_epsilon(report),
-                     "reported": report is not None})
+        rows.append(
+            {
+                "peer": participant["peer"],
+                "rows": reply.get("rows"),
+                "training_rows": reply.get("n_train"),
+                "data_fingerprint": reply.get("fingerprint"),
+                "epsilon": None if report is None else report["epsilon"],
+                "delta": None if report is None else report["delta"],
+                "accountant": None if report is None else report["accountant"],
+                "spent": None if report is None else report["spent"],
+                "epsilon_rdp": None if report is None else _rdp_epsilon(report),
+                "reported": report is not None,
+            }
+        )
     rounds = metrics.get("rounds", [])
     return {
         "schema": SCHEMA,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "task": "binary classification: probability of default (one logit per row)",
-        "job": {"id": job.job_id, "owner": job.owner, "host": job.host, "source": job.source, "label": job.label,
-                "strategy": config.strategy, "rounds": config.train.rounds,
-                "model": {"kind": config.model.kind, "hidden": list(config.model.hidden)},
-                "dp": {"mode": config.dp.mode, "epsilon": config.dp.epsilon, "delta": config.dp.delta,
-                       "max_grad_norm": config.dp.max_grad_norm, "accountant": config.dp.accountant},
-                "secure_aggregation": config.secagg.mode,
-                "document_sha256": hashlib.sha256(canonical_json(job.document)).hexdigest()},
+        "job": {
+            "id": job.job_id,
+            "owner": job.owner,
+            "host": job.host,
+            "source": job.source,
+            "label": job.label,
+            "strategy": config.strategy,
+            "rounds": config.train.rounds,
+            "model": {"kind": config.model.kind, "hidden": list(config.model.hidden)},
+            "dp": {
+                "mode": config.dp.mode,
+                "epsilon": config.dp.epsilon,
+                "delta": config.dp.delta,
+                "max_grad_norm": config.dp.max_grad_norm,
+                "accountant": config.dp.accountant,
+            },
+            "secure_aggregation": config.secagg.mode,
+            "document_sha256": hashlib.sha256(canonical_json(job.document)).hexdigest(),
+        },
         "participants": rows,
-        "privacy": {"guarantee": f"each participant's released updates are (ε, δ)-DP per record of its data "
-                                 f"source, with the ε and δ listed per participant (job target ε = "
-                                 f"{config.dp.epsilon:g}, δ = {config.dp.delta:g})",
-                    "noise": "secret: each participant drew its DP noise and sampling from its own OS CSPRNG, "
-                             "afresh every round; a deployed peer refuses a job that asks for seeded noise, so "
-                             "nothing in the job or this card reproduces it",
-                    "public": "each participant's number of training rows is released exactly (training_rows "
-                              "here; it also sets its sampling rate and its weight in the average): the (ε, δ) "
-                              "protects what each record contains, not whether a peer holds one more record",
-                    "accounting": accounting_note(config.dp.accountant, config.dp.delta),
-                    "secure_aggregation": "SecAgg+: the host saw only the sum of each round's updates"
-                    if config.secagg.enabled else "off: the host saw each DP-protected update"},
+        "privacy": {
+            "guarantee": f"each participant's released updates are (ε, δ)-DP per record of its data "
+            f"source, with the ε and δ listed per participant (job target ε = "
+            f"{config.dp.epsilon:g}, δ = {config.dp.delta:g})",
+            "noise": "secret: each participant drew its DP noise and sampling from its own OS CSPRNG, "
+            "afresh every round; a deployed peer refuses a job that asks for seeded noise, so "
+            "nothing in the job or this card reproduces it",
+            "public": "each participant's number of training rows is released exactly (training_rows "
+            "here; it also sets its sampling rate and its weight in the average): the (ε, δ) "
+            "protects what each record contains, not whether a peer holds one more record",
+            "accounting": accounting_note(config.dp.accountant, config.dp.delta),
+            "secure_aggregation": "SecAgg+: the host saw only the sum of each round's updates"
+            if config.secagg.enabled
+            else "off: the host saw each DP-protected update",
+        },
         "metrics": _final_metrics(rounds),
         "software": package_versions(),
     }
@@ -78,7 +100,6 @@ def _rdp_epsilon(report: dict[str, Any]) -> float | None:
         return None
 
 
-
 def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The last round's held-out metrics, each peer's and their example-weighted mean.
 
@@ -86,17 +107,24 @@ def _final_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     the card must stay signable JSON whatever a participant reports.
     """
     evaluated = [r for r in rounds if r.get("evaluate")]
-    last = [{k: _finite(m.get(k)) for k in ("auc", "loss", "num-examples")} for m in
-            (evaluated[-1]["evaluate"] if evaluated else [])]
+    last = [
+        {k: _finite(m.get(k)) for k in ("auc", "loss", "num-examples")}
+        for m in (evaluated[-1]["evaluate"] if evaluated else [])
+    ]
     total = sum(m["num-examples"] or 0 for m in last)
 
     def mean(key: str) -> float | None:
         values = [(m[key], m["num-examples"] or 0) for m in last if m[key] is not None]
         return _finite(sum(v * n for v, n in values) / total) if values and total else None
-    return {"rounds": len(rounds), "final_auc": mean("auc"), "final_loss": mean("loss"),
-            "final_per_peer": [{"auc": m["auc"], "loss": m["loss"], "test_rows": m["num-examples"]} for m in last],
-            "errors": sum(len(r.get("errors", [])) for r in rounds),
-            "note": "held-out metrics each peer reports on its own test rows, in the clear (not covered by DP)"}
+
+    return {
+        "rounds": len(rounds),
+        "final_auc": mean("auc"),
+        "final_loss": mean("loss"),
+        "final_per_peer": [{"auc": m["auc"], "loss": m["loss"], "test_rows": m["num-examples"]} for m in last],
+        "errors": sum(len(r.get("errors", [])) for r in rounds),
+        "note": "held-out metrics each peer reports on its own test rows, in the clear (not covered by DP)",
+    }
 
 
 def _finite(value: Any) -> float | int | None:

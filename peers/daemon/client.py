@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from peers.errors import PeerUnreachable
-from peers.identity.consortium import Identity
-from peers.identity.tls import client_context
+from fedsilo.peers.errors import PeerUnreachable
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.tls import client_context
 
 CHUNK = 1 << 20
 
@@ -25,9 +25,10 @@ class PeerClient:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "PeerClient":
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections),
-                                              timeout=self._timeout)
+    async def __aenter__(self) -> PeerClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections), timeout=self._timeout
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -101,8 +102,9 @@ async def admin_call(socket_path: Path, path: str) -> Any:
     socket, or the daemon answers with an error.
     """
     if not socket_path.exists():
-        raise PeerUnreachable(f"{socket_path} does not exist: the peer's daemon is not running (start it with "
-                              "`fedsilo peer start`)")
+        raise PeerUnreachable(
+            f"{socket_path} does not exist: the peer's daemon is not running (start it with `fedsilo peer start`)"
+        )
     try:
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
             async with session.get(f"http://operator{path}") as reply:
@@ -111,5 +113,7 @@ async def admin_call(socket_path: Path, path: str) -> Any:
                     raise PeerUnreachable(f"the daemon's admin socket answered {reply.status}: {_error_text(text)}")
                 return json.loads(text)
     except aiohttp.ClientError as exc:
-        raise PeerUnreachable(f"cannot reach the daemon's admin socket {socket_path} ({exc}): is the daemon running, "
-                              "and is this its account?") from None
+        raise PeerUnreachable(
+            f"cannot reach the daemon's admin socket {socket_path} ({exc}): is the daemon running, "
+            "and is this its account?"
+        ) from None

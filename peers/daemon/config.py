@@ -52,12 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peers.identity.pki import check_name
-from peers.model_spec import MODEL_KINDS
-from peers.toml_file import read_toml
-from privacy.errors import ConfigError
-from privacy.psi.identifiers import canonical
-from strategies.factory import STRATEGIES
+from fedsilo.errors import ConfigError
+from fedsilo.peers.identity.pki import check_name
+from fedsilo.peers.model_spec import MODEL_KINDS
+from fedsilo.peers.toml_file import read_toml
+from fedsilo.privacy.psi.identifiers import canonical
+from fedsilo.strategies.factory import STRATEGIES
 
 DEFAULT_MAX_BODY = 1 << 20
 
@@ -124,11 +124,28 @@ class PeerConfig:
 
 _SECTIONS = {"peer", "policy", "sources", "lists"}
 _PEER_KEYS = {"identity", "state", "max-body-bytes"}
-_POLICY_KEYS = {"model-owners", "max-epsilon-per-job", "min-participants", "model-families", "strategies",
-                "model-readers"}
+_POLICY_KEYS = {
+    "model-owners",
+    "max-epsilon-per-job",
+    "min-participants",
+    "model-families",
+    "strategies",
+    "model-readers",
+}
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
-_LIST_KEYS = {"path", "id-column", "label-column", "kind", "psi", "psi-modes", "queriers", "quota-window",
-              "label-width", "epoch-hours", "psi-quota"}
+_LIST_KEYS = {
+    "path",
+    "id-column",
+    "label-column",
+    "kind",
+    "psi",
+    "psi-modes",
+    "queriers",
+    "quota-window",
+    "label-width",
+    "epoch-hours",
+    "psi-quota",
+}
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -149,8 +166,9 @@ def _typed(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     return value
 
 
-def _names(table: dict[str, Any], key: str, where: str, choices: tuple[str, ...] | None = None,
-           default: Any = ...) -> tuple[str, ...]:
+def _names(
+    table: dict[str, Any], key: str, where: str, choices: tuple[str, ...] | None = None, default: Any = ...
+) -> tuple[str, ...]:
     values = _typed(table, key, list, where, default)
     if not all(isinstance(v, str) for v in values):
         raise ConfigError(f"{where}.{key} must be a list of strings (got {values!r})")
@@ -181,7 +199,8 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         raise ConfigError(f"policy.min-participants must be ≥ 1 (got {min_participants})")
     policy = Policy(
         model_owners=tuple(check_name(n, "policy.model-owners entry") for n in _names(table, "model-owners", "policy")),
-        max_epsilon_per_job=max_eps, min_participants=min_participants,
+        max_epsilon_per_job=max_eps,
+        min_participants=min_participants,
         model_families=_names(table, "model-families", "policy", MODEL_KINDS, MODEL_KINDS),
         strategies=_names(table, "strategies", "policy", tuple(STRATEGIES), tuple(STRATEGIES)),
         model_readers=_names(table, "model-readers", "policy", None, ()),
@@ -207,13 +226,23 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         path = (base / _typed(entry, "path", str, where)).resolve()
         if not path.is_file():
             raise ConfigError(f"{where}.path {path} does not exist: give the CSV or Parquet file of this source")
-        sources[name] = DataSource(name=name, path=path, label=_typed(entry, "label", str, where),
-                                   epsilon=epsilon, delta=delta, accountant=accountant,
-                                   id_column=_typed(entry, "id-column", str, where, None))
-    return PeerConfig(identity_dir=(base / _typed(peer, "identity", str, "peer")).resolve(),
-                      state_dir=(base / _typed(peer, "state", str, "peer")).resolve(),
-                      policy=policy, sources=sources, max_body_bytes=max_body,
-                      lists=_lists(_typed(document, "lists", dict, "peer.toml", {}), base))
+        sources[name] = DataSource(
+            name=name,
+            path=path,
+            label=_typed(entry, "label", str, where),
+            epsilon=epsilon,
+            delta=delta,
+            accountant=accountant,
+            id_column=_typed(entry, "id-column", str, where, None),
+        )
+    return PeerConfig(
+        identity_dir=(base / _typed(peer, "identity", str, "peer")).resolve(),
+        state_dir=(base / _typed(peer, "state", str, "peer")).resolve(),
+        policy=policy,
+        sources=sources,
+        max_body_bytes=max_body,
+        lists=_lists(_typed(document, "lists", dict, "peer.toml", {}), base),
+    )
 
 
 def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
@@ -237,8 +266,9 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
         for member, limit in quotas.items():
             check_name(member, f"{where}.queriers entry")
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise ConfigError(f"{where}.queriers.{member} must be a positive number of identifiers per "
-                                  f"window (got {limit!r})")
+                raise ConfigError(
+                    f"{where}.queriers.{member} must be a positive number of identifiers per window (got {limit!r})"
+                )
         window = float(_typed(entry, "quota-window", (int, float), where, 86400))
         if not (math.isfinite(window) and window > 0):
             raise ConfigError(f"{where}.quota-window must be > 0 seconds (got {window})")
@@ -247,22 +277,34 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
             raise ConfigError(f"{where}.label-width must be 1..1024 bytes (got {width})")
         psi_quota = _typed(entry, "psi-quota", int, where, None)
         if psi_quota is not None and (isinstance(psi_quota, bool) or psi_quota < 1):
-            raise ConfigError(f"{where}.psi-quota must be a positive number of identifiers per window "
-                              f"(got {psi_quota!r})")
+            raise ConfigError(
+                f"{where}.psi-quota must be a positive number of identifiers per window (got {psi_quota!r})"
+            )
         both = sorted(set(psi) & set(quotas))
         if both and psi_quota is None:
-            raise ConfigError(f"{where} lets {', '.join(both)} both query it (a quota of identifiers per window) and "
-                              "run PSI against it without a psi-quota: one PSI with any number of guesses would tell "
-                              f"them what their query quota is meant to limit (which identifiers are listed). Set "
-                              f"{where}.psi-quota, or take them out of psi or queriers")
+            raise ConfigError(
+                f"{where} lets {', '.join(both)} both query it (a quota of identifiers per window) and "
+                "run PSI against it without a psi-quota: one PSI with any number of guesses would tell "
+                f"them what their query quota is meant to limit (which identifiers are listed). Set "
+                f"{where}.psi-quota, or take them out of psi or queriers"
+            )
         epoch_hours = float(_typed(entry, "epoch-hours", (int, float), where, 24))
         if not (math.isfinite(epoch_hours) and epoch_hours > 0):
             raise ConfigError(f"{where}.epoch-hours must be > 0 (got {epoch_hours})")
-        lists[name] = SharedList(name=name, path=path, id_column=_typed(entry, "id-column", str, where),
-                                 label_column=_typed(entry, "label-column", str, where, None),
-                                 kind=None if kind == "typed" else kind, psi=psi, psi_modes=modes,
-                                 queriers=tuple(sorted(quotas.items())), quota_window=window, label_width=width,
-                                 epoch_seconds=epoch_hours * 3600.0, psi_quota=psi_quota)
+        lists[name] = SharedList(
+            name=name,
+            path=path,
+            id_column=_typed(entry, "id-column", str, where),
+            label_column=_typed(entry, "label-column", str, where, None),
+            kind=None if kind == "typed" else kind,
+            psi=psi,
+            psi_modes=modes,
+            queriers=tuple(sorted(quotas.items())),
+            quota_window=window,
+            label_width=width,
+            epoch_seconds=epoch_hours * 3600.0,
+            psi_quota=psi_quota,
+        )
     return lists
 
 

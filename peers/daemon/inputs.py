@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from peers.errors import Refused
+from fedsilo.peers.errors import Refused
 
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 18  # below 2**63: fits SQLite's INTEGER and a float without overflow
@@ -70,8 +71,11 @@ def _finite_float(token: str) -> float:
 
 def _bounded_int(token: str) -> int:
     if len(token.lstrip("-")) > MAX_INT_DIGITS:
-        raise Refused(f"the request body holds an integer of {len(token.lstrip('-'))} digits; at most "
-                      f"{MAX_INT_DIGITS} are accepted", 400)
+        raise Refused(
+            f"the request body holds an integer of {len(token.lstrip('-'))} digits; at most "
+            f"{MAX_INT_DIGITS} are accepted",
+            400,
+        )
     return int(token)
 
 

@@ -21,17 +21,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from peers.daemon.client import PeerClient
-from peers.daemon.model_store import CARD, SIGNATURE, check_file_name, verify_artifact, verify_card
-from peers.daemon.signed_job import verify_envelope
-from peers.errors import SignatureError
-from privacy.errors import FedsiloError
+from fedsilo.errors import FedsiloError
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.model_store import CARD, SIGNATURE, check_file_name, verify_artifact, verify_card
+from fedsilo.peers.daemon.signed_job import verify_envelope
+from fedsilo.peers.errors import SignatureError
 
 MAX_CARD_BYTES = 1 << 20
 
 
-async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Path,
-                     job_envelope: dict[str, Any] | None = None) -> dict[str, Any]:
+async def pull_model(
+    client: PeerClient, peer_url: str, job_id: str, out_dir: Path, job_envelope: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Download JOB's newest model into `out_dir` and verify it; returns the verified card.
 
     `job_envelope`: the owner-signed job as the puller holds it (see the module
@@ -44,8 +45,9 @@ async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Pa
     base = f"{peer_url.rstrip('/')}/v1/models/{quote(job_id, safe='')}"
     listing = await client.call("GET", base)
     if not isinstance(listing, dict) or not isinstance(listing.get("files"), list):
-        raise SignatureError(f"{peer_url} answered the model listing with something that is not "
-                             "{job_id, version, host, files, job}")
+        raise SignatureError(
+            f"{peer_url} answered the model listing with something that is not {{job_id, version, host, files, job}}"
+        )
     names = [check_file_name(name, f"the listing of {peer_url}") for name in listing["files"]]
     host = _job_host(client, job_envelope if job_envelope is not None else listing.get("job"), job_id, peer_url)
     partial = out_dir.with_name(f".{out_dir.name}.partial")
@@ -60,12 +62,16 @@ async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Pa
         if card.get("job_id") != job_id:
             raise SignatureError(f"the card is for job {card.get('job_id')!r}, not {job_id!r}")
         if sorted(names) != sorted(card["artifacts"]):
-            raise SignatureError(f"{peer_url} lists the files {sorted(names)} but the signed card lists "
-                                 f"{sorted(card['artifacts'])}: refused")
+            raise SignatureError(
+                f"{peer_url} lists the files {sorted(names)} but the signed card lists "
+                f"{sorted(card['artifacts'])}: refused"
+            )
         for name, facts in card["artifacts"].items():
             if await client.download(f"{base}/files/{name}", partial / name, limit=facts["bytes"]) > facts["bytes"]:
-                raise SignatureError(f"{name} does not match the SHA-256 in the signed card: {peer_url} sent more "
-                                     f"than its {facts['bytes']} bytes")
+                raise SignatureError(
+                    f"{name} does not match the SHA-256 in the signed card: {peer_url} sent more "
+                    f"than its {facts['bytes']} bytes"
+                )
         card = verify_artifact(partial, identity.current_manifest(), identity.ca_certificate, expected_signer=host)
         if out_dir.exists():
             out_dir.rmdir()
@@ -78,11 +84,14 @@ async def pull_model(client: PeerClient, peer_url: str, job_id: str, out_dir: Pa
 def _job_host(client: PeerClient, envelope: Any, job_id: str, peer_url: str) -> str:
     """The host the owner-signed `envelope` of JOB names; SignatureError if it is not such a job."""
     if envelope is None:
-        raise SignatureError(f"{peer_url} did not send the owner-signed job with the model: the job's host, who "
-                             "must have signed the model, cannot be checked")
+        raise SignatureError(
+            f"{peer_url} did not send the owner-signed job with the model: the job's host, who "
+            "must have signed the model, cannot be checked"
+        )
     try:
-        job = verify_envelope(envelope, client.identity.current_manifest(), client.identity.ca_certificate,
-                              check_live=False)
+        job = verify_envelope(
+            envelope, client.identity.current_manifest(), client.identity.ca_certificate, check_live=False
+        )
     except FedsiloError as error:
         raise SignatureError(f"the owner-signed job sent with the model does not verify: {error}") from None
     if job.job_id != job_id:

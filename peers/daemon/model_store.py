@@ -25,14 +25,18 @@ from typing import Any
 
 from cryptography import x509
 
-from peers.errors import IdentityError, SignatureError
-from peers.identity.consortium import Identity
-from peers.identity.manifest import Manifest
-from peers.identity.pki import (
-    certificate_fingerprint, certificate_from_pem, certificate_name, certificate_pem, check_issued_by,
+from fedsilo.peers.errors import IdentityError, SignatureError
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.manifest import Manifest
+from fedsilo.peers.identity.pki import (
+    certificate_fingerprint,
+    certificate_from_pem,
+    certificate_name,
+    certificate_pem,
+    check_issued_by,
 )
-from peers.identity.signing import sign_document, verify_document
-from peers.provenance import sha256_file
+from fedsilo.peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.provenance import sha256_file
 
 CARD, SIGNATURE = "model_card.json", "model_card.sig"
 MAX_FILES = 64
@@ -42,14 +46,17 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 def check_file_name(name: Any, where: str) -> str:
     """`name` if it is a plain artefact file name (see the module docstring); SignatureError naming `where`."""
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
-        raise SignatureError(f"{where} names the file {str(name)[:120]!r}, which is not a plain file name (letters, "
-                             "digits, '.', '_', '-', not starting with '.', at most 100 characters): refused, "
-                             "nothing written")
+        raise SignatureError(
+            f"{where} names the file {str(name)[:120]!r}, which is not a plain file name (letters, "
+            "digits, '.', '_', '-', not starting with '.', at most 100 characters): refused, "
+            "nothing written"
+        )
     return name
 
 
-def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, Path],
-            card: dict[str, Any]) -> tuple[int, Path]:
+def publish(
+    models_dir: Path, identity: Identity, job_id: str, files: dict[str, Path], card: dict[str, Any]
+) -> tuple[int, Path]:
     """Copy `files` into the next version of JOB's artefact, add hashes, sign the card.
 
     The directory is written as `.vN.partial` and renamed at the end, so a crash never
@@ -73,8 +80,11 @@ def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, 
             artifacts[name] = {"bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)}
         card = {**card, "job_id": job_id, "version": version, "signer": identity.name, "artifacts": artifacts}
         (partial / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
-        signature = {"signer": identity.name, "certificate": certificate_pem(identity.certificate),
-                     "signature": sign_document(identity.key, card)}
+        signature = {
+            "signer": identity.name,
+            "certificate": certificate_pem(identity.certificate),
+            "signature": sign_document(identity.key, card),
+        }
         (partial / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n")
         final = job_dir / f"v{version}"
         partial.rename(final)
@@ -84,8 +94,9 @@ def publish(models_dir: Path, identity: Identity, job_id: str, files: dict[str, 
     return version, final
 
 
-def verify_artifact(directory: Path, manifest: Manifest, ca_cert: x509.Certificate,
-                    expected_signer: str | None = None) -> dict[str, Any]:
+def verify_artifact(
+    directory: Path, manifest: Manifest, ca_cert: x509.Certificate, expected_signer: str | None = None
+) -> dict[str, Any]:
     """The verified card of the artefact in `directory`; SignatureError/IdentityError naming what failed."""
     card = verify_card(directory, manifest, ca_cert, expected_signer)
     for name, facts in card["artifacts"].items():
@@ -97,8 +108,9 @@ def verify_artifact(directory: Path, manifest: Manifest, ca_cert: x509.Certifica
     return card
 
 
-def verify_card(directory: Path, manifest: Manifest, ca_cert: x509.Certificate,
-                expected_signer: str | None = None) -> dict[str, Any]:
+def verify_card(
+    directory: Path, manifest: Manifest, ca_cert: x509.Certificate, expected_signer: str | None = None
+) -> dict[str, Any]:
     """The card in `directory` if its signature is `expected_signer`'s (a peer in the manifest, certificate
     from the consortium CA) and its form is sound: a positive integer version, 1..MAX_FILES artefact files
     with plain names, each with its size and SHA-256. The files themselves are not read."""
@@ -121,8 +133,10 @@ def verify_card(directory: Path, manifest: Manifest, ca_cert: x509.Certificate,
     if card.get("signer") != member.name:
         raise SignatureError(f"the card names signer {card.get('signer')!r} but is signed by {member.name}")
     if expected_signer is not None and member.name != expected_signer:
-        raise SignatureError(f"the model is signed by {member.name} but the job's host is {expected_signer}: "
-                             "only the host the owner-signed job names may sign its model")
+        raise SignatureError(
+            f"the model is signed by {member.name} but the job's host is {expected_signer}: "
+            "only the host the owner-signed job names may sign its model"
+        )
     verify_document(cert, card, signature["signature"], "the model card")
     version, artifacts = card.get("version"), card.get("artifacts")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -131,8 +145,13 @@ def verify_card(directory: Path, manifest: Manifest, ca_cert: x509.Certificate,
         raise SignatureError(f"the model card must list 1 to {MAX_FILES} artefact files")
     for name, facts in artifacts.items():
         check_file_name(name, "the signed model card")
-        if name in (CARD, SIGNATURE) or not isinstance(facts, dict) \
-                or isinstance(facts.get("bytes"), bool) or not isinstance(facts.get("bytes"), int) \
-                or facts["bytes"] < 0 or not isinstance(facts.get("sha256"), str):
+        if (
+            name in (CARD, SIGNATURE)
+            or not isinstance(facts, dict)
+            or isinstance(facts.get("bytes"), bool)
+            or not isinstance(facts.get("bytes"), int)
+            or facts["bytes"] < 0
+            or not isinstance(facts.get("sha256"), str)
+        ):
             raise SignatureError(f"the model card's entry for {name} is not {{bytes, sha256}} of an artefact file")
     return card

@@ -24,27 +24,28 @@ import datetime as dt
 import logging
 import math
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from peers.daemon import training
-from peers.daemon.actor import Mailbox
-from peers.daemon.card import build_card
-from peers.daemon.client import PeerClient
-from peers.daemon.config import PeerConfig
-from peers.daemon.inputs import finite_number
-from peers.daemon.model_pull import pull_model
-from peers.daemon.model_store import publish
-from peers.daemon.policy import check_policy, planned_mechanisms, source_facts
-from peers.daemon.shared_lists import Served, SharedLists
-from peers.daemon.signed_job import SignedJob, parse_document, verify_envelope
-from peers.daemon.store import ACTIVE_STATES, JobRow, PeerStore
-from peers.errors import PeerUnreachable, Refused
-from peers.identity.consortium import Identity
-from peers.identity.manifest import Member
-from privacy.accounting import Mechanism, epsilon_spent
-from privacy.errors import BudgetExceeded, DataError, FedsiloError
-from privacy.ledger import SQLiteLedger
+from fedsilo.errors import BudgetExceeded, DataError, FedsiloError
+from fedsilo.peers.daemon import training
+from fedsilo.peers.daemon.actor import Mailbox
+from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import PeerConfig
+from fedsilo.peers.daemon.inputs import finite_number
+from fedsilo.peers.daemon.model_pull import pull_model
+from fedsilo.peers.daemon.model_store import publish
+from fedsilo.peers.daemon.policy import check_policy, planned_mechanisms, source_facts
+from fedsilo.peers.daemon.shared_lists import Served, SharedLists
+from fedsilo.peers.daemon.signed_job import SignedJob, parse_document, verify_envelope
+from fedsilo.peers.daemon.store import ACTIVE_STATES, JobRow, PeerStore
+from fedsilo.peers.errors import PeerUnreachable, Refused
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.manifest import Member
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.ledger import SQLiteLedger
 
 log = logging.getLogger("fedsilo.peer")
 REPORT_KEYS = {"spent", "epsilon", "delta", "accountant", "failed"}
@@ -77,8 +78,10 @@ class PeerService:
     async def _sweep_expired(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+
             async def expire() -> None:
                 self._expire_participations()
+
             await self.mailbox.ask(expire)
 
     async def stop(self) -> None:
@@ -109,8 +112,13 @@ class PeerService:
         for source in self.config.sources.values():
             with self.store.transaction():
                 self.ledger.set_budget(source.name, source.epsilon, source.delta, source.accountant)
-                self.store.audit.append("local", "budget.set", "ok", f"ε = {source.epsilon:g}, δ = {source.delta:g}, "
-                                        f"{source.accountant}", source=source.name)
+                self.store.audit.append(
+                    "local",
+                    "budget.set",
+                    "ok",
+                    f"ε = {source.epsilon:g}, δ = {source.delta:g}, {source.accountant}",
+                    source=source.name,
+                )
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -126,29 +134,51 @@ class PeerService:
         """
         for job_id, names in training.stop_orphaned_processes(self.config.state_dir).items():
             with self.store.transaction():
-                self.store.audit.append("local", "job.processes.stopped", "ok", "left running by the previous run: "
-                                        + ", ".join(names), job=job_id)
+                self.store.audit.append(
+                    "local",
+                    "job.processes.stopped",
+                    "ok",
+                    "left running by the previous run: " + ", ".join(names),
+                    job=job_id,
+                )
         active = {job.job_id: job for job in self.store.jobs(ACTIVE_STATES)}
         for job in active.values():
             record = self.ledger.jobs(job.source).get(job.job_id) if job.source else None
             with self.store.transaction():
                 if job.state == "training":
                     spent = [m.to_dict() for m in self._commit_own(job, None)]
-                    self.store.set_state(job.job_id, "interrupted", "the daemon stopped during training; the whole "
-                                         "reservation is counted as spent", spent=spent)
-                    self.store.audit.append("local", "job.interrupted", "ok", "restart during training: reservation "
-                                            "committed as spent", job=job.job_id, source=job.source)
+                    self.store.set_state(
+                        job.job_id,
+                        "interrupted",
+                        "the daemon stopped during training; the whole reservation is counted as spent",
+                        spent=spent,
+                    )
+                    self.store.audit.append(
+                        "local",
+                        "job.interrupted",
+                        "ok",
+                        "restart during training: reservation committed as spent",
+                        job=job.job_id,
+                        source=job.source,
+                    )
                 elif job.hosting:
                     if record is not None and record.state == "reserved":
                         self.ledger.release(job.source, job.job_id)
                     self.store.set_state(job.job_id, "interrupted", "the host restarted before training started")
-                    self.store.audit.append("local", "job.interrupted", "ok", "restart before training: "
-                                            "reservation released", job=job.job_id, source=job.source)
+                    self.store.audit.append(
+                        "local",
+                        "job.interrupted",
+                        "ok",
+                        "restart before training: reservation released",
+                        job=job.job_id,
+                        source=job.source,
+                    )
                     self._spawn(self._tell_participants(job.job_id, "cancel"))
                 elif record is None:
                     self.store.set_state(job.job_id, "interrupted", "its budget reservation is missing after a restart")
-                    self.store.audit.append("local", "job.interrupted", "ok", "reservation missing", job=job.job_id,
-                                            source=job.source)
+                    self.store.audit.append(
+                        "local", "job.interrupted", "ok", "reservation missing", job=job.job_id, source=job.source
+                    )
         for source in self.config.sources:
             for job_id, record in self.ledger.jobs(source).items():
                 if record.state != "reserved" or job_id in active:
@@ -160,14 +190,20 @@ class PeerService:
                         self.store.set_state(job_id, ended.state, ended.detail, spent=[m.to_dict() for m in spent])
                     else:
                         self.ledger.release(source, job_id)
-                        self.store.audit.append("local", "budget.release", "ok", "reservation without an active "
-                                                "job (left by a crash) released", job=job_id, source=source)
+                        self.store.audit.append(
+                            "local",
+                            "budget.release",
+                            "ok",
+                            "reservation without an active job (left by a crash) released",
+                            job=job_id,
+                            source=source,
+                        )
         self._expire_participations()
 
     def _expire_participations(self) -> None:
         """Expire every accepted participation whose signed job expired before its host
         started it: the reservation is released, the job marked expired, both audited."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         for job in self.store.jobs(("accepted",)):
             expires = parse_document(job.envelope["job"])[1]["expires"]
             if job.hosting or expires > now:
@@ -176,13 +212,19 @@ class PeerService:
                 released = self._release_own(job.job_id)
                 detail = f"the host did not start it before the job expired at {expires.isoformat()}"
                 self.store.set_state(job.job_id, "expired", detail)
-                self.store.audit.append("local", "job.expired", "ok", detail + ("; reservation released" if released
-                                                                                else ""), job=job.job_id,
-                                        source=job.source)
+                self.store.audit.append(
+                    "local",
+                    "job.expired",
+                    "ok",
+                    detail + ("; reservation released" if released else ""),
+                    job=job.job_id,
+                    source=job.source,
+                )
 
     # -- the mailbox ------------------------------------------------------------------
     async def _run(self, actor: str, action: str, work: Callable[[], Awaitable[Any]], job: str | None = None) -> Any:
         """Run `work` in the mailbox; a Refused is written to the audit log and re-raised."""
+
         async def wrapped() -> Any:
             try:
                 return await work()
@@ -191,36 +233,44 @@ class PeerService:
                     self.store.audit.append(actor, action, "refused", str(refusal), job=job)
                 refusal.audited = True
                 raise
+
         return await self.mailbox.ask(wrapped)
 
     async def record_refusal(self, actor: str, action: str, detail: str, outcome: str = "refused") -> None:
         """Audit a request refused before it reached a handler (unknown peer, bad body), or one that failed."""
+
         async def work() -> None:
             with self.store.transaction():
                 self.store.audit.append(actor, action, outcome, detail)
+
         await self.mailbox.ask(work)
 
-    async def serve_list(self, member: Member, action: str, list_name: str,
-                         work: Callable[[], Served]) -> bytes:
+    async def serve_list(self, member: Member, action: str, list_name: str, work: Callable[[], Served]) -> bytes:
         """Run one PSI / query request (`work`, blocking) in a thread, alone in the actor, and audit it.
 
         A refusal is audited by the HTTP layer (and changes nothing); success writes one
         entry: who, which list, how many identifiers (never which).
         """
+
         async def run() -> bytes:
             try:
                 served = await asyncio.to_thread(work)
             except DataError as error:  # the holder's own file: tell its log, not the caller
                 with self.store.transaction():
-                    self.store.audit.append(member.name, action, "failed", f"the list cannot be served: {error}",
-                                            source=list_name)
-                refusal = Refused(f"{self.name} cannot serve list {list_name!r} now (a problem with its own file, "
-                                  "recorded in its audit log); ask its operator", 503)
+                    self.store.audit.append(
+                        member.name, action, "failed", f"the list cannot be served: {error}", source=list_name
+                    )
+                refusal = Refused(
+                    f"{self.name} cannot serve list {list_name!r} now (a problem with its own file, "
+                    "recorded in its audit log); ask its operator",
+                    503,
+                )
                 refusal.audited = True
                 raise refusal from None
             with self.store.transaction():
                 self.store.audit.append(member.name, action, "ok", served.detail, source=list_name)
             return served.body
+
         return await self.mailbox.ask(run)
 
     async def record_own(self, member: Member, body: Any) -> dict[str, Any]:
@@ -231,18 +281,26 @@ class PeerService:
             raise Refused("a record is {action, peer, list, outcome, sent, learned}", 400)
         action, outcome = body["action"], body["outcome"]
         counts = (body["sent"], body["learned"])
-        if action not in ("psi.run", "query.run") or outcome not in ("started", "ok", "refused") \
-                or not all(isinstance(body[k], str) and 0 < len(body[k]) <= 200 for k in ("peer", "list")) \
-                or not all(c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in counts):
-            raise Refused("a record names action psi.run|query.run, outcome started|ok|refused, the peer and list, "
-                          "and counts (non-negative integers or null)", 400)
+        if (
+            action not in ("psi.run", "query.run")
+            or outcome not in ("started", "ok", "refused")
+            or not all(isinstance(body[k], str) and 0 < len(body[k]) <= 200 for k in ("peer", "list"))
+            or not all(c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in counts)
+        ):
+            raise Refused(
+                "a record names action psi.run|query.run, outcome started|ok|refused, the peer and list, "
+                "and counts (non-negative integers or null)",
+                400,
+            )
         detail = f"at {body['peer']}: {counts[0]} identifiers sent" + (
-            f", {counts[1]} learned" if counts[1] is not None else "")
+            f", {counts[1]} learned" if counts[1] is not None else ""
+        )
 
         async def work() -> dict[str, Any]:
             with self.store.transaction():
                 entry = self.store.audit.append(self.name, action, outcome, detail, source=body["list"])
             return {"seq": entry.seq}
+
         return await self.mailbox.ask(work)
 
     def member_for(self, fingerprint: str) -> Member | None:
@@ -252,6 +310,7 @@ class PeerService:
     # -- jobs at the host -------------------------------------------------------------
     async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A model owner's signed job, to be hosted here and proposed to its participants."""
+
         async def work() -> dict[str, Any]:
             if not caller.has("model-owner"):
                 raise Refused(f"{caller.name} is not a model owner: only model owners submit jobs", 403)
@@ -264,21 +323,41 @@ class PeerService:
             check_policy(job, self.config.policy)
             reply = await self._participation(job) if self.name in job.participants else None
             with self.store.transaction():
-                self.store.insert_job(job.job_id, job.owner, job.host, True,
-                                      job.source if reply is not None else None, "proposing", job.envelope, job.nonce)
+                self.store.insert_job(
+                    job.job_id,
+                    job.owner,
+                    job.host,
+                    True,
+                    job.source if reply is not None else None,
+                    "proposing",
+                    job.envelope,
+                    job.nonce,
+                )
                 for peer in job.participants:
                     if peer == self.name:
                         self.store.set_participant(job.job_id, peer, "accepted", "", reply)
                     else:
                         self.store.set_participant(job.job_id, peer, "pending")
-                self.store.audit.append(caller.name, "job.submit", "ok", f"hosting; proposing to "
-                                        f"{', '.join(job.participants)}", job=job.job_id)
+                self.store.audit.append(
+                    caller.name,
+                    "job.submit",
+                    "ok",
+                    f"hosting; proposing to {', '.join(job.participants)}",
+                    job=job.job_id,
+                )
                 if reply is not None:
-                    self.store.audit.append(caller.name, "job.accept", "ok", f"owner {job.owner}, ε ≤ "
-                                            f"{job.config.dp.epsilon:g}", job=job.job_id, source=job.source)
+                    self.store.audit.append(
+                        caller.name,
+                        "job.accept",
+                        "ok",
+                        f"owner {job.owner}, ε ≤ {job.config.dp.epsilon:g}",
+                        job=job.job_id,
+                        source=job.source,
+                    )
                     self._reserve(job, reply, caller.name)
             self._spawn(self._propose_all(job))
             return self._view(job.job_id)
+
         return await self._run(caller.name, "job.submit", work, job=_job_id(envelope))
 
     async def _propose_all(self, job: SignedJob) -> None:
@@ -292,14 +371,16 @@ class PeerService:
             except PeerUnreachable as error:
                 reply = {"decision": "unreachable", "reason": str(error)}
             await self.mailbox.ask(lambda: self._record_decision(job, peer, reply))
+
         await asyncio.gather(*(ask(p) for p in job.participants if p != self.name))
         await self.mailbox.ask(lambda: self._close_proposals(job))
 
     async def _record_decision(self, job: SignedJob, peer: str, reply: dict[str, Any]) -> None:
         with self.store.transaction():
             decision = reply["decision"]
-            self.store.set_participant(job.job_id, peer, decision, str(reply.get("reason", "")),
-                                       reply if decision == "accepted" else None)
+            self.store.set_participant(
+                job.job_id, peer, decision, str(reply.get("reason", "")), reply if decision == "accepted" else None
+            )
             self.store.audit.append(peer, f"job.{decision}", "ok", str(reply.get("reason", "")), job=job.job_id)
 
     async def _close_proposals(self, job: SignedJob) -> None:
@@ -309,16 +390,25 @@ class PeerService:
         accepted = [p for p in self.store.participants(job.job_id) if p["decision"] == "accepted"]
         if len(accepted) >= job.min_participants:
             with self.store.transaction():
-                self.store.set_state(job.job_id, "ready", f"{len(accepted)} of {len(job.participants)} participants "
-                                     "accepted; budget reserved; waiting for training")
-                self.store.audit.append("local", "job.ready", "ok", ", ".join(p["peer"] for p in accepted),
-                                        job=job.job_id)
+                self.store.set_state(
+                    job.job_id,
+                    "ready",
+                    f"{len(accepted)} of {len(job.participants)} participants "
+                    "accepted; budget reserved; waiting for training",
+                )
+                self.store.audit.append(
+                    "local", "job.ready", "ok", ", ".join(p["peer"] for p in accepted), job=job.job_id
+                )
             self._spawn(self._host_training(job, accepted))
             return
         with self.store.transaction():
             self._release_own(job.job_id)
-            self.store.set_state(job.job_id, "failed", f"only {len(accepted)} of {len(job.participants)} participants "
-                                 f"accepted; the job needs {job.min_participants}")
+            self.store.set_state(
+                job.job_id,
+                "failed",
+                f"only {len(accepted)} of {len(job.participants)} participants "
+                f"accepted; the job needs {job.min_participants}",
+            )
             self.store.audit.append("local", "job.failed", "ok", "not enough participants accepted", job=job.job_id)
         self._spawn(self._tell_participants(job.job_id, "cancel"))
 
@@ -337,14 +427,17 @@ class PeerService:
         """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""
         keys = [p["reply"]["node_public_key"] for p in accepted]
         try:
-            hosted = await asyncio.to_thread(training.start_hosting, job.config, self.config.state_dir,
-                                             self.identity, len(accepted), keys)
+            hosted = await asyncio.to_thread(
+                training.start_hosting, job.config, self.config.state_dir, self.identity, len(accepted), keys
+            )
         except FedsiloError as error:
-            await self.mailbox.ask(lambda: self._host_failed(job.job_id, f"the SuperLink did not start: {error}"))
+            reason = f"the SuperLink did not start: {error}"
+            await self.mailbox.ask(lambda: self._host_failed(job.job_id, reason))
             return
         self._running[job.job_id] = hosted
-        await self.mailbox.ask(lambda: self._set(job.job_id, "training", "job.training",
-                                                 f"SuperLink at {hosted.fleet_address}"))
+        await self.mailbox.ask(
+            lambda: self._set(job.job_id, "training", "job.training", f"SuperLink at {hosted.fleet_address}")
+        )
         for participant in accepted:
             if participant["peer"] == self.name:
                 self._spawn(self._join(job.job_id, hosted.fleet_address))
@@ -352,38 +445,52 @@ class PeerService:
             member = self.identity.manifest.member(participant["peer"])
             try:
                 assert member is not None and member.address
-                await self.client.call("POST", f"{member.address}/v1/jobs/{job.job_id}/start",
-                                       {"fleet_address": hosted.fleet_address})
+                await self.client.call(
+                    "POST", f"{member.address}/v1/jobs/{job.job_id}/start", {"fleet_address": hosted.fleet_address}
+                )
             except PeerUnreachable as error:
                 log.warning("could not start %s in job %s: %s", participant["peer"], job.job_id, error)
         try:
             result = await asyncio.to_thread(training.finish_hosting, hosted)
         except FedsiloError as error:
-            await self.mailbox.ask(lambda: self._host_failed(job.job_id, f"training failed: {error}"))
+            reason = f"training failed: {error}"
+            await self.mailbox.ask(lambda: self._host_failed(job.job_id, reason))
             return
         finally:
             self._running.pop(job.job_id, None)
         reports = await self._await_reports(job.job_id, [p["peer"] for p in accepted])
         try:
             card = build_card(job, self.store.participants(job.job_id), reports, result.metrics)
-            files = {"model.safetensors": result.model_path, "encoder.json": result.encoder_path,
-                     "metrics.json": result.model_path.with_name("metrics.json")}
+            files = {
+                "model.safetensors": result.model_path,
+                "encoder.json": result.encoder_path,
+                "metrics.json": result.model_path.with_name("metrics.json"),
+            }
             await self.publish_model(job.job_id, files, card)
         except (FedsiloError, OSError, ValueError) as error:  # the job must end, its ledger settled
             log.error("publishing the model of job %s failed", job.job_id, exc_info=error)
-            await self.mailbox.ask(lambda: self._host_failed(job.job_id, f"publishing the model failed: {error}"))
+            reason = f"publishing the model failed: {error}"
+            await self.mailbox.ask(lambda: self._host_failed(job.job_id, reason))
             return
-        await self.mailbox.ask(lambda: self._set(job.job_id, "finished", "job.finished",
-                                                 f"model published; {len(reports)} of {len(accepted)} participants "
-                                                 "reported their spending"))
+        await self.mailbox.ask(
+            lambda: self._set(
+                job.job_id,
+                "finished",
+                "job.finished",
+                f"model published; {len(reports)} of {len(accepted)} participants reported their spending",
+            )
+        )
         await self._tell_participants(job.job_id, "replicate", prefix="models")
 
     async def _await_reports(self, job_id: str, peers: list[str]) -> dict[str, dict[str, Any]]:
         """The participants' spending reports, waiting up to REPORT_WAIT_SECONDS for all of them."""
         deadline = asyncio.get_running_loop().time() + REPORT_WAIT_SECONDS
         while True:
-            reports = {p["peer"]: p["reply"]["report"] for p in self.store.participants(job_id)
-                       if p["peer"] in peers and p["reply"] and "report" in p["reply"]}
+            reports = {
+                p["peer"]: p["reply"]["report"]
+                for p in self.store.participants(job_id)
+                if p["peer"] in peers and p["reply"] and "report" in p["reply"]
+            }
             if len(reports) == len(peers) or asyncio.get_running_loop().time() > deadline:
                 return reports
             await asyncio.sleep(0.2)
@@ -408,8 +515,7 @@ class PeerService:
             else:
                 settled = "reservation released" if self._release_own(job_id) else "no reservation held"
             self.store.set_state(job_id, "failed", reason, spent=spent)
-            self.store.audit.append("local", "job.failed", "ok", f"{reason}; {settled}", job=job_id,
-                                    source=job.source)
+            self.store.audit.append("local", "job.failed", "ok", f"{reason}; {settled}", job=job_id, source=job.source)
         self._spawn(self._tell_participants(job_id, "cancel"))
 
     async def _set(self, job_id: str, state: str, action: str, detail: str) -> None:
@@ -423,6 +529,7 @@ class PeerService:
         Accepted once per participant, while the job trains, and only within what the
         participant planned when it accepted (`_checked_report`); anything else is refused.
         """
+
         async def work() -> dict[str, Any]:
             job = self.store.job(job_id)
             if job is None or not job.hosting:
@@ -439,15 +546,18 @@ class PeerService:
                 self._record_report(job_id, participant, report)
                 self.store.audit.append(caller.name, "job.report", "ok", f"ε = {report['epsilon']:.4f}", job=job_id)
             return {"ok": True}
+
         return await self._run(caller.name, "job.report", work, job=job_id)
 
     def _record_report(self, job_id: str, participant: dict[str, Any], report: dict[str, Any]) -> None:
-        self.store.set_participant(job_id, participant["peer"], "accepted", participant["reason"],
-                                   {**participant["reply"], "report": report})
+        self.store.set_participant(
+            job_id, participant["peer"], "accepted", participant["reason"], {**participant["reply"], "report": report}
+        )
 
     # -- jobs at a participant --------------------------------------------------------
     async def propose(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A host proposes a job; this peer decides by its policy and budget."""
+
         async def work() -> dict[str, Any]:
             if not caller.has("peer"):
                 raise Refused(f"{caller.name} is not a peer: only a job's host proposes it", 403)
@@ -461,32 +571,50 @@ class PeerService:
                 check_policy(job, self.config.policy)
                 reply = await self._participation(job)
                 with self.store.transaction():
-                    self.store.insert_job(job.job_id, job.owner, job.host, False, job.source, "accepted",
-                                          job.envelope, job.nonce)
-                    self.store.audit.append(caller.name, "job.accept", "ok", f"owner {job.owner}, ε ≤ "
-                                            f"{job.config.dp.epsilon:g}", job=job.job_id, source=job.source)
+                    self.store.insert_job(
+                        job.job_id, job.owner, job.host, False, job.source, "accepted", job.envelope, job.nonce
+                    )
+                    self.store.audit.append(
+                        caller.name,
+                        "job.accept",
+                        "ok",
+                        f"owner {job.owner}, ε ≤ {job.config.dp.epsilon:g}",
+                        job=job.job_id,
+                        source=job.source,
+                    )
                     self._reserve(job, reply, caller.name)
                 return reply
             except Refused as refusal:
                 with self.store.transaction():
-                    self.store.audit.append(caller.name, "job.decline", "ok", str(refusal), job=job.job_id,
-                                            source=job.source)
+                    self.store.audit.append(
+                        caller.name, "job.decline", "ok", str(refusal), job=job.job_id, source=job.source
+                    )
                 return {"decision": "declined", "reason": str(refusal)}
+
         return await self._run(caller.name, "job.propose", work, job=_job_id(envelope))
 
     async def _participation(self, job: SignedJob) -> dict[str, Any]:
         """This peer's acceptance reply (checks its source and budget; Refused if it cannot)."""
         source = self.config.sources.get(job.source)
         if source is None:
-            raise Refused(f"this peer has no data source {job.source!r} (it has: {', '.join(self.config.sources)})",
-                          403)
+            raise Refused(
+                f"this peer has no data source {job.source!r} (it has: {', '.join(self.config.sources)})", 403
+            )
         facts = await asyncio.to_thread(source_facts, source, job)
         planned = planned_mechanisms(job, facts)
         status = self.ledger.status(source.name)
         node_key = await asyncio.to_thread(training.node_public_key, self.config.state_dir)
-        return {"decision": "accepted", "peer": self.name, "rows": facts.rows, "n_train": facts.n_train,
-                "fingerprint": facts.fingerprint, "planned": [m.to_dict() for m in planned], "delta": status.delta,
-                "accountant": status.accountant, "node_public_key": node_key}
+        return {
+            "decision": "accepted",
+            "peer": self.name,
+            "rows": facts.rows,
+            "n_train": facts.n_train,
+            "fingerprint": facts.fingerprint,
+            "planned": [m.to_dict() for m in planned],
+            "delta": status.delta,
+            "accountant": status.accountant,
+            "node_public_key": node_key,
+        }
 
     def _reserve(self, job: SignedJob, reply: dict[str, Any], actor: str) -> None:
         """Reserve the planned mechanism (inside the caller's store transaction)."""
@@ -495,11 +623,18 @@ class PeerService:
             projected = self.ledger.reserve(job.source, job.job_id, planned)
         except BudgetExceeded as error:
             raise Refused(f"budget: {error}", 403) from None
-        self.store.audit.append(actor, "budget.reserve", "ok", f"projected ε = {projected:.4f} of "
-                                f"{self.config.sources[job.source].epsilon:g}", job=job.job_id, source=job.source)
+        self.store.audit.append(
+            actor,
+            "budget.reserve",
+            "ok",
+            f"projected ε = {projected:.4f} of {self.config.sources[job.source].epsilon:g}",
+            job=job.job_id,
+            source=job.source,
+        )
 
     async def start_training(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
         """The host says training starts: join its SuperLink with this peer's SuperNode."""
+
         async def work() -> dict[str, Any]:
             job = self.store.job(job_id)
             if job is None:
@@ -511,11 +646,15 @@ class PeerService:
             if job.state != "accepted":
                 raise Refused(f"job {job_id} is {job.state}, not waiting to start", 409)
             if not isinstance(body, dict) or not training.is_fleet_address(body.get("fleet_address")):
-                raise Refused("the body must be {\"fleet_address\": \"HOST:PORT\"} (a host name or IP address and "
-                              "a port: it becomes the SuperNode's --superlink argument)", 400)
+                raise Refused(
+                    'the body must be {"fleet_address": "HOST:PORT"} (a host name or IP address and '
+                    "a port: it becomes the SuperNode's --superlink argument)",
+                    400,
+                )
             await self._set(job_id, "training", "job.training", f"joining {body['fleet_address']}")
             self._spawn(self._join(job_id, body["fleet_address"]))
             return self._view(job_id)
+
         return await self._run(caller.name, "job.start", work, job=job_id)
 
     async def _join(self, job_id: str, fleet_address: str) -> None:
@@ -525,8 +664,9 @@ class PeerService:
         config, _ = parse_document(job.envelope["job"])
         source = self.config.sources[job.source]
         try:
-            joined = await asyncio.to_thread(training.start_joining, config, self.config.state_dir, self.identity,
-                                             fleet_address, source)
+            joined = await asyncio.to_thread(
+                training.start_joining, config, self.config.state_dir, self.identity, fleet_address, source
+            )
 
             async def register() -> bool:  # in the mailbox: a cancel or failure either sees it or ran before
                 still = self.store.job(job_id)
@@ -534,6 +674,7 @@ class PeerService:
                     self._running[f"{job_id}/peer"] = joined
                     return True
                 return False
+
             if not await self.mailbox.ask(register):
                 await asyncio.to_thread(joined.stop)
                 return
@@ -547,10 +688,12 @@ class PeerService:
         if report is None:
             return
         if job.hosting:
+
             async def record() -> None:
                 participant = next(p for p in self.store.participants(job_id) if p["peer"] == self.name)
                 with self.store.transaction():
                     self._record_report(job_id, participant, report)
+
             await self.mailbox.ask(record)
             return
         member = self.identity.manifest.member(job.host)
@@ -560,8 +703,9 @@ class PeerService:
         except PeerUnreachable as error:
             log.warning("could not report job %s to its host: %s", job_id, error)
 
-    async def _close_participation(self, job_id: str, spent: list[Mechanism], failure: str | None
-                                   ) -> dict[str, Any] | None:
+    async def _close_participation(
+        self, job_id: str, spent: list[Mechanism], failure: str | None
+    ) -> dict[str, Any] | None:
         """Commit `spent` (or release an untouched reservation); returns the report for the host."""
         job = self.store.job(job_id)
         if job is None or job.source is None or job.state != "training":
@@ -571,8 +715,9 @@ class PeerService:
             if spent:
                 self.ledger.commit(job.source, job_id, spent)
                 epsilon = epsilon_spent(spent, source.delta, source.accountant)
-                self.store.audit.append("local", "budget.commit", "ok", f"ε = {epsilon:.4f} spent",
-                                        job=job_id, source=job.source)
+                self.store.audit.append(
+                    "local", "budget.commit", "ok", f"ε = {epsilon:.4f} spent", job=job_id, source=job.source
+                )
             else:
                 self._release_own(job_id)
                 epsilon = 0.0
@@ -583,15 +728,23 @@ class PeerService:
                 self.store.set_state(job_id, "failed", failure, spent=spent_json)
                 self.store.audit.append("local", "job.failed", "ok", failure, job=job_id, source=job.source)
             else:
-                self.store.set_state(job_id, "finished", f"spent ε = {epsilon:.4f} of data source {job.source}",
-                                     spent=spent_json)
-                self.store.audit.append("local", "job.finished", "ok", f"ε = {epsilon:.4f}", job=job_id,
-                                        source=job.source)
-        return {"spent": spent_json, "epsilon": epsilon, "delta": source.delta, "accountant": source.accountant,
-                "failed": failure}
+                self.store.set_state(
+                    job_id, "finished", f"spent ε = {epsilon:.4f} of data source {job.source}", spent=spent_json
+                )
+                self.store.audit.append(
+                    "local", "job.finished", "ok", f"ε = {epsilon:.4f}", job=job_id, source=job.source
+                )
+        return {
+            "spent": spent_json,
+            "epsilon": epsilon,
+            "delta": source.delta,
+            "accountant": source.accountant,
+            "failed": failure,
+        }
 
     async def replicate(self, caller: Member, job_id: str) -> dict[str, Any]:
         """The host announces the job's model: fetch, verify and keep a copy."""
+
         async def work() -> dict[str, Any]:
             job = self.store.job(job_id)
             if job is None or job.hosting:
@@ -600,6 +753,7 @@ class PeerService:
                 raise Refused(f"only the host {job.host} may announce the model of job {job_id}", 403)
             self._spawn(self._fetch_replica(job_id, job.host, job.envelope))
             return {"ok": True}
+
         return await self._run(caller.name, "model.replicate", work, job=job_id)
 
     async def _fetch_replica(self, job_id: str, host: str, envelope: dict[str, Any]) -> None:
@@ -621,13 +775,16 @@ class PeerService:
             staging.rename(final)
             with self.store.transaction():
                 self.store.add_model(job_id, int(card["version"]), final, card["signer"])
-                self.store.audit.append(host, "model.replicate", "ok", f"version {card['version']} verified",
-                                        job=job_id)
+                self.store.audit.append(
+                    host, "model.replicate", "ok", f"version {card['version']} verified", job=job_id
+                )
+
         await self.mailbox.ask(keep)
 
     # -- either side ------------------------------------------------------------------
     async def cancel(self, caller: Member, job_id: str) -> dict[str, Any]:
         """Cancel an active job: by its owner, its host, or this peer itself; releases the reservation."""
+
         async def work() -> dict[str, Any]:
             job = self.store.job(job_id)
             if job is None:
@@ -644,12 +801,17 @@ class PeerService:
                     settled = "what its accountant spent before the cancel is committed"
                 else:
                     settled = "reservation released" if self._release_own(job_id) else "no reservation held"
-                self.store.set_state(job_id, "cancelled", f"cancelled by {caller.name}",
-                                     spent=[m.to_dict() for m in spent] if spent else None)
+                self.store.set_state(
+                    job_id,
+                    "cancelled",
+                    f"cancelled by {caller.name}",
+                    spent=[m.to_dict() for m in spent] if spent else None,
+                )
                 self.store.audit.append(caller.name, "job.cancel", "ok", settled, job=job_id, source=job.source)
             if job.hosting:
                 self._spawn(self._tell_participants(job_id, "cancel"))
             return self._view(job_id)
+
         return await self._run(caller.name, "job.cancel", work, job=job_id)
 
     async def _stop_engines(self, job_id: str) -> None:
@@ -678,9 +840,15 @@ class PeerService:
         self.ledger.commit(job.source, job.job_id, mechanisms)
         source = self.config.sources[job.source]
         epsilon = epsilon_spent(mechanisms, source.delta, source.accountant)
-        self.store.audit.append("local", "budget.commit", "ok", f"ε = {epsilon:.4f} spent" + (
-            " (the whole reservation: the job may have released updates)" if spent is None else ""),
-            job=job.job_id, source=job.source)
+        self.store.audit.append(
+            "local",
+            "budget.commit",
+            "ok",
+            f"ε = {epsilon:.4f} spent"
+            + (" (the whole reservation: the job may have released updates)" if spent is None else ""),
+            job=job.job_id,
+            source=job.source,
+        )
         return mechanisms
 
     def _release_own(self, job_id: str) -> bool:
@@ -696,16 +864,19 @@ class PeerService:
 
     async def publish_model(self, job_id: str, files: dict[str, Path], card: dict[str, Any]) -> dict[str, Any]:
         """Store the final model of a hosted job as a signed, versioned artefact."""
+
         async def work() -> dict[str, Any]:
             job = self.store.job(job_id)
             if job is None or not job.hosting:
                 raise Refused(f"job {job_id} is not hosted here", 404)
-            version, directory = await asyncio.to_thread(publish, self.store.models_dir, self.identity, job_id,
-                                                         files, card)
+            version, directory = await asyncio.to_thread(
+                publish, self.store.models_dir, self.identity, job_id, files, card
+            )
             with self.store.transaction():
                 self.store.add_model(job_id, version, directory, self.name)
                 self.store.audit.append("local", "model.publish", "ok", f"version {version}", job=job_id)
             return {"job_id": job_id, "version": version}
+
         return await self._run("local", "model.publish", work, job=job_id)
 
     # -- reads (no state change: not through the mailbox) -------------------------------
@@ -713,16 +884,20 @@ class PeerService:
         job = self.store.job(job_id)
         if job is None:
             return False
-        return (caller.name in (job.owner, job.host) or caller.name in job.envelope["job"]["participants"]
-                or caller.name in self.config.policy.model_readers)
+        return (
+            caller.name in (job.owner, job.host)
+            or caller.name in job.envelope["job"]["participants"]
+            or caller.name in self.config.policy.model_readers
+        )
 
     def _view(self, job_id: str) -> dict[str, Any]:
         job = self.store.job(job_id)
         assert job is not None
         view = job.summary()
         if job.hosting:
-            view["participants"] = [{k: p[k] for k in ("peer", "decision", "reason")}
-                                    for p in self.store.participants(job_id)]
+            view["participants"] = [
+                {k: p[k] for k in ("peer", "decision", "reason")} for p in self.store.participants(job_id)
+            ]
         return view
 
     def takes_part(self, job: JobRow, member: str) -> bool:
@@ -758,10 +933,18 @@ class PeerService:
         out = []
         for name in self.visible_sources(viewer):
             status = self.ledger.status(name)
-            out.append({"source": name, "epsilon_budget": status.epsilon_budget, "delta": status.delta,
-                        "spent_epsilon": status.spent_epsilon, "reserved_epsilon": status.reserved_epsilon,
-                        "remaining_epsilon": status.remaining_epsilon, "jobs": status.jobs,
-                        "accountant": status.accountant})
+            out.append(
+                {
+                    "source": name,
+                    "epsilon_budget": status.epsilon_budget,
+                    "delta": status.delta,
+                    "spent_epsilon": status.spent_epsilon,
+                    "reserved_epsilon": status.reserved_epsilon,
+                    "remaining_epsilon": status.remaining_epsilon,
+                    "jobs": status.jobs,
+                    "accountant": status.accountant,
+                }
+            )
         return out
 
     # -- checks -----------------------------------------------------------------------
@@ -770,8 +953,9 @@ class PeerService:
 
     def _check_replay(self, job: SignedJob) -> None:
         if self.store.job(job.job_id) is not None:
-            raise Refused(f"job {job.job_id} is already known here: a replayed or duplicate job is refused; "
-                          "use a new job id", 409)
+            raise Refused(
+                f"job {job.job_id} is already known here: a replayed or duplicate job is refused; use a new job id", 409
+            )
         if self.store.nonce_seen(job.nonce):
             raise Refused("this job's nonce was seen before: a replayed job is refused", 409)
 
@@ -795,23 +979,38 @@ def _checked_report(body: Any, accepted: dict[str, Any]) -> dict[str, Any]:
     epsilon, delta = finite_number(body["epsilon"], "a report's epsilon"), finite_number(body["delta"], "its delta")
     accountant, failed = body.get("accountant", accepted["accountant"]), body.get("failed")
     if delta != accepted["delta"] or accountant != accepted["accountant"]:
-        raise Refused(f"the report names δ = {delta:g} ({accountant!r}); the participant accepted with δ = "
-                      f"{accepted['delta']:g} ({accepted['accountant']})", 400)
+        raise Refused(
+            f"the report names δ = {delta:g} ({accountant!r}); the participant accepted with δ = "
+            f"{accepted['delta']:g} ({accepted['accountant']})",
+            400,
+        )
     if failed is not None and not (isinstance(failed, str) and len(failed) <= 2000):
         raise Refused("a report's failed is null or a message of at most 2000 characters", 400)
     planned = [Mechanism.from_dict(m) for m in accepted["planned"]]
     runs = {(m.noise_multiplier, m.sample_rate) for m in planned}
-    if any((m.noise_multiplier, m.sample_rate) not in runs for m in spent) \
-            or sum(m.steps for m in spent) > sum(m.steps for m in planned):
-        raise Refused(f"the report's mechanisms ({sum(m.steps for m in spent)} DP-SGD steps) are not within the "
-                      f"participant's plan of {sum(m.steps for m in planned)} steps at its planned noise and sample "
-                      "rate", 400)
+    if any((m.noise_multiplier, m.sample_rate) not in runs for m in spent) or sum(m.steps for m in spent) > sum(
+        m.steps for m in planned
+    ):
+        raise Refused(
+            f"the report's mechanisms ({sum(m.steps for m in spent)} DP-SGD steps) are not within the "
+            f"participant's plan of {sum(m.steps for m in planned)} steps at its planned noise and sample "
+            "rate",
+            400,
+        )
     cost, ceiling = epsilon_spent(spent, delta, accountant), epsilon_spent(planned, delta, accountant)
     if not (0 <= epsilon <= ceiling * (1 + 1e-9) and math.isclose(epsilon, cost, rel_tol=1e-6, abs_tol=1e-9)):
-        raise Refused(f"the report states ε = {epsilon:.6g}; its mechanisms cost ε = {cost:.6g} and the participant "
-                      f"planned at most ε = {ceiling:.6g}", 400)
-    return {"spent": [m.to_dict() for m in spent], "epsilon": epsilon, "delta": delta, "accountant": accountant,
-            "failed": failed}
+        raise Refused(
+            f"the report states ε = {epsilon:.6g}; its mechanisms cost ε = {cost:.6g} and the participant "
+            f"planned at most ε = {ceiling:.6g}",
+            400,
+        )
+    return {
+        "spent": [m.to_dict() for m in spent],
+        "epsilon": epsilon,
+        "delta": delta,
+        "accountant": accountant,
+        "failed": failed,
+    }
 
 
 def _job_id(envelope: Any) -> str | None:
@@ -820,4 +1019,3 @@ def _job_id(envelope: Any) -> str | None:
         return value if isinstance(value, str) and len(value) <= 64 else None
     except (TypeError, KeyError):
         return None
-

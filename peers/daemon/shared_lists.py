@@ -15,7 +15,7 @@ list file on this machine for each run. Contracts:
   than the list's `epoch-hours`, or once the list file changed (size or modification
   time). A restart therefore rotates the key too. Answers for an older epoch are
   refused (409) until the querier fetches the new table.
-* Quotas live in `state/psi/NAME.quota.sqlite` (`privacy.psi.SQLiteQuota`), so a
+* Quotas live in `state/psi/NAME.quota.sqlite` (`fedsilo.privacy.psi.SQLiteQuota`), so a
   restart does not reset them. A refused query consumes nothing. A list's optional
   `psi-quota` limits, the same way, the identifiers each member may compare with it
   by PSI per window (`NAME.psi-quota.sqlite`): without it, a member could learn the
@@ -25,7 +25,7 @@ list file on this machine for each run. Contracts:
 
 The methods are blocking (group operations, file reads): the service runs them in a
 thread, inside its actor, so quota, epoch and audit changes never interleave. The group
-operations run on one `privacy.psi.Workers` for the daemon's life (a process per core,
+operations run on one `fedsilo.privacy.psi.Workers` for the daemon's life (a process per core,
 started at the first PSI or table, about a second): the holder hashes and blinds its
 whole list on every PSI run and every new key epoch.
 """
@@ -40,11 +40,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers.daemon.config import SharedList
-from peers.errors import Refused
-from privacy.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
-from privacy.psi import ListHolder, Mode, PsiSender, QueryQuota, SQLiteQuota, Workers
-from privacy.psi.wire import FrameType, decode, split
+from fedsilo.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
+from fedsilo.peers.daemon.config import SharedList
+from fedsilo.peers.errors import Refused
+from fedsilo.privacy.psi import ListHolder, Mode, PsiSender, QueryQuota, SQLiteQuota, Workers
+from fedsilo.privacy.psi.wire import FrameType, decode, split
 
 MODE_NAMES = {Mode.TO_RECEIVER: "to-me", Mode.TO_BOTH: "both", Mode.CARDINALITY: "count"}
 PENDING_SECONDS = 600.0
@@ -131,20 +131,31 @@ class SharedLists:
             quota = shared.quota_of(member)
             if member not in shared.psi and quota is None:
                 continue
-            psi_left = (self._psi_quota(shared).left(member)
-                        if member in shared.psi and shared.psi_quota is not None else None)
-            out.append({"name": shared.name, "kind": shared.kind or "typed",
-                        "psi_modes": list(shared.psi_modes) if member in shared.psi else [],
-                        "psi_quota": shared.psi_quota if member in shared.psi else None, "psi_left": psi_left,
-                        "query_quota": quota, "query_left": None if quota is None else self._quota(shared).left(member),
-                        "quota_window": shared.quota_window, "labels": shared.label_column is not None})
+            psi_left = (
+                self._psi_quota(shared).left(member) if member in shared.psi and shared.psi_quota is not None else None
+            )
+            out.append(
+                {
+                    "name": shared.name,
+                    "kind": shared.kind or "typed",
+                    "psi_modes": list(shared.psi_modes) if member in shared.psi else [],
+                    "psi_quota": shared.psi_quota if member in shared.psi else None,
+                    "psi_left": psi_left,
+                    "query_quota": quota,
+                    "query_left": None if quota is None else self._quota(shared).left(member),
+                    "quota_window": shared.quota_window,
+                    "labels": shared.label_column is not None,
+                }
+            )
         return out
 
     def _allowed(self, member: str, name: str, use: str) -> SharedList:
         shared = self.lists.get(name)
         if shared is None or (member not in shared.psi if use == "psi" else shared.quota_of(member) is None):
-            raise Refused(f"list {name!r} is not shared with {member} for {use} here; ask its holder to add you to "
-                          "its policy", 403)
+            raise Refused(
+                f"list {name!r} is not shared with {member} for {use} here; ask its holder to add you to its policy",
+                403,
+            )
         return shared
 
     # -- PSI --------------------------------------------------------------------------
@@ -165,8 +176,9 @@ class SharedLists:
             except QuotaExceeded as error:
                 raise Refused(f"PSI on list {name!r}: {error}", 429) from None
         self._expire()
-        sender = PsiSender(read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode,
-                           workers=self._workers)
+        sender = PsiSender(
+            read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode, workers=self._workers
+        )
         replies: list[bytes] = []
         for frame in frames:
             replies += sender.handle(frame)
@@ -184,8 +196,11 @@ class SharedLists:
         session = decode(frames[0]).session if frames else b""
         pending = self._pending.get(session)
         if pending is None or pending.member != member or pending.list_name != name:
-            raise Refused("no both-sides PSI of yours on this list is waiting for confirmation (it expired after "
-                          f"{PENDING_SECONDS:g} s or never started); run it again", 409)
+            raise Refused(
+                "no both-sides PSI of yours on this list is waiting for confirmation (it expired after "
+                f"{PENDING_SECONDS:g} s or never started); run it again",
+                409,
+            )
         del self._pending[session]
         for frame in frames:
             pending.sender.handle(frame)
@@ -194,7 +209,7 @@ class SharedLists:
         shared_ids = [v for i, v in enumerate(read_column(shared.path, shared.id_column)) if i in wanted]
         results = self.directory / "results"
         results.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         out = results / f"{stamp}-{name}-{member}.csv"
         with open(out, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -226,23 +241,25 @@ class SharedLists:
             raise Refused(str(error), 429) from None
         count = decode(body).count
         left = self._quota(shared).left(member)
-        return Served(answer, f"query: {count} identifiers answered at epoch {holder.epoch}; {left} left in the "
-                              "window")
+        return Served(answer, f"query: {count} identifiers answered at epoch {holder.epoch}; {left} left in the window")
 
     def _quota(self, shared: SharedList) -> _PerQuerier:
         if shared.name not in self._quotas:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._quotas[shared.name] = _PerQuerier(self.directory / f"{shared.name}.quota.sqlite", shared.queriers,
-                                                    shared.quota_window)
+            self._quotas[shared.name] = _PerQuerier(
+                self.directory / f"{shared.name}.quota.sqlite", shared.queriers, shared.quota_window
+            )
         return self._quotas[shared.name]
 
     def _psi_quota(self, shared: SharedList) -> _PerQuerier:
         if shared.name not in self._psi_quotas:
             assert shared.psi_quota is not None
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._psi_quotas[shared.name] = _PerQuerier(self.directory / f"{shared.name}.psi-quota.sqlite",
-                                                        tuple((m, shared.psi_quota) for m in shared.psi),
-                                                        shared.quota_window)
+            self._psi_quotas[shared.name] = _PerQuerier(
+                self.directory / f"{shared.name}.psi-quota.sqlite",
+                tuple((m, shared.psi_quota) for m in shared.psi),
+                shared.quota_window,
+            )
         return self._psi_quotas[shared.name]
 
     def _holder(self, shared: SharedList) -> tuple[ListHolder, bytes]:
@@ -251,8 +268,14 @@ class SharedLists:
         if current is None or current.stamp != stamp or time.monotonic() - current.started >= shared.epoch_seconds:
             epoch_file = self.directory / f"{shared.name}.epoch"
             epoch = int(epoch_file.read_text()) + 1 if epoch_file.is_file() else 1
-            holder = ListHolder(shared.name, self._quota(shared), kind=shared.kind, label_width=shared.label_width,
-                                epoch=epoch, workers=self._workers)
+            holder = ListHolder(
+                shared.name,
+                self._quota(shared),
+                kind=shared.kind,
+                label_width=shared.label_width,
+                epoch=epoch,
+                workers=self._workers,
+            )
             ids = read_column(shared.path, shared.id_column)
             labels = read_column(shared.path, shared.label_column) if shared.label_column else None
             table = holder.publish(zip(ids, labels) if labels is not None else ((i, "listed") for i in ids))

@@ -38,26 +38,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers.toml_file import read_toml
-from peers.errors import IdentityError, Refused, SignatureError
-from peers.identity.consortium import Identity
-from peers.identity.manifest import Manifest
-from peers.identity.pki import (
-    certificate_fingerprint, certificate_from_pem, certificate_name, certificate_pem, check_issued_by, check_name,
+from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.peers.errors import IdentityError, Refused, SignatureError
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.manifest import Manifest
+from fedsilo.peers.identity.pki import (
+    certificate_fingerprint,
+    certificate_from_pem,
+    certificate_name,
+    certificate_pem,
+    check_issued_by,
+    check_name,
 )
-from peers.identity.signing import sign_document, verify_document
-from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
-from peers.model_spec import ModelSpec
-from privacy.errors import ConfigError, FedsiloError
+from fedsilo.peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
+from fedsilo.peers.model_spec import ModelSpec
+from fedsilo.peers.toml_file import read_toml
 
 SCHEMA = "fedsilo.job/1"
 MAX_VALIDITY_MINUTES = 7 * 24 * 60
 _JOB_KEYS = {"id", "host", "participants", "min-participants", "source", "label", "strategy", "valid-for-minutes"}
-_SECTIONS = {"job": _JOB_KEYS,
-             "model": {"kind", "hidden"},
-             "train": {"rounds", "local-epochs", "batch-size", "lr", "seed", "test-fraction"},
-             "dp": {"mode", "epsilon", "delta", "max-grad-norm", "accountant"},
-             "secagg": {"mode", "clip", "dropout-fraction", "collusion-fraction"}}
+_SECTIONS = {
+    "job": _JOB_KEYS,
+    "model": {"kind", "hidden"},
+    "train": {"rounds", "local-epochs", "batch-size", "lr", "seed", "test-fraction"},
+    "dp": {"mode", "epsilon", "delta", "max-grad-norm", "accountant"},
+    "secagg": {"mode", "clip", "dropout-fraction", "collusion-fraction"},
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class SignedJob:
 
 
 def _utc(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
 def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -95,8 +102,10 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
             raise ConfigError(f"[{section}] in {path} must be a table")
         unknown = sorted(set(table) - _SECTIONS[section])
         if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} in [{section}] of {path}: valid keys are "
-                              f"{', '.join(sorted(_SECTIONS[section]))}")
+            raise ConfigError(
+                f"unknown key {unknown[0]!r} in [{section}] of {path}: valid keys are "
+                f"{', '.join(sorted(_SECTIONS[section]))}"
+            )
     job = document.get("job")
     if not job:
         raise ConfigError(f"{path} has no [job] table: give id, host, participants, source and label")
@@ -115,12 +124,19 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
             if section == "model" and key == "hidden":
                 value = ",".join(str(v) for v in value) if isinstance(value, list) else value
             run_config[f"{section}.{key}"] = value
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     body = {
-        "schema": SCHEMA, "job_id": job["id"], "owner": owner, "host": job["host"],
-        "participants": list(participants), "min_participants": job.get("min-participants", len(participants)),
-        "source": job["source"], "label": job["label"], "run_config": run_config,
-        "nonce": secrets.token_hex(16), "created": _utc(now),
+        "schema": SCHEMA,
+        "job_id": job["id"],
+        "owner": owner,
+        "host": job["host"],
+        "participants": list(participants),
+        "min_participants": job.get("min-participants", len(participants)),
+        "source": job["source"],
+        "label": job["label"],
+        "run_config": run_config,
+        "nonce": secrets.token_hex(16),
+        "created": _utc(now),
         "expires": _utc(now + dt.timedelta(minutes=minutes)),
     }
     parse_document(body)  # every value checked before anything is signed or sent
@@ -129,8 +145,11 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
 
 def sign_job(identity: Identity, document: dict[str, Any]) -> dict[str, Any]:
     """The envelope a model owner sends: document, signature, certificate."""
-    return {"job": document, "signature": sign_document(identity.key, document),
-            "certificate": certificate_pem(identity.certificate)}
+    return {
+        "job": document,
+        "signature": sign_document(identity.key, document),
+        "certificate": certificate_pem(identity.certificate),
+    }
 
 
 def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
@@ -151,8 +170,11 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
         if not isinstance(run_config, dict):
             raise ConfigError("run_config must be a table")
         config = _job_config(job_id, body["label"], len(body["participants"]), run_config)
-        return config, {"job_id": job_id, "expires": dt.datetime.fromisoformat(body["expires"]),
-                        "nonce": str(body["nonce"])}
+        return config, {
+            "job_id": job_id,
+            "expires": dt.datetime.fromisoformat(body["expires"]),
+            "nonce": str(body["nonce"]),
+        }
     except KeyError as missing:
         raise ConfigError(f"the job document lacks {missing}") from None
     except (TypeError, ValueError) as exc:
@@ -162,25 +184,28 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
 def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any]) -> JobConfig:
     """JobConfig from the document's run config, refusing keys JobConfig does not know."""
     known = {"job.strategy", "model.kind", "model.hidden"} | {
-        f"{prefix}.{name.replace('_', '-')}" for prefix, spec in (("train", TrainSpec), ("dp", DPSpec),
-                                                                   ("secagg", SecAggSpec))
-        for name in spec.__dataclass_fields__} - {"dp.reproducible"}  # seeded noise: research mode, never deployed
+        f"{prefix}.{name.replace('_', '-')}"
+        for prefix, spec in (("train", TrainSpec), ("dp", DPSpec), ("secagg", SecAggSpec))
+        for name in spec.__dataclass_fields__
+    } - {"dp.reproducible"}  # seeded noise: research mode, never deployed
     unknown = sorted(set(run_config) - known)
     if unknown:
         raise ConfigError(f"unknown job setting {unknown[0]!r}: valid settings are {', '.join(sorted(known))}")
     for key, value in run_config.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"job setting {key} must be a number or a string (got {value!r})")
-    config = JobConfig.from_run_config({**run_config, "job.id": job_id, "job.peers": peers, "data.label": label,
-                                        "data.encoder": ""})
+    config = JobConfig.from_run_config(
+        {**run_config, "job.id": job_id, "job.peers": peers, "data.label": label, "data.encoder": ""}
+    )
     if config.strategy not in ("fedavg", "fedadam"):
         raise ConfigError(f"job strategy {config.strategy!r} is unknown: valid choices are fedavg, fedadam")
     ModelSpec(config.model.kind, config.model.hidden)
     return config
 
 
-def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.datetime | None = None,
-                    check_live: bool = True) -> SignedJob:
+def verify_envelope(
+    envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.datetime | None = None, check_live: bool = True
+) -> SignedJob:
     """Check a received envelope (see the module docstring); Refused with the reason otherwise.
 
     `check_live=False` checks only the owner's signature and the document's form, not
@@ -206,7 +231,7 @@ def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.dat
         config, header = parse_document(body)
     except FedsiloError as error:
         raise Refused(str(error), status=403 if isinstance(error, IdentityError) else 400) from None
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if check_live and header["expires"] <= now:
         raise Refused(f"the job expired at {_utc(header['expires'])}: the owner must sign it again", status=403)
     if check_live and header["expires"] > now + dt.timedelta(minutes=MAX_VALIDITY_MINUTES):
@@ -215,7 +240,16 @@ def verify_envelope(envelope: Any, manifest: Manifest, ca_cert: Any, now: dt.dat
         member = manifest.member(name)
         if member is None or not member.has("peer"):
             raise Refused(f"job participant or host {name!r} is not a peer of the consortium", status=400)
-    return SignedJob(job_id=header["job_id"], owner=body["owner"], host=body["host"],
-                     participants=tuple(body["participants"]), min_participants=body["min_participants"],
-                     source=body["source"], label=body["label"], nonce=header["nonce"], expires=header["expires"],
-                     config=config, envelope=envelope)
+    return SignedJob(
+        job_id=header["job_id"],
+        owner=body["owner"],
+        host=body["host"],
+        participants=tuple(body["participants"]),
+        min_participants=body["min_participants"],
+        source=body["source"],
+        label=body["label"],
+        nonce=header["nonce"],
+        expires=header["expires"],
+        config=config,
+        envelope=envelope,
+    )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers.daemon.audit_log import AuditLog
+from fedsilo.peers.daemon.audit_log import AuditLog
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -65,7 +65,7 @@ FINAL_STATES = ("finished", "failed", "cancelled", "interrupted", "expired")
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,18 @@ class JobRow:
     updated: str
 
     def summary(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "owner": self.owner, "host": self.host, "hosting": self.hosting,
-                "source": self.source, "state": self.state, "detail": self.detail, "spent": self.spent,
-                "created": self.created, "updated": self.updated}
+        return {
+            "job_id": self.job_id,
+            "owner": self.owner,
+            "host": self.host,
+            "hosting": self.hosting,
+            "source": self.source,
+            "state": self.state,
+            "detail": self.detail,
+            "spent": self.spent,
+            "created": self.created,
+            "updated": self.updated,
+        }
 
 
 class PeerStore:
@@ -120,28 +129,52 @@ class PeerStore:
             raise
 
     # jobs -------------------------------------------------------------------------
-    def insert_job(self, job_id: str, owner: str, host: str, hosting: bool, source: str | None, state: str,
-                   envelope: dict[str, Any], nonce: str) -> None:
+    def insert_job(
+        self,
+        job_id: str,
+        owner: str,
+        host: str,
+        hosting: bool,
+        source: str | None,
+        state: str,
+        envelope: dict[str, Any],
+        nonce: str,
+    ) -> None:
         stamp = now()
-        self.conn.execute("INSERT INTO jobs (job_id, owner, host, hosting, source, state, envelope, created, updated)"
-                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (job_id, owner, host, int(hosting), source, state, json.dumps(envelope), stamp, stamp))
+        self.conn.execute(
+            "INSERT INTO jobs (job_id, owner, host, hosting, source, state, envelope, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, owner, host, int(hosting), source, state, json.dumps(envelope), stamp, stamp),
+        )
         self.conn.execute("INSERT INTO nonces (nonce, job_id, seen) VALUES (?, ?, ?)", (nonce, job_id, stamp))
 
-    def set_state(self, job_id: str, state: str, detail: str = "", spent: list[dict[str, Any]] | None = None,
-                  source: str | None = None) -> None:
-        self.conn.execute("UPDATE jobs SET state = ?, detail = ?, updated = ?, spent = COALESCE(?, spent), "
-                          "source = COALESCE(?, source) WHERE job_id = ?",
-                          (state, detail, now(), json.dumps(spent) if spent is not None else None, source, job_id))
+    def set_state(
+        self,
+        job_id: str,
+        state: str,
+        detail: str = "",
+        spent: list[dict[str, Any]] | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.conn.execute(
+            "UPDATE jobs SET state = ?, detail = ?, updated = ?, spent = COALESCE(?, spent), "
+            "source = COALESCE(?, source) WHERE job_id = ?",
+            (state, detail, now(), json.dumps(spent) if spent is not None else None, source, job_id),
+        )
 
     def job(self, job_id: str) -> JobRow | None:
-        row = self.conn.execute("SELECT job_id, owner, host, hosting, source, state, detail, envelope, spent, "
-                                "created, updated FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT job_id, owner, host, hosting, source, state, detail, envelope, spent, "
+            "created, updated FROM jobs WHERE job_id = ?",
+            (job_id,),
+        ).fetchone()
         return _job_row(row) if row else None
 
     def jobs(self, states: tuple[str, ...] | None = None) -> list[JobRow]:
-        rows = self.conn.execute("SELECT job_id, owner, host, hosting, source, state, detail, envelope, spent, "
-                                 "created, updated FROM jobs ORDER BY created, job_id").fetchall()
+        rows = self.conn.execute(
+            "SELECT job_id, owner, host, hosting, source, state, detail, envelope, spent, "
+            "created, updated FROM jobs ORDER BY created, job_id"
+        ).fetchall()
         found = [_job_row(r) for r in rows]
         return [j for j in found if states is None or j.state in states]
 
@@ -149,22 +182,28 @@ class PeerStore:
         return self.conn.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone() is not None
 
     # the host's view of participants ------------------------------------------------
-    def set_participant(self, job_id: str, peer: str, decision: str, reason: str = "",
-                        reply: dict[str, Any] | None = None) -> None:
-        self.conn.execute("INSERT INTO participants (job_id, peer, decision, reason, reply) VALUES (?, ?, ?, ?, ?) "
-                          "ON CONFLICT (job_id, peer) DO UPDATE SET decision = excluded.decision, "
-                          "reason = excluded.reason, reply = excluded.reply",
-                          (job_id, peer, decision, reason, json.dumps(reply) if reply is not None else None))
+    def set_participant(
+        self, job_id: str, peer: str, decision: str, reason: str = "", reply: dict[str, Any] | None = None
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO participants (job_id, peer, decision, reason, reply) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (job_id, peer) DO UPDATE SET decision = excluded.decision, "
+            "reason = excluded.reason, reply = excluded.reply",
+            (job_id, peer, decision, reason, json.dumps(reply) if reply is not None else None),
+        )
 
     def participants(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT peer, decision, reason, reply FROM participants WHERE job_id = ? "
-                                 "ORDER BY peer", (job_id,))
+        rows = self.conn.execute(
+            "SELECT peer, decision, reason, reply FROM participants WHERE job_id = ? ORDER BY peer", (job_id,)
+        )
         return [{"peer": p, "decision": d, "reason": r, "reply": json.loads(x) if x else None} for p, d, r, x in rows]
 
     # models -------------------------------------------------------------------------
     def add_model(self, job_id: str, version: int, directory: Path, signer: str) -> None:
-        self.conn.execute("INSERT INTO models (job_id, version, dir, signer, created) VALUES (?, ?, ?, ?, ?)",
-                          (job_id, version, str(directory.relative_to(self.state_dir)), signer, now()))
+        self.conn.execute(
+            "INSERT INTO models (job_id, version, dir, signer, created) VALUES (?, ?, ?, ?, ?)",
+            (job_id, version, str(directory.relative_to(self.state_dir)), signer, now()),
+        )
 
     def models(self) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT job_id, version, dir, signer, created FROM models ORDER BY created, job_id")
@@ -172,12 +211,24 @@ class PeerStore:
 
     def model(self, job_id: str) -> tuple[int, Path, str] | None:
         """The newest version of the model of `job_id`: (version, directory, signer)."""
-        row = self.conn.execute("SELECT version, dir, signer FROM models WHERE job_id = ? ORDER BY version DESC "
-                                "LIMIT 1", (job_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT version, dir, signer FROM models WHERE job_id = ? ORDER BY version DESC LIMIT 1", (job_id,)
+        ).fetchone()
         return (row[0], self.state_dir / row[1], row[2]) if row else None
 
 
 def _job_row(row: tuple[Any, ...]) -> JobRow:
     job_id, owner, host, hosting, source, state, detail, envelope, spent, created, updated = row
-    return JobRow(job_id, owner, host, bool(hosting), source, state, detail, json.loads(envelope),
-                  json.loads(spent) if spent else None, created, updated)
+    return JobRow(
+        job_id,
+        owner,
+        host,
+        bool(hosting),
+        source,
+        state,
+        detail,
+        json.loads(envelope),
+        json.loads(spent) if spent else None,
+        created,
+        updated,
+    )

@@ -1,6 +1,6 @@
 """Running a job's training for the daemon: the host's SuperLink, a participant's SuperNode.
 
-Thin, blocking adapters over `peers.deployment` (the daemon calls them in a worker
+Thin, blocking adapters over `fedsilo.peers.deployment` (the daemon calls them in a worker
 thread, outside its mailbox): which files and keys of the peer each engine process
 gets, and where a job's working directory is. A participant whose source declares an
 id column trains on a copy of its table without that column, written in the job's
@@ -10,22 +10,27 @@ working directory on the same machine.
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import urlsplit
 
-from peers.daemon.config import DataSource
-from peers.data.bank import read_table
-from peers.deployment import (
-    HostedTraining, JoinedTraining, TLSFiles, TrainingResult, host_training, join_training, node_auth_keypair,
+from fedsilo.peers.daemon.config import DataSource
+from fedsilo.peers.data.bank import read_table
+from fedsilo.peers.deployment import (
+    HostedTraining,
+    JoinedTraining,
+    TLSFiles,
+    TrainingResult,
+    host_training,
+    join_training,
+    node_auth_keypair,
 )
-from peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
-from peers.identity.consortium import Identity
-from peers.identity.round_keys import IdentityFiles
-from peers.job import JobConfig
-from privacy.accounting import Mechanism
+from fedsilo.peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
+from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.round_keys import IdentityFiles
+from fedsilo.peers.job import JobConfig
+from fedsilo.privacy.accounting import Mechanism
 
 NODE_KEY_DIR = "node-key"
 HOST_TIMEOUT_SECONDS = 1800.0
@@ -44,22 +49,28 @@ def node_public_key(state_dir: Path) -> str:
     return node_auth_keypair(state_dir / NODE_KEY_DIR).decode()
 
 
-def start_hosting(job: JobConfig, state_dir: Path, identity: Identity, peers: int,
-                  node_keys: Sequence[str]) -> HostedTraining:
+def start_hosting(
+    job: JobConfig, state_dir: Path, identity: Identity, peers: int, node_keys: Sequence[str]
+) -> HostedTraining:
     """Start the job's SuperLink (serving this peer's certificate) for `peers` accepted peers."""
     member = identity.manifest.member(identity.name)
     host = urlsplit(member.address).hostname if member and member.address else "127.0.0.1"
-    return host_training(replace(job, peers=peers), state_dir / "jobs" / job.job_id / "host",
-                         TLSFiles(identity.ca_path, identity.cert_path, identity.key_path),
-                         [k.encode() for k in node_keys], host=host or "127.0.0.1")
+    return host_training(
+        replace(job, peers=peers),
+        state_dir / "jobs" / job.job_id / "host",
+        TLSFiles(identity.ca_path, identity.cert_path, identity.key_path),
+        [k.encode() for k in node_keys],
+        host=host or "127.0.0.1",
+    )
 
 
 def finish_hosting(hosted: HostedTraining) -> TrainingResult:
     return hosted.wait(timeout=HOST_TIMEOUT_SECONDS)
 
 
-def start_joining(job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str,
-                  source: DataSource) -> JoinedTraining:
+def start_joining(
+    job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str, source: DataSource
+) -> JoinedTraining:
     work_dir = state_dir / "jobs" / job.job_id / "peer"
     work_dir.mkdir(parents=True, exist_ok=True)
     data_path = source.path
@@ -68,8 +79,9 @@ def start_joining(job: JobConfig, state_dir: Path, identity: Identity, fleet_add
         data_path = work_dir / "table.parquet"
         frame.drop(columns=[source.id_column], errors="ignore").to_parquet(data_path, index=False)
     files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path)
-    return join_training(job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path,
-                         identity=files)
+    return join_training(
+        job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path, identity=files
+    )
 
 
 def finish_joining(joined: JoinedTraining) -> list[Mechanism]:
@@ -79,7 +91,8 @@ def finish_joining(joined: JoinedTraining) -> list[Mechanism]:
 
 def spent_so_far(state_dir: Path, job_id: str) -> list[Mechanism]:
     """What this peer's accountant recorded for the job (after a failure or a restart)."""
-    from peers.client import node_state
+    from fedsilo.peers.client import node_state
+
     record = node_state.read_privacy(state_dir / "jobs" / job_id / "peer", job_id)
     return list(record.spent) if record else []
 

@@ -8,17 +8,16 @@ peer's ClientApp agree on which rows are held out without exchanging row ids.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from peers.data.encoding import SPLIT_COLUMN, TabularEncoder
-from privacy.errors import DataError
-
+from fedsilo.errors import DataError
+from fedsilo.peers.data.encoding import SPLIT_COLUMN, TabularEncoder
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -47,8 +46,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         frame = reader(path)
     except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
-        raise DataError(f"cannot read {path} as {kind} ({exc.__class__.__name__}: {_first_line(exc)}): "
-                        f"check that the file is a valid {kind} file") from None
+        raise DataError(
+            f"cannot read {path} as {kind} ({exc.__class__.__name__}: {_first_line(exc)}): "
+            f"check that the file is a valid {kind} file"
+        ) from None
     if frame.empty:
         raise DataError(f"{path} has no rows: give a file with data in it")
     return frame
@@ -57,8 +58,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
 FREE, TRAIN, TEST = -1, 0, 1  # a row's pinned side in SPLIT_COLUMN (FREE: the split decides)
 
 
-def split_train_test(labels: np.ndarray, test_fraction: float, seed: int,
-                     pinned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_train_test(
+    labels: np.ndarray, test_fraction: float, seed: int, pinned: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of row positions into (train, test), deterministic in `seed`.
 
     Each class keeps round(test_fraction · count) rows for testing, at least one when
@@ -66,7 +68,7 @@ def split_train_test(labels: np.ndarray, test_fraction: float, seed: int,
 
     `pinned` (optional, one of FREE, TRAIN, TEST per row) fixes some rows' side, e.g.
     customers an institution shares with others, whose side the institutions agreed on
-    (`peers.shared_holdout`). Pinned rows keep their side; each class's free rows make up
+    (`fedsilo.peers.shared_holdout`). Pinned rows keep their side; each class's free rows make up
     its test count towards the same target, as far as they can. Without pins (or with
     every row FREE) the split is exactly the unpinned one.
     """
@@ -75,8 +77,10 @@ def split_train_test(labels: np.ndarray, test_fraction: float, seed: int,
     if pinned is not None:
         pinned = np.asarray(pinned)
         if pinned.shape != (len(labels),) or not np.isin(pinned, (FREE, TRAIN, TEST)).all():
-            raise DataError(f"the pinned sides must be one of {FREE} (free), {TRAIN} (train), {TEST} (test) per row, "
-                            f"for all {len(labels)} rows")
+            raise DataError(
+                f"the pinned sides must be one of {FREE} (free), {TRAIN} (train), {TEST} (test) per row, "
+                f"for all {len(labels)} rows"
+            )
     rng = np.random.default_rng(seed)
     train_parts, test_parts = [], []
     for value in np.unique(labels):

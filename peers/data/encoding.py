@@ -31,17 +31,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from privacy.errors import ConfigError, DataError
+from fedsilo.errors import ConfigError, DataError
 
-MAX_INTEGER_LEVELS = 12   # integer-valued columns with at most this many values are categorical
-MAX_TEXT_LEVELS = 64      # more distinct text values than this is refused
+MAX_INTEGER_LEVELS = 12  # integer-valued columns with at most this many values are categorical
+MAX_TEXT_LEVELS = 64  # more distinct text values than this is refused
 SKEW_THRESHOLD = 2.0
 MISSING_CATEGORY = "__missing__"
 FORMAT = "fedsilo.tabular-encoder"
@@ -50,7 +51,7 @@ FORMAT_VERSION = 1
 NUMERIC, TEXT, EMPTY = "numeric", "text", "empty"
 
 # A column no encoder reads: a row's side of the train/test split when it was agreed with
-# other institutions (see `peers.data.bank.split_rows`); never a feature.
+# other institutions (see `fedsilo.peers.data.bank.split_rows`); never a feature.
 SPLIT_COLUMN = "fedsilo_split"
 
 
@@ -82,7 +83,7 @@ class ColumnSummary:
     values: tuple[Any, ...] | None = ()
 
     @classmethod
-    def from_series(cls, name: str, series: pd.Series) -> "ColumnSummary":
+    def from_series(cls, name: str, series: pd.Series) -> ColumnSummary:
         mask = series.isna().to_numpy()
         missing = int(mask.sum())
         n = len(series) - missing
@@ -103,17 +104,28 @@ class ColumnSummary:
         return cls(name, TEXT, n, missing, values=values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "n": self.n, "missing": self.missing,
-                "sums": list(self.sums), "log_sums": list(self.log_sums),
-                "values": None if self.values is None else list(self.values)}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n": self.n,
+            "missing": self.missing,
+            "sums": list(self.sums),
+            "log_sums": list(self.log_sums),
+            "values": None if self.values is None else list(self.values),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ColumnSummary":
+    def from_dict(cls, data: dict[str, Any]) -> ColumnSummary:
         values = data.get("values", [])
-        return cls(str(data["name"]), str(data["kind"]), int(data["n"]), int(data["missing"]),
-                   tuple(float(v) for v in data.get("sums", (0.0, 0.0, 0.0))),
-                   tuple(float(v) for v in data.get("log_sums", (0.0, 0.0, 0.0))),
-                   None if values is None else tuple(values))
+        return cls(
+            str(data["name"]),
+            str(data["kind"]),
+            int(data["n"]),
+            int(data["missing"]),
+            tuple(float(v) for v in data.get("sums", (0.0, 0.0, 0.0))),
+            tuple(float(v) for v in data.get("log_sums", (0.0, 0.0, 0.0))),
+            None if values is None else tuple(values),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,7 @@ class BankSummary:
     columns: tuple[ColumnSummary, ...]
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, label: str) -> "BankSummary":
+    def from_frame(cls, df: pd.DataFrame, label: str) -> BankSummary:
         if label not in df.columns:
             raise DataError(f"label column {label!r} is not in the table: pass the name of the 0/1 target column")
         names = [str(c) for c in df.columns if c != label and c != SPLIT_COLUMN]
@@ -141,13 +153,15 @@ class BankSummary:
         return {"label": self.label, "n_rows": self.n_rows, "columns": [c.to_dict() for c in self.columns]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BankSummary":
+    def from_dict(cls, data: dict[str, Any]) -> BankSummary:
         try:
-            return cls(str(data["label"]), int(data["n_rows"]),
-                       tuple(ColumnSummary.from_dict(c) for c in data["columns"]))
+            return cls(
+                str(data["label"]), int(data["n_rows"]), tuple(ColumnSummary.from_dict(c) for c in data["columns"])
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"malformed bank summary ({exc.__class__.__name__}: {exc}): "
-                            f"re-create it with BankSummary.from_frame") from None
+            raise DataError(
+                f"malformed bank summary ({exc.__class__.__name__}: {exc}): re-create it with BankSummary.from_frame"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +184,7 @@ class NumericColumn:
 @dataclass(frozen=True)
 class CategoricalColumn:
     name: str
-    categories: tuple[Any, ...]   # ints (numeric column) or str (text column), sorted
+    categories: tuple[Any, ...]  # ints (numeric column) or str (text column), sorted
     text: bool
     missing_category: bool
 
@@ -181,7 +195,8 @@ class CategoricalColumn:
     @property
     def feature_names(self) -> list[str]:
         return [f"{self.name}={v}" for v in self.categories] + (
-            [f"{self.name}={MISSING_CATEGORY}"] if self.missing_category else [])
+            [f"{self.name}={MISSING_CATEGORY}"] if self.missing_category else []
+        )
 
 
 def _pooled_moments(n: int, sums: np.ndarray) -> tuple[float, float, float]:
@@ -202,16 +217,22 @@ def _fit_column(name: str, parts: list[ColumnSummary]) -> NumericColumn | Catego
     any_missing = any(p.missing > 0 for p in parts)
     if kinds == {NUMERIC, TEXT}:
         text_at = [i for i, p in enumerate(parts) if p.kind == TEXT]
-        raise DataError(f"column {name!r} holds numbers at some banks but text at bank(s) {text_at[:5]}: "
-                        f"clean it (e.g. 'N/A' strings) so that it has one type at every bank")
+        raise DataError(
+            f"column {name!r} holds numbers at some banks but text at bank(s) {text_at[:5]}: "
+            f"clean it (e.g. 'N/A' strings) so that it has one type at every bank"
+        )
     if kinds == {TEXT}:
         if any(p.values is None for p in parts):
-            raise DataError(f"column {name!r} has more than {MAX_TEXT_LEVELS} distinct text values: "
-                            f"drop it or encode it as numbers before training")
+            raise DataError(
+                f"column {name!r} has more than {MAX_TEXT_LEVELS} distinct text values: "
+                f"drop it or encode it as numbers before training"
+            )
         union = sorted({v for p in parts for v in p.values})  # type: ignore[union-attr]
         if len(union) > MAX_TEXT_LEVELS:
-            raise DataError(f"column {name!r} has {len(union)} distinct text values over all banks "
-                            f"(more than {MAX_TEXT_LEVELS}): drop it or encode it as numbers before training")
+            raise DataError(
+                f"column {name!r} has {len(union)} distinct text values over all banks "
+                f"(more than {MAX_TEXT_LEVELS}): drop it or encode it as numbers before training"
+            )
         return CategoricalColumn(name, tuple(union), True, any_missing)
     numeric = [p for p in parts if p.kind == NUMERIC]
     if numeric and all(p.values is not None for p in numeric):
@@ -232,8 +253,10 @@ def _binary_labels(series: pd.Series, label: str) -> np.ndarray:
     y = series.to_numpy(dtype=np.float32)
     bad = ~((y == 0) | (y == 1))
     if bad.any():
-        raise DataError(f"label column {label!r} has values other than 0/1 (e.g. {y[bad][0]:g}): "
-                        f"map it to 0/1 first and drop rows with a missing label")
+        raise DataError(
+            f"label column {label!r} has values other than 0/1 (e.g. {y[bad][0]:g}): "
+            f"map it to 0/1 first and drop rows with a missing label"
+        )
     return y
 
 
@@ -251,25 +274,29 @@ class TabularEncoder:
 
     # fitting ---------------------------------------------------------------
     @classmethod
-    def fit(cls, summaries: Sequence[BankSummary], label: str) -> "TabularEncoder":
+    def fit(cls, summaries: Sequence[BankSummary], label: str) -> TabularEncoder:
         """Fit from the banks' summaries alone (aggregates; see the module docstring)."""
         if not summaries:
             raise DataError("no bank summaries to fit the encoder on: give at least one bank's summary")
         names = summaries[0].column_names
         for i, s in enumerate(summaries):
             if s.label != label:
-                raise DataError(f"bank {i}'s summary is for label {s.label!r}, not {label!r}: "
-                                f"summarize every bank with the job's label")
+                raise DataError(
+                    f"bank {i}'s summary is for label {s.label!r}, not {label!r}: "
+                    f"summarize every bank with the job's label"
+                )
             if set(s.column_names) != set(names):
                 lacks = sorted(set(names) - set(s.column_names))
                 extra = sorted(set(s.column_names) - set(names))
-                raise DataError(f"bank {i} has different columns from bank 0 (lacks {lacks[:5]}, extra {extra[:5]}): "
-                                f"give every bank the same feature columns")
+                raise DataError(
+                    f"bank {i} has different columns from bank 0 (lacks {lacks[:5]}, extra {extra[:5]}): "
+                    f"give every bank the same feature columns"
+                )
         by_bank = [{c.name: c for c in s.columns} for s in summaries]
         return cls(label, tuple(_fit_column(name, [b[name] for b in by_bank]) for name in names))
 
     @classmethod
-    def fit_frames(cls, frames: Sequence[pd.DataFrame], label: str) -> "TabularEncoder":
+    def fit_frames(cls, frames: Sequence[pd.DataFrame], label: str) -> TabularEncoder:
         """Convenience: summarize each frame, then `fit` (each frame still only yields aggregates)."""
         return cls.fit([BankSummary.from_frame(f, label) for f in frames], label)
 
@@ -293,9 +320,13 @@ class TabularEncoder:
         present = {str(c) for c in df.columns}
         missing = [c for c in needed if c not in present]
         if missing:
-            shown = ", ".join(repr(c) for c in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            raise DataError(f"the table lacks column(s) {shown} that the encoder was fitted on: "
-                            f"give this bank the same columns as the others")
+            shown = ", ".join(repr(c) for c in missing[:8]) + (
+                f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            )
+            raise DataError(
+                f"the table lacks column(s) {shown} that the encoder was fitted on: "
+                f"give this bank the same columns as the others"
+            )
 
     def transform(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(features float32 (n, n_features), labels float32 (n,))."""
@@ -322,8 +353,10 @@ class TabularEncoder:
         coerced = pd.to_numeric(series, errors="coerce")
         bad = coerced.isna() & series.notna()
         if bad.any():
-            raise DataError(f"column {column_name!r} has non-numeric values (e.g. {series[bad].iloc[0]!r}) "
-                            f"but the encoder expects numbers: clean the column")
+            raise DataError(
+                f"column {column_name!r} has non-numeric values (e.g. {series[bad].iloc[0]!r}) "
+                f"but the encoder expects numbers: clean the column"
+            )
         return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
 
     def _numeric(self, column: NumericColumn, series: pd.Series, out: np.ndarray, start: int) -> None:
@@ -365,26 +398,50 @@ class TabularEncoder:
         cols = []
         for c in self.columns:
             if isinstance(c, NumericColumn):
-                cols.append({"name": c.name, "type": "numeric", "log": c.log, "mean": c.mean, "std": c.std,
-                             "missing_indicator": c.missing_indicator})
+                cols.append(
+                    {
+                        "name": c.name,
+                        "type": "numeric",
+                        "log": c.log,
+                        "mean": c.mean,
+                        "std": c.std,
+                        "missing_indicator": c.missing_indicator,
+                    }
+                )
             else:
-                cols.append({"name": c.name, "type": "categorical", "categories": list(c.categories),
-                             "text": c.text, "missing_category": c.missing_category})
+                cols.append(
+                    {
+                        "name": c.name,
+                        "type": "categorical",
+                        "categories": list(c.categories),
+                        "text": c.text,
+                        "missing_category": c.missing_category,
+                    }
+                )
         return {"format": FORMAT, "version": FORMAT_VERSION, "label": self.label, "columns": cols}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TabularEncoder":
+    def from_dict(cls, data: dict[str, Any]) -> TabularEncoder:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError("the encoder file is not a fedsilo tabular encoder: re-create it with TabularEncoder.fit")
         if data.get("version") != FORMAT_VERSION:
-            raise ConfigError(f"encoder format version {data.get('version')!r} is not supported "
-                              f"(this fedsilo reads {FORMAT_VERSION}): re-fit the encoder")
+            raise ConfigError(
+                f"encoder format version {data.get('version')!r} is not supported "
+                f"(this fedsilo reads {FORMAT_VERSION}): re-fit the encoder"
+            )
         try:
             columns: list[NumericColumn | CategoricalColumn] = []
             for c in data["columns"]:
                 if c["type"] == "numeric":
-                    columns.append(NumericColumn(str(c["name"]), bool(c["log"]), float(c["mean"]),
-                                                 float(c["std"]), bool(c["missing_indicator"])))
+                    columns.append(
+                        NumericColumn(
+                            str(c["name"]),
+                            bool(c["log"]),
+                            float(c["mean"]),
+                            float(c["std"]),
+                            bool(c["missing_indicator"]),
+                        )
+                    )
                 elif c["type"] == "categorical":
                     text = bool(c["text"])
                     cats = tuple(str(v) for v in c["categories"]) if text else tuple(int(v) for v in c["categories"])
@@ -393,18 +450,21 @@ class TabularEncoder:
                     raise ValueError(f"unknown column type {c['type']!r}")
             return cls(str(data["label"]), tuple(columns))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"the encoder file is malformed ({exc.__class__.__name__}: {exc}): "
-                              f"re-create it with TabularEncoder.fit") from None
+            raise ConfigError(
+                f"the encoder file is malformed ({exc.__class__.__name__}: {exc}): re-create it with TabularEncoder.fit"
+            ) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "TabularEncoder":
+    def from_json(cls, text: str) -> TabularEncoder:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"the encoder file is not valid JSON ({exc}): re-create it with TabularEncoder.fit") from None
+            raise ConfigError(
+                f"the encoder file is not valid JSON ({exc}): re-create it with TabularEncoder.fit"
+            ) from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
@@ -413,7 +473,7 @@ class TabularEncoder:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TabularEncoder":
+    def load(cls, path: str | Path) -> TabularEncoder:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"encoder file {path} does not exist: check the job's data.encoder path")

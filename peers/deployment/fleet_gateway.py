@@ -31,15 +31,27 @@ import asyncio
 import re
 import signal
 import ssl
-from typing import Sequence
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
 
 MAX_BODY_BYTES = 1 << 30  # a message object is at most one model's arrays
 FLEET_ROUTE = re.compile(r"/v1/fleet/[a-z][a-z-]*")  # Flower's Fleet routes: /v1/fleet/pull-messages, ...
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "transfer-encoding", "upgrade", "host", "content-length"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -51,18 +63,28 @@ def allowed(method: str, raw_path: str) -> bool:
     return raw_path == "/health" and method in ("GET", "HEAD")
 
 
-def _forwarded(headers: "aiohttp.typedefs.LooseHeaders") -> dict[str, str]:
+def _forwarded(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}  # type: ignore[union-attr]
 
 
 async def forward(request: web.Request) -> web.Response:
     if not allowed(request.method, request.raw_path):
-        return web.json_response({"error": f"{request.method} {request.path} is not served here: this address "
-                                           f"serves a job's Fleet API only"}, status=404)
+        return web.json_response(
+            {
+                "error": f"{request.method} {request.path} is not served here: this address "
+                f"serves a job's Fleet API only"
+            },
+            status=404,
+        )
     body = await request.read()
     session = request.app[SESSION]
-    async with session.request(request.method, request.app[UPSTREAM] + request.raw_path, data=body,
-                               headers=_forwarded(request.headers), allow_redirects=False) as upstream:
+    async with session.request(
+        request.method,
+        request.app[UPSTREAM] + request.raw_path,
+        data=body,
+        headers=_forwarded(request.headers),
+        allow_redirects=False,
+    ) as upstream:
         payload = await upstream.read()
         return web.Response(status=upstream.status, body=payload, headers=_forwarded(upstream.headers))
 
@@ -74,10 +96,14 @@ def build_gateway(upstream: str, upstream_ca: str) -> web.Application:
 
     async def session(app: web.Application):  # type: ignore[no-untyped-def]
         context = ssl.create_default_context(cafile=upstream_ca)
-        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=0),
-                                             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+        app[SESSION] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, limit=0),
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+        )
         yield
         await app[SESSION].close()
+
     app.cleanup_ctx.append(session)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
@@ -91,8 +117,10 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peers.deployment.fleet_gateway",
-                                     description="Serve a job's Fleet API (only) in front of its local SuperLink.")
+    parser = argparse.ArgumentParser(
+        prog="python -m peers.deployment.fleet_gateway",
+        description="Serve a job's Fleet API (only) in front of its local SuperLink.",
+    )
     parser.add_argument("--listen", type=_address, required=True, help="public HOST:PORT the SuperNodes connect to")
     parser.add_argument("--upstream", required=True, help="the SuperLink's 127.0.0.1:PORT")
     parser.add_argument("--upstream-ca", required=True, help="CA certificate of the SuperLink's loopback TLS")

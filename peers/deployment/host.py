@@ -2,13 +2,13 @@
 
 `host_training` starts, for one job and under one `Supervisor`:
 
-- `flower-superlink` (through `peers.deployment.superlink`, which scopes its
+- `flower-superlink` (through `fedsilo.peers.deployment.superlink`, which scopes its
   Control-only middleware to Control requests) on 127.0.0.1 only: TLS with a
   loopback certificate of the job's own (`local_ca`), `--enable-supernode-auth` (only the registered node keys may
   connect), `--disable-runtime-dependency-installation`, `--isolation process`. Its
   Fleet, Control and Runtime APIs share that port, and the latter two take requests
   from any TLS client in Flower's open-source release;
-- `peers.deployment.fleet_gateway` on the job's public address, with the host's
+- `fedsilo.peers.deployment.fleet_gateway` on the job's public address, with the host's
   consortium certificate: it forwards the Fleet API, and nothing else, to the
   SuperLink, so no one on the network can start a run or register a node key;
 - `flower-superexec --plugin-type serverapp`: started here rather than by the
@@ -16,9 +16,9 @@
   group this module stops;
 
 then registers each accepted peer's node key and starts the run through the
-SuperLink's Control API on 127.0.0.1 (the app descriptor of `peers.flower_app`, built
+SuperLink's Control API on 127.0.0.1 (the app descriptor of `fedsilo.peers.flower_app`, built
 into a FAB with the job's run config); the ServerApp is told the registered node ids
-and uses no other node. The ServerApp (`peers.server.app`) writes the final model and
+and uses no other node. The ServerApp (`fedsilo.peers.server.app`) writes the final model and
 the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
 """
 
@@ -30,10 +30,11 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from flwr.cli.build import build_fab_from_disk
 from flwr.common.constant import Status, SubStatus
@@ -43,11 +44,12 @@ from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-from peers.deployment.local_ca import make_local_tls
-from peers.deployment.processes import DeploymentError, Supervisor, venv_command
-from peers.deployment.tls import TLSFiles, public_key_pem
-from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
-from peers.job import JobConfig
+from fedsilo.peers.deployment.local_ca import make_local_tls
+from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
+from fedsilo.peers.deployment.tls import TLSFiles, public_key_pem
+from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
+from fedsilo.peers.job import JobConfig
+from fedsilo.process import set_process_defaults
 
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
@@ -88,15 +90,18 @@ def job_environment(work_dir: Path, extra: dict[str, str] | None = None) -> dict
     venv_bin = str(Path(venv_command("flower-superlink")).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     env["FLWR_HOME"] = str(work_dir / "flwr-home")
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    set_process_defaults(env)
     env.update(extra or {})
     return env
 
 
 def _control_client(address: str, ca_cert: Path) -> ControlHttpClient:
     return ControlHttpClient.from_server_address(
-        server_address=address, insecure=False, root_certificates=ca_cert.read_bytes(),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])  # no retries: a dead link is news
+        server_address=address,
+        insecure=False,
+        root_certificates=ca_cert.read_bytes(),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+    )  # no retries: a dead link is news
 
 
 @dataclass
@@ -133,17 +138,22 @@ class HostedTraining:
                 except Exception as exc:  # pylint: disable=broad-exception-caught  # httpx/protobuf errors
                     time.sleep(POLL_SECONDS)
                     self.supervisor.check()  # the SuperLink died: say so
-                    raise DeploymentError(f"the SuperLink of job {self.job.job_id} stopped answering "
-                                          f"({exc.__class__.__name__}: {exc})") from None
+                    raise DeploymentError(
+                        f"the SuperLink of job {self.job.job_id} stopped answering ({exc.__class__.__name__}: {exc})"
+                    ) from None
                 if status == Status.FINISHED:
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    raise DeploymentError(f"job {self.job.job_id} did not finish within {timeout:.0f} s "
-                                          f"(run {self.run_id} is {status}); its processes were stopped")
+                    raise DeploymentError(
+                        f"job {self.job.job_id} did not finish within {timeout:.0f} s "
+                        f"(run {self.run_id} is {status}); its processes were stopped"
+                    )
                 time.sleep(RUN_STATUS_POLL_SECONDS)
             if sub_status != SubStatus.COMPLETED:
-                raise DeploymentError(f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
-                                      f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})")
+                raise DeploymentError(
+                    f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
+                    f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})"
+                )
             self._result = _read_result(self.work_dir / "result", self.run_id)
             return self._result
         finally:
@@ -172,8 +182,10 @@ def _wait_until_listening(host: str, port: int, what: str, supervisor: Superviso
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise DeploymentError(f"{what} did not listen on {host}:{port} within "
-                                      f"{STARTUP_TIMEOUT_SECONDS:.0f} s; see {supervisor.log_dir}") from None
+                raise DeploymentError(
+                    f"{what} did not listen on {host}:{port} within "
+                    f"{STARTUP_TIMEOUT_SECONDS:.0f} s; see {supervisor.log_dir}"
+                ) from None
             time.sleep(POLL_SECONDS)
 
 
@@ -182,8 +194,15 @@ def deployment_job(job: JobConfig) -> JobConfig:
     return replace(job, encoder_path="", banks_dir="")
 
 
-def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_keys: Sequence[bytes],
-                  host: str = "127.0.0.1", port: int | None = None, version: str = "0.0.0") -> HostedTraining:
+def host_training(
+    job: JobConfig,
+    work_dir: Path,
+    tls: TLSFiles,
+    node_public_keys: Sequence[bytes],
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    version: str = "0.0.0",
+) -> HostedTraining:
     """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
 
     `port` (default: a free one) is the SuperLink's single port; peers connect to
@@ -192,8 +211,10 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
     """
     tls.check()
     if len(node_public_keys) < job.peers:
-        raise DeploymentError(f"job {job.job_id} needs {job.peers} peers but only {len(node_public_keys)} "
-                              f"node keys were given: authorize every accepting peer's key")
+        raise DeploymentError(
+            f"job {job.job_id} needs {job.peers} peers but only {len(node_public_keys)} "
+            f"node keys were given: authorize every accepting peer's key"
+        )
     keys = [public_key_pem(k) for k in node_public_keys]
     work_dir = Path(work_dir).resolve()
     (work_dir / "result").mkdir(parents=True, exist_ok=True)
@@ -202,34 +223,85 @@ def host_training(job: JobConfig, work_dir: Path, tls: TLSFiles, node_public_key
     link_tls = make_local_tls(work_dir / "link-tls", days=LINK_CERT_DAYS)
     link_port = free_port(LOOPBACK)
     link_address = f"{LOOPBACK}:{link_port}"
-    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir, {
-        HOST_OUTPUT_ENV: str(work_dir / "result"), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_SECONDS}))
+    supervisor = Supervisor(
+        work_dir / "logs",
+        job_environment(
+            work_dir, {HOST_OUTPUT_ENV: str(work_dir / "result"), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_SECONDS}
+        ),
+    )
     control: ControlHttpClient | None = None
     try:
-        link = supervisor.start("superlink", [
-            sys.executable, "-m", "peers.deployment.superlink", "--ssl-ca-certfile", str(link_tls.ca_cert),
-            "--ssl-certfile", str(link_tls.cert), "--ssl-keyfile", str(link_tls.key), "--enable-supernode-auth",
-            "--disable-runtime-dependency-installation", "--isolation", "process",
-            "--host", LOOPBACK, "--port", str(link_port)])
+        link = supervisor.start(
+            "superlink",
+            [
+                sys.executable,
+                "-m",
+                "fedsilo.peers.deployment.superlink",
+                "--ssl-ca-certfile",
+                str(link_tls.ca_cert),
+                "--ssl-certfile",
+                str(link_tls.cert),
+                "--ssl-keyfile",
+                str(link_tls.key),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--isolation",
+                "process",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(link_port),
+            ],
+        )
         control = _control_client(link_address, Path(link_tls.ca_cert))
         _wait_until_listening(LOOPBACK, link_port, "the SuperLink", supervisor)
         control.ListRuns(ListRunsRequest())
-        supervisor.start("fleet-gateway", [
-            sys.executable, "-m", "peers.deployment.fleet_gateway", "--listen", address, "--upstream", link_address,
-            "--upstream-ca", str(link_tls.ca_cert), "--cert", str(tls.cert), "--key", str(tls.key)])
+        supervisor.start(
+            "fleet-gateway",
+            [
+                sys.executable,
+                "-m",
+                "fedsilo.peers.deployment.fleet_gateway",
+                "--listen",
+                address,
+                "--upstream",
+                link_address,
+                "--upstream-ca",
+                str(link_tls.ca_cert),
+                "--cert",
+                str(tls.cert),
+                "--key",
+                str(tls.key),
+            ],
+        )
         _wait_until_listening(host, port, "the fleet gateway", supervisor)
         nodes = [control.RegisterNode(RegisterNodeRequest(public_key=key)).node_id for key in keys]
-        supervisor.start("superexec", [
-            venv_command("flower-superexec"), "--plugin-type", "serverapp", "--runtime-api-address", link_address,
-            "--root-certificates", str(link_tls.ca_cert), "--parent-pid", str(link.process.pid)],
-            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)})
+        supervisor.start(
+            "superexec",
+            [
+                venv_command("flower-superexec"),
+                "--plugin-type",
+                "serverapp",
+                "--runtime-api-address",
+                link_address,
+                "--root-certificates",
+                str(link_tls.ca_cert),
+                "--parent-pid",
+                str(link.process.pid),
+            ],
+            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)},
+        )
         app_dir = work_dir / "app"
         write_app_descriptor(app_dir, deployment_job(job).to_run_config(), version)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # pathspec's, inside Flower's FAB builder
             fab_bytes = build_fab_from_disk(app_dir)
-        response = control.StartRun(StartRunRequest(fab=fab_to_proto(Fab(sha256(fab_bytes).hexdigest(), fab_bytes, {})),
-                                                    override_config=user_config_to_proto({})))
+        response = control.StartRun(
+            StartRunRequest(
+                fab=fab_to_proto(Fab(sha256(fab_bytes).hexdigest(), fab_bytes, {})),
+                override_config=user_config_to_proto({}),
+            )
+        )
         if not response.HasField("run_id"):
             raise DeploymentError(f"the SuperLink refused to start job {job.job_id}: see {supervisor.log_dir}")
         return HostedTraining(job, work_dir, address, int(response.run_id), supervisor, control)

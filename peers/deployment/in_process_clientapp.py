@@ -33,16 +33,20 @@ import logging
 import time
 import tomllib
 import zipfile
-from typing import Callable
+from collections.abc import Callable
 
 from flwr.app import Error, Message
 from flwr.app.message import remove_content_from_message
 from flwr.common.constant import ErrorCode
-from flwr.supercore.inflatable.inflatable_object import (get_all_nested_objects, get_object_tree,
-                                                         iterate_object_tree, no_object_id_recompute)
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    get_object_tree,
+    iterate_object_tree,
+    no_object_id_recompute,
+)
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from peers.flower_app import CLIENT_APP
+from fedsilo.peers.flower_app import CLIENT_APP
 
 LOGGER = logging.getLogger("fedsilo.in_process_clientapp")
 
@@ -90,8 +94,11 @@ class InProcessClientApp:
             LOGGER.info("%s handled in %.3f s", message.metadata.message_type, time.perf_counter() - started)
         except Exception as ex:  # pylint: disable=broad-exception-caught  # an error reply, like flwr-clientapp
             LOGGER.exception("ClientApp failed on a %s message", message.metadata.message_type)
-            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, ClientAppRefused) \
+            code = (
+                ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+                if isinstance(ex, ClientAppRefused)
                 else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            )
             reply = Message(Error(code=code, reason=f"{type(ex)}:<'{ex}'>"), reply_to=message)
         state.record_message_processing_end(message_id=message_id)
         self._store_reply(run_id, reply)
@@ -132,8 +139,9 @@ class InProcessClientApp:
             tree = get_object_tree(reply)
             objects = get_all_nested_objects(reply)
             session_id = self.state.start_session(run_id)
-            stored, missing = self.state.store_message_and_object_tree(remove_content_from_message(reply), tree,
-                                                                       session_id)
+            stored, missing = self.state.store_message_and_object_tree(
+                remove_content_from_message(reply), tree, session_id
+            )
             if not stored:
                 raise RuntimeError(f"the SuperNode's state refused the reply to {reply.metadata.reply_to_message_id}")
             for object_id in missing:

@@ -1,7 +1,7 @@
 """Joining a hosted job: a SuperNode running the fedsilo ClientApp, next to the peer's data.
 
 `join_training` starts, under one `Supervisor`, `flower-supernode` through
-`peers.deployment.supernode` (which shortens its polling waits and runs the fedsilo
+`fedsilo.peers.deployment.supernode` (which shortens its polling waits and runs the fedsilo
 ClientApp in its own process, imported once: see that module), connecting to the
 host's SuperLink over TLS (verifying it against the consortium CA), authenticating
 with the peer's node key (`node_auth_keypair`), in `--isolation process` (its unused
@@ -14,7 +14,7 @@ certificate, the CA and the manifest: the ClientApp signs its SecAgg+ keys with 
 key, read from this machine's disk, and verifies the other peers' against the manifest).
 
 `wait` returns once the host has announced the end of the job, with what this peer's
-own accountant recorded (`peers.client.node_state`).
+own accountant recorded (`fedsilo.peers.client.node_state`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers.client import node_state
-from peers.deployment.host import free_port, job_environment
-from peers.deployment.processes import DeploymentError, Supervisor, venv_command
-from peers.deployment.tls import node_key_path
-from peers.identity.round_keys import IdentityFiles
-from peers.job import JobConfig
-from privacy.accounting import Mechanism
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
+from fedsilo.peers.client import node_state
+from fedsilo.peers.deployment.host import free_port, job_environment
+from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
+from fedsilo.peers.deployment.tls import node_key_path
+from fedsilo.peers.identity.round_keys import IdentityFiles
+from fedsilo.peers.job import JobConfig
+from fedsilo.privacy.accounting import Mechanism
 
 POLL_SECONDS = 0.2
 # The ClientApp records the end when the host's `finish` message arrives, before the
@@ -52,8 +52,13 @@ class JoinResult:
 
 def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: IdentityFiles | None) -> str:
     """Flower's `--node-config` string (TOML values)."""
-    entries = {"data-path": data_path, "state-dir": state_dir, "job-id": job.job_id, "secagg": job.secagg.mode,
-               **(identity.node_config() if identity is not None else {})}
+    entries = {
+        "data-path": data_path,
+        "state-dir": state_dir,
+        "job-id": job.job_id,
+        "secagg": job.secagg.mode,
+        **(identity.node_config() if identity is not None else {}),
+    }
     return " ".join(f"{key}={json.dumps(str(value))}" for key, value in entries.items())
 
 
@@ -79,8 +84,10 @@ class JoinedTraining:
                     time.sleep(FINISH_GRACE_SECONDS)
                     return JoinResult(list(record.spent))
                 if deadline is not None and time.monotonic() > deadline:
-                    raise DeploymentError(f"job {self.job.job_id} did not finish at this peer within {timeout:.0f} s; "
-                                          f"its processes were stopped")
+                    raise DeploymentError(
+                        f"job {self.job.job_id} did not finish at this peer within {timeout:.0f} s; "
+                        f"its processes were stopped"
+                    )
                 time.sleep(POLL_SECONDS)
         finally:
             self.stop()
@@ -90,9 +97,11 @@ class JoinedTraining:
             self.supervisor.check()
         except DeploymentError as error:
             if REFUSED_MARK in self.supervisor.children[0].log_tail():
-                raise DeploymentError(f"the SuperLink at {self.fleet_address} refused this peer's SuperNode for job "
-                                      f"{self.job.job_id}: its node key is not one the host authorized "
-                                      f"(log: {self.supervisor.children[0].log_path})") from error
+                raise DeploymentError(
+                    f"the SuperLink at {self.fleet_address} refused this peer's SuperNode for job "
+                    f"{self.job.job_id}: its node key is not one the host authorized "
+                    f"(log: {self.supervisor.children[0].log_path})"
+                ) from error
             raise
 
     def stop(self) -> None:
@@ -100,9 +109,17 @@ class JoinedTraining:
         self.supervisor.stop()
 
 
-def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: Path, node_key_dir: Path,
-                  data_path: Path, runtime_port: int | None = None, warm: bool = True,
-                  identity: IdentityFiles | None = None) -> JoinedTraining:
+def join_training(
+    job: JobConfig,
+    work_dir: Path,
+    fleet_address: str,
+    ca_cert: Path,
+    node_key_dir: Path,
+    data_path: Path,
+    runtime_port: int | None = None,
+    warm: bool = True,
+    identity: IdentityFiles | None = None,
+) -> JoinedTraining:
     """Start this peer's SuperNode, with the ClientApp in its process, for `job`; return at once.
 
     `warm=False` runs Flower's stock `flower-supernode` in subprocess isolation
@@ -111,8 +128,10 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
     `identity` (this peer's consortium identity files) is required for a secure-aggregation job.
     """
     if job.secagg.enabled and identity is None:
-        raise ConfigError(f"job {job.job_id} aggregates securely: give this peer's consortium identity files "
-                          f"(its key, certificate, the CA and the manifest) to sign its SecAgg+ keys")
+        raise ConfigError(
+            f"job {job.job_id} aggregates securely: give this peer's consortium identity files "
+            f"(its key, certificate, the CA and the manifest) to sign its SecAgg+ keys"
+        )
     key = node_key_path(node_key_dir)
     if not key.is_file():
         raise ConfigError(f"no SuperNode key in {node_key_dir}: create it with node_auth_keypair first")
@@ -123,17 +142,35 @@ def join_training(job: JobConfig, work_dir: Path, fleet_address: str, ca_cert: P
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     # The ε cap every round is checked against: from the job this peer accepted, on its disk, never from the host.
-    node_state.open_record(work_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta,
-                                                                       job.dp.accountant))
+    node_state.open_record(work_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta, job.dp.accountant))
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
     try:
-        launcher = [sys.executable, "-m", "peers.deployment.supernode"] if warm else [venv_command("flower-supernode")]
-        supervisor.start("supernode", [
-            *launcher, "--superlink", fleet_address, "--root-certificates", str(ca_cert),
-            "--auth-supernode-private-key", str(key), "--isolation", "process" if warm else "subprocess",
-            "--host", "127.0.0.1", "--port", runtime.rsplit(":", 1)[1], "--max-retries", str(CONNECT_RETRIES),
-            "--node-config", _node_config(Path(data_path).resolve(), work_dir, job, identity)])
+        launcher = (
+            [sys.executable, "-m", "fedsilo.peers.deployment.supernode"] if warm else [venv_command("flower-supernode")]
+        )
+        supervisor.start(
+            "supernode",
+            [
+                *launcher,
+                "--superlink",
+                fleet_address,
+                "--root-certificates",
+                str(ca_cert),
+                "--auth-supernode-private-key",
+                str(key),
+                "--isolation",
+                "process" if warm else "subprocess",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                runtime.rsplit(":", 1)[1],
+                "--max-retries",
+                str(CONNECT_RETRIES),
+                "--node-config",
+                _node_config(Path(data_path).resolve(), work_dir, job, identity),
+            ],
+        )
         return JoinedTraining(job, work_dir, fleet_address, supervisor)
     except BaseException:
         supervisor.stop()

@@ -33,7 +33,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 DEFAULT_HOLD_SECONDS = 1.0
 DEFAULT_MAX_HOLDERS = 24  # below the 40 threads of the SuperLink's (anyio's default) thread pool

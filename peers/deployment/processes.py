@@ -25,11 +25,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from privacy.errors import FedsiloError
+from fedsilo.errors import FedsiloError
 
 STOP_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 15
@@ -77,16 +77,21 @@ class Supervisor:
             raise DeploymentError(f"cannot start {name}: this job's processes were already stopped")
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env={**self.env, **(env or {})}, start_new_session=True)
+            process = subprocess.Popen(
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**self.env, **(env or {})},
+                start_new_session=True,
+            )
         child = Child(name, process, log_path)
         self.children.append(child)
         self._write_registry()
         return child
 
     def _write_registry(self) -> None:
-        entries = [{"name": c.name, "pgid": c.process.pid, "start": _start_ticks(c.process.pid)}
-                   for c in self.children]
+        entries = [{"name": c.name, "pgid": c.process.pid, "start": _start_ticks(c.process.pid)} for c in self.children]
         path = self.log_dir / REGISTRY_NAME
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(entries))
@@ -97,8 +102,9 @@ class Supervisor:
         for child in self.children:
             code = child.process.poll()
             if code is not None and child.name not in expected_done:
-                raise DeploymentError(f"{child.name} exited with code {code} (log: {child.log_path}):\n"
-                                      f"{child.log_tail()}")
+                raise DeploymentError(
+                    f"{child.name} exited with code {code} (log: {child.log_path}):\n{child.log_tail()}"
+                )
 
     def pids(self) -> list[int]:
         return [c.process.pid for c in self.children]

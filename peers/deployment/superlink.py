@@ -34,7 +34,7 @@ hands `dispatch` the buffered response, instead of a task group and memory strea
 per layer; every other route goes through the layers unchanged. In a deployed round
 (`bench/deployed_round.py`, 12 rounds) the SuperLink then used about 20 % less CPU.
 
-The pull handlers of the Fleet and Runtime APIs long-poll (`peers.deployment.long_poll`):
+The pull handlers of the Fleet and Runtime APIs long-poll (`fedsilo.peers.deployment.long_poll`):
 an empty answer waits for the next push before it is sent.
 
 Run: `python -m peers.deployment.superlink <flower-superlink arguments>`.
@@ -43,7 +43,8 @@ Run: `python -m peers.deployment.superlink <flower-superlink arguments>`.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # What `main` rewrites is the middleware list of Flower 1.41's SuperLink app, and the
 # scopes below are those of 1.41's middlewares. Another Flower may add a layer that
@@ -54,11 +55,31 @@ CONTROL_PREFIX = "/v1/control/"
 # The unary protobuf routes a round's messages and objects travel on (Fleet: the
 # SuperNodes'; Runtime: the ServerApp's), which `InlineMiddleware` serves inline.
 MESSAGE_ROUTES = frozenset(
-    [f"/v1/fleet/{route}" for route in ("pull-messages", "push-messages", "pull-object", "push-object",
-                                        "confirm-message-received", "send-node-heartbeat")]
-    + [f"/v1/runtime/{route}" for route in ("pull-messages", "push-messages", "pull-object", "push-object",
-                                            "confirm-message-received", "get-nodes", "send-task-heartbeat",
-                                            "push-logs")])
+    [
+        f"/v1/fleet/{route}"
+        for route in (
+            "pull-messages",
+            "push-messages",
+            "pull-object",
+            "push-object",
+            "confirm-message-received",
+            "send-node-heartbeat",
+        )
+    ]
+    + [
+        f"/v1/runtime/{route}"
+        for route in (
+            "pull-messages",
+            "push-messages",
+            "pull-object",
+            "push-object",
+            "confirm-message-received",
+            "get-nodes",
+            "send-task-heartbeat",
+            "push-logs",
+        )
+    ]
+)
 FLEET_PREFIX = "/v1/fleet/"
 
 Scope = dict[str, Any]
@@ -154,14 +175,16 @@ class InlineMiddleware:
 
 def scoped_middleware(stack: list[Any]) -> list[Any]:
     """Flower's SuperLink middleware list with the request-scoped layers wrapped in `ScopedMiddleware`."""
+    from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
+    from flwr.superlink.routers.control.middlewares import (
+        ControlAuthenticationMiddleware,
+        ControlEventLogMiddleware,
+        ControlLicenseMiddleware,
+        ControlSensitiveResponseMiddleware,
+    )
+    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
-
-    from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
-    from flwr.superlink.routers.control.middlewares import (ControlAuthenticationMiddleware,
-                                                             ControlEventLogMiddleware, ControlLicenseMiddleware,
-                                                             ControlSensitiveResponseMiddleware)
-    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
 
     scopes: dict[type, Applies] = {
         ControlSensitiveResponseMiddleware: _control,
@@ -187,16 +210,18 @@ def scoped_middleware(stack: list[Any]) -> list[Any]:
 
 def main() -> None:
     import flwr.superlink.main as superlink_app
-    from flwr.superlink.cli.flower_superlink import flower_superlink
     from flwr.supercore.version import package_version
+    from flwr.superlink.cli.flower_superlink import flower_superlink
 
     if not package_version.startswith(PINNED_FLOWER):
-        raise SystemExit(f"peers.deployment.superlink rewrites Flower {PINNED_FLOWER}x's SuperLink middleware, but "
-                         f"Flower {package_version} is installed: install flwr {PINNED_FLOWER}x (pyproject.toml pins it)")
+        raise SystemExit(
+            f"fedsilo.peers.deployment.superlink rewrites Flower {PINNED_FLOWER}x's SuperLink middleware, but "
+            f"Flower {package_version} is installed: install flwr {PINNED_FLOWER}x (pyproject.toml pins it)"
+        )
     from flwr.superlink.servicer.fleet import fleet_handlers
     from flwr.superlink.servicer.runtime import runtime_handlers
 
-    from peers.deployment.long_poll import LongPoll, install
+    from fedsilo.peers.deployment.long_poll import LongPoll, install
 
     flower_middleware = superlink_app._get_middleware  # pylint: disable=protected-access
     superlink_app._get_middleware = lambda: scoped_middleware(flower_middleware())  # pylint: disable=protected-access

@@ -10,7 +10,7 @@ every `time.sleep` of that one module capped at `FEDSILO_SUPERNODE_POLL_SECONDS`
 second while idle) and its object-pull backoff starting at that interval (doubling,
 capped at 4 times it).
 
-It also runs the fedsilo ClientApp itself (`peers.deployment.in_process_clientapp`),
+It also runs the fedsilo ClientApp itself (`fedsilo.peers.deployment.in_process_clientapp`),
 imported once when the process starts. Flower's `_pull_and_store_message` would
 create a task for each message it has pulled and stored, for an executor outside the
 process to run over the local Runtime API; here the task is never created
@@ -29,7 +29,7 @@ three SuperNodes retrying from 10 ms, the host took 2-4 times as long to push a
 round's messages as with retries from 50 ms, and rounds were slower (A/B on the
 shared 2-core VM, `bench/deployed_round.py`: see bench/README.md). The job's SuperLink
 now holds a pull for an object not pushed yet until it arrives
-(`peers.deployment.long_poll`), so these retries are rare.
+(`fedsilo.peers.deployment.long_poll`), so these retries are rare.
 
 Run: `python -m peers.deployment.supernode <flower-supernode arguments>`.
 """
@@ -40,8 +40,9 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 # What `main` patches (the loop module's `time.sleep` calls, its `pull_objects` and its
 # `_pull_and_store_message`) is Flower 1.41's code; another Flower may sleep, pull or
@@ -130,8 +131,9 @@ class ConfirmLater:
             LOGGER.exception("could not confirm message %s to the SuperLink", message_id)
 
 
-def handle_in_process(pull_and_store: Callable[..., int | None], app: Callable[..., Any],
-                      confirm_later: ConfirmLater | None = None) -> Callable[..., int | None]:
+def handle_in_process(
+    pull_and_store: Callable[..., int | None], app: Callable[..., Any], confirm_later: ConfirmLater | None = None
+) -> Callable[..., int | None]:
     """Flower's `_pull_and_store_message`, with the pulled message handled by `app` in this process.
 
     Returns what Flower's function returns (the run id, or None when nothing is to be
@@ -139,7 +141,7 @@ def handle_in_process(pull_and_store: Callable[..., int | None], app: Callable[.
     With `confirm_later`, the message's receipt is confirmed to the SuperLink in the
     background (see `ConfirmLater`).
     """
-    from peers.deployment.in_process_clientapp import InProcessClientApp
+    from fedsilo.peers.deployment.in_process_clientapp import InProcessClientApp
 
     runners: dict[tuple[int, int], InProcessClientApp] = {}  # one per (state, store): the loop keeps its pair
 
@@ -172,9 +174,11 @@ def main() -> None:
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     if not package_version.startswith(PINNED_FLOWER):
-        raise SystemExit(f"peers.deployment.supernode patches Flower {PINNED_FLOWER}x's SuperNode loop, but Flower "
-                         f"{package_version} is installed: install flwr {PINNED_FLOWER}x (pyproject.toml pins it)")
-    from peers.client.app import app  # imports torch once, for the life of the process
+        raise SystemExit(
+            f"fedsilo.peers.deployment.supernode patches Flower {PINNED_FLOWER}x's SuperNode loop, but Flower "
+            f"{package_version} is installed: install flwr {PINNED_FLOWER}x (pyproject.toml pins it)"
+        )
+    from fedsilo.peers.client.app import app  # imports torch once, for the life of the process
 
     logging.getLogger("fedsilo").setLevel(logging.INFO)  # Flower's root handler writes it to the SuperNode's log
 
@@ -182,7 +186,8 @@ def main() -> None:
     loop.time = CappedSleepTime(poll)  # type: ignore[assignment]
     loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=poll, backoff_cap=poll * 4)
     loop._pull_and_store_message = handle_in_process(  # pylint: disable=protected-access
-        loop._pull_and_store_message, app, ConfirmLater())  # pylint: disable=protected-access
+        loop._pull_and_store_message, app, ConfirmLater()
+    )  # pylint: disable=protected-access
     flower_supernode()
 
 

@@ -20,7 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 NODE_KEY_FILE = "supernode-auth.key"
 
@@ -37,8 +37,10 @@ class TLSFiles:
         """Raise ConfigError naming the first missing file."""
         for role, path in (("CA certificate", self.ca_cert), ("certificate", self.cert), ("private key", self.key)):
             if not Path(path).is_file():
-                raise ConfigError(f"the SuperLink's TLS {role} {path} does not exist: "
-                                  f"give the consortium CA and a certificate/key it signed")
+                raise ConfigError(
+                    f"the SuperLink's TLS {role} {path} does not exist: "
+                    f"give the consortium CA and a certificate/key it signed"
+                )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -59,8 +61,12 @@ def node_auth_keypair(directory: Path) -> bytes:
     path = directory / NODE_KEY_FILE
     if not path.exists():
         key = ec.generate_private_key(ec.SECP384R1())
-        _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                               serialization.NoEncryption()))
+        _write_private(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+        )
     try:
         private = serialization.load_ssh_private_key(path.read_bytes(), None)
     except (ValueError, UnsupportedAlgorithm):
@@ -77,11 +83,15 @@ def node_key_path(directory: Path) -> Path:
 def public_key_pem(public_key: bytes) -> bytes:
     """A node public key (OpenSSH line or PEM) as the PEM SubjectPublicKeyInfo Flower registers."""
     try:
-        key = (serialization.load_pem_public_key(public_key) if public_key.lstrip().startswith(b"-----")
-               else serialization.load_ssh_public_key(public_key))
+        key = (
+            serialization.load_pem_public_key(public_key)
+            if public_key.lstrip().startswith(b"-----")
+            else serialization.load_ssh_public_key(public_key)
+        )
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ConfigError("a node public key is neither an OpenSSH line nor PEM: "
-                          "use the bytes node_auth_keypair returned") from None
+        raise ConfigError(
+            "a node public key is neither an OpenSSH line nor PEM: use the bytes node_auth_keypair returned"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError("a node public key is not an elliptic-curve key: use the bytes node_auth_keypair returned")
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -19,12 +19,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from peers.errors import IdentityError
-from privacy.errors import FedsiloError
-from peers.identity.manifest import Manifest, Member
-from peers.identity.pki import (
-    check_issued_by, check_name, certificate_fingerprint, certificate_name, create_ca, create_request,
-    issue_certificate, load_certificate, load_private_key, load_request, new_private_key, request_name,
+from fedsilo.errors import FedsiloError
+from fedsilo.peers.errors import IdentityError
+from fedsilo.peers.identity.manifest import Manifest, Member
+from fedsilo.peers.identity.pki import (
+    certificate_fingerprint,
+    certificate_name,
+    check_issued_by,
+    check_name,
+    create_ca,
+    create_request,
+    issue_certificate,
+    load_certificate,
+    load_private_key,
+    load_request,
+    new_private_key,
+    request_name,
     write_private_key,
 )
 
@@ -55,8 +65,14 @@ def init_peer(directory: Path, name: str) -> Path:
     return path
 
 
-def admit(consortium_dir: Path, request: Path, roles: tuple[str, ...], address: str | None,
-          certificate_out: Path, node_public_key: str | None = None) -> Member:
+def admit(
+    consortium_dir: Path,
+    request: Path,
+    roles: tuple[str, ...],
+    address: str | None,
+    certificate_out: Path,
+    node_public_key: str | None = None,
+) -> Member:
     """Sign `request`, add the member to the manifest (a new signed version), write its certificate."""
     ca_key = load_private_key(consortium_dir / CA_KEY)
     ca_cert = load_certificate(consortium_dir / CA_CERT)
@@ -68,8 +84,13 @@ def admit(consortium_dir: Path, request: Path, roles: tuple[str, ...], address: 
     if certificate_out.exists():
         raise IdentityError(f"{certificate_out} already exists: remove it or give another --out")
     cert = issue_certificate(csr, ca_key, ca_cert, manifest.consortium, address)
-    member = Member(name=name, fingerprint=certificate_fingerprint(cert), roles=roles, address=address,
-                    node_public_key=node_public_key)
+    member = Member(
+        name=name,
+        fingerprint=certificate_fingerprint(cert),
+        roles=roles,
+        address=address,
+        node_public_key=node_public_key,
+    )
     updated = manifest.with_member(member)
     certificate_out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     updated.write(consortium_dir / MANIFEST, ca_key)
@@ -108,13 +129,15 @@ class Identity:
     _manifest_stamp: int = 0
 
     @classmethod
-    def load(cls, directory: Path, ca: Path | None = None, manifest: Path | None = None) -> "Identity":
+    def load(cls, directory: Path, ca: Path | None = None, manifest: Path | None = None) -> Identity:
         directory = Path(directory)
         ca_path, manifest_path = ca or directory / CA_CERT, manifest or directory / MANIFEST
         cert_path = directory / PEER_CERT
         if not cert_path.exists():
-            raise IdentityError(f"{cert_path} does not exist: have the consortium admit {directory / PEER_CSR} "
-                                "(`fedsilo consortium admit`) and put the certificate there")
+            raise IdentityError(
+                f"{cert_path} does not exist: have the consortium admit {directory / PEER_CSR} "
+                "(`fedsilo consortium admit`) and put the certificate there"
+            )
         key = load_private_key(directory / PEER_KEY)
         cert, ca_cert = load_certificate(cert_path), load_certificate(ca_path)
         check_issued_by(cert, ca_cert)
@@ -124,10 +147,21 @@ class Identity:
         name = certificate_name(cert)
         member = loaded.by_fingerprint(certificate_fingerprint(cert))
         if member is None or member.name != name:
-            raise IdentityError(f"{name} is not in the manifest {manifest_path}: copy the consortium's latest "
-                                "manifest.json there")
-        return cls(name, key, cert, ca_cert, loaded, directory / PEER_KEY, cert_path, ca_path, manifest_path,
-                   manifest_path.stat().st_mtime_ns)
+            raise IdentityError(
+                f"{name} is not in the manifest {manifest_path}: copy the consortium's latest manifest.json there"
+            )
+        return cls(
+            name,
+            key,
+            cert,
+            ca_cert,
+            loaded,
+            directory / PEER_KEY,
+            cert_path,
+            ca_path,
+            manifest_path,
+            manifest_path.stat().st_mtime_ns,
+        )
 
     def reload_manifest(self) -> Manifest:
         """Re-read the manifest file; keep the current one if the file does not verify or is older.

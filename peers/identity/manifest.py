@@ -19,9 +19,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from peers.errors import IdentityError
-from peers.identity.pki import address_host, check_name
-from peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.errors import IdentityError
+from fedsilo.peers.identity.pki import address_host, check_name
+from fedsilo.peers.identity.signing import sign_document, verify_document
 
 SCHEMA = "fedsilo.manifest/1"
 ROLES = ("peer", "model-owner")
@@ -56,10 +56,15 @@ class Member:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Member":
+    def from_dict(cls, data: dict[str, Any]) -> Member:
         try:
-            return cls(name=data["name"], fingerprint=data["fingerprint"], roles=tuple(data["roles"]),
-                       address=data.get("address"), node_public_key=data.get("node_public_key"))
+            return cls(
+                name=data["name"],
+                fingerprint=data["fingerprint"],
+                roles=tuple(data["roles"]),
+                address=data.get("address"),
+                node_public_key=data.get("node_public_key"),
+            )
         except (KeyError, TypeError) as exc:
             raise IdentityError(f"a manifest member is malformed ({exc})") from None
 
@@ -79,24 +84,32 @@ class Manifest:
     def by_fingerprint(self, fingerprint: str) -> Member | None:
         return next((m for m in self.members if m.fingerprint == fingerprint), None)
 
-    def with_member(self, member: Member) -> "Manifest":
+    def with_member(self, member: Member) -> Manifest:
         if self.member(member.name) is not None:
-            raise IdentityError(f"{member.name} is already a member of {self.consortium}: "
-                                "choose another name for a new peer")
+            raise IdentityError(
+                f"{member.name} is already a member of {self.consortium}: choose another name for a new peer"
+            )
         if self.by_fingerprint(member.fingerprint) is not None:
             raise IdentityError("this certificate is already admitted under another name")
         return Manifest(self.consortium, self.version + 1, (*self.members, member), _now())
 
-    def without_member(self, name: str) -> "Manifest":
+    def without_member(self, name: str) -> Manifest:
         """The next version, without `name` (its certificate is then refused by every peer holding it)."""
         if self.member(name) is None:
-            raise IdentityError(f"{name} is not a member of {self.consortium}; members: "
-                                f"{', '.join(m.name for m in self.members) or 'none'}")
+            raise IdentityError(
+                f"{name} is not a member of {self.consortium}; members: "
+                f"{', '.join(m.name for m in self.members) or 'none'}"
+            )
         return Manifest(self.consortium, self.version + 1, tuple(m for m in self.members if m.name != name), _now())
 
     def body(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "consortium": self.consortium, "version": self.version, "issued": self.issued,
-                "members": [m.to_dict() for m in self.members]}
+        return {
+            "schema": SCHEMA,
+            "consortium": self.consortium,
+            "version": self.version,
+            "issued": self.issued,
+            "members": [m.to_dict() for m in self.members],
+        }
 
     def write(self, path: Path, ca_key: ec.EllipticCurvePrivateKey) -> None:
         """Sign with the CA key and write atomically."""
@@ -107,22 +120,25 @@ class Manifest:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, ca_cert: x509.Certificate) -> "Manifest":
+    def load(cls, path: Path, ca_cert: x509.Certificate) -> Manifest:
         """Read and verify a manifest; IdentityError if unreadable, SignatureError if not the CA's."""
         try:
             document = json.loads(Path(path).read_text())
             body, signature = document["manifest"], document["signature"]
         except FileNotFoundError:
-            raise IdentityError(f"manifest {path} does not exist: copy the consortium's manifest.json there") \
-                from None
+            raise IdentityError(f"manifest {path} does not exist: copy the consortium's manifest.json there") from None
         except (ValueError, KeyError, TypeError):
             raise IdentityError(f"{path} is not a consortium manifest") from None
         verify_document(ca_cert, body, signature, f"manifest {path}")
         if body.get("schema") != SCHEMA:
             raise IdentityError(f"manifest {path} has schema {body.get('schema')!r}; this fedsilo reads {SCHEMA}")
-        return cls(consortium=body["consortium"], version=int(body["version"]), issued=body.get("issued", ""),
-                   members=tuple(Member.from_dict(m) for m in body["members"]))
+        return cls(
+            consortium=body["consortium"],
+            version=int(body["version"]),
+            issued=body.get("issued", ""),
+            members=tuple(Member.from_dict(m) for m in body["members"]),
+        )
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

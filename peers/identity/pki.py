@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from peers.errors import IdentityError
+from fedsilo.peers.errors import IdentityError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CA_DAYS = 3650
@@ -36,8 +36,10 @@ MEMBER_DAYS = 825
 def check_name(name: str, what: str = "name") -> str:
     """A member or consortium name: lower-case letters, digits and '-', 1–63 characters."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise IdentityError(f"{what} {name!r} is not valid: use 1–63 lower-case letters, digits and '-', "
-                            "starting with a letter or digit (e.g. bank-a)")
+        raise IdentityError(
+            f"{what} {name!r} is not valid: use 1–63 lower-case letters, digits and '-', "
+            "starting with a letter or digit (e.g. bank-a)"
+        )
     return name
 
 
@@ -47,14 +49,16 @@ def new_private_key() -> ec.EllipticCurvePrivateKey:
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Write `key` as PEM to a new file with mode 0600; IdentityError if the file exists."""
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise IdentityError(f"{path} already exists: a key is never overwritten; "
-                            "choose another directory or remove it yourself") from None
+        raise IdentityError(
+            f"{path} already exists: a key is never overwritten; choose another directory or remove it yourself"
+        ) from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 
@@ -64,11 +68,13 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise IdentityError(f"private key {path} does not exist: run `fedsilo peer init` "
-                            "(or `fedsilo consortium init`) first") from None
+        raise IdentityError(
+            f"private key {path} does not exist: run `fedsilo peer init` (or `fedsilo consortium init`) first"
+        ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise IdentityError(f"private key {path} is readable by group or others (mode {stat.S_IMODE(mode):o}): "
-                            f"run `chmod 600 {path}`")
+        raise IdentityError(
+            f"private key {path} is readable by group or others (mode {stat.S_IMODE(mode):o}): run `chmod 600 {path}`"
+        )
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError):
@@ -121,28 +127,48 @@ def _subject(name: str, consortium: str | None = None) -> x509.Name:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def create_ca(consortium: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     """A self-signed root CA certificate for `consortium` (may sign member certificates only)."""
     name = _subject(f"{consortium} root CA", consortium)
     now = _now()
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 def create_request(name: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
     """A certificate signing request for member `name`, signed by its own key."""
-    return (x509.CertificateSigningRequestBuilder().subject_name(_subject(check_name(name, "peer name")))
-            .sign(key, hashes.SHA256()))
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_subject(check_name(name, "peer name")))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def load_request(path: Path) -> x509.CertificateSigningRequest:
@@ -172,24 +198,44 @@ def address_host(address: str) -> str:
     return parts.hostname
 
 
-def issue_certificate(csr: x509.CertificateSigningRequest, ca_key: ec.EllipticCurvePrivateKey,
-                      ca_cert: x509.Certificate, consortium: str, address: str | None) -> x509.Certificate:
+def issue_certificate(
+    csr: x509.CertificateSigningRequest,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    consortium: str,
+    address: str | None,
+) -> x509.Certificate:
     """Sign a member certificate for the request's name (TLS server and client use)."""
     name = request_name(csr)
     now = _now()
-    builder = (x509.CertificateBuilder().subject_name(_subject(name, consortium)).issuer_name(ca_cert.subject)
-               .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(min(now + dt.timedelta(days=MEMBER_DAYS), ca_cert.not_valid_after_utc))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                     ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_subject(name, consortium))
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + dt.timedelta(days=MEMBER_DAYS), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
     if address:
         host = address_host(address)
         try:
@@ -205,9 +251,12 @@ def check_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
-        raise IdentityError(f"the certificate of {certificate_name(cert)!r} is not signed by the consortium CA") \
-            from None
+        raise IdentityError(
+            f"the certificate of {certificate_name(cert)!r} is not signed by the consortium CA"
+        ) from None
     now = _now()
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise IdentityError(f"the certificate of {certificate_name(cert)!r} is not valid now "
-                            f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+        raise IdentityError(
+            f"the certificate of {certificate_name(cert)!r} is not valid now "
+            f"(valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})"
+        )

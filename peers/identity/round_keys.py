@@ -5,7 +5,7 @@ SHA-256); its credential is the member's certificate (DER, public). `ManifestVer
 accepts a credential only if the certificate is signed by the consortium CA, valid now,
 and listed with the role 'peer' under its own name in the CA-signed manifest, and then
 checks the signature with the certificate's key; it returns the member's name. They are
-the `privacy.secagg.auth` Signer and Verifier of every deployed and simulated peer.
+the `fedsilo.privacy.secagg.auth` Signer and Verifier of every deployed and simulated peer.
 
 The private key is read from the peer's own disk (`load_round_identity`), never from a
 message. `simulated_consortium` writes a real CA, manifest and one key and
@@ -23,11 +23,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from peers.errors import IdentityError
-from peers.identity.manifest import Manifest, Member
-from peers.identity.pki import (
-    certificate_fingerprint, certificate_name, check_issued_by, create_ca, create_request, issue_certificate,
-    load_certificate, load_private_key, new_private_key, write_private_key,
+from fedsilo.peers.errors import IdentityError
+from fedsilo.peers.identity.manifest import Manifest, Member
+from fedsilo.peers.identity.pki import (
+    certificate_fingerprint,
+    certificate_name,
+    check_issued_by,
+    create_ca,
+    create_request,
+    issue_certificate,
+    load_certificate,
+    load_private_key,
+    new_private_key,
+    write_private_key,
 )
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
@@ -45,9 +53,13 @@ class IdentityFiles:
     manifest: Path
 
     def node_config(self) -> dict[str, str]:
-        """The SuperNode node-config entries the ClientApp reads them from (`peers.client.mods.secagg`)."""
-        return {"identity-key": str(self.key), "identity-cert": str(self.cert), "ca-cert": str(self.ca_cert),
-                "manifest": str(self.manifest)}
+        """The SuperNode node-config entries the ClientApp reads them from (`fedsilo.peers.client.mods.secagg`)."""
+        return {
+            "identity-key": str(self.key),
+            "identity-cert": str(self.cert),
+            "ca-cert": str(self.ca_cert),
+            "manifest": str(self.manifest),
+        }
 
 
 class CertificateSigner:
@@ -90,8 +102,7 @@ class ManifestVerifier:
             raise ValueError(str(error)) from None
         member = self.manifest.by_fingerprint(certificate_fingerprint(credential))
         if member is None or member.name != name or not member.has("peer"):
-            raise ValueError(f"{name!r} is not a peer in the consortium's manifest (version "
-                             f"{self.manifest.version})")
+            raise ValueError(f"{name!r} is not a peer in the consortium's manifest (version {self.manifest.version})")
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise ValueError(f"the certificate of {name!r} does not hold an EC key")
@@ -107,8 +118,9 @@ class ManifestVerifier:
         return name
 
 
-def load_round_identity(key_path: Path, cert_path: Path, ca_path: Path,
-                        manifest_path: Path) -> tuple[CertificateSigner, ManifestVerifier]:
+def load_round_identity(
+    key_path: Path, cert_path: Path, ca_path: Path, manifest_path: Path
+) -> tuple[CertificateSigner, ManifestVerifier]:
     """This peer's signer and the consortium's verifier, from the peer's own files.
 
     IdentityError if a file is missing, the certificate is not the CA's or not this
@@ -120,8 +132,9 @@ def load_round_identity(key_path: Path, cert_path: Path, ca_path: Path,
     try:
         stamps = tuple(p.stat().st_mtime_ns for p in paths)
     except FileNotFoundError as missing:
-        raise IdentityError(f"this peer's consortium identity is incomplete: {missing.filename} does not exist") \
-            from None
+        raise IdentityError(
+            f"this peer's consortium identity is incomplete: {missing.filename} does not exist"
+        ) from None
     verifier = _verifier(paths[2], paths[3], stamps[2:])
     signer = _signer(paths[0], paths[1], stamps[:2], verifier)
     return signer, verifier
@@ -140,8 +153,10 @@ def _signer(key_path: Path, cert_path: Path, _stamps: tuple[int, ...], verifier:
     signer = CertificateSigner(load_private_key(key_path), cert)
     member = verifier.manifest.by_fingerprint(certificate_fingerprint(cert))
     if member is None or member.name != signer.name:
-        raise IdentityError(f"{signer.name} is not in the consortium's manifest: copy the consortium's latest "
-                            f"manifest.json to this peer")
+        raise IdentityError(
+            f"{signer.name} is not in the consortium's manifest: copy the consortium's latest "
+            f"manifest.json to this peer"
+        )
     return signer
 
 
@@ -163,8 +178,7 @@ def simulated_consortium(directory: Path, banks: int, consortium: str = "simulat
         cert = issue_certificate(create_request(name, key), ca_key, ca, consortium, address)
         write_private_key(directory / f"{name}.key", key)
         (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        members.append(Member(name=name, fingerprint=certificate_fingerprint(cert), roles=("peer",),
-                              address=address))
+        members.append(Member(name=name, fingerprint=certificate_fingerprint(cert), roles=("peer",), address=address))
     Manifest(consortium, 1, tuple(members), "").write(directory / MANIFEST_FILE, ca_key)
     return directory
 
@@ -172,8 +186,9 @@ def simulated_consortium(directory: Path, banks: int, consortium: str = "simulat
 def simulated_files(directory: Path, bank: int) -> IdentityFiles:
     """Bank `bank`'s identity files in a `simulated_consortium` in `directory`."""
     name = bank_member(bank)
-    return IdentityFiles(directory / f"{name}.key", directory / f"{name}.pem", directory / CA_FILE,
-                         directory / MANIFEST_FILE)
+    return IdentityFiles(
+        directory / f"{name}.key", directory / f"{name}.pem", directory / CA_FILE, directory / MANIFEST_FILE
+    )
 
 
 def simulated_identity(directory: Path, bank: int) -> tuple[CertificateSigner, ManifestVerifier]:
@@ -185,5 +200,8 @@ def simulated_identity(directory: Path, bank: int) -> tuple[CertificateSigner, M
 def simulated_verifier(directory: Path) -> ManifestVerifier:
     """The verifier alone (the simulated host's), from a `simulated_consortium` in `directory`."""
     files = simulated_files(directory, 0)
-    return _verifier(files.ca_cert.resolve(), files.manifest.resolve(),
-                     (files.ca_cert.stat().st_mtime_ns, files.manifest.stat().st_mtime_ns))
+    return _verifier(
+        files.ca_cert.resolve(),
+        files.manifest.resolve(),
+        (files.ca_cert.stat().st_mtime_ns, files.manifest.stat().st_mtime_ns),
+    )

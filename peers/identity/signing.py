@@ -18,14 +18,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import Certificate
 
-from peers.errors import SignatureError
+from fedsilo.peers.errors import SignatureError
 
 
 def canonical_json(document: Any) -> bytes:
     """The exact bytes a signature covers."""
     try:
-        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise SignatureError(f"the document cannot be encoded canonically: {exc}") from None
 
@@ -44,5 +43,6 @@ def verify_document(certificate: Certificate, document: Any, signature: str, wha
         raw = base64.b64decode(signature, validate=True)
         public_key.verify(raw, canonical_json(document), ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, binascii.Error, ValueError, TypeError):
-        raise SignatureError(f"{what}: the signature does not verify, the document was altered "
-                             "or signed by another key") from None
+        raise SignatureError(
+            f"{what}: the signature does not verify, the document was altered or signed by another key"
+        ) from None

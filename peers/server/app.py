@@ -1,7 +1,7 @@
 """The ServerApp a job host runs under Flower's Deployment Engine.
 
-It reads the job from `context.run_config` (see `peers.flower_app`) and hosts it. A
-job with no encoder path is a deployed one (`peers.server.deployed`): the encoder is
+It reads the job from `context.run_config` (see `fedsilo.peers.flower_app`) and hosts it. A
+job with no encoder path is a deployed one (`fedsilo.peers.server.deployed`): the encoder is
 first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
 take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. The simulation harness builds its own `JobHost`
 instead, to attach a yardstick evaluation and a progress display.
@@ -13,13 +13,19 @@ from dataclasses import replace
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
-from peers.job import JobConfig
-from peers.server.deployed import (RoundClock, announce_finish, fit_encoder_from_peers, job_nodes, output_directory,
-                                   wait_for_peers,
-                                   write_result)
-from peers.server.host import JobHost
-from peers.server.polling_grid import PromptGrid
+from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
+from fedsilo.peers.job import JobConfig
+from fedsilo.peers.server.deployed import (
+    RoundClock,
+    announce_finish,
+    fit_encoder_from_peers,
+    job_nodes,
+    output_directory,
+    wait_for_peers,
+    write_result,
+)
+from fedsilo.peers.server.host import JobHost
+from fedsilo.peers.server.polling_grid import PromptGrid
 
 app = ServerApp()
 

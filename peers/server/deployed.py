@@ -3,7 +3,7 @@
 Under the Deployment Engine no file is shared between the host and the peers, so:
 
 1. `fit_encoder_from_peers`: the host asks every peer (a `query.summarize` message)
-   for its `BankSummary` (aggregates only, see `peers.data.encoding`), fits the job's
+   for its `BankSummary` (aggregates only, see `fedsilo.peers.data.encoding`), fits the job's
    `TabularEncoder` from them, and sends the fitted encoder back
    (`query.encoder`), which each peer keeps in its node's state directory;
 2. training runs as in simulation (`JobHost`);
@@ -13,26 +13,27 @@ Under the Deployment Engine no file is shared between the host and the peers, so
    can close its own accounts (what it spent, read from its own accountant's file).
 
 A job travels to deployed peers with an empty `data.encoder` (see
-`peers.deployment.host.deployment_job`); that is what selects these steps.
+`fedsilo.peers.deployment.host.deployment_job`); that is what selects these steps.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from safetensors.numpy import save_file
 
-from peers.data.encoding import BankSummary, TabularEncoder
-from peers.server.host import HostedRun
-from privacy.errors import ConfigError, FedsiloError
-from strategies.secagg import SecureAggregation
-from strategies.wrapper import find_wrapper
+from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.server.host import HostedRun
+from fedsilo.strategies.secagg import SecureAggregation
+from fedsilo.strategies.wrapper import find_wrapper
 
 SUMMARIZE = "query.summarize"
 SEND_ENCODER = "query.encoder"
@@ -56,16 +57,19 @@ def wait_for_peers(grid: Grid, n_peers: int, timeout: float = PEER_WAIT_SECONDS)
 
 
 def _ask(grid: Grid, nodes: Iterable[int], message_type: str, content: dict[str, Any]) -> list[Message]:
-    messages = [Message(RecordDict({"config": ConfigRecord(content)}), dst_node_id=node, message_type=message_type)
-                for node in nodes]
+    messages = [
+        Message(RecordDict({"config": ConfigRecord(content)}), dst_node_id=node, message_type=message_type)
+        for node in nodes
+    ]
     replies = list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS))
     failed = [r for r in replies if r.has_error()]
     if failed:
-        raise FedsiloError(f"{message_type}: node {failed[0].metadata.src_node_id} answered "
-                           f"{failed[0].error.reason}")
+        raise FedsiloError(f"{message_type}: node {failed[0].metadata.src_node_id} answered {failed[0].error.reason}")
     if len(replies) < len(messages):
-        raise FedsiloError(f"{message_type}: {len(messages) - len(replies)} peer(s) did not answer "
-                           f"within {REPLY_TIMEOUT_SECONDS:.0f} s")
+        raise FedsiloError(
+            f"{message_type}: {len(messages) - len(replies)} peer(s) did not answer "
+            f"within {REPLY_TIMEOUT_SECONDS:.0f} s"
+        )
     return replies
 
 
@@ -96,30 +100,44 @@ class RoundClock:
             self.last = now
 
 
-def write_result(directory: Path, job_id: str, outcome: HostedRun, seconds: dict[int, float] | None = None,
-                 exchanges: Iterable[dict[str, Any]] = ()) -> None:
+def write_result(
+    directory: Path,
+    job_id: str,
+    outcome: HostedRun,
+    seconds: dict[int, float] | None = None,
+    exchanges: Iterable[dict[str, Any]] = (),
+) -> None:
     """`model.safetensors` and `metrics.json` (per round: each peer's train/evaluate metrics, wall time;
-    `exchanges`: the grid's message exchanges in order, see `peers.server.polling_grid.Exchange`)."""
+    `exchanges`: the grid's message exchanges in order, see `fedsilo.peers.server.polling_grid.Exchange`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in outcome.weights.items()}, str(directory / "model.safetensors"),
-              metadata={"fedsilo.job": job_id})
+    save_file(
+        {k: np.ascontiguousarray(v) for k, v in outcome.weights.items()},
+        str(directory / "model.safetensors"),
+        metadata={"fedsilo.job": job_id},
+    )
     strategy = outcome.strategy
     secure = find_wrapper(strategy, SecureAggregation)
     rounds = sorted(set(strategy.train) | set(strategy.evaluate))
-    per_round = [{
-        "round": r,
-        "seconds": (seconds or {}).get(r),
-        "train": strategy.train.get(r, []),
-        "evaluate": strategy.evaluate.get(r, []),
-        "errors": strategy.errors.get(r, []),
-        "secure_aggregation": None if secure is None else {
-            "dropped": {str(k): v for k, v in secure.dropouts.get(r, {}).items()},
-            "refused": {str(k): v for k, v in secure.refusals.get(r, {}).items()},
-            "aborted": secure.aborted_rounds.get(r),
-        },
-    } for r in rounds]
-    (directory / "metrics.json").write_text(json.dumps({"job": job_id, "rounds": per_round,
-                                                        "exchanges": list(exchanges)}, indent=2) + "\n")
+    per_round = [
+        {
+            "round": r,
+            "seconds": (seconds or {}).get(r),
+            "train": strategy.train.get(r, []),
+            "evaluate": strategy.evaluate.get(r, []),
+            "errors": strategy.errors.get(r, []),
+            "secure_aggregation": None
+            if secure is None
+            else {
+                "dropped": {str(k): v for k, v in secure.dropouts.get(r, {}).items()},
+                "refused": {str(k): v for k, v in secure.refusals.get(r, {}).items()},
+                "aborted": secure.aborted_rounds.get(r),
+            },
+        }
+        for r in rounds
+    ]
+    (directory / "metrics.json").write_text(
+        json.dumps({"job": job_id, "rounds": per_round, "exchanges": list(exchanges)}, indent=2) + "\n"
+    )
 
 
 def job_nodes(value: str | None) -> list[int]:
@@ -129,13 +147,17 @@ def job_nodes(value: str | None) -> list[int]:
     except ValueError:
         nodes = []
     if not nodes:
-        raise ConfigError("a deployed job's ServerApp needs FEDSILO_JOB_NODES (the registered node ids); "
-                          "start it with peers.deployment.host_training")
+        raise ConfigError(
+            "a deployed job's ServerApp needs FEDSILO_JOB_NODES (the registered node ids); "
+            "start it with peers.deployment.host_training"
+        )
     return nodes
 
 
 def output_directory(value: str | None) -> Path:
     if not value:
-        raise ConfigError("a deployed job's ServerApp needs FEDSILO_HOST_OUTPUT (the host's result directory); "
-                          "start it with peers.deployment.host_training")
+        raise ConfigError(
+            "a deployed job's ServerApp needs FEDSILO_HOST_OUTPUT (the host's result directory); "
+            "start it with peers.deployment.host_training"
+        )
     return Path(value)

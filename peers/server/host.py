@@ -8,9 +8,9 @@ metrics. `server_app(host)` wraps it into a Flower `ServerApp`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -18,14 +18,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from safetensors.numpy import load_file
 
-from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, ManifestVerifier, simulated_verifier
-from peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
-from peers.models import build_model, get_weights, select
-from peers.server.polling_grid import PromptGrid
-from peers.server.windowed_grid import WindowedGrid
-from privacy.errors import ConfigError
-from strategies.factory import build_strategy
-from strategies.observer import Observed, RoundCallback
+from fedsilo.errors import ConfigError
+from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, ManifestVerifier, simulated_verifier
+from fedsilo.peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
+from fedsilo.peers.models import build_model, get_weights, select
+from fedsilo.peers.server.polling_grid import PromptGrid
+from fedsilo.peers.server.windowed_grid import WindowedGrid
+from fedsilo.strategies.factory import build_strategy
+from fedsilo.strategies.observer import Observed, RoundCallback
 
 SIMULATION_PULL_INTERVAL = 0.01
 EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float] | None]
@@ -48,7 +48,9 @@ class JobHost:
     that scores on every bank's held-out rows, as a yardstick for its report.
     """
 
-    def __init__(self, job: JobConfig, evaluate_fn: EvaluateFn | None = None, on_round: RoundCallback | None = None) -> None:
+    def __init__(
+        self, job: JobConfig, evaluate_fn: EvaluateFn | None = None, on_round: RoundCallback | None = None
+    ) -> None:
         self.job = job
         self.evaluate_fn = evaluate_fn
         self.on_round = on_round
@@ -80,11 +82,16 @@ class JobHost:
         n_params = int(sum(v.size for v in initial_weights.values()))
         fraction = self.job.per_round / self.job.peers
         strategy = build_strategy(
-            self.job.strategy, self.job.peers, fraction_train=fraction, fraction_evaluate=fraction,
+            self.job.strategy,
+            self.job.peers,
+            fraction_train=fraction,
+            fraction_evaluate=fraction,
             on_round=self.on_round,
             secagg=secagg_config(self.job, n_params) if self.job.secagg.enabled else None,
-            sum_updates=self.job.dp.mode == "distributed", rounds=self.job.train.rounds,
-            verifier=_simulated_verifier(context))
+            sum_updates=self.job.dp.mode == "distributed",
+            rounds=self.job.train.rounds,
+            verifier=_simulated_verifier(context),
+        )
         central: dict[int, dict[str, float]] = {}
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -98,7 +105,9 @@ class JobHost:
 
         initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in initial_weights.items()})
         result = strategy.start(
-            grid=grid, initial_arrays=initial, num_rounds=self.job.train.rounds,
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=self.job.train.rounds,
             train_config=ConfigRecord({"job-id": self.job.job_id}),
             evaluate_config=ConfigRecord({"job-id": self.job.job_id}),
             evaluate_fn=evaluate,
@@ -127,8 +136,9 @@ def load_base_model(path: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
         raise ConfigError(f"base model {path} lacks {missing}: it was not trained with this model shape")
     for name, shape in shapes.items():
         if tuple(weights[name].shape) != shape:
-            raise ConfigError(f"base model {path}: '{name}' has shape {tuple(weights[name].shape)}, "
-                              f"the job's model needs {shape}")
+            raise ConfigError(
+                f"base model {path}: '{name}' has shape {tuple(weights[name].shape)}, the job's model needs {shape}"
+            )
     return {name: weights[name].astype(np.float32) for name in shapes}
 
 
@@ -141,4 +151,3 @@ def server_app(host: JobHost) -> ServerApp:
         host.run(grid, context)
 
     return app
-

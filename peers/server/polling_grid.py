@@ -14,9 +14,9 @@ objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore 
 starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
 process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module. The
 job's SuperLink holds a pull for an object not pushed yet until it arrives
-(`peers.deployment.long_poll`), so these retries happen only when a hold ends empty.
+(`fedsilo.peers.deployment.long_poll`), so these retries happen only when a hold ends empty.
 
-Every message is sent with its content packed (`peers.packed_content`: the whole
+Every message is sent with its content packed (`fedsilo.peers.packed_content`: the whole
 RecordDict travels as one Flower record, so a message is three Flower objects and every
 hop makes that many fewer HTTP requests) and every reply is unpacked before the
 strategy sees it (a malformed one becomes an error reply); the fedsilo ClientApp's
@@ -37,18 +37,19 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.superlink.grid import http_grid
 from flwr.supercore.run import Run
+from flwr.superlink.grid import http_grid
 
-from peers.packed_content import pack_message, unpack_reply
+from fedsilo.peers.packed_content import pack_message, unpack_reply
 
 # The job's SuperLink holds a pull that finds nothing until something is pushed
-# (`peers.deployment.long_poll`), so this pause only keeps a SuperLink without long
+# (`fedsilo.peers.deployment.long_poll`), so this pause only keeps a SuperLink without long
 # polling from being asked in a hot loop. It follows a pull that returned some replies
 # but not all; 50 ms there cost up to 50 ms per exchange.
 DEFAULT_INTERVAL_SECONDS = 0.005
@@ -69,8 +70,9 @@ class Exchange:
 
 
 class PromptGrid(Grid):
-    def __init__(self, inner: Grid, interval: float = DEFAULT_INTERVAL_SECONDS,
-                 nodes: Iterable[int] | None = None) -> None:
+    def __init__(
+        self, inner: Grid, interval: float = DEFAULT_INTERVAL_SECONDS, nodes: Iterable[int] | None = None
+    ) -> None:
         self.inner = inner
         self.interval = interval
         self.nodes = None if nodes is None else frozenset(nodes)
@@ -85,8 +87,9 @@ class PromptGrid(Grid):
     def run(self) -> Run:
         return self.inner.run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -113,13 +116,13 @@ class PromptGrid(Grid):
             if pending:
                 time.sleep(self.interval)
         kind = messages[0].metadata.message_type if messages else ""
-        self.exchanges.append(Exchange(kind, len(messages), len(replies), pushed - started,
-                                       time.monotonic() - started))
+        self.exchanges.append(Exchange(kind, len(messages), len(replies), pushed - started, time.monotonic() - started))
         return replies
 
 
 def _prompt_object_pulls(interval: float) -> None:
     """Start `HttpGrid`'s object-pull retries at `interval` instead of 1 s (once per process)."""
     if not isinstance(http_grid.pull_objects, functools.partial):
-        http_grid.pull_objects = functools.partial(http_grid.pull_objects, initial_backoff=interval,
-                                                   backoff_cap=4 * interval)
+        http_grid.pull_objects = functools.partial(
+            http_grid.pull_objects, initial_backoff=interval, backoff_cap=4 * interval
+        )

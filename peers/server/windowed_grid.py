@@ -24,12 +24,12 @@ only delay them.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from peers.server.polling_grid import PromptGrid
+from fedsilo.peers.server.polling_grid import PromptGrid
 
 DEFAULT_WINDOW = 24
 DEFAULT_INTERVAL_SECONDS = 0.01

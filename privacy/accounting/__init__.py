@@ -6,8 +6,8 @@
 - :class:`Accountant` — a stateful, checkpointable history.
 """
 
-from privacy.accounting.accountant import Accountant
-from privacy.accounting.compose import ACCOUNTANTS, calibrate_noise, epsilon_spent
-from privacy.accounting.mechanism import Mechanism
+from fedsilo.privacy.accounting.accountant import Accountant
+from fedsilo.privacy.accounting.compose import ACCOUNTANTS, calibrate_noise, epsilon_spent
+from fedsilo.privacy.accounting.mechanism import Mechanism
 
 __all__ = ["ACCOUNTANTS", "Accountant", "Mechanism", "calibrate_noise", "epsilon_spent"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from privacy.accounting.compose import check_accountant, epsilon_spent
-from privacy.accounting.mechanism import Mechanism
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.accounting.compose import check_accountant, epsilon_spent
+from fedsilo.privacy.accounting.mechanism import Mechanism
 
 
 class Accountant:
@@ -37,9 +37,7 @@ class Accountant:
             m.noise_multiplier,
             m.sample_rate,
         ):
-            self._history[-1] = Mechanism(
-                last.noise_multiplier, last.sample_rate, last.steps + m.steps
-            )
+            self._history[-1] = Mechanism(last.noise_multiplier, last.sample_rate, last.steps + m.steps)
         else:
             self._history.append(m)
 
@@ -84,9 +82,7 @@ class Accountant:
         runs: list[Mechanism] = []
         for entry in state_dict["history"]:
             if not isinstance(entry, Sequence) or isinstance(entry, str) or len(entry) != 3:
-                raise ConfigError(
-                    f"history entries must be [noise_multiplier, sample_rate, steps], got {entry!r}"
-                )
+                raise ConfigError(f"history entries must be [noise_multiplier, sample_rate, steps], got {entry!r}")
             runs.append(Mechanism(*entry))
         fresh = Accountant(self.mechanism, runs)
         self._history = fresh._history

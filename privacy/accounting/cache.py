@@ -4,7 +4,7 @@
 the Opacus version and RDP orders (or PRV method) that compute it, and it is slow
 (seconds: a handful of PRV or a dozen RDP evaluations). With thousands of simulated banks every Ray worker
 would recompute the same few values; this cache keeps each result in one small file
-(`privacy.accounting.store`, kind `noise-calibration`), so any process computes each
+(`fedsilo.privacy.accounting.store`, kind `noise-calibration`), so any process computes each
 calibration at most once. The cached value is the exact float `calibrate_noise`
 returned, so a hit changes nothing.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from privacy.accounting import store
-from privacy.accounting.compose import PRV_METHOD, RDP_ALPHAS, calibrate_noise
+from fedsilo.privacy.accounting import store
+from fedsilo.privacy.accounting.compose import PRV_METHOD, RDP_ALPHAS, calibrate_noise
 
 KIND = "noise-calibration"
 
@@ -26,8 +26,9 @@ def cache_dir() -> Path:
 
 def _key(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> str:
     method = [PRV_METHOD] if accountant == "prv" else []  # a PRV σ is only valid for the ε it was searched with
-    return store.key([repr(epsilon), repr(delta), repr(q), steps, accountant, store.opacus_version(), RDP_ALPHAS,
-                      *method])
+    return store.key(
+        [repr(epsilon), repr(delta), repr(q), steps, accountant, store.opacus_version(), RDP_ALPHAS, *method]
+    )
 
 
 def is_cached(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> bool:
@@ -44,6 +45,16 @@ def cached_calibration(epsilon: float, delta: float, q: float, steps: int, accou
     if record is not None and isinstance(record.get("noise_multiplier"), float):
         return record["noise_multiplier"]
     value = calibrate_noise(epsilon, delta, q, steps, accountant=accountant)
-    store.save(KIND, name, {"noise_multiplier": value, "epsilon": epsilon, "delta": delta,
-                            "sample_rate": q, "steps": steps, "accountant": accountant})
+    store.save(
+        KIND,
+        name,
+        {
+            "noise_multiplier": value,
+            "epsilon": epsilon,
+            "delta": delta,
+            "sample_rate": q,
+            "steps": steps,
+            "accountant": accountant,
+        },
+    )
     return value

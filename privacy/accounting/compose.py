@@ -33,9 +33,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from privacy.accounting import store
-from privacy.accounting.mechanism import Mechanism
-from privacy.errors import BudgetExceeded, ConfigError
+from fedsilo.errors import BudgetExceeded, ConfigError
+from fedsilo.privacy.accounting import store
+from fedsilo.privacy.accounting.mechanism import Mechanism
 
 #: The supported accountants: Opacus' RDPAccountant and PRVAccountant, by their Opacus names.
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
@@ -47,25 +47,23 @@ EPSILON_TOLERANCE = 0.01
 def check_accountant(accountant: str) -> str:
     """Return ``accountant`` if it names a supported accountant, else ConfigError."""
     if accountant not in ACCOUNTANTS:
-        raise ConfigError(
-            f"unknown accountant {accountant!r}; use one of {sorted(ACCOUNTANTS)}"
-        )
+        raise ConfigError(f"unknown accountant {accountant!r}; use one of {sorted(ACCOUNTANTS)}")
     return accountant
 
 
 def check_delta(delta: float) -> float:
     """Return ``delta`` as a float if it lies in (0, 1), else ConfigError."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 < delta < 1):
-        raise ConfigError(
-            f"delta must be a number in (0, 1), typically below 1/number of records, got {delta!r}"
-        )
+        raise ConfigError(f"delta must be a number in (0, 1), typically below 1/number of records, got {delta!r}")
     return float(delta)
 
 
 def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
     """Return ``epsilon`` as a float if it is finite and > 0, else ConfigError."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
-        math.isfinite(epsilon) and epsilon > 0
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, (int, float))
+        or not (math.isfinite(epsilon) and epsilon > 0)
     ):
         raise ConfigError(f"{name} must be a finite number > 0, got {epsilon!r}")
     return float(epsilon)
@@ -99,9 +97,7 @@ def _epsilon_kwargs(accountant: str) -> dict:
     return {"alphas": RDP_ALPHAS} if accountant == "rdp" else {}
 
 
-def epsilon_spent(
-    mechanisms: Sequence[Mechanism], delta: float, accountant: str = "rdp"
-) -> float:
+def epsilon_spent(mechanisms: Sequence[Mechanism], delta: float, accountant: str = "rdp") -> float:
     """ε of all ``mechanisms`` composed together at ``delta``, by one Opacus accountant.
 
     ``accountant`` is ``"rdp"`` (RDPAccountant) or ``"prv"`` (PRVAccountant, an upper
@@ -140,9 +136,11 @@ def accounting_note(accountant: str, delta: float) -> str:
     """What a stated ε is, for the accountant that computed it (PRV: its error bound), as model cards say it."""
     if accountant == "prv":
         bound = prv_error_bound(delta)
-        return (f"PRV accountant (Gopi et al. 2021, Opacus): each stated ε is its certified upper bound, the "
-                f"estimate at δ − {bound['delta_error']:.3g} plus ε error {bound['eps_error']:g}; the RDP "
-                "figures beside it are the same spending under Opacus' RDP accountant (looser)")
+        return (
+            f"PRV accountant (Gopi et al. 2021, Opacus): each stated ε is its certified upper bound, the "
+            f"estimate at δ − {bound['delta_error']:.3g} plus ε error {bound['eps_error']:g}; the RDP "
+            "figures beside it are the same spending under Opacus' RDP accountant (looser)"
+        )
     return "RDP accountant (Opacus, orders 1.1 to 1024)"
 
 
@@ -155,8 +153,10 @@ def _rdp_bound(history: Sequence[tuple[float, float, int]], delta: float, orders
     """A valid RDP bound on ε of `history` at `delta` over `orders` (loose when the optimum is outside them)."""
     from opacus.accountants.analysis import rdp as privacy_analysis
 
-    rdp = sum(np.asarray(privacy_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders))
-              for sigma, q, steps in history)
+    rdp = sum(
+        np.asarray(privacy_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders))
+        for sigma, q, steps in history
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha": still a valid bound
         return float(privacy_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
@@ -225,19 +225,29 @@ def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) ->
     """The PRV upper bound on ε of a canonical history at `delta` (see the module docstring).
 
     From a fraction of a second to a second per history, so it is also kept on disk
-    (`privacy.accounting.store`): the ledger, the peer's per-round projection and the
+    (`fedsilo.privacy.accounting.store`): the ledger, the peer's per-round projection and the
     harness then compute each value once per machine. A stored value is the exact float.
     """
-    name = store.key([[[repr(s), repr(q), n] for s, q, n in history], repr(delta), PRV_EPS_ERROR,
-                      PRV_DELTA_ERROR_FRACTION, PRV_DOMAIN_ORDERS, PRV_METHOD, store.opacus_version()])
+    name = store.key(
+        [
+            [[repr(s), repr(q), n] for s, q, n in history],
+            repr(delta),
+            PRV_EPS_ERROR,
+            PRV_DELTA_ERROR_FRACTION,
+            PRV_DOMAIN_ORDERS,
+            PRV_METHOD,
+            store.opacus_version(),
+        ]
+    )
     record = store.load(PRV_STORE_KIND, name)
     if record is not None and isinstance(record.get("epsilon"), float):
         return record["epsilon"]
     acc = _prv_accountant_class()()
     acc.history = list(history)
     with np.errstate(divide="ignore", invalid="ignore"):  # Opacus' PRV pdf takes log(0) at the domain's edge
-        epsilon = float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR,
-                                        delta_error=delta * PRV_DELTA_ERROR_FRACTION))
+        epsilon = float(
+            acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR, delta_error=delta * PRV_DELTA_ERROR_FRACTION)
+        )
     store.save(PRV_STORE_KIND, name, {"history": [list(h) for h in history], "delta": delta, "epsilon": epsilon})
     return epsilon
 
@@ -250,7 +260,7 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
     """Opacus' RDP of one step of the subsampled Gaussian at every order in RDP_ALPHAS.
 
     Half a second per (σ, q) at these orders, so it is also kept on disk
-    (`privacy.accounting.store`): a simulation's harness and each of its workers then
+    (`fedsilo.privacy.accounting.store`): a simulation's harness and each of its workers then
     compute each vector once between them. A stored vector is the exact floats Opacus
     returned; one of the wrong length is ignored and recomputed.
     """
@@ -260,10 +270,15 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
         return tuple(float(v) for v in record["rdp"])
     from opacus.accountants.analysis import rdp as privacy_analysis
 
-    rdp = tuple(float(v) for v in privacy_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier,
-                                                               steps=1, orders=RDP_ALPHAS))
-    store.save(RDP_STORE_KIND, name, {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate,
-                                      "rdp": list(rdp)})
+    rdp = tuple(
+        float(v)
+        for v in privacy_analysis.compute_rdp(
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ALPHAS
+        )
+    )
+    store.save(
+        RDP_STORE_KIND, name, {"noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "rdp": list(rdp)}
+    )
     return rdp
 
 
@@ -349,8 +364,9 @@ def calibrate_noise(
     return sigma_high
 
 
-def _calibrate_prv(target: float, delta: float, sample_rate: float, steps: int, prior: list[Mechanism],
-                   tol: float, too_low: str) -> float:
+def _calibrate_prv(
+    target: float, delta: float, sample_rate: float, steps: int, prior: list[Mechanism], tol: float, too_low: str
+) -> float:
     """`calibrate_noise` for PRV: a bracketed secant search, about 4 PRV evaluations instead of 20.
 
     ε(σ) falls smoothly with σ. A cheap integer-order RDP calibration (milliseconds) gives

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class Mechanism:
 
     Contract: ``noise_multiplier`` is a finite float > 0, ``sample_rate`` a float in
     (0, 1], ``steps`` an int >= 0 (0 means "nothing spent"). Anything else raises
-    :class:`~privacy.errors.ConfigError` at construction, so an invalid mechanism can
+    :class:`~fedsilo.errors.ConfigError` at construction, so an invalid mechanism can
     never reach an accountant or a ledger.
     """
 
@@ -26,16 +27,10 @@ class Mechanism:
 
     def __post_init__(self) -> None:
         sigma, q, steps = self.noise_multiplier, self.sample_rate, self.steps
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (
-            math.isfinite(sigma) and sigma > 0
-        ):
-            raise ConfigError(
-                f"noise_multiplier must be a finite number > 0, got {sigma!r}"
-            )
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
+            raise ConfigError(f"noise_multiplier must be a finite number > 0, got {sigma!r}")
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not (0 < q <= 1):
-            raise ConfigError(
-                f"sample_rate must be a number in (0, 1] (batch size / dataset size), got {q!r}"
-            )
+            raise ConfigError(f"sample_rate must be a number in (0, 1] (batch size / dataset size), got {q!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ConfigError(f"steps must be an integer >= 0, got {steps!r}")
         # Normalise numeric types so that equality and JSON round-trips are exact.
@@ -57,7 +52,5 @@ class Mechanism:
             raise ConfigError(f"a mechanism must be a mapping, got {type(data).__name__}")
         keys = {"noise_multiplier", "sample_rate", "steps"}
         if set(data) != keys:
-            raise ConfigError(
-                f"a mechanism needs exactly the keys {sorted(keys)}, got {sorted(data)}"
-            )
+            raise ConfigError(f"a mechanism needs exactly the keys {sorted(keys)}, got {sorted(data)}")
         return cls(data["noise_multiplier"], data["sample_rate"], data["steps"])

@@ -27,8 +27,10 @@ from typing import Any
 
 def root() -> Path:
     """The directory all kinds of cached results live under."""
-    return Path(os.environ.get("FEDSILO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fedsilo"))
+    return Path(
+        os.environ.get("FEDSILO_CACHE")
+        or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fedsilo")
+    )
 
 
 def opacus_version() -> str:

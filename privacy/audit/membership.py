@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.audit.roc import Roc, roc
-from privacy.errors import DataError
+from fedsilo.errors import DataError
+from fedsilo.privacy.audit.roc import Roc, roc
 
 LOW_FPRS = (0.01, 0.001)
 

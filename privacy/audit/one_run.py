@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import binom
 
-from privacy.errors import DataError, PrivacyAuditFailed
+from fedsilo.errors import DataError, PrivacyAuditFailed
 
 DEFAULT_CONFIDENCE = 0.95
 GUESS_FRACTIONS = (0.02, 0.05, 0.1, 0.2)  # k / m on each side
@@ -96,8 +96,14 @@ class OneRunAudit:
         return {**asdict(self), "epsilon_lower_bound": round(self.epsilon_lower_bound, 4)}
 
 
-def audit(scores: np.ndarray, included: np.ndarray, delta: float, epsilon_claimed: float | None,
-          confidence: float = DEFAULT_CONFIDENCE, guess_fractions: tuple[float, ...] = GUESS_FRACTIONS) -> OneRunAudit:
+def audit(
+    scores: np.ndarray,
+    included: np.ndarray,
+    delta: float,
+    epsilon_claimed: float | None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    guess_fractions: tuple[float, ...] = GUESS_FRACTIONS,
+) -> OneRunAudit:
     """Turn the attack's scores on the canaries into an ε lower bound (see the module docstring)."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     included = np.asarray(included, dtype=bool).ravel()
@@ -112,13 +118,21 @@ def audit(scores: np.ndarray, included: np.ndarray, delta: float, epsilon_claime
     for fraction in guess_fractions:
         k = max(1, int(fraction * m))
         k = min(k, m // 2)
-        correct = int(included[order[:k]].sum() + (~included[order[m - k:]]).sum())
+        correct = int(included[order[:k]].sum() + (~included[order[m - k :]]).sum())
         bound = epsilon_lower_bound(m, 2 * k, correct, delta, significance)
         if best is None or bound > best[0]:
             best = (bound, 2 * k, correct)
     bound, r, v = best
-    return OneRunAudit(canaries=m, included=int(included.sum()), guesses=r, correct=v, epsilon_lower_bound=bound,
-                       epsilon_claimed=epsilon_claimed, delta=delta, confidence=confidence)
+    return OneRunAudit(
+        canaries=m,
+        included=int(included.sum()),
+        guesses=r,
+        correct=v,
+        epsilon_lower_bound=bound,
+        epsilon_claimed=epsilon_claimed,
+        delta=delta,
+        confidence=confidence,
+    )
 
 
 def check_claim(result: OneRunAudit) -> None:

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from privacy.errors import DataError
-from privacy.secagg import SecAggClient, SecAggConfig, SecAggServer
+from fedsilo.errors import DataError
+from fedsilo.privacy.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 SUCCESS_SIMILARITY = 0.9
 
@@ -56,7 +56,7 @@ def invert_linear_layer(update: np.ndarray, n_out: int, n_in: int) -> np.ndarray
     update = np.asarray(update, dtype=np.float64).ravel()
     if update.size < n_out * (n_in + 1):
         raise DataError(f"an update of {update.size} values cannot hold a {n_out}×{n_in} layer and its bias")
-    dW, db = update[: n_out * n_in].reshape(n_out, n_in), update[n_out * n_in: n_out * (n_in + 1)]
+    dW, db = update[: n_out * n_in].reshape(n_out, n_in), update[n_out * n_in : n_out * (n_in + 1)]
     i = int(np.argmax(np.abs(db)))
     return dW[i] / db[i] if db[i] != 0 else np.zeros(n_in)
 
@@ -68,7 +68,7 @@ def best_row_similarity(update: np.ndarray, n_out: int, n_in: int, truths: list[
     candidate inputs gives the attack every benefit of the doubt.
     """
     update = np.asarray(update, dtype=np.float64).ravel()
-    dW, db = update[: n_out * n_in].reshape(n_out, n_in), update[n_out * n_in: n_out * (n_in + 1)]
+    dW, db = update[: n_out * n_in].reshape(n_out, n_in), update[n_out * n_in : n_out * (n_in + 1)]
     best = 0.0
     for i in range(n_out):
         if db[i] != 0 and np.isfinite(db[i]):
@@ -85,8 +85,9 @@ def flat_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
     return torch.cat([g.reshape(-1) for g in grads]).detach().double().numpy()
 
 
-def gradient_matching(model: nn.Module, update: np.ndarray, n_features: int, steps: int = 200,
-                      lr: float = 0.1, seed: int = 0) -> np.ndarray:
+def gradient_matching(
+    model: nn.Module, update: np.ndarray, n_features: int, steps: int = 200, lr: float = 0.1, seed: int = 0
+) -> np.ndarray:
     """DLG-style reconstruction of one input from a flat gradient `update` of `model`.
 
     The label is inferred from the sign of the last parameter's gradient (the output

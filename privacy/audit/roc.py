@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.errors import DataError
+from fedsilo.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
 safe across processes; :class:`InMemoryLedger` for tests and simulations.
 """
 
-from privacy.ledger.base import BudgetStatus, PrivacyLedger
-from privacy.ledger.memory import InMemoryLedger
-from privacy.ledger.sqlite import SQLiteLedger
+from fedsilo.privacy.ledger.base import BudgetStatus, PrivacyLedger
+from fedsilo.privacy.ledger.memory import InMemoryLedger
+from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 
 __all__ = ["BudgetStatus", "InMemoryLedger", "PrivacyLedger", "SQLiteLedger"]

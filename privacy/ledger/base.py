@@ -26,9 +26,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
-from privacy.accounting import Mechanism, epsilon_spent
-from privacy.accounting.compose import check_accountant, check_delta, check_epsilon
-from privacy.errors import BudgetExceeded, ConfigError, LedgerError
+from fedsilo.errors import BudgetExceeded, ConfigError, LedgerError
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.accounting.compose import check_accountant, check_delta, check_epsilon
 
 JobState = Literal["reserved", "committed"]
 
@@ -124,7 +124,7 @@ class PrivacyLedger(abc.ABC):
     @abc.abstractmethod
     def _delete_job(self, source: str, job_id: str) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (an optional hook: only a backend holding resources overrides it)
         """Release resources (a no-op unless the backend holds any)."""
 
     def __enter__(self) -> PrivacyLedger:
@@ -138,9 +138,7 @@ class PrivacyLedger(abc.ABC):
     def _require_source(self, source: str) -> SourceRecord:
         record = self._get_source(_check_name(source, "source"))
         if record is None:
-            raise LedgerError(
-                f"unknown data source {source!r}; set its budget first with set_budget()"
-            )
+            raise LedgerError(f"unknown data source {source!r}; set its budget first with set_budget()")
         return record
 
     @staticmethod
@@ -153,18 +151,14 @@ class PrivacyLedger(abc.ABC):
             if job_id != exclude:
                 yield from job.mechanisms
 
-    def set_budget(
-        self, source: str, epsilon: float, delta: float, accountant: str = "rdp"
-    ) -> BudgetStatus:
+    def set_budget(self, source: str, epsilon: float, delta: float, accountant: str = "rdp") -> BudgetStatus:
         """Create or update the total (ε, δ) budget of ``source`` and its accountant.
 
         An update is refused with LedgerError if, recomputed at the new δ and with the
         new accountant, committed + reserved jobs already exceed the new ε.
         """
         _check_name(source, "source")
-        new = SourceRecord(
-            source, check_epsilon(epsilon), check_delta(delta), check_accountant(accountant)
-        )
+        new = SourceRecord(source, check_epsilon(epsilon), check_delta(delta), check_accountant(accountant))
         with self._transaction(write=True):
             if self._get_source(source) is not None:
                 in_use = self._eps(new, list(self._all(self._get_jobs(source))))
@@ -192,8 +186,7 @@ class PrivacyLedger(abc.ABC):
             jobs = self._get_jobs(source)
             if job_id in jobs:
                 raise LedgerError(
-                    f"job {job_id!r} is already {jobs[job_id].state} on data source "
-                    f"{source!r}; use a new job id"
+                    f"job {job_id!r} is already {jobs[job_id].state} on data source {source!r}; use a new job id"
                 )
             total = self._eps(record, [*self._all(jobs), *planned])
             self._check_budget(record, jobs, total, job_id)
@@ -251,9 +244,7 @@ class PrivacyLedger(abc.ABC):
 
     # -- helpers ------------------------------------------------------------------
 
-    def _status(
-        self, record: SourceRecord, jobs: dict[str, JobRecord] | None = None
-    ) -> BudgetStatus:
+    def _status(self, record: SourceRecord, jobs: dict[str, JobRecord] | None = None) -> BudgetStatus:
         if jobs is None:
             jobs = self._get_jobs(record.source)
         committed = [m for j in jobs.values() if j.state == "committed" for m in j.mechanisms]
@@ -271,14 +262,11 @@ class PrivacyLedger(abc.ABC):
         )
 
     @staticmethod
-    def _require_reserved(
-        source: str, job_id: str, jobs: dict[str, JobRecord], action: str
-    ) -> None:
+    def _require_reserved(source: str, job_id: str, jobs: dict[str, JobRecord], action: str) -> None:
         job = jobs.get(job_id)
         if job is None:
             raise LedgerError(
-                f"cannot {action} job {job_id!r} on data source {source!r}: it has no "
-                "reservation; reserve() it first"
+                f"cannot {action} job {job_id!r} on data source {source!r}: it has no reservation; reserve() it first"
             )
         if job.state == "committed":
             raise LedgerError(
@@ -286,9 +274,7 @@ class PrivacyLedger(abc.ABC):
                 "committed, and committed spending is final"
             )
 
-    def _check_budget(
-        self, record: SourceRecord, jobs: dict[str, JobRecord], total: float, job_id: str
-    ) -> None:
+    def _check_budget(self, record: SourceRecord, jobs: dict[str, JobRecord], total: float, job_id: str) -> None:
         if math.isnan(total) or total > record.epsilon:
             in_use = self._eps(record, list(self._all(jobs, exclude=job_id)))
             remaining = max(0.0, record.epsilon - in_use)

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from privacy.ledger.base import JobRecord, PrivacyLedger, SourceRecord
+from fedsilo.privacy.ledger.base import JobRecord, PrivacyLedger, SourceRecord
 
 
 class InMemoryLedger(PrivacyLedger):

@@ -9,9 +9,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from privacy.accounting import Mechanism
-from privacy.errors import ConfigError, LedgerError
-from privacy.ledger.base import JobRecord, PrivacyLedger, SourceRecord
+from fedsilo.errors import ConfigError, LedgerError
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.ledger.base import JobRecord, PrivacyLedger, SourceRecord
 
 SCHEMA_VERSION = 1
 
@@ -47,9 +47,7 @@ class SQLiteLedger(PrivacyLedger):
         self._lock = threading.Lock()
         try:
             # isolation_level=None: no implicit transactions, we issue BEGIN ourselves.
-            self._conn = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
+            self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open the privacy ledger at {self.path!r}: {exc}") from exc
         try:
@@ -120,9 +118,7 @@ class SQLiteLedger(PrivacyLedger):
             (source,),
         )
         return {
-            job_id: JobRecord(
-                job_id, state, tuple(Mechanism.from_dict(d) for d in json.loads(mechanisms))
-            )
+            job_id: JobRecord(job_id, state, tuple(Mechanism.from_dict(d) for d in json.loads(mechanisms)))
             for job_id, state, mechanisms in rows
         }
 

@@ -1,7 +1,7 @@
 """The anonymous query's group: ristretto255 (RFC 9496) from libsodium, batch operations.
 
-Used by the anonymous query (:mod:`privacy.psi.query`); PSI uses X25519
-(:mod:`privacy.psi.x25519`), which is about twice as fast here but whose clamped
+Used by the anonymous query (:mod:`fedsilo.privacy.psi.query`); PSI uses X25519
+(:mod:`fedsilo.privacy.psi.x25519`), which is about twice as fast here but whose clamped
 scalars cannot be inverted, and the query unblinds with ``1/r``.
 
 Why ristretto255 for the query. It needs a prime-order group where DDH and one-more-DH
@@ -15,7 +15,7 @@ which is the validation every received element needs.
 
 Binding. PyNaCl does not bind the ristretto255 functions, so this module calls the
 libsodium shared library (>= 1.0.18, Debian's ``libsodium23``) through ``ctypes``
-(loaded once here as :data:`lib`; :mod:`privacy.psi.x25519` uses it too).
+(loaded once here as :data:`lib`; :mod:`fedsilo.privacy.psi.x25519` uses it too).
 Batches are numpy ``uint8`` arrays of shape ``(n, 32)``; the loops pass raw addresses,
 so no Python object is made per element.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy.errors import ConfigError, ProtocolError
+from fedsilo.errors import ConfigError, ProtocolError
 
 __all__ = [
     "lib",
@@ -139,8 +139,9 @@ def multiply(elements: np.ndarray, scalar: bytes) -> np.ndarray:
     canonical encoding of a non-identity group element (the only invalid inputs: the
     group has no other small-order element). The message names the position only.
     """
-    out, refused = scalarmult_rows(lib.crypto_scalarmult_ristretto255,
-                                   _rows(elements, ELEMENT_BYTES, "group elements"), scalar)
+    out, refused = scalarmult_rows(
+        lib.crypto_scalarmult_ristretto255, _rows(elements, ELEMENT_BYTES, "group elements"), scalar
+    )
     if refused is not None:
         raise ProtocolError(
             f"group element at position {refused} is not a valid ristretto255 encoding "

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from privacy.errors import DataError
+from fedsilo.errors import DataError
 
 __all__ = ["DOMAIN", "PSI_DOMAIN", "canonical", "split_typed", "digests"]
 

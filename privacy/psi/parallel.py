@@ -30,12 +30,22 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from privacy.errors import ConfigError, ProtocolError
-from privacy.psi import x25519
-from privacy.psi.identifiers import PSI_DOMAIN, digests
+from fedsilo.errors import ConfigError, ProtocolError
+from fedsilo.privacy.psi import x25519
+from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
 
-__all__ = ["Workers", "BATCH", "Task", "blind_identifiers", "exponentiate", "blind_tasks", "exponentiate_tasks",
-           "collect", "chunks", "run_streams"]
+__all__ = [
+    "Workers",
+    "BATCH",
+    "Task",
+    "blind_identifiers",
+    "exponentiate",
+    "blind_tasks",
+    "exponentiate_tasks",
+    "collect",
+    "chunks",
+    "run_streams",
+]
 
 BATCH = 2048
 """Elements per task: about 70 ms of work, large enough that pickling and the pipes
@@ -243,8 +253,9 @@ def collect(parts: Iterable[bytes]) -> np.ndarray:
     return np.frombuffer(bytes(buf), dtype=np.uint8).reshape(-1, x25519.ELEMENT_BYTES)
 
 
-def blind_tasks(values: Iterable[str], kind: str | None, scalar: bytes, processes: int,
-                batch: int = BATCH) -> Iterator[Task]:
+def blind_tasks(
+    values: Iterable[str], kind: str | None, scalar: bytes, processes: int, batch: int = BATCH
+) -> Iterator[Task]:
     """Tasks whose results are ``H(canonical(v)) ** scalar`` for each value, in order (bytes).
 
     A sequence (a list) ends with smaller batches, like received elements; any other
@@ -259,9 +270,11 @@ def blind_tasks(values: Iterable[str], kind: str | None, scalar: bytes, processe
 
 def exponentiate_tasks(elements: np.ndarray, scalar: bytes, processes: int, batch: int = BATCH) -> Iterator[Task]:
     """Tasks whose results are ``e ** scalar`` for each received element (bytes), after
-    the checks of :func:`privacy.psi.x25519.check_elements`."""
-    return ((_multiply_batch, (start, elements[start:stop].tobytes(), scalar))
-            for start, stop in _spans(len(elements), batch, processes))
+    the checks of :func:`fedsilo.privacy.psi.x25519.check_elements`."""
+    return (
+        (_multiply_batch, (start, elements[start:stop].tobytes(), scalar))
+        for start, stop in _spans(len(elements), batch, processes)
+    )
 
 
 def run_streams(workers: Workers, *streams: Iterable[Task]) -> list[list[Any]]:
@@ -282,13 +295,14 @@ def run_streams(workers: Workers, *streams: Iterable[Task]) -> list[list[Any]]:
     return out
 
 
-def blind_identifiers(values: Iterable[str], kind: str | None, scalar: bytes, workers: Workers,
-                      batch: int = BATCH) -> np.ndarray:
+def blind_identifiers(
+    values: Iterable[str], kind: str | None, scalar: bytes, workers: Workers, batch: int = BATCH
+) -> np.ndarray:
     """``H(canonical(v)) ** scalar`` for each value, in order, as an ``(n, 32)`` array."""
     return collect(workers.run(blind_tasks(values, kind, scalar, workers.processes, batch)))
 
 
 def exponentiate(elements: np.ndarray, scalar: bytes, workers: Workers, batch: int = BATCH) -> np.ndarray:
     """``e ** scalar`` for each received element; refuses (ProtocolError) any element that
-    is not a canonical point of the curve, or of small order (see :mod:`privacy.psi.x25519`)."""
+    is not a canonical point of the curve, or of small order (see :mod:`fedsilo.privacy.psi.x25519`)."""
     return collect(workers.run(exponentiate_tasks(elements, scalar, workers.processes, batch)))

@@ -1,7 +1,7 @@
 """Diffie–Hellman private set intersection between a receiver and a sender.
 
 Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, on X25519: ``e^k`` is
-``X25519(k, e)``, ``H`` hashes onto Curve25519, see :mod:`privacy.psi.x25519`)::
+``X25519(k, e)``, ``H`` hashes onto Curve25519, see :mod:`fedsilo.privacy.psi.x25519`)::
 
     receiver R, set X, secret a            sender S, set Y, secret b
     BLINDED    H(x)^a, x in X          ->
@@ -20,7 +20,7 @@ of Curve25519; SHA-512 a random oracle, so H is one onto the curve):
   positions of matches say nothing); S learns |X|.
 
 Sizes are those of the *distinct* identifiers: each side removes duplicates (same
-canonical form, see :mod:`privacy.psi.identifiers`) before anything leaves it, and
+canonical form, see :mod:`fedsilo.privacy.psi.identifiers`) before anything leaves it, and
 reports a match at the position of an identifier's first occurrence in its input.
 Neither side sees the other's identifiers or their hashes: only group elements
 raised to secret exponents. Every element a side exponentiates is refused unless it
@@ -33,9 +33,9 @@ nothing, as a wrong point of the curve (which a deviating peer can always send) 
 A side that deviates from the protocol can learn more
 (e.g. a receiver that puts a million guesses in X learns which are in Y); the
 semi-honest model does not cover that, and a list holder that needs to bound such
-guessing uses the query protocol with its per-querier quota (:mod:`privacy.psi.query`).
+guessing uses the query protocol with its per-querier quota (:mod:`fedsilo.privacy.psi.query`).
 
-Usage: each side is a state machine over byte frames (:mod:`privacy.psi.wire`) and
+Usage: each side is a state machine over byte frames (:mod:`fedsilo.privacy.psi.wire`) and
 never touches a socket. ``R.request_frames()`` yields the frames to send;
 ``handle(frame)`` on either side consumes one frame and returns the frames to send
 back. :func:`exchange` wires two local objects together (tests, benchmarks, a daemon
@@ -51,11 +51,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.errors import ProtocolError
-from privacy.psi import x25519
-from privacy.psi.parallel import (Workers, blind_identifiers, blind_tasks, collect, exponentiate, exponentiate_tasks,
-                                  run_streams)
-from privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.psi import x25519
+from fedsilo.privacy.psi.parallel import (
+    Workers,
+    blind_identifiers,
+    blind_tasks,
+    collect,
+    exponentiate,
+    exponentiate_tasks,
+    run_streams,
+)
+from fedsilo.privacy.psi.wire import MAX_BATCH, Frame, FrameType, decode, encode
 
 __all__ = ["Mode", "PsiResult", "PsiReceiver", "PsiSender", "exchange"]
 
@@ -144,7 +151,7 @@ def _shuffled(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _frames(type_: FrameType, end: FrameType, mode: int, session: bytes, rows: np.ndarray) -> Iterator[bytes]:
     seq = 0
     for start in range(0, len(rows), _FRAME):
-        yield encode(type_, mode, session, seq, rows[start:start + _FRAME])
+        yield encode(type_, mode, session, seq, rows[start : start + _FRAME])
         seq += 1
     yield encode(end, mode, session, seq, total=len(rows))
 
@@ -216,8 +223,14 @@ class PsiReceiver(_Side):
     ``workers``: where the group operations run (default: this process only).
     """
 
-    def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER,
-                 workers: Workers | None = None) -> None:
+    def __init__(
+        self,
+        identifiers: Iterable[str],
+        *,
+        kind: str | None = "id",
+        mode: Mode = Mode.TO_RECEIVER,
+        workers: Workers | None = None,
+    ) -> None:
         super().__init__(identifiers, kind, mode, workers)
         self.session = os.urandom(16)
         self._evaluated = _Stream("EVALUATED")
@@ -272,8 +285,14 @@ class PsiSender(_Side):
     identifiers (``result().peer_size``).
     """
 
-    def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER,
-                 workers: Workers | None = None) -> None:
+    def __init__(
+        self,
+        identifiers: Iterable[str],
+        *,
+        kind: str | None = "id",
+        mode: Mode = Mode.TO_RECEIVER,
+        workers: Workers | None = None,
+    ) -> None:
         super().__init__(identifiers, kind, mode, workers)
         self.session: bytes | None = None
         self._blinded = _Stream("BLINDED")
@@ -294,8 +313,11 @@ class PsiSender(_Side):
         """Consume one frame from the receiver; return the frames to send back (maybe none)."""
         if self.done:
             raise ProtocolError("a PSI frame arrived after the run ended")
-        expected = {FrameType.CONFIRM, FrameType.CONFIRM_END} if self._evaluated is not None else {
-            FrameType.BLINDED, FrameType.BLINDED_END}
+        expected = (
+            {FrameType.CONFIRM, FrameType.CONFIRM_END}
+            if self._evaluated is not None
+            else {FrameType.BLINDED, FrameType.BLINDED_END}
+        )
         frame = decode(data, expected)
         self._check_frame(frame)
         if self.session is None:
@@ -338,8 +360,9 @@ class PsiSender(_Side):
         found = _member(peer_double, self._evaluated)
         positions = self._first[self._perm[found]]
         order = np.argsort(positions)
-        self._result = PsiResult(len(self._own), len(self._evaluated), int(found.sum()), positions[order],
-                                 peer_double[found][order])
+        self._result = PsiResult(
+            len(self._own), len(self._evaluated), int(found.sum()), positions[order], peer_double[found][order]
+        )
         return []
 
 
@@ -348,6 +371,7 @@ def exchange(receiver: PsiReceiver, sender: PsiSender, tap: Callable[[str, bytes
 
     ``direction`` is ``"to_sender"`` or ``"to_receiver"``.
     """
+
     def to_sender(frame: bytes) -> None:
         if tap:
             tap("to_sender", frame)

@@ -26,7 +26,7 @@ HKDF random oracles; AES-GCM a secure AEAD):
   attack by a querier.
 * A label is readable only with the key of its own identifier in its own epoch: a
   table of an old epoch cannot be read with answers of a new one, and answers are
-  refused for any epoch but the current one (:class:`~privacy.errors.StaleEpoch`).
+  refused for any epoch but the current one (:class:`~fedsilo.errors.StaleEpoch`).
   :meth:`ListHolder.rotate` draws a new ``k`` and forgets the old one.
 
 Labels are padded to ``label_width`` bytes, so ciphertexts do not reveal label
@@ -47,12 +47,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from privacy.errors import ConfigError, DataError, ProtocolError, StaleEpoch
-from privacy.psi import group
-from privacy.psi.identifiers import digests
-from privacy.psi.parallel import BATCH, Workers, chunks
-from privacy.psi.quota import QueryQuota
-from privacy.psi.wire import MAX_BATCH, FrameType, decode, encode
+from fedsilo.errors import ConfigError, DataError, ProtocolError, StaleEpoch
+from fedsilo.privacy.psi import group
+from fedsilo.privacy.psi.identifiers import digests
+from fedsilo.privacy.psi.parallel import BATCH, Workers, chunks
+from fedsilo.privacy.psi.quota import QueryQuota
+from fedsilo.privacy.psi.wire import MAX_BATCH, FrameType, decode, encode
 
 __all__ = ["TAG_BYTES", "ListHolder", "EncryptedTable", "Querier", "PendingQuery"]
 
@@ -83,8 +83,9 @@ def _aad(list_hash: bytes, epoch: int, tag: bytes) -> bytes:
     return b"fedsilo/psi/v1/label" + list_hash + epoch.to_bytes(8, "big") + tag
 
 
-def _encrypt_batch(batch: list[tuple[str, str]], kind: str | None, scalar: bytes, list_hash: bytes, epoch: int,
-                   width: int) -> tuple[bytes, bytes]:
+def _encrypt_batch(
+    batch: list[tuple[str, str]], kind: str | None, scalar: bytes, list_hash: bytes, epoch: int, width: int
+) -> tuple[bytes, bytes]:
     ids = [identifier for identifier, _ in batch]
     elements = group.multiply(group.hash_to_group(digests(ids, kind)), scalar)
     tags, keys = _entry_keys(elements, list_hash, epoch)
@@ -92,8 +93,10 @@ def _encrypt_batch(batch: list[tuple[str, str]], kind: str | None, scalar: bytes
     for (_, label), tag, key in zip(batch, tags, keys):
         data = label.encode() if isinstance(label, str) else bytes(label)
         if len(data) > width:
-            raise DataError(f"a label is {len(data)} bytes, longer than the table's label width {width}; "
-                            "raise label_width or shorten the labels")
+            raise DataError(
+                f"a label is {len(data)} bytes, longer than the table's label width {width}; "
+                "raise label_width or shorten the labels"
+            )
         padded = len(data).to_bytes(2, "big") + data + bytes(width - len(data))
         cts += AESGCM(key).encrypt(_NONCE, padded, _aad(list_hash, epoch, tag))
     return b"".join(tags), bytes(cts)
@@ -171,19 +174,27 @@ class EncryptedTable:
         n = int.from_bytes(padded[:2], "big")
         if n > self.label_width:
             raise ProtocolError("a table entry has a malformed label")
-        return padded[2:2 + n].decode()
+        return padded[2 : 2 + n].decode()
 
 
 class ListHolder:
     """The list holder: publishes the encrypted table, answers blinded queries under quota.
 
     ``list_id`` names the list (public); ``quota`` bounds how many identifiers each
-    querier may have evaluated (see :mod:`privacy.psi.quota`). The secret key of the
+    querier may have evaluated (see :mod:`fedsilo.privacy.psi.quota`). The secret key of the
     current epoch lives only in this object.
     """
 
-    def __init__(self, list_id: str, quota: QueryQuota, *, kind: str | None = "id", label_width: int = 32,
-                 epoch: int = 1, workers: Workers | None = None) -> None:
+    def __init__(
+        self,
+        list_id: str,
+        quota: QueryQuota,
+        *,
+        kind: str | None = "id",
+        label_width: int = 32,
+        epoch: int = 1,
+        workers: Workers | None = None,
+    ) -> None:
         if not isinstance(label_width, int) or not 1 <= label_width <= _MAX_LABEL:
             raise ConfigError(f"label_width must be 1..{_MAX_LABEL} bytes, got {label_width!r}")
         if not isinstance(epoch, int) or not 0 <= epoch < 1 << 63:
@@ -206,8 +217,9 @@ class ListHolder:
         ``entries`` is read once, in batches; an identifier that appears twice is refused.
         """
         tags, cts = bytearray(), bytearray()
-        for t, c in self._workers.map(_encrypt_batch, chunks(entries, BATCH), self.kind, self._key,
-                                      self.list_hash, self.epoch, self.label_width):
+        for t, c in self._workers.map(
+            _encrypt_batch, chunks(entries, BATCH), self.kind, self._key, self.list_hash, self.epoch, self.label_width
+        ):
             tags += t
             cts += c
         tag_rows = np.frombuffer(bytes(tags), np.uint8).reshape(-1, TAG_BYTES)
@@ -231,8 +243,10 @@ class ListHolder:
         if list_hash != self.list_hash:
             raise ProtocolError("the query names another list; check the list name")
         if epoch != self.epoch:
-            raise StaleEpoch(f"the query is for key epoch {epoch} but the list is served at epoch {self.epoch}; "
-                             "fetch the current table and ask again")
+            raise StaleEpoch(
+                f"the query is for key epoch {epoch} but the list is served at epoch {self.epoch}; "
+                "fetch the current table and ask again"
+            )
         if frame.count == 0:
             raise ProtocolError("an empty query was refused")
         self.quota.consume(querier, frame.count)

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from privacy.errors import ConfigError, QuotaExceeded
+from fedsilo.errors import ConfigError, QuotaExceeded
 
 __all__ = ["QueryRecord", "QueryQuota", "MemoryQuota", "SQLiteQuota"]
 
@@ -86,8 +86,9 @@ class MemoryQuota(QueryQuota):
         self._lock = threading.Lock()
 
     def _used(self, querier: str, now: float) -> int:
-        return sum(r.count for r in self._records
-                   if r.querier == querier and r.granted and now - self.window < r.at <= now)
+        return sum(
+            r.count for r in self._records if r.querier == querier and r.granted and now - self.window < r.at <= now
+        )
 
     def _consume(self, querier: str, count: int, now: float) -> int:
         with self._lock:
@@ -121,8 +122,9 @@ class SQLiteQuota(QueryQuota):
     so two processes on one file can never together pass the limit.
     """
 
-    def __init__(self, path: str | os.PathLike[str], limit: int, window: float = 86400.0,
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], limit: int, window: float = 86400.0, timeout: float = 30.0
+    ) -> None:
         super().__init__(limit, window)
         self.path = os.fspath(path)
         self._lock = threading.Lock()
@@ -136,7 +138,8 @@ class SQLiteQuota(QueryQuota):
     def _used_in(self, querier: str, now: float) -> int:
         row = self._conn.execute(
             "SELECT COALESCE(SUM(count), 0) FROM query_requests WHERE querier = ? AND granted = 1 AND at > ? AND at <= ?",
-            (querier, now - self.window, now)).fetchone()
+            (querier, now - self.window, now),
+        ).fetchone()
         return int(row[0])
 
     def _used(self, querier: str, now: float) -> int:
@@ -149,8 +152,10 @@ class SQLiteQuota(QueryQuota):
             try:
                 used = self._used_in(querier, now)
                 granted = used + count <= self.limit
-                self._conn.execute("INSERT INTO query_requests (querier, at, count, granted) VALUES (?, ?, ?, ?)",
-                                   (querier, now, count, int(granted)))
+                self._conn.execute(
+                    "INSERT INTO query_requests (querier, at, count, granted) VALUES (?, ?, ?, ?)",
+                    (querier, now, count, int(granted)),
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")

@@ -16,8 +16,8 @@ Layout (big-endian), 32-byte header then the payload::
 frame, another magic or version, an unknown type, a payload whose length is not
 ``count * 32``, a batch larger than :data:`MAX_BATCH`. Element bytes are checked by
 the group operations: PSI frames carry X25519 u-coordinates
-(:mod:`privacy.psi.x25519`), query frames ristretto255 encodings
-(:mod:`privacy.psi.group`). Version 2 changed PSI elements from ristretto255 to
+(:mod:`fedsilo.privacy.psi.x25519`), query frames ristretto255 encodings
+(:mod:`fedsilo.privacy.psi.group`). Version 2 changed PSI elements from ristretto255 to
 X25519; both frame families carry the one version, so peers upgrade together.
 """
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.errors import ProtocolError
-from privacy.psi.group import ELEMENT_BYTES
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.psi.group import ELEMENT_BYTES
 
 __all__ = ["MAGIC", "VERSION", "MAX_BATCH", "HEADER", "FrameType", "Frame", "encode", "decode", "split"]
 
@@ -72,8 +72,9 @@ class Frame:
     elements: np.ndarray
 
 
-def encode(type_: FrameType, mode: int, session: bytes, seq: int, elements: np.ndarray | None = None,
-           total: int | None = None) -> bytes:
+def encode(
+    type_: FrameType, mode: int, session: bytes, seq: int, elements: np.ndarray | None = None, total: int | None = None
+) -> bytes:
     """One frame: ``elements`` (``(n, 32)`` uint8) for element frames, ``total`` for END frames."""
     if len(session) != 16:
         raise ProtocolError("a session id is 16 bytes")
@@ -94,10 +95,14 @@ def decode(data: bytes, expected: set[FrameType] | None = None) -> Frame:
     if magic != MAGIC:
         raise ProtocolError("not a fedsilo PSI frame (wrong magic); the message was refused")
     if version in _RETIRED:
-        raise ProtocolError(f"the peer speaks PSI frame version {version} ({_RETIRED[version]}), which this peer "
-                            f"no longer accepts (it speaks version {VERSION}, X25519); upgrade fedsilo on the peer")
+        raise ProtocolError(
+            f"the peer speaks PSI frame version {version} ({_RETIRED[version]}), which this peer "
+            f"no longer accepts (it speaks version {VERSION}, X25519); upgrade fedsilo on the peer"
+        )
     if version != VERSION:
-        raise ProtocolError(f"PSI frame version {version} is not supported (this peer speaks {VERSION}); upgrade fedsilo")
+        raise ProtocolError(
+            f"PSI frame version {version} is not supported (this peer speaks {VERSION}); upgrade fedsilo"
+        )
     try:
         kind = FrameType(type_)
     except ValueError:
@@ -139,6 +144,6 @@ def split(data: bytes) -> list[bytes]:
         size = HEADER + (0 if ends else count * ELEMENT_BYTES)
         if at + size > len(data):
             raise ProtocolError("the message ends inside a frame; the message was refused")
-        frames.append(bytes(view[at:at + size]))
+        frames.append(bytes(view[at : at + size]))
         at += size
     return frames

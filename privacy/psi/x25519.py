@@ -14,7 +14,7 @@ cleared, bit 254 set), so every scalar is a multiple of the cofactor 8 and every
 result lies in the prime-order subgroup (order ``ℓ ≈ 2^252``). Clamped scalars
 commute (``X25519(a, X25519(b, u)) == X25519(b, X25519(a, u))``), which is all DH-PSI
 needs; they cannot be inverted (the ladder clamps whatever it is given), so the
-anonymous query, which unblinds, stays on ristretto255 (:mod:`privacy.psi.group`).
+anonymous query, which unblinds, stays on ristretto255 (:mod:`fedsilo.privacy.psi.group`).
 
 Hash onto the curve, never the twist. An x-only element tells whether it lies on the
 curve or on its quadratic twist; if ``H(id)`` could land on the twist, every element
@@ -53,7 +53,7 @@ Assumptions: semi-honest parties; DDH hard in the prime-order subgroup of Curve2
 (with scalars uniform among clamped values: ``k mod ℓ`` uniform over a fixed set of
 ``2^251`` residues); SHA-512 a random oracle.
 
-Binding: libsodium (>= 1.0.18, the library :mod:`privacy.psi.group` already loads)
+Binding: libsodium (>= 1.0.18, the library :mod:`fedsilo.privacy.psi.group` already loads)
 through ``ctypes``, one call per element on numpy ``uint8`` arrays of shape
 ``(n, 32)`` (raw addresses, no Python object per element); GMP's Jacobi symbol
 through ``gmpy2``.
@@ -67,11 +67,18 @@ import os
 import gmpy2
 import numpy as np
 
-from privacy.errors import ProtocolError
-from privacy.psi.group import lib, scalarmult_rows
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.psi.group import lib, scalarmult_rows
 
-__all__ = ["ELEMENT_BYTES", "SCALAR_BYTES", "random_scalar", "hash_onto_curve", "multiply", "check_encoding",
-           "check_elements"]
+__all__ = [
+    "ELEMENT_BYTES",
+    "SCALAR_BYTES",
+    "random_scalar",
+    "hash_onto_curve",
+    "multiply",
+    "check_encoding",
+    "check_elements",
+]
 
 ELEMENT_BYTES = 32
 SCALAR_BYTES = 32
@@ -79,10 +86,18 @@ _P = gmpy2.mpz(2**255 - 19)
 _A = 486662
 # u-coordinates of the curve's points of small order (the twist's are refused as twist points):
 # order 2 (u = 0), order 4 (u = 1) and order 8 (two values).
-_SMALL_ORDER = np.frombuffer(b"".join(u.to_bytes(32, "little") for u in (
-    0, 1, 325606250916557431795983626356110631294008115727848805560023387167927233504,
-    39382357235489614581723060781553021112529911719440698176882885853963445705823)),
-    dtype=np.uint8).reshape(-1, 32)
+_SMALL_ORDER = np.frombuffer(
+    b"".join(
+        u.to_bytes(32, "little")
+        for u in (
+            0,
+            1,
+            325606250916557431795983626356110631294008115727848805560023387167927233504,
+            39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        )
+    ),
+    dtype=np.uint8,
+).reshape(-1, 32)
 
 lib.crypto_scalarmult_curve25519.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 _from_bytes = gmpy2.mpz.from_bytes
@@ -108,7 +123,9 @@ def hash_onto_curve(digests: np.ndarray) -> np.ndarray:
     """Map 64-byte uniform digests (rows) to u-coordinates of curve points: Elligator 2 (see the module doc)."""
     digests = _rows(digests, 64, "digests")
     data, p, a, jacobi, from_bytes = digests.tobytes(), _P, _A, _jacobi, _from_bytes
-    dens = [(2 * r * r + 1) % p for r in (from_bytes(data[at:at + 64], "little") % p for at in range(0, len(data), 64))]
+    dens = [
+        (2 * r * r + 1) % p for r in (from_bytes(data[at : at + 64], "little") % p for at in range(0, len(data), 64))
+    ]
     prefix, acc = [], gmpy2.mpz(1)  # prefix[i] = dens[0] * ... * dens[i-1]
     for den in dens:
         prefix.append(acc)
@@ -140,12 +157,16 @@ def check_encoding(elements: np.ndarray, offset: int = 0) -> np.ndarray:
     bad |= (top == 0x7F) & (elements[:, 1:31] == 0xFF).all(axis=1) & (elements[:, 0] >= 0xED)  # u >= p
     if bad.any():
         at = offset + int(np.argmax(bad))
-        raise ProtocolError(f"group element at position {at} is not a canonical Curve25519 "
-                            "u-coordinate (wrong bytes); the peer's message was refused")
+        raise ProtocolError(
+            f"group element at position {at} is not a canonical Curve25519 "
+            "u-coordinate (wrong bytes); the peer's message was refused"
+        )
     small = (elements[:, None, :] == _SMALL_ORDER[None, :, :]).all(axis=2).any(axis=1)
     if small.any():
-        raise ProtocolError(f"group element at position {offset + int(np.argmax(small))} is of small order; "
-                            "the peer's message was refused")
+        raise ProtocolError(
+            f"group element at position {offset + int(np.argmax(small))} is of small order; "
+            "the peer's message was refused"
+        )
     return elements
 
 
@@ -158,10 +179,12 @@ def check_elements(elements: np.ndarray, offset: int = 0) -> None:
     data = check_encoding(elements, offset).tobytes()
     p, a, jacobi, from_bytes = _P, _A, _jacobi, _from_bytes
     for at in range(len(data) // ELEMENT_BYTES):
-        u = from_bytes(data[ELEMENT_BYTES * at:ELEMENT_BYTES * (at + 1)], "little")
+        u = from_bytes(data[ELEMENT_BYTES * at : ELEMENT_BYTES * (at + 1)], "little")
         if jacobi(u * (u * (u + a) + 1) % p, p) != 1:
-            raise ProtocolError(f"group element at position {offset + at} is not a point of Curve25519 (it lies on the "
-                                "twist or is of small order); the peer's message was refused")
+            raise ProtocolError(
+                f"group element at position {offset + at} is not a point of Curve25519 (it lies on the "
+                "twist or is of small order); the peer's message was refused"
+            )
 
 
 def multiply(elements: np.ndarray, scalar: bytes, offset: int = 0) -> np.ndarray:
@@ -171,9 +194,11 @@ def multiply(elements: np.ndarray, scalar: bytes, offset: int = 0) -> np.ndarray
     An all-zero result (the input was of small order) raises :class:`ProtocolError`
     naming the position (``offset`` + the row's index) only.
     """
-    out, refused = scalarmult_rows(lib.crypto_scalarmult_curve25519,
-                                   _rows(elements, ELEMENT_BYTES, "group elements"), scalar)
+    out, refused = scalarmult_rows(
+        lib.crypto_scalarmult_curve25519, _rows(elements, ELEMENT_BYTES, "group elements"), scalar
+    )
     if refused is not None:
         raise ProtocolError(
-            f"group element at position {offset + refused} is of small order; the peer's message was refused")
+            f"group element at position {offset + refused} is of small order; the peer's message was refused"
+        )
     return out

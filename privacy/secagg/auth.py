@@ -12,7 +12,7 @@ that it knows nothing of certificates or manifests:
   admitted identity or the signature does not verify.
 
 A deployment implements both over the consortium's certificates and signed manifest
-(``peers.identity.round_keys``). :class:`Ed25519Identity` and :class:`Ed25519Directory`
+(``fedsilo.peers.identity.round_keys``). :class:`Ed25519Identity` and :class:`Ed25519Directory`
 are the plain implementation for tests and tools that have the public keys in memory.
 """
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from privacy.errors import DataError, ProtocolError
+from fedsilo.errors import DataError, ProtocolError
 
 from . import keys as K
 from . import shamir
@@ -122,12 +122,17 @@ class SecAggClient:
             return state
         hexa = lambda b: None if b is None else b.hex()  # noqa: E731
         state["round"] = {
-            "round_id": st.round_id, "participants": sorted(st.participants), "round_seed": st.round_seed.hex(),
+            "round_id": st.round_id,
+            "participants": sorted(st.participants),
+            "round_seed": st.round_seed.hex(),
             "enc_key": K.private_bytes(st.enc_key).hex(),
             "mask_key": hexa(None if st.mask_key is None else K.private_bytes(st.mask_key)),
-            "seed": hexa(st.seed), "stage": st.stage.value,
-            "peer_keys": {str(v): {k: (x.hex() if isinstance(x, bytes) else x) for k, x in a.to_dict().items()}
-                          for v, a in st.peer_keys.items()},
+            "seed": hexa(st.seed),
+            "stage": st.stage.value,
+            "peer_keys": {
+                str(v): {k: (x.hex() if isinstance(x, bytes) else x) for k, x in a.to_dict().items()}
+                for v, a in st.peer_keys.items()
+            },
             "own_share": [hex(st.own_share[0]), hex(st.own_share[1])],
             "partners": {str(v): [hex(b), hex(c)] for v, (b, c) in st.partners.items()},
             "rejected": {str(v): r for v, r in st.rejected.items()},
@@ -151,13 +156,21 @@ class SecAggClient:
         round_seed = bytes.fromhex(saved["round_seed"])
         mask_raw = unhex(saved["mask_key"])
         self._round = _Round(
-            saved["round_id"], parts, round_seed, self.config.graph(parts, round_seed),
-            self.config.encoder(len(parts)), K.load_private(bytes.fromhex(saved["enc_key"])),
-            None if mask_raw is None else K.load_private(mask_raw), unhex(saved["seed"]),
+            saved["round_id"],
+            parts,
+            round_seed,
+            self.config.graph(parts, round_seed),
+            self.config.encoder(len(parts)),
+            K.load_private(bytes.fromhex(saved["enc_key"])),
+            None if mask_raw is None else K.load_private(mask_raw),
+            unhex(saved["seed"]),
             stage=ClientStage(saved["stage"]),
-            peer_keys={int(v): AdvertiseKeys.from_dict({k: (bytes.fromhex(x) if k in _BYTES_FIELDS else x)
-                                                        for k, x in a.items()})
-                       for v, a in saved["peer_keys"].items()},
+            peer_keys={
+                int(v): AdvertiseKeys.from_dict(
+                    {k: (bytes.fromhex(x) if k in _BYTES_FIELDS else x) for k, x in a.items()}
+                )
+                for v, a in saved["peer_keys"].items()
+            },
             own_share=(int(saved["own_share"][0], 16), int(saved["own_share"][1], 16)),
             partners={int(v): (int(b, 16), int(c, 16)) for v, (b, c) in saved["partners"].items()},
             rejected={int(v): r for v, r in saved["rejected"].items()},
@@ -223,16 +236,21 @@ class SecAggClient:
         if self._signer is not None:
             credential = self._signer.credential
             transcript = K.advertise_transcript(
-                session=session, round_id=round_id, node_id=self.node_id, enc_public_key=enc_pub,
-                mask_public_key=mask_pub, seed_commitment=commitment, credential=credential)
+                session=session,
+                round_id=round_id,
+                node_id=self.node_id,
+                enc_public_key=enc_pub,
+                mask_public_key=mask_pub,
+                seed_commitment=commitment,
+                credential=credential,
+            )
             signature = self._signer.sign(transcript)
             try:
                 own_name = self._verifier.verify(credential, signature, transcript)  # type: ignore[union-attr]
             except ValueError as exc:
                 raise ProtocolError(f"peer {self.node_id}: my own identity is not admitted ({exc})") from None
         self._last_round = round_id
-        self._round = _Round(round_id, parts, round_seed, graph, encoder, enc_key, mask_key, seed,
-                             own_name=own_name)
+        self._round = _Round(round_id, parts, round_seed, graph, encoder, enc_key, mask_key, seed, own_name=own_name)
         return AdvertiseKeys(round_id, self.node_id, enc_pub, mask_pub, commitment, signature, credential)
 
     # ------------------------------------------------------------------ stage 1
@@ -260,17 +278,26 @@ class SecAggClient:
                 seen.add(raw)
             if self._verifier is not None:
                 transcript = K.advertise_transcript(
-                    session=session, round_id=round_id, node_id=v, enc_public_key=adv.enc_public_key,
-                    mask_public_key=adv.mask_public_key, seed_commitment=adv.seed_commitment,
-                    credential=adv.credential)
+                    session=session,
+                    round_id=round_id,
+                    node_id=v,
+                    enc_public_key=adv.enc_public_key,
+                    mask_public_key=adv.mask_public_key,
+                    seed_commitment=adv.seed_commitment,
+                    credential=adv.credential,
+                )
                 try:
                     name = self._verifier.verify(adv.credential, adv.signature, transcript)
                 except (ValueError, TypeError) as exc:
-                    raise self._fail(f"advertised keys of peer {v} carry an invalid signature ({exc}): "
-                                     f"the server substituted or altered them; round aborted, nothing shared") from None
+                    raise self._fail(
+                        f"advertised keys of peer {v} carry an invalid signature ({exc}): "
+                        f"the server substituted or altered them; round aborted, nothing shared"
+                    ) from None
                 if name == st.own_name or name in names.values():
-                    raise self._fail(f"advertised keys of peer {v} are signed by {name!r}, who already signed "
-                                     f"as another peer of this round; round aborted, nothing shared")
+                    raise self._fail(
+                        f"advertised keys of peer {v} are signed by {name!r}, who already signed "
+                        f"as another peer of this round; round aborted, nothing shared"
+                    )
                 names[v] = name
         t = st.graph.threshold
         if len(peer_keys) + 1 < t:
@@ -306,18 +333,27 @@ class SecAggClient:
         if not isinstance(msg, EncryptedShares):
             raise ValueError("not an EncryptedShares message")
         if msg.src != src or msg.dst != me or msg.round_id != st.round_id:
-            raise ValueError(f"addressed (round {msg.round_id}, {msg.src} -> {msg.dst}), expected "
-                             f"(round {st.round_id}, {src} -> {me})")
+            raise ValueError(
+                f"addressed (round {msg.round_id}, {msg.src} -> {msg.dst}), expected "
+                f"(round {st.round_id}, {src} -> {me})"
+            )
         if not isinstance(msg.nonce, bytes) or len(msg.nonce) != K.NONCE_BYTES:
             raise ValueError("bad nonce")
-        key = K.share_key(K.shared_secret(st.enc_key, st.peer_keys[src].enc_public_key),
-                          session=session, round_id=st.round_id, src=src, dst=me)
+        key = K.share_key(
+            K.shared_secret(st.enc_key, st.peer_keys[src].enc_public_key),
+            session=session,
+            round_id=st.round_id,
+            src=src,
+            dst=me,
+        )
         aad = K.share_aad(session=session, round_id=st.round_id, src=src, dst=me)
         plaintext = K.decrypt(key, msg.nonce, msg.ciphertext, aad)
         if len(plaintext) != _PLAINTEXT_BYTES:
             raise ValueError("decrypted shares have the wrong length")
-        return (shamir.share_from_bytes(plaintext[: shamir.SHARE_BYTES]),
-                shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES :]))
+        return (
+            shamir.share_from_bytes(plaintext[: shamir.SHARE_BYTES]),
+            shamir.share_from_bytes(plaintext[shamir.SHARE_BYTES :]),
+        )
 
     def mask_input(
         self,
@@ -333,8 +369,9 @@ class SecAggClient:
         st = self._expect(round_id, ClientStage.SHARED, "mask-input")
         me = self.node_id
         max_w = float(self.config.max_weight)
-        if not (isinstance(weight, (int, float, np.floating, np.integer)) and math.isfinite(weight)
-                and 0 <= weight <= max_w):
+        if not (
+            isinstance(weight, (int, float, np.floating, np.integer)) and math.isfinite(weight) and 0 <= weight <= max_w
+        ):
             raise DataError(f"peer {me}: weight must lie in [0, max_weight={max_w}], got {weight!r}")
         partners: dict[int, tuple[int, int]] = {}
         rejected: dict[int, str] = {}
@@ -410,7 +447,9 @@ class SecAggClient:
             raise self._fail(f"server lists neighbour {v} as {state}, but I hold no valid shares from it")
         missing = set(st.partners) - alive - gone
         if missing:
-            raise self._fail(f"neighbours {sorted(missing)} shared keys with me but are listed neither as survivor nor dropped")
+            raise self._fail(
+                f"neighbours {sorted(missing)} shared keys with me but are listed neither as survivor nor dropped"
+            )
         live_holders = 1 + len(set(st.partners) & alive)
         if live_holders < st.graph.threshold:
             raise self._fail(
@@ -422,9 +461,15 @@ class SecAggClient:
         signature = credential = b""
         if self._signer is not None:
             credential = self._signer.credential
-            signature = self._signer.sign(K.survivors_transcript(
-                session=self.config.session_id, round_id=round_id, node_id=me,
-                survivors=st.checked[0], dropped=st.checked[1]))
+            signature = self._signer.sign(
+                K.survivors_transcript(
+                    session=self.config.session_id,
+                    round_id=round_id,
+                    node_id=me,
+                    survivors=st.checked[0],
+                    dropped=st.checked[1],
+                )
+            )
         return SurvivorSignature(round_id, me, credential, signature)
 
     def _check_signatures(self, st: _Round, signatures: Mapping[int, SurvivorSignature]) -> None:
@@ -438,28 +483,39 @@ class SecAggClient:
                 raise self._fail(f"the unmask request carries a signature of peer {w}, which is not a survivor")
             if not isinstance(sig, SurvivorSignature) or sig.node_id != w or sig.round_id != st.round_id:
                 raise self._fail(f"the survivor-list signature relayed for peer {w} is malformed")
-            transcript = K.survivors_transcript(session=self.config.session_id, round_id=st.round_id,
-                                                node_id=w, survivors=survivors, dropped=dropped)
+            transcript = K.survivors_transcript(
+                session=self.config.session_id, round_id=st.round_id, node_id=w, survivors=survivors, dropped=dropped
+            )
             try:
                 name = self._verifier.verify(sig.credential, sig.signature, transcript)
             except (ValueError, TypeError) as exc:
                 raise self._fail(
                     f"peer {w}'s signature is not on the survivor list I signed ({exc}): the server told "
-                    f"peers different survivor lists or altered one; refusing to unmask") from None
+                    f"peers different survivor lists or altered one; refusing to unmask"
+                ) from None
             known = st.own_name if w == self.node_id else st.peer_names.get(w)
             if (known is not None and name != known) or name in names:
-                raise self._fail(f"the survivor-list signature of peer {w} is by {name!r}, who signs as another "
-                                 f"peer of this round; refusing to unmask")
+                raise self._fail(
+                    f"the survivor-list signature of peer {w} is by {name!r}, who signs as another "
+                    f"peer of this round; refusing to unmask"
+                )
             names[name] = w
         t = st.graph.threshold
         if len(names) < t:
-            raise self._fail(f"only {len(names)} survivors' signatures on the survivor list I signed, "
-                             f"threshold {t}: the server may have told peers different survivor lists; "
-                             f"refusing to unmask")
+            raise self._fail(
+                f"only {len(names)} survivors' signatures on the survivor list I signed, "
+                f"threshold {t}: the server may have told peers different survivor lists; "
+                f"refusing to unmask"
+            )
 
     # ------------------------------------------------------------------ stage 3
-    def unmask(self, round_id: int, survivors: Sequence[int], dropped: Sequence[int],
-               signatures: Mapping[int, SurvivorSignature] | None = None) -> UnmaskShares:
+    def unmask(
+        self,
+        round_id: int,
+        survivors: Sequence[int],
+        dropped: Sequence[int],
+        signatures: Mapping[int, SurvivorSignature] | None = None,
+    ) -> UnmaskShares:
         """Reveal shares of ``b_v`` for survivors and of ``s_v`` for dropped peers -- never both.
 
         Only for the lists this peer signed in ``sign_survivors`` and, when
@@ -468,10 +524,14 @@ class SecAggClient:
         st = self._expect(round_id, ClientStage.CHECKED, "unmask")
         me = self.node_id
         assert st.checked is not None
-        if (tuple(sorted(survivors)), tuple(sorted(dropped))) != st.checked or \
-                len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
-            raise self._fail("the unmask request's survivor or dropout list differs from the one I signed; "
-                             "refusing to unmask")
+        if (
+            (tuple(sorted(survivors)), tuple(sorted(dropped))) != st.checked
+            or len(set(survivors)) != len(survivors)
+            or len(set(dropped)) != len(dropped)
+        ):
+            raise self._fail(
+                "the unmask request's survivor or dropout list differs from the one I signed; refusing to unmask"
+            )
         if self._verifier is not None:
             self._check_signatures(st, signatures or {})
         alive, gone = set(survivors), set(dropped)

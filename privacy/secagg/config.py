@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 from .encoding import FixedPointEncoder
 from .graph import Graph, build_graph, graph_parameters
@@ -45,8 +45,7 @@ class SecAggConfig:
 
     def __post_init__(self) -> None:
         FixedPointEncoder(self.clip, self.bits, 1)  # validates clip and bits
-        if not (isinstance(self.max_weight, (int, float)) and math.isfinite(self.max_weight)
-                and self.max_weight > 0):
+        if not (isinstance(self.max_weight, (int, float)) and math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ConfigError(f"secagg max_weight must be a finite number > 0, got {self.max_weight!r}")
         if self.min_survivors is not None and (not isinstance(self.min_survivors, int) or self.min_survivors < 1):
             raise ConfigError(f"secagg min_survivors must be a positive integer, got {self.min_survivors!r}")
@@ -57,8 +56,12 @@ class SecAggConfig:
 
     def graph(self, participants: Iterable[int], round_seed: bytes) -> Graph:
         return build_graph(
-            participants, round_seed, self.dropout_fraction, self.collusion_fraction,
-            security_bits=self.security_bits, correctness_bits=self.correctness_bits,
+            participants,
+            round_seed,
+            self.dropout_fraction,
+            self.collusion_fraction,
+            security_bits=self.security_bits,
+            correctness_bits=self.correctness_bits,
             complete_graph_max=self.complete_graph_max,
         )
 
@@ -76,6 +79,12 @@ class SecAggConfig:
 
     def max_missing(self, n_peers: int) -> int:
         """Tolerated dropouts plus colluders, ``D + C``, for the noise accounting."""
-        p = graph_parameters(n_peers, self.dropout_fraction, self.collusion_fraction,
-                             self.security_bits, self.correctness_bits, self.complete_graph_max)
+        p = graph_parameters(
+            n_peers,
+            self.dropout_fraction,
+            self.collusion_fraction,
+            self.security_bits,
+            self.correctness_bits,
+            self.complete_graph_max,
+        )
         return p.dropped + p.corrupt

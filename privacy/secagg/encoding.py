@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.errors import ConfigError, DataError
+from fedsilo.errors import ConfigError, DataError
 
 __all__ = ["FixedPointEncoder", "MAX_MODULUS_BITS"]
 
@@ -75,9 +75,7 @@ class FixedPointEncoder:
         if not (isinstance(self.clip, (int, float)) and math.isfinite(self.clip) and self.clip > 0):
             raise ConfigError(f"secagg clip range must be a finite number > 0, got {self.clip!r}")
         if not isinstance(self.bits, int) or not 1 <= self.bits <= 52:
-            raise ConfigError(
-                f"secagg bits must be an integer in [1, 52] (float64 precision), got {self.bits!r}"
-            )
+            raise ConfigError(f"secagg bits must be an integer in [1, 52] (float64 precision), got {self.bits!r}")
         if not isinstance(self.n_peers, int) or self.n_peers < 1:
             raise ConfigError(f"secagg n_peers must be a positive integer, got {self.n_peers!r}")
         if not isinstance(self.headroom, int) or self.headroom < 0:
@@ -127,9 +125,7 @@ class FixedPointEncoder:
         """
         x = np.asarray(vector)
         if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
-            raise DataError(
-                f"secagg input must be a 1-D float array, got shape {x.shape} dtype {x.dtype}"
-            )
+            raise DataError(f"secagg input must be a 1-D float array, got shape {x.shape} dtype {x.dtype}")
         if not (0.0 <= weight_fraction <= 1.0) or not math.isfinite(weight_fraction):
             raise DataError(f"secagg normalized weight must lie in [0, 1], got {weight_fraction!r}")
         if not np.isfinite(x).all():
@@ -167,16 +163,15 @@ class FixedPointEncoder:
         detected with overwhelming probability once d is more than a few dozen).
         """
         if not 1 <= n_summed <= self.n_peers:
-            raise DataError(
-                f"cannot decode a sum of {n_summed} encodings with an encoder for "
-                f"{self.n_peers} peers"
-            )
+            raise DataError(f"cannot decode a sum of {n_summed} encodings with an encoder for {self.n_peers} peers")
         ints = self.centered_integers(summed)
         top = n_summed * self.max_encoded
-        if not 0 <= int(ints[-1]) <= top or int(ints[:-1].min()) < -self.headroom or int(ints[:-1].max()) > top + self.headroom:
-            raise ValueError(
-                f"the decoded sum lies outside the range a sum of {n_summed} encodings can take"
-            )
+        if (
+            not 0 <= int(ints[-1]) <= top
+            or int(ints[:-1].min()) < -self.headroom
+            or int(ints[:-1].max()) > top + self.headroom
+        ):
+            raise ValueError(f"the decoded sum lies outside the range a sum of {n_summed} encodings can take")
         values = ints[:-1].astype(np.float64)
         values /= self.scale
         values -= n_summed * float(self.clip)

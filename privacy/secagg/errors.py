@@ -1,12 +1,12 @@
 """Error types of the secure-aggregation protocol.
 
-Both derive from :class:`privacy.errors.ProtocolError`, so a caller that only knows the
+Both derive from :class:`fedsilo.errors.ProtocolError`, so a caller that only knows the
 project's error types can catch them as such.
 """
 
 from __future__ import annotations
 
-from privacy.errors import ProtocolError
+from fedsilo.errors import ProtocolError
 
 __all__ = ["PeerRejected", "ThresholdNotMet", "ProtocolError"]
 

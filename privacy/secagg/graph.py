@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 __all__ = ["GraphParameters", "Graph", "graph_parameters", "build_graph"]
 
@@ -198,11 +198,14 @@ def build_graph(
     if not isinstance(round_seed, bytes) or len(round_seed) < 16:
         raise ConfigError("secagg round seed must be at least 16 bytes")
     params = graph_parameters(
-        len(nodes), dropout_fraction, collusion_fraction, security_bits, correctness_bits,
+        len(nodes),
+        dropout_fraction,
+        collusion_fraction,
+        security_bits,
+        correctness_bits,
         complete_graph_max,
     )
-    return Graph(nodes=nodes, neighbours=_neighbours(nodes, round_seed, params.degree, params.complete),
-                 params=params)
+    return Graph(nodes=nodes, neighbours=_neighbours(nodes, round_seed, params.degree, params.complete), params=params)
 
 
 @functools.lru_cache(maxsize=8)  # every in-process peer of a simulation builds the same graph
@@ -214,7 +217,6 @@ def _neighbours(nodes: tuple[int, ...], round_seed: bytes, degree: int, complete
         order = sorted(nodes, key=lambda u: _order_key(round_seed, u))
         n, half = len(order), degree // 2
         table = {
-            u: frozenset(order[(i + j) % n] for j in range(-half, half + 1) if j != 0)
-            for i, u in enumerate(order)
+            u: frozenset(order[(i + j) % n] for j in range(-half, half + 1) if j != 0) for i, u in enumerate(order)
         }
     return MappingProxyType(table)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from privacy.errors import ProtocolError
+from fedsilo.errors import ProtocolError
 
 __all__ = [
     "KEY_BYTES",
@@ -68,8 +68,7 @@ def _u64(value: int, what: str) -> bytes:
 def _context(label: bytes, session: bytes, round_id: int, *node_ids: int) -> bytes:
     if len(session) > 0xFFFF:
         raise ProtocolError("session id longer than 65535 bytes")
-    parts = [b"fedsilo/secagg/v1/", label, b"|", len(session).to_bytes(2, "big"), session,
-             _u64(round_id, "round id")]
+    parts = [b"fedsilo/secagg/v1/", label, b"|", len(session).to_bytes(2, "big"), session, _u64(round_id, "round id")]
     parts.extend(_u64(n, "node id") for n in node_ids)
     return b"".join(parts)
 
@@ -158,19 +157,35 @@ def seed_commitment(seed: bytes, *, session: bytes, round_id: int, node_id: int)
 
 # --------------------------------------------------------------------------- identities
 def advertise_transcript(
-    *, session: bytes, round_id: int, node_id: int, enc_public_key: bytes,
-    mask_public_key: bytes, seed_commitment: bytes, credential: bytes,
+    *,
+    session: bytes,
+    round_id: int,
+    node_id: int,
+    enc_public_key: bytes,
+    mask_public_key: bytes,
+    seed_commitment: bytes,
+    credential: bytes,
 ) -> bytes:
     """The bytes a peer signs when it advertises its round keys (under its credential)."""
-    return b"".join([
-        _context(b"advertise", session, round_id, node_id),
-        enc_public_key, mask_public_key, seed_commitment,
-        len(credential).to_bytes(4, "big"), credential,
-    ])
+    return b"".join(
+        [
+            _context(b"advertise", session, round_id, node_id),
+            enc_public_key,
+            mask_public_key,
+            seed_commitment,
+            len(credential).to_bytes(4, "big"),
+            credential,
+        ]
+    )
 
 
 def survivors_transcript(
-    *, session: bytes, round_id: int, node_id: int, survivors: Sequence[int], dropped: Sequence[int],
+    *,
+    session: bytes,
+    round_id: int,
+    node_id: int,
+    survivors: Sequence[int],
+    dropped: Sequence[int],
 ) -> bytes:
     """The bytes a survivor signs in the consistency check: the round's two lists, sorted."""
     parts = [_context(b"survivors", session, round_id, node_id)]

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy.errors import ProtocolError
+from fedsilo.errors import ProtocolError
 
 __all__ = [
     "RoundSetup",
@@ -47,9 +47,7 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: st
     except (KeyError, TypeError):
         raise ProtocolError(f"malformed {what} message: missing field '{key}'") from None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(
-            f"malformed {what} message: field '{key}' has type {type(value).__name__}"
-        )
+        raise ProtocolError(f"malformed {what} message: field '{key}' has type {type(value).__name__}")
     return value
 
 
@@ -75,14 +73,14 @@ class RoundSetup:
     round_seed: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "participants": list(self.participants),
-                "round_seed": self.round_seed}
+        return {"round_id": self.round_id, "participants": list(self.participants), "round_seed": self.round_seed}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RoundSetup:
         w = "round-setup"
-        return cls(_get(d, "round_id", int, w), tuple(_list(d, "participants", int, w)),
-                   _get(d, "round_seed", bytes, w))
+        return cls(
+            _get(d, "round_id", int, w), tuple(_list(d, "participants", int, w)), _get(d, "round_seed", bytes, w)
+        )
 
 
 @dataclass(frozen=True)
@@ -99,18 +97,28 @@ class AdvertiseKeys:
     credential: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "node_id": self.node_id,
-                "enc_public_key": self.enc_public_key, "mask_public_key": self.mask_public_key,
-                "seed_commitment": self.seed_commitment, "signature": self.signature,
-                "credential": self.credential}
+        return {
+            "round_id": self.round_id,
+            "node_id": self.node_id,
+            "enc_public_key": self.enc_public_key,
+            "mask_public_key": self.mask_public_key,
+            "seed_commitment": self.seed_commitment,
+            "signature": self.signature,
+            "credential": self.credential,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AdvertiseKeys:
         w = "advertise-keys"
-        return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w),
-                   _get(d, "enc_public_key", bytes, w), _get(d, "mask_public_key", bytes, w),
-                   _get(d, "seed_commitment", bytes, w), _get(d, "signature", bytes, w),
-                   _get(d, "credential", bytes, w))
+        return cls(
+            _get(d, "round_id", int, w),
+            _get(d, "node_id", int, w),
+            _get(d, "enc_public_key", bytes, w),
+            _get(d, "mask_public_key", bytes, w),
+            _get(d, "seed_commitment", bytes, w),
+            _get(d, "signature", bytes, w),
+            _get(d, "credential", bytes, w),
+        )
 
 
 @dataclass(frozen=True)
@@ -123,20 +131,25 @@ class ShareKeysRequest:
     def to_dict(self) -> dict[str, Any]:
         ids = sorted(self.peer_keys)
         keys = [self.peer_keys[i] for i in ids]
-        return {"round_id": self.round_id, "peer_ids": ids,
-                "enc_public_keys": [k.enc_public_key for k in keys],
-                "mask_public_keys": [k.mask_public_key for k in keys],
-                "seed_commitments": [k.seed_commitment for k in keys],
-                "signatures": [k.signature for k in keys],
-                "credentials": [k.credential for k in keys]}
+        return {
+            "round_id": self.round_id,
+            "peer_ids": ids,
+            "enc_public_keys": [k.enc_public_key for k in keys],
+            "mask_public_keys": [k.mask_public_key for k in keys],
+            "seed_commitments": [k.seed_commitment for k in keys],
+            "signatures": [k.signature for k in keys],
+            "credentials": [k.credential for k in keys],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShareKeysRequest:
         w = "share-keys request"
         round_id = _get(d, "round_id", int, w)
         ids = _list(d, "peer_ids", int, w)
-        cols = [_list(d, k, bytes, w) for k in
-                ("enc_public_keys", "mask_public_keys", "seed_commitments", "signatures", "credentials")]
+        cols = [
+            _list(d, k, bytes, w)
+            for k in ("enc_public_keys", "mask_public_keys", "seed_commitments", "signatures", "credentials")
+        ]
         if any(len(col) != len(ids) for col in cols) or len(set(ids)) != len(ids):
             raise ProtocolError(f"malformed {w} message: key lists do not line up")
         peers = {i: AdvertiseKeys(round_id, i, e, m, s, g, c) for i, e, m, s, g, c in zip(ids, *cols)}
@@ -154,22 +167,37 @@ class EncryptedShares:
     ciphertext: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "src": self.src, "dst": self.dst,
-                "nonce": self.nonce, "ciphertext": self.ciphertext}
+        return {
+            "round_id": self.round_id,
+            "src": self.src,
+            "dst": self.dst,
+            "nonce": self.nonce,
+            "ciphertext": self.ciphertext,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EncryptedShares:
         w = "encrypted-shares"
-        return cls(_get(d, "round_id", int, w), _get(d, "src", int, w), _get(d, "dst", int, w),
-                   _get(d, "nonce", bytes, w), _get(d, "ciphertext", bytes, w))
+        return cls(
+            _get(d, "round_id", int, w),
+            _get(d, "src", int, w),
+            _get(d, "dst", int, w),
+            _get(d, "nonce", bytes, w),
+            _get(d, "ciphertext", bytes, w),
+        )
 
 
 def encrypted_shares_to_dict(shares: Mapping[int, EncryptedShares], key_by: str = "dst") -> dict[str, Any]:
     """Flatten ``{node: EncryptedShares}`` (keyed by ``dst`` or ``src``) into parallel lists."""
     items = [shares[k] for k in sorted(shares)]
-    return {"round_id": [s.round_id for s in items], "src": [s.src for s in items],
-            "dst": [s.dst for s in items], "nonce": [s.nonce for s in items],
-            "ciphertext": [s.ciphertext for s in items], "key_by": key_by}
+    return {
+        "round_id": [s.round_id for s in items],
+        "src": [s.src for s in items],
+        "dst": [s.dst for s in items],
+        "nonce": [s.nonce for s in items],
+        "ciphertext": [s.ciphertext for s in items],
+        "key_by": key_by,
+    }
 
 
 def encrypted_shares_from_dict(d: Mapping[str, Any]) -> dict[int, EncryptedShares]:
@@ -181,8 +209,10 @@ def encrypted_shares_from_dict(d: Mapping[str, Any]) -> dict[int, EncryptedShare
     cols.update({k: _list(d, k, bytes, w) for k in ("nonce", "ciphertext")})
     if len({len(v) for v in cols.values()}) > 1:
         raise ProtocolError(f"malformed {w} message: lists do not line up")
-    items = [EncryptedShares(*row) for row in zip(cols["round_id"], cols["src"], cols["dst"],
-                                                  cols["nonce"], cols["ciphertext"])]
+    items = [
+        EncryptedShares(*row)
+        for row in zip(cols["round_id"], cols["src"], cols["dst"], cols["nonce"], cols["ciphertext"])
+    ]
     keys = [getattr(s, key_by) for s in items]
     return _zip(keys, items, key_by, w)
 
@@ -195,12 +225,14 @@ class MaskInputRequest:
     shares: Mapping[int, EncryptedShares]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, **{f"shares.{k}": v for k, v in
-                encrypted_shares_to_dict(self.shares, key_by="src").items()}}
+        return {
+            "round_id": self.round_id,
+            **{f"shares.{k}": v for k, v in encrypted_shares_to_dict(self.shares, key_by="src").items()},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MaskInputRequest:
-        inner = {k[len("shares."):]: v for k, v in d.items() if k.startswith("shares.")}
+        inner = {k[len("shares.") :]: v for k, v in d.items() if k.startswith("shares.")}
         return cls(_get(d, "round_id", int, "mask-input request"), encrypted_shares_from_dict(inner))
 
 
@@ -220,16 +252,19 @@ class MaskedInput:
 
     def to_dict(self) -> dict[str, Any]:
         ids = sorted(self.rejected)
-        return {"round_id": self.round_id, "node_id": self.node_id, "masked": self.masked,
-                "rejected_ids": ids, "rejected_reasons": [self.rejected[i] for i in ids]}
+        return {
+            "round_id": self.round_id,
+            "node_id": self.node_id,
+            "masked": self.masked,
+            "rejected_ids": ids,
+            "rejected_reasons": [self.rejected[i] for i in ids],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MaskedInput:
         w = "masked-input"
-        rejected = _zip(_list(d, "rejected_ids", int, w), _list(d, "rejected_reasons", str, w),
-                        "rejected", w)
-        return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w),
-                   _get(d, "masked", np.ndarray, w), rejected)
+        rejected = _zip(_list(d, "rejected_ids", int, w), _list(d, "rejected_reasons", str, w), "rejected", w)
+        return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w), _get(d, "masked", np.ndarray, w), rejected)
 
 
 @dataclass(frozen=True)
@@ -242,14 +277,14 @@ class ConsistencyRequest:
     dropped: tuple[int, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "survivors": list(self.survivors),
-                "dropped": list(self.dropped)}
+        return {"round_id": self.round_id, "survivors": list(self.survivors), "dropped": list(self.dropped)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ConsistencyRequest:
         w = "consistency request"
-        return cls(_get(d, "round_id", int, w), tuple(_list(d, "survivors", int, w)),
-                   tuple(_list(d, "dropped", int, w)))
+        return cls(
+            _get(d, "round_id", int, w), tuple(_list(d, "survivors", int, w)), tuple(_list(d, "dropped", int, w))
+        )
 
 
 @dataclass(frozen=True)
@@ -262,14 +297,22 @@ class SurvivorSignature:
     signature: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round_id": self.round_id, "node_id": self.node_id,
-                "credential": self.credential, "signature": self.signature}
+        return {
+            "round_id": self.round_id,
+            "node_id": self.node_id,
+            "credential": self.credential,
+            "signature": self.signature,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SurvivorSignature:
         w = "survivor-signature"
-        return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w),
-                   _get(d, "credential", bytes, w), _get(d, "signature", bytes, w))
+        return cls(
+            _get(d, "round_id", int, w),
+            _get(d, "node_id", int, w),
+            _get(d, "credential", bytes, w),
+            _get(d, "signature", bytes, w),
+        )
 
 
 @dataclass(frozen=True)
@@ -283,10 +326,14 @@ class UnmaskRequest:
 
     def to_dict(self) -> dict[str, Any]:
         ids = sorted(self.signatures)
-        return {"round_id": self.round_id, "survivors": list(self.survivors),
-                "dropped": list(self.dropped), "signer_ids": ids,
-                "signer_credentials": [self.signatures[i].credential for i in ids],
-                "signer_signatures": [self.signatures[i].signature for i in ids]}
+        return {
+            "round_id": self.round_id,
+            "survivors": list(self.survivors),
+            "dropped": list(self.dropped),
+            "signer_ids": ids,
+            "signer_credentials": [self.signatures[i].credential for i in ids],
+            "signer_signatures": [self.signatures[i].signature for i in ids],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UnmaskRequest:
@@ -297,8 +344,7 @@ class UnmaskRequest:
         if len(creds) != len(ids) or len(sigs) != len(ids) or len(set(ids)) != len(ids):
             raise ProtocolError(f"malformed {w} message: signature lists do not line up")
         signatures = {i: SurvivorSignature(round_id, i, c, g) for i, c, g in zip(ids, creds, sigs)}
-        return cls(round_id, tuple(_list(d, "survivors", int, w)), tuple(_list(d, "dropped", int, w)),
-                   signatures)
+        return cls(round_id, tuple(_list(d, "survivors", int, w)), tuple(_list(d, "dropped", int, w)), signatures)
 
 
 @dataclass(frozen=True)
@@ -312,16 +358,24 @@ class UnmaskShares:
 
     def to_dict(self) -> dict[str, Any]:
         b_ids, s_ids = sorted(self.seed_shares), sorted(self.key_shares)
-        return {"round_id": self.round_id, "node_id": self.node_id,
-                "seed_share_ids": b_ids, "seed_shares": [self.seed_shares[i] for i in b_ids],
-                "key_share_ids": s_ids, "key_shares": [self.key_shares[i] for i in s_ids]}
+        return {
+            "round_id": self.round_id,
+            "node_id": self.node_id,
+            "seed_share_ids": b_ids,
+            "seed_shares": [self.seed_shares[i] for i in b_ids],
+            "key_share_ids": s_ids,
+            "key_shares": [self.key_shares[i] for i in s_ids],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UnmaskShares:
         w = "unmask-shares"
-        return cls(_get(d, "round_id", int, w), _get(d, "node_id", int, w),
-                   _zip(_list(d, "seed_share_ids", int, w), _list(d, "seed_shares", bytes, w), "seed_shares", w),
-                   _zip(_list(d, "key_share_ids", int, w), _list(d, "key_shares", bytes, w), "key_shares", w))
+        return cls(
+            _get(d, "round_id", int, w),
+            _get(d, "node_id", int, w),
+            _zip(_list(d, "seed_share_ids", int, w), _list(d, "seed_shares", bytes, w), "seed_shares", w),
+            _zip(_list(d, "key_share_ids", int, w), _list(d, "key_shares", bytes, w), "key_shares", w),
+        )
 
 
 @dataclass(frozen=True)

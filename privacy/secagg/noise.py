@@ -33,7 +33,7 @@ Accounting (what the functions below return)
   coordinate; ``FLOAT_ALLOWANCE`` = 2**-10 covers float64 error of up to 2**-12 integer
   units per coordinate in the vector each neighbour encodes, with room for the
   encoder's own float64 steps — the caller must keep its update's float error that
-  small, as ``peers.client.local_training`` does in distributed DP).
+  small, as ``fedsilo.peers.client.local_training`` does in distributed DP).
 * :func:`central_noise_multiplier`: assume at most ``max_missing`` of the expected peers
   drop out or collude (colluders know and subtract their own noise). The honest noise
   then has variance ``(expected_peers - max_missing) * sigma_p^2`` and the effective
@@ -62,7 +62,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 from .prg import LABEL_NOISE, KeyStream
 
@@ -163,7 +163,11 @@ def central_noise_multiplier(noise: DistributedNoise, scale: float, dim: int, ma
 
 
 def rdp_epsilon(
-    alpha: float, peer_sigma: float, n_honest: int, l2_int: float, dim: int,
+    alpha: float,
+    peer_sigma: float,
+    n_honest: int,
+    l2_int: float,
+    dim: int,
     l1_int: float | None = None,
 ) -> float:
     """Renyi-DP epsilon of order ``alpha`` for the sum of ``n_honest`` N_Z(0, peer_sigma^2) (KLS21 Prop. 14).

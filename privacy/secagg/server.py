@@ -46,7 +46,8 @@ import os
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from privacy.errors import ProtocolError
+
+from fedsilo.errors import ProtocolError
 
 from . import keys as K
 from . import shamir
@@ -163,14 +164,20 @@ class SecAggServer:
         if stage is not self.stage:
             raise self._reject(sender, f"sent a {what} message during the {self.stage.value} stage (wrong stage)")
         if sender not in self.active:
-            raise PeerRejected(sender, f"sent a {what} message it was not asked for (unsolicited: not in the active set of the {stage.value} stage)")
+            raise PeerRejected(
+                sender,
+                f"sent a {what} message it was not asked for (unsolicited: not in the active set of the {stage.value} stage)",
+            )
         if sender in self._answered:
             raise self._reject(sender, f"sent a second {what} message (duplicate or replay)")
         return sender
 
     def _check_round(self, sender: int, round_id: object, what: str) -> None:
         if round_id != self.round_id:
-            raise self._reject(sender, f"sent a {what} message for round {round_id!r}, expected round {self.round_id} (wrong round or replay)")
+            raise self._reject(
+                sender,
+                f"sent a {what} message for round {round_id!r}, expected round {self.round_id} (wrong round or replay)",
+            )
 
     def _abort(self, reason: str) -> ThresholdNotMet:
         self.stage = ServerStage.ABORTED
@@ -192,12 +199,16 @@ class SecAggServer:
                 holders = len(self.graph.neighbours[u] & live) + 1
                 if holders < t:
                     live.discard(u)
-                    self.dropouts[u] = (f"after the {stage_name} stage only {holders} holders of its "
-                                        f"shares remained, below the threshold {t}")
+                    self.dropouts[u] = (
+                        f"after the {stage_name} stage only {holders} holders of its "
+                        f"shares remained, below the threshold {t}"
+                    )
                     changed = True
         if len(live) < self.min_survivors:
-            raise self._abort(f"only {len(live)} peers remain after the {stage_name} stage, "
-                              f"{self.min_survivors} are required (threshold {t})")
+            raise self._abort(
+                f"only {len(live)} peers remain after the {stage_name} stage, "
+                f"{self.min_survivors} are required (threshold {t})"
+            )
         return live
 
     # ------------------------------------------------------------------ stage 0
@@ -223,16 +234,22 @@ class SecAggServer:
             raise self._reject(sender, "advertised a seed commitment that is not 32 bytes")
         if self._verifier is not None:
             transcript = K.advertise_transcript(
-                session=self.config.session_id, round_id=self.round_id, node_id=sender,
-                enc_public_key=msg.enc_public_key, mask_public_key=msg.mask_public_key,
-                seed_commitment=msg.seed_commitment, credential=msg.credential)
+                session=self.config.session_id,
+                round_id=self.round_id,
+                node_id=sender,
+                enc_public_key=msg.enc_public_key,
+                mask_public_key=msg.mask_public_key,
+                seed_commitment=msg.seed_commitment,
+                credential=msg.credential,
+            )
             try:
                 name = self._verifier.verify(msg.credential, msg.signature, transcript)
             except (ValueError, TypeError) as exc:
                 raise self._reject(sender, f"advertised keys whose signature does not verify ({exc})") from None
             if name in self._names:
-                raise self._reject(sender, f"advertised keys signed by {name!r}, who already signed for peer "
-                                           f"{self._names[name]}")
+                raise self._reject(
+                    sender, f"advertised keys signed by {name!r}, who already signed for peer {self._names[name]}"
+                )
             self._names[name] = sender
         self._public_keys.update((msg.enc_public_key, msg.mask_public_key))
         self._adverts[sender] = msg
@@ -244,8 +261,10 @@ class SecAggServer:
         live = self._close("advertise")
         self.active, self._answered, self._asked = live, set(), frozenset(live)
         self.stage = ServerStage.SHARE_KEYS
-        return {u: ShareKeysRequest(self.round_id, {v: self._adverts[v] for v in sorted(self.graph.neighbours[u] & live)})
-                for u in sorted(live)}
+        return {
+            u: ShareKeysRequest(self.round_id, {v: self._adverts[v] for v in sorted(self.graph.neighbours[u] & live)})
+            for u in sorted(live)
+        }
 
     # ------------------------------------------------------------------ stage 1
     def receive_shares(self, sender: int, shares: Mapping[int, EncryptedShares]) -> None:
@@ -257,7 +276,9 @@ class SecAggServer:
         got = set(shares)
         if got != expected:
             missing, extra = sorted(expected - got), sorted(got - expected)
-            raise self._reject(sender, f"sent shares for the wrong peers (missing {missing}, not live neighbours {extra})")
+            raise self._reject(
+                sender, f"sent shares for the wrong peers (missing {missing}, not live neighbours {extra})"
+            )
         for dst, enc in shares.items():
             if not isinstance(enc, EncryptedShares):
                 raise self._reject(sender, f"sent a {type(enc).__name__} for peer {dst} instead of EncryptedShares")
@@ -267,7 +288,9 @@ class SecAggServer:
             if not isinstance(enc.nonce, bytes) or len(enc.nonce) != K.NONCE_BYTES:
                 raise self._reject(sender, f"sent shares for peer {dst} with a nonce that is not {K.NONCE_BYTES} bytes")
             if not isinstance(enc.ciphertext, bytes) or len(enc.ciphertext) != _CIPHERTEXT_BYTES:
-                raise self._reject(sender, f"sent shares for peer {dst} with a ciphertext that is not {_CIPHERTEXT_BYTES} bytes")
+                raise self._reject(
+                    sender, f"sent shares for peer {dst} with a ciphertext that is not {_CIPHERTEXT_BYTES} bytes"
+                )
         self._ciphertexts[sender] = dict(shares)
         self._answered.add(sender)
 
@@ -277,8 +300,10 @@ class SecAggServer:
         live = self._close("share-keys")
         self._u2 = frozenset(live)
         self._forwarded = {u: frozenset(self.graph.neighbours[u] & live) for u in live}
-        requests = {u: MaskInputRequest(self.round_id, {v: self._ciphertexts[v][u] for v in sorted(self._forwarded[u])})
-                    for u in sorted(live)}
+        requests = {
+            u: MaskInputRequest(self.round_id, {v: self._ciphertexts[v][u] for v in sorted(self._forwarded[u])})
+            for u in sorted(live)
+        }
         self._ciphertexts.clear()
         self.active, self._answered, self._asked = set(live), set(), frozenset(live)
         self.stage = ServerStage.MASK_INPUT
@@ -304,7 +329,9 @@ class SecAggServer:
         if y.dtype != np.uint64:
             raise self._reject(sender, f"sent a masked input of dtype {y.dtype}, expected uint64")
         if y.shape != (self.dim + 1,):
-            raise self._reject(sender, f"sent a masked input of shape {y.shape}, expected ({self.dim + 1},) (wrong length)")
+            raise self._reject(
+                sender, f"sent a masked input of shape {y.shape}, expected ({self.dim + 1},) (wrong length)"
+            )
         if int(y.max()) > self.encoder.modulus - 1:
             raise self._reject(sender, f"sent masked values outside Z_M (M = 2**{self.encoder.modulus_bits})")
         rejected = msg.rejected
@@ -314,8 +341,10 @@ class SecAggServer:
         for v in sorted(rejected):
             reason = str(rejected[v])[:200]
             self._accused.setdefault(v, sender)
-            self.rejections.setdefault(v, f"peer {sender} reports that the shares peer {v} sent it failed "
-                                          f"authentication or decoding ({reason})")
+            self.rejections.setdefault(
+                v,
+                f"peer {sender} reports that the shares peer {v} sent it failed authentication or decoding ({reason})",
+            )
         y = np.ascontiguousarray(y)
         np.add(self._sum, y, out=self._sum)
         self._inputs[sender] = y
@@ -341,10 +370,14 @@ class SecAggServer:
         self._s_holders = {v: frozenset(w for w in survivors if v in partners[w]) for v in dropped}
         for u in sorted(survivors):
             if len(self._b_holders[u]) < t:
-                raise self._abort(f"only {len(self._b_holders[u])} holders of survivor {u}'s seed survived, threshold {t}")
+                raise self._abort(
+                    f"only {len(self._b_holders[u])} holders of survivor {u}'s seed survived, threshold {t}"
+                )
         for v in sorted(dropped):
             if 0 < len(self._s_holders[v]) < t:
-                raise self._abort(f"only {len(self._s_holders[v])} holders of dropped peer {v}'s mask key survived, threshold {t}")
+                raise self._abort(
+                    f"only {len(self._s_holders[v])} holders of dropped peer {v}'s mask key survived, threshold {t}"
+                )
         self._survivors, self._dropped = tuple(sorted(survivors)), tuple(sorted(dropped))
         self.active, self._answered, self._asked = set(survivors), set(), frozenset(survivors)
         self.stage = ServerStage.CONSISTENCY
@@ -360,12 +393,19 @@ class SecAggServer:
         if msg.node_id != sender:
             raise self._reject(sender, f"sent a survivor-list signature claiming to be peer {msg.node_id!r}")
         if self._verifier is not None:
-            transcript = K.survivors_transcript(session=self.config.session_id, round_id=self.round_id,
-                                                node_id=sender, survivors=self._survivors, dropped=self._dropped)
+            transcript = K.survivors_transcript(
+                session=self.config.session_id,
+                round_id=self.round_id,
+                node_id=sender,
+                survivors=self._survivors,
+                dropped=self._dropped,
+            )
             try:
                 name = self._verifier.verify(msg.credential, msg.signature, transcript)
             except (ValueError, TypeError) as exc:
-                raise self._reject(sender, f"signed the survivor list with a signature that does not verify ({exc})") from None
+                raise self._reject(
+                    sender, f"signed the survivor list with a signature that does not verify ({exc})"
+                ) from None
             if self._names.get(name) != sender:
                 raise self._reject(sender, f"signed the survivor list as {name!r}, not as the identity of its keys")
         self._signatures[sender] = msg
@@ -399,7 +439,10 @@ class SecAggServer:
         for name, got, want in (("seed", msg.seed_shares, want_b), ("mask-key", msg.key_shares, want_s)):
             if not isinstance(got, Mapping) or set(got) != want:
                 have = set(got) if isinstance(got, Mapping) else set()
-                raise self._reject(sender, f"sent {name} shares for the wrong peers (missing {sorted(want - have)}, unexpected {sorted(have - want)})")
+                raise self._reject(
+                    sender,
+                    f"sent {name} shares for the wrong peers (missing {sorted(want - have)}, unexpected {sorted(have - want)})",
+                )
             try:
                 parsed.append({v: shamir.share_from_bytes(raw) for v, raw in got.items()})
             except ValueError as exc:
@@ -431,15 +474,18 @@ class SecAggServer:
             coeffs = self.lagrange_cache.get(holder_set)
             if coeffs is None:
                 coeffs = self.lagrange_cache[holder_set] = shamir.lagrange_coefficients(
-                    [shamir.point_of(w) for w in holder_set])
+                    [shamir.point_of(w) for w in holder_set]
+                )
             rows = [[self._unmask[w][0 if kind == "b" else 1][v] for kind, v in targets] for w in holder_set]
             for (kind, v), secret in zip(targets, shamir.combine(rows, coeffs)):
                 if secret >= 1 << 256:
                     raise self._bad_share(kind, v, holder_set)
                 raw = secret.to_bytes(32, "big")
                 if kind == "b":
-                    if K.seed_commitment(raw, session=self.config.session_id, round_id=self.round_id,
-                                         node_id=v) != self._adverts[v].seed_commitment:
+                    if (
+                        K.seed_commitment(raw, session=self.config.session_id, round_id=self.round_id, node_id=v)
+                        != self._adverts[v].seed_commitment
+                    ):
                         raise self._bad_share(kind, v, holder_set)
                     seeds[v] = raw
                 else:
@@ -472,8 +518,14 @@ class SecAggServer:
         self._sum = np.zeros(0, dtype=np.uint64)
         average = values / weight_sum
         bound = self.encoder.average_error_bound(len(self._survivors), weight_sum)
-        return SecAggResult(average, weight_sum * float(self.config.max_weight), self._survivors,
-                            self._dropped, bound, dict(self.rejections))
+        return SecAggResult(
+            average,
+            weight_sum * float(self.config.max_weight),
+            self._survivors,
+            self._dropped,
+            bound,
+            dict(self.rejections),
+        )
 
     # ------------------------------------------------------------------ misc
     def _bad_share(self, kind: str, v: int, holders: tuple[int, ...]) -> ProtocolError:

@@ -27,22 +27,23 @@ is dropped with a warning naming it and the flags, unless it is listed in
 continuous feature is often distinct on every row).
 
 Text columns with more distinct values than the encoder one-hot encodes
-(`peers.data.encoding.MAX_TEXT_LEVELS`: free text, dates, post codes) are left out with
+(`fedsilo.peers.data.encoding.MAX_TEXT_LEVELS`: free text, dates, post codes) are left out with
 a warning too, rather than stopping the run; to use one, encode it as numbers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from peers.data.bank import read_table
-from peers.data.encoding import MAX_TEXT_LEVELS
-from privacy.errors import ConfigError, DataError
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.peers.data.bank import read_table
+from fedsilo.peers.data.encoding import MAX_TEXT_LEVELS
 
 ID_CHECK_MIN_ROWS = 100
 
@@ -106,23 +107,33 @@ def binary_label(values: pd.Series, name: str, positive: str | None = None) -> t
         distinct = sorted(pd.unique(stripped))
     shown = [_text(v) for v in distinct]
     if len(distinct) != 2:
-        what = f"only the value {shown[0]!r}" if len(distinct) == 1 else f"{len(distinct)} distinct values ({_few(shown, 6)})"
-        raise DataError(f"label column {name!r} has {what}, not 2: give a binary label "
-                        f"(two values, e.g. 0/1 or 'good'/'bad', and --positive naming the event to predict)")
+        what = (
+            f"only the value {shown[0]!r}"
+            if len(distinct) == 1
+            else f"{len(distinct)} distinct values ({_few(shown, 6)})"
+        )
+        raise DataError(
+            f"label column {name!r} has {what}, not 2: give a binary label "
+            f"(two values, e.g. 0/1 or 'good'/'bad', and --positive naming the event to predict)"
+        )
     if positive is not None:
         hits = [v for v in distinct if _matches(v, str(positive), numeric, boolean)]
         if len(hits) != 1:
-            raise DataError(f"--positive {positive!r} is not a value of label column {name!r} "
-                            f"(its values: {shown[0]!r}, {shown[1]!r}): pass one of them")
+            raise DataError(
+                f"--positive {positive!r} is not a value of label column {name!r} "
+                f"(its values: {shown[0]!r}, {shown[1]!r}): pass one of them"
+            )
         event = hits[0]
         rule = f"--positive {positive}"
     elif numeric:
         event = distinct[1]
         rule = "kept as 0/1" if [float(v) for v in distinct] == [0.0, 1.0] else "the larger value is 1"
     else:
-        raise DataError(f"label column {name!r} holds the text values {shown[0]!r} and {shown[1]!r}: say which one "
-                        f"is the event to predict (e.g. default) with --positive {shown[0]!r} or "
-                        f"--positive {shown[1]!r} (TOML: [data] positive)")
+        raise DataError(
+            f"label column {name!r} holds the text values {shown[0]!r} and {shown[1]!r}: say which one "
+            f"is the event to predict (e.g. default) with --positive {shown[0]!r} or "
+            f"--positive {shown[1]!r} (TOML: [data] positive)"
+        )
     other = distinct[0] if event == distinct[1] else distinct[1]
     y = (array == (float(event) if numeric else event)).astype(np.int64)
     return y, {"column": name, "1": _text(event), "0": _text(other), "rule": rule}
@@ -146,8 +157,13 @@ def id_like_columns(frame: pd.DataFrame, candidates: Iterable[str]) -> list[str]
     return found
 
 
-def load_table(path: str | Path, label: str, id_column: str | None = None, positive: str | None = None,
-               keep_columns: Iterable[str] = ()) -> pd.DataFrame:
+def load_table(
+    path: str | Path,
+    label: str,
+    id_column: str | None = None,
+    positive: str | None = None,
+    keep_columns: Iterable[str] = (),
+) -> pd.DataFrame:
     """Features and the binary label (named `label`, int64 0/1) from a CSV or Parquet file.
 
     The frame of `read_table_for_training` (same arguments), without its report.
@@ -155,8 +171,13 @@ def load_table(path: str | Path, label: str, id_column: str | None = None, posit
     return read_table_for_training(path, label, id_column, positive, keep_columns).frame
 
 
-def read_table_for_training(path: str | Path, label: str, id_column: str | None = None, positive: str | None = None,
-                            keep_columns: Iterable[str] = ()) -> LoadedTable:
+def read_table_for_training(
+    path: str | Path,
+    label: str,
+    id_column: str | None = None,
+    positive: str | None = None,
+    keep_columns: Iterable[str] = (),
+) -> LoadedTable:
     """Features and the binary label (named `label`, int64 0/1), and what was done to get them.
 
     The id column, if named, and the id-like columns not in `keep_columns` are dropped;
@@ -177,8 +198,9 @@ def read_table_for_training(path: str | Path, label: str, id_column: str | None 
         if name not in frame.columns:
             raise _missing_column("kept", name, path, columns, "--keep-column")
         if name in (label, id_column):
-            raise ConfigError(f"--keep-column {name!r} is the {'label' if name == label else 'id column'}: "
-                              f"keep only feature columns")
+            raise ConfigError(
+                f"--keep-column {name!r} is the {'label' if name == label else 'id column'}: keep only feature columns"
+            )
     dropped: dict[str, str] = {}
     if id_column is not None:
         if id_column not in frame.columns:
@@ -186,8 +208,11 @@ def read_table_for_training(path: str | Path, label: str, id_column: str | None 
         dropped[id_column] = "the id column (--id-column)"
     candidates = [c for c in frame.columns if c != label and c not in dropped and c not in keep]
     id_like = id_like_columns(frame, candidates)
-    warnings = tuple(f"column {c!r} has a distinct value on every row, like a row id: it is left out of the "
-                     f"features (name it with --id-column {c}, or pass --keep-column {c} to use it)" for c in id_like)
+    warnings = tuple(
+        f"column {c!r} has a distinct value on every row, like a row id: it is left out of the "
+        f"features (name it with --id-column {c}, or pass --keep-column {c} to use it)"
+        for c in id_like
+    )
     dropped.update({c: "id-like: a distinct value on every row (--keep-column to use it)" for c in id_like})
     for c in candidates:
         series = frame[c]
@@ -196,14 +221,18 @@ def read_table_for_training(path: str | Path, label: str, id_column: str | None 
         levels = series.nunique()
         if levels > MAX_TEXT_LEVELS:
             dropped[c] = f"{levels} distinct text values, more than the {MAX_TEXT_LEVELS} one-hot encoded"
-            warnings += (f"column {c!r} has {levels} distinct text values (more than {MAX_TEXT_LEVELS}): it is left "
-                         f"out of the features (encode it as numbers, or group its values, to use it)",)
+            warnings += (
+                f"column {c!r} has {levels} distinct text values (more than {MAX_TEXT_LEVELS}): it is left "
+                f"out of the features (encode it as numbers, or group its values, to use it)",
+            )
     frame = frame.drop(columns=list(dropped))
     features = [c for c in frame.columns if c != label]
     if not features:
         what = f" (left out: {_few(list(dropped))}; --keep-column NAME uses an id-like one)" if dropped else ""
-        raise DataError(f"{path.name} has no feature columns besides label {label!r}{what}: "
-                        f"give a table with at least one feature column")
+        raise DataError(
+            f"{path.name} has no feature columns besides label {label!r}{what}: "
+            f"give a table with at least one feature column"
+        )
     frame = frame.copy()
     y, mapping = binary_label(frame[label], label, positive)
     frame[label] = y

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.errors import ConfigError, DataError
+from fedsilo.errors import ConfigError, DataError
 
 MIN_ROWS = 20
 MAX_ATTEMPTS = 10
@@ -58,8 +58,10 @@ class Partitioner:
             raise ConfigError(f"seed must be a non-negative integer (got {seed!r})")
         n_rows = len(labels)
         if n_banks * self.min_rows > n_rows:
-            raise DataError(f"{n_rows} rows cannot give {n_banks} banks {self.min_rows} rows each: "
-                            f"use at most {n_rows // self.min_rows} banks or a larger table")
+            raise DataError(
+                f"{n_rows} rows cannot give {n_banks} banks {self.min_rows} rows each: "
+                f"use at most {n_rows // self.min_rows} banks or a larger table"
+            )
         if len(np.unique(labels)) < 2:
             raise DataError("the label has a single class: every bank needs both classes; check the label column")
         problem = ""
@@ -69,8 +71,10 @@ class Partitioner:
             problem = self._problem(parts, labels)
             if not problem:
                 return parts
-        raise DataError(f"{self.spec} over {n_banks} banks left {problem} in all {self.max_attempts} attempts: "
-                        f"use {self._advice()} or fewer banks")
+        raise DataError(
+            f"{self.spec} over {n_banks} banks left {problem} in all {self.max_attempts} attempts: "
+            f"use {self._advice()} or fewer banks"
+        )
 
     def _problem(self, parts: list[np.ndarray], labels: np.ndarray) -> str:
         for bank, part in enumerate(parts):

@@ -16,7 +16,7 @@ is, besides her own institution's, a client of one more with probability p, of a
 second more with probability p², and so on (each further institution drawn in
 proportion to the shares among those she is not yet a client of); each of them holds
 its own columns for her, and the label is hers everywhere. Such customers must sit
-on the same side of every institution's train/test split (`peers.shared_holdout`). `common_frames`
+on the same side of every institution's train/test split (`fedsilo.peers.shared_holdout`). `common_frames`
 uses the same rows but keeps only the source columns every institution has, under
 their canonical names and units: the "horizontal FL on the common columns" yardstick.
 
@@ -43,21 +43,29 @@ from __future__ import annotations
 import difflib
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from privacy.errors import ConfigError, DataError
-from simulations.data.loader import load_table
-from simulations.data.synthetic import (BILL_COLUMNS, DEFAULT_TOTAL_CUSTOMERS, FEATURES, LABEL, PAY_AMT_COLUMNS,
-                                        PAY_COLUMNS, generate_consortium)
-from peers.toml_file import read_toml
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.peers.toml_file import read_toml
+from fedsilo.simulations.data.loader import load_table
+from fedsilo.simulations.data.synthetic import (
+    BILL_COLUMNS,
+    DEFAULT_TOTAL_CUSTOMERS,
+    FEATURES,
+    LABEL,
+    PAY_AMT_COLUMNS,
+    PAY_COLUMNS,
+    generate_consortium,
+)
 
 MIN_INSTITUTION_ROWS = 50
-TRANSFER_SOURCE_BANKS = 3   # synthetic banks pooled into the transfer table (a mix of customer profiles)
+TRANSFER_SOURCE_BANKS = 3  # synthetic banks pooled into the transfer table (a mix of customer profiles)
 UCI_LABEL = "Y"
 UCI_ID = "ID"
 # The UCI file's X1 … X23, in the order of the synthetic generator's FEATURES (see data/README.md).
@@ -112,7 +120,7 @@ class ColumnSpec:
         object.__setattr__(self, "scale", scale)
 
     @classmethod
-    def parse(cls, value: Any, where: str = "a column") -> "ColumnSpec":
+    def parse(cls, value: Any, where: str = "a column") -> ColumnSpec:
         """A plain string (source = name, scale 1) or a table {source, name?, scale?}."""
         if isinstance(value, str):
             return cls(value, value)
@@ -155,8 +163,9 @@ class InstitutionSpec:
             values = [getattr(c, attr) for c in columns]
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
-                raise ConfigError(f"institution {self.name!r} has the {what}(s) {_few(repeated)} more than once: "
-                                  f"list each once")
+                raise ConfigError(
+                    f"institution {self.name!r} has the {what}(s) {_few(repeated)} more than once: list each once"
+                )
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "share", _check_number(self.share, f"the share of institution {self.name!r}"))
 
@@ -169,15 +178,16 @@ class InstitutionSpec:
         return [c.name for c in self.columns]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "InstitutionSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> InstitutionSpec:
         if not isinstance(data, Mapping):
             raise ConfigError(f"an [[institution]] must be a table with {', '.join(_INSTITUTION_KEYS)} (got {data!r})")
         where = f"institution {data.get('name', '?')!r}"
         _unknown_keys(data, _INSTITUTION_KEYS, where)
         missing = [k for k in _INSTITUTION_KEYS if k not in data]
         if missing:
-            raise ConfigError(f"{where} lacks {', '.join(missing)}: give every [[institution]] "
-                              f"{', '.join(_INSTITUTION_KEYS)}")
+            raise ConfigError(
+                f"{where} lacks {', '.join(missing)}: give every [[institution]] {', '.join(_INSTITUTION_KEYS)}"
+            )
         return cls(data["name"], data["columns"], data["share"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,27 +208,37 @@ class TransferScenario:
 
     def __post_init__(self) -> None:
         _check_name(self.label, "the scenario's label")
-        if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(self.overlap) < 1.0:
-            raise ConfigError(f"the scenario's overlap must be a number in [0, 1) (got {self.overlap!r}): the "
-                              f"probability that a customer is also a client of another institution")
+        if (
+            isinstance(self.overlap, bool)
+            or not isinstance(self.overlap, (int, float, np.integer, np.floating))
+            or not 0.0 <= float(self.overlap) < 1.0
+        ):
+            raise ConfigError(
+                f"the scenario's overlap must be a number in [0, 1) (got {self.overlap!r}): the "
+                f"probability that a customer is also a client of another institution"
+            )
         object.__setattr__(self, "overlap", float(self.overlap))
-        institutions = tuple(i if isinstance(i, InstitutionSpec) else InstitutionSpec.from_dict(i)
-                             for i in self.institutions)
+        institutions = tuple(
+            i if isinstance(i, InstitutionSpec) else InstitutionSpec.from_dict(i) for i in self.institutions
+        )
         if not institutions:
             raise ConfigError("the scenario has no institutions: add at least one [[institution]]")
         names = [i.name for i in institutions]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ConfigError(f"institution name(s) {_few(repeated)} appear more than once: give each institution "
-                              f"a distinct name")
+            raise ConfigError(
+                f"institution name(s) {_few(repeated)} appear more than once: give each institution a distinct name"
+            )
         for inst in institutions:
             if self.label in inst.sources:
-                raise ConfigError(f"institution {inst.name!r} reads the label column {self.label!r} as a feature: "
-                                  f"remove it from its columns")
+                raise ConfigError(
+                    f"institution {inst.name!r} reads the label column {self.label!r} as a feature: "
+                    f"remove it from its columns"
+                )
             if self.label in inst.column_names:
-                raise ConfigError(f"institution {inst.name!r} names a column {self.label!r}, like the label: "
-                                  f"rename that column")
+                raise ConfigError(
+                    f"institution {inst.name!r} names a column {self.label!r}, like the label: rename that column"
+                )
         object.__setattr__(self, "institutions", institutions)
 
     # structure ---------------------------------------------------------------
@@ -248,15 +268,19 @@ class TransferScenario:
         columns = [str(c) for c in table_columns]
         present = set(columns)
         if self.label not in present:
-            raise DataError(f"label column {self.label!r} is not in the table (columns: {_few(columns)}): "
-                            f"set the scenario's label to the table's 0/1 target column")
+            raise DataError(
+                f"label column {self.label!r} is not in the table (columns: {_few(columns)}): "
+                f"set the scenario's label to the table's 0/1 target column"
+            )
         for inst in self.institutions:
             for source in inst.sources:
                 if source not in present:
                     near = difflib.get_close_matches(source, columns, n=1)
                     hint = f"did you mean {near[0]!r}?" if near else "fix its columns or pass the right table"
-                    raise DataError(f"institution {inst.name!r} reads column {source!r}, which the table lacks "
-                                    f"(columns: {_few(columns)}): {hint}")
+                    raise DataError(
+                        f"institution {inst.name!r} reads column {source!r}, which the table lacks "
+                        f"(columns: {_few(columns)}): {hint}"
+                    )
 
     # splitting ----------------------------------------------------------------
     def split_rows(self, table: pd.DataFrame, seed: int) -> list[np.ndarray]:
@@ -278,14 +302,18 @@ class TransferScenario:
         for inst, share, rows in zip(self.institutions, self.shares, parts):
             if len(rows) < MIN_INSTITUTION_ROWS:
                 need = math.ceil(MIN_INSTITUTION_ROWS / share)
-                raise DataError(f"institution {inst.name!r} gets {len(rows)} of {n} rows (at least "
-                                f"{MIN_INSTITUTION_ROWS} needed): raise its share or give a table of at least "
-                                f"{need} rows")
+                raise DataError(
+                    f"institution {inst.name!r} gets {len(rows)} of {n} rows (at least "
+                    f"{MIN_INSTITUTION_ROWS} needed): raise its share or give a table of at least "
+                    f"{need} rows"
+                )
             classes = np.unique(labels[rows])
             if len(classes) < 2:
                 only = classes[0].tolist()
-                raise DataError(f"institution {inst.name!r} gets only class {only!r} of {self.label!r} "
-                                f"in its {len(rows)} rows: raise its share, use another seed or a larger table")
+                raise DataError(
+                    f"institution {inst.name!r} gets only class {only!r} of {self.label!r} "
+                    f"in its {len(rows)} rows: raise its share, use another seed or a larger table"
+                )
         return parts
 
     def _also_clients(self, parts: list[np.ndarray], n: int, seed: int) -> list[np.ndarray]:
@@ -295,8 +323,11 @@ class TransferScenario:
         home = np.empty(n, dtype=np.int64)
         for index, rows in enumerate(parts):
             home[rows] = index
-        more = np.cumprod(rng.random((n, count - 1)) < self.overlap, axis=1).sum(axis=1) if count > 1 \
+        more = (
+            np.cumprod(rng.random((n, count - 1)) < self.overlap, axis=1).sum(axis=1)
+            if count > 1
             else np.zeros(n, dtype=np.int64)
+        )
         extra: list[list[int]] = [[] for _ in range(count)]
         for row in np.flatnonzero(more):
             others = np.array([j for j in range(count) if j != home[row]])
@@ -315,8 +346,10 @@ class TransferScenario:
                 values = part[col.source]
                 if col.scale != 1.0:
                     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-                        raise DataError(f"institution {inst.name!r} rescales column {col.source!r}, which is not "
-                                        f"numeric: drop its scale or convert the column to numbers")
+                        raise DataError(
+                            f"institution {inst.name!r} rescales column {col.source!r}, which is not "
+                            f"numeric: drop its scale or convert the column to numbers"
+                        )
                     values = values.astype(np.float64) * col.scale
                 data[col.name] = values.to_numpy()
             data[self.label] = part[self.label].to_numpy()
@@ -327,23 +360,26 @@ class TransferScenario:
         """The rows of `split`, restricted to `common_sources()` under canonical names and units."""
         common = self.common_sources()
         if not common:
-            raise ConfigError(f"the institutions {_few(self.names)} share no source column: give every institution "
-                              f"at least one common column for the horizontal yardstick")
+            raise ConfigError(
+                f"the institutions {_few(self.names)} share no source column: give every institution "
+                f"at least one common column for the horizontal yardstick"
+            )
         keep = [*common, self.label]
         return [table.iloc[rows][keep].reset_index(drop=True) for rows in self.split_rows(table, seed)]
 
     # persistence ---------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TransferScenario":
+    def from_dict(cls, data: Mapping[str, Any]) -> TransferScenario:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a scenario must be a table with {', '.join(_SCENARIO_KEYS)} (got {data!r})")
         _unknown_keys(data, _SCENARIO_KEYS, "the scenario (top level)")
         if "label" not in data:
-            raise ConfigError("the scenario has no label: add label = \"<0/1 target column>\" at the top level")
+            raise ConfigError('the scenario has no label: add label = "<0/1 target column>" at the top level')
         institutions = data.get("institution")
         if institutions is not None and not isinstance(institutions, list):
-            raise ConfigError("'institution' must be an array of tables: write each one as [[institution]], "
-                              "not [institution]")
+            raise ConfigError(
+                "'institution' must be an array of tables: write each one as [[institution]], not [institution]"
+            )
         if not institutions:
             raise ConfigError("the scenario has no institutions: add at least one [[institution]] table")
         return cls(data["label"], tuple(InstitutionSpec.from_dict(i) for i in institutions), data.get("overlap", 0.0))
@@ -356,8 +392,13 @@ class TransferScenario:
         """The scenario as TOML text (read back by `load_scenario_toml`)."""
         lines = [f"label = {_toml(self.label)}"] + ([f"overlap = {_toml(self.overlap)}"] if self.overlap else [])
         for inst in self.to_dict()["institution"]:
-            lines += ["", "[[institution]]", f"name = {_toml(inst['name'])}", f"share = {_toml(inst['share'])}",
-                      "columns = [" + ", ".join(_toml(c) for c in inst["columns"]) + "]"]
+            lines += [
+                "",
+                "[[institution]]",
+                f"name = {_toml(inst['name'])}",
+                f"share = {_toml(inst['share'])}",
+                "columns = [" + ", ".join(_toml(c) for c in inst["columns"]) + "]",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -389,10 +430,15 @@ def check_schema(frame: pd.DataFrame, spec: InstitutionSpec, label: str) -> None
     unexpected = [c for c in present if c not in expected]
     repeated = sorted({c for c in present if present.count(c) > 1})
     if missing or unexpected or repeated:
-        problems = [f"{what} {_few(cols)}" for what, cols in
-                    (("missing", missing), ("unexpected", unexpected), ("repeated", repeated)) if cols]
-        raise DataError(f"institution {spec.name!r}'s table does not match its declared columns "
-                        f"({'; '.join(problems)}): give it exactly its declared columns plus the label {label!r}")
+        problems = [
+            f"{what} {_few(cols)}"
+            for what, cols in (("missing", missing), ("unexpected", unexpected), ("repeated", repeated))
+            if cols
+        ]
+        raise DataError(
+            f"institution {spec.name!r}'s table does not match its declared columns "
+            f"({'; '.join(problems)}): give it exactly its declared columns plus the label {label!r}"
+        )
 
 
 def load_scenario_toml(path: str | Path) -> TransferScenario:
@@ -407,6 +453,7 @@ def load_scenario_toml(path: str | Path) -> TransferScenario:
 
 # ready scenarios ---------------------------------------------------------------
 
+
 def _canonical_institutions() -> tuple[InstitutionSpec, ...]:
     """Three institutions on the canonical (synthetic) column names.
 
@@ -418,11 +465,24 @@ def _canonical_institutions() -> tuple[InstitutionSpec, ...]:
     """
     return (
         InstitutionSpec("bank", ("limit_bal", "age", *BILL_COLUMNS, *PAY_AMT_COLUMNS), 0.55),
-        InstitutionSpec("card-issuer", (*PAY_COLUMNS, ColumnSpec("limit_bal", "credit_line", 0.001),
-                                        "education", ColumnSpec("age", "holder_age")), 0.35),
-        InstitutionSpec("broker", ("age", "sex", "education", "marriage", "pay_amt1",
-                                   ColumnSpec("pay_amt2", "paid_prev_month"),
-                                   ColumnSpec("limit_bal", "limit_10k", 0.0001)), 0.10),
+        InstitutionSpec(
+            "card-issuer",
+            (*PAY_COLUMNS, ColumnSpec("limit_bal", "credit_line", 0.001), "education", ColumnSpec("age", "holder_age")),
+            0.35,
+        ),
+        InstitutionSpec(
+            "broker",
+            (
+                "age",
+                "sex",
+                "education",
+                "marriage",
+                "pay_amt1",
+                ColumnSpec("pay_amt2", "paid_prev_month"),
+                ColumnSpec("limit_bal", "limit_10k", 0.0001),
+            ),
+            0.10,
+        ),
     )
 
 
@@ -437,10 +497,15 @@ def uci_scenario() -> TransferScenario:
     So the institutions' frames have the same column names (and units) on both tables.
     Load the file with `uci_transfer_table(path)`.
     """
-    return TransferScenario(UCI_LABEL, tuple(
-        InstitutionSpec(inst.name, tuple(ColumnSpec(UCI_SOURCES[c.source], c.name, c.scale) for c in inst.columns),
-                        inst.share)
-        for inst in _canonical_institutions()))
+    return TransferScenario(
+        UCI_LABEL,
+        tuple(
+            InstitutionSpec(
+                inst.name, tuple(ColumnSpec(UCI_SOURCES[c.source], c.name, c.scale) for c in inst.columns), inst.share
+            )
+            for inst in _canonical_institutions()
+        ),
+    )
 
 
 def uci_transfer_table(path: str | Path) -> pd.DataFrame:

@@ -42,13 +42,14 @@ logistic regression on the 5-bank default data reaches a test ROC-AUC of about 0
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
 
 LABEL = "default"
 MONTHS = 6
@@ -69,13 +70,13 @@ EDUCATION_CODES = np.array([0, 1, 2, 3, 4, 5, 6])
 EDUCATION_BASE = np.array([0.0005, 0.35, 0.467, 0.164, 0.005, 0.0105, 0.003])
 EDUCATION_CONCENTRATION = 25.0
 
-SIZE_SIGMA = 1.0                     # log-normal bank sizes
-DEFAULT_RATE_RANGE = (0.05, 0.35)    # label skew
+SIZE_SIGMA = 1.0  # log-normal bank sizes
+DEFAULT_RATE_RANGE = (0.05, 0.35)  # label skew
 # `fedsilo simulate`'s synthetic consortium: small banks with few defaults.
-SIMULATE_TOTAL_CUSTOMERS = 5_000     # (or CUSTOMERS_PER_BANK_FLOOR per bank, if that is more)
+SIMULATE_TOTAL_CUSTOMERS = 5_000  # (or CUSTOMERS_PER_BANK_FLOOR per bank, if that is more)
 SIMULATE_RATE_RANGE = (0.03, 0.10)
-AGE_SHIFT_SD = 3.0                   # years
-LIMIT_SCALE_SIGMA = 0.25             # log-scale spread of banks' limit levels
+AGE_SHIFT_SD = 3.0  # years
+LIMIT_SCALE_SIGMA = 0.25  # log-scale spread of banks' limit levels
 LIMIT_MEDIAN = 120_000.0
 
 # The label link, shared by all banks: P(default) = sigmoid(LINK_A + LINK_B · z).
@@ -118,7 +119,7 @@ class BankProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BankProfile":
+    def from_dict(cls, data: dict[str, Any]) -> BankProfile:
         return cls(**{**data, "education_mix": tuple(data["education_mix"])})
 
 
@@ -171,8 +172,9 @@ def _share_out(total: int, weights: np.ndarray, floor: int) -> np.ndarray:
     return sizes + floor
 
 
-def consortium_profiles(n_banks: int, seed: int = 0, total_customers: int | None = None,
-                        rates: tuple[float, float] = DEFAULT_RATE_RANGE) -> list[BankProfile]:
+def consortium_profiles(
+    n_banks: int, seed: int = 0, total_customers: int | None = None, rates: tuple[float, float] = DEFAULT_RATE_RANGE
+) -> list[BankProfile]:
     """Profiles of `n_banks` banks sharing `total_customers` customers, default rates drawn in `rates`.
 
     `total_customers` defaults to `default_total_customers(n_banks)` (20,000 for up to
@@ -184,8 +186,10 @@ def consortium_profiles(n_banks: int, seed: int = 0, total_customers: int | None
         raise ConfigError(f"the number of banks must be a positive integer (got {n_banks!r})")
     total = default_total_customers(n_banks) if total_customers is None else int(total_customers)
     if total < MIN_BANK_SIZE * n_banks:
-        raise ConfigError(f"total_customers={total} is too few for {n_banks} banks: give at least "
-                          f"{MIN_BANK_SIZE * n_banks} ({MIN_BANK_SIZE} per bank) or use fewer banks")
+        raise ConfigError(
+            f"total_customers={total} is too few for {n_banks} banks: give at least "
+            f"{MIN_BANK_SIZE * n_banks} ({MIN_BANK_SIZE} per bank) or use fewer banks"
+        )
     drawn = [_bank_traits(seed, i, rates) for i in range(n_banks)]
     sizes = _share_out(total, np.array([w for w, _ in drawn]), MIN_BANK_SIZE)
     return [BankProfile(size=int(size), **traits) for size, (_, traits) in zip(sizes, drawn)]
@@ -232,14 +236,24 @@ def generate_bank(profile: BankProfile, seed: int, bank_index: int) -> pd.DataFr
     u = rng.random(n)
     marriage = np.where(u < married_p, 1, np.where(u < 0.985, 2, np.where(u < 0.998, 3, 0)))
 
-    demographic = (-0.012 * (np.minimum(age, 60) - 35) + 0.08 * (sex == 1)
-                   + np.select([education == 1, education == 3, education == 4], [-0.12, 0.12, 0.1], 0.0)
-                   + 0.05 * (marriage == 2))
+    demographic = (
+        -0.012 * (np.minimum(age, 60) - 35)
+        + 0.08 * (sex == 1)
+        + np.select([education == 1, education == 3, education == 4], [-0.12, 0.12, 0.1], 0.0)
+        + 0.05 * (marriage == 2)
+    )
     z = profile.risk_shift + demographic + rng.standard_normal(n)
 
-    log_limit = (math.log(LIMIT_MEDIAN * profile.limit_scale) + 0.25 * (education == 1) - 0.2 * (education >= 3)
-                 + 0.015 * (np.minimum(age, 55) - 35) - 0.3 * (z - profile.risk_shift) - 0.15 * profile.risk_shift
-                 + rng.uniform(-0.9, 0.9, n) + 0.2 * rng.standard_normal(n))
+    log_limit = (
+        math.log(LIMIT_MEDIAN * profile.limit_scale)
+        + 0.25 * (education == 1)
+        - 0.2 * (education >= 3)
+        + 0.015 * (np.minimum(age, 55) - 35)
+        - 0.3 * (z - profile.risk_shift)
+        - 0.15 * profile.risk_shift
+        + rng.uniform(-0.9, 0.9, n)
+        + 0.2 * rng.standard_normal(n)
+    )
     limit = np.clip(np.round(np.exp(log_limit) / 10_000) * 10_000, 10_000, 1_000_000)
 
     status = _status_history(rng, z)  # oldest → most recent
@@ -259,9 +273,11 @@ def generate_bank(profile: BankProfile, seed: int, bank_index: int) -> pd.DataFr
     late_pay = np.where(rng.random((n, MONTHS)) < 0.55, 0.0, prev_bill * rng.beta(1.0, 20.0, (n, MONTHS)))
     pay = np.select(
         [status == -2, status == -1, status == 0],
-        [np.where(rng.random((n, MONTHS)) < 0.6, 0.0, prev_bill),
-         prev_bill * rng.uniform(0.9, 1.0, (n, MONTHS)),
-         np.maximum(prev_bill * revolving_frac, np.minimum(prev_bill, 1_000.0))],
+        [
+            np.where(rng.random((n, MONTHS)) < 0.6, 0.0, prev_bill),
+            prev_bill * rng.uniform(0.9, 1.0, (n, MONTHS)),
+            np.maximum(prev_bill * revolving_frac, np.minimum(prev_bill, 1_000.0)),
+        ],
         late_pay,
     )
     extra = rng.random((n, MONTHS)) < 0.04
@@ -305,15 +321,17 @@ def _ensure_both_classes(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return y
 
 
-def iter_consortium(n_banks: int, seed: int = 0, total_customers: int | None = None,
-                    rates: tuple[float, float] = DEFAULT_RATE_RANGE) -> Iterator[pd.DataFrame]:
+def iter_consortium(
+    n_banks: int, seed: int = 0, total_customers: int | None = None, rates: tuple[float, float] = DEFAULT_RATE_RANGE
+) -> Iterator[pd.DataFrame]:
     """Yield the banks' frames one at a time (for consortia too large to hold at once)."""
     for index, profile in enumerate(consortium_profiles(n_banks, seed, total_customers, rates)):
         yield generate_bank(profile, seed, index)
 
 
-def generate_consortium(n_banks: int, seed: int = 0, total_customers: int | None = None,
-                        rates: tuple[float, float] = DEFAULT_RATE_RANGE) -> list[pd.DataFrame]:
+def generate_consortium(
+    n_banks: int, seed: int = 0, total_customers: int | None = None, rates: tuple[float, float] = DEFAULT_RATE_RANGE
+) -> list[pd.DataFrame]:
     """All banks' frames: `[generate_bank(p, seed, i) for i, p in enumerate(consortium_profiles(...))]`."""
     return list(iter_consortium(n_banks, seed, total_customers, rates))
 

@@ -9,23 +9,32 @@ a model file can be traced back to the run that made it.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from peers.provenance import package_versions, sha256_file
+from fedsilo.peers.provenance import package_versions, sha256_file
 
 CARD_SCHEMA = "fedsilo.model-card/1"
 
 
-def build_card(*, run_name: str, job: dict[str, Any], data: dict[str, Any], participants: list[dict[str, Any]],
-               privacy: dict[str, Any], metrics: dict[str, Any], model_file: Path, encoder_file: Path | None,
-               rounds: int) -> dict[str, Any]:
+def build_card(
+    *,
+    run_name: str,
+    job: dict[str, Any],
+    data: dict[str, Any],
+    participants: list[dict[str, Any]],
+    privacy: dict[str, Any],
+    metrics: dict[str, Any],
+    model_file: Path,
+    encoder_file: Path | None,
+    rounds: int,
+) -> dict[str, Any]:
     """Assemble the card; every argument is already JSON-ready."""
     return {
         "schema": CARD_SCHEMA,
         "run": run_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": "binary classification: probability of default (one logit per row)",
         "rounds": rounds,
         "job": job,
@@ -35,8 +44,11 @@ def build_card(*, run_name: str, job: dict[str, Any], data: dict[str, Any], part
         "metrics": metrics,
         "artifacts": {
             "model": {"file": model_file.name, "format": "safetensors", "sha256": sha256_file(model_file)},
-            "encoder": ({"file": encoder_file.name, "format": "json", "sha256": sha256_file(encoder_file)}
-                        if encoder_file is not None else "each institution keeps its own encoder"),
+            "encoder": (
+                {"file": encoder_file.name, "format": "json", "sha256": sha256_file(encoder_file)}
+                if encoder_file is not None
+                else "each institution keeps its own encoder"
+            ),
         },
         "software": package_versions(),
     }

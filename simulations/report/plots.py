@@ -10,11 +10,17 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
+import matplotlib.pyplot as plt
 
 
-def plot_rounds(path: Path, rounds: list[int], auc: list[float], epsilon_max: list[float],
-                epsilon_budget: float | None, auc_title: str = "Federated model, pooled held-out rows") -> None:
+def plot_rounds(
+    path: Path,
+    rounds: list[int],
+    auc: list[float],
+    epsilon_max: list[float],
+    epsilon_budget: float | None,
+    auc_title: str = "Federated model, pooled held-out rows",
+) -> None:
     """AUC of the global model per round, and the largest ε any bank has spent."""
     fig, (ax_auc, ax_eps) = plt.subplots(1, 2, figsize=(10, 4))
     ax_auc.plot(rounds, auc, marker="o", color="tab:blue")
@@ -32,9 +38,13 @@ def plot_rounds(path: Path, rounds: list[int], auc: list[float], epsilon_max: li
     plt.close(fig)
 
 
-def plot_comparison(path: Path, federated: float, centralized: float | None,
-                    local: dict[str, float] | None,
-                    intervals: dict[str, tuple[float | None, float | None]] | None = None) -> None:
+def plot_comparison(
+    path: Path,
+    federated: float,
+    centralized: float | None,
+    local: dict[str, float] | None,
+    intervals: dict[str, tuple[float | None, float | None]] | None = None,
+) -> None:
     """Federated AUC against the centralized model and each bank's local-only model.
 
     `intervals` (keys "federated", "centralized" and the banks' names) draws each
@@ -56,8 +66,15 @@ def plot_comparison(path: Path, federated: float, centralized: float | None,
     bounds = [(intervals or {}).get(k, (None, None)) for k in keys]
     drawn = [(i, v, lo, hi) for i, (v, (lo, hi)) in enumerate(zip(values, bounds)) if lo is not None and hi is not None]
     if drawn:
-        ax.errorbar([d[0] for d in drawn], [d[1] for d in drawn], fmt="none", ecolor="black", capsize=3,
-                    linewidth=1, yerr=[[d[1] - d[2] for d in drawn], [d[3] - d[1] for d in drawn]])
+        ax.errorbar(
+            [d[0] for d in drawn],
+            [d[1] for d in drawn],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+            linewidth=1,
+            yerr=[[d[1] - d[2] for d in drawn], [d[3] - d[1] for d in drawn]],
+        )
         ax.text(0.99, 0.98, "error bars: 95% bootstrap CI", transform=ax.transAxes, ha="right", va="top", fontsize=7)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     low = min([v for v in values if v == v] + [d[2] for d in drawn]) if values else 0.5
@@ -74,7 +91,7 @@ def plot_comparison(path: Path, federated: float, centralized: float | None,
 def plot_calibration(path: Path, curves: dict[str, list[dict[str, float]]]) -> None:
     """Reliability plot: observed event rate against mean predicted probability, per bin and model.
 
-    `curves` maps a model's name to `peers.evaluation.calibration_curve` bins.
+    `curves` maps a model's name to `fedsilo.peers.evaluation.calibration_curve` bins.
     """
     fig, ax = plt.subplots(figsize=(5, 5))
     top = 0.0
@@ -85,8 +102,13 @@ def plot_calibration(path: Path, curves: dict[str, list[dict[str, float]]]) -> N
         ax.plot(x, y, marker="o", color=color, label=name)
     top = min(1.0, top * 1.1 + 0.01)
     ax.plot([0, top], [0, top], linestyle=":", color="grey", label="perfectly calibrated")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted probability (bin)", ylabel="observed event rate",
-           title="Calibration on all banks' held-out rows\n(equal-count bins)")
+    ax.set(
+        xlim=(0, top),
+        ylim=(0, top),
+        xlabel="mean predicted probability (bin)",
+        ylabel="observed event rate",
+        title="Calibration on all banks' held-out rows\n(equal-count bins)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -96,8 +118,11 @@ def plot_calibration(path: Path, curves: dict[str, list[dict[str, float]]]) -> N
 
 def plot_institutions(path: Path, aucs: dict[str, dict[str, float | None]]) -> None:
     """Per institution: alone, horizontal on common columns, federated transfer (own held-out rows)."""
-    series = [("local_only", "alone", "tab:orange"), ("horizontal_common", "horizontal, common columns", "tab:grey"),
-              ("federated", "federated transfer", "tab:blue")]
+    series = [
+        ("local_only", "alone", "tab:orange"),
+        ("horizontal_common", "horizontal, common columns", "tab:grey"),
+        ("federated", "federated transfer", "tab:blue"),
+    ]
     names = list(aucs)
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(names) + 2), 4))
     width = 0.8 / len(series)
@@ -120,11 +145,12 @@ def plot_institutions(path: Path, aucs: dict[str, dict[str, float | None]]) -> N
     plt.close(fig)
 
 
-def plot_privacy_audit(path: Path, attacks: list, epsilon_claimed: float | None,
-                       epsilon_lower_bound: float | None, confidence: float) -> None:
+def plot_privacy_audit(
+    path: Path, attacks: list, epsilon_claimed: float | None, epsilon_lower_bound: float | None, confidence: float
+) -> None:
     """Membership attacks' ROC on log–log axes, and the ε claimed against the measured lower bound.
 
-    `attacks` are `privacy.audit.membership.AttackResult`s. A point at FPR 0 cannot be
+    `attacks` are `fedsilo.privacy.audit.membership.AttackResult`s. A point at FPR 0 cannot be
     drawn on a log axis; the curves start at the smallest non-zero FPR measured.
     """
     fig, (ax_roc, ax_eps) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -133,20 +159,33 @@ def plot_privacy_audit(path: Path, attacks: list, epsilon_claimed: float | None,
         r = result.roc
         keep = r.fpr > 0
         floor = min(floor, float(r.fpr[keep].min()))
-        ax_roc.plot(r.fpr[keep], np.maximum(r.tpr[keep], floor / 10), color=color,
-                    label=f"{result.attack}: AUC {r.auc:.3f}, TPR@1% {r.tpr_at(0.01):.3f}")
+        ax_roc.plot(
+            r.fpr[keep],
+            np.maximum(r.tpr[keep], floor / 10),
+            color=color,
+            label=f"{result.attack}: AUC {r.auc:.3f}, TPR@1% {r.tpr_at(0.01):.3f}",
+        )
     grid = np.logspace(np.log10(floor), 0, 50)
     ax_roc.plot(grid, grid, linestyle=":", color="grey", label="chance")
-    ax_roc.set(xscale="log", yscale="log", xlabel="false-positive rate", ylabel="true-positive rate",
-               title="Membership inference against the released model")
+    ax_roc.set(
+        xscale="log",
+        yscale="log",
+        xlabel="false-positive rate",
+        ylabel="true-positive rate",
+        title="Membership inference against the released model",
+    )
     ax_roc.set_xlim(floor, 1)
     ax_roc.set_ylim(floor / 10, 1)
     ax_roc.legend(loc="lower right", fontsize=7)
     ax_roc.grid(alpha=0.3, which="both")
     names = ["ε claimed", f"ε lower bound\n({confidence:.0%} confidence)"]
     values = [epsilon_claimed, epsilon_lower_bound]
-    colors = ["tab:grey", "tab:red" if (epsilon_claimed is not None and epsilon_lower_bound is not None
-                                        and epsilon_lower_bound > epsilon_claimed) else "tab:green"]
+    colors = [
+        "tab:grey",
+        "tab:red"
+        if (epsilon_claimed is not None and epsilon_lower_bound is not None and epsilon_lower_bound > epsilon_claimed)
+        else "tab:green",
+    ]
     for i, (v, c) in enumerate(zip(values, colors)):
         if v is None:
             ax_eps.text(i, 0.05, "none" if i == 0 else "not run", ha="center")
@@ -175,8 +214,12 @@ def plot_sweep(path: Path, points: list[dict], axes: tuple[str, ...] = ()) -> No
     line_keys = [k for k in axes if k not in panel_keys and k != x_key]
     panels = sorted({tuple(p[k] for k in panel_keys) for p in points}, key=str)
     fig, grid = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    values = [p[m] for p in points for m in ("final_auc_mean", "centralized_auc_mean", "local_auc_mean_mean")
-              if p[m] is not None]
+    values = [
+        p[m]
+        for p in points
+        for m in ("final_auc_mean", "centralized_auc_mean", "local_auc_mean_mean")
+        if p[m] is not None
+    ]
     bottom = min(0.5, math.floor(min(values, default=0.5) * 20) / 20)
     for ax, panel in zip(grid[0], panels):
         chosen = [p for p in points if tuple(p[k] for k in panel_keys) == panel]
@@ -185,8 +228,15 @@ def plot_sweep(path: Path, points: list[dict], axes: tuple[str, ...] = ()) -> No
             members = sorted((p for p in chosen if tuple(p[k] for k in line_keys) == line), key=lambda p: p[x_key])
             name = ", ".join(f"{_AXIS_NAMES.get(k, k)} {v}" for k, v in zip(line_keys, line)) or "federated"
             xs = [p[x_key] for p in members]
-            ax.errorbar(xs, [p["final_auc_mean"] for p in members], yerr=_errors(members, "final_auc"),
-                        marker="o", capsize=3, color=colour, label=name)
+            ax.errorbar(
+                xs,
+                [p["final_auc_mean"] for p in members],
+                yerr=_errors(members, "final_auc"),
+                marker="o",
+                capsize=3,
+                color=colour,
+                label=name,
+            )
             for measure, style, what in (("centralized_auc", "--", "centralized"), ("local_auc_mean", ":", "local")):
                 have = [p for p in members if p[f"{measure}_mean"] is not None]
                 if not have:
@@ -195,11 +245,24 @@ def plot_sweep(path: Path, points: list[dict], axes: tuple[str, ...] = ()) -> No
                 if len({round(y, 9) for y in ys}) == 1 or len(have) == 1:
                     ax.axhline(ys[0], linestyle=style, color=colour, linewidth=1, label=f"{what} ({name})")
                 else:
-                    ax.errorbar([p[x_key] for p in have], ys, yerr=_errors(have, measure), linestyle=style,
-                                color=colour, linewidth=1, capsize=2, label=f"{what} ({name})")
-        title = ", ".join(f"{v}" if k == "setup" else f"{_AXIS_NAMES.get(k, k)} {v:g}" for k, v in zip(panel_keys, panel))
-        ax.set(title=title, xlabel=_AXIS_NAMES.get(x_key, x_key) + (" per institution" if x_key == "epsilon" else ""),
-               ylabel="ROC-AUC on the pooled held-out rows")
+                    ax.errorbar(
+                        [p[x_key] for p in have],
+                        ys,
+                        yerr=_errors(have, measure),
+                        linestyle=style,
+                        color=colour,
+                        linewidth=1,
+                        capsize=2,
+                        label=f"{what} ({name})",
+                    )
+        title = ", ".join(
+            f"{v}" if k == "setup" else f"{_AXIS_NAMES.get(k, k)} {v:g}" for k, v in zip(panel_keys, panel)
+        )
+        ax.set(
+            title=title,
+            xlabel=_AXIS_NAMES.get(x_key, x_key) + (" per institution" if x_key == "epsilon" else ""),
+            ylabel="ROC-AUC on the pooled held-out rows",
+        )
         xs = sorted({p[x_key] for p in chosen})
         if x_key in ("epsilon", "lr") and len(xs) > 1:
             ax.set_xscale("log")

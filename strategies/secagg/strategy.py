@@ -8,7 +8,7 @@ Each training round becomes five exchanges with the sampled peers, all as Flower
 2. share: each peer sends its neighbours Shamir shares of its secrets, AES-GCM
    encrypted under pairwise keys (the host only relays ciphertexts);
 3. mask: the usual training request; the peer's `secagg_mod` trains, then uploads
-   its update masked (`privacy.secagg`), with its weight inside the masked vector;
+   its update masked (`fedsilo.privacy.secagg`), with its weight inside the masked vector;
 4. check: survivors sign the survivor and dropout lists (the consistency check);
 5. unmask: survivors holding enough signatures on the lists they signed send shares
    that remove the masks of the sum, never of one peer.
@@ -48,10 +48,10 @@ round starts; `ThresholdNotMet` is recorded in `aborted_rounds`.
 
 Malformed or out-of-order messages (wrong round or stage, a replay, a masked vector of
 the wrong length or dtype, shares that fail authentication, an unsolicited answer) are
-refused by `privacy.secagg` with a reason naming the peer, logged here, and the peer is
+refused by `fedsilo.privacy.secagg` with a reason naming the peer, logged here, and the peer is
 dropped; the round continues while the threshold allows.
 
-Assumptions (see `privacy.secagg`): the host colludes with at most
+Assumptions (see `fedsilo.privacy.secagg`): the host colludes with at most
 `collusion_fraction` of the peers; it may deviate from the protocol (swap keys, tell
 peers different dropout stories), which the peers detect, but it can always abort a
 round. With a `verifier` (the consortium's identities) the host also checks the
@@ -61,28 +61,28 @@ signatures itself and drops a badly signing peer before its neighbours abort.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from privacy.errors import ProtocolError
-from privacy.secagg import (
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.secagg import (
     AdvertiseKeys,
-    SurvivorSignature,
     MaskedInput,
     PeerRejected,
     SecAggConfig,
     SecAggServer,
+    SurvivorSignature,
     ThresholdNotMet,
     UnmaskShares,
     Verifier,
 )
-from privacy.secagg.messages import encrypted_shares_from_dict
-from strategies.secagg.wire import (
+from fedsilo.privacy.secagg.messages import encrypted_shares_from_dict
+from fedsilo.strategies.secagg.wire import (
     SECAGG_CONFIG_KEY,
     flatten,
     read_masked_array,
@@ -90,7 +90,7 @@ from strategies.secagg.wire import (
     stage_record,
     unflatten,
 )
-from strategies.wrapper import StrategyWrapper
+from fedsilo.strategies.wrapper import StrategyWrapper
 
 STAGE_TIMEOUT = 600.0
 
@@ -131,9 +131,16 @@ def _without_stage(reply: Message) -> Message:
 class SecureAggregation(StrategyWrapper):
     """Wraps `inner` so that its training rounds aggregate through SecAgg+."""
 
-    def __init__(self, inner, config: SecAggConfig, stage_timeout: float = STAGE_TIMEOUT,
-                 round_seed: Callable[[int], bytes] | None = None, sum_updates: bool = False,
-                 rounds: int | None = None, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self,
+        inner,
+        config: SecAggConfig,
+        stage_timeout: float = STAGE_TIMEOUT,
+        round_seed: Callable[[int], bytes] | None = None,
+        sum_updates: bool = False,
+        rounds: int | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
         super().__init__(inner)
         self.config = config
         self.verifier = verifier
@@ -158,14 +165,20 @@ class SecureAggregation(StrategyWrapper):
         """
         round_id = max(server_round, self._last_round_id + 1)
         self._last_round_id = round_id
-        return SecAggServer(self.config, round_id, node_ids, dim, round_seed=self._round_seed(server_round),
-                            verifier=self.verifier)
+        return SecAggServer(
+            self.config, round_id, node_ids, dim, round_seed=self._round_seed(server_round), verifier=self.verifier
+        )
 
-    def _exchange(self, grid: Grid, stage: str, server_round: int,
-                  payloads: dict[int, dict]) -> dict[int, Message]:
+    def _exchange(self, grid: Grid, stage: str, server_round: int, payloads: dict[int, dict]) -> dict[int, Message]:
         """Send one stage's payload to each node; return the non-error replies by node."""
-        messages = [Message(RecordDict({SECAGG_CONFIG_KEY: stage_record(stage, server_round, payload)}),
-                            dst_node_id=node, message_type="train") for node, payload in payloads.items()]
+        messages = [
+            Message(
+                RecordDict({SECAGG_CONFIG_KEY: stage_record(stage, server_round, payload)}),
+                dst_node_id=node,
+                message_type="train",
+            )
+            for node, payload in payloads.items()
+        ]
         replies = grid.send_and_receive(messages, timeout=self.stage_timeout)
         return self._collect(stage, server_round, replies)
 
@@ -194,8 +207,11 @@ class SecureAggregation(StrategyWrapper):
             self._refuse(server_round, node, str(error))
             return None
         if got_stage != stage or got_round != server_round:
-            self._refuse(server_round, node, f"answered stage {got_stage} of round {got_round}, "
-                                             f"expected {stage} of round {server_round}")
+            self._refuse(
+                server_round,
+                node,
+                f"answered stage {got_stage} of round {got_round}, expected {stage} of round {server_round}",
+            )
             return None
         return payload
 
@@ -205,8 +221,9 @@ class SecureAggregation(StrategyWrapper):
         log(WARNING, "round %d: secure aggregation aborted, nothing unmasked: %s", server_round, error)
 
     # ----------------------------------------------------------------- stages 1-2
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         planned = list(super().configure_train(server_round, arrays, config, grid))
         if not planned:
             return []
@@ -214,16 +231,19 @@ class SecureAggregation(StrategyWrapper):
         node_ids = [m.metadata.dst_node_id for m in planned]
         dim = _dimension(arrays)
         advertised, self._advertised = self._advertised, None
-        carried = (advertised is not None and advertised.server_round == server_round
-                   and advertised.nodes == frozenset(node_ids) and advertised.dim == dim)
+        carried = (
+            advertised is not None
+            and advertised.server_round == server_round
+            and advertised.nodes == frozenset(node_ids)
+            and advertised.dim == dim
+        )
         server = advertised.server if carried else self._new_server(server_round, node_ids, dim)
         self._round = _Round(server_round, server, arrays, node_ids, grid)
         try:
             if carried:  # stage 1 rode on the last evaluation
                 replies = self._collect("advertise", server_round, advertised.replies)
             else:
-                replies = self._exchange(grid, "advertise", server_round,
-                                         {n: server.setup.to_dict() for n in node_ids})
+                replies = self._exchange(grid, "advertise", server_round, {n: server.setup.to_dict() for n in node_ids})
             for node, reply in replies.items():
                 payload = self._payload(server_round, node, reply, "advertise")
                 if payload is not None:
@@ -240,14 +260,16 @@ class SecureAggregation(StrategyWrapper):
             return []
         out = []
         for node, request in requests.items():
-            content = RecordDict({**dict(template.items()),
-                                  SECAGG_CONFIG_KEY: stage_record("mask", server_round, request.to_dict())})
+            content = RecordDict(
+                {**dict(template.items()), SECAGG_CONFIG_KEY: stage_record("mask", server_round, request.to_dict())}
+            )
             out.append(Message(content, dst_node_id=node, message_type="train"))
         return out
 
     # ----------------------------------------------------------------- stage 1 of the next round
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         planned = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._advertised = None
         if not planned or self.rounds is None or server_round >= self.rounds:
@@ -277,8 +299,9 @@ class SecureAggregation(StrategyWrapper):
             self._refuse(server_round, node, str(error))
 
     # ----------------------------------------------------------------- stages 3-4
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         state, self._round = self._round, None
         replies = list(replies)
         if state is None or state.server_round != server_round:
@@ -296,15 +319,16 @@ class SecureAggregation(StrategyWrapper):
                     continue
                 self._receive(server.receive_masked_input, server_round, node, lambda m: m, masked)
             checks = server.end_mask_input()
-            for node, reply in self._exchange(state.grid, "check", server_round,
-                                              {n: r.to_dict() for n, r in checks.items()}).items():
+            for node, reply in self._exchange(
+                state.grid, "check", server_round, {n: r.to_dict() for n, r in checks.items()}
+            ).items():
                 payload = self._payload(server_round, node, reply, "check")
                 if payload is not None:
-                    self._receive(server.receive_consistency, server_round, node, SurvivorSignature.from_dict,
-                                  payload)
+                    self._receive(server.receive_consistency, server_round, node, SurvivorSignature.from_dict, payload)
             requests = server.end_consistency()
-            replies_unmask = self._exchange(state.grid, "unmask", server_round,
-                                            {n: r.to_dict() for n, r in requests.items()})
+            replies_unmask = self._exchange(
+                state.grid, "unmask", server_round, {n: r.to_dict() for n, r in requests.items()}
+            )
             for node, reply in replies_unmask.items():
                 payload = self._payload(server_round, node, reply, "unmask")
                 if payload is not None:
@@ -315,11 +339,16 @@ class SecureAggregation(StrategyWrapper):
             return super().aggregate_train(server_round, [])
         update = result.average * result.total_weight if self.sum_updates else result.average
         new_weights = unflatten(flatten(state.template) + update, state.template)
-        metrics = MetricRecord({"num-examples": float(result.total_weight),
-                                "secagg-survivors": len(result.survivors),
-                                "secagg-dropped": len(result.dropped),
-                                "secagg-error-bound": float(result.error_bound)})
-        aggregate = Message(RecordDict({"arrays": new_weights, "metrics": metrics}),
-                            dst_node_id=0, message_type="train")
+        metrics = MetricRecord(
+            {
+                "num-examples": float(result.total_weight),
+                "secagg-survivors": len(result.survivors),
+                "secagg-dropped": len(result.dropped),
+                "secagg-error-bound": float(result.error_bound),
+            }
+        )
+        aggregate = Message(
+            RecordDict({"arrays": new_weights, "metrics": metrics}), dst_node_id=0, message_type="train"
+        )
         aggregate.metadata.__dict__["_src_node_id"] = 0
         return super().aggregate_train(server_round, [aggregate])

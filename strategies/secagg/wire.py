@@ -13,12 +13,13 @@ raises `ProtocolError`, which the receiving side turns into a refusal naming the
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from privacy.errors import ProtocolError
+from fedsilo.errors import ProtocolError
 
 SECAGG_CONFIG_KEY = "fedsilo.secagg"
 MASKED_ARRAY_KEY = "fedsilo.secagg.masked"
@@ -103,7 +104,7 @@ def unflatten(vector: np.ndarray, template: ArrayRecord) -> ArrayRecord:
     for name in template.keys():
         like = template[name].numpy()
         size = like.size
-        out[name] = Array(vector[offset:offset + size].reshape(like.shape).astype(like.dtype))
+        out[name] = Array(vector[offset : offset + size].reshape(like.shape).astype(like.dtype))
         offset += size
     if offset != vector.size:
         raise ProtocolError(f"aggregate has {vector.size} values, the model has {offset}")

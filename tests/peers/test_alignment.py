@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peers.alignment import AlignmentSide, align_local
-from privacy.errors import DataError
+from fedsilo.errors import DataError
+from fedsilo.peers.alignment import AlignmentSide, align_local
 
 
 def _tables(seed=0):

@@ -7,14 +7,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from peers.client import app as client
-from peers.client import node_state
-from peers.data.encoding import TabularEncoder
-from peers.job import DPSpec, JobConfig, TrainSpec
-from peers.models import ModelSpec, build_model, get_weights
-from privacy.accounting import Mechanism
-from privacy.errors import ConfigError
-from simulations.data.synthetic import generate_consortium
+from fedsilo.errors import ConfigError
+from fedsilo.peers.client import app as client
+from fedsilo.peers.client import node_state
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.job import DPSpec, JobConfig, TrainSpec
+from fedsilo.peers.models import ModelSpec, build_model, get_weights
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.simulations.data.synthetic import generate_consortium
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +29,26 @@ def bank_files(tmp_path_factory):
 
 
 def _job(root, rounds=2, epsilon=2.0, mode="local"):
-    return JobConfig(label="default", encoder_path=str(root / "encoder.json"), banks_dir=str(root),
-                     job_id="t", peers=2, model=ModelSpec("mlp", (16,)),
-                     train=TrainSpec(rounds=rounds, batch_size=64, lr=0.3),
-                     dp=DPSpec(mode=mode, epsilon=epsilon, delta=1e-5))
+    return JobConfig(
+        label="default",
+        encoder_path=str(root / "encoder.json"),
+        banks_dir=str(root),
+        job_id="t",
+        peers=2,
+        model=ModelSpec("mlp", (16,)),
+        train=TrainSpec(rounds=rounds, batch_size=64, lr=0.3),
+        dp=DPSpec(mode=mode, epsilon=epsilon, delta=1e-5),
+    )
 
 
 def _context(job, partition=0):
-    return Context(run_id=1, node_id=partition + 10, node_config={"partition-id": partition, "num-partitions": 2},
-                   state=RecordDict(), run_config=job.to_run_config())
+    return Context(
+        run_id=1,
+        node_id=partition + 10,
+        node_config={"partition-id": partition, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=job.to_run_config(),
+    )
 
 
 def _train_message(weights, server_round):
@@ -45,8 +56,11 @@ def _train_message(weights, server_round):
     TaskIdentity.task_id = 1
     TaskIdentity.node_id = 1
     arrays = ArrayRecord({k: Array(v) for k, v in weights.items()})
-    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
-                   dst_node_id=10, message_type="train")
+    return Message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
+        dst_node_id=10,
+        message_type="train",
+    )
 
 
 def test_train_reply_carries_inner_weights_and_spent_epsilon(bank_files):
@@ -115,14 +129,23 @@ def test_missing_data_file_is_a_clear_refusal(bank_files, tmp_path):
 
 def _deployed_context(job, root, state_dir):
     """A deployed peer's context: its own data and state directory, and nothing in memory."""
-    return Context(run_id=1, node_id=10, state=RecordDict(), run_config=job.to_run_config(),
-                   node_config={"data-path": str(root / "bank-00000.parquet"),
-                                "encoder-path": str(root / "encoder.json"), "state-dir": str(state_dir)})
+    return Context(
+        run_id=1,
+        node_id=10,
+        state=RecordDict(),
+        run_config=job.to_run_config(),
+        node_config={
+            "data-path": str(root / "bank-00000.parquet"),
+            "encoder-path": str(root / "encoder.json"),
+            "state-dir": str(state_dir),
+        },
+    )
 
 
 def _open(job, state_dir):
-    return node_state.open_record(state_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta,
-                                                                                job.dp.accountant))
+    return node_state.open_record(
+        state_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta, job.dp.accountant)
+    )
 
 
 def test_a_restarted_client_app_keeps_the_cap_and_every_released_round(bank_files, tmp_path):
@@ -188,9 +211,9 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import test_client_app as t
-from peers.client import app as client
-from peers.client import node_state
-from peers.models import build_model, get_weights
+from fedsilo.peers.client import app as client
+from fedsilo.peers.client import node_state
+from fedsilo.peers.models import build_model, get_weights
 root, state, server_round, hold = Path({root!r}), Path({state!r}), int(sys.argv[1]), sys.argv[2] == "hold"
 job = t._job(root, rounds=2)
 initial = get_weights(build_model(job.model, {features}))
@@ -214,10 +237,13 @@ def test_a_killed_client_app_process_resumes_from_the_record(bank_files, tmp_pat
     root, encoder = bank_files
     job = _job(root, rounds=2)
     _open(job, tmp_path)
-    script = KILLED_PEER.format(tests=str(Path(__file__).parent), root=str(root), state=str(tmp_path),
-                                features=encoder.n_features)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    script = KILLED_PEER.format(
+        tests=str(Path(__file__).parent), root=str(root), state=str(tmp_path), features=encoder.n_features
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
     holder = subprocess.Popen([sys.executable, "-c", script, "1", "hold"], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "OK"
@@ -225,8 +251,12 @@ def test_a_killed_client_app_process_resumes_from_the_record(bank_files, tmp_pat
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert len(node_state.read_privacy(tmp_path, job.job_id).spent) == 1
-    runs = [subprocess.run([sys.executable, "-c", script, str(r), "exit"], env=env, capture_output=True, text=True,
-                           timeout=600) for r in (2, 3)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(r), "exit"], env=env, capture_output=True, text=True, timeout=600
+        )
+        for r in (2, 3)
+    ]
     assert runs[0].stdout.strip() == "OK", runs[0].stderr[-2000:]
     assert runs[1].stdout.startswith("ERROR BudgetExceeded"), runs[1].stdout + runs[1].stderr[-2000:]
     assert len(node_state.read_privacy(tmp_path, job.job_id).spent) == 2

@@ -16,25 +16,32 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from peers.client import node_state
-from peers.data.bank import split_train_test
-from peers.data.encoding import TabularEncoder
-from peers.deployment import DeploymentError, TLSFiles, host_training, join_training, node_auth_keypair
-from peers.deployment.local_ca import make_local_tls
-from peers.deployment.tls import node_key_path, public_key_pem
-from peers.identity.round_keys import simulated_consortium, simulated_files
-from peers.job import DPSpec, JobConfig, TrainSpec, global_shapes, plan_dp
-from peers.models import ModelSpec
-from privacy.accounting import Mechanism
-from privacy.errors import ConfigError
-from simulations.data.synthetic import generate_consortium
+from fedsilo.errors import ConfigError
+from fedsilo.peers.client import node_state
+from fedsilo.peers.data.bank import split_train_test
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.deployment import DeploymentError, TLSFiles, host_training, join_training, node_auth_keypair
+from fedsilo.peers.deployment.local_ca import make_local_tls
+from fedsilo.peers.deployment.tls import node_key_path, public_key_pem
+from fedsilo.peers.identity.round_keys import simulated_consortium, simulated_files
+from fedsilo.peers.job import DPSpec, JobConfig, TrainSpec, global_shapes, plan_dp
+from fedsilo.peers.models import ModelSpec
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.simulations.data.synthetic import generate_consortium
 
 LABEL = "default"
 
 
 def _job(job_id: str, peers: int, rounds: int = 2) -> JobConfig:
-    return JobConfig(label=LABEL, encoder_path="", job_id=job_id, peers=peers, model=ModelSpec("mlp", (16,)),
-                     train=TrainSpec(rounds=rounds, batch_size=64, lr=0.3), dp=DPSpec(epsilon=2.0, delta=1e-5))
+    return JobConfig(
+        label=LABEL,
+        encoder_path="",
+        job_id=job_id,
+        peers=peers,
+        model=ModelSpec("mlp", (16,)),
+        train=TrainSpec(rounds=rounds, batch_size=64, lr=0.3),
+        dp=DPSpec(epsilon=2.0, delta=1e-5),
+    )
 
 
 # ------------------------------------------------------------------ fast
@@ -64,8 +71,9 @@ def test_peer_privacy_record_round_trip(tmp_path):
 
 
 def test_a_secure_job_is_not_joined_without_the_peers_identity_and_the_node_config_names_it(tmp_path):
-    from peers.deployment.join import _node_config
-    from peers.identity.round_keys import IdentityFiles
+    from fedsilo.peers.deployment.join import _node_config
+    from fedsilo.peers.identity.round_keys import IdentityFiles
+
     job = _job("needs-identity", peers=2)
     data = tmp_path / "data.csv"
     data.write_text("x\n1\n")
@@ -102,9 +110,18 @@ def test_secure_dp_job_runs_and_each_peer_knows_what_it_spent(consortium):
     hosted = host_training(job, root / "host", tls, [key for _, _, key in peers])
     joined = []
     try:
-        joined = [join_training(job, home / "work", hosted.fleet_address, tls.ca_cert, home / "keys", data,
-                                identity=simulated_files(root / "identities", i))
-                  for i, (home, data, _) in enumerate(peers)]
+        joined = [
+            join_training(
+                job,
+                home / "work",
+                hosted.fleet_address,
+                tls.ca_cert,
+                home / "keys",
+                data,
+                identity=simulated_files(root / "identities", i),
+            )
+            for i, (home, data, _) in enumerate(peers)
+        ]
         result = hosted.wait(timeout=240)
         spent = [peer.wait(timeout=60).spent for peer in joined]
     finally:
@@ -139,8 +156,15 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
     hosted = host_training(job, tmp_path / "host", tls, [key])
     joined = None
     try:
-        joined = join_training(job, tmp_path / "stranger", hosted.fleet_address, tls.ca_cert, stranger / "keys", data,
-                               identity=simulated_files(root / "identities", 1))
+        joined = join_training(
+            job,
+            tmp_path / "stranger",
+            hosted.fleet_address,
+            tls.ca_cert,
+            stranger / "keys",
+            data,
+            identity=simulated_files(root / "identities", 1),
+        )
         with pytest.raises(DeploymentError, match="refused this peer's SuperNode .* not one the host authorized"):
             joined.wait(timeout=120)
         assert joined.supervisor.alive() == []
@@ -148,10 +172,16 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
         assert record is not None and record.spent == () and not record.finished  # it never trained
 
         # the job's public address serves the Fleet API only: no Control or Runtime call reaches the SuperLink
-        for method, path in [("POST", "/v1/control/list-runs"), ("POST", "/v1/control/start-run"),
-                             ("POST", "/v1/control/register-node"), ("POST", "/v1/runtime/acquire-task"),
-                             ("POST", "/v1/fleet/../control/start-run"), ("POST", "/v1/fleet/%2e%2e/control/stop-run"),
-                             ("GET", "/v1/fleet/pull-messages"), ("POST", "/v1/fleet/pull-messages?x=1")]:
+        for method, path in [
+            ("POST", "/v1/control/list-runs"),
+            ("POST", "/v1/control/start-run"),
+            ("POST", "/v1/control/register-node"),
+            ("POST", "/v1/runtime/acquire-task"),
+            ("POST", "/v1/fleet/../control/start-run"),
+            ("POST", "/v1/fleet/%2e%2e/control/stop-run"),
+            ("GET", "/v1/fleet/pull-messages"),
+            ("POST", "/v1/fleet/pull-messages?x=1"),
+        ]:
             status, body = _https(hosted.fleet_address, tls.ca_cert, method, path)
             assert status == 404 and b"serves a job's Fleet API only" in body, (path, status, body)
         assert _https(hosted.fleet_address, tls.ca_cert, "GET", "/health")[0] == 200
@@ -171,8 +201,9 @@ def test_unauthorized_supernode_is_refused_and_a_crash_stops_everything(consorti
 def _https(address, ca_cert, method, path):
     """(status, body) of one raw HTTPS request; the path is sent exactly as given."""
     host, port = address.rsplit(":", 1)
-    connection = http.client.HTTPSConnection(host, int(port), timeout=30,
-                                             context=ssl.create_default_context(cafile=str(ca_cert)))
+    connection = http.client.HTTPSConnection(
+        host, int(port), timeout=30, context=ssl.create_default_context(cafile=str(ca_cert))
+    )
     try:
         connection.putrequest(method, path, skip_accept_encoding=True)
         connection.putheader("Content-Length", "2")

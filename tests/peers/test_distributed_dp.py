@@ -4,17 +4,23 @@ import pytest
 import torch
 from torch import nn
 
-from peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec, plan_distributed_dp, secagg_config
-from privacy.accounting import epsilon_spent
-from privacy.clipped_gradients import clipped_gradient_sum
-from privacy.errors import ConfigError
-from privacy.secagg.graph import graph_parameters
+from fedsilo.errors import ConfigError
+from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec, plan_distributed_dp, secagg_config
+from fedsilo.privacy.accounting import epsilon_spent
+from fedsilo.privacy.clipped_gradients import clipped_gradient_sum
+from fedsilo.privacy.secagg.graph import graph_parameters
 
 
 def _job(peers=10, rounds=20, epsilon=3.0, secagg="on"):
-    return JobConfig(label="y", encoder_path="", peers=peers, public_rows=20_000,
-                     train=TrainSpec(rounds=rounds, lr=2.0), dp=DPSpec(mode="distributed", epsilon=epsilon),
-                     secagg=SecAggSpec(mode=secagg, clip=1.0))
+    return JobConfig(
+        label="y",
+        encoder_path="",
+        peers=peers,
+        public_rows=20_000,
+        train=TrainSpec(rounds=rounds, lr=2.0),
+        dp=DPSpec(mode="distributed", epsilon=epsilon),
+        secagg=SecAggSpec(mode=secagg, clip=1.0),
+    )
 
 
 @pytest.mark.parametrize("peers, rounds", [(5, 10), (10, 30), (40, 5)])
@@ -38,9 +44,17 @@ def test_distributed_dp_needs_secure_aggregation():
 
 def test_no_honest_noise_is_refused():
     with pytest.raises(ConfigError, match="cannot tolerate 1 dropouts"):
-        plan_distributed_dp(JobConfig(label="y", encoder_path="", peers=2, public_rows=10,
-                                      dp=DPSpec(mode="distributed"),
-                                      secagg=SecAggSpec(dropout_fraction=0.5, collusion_fraction=0.5)), 100)
+        plan_distributed_dp(
+            JobConfig(
+                label="y",
+                encoder_path="",
+                peers=2,
+                public_rows=10,
+                dp=DPSpec(mode="distributed"),
+                secagg=SecAggSpec(dropout_fraction=0.5, collusion_fraction=0.5),
+            ),
+            100,
+        )
 
 
 def test_clipped_gradient_sum_matches_per_example_clipping():
@@ -52,8 +66,9 @@ def test_clipped_gradient_sum_matches_per_example_clipping():
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for i in range(9):
         model.zero_grad()
-        nn.functional.binary_cross_entropy_with_logits(model(x[i:i + 1]).squeeze(-1), y[i:i + 1],
-                                                       reduction="sum").backward()
+        nn.functional.binary_cross_entropy_with_logits(
+            model(x[i : i + 1]).squeeze(-1), y[i : i + 1], reduction="sum"
+        ).backward()
         norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
         for n, p in model.named_parameters():
             expected[n] += p.grad * min(1.0, 0.5 / float(norm))
@@ -71,16 +86,23 @@ def test_clipped_gradient_sum_matches_per_example_clipping():
 
 @pytest.fixture(scope="module")
 def distributed_bank(tmp_path_factory):
-    from peers.data.encoding import TabularEncoder
-    from simulations.data.synthetic import generate_consortium
+    from fedsilo.peers.data.encoding import TabularEncoder
+    from fedsilo.simulations.data.synthetic import generate_consortium
+
     root = tmp_path_factory.mktemp("dist")
     (frame,) = generate_consortium(1, seed=2, total_customers=600)
     encoder = TabularEncoder.fit_frames([frame], "default")
     (root / "encoder.json").write_text(encoder.to_json())
     x, y = (torch.from_numpy(a) for a in encoder.transform(frame))
-    job = JobConfig(label="default", encoder_path=str(root / "encoder.json"), peers=10, public_rows=600,
-                    train=TrainSpec(rounds=5, lr=2.0), dp=DPSpec(mode="distributed", epsilon=3.0),
-                    secagg=SecAggSpec(clip=1.0))
+    job = JobConfig(
+        label="default",
+        encoder_path=str(root / "encoder.json"),
+        peers=10,
+        public_rows=600,
+        train=TrainSpec(rounds=5, lr=2.0),
+        dp=DPSpec(mode="distributed", epsilon=3.0),
+        secagg=SecAggSpec(clip=1.0),
+    )
     return job, x, y
 
 
@@ -88,9 +110,10 @@ def test_the_distributed_update_is_encoded_in_float64_within_the_float_allowance
     """The encoded update is the exact clipped step up to 2**-12 integer units; a float32 cast was off by hundreds."""
     import numpy as np
 
-    from peers.client.local_training import train_round
-    from peers.data.bank import BankTensors
-    from peers.models import build_model, get_weights, set_weights
+    from fedsilo.peers.client.local_training import train_round
+    from fedsilo.peers.data.bank import BankTensors
+    from fedsilo.peers.models import build_model, get_weights, set_weights
+
     job, x, y = distributed_bank
     model = build_model(job.model, x.shape[1], seed=3)
     weights = {k: (v * 300).astype(np.float32) for k, v in get_weights(model).items()}  # |w| up to ~100
@@ -111,9 +134,10 @@ def test_the_distributed_update_is_encoded_in_float64_within_the_float_allowance
 def test_global_weights_beyond_the_float_allowance_are_refused(distributed_bank):
     import numpy as np
 
-    from peers.client.local_training import WEIGHT_BOUND, train_round
-    from peers.data.bank import BankTensors
-    from peers.models import build_model, get_weights
+    from fedsilo.peers.client.local_training import WEIGHT_BOUND, train_round
+    from fedsilo.peers.data.bank import BankTensors
+    from fedsilo.peers.models import build_model, get_weights
+
     job, x, y = distributed_bank
     weights = get_weights(build_model(job.model, x.shape[1]))
     weights[next(iter(weights))].flat[0] = np.float32(WEIGHT_BOUND * job.secagg.clip * 2)

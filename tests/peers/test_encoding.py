@@ -8,25 +8,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peers.data.encoding import BankSummary, CategoricalColumn, NumericColumn, TabularEncoder, signed_log
-from privacy.errors import ConfigError, DataError
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.peers.data.encoding import BankSummary, CategoricalColumn, NumericColumn, TabularEncoder, signed_log
 
-UCI = Path(os.environ.get("FEDSILO_UCI_CSV",
-                          Path(__file__).resolve().parents[3] / "shared" / "data" / "UCI_Credit_Card.csv"))
+UCI = Path(
+    os.environ.get("FEDSILO_UCI_CSV", Path(__file__).resolve().parents[3] / "shared" / "data" / "UCI_Credit_Card.csv")
+)
 
 
 def _banks() -> list[pd.DataFrame]:
     rng = np.random.default_rng(0)
     frames = []
     for n, shift in [(300, 0.0), (120, 5.0), (57, -3.0)]:
-        frames.append(pd.DataFrame({
-            "income": rng.normal(50 + shift, 10, n),
-            "amount": rng.lognormal(8, 1.5, n),               # heavily skewed
-            "grade": rng.integers(1, 5, n) + (shift > 0),      # integer, few values
-            "region": rng.choice(["north", "south"], n),
-            "y": rng.integers(0, 2, n),
-        }))
-    frames[2].loc[frames[2].index[:4], "grade"] = 9            # a value only bank 2 has
+        frames.append(
+            pd.DataFrame(
+                {
+                    "income": rng.normal(50 + shift, 10, n),
+                    "amount": rng.lognormal(8, 1.5, n),  # heavily skewed
+                    "grade": rng.integers(1, 5, n) + (shift > 0),  # integer, few values
+                    "region": rng.choice(["north", "south"], n),
+                    "y": rng.integers(0, 2, n),
+                }
+            )
+        )
+    frames[2].loc[frames[2].index[:4], "grade"] = 9  # a value only bank 2 has
     frames[2]["region"] = rng.choice(["east", "north"], len(frames[2]))
     return frames
 
@@ -77,8 +82,19 @@ def test_one_hot_over_union_sorted(encoder):
     assert grade.categories == (1, 2, 3, 4, 5, 9)
     region = _column(encoder, "region")
     assert region.text and region.categories == ("east", "north", "south")
-    assert encoder.feature_names == ["income", "amount", "grade=1", "grade=2", "grade=3", "grade=4", "grade=5",
-                                     "grade=9", "region=east", "region=north", "region=south"]
+    assert encoder.feature_names == [
+        "income",
+        "amount",
+        "grade=1",
+        "grade=2",
+        "grade=3",
+        "grade=4",
+        "grade=5",
+        "grade=9",
+        "region=east",
+        "region=north",
+        "region=south",
+    ]
     assert encoder.n_features == 11
 
 
@@ -95,8 +111,9 @@ def test_transform_values(encoder):
 
 
 def test_unseen_category_maps_to_zeros(encoder):
-    frame = pd.DataFrame({"income": [50.0, 50.0], "amount": [1.0, 1.0], "grade": [7, 2.5],
-                          "region": ["west", "north"], "y": [0, 1]})
+    frame = pd.DataFrame(
+        {"income": [50.0, 50.0], "amount": [1.0, 1.0], "grade": [7, 2.5], "region": ["west", "north"], "y": [0, 1]}
+    )
     x, _ = encoder.transform(frame)
     names = encoder.feature_names
     grade = [names.index(n) for n in names if n.startswith("grade=")]
@@ -107,8 +124,14 @@ def test_unseen_category_maps_to_zeros(encoder):
 
 def test_missing_values():
     rng = np.random.default_rng(1)
-    a = pd.DataFrame({"v": rng.normal(10, 2, 50), "c": rng.integers(0, 3, 50).astype(float),
-                      "t": rng.choice(["a", "b"], 50), "y": rng.integers(0, 2, 50)})
+    a = pd.DataFrame(
+        {
+            "v": rng.normal(10, 2, 50),
+            "c": rng.integers(0, 3, 50).astype(float),
+            "t": rng.choice(["a", "b"], 50),
+            "y": rng.integers(0, 2, 50),
+        }
+    )
     b = a.copy()
     b.loc[:4, "v"] = np.nan
     b.loc[:2, "c"] = np.nan
@@ -132,7 +155,9 @@ def test_missing_values():
     clean = TabularEncoder.fit_frames([a], "y")
     assert "v__missing" not in clean.feature_names and "t=__missing__" not in clean.feature_names
     x, _ = clean.transform(b)
-    assert np.isfinite(x).all() and x[:2, [clean.feature_names.index("t=a"), clean.feature_names.index("t=b")]].sum() == 0
+    assert (
+        np.isfinite(x).all() and x[:2, [clean.feature_names.index("t=a"), clean.feature_names.index("t=b")]].sum() == 0
+    )
 
 
 def test_constant_column_std_one():
@@ -217,8 +242,10 @@ def test_from_json_errors():
     with pytest.raises(ConfigError, match="not a fedsilo tabular encoder"):
         TabularEncoder.from_json('{"a": 1}')
     with pytest.raises(ConfigError, match="malformed"):
-        TabularEncoder.from_json('{"format": "fedsilo.tabular-encoder", "version": 1, "label": "y", '
-                                 '"columns": [{"name": "a", "type": "numeric"}]}')
+        TabularEncoder.from_json(
+            '{"format": "fedsilo.tabular-encoder", "version": 1, "label": "y", '
+            '"columns": [{"name": "a", "type": "numeric"}]}'
+        )
 
 
 @pytest.mark.skipif(not UCI.is_file(), reason="UCI credit-card file not present")
@@ -226,8 +253,8 @@ def test_uci_encoding():
     frame = pd.read_csv(UCI).drop(columns=["ID"])
     banks = [frame.iloc[i::3] for i in range(3)]
     encoder = TabularEncoder.fit_frames(banks, "Y")
-    assert isinstance(_column(encoder, "X6"), CategoricalColumn)        # PAY_0, -2 … 8
+    assert isinstance(_column(encoder, "X6"), CategoricalColumn)  # PAY_0, -2 … 8
     assert isinstance(_column(encoder, "X1"), NumericColumn) and not _column(encoder, "X1").log
-    assert _column(encoder, "X18").log                                   # PAY_AMT1 is very skewed
+    assert _column(encoder, "X18").log  # PAY_AMT1 is very skewed
     x, y = encoder.transform(frame)
     assert np.isfinite(x).all() and y.mean() == pytest.approx(0.2212, abs=1e-3)

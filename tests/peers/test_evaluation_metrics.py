@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from peers.evaluation import METRICS, binary_metrics, bootstrap, calibration_curve, interval, roc_auc
+from fedsilo.peers.evaluation import METRICS, binary_metrics, bootstrap, calibration_curve, interval, roc_auc
 
 # Scores from the highest down: 0.9 (event), 0.8 (event and non-event: a tie), 0.4, 0.35 (event), 0.1.
 Y = np.array([0, 0, 1, 1, 0, 1])
@@ -23,15 +23,23 @@ def test_metrics_of_a_tiny_vector_by_hand():
     # TPR − FPR at each threshold: 1/3, 2/3 − 1/3, 2/3 − 2/3, 1 − 2/3, 0
     assert m["ks"] == pytest.approx(1 / 3)
     assert m["brier"] == pytest.approx((0.1**2 + 0.4**2 + 0.65**2 + 0.2**2 + 0.8**2 + 0.1**2) / 6)
-    assert m["log_loss"] == pytest.approx(-(math.log(0.9) + math.log(0.6) + math.log(0.35) + math.log(0.8)
-                                            + math.log(0.2) + math.log(0.9)) / 6)
+    assert m["log_loss"] == pytest.approx(
+        -(math.log(0.9) + math.log(0.6) + math.log(0.35) + math.log(0.8) + math.log(0.2) + math.log(0.9)) / 6
+    )
 
 
 def test_perfect_and_reversed_ranking():
     y = np.array([0, 0, 1, 1])
     assert binary_metrics(y, np.array([0.1, 0.2, 0.8, 0.9])) == pytest.approx(
-        {"roc_auc": 1.0, "pr_auc": 1.0, "ks": 1.0, "gini": 1.0, "brier": (0.01 + 0.04 + 0.04 + 0.01) / 4,
-         "log_loss": -(math.log(0.9) + math.log(0.8) * 2 + math.log(0.9)) / 4})
+        {
+            "roc_auc": 1.0,
+            "pr_auc": 1.0,
+            "ks": 1.0,
+            "gini": 1.0,
+            "brier": (0.01 + 0.04 + 0.04 + 0.01) / 4,
+            "log_loss": -(math.log(0.9) + math.log(0.8) * 2 + math.log(0.9)) / 4,
+        }
+    )
     reversed_ = binary_metrics(y, np.array([0.9, 0.8, 0.2, 0.1]))
     assert reversed_["roc_auc"] == 0.0 and reversed_["gini"] == -1.0 and reversed_["ks"] == pytest.approx(1.0)
 
@@ -66,7 +74,7 @@ def test_interval_contains_the_point_and_narrows_with_more_rows():
 def test_resamples_are_shared_by_models_and_calls():
     y, p = _data(500)
     one = bootstrap(y, {"a": p}, resamples=50, seed=3)
-    two = bootstrap(y, {"b": p ** 2, "a": p}, resamples=50, seed=3, only=("roc_auc",))
+    two = bootstrap(y, {"b": p**2, "a": p}, resamples=50, seed=3, only=("roc_auc",))
     assert np.array_equal(one.samples["a"]["roc_auc"], two.samples["a"]["roc_auc"])
     # p² ranks the rows as p does: identical AUC on every resample, so their paired difference is exactly 0
     assert np.array_equal(two.samples["a"]["roc_auc"], two.samples["b"]["roc_auc"])
@@ -77,4 +85,5 @@ def test_calibration_curve_bins_by_predicted_probability():
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8])
     assert calibration_curve(y, p, bins=2) == [
         {"mean_predicted": pytest.approx(0.2), "observed_rate": pytest.approx(1 / 3), "rows": 3},
-        {"mean_predicted": pytest.approx(0.7), "observed_rate": pytest.approx(2 / 3), "rows": 3}]
+        {"mean_predicted": pytest.approx(0.7), "observed_rate": pytest.approx(2 / 3), "rows": 3},
+    ]

@@ -2,28 +2,39 @@
 
 import pytest
 
-from peers.job import DPSpec, JobConfig, TrainSpec, plan_dp
-from peers.models import ModelSpec
-from privacy.accounting import epsilon_spent
-from privacy.errors import ConfigError
+from fedsilo.errors import ConfigError
+from fedsilo.peers.job import DPSpec, JobConfig, TrainSpec, plan_dp
+from fedsilo.peers.models import ModelSpec
+from fedsilo.privacy.accounting import epsilon_spent
 
 
 def test_run_config_round_trip():
-    job = JobConfig(label="y", encoder_path="/e.json", banks_dir="/b", job_id="j1", strategy="fedadam", peers=7,
-                    model=ModelSpec("logreg", (8,)), train=TrainSpec(rounds=4, lr=0.1, seed=9),
-                    dp=DPSpec(epsilon=1.5, delta=1e-6, accountant="prv"))
+    job = JobConfig(
+        label="y",
+        encoder_path="/e.json",
+        banks_dir="/b",
+        job_id="j1",
+        strategy="fedadam",
+        peers=7,
+        model=ModelSpec("logreg", (8,)),
+        train=TrainSpec(rounds=4, lr=0.1, seed=9),
+        dp=DPSpec(epsilon=1.5, delta=1e-6, accountant="prv"),
+    )
     flat = job.to_run_config()
     assert all(isinstance(v, (str, int, float, bool)) for v in flat.values())
     assert JobConfig.from_run_config(flat) == job
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"epsilon": 0.0}, "dp.epsilon must be > 0"),
-    ({"epsilon": -1.0}, "dp.epsilon must be > 0"),
-    ({"delta": 1.0}, "dp.delta must be in (0, 1)"),
-    ({"delta": 0.0}, "dp.delta must be in (0, 1)"),
-    ({"mode": "central"}, "dp.mode 'central' is unknown"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"epsilon": 0.0}, "dp.epsilon must be > 0"),
+        ({"epsilon": -1.0}, "dp.epsilon must be > 0"),
+        ({"delta": 1.0}, "dp.delta must be in (0, 1)"),
+        ({"delta": 0.0}, "dp.delta must be in (0, 1)"),
+        ({"mode": "central"}, "dp.mode 'central' is unknown"),
+    ],
+)
 def test_bad_dp_settings_are_refused(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         DPSpec(**kwargs)

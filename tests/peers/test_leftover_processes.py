@@ -8,12 +8,12 @@ import textwrap
 import time
 from pathlib import Path
 
-from peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
+from fedsilo.peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
 
 SUPERVISOR = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from peers.deployment.processes import Supervisor
+    from fedsilo.peers.deployment.processes import Supervisor
     supervisor = Supervisor(Path(sys.argv[1]), {})
     for name in ("superlink", "supernode"):
         child = supervisor.start(name, [sys.executable, "-c", "import time; time.sleep(600)"])
@@ -31,8 +31,12 @@ def _running(pid: int) -> bool:
 
 def test_children_of_a_killed_supervisor_are_stopped_at_the_next_start(tmp_path):
     root = Path(__file__).resolve().parents[2]
-    parent = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(root)})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     pids = [int(parent.stdout.readline()) for _ in range(2)]
     parent.send_signal(signal.SIGKILL)  # no atexit, no stop(): the children are orphaned
     parent.wait(timeout=30)
@@ -61,7 +65,8 @@ def test_a_recycled_pid_is_never_signalled(tmp_path):
 
 
 def test_a_clean_stop_leaves_no_registry(tmp_path):
-    from peers.deployment.processes import Supervisor
+    from fedsilo.peers.deployment.processes import Supervisor
+
     supervisor = Supervisor(tmp_path, {})
     child = supervisor.start("superlink", [sys.executable, "-c", "import time; time.sleep(600)"])
     assert (tmp_path / REGISTRY_NAME).exists()

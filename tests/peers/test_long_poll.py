@@ -1,4 +1,4 @@
-"""`peers.deployment.long_poll`: an empty pull waits for the next push, and only an empty one."""
+"""`fedsilo.peers.deployment.long_poll`: an empty pull waits for the next push, and only an empty one."""
 
 import threading
 import time
@@ -10,7 +10,7 @@ from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
 from flwr.superlink.servicer.fleet import fleet_handlers
 from flwr.superlink.servicer.runtime import runtime_handlers
 
-from peers.deployment.long_poll import INSTRUCTIONS, REPLIES, LongPoll, install, no_messages, object_pending
+from fedsilo.peers.deployment.long_poll import INSTRUCTIONS, REPLIES, LongPoll, install, no_messages, object_pending
 
 
 class _Mailbox:

@@ -3,14 +3,21 @@
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
-from peers.packed_content import (PACKED_KEY, is_packed, pack, pack_message, packed_content_mod, unpack,
-                                  unpack_reply)
-from peers.server.polling_grid import PromptGrid
-from privacy.errors import ProtocolError
+from fedsilo.errors import ProtocolError
+from fedsilo.peers.packed_content import (
+    PACKED_KEY,
+    is_packed,
+    pack,
+    pack_message,
+    packed_content_mod,
+    unpack,
+    unpack_reply,
+)
+from fedsilo.peers.server.polling_grid import PromptGrid
 
 
 @pytest.fixture(autouse=True)
@@ -20,16 +27,22 @@ def _task_identity():
 
 def _weights():
     rng = np.random.default_rng(0)
-    return {"net.0.weight": rng.normal(size=(16, 23)).astype(np.float32),
-            "net.0.bias": np.zeros(16, dtype=np.float32),
-            "net.2.weight": rng.normal(size=(1, 16)).astype(np.float64),
-            "steps": np.array(7, dtype=np.int64)}
+    return {
+        "net.0.weight": rng.normal(size=(16, 23)).astype(np.float32),
+        "net.0.bias": np.zeros(16, dtype=np.float32),
+        "net.2.weight": rng.normal(size=(1, 16)).astype(np.float64),
+        "steps": np.array(7, dtype=np.int64),
+    }
 
 
 def _content():
-    return RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in _weights().items()}),
-                       "config": ConfigRecord({"server-round": 3}),
-                       "single": ArrayRecord({"only": Array(np.arange(5))})})
+    return RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in _weights().items()}),
+            "config": ConfigRecord({"server-round": 3}),
+            "single": ArrayRecord({"only": Array(np.arange(5))}),
+        }
+    )
 
 
 def test_round_trip_is_byte_exact_and_keeps_order_dtypes_shapes():
@@ -62,11 +75,14 @@ def _frames(packed: RecordDict) -> bytes:
     return packed[PACKED_KEY]["objects"]
 
 
-@pytest.mark.parametrize("tamper, reason", [
-    (lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]), "does not match its id"),  # an object's bytes changed
-    (lambda blob: blob[:-3], "truncated"),
-    (lambda blob: blob + b"x" * 10, "truncated"),
-])
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]), "does not match its id"),  # an object's bytes changed
+        (lambda blob: blob[:-3], "truncated"),
+        (lambda blob: blob + b"x" * 10, "truncated"),
+    ],
+)
 def test_altered_or_truncated_objects_are_refused(tamper, reason):
     packed = pack(_content())
     packed[PACKED_KEY]["objects"] = tamper(_frames(packed))

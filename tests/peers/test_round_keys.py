@@ -4,11 +4,15 @@ import os
 
 import pytest
 
-from peers.errors import IdentityError
-from peers.identity.manifest import Manifest
-from peers.identity.pki import load_certificate, load_private_key
-from peers.identity.round_keys import (
-    CertificateSigner, ManifestVerifier, load_round_identity, simulated_consortium, simulated_files,
+from fedsilo.peers.errors import IdentityError
+from fedsilo.peers.identity.manifest import Manifest
+from fedsilo.peers.identity.pki import load_certificate, load_private_key
+from fedsilo.peers.identity.round_keys import (
+    CertificateSigner,
+    ManifestVerifier,
+    load_round_identity,
+    simulated_consortium,
+    simulated_files,
     simulated_identity,
 )
 

@@ -13,17 +13,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from peers.client import app as client
-from peers.client.local_training import reproducible_seed
-from peers.data.encoding import TabularEncoder
-from peers.job import DPSpec, JobConfig, TrainSpec, plan_dp
-from peers.mechanism_check import check_mechanism
-from peers.models import ModelSpec, build_model, get_weights, set_weights
-from privacy.dpsgd import DPSGDConfig, DPSGDTrainer
-from peers.daemon.signed_job import job_document, parse_document
-from privacy.errors import ConfigError
-from simulations.data.synthetic import generate_consortium
-
+from fedsilo.errors import ConfigError
+from fedsilo.peers.client import app as client
+from fedsilo.peers.client.local_training import reproducible_seed
+from fedsilo.peers.daemon.signed_job import job_document, parse_document
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.job import DPSpec, JobConfig, TrainSpec, plan_dp
+from fedsilo.peers.mechanism_check import check_mechanism
+from fedsilo.peers.models import ModelSpec, build_model, get_weights, set_weights
+from fedsilo.privacy.dpsgd import DPSGDConfig, DPSGDTrainer
+from fedsilo.simulations.data.synthetic import generate_consortium
 from tests.peers.test_client_app import _context, _train_message
 
 ROUNDS, LR, CLIP = 2, 0.3, 1.0
@@ -41,10 +40,16 @@ def bank_files(tmp_path_factory):
 
 
 def full_batch_job(root, reproducible=False) -> JobConfig:
-    return JobConfig(label="default", encoder_path=str(root / "encoder.json"), banks_dir=str(root), job_id="noise",
-                     peers=2, model=ModelSpec("mlp", (16,)),
-                     train=TrainSpec(rounds=ROUNDS, batch_size=100_000, lr=LR, seed=7),
-                     dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP, reproducible=reproducible))
+    return JobConfig(
+        label="default",
+        encoder_path=str(root / "encoder.json"),
+        banks_dir=str(root),
+        job_id="noise",
+        peers=2,
+        model=ModelSpec("mlp", (16,)),
+        train=TrainSpec(rounds=ROUNDS, batch_size=100_000, lr=LR, seed=7),
+        dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP, reproducible=reproducible),
+    )
 
 
 def released(job, weights, bank=0, server_round=1) -> dict[str, np.ndarray]:
@@ -63,8 +68,9 @@ def host_replay(job, weights, n_features, n_train, bank_seed, server_round=1) ->
     plan = plan_dp(job, n_train)
     model = build_model(job.model, n_features)
     set_weights(model, weights)
-    config = DPSGDConfig(lr=LR, max_grad_norm=CLIP, noise_multiplier=plan.noise_multiplier,
-                         sample_rate=plan.sample_rate)
+    config = DPSGDConfig(
+        lr=LR, max_grad_norm=CLIP, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate
+    )
     seed = (job.train.seed * 1_000_003 + bank_seed * 7919 + server_round) % (2**31)
     DPSGDTrainer(model, config, reproducible_seed=seed).train(data.x_train, data.y_train, epochs=1)
     return get_weights(model)
@@ -131,8 +137,9 @@ def test_a_deployed_peer_refuses_a_job_asking_for_reproducible_noise(bank_files,
 
 def test_a_signed_job_cannot_ask_for_reproducible_noise(tmp_path):
     path = tmp_path / "job.toml"
-    path.write_text('[job]\nid = "j"\nhost = "a"\nparticipants = ["a", "b"]\nsource = "s"\nlabel = "y"\n'
-                    '[dp]\nreproducible = true\n')
+    path.write_text(
+        '[job]\nid = "j"\nhost = "a"\nparticipants = ["a", "b"]\nsource = "s"\nlabel = "y"\n[dp]\nreproducible = true\n'
+    )
     with pytest.raises(ConfigError, match="unknown key 'reproducible' in \\[dp\\]"):
         job_document(path, owner="o")
     # an owner who writes the signed body by hand (an int passes the scalar check) is refused too
@@ -148,9 +155,16 @@ def test_a_signed_job_cannot_ask_for_reproducible_noise(tmp_path):
 
 def test_the_mechanism_check_passes_secret_noise_and_fails_reproducible_noise(bank_files):
     root, encoder = bank_files
-    job = JobConfig(label="default", encoder_path=str(root / "encoder.json"), banks_dir=str(root), job_id="check",
-                    peers=2, model=ModelSpec("mlp", (32, 16)), train=TrainSpec(rounds=3, batch_size=64, lr=LR, seed=7),
-                    dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP))
+    job = JobConfig(
+        label="default",
+        encoder_path=str(root / "encoder.json"),
+        banks_dir=str(root),
+        job_id="check",
+        peers=2,
+        model=ModelSpec("mlp", (32, 16)),
+        train=TrainSpec(rounds=3, batch_size=64, lr=LR, seed=7),
+        dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP),
+    )
     data = client.bank_data(job, _context(job))
     weights = get_weights(build_model(job.model, encoder.n_features))
     secret = check_mechanism(job, data.x_train, data.y_train, weights, bank_seed=1)
@@ -159,8 +173,9 @@ def test_the_mechanism_check_passes_secret_noise_and_fails_reproducible_noise(ba
     assert secret.interval[0] <= secret.replay_sd <= secret.interval[1]
     assert secret.sampling_differs
 
-    seeded = check_mechanism(replace(job, dp=replace(job.dp, reproducible=True)), data.x_train, data.y_train,
-                             weights, bank_seed=1)
+    seeded = check_mechanism(
+        replace(job, dp=replace(job.dp, reproducible=True)), data.x_train, data.y_train, weights, bank_seed=1
+    )
     assert not seeded.passed
     assert seeded.replay_sd == 0.0 and seeded.host_sd == 0.0 and not seeded.sampling_differs
     assert "two replays differ by sd 0" in seeded.verdict and "host's recomputation" in seeded.verdict
@@ -168,14 +183,22 @@ def test_the_mechanism_check_passes_secret_noise_and_fails_reproducible_noise(ba
 
 def test_the_mechanism_check_fails_noise_weaker_than_planned(bank_files, monkeypatch):
     """A forgotten factor in the noise (σ/2 applied, σ accounted) is caught by the scale, not only by freshness."""
-    import privacy.dpsgd
+    from fedsilo.privacy import dpsgd
+
     root, encoder = bank_files
-    job = JobConfig(label="default", encoder_path=str(root / "encoder.json"), banks_dir=str(root), job_id="weak",
-                    peers=2, model=ModelSpec("mlp", (32, 16)), train=TrainSpec(rounds=3, batch_size=64, lr=LR),
-                    dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP))
+    job = JobConfig(
+        label="default",
+        encoder_path=str(root / "encoder.json"),
+        banks_dir=str(root),
+        job_id="weak",
+        peers=2,
+        model=ModelSpec("mlp", (32, 16)),
+        train=TrainSpec(rounds=3, batch_size=64, lr=LR),
+        dp=DPSpec(epsilon=2.0, max_grad_norm=CLIP),
+    )
     data = client.bank_data(job, _context(job))
     weights = get_weights(build_model(job.model, encoder.n_features))
-    monkeypatch.setattr(privacy.dpsgd, "_applied_noise", lambda sigma: sigma / 2)
+    monkeypatch.setattr(dpsgd, "_applied_noise", lambda sigma: sigma / 2)
     weak = check_mechanism(job, data.x_train, data.y_train, weights, bank_seed=1)
     assert not weak.passed and weak.replay_sd < weak.interval[0]
 
@@ -183,28 +206,44 @@ def test_the_mechanism_check_fails_noise_weaker_than_planned(bank_files, monkeyp
 def test_a_deployed_jobs_card_says_where_the_noise_came_from_and_what_is_public():
     import datetime as dt
 
-    from peers.daemon.card import build_card
-    from peers.daemon.signed_job import SignedJob
-    job = SignedJob("j", "owner", "bank-a", ("bank-a", "bank-b"), 2, "credit", "default", "n",
-                    dt.datetime.now(dt.timezone.utc), JobConfig(label="default", encoder_path=""), {"job": {"id": "j"}})
+    from fedsilo.peers.daemon.card import build_card
+    from fedsilo.peers.daemon.signed_job import SignedJob
+
+    job = SignedJob(
+        "j",
+        "owner",
+        "bank-a",
+        ("bank-a", "bank-b"),
+        2,
+        "credit",
+        "default",
+        "n",
+        dt.datetime.now(dt.UTC),
+        JobConfig(label="default", encoder_path=""),
+        {"job": {"id": "j"}},
+    )
     participants = [{"peer": "bank-b", "decision": "accepted", "reply": {"rows": 100, "n_train": 80}}]
     card = build_card(job, participants, {}, {"rounds": []})
-    assert card["privacy"]["noise"].startswith("secret: each participant drew its DP noise and sampling from its "
-                                               "own OS CSPRNG")
+    assert card["privacy"]["noise"].startswith(
+        "secret: each participant drew its DP noise and sampling from its own OS CSPRNG"
+    )
     assert "training rows is released exactly" in card["privacy"]["public"]
     assert card["participants"][0]["training_rows"] == 80
 
 
 def test_a_deployed_peer_checks_its_noise_on_request(bank_files, tmp_path, capsys, monkeypatch):
-    import privacy.dpsgd
-    from simulations.cli import main
+    from fedsilo.cli import main
+    from fedsilo.privacy import dpsgd
+
     root, _ = bank_files
     path = tmp_path / "job.toml"
-    path.write_text('[job]\nid = "j"\nhost = "a"\nparticipants = ["a", "b"]\nsource = "s"\nlabel = "default"\n'
-                    '[model]\nhidden = [32, 16]\n[train]\nrounds = 3\nbatch-size = 64\nseed = 9\n[dp]\nepsilon = 2.0\n')
+    path.write_text(
+        '[job]\nid = "j"\nhost = "a"\nparticipants = ["a", "b"]\nsource = "s"\nlabel = "default"\n'
+        "[model]\nhidden = [32, 16]\n[train]\nrounds = 3\nbatch-size = 64\nseed = 9\n[dp]\nepsilon = 2.0\n"
+    )
     data = str(root / "bank-00000.parquet")
     assert main(["peer", "check-noise", "--job", str(path), "--data", data]) == 0
     assert "check-noise: passed: fresh noise of the planned scale" in capsys.readouterr().out
-    monkeypatch.setattr(privacy.dpsgd, "_applied_noise", lambda sigma: 0.0)  # a forgotten noise call
+    monkeypatch.setattr(dpsgd, "_applied_noise", lambda sigma: 0.0)  # a forgotten noise call
     assert main(["peer", "check-noise", "--job", str(path), "--data", data]) == 2
     assert "check-noise FAILED: two replays differ by sd 0" in capsys.readouterr().err

@@ -5,18 +5,21 @@ import hashlib
 import numpy as np
 import pytest
 
-from peers.data.bank import FREE, TEST, TRAIN, split_train_test
-from peers.shared_holdout import HoldoutMember, agree_holdout, pin_frame, read_pin_frame
-from privacy.errors import DataError, ProtocolError
-from privacy.psi import canonical
+from fedsilo.errors import DataError, ProtocolError
+from fedsilo.peers.data.bank import FREE, TEST, TRAIN, split_train_test
+from fedsilo.peers.shared_holdout import HoldoutMember, agree_holdout, pin_frame, read_pin_frame
+from fedsilo.privacy.psi import canonical
 
 
 def _institutions(seed=0):
     """Three institutions over 1,500 customers: some at two of them, some at all three."""
     rng = np.random.default_rng(seed)
     label = rng.random(1500) < 0.25
-    holders = [set(range(0, 750)), set(range(600, 1200)),
-               set(range(1100, 1500)) | set(range(0, 75)) | set(range(700, 750))]
+    holders = [
+        set(range(0, 750)),
+        set(range(600, 1200)),
+        set(range(1100, 1500)) | set(range(0, 75)) | set(range(700, 750)),
+    ]
     # shared by two: 600..699, 0..74, 1100..1199; by all three: 700..749
     ids, labels = [], []
     for i, rows in enumerate(holders):
@@ -68,8 +71,13 @@ def test_no_identifier_crosses_between_institutions():
     blob = b"".join(wire)
     for identifier in {x for own in ids for x in own}:
         form = canonical(identifier, "customer")
-        for needle in (identifier.strip().encode(), identifier.strip().lower().encode(), form,
-                       hashlib.sha256(form).digest()[:16], hashlib.sha512(form).digest()[:16]):
+        for needle in (
+            identifier.strip().encode(),
+            identifier.strip().lower().encode(),
+            form,
+            hashlib.sha256(form).digest()[:16],
+            hashlib.sha512(form).digest()[:16],
+        ):
             assert needle not in blob, identifier
 
 
@@ -83,8 +91,9 @@ def test_pins_are_kept_and_the_rest_make_up_the_test_fraction():
     assert len(test) == 30 + 4  # class 0 already has 30 ≥ its 16; class 1 gets 4 of its 10 free rows
     assert sorted(np.concatenate([train, test])) == list(range(100))
     free = np.full(100, FREE, dtype=np.int8)
-    assert all(np.array_equal(a, b) for a, b in zip(split_train_test(labels, 0.2, 5, free),
-                                                     split_train_test(labels, 0.2, 5)))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(split_train_test(labels, 0.2, 5, free), split_train_test(labels, 0.2, 5))
+    )
     with pytest.raises(DataError, match="pinned sides"):
         split_train_test(labels, 0.2, 0, np.full(100, 7))
 
@@ -117,8 +126,8 @@ def test_a_bank_table_carries_its_agreed_sides_to_the_client_split(tmp_path):
     """The ClientApp's split (load_bank -> encode_bank) keeps the pinned sides; no encoder reads them."""
     import pandas as pd
 
-    from peers.data.bank import load_bank
-    from peers.data.encoding import SPLIT_COLUMN, BankSummary, TabularEncoder
+    from fedsilo.peers.data.bank import load_bank
+    from fedsilo.peers.data.encoding import SPLIT_COLUMN, BankSummary, TabularEncoder
 
     rng = np.random.default_rng(0)
     sides = np.where(rng.random(200) < 0.2, TEST, TRAIN).astype(np.int8)

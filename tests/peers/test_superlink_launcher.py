@@ -1,27 +1,37 @@
-"""`peers.deployment.superlink`: Flower's SuperLink middleware, with the Control-only layers scoped."""
+"""`fedsilo.peers.deployment.superlink`: Flower's SuperLink middleware, with the Control-only layers scoped."""
 
 import asyncio
 
 from flwr.superlink.main import _get_middleware  # pylint: disable=protected-access
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from peers.deployment.superlink import MESSAGE_ROUTES, InlineMiddleware, ScopedMiddleware, scoped_middleware
+from fedsilo.peers.deployment.superlink import MESSAGE_ROUTES, InlineMiddleware, ScopedMiddleware, scoped_middleware
 
-SCOPED = {"ControlSensitiveResponseMiddleware", "ControlAuthenticationMiddleware", "ControlLicenseMiddleware",
-          "ControlEventLogMiddleware", "FleetEventLogMiddleware", "RuntimeTracingMiddleware"}
+SCOPED = {
+    "ControlSensitiveResponseMiddleware",
+    "ControlAuthenticationMiddleware",
+    "ControlLicenseMiddleware",
+    "ControlEventLogMiddleware",
+    "FleetEventLogMiddleware",
+    "RuntimeTracingMiddleware",
+}
 
 
 def test_every_layer_is_kept_in_flowers_order_scoped_or_run_inline():
     flower = _get_middleware()
     ours = scoped_middleware(flower)
     assert len(ours) == len(flower)
-    names = [m.kwargs["layer"].__name__ if m.cls in (ScopedMiddleware, InlineMiddleware) else m.cls.__name__
-             for m in ours]
+    names = [
+        m.kwargs["layer"].__name__ if m.cls in (ScopedMiddleware, InlineMiddleware) else m.cls.__name__ for m in ours
+    ]
     assert names == [m.cls.__name__ for m in flower]
     assert {m.kwargs["layer"].__name__ for m in ours if m.cls is ScopedMiddleware} == SCOPED
     inline = [m for m in ours if m.cls is InlineMiddleware]  # what a message or object request still goes through
-    assert {m.kwargs["layer"].__name__ for m in inline} == {"ProtobufTranslationMiddleware", "NodeAuthMiddleware",
-                                                             BaseHTTPMiddleware.__name__}
+    assert {m.kwargs["layer"].__name__ for m in inline} == {
+        "ProtobufTranslationMiddleware",
+        "NodeAuthMiddleware",
+        BaseHTTPMiddleware.__name__,
+    }
     translator = next(m for m in inline if m.kwargs["layer"] is BaseHTTPMiddleware)
     assert translator.kwargs["dispatch"].__name__ == "http_error_translator"  # Flower's, with its own dispatch
     assert all(m.kwargs["routes"] == MESSAGE_ROUTES for m in inline)
@@ -50,7 +60,7 @@ def _through(middleware: ScopedMiddleware, path: str, kind: str = "http") -> lis
 
 
 def test_a_fleet_request_skips_a_control_layer_and_a_control_request_goes_through_it():
-    from peers.deployment.superlink import _control
+    from fedsilo.peers.deployment.superlink import _control
 
     middleware = ScopedMiddleware(lambda *a: None, layer=_Layer, applies=_control)
     assert _through(middleware, "/v1/fleet/pull-messages") == ["/v1/fleet/pull-messages"]
@@ -76,14 +86,25 @@ def _post(app, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         elif message["type"] == "http.response.body":
             sent["body"] += message.get("body", b"")
 
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(b"content-length", str(len(body)).encode())], "scheme": "https", "http_version": "1.1",
-             "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2), "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-length", str(len(body)).encode())],
+        "scheme": "https",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 1),
+        "client": ("127.0.0.1", 2),
+        "root_path": "",
+    }
     asyncio.run(app(scope, receive, send))
     return sent["status"], sent["headers"], sent["body"]
 
 
 # InlineMiddleware: a BaseHTTPMiddleware layer's dispatch, with call_next run in the same task.
+
 
 def _app_with(layer_stack):
     """A Starlette app whose endpoint echoes the body it reads, raises on /fail, and sets a header."""
@@ -99,9 +120,14 @@ def _app_with(layer_stack):
         await request.body()
         raise LookupError("downstream failed")
 
-    return Starlette(routes=[Route("/v1/fleet/push-object", echo, methods=["POST"]),
-                             Route("/v1/fleet/pull-object", fail, methods=["POST"]),
-                             Route("/v1/control/list-runs", echo, methods=["POST"])], middleware=layer_stack)
+    return Starlette(
+        routes=[
+            Route("/v1/fleet/push-object", echo, methods=["POST"]),
+            Route("/v1/fleet/pull-object", fail, methods=["POST"]),
+            Route("/v1/control/list-runs", echo, methods=["POST"]),
+        ],
+        middleware=layer_stack,
+    )
 
 
 async def _reading_and_translating(request, call_next):
@@ -130,8 +156,16 @@ def test_inline_answers_exactly_as_base_http_middleware():
     from starlette.middleware import Middleware
 
     stock = _answers([Middleware(BaseHTTPMiddleware, dispatch=_reading_and_translating)])
-    inline = _answers([Middleware(InlineMiddleware, layer=BaseHTTPMiddleware, dispatch=_reading_and_translating,
-                                  routes=frozenset({"/v1/fleet/push-object", "/v1/fleet/pull-object"}))])
+    inline = _answers(
+        [
+            Middleware(
+                InlineMiddleware,
+                layer=BaseHTTPMiddleware,
+                dispatch=_reading_and_translating,
+                routes=frozenset({"/v1/fleet/push-object", "/v1/fleet/pull-object"}),
+            )
+        ]
+    )
     assert inline == stock
     assert stock[0] == (201, "1", "2", str(len(b"echo:payload")), b"echo:payload")  # the body was replayed
     assert stock[1][0] == 503 and b"downstream failed" in stock[1][4]  # the exception reached dispatch
@@ -149,8 +183,13 @@ def _tasks_seen(layer_stack) -> dict:
         _Recording.seen.setdefault("endpoint", asyncio.current_task())
         return Response(b"ok")
 
-    app = Starlette(routes=[Route("/v1/fleet/push-object", endpoint, methods=["POST"]),
-                            Route("/v1/control/list-runs", endpoint, methods=["POST"])], middleware=layer_stack)
+    app = Starlette(
+        routes=[
+            Route("/v1/fleet/push-object", endpoint, methods=["POST"]),
+            Route("/v1/control/list-runs", endpoint, methods=["POST"]),
+        ],
+        middleware=layer_stack,
+    )
     _post(app, "/v1/fleet/push-object", b"x")
     first_layer_call = _Recording.seen.get("layer_call")
     _post(app, "/v1/control/list-runs", b"x")

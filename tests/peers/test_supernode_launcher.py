@@ -1,4 +1,4 @@
-"""`peers.deployment.supernode`: each pulled message is handled in the SuperNode's process.
+"""`fedsilo.peers.deployment.supernode`: each pulled message is handled in the SuperNode's process.
 
 Runs Flower's own `_pull_and_store_message` and `_push_messages` against a real
 in-memory NodeState and ObjectStore; the SuperLink's side (receive, object pulls,
@@ -20,9 +20,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode import start_client_internal as loop
 from flwr.supernode.nodestate import NodeStateFactory
 
-from peers.deployment.in_process_clientapp import fab_client_app
-from peers.deployment.supernode import handle_in_process
-from peers.flower_app import CLIENT_APP
+from fedsilo.peers.deployment.in_process_clientapp import fab_client_app
+from fedsilo.peers.deployment.supernode import handle_in_process
+from fedsilo.peers.flower_app import CLIENT_APP
 
 RUN_ID, NODE_ID, SERIES_ID = 7, 5, 3
 
@@ -47,11 +47,15 @@ def _node(clientapp: str = CLIENT_APP):
     state = factory.state()
     state.set_node_id(NODE_ID)
     fab = _Fab(clientapp)
-    state.store_run(replace(Run.create_empty(RUN_ID), primary_task_type=TaskType.CLIENT_APP, fab_hash=fab.hash_str,
-                            series_id=SERIES_ID))
+    state.store_run(
+        replace(
+            Run.create_empty(RUN_ID), primary_task_type=TaskType.CLIENT_APP, fab_hash=fab.hash_str, series_id=SERIES_ID
+        )
+    )
     state.store_fab(fab)
-    state.set_run_series_context(SERIES_ID, Context(run_id=RUN_ID, node_id=NODE_ID, node_config={},
-                                                    state=RecordDict(), run_config={}))
+    state.set_run_series_context(
+        SERIES_ID, Context(run_id=RUN_ID, node_id=NODE_ID, node_config={}, state=RecordDict(), run_config={})
+    )
     return state, factory.objectstore_factory.store()
 
 
@@ -72,16 +76,25 @@ def _doubling_app(message: Message, context: Context) -> Message:
     """Replies with twice the config value, and counts its calls in the context."""
     calls = int(context.state.get("calls", ConfigRecord({"n": 0}))["n"]) + 1
     context.state["calls"] = ConfigRecord({"n": calls})
-    return Message(RecordDict({"reply": ConfigRecord({"y": 2 * int(message.content["config"]["x"])})}),
-                   reply_to=message)
+    return Message(
+        RecordDict({"reply": ConfigRecord({"y": 2 * int(message.content["config"]["x"])})}), reply_to=message
+    )
 
 
 def _pull(state, store, incoming, app=_doubling_app, pull_object=None):
     wrapped = handle_in_process(loop._pull_and_store_message, app)  # pylint: disable=protected-access
     message, tree, contents = incoming
-    return wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree),
-                   get_run=None, get_fab=None, pull_object=pull_object or (lambda run_id, oid: contents[oid]),
-                   confirm_message_received=lambda *a: None, trusted_entities=None)
+    return wrapped(
+        state=state,
+        object_store=store,
+        node_config={},
+        receive=lambda: (message, tree),
+        get_run=None,
+        get_fab=None,
+        pull_object=pull_object or (lambda run_id, oid: contents[oid]),
+        confirm_message_received=lambda *a: None,
+        trusted_entities=None,
+    )
 
 
 class _NoWaiting:
@@ -189,14 +202,26 @@ def test_a_message_missing_from_the_store_is_dropped_and_nothing_is_left_to_send
             for object_id in incoming[2]:
                 kwargs["object_store"].delete(object_id)
             return run_id
+
         return wrapped
 
     incoming = _incoming()
     wrapped = handle_in_process(lose_objects(loop._pull_and_store_message), _doubling_app)  # pylint: disable=W0212
     message, tree, contents = incoming
-    assert wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree), get_run=None,
-                   get_fab=None, pull_object=lambda run_id, oid: contents[oid],
-                   confirm_message_received=lambda *a: None, trusted_entities=None) is None
+    assert (
+        wrapped(
+            state=state,
+            object_store=store,
+            node_config={},
+            receive=lambda: (message, tree),
+            get_run=None,
+            get_fab=None,
+            pull_object=lambda run_id, oid: contents[oid],
+            confirm_message_received=lambda *a: None,
+            trusted_entities=None,
+        )
+        is None
+    )
     assert state.get_messages_legacy(run_ids=[RUN_ID]) == []
 
 
@@ -205,7 +230,7 @@ def test_fab_client_app_reads_the_declared_component():
 
 
 def test_the_loops_waits_are_capped():
-    from peers.deployment.supernode import CappedSleepTime
+    from fedsilo.peers.deployment.supernode import CappedSleepTime
 
     started = time.monotonic()
     CappedSleepTime(cap=0.05).sleep(3)  # Flower's idle wait between two pulls
@@ -216,7 +241,7 @@ def test_the_loops_waits_are_capped():
 def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_drops_nothing(node, caplog):
     import threading
 
-    from peers.deployment.supernode import ConfirmLater
+    from fedsilo.peers.deployment.supernode import ConfirmLater
 
     state, store = node
     incoming = _incoming(5)
@@ -229,9 +254,20 @@ def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_dr
         raise ConnectionError("SuperLink unreachable")
 
     wrapped = handle_in_process(loop._pull_and_store_message, _doubling_app, ConfirmLater())  # pylint: disable=W0212
-    assert wrapped(state=state, object_store=store, node_config={}, receive=lambda: (message, tree), get_run=None,
-                   get_fab=None, pull_object=lambda run_id, oid: contents[oid],
-                   confirm_message_received=slow_failing_confirm, trusted_entities=None) == RUN_ID
+    assert (
+        wrapped(
+            state=state,
+            object_store=store,
+            node_config={},
+            receive=lambda: (message, tree),
+            get_run=None,
+            get_fab=None,
+            pull_object=lambda run_id, oid: contents[oid],
+            confirm_message_received=slow_failing_confirm,
+            trusted_entities=None,
+        )
+        == RUN_ID
+    )
     assert confirmed == []  # the message was handled while the confirmation still waited
     [(reply, objects)] = _sent(state, store)
     assert _inflate(reply, objects).content["reply"]["y"] == 10

@@ -10,15 +10,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.numpy import save_file
 
-from peers.client import app as client
-from peers.client import node_state
-from peers.data.encoding import TabularEncoder
-from peers.job import DPSpec, JobConfig, TrainSpec, global_shapes
-from peers.models import ModelSpec, build_model, get_weights, select
-from peers.server.host import JobHost
-from privacy.errors import ConfigError
-from simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
-from simulations.transfer import institution_view, shared_vocabulary
+from fedsilo.errors import ConfigError
+from fedsilo.peers.client import app as client
+from fedsilo.peers.client import node_state
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.job import DPSpec, JobConfig, TrainSpec, global_shapes
+from fedsilo.peers.models import ModelSpec, build_model, get_weights, select
+from fedsilo.peers.server.host import JobHost
+from fedsilo.simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
+from fedsilo.simulations.transfer import institution_view, shared_vocabulary
+
 
 @pytest.fixture(scope="module")
 def institutions(tmp_path_factory):
@@ -27,9 +28,12 @@ def institutions(tmp_path_factory):
     scenario = synthetic_scenario()
     label = scenario.label
     vocabulary = shared_vocabulary(scenario)
-    views = [institution_view(f, spec, vocabulary, label)
-             for f, spec in zip(scenario.split(synthetic_transfer_table(seed=1, customers=6000), seed=1),
-                                scenario.institutions)]
+    views = [
+        institution_view(f, spec, vocabulary, label)
+        for f, spec in zip(
+            scenario.split(synthetic_transfer_table(seed=1, customers=6000), seed=1), scenario.institutions
+        )
+    ]
     shared_encoder = TabularEncoder.fit_frames([pd.concat([s, o[[label]]], axis=1) for s, o in views], label)
     widths = []
     for i, (shared, own) in enumerate(views):
@@ -45,21 +49,38 @@ def institutions(tmp_path_factory):
 def _job(institutions, shared=("shared_input", "hidden", "head"), **kw):
     root, label, _, n_shared = institutions
     kw.setdefault("private_dir", tempfile.mkdtemp(dir=root))  # each job starts with no private weights kept
-    return JobConfig(label=label, encoder_path=str(root / "{bank}.encoder.json"), banks_dir=str(root), job_id="tl",
-                     peers=3, model=ModelSpec("mlp", (16, 8), shared_features=n_shared), shared=shared,
-                     train=TrainSpec(rounds=3, batch_size=64, lr=0.3), dp=DPSpec(epsilon=3.0), **kw)
+    return JobConfig(
+        label=label,
+        encoder_path=str(root / "{bank}.encoder.json"),
+        banks_dir=str(root),
+        job_id="tl",
+        peers=3,
+        model=ModelSpec("mlp", (16, 8), shared_features=n_shared),
+        shared=shared,
+        train=TrainSpec(rounds=3, batch_size=64, lr=0.3),
+        dp=DPSpec(epsilon=3.0),
+        **kw,
+    )
 
 
 def _message(weights, server_round, kind="train"):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
-    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
-                   dst_node_id=10, message_type=kind)
+    return Message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
+        dst_node_id=10,
+        message_type=kind,
+    )
 
 
 def _context(job, bank):
-    return Context(run_id=1, node_id=10 + bank, node_config={"partition-id": bank, "num-partitions": 3},
-                   state=RecordDict(), run_config=job.to_run_config())
+    return Context(
+        run_id=1,
+        node_id=10 + bank,
+        node_config={"partition-id": bank, "num-partitions": 3},
+        state=RecordDict(),
+        run_config=job.to_run_config(),
+    )
 
 
 def _shared_initial(job):
@@ -81,8 +102,7 @@ def test_private_tensors_never_appear_in_replies(institutions):
             for record in reply.content.array_records.values():
                 assert all(a.numpy().shape != (16, widths[bank]) for a in record.values())
             shared = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-        stored = node_state.read_private_weights(Path(job.private_dir) / f"bank-{bank:05d}.private.safetensors",
-                                                 "tl")
+        stored = node_state.read_private_weights(Path(job.private_dir) / f"bank-{bank:05d}.private.safetensors", "tl")
         assert set(stored) == {"input.weight"} and stored["input.weight"].shape == (16, widths[bank])
         assert client.PRIVACY_STATE_KEY in context.state and len(context.state.array_records) == 0
 
@@ -119,8 +139,12 @@ def test_private_weights_of_another_job_or_a_broken_file_are_refused(institution
 def test_private_head_stays_home(institutions):
     job = _job(institutions, shared=("shared_input", "hidden"))
     reply = client.train(_message(_shared_initial(job), 1), _context(job, 0))
-    assert set(reply.content["arrays"].keys()) == {"shared_input.weight", "shared_input.bias",
-                                                   "hidden1.weight", "hidden1.bias"}
+    assert set(reply.content["arrays"].keys()) == {
+        "shared_input.weight",
+        "shared_input.bias",
+        "hidden1.weight",
+        "hidden1.bias",
+    }
 
 
 def test_host_sending_a_private_parameter_is_refused(institutions):

@@ -4,7 +4,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from peers.server.windowed_grid import WindowedGrid
+from fedsilo.peers.server.windowed_grid import WindowedGrid
 
 
 class _Inner:
@@ -32,8 +32,10 @@ class _Inner:
             message = self.stored[message_id]
             if message.metadata.dst_node_id in self.silent:
                 continue
-            reply = Message(RecordDict({"c": ConfigRecord({"node": message.metadata.dst_node_id})}),
-                            reply_to=_with_id(message, message_id))
+            reply = Message(
+                RecordDict({"c": ConfigRecord({"node": message.metadata.dst_node_id})}),
+                reply_to=_with_id(message, message_id),
+            )
             replies.append(reply)
             del self.stored[message_id]
         return replies
@@ -46,8 +48,9 @@ def _with_id(message: Message, message_id: str) -> Message:
 
 def _messages(n: int) -> list[Message]:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1  # as the ServerApp's process has
-    return [Message(RecordDict({"c": ConfigRecord({"x": i})}), dst_node_id=100 + i, message_type="train")
-            for i in range(n)]
+    return [
+        Message(RecordDict({"c": ConfigRecord({"x": i})}), dst_node_id=100 + i, message_type="train") for i in range(n)
+    ]
 
 
 def test_every_message_is_sent_in_order_with_few_in_flight():

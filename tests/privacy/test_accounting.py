@@ -7,8 +7,8 @@ import math
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from privacy.accounting import Accountant, Mechanism, calibrate_noise, epsilon_spent
-from privacy.errors import BudgetExceeded, ConfigError
+from fedsilo.errors import BudgetExceeded, ConfigError
+from fedsilo.privacy.accounting import Accountant, Mechanism, calibrate_noise, epsilon_spent
 
 # Opacus warns about the alpha range when a calibration search probes tiny noise levels.
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
@@ -66,9 +66,7 @@ def test_epsilon_of_a_history_equals_opacus_rdp_and_prv():
     for name, cls in (("rdp", RDPAccountant), ("prv", PRVAccountant)):
         acc = cls()
         acc.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in history]
-        assert epsilon_spent(history, DELTA, name) == pytest.approx(
-            acc.get_epsilon(DELTA), rel=1e-6
-        )
+        assert epsilon_spent(history, DELTA, name) == pytest.approx(acc.get_epsilon(DELTA), rel=1e-6)
 
 
 def test_composition_is_sublinear_but_more_than_max():
@@ -230,7 +228,7 @@ def test_accountant_rejects_bad_state_and_keeps_its_own():
 
 def test_prv_states_opacus_upper_bound_with_its_error_bound():
     """The stated PRV ε is Opacus' certified upper bound (never its estimate) at the stated errors."""
-    from privacy.accounting.compose import PRV_EPS_ERROR, prv_error_bound
+    from fedsilo.privacy.accounting.compose import PRV_EPS_ERROR, prv_error_bound
 
     acc = PRVAccountant()
     acc.history = [(JOB.noise_multiplier, JOB.sample_rate, JOB.steps)]
@@ -246,7 +244,7 @@ def test_prv_domain_is_wider_than_opacus_and_fft_friendly():
     from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
     from scipy.fft import next_fast_len
 
-    from privacy.accounting.compose import _prv_accountant_class
+    from fedsilo.privacy.accounting.compose import _prv_accountant_class
 
     history = [(JOB.noise_multiplier, JOB.sample_rate, JOB.steps)]
     args = ([PoissonSubsampledGaussianPRV(JOB.sample_rate, JOB.noise_multiplier)], [JOB.steps], 0.01, DELTA / 1000)
@@ -262,14 +260,15 @@ def test_prv_domain_is_wider_than_opacus_and_fft_friendly():
 def test_prv_calibration_buys_less_noise_than_rdp_and_few_evaluations(monkeypatch, tmp_path):
     """Same ε, less noise; the RDP figure of the PRV-calibrated job is above the target (the card shows it).
     On an empty cache the search needs a handful of PRV computations, not Opacus' ~20."""
-    from privacy.accounting import compose
+    from fedsilo.privacy.accounting import compose
 
     monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
     compose._prv_epsilon.cache_clear()
     calls = []
     original = compose._prv_accountant_class().get_epsilon
-    monkeypatch.setattr(compose._prv_accountant_class(), "get_epsilon",
-                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        compose._prv_accountant_class(), "get_epsilon", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     q, steps = 0.05, 200
     prv = calibrate_noise(3.0, DELTA, q, steps, "prv")
     rdp = calibrate_noise(3.0, DELTA, q, steps, "rdp")
@@ -282,7 +281,7 @@ def test_prv_calibration_buys_less_noise_than_rdp_and_few_evaluations(monkeypatc
 
 
 def test_prv_values_are_kept_on_disk_exactly(monkeypatch, tmp_path):
-    from privacy.accounting import compose, store
+    from fedsilo.privacy.accounting import compose, store
 
     monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
     compose._prv_epsilon.cache_clear()

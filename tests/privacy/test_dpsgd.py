@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from peers.models import ModelSpec, build_model
-from privacy.dpsgd import (
+from fedsilo.errors import ConfigError
+from fedsilo.peers.models import ModelSpec, build_model
+from fedsilo.privacy.dpsgd import (
     DPSGDConfig,
     DPSGDTrainer,
     expected_batch_size,
     steps_per_epoch,
 )
-from privacy.errors import ConfigError
-from privacy.noise_source import SecureNoise, SeededNoise
-from privacy.split_input import SplitInputMLP
+from fedsilo.privacy.noise_source import SecureNoise, SeededNoise
+from fedsilo.privacy.split_input import SplitInputMLP
 
 BACKENDS = ("ghost", "opacus")
 TINY_NOISE = 1e-12
@@ -83,7 +83,7 @@ def explicit_dp_sgd_update(model: nn.Module, x, y, lr: float, clip: float) -> to
     params = list(model.parameters())
     total = torch.zeros_like(flat(model))
     for i in range(len(y)):
-        loss = nn.BCEWithLogitsLoss()(model(x[i:i + 1]).squeeze(-1), y[i:i + 1])
+        loss = nn.BCEWithLogitsLoss()(model(x[i : i + 1]).squeeze(-1), y[i : i + 1])
         g = torch.cat([t.flatten() for t in torch.autograd.grad(loss, params)])
         total += g * min(1.0, clip / (g.norm().item() + 1e-6))
     return flat(model) - lr * total / expected_batch_size(1.0, len(y))
@@ -293,7 +293,7 @@ def test_frozen_parameters_stay_put_and_the_rest_is_clipped_per_example(frozen):
     trained = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in trained]
     for i in range(len(y)):
-        loss = nn.BCEWithLogitsLoss()(model(x[i:i + 1]).squeeze(-1), y[i:i + 1])
+        loss = nn.BCEWithLogitsLoss()(model(x[i : i + 1]).squeeze(-1), y[i : i + 1])
         g = torch.autograd.grad(loss, trained)
         norm = torch.cat([t.flatten() for t in g]).norm().item()
         for t, gi in zip(total, g):
@@ -312,12 +312,15 @@ def test_a_model_with_nothing_to_train_is_not_taken_by_the_ghost_path():
         DPSGDTrainer(model, config, backend="ghost")
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(noise_multiplier=0.0),
-    dict(max_grad_norm=0.0),
-    dict(sample_rate=0.0),
-    dict(sample_rate=1.5),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(noise_multiplier=0.0),
+        dict(max_grad_norm=0.0),
+        dict(sample_rate=0.0),
+        dict(sample_rate=1.5),
+    ],
+)
 def test_invalid_configs_are_refused(kwargs):
     base = dict(lr=0.1, max_grad_norm=1.0, noise_multiplier=1.0, sample_rate=0.1)
     with pytest.raises(ConfigError):

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from privacy.accounting import Mechanism, epsilon_spent
-from privacy.errors import BudgetExceeded, ConfigError, LedgerError
-from privacy.ledger import BudgetStatus, InMemoryLedger, PrivacyLedger, SQLiteLedger
+from fedsilo.errors import BudgetExceeded, ConfigError, LedgerError
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.ledger import BudgetStatus, InMemoryLedger, PrivacyLedger, SQLiteLedger
 
 DELTA = 1e-5
 JOB = [Mechanism(1.1, 0.01, 500)]  # ε ≈ 1.32 at δ=1e-5 (RDP)
@@ -174,9 +174,7 @@ def test_sources_are_independent(ledger: PrivacyLedger):
     ledger.reserve("cards", "j1", JOB)
     ledger.reserve("loans", "j1", JOB)  # same job id on another source is fine
     assert ledger.sources() == ["cards", "loans"]
-    assert ledger.status("loans").reserved_epsilon == pytest.approx(
-        epsilon_spent(JOB, 1e-6, "prv")
-    )
+    assert ledger.status("loans").reserved_epsilon == pytest.approx(epsilon_spent(JOB, 1e-6, "prv"))
     assert ledger.status("loans").accountant == "prv"
 
 
@@ -284,10 +282,7 @@ def test_racing_threads_cannot_reserve_past_the_budget(tmp_path):
     with SQLiteLedger(path) as led:
         led.set_budget("cards", BUDGET, DELTA)
     barrier, results = threading.Barrier(6), queue.Queue()
-    threads = [
-        threading.Thread(target=_race, args=(path, n, barrier, results), daemon=True)
-        for n in range(6)
-    ]
+    threads = [threading.Thread(target=_race, args=(path, n, barrier, results), daemon=True) for n in range(6)]
     for t in threads:
         t.start()
     for t in threads:

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-import privacy.noise_source as noise_source
-import privacy.secagg.noise as secagg_noise
-from privacy.noise_source import SecureNoise
-from privacy.secagg.noise import sample_discrete_gaussian
+import fedsilo.privacy.noise_source as noise_source
+import fedsilo.privacy.secagg.noise as secagg_noise
+from fedsilo.privacy.noise_source import SecureNoise
+from fedsilo.privacy.secagg.noise import sample_discrete_gaussian
 
 
 def test_secure_noise_ignores_every_seed_a_job_could_set():

@@ -15,7 +15,14 @@ def write_loans(path, rows: int = LOANS_ROWS, seed: int = 0) -> pd.DataFrame:
     income = rng.lognormal(10, 0.5, rows)
     age = rng.integers(20, 70, rows)
     logit = -1 + 0.8 * (region == "south") - 0.00003 * (income - 22000) + 0.02 * (age - 45)
-    frame = pd.DataFrame({"customer_id": [f"c{i:05d}" for i in range(rows)], "region": region, "income": income,
-                          "age": age, "default": (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)})
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i:05d}" for i in range(rows)],
+            "region": region,
+            "income": income,
+            "age": age,
+            "default": (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int),
+        }
+    )
     frame.to_csv(path, index=False)
     return frame

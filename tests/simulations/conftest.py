@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from _loans import write_loans
 
 
@@ -16,10 +15,20 @@ def tiny_run(tmp_path_factory):
     With MLflow installed the run is also logged to `<root>/mlruns` (read back by test_tracking.py).
     """
     import fedsilo
+
     root = tmp_path_factory.mktemp("tiny-run")
     data = root / "loans.csv"
     write_loans(data)
     store = str(root / "mlruns") if importlib.util.find_spec("mlflow") else None
-    result = fedsilo.simulate(data=str(data), label="default", id_column="customer_id", banks=2, rounds=1,
-                              batch_size=64, compare="none", out=str(root / "runs"), mlflow=store)
+    result = fedsilo.simulate(
+        data=str(data),
+        label="default",
+        id_column="customer_id",
+        banks=2,
+        rounds=1,
+        batch_size=64,
+        compare="none",
+        out=str(root / "runs"),
+        mlflow=store,
+    )
     return result, data

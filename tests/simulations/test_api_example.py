@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _loans import write_loans
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -31,8 +30,9 @@ def test_the_readme_example_runs_and_scores_five_rows(tmp_path):
     write_loans(tmp_path / "loans.csv")
     (tmp_path / "example.py").write_text(readme_example())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     final_auc, epsilon = lines[0].split(" ", 1)
@@ -45,18 +45,26 @@ def test_the_readme_example_runs_and_scores_five_rows(tmp_path):
 
 
 def test_import_fedsilo_and_the_cli_parser_load_no_torch_flower_or_ray():
-    code = ("import sys, fedsilo; from simulations.cli import build_parser; build_parser(); fedsilo.simulate; "
-            "fedsilo.load_run; fedsilo.SimulationResult; "
-            "print(sorted(m for m in ('torch', 'flwr', 'ray', 'opacus', 'pandas', 'mlflow') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(README.parent)})
+    code = (
+        "import sys, fedsilo; from fedsilo.cli import build_parser; build_parser(); fedsilo.simulate; "
+        "fedsilo.load_run; fedsilo.SimulationResult; "
+        "print(sorted(m for m in ('torch', 'flwr', 'ray', 'opacus', 'pandas', 'mlflow') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(README.parent)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
 
 def test_the_api_refuses_unknown_settings_and_missing_files_before_any_run(tmp_path):
     import fedsilo
-    from privacy.errors import ConfigError, DataError
+    from fedsilo.errors import ConfigError, DataError
+
     with pytest.raises(ConfigError, match="unknown setting\\(s\\) bankz"):
         fedsilo.simulate(bankz=3, out=str(tmp_path / "runs"))
     with pytest.raises(DataError, match="does not exist"):

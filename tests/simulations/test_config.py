@@ -2,8 +2,8 @@
 
 import pytest
 
-from privacy.errors import ConfigError
-from simulations.config import SimulationConfig, build_config
+from fedsilo.errors import ConfigError
+from fedsilo.simulations.config import SimulationConfig, build_config
 
 
 def test_defaults_need_no_file():
@@ -17,7 +17,8 @@ def test_toml_then_flags(tmp_path):
     path.write_text(
         '[simulation]\nbanks = 7\nrounds = 4\ncompare = ["centralized"]\n'
         '[data]\npath = "x.csv"\nlabel = "Y"\npartition = "dirichlet:0.3"\n'
-        '[model]\nkind = "logreg"\nhidden = [8]\n[dp]\nepsilon = 2\ndelta = 1e-6\n')
+        '[model]\nkind = "logreg"\nhidden = [8]\n[dp]\nepsilon = 2\ndelta = 1e-6\n'
+    )
     config = build_config(path, {"rounds": 9, "banks": None})
     assert (config.banks, config.rounds, config.compare) == (7, 9, ("centralized",))
     assert (config.data, config.label, config.partition, config.model) == ("x.csv", "Y", "dirichlet:0.3", "logreg")
@@ -42,9 +43,10 @@ def test_overlap_is_a_transfer_probability(tmp_path):
 
 
 def test_reproducible_noise_is_only_an_explicit_choice(tmp_path):
-    from peers.job import JobConfig
-    from simulations.cli import build_parser
-    from simulations.report.privacy import guarantee, noise_statement
+    from fedsilo.cli import build_parser
+    from fedsilo.peers.job import JobConfig
+    from fedsilo.simulations.report.privacy import guarantee, noise_statement
+
     default = build_config()
     assert not default.reproducible and not default.job().dp.reproducible
     assert noise_statement(default.job()).startswith("secret:") and "DP" in guarantee(default.job())

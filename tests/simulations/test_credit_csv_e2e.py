@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulations.cli import main
+from fedsilo.cli import main
 
 pytestmark = pytest.mark.slow
 ROWS = 1000
@@ -23,15 +23,17 @@ ROWS = 1000
 def credit_csv(path, rows=ROWS, seed=3):
     rng = np.random.default_rng(seed)
     risk = rng.normal(size=rows)
-    frame = pd.DataFrame({
-        "rownames": np.arange(1, rows + 1),
-        "ID": [f"C{100000 + i}" for i in rng.permutation(rows)],
-        "age": rng.integers(21, 70, rows),
-        "income": np.round(np.exp(10.5 - 0.5 * risk + 0.3 * rng.normal(size=rows)), 2),
-        "housing": rng.choice(["own", "rent", "free"], rows),
-        "purpose": rng.choice(["car", "home", "education", "business"], rows),
-        "late_payments": rng.poisson(np.exp(0.8 * risk - 0.5)),
-    })
+    frame = pd.DataFrame(
+        {
+            "rownames": np.arange(1, rows + 1),
+            "ID": [f"C{100000 + i}" for i in rng.permutation(rows)],
+            "age": rng.integers(21, 70, rows),
+            "income": np.round(np.exp(10.5 - 0.5 * risk + 0.3 * rng.normal(size=rows)), 2),
+            "housing": rng.choice(["own", "rent", "free"], rows),
+            "purpose": rng.choice(["car", "home", "education", "business"], rows),
+            "late_payments": rng.poisson(np.exp(0.8 * risk - 0.5)),
+        }
+    )
     frame.loc[rng.random(rows) < 0.1, "income"] = np.nan
     frame.loc[rng.random(rows) < 0.05, "housing"] = None
     bad = rng.random(rows) < 1 / (1 + np.exp(-(-3.9 + 1.6 * risk)))
@@ -47,9 +49,27 @@ def run(tmp_path_factory):
     assert 0.03 < (frame["status"] == "bad").mean() < 0.08 and frame.isna().any().sum() == 2
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["simulate", "--data", str(tmp / "credit.csv"), "--label", "status", "--positive", "bad",
-                     "--id-column", "ID", "--banks", "3", "--rounds", "2", "--json", "--quiet",
-                     "--out", str(tmp / "runs")])
+        code = main(
+            [
+                "simulate",
+                "--data",
+                str(tmp / "credit.csv"),
+                "--label",
+                "status",
+                "--positive",
+                "bad",
+                "--id-column",
+                "ID",
+                "--banks",
+                "3",
+                "--rounds",
+                "2",
+                "--json",
+                "--quiet",
+                "--out",
+                str(tmp / "runs"),
+            ]
+        )
     assert code == 0, buffer.getvalue()
     folder = next((tmp / "runs").iterdir())
     return buffer.getvalue(), folder, frame
@@ -83,8 +103,11 @@ def test_metrics_json_and_card_hold_every_metric_with_an_interval(run):
         assert card["federated"][metric] == value
     assert set(final["local_only"]) == {"bank-00000", "bank-00001", "bank-00002"}
     differences = final["roc_auc_differences"]
-    assert set(differences) == {"federated_minus_centralized", "federated_minus_best_alone",
-                                "federated_minus_mean_alone"}
+    assert set(differences) == {
+        "federated_minus_centralized",
+        "federated_minus_best_alone",
+        "federated_minus_mean_alone",
+    }
     assert sum(b["rows"] for b in final["calibration"]["federated"]) == 201
 
 

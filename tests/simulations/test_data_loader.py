@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privacy.errors import ConfigError, DataError
-from simulations.data.loader import load_table, read_table_for_training
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.simulations.data.loader import load_table, read_table_for_training
 
-UCI = Path(os.environ.get("FEDSILO_UCI_CSV",
-                          Path(__file__).resolve().parents[3] / "shared" / "data" / "UCI_Credit_Card.csv"))
+UCI = Path(
+    os.environ.get("FEDSILO_UCI_CSV", Path(__file__).resolve().parents[3] / "shared" / "data" / "UCI_Credit_Card.csv")
+)
 
 
 def _write(tmp_path, frame, name="t.csv"):
@@ -25,8 +26,9 @@ def _write(tmp_path, frame, name="t.csv"):
 
 @pytest.fixture
 def table():
-    return pd.DataFrame({"id": [10, 11, 12, 13], "a": [1.0, 2.0, np.nan, 4.0], "b": ["x", "y", "x", "z"],
-                         "y": [0, 1, 1, 0]})
+    return pd.DataFrame(
+        {"id": [10, 11, 12, 13], "a": [1.0, 2.0, np.nan, 4.0], "b": ["x", "y", "x", "z"], "y": [0, 1, 1, 0]}
+    )
 
 
 @pytest.mark.parametrize("name", ["t.csv", "t.parquet", "t.csv.gz"])
@@ -93,15 +95,18 @@ def test_two_text_values_without_positive_refused_naming_both_and_the_flag(tmp_p
     assert "'bad' and 'good'" in message and "--positive 'bad'" in message and "--positive 'good'" in message
 
 
-@pytest.mark.parametrize("values, positive, expected, negative", [
-    (["good", "bad", "bad", "good"], "bad", [0, 1, 1, 0], "good"),
-    (["paid", "default", "default", "paid"], "default", [0, 1, 1, 0], "paid"),
-    (["N", "Y ", "Y", " N"], "Y", [0, 1, 1, 0], "N"),       # spaces around a value are ignored
-    (["N", "Y", "Y", "N"], "N", [1, 0, 0, 1], "Y"),         # the user decides which word is the event
-    ([1, 2, 2, 1], "1", [1, 0, 0, 1], "2"),                 # a numeric label with --positive: matched as a number
-    ([0.0, 1.0, 1.0, 0.0], "1", [0, 1, 1, 0], "0"),
-    ([True, False, True, False], "true", [1, 0, 1, 0], "False"),
-])
+@pytest.mark.parametrize(
+    "values, positive, expected, negative",
+    [
+        (["good", "bad", "bad", "good"], "bad", [0, 1, 1, 0], "good"),
+        (["paid", "default", "default", "paid"], "default", [0, 1, 1, 0], "paid"),
+        (["N", "Y ", "Y", " N"], "Y", [0, 1, 1, 0], "N"),  # spaces around a value are ignored
+        (["N", "Y", "Y", "N"], "N", [1, 0, 0, 1], "Y"),  # the user decides which word is the event
+        ([1, 2, 2, 1], "1", [1, 0, 0, 1], "2"),  # a numeric label with --positive: matched as a number
+        ([0.0, 1.0, 1.0, 0.0], "1", [0, 1, 1, 0], "0"),
+        ([True, False, True, False], "true", [1, 0, 1, 0], "False"),
+    ],
+)
 def test_positive_names_the_event(tmp_path, table, values, positive, expected, negative):
     table["y"] = values
     loaded = read_table_for_training(_write(tmp_path, table, "t.parquet"), "y", id_column="id", positive=positive)
@@ -111,22 +116,35 @@ def test_positive_names_the_event(tmp_path, table, values, positive, expected, n
 
 def test_positive_not_among_the_values_refused(tmp_path, table):
     table["y"] = ["good", "bad", "bad", "good"]
-    with pytest.raises(DataError, match=r"--positive 'default' is not a value of label column 'y' \(its values: "
-                                        r"'bad', 'good'\)"):
+    with pytest.raises(
+        DataError,
+        match=r"--positive 'default' is not a value of label column 'y' \(its values: "
+        r"'bad', 'good'\)",
+    ):
         load_table(_write(tmp_path, table), "y", positive="default")
 
 
 def test_numeric_label_mapping_recorded(tmp_path, table):
     table["y"] = [1, 2, 2, 1]
     assert read_table_for_training(_write(tmp_path, table), "y").label_mapping == {
-        "column": "y", "1": "2", "0": "1", "rule": "the larger value is 1"}
+        "column": "y",
+        "1": "2",
+        "0": "1",
+        "rule": "the larger value is 1",
+    }
 
 
 def _with_ids(rows=200):
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"rownames": np.arange(1, rows + 1), "ref": [f"C{i:06d}" for i in rng.permutation(rows)],
-                         "income": rng.normal(5e4, 1e4, rows),            # fractional: never an id
-                         "age": rng.integers(21, 70, rows), "y": rng.integers(0, 2, rows)})
+    return pd.DataFrame(
+        {
+            "rownames": np.arange(1, rows + 1),
+            "ref": [f"C{i:06d}" for i in rng.permutation(rows)],
+            "income": rng.normal(5e4, 1e4, rows),  # fractional: never an id
+            "age": rng.integers(21, 70, rows),
+            "y": rng.integers(0, 2, rows),
+        }
+    )
 
 
 def test_id_like_columns_dropped_with_a_warning_naming_them_and_the_flags(tmp_path):
@@ -134,8 +152,11 @@ def test_id_like_columns_dropped_with_a_warning_naming_them_and_the_flags(tmp_pa
     assert list(loaded.frame.columns) == ["income", "age", "y"]
     assert set(loaded.dropped_columns) == {"rownames", "ref"}
     assert len(loaded.warnings) == 2
-    assert "'rownames'" in loaded.warnings[0] and "--id-column rownames" in loaded.warnings[0] \
+    assert (
+        "'rownames'" in loaded.warnings[0]
+        and "--id-column rownames" in loaded.warnings[0]
         and "--keep-column rownames" in loaded.warnings[0]
+    )
 
 
 def test_keep_column_keeps_an_id_like_column(tmp_path):
@@ -176,12 +197,15 @@ def test_label_with_nans_refused(tmp_path, table):
         load_table(_write(tmp_path, table), "y")
 
 
-@pytest.mark.parametrize("values, expected", [
-    ([1, 2, 2, 1], [0, 1, 1, 0]),
-    ([-1, 1, 1, -1], [0, 1, 1, 0]),
-    ([0.0, 1.0, 1.0, 0.0], [0, 1, 1, 0]),
-    ([True, False, True, False], [1, 0, 1, 0]),
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([1, 2, 2, 1], [0, 1, 1, 0]),
+        ([-1, 1, 1, -1], [0, 1, 1, 0]),
+        ([0.0, 1.0, 1.0, 0.0], [0, 1, 1, 0]),
+        ([True, False, True, False], [1, 0, 1, 0]),
+    ],
+)
 def test_two_valued_label_mapped_in_sorted_order(tmp_path, table, values, expected):
     table["y"] = values
     assert load_table(_write(tmp_path, table, "t.parquet"), "y")["y"].tolist() == expected
@@ -202,10 +226,12 @@ def test_real_uci_file():
 
 def test_free_text_column_left_out_with_a_warning(tmp_path):
     frame = _with_ids()
-    frame["employer"] = [f"firm {i % 90}" for i in range(len(frame))]   # 90 values: more than one-hot takes
+    frame["employer"] = [f"firm {i % 90}" for i in range(len(frame))]  # 90 values: more than one-hot takes
     frame["grade"] = [f"{'ABCDEFG'[i % 7]}" for i in range(len(frame))]
     loaded = read_table_for_training(_write(tmp_path, frame), "y", keep_columns=["rownames", "ref"])
     assert list(loaded.frame.columns) == ["rownames", "ref", "income", "age", "y", "grade"]
     assert "more than the 64 one-hot encoded" in loaded.dropped_columns["employer"]
-    assert loaded.warnings == ("column 'employer' has 90 distinct text values (more than 64): it is left out of "
-                               "the features (encode it as numbers, or group its values, to use it)",)
+    assert loaded.warnings == (
+        "column 'employer' has 90 distinct text values (more than 64): it is left out of "
+        "the features (encode it as numbers, or group its values, to use it)",
+    )

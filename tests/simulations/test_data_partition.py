@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from privacy.errors import ConfigError, DataError
-from simulations.data.partition import (
-    DirichletPartitioner, IidPartitioner, QuantityPartitioner, parse_partitioner,
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.simulations.data.partition import (
+    DirichletPartitioner,
+    IidPartitioner,
+    QuantityPartitioner,
+    parse_partitioner,
 )
 
 

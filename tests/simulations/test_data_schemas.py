@@ -8,14 +8,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privacy.errors import ConfigError, DataError
-from simulations.data.schemas import (MIN_INSTITUTION_ROWS, ColumnSpec, InstitutionSpec, TransferScenario,
-                                      check_schema, load_scenario_toml, synthetic_scenario, synthetic_transfer_table,
-                                      uci_scenario, uci_transfer_table)
-from simulations.data.synthetic import FEATURES, LABEL
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.simulations.data.schemas import (
+    MIN_INSTITUTION_ROWS,
+    ColumnSpec,
+    InstitutionSpec,
+    TransferScenario,
+    check_schema,
+    load_scenario_toml,
+    synthetic_scenario,
+    synthetic_transfer_table,
+    uci_scenario,
+    uci_transfer_table,
+)
+from fedsilo.simulations.data.synthetic import FEATURES, LABEL
 
-UCI = Path(os.environ.get("FEDSILO_UCI_CSV",
-                          Path(__file__).resolve().parents[3] / "shared" / "data" / "UCI_Credit_Card.csv"))
+UCI = Path(
+    os.environ.get("FEDSILO_UCI_CSV", Path(__file__).resolve().parents[3] / "shared" / "data" / "UCI_Credit_Card.csv")
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +40,9 @@ def scenario():
 
 def _toy(n=400, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.integers(0, 5, n), "c": rng.normal(size=n),
-                         "y": np.arange(n) % 2})
+    return pd.DataFrame(
+        {"a": rng.normal(size=n), "b": rng.integers(0, 5, n), "c": rng.normal(size=n), "y": np.arange(n) % 2}
+    )
 
 
 def _scenario(*institutions, label="y"):
@@ -39,6 +50,7 @@ def _scenario(*institutions, label="y"):
 
 
 # splitting -----------------------------------------------------------------------
+
 
 def test_synthetic_table_is_pooled_and_deterministic(table):
     assert list(table.columns) == [*FEATURES, LABEL]
@@ -165,6 +177,7 @@ def test_split_refuses_a_bad_seed_and_rescaling_text():
 
 # validation -------------------------------------------------------------------------
 
+
 def test_validate_unknown_source_column(scenario, table):
     scenario.validate(table.columns)
     bad = _scenario(InstitutionSpec("p", ("a", "bb"), 1))
@@ -176,23 +189,28 @@ def test_validate_unknown_source_column(scenario, table):
         synthetic_scenario().validate(["limit_bal", "age"])
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: _scenario(InstitutionSpec("p", ("a",), 1), InstitutionSpec("p", ("b",), 1)),
-     "institution name.*'p'.*more than once"),
-    (lambda: InstitutionSpec("p", ("a", ColumnSpec("b", "a")), 1), "column name.*'a'.*more than once"),
-    (lambda: InstitutionSpec("p", ("a", ColumnSpec("a", "a2")), 1), "source column.*'a'.*more than once"),
-    (lambda: InstitutionSpec("p", (), 1), "institution 'p' has no columns"),
-    (lambda: InstitutionSpec("p", ("a",), 0), "share of institution 'p' must be a finite number > 0"),
-    (lambda: InstitutionSpec("p", ("a",), -0.5), "share of institution 'p'"),
-    (lambda: InstitutionSpec("p", ("a",), math.nan), "share of institution 'p'"),
-    (lambda: InstitutionSpec("p", ("a",), True), "share of institution 'p' must be a number"),
-    (lambda: InstitutionSpec("p", ("a",), "0.5"), "share of institution 'p' must be a number"),
-    (lambda: ColumnSpec("a", "a", 0.0), "scale of column 'a'"),
-    (lambda: ColumnSpec("a", ""), "name of column 'a' must be a non-empty string"),
-    (lambda: _scenario(), "no institutions"),
-    (lambda: _scenario(InstitutionSpec("p", ("a", "y"), 1)), "reads the label column 'y' as a feature"),
-    (lambda: _scenario(InstitutionSpec("p", ("a", ColumnSpec("b", "y")), 1)), "names a column 'y', like the label"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: _scenario(InstitutionSpec("p", ("a",), 1), InstitutionSpec("p", ("b",), 1)),
+            "institution name.*'p'.*more than once",
+        ),
+        (lambda: InstitutionSpec("p", ("a", ColumnSpec("b", "a")), 1), "column name.*'a'.*more than once"),
+        (lambda: InstitutionSpec("p", ("a", ColumnSpec("a", "a2")), 1), "source column.*'a'.*more than once"),
+        (lambda: InstitutionSpec("p", (), 1), "institution 'p' has no columns"),
+        (lambda: InstitutionSpec("p", ("a",), 0), "share of institution 'p' must be a finite number > 0"),
+        (lambda: InstitutionSpec("p", ("a",), -0.5), "share of institution 'p'"),
+        (lambda: InstitutionSpec("p", ("a",), math.nan), "share of institution 'p'"),
+        (lambda: InstitutionSpec("p", ("a",), True), "share of institution 'p' must be a number"),
+        (lambda: InstitutionSpec("p", ("a",), "0.5"), "share of institution 'p' must be a number"),
+        (lambda: ColumnSpec("a", "a", 0.0), "scale of column 'a'"),
+        (lambda: ColumnSpec("a", ""), "name of column 'a' must be a non-empty string"),
+        (lambda: _scenario(), "no institutions"),
+        (lambda: _scenario(InstitutionSpec("p", ("a", "y"), 1)), "reads the label column 'y' as a feature"),
+        (lambda: _scenario(InstitutionSpec("p", ("a", ColumnSpec("b", "y")), 1)), "names a column 'y', like the label"),
+    ],
+)
 def test_bad_scenarios_are_refused(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
@@ -210,8 +228,11 @@ def test_check_schema_names_missing_and_unexpected_columns(table, scenario):
     frames = scenario.split(table, seed=0)
     check_schema(frames[1], card_spec, LABEL)
     renamed = frames[0].rename(columns={"limit_bal": "credit_line"})
-    with pytest.raises(DataError, match=r"^institution 'bank''s table does not match its declared columns "
-                                        r"\(missing 'limit_bal'; unexpected 'credit_line'\)"):
+    with pytest.raises(
+        DataError,
+        match=r"^institution 'bank''s table does not match its declared columns "
+        r"\(missing 'limit_bal'; unexpected 'credit_line'\)",
+    ):
         check_schema(renamed, bank_spec, LABEL)
     with pytest.raises(DataError, match=r"'bank'.*missing 'limit_bal', 'age'.*unexpected 'pay_0'"):
         check_schema(frames[1], bank_spec, LABEL)  # another institution's frame
@@ -243,9 +264,11 @@ def test_toml_example_parses(tmp_path):
     path.write_text(EXAMPLE)
     s = load_scenario_toml(path)
     assert s.label == "default" and s.names == ["bank", "broker"]
-    assert s.institutions[0].columns == (ColumnSpec("limit_bal", "limit_bal", 1.0),
-                                         ColumnSpec("bill_amt1", "bill_amt1"),
-                                         ColumnSpec("pay_amt1", "repaid_last_month", 0.001))
+    assert s.institutions[0].columns == (
+        ColumnSpec("limit_bal", "limit_bal", 1.0),
+        ColumnSpec("bill_amt1", "bill_amt1"),
+        ColumnSpec("pay_amt1", "repaid_last_month", 0.001),
+    )
     assert s.institutions[0].share == 0.6 and s.institutions[1].columns[1] == ColumnSpec("limit_bal", "line")
     assert s.common_sources() == ["limit_bal"]
 
@@ -276,8 +299,10 @@ def test_overlap_shares_customers_between_institutions(table, scenario):
     assert all(np.array_equal(a, b) for a, b in zip(parts, shared.split_rows(table, seed=0)))
     frames = shared.split(table, seed=0)  # a shared customer: her own row, each institution's own columns
     row = int(np.intersect1d(parts[0], parts[2])[0])
-    at_bank, at_broker = frames[0].iloc[int(np.searchsorted(parts[0], row))], \
-        frames[2].iloc[int(np.searchsorted(parts[2], row))]
+    at_bank, at_broker = (
+        frames[0].iloc[int(np.searchsorted(parts[0], row))],
+        frames[2].iloc[int(np.searchsorted(parts[2], row))],
+    )
     assert at_bank["age"] == at_broker["age"] == table.iloc[row]["age"]
     assert at_bank[LABEL] == at_broker[LABEL] == table.iloc[row][LABEL]
     assert [len(f) for f in shared.common_frames(table, seed=0)] == [len(p) for p in parts]
@@ -292,22 +317,33 @@ def test_overlap_round_trips_through_toml(tmp_path):
     assert "overlap" not in synthetic_scenario().to_toml() and "overlap" not in synthetic_scenario().to_dict()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("seed = 3\n" + EXAMPLE,
-     r"unknown key\(s\) 'seed' in the scenario \(top level\): valid keys are label, overlap, institution"),
-    ("overlap = 1.0\n" + EXAMPLE, r"the scenario's overlap must be a number in \[0, 1\) \(got 1.0\)"),
-    ('overlap = "a lot"\n' + EXAMPLE, r"overlap must be a number in \[0, 1\) \(got 'a lot'\)"),
-    (EXAMPLE.replace('share = 0.6', 'share = 0.6\nsize = 3'), r"unknown key\(s\) 'size' in institution 'bank'"),
-    (EXAMPLE.replace('scale = 0.001', 'scael = 0.001'), r"unknown key\(s\) 'scael' in a column of institution 'bank'"),
-    (EXAMPLE.replace('{source = "limit_bal", name = "line"}', '{name = "line"}'), r"has no 'source'"),
-    (EXAMPLE.replace('share = 0.4\n', ''), r"institution 'broker' lacks share"),
-    (EXAMPLE.replace('label = "default"', ''), r"the scenario has no label"),
-    ('label = "y"\n[institution]\nname = "p"\nshare = 1\ncolumns = ["a"]\n', r"array of tables.*\[\[institution\]\]"),
-    ('label = "y"\n', r"no institutions"),
-    (EXAMPLE.replace('share = 0.4', 'share = 0'), r"share of institution 'broker'"),
-    (EXAMPLE.replace('name = "broker"', 'name = "bank"'), r"institution name.*'bank'.*more than once"),
-    ("label = \n", r"is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "seed = 3\n" + EXAMPLE,
+            r"unknown key\(s\) 'seed' in the scenario \(top level\): valid keys are label, overlap, institution",
+        ),
+        ("overlap = 1.0\n" + EXAMPLE, r"the scenario's overlap must be a number in \[0, 1\) \(got 1.0\)"),
+        ('overlap = "a lot"\n' + EXAMPLE, r"overlap must be a number in \[0, 1\) \(got 'a lot'\)"),
+        (EXAMPLE.replace("share = 0.6", "share = 0.6\nsize = 3"), r"unknown key\(s\) 'size' in institution 'bank'"),
+        (
+            EXAMPLE.replace("scale = 0.001", "scael = 0.001"),
+            r"unknown key\(s\) 'scael' in a column of institution 'bank'",
+        ),
+        (EXAMPLE.replace('{source = "limit_bal", name = "line"}', '{name = "line"}'), r"has no 'source'"),
+        (EXAMPLE.replace("share = 0.4\n", ""), r"institution 'broker' lacks share"),
+        (EXAMPLE.replace('label = "default"', ""), r"the scenario has no label"),
+        (
+            'label = "y"\n[institution]\nname = "p"\nshare = 1\ncolumns = ["a"]\n',
+            r"array of tables.*\[\[institution\]\]",
+        ),
+        ('label = "y"\n', r"no institutions"),
+        (EXAMPLE.replace("share = 0.4", "share = 0"), r"share of institution 'broker'"),
+        (EXAMPLE.replace('name = "broker"', 'name = "bank"'), r"institution name.*'bank'.*more than once"),
+        ("label = \n", r"is not valid TOML"),
+    ],
+)
 def test_toml_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -322,6 +358,7 @@ def test_toml_missing_file(tmp_path):
 
 
 # the ready scenarios ----------------------------------------------------------------
+
 
 def test_uci_scenario_mirrors_the_synthetic_one():
     syn, uci = synthetic_scenario(), uci_scenario()

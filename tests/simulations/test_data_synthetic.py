@@ -4,10 +4,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privacy.errors import ConfigError
-from simulations.data.synthetic import (
-    COLUMNS, LABEL, MIN_BANK_SIZE, SIMULATE_RATE_RANGE, SIMULATE_TOTAL_CUSTOMERS, BankProfile, consortium_profiles,
-    generate_bank, generate_consortium, simulate_total_customers,
+from fedsilo.errors import ConfigError
+from fedsilo.simulations.data.synthetic import (
+    COLUMNS,
+    LABEL,
+    MIN_BANK_SIZE,
+    SIMULATE_RATE_RANGE,
+    SIMULATE_TOTAL_CUSTOMERS,
+    BankProfile,
+    consortium_profiles,
+    generate_bank,
+    generate_consortium,
+    simulate_total_customers,
 )
 
 
@@ -89,17 +97,27 @@ def test_profiles_round_trip():
 
 
 def test_tiny_bank_has_both_classes():
-    profile = BankProfile(size=8, default_rate=0.05, risk_shift=-3.0, age_shift=0.0, limit_scale=1.0,
-                          female_share=0.6, education_mix=(0, 0.4, 0.4, 0.2, 0, 0, 0))
+    profile = BankProfile(
+        size=8,
+        default_rate=0.05,
+        risk_shift=-3.0,
+        age_shift=0.0,
+        limit_scale=1.0,
+        female_share=0.6,
+        education_mix=(0, 0.4, 0.4, 0.2, 0, 0, 0),
+    )
     labels = generate_bank(profile, 0, 0)[LABEL]
     assert labels.sum() >= 2 and (1 - labels).sum() >= 2
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n_banks=0, seed=0), "positive integer"),
-    (dict(n_banks=5, seed=-1), "non-negative"),
-    (dict(n_banks=50, seed=0, total_customers=1000), "at least 5000"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_banks=0, seed=0), "positive integer"),
+        (dict(n_banks=5, seed=-1), "non-negative"),
+        (dict(n_banks=50, seed=0, total_customers=1000), "at least 5000"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         consortium_profiles(**kwargs)
@@ -112,8 +130,9 @@ def test_default_total_grows_with_many_banks():
 
 
 def test_simulate_default_is_small_banks_with_few_defaults(tmp_path):
-    from simulations.banks import build_population
-    from simulations.config import SimulationConfig
+    from fedsilo.simulations.banks import build_population
+    from fedsilo.simulations.config import SimulationConfig
+
     population = build_population(SimulationConfig(), tmp_path)
     assert population.sizes().sum() == SIMULATE_TOTAL_CUSTOMERS == simulate_total_customers(5)
     assert simulate_total_customers(100) == 20_000  # 200 per bank when that is more

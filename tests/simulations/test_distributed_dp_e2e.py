@@ -6,8 +6,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from privacy.ledger import SQLiteLedger
-from simulations.cli import main
+from fedsilo.cli import main
+from fedsilo.privacy.ledger import SQLiteLedger
 
 pytestmark = pytest.mark.slow
 
@@ -15,9 +15,29 @@ pytestmark = pytest.mark.slow
 def test_distributed_dp_run_learns_within_budget(tmp_path):
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["simulate", "--dp", "distributed", "--banks", "4", "--rounds", "8", "--lr", "3",
-                     "--customers", "6000", "--epsilon", "2", "--compare", "none", "--json", "--quiet",
-                     "--out", str(tmp_path)])
+        code = main(
+            [
+                "simulate",
+                "--dp",
+                "distributed",
+                "--banks",
+                "4",
+                "--rounds",
+                "8",
+                "--lr",
+                "3",
+                "--customers",
+                "6000",
+                "--epsilon",
+                "2",
+                "--compare",
+                "none",
+                "--json",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert code == 0, buffer.getvalue()
     summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
     assert summary["dp"] == "distributed" and summary["secure_aggregation"] == "on"

@@ -18,34 +18,66 @@ HEAVY = ("torch", "opacus", "scipy", "flwr", "ray")
 
 def refuse_in_fresh_process(body: str, cwd: Path) -> dict:
     """Run `body` (which sets `refused`) in a new interpreter; its verdict and heavy imports."""
-    code = "\n".join(["import json, sys", body,
-                      f"print(json.dumps({{'refused': refused, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))"])
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    code = "\n".join(
+        [
+            "import json, sys",
+            body,
+            f"print(json.dumps({{'refused': refused, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cli(args: list[str]) -> str:
-    return f"from simulations.cli import main\nrefused = main({args!r}) == 2"
+    return f"from fedsilo.cli import main\nrefused = main({args!r}) == 2"
 
 
 def raises(statement: str, imports: str) -> str:
-    return "\n".join([imports, "from privacy.errors import ConfigError", "try:", f"    {statement}",
-                      "    refused = False", "except ConfigError:", "    refused = True"])
+    return "\n".join(
+        [
+            imports,
+            "from fedsilo.errors import ConfigError",
+            "try:",
+            f"    {statement}",
+            "    refused = False",
+            "except ConfigError:",
+            "    refused = True",
+        ]
+    )
 
 
-@pytest.mark.parametrize("body", [
-    cli(["simulate", "--epsilon", "-1"]),
-    cli(["simulate", "--rounds", "0"]),
-    cli(["simulate", "--delta", "2"]),
-    cli(["simulate", "--config", "accountant.toml"]),
-    raises("build_config(None, {'epsilon': -1})", "from simulations.config import build_config"),
-    raises("JobConfig.from_run_config({'dp.accountant': 'foo'})", "from peers.job import JobConfig"),
-    raises("DPSpec(delta=2.0)", "from peers.job import DPSpec"),
-    raises("ModelSpec(kind='forest')", "from peers.model_spec import ModelSpec"),
-], ids=["cli-epsilon", "cli-rounds", "cli-delta", "cli-accountant", "build_config", "JobConfig", "DPSpec",
-        "ModelSpec"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        cli(["simulate", "--epsilon", "-1"]),
+        cli(["simulate", "--rounds", "0"]),
+        cli(["simulate", "--delta", "2"]),
+        cli(["simulate", "--config", "accountant.toml"]),
+        raises("build_config(None, {'epsilon': -1})", "from fedsilo.simulations.config import build_config"),
+        raises("JobConfig.from_run_config({'dp.accountant': 'foo'})", "from fedsilo.peers.job import JobConfig"),
+        raises("DPSpec(delta=2.0)", "from fedsilo.peers.job import DPSpec"),
+        raises("ModelSpec(kind='forest')", "from fedsilo.peers.model_spec import ModelSpec"),
+    ],
+    ids=[
+        "cli-epsilon",
+        "cli-rounds",
+        "cli-delta",
+        "cli-accountant",
+        "build_config",
+        "JobConfig",
+        "DPSpec",
+        "ModelSpec",
+    ],
+)
 def test_a_refused_setting_imports_nothing_heavy(body, tmp_path):
     (tmp_path / "accountant.toml").write_text('[dp]\naccountant = "foo"\n')
     outcome = refuse_in_fresh_process(body, tmp_path)
@@ -53,9 +85,9 @@ def test_a_refused_setting_imports_nothing_heavy(body, tmp_path):
 
 
 def test_moved_names_are_still_importable_where_they_were():
-    from peers import model_spec, models
-    from privacy import dpsgd, sampling
-    from privacy.accounting import ACCOUNTANTS
+    from fedsilo.peers import model_spec, models
+    from fedsilo.privacy import dpsgd, sampling
+    from fedsilo.privacy.accounting import ACCOUNTANTS
 
     assert models.ModelSpec is model_spec.ModelSpec and models.MODEL_KINDS == ("mlp", "logreg")
     assert dpsgd.steps_per_epoch is sampling.steps_per_epoch and dpsgd.steps_per_epoch(0.03) == 34

@@ -2,7 +2,7 @@
 
 Controls: a non-private overfitted model leaks membership, a DP one does not; the canary
 audit passes a correct DP training and fails loudly when the noise is switched off
-through the test-only hook `privacy.dpsgd._applied_noise`.
+through the test-only hook `fedsilo.privacy.dpsgd._applied_noise`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,23 @@ from dataclasses import replace
 import pytest
 import torch
 
-import privacy.dpsgd
-from peers.data.bank import encode_bank
-from peers.data.encoding import BankSummary, TabularEncoder
-from peers.models import build_model, get_weights, set_weights
-from privacy.audit import one_run
-from privacy.errors import ConfigError, DataError, PrivacyAuditFailed
-from simulations.data.synthetic import generate_consortium
-from simulations.cli import main
-from simulations.config import SimulationConfig, build_config
-from simulations.privacy_audit import (AuditSettings, BankSplit, aggregator_view, canary_audit,
-                                       membership_inference, train_locally)
+from fedsilo.cli import main
+from fedsilo.errors import ConfigError, DataError, PrivacyAuditFailed
+from fedsilo.peers.data.bank import encode_bank
+from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.models import build_model, get_weights, set_weights
+from fedsilo.privacy import dpsgd
+from fedsilo.privacy.audit import one_run
+from fedsilo.simulations.config import SimulationConfig, build_config
+from fedsilo.simulations.data.synthetic import generate_consortium
+from fedsilo.simulations.privacy_audit import (
+    AuditSettings,
+    BankSplit,
+    aggregator_view,
+    canary_audit,
+    membership_inference,
+    train_locally,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,8 +45,7 @@ def bank(tmp_path_factory):
     """One synthetic bank (the generator's 5-35 % default rates: enough defaults to overfit), its config."""
     config = SimulationConfig(banks=5, rounds=5)
     frames = generate_consortium(config.banks, seed=config.seed)
-    encoder = TabularEncoder.fit([BankSummary.from_frame(f, config.label_column) for f in frames],
-                                 config.label_column)
+    encoder = TabularEncoder.fit([BankSummary.from_frame(f, config.label_column) for f in frames], config.label_column)
     return config, encoder, frames[0]
 
 
@@ -56,8 +61,11 @@ def _trained(config: SimulationConfig, data, **changes):
 def test_membership_auc_high_without_dp_and_near_chance_with_dp_at_epsilon_3(bank, private):
     config, encoder, frame = bank
     data = encode_bank(frame.iloc[:600], encoder, 0.5, 0)
-    changes = dict(dp_mode="local", epsilon=3.0, local_epochs=1) if private else \
-        dict(dp_mode="off", local_epochs=20, reproducible=True)  # seeded: a fixed overfit model
+    changes = (
+        dict(dp_mode="local", epsilon=3.0, local_epochs=1)
+        if private
+        else dict(dp_mode="off", local_epochs=20, reproducible=True)
+    )  # seeded: a fixed overfit model
     job, model = _trained(config, data, batch_size=32, rounds=10, **changes)
     split = BankSplit("b", data.x_train, data.y_train, data.x_test, data.y_test)
     loss, calibrated = membership_inference(job, model, [split], AuditSettings(reference_models=2))
@@ -77,7 +85,7 @@ def test_canary_audit_passes_dp_and_fails_loudly_with_noise_switched_off(bank, m
     assert honest.epsilon_claimed == 1.0 and honest.epsilon_lower_bound < 1.0
     one_run.check_claim(honest)
 
-    monkeypatch.setattr(privacy.dpsgd, "_applied_noise", lambda noise_multiplier: 0.0)  # a forgotten noise call
+    monkeypatch.setattr(dpsgd, "_applied_noise", lambda noise_multiplier: 0.0)  # a forgotten noise call
     broken = canary_audit(job, data.x_train, data.y_train, settings)
     assert broken.epsilon_lower_bound > 1.0
     with pytest.raises(PrivacyAuditFailed, match="privacy audit FAILED"):
@@ -124,7 +132,8 @@ def test_dp_noise_hides_the_row_in_the_average(bank):
     config, encoder, frame = bank
     data = encode_bank(frame.iloc[:300], encoder, 0.2, 0)
     job, model = _trained(config, data, dp_mode="off")
-    view = aggregator_view(job, model, data.x_train[:5], data.y_train[:5], AuditSettings(dlg_steps=10),
-                           noise_multiplier=1.0)
+    view = aggregator_view(
+        job, model, data.x_train[:5], data.y_train[:5], AuditSettings(dlg_steps=10), noise_multiplier=1.0
+    )
     noisy = view["unmasked_secagg_average_of_dp_steps"]
     assert noisy["noise_multiplier"] == 1.0 and noisy["succeeded"] is False and noisy["closed_form"] < 0.5

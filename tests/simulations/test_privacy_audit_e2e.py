@@ -11,7 +11,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from simulations.cli import main
+from fedsilo.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,25 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["simulate", "--banks", "3", "--rounds", "2", "--epsilon", "2", "--customers", "4000",
-                     "--compare", "none", "--audit", "--quiet", "--out", str(out)])
+        code = main(
+            [
+                "simulate",
+                "--banks",
+                "3",
+                "--rounds",
+                "2",
+                "--epsilon",
+                "2",
+                "--customers",
+                "4000",
+                "--compare",
+                "none",
+                "--audit",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0, buffer.getvalue()
     (folder,) = list(out.iterdir())
     return folder, buffer.getvalue()
@@ -42,7 +59,9 @@ def test_simulate_audit_writes_the_measured_section_and_keeps_hashes(run):
     for a in attacks:
         assert 0.4 < a["auc"] < 0.6 and a["within_bound"] and a["advantage_bound"] == pytest.approx(0.7616, abs=1e-4)
     canary = measured["one_run_epsilon_audit"]
-    assert canary["canaries"] == 1000 and canary["epsilon_lower_bound"] <= 2.0 and canary["verdict"].startswith("passed")
+    assert (
+        canary["canaries"] == 1000 and canary["epsilon_lower_bound"] <= 2.0 and canary["verdict"].startswith("passed")
+    )
     check = measured["mechanism_check"]
     assert check["passed"] and check["verdict"].startswith("passed") and check["bank"] == "bank-00000"
     assert check["interval"][0] <= check["replay_sd"] <= check["interval"][1]

@@ -10,8 +10,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from simulations.cli import main
-from simulations.ray_cluster import ClusterPorts, LocalRayCluster
+from fedsilo.cli import main
+from fedsilo.simulations.ray_cluster import ClusterPorts, LocalRayCluster
 
 pytestmark = pytest.mark.slow
 HEAD, WORKER = ClusterPorts(16100), ClusterPorts(16200)  # this project's test ports, never Ray's defaults
@@ -27,6 +27,7 @@ def cluster():
     finally:
         started.stop()
         import shutil
+
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -39,6 +40,7 @@ def _run(argv):
 
 def test_cluster_has_a_head_and_a_worker_node(cluster):
     import ray
+
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     try:
         alive = [n for n in ray.nodes() if n["Alive"]]
@@ -48,9 +50,27 @@ def test_cluster_has_a_head_and_a_worker_node(cluster):
 
 
 def test_simulation_runs_on_the_cluster(cluster, tmp_path):
-    code, out = _run(["simulate", "--ray-address", cluster.address, "--banks", "6", "--sample", "4",
-                      "--rounds", "2", "--customers", "1800", "--compare", "none", "--json", "--quiet",
-                      "--out", str(tmp_path)])
+    code, out = _run(
+        [
+            "simulate",
+            "--ray-address",
+            cluster.address,
+            "--banks",
+            "6",
+            "--sample",
+            "4",
+            "--rounds",
+            "2",
+            "--customers",
+            "1800",
+            "--compare",
+            "none",
+            "--json",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0, out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["banks"] == 6 and summary["rounds"] == 2 and 0.5 < summary["final_auc"] <= 1.0
@@ -64,9 +84,11 @@ def test_simulation_runs_on_the_cluster(cluster, tmp_path):
 
 def test_sweep_reuses_the_cluster_and_writes_one_table_and_one_plot(cluster, tmp_path):
     config = tmp_path / "sweep.toml"
-    config.write_text(f'[sweep]\nbanks = [3, 4]\nepsilon = [2.0]\nout = "{tmp_path / "sweeps"}"\n'
-                      f'ray-address = "{cluster.address}"\n'
-                      '[simulation]\nrounds = 1\ncompare = []\n[data]\ncustomers = 1200\n')
+    config.write_text(
+        f'[sweep]\nbanks = [3, 4]\nepsilon = [2.0]\nout = "{tmp_path / "sweeps"}"\n'
+        f'ray-address = "{cluster.address}"\n'
+        "[simulation]\nrounds = 1\ncompare = []\n[data]\ncustomers = 1200\n"
+    )
     code, out = _run(["sweep", str(config), "--quiet", "--json"])
     assert code == 0, out
     rows = json.loads(out.strip().splitlines()[-1])["runs"]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from simulations.report.plots import plot_calibration, plot_comparison
-from simulations.report.scores import final_scores, summary_lines
+from fedsilo.simulations.report.plots import plot_calibration, plot_comparison
+from fedsilo.simulations.report.scores import final_scores, summary_lines
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -16,8 +16,9 @@ def scores():
     signal = y + rng.normal(size=600)
     fed = 1 / (1 + np.exp(-(signal - 2.5)))
     weak = rng.random(600)  # no skill
-    return final_scores(y, fed, centralized=fed, local={"bank-00000": weak, "bank-00001": fed ** 2}, seed=0,
-                        resamples=300)
+    return final_scores(
+        y, fed, centralized=fed, local={"bank-00000": weak, "bank-00001": fed**2}, seed=0, resamples=300
+    )
 
 
 def test_every_interval_contains_its_point(scores):

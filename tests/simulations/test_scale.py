@@ -6,18 +6,23 @@ import json
 import numpy as np
 import pytest
 
-from peers.data.bank import split_train_test
-from peers.job import JobConfig, TrainSpec, grid_sample_rate, plan_dp
-from privacy.accounting import Mechanism, epsilon_spent
-from privacy.accounting.compose import RDP_ALPHAS
-from privacy.errors import ConfigError
-from privacy.ledger import SQLiteLedger
-from simulations.banks import build_population
-from simulations.config import build_config
-from simulations.data.synthetic import SIMULATE_RATE_RANGE, consortium_profiles, generate_bank
-from simulations.lazy_banks import facts_path, materialize, reserve
-from simulations.population import (SyntheticPopulation, TablePopulation, dropout_probability, load_population,
-                                    yardstick_sample)
+from fedsilo.errors import ConfigError
+from fedsilo.peers.data.bank import split_train_test
+from fedsilo.peers.job import JobConfig, TrainSpec, grid_sample_rate, plan_dp
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.accounting.compose import RDP_ALPHAS
+from fedsilo.privacy.ledger import SQLiteLedger
+from fedsilo.simulations.banks import build_population
+from fedsilo.simulations.config import build_config
+from fedsilo.simulations.data.synthetic import SIMULATE_RATE_RANGE, consortium_profiles, generate_bank
+from fedsilo.simulations.lazy_banks import facts_path, materialize, reserve
+from fedsilo.simulations.population import (
+    SyntheticPopulation,
+    TablePopulation,
+    dropout_probability,
+    load_population,
+    yardstick_sample,
+)
 
 
 @pytest.mark.parametrize("given, per_round", [("100", 100), ("0.1", 100), (0.25, 250), (1000, 1000), ("1.0", 1000)])
@@ -26,9 +31,15 @@ def test_sample_is_a_count_or_a_fraction(given, per_round):
     assert config.per_round == per_round and config.job().sample == per_round and config.job().peers == 1000
 
 
-@pytest.mark.parametrize("given, message", [("0", "between 1 and the 10 banks"), ("11", "between 1 and the 10"),
-                                            ("1.5", r"fraction of the banks must be in \(0, 1\]"),
-                                            ("ten", "a count of banks")])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("0", "between 1 and the 10 banks"),
+        ("11", "between 1 and the 10"),
+        ("1.5", r"fraction of the banks must be in \(0, 1\]"),
+        ("ten", "a count of banks"),
+    ],
+)
 def test_bad_sample_is_refused_with_the_fix(given, message):
     with pytest.raises(ConfigError, match=message):
         build_config(None, {"banks": 10, "sample": given})
@@ -36,11 +47,17 @@ def test_bad_sample_is_refused_with_the_fix(given, message):
 
 def test_sample_has_a_toml_key(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('[simulation]\nbanks = 500\nsample = 0.2\nray-address = "127.0.0.1:16379"\n'
-                    'dropout = 0.3\ndropout-concentration = 4.0\nyardstick-banks = 30\n')
+    path.write_text(
+        '[simulation]\nbanks = 500\nsample = 0.2\nray-address = "127.0.0.1:16379"\n'
+        "dropout = 0.3\ndropout-concentration = 4.0\nyardstick-banks = 30\n"
+    )
     config = build_config(path)
-    assert (config.per_round, config.ray_address, config.dropout_concentration, config.yardstick_banks) == \
-        (100, "127.0.0.1:16379", 4.0, 30)
+    assert (config.per_round, config.ray_address, config.dropout_concentration, config.yardstick_banks) == (
+        100,
+        "127.0.0.1:16379",
+        4.0,
+        30,
+    )
 
 
 def test_synthetic_population_builds_no_bank_and_bank_i_is_the_generators(tmp_path):
@@ -99,12 +116,13 @@ def test_yardstick_sample_is_everyone_when_small_and_seeded_when_large():
 def test_sampling_rate_grid_rounds_up_within_one_step():
     for n in (80, 129, 200, 1000, 3200, 77_777):
         q = grid_sample_rate(128, n)
-        assert min(1.0, 128 / n) <= q <= min(1.0, 2 ** 0.25 * 128 / n) + 1e-12
+        assert min(1.0, 128 / n) <= q <= min(1.0, 2**0.25 * 128 / n) + 1e-12
     assert len({grid_sample_rate(128, n) for n in range(200, 20_000)}) <= 4 * 7 + 1
 
 
 def test_memoized_rdp_matches_opacus_accountant():
     from opacus.accountants import RDPAccountant
+
     history = [Mechanism(1.1, 0.0442, 23), Mechanism(0.9, 0.125, 8)]
     accountant = RDPAccountant()
     accountant.history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in history]
@@ -113,7 +131,9 @@ def test_memoized_rdp_matches_opacus_accountant():
 
 def test_rdp_per_step_is_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatch):
     from opacus.accountants.analysis import rdp
-    from privacy.accounting import compose
+
+    from fedsilo.privacy.accounting import compose
+
     monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
     compose._rdp_per_step.cache_clear()
     expected = tuple(rdp.compute_rdp(q=0.0625, noise_multiplier=0.8125, steps=1, orders=RDP_ALPHAS))
@@ -133,8 +153,9 @@ def test_rdp_per_step_is_kept_on_disk_and_read_back_exactly(tmp_path, monkeypatc
 
 
 def test_a_bank_reserves_its_whole_plan_and_commits_per_participation(tmp_path):
-    job = JobConfig(label="y", encoder_path="", job_id="job-1", peers=1000, sample=100,
-                    train=TrainSpec(rounds=10, batch_size=64))
+    job = JobConfig(
+        label="y", encoder_path="", job_id="job-1", peers=1000, sample=100, train=TrainSpec(rounds=10, batch_size=64)
+    )
     ledger = SQLiteLedger(tmp_path / "ledger.sqlite")
     try:
         reserve(ledger, job, "bank-00003", 640)
@@ -143,8 +164,9 @@ def test_a_bank_reserves_its_whole_plan_and_commits_per_participation(tmp_path):
         ledger.commit("bank-00003", "job-1", [plan.per_round] * 2)  # sampled in 2 of 10 rounds
         status = ledger.status("bank-00003")
         assert status.reserved_epsilon == 0 and 0 < status.spent_epsilon < job.dp.epsilon / 2
-        assert status.spent_epsilon == pytest.approx(epsilon_spent([plan.per_round] * 2, job.dp.delta,
-                                                                   job.dp.accountant))
+        assert status.spent_epsilon == pytest.approx(
+            epsilon_spent([plan.per_round] * 2, job.dp.delta, job.dp.accountant)
+        )
         assert ledger.sources() == ["bank-00003"]  # a bank never sampled never appears
     finally:
         ledger.close()
@@ -152,22 +174,27 @@ def test_a_bank_reserves_its_whole_plan_and_commits_per_participation(tmp_path):
 
 def test_host_samples_k_only_once_all_n_banks_are_registered():
     from flwr.serverapp.strategy import FedAvg
-    from strategies.factory import build_strategy
-    from strategies.wrapper import find_wrapper
+
+    from fedsilo.strategies.factory import build_strategy
+    from fedsilo.strategies.wrapper import find_wrapper
+
     job = build_config(None, {"banks": 1000, "sample": "100"}).job()
     fraction = job.per_round / job.peers  # what JobHost.run passes
-    inner = find_wrapper(build_strategy("fedavg", job.peers, fraction_train=fraction, fraction_evaluate=fraction),
-                         FedAvg)
+    inner = find_wrapper(
+        build_strategy("fedavg", job.peers, fraction_train=fraction, fraction_evaluate=fraction), FedAvg
+    )
     assert inner.min_available_nodes == 1000  # Flower waits for every bank before sampling
     assert inner.min_train_nodes == 100 and inner.min_evaluate_nodes == 100
     assert max(int(1000 * inner.fraction_train), inner.min_train_nodes) == 100  # Flower's sample size
 
 
 def test_noise_of_every_sampling_rate_is_calibrated_before_the_engine(tmp_path, monkeypatch):
-    from simulations.progress import Progress
-    from simulations.runner import _warm_dp_plans
+    from fedsilo.simulations.progress import Progress
+    from fedsilo.simulations.runner import _warm_dp_plans
+
     monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
-    from privacy.accounting import cache
+    from fedsilo.privacy.accounting import cache
+
     cache.cached_calibration.cache_clear()
     job = build_config(None, {"banks": 3, "rounds": 2}).job()
     _warm_dp_plans(job, np.array([100, 120, 150]), 0.2, Progress(quiet=True))  # every bank: q = 1

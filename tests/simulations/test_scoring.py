@@ -15,12 +15,12 @@ import pytest
 from safetensors.numpy import load_file
 
 import fedsilo
-from peers.daemon.model_store import publish
-from peers.data.encoding import TabularEncoder
-from peers.errors import IntegrityError, SignatureError
-from peers.identity.consortium import Identity, admit, init_consortium, init_peer
-from privacy.errors import DataError
-from simulations.cli import main
+from fedsilo.cli import main
+from fedsilo.errors import DataError
+from fedsilo.peers.daemon.model_store import publish
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.errors import IntegrityError, SignatureError
+from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
 
 pytestmark = pytest.mark.slow  # the session's run folder comes from Flower's Simulation Engine (Ray)
 
@@ -29,8 +29,9 @@ def numpy_scores(folder, frame: pd.DataFrame) -> np.ndarray:
     """The MLP (input, hidden1, ..., head; tanh) of the run's card applied with numpy."""
     weights = load_file(str(folder / "model.safetensors"))
     x = TabularEncoder.load(folder / "encoder.json").transform_features(frame).astype(np.float64)
-    layers = ["input"] + sorted((k[:-7] for k in weights if k.startswith("hidden") and k.endswith(".weight")),
-                                key=lambda name: int(name[6:]))
+    layers = ["input"] + sorted(
+        (k[:-7] for k in weights if k.startswith("hidden") and k.endswith(".weight")), key=lambda name: int(name[6:])
+    )
     for name in layers:
         x = np.tanh(x @ weights[f"{name}.weight"].T.astype(np.float64) + weights[f"{name}.bias"])
     logits = (x @ weights["head.weight"].T.astype(np.float64) + weights["head.bias"])[:, 0]
@@ -92,8 +93,11 @@ def test_an_unseen_category_is_encoded_as_in_training_and_counted(tiny_run, tmp_
     assert len(scores) == 10
     np.testing.assert_allclose(scores["score"], numpy_scores(result.run_dir, frame), rtol=1e-5, atol=1e-6)
     x = TabularEncoder.load(result.run_dir / "encoder.json").transform_features(frame)
-    region = [i for i, name in enumerate(TabularEncoder.load(result.run_dir / "encoder.json").feature_names)
-              if name.startswith("region=")]
+    region = [
+        i
+        for i, name in enumerate(TabularEncoder.load(result.run_dir / "encoder.json").feature_names)
+        if name.startswith("region=")
+    ]
     assert x[[2, 5]][:, region].sum() == 0 and x[[0, 1]][:, region].sum() == 2
 
 
@@ -131,8 +135,18 @@ def test_a_pulled_model_folder_scores_and_its_signature_is_checked(tiny_run, sig
     result, data = tiny_run
     folder, identity = signed_copy
     frame = pd.read_csv(data).head(40)
-    code, out, err = score_cli(capsys, folder, "--data", data, "--out", tmp_path / "s.csv", "--id-column",
-                               "customer_id", "--identity", identity)
+    code, out, err = score_cli(
+        capsys,
+        folder,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "s.csv",
+        "--id-column",
+        "customer_id",
+        "--identity",
+        identity,
+    )
     assert code == 0, err
     assert "card signature verified" in out
     scores = pd.read_csv(tmp_path / "s.csv").head(40)
@@ -145,7 +159,8 @@ def test_a_pulled_model_folder_scores_and_its_signature_is_checked(tiny_run, sig
     with pytest.raises(IntegrityError, match="model.safetensors does not match the SHA-256"):
         fedsilo.load_run(folder)
     card = json.loads((folder / "model_card.json").read_text())
-    from peers.provenance import sha256_file
+    from fedsilo.peers.provenance import sha256_file
+
     card["artifacts"]["model.safetensors"]["sha256"] = sha256_file(folder / "model.safetensors")
     (folder / "model_card.json").write_text(json.dumps(card))
     fedsilo.load_run(folder)  # the hash alone is satisfied by the rewritten card

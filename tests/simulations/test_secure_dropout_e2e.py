@@ -12,12 +12,28 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from simulations.cli import main
-from simulations.faults import dropout_stage
+from fedsilo.cli import main
+from fedsilo.simulations.faults import dropout_stage
 
 pytestmark = pytest.mark.slow
-ARGS = ["simulate", "--banks", "6", "--rounds", "2", "--customers", "6000", "--dropout", "0.3", "--seed", "4",
-        "--reproducible", "--compare", "none", "--json", "--quiet"]
+ARGS = [
+    "simulate",
+    "--banks",
+    "6",
+    "--rounds",
+    "2",
+    "--customers",
+    "6000",
+    "--dropout",
+    "0.3",
+    "--seed",
+    "4",
+    "--reproducible",
+    "--compare",
+    "none",
+    "--json",
+    "--quiet",
+]
 
 
 def _run(out, *extra):

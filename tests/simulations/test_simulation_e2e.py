@@ -8,8 +8,8 @@ import json
 import pytest
 from safetensors.numpy import load_file
 
-from privacy.ledger import SQLiteLedger
-from simulations.cli import main
+from fedsilo.cli import main
+from fedsilo.privacy.ledger import SQLiteLedger
 
 pytestmark = pytest.mark.slow
 EPSILON = 2.0
@@ -20,10 +20,28 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     import io
     from contextlib import redirect_stdout
+
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["simulate", "--banks", "3", "--rounds", "2", "--epsilon", str(EPSILON), "--customers", "6000",
-                     "--compare", "centralized,local", "--json", "--quiet", "--out", str(out)])
+        code = main(
+            [
+                "simulate",
+                "--banks",
+                "3",
+                "--rounds",
+                "2",
+                "--epsilon",
+                str(EPSILON),
+                "--customers",
+                "6000",
+                "--compare",
+                "centralized,local",
+                "--json",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
     lines = buffer.getvalue().strip().splitlines()
     assert code == 0, buffer.getvalue()
     summary = json.loads(lines[-1])
@@ -72,7 +90,10 @@ def test_model_file_has_inner_names_and_matches_card_hash(run):
     assert weights and not any(name.startswith("_module.") for name in weights)
     card = json.loads((folder / "model_card.json").read_text())
     import hashlib
-    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == card["artifacts"]["model"]["sha256"]
+
+    assert (
+        hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == card["artifacts"]["model"]["sha256"]
+    )
     assert card["software"]["flwr"] == "1.41.0" and card["software"]["torch"].startswith("2.13.0")
 
 

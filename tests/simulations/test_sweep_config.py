@@ -2,9 +2,9 @@
 
 import pytest
 
-from privacy.errors import ConfigError
-from simulations.cli import main
-from simulations.sweep import format_table, load_sweep, summarize, yardstick_keys
+from fedsilo.cli import main
+from fedsilo.errors import ConfigError
+from fedsilo.simulations.sweep import format_table, load_sweep, summarize, yardstick_keys
 
 
 def _write(tmp_path, text):
@@ -14,29 +14,41 @@ def _write(tmp_path, text):
 
 
 def test_grid_is_the_product_of_the_axes_over_the_base_config(tmp_path):
-    plan = load_sweep(_write(tmp_path, '[sweep]\nbanks = [50, 500]\nepsilon = [1, 3.0, 8.0]\ndropout = [0.0, 0.3]\n'
-                                       'out = "sweeps"\n[simulation]\nrounds = 4\nsample = 0.1\n'))
+    plan = load_sweep(
+        _write(
+            tmp_path,
+            "[sweep]\nbanks = [50, 500]\nepsilon = [1, 3.0, 8.0]\ndropout = [0.0, 0.3]\n"
+            'out = "sweeps"\n[simulation]\nrounds = 4\nsample = 0.1\n',
+        )
+    )
     assert len(plan.points) == 12 and plan.out == "sweeps" and plan.ray_address is None
     assert {(p.banks, p.epsilon, p.dropout) for p in plan.points} == {
-        (b, e, d) for b in (50, 500) for e in (1.0, 3.0, 8.0) for d in (0.0, 0.3)}
+        (b, e, d) for b in (50, 500) for e in (1.0, 3.0, 8.0) for d in (0.0, 0.3)
+    }
     assert all(p.rounds == 4 and p.per_round == p.banks // 10 for p in plan.points)
     assert all(isinstance(p.epsilon, float) for p in plan.points)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[simulation]\nbanks = 5\n", r"needs a \[sweep\] table"),
-    ("[sweep]\nbanks = [5]\ninstitutions = [3]\n", r"unknown key 'institutions' in \[sweep\]"),
-    ("[sweep]\nbanks = 5\n", r"banks must be a non-empty list"),
-    ("[sweep]\nepsilon = []\n", r"epsilon must be a non-empty list"),
-    ("[sweep]\nout = \"x\"\n", r"lists no axis"),
-    ("[sweep]\nepsilon = [3.0, -1.0]\n", r"sweep point \{'epsilon': -1.0\} is invalid: dp.epsilon must be > 0"),
-    ("[sweep]\ndropout = [0.3, 1.2]\n", r"sweep point \{'dropout': 1.2\} is invalid: --dropout must be in \[0, 1\)"),
-    ("[sweep]\nsetup = [\"vertical\"]\n", r"--setup 'vertical' is unknown"),
-    ("[sweep]\nbanks = [10, \"many\"]\n", r"\[simulation\] banks must be int"),
-    ("[sweep]\nbanks = [10]\n[simulation]\nsample = 20\n", r"sample between 1 and the 10 banks"),
-    ("[sweep]\nbanks = [10]\n[train]\nbatch = 3\n", r"unknown key 'batch' in \[train\]"),
-    ("[sweep]\nbanks = [10]\nray-address = 6379\n", r"ray-address must be a string"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[simulation]\nbanks = 5\n", r"needs a \[sweep\] table"),
+        ("[sweep]\nbanks = [5]\ninstitutions = [3]\n", r"unknown key 'institutions' in \[sweep\]"),
+        ("[sweep]\nbanks = 5\n", r"banks must be a non-empty list"),
+        ("[sweep]\nepsilon = []\n", r"epsilon must be a non-empty list"),
+        ('[sweep]\nout = "x"\n', r"lists no axis"),
+        ("[sweep]\nepsilon = [3.0, -1.0]\n", r"sweep point \{'epsilon': -1.0\} is invalid: dp.epsilon must be > 0"),
+        (
+            "[sweep]\ndropout = [0.3, 1.2]\n",
+            r"sweep point \{'dropout': 1.2\} is invalid: --dropout must be in \[0, 1\)",
+        ),
+        ('[sweep]\nsetup = ["vertical"]\n', r"--setup 'vertical' is unknown"),
+        ('[sweep]\nbanks = [10, "many"]\n', r"\[simulation\] banks must be int"),
+        ("[sweep]\nbanks = [10]\n[simulation]\nsample = 20\n", r"sample between 1 and the 10 banks"),
+        ("[sweep]\nbanks = [10]\n[train]\nbatch = 3\n", r"unknown key 'batch' in \[train\]"),
+        ("[sweep]\nbanks = [10]\nray-address = 6379\n", r"ray-address must be a string"),
+    ],
+)
 def test_config_errors_name_the_key_or_point(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_sweep(_write(tmp_path, text))
@@ -56,9 +68,23 @@ def test_missing_sweep_file_is_refused(tmp_path, capsys):
 
 
 def _run_row(seed, auc, central=None, local=0.65, epsilon=1.0, banks=50, lr=0.5):
-    return {"setup": "horizontal", "banks": banks, "epsilon": epsilon, "dropout": 0.0, "final_auc": auc,
-            "centralized_auc": central, "local_auc_mean": local, "epsilon_max": 0.99 + seed / 1000, "seconds": 41.0,
-            "lr": lr, "rounds": 5, "partition": "iid", "model": "mlp", "seed": seed, "run_dir": f"runs/r{seed}"}
+    return {
+        "setup": "horizontal",
+        "banks": banks,
+        "epsilon": epsilon,
+        "dropout": 0.0,
+        "final_auc": auc,
+        "centralized_auc": central,
+        "local_auc_mean": local,
+        "epsilon_max": 0.99 + seed / 1000,
+        "seconds": 41.0,
+        "lr": lr,
+        "rounds": 5,
+        "partition": "iid",
+        "model": "mlp",
+        "seed": seed,
+        "run_dir": f"runs/r{seed}",
+    }
 
 
 def test_table_has_one_line_per_grid_point_with_mean_and_std_over_seeds():
@@ -85,21 +111,33 @@ def test_seeds_and_repeats_multiply_every_grid_point(tmp_path):
 
 
 def test_learning_rate_rounds_partition_and_model_are_axes(tmp_path):
-    plan = load_sweep(_write(tmp_path, '[sweep]\nlr = [0.1, 0.5]\nrounds = [2, 4]\npartition = ["iid", "dirichlet:0.5"]\n'
-                                       'model = ["mlp", "logreg"]\n'))
+    plan = load_sweep(
+        _write(
+            tmp_path,
+            '[sweep]\nlr = [0.1, 0.5]\nrounds = [2, 4]\npartition = ["iid", "dirichlet:0.5"]\n'
+            'model = ["mlp", "logreg"]\n',
+        )
+    )
     assert len(plan.points) == 16 and plan.axes == ("lr", "rounds", "partition", "model")
     assert {(p.lr, p.rounds, p.partition, p.model) for p in plan.points} == {
-        (lr, r, part, m) for lr in (0.1, 0.5) for r in (2, 4) for part in ("iid", "dirichlet:0.5")
-        for m in ("mlp", "logreg")}
+        (lr, r, part, m)
+        for lr in (0.1, 0.5)
+        for r in (2, 4)
+        for part in ("iid", "dirichlet:0.5")
+        for m in ("mlp", "logreg")
+    }
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[sweep]\nseeds = [0, 0]\n", r"seeds must be a non-empty list of distinct integers"),
-    ("[sweep]\nseeds = 3\n", r"seeds must be a non-empty list"),
-    ("[sweep]\nrepeats = 0\n", r"repeats must be a whole number ≥ 1"),
-    ("[sweep]\nrepeats = 2\nseeds = [1, 2]\n", r"gives both seeds and repeats"),
-    ("[sweep]\nmodel = [\"mlp\", \"forest\"]\n", r"sweep point \{'model': 'forest'\} is invalid: unknown model"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[sweep]\nseeds = [0, 0]\n", r"seeds must be a non-empty list of distinct integers"),
+        ("[sweep]\nseeds = 3\n", r"seeds must be a non-empty list"),
+        ("[sweep]\nrepeats = 0\n", r"repeats must be a whole number ≥ 1"),
+        ("[sweep]\nrepeats = 2\nseeds = [1, 2]\n", r"gives both seeds and repeats"),
+        ('[sweep]\nmodel = ["mlp", "forest"]\n', r"sweep point \{'model': 'forest'\} is invalid: unknown model"),
+    ],
+)
 def test_seed_and_axis_errors_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_sweep(_write(tmp_path, text))
@@ -118,7 +156,8 @@ def test_yardsticks_are_shared_by_points_on_the_same_data_split(tmp_path):
 
 def test_the_plot_has_error_bars_and_starts_at_chance(tmp_path):
     rows = [_run_row(s, 0.70 + s / 100, central=0.76, epsilon=e) for e in (1.0, 3.0) for s in (0, 1)]
-    from simulations.report import plots
+    from fedsilo.simulations.report import plots
+
     captured = {}
     real = plots.plt.close
     plots.plt.close = lambda fig: captured.setdefault("fig", fig)
@@ -135,8 +174,10 @@ def test_the_plot_has_error_bars_and_starts_at_chance(tmp_path):
 
 
 def test_a_missing_data_file_stops_the_sweep_before_any_cluster(tmp_path, capsys):
-    path = _write(tmp_path, f'[sweep]\nseeds = [0, 1]\nout = "{tmp_path / "out"}"\n'
-                            f'[data]\npath = "{tmp_path / "gone.csv"}"\nlabel = "y"\n')
+    path = _write(
+        tmp_path,
+        f'[sweep]\nseeds = [0, 1]\nout = "{tmp_path / "out"}"\n[data]\npath = "{tmp_path / "gone.csv"}"\nlabel = "y"\n',
+    )
     assert main(["sweep", str(path)]) == 2
     assert f"data file {tmp_path / 'gone.csv'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

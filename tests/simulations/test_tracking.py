@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from privacy.errors import ConfigError
-from simulations.tracking import store
+from fedsilo.simulations.tracking import store
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -38,13 +37,18 @@ def test_simulate_logs_params_per_round_metrics_epsilon_and_artefacts(tiny_run):
 def test_store_defaults_to_a_local_sqlite_store_and_passes_uris_through(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri, artifacts = store(None)
-    assert uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" and artifacts == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert (
+        uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+        and artifacts == (tmp_path / "mlruns" / "artifacts").as_uri()
+    )
     assert store("http://tracking:5000") == ("http://tracking:5000", None)
 
 
 def test_without_mlflow_installed_the_flag_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
     import importlib.util
-    from simulations.cli import main
+
+    from fedsilo.cli import main
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     assert main(["simulate", "--mlflow", "--out", str(tmp_path / "runs"), "--quiet"]) == 2

@@ -3,15 +3,14 @@
 import io
 import json
 from contextlib import redirect_stdout
-
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from simulations.cli import main
-from simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
+from fedsilo.cli import main
+from fedsilo.simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +18,37 @@ pytestmark = pytest.mark.slow
 def test_transfer_run_beats_chance_at_every_institution(tmp_path):
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["simulate", "--setup", "transfer", "--rounds", "5", "--customers", "12000", "--compare", "local",
-                     "--overlap", "0.2", "--json", "--quiet", "--out", str(tmp_path)])
+        code = main(
+            [
+                "simulate",
+                "--setup",
+                "transfer",
+                "--rounds",
+                "5",
+                "--customers",
+                "12000",
+                "--compare",
+                "local",
+                "--overlap",
+                "0.2",
+                "--json",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert code == 0, buffer.getvalue()
     summary = json.loads(buffer.getvalue().strip().splitlines()[-1])
     # customers shared between institutions were aligned by PSI; the same seed deals the same customers
     parts = replace(synthetic_scenario(), overlap=0.2).split_rows(synthetic_transfer_table(0, 12000), 0)
-    expected = {f"{a} & {b}": len(np.intersect1d(parts[i], parts[j])) for (i, a), (j, b) in
-                [((0, "bank"), (1, "card-issuer")), ((0, "bank"), (2, "broker")), ((1, "card-issuer"), (2, "broker"))]}
+    expected = {
+        f"{a} & {b}": len(np.intersect1d(parts[i], parts[j]))
+        for (i, a), (j, b) in [
+            ((0, "bank"), (1, "card-issuer")),
+            ((0, "bank"), (2, "broker")),
+            ((1, "card-issuer"), (2, "broker")),
+        ]
+    }
     assert summary["shared_customers"] == expected and min(expected.values()) > 100
     assert "shared customers, found by PSI (no raw id exchanged)" in buffer.getvalue()
     assert summary["setup"] == "transfer" and set(summary["institutions"]) == {"bank", "card-issuer", "broker"}
@@ -35,8 +57,14 @@ def test_transfer_run_beats_chance_at_every_institution(tmp_path):
         assert aucs["local_only"] is not None and aucs["horizontal_common"] is None
     folder = next(tmp_path.iterdir())
     weights = load_file(str(folder / "model.safetensors"))
-    assert set(weights) == {"shared_input.weight", "shared_input.bias", "hidden1.weight", "hidden1.bias",
-                            "head.weight", "head.bias"}
+    assert set(weights) == {
+        "shared_input.weight",
+        "shared_input.bias",
+        "hidden1.weight",
+        "hidden1.bias",
+        "head.weight",
+        "head.bias",
+    }
     card = json.loads((folder / "model_card.json").read_text())
     assert card["data"]["shared_customers"]["per_pair"] == expected
     assert card["data"]["scenario"]["overlap"] == 0.2

@@ -7,18 +7,16 @@ aggregate are the real ones.
 """
 
 import numpy as np
-import pytest
+from _consortium import identity_configs
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from peers.client.mods.secagg import secagg_mod
-from peers.job import JobConfig, secagg_config
-from strategies.secagg import SECAGG_CONFIG_KEY, SecureAggregation
-from strategies.secagg.wire import read_stage
-
-from _consortium import identity_configs
+from fedsilo.peers.client.mods.secagg import secagg_mod
+from fedsilo.peers.job import JobConfig, secagg_config
+from fedsilo.strategies.secagg import SECAGG_CONFIG_KEY, SecureAggregation
+from fedsilo.strategies.secagg.wire import read_stage
 
 SHAPE = (4, 3)
 
@@ -34,8 +32,15 @@ def _app(msg: Message, context: Context) -> Message:
         metrics = MetricRecord({"eval-loss": float(node % 5), "num-examples": 10})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
     weights = msg.content["arrays"]["w"].numpy()
-    return Message(RecordDict({"arrays": ArrayRecord({"w": Array(weights + _delta(node))}),
-                               "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.1})}), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord({"w": Array(weights + _delta(node))}),
+                "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.1}),
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 class PeersInProcess(Grid):
@@ -44,8 +49,10 @@ class PeersInProcess(Grid):
     def __init__(self, nodes: list[int], job: JobConfig, identity_dir) -> None:
         self.nodes = nodes
         configs = identity_configs(identity_dir, nodes)
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(),
-                                    run_config=job.to_run_config()) for n in nodes}
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(), run_config=job.to_run_config())
+            for n in nodes
+        }
         self.exchanges: list[tuple[str, str | None]] = []
 
     def get_node_ids(self):
@@ -84,12 +91,17 @@ def _run(tmp_path, nodes: list[int], fraction_train: float, carry: bool):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="carried", peers=len(nodes))
     grid = PeersInProcess(nodes, job, tmp_path / f"consortium-{fraction_train}-{carry}")
-    inner = FedAvg(fraction_train=fraction_train, min_train_nodes=round(fraction_train * len(nodes)),
-                   min_available_nodes=len(nodes), min_evaluate_nodes=len(nodes))
+    inner = FedAvg(
+        fraction_train=fraction_train,
+        min_train_nodes=round(fraction_train * len(nodes)),
+        min_available_nodes=len(nodes),
+        min_evaluate_nodes=len(nodes),
+    )
     strategy = SecureAggregation(inner, secagg_config(job), rounds=3 if carry else None)
     initial = ArrayRecord({"w": Array(np.zeros(SHAPE, dtype=np.float32))})
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=3, train_config=ConfigRecord(),
-                            evaluate_config=ConfigRecord())
+    result = strategy.start(
+        grid=grid, initial_arrays=initial, num_rounds=3, train_config=ConfigRecord(), evaluate_config=ConfigRecord()
+    )
     return grid, strategy, result
 
 
@@ -97,8 +109,15 @@ def test_each_later_round_has_no_advertise_exchange_and_the_model_is_the_same(tm
     nodes = [11, 12, 13, 14]
     grid, strategy, result = _run(tmp_path, nodes, 1.0, carry=True)
     train = [("train", s) for s in ("share", "mask", "check", "unmask")]
-    assert grid.exchanges == [("train", "advertise"), *train, ("evaluate", "advertise"),
-                              *train, ("evaluate", "advertise"), *train, ("evaluate", None)]
+    assert grid.exchanges == [
+        ("train", "advertise"),
+        *train,
+        ("evaluate", "advertise"),
+        *train,
+        ("evaluate", "advertise"),
+        *train,
+        ("evaluate", None),
+    ]
     assert strategy.aborted_rounds == {} and strategy.refusals == {} and strategy.dropouts == {}
     mean_delta = np.mean([_delta(n) for n in nodes], axis=0)
     np.testing.assert_allclose(result.arrays["w"].numpy(), 3 * mean_delta, atol=1e-3)  # SecAgg+ quantization

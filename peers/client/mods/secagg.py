@@ -1,6 +1,6 @@
 """`secagg_mod`: gives any ClientApp SecAgg+ secure aggregation by being in its `mods`.
 
-It answers the five stage messages of `strategies.secagg.SecureAggregation` and lets
+It answers the five stage messages of `fedsilo.strategies.secagg.SecureAggregation` and lets
 every other message through untouched, except that a `train` message without
 secure aggregation is refused when the job declares it (a peer never answers a
 SecAgg+ job in plaintext, whatever the host sends). At the `mask` stage it lets the app train,
@@ -10,7 +10,7 @@ inside the masked vector; `num-examples` and the training loss are removed from 
 reply's metrics, so the host learns neither per peer.
 
 An `evaluate` message may carry the next round's `advertise` stage (see
-`strategies.secagg.strategy`): the app evaluates the message without that record,
+`fedsilo.strategies.secagg.strategy`): the app evaluates the message without that record,
 exactly as any evaluation, and this mod adds the peer's fresh keys for the next round
 to the app's reply. If the evaluation fails, the error is the reply and no keys are
 sent (the host then drops the peer from the next round).
@@ -22,12 +22,12 @@ a mask request is checked before the app trains, so a replay spends no budget.
 
 Identity. The peer signs its round keys and the survivor list with its consortium
 key and checks its neighbours' against the CA-signed manifest
-(`peers.identity.round_keys`). A deployed peer reads them from the files its node
+(`fedsilo.peers.identity.round_keys`). A deployed peer reads them from the files its node
 config names (`identity-key`, `identity-cert`, `ca-cert`, `manifest`: set by
-`peers.deployment.join` from the peer's own identity directory), and the job it
+`fedsilo.peers.deployment.join` from the peer's own identity directory), and the job it
 accepted from `job-id` and `secagg`, which the host cannot change. Under the
 Simulation Engine each bank reads its key from the simulated consortium that the run
-config's `simulation.identity-dir` names (`simulations.federation` writes it).
+config's `simulation.identity-dir` names (`fedsilo.simulations.federation` writes it).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from peers.identity.round_keys import SIMULATED_IDENTITY_KEY, load_round_identity, simulated_identity
-from peers.job import JobConfig, parameter_count, secagg_config
-from privacy.errors import ConfigError, FedsiloError, ProtocolError
-from privacy.secagg import (
+from fedsilo.errors import ConfigError, FedsiloError, ProtocolError
+from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, load_round_identity, simulated_identity
+from fedsilo.peers.job import JobConfig, parameter_count, secagg_config
+from fedsilo.privacy.secagg import (
     ConsistencyRequest,
     MaskInputRequest,
     RoundSetup,
@@ -51,8 +51,8 @@ from privacy.secagg import (
     UnmaskRequest,
     Verifier,
 )
-from privacy.secagg.messages import encrypted_shares_to_dict
-from strategies.secagg.wire import (
+from fedsilo.privacy.secagg.messages import encrypted_shares_to_dict
+from fedsilo.strategies.secagg.wire import (
     MASKED_ARRAY_KEY,
     SECAGG_CONFIG_KEY,
     flatten,
@@ -78,8 +78,10 @@ def round_identity(context: Context) -> tuple[Signer, Verifier]:
     directory = context.run_config.get(SIMULATED_IDENTITY_KEY)
     if directory and "partition-id" in node and not node.get("state-dir"):
         return simulated_identity(Path(str(directory)), int(node["partition-id"]))
-    raise ConfigError("secure aggregation needs this peer's consortium identity: start its SuperNode with "
-                      "peers.deployment.join_training, which names the identity files in its node config")
+    raise ConfigError(
+        "secure aggregation needs this peer's consortium identity: start its SuperNode with "
+        "fedsilo.peers.deployment.join_training, which names the identity files in its node config"
+    )
 
 
 def accepted_job(context: Context) -> JobConfig:
@@ -191,7 +193,14 @@ def _plaintext_train(msg: Message, context: Context, call_next: ClientAppCallabl
     except FedsiloError:
         return call_next(msg, context)  # no readable job: the app refuses it itself
     if declares_secure(context, job):
-        return Message(Error(code=ERROR_CODE_SECAGG, reason=(
-            f"ProtocolError: job {job.job_id} declares secure aggregation; this peer does not answer a "
-            f"plaintext training request in it")), reply_to=msg)
+        return Message(
+            Error(
+                code=ERROR_CODE_SECAGG,
+                reason=(
+                    f"ProtocolError: job {job.job_id} declares secure aggregation; this peer does not answer a "
+                    f"plaintext training request in it"
+                ),
+            ),
+            reply_to=msg,
+        )
     return call_next(msg, context)

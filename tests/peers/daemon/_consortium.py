@@ -11,19 +11,20 @@ import asyncio
 import contextlib
 import shutil
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from peers.daemon.app import start_daemon
-from peers.daemon.client import PeerClient
-from peers.daemon.config import load_config
-from peers.daemon.service import PeerService
-from peers.daemon.signed_job import sign_job
-from peers.identity.consortium import Identity, admit, init_consortium, init_peer
+from fedsilo.peers.daemon.app import start_daemon
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import load_config
+from fedsilo.peers.daemon.service import PeerService
+from fedsilo.peers.daemon.signed_job import sign_job
+from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
 
 OWNER = "risk-dept"
 
@@ -38,8 +39,16 @@ def write_table(path: Path, rows: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
     label = (x1 + 0.5 * x2 + rng.normal(scale=0.5, size=rows) > 0.8).astype(int)
-    pd.DataFrame({"ID": np.arange(rows), "limit": rng.integers(1, 50, rows) * 1000.0, "x1": x1, "x2": x2,
-                  "kind": rng.choice(["a", "b", "c"], rows), "Y": label}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "ID": np.arange(rows),
+            "limit": rng.integers(1, 50, rows) * 1000.0,
+            "x1": x1,
+            "x2": x2,
+            "kind": rng.choice(["a", "b", "c"], rows),
+            "Y": label,
+        }
+    ).to_csv(path, index=False)
 
 
 @dataclass
@@ -62,10 +71,20 @@ class Consortium:
         self.config_path(name).write_text(
             f'[peer]\nidentity = "identity"\nstate = "state"\n\n[policy]\n{policy}\n'
             f'[sources.credit-card]\npath = "data.csv"\nlabel = "Y"\nid-column = "ID"\nepsilon = {epsilon}\n'
-            'delta = 1e-5\n')
+            "delta = 1e-5\n"
+        )
 
-    def job_toml(self, path: Path, job_id: str, participants: list[str] | None = None, host: str | None = None,
-                 epsilon: float = 1.0, rounds: int = 2, min_participants: int | None = None, extra: str = "") -> Path:
+    def job_toml(
+        self,
+        path: Path,
+        job_id: str,
+        participants: list[str] | None = None,
+        host: str | None = None,
+        epsilon: float = 1.0,
+        rounds: int = 2,
+        min_participants: int | None = None,
+        extra: str = "",
+    ) -> Path:
         participants = participants or self.peers
         host = host or participants[0]
         minimum = min_participants or len(participants)
@@ -73,12 +92,17 @@ class Consortium:
             f'[job]\nid = "{job_id}"\nhost = "{host}"\nparticipants = {participants!r}\n'
             f'min-participants = {minimum}\nsource = "credit-card"\nlabel = "Y"\n{extra}\n'
             f'[model]\nkind = "mlp"\nhidden = [16]\n\n[train]\nrounds = {rounds}\nbatch-size = 64\nlr = 0.5\n\n'
-            f'[dp]\nepsilon = {epsilon}\ndelta = 1e-5\n'.replace("'", '"'))
+            f"[dp]\nepsilon = {epsilon}\ndelta = 1e-5\n".replace("'", '"')
+        )
         return path
 
 
-def make_consortium(root: Path, peers: tuple[str, ...] = ("bank-a", "bank-b", "bank-c"), rows: int = 400,
-                    extra_members: tuple[tuple[str, str], ...] = ()) -> Consortium:
+def make_consortium(
+    root: Path,
+    peers: tuple[str, ...] = ("bank-a", "bank-b", "bank-c"),
+    rows: int = 400,
+    extra_members: tuple[tuple[str, str], ...] = (),
+) -> Consortium:
     """CA, peers (role peer, with free ports), the model owner `risk-dept`, `extra_members` (name, roles)."""
     init_consortium(root / "consortium", "test-consortium")
     addresses = {}
@@ -121,7 +145,8 @@ async def member_client(consortium: Consortium, name: str) -> AsyncIterator[Peer
 
 
 def signed(consortium: Consortium, job_file: Path, signer: str = OWNER) -> dict[str, Any]:
-    from peers.daemon.signed_job import job_document
+    from fedsilo.peers.daemon.signed_job import job_document
+
     identity = consortium.identity(signer)
     return sign_job(identity, job_document(job_file, OWNER if signer != OWNER else signer))
 

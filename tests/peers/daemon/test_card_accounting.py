@@ -4,25 +4,37 @@ import datetime as dt
 
 import pytest
 
-from peers.daemon.card import build_card
-from peers.daemon.signed_job import SignedJob
-from peers.job import DPSpec, JobConfig
-from privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.signed_job import SignedJob
+from fedsilo.peers.job import DPSpec, JobConfig
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
 
 
 def _job() -> SignedJob:
     config = JobConfig(label="Y", encoder_path="", job_id="j1", dp=DPSpec(epsilon=3.0, delta=1e-5))
-    return SignedJob(job_id="j1", owner="risk-dept", host="bank-a", participants=("bank-a", "bank-b"),
-                     min_participants=2, source="credit-card", label="Y", nonce="n",
-                     expires=dt.datetime.now(dt.timezone.utc), config=config, envelope={"job": {"id": "j1"}})
+    return SignedJob(
+        job_id="j1",
+        owner="risk-dept",
+        host="bank-a",
+        participants=("bank-a", "bank-b"),
+        min_participants=2,
+        source="credit-card",
+        label="Y",
+        nonce="n",
+        expires=dt.datetime.now(dt.UTC),
+        config=config,
+        envelope={"job": {"id": "j1"}},
+    )
 
 
 def test_card_puts_the_rdp_figure_beside_the_prv_epsilon():
     spent = [Mechanism(1.3, 0.05, 20)] * 3
     prv = epsilon_spent(spent, 1e-5, "prv")
     report = {"epsilon": prv, "delta": 1e-5, "accountant": "prv", "spent": [m.to_dict() for m in spent]}
-    participants = [{"peer": "bank-b", "decision": "accepted", "reply": {"rows": 100, "n_train": 80}},
-                    {"peer": "bank-c", "decision": "accepted", "reply": {"rows": 50, "n_train": 40}}]
+    participants = [
+        {"peer": "bank-b", "decision": "accepted", "reply": {"rows": 100, "n_train": 80}},
+        {"peer": "bank-c", "decision": "accepted", "reply": {"rows": 50, "n_train": 40}},
+    ]
     card = build_card(_job(), participants, {"bank-b": report}, {"rounds": []})
     reported, silent = card["participants"]
     assert reported["epsilon"] == prv and reported["accountant"] == "prv"

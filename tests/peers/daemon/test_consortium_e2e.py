@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from peers.daemon.client import PeerClient
-from peers.daemon.model_pull import pull_model
-from peers.errors import PeerUnreachable
-from simulations.cli import main
+from fedsilo.cli import main
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.model_pull import pull_model
+from fedsilo.peers.errors import PeerUnreachable
 
 from ._consortium import OWNER, make_consortium, signed
 
@@ -34,9 +34,12 @@ TRAINING_TIMEOUT = 600
 
 def start(consortium, name):
     log = (consortium.root / name / "daemon.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "simulations.cli", "peer", "start", "--config",
-                                str(consortium.config_path(name))], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedsilo.cli", "peer", "start", "--config", str(consortium.config_path(name))],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     host, port = consortium.addresses[name].removeprefix("https://").split(":")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -71,6 +74,7 @@ def call(consortium, member, method, url, body=None):
     async def go():
         async with PeerClient(consortium.identity(member), timeout=60) as client:
             return await client.call(method, url, body)
+
     return asyncio.run(go())
 
 
@@ -138,6 +142,7 @@ def test_a_job_runs_to_a_signed_model_and_every_ledger_shows_its_spending(consor
     async def pull():
         async with PeerClient(consortium.identity(OWNER), timeout=120) as client:
             return await pull_model(client, host, "e2e-1", tmp_path / "model")
+
     card = asyncio.run(pull())
     assert card["signer"] == "bank-a" and card["job"]["rounds"] == 2
     assert [p["peer"] for p in card["participants"]] == ["bank-a", "bank-b", "bank-c"]
@@ -171,8 +176,10 @@ def test_a_participant_killed_mid_job_restarts_consistent(consortium, tmp_path):
     assert ledger_rows(consortium, "bank-c")["e2e-2"] == "reserved"
     consortium.processes["bank-c"] = start(consortium, "bank-c")
     assert not [child for child in children if alive(child)]  # stopped by the restarted daemon
-    assert any(entry["action"] == "job.processes.stopped" and entry["job"] == "e2e-2"
-               for entry in audit_entries(consortium, "bank-c"))
+    assert any(
+        entry["action"] == "job.processes.stopped" and entry["job"] == "e2e-2"
+        for entry in audit_entries(consortium, "bank-c")
+    )
     view = call(consortium, OWNER, "GET", f"{consortium.addresses['bank-c']}/v1/jobs/e2e-2")
     assert view["state"] == "interrupted" and "counted as spent" in view["detail"]
     assert ledger_rows(consortium, "bank-c")["e2e-2"] == "committed"

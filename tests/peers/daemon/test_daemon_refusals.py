@@ -12,10 +12,10 @@ import ssl
 import aiohttp
 import pytest
 
-from peers.daemon.app import ROUTES
-from peers.daemon.openapi import spec
-from peers.errors import PeerUnreachable
-from peers.identity.consortium import admit, init_consortium, init_peer
+from fedsilo.peers.daemon.app import ROUTES
+from fedsilo.peers.daemon.openapi import spec
+from fedsilo.peers.errors import PeerUnreachable
+from fedsilo.peers.identity.consortium import admit, init_consortium, init_peer
 
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
@@ -44,15 +44,17 @@ async def propose(consortium, envelope, as_peer="bank-a", to="bank-b"):
 
 def refused_without_change(consortium, action, expect, name="bank-b"):
     """Run `action` (a coroutine factory) against a running bank-b; assert refusal, audit, no change."""
+
     async def body():
         async with running(consortium, ["bank-b"]):
             before = state_of(consortium, name)
             outcome = await action()
             after = state_of(consortium, name)
         return before, outcome, after
+
     before, outcome, after = run(body())
     assert after[0] == before[0] and after[1] == before[1], "a refusal changed jobs or the ledger"
-    new = after[2][len(before[2]):]
+    new = after[2][len(before[2]) :]
     assert new, "no audit entry for a refusal"
     assert expect in new[-1][3], new[-1]
     return outcome, new[-1]
@@ -69,11 +71,14 @@ def test_a_valid_proposal_reserves_budget_and_cancel_releases_it(consortium, tmp
                 budget = await client.call("GET", f"{consortium.addresses['bank-b']}/v1/budget")
                 cancelled = await client.call("POST", f"{consortium.addresses['bank-b']}/v1/jobs/good-1/cancel", {})
             return reply, accepted, budget, cancelled, state_of(consortium, "bank-b")
+
     reply, accepted, budget, cancelled, after = run(body())
     assert reply["decision"] == "accepted" and reply["rows"] == 400 and reply["n_train"] == 320
     assert ("good-1", "accepted") in accepted[0] and ("good-1", "reserved") in accepted[1]
     source = budget["sources"][0]
-    assert source["remaining_epsilon"] < 8.0 and source["reserved_epsilon"] == pytest.approx(8.0 - source["remaining_epsilon"])
+    assert source["remaining_epsilon"] < 8.0 and source["reserved_epsilon"] == pytest.approx(
+        8.0 - source["remaining_epsilon"]
+    )
     assert cancelled["state"] == "cancelled"
     assert ("good-1", "cancelled") in after[0] and all(job != "good-1" for job, _ in after[1])
     actions = [a[1] for a in after[2]]
@@ -88,6 +93,7 @@ def test_replayed_job_is_refused(consortium, tmp_path):
         with pytest.raises(PeerUnreachable, match="409") as error:
             await propose(consortium, envelope)
         return str(error.value)
+
     message, _ = refused_without_change(consortium, replay, "replayed")
     assert "already known here" in message
 
@@ -97,13 +103,19 @@ async def _accept(consortium, envelope):
         assert (await propose(consortium, envelope))["decision"] == "accepted"
 
 
-@pytest.mark.parametrize("tamper, status, fragment", [
-    (lambda e: e["job"]["run_config"].__setitem__("dp.epsilon", 2.5), "403", "signature does not verify"),
-    (lambda e: e["job"].__setitem__("participants", ["bank-a", "bank-b", "intruder"]), "403",
-     "signature does not verify"),
-    (lambda e: e.__setitem__("signature", e["signature"][:-8] + "AAAAAAA="), "403", "signature does not verify"),
-    (lambda e: e.pop("certificate"), "400", "exactly the keys"),
-])
+@pytest.mark.parametrize(
+    "tamper, status, fragment",
+    [
+        (lambda e: e["job"]["run_config"].__setitem__("dp.epsilon", 2.5), "403", "signature does not verify"),
+        (
+            lambda e: e["job"].__setitem__("participants", ["bank-a", "bank-b", "intruder"]),
+            "403",
+            "signature does not verify",
+        ),
+        (lambda e: e.__setitem__("signature", e["signature"][:-8] + "AAAAAAA="), "403", "signature does not verify"),
+        (lambda e: e.pop("certificate"), "400", "exactly the keys"),
+    ],
+)
 def test_an_altered_job_is_refused(consortium, tmp_path, tamper, status, fragment):
     envelope = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "altered-1"))
     altered = copy.deepcopy(envelope)
@@ -112,17 +124,20 @@ def test_an_altered_job_is_refused(consortium, tmp_path, tamper, status, fragmen
     async def attempt():
         with pytest.raises(PeerUnreachable, match=status):
             await propose(consortium, altered)
+
     refused_without_change(consortium, attempt, fragment)
 
 
 def test_a_job_signed_by_a_peer_not_a_model_owner_is_refused(consortium, tmp_path):
-    from peers.daemon.signed_job import job_document, sign_job
+    from fedsilo.peers.daemon.signed_job import job_document, sign_job
+
     intruder = consortium.identity("intruder")
     envelope = sign_job(intruder, job_document(consortium.job_toml(tmp_path / "job.toml", "forged-1"), "intruder"))
 
     async def attempt():
         with pytest.raises(PeerUnreachable, match="403"):
             await propose(consortium, envelope)
+
     refused_without_change(consortium, attempt, "not an admitted model owner")
 
 
@@ -132,18 +147,25 @@ def test_only_the_named_host_may_propose(consortium, tmp_path):
     async def attempt():
         with pytest.raises(PeerUnreachable, match="403"):
             await propose(consortium, envelope, as_peer="intruder")
+
     refused_without_change(consortium, attempt, "names bank-a as host but intruder proposes it")
 
 
-@pytest.mark.parametrize("job_kwargs, fragment", [
-    ({"epsilon": 5.0}, "above this peer's maximum of 3"),
-    ({"min_participants": 1}, "requires at least 2"),
-    ({"extra": 'strategy = "fedadam"'}, None),
-])
+@pytest.mark.parametrize(
+    "job_kwargs, fragment",
+    [
+        ({"epsilon": 5.0}, "above this peer's maximum of 3"),
+        ({"min_participants": 1}, "requires at least 2"),
+        ({"extra": 'strategy = "fedadam"'}, None),
+    ],
+)
 def test_policy_declines_are_audited_and_change_nothing(consortium, tmp_path, job_kwargs, fragment):
     if fragment is None:  # a policy that allows only fedavg
-        consortium.write_peer_toml("bank-b", policy='model-owners = ["risk-dept"]\nmax-epsilon-per-job = 3.0\n'
-                                   'min-participants = 2\nstrategies = ["fedavg"]\n')
+        consortium.write_peer_toml(
+            "bank-b",
+            policy='model-owners = ["risk-dept"]\nmax-epsilon-per-job = 3.0\n'
+            'min-participants = 2\nstrategies = ["fedavg"]\n',
+        )
         fragment = "strategy fedadam is not allowed"
     envelope = signed(consortium, consortium.job_toml(tmp_path / "job.toml", f"policy-{len(fragment)}", **job_kwargs))
     try:
@@ -165,14 +187,17 @@ def test_a_job_over_the_remaining_budget_is_declined(tmp_path):
 
 
 def test_owner_not_allowed_by_policy_is_refused_at_submit(consortium, tmp_path):
-    consortium.write_peer_toml("bank-b", policy='model-owners = []\nmax-epsilon-per-job = 3.0\n')
-    envelope = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "submit-1", host="bank-b",
-                                                      participants=["bank-b", "bank-a"]))
+    consortium.write_peer_toml("bank-b", policy="model-owners = []\nmax-epsilon-per-job = 3.0\n")
+    envelope = signed(
+        consortium,
+        consortium.job_toml(tmp_path / "job.toml", "submit-1", host="bank-b", participants=["bank-b", "bank-a"]),
+    )
 
     async def attempt():
         async with member_client(consortium, OWNER) as client:
             with pytest.raises(PeerUnreachable, match="403"):
                 await client.call("POST", f"{consortium.addresses['bank-b']}/v1/jobs", envelope)
+
     try:
         refused_without_change(consortium, attempt, "model owner risk-dept may not propose jobs here")
     finally:
@@ -184,7 +209,8 @@ def test_oversized_and_malformed_bodies(consortium):
 
     async def raw_post(data: bytes):
         identity = consortium.identity("bank-a")
-        from peers.identity.tls import client_context
+        from fedsilo.peers.identity.tls import client_context
+
         context = client_context(identity.ca_path, identity.cert_path, identity.key_path)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
             async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as reply:
@@ -222,6 +248,7 @@ def test_tls_refuses_clients_without_a_consortium_certificate(consortium, tmp_pa
             async with member_client(consortium, "bank-a") as client:
                 health = await client.call("GET", url)
             return before, health, state_of(consortium, "bank-b")
+
     before, health, after = run(body())
     assert health == {"status": "ok", "peer": "bank-b"}
     assert before == after
@@ -233,14 +260,17 @@ def test_a_ca_certificate_not_in_the_manifest_is_refused(consortium, tmp_path):
     ca_dir = consortium.root / "consortium"
     admit(ca_dir, request, ("peer",), "https://127.0.0.1:1", tmp_path / "late" / "peer.pem")
     # the CA signed it, but bank-b's manifest copy predates the admission
-    from peers.identity.tls import client_context
-    context = client_context(consortium.identity_dir("bank-b") / "ca.pem", tmp_path / "late" / "peer.pem",
-                             tmp_path / "late" / "peer.key")
+    from fedsilo.peers.identity.tls import client_context
+
+    context = client_context(
+        consortium.identity_dir("bank-b") / "ca.pem", tmp_path / "late" / "peer.pem", tmp_path / "late" / "peer.key"
+    )
 
     async def attempt():
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
             async with session.get(f"{consortium.addresses['bank-b']}/v1/status") as reply:
                 return reply.status, await reply.json()
+
     (status, body), entry = refused_without_change(consortium, attempt, "is not in the consortium manifest")
     assert status == 403 and entry[0] == "unknown"
 
@@ -253,7 +283,8 @@ def test_openapi_lists_exactly_the_served_routes():
 
 
 def test_audit_chain_verifies_and_names_an_altered_entry(consortium, capsys):
-    from simulations.cli import main
+    from fedsilo.cli import main
+
     config = str(consortium.config_path("bank-b"))
     assert main(["audit", "verify", "--config", config]) == 0
     assert "audit log intact" in capsys.readouterr().out
@@ -270,7 +301,8 @@ def test_audit_chain_verifies_and_names_an_altered_entry(consortium, capsys):
 def test_a_removed_member_is_refused_from_its_next_request_and_a_rollback_is_ignored(tmp_path, capsys):
     """`consortium remove` + the new manifest copied to a running peer: 403 from then on, audited."""
     import shutil
-    from simulations.cli import main
+
+    from fedsilo.cli import main
 
     consortium = make_consortium(tmp_path / "c", peers=("bank-a", "bank-b"), rows=60)
     ca_dir = consortium.root / "consortium"
@@ -300,8 +332,9 @@ def test_a_removed_member_is_refused_from_its_next_request_and_a_rollback_is_ign
         assert "403" in str(refusal) and "not a member's in this peer's consortium manifest" in str(refusal)
     with sqlite3.connect(consortium.root / "bank-b" / "state" / "state.sqlite") as conn:
         refusals = conn.execute("SELECT actor, detail FROM audit WHERE outcome = 'refused'").fetchall()
-    assert len(refusals) == 2 and all(actor == "unknown" and "not in the consortium manifest" in detail
-                                      for actor, detail in refusals)
+    assert len(refusals) == 2 and all(
+        actor == "unknown" and "not in the consortium manifest" in detail for actor, detail in refusals
+    )
     capsys.readouterr()
     assert main(["consortium", "remove", "bank-a", "--dir", str(ca_dir)]) != 0
     assert "bank-a is not a member of" in capsys.readouterr().err
@@ -311,9 +344,10 @@ def _expiring(consortium, tmp_path, job_id, seconds):
     """A job signed so that it expires `seconds` from now (valid 1 minute, signed 60 - seconds ago)."""
     import datetime as dt
 
-    from peers.daemon.signed_job import job_document, sign_job
+    from fedsilo.peers.daemon.signed_job import job_document, sign_job
+
     path = consortium.job_toml(tmp_path / f"{job_id}.toml", job_id, extra="valid-for-minutes = 1")
-    signed_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=60 - seconds)
+    signed_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60 - seconds)
     return sign_job(consortium.identity(OWNER), job_document(path, OWNER, now=signed_at))
 
 
@@ -321,7 +355,8 @@ def _expire_test(consortium, monkeypatch, sweep_seconds, during):
     """Propose a job expiring in 2 s to bank-b, run `during(services)` 2.6 s later; bank-b's state before and after."""
     import asyncio
 
-    import peers.daemon.service as service_module
+    import fedsilo.peers.daemon.service as service_module
+
     monkeypatch.setattr(service_module, "EXPIRY_SWEEP_SECONDS", sweep_seconds)
 
     async def body(envelope):
@@ -331,6 +366,7 @@ def _expire_test(consortium, monkeypatch, sweep_seconds, during):
             await asyncio.sleep(2.6)
             outcome = await during(services)
             return before, outcome, state_of(consortium, "bank-b")
+
     return body
 
 
@@ -340,14 +376,16 @@ def _assert_expired(job_id, before, after, last_actions):
     assert all(job != job_id for job, _ in after[1])  # the reservation is released: no ledger row left
     expired = [entry for entry in after[2] if entry[1] == "job.expired"]
     assert expired and "reservation released" in expired[-1][3]
-    assert [entry[1] for entry in after[2][-len(last_actions):]] == last_actions
+    assert [entry[1] for entry in after[2][-len(last_actions) :]] == last_actions
 
 
 def test_a_running_daemon_expires_a_participation_its_host_never_started(consortium, tmp_path, monkeypatch):
     async def nothing(services):
         return None
-    before, _, after = run(_expire_test(consortium, monkeypatch, 0.5, nothing)(
-        _expiring(consortium, tmp_path, "sweep-1", 2)))
+
+    before, _, after = run(
+        _expire_test(consortium, monkeypatch, 0.5, nothing)(_expiring(consortium, tmp_path, "sweep-1", 2))
+    )
     _assert_expired("sweep-1", before, after, ["budget.release", "job.expired"])
 
 
@@ -355,17 +393,21 @@ def test_a_start_after_the_job_expired_is_refused_and_releases_the_reservation(c
     async def late_start(services):
         async with member_client(consortium, "bank-a") as client:
             with pytest.raises(PeerUnreachable, match="409.*expired|expired.*409") as refused:
-                await client.call("POST", f"{consortium.addresses['bank-b']}/v1/jobs/late-1/start",
-                                  {"fleet_address": "127.0.0.1:1"})
+                await client.call(
+                    "POST", f"{consortium.addresses['bank-b']}/v1/jobs/late-1/start", {"fleet_address": "127.0.0.1:1"}
+                )
         return str(refused.value)
-    before, refusal, after = run(_expire_test(consortium, monkeypatch, 3600, late_start)(
-        _expiring(consortium, tmp_path, "late-1", 2)))
+
+    before, refusal, after = run(
+        _expire_test(consortium, monkeypatch, 3600, late_start)(_expiring(consortium, tmp_path, "late-1", 2))
+    )
     _assert_expired("late-1", before, after, ["budget.release", "job.expired", "job.start"])
     assert after[2][-1][2] == "refused" and "expired" in after[2][-1][3]
 
 
 def test_a_restarted_daemon_expires_participations_that_expired_while_it_was_down(consortium, tmp_path):
     import asyncio
+
     envelope = _expiring(consortium, tmp_path, "down-1", 2)
 
     async def body():
@@ -375,9 +417,13 @@ def test_a_restarted_daemon_expires_participations_that_expired_while_it_was_dow
         await asyncio.sleep(2.6)
         async with running(consortium, ["bank-b"]):
             return before, state_of(consortium, "bank-b")
+
     before, after = run(body())
-    assert (("down-1", "accepted") in before[0] and ("down-1", "expired") in after[0]
-            and all(job != "down-1" for job, _ in after[1]))
+    assert (
+        ("down-1", "accepted") in before[0]
+        and ("down-1", "expired") in after[0]
+        and all(job != "down-1" for job, _ in after[1])
+    )
     assert any(entry[1] == "job.expired" and "reservation released" in entry[3] for entry in after[2])
 
 
@@ -399,6 +445,7 @@ def test_a_restart_commits_a_reservation_a_job_left_after_its_supernode_joined(c
         async with running(consortium, ["bank-b"]):
             pass
         return state_of(consortium, "bank-b")
+
     _, ledger, audit = run(body())
     assert ("legacy-1", "committed") in ledger and all(job != "legacy-2" for job, _ in ledger)
     assert any(a[1] == "budget.commit" and "the whole reservation" in a[3] for a in audit)

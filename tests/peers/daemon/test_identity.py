@@ -5,11 +5,11 @@ import stat
 
 import pytest
 
-from peers.errors import IdentityError, SignatureError
-from peers.identity.consortium import Identity, admit, init_consortium, init_peer
-from peers.identity.manifest import Manifest
-from peers.identity.pki import load_certificate, load_private_key
-from peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.errors import IdentityError, SignatureError
+from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
+from fedsilo.peers.identity.manifest import Manifest
+from fedsilo.peers.identity.pki import load_certificate, load_private_key
+from fedsilo.peers.identity.signing import sign_document, verify_document
 
 
 @pytest.fixture

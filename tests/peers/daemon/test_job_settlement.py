@@ -17,8 +17,8 @@ import sqlite3
 
 import pytest
 
-from peers.deployment.processes import REGISTRY_NAME
-from peers.errors import PeerUnreachable
+from fedsilo.peers.deployment.processes import REGISTRY_NAME
+from fedsilo.peers.errors import PeerUnreachable
 
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
@@ -37,8 +37,10 @@ async def wait_state(client, url, states, timeout=300.0):
 
 def ledger_rows(consortium, name):
     with sqlite3.connect(consortium.root / name / "state" / "ledger.sqlite") as conn:
-        return {job: (state, json.loads(mechanisms)) for job, state, mechanisms in
-                conn.execute("SELECT job_id, state, mechanisms FROM jobs")}
+        return {
+            job: (state, json.loads(mechanisms))
+            for job, state, mechanisms in conn.execute("SELECT job_id, state, mechanisms FROM jobs")
+        }
 
 
 def audit(consortium, name):
@@ -56,8 +58,12 @@ BAD_REPORTS = [
 
 async def attack_with_reports(client, url, planned):
     """bank-b's bad reports (and one above its plan): each must be refused with a 400."""
-    over_plan = {"spent": [{**planned, "steps": planned["steps"] * 2}], "epsilon": 99.0, "delta": 1e-5,
-                 "accountant": "prv"}
+    over_plan = {
+        "spent": [{**planned, "steps": planned["steps"] * 2}],
+        "epsilon": 99.0,
+        "delta": 1e-5,
+        "accountant": "prv",
+    }
     refusals = []
     for report, fragment in [*BAD_REPORTS, (over_plan, "not within the participant's plan")]:
         with pytest.raises(PeerUnreachable) as refused:
@@ -87,8 +93,12 @@ def test_a_host_whose_training_fails_commits_its_reservation_and_a_restart_keeps
                 os.killpg(next(e["pgid"] for e in entries if e["name"] == "superexec"), signal.SIGKILL)
                 failed = await wait_state(owner, f"{host}/v1/jobs/fail-1", ("failed", "finished"), timeout=120)
                 after = (await owner.call("GET", f"{host}/v1/budget"))["sources"][0]
-                participant = await wait_state(owner, f"{consortium.addresses['bank-b']}/v1/jobs/fail-1",
-                                               ("cancelled", "failed", "finished"), timeout=120)
+                participant = await wait_state(
+                    owner,
+                    f"{consortium.addresses['bank-b']}/v1/jobs/fail-1",
+                    ("cancelled", "failed", "finished"),
+                    timeout=120,
+                )
         rows = ledger_rows(consortium, "bank-a")
         async with running(consortium, ["bank-a"]):
             async with member_client(consortium, OWNER) as owner:
@@ -146,8 +156,11 @@ def test_bad_and_late_reports_are_refused_and_the_job_still_publishes(tmp_path):
     assert card_after == card
     models = consortium.root / "bank-a" / "state" / "models" / "rep-1"
     assert sorted(p.name for p in models.iterdir()) == ["v1"]  # no .partial left behind
-    refused = [d for actor, action, outcome, d in audit(consortium, "bank-a") if actor == "bank-b"
-               and action in ("job.report", "POST /v1/jobs/rep-1/report") and outcome == "refused"]
+    refused = [
+        d
+        for actor, action, outcome, d in audit(consortium, "bank-a")
+        if actor == "bank-b" and action in ("job.report", "POST /v1/jobs/rep-1/report") and outcome == "refused"
+    ]
     assert len(refused) == len(refusals) + len(late)
 
 

@@ -21,24 +21,32 @@ import pytest
 from aiohttp import web
 from safetensors.numpy import save_file
 
-from peers.daemon.client import PeerClient
-from peers.daemon.model_pull import pull_model
-from peers.daemon.model_store import CARD, SIGNATURE, publish
-from peers.daemon.store import PeerStore
-from peers.errors import SignatureError
-from peers.identity.pki import certificate_pem
-from peers.identity.signing import sign_document
-from peers.identity.tls import server_context
-from peers.provenance import sha256_file
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.model_pull import pull_model
+from fedsilo.peers.daemon.model_store import CARD, SIGNATURE, publish
+from fedsilo.peers.daemon.store import PeerStore
+from fedsilo.peers.errors import SignatureError
+from fedsilo.peers.identity.pki import certificate_pem
+from fedsilo.peers.identity.signing import sign_document
+from fedsilo.peers.identity.tls import server_context
+from fedsilo.peers.provenance import sha256_file
 
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
 
 def bad_names(tmp_path):
     """Every kind of name that must never become a path: (label, name)."""
-    return [("parent", "../escaped.txt"), ("absolute", str(tmp_path / "absolute-victim.txt")), ("empty", ""),
-            ("dot", "."), ("dotdot", ".."), ("nul", "model\x00.txt"), ("long", "a" * 300),
-            ("nested", "sub/model.txt"), ("hidden", ".bashrc")]
+    return [
+        ("parent", "../escaped.txt"),
+        ("absolute", str(tmp_path / "absolute-victim.txt")),
+        ("empty", ""),
+        ("dot", "."),
+        ("dotdot", ".."),
+        ("nul", "model\x00.txt"),
+        ("long", "a" * 300),
+        ("nested", "sub/model.txt"),
+        ("hidden", ".bashrc"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +61,13 @@ def genuine(consortium, tmp_path_factory):
     save_file({"head.weight": np.arange(8, dtype=np.float32).reshape(1, 8)}, str(root / "model.safetensors"))
     (root / "encoder.json").write_text('{"label": "Y"}')
     envelope = signed(consortium, consortium.job_toml(root / "job.toml", "rep-1", participants=["bank-a", "bank-b"]))
-    _, directory = publish(root / "models", consortium.identity("bank-a"), "rep-1",
-                           {"model.safetensors": root / "model.safetensors", "encoder.json": root / "encoder.json"},
-                           {"metrics": {"final_auc": 0.71}})
+    _, directory = publish(
+        root / "models",
+        consortium.identity("bank-a"),
+        "rep-1",
+        {"model.safetensors": root / "model.safetensors", "encoder.json": root / "encoder.json"},
+        {"metrics": {"final_auc": 0.71}},
+    )
     return envelope, directory
 
 
@@ -74,12 +86,17 @@ async def rogue_peer(consortium, name, listing, files):
         if request.path.count("/") == 3:
             return web.json_response(listing)
         return web.Response(body=files.get(request.path.rsplit("/", 1)[1], b"pwned"))
+
     app = web.Application()
     app.router.add_get("/{tail:.*}", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", urlsplit(consortium.addresses[name]).port,
-                       ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path))
+    site = web.TCPSite(
+        runner,
+        "127.0.0.1",
+        urlsplit(consortium.addresses[name]).port,
+        ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path),
+    )
     await site.start()
     try:
         yield asked
@@ -108,6 +125,7 @@ def test_model_pull_refuses_every_unsafe_name_in_a_listing(consortium, genuine, 
                     with pytest.raises(SignatureError) as refused:
                         await pull_model(owner, consortium.addresses["bank-a"], "rep-1", tmp_path / "in" / label)
             outcomes[label] = (str(refused.value), list(asked))
+
     before = every_file(tmp_path)
     run(body())
     assert every_file(tmp_path) == before  # nothing written anywhere, nothing half-written
@@ -129,9 +147,12 @@ def test_model_pull_fetches_only_what_the_verified_card_lists(consortium, genuin
                 with pytest.raises(SignatureError) as refused:
                     await pull_model(owner, consortium.addresses["bank-a"], "rep-1", tmp_path / "out")
         return refused.value, asked
+
     refused, asked = run(body())
-    assert "lists the files ['encoder.json', 'extra.bin', 'model.safetensors'] but the signed card lists " \
-           "['encoder.json', 'model.safetensors']" in str(refused)
+    assert (
+        "lists the files ['encoder.json', 'extra.bin', 'model.safetensors'] but the signed card lists "
+        "['encoder.json', 'model.safetensors']" in str(refused)
+    )
     assert not any(path.endswith("extra.bin") for path in asked)
     assert list(tmp_path.iterdir()) == []  # no model, no staging folder left
 
@@ -142,8 +163,11 @@ def test_a_card_signed_by_the_host_with_an_unsafe_name_is_refused(consortium, ge
     host = consortium.identity("bank-a")
     card = json.loads((directory / CARD).read_text())
     card["artifacts"]["../escaped.txt"] = {"bytes": 5, "sha256": "0" * 64}
-    signature = {"signer": "bank-a", "certificate": certificate_pem(host.certificate),
-                 "signature": sign_document(host.key, card)}
+    signature = {
+        "signer": "bank-a",
+        "certificate": certificate_pem(host.certificate),
+        "signature": sign_document(host.key, card),
+    }
     files = {**files_of(directory), CARD: json.dumps(card).encode(), SIGNATURE: json.dumps(signature).encode()}
     listing = listing_with(envelope, ["encoder.json", "model.safetensors"])
 
@@ -153,6 +177,7 @@ def test_a_card_signed_by_the_host_with_an_unsafe_name_is_refused(consortium, ge
                 with pytest.raises(SignatureError) as refused:
                     await pull_model(owner, consortium.addresses["bank-a"], "rep-1", tmp_path / "out")
         return refused.value, asked
+
     before = every_file(tmp_path)
     refused, asked = run(body())
     assert "the signed model card names the file '../escaped.txt', which is not a plain file name" in str(refused)
@@ -165,15 +190,24 @@ def participation(consortium, peer, envelope):
     """`peer` took part in the job (accepted by its policy, finished): its store holds the signed job."""
     store = PeerStore(consortium.root / peer / "state")
     with store.transaction():
-        store.insert_job(envelope["job"]["job_id"], OWNER, envelope["job"]["host"], False, "credit-card",
-                         "finished", envelope, envelope["job"]["nonce"])
+        store.insert_job(
+            envelope["job"]["job_id"],
+            OWNER,
+            envelope["job"]["host"],
+            False,
+            "credit-card",
+            "finished",
+            envelope,
+            envelope["job"]["nonce"],
+        )
     store.close()
 
 
 def replication_audit(consortium):
     with sqlite3.connect(consortium.root / "bank-b" / "state" / "state.sqlite") as conn:
-        return conn.execute("SELECT actor, outcome, detail FROM audit WHERE action = 'model.replicate' "
-                            "ORDER BY seq").fetchall()
+        return conn.execute(
+            "SELECT actor, outcome, detail FROM audit WHERE action = 'model.replicate' ORDER BY seq"
+        ).fetchall()
 
 
 def test_replication_refuses_every_unsafe_name_the_host_lists(consortium, genuine, tmp_path):
@@ -197,6 +231,7 @@ def test_replication_refuses_every_unsafe_name_the_host_lists(consortium, genuin
                             break
                         await asyncio.sleep(0.05)
             return before, every_file(consortium.root, tmp_path)
+
     before, after = run(body())
     assert after == before
     assert not (state / "models" / "escaped.txt").exists() and not (tmp_path / "absolute-victim.txt").exists()
@@ -235,15 +270,20 @@ def test_a_replica_holder_cannot_sign_the_model_itself(consortium, genuine, tmp_
             async with member_client(consortium, OWNER) as owner:
                 genuine_card = await pull_model(owner, url, "rep-1", tmp_path / "genuine")
                 store = PeerStore(state)
-                version, forged = publish(store.models_dir, consortium.identity("bank-b"), "rep-1",
-                                          {"model.safetensors": tmp_path / "tiny.bin"},
-                                          {"job": {"host": "bank-b"}, "metrics": {"final_auc": 0.99}})
+                version, forged = publish(
+                    store.models_dir,
+                    consortium.identity("bank-b"),
+                    "rep-1",
+                    {"model.safetensors": tmp_path / "tiny.bin"},
+                    {"job": {"host": "bank-b"}, "metrics": {"final_auc": 0.99}},
+                )
                 with store.transaction():
                     store.add_model("rep-1", version, forged, "bank-b")
                 store.close()
                 with pytest.raises(SignatureError) as refused:
                     await pull_model(owner, url, "rep-1", tmp_path / "forged")
         return genuine_card, refused.value
+
     genuine_card, refused = run(body())
     assert genuine_card["signer"] == "bank-a" and genuine_card["version"] == 1
     assert sha256_file(tmp_path / "genuine" / "model.safetensors") == sha256_file(directory / "model.safetensors")
@@ -257,12 +297,17 @@ def test_a_job_envelope_the_server_altered_is_refused(consortium, genuine, tmp_p
     altered = {**envelope, "job": {**envelope["job"], "host": "bank-b"}}
 
     async def body():
-        async with rogue_peer(consortium, "bank-b", {**listing_with(altered, ["encoder.json", "model.safetensors"]),
-                                                     "host": "bank-b"}, files_of(directory)):
+        async with rogue_peer(
+            consortium,
+            "bank-b",
+            {**listing_with(altered, ["encoder.json", "model.safetensors"]), "host": "bank-b"},
+            files_of(directory),
+        ):
             async with member_client(consortium, OWNER) as owner:
                 with pytest.raises(SignatureError) as refused:
                     await pull_model(owner, consortium.addresses["bank-b"], "rep-1", tmp_path / "out")
         return refused.value
+
     refused = run(body())
     assert "the owner-signed job sent with the model does not verify" in str(refused)
     assert not (tmp_path / "out").exists()

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from peers.daemon.model_pull import pull_model
-from peers.daemon.model_store import publish, verify_artifact
-from peers.daemon.store import PeerStore
-from peers.errors import PeerUnreachable, SignatureError
-from privacy.errors import FedsiloError
+from fedsilo.errors import FedsiloError
+from fedsilo.peers.daemon.model_pull import pull_model
+from fedsilo.peers.daemon.model_store import publish, verify_artifact
+from fedsilo.peers.daemon.store import PeerStore
+from fedsilo.peers.errors import PeerUnreachable, SignatureError
 
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
@@ -34,8 +34,7 @@ def hosted_job(consortium, tmp_path, job_id):
     envelope = signed(consortium, consortium.job_toml(tmp_path / f"{job_id}.toml", job_id))
     store = PeerStore(consortium.root / "bank-a" / "state")
     with store.transaction():
-        store.insert_job(job_id, OWNER, "bank-a", True, "credit-card", "finished", envelope,
-                         envelope["job"]["nonce"])
+        store.insert_job(job_id, OWNER, "bank-a", True, "credit-card", "finished", envelope, envelope["job"]["nonce"])
     store.close()
 
 
@@ -84,15 +83,22 @@ def test_owner_pulls_and_verifies_outsiders_are_refused(consortium, tmp_path, mo
                 with pytest.raises(SignatureError, match="encoder.json does not match"):
                     await pull_model(owner, url, "pull-1", tmp_path / "tampered")
             return published, card, listing
+
     published, card, listing = run(body())
     assert published == {"job_id": "pull-1", "version": 1}
     assert card["signer"] == "bank-a" and card["job_id"] == "pull-1"
     assert sorted(p.name for p in (tmp_path / "pulled").iterdir()) == [
-        "encoder.json", "model.safetensors", "model_card.json", "model_card.sig"]
+        "encoder.json",
+        "model.safetensors",
+        "model_card.json",
+        "model_card.sig",
+    ]
     assert [m["job_id"] for m in listing["models"]] == ["pull-1"]
     assert not (tmp_path / "stolen").exists() and not (tmp_path / "tampered").exists()
-    audit = json.dumps([e for e in PeerStore(consortium.root / "bank-a" / "state").audit.entries()
-                        if e.outcome == "refused"], default=str)
+    audit = json.dumps(
+        [e for e in PeerStore(consortium.root / "bank-a" / "state").audit.entries() if e.outcome == "refused"],
+        default=str,
+    )
     assert "outsider may not pull" in audit
 
 
@@ -103,6 +109,7 @@ def test_pull_refuses_a_non_empty_destination(consortium, tmp_path):
     async def body():
         async with member_client(consortium, OWNER) as owner:
             await pull_model(owner, consortium.addresses["bank-a"], "pull-1", tmp_path / "out")
+
     with pytest.raises(FedsiloError, match="not empty"):
         run(body())
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep me"

@@ -2,11 +2,11 @@
 
 import pytest
 
-from peers.daemon.config import load_config
-from peers.daemon.signed_job import job_document
-from privacy.errors import ConfigError, FedsiloError
+from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.peers.daemon.config import load_config
+from fedsilo.peers.daemon.signed_job import job_document
 
-PEER_TOML = '''[peer]
+PEER_TOML = """[peer]
 identity = "identity"
 state = "state"
 
@@ -18,7 +18,7 @@ max-epsilon-per-job = 3.0
 path = "data.csv"
 label = "Y"
 epsilon = 8.0
-'''
+"""
 
 
 @pytest.fixture
@@ -37,17 +37,30 @@ def test_a_valid_peer_toml(peer_dir):
     assert config.state_dir == (peer_dir / "state").resolve() and config.max_body_bytes == 1 << 20
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nmax-epsilon = 1"),
-     "unknown key 'max-epsilon' in [policy]: valid keys are max-epsilon-per-job, min-participants"),
-    (("[peer]", "[peers]"), "unknown key 'peers' in peer.toml (sections): valid keys are lists, peer, policy, sources"),
-    (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nstrategies = [\"krum\"]"),
-     "policy.strategies: 'krum' is unknown; valid choices are fedavg, fedadam"),
-    (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = -1"), "policy.max-epsilon-per-job must be > 0"),
-    (('epsilon = 8.0', 'epsilon = "eight"'), "sources.credit-card.epsilon must be int or float"),
-    (('path = "data.csv"', 'path = "missing.csv"'), "does not exist"),
-    (('epsilon = 8.0', 'epsilon = 8.0\naccountant = "gdp"'), "accountant 'gdp' is unknown: valid choices are rdp, prv"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (
+            ("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nmax-epsilon = 1"),
+            "unknown key 'max-epsilon' in [policy]: valid keys are max-epsilon-per-job, min-participants",
+        ),
+        (
+            ("[peer]", "[peers]"),
+            "unknown key 'peers' in peer.toml (sections): valid keys are lists, peer, policy, sources",
+        ),
+        (
+            ("max-epsilon-per-job = 3.0", 'max-epsilon-per-job = 3.0\nstrategies = ["krum"]'),
+            "policy.strategies: 'krum' is unknown; valid choices are fedavg, fedadam",
+        ),
+        (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = -1"), "policy.max-epsilon-per-job must be > 0"),
+        (("epsilon = 8.0", 'epsilon = "eight"'), "sources.credit-card.epsilon must be int or float"),
+        (('path = "data.csv"', 'path = "missing.csv"'), "does not exist"),
+        (
+            ("epsilon = 8.0", 'epsilon = 8.0\naccountant = "gdp"'),
+            "accountant 'gdp' is unknown: valid choices are rdp, prv",
+        ),
+    ],
+)
 def test_a_bad_peer_toml_is_refused_by_name(peer_dir, edit, fragment):
     (peer_dir / "peer.toml").write_text(PEER_TOML.replace(*edit))
     with pytest.raises(ConfigError) as error:
@@ -55,7 +68,7 @@ def test_a_bad_peer_toml_is_refused_by_name(peer_dir, edit, fragment):
     assert fragment in str(error.value)
 
 
-JOB_TOML = '''[job]
+JOB_TOML = """[job]
 id = "job-1"
 host = "bank-a"
 participants = ["bank-a", "bank-b"]
@@ -64,7 +77,7 @@ label = "Y"
 
 [dp]
 epsilon = 2.0
-'''
+"""
 
 
 def test_a_job_document_carries_a_nonce_and_an_expiry(tmp_path):
@@ -76,14 +89,20 @@ def test_a_job_document_carries_a_nonce_and_an_expiry(tmp_path):
     assert first["expires"] > first["created"]
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (("[dp]", "[privacy]"), "unknown section [privacy]"),
-    (("epsilon = 2.0", "epsilon = 2.0\nsigma = 1"), "unknown key 'sigma' in [dp]"),
-    (("epsilon = 2.0", "epsilon = 0"), "dp.epsilon must be > 0"),
-    (('participants = ["bank-a", "bank-b"]', 'participants = ["bank-a", "bank-a"]'), "distinct member names"),
-    (('label = "Y"', 'label = "Y"\nvalid-for-minutes = 99999'), "valid-for-minutes must be an integer in [1, 10080]"),
-    (('id = "job-1"', 'id = "Job 1"'), "job id 'Job 1' is not valid"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (("[dp]", "[privacy]"), "unknown section [privacy]"),
+        (("epsilon = 2.0", "epsilon = 2.0\nsigma = 1"), "unknown key 'sigma' in [dp]"),
+        (("epsilon = 2.0", "epsilon = 0"), "dp.epsilon must be > 0"),
+        (('participants = ["bank-a", "bank-b"]', 'participants = ["bank-a", "bank-a"]'), "distinct member names"),
+        (
+            ('label = "Y"', 'label = "Y"\nvalid-for-minutes = 99999'),
+            "valid-for-minutes must be an integer in [1, 10080]",
+        ),
+        (('id = "job-1"', 'id = "Job 1"'), "job id 'Job 1' is not valid"),
+    ],
+)
 def test_a_bad_job_toml_is_refused_before_signing(tmp_path, edit, fragment):
     (tmp_path / "job.toml").write_text(JOB_TOML.replace(*edit))
     with pytest.raises(FedsiloError) as error:

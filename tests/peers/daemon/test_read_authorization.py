@@ -15,8 +15,8 @@ import stat
 import aiohttp
 import pytest
 
-from peers.errors import PeerUnreachable
-from simulations.cli import main
+from fedsilo.cli import main
+from fedsilo.peers.errors import PeerUnreachable
 
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
@@ -58,17 +58,25 @@ def test_members_see_only_their_jobs_and_only_operators_read_the_audit_log(conso
                     await asyncio.sleep(0.1)
             seen = {}
             for member in ("subsidiary", OWNER, "bank-b", a):
-                for path in ("/v1/jobs", "/v1/jobs/need-1", "/v1/jobs/no-such-job", "/v1/budget", "/v1/status",
-                             "/v1/audit"):
+                for path in (
+                    "/v1/jobs",
+                    "/v1/jobs/need-1",
+                    "/v1/jobs/no-such-job",
+                    "/v1/budget",
+                    "/v1/status",
+                    "/v1/audit",
+                ):
                     seen[member, path] = await get(consortium, member, a, path)
             for path in ("/v1/jobs", "/v1/jobs/need-1", "/v1/budget", "/v1/status", "/v1/audit?since=1"):
                 seen["operator", path] = await operator_get(consortium, a, path)
             seen["operator", "POST /v1/jobs"] = await operator_get(consortium, a, "/v1/jobs", "POST")
             seen["operator", "/v1/lists"] = await operator_get(consortium, a, "/v1/lists")
             out = tmp_path / "audit.json"
-            code = await asyncio.to_thread(main, ["audit", "export", "--config", str(consortium.config_path(a)),
-                                                  "--out", str(out)])
+            code = await asyncio.to_thread(
+                main, ["audit", "export", "--config", str(consortium.config_path(a)), "--out", str(out)]
+            )
             return seen, code, json.loads(out.read_text())
+
     seen, code, exported = run(body())
 
     # the curious member: nothing of a job it has no part in, nor of the sources, nor of the audit log
@@ -89,7 +97,9 @@ def test_members_see_only_their_jobs_and_only_operators_read_the_audit_log(conso
     assert reasons["bank-c"][0] == "declined" and "above this peer's maximum of 0.5" in reasons["bank-c"][1]
     participant_view = seen["bank-b", "/v1/jobs/need-1"][1]
     assert {p["peer"]: (p["decision"], p["reason"]) for p in participant_view["participants"]} == {
-        **reasons, "bank-c": ("declined", "")}
+        **reasons,
+        "bank-c": ("declined", ""),
+    }
     assert [j["job_id"] for j in seen[OWNER, "/v1/jobs"][1]["jobs"]] == ["need-1"]
     assert [s["source"] for s in seen[OWNER, "/v1/budget"][1]["sources"]] == ["credit-card"]
 
@@ -101,7 +111,7 @@ def test_members_see_only_their_jobs_and_only_operators_read_the_audit_log(conso
     assert any(e["action"] == "job.submit" and e["job"] == "need-1" for e in log["entries"])
     assert seen["operator", "POST /v1/jobs"][0] == 403 and seen["operator", "/v1/lists"][0] == 403
     assert code == 0 and exported["peer"] == a and exported["chain_ok"]
-    assert exported["entries"][1:len(log["entries"]) + 1] == log["entries"]
+    assert exported["entries"][1 : len(log["entries"]) + 1] == log["entries"]
     socket_mode = (consortium.root / a / "state" / "admin.sock").stat().st_mode
     assert stat.S_ISSOCK(socket_mode) and stat.S_IMODE(socket_mode) == 0o600
 

@@ -7,13 +7,26 @@ an option instead (`--insecure`), or extra words, is refused before anything sta
 
 import pytest
 
-from peers.daemon.training import is_fleet_address
-from peers.errors import PeerUnreachable
+from fedsilo.peers.daemon.training import is_fleet_address
+from fedsilo.peers.errors import PeerUnreachable
 
 from ._consortium import make_consortium, member_client, run, running, signed
 
-BAD = ["--insecure", "-h:1", "127.0.0.1:9092 --insecure", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999",
-       "host:92x", "", "[::1", "a b:1", "127.0.0.1:9092\n", 9092, None]
+BAD = [
+    "--insecure",
+    "-h:1",
+    "127.0.0.1:9092 --insecure",
+    "127.0.0.1",
+    "127.0.0.1:0",
+    "127.0.0.1:99999",
+    "host:92x",
+    "",
+    "[::1",
+    "a b:1",
+    "127.0.0.1:9092\n",
+    9092,
+    None,
+]
 
 
 def test_a_fleet_address_is_host_and_port_only():
@@ -40,6 +53,7 @@ def test_a_host_cannot_pass_an_option_to_the_participants_supernode(tmp_path):
                 view = await host.call("GET", f"{url}/v1/jobs/start-1")
                 await host.call("POST", f"{url}/v1/jobs/start-1/cancel", {})
         return reply, refusals, view
+
     reply, refusals, view = run(body())
     assert reply["decision"] == "accepted"
     for message in refusals:

@@ -14,20 +14,26 @@ import sqlite3
 
 import pytest
 
-from peers.daemon.client import PeerClient
-from peers.errors import PeerUnreachable
-from peers.risk_lists import run_psi
-from privacy.psi import canonical
-from simulations.cli import main
+from fedsilo.cli import main
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.errors import PeerUnreachable
+from fedsilo.peers.risk_lists import run_psi
+from fedsilo.privacy.psi import canonical
 
-from ._consortium import running, run
-from .test_risk_lists import BANK, HOLDER_LIST, audit, consortium  # noqa: F401  (module-scoped fixture)
+from ._consortium import run, running
+from .test_risk_lists import (
+    BANK,
+    HOLDER_LIST,
+    audit,
+    consortium,  # noqa: F401  (a module-scoped fixture, used by name)
+)
 
 LIMIT = 1048576  # the daemon's default peer.max-body-bytes
 
 
 async def fedsilo(*argv: str) -> tuple[int, str, str]:
     """Run `fedsilo ARGV...` in a thread: (exit code, stdout, stderr)."""
+
     def call() -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -36,6 +42,7 @@ async def fedsilo(*argv: str) -> tuple[int, str, str]:
             except SystemExit as exit_:  # argparse
                 code = int(exit_.code or 0)
         return code, out.getvalue(), err.getvalue()
+
     return await asyncio.to_thread(call)
 
 
@@ -46,8 +53,11 @@ def identity(consortium, name):
 def psi_state(consortium, name="broker"):
     """Everything a PSI or query can change at the holder, besides its audit log."""
     directory = consortium.root / name / "state" / "psi"
-    files = {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*")
-             if p.is_file() and not p.name.endswith(("-wal", "-shm", "-journal", ".sqlite"))}
+    files = {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in directory.rglob("*")
+        if p.is_file() and not p.name.endswith(("-wal", "-shm", "-journal", ".sqlite"))
+    }
     quota = directory / "high-risk.quota.sqlite"
     rows = []
     if quota.is_file():
@@ -64,39 +74,86 @@ def test_psi_command_prints_the_shared_identifiers_and_refuses_an_ambiguous_list
 
     async def body():
         async with running(consortium, ["bank-a", "broker"]):
-            ambiguous = await fedsilo("psi", "--list", str(listing), "--id-column", "client", "--with", "broker",
-                                      "--identity", bank_a)
-            to_me = await fedsilo("psi", "--list", str(listing), "--id-column", "client", "--with", "broker",
-                                  "--their-list", "high-risk", "--identity", bank_a)
-            count = await fedsilo("psi", "--list", str(listing), "--id-column", "client", "--with", "broker",
-                                  "--their-list", "high-risk", "--mode", "count", "--identity", bank_a)
-            missing = await fedsilo("psi", "--list", str(tmp_path / "nope.csv"), "--with", "broker",
-                                    "--identity", bank_a)
-            bad_mode = await fedsilo("psi", "--list", str(listing), "--with", "broker", "--mode", "all",
-                                     "--identity", bank_a)
+            ambiguous = await fedsilo(
+                "psi", "--list", str(listing), "--id-column", "client", "--with", "broker", "--identity", bank_a
+            )
+            to_me = await fedsilo(
+                "psi",
+                "--list",
+                str(listing),
+                "--id-column",
+                "client",
+                "--with",
+                "broker",
+                "--their-list",
+                "high-risk",
+                "--identity",
+                bank_a,
+            )
+            count = await fedsilo(
+                "psi",
+                "--list",
+                str(listing),
+                "--id-column",
+                "client",
+                "--with",
+                "broker",
+                "--their-list",
+                "high-risk",
+                "--mode",
+                "count",
+                "--identity",
+                bank_a,
+            )
+            missing = await fedsilo(
+                "psi", "--list", str(tmp_path / "nope.csv"), "--with", "broker", "--identity", bank_a
+            )
+            bad_mode = await fedsilo(
+                "psi", "--list", str(listing), "--with", "broker", "--mode", "all", "--identity", bank_a
+            )
         async with running(consortium, ["broker"]):  # bank-a's own daemon is down: nothing is sent
-            unrecorded = await fedsilo("psi", "--list", str(listing), "--id-column", "client", "--with", "broker",
-                                       "--their-list", "high-risk", "--identity", bank_a)
+            unrecorded = await fedsilo(
+                "psi",
+                "--list",
+                str(listing),
+                "--id-column",
+                "client",
+                "--with",
+                "broker",
+                "--their-list",
+                "high-risk",
+                "--identity",
+                bank_a,
+            )
         return ambiguous, to_me, count, missing, bad_mode, unrecorded
 
     ambiguous, to_me, count, missing, bad_mode, unrecorded = run(body())
     url = consortium.addresses["broker"]
-    assert ambiguous == (2, "", f"fedsilo: error: {url} shares 2 lists with you for psi (high-risk, misconfigured);"
-                                f" name one with --their-list\n")
+    assert ambiguous == (
+        2,
+        "",
+        f"fedsilo: error: {url} shares 2 lists with you for psi (high-risk, misconfigured);"
+        f" name one with --their-list\n",
+    )
     code, out, err = to_me
     lines = out.splitlines()
     assert (code, err) == (0, "")
-    assert lines[0] == ("PSI (to-me) with broker's list high-risk: 40 of your 101 distinct identifiers are on it "
-                        "(it holds 200)")
+    assert lines[0] == (
+        "PSI (to-me) with broker's list high-risk: 40 of your 101 distinct identifiers are on it (it holds 200)"
+    )
     assert lines[1:] == plain[:40] and lines[1] == " c-0160 "  # as written in your file, in your order
-    assert count == (0, "PSI (count) with broker's list high-risk: 40 of your 101 distinct identifiers are on it "
-                        "(it holds 200)\n", "")
+    assert count == (
+        0,
+        "PSI (count) with broker's list high-risk: 40 of your 101 distinct identifiers are on it (it holds 200)\n",
+        "",
+    )
     assert missing[0] == 2 and missing[1] == "" and f"{tmp_path / 'nope.csv'} does not exist" in missing[2]
     assert bad_mode[0] == 2 and "invalid choice: 'all'" in bad_mode[2]
     own = consortium.addresses["bank-a"]
     assert unrecorded[:2] == (2, "") and unrecorded[2].startswith(
         f"fedsilo: error: your own daemon (bank-a at {own}) must record every PSI and query in its audit log, and "
-        f"did not (cannot reach {own}/v1/psi-log")
+        f"did not (cannot reach {own}/v1/psi-log"
+    )
     assert unrecorded[2].endswith("): start it with `fedsilo peer start`\n")
     assert [e[1] for e in audit(consortium, "broker")].count("psi.answer") == 2  # the third PSI never reached it
     asker = audit(consortium, "bank-a")
@@ -126,8 +183,12 @@ def test_query_command_answers_labels_and_refuses_over_quota_and_outside_the_pol
     code, out, err = over
     assert (code, out) == (2, "") and err.startswith(f"fedsilo: error: {url}/v1/lists/high-risk/query answered 429:")
     assert "has 0 of its 5 left" in err
-    assert outsider == (2, "", f"fedsilo: error: {url}/v1/lists/high-risk/table answered 403: list 'high-risk' is "
-                               "not shared with bank-c for query here; ask its holder to add you to its policy\n")
+    assert outsider == (
+        2,
+        "",
+        f"fedsilo: error: {url}/v1/lists/high-risk/table answered 403: list 'high-risk' is "
+        "not shared with bank-c for query here; ask its holder to add you to its policy\n",
+    )
     assert nothing == (2, "", "fedsilo: error: give identifiers to look up: ID... or --file FILE\n")
     assert psi_state(consortium)[1] == quota_before + [("bank-a", 3, 1), ("bank-a", 2, 1), ("bank-a", 1, 0)]
     assert audit(consortium, "bank-c")[-1][:4] == ("bank-c", "query.run", "refused", "high-risk")
@@ -149,20 +210,24 @@ def test_an_oversized_psi_or_query_body_is_refused_with_413_and_changes_nothing(
                     errors.append(str(refused.value))
                 # what a user gets from the client when its list is too large for one request
                 with pytest.raises(PeerUnreachable) as too_many:
-                    await run_psi(client, "broker", [f"Z-{i:06d}" for i in range(LIMIT // 32 + 1)],
-                                  list_name="high-risk")
+                    await run_psi(
+                        client, "broker", [f"Z-{i:06d}" for i in range(LIMIT // 32 + 1)], list_name="high-risk"
+                    )
             after = psi_state(consortium), audit(consortium, "broker")
         return before, errors, too_many.value, after
 
     (state_before, seen), errors, too_many, (state_after, entries) = run(body())
-    message = (f"answered 413: the request body is larger than this peer's limit of {LIMIT} bytes; send fewer "
-               "identifiers per request or ask the holder to raise peer.max-body-bytes")
+    message = (
+        f"answered 413: the request body is larger than this peer's limit of {LIMIT} bytes; send fewer "
+        "identifiers per request or ask the holder to raise peer.max-body-bytes"
+    )
     for path, error in zip(("psi", "psi/confirm", "query"), errors):
         assert error == f"{url}/v1/lists/high-risk/{path} {message}"
     assert str(too_many) == f"{url}/v1/lists/high-risk/psi {message}"
     assert state_after == state_before  # no quota consumed, no epoch published, no result written
     new = entries[seen:]
     assert [(e[0], e[1], e[2]) for e in new] == [
-        ("bank-a", f"POST /v1/lists/high-risk/{p}", "refused") for p in ("psi", "psi/confirm", "query", "psi")]
+        ("bank-a", f"POST /v1/lists/high-risk/{p}", "refused") for p in ("psi", "psi/confirm", "query", "psi")
+    ]
     assert all(f"limit of {LIMIT} bytes" in e[4] for e in new)
     assert audit(consortium, "bank-a")[-1][:4] == ("bank-a", "psi.run", "refused", "high-risk")

@@ -12,24 +12,23 @@ import time
 
 import pytest
 
-from peers.daemon.client import PeerClient
-from peers.daemon.config import SharedList, load_config
-from peers.daemon.shared_lists import SharedLists
-from peers.errors import PeerUnreachable, Refused
-from peers.risk_lists import run_psi, run_query
-from privacy.errors import ConfigError, FedsiloError
-from privacy.psi import Querier, canonical
-from privacy.psi.identifiers import digests
+from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import SharedList, load_config
+from fedsilo.peers.daemon.shared_lists import SharedLists
+from fedsilo.peers.errors import PeerUnreachable, Refused
+from fedsilo.peers.risk_lists import run_psi, run_query
+from fedsilo.privacy.psi import Querier, canonical
+from fedsilo.privacy.psi.identifiers import digests
 
 from ._consortium import make_consortium, run, running
 
 HOLDER_LIST = [f"C-{i:04d}" for i in range(200)]
 GRADES = {identifier: "ABC"[i % 3] for i, identifier in enumerate(HOLDER_LIST)}
 # bank-a's clients: 40 on the broker's list (two written differently), 60 not, one repeated, one non-ASCII
-BANK = ([f"C-{i:04d}" for i in range(160, 200)] + [f"X-{i:04d}-outside" for i in range(60)]
-        + ["C-0160", "Zürich Ågency"])
+BANK = [f"C-{i:04d}" for i in range(160, 200)] + [f"X-{i:04d}-outside" for i in range(60)] + ["C-0160", "Zürich Ågency"]
 BANK[0], BANK[1] = " c-0160 ", "c-0161"
-LIST_TOML = '''
+LIST_TOML = """
 [lists.high-risk]
 path = "high-risk.csv"
 id-column = "client"
@@ -43,7 +42,7 @@ queriers = { bank-a = 5 }
 path = "high-risk.csv"
 id-column = "lei"
 psi = ["bank-a"]
-'''
+"""
 
 
 class Capturing(PeerClient):
@@ -72,8 +71,9 @@ def consortium(tmp_path_factory):
 
 def audit(consortium, name):
     with sqlite3.connect(consortium.root / name / "state" / "state.sqlite") as conn:
-        return conn.execute("SELECT actor, action, outcome, source, detail FROM audit WHERE action NOT LIKE "
-                            "'budget%' ORDER BY seq").fetchall()
+        return conn.execute(
+            "SELECT actor, action, outcome, source, detail FROM audit WHERE action NOT LIKE 'budget%' ORDER BY seq"
+        ).fetchall()
 
 
 def test_psi_and_query_between_two_peers(consortium):
@@ -90,8 +90,11 @@ def test_psi_and_query_between_two_peers(consortium):
                 with pytest.raises(PeerUnreachable) as over:
                     await run_query(client, "broker", "high-risk", ["C-0005", "C-0006", "C-0007"])
                 table = await client.frames("GET", f"{broker_url}/v1/lists/high-risk/table")
-                with pytest.raises(ConfigError, match=r"shares 2 lists with you for psi \(high-risk, "
-                                                      r"misconfigured\); name one with --their-list"):
+                with pytest.raises(
+                    ConfigError,
+                    match=r"shares 2 lists with you for psi \(high-risk, "
+                    r"misconfigured\); name one with --their-list",
+                ):
                     await run_psi(client, "broker", BANK)
         return to_me, count, both, labels, over.value, table
 
@@ -110,24 +113,37 @@ def test_psi_and_query_between_two_peers(consortium):
     quota = consortium.root / "broker" / "state" / "psi" / "high-risk.quota.sqlite"
     with sqlite3.connect(quota) as conn:
         assert conn.execute("SELECT querier, count, granted FROM query_requests ORDER BY rowid").fetchall() == [
-            ("bank-a", 3, 1), ("bank-a", 3, 0)]
+            ("bank-a", 3, 1),
+            ("bank-a", 3, 0),
+        ]
     # no identifier, canonical form or hash of one in anything bank-a's client sent
     sent = b"".join(Capturing.sent)
     assert len(Capturing.sent) > 10
     for identifier in BANK + ["c-0003", "C-0004", "nobody", "C-0005"]:
         form = canonical(identifier, "client")
-        for needle in (identifier.strip().encode(), form, hashlib.sha256(form).digest(),
-                       hashlib.sha512(form).digest(), digests([identifier], "client")[0].tobytes()):
+        for needle in (
+            identifier.strip().encode(),
+            form,
+            hashlib.sha256(form).digest(),
+            hashlib.sha512(form).digest(),
+            digests([identifier], "client")[0].tobytes(),
+        ):
             assert needle not in sent, identifier
     # audited at both peers: who, which list, how many; never which
     holder = audit(consortium, "broker")
     asker = audit(consortium, "bank-a")
     assert [a for a in holder if a[1] == "psi.answer"] == [
         ("bank-a", "psi.answer", "ok", "high-risk", f"PSI mode {m}: 101 identifiers asked")
-        for m in ("to-me", "count", "both")]
+        for m in ("to-me", "count", "both")
+    ]
     assert ("bank-a", "psi.confirm", "ok", "high-risk") == holder[3][:4] and "40 identifiers shared" in holder[3][4]
-    assert ("bank-a", "query.answer", "ok", "high-risk",
-            "query: 3 identifiers answered at epoch 1; 2 left in the window") in holder
+    assert (
+        "bank-a",
+        "query.answer",
+        "ok",
+        "high-risk",
+        "query: 3 identifiers answered at epoch 1; 2 left in the window",
+    ) in holder
     assert any(a[0] == "bank-a" and a[2] == "refused" and "has 2 of its 5 left" in a[4] for a in holder)
     assert ("bank-a", "psi.run", "ok", "high-risk", "at broker: 101 identifiers sent, 40 learned") in asker
     assert ("bank-a", "query.run", "ok", "high-risk", "at broker: 3 identifiers sent, 2 learned") in asker
@@ -153,11 +169,15 @@ def test_a_restart_rotates_the_key_epoch_and_keeps_the_quota(consortium):
         return old, stale.value, listed
 
     old, stale, listed = run(body())
-    assert "409" in str(stale) and f"for key epoch {old.table.epoch} but the list is served at epoch " \
-        f"{old.table.epoch + 1}" in str(stale)
+    assert "409" in str(
+        stale
+    ) and f"for key epoch {old.table.epoch} but the list is served at epoch {old.table.epoch + 1}" in str(stale)
     assert listed["lists"][0]["query_left"] == listed["lists"][0]["query_quota"] - sum(
-        r[0] for r in sqlite3.connect(consortium.root / "broker" / "state" / "psi" / "high-risk.quota.sqlite")
-        .execute("SELECT count FROM query_requests WHERE granted = 1"))
+        r[0]
+        for r in sqlite3.connect(consortium.root / "broker" / "state" / "psi" / "high-risk.quota.sqlite").execute(
+            "SELECT count FROM query_requests WHERE granted = 1"
+        )
+    )
 
 
 def test_unauthorized_peer_and_unknown_list_are_refused_alike(consortium):
@@ -191,29 +211,40 @@ def test_unauthorized_peer_and_unknown_list_are_refused_alike(consortium):
     assert [e[2] for e in new if e[0] == "bank-c"] == ["refused"] * 6
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    ('queriers = { bank-a = 5 }', "lists.high-risk.queriers.bank-a must be a positive number"),
-    ('psi = ["bank-a"]', 'psi-modes = ["all"]'),
-    ('kind = "client"', "identifier kind 'Client Id'"),
-    ('label-column = "grade"', "unknown key 'label' in [lists.high-risk]"),
-    ('path = "high-risk.csv"', "lists.high-risk.path"),
-    ('id-column = "client"', "lists.high-risk.epoch-hours must be > 0 (got 0.0)"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        ("queriers = { bank-a = 5 }", "lists.high-risk.queriers.bank-a must be a positive number"),
+        ('psi = ["bank-a"]', 'psi-modes = ["all"]'),
+        ('kind = "client"', "identifier kind 'Client Id'"),
+        ('label-column = "grade"', "unknown key 'label' in [lists.high-risk]"),
+        ('path = "high-risk.csv"', "lists.high-risk.path"),
+        ('id-column = "client"', "lists.high-risk.epoch-hours must be > 0 (got 0.0)"),
+    ],
+)
 def test_a_bad_list_policy_is_refused_by_name(consortium, tmp_path, edit, fragment):
-    replacements = {'queriers = { bank-a = 5 }': 'queriers = { bank-a = 0 }',
-                    'psi = ["bank-a"]': 'psi = ["bank-a"]\npsi-modes = ["all"]',
-                    'kind = "client"': 'kind = "Client Id"',
-                    'label-column = "grade"': 'label = "grade"',
-                    'path = "high-risk.csv"': 'path = "missing.csv"',
-                    'id-column = "client"': 'id-column = "client"\nepoch-hours = 0'}
+    replacements = {
+        "queriers = { bank-a = 5 }": "queriers = { bank-a = 0 }",
+        'psi = ["bank-a"]': 'psi = ["bank-a"]\npsi-modes = ["all"]',
+        'kind = "client"': 'kind = "Client Id"',
+        'label-column = "grade"': 'label = "grade"',
+        'path = "high-risk.csv"': 'path = "missing.csv"',
+        'id-column = "client"': 'id-column = "client"\nepoch-hours = 0',
+    }
     config = consortium.config_path("broker")
     bad = tmp_path / "peer.toml"
-    bad.write_text(config.read_text().replace(edit, replacements[edit]).replace(
-        '"identity"', f'"{config.parent / "identity"}"').replace('"data.csv"', f'"{config.parent / "data.csv"}"')
-        .replace('"high-risk.csv"', f'"{config.parent / "high-risk.csv"}"'))
+    bad.write_text(
+        config.read_text()
+        .replace(edit, replacements[edit])
+        .replace('"identity"', f'"{config.parent / "identity"}"')
+        .replace('"data.csv"', f'"{config.parent / "data.csv"}"')
+        .replace('"high-risk.csv"', f'"{config.parent / "high-risk.csv"}"')
+    )
     with pytest.raises(FedsiloError) as error:
         load_config(bad)
-    expected = "'all' is unknown; valid choices are to-me, both, count" if fragment.startswith("psi-modes") else fragment
+    expected = (
+        "'all' is unknown; valid choices are to-me, both, count" if fragment.startswith("psi-modes") else fragment
+    )
     assert expected in str(error.value)
 
 
@@ -222,13 +253,19 @@ def test_query_and_psi_rights_without_a_psi_quota_are_refused(consortium, tmp_pa
     membership of any number of guesses at once, so the holder's daemon does not start with that policy."""
     config = consortium.config_path("broker")
     bad = tmp_path / "peer.toml"
-    bad.write_text(config.read_text().replace("psi-quota = 100000\n", "").replace(
-        '"identity"', f'"{config.parent / "identity"}"').replace('"data.csv"', f'"{config.parent / "data.csv"}"')
-        .replace('"high-risk.csv"', f'"{config.parent / "high-risk.csv"}"'))
+    bad.write_text(
+        config.read_text()
+        .replace("psi-quota = 100000\n", "")
+        .replace('"identity"', f'"{config.parent / "identity"}"')
+        .replace('"data.csv"', f'"{config.parent / "data.csv"}"')
+        .replace('"high-risk.csv"', f'"{config.parent / "high-risk.csv"}"')
+    )
     with pytest.raises(ConfigError) as error:
         load_config(bad)
-    assert str(error.value).startswith("lists.high-risk lets bank-a both query it (a quota of identifiers per "
-                                       "window) and run PSI against it without a psi-quota")
+    assert str(error.value).startswith(
+        "lists.high-risk lets bank-a both query it (a quota of identifiers per "
+        "window) and run PSI against it without a psi-quota"
+    )
     assert "Set lists.high-risk.psi-quota, or take them out of psi or queriers" in str(error.value)
     bad.write_text(bad.read_text().replace('psi = ["bank-a"]\nqueriers', 'psi = ["bank-c"]\nqueriers'))
     assert load_config(bad).lists["high-risk"].psi_quota is None  # PSI and query by different members: allowed
@@ -254,8 +291,9 @@ def test_a_changed_list_or_an_old_epoch_starts_a_new_key_epoch(tmp_path):
 
     path = tmp_path / "list.csv"
     path.write_text("client,grade\nC-1,A\nC-2,B\n")
-    shared = SharedList("high-risk", path, "client", "grade", kind="client", queriers=(("bank-a", 10),),
-                        epoch_seconds=3600.0)
+    shared = SharedList(
+        "high-risk", path, "client", "grade", kind="client", queriers=(("bank-a", 10),), epoch_seconds=3600.0
+    )
     lists = SharedLists({"high-risk": shared}, tmp_path / "psi")
     try:
         first = Querier(lists.table("bank-a", "high-risk").body, kind="client")
@@ -266,8 +304,14 @@ def test_a_changed_list_or_an_old_epoch_starts_a_new_key_epoch(tmp_path):
         with pytest.raises(Refused, match="for key epoch 1 but the list is served at epoch 2") as stale:
             lists.query("bank-a", "high-risk", first.ask(["C-1"]).request)
         assert stale.value.status == 409
-        aged = SharedLists({"high-risk": SharedList("high-risk", path, "client", "grade", kind="client",
-                                                    queriers=(("bank-a", 10),), epoch_seconds=0.05)}, tmp_path / "psi")
+        aged = SharedLists(
+            {
+                "high-risk": SharedList(
+                    "high-risk", path, "client", "grade", kind="client", queriers=(("bank-a", 10),), epoch_seconds=0.05
+                )
+            },
+            tmp_path / "psi",
+        )
         try:
             third = Querier(aged.table("bank-a", "high-risk").body, kind="client").table.epoch
             time.sleep(0.1)  # older than its epoch-hours: the next table is a new epoch
@@ -280,7 +324,7 @@ def test_a_changed_list_or_an_old_epoch_starts_a_new_key_epoch(tmp_path):
 
 
 def test_the_psi_quota_bounds_how_many_identifiers_a_member_compares(tmp_path):
-    from privacy.psi import Mode, PsiReceiver
+    from fedsilo.privacy.psi import Mode, PsiReceiver
 
     path = tmp_path / "list.csv"
     path.write_text("client\n" + "".join(f"C-{i}\n" for i in range(20)))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from privacy.audit import one_run
-from privacy.errors import DataError, PrivacyAuditFailed
+from fedsilo.errors import DataError, PrivacyAuditFailed
+from fedsilo.privacy.audit import one_run
 
 
 def test_p_value_is_the_binomial_tail_without_delta():

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from peers.models import ModelSpec, build_model
-from privacy.audit import reconstruction as R
-from privacy.secagg import SecAggConfig
-
+from fedsilo.peers.models import ModelSpec, build_model
+from fedsilo.privacy.audit import reconstruction as R
+from fedsilo.privacy.secagg import SecAggConfig
 
 FEATURES = 40
 
@@ -24,7 +23,7 @@ def test_closed_form_and_gradient_matching_on_plaintext_fail_on_masked_upload():
     model = build_model(ModelSpec(hidden=(16, 8)), FEATURES)
     rows = torch.randn(4, FEATURES)
     labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    updates = [R.flat_gradient(model, rows[i:i + 1], labels[i:i + 1]) for i in range(4)]
+    updates = [R.flat_gradient(model, rows[i : i + 1], labels[i : i + 1]) for i in range(4)]
     truth = rows[0].double().numpy()
 
     # control: the plaintext batch-size-1 update gives the row back

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from privacy.errors import DataError
-from privacy.psi.identifiers import DOMAIN, canonical, digests, split_typed
+from fedsilo.errors import DataError
+from fedsilo.privacy.psi.identifiers import DOMAIN, canonical, digests, split_typed
 
 
 def test_canonical_form_trims_folds_and_types():

@@ -8,9 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from privacy.errors import ProtocolError
-from privacy.psi import Workers, x25519
-from privacy.psi.parallel import _spans, blind_identifiers, blind_tasks, exponentiate_tasks, run_streams
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.psi import Workers, x25519
+from fedsilo.privacy.psi.parallel import _spans, blind_identifiers, blind_tasks, exponentiate_tasks, run_streams
 
 pytestmark = pytest.mark.slow  # spawns worker processes
 
@@ -57,8 +57,9 @@ def test_a_consumer_that_stops_early_leaves_the_pipes_in_step(workers, rows):
 def test_streams_run_back_to_back_keep_their_own_results(workers, rows):
     scalar, other = x25519.random_scalar(), x25519.random_scalar()
     values = [f"c-{i}" for i in range(1500)]
-    blinded, powers = run_streams(workers, blind_tasks(values, "id", other, 2, 700),
-                                  exponentiate_tasks(rows, scalar, 2, 700))
+    blinded, powers = run_streams(
+        workers, blind_tasks(values, "id", other, 2, 700), exponentiate_tasks(rows, scalar, 2, 700)
+    )
     as_rows = [np.frombuffer(b"".join(parts), np.uint8).reshape(-1, 32) for parts in (blinded, powers)]
     assert np.array_equal(as_rows[0], blind_identifiers(values, "id", other, Workers(1)))
     assert np.array_equal(as_rows[1], x25519.multiply(rows, scalar))
@@ -82,7 +83,7 @@ def test_a_worker_that_dies_gives_a_clear_error():
 @pytest.mark.parametrize("n", [0, 1, 255, 2048, 10_000, 100_000])
 def test_spans_cover_every_row_once_and_shrink_at_the_end(n):
     spans = list(_spans(n, 2048, 2))
-    assert [start for start, _ in spans] == [0, *[stop for _, stop in spans[:-1]]][:len(spans)]
+    assert [start for start, _ in spans] == [0, *[stop for _, stop in spans[:-1]]][: len(spans)]
     assert (spans[-1][1] if spans else 0) == n
     sizes = [stop - start for start, stop in spans]
     assert all(size <= 2048 for size in sizes)

@@ -9,10 +9,10 @@ import string
 import numpy as np
 import pytest
 
-from privacy.errors import ProtocolError
-from privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical, exchange, x25519
-from privacy.psi.identifiers import PSI_DOMAIN, digests
-from privacy.psi.wire import HEADER, FrameType, decode, encode
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical, exchange, x25519
+from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
+from fedsilo.privacy.psi.wire import HEADER, FrameType, decode, encode
 
 
 def _run(xs, ys, mode, kind="id", workers=None, tap=None):
@@ -51,14 +51,17 @@ def test_matches_plaintext_intersection_on_random_sets(seed):
     assert (r.own_size, r.peer_size, s.own_size, s.peer_size) == (len(cx), len(cy), len(cy), len(cx))
 
 
-@pytest.mark.parametrize("xs,ys", [
-    ([], []),
-    ([], ["a", "b"]),
-    (["a", "b"], []),
-    (["a", "b", "c"], ["c", "b", "a"]),  # full overlap
-    (["a", "A", " a ", "b", "b"], ["B", "a", "a"]),  # duplicates after normalization
-    (["Müller", "ＡＣＭＥ", "Straße", "北京银行", "😀"], ["MÜLLER", "acme", "strasse", "北京银行", "x"]),  # unicode
-])
+@pytest.mark.parametrize(
+    "xs,ys",
+    [
+        ([], []),
+        ([], ["a", "b"]),
+        (["a", "b"], []),
+        (["a", "b", "c"], ["c", "b", "a"]),  # full overlap
+        (["a", "A", " a ", "b", "b"], ["B", "a", "a"]),  # duplicates after normalization
+        (["Müller", "ＡＣＭＥ", "Straße", "北京银行", "😀"], ["MÜLLER", "acme", "strasse", "北京银行", "x"]),  # unicode
+    ],
+)
 def test_adversarial_inputs(xs, ys):
     for mode in Mode:
         r, s = _run(xs, ys, mode)
@@ -91,9 +94,17 @@ def test_no_identifier_or_plain_hash_on_the_wire():
         c = canonical(ident, "id")
         digest = digests([ident], "id", PSI_DOMAIN)
         unblinded = x25519.hash_onto_curve(digest)[0].tobytes()  # H(id) before any secret exponent
-        for needle in (ident.encode(), c, hashlib.sha256(c).digest(), hashlib.sha256(ident.encode()).digest(),
-                       hashlib.sha512(c).digest()[:32], digest[0, :32].tobytes(), digest[0, 32:].tobytes(),
-                       unblinded, unblinded[:16]):
+        for needle in (
+            ident.encode(),
+            c,
+            hashlib.sha256(c).digest(),
+            hashlib.sha256(ident.encode()).digest(),
+            hashlib.sha512(c).digest()[:32],
+            digest[0, :32].tobytes(),
+            digest[0, 32:].tobytes(),
+            unblinded,
+            unblinded[:16],
+        ):
             assert needle not in wire
 
 
@@ -109,8 +120,12 @@ def test_cardinality_mode_shuffles_evaluations():
         r.handle(frame)
     assert r.result().cardinality == 100 and r.result().positions is None
     ours = np.array(r._double)  # what the receiver compares, in the order it was received
-    peer = set(bytes(row) for row in x25519.multiply(
-        np.concatenate([decode(f).elements for f in replies if decode(f).type is FrameType.SET]), r._key))
+    peer = set(
+        bytes(row)
+        for row in x25519.multiply(
+            np.concatenate([decode(f).elements for f in replies if decode(f).type is FrameType.SET]), r._key
+        )
+    )
     hits = [i for i, row in enumerate(ours) if bytes(row) in peer]
     assert len(hits) == 100 and hits != list(range(100))
     assert len(evaluated) == 200
@@ -121,18 +136,21 @@ def _request(xs, mode=Mode.TO_RECEIVER):
     return r, list(r.request_frames())
 
 
-@pytest.mark.parametrize("corrupt,match", [
-    (lambda f: f[:HEADER - 1], "at least"),
-    (lambda f: b"XXXX" + f[4:], "magic"),
-    (lambda f: f[:4] + b"\x07" + f[5:], "version 7 is not supported"),
-    (lambda f: f[:4] + b"\x01" + f[5:], "version 1 .ristretto255 PSI elements.* no longer accepts"),
-    (lambda f: f[:-1], "announces"),  # wrong length
-    (lambda f: f + b"\x00" * 32, "announces"),
-    (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32:], "small order"),  # zero
-    (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32:], "canonical"),  # top bit set, >= p
-    (lambda f: f[:HEADER] + bytes([2] + [0] * 31) + f[HEADER + 32:], "twist"),  # u = 2: on the twist
-    (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32:], "small order"),  # u = 1: order 4
-])
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda f: f[: HEADER - 1], "at least"),
+        (lambda f: b"XXXX" + f[4:], "magic"),
+        (lambda f: f[:4] + b"\x07" + f[5:], "version 7 is not supported"),
+        (lambda f: f[:4] + b"\x01" + f[5:], "version 1 .ristretto255 PSI elements.* no longer accepts"),
+        (lambda f: f[:-1], "announces"),  # wrong length
+        (lambda f: f + b"\x00" * 32, "announces"),
+        (lambda f: f[:HEADER] + b"\x00" * 32 + f[HEADER + 32 :], "small order"),  # zero
+        (lambda f: f[:HEADER] + b"\xff" * 32 + f[HEADER + 32 :], "canonical"),  # top bit set, >= p
+        (lambda f: f[:HEADER] + bytes([2] + [0] * 31) + f[HEADER + 32 :], "twist"),  # u = 2: on the twist
+        (lambda f: f[:HEADER] + bytes([1] + [0] * 31) + f[HEADER + 32 :], "small order"),  # u = 1: order 4
+    ],
+)
 def test_malformed_frames_are_refused(corrupt, match):
     _, frames = _request(["a", "b", "c"])
     sender = PsiSender(["a", "x"])
@@ -147,7 +165,7 @@ def test_invalid_element_from_the_sender_is_refused_by_the_receiver():
     s.handle(frames[0])
     replies = s.handle(frames[1])
     bad = bytearray(replies[0])
-    bad[HEADER:HEADER + 32] = b"\x00" * 32
+    bad[HEADER : HEADER + 32] = b"\x00" * 32
     with pytest.raises(ProtocolError, match="small order"):
         r.handle(bytes(bad))
     assert not r.done
@@ -195,7 +213,7 @@ def test_streams_on_two_processes_match_in_process_result():
 
 
 def test_distinct_and_membership_compare_full_rows_when_prefixes_agree():
-    from privacy.psi.protocol import _distinct, _member
+    from fedsilo.privacy.psi.protocol import _distinct, _member
 
     rows = np.zeros((5, 32), np.uint8)
     rows[:, 8] = [1, 2, 1, 3, 2]  # one 8-byte prefix, three distinct rows

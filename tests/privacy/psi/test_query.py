@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from privacy.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
-from privacy.psi import EncryptedTable, ListHolder, MemoryQuota, Querier, SQLiteQuota, canonical
-from privacy.psi.wire import HEADER
+from fedsilo.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
+from fedsilo.privacy.psi import EncryptedTable, ListHolder, MemoryQuota, Querier, SQLiteQuota, canonical
+from fedsilo.privacy.psi.wire import HEADER
 
 LIST = [("LEI-0001", "high"), ("LEI-0002", "low"), ("lei-0003", "flag:sanctions"), ("LEI-0004", "1250000.00")]
 
@@ -42,11 +42,17 @@ def test_table_and_messages_carry_no_identifier_label_or_plain_hash():
     wire = table.to_bytes() + pending.request + answer
     for ident, label in LIST:
         c = canonical(ident, "id")
-        for needle in (ident.encode(), c, label.encode(), hashlib.sha256(c).digest(), hashlib.sha256(ident.encode()).digest()):
+        for needle in (
+            ident.encode(),
+            c,
+            label.encode(),
+            hashlib.sha256(c).digest(),
+            hashlib.sha256(ident.encode()).digest(),
+        ):
             assert needle not in wire
     # The holder sees fresh random elements: asking the same identifier twice looks different.
     again = Querier(table).ask(["LEI-0001", "LEI-0001"])
-    assert again.request[HEADER:HEADER + 32] != again.request[HEADER + 32:HEADER + 64]
+    assert again.request[HEADER : HEADER + 32] != again.request[HEADER + 32 : HEADER + 64]
 
 
 def test_labels_are_padded_to_one_width():
@@ -107,8 +113,8 @@ def test_malformed_requests_are_refused_and_not_charged():
     request = Querier(table).ask(["LEI-0001", "LEI-0002"]).request
     for bad, match in [
         (request[:-3], "announces"),
-        (request[:HEADER] + b"\x00" * 32 + request[HEADER + 32:], "identity"),
-        (request[:HEADER] + b"\xff" * 32 + request[HEADER + 32:], "not a valid"),
+        (request[:HEADER] + b"\x00" * 32 + request[HEADER + 32 :], "identity"),
+        (request[:HEADER] + b"\xff" * 32 + request[HEADER + 32 :], "not a valid"),
         (request[:8] + request[8:16] + b"\x00" * 8 + request[24:], "another list"),
     ]:
         with pytest.raises(ProtocolError, match=match):

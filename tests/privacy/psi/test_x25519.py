@@ -6,16 +6,19 @@ import gmpy2
 import numpy as np
 import pytest
 
-from privacy.errors import ProtocolError
-from privacy.psi import Mode, PsiReceiver, PsiSender, x25519
-from privacy.psi.identifiers import PSI_DOMAIN, digests
-from privacy.psi.wire import HEADER
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, x25519
+from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
+from fedsilo.privacy.psi.wire import HEADER
 
 P = 2**255 - 19
 A = 486662
 # u-coordinates of the curve's points of order 4 and 8 (order 2 is u = 0).
-SMALL_ORDER_ON_CURVE = [1, 325606250916557431795983626356110631294008115727848805560023387167927233504,
-                        39382357235489614581723060781553021112529911719440698176882885853963445705823]
+SMALL_ORDER_ON_CURVE = [
+    1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+]
 
 
 def _on_curve(u: int) -> bool:
@@ -66,18 +69,21 @@ def test_blinding_commutes_and_lands_in_the_prime_order_subgroup():
     assert np.array_equal(x25519.multiply(points, a2), x25519.multiply(points, a))
 
 
-@pytest.mark.parametrize("u,match", [
-    (0, "small order"),  # the point of order 2, all-zero bytes
-    (1, "small order"),  # order 4
-    (SMALL_ORDER_ON_CURVE[1], "small order"),  # order 8
-    (SMALL_ORDER_ON_CURVE[2], "small order"),
-    (2, "twist"),  # on the twist
-    (P - 1, "twist"),  # order 4 on the twist
-    (P, "canonical"),  # u >= p, = 0 mod p
-    (P + 1, "canonical"),  # u >= p, = 1 mod p
-    (2**255 - 1, "canonical"),
-    (9 + 2**255, "canonical"),  # the base point with the top bit set
-])
+@pytest.mark.parametrize(
+    "u,match",
+    [
+        (0, "small order"),  # the point of order 2, all-zero bytes
+        (1, "small order"),  # order 4
+        (SMALL_ORDER_ON_CURVE[1], "small order"),  # order 8
+        (SMALL_ORDER_ON_CURVE[2], "small order"),
+        (2, "twist"),  # on the twist
+        (P - 1, "twist"),  # order 4 on the twist
+        (P, "canonical"),  # u >= p, = 0 mod p
+        (P + 1, "canonical"),  # u >= p, = 1 mod p
+        (2**255 - 1, "canonical"),
+        (9 + 2**255, "canonical"),  # the base point with the top bit set
+    ],
+)
 def test_non_canonical_zero_and_twist_elements_are_refused(u, match):
     rows = _rows(9, 9, u)
     with pytest.raises(ProtocolError, match=match) as info:
@@ -98,7 +104,7 @@ def test_sender_refuses_bad_elements_before_answering_and_leaks_nothing(u):
     receiver = PsiReceiver(["a", "b"])
     frames = list(receiver.request_frames())
     bad = bytearray(frames[0])
-    bad[HEADER + 32:HEADER + 64] = u.to_bytes(32, "little")
+    bad[HEADER + 32 : HEADER + 64] = u.to_bytes(32, "little")
     sender = PsiSender([secret])
     assert sender.handle(bytes(bad)) == []
     with pytest.raises(ProtocolError, match="position 1") as info:
@@ -114,7 +120,7 @@ def test_receiver_refuses_badly_encoded_evaluated_elements(u, match):
     sender = PsiSender(["a", "c"])
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     evaluated = bytearray(replies[0])
-    evaluated[HEADER + 32:HEADER + 64] = u.to_bytes(32, "little")
+    evaluated[HEADER + 32 : HEADER + 64] = u.to_bytes(32, "little")
     with pytest.raises(ProtocolError, match=match):
         receiver.handle(bytes(evaluated))
     assert not receiver.done
@@ -126,7 +132,7 @@ def test_a_twist_point_the_receiver_only_compares_matches_nothing():
     sender = PsiSender(["a", "b", "c"])
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     evaluated = bytearray(replies[0])
-    evaluated[HEADER:HEADER + 32] = (2).to_bytes(32, "little")  # the first element, "a", on the twist
+    evaluated[HEADER : HEADER + 32] = (2).to_bytes(32, "little")  # the first element, "a", on the twist
     for reply in [bytes(evaluated), *replies[1:]]:
         receiver.handle(reply)
     assert receiver.result().positions.tolist() == [1]  # "b" still matches; "a" matches nothing
@@ -137,7 +143,7 @@ def test_receiver_refuses_a_twist_point_in_the_senders_set():
     sender = PsiSender(["a", "c"])
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     set_frame = bytearray(replies[2])  # EVALUATED, EVALUATED_END, SET, SET_END
-    set_frame[HEADER:HEADER + 32] = (2).to_bytes(32, "little")
+    set_frame[HEADER : HEADER + 32] = (2).to_bytes(32, "little")
     receiver.handle(replies[0])
     receiver.handle(replies[1])
     receiver.handle(bytes(set_frame))
@@ -152,7 +158,7 @@ def test_the_sender_refuses_badly_encoded_confirm_elements(u, outcome):
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     confirms = [back for reply in replies for back in receiver.handle(reply)]
     frame = bytearray(confirms[0])
-    frame[HEADER:HEADER + 32] = u.to_bytes(32, "little")
+    frame[HEADER : HEADER + 32] = u.to_bytes(32, "little")
     with pytest.raises(ProtocolError, match=outcome):
         sender.handle(bytes(frame))
     assert not sender.done
@@ -165,7 +171,7 @@ def test_twist_points_the_sender_only_compares_match_nothing():
     replies = [reply for frame in receiver.request_frames() for reply in sender.handle(frame)]
     confirms = [back for reply in replies for back in receiver.handle(reply)]
     frame = bytearray(confirms[0])
-    frame[HEADER:HEADER + 3 * 32] = (2).to_bytes(32, "little") * 3  # every element on the twist
+    frame[HEADER : HEADER + 3 * 32] = (2).to_bytes(32, "little") * 3  # every element on the twist
     for back in [bytes(frame), *confirms[1:]]:
         sender.handle(back)
     assert receiver.result().cardinality == 2 and sender.result().cardinality == 0

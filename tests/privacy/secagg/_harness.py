@@ -10,7 +10,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from privacy.secagg import (
+from fedsilo.privacy.secagg import (
     Ed25519Directory,
     Ed25519Identity,
     PeerRejected,
@@ -39,8 +39,9 @@ class Harness:
     Peers sign and verify with a simulated consortium (``authenticated=False``: none).
     """
 
-    def __init__(self, n: int, dim: int = 32, config: SecAggConfig = CONFIG, seed: int = 0,
-                 authenticated: bool = True) -> None:
+    def __init__(
+        self, n: int, dim: int = 32, config: SecAggConfig = CONFIG, seed: int = 0, authenticated: bool = True
+    ) -> None:
         rng = np.random.default_rng(seed)
         # 64-bit node ids, as Flower uses, in no particular order
         ids: set[int] = set()
@@ -51,8 +52,7 @@ class Harness:
         self.config = config
         self.dim = dim
         self.signers, self.verifier = consortium(self.nodes) if authenticated else ({}, None)
-        self.server = SecAggServer(config, ROUND, self.nodes, dim, round_seed=rng.bytes(32),
-                                   verifier=self.verifier)
+        self.server = SecAggServer(config, ROUND, self.nodes, dim, round_seed=rng.bytes(32), verifier=self.verifier)
         self.clients = {u: self.make_client(u) for u in self.nodes}
         c = config.clip
         self.inputs = {u: rng.uniform(-c, c, dim) for u in self.nodes}
@@ -148,8 +148,8 @@ class Harness:
 
 def deterministic_keys(monkeypatch, seed: int = 1) -> None:
     """Make key pairs and self-mask seeds reproducible, so statistical tests are deterministic."""
-    from privacy.secagg import client as client_mod
-    from privacy.secagg import keys as keys_mod
+    from fedsilo.privacy.secagg import client as client_mod
+    from fedsilo.privacy.secagg import keys as keys_mod
 
     counter = {"i": 0}
 

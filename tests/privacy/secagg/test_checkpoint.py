@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from privacy.errors import ProtocolError
-from privacy.secagg import SecAggClient
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.secagg import SecAggClient
 
 from ._harness import Harness
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privacy.errors import ConfigError, DataError
-from privacy.secagg import FixedPointEncoder
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.privacy.secagg import FixedPointEncoder
 
 
 def test_modulus_bound_no_wrap():

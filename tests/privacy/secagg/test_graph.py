@@ -7,8 +7,8 @@ import math
 import pytest
 from scipy.stats import hypergeom
 
-from privacy.errors import ConfigError
-from privacy.secagg import build_graph, graph_parameters
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.secagg import build_graph, graph_parameters
 
 SEED = bytes(range(32))
 
@@ -34,8 +34,9 @@ def test_complete_for_small_n():
         assert all(g.neighbours[u] == set(range(n)) - {u} for u in range(n))
 
 
-@pytest.mark.parametrize(("n", "delta", "gamma"), [(5, 0.3, 0.1), (40, 0.3, 0.1), (1000, 0.05, 0.05),
-                                                   (1000, 0.1, 0.05), (300, 0.2, 0.1)])
+@pytest.mark.parametrize(
+    ("n", "delta", "gamma"), [(5, 0.3, 0.1), (40, 0.3, 0.1), (1000, 0.05, 0.05), (1000, 0.1, 0.05), (300, 0.2, 0.1)]
+)
 def test_threshold_follows_the_stated_rule(n, delta, gamma):
     p = graph_parameters(n, delta, gamma)
     C, D = math.floor(gamma * n + 1e-9), math.floor(delta * n + 1e-9)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.secagg import keys as K
+from fedsilo.privacy.secagg import keys as K
 
 
 def test_mask_seed_is_symmetric_and_bound_to_round_and_session():
@@ -25,18 +25,28 @@ def test_aead_binds_round_and_addresses():
     aad = K.share_aad(session=b"", round_id=3, src=1, dst=2)
     nonce, ct = K.encrypt(key, b"secret shares", aad)
     assert K.decrypt(key, nonce, ct, aad) == b"secret shares"
-    for other in (K.share_aad(session=b"", round_id=4, src=1, dst=2),
-                  K.share_aad(session=b"", round_id=3, src=2, dst=1)):
+    for other in (
+        K.share_aad(session=b"", round_id=4, src=1, dst=2),
+        K.share_aad(session=b"", round_id=3, src=2, dst=1),
+    ):
         with pytest.raises(ValueError, match="authentication"):
             K.decrypt(key, nonce, ct, other)
 
 
 def test_signed_transcripts_bind_keys_job_round_and_lists():
-    from privacy.secagg import Ed25519Directory, Ed25519Identity
+    from fedsilo.privacy.secagg import Ed25519Directory, Ed25519Identity
+
     me = Ed25519Identity("bank-a", Ed25519PrivateKey.generate())
     directory = Ed25519Directory({"bank-a": me.public_key()})
-    t = K.advertise_transcript(session=b"s", round_id=1, node_id=5, enc_public_key=b"a" * 32,
-                               mask_public_key=b"b" * 32, seed_commitment=b"c" * 32, credential=me.credential)
+    t = K.advertise_transcript(
+        session=b"s",
+        round_id=1,
+        node_id=5,
+        enc_public_key=b"a" * 32,
+        mask_public_key=b"b" * 32,
+        seed_commitment=b"c" * 32,
+        credential=me.credential,
+    )
     sig = me.sign(t)
     assert directory.verify(me.credential, sig, t) == "bank-a"
     with pytest.raises(ValueError, match="signature"):
@@ -45,10 +55,12 @@ def test_signed_transcripts_bind_keys_job_round_and_lists():
         directory.verify(b"bank-b", sig, t)
     lists = K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[5, 7], dropped=[9])
     assert lists == K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[7, 5], dropped=[9])
-    others = [K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[5, 7, 9], dropped=[]),
-              K.survivors_transcript(session=b"s", round_id=2, node_id=5, survivors=[5, 7], dropped=[9]),
-              K.survivors_transcript(session=b"t", round_id=1, node_id=5, survivors=[5, 7], dropped=[9]),
-              K.survivors_transcript(session=b"s", round_id=1, node_id=7, survivors=[5, 7], dropped=[9])]
+    others = [
+        K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[5, 7, 9], dropped=[]),
+        K.survivors_transcript(session=b"s", round_id=2, node_id=5, survivors=[5, 7], dropped=[9]),
+        K.survivors_transcript(session=b"t", round_id=1, node_id=5, survivors=[5, 7], dropped=[9]),
+        K.survivors_transcript(session=b"s", round_id=1, node_id=7, survivors=[5, 7], dropped=[9]),
+    ]
     assert lists not in others and len(set(others)) == 4
 
 

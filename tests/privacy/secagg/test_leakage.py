@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import chisquare
 
-from privacy.audit.reconstruction import invert_linear_layer
-from privacy.secagg import SecAggConfig
+from fedsilo.privacy.audit.reconstruction import invert_linear_layer
+from fedsilo.privacy.secagg import SecAggConfig
 
 from ._harness import Harness, deterministic_keys
 
@@ -90,9 +90,9 @@ def test_dropped_peer_whose_upload_arrived_stays_hidden_by_its_self_mask(monkeyp
     and still sees uniform noise, because b_v is never revealed alongside s_v."""
     import dataclasses
 
-    from privacy.secagg import keys as K
-    from privacy.secagg import shamir
-    from privacy.secagg.prg import LABEL_PAIR_MASK, add_mask
+    from fedsilo.privacy.secagg import keys as K
+    from fedsilo.privacy.secagg import shamir
+    from fedsilo.privacy.secagg.prg import LABEL_PAIR_MASK, add_mask
 
     deterministic_keys(monkeypatch, seed=5)
     h = Harness(10, dim=20_000, seed=13)
@@ -110,8 +110,9 @@ def test_dropped_peer_whose_upload_arrived_stays_hidden_by_its_self_mask(monkeyp
 
     assert all(v not in a.seed_shares for a in answers.values())  # never b_v and s_v together
     holders = sorted(u for u, a in answers.items() if v in a.key_shares)[: h.server.threshold]
-    raw = shamir.reconstruct([shamir.point_of(u) for u in holders],
-                             [[shamir.share_from_bytes(answers[u].key_shares[v])] for u in holders])[0]
+    raw = shamir.reconstruct(
+        [shamir.point_of(u) for u in holders], [[shamir.share_from_bytes(answers[u].key_shares[v])] for u in holders]
+    )[0]
     s_v = K.load_private(raw.to_bytes(32, "big"))
     y = uploads[v].masked.copy()
     for w in sorted(set(h.nodes) - {v}):  # v got everyone's shares, so it masked with all

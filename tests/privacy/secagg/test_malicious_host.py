@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.errors import ProtocolError
-from privacy.secagg import EncryptedShares, Ed25519Identity, ServerStage
-from privacy.secagg import keys as K
-from privacy.secagg import shamir
-from privacy.secagg.prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.secagg import Ed25519Identity, EncryptedShares, ServerStage, shamir
+from fedsilo.privacy.secagg import keys as K
+from fedsilo.privacy.secagg.prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
 
 from ._harness import ROUND, Harness
 
@@ -49,10 +48,14 @@ def _steal_update(h: Harness, victim: int, own: dict, shares: dict[int, Encrypte
     for v, enc_shares in shares.items():
         secret = K.shared_secret(own[v][0], adv.enc_public_key)
         key = K.share_key(secret, session=session, round_id=ROUND, src=victim, dst=v)
-        plain = K.decrypt(key, enc_shares.nonce, enc_shares.ciphertext,
-                          K.share_aad(session=session, round_id=ROUND, src=victim, dst=v))
+        plain = K.decrypt(
+            key,
+            enc_shares.nonce,
+            enc_shares.ciphertext,
+            K.share_aad(session=session, round_id=ROUND, src=victim, dst=v),
+        )
         points.append(shamir.point_of(v))
-        rows.append([shamir.share_from_bytes(plain[:shamir.SHARE_BYTES])])
+        rows.append([shamir.share_from_bytes(plain[: shamir.SHARE_BYTES])])
     t = h.server.threshold
     seed = shamir.reconstruct(points[:t], rows[:t])[0].to_bytes(32, "big")
     # the host now feeds the victim shares "from" its neighbours, under the same substituted keys
@@ -60,14 +63,16 @@ def _steal_update(h: Harness, victim: int, own: dict, shares: dict[int, Encrypte
     for v in shares:
         secret = K.shared_secret(own[v][0], adv.enc_public_key)
         key = K.share_key(secret, session=session, round_id=ROUND, src=v, dst=victim)
-        nonce, ct = K.encrypt(key, shamir.share_to_bytes(1) * 2,
-                              K.share_aad(session=session, round_id=ROUND, src=v, dst=victim))
+        nonce, ct = K.encrypt(
+            key, shamir.share_to_bytes(1) * 2, K.share_aad(session=session, round_id=ROUND, src=v, dst=victim)
+        )
         fake_in[v] = EncryptedShares(ROUND, v, victim, nonce, ct)
     masked = me.mask_input(ROUND, h.inputs[victim], h.weights[victim], fake_in).masked.copy()
     add_mask(masked, seed, LABEL_SELF_MASK, subtract=True)
     for v in shares:
-        pair = K.mask_seed(K.shared_secret(own[v][1], adv.mask_public_key), session=session, round_id=ROUND,
-                           u=victim, v=v)
+        pair = K.mask_seed(
+            K.shared_secret(own[v][1], adv.mask_public_key), session=session, round_id=ROUND, u=victim, v=v
+        )
         add_mask(masked, pair, LABEL_PAIR_MASK, subtract=not v < victim)
     masked &= h.server.encoder.mask
     values, weight = h.server.encoder.decode_sum(masked, 1)
@@ -103,7 +108,8 @@ def test_a_host_that_swaps_one_neighbours_key_is_refused_by_name_and_learns_noth
         h.clients[victim].expect_mask_input(ROUND)
     # the host carries on without it: all it ever got from the victim are its public keys
     h.gone.add(victim)
-    h.share(); h.mask()
+    h.share()
+    h.mask()
     result = h.unmask()
     assert victim not in result.survivors and victim not in result.dropped
     h.check_exact(result)
@@ -116,15 +122,23 @@ def test_a_host_that_re_signs_swapped_keys_is_refused(how):
     h = Harness(5, dim=16, seed=3)
     h.advertise()
     victim, colluder = h.nodes[0], h.nodes[4]
-    signer = {"own identity": Ed25519Identity("the-host", Ed25519PrivateKey.generate()),
-              "colluding peer's identity": h.signers[colluder],
-              "victim's own identity": h.signers[victim]}[how]
+    signer = {
+        "own identity": Ed25519Identity("the-host", Ed25519PrivateKey.generate()),
+        "colluding peer's identity": h.signers[colluder],
+        "victim's own identity": h.signers[victim],
+    }[how]
 
     def resign(v, adv):
         adv = dataclasses.replace(adv, credential=signer.credential)
         transcript = K.advertise_transcript(
-            session=h.config.session_id, round_id=ROUND, node_id=v, enc_public_key=adv.enc_public_key,
-            mask_public_key=adv.mask_public_key, seed_commitment=adv.seed_commitment, credential=adv.credential)
+            session=h.config.session_id,
+            round_id=ROUND,
+            node_id=v,
+            enc_public_key=adv.enc_public_key,
+            mask_public_key=adv.mask_public_key,
+            seed_commitment=adv.seed_commitment,
+            credential=adv.credential,
+        )
         return dataclasses.replace(adv, signature=signer.sign(transcript))
 
     own, forged = _swap_neighbour_keys(h, victim, resign)
@@ -152,7 +166,9 @@ def test_signatures_are_bound_to_the_job_and_the_round():
 # ---------------------------------------------------------------- inconsistent dropout stories
 def _masked(n: int, seed: int) -> Harness:
     h = Harness(n, dim=16, seed=seed)
-    h.advertise(); h.share(); h.mask()
+    h.advertise()
+    h.share()
+    h.mask()
     assert h.server.stage is ServerStage.CONSISTENCY
     return h
 
@@ -165,8 +181,12 @@ def test_a_host_that_tells_two_groups_different_survivor_lists_is_caught_before_
     assert h.server.threshold == 3
     u = h.nodes[0]
     everyone, without_u = tuple(h.nodes), tuple(h.nodes[1:])
-    told = {h.nodes[0]: (everyone, ()), h.nodes[1]: (everyone, ()),
-            h.nodes[2]: (without_u, (u,)), h.nodes[3]: (without_u, (u,))}
+    told = {
+        h.nodes[0]: (everyone, ()),
+        h.nodes[1]: (everyone, ()),
+        h.nodes[2]: (without_u, (u,)),
+        h.nodes[3]: (without_u, (u,)),
+    }
     signatures = {w: h.clients[w].sign_survivors(ROUND, *told[w]) for w in h.nodes}
     revealed = []
     for w in h.nodes:
@@ -206,9 +226,19 @@ def test_signatures_from_one_identity_count_once_and_strangers_not_at_all():
     stranger = Ed25519Identity("the-host", Ed25519PrivateKey.generate())
     x = h.nodes[2]
     forged = dict(request.signatures)
-    forged[x] = dataclasses.replace(forged[x], credential=stranger.credential, signature=stranger.sign(
-        K.survivors_transcript(session=h.config.session_id, round_id=ROUND, node_id=x,
-                               survivors=request.survivors, dropped=request.dropped)))
+    forged[x] = dataclasses.replace(
+        forged[x],
+        credential=stranger.credential,
+        signature=stranger.sign(
+            K.survivors_transcript(
+                session=h.config.session_id,
+                round_id=ROUND,
+                node_id=x,
+                survivors=request.survivors,
+                dropped=request.dropped,
+            )
+        ),
+    )
     with pytest.raises(ProtocolError, match="not an admitted identity"):
         h.clients[w].unmask(ROUND, request.survivors, request.dropped, forged)
     h2 = _masked(5, seed=13)
@@ -216,9 +246,19 @@ def test_signatures_from_one_identity_count_once_and_strangers_not_at_all():
     request = h2.requests[w]
     y, z = h2.nodes[2], h2.nodes[3]
     reused = dict(request.signatures)
-    reused[z] = dataclasses.replace(reused[y], node_id=z, signature=h2.signers[y].sign(
-        K.survivors_transcript(session=h2.config.session_id, round_id=ROUND, node_id=z,
-                               survivors=request.survivors, dropped=request.dropped)))
+    reused[z] = dataclasses.replace(
+        reused[y],
+        node_id=z,
+        signature=h2.signers[y].sign(
+            K.survivors_transcript(
+                session=h2.config.session_id,
+                round_id=ROUND,
+                node_id=z,
+                survivors=request.survivors,
+                dropped=request.dropped,
+            )
+        ),
+    )
     with pytest.raises(ProtocolError, match="who signs as another peer"):
         h2.clients[w].unmask(ROUND, request.survivors, request.dropped, reused)
 
@@ -242,7 +282,8 @@ def test_dropouts_at_the_consistency_check_keep_the_round_exact():
 
 
 def test_too_few_signers_abort_before_anything_is_unmasked():
-    from privacy.secagg import ThresholdNotMet
+    from fedsilo.privacy.secagg import ThresholdNotMet
+
     h = _masked(5, seed=16)
     with pytest.raises(ThresholdNotMet, match="signed the survivor list"):
         h.check(drop=h.nodes[:3])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
-from privacy.secagg.noise import rdp_epsilon, sample_discrete_gaussian, sum_headroom
+from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
+from fedsilo.privacy.secagg.noise import rdp_epsilon, sample_discrete_gaussian, sum_headroom
 
 from ._harness import Harness
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from privacy.secagg.prg import (
+from fedsilo.privacy.secagg.prg import (
     LABEL_PAIR_MASK,
     LABEL_SELF_MASK,
     KeyStream,

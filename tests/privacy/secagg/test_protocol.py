@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privacy.errors import ProtocolError
-from privacy.secagg import ClientStage, SecAggConfig, ServerStage, ThresholdNotMet
-from privacy.secagg import shamir
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.secagg import ClientStage, SecAggConfig, ServerStage, ThresholdNotMet, shamir
 
 from ._harness import Harness, drop_count
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from privacy.secagg import shamir
+from fedsilo.privacy.secagg import shamir
 
 
 def test_any_t_shares_reconstruct_many_secrets_with_one_lagrange_computation():

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from privacy.errors import ProtocolError
-from privacy.secagg import PeerRejected, SecAggConfig
-from privacy.secagg import keys as K
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.secagg import PeerRejected, SecAggConfig
+from fedsilo.privacy.secagg import keys as K
 
 from ._harness import CONFIG, ROUND, Harness
 
@@ -17,7 +17,7 @@ from ._harness import CONFIG, ROUND, Harness
 def _finish(h: Harness, *, from_stage: str):
     order = ["advertise", "share", "mask", "unmask"]
     result = None
-    for stage in order[order.index(from_stage):]:
+    for stage in order[order.index(from_stage) :]:
         result = getattr(h, stage)()
     return result
 
@@ -38,7 +38,8 @@ def _assert_refused(h: Harness, bad: int, *fragments: str):
 
 def test_wrong_length_masked_input():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     h.mask(tamper=lambda u, m: dataclasses.replace(m, masked=m.masked[:-1]) if u == bad else m)
     _assert_refused(h, bad, "wrong length")
     result = h.unmask()
@@ -48,7 +49,8 @@ def test_wrong_length_masked_input():
 
 def test_wrong_dtype_masked_input():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     h.mask(tamper=lambda u, m: dataclasses.replace(m, masked=m.masked.astype(np.float64)) if u == bad else m)
     _assert_refused(h, bad, "dtype float64")
     h.check_exact(h.unmask())
@@ -56,7 +58,8 @@ def test_wrong_dtype_masked_input():
 
 def test_values_outside_the_group():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     big = np.uint64(h.server.encoder.modulus)
 
     def tamper(u, m):
@@ -107,7 +110,8 @@ def test_duplicate_message_is_a_replay():
 
 def test_duplicate_masked_input_is_removed_from_the_sum():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     sent = {}
     h.mask(tamper=lambda u, m: sent.setdefault(u, m))
     # the requests are issued; replay attempts now hit the wrong stage
@@ -119,7 +123,8 @@ def test_duplicate_masked_input_is_removed_from_the_sum():
 
 def test_duplicate_within_stage_drops_the_peer_and_its_input():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     reqs = h.requests
     for u, req in reqs.items():
         msg = h.clients[u].mask_input(req.round_id, h.inputs[u], h.weights[u], req.shares)
@@ -135,7 +140,8 @@ def test_duplicate_within_stage_drops_the_peer_and_its_input():
 
 def test_tampered_ciphertext_fails_authentication_and_drops_the_sender():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     victim = h.nodes[3]
     enc = h.requests[victim].shares[bad]
     flipped = bytearray(enc.ciphertext)
@@ -151,7 +157,8 @@ def test_tampered_ciphertext_fails_authentication_and_drops_the_sender():
 
 def test_ciphertext_relayed_to_the_wrong_peer_fails_authentication():
     h, bad = _bad_peer_round(n=10)
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     a, b = h.nodes[3], h.nodes[4]
     # the relay swaps the ciphertexts that `bad` sent to a and to b
     ea, eb = h.requests[a].shares[bad], h.requests[b].shares[bad]
@@ -201,7 +208,9 @@ def test_shares_to_the_wrong_peers_are_refused():
 
 def test_bad_unmask_answer_is_refused_round_continues():
     h, bad = _bad_peer_round()
-    h.advertise(); h.share(); h.mask()
+    h.advertise()
+    h.share()
+    h.mask()
     result = h.unmask(tamper=lambda u, m: dataclasses.replace(m, key_shares={h.nodes[0]: b"x" * 66}) if u == bad else m)
     _assert_refused(h, bad, "wrong peers")
     assert bad in result.survivors  # its input counts; its b was rebuilt from the others' shares
@@ -211,7 +220,8 @@ def test_bad_unmask_answer_is_refused_round_continues():
 def test_below_threshold_after_rejections_aborts():
     h = Harness(5, dim=8, seed=3)
     bad = set(h.nodes[:3])
-    from privacy.secagg import ThresholdNotMet
+    from fedsilo.privacy.secagg import ThresholdNotMet
+
     with pytest.raises(ThresholdNotMet):
         h.advertise(tamper=lambda u, m: dataclasses.replace(m, round_id=0) if u in bad else m)
     assert bad <= set(h.refused)
@@ -220,7 +230,9 @@ def test_below_threshold_after_rejections_aborts():
 # --------------------------------------------------------------------------- client refusals
 def _masked_round():
     h = Harness(5, dim=8, seed=21)
-    h.advertise(); h.share(); h.mask()
+    h.advertise()
+    h.share()
+    h.mask()
     return h
 
 
@@ -331,7 +343,8 @@ def test_session_binding_separates_jobs():
 def test_client_notices_a_forwarding_gap():
     """The server forwarded v's shares to every neighbour but u: u refuses to unmask."""
     h = Harness(5, dim=64, seed=17)
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     u, v = h.nodes[0], h.nodes[1]
     del h.requests[u].shares[v]
     h.mask()
@@ -342,7 +355,8 @@ def test_client_notices_a_forwarding_gap():
 def test_corrupted_masked_input_is_detected_not_released():
     """A well-formed but wrongly masked upload makes the masks not cancel: nothing is released."""
     h = Harness(5, dim=64, seed=17)
-    h.advertise(); h.share()
+    h.advertise()
+    h.share()
     bad = h.nodes[2]
     mask = h.server.encoder.mask
 
