@@ -1,4 +1,4 @@
-"""The README's Python API example, executed as a user would run it (a real simulation, then scoring)."""
+"""The Python API example of docs/simulation.md, executed as a user would run it (a real simulation, then scoring)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from _loans import write_loans
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "simulation.md"
 
 
 def readme_example() -> str:
-    """The python block of README section "Scoring new rows, and the Python API"."""
-    section = README.read_text().split("### Scoring new rows, and the Python API", 1)[1]
+    """The python block of docs/simulation.md, section "Scoring new rows, and the Python API"."""
+    section = DOC.read_text().split("## Scoring new rows, and the Python API", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -29,7 +30,7 @@ def test_the_example_is_the_documented_api():
 def test_the_readme_example_runs_and_scores_five_rows(tmp_path):
     write_loans(tmp_path / "loans.csv")
     (tmp_path / "example.py").write_text(readme_example())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
     )
@@ -55,7 +56,7 @@ def test_import_fedsilo_and_the_cli_parser_load_no_torch_flower_or_ray():
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(README.parent)},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
