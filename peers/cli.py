@@ -160,7 +160,7 @@ def _job(sub: argparse._SubParsersAction) -> None:
     family = sub.add_parser("job", help="submit, follow and cancel training jobs (model owners)")
     commands = family.add_subparsers(dest="action", required=True, metavar="ACTION")
     submit = commands.add_parser("submit", help="sign job.toml with your key and submit it to its host")
-    submit.add_argument("file", type=Path, help="job.toml (see README: Run a consortium)")
+    submit.add_argument("file", type=Path, help="job.toml (see docs/consortium.md)")
     submit.add_argument("--peer", required=True, help="the host's https://HOST:PORT")
     submit.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
     submit.add_argument(

@@ -372,7 +372,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         "and one plot (federated ROC-AUC against ε with error bars, yardsticks as lines).",
         epilog="CONFIG is a simulate config plus [sweep] banks, epsilon, dropout, setup, lr, rounds, "
         "partition, model (lists), seeds (a list) or repeats (a count), out, ray-address; "
-        "see README, section Sweeps.",
+        "see docs/scale.md, section Sweeps.",
     )
     p.add_argument("config", metavar="CONFIG", help="TOML file with a [sweep] table")
     p.add_argument(
