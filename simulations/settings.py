@@ -478,7 +478,7 @@ def epilog(settings: Iterable[Setting] = SETTINGS) -> str:
         for section in SECTIONS
         if any(s == section for s, _ in keys)
     )
-    return f"Every setting has a TOML key for --config FILE (flags override it): {by_section}."
+    return f"TOML keys of a --config FILE (flags override them): {by_section}."
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting] = SETTINGS) -> None:
