@@ -58,19 +58,21 @@ SECTIONS = {
 class Setting:
     """One setting: where it is read from (TOML key, flag), what it holds, what it means.
 
-    `name` is the `SimulationConfig` field and the argparse destination (for a command
-    flag, only the latter). `key` None: a flag of the command only; `flag` None: a TOML
-    key only. `job` names the job field the setting fills (`"train.lr"`): its default is
-    that spec's. `note` says what the default means ("all banks"); `repeatable` flags are
-    given once per value; a flag with a `const` may be given without its value.
+    `name` is the `SimulationConfig` field and the argparse destination (for a flag of
+    the command only, just the latter). `toml` is "section.key"; None: a flag of the
+    command only, shown with `--config` or in the `group` of a section. `flag` None: a
+    TOML key only. `kind` is one of `KINDS`. `job` names the job field the setting
+    fills (`"train.lr"`): its default is that spec's. `note` says what the default means
+    ("all banks"); `repeatable` flags are given once per value; a flag with a `const`
+    may be given without its value, which then is `const`.
     """
 
     name: str
-    section: str
-    key: str | None
-    flag: str | None
     kind: str
     help: str
+    toml: str | None = None
+    flag: str | None = None
+    group: str = ""
     metavar: str | None = None
     choices: tuple[str, ...] = ()
     note: str = ""
@@ -81,380 +83,402 @@ class Setting:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"setting {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.section not in (*SECTIONS, RUN) or (self.section == RUN and self.key is not None):
-            raise ValueError(f"setting {self.name}: section {self.section!r} does not fit key {self.key!r}")
-        if self.key is None and self.flag is None:
+        if self.section not in (*SECTIONS, RUN) or (self.toml and (self.group or "." not in self.toml)):
+            where = f"TOML key {self.toml!r}" if self.toml else f"group {self.group!r}"
+            raise ValueError(f"setting {self.name}: {where} is not in a section of {', '.join(SECTIONS)}")
+        if self.toml is None and self.flag is None:
             raise ValueError(f"setting {self.name} has neither a TOML key nor a flag")
+
+    @property
+    def section(self) -> str:
+        """The TOML section, which is the --help group too (`RUN`: the command's own flags)."""
+        return self.toml.split(".", 1)[0] if self.toml else self.group or RUN
+
+    @property
+    def key(self) -> str | None:
+        """The key in the TOML section; None for a flag of the command only."""
+        return self.toml.split(".", 1)[1] if self.toml else None
 
     @property
     def configured(self) -> bool:
         """A `SimulationConfig` field (it has a TOML key), not a flag of the command only."""
-        return self.key is not None
+        return self.toml is not None
 
 
 SETTINGS: tuple[Setting, ...] = (
-    # the command's own flags (no TOML key)
+    # the command's own flags: no TOML key
     Setting(
         "config",
-        RUN,
-        None,
-        "--config",
-        "text",
-        "TOML file of settings, by their TOML keys; flags override it",
+        flag="--config",
+        kind="text",
         metavar="FILE",
+        help="TOML file of settings, by their TOML keys; flags override it",
     ),
-    Setting("json", RUN, None, "--json", "bool", "print a JSON summary as the last line of stdout"),
+    Setting("json", flag="--json", kind="bool", help="print a JSON summary as the last line of stdout"),
     Setting(
         "mlflow",
-        RUN,
-        None,
-        "--mlflow",
-        "text",
-        "log the run to MLflow: parameters, per-round metrics and ε, artefacts (needs pip install 'fedsilo[mlflow]')",
+        flag="--mlflow",
+        kind="text",
         metavar="URI",
-        const="",
         note="no logging; --mlflow alone: ./mlruns, no server",
+        const="",
+        help="log the run to MLflow: parameters, per-round metrics and ε, artefacts (needs pip install "
+        "'fedsilo[mlflow]')",
     ),
-    Setting("quiet", RUN, None, "--quiet", "bool", "no progress display"),
+    Setting("quiet", flag="--quiet", kind="bool", help="no progress display"),
     # [simulation]
-    Setting("banks", "simulation", "banks", "--banks", "int", "number of banks", metavar="N"),
-    Setting("rounds", "simulation", "rounds", "--rounds", "int", "federated rounds", metavar="R", job="train.rounds"),
+    Setting("banks", toml="simulation.banks", flag="--banks", kind="int", metavar="N", help="number of banks"),
+    Setting(
+        "rounds",
+        toml="simulation.rounds",
+        flag="--rounds",
+        kind="int",
+        metavar="R",
+        job="train.rounds",
+        help="federated rounds",
+    ),
     Setting(
         "sample",
-        "simulation",
-        "sample",
-        "--sample",
-        "sample",
-        "banks sampled per round: a count (100) or a fraction in (0, 1] (0.1)",
+        toml="simulation.sample",
+        flag="--sample",
+        kind="sample",
         metavar="K|F",
         note="all banks",
+        help="banks sampled per round: a count (100) or a fraction in (0, 1] (0.1)",
     ),
     Setting(
         "strategy",
-        "simulation",
-        "strategy",
-        "--strategy",
-        "str",
-        "aggregation",
+        toml="simulation.strategy",
+        flag="--strategy",
+        kind="str",
         choices=("fedavg", "fedadam"),
         job="strategy",
+        help="aggregation",
     ),
     Setting(
         "setup",
-        "simulation",
-        "setup",
-        "--setup",
-        "str",
-        "horizontal: same columns everywhere; transfer: each institution its own columns",
+        toml="simulation.setup",
+        flag="--setup",
+        kind="str",
         choices=("horizontal", "transfer"),
+        help="horizontal: same columns everywhere; transfer: each institution its own columns",
     ),
     Setting(
         "compare",
-        "simulation",
-        "compare",
-        "--compare",
-        "names",
-        "yardsticks trained in the same run: centralized, local (each bank alone), common (transfer: a "
-        "horizontal run on the columns all institutions share), or none",
+        toml="simulation.compare",
+        flag="--compare",
+        kind="names",
         metavar="LIST",
         note="centralized,local; with --setup transfer local,common",
+        help="yardsticks trained in the same run: centralized, local (each bank alone), common (transfer: a "
+        "horizontal run on the columns all institutions share), or none",
     ),
     Setting(
         "seed",
-        "simulation",
-        "seed",
-        "--seed",
-        "int",
-        "seed of data, partitions, splits and initial models; DP noise and sampling are secret (OS CSPRNG) "
-        "unless --reproducible",
+        toml="simulation.seed",
+        flag="--seed",
+        kind="int",
         metavar="S",
         job="train.seed",
+        help="seed of data, partitions, splits and initial models; DP noise and sampling are secret (OS "
+        "CSPRNG) unless --reproducible",
     ),
     Setting(
         "reproducible",
-        "simulation",
-        "reproducible",
-        "--reproducible",
-        "bool",
-        "research mode: DP noise and sampling seeded by --seed too, so the run replays exactly; its noise "
-        "can then be replayed by anyone with the seed and its ε is NOT a privacy guarantee",
+        toml="simulation.reproducible",
+        flag="--reproducible",
+        kind="bool",
         job="dp.reproducible",
+        help="research mode: DP noise and sampling seeded by --seed too, so the run replays exactly; its noise"
+        " can then be replayed by anyone with the seed and its ε is NOT a privacy guarantee",
     ),
-    Setting("out", "simulation", "out", "--out", "str", "where run folders are created", metavar="DIR"),
+    Setting(
+        "out",
+        toml="simulation.out",
+        flag="--out",
+        kind="str",
+        metavar="DIR",
+        help="where run folders are created",
+    ),
     Setting(
         "audit",
-        "simulation",
-        "audit",
-        "--audit",
-        "bool",
-        "after the run, measure its privacy leakage as `fedsilo audit-privacy RUN_DIR` does (horizontal setup)",
+        toml="simulation.audit",
+        flag="--audit",
+        kind="bool",
+        help="after the run, measure its privacy leakage as `fedsilo audit-privacy RUN_DIR` does (horizontal setup)",
     ),
     Setting(
         "dropout",
-        "simulation",
-        "dropout",
-        "--dropout",
-        "float",
-        "share of banks that vanish at a random stage of each round",
+        toml="simulation.dropout",
+        flag="--dropout",
+        kind="float",
         metavar="F",
+        help="share of banks that vanish at a random stage of each round",
     ),
     Setting(
         "dropout_concentration",
-        "simulation",
-        "dropout-concentration",
-        "--dropout-concentration",
-        "float",
-        "spread of the banks' own dropout probabilities, Beta(K·F, K·(1−F)) around --dropout F",
+        toml="simulation.dropout-concentration",
+        flag="--dropout-concentration",
+        kind="float",
         metavar="K",
         note="every bank drops with probability F",
+        help="spread of the banks' own dropout probabilities, Beta(K·F, K·(1−F)) around --dropout F",
     ),
     Setting(
         "yardstick_banks",
-        "simulation",
-        "yardstick-banks",
-        "--yardstick-banks",
-        "int",
-        "banks whose held-out rows score the model and train the yardsticks (all banks when fewer); "
-        "local-only runs on the first 20 of them",
+        toml="simulation.yardstick-banks",
+        flag="--yardstick-banks",
+        kind="int",
         metavar="N",
+        help="banks whose held-out rows score the model and train the yardsticks (all banks when fewer); "
+        "local-only runs on the first 20 of them",
     ),
     Setting(
         "ray_address",
-        "simulation",
-        "ray-address",
-        "--ray-address",
-        "text",
-        "run on an existing Ray cluster (its head's address, or 'auto')",
+        toml="simulation.ray-address",
+        flag="--ray-address",
+        kind="text",
         metavar="HOST:PORT",
         note="a private Ray runtime on this machine's cores",
+        help="run on an existing Ray cluster (its head's address, or 'auto')",
     ),
     Setting(
         "cpus_per_bank",
-        "simulation",
-        "cpus-per-bank",
-        "--cpus-per-bank",
-        "float",
-        "Ray CPUs one virtual bank claims",
+        toml="simulation.cpus-per-bank",
+        flag="--cpus-per-bank",
+        kind="float",
         metavar="C",
         note="one bank per core at a time",
+        help="Ray CPUs one virtual bank claims",
     ),
     # [data]
     Setting(
         "data",
-        "data",
-        "path",
-        "--data",
-        "text",
-        "your CSV or Parquet file",
+        toml="data.path",
+        flag="--data",
+        kind="text",
         metavar="PATH",
         note="the embedded synthetic generator",
+        help="your CSV or Parquet file",
     ),
-    Setting("label", "data", "label", "--label", "text", "target column of --data (two values)", metavar="COL"),
+    Setting(
+        "label",
+        toml="data.label",
+        flag="--label",
+        kind="text",
+        metavar="COL",
+        help="target column of --data (two values)",
+    ),
     Setting(
         "positive",
-        "data",
-        "positive",
-        "--positive",
-        "label",
-        "the label value that means the event to predict, e.g. bad (needed for text labels)",
+        toml="data.positive",
+        flag="--positive",
+        kind="label",
         metavar="VALUE",
+        help="the label value that means the event to predict, e.g. bad (needed for text labels)",
     ),
     Setting(
         "id_column",
-        "data",
-        "id-column",
-        "--id-column",
-        "text",
-        "row id column of --data, kept out of the features",
+        toml="data.id-column",
+        flag="--id-column",
+        kind="text",
         metavar="COL",
+        help="row id column of --data, kept out of the features",
     ),
     Setting(
         "keep_columns",
-        "data",
-        "keep-columns",
-        "--keep-column",
-        "names",
-        "use this id-like column (a distinct value on every row) as a feature; repeatable",
+        toml="data.keep-columns",
+        flag="--keep-column",
+        kind="names",
         metavar="COL",
         repeatable=True,
+        help="use this id-like column (a distinct value on every row) as a feature; repeatable",
     ),
     Setting(
         "partition",
-        "data",
-        "partition",
-        "--partition",
-        "text",
-        "how rows are split into banks: iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew)",
+        toml="data.partition",
+        flag="--partition",
+        kind="text",
         metavar="SPEC",
         note="iid",
+        help="how rows are split into banks: iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew)",
     ),
     Setting(
         "customers",
-        "data",
-        "customers",
-        "--customers",
-        "int",
-        "synthetic customers across all banks",
+        toml="data.customers",
+        flag="--customers",
+        kind="int",
         metavar="N",
         note="max(5000, 200 per bank): small banks, 3-10 % defaults",
+        help="synthetic customers across all banks",
     ),
     Setting(
         "scenario",
-        "data",
-        "scenario",
-        "--scenario",
-        "text",
-        "transfer institutions and their columns: a TOML file, or 'uci' for the UCI file",
+        toml="data.scenario",
+        flag="--scenario",
+        kind="text",
         metavar="NAME|FILE",
         note="with the generator: bank, card issuer, broker",
+        help="transfer institutions and their columns: a TOML file, or 'uci' for the UCI file",
     ),
     Setting(
         "overlap",
-        "data",
-        "overlap",
-        "--overlap",
-        "float",
-        "transfer: customers shared between institutions (each is also a client of another with probability "
-        "P); their train/test side is agreed by PSI, no raw id exchanged",
+        toml="data.overlap",
+        flag="--overlap",
+        kind="float",
         metavar="P",
         note="the scenario's, 0",
+        help="transfer: customers shared between institutions (each is also a client of another with "
+        "probability P); their train/test side is agreed by PSI, no raw id exchanged",
     ),
     # [model]
-    Setting("model", "model", "kind", "--model", "str", "model family", choices=("mlp", "logreg"), job="model.kind"),
-    Setting("hidden", "model", "hidden", "--hidden", "widths", "MLP layer widths", metavar="W,W", job="model.hidden"),
+    Setting(
+        "model",
+        toml="model.kind",
+        flag="--model",
+        kind="str",
+        choices=("mlp", "logreg"),
+        job="model.kind",
+        help="model family",
+    ),
+    Setting(
+        "hidden",
+        toml="model.hidden",
+        flag="--hidden",
+        kind="widths",
+        metavar="W,W",
+        job="model.hidden",
+        help="MLP layer widths",
+    ),
     Setting(
         "shared",
-        "model",
-        "shared",
-        "--shared",
-        "names",
-        "aggregated parameters by name prefix ('hidden' keeps each institution's head private)",
+        toml="model.shared",
+        flag="--shared",
+        kind="names",
         metavar="PREFIXES",
         note="all; with --setup transfer shared_input,hidden,head",
+        help="aggregated parameters by name prefix ('hidden' keeps each institution's head private)",
     ),
     Setting(
         "freeze",
-        "model",
-        "freeze",
-        "--freeze",
-        "names",
-        "parameters not to train (with --base-model), e.g. hidden1",
+        toml="model.freeze",
+        flag="--freeze",
+        kind="names",
         metavar="PREFIXES",
+        help="parameters not to train (with --base-model), e.g. hidden1",
     ),
     Setting(
         "base_model",
-        "model",
-        "base",
-        "--base-model",
-        "text",
-        "start from a .safetensors model of an earlier run",
+        toml="model.base",
+        flag="--base-model",
+        kind="text",
         metavar="FILE",
+        help="start from a .safetensors model of an earlier run",
     ),
     # [train]
     Setting(
         "local_epochs",
-        "train",
-        "local-epochs",
-        "--local-epochs",
-        "int",
-        "local epochs per round",
+        toml="train.local-epochs",
+        flag="--local-epochs",
+        kind="int",
         metavar="E",
         job="train.local_epochs",
+        help="local epochs per round",
     ),
     Setting(
         "batch_size",
-        "train",
-        "batch-size",
-        "--batch-size",
-        "int",
-        "expected Poisson batch size",
+        toml="train.batch-size",
+        flag="--batch-size",
+        kind="int",
         metavar="B",
         job="train.batch_size",
+        help="expected Poisson batch size",
     ),
-    Setting("lr", "train", "lr", "--lr", "float", "local learning rate", job="train.lr"),
+    Setting("lr", toml="train.lr", flag="--lr", kind="float", job="train.lr", help="local learning rate"),
     Setting(
         "test_fraction",
-        "train",
-        "test-fraction",
-        None,
-        "float",
-        "share of each bank's rows held out for testing",
+        toml="train.test-fraction",
+        kind="float",
         job="train.test_fraction",
+        help="share of each bank's rows held out for testing",
     ),
     # [dp]
     Setting(
         "dp_mode",
-        "dp",
-        "mode",
-        "--dp",
-        "str",
-        "local: DP-SGD at every bank; distributed: noise shares inside secure aggregation, one full-batch "
-        "step per round (use more rounds); off: no DP",
+        toml="dp.mode",
+        flag="--dp",
+        kind="str",
         choices=("local", "distributed", "off"),
         job="dp.mode",
+        help="local: DP-SGD at every bank; distributed: noise shares inside secure aggregation, one full-batch"
+        " step per round (use more rounds); off: no DP",
     ),
-    Setting("no_dp", "dp", None, "--no-dp", "bool", "same as --dp off (a non-private baseline)"),
+    Setting("no_dp", flag="--no-dp", group="dp", kind="bool", help="same as --dp off (a non-private baseline)"),
     Setting(
         "epsilon",
-        "dp",
-        "epsilon",
-        "--epsilon",
-        "float",
-        "ε each bank may spend on the whole job",
+        toml="dp.epsilon",
+        flag="--epsilon",
+        kind="float",
         metavar="E",
         job="dp.epsilon",
+        help="ε each bank may spend on the whole job",
     ),
-    Setting("delta", "dp", "delta", "--delta", "float", "δ of each bank's guarantee", metavar="D", job="dp.delta"),
+    Setting(
+        "delta",
+        toml="dp.delta",
+        flag="--delta",
+        kind="float",
+        metavar="D",
+        job="dp.delta",
+        help="δ of each bank's guarantee",
+    ),
     Setting(
         "max_grad_norm",
-        "dp",
-        "max-grad-norm",
-        "--max-grad-norm",
-        "float",
-        "per-example gradient clipping bound",
+        toml="dp.max-grad-norm",
+        flag="--max-grad-norm",
+        kind="float",
         metavar="C",
         job="dp.max_grad_norm",
+        help="per-example gradient clipping bound",
     ),
     Setting(
-        "accountant", "dp", "accountant", None, "str", "privacy accountant", choices=("prv", "rdp"), job="dp.accountant"
+        "accountant",
+        toml="dp.accountant",
+        kind="str",
+        choices=("prv", "rdp"),
+        job="dp.accountant",
+        help="privacy accountant",
     ),
     # [secagg]
     Setting(
         "secure_aggregation",
-        "secagg",
-        "mode",
-        "--secure-aggregation",
-        "str",
-        "SecAgg+ secure aggregation of every round; off: plaintext baseline",
+        toml="secagg.mode",
+        flag="--secure-aggregation",
+        kind="str",
         choices=("on", "off"),
         job="secagg.mode",
+        help="SecAgg+ secure aggregation of every round; off: plaintext baseline",
     ),
     Setting(
         "secagg_clip",
-        "secagg",
-        "clip",
-        None,
-        "float",
-        "per-coordinate bound on an update before fixed-point encoding",
+        toml="secagg.clip",
+        kind="float",
         job="secagg.clip",
+        help="per-coordinate bound on an update before fixed-point encoding",
     ),
     Setting(
         "secagg_dropout_fraction",
-        "secagg",
-        "dropout-fraction",
-        None,
-        "float",
-        "share of dropouts the protocol must survive",
+        toml="secagg.dropout-fraction",
+        kind="float",
         job="secagg.dropout_fraction",
+        help="share of dropouts the protocol must survive",
     ),
     Setting(
         "secagg_collusion_fraction",
-        "secagg",
-        "collusion-fraction",
-        None,
-        "float",
-        "share of peers that may collude with the host",
+        toml="secagg.collusion-fraction",
+        kind="float",
         job="secagg.collusion_fraction",
+        help="share of peers that may collude with the host",
     ),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

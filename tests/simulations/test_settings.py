@@ -82,8 +82,8 @@ def test_the_table_is_the_configuration_and_the_flags_of_before():
 
 
 def test_a_new_row_becomes_a_flag_a_toml_key_an_override_and_a_documented_setting():
-    warmup = Setting("warmup", "train", "warm-up", "--warm-up", "int", "rounds before DP starts", metavar="W")
-    momentum = Setting("momentum", "train", "momentum", None, "float", "server momentum")
+    warmup = Setting("warmup", toml="train.warm-up", flag="--warm-up", kind="int", metavar="W", help="rounds before DP")
+    momentum = Setting("momentum", toml="train.momentum", kind="float", help="server momentum")
     table = (*SETTINGS, warmup, momentum)
     parser = argparse.ArgumentParser(formatter_class=settings.HelpFormatter)
     settings.add_arguments(parser, table)
@@ -95,9 +95,9 @@ def test_a_new_row_becomes_a_flag_a_toml_key_an_override_and_a_documented_settin
     assert "warmup" in settings.overridable(table) and "momentum" not in settings.overridable(table)
     assert "[train] local-epochs, batch-size, lr, test-fraction, warm-up, momentum;" in settings.epilog(table)
     rows = settings.markdown_table(table).splitlines()
-    assert "| `--warm-up W` | `[train] warm-up` | integer |  | rounds before DP starts |" in rows
+    assert "| `--warm-up W` | `[train] warm-up` | integer |  | rounds before DP |" in rows
     assert "|  | `[train] momentum` | number |  | server momentum |" in rows
-    assert "rounds before DP starts" in parser.format_help()
+    assert "--warm-up W rounds before DP" in " ".join(parser.format_help().split())
 
 
 def test_an_unknown_toml_key_is_refused_naming_the_valid_keys(tmp_path):
@@ -167,11 +167,16 @@ def test_choices_and_notes_agree_with_what_checks_them():
 
 def test_a_row_that_cannot_work_is_refused():
     with pytest.raises(ValueError, match="kind 'integer'"):
-        Setting("n", "train", "n", "--n", "integer", "a count")
-    with pytest.raises(ValueError, match="section 'privacy'"):
-        Setting("n", "privacy", "n", "--n", "int", "a count")
+        Setting("n", toml="train.n", kind="integer", help="a count")
+    with pytest.raises(ValueError, match="TOML key 'privacy.n' is not in a section"):
+        Setting("n", toml="privacy.n", flag="--n", kind="int", help="a count")
+    with pytest.raises(ValueError, match="TOML key 'train' is not in a section"):
+        Setting("n", toml="train", kind="int", help="a count")
+    with pytest.raises(ValueError, match="group 'privacy' is not in a section"):
+        Setting("n", flag="--n", group="privacy", kind="int", help="a count")
     with pytest.raises(ValueError, match="neither a TOML key nor a flag"):
-        Setting("n", "train", None, None, "int", "a count")
+        Setting("n", kind="int", help="a count")
+    assert Setting("n", flag="--n", group="dp", kind="int", help="a count").section == "dp"
 
 
 def test_the_help_imports_nothing_heavy():
