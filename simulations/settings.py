@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -543,15 +544,18 @@ class HelpFormatter(argparse.HelpFormatter):
         if setting is None or action.help is None:
             return action.help
         value, note = default_parts(setting, _defaults())
-        shown = None if setting.kind == "bool" else value
-        if shown is None and not note:
+        if setting.kind == "bool":
+            value = None  # a switch: given or not
+        if value is None and not note:
             return action.help
-        default = f"default {shown}: {note}" if shown and note else f"default {shown}" if shown else f"default: {note}"
+        default = f"default {value}" if value is not None else "default"
+        default += f": {note}" if note else ""
         return f"{action.help} ({default.replace('%', '%%')})"
 
 
+@lru_cache(maxsize=1)
 def _defaults() -> Any:
-    """A default `SimulationConfig` (imported here: it brings the job's specs and numpy)."""
+    """The default `SimulationConfig` (imported here: it brings the job's specs and numpy)."""
     from fedsilo.simulations.config import SimulationConfig
 
     return SimulationConfig()
@@ -575,9 +579,9 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def markdown_table(settings: Iterable[Setting] = SETTINGS, defaults: Any = None) -> str:
+def markdown_table(settings: Iterable[Setting] = SETTINGS) -> str:
     """The configuration table of the documentation: one row per setting, the command's own flags last."""
-    defaults = _defaults() if defaults is None else defaults
+    defaults = _defaults()
     settings = tuple(settings)
     ordered = [s for section in SECTIONS for s in settings if s.section == section]
     ordered += [s for s in settings if s.section == RUN]
