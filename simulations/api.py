@@ -11,7 +11,7 @@ These names are stable: the CLI (`simulations/cli.py`, `simulations/sweep.py`,
 `simulations/score_cli.py`) is built on them. `simulate` takes the settings of
 `fedsilo simulate` as keyword arguments named like the flags (`banks`, `rounds`,
 `epsilon`, `data`, `label`, `id_column`, `dp_mode`, ...: the fields of
-`SimulationConfig`), or a `SimulationConfig`, or a TOML file's path, with keywords
+`SimulationConfig`, listed in `fedsilo.simulations.settings`), or a `SimulationConfig`, or a TOML file's path, with keywords
 overriding the file. Bad input raises the project's own exceptions
 (`fedsilo.errors.FedsiloError`) before anything is trained or written.
 

@@ -1,19 +1,11 @@
 """The configuration of one simulation, from defaults, a TOML file and CLI flags.
 
-Precedence: defaults < `--config FILE` < flags. Every flag has a TOML key:
-
-    [simulation]  banks, rounds, seed, out, strategy, dropout, compare = ["centralized", "local"]
-    [simulation]  sample (banks per round: a count, or a fraction in (0, 1]), ray-address,
-                  cpus-per-bank, dropout-concentration, yardstick-banks
-    [data]        path, label, id-column, partition, customers (synthetic rows in all)
-    [data]        positive (the label value of the event to predict), keep-columns = ["NAME"]
-    [model]       kind = "mlp" | "logreg", hidden = [64, 32], shared = ["hidden", "head"], freeze, base
-    [simulation]  audit = true (privacy self-audit at the end of the run)
-    [simulation]  reproducible = true (research mode: DP noise seeded by `seed`, so NOT private)
-    [simulation]  setup = "horizontal" | "transfer";  [data] scenario = "uci" | FILE.toml, overlap
-    [train]       local-epochs, batch-size, lr, test-fraction
-    [dp]          mode = "local" | "distributed" | "off", epsilon, delta, max-grad-norm, accountant
-    [secagg]      mode = "on" | "off", clip, dropout-fraction, collusion-fraction
+Precedence: defaults < `--config FILE` < flags. Every setting, its TOML section and key
+and its flag are declared once, in `fedsilo.simulations.settings` (`python -m
+fedsilo.simulations.settings` prints them as a table). The defaults are
+`SimulationConfig`'s; those of the job's settings (rounds, training, DP, secure
+aggregation, model) are the job's specs' (`TrainSpec`, `DPSpec`, `SecAggSpec`,
+`ModelSpec`), not restated here.
 
 With no file and no flags the defaults describe a small run on the embedded synthetic
 generator. Unknown sections or keys, and values of the wrong type, raise
@@ -31,68 +23,30 @@ from fedsilo.errors import ConfigError
 from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
 from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.peers.toml_file import read_toml
+from fedsilo.simulations.settings import BY_NAME, toml_keys
 
 COMPARISONS = ("centralized", "local", "common")
 SETUPS = ("horizontal", "transfer")
 
 # TOML (section, key) -> SimulationConfig field
-TOML_KEYS: dict[tuple[str, str], str] = {
-    ("simulation", "banks"): "banks",
-    ("simulation", "rounds"): "rounds",
-    ("simulation", "seed"): "seed",
-    ("simulation", "out"): "out",
-    ("simulation", "strategy"): "strategy",
-    ("simulation", "compare"): "compare",
-    ("simulation", "dropout"): "dropout",
-    ("simulation", "setup"): "setup",
-    ("simulation", "audit"): "audit",
-    ("simulation", "reproducible"): "reproducible",
-    ("simulation", "sample"): "sample",
-    ("simulation", "ray-address"): "ray_address",
-    ("simulation", "cpus-per-bank"): "cpus_per_bank",
-    ("simulation", "dropout-concentration"): "dropout_concentration",
-    ("simulation", "yardstick-banks"): "yardstick_banks",
-    ("data", "scenario"): "scenario",
-    ("model", "shared"): "shared",
-    ("model", "freeze"): "freeze",
-    ("model", "base"): "base_model",
-    ("data", "path"): "data",
-    ("data", "label"): "label",
-    ("data", "id-column"): "id_column",
-    ("data", "positive"): "positive",
-    ("data", "keep-columns"): "keep_columns",
-    ("data", "partition"): "partition",
-    ("data", "customers"): "customers",
-    ("data", "overlap"): "overlap",
-    ("model", "kind"): "model",
-    ("model", "hidden"): "hidden",
-    ("train", "local-epochs"): "local_epochs",
-    ("train", "batch-size"): "batch_size",
-    ("train", "lr"): "lr",
-    ("train", "test-fraction"): "test_fraction",
-    ("dp", "mode"): "dp_mode",
-    ("dp", "epsilon"): "epsilon",
-    ("dp", "delta"): "delta",
-    ("dp", "max-grad-norm"): "max_grad_norm",
-    ("dp", "accountant"): "accountant",
-    ("secagg", "mode"): "secure_aggregation",
-    ("secagg", "clip"): "secagg_clip",
-    ("secagg", "dropout-fraction"): "secagg_dropout_fraction",
-    ("secagg", "collusion-fraction"): "secagg_collusion_fraction",
-}
+TOML_KEYS: dict[tuple[str, str], str] = toml_keys()
 
 SYNTHETIC_LABEL = "default"
 
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    """All settings of a `fedsilo simulate` run, validated on construction."""
+    """All settings of a `fedsilo simulate` run, validated on construction.
+
+    Each field is a row of `fedsilo.simulations.settings.SETTINGS` (its TOML key, flag,
+    kind and help); a job setting's default is its spec's.
+    """
 
     banks: int = 5
-    rounds: int = 10
-    seed: int = 0
+    rounds: int = TrainSpec.rounds
+    seed: int = TrainSpec.seed
     out: str = "runs"
-    strategy: str = "fedavg"
+    strategy: str = JobConfig.strategy
     compare: tuple[str, ...] | None = None  # None: the setup's default yardsticks
     data: str | None = None
     label: str | None = None
@@ -101,21 +55,21 @@ class SimulationConfig:
     keep_columns: tuple[str, ...] = ()  # id-like columns to keep as features
     partition: str | None = None
     customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
-    model: str = "mlp"
-    hidden: tuple[int, ...] = (64, 32)
-    local_epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.5
-    test_fraction: float = 0.2
-    dp_mode: str = "local"
-    epsilon: float = 3.0
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    accountant: str = "prv"
-    secure_aggregation: str = "on"
-    secagg_clip: float = 8.0
-    secagg_dropout_fraction: float = 0.3
-    secagg_collusion_fraction: float = 0.1
+    model: str = ModelSpec.kind
+    hidden: tuple[int, ...] = ModelSpec.hidden
+    local_epochs: int = TrainSpec.local_epochs
+    batch_size: int = TrainSpec.batch_size
+    lr: float = TrainSpec.lr
+    test_fraction: float = TrainSpec.test_fraction
+    dp_mode: str = DPSpec.mode
+    epsilon: float = DPSpec.epsilon
+    delta: float = DPSpec.delta
+    max_grad_norm: float = DPSpec.max_grad_norm
+    accountant: str = DPSpec.accountant
+    secure_aggregation: str = SecAggSpec.mode
+    secagg_clip: float = SecAggSpec.clip
+    secagg_dropout_fraction: float = SecAggSpec.dropout_fraction
+    secagg_collusion_fraction: float = SecAggSpec.collusion_fraction
     dropout: float = 0.0
     setup: str = "horizontal"
     scenario: str | None = None
@@ -126,7 +80,7 @@ class SimulationConfig:
     audit: bool = False  # run `fedsilo audit-privacy` on the run folder at the end
     # research mode: DP-SGD's sampling and noise seeded by `seed` (replayable, so not private);
     # data, partitions, splits and initial weights follow `seed` either way
-    reproducible: bool = False
+    reproducible: bool = DPSpec.reproducible
     sample: int | float | None = None  # None: every bank in every round
     ray_address: str | None = None
     cpus_per_bank: float = 1.0
@@ -274,36 +228,36 @@ class SimulationConfig:
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
-    """Convert a TOML or flag value to the type of field `name`, or say what is wrong."""
-    default = getattr(SimulationConfig(), name)
-    if name == "sample":
+    """Convert a TOML or flag value to the kind of setting `name` (see settings.KINDS), or say what is wrong."""
+    kind = BY_NAME[name].kind
+    if kind == "sample":
         return _sample(value, where)
-    if name == "positive":
+    if kind == "label":
         if isinstance(value, (dict, list)):
             raise ConfigError(f'{where} must be one label value, e.g. "bad" or 1, got {value!r}')
         return str(value).lower() if isinstance(value, bool) else str(value)
-    if name in ("compare", "hidden", "shared", "freeze", "keep_columns"):
+    if kind in ("names", "widths"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         try:
-            if name == "hidden":
+            if kind == "widths":
                 return tuple(int(i) for i in items)
             return tuple(str(i).strip() for i in items if str(i).strip() and str(i).strip() != "none")
         except ValueError:
             raise ConfigError(f"{where} must list integers, got {value!r}") from None
-    if name in ("data", "label", "id_column", "partition", "scenario", "base_model", "ray_address"):
+    if kind == "text":
         if value is not None and not isinstance(value, (str, Path)):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return None if value is None else str(value)
-    expected = int if name == "customers" else float if name == "overlap" else type(default)
+    expected = {"int": int, "float": float, "bool": bool, "str": str}[kind]
     if expected is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if expected is bool or not isinstance(value, expected) or isinstance(value, bool):
+    if not isinstance(value, expected) or isinstance(value, bool):
         raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
     return value
 

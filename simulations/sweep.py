@@ -52,21 +52,16 @@ from typing import TYPE_CHECKING, Any
 from fedsilo.errors import ConfigError
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.simulations.run_folder import RunFolder, new_run_name
+from fedsilo.simulations.settings import BY_NAME
 
 if TYPE_CHECKING:  # the config imports torch: only `load_sweep` needs it, not `fedsilo --help`
     from fedsilo.simulations.config import SimulationConfig
     from fedsilo.simulations.progress import Progress
 
-# [sweep] key -> (section, key) of the simulate config it varies
+# [sweep] key -> (section, key) of the simulate config it varies (each key is the setting's name)
 GRID_KEYS = {
-    "banks": ("simulation", "banks"),
-    "epsilon": ("dp", "epsilon"),
-    "dropout": ("simulation", "dropout"),
-    "setup": ("simulation", "setup"),
-    "lr": ("train", "lr"),
-    "rounds": ("simulation", "rounds"),
-    "partition": ("data", "partition"),
-    "model": ("model", "kind"),
+    name: (BY_NAME[name].section, str(BY_NAME[name].key))
+    for name in ("banks", "epsilon", "dropout", "setup", "lr", "rounds", "partition", "model")
 }
 SEED_KEYS = ("seeds", "repeats")
 OTHER_KEYS = ("out", "ray-address")
