@@ -355,9 +355,9 @@ def _expire_test(consortium, monkeypatch, sweep_seconds, during):
     """Propose a job expiring in 2 s to bank-b, run `during(services)` 2.6 s later; bank-b's state before and after."""
     import asyncio
 
-    import fedsilo.peers.daemon.service as service_module
+    import fedsilo.peers.daemon.roles.participating as participating_module
 
-    monkeypatch.setattr(service_module, "EXPIRY_SWEEP_SECONDS", sweep_seconds)
+    monkeypatch.setattr(participating_module, "EXPIRY_SWEEP_SECONDS", sweep_seconds)
 
     async def body(envelope):
         async with running(consortium, ["bank-b"]) as services:
