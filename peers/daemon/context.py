@@ -7,7 +7,8 @@ for its jobs. It holds the helpers every role shares, so none is copied per role
 
 * `run` sends a piece of state-changing work through the mailbox (so it runs alone,
   in arrival order) and audits a `Refused` it raises; `record_refusal` audits a
-  refusal or failure the HTTP layer saw; `set_state` moves a job and audits it.
+  refusal or failure the HTTP layer saw; `set_state` moves a job and audits it;
+  `audit_job` audits a step on a job inside the caller's transaction.
 * `spawn` runs background work (proposing, training, notifying) outside the mailbox;
   that work comes back into the mailbox (`mailbox.ask`) for every state change.
 * `verify` / `check_replay` check a signed job; `view` is a job as its API shows it;
@@ -27,7 +28,7 @@ from fedsilo.peers.daemon.actor import Mailbox
 from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.config import PeerConfig
 from fedsilo.peers.daemon.signed_job import SignedJob, verify_envelope
-from fedsilo.peers.daemon.store import PeerStore
+from fedsilo.peers.daemon.store import JobRow, PeerStore
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.identity.consortium import Identity
 from fedsilo.privacy.ledger import SQLiteLedger
@@ -92,6 +93,10 @@ class PeerContext:
                 self.store.audit.append(actor, action, outcome, detail)
 
         await self.mailbox.ask(work)
+
+    def audit_job(self, actor: str, action: str, detail: str, job: JobRow | SignedJob) -> None:
+        """Audit a successful `action` on `job` and its data source here (inside the caller's store transaction)."""
+        self.store.audit.append(actor, action, "ok", detail, job=job.job_id, source=job.source)
 
     async def set_state(self, job_id: str, state: str, action: str, detail: str) -> None:
         """Move a job to `state` and audit it as `action` (in the mailbox: the caller's work or `mailbox.ask`)."""

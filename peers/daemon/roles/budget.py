@@ -44,13 +44,11 @@ class Budget:
             projected = self.ctx.ledger.reserve(job.source, job.job_id, list(acceptance.planned))
         except BudgetExceeded as error:
             raise Refused(f"budget: {error}", 403) from None
-        self.ctx.store.audit.append(
+        self.ctx.audit_job(
             actor,
             "budget.reserve",
-            "ok",
             f"projected ε = {projected:.4f} of {self.ctx.config.sources[job.source].epsilon:g}",
-            job=job.job_id,
-            source=job.source,
+            job,
         )
 
     def commit(self, job: JobRow, spent: list[Mechanism] | None) -> list[Mechanism]:
@@ -68,14 +66,12 @@ class Budget:
         self.ctx.ledger.commit(job.source, job.job_id, mechanisms)
         source = self.ctx.config.sources[job.source]
         epsilon = epsilon_spent(mechanisms, source.delta, source.accountant)
-        self.ctx.store.audit.append(
+        self.ctx.audit_job(
             "local",
             "budget.commit",
-            "ok",
             f"ε = {epsilon:.4f} spent"
             + (" (the whole reservation: the job may have released updates)" if spent is None else ""),
-            job=job.job_id,
-            source=job.source,
+            job,
         )
         return mechanisms
 
@@ -85,9 +81,7 @@ class Budget:
         source = self.ctx.config.sources[job.source]
         self.ctx.ledger.commit(job.source, job.job_id, spent)
         epsilon = epsilon_spent(spent, source.delta, source.accountant)
-        self.ctx.store.audit.append(
-            "local", "budget.commit", "ok", f"ε = {epsilon:.4f} spent", job=job.job_id, source=job.source
-        )
+        self.ctx.audit_job("local", "budget.commit", f"ε = {epsilon:.4f} spent", job)
         return epsilon
 
     def release(self, job_id: str) -> bool:
@@ -99,5 +93,5 @@ class Budget:
         if record is None or record.state != "reserved":
             return False
         self.ctx.ledger.release(job.source, job_id)
-        self.ctx.store.audit.append("local", "budget.release", "ok", "", job=job_id, source=job.source)
+        self.ctx.audit_job("local", "budget.release", "", job)
         return True

@@ -52,7 +52,7 @@ class Cancellation:
                     f"cancelled by {caller.name}",
                     spent=[m.to_dict() for m in spent] if spent else None,
                 )
-                self.ctx.store.audit.append(caller.name, "job.cancel", "ok", settled, job=job_id, source=job.source)
+                self.ctx.audit_job(caller.name, "job.cancel", settled, job)
             if job.hosting:
                 self.ctx.spawn(self.hosting.tell_participants(job_id, "cancel"))
             return self.ctx.view(job_id)

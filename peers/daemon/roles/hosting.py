@@ -257,9 +257,7 @@ class Hosting:
             else:
                 settled = "reservation released" if self.budget.release(job_id) else "no reservation held"
             self.ctx.store.set_state(job_id, "failed", reason, spent=spent)
-            self.ctx.store.audit.append(
-                "local", "job.failed", "ok", f"{reason}; {settled}", job=job_id, source=job.source
-            )
+            self.ctx.audit_job("local", "job.failed", f"{reason}; {settled}", job)
         self.ctx.spawn(self.tell_participants(job_id, "cancel"))
 
     async def report(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:

@@ -66,9 +66,7 @@ class Participating:
                 return acceptance.to_json()
             except Refused as refusal:
                 with self.ctx.store.transaction():
-                    self.ctx.store.audit.append(
-                        caller.name, "job.decline", "ok", str(refusal), job=job.job_id, source=job.source
-                    )
+                    self.ctx.audit_job(caller.name, "job.decline", str(refusal), job)
                 return {"decision": "declined", "reason": str(refusal)}
 
         return await self.ctx.run(caller.name, "job.propose", work, job=job_id_of(envelope))
@@ -97,14 +95,7 @@ class Participating:
 
     def record_acceptance(self, job: SignedJob, acceptance: Acceptance, actor: str) -> None:
         """Audit the acceptance and reserve its plan (inside the caller's store transaction, the job inserted)."""
-        self.ctx.store.audit.append(
-            actor,
-            "job.accept",
-            "ok",
-            f"owner {job.owner}, ε ≤ {job.config.dp.epsilon:g}",
-            job=job.job_id,
-            source=job.source,
-        )
+        self.ctx.audit_job(actor, "job.accept", f"owner {job.owner}, ε ≤ {job.config.dp.epsilon:g}", job)
         self.budget.reserve(job, acceptance, actor)
 
     async def start_training(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
@@ -193,14 +184,12 @@ class Participating:
                 self.ctx.store.set_state(job_id, "training", job.detail, spent=spent_json)
             elif failure:
                 self.ctx.store.set_state(job_id, "failed", failure, spent=spent_json)
-                self.ctx.store.audit.append("local", "job.failed", "ok", failure, job=job_id, source=job.source)
+                self.ctx.audit_job("local", "job.failed", failure, job)
             else:
                 self.ctx.store.set_state(
                     job_id, "finished", f"spent ε = {epsilon:.4f} of data source {job.source}", spent=spent_json
                 )
-                self.ctx.store.audit.append(
-                    "local", "job.finished", "ok", f"ε = {epsilon:.4f}", job=job_id, source=job.source
-                )
+                self.ctx.audit_job("local", "job.finished", f"ε = {epsilon:.4f}", job)
         return Report(tuple(spent), epsilon, source.delta, source.accountant, failure)
 
     def expire_overdue(self) -> None:
@@ -215,14 +204,7 @@ class Participating:
                 released = self.budget.release(job.job_id)
                 detail = f"the host did not start it before the job expired at {expires.isoformat()}"
                 self.ctx.store.set_state(job.job_id, "expired", detail)
-                self.ctx.store.audit.append(
-                    "local",
-                    "job.expired",
-                    "ok",
-                    detail + ("; reservation released" if released else ""),
-                    job=job.job_id,
-                    source=job.source,
-                )
+                self.ctx.audit_job("local", "job.expired", detail + ("; reservation released" if released else ""), job)
 
     async def sweep_expired(self) -> None:
         """Run `expire_overdue` in the mailbox every `EXPIRY_SWEEP_SECONDS`, for the daemon's life."""

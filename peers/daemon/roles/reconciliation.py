@@ -66,32 +66,18 @@ class Reconciliation:
                         "the daemon stopped during training; the whole reservation is counted as spent",
                         spent=spent,
                     )
-                    store.audit.append(
-                        "local",
-                        "job.interrupted",
-                        "ok",
-                        "restart during training: reservation committed as spent",
-                        job=job.job_id,
-                        source=job.source,
+                    self.ctx.audit_job(
+                        "local", "job.interrupted", "restart during training: reservation committed as spent", job
                     )
                 elif job.hosting:
                     if record is not None and record.state == "reserved":
                         ledger.release(job.source, job.job_id)
                     store.set_state(job.job_id, "interrupted", "the host restarted before training started")
-                    store.audit.append(
-                        "local",
-                        "job.interrupted",
-                        "ok",
-                        "restart before training: reservation released",
-                        job=job.job_id,
-                        source=job.source,
-                    )
+                    self.ctx.audit_job("local", "job.interrupted", "restart before training: reservation released", job)
                     self.ctx.spawn(self.hosting.tell_participants(job.job_id, "cancel"))
                 elif record is None:
                     store.set_state(job.job_id, "interrupted", "its budget reservation is missing after a restart")
-                    store.audit.append(
-                        "local", "job.interrupted", "ok", "reservation missing", job=job.job_id, source=job.source
-                    )
+                    self.ctx.audit_job("local", "job.interrupted", "reservation missing", job)
         for source in self.ctx.config.sources:
             for job_id, record in ledger.jobs(source).items():
                 if record.state != "reserved" or job_id in active:

@@ -274,16 +274,8 @@ def test_every_route_refuses_malformed_requests_without_a_server_error(consortiu
     assert main(["audit", "verify", "--config", str(consortium.config_path("bank-a"))]) == 0
 
 
-ACCEPTED = Acceptance(
-    peer="bank-b",
-    rows=500,
-    n_train=400,
-    fingerprint="sha256",
-    planned=(Mechanism(1.2, 0.25, 40),),
-    delta=1e-5,
-    accountant="rdp",
-    node_public_key="key",
-)  # what a participant replied when it accepted
+# what a participant replied when it accepted
+ACCEPTED = Acceptance("bank-b", 500, 400, "sha256", (Mechanism(1.2, 0.25, 40),), 1e-5, "rdp", "key")
 
 
 PLANNED = {"noise_multiplier": 1.2, "sample_rate": 0.25}
