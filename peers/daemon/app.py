@@ -153,10 +153,12 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     service, viewer = _service(request), _viewer(request)
     counts: dict[str, int] = {}
-    for job in service.visible_jobs(viewer):
+    for job in service.views.visible_jobs(viewer):
         counts[job.state] = counts.get(job.state, 0) + 1
     models = [
-        m for m in service.store.models() if viewer is None or service.may_read_model(request[MEMBER], m["job_id"])
+        m
+        for m in service.store.models()
+        if viewer is None or service.views.may_read_model(request[MEMBER], m["job_id"])
     ]
     return web.json_response(
         {
@@ -164,7 +166,7 @@ async def status(request: web.Request) -> web.Response:
             "consortium": service.identity.manifest.consortium,
             "manifest_version": service.identity.manifest.version,
             "jobs": counts,
-            "sources": service.visible_sources(viewer),
+            "sources": service.views.visible_sources(viewer),
             "models": len(models),
             "you": viewer or "operator",
         }
@@ -177,21 +179,21 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def submit_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).submit(request[MEMBER], body), status=201)
+    return web.json_response(await _service(request).hosting.submit(request[MEMBER], body), status=201)
 
 
 async def propose_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).propose(request[MEMBER], body))
+    return web.json_response(await _service(request).participating.propose(request[MEMBER], body))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    return web.json_response({"jobs": [j.summary() for j in _service(request).visible_jobs(_viewer(request))]})
+    return web.json_response({"jobs": [j.summary() for j in _service(request).views.visible_jobs(_viewer(request))]})
 
 
 async def get_job(request: web.Request) -> web.Response:
     job_id, viewer = request.match_info["job_id"], _viewer(request)
-    view = _service(request).job_view(job_id, viewer)
+    view = _service(request).views.job_view(job_id, viewer)
     if view is None:  # the same answer whether the job exists or not
         if viewer is None:
             raise Refused(f"no job {job_id!r} here", 404)
@@ -205,24 +207,28 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     await read_json(request)
-    return web.json_response(await _service(request).cancel(request[MEMBER], request.match_info["job_id"]))
+    return web.json_response(await _service(request).cancellation.cancel(request[MEMBER], request.match_info["job_id"]))
 
 
 async def start_job(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(
-        await _service(request).start_training(request[MEMBER], request.match_info["job_id"], body)
+        await _service(request).participating.start_training(request[MEMBER], request.match_info["job_id"], body)
     )
 
 
 async def report_job(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).report(request[MEMBER], request.match_info["job_id"], body))
+    return web.json_response(
+        await _service(request).hosting.report(request[MEMBER], request.match_info["job_id"], body)
+    )
 
 
 async def replicate_model(request: web.Request) -> web.Response:
     await read_json(request)
-    return web.json_response(await _service(request).replicate(request[MEMBER], request.match_info["job_id"]))
+    return web.json_response(
+        await _service(request).replication.replicate(request[MEMBER], request.match_info["job_id"])
+    )
 
 
 def _model(request: web.Request) -> tuple[str, Any]:
@@ -230,7 +236,7 @@ def _model(request: web.Request) -> tuple[str, Any]:
     found = service.store.model(job_id)
     if found is None:
         raise Refused(f"no model of job {job_id!r} here", 404)
-    if not service.may_read_model(request[MEMBER], job_id):
+    if not service.views.may_read_model(request[MEMBER], job_id):
         raise Refused(
             f"{request[MEMBER].name} may not pull the model of job {job_id}: only its owner, its "
             "participants and the readers in this peer's policy can",
@@ -241,7 +247,7 @@ def _model(request: web.Request) -> tuple[str, Any]:
 
 async def list_models(request: web.Request) -> web.Response:
     service = _service(request)
-    visible = [m for m in service.store.models() if service.may_read_model(request[MEMBER], m["job_id"])]
+    visible = [m for m in service.store.models() if service.views.may_read_model(request[MEMBER], m["job_id"])]
     return web.json_response(
         {"models": [{k: m[k] for k in ("job_id", "version", "signer", "created")} for m in visible]}
     )
@@ -297,21 +303,26 @@ async def audit_export(request: web.Request) -> web.Response:
 
 
 async def budget(request: web.Request) -> web.Response:
-    return web.json_response({"peer": _service(request).name, "sources": _service(request).budgets(_viewer(request))})
+    return web.json_response(
+        {"peer": _service(request).name, "sources": _service(request).views.budgets(_viewer(request))}
+    )
 
 
 async def lists(request: web.Request) -> web.Response:
     return web.json_response(
-        {"peer": _service(request).name, "lists": _service(request).lists.shared_with(request[MEMBER].name)}
+        {
+            "peer": _service(request).name,
+            "lists": _service(request).list_serving.lists.shared_with(request[MEMBER].name),
+        }
     )
 
 
 async def _serve_list(request: web.Request, action: str, work: str, binary_body: bool = True) -> web.Response:
     service, member, name = _service(request), request[MEMBER], request.match_info["name"]
     body = await read_frames(request) if binary_body else b""
-    method = getattr(service.lists, work)
+    method = getattr(service.list_serving.lists, work)
     args = (member.name, name, body) if binary_body else (member.name, name)
-    reply = await service.serve_list(member, action, name, lambda: method(*args))
+    reply = await service.list_serving.serve(member, action, name, lambda: method(*args))
     return web.Response(body=reply, content_type=FRAMES)
 
 
@@ -333,7 +344,7 @@ async def query_answer(request: web.Request) -> web.Response:
 
 async def record_own(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return web.json_response(await _service(request).record_own(request[MEMBER], body), status=201)
+    return web.json_response(await _service(request).list_serving.record_own(request[MEMBER], body), status=201)
 
 
 ROUTES: list[tuple[str, str, Handler]] = [

@@ -15,34 +15,36 @@ import math
 from typing import Any
 
 from fedsilo.errors import ConfigError
+from fedsilo.peers.daemon.participants import Participant, Report
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.identity.signing import canonical_json
 from fedsilo.peers.provenance import package_versions
-from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.accounting.compose import accounting_note
 
 SCHEMA = "fedsilo.model-card/1"
 
 
 def build_card(
-    job: SignedJob, participants: list[dict[str, Any]], reports: dict[str, dict[str, Any]], metrics: dict[str, Any]
+    job: SignedJob, participants: list[Participant], reports: dict[str, Report], metrics: dict[str, Any]
 ) -> dict[str, Any]:
+    """The unsigned card of `job`: one row per accepted participant (its `reports` entry if it reported)."""
     config = job.config
     rows = []
     for participant in participants:
-        if participant["decision"] != "accepted":
+        if participant.decision != "accepted":
             continue
-        reply, report = participant["reply"] or {}, reports.get(participant["peer"])
+        accepted, report = participant.acceptance, reports.get(participant.peer)
         rows.append(
             {
-                "peer": participant["peer"],
-                "rows": reply.get("rows"),
-                "training_rows": reply.get("n_train"),
-                "data_fingerprint": reply.get("fingerprint"),
-                "epsilon": None if report is None else report["epsilon"],
-                "delta": None if report is None else report["delta"],
-                "accountant": None if report is None else report["accountant"],
-                "spent": None if report is None else report["spent"],
+                "peer": participant.peer,
+                "rows": None if accepted is None else accepted.rows,
+                "training_rows": None if accepted is None else accepted.n_train,
+                "data_fingerprint": None if accepted is None else accepted.fingerprint,
+                "epsilon": None if report is None else report.epsilon,
+                "delta": None if report is None else report.delta,
+                "accountant": None if report is None else report.accountant,
+                "spent": None if report is None else [m.to_dict() for m in report.spent],
                 "epsilon_rdp": None if report is None else _rdp_epsilon(report),
                 "reported": report is not None,
             }
@@ -92,11 +94,11 @@ def build_card(
     }
 
 
-def _rdp_epsilon(report: dict[str, Any]) -> float | None:
-    """ε of the reported mechanisms under the RDP accountant, at the reported δ (None if unreadable)."""
+def _rdp_epsilon(report: Report) -> float | None:
+    """ε of the reported mechanisms under the RDP accountant, at the reported δ (None if that δ is not one)."""
     try:
-        return round(epsilon_spent([Mechanism.from_dict(m) for m in report["spent"]], report["delta"], "rdp"), 6)
-    except (ConfigError, KeyError, TypeError):
+        return round(epsilon_spent(list(report.spent), report.delta, "rdp"), 6)
+    except ConfigError:
         return None
 
 

@@ -1,7 +1,7 @@
 """The peer's durable state: one SQLite file (WAL) plus the model store's directories.
 
 Tables: `jobs` (every job this peer hosts or takes part in, with the owner-signed job
-document), `participants` (the host's view of who accepted), `nonces` (job nonces
+document), `participants` (the host's view of who accepted: `participants.Participant`), `nonces` (job nonces
 seen, against replays), `models` (published artefacts) and `audit` (see
 `audit_log`). The privacy ledger is privacy/ledger's SQLiteLedger in its own file
 (`ledger.sqlite`) next to it.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsilo.peers.daemon.audit_log import AuditLog
+from fedsilo.peers.daemon.participants import Participant
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -182,21 +183,32 @@ class PeerStore:
         return self.conn.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone() is not None
 
     # the host's view of participants ------------------------------------------------
-    def set_participant(
-        self, job_id: str, peer: str, decision: str, reason: str = "", reply: dict[str, Any] | None = None
-    ) -> None:
+    def set_participant(self, job_id: str, participant: Participant) -> None:
+        reply = participant.reply_json()
         self.conn.execute(
             "INSERT INTO participants (job_id, peer, decision, reason, reply) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id, peer) DO UPDATE SET decision = excluded.decision, "
             "reason = excluded.reason, reply = excluded.reply",
-            (job_id, peer, decision, reason, json.dumps(reply) if reply is not None else None),
+            (
+                job_id,
+                participant.peer,
+                participant.decision,
+                participant.reason,
+                json.dumps(reply) if reply is not None else None,
+            ),
         )
 
-    def participants(self, job_id: str) -> list[dict[str, Any]]:
+    def participants(self, job_id: str) -> list[Participant]:
         rows = self.conn.execute(
             "SELECT peer, decision, reason, reply FROM participants WHERE job_id = ? ORDER BY peer", (job_id,)
         )
-        return [{"peer": p, "decision": d, "reason": r, "reply": json.loads(x) if x else None} for p, d, r, x in rows]
+        return [
+            Participant.from_json({"peer": p, "decision": d, "reason": r, "reply": json.loads(x) if x else None})
+            for p, d, r, x in rows
+        ]
+
+    def participant(self, job_id: str, peer: str) -> Participant | None:
+        return next((p for p in self.participants(job_id) if p.peer == peer), None)
 
     # models -------------------------------------------------------------------------
     def add_model(self, job_id: str, version: int, directory: Path, signer: str) -> None:

@@ -207,7 +207,9 @@ def test_a_deployed_jobs_card_says_where_the_noise_came_from_and_what_is_public(
     import datetime as dt
 
     from fedsilo.peers.daemon.card import build_card
+    from fedsilo.peers.daemon.participants import Acceptance, Participant
     from fedsilo.peers.daemon.signed_job import SignedJob
+    from fedsilo.privacy.accounting import Mechanism
 
     job = SignedJob(
         "j",
@@ -222,7 +224,8 @@ def test_a_deployed_jobs_card_says_where_the_noise_came_from_and_what_is_public(
         JobConfig(label="default", encoder_path=""),
         {"job": {"id": "j"}},
     )
-    participants = [{"peer": "bank-b", "decision": "accepted", "reply": {"rows": 100, "n_train": 80}}]
+    acceptance = Acceptance("bank-b", 100, 80, "sha256", (Mechanism(1.0, 0.1, 8),), 1e-5, "rdp", "key")
+    participants = [Participant("bank-b", "accepted", "", acceptance)]
     card = build_card(job, participants, {}, {"rounds": []})
     assert card["privacy"]["noise"].startswith(
         "secret: each participant drew its DP noise and sampling from its own OS CSPRNG"

@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 
 from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.job import DPSpec, JobConfig
 from fedsilo.privacy.accounting import Mechanism, epsilon_spent
@@ -27,14 +28,16 @@ def _job() -> SignedJob:
     )
 
 
+def _accepted(peer: str, rows: int, n_train: int) -> Participant:
+    acceptance = Acceptance(peer, rows, n_train, "sha256", (Mechanism(1.3, 0.05, 60),), 1e-5, "prv", "key")
+    return Participant(peer, "accepted", "", acceptance)
+
+
 def test_card_puts_the_rdp_figure_beside_the_prv_epsilon():
     spent = [Mechanism(1.3, 0.05, 20)] * 3
     prv = epsilon_spent(spent, 1e-5, "prv")
-    report = {"epsilon": prv, "delta": 1e-5, "accountant": "prv", "spent": [m.to_dict() for m in spent]}
-    participants = [
-        {"peer": "bank-b", "decision": "accepted", "reply": {"rows": 100, "n_train": 80}},
-        {"peer": "bank-c", "decision": "accepted", "reply": {"rows": 50, "n_train": 40}},
-    ]
+    report = Report(tuple(spent), prv, 1e-5, "prv")
+    participants = [_accepted("bank-b", 100, 80), _accepted("bank-c", 50, 40)]
     card = build_card(_job(), participants, {"bank-b": report}, {"rounds": []})
     reported, silent = card["participants"]
     assert reported["epsilon"] == prv and reported["accountant"] == "prv"
@@ -44,8 +47,8 @@ def test_card_puts_the_rdp_figure_beside_the_prv_epsilon():
     assert "PRV" in card["privacy"]["accounting"] and "1e-08" in card["privacy"]["accounting"]
 
 
-def test_a_malformed_report_gets_no_rdp_figure_rather_than_a_wrong_one():
-    report = {"epsilon": 1.0, "delta": 1e-5, "accountant": "prv", "spent": [{"noise_multiplier": -1}]}
-    participants = [{"peer": "bank-b", "decision": "accepted", "reply": {}}]
+def test_a_report_whose_delta_is_not_one_gets_no_rdp_figure_rather_than_a_wrong_one():
+    report = Report((Mechanism(1.3, 0.05, 20),), 1.0, 2.0, "prv")
+    participants = [_accepted("bank-b", 100, 80)]
     card = build_card(_job(), participants, {"bank-b": report}, {"rounds": []})
     assert card["participants"][0]["epsilon_rdp"] is None

@@ -4,6 +4,7 @@ Real daemons in-process on 127.0.0.1 with real certificates; the test plays the 
 host (bank-a) proposing to bank-b, or the model owner submitting, over mutual TLS.
 """
 
+import asyncio
 import copy
 import json
 import sqlite3
@@ -355,9 +356,9 @@ def _expire_test(consortium, monkeypatch, sweep_seconds, during):
     """Propose a job expiring in 2 s to bank-b, run `during(services)` 2.6 s later; bank-b's state before and after."""
     import asyncio
 
-    import fedsilo.peers.daemon.service as service_module
+    import fedsilo.peers.daemon.roles.participating as participating_module
 
-    monkeypatch.setattr(service_module, "EXPIRY_SWEEP_SECONDS", sweep_seconds)
+    monkeypatch.setattr(participating_module, "EXPIRY_SWEEP_SECONDS", sweep_seconds)
 
     async def body(envelope):
         async with running(consortium, ["bank-b"]) as services:
@@ -450,3 +451,38 @@ def test_a_restart_commits_a_reservation_a_job_left_after_its_supernode_joined(c
     assert ("legacy-1", "committed") in ledger and all(job != "legacy-2" for job, _ in ledger)
     assert any(a[1] == "budget.commit" and "the whole reservation" in a[3] for a in audit)
     assert any(a[1] == "budget.release" and "left by a crash" in a[3] for a in audit)
+
+
+def test_an_acceptance_without_its_fields_counts_as_no_answer_and_the_job_fails_cleanly(consortium, tmp_path):
+    """A participant (bank-b) answers the host's proposal "accepted" but leaves out its plan and node key.
+
+    The host must not count it as accepted (it could not start the SuperLink for it): bank-b
+    is recorded as unreachable, the job fails for lack of participants, and the host's
+    reservation goes back.
+    """
+    envelope = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "hollow-1"))
+    host = consortium.addresses["bank-a"]
+
+    async def hollow_accept(caller, envelope):
+        return {"decision": "accepted", "peer": "bank-b"}
+
+    async def body():
+        async with running(consortium) as services:
+            services["bank-b"].participating.propose = hollow_accept
+            async with member_client(consortium, OWNER) as owner:
+                await owner.call("POST", f"{host}/v1/jobs", envelope)
+                for _ in range(300):
+                    view = await owner.call("GET", f"{host}/v1/jobs/hollow-1")
+                    if view["state"] != "proposing":
+                        break
+                    await asyncio.sleep(0.1)
+        return view
+
+    view = run(body())
+    assert view["state"] == "failed" and "only 1 of 2 participants accepted" in view["detail"], view
+    (refused,) = [p for p in view["participants"] if p["peer"] == "bank-b"]
+    assert refused["decision"] == "unreachable" and "acceptance that is not one" in refused["reason"]
+    assert "the record's 'rows' is missing" in refused["reason"]  # the first field it lacks, by name
+    _, ledger, audit = state_of(consortium, "bank-a")
+    assert "hollow-1" not in dict(ledger)  # the host's own reservation was released
+    assert ("bank-b", "job.unreachable", "ok", refused["reason"]) in audit

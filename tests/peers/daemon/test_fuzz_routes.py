@@ -22,10 +22,11 @@ from yarl import URL
 
 from fedsilo.peers.daemon.app import start_daemon
 from fedsilo.peers.daemon.config import load_config
-from fedsilo.peers.daemon.service import _checked_report
+from fedsilo.peers.daemon.participants import Acceptance, Report
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.identity.consortium import admit, init_peer
 from fedsilo.peers.identity.tls import client_context
+from fedsilo.privacy.accounting import Mechanism
 
 from ._consortium import OWNER, make_consortium, run, signed
 
@@ -273,11 +274,8 @@ def test_every_route_refuses_malformed_requests_without_a_server_error(consortiu
     assert main(["audit", "verify", "--config", str(consortium.config_path("bank-a"))]) == 0
 
 
-ACCEPTED = {
-    "planned": [{"noise_multiplier": 1.2, "sample_rate": 0.25, "steps": 40}],
-    "delta": 1e-5,
-    "accountant": "rdp",
-}  # what a participant replied when it accepted
+# what a participant replied when it accepted
+ACCEPTED = Acceptance("bank-b", 500, 400, "sha256", (Mechanism(1.2, 0.25, 40),), 1e-5, "rdp", "key")
 
 
 PLANNED = {"noise_multiplier": 1.2, "sample_rate": 0.25}
@@ -310,16 +308,16 @@ PLANNED = {"noise_multiplier": 1.2, "sample_rate": 0.25}
 def test_a_report_outside_the_participants_plan_is_refused(payload):
     """Every malformed or out-of-plan report is a Refused 400, never another exception."""
     with pytest.raises(Refused) as refused:
-        _checked_report(payload, ACCEPTED)
+        Report.checked(payload, ACCEPTED)
     assert refused.value.status == 400
 
 
 def test_a_report_within_the_plan_is_kept_as_sent():
-    from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+    from fedsilo.privacy.accounting import epsilon_spent
 
     spent = [{**PLANNED, "steps": 20}]
     epsilon = epsilon_spent([Mechanism.from_dict(spent[0])], 1e-5, "rdp")
-    report = _checked_report(
+    report = Report.checked(
         {"spent": spent, "epsilon": epsilon, "delta": 1e-5, "accountant": "rdp", "failed": None}, ACCEPTED
     )
-    assert report == {"spent": spent, "epsilon": epsilon, "delta": 1e-5, "accountant": "rdp", "failed": None}
+    assert report.to_json() == {"spent": spent, "epsilon": epsilon, "delta": 1e-5, "accountant": "rdp", "failed": None}

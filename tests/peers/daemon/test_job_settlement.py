@@ -135,8 +135,8 @@ def test_bad_and_late_reports_are_refused_and_the_job_still_publishes(tmp_path):
             async with member_client(consortium, OWNER) as owner, member_client(consortium, "bank-b") as attacker:
                 await owner.call("POST", f"{host}/v1/jobs", envelope)
                 await wait_state(owner, f"{host}/v1/jobs/rep-1", ("training",))
-                accepted = next(p for p in services["bank-a"].store.participants("rep-1") if p["peer"] == "bank-b")
-                refusals = await attack_with_reports(attacker, report_url, accepted["reply"]["planned"][0])
+                accepted = services["bank-a"].store.participant("rep-1", "bank-b").acceptance
+                refusals = await attack_with_reports(attacker, report_url, accepted.planned[0].to_dict())
                 finished = await wait_state(owner, f"{host}/v1/jobs/rep-1", ("finished", "failed"))
                 card = await owner.call("GET", f"{host}/v1/models/rep-1/card")
                 late = []

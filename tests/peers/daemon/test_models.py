@@ -69,7 +69,7 @@ def test_owner_pulls_and_verifies_outsiders_are_refused(consortium, tmp_path, mo
 
     async def body():
         async with running(consortium, ["bank-a"]) as services:
-            published = await services["bank-a"].publish_model("pull-1", model_files, {"metrics": {}})
+            published = await services["bank-a"].hosting.publish_model("pull-1", model_files, {"metrics": {}})
             async with member_client(consortium, OWNER) as owner:
                 card = await pull_model(owner, url, "pull-1", tmp_path / "pulled")
                 listing = await owner.call("GET", f"{url}/v1/models")

@@ -1,0 +1,328 @@
+"""The jobs this peer hosts: take a model owner's job, propose it, start training, collect reports, publish.
+
+`Hosting` takes a model owner's signed job (`submit`), proposes it to its participants
+and records each decision, then either fails the job (too few accepted) or starts the
+SuperLink, tells the accepted participants to join, waits for training and for their
+spending reports (`report`, each checked against the participant's acceptance), and
+publishes the signed model and its card (`publish_model`); it tells the participants
+to replicate the model, or to cancel if the job fails (`tell_participants`).
+
+At the host a job goes proposing → ready (enough accepted; budget reserved everywhere)
+→ training → finished, or failed / cancelled / interrupted. When the host is a
+participant of its own job, it accepts and joins through `Participating` and records its
+own report here. It calls `Budget` for the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from fedsilo.errors import DataError, FedsiloError
+from fedsilo.peers.daemon import training
+from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.context import PeerContext, job_id_of
+from fedsilo.peers.daemon.model_store import publish
+from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
+from fedsilo.peers.daemon.policy import check_policy
+from fedsilo.peers.daemon.roles.budget import Budget
+from fedsilo.peers.daemon.roles.participating import Participating
+from fedsilo.peers.daemon.signed_job import SignedJob
+from fedsilo.peers.daemon.store import ACTIVE_STATES
+from fedsilo.peers.errors import PeerUnreachable, Refused
+from fedsilo.peers.identity.manifest import Member
+
+log = logging.getLogger("fedsilo.peer")
+REPORT_WAIT_SECONDS = 120.0
+
+
+class Hosting:
+    """See the module docstring."""
+
+    def __init__(self, context: PeerContext, budget: Budget, participating: Participating) -> None:
+        self.ctx = context
+        self.budget = budget
+        self.participating = participating
+
+    async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
+        """A model owner's signed job, to be hosted here and proposed to its participants."""
+
+        async def work() -> dict[str, Any]:
+            if not caller.has("model-owner"):
+                raise Refused(f"{caller.name} is not a model owner: only model owners submit jobs", 403)
+            job = self.ctx.verify(envelope)
+            if job.owner != caller.name:
+                raise Refused(f"the job is signed by {job.owner} but submitted by {caller.name}", 403)
+            if job.host != self.ctx.name:
+                raise Refused(
+                    f"this peer is {self.ctx.name}, the job names {job.host} as its host: submit it there", 400
+                )
+            self.ctx.check_replay(job)
+            check_policy(job, self.ctx.config.policy)
+            own = await self.participating.acceptance(job) if self.ctx.name in job.participants else None
+            with self.ctx.store.transaction():
+                self.ctx.store.insert_job(
+                    job.job_id,
+                    job.owner,
+                    job.host,
+                    True,
+                    job.source if own is not None else None,
+                    "proposing",
+                    job.envelope,
+                    job.nonce,
+                )
+                for peer in job.participants:
+                    if peer == self.ctx.name:
+                        self.ctx.store.set_participant(job.job_id, Participant(peer, "accepted", "", own))
+                    else:
+                        self.ctx.store.set_participant(job.job_id, Participant(peer, "pending"))
+                self.ctx.store.audit.append(
+                    caller.name,
+                    "job.submit",
+                    "ok",
+                    f"hosting; proposing to {', '.join(job.participants)}",
+                    job=job.job_id,
+                )
+                if own is not None:
+                    self.participating.record_acceptance(job, own, caller.name)
+            self.ctx.spawn(self._propose_all(job))
+            return self.ctx.view(job.job_id)
+
+        return await self.ctx.run(caller.name, "job.submit", work, job=job_id_of(envelope))
+
+    async def _propose_all(self, job: SignedJob) -> None:
+        async def ask(peer: str) -> None:
+            try:
+                address = self.ctx.address(peer)
+                reply = await self.ctx.client.call("POST", f"{address}/v1/proposals", job.envelope)
+                participant = _decision(peer, reply)
+            except PeerUnreachable as error:
+                participant = Participant(peer, "unreachable", str(error))
+            await self.ctx.mailbox.ask(lambda: self._record_decision(job, participant))
+
+        await asyncio.gather(*(ask(p) for p in job.participants if p != self.ctx.name))
+        await self.ctx.mailbox.ask(lambda: self._close_proposals(job))
+
+    async def _record_decision(self, job: SignedJob, participant: Participant) -> None:
+        with self.ctx.store.transaction():
+            self.ctx.store.set_participant(job.job_id, participant)
+            self.ctx.store.audit.append(
+                participant.peer, f"job.{participant.decision}", "ok", participant.reason, job=job.job_id
+            )
+
+    async def _close_proposals(self, job: SignedJob) -> None:
+        row = self.ctx.store.job(job.job_id)
+        if row is None or row.state != "proposing":
+            return  # cancelled meanwhile
+        accepted = [p for p in self.ctx.store.participants(job.job_id) if p.decision == "accepted"]
+        if len(accepted) >= job.min_participants:
+            with self.ctx.store.transaction():
+                self.ctx.store.set_state(
+                    job.job_id,
+                    "ready",
+                    f"{len(accepted)} of {len(job.participants)} participants "
+                    "accepted; budget reserved; waiting for training",
+                )
+                self.ctx.store.audit.append(
+                    "local", "job.ready", "ok", ", ".join(p.peer for p in accepted), job=job.job_id
+                )
+            self.ctx.spawn(self._host_training(job, accepted))
+            return
+        with self.ctx.store.transaction():
+            self.budget.release(job.job_id)
+            self.ctx.store.set_state(
+                job.job_id,
+                "failed",
+                f"only {len(accepted)} of {len(job.participants)} participants "
+                f"accepted; the job needs {job.min_participants}",
+            )
+            self.ctx.store.audit.append("local", "job.failed", "ok", "not enough participants accepted", job=job.job_id)
+        self.ctx.spawn(self.tell_participants(job.job_id, "cancel"))
+
+    async def tell_participants(self, job_id: str, action: str, prefix: str = "jobs") -> None:
+        """Best effort: POST /v1/PREFIX/JOB/ACTION to every other accepted participant."""
+        for participant in self.ctx.store.participants(job_id):
+            member = self.ctx.identity.manifest.member(participant.peer)
+            if participant.decision != "accepted" or member is None or member.name == self.ctx.name:
+                continue
+            try:
+                await self.ctx.client.call("POST", f"{member.address}/v1/{prefix}/{job_id}/{action}", {})
+            except PeerUnreachable as error:
+                log.warning("could not tell %s to %s job %s: %s", member.name, action, job_id, error)
+
+    async def _host_training(self, job: SignedJob, accepted: list[Participant]) -> None:
+        """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""
+        keys = [_acceptance(p).node_public_key for p in accepted]
+        try:
+            hosted = await asyncio.to_thread(
+                training.start_hosting, job.config, self.ctx.config.state_dir, self.ctx.identity, len(accepted), keys
+            )
+        except FedsiloError as error:
+            reason = f"the SuperLink did not start: {error}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+        self.ctx.running[job.job_id] = hosted
+        await self.ctx.mailbox.ask(
+            lambda: self.ctx.set_state(job.job_id, "training", "job.training", f"SuperLink at {hosted.fleet_address}")
+        )
+        for participant in accepted:
+            if participant.peer == self.ctx.name:
+                self.ctx.spawn(self._join_own(job.job_id, hosted.fleet_address))
+                continue
+            try:
+                address = self.ctx.address(participant.peer)
+                await self.ctx.client.call(
+                    "POST", f"{address}/v1/jobs/{job.job_id}/start", {"fleet_address": hosted.fleet_address}
+                )
+            except PeerUnreachable as error:
+                log.warning("could not start %s in job %s: %s", participant.peer, job.job_id, error)
+        try:
+            result = await asyncio.to_thread(training.finish_hosting, hosted)
+        except FedsiloError as error:
+            reason = f"training failed: {error}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+        finally:
+            self.ctx.running.pop(job.job_id, None)
+        reports = await self._await_reports(job.job_id, [p.peer for p in accepted])
+        try:
+            card = build_card(job, self.ctx.store.participants(job.job_id), reports, result.metrics)
+            files = {
+                "model.safetensors": result.model_path,
+                "encoder.json": result.encoder_path,
+                "metrics.json": result.model_path.with_name("metrics.json"),
+            }
+            await self.publish_model(job.job_id, files, card)
+        except (FedsiloError, OSError, ValueError) as error:  # the job must end, its ledger settled
+            log.error("publishing the model of job %s failed", job.job_id, exc_info=error)
+            reason = f"publishing the model failed: {error}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+        await self.ctx.mailbox.ask(
+            lambda: self.ctx.set_state(
+                job.job_id,
+                "finished",
+                "job.finished",
+                f"model published; {len(reports)} of {len(accepted)} participants reported their spending",
+            )
+        )
+        await self.tell_participants(job.job_id, "replicate", prefix="models")
+
+    async def _join_own(self, job_id: str, fleet_address: str) -> None:
+        """This peer's own SuperNode in the job it hosts; its report is recorded here, not sent."""
+        report = await self.participating.join(job_id, fleet_address)
+        if report is None:
+            return
+
+        async def record() -> None:
+            own = self.ctx.store.participant(job_id, self.ctx.name)
+            assert own is not None
+            with self.ctx.store.transaction():
+                self._record_report(job_id, own, report)
+
+        await self.ctx.mailbox.ask(record)
+
+    async def _await_reports(self, job_id: str, peers: list[str]) -> dict[str, Report]:
+        """The participants' spending reports, waiting up to REPORT_WAIT_SECONDS for all of them."""
+        deadline = asyncio.get_running_loop().time() + REPORT_WAIT_SECONDS
+        while True:
+            reports = {
+                p.peer: p.report
+                for p in self.ctx.store.participants(job_id)
+                if p.peer in peers and p.report is not None
+            }
+            if len(reports) == len(peers) or asyncio.get_running_loop().time() > deadline:
+                return reports
+            await asyncio.sleep(0.2)
+
+    async def _failed(self, job_id: str, reason: str) -> None:
+        """End a hosted job that failed: stop its engine processes, settle this peer's ledger, tell the others.
+
+        Before training nothing was released: the reservation goes back. During training
+        this peer's own SuperNode may have released updates: its whole reservation is
+        committed as spent (as a restart during training does), unless its accountant's
+        spending was committed already.
+        """
+        job = self.ctx.store.job(job_id)
+        if job is None or job.state not in ACTIVE_STATES:
+            return
+        await self.ctx.stop_engines(job_id)
+        with self.ctx.store.transaction():
+            spent = None
+            if job.state == "training":
+                spent = [m.to_dict() for m in self.budget.commit(job, None)]
+                settled = "its spending is committed" if spent else "no reservation held"
+            else:
+                settled = "reservation released" if self.budget.release(job_id) else "no reservation held"
+            self.ctx.store.set_state(job_id, "failed", reason, spent=spent)
+            self.ctx.audit_job("local", "job.failed", f"{reason}; {settled}", job)
+        self.ctx.spawn(self.tell_participants(job_id, "cancel"))
+
+    async def report(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
+        """A participant reports what its accountant spent in a job this peer hosts.
+
+        Accepted once per participant, while the job trains, and only within what the
+        participant planned when it accepted (`Report.checked`); anything else is refused.
+        """
+
+        async def work() -> dict[str, Any]:
+            job = self.ctx.store.job(job_id)
+            if job is None or not job.hosting:
+                raise Refused(f"job {job_id} is not hosted here", 404)
+            participant = self.ctx.store.participant(job_id, caller.name)
+            if participant is None or participant.decision != "accepted":
+                raise Refused(f"{caller.name} is not an accepted participant of job {job_id}", 403)
+            if job.state != "training":
+                raise Refused(f"job {job_id} is {job.state}: a report is accepted only while it trains", 409)
+            if participant.report is not None:
+                raise Refused(f"{caller.name} already reported its spending in job {job_id}", 409)
+            report = Report.checked(body, _acceptance(participant))
+            with self.ctx.store.transaction():
+                self._record_report(job_id, participant, report)
+                self.ctx.store.audit.append(caller.name, "job.report", "ok", f"ε = {report.epsilon:.4f}", job=job_id)
+            return {"ok": True}
+
+        return await self.ctx.run(caller.name, "job.report", work, job=job_id)
+
+    def _record_report(self, job_id: str, participant: Participant, report: Report) -> None:
+        self.ctx.store.set_participant(
+            job_id, Participant(participant.peer, "accepted", participant.reason, participant.acceptance, report)
+        )
+
+    async def publish_model(self, job_id: str, files: dict[str, Path], card: dict[str, Any]) -> dict[str, Any]:
+        """Store the final model of a hosted job as a signed, versioned artefact."""
+
+        async def work() -> dict[str, Any]:
+            job = self.ctx.store.job(job_id)
+            if job is None or not job.hosting:
+                raise Refused(f"job {job_id} is not hosted here", 404)
+            version, directory = await asyncio.to_thread(
+                publish, self.ctx.store.models_dir, self.ctx.identity, job_id, files, card
+            )
+            with self.ctx.store.transaction():
+                self.ctx.store.add_model(job_id, version, directory, self.ctx.name)
+                self.ctx.store.audit.append("local", "model.publish", "ok", f"version {version}", job=job_id)
+            return {"job_id": job_id, "version": version}
+
+        return await self.ctx.run("local", "model.publish", work, job=job_id)
+
+
+def _decision(peer: str, reply: Any) -> Participant:
+    """The participant row for `peer`'s answer to a proposal; PeerUnreachable if the answer is not a decision."""
+    if not isinstance(reply, dict) or reply.get("decision") not in ("accepted", "declined"):
+        raise PeerUnreachable(f"{peer} sent an answer that is not a decision")
+    reason = str(reply.get("reason", ""))
+    if reply["decision"] == "declined":
+        return Participant(peer, "declined", reason)
+    try:
+        return Participant(peer, "accepted", reason, Acceptance.from_json(reply))
+    except DataError as error:
+        raise PeerUnreachable(f"{peer} sent an acceptance that is not one ({error})") from None
+
+
+def _acceptance(participant: Participant) -> Acceptance:
+    """The acceptance of a participant whose decision is "accepted" (it always has one)."""
+    assert participant.acceptance is not None
+    return participant.acceptance

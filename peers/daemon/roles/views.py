@@ -1,0 +1,81 @@
+"""What a member may see: jobs, sources, budgets and models, by need-to-know (reads only).
+
+`Views` reads the store and the ledger and changes nothing, so it does not go through
+the mailbox. A member sees the jobs it owns, hosts or takes part in, the budgets of this
+peer's sources those jobs use, and the models it may pull; `viewer` None is this peer's
+operator, who sees everything. It calls no other role.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedsilo.peers.daemon.context import PeerContext
+from fedsilo.peers.daemon.store import JobRow
+from fedsilo.peers.identity.manifest import Member
+
+
+class Views:
+    """See the module docstring."""
+
+    def __init__(self, context: PeerContext) -> None:
+        self.ctx = context
+
+    def may_read_model(self, caller: Member, job_id: str) -> bool:
+        """Whether `caller` may pull the model of `job_id`: its owner, host, participants and policy's readers."""
+        job = self.ctx.store.job(job_id)
+        if job is None:
+            return False
+        return (
+            caller.name in (job.owner, job.host)
+            or caller.name in job.envelope["job"]["participants"]
+            or caller.name in self.ctx.config.policy.model_readers
+        )
+
+    @staticmethod
+    def takes_part(job: JobRow, member: str) -> bool:
+        """Whether `member` owns, hosts or is a participant of `job` (as the owner-signed job names them)."""
+        return member in (job.owner, job.host) or member in job.envelope["job"]["participants"]
+
+    def visible_jobs(self, viewer: str | None) -> list[JobRow]:
+        """The jobs `viewer` takes part in (None: this peer's operator, who sees all)."""
+        return [job for job in self.ctx.store.jobs() if viewer is None or self.takes_part(job, viewer)]
+
+    def visible_sources(self, viewer: str | None) -> list[str]:
+        """This peer's data sources that jobs `viewer` takes part in use (None: all of them)."""
+        if viewer is None:
+            return sorted(self.ctx.config.sources)
+        return sorted({job.source for job in self.visible_jobs(viewer) if job.source in self.ctx.config.sources})
+
+    def job_view(self, job_id: str, viewer: str | None) -> dict[str, Any] | None:
+        """The job as `viewer` may see it, or None if it takes no part in it (or there is no such job).
+
+        Participants' reasons (a decline may state a peer's remaining budget) are shown only
+        to the job's owner, to the operator, and to each participant for its own row.
+        """
+        job = self.ctx.store.job(job_id)
+        if job is None or (viewer is not None and not self.takes_part(job, viewer)):
+            return None
+        view = self.ctx.view(job_id)
+        if viewer is not None and viewer != job.owner and "participants" in view:
+            view["participants"] = [p if p["peer"] == viewer else {**p, "reason": ""} for p in view["participants"]]
+        return view
+
+    def budgets(self, viewer: str | None) -> list[dict[str, Any]]:
+        """The budget of each source `viewer` may see (see `visible_sources`)."""
+        out = []
+        for name in self.visible_sources(viewer):
+            status = self.ctx.ledger.status(name)
+            out.append(
+                {
+                    "source": name,
+                    "epsilon_budget": status.epsilon_budget,
+                    "delta": status.delta,
+                    "spent_epsilon": status.spent_epsilon,
+                    "reserved_epsilon": status.reserved_epsilon,
+                    "remaining_epsilon": status.remaining_epsilon,
+                    "jobs": status.jobs,
+                    "accountant": status.accountant,
+                }
+            )
+        return out
