@@ -29,6 +29,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +147,9 @@ def _prv_accountant_class() -> type:
     class _PRVAccountant(PRVAccountant):
         """Opacus' PRV accountant with the truncation domain bounded over integer RDP orders."""
 
-        def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error) -> Domain:  # type: ignore[override]
+        def _get_domain(
+            self, prvs: Sequence[Any], num_self_compositions: Sequence[int], eps_error: float, delta_error: float
+        ) -> Domain:
             total = sum(num_self_compositions)
             # Opacus' compute_safe_domain_size, over PRV_DOMAIN_ORDERS.
             bound = _rdp_bound(self.history, delta_error / 4, PRV_DOMAIN_ORDERS)
