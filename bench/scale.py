@@ -174,8 +174,9 @@ def child_fedsilo(banks: int, rounds: int, sample: int, out: str) -> dict:
 
 def child_accounting(banks: int, rounds: int, accountant: str) -> dict:
     """The accounting a fedsilo run of this population does, without the engine (see the module doc)."""
-    from fedsilo.peers.job import grid_sample_rate, plan_dp
+    from fedsilo.peers.job import plan_dp
     from fedsilo.privacy.accounting import epsilon_spent
+    from fedsilo.privacy.accounting.planning import grid_sample_rate
     from fedsilo.simulations.banks import build_population
     from fedsilo.simulations.config import build_config
     from fedsilo.simulations.progress import Progress

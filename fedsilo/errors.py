@@ -36,7 +36,11 @@ class PrivacyAuditFailed(FedsiloError):
     Raised when the empirical ε lower bound of a one-run canary audit exceeds the ε the
     run claims: at the audit's stated confidence the claim is false, which means a bug
     (a missing noise call, a mis-wired accountant), not bad luck.
+
+    `result`: the audited run (a `SimulationResult`) when the Python API ran it, else None.
     """
+
+    result: object = None
 
 
 class PsiError(FedsiloError):

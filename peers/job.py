@@ -18,12 +18,10 @@ from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.model_spec import ModelSpec
-from fedsilo.privacy.accounting import ACCOUNTANTS, Mechanism
-from fedsilo.privacy.accounting.cache import cached_calibration, is_cached
-from fedsilo.privacy.sampling import steps_per_epoch
-from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
-from fedsilo.privacy.secagg.graph import graph_parameters
-from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
+from fedsilo.privacy.accounting import planning
+from fedsilo.privacy.accounting.planning import DistributedDPPlan, DPPlan
+from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
+from fedsilo.privacy.secagg import SecAggConfig
 
 DP_MODES = ("local", "distributed", "off")
 
@@ -53,16 +51,10 @@ class DPSpec:
 
     def __post_init__(self) -> None:
         _require(self.mode in DP_MODES, f"dp.mode '{self.mode}' is unknown: use one of {', '.join(DP_MODES)}")
-        _require(
-            math.isfinite(self.epsilon) and self.epsilon > 0,
-            f"dp.epsilon must be > 0 (got {self.epsilon}); use --no-dp for a non-private run",
-        )
-        _require(
-            math.isfinite(self.delta) and 0 < self.delta < 1,
-            f"dp.delta must be in (0, 1) (got {self.delta}); 1e-5 or 1/(10·rows) are usual",
-        )
+        check_epsilon(self.epsilon, "dp.epsilon", hint="use --no-dp for a non-private run")
+        check_delta(self.delta, "dp.delta")
         _require(self.max_grad_norm > 0, f"dp.max-grad-norm must be > 0 (got {self.max_grad_norm})")
-        _require(self.accountant in ACCOUNTANTS, f"dp.accountant '{self.accountant}' is unknown: use rdp or prv")
+        check_accountant(self.accountant, "dp.accountant")
         _require(
             isinstance(self.reproducible, bool), f"dp.reproducible must be true or false (got {self.reproducible!r})"
         )
@@ -266,7 +258,7 @@ def _noiseless_config(job: JobConfig) -> SecAggConfig:
     distributed = job.dp.mode == "distributed"
     return SecAggConfig(
         clip=job.secagg.clip,
-        bits=DISTRIBUTED_BITS if distributed else job.secagg.bits,
+        bits=planning.DISTRIBUTED_BITS if distributed else job.secagg.bits,
         max_weight=1.0 if distributed else job.secagg.max_weight,
         dropout_fraction=job.secagg.dropout_fraction,
         collusion_fraction=job.secagg.collusion_fraction,
@@ -274,134 +266,49 @@ def _noiseless_config(job: JobConfig) -> SecAggConfig:
     )
 
 
-DISTRIBUTED_BITS = 32
-MIN_PEER_SIGMA = 10.0
-
-
-@dataclass(frozen=True)
-class DistributedDPPlan:
-    """Distributed DP of a job: every round is one full-batch DP-GD step on all peers' rows.
-
-    Each peer adds `noise` (its discrete Gaussian share) to −lr·Σ clip_C(∇ℓ_r)/public_rows;
-    the host can unmask only the sum. If at least `min_survivors` peers upload and at
-    most the job's collusion fraction collude, the honest noise in the sum is that of a
-    Gaussian mechanism with multiplier `effective_multiplier` on sensitivity
-    lr·C/public_rows (rounding included), so each round is a `Mechanism`
-    (`effective_multiplier`, q = 1, 1 step) for every peer's records.
-    """
-
-    noise: DistributedNoise
-    effective_multiplier: float
-    min_survivors: int
-
-    @property
-    def per_round(self) -> Mechanism:
-        return Mechanism(self.effective_multiplier, 1.0, 1)
+# The job's DP plans: `fedsilo.privacy.accounting.planning` on the job's public numbers.
 
 
 def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
-    """Noise shares such that the job's rounds spend exactly its (ε, δ), under the stated assumption.
+    """The job's distributed-DP noise shares: each round one full-batch step of its `per_round` peers.
 
-    Assumption: in each round at most `max_missing` = tolerated dropouts D + colluders C
-    of the round's `per_round` peers contribute no honest noise; the host refuses to unmask a round
-    with fewer than peers − D survivors (`min_survivors`), so dropouts alone can never
-    lower the noise below the accounted level.
+    The sensitivity is lr·C/public_rows: every peer divides its clipped gradient sum by
+    the job's public total of training rows.
     """
-    n = job.per_round
-    sensitivity = job.train.lr * job.dp.max_grad_norm / job.public_rows
-    base = _noiseless_config(job)
-    params = graph_parameters(
-        n,
-        base.dropout_fraction,
-        base.collusion_fraction,
-        base.security_bits,
-        base.correctness_bits,
-        base.complete_graph_max,
+    return planning.plan_distributed_dp(
+        job.dp.epsilon,
+        job.dp.delta,
+        job.dp.accountant,
+        rounds=job.train.rounds,
+        l2_sensitivity=job.train.lr * job.dp.max_grad_norm / job.public_rows,
+        peers=job.per_round,
+        n_params=n_params,
+        secagg=_noiseless_config(job),
     )
-    missing = params.dropped + params.corrupt
-    if n - missing < 1:
-        raise ConfigError(
-            f"with {n} peers the tolerated dropouts ({params.dropped}) and colluders "
-            f"({params.corrupt}) leave no honest noise: use more peers or lower the fractions"
-        )
-    target = cached_calibration(job.dp.epsilon, job.dp.delta, 1.0, job.train.rounds, job.dp.accountant)
-    scale = base.encoder(n).scale
-    integer_sensitivity = integer_l2_sensitivity(sensitivity, scale, n_params)
-    # sqrt(n - missing) · σ_p / integer_sensitivity = target, σ_p = z · sensitivity · scale / sqrt(n)
-    peer_sigma = target * integer_sensitivity / math.sqrt(n - missing)
-    if peer_sigma < MIN_PEER_SIGMA:
-        raise ConfigError(
-            "distributed noise share below 10 integer units: lower secagg.clip to make the fixed-point grid finer"
-        )
-    z = peer_sigma * math.sqrt(n) / (sensitivity * scale)
-    noise = DistributedNoise(noise_multiplier=z, l2_sensitivity=sensitivity, expected_peers=n)
-    effective = central_noise_multiplier(noise, scale, n_params, missing)
-    return DistributedDPPlan(noise, effective, max(1, n - params.dropped))
-
-
-@dataclass(frozen=True)
-class DPPlan:
-    """How a peer with `n_train` rows meets the job's (ε, δ) over all rounds."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps_per_round: int
-    rounds: int
-
-    @property
-    def per_round(self) -> Mechanism:
-        return Mechanism(self.noise_multiplier, self.sample_rate, self.steps_per_round)
-
-    @property
-    def whole_job(self) -> Mechanism:
-        return Mechanism(self.noise_multiplier, self.sample_rate, self.steps_per_round * self.rounds)
-
-
-SAMPLE_RATE_STEPS_PER_OCTAVE = 4
-
-
-def grid_sample_rate(batch_size: int, n_train: int) -> float:
-    """B/n rounded up to the grid 2^(k/4) (at most 1): the expected batch is B to 1.19·B.
-
-    Few distinct rates mean few distinct noise calibrations, each seconds long: with
-    thousands of banks of heavy-tailed sizes every size would otherwise need its own.
-    """
-    exact = batch_size / n_train
-    if exact >= 1.0:
-        return 1.0
-    k = math.ceil(SAMPLE_RATE_STEPS_PER_OCTAVE * math.log2(exact) - 1e-9)
-    return min(1.0, 2.0 ** (k / SAMPLE_RATE_STEPS_PER_OCTAVE))
 
 
 def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
-    """Noise multiplier that spends exactly the job's ε over all its rounds (RDP/PRV).
-
-    The peer and the job host compute the same plan from public numbers (the job and
-    the row count), so the ledger reservation made before the job matches what the
-    peer's DP-SGD then spends. The plan covers `rounds` participations: a peer sampled
-    in fewer rounds spends less (its ledger commits what it ran).
-    """
-    q, steps = _rate_and_steps(job, n_train)
-    noise = (
-        cached_calibration(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant)
-        if job.dp.private
-        else 0.0
-    )
-    return DPPlan(noise, q, steps, job.train.rounds)
+    """How a bank with `n_train` rows spends exactly the job's ε over all its rounds (noise 0 without DP)."""
+    return planning.plan_dp(*_budget(job), **_shape(job, n_train))
 
 
 def dp_plan_is_cached(job: JobConfig, n_train: int) -> bool:
     """Whether `plan_dp(job, n_train)` needs no calibration (a disk-cache hit, or no DP)."""
-    q, steps = _rate_and_steps(job, n_train)
-    return not job.dp.private or is_cached(job.dp.epsilon, job.dp.delta, q, steps * job.train.rounds, job.dp.accountant)
+    return planning.dp_plan_is_cached(*_budget(job), **_shape(job, n_train))
 
 
-def _rate_and_steps(job: JobConfig, n_train: int) -> tuple[float, int]:
-    """The sampling rate and the DP-SGD steps per round of a bank with `n_train` rows."""
-    if n_train < 1:
-        raise ConfigError("a bank needs at least one training row")
-    q = grid_sample_rate(job.train.batch_size, n_train)
-    return q, job.train.local_epochs * steps_per_epoch(q)
+def _budget(job: JobConfig) -> tuple[float | None, float, str]:
+    return (job.dp.epsilon if job.dp.private else None), job.dp.delta, job.dp.accountant
+
+
+def _shape(job: JobConfig, n_train: int) -> dict[str, int]:
+    train = job.train
+    return {
+        "n_train": n_train,
+        "batch_size": train.batch_size,
+        "local_epochs": train.local_epochs,
+        "rounds": train.rounds,
+    }
 
 
 def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]:

@@ -1,8 +1,8 @@
 """The sum of per-example clipped gradients: the quantity distributed DP noises.
 
-In distributed DP (see `fedsilo.peers.job.plan_distributed_dp`) a peer releases, inside its
-masked vector, Σ_r clip_C(∇ℓ_r(w)) over all of its training rows at the global
-weights w, with no noise of its own beyond its share of the discrete Gaussian. Adding
+In distributed DP (see `fedsilo.privacy.accounting.planning.plan_distributed_dp`) a peer
+releases, inside its masked vector, Σ_r clip_C(∇ℓ_r(w)) over all of its training rows at
+the global weights w, with no noise of its own beyond its share of the discrete Gaussian. Adding
 or removing one row changes that sum by at most C in L2 norm: that is the sensitivity
 the distributed noise is calibrated to. Per-example gradients come from Opacus'
 `GradSampleModule`; rows are processed in chunks so that memory stays bounded for

@@ -54,10 +54,11 @@ its ε is not a privacy guarantee.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -280,6 +281,7 @@ class _LinearStack:
                         norms = share if norms is None else torch.hypot(norms, share, out=norms)
                     if bg is not None:
                         norms = r_norm.clone() if norms is None else torch.hypot(norms, r_norm, out=norms)
+            assert norms is not None  # the fast path only runs a model with a trained parameter
             # clip(g_i)/C = g_i·min(1, C/‖g_i‖)/C = r_i·min(batch/C, 1/‖r_i‖)
             factor = norms.reciprocal_().clamp_(max=batch / max_grad_norm)
             column = factor.unsqueeze(1)
@@ -380,7 +382,7 @@ class DPSGDTrainer:
             return None, mean_loss
         return Mechanism(self.config.noise_multiplier, q, steps), mean_loss
 
-    def _step_function(self, n: int, loss_fn: nn.Module):
+    def _step_function(self, n: int, loss_fn: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         config = self.config
         if self._fast is not None:
             fast, source = self._fast, self.noise
@@ -427,7 +429,7 @@ def _noise_source_optimizer() -> type:
         backends share one stream and one floating-point defence.
         """
 
-        def __init__(self, optimizer: torch.optim.Optimizer, *, noise_source: NoiseSource, **kwargs) -> None:
+        def __init__(self, optimizer: torch.optim.Optimizer, *, noise_source: NoiseSource, **kwargs: Any) -> None:
             super().__init__(optimizer, **kwargs)
             self.noise_source = noise_source
 

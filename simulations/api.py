@@ -181,7 +181,7 @@ def _audited(result: SimulationResult, progress: Progress) -> SimulationResult:
     try:
         section = audit_run(result.run_dir, progress=progress)
     except PrivacyAuditFailed as failed:
-        failed.result = replace(result, card=_card(result.run_dir))  # type: ignore[attr-defined]
+        failed.result = replace(result, card=_card(result.run_dir))
         raise
     return replace(result, card=_card(result.run_dir), privacy_audit=section)
 

@@ -37,9 +37,10 @@ from safetensors.numpy import save_file
 from fedsilo.peers.data.bank import BankTensors, encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.evaluation import evaluate, predict_proba
-from fedsilo.peers.job import JobConfig, dp_plan_is_cached, grid_sample_rate, plan_dp
+from fedsilo.peers.job import JobConfig, dp_plan_is_cached, plan_dp
 from fedsilo.peers.models import build_model, set_weights
 from fedsilo.privacy.accounting import epsilon_spent
+from fedsilo.privacy.accounting.planning import grid_sample_rate
 from fedsilo.simulations import baselines
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import SimulationConfig

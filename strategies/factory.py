@@ -9,6 +9,8 @@ only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
 from fedsilo.errors import ConfigError
@@ -41,7 +43,7 @@ def build_strategy(
         raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
     if n_peers < 1:
         raise ConfigError("a job needs at least one peer")
-    common = dict(
+    common: dict[str, Any] = dict(
         fraction_train=fraction_train,
         fraction_evaluate=fraction_evaluate,
         min_train_nodes=max(1, round(fraction_train * n_peers)),

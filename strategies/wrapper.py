@@ -43,8 +43,9 @@ class StrategyWrapper(Strategy):
 
 def find_wrapper(strategy: Strategy, kind: type) -> Strategy | None:
     """The first wrapper of type `kind` in the chain `strategy`, `strategy.inner`, ..."""
-    while strategy is not None:
-        if isinstance(strategy, kind):
-            return strategy
-        strategy = getattr(strategy, "inner", None)
+    current: Strategy | None = strategy
+    while current is not None:
+        if isinstance(current, kind):
+            return current
+        current = getattr(current, "inner", None)
     return None

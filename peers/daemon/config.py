@@ -56,6 +56,7 @@ from fedsilo.errors import ConfigError
 from fedsilo.peers.identity.pki import check_name
 from fedsilo.peers.model_spec import MODEL_KINDS
 from fedsilo.peers.toml_file import read_toml
+from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 from fedsilo.privacy.psi.identifiers import canonical
 from fedsilo.strategies.factory import STRATEGIES
 
@@ -191,9 +192,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
     if table is None:  # a peer that only shares lists: it accepts no training job
         table = {"model-owners": [], "max-epsilon-per-job": 1.0}
     _only(table, _POLICY_KEYS, "[policy]")
-    max_eps = float(_typed(table, "max-epsilon-per-job", (int, float), "policy"))
-    if not (math.isfinite(max_eps) and max_eps > 0):
-        raise ConfigError(f"policy.max-epsilon-per-job must be > 0 (got {max_eps})")
+    max_eps = check_epsilon(_typed(table, "max-epsilon-per-job", (int, float), "policy"), "policy.max-epsilon-per-job")
     min_participants = _typed(table, "min-participants", int, "policy", 2)
     if min_participants < 1:
         raise ConfigError(f"policy.min-participants must be ≥ 1 (got {min_participants})")
@@ -214,15 +213,9 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         if not isinstance(entry, dict):
             raise ConfigError(f"[{where}] must be a table with path, label, epsilon, delta")
         _only(entry, _SOURCE_KEYS, f"[{where}]")
-        epsilon = float(_typed(entry, "epsilon", (int, float), where))
-        delta = float(_typed(entry, "delta", (int, float), where, 1e-5))
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ConfigError(f"{where}.epsilon must be > 0 (got {epsilon})")
-        if not 0 < delta < 1:
-            raise ConfigError(f"{where}.delta must be in (0, 1) (got {delta})")
-        accountant = _typed(entry, "accountant", str, where, "prv")
-        if accountant not in ("rdp", "prv"):
-            raise ConfigError(f"{where}.accountant {accountant!r} is unknown: valid choices are rdp, prv")
+        epsilon = check_epsilon(_typed(entry, "epsilon", (int, float), where), f"{where}.epsilon")
+        delta = check_delta(_typed(entry, "delta", (int, float), where, 1e-5), f"{where}.delta")
+        accountant = check_accountant(_typed(entry, "accountant", str, where, "prv"), f"{where}.accountant")
         path = (base / _typed(entry, "path", str, where)).resolve()
         if not path.is_file():
             raise ConfigError(f"{where}.path {path} does not exist: give the CSV or Parquet file of this source")

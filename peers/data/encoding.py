@@ -227,7 +227,7 @@ def _fit_column(name: str, parts: list[ColumnSummary]) -> NumericColumn | Catego
                 f"column {name!r} has more than {MAX_TEXT_LEVELS} distinct text values: "
                 f"drop it or encode it as numbers before training"
             )
-        union = sorted({v for p in parts for v in p.values})  # type: ignore[union-attr]
+        union = sorted({v for p in parts for v in p.values})  # type: ignore[union-attr]  # None refused above
         if len(union) > MAX_TEXT_LEVELS:
             raise DataError(
                 f"column {name!r} has {len(union)} distinct text values over all banks "
@@ -236,7 +236,7 @@ def _fit_column(name: str, parts: list[ColumnSummary]) -> NumericColumn | Catego
         return CategoricalColumn(name, tuple(union), True, any_missing)
     numeric = [p for p in parts if p.kind == NUMERIC]
     if numeric and all(p.values is not None for p in numeric):
-        union = sorted({int(v) for p in numeric for v in p.values})  # type: ignore[union-attr]
+        union = sorted({int(v) for p in numeric for v in p.values})  # type: ignore[union-attr]  # None ruled out above
         if len(union) <= MAX_INTEGER_LEVELS:
             return CategoricalColumn(name, tuple(union), False, any_missing)
     n = sum(p.n for p in numeric)

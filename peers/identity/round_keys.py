@@ -85,7 +85,7 @@ class ManifestVerifier:
 
     def __init__(self, manifest: Manifest, ca_certificate: x509.Certificate) -> None:
         self.manifest = manifest
-        self._ca = ca_certificate
+        self.ca = ca_certificate  # the consortium CA that issues every admitted certificate
         self._admitted: dict[bytes, tuple[str, ec.EllipticCurvePublicKey]] = {}
 
     def _admit(self, credential: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
@@ -95,7 +95,7 @@ class ManifestVerifier:
         try:
             cert = x509.load_der_x509_certificate(credential)
             name = certificate_name(cert)
-            check_issued_by(cert, self._ca)
+            check_issued_by(cert, self.ca)
         except (ValueError, TypeError) as error:
             raise ValueError(f"the credential is not a certificate ({error})") from None
         except IdentityError as error:
@@ -149,7 +149,7 @@ def _verifier(ca_path: Path, manifest_path: Path, _stamps: tuple[int, ...]) -> M
 @functools.lru_cache(maxsize=4096)
 def _signer(key_path: Path, cert_path: Path, _stamps: tuple[int, ...], verifier: ManifestVerifier) -> CertificateSigner:
     cert = load_certificate(cert_path)
-    check_issued_by(cert, verifier._ca)  # pylint: disable=protected-access
+    check_issued_by(cert, verifier.ca)
     signer = CertificateSigner(load_private_key(key_path), cert)
     member = verifier.manifest.by_fingerprint(certificate_fingerprint(cert))
     if member is None or member.name != signer.name:

@@ -6,8 +6,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fedsilo.errors import ConfigError
-from fedsilo.privacy.accounting.compose import check_accountant, epsilon_spent
+from fedsilo.privacy.accounting.compose import epsilon_spent
 from fedsilo.privacy.accounting.mechanism import Mechanism
+from fedsilo.privacy.accounting.validate import check_accountant
 
 
 class Accountant:

@@ -19,9 +19,8 @@ paper said to hold for ε_err < 1, applies unchanged.) A history of full-batch s
 only (q = 1, distributed DP) is a composition of Gaussian mechanisms, whose ε the
 "prv" accountant computes exactly instead (`_gaussian_epsilon`).
 
-Opacus (and with it torch) and scipy are imported inside the functions that compute,
-so that validating a name, a δ or an ε (`check_accountant`, `check_delta`,
-`check_epsilon`: what a configuration needs) imports neither.
+Opacus (and with it torch) and scipy are imported inside the functions that compute;
+validating a name, a δ or an ε is `fedsilo.privacy.accounting.validate`'s job.
 """
 
 from __future__ import annotations
@@ -30,43 +29,19 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from fedsilo.errors import BudgetExceeded, ConfigError
 from fedsilo.privacy.accounting import store
 from fedsilo.privacy.accounting.mechanism import Mechanism
+from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 
-#: The supported accountants: Opacus' RDPAccountant and PRVAccountant, by their Opacus names.
-ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
-
-#: Same tolerance as ``opacus.accountants.utils.get_noise_multiplier``.
-EPSILON_TOLERANCE = 0.01
-
-
-def check_accountant(accountant: str) -> str:
-    """Return ``accountant`` if it names a supported accountant, else ConfigError."""
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"unknown accountant {accountant!r}; use one of {sorted(ACCOUNTANTS)}")
-    return accountant
-
-
-def check_delta(delta: float) -> float:
-    """Return ``delta`` as a float if it lies in (0, 1), else ConfigError."""
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 < delta < 1):
-        raise ConfigError(f"delta must be a number in (0, 1), typically below 1/number of records, got {delta!r}")
-    return float(delta)
-
-
-def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
-    """Return ``epsilon`` as a float if it is finite and > 0, else ConfigError."""
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, (int, float))
-        or not (math.isfinite(epsilon) and epsilon > 0)
-    ):
-        raise ConfigError(f"{name} must be a finite number > 0, got {epsilon!r}")
-    return float(epsilon)
+#: The calibration's tolerance, absolute in ε (Opacus' `get_noise_multiplier` default): a
+#: calibrated σ spends between target − 0.01 and the target. Not the slack a peer allows
+#: when it re-checks a plan's ε against the job's (that one is relative, 1e-6).
+CALIBRATION_TOLERANCE = 0.01
 
 
 def canonical_history(mechanisms: Sequence[Mechanism]) -> list[tuple[float, float, int]]:
@@ -172,7 +147,9 @@ def _prv_accountant_class() -> type:
     class _PRVAccountant(PRVAccountant):
         """Opacus' PRV accountant with the truncation domain bounded over integer RDP orders."""
 
-        def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error) -> Domain:  # type: ignore[override]
+        def _get_domain(
+            self, prvs: Sequence[Any], num_self_compositions: Sequence[int], eps_error: float, delta_error: float
+        ) -> Domain:
             total = sum(num_self_compositions)
             # Opacus' compute_safe_domain_size, over PRV_DOMAIN_ORDERS.
             bound = _rdp_bound(self.history, delta_error / 4, PRV_DOMAIN_ORDERS)
@@ -290,7 +267,7 @@ def calibrate_noise(
     accountant: str = "rdp",
     prior: Sequence[Mechanism] = (),
     *,
-    epsilon_tolerance: float = EPSILON_TOLERANCE,
+    epsilon_tolerance: float = CALIBRATION_TOLERANCE,
 ) -> float:
     """The smallest noise multiplier σ (to within ``epsilon_tolerance`` in ε) such that
     ``epsilon_spent(prior + [Mechanism(σ, sample_rate, steps)], delta) <= target_epsilon``.

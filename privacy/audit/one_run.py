@@ -112,9 +112,11 @@ def audit(
         raise DataError(f"{m} canary scores for {included.size} inclusion flags")
     if not np.isfinite(scores).all():
         raise DataError("canary scores contain NaN or infinity")
+    if not guess_fractions:
+        raise DataError("the audit needs at least one guess fraction (k / m), e.g. GUESS_FRACTIONS")
     significance = (1.0 - confidence) / len(guess_fractions)
     order = np.argsort(-scores, kind="stable")
-    best = None
+    best: tuple[float, int, int] | None = None
     for fraction in guess_fractions:
         k = max(1, int(fraction * m))
         k = min(k, m // 2)
@@ -122,6 +124,7 @@ def audit(
         bound = epsilon_lower_bound(m, 2 * k, correct, delta, significance)
         if best is None or bound > best[0]:
             best = (bound, 2 * k, correct)
+    assert best is not None  # one bound per guess fraction, and there is at least one
     bound, r, v = best
     return OneRunAudit(
         canaries=m,

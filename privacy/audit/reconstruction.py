@@ -139,21 +139,19 @@ def secagg_round_view(updates: list[np.ndarray], config: SecAggConfig, round_id:
     s = server.setup
     for u in nodes:
         server.receive_advertise(u, clients[u].advertise_keys(s.round_id, s.participants, s.round_seed))
-    requests = server.end_advertise()
-    for u, req in requests.items():
-        server.receive_shares(u, clients[u].share_keys(req.round_id, req.peer_keys))
-    requests = server.end_share_keys()
+    for u, share in server.end_advertise().items():
+        server.receive_shares(u, clients[u].share_keys(share.round_id, share.peer_keys))
     uploads = {}
-    for u, req in requests.items():
-        msg = clients[u].mask_input(req.round_id, np.asarray(updates[u - 1], dtype=np.float64), 1.0, req.shares)
+    for u, mask in server.end_share_keys().items():
+        msg = clients[u].mask_input(mask.round_id, np.asarray(updates[u - 1], dtype=np.float64), 1.0, mask.shares)
         uploads[u] = msg.masked
         server.receive_masked_input(u, msg)
-    checks = server.end_mask_input()
-    for u, req in checks.items():
-        server.receive_consistency(u, clients[u].sign_survivors(req.round_id, req.survivors, req.dropped))
-    requests = server.end_consistency()
-    for u, req in requests.items():
-        server.receive_unmask(u, clients[u].unmask(req.round_id, req.survivors, req.dropped, req.signatures))
+    for u, check in server.end_mask_input().items():
+        server.receive_consistency(u, clients[u].sign_survivors(check.round_id, check.survivors, check.dropped))
+    for u, unmask in server.end_consistency().items():
+        server.receive_unmask(
+            u, clients[u].unmask(unmask.round_id, unmask.survivors, unmask.dropped, unmask.signatures)
+        )
     result = server.aggregate()
     enc = server.encoder
     as_plain = {u - 1: enc.centered_integers(m)[:-1] / enc.scale - enc.clip for u, m in uploads.items()}

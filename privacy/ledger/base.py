@@ -28,7 +28,7 @@ from typing import Literal
 
 from fedsilo.errors import BudgetExceeded, ConfigError, LedgerError
 from fedsilo.privacy.accounting import Mechanism, epsilon_spent
-from fedsilo.privacy.accounting.compose import check_accountant, check_delta, check_epsilon
+from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 
 JobState = Literal["reserved", "committed"]
 

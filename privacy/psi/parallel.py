@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import numpy as np
 
@@ -175,7 +175,8 @@ class Workers:
                         yield value
                 if not any(busy.values()):
                     break
-                for conn in multiprocessing.connection.wait([c for c, q in busy.items() if q]):
+                ready = multiprocessing.connection.wait([c for c, q in busy.items() if q])
+                for conn in cast(list[multiprocessing.connection.Connection], ready):  # wait returns what it was given
                     done[busy[conn].popleft()] = self._receive(conn)
         finally:
             for conn, inflight in busy.items():  # a consumer that stopped early: drain, keep pipes in step

@@ -48,6 +48,7 @@ import enum
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -179,6 +180,20 @@ class _Stream:
         return rows
 
 
+T = TypeVar("T")
+
+
+def _ready(value: T | None) -> T:
+    """A part of a side's state its protocol has set by now (its set, its session, ...).
+
+    A frame can only reach the code that reads it after the frame that sets it (`handle`
+    checks the order); ProtocolError if that ever fails, never a None used as a set.
+    """
+    if value is None:
+        raise ProtocolError("a PSI frame arrived before the state it needs; the run was aborted")
+    return value
+
+
 class _Side:
     def __init__(self, identifiers: Iterable[str], kind: str | None, mode: Mode, workers: Workers | None) -> None:
         self._identifiers = identifiers
@@ -240,7 +255,7 @@ class PsiReceiver(_Side):
     def request_frames(self) -> Iterator[bytes]:
         """Blind this side's identifiers and yield the BLINDED frames, then BLINDED_END."""
         self._blind_own()
-        yield from _frames(FrameType.BLINDED, FrameType.BLINDED_END, self.mode, self.session, self._own)
+        yield from _frames(FrameType.BLINDED, FrameType.BLINDED_END, self.mode, self.session, _ready(self._own))
 
     def handle(self, data: bytes) -> list[bytes]:
         """Consume one frame from the sender; return the frames to send it (maybe none)."""
@@ -263,15 +278,15 @@ class PsiReceiver(_Side):
         else:
             if self._double is None:
                 raise ProtocolError("the sender's set ended before its evaluations; the run was aborted")
-            return self._finish(exponentiate(self._set.end(frame), self._key, self._workers))
+            return self._finish(self._double, exponentiate(self._set.end(frame), self._key, self._workers))
         return []
 
-    def _finish(self, peer: np.ndarray) -> list[bytes]:
-        found = _member(self._double, peer)
+    def _finish(self, double: np.ndarray, peer: np.ndarray) -> list[bytes]:
+        found = _member(double, peer)
         count = int(found.sum())
-        positions = None if self.mode is Mode.CARDINALITY else self._first[found]
-        keys = self._double[found] if self.mode is Mode.TO_BOTH else None
-        self._result = PsiResult(len(self._own), len(peer), count, positions, keys)
+        positions = None if self.mode is Mode.CARDINALITY else _ready(self._first)[found]
+        keys = double[found] if self.mode is Mode.TO_BOTH else None
+        self._result = PsiResult(len(_ready(self._own)), len(peer), count, positions, keys)
         if self.mode is Mode.TO_BOTH:
             return list(_frames(FrameType.CONFIRM, FrameType.CONFIRM_END, self.mode, self.session, peer))
         return []
@@ -307,7 +322,7 @@ class PsiSender(_Side):
             self._shuffle_own()
 
     def _shuffle_own(self) -> None:
-        self._own, self._perm = _shuffled(self._own)
+        self._own, self._perm = _shuffled(_ready(self._own))
 
     def handle(self, data: bytes) -> list[bytes]:
         """Consume one frame from the receiver; return the frames to send back (maybe none)."""
@@ -348,20 +363,22 @@ class PsiSender(_Side):
         if self.mode is Mode.CARDINALITY:
             evaluated, _ = _shuffled(evaluated)
         self._evaluated = evaluated
-        out = list(_frames(FrameType.EVALUATED, FrameType.EVALUATED_END, self.mode, self.session, evaluated))
-        out += _frames(FrameType.SET, FrameType.SET_END, self.mode, self.session, self._own)
+        session, own_set = _ready(self.session), _ready(self._own)
+        out = list(_frames(FrameType.EVALUATED, FrameType.EVALUATED_END, self.mode, session, evaluated))
+        out += _frames(FrameType.SET, FrameType.SET_END, self.mode, session, own_set)
         if self.mode is not Mode.TO_BOTH:
-            self._result = PsiResult(len(self._own), len(blinded), None, None)
+            self._result = PsiResult(len(own_set), len(blinded), None, None)
         return out
 
     def _confirmed(self, peer_double: np.ndarray) -> list[bytes]:
-        if len(peer_double) != len(self._own):
+        own, evaluated = _ready(self._own), _ready(self._evaluated)
+        if len(peer_double) != len(own):
             raise ProtocolError("the receiver confirmed a different number of elements than were sent")
-        found = _member(peer_double, self._evaluated)
-        positions = self._first[self._perm[found]]
+        found = _member(peer_double, evaluated)
+        positions = _ready(self._first)[_ready(self._perm)[found]]
         order = np.argsort(positions)
         self._result = PsiResult(
-            len(self._own), len(self._evaluated), int(found.sum()), positions[order], peer_double[found][order]
+            len(own), len(evaluated), int(found.sum()), positions[order], peer_double[found][order]
         )
         return []
 

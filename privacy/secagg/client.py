@@ -81,6 +81,12 @@ class _Round:
     peer_names: dict[int, str] = field(default_factory=dict)  # v -> identity that signed v's keys
     checked: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # the lists this peer signed
 
+    def secrets(self) -> tuple[X25519PrivateKey, bytes]:
+        """The mask key and the self-mask seed, until the masked input erases them."""
+        if self.mask_key is None or self.seed is None:
+            raise ProtocolError(f"round {self.round_id}: the mask key and seed are already erased; refused")
+        return self.mask_key, self.seed
+
 
 class SecAggClient:
     """One peer's SecAgg+ state for successive rounds.
@@ -233,7 +239,7 @@ class SecAggClient:
         enc_pub, mask_pub = K.public_bytes(enc_key), K.public_bytes(mask_key)
         signature = credential = b""
         own_name = ""
-        if self._signer is not None:
+        if self._signer is not None and self._verifier is not None:  # given together (see __init__)
             credential = self._signer.credential
             transcript = K.advertise_transcript(
                 session=session,
@@ -246,7 +252,7 @@ class SecAggClient:
             )
             signature = self._signer.sign(transcript)
             try:
-                own_name = self._verifier.verify(credential, signature, transcript)  # type: ignore[union-attr]
+                own_name = self._verifier.verify(credential, signature, transcript)
             except ValueError as exc:
                 raise ProtocolError(f"peer {self.node_id}: my own identity is not admitted ({exc})") from None
         self._last_round = round_id
@@ -260,7 +266,8 @@ class SecAggClient:
         me = self.node_id
         neighbours = st.graph.neighbours[me]
         session = self.config.session_id
-        own_keys = {K.public_bytes(st.enc_key), K.public_bytes(st.mask_key)}
+        mask_key, seed = st.secrets()
+        own_keys = {K.public_bytes(st.enc_key), K.public_bytes(mask_key)}
         seen: set[bytes] = set()
         names: dict[int, str] = {}
         for v, adv in peer_keys.items():
@@ -306,7 +313,7 @@ class SecAggClient:
                 f"{len(peer_keys) + 1} holders, below the threshold {t}; refusing to share keys"
             )
         holders = sorted(peer_keys) + [me]
-        secrets = [int.from_bytes(st.seed, "big"), int.from_bytes(K.private_bytes(st.mask_key), "big")]
+        secrets = [int.from_bytes(seed, "big"), int.from_bytes(K.private_bytes(mask_key), "big")]
         shares = shamir.split(secrets, [shamir.point_of(v) for v in holders], t)
         out: dict[int, EncryptedShares] = {}
         for v, (b_share, s_share) in zip(holders, shares):
@@ -396,11 +403,12 @@ class SecAggClient:
             sigma = self.config.noise.peer_sigma(st.encoder.scale)
             noise = sample_discrete_gaussian(sigma, y.shape[0] - 1)
             np.add(y[:-1], noise.view(np.uint64), out=y[:-1])  # two's complement: adds mod 2**64
-        add_mask(y, st.seed, LABEL_SELF_MASK)
+        mask_key, seed = st.secrets()
+        add_mask(y, seed, LABEL_SELF_MASK)
         session = self.config.session_id
         for v in sorted(partners):
             try:
-                secret = K.shared_secret(st.mask_key, st.peer_keys[v].mask_public_key)
+                secret = K.shared_secret(mask_key, st.peer_keys[v].mask_public_key)
             except ValueError:
                 raise self._fail(f"peer {v} advertised a low-order mask key") from None
             seed = K.mask_seed(secret, session=session, round_id=round_id, u=me, v=v)

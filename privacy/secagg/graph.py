@@ -122,7 +122,7 @@ def _hypergeometric_bound(population: int, marked: int, draws: int, n: int, bits
     return lo
 
 
-def _check(n: int, k: int, C: int, D: int, sigma: int, eta: int, complete: bool):
+def _check(n: int, k: int, C: int, D: int, sigma: int, eta: int, complete: bool) -> tuple[int, int, int] | None:
     h = k + 1
     c = _hypergeometric_bound(n - 1, C, k, n, sigma + 1)
     d = 0 if D == 0 else 1 + _hypergeometric_bound(n - 1, D - 1, k, n, eta)

@@ -71,7 +71,7 @@ class KeyStream:
         op = np.subtract if subtract else np.add
         for start in range(0, n, _CHUNK_WORDS):
             m = min(_CHUNK_WORDS, n - start)
-            self._enc.update_into(self._zero(8 * m), raw[: 8 * m])
+            self._enc.update_into(self._zero(8 * m), raw[: 8 * m].data)
             seg = out[start : start + m]
             op(seg, buf[:m], out=seg)
 

@@ -158,6 +158,7 @@ class SecAggServer:
 
     def _admit(self, sender: object, stage: ServerStage, what: str) -> int:
         if not isinstance(sender, int) or sender not in self.setup.participants:
+            # the ignore: a sender that is no int is named as it came (the rejection is about it)
             raise PeerRejected(sender, f"sent a {what} message but is not a participant of round {self.round_id}")  # type: ignore[arg-type]
         if self.stage in (ServerStage.DONE, ServerStage.ABORTED):
             raise PeerRejected(sender, f"sent a {what} message after round {self.round_id} ended")
@@ -350,7 +351,7 @@ class SecAggServer:
         self._inputs[sender] = y
         self._answered.add(sender)
 
-    def end_mask_input(self) -> dict[int, UnmaskRequest]:
+    def end_mask_input(self) -> dict[int, ConsistencyRequest]:
         """Close stage 2; check every needed secret is reconstructible BEFORE asking for shares."""
         self._require_stage(ServerStage.MASK_INPUT, "end_mask_input")
         for peer in sorted(self.active - self._answered):
@@ -458,8 +459,8 @@ class SecAggServer:
         responders = set(self._unmask)
         t = self.threshold
         jobs: dict[tuple[int, ...], list[tuple[str, int]]] = {}
-        for kind, targets, holders in (("b", self._survivors, self._b_holders), ("s", self._dropped, self._s_holders)):
-            for v in targets:
+        for kind, peers, holders in (("b", self._survivors, self._b_holders), ("s", self._dropped, self._s_holders)):
+            for v in peers:
                 if not holders[v]:
                     continue
                 avail = sorted(holders[v] & responders)
@@ -499,8 +500,8 @@ class SecAggServer:
         for v, raw in mask_keys.items():
             sk = K.load_private(raw)
             for u in sorted(self._s_holders[v]):  # survivors that masked with v
-                secret = K.shared_secret(sk, self._adverts[u].mask_public_key)
-                seed = K.mask_seed(secret, session=session, round_id=self.round_id, u=u, v=v)
+                shared = K.shared_secret(sk, self._adverts[u].mask_public_key)
+                seed = K.mask_seed(shared, session=session, round_id=self.round_id, u=u, v=v)
                 add_mask(total, seed, LABEL_PAIR_MASK, subtract=v > u)  # undo u's sign for v
         total &= self.encoder.mask
         try:

@@ -64,6 +64,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -125,7 +126,8 @@ def _without_stage(reply: Message) -> Message:
     if reply.has_error() or SECAGG_CONFIG_KEY not in reply.content.config_records:
         return reply
     content = RecordDict({k: v for k, v in reply.content.items() if k != SECAGG_CONFIG_KEY})
-    return Message(metadata=reply.metadata, content=content)
+    # Flower's untyped internal form (its overloads build new messages only): the reply, same metadata.
+    return Message(metadata=reply.metadata, content=content)  # type: ignore[call-overload]
 
 
 class SecureAggregation(StrategyWrapper):
@@ -232,24 +234,26 @@ class SecureAggregation(StrategyWrapper):
         dim = _dimension(arrays)
         advertised, self._advertised = self._advertised, None
         carried = (
-            advertised is not None
+            advertised
+            if advertised is not None
             and advertised.server_round == server_round
             and advertised.nodes == frozenset(node_ids)
             and advertised.dim == dim
+            else None
         )
-        server = advertised.server if carried else self._new_server(server_round, node_ids, dim)
+        server = carried.server if carried else self._new_server(server_round, node_ids, dim)
         self._round = _Round(server_round, server, arrays, node_ids, grid)
         try:
             if carried:  # stage 1 rode on the last evaluation
-                replies = self._collect("advertise", server_round, advertised.replies)
+                replies = self._collect("advertise", server_round, carried.replies)
             else:
                 replies = self._exchange(grid, "advertise", server_round, {n: server.setup.to_dict() for n in node_ids})
             for node, reply in replies.items():
                 payload = self._payload(server_round, node, reply, "advertise")
                 if payload is not None:
                     self._receive(server.receive_advertise, server_round, node, AdvertiseKeys.from_dict, payload)
-            requests = server.end_advertise()
-            replies = self._exchange(grid, "share", server_round, {n: r.to_dict() for n, r in requests.items()})
+            share_requests = server.end_advertise()
+            replies = self._exchange(grid, "share", server_round, {n: r.to_dict() for n, r in share_requests.items()})
             for node, reply in replies.items():
                 payload = self._payload(server_round, node, reply, "share")
                 if payload is not None:
@@ -290,7 +294,14 @@ class SecureAggregation(StrategyWrapper):
             advertised.replies, replies = replies, [_without_stage(r) for r in replies]
         return super().aggregate_evaluate(server_round, replies)
 
-    def _receive(self, receive, server_round: int, node: int, decode, payload: dict) -> None:
+    def _receive(
+        self,
+        receive: Callable[[int, Any], object],
+        server_round: int,
+        node: int,
+        decode: Callable[[Any], Any],
+        payload: Any,
+    ) -> None:
         try:
             receive(node, decode(payload))
         except PeerRejected as error:

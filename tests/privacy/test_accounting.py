@@ -1,14 +1,30 @@
-"""Tests of privacy.accounting: Mechanism, epsilon_spent, calibrate_noise, Accountant."""
+"""Tests of privacy.accounting: Mechanism, epsilon_spent, calibrate_noise, Accountant, the validator, DP planning."""
 
 import itertools
 import json
 import math
+import sys
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedsilo.errors import BudgetExceeded, ConfigError
-from fedsilo.privacy.accounting import Accountant, Mechanism, calibrate_noise, epsilon_spent
+from fedsilo.privacy.accounting import ACCOUNTANTS, Accountant, Mechanism, calibrate_noise, epsilon_spent
+from fedsilo.privacy.accounting.planning import (
+    DISTRIBUTED_BITS,
+    DPPlan,
+    dp_plan_is_cached,
+    grid_sample_rate,
+    plan_distributed_dp,
+    plan_dp,
+    rate_and_steps,
+)
+from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
+from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig
+from fedsilo.privacy.secagg.graph import graph_parameters
+from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
 
 # Opacus warns about the alpha range when a calibration search probes tiny noise levels.
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
@@ -322,3 +338,215 @@ def test_full_batch_steps_are_accounted_exactly_as_one_gaussian_mechanism():
     opacus.history = [(2.0, 1.0, 3), (4.0, 1.0, 4)]
     assert abs(opacus.get_epsilon(delta=1e-5, eps_error=0.01) - epsilon) < 0.011
     assert epsilon_spent([Mechanism(1e6, 1.0, 1)], 1e-5, "prv") == 0.0  # δ(0) below the budget already
+
+
+# -- validate: the one check of ε, δ and accountant names -------------------------
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (0.0, "0.0"),
+        (0, "0.0"),
+        (-1.0, "-1.0"),
+        (-0.0, "-0.0"),
+        (math.nan, "nan"),
+        (math.inf, "inf"),
+        (-math.inf, "-inf"),
+        (True, "True"),
+        ("3", "'3'"),
+        (None, "None"),
+    ],
+)
+def test_check_epsilon_refuses_with_its_message(value, shown):
+    with pytest.raises(ConfigError) as error:
+        check_epsilon(value, "dp.epsilon")
+    assert str(error.value) == f"dp.epsilon must be > 0 and finite (got {shown})"
+
+
+def test_check_epsilon_appends_the_hint_and_names_the_key():
+    with pytest.raises(ConfigError) as error:
+        check_epsilon(-2, "sources.retail.epsilon", hint="use --no-dp for a non-private run")
+    assert (
+        str(error.value)
+        == "sources.retail.epsilon must be > 0 and finite (got -2.0); use --no-dp for a non-private run"
+    )
+    with pytest.raises(ConfigError, match=r"^epsilon must be > 0 and finite \(got 0\.0\)$"):
+        check_epsilon(0.0)
+
+
+@pytest.mark.parametrize("value", [5e-324, 1e-12, 1, 3.0, sys.float_info.max, np.float64(0.5), np.float32(2.0)])
+def test_check_epsilon_accepts_every_finite_positive_number_as_a_float(value):
+    assert check_epsilon(value) == float(value) and type(check_epsilon(value)) is float
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (0.0, "0.0"),
+        (1.0, "1.0"),
+        (1, "1.0"),
+        (-1e-5, "-1e-05"),
+        (1.5, "1.5"),
+        (math.nan, "nan"),
+        (True, "True"),
+        ("1e-5", "'1e-5'"),
+    ],
+)
+def test_check_delta_refuses_with_its_message(value, shown):
+    with pytest.raises(ConfigError) as error:
+        check_delta(value, "dp.delta")
+    assert str(error.value) == f"dp.delta must be in (0, 1) (got {shown}); 1e-5 or 1/(10·rows) are usual"
+
+
+@pytest.mark.parametrize("value", [5e-324, 1e-5, 0.5, math.nextafter(1.0, 0.0), np.float32(1e-5)])
+def test_check_delta_accepts_the_open_interval_up_to_its_ends(value):
+    assert check_delta(value) == float(value) and type(check_delta(value)) is float
+
+
+@pytest.mark.parametrize("value", ["gdp", "PRV", " rdp", "", None, 1, ("prv",)])
+def test_check_accountant_refuses_unknown_names(value):
+    with pytest.raises(ConfigError) as error:
+        check_accountant(value, "sources.retail.accountant")
+    assert str(error.value) == f"sources.retail.accountant {value!r} is unknown: valid choices are prv, rdp"
+
+
+def test_check_accountant_accepts_exactly_the_supported_accountants():
+    assert ACCOUNTANTS == ("prv", "rdp")
+    assert [check_accountant(name) for name in ACCOUNTANTS] == ["prv", "rdp"]
+
+
+def test_the_accounting_functions_refuse_through_the_validator():
+    with pytest.raises(ConfigError, match=r"^target_epsilon must be > 0 and finite \(got inf\)$"):
+        calibrate_noise(math.inf, DELTA, 0.01, 10)
+    with pytest.raises(ConfigError, match=r"^delta must be in \(0, 1\) \(got 1\.0\)"):
+        epsilon_spent([JOB], 1.0)
+    with pytest.raises(ConfigError, match=r"^accountant 'moments' is unknown: valid choices are prv, rdp$"):
+        Accountant("moments")
+
+
+# -- planning: a job's noise from plain numbers ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "batch_size, n_train, rate",
+    [
+        (128, 1000, 2**-2.75),  # 0.128 rounded up to the grid
+        (1, 2, 0.5),  # on the grid: unchanged, despite log2's rounding
+        (1, 4096, 2**-12),
+        (3, 4096, 2**-10.25),
+        (128, 129, 1.0),  # 0.992 rounds up to 1
+        (128, 128, 1.0),
+        (500, 100, 1.0),  # a batch larger than the bank: every row, every step
+    ],
+)
+def test_grid_sample_rate_rounds_up_to_quarter_octaves(batch_size, n_train, rate):
+    assert grid_sample_rate(batch_size, n_train) == rate
+
+
+def test_grid_sample_rate_never_shrinks_the_batch_nor_grows_it_past_a_quarter_octave():
+    for n in range(129, 20_000, 7):
+        q = grid_sample_rate(128, n)
+        assert 128 / n <= q < 128 / n * 2**0.25 + 1e-12
+    assert len({grid_sample_rate(128, n) for n in range(200, 20_000)}) <= 4 * 7 + 1
+
+
+def test_rate_and_steps_of_a_bank():
+    assert rate_and_steps(1000, 128, 2) == (2**-2.75, 14)  # ceil(1/0.1487) = 7 steps an epoch
+    assert rate_and_steps(100, 500, 3) == (1.0, 3)
+    with pytest.raises(ConfigError, match="^a bank needs at least one training row$"):
+        rate_and_steps(0, 128, 1)
+    with pytest.raises(ConfigError, match=r"batch size and local epochs must be ≥ 1 \(got 0 and 1\)"):
+        rate_and_steps(10, 0, 1)
+
+
+SHAPE = {"n_train": 1000, "batch_size": 128, "local_epochs": 2, "rounds": 5}
+
+
+@pytest.fixture
+def empty_cache(monkeypatch, tmp_path):
+    """A fresh calibration cache: nothing on disk, nothing in this process' memo."""
+    from fedsilo.privacy.accounting.cache import cached_calibration
+
+    monkeypatch.setenv("FEDSILO_CACHE", str(tmp_path))
+    cached_calibration.cache_clear()
+    yield tmp_path
+    cached_calibration.cache_clear()
+
+
+@pytest.mark.parametrize("accountant, sigma", [("rdp", 2.94921875), ("prv", 2.745891177887968)])
+def test_plan_dp_from_plain_numbers(empty_cache, accountant, sigma):
+    """The values the plan had in `peers/job.py` before it moved (Opacus 1.6): the same calibration."""
+    assert not dp_plan_is_cached(2.0, DELTA, accountant, **SHAPE)
+    plan = plan_dp(2.0, DELTA, accountant, **SHAPE)
+    assert plan == DPPlan(pytest.approx(sigma, rel=1e-9), 2**-2.75, 14, 5)
+    assert plan.whole_job == Mechanism(plan.noise_multiplier, 2**-2.75, 70)
+    assert plan.per_round == Mechanism(plan.noise_multiplier, 2**-2.75, 14)
+    assert 2.0 - 0.01 <= epsilon_spent([plan.per_round] * 5, DELTA, accountant) <= 2.0
+    assert dp_plan_is_cached(2.0, DELTA, accountant, **SHAPE)  # the calibration is now on disk
+
+
+def test_plan_dp_without_privacy_samples_alike_and_adds_no_noise(empty_cache):
+    assert plan_dp(None, DELTA, "prv", **SHAPE) == DPPlan(0.0, 2**-2.75, 14, 5)
+    assert dp_plan_is_cached(None, DELTA, "prv", **SHAPE)
+    assert not list(empty_cache.iterdir())  # nothing calibrated
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0.0, DELTA, "rdp"), r"^epsilon must be > 0 and finite \(got 0\.0\)$"),
+        ((2.0, 0.0, "rdp"), r"^delta must be in \(0, 1\) \(got 0\.0\)"),
+        ((2.0, DELTA, "gdp"), r"^accountant 'gdp' is unknown"),
+    ],
+)
+def test_plan_dp_refuses_a_bad_target(args, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_dp(*args, **SHAPE)
+    with pytest.raises(ConfigError, match=r"^rounds must be an integer ≥ 1 \(got 0\)$"):
+        plan_dp(2.0, DELTA, "rdp", **{**SHAPE, "rounds": 0})
+
+
+def _secagg(clip=1.0, **kwargs):
+    return SecAggConfig(clip=clip, bits=DISTRIBUTED_BITS, max_weight=1.0, **kwargs)
+
+
+def test_plan_distributed_dp_from_plain_numbers():
+    """10 peers, 20 rounds, lr·C/public rows = 2·1/20000, 4000 parameters: the values of before the move."""
+    plan = plan_distributed_dp(
+        3.0, DELTA, "rdp", rounds=20, l2_sensitivity=1e-4, peers=10, n_params=4000, secagg=_secagg()
+    )
+    assert plan.noise.noise_multiplier == pytest.approx(8.625981651611367, rel=1e-9)
+    assert (plan.noise.l2_sensitivity, plan.noise.expected_peers) == (1e-4, 10)
+    assert plan.effective_multiplier == pytest.approx(6.6796875, rel=1e-9)
+    # 10 peers at 30 % dropouts and 10 % collusion: D = 3, C = 1; the host needs 7 survivors.
+    assert plan.min_survivors == 7
+    graph = graph_parameters(10, 0.3, 0.1, 40, 30, 30)
+    assert (graph.dropped, graph.corrupt) == (3, 1)
+    # The accounted round is the Gaussian mechanism of the 10 − 3 − 1 honest shares only.
+    scale = _secagg().encoder(10).scale
+    honest = math.sqrt(6) * plan.noise.peer_sigma(scale) / integer_l2_sensitivity(1e-4, scale, 4000)
+    assert plan.effective_multiplier == pytest.approx(honest, rel=1e-12)
+    assert plan.per_round == Mechanism(plan.effective_multiplier, 1.0, 1)
+    assert 3.0 - 0.01 <= epsilon_spent([plan.per_round] * 20, DELTA, "rdp") <= 3.0
+
+
+def test_plan_distributed_dp_refuses_what_it_cannot_account():
+    with pytest.raises(ConfigError, match=r"^distributed noise share below 10 integer units: lower secagg\.clip"):
+        plan_distributed_dp(3.0, DELTA, "rdp", rounds=1, l2_sensitivity=1e-6, peers=10, n_params=1, secagg=_secagg(1e6))
+    noisy = replace(_secagg(), noise=DistributedNoise(1.0, 1e-4, 10))
+    with pytest.raises(ConfigError, match=r"before noise \(noise=None\)"):
+        plan_distributed_dp(3.0, DELTA, "rdp", rounds=1, l2_sensitivity=1e-4, peers=10, n_params=1, secagg=noisy)
+    with pytest.raises(ConfigError, match="cannot tolerate 1 dropouts"):
+        plan_distributed_dp(
+            3.0,
+            DELTA,
+            "rdp",
+            rounds=1,
+            l2_sensitivity=1e-4,
+            peers=2,
+            n_params=1,
+            secagg=_secagg(dropout_fraction=0.5, collusion_fraction=0.5),
+        )
+    with pytest.raises(ConfigError, match=r"^delta must be in \(0, 1\)"):
+        plan_distributed_dp(3.0, 1.0, "rdp", rounds=1, l2_sensitivity=1e-4, peers=10, n_params=1, secagg=_secagg())

@@ -8,9 +8,10 @@ import pytest
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.data.bank import split_train_test
-from fedsilo.peers.job import JobConfig, TrainSpec, grid_sample_rate, plan_dp
+from fedsilo.peers.job import JobConfig, TrainSpec, plan_dp
 from fedsilo.privacy.accounting import Mechanism, epsilon_spent
 from fedsilo.privacy.accounting.compose import RDP_ALPHAS
+from fedsilo.privacy.accounting.planning import grid_sample_rate
 from fedsilo.privacy.ledger import SQLiteLedger
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import build_config

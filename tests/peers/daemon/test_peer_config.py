@@ -57,7 +57,7 @@ def test_a_valid_peer_toml(peer_dir):
         (('path = "data.csv"', 'path = "missing.csv"'), "does not exist"),
         (
             ("epsilon = 8.0", 'epsilon = 8.0\naccountant = "gdp"'),
-            "accountant 'gdp' is unknown: valid choices are rdp, prv",
+            "accountant 'gdp' is unknown: valid choices are prv, rdp",
         ),
     ],
 )

@@ -58,3 +58,10 @@ def test_check_claim_fails_loudly_only_above_the_claim():
         one_run.check_claim(leaky)
     no_claim = one_run.audit(included + 0.0, included, delta=0.0, epsilon_claimed=None)
     one_run.check_claim(no_claim)  # nothing claimed, nothing to fail
+
+
+def test_an_audit_without_guess_fractions_is_refused():
+    """It divided the significance by zero (ZeroDivisionError) before it said so."""
+    scores, included = np.arange(10.0), np.arange(10) % 2 == 0
+    with pytest.raises(DataError, match="at least one guess fraction"):
+        one_run.audit(scores, included, 1e-5, 1.0, guess_fractions=())
