@@ -1,11 +1,16 @@
-"""`fedsilo.peers.deployment.superlink`: Flower's SuperLink middleware, with the Control-only layers scoped."""
+"""Contract of `fedsilo.peers.flower_compat.superlink_middleware` with Flower's SuperLink middleware stack."""
 
 import asyncio
 
-from flwr.superlink.main import _get_middleware  # pylint: disable=protected-access
+from flwr.superlink.main import _get_middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from fedsilo.peers.deployment.superlink import MESSAGE_ROUTES, InlineMiddleware, ScopedMiddleware, scoped_middleware
+from fedsilo.peers.flower_compat.superlink_middleware import (
+    MESSAGE_ROUTES,
+    InlineMiddleware,
+    ScopedMiddleware,
+    scoped_middleware,
+)
 
 SCOPED = {
     "ControlSensitiveResponseMiddleware",
@@ -13,7 +18,6 @@ SCOPED = {
     "ControlLicenseMiddleware",
     "ControlEventLogMiddleware",
     "FleetEventLogMiddleware",
-    "RuntimeTracingMiddleware",
 }
 
 
@@ -60,7 +64,7 @@ def _through(middleware: ScopedMiddleware, path: str, kind: str = "http") -> lis
 
 
 def test_a_fleet_request_skips_a_control_layer_and_a_control_request_goes_through_it():
-    from fedsilo.peers.deployment.superlink import _control
+    from fedsilo.peers.flower_compat.superlink_middleware import _control
 
     middleware = ScopedMiddleware(lambda *a: None, layer=_Layer, applies=_control)
     assert _through(middleware, "/v1/fleet/pull-messages") == ["/v1/fleet/pull-messages"]
