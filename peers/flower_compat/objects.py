@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from flwr.supercore.inflatable.inflatable_object import (
     InflatableObject,
+    UnexpectedObjectContentError,
     get_all_nested_objects,
     get_object_id,
     get_object_tree,
@@ -25,6 +26,7 @@ OBJECT_ID_CHARS = 64  # a Flower object id: SHA-256 of the deflated bytes, in he
 __all__ = [
     "OBJECT_ID_CHARS",
     "InflatableObject",
+    "UnexpectedObjectContentError",
     "check_content",
     "deflated_tree",
     "get_all_nested_objects",
@@ -47,7 +49,7 @@ def object_id(content: bytes) -> str:
 
 
 def check_content(content: bytes) -> None:
-    """Raise (Flower's ValueError) unless `content` is deflated bytes Flower accepts (head, type, body)."""
+    """Raise Flower's UnexpectedObjectContentError unless `content` is deflated bytes it accepts (head, type, body)."""
     validate_object_content(content)
 
 

@@ -280,3 +280,58 @@ def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_dr
             time.sleep(0.02)
     assert confirmed == [(RUN_ID, message.metadata.message_id)]
     assert "could not confirm message" in caplog.text
+
+
+# What the patch rebinds, as Flower's loop module holds it.
+
+
+def test_the_loop_sleeps_through_its_module_global_time_and_pulls_through_pull_objects():
+    import inspect
+
+    assert loop.time is time
+    assert {"initial_backoff", "backoff_cap"} <= set(inspect.signature(loop.pull_objects).parameters)
+    uses = loop._pull_and_store_message.__code__.co_names
+    assert "pull_objects" in uses  # called by its module-global name: the rebinding reaches it
+
+
+def test_the_loop_calls_pull_and_store_with_the_keywords_the_wrapper_reads():
+    import inspect
+
+    parameters = inspect.signature(loop._pull_and_store_message).parameters
+    assert {"state", "object_store", "confirm_message_received"} <= set(parameters)
+    caller = inspect.getsource(loop.start_client_internal)
+    assert "_pull_and_store_message(" in caller and "state=state" in caller and "object_store=store" in caller
+
+
+def test_the_node_state_has_every_call_the_in_process_client_app_makes(node):
+    state, store = node
+    for name in (
+        "get_run",
+        "get_run_series_context",
+        "set_run_series_context",
+        "get_fab",
+        "record_message_processing_start",
+        "record_message_processing_end",
+        "start_session",
+        "store_message_and_object_tree",
+        "store_object",
+        "store_message",
+        "create_task",
+        "finish_task",
+        "delete_messages",
+    ):
+        assert callable(getattr(state, name)), name
+    for name in ("get_object_tree", "get", "delete"):
+        assert callable(getattr(store, name)), name
+
+
+def test_patch_loop_rebinds_the_three_names(monkeypatch):
+    from fedsilo.peers.flower_compat.supernode import CappedSleepTime, patch_loop
+
+    for name in ("time", "pull_objects", "_pull_and_store_message"):
+        monkeypatch.setattr(loop, name, getattr(loop, name))  # restored after the test
+    original = loop._pull_and_store_message
+    patch_loop(_doubling_app, poll=0.05)
+    assert isinstance(loop.time, CappedSleepTime) and loop.time.cap == 0.05
+    assert loop.pull_objects.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.2}
+    assert loop._pull_and_store_message.__wrapped__ is original
