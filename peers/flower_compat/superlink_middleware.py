@@ -2,7 +2,7 @@
 
 Flower 1.42's SuperLink serves its Fleet, Runtime and Control APIs from one FastAPI
 app whose middleware stack wraps every request in eight `BaseHTTPMiddleware` layers
-(1.41 had ten). Each layer costs a task group and a pair of memory streams per
+(1.41 had nine). Each layer costs a task group and a pair of memory streams per
 request, whether or not it does anything: in a deployed round the SuperLink, one
 Python process, serves a few hundred Fleet and Runtime requests (every message, every
 object of a message, every poll) and spent about 5 ms of CPU on each, most of it in
