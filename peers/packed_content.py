@@ -1,6 +1,6 @@
 """Packed content: a message's whole RecordDict travels as one Flower record.
 
-Flower 1.41 stores a message as a tree of objects (the message, its RecordDict, every
+Flower 1.42 stores a message as a tree of objects (the message, its RecordDict, every
 record, and per array an `Array` and its chunks), and the Deployment Engine moves
 every object with its own HTTP request at every hop (ServerApp -> SuperLink ->
 SuperNode -> ClientApp, and back for the reply), plus a retry whenever an object is
@@ -33,14 +33,13 @@ import struct
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_id
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents, validate_object_content
 
 from fedsilo.errors import ProtocolError
+from fedsilo.peers.flower_compat.messages import ErrorCode
+from fedsilo.peers.flower_compat.objects import OBJECT_ID_CHARS, check_content, deflated_tree, inflate, object_id
 
 PACKED_KEY = "fedsilo.packed"
-_ID_BYTES = 64  # a Flower object id: SHA-256, hex
+_ID_BYTES = OBJECT_ID_CHARS  # ASCII
 _LENGTH = struct.Struct(">Q")
 
 
@@ -52,9 +51,8 @@ def is_packed(content: RecordDict) -> bool:
 def pack(content: RecordDict) -> RecordDict:
     """`content` as one record holding its deflated object tree (see the module docstring)."""
     frames = []
-    for object_id, obj in get_all_nested_objects(content).items():
-        body = obj.deflate()
-        frames += [object_id.encode("ascii"), _LENGTH.pack(len(body)), body]
+    for oid, body in deflated_tree(content).items():
+        frames += [oid.encode("ascii"), _LENGTH.pack(len(body)), body]
     return RecordDict({PACKED_KEY: ConfigRecord({"root": content.object_id, "objects": b"".join(frames)})})
 
 
@@ -64,14 +62,14 @@ def _contents(blob: bytes) -> dict[str, bytes]:
         header_end = offset + _ID_BYTES + _LENGTH.size
         if header_end > len(blob):
             raise ProtocolError("packed content is truncated")
-        object_id = blob[offset : offset + _ID_BYTES].decode("ascii", errors="replace")
+        oid = blob[offset : offset + _ID_BYTES].decode("ascii", errors="replace")
         (size,) = _LENGTH.unpack_from(blob, offset + _ID_BYTES)
         body = blob[header_end : header_end + size]
         if len(body) != size:
             raise ProtocolError("packed content is truncated")
-        if get_object_id(body) != object_id:
-            raise ProtocolError(f"packed object {object_id[:16]}… does not match its id")
-        contents[object_id] = body
+        if object_id(body) != oid:
+            raise ProtocolError(f"packed object {oid[:16]}… does not match its id")
+        contents[oid] = body
         offset = header_end + size
     return contents
 
@@ -87,8 +85,8 @@ def unpack(content: RecordDict) -> RecordDict:
     contents = _contents(blob)
     try:
         for body in contents.values():
-            validate_object_content(body)
-        restored = inflate_object_from_contents(root, contents)
+            check_content(body)
+        restored = inflate(root, contents)
     except ProtocolError:
         raise
     except Exception as error:  # Flower raises KeyError/ValueError/... for a tree it cannot inflate

@@ -6,10 +6,9 @@ A job with secure aggregation gets a simulated consortium (a CA, a signed manife
 one key and certificate per bank, `fedsilo.peers.identity.round_keys`), so the banks sign and
 verify SecAgg+ keys and survivor lists as deployed peers do, at the same cost.
 
-Flower 1.41's public `run_simulation` takes no run config, so this calls the function
-it delegates to (`flwr.simulation.run_simulation._run_simulation`) with the app
-directory that holds the descriptor. flwr is pinned to 1.41.0 in pyproject.toml;
-revisit this call when moving Flower.
+Flower's public `run_simulation` takes no run config, so this runs the engine through
+`fedsilo.peers.flower_compat.simulation`, which hands Flower the app directory that
+holds the descriptor.
 """
 
 from __future__ import annotations
@@ -22,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from flwr.clientapp import ClientApp
-from flwr.common.logger import LOGGER_NAME
 from flwr.serverapp import ServerApp
-from flwr.simulation.run_simulation import _run_simulation
-from flwr.supercore.telemetry import EventType
 
 from fedsilo.peers.flower_app import write_app_descriptor
+from fedsilo.peers.flower_compat.simulation import flower_logger, run_app_simulation
 from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium
 
 
@@ -72,21 +69,11 @@ def run_flower_simulation(
         consortium = simulated_consortium(Path(app_dir).parent / "consortium", n_banks)
         run_config = {**run_config, SIMULATED_IDENTITY_KEY: str(consortium)}
     write_app_descriptor(app_dir, run_config, version)
-    flwr_logger = logging.getLogger(LOGGER_NAME)
+    flwr_logger = flower_logger()
     previous = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
     try:
-        _run_simulation(
-            num_supernodes=n_banks,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config=backend_config(settings),
-            app_dir=str(app_dir),
-            is_app=True,  # read the run config from the descriptor in app_dir
-            verbose_logging=verbose,
-        )
+        run_app_simulation(server_app, client_app, n_banks, backend_config(settings), Path(app_dir), verbose)
     finally:
         flwr_logger.setLevel(previous)

@@ -16,7 +16,7 @@ from logging import WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.common.logger import log
+from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedsilo.strategies.wrapper import StrategyWrapper

@@ -5,7 +5,7 @@
 See `fedsilo.peers.deployment.host` and `fedsilo.peers.deployment.join` for what runs where.
 
 Names are imported on first use, so that the SuperNode launcher
-(`python -m peers.deployment.supernode`) does not pay for torch.
+(`python -m fedsilo.peers.deployment.supernode`) does not pay for torch.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@
   group this module stops;
 
 then registers each accepted peer's node key and starts the run through the
-SuperLink's Control API on 127.0.0.1 (the app descriptor of `fedsilo.peers.flower_app`, built
+SuperLink's Control API on 127.0.0.1 (`fedsilo.peers.flower_compat.control`) (the app descriptor of `fedsilo.peers.flower_app`, built
 into a FAB with the job's run config); the ServerApp is told the registered node ids
 and uses no other node. The ServerApp (`fedsilo.peers.server.app`) writes the final model and
 the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
@@ -29,25 +29,16 @@ import os
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
-
-from flwr.cli.build import build_fab_from_disk
-from flwr.common.constant import Status, SubStatus
-from flwr.common.serde import fab_to_proto, user_config_to_proto
-from flwr.proto.control_pb2 import ListRunsRequest, RegisterNodeRequest, StartRunRequest  # pylint: disable=E0611
-from flwr.supercore.control import ControlHttpClient
-from flwr.supercore.fab import Fab
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
 from fedsilo.peers.deployment.local_ca import make_local_tls
 from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from fedsilo.peers.deployment.tls import TLSFiles, public_key_pem
 from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
+from fedsilo.peers.flower_compat.control import COMPLETED, FINISHED, ControlClient, build_fab
 from fedsilo.peers.job import JobConfig
 from fedsilo.process import set_process_defaults
 
@@ -95,15 +86,6 @@ def job_environment(work_dir: Path, extra: dict[str, str] | None = None) -> dict
     return env
 
 
-def _control_client(address: str, ca_cert: Path) -> ControlHttpClient:
-    return ControlHttpClient.from_server_address(
-        server_address=address,
-        insecure=False,
-        root_certificates=ca_cert.read_bytes(),
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-    )  # no retries: a dead link is news
-
-
 @dataclass
 class HostedTraining:
     """A job being hosted; `wait` returns its result and stops its processes."""
@@ -113,14 +95,12 @@ class HostedTraining:
     fleet_address: str
     run_id: int
     supervisor: Supervisor
-    control: ControlHttpClient
+    control: ControlClient
     _result: TrainingResult | None = field(default=None, repr=False)
 
     def status(self) -> tuple[str, str, str]:
         """(status, sub-status, details) of the run, as the SuperLink reports it."""
-        runs = self.control.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict
-        run = runs[self.run_id]
-        return run.status.status, run.status.sub_status, run.status.details
+        return self.control.run_status(self.run_id)
 
     def wait(self, timeout: float | None = None) -> TrainingResult:
         """Block until the run finishes; raise DeploymentError if it fails, a process dies, or on timeout.
@@ -141,7 +121,7 @@ class HostedTraining:
                     raise DeploymentError(
                         f"the SuperLink of job {self.job.job_id} stopped answering ({exc.__class__.__name__}: {exc})"
                     ) from None
-                if status == Status.FINISHED:
+                if status == FINISHED:
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeploymentError(
@@ -149,7 +129,7 @@ class HostedTraining:
                         f"(run {self.run_id} is {status}); its processes were stopped"
                     )
                 time.sleep(RUN_STATUS_POLL_SECONDS)
-            if sub_status != SubStatus.COMPLETED:
+            if sub_status != COMPLETED:
                 raise DeploymentError(
                     f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
                     f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})"
@@ -229,7 +209,7 @@ def host_training(
             work_dir, {HOST_OUTPUT_ENV: str(work_dir / "result"), SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_SECONDS}
         ),
     )
-    control: ControlHttpClient | None = None
+    control: ControlClient | None = None
     try:
         link = supervisor.start(
             "superlink",
@@ -253,9 +233,9 @@ def host_training(
                 str(link_port),
             ],
         )
-        control = _control_client(link_address, Path(link_tls.ca_cert))
+        control = ControlClient(link_address, Path(link_tls.ca_cert).read_bytes())
         _wait_until_listening(LOOPBACK, link_port, "the SuperLink", supervisor)
-        control.ListRuns(ListRunsRequest())
+        control.list_run_ids()
         supervisor.start(
             "fleet-gateway",
             [
@@ -275,7 +255,7 @@ def host_training(
             ],
         )
         _wait_until_listening(host, port, "the fleet gateway", supervisor)
-        nodes = [control.RegisterNode(RegisterNodeRequest(public_key=key)).node_id for key in keys]
+        nodes = [control.register_node(key) for key in keys]
         supervisor.start(
             "superexec",
             [
@@ -293,18 +273,10 @@ def host_training(
         )
         app_dir = work_dir / "app"
         write_app_descriptor(app_dir, deployment_job(job).to_run_config(), version)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # pathspec's, inside Flower's FAB builder
-            fab_bytes = build_fab_from_disk(app_dir)
-        response = control.StartRun(
-            StartRunRequest(
-                fab=fab_to_proto(Fab(sha256(fab_bytes).hexdigest(), fab_bytes, {})),
-                override_config=user_config_to_proto({}),
-            )
-        )
-        if not response.HasField("run_id"):
+        run_id = control.start_run(build_fab(app_dir))
+        if run_id is None:
             raise DeploymentError(f"the SuperLink refused to start job {job.job_id}: see {supervisor.log_dir}")
-        return HostedTraining(job, work_dir, address, int(response.run_id), supervisor, control)
+        return HostedTraining(job, work_dir, address, run_id, supervisor, control)
     except BaseException:
         supervisor.stop()
         if control is not None:

@@ -1,6 +1,6 @@
 """Long polling for the SuperLink's pull requests: an empty answer waits for the next push first.
 
-Flower 1.41's SuperNodes and ServerApp learn of new messages and objects only by
+Flower's SuperNodes and ServerApp learn of new messages and objects only by
 asking: a SuperNode asks the Fleet API for its next message, and for each object of a
 message its sender has not pushed yet; the ServerApp asks the Runtime API for its
 replies and their objects. Every "nothing yet" answer is followed by a pause and the
@@ -8,8 +8,8 @@ same request again. With three SuperNodes and a ServerApp asking every 50 ms, mo
 the SuperLink's work in a deployed round was answering "nothing yet" (0.9 s of its
 CPU per round, on a 2-core host), and every answer could be up to one pause late.
 
-`LongPoll` wraps the SuperLink's pull handlers (plain functions of Flower's
-`fleet_handlers` and `runtime_handlers` modules). When a handler's answer is empty
+`LongPoll` wraps the SuperLink's pull and push handlers
+(`fedsilo.peers.flower_compat.superlink_handlers` installs it on Flower's). When a handler's answer is empty
 (no message, or an object preregistered but not yet pushed), the request's thread
 waits until a push handler has stored what it waits for (`Arrivals`, by key: the
 ServerApp's messages for a SuperNode's pull, a SuperNode's messages for the
@@ -19,7 +19,7 @@ did. Replies the SuperLink makes up itself (for a node gone offline, a message t
 expired) come with no push: they are found by the next pull, at most `hold_seconds`
 late. An answer is therefore one that the same request, sent a little
 later, would have had: same handlers, same state, same protocol, no client change.
-Repeating an empty pull changes no state in Flower 1.41 (messages are marked
+Repeating an empty pull changes no state in Flower 1.42 (messages are marked
 delivered, and replies deleted, only when they are returned).
 
 Held requests occupy threads of the SuperLink's thread pool, so at most
@@ -139,50 +139,3 @@ class LongPoll:
                 self.arrivals.unwatch(key, channel)
 
         return wrapped
-
-
-def no_messages(response: Any) -> bool:
-    """A PullMessagesResponse (Fleet) or PullAppMessagesResponse (Runtime) without any message."""
-    return len(response.messages_list) == 0
-
-
-def object_pending(response: Any) -> bool:
-    """A PullObjectResponse for an object that is preregistered but not pushed yet."""
-    return bool(response.object_found) and not response.object_available
-
-
-INSTRUCTIONS = "instructions"  # messages from the ServerApp to SuperNodes (Runtime push, Fleet pull)
-REPLIES = "replies"  # messages from SuperNodes to the ServerApp (Fleet push, Runtime pull)
-
-
-def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The protobuf request of a handler call: Flower's routers pass it first, by position or as `request`."""
-    return kwargs["request"] if "request" in kwargs else args[0]
-
-
-def _object(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Key:
-    return ("object", _request(args, kwargs).object_id)
-
-
-def _instructions(_args: tuple[Any, ...], _kwargs: dict[str, Any]) -> Key:
-    return INSTRUCTIONS
-
-
-def _replies(_args: tuple[Any, ...], _kwargs: dict[str, Any]) -> Key:
-    return REPLIES
-
-
-def install(fleet_handlers: Any, runtime_handlers: Any, long_poll: LongPoll) -> None:
-    """Wrap the pull and push handlers of Flower 1.41's `fleet_handlers` and `runtime_handlers` modules.
-
-    A SuperNode's message pull waits for the ServerApp's next push of messages; the
-    ServerApp's pull of replies, for a SuperNode's next push of messages; a pull of an
-    object, for a push of that object (by either side).
-    """
-    runtime_handlers.push_messages = long_poll.push(runtime_handlers.push_messages, _instructions)
-    fleet_handlers.pull_messages = long_poll.pull(fleet_handlers.pull_messages, no_messages, _instructions)
-    fleet_handlers.push_messages = long_poll.push(fleet_handlers.push_messages, _replies)
-    runtime_handlers.pull_messages = long_poll.pull(runtime_handlers.pull_messages, no_messages, _replies)
-    for module in (fleet_handlers, runtime_handlers):
-        module.push_object = long_poll.push(module.push_object, _object)
-        module.pull_object = long_poll.pull(module.pull_object, object_pending, _object)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from safetensors.numpy import load_file
 
 from fedsilo.errors import ConfigError
+from fedsilo.peers.flower_compat.grid import is_simulation_grid
 from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, ManifestVerifier, simulated_verifier
 from fedsilo.peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
 from fedsilo.peers.models import build_model, get_weights, select
@@ -71,7 +71,7 @@ class JobHost:
         return load_base_model(job.base_model, shapes)
 
     def run(self, grid: Grid, context: Context) -> HostedRun:
-        if isinstance(grid, InMemoryGrid):
+        if is_simulation_grid(grid):
             # Simulation only: Flower's in-memory grid polls for replies every 0.1 s, which
             # dominates a round's extra exchanges (secure aggregation adds four), and the
             # engine's dispatch costs grow with the messages held at once (see WindowedGrid).

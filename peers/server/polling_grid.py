@@ -1,6 +1,6 @@
 """A Grid that collects replies promptly under the Deployment Engine.
 
-Flower 1.41's `HttpGrid.send_and_receive` (the ServerApp's grid under the Deployment
+Flower 1.42's `HttpGrid.send_and_receive` (the ServerApp's grid under the Deployment
 Engine) waits 3 s between two pulls of replies, so every message exchange of a round
 (secure aggregation has four in training, plus evaluation) costs up to 3 s of idle
 waiting. `PromptGrid` wraps any Grid and implements `send_and_receive` with the
@@ -12,7 +12,7 @@ A prompt pull meets a second wait: a reply is listed as soon as its SuperNode pu
 the message, before its objects arrive, and `HttpGrid` then retries the missing
 objects with Flower's backoff (1 s, doubling). Wrapping an `HttpGrid` therefore also
 starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
-process: the same retries, sooner. Pinned to Flower 1.41's `http_grid` module. The
+process: the same retries, sooner (`fedsilo.peers.flower_compat.grid`). The
 job's SuperLink holds a pull for an object not pushed yet until it arrives
 (`fedsilo.peers.deployment.long_poll`), so these retries happen only when a hold ends empty.
 
@@ -35,7 +35,6 @@ on the same SuperLink is never sampled.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -43,9 +42,8 @@ from typing import Any
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.superlink.grid import http_grid
 
+from fedsilo.peers.flower_compat.grid import Run, is_deployment_grid, prompt_object_pulls
 from fedsilo.peers.packed_content import pack_message, unpack_reply
 
 # The job's SuperLink holds a pull that finds nothing until something is pushed
@@ -77,8 +75,8 @@ class PromptGrid(Grid):
         self.interval = interval
         self.nodes = None if nodes is None else frozenset(nodes)
         self.exchanges: list[Exchange] = []
-        if isinstance(inner, http_grid.HttpGrid):
-            _prompt_object_pulls(interval)
+        if is_deployment_grid(inner):
+            prompt_object_pulls(interval)
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
@@ -118,11 +116,3 @@ class PromptGrid(Grid):
         kind = messages[0].metadata.message_type if messages else ""
         self.exchanges.append(Exchange(kind, len(messages), len(replies), pushed - started, time.monotonic() - started))
         return replies
-
-
-def _prompt_object_pulls(interval: float) -> None:
-    """Start `HttpGrid`'s object-pull retries at `interval` instead of 1 s (once per process)."""
-    if not isinstance(http_grid.pull_objects, functools.partial):
-        http_grid.pull_objects = functools.partial(
-            http_grid.pull_objects, initial_backoff=interval, backoff_cap=4 * interval
-        )

@@ -1,6 +1,6 @@
 """A Grid that keeps few messages at a time in Flower's in-memory link state (Simulation Engine).
 
-Flower 1.41's Simulation Engine hands messages to its Ray actors from one thread that,
+Flower 1.42's Simulation Engine hands messages to its Ray actors from one thread that,
 every 0.1 s, asks the in-memory link state for each registered node's next message
 (`vce_api.add_messages_to_queue`); each such query walks every message still in the
 state (delivered or not, until its reply is pulled). One pass thus costs

@@ -67,7 +67,7 @@ from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.common.logger import log
+from flwr.common import log
 from flwr.serverapp import Grid
 
 from fedsilo.errors import ProtocolError
@@ -358,8 +358,8 @@ class SecureAggregation(StrategyWrapper):
                 "secagg-error-bound": float(result.error_bound),
             }
         )
-        aggregate = Message(
-            RecordDict({"arrays": new_weights, "metrics": metrics}), dst_node_id=0, message_type="train"
-        )
-        aggregate.metadata.__dict__["_src_node_id"] = 0
+        # The aggregate comes from no one peer: node 0, named through Flower's public API as the source of a
+        # reply to a message sent to node 0 (a message's source node has no setter).
+        to_none = Message(RecordDict(), dst_node_id=0, message_type="train")
+        aggregate = Message(RecordDict({"arrays": new_weights, "metrics": metrics}), reply_to=to_none)
         return super().aggregate_train(server_round, [aggregate])

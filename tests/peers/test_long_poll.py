@@ -2,15 +2,10 @@
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
-from flwr.proto.fleet_pb2 import PullMessagesResponse  # pylint: disable=E0611
-from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
-from flwr.superlink.servicer.fleet import fleet_handlers
-from flwr.superlink.servicer.runtime import runtime_handlers
 
-from fedsilo.peers.deployment.long_poll import INSTRUCTIONS, REPLIES, LongPoll, install, no_messages, object_pending
+from fedsilo.peers.deployment.long_poll import LongPoll
 
 
 class _Mailbox:
@@ -136,42 +131,3 @@ def test_beyond_max_holders_an_empty_pull_is_answered_at_once():
         holder.join()
     _, seconds = _timed(pull)  # slots are given back
     assert seconds > 0.9
-
-
-def test_what_counts_as_empty():
-    assert no_messages(PullMessagesResponse())
-    assert object_pending(PullObjectResponse(object_found=True, object_available=False))
-    assert not object_pending(PullObjectResponse(object_found=True, object_available=True, object_content=b"x"))
-    assert not object_pending(PullObjectResponse(object_found=False))  # unknown: no push makes it appear
-
-
-def test_install_wraps_flowers_pull_and_push_handlers_of_both_apis_with_matching_keys():
-    fleet = SimpleNamespace(**vars(fleet_handlers))
-    runtime = SimpleNamespace(**vars(runtime_handlers))
-    poll = LongPoll(hold_seconds=5.0)
-    install(fleet, runtime, poll)
-    for copy, original in ((fleet, fleet_handlers), (runtime, runtime_handlers)):
-        for name in ("pull_messages", "pull_object", "push_messages", "push_object"):
-            assert getattr(copy, name) is not getattr(original, name)
-            assert getattr(copy, name).__wrapped__ is getattr(original, name)
-        assert copy.confirm_message_received is original.confirm_message_received
-    # which push wakes which pull: watch each key, then push through the wrapped handlers' announcements
-    from flwr.proto.message_pb2 import PushObjectRequest  # pylint: disable=E0611
-
-    expected = {INSTRUCTIONS: (runtime, "push_messages"), REPLIES: (fleet, "push_messages")}
-    for key, (module, name) in expected.items():
-        channel, seen = poll.arrivals.watch(key)
-        try:
-            getattr(module, name)(request=None, state=None)  # Flower's handler fails; the push is still announced
-        except Exception:  # pylint: disable=broad-exception-caught
-            pass
-        assert channel.count == seen + 1, key
-        poll.arrivals.unwatch(key, channel)
-    for module in (fleet, runtime):
-        channel, seen = poll.arrivals.watch(("object", "abc"))
-        try:
-            module.push_object(PushObjectRequest(object_id="abc"), None, None)
-        except Exception:  # pylint: disable=broad-exception-caught
-            pass
-        assert channel.count == seen + 1
-        poll.arrivals.unwatch(("object", "abc"), channel)

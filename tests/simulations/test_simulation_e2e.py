@@ -9,6 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedsilo.cli import main
+from fedsilo.peers.flower_compat import FLOWER_VERSION
 from fedsilo.privacy.ledger import SQLiteLedger
 
 pytestmark = pytest.mark.slow
@@ -94,7 +95,7 @@ def test_model_file_has_inner_names_and_matches_card_hash(run):
     assert (
         hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == card["artifacts"]["model"]["sha256"]
     )
-    assert card["software"]["flwr"] == "1.41.0" and card["software"]["torch"].startswith("2.13.0")
+    assert card["software"]["flwr"] == FLOWER_VERSION and card["software"]["torch"].startswith("2.13.0")
 
 
 def test_metrics_and_plots_are_written(run):

@@ -87,11 +87,24 @@ class PeersInProcess(Grid):
         raise NotImplementedError
 
 
+class RecordingFedAvg(FedAvg):
+    """FedAvg that records (source node, message type) of each training reply it aggregates."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.aggregated: list[list[tuple[int, str]]] = []
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        self.aggregated.append([(r.metadata.src_node_id, r.metadata.message_type) for r in replies])
+        return super().aggregate_train(server_round, replies)
+
+
 def _run(tmp_path, nodes: list[int], fraction_train: float, carry: bool):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="carried", peers=len(nodes))
     grid = PeersInProcess(nodes, job, tmp_path / f"consortium-{fraction_train}-{carry}")
-    inner = FedAvg(
+    inner = RecordingFedAvg(
         fraction_train=fraction_train,
         min_train_nodes=round(fraction_train * len(nodes)),
         min_available_nodes=len(nodes),
@@ -119,6 +132,8 @@ def test_each_later_round_has_no_advertise_exchange_and_the_model_is_the_same(tm
         ("evaluate", None),
     ]
     assert strategy.aborted_rounds == {} and strategy.refusals == {} and strategy.dropouts == {}
+    # the inner strategy aggregates one message per round, the secure sum, from no peer: node 0
+    assert strategy.inner.aggregated == [[(0, "train")]] * 3
     mean_delta = np.mean([_delta(n) for n in nodes], axis=0)
     np.testing.assert_allclose(result.arrays["w"].numpy(), 3 * mean_delta, atol=1e-3)  # SecAgg+ quantization
     # the inner strategy saw the evaluations without the carried keys: same metrics as without carrying

@@ -92,6 +92,21 @@ def wait_for(consortium, peer, job_id, states, timeout=TRAINING_TIMEOUT):
     raise AssertionError(f"{peer}: job {job_id} is still {view['state']} ({view['detail']})")
 
 
+def supernode_started(pid, timeout=120.0):
+    """The descendants of `pid` once one of them is a running SuperNode (fail after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = descendants(pid)
+        for child in children:
+            try:
+                if b"supernode" in (Path("/proc") / str(child) / "cmdline").read_bytes() and alive(child):
+                    return children
+            except OSError:
+                pass
+        assert time.monotonic() < deadline, f"no SuperNode among the descendants of {pid} after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def alive(pid):
     """Whether `pid` is a running (not zombie) process."""
     try:
@@ -169,7 +184,7 @@ def test_a_participant_killed_mid_job_restarts_consistent(consortium, tmp_path):
     call(consortium, OWNER, "POST", f"{consortium.addresses['bank-a']}/v1/jobs", envelope)
     wait_for(consortium, "bank-c", "e2e-2", ("training",))
     victim = consortium.processes["bank-c"]
-    children = descendants(victim.pid)
+    children = supernode_started(victim.pid)  # "training" is stored before the SuperNode is spawned
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     assert any(alive(child) for child in children)  # its SuperNode and ClientApp, orphaned

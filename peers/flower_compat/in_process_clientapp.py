@@ -1,6 +1,6 @@
 """The fedsilo ClientApp, run inside the SuperNode's own process: no Runtime API hop per message.
 
-Flower 1.41's SuperNode never runs a ClientApp itself. It stores each message it
+Flower 1.42's SuperNode never runs a ClientApp itself. It stores each message it
 pulls as a task in its NodeState, and an executor outside the process (Flower's
 SuperExec starting a `flwr-clientapp` process per task, or a long-lived one)
 acquires the task and, over the SuperNode's local Runtime API, pulls the task input,
@@ -36,17 +36,16 @@ import zipfile
 from collections.abc import Callable
 
 from flwr.app import Error, Message
-from flwr.app.message import remove_content_from_message
-from flwr.common.constant import ErrorCode
-from flwr.supercore.inflatable.inflatable_object import (
+
+from fedsilo.peers.flower_app import CLIENT_APP
+from fedsilo.peers.flower_compat.messages import ErrorCode, remove_content_from_message, set_message_id
+from fedsilo.peers.flower_compat.objects import (
     get_all_nested_objects,
     get_object_tree,
+    inflate,
     iterate_object_tree,
     no_object_id_recompute,
 )
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
-
-from fedsilo.peers.flower_app import CLIENT_APP
 
 LOGGER = logging.getLogger("fedsilo.in_process_clientapp")
 
@@ -114,10 +113,10 @@ class InProcessClientApp:
             if not content:  # None (unknown) or b"" (preregistered, never stored)
                 raise RuntimeError(f"object {node.object_id} of message {message_id} is not in the SuperNode's store")
             contents[node.object_id] = content
-        message = inflate_object_from_contents(message_id, contents)
+        message = inflate(message_id, contents)
         if not isinstance(message, Message):
             raise RuntimeError(f"object {message_id} in the SuperNode's store is not a message")
-        message.metadata.__dict__["_message_id"] = message_id  # as Flower does: the id is not in the deflated message
+        set_message_id(message, message_id)  # as Flower does: the id is not in the deflated message
         self.store.delete(message_id)
         return message
 
@@ -134,7 +133,7 @@ class InProcessClientApp:
 
     def _store_reply(self, run_id: int, reply: Message) -> None:
         """Store `reply` and its objects as the Runtime API's PushMessages and PushObject calls do."""
-        reply.metadata.__dict__["_message_id"] = reply.object_id
+        set_message_id(reply, reply.object_id)
         with no_object_id_recompute():
             tree = get_object_tree(reply)
             objects = get_all_nested_objects(reply)

@@ -1,4 +1,5 @@
-"""`fedsilo.peers.deployment.supernode`: each pulled message is handled in the SuperNode's process.
+"""Contract of `fedsilo.peers.flower_compat.supernode` with Flower's SuperNode loop: each pulled message is
+handled in the SuperNode's process.
 
 Runs Flower's own `_pull_and_store_message` and `_push_messages` against a real
 in-memory NodeState and ObjectStore; the SuperLink's side (receive, object pulls,
@@ -20,9 +21,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode import start_client_internal as loop
 from flwr.supernode.nodestate import NodeStateFactory
 
-from fedsilo.peers.deployment.in_process_clientapp import fab_client_app
-from fedsilo.peers.deployment.supernode import handle_in_process
 from fedsilo.peers.flower_app import CLIENT_APP
+from fedsilo.peers.flower_compat.in_process_clientapp import fab_client_app
+from fedsilo.peers.flower_compat.supernode import handle_in_process
 
 RUN_ID, NODE_ID, SERIES_ID = 7, 5, 3
 
@@ -82,7 +83,7 @@ def _doubling_app(message: Message, context: Context) -> Message:
 
 
 def _pull(state, store, incoming, app=_doubling_app, pull_object=None):
-    wrapped = handle_in_process(loop._pull_and_store_message, app)  # pylint: disable=protected-access
+    wrapped = handle_in_process(loop._pull_and_store_message, app)
     message, tree, contents = incoming
     return wrapped(
         state=state,
@@ -121,7 +122,7 @@ def _sent(state, store) -> list[tuple[Message, dict[str, bytes]]]:
 
     waiting, loop.time = loop.time, _NoWaiting()
     try:
-        loop._push_messages(state=state, object_store=store, send=send, push_object=push_object)  # pylint: disable=W0212
+        loop._push_messages(state=state, object_store=store, send=send, push_object=push_object)
     finally:
         loop.time = waiting
     return sent
@@ -206,7 +207,7 @@ def test_a_message_missing_from_the_store_is_dropped_and_nothing_is_left_to_send
         return wrapped
 
     incoming = _incoming()
-    wrapped = handle_in_process(lose_objects(loop._pull_and_store_message), _doubling_app)  # pylint: disable=W0212
+    wrapped = handle_in_process(lose_objects(loop._pull_and_store_message), _doubling_app)
     message, tree, contents = incoming
     assert (
         wrapped(
@@ -230,7 +231,7 @@ def test_fab_client_app_reads_the_declared_component():
 
 
 def test_the_loops_waits_are_capped():
-    from fedsilo.peers.deployment.supernode import CappedSleepTime
+    from fedsilo.peers.flower_compat.supernode import CappedSleepTime
 
     started = time.monotonic()
     CappedSleepTime(cap=0.05).sleep(3)  # Flower's idle wait between two pulls
@@ -241,7 +242,7 @@ def test_the_loops_waits_are_capped():
 def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_drops_nothing(node, caplog):
     import threading
 
-    from fedsilo.peers.deployment.supernode import ConfirmLater
+    from fedsilo.peers.flower_compat.supernode import ConfirmLater
 
     state, store = node
     incoming = _incoming(5)
@@ -253,7 +254,7 @@ def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_dr
         confirmed.append((run_id, message_id))
         raise ConnectionError("SuperLink unreachable")
 
-    wrapped = handle_in_process(loop._pull_and_store_message, _doubling_app, ConfirmLater())  # pylint: disable=W0212
+    wrapped = handle_in_process(loop._pull_and_store_message, _doubling_app, ConfirmLater())
     assert (
         wrapped(
             state=state,
@@ -279,3 +280,58 @@ def test_the_receipt_is_confirmed_in_the_background_and_a_failed_confirmation_dr
             time.sleep(0.02)
     assert confirmed == [(RUN_ID, message.metadata.message_id)]
     assert "could not confirm message" in caplog.text
+
+
+# What the patch rebinds, as Flower's loop module holds it.
+
+
+def test_the_loop_sleeps_through_its_module_global_time_and_pulls_through_pull_objects():
+    import inspect
+
+    assert loop.time is time
+    assert {"initial_backoff", "backoff_cap"} <= set(inspect.signature(loop.pull_objects).parameters)
+    uses = loop._pull_and_store_message.__code__.co_names
+    assert "pull_objects" in uses  # called by its module-global name: the rebinding reaches it
+
+
+def test_the_loop_calls_pull_and_store_with_the_keywords_the_wrapper_reads():
+    import inspect
+
+    parameters = inspect.signature(loop._pull_and_store_message).parameters
+    assert {"state", "object_store", "confirm_message_received"} <= set(parameters)
+    caller = inspect.getsource(loop.start_client_internal)
+    assert "_pull_and_store_message(" in caller and "state=state" in caller and "object_store=store" in caller
+
+
+def test_the_node_state_has_every_call_the_in_process_client_app_makes(node):
+    state, store = node
+    for name in (
+        "get_run",
+        "get_run_series_context",
+        "set_run_series_context",
+        "get_fab",
+        "record_message_processing_start",
+        "record_message_processing_end",
+        "start_session",
+        "store_message_and_object_tree",
+        "store_object",
+        "store_message",
+        "create_task",
+        "finish_task",
+        "delete_messages",
+    ):
+        assert callable(getattr(state, name)), name
+    for name in ("get_object_tree", "get", "delete"):
+        assert callable(getattr(store, name)), name
+
+
+def test_patch_loop_rebinds_the_three_names(monkeypatch):
+    from fedsilo.peers.flower_compat.supernode import CappedSleepTime, patch_loop
+
+    for name in ("time", "pull_objects", "_pull_and_store_message"):
+        monkeypatch.setattr(loop, name, getattr(loop, name))  # restored after the test
+    original = loop._pull_and_store_message
+    patch_loop(_doubling_app, poll=0.05)
+    assert isinstance(loop.time, CappedSleepTime) and loop.time.cap == 0.05
+    assert loop.pull_objects.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.2}
+    assert loop._pull_and_store_message.__wrapped__ is original

@@ -1,11 +1,16 @@
-"""`fedsilo.peers.deployment.superlink`: Flower's SuperLink middleware, with the Control-only layers scoped."""
+"""Contract of `fedsilo.peers.flower_compat.superlink_middleware` with Flower's SuperLink middleware stack."""
 
 import asyncio
 
-from flwr.superlink.main import _get_middleware  # pylint: disable=protected-access
+from flwr.superlink.main import _get_middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from fedsilo.peers.deployment.superlink import MESSAGE_ROUTES, InlineMiddleware, ScopedMiddleware, scoped_middleware
+from fedsilo.peers.flower_compat.superlink_middleware import (
+    MESSAGE_ROUTES,
+    InlineMiddleware,
+    ScopedMiddleware,
+    scoped_middleware,
+)
 
 SCOPED = {
     "ControlSensitiveResponseMiddleware",
@@ -13,7 +18,6 @@ SCOPED = {
     "ControlLicenseMiddleware",
     "ControlEventLogMiddleware",
     "FleetEventLogMiddleware",
-    "RuntimeTracingMiddleware",
 }
 
 
@@ -60,7 +64,7 @@ def _through(middleware: ScopedMiddleware, path: str, kind: str = "http") -> lis
 
 
 def test_a_fleet_request_skips_a_control_layer_and_a_control_request_goes_through_it():
-    from fedsilo.peers.deployment.superlink import _control
+    from fedsilo.peers.flower_compat.superlink_middleware import _control
 
     middleware = ScopedMiddleware(lambda *a: None, layer=_Layer, applies=_control)
     assert _through(middleware, "/v1/fleet/pull-messages") == ["/v1/fleet/pull-messages"]
@@ -226,3 +230,52 @@ def test_inline_refuses_a_layer_that_is_not_a_base_http_middleware():
 
     with pytest.raises(TypeError, match="not a BaseHTTPMiddleware"):
         InlineMiddleware(lambda *a: None, layer=_Layer, routes=frozenset())
+
+
+def _flower_scoped_layers():
+    from fedsilo.peers.flower_compat.superlink_middleware import ScopedMiddleware
+
+    return [m.kwargs["layer"] for m in scoped_middleware(_get_middleware()) if m.cls is ScopedMiddleware]
+
+
+def test_every_scoped_flower_layer_passes_a_request_outside_its_scope_through_unchanged():
+    """What `ScopedMiddleware` assumes of each layer it skips, checked on Flower's real layer classes."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def endpoint(request):
+        return Response(b"inner:" + await request.body(), status_code=200, headers={"x-inner": "1"})
+
+    for layer in _flower_scoped_layers():
+        app = Starlette(
+            routes=[Route("/v1/fleet/pull-messages", endpoint, methods=["POST"])], middleware=[Middleware(layer)]
+        )
+        app.state.fleet_event_log_plugin = None  # no event log configured, as on a fedsilo SuperLink
+        status, headers, body = _post(app, "/v1/fleet/pull-messages", b"req")
+        assert (status, headers.get("x-inner"), body) == (200, "1", b"inner:req"), layer.__name__
+
+
+def test_a_control_request_reaches_flowers_control_layers():
+    """On a Control path the Control layers run: here the authentication layer finds no account set up and raises."""
+    import pytest
+    from flwr.supercore.error.base import FlowerError
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    reached = []
+
+    async def endpoint(request):
+        reached.append(request.url.path)
+        return Response(b"ok")
+
+    control_layers = [layer for layer in _flower_scoped_layers() if layer.__name__.startswith("Control")]
+    assert len(control_layers) == 4
+    stack = [m for m in scoped_middleware(_get_middleware()) if m.cls is ScopedMiddleware]
+    app = Starlette(routes=[Route("/v1/control/list-runs", endpoint, methods=["POST"])], middleware=stack)
+    app.state.fleet_event_log_plugin = None
+    with pytest.raises(FlowerError, match="account authentication"):
+        _post(app, "/v1/control/list-runs", b"")
+    assert reached == []  # the layer acted on it: the request never got through unauthenticated

@@ -1,0 +1,64 @@
+"""Every use of Flower's non-public code, in one folder, for exactly one Flower release.
+
+fedsilo builds on Flower's public API (`flwr.app`, `flwr.clientapp`, `flwr.serverapp`,
+`flwr.common`); where it needs more, the code is here and nowhere else. Importing this
+package (any module of it) checks the installed Flower first (`version`): any release
+but `FLOWER_VERSION` raises `FlowerVersionError`, naming both versions and the pip
+command that fixes it. Moving Flower means reading this folder against the new
+release, bumping `FLOWER_VERSION` and the pin in pyproject.toml, and running
+`tests/peers/flower_compat` (one contract test module per patch, against Flower's
+real code): docs/flower-compat.md.
+
+What each module touches, why, and what public API would replace it (Flower 1.42
+has none of them):
+
+- `superlink_middleware`: rebinds `flwr.superlink.main._get_middleware` so the
+  SuperLink's app runs its Control-only and event-log layers only on the requests
+  they act on, and the others inline on message routes (about 20 % less SuperLink
+  CPU per deployed round). Would go with: a SuperLink option for its middleware.
+- `superlink_handlers`: rebinds the pull/push functions of
+  `flwr.superlink.servicer.fleet.fleet_handlers` and
+  `flwr.superlink.servicer.runtime.runtime_handlers` so an empty pull waits for the
+  next push (long polling). Would go with: long polling in Flower's Fleet/Runtime APIs.
+- `supernode`: rebinds `time`, `pull_objects` and `_pull_and_store_message` of
+  `flwr.supernode.start_client_internal` (Flower's SuperNode loop): waits capped at
+  the poll interval, and each pulled message handled in the SuperNode's process
+  instead of a task for an outside executor. Would go with: settable poll intervals
+  and an in-process isolation mode.
+- `in_process_clientapp`: runs the ClientApp on a message in the SuperNode's
+  NodeState/ObjectStore with the calls Flower's Runtime API handlers make
+  (`flwr.supernode.nodestate`, `flwr.supercore.inflatable`). Would go with: the same
+  in-process isolation mode.
+- `objects`: Flower's object tree (`flwr.supercore.inflatable`): object ids, deflated
+  bytes, inflation, for packed content and the in-process ClientApp. Would go with:
+  a public (de)serialisation of a RecordDict.
+- `messages`: the stored message id write (`metadata.__dict__["_message_id"]`, no
+  setter), `ErrorCode` (`flwr.common.constant`), `remove_content_from_message`.
+  Would go with: a `Metadata.message_id` setter and public error codes.
+- `grid`: `InMemoryGrid`/`HttpGrid` checks (`flwr.superlink.grid`), the `Run` type,
+  and the rebinding of `http_grid.pull_objects` (object-pull backoff from the poll
+  interval). Would go with: the engine named in the ServerApp's Context, a backoff
+  setting.
+- `simulation`: `flwr.simulation.run_simulation._run_simulation` with `app_dir` (the
+  public `run_simulation` takes no run config). Would go with: a run config (or app
+  directory) argument to `run_simulation`.
+- `control`: the Control API client of Flower's CLI
+  (`flwr.supercore.control.ControlHttpClient`), its FAB builder and protobuf
+  messages, to register node keys and start a run. Would go with: a Python Control
+  API client.
+
+Replaced by public API when moving to 1.42: the SecAgg+ strategy's aggregate message
+no longer writes `metadata.__dict__["_src_node_id"]` (it is a reply to a message for
+node 0), and the strategies log through `flwr.common.log`.
+"""
+
+from fedsilo.peers.flower_compat.version import (
+    FLOWER_VERSION,
+    FlowerVersionError,
+    check_flower_version,
+    installed_flower,
+)
+
+check_flower_version(installed_flower())
+
+__all__ = ["FLOWER_VERSION", "FlowerVersionError"]

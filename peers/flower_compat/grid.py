@@ -1,0 +1,42 @@
+"""The ServerApp's grids: which engine a grid belongs to, and `HttpGrid`'s object-pull backoff.
+
+Flower hands a ServerApp an `InMemoryGrid` under the Simulation Engine and an
+`HttpGrid` under the Deployment Engine; neither class is public (`flwr.serverapp`
+exports only the abstract `Grid`), and a ServerApp is not told which engine runs it.
+The job host wraps each in its own prompt grid (`fedsilo.peers.server.host`).
+
+`HttpGrid` pulls a reply's objects through `pull_objects`, imported into its module
+(`flwr.superlink.grid.http_grid`) from `flwr.supercore.inflatable` and called there by
+its module-global name, with Flower's retry backoff (1 s, doubling) for an object
+listed before it arrived. `prompt_object_pulls` rebinds that name, once per process,
+so retries start at `interval` and are capped at 4 × `interval`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.superlink.grid import http_grid
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+__all__ = ["Run", "is_deployment_grid", "is_simulation_grid", "prompt_object_pulls"]
+
+
+def is_simulation_grid(grid: Grid) -> bool:
+    """True for the Simulation Engine's grid."""
+    return isinstance(grid, InMemoryGrid)
+
+
+def is_deployment_grid(grid: Grid) -> bool:
+    """True for the Deployment Engine's grid (the ServerApp talks to a SuperLink over HTTP)."""
+    return isinstance(grid, http_grid.HttpGrid)
+
+
+def prompt_object_pulls(interval: float) -> None:
+    """Start `HttpGrid`'s object-pull retries at `interval` instead of 1 s (once per process)."""
+    if not isinstance(http_grid.pull_objects, functools.partial):
+        http_grid.pull_objects = functools.partial(
+            http_grid.pull_objects, initial_backoff=interval, backoff_cap=4 * interval
+        )

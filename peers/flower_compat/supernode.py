@@ -1,0 +1,169 @@
+"""Flower's SuperNode loop (`flwr.supernode.start_client_internal`), patched: short waits, the ClientApp in process.
+
+Flower 1.42's SuperNode main loop sleeps a fixed 3 s whenever the SuperLink has no
+message for it, and pulls a message's objects that the SuperLink does not have yet
+with a retry backoff of 1 s, doubling. A round of a secure job is five message
+exchanges, so these waits, not the work, would set a deployed round's time. `run`
+runs Flower's own `flower_supernode()`, with every `time.sleep` of that one module
+capped at `poll` seconds (`CappedSleepTime`) and its object-pull backoff starting at
+that interval (doubling, capped at 4 times it).
+
+It also runs the ClientApp itself (`fedsilo.peers.flower_compat.in_process_clientapp`).
+Flower's `_pull_and_store_message` would create a task for each message it has pulled
+and stored, for an executor outside the process to run over the local Runtime API;
+here the task is never created (`TaskCapture`), and once Flower's function has pulled
+and stored the message's objects, the message is handled in this process and its
+reply stored where the loop's next step (`_push_messages`) finds it at once and sends
+it to the SuperLink. The message's receipt is confirmed to the SuperLink from a
+background thread (`ConfirmLater`). A message whose objects fail to arrive is dropped
+as Flower drops it; one the ClientApp cannot be run on (a broken state) is dropped
+too, with an error in the log. Start it with `--isolation process` and a 127.0.0.1
+Runtime API address: no executor is started, and none is needed.
+
+What this rebinds, all attributes of the loop module: `time` (the module the loop
+sleeps through), `pull_objects` (imported there from `flwr.supercore.inflatable`) and
+`_pull_and_store_message` (called by the loop by its module-global name, with keyword
+arguments only). Flower has no option for any of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+LOGGER = logging.getLogger("fedsilo.supernode")
+
+
+class CappedSleepTime:
+    """The `time` module, except that `sleep` waits at most `cap` seconds."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+
+_NO_TASK = object()  # the task id `TaskCapture.create_task` hands back: no task exists
+
+
+class TaskCapture:
+    """The SuperNode's NodeState as one `_pull_and_store_message` call sees it: no task is created.
+
+    `create_task` records that Flower asked for one and returns a placeholder;
+    `finish_task` on the placeholder (Flower's path for a message whose objects could
+    not be pulled) forgets it; `store_message` records the message's id. Everything
+    else is the state's.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self.wanted_task = False
+        self.message_id: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+    def create_task(self, **_kwargs: Any) -> object:
+        self.wanted_task = True
+        return _NO_TASK
+
+    def store_message(self, message: Any) -> Any:
+        self.message_id = message.metadata.message_id
+        return self._state.store_message(message)
+
+    def finish_task(self, task_id: Any, *args: Any, **kwargs: Any) -> Any:
+        if task_id is _NO_TASK:
+            self.wanted_task = False
+            return True
+        return self._state.finish_task(task_id, *args, **kwargs)
+
+
+class ConfirmLater:
+    """Flower's `confirm_message_received(run_id, message_id)`, sent from a background thread.
+
+    The confirmation only lets the SuperLink delete a message's objects once this
+    SuperNode holds them; it answers nothing the ClientApp needs. Sent in line, it
+    was one more request to the SuperLink between a message's last object and the
+    start of its training (10-20 ms, over 100 ms when the SuperLink was busy).
+    Confirmations go out in order, one at a time; one that fails is logged and the
+    objects stay at the SuperLink until the run ends (Flower would instead have
+    dropped the message it had already stored whole).
+    """
+
+    def __init__(self) -> None:
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confirm")
+
+    def __call__(self, confirm: Callable[[int, str], None]) -> Callable[[int, str], None]:
+        def later(run_id: int, message_id: str) -> None:
+            self._sender.submit(self._send, confirm, run_id, message_id)
+
+        return later
+
+    @staticmethod
+    def _send(confirm: Callable[[int, str], None], run_id: int, message_id: str) -> None:
+        try:
+            confirm(run_id, message_id)
+        except Exception:  # pylint: disable=broad-exception-caught  # the message itself was received whole
+            LOGGER.exception("could not confirm message %s to the SuperLink", message_id)
+
+
+def handle_in_process(
+    pull_and_store: Callable[..., int | None], app: Callable[..., Any], confirm_later: ConfirmLater | None = None
+) -> Callable[..., int | None]:
+    """Flower's `_pull_and_store_message`, with the pulled message handled by `app` in this process.
+
+    Returns what Flower's function returns (the run id, or None when nothing is to be
+    sent); None too, with the message dropped, if the message could not be handled.
+    With `confirm_later`, the message's receipt is confirmed to the SuperLink in the
+    background (see `ConfirmLater`).
+    """
+    from fedsilo.peers.flower_compat.in_process_clientapp import InProcessClientApp
+
+    runners: dict[tuple[int, int], InProcessClientApp] = {}  # one per (state, store): the loop keeps its pair
+
+    @functools.wraps(pull_and_store)
+    def wrapped(*, state: Any, object_store: Any, **kwargs: Any) -> int | None:
+        capture = TaskCapture(state)
+        if confirm_later is not None:
+            kwargs["confirm_message_received"] = confirm_later(kwargs["confirm_message_received"])
+        run_id = pull_and_store(state=capture, object_store=object_store, **kwargs)
+        if run_id is None or not capture.wanted_task or capture.message_id is None:
+            return run_id  # nothing pulled, or Flower stored its own reply (a FAB that failed verification)
+        try:
+            key = (id(state), id(object_store))
+            if key not in runners:
+                runners[key] = InProcessClientApp(app, state, object_store)
+            runners[key].handle(run_id, capture.message_id)
+        except Exception:  # pylint: disable=broad-exception-caught  # a broken state: drop the message, as Flower does
+            LOGGER.exception("message %s could not be handled; it is dropped", capture.message_id)
+            state.delete_messages(message_ids=[capture.message_id])
+            object_store.delete(capture.message_id)
+            return None
+        return run_id
+
+    return wrapped
+
+
+def patch_loop(app: Callable[..., Any], poll: float) -> None:
+    """Rebind the loop module's sleeps, object pulls and message handling (see the module docstring)."""
+    import flwr.supernode.start_client_internal as loop
+
+    loop.time = CappedSleepTime(poll)  # type: ignore[assignment]  # a stand-in for the module: only `sleep` differs
+    loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=poll, backoff_cap=poll * 4)
+    loop._pull_and_store_message = handle_in_process(loop._pull_and_store_message, app, ConfirmLater())
+
+
+def run_supernode(app: Callable[..., Any], poll: float) -> None:
+    """`flower-supernode` (its command-line arguments are this process's), with `app` run in process."""
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    patch_loop(app, poll)
+    flower_supernode()
