@@ -179,7 +179,7 @@ class _Side:
         ``True`` at its (correct) end."""
         name = end.name.removesuffix("_END")
         if frame.seq != self._seq:
-            raise PsiFrameError(f"{name} frame {frame.seq} arrived out of order; the run was aborted")
+            raise PsiFrameError(f"{frame.type.name} frame {frame.seq} arrived out of order; the run was aborted")
         self._seq += 1
         if frame.type is end:
             if frame.count != self._records or (exact and self._records != expected_total):

@@ -73,12 +73,11 @@ def encode(type_: FrameType, mode: int, session: bytes, seq: int, count: int, pa
     return _HEADER.pack(MAGIC, VERSION, type_, mode, 0, session, seq, count) + bytes(payload)
 
 
-def decode(data: bytes, widths: dict[FrameType, int], limits: dict[FrameType, int] | None = None) -> Frame:
+def decode(data: bytes, widths: dict[FrameType, int]) -> Frame:
     """Parse and check one frame.
 
     ``widths`` maps each frame type expected now to the bytes of one record (END frames:
-    any value, they carry none); ``limits`` caps the records of a type (default
-    :data:`MAX_RECORDS`).
+    any value, they carry none); an element frame carries at most :data:`MAX_RECORDS`.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < HEADER:
         raise PsiFrameError(f"an OT-PSI frame is at least {HEADER} bytes; the message was refused")
@@ -101,11 +100,10 @@ def decode(data: bytes, widths: dict[FrameType, int], limits: dict[FrameType, in
         if payload:
             raise PsiFrameError(f"an OT-PSI {kind.name} frame carries no payload; the message was refused")
     else:
-        limit = (limits or {}).get(kind, MAX_RECORDS)
         width = widths[kind]
-        if count > limit or payload != count * width:
+        if count > MAX_RECORDS or payload != count * width:
             raise PsiFrameError(
                 f"an OT-PSI {kind.name} frame announces {count} records but carries {payload} bytes "
-                f"(each record is {width} bytes, at most {limit} per frame); the message was refused"
+                f"(each record is {width} bytes, at most {MAX_RECORDS} per frame); the message was refused"
             )
     return Frame(kind, mode, bytes(session), seq, count, memoryview(data)[HEADER:])
