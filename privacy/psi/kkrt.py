@@ -26,9 +26,9 @@ sender's random key ``c`` (KKRT16 §4: a PRC of 448 bits or more is enough for 1
 security with 40-bit statistical security at these sizes; 512 keeps whole AES blocks);
 ``H`` is BLAKE2b, modelled as a random oracle (the paper needs it correlation robust),
 truncated to ``w = max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes, so a false match
-anywhere in the run has probability at most ``2^-40``. The item digest is
-``SHA-512("fedsilo/psi/kkrt/v1/item" || u16(len) || canonical form)`` truncated to 16
-bytes (:mod:`fedsilo.privacy.psi.identifiers`). Base OTs: Chou–Orlandi on ristretto255
+anywhere in the run has probability at most ``2^-40``. The item digest ``d`` is
+BLAKE2b-128 of the canonical form (:mod:`fedsilo.privacy.psi.identifiers`), personalized
+``"fedsilo/kkrt/v1"`` (a random oracle; collisions among 2^32 items: below 2^-64). Base OTs: Chou–Orlandi on ristretto255
 (:mod:`fedsilo.privacy.psi.ot`). Parameters: computational security 128 bits (AES-128,
 ristretto255, 512 base OTs for the 512-bit code), statistical security 40 bits (the
 mask width, the cuckoo table of 1.27 n + 64 bins, resampled on failure).
@@ -70,13 +70,13 @@ import numpy as np
 
 from fedsilo.errors import PsiError, PsiFrameError
 from fedsilo.privacy.psi import cuckoo, ot
-from fedsilo.privacy.psi.identifiers import digests
+from fedsilo.privacy.psi.identifiers import canonical_forms
 from fedsilo.privacy.psi.otwire import MAX_RECORDS, Frame, FrameType, decode, encode
 from fedsilo.privacy.psi.protocol import Mode, PsiResult, _distinct, _shuffled
 
-__all__ = ["ITEM_DOMAIN", "CODE_BITS", "KkrtReceiver", "KkrtSender", "mask_bytes"]
+__all__ = ["ITEM_DOMAIN", "CODE_BITS", "KkrtReceiver", "KkrtSender", "item_digests", "mask_bytes"]
 
-ITEM_DOMAIN = b"fedsilo/psi/kkrt/v1/item"
+ITEM_DOMAIN = b"fedsilo/kkrt/v1"  # BLAKE2b personalization: at most 16 bytes
 CODE_BITS = 512
 _CODE = CODE_BITS // 8
 _POINT = 32
@@ -93,16 +93,20 @@ def mask_bytes(receiver_items: int, sender_items: int) -> int:
     return max(8, math.ceil(bits / 8))
 
 
-def _item_digests(identifiers: Iterable[str], kind: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct 16-byte item digests in order of first occurrence, and those positions."""
-    return _distinct(np.ascontiguousarray(digests(identifiers, kind, ITEM_DOMAIN)[:, :16]))
+def item_digests(identifiers: Iterable[str], kind: str | None) -> np.ndarray:
+    """``(n, 16)`` item digests: BLAKE2b-128 of each canonical form, personalized with :data:`ITEM_DOMAIN`."""
+    blake = hashlib.blake2b
+    out = b"".join(
+        [blake(form, digest_size=16, person=ITEM_DOMAIN).digest() for form in canonical_forms(identifiers, kind)]
+    )
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, 16)
 
 
-def _codewords(key: bytes, item_digests: np.ndarray, function: np.ndarray) -> np.ndarray:
+def _codewords(key: bytes, items: np.ndarray, function: np.ndarray) -> np.ndarray:
     """``C(d || i)``: ``(n, 64)`` codewords of the digests tagged with their hash function."""
-    tweaks = np.zeros((len(item_digests), 4, 16), dtype=np.uint8)
+    tweaks = np.zeros((len(items), 4, 16), dtype=np.uint8)
     tweaks[:, :, 15] = (4 * function.astype(np.uint8))[:, None] + np.arange(1, 5, dtype=np.uint8)[None, :]
-    return ot.aes_ecb(key, item_digests[:, None, :] ^ tweaks).reshape(-1, _CODE)
+    return ot.aes_ecb(key, items[:, None, :] ^ tweaks).reshape(-1, _CODE)
 
 
 def _oprf(rows: np.ndarray, width: int) -> np.ndarray:
@@ -158,7 +162,7 @@ class _Side:
 
     def _hash_own(self) -> None:
         if self._own is None:
-            self._own, self._first = _item_digests(self._identifiers, self._kind)
+            self._own, self._first = _distinct(item_digests(self._identifiers, self._kind))
             self._identifiers = ()
             if len(self._own) >= _MAX_ITEMS:
                 raise PsiError(f"a PSI set holds at most {_MAX_ITEMS - 1} distinct identifiers")

@@ -22,7 +22,7 @@ concern the semi-honest use here. Every received point is checked by libsodium
 PRG: AES-128 in CTR mode keyed by a seed (``cryptography``, AES-NI), expanding one
 seed into a column of a bit matrix. Bit matrices are ``uint8`` arrays, bit ``b`` of a
 row in byte ``b // 8`` at bit ``b % 8`` (least significant first); :func:`transpose`
-moves between rows and columns with 8×8 block transposes on ``uint64`` words.
+moves between rows and columns with 64×64 block transposes on ``uint64`` words.
 Randomness comes from the OS CSPRNG (``os.urandom``, libsodium's ``randombytes``).
 """
 
@@ -123,26 +123,37 @@ def aes_ecb(key: bytes, blocks: np.ndarray) -> np.ndarray:
     return np.frombuffer(encryptor.update(data.tobytes()), dtype=np.uint8).reshape(data.shape)
 
 
-def _transpose8(x: np.ndarray) -> np.ndarray:
-    """Transpose each 8×8 bit block held in a uint64 (bit ``8 r + c`` is row ``r``, column ``c``)."""
-    t = (x ^ (x >> np.uint64(7))) & np.uint64(0x00AA00AA00AA00AA)
-    x = x ^ t ^ (t << np.uint64(7))
-    t = (x ^ (x >> np.uint64(14))) & np.uint64(0x0000CCCC0000CCCC)
-    x = x ^ t ^ (t << np.uint64(14))
-    t = (x ^ (x >> np.uint64(28))) & np.uint64(0x00000000F0F0F0F0)
-    return x ^ t ^ (t << np.uint64(28))
+_STAGES = [
+    (np.uint64(j), np.uint64(mask))
+    for j, mask in [
+        (32, 0x00000000FFFFFFFF),
+        (16, 0x0000FFFF0000FFFF),
+        (8, 0x00FF00FF00FF00FF),
+        (4, 0x0F0F0F0F0F0F0F0F),
+        (2, 0x3333333333333333),
+        (1, 0x5555555555555555),
+    ]
+]
 
 
 def transpose(matrix: np.ndarray) -> np.ndarray:
     """The transpose of a bit matrix: ``(r, c)`` bytes (``r`` rows of ``8 c`` bits) -> ``(8 c, r / 8)``.
 
-    ``r`` must be a multiple of 8. Bits as in the module doc (least significant first).
+    ``r`` must be a multiple of 64 and ``c`` of 8. Bits as in the module doc (least
+    significant first), so a little-endian ``uint64`` holds 64 columns of one row. Each
+    64×64 block is transposed in six stages, all blocks at once: stage ``j`` (32, 16, …, 1)
+    swaps the off-diagonal ``j × j`` sub-blocks of every ``2j × 2j`` sub-block (Hacker's
+    Delight, §7-3), then the blocks trade places.
     """
     rows, cols = matrix.shape
-    if rows % 8:
-        raise ValueError("a bit matrix to transpose needs a multiple of 8 rows")
-    blocks = np.ascontiguousarray(matrix.reshape(rows // 8, 8, cols).transpose(0, 2, 1))
-    words = _transpose8(blocks.view("<u8").reshape(rows // 8, cols))
-    return np.ascontiguousarray(words.view(np.uint8).reshape(rows // 8, cols, 8).transpose(1, 2, 0)).reshape(
-        8 * cols, rows // 8
-    )
+    if rows % 64 or cols % 8:
+        raise ValueError("a bit matrix to transpose needs a multiple of 64 rows and of 8 bytes per row")
+    words = cols // 8
+    x = np.array(matrix, dtype=np.uint8, order="C").view("<u8").reshape(rows // 64, 64, words)
+    for j, mask in _STAGES:
+        pairs = x.reshape(rows // 64, 32 // int(j), 2, int(j), words)
+        low, high = pairs[:, :, 0], pairs[:, :, 1]
+        t = ((low >> j) ^ high) & mask
+        high ^= t
+        low ^= t << j
+    return np.ascontiguousarray(x.transpose(2, 1, 0)).reshape(64 * words, rows // 64).view(np.uint8)

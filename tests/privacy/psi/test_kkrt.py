@@ -12,8 +12,7 @@ import pytest
 
 from fedsilo.errors import ProtocolError, PsiError, PsiFrameError
 from fedsilo.privacy.psi import Mode, canonical, cuckoo, exchange, ot
-from fedsilo.privacy.psi.identifiers import digests
-from fedsilo.privacy.psi.kkrt import ITEM_DOMAIN, KkrtReceiver, KkrtSender, _codewords, _oprf, mask_bytes
+from fedsilo.privacy.psi.kkrt import KkrtReceiver, KkrtSender, _codewords, _oprf, item_digests, mask_bytes
 from fedsilo.privacy.psi.otwire import HEADER, MAX_RECORDS, FrameType, decode, encode
 
 MODES = [Mode.TO_RECEIVER, Mode.TO_BOTH]
@@ -128,7 +127,7 @@ def test_no_identifier_or_digest_on_the_wire():
     wire = b"".join(frames)
     for ident in set(xs) | set(ys):
         c = canonical(ident, "id")
-        digest = digests([ident], "id", ITEM_DOMAIN)[0].tobytes()
+        digest = item_digests([ident], "id")[0].tobytes()
         for needle in (ident.encode(), c, hashlib.sha256(c).digest()[:16], digest[:16], digest[:8]):
             assert needle not in wire
 
@@ -189,7 +188,7 @@ def test_receiver_cannot_match_a_sender_item_it_did_not_hold(monkeypatch):
 
     def attack(guess_s, items):
         """Guessed masks of ``items`` found among the masks that match none of the honest outputs."""
-        d = np.ascontiguousarray(digests(items, "id", ITEM_DOMAIN)[:, :16])
+        d = item_digests(items, "id")
         where = cuckoo.bin_indices(bin_key, d, bins)
         hits = 0
         for i in range(3):
@@ -380,12 +379,14 @@ def test_found_positions_from_a_deviating_receiver_are_refused():
 
 def test_transpose_matches_a_bitwise_reference():
     rng = np.random.default_rng(0)
-    for rows, cols in [(8, 1), (512, 3), (64, 128)]:
+    for rows, cols in [(64, 8), (512, 24), (128, 64), (64, 1024)]:
         matrix = rng.integers(0, 256, (rows, cols), dtype=np.uint8)
         bits = np.unpackbits(matrix, axis=1, bitorder="little")
         assert (ot.transpose(matrix) == np.packbits(bits.T, axis=1, bitorder="little")).all()
     with pytest.raises(ValueError):
-        ot.transpose(np.zeros((7, 1), np.uint8))
+        ot.transpose(np.zeros((56, 8), np.uint8))
+    with pytest.raises(ValueError):
+        ot.transpose(np.zeros((64, 7), np.uint8))
 
 
 def test_base_ot_gives_the_chosen_seed_only():
