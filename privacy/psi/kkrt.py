@@ -279,8 +279,9 @@ class KkrtReceiver(_Side):
         zero, one = self._ot.seeds([points[at : at + _POINT] for at in range(0, len(points), _POINT)])
         occupant, function = self._table
         used = occupant >= 0
-        rows = np.frombuffer(os.urandom(self._bins * _CODE), dtype=np.uint8).reshape(self._bins, _CODE).copy()
+        rows = np.empty((self._bins, _CODE), dtype=np.uint8)
         rows[used] = _codewords(code_key, self._own[occupant[used]], function[used])
+        rows[~used] = np.frombuffer(os.urandom(int((~used).sum()) * _CODE), dtype=np.uint8).reshape(-1, _CODE)
         columns = ot.transpose(rows)  # (k, m / 8): column i of the codewords
         width = self._bins // 8
         t = np.stack([ot.prg(seed, width) for seed in zero])

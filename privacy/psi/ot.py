@@ -78,13 +78,13 @@ class OtSender:
     def seeds(self, replies: list[bytes]) -> tuple[list[bytes], list[bytes]]:
         """From the receiver's ``B_i``: the seeds ``k_i0`` and ``k_i1`` (16 bytes each)."""
         zero, one = [], []
+        aa = _mul(self._a, self.first, "the base-OT first message")
         diff = ctypes.create_string_buffer(_E)
         for i, b in enumerate(replies):
             ab = _mul(self._a, b, f"base-OT point {i}")
-            if _lib.crypto_core_ristretto255_sub(diff, b, self.first) != 0:
-                raise PsiFrameError(f"base-OT point {i} is not a valid ristretto255 point; the message was refused")
+            _lib.crypto_core_ristretto255_sub(diff, ab, aa)  # a (B_i - A) = a B_i - a A
             zero.append(_key(i, self.first, b, ab))
-            one.append(_key(i, self.first, b, _mul(self._a, diff.raw, f"base-OT point {i}")))
+            one.append(_key(i, self.first, b, diff.raw))
         return zero, one
 
 
