@@ -83,7 +83,7 @@ def decode(data: bytes, widths: dict[FrameType, int]) -> Frame:
         raise PsiFrameError(f"an OT-PSI frame is at least {HEADER} bytes; the message was refused")
     magic, version, type_, mode, flags, session, seq, count = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        hint = " (it is a DH-PSI frame: the peer runs --protocol dh)" if magic == b"FPSI" else ""
+        hint = " (it is a DH-PSI frame: the peer runs the DH protocol)" if magic == b"FPSI" else ""
         raise PsiFrameError(f"not an OT-PSI frame (wrong magic){hint}; the message was refused")
     if version != VERSION:
         raise PsiFrameError(f"OT-PSI frame version {version} is not supported (this peer speaks {VERSION})")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedsilo.errors import ProtocolError, PsiError, PsiFrameError
-from fedsilo.privacy.psi import Mode, canonical, cuckoo, exchange, ot
+from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, canonical, cuckoo, exchange, ot
 from fedsilo.privacy.psi.kkrt import KkrtReceiver, KkrtSender, _codewords, _oprf, item_digests, mask_bytes
 from fedsilo.privacy.psi.otwire import HEADER, MAX_RECORDS, FrameType, decode, encode
 
@@ -98,6 +98,15 @@ def test_many_frames_each_way():
     assert frames.count(FrameType.MASKS) == -(-3 * n // MAX_RECORDS) > 1
     assert r.positions.tolist() == list(range(n // 2, n))
     assert s.positions.tolist() == list(range(n // 2))
+
+
+def test_sender_prepares_its_set_before_the_request_and_reads_generators_once():
+    s = KkrtSender((f"id-{i}" for i in range(0, 300, 3)), mode=Mode.TO_BOTH)
+    s.prepare()
+    r = KkrtReceiver((f"id-{i}" for i in range(200)), mode=Mode.TO_BOTH)
+    exchange(r, s)
+    assert r.result().positions.tolist() == list(range(0, 200, 3))
+    assert s.result().positions.tolist() == list(range(67))
 
 
 def test_kinds_separate_ids_from_names():
@@ -239,7 +248,7 @@ def _flip(frame, at, value):
     [
         (lambda f: f[: HEADER - 1], "at least 32 bytes"),
         (lambda f: b"XXXX" + f[4:], "wrong magic"),
-        (lambda f: b"FPSI" + f[4:], "DH-PSI frame: the peer runs --protocol dh"),
+        (lambda f: b"FPSI" + f[4:], "DH-PSI frame: the peer runs the DH protocol"),
         (lambda f: _flip(f, 4, 2), "version 2 is not supported"),
         (lambda f: _flip(f, 5, 99), "unknown OT-PSI frame type 99"),
         (lambda f: _flip(f, 5, FrameType.MASKS), "MASKS frame arrived out of order"),
@@ -260,6 +269,18 @@ def test_malformed_hello_is_refused(corrupt, match):
     with pytest.raises(PsiFrameError, match=match):
         sender.handle(corrupt(hello))
     assert not sender.done
+
+
+def test_each_protocol_refuses_the_others_frames_by_name():
+    _, hello = _hello()
+    with pytest.raises(ProtocolError, match="OT-extension PSI frame: the peer runs the OT protocol"):
+        PsiSender(["a"]).handle(hello)
+    dh_request = next(iter(PsiReceiver(["a"]).request_frames()))
+    with pytest.raises(PsiFrameError, match="DH-PSI frame: the peer runs the DH protocol"):
+        KkrtSender(["a"]).handle(dh_request)
+    r, _ = _hello()
+    with pytest.raises(PsiError, match="already sent its request"):
+        next(iter(r.request_frames()))
 
 
 def test_frame_errors_are_protocol_and_psi_errors():
