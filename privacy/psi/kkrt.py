@@ -385,9 +385,13 @@ class KkrtSender(_Side):
         where = cuckoo.bin_indices(self._bin_key, self._own, self._bins)
         groups = []
         for i in range(cuckoo.HASHES):
-            function = np.full(len(self._own), i, dtype=np.uint8)
-            masked = rows[where[:, i]] ^ (_codewords(self._code_key, self._own, function) & self._s)
-            shuffled, perm = _shuffled(_oprf(masked, width_out))
+            masks = np.empty((len(self._own), width_out), dtype=np.uint8)
+            for start in range(0, len(self._own), MAX_RECORDS):  # in slices: a few MiB at a time
+                part = slice(start, start + MAX_RECORDS)
+                function = np.full(len(self._own[part]), i, dtype=np.uint8)
+                code = _codewords(self._code_key, self._own[part], function)
+                masks[part] = _oprf(rows[where[part, i]] ^ (code & self._s), width_out)
+            shuffled, perm = _shuffled(masks)
             groups.append(shuffled)
             self._perms.append(perm)
         self._masks = np.concatenate(groups)
