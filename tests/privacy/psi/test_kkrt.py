@@ -217,6 +217,51 @@ def test_receiver_cannot_match_a_sender_item_it_did_not_hold(monkeypatch):
     assert r.result().cardinality == 100
 
 
+def test_sender_cannot_tell_which_items_the_receiver_holds(monkeypatch):
+    """The sender knows the matrix U, the seed it chose of each pair, its secret s, the code and bin
+    keys. For an item the receiver holds, the best it can do is strip its own seeds' pads and compare
+    what is left in each of the item's three bins with the item's codeword: the other pad (a seed it
+    never saw) leaves about half the 512 bits agreeing, as for an item the receiver does not hold.
+    With both seeds of each pair (the receiver's knowledge) the same comparison finds every codeword."""
+    spy = _Spy(monkeypatch)
+    held = [f"held-{i}" for i in range(300)]
+    absent = [f"absent-{i}" for i in range(300)]
+    frames = []
+    r, s = KkrtReceiver(held), KkrtSender(["x"])
+    exchange(r, s, lambda d, f: frames.append(f))
+    _, bin_key, _, bins = struct.unpack(">32s16sQQ", bytes(decode(frames[0], {FrameType.HELLO: 64}).payload))
+    code_key = bytes(decode(frames[1], {FrameType.REPLY: 16 + 8 + 512 * 32}).payload[:16])
+    u = np.concatenate(
+        [
+            np.frombuffer(decode(f, {FrameType.MATRIX: 64}).payload, np.uint8).reshape(512, -1)
+            for f in frames
+            if f[5] == FrameType.MATRIX
+        ],
+        axis=1,
+    )
+    own_pads = np.stack([ot.prg(seed, bins // 8) for seed in s._seeds])
+
+    def best_agreement(view_columns, items):
+        """Per item, the largest fraction of its codeword's bits found in one of its bins."""
+        rows = ot.transpose(view_columns)
+        d = item_digests(items, "id")
+        where = cuckoo.bin_indices(bin_key, d, bins)
+        best = np.zeros(len(items))
+        for i in range(3):
+            code = _codewords(code_key, d, np.full(len(d), i, dtype=np.uint8))
+            same = np.unpackbits(~(rows[where[:, i]] ^ code), axis=1).mean(axis=1)
+            best = np.maximum(best, same)
+        return best
+
+    sender_view = u ^ own_pads
+    assert best_agreement(sender_view, held).max() < 0.65
+    assert best_agreement(sender_view, absent).max() < 0.65
+    assert abs(best_agreement(sender_view, held).mean() - best_agreement(sender_view, absent).mean()) < 0.02
+    zero, one = spy.seeds[0]
+    both_pads = np.stack([ot.prg(a, bins // 8) ^ ot.prg(b, bins // 8) for a, b in zip(zero, one)])
+    assert (best_agreement(u ^ both_pads, held) == 1.0).all()  # U minus both pads is the codeword matrix
+
+
 def test_sender_sees_a_pseudorandom_matrix():
     """The sender's view of the receiver's codewords is U = G(k_0) + G(k_1) + D: for each column it
     holds one seed only. Two runs of the same receiver set give unrelated matrices, and the matrix is
