@@ -22,16 +22,19 @@ shuffled per ``i``; R compares::
 ``+`` is XOR. ``G`` is AES-128-CTR keyed by a seed (the PRG); the code ``C`` is a
 pseudorandom code of ``k = 512`` bits: ``C(d || i)`` is the four AES blocks
 ``AES_c(d xor (4 i + b + 1))``, ``b < 4``, of the item's 16-byte digest ``d`` under the
-sender's random key ``c`` (KKRT16 §4: a PRC of 448 bits or more is enough for 128-bit
-security with 40-bit statistical security at these sizes; 512 keeps whole AES blocks);
-``H`` is BLAKE2b, modelled as a random oracle (the paper needs it correlation robust),
-truncated to ``w = max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes, so a false match
-anywhere in the run has probability at most ``2^-40``. The item digest ``d`` is
-BLAKE2b-128 of the canonical form (:mod:`fedsilo.privacy.psi.identifiers`), personalized
-``"fedsilo/kkrt/v1"`` (a random oracle; collisions among 2^32 items: below 2^-64). Base OTs: Chou–Orlandi on ristretto255
-(:mod:`fedsilo.privacy.psi.ot`). Parameters: computational security 128 bits (AES-128,
-ristretto255, 512 base OTs for the 512-bit code), statistical security 40 bits (the
-mask width, the cuckoo table of 1.27 n + 64 bins, resampled on failure).
+sender's random key ``c``. KKRT16 needs any two codewords of the run to differ in at
+least ``κ = 128`` bits: two 512-bit pseudorandom strings differ in fewer with probability
+below ``2^-96`` (Chernoff), so below ``2^-48`` over the ``3 |X| |Y|`` pairs of a
+10M × 10M run; 512 bits keep whole AES blocks. ``H`` is BLAKE2b (as the random oracle of
+libOTe's and SecretFlow's KKRT), modelled as a random oracle (the paper needs it
+correlation robust), truncated to ``w = max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes,
+so a false match anywhere in the run has probability at most ``2^-40``. The item digest
+``d`` is BLAKE2b-128 of the canonical form (:mod:`fedsilo.privacy.psi.identifiers`),
+personalized ``"fedsilo/kkrt/v1"`` (collisions among ``2^32`` items: below ``2^-64``).
+Base OTs: Chou–Orlandi on ristretto255 (:mod:`fedsilo.privacy.psi.ot`). Parameters:
+computational security 128 bits (AES-128, ristretto255, 512 base OTs for the 512-bit
+code), statistical security 40 bits (the mask width, the code distance, the cuckoo
+table of 1.27 n + 64 bins, redrawn on failure).
 
 What each side learns (both follow the protocol; AES a PRP/PRF, BLAKE2b and SHA-256
 random oracles, CDH in ristretto255):
