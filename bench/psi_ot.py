@@ -6,7 +6,9 @@
    the process's CPU time is the CPU of both parties. The arms alternate `--repeats`
    times (default 3); medians are compared. Also the bytes on the wire per element (both
    directions, all frames, divided by one side's size) and a plaintext hash join of the same
-   sets (`set & set` on the strings, and on their canonical forms) as the floor.
+   sets (`set & set` on the strings, and on their canonical forms) as the floor. Then the OT
+   protocol with the sender in a second process (frames over a local socket pair, as two
+   peers on one host): each party's CPU and the wall time.
 2. `--large` × `--large` (default 0: skipped; try 1,000,000): the OT-extension protocol alone,
    identifiers read from generators during the run; wall, CPU and this process's peak
    resident memory (both sides' data, one process), against the plaintext hash join.
@@ -23,6 +25,9 @@ ratios within one run only. A measurement, not a pass/fail test.
 from __future__ import annotations
 
 import argparse
+import collections
+import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import statistics
@@ -64,6 +69,41 @@ def run(protocol: str, n: int, streamed: bool = False) -> dict[str, float]:
     return {"wall": wall, "cpu": cpu, "bytes_per_element": wire[0] / max(n, 1), "shared": shared}
 
 
+def _sender_process(conn: multiprocessing.connection.Connection, n: int) -> None:
+    """The sender, in its own process: answers each frame with the list of its replies."""
+    sender_ids = list(ids(n // 2, n + n // 2))
+    conn.send_bytes(b"ready")
+    start = time.process_time()
+    sender = KkrtSender(sender_ids)
+    while frame := conn.recv_bytes():
+        conn.send(sender.handle(frame))
+    conn.send(time.process_time() - start)
+
+
+def two_processes(n: int) -> dict[str, float]:
+    """The OT protocol with the sender in a second process, frames over a local socket pair:
+    each party's CPU seconds (identifier lists made before the clock starts), wall seconds."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_sender_process, args=(theirs, n), daemon=True)
+    child.start()
+    receiver_ids = list(ids(0, n))
+    assert ours.recv_bytes() == b"ready"
+    cpu, wall = time.process_time(), time.perf_counter()
+    receiver = KkrtReceiver(receiver_ids)
+    pending = collections.deque(receiver.request_frames())
+    while pending:
+        ours.send_bytes(pending.popleft())
+        for reply in ours.recv():
+            pending.extend(receiver.handle(reply))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    ours.send_bytes(b"")
+    sender_cpu = ours.recv()
+    child.join()
+    assert receiver.result().cardinality == n - n // 2
+    return {"wall": wall, "receiver_cpu": cpu, "sender_cpu": sender_cpu}
+
+
 def hash_join(n: int) -> tuple[float, float]:
     """Seconds of a plaintext hash join of the same sets: on the strings, and on canonical forms."""
     xs, ys = list(ids(0, n)), list(ids(n // 2, n + n // 2))
@@ -94,12 +134,24 @@ def main() -> int:
                 runs.append(run(name, n))
                 r = runs[-1]
                 print(f"{name} {n:,} x {n:,}: {r['wall']:.2f} s wall, {r['cpu']:.2f} CPU-s", flush=True)
+        apart = [two_processes(n) for _ in range(args.repeats)]
+        for r in apart:
+            print(
+                f"ot in two processes: {r['wall']:.2f} s wall, receiver {r['receiver_cpu']:.2f} CPU-s, "
+                f"sender {r['sender_cpu']:.2f} CPU-s",
+                flush=True,
+            )
         raw, canon = hash_join(n)
         ot_cpu, dh_cpu = median(ots, "cpu"), median(dhs, "cpu")
         lines.append(
             f"psi {n:,}x{n:,} (both parties, one process, medians of {args.repeats}): "
             f"OT-extension (KKRT16) {median(ots, 'wall'):.2f} s wall, {ot_cpu:.2f} CPU-s; "
             f"DH (X25519) {median(dhs, 'wall'):.2f} s wall, {dh_cpu:.2f} CPU-s; CPU ratio DH/OT {dh_cpu / ot_cpu:.1f}x"
+        )
+        lines.append(
+            f"psi {n:,}x{n:,} OT-extension in two processes (sender in its own, a local socket pair; medians): "
+            f"receiver {median(apart, 'receiver_cpu'):.2f} CPU-s + sender {median(apart, 'sender_cpu'):.2f} CPU-s, "
+            f"{median(apart, 'wall'):.2f} s wall"
         )
         lines.append(
             f"psi {n:,}x{n:,} bytes on the wire per element (both directions): OT {ots[0]['bytes_per_element']:.0f}, "
