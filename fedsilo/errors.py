@@ -53,3 +53,11 @@ class QuotaExceeded(PsiError):
 
 class StaleEpoch(PsiError):
     """A query names a key epoch the list holder no longer (or never) served."""
+
+
+class PsiFrameError(ProtocolError, PsiError):
+    """A PSI peer's frame is malformed, out of order or of another protocol or session.
+
+    Both a :class:`ProtocolError` (a bad message) and a :class:`PsiError` (the PSI run
+    cannot proceed), so callers catching either see it.
+    """

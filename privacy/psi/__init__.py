@@ -5,6 +5,10 @@ a transport (the peer daemon) carries.
 
 * :mod:`fedsilo.privacy.psi.protocol` — DH private set intersection: :class:`PsiReceiver`,
   :class:`PsiSender`, :class:`Mode` (to the receiver, to both, cardinality only).
+* :mod:`fedsilo.privacy.psi.kkrt` — OT-extension private set intersection (KKRT16):
+  :class:`KkrtReceiver`, :class:`KkrtSender`, the same modes but cardinality, about ten
+  times less CPU than the DH protocol; :mod:`fedsilo.privacy.psi.ot` (base OTs, PRG, bit
+  transposes), :mod:`fedsilo.privacy.psi.cuckoo`, :mod:`fedsilo.privacy.psi.otwire` (its frames).
 * :mod:`fedsilo.privacy.psi.query` — anonymous query with labels: :class:`ListHolder`
   publishes an :class:`EncryptedTable` per key epoch and answers blinded queries under
   a :class:`QueryQuota`; a :class:`Querier` reads the labels of what it asked.
@@ -22,6 +26,7 @@ behave as random oracles.
 """
 
 from fedsilo.privacy.psi.identifiers import canonical, split_typed
+from fedsilo.privacy.psi.kkrt import KkrtReceiver, KkrtSender
 from fedsilo.privacy.psi.parallel import Workers
 from fedsilo.privacy.psi.protocol import Mode, PsiReceiver, PsiResult, PsiSender, exchange
 from fedsilo.privacy.psi.query import EncryptedTable, ListHolder, PendingQuery, Querier
@@ -31,6 +36,8 @@ __all__ = [
     "canonical",
     "split_typed",
     "Workers",
+    "KkrtReceiver",
+    "KkrtSender",
     "Mode",
     "PsiReceiver",
     "PsiResult",

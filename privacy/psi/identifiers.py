@@ -35,13 +35,13 @@ import hashlib
 import re
 import struct
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from fedsilo.errors import DataError
 
-__all__ = ["DOMAIN", "PSI_DOMAIN", "canonical", "split_typed", "digests"]
+__all__ = ["DOMAIN", "PSI_DOMAIN", "canonical", "canonical_forms", "split_typed", "digests"]
 
 DOMAIN = b"fedsilo/psi/v1/hash-to-group"  # the anonymous query's hash into ristretto255
 PSI_DOMAIN = b"fedsilo/psi/v2/hash-onto-curve25519"  # PSI's hash onto Curve25519
@@ -99,10 +99,13 @@ def digests(values: Iterable[str], kind: str | None, domain: bytes = DOMAIN) -> 
     the default) or :data:`PSI_DOMAIN`.
     """
     pack, sha512 = struct.Struct(">H").pack, hashlib.sha512
-    if kind is None:
-        forms = (_canonical(v, k) for k, v in map(split_typed, values))
-    else:
-        _check_kind(kind)
-        forms = (_canonical(value, kind) for value in values)
-    out = b"".join([sha512(domain + pack(len(data)) + data).digest() for data in forms])
+    out = b"".join([sha512(domain + pack(len(data)) + data).digest() for data in canonical_forms(values, kind)])
     return np.frombuffer(out, dtype=np.uint8).reshape(-1, 64)
+
+
+def canonical_forms(values: Iterable[str], kind: str | None) -> Iterator[bytes]:
+    """The canonical form of each value, lazily; with ``kind=None`` each carries its ``kind:`` prefix."""
+    if kind is None:
+        return (_canonical(v, k) for k, v in map(split_typed, values))
+    _check_kind(kind)
+    return (_canonical(value, kind) for value in values)

@@ -48,7 +48,7 @@ import enum
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -383,8 +383,23 @@ class PsiSender(_Side):
         return []
 
 
-def exchange(receiver: PsiReceiver, sender: PsiSender, tap: Callable[[str, bytes], None] | None = None) -> None:
-    """Run a PSI between two local objects; ``tap(direction, frame)`` sees every frame.
+class Party(Protocol):
+    """One side of a PSI run: this module's classes and :mod:`fedsilo.privacy.psi.kkrt`'s."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def handle(self, data: bytes) -> list[bytes]: ...
+
+
+class Requester(Party, Protocol):
+    """The side that starts a run."""
+
+    def request_frames(self) -> Iterator[bytes]: ...
+
+
+def exchange(receiver: Requester, sender: Party, tap: Callable[[str, bytes], None] | None = None) -> None:
+    """Run a PSI between two local objects (of either protocol); ``tap(direction, frame)`` sees every frame.
 
     ``direction`` is ``"to_sender"`` or ``"to_receiver"``.
     """

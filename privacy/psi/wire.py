@@ -31,6 +31,7 @@ import numpy as np
 
 from fedsilo.errors import ProtocolError
 from fedsilo.privacy.psi.group import ELEMENT_BYTES
+from fedsilo.privacy.psi.otwire import MAGIC as OT_MAGIC
 
 __all__ = ["MAGIC", "VERSION", "MAX_BATCH", "HEADER", "FrameType", "Frame", "encode", "decode", "split"]
 
@@ -93,7 +94,8 @@ def decode(data: bytes, expected: set[FrameType] | None = None) -> Frame:
         raise ProtocolError(f"a frame is at least {HEADER} bytes; the message was refused")
     magic, version, type_, mode, flags, session, seq, count = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise ProtocolError("not a fedsilo PSI frame (wrong magic); the message was refused")
+        hint = " (it is an OT-extension PSI frame: the peer runs the OT protocol)" if magic == OT_MAGIC else ""
+        raise ProtocolError(f"not a fedsilo DH-PSI frame (wrong magic){hint}; the message was refused")
     if version in _RETIRED:
         raise ProtocolError(
             f"the peer speaks PSI frame version {version} ({_RETIRED[version]}), which this peer "

@@ -1,0 +1,415 @@
+"""OT-extension private set intersection (KKRT16), beside the DH protocol: a few AES calls per item.
+
+Protocol: Kolesnikov, Kumaresan, Rosulek and Trieu, "Efficient batched oblivious PRF with
+applications to private set intersection", CCS 2016 (KKRT16), semi-honest. The receiver
+R places its distinct items in ``m`` cuckoo bins (:mod:`fedsilo.privacy.psi.cuckoo`,
+three hash functions, the item in bin ``j`` tagged with the function ``i`` that put it
+there); one batched OPRF gives R, per bin, ``F_j(x || i)`` and the sender S a key for
+every ``F_j``; S sends, for each of its items ``y`` and each ``i``, ``F_{h_i(y)}(y || i)``,
+shuffled per ``i``; R compares::
+
+    receiver R, set X                              sender S, set Y
+    HELLO   A = aG (base OT), bin-hash key, |X|, m  ->
+                                                <-  REPLY  code key, |Y|, B_i (base-OT replies, i < k)
+    base OTs (R sends seeds (k_i0, k_i1), S chooses with the bits of a random s in {0,1}^k):
+    D = rows C(x || i) of the occupied bins (random rows elsewhere), C the code below
+    MATRIX  columns u^i = G(k_i0) + G(k_i1) + d^i   ->  q^i = G(k_{i,s_i}) + s_i u^i, i.e. rows
+                                                        q_j = t_j + (C(x_j || i_j) AND s), t^i = G(k_i0)
+                                                <-  MASKS  H(q_{h_i(y)} + (C(y || i) AND s)), each i, shuffled
+    R: H(t_j) for each occupied bin j, looked up among the MASKS of its i.
+    FOUND   positions of the matched MASKS      ->  (both-sides mode only) S learns them too.
+
+``+`` is XOR. ``G`` is AES-128-CTR keyed by a seed (the PRG); the code ``C`` is a
+pseudorandom code of ``k = 512`` bits: ``C(d || i)`` is the four AES blocks
+``AES_c(d xor (4 i + b + 1))``, ``b < 4``, of the item's 16-byte digest ``d`` under the
+sender's random key ``c``. KKRT16 needs any two codewords of the run to differ in at
+least ``κ = 128`` bits: two 512-bit pseudorandom strings differ in fewer with probability
+below ``2^-96`` (Chernoff), so below ``2^-48`` over the ``3 |X| |Y|`` pairs of a
+10M × 10M run; 512 bits keep whole AES blocks. ``H`` is BLAKE2b (as the random oracle of
+libOTe's and SecretFlow's KKRT), modelled as a random oracle (the paper needs it
+correlation robust), truncated to ``w = max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes,
+so a false match anywhere in the run has probability at most ``2^-40``. The item digest
+``d`` is BLAKE2b-128 of the canonical form (:mod:`fedsilo.privacy.psi.identifiers`),
+personalized ``"fedsilo/kkrt/v1"`` (collisions among ``2^32`` items: below ``2^-64``).
+Base OTs: Chou–Orlandi on ristretto255 (:mod:`fedsilo.privacy.psi.ot`). Parameters:
+computational security 128 bits (AES-128, ristretto255, 512 base OTs for the 512-bit
+code), statistical security 40 bits (the mask width, the code distance, the cuckoo
+table of 1.27 n + 64 bins, redrawn on failure).
+
+What each side learns (both follow the protocol; AES a PRP/PRF, BLAKE2b and SHA-256
+random oracles, CDH in ristretto255):
+
+* :attr:`Mode.TO_RECEIVER` — R learns X ∩ Y and |Y|; S learns |X| (and nothing of the
+  bins: the matrix ``U`` it sees is one-time-padded by ``G(k_{i, 1 - s_i})``).
+  The MASKS of S's items outside X are pseudorandom to R: a mask is a hash of a
+  512-bit string that differs from anything R can compute in at least 128 unknown bits
+  of ``s`` (the code's distance), so R cannot link it to an item it did not hold.
+* :attr:`Mode.TO_BOTH` — both learn X ∩ Y, |X| and |Y|; ``PsiResult.shared_keys`` are the
+  matched masks, equal on both sides for the same identifier.
+* :attr:`Mode.CARDINALITY` is not offered: R, which decodes the OPRF, would learn which
+  of its items matched. A cardinality-only run uses the DH protocol
+  (:mod:`fedsilo.privacy.psi.protocol`).
+
+Sizes, duplicates and positions follow the DH protocol: each side removes duplicates
+(same canonical form) first and reports a match at the position of an identifier's
+first occurrence. A side that deviates can learn more (see the DH module doc).
+
+Usage: the DH protocol's: ``R.request_frames()`` yields the first frame, ``handle(frame)``
+on either side consumes one frame and returns the frames to send back;
+:func:`fedsilo.privacy.psi.protocol.exchange` runs both local objects. Frames:
+:mod:`fedsilo.privacy.psi.otwire`; every frame is checked (:class:`PsiFrameError`).
+Everything runs in the calling process (numpy and AES-NI; no worker pool).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from fedsilo.errors import PsiError, PsiFrameError
+from fedsilo.privacy.psi import cuckoo, ot
+from fedsilo.privacy.psi.identifiers import canonical_forms
+from fedsilo.privacy.psi.otwire import MAX_RECORDS, Frame, FrameType, decode, encode
+from fedsilo.privacy.psi.protocol import Mode, PsiResult, _distinct, _shuffled
+
+__all__ = ["ITEM_DOMAIN", "CODE_BITS", "KkrtReceiver", "KkrtSender", "item_digests", "mask_bytes"]
+
+ITEM_DOMAIN = b"fedsilo/kkrt/v1"  # BLAKE2b personalization: at most 16 bytes
+CODE_BITS = 512
+_CODE = CODE_BITS // 8
+_POINT = 32
+_HELLO = struct.Struct(">32s16sQQ")
+_REPLY_HEAD = struct.Struct(">16sQ")
+_MATRIX_SLICE = 8192  # bins per MATRIX frame (512 KiB)
+_MAX_ITEMS = 1 << 32
+_RETRIES = 8
+
+
+def mask_bytes(receiver_items: int, sender_items: int) -> int:
+    """Width of a mask: ``max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes (see the module doc)."""
+    bits = 40 + math.ceil(math.log2(receiver_items * sender_items + 1))
+    return max(8, math.ceil(bits / 8))
+
+
+def item_digests(identifiers: Iterable[str], kind: str | None) -> np.ndarray:
+    """``(n, 16)`` item digests: BLAKE2b-128 of each canonical form, personalized with :data:`ITEM_DOMAIN`."""
+    blake = hashlib.blake2b
+    out = b"".join(
+        [blake(form, digest_size=16, person=ITEM_DOMAIN).digest() for form in canonical_forms(identifiers, kind)]
+    )
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, 16)
+
+
+def _codewords(key: bytes, items: np.ndarray, function: np.ndarray) -> np.ndarray:
+    """``C(d || i)``: ``(n, 64)`` codewords of the digests tagged with their hash function."""
+    tweaks = np.zeros((len(items), 4, 16), dtype=np.uint8)
+    tweaks[:, :, 15] = (4 * function.astype(np.uint8))[:, None] + np.arange(1, 5, dtype=np.uint8)[None, :]
+    return ot.aes_ecb(key, items[:, None, :] ^ tweaks).reshape(-1, _CODE)
+
+
+def _oprf(rows: np.ndarray, width: int) -> np.ndarray:
+    """``H`` of every 64-byte row, ``width`` bytes each."""
+    data = np.ascontiguousarray(rows).tobytes()
+    blake = hashlib.blake2b
+    out = b"".join([blake(data[at : at + _CODE], digest_size=width).digest() for at in range(0, len(data), _CODE)])
+    return np.frombuffer(out, dtype=np.uint8).reshape(-1, width)
+
+
+def _prefix(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows[:, :8]).view("<u8").ravel()
+
+
+def _find(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """For each row, the index of an equal row of ``pool``, or -1."""
+    found = np.full(len(rows), -1, dtype=np.int64)
+    if len(rows) == 0 or len(pool) == 0:
+        return found
+    keys = _prefix(pool)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    if (sorted_keys[1:] == sorted_keys[:-1]).any():  # two masks share 8 bytes: rare, look up whole rows
+        index = {row.tobytes(): i for i, row in enumerate(pool)}
+        return np.array([index.get(row.tobytes(), -1) for row in rows], dtype=np.int64)
+    ours = _prefix(rows)
+    at = np.minimum(np.searchsorted(sorted_keys, ours), len(pool) - 1)
+    hit = sorted_keys[at] == ours
+    hit[hit] = (rows[hit] == pool[order[at[hit]]]).all(axis=1)
+    found[hit] = order[at[hit]]
+    return found
+
+
+def _bits(data: bytes) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+
+
+class _Side:
+    def __init__(self, identifiers: Iterable[str], kind: str | None, mode: Mode) -> None:
+        self.mode = Mode(mode)
+        if self.mode is Mode.CARDINALITY:
+            raise PsiError(
+                "the OT-extension PSI cannot give a cardinality only (its receiver decodes which items matched); "
+                "run a cardinality-only PSI with the DH protocol"
+            )
+        self._identifiers, self._kind = identifiers, kind
+        self._own: np.ndarray | None = None
+        self._first: np.ndarray | None = None
+        self._result: PsiResult | None = None
+        self.session: bytes | None = None
+        self._seq = 0
+        self._records = 0
+
+    def _hash_own(self) -> None:
+        if self._own is None:
+            self._own, self._first = _distinct(item_digests(self._identifiers, self._kind))
+            self._identifiers = ()
+            if len(self._own) >= _MAX_ITEMS:
+                raise PsiError(f"a PSI set holds at most {_MAX_ITEMS - 1} distinct identifiers")
+
+    def _decode(self, data: bytes, widths: dict[FrameType, int]) -> Frame:
+        if self.done:
+            raise PsiFrameError("an OT-PSI frame arrived after the run ended")
+        frame = decode(data, widths)
+        if frame.mode != self.mode:
+            theirs = Mode(frame.mode).name if frame.mode in {m.value for m in Mode} else str(frame.mode)
+            raise PsiFrameError(f"the peer runs PSI in mode {theirs}, this side in {self.mode.name}; agree on one mode")
+        if self.session is not None and frame.session != self.session:
+            raise PsiFrameError("an OT-PSI frame of another session arrived; the message was refused")
+        return frame
+
+    def _stream(self, frame: Frame, end: FrameType, expected_total: int, exact: bool = True) -> bool:
+        """Check one frame of a stream of ``expected_total`` records (at most, unless ``exact``):
+        ``True`` at its (correct) end."""
+        name = end.name.removesuffix("_END")
+        if frame.seq != self._seq:
+            raise PsiFrameError(f"{frame.type.name} frame {frame.seq} arrived out of order; the run was aborted")
+        self._seq += 1
+        if frame.type is end:
+            if frame.count != self._records or (exact and self._records != expected_total):
+                raise PsiFrameError(
+                    f"the {name} stream ended with {frame.count} records announced and {self._records} sent, "
+                    f"{expected_total} expected; the run was aborted"
+                )
+            self._seq = self._records = 0
+            return True
+        self._records += frame.count
+        if self._records > expected_total:
+            raise PsiFrameError(f"the {name} stream carries more than the {expected_total} records expected")
+        return False
+
+    def _frames(self, type_: FrameType, end: FrameType, rows: np.ndarray) -> Iterator[bytes]:
+        seq = 0
+        for start in range(0, len(rows), MAX_RECORDS):
+            part = rows[start : start + MAX_RECORDS]
+            yield encode(type_, self.mode, self.session, seq, len(part), part.tobytes())
+            seq += 1
+        yield encode(end, self.mode, self.session, seq, len(rows))
+
+    @property
+    def done(self) -> bool:
+        """Whether this side has its result."""
+        return self._result is not None
+
+    def result(self) -> PsiResult:
+        """What this side learned; :class:`PsiError` before the run finished."""
+        if self._result is None:
+            raise PsiError("the PSI run has not finished on this side")
+        return self._result
+
+
+class KkrtReceiver(_Side):
+    """The side that asks and learns the intersection (see the module doc).
+
+    ``identifiers``: any iterable of ``str``, read once; with ``kind=None`` each carries
+    its own ``kind:`` prefix. ``mode``: :attr:`Mode.TO_RECEIVER` or :attr:`Mode.TO_BOTH`.
+    """
+
+    def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER) -> None:
+        super().__init__(identifiers, kind, mode)
+        self.session = os.urandom(16)
+        self._ot: ot.OtSender | None = None
+        self._outputs: np.ndarray | None = None  # H(t_j) of the occupied bins, bin order
+        self._items: np.ndarray | None = None  # the item in each occupied bin
+        self._functions: np.ndarray | None = None  # the hash function that put it there
+        self._peer_size: int | None = None
+        self._masks: list[np.ndarray] = []
+
+    def request_frames(self) -> Iterator[bytes]:
+        """Hash and place this side's identifiers; yield the HELLO frame."""
+        if self._ot is not None:
+            raise PsiError("this PSI receiver already sent its request")
+        self._hash_own()
+        self._bins = cuckoo.bins_for(len(self._own))
+        for _ in range(_RETRIES):
+            self._bin_key = os.urandom(16)
+            table = cuckoo.place(cuckoo.bin_indices(self._bin_key, self._own, self._bins), self._bins)
+            if table is not None:
+                break
+        else:
+            raise PsiError(f"the cuckoo table did not settle in {_RETRIES} tries; this should not happen, report it")
+        self._table = table
+        self._ot = ot.OtSender()
+        hello = _HELLO.pack(self._ot.first, self._bin_key, len(self._own), self._bins)
+        yield encode(FrameType.HELLO, self.mode, self.session, 0, 1, hello)
+
+    def handle(self, data: bytes) -> list[bytes]:
+        """Consume one frame from the sender; return the frames to send it (maybe none)."""
+        if self._ot is None:
+            raise PsiFrameError("an OT-PSI frame arrived before the request was sent")
+        if self._peer_size is None:
+            frame = self._decode(data, {FrameType.REPLY: _REPLY_HEAD.size + CODE_BITS * _POINT})
+            if frame.count != 1:
+                raise PsiFrameError("an OT-PSI REPLY carries one record")
+            return list(self._extend(frame.payload))
+        width = mask_bytes(len(self._own), self._peer_size)
+        frame = self._decode(data, {FrameType.MASKS: width, FrameType.MASKS_END: 0})
+        if not self._stream(frame, FrameType.MASKS_END, cuckoo.HASHES * self._peer_size):
+            self._masks.append(np.frombuffer(frame.payload, dtype=np.uint8).reshape(-1, width))
+            return []
+        masks = np.concatenate(self._masks) if self._masks else np.empty((0, width), np.uint8)
+        self._masks = []
+        return self._finish(masks.reshape(cuckoo.HASHES, self._peer_size, width))
+
+    def _extend(self, payload: memoryview) -> Iterator[bytes]:
+        code_key, peer_size = _REPLY_HEAD.unpack_from(payload)
+        if peer_size >= _MAX_ITEMS:
+            raise PsiFrameError(f"the sender announces {peer_size} items, more than a PSI set holds")
+        points = bytes(payload[_REPLY_HEAD.size :])
+        zero, one = self._ot.seeds([points[at : at + _POINT] for at in range(0, len(points), _POINT)])
+        occupant, function = self._table
+        used = occupant >= 0
+        rows = np.empty((self._bins, _CODE), dtype=np.uint8)
+        rows[used] = _codewords(code_key, self._own[occupant[used]], function[used])
+        rows[~used] = np.frombuffer(os.urandom(int((~used).sum()) * _CODE), dtype=np.uint8).reshape(-1, _CODE)
+        columns = ot.transpose(rows)  # (k, m / 8): column i of the codewords
+        width = self._bins // 8
+        t = np.stack([ot.prg(seed, width) for seed in zero])
+        columns ^= t
+        for i, seed in enumerate(one):
+            columns[i] ^= ot.prg(seed, width)
+        width_out = mask_bytes(len(self._own), peer_size)
+        self._outputs = _oprf(ot.transpose(t)[used], width_out)
+        self._items, self._functions = occupant[used], function[used]
+        self._peer_size = int(peer_size)
+        self._table = None
+        seq = 0
+        for start in range(0, self._bins, _MATRIX_SLICE):
+            part = columns[:, start // 8 : (start + _MATRIX_SLICE) // 8]
+            yield encode(FrameType.MATRIX, self.mode, self.session, seq, part.shape[1] * 8, part.tobytes())
+            seq += 1
+        yield encode(FrameType.MATRIX_END, self.mode, self.session, seq, self._bins)
+
+    def _finish(self, masks: np.ndarray) -> list[bytes]:
+        match = np.full(len(self._items), -1, dtype=np.int64)
+        for i in range(cuckoo.HASHES):
+            mine = self._functions == i
+            at = _find(self._outputs[mine], masks[i])
+            match[mine] = np.where(at >= 0, at + i * self._peer_size, -1)
+        hit = match >= 0
+        positions = self._first[self._items[hit]]
+        order = np.argsort(positions)
+        keys = self._outputs[hit][order] if self.mode is Mode.TO_BOTH else None
+        self._result = PsiResult(len(self._own), self._peer_size, int(hit.sum()), positions[order], keys)
+        if self.mode is not Mode.TO_BOTH:
+            return []
+        found = np.sort(match[hit]).astype(">u8").view(np.uint8).reshape(-1, 8)
+        return list(self._frames(FrameType.FOUND, FrameType.FOUND_END, found))
+
+
+class KkrtSender(_Side):
+    """The side that answers: it learns |X| only, or the intersection in :attr:`Mode.TO_BOTH`.
+
+    It accepts only runs in its own ``mode`` (its policy).
+    """
+
+    def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER) -> None:
+        super().__init__(identifiers, kind, mode)
+        self._peer_size: int | None = None
+        self._columns: list[np.ndarray] = []
+        self._masks: np.ndarray | None = None
+        self._perms: list[np.ndarray] = []
+        self._found: list[np.ndarray] = []
+
+    def prepare(self) -> None:
+        """Hash and deduplicate this side's set now (else when the request arrives)."""
+        self._hash_own()
+
+    def handle(self, data: bytes) -> list[bytes]:
+        """Consume one frame from the receiver; return the frames to send back (maybe none)."""
+        if self._peer_size is None:
+            frame = self._decode(data, {FrameType.HELLO: _HELLO.size})
+            if frame.count != 1:
+                raise PsiFrameError("an OT-PSI HELLO carries one record")
+            return [self._hello(frame)]
+        if self._masks is None:
+            frame = self._decode(data, {FrameType.MATRIX: _CODE, FrameType.MATRIX_END: 0})
+            if frame.type is FrameType.MATRIX and (frame.count % 64 or frame.count > _MATRIX_SLICE):
+                raise PsiFrameError(f"an OT-PSI MATRIX frame carries a multiple of 64 bins, at most {_MATRIX_SLICE}")
+            if not self._stream(frame, FrameType.MATRIX_END, self._bins):
+                self._columns.append(np.frombuffer(frame.payload, dtype=np.uint8).reshape(CODE_BITS, -1))
+                return []
+            return list(self._answer(np.concatenate(self._columns, axis=1)))
+        frame = self._decode(data, {FrameType.FOUND: 8, FrameType.FOUND_END: 0})
+        if not self._stream(frame, FrameType.FOUND_END, min(self._peer_size, len(self._own)), exact=False):
+            self._found.append(np.frombuffer(frame.payload, dtype=">u8").astype(np.int64))
+            return []
+        self._confirmed(np.concatenate(self._found) if self._found else np.empty(0, np.int64))
+        return []
+
+    def _hello(self, frame: Frame) -> bytes:
+        first, self._bin_key, peer_size, bins = _HELLO.unpack_from(frame.payload)
+        if peer_size >= _MAX_ITEMS or bins != cuckoo.bins_for(peer_size):
+            raise PsiFrameError(
+                f"the receiver announces {peer_size} items in {bins} bins; "
+                f"this protocol uses {cuckoo.bins_for(min(peer_size, _MAX_ITEMS))}"
+            )
+        self.session, self._peer_size, self._bins = frame.session, int(peer_size), int(bins)
+        self._hash_own()
+        secret = os.urandom(_CODE)
+        self._s = np.frombuffer(secret, dtype=np.uint8)
+        receiver = ot.OtReceiver(first, _bits(secret))
+        self._seeds = receiver.seeds
+        self._code_key = os.urandom(16)
+        reply = _REPLY_HEAD.pack(self._code_key, len(self._own)) + b"".join(receiver.replies)
+        return encode(FrameType.REPLY, self.mode, self.session, 0, 1, reply)
+
+    def _answer(self, u: np.ndarray) -> Iterator[bytes]:
+        self._columns = []
+        width = self._bins // 8
+        q = np.stack([ot.prg(seed, width) for seed in self._seeds])
+        choose = _bits(self._s.tobytes()).astype(bool)
+        q[choose] ^= u[choose]
+        rows = ot.transpose(q)  # (m, 64): q_j = t_j + (C(x_j || i_j) AND s)
+        width_out = mask_bytes(self._peer_size, len(self._own))
+        where = cuckoo.bin_indices(self._bin_key, self._own, self._bins)
+        groups = []
+        for i in range(cuckoo.HASHES):
+            masks = np.empty((len(self._own), width_out), dtype=np.uint8)
+            for start in range(0, len(self._own), MAX_RECORDS):  # in slices: a few MiB at a time
+                part = slice(start, start + MAX_RECORDS)
+                function = np.full(len(self._own[part]), i, dtype=np.uint8)
+                code = _codewords(self._code_key, self._own[part], function)
+                masks[part] = _oprf(rows[where[part, i]] ^ (code & self._s), width_out)
+            shuffled, perm = _shuffled(masks)
+            groups.append(shuffled)
+            self._perms.append(perm)
+        self._masks = np.concatenate(groups)
+        if self.mode is not Mode.TO_BOTH:
+            self._result = PsiResult(len(self._own), self._peer_size, None, None)
+        yield from self._frames(FrameType.MASKS, FrameType.MASKS_END, self._masks)
+
+    def _confirmed(self, found: np.ndarray) -> None:
+        total = len(self._masks)
+        if len(found) and (found[0] < 0 or found[-1] >= total or (np.diff(found) <= 0).any()):
+            raise PsiFrameError(f"FOUND positions must increase strictly and lie below {total}; the run was aborted")
+        n = len(self._own)
+        items = np.stack(self._perms)[found // n, found % n] if n else found
+        if len(np.unique(items)) != len(items):
+            raise PsiFrameError("FOUND names one identifier twice; the run was aborted")
+        positions = self._first[items]
+        order = np.argsort(positions)
+        self._result = PsiResult(n, self._peer_size, len(found), positions[order], self._masks[found][order])
