@@ -33,7 +33,7 @@ from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.peers.toml_file import read_toml
 
 COMPARISONS = ("centralized", "local", "common")
-SETUPS = ("horizontal", "transfer")
+SETUPS = ("horizontal", "transfer", "vertical")
 
 # TOML (section, key) -> SimulationConfig field
 TOML_KEYS: dict[tuple[str, str], str] = {
@@ -66,6 +66,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("data", "overlap"): "overlap",
     ("model", "kind"): "model",
     ("model", "hidden"): "hidden",
+    ("model", "embedding-width"): "embedding_width",
     ("train", "local-epochs"): "local_epochs",
     ("train", "batch-size"): "batch_size",
     ("train", "lr"): "lr",
@@ -103,6 +104,7 @@ class SimulationConfig:
     customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
     model: str = "mlp"
     hidden: tuple[int, ...] = (64, 32)
+    embedding_width: int = 4  # vertical: width of each party's bottom-model output
     local_epochs: int = 1
     batch_size: int = 128
     lr: float = 0.5
@@ -158,7 +160,7 @@ class SimulationConfig:
         unknown = [c for c in self.yardsticks if c not in COMPARISONS]
         if unknown:
             raise ConfigError(f"--compare: unknown yardstick {unknown[0]!r}; use {','.join(COMPARISONS)}")
-        if self.data is not None and not self.label and self.setup != "transfer":
+        if self.data is not None and not self.label and self.setup not in ("transfer", "vertical"):
             raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(
@@ -183,11 +185,13 @@ class SimulationConfig:
             )
         if self.yardstick_banks < 1:
             raise ConfigError(f"--yardstick-banks must be ≥ 1 (got {self.yardstick_banks})")
-        if self.overlap is not None and (self.setup != "transfer" or not 0.0 <= self.overlap < 1.0):
+        if self.overlap is not None and (self.setup == "horizontal" or not 0.0 <= self.overlap < 1.0):
             raise ConfigError(
                 f"--overlap {self.overlap}: customers shared between institutions apply to "
-                "--setup transfer, as a probability in [0, 1)"
+                "--setup transfer or vertical, as a probability in [0, 1)"
             )
+        if self.embedding_width < 1:
+            raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         if self.data is None and (self.positive is not None or self.keep_columns):

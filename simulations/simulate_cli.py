@@ -63,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", choices=["mlp", "logreg"], help="model family (default mlp)")
     p.add_argument("--hidden", metavar="W,W", help="MLP layer widths (default 64,32)")
+    p.add_argument(
+        "--embedding-width",
+        type=int,
+        metavar="D",
+        help="vertical: width of each party's bottom-model output (default 4)",
+    )
     p.add_argument("--strategy", choices=["fedavg", "fedadam"], help="aggregation (default fedavg)")
     p.add_argument("--local-epochs", type=int, metavar="E", help="local epochs per round (default 1)")
     p.add_argument("--batch-size", type=int, metavar="B", help="expected Poisson batch size (default 128)")
@@ -139,8 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--setup",
-        choices=["horizontal", "transfer"],
-        help="horizontal: same columns everywhere (default); transfer: each institution its own columns",
+        choices=["horizontal", "transfer", "vertical"],
+        help="horizontal: same columns everywhere (default); transfer: each institution its own columns; "
+        "vertical: the same customers at a broker (label) and a bank (other columns), a split model",
     )
     p.add_argument(
         "--scenario",
@@ -154,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="P",
         help="transfer: customers shared between institutions (each is also a client of another with "
         "probability P); their train/test side is agreed by PSI, no raw id exchanged (default: "
-        "the scenario's, 0)",
+        "the scenario's, 0); vertical: probability that a broker client is also a bank client (default 0.6)",
     )
     p.add_argument(
         "--shared",
@@ -223,6 +230,7 @@ OVERRIDABLE = (
     "reproducible",
     "positive",
     "keep_columns",
+    "embedding_width",
 )
 
 
@@ -250,6 +258,11 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _print_run(result, mlflow: str | None) -> None:
     """The run's summary lines (stdout)."""
     summary = result.summary
+    if summary.setup == "vertical":
+        from fedsilo.simulations.vertical import summary_lines
+
+        print("\n".join(summary_lines(summary)))
+        return
     print(f"run folder: {summary.run_dir}")
     where = "all banks' held-out rows" if summary.setup == "horizontal" else "mean over institutions, own rows"
     scores = summary.scores or {}
