@@ -188,7 +188,7 @@ class SimulationConfig:
         if self.overlap is not None and (self.setup == "horizontal" or not 0.0 <= self.overlap < 1.0):
             raise ConfigError(
                 f"--overlap {self.overlap}: customers shared between institutions apply to "
-                "--setup transfer or vertical, as a probability in [0, 1)"
+                "--setup transfer, as a probability in [0, 1) (and to --setup vertical)"
             )
         if self.embedding_width < 1:
             raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
