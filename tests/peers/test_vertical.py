@@ -229,3 +229,33 @@ def test_alignment_agrees_on_customers_order_and_sides_without_sending_an_id():
         [f"CUST-{r}" for r in holder_rows], labels, [[f"CUST-{r}" for r in party_rows[:-50]]], 0.25, 1
     )
     assert other.parties[0].digest != mine.digest
+
+
+def test_three_parties_one_step_equals_the_centralized_split_model():
+    """Two feature parties: the label holder's top takes both embeddings; gradients go back to each its own slice."""
+    spec = SplitSpec("mlp", (5,), 2)
+    xl, xf, y = _data(120)
+    sides = np.full(120, TRAIN, dtype=np.int8)
+    order = np.random.default_rng(9).permutation(120)  # the second party's pair order differs from the first's
+    first = FeatureParty("bank", xf[:, :3], sides, "a" * 64, spec, lr=0.3, seed=1)
+    second = FeatureParty("card", xf[order, 3:], sides, "b" * 64, spec, lr=0.3, seed=5)
+    where = np.argsort(order)  # the label holder's index j is at position where[j] in the second pair
+    links = [Link("bank", np.arange(120), 120, "a" * 64, 2), Link("card", where, 120, "b" * 64, 2)]
+    holder = LabelHolder("broker", xl, y, np.arange(120), sides, links, spec, lr=0.3, seed=2)
+    b1, b2, local = copy.deepcopy(first.bottom), copy.deepcopy(second.bottom), copy.deepcopy(holder.model)
+    index = np.arange(0, 120, 2)
+    t = torch.as_tensor
+    received = torch.cat([b1(t(xf[index, :3])), b2(t(xf[index, 3:]))], dim=1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(local(t(xl[index]), received), t(y[index]))
+    params = [*b1.parameters(), *b2.parameters(), *local.parameters()]
+    with torch.no_grad():
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.sub_(0.3 * g)
+    holder.connect([first.hello(), second.hello()])
+    embeddings = [p.embed(holder.request(k, index, 1)) for k, p in enumerate((first, second))]
+    _, gradients = holder.step(1, index, embeddings)
+    first.apply(gradients[0])
+    second.apply(gradients[1])
+    for ref, got in ((b1, first.bottom), (b2, second.bottom), (local, holder.model)):
+        for a, b in zip(ref.parameters(), got.parameters()):
+            np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
