@@ -95,6 +95,9 @@ def plan_noise(epsilon: float, delta: float, releases_per_row: int, accountant: 
 class RowAccountant:
     """Counts the releases of each of a party's ``rows`` rows and refuses one past the budget.
 
+    Releases run at the party's ``noise_multiplier`` unless :meth:`charge` names
+    another (e.g. the single scoring release of a held-out customer, calibrated for one
+    release). A row's ε composes all its releases; the party's ε is its worst row's.
     ``party`` names the owner in every refusal. ``epsilon`` is the budget for the whole
     job; a release that would take any row past it raises
     :class:`~fedsilo.errors.BudgetExceeded` before anything is counted or released.
@@ -107,39 +110,65 @@ class RowAccountant:
             raise ConfigError(f"{party}: a private release needs a noise multiplier > 0")
         self.party, self.noise_multiplier = party, float(noise_multiplier)
         self.epsilon, self.delta, self.accountant = float(epsilon), float(delta), accountant
-        self.counts = np.zeros(rows, dtype=np.int64)
+        self.counts = np.zeros(rows, dtype=np.int64)  # releases at the party's noise multiplier
+        self.other: dict[float, np.ndarray] = {}  # releases at any other multiplier
+        self._cache: dict[tuple, float] = {}
 
-    def _epsilon(self, releases: int) -> float:
-        if releases == 0:
-            return 0.0
-        return epsilon_spent([Mechanism(self.noise_multiplier, 1.0, int(releases))], self.delta, self.accountant)
+    def _multipliers(self) -> list[float]:
+        return [self.noise_multiplier, *self.other]
 
-    def charge(self, rows: np.ndarray) -> None:
-        """Count one release of each of ``rows`` (distinct positions), or refuse it whole."""
+    def _table(self, rows: np.ndarray | slice) -> np.ndarray:
+        return np.column_stack([self.counts[rows], *(c[rows] for c in self.other.values())])
+
+    def _mechanisms(self, pattern: tuple[int, ...]) -> list[Mechanism]:
+        return [Mechanism(z, 1.0, int(k)) for z, k in zip(self._multipliers(), pattern) if k]
+
+    def _epsilon(self, pattern: tuple[int, ...]) -> float:
+        if pattern not in self._cache:
+            mechanisms = self._mechanisms(pattern)
+            self._cache[pattern] = epsilon_spent(mechanisms, self.delta, self.accountant) if mechanisms else 0.0
+        return self._cache[pattern]
+
+    def _worst(self, table: np.ndarray) -> tuple[tuple[int, ...], float]:
+        patterns = [tuple(int(k) for k in row) for row in np.unique(table, axis=0)] if len(table) else []
+        scored = [(p, self._epsilon(p)) for p in patterns]
+        return max(scored, key=lambda item: item[1], default=((0,) * table.shape[1], 0.0))
+
+    def charge(self, rows: np.ndarray, noise_multiplier: float | None = None) -> None:
+        """Count one release of each of ``rows`` (distinct positions) at ``noise_multiplier``, or refuse it whole."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self.counts)):
             raise DataError(f"{self.party}: rows outside 0 … {len(self.counts) - 1} cannot be released")
         if len(np.unique(rows)) != len(rows):
             raise DataError(f"{self.party}: a release lists a row twice")
-        after = int(self.counts[rows].max(initial=0)) + 1 if rows.size else 0
-        if after > int(self.counts.max(initial=0)) and self._epsilon(after) > self.epsilon:
+        z = self.noise_multiplier if noise_multiplier is None else float(noise_multiplier)
+        if not (math.isfinite(z) and z > 0):
+            raise ConfigError(f"{self.party}: a private release needs a noise multiplier > 0, got {z}")
+        if z != self.noise_multiplier and z not in self.other:
+            self.other[z] = np.zeros(len(self.counts), dtype=np.int64)
+        column = self._multipliers().index(z)
+        table = self._table(rows)
+        table[:, column] += 1
+        _, epsilon = self._worst(table)
+        if epsilon > self.epsilon:
             raise BudgetExceeded(
-                f"{self.party}: releasing these rows again would spend ε = {self._epsilon(after):.3f} > its budget "
+                f"{self.party}: releasing these rows again would spend ε = {epsilon:.3f} > its budget "
                 f"ε = {self.epsilon:g} (δ = {self.delta:g}); nothing was released"
             )
-        self.counts[rows] += 1
+        (self.counts if column == 0 else self.other[z])[rows] += 1
 
     @property
     def max_releases(self) -> int:
+        """The most releases of one row at the party's noise multiplier."""
         return int(self.counts.max(initial=0))
 
     def spent(self) -> float:
-        """ε of the most-released row (every other row's is at most that)."""
-        return self._epsilon(self.max_releases)
+        """ε of the worst row (every other row's is at most that)."""
+        return self._worst(self._table(slice(None)))[1]
 
     def mechanisms(self) -> list[Mechanism]:
-        """What the party's ledger commits: its most-released row's Gaussian releases."""
-        return [Mechanism(self.noise_multiplier, 1.0, self.max_releases)] if self.max_releases else []
+        """What the party's ledger commits: its worst row's Gaussian releases."""
+        return self._mechanisms(self._worst(self._table(slice(None)))[0])
 
 
 def noisy_clipped_mean(

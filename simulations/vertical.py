@@ -36,7 +36,8 @@ Privacy (each party's (ε, δ), `fedsilo.privacy.vertical`): every training row 
 twice per epoch by each party (the bank: its embedding, and its bottom model's DP-SGD
 update; the broker: the returned gradient, and its own part's DP-SGD update), each a
 Gaussian mechanism at sample rate 1; the noise multiplier is calibrated so that 2 ×
-epochs releases spend the party's ε. A held-out customer is released once, at scoring.
+epochs releases spend the party's ε. A held-out customer is released once, at scoring,
+at a noise multiplier calibrated for that one release (her row is in no training step).
 Both ledgers (``ledger-broker.sqlite``, ``ledger-bank.sqlite``) reserve the plan before
 training and commit what was released.
 """
@@ -243,11 +244,13 @@ def build_parties(
     )
 
 
-def _dp(config: SimulationConfig, releases: int) -> PartyDP | None:
+def _dp(config: SimulationConfig, releases: int, scoring: bool = False) -> PartyDP | None:
+    """A party's DP for ``releases`` per training row; ``scoring``: held-out rows' one release gets its own z."""
     if config.dp_mode == "off":
         return None
     z = plan_noise(config.epsilon, config.delta, releases, config.accountant)
-    return PartyDP(z, config.epsilon, config.delta, config.accountant, 1.0, config.max_grad_norm)
+    once = plan_noise(config.epsilon, config.delta, 1, config.accountant) if scoring else None
+    return PartyDP(z, config.epsilon, config.delta, config.accountant, 1.0, config.max_grad_norm, once)
 
 
 def _ledger(path: Path, source: str, dp: PartyDP, job: str, planned: list[Mechanism]) -> SQLiteLedger:
@@ -282,7 +285,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
     epochs, overlap = config.rounds, DEFAULT_OVERLAP if config.overlap is None else config.overlap
     spec = SplitSpec(config.model, tuple(config.hidden), config.embedding_width)
     table = pooled_table(config)
-    holder_dp, party_dp = _dp(config, 2 * epochs), _dp(config, 2 * epochs)
+    holder_dp, party_dp = _dp(config, 2 * epochs), _dp(config, 2 * epochs, scoring=True)
     progress.stage(f"Aligning the {HOLDER}'s and the {PARTY}'s customers by PSI (no raw id exchanged)")
     parties = build_parties(table, config, spec, holder_dp, party_dp, overlap)
     holder, party = parties.holder, parties.party
@@ -415,6 +418,8 @@ def _write(
             "noise_multiplier": dp.noise_multiplier,
             "neighbouring": "one customer's row replaced (same shared customers)",
             "releases_per_training_row": 2 * config.rounds,
+            "scoring_noise_multiplier": dp.scoring,
+            "releases_per_held_out_row": 1,
             "released": releases,
             "amplification_by_sampling": "none claimed: the label holder chooses the batches and every party sees them",
         }

@@ -77,6 +77,13 @@ class PartyDP:
     accountant: str = "prv"
     release_clip: float = 1.0  # embeddings (feature party) or returned gradients (label holder)
     update_clip: float = 1.0  # per-example gradient of the party's own parameters
+    score_noise_multiplier: float | None = (
+        None  # a scoring release (held-out rows: calibrated for one); None: as training
+    )
+
+    @property
+    def scoring(self) -> float:
+        return self.noise_multiplier if self.score_noise_multiplier is None else self.score_noise_multiplier
 
 
 def _seeded(seed: int, build):
@@ -183,11 +190,12 @@ class FeatureParty:
         positions = _check_positions(request.positions, len(self.x), self.name)
         if request.training and (self.sides[positions] == TEST).any():
             raise DataError(f"{self.name}: a training batch asks for held-out customers: refused")
+        z = (self.dp.noise_multiplier if request.training else self.dp.scoring) if self.dp else 0.0
         if self.accountant is not None:
-            self.accountant.charge(positions)
+            self.accountant.charge(positions, z)
         with torch.no_grad():
             h = self.bottom(self.x[positions]).double().numpy()
-        values = RowRelease(self.dp.release_clip, self.dp.noise_multiplier).apply(h, self.noise) if self.dp else h
+        values = RowRelease(self.dp.release_clip, z).apply(h, self.noise) if self.dp else h
         if request.training:
             self.pending = {request.batch: positions}  # one outstanding training batch at a time
         return Embeddings(self.name, request.batch, values.astype(np.float32))

@@ -83,3 +83,20 @@ def test_reconstruction_r2_is_one_for_a_linear_embedding_and_refuses_too_few_row
     assert reconstruction_r2(x, x @ [1.0, -2.0, 0.5] + 3.0, 50) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(DataError):
         reconstruction_r2(x, x[:, 0], 1)
+
+
+def test_a_row_released_at_another_noise_multiplier_composes_both_and_the_ledger_gets_the_worst_row():
+    z, once = plan_noise(3.0, 1e-5, 4), plan_noise(3.0, 1e-5, 1)
+    accountant = RowAccountant("bank", 4, z, 3.0, 1e-5)
+    for _ in range(4):
+        accountant.charge(np.array([0, 1]))  # training rows
+    accountant.charge(np.array([2, 3]), once)  # held-out rows, scored once
+    assert accountant.other[once].tolist() == [0, 0, 1, 1]
+    patterns = ([Mechanism(z, 1.0, 4)], [Mechanism(once, 1.0, 1)])  # four releases at z = 2·once: the same μ
+    assert accountant.mechanisms() in patterns
+    worst = max(epsilon_spent(m, 1e-5, "prv") for m in patterns)
+    assert accountant.spent() == pytest.approx(worst) and accountant.spent() <= 3.0
+    with pytest.raises(BudgetExceeded, match="bank"):
+        accountant.charge(np.array([0]), once)  # a training row scored on top of its four releases
+    with pytest.raises(BudgetExceeded):
+        accountant.charge(np.array([3]))  # a held-out row released again
