@@ -202,7 +202,7 @@ class FeatureParty:
 
     def apply(self, message: Gradients) -> None:
         """Back-propagate the label holder's gradients for a batch this party released, and update the bottom."""
-        positions = self.pending.pop(message.batch, None)
+        positions = self.pending.get(message.batch)
         if positions is None:
             raise ProtocolError(
                 f"{self.name}: gradients for batch {message.batch}, which it was not asked for: refused"
@@ -210,6 +210,7 @@ class FeatureParty:
         g = torch.as_tensor(
             check_rows(message.values, len(positions), self.spec.embedding, "the label holder", "gradients")
         )
+        del self.pending[message.batch]  # only a well-formed answer closes the batch
         x = self.x[positions]
         if self.dp is None:
             self.bottom.zero_grad()

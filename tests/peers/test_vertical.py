@@ -185,6 +185,7 @@ def test_bad_messages_are_refused_naming_the_party():
         party.apply(Gradients("broker", 5, np.zeros((10, 4), np.float32)))
     with pytest.raises(DataError, match="shape"):
         party.apply(Gradients("broker", 1, np.zeros((9, 4), np.float32)))
+    party.apply(Gradients("broker", 1, np.zeros((10, 4), np.float32)))  # a malformed answer left the batch open
     with pytest.raises(ProtocolError):
         Embeddings.from_bytes(good.to_bytes()[:-3])
     with pytest.raises(ProtocolError, match="not a version-1 gradients frame"):

@@ -3,14 +3,16 @@
 import json
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 
+from fedsilo.errors import ConfigError
 from fedsilo.peers.vertical.parties import SplitSpec
 from fedsilo.peers.vertical.training import score, train
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 from fedsilo.simulations.api import simulate
-from fedsilo.simulations.config import SimulationConfig
+from fedsilo.simulations.config import SimulationConfig, build_config
 from fedsilo.simulations.vertical import (
     HOLDER_COLUMNS,
     LABEL,
@@ -74,3 +76,14 @@ def test_simulate_vertical_writes_each_party_its_part_ledger_and_card(tmp_path):
     }
     assert 0.0 <= v["vertical_auc_shared"] <= 1.0 and v["shared_customers"] > 0
     assert (folder / "comparison.png").is_file() and (folder / "metrics.json").is_file()
+
+
+def test_vertical_settings_from_toml_and_flags(tmp_path):
+    path = tmp_path / "sim.toml"
+    path.write_text('[simulation]\nsetup = "vertical"\n\n[data]\noverlap = 0.5\n\n[model]\nembedding-width = 2\n')
+    config = build_config(path)
+    assert (config.setup, config.overlap, config.embedding_width) == ("vertical", 0.5, 2)
+    with pytest.raises(ConfigError, match="--embedding-width must be ≥ 1"):
+        build_config(None, {"setup": "vertical", "embedding_width": 0})
+    with pytest.raises(ConfigError, match="--scenario uci needs --data"):
+        pooled_table(SimulationConfig(setup="vertical", scenario="uci"))
