@@ -152,6 +152,8 @@ def simulate(
         )
     if config.setup == "transfer":
         from fedsilo.simulations.transfer import simulate_transfer as run
+    elif config.setup == "vertical":
+        from fedsilo.simulations.vertical import simulate_vertical as run
     else:
         from fedsilo.simulations.runner import simulate as run
     summary = run(config, progress)

@@ -26,7 +26,7 @@ from fedsilo.peers.toml_file import read_toml
 from fedsilo.simulations.settings import BY_NAME, toml_keys
 
 COMPARISONS = ("centralized", "local", "common")
-SETUPS = ("horizontal", "transfer")
+SETUPS = ("horizontal", "transfer", "vertical")
 
 # TOML (section, key) -> SimulationConfig field
 TOML_KEYS: dict[tuple[str, str], str] = toml_keys()
@@ -57,6 +57,7 @@ class SimulationConfig:
     customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
     model: str = ModelSpec.kind
     hidden: tuple[int, ...] = ModelSpec.hidden
+    embedding_width: int = 4  # vertical: width of each party's bottom-model output
     local_epochs: int = TrainSpec.local_epochs
     batch_size: int = TrainSpec.batch_size
     lr: float = TrainSpec.lr
@@ -112,7 +113,7 @@ class SimulationConfig:
         unknown = [c for c in self.yardsticks if c not in COMPARISONS]
         if unknown:
             raise ConfigError(f"--compare: unknown yardstick {unknown[0]!r}; use {','.join(COMPARISONS)}")
-        if self.data is not None and not self.label and self.setup != "transfer":
+        if self.data is not None and not self.label and self.setup not in ("transfer", "vertical"):
             raise ConfigError(f"--data {self.data} needs --label COLUMN naming the 0/1 target column")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(
@@ -137,11 +138,13 @@ class SimulationConfig:
             )
         if self.yardstick_banks < 1:
             raise ConfigError(f"--yardstick-banks must be ≥ 1 (got {self.yardstick_banks})")
-        if self.overlap is not None and (self.setup != "transfer" or not 0.0 <= self.overlap < 1.0):
+        if self.overlap is not None and (self.setup == "horizontal" or not 0.0 <= self.overlap < 1.0):
             raise ConfigError(
                 f"--overlap {self.overlap}: customers shared between institutions apply to "
-                "--setup transfer, as a probability in [0, 1)"
+                "--setup transfer, as a probability in [0, 1) (and to --setup vertical)"
             )
+        if self.embedding_width < 1:
+            raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
         if self.data is None and self.id_column:
             raise ConfigError("--id-column applies to --data files only")
         if self.data is None and (self.positive is not None or self.keep_columns):

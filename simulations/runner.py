@@ -78,6 +78,7 @@ class RunSummary:
     institutions: dict[str, dict[str, float | None]] | None = None
     shared_customers: dict[str, int] | None = None  # transfer with overlap: per pair of institutions
     scores: dict[str, Any] | None = None  # horizontal: final_scores on the pooled held-out rows, no calibration
+    vertical: dict[str, Any] | None = None  # vertical: AUCs, each party's ε, measured leakage
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

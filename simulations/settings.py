@@ -161,8 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
         toml="simulation.setup",
         flag="--setup",
         kind="str",
-        choices=("horizontal", "transfer"),
-        help="horizontal: same columns everywhere; transfer: each institution its own columns",
+        choices=("horizontal", "transfer", "vertical"),
+        help="horizontal: same columns everywhere; transfer: each institution its own columns; "
+        "vertical: the same customers at a broker (label) and a bank (other columns), a split model",
     ),
     Setting(
         "compare",
@@ -328,9 +329,10 @@ SETTINGS: tuple[Setting, ...] = (
         flag="--overlap",
         kind="float",
         metavar="P",
-        note="the scenario's, 0",
+        note="the scenario's, 0; vertical 0.6",
         help="transfer: customers shared between institutions (each is also a client of another with "
-        "probability P); their train/test side is agreed by PSI, no raw id exchanged",
+        "probability P); their train/test side is agreed by PSI, no raw id exchanged; vertical: probability "
+        "that a broker client is also a bank client",
     ),
     # [model]
     Setting(
@@ -350,6 +352,14 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="W,W",
         job="model.hidden",
         help="MLP layer widths",
+    ),
+    Setting(
+        "embedding_width",
+        toml="model.embedding-width",
+        flag="--embedding-width",
+        kind="int",
+        metavar="D",
+        help="vertical: width of each party's bottom-model output",
     ),
     Setting(
         "shared",

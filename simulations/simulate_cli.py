@@ -53,6 +53,11 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _print_run(result, mlflow: str | None) -> None:
     """The run's summary lines (stdout)."""
     summary = result.summary
+    if summary.setup == "vertical":
+        from fedsilo.simulations.vertical import summary_lines
+
+        print("\n".join(summary_lines(summary)))
+        return
     print(f"run folder: {summary.run_dir}")
     where = "all banks' held-out rows" if summary.setup == "horizontal" else "mean over institutions, own rows"
     scores = summary.scores or {}

@@ -1,0 +1,124 @@
+"""The messages of split learning, as plain arrays with a byte form (the network version sends these bytes).
+
+- :class:`BatchRequest` (label holder → feature party): a batch id and the batch's
+  positions in the agreed order of shared customers, and whether it is a training batch
+  (a gradient will follow) or a scoring one.
+- :class:`Embeddings` (feature party → label holder): one row per position, the party's
+  released bottom-model outputs.
+- :class:`Gradients` (label holder → feature party): one row per position, the released
+  gradients of the loss with respect to those outputs.
+
+No message carries an identifier, a column name or a label: positions are indices in an
+order both parties derived from PSI elements, values are released (clipped and noised
+when private) vectors. Decoding checks the framing; the receiving party checks the
+content against what it asked (:func:`check_rows`). Every refusal is a ProtocolError or
+a DataError naming the party.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsilo.errors import DataError, ProtocolError
+
+__all__ = ["BatchRequest", "Embeddings", "Gradients", "check_rows"]
+
+_HEADER = struct.Struct(">4sBQII")  # magic, version, batch id, rows, width
+_VERSION = 1
+_NAME = struct.Struct(">H")
+
+
+def _pack(magic: bytes, party: str, batch: int, values: np.ndarray) -> bytes:
+    name = party.encode()
+    rows, width = values.shape
+    return (
+        _HEADER.pack(magic, _VERSION, batch, rows, width)
+        + _NAME.pack(len(name))
+        + name
+        + np.ascontiguousarray(values, dtype="<f4").tobytes()
+    )
+
+
+def _unpack(magic: bytes, frame: bytes, what: str) -> tuple[str, int, np.ndarray]:
+    if len(frame) < _HEADER.size + _NAME.size:
+        raise ProtocolError(f"a {what} frame is at least {_HEADER.size + _NAME.size} bytes; got {len(frame)}")
+    got, version, batch, rows, width = _HEADER.unpack_from(frame)
+    if got != magic or version != _VERSION:
+        raise ProtocolError(f"not a version-{_VERSION} {what} frame: refused")
+    (length,) = _NAME.unpack_from(frame, _HEADER.size)
+    start = _HEADER.size + _NAME.size + length
+    if len(frame) != start + 4 * rows * width:
+        raise ProtocolError(f"a {what} frame of {rows}×{width} values has {len(frame) - start} payload bytes: refused")
+    party = frame[_HEADER.size + _NAME.size : start].decode(errors="replace")
+    values = np.frombuffer(frame, dtype="<f4", offset=start).reshape(rows, width).astype(np.float32)
+    return party, batch, values
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """The label holder asks for the rows at ``positions`` (agreed order) of batch ``batch``."""
+
+    batch: int
+    positions: np.ndarray
+    training: bool = True
+
+    def to_bytes(self) -> bytes:
+        positions = np.ascontiguousarray(self.positions, dtype=">u4")
+        return (
+            struct.pack(">4sBQ?I", b"FSVB", _VERSION, self.batch, self.training, len(positions)) + positions.tobytes()
+        )
+
+    @classmethod
+    def from_bytes(cls, frame: bytes) -> BatchRequest:
+        head = struct.calcsize(">4sBQ?I")
+        if len(frame) < head:
+            raise ProtocolError(f"a batch request is at least {head} bytes; got {len(frame)}")
+        magic, version, batch, training, count = struct.unpack_from(">4sBQ?I", frame)
+        if magic != b"FSVB" or version != _VERSION or len(frame) != head + 4 * count:
+            raise ProtocolError("not a well-formed version-1 batch request: refused")
+        return cls(batch, np.frombuffer(frame, ">u4", offset=head).astype(np.int64), bool(training))
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """A feature party's released bottom-model outputs for one batch, row for row with its positions."""
+
+    party: str
+    batch: int
+    values: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        return _pack(b"FSVE", self.party, self.batch, self.values)
+
+    @classmethod
+    def from_bytes(cls, frame: bytes) -> Embeddings:
+        return cls(*_unpack(b"FSVE", frame, "embeddings"))
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """The label holder's released gradients of the loss w.r.t. one party's embeddings of one batch."""
+
+    party: str
+    batch: int
+    values: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        return _pack(b"FSVG", self.party, self.batch, self.values)
+
+    @classmethod
+    def from_bytes(cls, frame: bytes) -> Gradients:
+        return cls(*_unpack(b"FSVG", frame, "gradients"))
+
+
+def check_rows(values: np.ndarray, rows: int, width: int, who: str, what: str) -> np.ndarray:
+    """``values`` as float32 if it is a finite ``rows`` × ``width`` array; DataError naming ``who`` otherwise."""
+    values = np.asarray(values)
+    if values.shape != (rows, width):
+        raise DataError(f"{who} sent {what} of shape {values.shape}; the batch needs ({rows}, {width}): refused")
+    if not np.isfinite(values).all():
+        raise DataError(f"{who} sent {what} with NaN or infinite values: refused")
+    return values.astype(np.float32)
