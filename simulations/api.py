@@ -152,6 +152,8 @@ def simulate(
         )
     if config.setup == "transfer":
         from fedsilo.simulations.transfer import simulate_transfer as run
+    elif config.model == "gbdt":
+        from fedsilo.simulations.gbdt_runner import simulate_gbdt as run
     else:
         from fedsilo.simulations.runner import simulate as run
     summary = run(config, progress)

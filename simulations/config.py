@@ -66,6 +66,9 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("data", "overlap"): "overlap",
     ("model", "kind"): "model",
     ("model", "hidden"): "hidden",
+    ("model", "trees"): "trees",
+    ("model", "depth"): "depth",
+    ("model", "bins"): "bins",
     ("train", "local-epochs"): "local_epochs",
     ("train", "batch-size"): "batch_size",
     ("train", "lr"): "lr",
@@ -103,6 +106,9 @@ class SimulationConfig:
     customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
     model: str = "mlp"
     hidden: tuple[int, ...] = (64, 32)
+    trees: int = 20  # --model gbdt: trees, their depth, histogram bins per numeric column
+    depth: int = 3
+    bins: int = 16
     local_epochs: int = 1
     batch_size: int = 128
     lr: float = 0.5
@@ -192,6 +198,8 @@ class SimulationConfig:
             raise ConfigError("--id-column applies to --data files only")
         if self.data is None and (self.positive is not None or self.keep_columns):
             raise ConfigError("--positive and --keep-column apply to --data files only")
+        if self.model == "gbdt":
+            _check_gbdt(self)
         self.job()  # validates model, training and DP settings
 
     @property
@@ -243,7 +251,12 @@ class SimulationConfig:
             shared=self.shared_parameters,
             freeze=tuple(self.freeze),
             base_model=self.base_model or "",
-            model=ModelSpec(kind=self.model, hidden=tuple(self.hidden), shared_features=shared_features),
+            # gbdt runs outside the network job (simulations/gbdt_runner.py): the job only carries its DP settings
+            model=ModelSpec(
+                kind="logreg" if self.model == "gbdt" else self.model,
+                hidden=tuple(self.hidden),
+                shared_features=shared_features,
+            ),
             train=TrainSpec(
                 rounds=self.rounds,
                 local_epochs=self.local_epochs,
@@ -271,6 +284,20 @@ class SimulationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def _check_gbdt(config: SimulationConfig) -> None:
+    """--model gbdt: horizontal only, sane trees/depth/bins."""
+    if config.setup != "horizontal":
+        raise ConfigError("--model gbdt supports the horizontal setup only (vertical boosting: issue 20 item 5)")
+    if config.audit:
+        raise ConfigError("--audit supports the neural models only; a gbdt run has no membership split")
+    if not 1 <= config.trees <= 1000:
+        raise ConfigError(f"--trees must be in [1, 1000] (got {config.trees})")
+    if not 1 <= config.depth <= 8:
+        raise ConfigError(f"--depth must be in [1, 8] (got {config.depth})")
+    if not 2 <= config.bins <= 256:
+        raise ConfigError(f"--bins must be in [2, 256] (got {config.bins})")
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:

@@ -61,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="synthetic customers across all banks (default max(5000, 200 per bank): small banks, 3-10 %% defaults)",
     )
-    p.add_argument("--model", choices=["mlp", "logreg"], help="model family (default mlp)")
+    p.add_argument("--model", choices=["mlp", "logreg", "gbdt"], help="model family (default mlp)")
+    p.add_argument("--trees", type=int, help="--model gbdt: number of trees (default 20)")
+    p.add_argument("--depth", type=int, help="--model gbdt: depth of each tree (default 3)")
+    p.add_argument("--bins", type=int, help="--model gbdt: histogram bins per numeric column (default 16)")
     p.add_argument("--hidden", metavar="W,W", help="MLP layer widths (default 64,32)")
     p.add_argument("--strategy", choices=["fedavg", "fedadam"], help="aggregation (default fedavg)")
     p.add_argument("--local-epochs", type=int, metavar="E", help="local epochs per round (default 1)")
@@ -195,6 +198,9 @@ OVERRIDABLE = (
     "customers",
     "model",
     "hidden",
+    "trees",
+    "depth",
+    "bins",
     "strategy",
     "local_epochs",
     "batch_size",
