@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedsilo.errors import ConfigError
 from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.evaluation import roc_auc
 from fedsilo.peers.gbdt import GBDTBank, layout_from_encoder
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.accounting.compose import accounting_note
@@ -149,16 +150,20 @@ def _bank(name, index, data, layout, row_bound, configs, identities, directory, 
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
+    return float(roc_auc(labels, scores))
 
 
 def _yardsticks(config, tensors, layout, settings, plan, row_bound, x_test, y_test, progress) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "centralized" in config.yardsticks:
         progress.stage("Yardstick: centralized non-private histogram GBDT (scikit-learn) on the pooled rows")
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        try:
+            from sklearn.ensemble import HistGradientBoostingClassifier
+        except ImportError:
+            raise ConfigError(
+                "the centralized gbdt yardstick needs scikit-learn: pip install 'fedsilo[gbdt]', "
+                "or leave it out with --compare local"
+            ) from None
 
         x = np.concatenate([t.x_train.numpy() for t in tensors.values()])
         y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
