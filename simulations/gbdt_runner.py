@@ -240,7 +240,13 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
             "train": {"learning_rate": config.lr, **asdict(settings.params)},
             "config": config.to_dict(),
         },
-        data={"source": str(config.data) if config.data else "synthetic", "features": encoder.feature_names},
+        data={
+            "source": str(config.data) if config.data else "synthetic",
+            "label": config.label_column,
+            "id_column": config.id_column,
+            "partition": config.partition or "iid",
+            "features": encoder.feature_names,
+        },
         participants=participants,
         privacy=privacy,
         metrics={
