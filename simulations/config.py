@@ -69,6 +69,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("model", "trees"): "trees",
     ("model", "depth"): "depth",
     ("model", "bins"): "bins",
+    ("model", "features-per-tree"): "features_per_tree",
     ("train", "local-epochs"): "local_epochs",
     ("train", "batch-size"): "batch_size",
     ("train", "lr"): "lr",
@@ -109,6 +110,7 @@ class SimulationConfig:
     trees: int = 20  # --model gbdt: trees, their depth, histogram bins per numeric column
     depth: int = 3
     bins: int = 16
+    features_per_tree: int = 0  # 0: every column; else each tree splits on this many columns drawn by the host
     local_epochs: int = 1
     batch_size: int = 128
     lr: float = 0.5
@@ -298,6 +300,8 @@ def _check_gbdt(config: SimulationConfig) -> None:
         raise ConfigError(f"--depth must be in [1, 8] (got {config.depth})")
     if not 2 <= config.bins <= 256:
         raise ConfigError(f"--bins must be in [2, 256] (got {config.bins})")
+    if config.features_per_tree < 0:
+        raise ConfigError(f"--features-per-tree must be ≥ 0, 0 for every column (got {config.features_per_tree})")
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:

@@ -51,6 +51,11 @@ class BoostSettings:
     dropout_fraction: float = 0.3
     collusion_fraction: float = 0.1
     session_id: bytes = b"gbdt"
+    features_per_tree: int = 0  # 0: every group; else each tree splits on this many groups drawn by the host
+
+    def groups_per_tree(self, layout: BinLayout) -> int:
+        k = self.features_per_tree
+        return len(layout.groups) if k <= 0 or k >= len(layout.groups) else k
 
 
 @dataclass
@@ -67,7 +72,7 @@ def secure_configs(
     """The SecAgg+ configurations of level and leaf releases (with noise shares in distributed DP)."""
     clip = 1.0
     if settings.dp_mode == "local" and plan is not None:  # room for the bank's own noise (8 sd; beyond: clipped)
-        clip += 8 * plan.noise_multiplier * level_sensitivity(len(layout.groups)) / row_bound
+        clip += 8 * plan.noise_multiplier * level_sensitivity(settings.groups_per_tree(layout)) / row_bound
     base = SecAggConfig(
         clip=clip,
         bits=DISTRIBUTED_BITS,
@@ -95,7 +100,8 @@ def secure_configs(
             "leave no honest noise: use more banks, lower the fractions, or --dp-mode local"
         )
     scale = base.encoder(n_banks).scale
-    level_dim = 2 ** (settings.params.depth - 1) * layout.total_bins * 2
+    k = settings.groups_per_tree(layout)
+    level_dim = 2 ** (settings.params.depth - 1) * layout.widest_slots(k) * 2
     leaf_dim = 2**settings.params.depth * 2
 
     def with_noise(sensitivity: float, dim: int) -> SecAggConfig:
@@ -106,7 +112,7 @@ def secure_configs(
         noise = DistributedNoise(noise_multiplier=z, l2_sensitivity=value_sensitivity, expected_peers=n_banks)
         return replace(base, noise=noise, min_survivors=max(1, n_banks - graph.dropped))
 
-    return with_noise(level_sensitivity(len(layout.groups)), level_dim), with_noise(leaf_sensitivity(), leaf_dim)
+    return with_noise(level_sensitivity(k), level_dim), with_noise(leaf_sensitivity(), leaf_dim)
 
 
 def boost(
@@ -168,12 +174,12 @@ def boost(
     for t in range(settings.trees):
         for bank in banks:
             bank.start_tree()
-        tree = Tree(settings.params.depth)
+        tree = Tree(settings.params.depth, features=_draw_groups(layout, settings))
         for _ in range(settings.params.depth):
             nodes = tree.open_nodes()
             if not nodes:
                 break
-            sums = release(LEVEL, tree, (len(nodes), layout.total_bins, 2))
+            sums = release(LEVEL, tree, (len(nodes), len(layout.slots(tree.features)), 2))
             if sums is None:
                 tree.close()
                 break
@@ -189,3 +195,15 @@ def boost(
         if on_tree is not None:
             on_tree(t, model)
     return BoostResult(model, spent, log, time.perf_counter() - started)
+
+
+def _draw_groups(layout: BinLayout, settings: BoostSettings) -> tuple[int, ...] | None:
+    """The host's public draw of the groups a tree may split on (feature subsampling), or None for all.
+
+    Subsampling lowers the level sensitivity to ``sqrt(k (1 + 1/16))`` (`fedsilo.privacy.gbdt`); the draw is
+    public and data-independent, so it needs no secret randomness.
+    """
+    k = settings.groups_per_tree(layout)
+    if k == len(layout.groups):
+        return None
+    return tuple(sorted(int(j) for j in np.random.default_rng().choice(len(layout.groups), k, replace=False)))

@@ -64,6 +64,7 @@ def settings_of(config: SimulationConfig, job_id: str) -> BoostSettings:
         dropout_fraction=config.secagg_dropout_fraction,
         collusion_fraction=config.secagg_collusion_fraction,
         session_id=job_id.encode(),
+        features_per_tree=config.features_per_tree,
     )
 
 
@@ -93,7 +94,7 @@ def simulate_gbdt(config: SimulationConfig, progress: Progress) -> RunSummary:
         identities = {n: Ed25519Identity(n, Ed25519PrivateKey.generate()) for n in names.values()}
         directory = Ed25519Directory({n: s.public_key() for n, s in identities.items()})
         configs = secure_configs(settings, layout, len(tensors), row_bound, plan) if settings.secure else None
-        local_sigma = plan.noise_multiplier * level_sensitivity(len(layout.groups)) if plan else 0.0
+        local_sigma = plan.noise_multiplier * level_sensitivity(settings.groups_per_tree(layout)) if plan else 0.0
         banks = [
             _bank(names[i], i, tensors[i], layout, row_bound, configs, identities, directory, settings, local_sigma)
             for i in sorted(tensors)
@@ -174,7 +175,7 @@ def _yardsticks(config, tensors, layout, settings, plan, row_bound, x_test, y_te
         alone = sorted(tensors)[:LOCAL_ONLY_BANKS]
         progress.stage(f"Yardstick: {len(alone)} banks alone, each with its own noise at the same ε")
         alone_settings = replace(settings, secure=False, dp_mode="local" if plan else "off")
-        sigma = plan.noise_multiplier * level_sensitivity(len(layout.groups)) if plan else 0.0
+        sigma = plan.noise_multiplier * level_sensitivity(settings.groups_per_tree(layout)) if plan else 0.0
         out["local"] = {}
         for i in alone:
             bank = _bank(bank_name(i), i, tensors[i], layout, row_bound, None, {}, None, alone_settings, sigma)
@@ -225,9 +226,10 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
         "accounting": accounting_note(config.accountant, config.delta) if plan else None,
         "noise_multiplier": plan.noise_multiplier if plan else None,
         "releases_planned": plan.releases if plan else 0,
-        "level_sensitivity": level_sensitivity(len(encoder_groups := result.model.layout.groups)),
+        "level_sensitivity": level_sensitivity(settings.groups_per_tree(result.model.layout)),
+        "feature_groups_per_tree": settings.groups_per_tree(result.model.layout),
         "leaf_sensitivity": leaf_sensitivity(),
-        "feature_groups": len(encoder_groups),
+        "feature_groups": len(result.model.layout.groups),
         "epsilon_max_spent": epsilon_max,
         "secure_aggregation": settings.secure,
         "bins": "standard normal quantiles of the encoder's standardized columns: an edge reveals only the "
@@ -236,7 +238,13 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
     card = build_card(
         run_name=folder.name,
         job={
-            "model": {"kind": "gbdt", "trees": config.trees, "depth": config.depth, "bins": config.bins},
+            "model": {
+                "kind": "gbdt",
+                "trees": config.trees,
+                "depth": config.depth,
+                "bins": config.bins,
+                "features_per_tree": config.features_per_tree,
+            },
             "train": {"learning_rate": config.lr, **asdict(settings.params)},
             "config": config.to_dict(),
         },

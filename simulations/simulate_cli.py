@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trees", type=int, help="--model gbdt: number of trees (default 20)")
     p.add_argument("--depth", type=int, help="--model gbdt: depth of each tree (default 3)")
     p.add_argument("--bins", type=int, help="--model gbdt: histogram bins per numeric column (default 16)")
+    p.add_argument(
+        "--features-per-tree",
+        type=int,
+        metavar="K",
+        help="--model gbdt: each tree splits on K columns drawn at random (lower DP noise; default 0: all)",
+    )
     p.add_argument("--hidden", metavar="W,W", help="MLP layer widths (default 64,32)")
     p.add_argument("--strategy", choices=["fedavg", "fedadam"], help="aggregation (default fedavg)")
     p.add_argument("--local-epochs", type=int, metavar="E", help="local epochs per round (default 1)")
@@ -201,6 +207,7 @@ OVERRIDABLE = (
     "trees",
     "depth",
     "bins",
+    "features_per_tree",
     "strategy",
     "local_epochs",
     "batch_size",

@@ -86,7 +86,7 @@ class GBDTBank:
         self._h = np.clip(p * (1.0 - p), 0.0, HESS_BOUND)
 
     def level_histogram(self, tree: Tree) -> np.ndarray:
-        """``(open nodes, total_bins, 2)`` sums of (g, h) of this bank's rows, exact (no noise)."""
+        """``(open nodes, bins of the tree's groups, 2)`` sums of (g, h) of this bank's rows, exact (no noise)."""
         nodes = tree.open_nodes()
         slot = np.full(tree.state.shape[0], -1, dtype=np.int64)
         slot[nodes] = np.arange(len(nodes))
@@ -97,7 +97,8 @@ class GBDTBank:
         size = len(nodes) * total
         g = np.bincount(index, np.repeat(self._g[rows], self.bins.shape[1]), minlength=size)
         h = np.bincount(index, np.repeat(self._h[rows], self.bins.shape[1]), minlength=size)
-        return np.stack([g, h], axis=-1).reshape(len(nodes), total, 2)
+        full = np.stack([g, h], axis=-1).reshape(len(nodes), total, 2)
+        return full if tree.features is None else full[:, self.layout.slots(tree.features)]
 
     def leaf_totals(self, tree: Tree) -> np.ndarray:
         """``(leaves, 2)`` sums of (g, h) per leaf of the grown tree, exact."""

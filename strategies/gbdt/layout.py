@@ -101,6 +101,17 @@ class BinLayout:
     def total_bins(self) -> int:
         return int(sum(g.n_bins for g in self.groups))
 
+    def slots(self, groups: tuple[int, ...] | None) -> np.ndarray:
+        """Positions on the bins axis of the given groups' bins, in group order (None: every bin)."""
+        if groups is None:
+            return np.arange(self.total_bins)
+        offsets = self.offsets
+        return np.concatenate([offsets[j] + np.arange(self.groups[j].n_bins) for j in sorted(groups)])
+
+    def widest_slots(self, k: int) -> int:
+        """The most bins any ``k`` groups can have together (the longest subsampled histogram)."""
+        return int(sum(sorted((g.n_bins for g in self.groups), reverse=True)[:k]))
+
     def bin_rows(self, x: np.ndarray) -> np.ndarray:
         """(rows, groups) int32 matrix of per-group bins; refuses a matrix of the wrong width."""
         if x.ndim != 2 or x.shape[1] != self.n_features:

@@ -92,6 +92,7 @@ class Tree:
     group: np.ndarray = field(default=None)  # type: ignore[assignment]
     threshold: np.ndarray = field(default=None)  # type: ignore[assignment]
     value: np.ndarray = field(default=None)  # type: ignore[assignment]
+    features: tuple[int, ...] | None = None  # the groups this tree may split on (None: all); public
 
     def __post_init__(self) -> None:
         size = 2 ** (self.depth + 1) - 1
@@ -133,13 +134,19 @@ class Tree:
         return int(np.floor(np.log2(node + 1)))
 
     def grow(self, sums: np.ndarray, layout: BinLayout, params: TreeParams) -> list[dict[str, Any]]:
-        """Split or close every open node from its summed ``(total_bins, 2)`` histograms; returns the decisions."""
+        """Split or close every open node from its summed histograms; returns the decisions.
+
+        ``sums`` is ``(open nodes, bins of the tree's feature groups, 2)`` (`BinLayout.slots`).
+        """
         nodes = self.open_nodes()
-        if sums.shape != (len(nodes), layout.total_bins, 2):
+        slots = layout.slots(self.features)
+        if sums.shape != (len(nodes), len(slots), 2):
             raise DataError(f"summed histograms of shape {sums.shape} for {len(nodes)} open nodes")
+        full = np.zeros((len(nodes), layout.total_bins, 2))
+        full[:, slots] = sums
         decisions = []
         for k, node in enumerate(nodes):
-            best = best_split(sums[k], layout, params)
+            best = best_split(full[k], layout, params, self.features)
             if best is None:
                 self.state[node] = LEAF
                 decisions.append({"node": node, "leaf": True})
@@ -200,11 +207,15 @@ class Tree:
         return tree
 
 
-def best_split(sums: np.ndarray, layout: BinLayout, params: TreeParams) -> tuple[int, int, float] | None:
-    """The best (group, cut, gain) of one node's ``(total_bins, 2)`` histograms, or None (leaf)."""
+def best_split(
+    sums: np.ndarray, layout: BinLayout, params: TreeParams, allowed: tuple[int, ...] | None = None
+) -> tuple[int, int, float] | None:
+    """The best (group, cut, gain) of one node's ``(total_bins, 2)`` histograms over ``allowed`` groups, or None."""
     lam, mch = params.reg_lambda, params.min_child_hessian
     best: tuple[int, int, float] | None = None
     for j, (group, offset) in enumerate(zip(layout.groups, layout.offsets, strict=True)):
+        if allowed is not None and j not in allowed:
+            continue
         block = sums[offset : offset + group.n_bins]
         g_total, h_total = block[:, 0].sum(), block[:, 1].sum()
         gl = np.cumsum(block[:-1, 0])

@@ -172,3 +172,31 @@ def test_every_release_is_in_each_banks_ledger_within_budget() -> None:
         with pytest.raises(BudgetExceeded):
             ledger.reserve(bank.name, "job-2", [plan.whole_job])
     assert len(result.model.trees) == 2
+
+
+def test_feature_subsampling_releases_only_the_drawn_groups_at_the_lower_sensitivity() -> None:
+    x, y = data.rows(N, seed=2)
+    lay = data.layout()
+    settings = BoostSettings(trees=3, params=PARAMS, dp_mode="distributed", secure=True, features_per_tree=2)
+    plan = plan_releases(3.0, 1e-5, 3, PARAMS.depth, "prv")
+    configs = secure_configs(settings, lay, 4, N // 4, plan)
+    assert configs[0].noise.l2_sensitivity == pytest.approx(level_sensitivity(2) / (N // 4))
+    banks, directory = data.banks(x, y, 4, lay, N // 4, configs)
+    drawn = []
+    original = Tree.grow
+
+    def spy(tree, sums, layout, params):
+        drawn.append((tree.features, sums.shape[1]))
+        decisions = original(tree, sums, layout, params)
+        assert all(d["group"] in tree.features for d in decisions if "group" in d)  # splits only on drawn groups
+        return decisions
+
+    Tree.grow = spy
+    try:
+        result = boost(banks, lay, settings, plan, N // 4, verifier=directory, configs=configs)
+    finally:
+        Tree.grow = original
+    for features, width in drawn:
+        assert len(features) == 2 and width == sum(lay.groups[j].n_bins for j in features)
+    assert drawn and len({features for features, _ in drawn}) >= 1
+    assert all(len(s) == len(result.releases) for s in result.spent.values())
