@@ -264,7 +264,7 @@ def _result(config: SimulationConfig, summary: RunSummary) -> SimulationResult:
     paths = RunPaths(
         folder=folder,
         card=folder / "model_card.json",
-        model=folder / "model.safetensors",
+        model=folder / str(((card.get("artifacts") or {}).get("model") or {}).get("file", "model.safetensors")),
         encoder=encoder if encoder.is_file() else None,
         metrics=folder / "metrics.json",
         plots=tuple(sorted(folder.glob("*.png"))),

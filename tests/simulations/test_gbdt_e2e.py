@@ -31,6 +31,7 @@ def gbdt_run(tmp_path_factory):
         trees=3,
         depth=2,
         bins=8,
+        features_per_tree=2,
         lr=0.3,
         dp_mode="distributed",
         epsilon=3.0,
@@ -44,7 +45,14 @@ def test_the_run_folder_holds_the_model_the_card_and_each_banks_ledger(gbdt_run)
     result, _ = gbdt_run
     folder = result.run_dir
     card = json.loads((folder / "model_card.json").read_text())
-    assert card["job"]["model"] == {"kind": "gbdt", "trees": 3, "depth": 2, "bins": 8}
+    assert card["job"]["model"] == {
+        "kind": "gbdt",
+        "trees": 3,
+        "depth": 2,
+        "bins": 8,
+        "features_per_tree": 2,
+    }
+    assert card["privacy"]["feature_groups_per_tree"] == 2 < card["privacy"]["feature_groups"]
     assert card["artifacts"]["model"]["file"] == "model.json"
     assert card["artifacts"]["model"]["format"] == "fedsilo.gbdt"
     privacy = card["privacy"]
@@ -62,6 +70,7 @@ def test_the_run_folder_holds_the_model_the_card_and_each_banks_ledger(gbdt_run)
     assert result.summary.epsilon_max <= 3.0
     assert result.summary.centralized_auc is not None and result.summary.local_auc_mean is not None
     assert len(GBDTModel.load(folder / "model.json").trees) == 3
+    assert result.paths.model == folder / "model.json" and result.paths.model.is_file()
 
 
 def test_fedsilo_score_scores_with_the_gbdt_model_as_the_model_file_does(gbdt_run, tmp_path, capsys) -> None:
