@@ -107,8 +107,8 @@ class SimulationConfig:
     customers: int | None = None  # None: small banks, max(5,000, 200 per bank) (synthetic.simulate_total_customers)
     model: str = "mlp"
     hidden: tuple[int, ...] = (64, 32)
-    trees: int = 20  # --model gbdt: trees, their depth, histogram bins per numeric column
-    depth: int = 3
+    trees: int = 30  # --model gbdt: trees, their depth, histogram bins per numeric column
+    depth: int = 2
     bins: int = 16
     features_per_tree: int = 0  # 0: every column; else each tree splits on this many columns drawn by the host
     local_epochs: int = 1

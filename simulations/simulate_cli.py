@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="synthetic customers across all banks (default max(5000, 200 per bank): small banks, 3-10 %% defaults)",
     )
     p.add_argument("--model", choices=["mlp", "logreg", "gbdt"], help="model family (default mlp)")
-    p.add_argument("--trees", type=int, help="--model gbdt: number of trees (default 20)")
-    p.add_argument("--depth", type=int, help="--model gbdt: depth of each tree (default 3)")
+    p.add_argument("--trees", type=int, help="--model gbdt: number of trees (default 30)")
+    p.add_argument("--depth", type=int, help="--model gbdt: depth of each tree (default 2)")
     p.add_argument("--bins", type=int, help="--model gbdt: histogram bins per numeric column (default 16)")
     p.add_argument(
         "--features-per-tree",
