@@ -154,6 +154,8 @@ def simulate(
         from fedsilo.simulations.transfer import simulate_transfer as run
     elif config.setup == "vertical":
         from fedsilo.simulations.vertical import simulate_vertical as run
+    elif config.model == "gbdt":
+        from fedsilo.simulations.gbdt_runner import simulate_gbdt as run
     else:
         from fedsilo.simulations.runner import simulate as run
     summary = run(config, progress)
@@ -264,7 +266,7 @@ def _result(config: SimulationConfig, summary: RunSummary) -> SimulationResult:
     paths = RunPaths(
         folder=folder,
         card=folder / "model_card.json",
-        model=folder / "model.safetensors",
+        model=folder / str(((card.get("artifacts") or {}).get("model") or {}).get("file", "model.safetensors")),
         encoder=encoder if encoder.is_file() else None,
         metrics=folder / "metrics.json",
         plots=tuple(sorted(folder.glob("*.png"))),

@@ -21,12 +21,14 @@ from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
-from fedsilo.peers.model_spec import ModelSpec
+from fedsilo.peers.model_spec import MODEL_KINDS, ModelSpec
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.simulations.settings import BY_NAME, toml_keys
 
 COMPARISONS = ("centralized", "local", "common")
 SETUPS = ("horizontal", "transfer", "vertical")
+# The network job's model kinds, and gbdt, which trains in simulation only so far.
+SIMULATION_MODELS = (*MODEL_KINDS, "gbdt")
 
 # TOML (section, key) -> SimulationConfig field
 TOML_KEYS: dict[tuple[str, str], str] = toml_keys()
@@ -58,6 +60,10 @@ class SimulationConfig:
     model: str = ModelSpec.kind
     hidden: tuple[int, ...] = ModelSpec.hidden
     embedding_width: int = 4  # vertical: width of each party's bottom-model output
+    trees: int = 30  # --model gbdt: trees, their depth, histogram bins per numeric column
+    depth: int = 2
+    bins: int = 16
+    features_per_tree: int = 0  # 0: every column; else each tree splits on this many columns drawn by the host
     local_epochs: int = TrainSpec.local_epochs
     batch_size: int = TrainSpec.batch_size
     lr: float = TrainSpec.lr
@@ -149,6 +155,8 @@ class SimulationConfig:
             raise ConfigError("--id-column applies to --data files only")
         if self.data is None and (self.positive is not None or self.keep_columns):
             raise ConfigError("--positive and --keep-column apply to --data files only")
+        if self.model == "gbdt":
+            _check_gbdt(self)
         self.job()  # validates model, training and DP settings
 
     @property
@@ -200,7 +208,12 @@ class SimulationConfig:
             shared=self.shared_parameters,
             freeze=tuple(self.freeze),
             base_model=self.base_model or "",
-            model=ModelSpec(kind=self.model, hidden=tuple(self.hidden), shared_features=shared_features),
+            # gbdt runs outside the network job (simulations/gbdt_runner.py): the job only carries its DP settings
+            model=ModelSpec(
+                kind="logreg" if self.model == "gbdt" else self.model,
+                hidden=tuple(self.hidden),
+                shared_features=shared_features,
+            ),
             train=TrainSpec(
                 rounds=self.rounds,
                 local_epochs=self.local_epochs,
@@ -228,6 +241,22 @@ class SimulationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def _check_gbdt(config: SimulationConfig) -> None:
+    """--model gbdt: horizontal only, sane trees/depth/bins."""
+    if config.setup != "horizontal":
+        raise ConfigError("--model gbdt supports the horizontal setup only (vertical boosting: issue 20 item 5)")
+    if config.audit:
+        raise ConfigError("--audit supports the neural models only; a gbdt run has no membership split")
+    if not 1 <= config.trees <= 1000:
+        raise ConfigError(f"--trees must be in [1, 1000] (got {config.trees})")
+    if not 1 <= config.depth <= 8:
+        raise ConfigError(f"--depth must be in [1, 8] (got {config.depth})")
+    if not 2 <= config.bins <= 256:
+        raise ConfigError(f"--bins must be in [2, 256] (got {config.bins})")
+    if config.features_per_tree < 0:
+        raise ConfigError(f"--features-per-tree must be ≥ 0, 0 for every column (got {config.features_per_tree})")
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:

@@ -36,6 +36,7 @@ import pandas as pd
 from fedsilo.errors import ConfigError, DataError
 from fedsilo.peers.data.encoding import CategoricalColumn, TabularEncoder
 from fedsilo.peers.errors import IntegrityError
+from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.peers.provenance import sha256_file
 
 CARD = "model_card.json"
@@ -57,7 +58,7 @@ class ScoringModel:
     folder: Path
     card: dict[str, Any]
     encoder: TabularEncoder
-    model: Any  # torch.nn.Module, in eval mode
+    model: Any  # torch.nn.Module in eval mode, or a GBDTModel (--model gbdt)
     id_column: str | None = None  # the id column the run's data named, if any
 
     @property
@@ -80,13 +81,16 @@ class ScoringModel:
 
     def score_rows(self, rows: pd.DataFrame, id_column: str | None = None) -> ScoreResult:
         """`score`, with the count of rows per column whose category the encoder never saw."""
-        import torch
-
         id_column = id_column if id_column is not None else (self.id_column if self.id_column in rows.columns else None)
         self.check_columns(rows, id_column)
         x = self.encoder.transform_features(rows)
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(x)).squeeze(-1).double().numpy()
+        if isinstance(self.model, GBDTModel):
+            logits = self.model.predict_margin(x.astype(np.float64))
+        else:
+            import torch
+
+            with torch.no_grad():
+                logits = self.model(torch.from_numpy(x)).squeeze(-1).double().numpy()
         scores = pd.Series(1.0 / (1.0 + np.exp(-logits)), index=rows.index, name=SCORE_COLUMN)
         return ScoreResult(scores, _unseen_categories(self.encoder, x))
 
@@ -155,6 +159,17 @@ def load_run(folder: str | Path, identity: str | Path | None = None) -> ScoringM
     encoder = TabularEncoder.load(folder / files["encoder"][0])
     job = card.get("job") or {}
     model_spec = job.get("model") or {}
+    data = card.get("data") or {}
+    id_column = data.get("id_column") if isinstance(data, dict) else None
+    id_column = id_column if isinstance(id_column, str) else None
+    if isinstance(model_spec, dict) and model_spec.get("kind") == "gbdt":
+        gbdt = GBDTModel.load(folder / files["model"][0])
+        if gbdt.layout.n_features != encoder.n_features:
+            raise IntegrityError(
+                f"{folder}: the gbdt model reads {gbdt.layout.n_features} encoded columns, "
+                f"the encoder makes {encoder.n_features}"
+            )
+        return ScoringModel(folder, card, encoder, gbdt, id_column)
     try:
         spec = ModelSpec(kind=str(model_spec["kind"]), hidden=tuple(int(h) for h in model_spec.get("hidden", ())))
     except (KeyError, TypeError, ValueError):

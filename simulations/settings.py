@@ -340,9 +340,9 @@ SETTINGS: tuple[Setting, ...] = (
         toml="model.kind",
         flag="--model",
         kind="str",
-        choices=("mlp", "logreg"),
+        choices=("mlp", "logreg", "gbdt"),
         job="model.kind",
-        help="model family",
+        help="model family: a neural network (mlp), logistic regression, or gradient-boosted trees (gbdt)",
     ),
     Setting(
         "hidden",
@@ -360,6 +360,27 @@ SETTINGS: tuple[Setting, ...] = (
         kind="int",
         metavar="D",
         help="vertical: width of each party's bottom-model output",
+    ),
+    Setting("trees", toml="model.trees", flag="--trees", kind="int", metavar="N", help="--model gbdt: number of trees"),
+    Setting(
+        "depth", toml="model.depth", flag="--depth", kind="int", metavar="D", help="--model gbdt: depth of each tree"
+    ),
+    Setting(
+        "bins",
+        toml="model.bins",
+        flag="--bins",
+        kind="int",
+        metavar="B",
+        help="--model gbdt: histogram bins per numeric column",
+    ),
+    Setting(
+        "features_per_tree",
+        toml="model.features-per-tree",
+        flag="--features-per-tree",
+        kind="int",
+        metavar="K",
+        note="0: every column",
+        help="--model gbdt: each tree splits on K columns drawn at random by the host (less DP noise per release)",
     ),
     Setting(
         "shared",

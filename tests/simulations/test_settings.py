@@ -21,9 +21,16 @@ import pytest
 from fedsilo.cli import build_parser
 from fedsilo.errors import ConfigError
 from fedsilo.peers.job import DP_MODES, DPSpec, JobConfig, SecAggSpec, TrainSpec
-from fedsilo.peers.model_spec import MODEL_KINDS, ModelSpec
+from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.simulations import settings, simulate_cli
-from fedsilo.simulations.config import SETUPS, TOML_KEYS, SimulationConfig, build_config, config_values
+from fedsilo.simulations.config import (
+    SETUPS,
+    SIMULATION_MODELS,
+    TOML_KEYS,
+    SimulationConfig,
+    build_config,
+    config_values,
+)
 from fedsilo.simulations.settings import SETTINGS, Setting
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -171,7 +178,7 @@ def test_choices_and_notes_agree_with_what_checks_them():
     from fedsilo.strategies.factory import STRATEGIES
 
     by_name = settings.BY_NAME
-    assert by_name["model"].choices == MODEL_KINDS and by_name["dp_mode"].choices == DP_MODES
+    assert by_name["model"].choices == SIMULATION_MODELS and by_name["dp_mode"].choices == DP_MODES
     assert by_name["setup"].choices == SETUPS and by_name["strategy"].choices == STRATEGIES
     assert sorted(by_name["accountant"].choices) == sorted(ACCOUNTANTS)
     assert by_name["customers"].note.startswith(f"max({SIMULATE_TOTAL_CUSTOMERS}, {CUSTOMERS_PER_BANK_FLOOR} per bank)")

@@ -1,0 +1,209 @@
+"""Boosting a histogram GBDT across simulated banks: the host's loop over trees and levels.
+
+For every tree each bank computes its gradients; for every level the host broadcasts
+the tree so far, every bank computes its histograms for the open nodes, and the host
+obtains their sum: through SecAgg+ (`fedsilo.strategies.gbdt.secure_sum`, the host
+sees only the sum; in distributed DP each bank's masked vector carries its discrete
+Gaussian share), or, without secure aggregation, by adding the banks' releases
+itself after `check_histogram` (a malformed one is refused naming the bank and left
+out). The host grows the level (`Tree.grow`); after the last level one more release
+gives the leaves' totals and values; every bank updates its margins with the tree.
+
+Accounting: every released sum that contains a bank's input is one Gaussian mechanism
+(`ReleasePlan.per_release`, q = 1) in that bank's spent history. In distributed DP the
+shares are sized for the largest vector of the job (rounding adds ``sqrt(dim)`` to the
+integer sensitivity, `fedsilo.privacy.secagg.noise`) and for ``D + C`` missing or
+colluding banks, so the effective multiplier of every release is at least the planned
+one and recording the planned one overstates ε, never understates it. An aborted
+round (below the threshold) releases nothing and is not charged; its tree stops there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.peers.gbdt.bank import LEAVES, LEVEL, GBDTBank
+from fedsilo.peers.gbdt.model_file import GBDTModel
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.gbdt import ReleasePlan, leaf_sensitivity, level_sensitivity
+from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, Verifier, graph_parameters
+from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
+from fedsilo.strategies.gbdt import BinLayout, Tree, TreeParams, check_histogram, secure_sum
+
+DISTRIBUTED_BITS = 32
+
+
+@dataclass(frozen=True)
+class BoostSettings:
+    """What the host runs: ``trees`` trees grown with ``params``, shrunk by ``learning_rate``."""
+
+    trees: int
+    params: TreeParams
+    learning_rate: float = 0.3
+    dp_mode: str = "distributed"  # "distributed" | "local" | "off"
+    secure: bool = True
+    dropout_fraction: float = 0.3
+    collusion_fraction: float = 0.1
+    session_id: bytes = b"gbdt"
+    features_per_tree: int = 0  # 0: every group; else each tree splits on this many groups drawn by the host
+
+    def groups_per_tree(self, layout: BinLayout) -> int:
+        k = self.features_per_tree
+        return len(layout.groups) if k <= 0 or k >= len(layout.groups) else k
+
+
+@dataclass
+class BoostResult:
+    model: GBDTModel
+    spent: dict[str, list[Mechanism]]
+    releases: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def secure_configs(
+    settings: BoostSettings, layout: BinLayout, n_banks: int, row_bound: int, plan: ReleasePlan | None
+) -> tuple[SecAggConfig, SecAggConfig]:
+    """The SecAgg+ configurations of level and leaf releases (with noise shares in distributed DP)."""
+    clip = 1.0
+    if settings.dp_mode == "local" and plan is not None:  # room for the bank's own noise (8 sd; beyond: clipped)
+        clip += 8 * plan.noise_multiplier * level_sensitivity(settings.groups_per_tree(layout)) / row_bound
+    base = SecAggConfig(
+        clip=clip,
+        bits=DISTRIBUTED_BITS,
+        max_weight=1.0,
+        dropout_fraction=settings.dropout_fraction,
+        collusion_fraction=settings.collusion_fraction,
+        session_id=settings.session_id,
+    )
+    if settings.dp_mode != "distributed":
+        return base, base
+    if plan is None:
+        raise ConfigError("distributed DP needs a release plan")
+    graph = graph_parameters(
+        n_banks,
+        base.dropout_fraction,
+        base.collusion_fraction,
+        base.security_bits,
+        base.correctness_bits,
+        base.complete_graph_max,
+    )
+    missing = graph.dropped + graph.corrupt
+    if n_banks - missing < 1:
+        raise ConfigError(
+            f"with {n_banks} banks the tolerated dropouts ({graph.dropped}) and colluders ({graph.corrupt}) "
+            "leave no honest noise: use more banks, lower the fractions, or --dp-mode local"
+        )
+    scale = base.encoder(n_banks).scale
+    k = settings.groups_per_tree(layout)
+    level_dim = 2 ** (settings.params.depth - 1) * layout.widest_slots(k) * 2
+    leaf_dim = 2**settings.params.depth * 2
+
+    def with_noise(sensitivity: float, dim: int) -> SecAggConfig:
+        value_sensitivity = sensitivity / row_bound
+        peer_sigma = plan.noise_multiplier * integer_l2_sensitivity(value_sensitivity, scale, dim)
+        peer_sigma /= math.sqrt(n_banks - missing)
+        z = peer_sigma * math.sqrt(n_banks) / (value_sensitivity * scale)
+        noise = DistributedNoise(noise_multiplier=z, l2_sensitivity=value_sensitivity, expected_peers=n_banks)
+        return replace(base, noise=noise, min_survivors=max(1, n_banks - graph.dropped))
+
+    return with_noise(level_sensitivity(k), level_dim), with_noise(leaf_sensitivity(), leaf_dim)
+
+
+def boost(
+    banks: list[GBDTBank],
+    layout: BinLayout,
+    settings: BoostSettings,
+    plan: ReleasePlan | None,
+    row_bound: int,
+    *,
+    verifier: Verifier | None = None,
+    configs: tuple[SecAggConfig, SecAggConfig] | None = None,
+    on_tree: Any = None,
+) -> BoostResult:
+    """Grow ``settings.trees`` trees over ``banks`` (see the module docstring)."""
+    if settings.dp_mode == "distributed" and not settings.secure:
+        raise ConfigError("distributed DP needs secure aggregation: the noise shares only add up inside it")
+    if settings.dp_mode != "off" and plan is None:
+        raise ConfigError(f"dp mode {settings.dp_mode} needs a release plan")
+    if settings.secure and configs is None:
+        configs = secure_configs(settings, layout, len(banks), row_bound, plan)
+    started = time.perf_counter()
+    spent: dict[str, list[Mechanism]] = {b.name: [] for b in banks}
+    model = GBDTModel(layout, [], settings.learning_rate)
+    log: list[dict[str, Any]] = []
+    round_id = 0
+
+    def release(kind: str, tree: Tree, shape: tuple[int, ...]) -> np.ndarray | None:
+        nonlocal round_id
+        round_id += 1
+        for bank in banks:
+            bank.request(kind, tree)
+        entry: dict[str, Any] = {"kind": kind, "shape": list(shape)}
+        if settings.secure:
+            assert configs is not None
+            config = configs[0] if kind == LEVEL else configs[1]
+            outcome = secure_sum(config, round_id, banks, int(np.prod(shape)), verifier)
+            entry.update(refused=outcome.refused, dropped=outcome.dropped, aborted=outcome.aborted)
+            included = list(outcome.survivors)
+            sums = None if outcome.sums is None else outcome.sums.reshape(shape) * row_bound
+        else:
+            included, refused, parts = [], {}, []
+            for bank in banks:
+                try:
+                    values = bank.release()
+                    bound = None if settings.dp_mode == "local" else row_bound
+                    parts.append(check_histogram(bank.name, values, shape, bound))
+                    included.append(bank.name)
+                except FedsiloError as error:
+                    refused[bank.name] = str(error)
+            entry["refused"] = refused
+            sums = np.sum(parts, axis=0) if parts else None
+        entry["banks"] = len(included)
+        log.append(entry)
+        if sums is not None and plan is not None and settings.dp_mode != "off":
+            for name in included:
+                spent[name].append(plan.per_release)
+        return sums
+
+    for t in range(settings.trees):
+        for bank in banks:
+            bank.start_tree()
+        tree = Tree(settings.params.depth, features=_draw_groups(layout, settings))
+        for _ in range(settings.params.depth):
+            nodes = tree.open_nodes()
+            if not nodes:
+                break
+            sums = release(LEVEL, tree, (len(nodes), len(layout.slots(tree.features)), 2))
+            if sums is None:
+                tree.close()
+                break
+            tree.grow(sums, layout, settings.params)
+        tree.close()
+        totals = release(LEAVES, tree, (len(tree.leaves()), 2))
+        if totals is None:
+            continue  # nothing released: this tree is dropped, the banks' margins stay
+        tree.set_leaf_values(totals, settings.params)
+        for bank in banks:
+            bank.finish_tree(tree, settings.learning_rate)
+        model.trees.append(tree)
+        if on_tree is not None:
+            on_tree(t, model)
+    return BoostResult(model, spent, log, time.perf_counter() - started)
+
+
+def _draw_groups(layout: BinLayout, settings: BoostSettings) -> tuple[int, ...] | None:
+    """The host's public draw of the groups a tree may split on (feature subsampling), or None for all.
+
+    Subsampling lowers the level sensitivity to ``sqrt(k (1 + 1/16))`` (`fedsilo.privacy.gbdt`); the draw is
+    public and data-independent, so it needs no secret randomness.
+    """
+    k = settings.groups_per_tree(layout)
+    if k == len(layout.groups):
+        return None
+    return tuple(sorted(int(j) for j in np.random.default_rng().choice(len(layout.groups), k, replace=False)))

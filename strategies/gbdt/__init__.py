@@ -1,0 +1,21 @@
+"""Histogram gradient-boosted trees, the host's side: bin layout, tree growth, secure sums.
+
+See `fedsilo.privacy.gbdt` for the DP accounting and `fedsilo.peers.gbdt` for the banks.
+"""
+
+from .layout import BinLayout, FeatureGroup
+from .secure_sum import HistogramPeer, SumOutcome, secure_sum
+from .tree import HistogramRefused, Tree, TreeParams, best_split, check_histogram
+
+__all__ = [
+    "BinLayout",
+    "FeatureGroup",
+    "HistogramPeer",
+    "HistogramRefused",
+    "SumOutcome",
+    "Tree",
+    "TreeParams",
+    "best_split",
+    "check_histogram",
+    "secure_sum",
+]
