@@ -42,7 +42,7 @@ def test_grid_is_the_product_of_the_axes_over_the_base_config(tmp_path):
             "[sweep]\ndropout = [0.3, 1.2]\n",
             r"sweep point \{'dropout': 1.2\} is invalid: --dropout must be in \[0, 1\)",
         ),
-        ('[sweep]\nsetup = ["vertical"]\n', r"--setup 'vertical' is unknown"),
+        ('[sweep]\nsetup = ["diagonal"]\n', r"--setup 'diagonal' is unknown"),
         ('[sweep]\nbanks = [10, "many"]\n', r"\[simulation\] banks must be int"),
         ("[sweep]\nbanks = [10]\n[simulation]\nsample = 20\n", r"sample between 1 and the 10 banks"),
         ("[sweep]\nbanks = [10]\n[train]\nbatch = 3\n", r"unknown key 'batch' in \[train\]"),
