@@ -33,7 +33,13 @@ from fedsilo.privacy.secagg import (
     UnmaskShares,
     Verifier,
 )
-from fedsilo.privacy.secagg.messages import MaskInputRequest, RoundSetup, ShareKeysRequest, UnmaskRequest
+from fedsilo.privacy.secagg.messages import (
+    ConsistencyRequest,
+    MaskInputRequest,
+    RoundSetup,
+    ShareKeysRequest,
+    UnmaskRequest,
+)
 from fedsilo.strategies.gbdt.layout import BinLayout
 from fedsilo.strategies.gbdt.tree import Tree, check_histogram
 
@@ -144,7 +150,7 @@ class GBDTBank:
         vector = self.release().ravel() / self.row_bound
         return self._client().mask_input(request.round_id, vector, 1.0, request.shares)
 
-    def sign(self, request: UnmaskRequest) -> SurvivorSignature:
+    def sign(self, request: ConsistencyRequest) -> SurvivorSignature:
         return self._client().sign_survivors(request.round_id, request.survivors, request.dropped)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
