@@ -24,6 +24,7 @@ from fedsilo.privacy.gbdt import GRAD_BOUND, HESS_BOUND
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyRequest,
     EncryptedShares,
     MaskedInput,
     SecAggClient,
@@ -33,13 +34,7 @@ from fedsilo.privacy.secagg import (
     UnmaskShares,
     Verifier,
 )
-from fedsilo.privacy.secagg.messages import (
-    ConsistencyRequest,
-    MaskInputRequest,
-    RoundSetup,
-    ShareKeysRequest,
-    UnmaskRequest,
-)
+from fedsilo.privacy.secagg.messages import MaskInputRequest, RoundSetup, ShareKeysRequest, UnmaskRequest
 from fedsilo.strategies.gbdt.layout import BinLayout
 from fedsilo.strategies.gbdt.tree import Tree, check_histogram
 

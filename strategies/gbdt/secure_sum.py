@@ -27,6 +27,7 @@ import numpy as np
 from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyRequest,
     EncryptedShares,
     MaskedInput,
     PeerRejected,
@@ -37,13 +38,7 @@ from fedsilo.privacy.secagg import (
     UnmaskShares,
     Verifier,
 )
-from fedsilo.privacy.secagg.messages import (
-    ConsistencyRequest,
-    MaskInputRequest,
-    RoundSetup,
-    ShareKeysRequest,
-    UnmaskRequest,
-)
+from fedsilo.privacy.secagg.messages import MaskInputRequest, RoundSetup, ShareKeysRequest, UnmaskRequest
 
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
