@@ -182,15 +182,18 @@ def noisy_clipped_mean(
     added to every coordinate, and the sum is divided by ``batch``. One Gaussian
     mechanism, at ``noise_multiplier``, for each example of the batch.
     """
-    if noise_multiplier > 0 and source is None:
-        raise ConfigError("a private update needs a noise source (SecureNoise)")
+    noise_source: NoiseSource | None = None
+    if noise_multiplier > 0:
+        if source is None:
+            raise ConfigError("a private update needs a noise source (SecureNoise)")
+        noise_source = source
     flat = torch.cat([g.reshape(g.shape[0], -1) for g in per_example.values()], dim=1)
     scale = torch.clamp(clip / torch.clamp(flat.norm(dim=1), min=1e-12), max=1.0)
     out = {}
     for name, g in per_example.items():
         summed = torch.einsum("b,b...->...", scale.to(g.dtype), g)
-        if noise_multiplier > 0:
-            noise = source.standard_normal_(torch.empty(summed.shape, dtype=torch.float64))
+        if noise_source is not None:
+            noise = noise_source.standard_normal_(torch.empty(summed.shape, dtype=torch.float64))
             summed = summed + (noise * (noise_multiplier * SENSITIVITY_FACTOR * clip)).to(summed.dtype)
         out[name] = summed / batch
     return out

@@ -32,7 +32,7 @@ from fedsilo.peers.gbdt.bank import LEAVES, LEVEL, GBDTBank
 from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.gbdt import ReleasePlan, leaf_sensitivity, level_sensitivity
-from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, Verifier, graph_parameters
+from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, Verifier
 from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
 from fedsilo.strategies.gbdt import BinLayout, Tree, TreeParams, check_histogram, secure_sum
 
@@ -85,14 +85,7 @@ def secure_configs(
         return base, base
     if plan is None:
         raise ConfigError("distributed DP needs a release plan")
-    graph = graph_parameters(
-        n_banks,
-        base.dropout_fraction,
-        base.collusion_fraction,
-        base.security_bits,
-        base.correctness_bits,
-        base.complete_graph_max,
-    )
+    graph = base.graph_parameters_for(n_banks)
     missing = graph.dropped + graph.corrupt
     if n_banks - missing < 1:
         raise ConfigError(

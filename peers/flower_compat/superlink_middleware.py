@@ -43,32 +43,11 @@ from typing import Any
 
 CONTROL_PREFIX = "/v1/control/"
 # The unary protobuf routes a round's messages and objects travel on (Fleet: the
-# SuperNodes'; Runtime: the ServerApp's), which `InlineMiddleware` serves inline.
+# SuperNodes'; Runtime: the ServerApp's; both have `_COMMON_ROUTES`), which `InlineMiddleware` serves inline.
+_COMMON_ROUTES = ("pull-messages", "push-messages", "pull-object", "push-object", "confirm-message-received")
 MESSAGE_ROUTES = frozenset(
-    [
-        f"/v1/fleet/{route}"
-        for route in (
-            "pull-messages",
-            "push-messages",
-            "pull-object",
-            "push-object",
-            "confirm-message-received",
-            "send-node-heartbeat",
-        )
-    ]
-    + [
-        f"/v1/runtime/{route}"
-        for route in (
-            "pull-messages",
-            "push-messages",
-            "pull-object",
-            "push-object",
-            "confirm-message-received",
-            "get-nodes",
-            "send-task-heartbeat",
-            "push-logs",
-        )
-    ]
+    [f"/v1/fleet/{route}" for route in (*_COMMON_ROUTES, "send-node-heartbeat")]
+    + [f"/v1/runtime/{route}" for route in (*_COMMON_ROUTES, "get-nodes", "send-task-heartbeat", "push-logs")]
 )
 FLEET_PREFIX = "/v1/fleet/"
 

@@ -24,6 +24,7 @@ from fedsilo.privacy.gbdt import GRAD_BOUND, HESS_BOUND
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyRequest,
     EncryptedShares,
     MaskedInput,
     SecAggClient,
@@ -144,7 +145,7 @@ class GBDTBank:
         vector = self.release().ravel() / self.row_bound
         return self._client().mask_input(request.round_id, vector, 1.0, request.shares)
 
-    def sign(self, request: UnmaskRequest) -> SurvivorSignature:
+    def sign(self, request: ConsistencyRequest) -> SurvivorSignature:
         return self._client().sign_survivors(request.round_id, request.survivors, request.dropped)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:

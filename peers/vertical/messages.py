@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -29,32 +30,6 @@ __all__ = ["BatchRequest", "Embeddings", "Gradients", "check_rows"]
 _HEADER = struct.Struct(">4sBQII")  # magic, version, batch id, rows, width
 _VERSION = 1
 _NAME = struct.Struct(">H")
-
-
-def _pack(magic: bytes, party: str, batch: int, values: np.ndarray) -> bytes:
-    name = party.encode()
-    rows, width = values.shape
-    return (
-        _HEADER.pack(magic, _VERSION, batch, rows, width)
-        + _NAME.pack(len(name))
-        + name
-        + np.ascontiguousarray(values, dtype="<f4").tobytes()
-    )
-
-
-def _unpack(magic: bytes, frame: bytes, what: str) -> tuple[str, int, np.ndarray]:
-    if len(frame) < _HEADER.size + _NAME.size:
-        raise ProtocolError(f"a {what} frame is at least {_HEADER.size + _NAME.size} bytes; got {len(frame)}")
-    got, version, batch, rows, width = _HEADER.unpack_from(frame)
-    if got != magic or version != _VERSION:
-        raise ProtocolError(f"not a version-{_VERSION} {what} frame: refused")
-    (length,) = _NAME.unpack_from(frame, _HEADER.size)
-    start = _HEADER.size + _NAME.size + length
-    if len(frame) != start + 4 * rows * width:
-        raise ProtocolError(f"a {what} frame of {rows}×{width} values has {len(frame) - start} payload bytes: refused")
-    party = frame[_HEADER.size + _NAME.size : start].decode(errors="replace")
-    values = np.frombuffer(frame, dtype="<f4", offset=start).reshape(rows, width).astype(np.float32)
-    return party, batch, values
 
 
 @dataclass(frozen=True)
@@ -83,35 +58,59 @@ class BatchRequest:
 
 
 @dataclass(frozen=True)
-class Embeddings:
-    """A feature party's released bottom-model outputs for one batch, row for row with its positions."""
+class _PartyRows:
+    """Released rows of one batch of one party, framed as magic, version, batch id, shape, party name, float32s."""
+
+    _MAGIC: ClassVar[bytes]
+    _WHAT: ClassVar[str]
 
     party: str
     batch: int
     values: np.ndarray
 
     def to_bytes(self) -> bytes:
-        return _pack(b"FSVE", self.party, self.batch, self.values)
+        name = self.party.encode()
+        rows, width = self.values.shape
+        return (
+            _HEADER.pack(self._MAGIC, _VERSION, self.batch, rows, width)
+            + _NAME.pack(len(name))
+            + name
+            + np.ascontiguousarray(self.values, dtype="<f4").tobytes()
+        )
 
     @classmethod
-    def from_bytes(cls, frame: bytes) -> Embeddings:
-        return cls(*_unpack(b"FSVE", frame, "embeddings"))
+    def from_bytes(cls, frame: bytes) -> Self:
+        what = cls._WHAT
+        if len(frame) < _HEADER.size + _NAME.size:
+            raise ProtocolError(f"a {what} frame is at least {_HEADER.size + _NAME.size} bytes; got {len(frame)}")
+        got, version, batch, rows, width = _HEADER.unpack_from(frame)
+        if got != cls._MAGIC or version != _VERSION:
+            raise ProtocolError(f"not a version-{_VERSION} {what} frame: refused")
+        (length,) = _NAME.unpack_from(frame, _HEADER.size)
+        start = _HEADER.size + _NAME.size + length
+        if len(frame) != start + 4 * rows * width:
+            raise ProtocolError(
+                f"a {what} frame of {rows}×{width} values has {len(frame) - start} payload bytes: refused"
+            )
+        party = frame[_HEADER.size + _NAME.size : start].decode(errors="replace")
+        values = np.frombuffer(frame, dtype="<f4", offset=start).reshape(rows, width).astype(np.float32)
+        return cls(party, batch, values)
 
 
 @dataclass(frozen=True)
-class Gradients:
+class Embeddings(_PartyRows):
+    """A feature party's released bottom-model outputs for one batch, row for row with its positions."""
+
+    _MAGIC: ClassVar[bytes] = b"FSVE"
+    _WHAT: ClassVar[str] = "embeddings"
+
+
+@dataclass(frozen=True)
+class Gradients(_PartyRows):
     """The label holder's released gradients of the loss w.r.t. one party's embeddings of one batch."""
 
-    party: str
-    batch: int
-    values: np.ndarray
-
-    def to_bytes(self) -> bytes:
-        return _pack(b"FSVG", self.party, self.batch, self.values)
-
-    @classmethod
-    def from_bytes(cls, frame: bytes) -> Gradients:
-        return cls(*_unpack(b"FSVG", frame, "gradients"))
+    _MAGIC: ClassVar[bytes] = b"FSVG"
+    _WHAT: ClassVar[str] = "gradients"
 
 
 def check_rows(values: np.ndarray, rows: int, width: int, who: str, what: str) -> np.ndarray:

@@ -85,6 +85,10 @@ class PartyDP:
     def scoring(self) -> float:
         return self.noise_multiplier if self.score_noise_multiplier is None else self.score_noise_multiplier
 
+    def row_accountant(self, party: str, rows: int) -> RowAccountant:
+        """The ledger of ``party``'s ``rows`` rows at this noise multiplier, within this budget."""
+        return RowAccountant(party, rows, self.noise_multiplier, self.epsilon, self.delta, self.accountant)
+
 
 def _seeded(seed: int, build):
     state = torch.random.get_rng_state()
@@ -176,9 +180,7 @@ class FeatureParty:
         self.digest, self.sides = digest, np.asarray(sides)
         self.x = torch.as_tensor(np.asarray(features, dtype=np.float32))
         self.bottom = build_bottom(spec, self.x.shape[1], seed)
-        self.accountant = (
-            RowAccountant(name, len(self.x), dp.noise_multiplier, dp.epsilon, dp.delta, dp.accountant) if dp else None
-        )
+        self.accountant = dp.row_accountant(name, len(self.x)) if dp else None
         self.pending: dict[int, np.ndarray] = {}
 
     def hello(self) -> dict:
@@ -286,11 +288,7 @@ class LabelHolder:
         self.sides = np.asarray(sides)[self.rows]
         self.widths = [link.width for link in links]
         self.model = LocalModel(spec, self.x.shape[1], sum(self.widths), seed)
-        self.accountant = (
-            RowAccountant(name, len(self.rows), dp.noise_multiplier, dp.epsilon, dp.delta, dp.accountant)
-            if dp
-            else None
-        )
+        self.accountant = dp.row_accountant(name, len(self.rows)) if dp else None
 
     @property
     def train_index(self) -> np.ndarray:

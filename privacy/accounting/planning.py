@@ -25,7 +25,6 @@ from fedsilo.privacy.accounting.mechanism import Mechanism
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 from fedsilo.privacy.sampling import steps_per_epoch
 from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, central_noise_multiplier
-from fedsilo.privacy.secagg.graph import graph_parameters
 from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
 
 #: Bits of the fixed-point encoding in distributed DP: room for the noise shares' sum.
@@ -166,14 +165,7 @@ def plan_distributed_dp(
     target = _checked(epsilon, delta, accountant, rounds)
     if secagg.noise is not None:
         raise ConfigError("plan_distributed_dp takes the secure aggregation before noise (noise=None)")
-    params = graph_parameters(
-        peers,
-        secagg.dropout_fraction,
-        secagg.collusion_fraction,
-        secagg.security_bits,
-        secagg.correctness_bits,
-        secagg.complete_graph_max,
-    )
+    params = secagg.graph_parameters_for(peers)
     missing = params.dropped + params.corrupt
     if peers - missing < 1:
         raise ConfigError(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fedsilo.errors import ConfigError
 
 from .encoding import FixedPointEncoder
-from .graph import Graph, build_graph, graph_parameters
+from .graph import Graph, GraphParameters, build_graph, graph_parameters
 from .noise import DistributedNoise, sum_headroom
 
 __all__ = ["SecAggConfig"]
@@ -77,9 +77,9 @@ class SecAggConfig:
         """Fewest inputs a released sum may contain: ``max(min_survivors, threshold)``."""
         return max(self.min_survivors or 0, graph.threshold)
 
-    def max_missing(self, n_peers: int) -> int:
-        """Tolerated dropouts plus colluders, ``D + C``, for the noise accounting."""
-        p = graph_parameters(
+    def graph_parameters_for(self, n_peers: int) -> GraphParameters:
+        """The round graph's degree, threshold and tolerated dropouts and colluders for ``n_peers`` peers."""
+        return graph_parameters(
             n_peers,
             self.dropout_fraction,
             self.collusion_fraction,
@@ -87,4 +87,8 @@ class SecAggConfig:
             self.correctness_bits,
             self.complete_graph_max,
         )
+
+    def max_missing(self, n_peers: int) -> int:
+        """Tolerated dropouts plus colluders, ``D + C``, for the noise accounting."""
+        p = self.graph_parameters_for(n_peers)
         return p.dropped + p.corrupt

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.privacy.secagg import (
     AdvertiseKeys,
+    ConsistencyRequest,
     EncryptedShares,
     MaskedInput,
     PeerRejected,
@@ -38,6 +39,9 @@ from fedsilo.privacy.secagg import (
     Verifier,
 )
 from fedsilo.privacy.secagg.messages import MaskInputRequest, RoundSetup, ShareKeysRequest, UnmaskRequest
+
+Request = TypeVar("Request")
+Answer = TypeVar("Answer")
 
 
 class HistogramPeer(Protocol):
@@ -52,7 +56,7 @@ class HistogramPeer(Protocol):
 
     def mask(self, request: MaskInputRequest) -> MaskedInput: ...
 
-    def sign(self, request: UnmaskRequest) -> SurvivorSignature: ...
+    def sign(self, request: ConsistencyRequest) -> SurvivorSignature: ...
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares: ...
 
@@ -84,11 +88,14 @@ def secure_sum(
     out = SumOutcome(None)
     silent: set[int] = set()
 
-    def ask(node: int, call: Callable[[], object], deliver: Callable[[int, object], None]) -> None:
+    def ask(
+        node: int, call: Callable[[Request], Answer], request: Request, deliver: Callable[[int, Answer], None]
+    ) -> None:
+        """``deliver(node, call(request))`` unless the node is silent; a refusal silences it."""
         if node in silent:
             return
         try:
-            message = call()
+            message = call(request)
         except FedsiloError as error:  # the bank refused to answer (its own check) or failed
             out.refused[names[node]] = str(error)
             silent.add(node)
@@ -101,19 +108,15 @@ def secure_sum(
 
     try:
         for u in by_id:
-            ask(u, lambda u=u: by_id[u].advertise(server.setup), server.receive_advertise)
-        requests: dict = server.end_advertise()
-        for u, req in requests.items():
-            ask(u, lambda u=u, req=req: by_id[u].share(req), server.receive_shares)
-        requests = server.end_share_keys()
-        for u, req in requests.items():
-            ask(u, lambda u=u, req=req: by_id[u].mask(req), server.receive_masked_input)
-        requests = server.end_mask_input()
-        for u, req in requests.items():
-            ask(u, lambda u=u, req=req: by_id[u].sign(req), server.receive_consistency)
-        requests = server.end_consistency()
-        for u, req in requests.items():
-            ask(u, lambda u=u, req=req: by_id[u].unmask(req), server.receive_unmask)
+            ask(u, by_id[u].advertise, server.setup, server.receive_advertise)
+        for u, share_request in server.end_advertise().items():
+            ask(u, by_id[u].share, share_request, server.receive_shares)
+        for u, mask_request in server.end_share_keys().items():
+            ask(u, by_id[u].mask, mask_request, server.receive_masked_input)
+        for u, check_request in server.end_mask_input().items():
+            ask(u, by_id[u].sign, check_request, server.receive_consistency)
+        for u, unmask_request in server.end_consistency().items():
+            ask(u, by_id[u].unmask, unmask_request, server.receive_unmask)
         result = server.aggregate()
     except ThresholdNotMet as aborted:
         out.aborted = str(aborted)

@@ -88,22 +88,19 @@ class Tree:
     """One tree of at most ``depth`` levels of splits, heap-indexed (see the module docstring)."""
 
     depth: int
-    state: np.ndarray = field(default=None)  # type: ignore[assignment]
-    group: np.ndarray = field(default=None)  # type: ignore[assignment]
-    threshold: np.ndarray = field(default=None)  # type: ignore[assignment]
-    value: np.ndarray = field(default=None)  # type: ignore[assignment]
     features: tuple[int, ...] | None = None  # the groups this tree may split on (None: all); public
+    state: np.ndarray = field(init=False)  # per node: ABSENT, OPEN, SPLIT or LEAF
+    group: np.ndarray = field(init=False)  # a split's feature group (-1 elsewhere)
+    threshold: np.ndarray = field(init=False)  # a split's cut: bin <= threshold goes left (-1 elsewhere)
+    value: np.ndarray = field(init=False)  # a leaf's value
 
     def __post_init__(self) -> None:
         size = 2 ** (self.depth + 1) - 1
-        if self.state is None:
-            self.state = np.full(size, ABSENT, dtype=np.int8)
-            self.state[0] = OPEN
-            self.group = np.full(size, -1, dtype=np.int32)
-            self.threshold = np.full(size, -1, dtype=np.int32)
-            self.value = np.zeros(size, dtype=np.float64)
-        if not all(a.shape == (size,) for a in (self.state, self.group, self.threshold, self.value)):
-            raise DataError(f"a tree of depth {self.depth} has {size} node slots")
+        self.state = np.full(size, ABSENT, dtype=np.int8)
+        self.state[0] = OPEN
+        self.group = np.full(size, -1, dtype=np.int32)
+        self.threshold = np.full(size, -1, dtype=np.int32)
+        self.value = np.zeros(size, dtype=np.float64)
 
     def open_nodes(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.state == OPEN)]
@@ -144,7 +141,7 @@ class Tree:
             raise DataError(f"summed histograms of shape {sums.shape} for {len(nodes)} open nodes")
         full = np.zeros((len(nodes), layout.total_bins, 2))
         full[:, slots] = sums
-        decisions = []
+        decisions: list[dict[str, Any]] = []
         for k, node in enumerate(nodes):
             best = best_split(full[k], layout, params, self.features)
             if best is None:
@@ -172,7 +169,7 @@ class Tree:
         self.value[leaves] = np.clip(-totals[:, 0] / (h + params.reg_lambda), -params.max_leaf, params.max_leaf)
 
     def to_dict(self) -> dict[str, Any]:
-        nodes = []
+        nodes: list[dict[str, Any]] = []
         for i in np.flatnonzero(self.state != ABSENT):
             if self.state[i] == SPLIT:
                 nodes.append({"id": int(i), "group": int(self.group[i]), "cut": int(self.threshold[i])})
@@ -201,9 +198,9 @@ class Tree:
         reachable = tree.route(np.zeros((1, n_groups), dtype=np.int32))  # cheap sanity: the root walks somewhere
         if tree.state[0] == ABSENT or tree.state[reachable[0]] != LEAF:
             raise DataError("a tree whose root path does not end in a leaf")
-        for i in np.flatnonzero(tree.state == SPLIT):
-            if tree.state[2 * i + 1] == ABSENT or tree.state[2 * i + 2] == ABSENT:
-                raise DataError(f"tree node {i} splits but lacks a child")
+        for split in np.flatnonzero(tree.state == SPLIT):
+            if tree.state[2 * split + 1] == ABSENT or tree.state[2 * split + 2] == ABSENT:
+                raise DataError(f"tree node {split} splits but lacks a child")
         return tree
 
 

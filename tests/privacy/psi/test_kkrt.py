@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import string
 import struct
 
 import numpy as np
@@ -14,6 +13,14 @@ from fedsilo.errors import ProtocolError, PsiError, PsiFrameError
 from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, canonical, cuckoo, exchange, ot
 from fedsilo.privacy.psi.kkrt import KkrtReceiver, KkrtSender, _codewords, _oprf, item_digests, mask_bytes
 from fedsilo.privacy.psi.otwire import HEADER, MAX_RECORDS, FrameType, decode, encode
+
+from ._plaintext import (
+    EDGE_CASES,
+    assert_both_sides_match_plaintext,
+    customers_and_their_wire,
+    expected_positions,
+    rand_ids,
+)
 
 MODES = [Mode.TO_RECEIVER, Mode.TO_BOTH]
 
@@ -25,22 +32,6 @@ def _run(xs, ys, mode, kind="id", tap=None):
     return r.result(), s.result()
 
 
-def _expected_positions(xs, ys, kind="id"):
-    """Positions (first occurrences) of xs whose canonical form is in ys: plaintext truth."""
-    other = {canonical(y, kind) for y in ys}
-    seen, out = set(), []
-    for i, x in enumerate(xs):
-        c = canonical(x, kind)
-        if c in other and c not in seen:
-            out.append(i)
-        seen.add(c)
-    return out
-
-
-def _rand_ids(rng, n):
-    return ["".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(1, 12))) for _ in range(n)]
-
-
 def _keys_by_identifier(result, items):
     return {canonical(items[p], "id"): bytes(k) for p, k in zip(result.positions.tolist(), result.shared_keys)}
 
@@ -48,41 +39,26 @@ def _keys_by_identifier(result, items):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_plaintext_intersection_on_random_sets(seed):
     rng = random.Random(seed)
-    pool = _rand_ids(rng, 600)
+    pool = rand_ids(rng, 600)
     xs = rng.sample(pool, rng.randint(0, 400)) + rng.choices(pool, k=50)  # with repeats
     ys = rng.sample(pool, rng.randint(0, 400))
     r, s = _run(xs, ys, Mode.TO_BOTH)
-    assert r.positions.tolist() == _expected_positions(xs, ys)
-    assert s.positions.tolist() == _expected_positions(ys, xs)
-    cx, cy = {canonical(x, "id") for x in xs}, {canonical(y, "id") for y in ys}
-    assert r.cardinality == s.cardinality == len(cx & cy)
-    assert (r.own_size, r.peer_size, s.own_size, s.peer_size) == (len(cx), len(cy), len(cy), len(cx))
+    assert_both_sides_match_plaintext(r, s, xs, ys)
     # Both sides hold the same key for the same shared identifier, distinct across identifiers.
     assert _keys_by_identifier(r, xs) == _keys_by_identifier(s, ys)
     assert len(set(_keys_by_identifier(r, xs).values())) == r.cardinality
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(
-    "xs,ys",
-    [
-        ([], []),
-        ([], ["a", "b"]),
-        (["a", "b"], []),
-        (["a", "b", "c"], ["c", "b", "a"]),  # all shared
-        (["a", "b", "c"], ["d", "e"]),  # none shared
-        (["a", "A", " a ", "b", "b"], ["B", "a", "a"]),  # duplicates after normalization
-        (["Müller", "ＡＣＭＥ", "Straße", "北京银行", "😀"], ["MÜLLER", "acme", "strasse", "北京银行", "x"]),
-    ],
-)
+@pytest.mark.parametrize("xs,ys", EDGE_CASES)
 def test_edge_cases_in_each_mode(xs, ys, mode):
     r, s = _run(xs, ys, mode)
-    expected = _expected_positions(xs, ys)
+    expected = expected_positions(xs, ys)
     assert r.positions.tolist() == expected and r.cardinality == len(expected)
     assert r.own_size == s.peer_size == len({canonical(x, "id") for x in xs})
     assert r.peer_size == s.own_size == len({canonical(y, "id") for y in ys})
     if mode is Mode.TO_BOTH:
-        assert s.positions.tolist() == _expected_positions(ys, xs) and s.cardinality == len(expected)
+        assert s.positions.tolist() == expected_positions(ys, xs) and s.cardinality == len(expected)
     else:
         assert s.cardinality is None and s.positions is None and r.shared_keys is None
 
@@ -129,12 +105,8 @@ def test_mask_width_gives_40_bit_statistical_security():
 
 
 def test_no_identifier_or_digest_on_the_wire():
-    xs = [f"customer-{i}" for i in range(50)]
-    ys = [f"customer-{i}" for i in range(25, 75)]
-    frames = []
-    _run(xs, ys, Mode.TO_BOTH, tap=lambda direction, frame: frames.append(frame))
-    wire = b"".join(frames)
-    for ident in set(xs) | set(ys):
+    customers, wire = customers_and_their_wire(_run)
+    for ident in customers:
         c = canonical(ident, "id")
         digest = item_digests([ident], "id")[0].tobytes()
         for needle in (ident.encode(), c, hashlib.sha256(c).digest()[:16], digest[:16], digest[:8]):

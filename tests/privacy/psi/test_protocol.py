@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import string
 
 import numpy as np
 import pytest
@@ -14,6 +13,14 @@ from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, Workers, canonical
 from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
 from fedsilo.privacy.psi.wire import HEADER, FrameType, decode, encode
 
+from ._plaintext import (
+    EDGE_CASES,
+    assert_both_sides_match_plaintext,
+    customers_and_their_wire,
+    expected_positions,
+    rand_ids,
+)
+
 
 def _run(xs, ys, mode, kind="id", workers=None, tap=None):
     r = PsiReceiver(xs, kind=kind, mode=mode, workers=workers)
@@ -22,50 +29,20 @@ def _run(xs, ys, mode, kind="id", workers=None, tap=None):
     return r.result(), s.result()
 
 
-def _expected_positions(xs, ys, kind="id"):
-    """Positions (first occurrences) of xs whose canonical form is in ys: plaintext truth."""
-    other = {canonical(y, kind) for y in ys}
-    seen, out = set(), []
-    for i, x in enumerate(xs):
-        c = canonical(x, kind)
-        if c in other and c not in seen:
-            out.append(i)
-        seen.add(c)
-    return out
-
-
-def _rand_ids(rng, n):
-    return ["".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(1, 12))) for _ in range(n)]
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_plaintext_intersection_on_random_sets(seed):
     rng = random.Random(seed)
-    pool = _rand_ids(rng, 400)
+    pool = rand_ids(rng, 400)
     xs, ys = rng.sample(pool, rng.randint(0, 300)), rng.sample(pool, rng.randint(0, 300))
     r, s = _run(xs, ys, Mode.TO_BOTH)
-    assert r.positions.tolist() == _expected_positions(xs, ys)
-    assert s.positions.tolist() == _expected_positions(ys, xs)
-    cx, cy = {canonical(x, "id") for x in xs}, {canonical(y, "id") for y in ys}
-    assert r.cardinality == s.cardinality == len(cx & cy)
-    assert (r.own_size, r.peer_size, s.own_size, s.peer_size) == (len(cx), len(cy), len(cy), len(cx))
+    assert_both_sides_match_plaintext(r, s, xs, ys)
 
 
-@pytest.mark.parametrize(
-    "xs,ys",
-    [
-        ([], []),
-        ([], ["a", "b"]),
-        (["a", "b"], []),
-        (["a", "b", "c"], ["c", "b", "a"]),  # full overlap
-        (["a", "A", " a ", "b", "b"], ["B", "a", "a"]),  # duplicates after normalization
-        (["Müller", "ＡＣＭＥ", "Straße", "北京银行", "😀"], ["MÜLLER", "acme", "strasse", "北京银行", "x"]),  # unicode
-    ],
-)
+@pytest.mark.parametrize("xs,ys", EDGE_CASES)
 def test_adversarial_inputs(xs, ys):
     for mode in Mode:
         r, s = _run(xs, ys, mode)
-        expected = _expected_positions(xs, ys)
+        expected = expected_positions(xs, ys)
         assert r.cardinality == len(expected)
         assert r.own_size == len({canonical(x, "id") for x in xs})
         assert s.peer_size == r.own_size
@@ -74,7 +51,7 @@ def test_adversarial_inputs(xs, ys):
         else:
             assert r.positions.tolist() == expected
         if mode is Mode.TO_BOTH:
-            assert s.positions.tolist() == _expected_positions(ys, xs)
+            assert s.positions.tolist() == expected_positions(ys, xs)
         else:
             assert s.cardinality is None and s.positions is None
 
@@ -85,12 +62,8 @@ def test_kinds_separate_ids_from_names():
 
 
 def test_no_identifier_or_plain_hash_on_the_wire():
-    xs = [f"customer-{i}" for i in range(50)]
-    ys = [f"customer-{i}" for i in range(25, 75)]
-    frames = []
-    _run(xs, ys, Mode.TO_BOTH, tap=lambda direction, frame: frames.append(frame))
-    wire = b"".join(frames)
-    for ident in set(xs) | set(ys):
+    customers, wire = customers_and_their_wire(_run)
+    for ident in customers:
         c = canonical(ident, "id")
         digest = digests([ident], "id", PSI_DOMAIN)
         unblinded = x25519.hash_onto_curve(digest)[0].tobytes()  # H(id) before any secret exponent
