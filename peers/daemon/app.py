@@ -414,7 +414,8 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
         ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path),
     )
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # aiohttp keeps the listening server private; with port 0 only it knows the port the OS chose.
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # a started site has a server
     await web.UnixSite(runner, str(admin)).start()
     admin.chmod(0o600)
     return runner, service, bound

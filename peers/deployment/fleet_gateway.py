@@ -31,7 +31,7 @@ import asyncio
 import re
 import signal
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -63,8 +63,8 @@ def allowed(method: str, raw_path: str) -> bool:
     return raw_path == "/health" and method in ("GET", "HEAD")
 
 
-def _forwarded(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}  # type: ignore[union-attr]
+def _forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
 async def forward(request: web.Request) -> web.Response:
@@ -94,7 +94,7 @@ def build_gateway(upstream: str, upstream_ca: str) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[UPSTREAM] = f"https://{upstream}"
 
-    async def session(app: web.Application):  # type: ignore[no-untyped-def]
+    async def session(app: web.Application) -> AsyncIterator[None]:
         context = ssl.create_default_context(cafile=upstream_ca)
         app[SESSION] = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=context, limit=0),
