@@ -47,6 +47,10 @@ class CryptoSuite(ABC):
         """The public key (uncompressed point) of a signing key; CryptoSuiteError if not this suite's."""
 
     @abstractmethod
+    def check_public_key(self, public_key: bytes) -> None:
+        """CryptoSuiteError unless `public_key` is an uncompressed point of this suite's signature curve."""
+
+    @abstractmethod
     def sign(self, private_key: bytes, message: bytes) -> bytes:
         """DER signature of `message`."""
 

@@ -62,13 +62,19 @@ class GmSuite(CryptoSuite):
     def sign(self, private_key: bytes, message: bytes) -> bytes:
         return self._private(private_key).sign(message, ts_ec.ECDSA(ts_hashes.SM3()))
 
-    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+    def check_public_key(self, public_key: bytes) -> None:
+        self._public(public_key)
+
+    def _public(self, public_key: bytes) -> ts_ec.EllipticCurvePublicKey:
         try:
-            key = ts_ec.EllipticCurvePublicKey.from_encoded_point(ts_ec.SM2(), bytes(public_key))
+            return ts_ec.EllipticCurvePublicKey.from_encoded_point(ts_ec.SM2(), bytes(public_key))
         except (ValueError, TypeError):
             raise CryptoSuiteError(
                 "gm suite: the public key is not an SM2 point (a key of another suite, or malformed)"
             ) from None
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+        key = self._public(public_key)
         try:
             key.verify(bytes(signature), message, ts_ec.ECDSA(ts_hashes.SM3()))
         except (TsInvalidSignature, TsInternalError, ValueError, TypeError):

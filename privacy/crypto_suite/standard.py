@@ -35,13 +35,19 @@ class StandardSuite(CryptoSuite):
     def sign(self, private_key: bytes, message: bytes) -> bytes:
         return self._private(private_key).sign(message, ec.ECDSA(hashes.SHA256()))
 
-    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+    def check_public_key(self, public_key: bytes) -> None:
+        self._public(public_key)
+
+    def _public(self, public_key: bytes) -> ec.EllipticCurvePublicKey:
         try:
-            key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
         except (ValueError, TypeError):
             raise CryptoSuiteError(
                 "standard suite: the public key is not a P-256 point (a key of another suite, or malformed)"
             ) from None
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+        key = self._public(public_key)
         try:
             key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError, TypeError):
