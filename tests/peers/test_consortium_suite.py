@@ -154,3 +154,92 @@ def test_cli_records_the_suite_and_refuses_an_unknown_one(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     done = fedsilo("consortium", "init", "--dir", "d", "--name", "x", "--suite", "sm9")
     assert done.returncode == 2 and "invalid choice: 'sm9'" in done.stderr
+
+
+JOB_TOML = (
+    '[job]\nid = "gm-job-1"\nhost = "bank"\nparticipants = ["bank"]\nsource = "credit-card"\nlabel = "Y"\n\n'
+    '[model]\nkind = "mlp"\nhidden = [16]\n\n[train]\nrounds = 2\n\n[dp]\nepsilon = 1.0\ndelta = 1e-5\n'
+)
+
+
+def _gm_job_consortium(tmp_path: Path, suite: str = "gm") -> tuple[Identity, Manifest]:
+    """A consortium of `suite` with the peer `bank` and the model owner `owner`; the owner's identity."""
+    init_consortium(tmp_path / "c", "bank-broker", suite)
+    for name, roles, address in (("bank", ("peer",), ADDRESS), ("owner", ("model-owner",), None)):
+        request, pub = _member(tmp_path, name, suite)
+        admit(tmp_path / "c", request, roles, address, tmp_path / name / "peer.pem", signing_key=pub)
+    for name in ("bank", "owner"):
+        _copy_public_files(tmp_path, name)
+    owner = Identity.load(tmp_path / "owner")
+    return owner, owner.manifest
+
+
+def test_a_gm_job_carries_an_sm2_signature_that_every_peer_checks(tmp_path: Path) -> None:
+    from fedsilo.peers.daemon.signed_job import job_document, sign_job, verify_envelope
+    from fedsilo.peers.errors import Refused
+
+    owner, manifest = _gm_job_consortium(tmp_path)
+    (tmp_path / "job.toml").write_text(JOB_TOML)
+    envelope = sign_job(owner, job_document(tmp_path / "job.toml", "owner"))
+    assert set(envelope) == {"job", "signature", "certificate", "suite_signature"}
+    assert verify_envelope(envelope, manifest, owner.ca_certificate).job_id == "gm-job-1"
+
+    # The ECDSA signature alone (the suite signature dropped) is refused by name.
+    stripped = {k: v for k, v in envelope.items() if k != "suite_signature"}
+    with pytest.raises(Refused, match="carries no gm-suite signature"):
+        verify_envelope(stripped, manifest, owner.ca_certificate)
+
+    # An SM2 signature by another SM2 key (a valid signature, the wrong signer) is refused.
+    gm = get_suite("gm")
+    from fedsilo.peers.identity.signing import sign_with_suite
+
+    forged = dict(envelope, suite_signature=sign_with_suite("gm", gm.generate_signing_key(), envelope["job"]))
+    with pytest.raises(Refused, match="the job: its gm-suite signature does not verify"):
+        verify_envelope(forged, manifest, owner.ca_certificate)
+
+    # The document altered after signing (both signatures copied over) is refused.
+    altered = dict(envelope, job=dict(envelope["job"], label="Z"))
+    with pytest.raises(Refused, match="does not verify"):
+        verify_envelope(altered, manifest, owner.ca_certificate)
+
+
+def test_a_standard_consortium_refuses_an_envelope_with_a_suite_signature(tmp_path: Path) -> None:
+    from fedsilo.peers.daemon.signed_job import job_document, sign_job, verify_envelope
+    from fedsilo.peers.errors import Refused
+
+    owner, manifest = _gm_job_consortium(tmp_path, "standard")
+    (tmp_path / "job.toml").write_text(JOB_TOML)
+    envelope = sign_job(owner, job_document(tmp_path / "job.toml", "owner"))
+    assert set(envelope) == {"job", "signature", "certificate"}
+    verify_envelope(envelope, manifest, owner.ca_certificate)
+    with pytest.raises(Refused, match="exactly the keys certificate, job, signature"):
+        verify_envelope(dict(envelope, suite_signature="AAAA"), manifest, owner.ca_certificate)
+
+
+def test_a_gm_model_card_carries_an_sm2_signature_that_pullers_check(tmp_path: Path) -> None:
+    from fedsilo.peers.daemon.model_store import SIGNATURE, publish, verify_artifact
+    from fedsilo.peers.identity.signing import sign_with_suite
+
+    _gm_job_consortium(tmp_path)
+    bank = Identity.load(tmp_path / "bank")
+    model = tmp_path / "weights.bin"
+    model.write_bytes(b"\x00" * 64)
+    _, directory = publish(tmp_path / "models", bank, "gm-job-1", {"weights.bin": model}, {"rounds": 2})
+    card = verify_artifact(directory, bank.manifest, bank.ca_certificate, expected_signer="bank")
+    assert card["signer"] == "bank"
+
+    path = directory / SIGNATURE
+    signature = json.loads(path.read_text())
+    original = dict(signature)
+    del signature["suite_signature"]
+    path.write_text(json.dumps(signature))
+    with pytest.raises(SignatureError, match="carries no gm-suite signature by bank"):
+        verify_artifact(directory, bank.manifest, bank.ca_certificate, expected_signer="bank")
+
+    signature["suite_signature"] = sign_with_suite("gm", get_suite("gm").generate_signing_key(), card)
+    path.write_text(json.dumps(signature))
+    with pytest.raises(SignatureError, match="the model card: its gm-suite signature does not verify"):
+        verify_artifact(directory, bank.manifest, bank.ca_certificate, expected_signer="bank")
+
+    path.write_text(json.dumps(original))
+    verify_artifact(directory, bank.manifest, bank.ca_certificate, expected_signer="bank")
