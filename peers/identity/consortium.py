@@ -240,13 +240,15 @@ class Identity:
 
         A newer version (an admission, a removal) replaces the current manifest; an older
         version (a stale copy put back) is ignored, so a removed member cannot be let in
-        again by rolling the file back.
+        again by rolling the file back. A version naming another crypto suite is ignored too:
+        the suite is chosen once, at `consortium init`.
         """
         try:
             loaded = Manifest.load(self.manifest_path, self.ca_certificate)
         except FedsiloError:
             return self.manifest
-        if loaded.consortium == self.manifest.consortium and loaded.version > self.manifest.version:
+        same = loaded.consortium == self.manifest.consortium and loaded.suite == self.manifest.suite
+        if same and loaded.version > self.manifest.version:
             self.manifest = loaded
         return self.manifest
 

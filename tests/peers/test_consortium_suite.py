@@ -243,3 +243,20 @@ def test_a_gm_model_card_carries_an_sm2_signature_that_pullers_check(tmp_path: P
 
     path.write_text(json.dumps(original))
     verify_artifact(directory, bank.manifest, bank.ca_certificate, expected_signer="bank")
+
+
+def test_a_newer_manifest_naming_another_suite_is_ignored_by_running_members(tmp_path: Path) -> None:
+    """Even signed by the CA, a version that switches gm to standard does not replace the loaded manifest."""
+    init_consortium(tmp_path / "c", "bank-broker", "gm")
+    request, pub = _member(tmp_path, "bank", "gm")
+    admit(tmp_path / "c", request, ("peer",), ADDRESS, tmp_path / "bank" / "peer.pem", signing_key=pub)
+    _copy_public_files(tmp_path, "bank")
+    identity = Identity.load(tmp_path / "bank")
+
+    def downgrade(body: dict) -> None:
+        body.update(suite="standard", version=body["version"] + 1)
+        del body["members"][0]["signing_key"]
+
+    downgraded = _resign(tmp_path, downgrade)
+    identity.manifest_path.write_bytes(downgraded.read_bytes())
+    assert identity.reload_manifest().suite == "gm" and identity.manifest.version == 2
