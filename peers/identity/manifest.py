@@ -175,8 +175,8 @@ def check_signing_key(name: str, signing_key: str, suite: str) -> None:
     """IdentityError naming member `name` unless `signing_key` (hex) is a public key of crypto suite `suite`."""
     try:
         point = bytes.fromhex(signing_key)
-    except ValueError:
-        raise IdentityError(f"member {name}: its signing key is not hex") from None
+    except (ValueError, TypeError):
+        raise IdentityError(f"member {name}: its signing key is not hex text") from None
     try:
         get_suite(suite).check_public_key(point)
     except CryptoSuiteError as exc:

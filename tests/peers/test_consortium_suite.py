@@ -108,6 +108,8 @@ def test_a_ca_signed_manifest_with_an_unknown_suite_or_a_mismatched_key_is_refus
 
     with pytest.raises(IdentityError, match="member bank: its signing key does not match the consortium's gm suite"):
         Manifest.load(_resign(tmp_path, swap_key), ca)
+    with pytest.raises(IdentityError, match="member bank: its signing key is not hex text"):
+        Manifest.load(_resign(tmp_path, lambda body: body["members"][0].update(signing_key=12)), ca)
     with pytest.raises(IdentityError, match="unknown crypto suite 'sm9'"):
         Manifest.load(_resign(tmp_path, lambda body: body.update(suite="sm9")), ca)
 
