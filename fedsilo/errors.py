@@ -26,6 +26,10 @@ class LedgerError(FedsiloError):
     """A privacy-ledger operation is invalid (unknown source or job, double commit)."""
 
 
+class CryptoSuiteError(FedsiloError):
+    """A key, signature or ciphertext does not verify or does not belong to the consortium's crypto suite."""
+
+
 class ProtocolError(FedsiloError):
     """A protocol message is malformed, out of order, replayed or unauthenticated."""
 

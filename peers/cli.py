@@ -47,6 +47,13 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
     init = commands.add_parser("init", help="create the root CA and an empty signed manifest")
     init.add_argument("--dir", required=True, type=Path, help="new directory for ca.key, ca.pem, manifest.json")
     init.add_argument("--name", required=True, help="the consortium's name (lower-case, digits, '-')")
+    init.add_argument(
+        "--suite",
+        choices=("standard", "gm"),
+        default="standard",
+        help="crypto suite recorded in the signed manifest: standard (ECDSA, X25519, AES-GCM, SHA-256) or gm "
+        "(SM2, SM3, SM4; docs/national-crypto.md). Default standard",
+    )
     init.set_defaults(handler=consortium_init)
     admit = commands.add_parser("admit", help="sign a member's certificate request and add it to the manifest")
     admit.add_argument("request", type=Path, help="the member's peer.csr (from `fedsilo peer init`)")
@@ -54,6 +61,11 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
     admit.add_argument("--roles", default="peer", help="comma-separated: peer, model-owner (default peer)")
     admit.add_argument("--address", help="https://HOST:PORT where the peer's daemon listens (needed for role peer)")
     admit.add_argument("--out", type=Path, help="where to write the certificate (default: peer.pem next to REQUEST)")
+    admit.add_argument(
+        "--signing-key",
+        type=Path,
+        help="the member's signing.pub (`fedsilo peer init --suite`); required by a gm consortium",
+    )
     admit.set_defaults(handler=consortium_admit)
     remove = commands.add_parser("remove", help="take a member out of the manifest (a new signed version)")
     remove.add_argument("name", help="the member's name")
@@ -64,9 +76,9 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
 def consortium_init(args: argparse.Namespace) -> int:
     from fedsilo.peers.identity.consortium import init_consortium
 
-    manifest = init_consortium(args.dir, args.name)
+    manifest = init_consortium(args.dir, args.name, args.suite)
     print(
-        f"consortium {manifest.consortium}: root CA {args.dir / 'ca.pem'} (key {args.dir / 'ca.key'}, mode 0600), "
+        f"consortium {manifest.consortium} ({manifest.suite} crypto suite): root CA {args.dir / 'ca.pem'} (key {args.dir / 'ca.key'}, mode 0600), "
         f"manifest {args.dir / 'manifest.json'} (version {manifest.version}, no members)"
     )
     return 0
@@ -77,7 +89,7 @@ def consortium_admit(args: argparse.Namespace) -> int:
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     out = args.out or args.request.with_name("peer.pem")
-    member = admit(args.dir, args.request, roles, args.address, out)
+    member = admit(args.dir, args.request, roles, args.address, out, signing_key=args.signing_key)
     where = f" at {member.address}" if member.address else ""
     print(
         f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
@@ -106,6 +118,11 @@ def _peer(sub: argparse._SubParsersAction) -> None:
     init = commands.add_parser("init", help="create a key (mode 0600) and a certificate request")
     init.add_argument("--name", required=True, help="the member's name (lower-case, digits, '-')")
     init.add_argument("--dir", type=Path, default=Path("identity"), help="new identity directory (default ./identity)")
+    init.add_argument(
+        "--suite",
+        choices=("standard", "gm"),
+        help="also create a signing key of this crypto suite (signing.key, signing.pub); a gm consortium needs one",
+    )
     init.set_defaults(handler=peer_init)
     start = commands.add_parser("start", help="run the peer daemon (HTTPS with mutual TLS) until interrupted")
     start.add_argument("--config", required=True, help="peer.toml (identity, state, policy, data sources)")
@@ -121,10 +138,12 @@ def _peer(sub: argparse._SubParsersAction) -> None:
 def peer_init(args: argparse.Namespace) -> int:
     from fedsilo.peers.identity.consortium import init_peer
 
-    request = init_peer(args.dir, args.name)
+    request = init_peer(args.dir, args.name, args.suite)
+    signing = f", {args.suite} signing key {args.dir / 'signing.key'} (mode 0600)" if args.suite else ""
+    also = f" with {args.dir / 'signing.pub'}" if args.suite else ""
     print(
-        f"{args.name}: key {args.dir / 'peer.key'} (mode 0600, keep it here), request {request}: "
-        "send the request to the consortium (`fedsilo consortium admit`)"
+        f"{args.name}: key {args.dir / 'peer.key'} (mode 0600, keep it here){signing}, request {request}: "
+        f"send the request{also} to the consortium (`fedsilo consortium admit`)"
     )
     return 0
 

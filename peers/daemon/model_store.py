@@ -7,7 +7,10 @@ holds the signer's name, certificate and ECDSA signature of the card's canonical
 `verify_artifact` accepts a directory only if the certificate is the consortium CA's
 and belongs to the manifest member named as signer, that member is the job's host,
 the signature verifies, and every listed file has its stated size and hash (and no
-file is missing). A tampered model file or card therefore fails verification.
+file is missing). A tampered model file or card therefore fails verification. In a gm
+consortium the signature file also holds `suite_signature`, the signer's SM2 signature of
+the same canonical JSON, checked against the key the manifest binds to the signer; a card
+without it is refused there. (Artefact hashes stay SHA-256 under both suites for now.)
 
 File names come from whoever wrote the card or serves the listing, another member:
 `check_file_name` accepts only a plain name (letters, digits, '.', '_', '-', not
@@ -35,8 +38,9 @@ from fedsilo.peers.identity.pki import (
     certificate_pem,
     check_issued_by,
 )
-from fedsilo.peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
 from fedsilo.peers.provenance import sha256_file
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 
 CARD, SIGNATURE = "model_card.json", "model_card.sig"
 MAX_FILES = 64
@@ -63,6 +67,9 @@ def publish(
     leaves a half-written version behind a valid name; on an error it is removed.
     Returns (version, directory).
     """
+    suite = identity.manifest.suite
+    if suite != DEFAULT_SUITE and identity.signing_key is None:
+        raise IdentityError(f"{identity.name} holds no {suite} signing key: the consortium must admit it with one")
     job_dir = models_dir / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     versions = [int(p.name[1:]) for p in job_dir.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
@@ -85,6 +92,8 @@ def publish(
             "certificate": certificate_pem(identity.certificate),
             "signature": sign_document(identity.key, card),
         }
+        if suite != DEFAULT_SUITE and identity.signing_key is not None:
+            signature["suite_signature"] = sign_with_suite(suite, identity.signing_key, card)
         (partial / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n")
         final = job_dir / f"v{version}"
         partial.rename(final)
@@ -138,6 +147,13 @@ def verify_card(
             "only the host the owner-signed job names may sign its model"
         )
     verify_document(cert, card, signature["signature"], "the model card")
+    if manifest.suite != DEFAULT_SUITE:
+        if "suite_signature" not in signature or member.signing_key is None:
+            raise SignatureError(
+                f"the model card carries no {manifest.suite}-suite signature by {member.name}: this consortium "
+                f"uses the {manifest.suite} crypto suite"
+            )
+        verify_with_suite(manifest.suite, member.signing_key, card, signature["suite_signature"], "the model card")
     version, artifacts = card.get("version"), card.get("artifacts")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SignatureError(f"the model card's version {version!r} is not a positive integer")

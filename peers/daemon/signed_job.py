@@ -28,6 +28,11 @@ certificate is the consortium CA's, belongs to a manifest member with the role
 'model-owner' whose name is the document's owner, the signature verifies, and the job
 has not expired (nor expires implausibly far ahead). Replays (a job id or nonce seen
 before) are refused by the daemon, which remembers both.
+
+In a consortium whose crypto suite is not `standard` (gm), the envelope also carries
+`suite_signature`: the same canonical JSON signed with the owner's suite signing key (SM2),
+checked against the key the manifest binds to the owner. A gm job without it, or with one
+that does not verify, is refused; a standard consortium refuses an envelope that has one.
 """
 
 from __future__ import annotations
@@ -50,10 +55,11 @@ from fedsilo.peers.identity.pki import (
     check_issued_by,
     check_name,
 )
-from fedsilo.peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
 from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
 from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.peers.toml_file import read_toml
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 
 SCHEMA = "fedsilo.job/1"
 MAX_VALIDITY_MINUTES = 7 * 24 * 60
@@ -144,12 +150,21 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
 
 
 def sign_job(identity: Identity, document: dict[str, Any]) -> dict[str, Any]:
-    """The envelope a model owner sends: document, signature, certificate."""
-    return {
+    """The envelope a model owner sends: document, signature, certificate (and, gm, the suite signature)."""
+    envelope = {
         "job": document,
         "signature": sign_document(identity.key, document),
         "certificate": certificate_pem(identity.certificate),
     }
+    suite = identity.manifest.suite
+    if suite != DEFAULT_SUITE:
+        if identity.signing_key is None:
+            raise IdentityError(
+                f"{identity.name} holds no {suite} signing key: the consortium must admit it with one "
+                f"(`fedsilo peer init --suite {suite}`, `consortium admit --signing-key`)"
+            )
+        envelope["suite_signature"] = sign_with_suite(suite, identity.signing_key, document)
+    return envelope
 
 
 def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
@@ -212,8 +227,14 @@ def verify_envelope(
     the expiry nor that the host and participants are still peers: what a puller needs
     to learn, from a job that finished long ago, which host must have signed its model.
     """
-    if not isinstance(envelope, dict) or set(envelope) != {"job", "signature", "certificate"}:
-        raise Refused("a signed job is a JSON object with exactly the keys job, signature, certificate")
+    keys = {"job", "signature", "certificate"} | ({"suite_signature"} if manifest.suite != DEFAULT_SUITE else set())
+    if not isinstance(envelope, dict) or set(envelope) != keys:
+        if isinstance(envelope, dict) and set(envelope) == keys - {"suite_signature"}:
+            raise Refused(
+                f"the job carries no {manifest.suite}-suite signature: this consortium uses the {manifest.suite} "
+                "crypto suite, the owner must sign with its signing key"
+            )
+        raise Refused(f"a signed job is a JSON object with exactly the keys {', '.join(sorted(keys))}")
     body = envelope["job"]
     if not isinstance(body, dict):
         raise Refused("the job document must be a JSON object")
@@ -228,6 +249,10 @@ def verify_envelope(
         if body.get("owner") != signer.name:
             raise SignatureError(f"the job names owner {body.get('owner')!r} but is signed by {signer.name}")
         verify_document(cert, body, envelope["signature"], "the job")
+        if manifest.suite != DEFAULT_SUITE:
+            if signer.signing_key is None:
+                raise SignatureError(f"{signer.name} has no {manifest.suite} signing key in the manifest")
+            verify_with_suite(manifest.suite, signer.signing_key, body, envelope["suite_signature"], "the job")
         config, header = parse_document(body)
     except FedsiloError as error:
         raise Refused(str(error), status=403 if isinstance(error, IdentityError) else 400) from None

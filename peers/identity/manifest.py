@@ -6,6 +6,13 @@ consortium's root CA key. Each member has a name, an https address (peers) or no
 certificate, its roles, and optionally the public key its Flower SuperNode
 authenticates with. Every peer loads it with the CA certificate and refuses it unless
 the signature verifies: a member added or changed by hand is not a member.
+
+The manifest also records the consortium's crypto suite (``standard`` or ``gm``, chosen at
+`fedsilo consortium init --suite`; a manifest without the field is ``standard``) and, per
+member, optionally the public key of its suite signing key (``signing_key``, hex of the
+uncompressed point). Loading refuses an unknown suite and a member key that is not a key
+of the recorded suite, naming the member. The manifest itself is still signed with the
+CA's ECDSA P-256 key under both suites (docs/national-crypto.md).
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedsilo.errors import CryptoSuiteError
 from fedsilo.peers.errors import IdentityError
 from fedsilo.peers.identity.pki import address_host, check_name
 from fedsilo.peers.identity.signing import sign_document, verify_document
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, SUITES, get_suite
 
 SCHEMA = "fedsilo.manifest/1"
 ROLES = ("peer", "model-owner")
@@ -36,6 +45,7 @@ class Member:
     roles: tuple[str, ...]
     address: str | None = None
     node_public_key: str | None = None
+    signing_key: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "member name")
@@ -53,7 +63,14 @@ class Member:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["roles"] = list(self.roles)
+        if data["signing_key"] is None:
+            del data["signing_key"]  # manifests of members without a suite key keep their earlier bytes
         return data
+
+    def check_suite(self, suite: str) -> None:
+        """IdentityError naming this member unless its signing key (if any) is a public key of `suite`."""
+        if self.signing_key is not None:
+            check_signing_key(self.name, self.signing_key, suite)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Member:
@@ -64,6 +81,7 @@ class Member:
                 roles=tuple(data["roles"]),
                 address=data.get("address"),
                 node_public_key=data.get("node_public_key"),
+                signing_key=data.get("signing_key"),
             )
         except (KeyError, TypeError) as exc:
             raise IdentityError(f"a manifest member is malformed ({exc})") from None
@@ -77,6 +95,16 @@ class Manifest:
     version: int
     members: tuple[Member, ...] = field(default=())
     issued: str = ""
+    suite: str = DEFAULT_SUITE
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise IdentityError(
+                f"consortium {self.consortium}: unknown crypto suite {self.suite!r}; this fedsilo knows "
+                f"{', '.join(SUITES)}"
+            )
+        for member in self.members:
+            member.check_suite(self.suite)
 
     def member(self, name: str) -> Member | None:
         return next((m for m in self.members if m.name == name), None)
@@ -91,7 +119,7 @@ class Manifest:
             )
         if self.by_fingerprint(member.fingerprint) is not None:
             raise IdentityError("this certificate is already admitted under another name")
-        return Manifest(self.consortium, self.version + 1, (*self.members, member), _now())
+        return Manifest(self.consortium, self.version + 1, (*self.members, member), _now(), self.suite)
 
     def without_member(self, name: str) -> Manifest:
         """The next version, without `name` (its certificate is then refused by every peer holding it)."""
@@ -100,7 +128,8 @@ class Manifest:
                 f"{name} is not a member of {self.consortium}; members: "
                 f"{', '.join(m.name for m in self.members) or 'none'}"
             )
-        return Manifest(self.consortium, self.version + 1, tuple(m for m in self.members if m.name != name), _now())
+        remaining = tuple(m for m in self.members if m.name != name)
+        return Manifest(self.consortium, self.version + 1, remaining, _now(), self.suite)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -108,6 +137,7 @@ class Manifest:
             "consortium": self.consortium,
             "version": self.version,
             "issued": self.issued,
+            "suite": self.suite,
             "members": [m.to_dict() for m in self.members],
         }
 
@@ -137,7 +167,23 @@ class Manifest:
             version=int(body["version"]),
             issued=body.get("issued", ""),
             members=tuple(Member.from_dict(m) for m in body["members"]),
+            suite=body.get("suite", DEFAULT_SUITE),
         )
+
+
+def check_signing_key(name: str, signing_key: str, suite: str) -> None:
+    """IdentityError naming member `name` unless `signing_key` (hex) is a public key of crypto suite `suite`."""
+    try:
+        point = bytes.fromhex(signing_key)
+    except (ValueError, TypeError):
+        raise IdentityError(f"member {name}: its signing key is not hex text") from None
+    try:
+        get_suite(suite).check_public_key(point)
+    except CryptoSuiteError as exc:
+        raise IdentityError(
+            f"member {name}: its signing key does not match the consortium's {suite} suite ({exc}); "
+            f"admit it with a {suite} key (`fedsilo peer init --suite {suite}`)"
+        ) from None
 
 
 def _now() -> str:

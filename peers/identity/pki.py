@@ -49,9 +49,14 @@ def new_private_key() -> ec.EllipticCurvePrivateKey:
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Write `key` as PEM to a new file with mode 0600; IdentityError if the file exists."""
-    data = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    write_secret(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write `data` to a new file with mode 0600; IdentityError if the file exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

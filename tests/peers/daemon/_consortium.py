@@ -102,17 +102,28 @@ def make_consortium(
     peers: tuple[str, ...] = ("bank-a", "bank-b", "bank-c"),
     rows: int = 400,
     extra_members: tuple[tuple[str, str], ...] = (),
+    suite: str = "standard",
 ) -> Consortium:
-    """CA, peers (role peer, with free ports), the model owner `risk-dept`, `extra_members` (name, roles)."""
-    init_consortium(root / "consortium", "test-consortium")
+    """CA, peers (role peer, with free ports), the model owner `risk-dept`, `extra_members` (name, roles).
+
+    With `suite="gm"` every member also gets an SM2 signing key, bound in the manifest."""
+    init_consortium(root / "consortium", "test-consortium", suite)
     addresses = {}
     members = [(p, "peer") for p in peers] + [(OWNER, "model-owner"), *extra_members]
     for name, roles in members:
-        request = init_peer(root / name / "identity", name)
+        request = init_peer(root / name / "identity", name, None if suite == "standard" else suite)
         address = f"https://127.0.0.1:{free_port()}" if "peer" in roles.split(",") else None
         if address:
             addresses[name] = address
-        admit(root / "consortium", request, tuple(roles.split(",")), address, request.with_name("peer.pem"))
+        signing_key = None if suite == "standard" else request.with_name("signing.pub")
+        admit(
+            root / "consortium",
+            request,
+            tuple(roles.split(",")),
+            address,
+            request.with_name("peer.pem"),
+            signing_key=signing_key,
+        )
     for name, _ in members:
         for file in ("ca.pem", "manifest.json"):
             shutil.copy(root / "consortium" / file, root / name / "identity" / file)
