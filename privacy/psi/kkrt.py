@@ -78,13 +78,23 @@ from fedsilo.privacy.psi.identifiers import canonical_forms
 from fedsilo.privacy.psi.otwire import MAX_RECORDS, Frame, FrameType, decode, encode
 from fedsilo.privacy.psi.protocol import Mode, PsiResult, _distinct, _shuffled
 
-__all__ = ["ITEM_DOMAIN", "CODE_BITS", "KkrtReceiver", "KkrtSender", "item_digests", "mask_bytes"]
+__all__ = [
+    "ITEM_DOMAIN",
+    "CODE_BITS",
+    "HELLO_BYTES",
+    "KkrtReceiver",
+    "KkrtSender",
+    "hello_items",
+    "item_digests",
+    "mask_bytes",
+]
 
 ITEM_DOMAIN = b"fedsilo/kkrt/v1"  # BLAKE2b personalization: at most 16 bytes
 CODE_BITS = 512
 _CODE = CODE_BITS // 8
 _POINT = 32
 _HELLO = struct.Struct(">32s16sQQ")
+HELLO_BYTES = _HELLO.size
 _REPLY_HEAD = struct.Struct(">16sQ")
 _MATRIX_SLICE = 8192  # bins per MATRIX frame (512 KiB)
 _MAX_ITEMS = 1 << 32
@@ -108,6 +118,13 @@ def mask_bytes(receiver_items: int, sender_items: int) -> int:
     """Width of a mask: ``max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes (see the module doc)."""
     bits = 40 + math.ceil(math.log2(receiver_items * sender_items + 1))
     return max(8, math.ceil(bits / 8))
+
+
+def hello_items(frame: Frame) -> int:
+    """The receiver's number of distinct items announced in a decoded HELLO frame (what a holder's quota counts)."""
+    if frame.type is not FrameType.HELLO or len(frame.payload) != _HELLO.size:
+        raise PsiFrameError("an OT-PSI run starts with one HELLO frame; the message was refused")
+    return int(_HELLO.unpack_from(frame.payload)[2])
 
 
 def item_digests(identifiers: Iterable[str], kind: str | None) -> np.ndarray:
