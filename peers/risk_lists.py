@@ -212,11 +212,13 @@ async def run_psi(
         raise Refused(f"{peer}'s list {name!r} allows PSI modes {', '.join(entry['psi_modes'])} only", 403)
     offered = entry.get("psi_protocols") or ["dh"]
     if protocol != "auto" and protocol not in offered:
-        raise Refused(
-            f"{peer}'s list {name!r} does not offer the PSI protocol {protocol!r} (it offers "
-            f"{', '.join(offered)}); run with --protocol auto or one it offers",
-            403,
-        )
+        # let the holder refuse it by name (its refusal is authoritative and lands in its audit log)
+        try:
+            await client.frames("POST", f"{url}/v1/lists/{name}/{'psi/ot' if protocol == 'ot' else 'psi'}", b"")
+        except PeerUnreachable:
+            await _record(client, "psi.run", peer, name, "refused", len(identifiers), None)
+            raise
+        raise Refused(f"{peer}'s list {name!r} does not offer the PSI protocol {protocol!r}", 403)
     chosen = choose_protocol(protocol, mode, offered, len(identifiers))
     await _record(client, "psi.run", peer, name, "started", len(identifiers), None)
     try:
