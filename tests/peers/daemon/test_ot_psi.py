@@ -18,7 +18,9 @@ import time
 import pytest
 
 from fedsilo.cli import main
+from fedsilo.errors import ConfigError
 from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import load_config
 from fedsilo.peers.daemon.shared_lists import MAX_OT_ITEMS
 from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.risk_lists import AUTO_OT_FROM, run_psi
@@ -307,3 +309,28 @@ def test_abandoned_sessions_are_bounded_and_expire(consortium):
     assert held == 2 and expired == 0
     assert " answered 409: no OT-PSI session of yours" in str(late)
     assert fresh.cardinality == 20 and fresh.protocol == "ot"
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ('["vole"]', "lists.dh-only.psi-protocols: 'vole' is unknown; valid choices are dh, ot"),
+        ("[]", "lists.dh-only.psi-protocols must name each protocol at most once and at least one of dh, ot"),
+        ('["ot", "ot"]', "lists.dh-only.psi-protocols must name each protocol at most once"),
+        ('"dh"', "lists.dh-only.psi-protocols"),
+    ],
+)
+def test_a_bad_psi_protocols_setting_is_refused_by_name(consortium, tmp_path, value, fragment):
+    config = consortium.config_path("broker")
+    bad = tmp_path / "peer.toml"
+    bad.write_text(
+        config.read_text()
+        .replace('psi-protocols = ["dh"]', f"psi-protocols = {value}")
+        .replace('"identity"', f'"{config.parent / "identity"}"')
+        .replace('"data.csv"', f'"{config.parent / "data.csv"}"')
+        .replace('"high-risk.csv"', f'"{config.parent / "high-risk.csv"}"')
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(bad)
+    assert fragment in str(error.value)
+    assert load_config(config).lists["high-risk"].psi_protocols == ("dh", "ot")  # the default: both
