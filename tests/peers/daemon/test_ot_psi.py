@@ -38,7 +38,7 @@ LIST_TOML = f"""
 path = "high-risk.csv"
 id-column = "client"
 kind = "client"
-psi = ["bank-a"]
+psi = ["bank-a", "bank-c"]
 psi-quota = {PSI_QUOTA}
 
 [lists.dh-only]
@@ -53,7 +53,7 @@ LIMIT = 1048576  # the daemon's default peer.max-body-bytes
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
-    consortium = make_consortium(tmp_path_factory.mktemp("otpsi"), peers=("bank-a", "broker"), rows=50)
+    consortium = make_consortium(tmp_path_factory.mktemp("otpsi"), peers=("bank-a", "broker", "bank-c"), rows=50)
     broker = consortium.root / "broker"
     (broker / "high-risk.csv").write_text("client\n" + "".join(f"{c}\n" for c in HOLDER))
     with open(consortium.config_path("broker"), "a") as handle:
@@ -334,3 +334,40 @@ def test_a_bad_psi_protocols_setting_is_refused_by_name(consortium, tmp_path, va
         load_config(bad)
     assert fragment in str(error.value)
     assert load_config(config).lists["high-risk"].psi_protocols == ("dh", "ot")  # the default: both
+
+
+def test_another_member_cannot_continue_or_end_a_session(consortium):
+    """bank-c, also allowed PSI on the list, has bank-a's session id and MATRIX frames (say, a
+    leaked log): it cannot feed the holder's session of bank-a, nor learn its MASKS, nor end it."""
+    url = consortium.addresses["broker"]
+    endpoint = f"{url}/v1/lists/high-risk/psi/ot"
+
+    async def body():
+        async with running(consortium, ["bank-a", "broker", "bank-c"]) as services:
+            lists = services["broker"].list_serving.lists
+            async with (
+                PeerClient(consortium.identity("bank-a")) as bank_a,
+                PeerClient(consortium.identity("bank-c")) as bank_c,
+            ):
+                receiver = KkrtReceiver(BANK, kind="client")
+                replies = otwire.unpack(
+                    await bank_a.frames("POST", endpoint, otwire.pack(list(receiver.request_frames())))
+                )
+                matrix = receiver.handle(replies[0])
+                stolen = []
+                for frame in matrix[:2]:
+                    with pytest.raises(PeerUnreachable) as refused:
+                        await bank_c.frames("POST", endpoint, otwire.pack([frame]))
+                    stolen.append(str(refused.value))
+                kept = lists.open_sessions
+                masks = []
+                for frame in matrix:  # bank-a's own run is unharmed
+                    masks += otwire.unpack(await bank_a.frames("POST", endpoint, otwire.pack([frame])))
+                for frame in masks:
+                    receiver.handle(frame)
+        return stolen, kept, receiver.result()
+
+    stolen, kept, result = run(body())
+    assert all(" answered 409: no OT-PSI session of yours on this list" in e for e in stolen)
+    assert kept == 1
+    assert result.cardinality == 700 and result.peer_size == 3000
