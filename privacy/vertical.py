@@ -189,7 +189,7 @@ def noisy_clipped_mean(
     out = {}
     for name, g in per_example.items():
         summed = torch.einsum("b,b...->...", scale.to(g.dtype), g)
-        if noise_multiplier > 0:
+        if noise_multiplier > 0 and source is not None:  # not None: refused above when noise is asked
             noise = source.standard_normal_(torch.empty(summed.shape, dtype=torch.float64))
             summed = summed + (noise * (noise_multiplier * SENSITIVITY_FACTOR * clip)).to(summed.dtype)
         out[name] = summed / batch
