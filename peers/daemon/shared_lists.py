@@ -323,8 +323,6 @@ class SharedLists:
                 f"an OT-PSI run here compares at most {MAX_OT_ITEMS} identifiers (asked: {items}); split your set",
                 413,
             )
-        if hello.session in self._sessions:
-            raise ProtocolError("an OT-PSI session with this id is already open; the request was refused")
         mine = sum(s.member == member for s in self._sessions.values())
         if len(self._sessions) >= self.max_sessions or mine >= self.max_sessions_per_member:
             raise Refused(
