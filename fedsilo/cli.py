@@ -15,6 +15,7 @@ after the cheap input checks, so `fedsilo --help` and a refused input answer at 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     set_process_defaults()
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except FedsiloError as error:
         print(f"fedsilo: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fedsilo psi ... | head`: the reader left early, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 1
 
 
 if __name__ == "__main__":

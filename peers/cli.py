@@ -411,6 +411,14 @@ def _risk_lists(sub: argparse._SubParsersAction) -> None:
         help="to-me: you learn the shared identifiers; both: the holder learns them too; count: you "
         "learn only how many (default to-me)",
     )
+    psi.add_argument(
+        "--protocol",
+        default="auto",
+        choices=("auto", "dh", "ot"),
+        help="dh: Diffie-Hellman PSI (one round trip); ot: OT-extension PSI (KKRT16, far less CPU from about "
+        "1,000 identifiers, not for count mode); auto: ot when the holder offers it and it is faster, else dh "
+        "(default auto)",
+    )
     psi.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
     psi.set_defaults(handler=psi_run)
     query = sub.add_parser(
@@ -441,9 +449,9 @@ def psi_run(args: argparse.Namespace) -> int:
     from fedsilo.peers.risk_lists import psi_with
 
     ids = _read_ids(args.file, args.id_column)
-    outcome = psi_with(args.identity, args.peer, ids, args.mode, args.their_list)
+    outcome = psi_with(args.identity, args.peer, ids, args.mode, args.their_list, args.protocol)
     print(
-        f"PSI ({outcome.mode}) with {outcome.peer}'s list {outcome.list_name}: {outcome.cardinality} of your "
+        f"PSI ({outcome.mode}, protocol {outcome.protocol}) with {outcome.peer}'s list {outcome.list_name}: {outcome.cardinality} of your "
         f"{outcome.own_size} distinct identifiers are on it (it holds {outcome.peer_size})"
     )
     for identifier in outcome.shared or []:

@@ -3,7 +3,7 @@
 Python API (what `fedsilo psi` and `fedsilo query` call)::
 
     from fedsilo.peers.risk_lists import psi_with, query_at
-    outcome = psi_with(Path("bank-a/identity"), "broker", ["lei:…", …], mode="to-me")
+    outcome = psi_with(Path("bank-a/identity"), "broker", ["lei:…", …], mode="to-me", protocol="auto")
     outcome.shared            # your identifiers on the broker's list (None in count mode)
     labels = query_at(Path("lender/identity"), "broker", "large-purchases", ["c-1001"])
     labels["c-1001"]          # the label, or None: not on the list
@@ -14,6 +14,13 @@ run in its own peer's audit log (`POST /v1/psi-log` to its own daemon, with coun
 only) before anything is sent — so the own daemon must be running — and again
 with the outcome. The identifiers' kind (their canonical form) is the one the
 holder's list declares (`GET /v1/lists`).
+
+Protocols (`protocol=`): `dh` (DH-PSI, one request, `POST .../psi`), `ot` (OT-extension
+PSI, KKRT16: a HELLO request, then the MATRIX frames in requests of at most
+`OT_BODY_BYTES`, then in `both` mode the FOUND frames, `POST .../psi/ot`), or `auto`:
+`ot` when the holder offers it, the mode is not `count` and this side has at least
+`AUTO_OT_FROM` identifiers, else `dh` (the crossover measured in docs/psi-protocols.md).
+A holder that lists no protocols (an older daemon) offers `dh` only.
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.pki import check_name
-from fedsilo.privacy.psi import Mode, PsiReceiver, Querier
+from fedsilo.privacy.psi import KkrtReceiver, Mode, PsiReceiver, PsiResult, Querier, otwire
 from fedsilo.privacy.psi.wire import MAX_BATCH, split
 
 MODES = {"to-me": Mode.TO_RECEIVER, "both": Mode.TO_BOTH, "count": Mode.CARDINALITY}
+PROTOCOLS = ("auto", "dh", "ot")
+AUTO_OT_FROM = 1000  # identifiers on this side from which `auto` picks the OT protocol
+OT_BODY_BYTES = 1 << 20  # an OT-PSI request body: the default peer.max-body-bytes
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class PsiOutcome:
     peer: str
     list_name: str
     mode: str
+    protocol: str
     own_size: int
     peer_size: int
     cardinality: int
@@ -109,12 +120,87 @@ async def _record(
         ) from None
 
 
+def choose_protocol(protocol: str, mode: str, offered: Sequence[str], own_size: int) -> str:
+    """The protocol to run: `protocol` if the holder offers it, or `auto`'s pick (module docstring)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"PSI protocol {protocol!r} is unknown: use one of {', '.join(PROTOCOLS)}")
+    if protocol == "auto":
+        if "ot" in offered and mode != "count" and (own_size >= AUTO_OT_FROM or "dh" not in offered):
+            return "ot"
+        if "dh" in offered:
+            return "dh"
+        raise Refused(f"the list offers PSI protocols {', '.join(offered)} only, none for mode {mode}", 403)
+    if protocol == "ot" and mode == "count":
+        raise ConfigError("the PSI protocol 'ot' cannot give a count only: use --protocol dh or auto for count mode")
+    return protocol
+
+
+async def _dh(
+    client: PeerClient, url: str, name: str, identifiers: Sequence[str], kind: str | None, mode: str
+) -> PsiResult:
+    receiver = PsiReceiver(identifiers, kind=kind, mode=MODES[mode])
+    request = b"".join(await asyncio.to_thread(lambda: list(receiver.request_frames())))
+    reply = await client.frames("POST", f"{url}/v1/lists/{name}/psi", request)
+
+    def finish() -> bytes:
+        back: list[bytes] = []
+        for frame in split(reply):
+            back += receiver.handle(frame)
+        return b"".join(back)
+
+    confirm = await asyncio.to_thread(finish)
+    if confirm:
+        await client.frames("POST", f"{url}/v1/lists/{name}/psi/confirm", confirm)
+    return receiver.result()
+
+
+def _bodies(frames: list[bytes]) -> list[bytes]:
+    """Frames grouped into request bodies of at most OT_BODY_BYTES (a frame alone if larger)."""
+    bodies: list[list[bytes]] = [[]]
+    size = 0
+    for frame in frames:
+        if bodies[-1] and size + 4 + len(frame) > OT_BODY_BYTES:
+            bodies.append([])
+            size = 0
+        bodies[-1].append(frame)
+        size += 4 + len(frame)
+    return [otwire.pack(group) for group in bodies if group]
+
+
+async def _ot(
+    client: PeerClient, url: str, name: str, identifiers: Sequence[str], kind: str | None, mode: str
+) -> PsiResult:
+    receiver = KkrtReceiver(identifiers, kind=kind, mode=MODES[mode])
+    endpoint = f"{url}/v1/lists/{name}/psi/ot"
+
+    def handle(replies: list[bytes]) -> list[bytes]:
+        back: list[bytes] = []
+        for frame in replies:
+            back += receiver.handle(frame)
+        return back
+
+    outgoing = await asyncio.to_thread(lambda: list(receiver.request_frames()))
+    while outgoing:  # HELLO -> REPLY; MATRIX... -> MASKS; FOUND... (both-sides mode) -> nothing
+        replies: list[bytes] = []
+        for body in _bodies(outgoing):
+            replies += otwire.unpack(await client.frames("POST", endpoint, body))
+        outgoing = await asyncio.to_thread(handle, replies)
+    return receiver.result()
+
+
 async def run_psi(
-    client: PeerClient, peer: str, identifiers: Sequence[str], mode: str = "to-me", list_name: str | None = None
+    client: PeerClient,
+    peer: str,
+    identifiers: Sequence[str],
+    mode: str = "to-me",
+    list_name: str | None = None,
+    protocol: str = "auto",
 ) -> PsiOutcome:
     """PSI of `identifiers` with `peer`'s list (see the module docstring)."""
     if mode not in MODES:
         raise ConfigError(f"PSI mode {mode!r} is unknown: use one of {', '.join(MODES)}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"PSI protocol {protocol!r} is unknown: use one of {', '.join(PROTOCOLS)}")
     url = peer_url(client.identity, peer)
     try:
         entry = await _pick(client, url, list_name, "psi")
@@ -124,28 +210,26 @@ async def run_psi(
     name, kind = entry["name"], None if entry["kind"] == "typed" else entry["kind"]
     if mode not in entry["psi_modes"]:
         raise Refused(f"{peer}'s list {name!r} allows PSI modes {', '.join(entry['psi_modes'])} only", 403)
-    receiver = PsiReceiver(identifiers, kind=kind, mode=MODES[mode])
-    request = b"".join(await asyncio.to_thread(lambda: list(receiver.request_frames())))
+    offered = entry.get("psi_protocols") or ["dh"]
+    if protocol != "auto" and protocol not in offered:
+        # let the holder refuse it by name (its refusal is authoritative and lands in its audit log)
+        try:
+            await client.frames("POST", f"{url}/v1/lists/{name}/{'psi/ot' if protocol == 'ot' else 'psi'}", b"")
+        except PeerUnreachable:
+            await _record(client, "psi.run", peer, name, "refused", len(identifiers), None)
+            raise
+        raise Refused(f"{peer}'s list {name!r} does not offer the PSI protocol {protocol!r}", 403)
+    chosen = choose_protocol(protocol, mode, offered, len(identifiers))
     await _record(client, "psi.run", peer, name, "started", len(identifiers), None)
     try:
-        reply = await client.frames("POST", f"{url}/v1/lists/{name}/psi", request)
-
-        def finish() -> bytes:
-            back: list[bytes] = []
-            for frame in split(reply):
-                back += receiver.handle(frame)
-            return b"".join(back)
-
-        confirm = await asyncio.to_thread(finish)
-        if confirm:
-            await client.frames("POST", f"{url}/v1/lists/{name}/psi/confirm", confirm)
+        run = _ot if chosen == "ot" else _dh
+        result = await run(client, url, name, identifiers, kind, mode)
     except PeerUnreachable:
         await _record(client, "psi.run", peer, name, "refused", len(identifiers), None)
         raise
-    result = receiver.result()
     await _record(client, "psi.run", peer, name, "ok", result.own_size, result.cardinality)
     shared = None if result.positions is None else [identifiers[int(p)] for p in result.positions]
-    return PsiOutcome(peer, name, mode, result.own_size, result.peer_size, int(result.cardinality or 0), shared)
+    return PsiOutcome(peer, name, mode, chosen, result.own_size, result.peer_size, int(result.cardinality or 0), shared)
 
 
 async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: Sequence[str]) -> dict[str, str | None]:
@@ -176,13 +260,18 @@ async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: 
 
 
 def psi_with(
-    identity_dir: Path, peer: str, identifiers: Sequence[str], mode: str = "to-me", list_name: str | None = None
+    identity_dir: Path,
+    peer: str,
+    identifiers: Sequence[str],
+    mode: str = "to-me",
+    list_name: str | None = None,
+    protocol: str = "auto",
 ) -> PsiOutcome:
     """Blocking `run_psi` as the member whose identity is in `identity_dir`."""
 
     async def main() -> PsiOutcome:
         async with PeerClient(Identity.load(identity_dir), timeout=600) as client:
-            return await run_psi(client, peer, identifiers, mode, list_name)
+            return await run_psi(client, peer, identifiers, mode, list_name, protocol)
 
     return asyncio.run(main())
 

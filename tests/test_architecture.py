@@ -99,3 +99,21 @@ def test_importing_a_layer_changes_no_environment_variable():
     )
     env = {key: value for key, value in __import__("os").environ.items() if key != "FLWR_TELEMETRY_ENABLED"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT.parent)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`fedsilo psi ... | head`: a closed stdout ends the command quietly, with no traceback."""
+    import os
+
+    code = (
+        "import sys\n"
+        "from fedsilo.simulations import simulate_cli\n"
+        "simulate_cli.run_simulate = lambda args: print('x' * 100, file=sys.stdout, flush=True) or 0\n"
+        "from fedsilo.cli import main\n"
+        "sys.exit(main(['simulate']))\n"
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    done = subprocess.run([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert "Traceback" not in done.stderr and done.returncode == 1, done.stderr

@@ -330,6 +330,10 @@ async def psi_run(request: web.Request) -> web.Response:
     return await _serve_list(request, "psi.answer", "psi")
 
 
+async def psi_ot(request: web.Request) -> web.Response:
+    return await _serve_list(request, "psi.answer", "ot")
+
+
 async def psi_confirm(request: web.Request) -> web.Response:
     return await _serve_list(request, "psi.confirm", "confirm")
 
@@ -368,6 +372,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/lists", lists),
     ("POST", "/v1/lists/{name}/psi", psi_run),
     ("POST", "/v1/lists/{name}/psi/confirm", psi_confirm),
+    ("POST", "/v1/lists/{name}/psi/ot", psi_ot),
     ("GET", "/v1/lists/{name}/table", query_table),
     ("POST", "/v1/lists/{name}/query", query_answer),
     ("POST", "/v1/psi-log", record_own),

@@ -89,6 +89,7 @@ class DataSource:
 
 
 PSI_MODES = ("to-me", "both", "count")
+PSI_PROTOCOLS = ("dh", "ot")  # DH-PSI (privacy/psi/protocol.py), OT-extension PSI (privacy/psi/kkrt.py)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class SharedList:
     kind: str | None = "id"  # None: each identifier carries its own KIND: prefix
     psi: tuple[str, ...] = ()
     psi_modes: tuple[str, ...] = PSI_MODES
+    psi_protocols: tuple[str, ...] = PSI_PROTOCOLS
     queriers: tuple[tuple[str, int], ...] = ()  # (member, identifiers per window)
     quota_window: float = 86400.0
     label_width: int = 32
@@ -141,6 +143,7 @@ _LIST_KEYS = {
     "kind",
     "psi",
     "psi-modes",
+    "psi-protocols",
     "queriers",
     "quota-window",
     "label-width",
@@ -255,6 +258,12 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
             canonical("x", kind)  # refuses a malformed kind with the valid form
         psi = tuple(check_name(n, f"{where}.psi entry") for n in _names(entry, "psi", where, None, ()))
         modes = _names(entry, "psi-modes", where, PSI_MODES, PSI_MODES)
+        protocols = _names(entry, "psi-protocols", where, PSI_PROTOCOLS, PSI_PROTOCOLS)
+        if not protocols or len(set(protocols)) != len(protocols):
+            raise ConfigError(
+                f"{where}.psi-protocols must name each protocol at most once and at least one "
+                f"of {', '.join(PSI_PROTOCOLS)} (got {list(protocols)!r})"
+            )
         quotas = _typed(entry, "queriers", dict, where, {})
         for member, limit in quotas.items():
             check_name(member, f"{where}.queriers entry")
@@ -292,6 +301,7 @@ def _lists(table: dict[str, Any], base: Path) -> dict[str, SharedList]:
             kind=None if kind == "typed" else kind,
             psi=psi,
             psi_modes=modes,
+            psi_protocols=protocols,
             queriers=tuple(sorted(quotas.items())),
             quota_window=window,
             label_width=width,

@@ -147,6 +147,14 @@ def spec() -> dict[str, Any]:
                     "CONFIRM frames then CONFIRM_END",
                 )
             },
+            "/v1/lists/{name}/psi/ot": {
+                "post": _frames_op(
+                    "OT-extension PSI (KKRT16), one step of a session: HELLO opens it (answered with REPLY), "
+                    "MATRIX frames continue it (MASKS after MATRIX_END), FOUND frames end a both-sides run; "
+                    "frames length-prefixed (privacy/psi/otwire.py pack); 409: no such session, 503: too many open",
+                    "OT-PSI frames of one session, each after its 4-byte length",
+                )
+            },
             "/v1/lists/{name}/table": {
                 "get": _frames_op("the list's encrypted query table of the current key epoch", None)
             },

@@ -22,6 +22,15 @@ list file on this machine for each run. Contracts:
   list by running PSI with candidate sets again and again.
 * In `both` mode the holder learns the intersection too: it is written to
   `state/psi/results/` (a CSV of its own identifiers) for the peer's operator.
+* Protocols: a list offers the DH protocol (`psi`, one round trip) and/or the OT-extension
+  one (`ot`, KKRT16, `fedsilo.privacy.psi.kkrt`), as its `psi-protocols` say; a request in a
+  protocol the list does not offer is refused (403) naming it. An OT run takes several
+  requests (HELLO; the MATRIX frames, in as many requests as the body limit needs; in `both`
+  mode the FOUND frames), tied by the 16-byte session id of the frames' header. A session
+  lives in memory only: at most `max_sessions` at once (`max_sessions_per_member` each),
+  dropped `session_seconds` after its last request, and at once on any malformed frame
+  (the run is aborted; the caller starts again). The HELLO is audited and counted against
+  `psi-quota` (its announced number of identifiers, at most `MAX_OT_ITEMS`).
 
 The methods are blocking (group operations, file reads): the service runs them in a
 thread, inside its actor, so quota, epoch and audit changes never interleave. The group
@@ -40,14 +49,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo.errors import DataError, ProtocolError, QuotaExceeded, StaleEpoch
+from fedsilo.errors import DataError, FedsiloError, ProtocolError, QuotaExceeded, StaleEpoch
 from fedsilo.peers.daemon.config import SharedList
 from fedsilo.peers.errors import Refused
-from fedsilo.privacy.psi import ListHolder, Mode, PsiSender, QueryQuota, SQLiteQuota, Workers
+from fedsilo.privacy.psi import (
+    KkrtSender,
+    ListHolder,
+    Mode,
+    PsiResult,
+    PsiSender,
+    QueryQuota,
+    SQLiteQuota,
+    Workers,
+    otwire,
+)
+from fedsilo.privacy.psi.kkrt import HELLO_BYTES, hello_items
 from fedsilo.privacy.psi.wire import FrameType, decode, split
 
 MODE_NAMES = {Mode.TO_RECEIVER: "to-me", Mode.TO_BOTH: "both", Mode.CARDINALITY: "count"}
 PENDING_SECONDS = 600.0
+OT_SESSION_SECONDS = 120.0  # an OT-PSI session is dropped this long after its last request
+OT_MAX_SESSIONS = 8  # OT-PSI sessions held at once, all members
+OT_MAX_SESSIONS_PER_MEMBER = 2
+MAX_OT_ITEMS = 10_000_000  # identifiers a receiver may announce in one OT-PSI run (bounds a session's memory)
 
 
 def read_column(path: Path, column: str) -> Iterator[str]:
@@ -98,12 +122,28 @@ class _Pending:
     started: float
 
 
+@dataclass
+class _OtSession:
+    """An OT-PSI run between its requests (see the module docstring)."""
+
+    sender: KkrtSender
+    member: str
+    list_name: str
+    mode: Mode
+    last: float
+
+
 @dataclass(frozen=True)
 class Served:
-    """A reply body and the audit detail of the request it answers (counts only)."""
+    """A reply body and the audit detail of the request it answers (counts only).
+
+    `detail` None: a middle step of a run, not audited (its start and end are);
+    `action`: the audited action when it is not the route's own.
+    """
 
     body: bytes
-    detail: str
+    detail: str | None
+    action: str | None = None
 
 
 class SharedLists:
@@ -117,6 +157,10 @@ class SharedLists:
         self._quotas: dict[str, _PerQuerier] = {}
         self._psi_quotas: dict[str, _PerQuerier] = {}
         self._pending: dict[bytes, _Pending] = {}
+        self._sessions: dict[bytes, _OtSession] = {}
+        self.max_sessions = OT_MAX_SESSIONS
+        self.max_sessions_per_member = OT_MAX_SESSIONS_PER_MEMBER
+        self.session_seconds = OT_SESSION_SECONDS
 
     def close(self) -> None:
         for quota in [*self._quotas.values(), *self._psi_quotas.values()]:
@@ -139,6 +183,7 @@ class SharedLists:
                     "name": shared.name,
                     "kind": shared.kind or "typed",
                     "psi_modes": list(shared.psi_modes) if member in shared.psi else [],
+                    "psi_protocols": list(shared.psi_protocols) if member in shared.psi else [],
                     "psi_quota": shared.psi_quota if member in shared.psi else None,
                     "psi_left": psi_left,
                     "query_quota": quota,
@@ -162,6 +207,7 @@ class SharedLists:
     def psi(self, member: str, name: str, body: bytes) -> Served:
         """Answer a receiver's BLINDED frames with EVALUATED and SET frames."""
         shared = self._allowed(member, name, "psi")
+        _offers(shared, "dh")
         frames = split(body)
         if not frames:
             raise ProtocolError("the PSI request carries no frame")
@@ -205,17 +251,106 @@ class SharedLists:
         for frame in frames:
             pending.sender.handle(frame)
         result = pending.sender.result()
-        wanted = set(int(p) for p in result.positions)
+        out = self._write_result(shared, member, result)
+        return Served(b"", f"PSI mode both: {result.cardinality} identifiers shared, written to {out.name}")
+
+    def _write_result(self, shared: SharedList, member: str, result: PsiResult) -> Path:
+        """Write the holder's side of a both-sides PSI (its own identifiers) to `state/psi/results`."""
+        wanted = set(int(p) for p in (result.positions if result.positions is not None else ()))
         shared_ids = [v for i, v in enumerate(read_column(shared.path, shared.id_column)) if i in wanted]
         results = self.directory / "results"
         results.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        out = results / f"{stamp}-{name}-{member}.csv"
+        out = results / f"{stamp}-{shared.name}-{member}.csv"
         with open(out, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow([shared.id_column])
             writer.writerows([v] for v in shared_ids)
-        return Served(b"", f"PSI mode both: {result.cardinality} identifiers shared, written to {out.name}")
+        return out
+
+    # -- OT-extension PSI ---------------------------------------------------------------
+    def ot(self, member: str, name: str, body: bytes) -> Served:
+        """One request of an OT-PSI run: a HELLO opens a session, later frames continue it."""
+        shared = self._allowed(member, name, "psi")
+        _offers(shared, "ot")
+        frames = otwire.unpack(body)
+        if not frames:
+            raise ProtocolError("the OT-PSI request carries no frame")
+        self._expire_sessions()
+        first = frames[0]
+        session = bytes(first[8:24]) if len(first) >= otwire.HEADER else b""
+        current = self._sessions.get(session)
+        if current is None:
+            if first[:4] == otwire.MAGIC and first[5] != otwire.FrameType.HELLO:
+                raise Refused(_NO_SESSION.format(seconds=self.session_seconds), 409)
+            return self._open(shared, member, frames)
+        if current.member != member or current.list_name != name:
+            raise Refused(_NO_SESSION.format(seconds=self.session_seconds), 409)
+        replies: list[bytes] = []
+        try:
+            for frame in frames:
+                replies += current.sender.handle(frame)
+        except FedsiloError:
+            del self._sessions[session]  # a malformed frame aborts the run: nothing of it stays
+            raise
+        current.last = time.monotonic()
+        if not current.sender.done:
+            return Served(otwire.pack(replies), None)
+        del self._sessions[session]
+        result = current.sender.result()
+        if current.mode is not Mode.TO_BOTH:
+            return Served(otwire.pack(replies), None)
+        out = self._write_result(shared, member, result)
+        return Served(
+            b"",
+            f"PSI mode both (protocol ot): {result.cardinality} identifiers shared, written to {out.name}",
+            "psi.confirm",
+        )
+
+    def _open(self, shared: SharedList, member: str, frames: list[bytes]) -> Served:
+        """A HELLO: check mode, size, room and quota; answer with the REPLY and keep the session."""
+        hello = otwire.decode(frames[0], {otwire.FrameType.HELLO: HELLO_BYTES})
+        if len(frames) != 1:
+            raise ProtocolError("an OT-PSI run starts with a request of one HELLO frame")
+        mode = Mode(hello.mode) if hello.mode in {m.value for m in Mode} else None
+        if mode is None or MODE_NAMES[mode] not in shared.psi_modes:
+            raise Refused(f"list {shared.name!r} allows PSI modes {', '.join(shared.psi_modes)} only", 403)
+        if mode is Mode.CARDINALITY:
+            raise Refused("the PSI protocol 'ot' cannot give a count only: run count mode with --protocol dh", 403)
+        items = hello_items(hello)
+        if items > MAX_OT_ITEMS:
+            raise Refused(
+                f"an OT-PSI run here compares at most {MAX_OT_ITEMS} identifiers (asked: {items}); split your set",
+                413,
+            )
+        mine = sum(s.member == member for s in self._sessions.values())
+        if len(self._sessions) >= self.max_sessions or mine >= self.max_sessions_per_member:
+            raise Refused(
+                f"{len(self._sessions)} OT-PSI sessions are open here ({mine} of yours; at most "
+                f"{self.max_sessions}, {self.max_sessions_per_member} per member); retry within "
+                f"{self.session_seconds:g} s, when idle ones expire",
+                503,
+            )
+        sender = KkrtSender(read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode)
+        replies = sender.handle(frames[0])  # checks the HELLO whole before anything is counted or kept
+        if shared.psi_quota is not None and items:
+            try:
+                self._psi_quota(shared).consume(member, items)
+            except QuotaExceeded as error:
+                raise Refused(f"PSI on list {shared.name!r}: {error}", 429) from None
+        self._sessions[hello.session] = _OtSession(sender, member, shared.name, mode, time.monotonic())
+        return Served(otwire.pack(replies), f"PSI mode {MODE_NAMES[mode]} (protocol ot): {items} identifiers asked")
+
+    def _expire_sessions(self) -> None:
+        now = time.monotonic()
+        for session in [s for s, o in self._sessions.items() if now - o.last > self.session_seconds]:
+            del self._sessions[session]
+
+    @property
+    def open_sessions(self) -> int:
+        """OT-PSI sessions held now (expired ones dropped first)."""
+        self._expire_sessions()
+        return len(self._sessions)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -284,6 +419,22 @@ class SharedLists:
             os.replace(temporary, epoch_file)
             current = self._epochs[shared.name] = _Epoch(holder, table.to_bytes(), time.monotonic(), stamp)
         return current.holder, current.table
+
+
+_NO_SESSION = (
+    "no OT-PSI session of yours on this list has this id (sessions expire {seconds:g} s after their last "
+    "request, and end on a malformed frame); start the run again with a HELLO"
+)
+
+
+def _offers(shared: SharedList, protocol: str) -> None:
+    """Refuse (403), naming it, a PSI protocol the list does not offer."""
+    if protocol not in shared.psi_protocols:
+        raise Refused(
+            f"list {shared.name!r} does not offer the PSI protocol {protocol!r} (it offers "
+            f"{', '.join(shared.psi_protocols)}); run with --protocol auto or one it offers",
+            403,
+        )
 
 
 @dataclass(frozen=True)

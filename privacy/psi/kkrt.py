@@ -68,6 +68,7 @@ import math
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -77,23 +78,53 @@ from fedsilo.privacy.psi.identifiers import canonical_forms
 from fedsilo.privacy.psi.otwire import MAX_RECORDS, Frame, FrameType, decode, encode
 from fedsilo.privacy.psi.protocol import Mode, PsiResult, _distinct, _shuffled
 
-__all__ = ["ITEM_DOMAIN", "CODE_BITS", "KkrtReceiver", "KkrtSender", "item_digests", "mask_bytes"]
+__all__ = [
+    "ITEM_DOMAIN",
+    "CODE_BITS",
+    "HELLO_BYTES",
+    "KkrtReceiver",
+    "KkrtSender",
+    "hello_items",
+    "item_digests",
+    "mask_bytes",
+]
 
 ITEM_DOMAIN = b"fedsilo/kkrt/v1"  # BLAKE2b personalization: at most 16 bytes
 CODE_BITS = 512
 _CODE = CODE_BITS // 8
 _POINT = 32
 _HELLO = struct.Struct(">32s16sQQ")
+HELLO_BYTES = _HELLO.size
 _REPLY_HEAD = struct.Struct(">16sQ")
 _MATRIX_SLICE = 8192  # bins per MATRIX frame (512 KiB)
 _MAX_ITEMS = 1 << 32
 _RETRIES = 8
+
+T = TypeVar("T")
+
+
+def _ready(value: T | None) -> T:
+    """A part of a side's state its protocol has set by now (its set, the peer's size, ...).
+
+    ``handle`` checks the order of frames, so a frame only reaches the code that reads a part
+    after the frame that sets it; :class:`PsiFrameError` if that ever fails, never a None used.
+    """
+    if value is None:
+        raise PsiFrameError("an OT-PSI frame arrived before the state it needs; the run was aborted")
+    return value
 
 
 def mask_bytes(receiver_items: int, sender_items: int) -> int:
     """Width of a mask: ``max(8, ceil((40 + log2(|X| |Y|)) / 8))`` bytes (see the module doc)."""
     bits = 40 + math.ceil(math.log2(receiver_items * sender_items + 1))
     return max(8, math.ceil(bits / 8))
+
+
+def hello_items(frame: Frame) -> int:
+    """The receiver's number of distinct items announced in a decoded HELLO frame (what a holder's quota counts)."""
+    if frame.type is not FrameType.HELLO or len(frame.payload) != _HELLO.size:
+        raise PsiFrameError("an OT-PSI run starts with one HELLO frame; the message was refused")
+    return int(_HELLO.unpack_from(frame.payload)[2])
 
 
 def item_digests(identifiers: Iterable[str], kind: str | None) -> np.ndarray:
@@ -163,12 +194,14 @@ class _Side:
         self._seq = 0
         self._records = 0
 
-    def _hash_own(self) -> None:
+    def _hash_own(self) -> np.ndarray:
+        """This side's distinct item digests, hashed on the first call."""
         if self._own is None:
             self._own, self._first = _distinct(item_digests(self._identifiers, self._kind))
             self._identifiers = ()
             if len(self._own) >= _MAX_ITEMS:
                 raise PsiError(f"a PSI set holds at most {_MAX_ITEMS - 1} distinct identifiers")
+        return self._own
 
     def _decode(self, data: bytes, widths: dict[FrameType, int]) -> Frame:
         if self.done:
@@ -205,9 +238,9 @@ class _Side:
         seq = 0
         for start in range(0, len(rows), MAX_RECORDS):
             part = rows[start : start + MAX_RECORDS]
-            yield encode(type_, self.mode, self.session, seq, len(part), part.tobytes())
+            yield encode(type_, self.mode, _ready(self.session), seq, len(part), part.tobytes())
             seq += 1
-        yield encode(end, self.mode, self.session, seq, len(rows))
+        yield encode(end, self.mode, _ready(self.session), seq, len(rows))
 
     @property
     def done(self) -> bool:
@@ -230,8 +263,9 @@ class KkrtReceiver(_Side):
 
     def __init__(self, identifiers: Iterable[str], *, kind: str | None = "id", mode: Mode = Mode.TO_RECEIVER) -> None:
         super().__init__(identifiers, kind, mode)
-        self.session = os.urandom(16)
+        self.session = self._id = os.urandom(16)
         self._ot: ot.OtSender | None = None
+        self._table: tuple[np.ndarray, np.ndarray] | None = None
         self._outputs: np.ndarray | None = None  # H(t_j) of the occupied bins, bin order
         self._items: np.ndarray | None = None  # the item in each occupied bin
         self._functions: np.ndarray | None = None  # the hash function that put it there
@@ -242,19 +276,19 @@ class KkrtReceiver(_Side):
         """Hash and place this side's identifiers; yield the HELLO frame."""
         if self._ot is not None:
             raise PsiError("this PSI receiver already sent its request")
-        self._hash_own()
-        self._bins = cuckoo.bins_for(len(self._own))
+        own = self._hash_own()
+        self._bins = cuckoo.bins_for(len(own))
         for _ in range(_RETRIES):
             self._bin_key = os.urandom(16)
-            table = cuckoo.place(cuckoo.bin_indices(self._bin_key, self._own, self._bins), self._bins)
+            table = cuckoo.place(cuckoo.bin_indices(self._bin_key, own, self._bins), self._bins)
             if table is not None:
                 break
         else:
             raise PsiError(f"the cuckoo table did not settle in {_RETRIES} tries; this should not happen, report it")
         self._table = table
         self._ot = ot.OtSender()
-        hello = _HELLO.pack(self._ot.first, self._bin_key, len(self._own), self._bins)
-        yield encode(FrameType.HELLO, self.mode, self.session, 0, 1, hello)
+        hello = _HELLO.pack(self._ot.first, self._bin_key, len(own), self._bins)
+        yield encode(FrameType.HELLO, self.mode, self._id, 0, 1, hello)
 
     def handle(self, data: bytes) -> list[bytes]:
         """Consume one frame from the sender; return the frames to send it (maybe none)."""
@@ -265,25 +299,27 @@ class KkrtReceiver(_Side):
             if frame.count != 1:
                 raise PsiFrameError("an OT-PSI REPLY carries one record")
             return list(self._extend(frame.payload))
-        width = mask_bytes(len(self._own), self._peer_size)
+        peer_size = self._peer_size
+        width = mask_bytes(len(_ready(self._own)), peer_size)
         frame = self._decode(data, {FrameType.MASKS: width, FrameType.MASKS_END: 0})
-        if not self._stream(frame, FrameType.MASKS_END, cuckoo.HASHES * self._peer_size):
+        if not self._stream(frame, FrameType.MASKS_END, cuckoo.HASHES * peer_size):
             self._masks.append(np.frombuffer(frame.payload, dtype=np.uint8).reshape(-1, width))
             return []
         masks = np.concatenate(self._masks) if self._masks else np.empty((0, width), np.uint8)
         self._masks = []
-        return self._finish(masks.reshape(cuckoo.HASHES, self._peer_size, width))
+        return self._finish(masks.reshape(cuckoo.HASHES, peer_size, width))
 
     def _extend(self, payload: memoryview) -> Iterator[bytes]:
         code_key, peer_size = _REPLY_HEAD.unpack_from(payload)
         if peer_size >= _MAX_ITEMS:
             raise PsiFrameError(f"the sender announces {peer_size} items, more than a PSI set holds")
         points = bytes(payload[_REPLY_HEAD.size :])
-        zero, one = self._ot.seeds([points[at : at + _POINT] for at in range(0, len(points), _POINT)])
-        occupant, function = self._table
+        own = _ready(self._own)
+        zero, one = _ready(self._ot).seeds([points[at : at + _POINT] for at in range(0, len(points), _POINT)])
+        occupant, function = _ready(self._table)
         used = occupant >= 0
         rows = np.empty((self._bins, _CODE), dtype=np.uint8)
-        rows[used] = _codewords(code_key, self._own[occupant[used]], function[used])
+        rows[used] = _codewords(code_key, own[occupant[used]], function[used])
         rows[~used] = np.frombuffer(os.urandom(int((~used).sum()) * _CODE), dtype=np.uint8).reshape(-1, _CODE)
         columns = ot.transpose(rows)  # (k, m / 8): column i of the codewords
         width = self._bins // 8
@@ -291,7 +327,7 @@ class KkrtReceiver(_Side):
         columns ^= t
         for i, seed in enumerate(one):
             columns[i] ^= ot.prg(seed, width)
-        width_out = mask_bytes(len(self._own), peer_size)
+        width_out = mask_bytes(len(own), peer_size)
         self._outputs = _oprf(ot.transpose(t)[used], width_out)
         self._items, self._functions = occupant[used], function[used]
         self._peer_size = int(peer_size)
@@ -299,21 +335,23 @@ class KkrtReceiver(_Side):
         seq = 0
         for start in range(0, self._bins, _MATRIX_SLICE):
             part = columns[:, start // 8 : (start + _MATRIX_SLICE) // 8]
-            yield encode(FrameType.MATRIX, self.mode, self.session, seq, part.shape[1] * 8, part.tobytes())
+            yield encode(FrameType.MATRIX, self.mode, self._id, seq, part.shape[1] * 8, part.tobytes())
             seq += 1
-        yield encode(FrameType.MATRIX_END, self.mode, self.session, seq, self._bins)
+        yield encode(FrameType.MATRIX_END, self.mode, self._id, seq, self._bins)
 
     def _finish(self, masks: np.ndarray) -> list[bytes]:
-        match = np.full(len(self._items), -1, dtype=np.int64)
+        items, functions, outputs = _ready(self._items), _ready(self._functions), _ready(self._outputs)
+        peer_size = _ready(self._peer_size)
+        match = np.full(len(items), -1, dtype=np.int64)
         for i in range(cuckoo.HASHES):
-            mine = self._functions == i
-            at = _find(self._outputs[mine], masks[i])
-            match[mine] = np.where(at >= 0, at + i * self._peer_size, -1)
+            mine = functions == i
+            at = _find(outputs[mine], masks[i])
+            match[mine] = np.where(at >= 0, at + i * peer_size, -1)
         hit = match >= 0
-        positions = self._first[self._items[hit]]
+        positions = _ready(self._first)[items[hit]]
         order = np.argsort(positions)
-        keys = self._outputs[hit][order] if self.mode is Mode.TO_BOTH else None
-        self._result = PsiResult(len(self._own), self._peer_size, int(hit.sum()), positions[order], keys)
+        keys = outputs[hit][order] if self.mode is Mode.TO_BOTH else None
+        self._result = PsiResult(len(_ready(self._own)), peer_size, int(hit.sum()), positions[order], keys)
         if self.mode is not Mode.TO_BOTH:
             return []
         found = np.sort(match[hit]).astype(">u8").view(np.uint8).reshape(-1, 8)
@@ -354,7 +392,8 @@ class KkrtSender(_Side):
                 return []
             return list(self._answer(np.concatenate(self._columns, axis=1)))
         frame = self._decode(data, {FrameType.FOUND: 8, FrameType.FOUND_END: 0})
-        if not self._stream(frame, FrameType.FOUND_END, min(self._peer_size, len(self._own)), exact=False):
+        peer_size = self._peer_size
+        if not self._stream(frame, FrameType.FOUND_END, min(peer_size, len(_ready(self._own))), exact=False):
             self._found.append(np.frombuffer(frame.payload, dtype=">u8").astype(np.int64))
             return []
         self._confirmed(np.concatenate(self._found) if self._found else np.empty(0, np.int64))
@@ -368,14 +407,14 @@ class KkrtSender(_Side):
                 f"this protocol uses {cuckoo.bins_for(min(peer_size, _MAX_ITEMS))}"
             )
         self.session, self._peer_size, self._bins = frame.session, int(peer_size), int(bins)
-        self._hash_own()
+        own = self._hash_own()
         secret = os.urandom(_CODE)
         self._s = np.frombuffer(secret, dtype=np.uint8)
         receiver = ot.OtReceiver(first, _bits(secret))
         self._seeds = receiver.seeds
         self._code_key = os.urandom(16)
-        reply = _REPLY_HEAD.pack(self._code_key, len(self._own)) + b"".join(receiver.replies)
-        return encode(FrameType.REPLY, self.mode, self.session, 0, 1, reply)
+        reply = _REPLY_HEAD.pack(self._code_key, len(own)) + b"".join(receiver.replies)
+        return encode(FrameType.REPLY, self.mode, frame.session, 0, 1, reply)
 
     def _answer(self, u: np.ndarray) -> Iterator[bytes]:
         self._columns = []
@@ -384,32 +423,34 @@ class KkrtSender(_Side):
         choose = _bits(self._s.tobytes()).astype(bool)
         q[choose] ^= u[choose]
         rows = ot.transpose(q)  # (m, 64): q_j = t_j + (C(x_j || i_j) AND s)
-        width_out = mask_bytes(self._peer_size, len(self._own))
-        where = cuckoo.bin_indices(self._bin_key, self._own, self._bins)
+        own, peer_size = _ready(self._own), _ready(self._peer_size)
+        width_out = mask_bytes(peer_size, len(own))
+        where = cuckoo.bin_indices(self._bin_key, own, self._bins)
         groups = []
         for i in range(cuckoo.HASHES):
-            masks = np.empty((len(self._own), width_out), dtype=np.uint8)
-            for start in range(0, len(self._own), MAX_RECORDS):  # in slices: a few MiB at a time
+            masks = np.empty((len(own), width_out), dtype=np.uint8)
+            for start in range(0, len(own), MAX_RECORDS):  # in slices: a few MiB at a time
                 part = slice(start, start + MAX_RECORDS)
-                function = np.full(len(self._own[part]), i, dtype=np.uint8)
-                code = _codewords(self._code_key, self._own[part], function)
+                function = np.full(len(own[part]), i, dtype=np.uint8)
+                code = _codewords(self._code_key, own[part], function)
                 masks[part] = _oprf(rows[where[part, i]] ^ (code & self._s), width_out)
             shuffled, perm = _shuffled(masks)
             groups.append(shuffled)
             self._perms.append(perm)
-        self._masks = np.concatenate(groups)
+        self._masks = all_masks = np.concatenate(groups)
         if self.mode is not Mode.TO_BOTH:
-            self._result = PsiResult(len(self._own), self._peer_size, None, None)
-        yield from self._frames(FrameType.MASKS, FrameType.MASKS_END, self._masks)
+            self._result = PsiResult(len(own), peer_size, None, None)
+        yield from self._frames(FrameType.MASKS, FrameType.MASKS_END, all_masks)
 
     def _confirmed(self, found: np.ndarray) -> None:
-        total = len(self._masks)
+        masks = _ready(self._masks)
+        total = len(masks)
         if len(found) and (found[0] < 0 or found[-1] >= total or (np.diff(found) <= 0).any()):
             raise PsiFrameError(f"FOUND positions must increase strictly and lie below {total}; the run was aborted")
-        n = len(self._own)
+        n = len(_ready(self._own))
         items = np.stack(self._perms)[found // n, found % n] if n else found
         if len(np.unique(items)) != len(items):
             raise PsiFrameError("FOUND names one identifier twice; the run was aborted")
-        positions = self._first[items]
+        positions = _ready(self._first)[items]
         order = np.argsort(positions)
-        self._result = PsiResult(n, self._peer_size, len(found), positions[order], self._masks[found][order])
+        self._result = PsiResult(n, _ready(self._peer_size), len(found), positions[order], masks[found][order])

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from fedsilo.errors import PsiFrameError
 
-__all__ = ["MAGIC", "VERSION", "HEADER", "MAX_RECORDS", "FrameType", "Frame", "encode", "decode"]
+__all__ = ["MAGIC", "VERSION", "HEADER", "MAX_RECORDS", "FrameType", "Frame", "encode", "decode", "pack", "unpack"]
 
 MAGIC = b"FPSK"
 VERSION = 1
@@ -107,3 +107,39 @@ def decode(data: bytes, widths: dict[FrameType, int]) -> Frame:
                 f"(each record is {width} bytes, at most {MAX_RECORDS} per frame); the message was refused"
             )
     return Frame(kind, mode, bytes(session), seq, count, memoryview(data)[HEADER:])
+
+
+_LENGTH = struct.Struct(">I")
+
+
+def pack(frames: list[bytes]) -> bytes:
+    """Frames in one message (an HTTP body): each one after its 4-byte big-endian length.
+
+    A frame's payload width depends on the run (MASKS: on both set sizes), so frames
+    in a message are length-prefixed rather than cut by their headers.
+    """
+    return b"".join(_LENGTH.pack(len(frame)) + frame for frame in frames)
+
+
+def unpack(data: bytes, max_frame: int = HEADER + MAX_RECORDS * 64) -> list[bytes]:
+    """The frames of a :func:`pack` message; nothing is decoded (:func:`decode` checks each).
+
+    :class:`PsiFrameError` for a message cut inside a length or a frame, or a frame
+    shorter than a header or longer than ``max_frame`` bytes.
+    """
+    frames, at, view = [], 0, memoryview(data)
+    while at < len(data):
+        if len(data) - at < _LENGTH.size:
+            raise PsiFrameError("an OT-PSI message ends inside a frame length; the message was refused")
+        (size,) = _LENGTH.unpack_from(data, at)
+        at += _LENGTH.size
+        if not HEADER <= size <= max_frame:
+            raise PsiFrameError(
+                f"an OT-PSI message announces a frame of {size} bytes (a frame is {HEADER} to {max_frame}); "
+                "the message was refused"
+            )
+        if at + size > len(data):
+            raise PsiFrameError("an OT-PSI message ends inside a frame; the message was refused")
+        frames.append(bytes(view[at : at + size]))
+        at += size
+    return frames

@@ -53,8 +53,11 @@ class ListServing:
                 )
                 refusal.audited = True
                 raise refusal from None
-            with self.ctx.store.transaction():
-                self.ctx.store.audit.append(member.name, action, "ok", served.detail, source=list_name)
+            if served.detail is not None:  # None: a middle step of an OT-PSI run (its start and end are audited)
+                with self.ctx.store.transaction():
+                    self.ctx.store.audit.append(
+                        member.name, served.action or action, "ok", served.detail, source=list_name
+                    )
             return served.body
 
         return await self.ctx.mailbox.ask(run)

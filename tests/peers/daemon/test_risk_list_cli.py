@@ -139,12 +139,12 @@ def test_psi_command_prints_the_shared_identifiers_and_refuses_an_ambiguous_list
     lines = out.splitlines()
     assert (code, err) == (0, "")
     assert lines[0] == (
-        "PSI (to-me) with broker's list high-risk: 40 of your 101 distinct identifiers are on it (it holds 200)"
+        "PSI (to-me, protocol dh) with broker's list high-risk: 40 of your 101 distinct identifiers are on it (it holds 200)"
     )
     assert lines[1:] == plain[:40] and lines[1] == " c-0160 "  # as written in your file, in your order
     assert count == (
         0,
-        "PSI (count) with broker's list high-risk: 40 of your 101 distinct identifiers are on it (it holds 200)\n",
+        "PSI (count, protocol dh) with broker's list high-risk: 40 of your 101 distinct identifiers are on it (it holds 200)\n",
         "",
     )
     assert missing[0] == 2 and missing[1] == "" and f"{tmp_path / 'nope.csv'} does not exist" in missing[2]
@@ -211,7 +211,11 @@ def test_an_oversized_psi_or_query_body_is_refused_with_413_and_changes_nothing(
                 # what a user gets from the client when its list is too large for one request
                 with pytest.raises(PeerUnreachable) as too_many:
                     await run_psi(
-                        client, "broker", [f"Z-{i:06d}" for i in range(LIMIT // 32 + 1)], list_name="high-risk"
+                        client,
+                        "broker",
+                        [f"Z-{i:06d}" for i in range(LIMIT // 32 + 1)],
+                        list_name="high-risk",
+                        protocol="dh",
                     )
             after = psi_state(consortium), audit(consortium, "broker")
         return before, errors, too_many.value, after
