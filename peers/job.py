@@ -24,6 +24,8 @@ from fedsilo.privacy.accounting.validate import check_accountant, check_delta, c
 from fedsilo.privacy.secagg import SecAggConfig
 
 DP_MODES = ("local", "distributed", "off")
+SETUPS = ("horizontal", "transfer", "vertical")  # how a job's data is split between its peers
+NETWORK_DP = ("local", "distributed")  # the DP mechanisms a peer's policy may allow (never "off")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -31,8 +31,23 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
         raise Refused(f"policy: model owner {job.owner} may not propose jobs here (allowed: {allowed})", 403)
     if not config.dp.private:
         raise Refused("policy: the job trains without differential privacy (dp.mode = off)", 403)
-    if config.dp.mode == "distributed":
-        raise Refused("policy: distributed-DP jobs cannot be planned before the encoder exists; use dp.mode local", 403)
+    if config.dp.mode not in policy.dp:
+        raise Refused(
+            f"policy: the job uses {config.dp.mode} DP; this peer allows {', '.join(policy.dp) or 'none'} "
+            "(peer.toml [policy] dp)",
+            403,
+        )
+    if job.setup not in policy.setups:
+        raise Refused(
+            f"policy: {job.setup} jobs are not allowed here (allowed setups: {', '.join(policy.setups) or 'none'})",
+            403,
+        )
+    if job.setup == "vertical" and job.host not in policy.vertical_label_holders:
+        raise Refused(
+            f"policy: a vertical job's label holder is its host, {job.host}, who may not hold the labels of "
+            f"vertical jobs here (allowed: {', '.join(policy.vertical_label_holders) or 'nobody'})",
+            403,
+        )
     if config.dp.epsilon > policy.max_epsilon_per_job:
         raise Refused(
             f"policy: the job asks ε = {config.dp.epsilon:g}, above this peer's maximum of "
@@ -55,6 +70,39 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
         raise Refused(
             f"policy: strategy {config.strategy} is not allowed here (allowed: {', '.join(policy.strategies)})", 403
         )
+
+
+# What this release cannot yet run over the network, after a policy allowed it (issue 19).
+_NOT_TRAINABLE = {
+    "transfer": (
+        "transfer jobs are declared and allowed by policy but do not train over the network yet: the signed job "
+        "cannot state model.shared-features / model.shared, the deployed ClientApp loads neither one encoder "
+        "per institution nor its private weights, and shared customers need PSI between the daemons"
+    ),
+    "vertical": (
+        "vertical jobs are declared and allowed by policy but do not train over the network yet: the daemons "
+        "run no PSI alignment between them and the split-learning ServerApp/ClientApp does not run on the "
+        "Deployment Engine"
+    ),
+}
+_DISTRIBUTED_MISSING = (
+    "distributed-DP jobs are allowed by policy but cannot be reserved yet: plan_distributed_dp needs the "
+    "aggregated parameter count, whose input width comes from the consortium encoder the host fits from the "
+    "peers' summaries only after acceptance; the signed job states no input width, and the deployed ClientApp "
+    "has no encoder file to count the parameters from"
+)
+
+
+def check_trainable(job: SignedJob) -> None:
+    """Refused (403) when this release cannot run a job its policy allows, saying what is missing.
+
+    Called after `check_policy` and before any budget is reserved, so such a job is
+    declined with nothing spent or held.
+    """
+    if job.setup in _NOT_TRAINABLE:
+        raise Refused(f"not yet supported: {_NOT_TRAINABLE[job.setup]}", 403)
+    if job.config.dp.mode == "distributed":
+        raise Refused(f"not yet supported: {_DISTRIBUTED_MISSING}", 403)
 
 
 @dataclass(frozen=True)
