@@ -161,7 +161,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"jobs ({len(status['job_list'])}):",
     ]
     lines += [
-        f"  {j['job_id']:<24} {j['state']:<10} {j['setup']}/{j['dp']} DP, host {j['host']}: {j['detail']}"
+        f"  {j['job_id']:<24} {j['state']:<10} {j['setup']}/{j['dp']} DP, host {j['host']}"
+        + (f": {j['detail']}" if j["detail"] else "")
         for j in status["job_list"]
     ] or ["  none you take part in"]
     lines.append("budgets:")

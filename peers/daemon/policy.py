@@ -1,11 +1,15 @@
 """A peer's decision on a job: its policy, its data source, the mechanism it reserves.
 
 `check_policy` applies peer.toml's [policy] to a verified job and raises `Refused`
-(403) with the first rule the job breaks. `source_facts` reads the peer's own table
+(403) with the first rule the job breaks: owner, DP on, the DP mechanism (`dp`), the
+setup (`setups`), a vertical job's label holder, ε, participants, model family,
+strategy. `check_trainable` then declines a job the policy allows but this release
+cannot train over the network (transfer, vertical), saying what is missing. `source_facts` reads the peer's own table
 (on this machine) for what a decision and the training need: the training row count
 (which fixes the DP plan) and a fingerprint of the file (both go into the model card). `planned_mechanisms` is the whole
-job's DP-SGD mechanism from `fedsilo.peers.job.plan_dp`, which is what the ledger reserves and
-what the peer's accountant then spends.
+job's mechanism, which is what the ledger reserves and what the peer's accountant then
+spends: DP-SGD's `fedsilo.peers.job.plan_dp` on the source's training rows under local DP,
+`fedsilo.peers.job.distributed_dp_reservation` (the noisy sum's plan) under distributed DP.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo.errors import DataError
+from fedsilo.errors import ConfigError, DataError
 from fedsilo.peers.daemon.config import DataSource, Policy
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.data.bank import read_table, split_rows
 from fedsilo.peers.errors import Refused
-from fedsilo.peers.job import plan_dp
+from fedsilo.peers.job import distributed_dp_reservation, plan_dp
 from fedsilo.privacy.accounting import Mechanism
 
 
@@ -85,12 +89,6 @@ _NOT_TRAINABLE = {
         "Deployment Engine"
     ),
 }
-_DISTRIBUTED_MISSING = (
-    "distributed-DP jobs are allowed by policy but cannot be reserved yet: plan_distributed_dp needs the "
-    "aggregated parameter count, whose input width comes from the consortium encoder the host fits from the "
-    "peers' summaries only after acceptance; the signed job states no input width, and the deployed ClientApp "
-    "has no encoder file to count the parameters from"
-)
 
 
 def check_trainable(job: SignedJob) -> None:
@@ -101,8 +99,6 @@ def check_trainable(job: SignedJob) -> None:
     """
     if job.setup in _NOT_TRAINABLE:
         raise Refused(f"not yet supported: {_NOT_TRAINABLE[job.setup]}", 403)
-    if job.config.dp.mode == "distributed":
-        raise Refused(f"not yet supported: {_DISTRIBUTED_MISSING}", 403)
 
 
 @dataclass(frozen=True)
@@ -139,5 +135,11 @@ def source_facts(source: DataSource, job: SignedJob) -> SourceFacts:
 
 
 def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:
-    """The whole job's DP-SGD mechanism on this source (the ledger reservation)."""
+    """The whole job's mechanism on this source (the ledger reservation): DP-SGD's plan on its
+    training rows under local DP, the noisy sum's plan under distributed DP."""
+    if job.config.dp.mode == "distributed":
+        try:
+            return [distributed_dp_reservation(job.config)]
+        except ConfigError as error:
+            raise Refused(f"the job's distributed-DP plan is not feasible: {error}", 403) from None
     return [plan_dp(job.config, facts.n_train).whole_job]

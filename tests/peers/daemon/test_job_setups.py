@@ -14,8 +14,10 @@ import pytest
 
 from fedsilo.peers.daemon.signed_job import SCHEMA, job_document, sign_job, verify_envelope
 from fedsilo.peers.errors import Refused
+from fedsilo.peers.job import plan_distributed_dp, spec_parameter_count
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
 
-from ._consortium import OWNER, make_consortium, run
+from ._consortium import OWNER, make_consortium, member_client, run, running
 from .test_daemon_refusals import _accept, propose, refused_without_change, state_of
 
 ALLOW_ALL = (
@@ -116,7 +118,6 @@ def test_a_job_outside_the_policy_is_declined_with_the_reason(consortium, tmp_pa
     [
         ('setup = "transfer"', "transfer jobs are declared and allowed by policy but do not train over the network"),
         ('setup = "vertical"', "vertical jobs are declared and allowed by policy but do not train over the network"),
-        (DISTRIBUTED, "distributed-DP jobs are allowed by policy but cannot be"),
     ],
 )
 def test_an_allowed_job_this_release_cannot_train_is_declined_saying_what_is_missing(
@@ -139,3 +140,50 @@ def test_a_horizontal_local_job_is_still_accepted_and_reserved_under_the_new_pol
     finally:
         consortium.write_peer_toml("bank-b")
     assert ("still-1", "reserved") in state_of(consortium, "bank-b")[1]
+
+
+def test_a_distributed_dp_job_reserves_exactly_its_plan_and_cancel_releases_it(tmp_path):
+    consortium = make_consortium(tmp_path / "fresh", peers=("bank-a", "bank-b"))  # a ledger with nothing else
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    envelope = _envelope(consortium, tmp_path / "job.toml", "dist-1", DISTRIBUTED)
+    job = _verify(consortium, envelope)
+    plan = plan_distributed_dp(job.config, spec_parameter_count(job.config))
+    expected = epsilon_spent([plan.per_round] * job.config.train.rounds, 1e-5, "prv")
+    wider = plan_distributed_dp(job.config, 10 * spec_parameter_count(job.config) + 12345)  # the encoder's width
+    assert epsilon_spent([wider.per_round] * 2, 1e-5, "prv") == pytest.approx(expected, rel=1e-12)
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            reply = await propose(consortium, envelope)
+            async with member_client(consortium, OWNER) as client:
+                address = consortium.addresses["bank-b"]
+                reserved = await client.call("GET", f"{address}/v1/budget")
+                await client.call("POST", f"{address}/v1/jobs/dist-1/cancel", {})
+                released = await client.call("GET", f"{address}/v1/budget")
+            return reply, reserved, released
+
+    reply, reserved, released = run(body())
+    assert reply["decision"] == "accepted"
+    assert [Mechanism.from_dict(m) for m in reply["planned"]] == [
+        Mechanism(plan.effective_multiplier, 1.0, job.config.train.rounds)
+    ]
+    assert reserved["sources"][0]["reserved_epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert 0.9 < expected <= 1.0  # the job's ε = 1, spent over its 2 rounds
+    assert released["sources"][0]["reserved_epsilon"] == 0.0 and released["sources"][0]["spent_epsilon"] == 0.0
+    jobs, ledger, _ = state_of(consortium, "bank-b")
+    assert jobs == [("dist-1", "cancelled")] and ledger == []  # the reservation is gone, nothing spent
+
+
+def test_an_infeasible_distributed_dp_plan_is_declined_before_reserving(consortium, tmp_path):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    path = consortium.job_toml(tmp_path / "job.toml", "dist-2", extra="public-rows = 640")
+    text = path.read_text().replace("[dp]\n", '[dp]\nmode = "distributed"\n')
+    path.write_text(text + "\n[secagg]\ndropout-fraction = 0.6\n")
+    envelope = sign_job(consortium.identity(OWNER), job_document(path, OWNER))
+    try:
+        reply, entry = refused_without_change(
+            consortium, lambda: propose(consortium, envelope), "the job's distributed-DP plan is not feasible"
+        )
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "declined" and "secagg cannot tolerate 1 dropouts" in reply["reason"]
