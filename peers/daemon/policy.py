@@ -4,12 +4,14 @@
 (403) with the first rule the job breaks: owner, DP on, the DP mechanism (`dp`), the
 setup (`setups`), a vertical job's label holder, ε, participants, model family,
 strategy. `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (transfer, vertical), saying what is missing. `source_facts` reads the peer's own table
-(on this machine) for what a decision and the training need: the training row count
-(which fixes the DP plan) and a fingerprint of the file (both go into the model card). `planned_mechanisms` is the whole
-job's mechanism, which is what the ledger reserves and what the peer's accountant then
-spends: DP-SGD's `fedsilo.peers.job.plan_dp` on the source's training rows under local DP,
-`fedsilo.peers.job.distributed_dp_reservation` (the noisy sum's plan) under distributed DP.
+cannot train over the network (transfer, vertical), saying what is missing.
+`source_facts` reads the peer's own table (on this machine) for what a decision and the
+training need: the training row count (which fixes the DP plan) and a fingerprint of
+the file (both go into the model card). `planned_mechanisms` is the whole job's
+mechanism, which is what the ledger reserves and what the peer's accountant then
+spends: DP-SGD's `fedsilo.peers.job.plan_dp` on the source's training rows under local
+DP, `fedsilo.peers.job.distributed_dp_reservation` (the noisy sum's plan) under
+distributed DP.
 """
 
 from __future__ import annotations
