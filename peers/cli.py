@@ -5,7 +5,8 @@
     fedsilo consortium remove NAME --dir DIR              take a member out of the manifest
     fedsilo peer init --name NAME --dir DIR               a member's key (0600) and certificate request
     fedsilo peer start --config peer.toml                 run the peer daemon (mutual TLS)
-    fedsilo peer status|budget --peer URL                 ask a peer
+    fedsilo peer status --peer URL [--json]               a peer's jobs, budgets, list quotas, reachable members
+    fedsilo peer budget --peer URL                        a peer's remaining privacy budget
     fedsilo peer check-noise --job job.toml --data FILE   check this peer's DP noise (peers/check_noise_cli.py)
     fedsilo job submit job.toml --peer URL                sign a job as a model owner and submit it
     fedsilo job show|list|cancel ... --peer URL
@@ -127,11 +128,17 @@ def _peer(sub: argparse._SubParsersAction) -> None:
     start = commands.add_parser("start", help="run the peer daemon (HTTPS with mutual TLS) until interrupted")
     start.add_argument("--config", required=True, help="peer.toml (identity, state, policy, data sources)")
     start.set_defaults(handler=peer_start)
-    for name, what in (("status", "a peer's name, jobs and sources"), ("budget", "a peer's remaining privacy budget")):
+    for name, what in (
+        ("status", "a peer's jobs and their state, budgets left, your list quotas, the members it reaches"),
+        ("budget", "a peer's remaining privacy budget"),
+    ):
         command = commands.add_parser(name, help=what)
         command.add_argument("--peer", required=True, help="the peer's https://HOST:PORT")
         command.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
         command.set_defaults(handler=peer_query, path=f"/v1/{name}")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the peer's JSON answer as it is")
+            command.set_defaults(handler=peer_status)
     check_noise_cli.register(commands)
 
 
@@ -157,6 +164,45 @@ def peer_start(args: argparse.Namespace) -> int:
 def peer_query(args: argparse.Namespace) -> int:
     print(json.dumps(_call(args.identity, "GET", f"{args.peer.rstrip('/')}{args.path}"), indent=2))
     return 0
+
+
+def peer_status(args: argparse.Namespace) -> int:
+    status = _call(args.identity, "GET", f"{args.peer.rstrip('/')}/v1/status")
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """`fedsilo peer status` as text: what the peer shows its caller in GET /v1/status."""
+    lines = [
+        f"peer {status['peer']} of consortium {status['consortium']} (manifest v{status['manifest_version']}), "
+        f"as seen by {status['you']}",
+        f"jobs ({len(status['job_list'])}):",
+    ]
+    lines += [
+        f"  {j['job_id']:<24} {j['state']:<10} {j['setup']}/{j['dp']} DP, host {j['host']}"
+        + (f": {j['detail']}" if j["detail"] else "")
+        for j in status["job_list"]
+    ] or ["  none you take part in"]
+    lines.append("budgets:")
+    lines += [
+        f"  {b['source']:<24} ε left {b['remaining_epsilon']:.4f} of {b['epsilon_budget']:g} "
+        f"(spent {b['spent_epsilon']:.4f}, reserved {b['reserved_epsilon']:.4f}, δ = {b['delta']:g})"
+        for b in status["budgets"]
+    ] or ["  none you may see"]
+    lines.append("lists:")
+    lines += [
+        f"  {q.get('member', status['you'])}: {q['name']:<18} "
+        f"PSI left {'-' if q['psi_left'] is None else q['psi_left']}, "
+        f"queries left {'-' if q['query_left'] is None else q['query_left']} per {q['quota_window']:g} s"
+        for q in status["lists"]
+    ] or ["  none shared with you"]
+    lines.append("members:")
+    lines += [
+        f"  {m['member']:<24} {'reachable' if m['reachable'] else 'UNREACHABLE':<12} {m['detail']}"
+        for m in status["members"]
+    ] or ["  no other member listens"]
+    return "\n".join(lines)
 
 
 def _call(identity_dir: Path, method: str, url: str, body: Any = None) -> Any:

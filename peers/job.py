@@ -18,12 +18,14 @@ from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.model_spec import ModelSpec
-from fedsilo.privacy.accounting import planning
+from fedsilo.privacy.accounting import Mechanism, planning
 from fedsilo.privacy.accounting.planning import DistributedDPPlan, DPPlan
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 from fedsilo.privacy.secagg import SecAggConfig
 
 DP_MODES = ("local", "distributed", "off")
+SETUPS = ("horizontal", "transfer", "vertical")  # how a job's data is split between its peers
+NETWORK_DP = ("local", "distributed")  # the DP mechanisms a peer's policy may allow (never "off")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -285,6 +287,24 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
         n_params=n_params,
         secagg=_noiseless_config(job),
     )
+
+
+def distributed_dp_reservation(job: JobConfig) -> Mechanism:
+    """The whole job's distributed-DP mechanism, known at acceptance from the job alone.
+
+    `plan_distributed_dp` calibrates the peers' noise shares so that the noisy sum's
+    effective multiplier is the one that spends exactly (ε, δ) over the rounds, whatever
+    the parameter count: the count (which waits for the consortium encoder, fitted when
+    training starts) changes each share, not the mechanism. The plan is computed here
+    with the model's parameter count at one input feature, the fewest parameters the
+    model spec allows, which is also the strictest case of its minimum-share check.
+    """
+    return Mechanism(plan_distributed_dp(job, spec_parameter_count(job)).effective_multiplier, 1.0, job.train.rounds)
+
+
+def spec_parameter_count(job: JobConfig) -> int:
+    """Parameters the job aggregates with one input feature (the model spec's lower bound)."""
+    return sum(math.prod(shape) for shape in global_shapes(job, job.model.shared_features + 1).values())
 
 
 def plan_dp(job: JobConfig, n_train: int) -> DPPlan:

@@ -164,8 +164,9 @@ def refuse_public_noise(job: JobConfig, context: Context) -> None:
 
 def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTensors, dict[str, np.ndarray]]:
     """The job, this bank's rows, and the full model: the received weights plus private ones."""
-    job = JobConfig.from_run_config(context.run_config)
-    data = bank_data(job, context)
+    sent = JobConfig.from_run_config(context.run_config)
+    data = bank_data(sent, context)
+    job = node_state.with_node_encoder(sent, context.node_config)  # its encoder now exists at this node
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     return job, data, _full_weights(job, data, context, received)
 

@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
 from fedsilo.errors import ConfigError
+from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -50,6 +51,19 @@ def _stem(job_id: str) -> str:
 
 def encoder_file(state_dir: Path, job_id: str) -> Path:
     return Path(state_dir) / f"{_stem(job_id)}.encoder.json"
+
+
+def with_node_encoder(job: JobConfig, node_config: Mapping[str, object]) -> JobConfig:
+    """The job with the encoder its host sent this deployed peer, when the run config names none.
+
+    A job travels to deployed peers with an empty `data.encoder`; what needs the model's
+    input width (the parameter count of distributed DP's noise) then reads the copy
+    under the node's state directory. Unchanged under simulation (no state-dir).
+    """
+    state_dir = node_config.get("state-dir")
+    if job.encoder_path or not state_dir:
+        return job
+    return replace(job, encoder_path=str(encoder_file(Path(str(state_dir)), job.job_id)))
 
 
 def privacy_file(state_dir: Path, job_id: str) -> Path:

@@ -169,8 +169,21 @@ async def status(request: web.Request) -> web.Response:
             "sources": service.views.visible_sources(viewer),
             "models": len(models),
             "you": viewer or "operator",
+            "job_list": service.views.job_list(viewer),
+            "budgets": service.views.budgets(viewer),
+            "lists": _list_quotas(service, viewer),
+            "members": await service.views.reachability(),
         }
     )
+
+
+def _list_quotas(service: PeerService, viewer: str | None) -> list[dict[str, Any]]:
+    """The lists `viewer` may use here with its quotas left; for the operator, every member's."""
+    lists = service.list_serving.lists
+    if viewer is not None:
+        return lists.shared_with(viewer)
+    members = [m.name for m in service.identity.current_manifest().members]
+    return [{"member": name, **entry} for name in members for entry in lists.shared_with(name)]
 
 
 async def openapi(request: web.Request) -> web.Response:

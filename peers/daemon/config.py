@@ -13,6 +13,9 @@ min-participants = 3             # a job with fewer participants is declined
 model-families = ["mlp", "logreg"]
 strategies = ["fedavg", "fedadam"]
 model-readers = []               # besides the job's owner and participants
+setups = ["horizontal"]          # job setups accepted: horizontal, transfer, vertical
+dp = ["local"]                   # DP mechanisms accepted: local, distributed
+vertical-label-holders = []      # hosts (the label holders) whose vertical jobs are accepted
 
 [sources.credit-card]            # the name jobs refer to
 path = "../data/bank-a.csv"      # CSV or Parquet, relative to this file; never leaves the machine
@@ -54,6 +57,7 @@ from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.identity.pki import check_name
+from fedsilo.peers.job import NETWORK_DP, SETUPS
 from fedsilo.peers.model_spec import MODEL_KINDS
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
@@ -73,6 +77,9 @@ class Policy:
     model_families: tuple[str, ...]
     strategies: tuple[str, ...]
     model_readers: tuple[str, ...] = ()
+    setups: tuple[str, ...] = ("horizontal",)
+    dp: tuple[str, ...] = ("local",)
+    vertical_label_holders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,9 @@ _POLICY_KEYS = {
     "model-families",
     "strategies",
     "model-readers",
+    "setups",
+    "dp",
+    "vertical-label-holders",
 }
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
 _LIST_KEYS = {
@@ -206,6 +216,12 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         model_families=_names(table, "model-families", "policy", MODEL_KINDS, MODEL_KINDS),
         strategies=_names(table, "strategies", "policy", tuple(STRATEGIES), tuple(STRATEGIES)),
         model_readers=_names(table, "model-readers", "policy", None, ()),
+        setups=_names(table, "setups", "policy", SETUPS, ("horizontal",)),
+        dp=_names(table, "dp", "policy", NETWORK_DP, ("local",)),
+        vertical_label_holders=tuple(
+            check_name(n, "policy.vertical-label-holders entry")
+            for n in _names(table, "vertical-label-holders", "policy", None, ())
+        ),
     )
 
     sources_table = _typed(document, "sources", dict, "peer.toml", {})

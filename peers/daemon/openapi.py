@@ -58,7 +58,13 @@ def spec() -> dict[str, Any]:
         },
         "paths": {
             "/v1/health": {"get": _op("liveness")},
-            "/v1/status": {"get": _op("peer name, consortium, job counts by state, sources, model count")},
+            "/v1/status": {
+                "get": _op(
+                    "peer name, consortium, job counts by state, sources, model count; the jobs you may see "
+                    "with their state, the budgets left of their sources, your list quotas, and which "
+                    "members this peer reaches (each asked for its health within 3 s)"
+                )
+            },
             "/v1/openapi.json": {"get": _op("this description")},
             "/v1/jobs": {
                 "get": _op("the jobs here that the caller owns, hosts or takes part in"),

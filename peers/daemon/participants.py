@@ -111,7 +111,7 @@ class Report:
         """A participant's report, checked against what it planned when it `accepted`; Refused 400 otherwise.
 
         The report must name the δ and accountant of its acceptance, mechanisms at the
-        planned noise and sample rate and of at most the planned steps, and ε finite, equal
+        planned noise (to 1e-9, relative) and sample rate and of at most the planned steps, and ε finite, equal
         to what those mechanisms cost and at most the planned ε: the card then states only
         numbers within what the participant committed to.
         """
@@ -135,10 +135,16 @@ class Report:
         if failed is not None and not (isinstance(failed, str) and len(failed) <= 2000):
             raise Refused("a report's failed is null or a message of at most 2000 characters", 400)
         planned = list(accepted.planned)
-        runs = {(m.noise_multiplier, m.sample_rate) for m in planned}
-        if any((m.noise_multiplier, m.sample_rate) not in runs for m in spent) or sum(m.steps for m in spent) > sum(
-            m.steps for m in planned
-        ):
+        # a distributed-DP plan's multiplier, recomputed with the real parameter count, may differ in its last bits
+        outside = [
+            m
+            for m in spent
+            if not any(
+                m.sample_rate == p.sample_rate and math.isclose(m.noise_multiplier, p.noise_multiplier, rel_tol=1e-9)
+                for p in planned
+            )
+        ]
+        if outside or sum(m.steps for m in spent) > sum(m.steps for m in planned):
             raise Refused(
                 f"the report's mechanisms ({sum(m.steps for m in spent)} DP-SGD steps) are not within the "
                 f"participant's plan of {sum(m.steps for m in planned)} steps at its planned noise and sample "

@@ -1,11 +1,17 @@
 """A peer's decision on a job: its policy, its data source, the mechanism it reserves.
 
 `check_policy` applies peer.toml's [policy] to a verified job and raises `Refused`
-(403) with the first rule the job breaks. `source_facts` reads the peer's own table
-(on this machine) for what a decision and the training need: the training row count
-(which fixes the DP plan) and a fingerprint of the file (both go into the model card). `planned_mechanisms` is the whole
-job's DP-SGD mechanism from `fedsilo.peers.job.plan_dp`, which is what the ledger reserves and
-what the peer's accountant then spends.
+(403) with the first rule the job breaks: owner, DP on, the DP mechanism (`dp`), the
+setup (`setups`), a vertical job's label holder, ε, participants, model family,
+strategy. `check_trainable` then declines a job the policy allows but this release
+cannot train over the network (transfer, vertical), saying what is missing.
+`source_facts` reads the peer's own table (on this machine) for what a decision and the
+training need: the training row count (which fixes the DP plan) and a fingerprint of
+the file (both go into the model card). `planned_mechanisms` is the whole job's
+mechanism, which is what the ledger reserves and what the peer's accountant then
+spends: DP-SGD's `fedsilo.peers.job.plan_dp` on the source's training rows under local
+DP, `fedsilo.peers.job.distributed_dp_reservation` (the noisy sum's plan) under
+distributed DP.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo.errors import DataError
+from fedsilo.errors import ConfigError, DataError
 from fedsilo.peers.daemon.config import DataSource, Policy
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.data.bank import read_table, split_rows
 from fedsilo.peers.errors import Refused
-from fedsilo.peers.job import plan_dp
+from fedsilo.peers.job import distributed_dp_reservation, plan_dp
 from fedsilo.privacy.accounting import Mechanism
 
 
@@ -31,8 +37,23 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
         raise Refused(f"policy: model owner {job.owner} may not propose jobs here (allowed: {allowed})", 403)
     if not config.dp.private:
         raise Refused("policy: the job trains without differential privacy (dp.mode = off)", 403)
-    if config.dp.mode == "distributed":
-        raise Refused("policy: distributed-DP jobs cannot be planned before the encoder exists; use dp.mode local", 403)
+    if config.dp.mode not in policy.dp:
+        raise Refused(
+            f"policy: the job uses {config.dp.mode} DP; this peer allows {', '.join(policy.dp) or 'none'} "
+            "(peer.toml [policy] dp)",
+            403,
+        )
+    if job.setup not in policy.setups:
+        raise Refused(
+            f"policy: {job.setup} jobs are not allowed here (allowed setups: {', '.join(policy.setups) or 'none'})",
+            403,
+        )
+    if job.setup == "vertical" and job.host not in policy.vertical_label_holders:
+        raise Refused(
+            f"policy: a vertical job's label holder is its host, {job.host}, who may not hold the labels of "
+            f"vertical jobs here (allowed: {', '.join(policy.vertical_label_holders) or 'nobody'})",
+            403,
+        )
     if config.dp.epsilon > policy.max_epsilon_per_job:
         raise Refused(
             f"policy: the job asks ε = {config.dp.epsilon:g}, above this peer's maximum of "
@@ -55,6 +76,31 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
         raise Refused(
             f"policy: strategy {config.strategy} is not allowed here (allowed: {', '.join(policy.strategies)})", 403
         )
+
+
+# What this release cannot yet run over the network, after a policy allowed it (issue 19).
+_NOT_TRAINABLE = {
+    "transfer": (
+        "transfer jobs are declared and allowed by policy but do not train over the network yet: the signed job "
+        "cannot state model.shared-features / model.shared, the deployed ClientApp loads neither one encoder "
+        "per institution nor its private weights, and shared customers need PSI between the daemons"
+    ),
+    "vertical": (
+        "vertical jobs are declared and allowed by policy but do not train over the network yet: the daemons "
+        "run no PSI alignment between them and the split-learning ServerApp/ClientApp does not run on the "
+        "Deployment Engine"
+    ),
+}
+
+
+def check_trainable(job: SignedJob) -> None:
+    """Refused (403) when this release cannot run a job its policy allows, saying what is missing.
+
+    Called after `check_policy` and before any budget is reserved, so such a job is
+    declined with nothing spent or held.
+    """
+    if job.setup in _NOT_TRAINABLE:
+        raise Refused(f"not yet supported: {_NOT_TRAINABLE[job.setup]}", 403)
 
 
 @dataclass(frozen=True)
@@ -91,5 +137,11 @@ def source_facts(source: DataSource, job: SignedJob) -> SourceFacts:
 
 
 def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:
-    """The whole job's DP-SGD mechanism on this source (the ledger reservation)."""
+    """The whole job's mechanism on this source (the ledger reservation): DP-SGD's plan on its
+    training rows under local DP, the noisy sum's plan under distributed DP."""
+    if job.config.dp.mode == "distributed":
+        try:
+            return [distributed_dp_reservation(job.config)]
+        except ConfigError as error:
+            raise Refused(f"the job's distributed-DP plan is not feasible: {error}", 403) from None
     return [plan_dp(job.config, facts.n_train).whole_job]

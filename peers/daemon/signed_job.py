@@ -13,14 +13,18 @@ min-participants = 3            # start only if this many accept
 source = "credit-card"
 label = "Y"
 strategy = "fedavg"
+setup = "horizontal"            # horizontal, transfer or vertical (the host holds the labels)
+public-rows = 2400              # distributed DP only: the public total of training rows
 valid-for-minutes = 60          # the signed job expires after this
 
 [model]                         # kind, hidden
 [train]                         # rounds, local-epochs, batch-size, lr, seed, test-fraction
-[dp]                            # mode, epsilon, delta, max-grad-norm, accountant
+[dp]                            # mode (local or distributed), epsilon, delta, max-grad-norm, accountant
 [secagg]                        # mode, clip, dropout-fraction, collusion-fraction
 ```
 
+The document states its `setup` (a document signed before the field existed has none
+and means horizontal); the DP mechanism is `dp.mode` in its run config (none: local).
 The owner signs the canonical JSON of the job document (which includes a random
 128-bit nonce and the expiry) with its key; the envelope carries the document, the
 signature and the owner's certificate. `verify_envelope` accepts it only if the
@@ -56,14 +60,25 @@ from fedsilo.peers.identity.pki import (
     check_name,
 )
 from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
-from fedsilo.peers.job import DPSpec, JobConfig, SecAggSpec, TrainSpec
+from fedsilo.peers.job import SETUPS, DPSpec, JobConfig, SecAggSpec, TrainSpec
 from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 
 SCHEMA = "fedsilo.job/1"
 MAX_VALIDITY_MINUTES = 7 * 24 * 60
-_JOB_KEYS = {"id", "host", "participants", "min-participants", "source", "label", "strategy", "valid-for-minutes"}
+_JOB_KEYS = {
+    "id",
+    "host",
+    "participants",
+    "min-participants",
+    "source",
+    "label",
+    "strategy",
+    "setup",
+    "public-rows",
+    "valid-for-minutes",
+}
 _SECTIONS = {
     "job": _JOB_KEYS,
     "model": {"kind", "hidden"},
@@ -88,6 +103,7 @@ class SignedJob:
     expires: dt.datetime
     config: JobConfig
     envelope: dict[str, Any]
+    setup: str = "horizontal"
 
     @property
     def document(self) -> dict[str, Any]:
@@ -125,6 +141,8 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
     if not isinstance(minutes, int) or not 1 <= minutes <= MAX_VALIDITY_MINUTES:
         raise ConfigError(f"job.valid-for-minutes must be an integer in [1, {MAX_VALIDITY_MINUTES}] (got {minutes!r})")
     run_config = {"job.strategy": job.get("strategy", "fedavg")}
+    if "public-rows" in job:  # distributed DP: the public total of training rows every peer divides by
+        run_config["job.public-rows"] = job["public-rows"]
     for section in ("model", "train", "dp", "secagg"):
         for key, value in document.get(section, {}).items():
             if section == "model" and key == "hidden":
@@ -140,6 +158,7 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
         "min_participants": job.get("min-participants", len(participants)),
         "source": job["source"],
         "label": job["label"],
+        "setup": job.get("setup", "horizontal"),
         "run_config": run_config,
         "nonce": secrets.token_hex(16),
         "created": _utc(now),
@@ -181,6 +200,9 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
             raise ConfigError(f"job min-participants must be in [1, {len(body['participants'])}] (got {minimum!r})")
         if not isinstance(body["label"], str) or not body["label"]:
             raise ConfigError("job.label must name the 0/1 target column")
+        setup = body.get("setup", "horizontal")  # absent in documents signed before setups existed
+        if setup not in SETUPS:
+            raise ConfigError(f"job.setup {setup!r} is unknown: valid setups are {', '.join(SETUPS)}")
         run_config = body["run_config"]
         if not isinstance(run_config, dict):
             raise ConfigError("run_config must be a table")
@@ -189,6 +211,7 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
             "job_id": job_id,
             "expires": dt.datetime.fromisoformat(body["expires"]),
             "nonce": str(body["nonce"]),
+            "setup": setup,
         }
     except KeyError as missing:
         raise ConfigError(f"the job document lacks {missing}") from None
@@ -198,7 +221,7 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
 
 def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any]) -> JobConfig:
     """JobConfig from the document's run config, refusing keys JobConfig does not know."""
-    known = {"job.strategy", "model.kind", "model.hidden"} | {
+    known = {"job.strategy", "job.public-rows", "model.kind", "model.hidden"} | {
         f"{prefix}.{name.replace('_', '-')}"
         for prefix, spec in (("train", TrainSpec), ("dp", DPSpec), ("secagg", SecAggSpec))
         for name in spec.__dataclass_fields__
@@ -273,6 +296,7 @@ def verify_envelope(
         min_participants=body["min_participants"],
         source=body["source"],
         label=body["label"],
+        setup=header["setup"],
         nonce=header["nonce"],
         expires=header["expires"],
         config=config,

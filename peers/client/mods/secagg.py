@@ -39,6 +39,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsilo.errors import ConfigError, FedsiloError, ProtocolError
+from fedsilo.peers.client import node_state
 from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, load_round_identity, simulated_identity
 from fedsilo.peers.job import JobConfig, parameter_count, secagg_config
 from fedsilo.privacy.secagg import (
@@ -90,7 +91,7 @@ def accepted_job(context: Context) -> JobConfig:
     accepted = context.node_config.get("job-id")
     if accepted and str(accepted) != job.job_id:
         raise ConfigError(f"the host runs job {job.job_id!r} on a SuperNode started for job {accepted!r}")
-    return job
+    return node_state.with_node_encoder(job, context.node_config)
 
 
 def declares_secure(context: Context, job: JobConfig) -> bool:

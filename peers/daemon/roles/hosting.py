@@ -26,7 +26,7 @@ from fedsilo.peers.daemon.card import build_card
 from fedsilo.peers.daemon.context import PeerContext, job_id_of
 from fedsilo.peers.daemon.model_store import publish
 from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
-from fedsilo.peers.daemon.policy import check_policy
+from fedsilo.peers.daemon.policy import check_policy, check_trainable
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.participating import Participating
 from fedsilo.peers.daemon.signed_job import SignedJob
@@ -61,6 +61,7 @@ class Hosting:
                 )
             self.ctx.check_replay(job)
             check_policy(job, self.ctx.config.policy)
+            check_trainable(job)
             own = await self.participating.acceptance(job) if self.ctx.name in job.participants else None
             with self.ctx.store.transaction():
                 self.ctx.store.insert_job(

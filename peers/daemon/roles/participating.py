@@ -25,7 +25,7 @@ from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon import training
 from fedsilo.peers.daemon.context import PeerContext, job_id_of
 from fedsilo.peers.daemon.participants import Acceptance, Report
-from fedsilo.peers.daemon.policy import check_policy, planned_mechanisms, source_facts
+from fedsilo.peers.daemon.policy import check_policy, check_trainable, planned_mechanisms, source_facts
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
@@ -57,6 +57,7 @@ class Participating:
             self.ctx.check_replay(job)
             try:
                 check_policy(job, self.ctx.config.policy)
+                check_trainable(job)
                 acceptance = await self.acceptance(job)
                 with self.ctx.store.transaction():
                     self.ctx.store.insert_job(

@@ -3,16 +3,23 @@
 `Views` reads the store and the ledger and changes nothing, so it does not go through
 the mailbox. A member sees the jobs it owns, hosts or takes part in, the budgets of this
 peer's sources those jobs use, and the models it may pull; `viewer` None is this peer's
-operator, who sees everything. It calls no other role.
+operator, who sees everything. `reachability` asks every other member with an address
+for its health, each within `PROBE_SECONDS` and all at once, so a status page answers
+within that time however many members are down. It calls no other role.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.store import JobRow
+from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.identity.manifest import Member
+
+PROBE_SECONDS = 3.0
 
 
 class Views:
@@ -79,3 +86,37 @@ class Views:
                 }
             )
         return out
+
+    def job_list(self, viewer: str | None) -> list[dict[str, Any]]:
+        """Each job `viewer` may see: id, setup, state and its detail, owner and host, newest first."""
+        return [
+            {
+                "job_id": job.job_id,
+                "setup": job.envelope["job"].get("setup", "horizontal"),
+                "dp": job.envelope["job"]["run_config"].get("dp.mode", "local"),
+                "state": job.state,
+                "detail": job.detail,
+                "owner": job.owner,
+                "host": job.host,
+                "updated": job.updated,
+            }
+            for job in reversed(self.visible_jobs(viewer))
+        ]
+
+    async def reachability(self, timeout: float = PROBE_SECONDS) -> list[dict[str, Any]]:
+        """Every other member with an address: whether its daemon answered /v1/health within `timeout` s."""
+
+        async def probe(member: Member) -> dict[str, Any]:
+            start = time.monotonic()
+            try:
+                await asyncio.wait_for(self.ctx.client.call("GET", f"{member.address}/v1/health"), timeout)
+                reachable, detail = True, f"answered in {1000 * (time.monotonic() - start):.0f} ms"
+            except TimeoutError:
+                reachable, detail = False, f"no answer within {timeout:g} s"
+            except PeerUnreachable as error:
+                reachable, detail = False, str(error)
+            return {"member": member.name, "address": member.address, "reachable": reachable, "detail": detail}
+
+        manifest = self.ctx.identity.current_manifest()
+        others = [m for m in manifest.members if m.address and m.name != self.ctx.name]
+        return list(await asyncio.gather(*(probe(m) for m in others)))

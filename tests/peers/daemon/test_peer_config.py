@@ -32,6 +32,8 @@ def test_a_valid_peer_toml(peer_dir):
     config = load_config(peer_dir / "peer.toml")
     assert config.policy.model_owners == ("risk-dept",) and config.policy.min_participants == 2
     assert config.policy.strategies == ("fedavg", "fedadam")
+    assert config.policy.setups == ("horizontal",) and config.policy.dp == ("local",)
+    assert config.policy.vertical_label_holders == ()
     source = config.sources["credit-card"]
     assert source.path == (peer_dir / "data.csv").resolve() and source.delta == 1e-5 and source.accountant == "prv"
     assert config.state_dir == (peer_dir / "state").resolve() and config.max_body_bytes == 1 << 20
@@ -42,7 +44,7 @@ def test_a_valid_peer_toml(peer_dir):
     [
         (
             ("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nmax-epsilon = 1"),
-            "unknown key 'max-epsilon' in [policy]: valid keys are max-epsilon-per-job, min-participants",
+            "unknown key 'max-epsilon' in [policy]: valid keys are dp, max-epsilon-per-job, min-participants",
         ),
         (
             ("[peer]", "[peers]"),
@@ -53,6 +55,18 @@ def test_a_valid_peer_toml(peer_dir):
             "policy.strategies: 'krum' is unknown; valid choices are fedavg, fedadam",
         ),
         (("max-epsilon-per-job = 3.0", "max-epsilon-per-job = -1"), "policy.max-epsilon-per-job must be > 0"),
+        (
+            ("max-epsilon-per-job = 3.0", 'max-epsilon-per-job = 3.0\nsetups = ["diagonal"]'),
+            "policy.setups: 'diagonal' is unknown; valid choices are horizontal, transfer, vertical",
+        ),
+        (
+            ("max-epsilon-per-job = 3.0", 'max-epsilon-per-job = 3.0\ndp = ["off"]'),
+            "policy.dp: 'off' is unknown; valid choices are local, distributed",
+        ),
+        (
+            ("max-epsilon-per-job = 3.0", 'max-epsilon-per-job = 3.0\nvertical-label-holders = "broker"'),
+            "policy.vertical-label-holders must be list",
+        ),
         (("epsilon = 8.0", 'epsilon = "eight"'), "sources.credit-card.epsilon must be int or float"),
         (('path = "data.csv"', 'path = "missing.csv"'), "does not exist"),
         (

@@ -1,0 +1,189 @@
+"""Every setup and DP mechanism in the signed job, and each peer's policy on them.
+
+The signed document states `setup` and `dp.mode`; changing either after signing breaks
+the signature, and a document signed before `setup` existed still verifies as
+horizontal with local DP. Over real mutual TLS, bank-a (the host) proposes to bank-b,
+whose peer.toml [policy] decides per setup, per DP mechanism and, for vertical jobs,
+per label holder: a job outside it is declined with the reason in the audit log and
+the reply, and nothing is reserved.
+"""
+
+import copy
+
+import pytest
+
+from fedsilo.peers.daemon.signed_job import SCHEMA, job_document, sign_job, verify_envelope
+from fedsilo.peers.errors import Refused
+from fedsilo.peers.job import plan_distributed_dp, spec_parameter_count
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+
+from ._consortium import OWNER, make_consortium, member_client, run, running
+from .test_daemon_refusals import _accept, propose, refused_without_change, state_of
+
+ALLOW_ALL = (
+    'model-owners = ["risk-dept"]\nmax-epsilon-per-job = 3.0\nmin-participants = 2\n'
+    'setups = ["horizontal", "transfer", "vertical"]\ndp = ["local", "distributed"]\n'
+)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    return make_consortium(tmp_path_factory.mktemp("setups"), peers=("bank-a", "bank-b"))
+
+
+def _verify(consortium, envelope):
+    identity = consortium.identity("bank-b")
+    return verify_envelope(envelope, identity.manifest, identity.ca_certificate)
+
+
+DISTRIBUTED = "public-rows = 640\ndp-mode = distributed"  # [job] lines; dp-mode becomes [dp] mode
+
+
+def _envelope(consortium, path, job_id, extra=""):
+    """The owner's signed job; `dp-mode = X` in `extra` is moved into the [dp] table as `mode = "X"`."""
+    lines = extra.splitlines()
+    modes = [line.split("=")[1].strip() for line in lines if line.startswith("dp-mode")]
+    path = consortium.job_toml(path, job_id, extra="\n".join(line for line in lines if not line.startswith("dp-mode")))
+    if modes:
+        path.write_text(path.read_text().replace("[dp]\n", f'[dp]\nmode = "{modes[0]}"\n'))
+    return sign_job(consortium.identity(OWNER), job_document(path, OWNER))
+
+
+@pytest.mark.parametrize("field, value", [("setup", "vertical"), ("dp", "distributed")])
+def test_the_signature_covers_setup_and_dp(consortium, tmp_path, field, value):
+    envelope = _envelope(consortium, tmp_path / "job.toml", "sig-1", extra='setup = "transfer"\npublic-rows = 640')
+    job = _verify(consortium, envelope)
+    assert job.setup == "transfer" and job.config.dp.mode == "local"
+    assert envelope["job"]["setup"] == "transfer" and envelope["job"]["run_config"]["job.public-rows"] == 640
+    tampered = copy.deepcopy(envelope)
+    if field == "setup":
+        tampered["job"]["setup"] = value
+    else:
+        tampered["job"]["run_config"]["dp.mode"] = value
+    with pytest.raises(Refused, match="signature"):
+        _verify(consortium, tampered)
+
+
+def test_a_document_signed_before_setups_existed_verifies_as_horizontal_local(consortium, tmp_path):
+    document = job_document(consortium.job_toml(tmp_path / "job.toml", "old-1"), OWNER)
+    del document["setup"]  # what an older fedsilo signed: no setup, no dp.mode
+    assert "dp.mode" not in document["run_config"] and document["schema"] == SCHEMA
+    job = _verify(consortium, sign_job(consortium.identity(OWNER), document))
+    assert job.setup == "horizontal" and job.config.dp.mode == "local"
+
+
+def test_an_unknown_setup_is_refused_before_signing(consortium, tmp_path):
+    from fedsilo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="job.setup 'diagonal' is unknown: valid setups are horizontal, transfer"):
+        job_document(consortium.job_toml(tmp_path / "job.toml", "bad-1", extra='setup = "diagonal"'), OWNER)
+
+
+@pytest.mark.parametrize(
+    "policy, extra, fragment",
+    [
+        ("", 'setup = "transfer"', "policy: transfer jobs are not allowed here (allowed setups: horizontal)"),
+        (
+            'setups = ["horizontal", "vertical"]\n',
+            'setup = "vertical"',
+            "policy: a vertical job's label holder is its host, bank-a, who may not hold the labels of vertical "
+            "jobs here (allowed: nobody)",
+        ),
+        (
+            'setups = ["vertical"]\nvertical-label-holders = ["broker"]\n',
+            'setup = "vertical"',
+            "(allowed: broker)",
+        ),
+        (
+            "",
+            DISTRIBUTED,
+            "policy: the job uses distributed DP; this peer allows local (peer.toml [policy] dp)",
+        ),
+    ],
+)
+def test_a_job_outside_the_policy_is_declined_with_the_reason(consortium, tmp_path, policy, extra, fragment):
+    consortium.write_peer_toml(
+        "bank-b", policy='model-owners = ["risk-dept"]\nmax-epsilon-per-job = 3.0\nmin-participants = 2\n' + policy
+    )
+    envelope = _envelope(consortium, tmp_path / "job.toml", f"outside-{abs(hash(fragment)) % 10**6}", extra)
+    try:
+        reply, entry = refused_without_change(consortium, lambda: propose(consortium, envelope), fragment)
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "declined" and fragment in reply["reason"] and entry[1] == "job.decline"
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ('setup = "transfer"', "transfer jobs are declared and allowed by policy but do not train over the network"),
+        ('setup = "vertical"', "vertical jobs are declared and allowed by policy but do not train over the network"),
+    ],
+)
+def test_an_allowed_job_this_release_cannot_train_is_declined_saying_what_is_missing(
+    consortium, tmp_path, extra, fragment
+):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL + 'vertical-label-holders = ["bank-a"]\n')
+    envelope = _envelope(consortium, tmp_path / "job.toml", f"missing-{abs(hash(fragment)) % 10**6}", extra)
+    try:
+        reply, entry = refused_without_change(consortium, lambda: propose(consortium, envelope), "not yet supported")
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "declined" and fragment in reply["reason"] and entry[1] == "job.decline"
+
+
+def test_a_horizontal_local_job_is_still_accepted_and_reserved_under_the_new_policy(consortium, tmp_path):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    envelope = _envelope(consortium, tmp_path / "job.toml", "still-1", 'setup = "horizontal"')
+    try:
+        run(_accept(consortium, envelope))  # asserts the decision is "accepted"
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert ("still-1", "reserved") in state_of(consortium, "bank-b")[1]
+
+
+def test_a_distributed_dp_job_reserves_exactly_its_plan_and_cancel_releases_it(tmp_path):
+    consortium = make_consortium(tmp_path / "fresh", peers=("bank-a", "bank-b"))  # a ledger with nothing else
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    envelope = _envelope(consortium, tmp_path / "job.toml", "dist-1", DISTRIBUTED)
+    job = _verify(consortium, envelope)
+    plan = plan_distributed_dp(job.config, spec_parameter_count(job.config))
+    expected = epsilon_spent([plan.per_round] * job.config.train.rounds, 1e-5, "prv")
+    wider = plan_distributed_dp(job.config, 10 * spec_parameter_count(job.config) + 12345)  # the encoder's width
+    assert epsilon_spent([wider.per_round] * 2, 1e-5, "prv") == pytest.approx(expected, rel=1e-12)
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            reply = await propose(consortium, envelope)
+            async with member_client(consortium, OWNER) as client:
+                address = consortium.addresses["bank-b"]
+                reserved = await client.call("GET", f"{address}/v1/budget")
+                await client.call("POST", f"{address}/v1/jobs/dist-1/cancel", {})
+                released = await client.call("GET", f"{address}/v1/budget")
+            return reply, reserved, released
+
+    reply, reserved, released = run(body())
+    assert reply["decision"] == "accepted"
+    assert [Mechanism.from_dict(m) for m in reply["planned"]] == [
+        Mechanism(plan.effective_multiplier, 1.0, job.config.train.rounds)
+    ]
+    assert reserved["sources"][0]["reserved_epsilon"] == pytest.approx(expected, rel=1e-9)
+    assert 0.9 < expected <= 1.0  # the job's ε = 1, spent over its 2 rounds
+    assert released["sources"][0]["reserved_epsilon"] == 0.0 and released["sources"][0]["spent_epsilon"] == 0.0
+    jobs, ledger, _ = state_of(consortium, "bank-b")
+    assert jobs == [("dist-1", "cancelled")] and ledger == []  # the reservation is gone, nothing spent
+
+
+def test_an_infeasible_distributed_dp_plan_is_declined_before_reserving(consortium, tmp_path):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    path = consortium.job_toml(tmp_path / "job.toml", "dist-2", extra="public-rows = 640")
+    text = path.read_text().replace("[dp]\n", '[dp]\nmode = "distributed"\n')
+    path.write_text(text + "\n[secagg]\ndropout-fraction = 0.6\n")
+    envelope = sign_job(consortium.identity(OWNER), job_document(path, OWNER))
+    try:
+        reply, entry = refused_without_change(
+            consortium, lambda: propose(consortium, envelope), "the job's distributed-DP plan is not feasible"
+        )
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "declined" and "secagg cannot tolerate 1 dropouts" in reply["reason"]
