@@ -14,14 +14,18 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.model_spec import ModelSpec
-from fedsilo.privacy.accounting import Mechanism, planning
-from fedsilo.privacy.accounting.planning import DistributedDPPlan, DPPlan
+from fedsilo.privacy.accounting.mechanism import Mechanism
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
-from fedsilo.privacy.secagg import SecAggConfig
+from fedsilo.privacy.secagg.config import SecAggConfig
+
+# `planning` brings numpy and Opacus' accountants: imported by the functions that plan, so reading
+# a job's settings (and `fedsilo simulate --help`, which shows them) stays light.
+if TYPE_CHECKING:
+    from fedsilo.privacy.accounting.planning import DistributedDPPlan, DPPlan
 
 DP_MODES = ("local", "distributed", "off")
 SETUPS = ("horizontal", "transfer", "vertical")  # how a job's data is split between its peers
@@ -257,6 +261,8 @@ def secagg_config(job: JobConfig, n_params: int | None = None) -> SecAggConfig:
 
 def _noiseless_config(job: JobConfig) -> SecAggConfig:
     """The job's SecAgg+ parameters before any noise: 32 bits and public weights in distributed DP."""
+    from fedsilo.privacy.accounting import planning
+
     distributed = job.dp.mode == "distributed"
     return SecAggConfig(
         clip=job.secagg.clip,
@@ -277,6 +283,8 @@ def plan_distributed_dp(job: JobConfig, n_params: int) -> DistributedDPPlan:
     The sensitivity is lr·C/public_rows: every peer divides its clipped gradient sum by
     the job's public total of training rows.
     """
+    from fedsilo.privacy.accounting import planning
+
     return planning.plan_distributed_dp(
         job.dp.epsilon,
         job.dp.delta,
@@ -309,11 +317,15 @@ def spec_parameter_count(job: JobConfig) -> int:
 
 def plan_dp(job: JobConfig, n_train: int) -> DPPlan:
     """How a bank with `n_train` rows spends exactly the job's ε over all its rounds (noise 0 without DP)."""
+    from fedsilo.privacy.accounting import planning
+
     return planning.plan_dp(*_budget(job), **_shape(job, n_train))
 
 
 def dp_plan_is_cached(job: JobConfig, n_train: int) -> bool:
     """Whether `plan_dp(job, n_train)` needs no calibration (a disk-cache hit, or no DP)."""
+    from fedsilo.privacy.accounting import planning
+
     return planning.dp_plan_is_cached(*_budget(job), **_shape(job, n_train))
 
 

@@ -8,9 +8,38 @@
 - `planning` — a job's noise from public numbers (local DP-SGD and distributed DP).
 """
 
-from fedsilo.privacy.accounting.accountant import Accountant
-from fedsilo.privacy.accounting.compose import calibrate_noise, epsilon_spent
-from fedsilo.privacy.accounting.mechanism import Mechanism
-from fedsilo.privacy.accounting.validate import ACCOUNTANTS
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["ACCOUNTANTS", "Accountant", "Mechanism", "calibrate_noise", "epsilon_spent"]
+
+# Each public name's home module, loaded on first use: `compose` and `accountant` bring numpy
+# and Opacus' analysis, which the command line's help and refusals do not need.
+_HOMES = {
+    "ACCOUNTANTS": "validate",
+    "Accountant": "accountant",
+    "Mechanism": "mechanism",
+    "calibrate_noise": "compose",
+    "epsilon_spent": "compose",
+}
+
+if TYPE_CHECKING:
+    from fedsilo.privacy.accounting.accountant import Accountant
+    from fedsilo.privacy.accounting.compose import calibrate_noise, epsilon_spent
+    from fedsilo.privacy.accounting.mechanism import Mechanism
+    from fedsilo.privacy.accounting.validate import ACCOUNTANTS
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

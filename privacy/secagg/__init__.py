@@ -42,27 +42,9 @@ Modules, one job each: ``encoding`` (fixed point, modulus), ``prg`` (ChaCha20 ma
 ``config``, ``client``, ``server``. This package imports neither Flower nor the network.
 """
 
-from .auth import Ed25519Directory, Ed25519Identity, Signer, Verifier
-from .client import ClientStage, SecAggClient
-from .config import SecAggConfig
-from .encoding import FixedPointEncoder
-from .errors import PeerRejected, ThresholdNotMet
-from .graph import Graph, GraphParameters, build_graph, graph_parameters
-from .messages import (
-    AdvertiseKeys,
-    ConsistencyRequest,
-    EncryptedShares,
-    MaskedInput,
-    MaskInputRequest,
-    RoundSetup,
-    SecAggResult,
-    ShareKeysRequest,
-    SurvivorSignature,
-    UnmaskRequest,
-    UnmaskShares,
-)
-from .noise import DistributedNoise, central_noise_multiplier
-from .server import SecAggServer, ServerStage
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AdvertiseKeys",
@@ -95,3 +77,74 @@ __all__ = [
     "central_noise_multiplier",
     "graph_parameters",
 ]
+
+# Each public name's home module, loaded on first use: `client`, `server`, `keys` and `encoding`
+# bring numpy and `cryptography`, which reading a job's settings (and the command line's help) does not need.
+_HOMES = {
+    "AdvertiseKeys": "messages",
+    "ClientStage": "client",
+    "ConsistencyRequest": "messages",
+    "DistributedNoise": "noise",
+    "Ed25519Directory": "auth",
+    "Ed25519Identity": "auth",
+    "EncryptedShares": "messages",
+    "FixedPointEncoder": "encoding",
+    "Graph": "graph",
+    "GraphParameters": "graph",
+    "MaskInputRequest": "messages",
+    "MaskedInput": "messages",
+    "PeerRejected": "errors",
+    "RoundSetup": "messages",
+    "SecAggClient": "client",
+    "SecAggConfig": "config",
+    "SecAggResult": "messages",
+    "SecAggServer": "server",
+    "ServerStage": "server",
+    "ShareKeysRequest": "messages",
+    "Signer": "auth",
+    "SurvivorSignature": "messages",
+    "ThresholdNotMet": "errors",
+    "UnmaskRequest": "messages",
+    "UnmaskShares": "messages",
+    "Verifier": "auth",
+    "build_graph": "graph",
+    "central_noise_multiplier": "noise",
+    "graph_parameters": "graph",
+}
+
+if TYPE_CHECKING:
+    from .auth import Ed25519Directory, Ed25519Identity, Signer, Verifier
+    from .client import ClientStage, SecAggClient
+    from .config import SecAggConfig
+    from .encoding import FixedPointEncoder
+    from .errors import PeerRejected, ThresholdNotMet
+    from .graph import Graph, GraphParameters, build_graph, graph_parameters
+    from .messages import (
+        AdvertiseKeys,
+        ConsistencyRequest,
+        EncryptedShares,
+        MaskedInput,
+        MaskInputRequest,
+        RoundSetup,
+        SecAggResult,
+        ShareKeysRequest,
+        SurvivorSignature,
+        UnmaskRequest,
+        UnmaskShares,
+    )
+    from .noise import DistributedNoise, central_noise_multiplier
+    from .server import SecAggServer, ServerStage
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

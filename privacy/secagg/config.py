@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedsilo.errors import ConfigError
 
-from .encoding import FixedPointEncoder
 from .graph import Graph, GraphParameters, build_graph, graph_parameters
-from .noise import DistributedNoise, sum_headroom
+
+# `encoding` and `noise` bring numpy: loaded when a configuration is built, not when a job's
+# settings module (and the command line's help) imports this class.
+if TYPE_CHECKING:
+    from .encoding import FixedPointEncoder
+    from .noise import DistributedNoise
 
 __all__ = ["SecAggConfig"]
 
@@ -44,6 +49,9 @@ class SecAggConfig:
     noise: DistributedNoise | None = None
 
     def __post_init__(self) -> None:
+        from .encoding import FixedPointEncoder
+        from .noise import DistributedNoise
+
         FixedPointEncoder(self.clip, self.bits, 1)  # validates clip and bits
         if not (isinstance(self.max_weight, (int, float)) and math.isfinite(self.max_weight) and self.max_weight > 0):
             raise ConfigError(f"secagg max_weight must be a finite number > 0, got {self.max_weight!r}")
@@ -67,6 +75,9 @@ class SecAggConfig:
 
     def encoder(self, n_peers: int) -> FixedPointEncoder:
         """The round's encoder; with noise, headroom for the noise of ``n_peers`` peers."""
+        from .encoding import FixedPointEncoder
+        from .noise import sum_headroom
+
         headroom = 0
         if self.noise is not None:
             base = FixedPointEncoder(self.clip, self.bits, n_peers)

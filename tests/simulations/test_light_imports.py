@@ -93,3 +93,48 @@ def test_moved_names_are_still_importable_where_they_were():
     assert dpsgd.steps_per_epoch is sampling.steps_per_epoch and dpsgd.steps_per_epoch(0.03) == 34
     assert dpsgd.expected_batch_size is sampling.expected_batch_size and dpsgd.expected_batch_size(0.01, 250) == 2
     assert sorted(ACCOUNTANTS) == ["prv", "rdp"]
+
+
+def test_simulate_help_imports_no_numpy_nor_cryptography(tmp_path):
+    """The help shows the job specs' defaults: reading them must not load numpy, scipy or `cryptography`."""
+    code = "\n".join(
+        [
+            "import contextlib, io, json, sys",
+            "import fedsilo.peers.job",
+            "from fedsilo.cli import main",
+            "out = io.StringIO()",
+            "with contextlib.redirect_stdout(out):",
+            "    try:",
+            "        main(['simulate', '--help'])",
+            "    except SystemExit as stop:",
+            "        status = stop.code",
+            "loaded = [m for m in ('numpy', 'scipy', 'cryptography', 'torch', 'opacus') if m in sys.modules]",
+            "print(json.dumps({'status': status, 'help': out.getvalue(), 'loaded': loaded}))",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["status"] == 0 and "--epsilon" in outcome["help"]
+    assert outcome["loaded"] == []
+
+
+@pytest.mark.parametrize("package", ["fedsilo.privacy.accounting", "fedsilo.privacy.secagg"])
+def test_lazy_packages_still_export_every_public_name(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        home = getattr(value, "__module__", package + ".constants")  # ACCOUNTANTS is a plain constant
+        assert home.startswith(package + "."), (name, home)
+        assert name in dir(module)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        module.no_such_name  # noqa: B018
