@@ -4,6 +4,7 @@ Measures the wall time of, each in a fresh process:
 
 - baseline: `python -c pass` (the interpreter's own start, with site-packages);
 - `fedsilo --help`;
+- `fedsilo simulate --help` (shows the job specs' defaults);
 - a refused input: `fedsilo simulate --data MISSING.csv --label y` (exit status 2, one line);
 - a refused value: `fedsilo simulate --epsilon -1` (exit status 2, refused by the configuration);
 - a refused input to `fedsilo score` (a folder without a model card).
@@ -57,6 +58,7 @@ def main() -> None:
         missing = str(Path(tmp) / "missing.csv")
         commands = {
             "fedsilo --help": (["--help"], 0),
+            "fedsilo simulate --help": (["simulate", "--help"], 0),
             "simulate, missing data file": (["simulate", "--data", missing, "--label", "y"], 2),
             "simulate, refused value --epsilon -1": (["simulate", "--epsilon", "-1"], 2),
             # a checkout without `fedsilo score` refuses the unknown command (argparse, status 2) after the same imports
