@@ -60,6 +60,7 @@ class SimulationConfig:
     model: str = ModelSpec.kind
     hidden: tuple[int, ...] = ModelSpec.hidden
     embedding_width: int = 4  # vertical: width of each party's bottom-model output
+    frozen_bottoms: bool = False  # vertical: feature parties keep their data-independent bottoms, release once
     trees: int = 30  # --model gbdt: trees, their depth, histogram bins per numeric column
     depth: int = 2
     bins: int = 16

@@ -361,6 +361,13 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="D",
         help="vertical: width of each party's bottom-model output",
     ),
+    Setting(
+        "frozen_bottoms",
+        toml="model.frozen-bottoms",
+        flag="--frozen-bottoms",
+        kind="bool",
+        help="vertical: the bank keeps its seeded (data-independent) bottom and releases each row's embedding once",
+    ),
     Setting("trees", toml="model.trees", flag="--trees", kind="int", metavar="N", help="--model gbdt: number of trees"),
     Setting(
         "depth", toml="model.depth", flag="--depth", kind="int", metavar="D", help="--model gbdt: depth of each tree"

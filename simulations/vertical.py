@@ -278,14 +278,24 @@ def _audit(observer: Observer, parties: Parties, batches: int) -> dict[str, floa
     return out
 
 
+def _audit_frozen(observer: Observer, parties: Parties, batches: int) -> dict[str, float]:
+    """Frozen bottoms: no gradient reaches the bank (nothing to infer labels from); the reconstruction attack only."""
+    positions, embeddings = observer.last(batches, observer.embeddings)
+    column = parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
+    known_rows = max(2, int(ATTACKER_KNOWN_FRACTION * len(column)))
+    return {"feature_reconstruction_r2": round(reconstruction_r2(embeddings, column, known_rows), 4)}
+
+
 def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummary:
     """Run the vertical scenario end to end (checks every input before writing)."""
     if config.model not in ("mlp", "logreg"):
         raise ConfigError(f"--setup vertical trains an mlp or logreg split model, got {config.model!r}")
     epochs, overlap = config.rounds, DEFAULT_OVERLAP if config.overlap is None else config.overlap
-    spec = SplitSpec(config.model, tuple(config.hidden), config.embedding_width)
+    spec = SplitSpec(config.model, tuple(config.hidden), config.embedding_width, config.frozen_bottoms)
     table = pooled_table(config)
-    holder_dp, party_dp = _dp(config, 2 * epochs), _dp(config, 2 * epochs, scoring=True)
+    # frozen bottoms: the broker releases nothing (its updates only, once per epoch), the bank each row once
+    releases = {HOLDER: epochs, PARTY: 1} if spec.frozen else {HOLDER: 2 * epochs, PARTY: 2 * epochs}
+    holder_dp, party_dp = _dp(config, releases[HOLDER]), _dp(config, releases[PARTY], scoring=True)
     progress.stage(f"Aligning the {HOLDER}'s and the {PARTY}'s customers by PSI (no raw id exchanged)")
     parties = build_parties(table, config, spec, holder_dp, party_dp, overlap)
     holder, party = parties.holder, parties.party
@@ -296,7 +306,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
         ledgers = {}
         if holder_dp is not None:
             for name, dp in ((HOLDER, holder_dp), (PARTY, party_dp)):
-                planned = [Mechanism(dp.noise_multiplier, 1.0, 2 * epochs)]
+                planned = [Mechanism(dp.noise_multiplier, 1.0, releases[name])]
                 ledgers[name] = _ledger(path / f"ledger-{name}.sqlite", name, dp, job, planned)
         progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs")
         started = time.perf_counter()
@@ -310,7 +320,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             ledger.commit(name, job, accountant.mechanisms())
             ledger.close()
         batches = -(-len(holder.train_index) // config.batch_size)
-        audit = _audit(observer, parties, batches)
+        audit = _audit(observer, parties, batches) if not spec.frozen else _audit_frozen(observer, parties, batches)
 
         progress.stage(f"Yardstick: the {HOLDER} alone on its own columns (same ε)")
         all_rows = np.arange(len(parties.broker_y))
@@ -408,7 +418,7 @@ def _write(
     metrics = {"epochs": [vars(s) for s in history], **result}
     (path / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    def privacy(dp: PartyDP | None, releases: str) -> dict:
+    def privacy(dp: PartyDP | None, releases: str, per_row: int) -> dict:
         if dp is None:
             return {"dp": "off"}
         return {
@@ -417,7 +427,7 @@ def _write(
             "accountant": dp.accountant,
             "noise_multiplier": dp.noise_multiplier,
             "neighbouring": "one customer's row replaced (same shared customers)",
-            "releases_per_training_row": 2 * config.rounds,
+            "releases_per_training_row": per_row,
             "scoring_noise_multiplier": dp.scoring,
             "releases_per_held_out_row": 1,
             "released": releases,
@@ -435,7 +445,10 @@ def _write(
                 "privacy": privacy(
                     holder_dp,
                     "per batch, the gradient of each example's loss w.r.t. the bank's embedding, clipped to "
-                    f"{holder_dp.release_clip if holder_dp else 0} and noised (label DP, and DP for its columns)",
+                    f"{holder_dp.release_clip if holder_dp else 0} and noised (label DP, and DP for its columns)"
+                    if not spec.frozen
+                    else "nothing (the bank's bottom is frozen); its own part is trained by DP-SGD",
+                    config.rounds if spec.frozen else 2 * config.rounds,
                 ),
                 "learns": "the number of the bank's customers and which of its own customers the bank also holds",
                 "epsilon_spent": result["epsilon"].get(HOLDER),
@@ -446,7 +459,13 @@ def _write(
                 "privacy": privacy(
                     party_dp,
                     "per requested customer, its bottom model's output clipped to norm "
-                    f"{party_dp.release_clip if party_dp else 0} and noised",
+                    f"{party_dp.release_clip if party_dp else 0} and noised"
+                    + (
+                        ", once per customer (its bottom is frozen; a repeated request gets the same release)"
+                        if spec.frozen
+                        else ""
+                    ),
+                    1 if spec.frozen else 2 * config.rounds,
                 ),
                 "learns": "the number of the broker's customers, which of its own customers the broker also holds, "
                 "their train/test side, and the batches",

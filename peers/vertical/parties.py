@@ -50,11 +50,20 @@ __all__ = ["FeatureParty", "LabelHolder", "Link", "LocalModel", "PartyDP", "Spli
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """The split model's family: ``kind`` "mlp" or "logreg"; MLP bottoms' ``hidden`` widths and embedding ``width``."""
+    """The split model's family: ``kind`` "mlp" or "logreg"; MLP bottoms' ``hidden`` widths and embedding ``width``.
+
+    ``frozen``: the feature parties never train their bottoms. Each keeps its seeded
+    initialization (a fixed random map of its encoded columns, chosen before any data is
+    seen), so its outputs depend on a row only through that row; each party releases a
+    row's embedding once and repeats that same noisy release whenever the row is asked
+    for again (post-processing: no further ε), and the label holder returns no
+    gradients (it releases nothing about its labels; only its own updates spend its ε).
+    """
 
     kind: str = "mlp"
     hidden: tuple[int, ...] = (16,)
     width: int = 4
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("mlp", "logreg"):
@@ -182,6 +191,7 @@ class FeatureParty:
         self.bottom = build_bottom(spec, self.x.shape[1], seed)
         self.accountant = dp.row_accountant(name, len(self.x)) if dp else None
         self.pending: dict[int, np.ndarray] = {}
+        self.released: dict[int, np.ndarray] = {}  # frozen bottoms: position → its one noisy release
 
     def hello(self) -> dict:
         """What the label holder checks before training: the order's digest, its size, the embedding width."""
@@ -193,6 +203,8 @@ class FeatureParty:
         if request.training and (self.sides[positions] == TEST).any():
             raise DataError(f"{self.name}: a training batch asks for held-out customers: refused")
         z = (self.dp.noise_multiplier if request.training else self.dp.scoring) if self.dp else 0.0
+        if self.spec.frozen and self.dp is not None:
+            return Embeddings(self.name, request.batch, self._released(positions, z).astype(np.float32))
         if self.accountant is not None:
             self.accountant.charge(positions, z)
         with torch.no_grad():
@@ -201,6 +213,17 @@ class FeatureParty:
         if request.training:
             self.pending = {request.batch: positions}  # one outstanding training batch at a time
         return Embeddings(self.name, request.batch, values.astype(np.float32))
+
+    def _released(self, positions: np.ndarray, z: float) -> np.ndarray:
+        """Frozen bottom: each row's one noisy release, made (and charged) the first time it is asked for."""
+        new = np.array([p for p in positions.tolist() if p not in self.released], dtype=np.int64)
+        if new.size:
+            self.accountant.charge(new, z)
+            with torch.no_grad():
+                h = self.bottom(self.x[new]).double().numpy()
+            for p, row in zip(new.tolist(), RowRelease(self.dp.release_clip, z).apply(h, self.noise)):
+                self.released[p] = row
+        return np.stack([self.released[p] for p in positions.tolist()])
 
     def apply(self, message: Gradients) -> None:
         """Back-propagate the label holder's gradients for a batch this party released, and update the bottom."""
@@ -213,6 +236,8 @@ class FeatureParty:
             check_rows(message.values, len(positions), self.spec.embedding, "the label holder", "gradients")
         )
         del self.pending[message.batch]  # only a well-formed answer closes the batch
+        if self.spec.frozen:
+            raise ProtocolError(f"{self.name}: its bottom model is frozen and takes no gradients: refused")
         x = self.x[positions]
         if self.dp is None:
             self.bottom.zero_grad()
@@ -351,7 +376,7 @@ class LabelHolder:
             _sgd(self.model, {n: p.grad / len(index) for n, p in self.model.named_parameters()}, self.lr)
             loss = float(losses.detach().mean())
         else:
-            if self.links:
+            if self.links and not self.spec.frozen:
                 self.accountant.charge(index)  # the released gradients
             self.accountant.charge(index)  # the update of the label holder's own part
             params = {n: p.detach() for n, p in self.model.named_parameters()}
@@ -360,7 +385,7 @@ class LabelHolder:
                 return loss_fn(functional_call(self.model, params, (xi[None], ri[None])), yi[None])
 
             per_example, back = vmap(grad(one, argnums=(0, 2)), in_dims=(None, 0, 0, 0))(params, x, received, y)
-            if back.shape[1]:
+            if back.shape[1] and not self.spec.frozen:
                 back = RowRelease(self.dp.release_clip, self.dp.noise_multiplier).apply(
                     back.double().numpy(), self.noise
                 )
@@ -373,7 +398,7 @@ class LabelHolder:
             with torch.no_grad():
                 loss = float(loss_fn(self.model(x, received), y))
         out, start = [], 0
-        for link in self.links:
+        for link in [] if self.spec.frozen else self.links:
             out.append(Gradients(link.party, batch, back[:, start : start + link.width].astype(np.float32)))
             start += link.width
         return loss, out

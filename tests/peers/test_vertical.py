@@ -260,3 +260,37 @@ def test_three_parties_one_step_equals_the_centralized_split_model():
     for ref, got in ((b1, first.bottom), (b2, second.bottom), (local, holder.model)):
         for a, b in zip(ref.parameters(), got.parameters()):
             np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_bottoms_release_each_bank_row_once_and_the_broker_returns_nothing():
+    """--frozen-bottoms: the bank's row is released once (then repeated), no gradient leaves the broker."""
+    epochs, eps = 3, 3.0
+    spec = SplitSpec("mlp", (8,), 2, frozen=True)
+    z_bank, z_broker = plan_noise(eps, 1e-5, 1), plan_noise(eps, 1e-5, epochs)
+    n = 300
+    sides = np.where(np.arange(n) % 5 == 0, TEST, TRAIN).astype(np.int8)
+    holder, party, _ = _parties(spec, n=n, dp_holder=_dp(z_broker, eps), dp_party=_dp(z_bank, eps), sides=sides)
+    initial = copy.deepcopy(party.bottom.state_dict())
+    frames = []
+    history = train(holder, [party], epochs, 64, seed=0, tap=lambda d, p, frame: frames.append(frame))
+    score(holder, [party], holder.test_index)
+    # the bank: every row (training and held out) released exactly once, within its budget
+    assert party.accountant.counts.tolist() == [1] * n
+    assert party.accountant.spent() == pytest.approx(epsilon_spent([Mechanism(z_bank, 1.0, 1)], 1e-5, "prv"))
+    assert party.accountant.spent() <= eps
+    # the broker released nothing: its own updates only, once per epoch
+    assert not any(frame[:4] == b"FSVG" for frame in frames)
+    assert holder.accountant.max_releases == epochs and holder.accountant.spent() <= eps
+    assert history[-1].epsilon["broker"] <= eps
+    # the bank's bottom is its seeded initialization, and it refuses gradients
+    for name, value in party.bottom.state_dict().items():
+        torch.testing.assert_close(value, initial[name])
+    with pytest.raises(ProtocolError, match="frozen"):
+        party.pending[7] = holder.train_index[:4]
+        party.apply(Gradients("bank", 7, np.zeros((4, 2), dtype=np.float32)))
+    # the broker, asking again, gets the very same noisy vectors: averaging repeats recovers nothing
+    index = holder.train_index[:20]
+    first = party.embed(holder.request(0, index, 100)).values
+    again = party.embed(holder.request(0, index, 101)).values
+    np.testing.assert_array_equal(first, again)
+    assert party.accountant.counts.tolist() == [1] * n
