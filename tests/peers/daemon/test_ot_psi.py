@@ -12,7 +12,6 @@ kept), and the bounds on sessions (number, idle expiry).
 import asyncio
 import contextlib
 import io
-import sqlite3
 import time
 
 import pytest
@@ -27,6 +26,7 @@ from fedsilo.peers.risk_lists import AUTO_OT_FROM, run_psi
 from fedsilo.privacy.psi import KkrtReceiver, Mode, canonical, cuckoo, otwire
 
 from ._consortium import make_consortium, run, running
+from .test_risk_lists import audit
 
 HOLDER = [f"C-{i:05d}" for i in range(3000)]
 # bank-a: 700 on the list (one written differently), 800 not, one repeated
@@ -59,13 +59,6 @@ def consortium(tmp_path_factory):
     with open(consortium.config_path("broker"), "a") as handle:
         handle.write(LIST_TOML)
     return consortium
-
-
-def audit(consortium, name):
-    with sqlite3.connect(consortium.root / name / "state" / "state.sqlite") as conn:
-        return conn.execute(
-            "SELECT actor, action, outcome, source, detail FROM audit WHERE action NOT LIKE 'budget%' ORDER BY seq"
-        ).fetchall()
 
 
 def plaintext(ids):
