@@ -52,6 +52,21 @@ def start(consortium, name):
     raise AssertionError(f"{name} did not start")
 
 
+def stop(process):
+    """Stop a daemon process, then SIGKILL whatever it started (its SuperLink, SuperNodes, ...)."""
+    children = descendants(process.pid)
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def descendants(pid):
     """Every process whose parent chain reaches `pid` (read from /proc)."""
     parents = {}
@@ -133,17 +148,7 @@ def consortium(tmp_path_factory):
     consortium.processes = processes
     yield consortium
     for process in consortium.processes.values():
-        children = descendants(process.pid)
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        for child in children:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop(process)
 
 
 def test_a_job_runs_to_a_signed_model_and_every_ledger_shows_its_spending(consortium, tmp_path):

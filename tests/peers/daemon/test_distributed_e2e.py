@@ -8,9 +8,6 @@ which is the plan, and the owner pulls a verified model whose card states it.
 """
 
 import asyncio
-import os
-import signal
-import subprocess
 
 import pytest
 
@@ -22,7 +19,7 @@ from fedsilo.peers.job import distributed_dp_reservation
 from fedsilo.privacy.accounting import epsilon_spent
 
 from ._consortium import OWNER, make_consortium, signed
-from .test_consortium_e2e import call, descendants, ledger_rows, start, wait_for
+from .test_consortium_e2e import call, ledger_rows, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 POLICY = (
@@ -39,17 +36,7 @@ def consortium(tmp_path_factory):
     processes = {name: start(consortium, name) for name in consortium.peers}
     yield consortium
     for process in processes.values():
-        children = descendants(process.pid)
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        for child in children:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop(process)
 
 
 def test_a_distributed_dp_job_trains_and_every_ledger_commits_its_plan(consortium, tmp_path):
