@@ -50,8 +50,9 @@ def test_cluster_has_a_head_and_a_worker_node(cluster):
 
 
 def test_simulation_runs_on_the_cluster(cluster, tmp_path):
-    # DP off: this test is about the cluster (sampling, where banks are built), and with
-    # secret DP noise 2 rounds on 1,800 rows sometimes end below AUC 0.5 (it did, once).
+    # DP off: this test is about the cluster (sampling, where banks are built). 2 rounds on
+    # 1,800 rows ended anywhere in 0.48-0.54 (sampling and shuffles are unseeded); 3 rounds
+    # on 6,000 rows ended at 0.678, 0.682 and 0.699 in three runs.
     code, out = _run(
         [
             "simulate",
@@ -64,9 +65,9 @@ def test_simulation_runs_on_the_cluster(cluster, tmp_path):
             "--sample",
             "4",
             "--rounds",
-            "2",
+            "3",
             "--customers",
-            "1800",
+            "6000",
             "--compare",
             "none",
             "--json",
@@ -77,13 +78,13 @@ def test_simulation_runs_on_the_cluster(cluster, tmp_path):
     )
     assert code == 0, out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["banks"] == 6 and summary["rounds"] == 2 and 0.5 < summary["final_auc"] <= 1.0
+    assert summary["banks"] == 6 and summary["rounds"] == 3 and 0.6 < summary["final_auc"] <= 1.0
     card = json.loads((tmp_path / summary["run_dir"].split("/")[-1] / "model_card.json").read_text())
     population = card["data"]["population"]
     assert population["banks"] == 6 and population["sampled_per_round"] == 4
     assert 4 <= len(card["participants"]) <= 6  # only sampled banks were ever built
     for bank in card["participants"]:
-        assert bank["rounds_trained"] <= 2 and bank["epsilon_spent"] <= 3.0 + 1e-6
+        assert bank["rounds_trained"] <= 3 and bank["epsilon_spent"] <= 3.0 + 1e-6
 
 
 def test_sweep_reuses_the_cluster_and_writes_one_table_and_one_plot(cluster, tmp_path):
