@@ -135,8 +135,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def create_ca(consortium: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """A self-signed root CA certificate for `consortium` (may sign member certificates only)."""
+def create_ca(consortium: str, key: ec.EllipticCurvePrivateKey, days: int = CA_DAYS) -> x509.Certificate:
+    """A self-signed root CA certificate for `consortium`, valid `days` (may sign end-entity certificates only)."""
     name = _subject(f"{consortium} root CA", consortium)
     now = _now()
     return (
@@ -146,7 +146,7 @@ def create_ca(consortium: str, key: ec.EllipticCurvePrivateKey) -> x509.Certific
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(

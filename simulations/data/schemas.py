@@ -68,7 +68,7 @@ MIN_INSTITUTION_ROWS = 50
 TRANSFER_SOURCE_BANKS = 3  # synthetic banks pooled into the transfer table (a mix of customer profiles)
 UCI_LABEL = "Y"
 UCI_ID = "ID"
-# The UCI file's X1 … X23, in the order of the synthetic generator's FEATURES (see data/README.md).
+# The UCI file's X1 … X23, in the order of the synthetic generator's FEATURES (see the README beside the UCI file).
 UCI_SOURCES = dict(zip(FEATURES, [f"X{i}" for i in range(1, 24)]))
 
 _SPLIT_STREAM = 7
