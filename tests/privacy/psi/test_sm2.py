@@ -437,3 +437,18 @@ def test_the_list_holder_refuses_an_off_curve_query_point():
     bad = pending.request[:HEADER] + b"\x02" + _off_curve_x().to_bytes(32, "big")
     with pytest.raises(ProtocolError, match="not on the curve sm2p256v1"):
         holder.answer("bank-a", bad)
+
+
+@pytest.mark.parametrize(
+    "version,group,match",
+    [
+        (2, 1, "version 2 PSI frame has group byte 0"),  # version 2 had a reserved zero byte there
+        (3, 7, "unknown group 7"),
+        (4, 1, "version 4 is not supported"),
+    ],
+)
+def test_frame_headers_with_a_wrong_version_or_group_byte_are_refused(version, group, match):
+    frame = bytearray(next(iter(PsiReceiver(["a"], suite="gm").request_frames())))
+    frame[4], frame[7] = version, group
+    with pytest.raises(ProtocolError, match=match):
+        decode(bytes(frame), group=1)
