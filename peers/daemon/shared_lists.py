@@ -38,7 +38,8 @@ manifest's `suite`, `fedsilo.privacy.psi.groups`): X25519 PSI and ristretto255 q
 A frame of the other suite's group is refused (400) naming both groups. Under gm the
 OT-extension protocol is not offered: its base OTs run on ristretto255 and its PRG,
 hashes and code on AES and SHA-256, so a gm list offers `dh` only (`shared_with` lists
-it so) and an OT request is refused (403) saying why (`OT_UNDER_GM`).
+it so), an OT request is refused (403) saying why (`OT_UNDER_GM`), and a gm daemon with a
+list that offers only `ot` does not start (ConfigError naming the list).
 
 The methods are blocking (group operations, file reads): the service runs them in a
 thread, inside its actor, so quota, epoch and audit changes never interleave. The group
@@ -57,7 +58,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo.errors import DataError, FedsiloError, ProtocolError, QuotaExceeded, StaleEpoch
+from fedsilo.errors import ConfigError, DataError, FedsiloError, ProtocolError, QuotaExceeded, StaleEpoch
 from fedsilo.peers.daemon.config import SharedList
 from fedsilo.peers.errors import Refused
 from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
@@ -175,6 +176,12 @@ class SharedLists:
         self.directory = directory
         self.suite = suite
         self._psi_wire, self._query_wire = psi_group(suite).wire, query_group(suite).wire
+        for shared in lists.values():
+            if suite != DEFAULT_SUITE and shared.psi and "dh" not in shared.psi_protocols:
+                raise ConfigError(
+                    f"lists.{shared.name}.psi-protocols offers only 'ot', which a {suite}-suite consortium cannot "
+                    "run (its base OTs are on ristretto255): add 'dh' (DH-PSI on the SM2 curve)"
+                )
         self._workers = workers or Workers()
         self._epochs: dict[str, _Epoch] = {}
         self._quotas: dict[str, _PerQuerier] = {}

@@ -5,11 +5,14 @@ query and `fedsilo psi` run on the SM2 curve; OT-PSI and frames of the standard 
 groups are refused by name."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import SharedList
+from fedsilo.peers.daemon.shared_lists import SharedLists
 from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.identity.signing import sign_with_suite
 from fedsilo.peers.risk_lists import choose_protocol, run_psi, run_query, shared_lists
@@ -164,3 +167,15 @@ def test_ot_psi_and_frames_of_the_standard_group_are_refused_by_name_in_a_gm_con
         assert "disagree on the consortium's crypto suite" in error
     assert choose_protocol("auto", "to-me", ["dh", "ot"], 100_000, "gm") == "dh"
     assert choose_protocol("auto", "to-me", ["dh", "ot"], 100_000) == "ot"
+
+
+def test_a_gm_daemon_refuses_a_list_that_offers_only_ot_and_serves_one_with_dh(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("client\nC-1\n")
+    only_ot = SharedList("watch", path, "client", psi=("bank-a",), psi_protocols=("ot",))
+    with pytest.raises(ConfigError, match=r"lists.watch.psi-protocols offers only 'ot', .*gm-suite .*add 'dh'"):
+        SharedLists({"watch": only_ot}, tmp_path / "psi", suite="gm")
+    SharedLists({"watch": only_ot}, tmp_path / "psi").close()  # the standard suite runs it
+    both = SharedLists({"watch": replace(only_ot, psi_protocols=("dh", "ot"))}, tmp_path / "psi", suite="gm")
+    assert both.shared_with("bank-a")[0]["psi_protocols"] == ["dh"]
+    both.close()
