@@ -452,3 +452,15 @@ def test_frame_headers_with_a_wrong_version_or_group_byte_are_refused(version, g
     frame[4], frame[7] = version, group
     with pytest.raises(ProtocolError, match=match):
         decode(bytes(frame), group=1)
+
+
+def test_the_gm_list_holder_sees_fresh_random_points_never_the_identifier_or_its_hash():
+    """The holder's full view of a query: the request. Asking one identifier twice looks different."""
+    _, table = _gm_holder()
+    request = Querier(table, suite="gm").ask(["LEI-0001", "LEI-0001"]).request
+    rows = decode(request, group=1).elements
+    assert rows[0].tobytes() != rows[1].tobytes()
+    form = canonical("LEI-0001", "id")
+    unblinded = sm2.hash_to_curve([form], sm2.QUERY_DST)[0].tobytes()
+    for needle in (b"LEI-0001", form, unblinded, unblinded[1:17], sm2.expand_message_xmd(form, sm2.QUERY_DST, 96)[:16]):
+        assert needle not in request + table.to_bytes()
