@@ -49,9 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsilo.errors import ConfigError, CryptoSuiteError, DataError, ProtocolError, StaleEpoch
 from fedsilo.privacy.crypto_suite import get_suite
@@ -82,16 +80,13 @@ def _overhead(suite: str) -> int:
 
 
 def _entry_keys(elements: np.ndarray, list_hash: bytes, epoch: int, suite: str) -> tuple[list[bytes], list[bytes]]:
+    """``tag || key`` of each element: the suite's KDF (standard: HKDF-SHA256, 16 + 32 bytes; gm: SM3 KDF, 16 + 16)."""
     info = b"fedsilo/psi/v1/entry" + list_hash + epoch.to_bytes(8, "big")
+    chosen = get_suite(suite)
+    size = TAG_BYTES + max(chosen.aead_key_sizes)
     tags, keys = [], []
-    if suite == "standard":
-        derive = lambda ikm: HKDF(algorithm=hashes.SHA256(), length=TAG_BYTES + 32, salt=None, info=info).derive(ikm)  # noqa: E731
-    else:
-        chosen = get_suite(suite)
-        size = TAG_BYTES + max(chosen.aead_key_sizes)
-        derive = lambda ikm: chosen.kdf(ikm, info, size)  # noqa: E731
     for row in elements:
-        okm = derive(row.tobytes())
+        okm = chosen.kdf(row.tobytes(), info, size)
         tags.append(okm[:TAG_BYTES])
         keys.append(okm[TAG_BYTES:])
     return tags, keys

@@ -464,3 +464,22 @@ def test_the_gm_list_holder_sees_fresh_random_points_never_the_identifier_or_its
     unblinded = sm2.hash_to_curve([form], sm2.QUERY_DST)[0].tobytes()
     for needle in (b"LEI-0001", form, unblinded, unblinded[1:17], sm2.expand_message_xmd(form, sm2.QUERY_DST, 96)[:16]):
         assert needle not in request + table.to_bytes()
+
+
+def test_the_standard_suites_table_entries_are_derived_as_before_hkdf_sha256_and_aes_gcm():
+    """Format 1 tables must stay readable by peers of earlier releases: HKDF-SHA256 (no salt), 16 + 32 bytes."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from fedsilo.privacy.psi.query import _entry_keys
+
+    elements = np.frombuffer(bytes(range(64)), np.uint8).reshape(2, 32)
+    info = b"fedsilo/psi/v1/entry" + b"L" * 8 + (3).to_bytes(8, "big")
+    expected = [HKDF(hashes.SHA256(), 48, None, info).derive(row.tobytes()) for row in elements]
+    tags, keys = _entry_keys(elements, b"L" * 8, 3, "standard")
+    assert [t + k for t, k in zip(tags, keys)] == expected
+    gm_tags, gm_keys = _entry_keys(elements, b"L" * 8, 3, "gm")
+    assert len(gm_keys[0]) == 16 and gm_tags != tags  # SM3 KDF, an SM4 key
+    holder = ListHolder("hq", MemoryQuota(5))
+    table = holder.publish([("LEI-1", "x")])
+    assert table.to_bytes()[4] == 1 and table.ciphertexts.shape == (1, 2 + 32 + 16)
