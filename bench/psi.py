@@ -24,13 +24,22 @@
    of one identifier each (half on the list), each one a full round trip: blind, the
    holder's quota check and evaluation, unblind, look-up, decrypt. Also 1,000
    identifiers in one request.
+4. The two crypto suites (issue 22): PSI ``--suites`` × ``--suites`` (default 100k, half
+   shared) under ``standard`` (X25519) and ``gm`` (the SM2 curve), both sides in one
+   process, CPU time, the arms alternating ``--repeats`` times; printed: the median CPU
+   per pair under each suite and gm / standard (baseline: the standard suite in the same
+   run), and the gm suite's CPU per element of each step (hashing onto SM2, of which the
+   two SSWU maps in Python; the SM2 scalar multiplication in Tongsuo; the check of a
+   received point). The gm arm takes about 20 times the standard one: at 100k about
+   5 CPU-minutes per repeat on this machine.
 
 Identifiers are synthetic customer numbers; the 1M run and the query table read them
 from generators during the run (never a list of a million strings). The CPU may be shared: run it on a quiet machine for stable figures.
 This is a measurement, not a pass/fail test. Figures are printed last.
 
     python bench/psi.py                       # everything (about 10 min on 2 cores)
-    python bench/psi.py --large 0 --table 0   # only the 100k comparison
+    python bench/psi.py --large 0 --table 0 --suites 0   # only the 100k comparison
+    python bench/psi.py --size 0 --large 0 --table 0 --suites 5000 --repeats 2   # the suites, smaller
 """
 
 from __future__ import annotations
@@ -53,7 +62,9 @@ from fedsilo.privacy.psi import (
     PsiSender,
     Querier,
     Workers,
+    canonical,
     exchange,
+    sm2,
     x25519,
 )
 from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
@@ -63,15 +74,15 @@ def ids(start: int, stop: int):
     return (f"cust-{i:09d}" for i in range(start, stop))
 
 
-def fedsilo_psi(n: int, workers: Workers, streamed: bool = False) -> tuple[float, int]:
+def fedsilo_psi(n: int, workers: Workers, streamed: bool = False, suite: str = "standard") -> tuple[float, int]:
     """Both sides of one run; identifiers in lists made before the clock starts (as for
     openmined-psi), or with ``streamed`` from generators read during the run."""
     receiver_ids, sender_ids = ids(0, n), ids(n // 2, n + n // 2)
     if not streamed:
         receiver_ids, sender_ids = list(receiver_ids), list(sender_ids)
     t = time.perf_counter()
-    receiver = PsiReceiver(receiver_ids, mode=Mode.TO_RECEIVER, workers=workers)
-    sender = PsiSender(sender_ids, mode=Mode.TO_RECEIVER, workers=workers)
+    receiver = PsiReceiver(receiver_ids, mode=Mode.TO_RECEIVER, workers=workers, suite=suite)
+    sender = PsiSender(sender_ids, mode=Mode.TO_RECEIVER, workers=workers, suite=suite)
     exchange(receiver, sender)
     elapsed = time.perf_counter() - t
     return elapsed, receiver.result().cardinality
@@ -138,6 +149,55 @@ def breakdown_us(n: int = 20_000, repeats: int = 3) -> dict[str, float]:
         blinded = step("x25519", x25519.multiply, points, scalar)
         step("check", x25519.check_elements, blinded)
     return out
+
+
+def gm_breakdown_us(n: int = 2_000, repeats: int = 3) -> dict[str, float]:
+    """The gm suite's CPU µs per element of each step, in this process on ``n`` elements: the lowest of ``repeats``."""
+    forms = [canonical(f"cust-{i:09d}", "id") for i in range(n)]
+    scalar = sm2.random_scalar()
+    out: dict[str, float] = {}
+
+    def step(name, fn, *args):
+        start = time.process_time()
+        result = fn(*args)
+        out[name] = min(out.get(name, float("inf")), (time.process_time() - start) / n * 1e6)
+        return result
+
+    def maps(values):
+        return [sm2.map_to_curve(u) for v in values for u in sm2.hash_to_field(v, sm2.PSI_DST)]
+
+    for _ in range(repeats):
+        points = step("hash", sm2.hash_to_curve, forms, sm2.PSI_DST)
+        step("maps", maps, forms)
+        step("check", sm2.check_elements, points)
+        step("multiply", sm2.multiply, points, scalar)  # includes its check
+    return out
+
+
+def compare_suites(args: argparse.Namespace, lines: list[str]) -> None:
+    """PSI CPU per pair under the standard and the gm suite, in one process, arms alternating."""
+    n = args.suites
+    cpu: dict[str, list[float]] = {"standard": [], "gm": []}
+    with Workers(1) as alone:
+        for _ in range(args.repeats):
+            for suite, runs in cpu.items():
+                start = time.process_time()
+                _, shared = fedsilo_psi(n, alone, suite=suite)
+                runs.append(time.process_time() - start)
+                assert shared == n - n // 2
+                print(f"{suite} suite {n:,} x {n:,}: {runs[-1]:.1f} s CPU", flush=True)
+    std, gm = statistics.median(cpu["standard"]), statistics.median(cpu["gm"])
+    parts, x = gm_breakdown_us(min(n, 2_000)), breakdown_us(min(n, 2_000))
+    lines.append(
+        f"psi by suite {n:,}x{n:,} (both sides in one process, CPU, median of {args.repeats}): "
+        f"standard {std / n * 1e6:.0f} us per pair, gm {gm / n * 1e6:.0f} us per pair: gm / standard {gm / std:.1f}x"
+    )
+    lines.append(
+        f"gm CPU per element: hash onto SM2 {parts['hash']:.0f} us (of which the two SSWU maps with SM3 "
+        f"hash_to_field, in Python: {parts['maps']:.0f} us), SM2 scalar multiplication with its check "
+        f"{parts['multiply']:.0f} us (the check alone {parts['check']:.1f} us); standard: X25519 "
+        f"{x['x25519']:.1f} us, hash onto Curve25519 {x['digest'] + x['onto']:.1f} us"
+    )
 
 
 def workers_peak_mib(workers: Workers) -> float:
@@ -239,6 +299,9 @@ def main() -> int:
     parser.add_argument("--table", type=int, default=1_000_000, help="entries of the query table (0: skip)")
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument(
+        "--suites", type=int, default=100_000, help="each side's size for the standard-vs-gm comparison (0: skip)"
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=3,
@@ -270,6 +333,8 @@ def main() -> int:
                 f"in one request: "
                 f"{q['per_id_in_batch_ms']:.2f} ms per identifier"
             )
+    if args.suites:
+        compare_suites(args, lines)
     lines.append(
         f"load average (1 min): {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
         f"({os.cpu_count()} cores)"

@@ -21,6 +21,11 @@ PSI, KKRT16: a HELLO request, then the MATRIX frames in requests of at most
 `ot` when the holder offers it, the mode is not `count` and this side has at least
 `AUTO_OT_FROM` identifiers, else `dh` (the crossover measured in docs/psi-protocols.md).
 A holder that lists no protocols (an older daemon) offers `dh` only.
+
+Crypto suite: both sides run in the group of the consortium's suite (the manifest's
+`suite`): under `gm` DH-PSI and the query run on the SM2 curve, and the OT protocol is not
+available (its base OTs are on ristretto255): `--protocol ot` is refused saying so and
+`auto` picks `dh` (`OT_UNDER_GM` says why).
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.shared_lists import OT_UNDER_GM
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.pki import check_name
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.privacy.psi import KkrtReceiver, Mode, PsiReceiver, PsiResult, Querier, otwire
 from fedsilo.privacy.psi.wire import MAX_BATCH, split
 
@@ -120,10 +127,14 @@ async def _record(
         ) from None
 
 
-def choose_protocol(protocol: str, mode: str, offered: Sequence[str], own_size: int) -> str:
+def choose_protocol(protocol: str, mode: str, offered: Sequence[str], own_size: int, suite: str = DEFAULT_SUITE) -> str:
     """The protocol to run: `protocol` if the holder offers it, or `auto`'s pick (module docstring)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"PSI protocol {protocol!r} is unknown: use one of {', '.join(PROTOCOLS)}")
+    if suite != DEFAULT_SUITE:
+        if protocol == "ot":
+            raise ConfigError(OT_UNDER_GM)
+        offered = [p for p in offered if p != "ot"]
     if protocol == "auto":
         if "ot" in offered and mode != "count" and (own_size >= AUTO_OT_FROM or "dh" not in offered):
             return "ot"
@@ -138,7 +149,7 @@ def choose_protocol(protocol: str, mode: str, offered: Sequence[str], own_size: 
 async def _dh(
     client: PeerClient, url: str, name: str, identifiers: Sequence[str], kind: str | None, mode: str
 ) -> PsiResult:
-    receiver = PsiReceiver(identifiers, kind=kind, mode=MODES[mode])
+    receiver = PsiReceiver(identifiers, kind=kind, mode=MODES[mode], suite=client.identity.manifest.suite)
     request = b"".join(await asyncio.to_thread(lambda: list(receiver.request_frames())))
     reply = await client.frames("POST", f"{url}/v1/lists/{name}/psi", request)
 
@@ -202,6 +213,9 @@ async def run_psi(
     if protocol not in PROTOCOLS:
         raise ConfigError(f"PSI protocol {protocol!r} is unknown: use one of {', '.join(PROTOCOLS)}")
     url = peer_url(client.identity, peer)
+    suite = client.identity.manifest.suite
+    if suite != DEFAULT_SUITE and protocol == "ot":
+        raise ConfigError(OT_UNDER_GM)
     try:
         entry = await _pick(client, url, list_name, "psi")
     except PeerUnreachable:
@@ -219,7 +233,7 @@ async def run_psi(
             await _record(client, "psi.run", peer, name, "refused", len(identifiers), None)
             raise
         raise Refused(f"{peer}'s list {name!r} does not offer the PSI protocol {protocol!r}", 403)
-    chosen = choose_protocol(protocol, mode, offered, len(identifiers))
+    chosen = choose_protocol(protocol, mode, offered, len(identifiers), suite)
     await _record(client, "psi.run", peer, name, "started", len(identifiers), None)
     try:
         run = _ot if chosen == "ot" else _dh
@@ -247,7 +261,7 @@ async def run_query(client: PeerClient, peer: str, list_name: str, identifiers: 
     labels: list[str | None] = []
     try:
         table = await client.frames("GET", f"{url}/v1/lists/{list_name}/table")
-        querier = await asyncio.to_thread(Querier, table, kind=kind)
+        querier = await asyncio.to_thread(Querier, table, kind=kind, suite=client.identity.manifest.suite)
         for start in range(0, len(identifiers), MAX_BATCH):
             pending = await asyncio.to_thread(querier.ask, list(identifiers[start : start + MAX_BATCH]))
             answer = await client.frames("POST", f"{url}/v1/lists/{list_name}/query", pending.request)

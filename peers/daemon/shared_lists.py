@@ -32,6 +32,15 @@ list file on this machine for each run. Contracts:
   (the run is aborted; the caller starts again). The HELLO is audited and counted against
   `psi-quota` (its announced number of identifiers, at most `MAX_OT_ITEMS`).
 
+Crypto suite: the lists are served in the group of the consortium's suite (the signed
+manifest's `suite`, `fedsilo.privacy.psi.groups`): X25519 PSI and ristretto255 queries under
+`standard`, the SM2 curve for both under `gm`, where a gm peer never touches Curve25519.
+A frame of the other suite's group is refused (400) naming both groups. Under gm the
+OT-extension protocol is not offered: its base OTs run on ristretto255 and its PRG,
+hashes and code on AES and SHA-256, so a gm list offers `dh` only (`shared_with` lists
+it so), an OT request is refused (403) saying why (`OT_UNDER_GM`), and a gm daemon with a
+list that offers only `ot` does not start (ConfigError naming the list).
+
 The methods are blocking (group operations, file reads): the service runs them in a
 thread, inside its actor, so quota, epoch and audit changes never interleave. The group
 operations run on one `fedsilo.privacy.psi.Workers` for the daemon's life (a process per core,
@@ -49,9 +58,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsilo.errors import DataError, FedsiloError, ProtocolError, QuotaExceeded, StaleEpoch
+from fedsilo.errors import ConfigError, DataError, FedsiloError, ProtocolError, QuotaExceeded, StaleEpoch
 from fedsilo.peers.daemon.config import SharedList
 from fedsilo.peers.errors import Refused
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.privacy.psi import (
     KkrtSender,
     ListHolder,
@@ -63,6 +73,7 @@ from fedsilo.privacy.psi import (
     Workers,
     otwire,
 )
+from fedsilo.privacy.psi.groups import psi_group, query_group
 from fedsilo.privacy.psi.kkrt import HELLO_BYTES, hello_items
 from fedsilo.privacy.psi.wire import FrameType, decode, split
 
@@ -72,6 +83,11 @@ OT_SESSION_SECONDS = 120.0  # an OT-PSI session is dropped this long after its l
 OT_MAX_SESSIONS = 8  # OT-PSI sessions held at once, all members
 OT_MAX_SESSIONS_PER_MEMBER = 2
 MAX_OT_ITEMS = 10_000_000  # identifiers a receiver may announce in one OT-PSI run (bounds a session's memory)
+OT_UNDER_GM = (
+    "the OT-extension PSI protocol is not available in a gm-suite consortium: its base OTs run on "
+    "ristretto255 (Curve25519) and its PRG and hashes on AES and SHA-256, which the gm suite does not allow; "
+    "run DH-PSI on the SM2 curve (--protocol dh, or auto)"
+)
 
 
 def read_column(path: Path, column: str) -> Iterator[str]:
@@ -147,11 +163,25 @@ class Served:
 
 
 class SharedLists:
-    """See the module docstring. `directory` is the peer's `state/psi`."""
+    """See the module docstring. `directory` is the peer's `state/psi`; `suite` the consortium's crypto suite."""
 
-    def __init__(self, lists: dict[str, SharedList], directory: Path, workers: Workers | None = None) -> None:
+    def __init__(
+        self,
+        lists: dict[str, SharedList],
+        directory: Path,
+        workers: Workers | None = None,
+        suite: str = DEFAULT_SUITE,
+    ) -> None:
         self.lists = lists
         self.directory = directory
+        self.suite = suite
+        self._psi_wire, self._query_wire = psi_group(suite).wire, query_group(suite).wire
+        for shared in lists.values():
+            if suite != DEFAULT_SUITE and shared.psi and "dh" not in shared.psi_protocols:
+                raise ConfigError(
+                    f"lists.{shared.name}.psi-protocols offers only 'ot', which a {suite}-suite consortium cannot "
+                    "run (its base OTs are on ristretto255): add 'dh' (DH-PSI on the SM2 curve)"
+                )
         self._workers = workers or Workers()
         self._epochs: dict[str, _Epoch] = {}
         self._quotas: dict[str, _PerQuerier] = {}
@@ -183,7 +213,7 @@ class SharedLists:
                     "name": shared.name,
                     "kind": shared.kind or "typed",
                     "psi_modes": list(shared.psi_modes) if member in shared.psi else [],
-                    "psi_protocols": list(shared.psi_protocols) if member in shared.psi else [],
+                    "psi_protocols": self._protocols(shared) if member in shared.psi else [],
                     "psi_quota": shared.psi_quota if member in shared.psi else None,
                     "psi_left": psi_left,
                     "query_quota": quota,
@@ -193,6 +223,10 @@ class SharedLists:
                 }
             )
         return out
+
+    def _protocols(self, shared: SharedList) -> list[str]:
+        """The PSI protocols `shared` offers under this consortium's suite (no `ot` under gm)."""
+        return [p for p in shared.psi_protocols if p != "ot" or self.suite == DEFAULT_SUITE]
 
     def _allowed(self, member: str, name: str, use: str) -> SharedList:
         shared = self.lists.get(name)
@@ -211,11 +245,15 @@ class SharedLists:
         frames = split(body)
         if not frames:
             raise ProtocolError("the PSI request carries no frame")
-        first = decode(frames[0], {FrameType.BLINDED, FrameType.BLINDED_END})
+        first = decode(frames[0], {FrameType.BLINDED, FrameType.BLINDED_END}, self._psi_wire)
         mode = Mode(first.mode) if first.mode in {m.value for m in Mode} else None
         if mode is None or MODE_NAMES[mode] not in shared.psi_modes:
             raise Refused(f"list {name!r} allows PSI modes {', '.join(shared.psi_modes)} only", 403)
-        compared = sum(frame.count for frame in map(decode, frames) if frame.type is FrameType.BLINDED)
+        compared = sum(
+            frame.count
+            for frame in (decode(f, group=self._psi_wire) for f in frames)
+            if frame.type is FrameType.BLINDED
+        )
         if shared.psi_quota is not None and compared:
             try:
                 self._psi_quota(shared).consume(member, compared)
@@ -223,14 +261,18 @@ class SharedLists:
                 raise Refused(f"PSI on list {name!r}: {error}", 429) from None
         self._expire()
         sender = PsiSender(
-            read_column(shared.path, shared.id_column), kind=shared.kind, mode=mode, workers=self._workers
+            read_column(shared.path, shared.id_column),
+            kind=shared.kind,
+            mode=mode,
+            workers=self._workers,
+            suite=self.suite,
         )
         replies: list[bytes] = []
         for frame in frames:
             replies += sender.handle(frame)
         if not replies:
             raise ProtocolError("the PSI request ended before its BLINDED_END frame")
-        asked = decode(frames[-1]).count
+        asked = decode(frames[-1], group=self._psi_wire).count
         if mode is Mode.TO_BOTH:
             self._pending[first.session] = _Pending(sender, member, name, time.monotonic())
         return Served(b"".join(replies), f"PSI mode {MODE_NAMES[mode]}: {asked} identifiers asked")
@@ -239,7 +281,7 @@ class SharedLists:
         """Finish a both-sides PSI: learn the intersection and write it to `state/psi/results`."""
         shared = self._allowed(member, name, "psi")
         frames = split(body)
-        session = decode(frames[0]).session if frames else b""
+        session = decode(frames[0], group=self._psi_wire).session if frames else b""
         pending = self._pending.get(session)
         if pending is None or pending.member != member or pending.list_name != name:
             raise Refused(
@@ -272,6 +314,8 @@ class SharedLists:
     def ot(self, member: str, name: str, body: bytes) -> Served:
         """One request of an OT-PSI run: a HELLO opens a session, later frames continue it."""
         shared = self._allowed(member, name, "psi")
+        if self.suite != DEFAULT_SUITE:
+            raise Refused(OT_UNDER_GM, 403)
         _offers(shared, "ot")
         frames = otwire.unpack(body)
         if not frames:
@@ -374,7 +418,7 @@ class SharedLists:
             raise Refused(str(error), 409) from None
         except QuotaExceeded as error:
             raise Refused(str(error), 429) from None
-        count = decode(body).count
+        count = decode(body, group=self._query_wire).count
         left = self._quota(shared).left(member)
         return Served(answer, f"query: {count} identifiers answered at epoch {holder.epoch}; {left} left in the window")
 
@@ -410,6 +454,7 @@ class SharedLists:
                 label_width=shared.label_width,
                 epoch=epoch,
                 workers=self._workers,
+                suite=self.suite,
             )
             ids = read_column(shared.path, shared.id_column)
             labels = read_column(shared.path, shared.label_column) if shared.label_column else None

@@ -16,13 +16,17 @@ a transport (the peer daemon) carries.
 * :mod:`fedsilo.privacy.psi.x25519` — PSI's group, X25519 with hashing onto the curve and
   refusal of twist, small-order and non-canonical elements; :mod:`fedsilo.privacy.psi.group`
   — the query's group, ristretto255 (its scalars can be inverted); both from libsodium.
+* :mod:`fedsilo.privacy.psi.groups` — which group each crypto suite runs in: the two above
+  under ``standard``; under ``gm`` :mod:`fedsilo.privacy.psi.sm2`, the SM2 curve with RFC 9380
+  hashing (SSWU, SM3), its point arithmetic in Tongsuo (:mod:`fedsilo.privacy.psi.tongsuo_ec`).
 * :mod:`fedsilo.privacy.psi.wire` — framing; :mod:`fedsilo.privacy.psi.parallel` — :class:`Workers`,
   batches on every core.
 
 Assumptions for every guarantee: both parties are semi-honest (follow the protocol,
 try to learn more from what they see); DDH is hard in the prime-order subgroup of
-Curve25519 (PSI) and DDH and one-more-DH in ristretto255 (queries); SHA-512 and HKDF
-behave as random oracles.
+Curve25519 (PSI) and DDH and one-more-DH in ristretto255 (queries), or both on
+sm2p256v1 under the gm suite; SHA-512 and HKDF (SM3 and its KDF under gm) behave as
+random oracles.
 """
 
 from fedsilo.privacy.psi.identifiers import canonical, split_typed

@@ -1,4 +1,4 @@
-"""Batch work on every core: hashing, blinding and exponentiating PSI group elements (X25519).
+"""Batch work on every core: hashing, blinding and exponentiating PSI group elements.
 
 :class:`Workers` runs the batch functions of this module either in the calling process
 (``processes=1``) or on ``spawn``-ed worker processes (safe next to threads, Flower or
@@ -13,7 +13,8 @@ on cores the workers need; here the calling thread sends and receives itself.
 Stages that know their length (received elements) end with smaller batches, so the
 last batch of a stage keeps the other cores waiting for milliseconds, not for a whole
 batch. Secret scalars travel to the workers over their local pipes only; they are
-never logged.
+never logged. Tasks name their group by its key (:mod:`fedsilo.privacy.psi.groups`): X25519
+under the standard suite, the SM2 curve under gm.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ from typing import Any, NoReturn, cast
 import numpy as np
 
 from fedsilo.errors import ConfigError, ProtocolError
-from fedsilo.privacy.psi import x25519
-from fedsilo.privacy.psi.identifiers import PSI_DOMAIN, digests
+from fedsilo.privacy.psi import groups
 
 __all__ = [
     "Workers",
@@ -58,22 +58,21 @@ Task = tuple[Callable[..., Any], tuple[Any, ...]]
 """One unit of work: a module-level function and its arguments (both picklable)."""
 
 
-def _blind_batch(values: list[str], kind: str | None, scalar: bytes) -> bytes:
-    return x25519.multiply(x25519.hash_onto_curve(digests(values, kind, PSI_DOMAIN)), scalar).tobytes()
+def _blind_batch(values: list[str], kind: str | None, scalar: bytes, group: str = "x25519") -> bytes:
+    return groups.get(group).hash_identifiers(values, kind, scalar).tobytes()
 
 
-def _multiply_batch(start: int, elements: bytes, scalar: bytes) -> bytes:
-    rows = _as_rows(elements)
-    x25519.check_elements(rows, start)
-    return x25519.multiply(rows, scalar, start).tobytes()
+def _multiply_batch(start: int, elements: bytes, scalar: bytes, group: str = "x25519") -> bytes:
+    chosen = groups.get(group)
+    return chosen.multiply(_as_rows(elements, chosen.element_bytes), scalar, start).tobytes()
 
 
 def _ready() -> None:
     """A worker's first task: answering it shows the worker has imported everything."""
 
 
-def _as_rows(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(-1, x25519.ELEMENT_BYTES)
+def _as_rows(data: bytes, width: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, width)
 
 
 def _serve(conn: multiprocessing.connection.Connection) -> None:
@@ -246,16 +245,16 @@ def _spans(n: int, batch: int, processes: int) -> Iterator[tuple[int, int]]:
         start += size
 
 
-def collect(parts: Iterable[bytes]) -> np.ndarray:
-    """Concatenate byte results of element batches into an ``(n, 32)`` array."""
+def collect(parts: Iterable[bytes], width: int = 32) -> np.ndarray:
+    """Concatenate byte results of element batches into an ``(n, width)`` array."""
     buf = bytearray()
     for part in parts:
         buf += part
-    return np.frombuffer(bytes(buf), dtype=np.uint8).reshape(-1, x25519.ELEMENT_BYTES)
+    return np.frombuffer(bytes(buf), dtype=np.uint8).reshape(-1, width)
 
 
 def blind_tasks(
-    values: Iterable[str], kind: str | None, scalar: bytes, processes: int, batch: int = BATCH
+    values: Iterable[str], kind: str | None, scalar: bytes, processes: int, batch: int = BATCH, group: str = "x25519"
 ) -> Iterator[Task]:
     """Tasks whose results are ``H(canonical(v)) ** scalar`` for each value, in order (bytes).
 
@@ -266,14 +265,16 @@ def blind_tasks(
         pieces: Iterable[Any] = (values[start:stop] for start, stop in _spans(len(values), batch, processes))
     else:
         pieces = chunks(values, batch)
-    return ((_blind_batch, (list(piece), kind, scalar)) for piece in pieces)
+    return ((_blind_batch, (list(piece), kind, scalar, group)) for piece in pieces)
 
 
-def exponentiate_tasks(elements: np.ndarray, scalar: bytes, processes: int, batch: int = BATCH) -> Iterator[Task]:
+def exponentiate_tasks(
+    elements: np.ndarray, scalar: bytes, processes: int, batch: int = BATCH, group: str = "x25519"
+) -> Iterator[Task]:
     """Tasks whose results are ``e ** scalar`` for each received element (bytes), after
-    the checks of :func:`fedsilo.privacy.psi.x25519.check_elements`."""
+    the group's checks of received elements (``Group.multiply``)."""
     return (
-        (_multiply_batch, (start, elements[start:stop].tobytes(), scalar))
+        (_multiply_batch, (start, elements[start:stop].tobytes(), scalar, group))
         for start, stop in _spans(len(elements), batch, processes)
     )
 
@@ -297,13 +298,17 @@ def run_streams(workers: Workers, *streams: Iterable[Task]) -> list[list[Any]]:
 
 
 def blind_identifiers(
-    values: Iterable[str], kind: str | None, scalar: bytes, workers: Workers, batch: int = BATCH
+    values: Iterable[str], kind: str | None, scalar: bytes, workers: Workers, batch: int = BATCH, group: str = "x25519"
 ) -> np.ndarray:
-    """``H(canonical(v)) ** scalar`` for each value, in order, as an ``(n, 32)`` array."""
-    return collect(workers.run(blind_tasks(values, kind, scalar, workers.processes, batch)))
+    """``H(canonical(v)) ** scalar`` for each value, in order, as an ``(n, width)`` array."""
+    tasks = blind_tasks(values, kind, scalar, workers.processes, batch, group)
+    return collect(workers.run(tasks), groups.get(group).element_bytes)
 
 
-def exponentiate(elements: np.ndarray, scalar: bytes, workers: Workers, batch: int = BATCH) -> np.ndarray:
-    """``e ** scalar`` for each received element; refuses (ProtocolError) any element that
-    is not a canonical point of the curve, or of small order (see :mod:`fedsilo.privacy.psi.x25519`)."""
-    return collect(workers.run(exponentiate_tasks(elements, scalar, workers.processes, batch)))
+def exponentiate(
+    elements: np.ndarray, scalar: bytes, workers: Workers, batch: int = BATCH, group: str = "x25519"
+) -> np.ndarray:
+    """``e ** scalar`` for each received element; refuses (ProtocolError) any element the
+    group refuses (not a canonical point of the curve, small order, infinity: :mod:`fedsilo.privacy.psi.groups`)."""
+    tasks = exponentiate_tasks(elements, scalar, workers.processes, batch, group)
+    return collect(workers.run(tasks), groups.get(group).element_bytes)

@@ -1,7 +1,10 @@
 """Diffie–Hellman private set intersection between a receiver and a sender.
 
-Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, on X25519: ``e^k`` is
-``X25519(k, e)``, ``H`` hashes onto Curve25519, see :mod:`fedsilo.privacy.psi.x25519`)::
+Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, in the group of the
+consortium's crypto suite, :mod:`fedsilo.privacy.psi.groups`: under ``standard`` X25519,
+``e^k`` is ``X25519(k, e)`` and ``H`` hashes onto Curve25519, see :mod:`fedsilo.privacy.psi.x25519`;
+under ``gm`` the SM2 curve, ``e^k`` is ``k·P`` and ``H`` is RFC 9380's SSWU hash with SM3,
+see :mod:`fedsilo.privacy.psi.sm2`)::
 
     receiver R, set X, secret a            sender S, set Y, secret b
     BLINDED    H(x)^a, x in X          ->
@@ -12,7 +15,8 @@ Protocol (semi-honest, Huberman–Franklin–Hogg / Meadows style, on X25519: ``
     CONFIRM    H(y)^ba, in SET order   ->  (both-sides mode only) S compares too.
 
 What each side learns (both follow the protocol; DDH hard in the prime-order subgroup
-of Curve25519; SHA-512 a random oracle, so H is one onto the curve):
+of Curve25519, or on sm2p256v1 under gm; SHA-512, or SM3 under gm, a random oracle, so H
+is one onto the curve):
 
 * :attr:`Mode.TO_RECEIVER` — R learns X ∩ Y and |Y|; S learns |X|.
 * :attr:`Mode.TO_BOTH` — both learn X ∩ Y, |X| and |Y|.
@@ -27,9 +31,13 @@ raised to secret exponents. Every element a side exponentiates is refused unless
 is a canonical point of the curve (not of its twist) and of large order, before its
 secret touches it (:class:`ProtocolError`, naming the position only). Elements a side
 only compares with its own results (EVALUATED at the receiver, CONFIRM at the sender)
-are refused unless canonical and of large order, and are not tested for lying on the
-curve: off the curve, an element equals nothing this side computes, so it matches
-nothing, as a wrong point of the curve (which a deviating peer can always send) would.
+are refused unless canonical and of large order; on Curve25519 they are not tested for
+lying on the curve: off the curve, an element equals nothing this side computes, so it
+matches nothing, as a wrong point of the curve (which a deviating peer can always send)
+would. On the SM2 curve every received element is checked (compressed encoding, x < p,
+on the curve; the point at infinity has no 33-byte encoding), and the cofactor is 1, so
+no subgroup check is needed beyond that. A frame of the other suite's group is refused
+by name (:mod:`fedsilo.privacy.psi.wire`).
 A side that deviates from the protocol can learn more
 (e.g. a receiver that puts a million guesses in X learns which are in Y); the
 semi-honest model does not cover that, and a list holder that needs to bound such
@@ -53,7 +61,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from fedsilo.errors import ProtocolError
-from fedsilo.privacy.psi import x25519
+from fedsilo.privacy.psi import groups
 from fedsilo.privacy.psi.parallel import (
     Workers,
     blind_identifiers,
@@ -101,12 +109,14 @@ class PsiResult:
 
 
 def _prefix(rows: np.ndarray) -> np.ndarray:
-    """Each row's first 8 bytes as one integer: a sort key that is almost always unique.
+    """Each row's last 8 bytes as one integer: a sort key that is almost always unique.
 
-    Elements are uniform in a group of order about 2^252, so equal prefixes of distinct
-    elements are rare; the functions below compare full rows wherever prefixes agree.
+    Elements are uniform in a group of order about 2^252 (X25519: little-endian u, whose
+    top byte has a clear bit; SM2: the low bytes of the big-endian x after the sign byte),
+    so equal keys of distinct elements are rare; the functions below compare full rows
+    wherever keys agree.
     """
-    return np.ascontiguousarray(rows[:, :8]).view(np.uint64).ravel()
+    return np.ascontiguousarray(rows[:, -8:]).view(np.uint64).ravel()
 
 
 def _void(rows: np.ndarray) -> np.ndarray:
@@ -126,7 +136,7 @@ def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _member(rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Boolean mask: which rows of ``rows`` occur in ``pool`` (exact 32-byte equality)."""
+    """Boolean mask: which rows of ``rows`` occur in ``pool`` (exact equality of whole rows)."""
     if len(rows) == 0 or len(pool) == 0:
         return np.zeros(len(rows), dtype=bool)
     ours, theirs = _prefix(rows), _prefix(pool)
@@ -149,19 +159,21 @@ def _shuffled(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[perm], perm
 
 
-def _frames(type_: FrameType, end: FrameType, mode: int, session: bytes, rows: np.ndarray) -> Iterator[bytes]:
+def _frames(
+    type_: FrameType, end: FrameType, mode: int, session: bytes, rows: np.ndarray, group: int
+) -> Iterator[bytes]:
     seq = 0
     for start in range(0, len(rows), _FRAME):
-        yield encode(type_, mode, session, seq, rows[start : start + _FRAME])
+        yield encode(type_, mode, session, seq, rows[start : start + _FRAME], group=group)
         seq += 1
-    yield encode(end, mode, session, seq, total=len(rows))
+    yield encode(end, mode, session, seq, total=len(rows), group=group)
 
 
 class _Stream:
     """Reassembles one stream of element frames: order, session and totals are checked."""
 
-    def __init__(self, name: str) -> None:
-        self.name, self.seq, self.count, self.closed = name, 0, 0, False
+    def __init__(self, name: str, width: int) -> None:
+        self.name, self.seq, self.count, self.closed, self.width = name, 0, 0, False, width
         self.parts: list[np.ndarray] = []
 
     def add(self, frame: Frame) -> None:
@@ -175,7 +187,7 @@ class _Stream:
         if self.closed or frame.seq != self.seq or frame.count != self.count:
             raise ProtocolError(f"the {self.name} stream ended with a wrong total; the run was aborted")
         self.closed = True
-        rows = np.concatenate(self.parts) if self.parts else np.empty((0, x25519.ELEMENT_BYTES), np.uint8)
+        rows = np.concatenate(self.parts) if self.parts else np.empty((0, self.width), np.uint8)
         self.parts = []
         return rows
 
@@ -195,23 +207,36 @@ def _ready(value: T | None) -> T:
 
 
 class _Side:
-    def __init__(self, identifiers: Iterable[str], kind: str | None, mode: Mode, workers: Workers | None) -> None:
+    def __init__(
+        self, identifiers: Iterable[str], kind: str | None, mode: Mode, workers: Workers | None, suite: str
+    ) -> None:
         self._identifiers = identifiers
         self._kind = kind
         self.mode = Mode(mode)
         self._workers = workers or Workers(1)
-        self._key = x25519.random_scalar()
+        self.group = groups.psi_group(suite)
+        self._key = self.group.random_scalar()
         self._own: np.ndarray | None = None  # H(.)^key of the distinct identifiers
         self._first: np.ndarray | None = None
         self._result: PsiResult | None = None
 
     def _blind_own(self) -> None:
         if self._own is None:
-            self._set_own(blind_identifiers(self._identifiers, self._kind, self._key, self._workers))
+            self._set_own(
+                blind_identifiers(self._identifiers, self._kind, self._key, self._workers, group=self.group.key)
+            )
 
     def _set_own(self, rows: np.ndarray) -> None:
         self._identifiers = ()
         self._own, self._first = _distinct(rows)
+
+    def _stream(self, name: str) -> _Stream:
+        return _Stream(name, self.group.element_bytes)
+
+    def _out(self, type_: FrameType, end: FrameType, rows: np.ndarray) -> Iterator[bytes]:
+        return _frames(type_, end, self.mode, _ready(self.session), rows, self.group.wire)
+
+    session: bytes | None
 
     def _check_frame(self, frame: Frame) -> None:
         if frame.mode != self.mode:
@@ -236,6 +261,7 @@ class PsiReceiver(_Side):
     ``identifiers``: any iterable of ``str`` (a list, a generator over a file), read
     once, in batches; with ``kind=None`` each carries its own ``kind:`` prefix.
     ``workers``: where the group operations run (default: this process only).
+    ``suite``: the consortium's crypto suite, which picks the group (module doc).
     """
 
     def __init__(
@@ -245,28 +271,30 @@ class PsiReceiver(_Side):
         kind: str | None = "id",
         mode: Mode = Mode.TO_RECEIVER,
         workers: Workers | None = None,
+        suite: str = "standard",
     ) -> None:
-        super().__init__(identifiers, kind, mode, workers)
-        self.session = os.urandom(16)
-        self._evaluated = _Stream("EVALUATED")
-        self._set = _Stream("SET")
+        super().__init__(identifiers, kind, mode, workers, suite)
+        self.session: bytes | None = os.urandom(16)
+        self._evaluated = self._stream("EVALUATED")
+        self._set = self._stream("SET")
         self._double: np.ndarray | None = None  # H(x)^ab
 
     def request_frames(self) -> Iterator[bytes]:
         """Blind this side's identifiers and yield the BLINDED frames, then BLINDED_END."""
         self._blind_own()
-        yield from _frames(FrameType.BLINDED, FrameType.BLINDED_END, self.mode, self.session, _ready(self._own))
+        yield from self._out(FrameType.BLINDED, FrameType.BLINDED_END, _ready(self._own))
 
     def handle(self, data: bytes) -> list[bytes]:
         """Consume one frame from the sender; return the frames to send it (maybe none)."""
         if self._own is None or self.done:
             raise ProtocolError("a PSI frame arrived before the request was sent or after the run ended")
-        frame = decode(data, {FrameType.EVALUATED, FrameType.EVALUATED_END, FrameType.SET, FrameType.SET_END})
+        types = {FrameType.EVALUATED, FrameType.EVALUATED_END, FrameType.SET, FrameType.SET_END}
+        frame = decode(data, types, self.group.wire)
         self._check_frame(frame)
         if frame.session != self.session:
             raise ProtocolError("a PSI frame of another session arrived; the message was refused")
         if frame.type is FrameType.EVALUATED:
-            x25519.check_encoding(frame.elements, self._evaluated.count)  # only compared: see the module doc
+            self.group.check_compared(frame.elements, self._evaluated.count)  # only compared: see the module doc
             self._evaluated.add(frame)
         elif frame.type is FrameType.EVALUATED_END:
             double = self._evaluated.end(frame)
@@ -278,7 +306,8 @@ class PsiReceiver(_Side):
         else:
             if self._double is None:
                 raise ProtocolError("the sender's set ended before its evaluations; the run was aborted")
-            return self._finish(self._double, exponentiate(self._set.end(frame), self._key, self._workers))
+            peer = exponentiate(self._set.end(frame), self._key, self._workers, group=self.group.key)
+            return self._finish(self._double, peer)
         return []
 
     def _finish(self, double: np.ndarray, peer: np.ndarray) -> list[bytes]:
@@ -288,7 +317,7 @@ class PsiReceiver(_Side):
         keys = double[found] if self.mode is Mode.TO_BOTH else None
         self._result = PsiResult(len(_ready(self._own)), len(peer), count, positions, keys)
         if self.mode is Mode.TO_BOTH:
-            return list(_frames(FrameType.CONFIRM, FrameType.CONFIRM_END, self.mode, self.session, peer))
+            return list(self._out(FrameType.CONFIRM, FrameType.CONFIRM_END, peer))
         return []
 
 
@@ -297,7 +326,7 @@ class PsiSender(_Side):
 
     It accepts only runs in its own ``mode`` (its policy). In :attr:`Mode.TO_BOTH` it
     learns the intersection; otherwise only the number of the receiver's distinct
-    identifiers (``result().peer_size``).
+    identifiers (``result().peer_size``). ``suite`` as for :class:`PsiReceiver`.
     """
 
     def __init__(
@@ -307,11 +336,12 @@ class PsiSender(_Side):
         kind: str | None = "id",
         mode: Mode = Mode.TO_RECEIVER,
         workers: Workers | None = None,
+        suite: str = "standard",
     ) -> None:
-        super().__init__(identifiers, kind, mode, workers)
-        self.session: bytes | None = None
-        self._blinded = _Stream("BLINDED")
-        self._confirm = _Stream("CONFIRM")
+        super().__init__(identifiers, kind, mode, workers, suite)
+        self.session = None
+        self._blinded = self._stream("BLINDED")
+        self._confirm = self._stream("CONFIRM")
         self._perm: np.ndarray | None = None
         self._evaluated: np.ndarray | None = None
 
@@ -333,7 +363,7 @@ class PsiSender(_Side):
             if self._evaluated is not None
             else {FrameType.BLINDED, FrameType.BLINDED_END}
         )
-        frame = decode(data, expected)
+        frame = decode(data, expected, self.group.wire)
         self._check_frame(frame)
         if self.session is None:
             self.session = frame.session
@@ -343,7 +373,7 @@ class PsiSender(_Side):
             self._blinded.add(frame)
             return []
         if frame.type is FrameType.CONFIRM:
-            x25519.check_encoding(frame.elements, self._confirm.count)  # only compared: see the module doc
+            self.group.check_compared(frame.elements, self._confirm.count)  # only compared: see the module doc
             self._confirm.add(frame)
             return []
         if frame.type is FrameType.CONFIRM_END:
@@ -354,18 +384,21 @@ class PsiSender(_Side):
         if len(_distinct(blinded)[0]) != len(blinded):
             raise ProtocolError("the receiver sent repeated elements; the run was aborted")
         processes = self._workers.processes
-        own = () if self._own is not None else blind_tasks(self._identifiers, self._kind, self._key, processes)
-        mine, theirs = run_streams(self._workers, own, exponentiate_tasks(blinded, self._key, processes))
+        key, width = self.group.key, self.group.element_bytes
+        own = (
+            () if self._own is not None else blind_tasks(self._identifiers, self._kind, self._key, processes, group=key)
+        )
+        mine, theirs = run_streams(self._workers, own, exponentiate_tasks(blinded, self._key, processes, group=key))
         if self._own is None:  # blinded in the same pass over the workers as the receiver's elements
-            self._set_own(collect(mine))
+            self._set_own(collect(mine, width))
             self._shuffle_own()
-        evaluated = collect(theirs)
+        evaluated = collect(theirs, width)
         if self.mode is Mode.CARDINALITY:
             evaluated, _ = _shuffled(evaluated)
         self._evaluated = evaluated
-        session, own_set = _ready(self.session), _ready(self._own)
-        out = list(_frames(FrameType.EVALUATED, FrameType.EVALUATED_END, self.mode, session, evaluated))
-        out += _frames(FrameType.SET, FrameType.SET_END, self.mode, session, own_set)
+        own_set = _ready(self._own)
+        out = list(self._out(FrameType.EVALUATED, FrameType.EVALUATED_END, evaluated))
+        out += self._out(FrameType.SET, FrameType.SET_END, own_set)
         if self.mode is not Mode.TO_BOTH:
             self._result = PsiResult(len(own_set), len(blinded), None, None)
         return out

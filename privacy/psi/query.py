@@ -13,8 +13,14 @@ sorted by tag. A querier with identifiers ``q``::
     ANSWER  H(q)^rk                                    <-  applies k (sees group elements only)
     querier: (H(q)^rk)^(1/r) = H(q)^k -> tag, key -> finds the entry, decrypts the label
 
-Guarantees (semi-honest parties; DDH and one-more-DH hard in ristretto255; H and
-HKDF random oracles; AES-GCM a secure AEAD):
+Under the gm crypto suite the same protocol runs on the SM2 curve (``H`` is RFC 9380's
+SSWU hash with SM3, :mod:`fedsilo.privacy.psi.sm2`), ``tag || key`` comes from the SM3 KDF
+(16 + 16 bytes) and each label is sealed with SM4-GCM under a fresh random nonce (the
+suite's ``seal``): a gm table (format version 2) never touches Curve25519, SHA-2 or AES,
+and a querier of one suite refuses the other suite's table by name.
+
+Guarantees (semi-honest parties; DDH and one-more-DH hard in ristretto255, or on
+sm2p256v1 under gm; H and the KDF random oracles; the AEAD secure):
 
 * The holder learns who asked, when and how many identifiers, never which: each
   query element is a uniformly random group element.
@@ -43,13 +49,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedsilo.errors import ConfigError, DataError, ProtocolError, StaleEpoch
-from fedsilo.privacy.psi import group
-from fedsilo.privacy.psi.identifiers import digests
+from fedsilo.errors import ConfigError, CryptoSuiteError, DataError, ProtocolError, StaleEpoch
+from fedsilo.privacy.crypto_suite import get_suite
+from fedsilo.privacy.psi import groups
 from fedsilo.privacy.psi.parallel import BATCH, Workers, chunks
 from fedsilo.privacy.psi.quota import QueryQuota
 from fedsilo.privacy.psi.wire import MAX_BATCH, FrameType, decode, encode
@@ -59,7 +63,8 @@ __all__ = ["TAG_BYTES", "ListHolder", "EncryptedTable", "Querier", "PendingQuery
 TAG_BYTES = 16
 _TABLE = struct.Struct(">4sB3xQ8sIH2x")
 _TABLE_MAGIC = b"FPQT"
-_VERSION = 1
+_VERSIONS = {"standard": 1, "gm": 2}  # the table format names the suite: 1 ristretto255/HKDF/AES, 2 SM2/SM3/SM4
+_SUITES = {version: suite for suite, version in _VERSIONS.items()}
 _NONCE = bytes(12)
 _MAX_LABEL = 1024
 
@@ -69,14 +74,28 @@ def list_digest(list_id: str) -> bytes:
     return hashlib.sha256(b"fedsilo/psi/v1/list" + list_id.encode()).digest()[:8]
 
 
-def _entry_keys(elements: np.ndarray, list_hash: bytes, epoch: int) -> tuple[list[bytes], list[bytes]]:
+def _overhead(suite: str) -> int:
+    """Bytes a sealed label adds to ``2 + label_width``: the GCM tag, and under gm the suite's random nonce."""
+    return 16 if suite == "standard" else 12 + 16
+
+
+def _entry_keys(elements: np.ndarray, list_hash: bytes, epoch: int, suite: str) -> tuple[list[bytes], list[bytes]]:
+    """``tag || key`` of each element: the suite's KDF (standard: HKDF-SHA256, 16 + 32 bytes; gm: SM3 KDF, 16 + 16)."""
     info = b"fedsilo/psi/v1/entry" + list_hash + epoch.to_bytes(8, "big")
+    chosen = get_suite(suite)
+    size = TAG_BYTES + max(chosen.aead_key_sizes)
     tags, keys = [], []
     for row in elements:
-        okm = HKDF(algorithm=hashes.SHA256(), length=TAG_BYTES + 32, salt=None, info=info).derive(row.tobytes())
+        okm = chosen.kdf(row.tobytes(), info, size)
         tags.append(okm[:TAG_BYTES])
         keys.append(okm[TAG_BYTES:])
     return tags, keys
+
+
+def _seal(suite: str, key: bytes, padded: bytes, aad: bytes) -> bytes:
+    if suite == "standard":
+        return AESGCM(key).encrypt(_NONCE, padded, aad)  # one message per key: the fixed nonce is safe
+    return get_suite(suite).seal(key, padded, aad)
 
 
 def _aad(list_hash: bytes, epoch: int, tag: bytes) -> bytes:
@@ -84,11 +103,17 @@ def _aad(list_hash: bytes, epoch: int, tag: bytes) -> bytes:
 
 
 def _encrypt_batch(
-    batch: list[tuple[str, str]], kind: str | None, scalar: bytes, list_hash: bytes, epoch: int, width: int
+    batch: list[tuple[str, str]],
+    kind: str | None,
+    scalar: bytes,
+    list_hash: bytes,
+    epoch: int,
+    width: int,
+    suite: str = "standard",
 ) -> tuple[bytes, bytes]:
     ids = [identifier for identifier, _ in batch]
-    elements = group.multiply(group.hash_to_group(digests(ids, kind)), scalar)
-    tags, keys = _entry_keys(elements, list_hash, epoch)
+    elements = groups.query_group(suite).hash_identifiers(ids, kind, scalar)
+    tags, keys = _entry_keys(elements, list_hash, epoch, suite)
     cts = bytearray()
     for (_, label), tag, key in zip(batch, tags, keys):
         data = label.encode() if isinstance(label, str) else bytes(label)
@@ -98,7 +123,7 @@ def _encrypt_batch(
                 "raise label_width or shorten the labels"
             )
         padded = len(data).to_bytes(2, "big") + data + bytes(width - len(data))
-        cts += AESGCM(key).encrypt(_NONCE, padded, _aad(list_hash, epoch, tag))
+        cts += _seal(suite, key, padded, _aad(list_hash, epoch, tag))
     return b"".join(tags), bytes(cts)
 
 
@@ -110,7 +135,8 @@ class EncryptedTable:
     epoch: int
     label_width: int
     tags: np.ndarray  # (n, 16) uint8, sorted
-    ciphertexts: np.ndarray  # (n, 2 + label_width + 16) uint8
+    ciphertexts: np.ndarray  # (n, 2 + label_width + overhead) uint8: 16 (standard) or 28 (gm)
+    suite: str = "standard"
 
     @property
     def size(self) -> int:
@@ -119,7 +145,7 @@ class EncryptedTable:
 
     def to_bytes(self) -> bytes:
         """The table as published (header, sorted tags, ciphertexts)."""
-        head = _TABLE.pack(_TABLE_MAGIC, _VERSION, self.epoch, self.list_hash, self.size, self.label_width)
+        head = _TABLE.pack(_TABLE_MAGIC, _VERSIONS[self.suite], self.epoch, self.list_hash, self.size, self.label_width)
         return head + self.tags.tobytes() + self.ciphertexts.tobytes()
 
     @classmethod
@@ -128,14 +154,15 @@ class EncryptedTable:
         if len(data) < _TABLE.size:
             raise ProtocolError("not a fedsilo query table (too short)")
         magic, version, epoch, list_hash, count, width = _TABLE.unpack_from(data)
-        if magic != _TABLE_MAGIC or version != _VERSION:
+        if magic != _TABLE_MAGIC or version not in _SUITES:
             raise ProtocolError("not a fedsilo query table of a supported version")
-        ct = 2 + width + 16
+        suite = _SUITES[version]
+        ct = 2 + width + _overhead(suite)
         if len(data) != _TABLE.size + count * (TAG_BYTES + ct):
             raise ProtocolError("the query table's length does not match its header")
         tags = np.frombuffer(data, np.uint8, count * TAG_BYTES, _TABLE.size).reshape(count, TAG_BYTES)
         cts = np.frombuffer(data, np.uint8, count * ct, _TABLE.size + count * TAG_BYTES).reshape(count, ct)
-        table = cls(list_hash, epoch, width, tags, cts)
+        table = cls(list_hash, epoch, width, tags, cts, suite)
         keys = table._keys()
         if count > 1 and not (keys[1:] >= keys[:-1]).all():
             raise ProtocolError("the query table's tags are not sorted")
@@ -151,7 +178,7 @@ class EncryptedTable:
 
     def lookup(self, elements: np.ndarray) -> list[str | None]:
         """The label of each ``H(q)^k`` in ``elements``, or None where it is not in the table."""
-        tags, keys = _entry_keys(elements, self.list_hash, self.epoch)
+        tags, keys = _entry_keys(elements, self.list_hash, self.epoch, self.suite)
         prefixes = self._keys()
         out: list[str | None] = []
         for tag, key in zip(tags, keys):
@@ -167,9 +194,13 @@ class EncryptedTable:
         return out
 
     def _open(self, key: bytes, tag: bytes, ct: bytes) -> str:
+        aad = _aad(self.list_hash, self.epoch, tag)
         try:
-            padded = AESGCM(key).decrypt(_NONCE, ct, _aad(self.list_hash, self.epoch, tag))
-        except InvalidTag:
+            if self.suite == "standard":
+                padded = AESGCM(key).decrypt(_NONCE, ct, aad)
+            else:
+                padded = get_suite(self.suite).open(key, ct, aad)
+        except (InvalidTag, CryptoSuiteError):
             raise ProtocolError("a table entry failed authentication; the table is corrupt or forged") from None
         n = int.from_bytes(padded[:2], "big")
         if n > self.label_width:
@@ -181,8 +212,9 @@ class ListHolder:
     """The list holder: publishes the encrypted table, answers blinded queries under quota.
 
     ``list_id`` names the list (public); ``quota`` bounds how many identifiers each
-    querier may have evaluated (see :mod:`fedsilo.privacy.psi.quota`). The secret key of the
-    current epoch lives only in this object.
+    querier may have evaluated (see :mod:`fedsilo.privacy.psi.quota`); ``suite`` is the
+    consortium's crypto suite (module doc). The secret key of the current epoch lives only
+    in this object.
     """
 
     def __init__(
@@ -194,6 +226,7 @@ class ListHolder:
         label_width: int = 32,
         epoch: int = 1,
         workers: Workers | None = None,
+        suite: str = "standard",
     ) -> None:
         if not isinstance(label_width, int) or not 1 <= label_width <= _MAX_LABEL:
             raise ConfigError(f"label_width must be 1..{_MAX_LABEL} bytes, got {label_width!r}")
@@ -202,12 +235,13 @@ class ListHolder:
         self.list_id, self.list_hash = list_id, list_digest(list_id)
         self.quota, self.kind, self.label_width = quota, kind, label_width
         self.epoch = epoch
-        self._key = group.random_scalar()
+        self.suite, self.group = suite, groups.query_group(suite)
+        self._key = self.group.random_scalar()
         self._workers = workers or Workers(1)
 
     def rotate(self) -> int:
         """Start a new key epoch (the old key is forgotten); publish the list again after it."""
-        self._key = group.random_scalar()
+        self._key = self.group.random_scalar()
         self.epoch += 1
         return self.epoch
 
@@ -218,7 +252,14 @@ class ListHolder:
         """
         tags, cts = bytearray(), bytearray()
         for t, c in self._workers.map(
-            _encrypt_batch, chunks(entries, BATCH), self.kind, self._key, self.list_hash, self.epoch, self.label_width
+            _encrypt_batch,
+            chunks(entries, BATCH),
+            self.kind,
+            self._key,
+            self.list_hash,
+            self.epoch,
+            self.label_width,
+            self.suite,
         ):
             tags += t
             cts += c
@@ -228,7 +269,7 @@ class ListHolder:
         tag_rows, ct_rows = tag_rows[order], ct_rows[order]
         if len(tag_rows) > 1 and (tag_rows[1:] == tag_rows[:-1]).all(axis=1).any():
             raise DataError("an identifier appears twice in the list; give each identifier one label")
-        return EncryptedTable(self.list_hash, self.epoch, self.label_width, tag_rows, ct_rows)
+        return EncryptedTable(self.list_hash, self.epoch, self.label_width, tag_rows, ct_rows, self.suite)
 
     def answer(self, querier: str, request: bytes) -> bytes:
         """Evaluate a querier's blinded identifiers, after checking epoch, list and quota.
@@ -238,7 +279,7 @@ class ListHolder:
         element (nothing is charged for a malformed frame; an invalid element is
         charged, since checking it is part of evaluating).
         """
-        frame = decode(request, {FrameType.QUERY})
+        frame = decode(request, {FrameType.QUERY}, self.group.wire)
         epoch, list_hash = int.from_bytes(frame.session[:8], "big"), frame.session[8:]
         if list_hash != self.list_hash:
             raise ProtocolError("the query names another list; check the list name")
@@ -250,8 +291,8 @@ class ListHolder:
         if frame.count == 0:
             raise ProtocolError("an empty query was refused")
         self.quota.consume(querier, frame.count)
-        answered = group.multiply(frame.elements, self._key)
-        return encode(FrameType.ANSWER, 0, frame.session, 0, answered)
+        answered = self.group.multiply(frame.elements, self._key)
+        return encode(FrameType.ANSWER, 0, frame.session, 0, answered, group=self.group.wire)
 
 
 class PendingQuery:
@@ -259,29 +300,41 @@ class PendingQuery:
 
     def __init__(self, table: EncryptedTable, request: bytes, inverses: np.ndarray) -> None:
         self.request, self._table, self._inverses = request, table, inverses
+        self._group = groups.query_group(table.suite)
 
     def open(self, answer: bytes) -> list[str | None]:
         """The label of each asked identifier, in order, or None where it is not on the list."""
-        frame = decode(answer, {FrameType.ANSWER})
+        frame = decode(answer, {FrameType.ANSWER}, self._group.wire)
         if frame.session != self.request[8:24] or frame.count != len(self._inverses):
             raise ProtocolError("the answer does not match the query (another epoch, list or count)")
-        return self._table.lookup(group.multiply_each(frame.elements, self._inverses))
+        return self._table.lookup(self._group.multiply_each(frame.elements, self._inverses))
 
 
 class Querier:
-    """The querier's side: blinds identifiers, reads labels from the holder's table."""
+    """The querier's side: blinds identifiers, reads labels from the holder's table.
 
-    def __init__(self, table: EncryptedTable | bytes, *, kind: str | None = "id") -> None:
+    ``suite`` is the consortium's crypto suite: a table published under another suite is
+    refused (:class:`ProtocolError` naming both).
+    """
+
+    def __init__(self, table: EncryptedTable | bytes, *, kind: str | None = "id", suite: str = "standard") -> None:
         self.table = table if isinstance(table, EncryptedTable) else EncryptedTable.from_bytes(table)
-        self.kind = kind
+        if self.table.suite != suite:
+            raise ProtocolError(
+                f"the list holder published its query table under the {self.table.suite} crypto suite, this peer "
+                f"runs the {suite} suite: the two peers disagree on the consortium's suite; the table was refused"
+            )
+        self.kind, self.group = kind, groups.query_group(suite)
 
     def ask(self, identifiers: Sequence[str]) -> PendingQuery:
         """Blind ``identifiers`` (at most 65536) with fresh scalars; send ``.request``."""
         if not 1 <= len(identifiers) <= MAX_BATCH:
             raise ConfigError(f"a query asks for 1..{MAX_BATCH} identifiers, got {len(identifiers)}")
+        group = self.group
         scalars = [group.random_scalar() for _ in identifiers]
-        points = group.hash_to_group(digests(identifiers, self.kind))
+        points = group.hash_identifiers(identifiers, self.kind)
         blinded = group.multiply_each(points, np.frombuffer(b"".join(scalars), np.uint8).reshape(-1, 32))
         inverses = np.frombuffer(b"".join(group.invert_scalar(s) for s in scalars), np.uint8).reshape(-1, 32)
         session = self.table.epoch.to_bytes(8, "big") + self.table.list_hash
-        return PendingQuery(self.table, encode(FrameType.QUERY, 0, session, 0, blinded), inverses)
+        request = encode(FrameType.QUERY, 0, session, 0, blinded, group=group.wire)
+        return PendingQuery(self.table, request, inverses)

@@ -26,7 +26,9 @@ class ListServing:
 
     def __init__(self, context: PeerContext) -> None:
         self.ctx = context
-        self.lists = SharedLists(context.config.lists, context.config.state_dir / "psi")
+        self.lists = SharedLists(
+            context.config.lists, context.config.state_dir / "psi", suite=context.identity.manifest.suite
+        )
 
     def close(self) -> None:
         self.lists.close()
