@@ -125,5 +125,5 @@ class SuiteDirectory:
         try:
             self.suite.verify(key, transcript, signature)
         except CryptoSuiteError:
-            raise ValueError(f"the signature is not {name!r}'s {self.suite.name}-suite signature") from None
+            raise ValueError(f"the signature is not the {self.suite.name}-suite signature of {name!r}") from None
         return name
