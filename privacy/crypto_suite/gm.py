@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -119,7 +120,7 @@ class GmSuite(CryptoSuite):
         scalar = int.from_bytes(private_key, "big")
         if not 1 <= scalar < SM2_ORDER:
             raise CryptoSuiteError("gm suite: the SM2 agreement private key is not a scalar in [1, n - 1]")
-        return ts_ec.derive_private_key(scalar, ts_ec.SM2())
+        return _derived_private(scalar)
 
     def _agreement_public(self, public_key: bytes) -> ts_ec.EllipticCurvePublicKey:
         if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != POINT_BYTES or public_key[0] != 4:
@@ -177,6 +178,19 @@ class GmSuite(CryptoSuite):
         if not isinstance(key, ts_ec.EllipticCurvePrivateKey) or key.curve.name != "SM2":
             raise CryptoSuiteError("gm suite: the signing key is not an SM2 key (a key of another suite?)")
         return key
+
+
+@functools.lru_cache(maxsize=64)
+def _derived_private(scalar: int) -> ts_ec.EllipticCurvePrivateKey:
+    """The Tongsuo key of an agreement scalar, kept for the next uses of the same key.
+
+    Loading a key from its scalar costs a scalar multiplication (tongsuopy computes the
+    public point), as much as the agreement itself, and a SecAgg+ round key serves one
+    agreement per neighbour and stage. The last 64 keys this process used stay loaded:
+    they are its own round keys (or, at the host, reconstructed keys of dropped peers),
+    already in its memory; only ever used by `agree` and `agreement_public_key`.
+    """
+    return ts_ec.derive_private_key(scalar, ts_ec.SM2())
 
 
 def _point(key: ts_ec.EllipticCurvePublicKey) -> bytes:

@@ -149,7 +149,9 @@ def check_public_key(raw: object, *, probe: bool = True, suite: CryptoSuite = ST
     size = len(_probe(suite)[1])
     if not isinstance(raw, bytes) or len(raw) != size:
         got = f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__
-        raise ValueError(f"{suite.name} suite: a {suite.agreement_algorithm} public key is {size} bytes, not {got}")
+        raise ValueError(
+            f"{suite.name} suite: an agreement public key ({suite.agreement_algorithm}) is {size} bytes, not {got}"
+        )
     if probe:
         agree(_probe(suite)[0], raw, suite=suite)
     return raw

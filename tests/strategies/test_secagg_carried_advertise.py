@@ -198,6 +198,9 @@ def test_a_host_on_the_standard_suite_refuses_a_gm_consortiums_keys_by_name(tmp_
     nodes = [11, 12, 13, 14]
     _, strategy, result = _run(tmp_path, nodes, 1.0, carry=False, suite="gm", host_suite="standard")
     assert set(strategy.refusals[1]) == set(nodes)
-    assert all("standard suite: a X25519 public key is 32 bytes, not 65" in r for r in strategy.refusals[1].values())
+    assert all(
+        "standard suite: an agreement public key (X25519) is 32 bytes, not 65" in r
+        for r in strategy.refusals[1].values()
+    )
     assert set(strategy.aborted_rounds) == {1, 2, 3}
     assert strategy.inner.aggregated == [[], [], []] and "w" not in result.arrays  # no round released anything
