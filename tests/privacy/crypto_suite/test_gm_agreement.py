@@ -97,3 +97,24 @@ def test_public_key_helper_is_the_uncompressed_point() -> None:
     key = ts_ec.generate_private_key(ts_ec.SM2())
     d = key.private_numbers().private_value.to_bytes(32, "big")
     assert GM.agreement_public_key(d) == _point(key.public_key())
+
+
+def test_keystreams_are_the_documented_constructions() -> None:
+    """gm: SM4-CTR from a zero counter under HMAC-SM3(seed, context)[:16]; standard: ChaCha20 with a
+    zero nonce under HMAC-SHA256(seed, context). Recomputed block by block with SM4-ECB / ChaCha20."""
+    import hashlib
+    import hmac as std_hmac
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as c_hmac
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed, context = bytes(range(32)), b"fedsilo/secagg/v1/prg|pair-mask"
+    mac = c_hmac.HMAC(seed, hashes.SM3())
+    mac.update(context)
+    ecb = Cipher(algorithms.SM4(mac.finalize()[:16]), modes.ECB()).encryptor()
+    blocks = b"".join(ecb.update(i.to_bytes(16, "big")) for i in range(4))
+    assert GM.keystream(seed, context).update(bytes(64)) == blocks
+    key = std_hmac.new(seed, context, hashlib.sha256).digest()
+    chacha = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(64))
+    assert get_suite("standard").keystream(seed, context).update(bytes(64)) == chacha
