@@ -20,6 +20,7 @@ from fedsilo.errors import ConfigError
 from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.privacy.accounting.mechanism import Mechanism
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.privacy.secagg.config import SecAggConfig
 
 # `planning` brings numpy and Opacus' accountants: imported by the functions that plan, so reading
@@ -242,15 +243,16 @@ def encoder_path_for(job: JobConfig, bank: str) -> str:
     return job.encoder_path.replace("{bank}", bank)
 
 
-def secagg_config(job: JobConfig, n_params: int | None = None) -> SecAggConfig:
-    """The SecAgg+ parameters both the host and every peer derive from the job.
+def secagg_config(job: JobConfig, n_params: int | None = None, suite: str = DEFAULT_SUITE) -> SecAggConfig:
+    """The SecAgg+ parameters both the host and every peer derive from the job, under the
+    consortium's crypto `suite` (each side takes it from its own manifest, not from the job).
 
     In distributed-DP mode (`n_params` then required) the peers' updates carry equal,
     public weights and a share of discrete Gaussian noise each, the encoding uses 32
     bits, and a round is only released if enough peers survive for the accounted
     noise to be there (see `plan_distributed_dp`).
     """
-    base = _noiseless_config(job)
+    base = replace(_noiseless_config(job), suite=suite)
     if job.dp.mode != "distributed":
         return base
     if n_params is None:

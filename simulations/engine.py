@@ -25,7 +25,8 @@ from flwr.serverapp import ServerApp
 
 from fedsilo.peers.flower_app import write_app_descriptor
 from fedsilo.peers.flower_compat.simulation import flower_logger, run_app_simulation
-from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, simulated_consortium
+from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, SUITE_KEY, simulated_consortium
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def run_flower_simulation(
 ) -> None:
     """Run `server_app` against `n_banks` virtual SuperNodes running `client_app`."""
     if str(run_config.get("secagg.mode", "on")) == "on" and not run_config.get(SIMULATED_IDENTITY_KEY):
-        consortium = simulated_consortium(Path(app_dir).parent / "consortium", n_banks)
+        suite = str(run_config.get(SUITE_KEY, DEFAULT_SUITE))
+        consortium = simulated_consortium(Path(app_dir).parent / "consortium", n_banks, suite=suite)
         run_config = {**run_config, SIMULATED_IDENTITY_KEY: str(consortium)}
     write_app_descriptor(app_dir, run_config, version)
     flwr_logger = flower_logger()

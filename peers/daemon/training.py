@@ -27,7 +27,7 @@ from fedsilo.peers.deployment import (
     node_auth_keypair,
 )
 from fedsilo.peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
-from fedsilo.peers.identity.consortium import Identity
+from fedsilo.peers.identity.consortium import SIGNING_KEY, Identity
 from fedsilo.peers.identity.round_keys import IdentityFiles
 from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
@@ -61,6 +61,7 @@ def start_hosting(
         TLSFiles(identity.ca_path, identity.cert_path, identity.key_path),
         [k.encode() for k in node_keys],
         host=host or "127.0.0.1",
+        suite=identity.manifest.suite,
     )
 
 
@@ -78,7 +79,8 @@ def start_joining(
         frame = read_table(source.path)
         data_path = work_dir / "table.parquet"
         frame.drop(columns=[source.id_column], errors="ignore").to_parquet(data_path, index=False)
-    files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path)
+    signing = identity.key_path.parent / SIGNING_KEY if identity.signing_key is not None else None
+    files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path, signing)
     return join_training(
         job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path, identity=files
     )

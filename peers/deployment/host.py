@@ -39,7 +39,9 @@ from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv
 from fedsilo.peers.deployment.tls import TLSFiles, public_key_pem
 from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
 from fedsilo.peers.flower_compat.control import COMPLETED, FINISHED, ControlClient, build_fab
+from fedsilo.peers.identity.round_keys import SUITE_KEY
 from fedsilo.peers.job import JobConfig
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.process import set_process_defaults
 
 MODEL_FILE = "model.safetensors"
@@ -182,8 +184,12 @@ def host_training(
     host: str = "127.0.0.1",
     port: int | None = None,
     version: str = "0.0.0",
+    suite: str = DEFAULT_SUITE,
 ) -> HostedTraining:
     """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
+
+    `suite` is the consortium's crypto suite (the host's manifest's): the ServerApp's SecAgg+
+    server runs under it (each peer runs under its own manifest's, and refuses another's keys).
 
     `port` (default: a free one) is the SuperLink's single port; peers connect to
     `fleet_address` = `host:port`, verifying its certificate against `tls.ca_cert`.
@@ -272,7 +278,7 @@ def host_training(
             env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)},
         )
         app_dir = work_dir / "app"
-        write_app_descriptor(app_dir, deployment_job(job).to_run_config(), version)
+        write_app_descriptor(app_dir, {**deployment_job(job).to_run_config(), SUITE_KEY: suite}, version)
         run_id = control.start_run(build_fab(app_dir))
         if run_id is None:
             raise DeploymentError(f"the SuperLink refused to start job {job.job_id}: see {supervisor.log_dir}")

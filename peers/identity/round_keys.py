@@ -7,6 +7,11 @@ and listed with the role 'peer' under its own name in the CA-signed manifest, an
 checks the signature with the certificate's key; it returns the member's name. They are
 the `fedsilo.privacy.secagg.auth` Signer and Verifier of every deployed and simulated peer.
 
+In a consortium of another crypto suite (gm) the certificate still names the member, but
+the signature is the member's suite signature (SM2 with its `signing.key`), checked against
+the signing key the manifest binds to that member; an ECDSA signature is refused there.
+`ManifestVerifier.suite` is the suite the round's SecAgg+ runs under (the manifest's).
+
 The private key is read from the peer's own disk (`load_round_identity`), never from a
 message. `simulated_consortium` writes a real CA, manifest and one key and
 certificate per bank for simulations, so they run the same checks at the same cost.
@@ -23,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fedsilo.errors import CryptoSuiteError
 from fedsilo.peers.errors import IdentityError
 from fedsilo.peers.identity.manifest import Manifest, Member
 from fedsilo.peers.identity.pki import (
@@ -36,11 +42,14 @@ from fedsilo.peers.identity.pki import (
     load_private_key,
     new_private_key,
     write_private_key,
+    write_secret,
 )
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, get_suite
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
 CA_FILE, MANIFEST_FILE = "ca.pem", "manifest.json"
 SIMULATED_IDENTITY_KEY = "simulation.identity-dir"  # run config: a simulated consortium's directory
+SUITE_KEY = "consortium.suite"  # run config: the consortium's crypto suite, for the host's ServerApp
 
 
 @dataclass(frozen=True)
@@ -51,25 +60,39 @@ class IdentityFiles:
     cert: Path
     ca_cert: Path
     manifest: Path
+    signing_key: Path | None = None  # the member's suite signing key (every member of a gm consortium)
 
     def node_config(self) -> dict[str, str]:
         """The SuperNode node-config entries the ClientApp reads them from (`fedsilo.peers.client.mods.secagg`)."""
-        return {
+        entries = {
             "identity-key": str(self.key),
             "identity-cert": str(self.cert),
             "ca-cert": str(self.ca_cert),
             "manifest": str(self.manifest),
         }
+        if self.signing_key is not None:
+            entries["signing-key"] = str(self.signing_key)
+        return entries
 
 
 class CertificateSigner:
-    """Signs with the member's own key; the credential is its certificate (DER)."""
+    """Signs with the member's own key; the credential is its certificate (DER).
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+    With `suite_key` (the suite's name and the member's signing key, PKCS#8 DER) it signs
+    with that key instead (SM2 in a gm consortium).
+    """
+
+    def __init__(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate,
+        suite_key: tuple[str, bytes] | None = None,
+    ) -> None:
         if certificate.public_key().public_numbers() != key.public_key().public_numbers():
             raise IdentityError(f"the certificate of {certificate_name(certificate)!r} does not belong to its key")
         self.name = certificate_name(certificate)
         self._key = key
+        self._suite_key = (get_suite(suite_key[0]), suite_key[1]) if suite_key is not None else None
         self._credential = certificate.public_bytes(serialization.Encoding.DER)
 
     @property
@@ -77,6 +100,9 @@ class CertificateSigner:
         return self._credential
 
     def sign(self, transcript: bytes) -> bytes:
+        if self._suite_key is not None:
+            suite, private = self._suite_key
+            return suite.sign(private, transcript)
         return self._key.sign(transcript, _ECDSA)
 
 
@@ -86,9 +112,14 @@ class ManifestVerifier:
     def __init__(self, manifest: Manifest, ca_certificate: x509.Certificate) -> None:
         self.manifest = manifest
         self.ca = ca_certificate  # the consortium CA that issues every admitted certificate
-        self._admitted: dict[bytes, tuple[str, ec.EllipticCurvePublicKey]] = {}
+        self._admitted: dict[bytes, tuple[str, ec.EllipticCurvePublicKey | bytes]] = {}
 
-    def _admit(self, credential: bytes) -> tuple[str, ec.EllipticCurvePublicKey]:
+    @property
+    def suite(self) -> str:
+        """The consortium's crypto suite, as its manifest records it."""
+        return self.manifest.suite
+
+    def _admit(self, credential: bytes) -> tuple[str, ec.EllipticCurvePublicKey | bytes]:
         known = self._admitted.get(credential)
         if known is not None:
             return known
@@ -103,14 +134,29 @@ class ManifestVerifier:
         member = self.manifest.by_fingerprint(certificate_fingerprint(credential))
         if member is None or member.name != name or not member.has("peer"):
             raise ValueError(f"{name!r} is not a peer in the consortium's manifest (version {self.manifest.version})")
-        key = cert.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise ValueError(f"the certificate of {name!r} does not hold an EC key")
+        key: ec.EllipticCurvePublicKey | bytes
+        if self.suite != DEFAULT_SUITE:
+            if member.signing_key is None:
+                raise ValueError(f"{name!r} has no {self.suite} signing key in the consortium's manifest")
+            key = bytes.fromhex(member.signing_key)
+        else:
+            key = cert.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise ValueError(f"the certificate of {name!r} does not hold an EC key")
         self._admitted[credential] = (name, key)
         return name, key
 
     def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str:
         name, key = self._admit(credential)
+        if isinstance(key, bytes):
+            try:
+                get_suite(self.suite).verify(key, transcript, signature)
+            except CryptoSuiteError:
+                raise ValueError(
+                    f"the signature is not the {self.suite}-suite signature of {name!r} "
+                    f"(by the signing key the manifest binds to it)"
+                ) from None
+            return name
         try:
             key.verify(signature, transcript, _ECDSA)
         except (InvalidSignature, TypeError, ValueError):
@@ -119,24 +165,28 @@ class ManifestVerifier:
 
 
 def load_round_identity(
-    key_path: Path, cert_path: Path, ca_path: Path, manifest_path: Path
+    key_path: Path, cert_path: Path, ca_path: Path, manifest_path: Path, signing_key_path: Path | None = None
 ) -> tuple[CertificateSigner, ManifestVerifier]:
     """This peer's signer and the consortium's verifier, from the peer's own files.
 
     IdentityError if a file is missing, the certificate is not the CA's or not this
-    key's, or the manifest does not list it. Cached per files and their modification
+    key's, or the manifest does not list it; in a consortium of another suite (gm), also
+    if `signing_key_path` is not given or is not the signing key the manifest binds to
+    this peer. Cached per files and their modification
     times (a new manifest version is picked up, an unchanged one is not re-verified),
     the verifier once per consortium, so the many banks of a simulation share it.
     """
-    paths = tuple(Path(p).resolve() for p in (key_path, cert_path, ca_path, manifest_path))
+    named = (key_path, cert_path, ca_path, manifest_path) + ((signing_key_path,) if signing_key_path else ())
+    paths = tuple(Path(p).resolve() for p in named)
     try:
         stamps = tuple(p.stat().st_mtime_ns for p in paths)
     except FileNotFoundError as missing:
         raise IdentityError(
             f"this peer's consortium identity is incomplete: {missing.filename} does not exist"
         ) from None
-    verifier = _verifier(paths[2], paths[3], stamps[2:])
-    signer = _signer(paths[0], paths[1], stamps[:2], verifier)
+    verifier = _verifier(paths[2], paths[3], stamps[2:4])
+    signing = (paths[4], stamps[4]) if len(paths) > 4 else None
+    signer = _signer(paths[0], paths[1], stamps[:2], verifier, signing)
     return signer, verifier
 
 
@@ -147,25 +197,52 @@ def _verifier(ca_path: Path, manifest_path: Path, _stamps: tuple[int, ...]) -> M
 
 
 @functools.lru_cache(maxsize=4096)
-def _signer(key_path: Path, cert_path: Path, _stamps: tuple[int, ...], verifier: ManifestVerifier) -> CertificateSigner:
+def _signer(
+    key_path: Path,
+    cert_path: Path,
+    _stamps: tuple[int, ...],
+    verifier: ManifestVerifier,
+    signing: tuple[Path, int] | None = None,
+) -> CertificateSigner:
     cert = load_certificate(cert_path)
     check_issued_by(cert, verifier.ca)
-    signer = CertificateSigner(load_private_key(key_path), cert)
+    name = certificate_name(cert)
     member = verifier.manifest.by_fingerprint(certificate_fingerprint(cert))
-    if member is None or member.name != signer.name:
+    if member is None or member.name != name:
         raise IdentityError(
-            f"{signer.name} is not in the consortium's manifest: copy the consortium's latest "
-            f"manifest.json to this peer"
+            f"{name} is not in the consortium's manifest: copy the consortium's latest manifest.json to this peer"
         )
-    return signer
+    suite = verifier.suite
+    if suite == DEFAULT_SUITE:
+        return CertificateSigner(load_private_key(key_path), cert)
+    if signing is None:
+        raise IdentityError(
+            f"consortium {verifier.manifest.consortium} uses the {suite} crypto suite: {name} signs its "
+            f"secure-aggregation keys with its {suite} signing key; name its signing.key (node config `signing-key`)"
+        )
+    private = signing[0].read_bytes()
+    try:
+        public = get_suite(suite).signing_public_key(private).hex()
+    except CryptoSuiteError as exc:
+        raise IdentityError(f"{signing[0]} of {name} is not a {suite} signing key ({exc})") from None
+    if public != member.signing_key:
+        raise IdentityError(f"{signing[0]} is not the {suite} signing key the manifest binds to {name}")
+    return CertificateSigner(load_private_key(key_path), cert, (suite, private))
 
 
 def bank_member(index: int) -> str:
     return f"bank-{index:05d}"
 
 
-def simulated_consortium(directory: Path, banks: int, consortium: str = "simulated") -> Path:
-    """A CA, a signed manifest and one key and certificate per bank, in `directory` (simulations)."""
+def simulated_consortium(
+    directory: Path, banks: int, consortium: str = "simulated", suite: str = DEFAULT_SUITE
+) -> Path:
+    """A CA, a signed manifest and one key and certificate per bank, in `directory` (simulations).
+
+    Under another `suite` (gm) each bank also gets that suite's signing key (`NAME.signing.key`),
+    bound to it in the manifest, as `fedsilo consortium admit --signing-key` does.
+    """
+    crypto = get_suite(suite)
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = new_private_key()
     ca = create_ca(consortium, ca_key)
@@ -178,23 +255,36 @@ def simulated_consortium(directory: Path, banks: int, consortium: str = "simulat
         cert = issue_certificate(create_request(name, key), ca_key, ca, consortium, address)
         write_private_key(directory / f"{name}.key", key)
         (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        members.append(Member(name=name, fingerprint=certificate_fingerprint(cert), roles=("peer",), address=address))
-    Manifest(consortium, 1, tuple(members), "").write(directory / MANIFEST_FILE, ca_key)
+        signing_key = None
+        if suite != DEFAULT_SUITE:
+            private = crypto.generate_signing_key()
+            write_secret(directory / f"{name}.signing.key", private)
+            signing_key = crypto.signing_public_key(private).hex()
+        fingerprint = certificate_fingerprint(cert)
+        members.append(
+            Member(name=name, fingerprint=fingerprint, roles=("peer",), address=address, signing_key=signing_key)
+        )
+    Manifest(consortium, 1, tuple(members), "", suite).write(directory / MANIFEST_FILE, ca_key)
     return directory
 
 
 def simulated_files(directory: Path, bank: int) -> IdentityFiles:
     """Bank `bank`'s identity files in a `simulated_consortium` in `directory`."""
     name = bank_member(bank)
+    signing = directory / f"{name}.signing.key"
     return IdentityFiles(
-        directory / f"{name}.key", directory / f"{name}.pem", directory / CA_FILE, directory / MANIFEST_FILE
+        directory / f"{name}.key",
+        directory / f"{name}.pem",
+        directory / CA_FILE,
+        directory / MANIFEST_FILE,
+        signing if signing.exists() else None,
     )
 
 
 def simulated_identity(directory: Path, bank: int) -> tuple[CertificateSigner, ManifestVerifier]:
     """Bank `bank`'s signer and the verifier of a `simulated_consortium` in `directory`."""
     files = simulated_files(directory, bank)
-    return load_round_identity(files.key, files.cert, files.ca_cert, files.manifest)
+    return load_round_identity(files.key, files.cert, files.ca_cert, files.manifest, files.signing_key)
 
 
 def simulated_verifier(directory: Path) -> ManifestVerifier:

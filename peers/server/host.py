@@ -19,11 +19,12 @@ from safetensors.numpy import load_file
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.flower_compat.grid import is_simulation_grid
-from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, ManifestVerifier, simulated_verifier
+from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, SUITE_KEY, ManifestVerifier, simulated_verifier
 from fedsilo.peers.job import JobConfig, global_shapes, host_feature_count, secagg_config
 from fedsilo.peers.models import build_model, get_weights, select
 from fedsilo.peers.server.polling_grid import PromptGrid
 from fedsilo.peers.server.windowed_grid import WindowedGrid
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.strategies.factory import build_strategy
 from fedsilo.strategies.observer import Observed, RoundCallback
 
@@ -81,16 +82,18 @@ class JobHost:
         initial_weights = self.initial_weights()
         n_params = int(sum(v.size for v in initial_weights.values()))
         fraction = self.job.per_round / self.job.peers
+        verifier = _simulated_verifier(context)
+        suite = verifier.suite if verifier is not None else str(context.run_config.get(SUITE_KEY, DEFAULT_SUITE))
         strategy = build_strategy(
             self.job.strategy,
             self.job.peers,
             fraction_train=fraction,
             fraction_evaluate=fraction,
             on_round=self.on_round,
-            secagg=secagg_config(self.job, n_params) if self.job.secagg.enabled else None,
+            secagg=secagg_config(self.job, n_params, suite) if self.job.secagg.enabled else None,
             sum_updates=self.job.dp.mode == "distributed",
             rounds=self.job.train.rounds,
-            verifier=_simulated_verifier(context),
+            verifier=verifier,
         )
         central: dict[int, dict[str, float]] = {}
 

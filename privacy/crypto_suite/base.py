@@ -7,8 +7,9 @@ stores and ships them without knowing the algorithm:
 
 - signing keys: PKCS#8 DER private key; public key: the uncompressed X9.62 point
   (``04 || x || y``, 65 bytes for both suites' curves); signature: DER ``SEQUENCE {r, s}``;
-- agreement keys: private key bytes as returned by ``agreement_keypair``; public key
-  bytes as exchanged on the wire;
+- agreement keys: the private key as 32 big-endian bytes (an X25519 private key, an SM2
+  scalar: an integer below 2**256, so protocols can secret-share it), the public key as
+  exchanged on the wire (32 bytes for X25519, the uncompressed point for SM2);
 - sealed payloads: ``nonce (12 bytes) || ciphertext || tag (16 bytes)``, the nonce from
   the OS CSPRNG.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from typing import Any
 
 from fedsilo.errors import CryptoSuiteError
 
@@ -36,6 +38,7 @@ class CryptoSuite(ABC):
     kdf_algorithm: str
     aead_algorithm: str
     hash_algorithm: str
+    keystream_algorithm: str
 
     # -- signatures -------------------------------------------------------------------
     @abstractmethod
@@ -64,13 +67,35 @@ class CryptoSuite(ABC):
         """A fresh (private, public) agreement key pair."""
 
     @abstractmethod
+    def agreement_public_key(self, private_key: bytes) -> bytes:
+        """The public key of an agreement private key; CryptoSuiteError if it is not one of this suite."""
+
+    @abstractmethod
     def agree(self, private_key: bytes, peer_public_key: bytes) -> bytes:
-        """The raw shared secret with `peer_public_key` (feed it to `kdf`, never use it as a key)."""
+        """The raw shared secret with `peer_public_key` (feed it to `kdf`, never use it as a key).
+
+        CryptoSuiteError naming the suite if either key is not one of this suite's (a key of
+        the other suite, a point off the curve, a small-order point).
+        """
 
     # -- derivation, hashing ----------------------------------------------------------
     @abstractmethod
-    def kdf(self, secret: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
-        """`length` bytes derived from `secret`, bound to the context `info`."""
+    def kdf(self, secret: bytes, info: bytes, length: int = KEY_BYTES, salt: bytes = b"") -> bytes:
+        """`length` bytes derived from `secret`, bound to the context `info`.
+
+        `salt` is a fixed, public domain value of the calling protocol (HKDF's salt; the
+        gm KDF, which has none, reads it before `info`). An empty salt is each KDF's plain form.
+        """
+
+    @abstractmethod
+    def keystream(self, seed: bytes, context: bytes) -> Any:
+        """A keystream generator for one (`seed`, `context`) pair: an encryptor whose
+        ``update(zeros)`` / ``update_into(zeros, buffer)`` yields the stream.
+
+        The cipher key is a MAC of `context` under the 32-byte `seed`, so every pair gets
+        its own key, used for this one stream from a zero counter (the nonce never varies).
+        A pseudorandom generator (SecAgg+ masks), not encryption of data.
+        """
 
     @abstractmethod
     def hash(self, data: bytes) -> bytes:
@@ -112,4 +137,12 @@ class CryptoSuite(ABC):
             "kdf": self.kdf_algorithm,
             "aead": self.aead_algorithm,
             "hash": self.hash_algorithm,
+            "keystream": self.keystream_algorithm,
         }
+
+
+def keystream_seed(seed: object) -> bytes:
+    """`seed` if it is a 32-byte keystream seed; ValueError otherwise (what `keystream` takes)."""
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != KEY_BYTES:
+        raise ValueError(f"a keystream seed is {KEY_BYTES} bytes")
+    return bytes(seed)

@@ -1,21 +1,28 @@
 """The standard suite: what fedsilo uses without a national-cryptography requirement.
 
 ECDSA P-256 with SHA-256 (the consortium's signed documents, ``peers/identity/signing.py``),
-X25519 agreement and HKDF-SHA256 (as SecAgg+ pairwise secrets, ``privacy/secagg/keys.py``),
-AES-256-GCM, SHA-256. All primitives are ``cryptography``'s (OpenSSL).
+X25519 agreement and HKDF-SHA256 (SecAgg+ pairwise secrets, ``privacy/secagg/keys.py``),
+AES-256-GCM (SecAgg+ shares), SHA-256, and ChaCha20 keyed by HMAC-SHA256 as the keystream
+(SecAgg+ masks, ``privacy/secagg/prg.py``). All primitives are ``cryptography``'s (OpenSSL).
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsilo.errors import CryptoSuiteError
 from fedsilo.privacy.crypto_suite.base import CryptoSuite
+from fedsilo.privacy.crypto_suite.base import keystream_seed as _seed
 
 
 class StandardSuite(CryptoSuite):
@@ -25,6 +32,7 @@ class StandardSuite(CryptoSuite):
     kdf_algorithm = "HKDF-SHA256"
     aead_algorithm = "AES-256-GCM"
     hash_algorithm = "SHA-256"
+    keystream_algorithm = "ChaCha20 (key HMAC-SHA256)"
 
     def generate_signing_key(self) -> bytes:
         return _pkcs8(ec.generate_private_key(ec.SECP256R1()))
@@ -61,17 +69,33 @@ class StandardSuite(CryptoSuite):
         private = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
         return private, key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
 
+    def agreement_public_key(self, private_key: bytes) -> bytes:
+        try:
+            return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+        except (ValueError, TypeError):
+            raise CryptoSuiteError("standard suite: an X25519 private key is 32 bytes") from None
+
     def agree(self, private_key: bytes, peer_public_key: bytes) -> bytes:
         try:
             mine = X25519PrivateKey.from_private_bytes(private_key)
             peer = X25519PublicKey.from_public_bytes(peer_public_key)
             return mine.exchange(peer)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             # cryptography refuses wrong lengths and the all-zero output of a small-order point.
-            raise CryptoSuiteError(f"standard suite: X25519 agreement refused ({exc})") from None
+            hint = (
+                " (an SM2 point of the gm suite?)"
+                if isinstance(peer_public_key, bytes) and len(peer_public_key) == 65
+                else ""
+            )
+            raise CryptoSuiteError(f"standard suite: X25519 agreement refused ({exc}){hint}") from None
 
-    def kdf(self, secret: bytes, info: bytes, length: int = 32) -> bytes:
-        return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(secret)
+    def kdf(self, secret: bytes, info: bytes, length: int = 32, salt: bytes = b"") -> bytes:
+        # HKDF's empty salt is its default (a zero block): salt=b"" and salt=None derive the same bytes.
+        return HKDF(hashes.SHA256(), length, salt=salt or None, info=info).derive(secret)
+
+    def keystream(self, seed: bytes, context: bytes) -> Any:
+        key = hmac.new(_seed(seed), context, hashlib.sha256).digest()
+        return Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
 
     def hash(self, data: bytes) -> bytes:
         digest = hashes.Hash(hashes.SHA256())

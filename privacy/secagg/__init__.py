@@ -13,7 +13,8 @@ Why not Flower's SecAgg+: Flower derives its masks from numpy's ``RandomState`` 
 with a 32-bit fold of the shared secret (Flower issue 7522). With only 2**32 possible
 seeds per mask, an aggregator can brute-force each mask from the masked vector and
 strip it, so those masks hide nothing. Here masks are expanded by ChaCha20 from
-256-bit seeds derived with HKDF-SHA256 from X25519 agreements (``prg.py``, ``keys.py``).
+256-bit seeds derived with HKDF-SHA256 from X25519 agreements (``prg.py``, ``keys.py``);
+under the gm crypto suite (``SecAggConfig.suite``) by SM4-CTR, the SM3 KDF and ECDH on the SM2 curve.
 
 Threat model and assumptions (details in the modules):
 

@@ -13,7 +13,9 @@ that it knows nothing of certificates or manifests:
 
 A deployment implements both over the consortium's certificates and signed manifest
 (``fedsilo.peers.identity.round_keys``). :class:`Ed25519Identity` and :class:`Ed25519Directory`
-are the plain implementation for tests and tools that have the public keys in memory.
+are the plain implementation for tests and tools that have the public keys in memory;
+:class:`SuiteIdentity` and :class:`SuiteDirectory` the same with a crypto suite's signatures
+(SM2 under the gm suite).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from typing import Protocol, runtime_checkable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["Signer", "Verifier", "Ed25519Identity", "Ed25519Directory"]
+from fedsilo.errors import CryptoSuiteError
+from fedsilo.privacy.crypto_suite import CryptoSuite
+
+__all__ = ["Signer", "Verifier", "Ed25519Identity", "Ed25519Directory", "SuiteIdentity", "SuiteDirectory"]
 
 
 @runtime_checkable
@@ -80,4 +85,45 @@ class Ed25519Directory:
             key.verify(signature, transcript)
         except (InvalidSignature, TypeError, ValueError):
             raise ValueError(f"the signature is not {name!r}'s") from None
+        return name
+
+
+class SuiteIdentity:
+    """A named signing key of a crypto suite (PKCS#8 DER); its credential is its UTF-8 name."""
+
+    def __init__(self, name: str, suite: CryptoSuite, private_key: bytes) -> None:
+        self.name = name
+        self.suite = suite
+        self._key = private_key
+
+    @property
+    def credential(self) -> bytes:
+        return self.name.encode()
+
+    def public_key(self) -> bytes:
+        return self.suite.signing_public_key(self._key)
+
+    def sign(self, transcript: bytes) -> bytes:
+        return self.suite.sign(self._key, transcript)
+
+
+class SuiteDirectory:
+    """Name -> public key (uncompressed point) of `suite`, held by every peer and the server."""
+
+    def __init__(self, suite: CryptoSuite, keys: Mapping[str, bytes]) -> None:
+        self.suite = suite
+        self._keys = dict(keys)
+
+    def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str:
+        try:
+            name = credential.decode()
+        except (AttributeError, UnicodeDecodeError):
+            raise ValueError("the credential is not a name") from None
+        key = self._keys.get(name)
+        if key is None:
+            raise ValueError(f"{name!r} is not an admitted identity")
+        try:
+            self.suite.verify(key, transcript, signature)
+        except CryptoSuiteError:
+            raise ValueError(f"the signature is not the {self.suite.name}-suite signature of {name!r}") from None
         return name

@@ -19,8 +19,11 @@ The client refuses (raises ProtocolError, and the round is over for it) when the
 server asks for something inconsistent: keys of a peer that is not its neighbour,
 reflected or badly signed keys, too few peers to stay above the threshold, a peer
 listed both as survivor and as dropped, or anything that would reveal both ``b_v``
-and ``s_v`` of one peer. Shares from a peer that fail AES-GCM authentication are not
+and ``s_v`` of one peer. Shares from a peer that fail AEAD authentication are not
 an abort: the client masks without that peer and reports it in ``MaskedInput.rejected``.
+
+Every key, share encryption, commitment and mask comes from ``config.suite``'s crypto
+suite (see ``keys``); the round's private keys are held as the suite's 32-byte private keys.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedsilo.errors import DataError, ProtocolError
 
@@ -69,8 +71,8 @@ class _Round:
     round_seed: bytes
     graph: Graph
     encoder: FixedPointEncoder
-    enc_key: X25519PrivateKey
-    mask_key: X25519PrivateKey | None
+    enc_key: bytes  # the suite's agreement private keys
+    mask_key: bytes | None
     seed: bytes | None
     stage: ClientStage = ClientStage.ADVERTISED
     peer_keys: dict[int, AdvertiseKeys] = field(default_factory=dict)
@@ -81,7 +83,7 @@ class _Round:
     peer_names: dict[int, str] = field(default_factory=dict)  # v -> identity that signed v's keys
     checked: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # the lists this peer signed
 
-    def secrets(self) -> tuple[X25519PrivateKey, bytes]:
+    def secrets(self) -> tuple[bytes, bytes]:
         """The mask key and the self-mask seed, until the masked input erases them."""
         if self.mask_key is None or self.seed is None:
             raise ProtocolError(f"round {self.round_id}: the mask key and seed are already erased; refused")
@@ -131,8 +133,8 @@ class SecAggClient:
             "round_id": st.round_id,
             "participants": sorted(st.participants),
             "round_seed": st.round_seed.hex(),
-            "enc_key": K.private_bytes(st.enc_key).hex(),
-            "mask_key": hexa(None if st.mask_key is None else K.private_bytes(st.mask_key)),
+            "enc_key": st.enc_key.hex(),
+            "mask_key": hexa(st.mask_key),
             "seed": hexa(st.seed),
             "stage": st.stage.value,
             "peer_keys": {
@@ -167,8 +169,8 @@ class SecAggClient:
             round_seed,
             self.config.graph(parts, round_seed),
             self.config.encoder(len(parts)),
-            K.load_private(bytes.fromhex(saved["enc_key"])),
-            None if mask_raw is None else K.load_private(mask_raw),
+            bytes.fromhex(saved["enc_key"]),
+            mask_raw,
             unhex(saved["seed"]),
             stage=ClientStage(saved["stage"]),
             peer_keys={
@@ -233,10 +235,11 @@ class SecAggClient:
             raise ProtocolError(f"peer {self.node_id}: not among the participants of round {round_id}")
         graph = self.config.graph(parts, round_seed)
         encoder = self.config.encoder(len(parts))
-        enc_key, mask_key, seed = K.generate_key(), K.generate_key(), os.urandom(32)
+        suite = self.config.crypto
+        (enc_key, enc_pub), (mask_key, mask_pub) = K.agreement_keypair(suite=suite), K.agreement_keypair(suite=suite)
+        seed = os.urandom(32)
         session = self.config.session_id
-        commitment = K.seed_commitment(seed, session=session, round_id=round_id, node_id=self.node_id)
-        enc_pub, mask_pub = K.public_bytes(enc_key), K.public_bytes(mask_key)
+        commitment = K.seed_commitment(seed, session=session, round_id=round_id, node_id=self.node_id, suite=suite)
         signature = credential = b""
         own_name = ""
         if self._signer is not None and self._verifier is not None:  # given together (see __init__)
@@ -249,6 +252,7 @@ class SecAggClient:
                 mask_public_key=mask_pub,
                 seed_commitment=commitment,
                 credential=credential,
+                suite=suite,
             )
             signature = self._signer.sign(transcript)
             try:
@@ -265,9 +269,9 @@ class SecAggClient:
         st = self._expect(round_id, ClientStage.ADVERTISED, "share-keys")
         me = self.node_id
         neighbours = st.graph.neighbours[me]
-        session = self.config.session_id
+        session, suite = self.config.session_id, self.config.crypto
         mask_key, seed = st.secrets()
-        own_keys = {K.public_bytes(st.enc_key), K.public_bytes(mask_key)}
+        own_keys = {K.agreement_public_key(st.enc_key, suite=suite), K.agreement_public_key(mask_key, suite=suite)}
         seen: set[bytes] = set()
         names: dict[int, str] = {}
         for v, adv in peer_keys.items():
@@ -277,9 +281,9 @@ class SecAggClient:
                 raise self._fail(f"keys relayed for peer {v} are malformed or belong to another peer/round")
             for raw in (adv.enc_public_key, adv.mask_public_key):
                 try:
-                    K.check_public_key(raw, probe=False)  # low order: caught at agreement
+                    K.check_public_key(raw, probe=False, suite=suite)  # low order, off the curve: caught at agreement
                 except ValueError as exc:
-                    raise self._fail(f"peer {v} advertised an invalid X25519 key ({exc})") from None
+                    raise self._fail(f"peer {v} advertised an invalid key ({exc})") from None
                 if raw in own_keys or raw in seen:
                     raise self._fail(f"peer {v} advertised a key that is mine or another peer's (reflection)")
                 seen.add(raw)
@@ -292,6 +296,7 @@ class SecAggClient:
                     mask_public_key=adv.mask_public_key,
                     seed_commitment=adv.seed_commitment,
                     credential=adv.credential,
+                    suite=suite,
                 )
                 try:
                     name = self._verifier.verify(adv.credential, adv.signature, transcript)
@@ -313,7 +318,7 @@ class SecAggClient:
                 f"{len(peer_keys) + 1} holders, below the threshold {t}; refusing to share keys"
             )
         holders = sorted(peer_keys) + [me]
-        secrets = [int.from_bytes(seed, "big"), int.from_bytes(K.private_bytes(mask_key), "big")]
+        secrets = [int.from_bytes(seed, "big"), int.from_bytes(mask_key, "big")]
         shares = shamir.split(secrets, [shamir.point_of(v) for v in holders], t)
         out: dict[int, EncryptedShares] = {}
         for v, (b_share, s_share) in zip(holders, shares):
@@ -321,13 +326,13 @@ class SecAggClient:
                 st.own_share = (b_share, s_share)
                 continue
             try:
-                secret = K.shared_secret(st.enc_key, peer_keys[v].enc_public_key)
-            except ValueError:
-                raise self._fail(f"peer {v} advertised a low-order encryption key") from None
-            key = K.share_key(secret, session=session, round_id=round_id, src=me, dst=v)
-            aad = K.share_aad(session=session, round_id=round_id, src=me, dst=v)
+                secret = K.agree(st.enc_key, peer_keys[v].enc_public_key, suite=suite)
+            except ValueError as exc:
+                raise self._fail(f"peer {v} advertised an unusable encryption key ({exc})") from None
+            key = K.share_key(secret, session=session, round_id=round_id, src=me, dst=v, suite=suite)
+            aad = K.share_aad(session=session, round_id=round_id, src=me, dst=v, suite=suite)
             plaintext = shamir.share_to_bytes(b_share) + shamir.share_to_bytes(s_share)
-            nonce, ct = K.encrypt(key, plaintext, aad)
+            nonce, ct = K.encrypt(key, plaintext, aad, suite=suite)
             out[v] = EncryptedShares(round_id, me, v, nonce, ct)
         st.peer_keys = dict(peer_keys)
         st.peer_names = names
@@ -336,7 +341,7 @@ class SecAggClient:
 
     # ------------------------------------------------------------------ stage 2
     def _open(self, st: _Round, src: int, msg: object) -> tuple[int, int]:
-        me, session = self.node_id, self.config.session_id
+        me, session, suite = self.node_id, self.config.session_id, self.config.crypto
         if not isinstance(msg, EncryptedShares):
             raise ValueError("not an EncryptedShares message")
         if msg.src != src or msg.dst != me or msg.round_id != st.round_id:
@@ -347,14 +352,15 @@ class SecAggClient:
         if not isinstance(msg.nonce, bytes) or len(msg.nonce) != K.NONCE_BYTES:
             raise ValueError("bad nonce")
         key = K.share_key(
-            K.shared_secret(st.enc_key, st.peer_keys[src].enc_public_key),
+            K.agree(st.enc_key, st.peer_keys[src].enc_public_key, suite=suite),
             session=session,
             round_id=st.round_id,
             src=src,
             dst=me,
+            suite=suite,
         )
-        aad = K.share_aad(session=session, round_id=st.round_id, src=src, dst=me)
-        plaintext = K.decrypt(key, msg.nonce, msg.ciphertext, aad)
+        aad = K.share_aad(session=session, round_id=st.round_id, src=src, dst=me, suite=suite)
+        plaintext = K.decrypt(key, msg.nonce, msg.ciphertext, aad, suite=suite)
         if len(plaintext) != _PLAINTEXT_BYTES:
             raise ValueError("decrypted shares have the wrong length")
         return (
@@ -404,15 +410,15 @@ class SecAggClient:
             noise = sample_discrete_gaussian(sigma, y.shape[0] - 1)
             np.add(y[:-1], noise.view(np.uint64), out=y[:-1])  # two's complement: adds mod 2**64
         mask_key, seed = st.secrets()
-        add_mask(y, seed, LABEL_SELF_MASK)
-        session = self.config.session_id
+        session, suite = self.config.session_id, self.config.crypto
+        add_mask(y, seed, LABEL_SELF_MASK, suite=suite)
         for v in sorted(partners):
             try:
-                secret = K.shared_secret(mask_key, st.peer_keys[v].mask_public_key)
-            except ValueError:
-                raise self._fail(f"peer {v} advertised a low-order mask key") from None
-            seed = K.mask_seed(secret, session=session, round_id=round_id, u=me, v=v)
-            add_mask(y, seed, LABEL_PAIR_MASK, subtract=v < me)
+                secret = K.agree(mask_key, st.peer_keys[v].mask_public_key, suite=suite)
+            except ValueError as exc:
+                raise self._fail(f"peer {v} advertised an unusable mask key ({exc})") from None
+            seed = K.mask_seed(secret, session=session, round_id=round_id, u=me, v=v, suite=suite)
+            add_mask(y, seed, LABEL_PAIR_MASK, subtract=v < me, suite=suite)
         y &= st.encoder.mask
         st.partners = partners
         st.rejected = rejected
@@ -476,6 +482,7 @@ class SecAggClient:
                     node_id=me,
                     survivors=st.checked[0],
                     dropped=st.checked[1],
+                    suite=self.config.crypto,
                 )
             )
         return SurvivorSignature(round_id, me, credential, signature)
@@ -492,7 +499,12 @@ class SecAggClient:
             if not isinstance(sig, SurvivorSignature) or sig.node_id != w or sig.round_id != st.round_id:
                 raise self._fail(f"the survivor-list signature relayed for peer {w} is malformed")
             transcript = K.survivors_transcript(
-                session=self.config.session_id, round_id=st.round_id, node_id=w, survivors=survivors, dropped=dropped
+                session=self.config.session_id,
+                round_id=st.round_id,
+                node_id=w,
+                survivors=survivors,
+                dropped=dropped,
+                suite=self.config.crypto,
             )
             try:
                 name = self._verifier.verify(sig.credential, sig.signature, transcript)

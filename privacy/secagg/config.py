@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedsilo.errors import ConfigError
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, SUITES, CryptoSuite, get_suite
 
 from .graph import Graph, GraphParameters, build_graph, graph_parameters
 
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
     from .noise import DistributedNoise
 
 __all__ = ["SecAggConfig"]
+
+
+@functools.cache
+def _suite(name: str) -> CryptoSuite:
+    return get_suite(name)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class SecAggConfig:
     * ``min_survivors``: refuse to release a sum of fewer inputs (default: the threshold).
     * ``session_id``: the job id, bound into every key derivation and signature.
     * ``noise``: the distributed-DP option (see noise.py), off by default.
+    * ``suite``: the consortium's crypto suite (``standard`` or ``gm``), whose key agreement,
+      KDF, AEAD, hash and keystream every key, share, commitment and mask of the round uses
+      (see keys.py); peers of different suites cannot complete a round together.
     """
 
     clip: float = 1.0
@@ -47,6 +57,7 @@ class SecAggConfig:
     min_survivors: int | None = None
     session_id: bytes = b""
     noise: DistributedNoise | None = None
+    suite: str = DEFAULT_SUITE
 
     def __post_init__(self) -> None:
         from .encoding import FixedPointEncoder
@@ -61,6 +72,13 @@ class SecAggConfig:
             raise ConfigError("secagg session_id must be bytes (at most 65535)")
         if self.noise is not None and not isinstance(self.noise, DistributedNoise):
             raise ConfigError("secagg noise must be a DistributedNoise or None")
+        if self.suite not in SUITES:
+            raise ConfigError(f"secagg suite must be one of {', '.join(SUITES)}, got {self.suite!r}")
+
+    @property
+    def crypto(self) -> CryptoSuite:
+        """The crypto suite named by ``suite`` (CryptoSuiteError if the gm suite's library is missing)."""
+        return _suite(self.suite)
 
     def graph(self, participants: Iterable[int], round_seed: bytes) -> Graph:
         return build_graph(

@@ -1,17 +1,26 @@
 """Key agreement, key derivation, share encryption and the optional signing hook.
 
-Per round every peer makes two fresh X25519 key pairs: ``c`` (share encryption) and
-``s`` (mask agreement). From an X25519 shared secret HKDF-SHA256 derives
+Every operation comes from the consortium's crypto suite (``fedsilo.privacy.crypto_suite``,
+the ``suite`` keyword, the standard suite by default; ``SecAggConfig.suite`` names it for a
+round). Per round every peer makes two fresh agreement key pairs: ``c`` (share encryption)
+and ``s`` (mask agreement). From an agreed secret the suite's KDF derives
 
 * the pairwise mask seed ``s_uv`` (info ``fedsilo/secagg/v1/mask-seed``), symmetric in
   u and v; and
-* a directional AES-256-GCM key for the shares sent from ``src`` to ``dst`` (info
-  ``fedsilo/secagg/v1/share-key``),
+* a directional key of the suite's AEAD for the shares sent from ``src`` to ``dst``
+  (info ``fedsilo/secagg/v1/share-key``),
 
 each ``info`` binding the session id (the job), the round id and the node ids, so a
-key is never reused across rounds, jobs, pairs or directions. The AES-GCM associated
+key is never reused across rounds, jobs, pairs or directions. The AEAD's associated
 data binds (session, round, src, dst) again, so a ciphertext relayed to the wrong
 peer or replayed in another round fails authentication.
+
+Suites. The standard suite is X25519, HKDF-SHA256 (salt ``fedsilo/secagg/v1``), AES-256-GCM
+and SHA-256 commitments: byte for byte the protocol from before suites existed. The gm suite
+is ECDH on the SM2 curve, the SM3 KDF, SM4-GCM and SM3 commitments, and every context it
+derives, commits or signs carries ``gm/`` after ``fedsilo/secagg/v1/`` (the wire's version
+per suite): a transcript signed under one suite never verifies under the other, and a key
+of the other suite is refused, the suite named.
 
 Transcripts. A peer signs (``auth.Signer``) its advertised keys, seed commitment and
 credential, bound to the session (job), round and its node id
@@ -23,17 +32,12 @@ server can neither substitute keys nor tell peers different dropout stories.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedsilo.errors import ProtocolError
+from fedsilo.errors import CryptoSuiteError, ProtocolError
+from fedsilo.privacy.crypto_suite import CryptoSuite, get_suite
 
 __all__ = [
     "KEY_BYTES",
@@ -44,6 +48,10 @@ __all__ = [
     "load_private",
     "check_public_key",
     "shared_secret",
+    "STANDARD",
+    "agreement_keypair",
+    "agreement_public_key",
+    "agree",
     "mask_seed",
     "share_key",
     "share_aad",
@@ -57,6 +65,7 @@ __all__ = [
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _SALT = b"fedsilo/secagg/v1"
+STANDARD = get_suite("standard")
 
 
 def _u64(value: int, what: str) -> bytes:
@@ -65,15 +74,26 @@ def _u64(value: int, what: str) -> bytes:
     return value.to_bytes(8, "big")
 
 
-def _context(label: bytes, session: bytes, round_id: int, *node_ids: int) -> bytes:
+def _context(label: bytes, session: bytes, round_id: int, *node_ids: int, suite: CryptoSuite = STANDARD) -> bytes:
     if len(session) > 0xFFFF:
         raise ProtocolError("session id longer than 65535 bytes")
-    parts = [b"fedsilo/secagg/v1/", label, b"|", len(session).to_bytes(2, "big"), session, _u64(round_id, "round id")]
+    # The standard suite's contexts are the protocol's from before suites (no tag); another suite's carry its name.
+    tag = b"" if suite.name == STANDARD.name else suite.name.encode() + b"/"
+    parts = [
+        b"fedsilo/secagg/v1/",
+        tag,
+        label,
+        b"|",
+        len(session).to_bytes(2, "big"),
+        session,
+        _u64(round_id, "round id"),
+    ]
     parts.extend(_u64(n, "node id") for n in node_ids)
     return b"".join(parts)
 
 
-# --------------------------------------------------------------------------- X25519
+# --------------------------------------------------------------------------- X25519 key objects
+# The standard suite's keys as `cryptography` objects, for callers that hold them (tools, tests).
 def generate_key() -> X25519PrivateKey:
     return X25519PrivateKey.generate()
 
@@ -90,69 +110,107 @@ def load_private(raw: bytes) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(raw)
 
 
-_PROBE = X25519PrivateKey.generate()  # only used to detect low-order points
-
-
-def check_public_key(raw: object, *, probe: bool = True) -> bytes:
-    """Return ``raw`` if it is a usable X25519 public key, else raise ValueError.
-
-    Rejects wrong types and lengths and, with ``probe``, low-order points (whose
-    agreement is all zero; OpenSSL refuses them).
-    """
-    if not isinstance(raw, bytes) or len(raw) != KEY_BYTES:
-        raise ValueError(f"an X25519 public key must be {KEY_BYTES} bytes")
-    pub = X25519PublicKey.from_public_bytes(raw)
-    if probe:
-        _PROBE.exchange(pub)  # raises ValueError on a low-order point
-    return raw
-
-
 def shared_secret(own: X25519PrivateKey, peer_public: bytes) -> bytes:
     """X25519 agreement; ValueError if ``peer_public`` is malformed or low-order."""
     return own.exchange(X25519PublicKey.from_public_bytes(peer_public))
 
 
-def _hkdf(secret: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=info).derive(secret)
+# --------------------------------------------------------------------------- the suite's agreement
+_PROBES: dict[str, tuple[bytes, bytes]] = {}
 
 
-def mask_seed(secret: bytes, *, session: bytes, round_id: int, u: int, v: int) -> bytes:
-    """Pairwise mask seed ``s_uv`` from the mask-key agreement (symmetric in u, v)."""
-    lo, hi = sorted((u, v))
-    return _hkdf(secret, _context(b"mask-seed", session, round_id, lo, hi))
+def _probe(suite: CryptoSuite) -> tuple[bytes, bytes]:
+    """A key pair of `suite` only used to check public keys (agreement with it refuses bad points)."""
+    if suite.name not in _PROBES:
+        _PROBES[suite.name] = suite.agreement_keypair()
+    return _PROBES[suite.name]
 
 
-def share_key(secret: bytes, *, session: bytes, round_id: int, src: int, dst: int) -> bytes:
-    """AES-256-GCM key for the shares sent from ``src`` to ``dst`` in this round."""
-    return _hkdf(secret, _context(b"share-key", session, round_id, src, dst))
+def agreement_keypair(*, suite: CryptoSuite = STANDARD) -> tuple[bytes, bytes]:
+    """A fresh (private, public) agreement key pair of `suite`; the private key is 32 bytes."""
+    return suite.agreement_keypair()
 
 
-def share_aad(*, session: bytes, round_id: int, src: int, dst: int) -> bytes:
-    return _context(b"share-aad", session, round_id, src, dst)
-
-
-def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
-    """AES-GCM with a fresh random 96-bit nonce; returns ``(nonce, ciphertext || tag)``."""
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce, AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
-def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-    """AES-GCM decryption; ValueError when authentication fails."""
+def agreement_public_key(private: bytes, *, suite: CryptoSuite = STANDARD) -> bytes:
+    """The public key of an agreement private key; ValueError if it is not one of `suite`."""
     try:
-        return AESGCM(key).decrypt(nonce, ciphertext, aad)
-    except InvalidTag as exc:
-        raise ValueError("AES-GCM authentication failed") from exc
+        return suite.agreement_public_key(private)
+    except CryptoSuiteError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_public_key(raw: object, *, probe: bool = True, suite: CryptoSuite = STANDARD) -> bytes:
+    """Return ``raw`` if it is a usable public key of `suite`, else raise ValueError naming the suite.
+
+    Rejects wrong types and lengths and, with ``probe``, every key the suite's agreement
+    refuses (X25519: low-order points, whose agreement is all zero; SM2: points off the
+    curve). Without ``probe`` those are caught at the agreement itself.
+    """
+    size = len(_probe(suite)[1])
+    if not isinstance(raw, bytes) or len(raw) != size:
+        got = f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__
+        raise ValueError(
+            f"{suite.name} suite: an agreement public key ({suite.agreement_algorithm}) is {size} bytes, not {got}"
+        )
+    if probe:
+        agree(_probe(suite)[0], raw, suite=suite)
+    return raw
+
+
+def agree(private: bytes, peer_public: bytes, *, suite: CryptoSuite = STANDARD) -> bytes:
+    """The suite's raw agreed secret; ValueError naming the suite if ``peer_public`` is unusable."""
+    try:
+        return suite.agree(private, peer_public)
+    except CryptoSuiteError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _kdf(secret: bytes, info: bytes, suite: CryptoSuite, length: int = KEY_BYTES) -> bytes:
+    return suite.kdf(secret, info, length, salt=_SALT)
+
+
+def mask_seed(secret: bytes, *, session: bytes, round_id: int, u: int, v: int, suite: CryptoSuite = STANDARD) -> bytes:
+    """Pairwise mask seed ``s_uv`` (32 bytes) from the mask-key agreement (symmetric in u, v)."""
+    lo, hi = sorted((u, v))
+    return _kdf(secret, _context(b"mask-seed", session, round_id, lo, hi, suite=suite), suite)
+
+
+def share_key(
+    secret: bytes, *, session: bytes, round_id: int, src: int, dst: int, suite: CryptoSuite = STANDARD
+) -> bytes:
+    """The suite's AEAD key for the shares sent from ``src`` to ``dst`` in this round."""
+    info = _context(b"share-key", session, round_id, src, dst, suite=suite)
+    return _kdf(secret, info, suite, suite.aead_key_sizes[0])
+
+
+def share_aad(*, session: bytes, round_id: int, src: int, dst: int, suite: CryptoSuite = STANDARD) -> bytes:
+    return _context(b"share-aad", session, round_id, src, dst, suite=suite)
+
+
+def encrypt(key: bytes, plaintext: bytes, aad: bytes, *, suite: CryptoSuite = STANDARD) -> tuple[bytes, bytes]:
+    """The suite's AEAD with a fresh random 96-bit nonce; returns ``(nonce, ciphertext || tag)``."""
+    sealed = suite.seal(key, plaintext, aad)
+    return sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
+
+
+def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes, *, suite: CryptoSuite = STANDARD) -> bytes:
+    """The suite's AEAD decryption; ValueError when authentication fails."""
+    try:
+        return suite.open(key, nonce + ciphertext, aad)
+    except CryptoSuiteError:
+        raise ValueError(f"{suite.aead_algorithm} authentication failed") from None
 
 
 # --------------------------------------------------------------------------- commitments
-def seed_commitment(seed: bytes, *, session: bytes, round_id: int, node_id: int) -> bytes:
-    """SHA-256 commitment to the self-mask seed ``b_u`` (a 256-bit random value).
+def seed_commitment(
+    seed: bytes, *, session: bytes, round_id: int, node_id: int, suite: CryptoSuite = STANDARD
+) -> bytes:
+    """The suite's hash (SHA-256, SM3) as commitment to the self-mask seed ``b_u`` (a 256-bit random value).
 
     Lets the server check the seed it reconstructs from shares; it reveals nothing
     usable about a uniformly random 32-byte seed.
     """
-    return hashlib.sha256(_context(b"seed-commitment", session, round_id, node_id) + seed).digest()
+    return suite.hash(_context(b"seed-commitment", session, round_id, node_id, suite=suite) + seed)
 
 
 # --------------------------------------------------------------------------- identities
@@ -165,11 +223,12 @@ def advertise_transcript(
     mask_public_key: bytes,
     seed_commitment: bytes,
     credential: bytes,
+    suite: CryptoSuite = STANDARD,
 ) -> bytes:
     """The bytes a peer signs when it advertises its round keys (under its credential)."""
     return b"".join(
         [
-            _context(b"advertise", session, round_id, node_id),
+            _context(b"advertise", session, round_id, node_id, suite=suite),
             enc_public_key,
             mask_public_key,
             seed_commitment,
@@ -186,9 +245,10 @@ def survivors_transcript(
     node_id: int,
     survivors: Sequence[int],
     dropped: Sequence[int],
+    suite: CryptoSuite = STANDARD,
 ) -> bytes:
     """The bytes a survivor signs in the consistency check: the round's two lists, sorted."""
-    parts = [_context(b"survivors", session, round_id, node_id)]
+    parts = [_context(b"survivors", session, round_id, node_id, suite=suite)]
     for ids in (sorted(survivors), sorted(dropped)):
         parts.append(_u64(len(ids), "list length"))
         parts.extend(_u64(v, "node id") for v in ids)

@@ -1,8 +1,11 @@
-"""Mask expansion: a 32-byte seed and a label -> a stream of uint64 words, by ChaCha20.
+"""Mask expansion: a 32-byte seed and a label -> a stream of uint64 words, by the suite's keystream.
 
-The ChaCha20 key is ``HMAC-SHA256(seed, "fedsilo/secagg/v1/prg|" + label)`` and the
-16-byte nonce (32-bit block counter and 96-bit nonce, as ``cryptography`` takes it)
-is all zero: every (seed, label) pair gets its own key, used for exactly one stream,
+The keystream is the crypto suite's (``CryptoSuite.keystream``; the standard suite by
+default, ``SecAggConfig.suite`` for a round). Standard: ChaCha20 keyed by
+``HMAC-SHA256(seed, "fedsilo/secagg/v1/prg|" + label)`` with an all-zero 16-byte nonce
+(32-bit block counter and 96-bit nonce, as ``cryptography`` takes it). gm: SM4-CTR keyed
+by the first 16 bytes of ``HMAC-SM3(seed, ...)``, zero initial counter. Either way every
+(seed, label) pair gets its own key, used for exactly one stream,
 so the nonce never needs to vary. The keystream is read as little-endian uint64
 words (``np.frombuffer``, no Python loop over coordinates); ``expand`` masks them to
 k bits, which is uniform over Z_(2**k) because 2**k divides 2**64.
@@ -14,11 +17,9 @@ enough: ``(sum of raw words) mod 2**k == (sum of words mod 2**k) mod 2**k``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from fedsilo.privacy.crypto_suite import CryptoSuite, get_suite
 
 __all__ = [
     "LABEL_SELF_MASK",
@@ -31,7 +32,7 @@ __all__ = [
 
 SEED_BYTES = 32
 _PREFIX = b"fedsilo/secagg/v1/prg|"
-_NONCE = bytes(16)
+STANDARD = get_suite("standard")
 _CHUNK_WORDS = 1 << 16  # 512 KiB of keystream per step
 
 LABEL_SELF_MASK = b"self-mask"
@@ -39,17 +40,13 @@ LABEL_PAIR_MASK = b"pair-mask"
 LABEL_NOISE = b"noise"
 
 
-def _key(seed: bytes, label: bytes) -> bytes:
-    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
-        raise ValueError(f"PRG seed must be {SEED_BYTES} bytes")
-    return hmac.new(bytes(seed), _PREFIX + bytes(label), hashlib.sha256).digest()
-
-
 class KeyStream:
-    """A ChaCha20 keystream read as consecutive uint64 words (little-endian)."""
+    """The suite's keystream of ``(seed, label)`` read as consecutive uint64 words (little-endian)."""
 
-    def __init__(self, seed: bytes, label: bytes) -> None:
-        self._enc = Cipher(algorithms.ChaCha20(_key(seed, label), _NONCE), mode=None).encryptor()
+    def __init__(self, seed: bytes, label: bytes, *, suite: CryptoSuite = STANDARD) -> None:
+        if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+            raise ValueError(f"PRG seed must be {SEED_BYTES} bytes")
+        self._enc = suite.keystream(bytes(seed), _PREFIX + bytes(label))
         self._zeros = b""
 
     def _zero(self, nbytes: int) -> bytes:
@@ -76,19 +73,21 @@ class KeyStream:
             op(seg, buf[:m], out=seg)
 
 
-def expand(seed: bytes, label: bytes, n: int, modulus_bits: int) -> np.ndarray:
+def expand(seed: bytes, label: bytes, n: int, modulus_bits: int, *, suite: CryptoSuite = STANDARD) -> np.ndarray:
     """``n`` uniform elements of Z_(2**modulus_bits) from ``(seed, label)`` (uint64)."""
     if not 1 <= modulus_bits <= 64:
         raise ValueError("modulus_bits must be in [1, 64]")
-    words = KeyStream(seed, label).words(n).copy()
+    words = KeyStream(seed, label, suite=suite).words(n).copy()
     if modulus_bits < 64:
         words &= np.uint64((1 << modulus_bits) - 1)
     return words
 
 
-def add_mask(out: np.ndarray, seed: bytes, label: bytes, *, subtract: bool = False) -> None:
+def add_mask(
+    out: np.ndarray, seed: bytes, label: bytes, *, subtract: bool = False, suite: CryptoSuite = STANDARD
+) -> None:
     """Add (or subtract) the mask of ``(seed, label)`` into ``out`` modulo 2**64, in place.
 
     The caller reduces with ``out &= M - 1`` once after all masks are applied.
     """
-    KeyStream(seed, label).add_into(out, subtract=subtract)
+    KeyStream(seed, label, suite=suite).add_into(out, subtract=subtract)

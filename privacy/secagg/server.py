@@ -71,7 +71,7 @@ from .prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
 
 __all__ = ["SecAggServer", "ServerStage"]
 
-_CIPHERTEXT_BYTES = 2 * shamir.SHARE_BYTES + 16  # two shares + the GCM tag
+_CIPHERTEXT_BYTES = 2 * shamir.SHARE_BYTES + 16  # two shares + the GCM tag (AES-GCM, SM4-GCM)
 
 
 class ServerStage(enum.Enum):
@@ -224,7 +224,7 @@ class SecAggServer:
         for name in ("enc_public_key", "mask_public_key"):
             raw = getattr(msg, name)
             try:
-                K.check_public_key(raw)
+                K.check_public_key(raw, suite=self.config.crypto)
             except ValueError as exc:
                 raise self._reject(sender, f"advertised an invalid {name} ({exc})") from None
             if raw in self._public_keys:
@@ -242,6 +242,7 @@ class SecAggServer:
                 mask_public_key=msg.mask_public_key,
                 seed_commitment=msg.seed_commitment,
                 credential=msg.credential,
+                suite=self.config.crypto,
             )
             try:
                 name = self._verifier.verify(msg.credential, msg.signature, transcript)
@@ -400,6 +401,7 @@ class SecAggServer:
                 node_id=sender,
                 survivors=self._survivors,
                 dropped=self._dropped,
+                suite=self.config.crypto,
             )
             try:
                 name = self._verifier.verify(msg.credential, msg.signature, transcript)
@@ -471,6 +473,7 @@ class SecAggServer:
         # Everything is reconstructible: reconstruct, one Lagrange computation per holder set.
         seeds: dict[int, bytes] = {}
         mask_keys: dict[int, bytes] = {}
+        session, suite = self.config.session_id, self.config.crypto
         for holder_set, targets in jobs.items():
             coeffs = self.lagrange_cache.get(holder_set)
             if coeffs is None:
@@ -483,26 +486,26 @@ class SecAggServer:
                     raise self._bad_share(kind, v, holder_set)
                 raw = secret.to_bytes(32, "big")
                 if kind == "b":
-                    if (
-                        K.seed_commitment(raw, session=self.config.session_id, round_id=self.round_id, node_id=v)
-                        != self._adverts[v].seed_commitment
-                    ):
+                    commitment = K.seed_commitment(raw, session=session, round_id=self.round_id, node_id=v, suite=suite)
+                    if commitment != self._adverts[v].seed_commitment:
                         raise self._bad_share(kind, v, holder_set)
                     seeds[v] = raw
                 else:
-                    if K.public_bytes(K.load_private(raw)) != self._adverts[v].mask_public_key:
+                    try:
+                        public = K.agreement_public_key(raw, suite=suite)
+                    except ValueError:  # not a private key of the suite (an SM2 scalar out of range)
+                        raise self._bad_share(kind, v, holder_set) from None
+                    if public != self._adverts[v].mask_public_key:
                         raise self._bad_share(kind, v, holder_set)
                     mask_keys[v] = raw
         total = self._sum
         for u in self._survivors:
-            add_mask(total, seeds[u], LABEL_SELF_MASK, subtract=True)
-        session = self.config.session_id
+            add_mask(total, seeds[u], LABEL_SELF_MASK, subtract=True, suite=suite)
         for v, raw in mask_keys.items():
-            sk = K.load_private(raw)
             for u in sorted(self._s_holders[v]):  # survivors that masked with v
-                shared = K.shared_secret(sk, self._adverts[u].mask_public_key)
-                seed = K.mask_seed(shared, session=session, round_id=self.round_id, u=u, v=v)
-                add_mask(total, seed, LABEL_PAIR_MASK, subtract=v > u)  # undo u's sign for v
+                shared = K.agree(raw, self._adverts[u].mask_public_key, suite=suite)
+                seed = K.mask_seed(shared, session=session, round_id=self.round_id, u=u, v=v, suite=suite)
+                add_mask(total, seed, LABEL_PAIR_MASK, subtract=v > u, suite=suite)  # undo u's sign for v
         total &= self.encoder.mask
         try:
             values, weight_sum = self.encoder.decode_sum(total, len(self._survivors))

@@ -3,10 +3,11 @@
 Each training round becomes five exchanges with the sampled peers, all as Flower
 `train` messages (see `wire`):
 
-1. advertise: each peer sends fresh X25519 public keys, signed with its consortium
+1. advertise: each peer sends fresh agreement public keys of the consortium's crypto
+   suite (X25519; SM2-curve points under gm, `SecAggConfig.suite`), signed with its consortium
    identity (the peers verify each other's signatures: the host cannot swap a key);
-2. share: each peer sends its neighbours Shamir shares of its secrets, AES-GCM
-   encrypted under pairwise keys (the host only relays ciphertexts);
+2. share: each peer sends its neighbours Shamir shares of its secrets, AEAD-encrypted
+   (AES-GCM; SM4-GCM under gm) under pairwise keys (the host only relays ciphertexts);
 3. mask: the usual training request; the peer's `secagg_mod` trains, then uploads
    its update masked (`fedsilo.privacy.secagg`), with its weight inside the masked vector;
 4. check: survivors sign the survivor and dropout lists (the consistency check);

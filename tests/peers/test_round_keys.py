@@ -61,3 +61,46 @@ def test_a_peer_whose_files_do_not_belong_together_is_refused(two_consortia, tmp
     with pytest.raises(IdentityError, match="does not exist"):
         load_round_identity(tmp_path / "missing.key", mine.cert, mine.ca_cert, mine.manifest)
     assert oct(os.stat(mine.key).st_mode & 0o777) == "0o600"
+
+
+@pytest.fixture(scope="module")
+def gm_consortium(tmp_path_factory):
+    return simulated_consortium(tmp_path_factory.mktemp("round-keys-gm") / "gm", 3, suite="gm")
+
+
+def test_in_a_gm_consortium_round_keys_are_sm2_signed_under_the_manifest_bound_key(gm_consortium):
+    from fedsilo.privacy.crypto_suite import get_suite
+
+    signer, verifier = simulated_identity(gm_consortium, 0)
+    _, other = simulated_identity(gm_consortium, 2)
+    assert verifier.suite == other.suite == "gm"
+    signature = signer.sign(b"transcript")
+    assert other.verify(signer.credential, signature, b"transcript") == "bank-00000"
+    member = verifier.manifest.member("bank-00000")
+    get_suite("gm").verify(bytes.fromhex(member.signing_key), b"transcript", signature)  # SM2, that key
+    with pytest.raises(ValueError, match="not the gm-suite signature of 'bank-00000'"):
+        other.verify(signer.credential, signature, b"another transcript")
+
+
+def test_in_a_gm_consortium_an_ecdsa_or_another_members_signature_is_refused(gm_consortium):
+    """The certificate's ECDSA key, or another member's SM2 key, does not sign for a member of a gm consortium."""
+    from fedsilo.privacy.crypto_suite import get_suite
+
+    files = simulated_files(gm_consortium, 0)
+    _, verifier = simulated_identity(gm_consortium, 1)
+    ecdsa = CertificateSigner(load_private_key(files.key), load_certificate(files.cert))
+    with pytest.raises(ValueError, match="not the gm-suite signature of 'bank-00000'"):
+        verifier.verify(ecdsa.credential, ecdsa.sign(b"t"), b"t")
+    someone_else = simulated_files(gm_consortium, 1).signing_key.read_bytes()
+    with pytest.raises(ValueError, match="not the gm-suite signature of 'bank-00000'"):
+        verifier.verify(ecdsa.credential, get_suite("gm").sign(someone_else, b"t"), b"t")
+
+
+def test_a_gm_member_without_its_signing_key_or_with_anothers_is_refused(gm_consortium):
+    mine, theirs = simulated_files(gm_consortium, 0), simulated_files(gm_consortium, 1)
+    with pytest.raises(IdentityError, match="uses the gm crypto suite: bank-00000 signs .*`signing-key`"):
+        load_round_identity(mine.key, mine.cert, mine.ca_cert, mine.manifest)
+    with pytest.raises(IdentityError, match="is not the gm signing key the manifest binds to bank-00000"):
+        load_round_identity(mine.key, mine.cert, mine.ca_cert, mine.manifest, theirs.signing_key)
+    assert mine.node_config()["signing-key"] == str(mine.signing_key)
+    assert oct(os.stat(mine.signing_key).st_mode & 0o777) == "0o600"

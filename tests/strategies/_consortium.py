@@ -2,18 +2,10 @@
 
 from pathlib import Path
 
-from fedsilo.peers.identity.round_keys import bank_member, simulated_consortium
+from fedsilo.peers.identity.round_keys import simulated_consortium, simulated_files
 
 
-def identity_configs(directory: Path, nodes: list[int]) -> dict[int, dict[str, str]]:
+def identity_configs(directory: Path, nodes: list[int], suite: str = "standard") -> dict[int, dict[str, str]]:
     """Each node's identity files in its node config, as `fedsilo.peers.deployment.join` names them."""
-    simulated_consortium(directory, len(nodes))
-    return {
-        n: {
-            "identity-key": str(directory / f"{bank_member(i)}.key"),
-            "identity-cert": str(directory / f"{bank_member(i)}.pem"),
-            "ca-cert": str(directory / "ca.pem"),
-            "manifest": str(directory / "manifest.json"),
-        }
-        for i, n in enumerate(nodes)
-    }
+    simulated_consortium(directory, len(nodes), suite=suite)
+    return {n: simulated_files(directory, i).node_config() for i, n in enumerate(nodes)}

@@ -46,9 +46,9 @@ def _app(msg: Message, context: Context) -> Message:
 class PeersInProcess(Grid):
     """Answers every message with the peer's `secagg_mod` around `_app`, recording (type, stage) of each exchange."""
 
-    def __init__(self, nodes: list[int], job: JobConfig, identity_dir) -> None:
+    def __init__(self, nodes: list[int], job: JobConfig, identity_dir, suite: str = "standard") -> None:
         self.nodes = nodes
-        configs = identity_configs(identity_dir, nodes)
+        configs = identity_configs(identity_dir, nodes, suite)
         self.contexts = {
             n: Context(run_id=1, node_id=n, node_config=configs[n], state=RecordDict(), run_config=job.to_run_config())
             for n in nodes
@@ -60,6 +60,8 @@ class PeersInProcess(Grid):
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
+        if not messages:  # an aborted round trains no one
+            return []
         first = messages[0]
         stage = read_stage(first.content)[0] if SECAGG_CONFIG_KEY in first.content.config_records else None
         self.exchanges.append((first.metadata.message_type, stage))
@@ -100,17 +102,18 @@ class RecordingFedAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
-def _run(tmp_path, nodes: list[int], fraction_train: float, carry: bool):
+def _run(tmp_path, nodes: list[int], fraction_train: float, carry: bool, suite: str = "standard", host_suite=None):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     job = JobConfig(label="y", encoder_path=str(tmp_path / "e.json"), job_id="carried", peers=len(nodes))
-    grid = PeersInProcess(nodes, job, tmp_path / f"consortium-{fraction_train}-{carry}")
+    grid = PeersInProcess(nodes, job, tmp_path / f"consortium-{fraction_train}-{carry}-{suite}", suite)
     inner = RecordingFedAvg(
         fraction_train=fraction_train,
         min_train_nodes=round(fraction_train * len(nodes)),
         min_available_nodes=len(nodes),
         min_evaluate_nodes=len(nodes),
     )
-    strategy = SecureAggregation(inner, secagg_config(job), rounds=3 if carry else None)
+    config = secagg_config(job, suite=host_suite or suite)
+    strategy = SecureAggregation(inner, config, rounds=3 if carry else None)
     initial = ArrayRecord({"w": Array(np.zeros(SHAPE, dtype=np.float32))})
     result = strategy.start(
         grid=grid, initial_arrays=initial, num_rounds=3, train_config=ConfigRecord(), evaluate_config=ConfigRecord()
@@ -174,3 +177,30 @@ def test_a_peer_whose_evaluation_fails_sends_no_keys_and_sits_out_the_next_round
     assert ("train", "advertise") not in grid.exchanges
     assert sorted(m.metadata.dst_node_id for m in out) == [11, 13, 14]
     assert "no test rows" in strategy.dropouts[2][12]
+
+
+def test_a_gm_consortium_aggregates_under_the_gm_suite(tmp_path):
+    """The real strategy and every peer's real `secagg_mod`, in a gm consortium: SM2 round keys,
+    SM2-signed advertisements, SM4-GCM shares, SM4-CTR masks; the model moves by the exact mean."""
+    nodes = [11, 12, 13, 14]
+    grid, strategy, result = _run(tmp_path, nodes, 1.0, carry=True, suite="gm")
+    assert strategy.config.suite == "gm"
+    assert strategy.aborted_rounds == {} and strategy.refusals == {} and strategy.dropouts == {}
+    mean_delta = np.mean([_delta(n) for n in nodes], axis=0)
+    np.testing.assert_allclose(result.arrays["w"].numpy(), 3 * mean_delta, atol=1e-3)
+    state = grid.contexts[11].state["fedsilo.secagg.client"]
+    assert '"enc_public_key": "04' in str(state["state"])  # the neighbours' keys it holds: SM2 points
+
+
+def test_a_host_on_the_standard_suite_refuses_a_gm_consortiums_keys_by_name(tmp_path):
+    """A host whose SecAgg+ server runs another suite than the peers' manifests (it cannot make them
+    change): every advertisement is refused naming the suite, the round aborts, nothing is unmasked."""
+    nodes = [11, 12, 13, 14]
+    _, strategy, result = _run(tmp_path, nodes, 1.0, carry=False, suite="gm", host_suite="standard")
+    assert set(strategy.refusals[1]) == set(nodes)
+    assert all(
+        "standard suite: an agreement public key (X25519) is 32 bytes, not 65" in r
+        for r in strategy.refusals[1].values()
+    )
+    assert set(strategy.aborted_rounds) == {1, 2, 3}
+    assert strategy.inner.aggregated == [[], [], []] and "w" not in result.arrays  # no round released anything

@@ -23,11 +23,15 @@ a mask request is checked before the app trains, so a replay spends no budget.
 Identity. The peer signs its round keys and the survivor list with its consortium
 key and checks its neighbours' against the CA-signed manifest
 (`fedsilo.peers.identity.round_keys`). A deployed peer reads them from the files its node
-config names (`identity-key`, `identity-cert`, `ca-cert`, `manifest`: set by
-`fedsilo.peers.deployment.join` from the peer's own identity directory), and the job it
-accepted from `job-id` and `secagg`, which the host cannot change. Under the
-Simulation Engine each bank reads its key from the simulated consortium that the run
-config's `simulation.identity-dir` names (`fedsilo.simulations.federation` writes it).
+config names (`identity-key`, `identity-cert`, `ca-cert`, `manifest`, and in a gm
+consortium `signing-key`: set by `fedsilo.peers.deployment.join` from the peer's own
+identity directory), and the job it accepted from `job-id` and `secagg`, which the host
+cannot change. Under the Simulation Engine each bank reads its key from the simulated
+consortium that the run config's `simulation.identity-dir` names (`fedsilo.simulations.federation` writes it).
+
+Suite. The round runs under the crypto suite of the peer's own manifest (never one the
+host names): in a gm consortium its keys, shares, commitments and masks are the gm
+suite's and its advertisement is SM2-signed (`fedsilo.privacy.secagg.keys`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedsilo.errors import ConfigError, FedsiloError, ProtocolError
 from fedsilo.peers.client import node_state
-from fedsilo.peers.identity.round_keys import SIMULATED_IDENTITY_KEY, load_round_identity, simulated_identity
+from fedsilo.peers.identity.round_keys import (
+    SIMULATED_IDENTITY_KEY,
+    ManifestVerifier,
+    load_round_identity,
+    simulated_identity,
+)
 from fedsilo.peers.job import JobConfig, parameter_count, secagg_config
 from fedsilo.privacy.secagg import (
     ConsistencyRequest,
@@ -50,7 +59,6 @@ from fedsilo.privacy.secagg import (
     ShareKeysRequest,
     Signer,
     UnmaskRequest,
-    Verifier,
 )
 from fedsilo.privacy.secagg.messages import encrypted_shares_to_dict
 from fedsilo.strategies.secagg.wire import (
@@ -66,16 +74,18 @@ STATE_KEY = "fedsilo.secagg.client"
 ERROR_CODE_SECAGG = 4002
 HIDDEN_METRICS = ("num-examples", "train-loss")
 IDENTITY_KEYS = ("identity-key", "identity-cert", "ca-cert", "manifest")
+SIGNING_KEY = "signing-key"  # the member's suite signing key, in a consortium of another suite (gm)
 
 
-def round_identity(context: Context) -> tuple[Signer, Verifier]:
+def round_identity(context: Context) -> tuple[Signer, ManifestVerifier]:
     """This peer's signer and the consortium's verifier (see the module docstring)."""
     node = context.node_config
     named = [k for k in IDENTITY_KEYS if node.get(k)]
     if named:
         if len(named) != len(IDENTITY_KEYS):
             raise ConfigError(f"this SuperNode's node config names {named} but not all of {list(IDENTITY_KEYS)}")
-        return load_round_identity(*(Path(str(node[k])) for k in IDENTITY_KEYS))
+        signing = Path(str(node[SIGNING_KEY])) if node.get(SIGNING_KEY) else None
+        return load_round_identity(*(Path(str(node[k])) for k in IDENTITY_KEYS), signing)
     directory = context.run_config.get(SIMULATED_IDENTITY_KEY)
     if directory and "partition-id" in node and not node.get("state-dir"):
         return simulated_identity(Path(str(directory)), int(node["partition-id"]))
@@ -103,7 +113,8 @@ def declares_secure(context: Context, job: JobConfig) -> bool:
 def _load(context: Context, job: JobConfig, node_id: int) -> SecAggClient:
     n_params = parameter_count(job) if job.dp.mode == "distributed" else None
     signer, verifier = round_identity(context)
-    client = SecAggClient(node_id, secagg_config(job, n_params), signer=signer, verifier=verifier)
+    config = secagg_config(job, n_params, suite=verifier.suite)
+    client = SecAggClient(node_id, config, signer=signer, verifier=verifier)
     record = context.state.get(STATE_KEY)
     if isinstance(record, ConfigRecord) and record.get("job") == job.job_id:
         client.load_state_dict(json.loads(str(record["state"])))

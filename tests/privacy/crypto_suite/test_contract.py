@@ -136,12 +136,31 @@ def test_standard_key_agreement() -> None:
         suite.agree(a_private, bytes(32))  # the all-zero (small-order) point
 
 
-def test_gm_key_agreement_is_refused_by_name_not_faked() -> None:
-    suite = get_suite("gm")
-    with pytest.raises(CryptoSuiteError, match="SM2 key agreement is not available yet"):
-        suite.agreement_keypair()
-    with pytest.raises(CryptoSuiteError, match="SM2 key agreement is not available yet"):
-        suite.agree(b"", b"")
+def test_key_agreement_round_trip_and_other_suites_keys_refused(suite: CryptoSuite) -> None:
+    a_private, a_public = suite.agreement_keypair()
+    b_private, b_public = suite.agreement_keypair()
+    assert len(a_private) == 32 and suite.agreement_public_key(a_private) == a_public
+    assert suite.agree(a_private, b_public) == suite.agree(b_private, a_public)
+    assert suite.agree(a_private, b_public) != suite.agree(a_private, suite.agreement_keypair()[1])
+    _, other_public = _other(suite).agreement_keypair()
+    with pytest.raises(CryptoSuiteError, match=f"{suite.name} suite: .*(gm|standard) suite"):
+        suite.agree(a_private, other_public)
+
+
+def test_salt_binds_the_kdf_and_an_empty_salt_is_the_plain_kdf(suite: CryptoSuite) -> None:
+    secret = bytes(range(32))
+    assert suite.kdf(secret, b"mask", 32, salt=b"") == suite.kdf(secret, b"mask", 32)
+    assert suite.kdf(secret, b"mask", 32, salt=b"protocol/v1") != suite.kdf(secret, b"mask", 32)
+
+
+def test_keystream_is_deterministic_per_seed_and_context(suite: CryptoSuite) -> None:
+    seed = bytes(range(32))
+    first = suite.keystream(seed, b"self-mask").update(bytes(64))
+    assert first == suite.keystream(seed, b"self-mask").update(bytes(64))
+    assert first != suite.keystream(seed, b"pair-mask").update(bytes(64))
+    assert first != suite.keystream(bytes(32), b"self-mask").update(bytes(64))
+    with pytest.raises(ValueError, match="32 bytes"):
+        suite.keystream(b"short", b"x")
 
 
 def test_gm_kdf_is_the_gb_t_32918_kdf() -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from fedsilo.privacy.crypto_suite import get_suite
 from fedsilo.privacy.secagg import (
     Ed25519Directory,
     Ed25519Identity,
@@ -19,7 +20,10 @@ from fedsilo.privacy.secagg import (
     SecAggResult,
     SecAggServer,
     ServerStage,
+    Signer,
+    Verifier,
 )
+from fedsilo.privacy.secagg.auth import SuiteDirectory, SuiteIdentity
 
 ROUND = 7
 CONFIG = SecAggConfig(clip=1.0, bits=24, max_weight=1000.0)
@@ -27,21 +31,45 @@ CONFIG = SecAggConfig(clip=1.0, bits=24, max_weight=1000.0)
 Tamper = Callable[[int, object], object]
 
 
-def consortium(nodes: Iterable[int]) -> tuple[dict[int, Ed25519Identity], Ed25519Directory]:
-    """A simulated consortium: one named Ed25519 identity per node, and the directory of them all."""
-    signers = {u: Ed25519Identity(f"bank-{u:x}", Ed25519PrivateKey.generate()) for u in nodes}
-    return signers, Ed25519Directory({s.name: s.public_key() for s in signers.values()})
+def consortium(nodes: Iterable[int], suite: str = "standard") -> tuple[dict[int, Signer], Verifier]:
+    """A simulated consortium: one named identity per node, and the directory of them all.
+
+    Ed25519 under the standard suite; the suite's own signatures (SM2) under any other.
+    """
+    if suite == "standard":
+        signers = {u: Ed25519Identity(f"bank-{u:x}", Ed25519PrivateKey.generate()) for u in nodes}
+        return signers, Ed25519Directory({s.name: s.public_key() for s in signers.values()})
+    crypto = get_suite(suite)
+    identities = {u: SuiteIdentity(f"bank-{u:x}", crypto, crypto.generate_signing_key()) for u in nodes}
+    return dict(identities), SuiteDirectory(crypto, {s.name: s.public_key() for s in identities.values()})
+
+
+def stranger(suite: str) -> Signer:
+    """An identity outside the consortium (the host's own key), of the suite's signature kind."""
+    if suite == "standard":
+        return Ed25519Identity("the-host", Ed25519PrivateKey.generate())
+    crypto = get_suite(suite)
+    return SuiteIdentity("the-host", crypto, crypto.generate_signing_key())
 
 
 class Harness:
     """Drive the five stages; peers in ``gone`` stop answering from the stage they drop at.
 
-    Peers sign and verify with a simulated consortium (``authenticated=False``: none).
+    Peers sign and verify with a simulated consortium (``authenticated=False``: none), under
+    ``suite`` (default: the config's).
     """
 
     def __init__(
-        self, n: int, dim: int = 32, config: SecAggConfig = CONFIG, seed: int = 0, authenticated: bool = True
+        self,
+        n: int,
+        dim: int = 32,
+        config: SecAggConfig = CONFIG,
+        seed: int = 0,
+        authenticated: bool = True,
+        suite: str | None = None,
     ) -> None:
+        if suite is not None:
+            config = dataclasses.replace(config, suite=suite)
         rng = np.random.default_rng(seed)
         # 64-bit node ids, as Flower uses, in no particular order
         ids: set[int] = set()
@@ -51,7 +79,7 @@ class Harness:
         self.nodes = sorted(ids)
         self.config = config
         self.dim = dim
-        self.signers, self.verifier = consortium(self.nodes) if authenticated else ({}, None)
+        self.signers, self.verifier = consortium(self.nodes, config.suite) if authenticated else ({}, None)
         self.server = SecAggServer(config, ROUND, self.nodes, dim, round_seed=rng.bytes(32), verifier=self.verifier)
         self.clients = {u: self.make_client(u) for u in self.nodes}
         c = config.clip
@@ -165,7 +193,11 @@ def deterministic_keys(monkeypatch, seed: int = 1) -> None:
         def urandom(n: int) -> bytes:
             return _bytes(n)
 
-    monkeypatch.setattr(keys_mod, "generate_key", lambda: X25519PrivateKey.from_private_bytes(_bytes(32)))
+    def _keypair(*, suite=keys_mod.STANDARD) -> tuple[bytes, bytes]:
+        private = _bytes(32)
+        return private, suite.agreement_public_key(private)
+
+    monkeypatch.setattr(keys_mod, "agreement_keypair", _keypair)
     monkeypatch.setattr(client_mod, "os", _Os)
 
 

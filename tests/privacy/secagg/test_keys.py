@@ -69,3 +69,38 @@ def test_public_key_checks():
     for bad in (b"short", bytes(32), "not bytes"):
         with pytest.raises(ValueError):
             K.check_public_key(bad)
+
+
+def test_standard_suite_bytes_are_the_protocol_from_before_suites():
+    """Every derivation, commitment, transcript and mask of the standard suite, pinned to what
+    the code produced before SecAgg+ took its primitives from a crypto suite."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from fedsilo.privacy.secagg import prg
+
+    s = bytes(range(32))
+    out = [
+        K.mask_seed(s, session=b"job", round_id=3, u=5, v=2),
+        K.share_key(s, session=b"job", round_id=3, src=5, dst=2),
+        K.share_aad(session=b"job", round_id=3, src=5, dst=2),
+        K.seed_commitment(s, session=b"j", round_id=1, node_id=9),
+        K.advertise_transcript(
+            session=b"s",
+            round_id=1,
+            node_id=5,
+            enc_public_key=b"a" * 32,
+            mask_public_key=b"b" * 32,
+            seed_commitment=b"c" * 32,
+            credential=b"x",
+        ),
+        K.survivors_transcript(session=b"s", round_id=1, node_id=5, survivors=[5, 7], dropped=[9]),
+        prg.expand(s, prg.LABEL_PAIR_MASK, 1000, 64).tobytes(),
+        K.decrypt(s, bytes(12), AESGCM(s).encrypt(bytes(12), b"pt", b"ad"), b"ad"),
+        K.shared_secret(K.load_private(s), K.public_bytes(K.load_private(bytes(range(1, 33))))),
+    ]
+    assert hashlib.sha256(b"".join(out)).hexdigest() == (
+        "6ccdaac347b5a550254e7790ca9376d5a98274644d3adf185c77ba704790cbdd"
+    )
+    assert K.agree(s, K.public_bytes(K.load_private(bytes(range(1, 33))))) == out[-1]

@@ -20,7 +20,9 @@ from fedsilo.privacy.secagg import Ed25519Identity, EncryptedShares, ServerStage
 from fedsilo.privacy.secagg import keys as K
 from fedsilo.privacy.secagg.prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
 
-from ._harness import ROUND, Harness
+from ._harness import ROUND, Harness, stranger
+
+SUITES = ["standard", "gm"]
 
 
 # ---------------------------------------------------------------- key substitution
@@ -29,10 +31,11 @@ def _swap_neighbour_keys(h: Harness, victim: int, resign=None):
     request = h.requests[victim]
     own = {}
     forged = {}
+    suite = h.config.crypto
     for v, adv in request.peer_keys.items():
-        enc, mask = K.generate_key(), K.generate_key()
+        (enc, enc_public), (mask, mask_public) = K.agreement_keypair(suite=suite), K.agreement_keypair(suite=suite)
         own[v] = (enc, mask)
-        fake = dataclasses.replace(adv, enc_public_key=K.public_bytes(enc), mask_public_key=K.public_bytes(mask))
+        fake = dataclasses.replace(adv, enc_public_key=enc_public, mask_public_key=mask_public)
         if resign is not None:
             fake = resign(v, fake)
         forged[v] = fake
@@ -42,17 +45,18 @@ def _swap_neighbour_keys(h: Harness, victim: int, resign=None):
 def _steal_update(h: Harness, victim: int, own: dict, shares: dict[int, EncryptedShares]) -> np.ndarray:
     """With the victim's shares opened under the host's keys: its self-mask seed, then its input."""
     me = h.clients[victim]
-    session = h.config.session_id
+    session, suite = h.config.session_id, h.config.crypto
     adv = h.server._adverts[victim]  # what the victim advertised: its public keys
     points, rows = [], []
     for v, enc_shares in shares.items():
-        secret = K.shared_secret(own[v][0], adv.enc_public_key)
-        key = K.share_key(secret, session=session, round_id=ROUND, src=victim, dst=v)
+        secret = K.agree(own[v][0], adv.enc_public_key, suite=suite)
+        key = K.share_key(secret, session=session, round_id=ROUND, src=victim, dst=v, suite=suite)
         plain = K.decrypt(
             key,
             enc_shares.nonce,
             enc_shares.ciphertext,
-            K.share_aad(session=session, round_id=ROUND, src=victim, dst=v),
+            K.share_aad(session=session, round_id=ROUND, src=victim, dst=v, suite=suite),
+            suite=suite,
         )
         points.append(shamir.point_of(v))
         rows.append([shamir.share_from_bytes(plain[: shamir.SHARE_BYTES])])
@@ -61,27 +65,36 @@ def _steal_update(h: Harness, victim: int, own: dict, shares: dict[int, Encrypte
     # the host now feeds the victim shares "from" its neighbours, under the same substituted keys
     fake_in = {}
     for v in shares:
-        secret = K.shared_secret(own[v][0], adv.enc_public_key)
-        key = K.share_key(secret, session=session, round_id=ROUND, src=v, dst=victim)
+        secret = K.agree(own[v][0], adv.enc_public_key, suite=suite)
+        key = K.share_key(secret, session=session, round_id=ROUND, src=v, dst=victim, suite=suite)
         nonce, ct = K.encrypt(
-            key, shamir.share_to_bytes(1) * 2, K.share_aad(session=session, round_id=ROUND, src=v, dst=victim)
+            key,
+            shamir.share_to_bytes(1) * 2,
+            K.share_aad(session=session, round_id=ROUND, src=v, dst=victim, suite=suite),
+            suite=suite,
         )
         fake_in[v] = EncryptedShares(ROUND, v, victim, nonce, ct)
     masked = me.mask_input(ROUND, h.inputs[victim], h.weights[victim], fake_in).masked.copy()
-    add_mask(masked, seed, LABEL_SELF_MASK, subtract=True)
+    add_mask(masked, seed, LABEL_SELF_MASK, subtract=True, suite=suite)
     for v in shares:
         pair = K.mask_seed(
-            K.shared_secret(own[v][1], adv.mask_public_key), session=session, round_id=ROUND, u=victim, v=v
+            K.agree(own[v][1], adv.mask_public_key, suite=suite),
+            session=session,
+            round_id=ROUND,
+            u=victim,
+            v=v,
+            suite=suite,
         )
-        add_mask(masked, pair, LABEL_PAIR_MASK, subtract=not v < victim)
+        add_mask(masked, pair, LABEL_PAIR_MASK, subtract=not v < victim, suite=suite)
     masked &= h.server.encoder.mask
     values, weight = h.server.encoder.decode_sum(masked, 1)
     return values / weight
 
 
-def test_without_signatures_a_host_that_swaps_keys_recovers_the_victims_update():
+@pytest.mark.parametrize("suite", SUITES)
+def test_without_signatures_a_host_that_swaps_keys_recovers_the_victims_update(suite):
     """The attack itself, on peers that do not authenticate keys (the old deployment)."""
-    h = Harness(5, dim=16, seed=3, authenticated=False)
+    h = Harness(5, dim=16, seed=3, authenticated=False, suite=suite)
     h.advertise()
     victim = h.nodes[0]
     own, forged = _swap_neighbour_keys(h, victim)
@@ -90,14 +103,15 @@ def test_without_signatures_a_host_that_swaps_keys_recovers_the_victims_update()
     np.testing.assert_allclose(stolen, np.clip(h.inputs[victim], -1, 1), atol=1e-5)
 
 
-def test_a_host_that_swaps_one_neighbours_key_is_refused_by_name_and_learns_nothing():
-    h = Harness(5, dim=16, seed=3)
+@pytest.mark.parametrize("suite", SUITES)
+def test_a_host_that_swaps_one_neighbours_key_is_refused_by_name_and_learns_nothing(suite):
+    h = Harness(5, dim=16, seed=3, suite=suite)
     h.advertise()
     victim, swapped = h.nodes[0], h.nodes[2]
     request = h.requests[victim]
-    enc = K.generate_key()
+    _, enc_public = K.agreement_keypair(suite=h.config.crypto)
     forged = dict(request.peer_keys)
-    forged[swapped] = dataclasses.replace(forged[swapped], enc_public_key=K.public_bytes(enc))
+    forged[swapped] = dataclasses.replace(forged[swapped], enc_public_key=enc_public)
     h.requests[victim] = dataclasses.replace(request, peer_keys=forged)
     with pytest.raises(ProtocolError, match=f"advertised keys of peer {swapped} carry an invalid signature"):
         h.clients[victim].share_keys(ROUND, forged)
@@ -115,15 +129,16 @@ def test_a_host_that_swaps_one_neighbours_key_is_refused_by_name_and_learns_noth
     h.check_exact(result)
 
 
+@pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize("how", ["own identity", "colluding peer's identity", "victim's own identity"])
-def test_a_host_that_re_signs_swapped_keys_is_refused(how):
+def test_a_host_that_re_signs_swapped_keys_is_refused(how, suite):
     """Re-signing with a key outside the consortium, or with an identity that already signs
     another peer of the round (a colluding member, the victim itself), is refused too."""
-    h = Harness(5, dim=16, seed=3)
+    h = Harness(5, dim=16, seed=3, suite=suite)
     h.advertise()
     victim, colluder = h.nodes[0], h.nodes[4]
     signer = {
-        "own identity": Ed25519Identity("the-host", Ed25519PrivateKey.generate()),
+        "own identity": stranger(suite),
         "colluding peer's identity": h.signers[colluder],
         "victim's own identity": h.signers[victim],
     }[how]
@@ -138,6 +153,7 @@ def test_a_host_that_re_signs_swapped_keys_is_refused(how):
             mask_public_key=adv.mask_public_key,
             seed_commitment=adv.seed_commitment,
             credential=adv.credential,
+            suite=h.config.crypto,
         )
         return dataclasses.replace(adv, signature=signer.sign(transcript))
 
@@ -147,12 +163,13 @@ def test_a_host_that_re_signs_swapped_keys_is_refused(how):
         h.clients[victim].share_keys(ROUND, forged)
 
 
-def test_signatures_are_bound_to_the_job_and_the_round():
+@pytest.mark.parametrize("suite", SUITES)
+def test_signatures_are_bound_to_the_job_and_the_round(suite):
     """Keys signed for another job or round, replayed by the host, do not verify."""
-    h = Harness(5, dim=8, seed=4)
+    h = Harness(5, dim=8, seed=4, suite=suite)
     h.advertise()
     victim, v = h.nodes[0], h.nodes[1]
-    other = Harness(5, dim=8, seed=4)  # the same node ids; the same peers' identities below
+    other = Harness(5, dim=8, seed=4, suite=suite)  # the same node ids; the same peers' identities below
     other.signers, other.verifier = h.signers, h.verifier
     other.clients = {u: other.make_client(u) for u in other.nodes}
     other.clients[v].advertise_keys(ROUND + 1, other.nodes, other.server.setup.round_seed)
