@@ -349,7 +349,8 @@ def _print_card(card: dict[str, Any]) -> None:
         )
         print(f"  {peer['peer']:<14} {spent}, {peer['rows']} rows, data {peer['data_fingerprint'][:23]}…")
     for name, facts in card["artifacts"].items():
-        print(f"  {name:<18} {facts['bytes']:>10} bytes  sha256 {facts['sha256'][:16]}…")
+        label, digest = next(((k, v) for k, v in facts.items() if k != "bytes"), ("hash", "?"))
+        print(f"  {name:<18} {facts['bytes']:>10} bytes  {label} {str(digest)[:16]}…")
 
 
 # -- audit -----------------------------------------------------------------------------
@@ -387,9 +388,10 @@ def _audit_log(config_path: str) -> Any:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    check = _audit_log(args.config).verify()
+    audit = _audit_log(args.config)
+    check = audit.verify()
     if check.ok:
-        print(f"audit log intact: {check.entries} entries, each hashing the one before")
+        print(f"audit log intact: {check.entries} entries, each hashing the one before ({audit.hash_label})")
         return 0
     print(f"audit log BROKEN at entry {check.first_broken}: {check.reason}")
     return 1

@@ -310,6 +310,7 @@ async def audit_export(request: web.Request) -> web.Response:
             "peer": service.name,
             "chain_ok": check.ok,
             "first_broken": check.first_broken,
+            "chain_hash": service.store.audit.hash_label,
             "entries": [e.to_dict() for e in service.store.audit.entries(since)],
         }
     )

@@ -20,11 +20,20 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 from fedsilo.errors import CryptoSuiteError
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
+
+
+class Hasher(Protocol):
+    """An incremental digest: feed it with `update`, read it once with `finalize`."""
+
+    def update(self, data: bytes) -> None: ...
+
+    def finalize(self) -> bytes: ...
 
 
 class CryptoSuite(ABC):
@@ -36,6 +45,7 @@ class CryptoSuite(ABC):
     kdf_algorithm: str
     aead_algorithm: str
     hash_algorithm: str
+    hash_label: str  # the lower-case name a stored digest carries ("sha256", "sm3")
 
     # -- signatures -------------------------------------------------------------------
     @abstractmethod
@@ -75,6 +85,10 @@ class CryptoSuite(ABC):
     @abstractmethod
     def hash(self, data: bytes) -> bytes:
         """The suite's 32-byte digest of `data` (fingerprints, hash chains, artefact hashes)."""
+
+    @abstractmethod
+    def hasher(self) -> Hasher:
+        """A fresh incremental context of `hash` (``update(bytes)``, then ``finalize() -> bytes``), for files."""
 
     # -- authenticated encryption -----------------------------------------------------
     @abstractmethod

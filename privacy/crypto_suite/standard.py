@@ -25,6 +25,7 @@ class StandardSuite(CryptoSuite):
     kdf_algorithm = "HKDF-SHA256"
     aead_algorithm = "AES-256-GCM"
     hash_algorithm = "SHA-256"
+    hash_label = "sha256"
 
     def generate_signing_key(self) -> bytes:
         return _pkcs8(ec.generate_private_key(ec.SECP256R1()))
@@ -77,6 +78,9 @@ class StandardSuite(CryptoSuite):
         digest = hashes.Hash(hashes.SHA256())
         digest.update(data)
         return digest.finalize()
+
+    def hasher(self) -> hashes.Hash:
+        return hashes.Hash(hashes.SHA256())
 
     aead_key_sizes = (32,)
 

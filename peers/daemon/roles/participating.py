@@ -79,7 +79,7 @@ class Participating:
             raise Refused(
                 f"this peer has no data source {job.source!r} (it has: {', '.join(self.ctx.config.sources)})", 403
             )
-        facts = await asyncio.to_thread(source_facts, source, job)
+        facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
         planned = planned_mechanisms(job, facts)
         status = self.ctx.ledger.status(source.name)
         node_key = await asyncio.to_thread(training.node_public_key, self.ctx.config.state_dir)
