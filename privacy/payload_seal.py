@@ -369,16 +369,18 @@ class SessionTable:
             del self._sessions[old.session_id]
         self._sessions[session.session_id] = session
 
-    def find(self, frame: bytes, suite: str, caller: str) -> Session:
-        """The session a frame from `caller` names; UnknownSealSession if none (or expired, or another caller's)."""
+    def find(self, frame: bytes, suite: str, caller: str | None) -> Session:
+        """The session a frame from `caller` names; UnknownSealSession if none (or expired, or another caller's).
+        `caller` None where the transport does not authenticate the caller (the session's client is
+        then the caller: the frame authenticates only under its keys)."""
         _, session_id, _ = parse_header(frame, suite)
         session = self._sessions.get(session_id)
         if session is not None and session.expired:
             del self._sessions[session_id]
             session = None
-        if session is None or session.client != caller:
+        if session is None or (caller is not None and session.client != caller):
             raise UnknownSealSession(
                 f"the sealed frame names session {session_id.hex()[:12]}…, which this peer does not hold for "
-                f"{caller} (expired, opened with another peer, or this peer restarted): open a new one"
+                f"{caller or 'its sender'} (expired, opened with another peer, or this peer restarted): open a new one"
             )
         return session

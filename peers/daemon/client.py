@@ -46,7 +46,7 @@ class PeerClient:
         assert self._session is not None, "use PeerClient in `async with`"
         try:
             if self._sealer is not None:
-                status, data, _ = await self._sealer.exchange(self._session, method, url, body or b"")
+                status, data, _, _ = await self._sealer.exchange(self._session, method, url, body or b"")
             else:
                 headers = {"Content-Type": content_type} if body is not None else None
                 async with self._session.request(method, url, data=body, headers=headers) as reply:

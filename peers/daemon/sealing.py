@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -66,6 +67,15 @@ def _member_key(identity: Identity, name: str) -> bytes:
     if member is None or member.signing_key is None:
         raise SealError(f"{name} holds no {identity.manifest.suite}-suite key in the manifest: it cannot seal")
     return bytes.fromhex(member.signing_key)
+
+
+class Exchanged(NamedTuple):
+    """A reply to a sealed request: `sealed` False for a plain error (status >= 400), read only as an error."""
+
+    status: int
+    body: bytes
+    sealed: bool
+    headers: Mapping[str, str]
 
 
 class ClientSealer:
@@ -109,23 +119,32 @@ class ClientSealer:
             return session
 
     async def exchange(
-        self, http: aiohttp.ClientSession, method: str, url: str, body: bytes
-    ) -> tuple[int, bytes, bool]:
-        """(status, body, sealed) of a sealed request; `sealed` False for a plain error reply (status >= 400)."""
-        receiver, base = self.receiver(url)
+        self,
+        http: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        body: bytes,
+        to: tuple[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Exchanged:
+        """The reply to a sealed request. `to`: (member, base address) when the URL is not the member's
+        manifest address (a job's Fleet gateway); `headers`: sent as they are (besides the frame's type)."""
+        receiver, base = to or self.receiver(url)
         target = URL(url).raw_path_qs
         for attempt in (1, 2):
             session = await self._session(http, receiver, base)
             frame, seq = session.seal_request(method, target, body)
-            async with http.request(method, url, data=frame, headers={"Content-Type": SEALED}) as reply:
+            sent = {**(headers or {}), "Content-Type": SEALED}
+            async with http.request(method, url, data=frame, headers=sent, allow_redirects=False) as reply:
                 data = await reply.read()
                 if reply.content_type == SEALED:
-                    return reply.status, session.open_reply(data, seq, method, target, reply.status), True
+                    opened = session.open_reply(data, seq, method, target, reply.status)
+                    return Exchanged(reply.status, opened, True, reply.headers)
                 if reply.status == 401 and reply.headers.get(SEAL_HEADER) == UNKNOWN_SESSION and attempt == 1:
                     self._sessions.pop(receiver, None)
                     continue
                 if reply.status >= 400:
-                    return reply.status, data, False
+                    return Exchanged(reply.status, data, False, reply.headers)
                 raise SealError(
                     f"{url} answered {reply.status} with an unsealed body: under the {self.suite.name} suite every "
                     "reply is sealed, so this one did not come from the peer unaltered: refused"
@@ -156,8 +175,9 @@ class SealGate:
         self.sessions.add(session)
         return answer
 
-    def open(self, frame: bytes, caller: str, method: str, target: str) -> tuple[Session, bytes, int]:
-        """(session, body, seq) of `caller`'s sealed request; UnknownSealSession / SealError otherwise."""
+    def open(self, frame: bytes, caller: str | None, method: str, target: str) -> tuple[Session, bytes, int]:
+        """(session, body, seq) of `caller`'s sealed request (None: whoever opened the session, which the
+        frame's authentication binds); UnknownSealSession / SealError otherwise."""
         session = self.sessions.find(frame, self.suite.name, caller)
         body, seq = session.open_request(frame, method, target)
         return session, body, seq

@@ -147,7 +147,13 @@ class Participating:
         source = self.ctx.config.sources[job.source]
         try:
             joined = await asyncio.to_thread(
-                training.start_joining, config, self.ctx.config.state_dir, self.ctx.identity, fleet_address, source
+                training.start_joining,
+                config,
+                self.ctx.config.state_dir,
+                self.ctx.identity,
+                fleet_address,
+                source,
+                job.host,
             )
 
             async def register() -> bool:  # in the mailbox: a cancel or failure either sees it or ran before
