@@ -86,8 +86,8 @@ class ClientSealer:
             raise SealError(f"{identity.name} holds no {identity.manifest.suite}-suite signing key: it cannot seal")
         self.identity = identity
         self.suite = get_suite(identity.manifest.suite)
-        self._sessions: dict[str, Session] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._sessions: dict[tuple[str, str], Session] = {}  # by (receiver, the address it answers at)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def receiver(self, url: str) -> tuple[str, str]:
         """(member name, its base address) that `url` addresses; SealError if no member listens there."""
@@ -101,8 +101,8 @@ class ClientSealer:
         )
 
     async def _session(self, http: aiohttp.ClientSession, receiver: str, base: str) -> Session:
-        async with self._locks.setdefault(receiver, asyncio.Lock()):
-            session = self._sessions.get(receiver)
+        async with self._locks.setdefault((receiver, base), asyncio.Lock()):
+            session = self._sessions.get((receiver, base))
             if session is not None and not session.expires_within(RENEW_BEFORE):
                 return session
             handshake = ClientHandshake(self.suite, self.identity.signing_key or b"", self.identity.name, receiver)
@@ -115,7 +115,7 @@ class ClientSealer:
             except ValueError:
                 raise SealError(f"{receiver} answered the seal handshake with something that is not JSON") from None
             session = handshake.finish(answer, _member_key(self.identity, receiver))
-            self._sessions[receiver] = session
+            self._sessions[(receiver, base)] = session
             return session
 
     async def exchange(
@@ -141,7 +141,7 @@ class ClientSealer:
                     opened = session.open_reply(data, seq, method, target, reply.status)
                     return Exchanged(reply.status, opened, True, reply.headers)
                 if reply.status == 401 and reply.headers.get(SEAL_HEADER) == UNKNOWN_SESSION and attempt == 1:
-                    self._sessions.pop(receiver, None)
+                    self._sessions.pop((receiver, base), None)
                     continue
                 if reply.status >= 400:
                     return Exchanged(reply.status, data, False, reply.headers)

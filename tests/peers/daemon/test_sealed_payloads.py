@@ -245,3 +245,23 @@ def _key(consortium, name):
 def test_a_member_address_not_in_the_manifest_is_not_sealed_to(gm):
     with pytest.raises(Exception, match="is not the address of a member in the manifest"):
         ClientSealer(gm.identity("bank-a")).receiver("https://127.0.0.1:1/v1/jobs")
+
+
+def test_a_client_reopens_its_session_when_the_peer_restarted(gm):
+    """The restarted daemon holds no session: it refuses the old one by name, the client opens a new one."""
+    url = f"{gm.addresses['bank-b']}/v1/jobs"
+
+    async def body():
+        async with member_client(gm, "bank-a") as client:
+            async with daemons(gm, ["bank-b"]):
+                first = await client.call("GET", url)
+            async with daemons(gm, ["bank-b"]):
+                second = await client.call("GET", url)
+        return first, second
+
+    first, second = run(body())
+    assert "jobs" in first and "jobs" in second
+    audit = PeerStore(gm.root / "bank-b" / "state", "gm")
+    refusals = [e.detail for e in audit.audit.entries() if e.outcome == "refused"]
+    audit.close()
+    assert any("which this peer does not hold for bank-a" in r and "restarted" in r for r in refusals)
