@@ -18,11 +18,13 @@ import pytest
 from safetensors.numpy import save_file
 
 from fedsilo.peers.daemon.app import start_daemon
+from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.config import load_config
 from fedsilo.peers.daemon.model_pull import pull_model
 from fedsilo.peers.daemon.sealing import HELLO_ROUTE, SEALED, ClientSealer
 from fedsilo.peers.daemon.store import PeerStore
 from fedsilo.peers.identity.tls import client_context, server_context
+from fedsilo.peers.risk_lists import run_psi, run_query
 from fedsilo.privacy.crypto_suite import get_suite
 from fedsilo.privacy.payload_seal import Session
 
@@ -265,3 +267,51 @@ def test_a_client_reopens_its_session_when_the_peer_restarted(gm):
     refusals = [e.detail for e in audit.audit.entries() if e.outcome == "refused"]
     audit.close()
     assert any("which this peer does not hold for bank-a" in r and "restarted" in r for r in refusals)
+
+
+class Capturing(PeerClient):
+    """bank-a's client, keeping every PSI / query frame it sends and receives (in the clear, before sealing)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frames_seen: list[bytes] = []
+
+    async def frames(self, method, url, body=None):
+        reply = await super().frames(method, url, body)
+        self.frames_seen += [body or b"", reply]
+        return reply
+
+
+def test_psi_frames_and_query_labels_cross_a_relay_sealed(tmp_path_factory):
+    """A gm consortium where bank-b holds a graded list: bank-a runs PSI and a labelled query through a
+    relay holding both TLS keys. No PSI frame and no label crosses it in the clear."""
+    consortium = make_consortium(tmp_path_factory.mktemp("sealed-psi"), peers=("bank-a", "bank-b"), suite="gm")
+    holder = [f"C-{i:04d}" for i in range(100)]
+    (consortium.root / "bank-b" / "high-risk.csv").write_text(
+        "client,grade\n" + "".join(f"{c},grade-{'XYZ'[i % 3]}-secret\n" for i, c in enumerate(holder))
+    )
+    with open(consortium.config_path("bank-b"), "a") as handle:
+        handle.write(
+            '\n[lists.high-risk]\npath = "high-risk.csv"\nid-column = "client"\nlabel-column = "grade"\n'
+            'kind = "client"\npsi = ["bank-a"]\npsi-quota = 100000\nqueriers = { bank-a = 5 }\n'
+        )
+    relay_port, daemon_port = int(consortium.addresses["bank-b"].rsplit(":", 1)[1]), free_port()
+    mine = [f"C-{i:04d}" for i in range(80, 120)]
+
+    async def body():
+        async with daemons(consortium, ["bank-a", "bank-b"], {"bank-b": daemon_port}):
+            relay = Relay(consortium, relay_port, daemon_port, "bank-a")
+            async with relay.running():
+                async with Capturing(consortium.identity("bank-a"), timeout=120) as client:
+                    shared = await run_psi(client, "bank-b", mine, "to-me", "high-risk")
+                    labels = await run_query(client, "bank-b", "high-risk", ["C-0001", "C-0002"])
+            return shared, labels, client.frames_seen, bytes(relay.upstream), bytes(relay.downstream)
+
+    shared, labels, frames, up, down = run(body())
+    assert shared.cardinality == 20 and labels == {"C-0001": "grade-Y-secret", "C-0002": "grade-Z-secret"}
+    assert b"/v1/lists/high-risk/psi" in up  # the route is visible, nothing else
+    assert b"grade-" not in down and b"C-00" not in up
+    chunks = [frame[i : i + 32] for frame in frames if len(frame) >= 32 for i in range(0, len(frame) - 31, 256)]
+    assert len(chunks) > 20
+    for chunk in chunks:
+        assert chunk not in up and chunk not in down
