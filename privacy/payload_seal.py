@@ -38,7 +38,9 @@ is refused naming the session and ``seq``. A frame moved to another route, metho
 or with another status, fails authentication, refused naming the route and both members; a frame
 sent to another receiver names a session that receiver does not hold. A frame whose header names
 another suite (a frame sealed with AES-GCM under the standard suite) is refused naming both
-suites before any decryption; a body that is not a frame is refused as unsealed.
+suites before any decryption; a body that is not a frame is refused as unsealed. A hello replayed
+within ``HELLO_SKEW`` opens a session no one can use (the ephemeral private key behind it is gone);
+at most it evicts the client's oldest sessions, which the client then reopens.
 
 Assumptions: the two members' clocks agree within ``HELLO_SKEW`` (for the hello only; frames carry
 no time); the manifest's SM2 keys are the members' (the CA's admission binds them); lengths of
