@@ -12,9 +12,12 @@ daemon (`fedsilo peer start`, a separate process), then, as the model owner, run
   signature and SHA-256s, one client process, one TLS connection per pull.
 
 Printed last: aggregate MB/s of the concurrent pulls (goal ≥ 100 MB/s on loopback),
-errors, and the ratios against both baselines.
+errors, and the ratios against both baselines. `--suites standard gm` runs the whole
+measurement once per crypto suite, in the same run, and prints gm / standard: under gm the
+artefacts are hashed with SM3 and every reply is sealed end to end with SM4-GCM
+(docs/national-crypto.md).
 
-    python bench/model_pull.py [--pulls 100] [--megabytes 10]
+    python bench/model_pull.py [--pulls 100] [--megabytes 10] [--suites standard gm]
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from fedsilo.peers.daemon.model_store import publish
 from fedsilo.peers.daemon.signed_job import job_document, sign_job
 from fedsilo.peers.daemon.store import PeerStore
 from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
-from fedsilo.peers.provenance import sha256_file
+from fedsilo.peers.provenance import file_hash
+from fedsilo.privacy.crypto_suite import HASH_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,17 +55,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def setup(root: Path, megabytes: int) -> tuple[str, Path]:
+def setup(root: Path, megabytes: int, suite: str = "standard") -> tuple[str, Path]:
     """The consortium, bank-a's peer.toml and store with one published model; returns (url, model dir)."""
-    init_consortium(root / "consortium", "bench")
+    init_consortium(root / "consortium", "bench", suite)
+    gm = suite != "standard"
     url = f"https://127.0.0.1:{free_port()}"
     for name, roles, address in (
         ("bank-a", ("peer",), url),
         ("risk-dept", ("model-owner",), None),
         ("bank-b", ("peer",), f"https://127.0.0.1:{free_port()}"),
     ):
-        request = init_peer(root / name / "identity", name)
-        admit(root / "consortium", request, roles, address, request.with_name("peer.pem"))
+        request = init_peer(root / name / "identity", name, suite if gm else None)
+        signing = request.with_name("signing.pub") if gm else None
+        admit(root / "consortium", request, roles, address, request.with_name("peer.pem"), signing_key=signing)
     for name in ("bank-a", "risk-dept", "bank-b"):
         for file in ("ca.pem", "manifest.json"):
             shutil.copy(root / "consortium" / file, root / name / "identity" / file)
@@ -85,7 +91,7 @@ def setup(root: Path, megabytes: int) -> tuple[str, Path]:
         str(files / "model.safetensors"),
     )
     (files / "encoder.json").write_text('{"label": "Y"}')
-    store = PeerStore(root / "bank-a" / "state")
+    store = PeerStore(root / "bank-a" / "state", suite)
     host = Identity.load(root / "bank-a" / "identity")
     version, directory = publish(
         store.models_dir,
@@ -139,15 +145,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pulls", type=int, default=100)
     parser.add_argument("--megabytes", type=int, default=10)
+    parser.add_argument("--suites", nargs="+", choices=("standard", "gm"), default=["standard"])
     args = parser.parse_args()
+    aggregates = {suite: measure(args, suite) for suite in args.suites}
+    if len(aggregates) == 2:
+        print(
+            f"gm / standard: {aggregates['standard'] / aggregates['gm']:.2f}x the time of the concurrent pulls "
+            f"(aggregate {aggregates['gm']:.1f} vs {aggregates['standard']:.1f} MB/s)"
+        )
+
+
+def measure(args: argparse.Namespace, suite: str) -> float:
+    """One suite's measurement (printed); returns the concurrent pulls' aggregate MB/s."""
+    print(f"-- suite {suite}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        url, model_dir = setup(root, args.megabytes)
+        url, model_dir = setup(root, args.megabytes, suite)
         artefact_mb = sum(p.stat().st_size for p in model_dir.iterdir()) / 1e6
         started = time.perf_counter()
         for _ in range(5):
             for path in model_dir.iterdir():
-                sha256_file(path)
+                file_hash(path, suite)
         local = (time.perf_counter() - started) / 5
         daemon = start_daemon(root, url)
         try:
@@ -159,7 +177,7 @@ def main() -> None:
             daemon.wait(timeout=60)
     aggregate = args.pulls * artefact_mb / many
     print(f"artefact: {artefact_mb:.1f} MB (model, encoder, card, signature); cores: {os.cpu_count()}")
-    print(f"baseline, local read + SHA-256:       {artefact_mb / local:8.1f} MB/s")
+    print(f"baseline, local read + {HASH_LABELS[suite]}:        {artefact_mb / local:8.1f} MB/s")
     print(
         f"baseline, one pull over mTLS:         {artefact_mb / single:8.1f} MB/s ({single:.2f} s, "
         f"{single_errors} errors)"
@@ -169,6 +187,7 @@ def main() -> None:
         f"ratio: concurrent aggregate / one pull = {aggregate / (artefact_mb / single):.2f}x; "
         f"/ local read + hash = {aggregate / (artefact_mb / local):.2f}x"
     )
+    return aggregate
 
 
 if __name__ == "__main__":

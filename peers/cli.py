@@ -28,6 +28,7 @@ from typing import Any
 
 from fedsilo.peers import check_noise_cli
 from fedsilo.peers.errors import IdentityError
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, get_suite
 
 IDENTITY_HELP = "your identity directory: peer.key, peer.pem, ca.pem, manifest.json (default ./identity)"
 
@@ -325,9 +326,10 @@ def model_pull(args: argparse.Namespace) -> int:
 
     card = asyncio.run(run())
     _print_card(card)
+    algorithm = get_suite(identity.manifest.suite).hash_algorithm
     print(
         f"verified: signed by {card['signer']} (consortium CA, manifest), {len(card['artifacts'])} file(s) match "
-        f"their SHA-256; model {args.job_id} version {card['version']} in {args.out} "
+        f"their {algorithm}; model {args.job_id} version {card['version']} in {args.out} "
         f"(full card: {args.out / 'model_card.json'})"
     )
     return 0
@@ -349,7 +351,8 @@ def _print_card(card: dict[str, Any]) -> None:
         )
         print(f"  {peer['peer']:<14} {spent}, {peer['rows']} rows, data {peer['data_fingerprint'][:23]}…")
     for name, facts in card["artifacts"].items():
-        print(f"  {name:<18} {facts['bytes']:>10} bytes  sha256 {facts['sha256'][:16]}…")
+        label, digest = next(((k, v) for k, v in facts.items() if k != "bytes"), ("hash", "?"))
+        print(f"  {name:<18} {facts['bytes']:>10} bytes  {label} {str(digest)[:16]}…")
 
 
 # -- audit -----------------------------------------------------------------------------
@@ -387,9 +390,11 @@ def _audit_log(config_path: str) -> Any:
 
 
 def audit_verify(args: argparse.Namespace) -> int:
-    check = _audit_log(args.config).verify()
+    audit = _audit_log(args.config)
+    check = audit.verify()
     if check.ok:
-        print(f"audit log intact: {check.entries} entries, each hashing the one before")
+        algorithm = "" if audit.suite == DEFAULT_SUITE else f" with {get_suite(audit.suite).hash_algorithm}"
+        print(f"audit log intact: {check.entries} entries, each hashing the one before{algorithm}")
         return 0
     print(f"audit log BROKEN at entry {check.first_broken}: {check.reason}")
     return 1

@@ -18,7 +18,8 @@ class SignatureError(IdentityError):
 
 
 class IntegrityError(FedsiloError):
-    """A model's file does not match the SHA-256 its model card states, or the card cannot vouch for it."""
+    """A model's file does not match the hash its model card states, or the card cannot vouch for it; or
+    stored state is hashed with another suite's algorithm than the consortium's."""
 
 
 class Refused(FedsiloError):

@@ -1,4 +1,8 @@
-"""Where a result came from: exact package versions and file hashes (for model cards)."""
+"""Where a result came from: exact package versions and file hashes (for model cards).
+
+`file_hash` hashes with the consortium's crypto suite (SHA-256 under ``standard``, SM3 under
+``gm``); `sha256_file` is SHA-256 whatever the suite (simulation run folders).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import hashlib
 import platform
 from importlib import metadata
 from pathlib import Path
+
+from fedsilo.privacy.crypto_suite import get_suite
 
 TRACKED_PACKAGES = (
     "fedsilo",
@@ -38,3 +44,12 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_hash(path: Path, suite: str) -> str:
+    """Hex digest of the file at `path` with `suite`'s hash (label: `get_suite(suite).hash_label`)."""
+    digest = get_suite(suite).hasher()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.finalize().hex()

@@ -37,7 +37,8 @@ from fedsilo.errors import ConfigError, DataError
 from fedsilo.peers.data.encoding import CategoricalColumn, TabularEncoder
 from fedsilo.peers.errors import IntegrityError
 from fedsilo.peers.gbdt.model_file import GBDTModel
-from fedsilo.peers.provenance import sha256_file
+from fedsilo.peers.provenance import file_hash
+from fedsilo.privacy.crypto_suite import HASH_LABELS, get_suite
 
 CARD = "model_card.json"
 SCORE_COLUMN = "score"
@@ -147,13 +148,13 @@ def load_run(folder: str | Path, identity: str | Path | None = None) -> ScoringM
     files = artifact_files(card, folder)
     if identity is not None:
         _verify_signature(folder, Path(identity))
-    for role, (name, digest) in files.items():
+    for role, (name, suite, digest) in files.items():
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"{folder} lacks {name}, the {role} its model card lists")
-        if sha256_file(path) != digest:
+        if file_hash(path, suite) != digest:
             raise IntegrityError(
-                f"{path} does not match the SHA-256 in {CARD}: the {role} file was altered "
+                f"{path} does not match the {get_suite(suite).hash_algorithm} in {CARD}: the {role} file was altered "
                 "after the run; restore it or pull the model again"
             )
     encoder = TabularEncoder.load(folder / files["encoder"][0])
@@ -209,12 +210,13 @@ def read_card(folder: Path) -> dict[str, Any]:
     return card
 
 
-def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, str]]:
-    """{"model": (file, sha256), "encoder": (file, sha256)} from either card layout.
+def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, str, str]]:
+    """{"model": (file, suite, digest), "encoder": (file, suite, digest)} from either card layout.
 
     A run folder's card lists `artifacts.model` and `artifacts.encoder` with `file` and
     `sha256`; a pulled model's card lists artefacts by file name (`model.safetensors`,
-    `encoder.json`) with `bytes` and `sha256`.
+    `encoder.json`) with `bytes` and the hash keyed by its algorithm: `sha256`, or `sm3` when
+    the consortium uses the gm suite (`suite` is the crypto suite whose hash that is).
     """
     artifacts = card.get("artifacts")
     if not isinstance(artifacts, dict):
@@ -224,18 +226,22 @@ def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, s
             f"{folder} is a transfer run: each institution keeps its own encoder and model head, "
             "so there is no one model to score with; score horizontal runs"
         )
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, tuple[str, str, str]] = {}
     for role, default in (("model", "model.safetensors"), ("encoder", "encoder.json")):
         entry = artifacts.get(role) if isinstance(artifacts.get(role), dict) else None
         name = entry.get("file") if entry else default
         entry = entry or artifacts.get(default)
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(name, str):
+        suite = next(
+            (s for s, label in HASH_LABELS.items() if isinstance(entry, dict) and isinstance(entry.get(label), str)),
+            None,
+        )
+        if not isinstance(entry, dict) or suite is None or not isinstance(name, str):
             raise IntegrityError(
-                f"{folder / CARD} states no SHA-256 for the {role} ({default}): it cannot vouch for the file"
+                f"{folder / CARD} states no SHA-256 (or SM3) for the {role} ({default}): it cannot vouch for the file"
             )
         if Path(name).name != name:
             raise IntegrityError(f"{folder / CARD} names {role} file {name!r} outside the folder")
-        found[role] = (name, entry["sha256"])
+        found[role] = (name, suite, entry[HASH_LABELS[suite]])
     return found
 
 

@@ -15,6 +15,11 @@ with it. The peer's own operators read everything, and alone read the audit log,
 the admin socket `state/admin.sock` (no TLS; mode 0600 in the 0700 state directory, so
 whoever can open it runs as the daemon's account on its machine): GET only, of
 `OPERATOR_ROUTES`. No consortium certificate, the CA's included, is an operator.
+
+Under the gm suite the outermost middleware `seal_gate` opens every member's request from its
+end-to-end sealed frame before `identify` and the handlers see it, and seals every reply
+(`sealing`; the handshake route `HELLO_ROUTE` alone carries signed JSON, no payload). Handlers
+read bodies through `read_json` / `read_frames`, which return the opened body.
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ from fedsilo.peers.daemon.config import PeerConfig, load_config
 from fedsilo.peers.daemon.inputs import parse_json, query_count
 from fedsilo.peers.daemon.model_store import CARD, SIGNATURE
 from fedsilo.peers.daemon.openapi import spec
+from fedsilo.peers.daemon.sealing import (
+    HELLO_ROUTE,
+    SEAL_HEADER,
+    SEALED,
+    UNKNOWN_SESSION,
+    SealError,
+    SealGate,
+    UnknownSealSession,
+    seals,
+)
 from fedsilo.peers.daemon.service import PeerService
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.identity.consortium import Identity
@@ -46,6 +61,8 @@ from fedsilo.peers.identity.tls import server_context
 log = logging.getLogger("fedsilo.peer")
 SERVICE = web.AppKey("service", PeerService)
 MEMBER = web.RequestKey("member", Member)
+GATE = web.AppKey("seal_gate", SealGate)
+OPENED = web.RequestKey("opened", bytes)  # the request body, opened from its sealed frame
 OPERATOR = web.RequestKey("operator", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADMIN_SOCKET = "admin.sock"
@@ -62,6 +79,42 @@ OPERATOR_ROUTES = (
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def seal_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Under the gm suite: open a member's sealed request, seal the reply; refuse anything else (see above)."""
+    gate = request.app.get(GATE)
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    member = request.app[SERVICE].member_for(certificate_fingerprint(der)) if der else None
+    if gate is None or member is None or request.path == HELLO_ROUTE:
+        return await handler(request)  # the standard suite, the admin socket, or `identify` refuses the caller
+    service, target = request.app[SERVICE], request.raw_path
+    action = f"{request.method} {request.path}"[:MAX_ACTION]
+    try:
+        session, body, seq = gate.open(await request.read(), member.name, request.method, target)
+    except web.HTTPRequestEntityTooLarge:
+        await service.record_refusal(member.name, action, "sealed request larger than the body limit")
+        return _error(413, f"the request body is larger than this peer's limit of {request.app[MAX_BODY]} bytes")
+    except UnknownSealSession as unknown:
+        await service.record_refusal(member.name, action, str(unknown))
+        reply = _error(401, str(unknown))
+        reply.headers[SEAL_HEADER] = UNKNOWN_SESSION
+        return reply
+    except SealError as refused:
+        await service.record_refusal(member.name, action, str(refused))
+        return _error(400, str(refused))
+    request[OPENED] = body
+    try:
+        response = await handler(request)
+    except web.HTTPException as http:  # no such route / method: `identify` audited it
+        response = web.json_response({"error": f"{http.status} {http.reason}"}, status=http.status)
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        log.error("peer %s cannot seal its reply to %s from %s: not an in-memory body", service.name, action, member)
+        return _error(500, "this peer cannot seal this reply; nothing was sent in the clear")
+    sealed = session.seal_reply(seq, request.method, target, response.status, response.body)
+    return web.Response(status=response.status, body=sealed, content_type=SEALED)
 
 
 @web.middleware
@@ -116,6 +169,8 @@ def _viewer(request: web.Request) -> str | None:
 
 async def read_json(request: web.Request) -> Any:
     """The request's JSON body; Refused 413 if too large, 400 if not acceptable JSON (`inputs.parse_json`)."""
+    if OPENED in request:
+        return parse_json(request[OPENED])
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -132,6 +187,8 @@ FRAMES = "application/octet-stream"
 
 async def read_frames(request: web.Request) -> bytes:
     """The request's binary body (PSI frames); Refused 413 if larger than the peer's limit."""
+    if OPENED in request:
+        return request[OPENED]
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -292,6 +349,8 @@ async def model_file(request: web.Request) -> web.StreamResponse:
     card = json.loads((directory / CARD).read_text())
     if name not in (CARD, SIGNATURE, *card["artifacts"]):
         raise Refused(f"the model of job {job_id} has no file {name!r}", 404)
+    if GATE in request.app:  # the seal gate seals an in-memory body
+        return web.Response(body=(directory / name).read_bytes(), content_type="application/octet-stream")
     return web.FileResponse(directory / name, chunk_size=1 << 20)
 
 
@@ -310,6 +369,7 @@ async def audit_export(request: web.Request) -> web.Response:
             "peer": service.name,
             "chain_ok": check.ok,
             "first_broken": check.first_broken,
+            "chain_hash": service.store.audit.hash_label,
             "entries": [e.to_dict() for e in service.store.audit.entries(since)],
         }
     )
@@ -364,6 +424,13 @@ async def record_own(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).list_serving.record_own(request[MEMBER], body), status=201)
 
 
+async def seal_hello(request: web.Request) -> web.Response:
+    gate = request.app.get(GATE)
+    if gate is None:
+        raise Refused("this consortium uses the standard crypto suite: its peers do not seal payloads", 404)
+    return web.json_response(gate.hello(request[MEMBER].name, await read_json(request)))
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/health", health),
     ("GET", "/v1/status", status),
@@ -389,12 +456,15 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/lists/{name}/table", query_table),
     ("POST", "/v1/lists/{name}/query", query_answer),
     ("POST", "/v1/psi-log", record_own),
+    ("POST", HELLO_ROUTE, seal_hello),
 ]
 
 
 def build_app(service: PeerService, max_body: int) -> web.Application:
-    app = web.Application(middlewares=[identify], client_max_size=max_body)
+    app = web.Application(middlewares=[seal_gate, identify], client_max_size=max_body)
     app[SERVICE] = service
+    if seals(service.identity):
+        app[GATE] = SealGate(service.identity)
     app[MAX_BODY] = max_body
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

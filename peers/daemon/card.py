@@ -4,13 +4,13 @@ Per participant: its data source's row count and file fingerprint (never rows), 
 (ε, δ) its own accountant spent (as it reported it to the host over mutual TLS), the
 mechanisms behind that ε, and the ε of those mechanisms under Opacus' RDP accountant
 (computed here; beside a PRV figure it shows what the tighter accountant bought). The job document's SHA-256 ties the card to the
-owner-signed job. Software versions make the model traceable to the code that made it.
+owner-signed job (under the gm suite the fingerprints and that hash are SM3: the key
+`document_sm3` and the prefix `sm3:` name the algorithm). Software versions make the model traceable to the code that made it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 from typing import Any
 
@@ -21,15 +21,22 @@ from fedsilo.peers.identity.signing import canonical_json
 from fedsilo.peers.provenance import package_versions
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.accounting.compose import accounting_note
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, get_suite
 
 SCHEMA = "fedsilo.model-card/1"
 
 
 def build_card(
-    job: SignedJob, participants: list[Participant], reports: dict[str, Report], metrics: dict[str, Any]
+    job: SignedJob,
+    participants: list[Participant],
+    reports: dict[str, Report],
+    metrics: dict[str, Any],
+    suite: str = DEFAULT_SUITE,
 ) -> dict[str, Any]:
-    """The unsigned card of `job`: one row per accepted participant (its `reports` entry if it reported)."""
+    """The unsigned card of `job`: one row per accepted participant (its `reports` entry if it reported),
+    the job document hashed with the consortium's `suite`."""
     config = job.config
+    hasher = get_suite(suite)
     rows = []
     for participant in participants:
         if participant.decision != "accepted":
@@ -71,7 +78,7 @@ def build_card(
                 "accountant": config.dp.accountant,
             },
             "secure_aggregation": config.secagg.mode,
-            "document_sha256": hashlib.sha256(canonical_json(job.document)).hexdigest(),
+            f"document_{hasher.hash_label}": hasher.hash(canonical_json(job.document)).hex(),
         },
         "participants": rows,
         "privacy": {

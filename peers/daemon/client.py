@@ -1,4 +1,8 @@
-"""Calling a peer's API over mutual TLS (aiohttp client), for peers and for the CLI."""
+"""Calling a peer's API over mutual TLS (aiohttp client), for peers and for the CLI.
+
+Under the gm suite every request and reply is also sealed end to end with the suite
+(`sealing.ClientSealer`); the methods here are the same under both suites.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from fedsilo.peers.daemon.sealing import ClientSealer, SealError, seals
 from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.tls import client_context
@@ -24,6 +29,7 @@ class PeerClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._sealer = ClientSealer(identity) if seals(identity) else None
 
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
@@ -35,35 +41,35 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
 
-    async def call(self, method: str, url: str, body: Any = None) -> Any:
-        """The JSON reply; PeerUnreachable with the peer's error message on any failure."""
+    async def _send(self, method: str, url: str, body: bytes | None, content_type: str) -> bytes:
+        """The reply body of one exchange (sealed under the gm suite); PeerUnreachable on any failure."""
         assert self._session is not None, "use PeerClient in `async with`"
         try:
-            async with self._session.request(method, url, json=body) as reply:
-                text = await reply.text()
-                if reply.status >= 400:
-                    raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(text)}")
-                return json.loads(text) if text else None
+            if self._sealer is not None:
+                status, data, _, _ = await self._sealer.exchange(self._session, method, url, body or b"")
+            else:
+                headers = {"Content-Type": content_type} if body is not None else None
+                async with self._session.request(method, url, data=body, headers=headers) as reply:
+                    status, data = reply.status, await reply.read()
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
+        except SealError as exc:
+            raise PeerUnreachable(f"{url}: the sealed exchange failed: {exc}") from None
+        if status >= 400:
+            raise PeerUnreachable(f"{url} answered {status}: {_error_text(data.decode(errors='replace'))}")
+        return data
+
+    async def call(self, method: str, url: str, body: Any = None) -> Any:
+        """The JSON reply; PeerUnreachable with the peer's error message on any failure."""
+        raw = None if body is None else json.dumps(body).encode()
+        text = (await self._send(method, url, raw, "application/json")).decode(errors="replace")
+        return json.loads(text) if text else None
 
     async def frames(self, method: str, url: str, body: bytes | None = None) -> bytes:
         """A binary exchange (PSI / query frames); PeerUnreachable with the peer's error message."""
-        assert self._session is not None, "use PeerClient in `async with`"
-        headers = {"Content-Type": "application/octet-stream"} if body is not None else None
-        try:
-            async with self._session.request(method, url, data=body, headers=headers) as reply:
-                data = await reply.read()
-                if reply.status >= 400:
-                    message = _error_text(data.decode(errors="replace"))
-                    raise PeerUnreachable(f"{url} answered {reply.status}: {message}")
-                return data
-        except aiohttp.ClientError as exc:
-            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
-        except TimeoutError:
-            raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
+        return await self._send(method, url, body, "application/octet-stream")
 
     async def download(self, url: str, destination: Path, limit: int | None = None) -> int:
         """Stream `url` into `destination` (a new file); returns the bytes written.
@@ -72,6 +78,11 @@ class PeerClient:
         then above `limit` and the file is incomplete (the caller refuses and removes it).
         """
         assert self._session is not None, "use PeerClient in `async with`"
+        if self._sealer is not None:  # a sealed reply is opened whole, then written
+            data = await self._send("GET", url, None, "")
+            with destination.open("xb") as handle:
+                handle.write(data if limit is None else data[: limit + 1])
+            return len(data)
         written = 0
         try:
             async with self._session.get(url) as reply:

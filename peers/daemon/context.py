@@ -44,7 +44,7 @@ class PeerContext:
         self.config = config
         self.identity = identity
         self.name = identity.name
-        self.store = PeerStore(config.state_dir)
+        self.store = PeerStore(config.state_dir, identity.manifest.suite)
         self.ledger = SQLiteLedger(config.state_dir / "ledger.sqlite")
         self.mailbox = Mailbox()
         self.client = PeerClient(identity)

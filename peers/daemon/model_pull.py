@@ -69,7 +69,7 @@ async def pull_model(
         for name, facts in card["artifacts"].items():
             if await client.download(f"{base}/files/{name}", partial / name, limit=facts["bytes"]) > facts["bytes"]:
                 raise SignatureError(
-                    f"{name} does not match the SHA-256 in the signed card: {peer_url} sent more "
+                    f"{name} does not match the size in the signed card: {peer_url} sent more "
                     f"than its {facts['bytes']} bytes"
                 )
         card = verify_artifact(partial, identity.current_manifest(), identity.ca_certificate, expected_signer=host)

@@ -1,8 +1,9 @@
 """Signed, versioned model artefacts: publish at the host, verify wherever they land.
 
 An artefact is a directory `models/JOB/vN/` with the model files, `model_card.json`
-and `model_card.sig`. The card lists every file with its size and SHA-256 under
-`artifacts`, and names its `signer` (the job's host) and `version`; the signature file
+and `model_card.sig`. The card lists every file with its size and its hash under
+`artifacts`, the hash keyed by its algorithm: ``sha256`` under the standard suite (the
+form of every card written before suites existed), ``sm3`` under gm, and names its `signer` (the job's host) and `version`; the signature file
 holds the signer's name, certificate and ECDSA signature of the card's canonical JSON.
 `verify_artifact` accepts a directory only if the certificate is the consortium CA's
 and belongs to the manifest member named as signer, that member is the job's host,
@@ -10,7 +11,8 @@ the signature verifies, and every listed file has its stated size and hash (and 
 file is missing). A tampered model file or card therefore fails verification. In a gm
 consortium the signature file also holds `suite_signature`, the signer's SM2 signature of
 the same canonical JSON, checked against the key the manifest binds to the signer; a card
-without it is refused there. (Artefact hashes stay SHA-256 under both suites for now.)
+without it is refused there, and so is a card whose files are hashed with another
+algorithm than the consortium suite's (named: "hashed with sha256, ... hashes with sm3").
 
 File names come from whoever wrote the card or serves the listing, another member:
 `check_file_name` accepts only a plain name (letters, digits, '.', '_', '-', not
@@ -39,8 +41,8 @@ from fedsilo.peers.identity.pki import (
     check_issued_by,
 )
 from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
-from fedsilo.peers.provenance import sha256_file
-from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
+from fedsilo.peers.provenance import file_hash
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, HASH_LABELS, get_suite
 
 CARD, SIGNATURE = "model_card.json", "model_card.sig"
 MAX_FILES = 64
@@ -68,6 +70,7 @@ def publish(
     Returns (version, directory).
     """
     suite = identity.manifest.suite
+    label = HASH_LABELS[suite]
     if suite != DEFAULT_SUITE and identity.signing_key is None:
         raise IdentityError(f"{identity.name} holds no {suite} signing key: the consortium must admit it with one")
     job_dir = models_dir / job_id
@@ -84,7 +87,7 @@ def publish(
                 raise IdentityError(f"an artefact file may not be called {name!r}")
             check_file_name(name, "the model to publish")
             shutil.copyfile(source, partial / name)
-            artifacts[name] = {"bytes": (partial / name).stat().st_size, "sha256": sha256_file(partial / name)}
+            artifacts[name] = {"bytes": (partial / name).stat().st_size, label: file_hash(partial / name, suite)}
         card = {**card, "job_id": job_id, "version": version, "signer": identity.name, "artifacts": artifacts}
         (partial / CARD).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
         signature = {
@@ -108,12 +111,16 @@ def verify_artifact(
 ) -> dict[str, Any]:
     """The verified card of the artefact in `directory`; SignatureError/IdentityError naming what failed."""
     card = verify_card(directory, manifest, ca_cert, expected_signer)
+    label = HASH_LABELS[manifest.suite]
     for name, facts in card["artifacts"].items():
         path = directory / name
         if not path.is_file():
             raise SignatureError(f"the model lacks {name}, which its card lists")
-        if path.stat().st_size != facts["bytes"] or sha256_file(path) != facts["sha256"]:
-            raise SignatureError(f"{name} does not match the SHA-256 in the signed card: the file was altered")
+        if path.stat().st_size != facts["bytes"] or file_hash(path, manifest.suite) != facts[label]:
+            raise SignatureError(
+                f"{name} does not match the {get_suite(manifest.suite).hash_algorithm} in the signed card: "
+                "the file was altered"
+            )
     return card
 
 
@@ -122,7 +129,9 @@ def verify_card(
 ) -> dict[str, Any]:
     """The card in `directory` if its signature is `expected_signer`'s (a peer in the manifest, certificate
     from the consortium CA) and its form is sound: a positive integer version, 1..MAX_FILES artefact files
-    with plain names, each with its size and SHA-256. The files themselves are not read."""
+    with plain names, each with its size and its hash under the consortium suite's algorithm (the
+    entry's key names it: a card hashed with another algorithm is refused naming both). The files
+    themselves are not read."""
     try:
         card = json.loads((directory / CARD).read_text())
         signature = json.loads((directory / SIGNATURE).read_text())
@@ -159,15 +168,23 @@ def verify_card(
         raise SignatureError(f"the model card's version {version!r} is not a positive integer")
     if not isinstance(artifacts, dict) or not 1 <= len(artifacts) <= MAX_FILES:
         raise SignatureError(f"the model card must list 1 to {MAX_FILES} artefact files")
+    label = HASH_LABELS[manifest.suite]
     for name, facts in artifacts.items():
         check_file_name(name, "the signed model card")
+        if isinstance(facts, dict) and label not in facts:
+            other = next((known for known in HASH_LABELS.values() if known in facts), None)
+            if other is not None:
+                raise SignatureError(
+                    f"the model card's entry for {name} is hashed with {other}, but this consortium's "
+                    f"{manifest.suite} suite hashes with {label}: refused"
+                )
         if (
             name in (CARD, SIGNATURE)
             or not isinstance(facts, dict)
             or isinstance(facts.get("bytes"), bool)
             or not isinstance(facts.get("bytes"), int)
             or facts["bytes"] < 0
-            or not isinstance(facts.get("sha256"), str)
+            or not isinstance(facts.get(label), str)
         ):
-            raise SignatureError(f"the model card's entry for {name} is not {{bytes, sha256}} of an artefact file")
+            raise SignatureError(f"the model card's entry for {name} is not {{bytes, {label}}} of an artefact file")
     return card

@@ -171,6 +171,13 @@ def spec() -> dict[str, Any]:
                     "one QUERY frame",
                 )
             },
+            "/v1/seal/hello": {
+                "post": _op(
+                    "gm suite: open a session for end-to-end sealed payloads (every other request and "
+                    "reply of a gm consortium is a sealed frame, application/x-fedsilo-sealed)",
+                    body="{suite, from, to, ephemeral, time, signature}: the caller's signed ephemeral key",
+                )
+            },
             "/v1/psi-log": {
                 "post": _op(
                     "the peer's own client records a PSI or query it ran at another peer "

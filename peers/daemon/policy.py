@@ -16,7 +16,6 @@ distributed DP.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,9 @@ from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.data.bank import read_table, split_rows
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.job import distributed_dp_reservation, plan_dp
+from fedsilo.peers.provenance import file_hash
 from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, HASH_LABELS
 
 
 def check_policy(job: SignedJob, policy: Policy) -> None:
@@ -112,16 +113,14 @@ class SourceFacts:
     fingerprint: str
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+def file_fingerprint(path: Path, suite: str = DEFAULT_SUITE) -> str:
+    """``label:hex`` of the file's hash under `suite`: ``sha256:…`` (standard), ``sm3:…`` (gm)."""
+    return f"{HASH_LABELS[suite]}:{file_hash(path, suite)}"
 
 
-def source_facts(source: DataSource, job: SignedJob) -> SourceFacts:
-    """Read the source and compute its facts; Refused (403) if it cannot serve the job."""
+def source_facts(source: DataSource, job: SignedJob, suite: str = DEFAULT_SUITE) -> SourceFacts:
+    """Read the source and compute its facts (the fingerprint with `suite`'s hash); Refused (403) if it
+    cannot serve the job."""
     if source.label != job.label:
         raise Refused(
             f"data source {source.name}'s label column is {source.label!r}, the job trains on {job.label!r}", 403
@@ -133,7 +132,7 @@ def source_facts(source: DataSource, job: SignedJob) -> SourceFacts:
     if job.label not in frame.columns:
         raise Refused(f"data source {source.name} has no column {job.label!r}", 403)
     train, _ = split_rows(frame, job.label, job.config.train.test_fraction, job.config.train.seed)
-    return SourceFacts(rows=len(frame), n_train=len(train), fingerprint=file_sha256(source.path))
+    return SourceFacts(rows=len(frame), n_train=len(train), fingerprint=file_fingerprint(source.path, suite))
 
 
 def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:

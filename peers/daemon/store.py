@@ -101,7 +101,8 @@ class JobRow:
 class PeerStore:
     """The SQLite state of one peer (see the module docstring)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, suite: str | None = None) -> None:
+        """`suite`: the consortium's crypto suite, which hashes the audit chain (see `AuditLog`)."""
         self.state_dir = state_dir
         self.models_dir = state_dir / "models"
         self.jobs_dir = state_dir / "jobs"
@@ -114,7 +115,7 @@ class PeerStore:
         self.conn.execute("PRAGMA synchronous = FULL")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.executescript(SCHEMA)
-        self.audit = AuditLog(self.conn)
+        self.audit = AuditLog(self.conn, suite)
 
     def close(self) -> None:
         self.conn.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fedsilo.peers.daemon.config import DataSource
+from fedsilo.peers.daemon.sealing import seals
 from fedsilo.peers.data.bank import read_table
 from fedsilo.peers.deployment import (
     HostedTraining,
@@ -26,6 +27,7 @@ from fedsilo.peers.deployment import (
     join_training,
     node_auth_keypair,
 )
+from fedsilo.peers.deployment.join import SealTarget
 from fedsilo.peers.deployment.processes import REGISTRY_NAME, stop_leftover_processes
 from fedsilo.peers.identity.consortium import SIGNING_KEY, Identity
 from fedsilo.peers.identity.round_keys import IdentityFiles
@@ -62,6 +64,7 @@ def start_hosting(
         [k.encode() for k in node_keys],
         host=host or "127.0.0.1",
         suite=identity.manifest.suite,
+        seal_identity=(identity.key_path.parent, identity.manifest_path) if seals(identity) else None,
     )
 
 
@@ -70,8 +73,9 @@ def finish_hosting(hosted: HostedTraining) -> TrainingResult:
 
 
 def start_joining(
-    job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str, source: DataSource
+    job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str, source: DataSource, host: str = ""
 ) -> JoinedTraining:
+    """Start this peer's SuperNode for `job`; under the gm suite its Fleet traffic is sealed to `host`."""
     work_dir = state_dir / "jobs" / job.job_id / "peer"
     work_dir.mkdir(parents=True, exist_ok=True)
     data_path = source.path
@@ -81,8 +85,9 @@ def start_joining(
         frame.drop(columns=[source.id_column], errors="ignore").to_parquet(data_path, index=False)
     signing = identity.key_path.parent / SIGNING_KEY if identity.signing_key is not None else None
     files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path, signing)
+    seal = SealTarget(identity.key_path.parent, identity.manifest_path, host) if seals(identity) else None
     return join_training(
-        job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path, identity=files
+        job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path, identity=files, seal=seal
     )
 
 

@@ -20,6 +20,13 @@ headers against the accepting peers' registered keys, and the gateway forwards h
 Assumption: local accounts on the host machine are trusted (they can reach the
 SuperLink on 127.0.0.1, as they can read the host's key files).
 
+Under the gm suite (`--seal-identity`: the host's consortium identity directory) the gateway is
+also the host's end of the end-to-end payload seal (`fedsilo.peers.daemon.sealing`): it answers
+`POST /v1/seal/hello` from a peer's forwarder (`fleet_seal`), and every Fleet request must then
+be a sealed frame of such a session; the gateway opens it, forwards the body (and its content
+type) to the SuperLink, and seals the SuperLink's reply back. A body that is not a sealed frame
+of an open session, replayed or re-addressed, is refused and never reaches the SuperLink.
+
 Run as `python -m peers.deployment.fleet_gateway --listen HOST:PORT --upstream
 127.0.0.1:PORT --upstream-ca FILE --cert FILE --key FILE` (the host's supervisor does).
 """
@@ -28,13 +35,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import signal
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from fedsilo.errors import FedsiloError
 
 MAX_BODY_BYTES = 1 << 30  # a message object is at most one model's arrays
 FLEET_ROUTE = re.compile(r"/v1/fleet/[a-z][a-z-]*")  # Flower's Fleet routes: /v1/fleet/pull-messages, ...
@@ -54,6 +66,18 @@ HOP_BY_HOP = frozenset(
 )
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+GATE = web.AppKey("seal_gate", object)  # a peers.daemon.sealing.SealGate under the gm suite
+
+
+def pack(content_type: str, body: bytes) -> bytes:
+    """A Fleet body with its content type, as one sealed plaintext: 2-byte length, type, body."""
+    raw = content_type.encode()
+    return len(raw).to_bytes(2, "big") + raw + body
+
+
+def unpack(data: bytes) -> tuple[str, bytes]:
+    size = int.from_bytes(data[:2], "big")
+    return data[2 : 2 + size].decode(errors="replace"), data[2 + size :]
 
 
 def allowed(method: str, raw_path: str) -> bool:
@@ -77,22 +101,64 @@ async def forward(request: web.Request) -> web.Response:
             status=404,
         )
     body = await request.read()
+    gate = request.app.get(GATE)
+    if gate is None:
+        return await _upstream(request, body, _forwarded(request.headers))
+    return await _sealed(request, gate, body)
+
+
+async def _upstream(request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
     session = request.app[SESSION]
     async with session.request(
-        request.method,
-        request.app[UPSTREAM] + request.raw_path,
-        data=body,
-        headers=_forwarded(request.headers),
-        allow_redirects=False,
+        request.method, request.app[UPSTREAM] + request.raw_path, data=body, headers=headers, allow_redirects=False
     ) as upstream:
         payload = await upstream.read()
         return web.Response(status=upstream.status, body=payload, headers=_forwarded(upstream.headers))
 
 
-def build_gateway(upstream: str, upstream_ca: str) -> web.Application:
-    """The gateway app forwarding to `https://{upstream}`, whose certificate `upstream_ca` signed."""
+async def _sealed(request: web.Request, gate: Any, frame: bytes) -> web.Response:
+    """Open a peer's sealed Fleet request, forward it, seal the SuperLink's reply (gm suite)."""
+    from fedsilo.peers.daemon.sealing import SEAL_HEADER, SEALED, UNKNOWN_SESSION, UnknownSealSession
+
+    try:
+        session, plain, seq = gate.open(frame, None, request.method, request.raw_path)
+    except UnknownSealSession as unknown:
+        return web.json_response({"error": str(unknown)}, status=401, headers={SEAL_HEADER: UNKNOWN_SESSION})
+    except FedsiloError as refused:
+        return web.json_response({"error": str(refused)}, status=400)
+    content_type, body = unpack(plain)
+    headers = {k: v for k, v in _forwarded(request.headers).items() if k.lower() != "content-type"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    reply = await _upstream(request, body, headers)
+    reply_type = reply.headers.pop("Content-Type", "")
+    sealed = session.seal_reply(seq, request.method, request.raw_path, reply.status, pack(reply_type, reply.body))
+    return web.Response(status=reply.status, body=sealed, headers={**reply.headers, "Content-Type": SEALED})
+
+
+async def seal_hello(request: web.Request) -> web.Response:
+    """A peer's forwarder opens a sealed session (gm suite); the hello's signature names the caller."""
+    gate = request.app.get(GATE)
+    if gate is None:
+        return web.json_response({"error": "this job's gateway does not seal (standard suite)"}, status=404)
+    try:
+        hello = json.loads(await request.read())
+        caller = hello.get("from") if isinstance(hello, dict) else None
+        member = gate.identity.current_manifest().member(caller) if isinstance(caller, str) else None
+        if member is None or not member.has("peer"):
+            raise FedsiloError(f"the seal handshake names {str(caller)[:80]!r}, who is not a peer of the consortium")
+        return web.json_response(gate.hello(caller, hello))
+    except (ValueError, FedsiloError) as refused:
+        return web.json_response({"error": str(refused)}, status=400)
+
+
+def build_gateway(upstream: str, upstream_ca: str, seal_gate: Any = None) -> web.Application:
+    """The gateway app forwarding to `https://{upstream}`, whose certificate `upstream_ca` signed;
+    with `seal_gate` (gm suite), every Fleet request must be sealed end to end (module docstring)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[UPSTREAM] = f"https://{upstream}"
+    if seal_gate is not None:
+        app[GATE] = seal_gate
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         context = ssl.create_default_context(cafile=upstream_ca)
@@ -105,6 +171,7 @@ def build_gateway(upstream: str, upstream_ca: str) -> web.Application:
         await app[SESSION].close()
 
     app.cleanup_ctx.append(session)
+    app.router.add_post("/v1/seal/hello", seal_hello)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 
@@ -126,12 +193,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--upstream-ca", required=True, help="CA certificate of the SuperLink's loopback TLS")
     parser.add_argument("--cert", required=True, help="this host's certificate (PEM), shown to SuperNodes")
     parser.add_argument("--key", required=True, help="its private key (PEM)")
+    parser.add_argument("--seal-identity", help="gm suite: the host's identity directory, to seal Fleet payloads")
+    parser.add_argument("--seal-manifest", help="with --seal-identity: the manifest it uses (default: in it)")
     args = parser.parse_args(argv)
+    gate = None
+    if args.seal_identity:
+        from fedsilo.peers.daemon.sealing import SealGate
+        from fedsilo.peers.identity.consortium import Identity
+
+        manifest = Path(args.seal_manifest) if args.seal_manifest else None
+        gate = SealGate(Identity.load(Path(args.seal_identity), manifest=manifest))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
 
     async def serve() -> None:
-        runner = web.AppRunner(build_gateway(args.upstream, args.upstream_ca), access_log=None)
+        runner = web.AppRunner(build_gateway(args.upstream, args.upstream_ca, gate), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.listen[0], args.listen[1], ssl_context=context).start()
         stop = asyncio.Event()

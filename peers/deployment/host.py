@@ -185,6 +185,7 @@ def host_training(
     port: int | None = None,
     version: str = "0.0.0",
     suite: str = DEFAULT_SUITE,
+    seal_identity: tuple[Path, Path] | None = None,
 ) -> HostedTraining:
     """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
 
@@ -193,7 +194,9 @@ def host_training(
 
     `port` (default: a free one) is the SuperLink's single port; peers connect to
     `fleet_address` = `host:port`, verifying its certificate against `tls.ca_cert`.
-    Raises DeploymentError (processes stopped) if anything fails to start.
+    Raises DeploymentError (processes stopped) if anything fails to start. `seal_identity` (gm
+    suite: the host's identity directory and manifest) makes the gateway seal every Fleet payload
+    end to end (`fleet_gateway`).
     """
     tls.check()
     if len(node_public_keys) < job.peers:
@@ -258,6 +261,11 @@ def host_training(
                 str(tls.cert),
                 "--key",
                 str(tls.key),
+                *(
+                    ["--seal-identity", str(seal_identity[0]), "--seal-manifest", str(seal_identity[1])]
+                    if seal_identity
+                    else []
+                ),
             ],
         )
         _wait_until_listening(host, port, "the fleet gateway", supervisor)

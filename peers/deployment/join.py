@@ -27,7 +27,8 @@ from pathlib import Path
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.client import node_state
-from fedsilo.peers.deployment.host import free_port, job_environment
+from fedsilo.peers.deployment.host import _wait_until_listening, free_port, job_environment
+from fedsilo.peers.deployment.local_ca import make_local_tls
 from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from fedsilo.peers.deployment.tls import node_key_path
 from fedsilo.peers.identity.round_keys import IdentityFiles
@@ -60,6 +61,15 @@ def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: Ide
         **(identity.node_config() if identity is not None else {}),
     }
     return " ".join(f"{key}={json.dumps(str(value))}" for key, value in entries.items())
+
+
+@dataclass(frozen=True)
+class SealTarget:
+    """gm suite: seal the Fleet traffic to the job's `host` with this peer's identity (`fleet_seal`)."""
+
+    identity_dir: Path
+    manifest: Path
+    host: str
 
 
 @dataclass
@@ -96,11 +106,12 @@ class JoinedTraining:
         try:
             self.supervisor.check()
         except DeploymentError as error:
-            if REFUSED_MARK in self.supervisor.children[0].log_tail():
+            supernode = next(c for c in self.supervisor.children if c.name == "supernode")
+            if REFUSED_MARK in supernode.log_tail():
                 raise DeploymentError(
                     f"the SuperLink at {self.fleet_address} refused this peer's SuperNode for job "
                     f"{self.job.job_id}: its node key is not one the host authorized "
-                    f"(log: {self.supervisor.children[0].log_path})"
+                    f"(log: {supernode.log_path})"
                 ) from error
             raise
 
@@ -119,6 +130,7 @@ def join_training(
     runtime_port: int | None = None,
     warm: bool = True,
     identity: IdentityFiles | None = None,
+    seal: SealTarget | None = None,
 ) -> JoinedTraining:
     """Start this peer's SuperNode, with the ClientApp in its process, for `job`; return at once.
 
@@ -126,6 +138,8 @@ def join_training(
     instead (its SuperExec starts one `flwr-clientapp` process per message, with
     Flower's own polling waits): the baseline `bench/deployed_round.py --stock` measures.
     `identity` (this peer's consortium identity files) is required for a secure-aggregation job.
+    With `seal` (gm suite) the SuperNode talks to a loopback `fleet_seal` forwarder, which seals
+    every Fleet payload end to end to the job's host.
     """
     if job.secagg.enabled and identity is None:
         raise ConfigError(
@@ -146,6 +160,9 @@ def join_training(
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
     supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
     try:
+        superlink, roots = fleet_address, str(ca_cert)
+        if seal is not None:
+            superlink, roots = _start_seal_forwarder(supervisor, work_dir, fleet_address, seal)
         launcher = (
             [sys.executable, "-m", "fedsilo.peers.deployment.supernode"] if warm else [venv_command("flower-supernode")]
         )
@@ -154,9 +171,9 @@ def join_training(
             [
                 *launcher,
                 "--superlink",
-                fleet_address,
+                superlink,
                 "--root-certificates",
-                str(ca_cert),
+                roots,
                 "--auth-supernode-private-key",
                 str(key),
                 "--isolation",
@@ -175,3 +192,35 @@ def join_training(
     except BaseException:
         supervisor.stop()
         raise
+
+
+def _start_seal_forwarder(
+    supervisor: Supervisor, work_dir: Path, fleet_address: str, seal: SealTarget
+) -> tuple[str, str]:
+    """Start the loopback `fleet_seal` forwarder; (its address, the CA file the SuperNode checks it with)."""
+    local = make_local_tls(work_dir / "seal-tls")
+    port = free_port()
+    supervisor.start(
+        "fleet-seal",
+        [
+            sys.executable,
+            "-m",
+            "fedsilo.peers.deployment.fleet_seal",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--gateway",
+            fleet_address,
+            "--host-member",
+            seal.host,
+            "--identity",
+            str(seal.identity_dir),
+            "--manifest",
+            str(seal.manifest),
+            "--cert",
+            str(local.cert),
+            "--key",
+            str(local.key),
+        ],
+    )
+    _wait_until_listening("127.0.0.1", port, "the Fleet seal forwarder", supervisor)
+    return f"127.0.0.1:{port}", str(local.ca_cert)

@@ -10,6 +10,7 @@ from fedsilo.privacy.crypto_suite.base import CryptoSuite
 
 SUITES = ("standard", "gm")
 DEFAULT_SUITE = "standard"
+HASH_LABELS = {"standard": "sha256", "gm": "sm3"}  # each suite's `hash_label`, without importing its library
 
 
 def get_suite(name: str) -> CryptoSuite:
@@ -31,4 +32,4 @@ def get_suite(name: str) -> CryptoSuite:
     raise CryptoSuiteError(f"unknown crypto suite {name!r}: choose one of {', '.join(SUITES)}")
 
 
-__all__ = ["DEFAULT_SUITE", "SUITES", "CryptoSuite", "CryptoSuiteError", "get_suite"]
+__all__ = ["DEFAULT_SUITE", "HASH_LABELS", "SUITES", "CryptoSuite", "CryptoSuiteError", "get_suite"]

@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Protocol
 
 from fedsilo.errors import CryptoSuiteError
 
 NONCE_BYTES = 12
 KEY_BYTES = 32
+
+
+class Hasher(Protocol):
+    """An incremental digest: feed it with `update`, read it once with `finalize`."""
+
+    def update(self, data: bytes) -> None: ...
+
+    def finalize(self) -> bytes: ...
 
 
 class CryptoSuite(ABC):
@@ -39,6 +47,7 @@ class CryptoSuite(ABC):
     aead_algorithm: str
     hash_algorithm: str
     keystream_algorithm: str
+    hash_label: str  # the lower-case name a stored digest carries ("sha256", "sm3")
 
     # -- signatures -------------------------------------------------------------------
     @abstractmethod
@@ -100,6 +109,10 @@ class CryptoSuite(ABC):
     @abstractmethod
     def hash(self, data: bytes) -> bytes:
         """The suite's 32-byte digest of `data` (fingerprints, hash chains, artefact hashes)."""
+
+    @abstractmethod
+    def hasher(self) -> Hasher:
+        """A fresh incremental context of `hash` (``update(bytes)``, then ``finalize() -> bytes``), for files."""
 
     # -- authenticated encryption -----------------------------------------------------
     @abstractmethod

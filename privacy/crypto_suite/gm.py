@@ -66,6 +66,7 @@ class GmSuite(CryptoSuite):
     aead_algorithm = "SM4-GCM"
     hash_algorithm = "SM3"
     keystream_algorithm = "SM4-CTR (key HMAC-SM3)"
+    hash_label = "sm3"
 
     def generate_signing_key(self) -> bytes:
         key = ts_ec.generate_private_key(ts_ec.SM2())
@@ -150,6 +151,9 @@ class GmSuite(CryptoSuite):
         digest = hashes.Hash(hashes.SM3())
         digest.update(data)
         return digest.finalize()
+
+    def hasher(self) -> hashes.Hash:
+        return hashes.Hash(hashes.SM3())
 
     aead_key_sizes = (16,)
 

@@ -33,6 +33,7 @@ class StandardSuite(CryptoSuite):
     aead_algorithm = "AES-256-GCM"
     hash_algorithm = "SHA-256"
     keystream_algorithm = "ChaCha20 (key HMAC-SHA256)"
+    hash_label = "sha256"
 
     def generate_signing_key(self) -> bytes:
         return _pkcs8(ec.generate_private_key(ec.SECP256R1()))
@@ -101,6 +102,9 @@ class StandardSuite(CryptoSuite):
         digest = hashes.Hash(hashes.SHA256())
         digest.update(data)
         return digest.finalize()
+
+    def hasher(self) -> hashes.Hash:
+        return hashes.Hash(hashes.SHA256())
 
     aead_key_sizes = (32,)
 

@@ -189,7 +189,13 @@ class Hosting:
             self.ctx.running.pop(job.job_id, None)
         reports = await self._await_reports(job.job_id, [p.peer for p in accepted])
         try:
-            card = build_card(job, self.ctx.store.participants(job.job_id), reports, result.metrics)
+            card = build_card(
+                job,
+                self.ctx.store.participants(job.job_id),
+                reports,
+                result.metrics,
+                self.ctx.identity.manifest.suite,
+            )
             files = {
                 "model.safetensors": result.model_path,
                 "encoder.json": result.encoder_path,

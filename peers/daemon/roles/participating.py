@@ -79,7 +79,7 @@ class Participating:
             raise Refused(
                 f"this peer has no data source {job.source!r} (it has: {', '.join(self.ctx.config.sources)})", 403
             )
-        facts = await asyncio.to_thread(source_facts, source, job)
+        facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
         planned = planned_mechanisms(job, facts)
         status = self.ctx.ledger.status(source.name)
         node_key = await asyncio.to_thread(training.node_public_key, self.ctx.config.state_dir)
@@ -147,7 +147,13 @@ class Participating:
         source = self.ctx.config.sources[job.source]
         try:
             joined = await asyncio.to_thread(
-                training.start_joining, config, self.ctx.config.state_dir, self.ctx.identity, fleet_address, source
+                training.start_joining,
+                config,
+                self.ctx.config.state_dir,
+                self.ctx.identity,
+                fleet_address,
+                source,
+                job.host,
             )
 
             async def register() -> bool:  # in the mailbox: a cancel or failure either sees it or ran before
