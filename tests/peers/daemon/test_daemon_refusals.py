@@ -1,7 +1,8 @@
 """The daemon refuses bad input and attacks with a clear error, an audit entry and no state change.
 
 Real daemons in-process on 127.0.0.1 with real certificates; the test plays the job's
-host (bank-a) proposing to bank-b, or the model owner submitting, over mutual TLS.
+host (bank-a) proposing to bank-b, or the model owner submitting, over mutual TLS. Every
+test runs in a standard and in a gm consortium.
 """
 
 import asyncio
@@ -21,10 +22,11 @@ from fedsilo.peers.identity.consortium import admit, init_consortium, init_peer
 from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 
 
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
-    root = tmp_path_factory.mktemp("consortium")
-    return make_consortium(root, peers=("bank-a", "bank-b"), extra_members=(("intruder", "peer"),))
+@pytest.fixture(scope="module", params=["standard", "gm"])
+def consortium(tmp_path_factory, request):
+    """The same refusals under both crypto suites (under gm every member request is sealed end to end)."""
+    root = tmp_path_factory.mktemp(f"consortium-{request.param}")
+    return make_consortium(root, peers=("bank-a", "bank-b"), extra_members=(("intruder", "peer"),), suite=request.param)
 
 
 def state_of(consortium, name):
@@ -209,18 +211,16 @@ def test_oversized_and_malformed_bodies(consortium):
     url = f"{consortium.addresses['bank-b']}/v1/proposals"
 
     async def raw_post(data: bytes):
-        identity = consortium.identity("bank-a")
-        from fedsilo.peers.identity.tls import client_context
+        """POST `data` as it is (sealed end to end under gm, as every member request is); the refusal's text."""
+        async with member_client(consortium, "bank-a") as client:
+            with pytest.raises(PeerUnreachable) as refused:
+                await client._send("POST", url, data, "application/json")
+        return str(refused.value)
 
-        context = client_context(identity.ca_path, identity.cert_path, identity.key_path)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-            async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as reply:
-                return reply.status, await reply.json()
-
-    status, body = refused_without_change(consortium, lambda: raw_post(b"x" * (2 << 20)), "larger than")[0]
-    assert status == 413 and "1048576 bytes" in body["error"]
-    status, body = refused_without_change(consortium, lambda: raw_post(b'{"job": '), "not valid JSON")[0]
-    assert status == 400 and "not valid JSON" in body["error"]
+    refusal = refused_without_change(consortium, lambda: raw_post(b"x" * (2 << 20)), "larger than")[0]
+    assert "answered 413" in refusal and "1048576 bytes" in refusal
+    refusal = refused_without_change(consortium, lambda: raw_post(b'{"job": '), "not valid JSON")[0]
+    assert "answered 400" in refusal and "not valid JSON" in refusal
 
 
 def test_tls_refuses_clients_without_a_consortium_certificate(consortium, tmp_path):
@@ -257,9 +257,11 @@ def test_tls_refuses_clients_without_a_consortium_certificate(consortium, tmp_pa
 
 def test_a_ca_certificate_not_in_the_manifest_is_refused(consortium, tmp_path):
     """Signed by the consortium CA but never put in the manifest the peer holds: 403, audited."""
-    request = init_peer(tmp_path / "late", "late-peer")
+    suite = consortium.identity("bank-b").manifest.suite
+    request = init_peer(tmp_path / "late", "late-peer", None if suite == "standard" else suite)
+    signing_key = None if suite == "standard" else request.with_name("signing.pub")
     ca_dir = consortium.root / "consortium"
-    admit(ca_dir, request, ("peer",), "https://127.0.0.1:1", tmp_path / "late" / "peer.pem")
+    admit(ca_dir, request, ("peer",), "https://127.0.0.1:1", tmp_path / "late" / "peer.pem", signing_key=signing_key)
     # the CA signed it, but bank-b's manifest copy predates the admission
     from fedsilo.peers.identity.tls import client_context
 

@@ -1,9 +1,12 @@
 """A gm consortium end to end, real processes: three daemons (`fedsilo peer start`), a job with local DP
 and SecAgg+ trains over Flower's Deployment Engine with every Fleet payload sealed end to end
-(each participant's SuperNode talks to its `fleet_seal` forwarder, the host's gateway opens), and the
-owner pulls a model whose card and hashes are SM3; every audit chain is SM3 and verifies."""
+(each participant's SuperNode talks to its `fleet_seal` forwarder, the host's gateway opens), SecAgg+
+runs under the gm suite (the host's ServerApp from its manifest, each SuperNode from its own: a suite
+mismatch would refuse every advertisement), and the owner pulls a model whose card and hashes are SM3;
+every audit chain is SM3 and verifies."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -32,6 +35,11 @@ def test_a_gm_job_trains_over_sealed_fleet_traffic_to_an_sm3_card(gm, tmp_path):
     assert call(gm, OWNER, "POST", f"{host}/v1/jobs", envelope)["state"] == "proposing"
     view = wait_for(gm, "bank-a", "gm-e2e-1", ("finished", "failed"))
     assert view["state"] == "finished", view["detail"]
+    host_dir = gm.root / "bank-a" / "state" / "jobs" / "gm-e2e-1" / "host"
+    assert '"consortium.suite" = "gm"' in (host_dir / "app" / "pyproject.toml").read_text()
+    rounds = json.loads((host_dir / "result" / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["secure_aggregation"] == {"dropped": {}, "refused": {}, "aborted": None} for r in rounds), rounds
 
     async def pull():
         async with PeerClient(gm.identity(OWNER), timeout=120) as client:

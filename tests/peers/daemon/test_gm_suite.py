@@ -179,36 +179,3 @@ def test_a_gm_daemon_refuses_a_list_that_offers_only_ot_and_serves_one_with_dh(t
     both = SharedLists({"watch": replace(only_ot, psi_protocols=("dh", "ot"))}, tmp_path / "psi", suite="gm")
     assert both.shared_with("bank-a")[0]["psi_protocols"] == ["dh"]
     both.close()
-
-
-@pytest.fixture(scope="module")
-def gm_daemons(tmp_path_factory):
-    """Three gm peers' daemons as processes (training on Flower's Deployment Engine)."""
-    from .test_consortium_e2e import start, stop
-
-    consortium = make_consortium(tmp_path_factory.mktemp("gm-e2e"), rows=600, suite="gm")
-    processes = {name: start(consortium, name) for name in consortium.peers}
-    yield consortium
-    for process in processes.values():
-        stop(process)
-
-
-@pytest.mark.slow
-def test_a_gm_consortiums_secure_job_aggregates_under_the_gm_suite(gm_daemons, tmp_path):
-    """End to end: the host's ServerApp runs SecAgg+ under the gm suite its manifest names, each
-    peer's SuperNode under its own manifest's with its SM2 signing key; every round is released
-    with no peer refused and none aborted (a suite mismatch would refuse every advertisement)."""
-    import json
-
-    from .test_consortium_e2e import OWNER, call, wait_for
-
-    consortium = gm_daemons
-    envelope = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "gm-e2e-1", rounds=2, epsilon=2.0))
-    call(consortium, OWNER, "POST", f"{consortium.addresses['bank-a']}/v1/jobs", envelope)
-    view = wait_for(consortium, "bank-a", "gm-e2e-1", ("finished", "failed"))
-    assert view["state"] == "finished", view["detail"]
-    host = consortium.root / "bank-a" / "state" / "jobs" / "gm-e2e-1" / "host"
-    assert '"consortium.suite" = "gm"' in (host / "app" / "pyproject.toml").read_text()
-    rounds = json.loads((host / "result" / "metrics.json").read_text())["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["secure_aggregation"] == {"dropped": {}, "refused": {}, "aborted": None} for r in rounds), rounds
