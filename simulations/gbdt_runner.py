@@ -245,7 +245,7 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
                 "bins": config.bins,
                 "features_per_tree": config.features_per_tree,
             },
-            "train": {"learning_rate": config.lr, **asdict(settings.params)},
+            "train": {"learning_rate": config.lr, **asdict(result.params)},
             "config": config.to_dict(),
         },
         data={
