@@ -69,6 +69,14 @@ class BoostResult:
     seconds: float = 0.0
 
 
+def local_sigmas(plan: ReleasePlan | None, settings: BoostSettings, layout: BinLayout) -> tuple[float, float]:
+    """A bank's own noise in local DP, in sum units: (level histograms, leaf totals), each z · its sensitivity."""
+    if plan is None:
+        return 0.0, 0.0
+    z = plan.noise_multiplier
+    return z * level_sensitivity(settings.groups_per_tree(layout)), z * leaf_sensitivity()
+
+
 def split_noise_sd(
     settings: BoostSettings,
     layout: BinLayout,
@@ -88,7 +96,7 @@ def split_noise_sd(
         if configs is None or configs[0].noise is None:
             raise ConfigError("distributed DP needs the secure-aggregation configurations with their noise")
         return configs[0].noise.noise_multiplier * sensitivity
-    return math.sqrt(n_banks) * plan.noise_multiplier * sensitivity
+    return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[0]
 
 
 def secure_configs(

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from fedsilo.errors import BudgetExceeded, ConfigError
-from fedsilo.peers.gbdt.bank import LEVEL
+from fedsilo.peers.gbdt.bank import LEAVES, LEVEL
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
 from fedsilo.privacy.ledger import InMemoryLedger
 from fedsilo.privacy.secagg import MaskedInput, SecAggServer, graph_parameters
 from fedsilo.privacy.secagg.noise import central_noise_multiplier
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs, split_noise_sd
+from fedsilo.simulations.gbdt_federation import BoostSettings, boost, local_sigmas, secure_configs, split_noise_sd
 from fedsilo.strategies.gbdt import (
     MIN_CHILD_NOISE_SDS,
     HistogramRefused,
@@ -224,3 +224,25 @@ def test_the_split_noise_is_what_the_banks_add_in_each_dp_mode() -> None:
     assert split_noise_sd(replace(settings, dp_mode="off"), lay, 4, None, None) == 0.0
     with pytest.raises(ConfigError, match="noise"):
         split_noise_sd(settings, lay, 4, plan, None)
+
+
+def test_local_noise_is_sized_to_each_release_kind() -> None:
+    """In local DP a bank adds z · level sensitivity to a level histogram and z · leaf sensitivity to leaf totals."""
+    x, y = data.rows(200, seed=3)
+    lay = data.layout()
+    plan = plan_releases(3.0, 1e-5, 2, PARAMS.depth, "prv")
+    settings = BoostSettings(trees=2, params=PARAMS, dp_mode="local", secure=False)
+    sigmas = local_sigmas(plan, settings, lay)
+    z = plan.noise_multiplier
+    assert sigmas == pytest.approx((z * level_sensitivity(len(lay.groups)), z * leaf_sensitivity()))
+    assert local_sigmas(None, settings, lay) == (0.0, 0.0)
+    (bank,), _ = data.banks(x, y, 1, lay, 200, local_sigma=sigmas)
+    bank.start_tree()
+    tree = Tree(PARAMS.depth)
+    bank.request(LEVEL, tree)
+    level = np.concatenate([(bank.release() - bank.exact()).ravel() for _ in range(20)])
+    tree.close()
+    bank.request(LEAVES, tree)
+    leaves = np.concatenate([(bank.release() - bank.exact()).ravel() for _ in range(300)])
+    assert np.std(level) == pytest.approx(sigmas[0], rel=0.1)
+    assert np.std(leaves) == pytest.approx(sigmas[1], rel=0.1)  # not the level's (twice as large here)
