@@ -64,7 +64,7 @@ class SimulationConfig:
     trees: int = 30  # --model gbdt: trees, their depth, histogram bins per numeric column
     depth: int = 2
     bins: int = 16
-    features_per_tree: int = 0  # 0: every column; else each tree splits on this many columns drawn by the host
+    features_per_tree: int = 6  # 0: every column; else each tree splits on this many columns drawn by the host
     local_epochs: int = TrainSpec.local_epochs
     batch_size: int = TrainSpec.batch_size
     lr: float = TrainSpec.lr

@@ -8,6 +8,8 @@ Gaussian share), or, without secure aggregation, by adding the banks' releases
 itself after `check_histogram` (a malformed one is refused naming the bank and left
 out). The host grows the level (`Tree.grow`); after the last level one more release
 gives the leaves' totals and values; every bank updates its margins with the tree.
+Under DP the trees grow with a noise-aware floor on a child's hessian
+(`fedsilo.strategies.gbdt.noise_aware`, from the public noise of a level release).
 
 Accounting: every released sum that contains a bank's input is one Gaussian mechanism
 (`ReleasePlan.per_release`, q = 1) in that bank's spent history. In distributed DP the
@@ -34,7 +36,7 @@ from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.gbdt import ReleasePlan, leaf_sensitivity, level_sensitivity
 from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, Verifier
 from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
-from fedsilo.strategies.gbdt import BinLayout, Tree, TreeParams, check_histogram, secure_sum
+from fedsilo.strategies.gbdt import BinLayout, Tree, TreeParams, check_histogram, noise_aware, secure_sum
 
 DISTRIBUTED_BITS = 32
 
@@ -62,8 +64,39 @@ class BoostSettings:
 class BoostResult:
     model: GBDTModel
     spent: dict[str, list[Mechanism]]
+    params: TreeParams  # what the trees were grown with (`noise_aware` of the settings')
     releases: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def local_sigmas(plan: ReleasePlan | None, settings: BoostSettings, layout: BinLayout) -> tuple[float, float]:
+    """A bank's own noise in local DP, in sum units: (level histograms, leaf totals), each z · its sensitivity."""
+    if plan is None:
+        return 0.0, 0.0
+    z = plan.noise_multiplier
+    return z * level_sensitivity(settings.groups_per_tree(layout)), z * leaf_sensitivity()
+
+
+def split_noise_sd(
+    settings: BoostSettings,
+    layout: BinLayout,
+    n_banks: int,
+    plan: ReleasePlan | None,
+    configs: tuple[SecAggConfig, SecAggConfig] | None,
+) -> float:
+    """Standard deviation of the noise on one slot of a summed level histogram, in sum units (public).
+
+    Distributed: the multiplier of the shares when every bank adds its own (``configs``); local: each
+    of the ``n_banks`` adds ``z · level sensitivity``; no DP: 0.
+    """
+    if settings.dp_mode == "off" or plan is None:
+        return 0.0
+    sensitivity = level_sensitivity(settings.groups_per_tree(layout))
+    if settings.dp_mode == "distributed":
+        if configs is None or configs[0].noise is None:
+            raise ConfigError("distributed DP needs the secure-aggregation configurations with their noise")
+        return configs[0].noise.noise_multiplier * sensitivity
+    return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[0]
 
 
 def secure_configs(
@@ -126,6 +159,7 @@ def boost(
         raise ConfigError(f"dp mode {settings.dp_mode} needs a release plan")
     if settings.secure and configs is None:
         configs = secure_configs(settings, layout, len(banks), row_bound, plan)
+    params = noise_aware(settings.params, split_noise_sd(settings, layout, len(banks), plan, configs))
     started = time.perf_counter()
     spent: dict[str, list[Mechanism]] = {b.name: [] for b in banks}
     model = GBDTModel(layout, [], settings.learning_rate)
@@ -167,8 +201,8 @@ def boost(
     for t in range(settings.trees):
         for bank in banks:
             bank.start_tree()
-        tree = Tree(settings.params.depth, features=_draw_groups(layout, settings))
-        for _ in range(settings.params.depth):
+        tree = Tree(params.depth, features=_draw_groups(layout, settings))
+        for _ in range(params.depth):
             nodes = tree.open_nodes()
             if not nodes:
                 break
@@ -176,18 +210,18 @@ def boost(
             if sums is None:
                 tree.close()
                 break
-            tree.grow(sums, layout, settings.params)
+            tree.grow(sums, layout, params)
         tree.close()
         totals = release(LEAVES, tree, (len(tree.leaves()), 2))
         if totals is None:
             continue  # nothing released: this tree is dropped, the banks' margins stay
-        tree.set_leaf_values(totals, settings.params)
+        tree.set_leaf_values(totals, params)
         for bank in banks:
             bank.finish_tree(tree, settings.learning_rate)
         model.trees.append(tree)
         if on_tree is not None:
             on_tree(t, model)
-    return BoostResult(model, spent, log, time.perf_counter() - started)
+    return BoostResult(model, spent, params, log, time.perf_counter() - started)
 
 
 def _draw_groups(layout: BinLayout, settings: BoostSettings) -> tuple[int, ...] | None:

@@ -42,7 +42,7 @@ from fedsilo.privacy.ledger import SQLiteLedger
 from fedsilo.privacy.secagg import Ed25519Directory, Ed25519Identity
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import SimulationConfig
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs
+from fedsilo.simulations.gbdt_federation import BoostSettings, boost, local_sigmas, secure_configs
 from fedsilo.simulations.population import bank_name
 from fedsilo.simulations.progress import Progress
 from fedsilo.simulations.report.card import build_card, write_card
@@ -94,7 +94,7 @@ def simulate_gbdt(config: SimulationConfig, progress: Progress) -> RunSummary:
         identities = {n: Ed25519Identity(n, Ed25519PrivateKey.generate()) for n in names.values()}
         directory = Ed25519Directory({n: s.public_key() for n, s in identities.items()})
         configs = secure_configs(settings, layout, len(tensors), row_bound, plan) if settings.secure else None
-        local_sigma = plan.noise_multiplier * level_sensitivity(settings.groups_per_tree(layout)) if plan else 0.0
+        local_sigma = local_sigmas(plan, settings, layout)
         banks = [
             _bank(names[i], i, tensors[i], layout, row_bound, configs, identities, directory, settings, local_sigma)
             for i in sorted(tensors)
@@ -146,7 +146,7 @@ def _bank(name, index, data, layout, row_bound, configs, identities, directory, 
         secagg=configs,
         signer=identities[name] if configs else None,
         verifier=directory if configs else None,
-        local_sigma=local_sigma if settings.dp_mode == "local" else 0.0,
+        local_sigma=local_sigma if settings.dp_mode == "local" else (0.0, 0.0),
     )
 
 
@@ -175,7 +175,7 @@ def _yardsticks(config, tensors, layout, settings, plan, row_bound, x_test, y_te
         alone = sorted(tensors)[:LOCAL_ONLY_BANKS]
         progress.stage(f"Yardstick: {len(alone)} banks alone, each with its own noise at the same ε")
         alone_settings = replace(settings, secure=False, dp_mode="local" if plan else "off")
-        sigma = plan.noise_multiplier * level_sensitivity(settings.groups_per_tree(layout)) if plan else 0.0
+        sigma = local_sigmas(plan, settings, layout)
         out["local"] = {}
         for i in alone:
             bank = _bank(bank_name(i), i, tensors[i], layout, row_bound, None, {}, None, alone_settings, sigma)
@@ -245,7 +245,7 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
                 "bins": config.bins,
                 "features_per_tree": config.features_per_tree,
             },
-            "train": {"learning_rate": config.lr, **asdict(settings.params)},
+            "train": {"learning_rate": config.lr, **asdict(result.params)},
             "config": config.to_dict(),
         },
         data={

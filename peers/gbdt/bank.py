@@ -12,7 +12,9 @@ out-of-range value is refused with its name and never leaves the bank.
 
 Noise: in distributed DP the bank's `SecAggClient` adds its discrete Gaussian share
 inside the masked vector (`fedsilo.privacy.secagg.noise`); in local DP (``local_sigma``,
-in raw sum units) the bank adds the whole Gaussian noise itself, from
+in raw sum units, one standard deviation for level histograms and one for leaf totals,
+each the plan's multiplier times that release's sensitivity) the bank adds the whole
+Gaussian noise itself, from
 `fedsilo.privacy.noise_source.SecureNoise` (OS-keyed AES-CTR), before anything leaves.
 """
 
@@ -56,7 +58,7 @@ class GBDTBank:
         secagg: tuple[SecAggConfig, SecAggConfig] | None = None,
         signer: Signer | None = None,
         verifier: Verifier | None = None,
-        local_sigma: float = 0.0,
+        local_sigma: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.name = name
         self.node_id = node_id
@@ -64,7 +66,7 @@ class GBDTBank:
         self.labels = labels.astype(np.float64)
         self.layout = layout
         self.row_bound = float(row_bound)
-        self.local_sigma = float(local_sigma)
+        self.local_sigma = dict(zip((LEVEL, LEAVES), (float(s) for s in local_sigma), strict=True))
         self.margin = np.zeros(bins.shape[0], dtype=np.float64)
         # one protocol client per kind of release: level and leaf vectors carry different noise shares
         self.clients = (
@@ -75,7 +77,7 @@ class GBDTBank:
             if secagg
             else {}
         )
-        self._noise = SecureNoise() if local_sigma > 0 else None
+        self._noise = SecureNoise() if max(local_sigma) > 0 else None
         self._g = self._h = np.zeros(0)
         self._request: tuple[str, Tree] | None = None
 
@@ -131,7 +133,9 @@ class GBDTBank:
         """What this bank lets out, unmasked: the requested sums plus its local noise (if any)."""
         sums = self.exact()
         if self._noise is not None:
-            sums = sums + self.local_sigma * self._noise.gaussian(sums.size).numpy().reshape(sums.shape)
+            assert self._request is not None  # exact() checked it
+            sigma = self.local_sigma[self._request[0]]
+            sums = sums + sigma * self._noise.gaussian(sums.size).numpy().reshape(sums.shape)
         return sums
 
     # ------------------------------------------------------------ SecAgg+ answers

@@ -5,9 +5,10 @@ See `fedsilo.privacy.gbdt` for the DP accounting and `fedsilo.peers.gbdt` for th
 
 from .layout import BinLayout, FeatureGroup
 from .secure_sum import HistogramPeer, SumOutcome, secure_sum
-from .tree import HistogramRefused, Tree, TreeParams, best_split, check_histogram
+from .tree import MIN_CHILD_NOISE_SDS, HistogramRefused, Tree, TreeParams, best_split, check_histogram, noise_aware
 
 __all__ = [
+    "MIN_CHILD_NOISE_SDS",
     "BinLayout",
     "FeatureGroup",
     "HistogramPeer",
@@ -17,5 +18,6 @@ __all__ = [
     "TreeParams",
     "best_split",
     "check_histogram",
+    "noise_aware",
     "secure_sum",
 ]

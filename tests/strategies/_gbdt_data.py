@@ -29,7 +29,13 @@ def layout(bins: int = 8) -> BinLayout:
 
 
 def banks(
-    x: np.ndarray, y: np.ndarray, n_banks: int, lay: BinLayout, row_bound: int, configs=None, local_sigma: float = 0.0
+    x: np.ndarray,
+    y: np.ndarray,
+    n_banks: int,
+    lay: BinLayout,
+    row_bound: int,
+    configs=None,
+    local_sigma: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[list[GBDTBank], Ed25519Directory]:
     names = [f"bank-{i}" for i in range(n_banks)]
     ids = {n: Ed25519Identity(n, Ed25519PrivateKey.generate()) for n in names}

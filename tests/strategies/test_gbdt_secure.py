@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import _gbdt_data as data
 import numpy as np
 import pytest
 
-from fedsilo.errors import BudgetExceeded
-from fedsilo.peers.gbdt.bank import LEVEL
+from fedsilo.errors import BudgetExceeded, ConfigError
+from fedsilo.peers.gbdt.bank import LEAVES, LEVEL
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
 from fedsilo.privacy.ledger import InMemoryLedger
 from fedsilo.privacy.secagg import MaskedInput, SecAggServer, graph_parameters
 from fedsilo.privacy.secagg.noise import central_noise_multiplier
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs
-from fedsilo.strategies.gbdt import HistogramRefused, Tree, TreeParams, check_histogram, secure_sum
+from fedsilo.simulations.gbdt_federation import BoostSettings, boost, local_sigmas, secure_configs, split_noise_sd
+from fedsilo.strategies.gbdt import (
+    MIN_CHILD_NOISE_SDS,
+    HistogramRefused,
+    Tree,
+    TreeParams,
+    check_histogram,
+    secure_sum,
+)
 
 N = 600
 PARAMS = TreeParams(depth=2)
@@ -165,6 +173,11 @@ def test_every_release_is_in_each_banks_ledger_within_budget() -> None:
     result = boost(banks, lay, settings, plan, row_bound, verifier=directory, configs=configs)
     n_releases = len([r for r in result.releases if not r.get("aborted")])
     assert n_releases == len(result.releases) <= 2 * (PARAMS.depth + 1)
+    # the trees grew with the noise-aware floor, from the noise every bank's share adds up to
+    sd = configs[0].noise.noise_multiplier * level_sensitivity(len(lay.groups))
+    assert split_noise_sd(settings, lay, 4, plan, configs) == pytest.approx(sd)
+    assert result.params.min_child_hessian == pytest.approx(MIN_CHILD_NOISE_SDS * sd)
+    assert result.params.min_child_hessian > PARAMS.min_child_hessian
     for bank in banks:
         assert result.spent[bank.name] == [plan.per_release] * n_releases
         status = ledger.commit(bank.name, "job-1", result.spent[bank.name])
@@ -200,3 +213,36 @@ def test_feature_subsampling_releases_only_the_drawn_groups_at_the_lower_sensiti
         assert len(features) == 2 and width == sum(lay.groups[j].n_bins for j in features)
     assert drawn and len({features for features, _ in drawn}) >= 1
     assert all(len(s) == len(result.releases) for s in result.spent.values())
+
+
+def test_the_split_noise_is_what_the_banks_add_in_each_dp_mode() -> None:
+    """Local: every bank adds z · sensitivity itself; off: no noise, so no floor."""
+    lay, settings, plan, row_bound, _, _, _ = _setup(4, "distributed")
+    sensitivity = level_sensitivity(len(lay.groups))
+    local = replace(settings, dp_mode="local", secure=False)
+    assert split_noise_sd(local, lay, 4, plan, None) == pytest.approx(2 * plan.noise_multiplier * sensitivity)
+    assert split_noise_sd(replace(settings, dp_mode="off"), lay, 4, None, None) == 0.0
+    with pytest.raises(ConfigError, match="noise"):
+        split_noise_sd(settings, lay, 4, plan, None)
+
+
+def test_local_noise_is_sized_to_each_release_kind() -> None:
+    """In local DP a bank adds z · level sensitivity to a level histogram and z · leaf sensitivity to leaf totals."""
+    x, y = data.rows(200, seed=3)
+    lay = data.layout()
+    plan = plan_releases(3.0, 1e-5, 2, PARAMS.depth, "prv")
+    settings = BoostSettings(trees=2, params=PARAMS, dp_mode="local", secure=False)
+    sigmas = local_sigmas(plan, settings, lay)
+    z = plan.noise_multiplier
+    assert sigmas == pytest.approx((z * level_sensitivity(len(lay.groups)), z * leaf_sensitivity()))
+    assert local_sigmas(None, settings, lay) == (0.0, 0.0)
+    (bank,), _ = data.banks(x, y, 1, lay, 200, local_sigma=sigmas)
+    bank.start_tree()
+    tree = Tree(PARAMS.depth)
+    bank.request(LEVEL, tree)
+    level = np.concatenate([(bank.release() - bank.exact()).ravel() for _ in range(20)])
+    tree.close()
+    bank.request(LEAVES, tree)
+    leaves = np.concatenate([(bank.release() - bank.exact()).ravel() for _ in range(300)])
+    assert np.std(level) == pytest.approx(sigmas[0], rel=0.1)
+    assert np.std(leaves) == pytest.approx(sigmas[1], rel=0.1)  # not the level's (twice as large here)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import _gbdt_data as data
 import numpy as np
 import pytest
 
+from fedsilo.errors import ConfigError
 from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs
-from fedsilo.strategies.gbdt import TreeParams
+from fedsilo.strategies.gbdt import MIN_CHILD_NOISE_SDS, BinLayout, FeatureGroup, TreeParams, best_split, noise_aware
+from fedsilo.strategies.gbdt.layout import NUMERIC
 
 PARAMS = TreeParams(depth=3, reg_lambda=1.0, min_child_hessian=1.0, max_leaf=4.0)
 LR = 0.3
@@ -98,3 +102,18 @@ def test_federated_trees_equal_the_centralized_histogram_trees(n_banks: int, sec
     assert len(mine["splits"]) >= 3  # the data has structure: the trees do split
     assert all(not r.get("refused") for r in result.releases)
     assert result.spent == {b.name: [] for b in banks}  # DP off: nothing charged
+
+
+def test_the_noise_aware_floor_keeps_a_noisy_sliver_from_winning_the_split() -> None:
+    """A cut whose small side holds less hessian than the noise must not win on a spurious gain."""
+    lay = BinLayout((FeatureGroup("x", NUMERIC, (0,), (-1.0, 0.0, 1.0)),), 1)
+    sums = np.array([[-60.0, 5.0], [-200.0, 300.0], [150.0, 300.0], [110.0, 300.0]])  # bin 0: 5 of hessian
+    assert best_split(sums, lay, PARAMS)[:2] == (0, 0)  # without a floor the sliver wins (gain 604 > 333)
+    floored = noise_aware(PARAMS, 40.0)
+    assert floored.min_child_hessian == MIN_CHILD_NOISE_SDS * 40.0 == 100.0
+    assert best_split(sums, lay, floored)[:2] == (0, 1)
+    assert noise_aware(PARAMS, 0.0) is PARAMS  # no DP: the growth is the exact one tested above
+    assert noise_aware(replace(PARAMS, min_child_hessian=500.0), 40.0).min_child_hessian == 500.0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="noise standard deviation"):
+            noise_aware(PARAMS, bad)
