@@ -1,0 +1,215 @@
+"""Multi-release SecAgg+ sessions: exact sums across releases, and the host as attacker.
+
+The attacker is the host: it relays every message, keeps every masked vector and every
+revealed share, and chooses whom to call dropped. Each test plays it with that
+knowledge and checks that the peers' refusals (or the independence of each release's
+keys) leave it nothing but the sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsilo.errors import ProtocolError
+from fedsilo.privacy.secagg import PeerRejected, SecAggConfig, ThresholdNotMet, shamir
+from fedsilo.privacy.secagg import keys as K
+from fedsilo.privacy.secagg.prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
+from fedsilo.privacy.secagg.session import ReleaseRequest, SessionClient
+from fedsilo.privacy.secagg.session_server import SessionServer
+
+from ._session_harness import CONFIGS, Session
+
+DIM = 40
+
+
+def _inputs(s: Session, rng: np.random.Generator, clip: float = 1.0) -> dict[int, np.ndarray]:
+    return {u: rng.uniform(-clip, clip, DIM) for u in s.nodes}
+
+
+def test_exact_sums_across_many_releases_with_dropouts_until_the_session_runs_out() -> None:
+    s = Session(10, releases=14)
+    assert s.open() == frozenset(s.nodes)
+    rng = np.random.default_rng(3)
+    drops = {3: {s.nodes[2]}, 6: {s.nodes[5]}, 9: {s.nodes[7]}}  # 3 of 10: the most this graph tolerates
+    for r in range(1, 13):
+        purpose = "a" if r % 3 else "b"
+        x = _inputs(s, rng, CONFIGS[purpose].clip)
+        before = s.host.members
+        server, total = s.release(r, purpose, x, drops.get(r, ()))
+        assert total is not None, r
+        expected = sum(x[u] for u in before - drops.get(r, set()))
+        bound = s.configs[purpose].encoder(10).average_error_bound(len(before), 1.0)
+        assert np.abs(total - expected).max() <= bound * len(before) + 1e-9
+        assert s.host.members == before - drops.get(r, set())  # a dropped peer leaves the session for good
+    # two more dropouts leave 5 survivors, below the threshold: the release aborts before anything is unmasked
+    t = s.host.graph.threshold
+    assert len(s.host.members) - 2 < t
+    server, total = s.release(13, "a", _inputs(s, rng), {s.nodes[0], s.nodes[1]})
+    assert total is None and server.stage.value == "aborted" and not server._unmask
+    for u in s.host.members:  # nobody was asked for a share, nobody signed a new dropout
+        assert s.nodes[0] not in s.clients[u].gone
+    assert s.host.members == frozenset(s.nodes) - {s.nodes[i] for i in (0, 1, 2, 5, 7)}
+    with pytest.raises(ThresholdNotMet, match="open a new session"):
+        s.host.release(14, "a", DIM)
+
+
+def test_a_replayed_release_index_or_session_is_refused_by_peer_and_host() -> None:
+    s = Session(5, releases=4)
+    s.open()
+    rng = np.random.default_rng(1)
+    s.release(1, "a", _inputs(s, rng))
+    s.release(3, "a", _inputs(s, rng))  # skipping an index is allowed: index 2's secrets are erased unused
+    u = s.nodes[0]
+    for r in (1, 2, 3):
+        request = ReleaseRequest(s.host.session_round, r, "a", tuple(s.nodes))
+        with pytest.raises(ProtocolError, match="increasing order"):
+            s.clients[u].mask(request, np.zeros(DIM))
+        with pytest.raises(ProtocolError, match="increasing order"):
+            s.host.release(r, "a", DIM)
+    with pytest.raises(ProtocolError, match="increasing order"):
+        s.clients[u].mask(ReleaseRequest(s.host.session_round, 5, "a", tuple(s.nodes)), np.zeros(DIM))
+    with pytest.raises(ProtocolError, match="not newer"):
+        s.clients[u].keys(s.host.setup)  # the same session opened again
+    # the release after a refused replay still sums exactly: the refusal did not touch the session
+    x = _inputs(s, rng)
+    _, total = s.release(4, "a", x)
+    assert np.allclose(total, sum(x.values()), atol=1e-5)
+
+
+def _host_round(s: Session, r: int, x: dict[int, np.ndarray], claim_dropped: int):
+    """The host receives every masked input, `claim_dropped`'s too, but tells the others it dropped."""
+    server, requests = s.host.release(r, "a", DIM)
+    masked = {u: s.clients[u].mask(requests[u], x[u]) for u in requests}
+    for u, m in masked.items():
+        if u != claim_dropped:
+            server.receive_masked_input(u, m)
+    revealed = {}
+    checks = server.end_mask_input()
+    assert checks[s.nodes[0]].dropped == (claim_dropped,)
+    for u, c in checks.items():
+        server.receive_consistency(u, s.clients[u].sign(s.host.session_round, r, c.survivors, c.dropped))
+    for u, q in server.end_consistency().items():
+        revealed[u] = s.clients[u].unmask(s.host.session_round, r, q.survivors, q.dropped, q.signatures)
+        server.receive_unmask(u, revealed[u])
+    server.aggregate()
+    return server, masked, revealed, q
+
+
+def _rebuild(revealed: dict, field: str, v: int, t: int) -> bytes:
+    holders = sorted(w for w, m in revealed.items() if v in getattr(m, field))[:t]
+    rows = [[shamir.share_from_bytes(getattr(revealed[w], field)[v])] for w in holders]
+    return shamir.reconstruct([shamir.point_of(w) for w in holders], rows)[0].to_bytes(32, "big")
+
+
+def _strip(s: Session, victim: int, masked: np.ndarray, r: int, seed: bytes | None, mask_key: bytes) -> np.ndarray:
+    """The host's best attempt at the victim's input of release r: remove every mask it can compute."""
+    y = masked.copy()
+    if seed is not None:
+        add_mask(y, seed, LABEL_SELF_MASK, subtract=True)
+    sk = K.load_private(mask_key)
+    for v in s.host.setup.participants:
+        if v == victim:
+            continue
+        shared = K.shared_secret(sk, s.host._keys[v].mask_public_keys[r - 1])
+        pair = K.mask_seed(shared, session=s.host.scope, round_id=r, u=victim, v=v)
+        add_mask(y, pair, LABEL_PAIR_MASK, subtract=v > victim)
+    encoder = CONFIGS["a"].encoder(len(s.nodes))
+    y &= encoder.mask
+    return y[:-1].astype(np.float64) / encoder.scale - CONFIGS["a"].clip
+
+
+def test_a_host_that_rebuilt_a_banks_pairwise_key_cannot_unmask_it_in_that_or_any_other_release() -> None:
+    s = Session(10, releases=6)
+    s.open()
+    rng = np.random.default_rng(7)
+    victim = s.nodes[4]
+    t = s.host.graph.threshold
+    x1 = _inputs(s, rng)
+    server1, masked1, revealed1, _ = _host_round(s, 1, x1, claim_dropped=s.nodes[9])  # victim survives release 1
+    seed1 = _rebuild(revealed1, "seed_shares", victim, t)  # legitimately rebuilt to unmask the sum
+    x2 = _inputs(s, rng)
+    server2, masked2, revealed2, q2 = _host_round(s, 2, x2, claim_dropped=victim)  # victim "dropped" in release 2
+    key2 = _rebuild(revealed2, "key_shares", victim, t)
+    assert K.public_bytes(K.load_private(key2)) == s.host._keys[victim].mask_public_keys[1]  # the host holds s^2
+    # 1. release 2 itself: the survivors refuse to sign or unmask again, so b^2 never leaves them
+    for u in q2.survivors:
+        with pytest.raises(ProtocolError, match="refused"):
+            s.clients[u].sign(s.host.session_round, 2, (*q2.survivors, victim), ())
+        with pytest.raises(ProtocolError, match="refused"):
+            s.clients[u].unmask(s.host.session_round, 2, (*q2.survivors, victim), (), q2.signatures)
+    assert np.abs(_strip(s, victim, masked2[victim].masked, 2, None, key2) - x2[victim]).mean() > 0.4
+    # 2. an earlier release: s^2 says nothing about release 1's pairwise masks, even with b^1 in hand
+    assert np.abs(_strip(s, victim, masked1[victim].masked, 1, seed1, key2) - x1[victim]).mean() > 0.4
+    # 3. a later release: every peer refuses to mask with the victim again ...
+    assert victim not in s.host.members
+    with pytest.raises(ProtocolError, match="not .*members"):
+        s.host.release(3, "a", DIM, participants=s.nodes)
+    forged = ReleaseRequest(s.host.session_round, 3, "a", tuple(s.nodes[:9]))  # all but release 1's dropout
+    for u in set(s.nodes) - {victim, s.nodes[9]}:
+        with pytest.raises(ProtocolError, match="signed as dropped"):
+            SessionClient.mask(s.clients[u], forged, np.zeros(DIM))
+    # ... and the victim, which does not know, masks under release-3 keys that s^2 does not open
+    y3 = s.clients[victim].mask(forged, x2[victim])
+    assert np.abs(_strip(s, victim, y3.masked, 3, None, key2) - x2[victim]).mean() > 0.4
+    assert victim in s.clients[s.nodes[0]].gone and s.clients[s.nodes[0]].gone[victim] == 2
+
+
+def test_a_survivor_list_that_brings_back_a_dropped_bank_is_refused() -> None:
+    s = Session(10, releases=4)
+    s.open()
+    rng = np.random.default_rng(2)
+    victim = s.nodes[1]
+    s.release(1, "a", _inputs(s, rng), drop={victim})
+    # the host leaves the victim out of the others' release 2 but lists it as a survivor when they check
+    server, requests = s.host.release(2, "a", DIM)
+    for u, req in requests.items():
+        server.receive_masked_input(u, s.clients[u].mask(req, np.zeros(DIM)))
+    others = tuple(sorted(requests))
+    for u in others:
+        with pytest.raises(ProtocolError, match="do not split exactly"):
+            s.clients[u].sign(s.host.session_round, 2, (*others, victim), ())
+
+
+def test_shares_that_fail_authentication_exclude_their_sender_at_set_up() -> None:
+    s = Session(6, releases=3)
+    host, bad = s.host, s.nodes[3]
+    for u in s.nodes:
+        host.receive_keys(u, s.clients[u].keys(host.setup))
+    for u, peer_keys in host.end_keys().items():
+        host.receive_shares(u, s.clients[u].share(host.session_round, peer_keys))
+    for u, received in host.end_shares().items():
+        if bad in received:
+            forged = received[bad]
+            received = {
+                **received,
+                bad: type(forged)(forged.round_id, forged.src, forged.dst, forged.nonce, bytes(len(forged.ciphertext))),
+            }
+        host.receive_accept(u, s.clients[u].accept(host.session_round, received))
+    assert host.end_accept() == frozenset(s.nodes) - {bad}
+    assert "failed" in host.rejections[bad]
+    x = _inputs(s, np.random.default_rng(0))
+    _, total = s.release(1, "b", x)
+    assert np.allclose(total, sum(x[u] for u in s.nodes if u != bad), atol=1e-5)
+
+
+def test_a_session_key_set_with_a_bad_signature_is_refused_naming_the_peer() -> None:
+    s = Session(5, releases=2)
+    host, u = s.host, s.nodes[2]
+    msg = s.clients[u].keys(host.setup)
+    forged = type(msg)(
+        msg.session_round,
+        msg.node_id,
+        msg.enc_public_key,
+        msg.mask_public_keys[::-1],
+        msg.seed_commitments,
+        msg.signature,
+        msg.credential,
+    )
+    with pytest.raises(PeerRejected, match="signature does not verify"):
+        host.receive_keys(u, forged)
+
+
+def test_purposes_must_share_the_graph_settings() -> None:
+    with pytest.raises(ProtocolError, match="dropout_fraction"):
+        SessionServer({"a": SecAggConfig(), "b": SecAggConfig(dropout_fraction=0.1)}, 1, range(5), 2)
