@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedsilo.errors import ProtocolError
 from fedsilo.privacy.gbdt import GRAD_BOUND, HESS_BOUND
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.privacy.secagg import (
@@ -35,6 +36,7 @@ from fedsilo.privacy.secagg import (
     Verifier,
 )
 from fedsilo.privacy.secagg.messages import MaskInputRequest, RoundSetup, ShareKeysRequest, UnmaskRequest
+from fedsilo.privacy.secagg.session import ReleaseRequest, SessionClient, SessionKeys, SessionSetup
 from fedsilo.strategies.gbdt.layout import BinLayout
 from fedsilo.strategies.gbdt.tree import Tree, check_histogram
 
@@ -74,6 +76,12 @@ class GBDTBank:
             }
             if secagg
             else {}
+        )
+        # the same two configurations as the purposes of a multi-release session (one key set-up for many releases)
+        self.session = (
+            SessionClient(node_id, dict(zip((LEVEL, LEAVES), secagg, strict=True)), signer=signer, verifier=verifier)
+            if secagg
+            else None
         )
         self._noise = SecureNoise() if local_sigma > 0 else None
         self._g = self._h = np.zeros(0)
@@ -150,6 +158,35 @@ class GBDTBank:
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
         return self._client().unmask(request.round_id, request.survivors, request.dropped, request.signatures)
+
+    # ------------------------------------------------------------ multi-release session answers
+    def session_keys(self, setup: SessionSetup) -> SessionKeys:
+        return self._session().keys(setup)
+
+    def session_share(self, session_round: int, peer_keys: dict[int, SessionKeys]) -> dict[int, EncryptedShares]:
+        return self._session().share(session_round, peer_keys)
+
+    def session_accept(self, session_round: int, received: dict[int, EncryptedShares]) -> dict[int, str]:
+        return self._session().accept(session_round, received)
+
+    def session_mask(self, request: ReleaseRequest) -> MaskedInput:
+        """Mask the requested sums for a release; the release's purpose must be the kind the host broadcast."""
+        session = self._session()
+        session.expect_release(request)  # a replayed or out-of-order release is refused before computing
+        if self._request is None or request.purpose != self._request[0]:
+            raise ProtocolError(f"bank {self.name}: release purpose {request.purpose!r} is not the requested sums")
+        return session.mask(request, self.release().ravel() / self.row_bound, 1.0)
+
+    def session_sign(self, session_round: int, release: int, request: ConsistencyRequest) -> SurvivorSignature:
+        return self._session().sign(session_round, release, request.survivors, request.dropped)
+
+    def session_unmask(self, session_round: int, release: int, request: UnmaskRequest) -> UnmaskShares:
+        return self._session().unmask(session_round, release, request.survivors, request.dropped, request.signatures)
+
+    def _session(self) -> SessionClient:
+        if self.session is None:
+            raise ProtocolError(f"bank {self.name}: this job has no secure aggregation")
+        return self.session
 
     def _client(self) -> SecAggClient:
         if not self.clients or self._request is None:

@@ -132,7 +132,7 @@ class SessionServer:
             self.stage = "aborted"
             raise ThresholdNotMet(
                 f"session {self.session_round} aborted at the {stage} stage: {len(live)} peers remain, "
-                f"{self.min_survivors} required; nothing was released"
+                f"{self.min_survivors} required; nothing was unmasked or released"
             )
         self._active, self._answered = set(live), set()
         return live
@@ -251,7 +251,7 @@ class SessionServer:
         if len(parts) < self.min_survivors:
             raise ThresholdNotMet(
                 f"session {self.session_round}, release {release}: {len(parts)} members left, "
-                f"{self.min_survivors} required; open a new session"
+                f"{self.min_survivors} required, so nothing was unmasked; open a new session"
             )
         server = ReleaseServer(self, self.configs[purpose], release, parts, dim)
         request = ReleaseRequest(self.session_round, release, purpose, tuple(sorted(parts)))

@@ -16,7 +16,7 @@ from fedsilo.privacy.ledger import InMemoryLedger
 from fedsilo.privacy.secagg import MaskedInput, SecAggServer, graph_parameters
 from fedsilo.privacy.secagg.noise import central_noise_multiplier
 from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs
-from fedsilo.strategies.gbdt import HistogramRefused, Tree, TreeParams, check_histogram, secure_sum
+from fedsilo.strategies.gbdt import HistogramRefused, SecureSession, Tree, TreeParams, check_histogram, secure_sum
 
 N = 600
 PARAMS = TreeParams(depth=2)
@@ -200,3 +200,47 @@ def test_feature_subsampling_releases_only_the_drawn_groups_at_the_lower_sensiti
         assert len(features) == 2 and width == sum(lay.groups[j].n_bins for j in features)
     assert drawn and len({features for features, _ in drawn}) >= 1
     assert all(len(s) == len(result.releases) for s in result.spent.values())
+
+
+def test_one_key_set_up_serves_several_trees_and_every_sum_is_exact(monkeypatch) -> None:
+    """Sessions of 2 trees: 5 trees need 3 set-ups; each released sum equals the banks' exact histograms."""
+    lay, _, _, row_bound, configs, banks, directory = _setup(5)
+    settings = BoostSettings(trees=5, params=PARAMS, dp_mode="off", secure=True, trees_per_session=2)
+    set_ups, checked = [], []
+    original_init, original_sum = SecureSession.__init__, SecureSession.sum
+
+    def counting_init(self, *args, **kwargs):
+        set_ups.append(args[1])
+        original_init(self, *args, **kwargs)
+
+    def exact_sum(self, purpose, dim):
+        truth = sum(b.exact().ravel() for b in banks)
+        outcome = original_sum(self, purpose, dim)
+        checked.append(np.abs(outcome.sums * row_bound - truth).max())
+        return outcome
+
+    monkeypatch.setattr(SecureSession, "__init__", counting_init)
+    monkeypatch.setattr(SecureSession, "sum", exact_sum)
+    result = boost(banks, lay, settings, None, row_bound, verifier=directory, configs=configs)
+    assert set_ups == [1, 2, 3]
+    assert [r["session"] for r in result.releases] == [1] * 6 + [2] * 6 + [3] * 3
+    assert len(checked) == 15 and max(checked) < 1e-3
+    assert len(result.model.trees) == 5
+
+
+def test_a_bank_that_refuses_leaves_its_session_and_is_back_in_the_next(monkeypatch) -> None:
+    lay, _, _, row_bound, configs, banks, directory = _setup(5)
+    settings = BoostSettings(trees=2, params=PARAMS, dp_mode="off", secure=True, trees_per_session=1)
+    calls = {"n": 0}
+    original = banks[2].level_histogram
+
+    def fails_once(tree):
+        calls["n"] += 1
+        return np.full_like(original(tree), np.nan) if calls["n"] == 1 else original(tree)
+
+    monkeypatch.setattr(banks[2], "level_histogram", fails_once)
+    result = boost(banks, lay, settings, None, row_bound, verifier=directory, configs=configs)
+    first, *rest = result.releases
+    assert set(first["refused"]) == {"bank-2"} and first["banks"] == 4
+    assert [r["banks"] for r in rest[:2]] == [4, 4]  # out for the rest of its session (tree 1) ...
+    assert [r["banks"] for r in rest[2:]] == [5, 5, 5]  # ... and back with fresh keys in the next
