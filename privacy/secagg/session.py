@@ -91,6 +91,7 @@ from . import keys as K
 from . import shamir
 from .auth import Signer, Verifier
 from .config import SecAggConfig
+from .encoding import FixedPointEncoder
 from .graph import Graph
 from .messages import EncryptedShares, MaskedInput, SurvivorSignature, UnmaskShares
 from .noise import sample_discrete_gaussian
@@ -224,6 +225,7 @@ class _Session:
     gone: dict[int, int] = field(default_factory=dict)  # peer -> the release in which I signed it dropped
     last_release: int = 0
     current: _Release | None = None
+    encoders: dict[str, FixedPointEncoder] = field(default_factory=dict)  # per purpose, for the session's n peers
 
 
 class SessionClient:
@@ -322,6 +324,7 @@ class SessionClient:
         self._last_session = r
         graph = self.base.graph(parts, setup.round_seed)
         self._session = _Session(r, scope, parts, n_rel, graph, enc_key, mask_keys, seeds, own_name=own_name)
+        self._session.encoders = {p: c.encoder(len(parts)) for p, c in self.configs.items()}
         return msg
 
     # ------------------------------------------------------------------ set-up 2
@@ -476,7 +479,7 @@ class SessionClient:
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= max_w):
             raise DataError(f"peer {me}: weight must lie in [0, max_weight={max_w}], got {weight!r}")
         assert mask_key is not None and seed is not None
-        encoder = config.encoder(len(st.participants))
+        encoder = st.encoders[request.purpose]
         y = encoder.encode(vector, float(weight) / max_w)
         if config.noise is not None:
             noise = sample_discrete_gaussian(config.noise.peer_sigma(encoder.scale), y.shape[0] - 1)
