@@ -23,10 +23,22 @@ Release ``r`` (``purpose`` picks the encoding and noise configuration, e.g. a tr
 level or the leaves): the peer masks its vector with ``PRG(b_u^r)`` and the pairwise
 masks ``+-PRG(HKDF(X25519(s_u^r, s_v^r pub), info = session scope || r || u || v))``
 (``keys.mask_seed`` with the session scope as its session id and ``r`` as its round
-id), erases ``s_u^r`` and ``b_u^r``, signs the survivor and dropout lists and
-reveals, per survivor, its share of ``b^r`` and, per dropped neighbour, its share of
-``s^r``. The host's state machine for a release is the plain server's
-(``session_server``), so every check of a plain round applies.
+id), erases ``s_u^r`` and ``b_u^r``, vouches for the survivor and dropout lists the
+host gave it and reveals, per survivor, its share of ``b^r`` and, per dropped
+neighbour, its share of ``s^r``. The host's state machine for a release is the plain
+server's (``session_server``), so every check of a plain round applies.
+
+The consistency check without signatures. In a plain round the survivors sign the
+lists with their long-term Ed25519 keys and each checks ``t`` signatures: about 70
+signature checks per release among 10 peers, the largest cost left once keys are
+set up. In a session the pairs already share an authenticated secret, the X25519
+agreement of their encryption keys (signed at set-up), so each survivor instead sends,
+for each surviving neighbour ``v``, ``HMAC(K_uv, u || v || H(scope, r, lists))`` with
+``K_uv = HKDF(agreement, scope, u, v)``; a peer unmasks only when at least ``t``
+survivors (itself included) sent it a valid MAC on the very lists it vouched for. Only
+``u`` and ``v`` can compute ``K_uv``, so the host can neither forge a MAC nor move one to
+other lists; what is lost against signatures is transferability (a MAC convinces its
+recipient, not a third party), which the check does not need.
 
 Why independent keys per release, and not one mask key ``s_u`` with HKDF-derived
 per-release seeds: the host reconstructs every survivor's self-mask seed in every
@@ -47,12 +59,12 @@ Safety conditions, enforced here (and mirrored by the host, ``session_server``):
   of release ``r`` must partition exactly the peers the release was announced to;
   a peer reveals shares of ``b_v^r`` only for listed survivors and of ``s_v^r`` only
   for listed dropouts, once per release (unmasking ends the release; a second
-  request is refused), and only with ``threshold`` survivors' signatures on the very
-  lists it signed, so the host cannot tell two groups two stories.
-* **A dropped peer never contributes again in the session.** Once a peer has signed a
+  request is refused), and only with ``threshold`` survivors' MACs on the very
+  lists it vouched for, so the host cannot tell two groups two stories.
+* **A dropped peer never contributes again in the session.** Once a peer has vouched for a
   list naming ``v`` dropped in release ``r`` (its share of ``s_v^r`` may then be
   revealed), it refuses any later release that includes ``v``: it will not mask with
-  ``v`` nor sign or unmask a list with ``v`` among the survivors. With per-release
+  ``v`` nor vouch for or unmask a list with ``v`` among the survivors. With per-release
   keys this is defence in depth (``v``'s later keys are independent); it also keeps
   the session's members a shrinking set, so the dropout bookkeeping below holds.
 * **Threshold and dropouts across releases.** The graph, threshold ``t`` and required
@@ -70,20 +82,23 @@ the sum over that release's survivors, who survived and who dropped, and for a d
 sees added to a sum. No seed or key of one release tells it anything about another.
 
 Cost of a release at a peer: one noise share, one ChaCha20 self mask, one X25519
-agreement and one ChaCha20 pairwise mask per neighbour, one signature, ``t`` signature
-checks, no Shamir sharing and no key generation.
+agreement and one ChaCha20 pairwise mask per neighbour, one HMAC per neighbour to send
+and one per neighbour to check; no Shamir sharing, no key generation, no signature.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedsilo.errors import DataError, ProtocolError
 
@@ -110,6 +125,7 @@ __all__ = [
 
 MAX_RELEASES = 4096
 _SCOPE = b"\x00fedsilo/secagg/multi-release/v1\x00"
+_MAC_LABEL = b"fedsilo/secagg/multi-release/v1/survivors-mac|"
 
 
 def session_scope(session_id: bytes, session_round: int) -> bytes:
@@ -218,7 +234,6 @@ class _Session:
     seeds: list[bytes | None]
     own_name: str = ""
     peer_keys: dict[int, SessionKeys] = field(default_factory=dict)
-    peer_names: dict[int, str] = field(default_factory=dict)
     own_shares: list[tuple[int, int]] = field(default_factory=list)  # per release: (share of b^r, of s^r)
     partners: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # v -> per release (b_v^r, s_v^r)
     accepted: bool = False
@@ -226,6 +241,7 @@ class _Session:
     last_release: int = 0
     current: _Release | None = None
     encoders: dict[str, FixedPointEncoder] = field(default_factory=dict)  # per purpose, for the session's n peers
+    mac_keys: dict[int, bytes] = field(default_factory=dict)  # v -> key of the survivor-list MACs between us
 
 
 class SessionClient:
@@ -384,7 +400,6 @@ class SessionClient:
             nonce, ct = K.encrypt(key, b"".join(shamir.share_to_bytes(x) for pair in pairs for x in pair), aad)
             out[v] = EncryptedShares(session_round, me, v, nonce, ct)
         st.peer_keys = dict(peer_keys)
-        st.peer_names = names
         return out
 
     def _share_key(self, st: _Session, src: int, dst: int, peer_enc_public: bytes) -> tuple[bytes, bytes]:
@@ -392,6 +407,9 @@ class SessionClient:
             secret = K.shared_secret(st.enc_key, peer_enc_public)
         except ValueError:
             raise self._fail(f"peer {dst if src == self.node_id else src} advertised a low-order key") from None
+        peer = dst if src == self.node_id else src
+        if peer not in st.mac_keys:
+            st.mac_keys[peer] = survivors_mac_key(secret, st.scope, self.node_id, peer)
         key = K.share_key(secret, session=st.scope, round_id=st.session_round, src=src, dst=dst)
         return key, K.share_aad(session=st.scope, round_id=st.session_round, src=src, dst=dst)
 
@@ -527,15 +545,11 @@ class SessionClient:
         for v in lost:  # from now on, v never takes part in this session again
             st.gone.setdefault(v, release)
         cur.checked = (tuple(sorted(alive)), tuple(sorted(lost)))
-        signature = credential = b""
-        if self._signer is not None:
-            credential = self._signer.credential
-            signature = self._signer.sign(
-                K.survivors_transcript(
-                    session=st.scope, round_id=release, node_id=self.node_id, survivors=alive, dropped=lost
-                )
-            )
-        return SurvivorSignature(release, self.node_id, credential, signature)
+        macs = b""
+        if self._verifier is not None:  # authenticated: one MAC per surviving neighbour on the lists
+            digest = _lists_digest(st.scope, release, *cur.checked)
+            macs = b"".join(_u64(v) + _mac(st.mac_keys[v], self.node_id, v, digest) for v in sorted(cur.pairs & alive))
+        return SurvivorSignature(release, self.node_id, b"", macs)
 
     # ------------------------------------------------------------------ release: unmask
     def unmask(
@@ -573,30 +587,57 @@ class SessionClient:
         return UnmaskShares(release, self.node_id, seeds, keys_)
 
     def _check_signatures(self, st: _Session, cur: _Release, signatures: Mapping[int, SurvivorSignature]) -> None:
-        assert cur.checked is not None and self._verifier is not None
-        survivors, dropped = cur.checked
-        names: set[str] = set()
+        """At least ``t`` survivors (me included) vouched, each with the MAC only it and I can make, for my lists."""
+        assert cur.checked is not None
+        digest = _lists_digest(st.scope, cur.release, *cur.checked)
+        vouched = {self.node_id}
+        for w in sorted(signatures):
+            sig = signatures[w]
+            if w == self.node_id or w not in cur.pairs:
+                continue  # my own, or a survivor with whom I share no key: it cannot vouch to me
+            if w not in cur.checked[0] or not isinstance(sig, SurvivorSignature) or sig.node_id != w:
+                raise self._fail(f"the unmask request carries a malformed survivor-list MAC or one of non-survivor {w}")
+            macs = _parse_macs(sig.signature)
+            if macs is None or not hmac.compare_digest(
+                macs.get(self.node_id, b""), _mac(st.mac_keys[w], w, self.node_id, digest)
+            ):
+                raise self._fail(
+                    f"peer {w}'s MAC is not on the survivor lists I signed: the host told peers different stories "
+                    f"or altered a message; refusing to unmask"
+                )
+            vouched.add(w)
         t = st.graph.threshold
-        if len(signatures) < t:
+        if len(vouched) < t:
             raise self._fail(
-                f"only {len(signatures)} survivors' signatures on the lists of release {cur.release}, threshold {t}; "
+                f"only {len(vouched)} survivors vouch for the lists of release {cur.release}, threshold {t}; "
                 f"refusing to unmask"
             )
-        for w in sorted(signatures)[:t]:  # t valid signatures of distinct survivors on my lists are enough
-            sig = signatures[w]
-            if w not in survivors or not isinstance(sig, SurvivorSignature) or sig.node_id != w:
-                raise self._fail(f"the unmask request carries a malformed signature or one of non-survivor {w}")
-            transcript = K.survivors_transcript(
-                session=st.scope, round_id=cur.release, node_id=w, survivors=survivors, dropped=dropped
-            )
-            try:
-                name = self._verifier.verify(sig.credential, sig.signature, transcript)
-            except (ValueError, TypeError) as exc:
-                raise self._fail(
-                    f"peer {w}'s signature is not on the lists I signed ({exc}): the host told peers different "
-                    f"stories; refusing to unmask"
-                ) from None
-            known = st.own_name if w == self.node_id else st.peer_names.get(w)
-            if (known is not None and name != known) or name in names:
-                raise self._fail(f"the survivor-list signature of peer {w} is by {name!r}, who signs as another peer")
-            names.add(name)
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def survivors_mac_key(secret: bytes, scope: bytes, u: int, v: int) -> bytes:
+    """The key of the survivor-list MACs between u and v: HKDF of their encryption-key agreement (symmetric)."""
+    lo, hi = sorted((u, v))
+    info = _MAC_LABEL + len(scope).to_bytes(2, "big") + scope + _u64(lo) + _u64(hi)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_MAC_LABEL, info=info).derive(secret)
+
+
+def _lists_digest(scope: bytes, release: int, survivors: Sequence[int], dropped: Sequence[int]) -> bytes:
+    """SHA-256 of the release's survivor and dropout lists, bound to the session scope and release."""
+    return hashlib.sha256(
+        K.survivors_transcript(session=scope, round_id=release, node_id=0, survivors=survivors, dropped=dropped)
+    ).digest()
+
+
+def _mac(key: bytes, src: int, dst: int, digest: bytes) -> bytes:
+    return hmac.digest(key, b"survivors|" + _u64(src) + _u64(dst) + digest, "sha256")
+
+
+def _parse_macs(raw: object) -> dict[int, bytes] | None:
+    """``node id (8 bytes) || MAC (32 bytes)`` records -> {node: MAC}; None when malformed."""
+    if not isinstance(raw, bytes) or len(raw) % 40:
+        return None
+    return {int.from_bytes(raw[i : i + 8], "big"): raw[i + 8 : i + 40] for i in range(0, len(raw), 40)}

@@ -272,7 +272,7 @@ class ReleaseServer(SecAggServer):
             session.setup.participants,
             dim,
             round_seed=session.setup.round_seed,
-            verifier=session.verifier,
+            verifier=None,  # the survivors vouch for the lists with pairwise MACs, which only their recipients check
         )
         self.session = session
         i = release - 1
@@ -281,7 +281,6 @@ class ReleaseServer(SecAggServer):
             for v, k in session._keys.items()
             if v in parts
         }
-        self._names = {name: v for name, v in session._names.items() if v in parts}
         self._forwarded = {u: frozenset(self.graph.neighbours[u] & parts) for u in parts}
         self._u2 = parts
         self.active, self._answered, self._asked = set(parts), set(), parts

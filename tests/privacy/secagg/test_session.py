@@ -213,3 +213,40 @@ def test_a_session_key_set_with_a_bad_signature_is_refused_naming_the_peer() -> 
 def test_purposes_must_share_the_graph_settings() -> None:
     with pytest.raises(ProtocolError, match="dropout_fraction"):
         SessionServer({"a": SecAggConfig(), "b": SecAggConfig(dropout_fraction=0.1)}, 1, range(5), 2)
+
+
+def test_a_host_that_tells_two_groups_two_dropout_stories_gets_no_share() -> None:
+    """Half the peers hear 'v survived', half 'v dropped': each group's MACs vouch for its own lists only."""
+    s = Session(10, releases=2)
+    s.open()
+    victim, r = s.nodes[0], 1
+    server, requests = s.host.release(r, "a", DIM)
+    for u, request in requests.items():
+        server.receive_masked_input(u, s.clients[u].mask(request, np.zeros(DIM)))
+    everyone = tuple(s.nodes)
+    group_a, group_b = s.nodes[:5], s.nodes[5:]  # 5 + 5, each below the threshold 6
+    assert s.host.graph.threshold == 6
+    stories = {u: (everyone, ()) for u in group_a} | {u: (everyone[1:], (victim,)) for u in group_b}
+    macs = {u: s.clients[u].sign(s.host.session_round, r, *stories[u]) for u in s.nodes}
+    for u in s.nodes:  # a MAC on other lists, or the MAC of a peer its lists call dropped: refused
+        with pytest.raises(ProtocolError, match="MAC is not on the survivor lists|MAC or one of non-survivor"):
+            s.clients[u].unmask(s.host.session_round, r, *stories[u], macs)
+    # nor can the host vouch in a peer's place: a MAC it makes up is refused
+    forged = dict(macs)
+    honest = macs[group_b[0]]
+    forged[group_b[0]] = type(honest)(r, group_b[0], b"", bytes(len(honest.signature)))
+    u = group_b[1]
+    with pytest.raises(ProtocolError, match="refused"):  # u's release is over after the failed check
+        s.clients[u].unmask(s.host.session_round, r, *stories[u], forged)
+    fresh = Session(10, releases=1)
+    fresh.open()
+    server, requests = fresh.host.release(1, "a", DIM)
+    for w, request in requests.items():
+        server.receive_masked_input(w, fresh.clients[w].mask(request, np.zeros(DIM)))
+    checks = server.end_mask_input()
+    lists = (checks[fresh.nodes[0]].survivors, checks[fresh.nodes[0]].dropped)
+    macs = {w: fresh.clients[w].sign(fresh.host.session_round, 1, *lists) for w in fresh.nodes}
+    target = fresh.nodes[1]
+    macs[fresh.nodes[2]] = type(macs[target])(1, fresh.nodes[2], b"", bytes(len(macs[target].signature)))
+    with pytest.raises(ProtocolError, match="MAC is not on the survivor lists"):
+        fresh.clients[target].unmask(fresh.host.session_round, 1, *lists, macs)
