@@ -282,6 +282,7 @@ class SessionClient:
             st.partners = {}
             st.own_shares = []
             st.last_release = st.releases
+            st.current = None  # nothing more is answered in this session
         where = "" if st is None else f", session {st.session_round}"
         return ProtocolError(f"peer {self.node_id}{where}: {message}; the session is over for this peer")
 
