@@ -174,7 +174,7 @@ def keys_transcript(scope: bytes, session_round: int, keys: SessionKeys) -> byte
         round_id=session_round,
         node_id=keys.node_id,
         enc_public_key=keys.enc_public_key,
-        mask_public_key=_digest(keys.mask_public_keys),
+        mask_public_key=keys.mask_public_key,
         seed_commitment=_digest(keys.seed_commitments),
         credential=keys.credential,
     )
@@ -197,7 +197,7 @@ class SessionKeys:
     session_round: int
     node_id: int
     enc_public_key: bytes
-    mask_public_keys: tuple[bytes, ...]
+    mask_public_key: bytes
     seed_commitments: tuple[bytes, ...]
     signature: bytes = b""
     credential: bytes = b""
@@ -230,12 +230,13 @@ class _Session:
     releases: int
     graph: Graph
     enc_key: X25519PrivateKey
-    mask_keys: list[X25519PrivateKey | None]
+    mask_key: X25519PrivateKey | None
     seeds: list[bytes | None]
     own_name: str = ""
     peer_keys: dict[int, SessionKeys] = field(default_factory=dict)
-    own_shares: list[tuple[int, int]] = field(default_factory=list)  # per release: (share of b^r, of s^r)
-    partners: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # v -> per release (b_v^r, s_v^r)
+    own_shares: list[int] = field(default_factory=list)  # per release: my share of my b^r
+    partners: dict[int, list[int]] = field(default_factory=dict)  # v -> per release: my share of b_v^r
+    agreements: dict[int, bytes] = field(default_factory=dict)  # v -> X25519(s_u, s_v), never revealed
     accepted: bool = False
     gone: dict[int, int] = field(default_factory=dict)  # peer -> the release in which I signed it dropped
     last_release: int = 0
@@ -277,7 +278,8 @@ class SessionClient:
         """End the session for this peer (every secret erased) and return the error to raise."""
         st = self._session
         if st is not None:
-            st.mask_keys = [None] * st.releases
+            st.mask_key = None
+            st.agreements = {}
             st.seeds = [None] * st.releases
             st.partners = {}
             st.own_shares = []
@@ -318,14 +320,14 @@ class SessionClient:
             raise ProtocolError(f"peer {self.node_id}: not among the participants of session {r}")
         scope = session_scope(self.base.session_id, r)
         enc_key = K.generate_key()
-        mask_keys: list[X25519PrivateKey | None] = [K.generate_key() for _ in range(n_rel)]
+        mask_key = K.generate_key()
         seeds: list[bytes | None] = [os.urandom(32) for _ in range(n_rel)]
         commitments = tuple(
             K.seed_commitment(b, session=scope, round_id=i + 1, node_id=self.node_id)
             for i, b in enumerate(seeds)
             if b is not None
         )
-        public = tuple(K.public_bytes(k) for k in mask_keys if k is not None)
+        public = K.public_bytes(mask_key)
         msg = SessionKeys(r, self.node_id, K.public_bytes(enc_key), public, commitments)
         own_name = ""
         if self._signer is not None and self._verifier is not None:
@@ -340,7 +342,7 @@ class SessionClient:
             msg = SessionKeys(r, self.node_id, msg.enc_public_key, public, commitments, signature, credential)
         self._last_session = r
         graph = self.base.graph(parts, setup.round_seed)
-        self._session = _Session(r, scope, parts, n_rel, graph, enc_key, mask_keys, seeds, own_name=own_name)
+        self._session = _Session(r, scope, parts, n_rel, graph, enc_key, mask_key, seeds, own_name=own_name)
         self._session.encoders = {p: c.encoder(len(parts)) for p, c in self.configs.items()}
         return msg
 
@@ -351,7 +353,9 @@ class SessionClient:
         if st.peer_keys or st.accepted or st.last_release:
             raise self._fail("share request out of order or replayed")
         me, neighbours = self.node_id, st.graph.neighbours[self.node_id]
-        own = {K.public_bytes(st.enc_key)} | {K.public_bytes(k) for k in st.mask_keys if k is not None}
+        if st.mask_key is None:
+            raise self._fail("share request after the session's keys were erased")
+        own = {K.public_bytes(st.enc_key), K.public_bytes(st.mask_key)}
         seen: set[bytes] = set()
         names: dict[int, str] = {}
         for v, msg in peer_keys.items():
@@ -359,9 +363,9 @@ class SessionClient:
                 raise self._fail(f"the host sent keys of peer {v}, which is not my neighbour in this session's graph")
             if not isinstance(msg, SessionKeys) or msg.node_id != v or msg.session_round != session_round:
                 raise self._fail(f"keys relayed for peer {v} are malformed or belong to another peer or session")
-            if len(msg.mask_public_keys) != st.releases or len(msg.seed_commitments) != st.releases:
-                raise self._fail(f"peer {v} advertised keys for a number of releases other than {st.releases}")
-            for raw in (msg.enc_public_key, *msg.mask_public_keys):
+            if len(msg.seed_commitments) != st.releases:
+                raise self._fail(f"peer {v} advertised commitments for a number of releases other than {st.releases}")
+            for raw in (msg.enc_public_key, msg.mask_public_key):
                 try:
                     K.check_public_key(raw, probe=False)
                 except ValueError as exc:
@@ -386,19 +390,15 @@ class SessionClient:
         if len(peer_keys) + 1 < t:
             raise self._fail(f"only {len(peer_keys)} neighbours remain: my secrets would be below the threshold {t}")
         holders = sorted(peer_keys) + [me]
-        secrets: list[int] = []
-        for b, s in zip(st.seeds, st.mask_keys, strict=True):
-            assert b is not None and s is not None
-            secrets += [int.from_bytes(b, "big"), int.from_bytes(K.private_bytes(s), "big")]
+        secrets = [int.from_bytes(b, "big") for b in st.seeds if b is not None]
         shares = shamir.split(secrets, [shamir.point_of(v) for v in holders], t)
         out: dict[int, EncryptedShares] = {}
         for v, row in zip(holders, shares, strict=True):
-            pairs = [(row[2 * i], row[2 * i + 1]) for i in range(st.releases)]
             if v == me:
-                st.own_shares = pairs
+                st.own_shares = list(row)
                 continue
             key, aad = self._share_key(st, me, v, peer_keys[v].enc_public_key)
-            nonce, ct = K.encrypt(key, b"".join(shamir.share_to_bytes(x) for pair in pairs for x in pair), aad)
+            nonce, ct = K.encrypt(key, b"".join(shamir.share_to_bytes(x) for x in row), aad)
             out[v] = EncryptedShares(session_round, me, v, nonce, ct)
         st.peer_keys = dict(peer_keys)
         return out
@@ -420,7 +420,7 @@ class SessionClient:
         st = self._current(session_round)
         if not st.peer_keys or st.accepted:
             raise self._fail("accept request out of order or replayed")
-        size = 2 * st.releases * shamir.SHARE_BYTES
+        size = st.releases * shamir.SHARE_BYTES
         rejected: dict[int, str] = {}
         for src in sorted(received):
             if src not in st.peer_keys:
@@ -444,10 +444,17 @@ class SessionClient:
             except ValueError as exc:
                 rejected[src] = f"shares from peer {src} rejected: {exc}"
                 continue
-            st.partners[src] = [(values[2 * i], values[2 * i + 1]) for i in range(st.releases)]
+            st.partners[src] = values
         t = st.graph.threshold
         if len(st.partners) + 1 < t:
             raise self._fail(f"only {len(st.partners)} valid shares received, below the threshold {t}")
+        assert st.mask_key is not None
+        for v in st.partners:  # one agreement per pair and session; every release's pairwise seed comes from it
+            try:
+                st.agreements[v] = K.shared_secret(st.mask_key, st.peer_keys[v].mask_public_key)
+            except ValueError:
+                raise self._fail(f"peer {v} advertised a low-order mask key") from None
+        st.mask_key = None
         st.accepted = True
         return rejected
 
@@ -473,9 +480,9 @@ class SessionClient:
         r, me = request.release, self.node_id
         parts = frozenset(request.participants)
         # whatever happens next, no index up to r is ever used again
-        mask_key, seed = st.mask_keys[r - 1], st.seeds[r - 1]
+        seed = st.seeds[r - 1]
         for i in range(st.last_release, r):
-            st.mask_keys[i] = st.seeds[i] = None
+            st.seeds[i] = None
         st.last_release = r
         st.current = None
         if len(parts) != len(request.participants) or me not in parts or not parts <= st.participants:
@@ -497,7 +504,7 @@ class SessionClient:
         max_w = float(config.max_weight)
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= max_w):
             raise DataError(f"peer {me}: weight must lie in [0, max_weight={max_w}], got {weight!r}")
-        assert mask_key is not None and seed is not None
+        assert seed is not None
         encoder = st.encoders[request.purpose]
         y = encoder.encode(vector, float(weight) / max_w)
         if config.noise is not None:
@@ -505,12 +512,7 @@ class SessionClient:
             np.add(y[:-1], noise.view(np.uint64), out=y[:-1])
         add_mask(y, seed, LABEL_SELF_MASK)
         for v in sorted(pairs):
-            try:
-                secret = K.shared_secret(mask_key, st.peer_keys[v].mask_public_keys[r - 1])
-            except ValueError:
-                raise self._fail(f"peer {v} advertised a low-order mask key for release {r}") from None
-            pair_seed = K.mask_seed(secret, session=st.scope, round_id=r, u=me, v=v)
-            add_mask(y, pair_seed, LABEL_PAIR_MASK, subtract=v < me)
+            add_mask(y, pair_seed(st.agreements[v], st.scope, r, me, v), LABEL_PAIR_MASK, subtract=v < me)
         y &= encoder.mask
         st.current = _Release(r, frozenset(pairs), parts)
         return MaskedInput(r, me, y, {})
@@ -578,12 +580,18 @@ class SessionClient:
         if back:  # unreachable through `mask`/`sign`, kept as the rule's last line
             raise self._fail(f"survivors {back} were dropped earlier in this session; refusing their seeds")
         i = release - 1
-        seeds = {v: shamir.share_to_bytes(st.partners[v][i][0]) for v in cur.pairs & alive}
-        seeds[self.node_id] = shamir.share_to_bytes(st.own_shares[i][0])
-        keys_ = {v: shamir.share_to_bytes(st.partners[v][i][1]) for v in cur.pairs & lost}
+        seeds = {v: shamir.share_to_bytes(st.partners[v][i]) for v in cur.pairs & alive}
+        seeds[self.node_id] = shamir.share_to_bytes(st.own_shares[i])
+        # for a dropped neighbour: our pairwise seed of this release itself (not a share), in the share's 66 bytes
+        keys_ = {
+            v: shamir.share_to_bytes(
+                int.from_bytes(pair_seed(st.agreements[v], st.scope, release, self.node_id, v), "big")
+            )
+            for v in cur.pairs & lost
+        }
         for v in st.partners:  # this release's shares are spent
-            st.partners[v][i] = (0, 0)
-        st.own_shares[i] = (0, 0)
+            st.partners[v][i] = 0
+        st.own_shares[i] = 0
         cur.done = True
         return UnmaskShares(release, self.node_id, seeds, keys_)
 
@@ -624,6 +632,11 @@ def survivors_mac_key(secret: bytes, scope: bytes, u: int, v: int) -> bytes:
     lo, hi = sorted((u, v))
     info = _MAC_LABEL + len(scope).to_bytes(2, "big") + scope + _u64(lo) + _u64(hi)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_MAC_LABEL, info=info).derive(secret)
+
+
+def pair_seed(agreement: bytes, scope: bytes, release: int, u: int, v: int) -> bytes:
+    """The pairwise mask seed of u and v in one release: HKDF(info = session scope || release || u || v)."""
+    return K.mask_seed(agreement, session=scope, round_id=release, u=u, v=v)
 
 
 def _lists_digest(scope: bytes, release: int, survivors: Sequence[int], dropped: Sequence[int]) -> bytes:

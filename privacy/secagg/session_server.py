@@ -41,7 +41,8 @@ from . import shamir
 from .auth import Verifier
 from .config import SecAggConfig
 from .errors import PeerRejected, ThresholdNotMet
-from .messages import AdvertiseKeys, ConsistencyRequest, EncryptedShares
+from .messages import AdvertiseKeys, ConsistencyRequest, EncryptedShares, SecAggResult
+from .prg import LABEL_PAIR_MASK, add_mask
 from .server import SecAggServer, ServerStage
 from .session import (
     MAX_RELEASES,
@@ -143,9 +144,9 @@ class SessionServer:
         n = self.setup.releases
         if not isinstance(msg, SessionKeys) or msg.node_id != sender or msg.session_round != self.session_round:
             raise self._reject(sender, "sent keys that are malformed or for another peer or session")
-        if len(msg.mask_public_keys) != n or len(msg.seed_commitments) != n:
-            raise self._reject(sender, f"sent keys for a number of releases other than {n}")
-        raws = (msg.enc_public_key, *msg.mask_public_keys)
+        if len(msg.seed_commitments) != n:
+            raise self._reject(sender, f"sent seed commitments for a number of releases other than {n}")
+        raws = (msg.enc_public_key, msg.mask_public_key)
         for raw in raws:
             try:
                 K.check_public_key(raw)
@@ -182,7 +183,7 @@ class SessionServer:
         expected = self.graph.neighbours[sender] & self._active
         if not isinstance(shares, Mapping) or set(shares) != expected:
             raise self._reject(sender, "sent shares for the wrong peers")
-        size = 2 * self.setup.releases * shamir.SHARE_BYTES + 16
+        size = self.setup.releases * shamir.SHARE_BYTES + 16
         for dst, enc in shares.items():
             if (
                 not isinstance(enc, EncryptedShares)
@@ -277,7 +278,7 @@ class ReleaseServer(SecAggServer):
         self.session = session
         i = release - 1
         self._adverts = {
-            v: AdvertiseKeys(release, v, k.enc_public_key, k.mask_public_keys[i], k.seed_commitments[i])
+            v: AdvertiseKeys(release, v, k.enc_public_key, k.mask_public_key, k.seed_commitments[i])
             for v, k in session._keys.items()
             if v in parts
         }
@@ -295,3 +296,28 @@ class ReleaseServer(SecAggServer):
             raise
         self.session.drop(self._dropped, f"dropped in release {self.round_id}")
         return requests
+
+    def aggregate(self) -> SecAggResult:
+        """Remove the dropped peers' pairwise masks with the seeds their surviving neighbours revealed, then the
+        plain server's reconstruction of the survivors' self-mask seeds, unmasking and decoding.
+
+        In a session a dropped peer's mask key is never reconstructed (it serves every release): each surviving
+        neighbour ``u`` of a dropped ``v`` reveals their pairwise seed of this release (in the place of a share of
+        ``s_v``), so every one of them must answer; otherwise the release aborts, nothing released.
+        """
+        self._require_stage(ServerStage.UNMASK, "aggregate")
+        for v in self._dropped:
+            for u in sorted(self._s_holders[v]):
+                if u not in self._unmask:
+                    raise self._abort(
+                        f"survivor {u} did not reveal its pairwise seed with dropped peer {v} in release {self.round_id}"
+                    )
+        for v in self._dropped:
+            for u in sorted(self._s_holders[v]):
+                seed = self._unmask[u][1][v]
+                if seed >= 1 << 256:
+                    self.stage = ServerStage.ABORTED
+                    raise ProtocolError(f"release {self.round_id}: peer {u} revealed a malformed pairwise seed")
+                add_mask(self._sum, seed.to_bytes(32, "big"), LABEL_PAIR_MASK, subtract=v > u)  # undo u's sign for v
+        dropped, self._dropped, self._s_holders = self._dropped, (), {}
+        return replace(super().aggregate(), dropped=dropped)

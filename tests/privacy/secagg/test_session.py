@@ -13,9 +13,8 @@ import pytest
 
 from fedsilo.errors import ProtocolError
 from fedsilo.privacy.secagg import PeerRejected, SecAggConfig, ThresholdNotMet, shamir
-from fedsilo.privacy.secagg import keys as K
 from fedsilo.privacy.secagg.prg import LABEL_PAIR_MASK, LABEL_SELF_MASK, add_mask
-from fedsilo.privacy.secagg.session import ReleaseRequest, SessionClient
+from fedsilo.privacy.secagg.session import ReleaseRequest, SessionClient, pair_seed
 from fedsilo.privacy.secagg.session_server import SessionServer
 
 from ._session_harness import CONFIGS, Session
@@ -102,24 +101,19 @@ def _rebuild(revealed: dict, field: str, v: int, t: int) -> bytes:
     return shamir.reconstruct([shamir.point_of(w) for w in holders], rows)[0].to_bytes(32, "big")
 
 
-def _strip(s: Session, victim: int, masked: np.ndarray, r: int, seed: bytes | None, mask_key: bytes) -> np.ndarray:
-    """The host's best attempt at the victim's input of release r: remove every mask it can compute."""
+def _strip(masked: np.ndarray, victim: int, seed: bytes | None, pair_seeds: dict[int, bytes]) -> np.ndarray:
+    """The host's best attempt at the victim's input: remove every mask it can compute, decode."""
     y = masked.copy()
     if seed is not None:
         add_mask(y, seed, LABEL_SELF_MASK, subtract=True)
-    sk = K.load_private(mask_key)
-    for v in s.host.setup.participants:
-        if v == victim:
-            continue
-        shared = K.shared_secret(sk, s.host._keys[v].mask_public_keys[r - 1])
-        pair = K.mask_seed(shared, session=s.host.scope, round_id=r, u=victim, v=v)
+    for v, pair in pair_seeds.items():
         add_mask(y, pair, LABEL_PAIR_MASK, subtract=v > victim)
-    encoder = CONFIGS["a"].encoder(len(s.nodes))
+    encoder = CONFIGS["a"].encoder(10)
     y &= encoder.mask
     return y[:-1].astype(np.float64) / encoder.scale - CONFIGS["a"].clip
 
 
-def test_a_host_that_rebuilt_a_banks_pairwise_key_cannot_unmask_it_in_that_or_any_other_release() -> None:
+def test_a_host_that_got_a_banks_pairwise_seeds_cannot_unmask_it_in_that_or_any_other_release() -> None:
     s = Session(10, releases=6)
     s.open()
     rng = np.random.default_rng(7)
@@ -130,17 +124,22 @@ def test_a_host_that_rebuilt_a_banks_pairwise_key_cannot_unmask_it_in_that_or_an
     seed1 = _rebuild(revealed1, "seed_shares", victim, t)  # legitimately rebuilt to unmask the sum
     x2 = _inputs(s, rng)
     server2, masked2, revealed2, q2 = _host_round(s, 2, x2, claim_dropped=victim)  # victim "dropped" in release 2
-    key2 = _rebuild(revealed2, "key_shares", victim, t)
-    assert K.public_bytes(K.load_private(key2)) == s.host._keys[victim].mask_public_keys[1]  # the host holds s^2
-    # 1. release 2 itself: the survivors refuse to sign or unmask again, so b^2 never leaves them
+    pairs2 = {u: m.key_shares[victim] for u, m in revealed2.items() if victim in m.key_shares}
+    assert set(pairs2) == set(q2.survivors)  # every survivor revealed its release-2 seed with the victim ...
+    pairs2 = {u: shamir.share_from_bytes(raw).to_bytes(32, "big") for u, raw in pairs2.items()}
+    assert all(victim not in m.seed_shares for m in revealed2.values())  # ... and nobody a share of b^2
+    # 1. release 2 itself: the survivors refuse to vouch or unmask again, so b^2 never leaves them
     for u in q2.survivors:
         with pytest.raises(ProtocolError, match="refused"):
             s.clients[u].sign(s.host.session_round, 2, (*q2.survivors, victim), ())
         with pytest.raises(ProtocolError, match="refused"):
             s.clients[u].unmask(s.host.session_round, 2, (*q2.survivors, victim), (), q2.signatures)
-    assert np.abs(_strip(s, victim, masked2[victim].masked, 2, None, key2) - x2[victim]).mean() > 0.4
-    # 2. an earlier release: s^2 says nothing about release 1's pairwise masks, even with b^1 in hand
-    assert np.abs(_strip(s, victim, masked1[victim].masked, 1, seed1, key2) - x1[victim]).mean() > 0.4
+    assert np.abs(_strip(masked2[victim].masked, victim, None, pairs2) - x2[victim]).mean() > 0.4
+    # 2. an earlier release: release 2's seeds say nothing of release 1's pairwise masks, even with b^1 in hand
+    assert np.abs(_strip(masked1[victim].masked, victim, seed1, pairs2) - x1[victim]).mean() > 0.4
+    # the control: with the true release-1 seeds (which the host never gets) the same stripping recovers x^1
+    truth = {u: session_pair_seed(s, victim, u, 1) for u in s.nodes if u != victim}
+    assert np.abs(_strip(masked1[victim].masked, victim, seed1, truth) - x1[victim]).max() < 1e-6
     # 3. a later release: every peer refuses to mask with the victim again ...
     assert victim not in s.host.members
     with pytest.raises(ProtocolError, match="not .*members"):
@@ -149,10 +148,16 @@ def test_a_host_that_rebuilt_a_banks_pairwise_key_cannot_unmask_it_in_that_or_an
     for u in set(s.nodes) - {victim, s.nodes[9]}:
         with pytest.raises(ProtocolError, match="signed as dropped"):
             SessionClient.mask(s.clients[u], forged, np.zeros(DIM))
-    # ... and the victim, which does not know, masks under release-3 keys that s^2 does not open
+    # ... and the victim, which does not know, masks with release-3 seeds that release 2's do not open
     y3 = s.clients[victim].mask(forged, x2[victim])
-    assert np.abs(_strip(s, victim, y3.masked, 3, None, key2) - x2[victim]).mean() > 0.4
+    assert np.abs(_strip(y3.masked, victim, None, pairs2) - x2[victim]).mean() > 0.4
     assert victim in s.clients[s.nodes[0]].gone and s.clients[s.nodes[0]].gone[victim] == 2
+
+
+def session_pair_seed(s: Session, victim: int, u: int, release: int) -> bytes:
+    """The control's ground truth, read from the victim's own memory (no party but u and the victim has it)."""
+    st = s.clients[victim]._session
+    return pair_seed(st.agreements[u], st.scope, release, victim, u)
 
 
 def test_a_survivor_list_that_brings_back_a_dropped_bank_is_refused() -> None:
@@ -201,8 +206,8 @@ def test_a_session_key_set_with_a_bad_signature_is_refused_naming_the_peer() -> 
         msg.session_round,
         msg.node_id,
         msg.enc_public_key,
-        msg.mask_public_keys[::-1],
-        msg.seed_commitments,
+        msg.mask_public_key,
+        msg.seed_commitments[::-1],
         msg.signature,
         msg.credential,
     )
