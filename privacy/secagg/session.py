@@ -1,32 +1,48 @@
 """Multi-release SecAgg+: one authenticated key set-up and one Shamir sharing per session, then cheap releases.
 
 A plain SecAgg+ round (``client``/``server``) pays for X25519 key pairs, signed
-advertisements, a Shamir sharing and share encryption every time it sums one vector.
-A *session* pays for them once for up to ``releases`` sums ("releases") among the same
-peers, so that each release costs masking, the survivors' signatures and unmasking
-only. The host side is ``session_server``; this module is the peer's side and the
-set-up messages.
+advertisements, a Shamir sharing, share encryption and signed survivor lists every
+time it sums one vector. A *session* pays for the keys and the sharing once for up to
+``releases`` sums ("releases") among the same peers, so that a release costs masking
+and unmasking only. The host side is ``session_server``; this module is the peer's
+side and the set-up messages.
 
 Set-up (once per session, numbered ``session_round``: strictly increasing per peer, so
 a replayed set-up is refused):
 
-1. every peer makes one encryption key pair ``c_u`` and, for each release ``r`` of the
-   session, an independent X25519 mask key pair ``s_u^r`` and an independent 32-byte
-   self-mask seed ``b_u^r`` (all from the OS CSPRNG); it signs its encryption key and
-   the digests of the ``R`` mask public keys and ``R`` seed commitments under its
-   long-term identity (``keys.advertise_transcript``) and advertises them;
-2. it checks its neighbours' signatures, Shamir-shares all ``2 R`` secrets among its
-   neighbours in one ``shamir.split`` and sends each neighbour one AES-GCM ciphertext;
-3. it opens the ciphertexts addressed to it and keeps the shares (``accept``).
+1. every peer makes an encryption key pair ``c_u``, one mask key pair ``s_u`` and, for
+   each release ``r`` of the session, an independent 32-byte self-mask seed ``b_u^r``
+   (all from the OS CSPRNG); it signs both public keys and the digest of the ``R``
+   seed commitments under its long-term identity (``keys.advertise_transcript``);
+2. it checks its neighbours' signatures, Shamir-shares its ``R`` self-mask seeds among
+   them in one ``shamir.split`` and sends each neighbour one AES-GCM ciphertext;
+3. it opens the ciphertexts addressed to it, keeps the shares (``accept``), computes
+   one X25519 agreement ``k_uv`` with each neighbour and erases ``s_u``.
 
 Release ``r`` (``purpose`` picks the encoding and noise configuration, e.g. a tree
 level or the leaves): the peer masks its vector with ``PRG(b_u^r)`` and the pairwise
-masks ``+-PRG(HKDF(X25519(s_u^r, s_v^r pub), info = session scope || r || u || v))``
-(``keys.mask_seed`` with the session scope as its session id and ``r`` as its round
-id), erases ``s_u^r`` and ``b_u^r``, vouches for the survivor and dropout lists the
-host gave it and reveals, per survivor, its share of ``b^r`` and, per dropped
-neighbour, its share of ``s^r``. The host's state machine for a release is the plain
-server's (``session_server``), so every check of a plain round applies.
+masks ``+-PRG(s_uv^r)``, ``s_uv^r = HKDF(k_uv, info = session scope || r || u || v)``
+(`pair_seed`: ``keys.mask_seed`` with the session scope as session id and ``r`` as
+round id), erases ``b_u^r``, vouches for the survivor and dropout lists the host gives
+it, and reveals, per surviving neighbour ``v``, its share of ``b_v^r`` and, per dropped
+neighbour ``v``, the pairwise seed ``s_uv^r`` itself. The host's state machine for a
+release is the plain server's (``session_server``), so every check of a plain round
+applies, except that a dropped peer's pairwise masks are removed with the revealed
+seeds instead of a reconstructed key.
+
+Why a dropped peer's mask key is never reconstructed. The host rebuilds every
+survivor's self-mask seed in every release. Were ``s_v`` rebuilt once (``v`` dropped in
+release r), the host would hold ``v``'s pairwise seeds of *every* release of the
+session, and with the self-mask seeds it already rebuilt, ``v``'s own vectors of all
+the releases ``v`` survived: the rule "a dropped peer never contributes again" would
+not save the earlier ones. Revealing ``s_uv^r`` instead uncovers release ``r``'s
+pairwise masks only: HKDF with the release in its info makes the seeds of other
+releases independent of it. The price: every surviving neighbour of a dropped peer
+must answer the unmask stage (a share of ``s_v`` would have needed any ``t``), else the
+release aborts; and the host cannot check a revealed seed against a public key, so a
+bank that reveals a wrong one leaves masks that do not cancel, which the decoder's
+range check refuses (no sum is released; a malicious bank could as well send a bad
+vector).
 
 The consistency check without signatures. In a plain round the survivors sign the
 lists with their long-term Ed25519 keys and each checks ``t`` signatures: about 70
@@ -40,33 +56,26 @@ survivors (itself included) sent it a valid MAC on the very lists it vouched for
 other lists; what is lost against signatures is transferability (a MAC convinces its
 recipient, not a third party), which the check does not need.
 
-Why independent keys per release, and not one mask key ``s_u`` with HKDF-derived
-per-release seeds: the host reconstructs every survivor's self-mask seed in every
-release. Were the pairwise seeds derived from one session key ``s_u``, reconstructing
-``s_u`` once (``u`` dropped in release r) would give the host ``u``'s pairwise masks of
-*every* release, and with the self-mask seeds it already rebuilt, ``u``'s own vectors
-of all the earlier releases it survived. With ``s_u^r`` per release a reconstruction
-uncovers release ``r``'s pairwise masks only, and ``u``'s input of release ``r`` is
-never in the sum and keeps its self mask.
-
 Safety conditions, enforced here (and mirrored by the host, ``session_server``):
 
 * **A release index is used once.** Releases run in increasing order, at most
   ``releases`` per session; a request for an index not above the last one is refused
-  (replay), and the secrets of every index up to the one masked are erased, whether
-  used or skipped. A peer therefore never masks twice under the same keys.
+  (replay), and the self-mask seeds of every index up to the one masked are erased,
+  whether used or skipped. A peer therefore never masks twice with the same seeds.
 * **Never both secrets of one peer in one release.** The survivor and dropout lists
   of release ``r`` must partition exactly the peers the release was announced to;
-  a peer reveals shares of ``b_v^r`` only for listed survivors and of ``s_v^r`` only
-  for listed dropouts, once per release (unmasking ends the release; a second
-  request is refused), and only with ``threshold`` survivors' MACs on the very
-  lists it vouched for, so the host cannot tell two groups two stories.
-* **A dropped peer never contributes again in the session.** Once a peer has vouched for a
-  list naming ``v`` dropped in release ``r`` (its share of ``s_v^r`` may then be
+  a peer reveals a share of ``b_v^r`` only for a listed survivor and ``s_uv^r`` only for
+  a listed dropout, once per release (unmasking ends the release; a second request,
+  or a peer that refused once, is refused), and only with ``threshold`` survivors' MACs
+  on the very lists it vouched for, so the host cannot tell two groups two stories.
+  Since ``t`` is a majority of the holders plus the colluders, no two disjoint honest
+  groups can be told different stories about ``v`` and both reach ``t``.
+* **A dropped peer never contributes again in the session.** Once a peer has vouched
+  for a list naming ``v`` dropped in release ``r`` (its ``s_uv^r`` may then be
   revealed), it refuses any later release that includes ``v``: it will not mask with
   ``v`` nor vouch for or unmask a list with ``v`` among the survivors. With per-release
-  keys this is defence in depth (``v``'s later keys are independent); it also keeps
-  the session's members a shrinking set, so the dropout bookkeeping below holds.
+  seeds this is defence in depth (``s_uv^r`` opens no other release); it also keeps the
+  session's members a shrinking set, so the dropout bookkeeping below holds.
 * **Threshold and dropouts across releases.** The graph, threshold ``t`` and required
   survivors are fixed at set-up for the session's ``n`` peers. A peer refuses a
   release (and a survivor list) in which fewer than ``t`` holders of its shares take
@@ -78,12 +87,13 @@ Safety conditions, enforced here (and mirrored by the host, ``session_server``):
 
 What the host learns: the public keys and commitments of the session; per release,
 the sum over that release's survivors, who survived and who dropped, and for a dropped
-``v`` its pairwise masks of that release only (``s_v^r``), which hide nothing it ever
-sees added to a sum. No seed or key of one release tells it anything about another.
+``v`` its pairwise seeds of that release with its surviving neighbours, which hide
+nothing the host ever sees added to a sum. No seed of one release tells it anything
+about another.
 
-Cost of a release at a peer: one noise share, one ChaCha20 self mask, one X25519
-agreement and one ChaCha20 pairwise mask per neighbour, one HMAC per neighbour to send
-and one per neighbour to check; no Shamir sharing, no key generation, no signature.
+Cost of a release at a peer: one noise share, one ChaCha20 self mask, one HKDF and
+one ChaCha20 pairwise mask per neighbour, one HMAC per neighbour to send and one per
+neighbour to check; no key agreement, no Shamir sharing, no signature.
 """
 
 from __future__ import annotations
@@ -168,7 +178,7 @@ def _digest(items: Sequence[bytes]) -> bytes:
 
 
 def keys_transcript(scope: bytes, session_round: int, keys: SessionKeys) -> bytes:
-    """What a peer signs at set-up: its encryption key and the digests of its per-release keys and commitments."""
+    """What a peer signs at set-up: its two public keys and the digest of its per-release seed commitments."""
     return K.advertise_transcript(
         session=scope,
         round_id=session_round,
@@ -192,7 +202,7 @@ class SessionSetup:
 
 @dataclass(frozen=True)
 class SessionKeys:
-    """Set-up answer: an encryption key and, per release, a mask public key and a seed commitment, signed."""
+    """Set-up answer: an encryption and a mask public key and, per release, a seed commitment, signed."""
 
     session_round: int
     node_id: int
@@ -491,7 +501,7 @@ class SessionClient:
         if back:
             raise self._fail(
                 f"release {r} includes peer(s) {back}, which I signed as dropped earlier in this session: their "
-                f"mask keys of that release may have been reconstructed, so they never take part again"
+                f"pairwise seeds of that release may have been revealed, so they never take part again"
             )
         pairs = st.graph.neighbours[me] & parts
         unknown = sorted(pairs - set(st.partners))
@@ -563,7 +573,7 @@ class SessionClient:
         dropped: Sequence[int],
         signatures: Mapping[int, SurvivorSignature] | None = None,
     ) -> UnmaskShares:
-        """Reveal shares of ``b^r`` for survivors and of ``s^r`` for dropouts, once, for the lists I signed."""
+        """Reveal shares of ``b_v^r`` for survivors and the seeds ``s_uv^r`` for dropouts, once, for the lists I vouched for."""
         st = self._current(session_round)
         cur = st.current
         if cur is None or cur.release != release or cur.checked is None or cur.done:

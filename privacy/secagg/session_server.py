@@ -16,13 +16,16 @@ Usage (the caller moves messages; ``sender`` is the transport-authenticated node
     receive_unmask / aggregate
 
 A release's server is a `SecAggServer` put straight into its mask-input stage with the
-release's public keys (``s_v^r`` public key and the commitment to ``b_v^r`` of every
-member, under the session scope as session id and ``r`` as round id), so every check
-of a plain round (lengths, range, signatures on the survivor lists, reconstruction
-against the keys and commitments, the abort below the threshold) applies unchanged.
+release's public values (every member's commitment to ``b_v^r`` under the session
+scope as session id and ``r`` as round id), so the checks of a plain round (lengths,
+range, the survivor lists, reconstruction of the self-mask seeds against their
+commitments, the abort below the threshold) apply unchanged. Two differences: the
+survivors vouch for the lists with pairwise MACs that only their recipients can check
+(the server keeps and relays them), and a dropped peer's pairwise masks are removed
+with the seeds its surviving neighbours reveal (`ReleaseServer.aggregate`).
 
 The host mirrors the peers' rules: a release index is used once and in increasing
-order; a peer listed as dropped in a release (its ``s_v^r`` may be reconstructed)
+order; a peer listed as dropped in a release (its pairwise seeds of it are revealed)
 leaves the session's members, and peers that refused to mask are removed by the
 caller (`drop`). Each release still requires the session's required survivors out of
 its ``n`` set-up peers, so dropouts accumulate until a new session is opened.
