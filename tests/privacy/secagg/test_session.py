@@ -255,3 +255,36 @@ def test_a_host_that_tells_two_groups_two_dropout_stories_gets_no_share() -> Non
     macs[fresh.nodes[2]] = type(macs[target])(1, fresh.nodes[2], b"", bytes(len(macs[target].signature)))
     with pytest.raises(ProtocolError, match="MAC is not on the survivor lists"):
         fresh.clients[target].unmask(fresh.host.session_round, 1, *lists, macs)
+
+
+def _to_unmask(s: Session, r: int, x: dict[int, np.ndarray], drop: int):
+    server, requests = s.host.release(r, "a", DIM)
+    for u, request in requests.items():
+        if u != drop:
+            server.receive_masked_input(u, s.clients[u].mask(request, x[u]))
+    for u, c in server.end_mask_input().items():
+        server.receive_consistency(u, s.clients[u].sign(s.host.session_round, r, c.survivors, c.dropped))
+    return server, server.end_consistency()
+
+
+def test_every_surviving_neighbour_of_a_dropout_must_reveal_its_seed_and_a_wrong_seed_is_caught() -> None:
+    s = Session(8, releases=3)
+    s.open()
+    rng = np.random.default_rng(5)
+    gone = s.nodes[3]
+    server, asks = _to_unmask(s, 1, _inputs(s, rng), drop=gone)
+    silent = s.nodes[0]
+    for u, q in asks.items():
+        if u != silent:
+            server.receive_unmask(u, s.clients[u].unmask(s.host.session_round, 1, q.survivors, q.dropped, q.signatures))
+    with pytest.raises(ThresholdNotMet, match=f"survivor {silent} did not reveal its pairwise seed"):
+        server.aggregate()
+    # a survivor that reveals a wrong seed: the masks do not cancel and no sum is released
+    server, asks = _to_unmask(s, 2, _inputs(s, rng), drop=s.nodes[5])
+    for u, q in asks.items():
+        answer = s.clients[u].unmask(s.host.session_round, 2, q.survivors, q.dropped, q.signatures)
+        if u == s.nodes[1]:
+            answer = type(answer)(2, u, answer.seed_shares, {v: bytes(66) for v in answer.key_shares})
+        server.receive_unmask(u, answer)
+    with pytest.raises(ProtocolError, match="masks did not cancel"):
+        server.aggregate()
