@@ -88,8 +88,8 @@ def main() -> None:
         f"training time (provisional, shared machine): SecAgg+ DP {mean['seconds_dp_secagg']:.1f} s, "
         f"plain {mean['seconds_plain']:.1f} s, ratio {mean['seconds_dp_secagg'] / mean['seconds_plain']:.1f}x; "
         f"centralized scikit-learn HGB {mean['seconds_centralized']:.2f} s "
-        f"(secure / centralized {mean['seconds_dp_secagg'] / mean['seconds_centralized']:.0f}x, "
-        f"plain / centralized {mean['seconds_plain'] / mean['seconds_centralized']:.0f}x)"
+        f"(secure / centralized {mean['seconds_dp_secagg'] / mean['seconds_centralized']:.1f}x, "
+        f"plain / centralized {mean['seconds_plain'] / mean['seconds_centralized']:.1f}x)"
     )
 
 
