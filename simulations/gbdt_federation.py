@@ -9,6 +9,15 @@ itself after `check_histogram` (a malformed one is refused naming the bank and l
 out). The host grows the level (`Tree.grow`); after the last level one more release
 gives the leaves' totals and values; every bank updates its margins with the tree.
 
+Sessions: with ``trees_per_session > 0`` (the default, 10) the secure sums run in
+multi-release SecAgg+ sessions (`fedsilo.strategies.gbdt.SecureSession`): one key
+set-up serves every release of that many trees, and a tree's releases stay in one
+session. A bank that refuses a release (or is dropped) leaves its session, per the
+session's safety rules (`fedsilo.privacy.secagg.session`), and takes part again in
+the next one; a session that can no longer reach its threshold is replaced by a new
+one at the next release. ``trees_per_session = 0`` runs one full SecAgg+ round per
+release (`secure_sum`).
+
 Accounting: every released sum that contains a bank's input is one Gaussian mechanism
 (`ReleasePlan.per_release`, q = 1) in that bank's spent history. In distributed DP the
 shares are sized for the largest vector of the job (rounding adds ``sqrt(dim)`` to the

@@ -584,7 +584,7 @@ class SessionClient:
         if (tuple(sorted(survivors)), tuple(sorted(dropped))) != cur.checked or len(set(survivors)) != len(survivors):
             raise self._fail(f"the unmask request of release {release} carries lists other than those I signed")
         if self._verifier is not None:
-            self._check_signatures(st, cur, signatures or {})
+            self._check_vouchers(st, cur, signatures or {})
         alive, lost = set(survivors), set(dropped)
         back = sorted(alive & set(st.gone))
         if back:  # unreachable through `mask`/`sign`, kept as the rule's last line
@@ -605,7 +605,7 @@ class SessionClient:
         cur.done = True
         return UnmaskShares(release, self.node_id, seeds, keys_)
 
-    def _check_signatures(self, st: _Session, cur: _Release, signatures: Mapping[int, SurvivorSignature]) -> None:
+    def _check_vouchers(self, st: _Session, cur: _Release, signatures: Mapping[int, SurvivorSignature]) -> None:
         """At least ``t`` survivors (me included) vouched, each with the MAC only it and I can make, for my lists."""
         assert cur.checked is not None
         digest = _lists_digest(st.scope, cur.release, *cur.checked)

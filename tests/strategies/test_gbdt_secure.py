@@ -8,13 +8,15 @@ import _gbdt_data as data
 import numpy as np
 import pytest
 
-from fedsilo.errors import BudgetExceeded
+from fedsilo.errors import BudgetExceeded, ProtocolError
 from fedsilo.peers.gbdt.bank import LEVEL
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
 from fedsilo.privacy.ledger import InMemoryLedger
 from fedsilo.privacy.secagg import MaskedInput, SecAggServer, graph_parameters
 from fedsilo.privacy.secagg.noise import central_noise_multiplier
+from fedsilo.privacy.secagg.session import ReleaseRequest
+from fedsilo.privacy.secagg.session_server import ReleaseServer
 from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs
 from fedsilo.strategies.gbdt import HistogramRefused, SecureSession, Tree, TreeParams, check_histogram, secure_sum
 
@@ -244,3 +246,31 @@ def test_a_bank_that_refuses_leaves_its_session_and_is_back_in_the_next(monkeypa
     assert set(first["refused"]) == {"bank-2"} and first["banks"] == 4
     assert [r["banks"] for r in rest[:2]] == [4, 4]  # out for the rest of its session (tree 1) ...
     assert [r["banks"] for r in rest[2:]] == [5, 5, 5]  # ... and back with fresh keys in the next
+
+
+def test_in_a_session_the_host_sees_only_the_sum_and_cannot_read_one_banks_histogram(monkeypatch) -> None:
+    """The attacker is the host, as above, but the banks answer in a multi-release session."""
+    lay, _, _, row_bound, configs, banks, directory = _setup(4, bins=128)
+    seen: list = []
+    original = ReleaseServer.receive_masked_input
+
+    def spy(self, sender, msg):
+        seen.append((sender, msg.masked.copy()))
+        return original(self, sender, msg)
+
+    monkeypatch.setattr(ReleaseServer, "receive_masked_input", spy)
+    session = SecureSession({LEVEL: configs[0], "leaves": configs[1]}, 1, banks, 2, directory)
+    shape = _root_request(banks, lay)
+    truth = {b.node_id: b.exact() for b in banks}
+    outcome = session.sum(LEVEL, int(np.prod(shape)))
+    assert np.allclose(outcome.sums.reshape(shape) * row_bound, sum(truth.values()), atol=1e-5)
+    encoder = configs[0].encoder(len(banks))
+    assert len(seen) == len(banks)
+    for sender, masked in seen:
+        decoded = masked[:-1].astype(np.float64) / encoder.scale - configs[0].clip
+        true = truth[sender].ravel() / row_bound
+        assert np.abs(decoded - true).mean() > 20 * np.abs(true).mean()
+        assert abs(np.corrcoef(decoded, true)[0, 1]) < 0.2
+        assert abs((masked.astype(np.float64) / encoder.modulus).mean() - 0.5) < 0.05
+    with pytest.raises(ProtocolError, match="increasing order"):  # a replayed release index
+        banks[0].session_mask(ReleaseRequest(1, 1, LEVEL, tuple(b.node_id for b in banks)))
