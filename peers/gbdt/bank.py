@@ -10,7 +10,12 @@ a bank's training rows) so that every slot lies in ``[-1, 1]``; it checks its ow
 vector (`check_histogram`) before masking, so a bug that produced NaN or an
 out-of-range value is refused with its name and never leaves the bank.
 
-Noise: in distributed DP the bank's `SecAggClient` adds its discrete Gaussian share
+Secure sums: the bank answers the host's plain SecAgg+ rounds (``advertise`` ...
+``unmask``, one `SecAggClient` per kind of release) and its multi-release sessions
+(``session_keys`` ... ``session_unmask``, one `SessionClient` whose purposes are the
+two kinds); a session's release must name the kind the host broadcast with `request`.
+
+Noise: in distributed DP the bank's `SecAggClient` (or `SessionClient`) adds its discrete Gaussian share
 inside the masked vector (`fedsilo.privacy.secagg.noise`); in local DP (``local_sigma``,
 in raw sum units) the bank adds the whole Gaussian noise itself, from
 `fedsilo.privacy.noise_source.SecureNoise` (OS-keyed AES-CTR), before anything leaves.
