@@ -28,39 +28,21 @@ import argparse
 import json
 import statistics
 import tempfile
-from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "UCI_Credit_Card.csv"
+from _gbdt_common import arguments, centralized_seconds, simulate_settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    # the defaults of `fedsilo simulate --model gbdt`
+    parser = arguments(
+        argparse.ArgumentParser(description=__doc__.splitlines()[0]), trees=30, depth=2, lr=0.5, features_per_tree=6
+    )
     parser.add_argument("--seeds", default="0")
-    parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--trees", type=int, default=30)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--bins", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.5)
-    parser.add_argument("--banks", type=int, default=10)
-    parser.add_argument("--features-per-tree", type=int, default=6)
     args = parser.parse_args()
 
     import fedsilo
 
-    common = {
-        "data": args.data,
-        "label": "Y",
-        "id_column": "ID",
-        "banks": args.banks,
-        "partition": "dirichlet:0.5",
-        "model": "gbdt",
-        "trees": args.trees,
-        "depth": args.depth,
-        "bins": args.bins,
-        "lr": args.lr,
-        "features_per_tree": args.features_per_tree,
-    }
+    common = simulate_settings(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedsilo-bench-gbdt-") as out:
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -88,6 +70,7 @@ def main() -> None:
                 "epsilon_max": dp.summary.epsilon_max,
                 "seconds_dp_secagg": card["metrics"]["train_seconds"],
                 "seconds_plain": plain_card["metrics"]["train_seconds"],
+                "seconds_centralized": centralized_seconds(args, seed),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -106,7 +89,10 @@ def main() -> None:
     )
     print(
         f"training time (provisional, shared machine): SecAgg+ DP {mean['seconds_dp_secagg']:.1f} s, "
-        f"plain {mean['seconds_plain']:.1f} s, ratio {mean['seconds_dp_secagg'] / mean['seconds_plain']:.1f}x"
+        f"plain {mean['seconds_plain']:.1f} s, ratio {mean['seconds_dp_secagg'] / mean['seconds_plain']:.1f}x; "
+        f"centralized scikit-learn HGB {mean['seconds_centralized']:.2f} s "
+        f"(secure / centralized {mean['seconds_dp_secagg'] / mean['seconds_centralized']:.1f}x, "
+        f"plain / centralized {mean['seconds_plain'] / mean['seconds_centralized']:.1f}x)"
     )
 
 

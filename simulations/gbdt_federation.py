@@ -11,6 +11,15 @@ gives the leaves' totals and values; every bank updates its margins with the tre
 Under DP the trees grow with a noise-aware floor on a child's hessian
 (`fedsilo.strategies.gbdt.noise_aware`, from the public noise of a level release).
 
+Sessions: with ``trees_per_session > 0`` (the default, 10) the secure sums run in
+multi-release SecAgg+ sessions (`fedsilo.strategies.gbdt.SecureSession`): one key
+set-up serves every release of that many trees, and a tree's releases stay in one
+session. A bank that refuses a release (or is dropped) leaves its session, per the
+session's safety rules (`fedsilo.privacy.secagg.session`), and takes part again in
+the next one; a session that can no longer reach its threshold is replaced by a new
+one at the next release. ``trees_per_session = 0`` runs one full SecAgg+ round per
+release (`secure_sum`).
+
 Accounting: every released sum that contains a bank's input is one Gaussian mechanism
 (`ReleasePlan.per_release`, q = 1) in that bank's spent history. In distributed DP the
 shares are sized for the largest vector of the job (rounding adds ``sqrt(dim)`` to the
@@ -34,9 +43,18 @@ from fedsilo.peers.gbdt.bank import LEAVES, LEVEL, GBDTBank
 from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.gbdt import ReleasePlan, leaf_sensitivity, level_sensitivity
-from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, Verifier
+from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, ThresholdNotMet, Verifier
 from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
-from fedsilo.strategies.gbdt import BinLayout, Tree, TreeParams, check_histogram, noise_aware, secure_sum
+from fedsilo.strategies.gbdt import (
+    BinLayout,
+    SecureSession,
+    SumOutcome,
+    Tree,
+    TreeParams,
+    check_histogram,
+    noise_aware,
+    secure_sum,
+)
 
 DISTRIBUTED_BITS = 32
 
@@ -54,6 +72,7 @@ class BoostSettings:
     collusion_fraction: float = 0.1
     session_id: bytes = b"gbdt"
     features_per_tree: int = 0  # 0: every group; else each tree splits on this many groups drawn by the host
+    trees_per_session: int = 10  # secure sums: one SecAgg+ key set-up per this many trees; 0: a full round per release
 
     def groups_per_tree(self, layout: BinLayout) -> int:
         k = self.features_per_tree
@@ -165,6 +184,26 @@ def boost(
     model = GBDTModel(layout, [], settings.learning_rate)
     log: list[dict[str, Any]] = []
     round_id = 0
+    per_tree = settings.params.depth + 1
+    session: SecureSession | None = None  # the open one, when settings.trees_per_session > 0
+    opened = 0  # sessions opened so far: the next one's number
+    tree_index = 0
+
+    def session_sum(kind: str, dim: int) -> SumOutcome:
+        """One release in the open session; a new session first when it cannot serve one more."""
+        nonlocal session, opened
+        if session is None or not session.can_serve(1):
+            assert configs is not None
+            trees = min(settings.trees_per_session, settings.trees - tree_index)
+            opened += 1
+            try:
+                session = SecureSession(
+                    {LEVEL: configs[0], LEAVES: configs[1]}, opened, banks, trees * per_tree, verifier
+                )
+            except ThresholdNotMet as aborted:  # the set-up failed: nothing was unmasked or released
+                session = None
+                return SumOutcome(None, aborted=str(aborted))
+        return session.sum(kind, dim)
 
     def release(kind: str, tree: Tree, shape: tuple[int, ...]) -> np.ndarray | None:
         nonlocal round_id
@@ -174,8 +213,12 @@ def boost(
         entry: dict[str, Any] = {"kind": kind, "shape": list(shape)}
         if settings.secure:
             assert configs is not None
-            config = configs[0] if kind == LEVEL else configs[1]
-            outcome = secure_sum(config, round_id, banks, int(np.prod(shape)), verifier)
+            if settings.trees_per_session > 0:
+                outcome = session_sum(kind, int(np.prod(shape)))
+                entry["session"] = opened
+            else:
+                config = configs[0] if kind == LEVEL else configs[1]
+                outcome = secure_sum(config, round_id, banks, int(np.prod(shape)), verifier)
             entry.update(refused=outcome.refused, dropped=outcome.dropped, aborted=outcome.aborted)
             included = list(outcome.survivors)
             sums = None if outcome.sums is None else outcome.sums.reshape(shape) * row_bound
@@ -199,6 +242,9 @@ def boost(
         return sums
 
     for t in range(settings.trees):
+        tree_index = t
+        if session is not None and not session.can_serve(per_tree):
+            session = None  # a tree's releases stay in one session when they can: the next opens fresh
         for bank in banks:
             bank.start_tree()
         tree = Tree(params.depth, features=_draw_groups(layout, settings))

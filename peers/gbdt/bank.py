@@ -10,7 +10,12 @@ a bank's training rows) so that every slot lies in ``[-1, 1]``; it checks its ow
 vector (`check_histogram`) before masking, so a bug that produced NaN or an
 out-of-range value is refused with its name and never leaves the bank.
 
-Noise: in distributed DP the bank's `SecAggClient` adds its discrete Gaussian share
+Secure sums: the bank answers the host's plain SecAgg+ rounds (``advertise`` ...
+``unmask``, one `SecAggClient` per kind of release) and its multi-release sessions
+(``session_keys`` ... ``session_unmask``, one `SessionClient` whose purposes are the
+two kinds); a session's release must name the kind the host broadcast with `request`.
+
+Noise: in distributed DP the bank's `SecAggClient` (or `SessionClient`) adds its discrete Gaussian share
 inside the masked vector (`fedsilo.privacy.secagg.noise`); in local DP (``local_sigma``,
 in raw sum units, one standard deviation for level histograms and one for leaf totals,
 each the plan's multiplier times that release's sensitivity) the bank adds the whole
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedsilo.errors import ProtocolError
 from fedsilo.privacy.gbdt import GRAD_BOUND, HESS_BOUND
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.privacy.secagg import (
@@ -37,6 +43,7 @@ from fedsilo.privacy.secagg import (
     Verifier,
 )
 from fedsilo.privacy.secagg.messages import MaskInputRequest, RoundSetup, ShareKeysRequest, UnmaskRequest
+from fedsilo.privacy.secagg.session import ReleaseRequest, SessionClient, SessionKeys, SessionSetup
 from fedsilo.strategies.gbdt.layout import BinLayout
 from fedsilo.strategies.gbdt.tree import Tree, check_histogram
 
@@ -76,6 +83,12 @@ class GBDTBank:
             }
             if secagg
             else {}
+        )
+        # the same two configurations as the purposes of a multi-release session (one key set-up for many releases)
+        self.session = (
+            SessionClient(node_id, dict(zip((LEVEL, LEAVES), secagg, strict=True)), signer=signer, verifier=verifier)
+            if secagg
+            else None
         )
         self._noise = SecureNoise() if max(local_sigma) > 0 else None
         self._g = self._h = np.zeros(0)
@@ -154,6 +167,35 @@ class GBDTBank:
 
     def unmask(self, request: UnmaskRequest) -> UnmaskShares:
         return self._client().unmask(request.round_id, request.survivors, request.dropped, request.signatures)
+
+    # ------------------------------------------------------------ multi-release session answers
+    def session_keys(self, setup: SessionSetup) -> SessionKeys:
+        return self._session().keys(setup)
+
+    def session_share(self, session_round: int, peer_keys: dict[int, SessionKeys]) -> dict[int, EncryptedShares]:
+        return self._session().share(session_round, peer_keys)
+
+    def session_accept(self, session_round: int, received: dict[int, EncryptedShares]) -> dict[int, str]:
+        return self._session().accept(session_round, received)
+
+    def session_mask(self, request: ReleaseRequest) -> MaskedInput:
+        """Mask the requested sums for a release; the release's purpose must be the kind the host broadcast."""
+        session = self._session()
+        session.expect_release(request)  # a replayed or out-of-order release is refused before computing
+        if self._request is None or request.purpose != self._request[0]:
+            raise ProtocolError(f"bank {self.name}: release purpose {request.purpose!r} is not the requested sums")
+        return session.mask(request, self.release().ravel() / self.row_bound, 1.0)
+
+    def session_sign(self, session_round: int, release: int, request: ConsistencyRequest) -> SurvivorSignature:
+        return self._session().sign(session_round, release, request.survivors, request.dropped)
+
+    def session_unmask(self, session_round: int, release: int, request: UnmaskRequest) -> UnmaskShares:
+        return self._session().unmask(session_round, release, request.survivors, request.dropped, request.signatures)
+
+    def _session(self) -> SessionClient:
+        if self.session is None:
+            raise ProtocolError(f"bank {self.name}: this job has no secure aggregation")
+        return self.session
 
     def _client(self) -> SecAggClient:
         if not self.clients or self._request is None:

@@ -4,6 +4,7 @@ See `fedsilo.privacy.gbdt` for the DP accounting and `fedsilo.peers.gbdt` for th
 """
 
 from .layout import BinLayout, FeatureGroup
+from .secure_session import SecureSession, SessionPeer
 from .secure_sum import HistogramPeer, SumOutcome, secure_sum
 from .tree import MIN_CHILD_NOISE_SDS, HistogramRefused, Tree, TreeParams, best_split, check_histogram, noise_aware
 
@@ -13,6 +14,8 @@ __all__ = [
     "FeatureGroup",
     "HistogramPeer",
     "HistogramRefused",
+    "SecureSession",
+    "SessionPeer",
     "SumOutcome",
     "Tree",
     "TreeParams",

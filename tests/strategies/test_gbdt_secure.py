@@ -9,17 +9,20 @@ import _gbdt_data as data
 import numpy as np
 import pytest
 
-from fedsilo.errors import BudgetExceeded, ConfigError
+from fedsilo.errors import BudgetExceeded, ConfigError, ProtocolError
 from fedsilo.peers.gbdt.bank import LEAVES, LEVEL
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
 from fedsilo.privacy.ledger import InMemoryLedger
 from fedsilo.privacy.secagg import MaskedInput, SecAggServer, graph_parameters
 from fedsilo.privacy.secagg.noise import central_noise_multiplier
+from fedsilo.privacy.secagg.session import ReleaseRequest
+from fedsilo.privacy.secagg.session_server import ReleaseServer
 from fedsilo.simulations.gbdt_federation import BoostSettings, boost, local_sigmas, secure_configs, split_noise_sd
 from fedsilo.strategies.gbdt import (
     MIN_CHILD_NOISE_SDS,
     HistogramRefused,
+    SecureSession,
     Tree,
     TreeParams,
     check_histogram,
@@ -246,3 +249,75 @@ def test_local_noise_is_sized_to_each_release_kind() -> None:
     leaves = np.concatenate([(bank.release() - bank.exact()).ravel() for _ in range(300)])
     assert np.std(level) == pytest.approx(sigmas[0], rel=0.1)
     assert np.std(leaves) == pytest.approx(sigmas[1], rel=0.1)  # not the level's (twice as large here)
+
+
+def test_one_key_set_up_serves_several_trees_and_every_sum_is_exact(monkeypatch) -> None:
+    """Sessions of 2 trees: 5 trees need 3 set-ups; each released sum equals the banks' exact histograms."""
+    lay, _, _, row_bound, configs, banks, directory = _setup(5)
+    settings = BoostSettings(trees=5, params=PARAMS, dp_mode="off", secure=True, trees_per_session=2)
+    set_ups, checked = [], []
+    original_init, original_sum = SecureSession.__init__, SecureSession.sum
+
+    def counting_init(self, *args, **kwargs):
+        set_ups.append(args[1])
+        original_init(self, *args, **kwargs)
+
+    def exact_sum(self, purpose, dim):
+        truth = sum(b.exact().ravel() for b in banks)
+        outcome = original_sum(self, purpose, dim)
+        checked.append(np.abs(outcome.sums * row_bound - truth).max())
+        return outcome
+
+    monkeypatch.setattr(SecureSession, "__init__", counting_init)
+    monkeypatch.setattr(SecureSession, "sum", exact_sum)
+    result = boost(banks, lay, settings, None, row_bound, verifier=directory, configs=configs)
+    assert set_ups == [1, 2, 3]
+    assert [r["session"] for r in result.releases] == [1] * 6 + [2] * 6 + [3] * 3
+    assert len(checked) == 15 and max(checked) < 1e-3
+    assert len(result.model.trees) == 5
+
+
+def test_a_bank_that_refuses_leaves_its_session_and_is_back_in_the_next(monkeypatch) -> None:
+    lay, _, _, row_bound, configs, banks, directory = _setup(5)
+    settings = BoostSettings(trees=2, params=PARAMS, dp_mode="off", secure=True, trees_per_session=1)
+    calls = {"n": 0}
+    original = banks[2].level_histogram
+
+    def fails_once(tree):
+        calls["n"] += 1
+        return np.full_like(original(tree), np.nan) if calls["n"] == 1 else original(tree)
+
+    monkeypatch.setattr(banks[2], "level_histogram", fails_once)
+    result = boost(banks, lay, settings, None, row_bound, verifier=directory, configs=configs)
+    first, *rest = result.releases
+    assert set(first["refused"]) == {"bank-2"} and first["banks"] == 4
+    assert [r["banks"] for r in rest[:2]] == [4, 4]  # out for the rest of its session (tree 1) ...
+    assert [r["banks"] for r in rest[2:]] == [5, 5, 5]  # ... and back with fresh keys in the next
+
+
+def test_in_a_session_the_host_sees_only_the_sum_and_cannot_read_one_banks_histogram(monkeypatch) -> None:
+    """The attacker is the host, as above, but the banks answer in a multi-release session."""
+    lay, _, _, row_bound, configs, banks, directory = _setup(4, bins=128)
+    seen: list = []
+    original = ReleaseServer.receive_masked_input
+
+    def spy(self, sender, msg):
+        seen.append((sender, msg.masked.copy()))
+        return original(self, sender, msg)
+
+    monkeypatch.setattr(ReleaseServer, "receive_masked_input", spy)
+    session = SecureSession({LEVEL: configs[0], "leaves": configs[1]}, 1, banks, 2, directory)
+    shape = _root_request(banks, lay)
+    truth = {b.node_id: b.exact() for b in banks}
+    outcome = session.sum(LEVEL, int(np.prod(shape)))
+    assert np.allclose(outcome.sums.reshape(shape) * row_bound, sum(truth.values()), atol=1e-5)
+    encoder = configs[0].encoder(len(banks))
+    assert len(seen) == len(banks)
+    for sender, masked in seen:
+        decoded = masked[:-1].astype(np.float64) / encoder.scale - configs[0].clip
+        true = truth[sender].ravel() / row_bound
+        assert np.abs(decoded - true).mean() > 20 * np.abs(true).mean()
+        assert abs(np.corrcoef(decoded, true)[0, 1]) < 0.2
+        assert abs((masked.astype(np.float64) / encoder.modulus).mean() - 0.5) < 0.05
+    with pytest.raises(ProtocolError, match="increasing order"):  # a replayed release index
+        banks[0].session_mask(ReleaseRequest(1, 1, LEVEL, tuple(b.node_id for b in banks)))
