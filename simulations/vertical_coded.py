@@ -72,15 +72,15 @@ __all__ = ["exchange", "simulate_coded"]
 
 def exchange(
     party: CodedParty, receiver: CodesReceived, batch: int, positions: np.ndarray, training: bool, tap=None
-) -> tuple[np.ndarray, int]:
-    """One request and its answer, as bytes both ways (``tap(direction, party, frame)`` sees them); codes, bytes."""
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """One request and its answer as bytes (``tap(direction, party, frame)`` sees them): codes, (bytes out, back)."""
     request = receiver.request(batch, positions, training).to_bytes()
     if tap is not None:
         tap("to_party", party.name, request)
     answer = party.answer(BatchRequest.from_bytes(request)).to_bytes()
     if tap is not None:
         tap("to_holder", party.name, answer)
-    return receiver.receive(Codes.from_bytes(answer)), len(request) + len(answer)
+    return receiver.receive(Codes.from_bytes(answer)), (len(request), len(answer))
 
 
 def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
@@ -120,12 +120,14 @@ def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
         progress.stage(f"The {PARTY} releases one code per shared training customer; the {HOLDER} trains alone")
         started = time.perf_counter()
         train_codes, train_bytes = exchange(bank, receiver, 1, holder_link.positions[train_index], True, tap)
+        exchanged = time.perf_counter() - started
         codes = np.zeros((len(holder.rows), DELINQUENCY_K), dtype=np.float32)
         codes[train_index] = one_hot(train_codes, DELINQUENCY_K)
         model = _broker_model(parties, codes, spec, config, seed=config.seed + 2)
         history = train(model, [], epochs, config.batch_size, config.seed)
         seconds = time.perf_counter() - started
-        history[0].bytes_to_holder, history[0].bytes_to_parties = train_bytes, 0  # the one exchange
+        history[0].bytes_to_parties, history[0].bytes_to_holder = train_bytes  # the one exchange, both ways
+        history[0].seconds += exchanged
         test_codes, _ = exchange(bank, receiver, 2, holder_link.positions[test_index], False, tap)
         codes[test_index] = one_hot(test_codes, DELINQUENCY_K)
         model.x[test_index, -DELINQUENCY_K:] = torch.as_tensor(codes[test_index])
