@@ -1,5 +1,9 @@
 """`fedsilo simulate --setup vertical`: the same customers at a broker and a bank, different columns.
 
+Two schemes (``--vertical-scheme``): ``coded`` (the default,
+:mod:`fedsilo.simulations.vertical_coded`: one randomized-response code per shared
+customer) and ``split``, the split model this module runs (below).
+
 The scenario (issue 18): a broker rates its clients and holds the label (default next
 month), their demographics and a few payment amounts; a bank holds, for its own
 clients, the credit limit, the repayment-status history, the bill amounts and the other

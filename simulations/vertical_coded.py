@@ -130,7 +130,7 @@ def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
         history[0].seconds += exchanged
         test_codes, _ = exchange(bank, receiver, 2, holder_link.positions[test_index], False, tap)
         codes[test_index] = one_hot(test_codes, DELINQUENCY_K)
-        model.x[test_index, -DELINQUENCY_K:] = torch.as_tensor(codes[test_index])
+        model.x[test_index, -DELINQUENCY_K:] = torch.as_tensor(codes[test_index])  # scoring: their codes now known
         vertical_auc = _auc(model.predict(0, test_index, []), y[test_index])
         for name, ledger in ledgers.items():
             ledger.commit(name, job, bank.mechanisms() if name == PARTY else [])
