@@ -128,6 +128,8 @@ def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
         seconds = time.perf_counter() - started
         history[0].bytes_to_parties, history[0].bytes_to_holder = train_bytes  # the one exchange, both ways
         history[0].seconds += exchanged
+        for stats in history:  # the bank spent its ε in the one exchange; the broker spends nothing
+            stats.epsilon = {PARTY: round(bank.spent(), 4), HOLDER: 0.0} if private else {}
         test_codes, _ = exchange(bank, receiver, 2, holder_link.positions[test_index], False, tap)
         codes[test_index] = one_hot(test_codes, DELINQUENCY_K)
         model.x[test_index, -DELINQUENCY_K:] = torch.as_tensor(codes[test_index])  # scoring: their codes now known
