@@ -102,5 +102,11 @@ class SeededNoise:
     def poisson_rows(self, n: int, sample_rate: float) -> torch.Tensor:
         return (torch.rand(n, generator=self._sampling) < sample_rate).nonzero().squeeze(1)
 
+    def words(self, count: int) -> np.ndarray:
+        """`count` uint64 words from numpy's PCG64 seeded by `seed` + 2 (randomized response's coins)."""
+        if not hasattr(self, "_words"):
+            self._words = np.random.default_rng(self.seed + 2)
+        return self._words.integers(0, 2**64, size=count, dtype=np.uint64, endpoint=False)
+
     def standard_normal_(self, out: torch.Tensor) -> torch.Tensor:
         return torch.randn(out.shape, generator=self._noise, out=out)

@@ -38,7 +38,9 @@ from fedsilo.errors import BudgetExceeded, ConfigError, DataError
 from fedsilo.privacy.accounting import Mechanism, calibrate_noise, epsilon_spent
 from fedsilo.privacy.noise_source import NoiseSource
 
-__all__ = ["SENSITIVITY_FACTOR", "RowAccountant", "RowRelease", "clip_rows", "plan_noise"]
+_WORDS = 1 << 64
+
+__all__ = ["SENSITIVITY_FACTOR", "CodeRelease", "RowAccountant", "RowRelease", "clip_rows", "plan_noise"]
 
 #: Replacing one row moves its clipped vector by at most 2·clip.
 SENSITIVITY_FACTOR = 2.0
@@ -197,3 +199,71 @@ def noisy_clipped_mean(
             summed = summed + (noise * (noise_multiplier * SENSITIVITY_FACTOR * clip)).to(summed.dtype)
         out[name] = summed / batch
     return out
+
+
+@dataclass(frozen=True)
+class CodeRelease:
+    """k-ary randomized response: each row's code in 0 … k−1, kept or replaced by one of the k − 1 others.
+
+    The coded vertical scheme (:mod:`fedsilo.peers.vertical.coded`): a feature party
+    releases each shared customer's information **once**, as a low-cardinality code
+    ``c_i = q(f(x_i))`` (``f`` a model of its own columns, ``q`` a quantizer), through
+    this mechanism. For one row, k-RR is pure ``epsilon``-DP (local DP): every output has
+    probability ``keep`` under its own code and ``m`` under any other, ``keep / m ≤
+    e^epsilon``.
+
+    Why the codes of all rows together are DP for each row (the crux). Let ``f`` be an
+    (ε₁, δ)-DP function of the party's rows (ε₁ = 0 when ``f`` is fixed before any data
+    is seen, as the delinquency rule of the coded scheme is). Replace customer i's row:
+    ``f`` moves within (ε₁, δ); given ``f``, every other customer's code is a function of
+    ``f`` and of *her own* row only, so it does not depend on row i; customer i's own
+    code is one k-RR release, ε₂-DP in row i given ``f``. By adaptive composition the
+    release (f, all codes) is (ε₁ + ε₂, δ)-DP for row i, and the codes alone are a
+    post-processing of it. Each row is released once: a repeated request gets the stored
+    code (post-processing, no further ε; the receiver cannot average repeats away). A
+    held-out or newly scored customer is not in ``f``'s data either, so her loss is ε₂
+    only; she is charged ε₁ + ε₂ all the same (:func:`fedsilo.privacy.accounting.epsilon_spent`
+    composes the :class:`~fedsilo.privacy.accounting.mechanism.PureMechanism` with ``f``'s).
+
+    Coins are uint64 words from a :class:`~fedsilo.privacy.noise_source.NoiseSource`
+    (``SecureNoise``: the OS CSPRNG). A word below ``keep_words`` keeps the code; the
+    rest of [0, 2⁶⁴) is cut into k − 1 intervals of ``other_words`` each, one per other
+    code. ``other_words = ⌈2⁶⁴ / (e^ε + k − 1)⌉ + 1`` and ``keep_words = 2⁶⁴ − (k − 1) ·
+    other_words``, so keep/m ≤ e^ε holds exactly in integers (the flip probability is
+    at most 2⁻⁶³ above the ideal 1 − e^ε/(e^ε + k − 1): on the private side).
+    """
+
+    k: int
+    epsilon: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
+            raise ConfigError(f"randomized response needs k ≥ 2 codes, got {self.k!r}")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError(f"randomized response needs a finite ε > 0, got {self.epsilon}")
+
+    @property
+    def other_words(self) -> int:
+        return math.ceil(_WORDS / (math.exp(self.epsilon) + self.k - 1)) + 1
+
+    @property
+    def keep_words(self) -> int:
+        return _WORDS - (self.k - 1) * self.other_words
+
+    @property
+    def keep_probability(self) -> float:
+        """The probability that a code is released unchanged (e^ε / (e^ε + k − 1), to 2⁻⁶³)."""
+        return self.keep_words / _WORDS
+
+    def apply(self, codes: np.ndarray, source: NoiseSource) -> np.ndarray:
+        """The released codes (int64), one k-RR draw per row; DataError for a code outside 0 … k−1."""
+        codes = np.asarray(codes)
+        if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer):
+            raise DataError(f"randomized response takes a 1-D array of integer codes, got {codes.dtype} {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.k):
+            raise DataError(f"a code outside 0 … {self.k - 1} cannot be released")
+        words = np.asarray(source.words(len(codes)), dtype=np.uint64)
+        keep = words < np.uint64(self.keep_words)
+        other = ((words - np.uint64(self.keep_words)) // np.uint64(self.other_words)).astype(np.int64)
+        other = np.minimum(other, self.k - 2)  # the last interval ends exactly at 2⁶⁴; guard the edge
+        return np.where(keep, codes.astype(np.int64), (codes.astype(np.int64) + 1 + other) % self.k)

@@ -61,6 +61,7 @@ class SimulationConfig:
     hidden: tuple[int, ...] = ModelSpec.hidden
     embedding_width: int = 4  # vertical: width of each party's bottom-model output
     frozen_bottoms: bool = False  # vertical: feature parties keep their data-independent bottoms, release once
+    vertical_scheme: str = "coded"  # vertical: "split" (embeddings/gradients every step) or "coded" (one code per row)
     trees: int = 30  # --model gbdt: trees, their depth, histogram bins per numeric column
     depth: int = 2
     bins: int = 16
@@ -150,6 +151,8 @@ class SimulationConfig:
                 f"--overlap {self.overlap}: customers shared between institutions apply to "
                 "--setup transfer, as a probability in [0, 1) (and to --setup vertical)"
             )
+        if self.vertical_scheme not in ("split", "coded"):
+            raise ConfigError(f"--vertical-scheme is split or coded, got {self.vertical_scheme!r}")
         if self.embedding_width < 1:
             raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
         if self.data is None and self.id_column:

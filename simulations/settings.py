@@ -368,6 +368,15 @@ SETTINGS: tuple[Setting, ...] = (
         kind="bool",
         help="vertical: the bank keeps its seeded (data-independent) bottom and releases each row's embedding once",
     ),
+    Setting(
+        "vertical_scheme",
+        toml="model.vertical-scheme",
+        flag="--vertical-scheme",
+        kind="str",
+        choices=("split", "coded"),
+        help="vertical: 'coded' (the bank releases each shared customer's delinquency code once, by randomized "
+        "response; nothing comes back) or 'split' (noisy embeddings and gradients every step)",
+    ),
     Setting("trees", toml="model.trees", flag="--trees", kind="int", metavar="N", help="--model gbdt: number of trees"),
     Setting(
         "depth", toml="model.depth", flag="--depth", kind="int", metavar="D", help="--model gbdt: depth of each tree"

@@ -7,6 +7,9 @@
   released bottom-model outputs.
 - :class:`Gradients` (label holder → feature party): one row per position, the released
   gradients of the loss with respect to those outputs.
+- :class:`Codes` (feature party → label holder, the coded scheme): one integer code in
+  0 … k−1 per position, each released once by k-ary randomized response
+  (:mod:`fedsilo.peers.vertical.coded`); the scheme's request is a :class:`BatchRequest`.
 
 No message carries an identifier, a column name or a label: positions are indices in an
 order both parties derived from PSI elements, values are released (clipped and noised
@@ -25,7 +28,7 @@ import numpy as np
 
 from fedsilo.errors import DataError, ProtocolError
 
-__all__ = ["BatchRequest", "Embeddings", "Gradients", "check_rows"]
+__all__ = ["BatchRequest", "Codes", "Embeddings", "Gradients", "check_codes", "check_rows"]
 
 _HEADER = struct.Struct(">4sBQII")  # magic, version, batch id, rows, width
 _VERSION = 1
@@ -121,3 +124,61 @@ def check_rows(values: np.ndarray, rows: int, width: int, who: str, what: str) -
     if not np.isfinite(values).all():
         raise DataError(f"{who} sent {what} with NaN or infinite values: refused")
     return values.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A feature party's released codes (0 … ``k`` − 1) for the positions of batch ``batch``, row for row.
+
+    Framed as magic ``FSVC``, version, batch id, rows, k, party name, then one
+    big-endian uint16 per row. Decoding checks the framing only; the receiver checks
+    the content (:func:`check_codes`).
+    """
+
+    party: str
+    batch: int
+    k: int
+    codes: np.ndarray
+
+    _MAGIC: ClassVar[bytes] = b"FSVC"
+
+    def to_bytes(self) -> bytes:
+        name = self.party.encode()
+        codes = np.asarray(self.codes)
+        if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer) or (codes.size and codes.min() < 0):
+            raise DataError(f"{self.party}: codes are a 1-D array of integers ≥ 0")
+        return (
+            _HEADER.pack(self._MAGIC, _VERSION, self.batch, len(codes), self.k)
+            + _NAME.pack(len(name))
+            + name
+            + np.ascontiguousarray(codes, dtype=">u2").tobytes()
+        )
+
+    @classmethod
+    def from_bytes(cls, frame: bytes) -> Codes:
+        if len(frame) < _HEADER.size + _NAME.size:
+            raise ProtocolError(f"a codes frame is at least {_HEADER.size + _NAME.size} bytes; got {len(frame)}")
+        got, version, batch, rows, k = _HEADER.unpack_from(frame)
+        if got != cls._MAGIC or version != _VERSION:
+            raise ProtocolError(f"not a version-{_VERSION} codes frame: refused")
+        (length,) = _NAME.unpack_from(frame, _HEADER.size)
+        start = _HEADER.size + _NAME.size + length
+        if len(frame) != start + 2 * rows:
+            raise ProtocolError(f"a codes frame of {rows} codes has {len(frame) - start} payload bytes: refused")
+        party = frame[_HEADER.size + _NAME.size : start].decode(errors="replace")
+        return cls(party, batch, k, np.frombuffer(frame, dtype=">u2", offset=start).astype(np.int64))
+
+
+def check_codes(codes: np.ndarray, rows: int, k: int, who: str) -> np.ndarray:
+    """``codes`` as int64 if it is ``rows`` integers in 0 … ``k`` − 1; DataError naming ``who`` otherwise."""
+    codes = np.asarray(codes)
+    if codes.shape != (rows,):
+        raise DataError(f"{who} sent codes of shape {codes.shape}; the batch needs ({rows},): refused")
+    if not np.issubdtype(codes.dtype, np.integer):
+        if not np.isfinite(codes).all():
+            raise DataError(f"{who} sent codes with NaN or infinite values: refused")
+        if (codes != np.round(codes)).any():
+            raise DataError(f"{who} sent codes that are not whole numbers: refused")
+    if codes.size and (codes.min() < 0 or codes.max() >= k):
+        raise DataError(f"{who} sent a code outside 0 … {k - 1}: refused")
+    return codes.astype(np.int64)

@@ -1,6 +1,7 @@
 """Privacy accounting: a small facade over Opacus' RDP and PRV accountants.
 
 - :class:`Mechanism` — one run of the Poisson-subsampled Gaussian mechanism.
+- :class:`PureMechanism` — runs of a pure ε-DP mechanism (randomized response), basic composition.
 - :func:`epsilon_spent` — ε of a whole history, composed by one Opacus accountant.
 - :func:`calibrate_noise` — the smallest noise multiplier that fits a target ε.
 - :class:`Accountant` — a stateful, checkpointable history.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ACCOUNTANTS", "Accountant", "Mechanism", "calibrate_noise", "epsilon_spent"]
+__all__ = ["ACCOUNTANTS", "Accountant", "Mechanism", "PureMechanism", "calibrate_noise", "epsilon_spent"]
 
 # Each public name's home module, loaded on first use: `compose` and `accountant` bring numpy
 # and Opacus' analysis, which the command line's help and refusals do not need.
@@ -20,6 +21,7 @@ _HOMES = {
     "ACCOUNTANTS": "validate",
     "Accountant": "accountant",
     "Mechanism": "mechanism",
+    "PureMechanism": "mechanism",
     "calibrate_noise": "compose",
     "epsilon_spent": "compose",
 }
@@ -27,7 +29,7 @@ _HOMES = {
 if TYPE_CHECKING:
     from fedsilo.privacy.accounting.accountant import Accountant
     from fedsilo.privacy.accounting.compose import calibrate_noise, epsilon_spent
-    from fedsilo.privacy.accounting.mechanism import Mechanism
+    from fedsilo.privacy.accounting.mechanism import Mechanism, PureMechanism
     from fedsilo.privacy.accounting.validate import ACCOUNTANTS
 
 

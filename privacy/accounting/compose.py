@@ -35,7 +35,7 @@ import numpy as np
 
 from fedsilo.errors import BudgetExceeded, ConfigError
 from fedsilo.privacy.accounting import store
-from fedsilo.privacy.accounting.mechanism import Mechanism
+from fedsilo.privacy.accounting.mechanism import Mechanism, PureMechanism
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 
 #: The calibration's tolerance, absolute in ε (Opacus' `get_noise_multiplier` default): a
@@ -72,17 +72,25 @@ def _epsilon_kwargs(accountant: str) -> dict:
     return {"alphas": RDP_ALPHAS} if accountant == "rdp" else {}
 
 
-def epsilon_spent(mechanisms: Sequence[Mechanism], delta: float, accountant: str = "rdp") -> float:
+def epsilon_spent(mechanisms: Sequence[Mechanism | PureMechanism], delta: float, accountant: str = "rdp") -> float:
     """ε of all ``mechanisms`` composed together at ``delta``, by one Opacus accountant.
 
     ``accountant`` is ``"rdp"`` (RDPAccountant) or ``"prv"`` (PRVAccountant, an upper
-    bound). An empty history (or only zero-step runs) spends 0.0.
+    bound). An empty history (or only zero-step runs) spends 0.0. Pure ε-DP runs
+    (:class:`PureMechanism`, e.g. randomized response) compose by basic composition:
+    their ε · steps is added to the Gaussian runs' ε at ``delta`` (valid: a pure
+    ε₁-DP and an (ε₂, δ)-DP mechanism compose to (ε₁ + ε₂, δ), adaptively).
     """
     delta = check_delta(delta)
     check_accountant(accountant)
-    history = canonical_history(mechanisms)
+    pure = sum(m.epsilon * m.steps for m in mechanisms if isinstance(m, PureMechanism))
+    history = canonical_history([m for m in mechanisms if not isinstance(m, PureMechanism)])
     if not history:
-        return 0.0
+        return float(pure)
+    return pure + _gaussian_history_epsilon(history, delta, accountant)
+
+
+def _gaussian_history_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
     if accountant == "rdp":
         from opacus.accountants.analysis import rdp as privacy_analysis
 

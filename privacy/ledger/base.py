@@ -28,6 +28,7 @@ from typing import Literal
 
 from fedsilo.errors import BudgetExceeded, ConfigError, LedgerError
 from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+from fedsilo.privacy.accounting.mechanism import PureMechanism
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 
 JobState = Literal["reserved", "committed"]
@@ -80,12 +81,12 @@ def _check_name(value: str, what: str) -> str:
 
 
 def _check_mechanisms(mechanisms: Sequence[Mechanism], what: str) -> tuple[Mechanism, ...]:
-    if isinstance(mechanisms, Mechanism):
+    if isinstance(mechanisms, (Mechanism, PureMechanism)):
         mechanisms = (mechanisms,)
     out = tuple(mechanisms)
     for m in out:
-        if not isinstance(m, Mechanism):
-            raise ConfigError(f"{what} must be a sequence of Mechanism, got {type(m).__name__}")
+        if not isinstance(m, (Mechanism, PureMechanism)):
+            raise ConfigError(f"{what} must be a sequence of Mechanism or PureMechanism, got {type(m).__name__}")
     return out
 
 

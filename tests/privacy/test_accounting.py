@@ -550,3 +550,19 @@ def test_plan_distributed_dp_refuses_what_it_cannot_account():
         )
     with pytest.raises(ConfigError, match=r"^delta must be in \(0, 1\)"):
         plan_distributed_dp(3.0, 1.0, "rdp", rounds=1, l2_sensitivity=1e-4, peers=10, n_params=1, secagg=_secagg())
+
+
+def test_a_pure_mechanism_round_trips_and_refuses_what_is_not_one():
+    from fedsilo.privacy.accounting import PureMechanism
+
+    pure = PureMechanism(2.5, 1)
+    assert Mechanism.from_dict(pure.to_dict()) == pure  # the ledger's JSON reader dispatches on the keys
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigError):
+            PureMechanism(bad, 1)
+    with pytest.raises(ConfigError):
+        PureMechanism.from_dict({"pure_epsilon": 1.0})
+    assert epsilon_spent([pure, PureMechanism(0.5, 2)], 1e-5, "rdp") == pytest.approx(3.5)
+    # a calibration on top of a pure history refuses rather than silently ignoring it
+    with pytest.raises(ConfigError, match="PureMechanism"):
+        calibrate_noise(5.0, 1e-5, 0.01, 10, "rdp", prior=[pure])

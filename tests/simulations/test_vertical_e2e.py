@@ -45,7 +45,15 @@ def test_no_message_carries_an_id_a_column_name_a_raw_value_or_a_label():
 
 
 def test_simulate_vertical_writes_each_party_its_part_ledger_and_card(tmp_path):
-    result = simulate(setup="vertical", customers=1600, rounds=1, batch_size=256, out=str(tmp_path), epsilon=3.0)
+    result = simulate(
+        setup="vertical",
+        customers=1600,
+        rounds=1,
+        batch_size=256,
+        out=str(tmp_path),
+        epsilon=3.0,
+        vertical_scheme="split",
+    )
     folder = result.run_dir
     v = result.summary.vertical
     for owner in ("broker", "bank"):
@@ -80,10 +88,29 @@ def test_simulate_vertical_writes_each_party_its_part_ledger_and_card(tmp_path):
 
 def test_vertical_settings_from_toml_and_flags(tmp_path):
     path = tmp_path / "sim.toml"
-    path.write_text('[simulation]\nsetup = "vertical"\n\n[data]\noverlap = 0.5\n\n[model]\nembedding-width = 2\n')
+    path.write_text(
+        '[simulation]\nsetup = "vertical"\n\n[data]\noverlap = 0.5\n\n[model]\nembedding-width = 2\n'
+        'vertical-scheme = "split"\n'
+    )
     config = build_config(path)
     assert (config.setup, config.overlap, config.embedding_width) == ("vertical", 0.5, 2)
+    assert config.vertical_scheme == "split" and build_config(None, {"setup": "vertical"}).vertical_scheme == "coded"
+    with pytest.raises(ConfigError, match="--vertical-scheme is split or coded"):
+        build_config(None, {"setup": "vertical", "vertical_scheme": "trees"})
     with pytest.raises(ConfigError, match="--embedding-width must be ≥ 1"):
         build_config(None, {"setup": "vertical", "embedding_width": 0})
     with pytest.raises(ConfigError, match="--scenario uci needs --data"):
         pooled_table(SimulationConfig(setup="vertical", scenario="uci"))
+
+
+def test_simulate_vertical_coded_commits_one_pure_release_at_the_bank_and_nothing_at_the_broker(tmp_path):
+    result = simulate(setup="vertical", customers=1600, rounds=1, batch_size=256, out=str(tmp_path), epsilon=3.0)
+    run = result.run_dir
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["scheme"] == "coded" and result.summary.vertical["scheme"] == "coded"
+    bank = SQLiteLedger(run / "ledger-bank.sqlite")
+    assert bank.status("bank").spent_epsilon == pytest.approx(3.0)
+    broker = SQLiteLedger(run / "ledger-broker.sqlite")
+    assert broker.status("broker").spent_epsilon == 0.0
+    assert not (run / "part-bank.safetensors").exists()  # the bank's rule is fixed: it has no trained part
+    assert result.summary.vertical["measured_leakage"]["label_inference_auc"] == 0.5
