@@ -16,6 +16,10 @@ model-readers = []               # besides the job's owner and participants
 setups = ["horizontal"]          # job setups accepted: horizontal, transfer, vertical
 dp = ["local"]                   # DP mechanisms accepted: local, distributed
 vertical-label-holders = []      # hosts (the label holders) whose vertical jobs are accepted
+max-model-parameters = 1000000   # bounds on a job (a job over one is declined, nothing reserved):
+max-rounds = 200                 #   parameters of its declared model, training rounds,
+max-batch-size = 10000           #   expected batch size,
+max-wall-minutes = 30            #   and minutes this peer's engine may train it (then stopped: failed)
 
 [sources.credit-card]            # the name jobs refer to
 path = "../data/bank-a.csv"      # CSV or Parquet, relative to this file; never leaves the machine
@@ -65,6 +69,12 @@ from fedsilo.privacy.psi.identifiers import canonical
 from fedsilo.strategies.factory import STRATEGIES
 
 DEFAULT_MAX_BODY = 1 << 20
+# The [policy] bounds on one job (issue 19): a credit-risk MLP over a few hundred encoded
+# columns has some 10^4–10^5 parameters and trains in tens of rounds on batches of hundreds.
+DEFAULT_MAX_MODEL_PARAMETERS = 1_000_000
+DEFAULT_MAX_ROUNDS = 200
+DEFAULT_MAX_BATCH_SIZE = 10_000
+DEFAULT_MAX_WALL_MINUTES = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,10 @@ class Policy:
     setups: tuple[str, ...] = ("horizontal",)
     dp: tuple[str, ...] = ("local",)
     vertical_label_holders: tuple[str, ...] = ()
+    max_model_parameters: int = DEFAULT_MAX_MODEL_PARAMETERS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wall_minutes: float = DEFAULT_MAX_WALL_MINUTES
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,10 @@ _POLICY_KEYS = {
     "setups",
     "dp",
     "vertical-label-holders",
+    "max-model-parameters",
+    "max-rounds",
+    "max-batch-size",
+    "max-wall-minutes",
 }
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
 _LIST_KEYS = {
@@ -192,6 +210,24 @@ def _names(
     return tuple(values)
 
 
+def _bound(table: dict[str, Any], key: str, default: int) -> int:
+    """A positive integer bound of [policy]."""
+    value = _typed(table, key, int, "policy", default)
+    if value < 1:
+        raise ConfigError(f"policy.{key} must be a positive integer (got {value}); the default is {default}")
+    return value
+
+
+def _wall_minutes(table: dict[str, Any]) -> float:
+    value = float(_typed(table, "max-wall-minutes", (int, float), "policy", DEFAULT_MAX_WALL_MINUTES))
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"policy.max-wall-minutes must be a positive number of minutes (got {value}); "
+            f"the default is {DEFAULT_MAX_WALL_MINUTES:g}"
+        )
+    return value
+
+
 def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
     """Build a PeerConfig from a parsed peer.toml whose directory is `base`."""
     _only(document, _SECTIONS, "peer.toml (sections)")
@@ -222,6 +258,10 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
             check_name(n, "policy.vertical-label-holders entry")
             for n in _names(table, "vertical-label-holders", "policy", None, ())
         ),
+        max_model_parameters=_bound(table, "max-model-parameters", DEFAULT_MAX_MODEL_PARAMETERS),
+        max_rounds=_bound(table, "max-rounds", DEFAULT_MAX_ROUNDS),
+        max_batch_size=_bound(table, "max-batch-size", DEFAULT_MAX_BATCH_SIZE),
+        max_wall_minutes=_wall_minutes(table),
     )
 
     sources_table = _typed(document, "sources", dict, "peer.toml", {})

@@ -44,7 +44,7 @@ def test_a_valid_peer_toml(peer_dir):
     [
         (
             ("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nmax-epsilon = 1"),
-            "unknown key 'max-epsilon' in [policy]: valid keys are dp, max-epsilon-per-job, min-participants",
+            "unknown key 'max-epsilon' in [policy]: valid keys are dp, max-batch-size, max-epsilon-per-job, max-model-parameters",
         ),
         (
             ("[peer]", "[peers]"),
