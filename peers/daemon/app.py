@@ -32,7 +32,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from fedsilo.errors import FedsiloError
+from fedsilo.peers.daemon import rate_limit
 from fedsilo.peers.daemon.config import PeerConfig, load_config
+from fedsilo.peers.daemon.connections import ConnectionGuard, GuardedSite
 from fedsilo.peers.daemon.inputs import parse_json, query_count
 from fedsilo.peers.daemon.model_store import CARD, SIGNATURE
 from fedsilo.peers.daemon.openapi import spec
@@ -393,7 +395,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def build_app(service: PeerService, max_body: int) -> web.Application:
-    app = web.Application(middlewares=[identify], client_max_size=max_body)
+    limiter = rate_limit.RateLimiter(service.context.config.limits)
+    app = web.Application(middlewares=[identify, rate_limit.middleware(limiter, _viewer)], client_max_size=max_body)
     app[SERVICE] = service
     app[MAX_BODY] = max_body
     for method, path, handler in ROUTES:
@@ -423,13 +426,15 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
     admin = admin_socket(config.state_dir)
     service = PeerService(config, identity)
     host, manifest_port = listen_address(identity)
-    runner = web.AppRunner(build_app(service, config.max_body_bytes), access_log=None)
+    app = build_app(service, config.max_body_bytes)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.limits.idle_timeout)
     await runner.setup()
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
         host,
         manifest_port if port is None else port,
-        ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path),
+        server_context(identity.ca_path, identity.cert_path, identity.key_path),
+        ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None)),
     )
     await site.start()
     # aiohttp keeps the listening server private; with port 0 only it knows the port the OS chose.

@@ -21,6 +21,18 @@ max-rounds = 200                 #   parameters of its declared model, training 
 max-batch-size = 10000           #   expected batch size,
 max-wall-minutes = 30            #   and minutes this peer's engine may train it (then stopped: failed)
 
+[limits]                         # what one member may ask of this daemon (all optional)
+read-rate = 20.0                 # GET requests per second, per member and per route (token bucket)
+read-burst = 40                  #   the bucket: requests a member may send at once
+write-rate = 2.0                 # POST requests per second, per member and per route
+write-burst = 10
+routes = { "POST /v1/jobs" = [0.2, 3] }  # [rate, burst] for one route (method and path as in the API)
+header-timeout = 10.0            # seconds for the TLS handshake and for a request's headers
+body-timeout = 30.0              # seconds for a request's body, once its headers arrived
+idle-timeout = 30.0              # seconds a connection may wait idle between requests
+connections-per-member = 32      # open connections of one member; more are closed at once
+unidentified-connections = 16    # open connections whose certificate is no member's
+
 [sources.credit-card]            # the name jobs refer to
 path = "../data/bank-a.csv"      # CSV or Parquet, relative to this file; never leaves the machine
 label = "Y"
@@ -137,6 +149,29 @@ class SharedList:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """[limits]: per-member, per-route request rates (token buckets) and connection limits."""
+
+    read_rate: float = 20.0
+    read_burst: int = 40
+    write_rate: float = 2.0
+    write_burst: int = 10
+    routes: tuple[tuple[str, float, int], ...] = ()  # ("METHOD /path", rate, burst)
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 30.0
+    connections_per_member: int = 32
+    unidentified_connections: int = 16
+
+    def rate_of(self, method: str, path: str) -> tuple[float, int]:
+        """(requests per second, burst) of a route: its own entry, else the read or write default."""
+        for route, rate, burst in self.routes:
+            if route == f"{method} {path}":
+                return rate, burst
+        return (self.read_rate, self.read_burst) if method in ("GET", "HEAD") else (self.write_rate, self.write_burst)
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     identity_dir: Path
     state_dir: Path
@@ -144,9 +179,22 @@ class PeerConfig:
     sources: dict[str, DataSource]
     max_body_bytes: int = DEFAULT_MAX_BODY
     lists: dict[str, SharedList] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
 
-_SECTIONS = {"peer", "policy", "sources", "lists"}
+_SECTIONS = {"peer", "policy", "sources", "lists", "limits"}
+_LIMIT_KEYS = {
+    "read-rate",
+    "read-burst",
+    "write-rate",
+    "write-burst",
+    "routes",
+    "header-timeout",
+    "body-timeout",
+    "idle-timeout",
+    "connections-per-member",
+    "unidentified-connections",
+}
 _PEER_KEYS = {"identity", "state", "max-body-bytes"}
 _POLICY_KEYS = {
     "model-owners",
@@ -294,6 +342,47 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         sources=sources,
         max_body_bytes=max_body,
         lists=_lists(_typed(document, "lists", dict, "peer.toml", {}), base),
+        limits=_limits(_typed(document, "limits", dict, "peer.toml", {})),
+    )
+
+
+def _limits(table: dict[str, Any]) -> Limits:
+    """The [limits] table (see the module docstring); every key defaults to `Limits`' value."""
+    _only(table, _LIMIT_KEYS, "[limits]")
+    default = Limits()
+
+    def positive(key: str, kind: type | tuple[type, ...]) -> Any:
+        value = _typed(table, key, kind, "limits", getattr(default, key.replace("-", "_")))
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"limits.{key} must be > 0 (got {value})")
+        return value
+
+    routes = []
+    for route, entry in _typed(table, "routes", dict, "limits", {}).items():
+        method, _, path = route.partition(" ")
+        if method not in ("GET", "POST") or not path.startswith("/v1/"):
+            raise ConfigError(f'limits.routes key {route!r} must be a method and a path, e.g. "POST /v1/jobs"')
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or any(isinstance(v, bool) for v in entry)
+            or not isinstance(entry[0], (int, float))
+            or not isinstance(entry[1], int)
+            or not (math.isfinite(entry[0]) and entry[0] > 0 and entry[1] >= 1)
+        ):
+            raise ConfigError(f"limits.routes.{route!r} must be [requests per second > 0, burst ≥ 1] (got {entry!r})")
+        routes.append((route, float(entry[0]), entry[1]))
+    return Limits(
+        read_rate=float(positive("read-rate", (int, float))),
+        read_burst=positive("read-burst", int),
+        write_rate=float(positive("write-rate", (int, float))),
+        write_burst=positive("write-burst", int),
+        routes=tuple(routes),
+        header_timeout=float(positive("header-timeout", (int, float))),
+        body_timeout=float(positive("body-timeout", (int, float))),
+        idle_timeout=float(positive("idle-timeout", (int, float))),
+        connections_per_member=positive("connections-per-member", int),
+        unidentified_connections=positive("unidentified-connections", int),
     )
 
 
