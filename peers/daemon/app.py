@@ -33,6 +33,7 @@ from aiohttp import web
 
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon import rate_limit
+from fedsilo.peers.daemon.background import PidFile
 from fedsilo.peers.daemon.config import PeerConfig, load_config
 from fedsilo.peers.daemon.connections import ConnectionGuard, GuardedSite
 from fedsilo.peers.daemon.inputs import parse_json, query_count
@@ -456,12 +457,15 @@ def admin_socket(state_dir: Path) -> Path:
 
 
 def run_daemon(config_path: str) -> int:
-    """`fedsilo peer start`: serve until SIGINT or SIGTERM."""
+    """`fedsilo peer start`: serve until SIGINT or SIGTERM, holding the state directory's PID file."""
     config = load_config(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pid_file = PidFile(config.state_dir)
+    pid_file.check_free()
 
     async def main() -> None:
         runner, service, port = await start_daemon(config)
+        pid_file.write(Path(config_path).resolve())
         print(
             f"peer {service.name} listening on https://{listen_address(service.identity)[0]}:{port} "
             f"(state: {config.state_dir})",
@@ -475,5 +479,8 @@ def run_daemon(config_path: str) -> int:
         await runner.cleanup()
         print(f"peer {service.name} stopped", flush=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        pid_file.remove()
     return 0
