@@ -48,7 +48,7 @@ def test_a_valid_peer_toml(peer_dir):
         ),
         (
             ("[peer]", "[peers]"),
-            "unknown key 'peers' in peer.toml (sections): valid keys are lists, peer, policy, sources",
+            "unknown key 'peers' in peer.toml (sections): valid keys are limits, lists, peer, policy, sources",
         ),
         (
             ("max-epsilon-per-job = 3.0", 'max-epsilon-per-job = 3.0\nstrategies = ["krum"]'),

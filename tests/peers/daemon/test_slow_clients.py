@@ -17,6 +17,7 @@ import time
 import aiohttp
 import pytest
 
+from fedsilo.peers.identity.consortium import admit, init_peer
 from fedsilo.peers.identity.tls import client_context
 
 from ._consortium import make_consortium, run, running
@@ -246,3 +247,38 @@ def test_connections_over_a_members_cap_are_closed_at_once_and_others_still_serv
     assert closed == b"" and refused_after < 0.5  # the fifth of bank-b's connections: closed before any byte
     assert other == 200  # bank-c has its own allowance
     assert first_line.startswith(b"HTTP/1.1 200")  # bank-b's four open connections are served
+
+
+def test_connections_with_no_members_certificate_are_capped_apart_from_members(tmp_path):
+    """A certificate the CA signed that is not in bank-a's manifest: two connections stay (each
+    request is refused 403 there), the third is closed at once; members are still served."""
+    consortium = make_consortium(tmp_path, peers=("bank-a", "bank-b"))
+    _limits(consortium, "bank-a", unidentified=2)
+    request = init_peer(tmp_path / "late", "late-peer")
+    admit(consortium.root / "consortium", request, ("peer",), "https://127.0.0.1:1", tmp_path / "late" / "peer.pem")
+    stranger = client_context(
+        consortium.identity_dir("bank-a") / "ca.pem", tmp_path / "late" / "peer.pem", tmp_path / "late" / "peer.key"
+    )
+    address = _address(consortium, "bank-a")
+
+    async def body():
+        async with running(consortium, ["bank-a"]):
+            held = [await asyncio.open_connection(*address, ssl=stranger, server_hostname=address[0]) for _ in range(2)]
+            extra = await asyncio.open_connection(*address, ssl=stranger, server_hostname=address[0])
+            try:
+                closed = await asyncio.wait_for(extra[0].read(1), timeout=HEADER_TIMEOUT)
+            except (ConnectionError, OSError):
+                closed = b""
+            held[0][1].write(b"GET /v1/health HTTP/1.1\r\nHost: bank-a\r\n\r\n")
+            refused = await held[0][0].readline()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_context(consortium, "bank-b"))) as s:
+                async with s.get(f"{consortium.addresses['bank-a']}/v1/health") as reply:
+                    member = reply.status
+            for _, writer in [*held, extra]:
+                writer.transport.abort()
+            return closed, refused, member
+
+    closed, refused, member = run(body())
+    assert closed == b""
+    assert refused.startswith(b"HTTP/1.1 403")
+    assert member == 200
