@@ -5,6 +5,7 @@ Real daemons in-process on 127.0.0.1 over mutual TLS, as in test_daemon_refusals
 """
 
 import asyncio
+import os
 import re
 import sqlite3
 
@@ -22,7 +23,8 @@ from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.peers.models import build_model
 
-from ._consortium import OWNER, make_consortium, member_client, run, running, signed
+from ._consortium import OWNER, free_port, make_consortium, member_client, run, running, signed
+from .test_consortium_e2e import descendants
 from .test_daemon_refusals import propose, refused_without_change, state_of
 
 DEFAULT_POLICY = 'model-owners = ["risk-dept"]\nmax-epsilon-per-job = 3.0\nmin-participants = 2\n'
@@ -144,3 +146,47 @@ def test_bounds_have_safe_defaults_and_bad_values_are_refused(consortium):
                 load_config(path)
     finally:
         consortium.write_peer_toml("bank-b")
+
+
+def test_a_job_past_the_wall_time_is_stopped_and_fails_with_its_reservation_settled(consortium, tmp_path):
+    """bank-b trains a job for at most 0.05 minutes: its SuperNode, pointed at a SuperLink that never
+    answers, is stopped after 3 s, the job fails saying so, nothing was spent, so the reservation is released."""
+    consortium.write_peer_toml("bank-b", policy=DEFAULT_POLICY + "max-wall-minutes = 0.05\n")
+    envelope = _job(consortium, tmp_path / "job.toml", "wall-1")
+    base = consortium.addresses["bank-b"]
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            async with member_client(consortium, "bank-a") as host:
+                assert (await host.call("POST", f"{base}/v1/proposals", envelope))["decision"] == "accepted"
+                reserved = state_of(consortium, "bank-b")[1]
+                await host.call("POST", f"{base}/v1/jobs/wall-1/start", {"fleet_address": f"127.0.0.1:{free_port()}"})
+                for _ in range(1200):
+                    view = await host.call("GET", f"{base}/v1/jobs/wall-1")
+                    if view["state"] != "training":
+                        return reserved, view, supernodes()
+                    await asyncio.sleep(0.1)
+        raise AssertionError("the job outlived its wall time by minutes")
+
+    try:
+        reserved, view, left = run(body())
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert ("wall-1", "reserved") in reserved
+    assert view["state"] == "failed"
+    assert "did not finish at this peer within 3 s" in view["detail"]
+    assert all(job != "wall-1" for job, _ in state_of(consortium, "bank-b")[1]), "the reservation was not settled"
+    assert left == [], f"SuperNode processes left running: {left}"
+
+
+def supernodes():
+    """This test process's descendants that run a SuperNode."""
+    found = []
+    for pid in descendants(os.getpid()):
+        try:
+            command = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"supernode" in command:
+            found.append(command.decode(errors="replace"))
+    return found
