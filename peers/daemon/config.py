@@ -26,6 +26,8 @@ read-rate = 20.0                 # GET requests per second, per member and per r
 read-burst = 40                  #   the bucket: requests a member may send at once
 write-rate = 2.0                 # POST requests per second, per member and per route
 write-burst = 10
+frames-rate = 10.0               # POSTs of PSI/query frames (/v1/lists/...): a large PSI sends many
+frames-burst = 200               #   bodies in a row; their list quotas bound what they reveal
 routes = { "POST /v1/jobs" = [0.2, 3] }  # [rate, burst] for one route (method and path as in the API)
 header-timeout = 10.0            # seconds for the TLS handshake and for a request's headers
 body-timeout = 30.0              # seconds for a request's body, once its headers arrived
@@ -156,6 +158,8 @@ class Limits:
     read_burst: int = 40
     write_rate: float = 2.0
     write_burst: int = 10
+    frames_rate: float = 10.0
+    frames_burst: int = 200
     routes: tuple[tuple[str, float, int], ...] = ()  # ("METHOD /path", rate, burst)
     header_timeout: float = 10.0
     body_timeout: float = 30.0
@@ -164,11 +168,15 @@ class Limits:
     unidentified_connections: int = 16
 
     def rate_of(self, method: str, path: str) -> tuple[float, int]:
-        """(requests per second, burst) of a route: its own entry, else the read or write default."""
+        """(requests per second, burst) of a route: its own entry, else the read, frames or write default."""
         for route, rate, burst in self.routes:
             if route == f"{method} {path}":
                 return rate, burst
-        return (self.read_rate, self.read_burst) if method in ("GET", "HEAD") else (self.write_rate, self.write_burst)
+        if method in ("GET", "HEAD"):
+            return self.read_rate, self.read_burst
+        if path.startswith("/v1/lists/"):
+            return self.frames_rate, self.frames_burst
+        return self.write_rate, self.write_burst
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,8 @@ _LIMIT_KEYS = {
     "read-burst",
     "write-rate",
     "write-burst",
+    "frames-rate",
+    "frames-burst",
     "routes",
     "header-timeout",
     "body-timeout",
@@ -377,6 +387,8 @@ def _limits(table: dict[str, Any]) -> Limits:
         read_burst=positive("read-burst", int),
         write_rate=float(positive("write-rate", (int, float))),
         write_burst=positive("write-burst", int),
+        frames_rate=float(positive("frames-rate", (int, float))),
+        frames_burst=positive("frames-burst", int),
         routes=tuple(routes),
         header_timeout=float(positive("header-timeout", (int, float))),
         body_timeout=float(positive("body-timeout", (int, float))),

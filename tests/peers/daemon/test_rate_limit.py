@@ -53,6 +53,9 @@ def test_buckets_are_per_member_and_per_route_with_the_routes_own_rate():
     assert limiter.check("bank-a", "POST", "/v1/proposals") == 0.0  # another route: the write default
     assert limiter.check("bank-a", "POST", "/v1/proposals") == pytest.approx(1.0)
     assert [limiter.check("bank-a", "GET", "/v1/jobs/{job_id}") for _ in range(3)][-1] == pytest.approx(1.0)
+    frames = RateLimiter(Limits(frames_rate=5.0, frames_burst=1), clock)
+    assert frames.check("bank-a", "POST", "/v1/lists/{name}/psi/ot") == 0.0  # PSI frames: their own default
+    assert frames.check("bank-a", "POST", "/v1/lists/{name}/psi/ot") == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(
