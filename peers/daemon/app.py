@@ -7,7 +7,10 @@ a member's. Bodies are JSON, at most `peer.max-body-bytes` (413 above); malforme
 JSON nested too deeply or holding a non-finite or oversized number, and a malformed query
 parameter are a 400 (see `inputs`); every refusal, an unknown route included, is written to
 the audit log and changes nothing else. An unexpected error is logged with its traceback,
-audited as failed and answered 500 without details.
+audited as failed and answered 500 without details. A member over its rate limit on a
+route gets 429 before anything else runs (`rate_limit`); slow or surplus connections are
+closed before aiohttp reads them (`connections`); `run_daemon` holds the state
+directory's PID file (`background`).
 
 Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
 budget of the sources those jobs use here, the models it may pull and the lists shared
@@ -427,8 +430,9 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
     admin = admin_socket(config.state_dir)
     service = PeerService(config, identity)
     host, manifest_port = listen_address(identity)
-    app = build_app(service, config.max_body_bytes)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.limits.idle_timeout)
+    runner = web.AppRunner(
+        build_app(service, config.max_body_bytes), access_log=None, keepalive_timeout=config.limits.idle_timeout
+    )
     await runner.setup()
     site = GuardedSite(
         runner,
