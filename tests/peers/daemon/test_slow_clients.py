@@ -23,9 +23,9 @@ from fedsilo.peers.identity.tls import client_context
 from ._consortium import make_consortium, run, running
 from .test_consortium_e2e import start, stop
 
-HEADER_TIMEOUT = 4.0
-BODY_TIMEOUT = 3.0
-SLACK = 1.5  # seconds of scheduling delay allowed on a shared machine
+HEADER_TIMEOUT = 8.0
+BODY_TIMEOUT = 4.0
+SLACK = 2.5  # seconds of scheduling delay allowed on a shared, loaded machine
 FLOOD = 300
 
 
@@ -85,6 +85,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -136,7 +143,7 @@ async def trickle():  # as `trickle` in the test module, without importing it (a
 
     async def drip():
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(1.0)  # a byte a second: slow enough to hold, as slowloris does
             writer.write(b"a")
             await writer.drain()
 
@@ -153,9 +160,9 @@ async def trickle():  # as `trickle` in the test module, without importing it (a
 
 async def main():
     tasks = []
-    for index in range(int(count)):  # 10 new connections every 0.2 s, as a flood ramps up
+    for index in range(int(count)):  # 5 new connections every 0.2 s, as a flood ramps up
         tasks.append(asyncio.create_task(trickle()))
-        if index % 10 == 9:
+        if index % 5 == 4:
             await asyncio.sleep(0.2)
     print(json.dumps([await task for task in tasks]))
 
@@ -198,14 +205,14 @@ def test_a_flood_of_trickling_connections_is_closed_and_health_stays_prompt(daem
                 await asyncio.sleep(0.2)
         return latencies, peak
 
-    cpu = _cpu_seconds(process.pid)
+    cpu, rss = _cpu_seconds(process.pid), _rss_mb(process.pid)
     latencies, peak = run(probe())
-    cpu = _cpu_seconds(process.pid) - cpu
+    cpu, rss = _cpu_seconds(process.pid) - cpu, (rss, _rss_mb(process.pid))
     outcomes = json.loads(flooder.communicate(timeout=60)[0])
     closes = [outcome for outcome in outcomes if outcome is not None]
     print(
         f"flood: {len(closes)} of {FLOOD} handshakes, descriptors {baseline} -> peak {peak}, health "
-        f"max {max(latencies):.3f} s, daemon CPU {cpu:.2f} s, closed after {min(closes):.2f}-{max(closes):.2f} s"
+        f"max {max(latencies):.3f} s, daemon CPU {cpu:.2f} s, RSS {rss[0]:.0f} -> {rss[1]:.0f} MB, closed after {min(closes):.2f}-{max(closes):.2f} s"
     )
     assert len(closes) >= FLOOD * 0.9, "most of the flood's handshakes failed: it tested nothing"
     assert peak >= baseline + 100, f"the flood never held many connections open at once (peak {peak})"
