@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsilo.errors import FedsiloError
+from fedsilo.peers.deployment.processes import process_start_ticks
 
 PID_FILE = "peer.pid"
 LOG_FILE = "peer.log"
@@ -32,14 +33,8 @@ START_TIMEOUT_SECONDS = 180.0
 
 
 def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22), or None if it is
-    gone (or a zombie: it has exited, only its parent has not collected it yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else int(fields[19])
+    """The running process's start time in clock ticks since boot, or None if it is gone or a zombie."""
+    return process_start_ticks(pid, running_only=True)
 
 
 @dataclass(frozen=True)
