@@ -4,7 +4,8 @@
     fedsilo consortium admit REQUEST --dir DIR ...        sign a member's request, add it to the manifest
     fedsilo consortium remove NAME --dir DIR              take a member out of the manifest
     fedsilo peer init --name NAME --dir DIR               a member's key (0600) and certificate request
-    fedsilo peer start --config peer.toml                 run the peer daemon (mutual TLS)
+    fedsilo peer start --config peer.toml [--background]  run the peer daemon (mutual TLS); PID file, log
+    fedsilo peer stop --config peer.toml                  stop it (SIGTERM, wait)
     fedsilo peer status --peer URL [--json]               a peer's jobs, budgets, list quotas, reachable members
     fedsilo peer budget --peer URL                        a peer's remaining privacy budget
     fedsilo peer check-noise --job job.toml --data FILE   check this peer's DP noise (peers/check_noise_cli.py)
@@ -128,7 +129,17 @@ def _peer(sub: argparse._SubParsersAction) -> None:
     init.set_defaults(handler=peer_init)
     start = commands.add_parser("start", help="run the peer daemon (HTTPS with mutual TLS) until interrupted")
     start.add_argument("--config", required=True, help="peer.toml (identity, state, policy, data sources)")
+    start.add_argument(
+        "--background",
+        "--detach",
+        action="store_true",
+        help="run detached, output appended to STATE/peer.log, PID in STATE/peer.pid; return once it listens",
+    )
     start.set_defaults(handler=peer_start)
+    stop = commands.add_parser("stop", help="stop the daemon of a peer.toml (SIGTERM, then wait for it to exit)")
+    stop.add_argument("--config", required=True, help="the peer.toml the daemon was started with")
+    stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to exit (default 120)")
+    stop.set_defaults(handler=peer_stop)
     for name, what in (
         ("status", "a peer's jobs and their state, budgets left, your list quotas, the members it reaches"),
         ("budget", "a peer's remaining privacy budget"),
@@ -157,9 +168,29 @@ def peer_init(args: argparse.Namespace) -> int:
 
 
 def peer_start(args: argparse.Namespace) -> int:
+    if args.background:
+        from fedsilo.peers.daemon.background import LOG_FILE, start_background
+        from fedsilo.peers.daemon.config import load_config
+
+        config = load_config(args.config)  # a bad peer.toml is said here, not only in the log
+        running = start_background(Path(args.config), config.state_dir)
+        print(
+            f"peer daemon started in the background (pid {running.pid}); log {config.state_dir / LOG_FILE}; "
+            f"stop it with `fedsilo peer stop --config {args.config}`"
+        )
+        return 0
     from fedsilo.peers.daemon.app import run_daemon
 
     return run_daemon(args.config)
+
+
+def peer_stop(args: argparse.Namespace) -> int:
+    from fedsilo.peers.daemon.background import stop
+    from fedsilo.peers.daemon.config import load_config
+
+    running, seconds = stop(Path(args.config), load_config(args.config).state_dir, args.timeout)
+    print(f"peer daemon (pid {running.pid}) stopped after {seconds:.1f} s")
+    return 0
 
 
 def peer_query(args: argparse.Namespace) -> int:

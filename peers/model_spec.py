@@ -40,6 +40,12 @@ class ModelSpec:
         if self.kind == "mlp" and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ConfigError("model.hidden must list positive layer widths, e.g. [64, 32]")
 
+    def parameter_count(self, n_features: int) -> int:
+        """The parameters `build_model(self, n_features)` has, counted without building it (so a
+        job declaring huge layers can be weighed before anything is allocated)."""
+        widths = (n_features, *(self.hidden if self.kind == "mlp" else ()), 1)
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
     @classmethod
     def parse_hidden(cls, text: str) -> tuple[int, ...]:
         """Parse "64,32" into (64, 32)."""

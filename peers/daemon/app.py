@@ -7,7 +7,10 @@ a member's. Bodies are JSON, at most `peer.max-body-bytes` (413 above); malforme
 JSON nested too deeply or holding a non-finite or oversized number, and a malformed query
 parameter are a 400 (see `inputs`); every refusal, an unknown route included, is written to
 the audit log and changes nothing else. An unexpected error is logged with its traceback,
-audited as failed and answered 500 without details.
+audited as failed and answered 500 without details. A member over its rate limit on a
+route gets 429 before anything else runs (`rate_limit`); slow or surplus connections are
+closed before aiohttp reads them (`connections`); `run_daemon` holds the state
+directory's PID file (`background`).
 
 Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
 budget of the sources those jobs use here, the models it may pull and the lists shared
@@ -37,7 +40,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from fedsilo.errors import FedsiloError
+from fedsilo.peers.daemon import rate_limit
+from fedsilo.peers.daemon.background import PidFile
 from fedsilo.peers.daemon.config import PeerConfig, load_config
+from fedsilo.peers.daemon.connections import ConnectionGuard, GuardedSite
 from fedsilo.peers.daemon.inputs import parse_json, query_count
 from fedsilo.peers.daemon.model_store import CARD, SIGNATURE
 from fedsilo.peers.daemon.openapi import spec
@@ -461,7 +467,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 def build_app(service: PeerService, max_body: int) -> web.Application:
-    app = web.Application(middlewares=[seal_gate, identify], client_max_size=max_body)
+    limiter = rate_limit.RateLimiter(service.context.config.limits)
+    # outermost first: open a sealed body (gm), name the caller, then its rate
+    app = web.Application(
+        middlewares=[seal_gate, identify, rate_limit.middleware(limiter, _viewer)], client_max_size=max_body
+    )
     app[SERVICE] = service
     if seals(service.identity):
         app[GATE] = SealGate(service.identity)
@@ -493,13 +503,16 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
     admin = admin_socket(config.state_dir)
     service = PeerService(config, identity)
     host, manifest_port = listen_address(identity)
-    runner = web.AppRunner(build_app(service, config.max_body_bytes), access_log=None)
+    runner = web.AppRunner(
+        build_app(service, config.max_body_bytes), access_log=None, keepalive_timeout=config.limits.idle_timeout
+    )
     await runner.setup()
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
         host,
         manifest_port if port is None else port,
-        ssl_context=server_context(identity.ca_path, identity.cert_path, identity.key_path),
+        server_context(identity.ca_path, identity.cert_path, identity.key_path),
+        ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None)),
     )
     await site.start()
     # aiohttp keeps the listening server private; with port 0 only it knows the port the OS chose.
@@ -521,12 +534,15 @@ def admin_socket(state_dir: Path) -> Path:
 
 
 def run_daemon(config_path: str) -> int:
-    """`fedsilo peer start`: serve until SIGINT or SIGTERM."""
+    """`fedsilo peer start`: serve until SIGINT or SIGTERM, holding the state directory's PID file."""
     config = load_config(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pid_file = PidFile(config.state_dir)
+    pid_file.check_free()
 
     async def main() -> None:
         runner, service, port = await start_daemon(config)
+        pid_file.write(Path(config_path).resolve())
         print(
             f"peer {service.name} listening on https://{listen_address(service.identity)[0]}:{port} "
             f"(state: {config.state_dir})",
@@ -540,5 +556,8 @@ def run_daemon(config_path: str) -> int:
         await runner.cleanup()
         print(f"peer {service.name} stopped", flush=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        pid_file.remove()
     return 0

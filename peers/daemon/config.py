@@ -16,6 +16,24 @@ model-readers = []               # besides the job's owner and participants
 setups = ["horizontal"]          # job setups accepted: horizontal, transfer, vertical
 dp = ["local"]                   # DP mechanisms accepted: local, distributed
 vertical-label-holders = []      # hosts (the label holders) whose vertical jobs are accepted
+max-model-parameters = 1000000   # bounds on a job (a job over one is declined, nothing reserved):
+max-rounds = 200                 #   parameters of its declared model, training rounds,
+max-batch-size = 10000           #   expected batch size,
+max-wall-minutes = 30            #   and minutes this peer's engine may train it (then stopped: failed)
+
+[limits]                         # what one member may ask of this daemon (all optional)
+read-rate = 20.0                 # GET requests per second, per member and per route (token bucket)
+read-burst = 40                  #   the bucket: requests a member may send at once
+write-rate = 2.0                 # POST requests per second, per member and per route
+write-burst = 10
+frames-rate = 10.0               # POSTs of PSI/query frames (/v1/lists/...): a large PSI sends many
+frames-burst = 200               #   bodies in a row; their list quotas bound what they reveal
+routes = { "POST /v1/jobs" = [0.2, 3] }  # [rate, burst] for one route (method and path as in the API)
+header-timeout = 10.0            # seconds for the TLS handshake and for a request's headers
+body-timeout = 30.0              # seconds for a request's body, once its headers arrived
+idle-timeout = 30.0              # seconds a connection may wait idle between requests
+connections-per-member = 32      # open connections of one member; more are closed at once
+unidentified-connections = 16    # open connections whose certificate is no member's
 
 [sources.credit-card]            # the name jobs refer to
 path = "../data/bank-a.csv"      # CSV or Parquet, relative to this file; never leaves the machine
@@ -65,6 +83,12 @@ from fedsilo.privacy.psi.identifiers import canonical
 from fedsilo.strategies.factory import STRATEGIES
 
 DEFAULT_MAX_BODY = 1 << 20
+# The [policy] bounds on one job (issue 19): a credit-risk MLP over a few hundred encoded
+# columns has some 10^4–10^5 parameters and trains in tens of rounds on batches of hundreds.
+DEFAULT_MAX_MODEL_PARAMETERS = 1_000_000
+DEFAULT_MAX_ROUNDS = 200
+DEFAULT_MAX_BATCH_SIZE = 10_000
+DEFAULT_MAX_WALL_MINUTES = 30.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,10 @@ class Policy:
     setups: tuple[str, ...] = ("horizontal",)
     dp: tuple[str, ...] = ("local",)
     vertical_label_holders: tuple[str, ...] = ()
+    max_model_parameters: int = DEFAULT_MAX_MODEL_PARAMETERS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_wall_minutes: float = DEFAULT_MAX_WALL_MINUTES
 
 
 @dataclass(frozen=True)
@@ -123,6 +151,35 @@ class SharedList:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """[limits]: per-member, per-route request rates (token buckets) and connection limits."""
+
+    read_rate: float = 20.0
+    read_burst: int = 40
+    write_rate: float = 2.0
+    write_burst: int = 10
+    frames_rate: float = 10.0
+    frames_burst: int = 200
+    routes: tuple[tuple[str, float, int], ...] = ()  # ("METHOD /path", rate, burst)
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 30.0
+    connections_per_member: int = 32
+    unidentified_connections: int = 16
+
+    def rate_of(self, method: str, path: str) -> tuple[float, int]:
+        """(requests per second, burst) of a route: its own entry, else the read, frames or write default."""
+        for route, rate, burst in self.routes:
+            if route == f"{method} {path}":
+                return rate, burst
+        if method in ("GET", "HEAD"):
+            return self.read_rate, self.read_burst
+        if path.startswith("/v1/lists/"):
+            return self.frames_rate, self.frames_burst
+        return self.write_rate, self.write_burst
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     identity_dir: Path
     state_dir: Path
@@ -130,9 +187,24 @@ class PeerConfig:
     sources: dict[str, DataSource]
     max_body_bytes: int = DEFAULT_MAX_BODY
     lists: dict[str, SharedList] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
 
 
-_SECTIONS = {"peer", "policy", "sources", "lists"}
+_SECTIONS = {"peer", "policy", "sources", "lists", "limits"}
+_LIMIT_KEYS = {
+    "read-rate",
+    "read-burst",
+    "write-rate",
+    "write-burst",
+    "frames-rate",
+    "frames-burst",
+    "routes",
+    "header-timeout",
+    "body-timeout",
+    "idle-timeout",
+    "connections-per-member",
+    "unidentified-connections",
+}
 _PEER_KEYS = {"identity", "state", "max-body-bytes"}
 _POLICY_KEYS = {
     "model-owners",
@@ -144,6 +216,10 @@ _POLICY_KEYS = {
     "setups",
     "dp",
     "vertical-label-holders",
+    "max-model-parameters",
+    "max-rounds",
+    "max-batch-size",
+    "max-wall-minutes",
 }
 _SOURCE_KEYS = {"path", "label", "id-column", "epsilon", "delta", "accountant"}
 _LIST_KEYS = {
@@ -192,6 +268,24 @@ def _names(
     return tuple(values)
 
 
+def _bound(table: dict[str, Any], key: str, default: int) -> int:
+    """A positive integer bound of [policy]."""
+    value = _typed(table, key, int, "policy", default)
+    if value < 1:
+        raise ConfigError(f"policy.{key} must be a positive integer (got {value}); the default is {default}")
+    return value
+
+
+def _wall_minutes(table: dict[str, Any]) -> float:
+    value = float(_typed(table, "max-wall-minutes", (int, float), "policy", DEFAULT_MAX_WALL_MINUTES))
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"policy.max-wall-minutes must be a positive number of minutes (got {value}); "
+            f"the default is {DEFAULT_MAX_WALL_MINUTES:g}"
+        )
+    return value
+
+
 def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
     """Build a PeerConfig from a parsed peer.toml whose directory is `base`."""
     _only(document, _SECTIONS, "peer.toml (sections)")
@@ -222,6 +316,10 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
             check_name(n, "policy.vertical-label-holders entry")
             for n in _names(table, "vertical-label-holders", "policy", None, ())
         ),
+        max_model_parameters=_bound(table, "max-model-parameters", DEFAULT_MAX_MODEL_PARAMETERS),
+        max_rounds=_bound(table, "max-rounds", DEFAULT_MAX_ROUNDS),
+        max_batch_size=_bound(table, "max-batch-size", DEFAULT_MAX_BATCH_SIZE),
+        max_wall_minutes=_wall_minutes(table),
     )
 
     sources_table = _typed(document, "sources", dict, "peer.toml", {})
@@ -254,6 +352,49 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         sources=sources,
         max_body_bytes=max_body,
         lists=_lists(_typed(document, "lists", dict, "peer.toml", {}), base),
+        limits=_limits(_typed(document, "limits", dict, "peer.toml", {})),
+    )
+
+
+def _limits(table: dict[str, Any]) -> Limits:
+    """The [limits] table (see the module docstring); every key defaults to `Limits`' value."""
+    _only(table, _LIMIT_KEYS, "[limits]")
+    default = Limits()
+
+    def positive(key: str, kind: type | tuple[type, ...]) -> Any:
+        value = _typed(table, key, kind, "limits", getattr(default, key.replace("-", "_")))
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"limits.{key} must be > 0 (got {value})")
+        return value
+
+    routes = []
+    for route, entry in _typed(table, "routes", dict, "limits", {}).items():
+        method, _, path = route.partition(" ")
+        if method not in ("GET", "POST") or not path.startswith("/v1/"):
+            raise ConfigError(f'limits.routes key {route!r} must be a method and a path, e.g. "POST /v1/jobs"')
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or any(isinstance(v, bool) for v in entry)
+            or not isinstance(entry[0], (int, float))
+            or not isinstance(entry[1], int)
+            or not (math.isfinite(entry[0]) and entry[0] > 0 and entry[1] >= 1)
+        ):
+            raise ConfigError(f"limits.routes.{route!r} must be [requests per second > 0, burst ≥ 1] (got {entry!r})")
+        routes.append((route, float(entry[0]), entry[1]))
+    return Limits(
+        read_rate=float(positive("read-rate", (int, float))),
+        read_burst=positive("read-burst", int),
+        write_rate=float(positive("write-rate", (int, float))),
+        write_burst=positive("write-burst", int),
+        frames_rate=float(positive("frames-rate", (int, float))),
+        frames_burst=positive("frames-burst", int),
+        routes=tuple(routes),
+        header_timeout=float(positive("header-timeout", (int, float))),
+        body_timeout=float(positive("body-timeout", (int, float))),
+        idle_timeout=float(positive("idle-timeout", (int, float))),
+        connections_per_member=positive("connections-per-member", int),
+        unidentified_connections=positive("unidentified-connections", int),
     )
 
 

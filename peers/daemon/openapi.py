@@ -25,6 +25,7 @@ def _op(summary: str, ok: str = "200", body: str | None = None, params: tuple[st
             "404": _ERROR,
             "409": _ERROR,
             "413": _ERROR,
+            "429": _ERROR,  # over the caller's rate limit on this route (Retry-After), or a list's quota
         },
     }
     if body:
@@ -37,10 +38,9 @@ def _op(summary: str, ok: str = "200", body: str | None = None, params: tuple[st
 
 
 def _frames_op(summary: str, body: str | None) -> dict[str, Any]:
-    """A PSI / query operation: binary frames (privacy/psi/wire.py) in and out; 429 over quota."""
+    """A PSI / query operation: binary frames (privacy/psi/wire.py) in and out."""
     operation = _op(summary, params=("name",))
     operation["responses"]["200"] = {"description": "success: frames", **_FRAMES}
-    operation["responses"]["429"] = _ERROR
     if body:
         operation["requestBody"] = {"required": True, "description": body, **_FRAMES}
     return operation

@@ -3,7 +3,10 @@
 `check_policy` applies peer.toml's [policy] to a verified job and raises `Refused`
 (403) with the first rule the job breaks: owner, DP on, the DP mechanism (`dp`), the
 setup (`setups`), a vertical job's label holder, ε, participants, model family,
-strategy. `check_trainable` then declines a job the policy allows but this release
+strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared model's
+parameters with one input feature, counted without building it). `check_model_size`
+weighs the model again with the width of this peer's own table once it is read (every
+column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
 cannot train over the network (transfer, vertical), saying what is missing.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
 training need: the training row count (which fixes the DP plan) and a fingerprint of
@@ -77,6 +80,39 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
         raise Refused(
             f"policy: strategy {config.strategy} is not allowed here (allowed: {', '.join(policy.strategies)})", 403
         )
+    check_bounds(job, policy)
+
+
+def check_bounds(job: SignedJob, policy: Policy) -> None:
+    """Refused (403) if the job's rounds, batch size or declared model exceed this peer's bounds."""
+    train = job.config.train
+    if train.rounds > policy.max_rounds:
+        raise Refused(
+            f"policy: the job asks {train.rounds} rounds, above this peer's bound of {policy.max_rounds} "
+            "(peer.toml [policy] max-rounds)",
+            403,
+        )
+    if train.batch_size > policy.max_batch_size:
+        raise Refused(
+            f"policy: the job asks a batch size of {train.batch_size}, above this peer's bound of "
+            f"{policy.max_batch_size} (peer.toml [policy] max-batch-size)",
+            403,
+        )
+    check_model_size(job, policy, 1)
+
+
+def check_model_size(job: SignedJob, policy: Policy, n_features: int) -> None:
+    """Refused (403) if the declared model has more than `policy.max_model_parameters` with `n_features` inputs."""
+    model = job.config.model
+    count = model.parameter_count(n_features)
+    if count > policy.max_model_parameters:
+        shape = f"hidden layers {list(model.hidden)}" if model.kind == "mlp" else model.kind
+        raise Refused(
+            f"policy: the job's model ({shape}) has at least {count:,} parameters with {n_features} input "
+            f"feature(s), above this peer's bound of {policy.max_model_parameters:,} "
+            "(peer.toml [policy] max-model-parameters)",
+            403,
+        )
 
 
 # What this release cannot yet run over the network, after a policy allowed it (issue 19).
@@ -111,6 +147,7 @@ class SourceFacts:
     rows: int
     n_train: int
     fingerprint: str
+    features: int = 1  # columns besides the label and the id: each is at least one model input
 
 
 def file_fingerprint(path: Path, suite: str = DEFAULT_SUITE) -> str:
@@ -132,7 +169,10 @@ def source_facts(source: DataSource, job: SignedJob, suite: str = DEFAULT_SUITE)
     if job.label not in frame.columns:
         raise Refused(f"data source {source.name} has no column {job.label!r}", 403)
     train, _ = split_rows(frame, job.label, job.config.train.test_fraction, job.config.train.seed)
-    return SourceFacts(rows=len(frame), n_train=len(train), fingerprint=file_fingerprint(source.path, suite))
+    features = len([c for c in frame.columns if c not in (job.label, source.id_column)])
+    return SourceFacts(
+        rows=len(frame), n_train=len(train), fingerprint=file_fingerprint(source.path, suite), features=max(1, features)
+    )
 
 
 def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:

@@ -35,7 +35,6 @@ from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
 
 NODE_KEY_DIR = "node-key"
-HOST_TIMEOUT_SECONDS = 1800.0
 _FLEET_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):([0-9]{1,5})")
 
 
@@ -68,8 +67,9 @@ def start_hosting(
     )
 
 
-def finish_hosting(hosted: HostedTraining) -> TrainingResult:
-    return hosted.wait(timeout=HOST_TIMEOUT_SECONDS)
+def finish_hosting(hosted: HostedTraining, timeout: float) -> TrainingResult:
+    """Wait for the job's end, at most `timeout` seconds (the policy's wall time; then it fails)."""
+    return hosted.wait(timeout=timeout)
 
 
 def start_joining(
@@ -91,9 +91,10 @@ def start_joining(
     )
 
 
-def finish_joining(joined: JoinedTraining) -> list[Mechanism]:
-    """Wait for the job's end, then what this peer's accountant spent."""
-    return list(joined.wait(timeout=HOST_TIMEOUT_SECONDS).spent)
+def finish_joining(joined: JoinedTraining, timeout: float) -> list[Mechanism]:
+    """Wait for the job's end (at most `timeout` seconds, the policy's wall time), then what this
+    peer's accountant spent."""
+    return list(joined.wait(timeout=timeout).spent)
 
 
 def spent_so_far(state_dir: Path, job_id: str) -> list[Mechanism]:

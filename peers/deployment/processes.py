@@ -91,7 +91,9 @@ class Supervisor:
         return child
 
     def _write_registry(self) -> None:
-        entries = [{"name": c.name, "pgid": c.process.pid, "start": _start_ticks(c.process.pid)} for c in self.children]
+        entries = [
+            {"name": c.name, "pgid": c.process.pid, "start": process_start_ticks(c.process.pid)} for c in self.children
+        ]
         path = self.log_dir / REGISTRY_NAME
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(entries))
@@ -155,7 +157,7 @@ def stop_leftover_processes(log_dir: Path) -> list[str]:
     running = []
     for entry in entries:
         pgid, start = int(entry["pgid"]), entry.get("start")
-        leader_start = _start_ticks(pgid)
+        leader_start = process_start_ticks(pgid)
         if leader_start is not None and leader_start != start:
             continue  # the pid was recycled by an unrelated process
         if live_group_members(pgid):
@@ -179,10 +181,12 @@ def _wait_until_empty(pgids: Sequence[int], timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks since boot (/proc), or None if it is gone."""
+def process_start_ticks(pid: int, running_only: bool = False) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (/proc), or None if it is gone
+    (with `running_only`, also if it is a zombie: it exited, only its parent has not collected it)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if running_only and fields[0] == "Z" else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 

@@ -180,7 +180,7 @@ class Hosting:
             except PeerUnreachable as error:
                 log.warning("could not start %s in job %s: %s", participant.peer, job.job_id, error)
         try:
-            result = await asyncio.to_thread(training.finish_hosting, hosted)
+            result = await asyncio.to_thread(training.finish_hosting, hosted, self.participating.wall_seconds)
         except FedsiloError as error:
             reason = f"training failed: {error}"
             await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))

@@ -25,7 +25,13 @@ from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon import training
 from fedsilo.peers.daemon.context import PeerContext, job_id_of
 from fedsilo.peers.daemon.participants import Acceptance, Report
-from fedsilo.peers.daemon.policy import check_policy, check_trainable, planned_mechanisms, source_facts
+from fedsilo.peers.daemon.policy import (
+    check_model_size,
+    check_policy,
+    check_trainable,
+    planned_mechanisms,
+    source_facts,
+)
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
@@ -80,6 +86,7 @@ class Participating:
                 f"this peer has no data source {job.source!r} (it has: {', '.join(self.ctx.config.sources)})", 403
             )
         facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
+        check_model_size(job, self.ctx.config.policy, facts.features)
         planned = planned_mechanisms(job, facts)
         status = self.ctx.ledger.status(source.name)
         node_key = await asyncio.to_thread(training.node_public_key, self.ctx.config.state_dir)
@@ -166,7 +173,7 @@ class Participating:
             if not await self.ctx.mailbox.ask(register):
                 await asyncio.to_thread(joined.stop)
                 return None
-            spent = await asyncio.to_thread(training.finish_joining, joined)
+            spent = await asyncio.to_thread(training.finish_joining, joined, self.wall_seconds)
             failure = None
         except FedsiloError as error:
             spent, failure = training.spent_so_far(self.ctx.config.state_dir, job_id), str(error)
@@ -198,6 +205,11 @@ class Participating:
                 )
                 self.ctx.audit_job("local", "job.finished", f"ε = {epsilon:.4f}", job)
         return Report(tuple(spent), epsilon, source.delta, source.accountant, failure)
+
+    @property
+    def wall_seconds(self) -> float:
+        """How long this peer's engine may train one job (peer.toml [policy] max-wall-minutes)."""
+        return self.ctx.config.policy.max_wall_minutes * 60.0
 
     def expire_overdue(self) -> None:
         """Expire every accepted participation whose signed job expired before its host

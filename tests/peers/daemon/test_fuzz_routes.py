@@ -41,6 +41,12 @@ kind = "client"
 psi = ["bank-b"]
 psi-quota = 1000
 queriers = { bank-b = 5 }
+
+[limits]  # the fuzzer tests input handling, not rate limits (test_rate_limit): no 429 in its way
+read-rate = 1000.0
+read-burst = 1000
+write-rate = 1000.0
+write-burst = 1000
 """
 
 

@@ -44,11 +44,11 @@ def test_a_valid_peer_toml(peer_dir):
     [
         (
             ("max-epsilon-per-job = 3.0", "max-epsilon-per-job = 3.0\nmax-epsilon = 1"),
-            "unknown key 'max-epsilon' in [policy]: valid keys are dp, max-epsilon-per-job, min-participants",
+            "unknown key 'max-epsilon' in [policy]: valid keys are dp, max-batch-size, max-epsilon-per-job, max-model-parameters",
         ),
         (
             ("[peer]", "[peers]"),
-            "unknown key 'peers' in peer.toml (sections): valid keys are lists, peer, policy, sources",
+            "unknown key 'peers' in peer.toml (sections): valid keys are limits, lists, peer, policy, sources",
         ),
         (
             ("max-epsilon-per-job = 3.0", 'max-epsilon-per-job = 3.0\nstrategies = ["krum"]'),
