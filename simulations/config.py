@@ -92,6 +92,7 @@ class SimulationConfig:
     sample: int | float | None = None  # None: every bank in every round
     ray_address: str | None = None
     cpus_per_bank: float = 1.0
+    engine: str = "flower"  # vertical: flower (Simulation Engine) or in-process
     dropout_concentration: float = 0.0
     yardstick_banks: int = 100
 
@@ -150,6 +151,10 @@ class SimulationConfig:
                 f"--overlap {self.overlap}: customers shared between institutions apply to "
                 "--setup transfer, as a probability in [0, 1) (and to --setup vertical)"
             )
+        if self.engine not in ("flower", "in-process"):
+            raise ConfigError(f"--engine {self.engine!r} is unknown: use flower or in-process")
+        if self.engine != "flower" and self.setup != "vertical":
+            raise ConfigError(f"--engine {self.engine} applies to --setup vertical; the other setups run on flower")
         if self.embedding_width < 1:
             raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
         if self.data is None and self.id_column:

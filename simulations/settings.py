@@ -236,6 +236,16 @@ SETTINGS: tuple[Setting, ...] = (
         "local-only runs on the first 20 of them",
     ),
     Setting(
+        "engine",
+        toml="simulation.engine",
+        flag="--engine",
+        kind="str",
+        choices=("flower", "in-process"),
+        help="vertical: where the parties run: flower (Flower's Simulation Engine, one virtual SuperNode per "
+        "party, a relaying ServerApp) or in-process (objects of this process exchanging the same messages); "
+        "the other setups always run on Flower's engine",
+    ),
+    Setting(
         "ray_address",
         toml="simulation.ray-address",
         flag="--ray-address",

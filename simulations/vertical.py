@@ -9,11 +9,10 @@ half of the customers, the bank the other half and, with probability ``--overlap
 (default 0.6), each of the broker's customers too. Neither sees the other's columns,
 rows or (for the bank) labels.
 
-What runs, in one process (why not Flower's Simulation Engine: split learning is a
-conversation within every batch — request, embeddings, gradients — between two fixed
-parties, not rounds of independent client fits that a ServerApp aggregates; Ray
-workers would add seconds per batch and nothing to the privacy argument; the parties
-still only talk through encoded messages, the bytes the network version will carry):
+What runs (``--engine flower``, the default: the split training and the scoring on
+Flower's Simulation Engine, one virtual SuperNode per party and a ServerApp that only
+relays, :mod:`fedsilo.simulations.vertical_engine`; ``--engine in-process``: the parties
+are objects of this process; both exchange the same messages, the steps are the same):
 
 1. alignment by both-sides PSI on the customer ids (stand-ins ``customer-ROW``) and a
    pin frame carrying each shared customer's train/test side
@@ -45,6 +44,7 @@ training and commit what was released.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,13 +308,32 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             for name, dp in ((HOLDER, holder_dp), (PARTY, party_dp)):
                 planned = [Mechanism(dp.noise_multiplier, 1.0, releases[name])]
                 ledgers[name] = _ledger(path / f"ledger-{name}.sqlite", name, dp, job, planned)
-        progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs")
+        where = "on Flower's Simulation Engine" if config.engine == "flower" else "in this process"
+        progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs, {where}")
         started = time.perf_counter()
-        history = train(holder, [party], epochs, config.batch_size, config.seed, tap=observer)
-        seconds = time.perf_counter() - started
         test = holder.test_index
         y_test = holder.y.numpy()[test]
-        vertical_auc = _auc(score(holder, [party], test, batch=0, tap=observer), y_test)
+        if config.engine == "flower":
+            from fedsilo.simulations.engine import EngineSettings  # Flower and Ray: only when they run
+            from fedsilo.simulations.vertical_engine import frames_tap, train_and_score_on_engine
+
+            with tempfile.TemporaryDirectory(prefix="fedsilo-vertical-") as work:
+                history, probabilities = train_and_score_on_engine(
+                    holder,
+                    [party],
+                    epochs,
+                    config.batch_size,
+                    config.seed,
+                    Path(work),
+                    noise_seeds=[config.seed + 200, config.seed + 100] if config.reproducible else None,
+                    tap=frames_tap(observer),
+                    engine=EngineSettings(config.ray_address, config.cpus_per_bank),
+                )
+        else:
+            history = train(holder, [party], epochs, config.batch_size, config.seed, tap=observer)
+            probabilities = score(holder, [party], test, batch=0, tap=observer)
+        seconds = time.perf_counter() - started
+        vertical_auc = _auc(probabilities, y_test)
         for name, ledger in ledgers.items():
             accountant = (holder if name == HOLDER else party).accountant
             ledger.commit(name, job, accountant.mechanisms())
@@ -377,6 +396,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             "noise_multiplier": holder_dp.noise_multiplier if holder_dp else 0.0,
             "measured_leakage": audit,
             "seconds_training": round(seconds, 2),
+            "engine": config.engine,
             "psi_bytes": parties.psi_bytes,
         }
         _write(path, config, spec, parties, history, result, holder_dp, party_dp)
