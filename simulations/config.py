@@ -127,8 +127,8 @@ class SimulationConfig:
             raise ConfigError(
                 f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round"
             )
-        if self.audit and self.setup != "horizontal":
-            raise ConfigError("--audit supports the horizontal setup only (one model, one encoder)")
+        if self.audit and self.setup == "transfer":
+            raise ConfigError("--audit supports the horizontal and vertical setups (not transfer: one model per bank)")
         if self.sample is not None:
             if isinstance(self.sample, float) and not 0.0 < self.sample <= 1.0:
                 raise ConfigError(

@@ -253,6 +253,21 @@ def _dp(config: SimulationConfig, releases: int, scoring: bool = False) -> Party
     return PartyDP(z, config.epsilon, config.delta, config.accountant, 1.0, config.max_grad_norm, once)
 
 
+def plan_parties(config: SimulationConfig, spec: SplitSpec) -> tuple[dict[str, int], PartyDP | None, PartyDP | None]:
+    """(releases per training row by party, the broker's DP, the bank's DP) of a run (None: no DP).
+
+    Frozen bottoms: the broker releases nothing (its updates only, once per epoch), the bank each row once.
+    """
+    epochs = config.rounds
+    releases = {HOLDER: epochs, PARTY: 1} if spec.frozen else {HOLDER: 2 * epochs, PARTY: 2 * epochs}
+    return releases, _dp(config, releases[HOLDER]), _dp(config, releases[PARTY], scoring=True)
+
+
+def split_spec(config: SimulationConfig) -> SplitSpec:
+    """The split model a run trains."""
+    return SplitSpec(config.model, tuple(config.hidden), config.embedding_width, config.frozen_bottoms)
+
+
 def _ledger(path: Path, source: str, dp: PartyDP, job: str, planned: list[Mechanism]) -> SQLiteLedger:
     ledger = SQLiteLedger(path)
     ledger.set_budget(source, dp.epsilon, dp.delta, dp.accountant)
@@ -260,30 +275,32 @@ def _ledger(path: Path, source: str, dp: PartyDP, job: str, planned: list[Mechan
     return ledger
 
 
-def _audit(observer: Observer, parties: Parties, batches: int) -> dict[str, float]:
-    """The attacks of the module docstring, on the last epoch's messages."""
-    out: dict[str, float] = {}
+def label_view(observer: Observer, parties: Parties, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """The gradients the bank received in the last ``batches`` batches, and the true labels it never sees."""
     positions, gradients = observer.last(batches, observer.gradients)
-    # the truth the bank never sees: the broker's label of the customer at each position
     holder_index = np.empty(parties.alignment.parties[0].shared, dtype=np.int64)
     holder_index[parties.holder.links[0].positions] = np.arange(len(parties.joint))
-    labels = parties.holder.y.numpy()[holder_index[positions]]
-    out["label_inference_norm_auc"] = round(label_attack_auc(norm_scores(gradients), labels), 4)
-    known = gradients[np.flatnonzero(labels == 1)[0]]
-    out["label_inference_direction_auc"] = round(label_attack_auc(direction_scores(gradients, known), labels), 4)
+    return gradients, parties.holder.y.numpy()[holder_index[positions]]
+
+
+def embedding_view(observer: Observer, parties: Parties, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings the broker received in the last ``batches`` batches, and the bank's true ``pay_0`` behind them."""
     positions, embeddings = observer.last(batches, observer.embeddings)
-    column = parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
+    return embeddings, parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
+
+
+def measure_leakage(observer: Observer, parties: Parties, batches: int, frozen: bool) -> dict[str, float]:
+    """The attacks of the module docstring, on the last epoch's messages (frozen bottoms: no gradient to read)."""
+    out: dict[str, float] = {}
+    if not frozen:
+        gradients, labels = label_view(observer, parties, batches)
+        out["label_inference_norm_auc"] = round(label_attack_auc(norm_scores(gradients), labels), 4)
+        known = gradients[np.flatnonzero(labels == 1)[0]]
+        out["label_inference_direction_auc"] = round(label_attack_auc(direction_scores(gradients, known), labels), 4)
+    embeddings, column = embedding_view(observer, parties, batches)
     known_rows = max(2, int(ATTACKER_KNOWN_FRACTION * len(column)))
     out["feature_reconstruction_r2"] = round(reconstruction_r2(embeddings, column, known_rows), 4)
     return out
-
-
-def _audit_frozen(observer: Observer, parties: Parties, batches: int) -> dict[str, float]:
-    """Frozen bottoms: no gradient reaches the bank (nothing to infer labels from); the reconstruction attack only."""
-    positions, embeddings = observer.last(batches, observer.embeddings)
-    column = parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
-    known_rows = max(2, int(ATTACKER_KNOWN_FRACTION * len(column)))
-    return {"feature_reconstruction_r2": round(reconstruction_r2(embeddings, column, known_rows), 4)}
 
 
 def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummary:
@@ -291,11 +308,9 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
     if config.model not in ("mlp", "logreg"):
         raise ConfigError(f"--setup vertical trains an mlp or logreg split model, got {config.model!r}")
     epochs, overlap = config.rounds, DEFAULT_OVERLAP if config.overlap is None else config.overlap
-    spec = SplitSpec(config.model, tuple(config.hidden), config.embedding_width, config.frozen_bottoms)
+    spec = split_spec(config)
     table = pooled_table(config)
-    # frozen bottoms: the broker releases nothing (its updates only, once per epoch), the bank each row once
-    releases = {HOLDER: epochs, PARTY: 1} if spec.frozen else {HOLDER: 2 * epochs, PARTY: 2 * epochs}
-    holder_dp, party_dp = _dp(config, releases[HOLDER]), _dp(config, releases[PARTY], scoring=True)
+    releases, holder_dp, party_dp = plan_parties(config, spec)
     progress.stage(f"Aligning the {HOLDER}'s and the {PARTY}'s customers by PSI (no raw id exchanged)")
     parties = build_parties(table, config, spec, holder_dp, party_dp, overlap)
     holder, party = parties.holder, parties.party
@@ -339,7 +354,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             ledger.commit(name, job, accountant.mechanisms())
             ledger.close()
         batches = -(-len(holder.train_index) // config.batch_size)
-        audit = _audit(observer, parties, batches) if not spec.frozen else _audit_frozen(observer, parties, batches)
+        audit = measure_leakage(observer, parties, batches, spec.frozen)
 
         progress.stage(f"Yardstick: the {HOLDER} alone on its own columns (same ε)")
         all_rows = np.arange(len(parties.broker_y))
@@ -456,6 +471,7 @@ def _write(
 
     card = {
         "setup": "vertical",
+        "job": {"config": config.to_dict()},
         "participants": [{"name": n, "epsilon_spent": e} for n, e in result["epsilon"].items()],
         "run": path.name.lstrip(".").removesuffix(".partial"),
         "parties": {
@@ -542,4 +558,13 @@ def summary_lines(summary: RunSummary) -> list[str]:
     ]
 
 
-__all__ = ["build_parties", "deal_customers", "pooled_table", "simulate_vertical", "summary_lines"]
+__all__ = [
+    "build_parties",
+    "deal_customers",
+    "measure_leakage",
+    "plan_parties",
+    "pooled_table",
+    "simulate_vertical",
+    "split_spec",
+    "summary_lines",
+]

@@ -172,8 +172,10 @@ def _hello(message: Message, context: Context) -> Message:
 
 def _connect(message: Message, context: Context) -> Message:
     holder = _party(context)["party"]
-    hellos = [dict(message.content[key]) for key in sorted(k for k in message.content if k.startswith("hello."))]
-    holder.connect(hellos)
+    hellos = [dict(message.content[key]) for key in message.content if key.startswith("hello.")]
+    linked = [link.party for link in holder.links]
+    hellos.sort(key=lambda hello: linked.index(hello["party"]) if hello["party"] in linked else len(linked))
+    holder.connect(hellos)  # in its links' order; refuses a party it is not linked with
     return _reply(message, RecordDict({"links": ConfigRecord({"parties": [link.party for link in holder.links]})}))
 
 

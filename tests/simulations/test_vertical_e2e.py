@@ -45,7 +45,9 @@ def test_no_message_carries_an_id_a_column_name_a_raw_value_or_a_label():
 
 
 def test_simulate_vertical_writes_each_party_its_part_ledger_and_card(tmp_path):
-    result = simulate(setup="vertical", customers=1600, rounds=1, batch_size=256, out=str(tmp_path), epsilon=3.0)
+    result = simulate(
+        setup="vertical", customers=1600, rounds=1, batch_size=256, out=str(tmp_path), epsilon=3.0, engine="in-process"
+    )
     folder = result.run_dir
     v = result.summary.vertical
     for owner in ("broker", "bank"):
