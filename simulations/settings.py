@@ -600,6 +600,13 @@ class HelpFormatter(argparse.HelpFormatter):
         default += f": {note}" if note else ""
         return f"{action.help} ({default.replace('%', '%%')})"
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """The epilog wrapped at spaces only: a TOML key (`dropout-fraction`) is never cut at its hyphen."""
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
 
 @lru_cache(maxsize=1)
 def _defaults() -> Any:
