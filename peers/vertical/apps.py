@@ -373,7 +373,9 @@ class Relay:
                     stats.bytes_to_parties += len(message.to_bytes())
                     records.encode(message, "request", outs[node])
                 self._see("to_party", node, outs[node])
-            replies = self._send(grid, [(node, "train.vertical_embed", outs[node]) for node in feature_nodes])
+            # frozen bottoms: no gradient comes back, so the last step leaves the parties nothing to do
+            due = [(node, "train.vertical_embed", outs[node]) for node in feature_nodes if len(outs[node])]
+            replies = self._send(grid, due) if due else {}
             if finished is not None:
                 finished.seconds = time.perf_counter() - started
                 started = time.perf_counter()
