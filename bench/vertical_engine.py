@@ -26,9 +26,21 @@ from pathlib import Path
 import numpy as np
 
 from fedsilo.peers.vertical.training import score, train
+from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.vertical import DEFAULT_OVERLAP, build_parties, plan_parties, pooled_table, split_spec
 from fedsilo.simulations.vertical_engine import train_and_score_on_engine
+
+
+def _copy(party):
+    """A copy of a party (its noise source is a live cipher stream: the copy gets its own)."""
+    noise, party.noise = party.noise, None
+    try:
+        copied = copy.deepcopy(party)
+    finally:
+        party.noise = noise
+    copied.noise = SecureNoise() if noise is not None else None
+    return copied
 
 
 def main() -> None:
@@ -57,13 +69,13 @@ def main() -> None:
         f"{rows:,} training customers, batch {args.batch_size}, {args.epochs} epochs, DP {'off' if args.no_dp else 'on'}"
     )
 
-    holder, party = copy.deepcopy(parties.holder), copy.deepcopy(parties.party)
+    holder, party = _copy(parties.holder), _copy(parties.party)
     started = time.perf_counter()
     local = train(holder, [party], args.epochs, args.batch_size, config.seed)
     score(holder, [party], holder.test_index)
     local_wall = time.perf_counter() - started
 
-    holder, party = copy.deepcopy(parties.holder), copy.deepcopy(parties.party)
+    holder, party = _copy(parties.holder), _copy(parties.party)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         flower, _ = train_and_score_on_engine(holder, [party], args.epochs, args.batch_size, config.seed, Path(work))
