@@ -47,7 +47,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from fedsilo.errors import FedsiloError, ProtocolError
 from fedsilo.peers.client.local_training import limit_threads
@@ -115,8 +115,6 @@ def write_party_file(
 
 def read_final_state(directory: Path, name: str) -> dict[str, np.ndarray]:
     """What party ``name`` wrote when the job finished (:func:`fedsilo.peers.vertical.state.export_state`)."""
-    from safetensors.numpy import load_file
-
     return load_file(str(final_state_file(directory, name)))
 
 
@@ -157,16 +155,19 @@ def _reply(message: Message, content: RecordDict) -> Message:
 
 
 def _hello(message: Message, context: Context) -> Message:
+    """Who this node plays; the first hello starts the party fresh, a later one changes nothing (no reset of counts)."""
     limit_threads()
-    loaded = _party(context, fresh=True)
+    started = STATE_KEY in context.state
+    loaded = _party(context, fresh=not started)
     party = loaded["party"]
-    _keep(context, party)
     info: dict[str, Any] = {"role": loaded["role"], "party": party.name}
     if loaded["role"] == FEATURE:
         hello = party.hello()
         info.update(shared=int(hello["shared"]), digest=str(hello["digest"]), width=int(hello["width"]))
-    else:
-        context.state[SCHEDULE_KEY] = ConfigRecord({"epoch": 1, "cursor": 0, "batch": 0, "loss": 0.0})
+    if not started:
+        _keep(context, party)
+        if loaded["role"] == HOLDER:
+            context.state[SCHEDULE_KEY] = ConfigRecord({"epoch": 1, "cursor": 0, "batch": 0, "loss": 0.0})
     return _reply(message, RecordDict({"hello": ConfigRecord(info)}))
 
 

@@ -137,3 +137,25 @@ def test_the_client_app_refuses_a_message_before_the_hello_and_an_empty_one(tmp_
     }
     with pytest.raises(Exception, match="neither gradients nor a request"):
         app(Message(RecordDict(), dst_node_id=1, message_type="train.vertical_embed"), bank)
+
+
+def test_a_second_hello_never_resets_a_partys_release_counts(tmp_path):
+    """Attacker: the relay, sending the hello again mid-job to start the bank's accountant afresh."""
+    holder, party = _pair(dp=PartyDP(2.0, 50.0, 1e-5))
+    write_party_file(tmp_path, 1, party, Plan(1, 32, 0), None)
+    app = build_client_app()
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    bank = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 1},
+        state=RecordDict(),
+        run_config={PARTIES_DIR_KEY: str(tmp_path)},
+    )
+    app(Message(RecordDict(), dst_node_id=1, message_type="query.vertical_hello"), bank)
+    request = records.encode(holder.request(0, holder.train_index[:8], 1), "request")
+    reply = app(Message(request, dst_node_id=1, message_type="train.vertical_embed"), bank)
+    assert records.decode(reply.content, "embeddings", Embeddings).values.shape == (8, 2)
+    app(Message(RecordDict(), dst_node_id=1, message_type="query.vertical_hello"), bank)
+    counts = bank.state["fedsilo.vertical.state"]["accountant.counts"].numpy()
+    assert counts[holder.train_index[:8]].tolist() == [1] * 8 and counts.sum() == 8
