@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsilo.peers.client.local_training import limit_threads
 from fedsilo.peers.vertical.training import score, train
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.simulations.config import SimulationConfig
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--no-dp", action="store_true")
     args = parser.parse_args()
+    limit_threads()  # as `fedsilo simulate --setup vertical` does (and each Ray worker)
     config = SimulationConfig(
         setup="vertical",
         scenario="uci" if args.data else None,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import RecordDict
 
+from fedsilo.peers.flower_compat.simulation import prompt_dispatch
 from fedsilo.peers.vertical import records
 from fedsilo.peers.vertical.apps import (
     PARTIES_DIR_KEY,
@@ -34,6 +35,8 @@ from fedsilo.simulations.engine import EngineSettings, run_flower_simulation
 from fedsilo.simulations.federation import fedsilo_version
 
 __all__ = ["frames_tap", "train_and_score_on_engine"]
+
+DISPATCH_INTERVAL = 0.002  # seconds between the engine's passes handing out messages (Flower: 0.1)
 
 FrameTap = Callable[[str, str, bytes], None]
 
@@ -74,15 +77,16 @@ def train_and_score_on_engine(
         write_party_file(directory, node, party, plan, seeds[node])
     relay = Relay(len(everyone), tap=tap, on_epoch=on_epoch)
     run_config = {PARTIES_DIR_KEY: str(directory), "secagg.mode": "off"}
-    run_flower_simulation(
-        relay_server_app(relay),
-        build_client_app(),
-        len(everyone),
-        run_config,
-        Path(work) / "app",
-        fedsilo_version(),
-        engine,
-    )
+    with prompt_dispatch(DISPATCH_INTERVAL):  # two exchanges per batch: Flower's 0.1 s dispatch would dominate
+        run_flower_simulation(
+            relay_server_app(relay),
+            build_client_app(),
+            len(everyone),
+            run_config,
+            Path(work) / "app",
+            fedsilo_version(),
+            engine,
+        )
     if relay.error is not None:
         raise relay.error
     if len(relay.history) != epochs:
