@@ -302,8 +302,8 @@ def plot_vertical_audit(path: Path, section: dict) -> None:
                 ax_label.text(xi, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
         ax_label.set_xticks(x, [f"{a} scoring" for a in attacks])
         ax_label.axhline(0.5, linestyle=":", color="grey", label="chance")
-        ax_label.set_ylim(0, 1.08)
-        ax_label.legend(loc="lower right", fontsize=8)
+        ax_label.set_ylim(0, 1.22)
+        ax_label.legend(loc="upper center", ncol=3, fontsize=8)
     else:
         ax_label.text(0.5, 0.5, "no gradient returned\n(frozen bottoms)", ha="center", va="center")
         ax_label.set_xticks([])
