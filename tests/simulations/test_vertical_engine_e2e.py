@@ -223,3 +223,30 @@ def test_simulate_vertical_on_the_engine_writes_the_run_folder(engine, tmp_path)
         assert job.state == "committed" and ledger.status(owner).spent_epsilon <= 3.0
         assert card["parties"][owner]["epsilon_spent"] == pytest.approx(ledger.status(owner).spent_epsilon, abs=1e-3)
         ledger.close()
+
+
+def test_frozen_bottoms_on_the_engine_release_each_bank_row_once_and_return_no_gradient(engine, tmp_path):
+    """--frozen-bottoms: the bank's stored releases travel in its node's state; a repeat is the same vector."""
+    spec = SplitSpec("mlp", (6,), 2, frozen=True)
+    z_bank, z_broker = plan_noise(3.0, 1e-5, 1), plan_noise(3.0, 1e-5, EPOCHS)
+    holder, parties, _, _ = _scenario(1, PartyDP(z_broker, 3.0, 1e-5), spec)
+    bank_dp = PartyDP(z_bank, 3.0, 1e-5)
+    bank = parties[0]
+    bank.dp, bank.accountant, bank.noise = bank_dp, bank_dp.row_accountant("bank", len(bank.x)), SecureNoise()
+    seen = []
+    train_and_score_on_engine(
+        holder, parties, EPOCHS, BATCH, 0, tmp_path, tap=lambda d, p, c: seen.append((d, p, c)), engine=engine
+    )
+    assert bank.accountant.counts.tolist() == [1] * len(bank.x)  # training and held-out rows: once each
+    assert holder.accountant.max_releases == EPOCHS
+    messages = [m for _, _, c in seen for m in records.decode_all(c).values()]
+    assert not any(type(m).__name__ == "Gradients" for m in messages)
+    requests = [m for m in messages if type(m).__name__ == "BatchRequest" and m.training]
+    embeddings = [m for m in messages if type(m).__name__ == "Embeddings"]
+    first: dict[int, np.ndarray] = {}
+    for request, answer in zip(requests, embeddings):  # training batches: request then answer, in order
+        for position, row in zip(request.positions.tolist(), answer.values):
+            if position in first:
+                np.testing.assert_array_equal(first[position], row)  # the stored release, not a new one
+            first[position] = row
+    assert len(first) == len(holder.train_index)
