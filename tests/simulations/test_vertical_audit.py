@@ -14,7 +14,7 @@ from fedsilo.simulations.report.card import sha256_file
 
 
 @pytest.fixture(scope="module")
-def vertical_run(tmp_path_factory):
+def audited_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("vertical-audit")
     result = simulate(
         setup="vertical",
@@ -24,8 +24,20 @@ def vertical_run(tmp_path_factory):
         epsilon=3.0,
         out=str(root),
         engine="in-process",
+        audit=True,
     )
-    return result.run_dir
+    return result
+
+
+@pytest.fixture(scope="module")
+def vertical_run(audited_run):
+    return audited_run.run_dir
+
+
+def test_simulate_audit_runs_the_vertical_audit(audited_run):
+    card = json.loads((audited_run.run_dir / "model_card.json").read_text())
+    assert audited_run.privacy_audit == card["measured_privacy"]
+    assert audited_run.privacy_audit["setup"] == "vertical"
 
 
 def test_the_audit_finds_the_leaks_without_dp_and_none_with_dp(vertical_run):
