@@ -110,3 +110,12 @@ class SeededNoise:
 
     def standard_normal_(self, out: torch.Tensor) -> torch.Tensor:
         return torch.randn(out.shape, generator=self._noise, out=out)
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The generators' positions (sampling, noise), to continue the same streams elsewhere (`restore`)."""
+        return self._sampling.get_state().numpy().copy(), self._noise.get_state().numpy().copy()
+
+    def restore(self, sampling: np.ndarray, noise: np.ndarray) -> None:
+        """Continue the streams from positions `state` returned."""
+        self._sampling.set_state(torch.as_tensor(sampling, dtype=torch.uint8))
+        self._noise.set_state(torch.as_tensor(noise, dtype=torch.uint8))

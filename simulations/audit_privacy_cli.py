@@ -21,9 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "inference (loss threshold and a calibrated LiRA-style attack), a one-run ε audit with canaries "
         "(Steinke, Nasr and Jagielski 2023) and reconstruction from what the aggregator receives. "
         "Writes a measured_privacy section into RUN_DIR/model_card.json and RUN_DIR/privacy_audit.png. "
-        "Fails (exit 2) if the measured ε lower bound exceeds the claimed ε.",
+        "Fails (exit 2) if the measured ε lower bound exceeds the claimed ε. "
+        "For a vertical run: label inference by the feature party from the returned gradients (norm and "
+        "direction scoring) and reconstruction of a feature party's column by the label holder from the "
+        "embeddings, each on a replay of the run's training with and without DP.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `fedsilo simulate` (horizontal setup)")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run folder written by `fedsilo simulate` (horizontal or vertical setup)"
+    )
     p.add_argument("--canaries", type=int, metavar="M", help="canaries of the one-run ε audit (default 1000)")
     p.add_argument(
         "--reference-models",
@@ -68,6 +73,9 @@ def run_audit_privacy(args: argparse.Namespace) -> int:
 
 def print_summary(section: dict[str, Any]) -> None:
     """A few lines a reader can check against the card."""
+    if section.get("setup") == "vertical":
+        print_vertical_summary(section)
+        return
     claimed = section["claimed"]
     eps = claimed["epsilon"]
     print("claimed: " + (f"ε = {eps:g}, δ = {claimed['delta']:g}" if eps is not None else "no DP"))
@@ -106,3 +114,25 @@ def print_summary(section: dict[str, Any]) -> None:
             f"reconstruction from {name.replace('_', ' ')}: closed form {v['closed_form']:.3f}, "
             f"gradient matching {v['gradient_matching']:.3f} -> {'SUCCEEDED' if v['succeeded'] else 'failed'}"
         )
+
+
+def print_vertical_summary(section: dict[str, Any]) -> None:
+    """The vertical audit's lines: each attack with and without DP."""
+    claimed = section["claimed"]
+    eps = claimed["epsilon"]
+    print("claimed: " + (f"ε = {eps:g} per party, δ = {claimed['delta']:g}" if eps is not None else "no DP"))
+    label = section["label_inference"]
+    if "with_dp" in label:
+        for attack in ("norm", "direction"):
+            print(
+                f"label inference by the feature party ({attack} scoring): AUC {label['without_dp'][f'{attack}_auc']:.3f}"
+                f" without DP, {label['with_dp'][f'{attack}_auc']:.3f} with DP (advantage "
+                f"{label['with_dp'][f'{attack}_advantage']:.3f}, DP bound {label['advantage_bound_with_dp']:.3f})"
+            )
+    else:
+        print(f"label inference: {label['note']}")
+    rec = section["feature_reconstruction"]
+    print(
+        f"reconstruction of {rec['column']} by the label holder: R² {rec['without_dp']['r2']:.3f} without DP, "
+        f"{rec['with_dp']['r2']:.3f} with DP"
+    )

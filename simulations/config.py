@@ -93,6 +93,7 @@ class SimulationConfig:
     sample: int | float | None = None  # None: every bank in every round
     ray_address: str | None = None
     cpus_per_bank: float = 1.0
+    engine: str = "flower"  # vertical: flower (Simulation Engine) or in-process
     dropout_concentration: float = 0.0
     yardstick_banks: int = 100
 
@@ -127,8 +128,8 @@ class SimulationConfig:
             raise ConfigError(
                 f"--dropout must be in [0, 1) (got {self.dropout}): the share of banks vanishing per round"
             )
-        if self.audit and self.setup != "horizontal":
-            raise ConfigError("--audit supports the horizontal setup only (one model, one encoder)")
+        if self.audit and self.setup == "transfer":
+            raise ConfigError("--audit supports the horizontal and vertical setups (not transfer: one model per bank)")
         if self.sample is not None:
             if isinstance(self.sample, float) and not 0.0 < self.sample <= 1.0:
                 raise ConfigError(
@@ -153,6 +154,10 @@ class SimulationConfig:
             )
         if self.vertical_scheme not in ("split", "coded"):
             raise ConfigError(f"--vertical-scheme is split or coded, got {self.vertical_scheme!r}")
+        if self.engine not in ("flower", "in-process"):
+            raise ConfigError(f"--engine {self.engine!r} is unknown: use flower or in-process")
+        if self.engine != "flower" and self.setup != "vertical":
+            raise ConfigError(f"--engine {self.engine} applies to --setup vertical; the other setups run on flower")
         if self.embedding_width < 1:
             raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
         if self.data is None and self.id_column:

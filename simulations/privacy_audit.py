@@ -450,6 +450,12 @@ def audit_run(
     settings = settings or AuditSettings()
     progress = progress or Progress(quiet=True)
     limit_threads()  # small models: one intra-op thread is the fastest
+    from fedsilo.simulations.vertical_audit import audit_vertical_run, read_card  # vertical imports the runner
+
+    vertical = read_card(Path(run_dir)) if Path(run_dir).is_dir() else None
+    if vertical is not None:  # the split-learning attacks (simulations.vertical_audit)
+        progress.stage(f"Privacy audit of {run_dir}: a vertical run (label inference and reconstruction)")
+        return audit_vertical_run(Path(run_dir), vertical, progress)
     progress.stage(f"Privacy audit of {run_dir}: reading the run and rebuilding its banks")
     run = load_run(run_dir)
     job = run.job

@@ -236,6 +236,16 @@ SETTINGS: tuple[Setting, ...] = (
         "local-only runs on the first 20 of them",
     ),
     Setting(
+        "engine",
+        toml="simulation.engine",
+        flag="--engine",
+        kind="str",
+        choices=("flower", "in-process"),
+        help="vertical, split scheme: where the parties run: flower (Flower's Simulation Engine, one virtual "
+        "SuperNode per party, a relaying ServerApp) or in-process (objects of this process exchanging the same "
+        "messages); the coded scheme's one exchange runs in process; the other setups always run on Flower's engine",
+    ),
+    Setting(
         "ray_address",
         toml="simulation.ray-address",
         flag="--ray-address",
@@ -598,6 +608,13 @@ class HelpFormatter(argparse.HelpFormatter):
         default = f"default {value}" if value is not None else "default"
         default += f": {note}" if note else ""
         return f"{action.help} ({default.replace('%', '%%')})"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """The epilog wrapped at spaces only: a TOML key (`dropout-fraction`) is never cut at its hyphen."""
+        import textwrap
+
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
 
 
 @lru_cache(maxsize=1)

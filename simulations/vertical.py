@@ -13,11 +13,10 @@ half of the customers, the bank the other half and, with probability ``--overlap
 (default 0.6), each of the broker's customers too. Neither sees the other's columns,
 rows or (for the bank) labels.
 
-What runs, in one process (why not Flower's Simulation Engine: split learning is a
-conversation within every batch — request, embeddings, gradients — between two fixed
-parties, not rounds of independent client fits that a ServerApp aggregates; Ray
-workers would add seconds per batch and nothing to the privacy argument; the parties
-still only talk through encoded messages, the bytes the network version will carry):
+What runs (``--engine flower``, the default: the split training and the scoring on
+Flower's Simulation Engine, one virtual SuperNode per party and a ServerApp that only
+relays, :mod:`fedsilo.simulations.vertical_engine`; ``--engine in-process``: the parties
+are objects of this process; both exchange the same messages, the steps are the same):
 
 1. alignment by both-sides PSI on the customer ids (stand-ins ``customer-ROW``) and a
    pin frame carrying each shared customer's train/test side
@@ -49,6 +48,7 @@ training and commit what was released.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,7 @@ import pandas as pd
 from safetensors.numpy import save_file
 
 from fedsilo.errors import ConfigError, DataError
+from fedsilo.peers.client.local_training import limit_threads
 from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.vertical.alignment import VerticalAlignment, align_vertical
 from fedsilo.peers.vertical.messages import BatchRequest, Embeddings, Gradients
@@ -257,6 +258,21 @@ def _dp(config: SimulationConfig, releases: int, scoring: bool = False) -> Party
     return PartyDP(z, config.epsilon, config.delta, config.accountant, 1.0, config.max_grad_norm, once)
 
 
+def plan_parties(config: SimulationConfig, spec: SplitSpec) -> tuple[dict[str, int], PartyDP | None, PartyDP | None]:
+    """(releases per training row by party, the broker's DP, the bank's DP) of a run (None: no DP).
+
+    Frozen bottoms: the broker releases nothing (its updates only, once per epoch), the bank each row once.
+    """
+    epochs = config.rounds
+    releases = {HOLDER: epochs, PARTY: 1} if spec.frozen else {HOLDER: 2 * epochs, PARTY: 2 * epochs}
+    return releases, _dp(config, releases[HOLDER]), _dp(config, releases[PARTY], scoring=True)
+
+
+def split_spec(config: SimulationConfig) -> SplitSpec:
+    """The split model a run trains."""
+    return SplitSpec(config.model, tuple(config.hidden), config.embedding_width, config.frozen_bottoms)
+
+
 def _ledger(path: Path, source: str, dp: PartyDP, job: str, planned: list[Mechanism]) -> SQLiteLedger:
     ledger = SQLiteLedger(path)
     ledger.set_budget(source, dp.epsilon, dp.delta, dp.accountant)
@@ -264,46 +280,47 @@ def _ledger(path: Path, source: str, dp: PartyDP, job: str, planned: list[Mechan
     return ledger
 
 
-def _audit(observer: Observer, parties: Parties, batches: int) -> dict[str, float]:
-    """The attacks of the module docstring, on the last epoch's messages."""
-    out: dict[str, float] = {}
+def label_view(observer: Observer, parties: Parties, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """The gradients the bank received in the last ``batches`` batches, and the true labels it never sees."""
     positions, gradients = observer.last(batches, observer.gradients)
-    # the truth the bank never sees: the broker's label of the customer at each position
     holder_index = np.empty(parties.alignment.parties[0].shared, dtype=np.int64)
     holder_index[parties.holder.links[0].positions] = np.arange(len(parties.joint))
-    labels = parties.holder.y.numpy()[holder_index[positions]]
-    out["label_inference_norm_auc"] = round(label_attack_auc(norm_scores(gradients), labels), 4)
-    known = gradients[np.flatnonzero(labels == 1)[0]]
-    out["label_inference_direction_auc"] = round(label_attack_auc(direction_scores(gradients, known), labels), 4)
+    return gradients, parties.holder.y.numpy()[holder_index[positions]]
+
+
+def embedding_view(observer: Observer, parties: Parties, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings the broker received in the last ``batches`` batches, and the bank's true ``pay_0`` behind them."""
     positions, embeddings = observer.last(batches, observer.embeddings)
-    column = parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
+    return embeddings, parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
+
+
+def measure_leakage(observer: Observer, parties: Parties, batches: int, frozen: bool) -> dict[str, float]:
+    """The attacks of the module docstring, on the last epoch's messages (frozen bottoms: no gradient to read)."""
+    out: dict[str, float] = {}
+    if not frozen:
+        gradients, labels = label_view(observer, parties, batches)
+        out["label_inference_norm_auc"] = round(label_attack_auc(norm_scores(gradients), labels), 4)
+        known = gradients[np.flatnonzero(labels == 1)[0]]
+        out["label_inference_direction_auc"] = round(label_attack_auc(direction_scores(gradients, known), labels), 4)
+    embeddings, column = embedding_view(observer, parties, batches)
     known_rows = max(2, int(ATTACKER_KNOWN_FRACTION * len(column)))
     out["feature_reconstruction_r2"] = round(reconstruction_r2(embeddings, column, known_rows), 4)
     return out
-
-
-def _audit_frozen(observer: Observer, parties: Parties, batches: int) -> dict[str, float]:
-    """Frozen bottoms: no gradient reaches the bank (nothing to infer labels from); the reconstruction attack only."""
-    positions, embeddings = observer.last(batches, observer.embeddings)
-    column = parties.bank_raw_aligned[ATTACKED_COLUMN].to_numpy(dtype=np.float64)[positions]
-    known_rows = max(2, int(ATTACKER_KNOWN_FRACTION * len(column)))
-    return {"feature_reconstruction_r2": round(reconstruction_r2(embeddings, column, known_rows), 4)}
 
 
 def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummary:
     """Run the vertical scenario end to end (checks every input before writing)."""
     if config.model not in ("mlp", "logreg"):
         raise ConfigError(f"--setup vertical trains an mlp or logreg split model, got {config.model!r}")
+    limit_threads()  # small models: one intra-op thread is the fastest (ten times, on a loaded machine)
     if config.vertical_scheme == "coded":
         from fedsilo.simulations.vertical_coded import simulate_coded
 
         return simulate_coded(config, progress)
     epochs, overlap = config.rounds, DEFAULT_OVERLAP if config.overlap is None else config.overlap
-    spec = SplitSpec(config.model, tuple(config.hidden), config.embedding_width, config.frozen_bottoms)
+    spec = split_spec(config)
     table = pooled_table(config)
-    # frozen bottoms: the broker releases nothing (its updates only, once per epoch), the bank each row once
-    releases = {HOLDER: epochs, PARTY: 1} if spec.frozen else {HOLDER: 2 * epochs, PARTY: 2 * epochs}
-    holder_dp, party_dp = _dp(config, releases[HOLDER]), _dp(config, releases[PARTY], scoring=True)
+    releases, holder_dp, party_dp = plan_parties(config, spec)
     progress.stage(f"Aligning the {HOLDER}'s and the {PARTY}'s customers by PSI (no raw id exchanged)")
     parties = build_parties(table, config, spec, holder_dp, party_dp, overlap)
     holder, party = parties.holder, parties.party
@@ -316,19 +333,38 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             for name, dp in ((HOLDER, holder_dp), (PARTY, party_dp)):
                 planned = [Mechanism(dp.noise_multiplier, 1.0, releases[name])]
                 ledgers[name] = _ledger(path / f"ledger-{name}.sqlite", name, dp, job, planned)
-        progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs")
+        where = "on Flower's Simulation Engine" if config.engine == "flower" else "in this process"
+        progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs, {where}")
         started = time.perf_counter()
-        history = train(holder, [party], epochs, config.batch_size, config.seed, tap=observer)
-        seconds = time.perf_counter() - started
         test = holder.test_index
         y_test = holder.y.numpy()[test]
-        vertical_auc = _auc(score(holder, [party], test, batch=0, tap=observer), y_test)
+        if config.engine == "flower":
+            from fedsilo.simulations.engine import EngineSettings  # Flower and Ray: only when they run
+            from fedsilo.simulations.vertical_engine import frames_tap, train_and_score_on_engine
+
+            with tempfile.TemporaryDirectory(prefix="fedsilo-vertical-") as work:
+                history, probabilities = train_and_score_on_engine(
+                    holder,
+                    [party],
+                    epochs,
+                    config.batch_size,
+                    config.seed,
+                    Path(work),
+                    noise_seeds=[config.seed + 200, config.seed + 100] if config.reproducible else None,
+                    tap=frames_tap(observer),
+                    engine=EngineSettings(config.ray_address, config.cpus_per_bank),
+                )
+        else:
+            history = train(holder, [party], epochs, config.batch_size, config.seed, tap=observer)
+            probabilities = score(holder, [party], test, batch=0, tap=observer)
+        seconds = time.perf_counter() - started
+        vertical_auc = _auc(probabilities, y_test)
         for name, ledger in ledgers.items():
             accountant = (holder if name == HOLDER else party).accountant
             ledger.commit(name, job, accountant.mechanisms())
             ledger.close()
         batches = -(-len(holder.train_index) // config.batch_size)
-        audit = _audit(observer, parties, batches) if not spec.frozen else _audit_frozen(observer, parties, batches)
+        audit = measure_leakage(observer, parties, batches, spec.frozen)
 
         progress.stage(f"Yardstick: the {HOLDER} alone on its own columns (same ε)")
         all_rows = np.arange(len(parties.broker_y))
@@ -385,6 +421,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             "noise_multiplier": holder_dp.noise_multiplier if holder_dp else 0.0,
             "measured_leakage": audit,
             "seconds_training": round(seconds, 2),
+            "engine": config.engine,
             "psi_bytes": parties.psi_bytes,
             "scheme": "split",
         }
@@ -445,6 +482,7 @@ def _write(
 
     card = {
         "setup": "vertical",
+        "job": {"config": config.to_dict()},
         "participants": [{"name": n, "epsilon_spent": e} for n, e in result["epsilon"].items()],
         "run": path.name.lstrip(".").removesuffix(".partial"),
         "parties": {
@@ -537,4 +575,13 @@ def summary_lines(summary: RunSummary) -> list[str]:
     ]
 
 
-__all__ = ["build_parties", "deal_customers", "pooled_table", "simulate_vertical", "summary_lines"]
+__all__ = [
+    "build_parties",
+    "deal_customers",
+    "measure_leakage",
+    "plan_parties",
+    "pooled_table",
+    "simulate_vertical",
+    "split_spec",
+    "summary_lines",
+]

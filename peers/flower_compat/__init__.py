@@ -41,7 +41,10 @@ has none of them):
   setting.
 - `simulation`: `flwr.simulation.run_simulation._run_simulation` with `app_dir` (the
   public `run_simulation` takes no run config). Would go with: a run config (or app
-  directory) argument to `run_simulation`.
+  directory) argument to `run_simulation`. And `prompt_dispatch`: rebinds
+  `flwr.server.superlink.fleet.vce.vce_api.add_messages_to_queue` within a block so the
+  engine hands out messages every few ms instead of every 0.1 s (a vertical job's two
+  exchanges per batch). Would go with: a dispatch-interval setting of the engine.
 - `control`: the Control API client of Flower's CLI
   (`flwr.supercore.control.ControlHttpClient`), its FAB builder and protobuf
   messages, to register node keys and start a run. Would go with: a Python Control

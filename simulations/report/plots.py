@@ -282,3 +282,40 @@ _AXIS_NAMES = {"epsilon": "ε", "banks": "banks", "dropout": "dropout", "lr": "l
 def _errors(points: list[dict], measure: str) -> list[float]:
     """± one standard deviation over seeds (0 where a point ran once)."""
     return [p[f"{measure}_std"] or 0.0 for p in points]
+
+
+def plot_vertical_audit(path: Path, section: dict) -> None:
+    """The vertical audit: label-inference AUC (norm, direction) and `pay_0` reconstruction R², with and without DP."""
+    fig, (ax_label, ax_rec) = plt.subplots(1, 2, figsize=(10, 4))
+    label = section["label_inference"]
+    width = 0.38
+    if "with_dp" in label:
+        attacks = ["norm", "direction"]
+        x = np.arange(len(attacks))
+        for offset, key, color, name in (
+            (-width / 2, "without_dp", "tab:red", "without DP"),
+            (width / 2, "with_dp", "tab:green", "with DP"),
+        ):
+            values = [label[key][f"{a}_auc"] for a in attacks]
+            ax_label.bar(x + offset, values, width, color=color, label=name)
+            for xi, v in zip(x + offset, values):
+                ax_label.text(xi, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+        ax_label.set_xticks(x, [f"{a} scoring" for a in attacks])
+        ax_label.axhline(0.5, linestyle=":", color="grey", label="chance")
+        ax_label.set_ylim(0, 1.22)
+        ax_label.legend(loc="upper center", ncol=3, fontsize=8)
+    else:
+        ax_label.text(0.5, 0.5, "no gradient returned\n(frozen bottoms)", ha="center", va="center")
+        ax_label.set_xticks([])
+    ax_label.set(ylabel="attack ROC-AUC", title="Label inference by the feature party (from gradients)")
+    rec = section["feature_reconstruction"]
+    values = [rec["without_dp"]["r2"], rec["with_dp"]["r2"]]
+    ax_rec.bar(["without DP", "with DP"], values, color=["tab:red", "tab:green"])
+    for i, v in enumerate(values):
+        ax_rec.text(i, v + 0.01 if v >= 0 else v - 0.04, f"{v:.3f}", ha="center", fontsize=8)
+    ax_rec.axhline(0.0, color="grey", linewidth=0.8)
+    ax_rec.set_ylim(min(-0.1, min(values) - 0.1), max(1.0, max(values) + 0.1))
+    ax_rec.set(ylabel="R² (≤ 0: nothing recovered)", title=f"Reconstruction of {rec['column']} by the label holder")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

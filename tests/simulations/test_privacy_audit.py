@@ -122,8 +122,9 @@ def test_audit_toml_key_and_flag(tmp_path):
     toml.write_text('[simulation]\naudit = "yes"\n')
     with pytest.raises(ConfigError, match="true or false"):
         build_config(toml)
-    with pytest.raises(ConfigError, match="horizontal setup only"):
+    with pytest.raises(ConfigError, match="horizontal and vertical setups"):
         build_config(None, {"audit": True, "setup": "transfer"})
+    assert build_config(None, {"audit": True, "setup": "vertical"}).audit is True
     with pytest.raises(DataError):
         AuditSettings(reference_models=0)
 

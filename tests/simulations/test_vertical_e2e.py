@@ -53,6 +53,7 @@ def test_simulate_vertical_writes_each_party_its_part_ledger_and_card(tmp_path):
         out=str(tmp_path),
         epsilon=3.0,
         vertical_scheme="split",
+        engine="in-process",
     )
     folder = result.run_dir
     v = result.summary.vertical
