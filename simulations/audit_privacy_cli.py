@@ -117,7 +117,14 @@ def print_summary(section: dict[str, Any]) -> None:
 
 
 def print_vertical_summary(section: dict[str, Any]) -> None:
-    """The vertical audit's lines: each attack with and without DP."""
+    """The vertical audit's lines: each attack with and without DP (a coded run: as measured at release)."""
+    if section.get("scheme") == "coded":
+        spent = ", ".join(f"{name} ε = {eps:g}" for name, eps in section["claimed"]["parties"].items())
+        print(f"coded scheme ({spent or 'no DP'}): {section['method']}")
+        print(f"label inference by the feature party: AUC {section['label_inference']['auc']:.3f}")
+        rec = section["feature_reconstruction"]
+        print(f"reconstruction of {rec['column']} by the label holder from the codes: R² {rec['r2']:.3f}")
+        return
     claimed = section["claimed"]
     eps = claimed["epsilon"]
     print("claimed: " + (f"ε = {eps:g} per party, δ = {claimed['delta']:g}" if eps is not None else "no DP"))

@@ -108,7 +108,13 @@ def _replay(config: SimulationConfig, table, private: bool) -> dict[str, dict[st
 
 
 def audit_vertical_run(path: Path, card: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Audit the vertical run at ``path`` (its ``card`` read); write ``measured_privacy`` and the PNG; the section."""
+    """Audit the vertical run at ``path`` (its ``card`` read); write ``measured_privacy`` and the PNG; the section.
+
+    A coded-scheme run is not replayed: its only release (one randomized-response code per shared
+    customer) was attacked when it was made, and that measurement is what the section reports.
+    """
+    if card.get("scheme") == "coded":
+        return _coded_section(path, card, progress)
     config = vertical_config(path, card)
     if config.data is not None and not Path(config.data).is_file():
         raise DataError(
@@ -172,6 +178,35 @@ def audit_vertical_run(path: Path, card: dict[str, Any], progress: Progress) -> 
         **card.get("artifacts", {}),
         "privacy_audit_plot": {"file": PLOT_FILE, "format": "png", "sha256": sha256_file(path / PLOT_FILE)},
     }
+    write_card(path / "model_card.json", card)
+    return section
+
+
+def _coded_section(path: Path, card: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """measured_privacy of a coded-scheme run: the leakage its card recorded when the codes were released."""
+    measured = card.get("measured_leakage")
+    if not isinstance(measured, dict) or "feature_reconstruction_r2" not in measured:
+        raise DataError(f"{path}/model_card.json is a coded-scheme run without its measured leakage: run it again")
+    progress.stage("Vertical audit: a coded-scheme run; its one release was attacked when it was made")
+    section = {
+        "setup": "vertical",
+        "scheme": "coded",
+        "claimed": {"parties": {p["name"]: p["epsilon_spent"] for p in card.get("participants", [])}},
+        "method": "not replayed: the run's only release (one randomized-response code per shared customer) "
+        "was attacked as released, when the run was made",
+        "label_inference": {
+            "attacker": f"{PARTY} (feature party)",
+            "auc": measured.get("label_inference_auc"),
+            "note": measured.get("label_inference_note"),
+        },
+        "feature_reconstruction": {
+            "attacker": f"{HOLDER} (label holder), from the codes {PARTY} released",
+            "column": ATTACKED_COLUMN,
+            "r2": measured["feature_reconstruction_r2"],
+        },
+    }
+    card = dict(card)
+    card["measured_privacy"] = section
     write_card(path / "model_card.json", card)
     return section
 

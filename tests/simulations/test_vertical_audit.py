@@ -24,6 +24,7 @@ def audited_run(tmp_path_factory):
         epsilon=3.0,
         out=str(root),
         engine="in-process",
+        vertical_scheme="split",
         audit=True,
     )
     return result
@@ -75,3 +76,19 @@ def test_a_vertical_run_whose_card_lost_its_configuration_is_refused(vertical_ru
     (copy / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(DataError, match="no vertical job configuration"):
         audit_run(copy)
+
+
+def test_a_coded_run_reports_the_leakage_measured_when_its_codes_were_released(tmp_path):
+    """Not replayed: the section is the card's measurement, and the bank learns nothing label-dependent."""
+    result = simulate(setup="vertical", customers=2000, rounds=1, epsilon=3.0, out=str(tmp_path), audit=True)
+    card = json.loads((result.run_dir / "model_card.json").read_text())
+    section = card["measured_privacy"]
+    assert section["scheme"] == "coded" and section["label_inference"]["auc"] == 0.5
+    assert section["feature_reconstruction"]["r2"] == card["measured_leakage"]["feature_reconstruction_r2"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["audit-privacy", str(result.run_dir)]) == 0
+    assert (
+        "coded scheme (bank ε = 3" in out.getvalue()
+        and "label inference by the feature party: AUC 0.500" in out.getvalue()
+    )
