@@ -6,7 +6,9 @@ Under the gm suite every request and reply is also sealed end to end with the su
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.tls import client_context
 
 CHUNK = 1 << 20
+RETRIES = 3  # a rate-limited request is tried at most this many more times
+RETRY_AFTER_MAX = 10  # seconds: a longer Retry-After is the peer saying no, reported at once
 
 
 class PeerClient:
@@ -42,24 +46,39 @@ class PeerClient:
             await self._session.close()
 
     async def _send(self, method: str, url: str, body: bytes | None, content_type: str) -> bytes:
-        """The reply body of one exchange (sealed under the gm suite); PeerUnreachable on any failure."""
+        """The reply body of one exchange (sealed under the gm suite); PeerUnreachable on any failure.
+
+        A 429 that names a short wait (``Retry-After`` at most RETRY_AFTER_MAX seconds: the peer's
+        rate limit, not a spent quota) is retried after that wait, up to RETRIES times.
+        """
+        assert self._session is not None, "use PeerClient in `async with`"
+        for attempt in range(RETRIES + 1):
+            status, data, headers = await self._exchange(method, url, body, content_type)
+            wait = _retry_after(headers) if status == 429 else None
+            if wait is None or attempt == RETRIES:
+                break
+            await asyncio.sleep(wait)
+        if status >= 400:
+            raise PeerUnreachable(f"{url} answered {status}: {_error_text(data.decode(errors='replace'))}")
+        return data
+
+    async def _exchange(
+        self, method: str, url: str, body: bytes | None, content_type: str
+    ) -> tuple[int, bytes, Mapping[str, str]]:
         assert self._session is not None, "use PeerClient in `async with`"
         try:
             if self._sealer is not None:
-                status, data, _, _ = await self._sealer.exchange(self._session, method, url, body or b"")
-            else:
-                headers = {"Content-Type": content_type} if body is not None else None
-                async with self._session.request(method, url, data=body, headers=headers) as reply:
-                    status, data = reply.status, await reply.read()
+                status, data, _, headers = await self._sealer.exchange(self._session, method, url, body or b"")
+                return status, data, headers
+            request_headers = {"Content-Type": content_type} if body is not None else None
+            async with self._session.request(method, url, data=body, headers=request_headers) as reply:
+                return reply.status, await reply.read(), reply.headers
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
         except SealError as exc:
             raise PeerUnreachable(f"{url}: the sealed exchange failed: {exc}") from None
-        if status >= 400:
-            raise PeerUnreachable(f"{url} answered {status}: {_error_text(data.decode(errors='replace'))}")
-        return data
 
     async def call(self, method: str, url: str, body: Any = None) -> Any:
         """The JSON reply; PeerUnreachable with the peer's error message on any failure."""
@@ -83,20 +102,40 @@ class PeerClient:
             with destination.open("xb") as handle:
                 handle.write(data if limit is None else data[: limit + 1])
             return len(data)
-        written = 0
         try:
-            async with self._session.get(url) as reply:
-                if reply.status >= 400:
-                    raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(await reply.text())}")
-                with destination.open("xb") as handle:
-                    async for chunk in reply.content.iter_chunked(CHUNK):
-                        written += len(chunk)
-                        if limit is not None and written > limit:
-                            break
-                        handle.write(chunk)
+            attempt = 0
+            while True:
+                async with self._session.get(url) as reply:
+                    wait = _retry_after(reply.headers) if reply.status == 429 and attempt < RETRIES else None
+                    if wait is None:
+                        return await _stream(reply, url, destination, limit)
+                attempt += 1
+                await asyncio.sleep(wait)
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot download {url}: {exc.__class__.__name__}: {exc}") from None
-        return written
+
+
+async def _stream(reply: aiohttp.ClientResponse, url: str, destination: Path, limit: int | None) -> int:
+    """Write `reply`'s body into `destination` (a new file), stopping past `limit`; the bytes read."""
+    if reply.status >= 400:
+        raise PeerUnreachable(f"{url} answered {reply.status}: {_error_text(await reply.text())}")
+    written = 0
+    with destination.open("xb") as handle:
+        async for chunk in reply.content.iter_chunked(CHUNK):
+            written += len(chunk)
+            if limit is not None and written > limit:
+                break
+            handle.write(chunk)
+    return written
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait a 429 asks for, if it is a short whole number of seconds; None otherwise."""
+    try:
+        seconds = int(headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return float(seconds) if 0 <= seconds <= RETRY_AFTER_MAX else None
 
 
 def _error_text(text: str) -> str:

@@ -147,3 +147,33 @@ def test_the_operator_on_the_admin_socket_is_not_limited(tmp_path):
                 return statuses
 
     assert run(body()) == [200] * 12
+
+
+def test_the_client_waits_out_a_short_retry_after_and_reports_a_long_one_at_once(tmp_path):
+    """PeerClient (what peers and the CLI use): a 429 asking for a second or two is retried after
+    it; one asking for minutes is the peer saying no, reported without waiting."""
+    import time
+
+    from fedsilo.peers.daemon.client import PeerClient
+    from fedsilo.peers.errors import PeerUnreachable
+
+    consortium = make_consortium(tmp_path, peers=("bank-a", "bank-b"))
+    with open(consortium.config_path("bank-b"), "a") as handle:
+        handle.write('\n[limits]\nread-burst = 2\nread-rate = 1.0\nroutes = { "GET /v1/status" = [0.01, 1] }\n')
+    base = consortium.addresses["bank-b"]
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            async with PeerClient(consortium.identity("bank-a")) as client:
+                started = time.monotonic()
+                health = [await client.call("GET", f"{base}/v1/health") for _ in range(4)]
+                waited = time.monotonic() - started
+                await client.call("GET", f"{base}/v1/status")
+                started = time.monotonic()
+                with pytest.raises(PeerUnreachable, match="answered 429") as refused:
+                    await client.call("GET", f"{base}/v1/status")
+                return health, waited, time.monotonic() - started, str(refused.value)
+
+    health, waited, refused_after, message = run(body())
+    assert len(health) == 4 and waited >= 1.0  # the 3rd and 4th GET waited for their tokens, then passed
+    assert refused_after < 5 and "GET /v1/status" in message
