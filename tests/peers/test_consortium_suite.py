@@ -156,6 +156,8 @@ def test_cli_records_the_suite_and_refuses_an_unknown_one(tmp_path: Path) -> Non
     done = fedsilo("consortium", "init", "--dir", "c", "--name", "bank-broker", "--suite", "gm")
     assert done.returncode == 0, done.stderr
     assert "(gm crypto suite)" in done.stdout
+    assert "c/ca-signing.key (mode 0600) also signs the manifest" in done.stdout
+    assert "c/ca-signing.pub is a trust anchor: copy it with ca.pem to every member" in done.stdout
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["manifest"]["suite"] == "gm"
     assert fedsilo("peer", "init", "--name", "bank", "--dir", "bank", "--suite", "gm").returncode == 0
     done = fedsilo("consortium", "admit", "bank/peer.csr", "--dir", "c", "--address", ADDRESS)
@@ -164,6 +166,9 @@ def test_cli_records_the_suite_and_refuses_an_unknown_one(tmp_path: Path) -> Non
         "consortium", "admit", "bank/peer.csr", "--dir", "c", "--address", ADDRESS, "--signing-key", "bank/signing.pub"
     )
     assert done.returncode == 0, done.stderr
+    assert "give every member its new copy (and bank the CA's ca.pem and c/ca-signing.pub)" in done.stdout
+    done = fedsilo("consortium", "init", "--dir", "s", "--name", "acme")
+    assert done.returncode == 0 and "ca-signing" not in done.stdout
     done = fedsilo("consortium", "init", "--dir", "d", "--name", "x", "--suite", "sm9")
     assert done.returncode == 2 and "invalid choice: 'sm9'" in done.stderr
 
