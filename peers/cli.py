@@ -101,7 +101,7 @@ def consortium_admit(args: argparse.Namespace) -> int:
     member = admit(args.dir, args.request, roles, args.address, out, signing_key=args.signing_key)
     where = f" at {member.address}" if member.address else ""
     anchor = args.dir / CA_SIGNING_PUB
-    with_anchor = f" (and {member.name} the CA's ca.pem and {anchor})" if anchor.exists() else ""
+    with_anchor = f"; {member.name} also needs ca.pem and {anchor}" if anchor.exists() else ""
     print(
         f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
         f"({member.fingerprint[:23]}…); manifest {args.dir / 'manifest.json'} updated: "
