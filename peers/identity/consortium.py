@@ -5,8 +5,9 @@ under the gm suite the CA's SM2 signing key `ca-signing.key` (0600) and its publ
 `ca-signing.pub`, the manifest's second trust anchor. A member's identity directory holds
 `peer.key` (0600), `peer.csr` (its request), and, once admitted, `peer.pem`, plus copies of
 the consortium's `ca.pem` (and `ca-signing.pub` under gm) and `manifest.json` (the manifest
-is public: hand the new version to every member after an admission or a removal). `Identity.load` reads a member's directory and checks that its
-certificate is the CA's and is in the manifest; a running daemon picks up a newer
+is public: hand the new version to every member after an admission or a removal).
+`Identity.load` reads a member's directory and checks that its certificate is the CA's and
+is in the manifest; a running daemon picks up a newer
 manifest version as soon as it is copied into its identity directory, and never goes
 back to an older one.
 """

@@ -184,7 +184,9 @@ def load_round_identity(
         raise IdentityError(
             f"this peer's consortium identity is incomplete: {missing.filename} does not exist"
         ) from None
-    verifier = _verifier(paths[2], paths[3], stamps[2:4])
+    anchor = paths[2].with_name(CA_SIGNING_PUB)
+    anchor_stamp = anchor.stat().st_mtime_ns if anchor.exists() else 0
+    verifier = _verifier(paths[2], paths[3], (*stamps[2:4], anchor_stamp))
     signing = (paths[4], stamps[4]) if len(paths) > 4 else None
     signer = _signer(paths[0], paths[1], stamps[:2], verifier, signing)
     return signer, verifier
