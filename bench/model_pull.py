@@ -69,7 +69,7 @@ def setup(root: Path, megabytes: int, suite: str = "standard") -> tuple[str, Pat
         signing = request.with_name("signing.pub") if gm else None
         admit(root / "consortium", request, roles, address, request.with_name("peer.pem"), signing_key=signing)
     for name in ("bank-a", "risk-dept", "bank-b"):
-        for file in ("ca.pem", "manifest.json"):
+        for file in ("ca.pem", "ca-signing.pub", "manifest.json") if gm else ("ca.pem", "manifest.json"):
             shutil.copy(root / "consortium" / file, root / name / "identity" / file)
     (root / "bank-a" / "data.csv").write_text("x,Y\n1,0\n2,1\n")
     (root / "bank-a" / "peer.toml").write_text(

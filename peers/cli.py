@@ -78,26 +78,35 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
 
 def consortium_init(args: argparse.Namespace) -> int:
     from fedsilo.peers.identity.consortium import init_consortium
+    from fedsilo.peers.identity.manifest import CA_SIGNING_KEY, CA_SIGNING_PUB
 
     manifest = init_consortium(args.dir, args.name, args.suite)
     print(
         f"consortium {manifest.consortium} ({manifest.suite} crypto suite): root CA {args.dir / 'ca.pem'} (key {args.dir / 'ca.key'}, mode 0600), "
         f"manifest {args.dir / 'manifest.json'} (version {manifest.version}, no members)"
     )
+    if manifest.suite != DEFAULT_SUITE:
+        print(
+            f"the CA's {manifest.suite} signing key {args.dir / CA_SIGNING_KEY} (mode 0600) also signs the manifest; "
+            f"its public key {args.dir / CA_SIGNING_PUB} is a trust anchor: copy it with ca.pem to every member"
+        )
     return 0
 
 
 def consortium_admit(args: argparse.Namespace) -> int:
     from fedsilo.peers.identity.consortium import admit
+    from fedsilo.peers.identity.manifest import CA_SIGNING_PUB
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     out = args.out or args.request.with_name("peer.pem")
     member = admit(args.dir, args.request, roles, args.address, out, signing_key=args.signing_key)
     where = f" at {member.address}" if member.address else ""
+    anchor = args.dir / CA_SIGNING_PUB
+    with_anchor = f"; {member.name} also needs ca.pem and {anchor}" if anchor.exists() else ""
     print(
         f"admitted {member.name} ({', '.join(member.roles)}){where}; certificate {out} "
         f"({member.fingerprint[:23]}…); manifest {args.dir / 'manifest.json'} updated: "
-        "give every member its new copy"
+        f"give every member its new copy{with_anchor}"
     )
     return 0
 

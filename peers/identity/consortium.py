@@ -1,11 +1,13 @@
 """The consortium operations behind the CLI: create the CA, request and grant membership.
 
-Files. A consortium directory holds `ca.key` (0600), `ca.pem` and `manifest.json`. A
-member's identity directory holds `peer.key` (0600), `peer.csr` (its request), and,
-once admitted, `peer.pem`, plus copies of the consortium's `ca.pem` and
-`manifest.json` (the manifest is public: hand the new version to every member after an
-admission or a removal). `Identity.load` reads a member's directory and checks that its
-certificate is the CA's and is in the manifest; a running daemon picks up a newer
+Files. A consortium directory holds `ca.key` (0600), `ca.pem` and `manifest.json`, and
+under the gm suite the CA's SM2 signing key `ca-signing.key` (0600) and its public key
+`ca-signing.pub`, the manifest's second trust anchor. A member's identity directory holds
+`peer.key` (0600), `peer.csr` (its request), and, once admitted, `peer.pem`, plus copies of
+the consortium's `ca.pem` (and `ca-signing.pub` under gm) and `manifest.json` (the manifest
+is public: hand the new version to every member after an admission or a removal).
+`Identity.load` reads a member's directory and checks that its certificate is the CA's and
+is in the manifest; a running daemon picks up a newer
 manifest version as soon as it is copied into its identity directory, and never goes
 back to an older one.
 """
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsilo.errors import CryptoSuiteError, FedsiloError
 from fedsilo.peers.errors import IdentityError
-from fedsilo.peers.identity.manifest import Manifest, Member, check_signing_key
+from fedsilo.peers.identity.manifest import CA_SIGNING_KEY, CA_SIGNING_PUB, Manifest, Member, check_signing_key
 from fedsilo.peers.identity.pki import (
     certificate_fingerprint,
     certificate_name,
@@ -56,9 +58,39 @@ def init_consortium(directory: Path, name: str, suite: str = DEFAULT_SUITE) -> M
     key = new_private_key()
     write_private_key(directory / CA_KEY, key)
     (directory / CA_CERT).write_bytes(create_ca(name, key).public_bytes(serialization.Encoding.PEM))
+    suite_key = None
+    if suite != DEFAULT_SUITE:
+        crypto = get_suite(suite)
+        suite_key = crypto.generate_signing_key()
+        write_secret(directory / CA_SIGNING_KEY, suite_key)
+        (directory / CA_SIGNING_PUB).write_text(crypto.signing_public_key(suite_key).hex() + "\n")
     manifest = Manifest(name, 1, (), "", suite)
-    manifest.write(directory / MANIFEST, key)
-    return Manifest.load(directory / MANIFEST, load_certificate(directory / CA_CERT))
+    manifest.write(directory / MANIFEST, key, suite_key)
+    return load_manifest(directory / MANIFEST, directory / CA_CERT)
+
+
+def load_manifest(manifest_path: Path, ca_path: Path) -> Manifest:
+    """The manifest at `manifest_path`, verified against `ca_path` and the trust anchor beside it."""
+    return Manifest.load(manifest_path, load_certificate(ca_path), ca_anchor(ca_path))
+
+
+def ca_anchor(ca_path: Path) -> Path:
+    """Where the CA's suite signing key's public key (`ca-signing.pub`) lies: beside `ca.pem`."""
+    return Path(ca_path).with_name(CA_SIGNING_PUB)
+
+
+def _ca_suite_key(consortium_dir: Path, manifest: Manifest) -> bytes | None:
+    """The CA's suite signing key (None under the standard suite); IdentityError if it is missing."""
+    if manifest.suite == DEFAULT_SUITE:
+        return None
+    path = consortium_dir / CA_SIGNING_KEY
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise IdentityError(
+            f"{manifest.consortium} uses the {manifest.suite} crypto suite but {path}, the CA's {manifest.suite} "
+            "signing key made by `fedsilo consortium init`, does not exist: restore it from the CA's backup"
+        ) from None
 
 
 def init_peer(directory: Path, name: str, suite: str | None = None) -> Path:
@@ -99,7 +131,8 @@ def admit(
     """
     ca_key = load_private_key(consortium_dir / CA_KEY)
     ca_cert = load_certificate(consortium_dir / CA_CERT)
-    manifest = Manifest.load(consortium_dir / MANIFEST, ca_cert)
+    manifest = Manifest.load(consortium_dir / MANIFEST, ca_cert, ca_anchor(consortium_dir / CA_CERT))
+    suite_key = _ca_suite_key(consortium_dir, manifest)
     csr = load_request(request)
     name = request_name(csr)
     if manifest.member(name) is not None:
@@ -125,7 +158,7 @@ def admit(
     )
     updated = manifest.with_member(member)
     certificate_out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    updated.write(consortium_dir / MANIFEST, ca_key)
+    updated.write(consortium_dir / MANIFEST, ca_key, suite_key)
     return member
 
 
@@ -170,9 +203,9 @@ def remove(consortium_dir: Path, name: str) -> Manifest:
     new manifest: membership is the manifest, not the certificate (there is no CRL).
     """
     ca_key = load_private_key(consortium_dir / CA_KEY)
-    manifest = Manifest.load(consortium_dir / MANIFEST, load_certificate(consortium_dir / CA_CERT))
+    manifest = load_manifest(consortium_dir / MANIFEST, consortium_dir / CA_CERT)
     updated = manifest.without_member(name)
-    updated.write(consortium_dir / MANIFEST, ca_key)
+    updated.write(consortium_dir / MANIFEST, ca_key, _ca_suite_key(consortium_dir, manifest))
     return updated
 
 
@@ -213,7 +246,7 @@ class Identity:
         check_issued_by(cert, ca_cert)
         if cert.public_key().public_numbers() != key.public_key().public_numbers():
             raise IdentityError(f"{cert_path} does not belong to the key {directory / PEER_KEY}")
-        loaded = Manifest.load(manifest_path, ca_cert)
+        loaded = Manifest.load(manifest_path, ca_cert, ca_anchor(ca_path))
         name = certificate_name(cert)
         member = loaded.by_fingerprint(certificate_fingerprint(cert))
         if member is None or member.name != name:
@@ -241,10 +274,11 @@ class Identity:
         A newer version (an admission, a removal) replaces the current manifest; an older
         version (a stale copy put back) is ignored, so a removed member cannot be let in
         again by rolling the file back. A version naming another crypto suite is ignored too:
-        the suite is chosen once, at `consortium init`.
+        the suite is chosen once, at `consortium init`; so is, under gm, a version whose SM2
+        signature (`suite_signature`) is missing or not the CA's.
         """
         try:
-            loaded = Manifest.load(self.manifest_path, self.ca_certificate)
+            loaded = Manifest.load(self.manifest_path, self.ca_certificate, ca_anchor(self.ca_path))
         except FedsiloError:
             return self.manifest
         same = loaded.consortium == self.manifest.consortium and loaded.suite == self.manifest.suite

@@ -11,8 +11,16 @@ The manifest also records the consortium's crypto suite (``standard`` or ``gm``,
 `fedsilo consortium init --suite`; a manifest without the field is ``standard``) and, per
 member, optionally the public key of its suite signing key (``signing_key``, hex of the
 uncompressed point). Loading refuses an unknown suite and a member key that is not a key
-of the recorded suite, naming the member. The manifest itself is still signed with the
-CA's ECDSA P-256 key under both suites (docs/national-crypto.md).
+of the recorded suite, naming the member.
+
+The manifest is signed with the CA's ECDSA P-256 key under both suites. Under gm the CA also
+holds an SM2 signing key (`ca-signing.key`, 0600, beside `ca.key`), whose public key
+(`ca-signing.pub`, hex of the point) is a second trust anchor distributed with `ca.pem`; every
+version it writes carries `suite_signature`, the CA's SM2 signature of the same canonical bytes.
+`Manifest.load` under gm requires the anchor and refuses a manifest whose SM2 signature is
+missing, made by another key or over other bytes, even when the ECDSA signature verifies; and with
+an anchor present it refuses a manifest naming another suite (a downgrade by someone holding the
+ECDSA key alone). A standard manifest is written and read byte for byte as before.
 """
 
 from __future__ import annotations
@@ -27,12 +35,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsilo.errors import CryptoSuiteError
-from fedsilo.peers.errors import IdentityError
+from fedsilo.peers.errors import IdentityError, SignatureError
 from fedsilo.peers.identity.pki import address_host, check_name
-from fedsilo.peers.identity.signing import sign_document, verify_document
+from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
 from fedsilo.privacy.crypto_suite import DEFAULT_SUITE, SUITES, get_suite
 
 SCHEMA = "fedsilo.manifest/1"
+# The CA's suite signing key (gm: SM2, PKCS#8 DER, 0600, beside ca.key) and its public key, the
+# second trust anchor (hex of the point, beside ca.pem wherever ca.pem is copied).
+CA_SIGNING_KEY, CA_SIGNING_PUB = "ca-signing.key", "ca-signing.pub"
 ROLES = ("peer", "model-owner")
 
 
@@ -141,17 +152,29 @@ class Manifest:
             "members": [m.to_dict() for m in self.members],
         }
 
-    def write(self, path: Path, ca_key: ec.EllipticCurvePrivateKey) -> None:
-        """Sign with the CA key and write atomically."""
+    def write(self, path: Path, ca_key: ec.EllipticCurvePrivateKey, suite_key: bytes | None = None) -> None:
+        """Sign with the CA key (and, outside the standard suite, the CA's `suite_key`) and write atomically."""
         body = self.body()
-        document = {"manifest": body, "signature": sign_document(ca_key, body)}
+        document: dict[str, Any] = {"manifest": body, "signature": sign_document(ca_key, body)}
+        if self.suite != DEFAULT_SUITE:
+            if suite_key is None:
+                raise IdentityError(
+                    f"consortium {self.consortium} uses the {self.suite} crypto suite: its manifest is also signed "
+                    f"with the CA's {self.suite} signing key ({CA_SIGNING_KEY} beside the CA key), which is missing"
+                )
+            document["suite_signature"] = sign_with_suite(self.suite, suite_key, body)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document, indent=2) + "\n")
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, ca_cert: x509.Certificate) -> Manifest:
-        """Read and verify a manifest; IdentityError if unreadable, SignatureError if not the CA's."""
+    def load(cls, path: Path, ca_cert: x509.Certificate, anchor: Path | None = None) -> Manifest:
+        """Read and verify a manifest; IdentityError if unreadable, SignatureError if not the CA's.
+
+        `anchor` is the path of the CA's `ca-signing.pub` (beside `ca.pem`). A manifest of a
+        suite other than standard must carry the CA's suite signature by that key; an existing
+        anchor refuses a standard manifest.
+        """
         try:
             document = json.loads(Path(path).read_text())
             body, signature = document["manifest"], document["signature"]
@@ -162,6 +185,7 @@ class Manifest:
         verify_document(ca_cert, body, signature, f"manifest {path}")
         if body.get("schema") != SCHEMA:
             raise IdentityError(f"manifest {path} has schema {body.get('schema')!r}; this fedsilo reads {SCHEMA}")
+        _verify_suite_signature(path, document, body.get("suite", DEFAULT_SUITE), anchor)
         return cls(
             consortium=body["consortium"],
             version=int(body["version"]),
@@ -169,6 +193,45 @@ class Manifest:
             members=tuple(Member.from_dict(m) for m in body["members"]),
             suite=body.get("suite", DEFAULT_SUITE),
         )
+
+
+def _verify_suite_signature(path: Path, document: dict[str, Any], suite: Any, anchor: Path | None) -> None:
+    """SignatureError/IdentityError unless the manifest's suite signature matches what `anchor` requires."""
+    public = _read_anchor(anchor) if anchor is not None else None
+    if suite == DEFAULT_SUITE:
+        if public is not None:
+            raise SignatureError(
+                f"manifest {path} names the standard suite, but the CA's gm trust anchor {anchor} is present: this "
+                "consortium uses the gm suite, and a manifest without its SM2 signature is refused (a downgrade)"
+            )
+        if "suite_signature" in document:
+            raise SignatureError(f"manifest {path} names the standard suite but carries a suite_signature")
+        return
+    if public is None:
+        where = f"{anchor} does not exist" if anchor is not None else "no trust anchor was given"
+        raise IdentityError(
+            f"manifest {path} is a {suite}-suite manifest, signed with the CA's {suite} key, but {where}: copy "
+            f"{CA_SIGNING_PUB} from the consortium directory (it is distributed with ca.pem) next to ca.pem"
+        )
+    if "suite_signature" not in document:
+        raise SignatureError(
+            f"manifest {path}: a {suite}-suite manifest must carry the CA's {suite} signature (suite_signature) "
+            "and this one has none; it was not written by the consortium's CA"
+        )
+    verify_with_suite(suite, public, document["manifest"], document["suite_signature"], f"manifest {path}")
+
+
+def _read_anchor(anchor: Path) -> str | None:
+    """The hex public key in `anchor`, or None if the file does not exist."""
+    try:
+        text = anchor.read_text().strip().lower()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise IdentityError(f"cannot read the CA's trust anchor {anchor}: {exc.strerror}") from None
+    if not text or any(c not in "0123456789abcdef" for c in text):
+        raise IdentityError(f"{anchor} is not a {CA_SIGNING_PUB} file (hex of the CA's public signing key)")
+    return text
 
 
 def check_signing_key(name: str, signing_key: str, suite: str) -> None:

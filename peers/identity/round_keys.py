@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsilo.errors import CryptoSuiteError
 from fedsilo.peers.errors import IdentityError
-from fedsilo.peers.identity.manifest import Manifest, Member
+from fedsilo.peers.identity.manifest import CA_SIGNING_KEY, CA_SIGNING_PUB, Manifest, Member
 from fedsilo.peers.identity.pki import (
     certificate_fingerprint,
     certificate_name,
@@ -184,7 +184,9 @@ def load_round_identity(
         raise IdentityError(
             f"this peer's consortium identity is incomplete: {missing.filename} does not exist"
         ) from None
-    verifier = _verifier(paths[2], paths[3], stamps[2:4])
+    anchor = paths[2].with_name(CA_SIGNING_PUB)
+    anchor_stamp = anchor.stat().st_mtime_ns if anchor.exists() else 0
+    verifier = _verifier(paths[2], paths[3], (*stamps[2:4], anchor_stamp))
     signing = (paths[4], stamps[4]) if len(paths) > 4 else None
     signer = _signer(paths[0], paths[1], stamps[:2], verifier, signing)
     return signer, verifier
@@ -193,7 +195,7 @@ def load_round_identity(
 @functools.lru_cache(maxsize=4)
 def _verifier(ca_path: Path, manifest_path: Path, _stamps: tuple[int, ...]) -> ManifestVerifier:
     ca = load_certificate(ca_path)
-    return ManifestVerifier(Manifest.load(manifest_path, ca), ca)
+    return ManifestVerifier(Manifest.load(manifest_path, ca, ca_path.with_name(CA_SIGNING_PUB)), ca)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -240,7 +242,8 @@ def simulated_consortium(
     """A CA, a signed manifest and one key and certificate per bank, in `directory` (simulations).
 
     Under another `suite` (gm) each bank also gets that suite's signing key (`NAME.signing.key`),
-    bound to it in the manifest, as `fedsilo consortium admit --signing-key` does.
+    bound to it in the manifest, as `fedsilo consortium admit --signing-key` does, and the CA a
+    suite key (`ca-signing.key`) that also signs the manifest, its anchor `ca-signing.pub` beside `ca.pem`.
     """
     crypto = get_suite(suite)
     directory.mkdir(parents=True, exist_ok=True)
@@ -264,7 +267,12 @@ def simulated_consortium(
         members.append(
             Member(name=name, fingerprint=fingerprint, roles=("peer",), address=address, signing_key=signing_key)
         )
-    Manifest(consortium, 1, tuple(members), "", suite).write(directory / MANIFEST_FILE, ca_key)
+    ca_suite_key = None
+    if suite != DEFAULT_SUITE:
+        ca_suite_key = crypto.generate_signing_key()
+        write_secret(directory / CA_SIGNING_KEY, ca_suite_key)
+        (directory / CA_SIGNING_PUB).write_text(crypto.signing_public_key(ca_suite_key).hex() + "\n")
+    Manifest(consortium, 1, tuple(members), "", suite).write(directory / MANIFEST_FILE, ca_key, ca_suite_key)
     return directory
 
 

@@ -6,6 +6,7 @@ strips or changes the suite, a member directory whose signing key is not the adm
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import subprocess
@@ -15,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from fedsilo.peers.errors import IdentityError, SignatureError
-from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
+from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer, load_manifest
 from fedsilo.peers.identity.manifest import Manifest
 from fedsilo.peers.identity.pki import load_certificate, load_private_key
-from fedsilo.peers.identity.signing import sign_document
+from fedsilo.peers.identity.signing import canonical_json, sign_document, sign_with_suite, verify_document
 from fedsilo.privacy.crypto_suite import get_suite
 
 ADDRESS = "https://127.0.0.1:17001"
@@ -30,17 +31,27 @@ def _member(tmp_path: Path, name: str, suite: str | None) -> tuple[Path, Path]:
 
 
 def _copy_public_files(tmp_path: Path, name: str) -> None:
-    for file in ("ca.pem", "manifest.json"):
-        (tmp_path / name / file).write_bytes((tmp_path / "c" / file).read_bytes())
+    for file in ("ca.pem", "ca-signing.pub", "manifest.json"):
+        if (tmp_path / "c" / file).exists():
+            (tmp_path / name / file).write_bytes((tmp_path / "c" / file).read_bytes())
+
+
+def _load(tmp_path: Path, path: Path | None = None) -> Manifest:
+    """The manifest at `path` (default the consortium's), verified as a member verifies it."""
+    return load_manifest(path or tmp_path / "c" / "manifest.json", tmp_path / "c" / "ca.pem")
 
 
 def _resign(tmp_path: Path, edit) -> Path:
-    """Edit the manifest body and sign it again with the real CA key (a careless or compromised CA)."""
+    """Edit the manifest body and sign it again with the real CA keys (a careless or compromised CA)."""
     path = tmp_path / "c" / "manifest.json"
-    body = json.loads(path.read_text())["manifest"]
+    document = json.loads(path.read_text())
+    body = document["manifest"]
     edit(body)
     ca_key = load_private_key(tmp_path / "c" / "ca.key")
-    path.write_text(json.dumps({"manifest": body, "signature": sign_document(ca_key, body)}))
+    resigned = {"manifest": body, "signature": sign_document(ca_key, body)}
+    if "suite_signature" in document:
+        resigned["suite_signature"] = sign_with_suite("gm", (tmp_path / "c" / "ca-signing.key").read_bytes(), body)
+    path.write_text(json.dumps(resigned))
     return path
 
 
@@ -68,7 +79,7 @@ def test_gm_consortium_refuses_a_member_without_or_with_a_standard_key(tmp_path:
     request, pub = _member(tmp_path, "broker", "standard")
     with pytest.raises(IdentityError, match="member broker: its signing key does not match the consortium's gm"):
         admit(tmp_path / "c", request, ("peer",), ADDRESS, tmp_path / "broker" / "peer.pem", signing_key=pub)
-    manifest = Manifest.load(tmp_path / "c" / "manifest.json", load_certificate(tmp_path / "c" / "ca.pem"))
+    manifest = _load(tmp_path)
     assert manifest.members == () and manifest.version == 1
     assert not (tmp_path / "broker" / "peer.pem").exists()
 
@@ -92,14 +103,13 @@ def test_the_suite_cannot_be_stripped_or_changed_without_the_ca(tmp_path: Path) 
         tampered = tmp_path / f"{edit}.json"
         tampered.write_text(json.dumps(document))
         with pytest.raises(SignatureError, match="signature does not verify"):
-            Manifest.load(tampered, load_certificate(tmp_path / "c" / "ca.pem"))
+            _load(tmp_path, tampered)
 
 
 def test_a_ca_signed_manifest_with_an_unknown_suite_or_a_mismatched_key_is_refused_by_name(tmp_path: Path) -> None:
     init_consortium(tmp_path / "c", "bank-broker", "gm")
     request, pub = _member(tmp_path, "bank", "gm")
     admit(tmp_path / "c", request, ("peer",), ADDRESS, tmp_path / "bank" / "peer.pem", signing_key=pub)
-    ca = load_certificate(tmp_path / "c" / "ca.pem")
     p256 = get_suite("standard")
     p256_public = p256.signing_public_key(p256.generate_signing_key()).hex()
 
@@ -107,17 +117,17 @@ def test_a_ca_signed_manifest_with_an_unknown_suite_or_a_mismatched_key_is_refus
         body["members"][0]["signing_key"] = p256_public
 
     with pytest.raises(IdentityError, match="member bank: its signing key does not match the consortium's gm suite"):
-        Manifest.load(_resign(tmp_path, swap_key), ca)
+        _load(tmp_path, _resign(tmp_path, swap_key))
     with pytest.raises(IdentityError, match="member bank: its signing key is not hex text"):
-        Manifest.load(_resign(tmp_path, lambda body: body["members"][0].update(signing_key=12)), ca)
+        _load(tmp_path, _resign(tmp_path, lambda body: body["members"][0].update(signing_key=12)))
     with pytest.raises(IdentityError, match="unknown crypto suite 'sm9'"):
-        Manifest.load(_resign(tmp_path, lambda body: body.update(suite="sm9")), ca)
+        _load(tmp_path, _resign(tmp_path, lambda body: body.update(suite="sm9")))
 
 
 def test_a_manifest_from_before_suites_is_standard(tmp_path: Path) -> None:
     init_consortium(tmp_path / "c", "acme")
     path = _resign(tmp_path, lambda body: body.pop("suite"))
-    assert Manifest.load(path, load_certificate(tmp_path / "c" / "ca.pem")).suite == "standard"
+    assert _load(tmp_path, path).suite == "standard"
 
 
 def test_a_member_directory_with_another_or_no_signing_key_is_refused(tmp_path: Path) -> None:
@@ -146,6 +156,8 @@ def test_cli_records_the_suite_and_refuses_an_unknown_one(tmp_path: Path) -> Non
     done = fedsilo("consortium", "init", "--dir", "c", "--name", "bank-broker", "--suite", "gm")
     assert done.returncode == 0, done.stderr
     assert "(gm crypto suite)" in done.stdout
+    assert "c/ca-signing.key (mode 0600) also signs the manifest" in done.stdout
+    assert "c/ca-signing.pub is a trust anchor: copy it with ca.pem to every member" in done.stdout
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["manifest"]["suite"] == "gm"
     assert fedsilo("peer", "init", "--name", "bank", "--dir", "bank", "--suite", "gm").returncode == 0
     done = fedsilo("consortium", "admit", "bank/peer.csr", "--dir", "c", "--address", ADDRESS)
@@ -154,6 +166,9 @@ def test_cli_records_the_suite_and_refuses_an_unknown_one(tmp_path: Path) -> Non
         "consortium", "admit", "bank/peer.csr", "--dir", "c", "--address", ADDRESS, "--signing-key", "bank/signing.pub"
     )
     assert done.returncode == 0, done.stderr
+    assert "give every member its new copy; bank also needs ca.pem and c/ca-signing.pub" in done.stdout
+    done = fedsilo("consortium", "init", "--dir", "s", "--name", "acme")
+    assert done.returncode == 0 and "ca-signing" not in done.stdout
     done = fedsilo("consortium", "init", "--dir", "d", "--name", "x", "--suite", "sm9")
     assert done.returncode == 2 and "invalid choice: 'sm9'" in done.stderr
 
@@ -262,3 +277,168 @@ def test_a_newer_manifest_naming_another_suite_is_ignored_by_running_members(tmp
     downgraded = _resign(tmp_path, downgrade)
     identity.manifest_path.write_bytes(downgraded.read_bytes())
     assert identity.reload_manifest().suite == "gm" and identity.manifest.version == 2
+
+
+# -- the manifest's SM2 signature (the CA's second trust anchor) ---------------------------------
+
+
+def _forge(tmp_path: Path, edit, suite_signature: str | None) -> Path:
+    """A next manifest version edited by someone holding the CA's ECDSA key only.
+
+    The body is re-signed with ca.key; `suite_signature` is what the forger puts beside it (None: none).
+    """
+    path = tmp_path / "c" / "manifest.json"
+    body = json.loads(path.read_text())["manifest"]
+    edit(body)
+    body["version"] += 1
+    document = {"manifest": body, "signature": sign_document(load_private_key(tmp_path / "c" / "ca.key"), body)}
+    if suite_signature is not None:
+        document["suite_signature"] = suite_signature
+    forged = tmp_path / f"forged-{len(list(tmp_path.glob('forged-*')))}.json"
+    forged.write_text(json.dumps(document))
+    return forged
+
+
+def _gm_with_bank(tmp_path: Path) -> Identity:
+    init_consortium(tmp_path / "c", "bank-broker", "gm")
+    request, pub = _member(tmp_path, "bank", "gm")
+    admit(tmp_path / "c", request, ("peer",), ADDRESS, tmp_path / "bank" / "peer.pem", signing_key=pub)
+    _copy_public_files(tmp_path, "bank")
+    return Identity.load(tmp_path / "bank")
+
+
+def test_every_gm_manifest_version_carries_the_cas_sm2_signature_under_its_anchor(tmp_path: Path) -> None:
+    from fedsilo.peers.identity.consortium import remove
+
+    init_consortium(tmp_path / "c", "bank-broker", "gm")
+    key, anchor = tmp_path / "c" / "ca-signing.key", tmp_path / "c" / "ca-signing.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    gm = get_suite("gm")
+    assert anchor.read_text() == gm.signing_public_key(key.read_bytes()).hex() + "\n"
+    public = bytes.fromhex(anchor.read_text())
+    versions = [json.loads((tmp_path / "c" / "manifest.json").read_text())]
+    request, pub = _member(tmp_path, "bank", "gm")
+    admit(tmp_path / "c", request, ("peer",), ADDRESS, tmp_path / "bank" / "peer.pem", signing_key=pub)
+    versions.append(json.loads((tmp_path / "c" / "manifest.json").read_text()))
+    remove(tmp_path / "c", "bank")
+    versions.append(json.loads((tmp_path / "c" / "manifest.json").read_text()))
+    assert [v["manifest"]["version"] for v in versions] == [1, 2, 3]
+    for document in versions:
+        assert set(document) == {"manifest", "signature", "suite_signature"}
+        gm.verify(public, canonical_json(document["manifest"]), base64.b64decode(document["suite_signature"]))
+    assert _load(tmp_path).version == 3
+
+
+def test_a_holder_of_the_cas_ecdsa_key_alone_cannot_make_a_gm_manifest(tmp_path: Path) -> None:
+    """Stripped, forged by another SM2 key, copied onto other bytes, or downgraded: refused, ECDSA valid."""
+    identity = _gm_with_bank(tmp_path)
+    genuine = json.loads((tmp_path / "c" / "manifest.json").read_text())
+
+    def admit_mallory(body: dict) -> None:
+        body["members"].append(dict(body["members"][0], name="mallory", fingerprint="sha256:" + "00" * 32))
+
+    def downgrade(body: dict) -> None:
+        body["suite"] = "standard"
+        del body["members"][0]["signing_key"]
+
+    other_sm2 = sign_with_suite("gm", get_suite("gm").generate_signing_key(), genuine["manifest"])
+    attacks = {
+        "stripped": (_forge(tmp_path, admit_mallory, None), "must carry the CA's gm signature .* has none"),
+        "another SM2 key": (
+            _forge(tmp_path, admit_mallory, other_sm2),
+            "its gm-suite signature does not verify",
+        ),
+        "the genuine SM2 signature on other bytes": (
+            _forge(tmp_path, admit_mallory, genuine["suite_signature"]),
+            "its gm-suite signature does not verify",
+        ),
+        "downgraded to standard": (_forge(tmp_path, downgrade, None), "names the standard suite, but the CA's gm"),
+    }
+    ca = load_certificate(tmp_path / "c" / "ca.pem")
+    for name, (forged, refusal) in attacks.items():
+        document = json.loads(forged.read_text())
+        verify_document(ca, document["manifest"], document["signature"], name)  # the ECDSA signature is valid
+        with pytest.raises(SignatureError, match=refusal):
+            _load(tmp_path, forged)
+        # A member loading it at start refuses it; a running member keeps its current version.
+        identity.manifest_path.write_bytes(forged.read_bytes())
+        with pytest.raises(SignatureError, match=refusal):
+            Identity.load(tmp_path / "bank")
+        assert identity.reload_manifest().version == 2 and identity.manifest.member("mallory") is None
+        # The CA's own commands refuse to build on it.
+        (tmp_path / "c" / "manifest.json").write_bytes(forged.read_bytes())
+        with pytest.raises(SignatureError, match=refusal):
+            from fedsilo.peers.identity.consortium import remove
+
+            remove(tmp_path / "c", "bank")
+        (tmp_path / "c" / "manifest.json").write_text(json.dumps(genuine))
+
+
+def test_a_gm_member_without_the_anchor_is_told_where_to_get_it(tmp_path: Path) -> None:
+    _gm_with_bank(tmp_path)
+    (tmp_path / "bank" / "ca-signing.pub").unlink()
+    with pytest.raises(IdentityError, match="ca-signing.pub does not exist: copy ca-signing.pub from the consortium"):
+        Identity.load(tmp_path / "bank")
+    (tmp_path / "bank" / "ca-signing.pub").write_text("not hex\n")
+    with pytest.raises(IdentityError, match="is not a ca-signing.pub file"):
+        Identity.load(tmp_path / "bank")
+    # Another SM2 key in its place (an attacker's anchor) verifies nothing the CA signed.
+    gm = get_suite("gm")
+    (tmp_path / "bank" / "ca-signing.pub").write_text(gm.signing_public_key(gm.generate_signing_key()).hex())
+    with pytest.raises(SignatureError, match="its gm-suite signature does not verify"):
+        Identity.load(tmp_path / "bank")
+
+
+def test_a_gm_ca_without_its_sm2_key_writes_no_manifest(tmp_path: Path) -> None:
+    _gm_with_bank(tmp_path)
+    before = (tmp_path / "c" / "manifest.json").read_bytes()
+    (tmp_path / "c" / "ca-signing.key").unlink()
+    from fedsilo.peers.identity.consortium import remove
+
+    with pytest.raises(IdentityError, match="ca-signing.key, the CA's gm signing key .* does not exist"):
+        remove(tmp_path / "c", "bank")
+    assert (tmp_path / "c" / "manifest.json").read_bytes() == before
+
+
+STANDARD_MANIFEST = """{
+  "manifest": {
+    "schema": "fedsilo.manifest/1",
+    "consortium": "acme",
+    "version": 2,
+    "issued": "2026-01-02T03:04:05+00:00",
+    "suite": "standard",
+    "members": [
+      {
+        "name": "bank",
+        "fingerprint": "sha256:ab",
+        "roles": [
+          "peer"
+        ],
+        "address": "https://127.0.0.1:17001",
+        "node_public_key": null
+      }
+    ]
+  },
+  "signature": "SIGNATURE"
+}
+"""
+
+
+def test_a_standard_manifest_is_byte_for_byte_what_it_was(tmp_path: Path) -> None:
+    """No suite signature, no anchor, the same layout; an anchor planted beside ca.pem is a refusal, not a bypass."""
+    from fedsilo.peers.identity.manifest import Member
+
+    init_consortium(tmp_path / "c", "acme")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.key", "ca.pem", "manifest.json"]
+    ca_key = load_private_key(tmp_path / "c" / "ca.key")
+    member = Member("bank", "sha256:ab", ("peer",), ADDRESS)
+    path = tmp_path / "m.json"
+    Manifest("acme", 2, (member,), "2026-01-02T03:04:05+00:00").write(path, ca_key)
+    signature = json.loads(path.read_text())["signature"]
+    assert path.read_text() == STANDARD_MANIFEST.replace("SIGNATURE", signature)
+    ca = load_certificate(tmp_path / "c" / "ca.pem")
+    assert Manifest.load(path, ca, tmp_path / "c" / "ca-signing.pub").version == 2
+    with pytest.raises(SignatureError, match="names the standard suite but carries a suite_signature"):
+        document = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(document, suite_signature="AAAA")))
+        Manifest.load(path, ca)

@@ -104,3 +104,25 @@ def test_a_gm_member_without_its_signing_key_or_with_anothers_is_refused(gm_cons
         load_round_identity(mine.key, mine.cert, mine.ca_cert, mine.manifest, theirs.signing_key)
     assert mine.node_config()["signing-key"] == str(mine.signing_key)
     assert oct(os.stat(mine.signing_key).st_mode & 0o777) == "0o600"
+
+
+def test_a_supernode_refuses_a_gm_manifest_without_the_cas_sm2_signature_or_anchor(tmp_path):
+    """The attacker strips the CA's SM2 signature from a genuine manifest (its ECDSA signature still valid), or
+    the peer lacks the CA's ca-signing.pub: refused before any round key is trusted."""
+    import json
+
+    from fedsilo.peers.errors import SignatureError
+
+    directory = simulated_consortium(tmp_path / "gm", 2, suite="gm")
+    files = simulated_files(directory, 0)
+    load_round_identity(files.key, files.cert, files.ca_cert, files.manifest, files.signing_key)
+    assert (directory / "ca-signing.pub").exists() and (directory / "ca-signing.key").stat().st_mode & 0o777 == 0o600
+    genuine = files.manifest.read_text()
+    stripped = {k: v for k, v in json.loads(genuine).items() if k != "suite_signature"}
+    files.manifest.write_text(json.dumps(stripped))
+    with pytest.raises(SignatureError, match="must carry the CA's gm signature .* has none"):
+        load_round_identity(files.key, files.cert, files.ca_cert, files.manifest, files.signing_key)
+    files.manifest.write_text(genuine)
+    (directory / "ca-signing.pub").unlink()
+    with pytest.raises(IdentityError, match="ca-signing.pub does not exist: copy ca-signing.pub"):
+        load_round_identity(files.key, files.cert, files.ca_cert, files.manifest, files.signing_key)

@@ -125,7 +125,9 @@ def make_consortium(
             signing_key=signing_key,
         )
     for name, _ in members:
-        for file in ("ca.pem", "manifest.json"):
+        for file in (
+            ("ca.pem", "manifest.json") if suite == "standard" else ("ca.pem", "ca-signing.pub", "manifest.json")
+        ):
             shutil.copy(root / "consortium" / file, root / name / "identity" / file)
     consortium = Consortium(root, list(peers), addresses)
     for index, name in enumerate(peers):

@@ -179,3 +179,70 @@ def test_a_gm_daemon_refuses_a_list_that_offers_only_ot_and_serves_one_with_dh(t
     both = SharedLists({"watch": replace(only_ot, psi_protocols=("dh", "ot"))}, tmp_path / "psi", suite="gm")
     assert both.shared_with("bank-a")[0]["psi_protocols"] == ["dh"]
     both.close()
+
+
+def _forged_removal(consortium, suite_signature) -> bytes:
+    """The next manifest version without bank-a, ECDSA-signed with the CA's ca.key: an attacker holding that
+    key alone (not the CA's SM2 ca-signing.key) puts `suite_signature` beside it (None: strips it)."""
+    import json
+
+    from fedsilo.peers.identity.pki import load_private_key
+    from fedsilo.peers.identity.signing import sign_document
+
+    ca_dir = consortium.root / "consortium"
+    body = json.loads((ca_dir / "manifest.json").read_text())["manifest"]
+    body["members"] = [m for m in body["members"] if m["name"] != "bank-a"]
+    body["version"] += 1
+    document = {"manifest": body, "signature": sign_document(load_private_key(ca_dir / "ca.key"), body)}
+    if suite_signature is not None:
+        document["suite_signature"] = suite_signature(body)
+    return json.dumps(document).encode()
+
+
+def test_a_manifest_without_the_cas_sm2_signature_changes_nothing_in_a_running_gm_daemon(tmp_path):
+    """The attacker holds the CA's ECDSA key only: its manifest versions (the SM2 signature stripped, or by
+    another SM2 key) removing bank-a are ignored by a running daemon and stop a starting one; the CA's
+    genuine removal (both signatures) takes effect."""
+    from fedsilo.cli import main
+    from fedsilo.peers.errors import SignatureError
+
+    consortium = make_consortium(tmp_path / "c", peers=("bank-a", "bank-b"), rows=60, suite="gm")
+    manifest = consortium.identity_dir("bank-b") / "manifest.json"
+    another_key = get_suite("gm").generate_signing_key()
+    forgeries = [
+        _forged_removal(consortium, None),
+        _forged_removal(consortium, lambda body: sign_with_suite("gm", another_key, body)),
+    ]
+
+    async def status_as(name):
+        from ._consortium import member_client
+
+        async with member_client(consortium, name) as client:
+            return await client.call("GET", f"{consortium.addresses['bank-b']}/v1/status")
+
+    async def body():
+        seen = []
+        async with running(consortium, ["bank-b"]):
+            seen.append(await status_as("bank-a"))
+            for forged in forgeries:
+                manifest.write_bytes(forged)
+                seen.append(await status_as("bank-a"))  # still a member: the forged version is ignored
+            ca_dir = consortium.root / "consortium"
+            assert main(["consortium", "remove", "bank-a", "--dir", str(ca_dir)]) == 0
+            manifest.write_bytes((ca_dir / "manifest.json").read_bytes())
+            with pytest.raises(PeerUnreachable) as removed:
+                await status_as("bank-a")
+        return seen, removed.value
+
+    seen, removed = run(body())
+    assert [s["manifest_version"] for s in seen] == [4, 4, 4] and all(s["you"] == "bank-a" for s in seen)
+    assert "403" in str(removed)
+
+    async def start_on(forged):
+        manifest.write_bytes(forged)
+        async with running(consortium, ["bank-b"]):
+            pass
+
+    for forged, refusal in zip(forgeries, ("has none", "its gm-suite signature does not verify"), strict=True):
+        with pytest.raises(SignatureError, match=refusal):
+            run(start_on(forged))
