@@ -75,6 +75,9 @@ def setup(root: Path, megabytes: int, suite: str = "standard") -> tuple[str, Pat
     (root / "bank-a" / "peer.toml").write_text(
         '[peer]\nidentity = "identity"\nstate = "state"\n[policy]\nmodel-owners = ["risk-dept"]\n'
         'max-epsilon-per-job = 3.0\n[sources.credit-card]\npath = "data.csv"\nlabel = "Y"\nepsilon = 8.0\n'
+        # a throughput test of one member's concurrent pulls: lift the per-member limits that would
+        # otherwise cut it at 32 connections and 20 GET/s (docs/deployment.md, [limits])
+        "[limits]\nread-rate = 10000.0\nread-burst = 10000\nconnections-per-member = 1000\n"
     )
     job = root / "job.toml"
     job.write_text(
