@@ -68,6 +68,24 @@ def gm(command: str) -> str:
     return command
 
 
+def shape(line: str) -> str:
+    """A line of output with what differs from run to run (hashes, times, figures) masked."""
+    line = re.sub(r"\b(sha256|sm3)[: ]\s*[0-9a-f]+…", "HASH", line)
+    return re.sub(r"\d+(\.\d+)?", "N", line).strip()
+
+
+def gm_output(line: str) -> str:
+    """What the page shows for a standard consortium, as a gm consortium prints it."""
+    line = line.replace("standard crypto suite", "gm crypto suite")
+    line = re.sub(r"each hashing the one before$", "each hashing the one before with SM3", line)
+    return re.sub(
+        r"^(\S+): key (\S+)/peer\.key \(mode 0600, keep it here\), request (\S+): send the request to",
+        r"\1: key \2/peer.key (mode 0600, keep it here), gm signing key \2/signing.key (mode 0600), request \3: "
+        r"send the request with \2/signing.pub to",
+        line,
+    )
+
+
 class Walkthrough:
     """A shell session in a temporary directory: the page's commands with explicit substitutions."""
 
@@ -189,6 +207,10 @@ def test_the_consortium_walkthrough_runs_under_the_gm_suite(walk):
                 if "fedsilo job submit" in command:
                     walk.wait_listening()
                 outputs[command] = walk.run(command)
+            if shown and command in outputs and not shown[0].startswith("..."):  # the page's output, in shape
+                expected = gm_output(walk.substitute(shown[0]).replace("[64, 32]", "[16]"))
+                actual = outputs[command].stdout.splitlines()[0]
+                assert shape(actual) == shape(expected), f"$ {command}\n{actual}\nthe page shows\n{expected}"
         if index == 3:
             walk.wait_listening()
 
@@ -206,7 +228,8 @@ def test_the_consortium_walkthrough_runs_under_the_gm_suite(walk):
     assert "finished (model published; 3 of 3 participants reported" in output("fedsilo job show")
     # 5. the pulled card's hashes are SM3, and it verifies
     pulled = output("fedsilo model pull")
-    assert "verified: signed by bank-a" in pulled, pulled
+    assert "verified: signed by bank-a" in pulled and "3 file(s) match their SM3;" in pulled, pulled
+    assert re.search(r"model.safetensors +\d+ bytes  sm3 [0-9a-f]{16}…", pulled), pulled
     card = json.loads((walk.root / "risk-dept" / "model" / "model_card.json").read_text())
     assert sorted(card["artifacts"]["model.safetensors"]) == ["bytes", "sm3"]
     assert all(p["data_fingerprint"].startswith("sm3:") for p in card["participants"])
