@@ -254,8 +254,8 @@ def test_the_consortium_walkthrough_runs_under_the_gm_suite(walk):
     [cancel] = re.findall(r"`(fedsilo job cancel [^`]*)`", ending)
     walk.cwd = walk.root / "risk-dept"
     walk.run("sed 's/credit-default-1/credit-default-3/; s/epsilon = 2.0/epsilon = 0.5/' job.toml > later.toml")
-    walk.run(f"fedsilo job submit later.toml --peer https://127.0.0.1:{walk.ports['bank-a']}")
     url = f"https://127.0.0.1:{walk.ports['bank-a']}"
+    walk.run(f"fedsilo job submit later.toml --peer {url}")
     cancelled = walk.run(cancel.replace("JOB", "credit-default-3").replace("URL", url)).stdout
     assert "cancelled" in cancelled, cancelled
     shown = walk.run(f"fedsilo job show credit-default-3 --peer {url}").stdout
@@ -269,3 +269,10 @@ def test_the_consortium_walkthrough_runs_under_the_gm_suite(walk):
     assert walk.manifest().suite == "gm" and [m.name for m in walk.manifest().members] == ["bank-b", "bank-c", OWNER]
     done = walk.run(unknown, check=False)
     assert done.returncode != 0 and refusal[0].split(" of ")[0] in done.stderr, done.stderr
+
+    # every bank's audit chain (the cancel included at bank-a) is SM3 and intact
+    walk.cwd = walk.root
+    for bank in BANKS:
+        verified = walk.run(f"fedsilo audit verify --config {bank}/peer.toml").stdout
+        assert re.fullmatch(r"audit log intact: \d+ entries, each hashing the one before with SM3\n", verified)
+    assert "job.cancel" in walk.run("fedsilo audit show --config bank-a/peer.toml --job credit-default-3").stdout
