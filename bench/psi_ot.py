@@ -133,6 +133,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=100_000, help="each side's size for the comparison (0: skip)")
     parser.add_argument("--large", type=int, default=0, help="each side's size for the OT-only run (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternating; medians compared")
+    parser.add_argument("--no-dh", action="store_true", help="skip fedsilo's DH arm at --size (slow at 1M)")
     parser.add_argument(
         "--spu-python", metavar="PATH", help="an interpreter with spu==0.9.5: adds SecretFlow's PSI at --size"
     )
@@ -157,7 +158,7 @@ def main() -> int:
             secretflow_psi.write_ids(files / "sender.csv", ids(n // 2, n + n // 2))
             shared = set(ids(n // 2, n))
         for repeat in range(args.repeats):
-            for name, runs in (("ot", ots), ("dh", dhs)):
+            for name, runs in (("ot", ots), ("dh", dhs))[: 1 if args.no_dh else 2]:
                 runs.append(run(name, n))
                 r = runs[-1]
                 print(f"{name} {n:,} x {n:,}: {r['wall']:.2f} s wall, {r['cpu']:.2f} CPU-s", flush=True)
@@ -179,11 +180,16 @@ def main() -> int:
                 flush=True,
             )
         raw, canon = hash_join(n)
-        ot_cpu, dh_cpu = median(ots, "cpu"), median(dhs, "cpu")
+        ot_cpu = median(ots, "cpu")
+        dh_cpu = median(dhs, "cpu") if dhs else float("nan")
         lines.append(
             f"psi {n:,}x{n:,} (both parties, one process, medians of {args.repeats}): "
             f"OT-extension (KKRT16) {median(ots, 'wall'):.2f} s wall, {ot_cpu:.2f} CPU-s; "
-            f"DH (X25519) {median(dhs, 'wall'):.2f} s wall, {dh_cpu:.2f} CPU-s; CPU ratio DH/OT {dh_cpu / ot_cpu:.1f}x"
+            + (
+                f"DH (X25519) {median(dhs, 'wall'):.2f} s wall, {dh_cpu:.2f} CPU-s; CPU ratio DH/OT {dh_cpu / ot_cpu:.1f}x"
+                if dhs
+                else "DH not run (--no-dh)"
+            )
         )
         lines.append(
             f"psi {n:,}x{n:,} OT-extension in two processes (sender in its own, a local socket pair; medians): "
@@ -192,7 +198,7 @@ def main() -> int:
         )
         lines.append(
             f"psi {n:,}x{n:,} bytes on the wire per element (both directions): OT {ots[0]['bytes_per_element']:.0f}, "
-            f"DH {dhs[0]['bytes_per_element']:.0f}"
+            + (f"DH {dhs[0]['bytes_per_element']:.0f}" if dhs else "DH not run")
         )
         lines.append(
             f"psi {n:,}x{n:,} plaintext hash join: {raw:.3f} s on the strings, {canon:.3f} s on canonical forms; "
@@ -204,8 +210,8 @@ def main() -> int:
                 f"psi {n:,}x{n:,} SecretFlow {name.upper()} (spu, two processes over loopback, medians of "
                 f"{args.repeats}): receiver {median(runs, 'receiver_cpu'):.2f} + sender "
                 f"{median(runs, 'sender_cpu'):.2f} = {sf_cpu:.2f} CPU-s, {median(runs, 'wall'):.2f} s wall, "
-                f"{runs[0]['bytes_per_element']:.0f} bytes/element; its CPU / fedsilo OT's {sf_cpu / ot_cpu:.2f}x, "
-                f"/ fedsilo DH's {sf_cpu / dh_cpu:.2f}x"
+                f"{runs[0]['bytes_per_element']:.0f} bytes/element; its CPU / fedsilo OT's {sf_cpu / ot_cpu:.2f}x"
+                + (f", / fedsilo DH's {sf_cpu / dh_cpu:.2f}x" if dhs else "")
             )
         for leftover in files.iterdir():
             leftover.unlink()
