@@ -12,14 +12,20 @@
 2. `--large` × `--large` (default 0: skipped; try 1,000,000): the OT-extension protocol alone,
    identifiers read from generators during the run; wall, CPU and this process's peak
    resident memory (both sides' data, one process), against the plaintext hash join.
+3. With `--spu-python PATH` (an interpreter with `spu==0.9.5`, in its own venv: it needs
+   numpy < 2), SecretFlow's PSI at the same `--size`, in the same alternation: `--spu-protocols`
+   (default ECDH on Curve25519 and RR22), both parties as two processes over loopback
+   (`bench/spu_psi_party.py`, brpc), the same identifiers (CSV files), the intersection checked
+   exactly at both parties; each party's CPU (all its threads, and the `sort` it starts) and the
+   wall of `psi_execute`, and the bytes both ways through a counting relay in this process
+   (`bench/secretflow_psi.py`). Without `--spu-python` the arm is skipped with a line saying how to
+   enable it; fedsilo never imports spu.
 
-SecretFlow's figures for the same task (`spu` 0.9.5, two processes on loopback) are
-quoted from issue 21, not measured here: ECDH ≈ 4.2 CPU-s, RR22 ≈ 1.0 CPU-s at 100k × 100k;
-RR22 19.6 s wall, ≈ 12 CPU-s at 1M × 1M. The machine may be shared: figures are provisional,
-ratios within one run only. A measurement, not a pass/fail test.
+The machine may be shared: figures are provisional, ratios within one run only. A measurement, not a pass/fail test.
 
     python bench/psi_ot.py                         # 100k comparison (about a minute)
     python bench/psi_ot.py --large 1000000         # and 1M x 1M with the OT protocol
+    python bench/psi_ot.py --spu-python /path/to/spuvenv/bin/python   # and SecretFlow's ECDH and RR22
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import secretflow_psi
 
 from fedsilo.privacy.psi import KkrtReceiver, KkrtSender, Mode, PsiReceiver, PsiSender, Workers, canonical, exchange
 
@@ -124,16 +133,45 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=100_000, help="each side's size for the comparison (0: skip)")
     parser.add_argument("--large", type=int, default=0, help="each side's size for the OT-only run (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternating; medians compared")
+    parser.add_argument("--no-dh", action="store_true", help="skip fedsilo's DH arm at --size (slow at 1M)")
+    parser.add_argument(
+        "--spu-python", metavar="PATH", help="an interpreter with spu==0.9.5: adds SecretFlow's PSI at --size"
+    )
+    parser.add_argument(
+        "--spu-protocols", default="ecdh,rr22", help="SecretFlow protocols to run, comma-separated (ecdh, rr22)"
+    )
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}", flush=True)
     lines = []
+    why_not = secretflow_psi.unavailable(args.spu_python)
+    spu_protocols = [] if why_not else [p.strip() for p in args.spu_protocols.split(",") if p.strip()]
+    if why_not:
+        lines.append(f"SecretFlow arm skipped: {why_not}")
+    else:
+        print(f"SecretFlow: spu {secretflow_psi.version(args.spu_python)} under {args.spu_python}", flush=True)
     if args.size:
         n, ots, dhs = args.size, [], []
-        for _ in range(args.repeats):
-            for name, runs in (("ot", ots), ("dh", dhs)):
+        sfs: dict[str, list[dict[str, float]]] = {p: [] for p in spu_protocols}
+        files = Path(tempfile.mkdtemp(prefix="psi-ot-bench-"))
+        if spu_protocols:
+            secretflow_psi.write_ids(files / "receiver.csv", ids(0, n))
+            secretflow_psi.write_ids(files / "sender.csv", ids(n // 2, n + n // 2))
+            shared = set(ids(n // 2, n))
+        for repeat in range(args.repeats):
+            for name, runs in (("ot", ots), ("dh", dhs))[: 1 if args.no_dh else 2]:
                 runs.append(run(name, n))
                 r = runs[-1]
                 print(f"{name} {n:,} x {n:,}: {r['wall']:.2f} s wall, {r['cpu']:.2f} CPU-s", flush=True)
+            for name, runs in sfs.items():
+                job = f"bench-{name}-{os.getpid()}-{repeat}"
+                r = secretflow_psi.run(args.spu_python, name, files / "receiver.csv", files / "sender.csv", shared, job)
+                r["bytes_per_element"] = r["bytes"] / n
+                runs.append(r)
+                print(
+                    f"SecretFlow {name} {n:,} x {n:,}: {r['wall']:.2f} s wall, receiver {r['receiver_cpu']:.2f} + "
+                    f"sender {r['sender_cpu']:.2f} CPU-s, {r['bytes_per_element']:.0f} bytes/element",
+                    flush=True,
+                )
         apart = [two_processes(n) for _ in range(args.repeats)]
         for r in apart:
             print(
@@ -142,11 +180,16 @@ def main() -> int:
                 flush=True,
             )
         raw, canon = hash_join(n)
-        ot_cpu, dh_cpu = median(ots, "cpu"), median(dhs, "cpu")
+        ot_cpu = median(ots, "cpu")
+        dh_cpu = median(dhs, "cpu") if dhs else float("nan")
         lines.append(
             f"psi {n:,}x{n:,} (both parties, one process, medians of {args.repeats}): "
             f"OT-extension (KKRT16) {median(ots, 'wall'):.2f} s wall, {ot_cpu:.2f} CPU-s; "
-            f"DH (X25519) {median(dhs, 'wall'):.2f} s wall, {dh_cpu:.2f} CPU-s; CPU ratio DH/OT {dh_cpu / ot_cpu:.1f}x"
+            + (
+                f"DH (X25519) {median(dhs, 'wall'):.2f} s wall, {dh_cpu:.2f} CPU-s; CPU ratio DH/OT {dh_cpu / ot_cpu:.1f}x"
+                if dhs
+                else "DH not run (--no-dh)"
+            )
         )
         lines.append(
             f"psi {n:,}x{n:,} OT-extension in two processes (sender in its own, a local socket pair; medians): "
@@ -155,16 +198,24 @@ def main() -> int:
         )
         lines.append(
             f"psi {n:,}x{n:,} bytes on the wire per element (both directions): OT {ots[0]['bytes_per_element']:.0f}, "
-            f"DH {dhs[0]['bytes_per_element']:.0f}"
+            + (f"DH {dhs[0]['bytes_per_element']:.0f}" if dhs else "DH not run")
         )
         lines.append(
             f"psi {n:,}x{n:,} plaintext hash join: {raw:.3f} s on the strings, {canon:.3f} s on canonical forms; "
             f"OT-extension PSI CPU / join on canonical forms = {ot_cpu / canon:.1f}x"
         )
-        lines.append(
-            f"psi {n:,}x{n:,} SecretFlow (quoted from issue 21, not measured here): ECDH 4.2 CPU-s "
-            f"({4.2 / ot_cpu:.1f}x fedsilo OT's CPU), RR22 1.0 CPU-s ({1.0 / ot_cpu:.2f}x)"
-        )
+        for name, runs in sfs.items():
+            sf_cpu = median(runs, "cpu")
+            lines.append(
+                f"psi {n:,}x{n:,} SecretFlow {name.upper()} (spu, two processes over loopback, medians of "
+                f"{args.repeats}): receiver {median(runs, 'receiver_cpu'):.2f} + sender "
+                f"{median(runs, 'sender_cpu'):.2f} = {sf_cpu:.2f} CPU-s, {median(runs, 'wall'):.2f} s wall, "
+                f"{runs[0]['bytes_per_element']:.0f} bytes/element; its CPU / fedsilo OT's {sf_cpu / ot_cpu:.2f}x"
+                + (f", / fedsilo DH's {sf_cpu / dh_cpu:.2f}x" if dhs else "")
+            )
+        for leftover in files.iterdir():
+            leftover.unlink()
+        files.rmdir()
     if args.large:
         n = args.large
         big = run("ot", n, streamed=True)
@@ -174,7 +225,7 @@ def main() -> int:
             f"psi {n:,}x{n:,} OT-extension: {big['wall']:.1f} s wall, {big['cpu']:.1f} CPU-s (both parties), "
             f"{big['bytes_per_element']:.0f} bytes/element, peak RSS {peak:.0f} MiB (this process, both sides); "
             f"plaintext join {raw:.2f} s (strings), {canon:.2f} s (canonical): CPU / canonical join "
-            f"{big['cpu'] / canon:.1f}x; SecretFlow RR22 (quoted): 19.6 s wall, 12 CPU-s"
+            f"{big['cpu'] / canon:.1f}x"
         )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print("\n".join(lines))
