@@ -14,6 +14,17 @@ alone + 0.05; within 0.03 of centralized; label-inference AUC ≤ 0.55 at ε = 3
 DP / plaintext time-per-epoch ratio (same seed, same machine: timings are provisional).
 
     python bench/vertical.py --data ../shared/data/UCI_Credit_Card.csv [--seeds 0 1 2] [--rounds 3] [--scheme coded|split]
+    python bench/vertical.py --data ../shared/data/UCI_Credit_Card.csv --timing [--repeats 5] [--rounds 3]
+
+``--timing`` measures the time goal alone, in ONE process on the same parties (seed the
+first of ``--seeds``): three arms, run in turn and in alternating order (ABC, CBA, ...)
+``--repeats`` times: the coded scheme with DP (k-RR at ε = 3, OS CSPRNG coins), the
+coded scheme without DP, and the split model in plaintext. Each arm is a whole
+training (the exchange of codes and ``--rounds`` epochs; the split model's epochs),
+timed by wall clock and by this process's CPU time (``time.process_time``, all
+threads), divided by the epochs. Printed: medians per arm and the per-repeat ratios
+coded-DP / coded-plain and coded-DP / split-plain (mean ± standard error). CPU time is
+less sensitive to other processes on the machine than wall time; both stay provisional.
 
 The coded scheme's broker alone is trained without DP (its broker releases nothing); its
 bytes per epoch are the one exchange of codes, counted in the first epoch.
@@ -26,9 +37,25 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+
+from fedsilo.peers.vertical.coded import (
+    DELINQUENCY_K,
+    CodeBudget,
+    CodedParty,
+    CodesReceived,
+    delinquency_codes,
+    one_hot,
+)
+from fedsilo.peers.vertical.parties import SplitSpec
+from fedsilo.peers.vertical.training import train
+from fedsilo.privacy.noise_source import SecureNoise
+from fedsilo.simulations.config import SimulationConfig
+from fedsilo.simulations.vertical import DEFAULT_OVERLAP, PARTY, build_parties, pooled_table
+from fedsilo.simulations.vertical_coded import _broker_model, exchange
 
 
 def _run(data: str, seed: int, rounds: int, out: str, private: bool, scheme: str) -> dict:
@@ -82,13 +109,60 @@ def _stat(values: list[float]) -> str:
     return f"{a.mean():.4f} ± {se:.4f}"
 
 
+def _timing(data: str, seed: int, rounds: int, repeats: int) -> None:
+    """The time goal: coded with DP, coded without, split plaintext; same process, alternating arms."""
+    config = SimulationConfig(setup="vertical", scenario="uci", data=data, rounds=rounds, seed=seed, epsilon=3.0)
+    spec = SplitSpec(config.model, tuple(config.hidden), config.embedding_width)
+    parties = build_parties(pooled_table(config), config, spec, None, None, DEFAULT_OVERLAP)
+    pair, link, holder = parties.alignment.parties[0], parties.holder.links[0], parties.holder
+    true_codes = delinquency_codes(parties.bank_raw_aligned)
+
+    def coded(private: bool) -> None:
+        budget = CodeBudget(3.0, 3.0, config.delta, config.accountant) if private else None
+        bank = CodedParty(PARTY, true_codes, pair.sides, pair.digest, DELINQUENCY_K, budget, SecureNoise())
+        receiver = CodesReceived(PARTY, link.shared, link.digest, DELINQUENCY_K)
+        receiver.connect(bank.hello())
+        released, _ = exchange(bank, receiver, 1, link.positions[holder.train_index], True)
+        codes = np.zeros((len(holder.rows), DELINQUENCY_K), dtype=np.float32)
+        codes[holder.train_index] = one_hot(released, DELINQUENCY_K)
+        train(_broker_model(parties, codes, spec, config, seed=seed + 2), [], rounds, config.batch_size, seed)
+
+    arms = {
+        "coded, DP": lambda: coded(True),
+        "coded, no DP": lambda: coded(False),
+        "split, no DP": lambda: train(holder, [parties.party], rounds, config.batch_size, seed),
+    }
+    names = list(arms)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            w, c = time.perf_counter(), time.process_time()
+            arms[name]()
+            wall[name].append((time.perf_counter() - w) / rounds)
+            cpu[name].append((time.process_time() - c) / rounds)
+        print(f"repeat {repeat}: " + ", ".join(f"{n} {wall[n][-1]:.3f} s wall {cpu[n][-1]:.3f} s CPU" for n in names))
+    print(f"\nper epoch, {repeats} repeats, seed {seed}, {rounds} epochs per arm (median wall / median CPU):")
+    for name in names:
+        print(f"  {name:<14} {np.median(wall[name]):.3f} s / {np.median(cpu[name]):.3f} s")
+    for base in ("coded, no DP", "split, no DP"):
+        for clock, table in (("wall", wall), ("CPU", cpu)):
+            ratio = [d / b for d, b in zip(table["coded, DP"], table[base])]
+            print(f"  coded DP / {base:<13} ({clock:<4}) {_stat(ratio)}   goal ≤ 1.3 (provisional timing)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="path to UCI_Credit_Card.csv (never copied)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="epochs of split training")
     parser.add_argument("--scheme", choices=("split", "coded"), default="coded", help="--vertical-scheme")
+    parser.add_argument("--timing", action="store_true", help="only the time goal, in one process (see above)")
+    parser.add_argument("--repeats", type=int, default=5, help="--timing: repeats of each arm")
     args = parser.parse_args()
+    if args.timing:
+        _timing(args.data, args.seeds[0], args.rounds, args.repeats)
+        return
     runs: dict[str, list[dict]] = {"dp": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="fedsilo-bench-vertical-") as out:
         for seed in args.seeds:

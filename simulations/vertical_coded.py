@@ -3,9 +3,10 @@
 The scenario, the alignment (PSI and pin frame) and the yardsticks are those of
 :mod:`fedsilo.simulations.vertical`; the mechanism is :mod:`fedsilo.peers.vertical.coded`:
 
-1. the bank computes each shared customer's delinquency code (0 | 1 | 2+ months late)
-   from its raw repayment statuses and, asked once by the broker for the shared
-   training customers, releases each code once by 3-ary randomized response at its
+1. the bank computes each shared customer's delinquency code (never late | late before
+   | one month late now | two or more now) from its raw repayment statuses and, asked
+   once by the broker for the shared training customers, releases each code once by
+   4-ary randomized response at its
    whole ε (OS CSPRNG coins; ``--reproducible`` seeds them, then nothing is private);
 2. the broker trains its model (``--model``, ``--rounds`` epochs) on its own columns
    and the one-hot code, on its own machine, without DP: it releases nothing to
@@ -261,7 +262,8 @@ def _write(path: Path, config, spec, model: LabelHolder, parties, history: list[
                 "epsilon_spent": result["epsilon"].get(HOLDER),
             },
             PARTY: {
-                "role": "feature party (a fixed delinquency rule over its repayment statuses: 0 | 1 | 2+ months late)",
+                "role": "feature party (a fixed delinquency rule over its repayment statuses: never late | late before "
+                "| one month late now | two or more now)",
                 "columns_count": len(PARTY_COLUMNS),
                 "privacy": {
                     "mechanism": f"{DELINQUENCY_K}-ary randomized response, each shared customer's code released once "

@@ -8,8 +8,9 @@ low-cardinality code through k-ary randomized response
 
 1. the feature party (the bank) computes, for each of its shared customers, a code
    ``c = q(f(x))`` in 0 … k−1 from its own raw columns. Here ``f`` is the
-   **delinquency rule** :func:`delinquency_codes`: the number of months the customer
-   was late in the six repayment statuses, bucketed 0 | 1 | 2+ (k = 3). The rule is
+   **delinquency rule** :func:`delinquency_codes` (k = 4): 0 never late in the six
+   repayment statuses, 1 late in an earlier month but not in the latest, 2 one month
+   late in the latest status, 3 two or more months late in the latest. The rule is
    fixed before any data is seen (credit-risk practice, not fitted), so ``f`` spends
    ε₁ = 0 and the whole budget goes to the code;
 2. the label holder (the broker) asks once for the codes of the shared training
@@ -56,21 +57,24 @@ __all__ = [
 
 #: The repayment statuses (months: September back to April); > 0 means that many months late.
 DELINQUENCY_COLUMNS = ("pay_0", "pay_2", "pay_3", "pay_4", "pay_5", "pay_6")
-#: Months late over the six statuses, bucketed: code 0 (never late), 1 (one month), 2 (two or more).
-DELINQUENCY_K = 3
+#: Codes: 0 never late, 1 late earlier but not in the latest status, 2 one month late now, 3 two or more now.
+DELINQUENCY_K = 4
 
 
 def delinquency_codes(frame: pd.DataFrame) -> np.ndarray:
-    """Each row's code in 0 … 2: how many of its six repayment statuses are late (> 0), capped at 2.
+    """Each row's code in 0 … 3 from its six repayment statuses (> 0: that many months late).
 
-    Fixed before any data is seen (no parameter is fitted): a function of the row alone.
-    A missing status counts as not late. DataError if a column is absent.
+    3 if the latest status ``pay_0`` is ≥ 2, 2 if it is 1, else 1 if any earlier status
+    is late, else 0. Fixed before any data is seen (no parameter is fitted): a function
+    of the row alone. A missing status counts as not late. DataError if a column is absent.
     """
     missing = [c for c in DELINQUENCY_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"the delinquency code needs the repayment-status columns {missing}")
-    late = sum((pd.to_numeric(frame[c], errors="coerce").fillna(0) > 0).astype(np.int64) for c in DELINQUENCY_COLUMNS)
-    return np.minimum(np.asarray(late, dtype=np.int64), DELINQUENCY_K - 1)
+    status = {c: pd.to_numeric(frame[c], errors="coerce").fillna(0).to_numpy() for c in DELINQUENCY_COLUMNS}
+    ever_late = np.any([status[c] > 0 for c in DELINQUENCY_COLUMNS], axis=0)
+    latest = status[DELINQUENCY_COLUMNS[0]]
+    return np.select([latest >= 2, latest == 1, ever_late], [3, 2, 1], 0).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,14 @@ import pytest
 
 from fedsilo.errors import BudgetExceeded, DataError, ProtocolError
 from fedsilo.peers.data.bank import TEST, TRAIN
-from fedsilo.peers.vertical.coded import CodeBudget, CodedParty, CodesReceived, delinquency_codes, one_hot
+from fedsilo.peers.vertical.coded import (
+    DELINQUENCY_K,
+    CodeBudget,
+    CodedParty,
+    CodesReceived,
+    delinquency_codes,
+    one_hot,
+)
 from fedsilo.peers.vertical.messages import BatchRequest, Codes
 from fedsilo.privacy.accounting import Mechanism, PureMechanism, epsilon_spent
 from fedsilo.privacy.audit.split_learning import reconstruction_r2
@@ -34,7 +41,7 @@ def _parties(n: int = 400, budget: CodeBudget | None = BUDGET):
     return party, receiver, codes, sides
 
 
-def test_delinquency_codes_count_late_months_capped_at_two():
+def test_delinquency_codes_split_the_latest_status_from_earlier_lateness():
     frame = pd.DataFrame(
         {
             c: v
@@ -47,12 +54,16 @@ def test_delinquency_codes_count_late_months_capped_at_two():
                         [1, 1, 0, 0, 0, 0],
                         [3, 2, 2, 1, 1, 1],
                         [0, np.nan, 0, 0, 0, 1],
+                        [np.nan, 0, -1, -2, 0, 0],
+                        [-2, 4, 3, 2, 1, 1],
+                        [8, 0, 0, 0, 0, 0],
                     ]
                 ).T,
             )
         }
     )
-    assert delinquency_codes(frame).tolist() == [0, 1, 2, 2, 1]
+    assert delinquency_codes(frame).tolist() == [0, 3, 2, 3, 1, 0, 1, 3]
+    assert delinquency_codes(frame).dtype == np.int64
     with pytest.raises(DataError, match="pay_6"):
         delinquency_codes(frame.drop(columns="pay_6"))
 
@@ -66,6 +77,21 @@ def test_randomized_response_is_exactly_epsilon_in_integers_and_flips_as_stated(
     assert abs(freq[0] - release.keep_probability) < 0.006 and abs(freq[1] - freq[2]) < 0.006
     with pytest.raises(DataError, match="outside 0 … 2"):
         release.apply(np.array([0, 3]), SecureNoise())
+
+
+def test_four_ary_randomized_response_of_the_default_code_is_exactly_epsilon():
+    release = CodeRelease(DELINQUENCY_K, 3.0)
+    assert DELINQUENCY_K == 4
+    assert release.keep_words <= math.exp(3.0) * release.other_words  # keep/m ≤ e^ε, exactly in integers
+    assert release.keep_words + 3 * release.other_words == 2**64
+    assert release.keep_probability == pytest.approx(math.exp(3) / (math.exp(3) + 3), abs=1e-15)
+    out = release.apply(np.full(80_000, 2, dtype=np.int64), SecureNoise())
+    freq = np.bincount(out, minlength=4) / len(out)
+    m = (1 - release.keep_probability) / 3
+    assert abs(freq[2] - release.keep_probability) < 0.006
+    assert all(abs(freq[c] - m) < 0.004 for c in (0, 1, 3))
+    with pytest.raises(DataError, match="outside 0 … 3"):
+        release.apply(np.array([0, 4]), SecureNoise())
 
 
 def test_each_row_is_released_once_and_a_repeat_gets_the_stored_code():
