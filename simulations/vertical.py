@@ -126,6 +126,45 @@ def _encoder(frame: pd.DataFrame, label: str | None) -> TabularEncoder:
     return TabularEncoder.fit_frames([frame], label)
 
 
+def alone_aucs(
+    alone: LabelHolder, parties: Parties, test: np.ndarray, y_test: np.ndarray, config: SimulationConfig
+) -> tuple[float, float]:
+    """Train the broker-alone yardstick; its AUC on the held-out shared customers and on all its own."""
+    train(alone, [], config.rounds, config.batch_size, config.seed)
+    shared = _auc(alone.predict(0, parties.joint[test], []), y_test)
+    return shared, _auc(alone.predict(0, alone.test_index, []), alone.y.numpy()[alone.test_index])
+
+
+def centralized_auc(
+    parties: Parties,
+    positions: np.ndarray,
+    spec: SplitSpec,
+    config: SimulationConfig,
+    test: np.ndarray,
+    y_test: np.ndarray,
+    progress: Progress,
+) -> float:
+    """The yardstick: a non-private model on all columns of the shared customers (`positions`: the
+    bank's aligned row of each shared customer); its AUC on the held-out shared customers."""
+    progress.stage("Yardstick: centralized, non-private, all columns of the shared customers")
+    joined = np.zeros((len(parties.broker_y), parties.broker_x.shape[1] + parties.bank_x_aligned.shape[1]))
+    joined[:, : parties.broker_x.shape[1]] = parties.broker_x
+    joined[parties.joint, parties.broker_x.shape[1] :] = parties.bank_x_aligned[positions]
+    central = LabelHolder(
+        "centralized",
+        joined,
+        parties.broker_y,
+        parties.joint,
+        parties.alignment.holder_sides,
+        [],
+        spec,
+        lr=config.lr,
+        seed=config.seed + 2,
+    )
+    train(central, [], config.rounds, config.batch_size, config.seed)
+    return _auc(central.predict(0, test, []), y_test)
+
+
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return round(roc(scores[labels == 1], scores[labels == 0]).auc, 4)
 
@@ -382,28 +421,8 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             dp=alone_dp,
             noise=(SeededNoise(config.seed + 300) if config.reproducible else SecureNoise()) if alone_dp else None,
         )
-        train(alone, [], epochs, config.batch_size, config.seed)
-        alone_shared = _auc(alone.predict(0, parties.joint[test], []), y_test)
-        own_test = alone.test_index
-        alone_all = _auc(alone.predict(0, own_test, []), alone.y.numpy()[own_test])
-
-        progress.stage("Yardstick: centralized, non-private, all columns of the shared customers")
-        joined = np.zeros((len(parties.broker_y), parties.broker_x.shape[1] + parties.bank_x_aligned.shape[1]))
-        joined[:, : parties.broker_x.shape[1]] = parties.broker_x
-        joined[parties.joint, parties.broker_x.shape[1] :] = parties.bank_x_aligned[holder.links[0].positions]
-        central = LabelHolder(
-            "centralized",
-            joined,
-            parties.broker_y,
-            parties.joint,
-            parties.alignment.holder_sides,
-            [],
-            spec,
-            lr=config.lr,
-            seed=config.seed + 2,
-        )
-        train(central, [], epochs, config.batch_size, config.seed)
-        central_auc = _auc(central.predict(0, test, []), y_test)
+        alone_shared, alone_all = alone_aucs(alone, parties, test, y_test, config)
+        central_auc = centralized_auc(parties, holder.links[0].positions, spec, config, test, y_test, progress)
 
         progress.stage("Writing the run folder")
         result = {

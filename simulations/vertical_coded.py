@@ -64,7 +64,9 @@ from fedsilo.simulations.vertical import (
     PARTY_COLUMNS,
     _auc,
     _plot,
+    alone_aucs,
     build_parties,
+    centralized_auc,
     pooled_table,
 )
 
@@ -152,27 +154,8 @@ def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
             lr=config.lr,
             seed=config.seed + 2,
         )
-        train(alone, [], epochs, config.batch_size, config.seed)
-        alone_shared = _auc(alone.predict(0, parties.joint[test_index], []), y[test_index])
-        alone_all = _auc(alone.predict(0, alone.test_index, []), alone.y.numpy()[alone.test_index])
-
-        progress.stage("Yardstick: centralized, non-private, all columns of the shared customers")
-        joined = np.zeros((len(parties.broker_y), parties.broker_x.shape[1] + parties.bank_x_aligned.shape[1]))
-        joined[:, : parties.broker_x.shape[1]] = parties.broker_x
-        joined[parties.joint, parties.broker_x.shape[1] :] = parties.bank_x_aligned[holder_link.positions]
-        central = LabelHolder(
-            "centralized",
-            joined,
-            parties.broker_y,
-            parties.joint,
-            parties.alignment.holder_sides,
-            [],
-            spec,
-            lr=config.lr,
-            seed=config.seed + 2,
-        )
-        train(central, [], epochs, config.batch_size, config.seed)
-        central_auc = _auc(central.predict(0, test_index, []), y[test_index])
+        alone_shared, alone_all = alone_aucs(alone, parties, test_index, y[test_index], config)
+        central_auc = centralized_auc(parties, holder_link.positions, spec, config, test_index, y[test_index], progress)
 
         progress.stage("Writing the run folder")
         epsilon = {PARTY: round(bank.spent(), 4), HOLDER: 0.0} if private else {}

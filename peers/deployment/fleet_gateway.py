@@ -203,13 +203,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         manifest = Path(args.seal_manifest) if args.seal_manifest else None
         gate = SealGate(Identity.load(Path(args.seal_identity), manifest=manifest))
+    serve_tls(build_gateway(args.upstream, args.upstream_ca, gate), args.listen, args.cert, args.key)
+    return 0
+
+
+def serve_tls(app: web.Application, listen: tuple[str, int], cert: str, key: str) -> None:
+    """Serve `app` over TLS (server certificate `cert`, key `key`) on `listen` until SIGINT or SIGTERM."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(args.cert, args.key)
+    context.load_cert_chain(cert, key)
 
     async def serve() -> None:
-        runner = web.AppRunner(build_gateway(args.upstream, args.upstream_ca, gate), access_log=None)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, args.listen[0], args.listen[1], ssl_context=context).start()
+        await web.TCPSite(runner, listen[0], listen[1], ssl_context=context).start()
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
@@ -217,7 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         await runner.cleanup()
 
     asyncio.run(serve())
-    return 0
 
 
 if __name__ == "__main__":

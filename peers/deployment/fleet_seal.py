@@ -20,8 +20,6 @@ Run as `python -m fedsilo.peers.deployment.fleet_seal --listen 127.0.0.1:PORT --
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -31,7 +29,7 @@ from aiohttp import web
 
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon.sealing import ClientSealer
-from fedsilo.peers.deployment.fleet_gateway import _address, _forwarded, allowed, pack, unpack
+from fedsilo.peers.deployment.fleet_gateway import _address, _forwarded, allowed, pack, serve_tls, unpack
 from fedsilo.peers.identity.consortium import Identity
 
 MAX_BODY_BYTES = 1 << 30
@@ -92,20 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", required=True, help="its private key (PEM)")
     args = parser.parse_args(argv)
     identity = Identity.load(Path(args.identity), manifest=Path(args.manifest) if args.manifest else None)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(args.cert, args.key)
-
-    async def serve() -> None:
-        runner = web.AppRunner(build_forwarder(identity, args.host_member, args.gateway), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, args.listen[0], args.listen[1], ssl_context=context).start()
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(serve())
+    serve_tls(build_forwarder(identity, args.host_member, args.gateway), args.listen, args.cert, args.key)
     return 0
 
 
