@@ -37,9 +37,12 @@ SECURE_SUMMANDS = 4
 
 
 class NoiseSource(Protocol):
-    """The randomness of one DP-SGD trainer: Poisson batches and standard Gaussian noise."""
+    """The randomness of one DP mechanism: Poisson batches, standard Gaussian noise, uniform words."""
 
     reproducible: bool
+
+    def words(self, count: int) -> np.ndarray:
+        """`count` uniformly random uint64 words (randomized response draws from them)."""
 
     def poisson_rows(self, n: int, sample_rate: float) -> torch.Tensor:
         """Indices of a Poisson sample of range(n): each row independently with probability q."""

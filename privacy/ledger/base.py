@@ -50,7 +50,7 @@ class JobRecord:
 
     job_id: str
     state: JobState
-    mechanisms: tuple[Mechanism, ...]
+    mechanisms: tuple[Mechanism | PureMechanism, ...]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,9 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-def _check_mechanisms(mechanisms: Sequence[Mechanism], what: str) -> tuple[Mechanism, ...]:
+def _check_mechanisms(
+    mechanisms: Sequence[Mechanism | PureMechanism], what: str
+) -> tuple[Mechanism | PureMechanism, ...]:
     if isinstance(mechanisms, (Mechanism, PureMechanism)):
         mechanisms = (mechanisms,)
     out = tuple(mechanisms)
@@ -143,11 +145,11 @@ class PrivacyLedger(abc.ABC):
         return record
 
     @staticmethod
-    def _eps(record: SourceRecord, mechanisms: Sequence[Mechanism]) -> float:
+    def _eps(record: SourceRecord, mechanisms: Sequence[Mechanism | PureMechanism]) -> float:
         return epsilon_spent(mechanisms, record.delta, record.accountant)
 
     @staticmethod
-    def _all(jobs: dict[str, JobRecord], exclude: str | None = None) -> Iterator[Mechanism]:
+    def _all(jobs: dict[str, JobRecord], exclude: str | None = None) -> Iterator[Mechanism | PureMechanism]:
         for job_id, job in jobs.items():
             if job_id != exclude:
                 yield from job.mechanisms
@@ -173,7 +175,7 @@ class PrivacyLedger(abc.ABC):
             self._put_source(new)
             return self._status(new)
 
-    def reserve(self, source: str, job_id: str, planned: Sequence[Mechanism]) -> float:
+    def reserve(self, source: str, job_id: str, planned: Sequence[Mechanism | PureMechanism]) -> float:
         """Reserve budget on ``source`` for job ``job_id`` that plans to run ``planned``.
 
         Returns the projected total ε(committed + all reservations + planned) at the
@@ -194,7 +196,7 @@ class PrivacyLedger(abc.ABC):
             self._put_job(source, JobRecord(job_id, "reserved", planned))
             return total
 
-    def commit(self, source: str, job_id: str, spent: Sequence[Mechanism]) -> BudgetStatus:
+    def commit(self, source: str, job_id: str, spent: Sequence[Mechanism | PureMechanism]) -> BudgetStatus:
         """Replace the reservation of ``job_id`` by the mechanisms it actually ran.
 
         ``spent`` may be less than planned (freeing budget). Raises BudgetExceeded,

@@ -16,6 +16,7 @@ a new session, in which every peer takes part again with fresh keys.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from fedsilo.errors import FedsiloError
@@ -81,9 +82,9 @@ class SecureSession:
             for u, peer in self.peers.items():
                 self._ask(u, peer.session_keys, host.setup, host.receive_keys)
             for u, keys in host.end_keys().items():
-                self._ask(u, lambda k, p=self.peers[u]: p.session_share(r, k), keys, host.receive_shares)
+                self._ask(u, partial(self.peers[u].session_share, r), keys, host.receive_shares)
             for u, received in host.end_shares().items():
-                self._ask(u, lambda c, p=self.peers[u]: p.session_accept(r, c), received, host.receive_accept)
+                self._ask(u, partial(self.peers[u].session_accept, r), received, host.receive_accept)
             host.end_accept()
         finally:
             self.dropped = {self.names[u]: why for u, why in host.dropouts.items()}
@@ -128,9 +129,9 @@ class SecureSession:
                 if not self._ask(u, self.peers[u].session_mask, request, server.receive_masked_input):
                     self.host.drop([u], f"refused release {r}")
             for u, check in server.end_mask_input().items():
-                self._ask(u, lambda c, p=self.peers[u]: p.session_sign(s, r, c), check, server.receive_consistency)
+                self._ask(u, partial(self.peers[u].session_sign, s, r), check, server.receive_consistency)
             for u, unmask in server.end_consistency().items():
-                self._ask(u, lambda q, p=self.peers[u]: p.session_unmask(s, r, q), unmask, server.receive_unmask)
+                self._ask(u, partial(self.peers[u].session_unmask, s, r), unmask, server.receive_unmask)
             result = server.aggregate()
         except ThresholdNotMet as aborted:
             out.aborted = str(aborted)
