@@ -213,6 +213,7 @@ def test_simulate_vertical_on_the_engine_writes_the_run_folder(engine, tmp_path)
         out=str(tmp_path),
         epsilon=3.0,
         ray_address=engine.ray_address,
+        vertical_scheme="split",  # the engine carries the split scheme's exchanges (coded: one, in process)
     )
     v = result.summary.vertical
     assert v["engine"] == "flower" and 0.0 <= v["vertical_auc_shared"] <= 1.0
