@@ -24,6 +24,7 @@ from fedsilo.privacy.crypto_suite import get_suite
 from fedsilo.privacy.payload_seal import ClientHandshake
 
 from ._consortium import OWNER, free_port, make_consortium, run
+from .test_sealed_payloads import pipe
 
 ROUTE = "/v1/fleet/push-messages"
 UPDATE = b"MODEL-UPDATE:" + bytes(range(256)) * 4
@@ -55,17 +56,6 @@ async def serving(app, port, context):
 async def relay(port, front, back_port, back):
     """Terminates TLS as the host, forwards to the gateway, records both directions."""
     up, down = bytearray(), bytearray()
-
-    async def pipe(reader, writer, record):
-        try:
-            while data := await reader.read(1 << 16):
-                record += data
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
 
     async def serve(reader, writer):
         r2, w2 = await asyncio.open_connection("127.0.0.1", back_port, ssl=back, server_hostname="127.0.0.1")

@@ -52,6 +52,19 @@ async def daemons(consortium, names, ports=None):
             await runner.cleanup()
 
 
+async def pipe(reader, writer, record):
+    """Forward `reader` to `writer` until EOF, appending every byte to `record`."""
+    try:
+        while data := await reader.read(1 << 16):
+            record += data
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
 class Relay:
     """A TLS-terminating relay: accepts as bank-b (its TLS key), connects on to bank-b's daemon with the
     caller's client TLS key, and records every byte of HTTP it forwards, both ways."""
@@ -63,24 +76,11 @@ class Relay:
         self.front_port, self.back_port = front_port, back_port
         self.upstream, self.downstream = bytearray(), bytearray()
 
-    async def _pipe(self, reader, writer, record):
-        try:
-            while data := await reader.read(1 << 16):
-                record += data
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
     async def _serve(self, reader, writer):
         up_reader, up_writer = await asyncio.open_connection(
             "127.0.0.1", self.back_port, ssl=self.back, server_hostname="127.0.0.1"
         )
-        await asyncio.gather(
-            self._pipe(reader, up_writer, self.upstream), self._pipe(up_reader, writer, self.downstream)
-        )
+        await asyncio.gather(pipe(reader, up_writer, self.upstream), pipe(up_reader, writer, self.downstream))
 
     @contextlib.asynccontextmanager
     async def running(self):
