@@ -21,7 +21,7 @@ are the plain implementation for tests and tools that have the public keys in me
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -67,6 +67,18 @@ class Ed25519Identity:
         return self._key.sign(transcript)
 
 
+def _admitted(keys: Mapping[str, Any], credential: bytes) -> tuple[str, Any]:
+    """The name a credential carries and its admitted key; ValueError if it is not a name or not admitted."""
+    try:
+        name = credential.decode()
+    except (AttributeError, UnicodeDecodeError):
+        raise ValueError("the credential is not a name") from None
+    key = keys.get(name)
+    if key is None:
+        raise ValueError(f"{name!r} is not an admitted identity")
+    return name, key
+
+
 class Ed25519Directory:
     """Name -> Ed25519 public key, held by every peer (and the server) before the round."""
 
@@ -74,13 +86,7 @@ class Ed25519Directory:
         self._keys = dict(keys)
 
     def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str:
-        try:
-            name = credential.decode()
-        except (AttributeError, UnicodeDecodeError):
-            raise ValueError("the credential is not a name") from None
-        key = self._keys.get(name)
-        if key is None:
-            raise ValueError(f"{name!r} is not an admitted identity")
+        name, key = _admitted(self._keys, credential)
         try:
             key.verify(signature, transcript)
         except (InvalidSignature, TypeError, ValueError):
@@ -115,13 +121,7 @@ class SuiteDirectory:
         self._keys = dict(keys)
 
     def verify(self, credential: bytes, signature: bytes, transcript: bytes) -> str:
-        try:
-            name = credential.decode()
-        except (AttributeError, UnicodeDecodeError):
-            raise ValueError("the credential is not a name") from None
-        key = self._keys.get(name)
-        if key is None:
-            raise ValueError(f"{name!r} is not an admitted identity")
+        name, key = _admitted(self._keys, credential)
         try:
             self.suite.verify(key, transcript, signature)
         except CryptoSuiteError:
