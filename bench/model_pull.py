@@ -27,14 +27,13 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _daemon_common import free_port, start_daemon
 from safetensors.numpy import save_file
 
 from fedsilo.peers.daemon.client import PeerClient
@@ -45,14 +44,6 @@ from fedsilo.peers.daemon.store import PeerStore
 from fedsilo.peers.identity.consortium import Identity, admit, init_consortium, init_peer
 from fedsilo.peers.provenance import file_hash
 from fedsilo.privacy.crypto_suite import HASH_LABELS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def setup(root: Path, megabytes: int, suite: str = "standard") -> tuple[str, Path]:
@@ -110,27 +101,6 @@ def setup(root: Path, megabytes: int, suite: str = "standard") -> tuple[str, Pat
     return url, directory
 
 
-def start_daemon(root: Path, url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fedsilo.cli", "peer", "start", "--config", str(root / "bank-a" / "peer.toml")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    host, port = url.removeprefix("https://").split(":")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    sys.exit("the daemon did not start listening within 180 s")
-
-
 async def pulls(identity: Identity, url: str, out: Path, count: int) -> tuple[float, int]:
     async with PeerClient(identity, timeout=600, connections=count) as client:
         started = time.perf_counter()
@@ -170,7 +140,7 @@ def measure(args: argparse.Namespace, suite: str) -> float:
             for path in model_dir.iterdir():
                 file_hash(path, suite)
         local = (time.perf_counter() - started) / 5
-        daemon = start_daemon(root, url)
+        daemon = start_daemon(root / "bank-a" / "peer.toml", url)
         try:
             owner = Identity.load(root / "risk-dept" / "identity")
             single, single_errors = asyncio.run(pulls(owner, url, root / "single", 1))
