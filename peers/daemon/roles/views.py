@@ -3,7 +3,9 @@
 `Views` reads the store and the ledger and changes nothing, so it does not go through
 the mailbox. A member sees the jobs it owns, hosts or takes part in, the budgets of this
 peer's sources those jobs use, and the models it may pull; `viewer` None is this peer's
-operator, who sees everything. `reachability` asks every other member with an address
+operator, who sees everything. Of the audit log (the operator's), a member sees whether
+the chain verifies and the entries it is the actor of, without their sequence numbers and
+hashes (which would count everyone else's actions). `reachability` asks every other member with an address
 for its health, each within `PROBE_SECONDS` and all at once, so a status page answers
 within that time however many members are down. It calls no other role.
 """
@@ -11,15 +13,19 @@ within that time however many members are down. It calls no other role.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 from fedsilo.peers.daemon.context import PeerContext
+from fedsilo.peers.daemon.model_store import CARD
 from fedsilo.peers.daemon.store import JobRow
 from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.identity.manifest import Member
+from fedsilo.peers.job import TrainSpec
 
 PROBE_SECONDS = 3.0
+AUDIT_RECENT = 50  # audit entries a status page shows (the newest)
 
 
 class Views:
@@ -88,7 +94,8 @@ class Views:
         return out
 
     def job_list(self, viewer: str | None) -> list[dict[str, Any]]:
-        """Each job `viewer` may see: id, setup, state and its detail, owner and host, newest first."""
+        """Each job `viewer` may see, newest first: id, setup, state and its detail, owner and host, its
+        source, the rounds it plans and, once its model is here, the model card's metrics."""
         return [
             {
                 "job_id": job.job_id,
@@ -98,10 +105,47 @@ class Views:
                 "detail": job.detail,
                 "owner": job.owner,
                 "host": job.host,
+                "source": job.source,
+                "rounds": job.envelope["job"]["run_config"].get("train.rounds", TrainSpec.rounds),
+                "metrics": self._card_metrics(job.job_id),
                 "updated": job.updated,
             }
             for job in reversed(self.visible_jobs(viewer))
         ]
+
+    def _card_metrics(self, job_id: str) -> dict[str, Any] | None:
+        """Rounds run, final AUC and loss from the card of the newest model of `job_id` here (None: no model)."""
+        found = self.ctx.store.model(job_id)
+        if found is None:
+            return None
+        metrics = json.loads((found[1] / CARD).read_text()).get("metrics", {})
+        return {"model_version": found[0], **{k: metrics.get(k) for k in ("rounds", "final_auc", "final_loss")}}
+
+    def audit(self, viewer: str | None, recent: int = AUDIT_RECENT) -> dict[str, Any]:
+        """The audit log as `viewer` may see it: whether its hash chain verifies, and the newest `recent`
+        entries (a member's: only those it is the actor of, without seq and hashes; see the module docstring)."""
+        audit = self.ctx.store.audit
+        check = audit.verify()
+        if viewer is None:
+            entries = audit.entries(max(0, self._last_seq() - recent))
+            return {
+                "chain_ok": check.ok,
+                "entries_total": check.entries,
+                "first_broken": check.first_broken,
+                "reason": check.reason,
+                "chain_hash": audit.hash_label,
+                "entries": [e.to_dict() for e in reversed(entries)],
+            }
+        rows = self.ctx.store.conn.execute(
+            "SELECT time, action, job, source, outcome, detail FROM audit WHERE actor = ? ORDER BY seq DESC LIMIT ?",
+            (viewer, recent),
+        ).fetchall()
+        keys = ("time", "action", "job", "source", "outcome", "detail")
+        return {"chain_ok": check.ok, "entries": [{"actor": viewer, **dict(zip(keys, row))} for row in rows]}
+
+    def _last_seq(self) -> int:
+        row = self.ctx.store.conn.execute("SELECT MAX(seq) FROM audit").fetchone()
+        return int(row[0] or 0)
 
     async def reachability(self, timeout: float = PROBE_SECONDS) -> list[dict[str, Any]]:
         """Every other member with an address: whether its daemon answered /v1/health within `timeout` s."""
