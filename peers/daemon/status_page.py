@@ -26,7 +26,7 @@ STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1b1b1b;max-width:72em}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.4em 0}th,td{padding:.2em .7em;text-align:left;vertical-align:top}
-th{background:#eee}tr:nth-child(even) td{background:#f7f7f7}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eee;white-space:nowrap}td:first-child{white-space:nowrap}tr:nth-child(even) td{background:#f7f7f7}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#17612c;font-weight:bold}.bad{color:#a1130a;font-weight:bold}.none{color:#666}
 """.strip()
 _STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
@@ -82,7 +82,7 @@ def budget_chart(budgets: list[dict[str, Any]]) -> str:
     bar's label says the same in words, so the chart reads without colour too."""
     if not budgets:
         return '<p class="none">no source of this peer is visible to you</p>'
-    height = BAR_HEIGHT * 2 * len(budgets) + 30
+    height = BAR_HEIGHT * 2 * len(budgets) + 40
     width = LABEL_WIDTH + BAR_WIDTH + 10
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="budget-chart" role="img" width="{width}" height="{height}" '
@@ -111,6 +111,15 @@ def budget_chart(budgets: list[dict[str, Any]]) -> str:
             f"left {source['remaining_epsilon']:.4f} of {total:g}"
         )
         parts.append(f'<text x="{LABEL_WIDTH}" y="{y + BAR_HEIGHT + 14}" font-size="12">{_text(words)}</text></g>')
+    legend_y = height - 22
+    for index, (label, colour) in enumerate(
+        (("spent", SEGMENTS[0][2]), ("reserved", SEGMENTS[1][2]), ("left", LEFT_COLOUR))
+    ):
+        x = LABEL_WIDTH + index * 110
+        parts.append(
+            f'<rect x="{x}" y="{legend_y}" width="14" height="14" fill="{colour}"/>'
+            f'<text x="{x + 20}" y="{legend_y + 12}" font-size="12">ε {label}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
