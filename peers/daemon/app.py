@@ -248,7 +248,7 @@ async def _status_document(request: web.Request) -> dict[str, Any]:
         "job_list": service.views.job_list(viewer),
         "budgets": service.views.budgets(viewer),
         "lists": _list_quotas(service, viewer),
-        "audit": service.views.audit(viewer),
+        "audit": await service.views.audit(viewer),
         "members": await service.views.reachability(),
     }
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import sqlite3
 from html.parser import HTMLParser
 from typing import Any
 
 import aiohttp
 import pytest
 
+from fedsilo.peers.daemon.roles import views
 from fedsilo.peers.daemon.status_page import CSP, HEADERS, STYLE, render
 from fedsilo.peers.identity.tls import client_context
 
@@ -294,3 +296,25 @@ def test_each_caller_sees_on_the_page_what_status_shows_it(consortium):
     actors = {e["actor"] for e in o_status["audit"]["entries"]}
     assert {"bank-a", "bank-c", "local"} <= actors
     assert f"hash chain verified: {o_status['audit']['entries_total']} entries" in "".join(o_page.text)
+
+
+@pytest.mark.slow
+def test_an_altered_entry_shows_the_chain_broken_to_every_caller(consortium, monkeypatch):
+    monkeypatch.setattr(views, "CHAIN_CHECK_SECONDS", 0.0)  # check afresh on every request
+    path = consortium.root / "bank-b" / "state" / "state.sqlite"
+    with sqlite3.connect(path) as conn:
+        original = conn.execute("SELECT detail FROM audit WHERE seq = 2").fetchone()[0]
+        conn.execute("UPDATE audit SET detail = 'nothing happened' WHERE seq = 2")
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            return [await fetch(consortium, caller, "/v1/status.html") for caller in ("bank-a", None)]
+
+    try:
+        (_, member_html), (_, operator_html) = run(body())
+    finally:
+        with sqlite3.connect(path) as conn:  # undo, for the other tests of this module
+            conn.execute("UPDATE audit SET detail = ? WHERE seq = 2", (original,))
+    member, operator = "".join(Page(member_html).text), "".join(Page(operator_html).text)
+    assert "hash chain BROKEN" in member and "at entry" not in member and "verified" not in member
+    assert "hash chain BROKEN at entry 2: its content does not match its hash (it was altered)" in operator
