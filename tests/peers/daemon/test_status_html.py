@@ -27,6 +27,7 @@ from fedsilo.peers.identity.tls import client_context
 
 from ._consortium import make_consortium, run, running, signed
 from .test_daemon_refusals import propose
+from .test_status_page import LIST_TOML
 
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 
@@ -188,6 +189,9 @@ def consortium(tmp_path_factory):
     only through the audit entry of a refused, forged proposal."""
     root = tmp_path_factory.mktemp("status-html")
     consortium = make_consortium(root)
+    (root / "bank-b" / "high-risk.csv").write_text("client\nC-1\nC-2\n")
+    config = consortium.config_path("bank-b")
+    config.write_text(config.read_text() + LIST_TOML)
     job = consortium.job_toml(root / "job.toml", "page-1", ["bank-a", "bank-b"])
     envelope = signed(consortium, job)
     forged = {"job": {"job_id": HOSTILE[0]}, "signature": HOSTILE[1], "certificate": HOSTILE[1]}
@@ -246,6 +250,12 @@ def numbers_match(page: Page, status: dict[str, Any]) -> None:
     chart = [float(r["data-epsilon"]) for r in page.svg_rects]
     keys = ("spent_epsilon", "reserved_epsilon", "remaining_epsilon")
     assert chart == [b[k] for b in status["budgets"] for k in keys]  # exact: repr of the same floats
+    quotas = [
+        [q.get("member", "you"), q["name"], f"{q['psi_quota'] - q['psi_left']} of {q['psi_quota']}"]
+        + [f"{q['query_quota'] - q['query_left']} of {q['query_quota']}"]
+        for q in status["lists"]
+    ]
+    assert [row[:2] + row[3:5] for row in page.rows("lists")] == quotas
     audit_rows = page.rows("audit")
     assert len(audit_rows) == len(status["audit"]["entries"])
     assert [row[-1] for row in audit_rows] == [e["detail"] for e in status["audit"]["entries"]]
@@ -281,10 +291,12 @@ def test_each_caller_sees_on_the_page_what_status_shows_it(consortium):
     details = "".join(e["detail"] for e in a_status["audit"]["entries"])
     assert HOSTILE[1] in details and "bank-c-was-here" not in details
     assert "hash chain verified" in "".join(a_page.text)
+    assert [row[:5] for row in a_page.rows("lists")] == [["you", "high-risk", "client", "0 of 500", "0 of 40"]]
 
     # bank-c: in no job here; sees no job or budget, and none of bank-a's entries, only its own
     c_status, c_page, c_html = seen["bank-c"]
     assert c_status["job_list"] == [] and c_status["budgets"] == [] and not c_page.svg_rects
+    assert c_status["lists"] == [] and c_page.rows("lists") == []
     assert {e["actor"] for e in c_status["audit"]["entries"]} == {"bank-c"}
     assert "bank-c-was-here" in c_html
     for leak in ("bank-a", "&lt;script&gt;", "onerror", "credit-card"):
@@ -295,6 +307,7 @@ def test_each_caller_sees_on_the_page_what_status_shows_it(consortium):
     assert o_status["you"] == "operator" and o_status["audit"]["entries_total"] >= 5
     actors = {e["actor"] for e in o_status["audit"]["entries"]}
     assert {"bank-a", "bank-c", "local"} <= actors
+    assert [row[:2] for row in o_page.rows("lists")] == [["bank-a", "high-risk"]]
     assert f"hash chain verified: {o_status['audit']['entries_total']} entries" in "".join(o_page.text)
 
 
