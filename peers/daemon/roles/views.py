@@ -5,7 +5,8 @@ the mailbox. A member sees the jobs it owns, hosts or takes part in, the budgets
 peer's sources those jobs use, and the models it may pull; `viewer` None is this peer's
 operator, who sees everything. Of the audit log (the operator's), a member sees whether
 the chain verifies and the entries it is the actor of, without their sequence numbers and
-hashes (which would count everyone else's actions). The chain is checked in full, off the
+hashes (which would count everyone else's actions); a member named like one of the log's
+own actors (`NOT_MEMBERS`: this peer, its operator, unknown certificates) sees none. The chain is checked in full, off the
 event loop on a read-only connection of its own (20,000 entries take about a second), at
 most once per `CHAIN_CHECK_SECONDS` however many callers ask. `reachability` asks every other member with an address
 for its health, each within `PROBE_SECONDS` and all at once, so a status page answers
@@ -30,6 +31,8 @@ from fedsilo.peers.job import TrainSpec
 
 PROBE_SECONDS = 3.0
 AUDIT_RECENT = 50  # audit entries a status page shows (the newest)
+# actors in the audit log that are no member: a member admitted under one of these names sees no entry
+NOT_MEMBERS = frozenset({"local", "operator", "unknown"})
 CHAIN_CHECK_SECONDS = 10.0  # a status page reuses the chain's last full check for this long
 
 
@@ -159,7 +162,7 @@ class Views:
             }
         rows = self.ctx.store.conn.execute(
             "SELECT time, action, job, source, outcome, detail FROM audit WHERE actor = ? ORDER BY seq DESC LIMIT ?",
-            (viewer, recent),
+            (viewer, 0 if viewer in NOT_MEMBERS else recent),
         ).fetchall()
         keys = ("time", "action", "job", "source", "outcome", "detail")
         return {"chain_ok": check.ok, "entries": [{"actor": viewer, **dict(zip(keys, row))} for row in rows]}

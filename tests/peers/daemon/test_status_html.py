@@ -188,7 +188,7 @@ def consortium(tmp_path_factory):
     A signed job's id is a name (letters, digits, '-'), so a hostile id reaches the page
     only through the audit entry of a refused, forged proposal."""
     root = tmp_path_factory.mktemp("status-html")
-    consortium = make_consortium(root)
+    consortium = make_consortium(root, extra_members=(("local", "model-owner"),))  # named like the peer's own entries
     (root / "bank-b" / "high-risk.csv").write_text("client\nC-1\nC-2\n")
     config = consortium.config_path("bank-b")
     config.write_text(config.read_text() + LIST_TOML)
@@ -266,7 +266,7 @@ def test_each_caller_sees_on_the_page_what_status_shows_it(consortium):
     async def body():
         async with running(consortium, ["bank-a", "bank-b"]):
             seen = {}
-            for caller in ("bank-a", "bank-c", None):
+            for caller in ("bank-a", "bank-c", "local", None):
                 status_code, status = await fetch(consortium, caller, "/v1/status")
                 page_code, html = await fetch(consortium, caller, "/v1/status.html")
                 assert status_code == page_code == 200
@@ -301,6 +301,9 @@ def test_each_caller_sees_on_the_page_what_status_shows_it(consortium):
     assert "bank-c-was-here" in c_html
     for leak in ("bank-a", "&lt;script&gt;", "onerror", "credit-card"):
         assert leak not in re.sub(r'<section id="members">.*?</section>', "", c_html)
+
+    # a member named "local" does not see the peer's own entries (actor "local")
+    assert seen["local"][0]["audit"]["entries"] == [] and seen["local"][0]["job_list"] == []
 
     # the operator: every job, source and entry, with sequence numbers and the chain's length
     o_status, o_page, _ = seen[None]
