@@ -243,6 +243,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"  {m['member']:<24} {'reachable' if m['reachable'] else 'UNREACHABLE':<12} {m['detail']}"
         for m in status["members"]
     ] or ["  no other member listens"]
+    audit = status.get("audit")
+    if audit is not None:  # the status page's audit section; its entries: GET /v1/status.html or --json
+        whose = "(every actor)" if status["you"] == "operator" else "of yours"
+        chain = "hash chain verified" if audit["chain_ok"] else "hash chain BROKEN"
+        lines.append(f"audit: {chain}; {len(audit['entries'])} recent entries {whose}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ directory's PID file (`background`).
 
 Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
 budget of the sources those jobs use here, the models it may pull and the lists shared
-with it. The peer's own operators read everything, and alone read the audit log, over
+with it; of the audit log, on the status page and in /v1/status, only whether its chain
+verifies and the entries it is the actor of. The peer's own operators read everything, and alone export the audit log, over
 the admin socket `state/admin.sock` (no TLS; mode 0600 in the 0700 state directory, so
 whoever can open it runs as the daemon's account on its machine): GET only, of
 `OPERATOR_ROUTES`. No consortium certificate, the CA's included, is an operator.
@@ -41,6 +42,7 @@ from aiohttp import web
 
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon import rate_limit
+from fedsilo.peers.daemon import status_page as status_page_html
 from fedsilo.peers.daemon.background import PidFile
 from fedsilo.peers.daemon.config import PeerConfig, load_config
 from fedsilo.peers.daemon.connections import ConnectionGuard, GuardedSite
@@ -75,6 +77,7 @@ ADMIN_SOCKET = "admin.sock"
 OPERATOR_ROUTES = (
     "/v1/health",
     "/v1/status",
+    "/v1/status.html",
     "/v1/openapi.json",
     "/v1/jobs",
     "/v1/jobs/{job_id}",
@@ -214,6 +217,17 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    return web.json_response(await _status_document(request))
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status page: the same document as GET /v1/status for the same caller, drawn as HTML."""
+    page = status_page_html.render(await _status_document(request), operator=bool(request.get(OPERATOR)))
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=status_page_html.HEADERS)
+
+
+async def _status_document(request: web.Request) -> dict[str, Any]:
+    """What GET /v1/status shows its caller (and the status page draws): see the module docstring."""
     service, viewer = _service(request), _viewer(request)
     counts: dict[str, int] = {}
     for job in service.views.visible_jobs(viewer):
@@ -223,21 +237,20 @@ async def status(request: web.Request) -> web.Response:
         for m in service.store.models()
         if viewer is None or service.views.may_read_model(request[MEMBER], m["job_id"])
     ]
-    return web.json_response(
-        {
-            "peer": service.name,
-            "consortium": service.identity.manifest.consortium,
-            "manifest_version": service.identity.manifest.version,
-            "jobs": counts,
-            "sources": service.views.visible_sources(viewer),
-            "models": len(models),
-            "you": viewer or "operator",
-            "job_list": service.views.job_list(viewer),
-            "budgets": service.views.budgets(viewer),
-            "lists": _list_quotas(service, viewer),
-            "members": await service.views.reachability(),
-        }
-    )
+    return {
+        "peer": service.name,
+        "consortium": service.identity.manifest.consortium,
+        "manifest_version": service.identity.manifest.version,
+        "jobs": counts,
+        "sources": service.views.visible_sources(viewer),
+        "models": len(models),
+        "you": viewer or "operator",
+        "job_list": service.views.job_list(viewer),
+        "budgets": service.views.budgets(viewer),
+        "lists": _list_quotas(service, viewer),
+        "audit": await service.views.audit(viewer),
+        "members": await service.views.reachability(),
+    }
 
 
 def _list_quotas(service: PeerService, viewer: str | None) -> list[dict[str, Any]]:
@@ -440,6 +453,7 @@ async def seal_hello(request: web.Request) -> web.Response:
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/health", health),
     ("GET", "/v1/status", status),
+    ("GET", "/v1/status.html", status_page),
     ("GET", "/v1/openapi.json", openapi),
     ("POST", "/v1/jobs", submit_job),
     ("GET", "/v1/jobs", list_jobs),

@@ -62,7 +62,14 @@ def spec() -> dict[str, Any]:
                 "get": _op(
                     "peer name, consortium, job counts by state, sources, model count; the jobs you may see "
                     "with their state, the budgets left of their sources, your list quotas, and which "
-                    "members this peer reaches (each asked for its health within 3 s)"
+                    "members this peer reaches (each asked for its health within 3 s); whether the audit chain "
+                    "verifies, and its entries you are the actor of (all of them: the operator)"
+                )
+            },
+            "/v1/status.html": {
+                "get": _op(
+                    "the status page: the same document as /v1/status for the same caller, as one HTML page "
+                    "(no script; budgets as an inline SVG chart)"
                 )
             },
             "/v1/openapi.json": {"get": _op("this description")},

@@ -26,6 +26,7 @@ from fedsilo.peers.daemon.model_pull import pull_model
 from fedsilo.peers.errors import PeerUnreachable
 
 from ._consortium import OWNER, make_consortium, signed
+from .test_status_html import Page, fetch
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
@@ -165,6 +166,14 @@ def test_a_job_runs_to_a_signed_model_and_every_ledger_shows_its_spending(consor
 
     card = asyncio.run(pull())
     assert card["signer"] == "bank-a" and card["job"]["rounds"] == 2
+    # the host's status shows the job's rounds and its card's final metrics, and its status page the same
+    [row] = call(consortium, OWNER, "GET", f"{host}/v1/status")["job_list"]
+    final = {k: card["metrics"][k] for k in ("rounds", "final_auc", "final_loss")}
+    assert row["rounds"] == 2 and row["metrics"] == {"model_version": 1, **final} and final["rounds"] == 2
+    _, html = asyncio.run(fetch(consortium, OWNER, "/v1/status.html", peer="bank-a"))
+    [cells] = Page(html).rows("jobs")
+    assert cells[:2] == ["e2e-1", "finished"]
+    assert cells[6:9] == ["2 of 2", f"{final['final_auc']:.4f}", f"{final['final_loss']:.4f}"]
     assert [p["peer"] for p in card["participants"]] == ["bank-a", "bank-b", "bank-c"]
     for participant in card["participants"]:
         assert participant["reported"] and 1.5 < participant["epsilon"] <= 2.0 and participant["delta"] == 1e-5

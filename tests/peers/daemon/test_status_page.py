@@ -114,3 +114,5 @@ def test_status_shows_jobs_budgets_quotas_and_reachable_members(consortium, tmp_
     assert f"credit-card              ε left {source['remaining_epsilon']:.4f} of 8" in printed
     assert "bank-a: high-risk          PSI left 500, queries left 40 per 86400 s" in printed
     assert "bank-c                   UNREACHABLE  no answer within 3 s" in printed
+    assert f"audit: hash chain verified; {len(seen['audit']['entries'])} recent entries of yours" in printed
+    assert {e["actor"] for e in seen["audit"]["entries"]} == {"bank-a"}  # its own: the job it proposed
