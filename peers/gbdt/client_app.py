@@ -76,7 +76,7 @@ def answer(msg: Message, context: Context, paths: Paths) -> Message:
             _prepare_release(bank, terms, body, args[0], plan, context, job)
         result = getattr(bank, method)(*args)
         if method == "session_unmask":  # the session accepted the request: record it before the answer leaves
-            _record_release(bank, args, plan, context, job)
+            _record_release(bank, args, plan, context, job, terms)
     except FedsiloError as error:
         return _refuse(msg, error)
     finally:
@@ -141,12 +141,13 @@ def _prepare_release(
 ) -> None:
     """Margins from the host's finished trees, this tree's gradients, and the requested release."""
     assert bank.session is not None
-    bank.session.expect_release(request)  # a replayed or out-of-order release is refused before any work
-    if plan is not None and len(_spent(context, job)) >= plan.releases:
+    spent = _spent(context, job, terms)  # a deployed peer's record: the accepted terms, the job not over
+    if plan is not None and len(spent) >= plan.releases:
         raise Refused(
             f"bank {bank.name} has taken part in the {plan.releases} releases its ledger reserved for "
             f"job {job.job_id}: refusing release {request.release}"
         )
+    bank.session.expect_release(request)  # a replayed or out-of-order release is refused before any work
     kind = body.get("kind")
     if kind not in (LEVEL, LEAVES) or kind != request.purpose:
         raise ProtocolError(f"bank {bank.name}: release kind {kind!r} is not its purpose {request.purpose!r}")
@@ -163,34 +164,50 @@ def _prepare_release(
     bank.request(str(kind), tree)
 
 
-def _spent(context: Context, job: JobConfig) -> tuple[Mechanism, ...]:
-    state_dir = context.node_config.get("state-dir")
-    if state_dir:
-        record = node_state.read_privacy(Path(str(state_dir)), job.job_id)
-        return () if record is None else record.spent
+def _durable(context: Context, job: JobConfig, terms: GBDTJob) -> node_state.JobPrivacy:
+    """This peer's durable record of the job, checked against the terms it accepted (caller holds the lock)."""
+    record = node_state.read_privacy(_state_dir(context), job.job_id)
+    if record is None or record.cap is None:
+        raise ConfigError(
+            f"this peer has no privacy record with the cap of job {job.job_id}: its daemon opens one before joining"
+        )
+    if record.finished:
+        raise Refused(f"job {job.job_id} has ended at this peer: it takes part in no further release")
+    if terms.dp_mode != "off" and record.cap != node_state.PrivacyCap(terms.epsilon, terms.delta, terms.accountant):
+        raise Refused(
+            f"the run config's privacy terms differ from the ones this peer accepted for job {job.job_id} "
+            f"({record.cap}): refused"
+        )
+    return record
+
+
+def _state_dir(context: Context) -> Path:
+    return Path(str(context.node_config["state-dir"]))
+
+
+def _spent(context: Context, job: JobConfig, terms: GBDTJob) -> tuple[Mechanism, ...]:
+    if context.node_config.get("state-dir"):
+        with node_state.job_lock(_state_dir(context), job.job_id):
+            return _durable(context, job, terms).spent
     raw = context.state.get(STATE_KEY + ".spent")
     if not isinstance(raw, ConfigRecord) or raw.get("job") != job.job_id:
         return ()
     return tuple(Mechanism.from_dict(m) for m in json.loads(str(raw["spent"])))
 
 
-def _record_release(bank: GBDTBank, args: tuple, plan: ReleasePlan | None, context: Context, job: JobConfig) -> None:
+def _record_release(
+    bank: GBDTBank, args: tuple, plan: ReleasePlan | None, context: Context, job: JobConfig, terms: GBDTJob
+) -> None:
     """Before answering an unmask request that lists this bank as a survivor, record the release as spent."""
     _, _, request = args
     if plan is None or bank.node_id not in request.survivors:
         return
-    state_dir = context.node_config.get("state-dir")
-    if state_dir:
-        with node_state.job_lock(Path(str(state_dir)), job.job_id):
-            record = node_state.read_privacy(Path(str(state_dir)), job.job_id)
-            if record is None or record.cap is None:
-                raise ConfigError(
-                    f"bank {bank.name} has no privacy record with the cap of job {job.job_id}: its daemon "
-                    "opens one before joining"
-                )
-            node_state.write_privacy(Path(str(state_dir)), replace(record, spent=(*record.spent, plan.per_release)))
+    if context.node_config.get("state-dir"):
+        with node_state.job_lock(_state_dir(context), job.job_id):
+            record = _durable(context, job, terms)
+            node_state.write_privacy(_state_dir(context), replace(record, spent=(*record.spent, plan.per_release)))
         return
-    spent = (*_spent(context, job), plan.per_release)
+    spent = (*_spent(context, job, terms), plan.per_release)
     context.state[STATE_KEY + ".spent"] = ConfigRecord(
         {"job": job.job_id, "spent": json.dumps([m.to_dict() for m in spent])}
     )

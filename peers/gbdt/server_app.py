@@ -34,6 +34,7 @@ from fedsilo.peers.gbdt.bins import layout_from_encoder
 from fedsilo.peers.gbdt.federation import BoostResult, boost
 from fedsilo.peers.gbdt.job import GBDTJob
 from fedsilo.peers.gbdt.wire import MESSAGE_TYPE, call_content, read_answer, tree_state
+from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.secagg import Verifier
 from fedsilo.strategies.gbdt.tree import Tree
 
@@ -143,3 +144,21 @@ def write_gbdt_result(directory: Path, job_id: str, result: BoostResult, encoder
         )
         + "\n"
     )
+
+
+def run_deployed_gbdt(grid: Grid, job: JobConfig, terms: GBDTJob, output: Path) -> BoostResult:
+    """A deployed boosting job at its host, as `fedsilo.peers.server.app` runs the neural ones.
+
+    The peers' summaries give the encoder, which every peer keeps (`fedsilo.peers.server.deployed`);
+    the trees are boosted among the job's nodes; the model, encoder and metrics go to
+    ``output``; every peer is told the job is over. The host checks no signature itself:
+    each bank checks its neighbours' session keys against the consortium's manifest.
+    """
+    from fedsilo.peers.server.deployed import announce_finish, fit_encoder_from_peers, wait_for_peers
+
+    nodes = wait_for_peers(grid, terms.banks)
+    encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
+    result = host_gbdt(grid, terms, {u: f"node {u}" for u in nodes}, encoder)
+    write_gbdt_result(output, job.job_id, result, encoder)
+    announce_finish(grid, nodes, job.job_id)
+    return result

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsilo.errors import ConfigError
+from fedsilo.peers.client import node_state
 from fedsilo.peers.client.app import app as client_app
 from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
@@ -28,7 +29,7 @@ from fedsilo.peers.gbdt.client_app import STATE_KEY
 from fedsilo.peers.gbdt.federation import boost
 from fedsilo.peers.gbdt.job import GBDTJob
 from fedsilo.peers.gbdt.model_file import GBDTModel
-from fedsilo.peers.gbdt.server_app import host_gbdt, write_gbdt_result
+from fedsilo.peers.gbdt.server_app import host_gbdt, run_deployed_gbdt, write_gbdt_result
 from fedsilo.peers.gbdt.wire import CALL_KEY, MESSAGE_TYPE, answer_content, call_content, read_answer
 from fedsilo.peers.identity.round_keys import simulated_consortium, simulated_files, simulated_verifier
 from fedsilo.peers.job import JobConfig
@@ -51,7 +52,9 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
 class Banks(Grid):
     """Every message goes to the real ClientApp of its node; ``tamper(node, reply)`` may rewrite a reply."""
 
-    def __init__(self, tmp_path, n: int, terms: GBDTJob, rows=None, tamper=None, rewrite=None) -> None:
+    def __init__(
+        self, tmp_path, n: int, terms: GBDTJob, rows=None, tamper=None, rewrite=None, deployed: bool = False
+    ) -> None:
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
         self.nodes = [7001 + 13 * i for i in range(n)]
         frames = [_frame((rows or {}).get(i, ROWS), i) for i in range(n)]
@@ -68,9 +71,14 @@ class Banks(Grid):
             config = {
                 **simulated_files(tmp_path / "consortium", i).node_config(),
                 "data-path": str(path),
-                "encoder-path": str(encoder_path),
                 "bank-name": f"bank-{i}",
             }
+            if deployed:  # the encoder arrives from the host; the privacy record is the daemon's, on disk
+                config["state-dir"] = str(tmp_path / f"state-{i}")
+                cap = node_state.PrivacyCap(terms.epsilon, terms.delta, terms.accountant)
+                node_state.open_record(tmp_path / f"state-{i}", JOB, cap)
+            else:
+                config["encoder-path"] = str(encoder_path)
             self.contexts[node] = Context(
                 run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config=run_config
             )
@@ -80,8 +88,8 @@ class Banks(Grid):
     def names(self) -> dict[int, str]:
         return {u: f"bank-{i}" for i, u in enumerate(self.nodes)}
 
-    def ask(self, node: int, content: RecordDict) -> Message:
-        msg = Message(content, dst_node_id=node, message_type=MESSAGE_TYPE)
+    def ask(self, node: int, content: RecordDict, message_type: str = MESSAGE_TYPE) -> Message:
+        msg = Message(content, dst_node_id=node, message_type=message_type)
         msg.metadata.__dict__["_src_node_id"] = 1
         reply = client_app(msg, self.contexts[node])
         reply.metadata.__dict__["_src_node_id"] = node
@@ -91,7 +99,7 @@ class Banks(Grid):
         replies = []
         for msg in messages:
             content = msg.content if self.rewrite is None else self.rewrite(msg.metadata.dst_node_id, msg.content)
-            reply = self.ask(msg.metadata.dst_node_id, content)
+            reply = self.ask(msg.metadata.dst_node_id, content, msg.metadata.message_type)
             if self.tamper is not None:
                 reply = self.tamper(msg.metadata.dst_node_id, msg, reply)
             if reply is not None:
@@ -246,6 +254,28 @@ def test_a_tree_from_the_host_that_splits_outside_the_layout_is_refused_naming_t
     result = host_gbdt(grid, terms, grid.names(), grid.encoder, grid.verifier)
     first = result.releases[0]
     assert "outside the job's layout" in first["refused"]["bank-0"] and first["banks"] == 3
+
+
+def test_a_deployed_job_fits_the_encoder_from_summaries_and_each_peers_durable_record_is_exact(tmp_path) -> None:
+    """The host's deployed flow (summaries, encoder, boosting, result, finish) against peers with state dirs."""
+    terms = _terms(3, dp_mode="distributed", trees=2, dropout_fraction=0.0, collusion_fraction=0.0)
+    grid = Banks(tmp_path, 3, terms, deployed=True)
+    result = run_deployed_gbdt(grid, grid.job, terms, tmp_path / "out")
+    assert len(result.model.trees) == 2
+    for i, u in enumerate(grid.nodes):
+        record = node_state.read_privacy(tmp_path / f"state-{i}", JOB)
+        assert record.finished and list(record.spent) == [terms.plan().per_release] * terms.plan().releases
+        assert len(result.spent[f"node {u}"]) == terms.plan().releases
+    model = GBDTModel.load(tmp_path / "out" / "model.json")
+    encoder = TabularEncoder.load(tmp_path / "out" / "encoder.json")
+    x = encoder.transform_features(grid.frames[1])
+    assert np.array_equal(model.predict_proba(x), result.model.predict_proba(x))
+    # the job is over at every peer: a host that asks one more release is refused by the peer's own record
+    node = grid.nodes[0]
+    state = json.loads(str(grid.contexts[node].state[STATE_KEY]["session"]))["session"]
+    request = ReleaseRequest(state["session_round"], state["last_release"] + 1, "leaves", tuple(grid.nodes))
+    reply = grid.ask(node, call_content("session_mask", (request,), {"kind": "leaves", "tree": {}, "model": []}))
+    assert reply.has_error() and "has ended at this peer" in reply.error.reason
 
 
 def test_boosting_terms_are_checked_and_read_back_exactly() -> None:
