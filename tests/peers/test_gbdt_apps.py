@@ -25,16 +25,18 @@ from fedsilo.peers.client.app import app as client_app
 from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.gbdt import GBDTBank, layout_from_encoder
+from fedsilo.peers.gbdt.bank import LEAVES, LEVEL
 from fedsilo.peers.gbdt.client_app import STATE_KEY
 from fedsilo.peers.gbdt.federation import boost
 from fedsilo.peers.gbdt.job import GBDTJob
 from fedsilo.peers.gbdt.model_file import GBDTModel
-from fedsilo.peers.gbdt.server_app import host_gbdt, run_deployed_gbdt, write_gbdt_result
+from fedsilo.peers.gbdt.server_app import FlowerExchange, RemoteBank, host_gbdt, run_deployed_gbdt, write_gbdt_result
 from fedsilo.peers.gbdt.wire import CALL_KEY, MESSAGE_TYPE, answer_content, call_content, read_answer
 from fedsilo.peers.identity.round_keys import simulated_consortium, simulated_files, simulated_verifier
 from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.secagg import MaskedInput
 from fedsilo.privacy.secagg.session import ReleaseRequest
+from fedsilo.strategies.gbdt import SecureSession, Tree
 
 JOB = "gbdt-net"
 ROWS = 160
@@ -287,3 +289,25 @@ def test_boosting_terms_are_checked_and_read_back_exactly() -> None:
         GBDTJob.from_run_config({**terms.to_run_config(), "gbdt.trees": 2.5})
     with pytest.raises(ConfigError, match="not a boosting job"):
         GBDTJob.from_run_config({})
+
+
+def test_a_host_that_opens_a_new_session_after_the_plan_gets_no_release_past_the_ledgers_reservation(tmp_path) -> None:
+    """The host, once every planned release is spent, sets up fresh keys and asks again: every bank refuses."""
+    terms = _terms(3, dp_mode="distributed", trees=1, dropout_fraction=0.0, collusion_fraction=0.0)
+    plan = terms.plan()
+    grid = Banks(tmp_path, 3, terms)
+    host_gbdt(grid, terms, grid.names(), grid.encoder, grid.verifier)
+    assert all(grid.spent(u) == plan.releases for u in grid.nodes)
+    layout = layout_from_encoder(grid.encoder, terms.bins)
+    banks = {u: RemoteBank(name, u) for u, name in grid.names().items()}
+    exchange = FlowerExchange(grid, banks)
+    level, leaves = terms.configs(layout, plan)
+    session = SecureSession({LEVEL: level, LEAVES: leaves}, 2, list(banks.values()), 3, grid.verifier, exchange)
+    assert session.members == tuple(sorted(grid.names().values()))  # the keys are set up: the banks took part
+    tree = Tree(terms.depth)
+    for bank in banks.values():
+        bank.request(LEVEL, tree)
+    outcome = session.sum(LEVEL, 2 * len(layout.slots(None)))
+    assert outcome.sums is None and outcome.aborted
+    assert all("releases its ledger reserved" in outcome.refused[name] for name in grid.names().values())
+    assert all(grid.spent(u) == plan.releases for u in grid.nodes)
