@@ -9,7 +9,8 @@ The flow mirrors `fedsilo.simulations.runner` (the neural models):
    banks (the real protocol of `fedsilo.privacy.secagg`, each bank with its own
    consortium identity and, in distributed DP, its own noise share), run in this
    process: the banks are objects the host calls, not Ray actors (a run costs no Ray
-   start; driving the levels through Flower's ServerApp/ClientApp is issue 20's item 4);
+   start; the same loop over Flower messages is `fedsilo.peers.gbdt.server_app`, about
+   9 times slower even in one process, docs/gbdt.md);
 5. each bank's ledger commits the releases that contained its input;
 6. yardsticks: a centralized non-private histogram GBDT (scikit-learn's
    HistGradientBoostingClassifier) on the pooled training rows, and each bank alone

@@ -1,4 +1,7 @@
-"""Boosting a histogram GBDT across simulated banks: the host's loop over trees and levels.
+"""Boosting a histogram GBDT across banks: the host's loop over trees and levels.
+
+The simulation calls the banks in this process; a Flower ServerApp runs the same loop with
+the banks reached by messages (``exchange``, `fedsilo.peers.gbdt.server_app`).
 
 For every tree each bank computes its gradients; for every level the host broadcasts
 the tree so far, every bank computes its histograms for the open nodes, and the host
