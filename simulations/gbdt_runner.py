@@ -4,12 +4,13 @@ The flow mirrors `fedsilo.simulations.runner` (the neural models):
 1. build every bank's table and fit the encoder from per-bank summaries (no pooled row);
 2. the public bin layout from the encoder (`fedsilo.peers.gbdt.bins`);
 3. each bank's ledger reserves the job's planned releases (`fedsilo.privacy.gbdt`);
-4. the host boosts ``trees`` trees level by level (`fedsilo.simulations.gbdt_federation`):
+4. the host boosts ``trees`` trees level by level (`fedsilo.peers.gbdt.federation`):
    every level's histograms and every tree's leaf totals are one SecAgg+ round over the
    banks (the real protocol of `fedsilo.privacy.secagg`, each bank with its own
    consortium identity and, in distributed DP, its own noise share), run in this
    process: the banks are objects the host calls, not Ray actors (a run costs no Ray
-   start; driving the levels through Flower's ServerApp/ClientApp is issue 20's item 4);
+   start; the same loop over Flower messages is `fedsilo.peers.gbdt.server_app`, about
+   9 times slower even in one process, docs/gbdt.md);
 5. each bank's ledger commits the releases that contained its input;
 6. yardsticks: a centralized non-private histogram GBDT (scikit-learn's
    HistGradientBoostingClassifier) on the pooled training rows, and each bank alone
@@ -35,6 +36,7 @@ from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.evaluation import roc_auc
 from fedsilo.peers.gbdt import GBDTBank, layout_from_encoder
+from fedsilo.peers.gbdt.federation import BoostSettings, boost, local_sigmas, secure_configs
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.accounting.compose import accounting_note
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
@@ -42,7 +44,6 @@ from fedsilo.privacy.ledger import SQLiteLedger
 from fedsilo.privacy.secagg import Ed25519Directory, Ed25519Identity
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import SimulationConfig
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost, local_sigmas, secure_configs
 from fedsilo.simulations.population import bank_name
 from fedsilo.simulations.progress import Progress
 from fedsilo.simulations.report.card import build_card, write_card

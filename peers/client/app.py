@@ -59,8 +59,8 @@ def bank_index(context: Context) -> int:
     return int(context.node_config.get("bank-index", context.node_config.get("partition-id", 0)))
 
 
-def bank_data(job: JobConfig, context: Context) -> BankTensors:
-    """This peer's encoded rows, from its own data path, with its encoder."""
+def bank_paths(job: JobConfig, context: Context) -> tuple[str, str]:
+    """Where this peer's table and the job's encoder are (its own data path; the encoder its host sent)."""
     name = f"bank-{bank_index(context):05d}"
     data_path = context.node_config.get("data-path") or str(Path(job.banks_dir) / f"{name}.parquet")
     encoder_path = context.node_config.get("encoder-path") or encoder_path_for(job, name)
@@ -71,7 +71,13 @@ def bank_data(job: JobConfig, context: Context) -> BankTensors:
                 f"job {job.job_id} has no encoder at this peer yet: the host must send it "
                 f"(query.encoder) before training"
             )
-    return load_bank(str(data_path), str(encoder_path), job.train.test_fraction, job.train.seed)
+    return str(data_path), str(encoder_path)
+
+
+def bank_data(job: JobConfig, context: Context) -> BankTensors:
+    """This peer's encoded rows, from its own data path, with its encoder."""
+    data_path, encoder_path = bank_paths(job, context)
+    return load_bank(data_path, encoder_path, job.train.test_fraction, job.train.seed)
 
 
 def _state_dir(context: Context) -> Path:
@@ -284,6 +290,13 @@ def finish(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"config": ConfigRecord({"ok": True})}), reply_to=msg)
 
 
+def gbdt(msg: Message, context: Context) -> Message:
+    """A boosting job's session call (`fedsilo.peers.gbdt.client_app`), on this peer's rows."""
+    from fedsilo.peers.gbdt.client_app import answer
+
+    return answer(msg, context, bank_paths)
+
+
 def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     """The fedsilo ClientApp with `secagg_mod` innermost and any `mods` around it.
 
@@ -295,6 +308,7 @@ def build_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
     client_app.query("summarize")(summarize)
     client_app.query("encoder")(keep_encoder)
     client_app.query("finish")(finish)
+    client_app.query("gbdt")(gbdt)
     return client_app
 
 

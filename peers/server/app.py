@@ -3,7 +3,9 @@
 It reads the job from `context.run_config` (see `fedsilo.peers.flower_app`) and hosts it. A
 job with no encoder path is a deployed one (`fedsilo.peers.server.deployed`): the encoder is
 first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
-take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. The simulation harness builds its own `JobHost`
+take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. A deployed
+job whose run config carries boosting terms (``gbdt.*``) boosts trees instead
+(`fedsilo.peers.gbdt.server_app.run_deployed_gbdt`). The simulation harness builds its own `JobHost`
 instead, to attach a yardstick evaluation and a progress display.
 """
 
@@ -14,6 +16,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
+from fedsilo.peers.gbdt.job import PREFIX as GBDT_PREFIX
+from fedsilo.peers.gbdt.job import GBDTJob
 from fedsilo.peers.job import JobConfig
 from fedsilo.peers.server.deployed import (
     RoundClock,
@@ -27,6 +31,8 @@ from fedsilo.peers.server.deployed import (
 from fedsilo.peers.server.host import JobHost
 from fedsilo.peers.server.polling_grid import PromptGrid
 
+GBDT_SESSION_KEY = GBDT_PREFIX + "session"
+
 app = ServerApp()
 
 
@@ -38,6 +44,11 @@ def main(grid: Grid, context: Context) -> None:
         return
     output = output_directory(os.environ.get(HOST_OUTPUT_ENV))
     grid = PromptGrid(grid, nodes=job_nodes(os.environ.get(JOB_NODES_ENV)))
+    if GBDT_SESSION_KEY in context.run_config:  # a boosting job: trees level by level (`fedsilo.peers.gbdt`)
+        from fedsilo.peers.gbdt.server_app import run_deployed_gbdt
+
+        run_deployed_gbdt(grid, job, GBDTJob.from_run_config(context.run_config), output)
+        return
     nodes = wait_for_peers(grid, job.peers)
     encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
     encoder_path = output / "encoder.json"

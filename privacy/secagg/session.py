@@ -253,6 +253,7 @@ class _Session:
     current: _Release | None = None
     encoders: dict[str, FixedPointEncoder] = field(default_factory=dict)  # per purpose, for the session's n peers
     mac_keys: dict[int, bytes] = field(default_factory=dict)  # v -> key of the survivor-list MACs between us
+    round_seed: bytes = b""  # the graph's public seed (kept to resume the session in another process)
 
 
 class SessionClient:
@@ -297,6 +298,124 @@ class SessionClient:
             st.current = None  # nothing more is answered in this session
         where = "" if st is None else f", session {st.session_round}"
         return ProtocolError(f"peer {self.node_id}{where}: {message}; the session is over for this peer")
+
+    # ------------------------------------------------------------------ state between processes
+    def state_dict(self) -> dict:
+        """The peer's session state as JSON-ready values (bytes as hex), to resume in another process.
+
+        It holds the session's private keys, seeds, shares and pairwise agreements: keep it
+        where the peer keeps its own secrets (Flower's node-local ``context.state``, which a
+        deployed ClientApp process receives and returns for each message), never in a message.
+        The configurations, signer and verifier are not in it: the resuming peer passes its own.
+        """
+        st = self._session
+        state: dict = {"node_id": self.node_id, "last_session": self._last_session, "session": None}
+        if st is None:
+            return state
+        hexa = lambda b: None if b is None else b.hex()  # noqa: E731
+        cur = st.current
+        state["session"] = {
+            "session_round": st.session_round,
+            "participants": sorted(st.participants),
+            "round_seed": st.round_seed.hex(),
+            "releases": st.releases,
+            "enc_key": K.private_bytes(st.enc_key).hex(),
+            "mask_key": None if st.mask_key is None else K.private_bytes(st.mask_key).hex(),
+            "seeds": [hexa(b) for b in st.seeds],
+            "own_name": st.own_name,
+            "peer_keys": {
+                str(v): {
+                    "enc": k.enc_public_key.hex(),
+                    "mask": k.mask_public_key.hex(),
+                    "commitments": [c.hex() for c in k.seed_commitments],
+                    "signature": k.signature.hex(),
+                    "credential": k.credential.hex(),
+                }
+                for v, k in st.peer_keys.items()
+            },
+            "own_shares": [hex(x) for x in st.own_shares],
+            "partners": {str(v): [hex(x) for x in row] for v, row in st.partners.items()},
+            "agreements": {str(v): a.hex() for v, a in st.agreements.items()},
+            "accepted": st.accepted,
+            "gone": {str(v): r for v, r in st.gone.items()},
+            "last_release": st.last_release,
+            "mac_keys": {str(v): k.hex() for v, k in st.mac_keys.items()},
+            "current": None
+            if cur is None
+            else {
+                "release": cur.release,
+                "pairs": sorted(cur.pairs),
+                "participants": sorted(cur.participants),
+                "checked": None if cur.checked is None else [list(cur.checked[0]), list(cur.checked[1])],
+                "done": cur.done,
+            },
+        }
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Resume from `state_dict`'s output (this peer's own, from its node-local state).
+
+        Raises ProtocolError when the state is another node's or malformed; the graph and
+        the encoders are recomputed from the participants, the seed and this peer's configurations.
+        """
+        try:
+            if state["node_id"] != self.node_id:
+                raise ProtocolError(f"peer {self.node_id}: the saved session state is node {state['node_id']}'s")
+            last = state["last_session"]
+            self._last_session = None if last is None else int(last)
+            raw = state["session"]
+            if raw is None:
+                self._session = None
+                return
+            unhex = lambda h: None if h is None else bytes.fromhex(h)  # noqa: E731
+            parts = frozenset(int(v) for v in raw["participants"])
+            r = int(raw["session_round"])
+            seed = bytes.fromhex(raw["round_seed"])
+            st = _Session(
+                r,
+                session_scope(self.base.session_id, r),
+                parts,
+                int(raw["releases"]),
+                self.base.graph(parts, seed),
+                K.load_private(bytes.fromhex(raw["enc_key"])),
+                None if raw["mask_key"] is None else K.load_private(bytes.fromhex(raw["mask_key"])),
+                [unhex(b) for b in raw["seeds"]],
+                own_name=str(raw["own_name"]),
+                round_seed=seed,
+            )
+            st.peer_keys = {
+                int(v): SessionKeys(
+                    r,
+                    int(v),
+                    bytes.fromhex(k["enc"]),
+                    bytes.fromhex(k["mask"]),
+                    tuple(bytes.fromhex(c) for c in k["commitments"]),
+                    bytes.fromhex(k["signature"]),
+                    bytes.fromhex(k["credential"]),
+                )
+                for v, k in raw["peer_keys"].items()
+            }
+            st.own_shares = [int(x, 16) for x in raw["own_shares"]]
+            st.partners = {int(v): [int(x, 16) for x in row] for v, row in raw["partners"].items()}
+            st.agreements = {int(v): bytes.fromhex(a) for v, a in raw["agreements"].items()}
+            st.accepted = bool(raw["accepted"])
+            st.gone = {int(v): int(x) for v, x in raw["gone"].items()}
+            st.last_release = int(raw["last_release"])
+            st.mac_keys = {int(v): bytes.fromhex(k) for v, k in raw["mac_keys"].items()}
+            cur = raw["current"]
+            if cur is not None:
+                checked = cur["checked"]
+                st.current = _Release(
+                    int(cur["release"]),
+                    frozenset(int(v) for v in cur["pairs"]),
+                    frozenset(int(v) for v in cur["participants"]),
+                    None if checked is None else (tuple(map(int, checked[0])), tuple(map(int, checked[1]))),
+                    bool(cur["done"]),
+                )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"peer {self.node_id}: malformed saved session state ({exc})") from None
+        st.encoders = {p: c.encoder(len(parts)) for p, c in self.configs.items()}
+        self._session = st
 
     def _current(self, session_round: int | None = None) -> _Session:
         st = self._session
@@ -352,7 +471,9 @@ class SessionClient:
             msg = SessionKeys(r, self.node_id, msg.enc_public_key, public, commitments, signature, credential)
         self._last_session = r
         graph = self.base.graph(parts, setup.round_seed)
-        self._session = _Session(r, scope, parts, n_rel, graph, enc_key, mask_key, seeds, own_name=own_name)
+        self._session = _Session(
+            r, scope, parts, n_rel, graph, enc_key, mask_key, seeds, own_name=own_name, round_seed=setup.round_seed
+        )
         self._session.encoders = {p: c.encoder(len(parts)) for p, c in self.configs.items()}
         return msg
 

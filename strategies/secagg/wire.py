@@ -52,6 +52,21 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def payload_bytes(payload: Any) -> bytes:
+    """``payload`` as this module's JSON (bytes as hex, ints of any size)."""
+    return json.dumps(_to_json(payload), separators=(",", ":")).encode()
+
+
+def read_payload(body: object, what: str) -> Any:
+    """The value `payload_bytes` wrote; anything else raises `ProtocolError` naming ``what``."""
+    if not isinstance(body, bytes):
+        raise ProtocolError(f"malformed {what}: no payload bytes")
+    try:
+        return _from_json(json.loads(body))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ProtocolError(f"malformed {what}: the payload is not JSON") from None
+
+
 def stage_record(stage: str, server_round: int, payload: Mapping[str, Any]) -> ConfigRecord:
     """The ConfigRecord that carries one stage's payload."""
     if stage not in STAGES:

@@ -12,7 +12,7 @@ from fedsilo.errors import DataError
 from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.gbdt import GBDTModel, layout_from_encoder, normal_edges
 from fedsilo.peers.gbdt.bank import GBDTBank
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost
+from fedsilo.peers.gbdt.federation import BoostSettings, boost
 from fedsilo.strategies.gbdt import TreeParams
 from fedsilo.strategies.gbdt.layout import INDICATOR, NUMERIC, ONE_HOT
 

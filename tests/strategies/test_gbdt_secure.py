@@ -11,6 +11,7 @@ import pytest
 
 from fedsilo.errors import BudgetExceeded, ConfigError, ProtocolError
 from fedsilo.peers.gbdt.bank import LEAVES, LEVEL
+from fedsilo.peers.gbdt.federation import BoostSettings, boost, local_sigmas, secure_configs, split_noise_sd
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
 from fedsilo.privacy.ledger import InMemoryLedger
@@ -18,7 +19,6 @@ from fedsilo.privacy.secagg import MaskedInput, SecAggServer, graph_parameters
 from fedsilo.privacy.secagg.noise import central_noise_multiplier
 from fedsilo.privacy.secagg.session import ReleaseRequest
 from fedsilo.privacy.secagg.session_server import ReleaseServer
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost, local_sigmas, secure_configs, split_noise_sd
 from fedsilo.strategies.gbdt import (
     MIN_CHILD_NOISE_SDS,
     HistogramRefused,

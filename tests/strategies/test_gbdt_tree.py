@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedsilo.errors import ConfigError
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost, secure_configs
+from fedsilo.peers.gbdt.federation import BoostSettings, boost, secure_configs
 from fedsilo.strategies.gbdt import MIN_CHILD_NOISE_SDS, BinLayout, FeatureGroup, TreeParams, best_split, noise_aware
 from fedsilo.strategies.gbdt.layout import NUMERIC
 

@@ -8,6 +8,8 @@ keys) leave it nothing but the sums.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -288,3 +290,48 @@ def test_every_surviving_neighbour_of_a_dropout_must_reveal_its_seed_and_a_wrong
         server.receive_unmask(u, answer)
     with pytest.raises(ProtocolError, match="masks did not cancel"):
         server.aggregate()
+
+
+class _ResumedEachCall:
+    """A peer that lives in no process: before every call a fresh `SessionClient` loads the JSON of its saved state."""
+
+    def __init__(self, node: int, configs, signer, verifier) -> None:
+        self.make = lambda: SessionClient(node, configs, signer=signer, verifier=verifier)
+        self.saved = json.dumps(self.make().state_dict())
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            client = self.make()
+            client.load_state_dict(json.loads(self.saved))
+            try:
+                return getattr(client, name)(*args, **kwargs)
+            finally:  # a refusal ends the session for the peer: that is saved too
+                self.saved = json.dumps(client.state_dict())
+
+        return call
+
+
+def test_a_peer_resumed_from_its_saved_state_before_every_message_sums_exactly_and_still_refuses_replays() -> None:
+    """A deployed ClientApp is a new process per message: the session must survive `state_dict` round trips."""
+    s = Session(5, releases=4)
+    s.clients = {u: _ResumedEachCall(u, s.configs, s.signers[u], s.verifier) for u in s.nodes}
+    assert s.open() == frozenset(s.nodes)
+    rng = np.random.default_rng(5)
+    for r, drop in ((1, ()), (2, {s.nodes[4]})):
+        x = _inputs(s, rng, CONFIGS["a"].clip)
+        before = s.host.members
+        _, total = s.release(r, "a", x, drop)
+        expected = sum(x[u] for u in before - set(drop))
+        assert total is not None
+        assert np.abs(total - expected).max() <= CONFIGS["a"].encoder(5).average_error_bound(5, 1.0) * 5 + 1e-9
+    # the host replays release 2's request: the resumed peer remembers it masked release 2 and refuses
+    replay = ReleaseRequest(s.host.session_round, 2, "a", tuple(sorted(s.host.members)))
+    with pytest.raises(ProtocolError, match="increasing order"):
+        s.clients[s.nodes[0]].mask(replay, np.zeros(DIM))
+    # the peer that signed node 4 dropped remembers it: a release that brings it back is refused
+    back = ReleaseRequest(s.host.session_round, 3, "a", tuple(s.nodes))
+    with pytest.raises(ProtocolError, match="signed as dropped"):
+        s.clients[s.nodes[0]].mask(back, np.zeros(DIM))
+    other = SessionClient(s.nodes[1], s.configs, signer=s.signers[s.nodes[1]], verifier=s.verifier)
+    with pytest.raises(ProtocolError, match="node"):  # one peer's saved state never loads as another's
+        other.load_state_dict(json.loads(s.clients[s.nodes[0]].saved))

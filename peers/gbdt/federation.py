@@ -1,4 +1,7 @@
-"""Boosting a histogram GBDT across simulated banks: the host's loop over trees and levels.
+"""Boosting a histogram GBDT across banks: the host's loop over trees and levels.
+
+The simulation calls the banks in this process; a Flower ServerApp runs the same loop with
+the banks reached by messages (``exchange``, `fedsilo.peers.gbdt.server_app`).
 
 For every tree each bank computes its gradients; for every level the host broadcasts
 the tree so far, every bank computes its histograms for the open nodes, and the host
@@ -55,6 +58,7 @@ from fedsilo.strategies.gbdt import (
     noise_aware,
     secure_sum,
 )
+from fedsilo.strategies.gbdt.secure_session import Exchange
 
 DISTRIBUTED_BITS = 32
 
@@ -170,8 +174,17 @@ def boost(
     verifier: Verifier | None = None,
     configs: tuple[SecAggConfig, SecAggConfig] | None = None,
     on_tree: Any = None,
+    exchange: Exchange | None = None,
 ) -> BoostResult:
-    """Grow ``settings.trees`` trees over ``banks`` (see the module docstring)."""
+    """Grow ``settings.trees`` trees over ``banks`` (see the module docstring).
+
+    ``exchange`` moves the sessions' messages (`fedsilo.strategies.gbdt.secure_session.Exchange`):
+    by default the host calls the banks in this process; a Flower ServerApp passes one that
+    sends each stage to every bank as Flower messages (`fedsilo.peers.gbdt.server_app`). It
+    needs multi-release sessions (secure aggregation, ``trees_per_session > 0``).
+    """
+    if exchange is not None and not (settings.secure and settings.trees_per_session > 0):
+        raise ConfigError("banks reached by messages release only through secure-aggregation sessions")
     if settings.dp_mode == "distributed" and not settings.secure:
         raise ConfigError("distributed DP needs secure aggregation: the noise shares only add up inside it")
     if settings.dp_mode != "off" and plan is None:
@@ -198,7 +211,7 @@ def boost(
             opened += 1
             try:
                 session = SecureSession(
-                    {LEVEL: configs[0], LEAVES: configs[1]}, opened, banks, trees * per_tree, verifier
+                    {LEVEL: configs[0], LEAVES: configs[1]}, opened, banks, trees * per_tree, verifier, exchange
                 )
             except ThresholdNotMet as aborted:  # the set-up failed: nothing was unmasked or released
                 session = None
