@@ -430,6 +430,15 @@ async def record_own(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).list_serving.record_own(request[MEMBER], body), status=201)
 
 
+async def get_manifest(request: web.Request) -> web.Response:
+    return web.json_response(_service(request).manifest_sync.publication())
+
+
+async def publish_manifest(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).manifest_sync.receive(request[MEMBER].name, body))
+
+
 async def seal_hello(request: web.Request) -> web.Response:
     gate = request.app.get(GATE)
     if gate is None:
@@ -462,6 +471,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/lists/{name}/table", query_table),
     ("POST", "/v1/lists/{name}/query", query_answer),
     ("POST", "/v1/psi-log", record_own),
+    ("GET", "/v1/manifest", get_manifest),
+    ("POST", "/v1/manifest", publish_manifest),
     ("POST", HELLO_ROUTE, seal_hello),
 ]
 
@@ -501,7 +512,18 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
     """Start the daemon in the running loop (port from the manifest, or `port`; 0 = any free)."""
     identity = Identity.load(config.identity_dir)
     admin = admin_socket(config.state_dir)
-    service = PeerService(config, identity)
+    if identity.crl is None:
+        log.warning(
+            "peer %s: %s does not exist, so this daemon checks no certificate revocation at the TLS layer until the "
+            "consortium publishes its manifest with a CRL (`fedsilo consortium publish`); removed members are still "
+            "refused (403)",
+            identity.name,
+            identity.crl_path,
+        )
+    crl = identity.crl_path if identity.crl is not None else None
+    tls = server_context(identity.ca_path, identity.cert_path, identity.key_path, crl)
+    guard = ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None))
+    service = PeerService(config, identity, tls, guard.drop)
     host, manifest_port = listen_address(identity)
     runner = web.AppRunner(
         build_app(service, config.max_body_bytes), access_log=None, keepalive_timeout=config.limits.idle_timeout
@@ -511,8 +533,8 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
         runner,
         host,
         manifest_port if port is None else port,
-        server_context(identity.ca_path, identity.cert_path, identity.key_path),
-        ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None)),
+        tls,
+        guard,
     )
     await site.start()
     # aiohttp keeps the listening server private; with port 0 only it knows the port the OS chose.

@@ -29,7 +29,8 @@ class PeerClient:
 
     def __init__(self, identity: Identity, timeout: float = 30.0, connections: int = 100) -> None:
         self.identity = identity
-        self._ssl = client_context(identity.ca_path, identity.cert_path, identity.key_path)
+        crl = identity.crl_path if identity.crl is not None else None
+        self.ssl_context = client_context(identity.ca_path, identity.cert_path, identity.key_path, crl)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -37,7 +38,7 @@ class PeerClient:
 
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections), timeout=self._timeout
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=self._connections), timeout=self._timeout
         )
         return self
 
