@@ -37,10 +37,25 @@ class PeerClient:
         self._sealer = ClientSealer(identity) if seals(identity) else None
 
     async def __aenter__(self) -> PeerClient:
-        self._session = aiohttp.ClientSession(
+        self._session = self._new_session()
+        return self
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=self._connections), timeout=self._timeout
         )
-        return self
+
+    def renew(self) -> aiohttp.ClientSession | None:
+        """Send the next requests over new connections (new handshakes, which check the current CRL).
+
+        Returns the old session, whose kept-alive connections (to a member just removed, say) are no
+        longer used: the caller closes it once the requests still under way on it had their time."""
+        old, self._session = self._session, self._new_session()
+        return old
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout.total or 0.0
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:

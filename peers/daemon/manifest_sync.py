@@ -16,7 +16,9 @@ is audited. An accepted version is audited (`manifest.update`) and acted on at o
 * its CRL is loaded into the daemon's server and client TLS contexts, so a removed member's
   certificate fails the next handshake, in and out;
 * the removed members' open connections are aborted (a kept-alive connection would outlive
-  the handshake check);
+  the handshake check), and the daemon's own client starts new connections, so none it kept
+  alive to a removed member's daemon is used again (the old ones close once the requests under
+  way on them had the client's timeout);
 * every active job whose owner, host or participant was removed is cancelled by this peer
   (`Cancellation.cancel`: its engine processes stop, its budget is settled).
 
@@ -31,6 +33,8 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import aiohttp
 
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon.context import PeerContext
@@ -104,13 +108,16 @@ class ManifestSync:
         removed = _removed(self._acted, manifest)
         me = self._acted.member(self.ctx.name)  # this peer as it was a member (even if it was just removed)
         self._acted = manifest
+        if not removed:
+            return
         for name in removed:
             dropped = self._drop(name)
             log.warning(
                 "peer %s: %s was removed from the consortium; %d connection(s) closed", self.ctx.name, name, dropped
             )
-        if not removed:
-            return
+        old = self.ctx.client.renew()
+        if old is not None:
+            self.ctx.spawn(_close_later(old, self.ctx.client.timeout))
         assert me is not None, "a daemon runs only as a member of the manifest it started with"
         for job in self.ctx.store.jobs(ACTIVE_STATES):
             involved = {job.owner, job.host, *job.envelope["job"].get("participants", [])}
@@ -142,6 +149,13 @@ class ManifestSync:
                 await self.receive(member.name, published, pushed=False)
             except Refused as refused:
                 log.warning("peer %s: refused the manifest %s serves: %s", self.ctx.name, member.name, refused)
+
+
+async def _close_later(session: aiohttp.ClientSession, seconds: float) -> None:
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await session.close()
 
 
 def _removed(old: Manifest, new: Manifest) -> list[str]:
