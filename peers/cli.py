@@ -134,9 +134,9 @@ def consortium_remove(args: argparse.Namespace) -> int:
     print(
         f"removed {args.name}; manifest {args.dir / 'manifest.json'} is now version {manifest.version} "
         f"({len(manifest.members)} members) and {args.dir / 'crl.pem'} revokes its certificate. Publish it to any "
-        f"one member daemon (`fedsilo consortium publish --dir {args.dir} --peer URL`): the other daemons fetch it "
-        "from there within their manifest-poll-seconds, and each then refuses the removed member's certificate in "
-        "the TLS handshake and cancels its jobs with it"
+        f"one member daemon (`fedsilo consortium publish --dir {args.dir} --peer URL --identity DIR`, DIR: a "
+        "member's identity): the other daemons fetch it from there within their manifest-poll-seconds, and each "
+        "then refuses the removed member's certificate in the TLS handshake and cancels its jobs with it"
     )
     return 0
 

@@ -21,6 +21,9 @@ from fedsilo.peers.identity.tls import client_context
 
 CHUNK = 1 << 20
 RETRIES = 3  # a rate-limited request is tried at most this many more times
+# A daemon refusing a client certificate in the TLS 1.3 handshake (one the consortium revoked) just closes
+# the connection: the client sees it only when it reads the reply.
+_REFUSED_HINT = " (a peer that refuses your certificate, revoked when you left the consortium, closes like this)"
 RETRY_AFTER_MAX = 10  # seconds: a longer Retry-After is the peer saying no, reported at once
 
 
@@ -90,7 +93,8 @@ class PeerClient:
             async with self._session.request(method, url, data=body, headers=request_headers) as reply:
                 return reply.status, await reply.read(), reply.headers
         except aiohttp.ClientError as exc:
-            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
+            hint = _REFUSED_HINT if isinstance(exc, aiohttp.ServerDisconnectedError) else ""
+            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}{hint}") from None
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
         except SealError as exc:
