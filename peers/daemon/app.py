@@ -42,6 +42,7 @@ from aiohttp import web
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon import rate_limit
 from fedsilo.peers.daemon.background import PidFile
+from fedsilo.peers.daemon.client import MANIFEST_HEADER
 from fedsilo.peers.daemon.config import PeerConfig, load_config
 from fedsilo.peers.daemon.connections import ConnectionGuard, GuardedSite
 from fedsilo.peers.daemon.inputs import parse_json, query_count
@@ -85,6 +86,14 @@ OPERATOR_ROUTES = (
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def announce(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every reply names the manifest version this daemon holds (`MANIFEST_HEADER`; see `manifest_sync`)."""
+    response = await handler(request)
+    response.headers[MANIFEST_HEADER] = str(request.app[SERVICE].identity.manifest.version)
+    return response
 
 
 @web.middleware
@@ -479,9 +488,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 def build_app(service: PeerService, max_body: int) -> web.Application:
     limiter = rate_limit.RateLimiter(service.context.config.limits)
-    # outermost first: open a sealed body (gm), name the caller, then its rate
+    # outermost first: announce the manifest version, open a sealed body (gm), name the caller, then its rate
     app = web.Application(
-        middlewares=[seal_gate, identify, rate_limit.middleware(limiter, _viewer)], client_max_size=max_body
+        middlewares=[announce, seal_gate, identify, rate_limit.middleware(limiter, _viewer)], client_max_size=max_body
     )
     app[SERVICE] = service
     if seals(service.identity):
@@ -522,6 +531,7 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
         )
     crl = identity.crl_path if identity.crl is not None else None
     tls = server_context(identity.ca_path, identity.cert_path, identity.key_path, crl)
+    service: PeerService  # the guard asks it who a certificate is, once connections arrive
     guard = ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None))
     service = PeerService(config, identity, tls, guard.drop)
     host, manifest_port = listen_address(identity)

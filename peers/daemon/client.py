@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.tls import client_context
 
 CHUNK = 1 << 20
+MANIFEST_HEADER = "Fedsilo-Manifest-Version"  # every daemon's replies announce the manifest version it holds
 RETRIES = 3  # a rate-limited request is tried at most this many more times
 # A daemon refusing a client certificate in the TLS 1.3 handshake (one the consortium revoked) just closes
 # the connection: the client sees it only when it reads the reply.
@@ -38,6 +39,8 @@ class PeerClient:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._sealer = ClientSealer(identity) if seals(identity) else None
+        # called with a reply's URL when its MANIFEST_HEADER names a version newer than this identity's
+        self.on_newer_manifest: Callable[[str], None] | None = None
 
     async def __aenter__(self) -> PeerClient:
         self._session = self._new_session()
@@ -73,6 +76,7 @@ class PeerClient:
         assert self._session is not None, "use PeerClient in `async with`"
         for attempt in range(RETRIES + 1):
             status, data, headers = await self._exchange(method, url, body, content_type)
+            self._notice(url, headers)
             wait = _retry_after(headers) if status == 429 else None
             if wait is None or attempt == RETRIES:
                 break
@@ -80,6 +84,13 @@ class PeerClient:
         if status >= 400:
             raise PeerUnreachable(f"{url} answered {status}: {_error_text(data.decode(errors='replace'))}")
         return data
+
+    def _notice(self, url: str, headers: Mapping[str, str]) -> None:
+        """Tell `on_newer_manifest` if the reply announces a manifest version newer than the one held here."""
+        announced = headers.get(MANIFEST_HEADER, "")
+        if self.on_newer_manifest is not None and announced.isdigit() and len(announced) <= 18:
+            if int(announced) > self.identity.manifest.version:
+                self.on_newer_manifest(url)
 
     async def _exchange(
         self, method: str, url: str, body: bytes | None, content_type: str

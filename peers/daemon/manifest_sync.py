@@ -5,7 +5,9 @@ Every daemon serves the latest signed manifest it holds, with the CA's CRL, at
 from any member (the CA operator's `fedsilo consortium publish`, or another daemon): the CA's
 signatures make a publication valid, never its sender. Every `manifest-poll-seconds`
 ([peer] in peer.toml, default 60) the daemon asks each other member with an address for its
-publication, so a version handed to one daemon reaches all of them by themselves.
+publication, so a version handed to one daemon reaches all of them by themselves. Every reply
+of a daemon also announces the version it holds (`Fedsilo-Manifest-Version`); a daemon whose
+client sees a newer one fetches it from that member at once, without waiting for the next poll.
 
 `Identity.accept` verifies a publication and writes it; a refused push (a forged signature, an
 older version, the same version with other content, a CRL that does not match) is answered
@@ -63,6 +65,8 @@ class ManifestSync:
         self._drop = drop
         self._acted = context.identity.manifest  # the version whose removals were acted on
         self._crl_loaded = context.identity.crl  # the CRL last loaded into the TLS contexts
+        self._fetching: set[str] = set()  # members asked now because they announced a newer version
+        context.client.on_newer_manifest = self._announced
 
     def publication(self) -> dict[str, Any]:
         return self.ctx.identity.publication()
@@ -129,6 +133,22 @@ class ManifestSync:
                 except Refused as refusal:  # it ended meanwhile
                     log.info("job %s was not cancelled: %s", job.job_id, refusal)
 
+    def _announced(self, url: str) -> None:
+        """A reply from `url` announced a newer version: fetch it from that member (once at a time)."""
+        member = next(
+            (m for m in self.ctx.identity.manifest.members if m.address and url.startswith(m.address + "/")), None
+        )
+        if member is None or member.name == self.ctx.name or member.name in self._fetching:
+            return
+        self._fetching.add(member.name)
+        self.ctx.spawn(self._fetch(member))
+
+    async def _fetch(self, member: Member) -> None:
+        try:
+            await self._poll_member(member)
+        finally:
+            self._fetching.discard(member.name)
+
     async def poll_forever(self) -> None:
         """Every `manifest-poll-seconds`, ask each other member for its publication (see the module docstring)."""
         while True:
@@ -138,17 +158,20 @@ class ManifestSync:
     async def poll_once(self) -> None:
         await self.act()  # a manifest or CRL copied in by hand
         for member in list(self.ctx.identity.manifest.members):
-            if member.name == self.ctx.name or not member.address:
-                continue
-            try:
-                published = await self.ctx.client.call("GET", f"{member.address}{ROUTE}")
-            except PeerUnreachable as unreachable:
-                log.debug("peer %s: no manifest from %s: %s", self.ctx.name, member.name, unreachable)
-                continue
-            try:
-                await self.receive(member.name, published, pushed=False)
-            except Refused as refused:
-                log.warning("peer %s: refused the manifest %s serves: %s", self.ctx.name, member.name, refused)
+            if member.name != self.ctx.name and member.address:
+                await self._poll_member(member)
+
+    async def _poll_member(self, member: Member) -> None:
+        """Ask `member` for its publication and take it if newer (see `receive`); never raises."""
+        try:
+            published = await self.ctx.client.call("GET", f"{member.address}{ROUTE}")
+        except PeerUnreachable as unreachable:
+            log.debug("peer %s: no manifest from %s: %s", self.ctx.name, member.name, unreachable)
+            return
+        try:
+            await self.receive(member.name, published, pushed=False)
+        except Refused as refused:
+            log.warning("peer %s: refused the manifest %s serves: %s", self.ctx.name, member.name, refused)
 
 
 async def _close_later(session: aiohttp.ClientSession, seconds: float) -> None:

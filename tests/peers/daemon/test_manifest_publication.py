@@ -152,3 +152,32 @@ def test_a_removal_published_to_one_daemon_is_refused_in_the_tls_handshake_by_al
     assert ("hosted-by-c", "cancelled") in jobs_b and not ledger_b  # cancelled at once, the reservation released
     assert any(a[1] == "manifest.update" and a[0] == "bank-a" for a in audit_b)  # bank-b took it from bank-a
     assert all(a[0] != "bank-c" for a in audit_b if a[1].startswith("manifest"))  # bank-c's push never arrived
+
+
+def test_a_daemon_that_hears_of_a_newer_version_in_a_reply_fetches_it_at_once(tmp_path):
+    """bank-b polls only every 10 minutes; one reply from bank-a announcing version 6 is enough."""
+    consortium = make_consortium(tmp_path, peers=("bank-a", "bank-b"))
+    path = consortium.config_path("bank-b")
+    path.write_text(path.read_text().replace('state = "state"\n', 'state = "state"\nmanifest-poll-seconds = 600\n'))
+    directory = consortium.root / "consortium"
+
+    async def body():
+        async with running(consortium) as services:
+            remove(directory, "risk-dept")
+            async with member_client(consortium, "bank-b") as member:
+                taken = await member.call(
+                    "POST", f"{consortium.addresses['bank-a']}/v1/manifest", publication(directory)
+                )
+            bank_b = services["bank-b"]
+            assert bank_b.identity.manifest.version == 4  # nothing told bank-b yet
+            await bank_b.context.client.call("GET", f"{consortium.addresses['bank-a']}/v1/health")
+            began = time.monotonic()
+            while bank_b.identity.manifest.version < 5 and time.monotonic() - began < 5:
+                await asyncio.sleep(0.05)
+            return taken, bank_b.identity.manifest.version, time.monotonic() - began
+
+    taken, version, seconds = run(body())
+    assert taken == {"version": 5, "updated": True}
+    assert version == 5 and seconds < 5
+    manifest = (consortium.identity_dir("bank-b") / "manifest.json").read_text()
+    assert '"version": 5' in manifest and "risk-dept" not in manifest
