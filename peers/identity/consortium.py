@@ -420,7 +420,8 @@ class Identity:
         version (a stale copy put back) is ignored, so a removed member cannot be let in
         again by rolling the file back. A version naming another crypto suite is ignored too:
         the suite is chosen once, at `consortium init`; so is, under gm, a version whose SM2
-        signature (`suite_signature`) is missing or not the CA's.
+        signature (`suite_signature`) is missing or not the CA's. A newer version brings the
+        `crl.pem` copied beside it, if that is the CA's and later than the CRL held.
         """
         try:
             loaded = Manifest.load(self.manifest_path, self.ca_certificate, ca_anchor(self.ca_path))
@@ -429,7 +430,17 @@ class Identity:
         same = loaded.consortium == self.manifest.consortium and loaded.suite == self.manifest.suite
         if same and loaded.version > self.manifest.version:
             self.manifest = loaded
+            self._reload_crl()
         return self.manifest
+
+    def _reload_crl(self) -> None:
+        """Take the CRL file copied in with a newer manifest, if it is the CA's and later than the one held."""
+        try:
+            crl = revocation.load(self.crl_path, self.ca_certificate)
+        except FedsiloError:
+            return
+        if crl is not None and (self.crl is None or crl.last_update_utc > self.crl.last_update_utc):
+            self.crl = crl
 
     def current_manifest(self) -> Manifest:
         """The manifest, re-read when its file changed since the last read (one stat otherwise)."""

@@ -315,3 +315,13 @@ def test_remove_tells_how_the_new_version_propagates(tmp_path):
     assert "fedsilo consortium publish --dir" in done.stdout and "TLS handshake" in done.stdout
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["manifest"]["version"] == 3
     assert Manifest.load(tmp_path / "c" / "manifest.json", load_certificate(tmp_path / "c" / "ca.pem")).members == ()
+
+
+def test_a_manifest_copied_in_by_hand_brings_its_crl(tmp_path):
+    _consortium(tmp_path)
+    identity = Identity.load(tmp_path / "bank-a")
+    remove(tmp_path / "c", "bank-c")
+    shutil.copy(tmp_path / "c" / "crl.pem", tmp_path / "bank-a" / "crl.pem")
+    shutil.copy(tmp_path / "c" / "manifest.json", tmp_path / "bank-a" / "manifest.json")
+    assert identity.current_manifest().version == 5
+    assert identity.crl is not None and revocation.number(identity.crl) == 5
