@@ -181,3 +181,27 @@ def test_a_daemon_that_hears_of_a_newer_version_in_a_reply_fetches_it_at_once(tm
     assert version == 5 and seconds < 5
     manifest = (consortium.identity_dir("bank-b") / "manifest.json").read_text()
     assert '"version": 5' in manifest and "risk-dept" not in manifest
+
+
+def test_gm_a_pushed_manifest_without_the_cas_sm2_signature_is_refused(tmp_path):
+    """Under gm the push is sealed end to end; the ECDSA signature alone does not make a version."""
+    consortium = make_consortium(tmp_path, peers=("bank-a", "bank-b"), suite="gm")
+    directory = consortium.root / "consortium"
+    held = (consortium.identity_dir("bank-a") / "manifest.json").read_bytes()
+
+    async def body():
+        async with running(consortium, ["bank-a"]) as services:
+            remove(directory, "risk-dept")
+            stripped = publication(directory)
+            del stripped["manifest"]["suite_signature"]
+            async with member_client(consortium, "bank-b") as member:
+                url = f"{consortium.addresses['bank-a']}/v1/manifest"
+                with pytest.raises(PeerUnreachable) as refused:
+                    await member.call("POST", url, stripped)
+                unchanged = (consortium.identity_dir("bank-a") / "manifest.json").read_bytes() == held
+                taken = await member.call("POST", url, publication(directory))
+            return str(refused.value), unchanged, taken, services["bank-a"].identity.manifest.version
+
+    refused, unchanged, taken, version = run(body())
+    assert "answered 409" in refused and "must carry the CA's gm signature" in refused, refused
+    assert unchanged and taken == {"version": 5, "updated": True} and version == 5
