@@ -10,7 +10,9 @@ the audit log and changes nothing else. An unexpected error is logged with its t
 audited as failed and answered 500 without details. A member over its rate limit on a
 route gets 429 before anything else runs (`rate_limit`); slow or surplus connections are
 closed before aiohttp reads them (`connections`); `run_daemon` holds the state
-directory's PID file (`background`).
+directory's PID file (`background`). `GET`/`POST /v1/manifest` serve and take the consortium's
+signed manifest and CRL (`manifest_sync`), and the outermost middleware `announce` names the
+version this daemon holds on every reply.
 
 Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
 budget of the sources those jobs use here, the models it may pull and the lists shared
