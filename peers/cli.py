@@ -2,7 +2,8 @@
 
     fedsilo consortium init --dir DIR --name NAME         root CA + empty signed manifest
     fedsilo consortium admit REQUEST --dir DIR ...        sign a member's request, add it to the manifest
-    fedsilo consortium remove NAME --dir DIR              take a member out of the manifest
+    fedsilo consortium remove NAME --dir DIR              take a member out of the manifest, revoke its certificate
+    fedsilo consortium publish --dir DIR --peer URL       hand the latest manifest and CRL to one member daemon
     fedsilo peer init --name NAME --dir DIR               a member's key (0600) and certificate request
     fedsilo peer start --config peer.toml [--background]  run the peer daemon (mutual TLS); PID file, log
     fedsilo peer stop --config peer.toml                  stop it (SIGTERM, wait)
@@ -70,10 +71,25 @@ def _consortium(sub: argparse._SubParsersAction) -> None:
         help="the member's signing.pub (`fedsilo peer init --suite`); required by a gm consortium",
     )
     admit.set_defaults(handler=consortium_admit)
-    remove = commands.add_parser("remove", help="take a member out of the manifest (a new signed version)")
+    remove = commands.add_parser(
+        "remove", help="take a member out of the manifest and revoke its certificate (a new signed version and CRL)"
+    )
     remove.add_argument("name", help="the member's name")
     remove.add_argument("--dir", required=True, type=Path, help="the consortium directory")
+    remove.add_argument(
+        "--certificate",
+        type=Path,
+        help="the member's peer.pem, needed only for a member admitted before the CA kept copies in DIR/issued/",
+    )
     remove.set_defaults(handler=consortium_remove)
+    publish = commands.add_parser(
+        "publish",
+        help="hand the consortium's latest signed manifest and CRL to one member daemon; the others fetch it from there",
+    )
+    publish.add_argument("--dir", required=True, type=Path, help="the consortium directory")
+    publish.add_argument("--peer", required=True, help="https://HOST:PORT of any member daemon")
+    publish.add_argument("--identity", type=Path, default=Path("identity"), help=IDENTITY_HELP)
+    publish.set_defaults(handler=consortium_publish)
 
 
 def consortium_init(args: argparse.Namespace) -> int:
@@ -114,11 +130,27 @@ def consortium_admit(args: argparse.Namespace) -> int:
 def consortium_remove(args: argparse.Namespace) -> int:
     from fedsilo.peers.identity.consortium import remove
 
-    manifest = remove(args.dir, args.name)
+    manifest = remove(args.dir, args.name, args.certificate)
     print(
         f"removed {args.name}; manifest {args.dir / 'manifest.json'} is now version {manifest.version} "
-        f"({len(manifest.members)} members): copy it into every member's identity directory; each running "
-        "daemon refuses the removed member's certificate from its next request on"
+        f"({len(manifest.members)} members) and {args.dir / 'crl.pem'} revokes its certificate. Publish it to any "
+        f"one member daemon (`fedsilo consortium publish --dir {args.dir} --peer URL --identity DIR`, DIR: a "
+        "member's identity): the other daemons fetch it from there within their manifest-poll-seconds, and each "
+        "then refuses the removed member's certificate in the TLS handshake and cancels its jobs with it"
+    )
+    return 0
+
+
+def consortium_publish(args: argparse.Namespace) -> int:
+    from fedsilo.peers.identity.consortium import publication
+
+    published = publication(args.dir)
+    version = published["manifest"]["manifest"]["version"]
+    answer = _call(args.identity, "POST", f"{args.peer.rstrip('/')}/v1/manifest", published)
+    state = "took it" if answer["updated"] else "already held it"
+    print(
+        f"published manifest version {version} with its revocation list: {args.peer} {state} (it holds version "
+        f"{answer['version']}); the other member daemons fetch it from there within their manifest-poll-seconds"
     )
     return 0
 

@@ -10,7 +10,9 @@ the audit log and changes nothing else. An unexpected error is logged with its t
 audited as failed and answered 500 without details. A member over its rate limit on a
 route gets 429 before anything else runs (`rate_limit`); slow or surplus connections are
 closed before aiohttp reads them (`connections`); `run_daemon` holds the state
-directory's PID file (`background`).
+directory's PID file (`background`). `GET`/`POST /v1/manifest` serve and take the consortium's
+signed manifest and CRL (`manifest_sync`), and the outermost middleware `announce` names the
+version this daemon holds on every reply.
 
 Reads follow need-to-know: a member sees the jobs it owns, hosts or takes part in, the
 budget of the sources those jobs use here, the models it may pull and the lists shared
@@ -44,6 +46,7 @@ from fedsilo.errors import FedsiloError
 from fedsilo.peers.daemon import rate_limit
 from fedsilo.peers.daemon import status_page as status_page_html
 from fedsilo.peers.daemon.background import PidFile
+from fedsilo.peers.daemon.client import MANIFEST_HEADER
 from fedsilo.peers.daemon.config import PeerConfig, load_config
 from fedsilo.peers.daemon.connections import ConnectionGuard, GuardedSite
 from fedsilo.peers.daemon.inputs import parse_json, query_count
@@ -88,6 +91,14 @@ OPERATOR_ROUTES = (
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def announce(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every reply names the manifest version this daemon holds (`MANIFEST_HEADER`; see `manifest_sync`)."""
+    response = await handler(request)
+    response.headers[MANIFEST_HEADER] = str(request.app[SERVICE].identity.manifest.version)
+    return response
 
 
 @web.middleware
@@ -443,6 +454,15 @@ async def record_own(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).list_serving.record_own(request[MEMBER], body), status=201)
 
 
+async def get_manifest(request: web.Request) -> web.Response:
+    return web.json_response(_service(request).manifest_sync.publication())
+
+
+async def publish_manifest(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(await _service(request).manifest_sync.receive(request[MEMBER].name, body))
+
+
 async def seal_hello(request: web.Request) -> web.Response:
     gate = request.app.get(GATE)
     if gate is None:
@@ -476,15 +496,17 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/lists/{name}/table", query_table),
     ("POST", "/v1/lists/{name}/query", query_answer),
     ("POST", "/v1/psi-log", record_own),
+    ("GET", "/v1/manifest", get_manifest),
+    ("POST", "/v1/manifest", publish_manifest),
     ("POST", HELLO_ROUTE, seal_hello),
 ]
 
 
 def build_app(service: PeerService, max_body: int) -> web.Application:
     limiter = rate_limit.RateLimiter(service.context.config.limits)
-    # outermost first: open a sealed body (gm), name the caller, then its rate
+    # outermost first: announce the manifest version, open a sealed body (gm), name the caller, then its rate
     app = web.Application(
-        middlewares=[seal_gate, identify, rate_limit.middleware(limiter, _viewer)], client_max_size=max_body
+        middlewares=[announce, seal_gate, identify, rate_limit.middleware(limiter, _viewer)], client_max_size=max_body
     )
     app[SERVICE] = service
     if seals(service.identity):
@@ -515,7 +537,19 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
     """Start the daemon in the running loop (port from the manifest, or `port`; 0 = any free)."""
     identity = Identity.load(config.identity_dir)
     admin = admin_socket(config.state_dir)
-    service = PeerService(config, identity)
+    if identity.crl is None:
+        log.warning(
+            "peer %s: %s does not exist, so this daemon checks no certificate revocation at the TLS layer until the "
+            "consortium publishes its manifest with a CRL (`fedsilo consortium publish`); removed members are still "
+            "refused (403)",
+            identity.name,
+            identity.crl_path,
+        )
+    crl = identity.crl_path if identity.crl is not None else None
+    tls = server_context(identity.ca_path, identity.cert_path, identity.key_path, crl)
+    service: PeerService  # the guard asks it who a certificate is, once connections arrive
+    guard = ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None))
+    service = PeerService(config, identity, tls, guard.drop)
     host, manifest_port = listen_address(identity)
     runner = web.AppRunner(
         build_app(service, config.max_body_bytes), access_log=None, keepalive_timeout=config.limits.idle_timeout
@@ -525,8 +559,8 @@ async def start_daemon(config: PeerConfig, port: int | None = None) -> tuple[web
         runner,
         host,
         manifest_port if port is None else port,
-        server_context(identity.ca_path, identity.cert_path, identity.key_path),
-        ConnectionGuard(config.limits, lambda fingerprint: getattr(service.member_for(fingerprint), "name", None)),
+        tls,
+        guard,
     )
     await site.start()
     # aiohttp keeps the listening server private; with port 0 only it knows the port the OS chose.

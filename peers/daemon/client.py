@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,11 @@ from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.tls import client_context
 
 CHUNK = 1 << 20
+MANIFEST_HEADER = "Fedsilo-Manifest-Version"  # every daemon's replies announce the manifest version it holds
 RETRIES = 3  # a rate-limited request is tried at most this many more times
+# A daemon refusing a client certificate in the TLS 1.3 handshake (one the consortium revoked) just closes
+# the connection: the client sees it only when it reads the reply.
+_REFUSED_HINT = " (a peer that refuses your certificate, revoked when you left the consortium, closes like this)"
 RETRY_AFTER_MAX = 10  # seconds: a longer Retry-After is the peer saying no, reported at once
 
 
@@ -29,17 +33,35 @@ class PeerClient:
 
     def __init__(self, identity: Identity, timeout: float = 30.0, connections: int = 100) -> None:
         self.identity = identity
-        self._ssl = client_context(identity.ca_path, identity.cert_path, identity.key_path)
+        crl = identity.crl_path if identity.crl is not None else None
+        self.ssl_context = client_context(identity.ca_path, identity.cert_path, identity.key_path, crl)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._sealer = ClientSealer(identity) if seals(identity) else None
+        # called with a reply's URL when its MANIFEST_HEADER names a version newer than this identity's
+        self.on_newer_manifest: Callable[[str], None] | None = None
 
     async def __aenter__(self) -> PeerClient:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections), timeout=self._timeout
-        )
+        self._session = self._new_session()
         return self
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=self._connections), timeout=self._timeout
+        )
+
+    def renew(self) -> aiohttp.ClientSession | None:
+        """Send the next requests over new connections (new handshakes, which check the current CRL).
+
+        Returns the old session, whose kept-alive connections (to a member just removed, say) are no
+        longer used: the caller closes it once the requests still under way on it had their time."""
+        old, self._session = self._session, self._new_session()
+        return old
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout.total or 0.0
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
@@ -54,6 +76,7 @@ class PeerClient:
         assert self._session is not None, "use PeerClient in `async with`"
         for attempt in range(RETRIES + 1):
             status, data, headers = await self._exchange(method, url, body, content_type)
+            self._notice(url, headers)
             wait = _retry_after(headers) if status == 429 else None
             if wait is None or attempt == RETRIES:
                 break
@@ -61,6 +84,13 @@ class PeerClient:
         if status >= 400:
             raise PeerUnreachable(f"{url} answered {status}: {_error_text(data.decode(errors='replace'))}")
         return data
+
+    def _notice(self, url: str, headers: Mapping[str, str]) -> None:
+        """Tell `on_newer_manifest` if the reply announces a manifest version newer than the one held here."""
+        announced = headers.get(MANIFEST_HEADER, "")
+        if self.on_newer_manifest is not None and announced.isdigit() and len(announced) <= 18:
+            if int(announced) > self.identity.manifest.version:
+                self.on_newer_manifest(url)
 
     async def _exchange(
         self, method: str, url: str, body: bytes | None, content_type: str
@@ -74,7 +104,8 @@ class PeerClient:
             async with self._session.request(method, url, data=body, headers=request_headers) as reply:
                 return reply.status, await reply.read(), reply.headers
         except aiohttp.ClientError as exc:
-            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}") from None
+            hint = _REFUSED_HINT if isinstance(exc, aiohttp.ServerDisconnectedError) else ""
+            raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}{hint}") from None
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None
         except SealError as exc:

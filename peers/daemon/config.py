@@ -2,9 +2,10 @@
 
 ```toml
 [peer]
-identity = "identity"        # peer.key, peer.pem, ca.pem, manifest.json
+identity = "identity"        # peer.key, peer.pem, ca.pem, manifest.json, crl.pem
 state = "state"              # SQLite state, model store
 max-body-bytes = 1048576     # larger request bodies are refused with 413
+manifest-poll-seconds = 60   # how often to ask the other members for a newer signed manifest
 
 [policy]
 model-owners = ["risk-dept"]     # members who may propose jobs
@@ -188,6 +189,7 @@ class PeerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     lists: dict[str, SharedList] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    manifest_poll_seconds: float = 60.0  # how often the daemon asks the other members for a newer manifest
 
 
 _SECTIONS = {"peer", "policy", "sources", "lists", "limits"}
@@ -205,7 +207,8 @@ _LIMIT_KEYS = {
     "connections-per-member",
     "unidentified-connections",
 }
-_PEER_KEYS = {"identity", "state", "max-body-bytes"}
+_PEER_KEYS = {"identity", "state", "max-body-bytes", "manifest-poll-seconds"}
+DEFAULT_MANIFEST_POLL = 60.0
 _POLICY_KEYS = {
     "model-owners",
     "max-epsilon-per-job",
@@ -294,6 +297,9 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
     max_body = _typed(peer, "max-body-bytes", int, "peer", DEFAULT_MAX_BODY)
     if max_body < 1024:
         raise ConfigError(f"peer.max-body-bytes must be ≥ 1024 (got {max_body})")
+    poll = _typed(peer, "manifest-poll-seconds", (int, float), "peer", DEFAULT_MANIFEST_POLL)
+    if isinstance(poll, bool) or not 0.1 <= poll <= 86400:
+        raise ConfigError(f"peer.manifest-poll-seconds must be between 0.1 and 86400 seconds (got {poll!r})")
 
     table = _typed(document, "policy", dict, "peer.toml", None)
     if table is None:  # a peer that only shares lists: it accepts no training job
@@ -353,6 +359,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         max_body_bytes=max_body,
         lists=_lists(_typed(document, "lists", dict, "peer.toml", {}), base),
         limits=_limits(_typed(document, "limits", dict, "peer.toml", {})),
+        manifest_poll_seconds=float(poll),
     )
 
 

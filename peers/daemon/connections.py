@@ -17,7 +17,8 @@ aborts the connection when
   at once, before any byte is read).
 
 A request whose body has arrived has no deadline here: a handler may take its time (a
-PSI run). The bytes are passed to aiohttp unchanged; this module only times them.
+PSI run). `drop` aborts every open connection of a member (one the consortium removed: its
+certificate is then refused at the next handshake, and a kept-alive connection must not outlive it). The bytes are passed to aiohttp unchanged; this module only times them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ConnectionGuard:
         self.limits = limits
         self.member_of = member_of  # certificate fingerprint -> member name (None: not a member)
         self.open: dict[str, int] = {}
+        self.transports: dict[str, set[asyncio.BaseTransport]] = {}
         self.closed_slow = 0  # connections aborted for missing a deadline (for the operator and the tests)
         self.refused = 0  # connections closed at once for a cap
 
@@ -67,12 +69,24 @@ class ConnectionGuard:
             self.refused += 1
             return None
         self.open[key] = self.open.get(key, 0) + 1
+        self.transports.setdefault(key, set()).add(transport)
         return key
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, transport: asyncio.BaseTransport) -> None:
         self.open[key] -= 1
         if not self.open[key]:
             del self.open[key]
+        held = self.transports.get(key, set())
+        held.discard(transport)
+        if not held:
+            self.transports.pop(key, None)
+
+    def drop(self, member: str) -> int:
+        """Abort every open connection of `member`; how many there were."""
+        held = list(self.transports.get(member, ()))
+        for transport in held:
+            transport.abort()  # type: ignore[attr-defined]  # a TLS server connection is a Transport
+        return len(held)
 
 
 class _Guarded(asyncio.Protocol):
@@ -110,7 +124,7 @@ class _Guarded(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         if self.key is not None:
-            self.guard.release(self.key)
+            self.guard.release(self.key, self.transport)  # type: ignore[arg-type]  # set in connection_made
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -185,6 +185,18 @@ def spec() -> dict[str, Any]:
                     body="{suite, from, to, ephemeral, time, signature}: the caller's signed ephemeral key",
                 )
             },
+            "/v1/manifest": {
+                "get": _op(
+                    "the latest CA-signed consortium manifest this peer holds, with the CA's revocation list",
+                    "200",
+                ),
+                "post": _op(
+                    "publish a newer manifest version (any member; the CA's signatures make it valid): verified, "
+                    "never rolled back, acted on at once; 409 if refused",
+                    "200",
+                    "{manifest: the signed manifest document, crl: the CA's CRL in PEM}",
+                ),
+            },
             "/v1/psi-log": {
                 "post": _op(
                     "the peer's own client records a PSI or query it ran at another peer "

@@ -2,7 +2,8 @@
 
 `PeerService` builds the `PeerContext` and one object per role (`roles/`), wires them,
 and starts and stops them; the HTTP routes (`app`) call the roles through it:
-`hosting`, `participating`, `cancellation`, `replication`, `list_serving`, `views`.
+`hosting`, `participating`, `cancellation`, `replication`, `list_serving`, `views`, and
+`manifest_sync` (the consortium's manifest and CRL: served, taken, polled, acted on).
 
 Every state change is one message through the context's mailbox: it runs alone, checks
 everything first, then changes the store, the ledger and the audit log in one store
@@ -14,9 +15,12 @@ refusal raises `Refused`, writes one audit entry and changes nothing else.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Callable
 
 from fedsilo.peers.daemon.config import PeerConfig
 from fedsilo.peers.daemon.context import PeerContext
+from fedsilo.peers.daemon.manifest_sync import ManifestSync
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.cancellation import Cancellation
 from fedsilo.peers.daemon.roles.hosting import Hosting
@@ -32,7 +36,14 @@ from fedsilo.peers.identity.manifest import Member
 class PeerService:
     """See the module docstring. Call `start()` inside the event loop before serving, `stop()` after."""
 
-    def __init__(self, config: PeerConfig, identity: Identity) -> None:
+    def __init__(
+        self,
+        config: PeerConfig,
+        identity: Identity,
+        server_tls: ssl.SSLContext | None = None,
+        drop: Callable[[str], int] = lambda member: 0,
+    ) -> None:
+        """`server_tls` is the listening context (it gets each new CRL); `drop` aborts a member's connections."""
         self.context = context = PeerContext(config, identity)
         self.name, self.identity, self.store, self.ledger = context.name, identity, context.store, context.ledger
         self.budget = Budget(context)
@@ -43,6 +54,8 @@ class PeerService:
         self.list_serving = ListServing(context)
         self.reconciliation = Reconciliation(context, self.budget, self.participating, self.hosting)
         self.views = Views(context)
+        contexts = [context.client.ssl_context] + ([server_tls] if server_tls is not None else [])
+        self.manifest_sync = ManifestSync(context, self.cancellation.cancel, contexts, drop)
 
     async def start(self) -> None:
         """Start the mailbox and the client, reconcile the state, start the expiry sweep."""
@@ -50,6 +63,7 @@ class PeerService:
         await self.context.client.__aenter__()
         await self.context.mailbox.ask(self.reconciliation.open)
         self.context.spawn(self.participating.sweep_expired())
+        self.context.spawn(self.manifest_sync.poll_forever())
 
     async def stop(self) -> None:
         """Stop the engine processes of running jobs (they show as interrupted at the next start)."""

@@ -177,25 +177,40 @@ class Manifest:
         """
         try:
             document = json.loads(Path(path).read_text())
-            body, signature = document["manifest"], document["signature"]
         except FileNotFoundError:
             raise IdentityError(f"manifest {path} does not exist: copy the consortium's manifest.json there") from None
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             raise IdentityError(f"{path} is not a consortium manifest") from None
-        verify_document(ca_cert, body, signature, f"manifest {path}")
+        return cls.from_document(document, ca_cert, anchor, path)
+
+    @classmethod
+    def from_document(
+        cls, document: Any, ca_cert: x509.Certificate, anchor: Path | None, where: Path | str
+    ) -> Manifest:
+        """Verify a parsed manifest document (as `load` reads it from `where`, a path or a sender)."""
+        try:
+            body, signature = document["manifest"], document["signature"]
+            if not isinstance(body, dict):
+                raise TypeError
+        except (KeyError, TypeError):
+            raise IdentityError(f"{where} is not a consortium manifest") from None
+        verify_document(ca_cert, body, signature, f"manifest {where}")
         if body.get("schema") != SCHEMA:
-            raise IdentityError(f"manifest {path} has schema {body.get('schema')!r}; this fedsilo reads {SCHEMA}")
-        _verify_suite_signature(path, document, body.get("suite", DEFAULT_SUITE), anchor)
-        return cls(
-            consortium=body["consortium"],
-            version=int(body["version"]),
-            issued=body.get("issued", ""),
-            members=tuple(Member.from_dict(m) for m in body["members"]),
-            suite=body.get("suite", DEFAULT_SUITE),
-        )
+            raise IdentityError(f"manifest {where} has schema {body.get('schema')!r}; this fedsilo reads {SCHEMA}")
+        _verify_suite_signature(where, document, body.get("suite", DEFAULT_SUITE), anchor)
+        try:
+            return cls(
+                consortium=body["consortium"],
+                version=int(body["version"]),
+                issued=body.get("issued", ""),
+                members=tuple(Member.from_dict(m) for m in body["members"]),
+                suite=body.get("suite", DEFAULT_SUITE),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise IdentityError(f"manifest {where} is malformed") from None
 
 
-def _verify_suite_signature(path: Path, document: dict[str, Any], suite: Any, anchor: Path | None) -> None:
+def _verify_suite_signature(path: Path | str, document: dict[str, Any], suite: Any, anchor: Path | None) -> None:
     """SignatureError/IdentityError unless the manifest's suite signature matches what `anchor` requires."""
     public = _read_anchor(anchor) if anchor is not None else None
     if suite == DEFAULT_SUITE:

@@ -429,7 +429,7 @@ def test_a_standard_manifest_is_byte_for_byte_what_it_was(tmp_path: Path) -> Non
     from fedsilo.peers.identity.manifest import Member
 
     init_consortium(tmp_path / "c", "acme")
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.key", "ca.pem", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ca.key", "ca.pem", "crl.pem", "manifest.json"]
     ca_key = load_private_key(tmp_path / "c" / "ca.key")
     member = Member("bank", "sha256:ab", ("peer",), ADDRESS)
     path = tmp_path / "m.json"

@@ -126,7 +126,9 @@ def make_consortium(
         )
     for name, _ in members:
         for file in (
-            ("ca.pem", "manifest.json") if suite == "standard" else ("ca.pem", "ca-signing.pub", "manifest.json")
+            ("ca.pem", "manifest.json", "crl.pem")
+            if suite == "standard"
+            else ("ca.pem", "ca-signing.pub", "manifest.json", "crl.pem")
         ):
             shutil.copy(root / "consortium" / file, root / name / "identity" / file)
     consortium = Consortium(root, list(peers), addresses)
