@@ -165,9 +165,28 @@ def refuse_public_noise(job: JobConfig, context: Context) -> None:
         )
 
 
+def run_job(context: Context) -> JobConfig:
+    """The job from the host's run config, refused if its sharing is not what this peer accepted.
+
+    A deployed peer's daemon puts the accepted job's `shared` parameters and shared
+    `vocabulary` in its node config; a host whose run config shares more (the own-columns
+    block, an own column as vocabulary) or differently is refused, so the peer never
+    releases a private tensor nor summarizes an own column because the host said so.
+    """
+    job = JobConfig.from_run_config(context.run_config)
+    for key, value in (("shared", job.shared), ("vocabulary", job.vocabulary)):
+        accepted = context.node_config.get(key)
+        if accepted is not None and tuple(n for n in str(accepted).split(",") if n) != value:
+            raise Refused(
+                f"the host's run config for job {job.job_id} has {key} {list(value)}; this peer accepted "
+                f"{[n for n in str(accepted).split(',') if n]}: refused"
+            )
+    return job
+
+
 def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTensors, dict[str, np.ndarray]]:
     """The job, this bank's rows, and the full model: the received weights plus private ones."""
-    sent = JobConfig.from_run_config(context.run_config)
+    sent = run_job(context)
     data = bank_data(sent, context)
     job = node_state.with_node_encoder(sent, context.node_config)  # its encoder now exists at this node
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
@@ -244,7 +263,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _job_query(msg: Message, context: Context) -> tuple[JobConfig, ConfigRecord]:
-    job = JobConfig.from_run_config(context.run_config)
+    job = run_job(context)
     config = msg.content["config"]
     if str(config["job-id"]) != job.job_id:
         raise ConfigError(f"a message for job {config['job-id']} arrived in job {job.job_id}")

@@ -7,6 +7,7 @@ reply guard refuses a participant's update that carries its private block.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,14 @@ def peer(tmp_path):
     context = Context(
         run_id=1,
         node_id=11,
-        node_config={"data-path": str(path), "state-dir": str(state), "job-id": "tl", "secagg": "off"},
+        node_config={
+            "data-path": str(path),
+            "state-dir": str(state),
+            "job-id": "tl",
+            "secagg": "off",
+            "shared": "shared_input,hidden,head",  # what its daemon accepted (peers.deployment.join)
+            "vocabulary": ",".join(VOCABULARY),
+        },
         state=RecordDict(),
         run_config=_job().to_run_config(),
     )
@@ -139,6 +147,33 @@ def test_a_host_encoder_that_is_not_the_signed_vocabulary_is_refused(peer, colum
         reply.error.reason
     )
     assert not node_state.encoder_file(state, "tl").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("model.shared", "shared_input,hidden,head,input"),  # the host asks for the own-columns block
+        ("model.shared-vocabulary", "limit,age,education,salary"),  # ... or the aggregates of an own column
+        ("model.shared-vocabulary", "limit,age"),
+    ],
+)
+def test_a_host_run_config_sharing_more_than_the_peer_accepted_is_refused(peer, key, value):
+    context, path, state = peer
+    context.run_config = {**context.run_config, key: value}
+    summary = client.summarize(_query("query.summarize", {"label": LABEL}), context)
+    assert summary.has_error() and "this peer accepted" in summary.error.reason
+    assert not summary.has_content()  # an error reply: no aggregate of anything left
+    shared = _shared_encoder(path)
+    kept = client.keep_encoder(_query("query.encoder", {"encoder": shared.to_json()}), context)
+    assert kept.has_error() and "refused" in kept.error.reason
+    assert not node_state.encoder_file(state, "tl").exists()
+
+
+def test_the_daemon_gives_its_supernode_the_accepted_sharing():
+    from fedsilo.peers.deployment.join import _node_config
+
+    text = _node_config(Path("t.parquet"), Path("state"), _job(), None)
+    assert 'shared="shared_input,hidden,head"' in text and 'vocabulary="limit,age,education"' in text
 
 
 def test_the_host_refuses_an_update_carrying_a_private_block():
