@@ -2,8 +2,9 @@
 
 The peer tells the host aggregates of the shared vocabulary only (never of its own
 columns); it refuses a host encoder that would make one of its own columns a shared
-input; it keeps its own-columns encoder and private block on its own disk. The host's
-reply guard refuses a participant's update that carries its private block.
+input, and any run config that shares more than the job it accepted; it keeps its
+own-columns encoder and private block on its own disk. The host refuses a participant's
+update that carries its private block: by its reply guard, and under SecAgg+ by length.
 """
 
 import json
@@ -194,3 +195,21 @@ def test_the_host_refuses_an_update_carrying_a_private_block():
     assert check_train_reply(reply(leaking), expected, "num-examples") == (
         "update names differ from the model: missing [], unexpected ['input.weight']"
     )
+
+
+def test_under_secure_aggregation_a_masked_update_carrying_a_private_block_is_refused():
+    """The same participant under SecAgg+ (the deployed default): its masked vector is longer than the
+    shared part's, so the host refuses it by length and unmasks the others' exact sum without it."""
+    from tests.privacy.secagg._harness import Harness
+
+    shared_size = 369  # the e2e job's shared parameters
+    h = Harness(4, dim=shared_size, seed=5)
+    bad = h.nodes[1]
+    h.advertise()
+    h.share()
+    h.inputs[bad] = np.concatenate([h.inputs[bad], np.full(16 * 10, 0.5)])  # its own (16, 10) block appended
+    h.mask()
+    assert bad in h.refused and "wrong length" in str(h.refused[bad])
+    result = h.unmask()
+    assert bad in result.dropped and bad not in result.survivors
+    h.check_exact(result)
