@@ -420,6 +420,13 @@ def _print_card(card: dict[str, Any]) -> None:
         f"δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}"
     )
     print(f"owner {job['owner']}, host {job['host']}, created {card['created']}")
+    transfer = card.get("transfer")
+    if isinstance(transfer, dict):
+        print(
+            f"transfer: this model is the shared part ({', '.join(transfer['shared_parameters'])}) over the shared "
+            f"vocabulary ({', '.join(transfer['shared_vocabulary'])}); each participant's own-columns block and "
+            "encoder stayed with it"
+        )
     if metrics.get("final_auc") is not None:
         print(f"held-out ROC-AUC after the last round (example-weighted over peers): {metrics['final_auc']:.4f}")
     for peer in card["participants"]:

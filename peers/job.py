@@ -143,6 +143,7 @@ class JobConfig:
     secagg: SecAggSpec = field(default_factory=SecAggSpec)
     public_rows: int = 0
     shared: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = ()  # deployed transfer: the shared-vocabulary columns, in order
     freeze: tuple[str, ...] = ()
     base_model: str = ""
 
@@ -178,6 +179,7 @@ class JobConfig:
             "job.sample": self.sample,
             "job.public-rows": self.public_rows,
             "model.shared": ",".join(self.shared),
+            "model.shared-vocabulary": ",".join(self.vocabulary),
             "model.freeze": ",".join(self.freeze),
             "model.base": self.base_model,
             "data.label": self.label,
@@ -215,6 +217,7 @@ class JobConfig:
                 sample=int(config.get("job.sample", 0)),
                 public_rows=int(config.get("job.public-rows", 0)),
                 shared=_names(config.get("model.shared", "")),
+                vocabulary=_names(config.get("model.shared-vocabulary", "")),
                 freeze=_names(config.get("model.freeze", "")),
                 base_model=str(config.get("model.base", "")),
                 label=str(config["data.label"]),
@@ -365,11 +368,12 @@ def global_shapes(job: JobConfig, n_features: int) -> dict[str, tuple[int, ...]]
 def host_feature_count(job: JobConfig) -> int:
     """Input width of the model as the host sees it.
 
-    With one encoder for all peers, its width. With one encoder per peer (transfer),
-    peers differ only in their private inputs, which the host never holds: any width
-    past the shared block gives the host the same shared parameters.
+    With one encoder for all peers, its width. With one encoder per peer (transfer: a
+    simulation's `{bank}` path, or a deployed job's shared vocabulary), peers differ only
+    in their private inputs, which the host never holds: any width past the shared block
+    gives the host the same shared parameters.
     """
-    if "{bank}" in job.encoder_path:
+    if "{bank}" in job.encoder_path or job.vocabulary:
         return job.model.shared_features + 1
     from pathlib import Path
 

@@ -48,6 +48,7 @@ from safetensors.numpy import save_file
 from fedsilo.errors import DataError
 from fedsilo.peers.data.bank import BankTensors, encode_bank
 from fedsilo.peers.data.encoding import SPLIT_COLUMN, BankSummary, TabularEncoder
+from fedsilo.peers.data.vocabulary import own_encoder
 from fedsilo.peers.job import plan_dp
 from fedsilo.peers.shared_holdout import SharedHoldout, agree_holdout
 from fedsilo.simulations import baselines
@@ -157,12 +158,6 @@ def institution_view(
     return shared, frame[own_names + [label]]
 
 
-def _own_encoder(own: pd.DataFrame, label: str) -> TabularEncoder:
-    if own.shape[1] == 1:  # the label only: every column of this institution is in the vocabulary
-        return TabularEncoder(label, ())
-    return TabularEncoder.fit([BankSummary.from_frame(own, label)], label)
-
-
 def _final_own_auc(run: FederationRun) -> dict[int, float]:
     """Each institution's AUC on its own held-out rows after the last round (its own evaluation)."""
     rounds = sorted(run.outcome.strategy.evaluate)
@@ -194,7 +189,7 @@ def simulate_transfer(config: SimulationConfig, progress: Progress) -> RunSummar
         [BankSummary.from_frame(pd.concat([s, b.frame[[label]]], axis=1), label) for (s, _), b in zip(views, banks)],
         label,
     )
-    encoders = [TabularEncoder(label, shared_encoder.columns + _own_encoder(own, label).columns) for _, own in views]
+    encoders = [TabularEncoder(label, shared_encoder.columns + own_encoder(own, label).columns) for _, own in views]
     tensors = [encode_bank(b.frame, e, config.test_fraction, config.seed) for b, e in zip(banks, encoders)]
     wants_common = "common" in config.yardsticks
     common_banks = []

@@ -23,7 +23,9 @@ history is kept in `context.state` between rounds.
 In transfer setups a bank's private weights (those outside the job's shared set) are
 kept on disk, never in memory between rounds: in its node's `state-dir` under the
 Deployment Engine, in the job's `data.private-dir` (one safetensors file per bank)
-under the Simulation Engine.
+under the Simulation Engine. A deployed transfer job (`model.shared-vocabulary` in its
+run config) summarizes only the vocabulary columns for the host, and completes the
+host's shared-vocabulary encoder with an own-columns encoder fitted here.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from fedsilo.peers.client import node_state
 from fedsilo.peers.client.local_training import RoundResult, evaluate_weights, limit_threads, train_round
 from fedsilo.peers.client.mods.secagg import secagg_mod
 from fedsilo.peers.data.bank import BankTensors, load_bank, read_table
-from fedsilo.peers.data.encoding import BankSummary
+from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.data.vocabulary import institution_encoder, shared_frame
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.job import JobConfig, encoder_path_for
 from fedsilo.peers.models import build_model, get_weights, select
@@ -168,9 +171,28 @@ def refuse_public_noise(job: JobConfig, context: Context) -> None:
         )
 
 
+def run_job(context: Context) -> JobConfig:
+    """The job from the host's run config, refused if its sharing is not what this peer accepted.
+
+    A deployed peer's daemon puts the accepted job's `shared` parameters and shared
+    `vocabulary` in its node config; a host whose run config shares more (the own-columns
+    block, an own column as vocabulary) or differently is refused, so the peer never
+    releases a private tensor nor summarizes an own column because the host said so.
+    """
+    job = JobConfig.from_run_config(context.run_config)
+    for key, value in (("shared", job.shared), ("vocabulary", job.vocabulary)):
+        accepted = context.node_config.get(key)
+        if accepted is not None and tuple(n for n in str(accepted).split(",") if n) != value:
+            raise Refused(
+                f"the host's run config for job {job.job_id} has {key} {list(value)}; this peer accepted "
+                f"{[n for n in str(accepted).split(',') if n]}: refused"
+            )
+    return job
+
+
 def _received_model(msg: Message, context: Context) -> tuple[JobConfig, BankTensors, dict[str, np.ndarray]]:
     """The job, this bank's rows, and the full model: the received weights plus private ones."""
-    sent = JobConfig.from_run_config(context.run_config)
+    sent = run_job(context)
     data = bank_data(sent, context)
     job = node_state.with_node_encoder(sent, context.node_config)  # its encoder now exists at this node
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
@@ -247,7 +269,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _job_query(msg: Message, context: Context) -> tuple[JobConfig, ConfigRecord]:
-    job = JobConfig.from_run_config(context.run_config)
+    job = run_job(context)
     config = msg.content["config"]
     if str(config["job-id"]) != job.job_id:
         raise ConfigError(f"a message for job {config['job-id']} arrived in job {job.job_id}")
@@ -261,17 +283,32 @@ def summarize(msg: Message, context: Context) -> Message:
         data_path = context.node_config.get("data-path")
         if not data_path:
             raise ConfigError("this SuperNode has no data-path in its node config")
-        summary = BankSummary.from_frame(read_table(str(data_path)), job.label)
+        frame = read_table(str(data_path))
+        if job.vocabulary:  # transfer: aggregates of the shared vocabulary only, never of the own columns
+            frame = shared_frame(frame, job.vocabulary, job.label)
+        summary = BankSummary.from_frame(frame, job.label)
     except FedsiloError as error:
         return _refuse(msg, error)
     return Message(RecordDict({"config": ConfigRecord({"summary": json.dumps(summary.to_dict())})}), reply_to=msg)
 
 
 def keep_encoder(msg: Message, context: Context) -> Message:
-    """Keep the job's fitted encoder, sent by the host, in this peer's state directory."""
+    """Keep the job's fitted encoder, sent by the host, in this peer's state directory.
+
+    In a transfer job the host sends the shared-vocabulary encoder; this peer checks it
+    encodes exactly the signed vocabulary and appends its own-columns encoder, fitted
+    here from its own rows (`fedsilo.peers.data.vocabulary.institution_encoder`).
+    """
     try:
         job, config = _job_query(msg, context)
-        node_state.write_atomic(node_state.encoder_file(_state_dir(context), job.job_id), str(config["encoder"]))
+        text = str(config["encoder"])
+        if job.vocabulary:
+            data_path = context.node_config.get("data-path")
+            if not data_path:
+                raise ConfigError("this SuperNode has no data-path in its node config")
+            shared = TabularEncoder.from_json(text)
+            text = institution_encoder(shared, read_table(str(data_path)), job.vocabulary, job.label).to_json()
+        node_state.write_atomic(node_state.encoder_file(_state_dir(context), job.job_id), text)
     except FedsiloError as error:
         return _refuse(msg, error)
     return Message(RecordDict({"config": ConfigRecord({"ok": True})}), reply_to=msg)

@@ -3,7 +3,9 @@
 A SuperNode's node config names `state-dir` (a directory of that peer only). For each
 job the ClientApp writes there:
 
-- `<job>.encoder.json`: the job's encoder, as the host sent it;
+- `<job>.encoder.json`: the job's encoder, as the host sent it (in a transfer job, the
+  host's shared-vocabulary encoder followed by this peer's own-columns encoder, which it
+  fitted from its own rows: `fedsilo.peers.data.vocabulary`);
 - `<job>.privacy.json`: the peer's durable record of the job: the job's (ε, δ,
   accountant) as this peer accepted it (`cap`, written by `open_record` before its
   SuperNode starts), the mechanisms it has run so far in the job (`spent`), appended
@@ -58,12 +60,22 @@ def with_node_encoder(job: JobConfig, node_config: Mapping[str, object]) -> JobC
 
     A job travels to deployed peers with an empty `data.encoder`; what needs the model's
     input width (the parameter count of distributed DP's noise) then reads the copy
-    under the node's state directory. Unchanged under simulation (no state-dir).
+    under the node's state directory. In a transfer job (a shared vocabulary) the copy is
+    this institution's own encoder, whose first inputs are the vocabulary's: their
+    count becomes `model.shared_features`. Unchanged under simulation (no state-dir).
     """
     state_dir = node_config.get("state-dir")
     if job.encoder_path or not state_dir:
         return job
-    return replace(job, encoder_path=str(encoder_file(Path(str(state_dir)), job.job_id)))
+    path = encoder_file(Path(str(state_dir)), job.job_id)
+    job = replace(job, encoder_path=str(path))
+    if job.vocabulary and path.exists():  # transfer: the shared block's width is the vocabulary's
+        from fedsilo.peers.data.encoding import TabularEncoder
+        from fedsilo.peers.data.vocabulary import shared_feature_count
+
+        width = shared_feature_count(TabularEncoder.from_json(path.read_text()), job.vocabulary)
+        job = replace(job, model=replace(job.model, shared_features=width))
+    return job
 
 
 def privacy_file(state_dir: Path, job_id: str) -> Path:

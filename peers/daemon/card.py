@@ -57,7 +57,7 @@ def build_card(
             }
         )
     rounds = metrics.get("rounds", [])
-    return {
+    card = {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "task": "binary classification: probability of default (one logit per row)",
@@ -98,6 +98,25 @@ def build_card(
         },
         "metrics": _final_metrics(rounds),
         "software": package_versions(),
+    }
+    if job.setup == "transfer":
+        card["job"]["setup"] = "transfer"
+        card["transfer"] = transfer_note(config.shared, config.vocabulary)
+    return card
+
+
+def transfer_note(shared: tuple[str, ...], vocabulary: tuple[str, ...]) -> dict[str, Any]:
+    """What a transfer job's published model is, and what stays at each participant."""
+    return {
+        "shared_parameters": list(shared),
+        "shared_vocabulary": list(vocabulary),
+        "model": "model.safetensors holds the shared parameters only (the aggregate of the split-input MLP's "
+        "parameters named by shared_parameters); encoder.json is the shared-vocabulary encoder, fitted from the "
+        "participants' aggregates of those columns",
+        "private": "each participant's own-columns input block (input.weight), any parameter not shared, and "
+        "its own-columns encoder never left it: they stay in its daemon's state directory "
+        "(jobs/<job>/peer/<job>.private.safetensors and <job>.encoder.json); scoring with the full model is "
+        "local to each participant",
     }
 
 

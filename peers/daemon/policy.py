@@ -7,7 +7,8 @@ strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared m
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
 column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (transfer, vertical), saying what is missing.
+cannot train over the network (vertical jobs; transfer jobs with shared customers or distributed DP), saying
+what is missing.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
 training need: the training row count (which fixes the DP plan) and a fingerprint of
 the file (both go into the model card). `planned_mechanisms` is the whole job's
@@ -117,11 +118,6 @@ def check_model_size(job: SignedJob, policy: Policy, n_features: int) -> None:
 
 # What this release cannot yet run over the network, after a policy allowed it (issue 19).
 _NOT_TRAINABLE = {
-    "transfer": (
-        "transfer jobs are declared and allowed by policy but do not train over the network yet: the signed job "
-        "cannot state model.shared-features / model.shared, the deployed ClientApp loads neither one encoder "
-        "per institution nor its private weights, and shared customers need PSI between the daemons"
-    ),
     "vertical": (
         "vertical jobs are declared and allowed by policy but do not train over the network yet: the daemons "
         "run no PSI alignment between them and the split-learning ServerApp/ClientApp does not run on the "
@@ -138,6 +134,20 @@ def check_trainable(job: SignedJob) -> None:
     """
     if job.setup in _NOT_TRAINABLE:
         raise Refused(f"not yet supported: {_NOT_TRAINABLE[job.setup]}", 403)
+    if job.setup == "transfer" and job.shared_customers:
+        raise Refused(
+            "not yet supported: this transfer job declares shared customers (job.shared-customers = true), "
+            "which needs the institutions to agree a PSI holdout between their daemons before training, and "
+            "the daemons do not run that agreement yet; sign the job without shared customers, or run it in "
+            "simulation (fedsilo simulate --setup transfer --overlap ...)",
+            403,
+        )
+    if job.setup == "transfer" and job.config.dp.mode == "distributed":
+        raise Refused(
+            "not yet supported: transfer jobs train over the network with local DP only (dp.mode = local); "
+            "distributed DP's noise shares are not sized for a split-input model there yet",
+            403,
+        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,16 @@ def source_facts(source: DataSource, job: SignedJob, suite: str = DEFAULT_SUITE)
     if job.label not in frame.columns:
         raise Refused(f"data source {source.name} has no column {job.label!r}", 403)
     train, _ = split_rows(frame, job.label, job.config.train.test_fraction, job.config.train.seed)
-    features = len([c for c in frame.columns if c not in (job.label, source.id_column)])
+    columns = {c for c in frame.columns if c not in (job.label, source.id_column)}
+    if job.config.vocabulary:  # transfer: the shared-vocabulary columns are inputs even where this table lacks them
+        if not columns & set(job.config.vocabulary):
+            raise Refused(
+                f"data source {source.name} holds none of the transfer job's shared-vocabulary columns "
+                f"({', '.join(job.config.vocabulary)})",
+                403,
+            )
+        columns |= set(job.config.vocabulary)
+    features = len(columns)
     return SourceFacts(
         rows=len(frame), n_train=len(train), fingerprint=file_fingerprint(source.path, suite), features=max(1, features)
     )

@@ -16,8 +16,9 @@ strategy = "fedavg"
 setup = "horizontal"            # horizontal, transfer or vertical (the host holds the labels)
 public-rows = 2400              # distributed DP only: the public total of training rows
 valid-for-minutes = 60          # the signed job expires after this
+shared-customers = false        # transfer only: whether the institutions share customers
 
-[model]                         # kind, hidden
+[model]                         # kind, hidden; transfer: shared, shared-vocabulary
 [train]                         # rounds, local-epochs, batch-size, lr, seed, test-fraction
 [dp]                            # mode (local or distributed), epsilon, delta, max-grad-norm, accountant
 [secagg]                        # mode, clip, dropout-fraction, collusion-fraction
@@ -25,6 +26,13 @@ valid-for-minutes = 60          # the signed job expires after this
 
 The document states its `setup` (a document signed before the field existed has none
 and means horizontal); the DP mechanism is `dp.mode` in its run config (none: local).
+A transfer job must also state `model.shared-vocabulary` (the consortium's canonical
+column names, which every institution's table holds under those names where it has
+them) and `model.shared` (the parameter-name prefixes that are aggregated, e.g.
+`["shared_input", "hidden", "head"]`; never `input`, the own-columns block); a job of
+another setup must state neither. `shared-customers` (transfer only, default false)
+declares that the institutions share customers, which needs a PSI holdout agreement
+between the daemons first. All three are in the signed document.
 The owner signs the canonical JSON of the job document (which includes a random
 128-bit nonce and the expiry) with its key; the envelope carries the document, the
 signature and the owner's certificate. `verify_envelope` accepts it only if the
@@ -78,10 +86,11 @@ _JOB_KEYS = {
     "setup",
     "public-rows",
     "valid-for-minutes",
+    "shared-customers",
 }
 _SECTIONS = {
     "job": _JOB_KEYS,
-    "model": {"kind", "hidden"},
+    "model": {"kind", "hidden", "shared", "shared-vocabulary"},
     "train": {"rounds", "local-epochs", "batch-size", "lr", "seed", "test-fraction"},
     "dp": {"mode", "epsilon", "delta", "max-grad-norm", "accountant"},
     "secagg": {"mode", "clip", "dropout-fraction", "collusion-fraction"},
@@ -104,6 +113,7 @@ class SignedJob:
     config: JobConfig
     envelope: dict[str, Any]
     setup: str = "horizontal"
+    shared_customers: bool = False
 
     @property
     def document(self) -> dict[str, Any]:
@@ -140,13 +150,15 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
     minutes = job.get("valid-for-minutes", 60)
     if not isinstance(minutes, int) or not 1 <= minutes <= MAX_VALIDITY_MINUTES:
         raise ConfigError(f"job.valid-for-minutes must be an integer in [1, {MAX_VALIDITY_MINUTES}] (got {minutes!r})")
-    run_config = {"job.strategy": job.get("strategy", "fedavg")}
+    run_config: dict[str, Any] = {"job.strategy": job.get("strategy", "fedavg")}
     if "public-rows" in job:  # distributed DP: the public total of training rows every peer divides by
         run_config["job.public-rows"] = job["public-rows"]
     for section in ("model", "train", "dp", "secagg"):
         for key, value in document.get(section, {}).items():
             if section == "model" and key == "hidden":
                 value = ",".join(str(v) for v in value) if isinstance(value, list) else value
+            elif section == "model" and key in ("shared", "shared-vocabulary"):  # lists of names
+                value = _joined(value, f"model.{key}", path)
             run_config[f"{section}.{key}"] = value
     now = now or dt.datetime.now(dt.UTC)
     body = {
@@ -159,6 +171,7 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
         "source": job["source"],
         "label": job["label"],
         "setup": job.get("setup", "horizontal"),
+        **({"shared_customers": job["shared-customers"]} if "shared-customers" in job else {}),
         "run_config": run_config,
         "nonce": secrets.token_hex(16),
         "created": _utc(now),
@@ -166,6 +179,13 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
     }
     parse_document(body)  # every value checked before anything is signed or sent
     return body
+
+
+def _joined(value: Any, key: str, path: Path) -> str:
+    """A job file's list of names as the comma-separated run-config string; ConfigError if it is not one."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and "," not in v for v in value):
+        raise ConfigError(f"{key} in {path} must be a list of non-empty names without commas (got {value!r})")
+    return ",".join(value)
 
 
 def sign_job(identity: Identity, document: dict[str, Any]) -> dict[str, Any]:
@@ -207,11 +227,16 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
         if not isinstance(run_config, dict):
             raise ConfigError("run_config must be a table")
         config = _job_config(job_id, body["label"], len(body["participants"]), run_config)
+        shared_customers = body.get("shared_customers", False)
+        if not isinstance(shared_customers, bool):
+            raise ConfigError(f"job.shared-customers must be true or false (got {shared_customers!r})")
+        _check_transfer(setup, config, shared_customers)
         return config, {
             "job_id": job_id,
             "expires": dt.datetime.fromisoformat(body["expires"]),
             "nonce": str(body["nonce"]),
             "setup": setup,
+            "shared_customers": shared_customers,
         }
     except KeyError as missing:
         raise ConfigError(f"the job document lacks {missing}") from None
@@ -219,9 +244,64 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
         raise ConfigError(f"the job document is malformed ({exc})") from None
 
 
+def _check_transfer(setup: str, config: JobConfig, shared_customers: bool) -> None:
+    """ConfigError unless a transfer job states its shared vocabulary and shared parameters (and no
+    other setup does): see the module docstring."""
+    if setup != "transfer":
+        stated = [
+            name
+            for name, value in (
+                ("model.shared", config.shared),
+                ("model.shared-vocabulary", config.vocabulary),
+                ("job.shared-customers", shared_customers),
+            )
+            if value
+        ]
+        if stated:
+            raise ConfigError(f"{', '.join(stated)} belong to transfer jobs only; this job's setup is {setup}")
+        return
+    if config.model.kind != "mlp":
+        raise ConfigError(f"a transfer job trains model kind mlp (its split input block), not {config.model.kind}")
+    if not config.vocabulary:
+        raise ConfigError(
+            "a transfer job must state model.shared-vocabulary: the canonical column names the institutions share"
+        )
+    if len(set(config.vocabulary)) != len(config.vocabulary) or config.label in config.vocabulary:
+        raise ConfigError(
+            f"model.shared-vocabulary {list(config.vocabulary)} must list distinct columns, not the label {config.label!r}"
+        )
+    if not config.shared:
+        raise ConfigError(
+            'a transfer job must state model.shared: the parameters aggregated, e.g. ["shared_input", "hidden", "head"]'
+        )
+    names = transfer_parameter_names(config.model.hidden)
+    for prefix in config.shared:
+        matched = [n for n in names if n.startswith(prefix)]
+        if not matched:
+            raise ConfigError(f"model.shared names {prefix!r}, which is no parameter of the model ({', '.join(names)})")
+        if "input.weight" in matched:
+            raise ConfigError(
+                f"model.shared names {prefix!r}, which covers input.weight: the own-columns block of each "
+                "institution stays private"
+            )
+
+
+def transfer_parameter_names(hidden: tuple[int, ...]) -> list[str]:
+    """The parameter names of a transfer job's split-input MLP (`fedsilo.privacy.split_input`), without torch."""
+    layers = ["shared_input", *(f"hidden{i}" for i in range(1, len(hidden))), "head"]
+    return ["input.weight", *(f"{layer}.{part}" for layer in layers for part in ("weight", "bias"))]
+
+
 def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any]) -> JobConfig:
     """JobConfig from the document's run config, refusing keys JobConfig does not know."""
-    known = {"job.strategy", "job.public-rows", "model.kind", "model.hidden"} | {
+    known = {
+        "job.strategy",
+        "job.public-rows",
+        "model.kind",
+        "model.hidden",
+        "model.shared",
+        "model.shared-vocabulary",
+    } | {
         f"{prefix}.{name.replace('_', '-')}"
         for prefix, spec in (("train", TrainSpec), ("dp", DPSpec), ("secagg", SecAggSpec))
         for name in spec.__dataclass_fields__
@@ -297,6 +377,7 @@ def verify_envelope(
         source=body["source"],
         label=body["label"],
         setup=header["setup"],
+        shared_customers=header["shared_customers"],
         nonce=header["nonce"],
         expires=header["expires"],
         config=config,

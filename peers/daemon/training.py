@@ -4,7 +4,9 @@ Thin, blocking adapters over `fedsilo.peers.deployment` (the daemon calls them i
 thread, outside its mailbox): which files and keys of the peer each engine process
 gets, and where a job's working directory is. A participant whose source declares an
 id column trains on a copy of its table without that column, written in the job's
-working directory on the same machine.
+working directory on the same machine; in a transfer job that copy is the institution's
+table in the order its encoder reads it (`fedsilo.peers.data.vocabulary.institution_table`:
+the shared-vocabulary columns, NaN where it lacks one, then its own columns).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 from fedsilo.peers.daemon.config import DataSource
 from fedsilo.peers.daemon.sealing import seals
 from fedsilo.peers.data.bank import read_table
+from fedsilo.peers.data.vocabulary import institution_table
 from fedsilo.peers.deployment import (
     HostedTraining,
     JoinedTraining,
@@ -79,10 +82,12 @@ def start_joining(
     work_dir = state_dir / "jobs" / job.job_id / "peer"
     work_dir.mkdir(parents=True, exist_ok=True)
     data_path = source.path
-    if source.id_column:
-        frame = read_table(source.path)
+    if source.id_column or job.vocabulary:
+        frame = read_table(source.path).drop(columns=[source.id_column] if source.id_column else [], errors="ignore")
+        if job.vocabulary:
+            frame = institution_table(frame, job.vocabulary, job.label)
         data_path = work_dir / "table.parquet"
-        frame.drop(columns=[source.id_column], errors="ignore").to_parquet(data_path, index=False)
+        frame.to_parquet(data_path, index=False)
     signing = identity.key_path.parent / SIGNING_KEY if identity.signing_key is not None else None
     files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path, signing)
     seal = SealTarget(identity.key_path.parent, identity.manifest_path, host) if seals(identity) else None

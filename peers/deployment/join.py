@@ -8,7 +8,8 @@ with the peer's node key (`node_auth_keypair`), in `--isolation process` (its un
 Runtime API listens on 127.0.0.1 only), with node config `data-path` (the peer's own
 table; it never leaves the machine), `state-dir` (`work_dir`, where it first opens the
 peer's privacy record of the job with the job's ε cap: `node_state.open_record`), the
-job it accepted (`job-id`, and `secagg` on or off: the ClientApp holds the host to it)
+job it accepted (`job-id`, `secagg` on or off, and a transfer job's `shared` parameters and
+`vocabulary`: the ClientApp holds the host to them)
 and, for a secure-aggregation job, where its consortium identity is (its key,
 certificate, the CA and the manifest: the ClientApp signs its SecAgg+ keys with that
 key, read from this machine's disk, and verifies the other peers' against the manifest).
@@ -58,6 +59,8 @@ def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: Ide
         "state-dir": state_dir,
         "job-id": job.job_id,
         "secagg": job.secagg.mode,
+        "shared": ",".join(job.shared),  # the ClientApp holds the host's run config to these two
+        "vocabulary": ",".join(job.vocabulary),
         **(identity.node_config() if identity is not None else {}),
     }
     return " ".join(f"{key}={json.dumps(str(value))}" for key, value in entries.items())

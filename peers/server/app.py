@@ -3,8 +3,10 @@
 It reads the job from `context.run_config` (see `fedsilo.peers.flower_app`) and hosts it. A
 job with no encoder path is a deployed one (`fedsilo.peers.server.deployed`): the encoder is
 first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
-take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. A deployed
-job whose run config carries boosting terms (``gbdt.*``) boosts trees instead
+take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. In a
+transfer job (a shared vocabulary) the peers summarize only the vocabulary columns, the fitted
+encoder is the shared block's, and the host holds and writes only the shared parameters. A
+deployed job whose run config carries boosting terms (``gbdt.*``) boosts trees instead
 (`fedsilo.peers.gbdt.server_app.run_deployed_gbdt`). The simulation harness builds its own `JobHost`
 instead, to attach a yardstick evaluation and a progress display.
 """
@@ -53,7 +55,10 @@ def main(grid: Grid, context: Context) -> None:
     encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
     encoder_path = output / "encoder.json"
     encoder_path.write_text(encoder.to_json())
+    job = replace(job, encoder_path=str(encoder_path))
+    if job.vocabulary:  # transfer: the encoder is the shared vocabulary's, the width of the shared block
+        job = replace(job, model=replace(job.model, shared_features=encoder.n_features))
     clock = RoundClock()
-    outcome = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round).run(grid, context)
+    outcome = JobHost(job, on_round=clock.on_round).run(grid, context)
     write_result(output, job.job_id, outcome, clock.seconds, [e.to_dict() for e in grid.exchanges])
     announce_finish(grid, nodes, job.job_id)

@@ -24,7 +24,9 @@ strategy sees it (a malformed one becomes an error reply); the fedsilo ClientApp
 
 `exchanges` records, for every `send_and_receive`, the message type, how many
 messages went out, how long pushing them took and how long until the last reply
-was in (wall seconds): the deployed ServerApp writes them into `metrics.json`,
+was in (wall seconds), and the name and shape of every array the replies carried
+(what the host received, for audits: a transfer job's host must never receive a
+peer's private parameter): the deployed ServerApp writes them into `metrics.json`,
 and `bench/deployed_round.py` prints them per SecAgg+ stage.
 
 With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the job
@@ -62,6 +64,7 @@ class Exchange:
     replies: int
     push_seconds: float
     seconds: float
+    arrays: tuple[str, ...] = ()  # every distinct "name shape" of an array the replies carried
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,5 +117,21 @@ class PromptGrid(Grid):
             if pending:
                 time.sleep(self.interval)
         kind = messages[0].metadata.message_type if messages else ""
-        self.exchanges.append(Exchange(kind, len(messages), len(replies), pushed - started, time.monotonic() - started))
+        self.exchanges.append(
+            Exchange(
+                kind, len(messages), len(replies), pushed - started, time.monotonic() - started, _array_shapes(replies)
+            )
+        )
         return replies
+
+
+def _array_shapes(replies: list[Message]) -> tuple[str, ...]:
+    """Sorted distinct "name (shape)" of every array in `replies` (error replies carry none)."""
+    seen = {
+        f"{name} {tuple(array.shape)}"
+        for reply in replies
+        if not reply.has_error()
+        for record in reply.content.array_records.values()
+        for name, array in record.items()
+    }
+    return tuple(sorted(seen))

@@ -39,22 +39,35 @@ def _verify(consortium, envelope):
 DISTRIBUTED = "public-rows = 640\ndp-mode = distributed"  # [job] lines; dp-mode becomes [dp] mode
 
 
-def _envelope(consortium, path, job_id, extra=""):
-    """The owner's signed job; `dp-mode = X` in `extra` is moved into the [dp] table as `mode = "X"`."""
+# A transfer job's [job] lines; `model-KEY = V` lines become `KEY = V` in the [model] table.
+TRANSFER = 'setup = "transfer"\nmodel-shared = ["shared_input", "head"]\nmodel-shared-vocabulary = ["limit", "age"]'
+
+
+def _job_file(consortium, path, job_id, extra=""):
+    """The job file; `dp-mode = X` in `extra` goes into [dp] as `mode = "X"`, `model-KEY = V` into [model]."""
     lines = extra.splitlines()
     modes = [line.split("=")[1].strip() for line in lines if line.startswith("dp-mode")]
-    path = consortium.job_toml(path, job_id, extra="\n".join(line for line in lines if not line.startswith("dp-mode")))
+    model = [line.removeprefix("model-") for line in lines if line.startswith("model-")]
+    rest = [line for line in lines if not line.startswith(("dp-mode", "model-"))]
+    path = consortium.job_toml(path, job_id, extra="\n".join(rest))
+    text = path.read_text().replace("[model]\n", "[model]\n" + "".join(f"{line}\n" for line in model))
     if modes:
-        path.write_text(path.read_text().replace("[dp]\n", f'[dp]\nmode = "{modes[0]}"\n'))
-    return sign_job(consortium.identity(OWNER), job_document(path, OWNER))
+        text = text.replace("[dp]\n", f'[dp]\nmode = "{modes[0]}"\n')
+    path.write_text(text)
+    return path
+
+
+def _envelope(consortium, path, job_id, extra=""):
+    """The owner's signed job (see `_job_file` for `extra`)."""
+    return sign_job(consortium.identity(OWNER), job_document(_job_file(consortium, path, job_id, extra), OWNER))
 
 
 @pytest.mark.parametrize("field, value", [("setup", "vertical"), ("dp", "distributed")])
 def test_the_signature_covers_setup_and_dp(consortium, tmp_path, field, value):
-    envelope = _envelope(consortium, tmp_path / "job.toml", "sig-1", extra='setup = "transfer"\npublic-rows = 640')
+    envelope = _envelope(consortium, tmp_path / "job.toml", "sig-1", extra='setup = "horizontal"\npublic-rows = 640')
     job = _verify(consortium, envelope)
-    assert job.setup == "transfer" and job.config.dp.mode == "local"
-    assert envelope["job"]["setup"] == "transfer" and envelope["job"]["run_config"]["job.public-rows"] == 640
+    assert job.setup == "horizontal" and job.config.dp.mode == "local"
+    assert envelope["job"]["setup"] == "horizontal" and envelope["job"]["run_config"]["job.public-rows"] == 640
     tampered = copy.deepcopy(envelope)
     if field == "setup":
         tampered["job"]["setup"] = value
@@ -82,7 +95,7 @@ def test_an_unknown_setup_is_refused_before_signing(consortium, tmp_path):
 @pytest.mark.parametrize(
     "policy, extra, fragment",
     [
-        ("", 'setup = "transfer"', "policy: transfer jobs are not allowed here (allowed setups: horizontal)"),
+        ("", TRANSFER, "policy: transfer jobs are not allowed here (allowed setups: horizontal)"),
         (
             'setups = ["horizontal", "vertical"]\n',
             'setup = "vertical"',
@@ -116,7 +129,6 @@ def test_a_job_outside_the_policy_is_declined_with_the_reason(consortium, tmp_pa
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        ('setup = "transfer"', "transfer jobs are declared and allowed by policy but do not train over the network"),
         ('setup = "vertical"', "vertical jobs are declared and allowed by policy but do not train over the network"),
     ],
 )

@@ -1,0 +1,147 @@
+"""Transfer jobs in the signed job and at a peer's door (fast: one in-process daemon, no training).
+
+The owner's signature covers the shared vocabulary, the shared parameters and the
+shared-customers declaration; parsing refuses a transfer job that states either list
+badly, and any other setup that states them. bank-b accepts a transfer job by reserving
+DP-SGD's plan on its own training rows, and declines, with nothing reserved, one that
+declares shared customers (the PSI holdout between daemons is not there yet), one with
+distributed DP, and one whose vocabulary its table does not hold.
+"""
+
+import copy
+
+import pytest
+
+from fedsilo.errors import ConfigError
+from fedsilo.peers.daemon.signed_job import job_document
+from fedsilo.peers.data.bank import read_table, split_rows
+from fedsilo.peers.errors import Refused
+from fedsilo.peers.job import plan_dp
+from fedsilo.privacy.accounting import Mechanism, epsilon_spent
+
+from ._consortium import OWNER, make_consortium, run, running
+from .test_daemon_refusals import propose, refused_without_change, state_of
+from .test_job_setups import ALLOW_ALL, TRANSFER, _envelope, _job_file, _verify
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    return make_consortium(tmp_path_factory.mktemp("transfer-jobs"), peers=("bank-a", "bank-b"))
+
+
+def test_a_transfer_job_states_its_shared_set_in_the_signed_document(consortium, tmp_path):
+    envelope = _envelope(consortium, tmp_path / "job.toml", "tl-sig", TRANSFER + "\nshared-customers = false")
+    job = _verify(consortium, envelope)
+    assert job.setup == "transfer" and not job.shared_customers
+    assert job.config.shared == ("shared_input", "head") and job.config.vocabulary == ("limit", "age")
+    assert envelope["job"]["run_config"]["model.shared"] == "shared_input,head"
+    assert envelope["job"]["run_config"]["model.shared-vocabulary"] == "limit,age"
+    assert envelope["job"]["shared_customers"] is False
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d["run_config"].__setitem__("model.shared", "shared_input,head,input"),  # a private block shared
+        lambda d: d["run_config"].__setitem__("model.shared", "shared_input"),
+        lambda d: d["run_config"].__setitem__("model.shared-vocabulary", "limit,age,x1"),  # an own column shared
+        lambda d: d.__setitem__("shared_customers", True),
+    ],
+)
+def test_a_changed_shared_set_breaks_the_owners_signature(consortium, tmp_path, tamper):
+    envelope = _envelope(consortium, tmp_path / "job.toml", "tl-tamper", TRANSFER)
+    altered = copy.deepcopy(envelope)
+    tamper(altered["job"])
+    with pytest.raises(Refused, match="signature"):
+        _verify(consortium, altered)
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ('setup = "transfer"\nmodel-shared = ["head"]', "a transfer job must state model.shared-vocabulary"),
+        ('setup = "transfer"\nmodel-shared-vocabulary = ["limit"]', "a transfer job must state model.shared:"),
+        (
+            'setup = "transfer"\nmodel-shared = ["input"]\nmodel-shared-vocabulary = ["limit"]',
+            "covers input.weight: the own-columns block of each institution stays private",
+        ),
+        (
+            'setup = "transfer"\nmodel-shared = ["trunk"]\nmodel-shared-vocabulary = ["limit"]',
+            "model.shared names 'trunk', which is no parameter of the model",
+        ),
+        (
+            'setup = "transfer"\nmodel-shared = ["head"]\nmodel-shared-vocabulary = ["limit", "Y"]',
+            "must list distinct columns, not the label 'Y'",
+        ),
+        (
+            'setup = "transfer"\nmodel-shared = ["head"]\nmodel-shared-vocabulary = "limit"',
+            "model.shared-vocabulary in",
+        ),
+        (
+            'setup = "transfer"\nmodel-shared = ["head"]\nmodel-shared-vocabulary = ["a,b"]',
+            "list of non-empty names without commas",
+        ),
+        (TRANSFER + '\nshared-customers = "yes"', "job.shared-customers must be true or false"),
+        (TRANSFER + '\nmodel-kind = "logreg"', "a transfer job trains model kind mlp"),
+        ('model-shared = ["head"]', "model.shared belong to transfer jobs only; this job's setup is horizontal"),
+        ("shared-customers = true", "job.shared-customers belong to transfer jobs only"),
+    ],
+)
+def test_a_badly_stated_transfer_job_is_refused_before_signing(consortium, tmp_path, extra, fragment):
+    path = _job_file(consortium, tmp_path / "job.toml", "tl-bad", extra)
+    if "model-kind" in extra:
+        path.write_text(path.read_text().replace('kind = "mlp"\n', ""))
+    with pytest.raises(ConfigError) as raised:
+        job_document(path, OWNER)
+    assert fragment in str(raised.value)
+
+
+def test_a_transfer_job_reserves_dp_sgds_plan_on_the_peers_own_training_rows(consortium, tmp_path):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    envelope = _envelope(consortium, tmp_path / "job.toml", "tl-accept", TRANSFER)
+    job = _verify(consortium, envelope)
+    table = read_table(consortium.root / "bank-b" / "data.csv")
+    n_train = len(split_rows(table, "Y", job.config.train.test_fraction, job.config.train.seed)[0])
+    plan = plan_dp(job.config, n_train).whole_job
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            return await propose(consortium, envelope)
+
+    try:
+        reply = run(body())
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "accepted" and reply["n_train"] == n_train
+    assert [Mechanism.from_dict(m) for m in reply["planned"]] == [plan]
+    jobs, ledger, _ = state_of(consortium, "bank-b")
+    assert ("tl-accept", "accepted") in jobs and ("tl-accept", "reserved") in ledger
+    assert 0.9 < epsilon_spent([plan], 1e-5, "prv") <= 1.0 + 1e-9  # the job's ε = 1, on bank-b's own rows
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (
+            TRANSFER + "\nshared-customers = true",
+            "not yet supported: this transfer job declares shared customers (job.shared-customers = true), which "
+            "needs the institutions to agree a PSI holdout between their daemons",
+        ),
+        (
+            TRANSFER + "\npublic-rows = 640\ndp-mode = distributed",
+            "not yet supported: transfer jobs train over the network with local DP only",
+        ),
+        (
+            'setup = "transfer"\nmodel-shared = ["head"]\nmodel-shared-vocabulary = ["age", "income"]',
+            "data source credit-card holds none of the transfer job's shared-vocabulary columns (age, income)",
+        ),
+    ],
+)
+def test_a_transfer_job_this_peer_cannot_run_is_declined_with_nothing_reserved(consortium, tmp_path, extra, fragment):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    envelope = _envelope(consortium, tmp_path / "job.toml", f"tl-no-{abs(hash(fragment)) % 10**6}", extra)
+    try:
+        reply, entry = refused_without_change(consortium, lambda: propose(consortium, envelope), fragment)
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "declined" and fragment in reply["reason"] and entry[1] == "job.decline"
