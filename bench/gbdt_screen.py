@@ -4,7 +4,8 @@ Not the federation: every training row of the 10 banks sits in one simulated ban
 level's histogram is the pooled sum the SecAgg+ federation releases, and that bank adds
 Gaussian noise at the *effective* multiplier of the distributed run (the shares sized
 for the tolerated dropouts and colluders, `secure_configs`), to both the level
-histograms and the leaf totals. The trees grow with the real host code
+histograms and the leaf totals (the plan calibrated with ``--accountant``, PRV by default as
+the job's). The trees grow with the real host code
 (`fedsilo.simulations.gbdt_federation.boost`, with the noise-aware floor). A run takes
 seconds instead of minutes, so methods can be compared over several seeds and repeats
 (the noise is fresh in each repeat) before one is run through `bench/gbdt.py`.
@@ -51,6 +52,7 @@ from fedsilo.strategies.gbdt import TreeParams
 from fedsilo.strategies.gbdt.tree import Tree
 
 SCORES: dict[str, Any] = {}  # the adaptive draw's state for the current run
+ACCOUNTANT = "prv"  # the calibration of the plan (`--accountant`)
 
 
 def load(data: str, seed: int) -> tuple[Any, Any]:
@@ -122,6 +124,7 @@ def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams) -
 
 def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     a = {"trees": 30, "depth": 2, "lr": 0.5, "k": 6, "bins": 16, "lam": 1.0, "noise": 1.0, "c": 1.0, "alpha": 1.0}
+    a["accountant"] = ACCOUNTANT
     a.update(arm)
     layout = layout_from_encoder(encoder, a["bins"])
     row_bound = max(t.n_train for t in tensors.values())
@@ -131,7 +134,7 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
     params = TreeParams(depth=a["depth"], reg_lambda=a["lam"])
     settings = federation.BoostSettings(a["trees"], params, a["lr"], features_per_tree=a["k"])
-    plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], "rdp")
+    plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"])
     level, leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)
     z_level, z_leaf = level.noise.noise_multiplier, leaf.noise.noise_multiplier
     c, noise = a["c"], a["noise"]
@@ -162,7 +165,10 @@ def main() -> None:
     parser.add_argument("--arms", default="[{}]", help="JSON list of arms (see the module docstring)")
     parser.add_argument("--seeds", default="3,4,5")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--accountant", default="prv", choices=("prv", "rdp"), help="as --accountant (default prv)")
     args = parser.parse_args()
+    global ACCOUNTANT
+    ACCOUNTANT = args.accountant
     federation._draw_groups = adaptive_draw
     Tree.grow = scored_grow
     data = {s: load(args.data, s) for s in (int(v) for v in args.seeds.split(","))}
