@@ -138,11 +138,17 @@ def item_digests(identifiers: Iterable[str], kind: str | None) -> np.ndarray:
 
     Reads ``identifiers`` once, :data:`CHUNK` at a time, so no list of all canonical forms is held.
     """
-    blake = hashlib.blake2b
     forms = canonical_forms(identifiers, kind)
     parts = []
+    fresh = hashlib.blake2b(digest_size=16, person=ITEM_DOMAIN)
     while batch := list(itertools.islice(forms, CHUNK)):
-        parts.append(b"".join([blake(form, digest_size=16, person=ITEM_DOMAIN).digest() for form in batch]))
+        out: list[bytes] = []
+        append, copy = out.append, fresh.copy
+        for form in batch:
+            h = copy()
+            h.update(form)
+            append(h.digest())
+        parts.append(b"".join(out))
     return np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, 16)
 
 
@@ -156,9 +162,19 @@ def _codewords(key: bytes, items: np.ndarray, function: np.ndarray) -> np.ndarra
 def _oprf(rows: np.ndarray, width: int) -> np.ndarray:
     """``H`` of every 64-byte row, ``width`` bytes each."""
     data = np.ascontiguousarray(rows).tobytes()
-    blake = hashlib.blake2b
-    out = b"".join([blake(data[at : at + _CODE], digest_size=width).digest() for at in range(0, len(data), _CODE)])
-    return np.frombuffer(out, dtype=np.uint8).reshape(-1, width)
+    return np.frombuffer(_hash_each(hashlib.blake2b(digest_size=width), data, _CODE), dtype=np.uint8).reshape(-1, width)
+
+
+def _hash_each(fresh: hashlib.blake2b, data: bytes, size: int) -> bytes:
+    """The digests, end to end, of each ``size``-byte piece of ``data``, each hashed by a copy of ``fresh``
+    (copying a set-up hash costs less than setting one up per piece)."""
+    out: list[bytes] = []
+    append, copy = out.append, fresh.copy
+    for at in range(0, len(data), size):
+        h = copy()
+        h.update(data[at : at + size])
+        append(h.digest())
+    return b"".join(out)
 
 
 def _prefix(rows: np.ndarray) -> np.ndarray:
