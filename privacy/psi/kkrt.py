@@ -56,9 +56,24 @@ first occurrence. A side that deviates can learn more (see the DH module doc).
 
 Usage: the DH protocol's: ``R.request_frames()`` yields the first frame, ``handle(frame)``
 on either side consumes one frame and returns the frames to send back;
-:func:`fedsilo.privacy.psi.protocol.exchange` runs both local objects. Frames:
-:mod:`fedsilo.privacy.psi.otwire`; every frame is checked (:class:`PsiFrameError`).
-Everything runs in the calling process (numpy and AES-NI; no worker pool).
+:func:`fedsilo.privacy.psi.protocol.exchange` runs both local objects. ``stream(frame)`` is
+``handle`` as an iterator: it yields each frame as soon as it is computed, so a transport that
+sends them as they come keeps both parties busy at once (the receiver expands the next chunk of
+the matrix while the sender turns the last into masks). Frames: :mod:`fedsilo.privacy.psi.otwire`; every frame is checked
+(:class:`PsiFrameError`). Everything runs in the calling process (numpy and AES-NI; no worker pool).
+
+Streaming and memory: every step runs :data:`CHUNK` items or bins at a time. The receiver
+expands, transposes and sends the matrix a chunk of bins at a time (a PRG column is read at an
+offset, AES-CTR from the chunk's counter), keeping of each bin only its output ``H(t_j)``; it
+matches each MASKS frame as it arrives and never holds the sender's masks. The sender turns each
+chunk of MATRIX frames into its rows ``q_j`` as they arrive and at once into the masks of every
+pair (item, hash function) whose bin the chunk holds, written at their place in the shuffled order
+(position ``k`` of group ``i`` is item ``perm_i[k]``, each ``perm_i`` drawn when the HELLO arrives:
+the same distribution as shuffling whole groups); the rows are dropped chunk by chunk and the masks
+go out after MATRIX_END, in that order (nothing of a mask's bin shows in when or where it is sent).
+What a side holds is per item: its digests and bin positions, the receiver's outputs, the sender's
+``3 |Y|`` masks (kept in :attr:`Mode.TO_BOTH` for ``PsiResult.shared_keys``). Results do not depend
+on :data:`CHUNK`.
 """
 
 from __future__ import annotations
@@ -431,8 +446,9 @@ class KkrtSender(_Side):
         self._peer_size: int | None = None
         self._columns: list[np.ndarray] = []
         self._pending = 0  # bins in self._columns
-        self._filled = 0  # bins of self._rows expanded so far
-        self._rows: np.ndarray | None = None
+        self._filled = 0  # bins expanded so far
+        self._by_bin: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (item, i) pairs by bin h_i(item)
+        self._all_masks: np.ndarray | None = None  # every mask, in sending order, filled as bins arrive
         self._answered = False
         self._masks: np.ndarray | None = None
         self._perms: np.ndarray | None = None
@@ -454,6 +470,7 @@ class KkrtSender(_Side):
             if frame.count != 1:
                 raise PsiFrameError("an OT-PSI HELLO carries one record")
             yield self._hello(frame)
+            self._plan()  # after the reply is out: the receiver expands its matrix meanwhile
             return
         if not self._answered:
             frame = self._decode(data, {FrameType.MATRIX: _CODE, FrameType.MATRIX_END: 0})
@@ -491,12 +508,25 @@ class KkrtSender(_Side):
         receiver = ot.OtReceiver(first, _bits(secret))
         self._seeds = receiver.seeds
         self._code_key = os.urandom(16)
-        self._rows = np.empty((self._bins, _CODE), dtype=np.uint8)
         reply = _REPLY_HEAD.pack(self._code_key, len(own)) + b"".join(receiver.replies)
         return encode(FrameType.REPLY, self.mode, frame.session, 0, 1, reply)
 
+    def _plan(self) -> None:
+        """Draw the shuffle and sort the ``3 |Y|`` pairs (item, hash function) by bin, so that each chunk of
+        rows, once expanded, gives the masks of the pairs whose bin it holds (see :meth:`_expand`)."""
+        own, n = _ready(self._own), len(_ready(self._own))
+        rng = np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
+        self._perms = perms = np.stack([rng.permutation(n) for _ in range(cuckoo.HASHES)])
+        place = np.empty_like(perms)  # place[i, item]: the item's position in group i
+        np.put_along_axis(place, perms, np.arange(n)[None, :], axis=1)
+        pair_bins = cuckoo.bin_indices(self._bin_key, own, self._bins).T.ravel()  # pair i n + item
+        order = np.argsort(pair_bins, kind="stable")
+        self._by_bin = (order, pair_bins[order], place.ravel())
+        self._all_masks = np.empty((cuckoo.HASHES * n, mask_bytes(_ready(self._peer_size), n)), dtype=np.uint8)
+
     def _expand(self) -> None:
-        """The rows ``q_j = t_j + (C(x_j || i_j) AND s)`` of the bins received since the last call."""
+        """The rows ``q_j = t_j + (C(x_j || i_j) AND s)`` of the bins received since the last call, and at
+        once the masks ``H(q_{h_i(y)} + (C(y || i) AND s))`` of every pair (y, i) with its bin among them."""
         if not self._columns:
             return
         u = np.concatenate(self._columns, axis=1)
@@ -504,35 +534,29 @@ class KkrtSender(_Side):
         self._columns, self._pending = [], 0
         q = np.stack([ot.prg(seed, count // 8, start // 8) for seed in self._seeds])
         q[self._choose] ^= u[self._choose]
-        _ready(self._rows)[start : start + count] = ot.transpose(q)
+        rows = ot.transpose(q)
         self._filled += count
+        order, sorted_bins, place = _ready(self._by_bin)
+        own, masks = _ready(self._own), _ready(self._all_masks)
+        n = len(own)
+        low, high = np.searchsorted(sorted_bins, [start, start + count])
+        for at in range(low, high, MAX_RECORDS):
+            pairs = order[at : min(at + MAX_RECORDS, high)]
+            function, item = np.divmod(pairs, n)
+            code = _codewords(self._code_key, own[item], function.astype(np.uint8))
+            got = _oprf(rows[sorted_bins[at : at + len(pairs)] - start] ^ (code & self._s), masks.shape[1])
+            masks[function * n + place[pairs]] = got
 
     def _answer(self) -> Iterator[bytes]:
-        """The MASKS, :data:`CHUNK` at a time: positions ``i |Y| + k`` carry ``F(y || i)`` of the item
+        """The MASKS (all computed by now): position ``i |Y| + k`` carries ``F(y || i)`` of the item
         ``y = Y[perm_i[k]]``, each ``perm_i`` a random permutation (the shuffle of the module doc)."""
-        rows, own, peer_size = _ready(self._rows), _ready(self._own), _ready(self._peer_size)
-        n = len(own)
-        width_out = mask_bytes(peer_size, n)
-        where = cuckoo.bin_indices(self._bin_key, own, self._bins)
-        rng = np.random.default_rng(int.from_bytes(os.urandom(32), "big"))
-        self._perms = perms = np.stack([rng.permutation(n) for _ in range(cuckoo.HASHES)])
-        kept, seq = [], 0
-        for start in range(0, cuckoo.HASHES * n, min(CHUNK, MAX_RECORDS)):
-            at = np.arange(start, min(start + CHUNK, start + MAX_RECORDS, cuckoo.HASHES * n))
-            function, k = np.divmod(at, n)
-            items = perms[function, k]
-            code = _codewords(self._code_key, own[items], function.astype(np.uint8))
-            masks = _oprf(rows[where[items, function]] ^ (code & self._s), width_out)
-            if self.mode is Mode.TO_BOTH:
-                kept.append(masks)
-            yield encode(FrameType.MASKS, self.mode, _ready(self.session), seq, len(masks), masks.tobytes())
-            seq += 1
-        self._rows = None
+        masks, n, peer_size = _ready(self._all_masks), len(_ready(self._own)), _ready(self._peer_size)
+        self._by_bin = self._all_masks = None
         if self.mode is Mode.TO_BOTH:
-            self._masks = np.concatenate(kept) if kept else np.empty((0, width_out), np.uint8)
+            self._masks = masks
         else:
             self._result = PsiResult(n, peer_size, None, None)
-        yield encode(FrameType.MASKS_END, self.mode, _ready(self.session), seq, cuckoo.HASHES * n)
+        yield from self._frames(FrameType.MASKS, FrameType.MASKS_END, masks)
 
     def _confirmed(self, found: np.ndarray) -> None:
         masks = _ready(self._masks)

@@ -471,7 +471,7 @@ def test_results_are_identical_across_chunk_sizes(monkeypatch, mode):
             assert_both_sides_match_plaintext(r, s, xs, ys)
             assert _keys_by_identifier(r, xs) == _keys_by_identifier(s, ys)
         answers.append((r.cardinality, r.own_size, r.peer_size, s.own_size, s.peer_size, s.cardinality))
-        assert frames.count(FrameType.MASKS) == -(-3 * r.peer_size // min(chunk, MAX_RECORDS))
+        assert frames.count(FrameType.MATRIX) == -(-cuckoo.bins_for(r.own_size) // min(chunk, 8192))
     assert len(set(answers)) == 1
 
 
