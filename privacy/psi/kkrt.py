@@ -59,8 +59,9 @@ on either side consumes one frame and returns the frames to send back;
 :func:`fedsilo.privacy.psi.protocol.exchange` runs both local objects. ``stream(frame)`` is
 ``handle`` as an iterator: it yields each frame as soon as it is computed, so a transport that
 sends them as they come keeps both parties busy at once (the receiver expands the next chunk of
-the matrix while the sender turns the last into masks). Frames: :mod:`fedsilo.privacy.psi.otwire`; every frame is checked
-(:class:`PsiFrameError`). Everything runs in the calling process (numpy and AES-NI; no worker pool).
+the matrix while the sender turns the last into masks). Frames:
+:mod:`fedsilo.privacy.psi.otwire`; every frame is checked (:class:`PsiFrameError`). Everything
+runs in the calling process (numpy and AES-NI; no worker pool).
 
 Streaming and memory: every step runs :data:`CHUNK` items or bins at a time. The receiver
 expands, transposes and sends the matrix a chunk of bins at a time (a PRG column is read at an
