@@ -1,17 +1,19 @@
 """OT-extension PSI (KKRT16, `fedsilo.privacy.psi.kkrt`) against fedsilo's DH-PSI: CPU, wall, bytes.
 
-1. `--size` × `--size` (default 100k × 100k), intersection to the receiver, half the
-   identifiers shared: the OT-extension protocol against the DH protocol (the baseline,
-   `fedsilo.privacy.psi.protocol` with `Workers(1)`), both sides in this one process, so
-   the process's CPU time is the CPU of both parties. The arms alternate `--repeats`
-   times (default 3); medians are compared. Also the bytes on the wire per element (both
-   directions, all frames, divided by one side's size) and a plaintext hash join of the same
-   sets (`set & set` on the strings, and on their canonical forms) as the floor. Then the OT
-   protocol with the sender in a second process (frames over a local socket pair, as two
-   peers on one host): each party's CPU and the wall time.
-2. `--large` × `--large` (default 0: skipped; try 1,000,000): the OT-extension protocol alone,
-   identifiers read from generators during the run; wall, CPU and this process's peak
-   resident memory (both sides' data, one process), against the plaintext hash join.
+1. `--size` × `--size` (default 100k × 100k), half the identifiers shared: the OT-extension
+   protocol (intersection to the receiver) against the DH protocol (the baseline,
+   `fedsilo.privacy.psi.protocol` with `Workers(1)`), both sides in this one process, so the
+   process's CPU time is the CPU of both parties; bytes on the wire per element (both directions,
+   all frames, divided by one side's size). Then the OT protocol with each party in its own process
+   (spawned; identifiers made before the clock), frames over a local socket pair, sent as
+   `stream()` yields them (a writer thread per party, as a streaming HTTP body), result to both
+   parties (`--mode`, as SecretFlow's `broadcast_result`): wall until both hold their result, each
+   party's CPU and peak resident memory. The arms alternate `--repeats` times (default 3);
+   medians are compared. Floors: plaintext joins of the same lists, CPU from the lists to the
+   shared count: a Python `set` join on the strings, pandas' hash join (`DataFrame.merge`), and a
+   set join on the canonical forms (what both protocols compare).
+2. `--large` × `--large` (default 0: skipped; try 1,000,000 or 10,000,000): the two-process OT run
+   alone, once, with the same floors (each party's peak RSS is its own process's).
 3. With `--spu-python PATH` (an interpreter with `spu==0.9.5`, in its own venv: it needs
    numpy < 2), SecretFlow's PSI at the same `--size`, in the same alternation: `--spu-protocols`
    (default ECDH on Curve25519 and RR22), both parties as two processes over loopback
@@ -24,7 +26,7 @@
 The machine may be shared: figures are provisional, ratios within one run only. A measurement, not a pass/fail test.
 
     python bench/psi_ot.py                         # 100k comparison (about a minute)
-    python bench/psi_ot.py --large 1000000         # and 1M x 1M with the OT protocol
+    python bench/psi_ot.py --size 0 --large 10000000   # 10M x 10M, the OT protocol in two processes
     python bench/psi_ot.py --spu-python /path/to/spuvenv/bin/python   # and SecretFlow's ECDH and RR22
 """
 
