@@ -519,3 +519,21 @@ def test_prg_slices_equal_the_whole_stream():
     whole = ot.prg(seed, 1000)
     for offset, size in [(0, 1000), (16, 64), (8, 24), (5, 3), (992, 8), (0, 0)]:
         assert (ot.prg(seed, size, offset) == whole[offset : offset + size]).all()
+
+
+def test_the_order_of_the_masks_does_not_follow_their_bins(monkeypatch):
+    """The sender computes each mask when the chunk holding its bin arrives, but sends all of them in the
+    shuffled order after MATRIX_END. The receiver, which knows the bin of each of its own items, sees
+    where each matched mask sits in the stream: those positions are uncorrelated with the bins (an
+    arrival-order sender would give a correlation of 1 and tell the receiver the bins of every item)."""
+    monkeypatch.setattr(kkrt, "CHUNK", 512)
+    n = 2000
+    r, s = KkrtReceiver([f"c-{i}" for i in range(n)]), KkrtSender([f"c-{i}" for i in range(n)])
+    exchange(r, s)
+    matched = r._match >= 0
+    assert matched.sum() == n
+    bins = cuckoo.bin_indices(r._bin_key, r._own, r._bins)[r._items, r._functions]
+    for i in range(3):
+        mine = matched & (r._functions == i)
+        position = r._match[mine] - i * n
+        assert mine.sum() > 300 and abs(np.corrcoef(bins[mine], position)[0, 1]) < 0.2
