@@ -170,5 +170,6 @@ def run(python: str, protocol: str, receiver_csv: Path, sender_csv: Path, expect
         "cpu": reports[0]["cpu"] + reports[1]["cpu"],
         "wall": max(r["wall"] for r in reports),
         "bytes": relays[0].bytes + relays[1].bytes,
+        "peak_mib": [r.get("peak_mib", float("nan")) for r in reports],
         "shared": len(expected),
     }

@@ -79,6 +79,7 @@ def main() -> int:
                 "rank": args.rank,
                 "cpu": cpu,
                 "wall": wall,
+                "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "original_count": report.original_count,
                 "intersection_count": report.intersection_count,
             }

@@ -32,6 +32,7 @@ else)::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import struct
 import unicodedata
@@ -108,4 +109,41 @@ def canonical_forms(values: Iterable[str], kind: str | None) -> Iterator[bytes]:
     if kind is None:
         return (_canonical(v, k) for k, v in map(split_typed, values))
     _check_kind(kind)
-    return (_canonical(value, kind) for value in values)
+    return _batched_forms(iter(values), kind)
+
+
+_BATCH = 4096
+
+
+def _batched_forms(values: Iterator[str], kind: str) -> Iterator[bytes]:
+    """:func:`_canonical` of each value, a batch at a time through whole-batch operations when it can.
+
+    A batch takes the fast road when it is all ``str``, ASCII, and no value is empty, holds a
+    newline (the separator), a space or a control character, or is too long: then each form is
+    ``kind:`` + the value lowercased, exactly what :func:`_canonical` gives. Any other batch goes
+    value by value (and raises at its first bad value, as :func:`_canonical` does).
+    """
+    prefix = f"{kind}:".encode()
+    longest = _MAX_BYTES - len(prefix)
+    while batch := list(itertools.islice(values, _BATCH)):
+        forms = _plain_forms(batch, prefix, longest)
+        yield from forms if forms is not None else (_canonical(value, kind) for value in batch)
+
+
+def _plain_forms(batch: list[str], prefix: bytes, longest: int) -> list[bytes] | None:
+    """The canonical forms of a batch of plain ASCII values (see :func:`_batched_forms`), else ``None``."""
+    try:
+        joined = "\n".join(batch)
+    except TypeError:  # not all str: the value-by-value road names the culprit
+        return None
+    if not joined.isascii():
+        return None
+    data = joined.encode()
+    codes = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(codes == 10)
+    if len(breaks) != len(batch) - 1 or ((codes < 33) & (codes != 10)).any() or (codes == 127).any():
+        return None
+    lengths = np.diff(np.concatenate(([-1], breaks, [len(codes)]))) - 1
+    if lengths.min() < 1 or lengths.max() > longest:
+        return None
+    return (prefix + data.lower().replace(b"\n", b"\n" + prefix)).split(b"\n")

@@ -110,10 +110,15 @@ class OtReceiver:
             self.seeds.append(_key(i, first, point, _mul(b, first, "the base-OT first message")))
 
 
-def prg(seed: bytes, nbytes: int) -> np.ndarray:
-    """``nbytes`` pseudorandom bytes from a 16-byte seed (AES-128-CTR from counter 0)."""
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(nbytes)), dtype=np.uint8)
+def prg(seed: bytes, nbytes: int, offset: int = 0) -> np.ndarray:
+    """Bytes ``offset`` to ``offset + nbytes`` of a 16-byte seed's pseudorandom stream (AES-128-CTR from counter 0).
+
+    A slice of the stream costs only its own blocks (the counter starts at ``offset // 16``),
+    so a long column can be expanded piece by piece with the same bytes as in one call.
+    """
+    block, skip = divmod(offset, 16)
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(skip + nbytes)), dtype=np.uint8)[skip:]
 
 
 def aes_ecb(key: bytes, blocks: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedsilo.errors import ProtocolError, PsiError, PsiFrameError
-from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, canonical, cuckoo, exchange, ot
+from fedsilo.privacy.psi import Mode, PsiReceiver, PsiSender, canonical, cuckoo, exchange, kkrt, ot
 from fedsilo.privacy.psi.kkrt import KkrtReceiver, KkrtSender, _codewords, _oprf, item_digests, mask_bytes
 from fedsilo.privacy.psi.otwire import HEADER, MAX_RECORDS, FrameType, decode, encode
 
@@ -447,3 +447,93 @@ def test_cuckoo_places_every_item_in_one_of_its_bins():
         assert used.sum() == n and len(set(occupant[used].tolist())) == n
         assert (candidates[occupant[used], which[used]] == np.nonzero(used)[0]).all()
     assert cuckoo.place(np.zeros((3, 3), np.int64), 2) is None  # three items, two bins: no placement
+
+
+# --- chunked processing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_results_are_identical_across_chunk_sizes(monkeypatch, mode):
+    """The OT extension, the sender's rows and masks and the receiver's look-ups run CHUNK at a time; any
+    chunk (a multiple of 64 bins, one bin-frame or many, masks straddling the hash functions' groups)
+    gives the same intersection, sizes and, on both sides, the same keys as one chunk for everything."""
+    rng = random.Random(5)
+    pool = rand_ids(rng, 1500)
+    xs = rng.sample(pool, 800) + rng.choices(pool, k=50)
+    ys = rng.sample(pool, 900)
+    answers = []
+    for chunk in (64, 192, 8192, 1 << 16):
+        monkeypatch.setattr(kkrt, "CHUNK", chunk)
+        frames: list[FrameType] = []
+        r, s = _run(xs, ys, mode, tap=lambda d, f, frames=frames: frames.append(FrameType(f[5])))
+        assert r.positions.tolist() == expected_positions(xs, ys)
+        if mode is Mode.TO_BOTH:
+            assert_both_sides_match_plaintext(r, s, xs, ys)
+            assert _keys_by_identifier(r, xs) == _keys_by_identifier(s, ys)
+        answers.append((r.cardinality, r.own_size, r.peer_size, s.own_size, s.peer_size, s.cardinality))
+        assert frames.count(FrameType.MATRIX) == -(-cuckoo.bins_for(r.own_size) // min(chunk, 8192))
+    assert len(set(answers)) == 1
+
+
+def test_chunked_sender_accepts_matrix_frames_of_any_allowed_size(monkeypatch):
+    """The sender expands rows as MATRIX frames arrive, whatever multiples of 64 bins they carry (a
+    receiver with another CHUNK cuts them differently): the answer is the same."""
+    xs, ys = [f"c-{i}" for i in range(900)], [f"c-{i}" for i in range(450, 1350)]
+    monkeypatch.setattr(kkrt, "CHUNK", 64)
+    r = KkrtReceiver(xs)
+    (hello,) = r.request_frames()
+    monkeypatch.setattr(kkrt, "CHUNK", 1 << 16)
+    s = KkrtSender(ys)
+    (reply,) = s.handle(hello)
+    monkeypatch.setattr(kkrt, "CHUNK", 64)
+    matrix = r.handle(reply)
+    assert len(matrix) == cuckoo.bins_for(900) // 64 + 1
+    monkeypatch.setattr(kkrt, "CHUNK", 320)  # the sender expands in uneven pieces
+    masks = [out for frame in matrix for out in s.handle(frame)]
+    for frame in masks:
+        r.handle(frame)
+    assert r.result().positions.tolist() == list(range(450, 900))
+
+
+def test_a_mask_before_the_receiver_finished_its_matrix_is_refused():
+    """stream() yields the MATRIX frames lazily; a MASKS frame passed before that iterator ran out finds
+    the receiver without its outputs and is refused (never looked up against half a table)."""
+    r, s, reply = _through_reply(["a", "b", "c"], ["a", "x"])
+    matrix_stream = r.stream(reply)
+    first = next(matrix_stream)
+    for frame in [first, *matrix_stream]:
+        masks = s.handle(frame)
+    r2, s2, reply2 = _through_reply(["a", "b", "c"], ["a", "x"])
+    lazy = r2.stream(reply2)
+    frames = [next(lazy), next(lazy)]  # the MATRIX frame and MATRIX_END: the outputs not yet computed
+    answer = [out for frame in frames for out in s2.handle(frame)]
+    with pytest.raises(PsiFrameError, match="before the state it needs"):
+        r2.handle(answer[0])
+    for frame in masks:
+        r.handle(frame)
+    assert r.result().positions.tolist() == [0]
+
+
+def test_prg_slices_equal_the_whole_stream():
+    seed = bytes(range(16))
+    whole = ot.prg(seed, 1000)
+    for offset, size in [(0, 1000), (16, 64), (8, 24), (5, 3), (992, 8), (0, 0)]:
+        assert (ot.prg(seed, size, offset) == whole[offset : offset + size]).all()
+
+
+def test_the_order_of_the_masks_does_not_follow_their_bins(monkeypatch):
+    """The sender computes each mask when the chunk holding its bin arrives, but sends all of them in the
+    shuffled order after MATRIX_END. The receiver, which knows the bin of each of its own items, sees
+    where each matched mask sits in the stream: those positions are uncorrelated with the bins (an
+    arrival-order sender would give a correlation of 1 and tell the receiver the bins of every item)."""
+    monkeypatch.setattr(kkrt, "CHUNK", 512)
+    n = 2000
+    r, s = KkrtReceiver([f"c-{i}" for i in range(n)]), KkrtSender([f"c-{i}" for i in range(n)])
+    exchange(r, s)
+    matched = r._match >= 0
+    assert matched.sum() == n
+    bins = cuckoo.bin_indices(r._bin_key, r._own, r._bins)[r._items, r._functions]
+    for i in range(3):
+        mine = matched & (r._functions == i)
+        position = r._match[mine] - i * n
+        assert mine.sum() > 300 and abs(np.corrcoef(bins[mine], position)[0, 1]) < 0.2
