@@ -3,7 +3,10 @@
 It reads the job from `context.run_config` (see `fedsilo.peers.flower_app`) and hosts it. A
 job with no encoder path is a deployed one (`fedsilo.peers.server.deployed`): the encoder is
 first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
-take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. The simulation harness builds its own `JobHost`
+take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. Once
+they have all connected the grid watches them: a peer lost during the job is a dropout, and
+the run fails at once (`PeersLost`) when fewer are left than SecAgg+ needs; either way the
+lost node ids go into `lost.json` there. The simulation harness builds its own `JobHost`
 instead, to attach a yardstick evaluation and a progress display.
 """
 
@@ -14,6 +17,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
+from fedsilo.peers.identity.round_keys import SUITE_KEY
 from fedsilo.peers.job import JobConfig
 from fedsilo.peers.server.deployed import (
     RoundClock,
@@ -21,11 +25,14 @@ from fedsilo.peers.server.deployed import (
     fit_encoder_from_peers,
     job_nodes,
     output_directory,
+    survivors_needed,
     wait_for_peers,
+    write_lost,
     write_result,
 )
 from fedsilo.peers.server.host import JobHost
 from fedsilo.peers.server.polling_grid import PromptGrid
+from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 
 app = ServerApp()
 
@@ -39,10 +46,19 @@ def main(grid: Grid, context: Context) -> None:
     output = output_directory(os.environ.get(HOST_OUTPUT_ENV))
     grid = PromptGrid(grid, nodes=job_nodes(os.environ.get(JOB_NODES_ENV)))
     nodes = wait_for_peers(grid, job.peers)
-    encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
-    encoder_path = output / "encoder.json"
-    encoder_path.write_text(encoder.to_json())
-    clock = RoundClock()
-    outcome = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round).run(grid, context)
-    write_result(output, job.job_id, outcome, clock.seconds, [e.to_dict() for e in grid.exchanges])
-    announce_finish(grid, nodes, job.job_id)
+    grid.watch(nodes, len(nodes))  # until the rounds start, every peer is needed
+    try:
+        encoder = fit_encoder_from_peers(grid, nodes, job.job_id, job.label)
+        encoder_path = output / "encoder.json"
+        encoder_path.write_text(encoder.to_json())
+        clock = RoundClock()
+        host = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round)
+        n_params = int(sum(v.size for v in host.initial_weights().values()))
+        minimum = survivors_needed(job, n_params, str(context.run_config.get(SUITE_KEY, DEFAULT_SUITE)))
+        grid.minimum = minimum
+        host.min_nodes = minimum
+        outcome = host.run(grid, context)
+        write_result(output, job.job_id, outcome, clock.seconds, [e.to_dict() for e in grid.exchanges])
+        announce_finish(grid, grid.alive, job.job_id)
+    finally:
+        write_lost(output, grid.lost)
