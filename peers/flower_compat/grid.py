@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import functools
 
-OBJECT_WAIT_SECONDS = 15.0
-
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-__all__ = ["Run", "is_deployment_grid", "is_simulation_grid", "prompt_object_pulls"]
+OBJECT_WAIT_SECONDS = 15.0
+
+__all__ = ["OBJECT_WAIT_SECONDS", "Run", "is_deployment_grid", "is_simulation_grid", "prompt_object_pulls"]
 
 
 def is_simulation_grid(grid: Grid) -> bool:

@@ -5,7 +5,6 @@ import inspect
 import time
 
 import pytest
-
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.serverapp import Grid
 from flwr.supercore.object_store import ObjectStoreFactory
