@@ -89,7 +89,7 @@ def budget(consortium, name):
 
 
 def test_three_peers_lose_one_and_finish_with_the_survivors(consortium, tmp_path):
-    job = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "live-1", rounds=4, min_participants=2))
+    job = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "live-1", rounds=3, min_participants=2))
     call(consortium, OWNER, "POST", f"{consortium.addresses['bank-a']}/v1/jobs", job)
     killed = kill_mid_training(consortium, "bank-c", "live-1")
     host = wait_for(consortium, "bank-a", "live-1", ("finished", "failed"), timeout=BOUND_SECONDS)
@@ -135,7 +135,7 @@ def test_three_peers_lose_one_and_finish_with_the_survivors(consortium, tmp_path
 def test_two_peers_lose_one_and_the_job_fails_at_once_naming_it(consortium, tmp_path):
     job = signed(
         consortium,
-        consortium.job_toml(tmp_path / "job.toml", "live-2", participants=["bank-a", "bank-b"], rounds=4),
+        consortium.job_toml(tmp_path / "job.toml", "live-2", participants=["bank-a", "bank-b"], rounds=3),
     )
     call(consortium, OWNER, "POST", f"{consortium.addresses['bank-a']}/v1/jobs", job)
     killed = kill_mid_training(consortium, "bank-b", "live-2")
