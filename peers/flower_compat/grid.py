@@ -27,7 +27,7 @@ from flwr.supercore.run import Run
 from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-OBJECT_WAIT_SECONDS = 15.0
+OBJECT_WAIT_SECONDS = 10.0
 
 __all__ = ["OBJECT_WAIT_SECONDS", "Run", "is_deployment_grid", "is_simulation_grid", "prompt_object_pulls"]
 
