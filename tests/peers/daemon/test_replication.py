@@ -9,6 +9,7 @@ when bank-b starts again, with no announcement.
 """
 
 import asyncio
+import json
 import shutil
 import sqlite3
 
@@ -127,3 +128,35 @@ def test_a_participant_down_when_the_model_was_announced_fetches_it_when_it_star
 
     run(body())
     assert [(a, o, d) for a, o, d in replication_audit(consortium)] == [("bank-a", "ok", "version 1 verified")]
+
+
+def test_a_resumed_fetch_verifies_like_an_announced_one(consortium, genuine):
+    """The host (bank-a) serves, to a participant fetching on its own at start, a card it did not sign
+    for this job (bank-b's own signature on it): refused and audited, nothing kept, no staging left."""
+    from fedsilo.peers.daemon.model_store import SIGNATURE
+    from fedsilo.peers.identity.pki import certificate_pem
+    from fedsilo.peers.identity.signing import sign_document
+
+    envelope, directory = genuine
+    participation(consortium, "bank-b", envelope)
+    forger = consortium.identity("bank-b")
+    card = json.loads((directory / CARD).read_text())
+    forged = {
+        "signer": "bank-b",
+        "certificate": certificate_pem(forger.certificate),
+        "signature": sign_document(forger.key, card),
+    }
+    files = {**files_of(directory), SIGNATURE: json.dumps(forged).encode()}
+    listing = listing_with(envelope, ["encoder.json", "model.safetensors"])
+
+    async def body():
+        async with rogue_peer(consortium, "bank-a", listing, files):
+            async with running(consortium, ["bank-b"]):
+                await until(lambda: len(replication_audit(consortium)) == 1)
+
+    run(body())
+    assert replicas(consortium) == []
+    [(actor, outcome, detail)] = replication_audit(consortium)
+    assert actor == "bank-a" and outcome != "ok" and "did not verify" in detail
+    models = consortium.root / "bank-b" / "state" / "models"
+    assert [p for p in models.rglob("*") if p.is_file()] == []  # nothing kept, nothing half-written
