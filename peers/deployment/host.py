@@ -38,7 +38,7 @@ from typing import Any
 from fedsilo.peers.deployment.local_ca import make_local_tls
 from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from fedsilo.peers.deployment.tls import TLSFiles, public_key_pem
-from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
+from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_MIN_PEERS_ENV, JOB_NODES_ENV, write_app_descriptor
 from fedsilo.peers.flower_compat.control import COMPLETED, FINISHED, ControlClient, build_fab
 from fedsilo.peers.identity.round_keys import SUITE_KEY
 from fedsilo.peers.job import JobConfig
@@ -197,6 +197,7 @@ def host_training(
     version: str = "0.0.0",
     suite: str = DEFAULT_SUITE,
     seal_identity: tuple[Path, Path] | None = None,
+    min_peers: int = 1,
 ) -> HostedTraining:
     """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
 
@@ -207,7 +208,8 @@ def host_training(
     `fleet_address` = `host:port`, verifying its certificate against `tls.ca_cert`.
     Raises DeploymentError (processes stopped) if anything fails to start. `seal_identity` (gm
     suite: the host's identity directory and manifest) makes the gateway seal every Fleet payload
-    end to end (`fleet_gateway`).
+    end to end (`fleet_gateway`). `min_peers` (the owner-signed min-participants): the run
+    fails once fewer peers than that are left (`fedsilo.peers.server.deployed`).
     """
     tls.check()
     if len(node_public_keys) < job.peers:
@@ -294,7 +296,7 @@ def host_training(
                 "--parent-pid",
                 str(link.process.pid),
             ],
-            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)},
+            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes), JOB_MIN_PEERS_ENV: str(min_peers)},
         )
         app_dir = work_dir / "app"
         write_app_descriptor(app_dir, {**deployment_job(job).to_run_config(), SUITE_KEY: suite}, version)

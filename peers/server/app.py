@@ -5,7 +5,8 @@ job with no encoder path is a deployed one (`fedsilo.peers.server.deployed`): th
 first fitted from the peers' summaries, only the nodes `FEDSILO_JOB_NODES` lists
 take part, and the result is written into the directory `FEDSILO_HOST_OUTPUT` names. Once
 they have all connected the grid watches them: a peer lost during the job is a dropout, and
-the run fails at once (`PeersLost`) when fewer are left than SecAgg+ needs; either way the
+the run fails at once (`PeersLost`) when fewer are left than SecAgg+ needs or the job's
+owner-signed min-participants (`FEDSILO_JOB_MIN_PEERS`); either way the
 lost node ids go into `lost.json` there. The simulation harness builds its own `JobHost`
 instead, to attach a yardstick evaluation and a progress display.
 """
@@ -16,13 +17,14 @@ from dataclasses import replace
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV
+from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_MIN_PEERS_ENV, JOB_NODES_ENV
 from fedsilo.peers.identity.round_keys import SUITE_KEY
 from fedsilo.peers.job import JobConfig
 from fedsilo.peers.server.deployed import (
     RoundClock,
     announce_finish,
     fit_encoder_from_peers,
+    job_min_peers,
     job_nodes,
     output_directory,
     survivors_needed,
@@ -54,7 +56,10 @@ def main(grid: Grid, context: Context) -> None:
         clock = RoundClock()
         host = JobHost(replace(job, encoder_path=str(encoder_path)), on_round=clock.on_round)
         n_params = int(sum(v.size for v in host.initial_weights().values()))
-        minimum = survivors_needed(job, n_params, str(context.run_config.get(SUITE_KEY, DEFAULT_SUITE)))
+        minimum = max(
+            survivors_needed(job, n_params, str(context.run_config.get(SUITE_KEY, DEFAULT_SUITE))),
+            job_min_peers(os.environ.get(JOB_MIN_PEERS_ENV)),
+        )
         grid.minimum = minimum
         host.min_nodes = minimum
         outcome = host.run(grid, context)

@@ -16,7 +16,7 @@ Liveness: once every peer has connected, the grid watches them (`PromptGrid.watc
 A peer whose SuperNode stops answering (no heartbeat for 10 s, see
 `fedsilo.peers.flower_compat.heartbeat`) is a dropout: SecAgg+ completes the round with
 the survivors and the next rounds sample only them, while at least `survivors_needed`
-are left; below that the grid raises `PeersLost` at once and the run fails.
+and the owner-signed min-participants (`job_min_peers`) are left; below that the grid raises `PeersLost` at once and the run fails.
 `write_lost` records the lost node ids in `lost.json` of the output directory either
 way, so the job's host can name the participants it lost.
 
@@ -107,6 +107,14 @@ def survivors_needed(job: JobConfig, n_params: int, suite: str) -> int:
         return 1
     config = secagg_config(job, n_params, suite)
     return max(config.min_survivors or 0, config.graph_parameters_for(job.per_round).threshold)
+
+
+def job_min_peers(value: str | None) -> int:
+    """The owner-signed min-participants the host passed (`FEDSILO_JOB_MIN_PEERS`); 1 when unset."""
+    try:
+        return max(1, int(value or 1))
+    except ValueError:
+        raise ConfigError(f"FEDSILO_JOB_MIN_PEERS must be a whole number of peers, got {value!r}") from None
 
 
 def write_lost(directory: Path, lost: Iterable[int]) -> None:

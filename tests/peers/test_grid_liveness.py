@@ -98,3 +98,19 @@ def test_rounds_sample_from_the_survivors_when_min_nodes_is_given():
     assert (inner.min_available_nodes, inner.min_train_nodes, inner.min_evaluate_nodes) == (2, 2, 2)
     inner = build_strategy("fedavg", 3).inner.inner
     assert (inner.min_available_nodes, inner.min_train_nodes, inner.min_evaluate_nodes) == (3, 3, 3)
+
+
+def test_a_deployed_job_goes_on_with_as_few_peers_as_secagg_and_its_owner_allow():
+    from fedsilo.errors import ConfigError
+    from fedsilo.peers.job import JobConfig, SecAggSpec
+    from fedsilo.peers.server.deployed import job_min_peers, survivors_needed
+
+    def job(peers, **extra):
+        return JobConfig(label="Y", encoder_path="", peers=peers, **extra)
+
+    assert survivors_needed(job(3), 100, "standard") == 2  # SecAgg+ threshold for 3 peers: one may drop
+    assert survivors_needed(job(2), 100, "standard") == 2  # for 2 peers: none may
+    assert survivors_needed(job(3, secagg=SecAggSpec(mode="off")), 100, "standard") == 1
+    assert job_min_peers("3") == 3 and job_min_peers(None) == 1 and job_min_peers("0") == 1
+    with pytest.raises(ConfigError, match="FEDSILO_JOB_MIN_PEERS must be a whole number"):
+        job_min_peers("two")

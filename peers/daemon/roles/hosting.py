@@ -158,7 +158,13 @@ class Hosting:
         keys = [_acceptance(p).node_public_key for p in accepted]
         try:
             hosted = await asyncio.to_thread(
-                training.start_hosting, job.config, self.ctx.config.state_dir, self.ctx.identity, len(accepted), keys
+                training.start_hosting,
+                job.config,
+                self.ctx.config.state_dir,
+                self.ctx.identity,
+                len(accepted),
+                keys,
+                job.min_participants,
             )
         except FedsiloError as error:
             reason = f"the SuperLink did not start: {error}"
