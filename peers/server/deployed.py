@@ -39,6 +39,7 @@ from safetensors.numpy import save_file
 
 from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.flower_compat.messages import ErrorCode
 from fedsilo.peers.job import JobConfig, secagg_config
 from fedsilo.peers.server.host import HostedRun
 from fedsilo.strategies.secagg import SecureAggregation
@@ -93,12 +94,16 @@ def fit_encoder_from_peers(grid: Grid, nodes: list[int], job_id: str, label: str
 
 
 def announce_finish(grid: Grid, nodes: list[int], job_id: str) -> None:
-    """Tell every node of `nodes` that the job is over; a node lost meanwhile is skipped (best effort)."""
+    """Tell every node of `nodes` that the job is over. A node lost meanwhile (the SuperLink's
+    `NODE_UNAVAILABLE` reply) is skipped; any other error reply raises FedsiloError, as `_ask` does."""
     messages = [
         Message(RecordDict({"config": ConfigRecord({"job-id": job_id})}), dst_node_id=node, message_type=FINISH)
         for node in nodes
     ]
-    grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS)
+    replies = grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS)
+    failed = [r for r in replies if r.has_error() and r.error.code != ErrorCode.NODE_UNAVAILABLE]
+    if failed:
+        raise FedsiloError(f"{FINISH}: node {failed[0].metadata.src_node_id} answered {failed[0].error.reason}")
 
 
 def survivors_needed(job: JobConfig, n_params: int, suite: str) -> int:

@@ -114,3 +114,21 @@ def test_a_deployed_job_goes_on_with_as_few_peers_as_secagg_and_its_owner_allow(
     assert job_min_peers("3") == 3 and job_min_peers(None) == 1 and job_min_peers("0") == 1
     with pytest.raises(ConfigError, match="FEDSILO_JOB_MIN_PEERS must be a whole number"):
         job_min_peers("two")
+
+
+def test_the_finish_skips_a_lost_peer_but_not_a_live_peers_error():
+    from fedsilo.errors import FedsiloError
+    from fedsilo.peers.server.deployed import announce_finish
+
+    inner = _Inner({1, 2})  # node 3 is offline: the SuperLink answers for it
+    grid = PromptGrid(inner, interval=0.0)
+    grid.watch([1, 2, 3], minimum=2)
+    _messages([])  # the ServerApp's task identity
+    announce_finish(grid, [1, 2, 3], "job")
+    assert grid.lost == {3}
+    inner = _Inner({1, 2, 3}, forgers=frozenset())
+    inner.pull_messages = lambda ids: [
+        Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "boom"), reply_to=inner.stored[i]) for i in ids
+    ]
+    with pytest.raises(FedsiloError, match="query.finish: .*boom"):
+        announce_finish(PromptGrid(inner, interval=0.0), [1], "job")
