@@ -17,6 +17,7 @@ CLIENT_APP = "fedsilo.peers.client.app:app"
 SERVER_APP = "fedsilo.peers.server.app:app"
 HOST_OUTPUT_ENV = "FEDSILO_HOST_OUTPUT"  # where a deployed ServerApp writes its result (set by the host)
 JOB_NODES_ENV = "FEDSILO_JOB_NODES"  # the node ids a deployed ServerApp may use, comma-separated (set by the host)
+JOB_MIN_PEERS_ENV = "FEDSILO_JOB_MIN_PEERS"  # the owner-signed min-participants: fewer survivors end the job
 
 
 def _toml_value(value: Any) -> str:

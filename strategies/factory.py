@@ -32,23 +32,27 @@ def build_strategy(
     sum_updates: bool = False,
     rounds: int | None = None,
     verifier: Verifier | None = None,
+    min_nodes: int | None = None,
 ) -> Observed:
     """`name` aggregation over `n_peers` peers, guarded, observed and, when `secagg`
     is given, run through SecAgg+ secure aggregation (`sum_updates`: the global model
     moves by the sum of the peers' updates instead of their weighted mean, as
     distributed DP needs; `rounds`, the job's number of rounds, lets each round's
     evaluation carry the next round's key advertisement, see `SecureAggregation`;
-    `verifier`: the consortium's identities, for the host to check the peers' signatures too)."""
+    `verifier`: the consortium's identities, for the host to check the peers' signatures too;
+    `min_nodes`: sample rounds from as few available peers, down from `n_peers`, so that a
+    round runs with the survivors of dropouts instead of waiting for the lost)."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{name}': use one of {', '.join(STRATEGIES)}")
     if n_peers < 1:
         raise ConfigError("a job needs at least one peer")
+    floor = n_peers if min_nodes is None else max(1, min(min_nodes, n_peers))
     common: dict[str, Any] = dict(
         fraction_train=fraction_train,
         fraction_evaluate=fraction_evaluate,
-        min_train_nodes=max(1, round(fraction_train * n_peers)),
-        min_evaluate_nodes=max(1, round(fraction_evaluate * n_peers)) if fraction_evaluate > 0 else 0,
-        min_available_nodes=n_peers,
+        min_train_nodes=min(floor, max(1, round(fraction_train * n_peers))),
+        min_evaluate_nodes=min(floor, max(1, round(fraction_evaluate * n_peers))) if fraction_evaluate > 0 else 0,
+        min_available_nodes=floor,
     )
     inner: Strategy
     if name == "fedavg":

@@ -58,12 +58,14 @@ class PeerService:
         self.manifest_sync = ManifestSync(context, self.cancellation.cancel, contexts, drop)
 
     async def start(self) -> None:
-        """Start the mailbox and the client, reconcile the state, start the expiry sweep."""
+        """Start the mailbox and the client, reconcile the state, start the expiry and replication sweeps."""
         self.context.mailbox.start()
         await self.context.client.__aenter__()
         await self.context.mailbox.ask(self.reconciliation.open)
+        self.replication.clear_staging()
         self.context.spawn(self.participating.sweep_expired())
         self.context.spawn(self.manifest_sync.poll_forever())
+        self.context.spawn(self.replication.resume())
 
     async def stop(self) -> None:
         """Stop the engine processes of running jobs (they show as interrupted at the next start)."""

@@ -54,9 +54,15 @@ def node_public_key(state_dir: Path) -> str:
 
 
 def start_hosting(
-    job: JobConfig, state_dir: Path, identity: Identity, peers: int, node_keys: Sequence[str]
+    job: JobConfig,
+    state_dir: Path,
+    identity: Identity,
+    peers: int,
+    node_keys: Sequence[str],
+    min_peers: int = 1,
 ) -> HostedTraining:
-    """Start the job's SuperLink (serving this peer's certificate) for `peers` accepted peers."""
+    """Start the job's SuperLink (serving this peer's certificate) for `peers` accepted peers; the run
+    fails once fewer than `min_peers` (the job's min-participants) are left."""
     member = identity.manifest.member(identity.name)
     host = urlsplit(member.address).hostname if member and member.address else "127.0.0.1"
     return host_training(
@@ -67,6 +73,7 @@ def start_hosting(
         host=host or "127.0.0.1",
         suite=identity.manifest.suite,
         seal_identity=(identity.key_path.parent, identity.manifest_path) if seals(identity) else None,
+        min_peers=min_peers,
     )
 
 

@@ -18,8 +18,9 @@
 then registers each accepted peer's node key and starts the run through the
 SuperLink's Control API on 127.0.0.1 (`fedsilo.peers.flower_compat.control`) (the app descriptor of `fedsilo.peers.flower_app`, built
 into a FAB with the job's run config); the ServerApp is told the registered node ids
-and uses no other node. The ServerApp (`fedsilo.peers.server.app`) writes the final model and
-the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`).
+and uses no other node (`nodes`, in the order of the keys). The ServerApp (`fedsilo.peers.server.app`) writes the final model and
+the metrics into `work_dir/result` (passed to it as `FEDSILO_HOST_OUTPUT`), and the ids
+of the nodes it lost during the job into `lost.json` there (`HostedTraining.lost_nodes`).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from typing import Any
 from fedsilo.peers.deployment.local_ca import make_local_tls
 from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from fedsilo.peers.deployment.tls import TLSFiles, public_key_pem
-from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_NODES_ENV, write_app_descriptor
+from fedsilo.peers.flower_app import HOST_OUTPUT_ENV, JOB_MIN_PEERS_ENV, JOB_NODES_ENV, write_app_descriptor
 from fedsilo.peers.flower_compat.control import COMPLETED, FINISHED, ControlClient, build_fab
 from fedsilo.peers.identity.round_keys import SUITE_KEY
 from fedsilo.peers.job import JobConfig
+from fedsilo.peers.server.deployed import LOST_FILE
 from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.process import set_process_defaults
 
@@ -98,6 +100,7 @@ class HostedTraining:
     run_id: int
     supervisor: Supervisor
     control: ControlClient
+    nodes: tuple[int, ...] = ()
     _result: TrainingResult | None = field(default=None, repr=False)
 
     def status(self) -> tuple[str, str, str]:
@@ -140,6 +143,14 @@ class HostedTraining:
             return self._result
         finally:
             self.stop()
+
+    def lost_nodes(self) -> list[int]:
+        """The node ids the ServerApp lost during the job (stopped answering): [] until it wrote any."""
+        try:
+            lost = json.loads((self.work_dir / "result" / LOST_FILE).read_text())["lost"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [n for n in lost if isinstance(n, int) and n in self.nodes]
 
     def stop(self) -> None:
         """Stop every process this job started (idempotent)."""
@@ -186,6 +197,7 @@ def host_training(
     version: str = "0.0.0",
     suite: str = DEFAULT_SUITE,
     seal_identity: tuple[Path, Path] | None = None,
+    min_peers: int = 1,
 ) -> HostedTraining:
     """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
 
@@ -196,7 +208,8 @@ def host_training(
     `fleet_address` = `host:port`, verifying its certificate against `tls.ca_cert`.
     Raises DeploymentError (processes stopped) if anything fails to start. `seal_identity` (gm
     suite: the host's identity directory and manifest) makes the gateway seal every Fleet payload
-    end to end (`fleet_gateway`).
+    end to end (`fleet_gateway`). `min_peers` (the owner-signed min-participants): the run
+    fails once fewer peers than that are left (`fedsilo.peers.server.deployed`).
     """
     tls.check()
     if len(node_public_keys) < job.peers:
@@ -283,14 +296,14 @@ def host_training(
                 "--parent-pid",
                 str(link.process.pid),
             ],
-            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes)},
+            env={JOB_NODES_ENV: ",".join(str(n) for n in nodes), JOB_MIN_PEERS_ENV: str(min_peers)},
         )
         app_dir = work_dir / "app"
         write_app_descriptor(app_dir, {**deployment_job(job).to_run_config(), SUITE_KEY: suite}, version)
         run_id = control.start_run(build_fab(app_dir))
         if run_id is None:
             raise DeploymentError(f"the SuperLink refused to start job {job.job_id}: see {supervisor.log_dir}")
-        return HostedTraining(job, work_dir, address, run_id, supervisor, control)
+        return HostedTraining(job, work_dir, address, run_id, supervisor, control, tuple(nodes))
     except BaseException:
         supervisor.stop()
         if control is not None:

@@ -25,6 +25,11 @@ has none of them):
   the poll interval, and each pulled message handled in the SuperNode's process
   instead of a task for an outside executor. Would go with: settable poll intervals
   and an in-process isolation mode.
+- `heartbeat`: rebinds the heartbeat constants of `flwr.supernode.fleet_http_connection`,
+  `flwr.supercore.heartbeat` (SuperNode) and `flwr.superlink.servicer.fleet.fleet_handlers`
+  (SuperLink) so a SuperNode heartbeats every few seconds and a dead one is offline, its
+  messages answered with `NODE_UNAVAILABLE`, 10 s after its last heartbeat instead of 60 s.
+  Would go with: heartbeat-interval options of the SuperNode and SuperLink.
 - `in_process_clientapp`: runs the ClientApp on a message in the SuperNode's
   NodeState/ObjectStore with the calls Flower's Runtime API handlers make
   (`flwr.supernode.nodestate`, `flwr.supercore.inflatable`). Would go with: the same

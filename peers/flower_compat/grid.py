@@ -9,7 +9,13 @@ The job host wraps each in its own prompt grid (`fedsilo.peers.server.host`).
 (`flwr.superlink.grid.http_grid`) from `flwr.supercore.inflatable` and called there by
 its module-global name, with Flower's retry backoff (1 s, doubling) for an object
 listed before it arrived. `prompt_object_pulls` rebinds that name, once per process,
-so retries start at `interval` and are capped at 4 × `interval`.
+so retries start at `interval` and are capped at 4 × `interval`, and gives up a reply
+whose objects have not all arrived `OBJECT_WAIT_SECONDS` after it was listed (Flower waits
+up to 500 tries or 2 h). A reply is listed once its sender pushed the message, and a live
+sender pushes the message's objects right after it; a sender killed in between never
+does, and Flower's wait for them held the whole round. Given up, the reply becomes
+Flower's own error reply (`MESSAGE_UNAVAILABLE`): the strategy counts the sender as a
+dropout of that exchange.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from flwr.supercore.run import Run
 from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-__all__ = ["Run", "is_deployment_grid", "is_simulation_grid", "prompt_object_pulls"]
+OBJECT_WAIT_SECONDS = 10.0
+
+__all__ = ["OBJECT_WAIT_SECONDS", "Run", "is_deployment_grid", "is_simulation_grid", "prompt_object_pulls"]
 
 
 def is_simulation_grid(grid: Grid) -> bool:
@@ -35,8 +43,9 @@ def is_deployment_grid(grid: Grid) -> bool:
 
 
 def prompt_object_pulls(interval: float) -> None:
-    """Start `HttpGrid`'s object-pull retries at `interval` instead of 1 s (once per process)."""
+    """Start `HttpGrid`'s object-pull retries at `interval` instead of 1 s, give up after
+    `OBJECT_WAIT_SECONDS` (once per process)."""
     if not isinstance(http_grid.pull_objects, functools.partial):
         http_grid.pull_objects = functools.partial(
-            http_grid.pull_objects, initial_backoff=interval, backoff_cap=4 * interval
+            http_grid.pull_objects, initial_backoff=interval, backoff_cap=4 * interval, max_time=OBJECT_WAIT_SECONDS
         )

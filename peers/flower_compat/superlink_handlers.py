@@ -78,7 +78,9 @@ def run_superlink(long_poll: LongPoll) -> None:
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
     from fedsilo.peers.flower_compat import superlink_middleware
+    from fedsilo.peers.flower_compat.heartbeat import accept_short_heartbeats
 
     superlink_middleware.install()
+    accept_short_heartbeats()
     install(long_poll)
     flower_superlink()

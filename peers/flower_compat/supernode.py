@@ -165,5 +165,8 @@ def run_supernode(app: Callable[..., Any], poll: float) -> None:
     """`flower-supernode` (its command-line arguments are this process's), with `app` run in process."""
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
+    from fedsilo.peers.flower_compat.heartbeat import shorten_node_heartbeats
+
     patch_loop(app, poll)
+    shorten_node_heartbeats()
     flower_supernode()

@@ -9,8 +9,16 @@ Under the Deployment Engine no file is shared between the host and the peers, so
 2. training runs as in simulation (`JobHost`);
 3. `write_result`: the final model (safetensors) and the per-round, per-peer metrics
    go into the host's output directory;
-4. `announce_finish`: every peer is told the job is over (`query.finish`), so that it
-   can close its own accounts (what it spent, read from its own accountant's file).
+4. `announce_finish`: every peer still alive is told the job is over (`query.finish`),
+   so that it can close its own accounts (what it spent, read from its own accountant's file).
+
+Liveness: once every peer has connected, the grid watches them (`PromptGrid.watch`).
+A peer whose SuperNode stops answering (no heartbeat for 10 s, see
+`fedsilo.peers.flower_compat.heartbeat`) is a dropout: SecAgg+ completes the round with
+the survivors and the next rounds sample only them, while at least `survivors_needed`
+and the owner-signed min-participants (`job_min_peers`) are left; below that the grid raises `PeersLost` at once and the run fails.
+`write_lost` records the lost node ids in `lost.json` of the output directory either
+way, so the job's host can name the participants it lost.
 
 A job travels to deployed peers with an empty `data.encoder` (see
 `fedsilo.peers.deployment.host.deployment_job`); that is what selects these steps.
@@ -31,10 +39,13 @@ from safetensors.numpy import save_file
 
 from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
+from fedsilo.peers.flower_compat.messages import ErrorCode
+from fedsilo.peers.job import JobConfig, secagg_config
 from fedsilo.peers.server.host import HostedRun
 from fedsilo.strategies.secagg import SecureAggregation
 from fedsilo.strategies.wrapper import find_wrapper
 
+LOST_FILE = "lost.json"
 SUMMARIZE = "query.summarize"
 SEND_ENCODER = "query.encoder"
 FINISH = "query.finish"
@@ -83,7 +94,38 @@ def fit_encoder_from_peers(grid: Grid, nodes: list[int], job_id: str, label: str
 
 
 def announce_finish(grid: Grid, nodes: list[int], job_id: str) -> None:
-    _ask(grid, nodes, FINISH, {"job-id": job_id})
+    """Tell every node of `nodes` that the job is over. A node lost meanwhile (the SuperLink's
+    `NODE_UNAVAILABLE` reply) is skipped; any other error reply raises FedsiloError, as `_ask` does."""
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({"job-id": job_id})}), dst_node_id=node, message_type=FINISH)
+        for node in nodes
+    ]
+    replies = grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS)
+    failed = [r for r in replies if r.has_error() and r.error.code != ErrorCode.NODE_UNAVAILABLE]
+    if failed:
+        raise FedsiloError(f"{FINISH}: node {failed[0].metadata.src_node_id} answered {failed[0].error.reason}")
+
+
+def survivors_needed(job: JobConfig, n_params: int, suite: str) -> int:
+    """Fewest peers a round can run with: SecAgg+'s released-sum minimum for the job's peers, else 1."""
+    if not job.secagg.enabled:
+        return 1
+    config = secagg_config(job, n_params, suite)
+    return max(config.min_survivors or 0, config.graph_parameters_for(job.per_round).threshold)
+
+
+def job_min_peers(value: str | None) -> int:
+    """The owner-signed min-participants the host passed (`FEDSILO_JOB_MIN_PEERS`); 1 when unset."""
+    try:
+        return max(1, int(value or 1))
+    except ValueError:
+        raise ConfigError(f"FEDSILO_JOB_MIN_PEERS must be a whole number of peers, got {value!r}") from None
+
+
+def write_lost(directory: Path, lost: Iterable[int]) -> None:
+    """`lost.json`: the node ids the job lost (sorted), for the host to name their peers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / LOST_FILE).write_text(json.dumps({"lost": sorted(lost)}) + "\n")
 
 
 class RoundClock:

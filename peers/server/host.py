@@ -56,6 +56,7 @@ class JobHost:
         self.evaluate_fn = evaluate_fn
         self.on_round = on_round
         self.outcome: HostedRun | None = None
+        self.min_nodes: int | None = None  # deployed: rounds run with as few peers (the survivors of dropouts)
 
     def initial_weights(self) -> dict[str, np.ndarray]:
         """The global model's starting point: the shared part, fresh or from `model.base`.
@@ -94,6 +95,7 @@ class JobHost:
             sum_updates=self.job.dp.mode == "distributed",
             rounds=self.job.train.rounds,
             verifier=verifier,
+            min_nodes=self.min_nodes,
         )
         central: dict[int, dict[str, float]] = {}
 

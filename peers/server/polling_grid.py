@@ -33,6 +33,14 @@ With `nodes`, the grid shows only those node ids (`get_node_ids`): the nodes the
 host registered for the job's accepting peers. Flower's Control API has no account
 authentication in its open-source distribution, so a node registered by anyone else
 on the same SuperLink is never sampled.
+
+Liveness (`watch`, deployed jobs): once every job node has connected, the grid
+watches them. A job node the SuperLink no longer lists as online (its heartbeats
+stopped, `fedsilo.peers.flower_compat.heartbeat`), or whose message the SuperLink
+answered with `NODE_UNAVAILABLE`, is lost for the rest of the job: `get_node_ids`
+leaves it out, so the strategy samples the survivors, and raises `PeersLost`
+(naming the lost node ids) as soon as fewer than `minimum` job nodes are left, so
+the job ends at once instead of Flower waiting for nodes that will not come back.
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from fedsilo.errors import FedsiloError
 from fedsilo.peers.flower_compat.grid import Run, is_deployment_grid, prompt_object_pulls
+from fedsilo.peers.flower_compat.messages import ErrorCode
 from fedsilo.peers.packed_content import pack_message, unpack_reply
 
 # The job's SuperLink holds a pull that finds nothing until something is pushed
@@ -70,6 +80,17 @@ class Exchange:
         return asdict(self)
 
 
+class PeersLost(FedsiloError):
+    """Fewer job nodes are left than the job can continue with; `lost` names the ones that stopped answering."""
+
+    def __init__(self, lost: frozenset[int], alive: int, minimum: int) -> None:
+        self.lost = lost
+        super().__init__(
+            f"lost node(s) {', '.join(str(n) for n in sorted(lost))} (they stopped answering); "
+            f"{alive} node(s) left, the job needs at least {minimum}"
+        )
+
+
 class PromptGrid(Grid):
     def __init__(
         self, inner: Grid, interval: float = DEFAULT_INTERVAL_SECONDS, nodes: Iterable[int] | None = None
@@ -78,6 +99,10 @@ class PromptGrid(Grid):
         self.interval = interval
         self.nodes = None if nodes is None else frozenset(nodes)
         self.exchanges: list[Exchange] = []
+        self.watched: frozenset[int] = frozenset()
+        self.lost: set[int] = set()
+        self.minimum = 1
+        self._destinations: dict[str, int] = {}
         if is_deployment_grid(inner):
             prompt_object_pulls(interval)
 
@@ -93,15 +118,43 @@ class PromptGrid(Grid):
     ) -> Message:
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
+    def watch(self, nodes: Iterable[int], minimum: int) -> None:
+        """From now on, a node of `nodes` that goes offline is lost; fewer than `minimum` left raises `PeersLost`."""
+        self.watched = frozenset(nodes)
+        self.minimum = minimum
+
+    @property
+    def alive(self) -> list[int]:
+        """The watched nodes not lost (sorted)."""
+        return sorted(self.watched - self.lost)
+
     def get_node_ids(self) -> Iterable[int]:
         ids = self.inner.get_node_ids()
-        return ids if self.nodes is None else [i for i in ids if i in self.nodes]
+        ids = ids if self.nodes is None else [i for i in ids if i in self.nodes]
+        if not self.watched:
+            return ids
+        self.lost.update(self.watched - set(ids))
+        self._check_alive()
+        return [i for i in ids if i in self.watched and i not in self.lost]
+
+    def _check_alive(self) -> None:
+        if self.watched and len(self.watched - self.lost) < self.minimum:
+            raise PeersLost(frozenset(self.lost), len(self.watched - self.lost), self.minimum)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages([pack_message(m) for m in messages])
+        messages = list(messages)
+        ids = list(self.inner.push_messages([pack_message(m) for m in messages]))
+        if self.watched:
+            self._destinations.update((i, m.metadata.dst_node_id) for i, m in zip(ids, messages, strict=False) if i)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [unpack_reply(m) for m in self.inner.pull_messages(message_ids)]
+        replies = [unpack_reply(m) for m in self.inner.pull_messages(message_ids)]
+        for reply in replies:
+            node = self._destinations.pop(reply.metadata.reply_to_message_id, None)
+            if node is not None and reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE:
+                self.lost.add(node)  # the SuperLink's own reply: the node is offline
+        return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)

@@ -158,7 +158,13 @@ class Hosting:
         keys = [_acceptance(p).node_public_key for p in accepted]
         try:
             hosted = await asyncio.to_thread(
-                training.start_hosting, job.config, self.ctx.config.state_dir, self.ctx.identity, len(accepted), keys
+                training.start_hosting,
+                job.config,
+                self.ctx.config.state_dir,
+                self.ctx.identity,
+                len(accepted),
+                keys,
+                job.min_participants,
             )
         except FedsiloError as error:
             reason = f"the SuperLink did not start: {error}"
@@ -182,12 +188,21 @@ class Hosting:
         try:
             result = await asyncio.to_thread(training.finish_hosting, hosted, self.participating.wall_seconds)
         except FedsiloError as error:
+            lost = self._lost(job.job_id, hosted.nodes, hosted.lost_nodes(), accepted)
             reason = f"training failed: {error}"
+            if lost:
+                reason = (
+                    f"training failed: lost participant(s) {', '.join(lost)} (stopped answering); "
+                    f"too few survivors for the job ({error})"
+                )
             await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
             return
         finally:
             self.ctx.running.pop(job.job_id, None)
-        reports = await self._await_reports(job.job_id, [p.peer for p in accepted])
+        lost = self._lost(job.job_id, hosted.nodes, hosted.lost_nodes(), accepted)
+        if lost:
+            await self.ctx.mailbox.ask(lambda: self._record_dropouts(job.job_id, lost))
+        reports = await self._await_reports(job.job_id, [p.peer for p in accepted if p.peer not in lost])
         try:
             card = build_card(
                 job,
@@ -212,10 +227,32 @@ class Hosting:
                 job.job_id,
                 "finished",
                 "job.finished",
-                f"model published; {len(reports)} of {len(accepted)} participants reported their spending",
+                f"model published; {len(reports)} of {len(accepted)} participants reported their spending"
+                + (f"; lost during training: {', '.join(lost)}" if lost else ""),
             )
         )
         await self.tell_participants(job.job_id, "replicate", prefix="models")
+
+    @staticmethod
+    def _lost(job_id: str, nodes: tuple[int, ...], lost_nodes: list[int], accepted: list[Participant]) -> list[str]:
+        """The accepted participants whose node the ServerApp lost (`nodes` is in the order of `accepted`)."""
+        names = dict(zip(nodes, (p.peer for p in accepted), strict=False))
+        lost = [names[n] for n in lost_nodes if n in names]
+        if lost:
+            log.warning("job %s lost participant(s) %s during training", job_id, ", ".join(lost))
+        return lost
+
+    async def _record_dropouts(self, job_id: str, lost: list[str]) -> None:
+        """Audit each participant lost during a job that went on with the survivors (in the mailbox)."""
+        with self.ctx.store.transaction():
+            for peer in lost:
+                self.ctx.store.audit.append(
+                    peer,
+                    "job.dropout",
+                    "ok",
+                    "stopped answering during training; the job went on without it",
+                    job=job_id,
+                )
 
     async def _join_own(self, job_id: str, fleet_address: str) -> None:
         """This peer's own SuperNode in the job it hosts; its report is recorded here, not sent."""

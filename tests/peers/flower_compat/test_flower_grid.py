@@ -2,7 +2,9 @@
 
 import functools
 import inspect
+import time
 
+import pytest
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.serverapp import Grid
 from flwr.supercore.object_store import ObjectStoreFactory
@@ -10,7 +12,12 @@ from flwr.superlink.federation.noop_federation_manager import NoOpFederationMana
 from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedsilo.peers.flower_compat.grid import is_deployment_grid, is_simulation_grid, prompt_object_pulls
+from fedsilo.peers.flower_compat.grid import (
+    OBJECT_WAIT_SECONDS,
+    is_deployment_grid,
+    is_simulation_grid,
+    prompt_object_pulls,
+)
 
 
 def _in_memory_grid() -> InMemoryGrid:
@@ -39,7 +46,7 @@ def test_the_checks_tell_the_engines_grids_apart():
 
 def test_http_grid_pulls_objects_through_its_module_global_with_a_settable_backoff():
     parameters = inspect.signature(http_grid.pull_objects).parameters
-    assert {"initial_backoff", "backoff_cap"} <= set(parameters)
+    assert {"initial_backoff", "backoff_cap", "max_time"} <= set(parameters)
     callers = [
         name
         for name, member in vars(http_grid.HttpGrid).items()
@@ -54,4 +61,25 @@ def test_prompt_object_pulls_rebinds_once(monkeypatch):
     prompt_object_pulls(0.01)
     prompt_object_pulls(0.5)  # a second grid in the process changes nothing
     assert isinstance(http_grid.pull_objects, functools.partial) and http_grid.pull_objects.func is original
-    assert http_grid.pull_objects.keywords == {"initial_backoff": 0.01, "backoff_cap": 0.04}
+    assert http_grid.pull_objects.keywords == {
+        "initial_backoff": 0.01,
+        "backoff_cap": 0.04,
+        "max_time": OBJECT_WAIT_SECONDS,
+    }
+
+
+def test_a_reply_whose_objects_never_arrive_is_given_up_after_the_object_wait(monkeypatch):
+    """A sender killed between pushing its message and its objects: the pull ends in ObjectPullError."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError, ObjectUnavailableError
+
+    monkeypatch.setattr(http_grid, "pull_objects", http_grid.pull_objects)
+    monkeypatch.setattr("fedsilo.peers.flower_compat.grid.OBJECT_WAIT_SECONDS", 0.3)
+    prompt_object_pulls(0.01)
+
+    def never(_object_id):
+        raise ObjectUnavailableError(_object_id)
+
+    started = time.monotonic()
+    with pytest.raises(ObjectPullError):
+        http_grid.pull_objects(object_ids=["a"], pull_object_fn=never)
+    assert time.monotonic() - started < 2.0
