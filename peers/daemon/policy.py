@@ -122,11 +122,6 @@ _NOT_TRAINABLE = {
         "cannot state model.shared-features / model.shared, the deployed ClientApp loads neither one encoder "
         "per institution nor its private weights, and shared customers need PSI between the daemons"
     ),
-    "vertical": (
-        "vertical jobs are declared and allowed by policy but do not train over the network yet: the daemons "
-        "run no PSI alignment between them and the split-learning ServerApp/ClientApp does not run on the "
-        "Deployment Engine"
-    ),
 }
 
 
@@ -138,6 +133,18 @@ def check_trainable(job: SignedJob) -> None:
     """
     if job.setup in _NOT_TRAINABLE:
         raise Refused(f"not yet supported: {_NOT_TRAINABLE[job.setup]}", 403)
+    if job.setup == "vertical" and job.config.dp.mode != "local":
+        raise Refused(
+            "not yet supported: vertical jobs run the coded scheme (each code released once by randomized "
+            "response at the feature party: local DP); the job asks dp.mode = " + job.config.dp.mode,
+            403,
+        )
+    if job.setup == "vertical" and len(job.participants) != 2:
+        raise Refused(
+            f"a vertical job runs between its label holder (the host) and one feature party; it names "
+            f"{len(job.participants)} participants",
+            403,
+        )
 
 
 @dataclass(frozen=True)
