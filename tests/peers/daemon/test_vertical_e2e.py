@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from fedsilo.cli import main
 from fedsilo.peers.daemon.model_pull import pull_model
 from fedsilo.peers.data.bank import TEST, TRAIN
 from fedsilo.peers.errors import PeerUnreachable
@@ -70,7 +72,7 @@ async def _wait(client, address: str, job_id: str, states=("finished", "failed",
     raise AssertionError(f"job {job_id} did not end: {view}")
 
 
-def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(tmp_path):
+def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(tmp_path, capsys):
     consortium = make_consortium(tmp_path / "c", peers=("broker", "bank"), rows=10)
     ids = _data(consortium.root)
     _configure(consortium)
@@ -140,8 +142,6 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
             # 5. attacker: the bank, with every byte it receives. The same job with every label flipped:
             # the release request is byte-identical, the alignment request differs only in PSI randomness.
             frame = consortium.root / "broker" / "data.csv"
-            import pandas as pd
-
             table = pd.read_csv(frame)
             table["Y"] = 1 - table["Y"]
             table.to_csv(frame, index=False)
@@ -162,9 +162,17 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
             # 6. scoring through PSI-aligned keys: charged to the broker's quota at the bank, audited at both ends
             async with member_client(consortium, OWNER) as owner:
                 wanted = ids[:20]
-                reply = await owner.call("POST", f"{broker_url}/v1/jobs/vertical-1/score", {"ids": wanted})
-                scores = reply["scores"]
-                assert list(scores) == wanted
+                (tmp_path / "ids.txt").write_text("\n".join(wanted) + "\n")
+                command = [
+                    "score", "vertical-1", "--peer", broker_url, "--ids", tmp_path / "ids.txt",
+                    "--identity", consortium.identity_dir(OWNER), "--out", tmp_path / "scores.csv",
+                ]  # fmt: skip
+                assert await asyncio.to_thread(main, [str(a) for a in command]) == 0
+                printed = capsys.readouterr().out
+                assert printed.startswith("scored ") and "with vertical job vertical-1" in printed
+                written = pd.read_csv(tmp_path / "scores.csv", dtype={"id": str})
+                assert list(written["id"]) == wanted
+                scores = dict(zip(written["id"], [None if np.isnan(v) else v for v in written["score"]]))
                 scored = [v for v in scores.values() if v is not None]
                 assert scored and all(0.0 <= v <= 1.0 for v in scored)
                 assert len(scored) < len(wanted)  # customers the bank does not hold get no score from this model
