@@ -54,9 +54,11 @@ from safetensors.torch import load_file
 
 from fedsilo.errors import DataError, FedsiloError, ProtocolError, QuotaExceeded
 from fedsilo.peers.alignment import aligned_rows
+from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.config import DataSource, SharedList
 from fedsilo.peers.daemon.context import PeerContext
-from fedsilo.peers.daemon.participants import Participant
+from fedsilo.peers.daemon.participants import Participant, Report
 from fedsilo.peers.daemon.policy import file_fingerprint
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.shared_lists import SharedLists
@@ -79,12 +81,13 @@ from fedsilo.peers.vertical.coded import (
 from fedsilo.peers.vertical.messages import BatchRequest, Codes
 from fedsilo.peers.vertical.network import BankRelease, order_digest, release_plan, train_broker
 from fedsilo.peers.vertical.parties import LocalModel, SplitSpec
-from fedsilo.privacy.accounting import PureMechanism
+from fedsilo.privacy.accounting import Mechanism, PureMechanism, epsilon_spent
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.privacy.vertical import CodeRelease
 
 log = logging.getLogger("fedsilo.peer")
 EMBEDDING = 8  # the split spec's embedding width (unused: the label holder's model has no link)
+EXCHANGE_SECONDS = 300.0  # one PSI or release request of a vertical job (a PSI over a large table takes a while)
 
 
 def _b64(data: bytes) -> str:
@@ -323,38 +326,45 @@ class Vertical:
         bank = others[0]
         source = self.ctx.config.sources[job.source]
         try:
-            url = self.ctx.address(bank)
-            table = await asyncio.to_thread(read_table, source.path)
-            assert source.id_column is not None
-            ids = table[source.id_column].astype(str).tolist()
-            kind = await self._list_kind(url, bank, job.source)
-            await self._audit_own(job, "psi.run", f"at {bank}: both-sides PSI of {len(ids)} identifiers for the job")
-            result, session = await dh_psi(self.ctx.client, url, job.source, ids, kind, "both")
-            rows, digest = aligned_rows(result), order_digest(result)
-            hello = await self.ctx.client.call(
-                "POST", f"{url}/v1/jobs/{job.job_id}/vertical/align", {"session": session.hex(), "digest": digest}
-            )
-            receiver = CodesReceived(bank, len(rows), digest, DELINQUENCY_K)
-            receiver.connect(hello if isinstance(hello, dict) else {})
-            sides = release_plan(len(rows), job.config.train.test_fraction, job.config.train.seed)
-            train, test = np.flatnonzero(sides == TRAIN), np.flatnonzero(sides == TEST)
-            requests = [receiver.request(1, train, True).to_bytes(), receiver.request(2, test, False).to_bytes()]
-            reply = await self.ctx.client.call(
-                "POST", f"{url}/v1/jobs/{job.job_id}/vertical/release", {"requests": [_b64(r) for r in requests]}
-            )
-            answers = reply.get("codes") if isinstance(reply, dict) else None
-            if not isinstance(answers, list) or len(answers) != 2:
-                raise ProtocolError(f"{bank} answered the release with something that is not two code messages")
-            codes = np.zeros(len(rows), dtype=np.int64)
-            codes[train] = receiver.receive(Codes.from_bytes(_unb64(answers[0], "codes")))
-            codes[test] = receiver.receive(Codes.from_bytes(_unb64(answers[1], "codes")))
-            await self._audit_own(job, "vertical.receive", f"{len(rows)} codes from {bank}, each released once")
-            return await asyncio.to_thread(self._train_and_write, job, table, rows, sides, codes, bank, reply)
+            async with PeerClient(self.ctx.identity, timeout=EXCHANGE_SECONDS) as client:
+                return await self._align_release_train(job, bank, source, client)
         except (FedsiloError, PeerUnreachable, Refused) as error:
             return f"{type(error).__name__}: {error}"
 
-    async def _list_kind(self, url: str, bank: str, name: str | None) -> str | None:
-        reply = await self.ctx.client.call("GET", f"{url}/v1/lists")
+    async def _align_release_train(
+        self, job: SignedJob, bank: str, source: DataSource, client: PeerClient
+    ) -> dict[str, Path]:
+        """Steps 2 to 4 of the module docstring over `client`; the model's files (raises on any failure)."""
+        url = self.ctx.address(bank)
+        table = await asyncio.to_thread(read_table, source.path)
+        assert source.id_column is not None
+        ids = table[source.id_column].astype(str).tolist()
+        kind = await self._list_kind(client, url, bank, job.source)
+        await self._audit_own(job, "psi.run", f"at {bank}: both-sides PSI of {len(ids)} identifiers for the job")
+        result, session = await dh_psi(client, url, job.source, ids, kind, "both")
+        rows, digest = aligned_rows(result), order_digest(result)
+        hello = await client.call(
+            "POST", f"{url}/v1/jobs/{job.job_id}/vertical/align", {"session": session.hex(), "digest": digest}
+        )
+        receiver = CodesReceived(bank, len(rows), digest, DELINQUENCY_K)
+        receiver.connect(hello if isinstance(hello, dict) else {})
+        sides = release_plan(len(rows), job.config.train.test_fraction, job.config.train.seed)
+        train, test = np.flatnonzero(sides == TRAIN), np.flatnonzero(sides == TEST)
+        requests = [receiver.request(1, train, True).to_bytes(), receiver.request(2, test, False).to_bytes()]
+        reply = await client.call(
+            "POST", f"{url}/v1/jobs/{job.job_id}/vertical/release", {"requests": [_b64(r) for r in requests]}
+        )
+        answers = reply.get("codes") if isinstance(reply, dict) else None
+        if not isinstance(answers, list) or len(answers) != 2:
+            raise ProtocolError(f"{bank} answered the release with something that is not two code messages")
+        codes = np.zeros(len(rows), dtype=np.int64)
+        codes[train] = receiver.receive(Codes.from_bytes(_unb64(answers[0], "codes")))
+        codes[test] = receiver.receive(Codes.from_bytes(_unb64(answers[1], "codes")))
+        await self._audit_own(job, "vertical.receive", f"{len(rows)} codes from {bank}, each released once")
+        return await asyncio.to_thread(self._train_and_write, job, table, rows, sides, codes, bank, reply)
+
+    async def _list_kind(self, client: PeerClient, url: str, bank: str, name: str | None) -> str | None:
+        reply = await client.call("GET", f"{url}/v1/lists")
         for entry in reply.get("lists", []) if isinstance(reply, dict) else []:
             if isinstance(entry, dict) and entry.get("name") == name and "both" in entry.get("psi_modes", []):
                 return None if entry.get("kind") == "typed" else entry.get("kind")
@@ -419,29 +429,50 @@ class Vertical:
         }
 
     def card(self, job: SignedJob, files: dict[str, Path]) -> dict[str, Any]:
-        """The model card of a vertical job: each party's mechanism and what crossed."""
+        """The model card (the common schema of `build_card`): each party's spending as its ledger holds it,
+        the vertical scheme's privacy statement and what crossed; ProtocolError if the feature party
+        reports spending other than the plan it accepted with."""
         metrics = json.loads(files["metrics.json"].read_text())
-        return {
-            "job": job.job_id,
-            "owner": job.owner,
-            "host": job.host,
-            "setup": "vertical",
-            "scheme": "coded",
-            "label": job.label,
-            "model": {"kind": job.config.model.kind, "hidden": list(job.config.model.hidden), "codes": DELINQUENCY_K},
-            "participants": [
-                {"name": self.ctx.name, "role": "label holder", "epsilon_spent": 0.0, "spent": []},
-                {
-                    "name": metrics["feature_party"],
-                    "role": "feature party (delinquency code, k-ary randomized response, once per customer)",
-                    "epsilon_per_row": job.config.dp.epsilon,
-                    "spent": metrics["feature_party_spent"],
-                },
-            ],
-            "in_the_clear": "blinded PSI elements, batch positions in the PSI order (chosen without labels) and "
-            "the released codes; never an id, a column name, a raw value or a label",
-            "results": {k: metrics[k] for k in ("vertical_auc_shared", "shared_customers", "test_customers_shared")},
+        participants = self.ctx.store.participants(job.job_id)
+        reports = {}
+        for participant in participants:
+            accepted = participant.acceptance
+            if participant.decision != "accepted" or accepted is None:
+                continue
+            if participant.peer == self.ctx.name:
+                spent: tuple[Any, ...] = ()
+            else:
+                spent = tuple(Mechanism.from_dict(m) for m in metrics["feature_party_spent"] or [])
+                if list(spent) != list(accepted.planned):
+                    raise ProtocolError(
+                        f"{participant.peer} reports spending {metrics['feature_party_spent']}, not the plan it "
+                        f"accepted with ({[m.to_dict() for m in accepted.planned]})"
+                    )
+            epsilon = epsilon_spent(list(spent), accepted.delta, accepted.accountant) if spent else 0.0
+            reports[participant.peer] = Report(spent, epsilon, accepted.delta, accepted.accountant)
+        card = build_card(job, participants, reports, {}, self.ctx.identity.manifest.suite)
+        card["setup"], card["scheme"] = "vertical", "coded"
+        card["job"]["model"]["codes"] = DELINQUENCY_K
+        card["privacy"] = {
+            "guarantee": f"the feature party released each shared customer's {DELINQUENCY_K}-valued delinquency "
+            f"code at most once, by {DELINQUENCY_K}-ary randomized response at ε = {job.config.dp.epsilon:g} "
+            "(pure ε-DP per customer, its coins from its OS CSPRNG); every later request for a customer gets "
+            "the stored code",
+            "label_holder": "spends nothing: it sends batch positions chosen without its labels "
+            "(release_plan: the number of shared customers and the job's seed), no gradient, no label",
+            "alignment": "both-sides DH-PSI over mTLS: each side learns which of its own customers are shared "
+            "and one common order; no raw identifier crosses",
+            "in_the_clear": "blinded PSI elements, batch positions and the released codes; never an id, a column "
+            "name, a raw value or a label",
+            "accounting": "randomized response composes by basic composition with the Gaussian runs of the "
+            "feature party's ledger",
         }
+        card["metrics"] = {
+            "final_auc": metrics["vertical_auc_shared"],
+            "shared_customers": metrics["shared_customers"],
+            "test_customers_shared": metrics["test_customers_shared"],
+        }
+        return card
 
     # -- scoring at the label holder ---------------------------------------------------------------
     async def score(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
@@ -480,12 +511,13 @@ class Vertical:
         bank = participants[0]
         url = self.ctx.address(bank)
         try:
-            kind = await self._list_kind(url, bank, job.source)
-            await self._audit_own(signed, "psi.run", f"at {bank}: both-sides PSI of {len(wanted)} identifiers to score")
-            result, session = await dh_psi(self.ctx.client, url, job.source, wanted, kind, "both")
-            reply = await self.ctx.client.call(
-                "POST", f"{url}/v1/jobs/{job_id}/vertical/score", {"session": session.hex()}
-            )
+            async with PeerClient(self.ctx.identity, timeout=EXCHANGE_SECONDS) as client:
+                kind = await self._list_kind(client, url, bank, job.source)
+                await self._audit_own(
+                    signed, "psi.run", f"at {bank}: both-sides PSI of {len(wanted)} identifiers to score"
+                )
+                result, session = await dh_psi(client, url, job.source, wanted, kind, "both")
+                reply = await client.call("POST", f"{url}/v1/jobs/{job_id}/vertical/score", {"session": session.hex()})
         except PeerUnreachable as error:
             status = re.search(r" answered (\d{3}):", str(error))
             raise Refused(f"{bank} refused: {error}", int(status.group(1)) if status else 502) from None

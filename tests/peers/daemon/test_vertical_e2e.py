@@ -103,7 +103,9 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
                 card = await pull_model(owner, broker_url, "vertical-1", tmp_path / "pulled")
                 assert card["setup"] == "vertical" and card["scheme"] == "coded"
                 metrics = json.loads((tmp_path / "pulled" / "metrics.json").read_text())
-                assert 0.0 < card["results"]["vertical_auc_shared"] == metrics["vertical_auc_shared"] < 1.0
+                assert 0.0 < card["metrics"]["final_auc"] == metrics["vertical_auc_shared"] < 1.0
+                spending = {p["peer"]: (p["spent"], p["epsilon"]) for p in card["participants"]}
+                assert spending == {"broker": ([], 0.0), "bank": ([{"pure_epsilon": 1.0, "steps": 1}], 1.0)}
                 assert metrics["feature_party_spent"] == [{"pure_epsilon": 1.0, "steps": 1}]
                 assert sorted(p.name for p in (tmp_path / "pulled").iterdir()) == [
                     "encoder.json",
