@@ -525,6 +525,8 @@ class Vertical:
         codes = Codes.from_bytes(_unb64(reply.get("codes") if isinstance(reply, dict) else None, "codes"))
         if codes.party != bank or len(codes.codes) != len(matched):
             raise Refused(f"{bank} answered {len(codes.codes)} codes for {len(matched)} shared customers", 502)
+        if len(matched) and reply.get("digest") != order_digest(result):
+            raise Refused(f"{bank} answered the codes of another order than this PSI run's: refused", 502)
         model = await asyncio.to_thread(self._load_model, job_id, signed)
         scores: list[float | None] = [None] * len(wanted)
         if len(matched):
