@@ -163,7 +163,14 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
 
             # 6. scoring through PSI-aligned keys: charged to the broker's quota at the bank, audited at both ends
             async with member_client(consortium, OWNER) as owner:
-                wanted = ids[:20]
+                # a new customer of the broker whom the bank holds: her code is drawn now, once
+                bank_ids = pd.read_csv(consortium.root / "bank" / "data.csv")["ID"]
+                newcomer = next(i for i in bank_ids if i not in set(ids))
+                broker_table = pd.read_csv(frame)
+                row = broker_table.iloc[[0]].copy()
+                row["ID"] = newcomer
+                pd.concat([broker_table, row]).to_csv(frame, index=False)
+                wanted = [*ids[:20], newcomer]
                 (tmp_path / "ids.txt").write_text("\n".join(wanted) + "\n")
                 command = [
                     "score", "vertical-1", "--peer", broker_url, "--ids", tmp_path / "ids.txt",
@@ -178,9 +185,16 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
                 scored = [v for v in scores.values() if v is not None]
                 assert scored and all(0.0 <= v <= 1.0 for v in scored)
                 assert len(scored) < len(wanted)  # customers the bank does not hold get no score from this model
+                assert scores[newcomer] is not None
                 after_first = np.load(state.directory / "released.npy")
-                assert (after_first >= 0).sum() >= (released_before >= 0).sum()
-                assert [e.action for e in bank.store.audit.entries()][-1] == "vertical.score"
+                assert (after_first >= 0).sum() == (released_before >= 0).sum() + 1  # only the newcomer drawn
+                last = bank.store.audit.entries()[-1]
+                assert (
+                    last.action == "vertical.score" and f"{len(scored)} codes answered (1 released now" in last.detail
+                )
+                # asked again: her stored code, nothing drawn
+                await owner.call("POST", f"{broker_url}/v1/jobs/vertical-1/score", {"ids": [newcomer]})
+                assert np.array_equal(np.load(state.directory / "released.npy"), after_first)
                 assert [e.action for e in services["broker"].store.audit.entries()][-1] == "vertical.score"
 
                 # over the quota: refused, nothing drawn or counted, ledger unchanged
