@@ -7,7 +7,8 @@ strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared m
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
 column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (transfer, vertical), saying what is missing.
+cannot train over the network (transfer; vertical with distributed DP or other than two participants), saying
+what is missing. A vertical job's own acceptance (its plan and its source's checks) is `roles.vertical`'s.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
 training need: the training row count (which fixes the DP plan) and a fingerprint of
 the file (both go into the model card). `planned_mechanisms` is the whole job's
