@@ -62,7 +62,7 @@ from fedsilo.peers.daemon.participants import Participant, Report
 from fedsilo.peers.daemon.policy import file_fingerprint
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.shared_lists import SharedLists
-from fedsilo.peers.daemon.signed_job import SignedJob
+from fedsilo.peers.daemon.signed_job import SignedJob, verify_envelope
 from fedsilo.peers.daemon.store import JobRow
 from fedsilo.peers.data.bank import TEST, TRAIN, read_table
 from fedsilo.peers.data.encoding import TabularEncoder
@@ -174,12 +174,18 @@ class Vertical:
         self.list_for(job, source)
         return len(frame), 0, fingerprint, [PureMechanism(job.config.dp.epsilon, 1)]
 
+    def _stored(self, job: JobRow) -> SignedJob:
+        """The signed job as this peer accepted it: its signature and form checked again, not its expiry
+        (a finished job's codes and scores are asked long after the job's validity window closed)."""
+        identity = self.ctx.identity
+        return verify_envelope(job.envelope, identity.manifest, identity.ca_certificate, check_live=False)
+
     # -- the feature party ------------------------------------------------------------------
     def _bank_job(self, caller: Member, job_id: str, states: tuple[str, ...]) -> tuple[JobRow, SignedJob]:
         job = self.ctx.store.job(job_id)
         if job is None or job.source is None:
             raise Refused(f"no job {job_id!r} here", 404)
-        signed = self.ctx.verify(job.envelope)
+        signed = self._stored(job)
         if signed.setup != "vertical" or job.hosting:
             raise Refused(f"job {job_id} is not a vertical job in which {self.ctx.name} is the feature party", 409)
         if caller.name != job.host:
@@ -482,7 +488,7 @@ class Vertical:
             raise Refused(f"job {job_id} is not hosted here", 404)
         if caller.name not in (job.owner, self.ctx.name):
             raise Refused(f"only job {job_id}'s owner {job.owner} or its host may score with its model", 403)
-        signed = self.ctx.verify(job.envelope)
+        signed = self._stored(job)
         if signed.setup != "vertical":
             raise Refused(
                 f"job {job_id} is a {signed.setup} job: score its pulled model locally (fedsilo score MODEL_DIR "

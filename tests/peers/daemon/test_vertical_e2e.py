@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fedsilo.cli import main
+from fedsilo.peers.daemon import signed_job
 from fedsilo.peers.daemon.model_pull import pull_model
 from fedsilo.peers.data.bank import TEST, TRAIN
 from fedsilo.peers.errors import PeerUnreachable
@@ -63,6 +66,14 @@ def _configure(consortium) -> None:
         )
 
 
+class _Later(dt.datetime):
+    """The clock two hours ahead (signed_job's view of now)."""
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[override]
+        return dt.datetime.now(tz) + dt.timedelta(hours=2)
+
+
 async def _wait(client, address: str, job_id: str, states=("finished", "failed", "cancelled")) -> dict:
     for _ in range(600):
         view = await client.call("GET", f"{address}/v1/jobs/{job_id}")
@@ -72,7 +83,7 @@ async def _wait(client, address: str, job_id: str, states=("finished", "failed",
     raise AssertionError(f"job {job_id} did not end: {view}")
 
 
-def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(tmp_path, capsys):
+def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(tmp_path, capsys, monkeypatch):
     consortium = make_consortium(tmp_path / "c", peers=("broker", "bank"), rows=10)
     ids = _data(consortium.root)
     _configure(consortium)
@@ -161,7 +172,9 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
             ]
             assert [base64.b64decode(r) for r in first[1]["requests"]] == rebuilt
 
-            # 6. scoring through PSI-aligned keys: charged to the broker's quota at the bank, audited at both ends
+            # 6. scoring through PSI-aligned keys, two hours later: the signed jobs have expired (valid for 60
+            # minutes), the model has not. Charged to the broker's quota at the bank, audited at both ends.
+            monkeypatch.setattr(signed_job, "dt", SimpleNamespace(datetime=_Later, timedelta=dt.timedelta, UTC=dt.UTC))
             async with member_client(consortium, OWNER) as owner:
                 # a new customer of the broker whom the bank holds: her code is drawn now, once
                 bank_ids = pd.read_csv(consortium.root / "bank" / "data.csv")["ID"]
