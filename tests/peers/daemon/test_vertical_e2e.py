@@ -210,6 +210,17 @@ def test_a_vertical_job_runs_between_two_daemons_to_a_verified_model_and_scores(
                 assert np.array_equal(np.load(state.directory / "released.npy"), after_first)
                 assert [e.action for e in services["broker"].store.audit.entries()][-1] == "vertical.score"
 
+                # bad input is refused at the label holder before anything reaches the bank
+                seen_at_bank = len(bank.store.audit.entries())
+                for request, fragment in (
+                    ({"ids": ["nobody-here"]}, "400: 1 of the ids are not in this peer's source credit-card"),
+                    ({"ids": [ids[0], ids[0]]}, "400: the ids list a customer twice"),
+                    ({"ids": []}, "400: the body is"),
+                ):
+                    with pytest.raises(PeerUnreachable, match=fragment):
+                        await owner.call("POST", f"{broker_url}/v1/jobs/vertical-1/score", request)
+                assert len(bank.store.audit.entries()) == seen_at_bank
+
                 # over the quota: refused, nothing drawn or counted, ledger unchanged
                 with pytest.raises(PeerUnreachable, match="429"):
                     await owner.call("POST", f"{broker_url}/v1/jobs/vertical-1/score", {"ids": ids[20:60]})
