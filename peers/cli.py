@@ -414,11 +414,18 @@ def model_pull(args: argparse.Namespace) -> int:
 
 def _print_card(card: dict[str, Any]) -> None:
     job, metrics = card["job"], card["metrics"]
-    print(
-        f"model {card['job_id']} v{card['version']}: {job['model']['kind']} {job['model']['hidden']}, "
-        f"{job['strategy']}, {job['rounds']} rounds, DP {job['dp']['mode']} (target ε = {job['dp']['epsilon']:g}, "
-        f"δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}"
-    )
+    if card.get("setup") == "vertical":
+        print(
+            f"model {card['job_id']} v{card['version']}: vertical ({card['scheme']} scheme), {job['model']['kind']} "
+            f"{job['model']['hidden']} at the label holder, {job['rounds']} epochs; the feature party's codes by "
+            f"randomized response at ε = {job['dp']['epsilon']:g}"
+        )
+    else:
+        print(
+            f"model {card['job_id']} v{card['version']}: {job['model']['kind']} {job['model']['hidden']}, "
+            f"{job['strategy']}, {job['rounds']} rounds, DP {job['dp']['mode']} (target ε = "
+            f"{job['dp']['epsilon']:g}, δ = {job['dp']['delta']:g}), secure aggregation {job['secure_aggregation']}"
+        )
     print(f"owner {job['owner']}, host {job['host']}, created {card['created']}")
     transfer = card.get("transfer")
     if isinstance(transfer, dict):
@@ -427,7 +434,11 @@ def _print_card(card: dict[str, Any]) -> None:
             f"vocabulary ({', '.join(transfer['shared_vocabulary'])}); each participant's own-columns block and "
             "encoder stayed with it"
         )
-    if metrics.get("final_auc") is not None:
+    if card.get("setup") == "vertical" and metrics.get("final_auc") is not None:
+        print(
+            f"ROC-AUC on the {metrics['test_customers_shared']} held-out shared customers: {metrics['final_auc']:.4f}"
+        )
+    elif metrics.get("final_auc") is not None:
         print(f"held-out ROC-AUC after the last round (example-weighted over peers): {metrics['final_auc']:.4f}")
     for peer in card["participants"]:
         spent = (

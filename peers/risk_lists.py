@@ -146,10 +146,13 @@ def choose_protocol(protocol: str, mode: str, offered: Sequence[str], own_size: 
     return protocol
 
 
-async def _dh(
+async def dh_psi(
     client: PeerClient, url: str, name: str, identifiers: Sequence[str], kind: str | None, mode: str
-) -> PsiResult:
+) -> tuple[PsiResult, bytes]:
+    """One DH-PSI run with list `name` at `url`: this side's result and the run's session id."""
     receiver = PsiReceiver(identifiers, kind=kind, mode=MODES[mode], suite=client.identity.manifest.suite)
+    session = receiver.session
+    assert session is not None
     request = b"".join(await asyncio.to_thread(lambda: list(receiver.request_frames())))
     reply = await client.frames("POST", f"{url}/v1/lists/{name}/psi", request)
 
@@ -162,7 +165,7 @@ async def _dh(
     confirm = await asyncio.to_thread(finish)
     if confirm:
         await client.frames("POST", f"{url}/v1/lists/{name}/psi/confirm", confirm)
-    return receiver.result()
+    return receiver.result(), session
 
 
 def _bodies(frames: list[bytes]) -> list[bytes]:
@@ -236,8 +239,10 @@ async def run_psi(
     chosen = choose_protocol(protocol, mode, offered, len(identifiers), suite)
     await _record(client, "psi.run", peer, name, "started", len(identifiers), None)
     try:
-        run = _ot if chosen == "ot" else _dh
-        result = await run(client, url, name, identifiers, kind, mode)
+        if chosen == "ot":
+            result = await _ot(client, url, name, identifiers, kind, mode)
+        else:
+            result, _ = await dh_psi(client, url, name, identifiers, kind, mode)
     except PeerUnreachable:
         await _record(client, "psi.run", peer, name, "refused", len(identifiers), None)
         raise

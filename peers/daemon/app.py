@@ -324,6 +324,34 @@ async def report_job(request: web.Request) -> web.Response:
     )
 
 
+async def vertical_align(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await _service(request).vertical.align(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
+async def vertical_release(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await _service(request).vertical.release(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
+async def vertical_score(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await _service(request).vertical.score_codes(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
+async def score_job(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await _service(request).vertical.score(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
 async def replicate_model(request: web.Request) -> web.Response:
     await read_json(request)
     return web.json_response(
@@ -481,6 +509,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/jobs/{job_id}/cancel", cancel_job),
     ("POST", "/v1/jobs/{job_id}/start", start_job),
     ("POST", "/v1/jobs/{job_id}/report", report_job),
+    ("POST", "/v1/jobs/{job_id}/score", score_job),
+    ("POST", "/v1/jobs/{job_id}/vertical/align", vertical_align),
+    ("POST", "/v1/jobs/{job_id}/vertical/release", vertical_release),
+    ("POST", "/v1/jobs/{job_id}/vertical/score", vertical_score),
     ("POST", "/v1/proposals", propose_job),
     ("GET", "/v1/models", list_models),
     ("GET", "/v1/models/{job_id}", get_model),

@@ -110,6 +110,38 @@ def spec() -> dict[str, Any]:
                     params=("job_id",),
                 )
             },
+            "/v1/jobs/{job_id}/score": {
+                "post": _op(
+                    "vertical jobs, at the label holder (its owner or itself): scores of named customers; the "
+                    "feature party's codes are asked through a both-sides PSI, never by raw id",
+                    body="{ids: [customer id]}",
+                    params=("job_id",),
+                )
+            },
+            "/v1/jobs/{job_id}/vertical/align": {
+                "post": _op(
+                    "vertical jobs, at the feature party (the host only): keep the order of the host's "
+                    "both-sides PSI session; answers {party, shared, digest, k}",
+                    body="{session: hex, digest: hex}",
+                    params=("job_id",),
+                )
+            },
+            "/v1/jobs/{job_id}/vertical/release": {
+                "post": _op(
+                    "vertical jobs, at the feature party (the host only), once: codes for the batch positions; "
+                    "commits the reservation",
+                    body="{requests: [base64 batch request]}",
+                    params=("job_id",),
+                )
+            },
+            "/v1/jobs/{job_id}/vertical/score": {
+                "post": _op(
+                    "vertical jobs, at the feature party (the host only): codes of a scoring PSI session's "
+                    "customers, each drawn once, within the host's query quota",
+                    body="{session: hex}",
+                    params=("job_id",),
+                )
+            },
             "/v1/proposals": {
                 "post": _op(
                     "a host proposes a job; answers {decision: accepted|declined, reason, ...}",

@@ -7,8 +7,9 @@ strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared m
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
 column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (vertical jobs; transfer jobs with shared customers or distributed DP), saying
-what is missing.
+cannot train over the network (transfer jobs with shared customers or distributed DP; vertical jobs
+with distributed DP or other than two participants), saying what is missing. A vertical job's own
+acceptance (its plan and its source's checks) is `roles.vertical`'s.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
 training need: the training row count (which fixes the DP plan) and a fingerprint of
 the file (both go into the model card). `planned_mechanisms` is the whole job's
@@ -116,24 +117,12 @@ def check_model_size(job: SignedJob, policy: Policy, n_features: int) -> None:
         )
 
 
-# What this release cannot yet run over the network, after a policy allowed it (issue 19).
-_NOT_TRAINABLE = {
-    "vertical": (
-        "vertical jobs are declared and allowed by policy but do not train over the network yet: the daemons "
-        "run no PSI alignment between them and the split-learning ServerApp/ClientApp does not run on the "
-        "Deployment Engine"
-    ),
-}
-
-
 def check_trainable(job: SignedJob) -> None:
     """Refused (403) when this release cannot run a job its policy allows, saying what is missing.
 
     Called after `check_policy` and before any budget is reserved, so such a job is
     declined with nothing spent or held.
     """
-    if job.setup in _NOT_TRAINABLE:
-        raise Refused(f"not yet supported: {_NOT_TRAINABLE[job.setup]}", 403)
     if job.setup == "transfer" and job.shared_customers:
         raise Refused(
             "not yet supported: this transfer job declares shared customers (job.shared-customers = true), "
@@ -146,6 +135,18 @@ def check_trainable(job: SignedJob) -> None:
         raise Refused(
             "not yet supported: transfer jobs train over the network with local DP only (dp.mode = local); "
             "distributed DP's noise shares are not sized for a split-input model there yet",
+            403,
+        )
+    if job.setup == "vertical" and job.config.dp.mode != "local":
+        raise Refused(
+            "not yet supported: vertical jobs run the coded scheme (each code released once by randomized "
+            "response at the feature party: local DP); the job asks dp.mode = " + job.config.dp.mode,
+            403,
+        )
+    if job.setup == "vertical" and len(job.participants) != 2:
+        raise Refused(
+            f"a vertical job runs between its label holder (the host) and one feature party; it names "
+            f"{len(job.participants)} participants",
             403,
         )
 

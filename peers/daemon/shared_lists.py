@@ -187,6 +187,7 @@ class SharedLists:
         self._quotas: dict[str, _PerQuerier] = {}
         self._psi_quotas: dict[str, _PerQuerier] = {}
         self._pending: dict[bytes, _Pending] = {}
+        self._confirmed: dict[tuple[str, str, bytes], tuple[PsiResult, float]] = {}
         self._sessions: dict[bytes, _OtSession] = {}
         self.max_sessions = OT_MAX_SESSIONS
         self.max_sessions_per_member = OT_MAX_SESSIONS_PER_MEMBER
@@ -294,7 +295,21 @@ class SharedLists:
             pending.sender.handle(frame)
         result = pending.sender.result()
         out = self._write_result(shared, member, result)
+        self._confirmed[(member, name, session)] = (result, time.monotonic())
         return Served(b"", f"PSI mode both: {result.cardinality} identifiers shared, written to {out.name}")
+
+    def take_confirmed(self, member: str, name: str, session: bytes) -> PsiResult:
+        """The holder's result of `member`'s confirmed both-sides DH-PSI `session` on list `name`, once
+        (a vertical job aligns on it); Refused (409) if there is none (expired after PENDING_SECONDS, or taken)."""
+        self._expire()
+        entry = self._confirmed.pop((member, name, session), None)
+        if entry is None:
+            raise Refused(
+                f"no confirmed both-sides PSI of {member} on list {name!r} has this session (it expired after "
+                f"{PENDING_SECONDS:g} s, was used already, or never ran); run the alignment again",
+                409,
+            )
+        return entry[0]
 
     def _write_result(self, shared: SharedList, member: str, result: PsiResult) -> Path:
         """Write the holder's side of a both-sides PSI (its own identifiers) to `state/psi/results`."""
@@ -400,6 +415,8 @@ class SharedLists:
         now = time.monotonic()
         for session in [s for s, p in self._pending.items() if now - p.started > PENDING_SECONDS]:
             del self._pending[session]
+        for key in [k for k, (_, at) in self._confirmed.items() if now - at > PENDING_SECONDS]:
+            del self._confirmed[key]
 
     # -- anonymous query ------------------------------------------------------------------
     def table(self, member: str, name: str) -> Served:
@@ -421,6 +438,14 @@ class SharedLists:
         count = decode(body, group=self._query_wire).count
         left = self._quota(shared).left(member)
         return Served(answer, f"query: {count} identifiers answered at epoch {holder.epoch}; {left} left in the window")
+
+    def charge_query(self, shared: SharedList, member: str, count: int) -> int:
+        """Count `count` identifiers answered to `member` against its query quota on `shared` (what a vertical
+        job's scoring consumes); QuotaExceeded (nothing counted) over it. Returns what is left in the window."""
+        quota = self._quota(shared)
+        if count:
+            quota.consume(member, count)
+        return quota.left(member)
 
     def _quota(self, shared: SharedList) -> _PerQuerier:
         if shared.name not in self._quotas:

@@ -8,6 +8,8 @@
 * `cancellation.Cancellation`: either side cancels an active job.
 * `replication.Replication`: keep a verified copy of a job's published model.
 * `list_serving.ListServing`: serve PSI and anonymous-query lists; log this peer's own runs.
+* `vertical.Vertical`: vertical jobs (the coded scheme): the feature party's alignment, one release
+  and scoring answers; the label holder's alignment, training and scoring.
 * `reconciliation.Reconciliation`: at start, make the store, ledger and processes agree.
 * `views.Views`: what a member may read (no state change).
 

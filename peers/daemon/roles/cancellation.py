@@ -36,7 +36,8 @@ class Cancellation:
                 raise Refused(f"no job {job_id!r} here", 404)
             if caller.name not in (job.owner, job.host, self.ctx.name):
                 raise Refused(f"{caller.name} may not cancel job {job_id}: only its owner or host can", 403)
-            if job.state not in ACTIVE_STATES:
+            withdraw = job.state == "finished" and job.envelope["job"].get("setup") == "vertical"
+            if job.state not in ACTIVE_STATES and not withdraw:
                 raise Refused(f"job {job_id} is already {job.state}", 409)
             await self.ctx.stop_engines(job_id)
             spent = training.spent_so_far(self.ctx.config.state_dir, job_id) if job.state == "training" else []
@@ -49,7 +50,7 @@ class Cancellation:
                 self.ctx.store.set_state(
                     job_id,
                     "cancelled",
-                    f"cancelled by {caller.name}",
+                    f"cancelled by {caller.name}" + ("; its model is withdrawn (no more scoring)" if withdraw else ""),
                     spent=[m.to_dict() for m in spent] if spent else None,
                 )
                 self.ctx.audit_job(caller.name, "job.cancel", settled, job)

@@ -29,6 +29,7 @@ from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
 from fedsilo.peers.daemon.policy import check_policy, check_trainable
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.participating import Participating
+from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.daemon.store import ACTIVE_STATES
 from fedsilo.peers.errors import PeerUnreachable, Refused
@@ -45,6 +46,7 @@ class Hosting:
         self.ctx = context
         self.budget = budget
         self.participating = participating
+        self.vertical: Vertical | None = None  # set by the service: vertical jobs run there
 
     async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A model owner's signed job, to be hosted here and proposed to its participants."""
@@ -129,7 +131,9 @@ class Hosting:
                 self.ctx.store.audit.append(
                     "local", "job.ready", "ok", ", ".join(p.peer for p in accepted), job=job.job_id
                 )
-            self.ctx.spawn(self._host_training(job, accepted))
+            self.ctx.spawn(
+                self._host_vertical(job, accepted) if job.setup == "vertical" else self._host_training(job, accepted)
+            )
             return
         with self.ctx.store.transaction():
             self.budget.release(job.job_id)
@@ -253,6 +257,36 @@ class Hosting:
                     "stopped answering during training; the job went on without it",
                     job=job_id,
                 )
+
+    async def _host_vertical(self, job: SignedJob, accepted: list[Participant]) -> None:
+        """A vertical job (`roles.vertical`): align, receive the codes, train here, publish; nothing to join."""
+        assert self.vertical is not None
+        await self.ctx.mailbox.ask(
+            lambda: self.ctx.set_state(job.job_id, "training", "job.training", "aligning with the feature party by PSI")
+        )
+        outcome = await self.vertical.host(job, accepted)
+        if isinstance(outcome, str):
+            reason = f"the vertical job failed: {outcome}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+        try:
+            await self.publish_model(job.job_id, outcome, self.vertical.card(job, outcome))
+        except (FedsiloError, OSError, ValueError) as error:
+            reason = f"publishing the model failed: {error}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+
+        async def finish() -> None:
+            row = self.ctx.store.job(job.job_id)
+            if row is None or row.state != "training":
+                return  # cancelled meanwhile
+            with self.ctx.store.transaction():
+                self.budget.commit_spent(row, [])
+                detail = "model published; the label holder spent nothing (it released positions only)"
+                self.ctx.store.set_state(job.job_id, "finished", detail, spent=[])
+                self.ctx.audit_job("local", "job.finished", detail, row)
+
+        await self.ctx.mailbox.ask(finish)
 
     async def _join_own(self, job_id: str, fleet_address: str) -> None:
         """This peer's own SuperNode in the job it hosts; its report is recorded here, not sent."""

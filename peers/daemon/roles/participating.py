@@ -33,6 +33,7 @@ from fedsilo.peers.daemon.policy import (
     source_facts,
 )
 from fedsilo.peers.daemon.roles.budget import Budget
+from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.manifest import Member
@@ -48,6 +49,7 @@ class Participating:
     def __init__(self, context: PeerContext, budget: Budget) -> None:
         self.ctx = context
         self.budget = budget
+        self.vertical: Vertical | None = None  # set by the service (vertical jobs' own acceptance)
 
     async def propose(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A host proposes a job; this peer decides by its policy and budget (the reply is the decision's JSON)."""
@@ -85,16 +87,21 @@ class Participating:
             raise Refused(
                 f"this peer has no data source {job.source!r} (it has: {', '.join(self.ctx.config.sources)})", 403
             )
-        facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
-        check_model_size(job, self.ctx.config.policy, facts.features)
-        planned = planned_mechanisms(job, facts)
+        if job.setup == "vertical":  # the label holder plans nothing, the feature party one code per customer
+            assert self.vertical is not None
+            rows, n_train, fingerprint, planned = await asyncio.to_thread(self.vertical.acceptance_facts, job, source)
+        else:
+            facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
+            check_model_size(job, self.ctx.config.policy, facts.features)
+            rows, n_train, fingerprint = facts.rows, facts.n_train, facts.fingerprint
+            planned = list(planned_mechanisms(job, facts))
         status = self.ctx.ledger.status(source.name)
         node_key = await asyncio.to_thread(training.node_public_key, self.ctx.config.state_dir)
         return Acceptance(
             peer=self.ctx.name,
-            rows=facts.rows,
-            n_train=facts.n_train,
-            fingerprint=facts.fingerprint,
+            rows=rows,
+            n_train=n_train,
+            fingerprint=fingerprint,
             planned=tuple(planned),
             delta=status.delta,
             accountant=status.accountant,

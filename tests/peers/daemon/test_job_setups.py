@@ -129,7 +129,11 @@ def test_a_job_outside_the_policy_is_declined_with_the_reason(consortium, tmp_pa
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        ('setup = "vertical"', "vertical jobs are declared and allowed by policy but do not train over the network"),
+        (
+            'setup = "vertical"',
+            "data source credit-card lacks the repayment statuses ['pay_0', 'pay_2', 'pay_3', 'pay_4', 'pay_5', "
+            "'pay_6'] the code needs",
+        ),
     ],
 )
 def test_an_allowed_job_this_release_cannot_train_is_declined_saying_what_is_missing(
@@ -138,7 +142,7 @@ def test_an_allowed_job_this_release_cannot_train_is_declined_saying_what_is_mis
     consortium.write_peer_toml("bank-b", policy=ALLOW_ALL + 'vertical-label-holders = ["bank-a"]\n')
     envelope = _envelope(consortium, tmp_path / "job.toml", f"missing-{abs(hash(fragment)) % 10**6}", extra)
     try:
-        reply, entry = refused_without_change(consortium, lambda: propose(consortium, envelope), "not yet supported")
+        reply, entry = refused_without_change(consortium, lambda: propose(consortium, envelope), fragment)
     finally:
         consortium.write_peer_toml("bank-b")
     assert reply["decision"] == "declined" and fragment in reply["reason"] and entry[1] == "job.decline"
