@@ -1,0 +1,93 @@
+"""`fedsilo simulate --setup vertical --model gbdt`: the broker boosts on its columns and the bank's ε-DP codes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fedsilo.errors import ConfigError
+from fedsilo.peers.gbdt.model_file import GBDTModel
+from fedsilo.peers.vertical.messages import BatchRequest
+from fedsilo.peers.vertical.parties import SplitSpec
+from fedsilo.privacy.accounting import PureMechanism
+from fedsilo.privacy.ledger.sqlite import SQLiteLedger
+from fedsilo.simulations.api import simulate
+from fedsilo.simulations.config import SimulationConfig, build_config
+from fedsilo.simulations.vertical import DEFAULT_OVERLAP, build_parties, pooled_table
+from fedsilo.simulations.vertical_gbdt import CODE_GROUP, code_layout, coded_parties, train_coded
+from fedsilo.strategies.gbdt import BinLayout, FeatureGroup, side_by_side
+from fedsilo.strategies.gbdt.layout import NUMERIC, ONE_HOT
+
+
+def test_the_vertical_gbdt_run_writes_the_broker_ensemble_and_the_bank_ledger_holds_exactly_one_pure_release(tmp_path):
+    result = simulate(setup="vertical", model="gbdt", customers=1600, trees=3, depth=2, epsilon=3.0, out=str(tmp_path))
+    run, v = result.run_dir, result.summary.vertical
+    assert v["model"] == "gbdt" and v["trees"] == 3
+    for key in ("vertical_auc_shared", "alone_auc_shared", "centralized_auc_shared"):
+        assert 0.0 <= v[key] <= 1.0
+    bank = SQLiteLedger(run / "ledger-bank.sqlite")
+    (job,) = bank.jobs("bank").values()
+    assert job.mechanisms == (PureMechanism(3.0, 1),)  # the codes' one k-RR release, nothing else
+    assert bank.status("bank").spent_epsilon == pytest.approx(3.0)
+    broker = SQLiteLedger(run / "ledger-broker.sqlite")
+    (job,) = broker.jobs("broker").values()
+    assert job.mechanisms == () and broker.status("broker").spent_epsilon == 0.0
+    data = json.loads((run / "part-broker.json").read_text())
+    assert data["owner"] == "broker" and data["code_group"] == CODE_GROUP
+    model = GBDTModel.from_dict(data)  # the fedsilo.gbdt loader reads the broker's part
+    assert len(model.trees) == 3 and model.layout.groups[-1].name == CODE_GROUP
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["model"]["kind"] == "gbdt" and card["parties"]["bank"]["epsilon_spent"] == pytest.approx(3.0)
+    assert not list(run.glob("part-bank*"))  # the bank's rule is fixed: it has no trained part
+
+
+def _parties(seed=0):
+    config = SimulationConfig(setup="vertical", model="gbdt", customers=1600, trees=4, depth=2, seed=seed)
+    parties = build_parties(pooled_table(config), config, SplitSpec("logreg", (), 4), None, None, DEFAULT_OVERLAP)
+    return config, parties
+
+
+def test_the_bank_receives_the_same_bytes_whatever_the_broker_labels():
+    """Attacker: the bank, with every frame it receives, in two runs whose labels differ (all flipped)."""
+    config, parties = _parties()
+    link, holder = parties.holder.links[0], parties.holder
+    seen: dict[str, list[bytes]] = {"true": [], "flipped": []}
+    models = {}
+    for which in ("true", "flipped"):
+        if which == "flipped":
+            holder.y = 1 - holder.y
+        bank, receiver = coded_parties(parties, config)
+        tap = lambda direction, name, frame, w=which: seen[w].append(frame) if direction == "to_party" else None  # noqa: E731
+        models[which], _, _ = train_coded(parties, bank, receiver, config, tap)
+    assert [t.to_dict() for t in models["true"].trees] != [t.to_dict() for t in models["flipped"].trees]
+    rebuilt = [
+        BatchRequest(1, link.positions[holder.train_index], True).to_bytes(),
+        BatchRequest(2, link.positions[holder.test_index], False).to_bytes(),
+    ]
+    assert seen["true"] == seen["flipped"] == rebuilt  # positions and sides only: no gradient, no label, no tree
+
+
+def test_the_code_is_one_ordinal_group_after_the_broker_columns():
+    config, parties = _parties()
+    layout = code_layout(parties, config.bins)
+    own = parties.encoders["broker"].n_features
+    code = layout.groups[-1]
+    assert code.kind == ONE_HOT and code.columns == (own, own + 1, own + 2, own + 3) and code.n_bins == 5
+    rows = np.hstack([np.zeros((4, own)), np.eye(4)])
+    assert layout.bin_rows(rows)[:, -1].tolist() == [0, 1, 2, 3]  # "bin <= t" cuts the codes in their order
+
+
+def test_side_by_side_shifts_the_right_layout_and_bins_as_each_alone():
+    left = BinLayout((FeatureGroup("a", NUMERIC, (0,), (0.0,)),), 1)
+    right = BinLayout((FeatureGroup("b", NUMERIC, (1,), (-1.0, 1.0)), FeatureGroup("c", ONE_HOT, (0,))), 2)
+    both = side_by_side(left, right)
+    assert both.n_features == 3 and [g.columns for g in both.groups] == [(0,), (2,), (1,)]
+    x_left, x_right = np.array([[-1.0], [2.0]]), np.array([[1.0, 0.5], [0.0, -3.0]])
+    expected = np.hstack([left.bin_rows(x_left), right.bin_rows(x_right)])
+    assert np.array_equal(both.bin_rows(np.hstack([x_left, x_right])), expected)
+
+
+def test_vertical_gbdt_settings_are_refused_outside_the_coded_scheme():
+    with pytest.raises(ConfigError, match="use --vertical-scheme coded"):
+        build_config(None, {"setup": "vertical", "model": "gbdt", "vertical_scheme": "split"})
+    assert build_config(None, {"setup": "vertical", "model": "gbdt"}).model == "gbdt"
