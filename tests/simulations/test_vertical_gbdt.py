@@ -91,3 +91,37 @@ def test_vertical_gbdt_settings_are_refused_outside_the_coded_scheme():
     with pytest.raises(ConfigError, match="use --vertical-scheme coded"):
         build_config(None, {"setup": "vertical", "model": "gbdt", "vertical_scheme": "split"})
     assert build_config(None, {"setup": "vertical", "model": "gbdt"}).model == "gbdt"
+
+
+def test_secureboost_baseline_sums_are_exact_and_its_trees_are_the_plaintext_ones():
+    """bench/_secureboost.py (the decision's evidence; needs phe, skipped without it): decrypted per-bin sums equal
+    the plaintext fixed-point sums exactly (checked at every level, AssertionError otherwise), so its trees and
+    scores are the centralized GBDT's on the union of the columns."""
+    pytest.importorskip("phe")
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+    from _secureboost import SecureBoost
+
+    from fedsilo.peers.gbdt import layout_from_encoder
+    from fedsilo.simulations.vertical_gbdt import boost_settings, fit, joined_layout
+
+    config, parties = _parties()
+    holder = parties.holder
+    joined = np.hstack([parties.broker_x[parties.joint], parties.bank_x_aligned[holder.links[0].positions]])
+    layout = joined_layout(parties, config.bins)
+    own_layout = layout_from_encoder(parties.encoders["broker"], config.bins)
+    bank_layout = layout_from_encoder(parties.encoders["bank"], config.bins)
+    own = len(own_layout.groups)
+    bins = layout.bin_rows(joined)
+    train, test = holder.train_index[:120], holder.test_index
+    y = holder.y.numpy().astype(np.float64)
+    settings = replace(boost_settings(config), trees=2, features_per_tree=0)
+    sb = SecureBoost(bins[train, :own], own_layout, bins[train, own:], bank_layout, layout, key_bits=512)
+    sb.fit(y[train], settings.trees, settings.params, settings.learning_rate)
+    plain = fit(joined[train], y[train], layout, settings)
+    assert [t.to_dict() for t in sb.trees] == [t.to_dict() for t in plain.trees]
+    assert np.array_equal(sb.predict_margin(bins[test, :own], bins[test, own:]), plain.predict_margin(joined[test]))
+    assert sb.costs.decryptions > 0 and sb.bank.records  # the bank's splits went through its lookup table
