@@ -26,8 +26,7 @@ the broker reserves and commits nothing. The run folder holds the broker's ensem
 (``part-broker.json``, the ``fedsilo.gbdt`` format over ``[broker's encoded columns,
 one-hot code]``), both encoders, the card, the metrics and the plot. ``fedsilo score``
 does not score it: a row's score needs the bank's code for that customer, a two-party
-step (:func:`fedsilo.simulations.vertical_coded.exchange`) that the single-party scoring
-path does not make.
+step (:func:`score_with_codes`) that the single-party scoring path does not make.
 """
 
 from __future__ import annotations
@@ -76,7 +75,17 @@ from fedsilo.simulations.vertical_coded import _audit, exchange
 from fedsilo.strategies.gbdt import BinLayout, FeatureGroup, TreeParams, side_by_side
 from fedsilo.strategies.gbdt.layout import ONE_HOT
 
-__all__ = ["CODE_GROUP", "boost_settings", "code_layout", "fit", "joined_layout", "simulate_coded_gbdt"]
+__all__ = [
+    "CODE_GROUP",
+    "boost_settings",
+    "code_layout",
+    "coded_parties",
+    "fit",
+    "joined_layout",
+    "score_with_codes",
+    "simulate_coded_gbdt",
+    "train_coded",
+]
 
 CODE_GROUP = "bank_delinquency_code"
 
@@ -129,8 +138,7 @@ def train_coded(
     x_train = np.hstack([own[train_index], one_hot(codes, DELINQUENCY_K)])
     model = fit(x_train, y[train_index], layout, boost_settings(config))
     boosting = time.perf_counter() - started
-    test_codes, sent_test = exchange(bank, receiver, 2, link.positions[test_index], False, tap)
-    scores = model.predict_margin(np.hstack([own[test_index], one_hot(test_codes, DELINQUENCY_K)]))
+    scores, sent_test = score_with_codes(model, own[test_index], bank, receiver, 2, link.positions[test_index], tap)
     figures = {
         "seconds_exchange": round(exchanged, 3),
         "seconds_boosting": round(boosting, 3),
@@ -139,6 +147,25 @@ def train_coded(
         "bytes_scoring_exchange": sum(sent_test),
     }
     return model, scores, figures
+
+
+def score_with_codes(
+    model: GBDTModel,
+    own: np.ndarray,
+    bank: CodedParty,
+    receiver: CodesReceived,
+    batch: int,
+    positions: np.ndarray,
+    tap: Callable | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Scoring, a two-party step: the broker asks the bank for these customers' codes (each one k-RR release,
+    charged to her row; a repeat gets the stored code) and applies its ensemble to ``[own, one-hot code]``.
+
+    ``own`` holds the customers' encoded broker columns, ``positions`` their places in the agreed PSI
+    order; returns (logits, (bytes out, bytes back)).
+    """
+    codes, sent = exchange(bank, receiver, batch, positions, False, tap)
+    return model.predict_margin(np.hstack([own, one_hot(codes, DELINQUENCY_K)])), sent
 
 
 def yardsticks(parties: Parties, config: SimulationConfig) -> dict[str, float]:

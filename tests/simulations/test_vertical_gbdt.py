@@ -14,7 +14,7 @@ from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 from fedsilo.simulations.api import simulate
 from fedsilo.simulations.config import SimulationConfig, build_config
 from fedsilo.simulations.vertical import DEFAULT_OVERLAP, build_parties, pooled_table
-from fedsilo.simulations.vertical_gbdt import CODE_GROUP, code_layout, coded_parties, train_coded
+from fedsilo.simulations.vertical_gbdt import CODE_GROUP, code_layout, coded_parties, score_with_codes, train_coded
 from fedsilo.strategies.gbdt import BinLayout, FeatureGroup, side_by_side
 from fedsilo.strategies.gbdt.layout import NUMERIC, ONE_HOT
 
@@ -125,3 +125,15 @@ def test_secureboost_baseline_sums_are_exact_and_its_trees_are_the_plaintext_one
     assert [t.to_dict() for t in sb.trees] == [t.to_dict() for t in plain.trees]
     assert np.array_equal(sb.predict_margin(bins[test, :own], bins[test, own:]), plain.predict_margin(joined[test]))
     assert sb.costs.decryptions > 0 and sb.bank.records  # the bank's splits went through its lookup table
+
+
+def test_a_broker_that_asks_again_for_codes_gets_the_same_ones_and_the_bank_spends_nothing_more():
+    """Attacker: the broker, re-asking for held-out customers' codes to average the randomized response away."""
+    config, parties = _parties()
+    bank, receiver = coded_parties(parties, config)
+    model, scores, _ = train_coded(parties, bank, receiver, config)
+    holder, link = parties.holder, parties.holder.links[0]
+    own = parties.broker_x[parties.joint][holder.test_index]
+    again, _ = score_with_codes(model, own, bank, receiver, 3, link.positions[holder.test_index])
+    assert np.array_equal(again, scores)
+    assert bank.mechanisms() == [PureMechanism(3.0, 1)] and bank.spent() == pytest.approx(3.0)
