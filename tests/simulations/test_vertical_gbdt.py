@@ -13,6 +13,7 @@ from fedsilo.privacy.accounting import PureMechanism
 from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 from fedsilo.simulations.api import simulate
 from fedsilo.simulations.config import SimulationConfig, build_config
+from fedsilo.simulations.scoring import load_run
 from fedsilo.simulations.vertical import DEFAULT_OVERLAP, build_parties, pooled_table
 from fedsilo.simulations.vertical_gbdt import CODE_GROUP, code_layout, coded_parties, score_with_codes, train_coded
 from fedsilo.strategies.gbdt import BinLayout, FeatureGroup, side_by_side
@@ -39,6 +40,8 @@ def test_the_vertical_gbdt_run_writes_the_broker_ensemble_and_the_bank_ledger_ho
     card = json.loads((run / "model_card.json").read_text())
     assert card["model"]["kind"] == "gbdt" and card["parties"]["bank"]["epsilon_spent"] == pytest.approx(3.0)
     assert not list(run.glob("part-bank*"))  # the bank's rule is fixed: it has no trained part
+    with pytest.raises(ConfigError, match="is a vertical run: each party keeps its own part"):
+        load_run(run)  # fedsilo score's loader: the broker's part alone cannot score (it needs the bank's code)
 
 
 def _parties(seed=0):
