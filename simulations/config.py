@@ -253,9 +253,14 @@ class SimulationConfig:
 
 
 def _check_gbdt(config: SimulationConfig) -> None:
-    """--model gbdt: horizontal only, sane trees/depth/bins."""
-    if config.setup != "horizontal":
-        raise ConfigError("--model gbdt supports the horizontal setup only (vertical boosting: issue 20 item 5)")
+    """--model gbdt: horizontal, or vertical with the coded scheme; sane trees/depth/bins."""
+    if config.setup == "transfer":
+        raise ConfigError("--model gbdt supports the horizontal and vertical setups (not transfer)")
+    if config.setup == "vertical" and config.vertical_scheme != "coded":
+        raise ConfigError(
+            "--setup vertical --model gbdt boosts on the bank's ε-DP codes: use --vertical-scheme coded "
+            "(the split scheme trains neural bottoms; SecureBoost's comparison is bench/vertical_gbdt.py)"
+        )
     if config.audit:
         raise ConfigError("--audit supports the neural models only; a gbdt run has no membership split")
     if not 1 <= config.trees <= 1000:

@@ -145,6 +145,12 @@ def load_run(folder: str | Path, identity: str | Path | None = None) -> ScoringM
 
     folder = Path(folder)
     card = read_card(folder)
+    if card.get("setup") == "vertical":
+        raise ConfigError(
+            f"{folder} is a vertical run: each party keeps its own part, and a customer's score needs the "
+            "feature party's release for that customer (a two-party step: fedsilo.simulations.vertical_gbdt."
+            "score_with_codes, fedsilo.peers.vertical.training.score); fedsilo score scores horizontal runs"
+        )
     files = artifact_files(card, folder)
     if identity is not None:
         _verify_signature(folder, Path(identity))

@@ -349,8 +349,12 @@ def measure_leakage(observer: Observer, parties: Parties, batches: int, frozen: 
 
 def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummary:
     """Run the vertical scenario end to end (checks every input before writing)."""
+    if config.model == "gbdt":
+        from fedsilo.simulations.vertical_gbdt import simulate_coded_gbdt
+
+        return simulate_coded_gbdt(config, progress)
     if config.model not in ("mlp", "logreg"):
-        raise ConfigError(f"--setup vertical trains an mlp or logreg split model, got {config.model!r}")
+        raise ConfigError(f"--setup vertical trains an mlp, logreg or gbdt model, got {config.model!r}")
     limit_threads()  # small models: one intra-op thread is the fastest (ten times, on a loaded machine)
     if config.vertical_scheme == "coded":
         from fedsilo.simulations.vertical_coded import simulate_coded

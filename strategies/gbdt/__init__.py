@@ -3,7 +3,7 @@
 See `fedsilo.privacy.gbdt` for the DP accounting and `fedsilo.peers.gbdt` for the banks.
 """
 
-from .layout import BinLayout, FeatureGroup
+from .layout import BinLayout, FeatureGroup, side_by_side
 from .secure_session import SecureSession, SessionPeer
 from .secure_sum import HistogramPeer, SumOutcome, secure_sum
 from .tree import MIN_CHILD_NOISE_SDS, HistogramRefused, Tree, TreeParams, best_split, check_histogram, noise_aware
@@ -23,4 +23,5 @@ __all__ = [
     "check_histogram",
     "noise_aware",
     "secure_sum",
+    "side_by_side",
 ]

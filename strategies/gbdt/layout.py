@@ -124,3 +124,14 @@ class BinLayout:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BinLayout:
         return cls(tuple(FeatureGroup.from_dict(g) for g in data["groups"]), int(data["n_features"]))
+
+
+def side_by_side(left: BinLayout, right: BinLayout) -> BinLayout:
+    """One layout over ``[left's encoded columns, right's]``: ``right``'s groups read columns shifted by its width.
+
+    Vertical boosting: the label holder's columns next to a feature party's (or its released code),
+    with group ``j < len(left.groups)`` the left party's and the rest the right party's.
+    """
+    shift = left.n_features
+    moved = tuple(FeatureGroup(g.name, g.kind, tuple(c + shift for c in g.columns), g.edges) for g in right.groups)
+    return BinLayout(left.groups + moved, shift + right.n_features)
