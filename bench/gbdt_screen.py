@@ -6,7 +6,7 @@ Gaussian noise at the *effective* multiplier of the distributed run (the shares 
 for the tolerated dropouts and colluders, `secure_configs`), to both the level
 histograms and the leaf totals (the plan calibrated with ``--accountant``, PRV by default as
 the job's). The trees grow with the real host code
-(`fedsilo.simulations.gbdt_federation.boost`, with the noise-aware floor). A run takes
+(`fedsilo.peers.gbdt.federation.boost`, with the noise-aware floor). A run takes
 seconds instead of minutes, so methods can be compared over several seeds and repeats
 (the noise is fresh in each repeat) before one is run through `bench/gbdt.py`.
 
@@ -43,9 +43,8 @@ from _gbdt_common import DEFAULT_DATA
 from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.evaluation import roc_auc
-from fedsilo.peers.gbdt import GBDTBank, layout_from_encoder
+from fedsilo.peers.gbdt import GBDTBank, federation, layout_from_encoder
 from fedsilo.privacy import gbdt as privacy_gbdt
-from fedsilo.simulations import gbdt_federation as federation
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import build_config
 from fedsilo.strategies.gbdt import TreeParams

@@ -41,6 +41,7 @@ import numpy as np
 
 from fedsilo.peers.data.bank import TEST
 from fedsilo.peers.gbdt import GBDTBank, layout_from_encoder
+from fedsilo.peers.gbdt.federation import BoostSettings, boost
 from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.peers.vertical.coded import (
     DELINQUENCY_K,
@@ -55,7 +56,6 @@ from fedsilo.privacy.accounting import PureMechanism
 from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 from fedsilo.privacy.noise_source import SecureNoise, SeededNoise
 from fedsilo.simulations.config import SimulationConfig
-from fedsilo.simulations.gbdt_federation import BoostSettings, boost
 from fedsilo.simulations.progress import Progress
 from fedsilo.simulations.run_folder import RunFolder
 from fedsilo.simulations.runner import RunSummary

@@ -97,10 +97,9 @@ def test_vertical_gbdt_settings_are_refused_outside_the_coded_scheme():
 
 
 def test_secureboost_baseline_sums_are_exact_and_its_trees_are_the_plaintext_ones():
-    """bench/_secureboost.py (the decision's evidence; needs phe, skipped without it): decrypted per-bin sums equal
+    """bench/_secureboost.py (the decision's evidence; phe is in the test extra): decrypted per-bin sums equal
     the plaintext fixed-point sums exactly (checked at every level, AssertionError otherwise), so its trees and
     scores are the centralized GBDT's on the union of the columns."""
-    pytest.importorskip("phe")
     import sys
     from dataclasses import replace
     from pathlib import Path
