@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -219,26 +220,19 @@ def _audit(parties, receiver: CodesReceived) -> dict:
     }
 
 
-def _write(path: Path, config, spec, model: LabelHolder, parties, history: list[EpochStats], result: dict, frames):
-    """The broker's part (marked whose), the encoders, the card, the metrics and the plot; the bank keeps its rule."""
-    save_file(
-        {k: v.detach().numpy().copy() for k, v in model.model.state_dict().items()},
-        str(path / f"part-{HOLDER}.safetensors"),
-        metadata={"fedsilo.owner": HOLDER, "fedsilo.setup": "vertical", "fedsilo.scheme": "coded"},
-    )
-    for owner in (HOLDER, PARTY):
-        parties.encoders[owner].save(path / f"encoder-{owner}.json")
-    metrics = {"epochs": [vars(s) for s in history], **result, "bytes_on_the_wire": sum(len(f) for f in frames)}
-    (path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+def coded_card(
+    config: SimulationConfig, result: dict, path: Path, holder_role: str, model: dict[str, Any]
+) -> dict[str, Any]:
+    """The model card of a coded-scheme run (a neural broker model or a boosted one: `model` says which)."""
     private = bool(result["epsilon"])
-    card = {
+    return {
         "setup": "vertical",
         "scheme": "coded",
         "participants": [{"name": n, "epsilon_spent": e} for n, e in result["epsilon"].items()],
         "run": path.name.lstrip(".").removesuffix(".partial"),
         "parties": {
             HOLDER: {
-                "role": "label holder (its model over its own columns and the bank's code)",
+                "role": holder_role,
                 "columns_count": len(HOLDER_COLUMNS),
                 "privacy": {"dp": "none needed: it releases nothing (no gradient, no label, no model, no score)"},
                 "released": "batch positions (indices in the PSI order) of the customers whose codes it asks for",
@@ -268,10 +262,30 @@ def _write(path: Path, config, spec, model: LabelHolder, parties, history: list[
         "in_the_clear": "batch positions and the shared customers' sides; never an id, a column name, a raw value "
         "or a label",
         "outside_the_intersection": "scored by the broker's own model (its columns only: the 'alone' yardstick)",
-        "model": {"kind": spec.kind, "hidden": list(spec.hidden), "codes": DELINQUENCY_K},
+        "model": model,
         "results": {k: v for k, v in result.items() if k != "measured_leakage"},
         "measured_leakage": result["measured_leakage"],
         "reproducible_noise": bool(config.reproducible and private),
     }
+
+
+def _write(path: Path, config, spec, model: LabelHolder, parties, history: list[EpochStats], result: dict, frames):
+    """The broker's part (marked whose), the encoders, the card, the metrics and the plot; the bank keeps its rule."""
+    save_file(
+        {k: v.detach().numpy().copy() for k, v in model.model.state_dict().items()},
+        str(path / f"part-{HOLDER}.safetensors"),
+        metadata={"fedsilo.owner": HOLDER, "fedsilo.setup": "vertical", "fedsilo.scheme": "coded"},
+    )
+    for owner in (HOLDER, PARTY):
+        parties.encoders[owner].save(path / f"encoder-{owner}.json")
+    metrics = {"epochs": [vars(s) for s in history], **result, "bytes_on_the_wire": sum(len(f) for f in frames)}
+    (path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    card = coded_card(
+        config,
+        result,
+        path,
+        holder_role="label holder (its model over its own columns and the bank's code)",
+        model={"kind": spec.kind, "hidden": list(spec.hidden), "codes": DELINQUENCY_K},
+    )
     (path / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
     _plot(path / "comparison.png", result)

@@ -62,16 +62,14 @@ from fedsilo.simulations.runner import RunSummary
 from fedsilo.simulations.vertical import (
     DEFAULT_OVERLAP,
     HOLDER,
-    HOLDER_COLUMNS,
     PARTY,
-    PARTY_COLUMNS,
     Parties,
     _auc,
     _plot,
     build_parties,
     pooled_table,
 )
-from fedsilo.simulations.vertical_coded import _audit, exchange
+from fedsilo.simulations.vertical_coded import _audit, coded_card, exchange
 from fedsilo.strategies.gbdt import BinLayout, FeatureGroup, TreeParams, side_by_side
 from fedsilo.strategies.gbdt.layout import ONE_HOT
 
@@ -276,40 +274,12 @@ def _write(path: Path, config: SimulationConfig, model: GBDTModel, parties: Part
     for owner in (HOLDER, PARTY):
         parties.encoders[owner].save(path / f"encoder-{owner}.json")
     (path / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
-    private = bool(result["epsilon"])
-    card = {
-        "setup": "vertical",
-        "scheme": "coded",
-        "participants": [{"name": n, "epsilon_spent": e} for n, e in result["epsilon"].items()],
-        "run": path.name.lstrip(".").removesuffix(".partial"),
-        "parties": {
-            HOLDER: {
-                "role": "label holder: boosts trees on its own columns and the bank's released code",
-                "columns_count": len(HOLDER_COLUMNS),
-                "privacy": {"dp": "none needed: it releases nothing (no gradient, no label, no tree, no score)"},
-                "released": "batch positions (indices in the PSI order) of the customers whose codes it asks for",
-                "epsilon_spent": result["epsilon"].get(HOLDER),
-            },
-            PARTY: {
-                "role": "feature party (a fixed delinquency rule over its repayment statuses)",
-                "columns_count": len(PARTY_COLUMNS),
-                "privacy": {
-                    "mechanism": f"{DELINQUENCY_K}-ary randomized response, each shared customer's code released once",
-                    "epsilon_per_row": config.epsilon,
-                    "keep_probability": result["keep_probability"],
-                    "coins": "OS CSPRNG (SecureNoise)" if not config.reproducible else "seeded: NOT private",
-                }
-                if private
-                else {"dp": "off: codes sent in the clear"},
-                "learns": "which of its customers the broker also holds and their train/test side; nothing that "
-                "depends on the broker's labels",
-                "epsilon_spent": result["epsilon"].get(PARTY),
-            },
-        },
-        "in_the_clear": "batch positions and the shared customers' sides; never an id, a column name, a raw value, "
-        "a gradient or a label",
-        "outside_the_intersection": "scored by the broker alone (its own columns: the 'alone' yardstick)",
-        "model": {
+    card = coded_card(
+        config,
+        result,
+        path,
+        holder_role="label holder: boosts trees on its own columns and the bank's released code",
+        model={
             "kind": "gbdt",
             "file": f"part-{HOLDER}.json",
             "trees": config.trees,
@@ -318,9 +288,6 @@ def _write(path: Path, config: SimulationConfig, model: GBDTModel, parties: Part
             "learning_rate": config.lr,
             "scoring": "needs the bank's code of the customer (a two-party step); fedsilo score does not make it",
         },
-        "results": {k: v for k, v in result.items() if k != "measured_leakage"},
-        "measured_leakage": result["measured_leakage"],
-        "reproducible_noise": bool(config.reproducible and private),
-    }
+    )
     (path / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
     _plot(path / "comparison.png", result)
