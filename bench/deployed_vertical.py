@@ -25,6 +25,7 @@ torch's default two threads made the simulated epoch up to 10× slower than the 
 on one thread, which would flatter the deployment.
 
     python bench/deployed_vertical.py                         # synthetic scenario, 3 repeats
+    python bench/deployed_round.py --setup vertical           # the same
     python bench/deployed_vertical.py --customers 30000 --epochs 5
     python bench/deployed_vertical.py --data ../shared/data/UCI_Credit_Card.csv
 
@@ -208,7 +209,7 @@ def _median_epoch(epochs: list[float]) -> float:
     return statistics.median(epochs[1:])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="UCI_Credit_Card.csv (the uci scenario); default: the synthetic scenario")
     parser.add_argument("--customers", type=int, default=12000, help="synthetic scenario's customers (default 12000)")
@@ -218,7 +219,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="jobs per arm, alternating (default 3)")
     parser.add_argument("--keep", type=Path, help="keep the consortium, stores and logs in this (new) directory")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be ≥ 2 (epoch 1 carries the release in simulation)")
     config = SimulationConfig(
