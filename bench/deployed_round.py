@@ -26,6 +26,7 @@ partition (seeded).
     python bench/deployed_round.py                    # 3 banks, 5 rounds, 3 alternating runs per arm
     python bench/deployed_round.py --rounds 3 --banks 2 --repeats 1
     python bench/deployed_round.py --stock            # also Flower's stock SuperNode (the baseline)
+    python bench/deployed_round.py --setup vertical   # a vertical job instead: bench/deployed_vertical.py
 
 The last line is the ratio. A measurement, not a pass/fail test: other processes on
 the machine move the figures (the load average is printed).
@@ -159,7 +160,22 @@ def deployed(job: JobConfig, frames, work: Path, warm: bool = True) -> dict[int,
 
 
 def main() -> int:
+    argv = sys.argv[1:]
+    rest = [a for a in argv if a != "--setup=vertical"]
+    if "--setup" in argv[:-1] and argv[argv.index("--setup") + 1] == "vertical":
+        rest = argv[: argv.index("--setup")] + argv[argv.index("--setup") + 2 :]
+    if len(rest) < len(argv):
+        import deployed_vertical  # beside this script
+
+        return deployed_vertical.main(rest)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--setup",
+        choices=("horizontal", "vertical"),
+        default="horizontal",
+        help="vertical: a coded-scheme vertical job between two daemons against simulation "
+        "(bench/deployed_vertical.py; the other options are its own: --setup vertical --help)",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--label", default="Y")
     parser.add_argument("--id-column", default="ID")
