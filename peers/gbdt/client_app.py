@@ -39,7 +39,7 @@ from flwr.app import ConfigRecord, Context, Error, Message
 from fedsilo.errors import ConfigError, FedsiloError, ProtocolError
 from fedsilo.peers.client import node_state
 from fedsilo.peers.client.mods.secagg import round_identity
-from fedsilo.peers.data.bank import load_bank
+from fedsilo.peers.data.bank import load_training_arrays
 from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.gbdt.bank import LEAVES, LEVEL, GBDTBank
@@ -93,11 +93,11 @@ def _bank(job: JobConfig, terms: GBDTJob, context: Context, paths: Paths) -> tup
     """This bank's rows binned by the job's layout, with its SecAgg+ identity and the job's configurations."""
     data_path, encoder_path = paths(job, context)
     encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
-    data = load_bank(data_path, encoder_path, job.train.test_fraction, job.train.seed)
+    x_train, y_train = load_training_arrays(data_path, encoder_path, job.train.test_fraction, job.train.seed)
     name = str(context.node_config.get("bank-name") or f"node {context.node_id}")
-    if data.n_train > terms.row_bound:
+    if len(x_train) > terms.row_bound:
         raise Refused(
-            f"bank {name} has {data.n_train} training rows, above the job's gbdt.row-bound {terms.row_bound}: "
+            f"bank {name} has {len(x_train)} training rows, above the job's gbdt.row-bound {terms.row_bound}: "
             "the noise is calibrated for at most that many; the job owner must raise the bound"
         )
     layout = layout_from_encoder(encoder, terms.bins)
@@ -106,8 +106,8 @@ def _bank(job: JobConfig, terms: GBDTJob, context: Context, paths: Paths) -> tup
     bank = GBDTBank(
         name,
         int(context.node_id),
-        layout.bin_rows(data.x_train.numpy().astype(np.float64)),
-        data.y_train.numpy(),
+        layout.bin_rows(x_train.astype(np.float64)),
+        y_train,
         layout,
         terms.row_bound,
         secagg=terms.configs(layout, plan),
