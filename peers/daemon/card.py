@@ -101,6 +101,9 @@ def build_card(
     }
     if config.model.kind == "gbdt":
         card["job"]["model"] = gbdt_model(config)
+        for neural in ("rounds", "strategy"):  # a gbdt job has releases (in its model), no rounds nor strategy
+            del card["job"][neural]
+        del card["job"]["dp"]["max_grad_norm"]  # its derivatives are bounded by the loss (fedsilo.privacy.gbdt)
         card["privacy"]["guarantee"] = (
             f"each participant's released gradient and hessian histograms are (ε, δ)-DP per record of its data "
             f"source, with the ε and δ listed per participant (job target ε = {config.dp.epsilon:g}, "
