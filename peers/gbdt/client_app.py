@@ -65,6 +65,8 @@ def answer(msg: Message, context: Context, paths: Paths) -> Message:
         terms = GBDTJob.from_run_config(context.run_config)
         if terms.session != job.job_id:
             raise ConfigError(f"the boosting terms name job {terms.session!r}, the run is job {job.job_id!r}")
+        if context.node_config.get("state-dir"):
+            check_accepted_terms(terms, context)
         method, args, body = read_call(msg.content)
     except FedsiloError as error:
         return _refuse(msg, error)
@@ -83,6 +85,31 @@ def answer(msg: Message, context: Context, paths: Paths) -> Message:
         if bank is not None and bank.session is not None:
             _save(bank, context, job)
     return Message(answer_content(method, result), reply_to=msg)
+
+
+def check_accepted_terms(terms: GBDTJob, context: Context) -> None:
+    """A deployed bank's check of the host's run config against the terms its daemon accepted (node config
+    ``gbdt-terms``, from the owner-signed job): every term equal, and no more banks than the job's participants
+    (more would shrink each bank's noise share below what the plan needs). ConfigError naming the first change.
+
+    The node config carries them as the hex of their JSON (`fedsilo.peers.deployment.join`)."""
+    raw = str(context.node_config.get("gbdt-terms") or "")
+    try:
+        accepted = json.loads(bytes.fromhex(raw)) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        accepted = None
+    if not isinstance(accepted, dict):
+        raise ConfigError("this peer's daemon pinned no boosting terms for the job (node config gbdt-terms): refused")
+    offered = terms.to_run_config()
+    for key, value in sorted(accepted.items()):
+        if key == "gbdt.banks":
+            if not isinstance(value, int) or offered[key] > value:
+                raise ConfigError(f"the host's run config says {offered[key]} banks, the signed job has {value}")
+        elif offered.get(key) != value:
+            raise ConfigError(
+                f"the host's run config says {key} = {offered.get(key)!r}, the signed job this peer accepted "
+                f"says {value!r}: refused"
+            )
 
 
 def _refuse(msg: Message, error: FedsiloError) -> Message:
