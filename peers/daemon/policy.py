@@ -15,7 +15,7 @@ the file (both go into the model card). `planned_mechanisms` is the whole job's
 mechanism, which is what the ledger reserves and what the peer's accountant then
 spends: DP-SGD's `fedsilo.peers.job.plan_dp` on the source's training rows under local
 DP, `fedsilo.peers.job.distributed_dp_reservation` (the noisy sum's plan) under
-distributed DP.
+distributed DP, and a gbdt job's whole release plan (`fedsilo.privacy.gbdt.plan_releases`).
 """
 
 from __future__ import annotations
