@@ -164,6 +164,13 @@ class JobConfig:
                 "dp.mode 'distributed' needs the job's public total of training rows "
                 "(job.public-rows), the gradient normaliser every peer uses",
             )
+        if self.model.kind == "gbdt":
+            _require(
+                self.public_rows >= 1,
+                "a gbdt job needs job.public-rows: the public bound on each bank's training rows, by which every "
+                "bank divides its histograms (a bank with more rows refuses the job)",
+            )
+            _require(self.secagg.enabled, "a gbdt job releases its histograms through secure aggregation only")
 
     @property
     def per_round(self) -> int:
@@ -193,7 +200,36 @@ class JobConfig:
         for prefix, spec in (("train", self.train), ("dp", self.dp), ("secagg", self.secagg)):
             for key, value in asdict(spec).items():
                 flat[f"{prefix}.{key.replace('_', '-')}"] = value
+        if self.model.kind == "gbdt":
+            model = self.model
+            flat.update({"model.trees": model.trees, "model.depth": model.depth, "model.bins": model.bins})
+            flat.update(
+                {"model.learning-rate": model.learning_rate, "model.features-per-tree": model.features_per_tree}
+            )
+            flat.update(self.boost_run_config())
         return flat
+
+    def boost_run_config(self) -> dict[str, Any]:
+        """A gbdt job's model as the `gbdt.*` keys `fedsilo.peers.gbdt.job.GBDTJob` reads (the ServerApp
+        boosts when it finds them): its session is the job id, its banks the job's peers, its row bound
+        the job's public rows, its DP and dropout terms the job's."""
+        model = self.model
+        return {
+            "gbdt.session": self.job_id,
+            "gbdt.banks": self.peers,
+            "gbdt.row-bound": self.public_rows,
+            "gbdt.trees": model.trees,
+            "gbdt.depth": model.depth,
+            "gbdt.bins": model.bins,
+            "gbdt.learning-rate": float(model.learning_rate),
+            "gbdt.features-per-tree": model.features_per_tree,
+            "gbdt.dp-mode": self.dp.mode,
+            "gbdt.epsilon": float(self.dp.epsilon),
+            "gbdt.delta": float(self.dp.delta),
+            "gbdt.accountant": self.dp.accountant,
+            "gbdt.dropout-fraction": float(self.secagg.dropout_fraction),
+            "gbdt.collusion-fraction": float(self.secagg.collusion_fraction),
+        }
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> JobConfig:
@@ -228,6 +264,7 @@ class JobConfig:
                     kind=str(config.get("model.kind", "mlp")),
                     hidden=ModelSpec.parse_hidden(str(config.get("model.hidden", "64,32"))),
                     shared_features=int(config.get("model.shared-features", 0)),
+                    **_boost_fields(config),
                 ),
                 train=section("train", TrainSpec),
                 dp=section("dp", DPSpec),
@@ -235,6 +272,12 @@ class JobConfig:
             )
         except KeyError as missing:
             raise ConfigError(f"run config lacks {missing}: the job host must send it") from None
+
+
+def _boost_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The gbdt fields of `ModelSpec` a run config states (`model.trees`, ...), as they are: `ModelSpec` checks them."""
+    names = ("trees", "depth", "bins", "learning_rate", "features_per_tree")
+    return {name: config[key] for name in names if (key := f"model.{name.replace('_', '-')}") in config}
 
 
 def _names(text: object) -> tuple[str, ...]:

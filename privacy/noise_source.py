@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+if TYPE_CHECKING:  # torch is imported by the methods that make tensors: a numpy caller (boosting) never loads it
+    import torch
 
 KEY_BYTES = 32
 # Holohan & Braghin (2021) §5.1 / Opacus secure_mode: 2n samples summed, n = 2, divided by sqrt(2n).
@@ -73,6 +75,8 @@ class SecureNoise:
 
         Never above q, so the accountant's bound for q stays valid (a lower rate leaks less).
         """
+        import torch
+
         if sample_rate >= 1.0:
             return torch.arange(n)
         words = np.frombuffer(self._stream.update(bytes(4 * n)), dtype=np.uint32)
@@ -80,6 +84,8 @@ class SecureNoise:
 
     def gaussian(self, count: int) -> torch.Tensor:
         """`count` N(0, 1) samples, float64: each the sum of four Box–Muller samples over 2."""
+        import torch
+
         pairs = count * SECURE_SUMMANDS // 2  # SECURE_SUMMANDS is even
         bits = torch.from_numpy((self.words(2 * pairs) >> np.uint64(11)).view(np.int64))  # 53 bits, ≥ 0
         uniform = bits.to(torch.float64).mul_(2.0**-53)  # [0, 1) on the 2**-53 grid
@@ -98,11 +104,15 @@ class SeededNoise:
     reproducible = True
 
     def __init__(self, seed: int) -> None:
+        import torch
+
         self.seed = seed
         self._sampling = torch.Generator().manual_seed(seed)
         self._noise = torch.Generator().manual_seed(seed + 1)
 
     def poisson_rows(self, n: int, sample_rate: float) -> torch.Tensor:
+        import torch
+
         return (torch.rand(n, generator=self._sampling) < sample_rate).nonzero().squeeze(1)
 
     def words(self, count: int) -> np.ndarray:
@@ -112,6 +122,8 @@ class SeededNoise:
         return self._words.integers(0, 2**64, size=count, dtype=np.uint64, endpoint=False)
 
     def standard_normal_(self, out: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.randn(out.shape, generator=self._noise, out=out)
 
     def state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -120,5 +132,7 @@ class SeededNoise:
 
     def restore(self, sampling: np.ndarray, noise: np.ndarray) -> None:
         """Continue the streams from positions `state` returned."""
+        import torch
+
         self._sampling.set_state(torch.as_tensor(sampling, dtype=torch.uint8))
         self._noise.set_state(torch.as_tensor(noise, dtype=torch.uint8))

@@ -221,8 +221,9 @@ def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, s
 
     A run folder's card lists `artifacts.model` and `artifacts.encoder` with `file` and
     `sha256`; a pulled model's card lists artefacts by file name (`model.safetensors`,
-    `encoder.json`) with `bytes` and the hash keyed by its algorithm: `sha256`, or `sm3` when
-    the consortium uses the gm suite (`suite` is the crypto suite whose hash that is).
+    `encoder.json`; a gbdt job's model is `model.json`) with `bytes` and the hash keyed by its
+    algorithm: `sha256`, or `sm3` when the consortium uses the gm suite (`suite` is the crypto
+    suite whose hash that is).
     """
     artifacts = card.get("artifacts")
     if not isinstance(artifacts, dict):
@@ -233,7 +234,9 @@ def artifact_files(card: dict[str, Any], folder: Path) -> dict[str, tuple[str, s
             "so there is no one model to score with; score horizontal runs"
         )
     found: dict[str, tuple[str, str, str]] = {}
-    for role, default in (("model", "model.safetensors"), ("encoder", "encoder.json")):
+    model_spec = (card.get("job") or {}).get("model") if isinstance(card.get("job"), dict) else None
+    gbdt = isinstance(model_spec, dict) and model_spec.get("kind") == "gbdt"
+    for role, default in (("model", "model.json" if gbdt else "model.safetensors"), ("encoder", "encoder.json")):
         entry = artifacts.get(role) if isinstance(artifacts.get(role), dict) else None
         name = entry.get("file") if entry else default
         entry = entry or artifacts.get(default)

@@ -26,6 +26,11 @@ Deployment Engine, in the job's `data.private-dir` (one safetensors file per ban
 under the Simulation Engine. A deployed transfer job (`model.shared-vocabulary` in its
 run config) summarizes only the vocabulary columns for the host, and completes the
 host's shared-vocabulary encoder with an own-columns encoder fitted here.
+
+torch and Opacus (`local_training`, `fedsilo.peers.models`, the bank's tensors) are imported
+by the handlers that train, evaluate or hold private weights, not by this module: a
+deployed ClientApp is a new process per message, and a message that needs neither (a
+summary, the encoder, a boosting job's `query.gbdt`) starts without them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -42,16 +48,18 @@ from flwr.clientapp.typing import Mod
 
 from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.peers.client import node_state
-from fedsilo.peers.client.local_training import RoundResult, evaluate_weights, limit_threads, train_round
 from fedsilo.peers.client.mods.secagg import secagg_mod
-from fedsilo.peers.data.bank import BankTensors, load_bank, read_table
+from fedsilo.peers.data.bank import read_table
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.data.vocabulary import institution_encoder, shared_frame
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.job import JobConfig, encoder_path_for
-from fedsilo.peers.models import build_model, get_weights, select
 from fedsilo.peers.packed_content import packed_content_mod
 from fedsilo.privacy.accounting import Mechanism
+
+if TYPE_CHECKING:  # torch: imported where a round trains (see the module docstring)
+    from fedsilo.peers.client.local_training import RoundResult
+    from fedsilo.peers.data.bank import BankTensors
 
 PRIVACY_STATE_KEY = "fedsilo.privacy"
 ERROR_CODE_REFUSED = 4001
@@ -79,6 +87,8 @@ def bank_paths(job: JobConfig, context: Context) -> tuple[str, str]:
 
 def bank_data(job: JobConfig, context: Context) -> BankTensors:
     """This peer's encoded rows, from its own data path, with its encoder."""
+    from fedsilo.peers.data.bank import load_bank
+
     data_path, encoder_path = bank_paths(job, context)
     return load_bank(data_path, encoder_path, job.train.test_fraction, job.train.seed)
 
@@ -112,6 +122,8 @@ def _full_weights(
     """
     if not job.shared:
         return received
+    from fedsilo.peers.models import build_model, get_weights, select
+
     initial = get_weights(
         build_model(job.model, data.x_train.shape[1], seed=job.train.seed * 7919 + bank_index(context))
     )
@@ -133,6 +145,8 @@ def _keep_private(job: JobConfig, context: Context, weights: dict[str, np.ndarra
     """Write the private part to this bank's file; return the shared part (all when horizontal)."""
     if not job.shared:
         return weights
+    from fedsilo.peers.models import select
+
     shared = select(weights, job.shared)
     node_state.write_private_weights(
         _private_weights_path(job, context), job.job_id, {k: v for k, v in weights.items() if k not in shared}
@@ -220,6 +234,8 @@ def _train_with_durable_record(
                 f"the run config's privacy terms {accepted} differ from the ones this peer accepted "
                 f"for job {job.job_id} ({record.cap}): refused"
             )
+        from fedsilo.peers.client.local_training import train_round
+
         result = train_round(job, data, weights, list(record.spent), server_round, bank_index(context))
         if result.mechanism is not None:
             node_state.write_privacy(state_dir, replace(record, spent=(*record.spent, result.mechanism)))
@@ -228,6 +244,8 @@ def _train_with_durable_record(
 
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this bank's rows with DP-SGD."""
+    from fedsilo.peers.client.local_training import limit_threads, train_round
+
     limit_threads()
     try:
         job, data, weights = _received_model(msg, context)
@@ -258,6 +276,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this bank's held-out rows."""
+    from fedsilo.peers.client.local_training import evaluate_weights, limit_threads
+
     limit_threads()
     try:
         job, data, weights = _received_model(msg, context)

@@ -99,10 +99,43 @@ def build_card(
         "metrics": _final_metrics(rounds),
         "software": package_versions(),
     }
+    if config.model.kind == "gbdt":
+        card["job"]["model"] = gbdt_model(config)
+        for neural in ("rounds", "strategy"):  # a gbdt job has releases (in its model), no rounds nor strategy
+            del card["job"][neural]
+        del card["job"]["dp"]["max_grad_norm"]  # its derivatives are bounded by the loss (fedsilo.privacy.gbdt)
+        card["privacy"]["guarantee"] = (
+            f"each participant's released gradient and hessian histograms are (ε, δ)-DP per record of its data "
+            f"source, with the ε and δ listed per participant (job target ε = {config.dp.epsilon:g}, "
+            f"δ = {config.dp.delta:g}); the trees, bin edges aside, are post-processing of those releases"
+        )
+        card["privacy"]["public"] = (
+            "each participant's number of training rows is released exactly (training_rows here); the histograms "
+            "are divided by the job's public row bound, never by a participant's own count"
+        )
+        card["privacy"]["noise"] = (
+            "secret: each participant drew its DP noise share from its own OS CSPRNG for every release"
+        )
     if job.setup == "transfer":
         card["job"]["setup"] = "transfer"
         card["transfer"] = transfer_note(config.shared, config.vocabulary)
     return card
+
+
+def gbdt_model(config: Any) -> dict[str, Any]:
+    """A gbdt job's model as its card states it: the ensemble's shape, its file and its releases per participant."""
+    model = config.model
+    return {
+        "kind": "gbdt",
+        "trees": model.trees,
+        "depth": model.depth,
+        "bins": model.bins,
+        "learning_rate": model.learning_rate,
+        "features_per_tree": model.features_per_tree,
+        "row_bound": config.public_rows,
+        "releases_per_participant": model.releases,
+        "file": "model.json (fedsilo.peers.gbdt.model_file: the trees over the encoder's columns, margin = sum)",
+    }
 
 
 def transfer_note(shared: tuple[str, ...], vocabulary: tuple[str, ...]) -> dict[str, Any]:

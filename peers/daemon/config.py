@@ -11,7 +11,7 @@ manifest-poll-seconds = 60   # how often to ask the other members for a newer si
 model-owners = ["risk-dept"]     # members who may propose jobs
 max-epsilon-per-job = 3.0
 min-participants = 3             # a job with fewer participants is declined
-model-families = ["mlp", "logreg"]
+model-families = ["mlp", "logreg"]   # add "gbdt" to join boosting jobs
 strategies = ["fedavg", "fedadam"]
 model-readers = []               # besides the job's owner and participants
 setups = ["horizontal"]          # job setups accepted: horizontal, transfer, vertical
@@ -77,7 +77,7 @@ from typing import Any
 from fedsilo.errors import ConfigError
 from fedsilo.peers.identity.pki import check_name
 from fedsilo.peers.job import NETWORK_DP, SETUPS
-from fedsilo.peers.model_spec import MODEL_KINDS
+from fedsilo.peers.model_spec import JOB_MODEL_KINDS, MODEL_KINDS
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
 from fedsilo.privacy.psi.identifiers import canonical
@@ -313,7 +313,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
         model_owners=tuple(check_name(n, "policy.model-owners entry") for n in _names(table, "model-owners", "policy")),
         max_epsilon_per_job=max_eps,
         min_participants=min_participants,
-        model_families=_names(table, "model-families", "policy", MODEL_KINDS, MODEL_KINDS),
+        model_families=_names(table, "model-families", "policy", JOB_MODEL_KINDS, MODEL_KINDS),
         strategies=_names(table, "strategies", "policy", tuple(STRATEGIES), tuple(STRATEGIES)),
         model_readers=_names(table, "model-readers", "policy", None, ()),
         setups=_names(table, "setups", "policy", SETUPS, ("horizontal",)),

@@ -16,7 +16,7 @@ the file (both go into the model card). `planned_mechanisms` is the whole job's
 mechanism, which is what the ledger reserves and what the peer's accountant then
 spends: DP-SGD's `fedsilo.peers.job.plan_dp` on the source's training rows under local
 DP, `fedsilo.peers.job.distributed_dp_reservation` (the noisy sum's plan) under
-distributed DP.
+distributed DP, and a gbdt job's whole release plan (`fedsilo.privacy.gbdt.plan_releases`).
 """
 
 from __future__ import annotations
@@ -86,8 +86,22 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
 
 
 def check_bounds(job: SignedJob, policy: Policy) -> None:
-    """Refused (403) if the job's rounds, batch size or declared model exceed this peer's bounds."""
+    """Refused (403) if the job's rounds, batch size or declared model exceed this peer's bounds.
+
+    A gbdt job's rounds are its histogram releases, `trees * (depth + 1)` (each is one aggregate of
+    this peer's data, like a round); it has no batch.
+    """
     train = job.config.train
+    model = job.config.model
+    if model.kind == "gbdt":
+        if model.releases > policy.max_rounds:
+            raise Refused(
+                f"policy: the job's {model.trees} trees of depth {model.depth} make {model.releases} histogram "
+                f"releases, above this peer's bound of {policy.max_rounds} rounds (peer.toml [policy] max-rounds)",
+                403,
+            )
+        check_model_size(job, policy, 1)
+        return
     if train.rounds > policy.max_rounds:
         raise Refused(
             f"policy: the job asks {train.rounds} rounds, above this peer's bound of {policy.max_rounds} "
@@ -108,7 +122,8 @@ def check_model_size(job: SignedJob, policy: Policy, n_features: int) -> None:
     model = job.config.model
     count = model.parameter_count(n_features)
     if count > policy.max_model_parameters:
-        shape = f"hidden layers {list(model.hidden)}" if model.kind == "mlp" else model.kind
+        shape = {"mlp": f"hidden layers {list(model.hidden)}", "gbdt": f"{model.trees} trees of depth {model.depth}"}
+        shape = shape.get(model.kind, model.kind)
         raise Refused(
             f"policy: the job's model ({shape}) has at least {count:,} parameters with {n_features} input "
             f"feature(s), above this peer's bound of {policy.max_model_parameters:,} "
@@ -131,6 +146,8 @@ def check_trainable(job: SignedJob) -> None:
             "simulation (fedsilo simulate --setup transfer --overlap ...)",
             403,
         )
+    if job.config.model.kind == "gbdt" and job.setup != "horizontal":
+        raise Refused(f"not yet supported: gbdt jobs train horizontally only, this one is {job.setup}", 403)
     if job.setup == "transfer" and job.config.dp.mode == "distributed":
         raise Refused(
             "not yet supported: transfer jobs train over the network with local DP only (dp.mode = local); "
@@ -197,7 +214,21 @@ def source_facts(source: DataSource, job: SignedJob, suite: str = DEFAULT_SUITE)
 
 def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:
     """The whole job's mechanism on this source (the ledger reservation): DP-SGD's plan on its
-    training rows under local DP, the noisy sum's plan under distributed DP."""
+    training rows under local DP, the noisy sum's plan under distributed DP; a gbdt job's
+    `trees * (depth + 1)` histogram releases (`fedsilo.privacy.gbdt.plan_releases`, either DP mode:
+    each release has the same multiplier, from the bank's own noise or the noisy sum's)."""
+    config = job.config
+    if config.model.kind == "gbdt":
+        if facts.n_train > config.public_rows:
+            raise Refused(
+                f"this peer has {facts.n_train} training rows, above the gbdt job's public bound of "
+                f"{config.public_rows} per bank (job.public-rows)",
+                403,
+            )
+        from fedsilo.privacy.gbdt import plan_releases
+
+        model, dp = config.model, config.dp
+        return [plan_releases(dp.epsilon, dp.delta, model.trees, model.depth, dp.accountant).whole_job]
     if job.config.dp.mode == "distributed":
         try:
             return [distributed_dp_reservation(job.config)]

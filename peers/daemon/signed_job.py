@@ -18,11 +18,18 @@ public-rows = 2400              # distributed DP only: the public total of train
 valid-for-minutes = 60          # the signed job expires after this
 shared-customers = false        # transfer only: whether the institutions share customers
 
-[model]                         # kind, hidden; transfer: shared, shared-vocabulary
+[model]                         # kind, hidden; transfer: shared, shared-vocabulary;
+                                # kind = "gbdt": trees, depth, bins, learning-rate, features-per-tree
 [train]                         # rounds, local-epochs, batch-size, lr, seed, test-fraction
 [dp]                            # mode (local or distributed), epsilon, delta, max-grad-norm, accountant
 [secagg]                        # mode, clip, dropout-fraction, collusion-fraction
 ```
+
+A `[model] kind = "gbdt"` job boosts trees (`fedsilo.peers.gbdt`): horizontal only, with
+`job.public-rows` (the public bound on each bank's training rows), secure aggregation on,
+no `hidden`; the host turns its model into the `gbdt.*` run config
+(`fedsilo.peers.job.JobConfig.boost_run_config`). Its keys are in the signed document like
+every other. The boosting keys on another kind are refused.
 
 The document states its `setup` (a document signed before the field existed has none
 and means horizontal); the DP mechanism is `dp.mode` in its run config (none: local).
@@ -69,7 +76,7 @@ from fedsilo.peers.identity.pki import (
 )
 from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
 from fedsilo.peers.job import SETUPS, DPSpec, JobConfig, SecAggSpec, TrainSpec
-from fedsilo.peers.model_spec import ModelSpec
+from fedsilo.peers.model_spec import BOOST_KEYS, ModelSpec
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 
@@ -90,7 +97,7 @@ _JOB_KEYS = {
 }
 _SECTIONS = {
     "job": _JOB_KEYS,
-    "model": {"kind", "hidden", "shared", "shared-vocabulary"},
+    "model": {"kind", "hidden", "shared", "shared-vocabulary", *BOOST_KEYS},
     "train": {"rounds", "local-epochs", "batch-size", "lr", "seed", "test-fraction"},
     "dp": {"mode", "epsilon", "delta", "max-grad-norm", "accountant"},
     "secagg": {"mode", "clip", "dropout-fraction", "collusion-fraction"},
@@ -301,6 +308,7 @@ def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any])
         "model.hidden",
         "model.shared",
         "model.shared-vocabulary",
+        *(f"model.{key}" for key in BOOST_KEYS),
     } | {
         f"{prefix}.{name.replace('_', '-')}"
         for prefix, spec in (("train", TrainSpec), ("dp", DPSpec), ("secagg", SecAggSpec))
@@ -318,7 +326,24 @@ def _job_config(job_id: str, label: str, peers: int, run_config: dict[str, Any])
     if config.strategy not in ("fedavg", "fedadam"):
         raise ConfigError(f"job strategy {config.strategy!r} is unknown: valid choices are fedavg, fedadam")
     ModelSpec(config.model.kind, config.model.hidden)
+    _check_boost(config, run_config)
     return config
+
+
+def _check_boost(config: JobConfig, run_config: dict[str, Any]) -> None:
+    """ConfigError unless the boosting keys and the gbdt kind go together, and a gbdt job's terms hold."""
+    boost_keys = sorted(f"model.{key}" for key in BOOST_KEYS if f"model.{key}" in run_config)
+    if config.model.kind != "gbdt":
+        if boost_keys:
+            raise ConfigError(
+                f"{boost_keys[0]} belongs to model kind gbdt only; this job's model is {config.model.kind}"
+            )
+        return
+    if "model.hidden" in run_config:
+        raise ConfigError("model.hidden belongs to the neural models: a gbdt job states trees, depth, bins instead")
+    from fedsilo.peers.gbdt.job import GBDTJob
+
+    GBDTJob.from_run_config(config.boost_run_config())  # banks >= 2, the DP terms: what every bank will check
 
 
 def verify_envelope(

@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from fedsilo.errors import DataError
 from fedsilo.peers.data.encoding import SPLIT_COLUMN, TabularEncoder
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading a table (a daemon, a boosting bank) needs none
+    import torch
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -125,14 +128,33 @@ class BankTensors:
         return int(self.x_test.shape[0])
 
 
-def encode_bank(frame: pd.DataFrame, encoder: TabularEncoder, test_fraction: float, seed: int) -> BankTensors:
-    """Encode a bank's raw rows and split them (see `split_train_test`; sides pinned in SPLIT_COLUMN kept)."""
+def encode_split(
+    frame: pd.DataFrame, encoder: TabularEncoder, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A bank's raw rows encoded and split as numpy arrays: (features, labels, train rows, test rows)."""
     encoder.check_columns(frame)
     features, labels = encoder.transform(frame)
     pinned = frame[SPLIT_COLUMN].to_numpy() if SPLIT_COLUMN in frame.columns else None
     train, test = split_train_test(labels, test_fraction, seed, pinned)
+    return features, labels, train, test
+
+
+def encode_bank(frame: pd.DataFrame, encoder: TabularEncoder, test_fraction: float, seed: int) -> BankTensors:
+    """Encode a bank's raw rows and split them (see `split_train_test`; sides pinned in SPLIT_COLUMN kept)."""
+    import torch
+
+    features, labels, train, test = encode_split(frame, encoder, test_fraction, seed)
     x, y = torch.from_numpy(features), torch.from_numpy(labels)
     return BankTensors(x[train], y[train], x[test], y[test])
+
+
+def load_training_arrays(
+    data_path: str, encoder_path: str, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A bank's encoded training rows and labels as numpy arrays (the split `load_bank` makes), without torch."""
+    encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
+    features, labels, train, _ = encode_split(read_table(data_path), encoder, test_fraction, seed)
+    return features[train], labels[train]
 
 
 LOADED_BANKS_KEPT = 1024

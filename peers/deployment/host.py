@@ -47,6 +47,7 @@ from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
 from fedsilo.process import set_process_defaults
 
 MODEL_FILE = "model.safetensors"
+GBDT_MODEL_FILE = "model.json"  # a gbdt job's ensemble (`fedsilo.peers.gbdt.model_file`)
 METRICS_FILE = "metrics.json"
 STARTUP_TIMEOUT_SECONDS = 60.0
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
@@ -139,7 +140,7 @@ class HostedTraining:
                     f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
                     f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})"
                 )
-            self._result = _read_result(self.work_dir / "result", self.run_id)
+            self._result = _read_result(self.work_dir / "result", self.run_id, self.job.model.kind)
             return self._result
         finally:
             self.stop()
@@ -158,10 +159,16 @@ class HostedTraining:
         self.control.close()
 
 
-def _read_result(directory: Path, run_id: int) -> TrainingResult:
-    model, metrics = directory / MODEL_FILE, directory / METRICS_FILE
+def model_file_name(kind: str) -> str:
+    """The file a job's ServerApp writes its model to: the ensemble's JSON for gbdt, safetensors otherwise."""
+    return GBDT_MODEL_FILE if kind == "gbdt" else MODEL_FILE
+
+
+def _read_result(directory: Path, run_id: int, kind: str = "mlp") -> TrainingResult:
+    name = model_file_name(kind)
+    model, metrics = directory / name, directory / METRICS_FILE
     if not model.is_file() or not metrics.is_file():
-        raise DeploymentError(f"the ServerApp finished but wrote no {MODEL_FILE}/{METRICS_FILE} in {directory}")
+        raise DeploymentError(f"the ServerApp finished but wrote no {name}/{METRICS_FILE} in {directory}")
     return TrainingResult(model, json.loads(metrics.read_text()), run_id, directory / "encoder.json")
 
 

@@ -61,6 +61,9 @@ def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: Ide
         "secagg": job.secagg.mode,
         "shared": ",".join(job.shared),  # the ClientApp holds the host's run config to these two
         "vocabulary": ",".join(job.vocabulary),
+        # a gbdt job's accepted terms, held against the host's: hex of their JSON (Flower's node-config
+        # parser takes no quotes nor spaces inside a value)
+        "gbdt-terms": json.dumps(job.boost_run_config()).encode().hex() if job.model.kind == "gbdt" else "",
         **(identity.node_config() if identity is not None else {}),
     }
     return " ".join(f"{key}={json.dumps(str(value))}" for key, value in entries.items())

@@ -39,7 +39,7 @@ from flwr.app import ConfigRecord, Context, Error, Message
 from fedsilo.errors import ConfigError, FedsiloError, ProtocolError
 from fedsilo.peers.client import node_state
 from fedsilo.peers.client.mods.secagg import round_identity
-from fedsilo.peers.data.bank import load_bank
+from fedsilo.peers.data.bank import load_training_arrays
 from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.gbdt.bank import LEAVES, LEVEL, GBDTBank
@@ -65,6 +65,8 @@ def answer(msg: Message, context: Context, paths: Paths) -> Message:
         terms = GBDTJob.from_run_config(context.run_config)
         if terms.session != job.job_id:
             raise ConfigError(f"the boosting terms name job {terms.session!r}, the run is job {job.job_id!r}")
+        if context.node_config.get("state-dir"):
+            check_accepted_terms(terms, context)
         method, args, body = read_call(msg.content)
     except FedsiloError as error:
         return _refuse(msg, error)
@@ -85,6 +87,31 @@ def answer(msg: Message, context: Context, paths: Paths) -> Message:
     return Message(answer_content(method, result), reply_to=msg)
 
 
+def check_accepted_terms(terms: GBDTJob, context: Context) -> None:
+    """A deployed bank's check of the host's run config against the terms its daemon accepted (node config
+    ``gbdt-terms``, from the owner-signed job): every term equal, and no more banks than the job's participants
+    (more would shrink each bank's noise share below what the plan needs). ConfigError naming the first change.
+
+    The node config carries them as the hex of their JSON (`fedsilo.peers.deployment.join`)."""
+    raw = str(context.node_config.get("gbdt-terms") or "")
+    try:
+        accepted = json.loads(bytes.fromhex(raw)) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        accepted = None
+    if not isinstance(accepted, dict):
+        raise ConfigError("this peer's daemon pinned no boosting terms for the job (node config gbdt-terms): refused")
+    offered = terms.to_run_config()
+    for key, value in sorted(accepted.items()):
+        if key == "gbdt.banks":
+            if not isinstance(value, int) or offered[key] > value:
+                raise ConfigError(f"the host's run config says {offered[key]} banks, the signed job has {value}")
+        elif offered.get(key) != value:
+            raise ConfigError(
+                f"the host's run config says {key} = {offered.get(key)!r}, the signed job this peer accepted "
+                f"says {value!r}: refused"
+            )
+
+
 def _refuse(msg: Message, error: FedsiloError) -> Message:
     return Message(Error(code=ERROR_CODE_GBDT, reason=f"{error.__class__.__name__}: {error}"), reply_to=msg)
 
@@ -93,11 +120,11 @@ def _bank(job: JobConfig, terms: GBDTJob, context: Context, paths: Paths) -> tup
     """This bank's rows binned by the job's layout, with its SecAgg+ identity and the job's configurations."""
     data_path, encoder_path = paths(job, context)
     encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
-    data = load_bank(data_path, encoder_path, job.train.test_fraction, job.train.seed)
+    x_train, y_train = load_training_arrays(data_path, encoder_path, job.train.test_fraction, job.train.seed)
     name = str(context.node_config.get("bank-name") or f"node {context.node_id}")
-    if data.n_train > terms.row_bound:
+    if len(x_train) > terms.row_bound:
         raise Refused(
-            f"bank {name} has {data.n_train} training rows, above the job's gbdt.row-bound {terms.row_bound}: "
+            f"bank {name} has {len(x_train)} training rows, above the job's gbdt.row-bound {terms.row_bound}: "
             "the noise is calibrated for at most that many; the job owner must raise the bound"
         )
     layout = layout_from_encoder(encoder, terms.bins)
@@ -106,8 +133,8 @@ def _bank(job: JobConfig, terms: GBDTJob, context: Context, paths: Paths) -> tup
     bank = GBDTBank(
         name,
         int(context.node_id),
-        layout.bin_rows(data.x_train.numpy().astype(np.float64)),
-        data.y_train.numpy(),
+        layout.bin_rows(x_train.astype(np.float64)),
+        y_train,
         layout,
         terms.row_bound,
         secagg=terms.configs(layout, plan),

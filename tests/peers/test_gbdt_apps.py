@@ -10,6 +10,7 @@ malformed vectors.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -77,6 +78,7 @@ class Banks(Grid):
             }
             if deployed:  # the encoder arrives from the host; the privacy record is the daemon's, on disk
                 config["state-dir"] = str(tmp_path / f"state-{i}")
+                config["gbdt-terms"] = json.dumps(terms.to_run_config()).encode().hex()  # what the daemon accepted
                 cap = node_state.PrivacyCap(terms.epsilon, terms.delta, terms.accountant)
                 node_state.open_record(tmp_path / f"state-{i}", JOB, cap)
             else:
@@ -311,3 +313,28 @@ def test_a_host_that_opens_a_new_session_after_the_plan_gets_no_release_past_the
     assert outcome.sums is None and outcome.aborted
     assert all("releases its ledger reserved" in outcome.refused[name] for name in grid.names().values())
     assert all(grid.spent(u) == plan.releases for u in grid.nodes)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"trees": 40}, "gbdt.trees = 40"),  # more releases, each spending less: not the plan the ledger reserved
+        ({"row_bound": 50}, "gbdt.row-bound = 50"),
+        ({"epsilon": 8.0}, "gbdt.epsilon = 8.0"),
+        ({"dp_mode": "off"}, "gbdt.dp-mode = 'off'"),
+        ({"banks": 5}, "says 5 banks, the signed job has 3"),  # smaller noise shares than the plan needs
+    ],
+)
+def test_a_deployed_bank_refuses_a_hosts_run_config_that_departs_from_the_signed_terms(change, fragment) -> None:
+    """The host writes the run config every ClientApp reads; the bank holds it to what its daemon accepted."""
+    from fedsilo.peers.gbdt.client_app import check_accepted_terms
+
+    accepted = _terms(3, dp_mode="distributed", trees=2)
+    pinned = {"state-dir": "/unused", "gbdt-terms": json.dumps(accepted.to_run_config()).encode().hex()}
+    context = Context(run_id=1, node_id=1, node_config=pinned, state=RecordDict(), run_config={})
+    check_accepted_terms(accepted, context)
+    check_accepted_terms(replace(accepted, banks=2), context)  # fewer banks than participants: larger shares
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        check_accepted_terms(replace(accepted, **change), context)
+    with pytest.raises(ConfigError, match="pinned no boosting terms"):
+        check_accepted_terms(accepted, Context(1, 1, {"state-dir": "/x"}, RecordDict(), {}))

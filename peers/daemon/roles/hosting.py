@@ -216,7 +216,7 @@ class Hosting:
                 self.ctx.identity.manifest.suite,
             )
             files = {
-                "model.safetensors": result.model_path,
+                result.model_path.name: result.model_path,  # model.safetensors, or a gbdt job's model.json
                 "encoder.json": result.encoder_path,
                 "metrics.json": result.model_path.with_name("metrics.json"),
             }
