@@ -1,8 +1,9 @@
 """The jobs this peer hosts: take a model owner's job, propose it, start training, collect reports, publish.
 
 `Hosting` takes a model owner's signed job (`submit`), proposes it to its participants
-and records each decision, then either fails the job (too few accepted) or starts the
-SuperLink, tells the accepted participants to join, waits for training and for their
+and records each decision, then either fails the job (too few accepted) or (a transfer
+job with shared customers first has its participants agree their split,
+`roles.transfer_holdout`) starts the SuperLink, tells the accepted participants to join, waits for training and for their
 spending reports (`report`, each checked against the participant's acceptance), and
 publishes the signed model and its card (`publish_model`); it tells the participants
 to replicate the model, or to cancel if the job fails (`tell_participants`).

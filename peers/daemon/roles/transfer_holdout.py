@@ -37,7 +37,7 @@ from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.shared_lists import SharedLists
 from fedsilo.peers.daemon.signed_job import SignedJob, verify_envelope
 from fedsilo.peers.daemon.store import JobRow
-from fedsilo.peers.daemon.training import store_agreed_sides
+from fedsilo.peers.daemon.training import agreed_sides, store_agreed_sides
 from fedsilo.peers.data.bank import TEST, read_table
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.manifest import Member
@@ -128,19 +128,26 @@ class TransferHoldout:
 
     async def step(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
         """This participant's step of the agreement (module docstring); the host asks, in the order."""
-        job, signed = self._job(job_id)
-        if caller.name != job.host:
-            raise Refused(f"only job {job_id}'s host {job.host} starts the agreement of its split", 403)
-        order = body.get("order") if isinstance(body, dict) else None
-        if not isinstance(order, list) or order != sorted(set(order)) or not set(order) <= set(signed.participants):
-            raise Refused('the body is {"order": [the accepted participants, sorted by name]}', 400)
-        if self.ctx.name not in order:
-            raise Refused(f"{self.ctx.name} is not among the accepted participants {order}", 409)
-        member = await asyncio.to_thread(self._member, job, signed)
+
+        async def check() -> tuple[JobRow, SignedJob, HoldoutMember, list[str]]:
+            job, signed = self._job(job_id)
+            if caller.name != job.host:
+                raise Refused(f"only job {job_id}'s host {job.host} starts the agreement of its split", 403)
+            order = body.get("order") if isinstance(body, dict) else None
+            if not isinstance(order, list) or order != sorted(set(order)) or not set(order) <= set(signed.participants):
+                raise Refused('the body is {"order": [the accepted participants, sorted by name]}', 400)
+            if self.ctx.name not in order:
+                raise Refused(f"{self.ctx.name} is not among the accepted participants {order}", 409)
+            if agreed_sides(self.ctx.config.state_dir, job_id) is not None:
+                raise Refused(f"job {job_id}'s split is agreed here already; it is agreed once", 409)
+            member = await asyncio.to_thread(self._member, job, signed)
+            missing = [p for p in order[: order.index(self.ctx.name)] if self._index(signed, p) not in member.rows]
+            if missing:
+                raise Refused(f"no pins yet from {', '.join(missing)}: the agreement runs in the order {order}", 409)
+            return job, signed, member, order
+
+        job, signed, member, order = await self.ctx.run(caller.name, "transfer.holdout", check, job=job_id)
         mine = order.index(self.ctx.name)
-        missing = [p for p in order[:mine] if self._index(signed, p) not in member.rows]
-        if missing:
-            raise Refused(f"no pins yet from {', '.join(missing)}: the agreement runs in the order {order}", 409)
         assert job.source is not None
         source = self.ctx.config.sources[job.source]
         table = await asyncio.to_thread(read_table, source.path)
@@ -164,6 +171,7 @@ class TransferHoldout:
         except PeerUnreachable as error:
             raise Refused(f"the agreement of job {job_id}'s split failed: {error}", 502) from None
         await asyncio.to_thread(store_agreed_sides, self.ctx.config.state_dir, job_id, sides, len(table))
+        self.members.pop(job_id, None)
         test = int((np.asarray(sides) == TEST).sum())
         await self._audit(job, "transfer.holdout", f"split agreed: {test} of {len(sides)} rows held out")
         return {"peer": self.ctx.name, "shared": shared, "rows": len(sides), "test": test}

@@ -172,4 +172,5 @@ def test_forged_pins_and_a_holdout_asked_by_anyone_but_the_host_are_refused(cons
         consortium.write_peer_toml("bank-b")
     _, _, audit = state_of(consortium, "bank-b")
     assert ("bank-a", "transfer.pins", "refused") in [entry[:3] for entry in audit]
+    assert (OWNER, "transfer.holdout", "refused") in [entry[:3] for entry in audit]
     assert not (consortium.root / "bank-b" / "state" / "jobs" / "tl-forged" / "agreed-sides.npy").exists()
