@@ -33,6 +33,7 @@ import numpy as np
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.alignment import aligned_rows
 from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import DataSource, SharedList
 from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.shared_lists import SharedLists
 from fedsilo.peers.daemon.signed_job import SignedJob, verify_envelope
@@ -45,6 +46,35 @@ from fedsilo.peers.risk_lists import dh_psi
 from fedsilo.peers.shared_holdout import HoldoutMember
 
 EXCHANGE_SECONDS = 120.0
+
+
+def check_holdout_list(job: SignedJob, source: DataSource, lists: dict[str, SharedList], me: str) -> None:
+    """Refused (403) unless this peer can take its part in `job`'s agreement: its source has an id column,
+    and (unless it comes first in name order) its list named like the source, over the source's file and id
+    column, allows every earlier participant both-sides DH-PSI. Checked at acceptance, before any reservation."""
+    if source.id_column is None:
+        raise Refused(
+            f"a transfer job with shared customers aligns them on data source {source.name}'s id column, "
+            "and it declares none (sources.id-column)",
+            403,
+        )
+    earlier = [p for p in sorted(job.participants) if p < me]
+    if not earlier:
+        return
+    shared = lists.get(source.name)
+    problem = None
+    if shared is None:
+        problem = "it has no such list"
+    elif shared.id_column != source.id_column or shared.path.resolve() != source.path.resolve():
+        problem = f"it must read the source's own file and id column ({source.id_column})"
+    elif not set(earlier) <= set(shared.psi) or "both" not in shared.psi_modes or "dh" not in shared.psi_protocols:
+        problem = f"it must allow {', '.join(earlier)} both-sides DH-PSI (psi, psi-modes, psi-protocols)"
+    if problem is not None:
+        raise Refused(
+            f"a transfer job with shared customers aligns them through the list named like the source, "
+            f"[lists.{source.name}], of every participant after the first in name order: {problem}",
+            403,
+        )
 
 
 def _session(body: Any) -> bytes:

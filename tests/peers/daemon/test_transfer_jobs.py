@@ -4,6 +4,7 @@ The owner's signature covers the shared vocabulary, the shared parameters and th
 shared-customers declaration; parsing refuses a transfer job that states either list
 badly, and any other setup that states them. bank-b accepts a transfer job by reserving
 DP-SGD's plan on its own training rows, and declines, with nothing reserved, one with
+shared customers when it lacks the list the earlier participant's PSI needs, one with
 distributed DP and one whose vocabulary its table does not hold.
 """
 
@@ -125,6 +126,11 @@ def test_a_transfer_job_reserves_dp_sgds_plan_on_the_peers_own_training_rows(con
     "extra, fragment",
     [
         (
+            TRANSFER + "\nshared-customers = true",  # bank-b, after bank-a, has no list for bank-a's PSI
+            "aligns them through the list named like the source, [lists.credit-card], of every participant after "
+            "the first in name order: it has no such list",
+        ),
+        (
             TRANSFER + "\npublic-rows = 640\ndp-mode = distributed",
             "not yet supported: transfer jobs train over the network with local DP only",
         ),
@@ -149,6 +155,11 @@ def test_forged_pins_and_a_holdout_asked_by_anyone_but_the_host_are_refused(cons
     sends pins with no PSI run behind them, the owner asks bank-b to split; both refused, audited, and
     bank-b has no agreed split."""
     consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    with open(consortium.config_path("bank-b"), "a") as handle:  # the list bank-a's PSI would run on
+        handle.write(
+            '\n[lists.credit-card]\npath = "data.csv"\nid-column = "ID"\npsi = ["bank-a"]\npsi-modes = ["both"]\n'
+            'psi-protocols = ["dh"]\npsi-quota = 100000\n'
+        )
     envelope = _envelope(consortium, tmp_path / "job.toml", "tl-forged", TRANSFER + "\nshared-customers = true")
     frame = base64.b64encode(pin_frame(np.zeros(3, dtype=np.int8))).decode()
 
