@@ -7,7 +7,7 @@ strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared m
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
 column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (transfer jobs with distributed DP; vertical jobs
+cannot train over the network (transfer jobs with distributed DP; gbdt jobs other than horizontal; vertical jobs
 with distributed DP or other than two participants), saying what is missing. A vertical job's own
 acceptance (its plan and its source's checks) is `roles.vertical`'s.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
