@@ -7,6 +7,7 @@ Under the gm suite every request and reply is also sealed end to end with the su
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +27,21 @@ RETRIES = 3  # a rate-limited request is tried at most this many more times
 # the connection: the client sees it only when it reads the reply.
 _REFUSED_HINT = " (a peer that refuses your certificate, revoked when you left the consortium, closes like this)"
 RETRY_AFTER_MAX = 10  # seconds: a longer Retry-After is the peer saying no, reported at once
+
+
+def closed_by_peer(exc: aiohttp.ClientError) -> bool:
+    """Whether `exc` is a connection the peer closed after accepting it: disconnected, or reset.
+
+    A daemon that refuses a client certificate (revoked) ends the TLS connection after the
+    handshake; the client then sees either a disconnection or a reset (ECONNRESET), whichever
+    comes first. A refused or failed connect (`ClientConnectorError`) is not that."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return (
+        isinstance(exc, aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+        and exc.errno == errno.ECONNRESET
+    )
 
 
 class PeerClient:
@@ -104,7 +120,7 @@ class PeerClient:
             async with self._session.request(method, url, data=body, headers=request_headers) as reply:
                 return reply.status, await reply.read(), reply.headers
         except aiohttp.ClientError as exc:
-            hint = _REFUSED_HINT if isinstance(exc, aiohttp.ServerDisconnectedError) else ""
+            hint = _REFUSED_HINT if closed_by_peer(exc) else ""
             raise PeerUnreachable(f"cannot reach {url}: {exc.__class__.__name__}: {exc}{hint}") from None
         except TimeoutError:
             raise PeerUnreachable(f"{url} did not answer within {self._timeout.total:g} s") from None

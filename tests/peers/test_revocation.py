@@ -9,6 +9,8 @@ what is wrong, and the member's manifest.json and crl.pem stay byte for byte wha
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import shutil
 import socket
@@ -16,11 +18,13 @@ import ssl
 import threading
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from fedsilo.errors import ConfigError
+from fedsilo.peers.daemon.client import PeerClient, closed_by_peer
 from fedsilo.peers.daemon.config import parse_config
-from fedsilo.peers.errors import IdentityError
+from fedsilo.peers.errors import IdentityError, PeerUnreachable
 from fedsilo.peers.identity import revocation
 from fedsilo.peers.identity.consortium import (
     Identity,
@@ -325,3 +329,43 @@ def test_a_manifest_copied_in_by_hand_brings_its_crl(tmp_path):
     shutil.copy(tmp_path / "c" / "manifest.json", tmp_path / "bank-a" / "manifest.json")
     assert identity.current_manifest().version == 5
     assert identity.crl is not None and revocation.number(identity.crl) == 5
+
+
+def test_a_removed_member_is_told_why_the_peer_closed_whether_it_saw_a_reset_or_a_disconnection(tmp_path):
+    """The removed member's side: every refused request names revocation as the likely cause.
+
+    After TLS 1.3's handshake the server refuses the revoked certificate and closes; the client
+    sees the server's alert, a disconnection or `ECONNRESET`, by timing (the walkthrough's run
+    printed the reset)."""
+    _consortium(tmp_path)
+    remove(tmp_path / "c", "bank-c")
+    context = server_context(
+        tmp_path / "c" / "ca.pem", tmp_path / "bank-a" / "peer.pem", tmp_path / "bank-a" / "peer.key"
+    )
+    add_crl(context, tmp_path / "c" / "crl.pem")
+    server = _Server(context)
+
+    async def ask() -> list[str]:
+        errors = []
+        async with PeerClient(Identity.load(tmp_path / "bank-c"), timeout=10) as client:
+            for _ in range(5):
+                with pytest.raises(PeerUnreachable) as refused:
+                    await client.call("GET", f"https://127.0.0.1:{server.port}/v1/status")
+                errors.append(str(refused.value))
+        return errors
+
+    try:
+        errors = asyncio.run(ask())
+    finally:
+        server.close()
+    # the SSL alert names it itself; a reset or a disconnection gets the hint
+    assert all("certificate revoked" in e or "revoked when you left the consortium" in e for e in errors), errors
+    # both ways the closing shows up get the hint; a connect that fails (nobody listening) does not
+    assert closed_by_peer(aiohttp.ServerDisconnectedError())
+    assert closed_by_peer(aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"))
+    assert not closed_by_peer(aiohttp.ClientOSError(errno.EPIPE, "Broken pipe"))
+    refused_connect = aiohttp.ClientConnectorError(
+        aiohttp.client_reqrep.ConnectionKey("127.0.0.1", 1, False, True, None, None, None),
+        OSError(errno.ECONNRESET, "reset"),
+    )
+    assert not closed_by_peer(refused_connect)

@@ -254,7 +254,7 @@ def test_the_consortium_walkthrough_runs_under_the_gm_suite(walk):
 
     # 7. the status page, as bank-a sees bank-b
     section = page[next(h for h in page if h.startswith("7. "))]
-    [(status, _)] = [(c, o) for c, o in commands(section) if c.startswith("fedsilo peer status")]
+    [status] = [c for c, _ in commands(section) if c.startswith("fedsilo peer status")]
     walk.env["BANK_B"] = f"https://127.0.0.1:{walk.ports['bank-b']}"
     walk.cwd = walk.root
     shown = walk.run(status).stdout
