@@ -566,3 +566,17 @@ def test_a_pure_mechanism_round_trips_and_refuses_what_is_not_one():
     # a calibration on top of a pure history refuses rather than silently ignoring it
     with pytest.raises(ConfigError, match="PureMechanism"):
         calibrate_noise(5.0, 1e-5, 0.01, 10, "rdp", prior=[pure])
+
+
+def test_a_calibration_cached_by_another_search_is_not_reused(empty_cache, monkeypatch):
+    """A σ another version of the search left on disk (the stale entry seen on a peer) is recomputed, not read."""
+    from fedsilo.privacy.accounting import cache
+
+    fresh = cache.cached_calibration(1.0, DELTA, 1.0, 2, "prv")
+    stale_name = cache._key(1.0, DELTA, 1.0, 2, "prv")
+    cache.store.save(cache.KIND, stale_name, {"noise_multiplier": fresh * 1.01})  # what the older search wrote
+    cache.cached_calibration.cache_clear()
+    assert cache.cached_calibration(1.0, DELTA, 1.0, 2, "prv") == fresh * 1.01  # same search: the file is the answer
+    monkeypatch.setattr(cache, "search_fingerprint", lambda: "a-changed-search")  # the search code changed
+    cache.cached_calibration.cache_clear()
+    assert cache.cached_calibration(1.0, DELTA, 1.0, 2, "prv") == fresh
