@@ -36,7 +36,6 @@ import argparse
 import multiprocessing
 import os
 import queue
-import resource
 import statistics
 import sys
 import tempfile
@@ -50,6 +49,16 @@ import pandas
 import secretflow_psi
 
 from fedsilo.privacy.psi import KkrtReceiver, KkrtSender, Mode, PsiReceiver, PsiSender, Workers, canonical, exchange
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory (VmHWM): its own, unlike ru_maxrss, which Linux carries
+    over from the parent at fork and keeps across exec (a spawned party would report the bench's size)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def ids(start: int, stop: int):
@@ -119,7 +128,7 @@ def _party(role: str, conn, n: int, mode: Mode, barrier, results) -> None:
             "wall": wall,
             "sent": sent[0],
             "shared": result.cardinality,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_mib": peak_mib(),
         }
     )
 

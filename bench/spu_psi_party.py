@@ -28,6 +28,16 @@ import spu.psi as psi
 PROTOCOLS = {"ecdh": psi.PsiProtocol.PROTOCOL_ECDH, "rr22": psi.PsiProtocol.PROTOCOL_RR22}
 
 
+def peak_mib() -> float:
+    """This process's peak resident memory (VmHWM): its own, unlike ru_maxrss, which Linux carries
+    over from the parent at fork and keeps across exec (a spawned party would report the bench's size)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _cpu() -> float:
     """CPU seconds of this process (all threads) and of its reaped children (spu sorts with `sort`)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -79,7 +89,7 @@ def main() -> int:
                 "rank": args.rank,
                 "cpu": cpu,
                 "wall": wall,
-                "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_mib": peak_mib(),
                 "original_count": report.original_count,
                 "intersection_count": report.intersection_count,
             }
