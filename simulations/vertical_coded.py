@@ -87,6 +87,17 @@ def exchange(
     return receiver.receive(Codes.from_bytes(answer)), (len(request), len(answer))
 
 
+def reserve_coded_ledgers(path: Path, job: str, config: SimulationConfig) -> dict[str, SQLiteLedger]:
+    """Each party's ledger in the run folder, its job reserved: the bank one `PureMechanism(ε, 1)`, the broker none."""
+    ledgers: dict[str, SQLiteLedger] = {}
+    for name, planned in ((HOLDER, []), (PARTY, [PureMechanism(config.epsilon, 1)])):
+        ledger = SQLiteLedger(path / f"ledger-{name}.sqlite")
+        ledger.set_budget(name, config.epsilon, config.delta, config.accountant)
+        ledger.reserve(name, job, planned)
+        ledgers[name] = ledger
+    return ledgers
+
+
 def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
     """The coded scheme end to end (see the module docstring)."""
     epochs, overlap = config.rounds, DEFAULT_OVERLAP if config.overlap is None else config.overlap
@@ -114,13 +125,7 @@ def simulate_coded(config: SimulationConfig, progress: Progress) -> RunSummary:
     y = holder.y.numpy()
     with RunFolder(config.out) as folder:
         path, job = folder.path, folder.name
-        ledgers: dict[str, SQLiteLedger] = {}
-        if private:
-            for name, planned in ((HOLDER, []), (PARTY, [PureMechanism(config.epsilon, 1)])):
-                ledger = SQLiteLedger(path / f"ledger-{name}.sqlite")
-                ledger.set_budget(name, config.epsilon, config.delta, config.accountant)
-                ledger.reserve(name, job, planned)
-                ledgers[name] = ledger
+        ledgers = reserve_coded_ledgers(path, job, config) if private else {}
         progress.stage(f"The {PARTY} releases one code per shared training customer; the {HOLDER} trains alone")
         started = time.perf_counter()
         train_codes, train_bytes = exchange(bank, receiver, 1, holder_link.positions[train_index], True, tap)

@@ -52,8 +52,6 @@ from fedsilo.peers.vertical.coded import (
     one_hot,
 )
 from fedsilo.peers.vertical.parties import SplitSpec
-from fedsilo.privacy.accounting import PureMechanism
-from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 from fedsilo.privacy.noise_source import SecureNoise, SeededNoise
 from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.progress import Progress
@@ -69,7 +67,7 @@ from fedsilo.simulations.vertical import (
     build_parties,
     pooled_table,
 )
-from fedsilo.simulations.vertical_coded import _audit, coded_card, exchange
+from fedsilo.simulations.vertical_coded import _audit, coded_card, exchange, reserve_coded_ledgers
 from fedsilo.strategies.gbdt import BinLayout, FeatureGroup, TreeParams, side_by_side
 from fedsilo.strategies.gbdt.layout import ONE_HOT
 
@@ -215,13 +213,7 @@ def simulate_coded_gbdt(config: SimulationConfig, progress: Progress) -> RunSumm
     frames: list[bytes] = []
     with RunFolder(config.out) as folder:
         path, job = folder.path, folder.name
-        ledgers: dict[str, SQLiteLedger] = {}
-        if private:
-            for name, planned in ((HOLDER, []), (PARTY, [PureMechanism(config.epsilon, 1)])):
-                ledger = SQLiteLedger(path / f"ledger-{name}.sqlite")
-                ledger.set_budget(name, config.epsilon, config.delta, config.accountant)
-                ledger.reserve(name, job, planned)
-                ledgers[name] = ledger
+        ledgers = reserve_coded_ledgers(path, job, config) if private else {}
         progress.stage(f"The {PARTY} releases one code per shared customer; the {HOLDER} boosts {config.trees} trees")
         model, scores, figures = train_coded(parties, bank, receiver, config, lambda d, n, f: frames.append(f))
         for name, ledger in ledgers.items():
