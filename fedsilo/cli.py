@@ -23,7 +23,7 @@ from fedsilo import __version__
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.cli import register as register_peer_commands
 from fedsilo.process import set_process_defaults
-from fedsilo.simulations import audit_privacy_cli, score_cli, simulate_cli
+from fedsilo.simulations import audit_privacy_cli, export_cli, score_cli, simulate_cli
 from fedsilo.simulations.sweep import add_sweep_parser
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_peer_commands(sub)
     add_sweep_parser(sub)
     score_cli.register(sub)
+    export_cli.register(sub)
     return parser
 
 

@@ -89,6 +89,32 @@ def test_fedsilo_score_scores_with_the_gbdt_model_as_the_model_file_does(gbdt_ru
     assert 0 < expected.min() and expected.max() < 1
 
 
+def test_fedsilo_export_writes_a_booster_that_scores_as_fedsilo_score(gbdt_run, tmp_path, capsys) -> None:
+    import xgboost
+
+    result, data = gbdt_run
+    booster_file, features, scores = tmp_path / "model.xgb.json", tmp_path / "bins.csv", tmp_path / "scores.csv"
+    args = ["export", str(result.run_dir), "--xgboost", str(booster_file), "--data", str(data)]
+    assert main([*args, "--features-out", str(features)]) == 0
+    assert main(["score", str(result.run_dir), "--data", str(data), "--out", str(scores)]) == 0
+    table = pd.read_csv(features)
+    assert table.columns[0] == "customer_id"  # the run's id column, then one bin column per feature group
+    booster = xgboost.Booster(model_file=str(booster_file))
+    assert list(table.columns[1:]) == booster.feature_names
+    predicted = booster.predict(xgboost.DMatrix(table.drop(columns="customer_id")))
+    assert np.allclose(predicted, pd.read_csv(scores)["score"].to_numpy(), rtol=0, atol=1e-5)
+    assert main(args) == 2  # --data without --features-out: refused, nothing half-written
+    assert "go together" in capsys.readouterr().err
+    model_file = result.run_dir / "model.json"
+    original = model_file.read_text()
+    model_file.write_text(original.replace("0.", "0.1", 1))  # one digit altered after the run
+    try:
+        assert main(["export", str(result.run_dir), "--xgboost", str(tmp_path / "other.json")]) == 2
+        assert "altered" in capsys.readouterr().err and not (tmp_path / "other.json").exists()
+    finally:
+        model_file.write_text(original)
+
+
 def test_gbdt_settings_are_checked() -> None:
     from fedsilo.simulations.config import SimulationConfig
 
