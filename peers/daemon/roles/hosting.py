@@ -37,6 +37,7 @@ from fedsilo.peers.identity.manifest import Member
 
 log = logging.getLogger("fedsilo.peer")
 REPORT_WAIT_SECONDS = 120.0
+START_ATTEMPTS, START_RETRY_SECONDS = 3, 2.0  # telling a participant to start its SuperNode
 
 
 class Hosting:
@@ -178,17 +179,21 @@ class Hosting:
         await self.ctx.mailbox.ask(
             lambda: self.ctx.set_state(job.job_id, "training", "job.training", f"SuperLink at {hosted.fleet_address}")
         )
-        for participant in accepted:
-            if participant.peer == self.ctx.name:
-                self.ctx.spawn(self._join_own(job.job_id, hosted.fleet_address))
-                continue
-            try:
-                address = self.ctx.address(participant.peer)
-                await self.ctx.client.call(
-                    "POST", f"{address}/v1/jobs/{job.job_id}/start", {"fleet_address": hosted.fleet_address}
-                )
-            except PeerUnreachable as error:
-                log.warning("could not start %s in job %s: %s", participant.peer, job.job_id, error)
+        others = [p.peer for p in accepted if p.peer != self.ctx.name]
+        if len(others) < len(accepted):
+            self.ctx.spawn(self._join_own(job.job_id, hosted.fleet_address))
+        started = await asyncio.gather(*(self._start_participant(job.job_id, p, hosted.fleet_address) for p in others))
+        unreachable = [f"{peer} ({error})" for peer, error in zip(others, started, strict=True) if error]
+        if unreachable:
+            # The ServerApp waits for every accepted participant's node before its first message: a peer that
+            # never got the SuperLink's address would hold the job (and everyone's reservation) for
+            # PEER_WAIT_SECONDS. Fail now, naming it (`_failed` stops the engines; the others are told to cancel).
+            reason = (
+                f"participant(s) did not start training after {START_ATTEMPTS} attempts: "
+                f"{'; '.join(unreachable)}; the job stopped before its first round"
+            )
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason, by_record=True))
+            return
         try:
             result = await asyncio.to_thread(training.finish_hosting, hosted, self.participating.wall_seconds)
         except FedsiloError as error:
@@ -236,6 +241,23 @@ class Hosting:
             )
         )
         await self.tell_participants(job.job_id, "replicate", prefix="models")
+
+    async def _start_participant(self, job_id: str, peer: str, fleet_address: str) -> str | None:
+        """Tell `peer` to start its SuperNode: None once it did, else its last error (a few attempts)."""
+        error: PeerUnreachable | None = None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                address = self.ctx.address(peer)
+                await self.ctx.client.call(
+                    "POST", f"{address}/v1/jobs/{job_id}/start", {"fleet_address": fleet_address}
+                )
+                return None
+            except PeerUnreachable as failed:
+                error = failed
+                log.warning("could not start %s in job %s (attempt %d): %s", peer, job_id, attempt, error)
+            if attempt < START_ATTEMPTS:
+                await asyncio.sleep(START_RETRY_SECONDS)
+        return str(error)
 
     @staticmethod
     def _lost(job_id: str, nodes: tuple[int, ...], lost_nodes: list[int], accepted: list[Participant]) -> list[str]:
@@ -315,21 +337,29 @@ class Hosting:
                 return reports
             await asyncio.sleep(0.2)
 
-    async def _failed(self, job_id: str, reason: str) -> None:
+    async def _failed(self, job_id: str, reason: str, by_record: bool = False) -> None:
         """End a hosted job that failed: stop its engine processes, settle this peer's ledger, tell the others.
 
         Before training nothing was released: the reservation goes back. During training
         this peer's own SuperNode may have released updates: its whole reservation is
         committed as spent (as a restart during training does), unless its accountant's
-        spending was committed already.
+        spending was committed already. With `by_record` (the job stopped before its first
+        round) its node's durable privacy record settles it, as a cancel does: what it
+        holds is committed, an empty one releases the reservation.
         """
         job = self.ctx.store.job(job_id)
         if job is None or job.state not in ACTIVE_STATES:
             return
         await self.ctx.stop_engines(job_id)
+        recorded = training.spent_so_far(self.ctx.config.state_dir, job_id) if by_record else []
         with self.ctx.store.transaction():
             spent = None
-            if job.state == "training":
+            if by_record and not recorded:
+                settled = "reservation released" if self.budget.release(job_id) else "no reservation held"
+            elif by_record:
+                spent = [m.to_dict() for m in self.budget.commit(job, recorded)]
+                settled = "what its accountant recorded is committed"
+            elif job.state == "training":
                 spent = [m.to_dict() for m in self.budget.commit(job, None)]
                 settled = "its spending is committed" if spent else "no reservation held"
             else:

@@ -10,7 +10,10 @@ the host's SuperLink marks it offline within 10 s, and the ServerApp drops it:
   its whole reservation as spent (interrupted) and fetches its verified replica on its own;
 - two peers (threshold 2): the round is aborted before anything is unmasked and the
   job fails at once, its reason naming bank-b; no model is written; the host settles
-  its ledger and stops its engine processes (bank-b's own restart is the first case's).
+  its ledger and stops its engine processes (bank-b's own restart is the first case's);
+- a participant killed after accepting, before the host told it to start: the host fails
+  the job within seconds (it no longer waits 300 s for a node that cannot come), naming
+  it; nothing was trained, so every reservation goes back and no engine is left.
 
 Both end within `BOUND_SECONDS`, far below the policy's 30-minute wall time.
 """
@@ -183,3 +186,45 @@ def test_two_peers_lose_one_and_the_job_fails_at_once_naming_it(consortium, tmp_
     assert budget(consortium, "bank-a")["reserved_epsilon"] == 0
     no_engines_left(consortium.processes["bank-a"])
     assert not any(e["action"] == "job.dropout" for e in audit_entries(consortium, "bank-a") if e["job"] == "live-2")
+
+
+def test_a_participant_dead_before_its_node_started_fails_the_job_in_seconds(consortium, tmp_path):
+    """bank-c dies after accepting, before the host tells it to start: no 300 s wait for its node."""
+    for name, process in list(consortium.processes.items()):
+        if process.poll() is not None:  # the case before killed bank-b for good
+            consortium.processes[name] = start(consortium, name)
+    job = signed(consortium, consortium.job_toml(tmp_path / "job.toml", "live-3", rounds=3, min_participants=2))
+    call(consortium, OWNER, "POST", f"{consortium.addresses['bank-a']}/v1/jobs", job)
+    victim = consortium.processes["bank-c"]
+    deadline = time.monotonic() + 60
+    while True:  # kill bank-c as soon as it accepted (the host is still starting its SuperLink)
+        try:
+            view = call(consortium, OWNER, "GET", f"{consortium.addresses['bank-c']}/v1/jobs/live-3")
+            if view["state"] == "accepted":
+                break
+            assert view["state"] != "training", "the host started bank-c before the test could kill it"
+        except PeerUnreachable:
+            pass  # the proposal has not arrived yet
+        assert time.monotonic() < deadline, "bank-c never accepted"
+        time.sleep(0.05)
+    for pid in [victim.pid, *descendants(victim.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    victim.wait(timeout=30)
+    killed = time.monotonic()
+    host = wait_for(consortium, "bank-a", "live-3", ("finished", "failed"), timeout=BOUND_SECONDS)
+    ended = time.monotonic() - killed
+    assert host["state"] == "failed", host["detail"]
+    assert "did not start training" in host["detail"] and "bank-c" in host["detail"]
+    assert "bank-b" not in host["detail"]
+    assert ended < 45, ended  # three attempts two seconds apart, then the engines stop (was 300 s)
+    print(f"\nparticipant dead before training: job failed {ended:.1f} s after the kill")
+    # nothing was trained: bank-a's and bank-b's reservations go back, and no engine is left
+    wait_for(consortium, "bank-b", "live-3", ("cancelled",), timeout=30)
+    for name in ("bank-a", "bank-b"):
+        assert "live-3" not in ledger_rows(consortium, name)  # released: nothing committed as spent
+        assert budget(consortium, name)["reserved_epsilon"] == 0
+        no_engines_left(consortium.processes[name])
+    consortium.processes["bank-c"] = start(consortium, "bank-c")
