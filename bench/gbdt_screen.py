@@ -108,8 +108,8 @@ def adaptive_draw(layout: Any, settings: Any) -> tuple[int, ...] | None:
 _grow = Tree.grow
 
 
-def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams, **kw: Any) -> list[dict[str, Any]]:
-    decisions = _grow(self, sums, layout, params, **kw)
+def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams) -> list[dict[str, Any]]:
+    decisions = _grow(self, sums, layout, params)
     if SCORES and self.features is not None and self.level_of(decisions[0]["node"]) == 0:
         gains = np.zeros(len(layout.groups))
         for d in decisions:
@@ -131,21 +131,9 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
     x_test = np.concatenate([t.x_test.numpy() for t in tensors.values()]).astype(np.float64)
     y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
-    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"], pooled_totals=bool(a.get("pool", False)))
-    settings = federation.BoostSettings(
-        a["trees"],
-        params,
-        a["lr"],
-        features_per_tree=a["k"],
-        leaf_release=not a.get("noleaf", False),
-        reconcile=bool(a.get("rec", False)),
-    )
+    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"])
+    settings = federation.BoostSettings(a["trees"], params, a["lr"], features_per_tree=a["k"])
     plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"])
-    if a.get("noleaf", False):
-        from fedsilo.privacy.accounting.cache import cached_calibration
-
-        z = cached_calibration(3.0, 1e-5, 1.0, a["trees"] * a["depth"], a["accountant"])
-        plan = privacy_gbdt.ReleasePlan(float(z), a["trees"], a["depth"])
     level, leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)
     z_level, z_leaf = level.noise.noise_multiplier, leaf.noise.noise_multiplier
     c, noise = a["c"], a["noise"]

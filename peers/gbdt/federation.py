@@ -77,8 +77,6 @@ class BoostSettings:
     session_id: bytes = b"gbdt"
     features_per_tree: int = 0  # 0: every group; else each tree splits on this many groups drawn by the host
     trees_per_session: int = 10  # secure sums: one SecAgg+ key set-up per this many trees; 0: a full round per release
-    leaf_release: bool = True  # SCREEN
-    reconcile: bool = False  # SCREEN
 
     def groups_per_tree(self, layout: BinLayout) -> int:
         k = self.features_per_tree
@@ -199,7 +197,7 @@ def boost(
     model = GBDTModel(layout, [], settings.learning_rate)
     log: list[dict[str, Any]] = []
     round_id = 0
-    per_tree = settings.params.depth + int(settings.leaf_release)
+    per_tree = settings.params.depth + 1
     session: SecureSession | None = None  # the open one, when settings.trees_per_session > 0
     opened = 0  # sessions opened so far: the next one's number
     tree_index = 0
@@ -250,7 +248,6 @@ def boost(
             entry["refused"] = refused
             sums = np.sum(parts, axis=0) if parts else None
         entry["banks"] = len(included)
-        entry["included"] = sorted(included)
         log.append(entry)
         if sums is not None and plan is not None and settings.dp_mode != "off":
             for name in included:
@@ -264,7 +261,6 @@ def boost(
         for bank in banks:
             bank.start_tree()
         tree = Tree(params.depth, features=_draw_groups(layout, settings))
-        previous = None
         for _ in range(params.depth):
             nodes = tree.open_nodes()
             if not nodes:
@@ -273,14 +269,9 @@ def boost(
             if sums is None:
                 tree.close()
                 break
-            same = settings.reconcile and previous == log[-1]["included"]
-            tree.grow(sums, layout, params, reconcile=same)
-            previous = log[-1]["included"]
+            tree.grow(sums, layout, params)
         tree.close()
-        if settings.leaf_release:
-            totals = release(LEAVES, tree, (len(tree.leaves()), 2))
-        else:
-            totals = tree.leaf_totals() if np.isfinite(tree.totals[tree.leaves()]).all() else None
+        totals = release(LEAVES, tree, (len(tree.leaves()), 2))
         if totals is None:
             continue  # nothing released: this tree is dropped, the banks' margins stay
         tree.set_leaf_values(totals, params)

@@ -82,7 +82,6 @@ class TreeParams:
     min_child_hessian: float = 1.0
     min_gain: float = 0.0
     max_leaf: float = 4.0
-    pooled_totals: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.depth, int) or not 1 <= self.depth <= 8:
@@ -118,10 +117,6 @@ class Tree:
     group: np.ndarray = field(init=False)  # a split's feature group (-1 elsewhere)
     threshold: np.ndarray = field(init=False)  # a split's cut: bin <= threshold goes left (-1 elsewhere)
     value: np.ndarray = field(init=False)  # a leaf's value
-    totals: np.ndarray = field(
-        init=False
-    )  # per node: its (G, H) estimated from the released level histograms (NaN: none)
-    _histograms: dict[int, np.ndarray] = field(init=False, repr=False)  # an open node's reconciled histograms
 
     def __post_init__(self) -> None:
         size = 2 ** (self.depth + 1) - 1
@@ -130,8 +125,6 @@ class Tree:
         self.group = np.full(size, -1, dtype=np.int32)
         self.threshold = np.full(size, -1, dtype=np.int32)
         self.value = np.zeros(size, dtype=np.float64)
-        self.totals = np.full((size, 2), np.nan)
-        self._histograms = {}
 
     def open_nodes(self) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.state == OPEN)]
@@ -161,16 +154,10 @@ class Tree:
     def level_of(self, node: int) -> int:
         return int(np.floor(np.log2(node + 1)))
 
-    def grow(
-        self, sums: np.ndarray, layout: BinLayout, params: TreeParams, *, reconcile: bool = False
-    ) -> list[dict[str, Any]]:
+    def grow(self, sums: np.ndarray, layout: BinLayout, params: TreeParams) -> list[dict[str, Any]]:
         """Split or close every open node from its summed histograms; returns the decisions.
 
         ``sums`` is ``(open nodes, bins of the tree's feature groups, 2)`` (`BinLayout.slots`).
-        With ``reconcile`` (the release holds the same banks as the previous level's), two
-        children's histograms are first made to add up to their parent's (`_reconcile`). Every
-        split records its children's (G, H) totals in ``totals`` and every node closed here its
-        own (`node_totals`): the leaf values can then come from the level releases alone.
         """
         nodes = self.open_nodes()
         slots = layout.slots(self.features)
@@ -178,19 +165,11 @@ class Tree:
             raise DataError(f"summed histograms of shape {sums.shape} for {len(nodes)} open nodes")
         full = np.zeros((len(nodes), layout.total_bins, 2))
         full[:, slots] = sums
-        if reconcile:
-            self._reconcile(full, nodes)
-        allowed = range(len(layout.groups)) if self.features is None else self.features
         decisions: list[dict[str, Any]] = []
         for k, node in enumerate(nodes):
-            self._histograms[node] = full[k]
-            total = node_totals(full[k], layout, allowed)
-            if params.pooled_totals:
-                full[k] = pooled(full[k], layout, allowed, total)
             best = best_split(full[k], layout, params, self.features)
             if best is None:
                 self.state[node] = LEAF
-                self.totals[node] = total
                 decisions.append({"node": node, "leaf": True})
                 continue
             group, cut, gain = best
@@ -198,39 +177,12 @@ class Tree:
             self.group[node], self.threshold[node] = group, cut
             child = LEAF if self.level_of(node) + 1 >= self.depth else OPEN
             self.state[2 * node + 1] = self.state[2 * node + 2] = child
-            left = pooled(full[k], layout, (group,), total)
-            offset = int(layout.offsets[group])
-            self.totals[2 * node + 1] = left[offset : offset + cut + 1].sum(axis=0)
-            self.totals[2 * node + 2] = total - self.totals[2 * node + 1]
             decisions.append({"node": node, "group": group, "cut": cut, "gain": gain})
         return decisions
-
-    def _reconcile(self, full: np.ndarray, nodes: list[int]) -> None:
-        """Make each pair of children's histograms add up to their parent's (least squares, in place).
-
-        The parent's released histogram P and the children's L, R are independent noisy
-        observations of P = L + R (bin by bin, same noise variance): the least-squares
-        estimates under that constraint add a third of the residual P - L - R to each child,
-        which cuts a child slot's noise variance by a third. Post-processing of released sums.
-        """
-        where = {node: k for k, node in enumerate(nodes)}
-        for node, k in where.items():
-            parent = (node - 1) // 2
-            if node % 2 == 1 and node + 1 in where and parent in self._histograms:
-                residual = (self._histograms[parent] - full[k] - full[where[node + 1]]) / 3
-                full[k] += residual
-                full[where[node + 1]] += residual
 
     def close(self) -> None:
         """Make every open node a leaf (no histogram needed at the last level)."""
         self.state[self.state == OPEN] = LEAF
-
-    def leaf_totals(self) -> np.ndarray:
-        """``(leaves, 2)`` (G, H) of the leaves, in `leaves()` order, as the level releases estimate them."""
-        totals = self.totals[self.leaves()]
-        if not np.isfinite(totals).all():
-            raise DataError("a leaf without released totals: the tree's first level was not released")
-        return totals
 
     def set_leaf_values(self, totals: np.ndarray, params: TreeParams) -> None:
         """Leaf values from the leaves' summed ``(leaves, 2)`` totals, in `leaves()` order."""
@@ -274,31 +226,6 @@ class Tree:
             if tree.state[2 * split + 1] == ABSENT or tree.state[2 * split + 2] == ABSENT:
                 raise DataError(f"tree node {split} splits but lacks a child")
         return tree
-
-
-def node_totals(sums: np.ndarray, layout: BinLayout, allowed: Any) -> np.ndarray:
-    """A node's (G, H): every allowed group's bins add up to it; their sums, weighted by 1 / bins.
-
-    Each group's sum over its ``n`` bins carries ``n`` slots of independent noise of the same
-    variance, so the inverse-variance average weights it by ``1 / n``.
-    """
-    weights = np.array([1.0 / layout.groups[j].n_bins for j in allowed])
-    sums_per_group = np.array(
-        [sums[layout.offsets[j] : layout.offsets[j] + layout.groups[j].n_bins].sum(axis=0) for j in allowed]
-    )
-    return np.asarray(weights @ sums_per_group / weights.sum())
-
-
-def pooled(sums: np.ndarray, layout: BinLayout, groups: Any, total: np.ndarray) -> np.ndarray:
-    """``sums`` with each of ``groups``' bins shifted equally so that the group adds up to ``total``.
-
-    The least-squares projection of a group's noisy bins onto "they add up to the node's total".
-    """
-    out = sums.copy()
-    for j in groups:
-        offset, n = int(layout.offsets[j]), layout.groups[j].n_bins
-        out[offset : offset + n] += (total - out[offset : offset + n].sum(axis=0)) / n
-    return out
 
 
 def best_split(
