@@ -48,11 +48,9 @@ from fedsilo.privacy import gbdt as privacy_gbdt
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import build_config
 from fedsilo.strategies.gbdt import TreeParams
-from fedsilo.strategies.gbdt import tree as tree_module
-from fedsilo.strategies.gbdt.tree import MIN_CHILD_NOISE_SDS, Tree
+from fedsilo.strategies.gbdt.tree import Tree
 
 SCORES: dict[str, Any] = {}  # the adaptive draw's state for the current run
-WEIGHTS: dict[str, Any] = {}  # per-group noise of the level release (arm "walpha"), empty: equal
 ACCOUNTANT = "prv"  # the calibration of the plan (`--accountant`)
 
 
@@ -88,17 +86,6 @@ class ClippedSplitBank(GBDTBank):
         self._leaf_g = self._g
         self._level_g = np.clip(self._g, -self.clip, self.clip)
 
-    def release(self) -> np.ndarray:
-        assert self._request is not None
-        kind, tree = self._request
-        if kind != "level" or not WEIGHTS:
-            return super().release()
-        sums = self.exact()
-        groups = range(len(self.layout.groups)) if tree.features is None else sorted(tree.features)
-        sd = np.concatenate([np.full(self.layout.groups[j].n_bins, WEIGHTS["sd"][j]) for j in groups])
-        assert self._noise is not None
-        return sums + sd[None, :, None] * self._noise.gaussian(sums.size).numpy().reshape(sums.shape)
-
     def level_histogram(self, tree: Tree) -> np.ndarray:
         self._g = self._level_g
         try:
@@ -115,50 +102,10 @@ def adaptive_draw(layout: Any, settings: Any) -> tuple[int, ...] | None:
     p = np.full(groups, 1.0 / groups)
     if SCORES["alpha"] < 1 and score.sum() > 0:
         p = (1 - SCORES["alpha"]) * score / score.sum() + SCORES["alpha"] / groups
-    drawn = tuple(sorted(int(j) for j in np.random.default_rng().choice(groups, k, replace=False, p=p)))
-    if WEIGHTS:  # the drawn groups' shares w of the level release's precision: sd_j = sd_equal / sqrt(k w_j)
-        s = score[list(drawn)]
-        w = np.full(k, 1.0 / k)
-        if s.sum() > 0:
-            w = (1 - WEIGHTS["alpha"]) * s / s.sum() + WEIGHTS["alpha"] / k
-        WEIGHTS["sd"] = np.zeros(groups)
-        WEIGHTS["sd"][list(drawn)] = WEIGHTS["sd_equal"] / np.sqrt(k * w)
-    return drawn
-
-
-def weighted_best_split(
-    sums: np.ndarray, layout: Any, params: TreeParams, allowed: tuple[int, ...] | None = None
-) -> tuple[int, int, float] | None:
-    """`best_split` with each group's own noise: floor 2.5 sd_j, and (``debias``) the noise's mean gain removed."""
-    if not WEIGHTS:
-        return _best_split(sums, layout, params, allowed)
-    lam = params.reg_lambda
-    best: tuple[int, int, float] | None = None
-    for j, (group, offset) in enumerate(zip(layout.groups, layout.offsets, strict=True)):
-        if allowed is not None and j not in allowed:
-            continue
-        sd = WEIGHTS["sd"][j]
-        mch = MIN_CHILD_NOISE_SDS * sd
-        block = sums[offset : offset + group.n_bins]
-        g_total, h_total = block[:, 0].sum(), block[:, 1].sum()
-        gl, hl = np.cumsum(block[:-1, 0]), np.cumsum(block[:-1, 1])
-        gr, hr = g_total - gl, h_total - hl
-        gain = gl**2 / (hl + lam) + gr**2 / (hr + lam) - g_total**2 / (h_total + lam)
-        if WEIGHTS["debias"]:
-            t = np.arange(1, group.n_bins)
-            n = group.n_bins
-            gain -= sd**2 * (t / (hl + lam) + (n - t) / (hr + lam) - n / (h_total + lam))
-        gain = np.where((hl >= mch) & (hr >= mch) & (hl + lam > 0) & (hr + lam > 0), gain, -np.inf)
-        if gain.size == 0:
-            continue
-        t = int(np.argmax(gain))
-        if gain[t] > params.min_gain and (best is None or gain[t] > best[2]):
-            best = (j, t, float(gain[t]))
-    return best
+    return tuple(sorted(int(j) for j in np.random.default_rng().choice(groups, k, replace=False, p=p)))
 
 
 _grow = Tree.grow
-_best_split = tree_module.best_split
 
 
 def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams) -> list[dict[str, Any]]:
@@ -190,28 +137,18 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     level, leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)
     z_level, z_leaf = level.noise.noise_multiplier, leaf.noise.noise_multiplier
     c, noise = a["c"], a["noise"]
-    split_factor = leaf_factor = 1.0
-    if "leafshare" in a:  # μ-GDP: μ² = Σ 1 / z_i²; the leaves get the share f of μ², the levels the rest
-        mu2 = a["trees"] * (a["depth"] + 1) / plan.noise_multiplier**2
-        z_split = np.sqrt(a["trees"] * a["depth"] / ((1 - a["leafshare"]) * mu2))
-        split_factor = z_split / plan.noise_multiplier
-        leaf_factor = np.sqrt(a["trees"] / (a["leafshare"] * mu2)) / plan.noise_multiplier
 
     def sensitivity(groups: int) -> float:  # level sensitivity with clipped gradients, at the effective multiplier
-        base = float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2)))
-        return base * z_level / plan.noise_multiplier * noise * split_factor
+        return float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2))) * z_level / plan.noise_multiplier * noise
 
     sigmas = (
         plan.noise_multiplier * sensitivity(settings.groups_per_tree(layout)),
-        z_leaf * privacy_gbdt.leaf_sensitivity() * noise * leaf_factor,
+        z_leaf * privacy_gbdt.leaf_sensitivity() * noise,
     )
     ClippedSplitBank.clip = c
     bank = ClippedSplitBank("pooled", 1, layout.bin_rows(x), y, layout, row_bound, local_sigma=sigmas)
     SCORES.clear()
     SCORES.update(score=np.zeros(len(layout.groups)), alpha=a["alpha"], beta=a.get("beta", 0.7))
-    WEIGHTS.clear()
-    if "walpha" in a:
-        WEIGHTS.update(alpha=a["walpha"], debias=bool(a.get("debias", False)), sd_equal=sigmas[0])
     original = federation.level_sensitivity
     federation.level_sensitivity = sensitivity
     try:
@@ -233,7 +170,6 @@ def main() -> None:
     ACCOUNTANT = args.accountant
     federation._draw_groups = adaptive_draw
     Tree.grow = scored_grow
-    tree_module.best_split = weighted_best_split
     data = {s: load(args.data, s) for s in (int(v) for v in args.seeds.split(","))}
     for arm in json.loads(args.arms):
         aucs = [run(*data[s], arm) for s in data for _ in range(args.repeats)]
