@@ -48,7 +48,6 @@ from fedsilo.privacy import gbdt as privacy_gbdt
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import build_config
 from fedsilo.strategies.gbdt import TreeParams
-from fedsilo.strategies.gbdt import tree as tree_module
 from fedsilo.strategies.gbdt.tree import Tree
 
 SCORES: dict[str, Any] = {}  # the adaptive draw's state for the current run
@@ -107,39 +106,6 @@ def adaptive_draw(layout: Any, settings: Any) -> tuple[int, ...] | None:
 
 
 _grow = Tree.grow
-_best_split = tree_module.best_split
-LCB: dict[str, float] = {}  # arm "lcb": kappa and the level slot's noise sd
-
-
-def lcb_best_split(
-    sums: np.ndarray, layout: Any, params: TreeParams, allowed: tuple[int, ...] | None = None
-) -> tuple[int, int, float] | None:
-    """`best_split` ranking cuts by gain - kappa * (the gain's noise sd, to first order in the bins' G noise)."""
-    if not LCB:
-        return _best_split(sums, layout, params, allowed)
-    lam, mch, kappa, sd = params.reg_lambda, params.min_child_hessian, LCB["kappa"], LCB["sd"]
-    best: tuple[int, int, float] | None = None
-    for j, (group, offset) in enumerate(zip(layout.groups, layout.offsets, strict=True)):
-        if allowed is not None and j not in allowed:
-            continue
-        block = sums[offset : offset + group.n_bins]
-        g_total, h_total = block[:, 0].sum(), block[:, 1].sum()
-        gl, hl = np.cumsum(block[:-1, 0]), np.cumsum(block[:-1, 1])
-        gr, hr = g_total - gl, h_total - hl
-        gain = gl**2 / (hl + lam) + gr**2 / (hr + lam) - g_total**2 / (h_total + lam)
-        t = np.arange(1, group.n_bins)
-        d_left = 2 * gl / (hl + lam) - 2 * g_total / (h_total + lam)
-        d_right = 2 * gr / (hr + lam) - 2 * g_total / (h_total + lam)
-        spread = sd * np.sqrt(t * d_left**2 + (group.n_bins - t) * d_right**2)
-        gain = gain - kappa * spread
-        ok = (hl >= mch) & (hr >= mch) & (hl + lam > 0) & (hr + lam > 0)
-        gain = np.where(ok, gain, -np.inf)
-        if gain.size == 0:
-            continue
-        k = int(np.argmax(gain))
-        if gain[k] > params.min_gain and (best is None or gain[k] > best[2]):
-            best = (j, k, float(gain[k]))
-    return best
 
 
 def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams) -> list[dict[str, Any]]:
@@ -165,7 +131,7 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
     x_test = np.concatenate([t.x_test.numpy() for t in tensors.values()]).astype(np.float64)
     y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
-    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"], min_child_hessian=a.get("floor", 1.0))
+    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"])
     settings = federation.BoostSettings(a["trees"], params, a["lr"], features_per_tree=a["k"])
     plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"])
     level, leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)
@@ -173,24 +139,16 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     c, noise = a["c"], a["noise"]
 
     def sensitivity(groups: int) -> float:  # level sensitivity with clipped gradients, at the effective multiplier
-        return (
-            float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2)))
-            * z_level
-            / plan.noise_multiplier
-            * a.get("snoise", noise)
-        )
+        return float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2))) * z_level / plan.noise_multiplier * noise
 
     sigmas = (
         plan.noise_multiplier * sensitivity(settings.groups_per_tree(layout)),
-        z_leaf * privacy_gbdt.leaf_sensitivity() * a.get("lnoise", noise),
+        z_leaf * privacy_gbdt.leaf_sensitivity() * noise,
     )
     ClippedSplitBank.clip = c
     bank = ClippedSplitBank("pooled", 1, layout.bin_rows(x), y, layout, row_bound, local_sigma=sigmas)
     SCORES.clear()
     SCORES.update(score=np.zeros(len(layout.groups)), alpha=a["alpha"], beta=a.get("beta", 0.7))
-    LCB.clear()
-    if "lcb" in a:
-        LCB.update(kappa=a["lcb"], sd=sigmas[0])
     original = federation.level_sensitivity
     federation.level_sensitivity = sensitivity
     try:
@@ -212,7 +170,6 @@ def main() -> None:
     ACCOUNTANT = args.accountant
     federation._draw_groups = adaptive_draw
     Tree.grow = scored_grow
-    tree_module.best_split = lcb_best_split
     data = {s: load(args.data, s) for s in (int(v) for v in args.seeds.split(","))}
     for arm in json.loads(args.arms):
         aucs = [run(*data[s], arm) for s in data for _ in range(args.repeats)]
