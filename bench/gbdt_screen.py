@@ -14,6 +14,9 @@ Each arm is a JSON object of these keys (defaults: the command's defaults):
 
 * ``trees``, ``depth``, ``lr``, ``k`` (groups per tree), ``bins``, ``lam`` (λ);
 * ``noise``: a factor on the noise (0: no noise and no floor: the non-private ceiling);
+  ``snoise`` and ``lnoise`` override it for the split histograms and the leaf totals
+  alone (the noise-aware floor follows the split noise);
+* ``floor``: a fixed ``min_child_hessian`` (the noise-aware floor still applies above it);
 * ``c``: the split histograms' gradients clipped to ``[-c, c]`` (the leaf totals keep
   ``|g| <= 1``), with the level sensitivity ``sqrt(k (c² + 1/16))``: gradient clipping
   in the spirit of Li et al.'s gradient-based data filtering (AAAI 2020);
@@ -131,7 +134,7 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
     x_test = np.concatenate([t.x_test.numpy() for t in tensors.values()]).astype(np.float64)
     y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
-    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"])
+    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"], min_child_hessian=a.get("floor", 1.0))
     settings = federation.BoostSettings(a["trees"], params, a["lr"], features_per_tree=a["k"])
     plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"])
     level, leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)
@@ -139,11 +142,16 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     c, noise = a["c"], a["noise"]
 
     def sensitivity(groups: int) -> float:  # level sensitivity with clipped gradients, at the effective multiplier
-        return float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2))) * z_level / plan.noise_multiplier * noise
+        return (
+            float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2)))
+            * z_level
+            / plan.noise_multiplier
+            * a.get("snoise", noise)
+        )
 
     sigmas = (
         plan.noise_multiplier * sensitivity(settings.groups_per_tree(layout)),
-        z_leaf * privacy_gbdt.leaf_sensitivity() * noise,
+        z_leaf * privacy_gbdt.leaf_sensitivity() * a.get("lnoise", noise),
     )
     ClippedSplitBank.clip = c
     bank = ClippedSplitBank("pooled", 1, layout.bin_rows(x), y, layout, row_bound, local_sigma=sigmas)
