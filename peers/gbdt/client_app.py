@@ -168,7 +168,7 @@ def _prepare_release(
 ) -> None:
     """Margins from the host's finished trees, this tree's gradients, and the requested release."""
     assert bank.session is not None
-    spent = _spent(context, job, terms)  # a deployed peer's record: the accepted terms, the job not over
+    spent = recorded_spent(context, job, terms)  # a deployed peer's record: the accepted terms, the job not over
     if plan is not None and len(spent) >= plan.releases:
         raise Refused(
             f"bank {bank.name} has taken part in the {plan.releases} releases its ledger reserved for "
@@ -212,7 +212,8 @@ def _state_dir(context: Context) -> Path:
     return Path(str(context.node_config["state-dir"]))
 
 
-def _spent(context: Context, job: JobConfig, terms: GBDTJob) -> tuple[Mechanism, ...]:
+def recorded_spent(context: Context, job: JobConfig, terms: GBDTJob) -> tuple[Mechanism, ...]:
+    """The releases this bank has recorded as spent in the job: its durable record (deployed), else ``context.state``."""
     if context.node_config.get("state-dir"):
         with node_state.job_lock(_state_dir(context), job.job_id):
             return _durable(context, job, terms).spent
@@ -234,7 +235,7 @@ def _record_release(
             record = _durable(context, job, terms)
             node_state.write_privacy(_state_dir(context), replace(record, spent=(*record.spent, plan.per_release)))
         return
-    spent = (*_spent(context, job, terms), plan.per_release)
+    spent = (*recorded_spent(context, job, terms), plan.per_release)
     context.state[STATE_KEY + ".spent"] = ConfigRecord(
         {"job": job.job_id, "spent": json.dumps([m.to_dict() for m in spent])}
     )
