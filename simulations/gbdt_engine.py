@@ -15,8 +15,10 @@ card use the same bank names as the in-process run; after it, every bank reports
 releases it recorded as spent, which is what the harness commits to its ledger (the bank's
 own accountant, as for the neural models).
 
-Flower's engine hands out queued messages every 0.1 s; a boosting job is many short
-exchanges (three per release), so the engine runs with a shorter wait (`prompt_dispatch`).
+Flower's engine hands out queued messages every 0.1 s, and its in-memory grid looks for
+replies every 0.1 s (``InMemoryGrid.pull_interval``); a boosting job is many short exchanges
+(three per release), so both wait `DISPATCH_INTERVAL` instead (`prompt_dispatch`, and the
+grid's public attribute).
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class EngineHost:
     error: BaseException | None = None
 
     def run(self, grid: Grid) -> None:
+        if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls for replies every 0.1 s (module docstring)
+            grid.pull_interval = DISPATCH_INTERVAL
         nodes = wait_for_peers(grid, self.terms.banks)
         index = {u: i for u, (i, _) in _facts(grid, nodes).items()}
         if sorted(index.values()) != list(range(self.terms.banks)):
