@@ -181,8 +181,8 @@ def _boost_on_engine(config, job_id, frames, encoder, row_bound, work, on_tree) 
     engine = EngineSettings(config.ray_address, config.cpus_per_bank)
     result, recorded = boost_on_engine(job, terms, frames, encoder, work / "engine", engine, on_tree)
     plan = terms.plan()
-    if plan is not None:
-        result.spent = {name: [plan.per_release] * count for name, count in sorted(recorded.items())}
+    per_release = [] if plan is None else [plan.per_release]
+    result.spent = {name: per_release * count for name, count in sorted(recorded.items())}
     return result
 
 

@@ -98,3 +98,26 @@ def test_gbdt_settings_are_checked() -> None:
         SimulationConfig(model="gbdt", bins=1)
     with pytest.raises(ConfigError, match="transfer"):
         SimulationConfig(model="gbdt", setup="transfer")
+
+
+def test_the_engine_defaults_to_in_process_for_gbdt_and_flower_elsewhere() -> None:
+    from fedsilo.simulations.config import SimulationConfig
+
+    assert SimulationConfig(model="gbdt").runs_on == "in-process"
+    assert SimulationConfig(model="gbdt", engine="flower").runs_on == "flower"
+    assert SimulationConfig(model="mlp").runs_on == "flower"
+    assert SimulationConfig(setup="vertical", dp_mode="off").runs_on == "flower"
+    with pytest.raises(ConfigError, match="--engine in-process applies to --setup vertical and --model gbdt"):
+        SimulationConfig(model="mlp", engine="in-process")
+    with pytest.raises(ConfigError, match="--engine 'ray' is unknown"):
+        SimulationConfig(model="gbdt", engine="ray")
+
+
+def test_the_engine_without_secure_aggregation_is_refused_before_anything_is_written(tmp_path) -> None:
+    import fedsilo
+
+    with pytest.raises(ConfigError, match="--engine flower runs the peers' boosting app pair"):
+        fedsilo.simulate(
+            model="gbdt", engine="flower", secure_aggregation="off", dp_mode="off", banks=3, out=str(tmp_path / "runs")
+        )
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
