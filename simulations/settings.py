@@ -245,8 +245,8 @@ SETTINGS: tuple[Setting, ...] = (
         help="where the parties run: flower (Flower's Simulation Engine, one virtual SuperNode per party) or "
         "in-process (objects of this process exchanging the same messages). Vertical, split scheme: a relaying "
         "ServerApp; the coded scheme's one exchange runs in process. --model gbdt: the boosting ServerApp/ClientApp "
-        "pair of the peer daemons, same trees and report; in-process is its default because Ray's per-message "
-        "round trips make the engine several times slower (docs/gbdt.md). The neural horizontal and transfer "
+        "pair of the peer daemons, same trees and report; in-process is its default because Ray's message round trips and actor start "
+        "make the engine far slower (docs/gbdt.md). The neural horizontal and transfer "
         "setups always run on Flower's engine",
     ),
     Setting(
