@@ -298,6 +298,7 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
                 "features_per_tree": config.features_per_tree,
             },
             "train": {"learning_rate": config.lr, **asdict(result.params)},
+            "engine": config.runs_on,  # where the banks ran: in-process objects or Flower's Simulation Engine
             "config": config.to_dict(),
         },
         data={

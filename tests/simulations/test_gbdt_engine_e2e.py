@@ -73,7 +73,8 @@ def test_without_dp_the_engine_grows_exactly_the_in_process_trees_and_writes_the
     ]
     assert len(engine_metrics["releases"]) == TREES * (DEPTH + 1)
     engine_card, local_card = _json(engine, "model_card.json"), _json(local, "model_card.json")
-    assert engine_card["job"]["config"]["engine"] == "flower" and local_card["job"]["config"]["engine"] is None
+    assert engine_card["job"]["engine"] == "flower" and local_card["job"]["engine"] == "in-process"
+    assert local_card["job"]["config"]["engine"] is None  # not given: the default of --model gbdt ran
     assert engine_card["metrics"]["pooled_test"] == local_card["metrics"]["pooled_test"]
     assert [p["name"] for p in engine_card["participants"]] == ["bank-00000", "bank-00001", "bank-00002"]
     assert engine_card["participants"] == local_card["participants"]
