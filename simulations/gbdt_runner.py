@@ -7,11 +7,13 @@ The flow mirrors `fedsilo.simulations.runner` (the neural models):
 4. the host boosts ``trees`` trees level by level (`fedsilo.peers.gbdt.federation`):
    every level's histograms and every tree's leaf totals are one SecAgg+ round over the
    banks (the real protocol of `fedsilo.privacy.secagg`, each bank with its own
-   consortium identity and, in distributed DP, its own noise share), run in this
-   process: the banks are objects the host calls, not Ray actors (a run costs no Ray
-   start; the same loop over Flower messages is `fedsilo.peers.gbdt.server_app`, about
-   9 times slower even in one process, docs/gbdt.md);
-5. each bank's ledger commits the releases that contained its input;
+   consortium identity and, in distributed DP, its own noise share). By default
+   (``--engine in-process``) the banks are objects of this process that the host calls (a
+   run costs no Ray start); ``--engine flower`` runs the peers' own ServerApp/ClientApp
+   pair on Flower's Simulation Engine instead (`fedsilo.simulations.gbdt_engine`): the
+   same trees without DP, at many times the cost (docs/gbdt.md);
+5. each bank's ledger commits the releases that contained its input (on the engine:
+   the releases the bank itself recorded);
 6. yardsticks: a centralized non-private histogram GBDT (scikit-learn's
    HistGradientBoostingClassifier) on the pooled training rows, and each bank alone
    with the same DP (its own Gaussian noise at the same multiplier);
