@@ -1,6 +1,7 @@
 """`fedsilo simulate --model gbdt --engine flower`: the boosting app pair on Flower's Simulation Engine.
 
-One local Ray cluster serves both engine runs (no DP, then distributed DP); the in-process
+One local Ray cluster serves both engine runs (no DP, then distributed DP), each with one
+actor for the three banks; the in-process
 run (the default engine of --model gbdt) is the reference. Without DP the sums are exact
 (SecAgg+'s deterministic rounding, the same configurations), so both engines must grow the
 very same trees; with DP each bank's ledger must hold exactly the planned releases, which
@@ -43,7 +44,9 @@ def runs(tmp_path_factory):
     cluster = LocalRayCluster(cpus=2, temp_dir=temp_dir)
     try:
         cluster.__enter__()
-        on_ray = dict(engine="flower", ray_address=cluster.address)
+        # one actor (2 CPUs) serves the three banks: less start-up on 2 cores, and one worker process then holds
+        # every bank's binned table (`binned_rows`), which a mixed-up cache key would show as different trees
+        on_ray = dict(engine="flower", ray_address=cluster.address, cpus_per_bank=2.0)
         out = {
             "engine": fedsilo.simulate(dp_mode="off", out=str(root / "engine"), **on_ray, **common),
             "dp": fedsilo.simulate(dp_mode="distributed", epsilon=3.0, out=str(root / "dp"), **on_ray, **common),
