@@ -93,7 +93,7 @@ class SimulationConfig:
     sample: int | float | None = None  # None: every bank in every round
     ray_address: str | None = None
     cpus_per_bank: float = 1.0
-    engine: str = "flower"  # vertical: flower (Simulation Engine) or in-process
+    engine: str | None = None  # flower (Simulation Engine) or in-process; None: `runs_on`'s default
     dropout_concentration: float = 0.0
     yardstick_banks: int = 100
 
@@ -154,10 +154,13 @@ class SimulationConfig:
             )
         if self.vertical_scheme not in ("split", "coded"):
             raise ConfigError(f"--vertical-scheme is split or coded, got {self.vertical_scheme!r}")
-        if self.engine not in ("flower", "in-process"):
+        if self.engine not in (None, "flower", "in-process"):
             raise ConfigError(f"--engine {self.engine!r} is unknown: use flower or in-process")
-        if self.engine != "flower" and self.setup != "vertical":
-            raise ConfigError(f"--engine {self.engine} applies to --setup vertical; the other setups run on flower")
+        if self.engine == "in-process" and self.setup != "vertical" and self.model != "gbdt":
+            raise ConfigError(
+                "--engine in-process applies to --setup vertical and --model gbdt; the neural horizontal and "
+                "transfer setups run on flower"
+            )
         if self.embedding_width < 1:
             raise ConfigError(f"--embedding-width must be ≥ 1 (got {self.embedding_width})")
         if self.data is None and self.id_column:
@@ -167,6 +170,14 @@ class SimulationConfig:
         if self.model == "gbdt":
             _check_gbdt(self)
         self.job()  # validates model, training and DP settings
+
+    @property
+    def runs_on(self) -> str:
+        """Where the parties run: `engine` as given, else in-process for horizontal gbdt (its Flower
+        app pair is slower, docs/gbdt.md) and flower for everything else."""
+        if self.engine is not None:
+            return self.engine
+        return "in-process" if self.model == "gbdt" and self.setup == "horizontal" else "flower"
 
     @property
     def per_round(self) -> int:

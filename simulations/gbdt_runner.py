@@ -7,11 +7,13 @@ The flow mirrors `fedsilo.simulations.runner` (the neural models):
 4. the host boosts ``trees`` trees level by level (`fedsilo.peers.gbdt.federation`):
    every level's histograms and every tree's leaf totals are one SecAgg+ round over the
    banks (the real protocol of `fedsilo.privacy.secagg`, each bank with its own
-   consortium identity and, in distributed DP, its own noise share), run in this
-   process: the banks are objects the host calls, not Ray actors (a run costs no Ray
-   start; the same loop over Flower messages is `fedsilo.peers.gbdt.server_app`, about
-   9 times slower even in one process, docs/gbdt.md);
-5. each bank's ledger commits the releases that contained its input;
+   consortium identity and, in distributed DP, its own noise share). By default
+   (``--engine in-process``) the banks are objects of this process that the host calls (a
+   run costs no Ray start); ``--engine flower`` runs the peers' own ServerApp/ClientApp
+   pair on Flower's Simulation Engine instead (`fedsilo.simulations.gbdt_engine`): the
+   same trees without DP, at many times the cost (docs/gbdt.md);
+5. each bank's ledger commits the releases that contained its input (on the engine:
+   the releases the bank itself recorded);
 6. yardsticks: a centralized non-private histogram GBDT (scikit-learn's
    HistGradientBoostingClassifier) on the pooled training rows, and each bank alone
    with the same DP (its own Gaussian noise at the same multiplier);
@@ -36,7 +38,9 @@ from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.evaluation import roc_auc
 from fedsilo.peers.gbdt import GBDTBank, layout_from_encoder
-from fedsilo.peers.gbdt.federation import BoostSettings, boost, local_sigmas, secure_configs
+from fedsilo.peers.gbdt.federation import BoostResult, BoostSettings, boost, local_sigmas, secure_configs
+from fedsilo.peers.gbdt.job import GBDTJob
+from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.privacy.accounting.compose import accounting_note
 from fedsilo.privacy.gbdt import leaf_sensitivity, level_sensitivity, plan_releases
@@ -73,14 +77,25 @@ def simulate_gbdt(config: SimulationConfig, progress: Progress) -> RunSummary:
     """One boosting run end to end; raises `FedsiloError` on bad input, before writing."""
     if config.dp_mode == "distributed" and config.secure_aggregation != "on":
         raise ConfigError("--dp-mode distributed needs secure aggregation on")
-    label = config.label_column
-    progress.stage(f"Preparing {config.banks} banks")
+    if config.runs_on == "flower" and config.secure_aggregation != "on":
+        raise ConfigError(
+            "--engine flower runs the peers' boosting app pair, which releases only through secure aggregation: "
+            "use --secure-aggregation on, or --engine in-process"
+        )
     with tempfile.TemporaryDirectory(prefix="fedsilo-banks-") as work_dir:
-        population = build_population(config, Path(work_dir) / "source")
-        frames = {i: population.frame(i) for i in range(population.n_banks)}
-        encoder = TabularEncoder.fit([BankSummary.from_frame(f, label) for f in frames.values()], label)
-        tensors = {i: encode_bank(frames[i], encoder, config.test_fraction, config.seed) for i in frames}
-        del frames
+        return _simulate(config, progress, Path(work_dir))
+
+
+def _simulate(config: SimulationConfig, progress: Progress, work: Path) -> RunSummary:
+    label = config.label_column
+    on_engine = config.runs_on == "flower"
+    progress.stage(f"Preparing {config.banks} banks")
+    population = build_population(config, work / "source")
+    frames = {i: population.frame(i) for i in range(population.n_banks)}
+    encoder = TabularEncoder.fit([BankSummary.from_frame(f, label) for f in frames.values()], label)
+    tensors = {i: encode_bank(frames[i], encoder, config.test_fraction, config.seed) for i in frames}
+    if not on_engine:
+        frames = {}
     layout = layout_from_encoder(encoder, config.bins)
     private = config.dp_mode != "off"
     plan = (
@@ -92,39 +107,31 @@ def simulate_gbdt(config: SimulationConfig, progress: Progress) -> RunSummary:
     y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
     with RunFolder(config.out) as folder:
         settings = settings_of(config, folder.name)
-        identities = {n: Ed25519Identity(n, Ed25519PrivateKey.generate()) for n in names.values()}
-        directory = Ed25519Directory({n: s.public_key() for n, s in identities.items()})
-        configs = secure_configs(settings, layout, len(tensors), row_bound, plan) if settings.secure else None
-        local_sigma = local_sigmas(plan, settings, layout)
-        banks = [
-            _bank(names[i], i, tensors[i], layout, row_bound, configs, identities, directory, settings, local_sigma)
-            for i in sorted(tensors)
-        ]
         ledger = SQLiteLedger(folder.path / "ledger.sqlite")
         try:
             if plan is not None:
-                for bank in banks:
-                    ledger.set_budget(bank.name, config.epsilon, config.delta, accountant=config.accountant)
-                    ledger.reserve(bank.name, folder.name, [plan.whole_job])
+                for name in names.values():
+                    ledger.set_budget(name, config.epsilon, config.delta, accountant=config.accountant)
+                    ledger.reserve(name, folder.name, [plan.whole_job])
             curve: list[dict[str, float]] = []
-            progress.stage(f"Boosting {config.trees} trees of depth {config.depth} over {len(banks)} banks")
-            result = boost(
-                banks,
-                layout,
-                settings,
-                plan,
-                row_bound,
-                verifier=directory if settings.secure else None,
-                configs=configs,
-                on_tree=lambda t, model: curve.append(
-                    {"tree": t + 1, "auc": _auc(y_test, model.predict_margin(x_test))}
-                ),
+
+            def on_tree(t: int, model: GBDTModel) -> None:
+                curve.append({"tree": t + 1, "auc": _auc(y_test, model.predict_margin(x_test))})
+
+            where = "on Flower's Simulation Engine" if on_engine else "in this process"
+            progress.stage(
+                f"Boosting {config.trees} trees of depth {config.depth} over {len(names)} banks {where}"
+                + (f" (Ray cluster {config.ray_address})" if on_engine and config.ray_address else "")
             )
+            if on_engine:
+                result = _boost_on_engine(config, folder.name, frames, encoder, row_bound, work, on_tree)
+            else:
+                result = _boost_in_process(config, settings, tensors, names, layout, plan, row_bound, on_tree)
             status = {}
-            for bank in banks:
+            for name in names.values():
                 if plan is not None:
-                    ledger.commit(bank.name, folder.name, result.spent[bank.name])
-                    status[bank.name] = asdict(ledger.status(bank.name))
+                    ledger.commit(name, folder.name, result.spent[name])
+                    status[name] = asdict(ledger.status(name))
         finally:
             ledger.close()
         yardsticks = _yardsticks(config, tensors, layout, settings, plan, row_bound, x_test, y_test, progress)
@@ -133,6 +140,52 @@ def simulate_gbdt(config: SimulationConfig, progress: Progress) -> RunSummary:
         (folder.path / "encoder.json").write_text(encoder.to_json())
         summary = _write(folder, config, result, status, yardsticks, curve, x_test, y_test, encoder, plan, settings)
     return replace(summary, run_dir=str(folder.final))
+
+
+def _boost_in_process(config, settings, tensors, names, layout, plan, row_bound, on_tree) -> BoostResult:
+    """The banks as objects of this process, each with its own consortium identity (module docstring, step 4)."""
+    identities = {n: Ed25519Identity(n, Ed25519PrivateKey.generate()) for n in names.values()}
+    directory = Ed25519Directory({n: s.public_key() for n, s in identities.items()})
+    configs = secure_configs(settings, layout, len(tensors), row_bound, plan) if settings.secure else None
+    local_sigma = local_sigmas(plan, settings, layout)
+    banks = [
+        _bank(names[i], i, tensors[i], layout, row_bound, configs, identities, directory, settings, local_sigma)
+        for i in sorted(tensors)
+    ]
+    verifier = directory if settings.secure else None
+    return boost(banks, layout, settings, plan, row_bound, verifier=verifier, configs=configs, on_tree=on_tree)
+
+
+def _boost_on_engine(config, job_id, frames, encoder, row_bound, work, on_tree) -> BoostResult:
+    """The peers' app pair on Flower's Simulation Engine (`fedsilo.simulations.gbdt_engine`).
+
+    Each bank's ledger then commits what that bank itself recorded as spent (its own accountant)."""
+    from fedsilo.simulations.engine import EngineSettings  # Flower and Ray: only when they run
+    from fedsilo.simulations.gbdt_engine import boost_on_engine
+
+    terms = GBDTJob(
+        session=job_id,
+        banks=len(frames),
+        row_bound=row_bound,
+        trees=config.trees,
+        depth=config.depth,
+        bins=config.bins,
+        learning_rate=config.lr,
+        features_per_tree=config.features_per_tree,
+        dp_mode=config.dp_mode,
+        epsilon=config.epsilon,
+        delta=config.delta,
+        accountant=config.accountant,
+        dropout_fraction=config.secagg_dropout_fraction,
+        collusion_fraction=config.secagg_collusion_fraction,
+    )
+    job = replace(config.job(), job_id=job_id)
+    engine = EngineSettings(config.ray_address, config.cpus_per_bank)
+    result, recorded = boost_on_engine(job, terms, frames, encoder, work / "engine", engine, on_tree)
+    plan = terms.plan()
+    per_release = [] if plan is None else [plan.per_release]
+    result.spent = {name: per_release * count for name, count in sorted(recorded.items())}
+    return result
 
 
 def _bank(name, index, data, layout, row_bound, configs, identities, directory, settings, local_sigma) -> GBDTBank:
@@ -247,6 +300,7 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
                 "features_per_tree": config.features_per_tree,
             },
             "train": {"learning_rate": config.lr, **asdict(result.params)},
+            "engine": config.runs_on,  # where the banks ran: in-process objects or Flower's Simulation Engine
             "config": config.to_dict(),
         },
         data={

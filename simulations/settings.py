@@ -239,11 +239,15 @@ SETTINGS: tuple[Setting, ...] = (
         "engine",
         toml="simulation.engine",
         flag="--engine",
-        kind="str",
+        kind="text",
         choices=("flower", "in-process"),
-        help="vertical, split scheme: where the parties run: flower (Flower's Simulation Engine, one virtual "
-        "SuperNode per party, a relaying ServerApp) or in-process (objects of this process exchanging the same "
-        "messages); the coded scheme's one exchange runs in process; the other setups always run on Flower's engine",
+        note="in-process for --model gbdt (horizontal), flower otherwise",
+        help="where the parties run: flower (Flower's Simulation Engine, one virtual SuperNode per party) or "
+        "in-process (objects of this process exchanging the same messages). Vertical, split scheme: a relaying "
+        "ServerApp; the coded scheme's one exchange runs in process. --model gbdt: the boosting ServerApp/ClientApp "
+        "pair of the peer daemons, same trees and report; in-process is its default because Ray's message round trips and actor start "
+        "make the engine far slower (docs/gbdt.md). The neural horizontal and transfer "
+        "setups always run on Flower's engine",
     ),
     Setting(
         "ray_address",

@@ -376,12 +376,12 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             for name, dp in ((HOLDER, holder_dp), (PARTY, party_dp)):
                 planned = [Mechanism(dp.noise_multiplier, 1.0, releases[name])]
                 ledgers[name] = _ledger(path / f"ledger-{name}.sqlite", name, dp, job, planned)
-        where = "on Flower's Simulation Engine" if config.engine == "flower" else "in this process"
+        where = "on Flower's Simulation Engine" if config.runs_on == "flower" else "in this process"
         progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs, {where}")
         started = time.perf_counter()
         test = holder.test_index
         y_test = holder.y.numpy()[test]
-        if config.engine == "flower":
+        if config.runs_on == "flower":
             from fedsilo.simulations.engine import EngineSettings  # Flower and Ray: only when they run
             from fedsilo.simulations.vertical_engine import frames_tap, train_and_score_on_engine
 
@@ -444,7 +444,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
             "noise_multiplier": holder_dp.noise_multiplier if holder_dp else 0.0,
             "measured_leakage": audit,
             "seconds_training": round(seconds, 2),
-            "engine": config.engine,
+            "engine": config.runs_on,
             "psi_bytes": parties.psi_bytes,
             "scheme": "split",
         }

@@ -28,6 +28,7 @@ cannot make a bank spend more than its ledger reserved.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,9 +51,11 @@ from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.gbdt import ReleasePlan
 from fedsilo.privacy.secagg.session import ReleaseRequest
+from fedsilo.strategies.gbdt.layout import BinLayout
 from fedsilo.strategies.gbdt.tree import Tree
 
 STATE_KEY = "fedsilo.gbdt.client"
+BANKS_KEPT = 64  # binned tables a worker process keeps (`binned_rows`)
 ERROR_CODE_GBDT = 4003
 
 Paths = Callable[[JobConfig, Context], tuple[str, str]]
@@ -119,22 +122,28 @@ def _refuse(msg: Message, error: FedsiloError) -> Message:
 def _bank(job: JobConfig, terms: GBDTJob, context: Context, paths: Paths) -> tuple[GBDTBank, ReleasePlan | None]:
     """This bank's rows binned by the job's layout, with its SecAgg+ identity and the job's configurations."""
     data_path, encoder_path = paths(job, context)
-    encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
-    x_train, y_train = load_training_arrays(data_path, encoder_path, job.train.test_fraction, job.train.seed)
+    layout, bins, labels = binned_rows(
+        data_path,
+        _stamp(data_path),
+        encoder_path,
+        _stamp(encoder_path),
+        job.train.test_fraction,
+        job.train.seed,
+        terms.bins,
+    )
     name = str(context.node_config.get("bank-name") or f"node {context.node_id}")
-    if len(x_train) > terms.row_bound:
+    if len(bins) > terms.row_bound:
         raise Refused(
-            f"bank {name} has {len(x_train)} training rows, above the job's gbdt.row-bound {terms.row_bound}: "
+            f"bank {name} has {len(bins)} training rows, above the job's gbdt.row-bound {terms.row_bound}: "
             "the noise is calibrated for at most that many; the job owner must raise the bound"
         )
-    layout = layout_from_encoder(encoder, terms.bins)
     plan = terms.plan()
     signer, verifier = round_identity(context)
     bank = GBDTBank(
         name,
         int(context.node_id),
-        layout.bin_rows(x_train.astype(np.float64)),
-        y_train,
+        bins,
+        labels,
         layout,
         terms.row_bound,
         secagg=terms.configs(layout, plan),
@@ -143,6 +152,42 @@ def _bank(job: JobConfig, terms: GBDTJob, context: Context, paths: Paths) -> tup
         local_sigma=terms.local_sigma(layout, plan),
     )
     return bank, plan
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    """What identifies a file's version for the cache: its modification time and size (missing: read fails later)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=BANKS_KEPT)
+def binned_rows(
+    data_path: str,
+    data_stamp: tuple[int, int],
+    encoder_path: str,
+    encoder_stamp: tuple[int, int],
+    test_fraction: float,
+    seed: int,
+    bins: int,
+) -> tuple[BinLayout, np.ndarray, np.ndarray]:
+    """(layout, binned training rows, labels) of a bank's table, read-only; cached per process.
+
+    Every session call needs them: a deployed ClientApp is a new process per message and reads the
+    table each time, but a Simulation Engine worker (a Ray actor) serves many calls of its banks, and
+    re-reading, encoding and binning the table was most of a call's time (bench/gbdt_apps.py). The
+    key holds each file's modification time and size (``_stamp``), so a changed table or encoder is
+    read again."""
+    del data_stamp, encoder_stamp  # only part of the key
+    encoder = TabularEncoder.from_json(Path(encoder_path).read_text())
+    x_train, y_train = load_training_arrays(data_path, encoder_path, test_fraction, seed)
+    layout = layout_from_encoder(encoder, bins)
+    binned = layout.bin_rows(x_train.astype(np.float64))
+    for array in (binned, y_train):
+        array.flags.writeable = False
+    return layout, binned, y_train
 
 
 def _resume(bank: GBDTBank, context: Context, job: JobConfig) -> None:
@@ -168,7 +213,7 @@ def _prepare_release(
 ) -> None:
     """Margins from the host's finished trees, this tree's gradients, and the requested release."""
     assert bank.session is not None
-    spent = _spent(context, job, terms)  # a deployed peer's record: the accepted terms, the job not over
+    spent = recorded_spent(context, job, terms)  # a deployed peer's record: the accepted terms, the job not over
     if plan is not None and len(spent) >= plan.releases:
         raise Refused(
             f"bank {bank.name} has taken part in the {plan.releases} releases its ledger reserved for "
@@ -212,7 +257,8 @@ def _state_dir(context: Context) -> Path:
     return Path(str(context.node_config["state-dir"]))
 
 
-def _spent(context: Context, job: JobConfig, terms: GBDTJob) -> tuple[Mechanism, ...]:
+def recorded_spent(context: Context, job: JobConfig, terms: GBDTJob) -> tuple[Mechanism, ...]:
+    """The releases this bank has recorded as spent in the job: its durable record (deployed), else ``context.state``."""
     if context.node_config.get("state-dir"):
         with node_state.job_lock(_state_dir(context), job.job_id):
             return _durable(context, job, terms).spent
@@ -234,7 +280,7 @@ def _record_release(
             record = _durable(context, job, terms)
             node_state.write_privacy(_state_dir(context), replace(record, spent=(*record.spent, plan.per_release)))
         return
-    spent = (*_spent(context, job, terms), plan.per_release)
+    spent = (*recorded_spent(context, job, terms), plan.per_release)
     context.state[STATE_KEY + ".spent"] = ConfigRecord(
         {"job": job.job_id, "spent": json.dumps([m.to_dict() for m in spent])}
     )

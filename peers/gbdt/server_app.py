@@ -20,7 +20,7 @@ derives those from the job's run config (`fedsilo.peers.gbdt.job.GBDTJob`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from fedsilo.peers.errors import Refused
 from fedsilo.peers.gbdt.bins import layout_from_encoder
 from fedsilo.peers.gbdt.federation import BoostResult, boost
 from fedsilo.peers.gbdt.job import GBDTJob
+from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.peers.gbdt.wire import MESSAGE_TYPE, call_content, read_answer, tree_state
 from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.secagg import Verifier
@@ -111,8 +112,11 @@ def host_gbdt(
     encoder: TabularEncoder,
     verifier: Verifier | None = None,
     timeout: float = REPLY_TIMEOUT_SECONDS,
+    on_tree: Callable[[int, GBDTModel], None] | None = None,
 ) -> BoostResult:
-    """Boost ``terms.trees`` trees among ``nodes`` (node id -> bank name) over ``grid``."""
+    """Boost ``terms.trees`` trees among ``nodes`` (node id -> bank name) over ``grid``.
+
+    ``on_tree(t, model)`` is called after each finished tree (the simulation's learning curve)."""
     if len(nodes) != terms.banks:
         raise FedsiloError(f"the job is planned for {terms.banks} banks, {len(nodes)} take part")
     layout = layout_from_encoder(encoder, terms.bins)
@@ -127,6 +131,7 @@ def host_gbdt(
         terms.row_bound,
         verifier=verifier,
         configs=terms.configs(layout, plan),
+        on_tree=on_tree,
         exchange=exchange,
     )
 

@@ -338,3 +338,26 @@ def test_a_deployed_bank_refuses_a_hosts_run_config_that_departs_from_the_signed
         check_accepted_terms(replace(accepted, **change), context)
     with pytest.raises(ConfigError, match="pinned no boosting terms"):
         check_accepted_terms(accepted, Context(1, 1, {"state-dir": "/x"}, RecordDict(), {}))
+
+
+def test_a_workers_binned_table_is_read_again_when_the_file_changes_and_cannot_be_written(tmp_path) -> None:
+    from fedsilo.peers.gbdt.client_app import _stamp, binned_rows
+
+    frame = _frame(ROWS, 0)
+    encoder = TabularEncoder.fit([BankSummary.from_frame(frame, "y")], "y")
+    encoder_path, table = tmp_path / "encoder.json", tmp_path / "bank.csv"
+    encoder_path.write_text(encoder.to_json())
+    frame.to_csv(table, index=False)
+
+    def read():
+        return binned_rows(str(table), _stamp(str(table)), str(encoder_path), _stamp(str(encoder_path)), 0.2, 0, 8)
+
+    _, first, labels = read()
+    assert read()[1] is first  # the same version of the file: kept
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        labels[0] = 1
+    frame.iloc[: ROWS // 2].to_csv(table, index=False)  # the bank's table changes: fewer rows, a new size
+    _, second, _ = read()
+    assert second is not first and len(second) < len(first)

@@ -52,6 +52,7 @@ def test_the_run_folder_holds_the_model_the_card_and_each_banks_ledger(gbdt_run)
         "bins": 8,
         "features_per_tree": 2,
     }
+    assert card["job"]["engine"] == "in-process"  # the default of --model gbdt
     assert card["privacy"]["feature_groups_per_tree"] == 2 < card["privacy"]["feature_groups"]
     assert card["artifacts"]["model"]["file"] == "model.json"
     assert card["artifacts"]["model"]["format"] == "fedsilo.gbdt"
@@ -124,3 +125,57 @@ def test_gbdt_settings_are_checked() -> None:
         SimulationConfig(model="gbdt", bins=1)
     with pytest.raises(ConfigError, match="transfer"):
         SimulationConfig(model="gbdt", setup="transfer")
+
+
+def test_the_engine_defaults_to_in_process_for_gbdt_and_flower_elsewhere() -> None:
+    from fedsilo.simulations.config import SimulationConfig
+
+    assert SimulationConfig(model="gbdt").runs_on == "in-process"
+    assert SimulationConfig(model="gbdt", engine="flower").runs_on == "flower"
+    assert SimulationConfig(model="mlp").runs_on == "flower"
+    assert SimulationConfig(setup="vertical", dp_mode="off").runs_on == "flower"
+    with pytest.raises(ConfigError, match="--engine in-process applies to --setup vertical and --model gbdt"):
+        SimulationConfig(model="mlp", engine="in-process")
+    with pytest.raises(ConfigError, match="--engine 'ray' is unknown"):
+        SimulationConfig(model="gbdt", engine="ray")
+
+
+def test_the_engine_without_secure_aggregation_is_refused_before_anything_is_written(tmp_path) -> None:
+    import fedsilo
+
+    with pytest.raises(ConfigError, match="--engine flower runs the peers' boosting app pair"):
+        fedsilo.simulate(
+            model="gbdt", engine="flower", secure_aggregation="off", dp_mode="off", banks=3, out=str(tmp_path / "runs")
+        )
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_only_the_simulation_answers_which_bank_a_node_is_and_what_it_recorded() -> None:
+    """`query.gbdtbank` (bank index, releases recorded) is the harness's: a deployed peer's ClientApp refuses it."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsilo.peers.client.app import app as deployed_app
+    from fedsilo.peers.gbdt.job import GBDTJob
+    from fedsilo.peers.job import JobConfig
+    from fedsilo.simulations.gbdt_engine import FACTS_KEY, FACTS_QUERY, simulation_client_app
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    run_config = {
+        **JobConfig(label="y", encoder_path="", job_id="j", peers=3).to_run_config(),
+        **GBDTJob(session="j", banks=3, row_bound=10).to_run_config(),
+    }
+
+    def ask(app):
+        msg = Message(RecordDict(), dst_node_id=5, message_type=f"query.{FACTS_QUERY}")
+        msg.metadata.__dict__["_src_node_id"] = 1
+        context = Context(
+            run_id=1, node_id=5, node_config={"partition-id": 2}, state=RecordDict(), run_config=run_config
+        )
+        return app(msg, context)
+
+    reply = ask(simulation_client_app())
+    assert not reply.has_error()
+    assert dict(reply.content.config_records[FACTS_KEY]) == {"index": 2, "spent": 0}
+    with pytest.raises(ValueError, match="No query function registered with name 'gbdtbank'"):
+        ask(deployed_app)
