@@ -1,8 +1,9 @@
 """The jobs this peer hosts: take a model owner's job, propose it, start training, collect reports, publish.
 
 `Hosting` takes a model owner's signed job (`submit`), proposes it to its participants
-and records each decision, then either fails the job (too few accepted) or starts the
-SuperLink, tells the accepted participants to join, waits for training and for their
+and records each decision, then either fails the job (too few accepted) or (a transfer
+job with shared customers first has its participants agree their split,
+`roles.transfer_holdout`) starts the SuperLink, tells the accepted participants to join, waits for training and for their
 spending reports (`report`, each checked against the participant's acceptance), and
 publishes the signed model and its card (`publish_model`); it tells the participants
 to replicate the model, or to cancel if the job fails (`tell_participants`).
@@ -29,6 +30,7 @@ from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
 from fedsilo.peers.daemon.policy import check_policy, check_trainable
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.participating import Participating
+from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
 from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.daemon.store import ACTIVE_STATES
@@ -47,6 +49,7 @@ class Hosting:
         self.budget = budget
         self.participating = participating
         self.vertical: Vertical | None = None  # set by the service: vertical jobs run there
+        self.transfer_holdout: TransferHoldout | None = None  # set by the service: shared customers' split
 
     async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A model owner's signed job, to be hosted here and proposed to its participants."""
@@ -157,8 +160,33 @@ class Hosting:
             except PeerUnreachable as error:
                 log.warning("could not tell %s to %s job %s: %s", member.name, action, job_id, error)
 
+    async def _agree_holdout(self, job: SignedJob, accepted: list[Participant]) -> str | None:
+        """Ask each accepted participant, in name order, to take its step of the shared customers' split
+        (`roles.transfer_holdout`); the reason it failed, or None."""
+        assert self.transfer_holdout is not None
+        order = sorted(p.peer for p in accepted)
+        me = self.ctx.identity.manifest.member(self.ctx.name)
+        assert me is not None
+        for peer in order:
+            try:
+                if peer == self.ctx.name:
+                    await self.transfer_holdout.step(me, job.job_id, {"order": order})
+                else:
+                    address = self.ctx.address(peer)
+                    await self.ctx.client.call(
+                        "POST", f"{address}/v1/jobs/{job.job_id}/transfer/holdout", {"order": order}
+                    )
+            except (FedsiloError, PeerUnreachable, Refused) as error:
+                return f"the shared customers' split was not agreed at {peer}: {error}"
+        return None
+
     async def _host_training(self, job: SignedJob, accepted: list[Participant]) -> None:
         """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""
+        if job.setup == "transfer" and job.shared_customers:
+            reason = await self._agree_holdout(job, accepted)
+            if reason is not None:
+                await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+                return
         keys = [_acceptance(p).node_public_key for p in accepted]
         try:
             hosted = await asyncio.to_thread(

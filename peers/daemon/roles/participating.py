@@ -33,6 +33,7 @@ from fedsilo.peers.daemon.policy import (
     source_facts,
 )
 from fedsilo.peers.daemon.roles.budget import Budget
+from fedsilo.peers.daemon.roles.transfer_holdout import check_holdout_list
 from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
@@ -91,6 +92,8 @@ class Participating:
             assert self.vertical is not None
             rows, n_train, fingerprint, planned = await asyncio.to_thread(self.vertical.acceptance_facts, job, source)
         else:
+            if job.setup == "transfer" and job.shared_customers:
+                check_holdout_list(job, source, self.ctx.config.lists, self.ctx.name)
             facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
             check_model_size(job, self.ctx.config.policy, facts.features)
             rows, n_train, fingerprint = facts.rows, facts.n_train, facts.fingerprint

@@ -3,23 +3,26 @@
 The owner's signature covers the shared vocabulary, the shared parameters and the
 shared-customers declaration; parsing refuses a transfer job that states either list
 badly, and any other setup that states them. bank-b accepts a transfer job by reserving
-DP-SGD's plan on its own training rows, and declines, with nothing reserved, one that
-declares shared customers (the PSI holdout between daemons is not there yet), one with
-distributed DP, and one whose vocabulary its table does not hold.
+DP-SGD's plan on its own training rows, and declines, with nothing reserved, one with
+shared customers when it lacks the list the earlier participant's PSI needs, one with
+distributed DP and one whose vocabulary its table does not hold.
 """
 
+import base64
 import copy
 
+import numpy as np
 import pytest
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.daemon.signed_job import job_document
 from fedsilo.peers.data.bank import read_table, split_rows
-from fedsilo.peers.errors import Refused
+from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.job import plan_dp
+from fedsilo.peers.shared_holdout import pin_frame
 from fedsilo.privacy.accounting import Mechanism, epsilon_spent
 
-from ._consortium import OWNER, make_consortium, run, running
+from ._consortium import OWNER, make_consortium, member_client, run, running
 from .test_daemon_refusals import propose, refused_without_change, state_of
 from .test_job_setups import ALLOW_ALL, TRANSFER, _envelope, _job_file, _verify
 
@@ -123,9 +126,9 @@ def test_a_transfer_job_reserves_dp_sgds_plan_on_the_peers_own_training_rows(con
     "extra, fragment",
     [
         (
-            TRANSFER + "\nshared-customers = true",
-            "not yet supported: this transfer job declares shared customers (job.shared-customers = true), which "
-            "needs the institutions to agree a PSI holdout between their daemons",
+            TRANSFER + "\nshared-customers = true",  # bank-b, after bank-a, has no list for bank-a's PSI
+            "aligns them through the list named like the source, [lists.credit-card], of every participant after "
+            "the first in name order: it has no such list",
         ),
         (
             TRANSFER + "\npublic-rows = 640\ndp-mode = distributed",
@@ -145,3 +148,40 @@ def test_a_transfer_job_this_peer_cannot_run_is_declined_with_nothing_reserved(c
     finally:
         consortium.write_peer_toml("bank-b")
     assert reply["decision"] == "declined" and fragment in reply["reason"] and entry[1] == "job.decline"
+
+
+def test_forged_pins_and_a_holdout_asked_by_anyone_but_the_host_are_refused(consortium, tmp_path):
+    """An attacker's side of the shared customers' split at bank-b (after bank-a in name order): bank-a
+    sends pins with no PSI run behind them, the owner asks bank-b to split; both refused, audited, and
+    bank-b has no agreed split."""
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    with open(consortium.config_path("bank-b"), "a") as handle:  # the list bank-a's PSI would run on
+        handle.write(
+            '\n[lists.credit-card]\npath = "data.csv"\nid-column = "ID"\npsi = ["bank-a"]\npsi-modes = ["both"]\n'
+            'psi-protocols = ["dh"]\npsi-quota = 100000\n'
+        )
+    envelope = _envelope(consortium, tmp_path / "job.toml", "tl-forged", TRANSFER + "\nshared-customers = true")
+    frame = base64.b64encode(pin_frame(np.zeros(3, dtype=np.int8))).decode()
+
+    async def attempt():
+        async with running(consortium, ["bank-b"]):
+            assert (await propose(consortium, envelope))["decision"] == "accepted"
+            url = f"{consortium.addresses['bank-b']}/v1/jobs/tl-forged/transfer"
+            async with member_client(consortium, "bank-a") as client:
+                with pytest.raises(
+                    PeerUnreachable,
+                    match="answered 409: bank-a's pins for job tl-forged: no confirmed both-sides PSI of bank-a",
+                ):
+                    await client.call("POST", f"{url}/pins", {"session": "00" * 16, "frame": frame})
+            async with member_client(consortium, OWNER) as client:
+                with pytest.raises(PeerUnreachable, match="answered 403: only job tl-forged's host bank-a"):
+                    await client.call("POST", f"{url}/holdout", {"order": ["bank-a", "bank-b"]})
+
+    try:
+        run(attempt())
+    finally:
+        consortium.write_peer_toml("bank-b")
+    _, _, audit = state_of(consortium, "bank-b")
+    assert ("bank-a", "transfer.pins", "refused") in [entry[:3] for entry in audit]
+    assert (OWNER, "transfer.holdout", "refused") in [entry[:3] for entry in audit]
+    assert not (consortium.root / "bank-b" / "state" / "jobs" / "tl-forged" / "agreed-sides.npy").exists()
