@@ -56,7 +56,9 @@ class PeerService:
         self.list_serving = ListServing(context)
         self.vertical = Vertical(context, self.budget, self.list_serving.lists)
         self.participating.vertical = self.hosting.vertical = self.vertical
-        self.transfer_holdout = self.hosting.transfer_holdout = TransferHoldout(context, self.list_serving.lists)
+        self.transfer_holdout = self.hosting.transfer_holdout = TransferHoldout(
+            context, self.budget, self.list_serving.lists
+        )
         self.reconciliation = Reconciliation(context, self.budget, self.participating, self.hosting)
         self.views = Views(context)
         contexts = [context.client.ssl_context] + ([server_tls] if server_tls is not None else [])

@@ -27,7 +27,7 @@ import numpy as np
 from fedsilo.errors import DataError
 from fedsilo.peers.daemon.config import DataSource
 from fedsilo.peers.daemon.sealing import seals
-from fedsilo.peers.data.bank import TEST, TRAIN, read_table
+from fedsilo.peers.data.bank import TEST, TRAIN, read_table, split_rows
 from fedsilo.peers.data.encoding import SPLIT_COLUMN
 from fedsilo.peers.data.vocabulary import institution_table
 from fedsilo.peers.deployment import (
@@ -141,6 +141,13 @@ def working_table(job: JobConfig, state_dir: Path, source: DataSource) -> Path:
         data_path = work_dir / "table.parquet"
         frame.to_parquet(data_path, index=False)
     return Path(data_path)
+
+
+def training_rows(job: JobConfig, state_dir: Path, source: DataSource) -> int:
+    """How many rows this peer's SuperNode trains on in `job`: the training side of `working_table`'s
+    split, computed as its ClientApp computes it (`split_rows`, honouring the agreed sides)."""
+    frame = read_table(working_table(job, state_dir, source))
+    return len(split_rows(frame, job.label, job.train.test_fraction, job.train.seed)[0])
 
 
 def start_joining(

@@ -17,7 +17,9 @@ own report here. It calls `Budget` for the ledger.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +164,7 @@ class Hosting:
 
     async def _agree_holdout(self, job: SignedJob, accepted: list[Participant]) -> str | None:
         """Ask each accepted participant, in name order, to take its step of the shared customers' split
-        (`roles.transfer_holdout`); the reason it failed, or None."""
+        (`roles.transfer_holdout`) and keep the plan it reserved on its agreed rows; the reason it failed, or None."""
         assert self.transfer_holdout is not None
         order = sorted(p.peer for p in accepted)
         me = self.ctx.identity.manifest.member(self.ctx.name)
@@ -170,15 +172,33 @@ class Hosting:
         for peer in order:
             try:
                 if peer == self.ctx.name:
-                    await self.transfer_holdout.step(me, job.job_id, {"order": order})
+                    reply = await self.transfer_holdout.step(me, job.job_id, {"order": order})
                 else:
                     address = self.ctx.address(peer)
-                    await self.ctx.client.call(
+                    reply = await self.ctx.client.call(
                         "POST", f"{address}/v1/jobs/{job.job_id}/transfer/holdout", {"order": order}
                     )
+                await self.ctx.mailbox.ask(functools.partial(self._replanned, job.job_id, peer, reply))
             except (FedsiloError, PeerUnreachable, Refused) as error:
                 return f"the shared customers' split was not agreed at {peer}: {error}"
         return None
+
+    async def _replanned(self, job_id: str, peer: str, reply: Any) -> None:
+        """Keep, as `peer`'s acceptance, the training rows and plan it reserved once its split was agreed
+        (`roles.transfer_holdout`): its report and the card are then checked against what it trains.
+        DataError if the reply does not state them (a count within its rows, a list of mechanisms)."""
+        participant = self.ctx.store.participant(job_id, peer)
+        assert participant is not None and participant.acceptance is not None
+        old = participant.acceptance
+        fields = {k: reply.get(k) for k in ("n_train", "planned")} if isinstance(reply, dict) else {}
+        new = Acceptance.from_json({**old.to_json(), **fields})
+        if not 0 < new.n_train <= old.rows:
+            raise DataError(f"{peer} states {new.n_train} training rows of its {old.rows} after the split")
+        with self.ctx.store.transaction():
+            self.ctx.store.set_participant(job_id, replace(participant, acceptance=new))
+            self.ctx.store.audit.append(
+                peer, "job.replan", "ok", f"{new.n_train} training rows after the agreed split", job=job_id
+            )
 
     async def _host_training(self, job: SignedJob, accepted: list[Participant]) -> None:
         """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""

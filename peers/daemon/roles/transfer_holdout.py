@@ -15,7 +15,27 @@ each accepted participant in that order to take its step (``POST
    (``POST /v1/jobs/JOB/transfer/pins``), which that participant pins against its own
    confirmed result of that run (one use);
 4. it stores its sides for the job (:func:`fedsilo.peers.daemon.training.store_agreed_sides`),
-   which the table its SuperNode reads then carries.
+   which the table its SuperNode reads then carries;
+5. it plans DP-SGD again on the rows that split trains and replaces the job's reservation
+   by that plan (below), and answers the host its new training row count and plan, which
+   the host keeps as this participant's acceptance (the report and the card are checked
+   against it).
+
+Why the plan is made again here. A participant reserves, at acceptance, DP-SGD's plan on
+the training rows of its own seeded split. The agreement then pins shared customers to
+the sides other institutions drew, so the rows it trains on differ (a class may hold out
+more or fewer rows), and its SuperNode plans on those (the ClientApp's `split_rows`, with
+the sides in the table's split column): it would run more steps than were reserved, or
+at another sample rate. Reserving an upper bound and committing what was spent would not
+do either: the node's plan is calibrated to spend the job's whole ε on its rows, so a
+different row count is a different mechanism, not a smaller one. So the reservation is
+replaced, before the SuperNode starts, by the plan on exactly the rows it will train
+(`fedsilo.peers.daemon.training.training_rows`, the node's own split of the node's own
+table): one ledger write (`PrivacyLedger.replan`), the old plan kept until then. If the
+new plan does not fit the source's budget, or none exists (too few training rows), the
+peer declines the job: its reservation is released, the job marked failed here (the host
+fails it everywhere). The agreement before it releases nothing that DP accounts for: only
+PSI set membership, audited at both ends and counted against the list's quota.
 
 Only PSI frames and pin frames cross. The agreement's state before the split is kept in
 memory: a daemon restarted mid-agreement has lost it, and the job fails rather than
@@ -30,20 +50,23 @@ from typing import Any
 
 import numpy as np
 
-from fedsilo.errors import FedsiloError
+from fedsilo.errors import BudgetExceeded, FedsiloError
 from fedsilo.peers.alignment import aligned_rows
 from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.config import DataSource, SharedList
 from fedsilo.peers.daemon.context import PeerContext
+from fedsilo.peers.daemon.policy import SourceFacts, planned_mechanisms
+from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.shared_lists import SharedLists
 from fedsilo.peers.daemon.signed_job import SignedJob, verify_envelope
 from fedsilo.peers.daemon.store import JobRow
-from fedsilo.peers.daemon.training import agreed_sides, store_agreed_sides
+from fedsilo.peers.daemon.training import agreed_sides, store_agreed_sides, training_rows
 from fedsilo.peers.data.bank import TEST, read_table
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.manifest import Member
 from fedsilo.peers.risk_lists import dh_psi
 from fedsilo.peers.shared_holdout import HoldoutMember
+from fedsilo.privacy.accounting import Mechanism
 
 EXCHANGE_SECONDS = 120.0
 
@@ -101,8 +124,9 @@ def _frame(body: Any) -> bytes:
 class TransferHoldout:
     """One participant's half of the agreement for each transfer job with shared customers."""
 
-    def __init__(self, context: PeerContext, lists: SharedLists) -> None:
+    def __init__(self, context: PeerContext, budget: Budget, lists: SharedLists) -> None:
         self.ctx = context
+        self.budget = budget
         self.lists = lists
         self.members: dict[str, HoldoutMember] = {}
 
@@ -204,7 +228,57 @@ class TransferHoldout:
         self.members.pop(job_id, None)
         test = int((np.asarray(sides) == TEST).sum())
         await self._audit(job, "transfer.holdout", f"split agreed: {test} of {len(sides)} rows held out")
-        return {"peer": self.ctx.name, "shared": shared, "rows": len(sides), "test": test}
+        n_train, planned = await self._replan(job, signed, source, len(table))
+        return {
+            "peer": self.ctx.name,
+            "shared": shared,
+            "rows": len(sides),
+            "test": test,
+            "n_train": n_train,
+            "planned": [m.to_dict() for m in planned],
+        }
+
+    async def _replan(
+        self, job: JobRow, signed: SignedJob, source: DataSource, rows: int
+    ) -> tuple[int, list[Mechanism]]:
+        """Plan DP-SGD on the rows the agreed split trains and replace the job's reservation by that plan
+        (module docstring); Refused, with the job declined and its reservation released, if it does not fit."""
+        state_dir = self.ctx.config.state_dir
+        try:
+            n_train = await asyncio.to_thread(training_rows, signed.config, state_dir, source)
+            facts = SourceFacts(rows=rows, n_train=n_train, fingerprint="")
+            planned = await asyncio.to_thread(planned_mechanisms, signed, facts)
+        except (FedsiloError, Refused) as error:
+            reason = f"job {signed.job_id} has no DP plan on the rows its agreed split trains here: {error}"
+            await self.ctx.mailbox.ask(lambda: self._decline(job.job_id, reason))
+            raise Refused(reason, 403) from None
+
+        async def settle() -> None:
+            row = self.ctx.store.job(job.job_id)
+            if row is None or not (row.state == "accepted" or (row.hosting and row.state == "ready")):
+                raise Refused(f"job {job.job_id} is {row.state if row else 'gone'} here: its plan stays as it was", 409)
+            try:
+                with self.ctx.store.transaction():
+                    self.budget.replan(row, planned, f"planned on the {n_train} training rows of the agreed split")
+            except BudgetExceeded as error:
+                reason = f"budget: the plan on the {n_train} training rows of the agreed split does not fit: {error}"
+                await self._decline(job.job_id, reason)
+                raise Refused(reason, 403) from None
+
+        await self.ctx.mailbox.ask(settle)
+        return n_train, planned
+
+    async def _decline(self, job_id: str, reason: str) -> None:
+        """After the split, this peer cannot train the job: release its reservation and (unless it hosts
+        the job, whose failure the hosting side records) mark it failed, audited (in the mailbox)."""
+        row = self.ctx.store.job(job_id)
+        if row is None or row.state not in ("accepted", "ready"):
+            return
+        with self.ctx.store.transaction():
+            released = self.budget.release(job_id)
+            if not row.hosting:
+                self.ctx.store.set_state(job_id, "failed", reason)
+            self.ctx.audit_job("local", "job.decline", reason + ("; reservation released" if released else ""), row)
 
     @staticmethod
     async def _list_kind(client: PeerClient, url: str, peer: str, name: str) -> str | None:
