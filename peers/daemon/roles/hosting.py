@@ -2,8 +2,8 @@
 
 `Hosting` takes a model owner's signed job (`submit`), proposes it to its participants
 and records each decision, then either fails the job (too few accepted) or (a transfer
-job with shared customers first has its participants agree their split,
-`roles.transfer_holdout`) starts the SuperLink, tells the accepted participants to join, waits for training and for their
+job with shared customers first has its participants agree their split and re-plan
+their budget on it, `roles.transfer_holdout`) starts the SuperLink, tells the accepted participants to join, waits for training and for their
 spending reports (`report`, each checked against the participant's acceptance), and
 publishes the signed model and its card (`publish_model`); it tells the participants
 to replicate the model, or to cancel if the job fails (`tell_participants`).

@@ -27,7 +27,7 @@ from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.model_pull import pull_model
 from fedsilo.peers.daemon.signed_job import parse_document
 from fedsilo.peers.daemon.store import PeerStore
-from fedsilo.peers.data.bank import read_table
+from fedsilo.peers.data.bank import TRAIN, read_table
 from fedsilo.peers.data.encoding import SPLIT_COLUMN, TabularEncoder
 from fedsilo.peers.job import plan_dp
 from fedsilo.privacy.accounting import epsilon_spent
@@ -153,6 +153,16 @@ def test_a_transfer_job_trains_to_a_verified_shared_model_and_nothing_private_re
         spent = epsilon_spent(list(record.spent), 1e-5, "prv")
         planned = epsilon_spent([plan_dp(config, participant["training_rows"]).whole_job], 1e-5, "prv")
         assert participant["epsilon"] == pytest.approx(spent, rel=1e-9) and spent <= planned + 1e-9
+        # its plan was made again on the rows the agreed split trains (never the rows of its own seeded
+        # split), and the node ran exactly that plan: the mechanism reserved is the one trained
+        stored = np.load(consortium.root / name / "state" / "jobs" / "tl-e2e" / "agreed-sides.npy")
+        assert participant["training_rows"] == int((stored == TRAIN).sum())
+        plan = plan_dp(config, participant["training_rows"])
+        assert all(
+            (m.sample_rate, m.noise_multiplier) == (plan.sample_rate, plan.noise_multiplier) for m in record.spent
+        )
+        assert sum(m.steps for m in record.spent) == plan.whole_job.steps
+        assert actions[name].count("budget.replan") == 1
         assert ledger_rows(consortium, name)["tl-e2e"] == "committed"
         budget = call(consortium, OWNER, "GET", f"{consortium.addresses[name]}/v1/budget")["sources"][0]
         assert budget["spent_epsilon"] == pytest.approx(spent, rel=1e-9) and budget["reserved_epsilon"] == 0
