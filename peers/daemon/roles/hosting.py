@@ -190,8 +190,9 @@ class Hosting:
         participant = self.ctx.store.participant(job_id, peer)
         assert participant is not None and participant.acceptance is not None
         old = participant.acceptance
-        fields = {k: reply.get(k) for k in ("n_train", "planned")} if isinstance(reply, dict) else {}
-        new = Acceptance.from_json({**old.to_json(), **fields})
+        if not isinstance(reply, dict):
+            raise DataError(f"{peer} answered its step with {type(reply).__name__}, not {{n_train, planned, ...}}")
+        new = Acceptance.from_json({**old.to_json(), "n_train": reply.get("n_train"), "planned": reply.get("planned")})
         if not 0 < new.n_train <= old.rows:
             raise DataError(f"{peer} states {new.n_train} training rows of its {old.rows} after the split")
         with self.ctx.store.transaction():

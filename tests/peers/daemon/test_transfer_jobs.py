@@ -10,11 +10,12 @@ distributed DP and one whose vocabulary its table does not hold.
 
 import base64
 import copy
+import re
 
 import numpy as np
 import pytest
 
-from fedsilo.errors import ConfigError
+from fedsilo.errors import ConfigError, DataError
 from fedsilo.peers.alignment import aligned_rows
 from fedsilo.peers.daemon.config import load_config
 from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
@@ -290,3 +291,39 @@ def test_pins_that_leave_no_training_row_make_the_peer_decline_with_its_reservat
         < len(actions) - 1 - actions[::-1].index("job.decline")
     )
     assert audit[-2][1] == "job.decline" and audit[-2][3].endswith("at least one training row; reservation released")
+
+
+BAD_PLANS = [
+    ({"n_train": 10_000, "planned": []}, "states 10000 training rows of its 400 after the split"),
+    ({"n_train": 0, "planned": []}, "states 0 training rows of its 400"),
+    ({"n_train": "200", "planned": []}, "'n_train' is missing or not of the right type"),
+    ({"n_train": 200, "planned": [{"steps": -1}]}, "'planned' is not a list of mechanisms"),
+    ({"n_train": 200}, "'planned' is missing"),
+    ("accepted", "bank-a answered its step with str, not {n_train, planned, ...}"),
+]
+
+
+def test_a_participants_bad_plan_after_the_split_is_refused_by_the_host_and_its_acceptance_kept(consortium, tmp_path):
+    """A participant answering its step with a plan that is not one (from the host's side): DataError naming
+    the field, and the host keeps the acceptance it had, against which the report is then checked."""
+    consortium.write_peer_toml("bank-a", policy=ALLOW_ALL)
+    envelope = _envelope(consortium, tmp_path / "job.toml", "tl-bad-plan", TRANSFER + "\nshared-customers = true")
+
+    async def body():
+        async with running(consortium, ["bank-a"]) as services:
+            async with member_client(consortium, OWNER) as client:
+                await client.call("POST", f"{consortium.addresses['bank-a']}/v1/jobs", envelope)
+            service = services["bank-a"]
+            before = service.context.store.participant("tl-bad-plan", "bank-a")
+            for reply, fragment in BAD_PLANS:
+                with pytest.raises(DataError, match=re.escape(fragment)):
+                    await service.context.mailbox.ask(
+                        lambda reply=reply: service.hosting._replanned("tl-bad-plan", "bank-a", reply)
+                    )
+            return before, service.context.store.participant("tl-bad-plan", "bank-a")
+
+    try:
+        before, after = run(body())
+    finally:
+        consortium.write_peer_toml("bank-a")
+    assert before.acceptance is not None and after == before
