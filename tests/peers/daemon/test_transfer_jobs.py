@@ -8,6 +8,7 @@ shared customers when it lacks the list the earlier participant's PSI needs, one
 distributed DP and one whose vocabulary its table does not hold.
 """
 
+import asyncio
 import base64
 import copy
 import re
@@ -20,7 +21,7 @@ from fedsilo.peers.alignment import aligned_rows
 from fedsilo.peers.daemon.config import load_config
 from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
 from fedsilo.peers.daemon.signed_job import job_document
-from fedsilo.peers.daemon.training import working_table
+from fedsilo.peers.daemon.training import store_agreed_sides, working_table
 from fedsilo.peers.data.bank import TEST, TRAIN, read_table, split_rows
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.job import plan_dp
@@ -327,3 +328,38 @@ def test_a_participants_bad_plan_after_the_split_is_refused_by_the_host_and_its_
     finally:
         consortium.write_peer_toml("bank-a")
     assert before.acceptance is not None and after == before
+
+
+def test_sides_changed_after_the_replan_start_no_supernode_and_release_the_reservation(consortium, tmp_path):
+    """bank-b's stored sides are not those its reservation was planned on (replaced after the re-plan): its
+    SuperNode would train another mechanism than the reserved one, so it does not start; the job fails there
+    and its reservation is released, nothing spent."""
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL)
+    with open(consortium.config_path("bank-b"), "a") as handle:
+        handle.write(SHARED_LIST)
+    envelope = _envelope(consortium, tmp_path / "job.toml", "tl-changed", TRANSFER + "\nshared-customers = true")
+    job_dir = consortium.root / "bank-b" / "state" / "jobs" / "tl-changed"
+
+    async def body():
+        async with running(consortium, ["bank-b"]):
+            assert (await propose(consortium, envelope))["decision"] == "accepted"
+            await _pin_then_split(consortium, "tl-changed", 0)  # every shared customer on the training side
+            half = np.where(np.arange(400) % 2 == 0, TEST, TRAIN).astype(np.int8)  # 200 training rows, not 400
+            store_agreed_sides(job_dir.parent.parent, "tl-changed", half, 400)
+            async with member_client(consortium, "bank-a") as client:
+                url = f"{consortium.addresses['bank-b']}/v1/jobs/tl-changed/start"
+                await client.call("POST", url, {"fleet_address": "127.0.0.1:9"})
+            for _ in range(100):
+                if ("tl-changed", "failed") in state_of(consortium, "bank-b")[0]:
+                    break
+                await asyncio.sleep(0.1)
+
+    try:
+        run(body())
+    finally:
+        consortium.write_peer_toml("bank-b")
+    jobs, ledger, audit = state_of(consortium, "bank-b")
+    assert ("tl-changed", "failed") in jobs and not [row for row in ledger if row[0] == "tl-changed"]
+    failed = [entry for entry in audit if entry[1] == "job.failed"][-1][3]
+    assert "would train 200 rows" in failed and "which is not the reservation" in failed
+    assert not (job_dir / "peer" / "logs" / "supernode.log").exists()
