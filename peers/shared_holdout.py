@@ -24,8 +24,17 @@ any identifier:
 
 What crosses between institutions: PSI frames (group elements only) and pin frames
 (a count and bits). What an institution learns beyond the PSI's results: the
-lower-indexed one's train/test side of the customers they share, a seeded draw at
-the test fraction within each class.
+lower-indexed one's train/test side of the customers they share, a stratified draw at
+the test fraction within each class (so a side says nothing of the customer's label
+beyond that fraction's rounding).
+
+Where the split's randomness comes from: ``seed`` (an int) makes the split reproducible,
+which simulations need (the same run gives the same split). Between daemons the seed is
+the signed job's, known to every member and the host, so anyone holding a table could
+recompute its split; there ``seed=None`` draws each institution's free rows from the OS
+CSPRNG (32 bytes of ``os.urandom``), and the agreed sides are kept (written into the
+job's split column), not recomputed. The pins still carry the lowest holder's side to
+every other holder, so the agreement does not depend on the seed.
 
 Why not derive the side from a keyed hash of ``H(id)^ab`` (no pin frames at all):
 every pair has its own element, so a customer held by three institutions would get
@@ -39,6 +48,7 @@ passing every frame through ``wire`` if given. Semi-honest model, as the PSI.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,7 +99,7 @@ class HoldoutMember:
     :meth:`frame_for` each higher-indexed institution.
     """
 
-    def __init__(self, index: int, labels: np.ndarray, test_fraction: float, seed: int) -> None:
+    def __init__(self, index: int, labels: np.ndarray, test_fraction: float, seed: int | None) -> None:
         self.index, self.labels = index, np.asarray(labels)
         self.test_fraction, self.seed = test_fraction, seed
         self.pinned = np.full(len(self.labels), FREE, dtype=np.int8)
@@ -120,8 +130,14 @@ class HoldoutMember:
         self.pinned[rows] = sides
 
     def split(self) -> np.ndarray:
-        """TRAIN or TEST per row: pinned rows keep their side, the rest are split as usual."""
-        _, test = split_train_test(self.labels, self.test_fraction, self.seed, self.pinned)
+        """TRAIN or TEST per row: pinned rows keep their side, the rest are split as usual.
+
+        With ``seed=None`` the free rows are drawn from the OS CSPRNG (fresh at every call).
+        """
+        if self.sides is not None:
+            raise ProtocolError(f"institution {self.index} has already split its rows; it splits once")
+        seed = int.from_bytes(os.urandom(32), "big") if self.seed is None else self.seed
+        _, test = split_train_test(self.labels, self.test_fraction, seed, self.pinned)
         sides = np.full(len(self.labels), TRAIN, dtype=np.int8)
         sides[test] = TEST
         self.sides = sides
@@ -172,7 +188,7 @@ def agree_holdout(
     ids: Sequence[Sequence[str]],
     labels: Sequence[np.ndarray],
     test_fraction: float,
-    seed: int,
+    seed: int | None,
     *,
     kind: str | None = "id",
     workers: Workers | None = None,
@@ -182,7 +198,8 @@ def agree_holdout(
 
     ``ids[i]`` and ``labels[i]`` are institution ``i``'s customer ids and labels, row for
     row (ids distinct per institution). ``wire`` sees every frame that would cross
-    between institutions. Runs the protocol of the module docstring in one process.
+    between institutions. ``seed=None`` draws every split from the OS CSPRNG (see the
+    module docstring). Runs the protocol of the module docstring in one process.
     """
     if len(ids) != len(labels):
         raise DataError(f"{len(ids)} id lists for {len(labels)} label arrays: give one of each per institution")

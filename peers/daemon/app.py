@@ -345,6 +345,20 @@ async def vertical_score(request: web.Request) -> web.Response:
     )
 
 
+async def transfer_holdout(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await _service(request).transfer_holdout.step(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
+async def transfer_pins(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return web.json_response(
+        await _service(request).transfer_holdout.pins(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
 async def score_job(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(
@@ -513,6 +527,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/jobs/{job_id}/vertical/align", vertical_align),
     ("POST", "/v1/jobs/{job_id}/vertical/release", vertical_release),
     ("POST", "/v1/jobs/{job_id}/vertical/score", vertical_score),
+    ("POST", "/v1/jobs/{job_id}/transfer/holdout", transfer_holdout),
+    ("POST", "/v1/jobs/{job_id}/transfer/pins", transfer_pins),
     ("POST", "/v1/proposals", propose_job),
     ("GET", "/v1/models", list_models),
     ("GET", "/v1/models/{job_id}", get_model),

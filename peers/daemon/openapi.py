@@ -142,6 +142,22 @@ def spec() -> dict[str, Any]:
                     params=("job_id",),
                 )
             },
+            "/v1/jobs/{job_id}/transfer/holdout": {
+                "post": _op(
+                    "transfer jobs with shared customers, at a participant (the host only), in name order: "
+                    "split, PSI with every later participant, send it the pins; answers {peer, shared, rows, test}",
+                    body="{order: [participant]}",
+                    params=("job_id",),
+                )
+            },
+            "/v1/jobs/{job_id}/transfer/pins": {
+                "post": _op(
+                    "transfer jobs with shared customers, from an earlier participant: the sides of the customers "
+                    "of its both-sides PSI session with this peer's list; answers {peer, shared}",
+                    body="{session: hex, frame: base64}",
+                    params=("job_id",),
+                )
+            },
             "/v1/proposals": {
                 "post": _op(
                     "a host proposes a job; answers {decision: accepted|declined, reason, ...}",

@@ -7,8 +7,7 @@ strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared m
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
 column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (transfer jobs with shared customers or distributed DP; gbdt jobs other than
-horizontal; vertical jobs
+cannot train over the network (transfer jobs with distributed DP; gbdt jobs other than horizontal; vertical jobs
 with distributed DP or other than two participants), saying what is missing. A vertical job's own
 acceptance (its plan and its source's checks) is `roles.vertical`'s.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
@@ -139,14 +138,6 @@ def check_trainable(job: SignedJob) -> None:
     Called after `check_policy` and before any budget is reserved, so such a job is
     declined with nothing spent or held.
     """
-    if job.setup == "transfer" and job.shared_customers:
-        raise Refused(
-            "not yet supported: this transfer job declares shared customers (job.shared-customers = true), "
-            "which needs the institutions to agree a PSI holdout between their daemons before training, and "
-            "the daemons do not run that agreement yet; sign the job without shared customers, or run it in "
-            "simulation (fedsilo simulate --setup transfer --overlap ...)",
-            403,
-        )
     if job.config.model.kind == "gbdt" and job.setup != "horizontal":
         raise Refused(f"not yet supported: gbdt jobs train horizontally only, this one is {job.setup}", 403)
     if job.setup == "transfer" and job.config.dp.mode == "distributed":

@@ -28,6 +28,7 @@ from fedsilo.peers.daemon.roles.list_serving import ListServing
 from fedsilo.peers.daemon.roles.participating import Participating
 from fedsilo.peers.daemon.roles.reconciliation import Reconciliation
 from fedsilo.peers.daemon.roles.replication import Replication
+from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
 from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.roles.views import Views
 from fedsilo.peers.identity.consortium import Identity
@@ -55,6 +56,9 @@ class PeerService:
         self.list_serving = ListServing(context)
         self.vertical = Vertical(context, self.budget, self.list_serving.lists)
         self.participating.vertical = self.hosting.vertical = self.vertical
+        self.transfer_holdout = self.hosting.transfer_holdout = TransferHoldout(
+            context, self.budget, self.list_serving.lists
+        )
         self.reconciliation = Reconciliation(context, self.budget, self.participating, self.hosting)
         self.views = Views(context)
         contexts = [context.client.ssl_context] + ([server_tls] if server_tls is not None else [])

@@ -38,8 +38,8 @@ column names, which every institution's table holds under those names where it h
 them) and `model.shared` (the parameter-name prefixes that are aggregated, e.g.
 `["shared_input", "hidden", "head"]`; never `input`, the own-columns block); a job of
 another setup must state neither. `shared-customers` (transfer only, default false)
-declares that the institutions share customers, which needs a PSI holdout agreement
-between the daemons first. All three are in the signed document.
+declares that the institutions share customers: the daemons agree their holdout by PSI
+before training (`roles.transfer_holdout`). All three are in the signed document.
 The owner signs the canonical JSON of the job document (which includes a random
 128-bit nonce and the expiry) with its key; the envelope carries the document, the
 signature and the owner's certificate. `verify_envelope` accepts it only if the

@@ -6,20 +6,29 @@ gets, and where a job's working directory is. A participant whose source declare
 id column trains on a copy of its table without that column, written in the job's
 working directory on the same machine; in a transfer job that copy is the institution's
 table in the order its encoder reads it (`fedsilo.peers.data.vocabulary.institution_table`:
-the shared-vocabulary columns, NaN where it lacks one, then its own columns).
+the shared-vocabulary columns, NaN where it lacks one, then its own columns). A transfer
+job with shared customers stores the train/test side its institutions agreed for each row
+(`store_agreed_sides`, from `fedsilo.peers.shared_holdout`) in the job's directory; the copy
+then carries them in `SPLIT_COLUMN`, which the ClientApp's split keeps
+(`fedsilo.peers.data.bank.split_rows`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
+
+from fedsilo.errors import DataError
 from fedsilo.peers.daemon.config import DataSource
 from fedsilo.peers.daemon.sealing import seals
-from fedsilo.peers.data.bank import read_table
+from fedsilo.peers.data.bank import TEST, TRAIN, read_table, split_rows
+from fedsilo.peers.data.encoding import SPLIT_COLUMN
 from fedsilo.peers.data.vocabulary import institution_table
 from fedsilo.peers.deployment import (
     HostedTraining,
@@ -38,6 +47,7 @@ from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
 
 NODE_KEY_DIR = "node-key"
+AGREED_SIDES = "agreed-sides.npy"
 _FLEET_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):([0-9]{1,5})")
 
 
@@ -82,19 +92,70 @@ def finish_hosting(hosted: HostedTraining, timeout: float) -> TrainingResult:
     return hosted.wait(timeout=timeout)
 
 
+def _sides_path(state_dir: Path, job_id: str) -> Path:
+    return state_dir / "jobs" / job_id / AGREED_SIDES
+
+
+def store_agreed_sides(state_dir: Path, job_id: str, sides: np.ndarray, rows: int) -> None:
+    """Keep the agreed TRAIN/TEST side of each of the source's `rows` rows for the job (written atomically).
+
+    DataError, with nothing written, unless `sides` holds one TRAIN or TEST per row.
+    """
+    sides = np.asarray(sides)
+    if sides.shape != (rows,) or not np.isin(sides, (TRAIN, TEST)).all():
+        raise DataError(
+            f"the agreed split must give each of the source's {rows} rows a side, {TRAIN} (train) or {TEST} "
+            f"(test); got {sides.shape[0] if sides.ndim == 1 else sides.shape} value(s): nothing stored"
+        )
+    path = _sides_path(state_dir, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npy")
+    np.save(partial, sides.astype(np.int8))
+    os.replace(partial, path)
+
+
+def agreed_sides(state_dir: Path, job_id: str) -> np.ndarray | None:
+    """The sides stored by `store_agreed_sides` for the job, or None."""
+    path = _sides_path(state_dir, job_id)
+    return np.load(path, allow_pickle=False) if path.exists() else None
+
+
+def working_table(job: JobConfig, state_dir: Path, source: DataSource) -> Path:
+    """The table this peer's SuperNode reads for `job`: the source itself, or a copy in the job's directory
+    without its id column, in a transfer job's column order, carrying the agreed sides (module docstring)."""
+    work_dir = state_dir / "jobs" / job.job_id / "peer"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data_path = source.path
+    sides = agreed_sides(state_dir, job.job_id)
+    if source.id_column or job.vocabulary or sides is not None:
+        frame = read_table(source.path).drop(columns=[source.id_column] if source.id_column else [], errors="ignore")
+        if sides is not None:
+            if len(sides) != len(frame):
+                raise DataError(
+                    f"the split agreed for job {job.job_id} covers {len(sides)} rows, but data source "
+                    f"{source.name} now has {len(frame)}: the table changed since the agreement; run the job again"
+                )
+            frame[SPLIT_COLUMN] = sides
+        if job.vocabulary:
+            frame = institution_table(frame, job.vocabulary, job.label)
+        data_path = work_dir / "table.parquet"
+        frame.to_parquet(data_path, index=False)
+    return Path(data_path)
+
+
+def training_rows(job: JobConfig, state_dir: Path, source: DataSource) -> int:
+    """How many rows this peer's SuperNode trains on in `job`: the training side of `working_table`'s
+    split, computed as its ClientApp computes it (`split_rows`, honouring the agreed sides)."""
+    frame = read_table(working_table(job, state_dir, source))
+    return len(split_rows(frame, job.label, job.train.test_fraction, job.train.seed)[0])
+
+
 def start_joining(
     job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str, source: DataSource, host: str = ""
 ) -> JoinedTraining:
     """Start this peer's SuperNode for `job`; under the gm suite its Fleet traffic is sealed to `host`."""
     work_dir = state_dir / "jobs" / job.job_id / "peer"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    data_path = source.path
-    if source.id_column or job.vocabulary:
-        frame = read_table(source.path).drop(columns=[source.id_column] if source.id_column else [], errors="ignore")
-        if job.vocabulary:
-            frame = institution_table(frame, job.vocabulary, job.label)
-        data_path = work_dir / "table.parquet"
-        frame.to_parquet(data_path, index=False)
+    data_path = working_table(job, state_dir, source)
     signing = identity.key_path.parent / SIGNING_KEY if identity.signing_key is not None else None
     files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path, signing)
     seal = SealTarget(identity.key_path.parent, identity.manifest_path, host) if seals(identity) else None

@@ -2,7 +2,8 @@
 
 Model. Each data source (one institution's table of customer records) has a total
 budget (ε, δ) and an accountant name ("rdp" or "prv"). A job *reserves* the
-mechanisms it plans to run before it starts, then *commits* what it actually ran, or
+mechanisms it plans to run before it starts (and may *replan*, replacing that reservation
+by a new plan that fits, while it has not started), then *commits* what it actually ran, or
 *releases* the reservation if it never ran. At every point the ledger guarantees
 
     epsilon_spent(committed + all active reservations, δ, accountant) <= budget ε
@@ -192,6 +193,27 @@ class PrivacyLedger(abc.ABC):
                     f"job {job_id!r} is already {jobs[job_id].state} on data source {source!r}; use a new job id"
                 )
             total = self._eps(record, [*self._all(jobs), *planned])
+            self._check_budget(record, jobs, total, job_id)
+            self._put_job(source, JobRecord(job_id, "reserved", planned))
+            return total
+
+    def replan(self, source: str, job_id: str, planned: Sequence[Mechanism | PureMechanism]) -> float:
+        """Replace the reservation of ``job_id`` by ``planned``, a new plan of the same job (still reserved).
+
+        For a job whose plan is settled only after it was reserved (e.g. its training
+        rows change before it starts): one check and one write, so the reservation is
+        either the old plan or the new one, never neither. Returns the projected total
+        ε as :meth:`reserve` does. Raises BudgetExceeded, changing nothing, if the new
+        plan does not fit beside everything else; LedgerError if the job has no
+        reservation or is already committed.
+        """
+        _check_name(job_id, "job_id")
+        planned = _check_mechanisms(planned, "planned")
+        with self._transaction(write=True):
+            record = self._require_source(source)
+            jobs = self._get_jobs(source)
+            self._require_reserved(source, job_id, jobs, "replan")
+            total = self._eps(record, [*self._all(jobs, exclude=job_id), *planned])
             self._check_budget(record, jobs, total, job_id)
             self._put_job(source, JobRecord(job_id, "reserved", planned))
             return total

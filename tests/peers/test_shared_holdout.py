@@ -139,3 +139,52 @@ def test_a_bank_table_carries_its_agreed_sides_to_the_client_split(tmp_path):
     data = load_bank(str(tmp_path / "bank.parquet"), str(tmp_path / "encoder.json"), 0.2, 0)
     held_out = np.sort(np.round(data.x_test[:, 0].numpy() * frame["x"].std(ddof=0) + frame["x"].mean()))
     assert np.array_equal(held_out, np.flatnonzero(sides == TEST))
+
+
+def _sides_by_customer(ids, sides):
+    by: dict[int, set[int]] = {}
+    for own, own_sides in zip(ids, sides):
+        for identifier, side in zip(own, own_sides):
+            by.setdefault(_customer(identifier), set()).add(int(side))
+    return by
+
+
+@pytest.mark.parametrize("parties", [2, 3])
+def test_a_split_drawn_from_the_os_csprng_is_still_one_side_per_shared_customer(parties):
+    """seed=None (the daemons' mode): sides agree at every holder, each class keeps its test fraction."""
+    ids, labels = _institutions(2)
+    ids, labels = ids[:parties], labels[:parties]
+    agreement = agree_holdout(ids, labels, 0.2, seed=None, kind="customer")
+    by = _sides_by_customer(ids, agreement.sides)
+    shared = [c for c in by if sum(c in {_customer(x) for x in own} for own in ids) > 1]
+    assert len(shared) == (150 if parties == 2 else 325)
+    assert all(len(by[c]) == 1 for c in by)
+    for own_labels, own_sides in zip(labels, agreement.sides):
+        for value in (0.0, 1.0):
+            assert abs((own_sides[own_labels == value] == TEST).mean() - 0.2) < 0.03
+    again = agree_holdout(ids, labels, 0.2, seed=None, kind="customer")  # a fresh draw, not a replay
+    assert not np.array_equal(agreement.sides[0], again.sides[0])
+
+
+def test_a_member_with_the_public_seed_cannot_recompute_a_csprng_split():
+    """The attacker knows the signed job (its seed) and even institution 0's labels, row for row.
+
+    With the job's seed it reproduces a seeded split exactly; drawn from the OS CSPRNG, its
+    recomputed test set overlaps the real one no better than two independent draws.
+    """
+    ids, labels = _institutions(3)
+    job_seed = 7
+    guess = set(split_train_test(labels[0], 0.2, job_seed)[1])
+    seeded = agree_holdout(ids[:2], labels[:2], 0.2, seed=job_seed, kind="customer")
+    assert set(np.flatnonzero(seeded.sides[0] == TEST)) == guess  # the seeded split is public
+    drawn = agree_holdout(ids[:2], labels[:2], 0.2, seed=None, kind="customer")
+    test = set(np.flatnonzero(drawn.sides[0] == TEST))
+    overlap = len(test & guess) / len(test)
+    assert overlap < 0.3  # chance is the test fraction, 0.2 (150 test rows: sd ≈ 0.03)
+
+
+def test_a_member_splits_once():
+    member = HoldoutMember(0, np.zeros(10), 0.2, None)
+    member.split()
+    with pytest.raises(ProtocolError, match="splits once"):
+        member.split()

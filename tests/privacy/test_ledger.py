@@ -132,6 +132,26 @@ def test_commit_over_budget_is_refused_and_changes_nothing(ledger: PrivacyLedger
     ledger.commit("cards", "j1", JOB)  # still reserved, still committable
 
 
+def test_replan_replaces_a_reservation_or_changes_nothing(ledger: PrivacyLedger):
+    ledger.set_budget("cards", BUDGET, DELTA)
+    ledger.reserve("cards", "j1", JOB)
+    ledger.reserve("cards", "j2", JOB)
+    smaller = [Mechanism(1.1, 0.01, 300)]
+    assert ledger.replan("cards", "j1", smaller) == pytest.approx(epsilon_spent(smaller + JOB, DELTA))
+    assert ledger.jobs("cards")["j1"].mechanisms == tuple(smaller)
+    assert ledger.jobs("cards")["j1"].state == "reserved"
+    before = ledger.jobs("cards")
+    with pytest.raises(BudgetExceeded, match="'j1' would bring"):
+        ledger.replan("cards", "j1", JOB * 2)  # three jobs' worth with j2: over the budget
+    assert ledger.jobs("cards") == before
+    ledger.commit("cards", "j2", JOB)
+    with pytest.raises(LedgerError, match="cannot replan job 'j2'.*already committed"):
+        ledger.replan("cards", "j2", smaller)
+    with pytest.raises(LedgerError, match="cannot replan job 'j9'.*no reservation"):
+        ledger.replan("cards", "j9", smaller)
+    assert ledger.jobs("cards")["j2"].mechanisms == tuple(JOB)
+
+
 def test_double_reserve_and_double_commit_are_refused(ledger: PrivacyLedger):
     ledger.set_budget("cards", BUDGET, DELTA)
     ledger.reserve("cards", "j1", JOB)

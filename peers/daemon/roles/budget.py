@@ -2,7 +2,8 @@
 
 `Budget` owns the ledger's entries of this peer's data sources: it sets each source's
 budget from peer.toml at start (`set_from_config`), reserves a job's planned mechanisms
-when this peer accepts it (`reserve`), commits what was spent (`commit`) and releases an
+when this peer accepts it (`reserve`), replaces that plan when the job's training rows
+change before it starts (`replan`), commits what was spent (`commit`) and releases an
 untouched reservation (`release`). Every method runs inside the caller's store
 transaction (in the mailbox), with the ledger write the last step of the transaction's
 work, and writes one audit entry; it calls no other role.
@@ -50,6 +51,19 @@ class Budget:
             f"projected ε = {projected:.4f} of {self.ctx.config.sources[job.source].epsilon:g}",
             job,
         )
+
+    def replan(self, job: JobRow, planned: list[Mechanism], why: str) -> float:
+        """Replace the job's reservation by `planned` (its plan once its training rows are settled), audited;
+        the projected ε. BudgetExceeded, with the old reservation kept, if the new plan does not fit."""
+        assert job.source is not None
+        projected = self.ctx.ledger.replan(job.source, job.job_id, planned)
+        self.ctx.audit_job(
+            "local",
+            "budget.replan",
+            f"{why}: projected ε = {projected:.4f} of {self.ctx.config.sources[job.source].epsilon:g}",
+            job,
+        )
+        return projected
 
     def commit(self, job: JobRow, spent: list[Mechanism] | None) -> list[Mechanism]:
         """Commit this peer's reservation for `job` as `spent`, or in full if None.

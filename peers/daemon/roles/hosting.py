@@ -1,8 +1,9 @@
 """The jobs this peer hosts: take a model owner's job, propose it, start training, collect reports, publish.
 
 `Hosting` takes a model owner's signed job (`submit`), proposes it to its participants
-and records each decision, then either fails the job (too few accepted) or starts the
-SuperLink, tells the accepted participants to join, waits for training and for their
+and records each decision, then either fails the job (too few accepted) or (a transfer
+job with shared customers first has its participants agree their split and re-plan
+their budget on it, `roles.transfer_holdout`) starts the SuperLink, tells the accepted participants to join, waits for training and for their
 spending reports (`report`, each checked against the participant's acceptance), and
 publishes the signed model and its card (`publish_model`); it tells the participants
 to replicate the model, or to cancel if the job fails (`tell_participants`).
@@ -16,7 +17,9 @@ own report here. It calls `Budget` for the ledger.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
 from fedsilo.peers.daemon.policy import check_policy, check_trainable
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.participating import Participating
+from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
 from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.daemon.store import ACTIVE_STATES
@@ -48,6 +52,7 @@ class Hosting:
         self.budget = budget
         self.participating = participating
         self.vertical: Vertical | None = None  # set by the service: vertical jobs run there
+        self.transfer_holdout: TransferHoldout | None = None  # set by the service: shared customers' split
 
     async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A model owner's signed job, to be hosted here and proposed to its participants."""
@@ -158,8 +163,52 @@ class Hosting:
             except PeerUnreachable as error:
                 log.warning("could not tell %s to %s job %s: %s", member.name, action, job_id, error)
 
+    async def _agree_holdout(self, job: SignedJob, accepted: list[Participant]) -> str | None:
+        """Ask each accepted participant, in name order, to take its step of the shared customers' split
+        (`roles.transfer_holdout`) and keep the plan it reserved on its agreed rows; the reason it failed, or None."""
+        assert self.transfer_holdout is not None
+        order = sorted(p.peer for p in accepted)
+        me = self.ctx.identity.manifest.member(self.ctx.name)
+        assert me is not None
+        for peer in order:
+            try:
+                if peer == self.ctx.name:
+                    reply = await self.transfer_holdout.step(me, job.job_id, {"order": order})
+                else:
+                    address = self.ctx.address(peer)
+                    reply = await self.ctx.client.call(
+                        "POST", f"{address}/v1/jobs/{job.job_id}/transfer/holdout", {"order": order}
+                    )
+                await self.ctx.mailbox.ask(functools.partial(self._replanned, job.job_id, peer, reply))
+            except (FedsiloError, PeerUnreachable, Refused) as error:
+                return f"the shared customers' split was not agreed at {peer}: {error}"
+        return None
+
+    async def _replanned(self, job_id: str, peer: str, reply: Any) -> None:
+        """Keep, as `peer`'s acceptance, the training rows and plan it reserved once its split was agreed
+        (`roles.transfer_holdout`): its report and the card are then checked against what it trains.
+        DataError if the reply does not state them (a count within its rows, a list of mechanisms)."""
+        participant = self.ctx.store.participant(job_id, peer)
+        assert participant is not None and participant.acceptance is not None
+        old = participant.acceptance
+        if not isinstance(reply, dict):
+            raise DataError(f"{peer} answered its step with {type(reply).__name__}, not {{n_train, planned, ...}}")
+        new = Acceptance.from_json({**old.to_json(), "n_train": reply.get("n_train"), "planned": reply.get("planned")})
+        if not 0 < new.n_train <= old.rows:
+            raise DataError(f"{peer} states {new.n_train} training rows of its {old.rows} after the split")
+        with self.ctx.store.transaction():
+            self.ctx.store.set_participant(job_id, replace(participant, acceptance=new))
+            self.ctx.store.audit.append(
+                peer, "job.replan", "ok", f"{new.n_train} training rows after the agreed split", job=job_id
+            )
+
     async def _host_training(self, job: SignedJob, accepted: list[Participant]) -> None:
         """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""
+        if job.setup == "transfer" and job.shared_customers:
+            reason = await self._agree_holdout(job, accepted)
+            if reason is not None:
+                await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+                return
         keys = [_acceptance(p).node_public_key for p in accepted]
         try:
             hosted = await asyncio.to_thread(

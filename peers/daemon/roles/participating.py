@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from fedsilo.errors import FedsiloError
+from fedsilo.errors import DataError, FedsiloError
 from fedsilo.peers.daemon import training
 from fedsilo.peers.daemon.context import PeerContext, job_id_of
 from fedsilo.peers.daemon.participants import Acceptance, Report
@@ -33,10 +33,12 @@ from fedsilo.peers.daemon.policy import (
     source_facts,
 )
 from fedsilo.peers.daemon.roles.budget import Budget
+from fedsilo.peers.daemon.roles.transfer_holdout import check_holdout_list
 from fedsilo.peers.daemon.roles.vertical import Vertical
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.manifest import Member
+from fedsilo.peers.job import JobConfig, plan_dp
 from fedsilo.privacy.accounting import Mechanism
 
 log = logging.getLogger("fedsilo.peer")
@@ -91,6 +93,8 @@ class Participating:
             assert self.vertical is not None
             rows, n_train, fingerprint, planned = await asyncio.to_thread(self.vertical.acceptance_facts, job, source)
         else:
+            if job.setup == "transfer" and job.shared_customers:
+                check_holdout_list(job, source, self.ctx.config.lists, self.ctx.name)
             facts = await asyncio.to_thread(source_facts, source, job, self.ctx.identity.manifest.suite)
             check_model_size(job, self.ctx.config.policy, facts.features)
             rows, n_train, fingerprint = facts.rows, facts.n_train, facts.fingerprint
@@ -160,6 +164,7 @@ class Participating:
         config, _ = parse_document(job.envelope["job"])
         source = self.ctx.config.sources[job.source]
         try:
+            await asyncio.to_thread(self.check_agreed_plan, config, job.source)
             joined = await asyncio.to_thread(
                 training.start_joining,
                 config,
@@ -187,6 +192,25 @@ class Participating:
         finally:
             self.ctx.running.pop(f"{job_id}/peer", None)
         return await self.ctx.mailbox.ask(lambda: self._close(job_id, spent, failure))
+
+    def check_agreed_plan(self, config: JobConfig, source_name: str) -> None:
+        """For a job whose split was agreed (`roles.transfer_holdout`), DataError unless DP-SGD's plan on the rows
+        its SuperNode is about to train is exactly the one reserved: then nothing starts and nothing unreserved
+        is spent. The agreed sides pin every row and a changed row count is refused (`training.working_table`),
+        so this holds unless the stored sides or the reservation changed after the re-plan; it is checked
+        rather than assumed. Other jobs: nothing to check."""
+        state_dir = self.ctx.config.state_dir
+        if training.agreed_sides(state_dir, config.job_id) is None:
+            return
+        n_train = training.training_rows(config, state_dir, self.ctx.config.sources[source_name])
+        record = self.ctx.ledger.jobs(source_name).get(config.job_id)
+        trained = plan_dp(config, n_train).whole_job
+        if record is None or record.state != "reserved" or record.mechanisms != (trained,):
+            raise DataError(
+                f"the SuperNode of job {config.job_id} would train {n_train} rows with {trained}, which is not "
+                f"the reservation ({list(record.mechanisms) if record else 'none'}): data source {source_name} "
+                "or its agreed sides changed since the re-plan; run the job again"
+            )
 
     async def _close(self, job_id: str, spent: list[Mechanism], failure: str | None) -> Report | None:
         """Commit `spent` (or release an untouched reservation); returns the report for the host."""

@@ -2,7 +2,9 @@
 
 The synthetic transfer scenario's bank, card issuer and broker each hold their own
 columns and part of the shared vocabulary (under its canonical names). The owner signs
-a transfer job stating the vocabulary and the shared parameters; each peer reserves, at
+a transfer job stating the vocabulary and the shared parameters, and shared customers
+(the tables' IDs overlap): before training the daemons agree, by pairwise PSI and pin
+frames, one train/test side for every shared customer (`roles.transfer_holdout`); each peer reserves, at
 acceptance, DP-SGD's plan on its own training rows; the host fits the shared-vocabulary
 encoder from the peers' aggregates of those columns, each peer appends the encoder of
 its own columns, fitted from its own rows; the peers train the split-input model and
@@ -24,7 +26,9 @@ from fedsilo.peers.client import node_state
 from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.model_pull import pull_model
 from fedsilo.peers.daemon.signed_job import parse_document
-from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.daemon.store import PeerStore
+from fedsilo.peers.data.bank import TRAIN, read_table
+from fedsilo.peers.data.encoding import SPLIT_COLUMN, TabularEncoder
 from fedsilo.peers.job import plan_dp
 from fedsilo.privacy.accounting import epsilon_spent
 from fedsilo.simulations.data.schemas import synthetic_scenario, synthetic_transfer_table
@@ -65,6 +69,12 @@ def consortium(tmp_path_factory):
     for name in PEERS:
         tables[name].to_csv(consortium.root / name / "data.csv", index=False)
         consortium.write_peer_toml(name, policy=POLICY)
+        others = [p for p in PEERS if p != name]
+        with open(consortium.config_path(name), "a") as handle:  # the shared customers' PSI (another test)
+            handle.write(
+                f'\n[lists.credit-card]\npath = "data.csv"\nid-column = "ID"\npsi = {json.dumps(others)}\n'
+                'psi-modes = ["both"]\npsi-protocols = ["dh"]\npsi-quota = 100000\n'
+            )
     consortium.vocabulary = vocabulary
     consortium.tables = tables
     processes = {name: start(consortium, name) for name in consortium.peers}
@@ -81,7 +91,8 @@ def transfer_job(consortium, path, job_id, extra=""):
 
 
 def test_a_transfer_job_trains_to_a_verified_shared_model_and_nothing_private_reaches_the_host(consortium, tmp_path):
-    envelope = signed(consortium, transfer_job(consortium, tmp_path / "job.toml", "tl-e2e"))
+    job_file = transfer_job(consortium, tmp_path / "job.toml", "tl-e2e", extra="shared-customers = true\n")
+    envelope = signed(consortium, job_file)
     host = consortium.addresses["bank"]
     assert call(consortium, OWNER, "POST", f"{host}/v1/jobs", envelope)["state"] == "proposing"
     view = wait_for(consortium, "bank", "tl-e2e", ("finished", "failed"))
@@ -109,6 +120,27 @@ def test_a_transfer_job_trains_to_a_verified_shared_model_and_nothing_private_re
     assert encoder.input_columns == consortium.vocabulary
     shared_size = sum(v.size for v in model.values())
 
+    # shared customers (the tables' IDs 0..n-1 overlap): before training every pair of daemons ran the PSI on
+    # its ids and the pins followed the name order; each stored its sides, its SuperNode's table carried them,
+    # and every shared id has one side at all its institutions
+    sides = {}
+    for name in PEERS:
+        stored = np.load(consortium.root / name / "state" / "jobs" / "tl-e2e" / "agreed-sides.npy")
+        ids = consortium.tables[name]["ID"].to_numpy()
+        assert len(stored) == len(ids)
+        for identifier, side in zip(ids, stored):
+            sides.setdefault(int(identifier), set()).add(int(side))
+        table = consortium.root / name / "state" / "jobs" / "tl-e2e" / "peer" / "table.parquet"
+        assert np.array_equal(read_table(table)[SPLIT_COLUMN].to_numpy(), stored)
+    shared = [i for i in sides if sum(i < len(consortium.tables[n]) for n in PEERS) > 1]
+    assert shared and all(len(sides[i]) == 1 for i in shared)
+    actions = {name: _actions(consortium, name, "tl-e2e") for name in PEERS}
+    first, second, third = sorted(PEERS)  # bank, broker, card-issuer
+    assert actions[first].count("psi.run") == 2 and actions[third].count("transfer.pins") == 2
+    assert actions[second].count("psi.run") == 1 and actions[second].count("transfer.pins") == 1
+    assert {"psi.answer", "psi.confirm"} <= set(actions[second]) & set(actions[third])
+    assert all(actions[name].count("transfer.holdout") == 1 for name in PEERS)
+
     config, _ = parse_document(envelope["job"])
     private = {}
     assert sorted(p["peer"] for p in card["participants"]) == sorted(PEERS)
@@ -121,6 +153,16 @@ def test_a_transfer_job_trains_to_a_verified_shared_model_and_nothing_private_re
         spent = epsilon_spent(list(record.spent), 1e-5, "prv")
         planned = epsilon_spent([plan_dp(config, participant["training_rows"]).whole_job], 1e-5, "prv")
         assert participant["epsilon"] == pytest.approx(spent, rel=1e-9) and spent <= planned + 1e-9
+        # its plan was made again on the rows the agreed split trains (never the rows of its own seeded
+        # split), and the node ran exactly that plan: the mechanism reserved is the one trained
+        stored = np.load(consortium.root / name / "state" / "jobs" / "tl-e2e" / "agreed-sides.npy")
+        assert participant["training_rows"] == int((stored == TRAIN).sum())
+        plan = plan_dp(config, participant["training_rows"])
+        assert all(
+            (m.sample_rate, m.noise_multiplier) == (plan.sample_rate, plan.noise_multiplier) for m in record.spent
+        )
+        assert sum(m.steps for m in record.spent) == plan.whole_job.steps
+        assert actions[name].count("budget.replan") == 1
         assert ledger_rows(consortium, name)["tl-e2e"] == "committed"
         budget = call(consortium, OWNER, "GET", f"{consortium.addresses[name]}/v1/budget")["sources"][0]
         assert budget["spent_epsilon"] == pytest.approx(spent, rel=1e-9) and budget["reserved_epsilon"] == 0
@@ -147,3 +189,12 @@ def test_a_transfer_job_trains_to_a_verified_shared_model_and_nothing_private_re
     for name, weights in private.items():
         needle = np.ascontiguousarray(weights[0]).tobytes()  # one row of its private block
         assert not any(needle in path.read_bytes() for path in host_files), name
+
+
+def _actions(consortium, name, job_id):
+    """The actions of `name`'s audit log about `job_id` or no job (PSI answers; SQLite, read while it runs)."""
+    store = PeerStore(consortium.root / name / "state")
+    try:
+        return [e.action for e in store.audit.entries() if e.job in (job_id, None)]
+    finally:
+        store.conn.close()
