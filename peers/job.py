@@ -164,6 +164,17 @@ class JobConfig:
                 "dp.mode 'distributed' needs the job's public total of training rows "
                 "(job.public-rows), the gradient normaliser every peer uses",
             )
+            # Distributed DP bounds one round's noisy sum by the clip only if the gradients it sums are taken
+            # at weights that are a function of earlier releases. A private block (model.shared: transfer)
+            # would train on the bank's rows without noise, and every row's gradient would then depend on
+            # every other row: the sensitivity, and the job's ε, would not hold. DP-SGD (dp.mode local) noises
+            # both blocks under one accountant.
+            _require(
+                not self.shared,
+                "dp.mode 'distributed' cannot train a private block (model.shared names the aggregated "
+                f"parameters {list(self.shared)}; the rest would train on each bank's rows without noise, so "
+                "the noisy sum's sensitivity and the job's ε would not hold): use dp.mode 'local' (--dp local) for transfer",
+            )
         if self.model.kind == "gbdt":
             _require(
                 self.public_rows >= 1,

@@ -7,7 +7,7 @@ strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared m
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
 column encodes to at least one input). `check_trainable` then declines a job the policy allows but this release
-cannot train over the network (transfer jobs with distributed DP; gbdt jobs other than horizontal; vertical jobs
+cannot train over the network (gbdt jobs other than horizontal; vertical jobs
 with distributed DP or other than two participants), saying what is missing. A vertical job's own
 acceptance (its plan and its source's checks) is `roles.vertical`'s.
 `source_facts` reads the peer's own table (on this machine) for what a decision and the
@@ -140,12 +140,6 @@ def check_trainable(job: SignedJob) -> None:
     """
     if job.config.model.kind == "gbdt" and job.setup != "horizontal":
         raise Refused(f"not yet supported: gbdt jobs train horizontally only, this one is {job.setup}", 403)
-    if job.setup == "transfer" and job.config.dp.mode == "distributed":
-        raise Refused(
-            "not yet supported: transfer jobs train over the network with local DP only (dp.mode = local); "
-            "distributed DP's noise shares are not sized for a split-input model there yet",
-            403,
-        )
     if job.setup == "vertical" and job.config.dp.mode != "local":
         raise Refused(
             "not yet supported: vertical jobs run the coded scheme (each code released once by randomized "

@@ -84,3 +84,15 @@ def test_the_job_plan_is_the_plan_of_its_public_numbers(mode):
     assert plan_dp(job, 500) == expected
     assert (expected.sample_rate, expected.steps_per_round) == (2**-3.75, 28)  # 32/500 rounded up; 14 steps an epoch
     assert (expected.noise_multiplier == 0.0) == (mode == "off")
+
+
+def test_distributed_dp_refuses_a_private_block():
+    """A transfer job's private block would train without noise under distributed DP: refused by name."""
+    from fedsilo.peers.job import SecAggSpec
+
+    base = {"label": "y", "encoder_path": "encoder.json"}
+    distributed = {**base, "dp": DPSpec(mode="distributed"), "public_rows": 600, "secagg": SecAggSpec()}
+    JobConfig(job_id="h", **distributed)  # horizontal: every trainable parameter is aggregated
+    with pytest.raises(ConfigError, match=r"cannot train a private block .*'shared_input', 'hidden', 'head'"):
+        JobConfig(job_id="t", shared=("shared_input", "hidden", "head"), **distributed)
+    JobConfig(job_id="t", shared=("shared_input", "hidden", "head"), dp=DPSpec(mode="local"), **base)  # DP-SGD: both

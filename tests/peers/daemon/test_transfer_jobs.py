@@ -141,10 +141,6 @@ def test_a_transfer_job_reserves_dp_sgds_plan_on_the_peers_own_training_rows(con
             "the first in name order: it has no such list",
         ),
         (
-            TRANSFER + "\npublic-rows = 640\ndp-mode = distributed",
-            "not yet supported: transfer jobs train over the network with local DP only",
-        ),
-        (
             'setup = "transfer"\nmodel-shared = ["head"]\nmodel-shared-vocabulary = ["age", "income"]',
             "data source credit-card holds none of the transfer job's shared-vocabulary columns (age, income)",
         ),
@@ -363,3 +359,9 @@ def test_sides_changed_after_the_replan_start_no_supernode_and_release_the_reser
     failed = [entry for entry in audit if entry[1] == "job.failed"][-1][3]
     assert "would train 200 rows" in failed and "which is not the reservation" in failed
     assert not (job_dir / "peer" / "logs" / "supernode.log").exists()
+
+
+def test_a_transfer_job_with_distributed_dp_is_refused_before_it_is_signed(consortium, tmp_path):
+    """Its private block would train without noise: the owner's signing refuses it, nothing reaches a peer."""
+    with pytest.raises(ConfigError, match="dp.mode 'distributed' cannot train a private block"):
+        _envelope(consortium, tmp_path / "job.toml", "tl-dist", TRANSFER + "\npublic-rows = 640\ndp-mode = distributed")
