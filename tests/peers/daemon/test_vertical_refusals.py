@@ -92,7 +92,7 @@ def test_the_feature_party_reserves_its_one_release_on_acceptance_and_refuses_ou
 @pytest.mark.parametrize(
     "extra, participants, fragment",
     [
-        ('public-rows = 1000\n[dp]\nmode = "distributed"', None, "not yet supported: vertical jobs run the coded"),
+        ('public-rows = 1000\n[dp]\nmode = "distributed"', None, "not yet supported: vertical jobs run with local DP"),
         ("", ["broker", "bank", "outsider"], "a vertical job runs between its label holder (the host) and one"),
     ],
 )
