@@ -168,8 +168,6 @@ def check_trainable(job: SignedJob) -> None:
             + job.config.dp.mode,
             403,
         )
-    if job.setup == "vertical" and job.vertical_scheme == "split":
-        raise Refused("not yet supported: vertical jobs of the split scheme run in simulation only", 403)
     if job.setup == "vertical" and len(job.participants) != 2:
         raise Refused(
             f"a vertical job runs between its label holder (the host) and one feature party; it names "

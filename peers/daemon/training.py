@@ -60,6 +60,7 @@ def start_hosting(
     peers: int,
     node_keys: Sequence[str],
     min_peers: int = 1,
+    vertical: bool = False,
 ) -> HostedTraining:
     """Start the job's SuperLink (serving this peer's certificate) for `peers` accepted peers; the run
     fails once fewer than `min_peers` (the job's min-participants) are left."""
@@ -74,6 +75,7 @@ def start_hosting(
         suite=identity.manifest.suite,
         seal_identity=(identity.key_path.parent, identity.manifest_path) if seals(identity) else None,
         min_peers=min_peers,
+        vertical=vertical,
     )
 
 
@@ -82,14 +84,28 @@ def finish_hosting(hosted: HostedTraining, timeout: float) -> TrainingResult:
     return hosted.wait(timeout=timeout)
 
 
+def peer_work_dir(state_dir: Path, job_id: str) -> Path:
+    """This peer's SuperNode directory for a job (its durable privacy record, a split vertical job's party)."""
+    return state_dir / "jobs" / job_id / "peer"
+
+
 def start_joining(
-    job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str, source: DataSource, host: str = ""
+    job: JobConfig,
+    state_dir: Path,
+    identity: Identity,
+    fleet_address: str,
+    source: DataSource,
+    host: str = "",
+    party: Path | None = None,
 ) -> JoinedTraining:
-    """Start this peer's SuperNode for `job`; under the gm suite its Fleet traffic is sealed to `host`."""
-    work_dir = state_dir / "jobs" / job.job_id / "peer"
+    """Start this peer's SuperNode for `job`; under the gm suite its Fleet traffic is sealed to `host`.
+    `party`: a split vertical job's party file (`roles.vertical_split`), which the SuperNode plays."""
+    work_dir = peer_work_dir(state_dir, job.job_id)
     work_dir.mkdir(parents=True, exist_ok=True)
     data_path = source.path
-    if source.id_column or job.vocabulary:
+    if party is not None:
+        data_path = party  # the party holds this peer's encoded rows of the shared customers; no table copy
+    elif source.id_column or job.vocabulary:
         frame = read_table(source.path).drop(columns=[source.id_column] if source.id_column else [], errors="ignore")
         if job.vocabulary:
             frame = institution_table(frame, job.vocabulary, job.label)
@@ -99,7 +115,15 @@ def start_joining(
     files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path, signing)
     seal = SealTarget(identity.key_path.parent, identity.manifest_path, host) if seals(identity) else None
     return join_training(
-        job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path, identity=files, seal=seal
+        job,
+        work_dir,
+        fleet_address,
+        identity.ca_path,
+        state_dir / NODE_KEY_DIR,
+        data_path,
+        identity=files,
+        seal=seal,
+        party=party,
     )
 
 

@@ -32,6 +32,7 @@ from fedsilo.peers.deployment.host import _wait_until_listening, free_port, job_
 from fedsilo.peers.deployment.local_ca import make_local_tls
 from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
 from fedsilo.peers.deployment.tls import node_key_path
+from fedsilo.peers.flower_app import CLIENT_APP_ENV, PARTY_NODE_KEY
 from fedsilo.peers.identity.round_keys import IdentityFiles
 from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
@@ -52,9 +53,12 @@ class JoinResult:
     spent: list[Mechanism]
 
 
-def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: IdentityFiles | None) -> str:
+def _node_config(
+    data_path: Path, state_dir: Path, job: JobConfig, identity: IdentityFiles | None, party: Path | None = None
+) -> str:
     """Flower's `--node-config` string (TOML values)."""
     entries = {
+        **({PARTY_NODE_KEY: party} if party is not None else {}),
         "data-path": data_path,
         "state-dir": state_dir,
         "job-id": job.job_id,
@@ -137,6 +141,7 @@ def join_training(
     warm: bool = True,
     identity: IdentityFiles | None = None,
     seal: SealTarget | None = None,
+    party: Path | None = None,
 ) -> JoinedTraining:
     """Start this peer's SuperNode, with the ClientApp in its process, for `job`; return at once.
 
@@ -144,6 +149,8 @@ def join_training(
     instead (its SuperExec starts one `flwr-clientapp` process per message, with
     Flower's own polling waits): the baseline `bench/deployed_round.py --stock` measures.
     `identity` (this peer's consortium identity files) is required for a secure-aggregation job.
+    With `party` (a split vertical job: the party file its daemon wrote, `fedsilo.peers.vertical.apps`) the
+    SuperNode runs the vertical parties' ClientApp on it, and only for a run whose app declares that one.
     With `seal` (gm suite) the SuperNode talks to a loopback `fleet_seal` forwarder, which seals
     every Fleet payload end to end to the job's host.
     """
@@ -164,7 +171,9 @@ def join_training(
     # The ε cap every round is checked against: from the job this peer accepted, on its disk, never from the host.
     node_state.open_record(work_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta, job.dp.accountant))
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
-    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
+    supervisor = Supervisor(
+        work_dir / "logs", job_environment(work_dir, {CLIENT_APP_ENV: "vertical"} if party is not None else None)
+    )
     try:
         superlink, roots = fleet_address, str(ca_cert)
         if seal is not None:
@@ -191,7 +200,7 @@ def join_training(
                 "--max-retries",
                 str(CONNECT_RETRIES),
                 "--node-config",
-                _node_config(Path(data_path).resolve(), work_dir, job, identity),
+                _node_config(Path(data_path).resolve(), work_dir, job, identity, party),
             ],
         )
         return JoinedTraining(job, work_dir, fleet_address, supervisor)

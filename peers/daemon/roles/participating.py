@@ -34,6 +34,7 @@ from fedsilo.peers.daemon.policy import (
 )
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.vertical import Vertical
+from fedsilo.peers.daemon.roles.vertical_split import VerticalSplit, is_split
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.manifest import Member
@@ -50,6 +51,7 @@ class Participating:
         self.ctx = context
         self.budget = budget
         self.vertical: Vertical | None = None  # set by the service (vertical jobs' own acceptance)
+        self.split: VerticalSplit | None = None  # set by the service (the split scheme's acceptance and party)
 
     async def propose(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A host proposes a job; this peer decides by its policy and budget (the reply is the decision's JSON)."""
@@ -87,7 +89,10 @@ class Participating:
             raise Refused(
                 f"this peer has no data source {job.source!r} (it has: {', '.join(self.ctx.config.sources)})", 403
             )
-        if job.setup == "vertical":  # the label holder plans nothing, the feature party one code per customer
+        if is_split(job):  # each party plans its Gaussian releases (`roles.vertical_split`)
+            assert self.split is not None
+            rows, n_train, fingerprint, planned = await asyncio.to_thread(self.split.acceptance_facts, job, source)
+        elif job.setup == "vertical":  # the label holder plans nothing, the feature party one code per customer
             assert self.vertical is not None
             rows, n_train, fingerprint, planned = await asyncio.to_thread(self.vertical.acceptance_facts, job, source)
         else:
@@ -160,6 +165,12 @@ class Participating:
         config, _ = parse_document(job.envelope["job"])
         source = self.ctx.config.sources[job.source]
         try:
+            party = None
+            if is_split(job):  # this peer's party, from its own rows in the agreed order (`roles.vertical_split`)
+                assert self.split is not None
+                signed = self.split.coded._stored(job)
+                work_dir = training.peer_work_dir(self.ctx.config.state_dir, job_id)
+                party = await asyncio.to_thread(self.split.party_file, job, signed, work_dir)
             joined = await asyncio.to_thread(
                 training.start_joining,
                 config,
@@ -168,6 +179,7 @@ class Participating:
                 fleet_address,
                 source,
                 job.host,
+                party,
             )
 
             async def register() -> bool:  # in the mailbox: a cancel or failure either sees it or ran before
