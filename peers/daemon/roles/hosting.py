@@ -173,9 +173,9 @@ class Hosting:
             reason = f"a vertical job runs between its label holder and one feature party; accepted: {len(accepted)}"
             await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
             return
-        await self.ctx.mailbox.ask(
-            lambda: self.ctx.set_state(job.job_id, "training", "job.training", "aligning with the feature party by PSI")
-        )
+        # still "ready": nothing of this peer's is released before its SuperNode runs, so a failed alignment
+        # releases the reservation (a failure in training commits it whole)
+        await self.ctx.mailbox.ask(lambda: self._set_detail(job.job_id, "aligning with the feature party by PSI"))
         try:
             async with PeerClient(self.ctx.identity, timeout=EXCHANGE_SECONDS) as client:
                 shared = await self.split.align(job, others[0], client)
@@ -183,6 +183,9 @@ class Hosting:
             reason = f"the vertical job failed: {type(error).__name__}: {error}"
             await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
             return
+        row = self.ctx.store.job(job.job_id)
+        if row is None or row.state != "ready":
+            return  # cancelled while aligning (the cancellation settled the ledgers)
         log.info("job %s: %d customers shared with %s; training starts", job.job_id, shared, others[0])
         await self._host_training(job, accepted)
 
@@ -206,11 +209,9 @@ class Hosting:
             await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
             return
         self.ctx.running[job.job_id] = hosted
-        detail = f"SuperLink at {hosted.fleet_address}"
-        if split:  # the job is training already (its alignment ran): one more audited state is noise
-            await self.ctx.mailbox.ask(lambda: self._set_detail(job.job_id, detail))
-        else:
-            await self.ctx.mailbox.ask(lambda: self.ctx.set_state(job.job_id, "training", "job.training", detail))
+        await self.ctx.mailbox.ask(
+            lambda: self.ctx.set_state(job.job_id, "training", "job.training", f"SuperLink at {hosted.fleet_address}")
+        )
         for participant in accepted:
             if participant.peer == self.ctx.name:
                 self.ctx.spawn(self._join_own(job.job_id, hosted.fleet_address))
@@ -277,11 +278,11 @@ class Hosting:
         await self.tell_participants(job.job_id, "replicate", prefix="models")
 
     async def _set_detail(self, job_id: str, detail: str) -> None:
-        """Change a training job's detail (in the mailbox), unless it ended meanwhile."""
+        """Change a ready or training job's detail (in the mailbox), unless it ended meanwhile."""
         row = self.ctx.store.job(job_id)
-        if row is not None and row.state == "training":
+        if row is not None and row.state in ("ready", "training"):
             with self.ctx.store.transaction():
-                self.ctx.store.set_state(job_id, "training", detail)
+                self.ctx.store.set_state(job_id, row.state, detail)
 
     @staticmethod
     def _lost(job_id: str, nodes: tuple[int, ...], lost_nodes: list[int], accepted: list[Participant]) -> list[str]:
