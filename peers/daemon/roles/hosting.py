@@ -275,7 +275,8 @@ class Hosting:
                 + (f"; lost during training: {', '.join(lost)}" if lost else ""),
             )
         )
-        await self.tell_participants(job.job_id, "replicate", prefix="models")
+        if not split:  # a split job's model is the label holder's part, kept there (as the coded scheme's)
+            await self.tell_participants(job.job_id, "replicate", prefix="models")
 
     async def _set_detail(self, job_id: str, detail: str) -> None:
         """Change a ready or training job's detail (in the mailbox), unless it ended meanwhile."""

@@ -81,6 +81,8 @@ def _check_ledgers_and_card(consortium, services, card, tmp_path) -> None:
                 assert list(service.store.participant("split-1", peer).acceptance.planned) == planned
         spent = service.ledger.status("credit-card").spent_epsilon
         assert 2.9 < spent <= 3.0 + 1e-6, (name, spent)
+    assert services["bank"].store.model("split-1") is None  # the label holder's part is not replicated to the bank
+    assert (consortium.root / "bank" / "state" / "jobs" / "split-1" / "peer" / "bank.final.safetensors").is_file()
     spending = {p["peer"]: p["epsilon"] for p in card["participants"]}
     assert set(spending) == {"broker", "bank"} and all(2.9 < e <= 3.0 + 1e-6 for e in spending.values())
 
