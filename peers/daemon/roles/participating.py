@@ -168,9 +168,8 @@ class Participating:
             party = None
             if is_split(job):  # this peer's party, from its own rows in the agreed order (`roles.vertical_split`)
                 assert self.split is not None
-                signed = self.split.coded._stored(job)
                 work_dir = training.peer_work_dir(self.ctx.config.state_dir, job_id)
-                party = await asyncio.to_thread(self.split.party_file, job, signed, work_dir)
+                party = await asyncio.to_thread(self.split.party_file, job, work_dir)
             joined = await asyncio.to_thread(
                 training.start_joining,
                 config,

@@ -167,10 +167,11 @@ class VerticalSplit:
         return self.ctx.config.state_dir / "vertical" / job_id
 
     # -- each side's party (blocking) ------------------------------------------------------
-    def party_file(self, row: JobRow, signed: SignedJob, work_dir: Path) -> Path:
+    def party_file(self, row: JobRow, work_dir: Path) -> Path:
         """Write this peer's party of the job into `work_dir` (its SuperNode's directory), from its own rows in
-        the agreed order; DataError if it has not aligned."""
+        the agreed order (the job as this peer accepted it); DataError if it has not aligned."""
         assert row.source is not None
+        signed = self.coded._stored(row)
         source = self.ctx.config.sources[row.source]
         frame = read_table(source.path)
         aligned = BankRelease(self._state(row.job_id), len(frame)).alignment()
