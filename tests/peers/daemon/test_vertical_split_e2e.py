@@ -140,3 +140,40 @@ def test_a_split_vertical_job_trains_between_two_daemons_on_the_deployment_engin
     from_bank = {a for e in result["exchanges"] if e["message_type"] == "train.vertical_embed" for a in e["arrays"]}
     assert from_bank and all(a.startswith("values (") and a.endswith(f", {WIDTH})") for a in from_bank), from_bank
     assert len(result["epochs"]) == EPOCHS
+
+
+def test_a_split_job_whose_alignment_fails_releases_both_reservations(tmp_path, monkeypatch):
+    """The bank's PSI quota is smaller than the broker's table: the alignment is refused before anything is
+    released, so the broker's job fails with its reservation released (not committed) and the bank's too."""
+    monkeypatch.setattr("tests.peers.daemon.test_vertical_e2e.POLICY", SPLIT_POLICY)
+    consortium = make_consortium(tmp_path / "c", peers=("broker", "bank"), rows=10)
+    _data(consortium.root, customers=600)
+    _configure(consortium)
+    config = consortium.config_path("bank")
+    config.write_text(config.read_text().replace("psi-quota = 100000", "psi-quota = 10"))
+    job_file = consortium.job_toml(
+        tmp_path / "job.toml", "split-2", ["broker", "bank"], epsilon=3.0, extra='setup = "vertical"'
+    )
+    job_file.write_text(job_file.read_text() + '\n[vertical]\nscheme = "split"\n')
+
+    async def body() -> None:
+        async with running(consortium) as services:
+            broker_url = consortium.addresses["broker"]
+            async with member_client(consortium, OWNER) as owner:
+                await owner.call("POST", f"{broker_url}/v1/jobs", signed(consortium, job_file))
+                view = await _wait_long(owner, broker_url, "split-2", seconds=60)
+            assert view["state"] == "failed" and "429" in view["detail"], view
+            for _ in range(100):
+                if services["bank"].store.job("split-2").state == "cancelled":
+                    break
+                await asyncio.sleep(0.1)
+            for name, state in (("broker", "failed"), ("bank", "cancelled")):
+                service = services[name]
+                assert service.store.job("split-2").state == state, name
+                assert "split-2" not in service.ledger.jobs("credit-card"), name  # released: no entry left
+                assert service.ledger.status("credit-card").spent_epsilon == 0.0
+                actions = [e.action for e in service.store.audit.entries() if e.job == "split-2"]
+                assert "budget.release" in actions and "budget.commit" not in actions, (name, actions)
+            assert not (consortium.root / "broker" / "state" / "jobs" / "split-2").exists()  # no engine started
+
+    run(body())
