@@ -210,7 +210,11 @@ class VerticalSplit:
         its encoder, and metrics (the held-out shared customers' AUC, computed here with its own labels)."""
         source = self.ctx.config.sources[job.source]
         state = read_final_state(work_dir, self.ctx.name)
-        probabilities = state.pop("scores.probabilities")
+        probabilities = state.pop("scores.probabilities", None)
+        if probabilities is None:
+            raise DataError(
+                f"{self.ctx.name}'s SuperNode ended job {job.job_id} without scoring its held-out customers"
+            )
         frame = read_table(source.path)
         aligned = BankRelease(self._state(job.job_id), len(frame)).alignment()
         assert aligned is not None
