@@ -1,4 +1,4 @@
-"""A vertical job (the coded scheme) between two real daemons against the same job in simulation.
+"""A vertical job (the coded or the split scheme) between two real daemons against the same job in simulation.
 
 The same scenario (the pooled table of `fedsilo simulate --setup vertical`, dealt into the
 broker's and the bank's customers by `deal_customers`), the same model, epochs, batch
@@ -12,6 +12,16 @@ size and learning rate run twice per repeat, alternating:
   broker (the label holder, host); both daemons accept it and reserve; the broker runs the
   both-sides DH-PSI against the bank's daemon, asks for the codes once, trains its model
   and publishes it; the bench pulls the model and reads its per-epoch times.
+
+With ``--scheme split`` the job is the split scheme (``[vertical] scheme = "split"``: bottom
+model at the bank, top at the broker, noised embeddings and gradients every batch):
+
+* ``simulation`` -- on Flower's Simulation Engine, as `fedsilo simulate --setup vertical
+  --vertical-scheme split` runs it (`build_parties`, then `train_and_score_on_engine`: one
+  virtual SuperNode per party and the relay ServerApp), without the yardsticks;
+* ``deployment`` -- the signed split job between the two daemons: the broker's PSI and
+  alignment, its SuperLink with the relay ServerApp, one SuperNode per daemon
+  (`fedsilo.peers.daemon.roles.vertical_split`); the epochs are the relay's own timings.
 
 Reported per arm: the alignment, the release, the median epoch (epochs 2..R; the first
 carries the release in simulation) and the whole job (deployment: from submitting the
@@ -27,6 +37,7 @@ on one thread, which would flatter the deployment.
     python bench/deployed_vertical.py                         # synthetic scenario, 3 repeats
     python bench/deployed_round.py --setup vertical           # the same
     python bench/deployed_vertical.py --customers 30000 --epochs 5
+    python bench/deployed_vertical.py --scheme split --customers 3000 --epochs 3
     python bench/deployed_vertical.py --data ../shared/data/UCI_Credit_Card.csv
 
 A measurement, not a pass/fail test: other processes on the machine move the figures (the
@@ -68,16 +79,19 @@ from fedsilo.simulations.vertical import (
     PARTY_COLUMNS,
     build_parties,
     deal_customers,
+    plan_parties,
     pooled_table,
+    split_spec,
 )
 from fedsilo.simulations.vertical_coded import _broker_model, exchange
+from fedsilo.simulations.vertical_engine import train_and_score_on_engine
 
 OWNER = "risk-dept"
-EPSILON = 1.0
+EPSILON = {"coded": 1.0, "split": 3.0}
 HIDDEN = (16,)
 POLICY = (
     f'model-owners = ["{OWNER}"]\nmax-epsilon-per-job = 3.0\nmin-participants = 2\n'
-    'setups = ["vertical"]\nvertical-label-holders = ["broker"]\n'
+    'setups = ["vertical"]\nvertical-label-holders = ["broker"]\nvertical-schemes = ["coded", "split"]\n'
 )
 
 
@@ -113,6 +127,28 @@ def simulated(config: SimulationConfig, overlap: float) -> dict[str, float | lis
         "shared": float(len(parties.joint)),
         "align": aligned - started,
         "release": released - aligned,
+        "epochs": [s.seconds for s in history],
+        "job": done - started,
+    }
+
+
+def simulated_split(config: SimulationConfig, overlap: float) -> dict[str, float | list[float]]:
+    """The split scheme on Flower's Simulation Engine (alignment, then training and scoring), in seconds."""
+    spec = split_spec(config)
+    _, holder_dp, party_dp = plan_parties(config, spec)
+    table = pooled_table(config)
+    started = time.perf_counter()
+    parties = build_parties(table, config, spec, holder_dp, party_dp, overlap)
+    aligned = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedsilo-bench-split-") as work:
+        history, _ = train_and_score_on_engine(
+            parties.holder, [parties.party], config.rounds, config.batch_size, config.seed, Path(work)
+        )
+    done = time.perf_counter()
+    return {
+        "shared": float(len(parties.joint)),
+        "align": aligned - started,
+        "train": done - aligned,
         "epochs": [s.seconds for s in history],
         "job": done - started,
     }
@@ -154,14 +190,15 @@ def setup(root: Path, config: SimulationConfig, overlap: float) -> dict[str, str
     return urls
 
 
-def job_file(root: Path, job_id: str, config: SimulationConfig) -> Path:
+def job_file(root: Path, job_id: str, config: SimulationConfig, scheme: str = "coded") -> Path:
     path = root / f"{job_id}.toml"
     path.write_text(
         f'[job]\nid = "{job_id}"\nhost = "broker"\nparticipants = ["broker", "bank"]\nmin-participants = 2\n'
         'source = "credit-card"\nlabel = "Y"\nsetup = "vertical"\n\n'
         f'[model]\nkind = "{config.model}"\nhidden = {list(config.hidden)}\n\n'
         f"[train]\nrounds = {config.rounds}\nbatch-size = {config.batch_size}\nlr = {config.lr}\n"
-        f"seed = {config.seed}\n\n[dp]\nepsilon = {EPSILON}\ndelta = 1e-5\n"
+        f"seed = {config.seed}\n\n[dp]\nepsilon = {EPSILON[scheme]}\ndelta = 1e-5\n\n"
+        f'[vertical]\nscheme = "{scheme}"\n'
     )
     return path
 
@@ -173,10 +210,12 @@ def _when(store: PeerStore, job_id: str, action: str) -> float:
     return dt.datetime.fromisoformat(times[0]).timestamp()
 
 
-async def deployed_job(root: Path, urls: dict[str, str], job_id: str, config: SimulationConfig) -> dict:
+async def deployed_job(
+    root: Path, urls: dict[str, str], job_id: str, config: SimulationConfig, scheme: str = "coded"
+) -> dict:
     """Submit the signed job to the broker, wait for it to finish, pull its model; its phases in seconds."""
     owner = Identity.load(root / OWNER / "identity")
-    envelope = sign_job(owner, job_document(job_file(root, job_id, config), OWNER))
+    envelope = sign_job(owner, job_document(job_file(root, job_id, config, scheme), OWNER))
     async with PeerClient(owner, timeout=120) as client:
         submitted = time.time()
         await client.call("POST", f"{urls['broker']}/v1/jobs", envelope)
@@ -192,6 +231,17 @@ async def deployed_job(root: Path, urls: dict[str, str], job_id: str, config: Si
         metrics = json.loads((root / f"{job_id}-model" / "metrics.json").read_text())
     broker, bank = PeerStore(root / "broker" / "state"), PeerStore(root / "bank" / "state")
     psi, aligned = _when(broker, job_id, "psi.run"), _when(bank, job_id, "vertical.align")
+    if scheme == "split":  # the SuperLink starts after the alignment; the model is published last
+        published = _when(broker, job_id, "model.publish")
+        return {
+            "shared": float(metrics["shared_customers"]),
+            "accept": psi - submitted,
+            "align": aligned - psi,
+            "train": published - aligned,
+            "epochs": [float(e["seconds"]) for e in metrics["epochs"]],
+            "job": finished - submitted,
+            "auc": metrics["vertical_auc_shared"],
+        }
     received, published = _when(broker, job_id, "vertical.receive"), _when(broker, job_id, "model.publish")
     return {
         "shared": float(metrics["shared_customers"]),
@@ -218,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="jobs per arm, alternating (default 3)")
+    parser.add_argument("--scheme", choices=("coded", "split"), default="coded", help="the vertical scheme")
     parser.add_argument("--keep", type=Path, help="keep the consortium, stores and logs in this (new) directory")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -232,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         lr=0.5,
         hidden=HIDDEN,
         seed=args.seed,
-        epsilon=EPSILON,
+        epsilon=EPSILON[args.scheme],
+        vertical_scheme=args.scheme,
     )
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the daemons
@@ -240,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     urls = setup(root, config, args.overlap)
     daemons = {name: start_daemon(root / name / "peer.toml", url) for name, url in urls.items()}
     print(
-        f"coded vertical job, {'UCI' if args.data else f'synthetic scenario, {args.customers} customers'}, "
-        f"overlap {args.overlap}, mlp {list(HIDDEN)}, {args.epochs} epochs of batch {args.batch_size}, ε = {EPSILON}; "
+        f"{args.scheme} vertical job, {'UCI' if args.data else f'synthetic scenario, {args.customers} customers'}, "
+        f"overlap {args.overlap}, mlp {list(HIDDEN)}, {args.epochs} epochs of batch {args.batch_size}, ε = {EPSILON[args.scheme]}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
         flush=True,
     )
@@ -251,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             arms = ("simulation", "deployment") if repeat % 2 == 0 else ("deployment", "simulation")
             for arm in arms:
                 if arm == "simulation":
-                    figures = simulated(config, args.overlap)
+                    figures = (simulated_split if args.scheme == "split" else simulated)(config, args.overlap)
                 else:
-                    figures = asyncio.run(deployed_job(root, urls, f"vertical-{repeat + 1}", config))
+                    job_id = f"vertical-{repeat + 1}"
+                    figures = asyncio.run(deployed_job(root, urls, job_id, config, args.scheme))
                 runs[arm].append(figures)
                 phases = ", ".join(
                     f"{k} {figures[k]:.2f}" for k in ("accept", "align", "release", "train") if k in figures

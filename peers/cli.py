@@ -417,8 +417,13 @@ def _print_card(card: dict[str, Any]) -> None:
     if card.get("setup") == "vertical":
         print(
             f"model {card['job_id']} v{card['version']}: vertical ({card['scheme']} scheme), {job['model']['kind']} "
-            f"{job['model']['hidden']} at the label holder, {job['rounds']} epochs; the feature party's codes by "
-            f"randomized response at ε = {job['dp']['epsilon']:g}"
+            f"{job['model']['hidden']} at the label holder, {job['rounds']} epochs; "
+            + (
+                f"each party's noised embeddings or gradients at ε = {job['dp']['epsilon']:g}, δ = "
+                f"{job['dp']['delta']:g} (the feature party's bottom model stays with it)"
+                if card["scheme"] == "split"
+                else f"the feature party's codes by randomized response at ε = {job['dp']['epsilon']:g}"
+            )
         )
     else:
         print(

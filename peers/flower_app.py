@@ -15,6 +15,11 @@ from typing import Any
 
 CLIENT_APP = "fedsilo.peers.client.app:app"
 SERVER_APP = "fedsilo.peers.server.app:app"
+# a vertical job of the split scheme (`fedsilo.peers.vertical.deployed`): the relay, and the parties' ClientApp
+VERTICAL_CLIENT_APP = "fedsilo.peers.vertical.deployed:client_app"
+VERTICAL_SERVER_APP = "fedsilo.peers.vertical.deployed:app"
+PARTY_NODE_KEY = "vertical-party"  # node config: a split vertical job's party file, written by the peer's daemon
+CLIENT_APP_ENV = "FEDSILO_CLIENT_APP"  # "vertical": a peer's SuperNode runs VERTICAL_CLIENT_APP (set by the peer)
 HOST_OUTPUT_ENV = "FEDSILO_HOST_OUTPUT"  # where a deployed ServerApp writes its result (set by the host)
 JOB_NODES_ENV = "FEDSILO_JOB_NODES"  # the node ids a deployed ServerApp may use, comma-separated (set by the host)
 JOB_MIN_PEERS_ENV = "FEDSILO_JOB_MIN_PEERS"  # the owner-signed min-participants: fewer survivors end the job
@@ -28,8 +33,9 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def write_app_descriptor(directory: Path, run_config: Mapping[str, Any], version: str) -> Path:
-    """Write `directory/pyproject.toml` describing the fedsilo app with `run_config`."""
+def write_app_descriptor(directory: Path, run_config: Mapping[str, Any], version: str, vertical: bool = False) -> Path:
+    """Write `directory/pyproject.toml` describing the fedsilo app with `run_config` (`vertical`: the split
+    scheme's relay and parties, `fedsilo.peers.vertical.deployed`)."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
         "[project]",
@@ -42,8 +48,8 @@ def write_app_descriptor(directory: Path, run_config: Mapping[str, Any], version
         'publisher = "fedsilo"',
         "",
         "[tool.flwr.app.components]",
-        f'serverapp = "{SERVER_APP}"',
-        f'clientapp = "{CLIENT_APP}"',
+        f'serverapp = "{VERTICAL_SERVER_APP if vertical else SERVER_APP}"',
+        f'clientapp = "{VERTICAL_CLIENT_APP if vertical else CLIENT_APP}"',
         "",
         "[tool.flwr.app.config]",
     ]

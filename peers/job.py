@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 DP_MODES = ("local", "distributed", "off")
 SETUPS = ("horizontal", "transfer", "vertical")  # how a job's data is split between its peers
+VERTICAL_SCHEMES = ("coded", "split")  # how a vertical job trains (`[vertical] scheme` of a signed job)
+DEFAULT_VERTICAL_SCHEME = "coded"
 NETWORK_DP = ("local", "distributed")  # the DP mechanisms a peer's policy may allow (never "off")
 
 

@@ -63,6 +63,7 @@ from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.vertical.alignment import VerticalAlignment, align_vertical
 from fedsilo.peers.vertical.messages import BatchRequest, Embeddings, Gradients
 from fedsilo.peers.vertical.parties import FeatureParty, LabelHolder, Link, PartyDP, SplitSpec
+from fedsilo.peers.vertical.plan import party_dp, planned_mechanisms, split_releases
 from fedsilo.peers.vertical.training import EpochStats, score, train
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.audit.roc import roc
@@ -74,7 +75,6 @@ from fedsilo.privacy.audit.split_learning import (
 )
 from fedsilo.privacy.ledger.sqlite import SQLiteLedger
 from fedsilo.privacy.noise_source import SecureNoise, SeededNoise
-from fedsilo.privacy.vertical import plan_noise
 from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.data.schemas import UCI_LABEL, UCI_SOURCES, synthetic_transfer_table, uci_transfer_table
 from fedsilo.simulations.progress import Progress
@@ -292,18 +292,14 @@ def _dp(config: SimulationConfig, releases: int, scoring: bool = False) -> Party
     """A party's DP for ``releases`` per training row; ``scoring``: held-out rows' one release gets its own z."""
     if config.dp_mode == "off":
         return None
-    z = plan_noise(config.epsilon, config.delta, releases, config.accountant)
-    once = plan_noise(config.epsilon, config.delta, 1, config.accountant) if scoring else None
-    return PartyDP(z, config.epsilon, config.delta, config.accountant, 1.0, config.max_grad_norm, once)
+    return party_dp(config.epsilon, config.delta, config.accountant, releases, config.max_grad_norm, scoring)
 
 
 def plan_parties(config: SimulationConfig, spec: SplitSpec) -> tuple[dict[str, int], PartyDP | None, PartyDP | None]:
-    """(releases per training row by party, the broker's DP, the bank's DP) of a run (None: no DP).
-
-    Frozen bottoms: the broker releases nothing (its updates only, once per epoch), the bank each row once.
-    """
-    epochs = config.rounds
-    releases = {HOLDER: epochs, PARTY: 1} if spec.frozen else {HOLDER: 2 * epochs, PARTY: 2 * epochs}
+    """(releases per training row by party, the broker's DP, the bank's DP) of a run (None: no DP): the plan of
+    :mod:`fedsilo.peers.vertical.plan`, which a deployed split job reserves too."""
+    planned = split_releases(config.rounds, spec.frozen)
+    releases = {HOLDER: planned.holder, PARTY: planned.party}
     return releases, _dp(config, releases[HOLDER]), _dp(config, releases[PARTY], scoring=True)
 
 
@@ -374,7 +370,7 @@ def simulate_vertical(config: SimulationConfig, progress: Progress) -> RunSummar
         ledgers = {}
         if holder_dp is not None:
             for name, dp in ((HOLDER, holder_dp), (PARTY, party_dp)):
-                planned = [Mechanism(dp.noise_multiplier, 1.0, releases[name])]
+                planned = planned_mechanisms(dp, releases[name])
                 ledgers[name] = _ledger(path / f"ledger-{name}.sqlite", name, dp, job, planned)
         where = "on Flower's Simulation Engine" if config.runs_on == "flower" else "in this process"
         progress.stage(f"Split training on {shared:,} shared customers, {epochs} epochs, {where}")

@@ -17,6 +17,7 @@ model-readers = []               # besides the job's owner and participants
 setups = ["horizontal"]          # job setups accepted: horizontal, transfer, vertical
 dp = ["local"]                   # DP mechanisms accepted: local, distributed
 vertical-label-holders = []      # hosts (the label holders) whose vertical jobs are accepted
+vertical-schemes = ["coded"]     # vertical schemes accepted: coded, split
 max-model-parameters = 1000000   # bounds on a job (a job over one is declined, nothing reserved):
 max-rounds = 200                 #   parameters of its declared model, training rounds,
 max-batch-size = 10000           #   expected batch size,
@@ -76,7 +77,7 @@ from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.peers.identity.pki import check_name
-from fedsilo.peers.job import NETWORK_DP, SETUPS
+from fedsilo.peers.job import DEFAULT_VERTICAL_SCHEME, NETWORK_DP, SETUPS, VERTICAL_SCHEMES
 from fedsilo.peers.model_spec import JOB_MODEL_KINDS, MODEL_KINDS
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.privacy.accounting.validate import check_accountant, check_delta, check_epsilon
@@ -105,6 +106,7 @@ class Policy:
     setups: tuple[str, ...] = ("horizontal",)
     dp: tuple[str, ...] = ("local",)
     vertical_label_holders: tuple[str, ...] = ()
+    vertical_schemes: tuple[str, ...] = (DEFAULT_VERTICAL_SCHEME,)
     max_model_parameters: int = DEFAULT_MAX_MODEL_PARAMETERS
     max_rounds: int = DEFAULT_MAX_ROUNDS
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
@@ -219,6 +221,7 @@ _POLICY_KEYS = {
     "setups",
     "dp",
     "vertical-label-holders",
+    "vertical-schemes",
     "max-model-parameters",
     "max-rounds",
     "max-batch-size",
@@ -322,6 +325,7 @@ def parse_config(document: dict[str, Any], base: Path) -> PeerConfig:
             check_name(n, "policy.vertical-label-holders entry")
             for n in _names(table, "vertical-label-holders", "policy", None, ())
         ),
+        vertical_schemes=_names(table, "vertical-schemes", "policy", VERTICAL_SCHEMES, (DEFAULT_VERTICAL_SCHEME,)),
         max_model_parameters=_bound(table, "max-model-parameters", DEFAULT_MAX_MODEL_PARAMETERS),
         max_rounds=_bound(table, "max-rounds", DEFAULT_MAX_ROUNDS),
         max_batch_size=_bound(table, "max-batch-size", DEFAULT_MAX_BATCH_SIZE),

@@ -2,7 +2,7 @@
 
 `check_policy` applies peer.toml's [policy] to a verified job and raises `Refused`
 (403) with the first rule the job breaks: owner, DP on, the DP mechanism (`dp`), the
-setup (`setups`), a vertical job's label holder, ε, participants, model family,
+setup (`setups`), a vertical job's label holder and scheme (`vertical-schemes`), ε, participants, model family,
 strategy, and the bounds (`check_bounds`: rounds, batch size, and the declared model's
 parameters with one input feature, counted without building it). `check_model_size`
 weighs the model again with the width of this peer's own table once it is read (every
@@ -58,6 +58,12 @@ def check_policy(job: SignedJob, policy: Policy) -> None:
         raise Refused(
             f"policy: a vertical job's label holder is its host, {job.host}, who may not hold the labels of "
             f"vertical jobs here (allowed: {', '.join(policy.vertical_label_holders) or 'nobody'})",
+            403,
+        )
+    if job.setup == "vertical" and job.vertical_scheme not in policy.vertical_schemes:
+        raise Refused(
+            f"policy: the vertical job runs the {job.vertical_scheme} scheme; this peer allows "
+            f"{', '.join(policy.vertical_schemes) or 'none'} (peer.toml [policy] vertical-schemes)",
             403,
         )
     if config.dp.epsilon > policy.max_epsilon_per_job:
@@ -142,8 +148,9 @@ def check_trainable(job: SignedJob) -> None:
         raise Refused(f"not yet supported: gbdt jobs train horizontally only, this one is {job.setup}", 403)
     if job.setup == "vertical" and job.config.dp.mode != "local":
         raise Refused(
-            "not yet supported: vertical jobs run the coded scheme (each code released once by randomized "
-            "response at the feature party: local DP); the job asks dp.mode = " + job.config.dp.mode,
+            "not yet supported: vertical jobs run with local DP at each party (the coded scheme's randomized "
+            "response, the split scheme's noised embeddings and gradients); the job asks dp.mode = "
+            + job.config.dp.mode,
             403,
         )
     if job.setup == "vertical" and len(job.participants) != 2:

@@ -30,6 +30,7 @@ from fedsilo.peers.daemon.roles.reconciliation import Reconciliation
 from fedsilo.peers.daemon.roles.replication import Replication
 from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
 from fedsilo.peers.daemon.roles.vertical import Vertical
+from fedsilo.peers.daemon.roles.vertical_split import VerticalSplit
 from fedsilo.peers.daemon.roles.views import Views
 from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.manifest import Member
@@ -59,6 +60,7 @@ class PeerService:
         self.transfer_holdout = self.hosting.transfer_holdout = TransferHoldout(
             context, self.budget, self.list_serving.lists
         )
+        self.participating.split = self.hosting.split = VerticalSplit(context, self.vertical)
         self.reconciliation = Reconciliation(context, self.budget, self.participating, self.hosting)
         self.views = Views(context)
         contexts = [context.client.ssl_context] + ([server_tls] if server_tls is not None else [])

@@ -23,6 +23,7 @@ shared-customers = false        # transfer only: whether the institutions share 
 [train]                         # rounds, local-epochs, batch-size, lr, seed, test-fraction
 [dp]                            # mode (local or distributed), epsilon, delta, max-grad-norm, accountant
 [secagg]                        # mode, clip, dropout-fraction, collusion-fraction
+[vertical]                      # vertical only: scheme = "coded" (default) or "split"
 ```
 
 A `[model] kind = "gbdt"` job boosts trees (`fedsilo.peers.gbdt`): horizontal only, with
@@ -39,7 +40,13 @@ them) and `model.shared` (the parameter-name prefixes that are aggregated, e.g.
 `["shared_input", "hidden", "head"]`; never `input`, the own-columns block); a job of
 another setup must state neither. `shared-customers` (transfer only, default false)
 declares that the institutions share customers: the daemons agree their holdout by PSI
-before training (`roles.transfer_holdout`). All three are in the signed document.
+before training (`roles.transfer_holdout`). All three are in the signed document. A vertical job may state
+`[vertical] scheme`: `"coded"` (the default: one randomized-response code per shared
+customer, `fedsilo.peers.daemon.roles.vertical`) or `"split"` (bottom models at the
+feature party, the top at the label holder, DP-noised embeddings and gradients, on
+Flower's Deployment Engine: `fedsilo.peers.daemon.roles.vertical_split`); the document
+then carries `vertical_scheme`, covered by the signature like every other field. Any
+other value, or the section on a job of another setup, is refused.
 The owner signs the canonical JSON of the job document (which includes a random
 128-bit nonce and the expiry) with its key; the envelope carries the document, the
 signature and the owner's certificate. `verify_envelope` accepts it only if the
@@ -75,7 +82,15 @@ from fedsilo.peers.identity.pki import (
     check_name,
 )
 from fedsilo.peers.identity.signing import sign_document, sign_with_suite, verify_document, verify_with_suite
-from fedsilo.peers.job import SETUPS, DPSpec, JobConfig, SecAggSpec, TrainSpec
+from fedsilo.peers.job import (
+    DEFAULT_VERTICAL_SCHEME,
+    SETUPS,
+    VERTICAL_SCHEMES,
+    DPSpec,
+    JobConfig,
+    SecAggSpec,
+    TrainSpec,
+)
 from fedsilo.peers.model_spec import BOOST_KEYS, ModelSpec
 from fedsilo.peers.toml_file import read_toml
 from fedsilo.privacy.crypto_suite import DEFAULT_SUITE
@@ -101,6 +116,7 @@ _SECTIONS = {
     "train": {"rounds", "local-epochs", "batch-size", "lr", "seed", "test-fraction"},
     "dp": {"mode", "epsilon", "delta", "max-grad-norm", "accountant"},
     "secagg": {"mode", "clip", "dropout-fraction", "collusion-fraction"},
+    "vertical": {"scheme"},
 }
 
 
@@ -121,6 +137,7 @@ class SignedJob:
     envelope: dict[str, Any]
     setup: str = "horizontal"
     shared_customers: bool = False
+    vertical_scheme: str = DEFAULT_VERTICAL_SCHEME  # a vertical job's scheme (coded or split)
 
     @property
     def document(self) -> dict[str, Any]:
@@ -179,6 +196,7 @@ def job_document(path: Path, owner: str, now: dt.datetime | None = None) -> dict
         "label": job["label"],
         "setup": job.get("setup", "horizontal"),
         **({"shared_customers": job["shared-customers"]} if "shared-customers" in job else {}),
+        **({"vertical_scheme": document["vertical"]["scheme"]} if "scheme" in document.get("vertical", {}) else {}),
         "run_config": run_config,
         "nonce": secrets.token_hex(16),
         "created": _utc(now),
@@ -238,17 +256,34 @@ def parse_document(body: dict[str, Any]) -> tuple[JobConfig, dict[str, Any]]:
         if not isinstance(shared_customers, bool):
             raise ConfigError(f"job.shared-customers must be true or false (got {shared_customers!r})")
         _check_transfer(setup, config, shared_customers)
+        scheme = _vertical_scheme(setup, body)
         return config, {
             "job_id": job_id,
             "expires": dt.datetime.fromisoformat(body["expires"]),
             "nonce": str(body["nonce"]),
             "setup": setup,
             "shared_customers": shared_customers,
+            "vertical_scheme": scheme,
         }
     except KeyError as missing:
         raise ConfigError(f"the job document lacks {missing}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"the job document is malformed ({exc})") from None
+
+
+def _vertical_scheme(setup: str, body: dict[str, Any]) -> str:
+    """The vertical scheme a document states (coded when absent); ConfigError for an unknown one, or one
+    stated by a job of another setup."""
+    if "vertical_scheme" not in body:
+        return DEFAULT_VERTICAL_SCHEME
+    scheme = body["vertical_scheme"]
+    if setup != "vertical":
+        raise ConfigError(f"[vertical] scheme belongs to vertical jobs only; this job's setup is {setup}")
+    if scheme not in VERTICAL_SCHEMES:
+        raise ConfigError(
+            f"vertical.scheme {scheme!r} is unknown: valid schemes are {', '.join(map(repr, VERTICAL_SCHEMES))}"
+        )
+    return str(scheme)
 
 
 def _check_transfer(setup: str, config: JobConfig, shared_customers: bool) -> None:
@@ -403,6 +438,7 @@ def verify_envelope(
         label=body["label"],
         setup=header["setup"],
         shared_customers=header["shared_customers"],
+        vertical_scheme=header["vertical_scheme"],
         nonce=header["nonce"],
         expires=header["expires"],
         config=config,

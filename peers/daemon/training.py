@@ -70,6 +70,7 @@ def start_hosting(
     peers: int,
     node_keys: Sequence[str],
     min_peers: int = 1,
+    vertical: bool = False,
 ) -> HostedTraining:
     """Start the job's SuperLink (serving this peer's certificate) for `peers` accepted peers; the run
     fails once fewer than `min_peers` (the job's min-participants) are left."""
@@ -84,6 +85,7 @@ def start_hosting(
         suite=identity.manifest.suite,
         seal_identity=(identity.key_path.parent, identity.manifest_path) if seals(identity) else None,
         min_peers=min_peers,
+        vertical=vertical,
     )
 
 
@@ -123,7 +125,7 @@ def agreed_sides(state_dir: Path, job_id: str) -> np.ndarray | None:
 def working_table(job: JobConfig, state_dir: Path, source: DataSource) -> Path:
     """The table this peer's SuperNode reads for `job`: the source itself, or a copy in the job's directory
     without its id column, in a transfer job's column order, carrying the agreed sides (module docstring)."""
-    work_dir = state_dir / "jobs" / job.job_id / "peer"
+    work_dir = peer_work_dir(state_dir, job.job_id)
     work_dir.mkdir(parents=True, exist_ok=True)
     data_path = source.path
     sides = agreed_sides(state_dir, job.job_id)
@@ -150,17 +152,39 @@ def training_rows(job: JobConfig, state_dir: Path, source: DataSource) -> int:
     return len(split_rows(frame, job.label, job.train.test_fraction, job.train.seed)[0])
 
 
+def peer_work_dir(state_dir: Path, job_id: str) -> Path:
+    """This peer's SuperNode directory for a job (its durable privacy record, a split vertical job's party)."""
+    return state_dir / "jobs" / job_id / "peer"
+
+
 def start_joining(
-    job: JobConfig, state_dir: Path, identity: Identity, fleet_address: str, source: DataSource, host: str = ""
+    job: JobConfig,
+    state_dir: Path,
+    identity: Identity,
+    fleet_address: str,
+    source: DataSource,
+    host: str = "",
+    party: Path | None = None,
 ) -> JoinedTraining:
-    """Start this peer's SuperNode for `job`; under the gm suite its Fleet traffic is sealed to `host`."""
-    work_dir = state_dir / "jobs" / job.job_id / "peer"
-    data_path = working_table(job, state_dir, source)
+    """Start this peer's SuperNode for `job`; under the gm suite its Fleet traffic is sealed to `host`.
+    `party`: a split vertical job's party file (`roles.vertical_split`), which the SuperNode plays."""
+    work_dir = peer_work_dir(state_dir, job.job_id)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # the party holds this peer's encoded rows of the shared customers; no table copy
+    data_path = party if party is not None else working_table(job, state_dir, source)
     signing = identity.key_path.parent / SIGNING_KEY if identity.signing_key is not None else None
     files = IdentityFiles(identity.key_path, identity.cert_path, identity.ca_path, identity.manifest_path, signing)
     seal = SealTarget(identity.key_path.parent, identity.manifest_path, host) if seals(identity) else None
     return join_training(
-        job, work_dir, fleet_address, identity.ca_path, state_dir / NODE_KEY_DIR, data_path, identity=files, seal=seal
+        job,
+        work_dir,
+        fleet_address,
+        identity.ca_path,
+        state_dir / NODE_KEY_DIR,
+        data_path,
+        identity=files,
+        seal=seal,
+        party=party,
     )
 
 

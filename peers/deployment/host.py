@@ -102,6 +102,7 @@ class HostedTraining:
     supervisor: Supervisor
     control: ControlClient
     nodes: tuple[int, ...] = ()
+    vertical: bool = False  # a split vertical job: the relay writes metrics only (the parties keep their parts)
     _result: TrainingResult | None = field(default=None, repr=False)
 
     def status(self) -> tuple[str, str, str]:
@@ -140,7 +141,8 @@ class HostedTraining:
                     f"job {self.job.job_id} {sub_status}: {details or 'no details'} "
                     f"(ServerApp log: {self.supervisor.log_dir / 'superexec.log'})"
                 )
-            self._result = _read_result(self.work_dir / "result", self.run_id, self.job.model.kind)
+            kind = "vertical" if self.vertical else self.job.model.kind
+            self._result = _read_result(self.work_dir / "result", self.run_id, kind)
             return self._result
         finally:
             self.stop()
@@ -160,8 +162,9 @@ class HostedTraining:
 
 
 def model_file_name(kind: str) -> str:
-    """The file a job's ServerApp writes its model to: the ensemble's JSON for gbdt, safetensors otherwise."""
-    return GBDT_MODEL_FILE if kind == "gbdt" else MODEL_FILE
+    """The file a job's ServerApp writes its model to: the ensemble's JSON for gbdt, safetensors otherwise;
+    a split vertical job's relay writes no model (`kind` "vertical": its metrics stand in)."""
+    return {"gbdt": GBDT_MODEL_FILE, "vertical": METRICS_FILE}.get(kind, MODEL_FILE)
 
 
 def _read_result(directory: Path, run_id: int, kind: str = "mlp") -> TrainingResult:
@@ -205,6 +208,7 @@ def host_training(
     suite: str = DEFAULT_SUITE,
     seal_identity: tuple[Path, Path] | None = None,
     min_peers: int = 1,
+    vertical: bool = False,
 ) -> HostedTraining:
     """Start a SuperLink and the job's ServerApp run; return at once (see the module docstring).
 
@@ -216,7 +220,8 @@ def host_training(
     Raises DeploymentError (processes stopped) if anything fails to start. `seal_identity` (gm
     suite: the host's identity directory and manifest) makes the gateway seal every Fleet payload
     end to end (`fleet_gateway`). `min_peers` (the owner-signed min-participants): the run
-    fails once fewer peers than that are left (`fedsilo.peers.server.deployed`).
+    fails once fewer peers than that are left (`fedsilo.peers.server.deployed`). `vertical`: the run is a
+    split vertical job's (`fedsilo.peers.vertical.deployed`: the relay ServerApp and the parties' ClientApp).
     """
     tls.check()
     if len(node_public_keys) < job.peers:
@@ -306,11 +311,13 @@ def host_training(
             env={JOB_NODES_ENV: ",".join(str(n) for n in nodes), JOB_MIN_PEERS_ENV: str(min_peers)},
         )
         app_dir = work_dir / "app"
-        write_app_descriptor(app_dir, {**deployment_job(job).to_run_config(), SUITE_KEY: suite}, version)
+        write_app_descriptor(
+            app_dir, {**deployment_job(job).to_run_config(), SUITE_KEY: suite}, version, vertical=vertical
+        )
         run_id = control.start_run(build_fab(app_dir))
         if run_id is None:
             raise DeploymentError(f"the SuperLink refused to start job {job.job_id}: see {supervisor.log_dir}")
-        return HostedTraining(job, work_dir, address, run_id, supervisor, control, tuple(nodes))
+        return HostedTraining(job, work_dir, address, run_id, supervisor, control, tuple(nodes), vertical)
     except BaseException:
         supervisor.stop()
         if control is not None:

@@ -31,7 +31,9 @@ from fedsilo.peers.client import node_state
 from fedsilo.peers.deployment.host import _wait_until_listening, free_port, job_environment
 from fedsilo.peers.deployment.local_ca import make_local_tls
 from fedsilo.peers.deployment.processes import DeploymentError, Supervisor, venv_command
+from fedsilo.peers.deployment.supernode import POLL_ENV
 from fedsilo.peers.deployment.tls import node_key_path
+from fedsilo.peers.flower_app import CLIENT_APP_ENV, PARTY_NODE_KEY
 from fedsilo.peers.identity.round_keys import IdentityFiles
 from fedsilo.peers.job import JobConfig
 from fedsilo.privacy.accounting import Mechanism
@@ -42,6 +44,7 @@ POLL_SECONDS = 0.2
 # host's run ("Node Unavailable"). The SuperNode gets this long to deliver it.
 FINISH_GRACE_SECONDS = 5.0
 CONNECT_RETRIES = 3
+VERTICAL_POLL_SECONDS = "0.01"  # a split vertical job's SuperNode poll (see `join_training`)
 REFUSED_MARK = "Failed to activate SuperNode"  # what flower-supernode logs when the SuperLink rejects its key
 
 
@@ -52,9 +55,12 @@ class JoinResult:
     spent: list[Mechanism]
 
 
-def _node_config(data_path: Path, state_dir: Path, job: JobConfig, identity: IdentityFiles | None) -> str:
+def _node_config(
+    data_path: Path, state_dir: Path, job: JobConfig, identity: IdentityFiles | None, party: Path | None = None
+) -> str:
     """Flower's `--node-config` string (TOML values)."""
     entries = {
+        **({PARTY_NODE_KEY: party} if party is not None else {}),
         "data-path": data_path,
         "state-dir": state_dir,
         "job-id": job.job_id,
@@ -137,6 +143,7 @@ def join_training(
     warm: bool = True,
     identity: IdentityFiles | None = None,
     seal: SealTarget | None = None,
+    party: Path | None = None,
 ) -> JoinedTraining:
     """Start this peer's SuperNode, with the ClientApp in its process, for `job`; return at once.
 
@@ -144,6 +151,11 @@ def join_training(
     instead (its SuperExec starts one `flwr-clientapp` process per message, with
     Flower's own polling waits): the baseline `bench/deployed_round.py --stock` measures.
     `identity` (this peer's consortium identity files) is required for a secure-aggregation job.
+    With `party` (a split vertical job: the party file its daemon wrote, `fedsilo.peers.vertical.apps`) the
+    SuperNode runs the vertical parties' ClientApp on it, and only for a run whose app declares that one; it
+    polls every VERTICAL_POLL_SECONDS: a split job is two small exchanges per batch, one node at a time, so
+    the poll is a large share of each (×9 → ×4.9 the simulated epoch in `bench/deployed_vertical.py
+    --scheme split`, 0.05 s → 0.01 s).
     With `seal` (gm suite) the SuperNode talks to a loopback `fleet_seal` forwarder, which seals
     every Fleet payload end to end to the job's host.
     """
@@ -164,7 +176,10 @@ def join_training(
     # The ε cap every round is checked against: from the job this peer accepted, on its disk, never from the host.
     node_state.open_record(work_dir, job.job_id, node_state.PrivacyCap(job.dp.epsilon, job.dp.delta, job.dp.accountant))
     runtime = f"127.0.0.1:{runtime_port or free_port()}"
-    supervisor = Supervisor(work_dir / "logs", job_environment(work_dir))
+    supervisor = Supervisor(
+        work_dir / "logs",
+        job_environment(work_dir, {CLIENT_APP_ENV: "vertical", POLL_ENV: VERTICAL_POLL_SECONDS} if party else None),
+    )
     try:
         superlink, roots = fleet_address, str(ca_cert)
         if seal is not None:
@@ -191,7 +206,7 @@ def join_training(
                 "--max-retries",
                 str(CONNECT_RETRIES),
                 "--node-config",
-                _node_config(Path(data_path).resolve(), work_dir, job, identity),
+                _node_config(Path(data_path).resolve(), work_dir, job, identity, party),
             ],
         )
         return JoinedTraining(job, work_dir, fleet_address, supervisor)

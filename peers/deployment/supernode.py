@@ -14,6 +14,10 @@ shared 2-core VM, `bench/deployed_round.py`: see bench/README.md). The job's Sup
 now holds a pull for an object not pushed yet until it arrives
 (`fedsilo.peers.deployment.long_poll`), so these retries are rare.
 
+With `FEDSILO_CLIENT_APP=vertical` (a split vertical job's party) it runs the vertical
+parties' ClientApp instead (`fedsilo.peers.vertical.deployed.client_app`), and only for a run
+whose app declares it.
+
 Run: `python -m fedsilo.peers.deployment.supernode <flower-supernode arguments>`.
 """
 
@@ -27,11 +31,16 @@ DEFAULT_POLL_SECONDS = 0.05
 
 
 def main() -> None:
-    from fedsilo.peers.client.app import app  # imports torch once, for the life of the process
+    from fedsilo.peers.flower_app import CLIENT_APP, CLIENT_APP_ENV, VERTICAL_CLIENT_APP
     from fedsilo.peers.flower_compat.supernode import run_supernode  # checks the installed Flower first
 
+    if os.environ.get(CLIENT_APP_ENV) == "vertical":  # a split vertical job's party (its daemon says so)
+        from fedsilo.peers.vertical.deployed import client_app as app
+    else:
+        from fedsilo.peers.client.app import app  # imports torch once, for the life of the process
+    declared = VERTICAL_CLIENT_APP if os.environ.get(CLIENT_APP_ENV) == "vertical" else CLIENT_APP
     logging.getLogger("fedsilo").setLevel(logging.INFO)  # Flower's root handler writes it to the SuperNode's log
-    run_supernode(app, float(os.environ.get(POLL_ENV, DEFAULT_POLL_SECONDS)))
+    run_supernode(app, float(os.environ.get(POLL_ENV, DEFAULT_POLL_SECONDS)), declared)
 
 
 if __name__ == "__main__":

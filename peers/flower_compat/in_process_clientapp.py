@@ -71,8 +71,9 @@ class InProcessClientApp:
     the SuperNode's loop thread, one message at a time.
     """
 
-    def __init__(self, app: AppFn, state: object, store: object) -> None:
+    def __init__(self, app: AppFn, state: object, store: object, declared: str = CLIENT_APP) -> None:
         self.app = app
+        self.declared = declared  # the `clientapp` a run's app must declare: the one this SuperNode runs
         self.state = state
         self.store = store
         self._allowed_fabs: set[str] = set()  # FAB hashes already checked to declare the fedsilo ClientApp
@@ -127,8 +128,8 @@ class InProcessClientApp:
         if fab is None:
             raise ClientAppRefused(f"the run's app (FAB {fab_hash}) is not in the SuperNode's state")
         declared = fab_client_app(fab.content)
-        if declared != CLIENT_APP:
-            raise ClientAppRefused(f"this SuperNode runs only {CLIENT_APP}; the run's app declares {declared}")
+        if declared != self.declared:
+            raise ClientAppRefused(f"this SuperNode runs only {self.declared}; the run's app declares {declared}")
         self._allowed_fabs.add(fab_hash)
 
     def _store_reply(self, run_id: int, reply: Message) -> None:

@@ -116,15 +116,20 @@ class ConfirmLater:
 
 
 def handle_in_process(
-    pull_and_store: Callable[..., int | None], app: Callable[..., Any], confirm_later: ConfirmLater | None = None
+    pull_and_store: Callable[..., int | None],
+    app: Callable[..., Any],
+    confirm_later: ConfirmLater | None = None,
+    declared: str | None = None,
 ) -> Callable[..., int | None]:
     """Flower's `_pull_and_store_message`, with the pulled message handled by `app` in this process.
 
     Returns what Flower's function returns (the run id, or None when nothing is to be
     sent); None too, with the message dropped, if the message could not be handled.
     With `confirm_later`, the message's receipt is confirmed to the SuperLink in the
-    background (see `ConfirmLater`).
+    background (see `ConfirmLater`). `declared`: the `clientapp` reference a run's app must
+    declare (default: the fedsilo ClientApp's, `fedsilo.peers.flower_app.CLIENT_APP`).
     """
+    from fedsilo.peers.flower_app import CLIENT_APP
     from fedsilo.peers.flower_compat.in_process_clientapp import InProcessClientApp
 
     runners: dict[tuple[int, int], InProcessClientApp] = {}  # one per (state, store): the loop keeps its pair
@@ -140,7 +145,7 @@ def handle_in_process(
         try:
             key = (id(state), id(object_store))
             if key not in runners:
-                runners[key] = InProcessClientApp(app, state, object_store)
+                runners[key] = InProcessClientApp(app, state, object_store, declared or CLIENT_APP)
             runners[key].handle(run_id, capture.message_id)
         except Exception:  # pylint: disable=broad-exception-caught  # a broken state: drop the message, as Flower does
             LOGGER.exception("message %s could not be handled; it is dropped", capture.message_id)
@@ -152,21 +157,22 @@ def handle_in_process(
     return wrapped
 
 
-def patch_loop(app: Callable[..., Any], poll: float) -> None:
+def patch_loop(app: Callable[..., Any], poll: float, declared: str | None = None) -> None:
     """Rebind the loop module's sleeps, object pulls and message handling (see the module docstring)."""
     import flwr.supernode.start_client_internal as loop
 
     loop.time = CappedSleepTime(poll)  # type: ignore[assignment]  # a stand-in for the module: only `sleep` differs
     loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=poll, backoff_cap=poll * 4)
-    loop._pull_and_store_message = handle_in_process(loop._pull_and_store_message, app, ConfirmLater())
+    loop._pull_and_store_message = handle_in_process(loop._pull_and_store_message, app, ConfirmLater(), declared)
 
 
-def run_supernode(app: Callable[..., Any], poll: float) -> None:
-    """`flower-supernode` (its command-line arguments are this process's), with `app` run in process."""
+def run_supernode(app: Callable[..., Any], poll: float, declared: str | None = None) -> None:
+    """`flower-supernode` (its command-line arguments are this process's), with `app` run in process (the
+    runs whose app declares `declared` as its `clientapp`; default the fedsilo ClientApp's)."""
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     from fedsilo.peers.flower_compat.heartbeat import shorten_node_heartbeats
 
-    patch_loop(app, poll)
+    patch_loop(app, poll, declared)
     shorten_node_heartbeats()
     flower_supernode()

@@ -26,6 +26,15 @@ gradients for, the holder's place in its schedule), which is kept in the node's 
 hands a node's Context to whichever Ray worker runs its next message, so the party
 continues where it stopped in any worker; a process-local store would not.
 
+Under Flower's Deployment Engine (a vertical job of the split scheme between peer
+daemons, :mod:`fedsilo.peers.daemon.roles.vertical_split`) each SuperNode's node config
+names its party file (``vertical-party``, written by its own daemon from its own rows),
+its ``state-dir`` and the ``job-id``: the party's final state is written there, and so is
+its durable privacy record (:mod:`fedsilo.peers.client.node_state`): what its accountant
+has charged is written before each reply (and so each release) leaves, and the record is
+marked finished at the end, which is what the peer's daemon commits to its ledger. The
+ServerApp is :mod:`fedsilo.peers.vertical.deployed`: the same :class:`Relay`.
+
 Message types: ``query.vertical_hello`` (who are you), ``query.vertical_connect`` (the
 holder checks the parties' alignments), ``train.vertical_step`` (holder),
 ``train.vertical_embed`` (feature party: gradients and/or a request),
@@ -38,7 +47,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -50,7 +59,9 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file, save_file
 
 from fedsilo.errors import FedsiloError, ProtocolError
+from fedsilo.peers.client import node_state
 from fedsilo.peers.client.local_training import limit_threads
+from fedsilo.peers.flower_app import PARTY_NODE_KEY
 from fedsilo.peers.flower_compat.grid import is_simulation_grid
 from fedsilo.peers.packed_content import packed_content_mod
 from fedsilo.peers.server.polling_grid import PromptGrid
@@ -129,10 +140,17 @@ def _load(path: str, stamp: float) -> dict[str, Any]:
 
 def _party(context: Context, fresh: bool = False) -> dict[str, Any]:
     """This node's party, its state put back from the Context (``fresh``: as built, for the first message)."""
+    own = context.node_config.get(PARTY_NODE_KEY)
     directory = context.run_config.get(PARTIES_DIR_KEY)
-    if not directory:
-        raise ProtocolError(f"the run config names no {PARTIES_DIR_KEY}: this ClientApp plays vertical parties only")
-    path = party_file(Path(str(directory)), int(context.node_config.get("partition-id", 0)))
+    if own:
+        path = Path(str(own))
+    elif directory:
+        path = party_file(Path(str(directory)), int(context.node_config.get("partition-id", 0)))
+    else:
+        raise ProtocolError(
+            f"neither the node config names {PARTY_NODE_KEY} nor the run config {PARTIES_DIR_KEY}: this ClientApp "
+            "plays vertical parties only"
+        )
     if fresh:
         _load.cache_clear()
     loaded = _load(str(path), path.stat().st_mtime)
@@ -143,8 +161,32 @@ def _party(context: Context, fresh: bool = False) -> dict[str, Any]:
     return loaded
 
 
-def _keep(context: Context, party: FeatureParty | LabelHolder) -> None:
+def _keep(context: Context, party: FeatureParty | LabelHolder, finished: bool = False) -> None:
+    """Keep the party's state in the Context; deployed, write its durable privacy record first (see the docstring)."""
+    _record(context, party, finished)
     context.state[STATE_KEY] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in export_state(party).items()})
+
+
+def _record(context: Context, party: FeatureParty | LabelHolder, finished: bool) -> None:
+    """Deployed (``state-dir`` and ``job-id`` in the node config): the party's accountant spending, durably."""
+    state_dir, job_id = context.node_config.get("state-dir"), context.node_config.get("job-id")
+    if not state_dir or not job_id:
+        return
+    directory, job = Path(str(state_dir)), str(job_id)
+    spent = tuple(party.accountant.mechanisms()) if party.accountant is not None else ()
+    with node_state.job_lock(directory, job):
+        record = node_state.read_privacy(directory, job)
+        if record is None or record.cap is None:
+            raise ProtocolError(f"{party.name}: job {job} has no privacy record opened by its daemon: refused")
+        if record.finished and not finished:
+            raise ProtocolError(f"{party.name}: job {job} has ended at this peer; nothing more is released")
+        node_state.write_privacy(directory, replace(record, spent=spent, finished=record.finished or finished))
+
+
+def _final_directory(context: Context) -> Path:
+    """Where a party writes its final state: its own ``state-dir`` when deployed, else the run's parties dir."""
+    own = context.node_config.get("state-dir") if context.node_config.get(PARTY_NODE_KEY) else None
+    return Path(str(own or context.run_config[PARTIES_DIR_KEY]))
 
 
 def _reply(message: Message, content: RecordDict) -> Message:
@@ -276,8 +318,9 @@ def _finish(message: Message, context: Context) -> Message:
     state = export_state(party)
     if "fedsilo.vertical.scores" in context.state:
         state["scores.probabilities"] = context.state["fedsilo.vertical.scores"]["probabilities"].numpy()
-    directory = Path(str(context.run_config[PARTIES_DIR_KEY]))
+    directory = _final_directory(context)
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(final_state_file(directory, party.name)))
+    _record(context, party, finished=True)
     return _reply(message, RecordDict({"status": ConfigRecord({"party": party.name})}))
 
 
@@ -307,11 +350,13 @@ class Relay:
     """
 
     parties: int
+    nodes: list[int] | None = None  # deployed: only these node ids (the host registered them for the job)
     tap: Tap | None = None
     on_epoch: Callable[[EpochStats], None] | None = None
     history: list[EpochStats] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)
     error: BaseException | None = None  # what stopped the run (the engine only logs a ServerApp's exception)
+    grid: Grid | None = None  # the grid the relay ran on (deployed: a PromptGrid, whose `exchanges` it recorded)
 
     def _send(self, grid: Grid, sends: list[tuple[int, str, RecordDict]]) -> dict[int, RecordDict]:
         messages = [Message(content, dst_node_id=node, message_type=kind) for node, kind, content in sends]
@@ -352,7 +397,11 @@ class Relay:
 
     def run(self, grid: Grid, context: Context) -> list[EpochStats]:
         """Hello, connect, train (the holder's schedule), score the held-out customers, finish."""
-        grid = WindowedGrid(grid, interval=PULL_INTERVAL) if is_simulation_grid(grid) else PromptGrid(grid)
+        if is_simulation_grid(grid):
+            grid = WindowedGrid(grid, interval=PULL_INTERVAL)
+        else:
+            grid = PromptGrid(grid, nodes=self.nodes)
+        self.grid = grid
         holder, feature_nodes = self._nodes(grid)
         stats, started, content = EpochStats(1, 0.0), time.perf_counter(), RecordDict()
         while True:

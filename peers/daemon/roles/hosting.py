@@ -26,6 +26,7 @@ from typing import Any
 from fedsilo.errors import DataError, FedsiloError
 from fedsilo.peers.daemon import training
 from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.client import PeerClient
 from fedsilo.peers.daemon.context import PeerContext, job_id_of
 from fedsilo.peers.daemon.model_store import publish
 from fedsilo.peers.daemon.participants import Acceptance, Participant, Report
@@ -33,7 +34,8 @@ from fedsilo.peers.daemon.policy import check_policy, check_trainable
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.participating import Participating
 from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
-from fedsilo.peers.daemon.roles.vertical import Vertical
+from fedsilo.peers.daemon.roles.vertical import EXCHANGE_SECONDS, Vertical
+from fedsilo.peers.daemon.roles.vertical_split import VerticalSplit, is_split
 from fedsilo.peers.daemon.signed_job import SignedJob
 from fedsilo.peers.daemon.store import ACTIVE_STATES
 from fedsilo.peers.errors import PeerUnreachable, Refused
@@ -53,6 +55,7 @@ class Hosting:
         self.participating = participating
         self.vertical: Vertical | None = None  # set by the service: vertical jobs run there
         self.transfer_holdout: TransferHoldout | None = None  # set by the service: shared customers' split
+        self.split: VerticalSplit | None = None  # set by the service: the split scheme's alignment and publication
 
     async def submit(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A model owner's signed job, to be hosted here and proposed to its participants."""
@@ -137,9 +140,12 @@ class Hosting:
                 self.ctx.store.audit.append(
                     "local", "job.ready", "ok", ", ".join(p.peer for p in accepted), job=job.job_id
                 )
-            self.ctx.spawn(
-                self._host_vertical(job, accepted) if job.setup == "vertical" else self._host_training(job, accepted)
-            )
+            if is_split(job):
+                self.ctx.spawn(self._host_split(job, accepted))
+            elif job.setup == "vertical":
+                self.ctx.spawn(self._host_vertical(job, accepted))
+            else:
+                self.ctx.spawn(self._host_training(job, accepted))
             return
         with self.ctx.store.transaction():
             self.budget.release(job.job_id)
@@ -202,6 +208,32 @@ class Hosting:
                 peer, "job.replan", "ok", f"{new.n_train} training rows after the agreed split", job=job_id
             )
 
+    async def _host_split(self, job: SignedJob, accepted: list[Participant]) -> None:
+        """A split vertical job (`roles.vertical_split`): align with the feature party, then train on the
+        Deployment Engine as any hosted job (the relay ServerApp, both parties' SuperNodes), publish this
+        peer's part."""
+        assert self.split is not None
+        others = [p.peer for p in accepted if p.peer != self.ctx.name]
+        if len(others) != 1 or len(accepted) != 2:
+            reason = f"a vertical job runs between its label holder and one feature party; accepted: {len(accepted)}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+        # still "ready": nothing of this peer's is released before its SuperNode runs, so a failed alignment
+        # releases the reservation (a failure in training commits it whole)
+        await self.ctx.mailbox.ask(lambda: self._set_detail(job.job_id, "aligning with the feature party by PSI"))
+        try:
+            async with PeerClient(self.ctx.identity, timeout=EXCHANGE_SECONDS) as client:
+                shared = await self.split.align(job, others[0], client)
+        except (FedsiloError, PeerUnreachable) as error:
+            reason = f"the vertical job failed: {type(error).__name__}: {error}"
+            await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
+            return
+        row = self.ctx.store.job(job.job_id)
+        if row is None or row.state != "ready":
+            return  # cancelled while aligning (the cancellation settled the ledgers)
+        log.info("job %s: %d customers shared with %s; training starts", job.job_id, shared, others[0])
+        await self._host_training(job, accepted)
+
     async def _host_training(self, job: SignedJob, accepted: list[Participant]) -> None:
         """Start the SuperLink, tell the participants, wait, collect their reports, publish the model."""
         if job.setup == "transfer" and job.shared_customers:
@@ -210,6 +242,7 @@ class Hosting:
                 await self.ctx.mailbox.ask(lambda: self._failed(job.job_id, reason))
                 return
         keys = [_acceptance(p).node_public_key for p in accepted]
+        split = is_split(job)
         try:
             hosted = await asyncio.to_thread(
                 training.start_hosting,
@@ -219,6 +252,7 @@ class Hosting:
                 len(accepted),
                 keys,
                 job.min_participants,
+                split,
             )
         except FedsiloError as error:
             reason = f"the SuperLink did not start: {error}"
@@ -262,18 +296,24 @@ class Hosting:
             await self.ctx.mailbox.ask(lambda: self._record_dropouts(job.job_id, lost))
         reports = await self._await_reports(job.job_id, [p.peer for p in accepted if p.peer not in lost])
         try:
-            card = build_card(
-                job,
-                self.ctx.store.participants(job.job_id),
-                reports,
-                result.metrics,
-                self.ctx.identity.manifest.suite,
-            )
-            files = {
-                result.model_path.name: result.model_path,  # model.safetensors, or a gbdt job's model.json
-                "encoder.json": result.encoder_path,
-                "metrics.json": result.model_path.with_name("metrics.json"),
-            }
+            if split:  # this peer's part, from its own SuperNode's final state (the relay holds nothing)
+                assert self.split is not None
+                work_dir = training.peer_work_dir(self.ctx.config.state_dir, job.job_id)
+                files = await asyncio.to_thread(self.split.model_files, job, work_dir, result.metrics)
+                card = self.split.card(job, files, reports)
+            else:
+                card = build_card(
+                    job,
+                    self.ctx.store.participants(job.job_id),
+                    reports,
+                    result.metrics,
+                    self.ctx.identity.manifest.suite,
+                )
+                files = {
+                    result.model_path.name: result.model_path,  # model.safetensors, or a gbdt job's model.json
+                    "encoder.json": result.encoder_path,
+                    "metrics.json": result.model_path.with_name("metrics.json"),
+                }
             await self.publish_model(job.job_id, files, card)
         except (FedsiloError, OSError, ValueError) as error:  # the job must end, its ledger settled
             log.error("publishing the model of job %s failed", job.job_id, exc_info=error)
@@ -289,7 +329,15 @@ class Hosting:
                 + (f"; lost during training: {', '.join(lost)}" if lost else ""),
             )
         )
-        await self.tell_participants(job.job_id, "replicate", prefix="models")
+        if not split:  # a split job's model is the label holder's part, kept there (as the coded scheme's)
+            await self.tell_participants(job.job_id, "replicate", prefix="models")
+
+    async def _set_detail(self, job_id: str, detail: str) -> None:
+        """Change a ready or training job's detail (in the mailbox), unless it ended meanwhile."""
+        row = self.ctx.store.job(job_id)
+        if row is not None and row.state in ("ready", "training"):
+            with self.ctx.store.transaction():
+                self.ctx.store.set_state(job_id, row.state, detail)
 
     async def _start_participant(self, job_id: str, peer: str, fleet_address: str) -> str | None:
         """Tell `peer` to start its SuperNode: None once it did, else its last error (a few attempts)."""

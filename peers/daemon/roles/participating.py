@@ -35,6 +35,7 @@ from fedsilo.peers.daemon.policy import (
 from fedsilo.peers.daemon.roles.budget import Budget
 from fedsilo.peers.daemon.roles.transfer_holdout import check_holdout_list
 from fedsilo.peers.daemon.roles.vertical import Vertical
+from fedsilo.peers.daemon.roles.vertical_split import VerticalSplit, is_split
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.manifest import Member
@@ -52,6 +53,7 @@ class Participating:
         self.ctx = context
         self.budget = budget
         self.vertical: Vertical | None = None  # set by the service (vertical jobs' own acceptance)
+        self.split: VerticalSplit | None = None  # set by the service (the split scheme's acceptance and party)
 
     async def propose(self, caller: Member, envelope: Any) -> dict[str, Any]:
         """A host proposes a job; this peer decides by its policy and budget (the reply is the decision's JSON)."""
@@ -89,7 +91,10 @@ class Participating:
             raise Refused(
                 f"this peer has no data source {job.source!r} (it has: {', '.join(self.ctx.config.sources)})", 403
             )
-        if job.setup == "vertical":  # the label holder plans nothing, the feature party one code per customer
+        if is_split(job):  # each party plans its Gaussian releases (`roles.vertical_split`)
+            assert self.split is not None
+            rows, n_train, fingerprint, planned = await asyncio.to_thread(self.split.acceptance_facts, job, source)
+        elif job.setup == "vertical":  # the label holder plans nothing, the feature party one code per customer
             assert self.vertical is not None
             rows, n_train, fingerprint, planned = await asyncio.to_thread(self.vertical.acceptance_facts, job, source)
         else:
@@ -165,6 +170,11 @@ class Participating:
         source = self.ctx.config.sources[job.source]
         try:
             await asyncio.to_thread(self.check_agreed_plan, config, job.source)
+            party = None
+            if is_split(job):  # this peer's party, from its own rows in the agreed order (`roles.vertical_split`)
+                assert self.split is not None
+                work_dir = training.peer_work_dir(self.ctx.config.state_dir, job_id)
+                party = await asyncio.to_thread(self.split.party_file, job, work_dir)
             joined = await asyncio.to_thread(
                 training.start_joining,
                 config,
@@ -173,6 +183,7 @@ class Participating:
                 fleet_address,
                 source,
                 job.host,
+                party,
             )
 
             async def register() -> bool:  # in the mailbox: a cancel or failure either sees it or ran before

@@ -181,13 +181,24 @@ class Vertical:
         return verify_envelope(job.envelope, identity.manifest, identity.ca_certificate, check_live=False)
 
     # -- the feature party ------------------------------------------------------------------
-    def _bank_job(self, caller: Member, job_id: str, states: tuple[str, ...]) -> tuple[JobRow, SignedJob]:
+    def _bank_job(
+        self, caller: Member, job_id: str, states: tuple[str, ...], schemes: tuple[str, ...] = ("coded",)
+    ) -> tuple[JobRow, SignedJob]:
+        """The job and its signed form, if `caller` is its label holder, this peer its feature party, the job in
+        one of `states` and of one of `schemes` (a split job's reservation covers no code: no code is released
+        for it); Refused otherwise."""
         job = self.ctx.store.job(job_id)
         if job is None or job.source is None:
             raise Refused(f"no job {job_id!r} here", 404)
         signed = self._stored(job)
         if signed.setup != "vertical" or job.hosting:
             raise Refused(f"job {job_id} is not a vertical job in which {self.ctx.name} is the feature party", 409)
+        if signed.vertical_scheme not in schemes:
+            raise Refused(
+                f"job {job_id} runs the {signed.vertical_scheme} scheme: no code is released for it (its "
+                "reservation covers its own releases only)",
+                409,
+            )
         if caller.name != job.host:
             raise Refused(f"only the job's label holder {job.host} may ask for codes of job {job_id}", 403)
         if job.state not in states:
@@ -205,7 +216,7 @@ class Vertical:
         """The host's PSI session for the job: keep this side's order; answer {party, shared, digest, k}."""
 
         async def work() -> dict[str, Any]:
-            job, _ = self._bank_job(caller, job_id, ("accepted",))
+            job, _ = self._bank_job(caller, job_id, ("accepted",), ("coded", "split"))
             session = _session(body)
             digest = body.get("digest")
             assert job.source is not None
@@ -493,6 +504,12 @@ class Vertical:
             raise Refused(
                 f"job {job_id} is a {signed.setup} job: score its pulled model locally (fedsilo score MODEL_DIR "
                 "--data FILE --out FILE)",
+                409,
+            )
+        if signed.vertical_scheme != "coded":
+            raise Refused(
+                f"job {job_id} runs the {signed.vertical_scheme} scheme: scoring over the network is the coded "
+                "scheme's; its model is this peer's part only",
                 409,
             )
         if job.state == "cancelled":

@@ -203,3 +203,94 @@ def test_an_infeasible_distributed_dp_plan_is_declined_before_reserving(consorti
     finally:
         consortium.write_peer_toml("bank-b")
     assert reply["decision"] == "declined" and "secagg cannot tolerate 1 dropouts" in reply["reason"]
+
+
+def _vertical_job(consortium, path, job_id, scheme=None, setup="vertical"):
+    """A signed vertical job from bank-a (its label holder) to bank-b, with `[vertical] scheme` when given."""
+    path = _job_file(consortium, path, job_id, f'setup = "{setup}"')
+    if scheme is not None:
+        path.write_text(path.read_text() + f'\n[vertical]\nscheme = "{scheme}"\n')
+    return path
+
+
+def test_the_vertical_scheme_is_in_the_signed_document_and_the_signature_covers_it(consortium, tmp_path):
+    coded = _verify(
+        consortium,
+        sign_job(
+            consortium.identity(OWNER), job_document(_vertical_job(consortium, tmp_path / "a.toml", "vs-0"), OWNER)
+        ),
+    )
+    assert coded.vertical_scheme == "coded"  # absent: today's scheme
+    document = job_document(_vertical_job(consortium, tmp_path / "b.toml", "vs-1", "split"), OWNER)
+    assert document["vertical_scheme"] == "split"
+    envelope = sign_job(consortium.identity(OWNER), document)
+    assert _verify(consortium, envelope).vertical_scheme == "split"
+    for tampered_value in ("coded", None):  # the host swaps the scheme, or drops it to fall back to coded
+        tampered = copy.deepcopy(envelope)
+        if tampered_value is None:
+            del tampered["job"]["vertical_scheme"]
+        else:
+            tampered["job"]["vertical_scheme"] = tampered_value
+        with pytest.raises(Refused, match="signature"):
+            _verify(consortium, tampered)
+
+
+@pytest.mark.parametrize(
+    "scheme, setup, fragment",
+    [
+        ("diagonal", "vertical", "vertical.scheme 'diagonal' is unknown: valid schemes are 'coded', 'split'"),
+        ("split", "horizontal", "[vertical] scheme belongs to vertical jobs only; this job's setup is horizontal"),
+    ],
+)
+def test_an_unknown_or_misplaced_vertical_scheme_is_refused_before_signing(
+    consortium, tmp_path, scheme, setup, fragment
+):
+    from fedsilo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[")):
+        job_document(_vertical_job(consortium, tmp_path / "job.toml", "vs-bad", scheme, setup), OWNER)
+
+
+def test_a_signed_unknown_scheme_is_refused_by_the_peer_naming_it(consortium, tmp_path):
+    document = job_document(_vertical_job(consortium, tmp_path / "job.toml", "vs-signed"), OWNER)
+    document["vertical_scheme"] = ["split"]  # an owner's tool that bypassed job_document
+    with pytest.raises(Refused, match=r"vertical.scheme \['split'\] is unknown") as refused:
+        _verify(consortium, sign_job(consortium.identity(OWNER), document))
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "policy, fragment",
+    [
+        (
+            "",
+            "policy: the vertical job runs the split scheme; this peer allows coded (peer.toml [policy] vertical-schemes)",
+        ),
+        ("vertical-schemes = []\n", "policy: the vertical job runs the split scheme; this peer allows none"),
+    ],
+)
+def test_a_split_job_is_declined_by_a_policy_that_allows_only_coded_with_nothing_reserved(
+    consortium, tmp_path, policy, fragment
+):
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL + 'vertical-label-holders = ["bank-a"]\n' + policy)
+    path = _vertical_job(consortium, tmp_path / "job.toml", f"vs-policy-{len(policy)}", "split")
+    envelope = sign_job(consortium.identity(OWNER), job_document(path, OWNER))
+    try:
+        reply, entry = refused_without_change(consortium, lambda: propose(consortium, envelope), fragment)
+    finally:
+        consortium.write_peer_toml("bank-b")
+    assert reply["decision"] == "declined" and fragment in reply["reason"] and entry[1] == "job.decline"
+
+
+def test_an_unknown_vertical_scheme_in_peer_toml_is_refused(consortium):
+    from fedsilo.errors import ConfigError
+    from fedsilo.peers.daemon.config import load_config
+
+    consortium.write_peer_toml("bank-b", policy=ALLOW_ALL + 'vertical-schemes = ["coded", "boosted"]\n')
+    try:
+        with pytest.raises(
+            ConfigError, match="policy.vertical-schemes: 'boosted' is unknown; valid choices are coded, split"
+        ):
+            load_config(consortium.config_path("bank-b"))
+    finally:
+        consortium.write_peer_toml("bank-b")

@@ -27,6 +27,7 @@ REQUEST = base64.b64encode(BatchRequest(1, np.array([0, 1]), True).to_bytes()).d
 POLICY = (
     'model-owners = ["risk-dept"]\nmax-epsilon-per-job = 3.0\nmin-participants = 2\n'
     'setups = ["vertical"]\ndp = ["local", "distributed"]\nvertical-label-holders = ["broker"]\n'
+    'vertical-schemes = ["coded", "split"]\n'
 )
 LIST = (
     '\n[lists.credit-card]\npath = "data.csv"\nid-column = "ID"\npsi = ["broker"]\npsi-modes = ["both"]\n'
@@ -92,7 +93,7 @@ def test_the_feature_party_reserves_its_one_release_on_acceptance_and_refuses_ou
 @pytest.mark.parametrize(
     "extra, participants, fragment",
     [
-        ('public-rows = 1000\n[dp]\nmode = "distributed"', None, "not yet supported: vertical jobs run the coded"),
+        ('public-rows = 1000\n[dp]\nmode = "distributed"', None, "not yet supported: vertical jobs run with local DP"),
         ("", ["broker", "bank", "outsider"], "a vertical job runs between its label holder (the host) and one"),
     ],
 )
@@ -141,3 +142,28 @@ def test_the_feature_party_without_its_alignment_list_declines(consortium, tmp_p
         in (reply["reason"])
     )
     assert pd.read_csv(consortium.root / "bank" / "data.csv").shape[0] == 300
+
+
+def test_the_label_holder_of_a_split_job_cannot_make_the_feature_party_release_codes(consortium, tmp_path):
+    """A malicious host of a split job asks the bank for the coded scheme's release and scoring: both refused,
+    the bank's reservation (its Gaussian plan) stays as it was, nothing is drawn or committed."""
+    path = consortium.job_toml(tmp_path / "split.toml", "v-split", ["broker", "bank"], extra='setup = "vertical"\n')
+    path.write_text(path.read_text() + '\n[vertical]\nscheme = "split"\n')
+    envelope = signed(consortium, path)
+
+    async def body():
+        async with running(consortium, ["bank"]) as services:
+            reply = await _call(consortium, "broker", "/v1/proposals", envelope)
+            assert reply["decision"] == "accepted", reply
+            planned = services["bank"].ledger.jobs("credit-card")["v-split"].mechanisms
+            assert len(planned) == 1 and not isinstance(planned[0], PureMechanism)  # Gaussian releases
+            before = state_of(consortium, "bank")[:2]
+            for route, request in (("release", {"requests": [REQUEST]}), ("score", {"session": "00" * 16})):
+                with pytest.raises(PeerUnreachable, match="409: job v-split runs the split scheme: no code"):
+                    await _call(consortium, "broker", f"/v1/jobs/v-split/vertical/{route}", request)
+            assert state_of(consortium, "bank")[:2] == before
+            record = services["bank"].ledger.jobs("credit-card")["v-split"]
+            assert record.state == "reserved" and record.mechanisms == planned
+            assert not (consortium.root / "bank" / "state" / "vertical" / "v-split" / "released.npy").exists()
+
+    run(body())

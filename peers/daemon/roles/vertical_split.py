@@ -1,0 +1,269 @@
+"""Vertical jobs of the split scheme between two peer daemons, on Flower's Deployment Engine.
+
+A job signed with ``[vertical] scheme = "split"`` names two participants: its host, the
+**label holder** (its source holds the job's label and its own columns), and one
+**feature party** (its source holds other columns of the same customers, and an id
+column). The training is the simulation's (:mod:`fedsilo.simulations.vertical`, split
+scheme): the same parties (:mod:`fedsilo.peers.vertical.parties`), the same relay and
+ClientApp (:mod:`fedsilo.peers.vertical.apps`), the same DP plan
+(:mod:`fedsilo.peers.vertical.plan`); here each party is a SuperNode of its own daemon.
+
+1. **Acceptance** (`acceptance_facts`, both sides): each party reserves its planned
+   Gaussian releases (``Mechanism(z, 1, 2 × epochs)``, z calibrated to the job's ε at its
+   source's δ and accountant; a held-out customer's one scoring release at the same z)
+   before anything is released. The feature party must serve
+   the alignment through its shared list named like the source (as in the coded scheme:
+   ``[lists.SOURCE]``, ``both`` mode, the host in ``psi``), or it declines.
+2. **Alignment** (`align`, at the host, before the SuperLink starts): both-sides DH-PSI
+   over mTLS on that list (audited at both ends, counted against its ``psi-quota``), then
+   ``POST /v1/jobs/JOB/vertical/align`` (the coded scheme's route): each side keeps its
+   own source rows in the common PSI order and the order's digest
+   (``state/vertical/JOB/alignment.json``). Each shared customer's train/test side is
+   :func:`~fedsilo.peers.vertical.network.release_plan` of the job (no label is an input).
+3. **Training**: the host starts the SuperLink with the relay ServerApp
+   (:mod:`fedsilo.peers.vertical.deployed`: it holds nothing private), both daemons start a
+   SuperNode whose ClientApp plays their party (`party_file`: each daemon builds it from
+   its own rows in the agreed order, encoder fitted on its own table, its noise from its
+   OS CSPRNG). The feature party sends only clipped, noised embeddings of the positions it
+   is asked for; the label holder only clipped, noised gradients. Each SuperNode writes
+   its accountant's spending into its durable privacy record before each release leaves;
+   its daemon commits that record to its ledger when the job ends (as horizontal jobs do).
+4. **Publication** (`model_files`, `card`): the host publishes its part (its bottom model
+   and the top model, its encoder, the held-out AUC) as a signed artefact, pulled and
+   verified like any model. The feature party's bottom model stays on its own disk
+   (``state/jobs/JOB/peer/PEER.final.safetensors``), never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import save_file
+
+from fedsilo.errors import DataError
+from fedsilo.peers.alignment import aligned_rows
+from fedsilo.peers.daemon.card import build_card
+from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.config import DataSource
+from fedsilo.peers.daemon.context import PeerContext
+from fedsilo.peers.daemon.participants import Report
+from fedsilo.peers.daemon.policy import file_fingerprint
+from fedsilo.peers.daemon.roles.vertical import Vertical, is_label_holder
+from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
+from fedsilo.peers.daemon.store import JobRow
+from fedsilo.peers.data.bank import TEST, read_table
+from fedsilo.peers.data.encoding import TabularEncoder
+from fedsilo.peers.errors import Refused
+from fedsilo.peers.risk_lists import dh_psi
+from fedsilo.peers.vertical.apps import Plan, read_final_state, write_party_file
+from fedsilo.peers.vertical.network import BankRelease, order_digest, release_plan
+from fedsilo.peers.vertical.parties import FeatureParty, LabelHolder, Link, PartyDP, SplitSpec
+from fedsilo.peers.vertical.plan import party_dp, planned_mechanisms, split_releases
+from fedsilo.privacy.accounting import Mechanism
+from fedsilo.privacy.audit.roc import roc
+from fedsilo.privacy.noise_source import SecureNoise
+
+NO_LABEL = "__no_label__"  # the encoder's label slot for a party that holds none (never filled with data)
+PARTY_FILE = "party.pickle"
+
+
+def is_split(job: SignedJob | JobRow) -> bool:
+    """Whether `job` is a vertical job of the split scheme (a stored row: read from its signed document)."""
+    if isinstance(job, SignedJob):
+        return job.setup == "vertical" and job.vertical_scheme == "split"
+    header = parse_document(job.envelope["job"])[1]
+    return header["setup"] == "vertical" and header["vertical_scheme"] == "split"
+
+
+def party_encoder(frame: pd.DataFrame, label: str | None) -> TabularEncoder:
+    """A party's encoder, fitted on its own rows only (`label` None: a feature party, which holds none)."""
+    if label is None:
+        return TabularEncoder.fit_frames([frame.assign(**{NO_LABEL: 0})], NO_LABEL)
+    return TabularEncoder.fit_frames([frame], label)
+
+
+def _spec(job: SignedJob) -> SplitSpec:
+    return SplitSpec(job.config.model.kind, tuple(job.config.model.hidden))
+
+
+class VerticalSplit:
+    """See the module docstring."""
+
+    def __init__(self, context: PeerContext, coded: Vertical) -> None:
+        self.ctx = context
+        self.coded = coded  # the alignment list's checks and the PSI helpers are the coded scheme's
+
+    # -- acceptance (both sides) ---------------------------------------------------------
+    def dp(self, job: SignedJob, source: DataSource, holder: bool) -> PartyDP:
+        """This peer's DP in `job`: its releases per training row at the job's ε, its source's δ and accountant.
+
+        A held-out customer's one scoring release runs at the training noise too (the simulation calibrates it
+        for one release): its ε is then below a training customer's, so the worst customer, whose releases the
+        ledger commits, is always a training one and the committed mechanism is exactly the reserved one.
+        """
+        releases = split_releases(job.config.train.rounds)
+        dp = job.config.dp
+        count = releases.holder if holder else releases.party
+        return party_dp(dp.epsilon, source.delta, source.accountant, count, dp.max_grad_norm)
+
+    def _columns(self, job: SignedJob, source: DataSource, frame: pd.DataFrame, holder: bool) -> pd.DataFrame:
+        """This peer's columns of the job (its table without the id column; the label holder's keeps the label)."""
+        if source.id_column is None or source.id_column not in frame.columns:
+            raise Refused(f"data source {source.name} needs its id column for a vertical job (sources.id-column)", 403)
+        if holder and job.label not in frame.columns:
+            raise Refused(f"data source {source.name} has no column {job.label!r} (the label holder's)", 403)
+        dropped = [source.id_column] + ([] if holder else [c for c in (job.label,) if c in frame.columns])
+        columns = frame.drop(columns=dropped)
+        if columns.shape[1] < (2 if holder else 1):
+            raise Refused(f"data source {source.name} has no feature column besides its id and label", 403)
+        return columns
+
+    def acceptance_facts(self, job: SignedJob, source: DataSource) -> tuple[int, int, str, list[Mechanism]]:
+        """(rows, training rows, fingerprint, plan) of this peer's side of `job` (blocking: reads the table)."""
+        try:
+            frame = read_table(source.path)
+        except DataError as error:
+            raise Refused(f"data source {source.name} cannot serve the job: {error}", 403) from None
+        holder = is_label_holder(job, self.ctx.name)
+        self._columns(job, source, frame, holder)
+        if not holder:
+            self.coded.list_for(job, source)
+        fingerprint = file_fingerprint(source.path, self.ctx.identity.manifest.suite)
+        releases = split_releases(job.config.train.rounds)
+        planned = planned_mechanisms(self.dp(job, source, holder), releases.holder if holder else releases.party)
+        return len(frame), 0, fingerprint, planned
+
+    # -- the alignment, at the host --------------------------------------------------------
+    async def align(self, job: SignedJob, bank: str, client: PeerClient) -> int:
+        """Both-sides PSI with the feature party, then its alignment: both keep their rows in the common order.
+
+        Returns the number of shared customers; raises (FedsiloError, PeerUnreachable, Refused) on any failure.
+        """
+        source = self.ctx.config.sources[job.source]
+        url = self.ctx.address(bank)
+        table = await asyncio.to_thread(read_table, source.path)
+        assert source.id_column is not None
+        ids = table[source.id_column].astype(str).tolist()
+        kind = await self.coded._list_kind(client, url, bank, job.source)
+        await self.coded._audit_own(job, "psi.run", f"at {bank}: both-sides PSI of {len(ids)} identifiers for the job")
+        result, session = await dh_psi(client, url, job.source, ids, kind, "both")
+        rows, digest = aligned_rows(result), order_digest(result)
+        release_plan(len(rows), 0.5, 0)  # refuses fewer than 2 shared customers
+        hello = await client.call(
+            "POST", f"{url}/v1/jobs/{job.job_id}/vertical/align", {"session": session.hex(), "digest": digest}
+        )
+        if not isinstance(hello, dict) or hello.get("digest") != digest or hello.get("shared") != len(rows):
+            raise Refused(f"{bank} answered the alignment with another order than this PSI run's: refused", 502)
+        BankRelease(self._state(job.job_id), len(table)).save_alignment(rows, digest)
+        await self.coded._audit_own(job, "vertical.align", f"{len(rows)} customers shared, order {digest[:12]}")
+        return len(rows)
+
+    def _state(self, job_id: str) -> Path:
+        return self.ctx.config.state_dir / "vertical" / job_id
+
+    # -- each side's party (blocking) ------------------------------------------------------
+    def party_file(self, row: JobRow, work_dir: Path) -> Path:
+        """Write this peer's party of the job into `work_dir` (its SuperNode's directory), from its own rows in
+        the agreed order (the job as this peer accepted it); DataError if it has not aligned."""
+        assert row.source is not None
+        signed = self.coded._stored(row)
+        source = self.ctx.config.sources[row.source]
+        frame = read_table(source.path)
+        aligned = BankRelease(self._state(row.job_id), len(frame)).alignment()
+        if aligned is None:
+            raise DataError(f"job {row.job_id} is not aligned at {self.ctx.name}: no party can be built")
+        rows, digest = aligned
+        train = signed.config.train
+        sides = release_plan(len(rows), train.test_fraction, train.seed)
+        holder = is_label_holder(signed, self.ctx.name)
+        columns = self._columns(signed, source, frame, holder)
+        spec, dp = _spec(signed), self.dp(signed, source, holder)
+        party: FeatureParty | LabelHolder
+        if holder:
+            encoder = party_encoder(columns, signed.label)
+            x, y = encoder.transform(columns)
+            all_sides = np.zeros(len(frame), dtype=np.int8)
+            all_sides[rows] = sides
+            bank = next(p for p in signed.participants if p != self.ctx.name)
+            link = Link(bank, np.arange(len(rows)), len(rows), digest, spec.embedding)
+            party = LabelHolder(
+                self.ctx.name, x, y, rows, all_sides, [link], spec, lr=train.lr, seed=train.seed + 2, dp=dp
+            )
+        else:
+            encoder = party_encoder(columns, None)
+            x = encoder.transform_features(columns.iloc[rows])
+            party = FeatureParty(self.ctx.name, x, sides, digest, spec, lr=train.lr, seed=train.seed + 1, dp=dp)
+        party.noise = SecureNoise()  # not written: each node draws its own from the OS CSPRNG
+        work_dir.mkdir(parents=True, exist_ok=True)
+        encoder.save(work_dir / "encoder.json")
+        path = write_party_file(work_dir, 0, party, Plan(train.rounds, train.batch_size, train.seed), None)
+        return path.rename(work_dir / PARTY_FILE)
+
+    # -- publication, at the host ----------------------------------------------------------
+    def model_files(self, job: SignedJob, work_dir: Path, relay_metrics: dict[str, Any]) -> dict[str, Path]:
+        """The host's part as the files of its model: its bottom and the top (from its SuperNode's final state),
+        its encoder, and metrics (the held-out shared customers' AUC, computed here with its own labels)."""
+        source = self.ctx.config.sources[job.source]
+        state = read_final_state(work_dir, self.ctx.name)
+        probabilities = state.pop("scores.probabilities", None)
+        if probabilities is None:
+            raise DataError(
+                f"{self.ctx.name}'s SuperNode ended job {job.job_id} without scoring its held-out customers"
+            )
+        frame = read_table(source.path)
+        aligned = BankRelease(self._state(job.job_id), len(frame)).alignment()
+        assert aligned is not None
+        rows, _ = aligned
+        sides = release_plan(len(rows), job.config.train.test_fraction, job.config.train.seed)
+        labels = frame[job.label].to_numpy(dtype=np.float64)[rows[sides == TEST]]
+        auc = round(roc(probabilities[labels == 1], probabilities[labels == 0]).auc, 4)
+        out = self.ctx.config.state_dir / "vertical" / job.job_id / "model"
+        out.mkdir(parents=True, exist_ok=True)
+        weights = {
+            k.removeprefix("param."): np.ascontiguousarray(v) for k, v in state.items() if k.startswith("param.")
+        }
+        save_file(weights, str(out / "model.safetensors"), metadata={"fedsilo.owner": self.ctx.name})
+        (out / "encoder.json").write_bytes((work_dir / "encoder.json").read_bytes())
+        metrics = {
+            "scheme": "split",
+            "vertical_auc_shared": auc,
+            "shared_customers": int(len(rows)),
+            "test_customers_shared": int((sides == TEST).sum()),
+            "feature_party": next(p for p in job.participants if p != self.ctx.name),
+            "epochs": relay_metrics.get("epochs", []),
+        }
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        return {name: out / name for name in ("model.safetensors", "encoder.json", "metrics.json")}
+
+    def card(self, job: SignedJob, files: dict[str, Path], reports: dict[str, Report]) -> dict[str, Any]:
+        """The model card (the common schema of `build_card`, each party's spending as it reported it from its
+        durable record) with the split scheme's privacy statement and what crossed."""
+        metrics = json.loads(files["metrics.json"].read_text())
+        card = build_card(job, self.ctx.store.participants(job.job_id), reports, {}, self.ctx.identity.manifest.suite)
+        card["setup"], card["scheme"] = "vertical", "split"
+        card["job"]["model"]["embedding_width"] = _spec(job).embedding
+        card["privacy"] = {
+            "guarantee": "each party's releases are Gaussian mechanisms per customer at sample rate 1 (no "
+            "amplification claimed: the label holder picks the batches), their noise from the party's OS CSPRNG; "
+            "each party's ledger commits its worst customer's releases",
+            "feature_party": "per requested shared customer, its bottom model's output clipped to norm 1 and "
+            "noised (twice per epoch per training customer with its DP-SGD update; once per held-out customer)",
+            "label_holder": "per training customer and epoch, the gradient w.r.t. the feature party's embedding, "
+            "clipped to norm 1 and noised (label DP), and its own part's DP-SGD update",
+            "alignment": "both-sides DH-PSI over mTLS: each side learns which of its own customers are shared "
+            "and one common order; no raw identifier crosses",
+            "in_the_clear": "blinded PSI elements, batch positions (indices in the PSI order), noised embeddings "
+            "and noised gradients; never an id, a column name, a raw value or a label",
+            "feature_party_model": "stays on the feature party's disk: this artefact is the label holder's part",
+        }
+        card["metrics"] = {
+            "final_auc": metrics["vertical_auc_shared"],
+            "shared_customers": metrics["shared_customers"],
+            "test_customers_shared": metrics["test_customers_shared"],
+        }
+        return card
