@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from fedsilo.peers.daemon.sealing import ClientSealer, SealError, seals
-from fedsilo.peers.errors import PeerUnreachable
+from fedsilo.peers.errors import PeerUnreachable, Refused
 from fedsilo.peers.identity.consortium import Identity
 from fedsilo.peers.identity.tls import client_context
 
@@ -160,6 +160,16 @@ class PeerClient:
                 await asyncio.sleep(wait)
         except aiohttp.ClientError as exc:
             raise PeerUnreachable(f"cannot download {url}: {exc.__class__.__name__}: {exc}") from None
+
+
+async def both_sides_list_kind(client: PeerClient, url: str, peer: str, name: str | None) -> str | None:
+    """The identifier kind of `peer`'s shared list `name` when it offers this peer both-sides PSI on it
+    (None for a typed list); Refused (409) if it does not (a job that aligns on that list cannot run)."""
+    reply = await client.call("GET", f"{url}/v1/lists")
+    for entry in reply.get("lists", []) if isinstance(reply, dict) else []:
+        if isinstance(entry, dict) and entry.get("name") == name and "both" in entry.get("psi_modes", []):
+            return None if entry.get("kind") == "typed" else entry.get("kind")
+    raise Refused(f"{peer} does not offer this peer both-sides PSI on its list {name!r} (lists.{name})", 409)
 
 
 async def _stream(reply: aiohttp.ClientResponse, url: str, destination: Path, limit: int | None) -> int:

@@ -52,7 +52,7 @@ import numpy as np
 
 from fedsilo.errors import BudgetExceeded, FedsiloError
 from fedsilo.peers.alignment import aligned_rows
-from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.client import PeerClient, both_sides_list_kind
 from fedsilo.peers.daemon.config import DataSource, SharedList
 from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.policy import SourceFacts, planned_mechanisms
@@ -215,7 +215,7 @@ class TransferHoldout:
                 for peer in order[mine + 1 :]:
                     url = self.ctx.address(peer)
                     await self._audit(job, "psi.run", f"at {peer}: both-sides PSI of {len(ids)} identifiers")
-                    kind = await self._list_kind(client, url, peer, job.source)
+                    kind = await both_sides_list_kind(client, url, peer, job.source)
                     result, session = await dh_psi(client, url, job.source, ids, kind, "both")
                     member.aligned(self._index(signed, peer), aligned_rows(result))
                     frame = member.frame_for(self._index(signed, peer))
@@ -279,14 +279,6 @@ class TransferHoldout:
             if not row.hosting:
                 self.ctx.store.set_state(job_id, "failed", reason)
             self.ctx.audit_job("local", "job.decline", reason + ("; reservation released" if released else ""), row)
-
-    @staticmethod
-    async def _list_kind(client: PeerClient, url: str, peer: str, name: str) -> str | None:
-        reply = await client.call("GET", f"{url}/v1/lists")
-        for entry in reply.get("lists", []) if isinstance(reply, dict) else []:
-            if isinstance(entry, dict) and entry.get("name") == name and "both" in entry.get("psi_modes", []):
-                return None if entry.get("kind") == "typed" else entry.get("kind")
-        raise Refused(f"{peer} does not offer this peer both-sides PSI on its list {name!r} (lists.{name})", 409)
 
     async def _audit(self, job: JobRow, action: str, detail: str) -> None:
         async def work() -> None:

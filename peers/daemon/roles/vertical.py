@@ -55,7 +55,7 @@ from safetensors.torch import load_file
 from fedsilo.errors import DataError, FedsiloError, ProtocolError, QuotaExceeded
 from fedsilo.peers.alignment import aligned_rows
 from fedsilo.peers.daemon.card import build_card
-from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.client import PeerClient, both_sides_list_kind
 from fedsilo.peers.daemon.config import DataSource, SharedList
 from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.participants import Participant, Report
@@ -356,7 +356,7 @@ class Vertical:
         table = await asyncio.to_thread(read_table, source.path)
         assert source.id_column is not None
         ids = table[source.id_column].astype(str).tolist()
-        kind = await self._list_kind(client, url, bank, job.source)
+        kind = await both_sides_list_kind(client, url, bank, job.source)
         await self._audit_own(job, "psi.run", f"at {bank}: both-sides PSI of {len(ids)} identifiers for the job")
         result, session = await dh_psi(client, url, job.source, ids, kind, "both")
         rows, digest = aligned_rows(result), order_digest(result)
@@ -379,13 +379,6 @@ class Vertical:
         codes[test] = receiver.receive(Codes.from_bytes(_unb64(answers[1], "codes")))
         await self._audit_own(job, "vertical.receive", f"{len(rows)} codes from {bank}, each released once")
         return await asyncio.to_thread(self._train_and_write, job, table, rows, sides, codes, bank, reply)
-
-    async def _list_kind(self, client: PeerClient, url: str, bank: str, name: str | None) -> str | None:
-        reply = await client.call("GET", f"{url}/v1/lists")
-        for entry in reply.get("lists", []) if isinstance(reply, dict) else []:
-            if isinstance(entry, dict) and entry.get("name") == name and "both" in entry.get("psi_modes", []):
-                return None if entry.get("kind") == "typed" else entry.get("kind")
-        raise Refused(f"{bank} does not offer this peer both-sides PSI on its list {name!r}", 403)
 
     async def _audit_own(self, job: SignedJob, action: str, detail: str) -> None:
         async def work() -> None:
@@ -535,7 +528,7 @@ class Vertical:
         url = self.ctx.address(bank)
         try:
             async with PeerClient(self.ctx.identity, timeout=EXCHANGE_SECONDS) as client:
-                kind = await self._list_kind(client, url, bank, job.source)
+                kind = await both_sides_list_kind(client, url, bank, job.source)
                 await self._audit_own(
                     signed, "psi.run", f"at {bank}: both-sides PSI of {len(wanted)} identifiers to score"
                 )

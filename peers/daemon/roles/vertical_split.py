@@ -48,7 +48,7 @@ from safetensors.numpy import save_file
 from fedsilo.errors import DataError
 from fedsilo.peers.alignment import aligned_rows
 from fedsilo.peers.daemon.card import build_card
-from fedsilo.peers.daemon.client import PeerClient
+from fedsilo.peers.daemon.client import PeerClient, both_sides_list_kind
 from fedsilo.peers.daemon.config import DataSource
 from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.participants import Report
@@ -149,7 +149,7 @@ class VerticalSplit:
         table = await asyncio.to_thread(read_table, source.path)
         assert source.id_column is not None
         ids = table[source.id_column].astype(str).tolist()
-        kind = await self.coded._list_kind(client, url, bank, job.source)
+        kind = await both_sides_list_kind(client, url, bank, job.source)
         await self.coded._audit_own(job, "psi.run", f"at {bank}: both-sides PSI of {len(ids)} identifiers for the job")
         result, session = await dh_psi(client, url, job.source, ids, kind, "both")
         rows, digest = aligned_rows(result), order_digest(result)

@@ -18,8 +18,8 @@ import pytest
 
 from fedsilo.errors import ConfigError, DataError
 from fedsilo.peers.alignment import aligned_rows
+from fedsilo.peers.daemon.client import both_sides_list_kind
 from fedsilo.peers.daemon.config import load_config
-from fedsilo.peers.daemon.roles.transfer_holdout import TransferHoldout
 from fedsilo.peers.daemon.signed_job import job_document
 from fedsilo.peers.daemon.training import store_agreed_sides, working_table
 from fedsilo.peers.data.bank import TEST, TRAIN, read_table, split_rows
@@ -206,7 +206,7 @@ async def _pin_then_split(consortium, job_id, test_count):
     url = consortium.addresses["bank-b"]
     ids = read_table(consortium.root / "bank-a" / "data.csv")["ID"].astype(str).tolist()
     async with member_client(consortium, "bank-a") as client:
-        kind = await TransferHoldout._list_kind(client, url, "bank-b", "credit-card")
+        kind = await both_sides_list_kind(client, url, "bank-b", "credit-card")
         result, session = await dh_psi(client, url, "credit-card", ids, kind, "both")
         shared = len(aligned_rows(result))
         sides = np.where(np.arange(shared) < test_count, TEST, TRAIN).astype(np.int8)
