@@ -23,7 +23,9 @@ Runtime API address: no executor is started, and none is needed.
 What this rebinds, all attributes of the loop module: `time` (the module the loop
 sleeps through), `pull_objects` (imported there from `flwr.supercore.inflatable`) and
 `_pull_and_store_message` (called by the loop by its module-global name, with keyword
-arguments only). Flower has no option for any of it.
+arguments only). It also runs the loop's object pushes and pulls on reused threads instead
+of a new thread pool per message (`fedsilo.peers.flower_compat.object_pools`). Flower has no
+option for any of it.
 """
 
 from __future__ import annotations
@@ -161,6 +163,9 @@ def patch_loop(app: Callable[..., Any], poll: float, declared: str | None = None
     """Rebind the loop module's sleeps, object pulls and message handling (see the module docstring)."""
     import flwr.supernode.start_client_internal as loop
 
+    from fedsilo.peers.flower_compat.object_pools import reuse_object_threads
+
+    reuse_object_threads()  # a message's objects pushed and pulled on reused threads, not a new pool each
     loop.time = CappedSleepTime(poll)  # type: ignore[assignment]  # a stand-in for the module: only `sleep` differs
     loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=poll, backoff_cap=poll * 4)
     loop._pull_and_store_message = handle_in_process(loop._pull_and_store_message, app, ConfirmLater(), declared)

@@ -15,6 +15,8 @@ starts that backoff at `interval` (capped at 4 × `interval`) in the ServerApp's
 process: the same retries, sooner (`fedsilo.peers.flower_compat.grid`). The
 job's SuperLink holds a pull for an object not pushed yet until it arrives
 (`fedsilo.peers.deployment.long_poll`), so these retries happen only when a hold ends empty.
+It also runs `HttpGrid`'s object pushes and pulls on reused threads instead of a new
+thread pool per message (`fedsilo.peers.flower_compat.object_pools`).
 
 Every message is sent with its content packed (`fedsilo.peers.packed_content`: the whole
 RecordDict travels as one Flower record, so a message is three Flower objects and every
@@ -56,6 +58,7 @@ from flwr.serverapp import Grid
 from fedsilo.errors import FedsiloError
 from fedsilo.peers.flower_compat.grid import Run, is_deployment_grid, prompt_object_pulls
 from fedsilo.peers.flower_compat.messages import ErrorCode
+from fedsilo.peers.flower_compat.object_pools import reuse_object_threads
 from fedsilo.peers.packed_content import pack_message, unpack_reply
 
 # The job's SuperLink holds a pull that finds nothing until something is pushed
@@ -105,6 +108,7 @@ class PromptGrid(Grid):
         self._destinations: dict[str, int] = {}
         if is_deployment_grid(inner):
             prompt_object_pulls(interval)
+            reuse_object_threads()
 
     def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
