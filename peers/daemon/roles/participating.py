@@ -136,6 +136,13 @@ class Participating:
             assert job is not None
             if job.state != "accepted":
                 raise Refused(f"job {job_id} is {job.state}, not waiting to start", 409)
+            if job.envelope["job"].get("setup") == "vertical" and not is_split(job):
+                # its reservation covers the codes only: a SuperNode would train on this peer's table under it
+                raise Refused(
+                    f"job {job_id} is a coded vertical job: it runs no SuperNode here (its one release is "
+                    f"POST /v1/jobs/{job_id}/vertical/release)",
+                    409,
+                )
             if not isinstance(body, dict) or not training.is_fleet_address(body.get("fleet_address")):
                 raise Refused(
                     'the body must be {"fleet_address": "HOST:PORT"} (a host name or IP address and '

@@ -84,6 +84,11 @@ def test_the_feature_party_reserves_its_one_release_on_acceptance_and_refuses_ou
             for caller, route, request, fragment in attempts:
                 with pytest.raises(PeerUnreachable, match=fragment.replace("(", r"\(")):
                     await _call(consortium, caller, f"/v1/jobs/v-accept/vertical/{route}", request)
+            # the broker tries to start a SuperNode on the bank's table under the codes' reservation
+            with pytest.raises(
+                PeerUnreachable, match="409: job v-accept is a coded vertical job: it runs no SuperNode"
+            ):
+                await _call(consortium, "broker", "/v1/jobs/v-accept/start", {"fleet_address": "127.0.0.1:9092"})
             assert state_of(consortium, "bank")[:2] == before
             assert not (consortium.root / "bank" / "state" / "vertical" / "v-accept" / "released.npy").exists()
 
