@@ -44,6 +44,15 @@ async def _wait_long(client, address: str, job_id: str, seconds: float = 300.0) 
     raise AssertionError(f"job {job_id} did not end: {view}")
 
 
+def _split_job(consortium, tmp_path, job_id: str, **options):
+    """The owner's job file for a split vertical job between the broker (label holder) and the bank, ε = 3."""
+    job_file = consortium.job_toml(
+        tmp_path / "job.toml", job_id, ["broker", "bank"], epsilon=3.0, extra='setup = "vertical"', **options
+    )
+    job_file.write_text(job_file.read_text() + '\n[vertical]\nscheme = "split"\n')
+    return job_file
+
+
 def _files(root) -> list:
     return [p for p in root.rglob("*") if p.is_file()]
 
@@ -92,10 +101,7 @@ def test_a_split_vertical_job_trains_between_two_daemons_on_the_deployment_engin
     consortium = make_consortium(tmp_path / "c", peers=("broker", "bank"), rows=10)
     _data(consortium.root, customers=600)
     _configure(consortium)
-    job_file = consortium.job_toml(
-        tmp_path / "job.toml", "split-1", ["broker", "bank"], rounds=EPOCHS, epsilon=3.0, extra='setup = "vertical"'
-    )
-    job_file.write_text(job_file.read_text() + '\n[vertical]\nscheme = "split"\n')
+    job_file = _split_job(consortium, tmp_path, "split-1", rounds=EPOCHS)
 
     async def body() -> None:
         async with running(consortium) as services:
@@ -151,10 +157,7 @@ def test_a_split_job_whose_alignment_fails_releases_both_reservations(tmp_path, 
     _configure(consortium)
     config = consortium.config_path("bank")
     config.write_text(config.read_text().replace("psi-quota = 100000", "psi-quota = 10"))
-    job_file = consortium.job_toml(
-        tmp_path / "job.toml", "split-2", ["broker", "bank"], epsilon=3.0, extra='setup = "vertical"'
-    )
-    job_file.write_text(job_file.read_text() + '\n[vertical]\nscheme = "split"\n')
+    job_file = _split_job(consortium, tmp_path, "split-2")
 
     async def body() -> None:
         async with running(consortium) as services:
