@@ -20,11 +20,12 @@ has none of them):
   `flwr.superlink.servicer.fleet.fleet_handlers` and
   `flwr.superlink.servicer.runtime.runtime_handlers` so an empty pull waits for the
   next push (long polling). Would go with: long polling in Flower's Fleet/Runtime APIs.
-- `supernode`: rebinds `time`, `pull_objects` and `_pull_and_store_message` of
-  `flwr.supernode.start_client_internal` (Flower's SuperNode loop): waits capped at
-  the poll interval, and each pulled message handled in the SuperNode's process
-  instead of a task for an outside executor. Would go with: settable poll intervals
-  and an in-process isolation mode.
+- `supernode`: rebinds `time`, `pull_objects`, `_pull_and_store_message` and
+  `_push_messages` of `flwr.supernode.start_client_internal` (Flower's SuperNode loop)
+  and `remove_content_from_message` of `flwr.supernode.fleet_http_connection`: waits
+  capped at the poll interval, each pulled message handled in the SuperNode's process
+  instead of a task for an outside executor, replies pushed with their objects inline.
+  Would go with: settable poll intervals and an in-process isolation mode.
 - `heartbeat`: rebinds the heartbeat constants of `flwr.supernode.fleet_http_connection`,
   `flwr.supercore.heartbeat` (SuperNode) and `flwr.superlink.servicer.fleet.fleet_handlers`
   (SuperLink) so a SuperNode heartbeats every few seconds and a dead one is offline, its
@@ -37,13 +38,20 @@ has none of them):
 - `objects`: Flower's object tree (`flwr.supercore.inflatable`): object ids, deflated
   bytes, inflation, for packed content and the in-process ClientApp. Would go with:
   a public (de)serialisation of a RecordDict.
+- `inline_objects`: a small message's objects carried in the `content` field of its
+  PushMessages/PullMessages protos (the SuperLink's push and pull handlers, the clients'
+  `PullMessages`, `pull_objects`), instead of one request per object: a deployed
+  exchange is 4 sequential HTTPS requests instead of about 18. Would go with: a batch
+  object API.
 - `messages`: the stored message id write (`metadata.__dict__["_message_id"]`, no
   setter), `ErrorCode` (`flwr.common.constant`), `remove_content_from_message`.
   Would go with: a `Metadata.message_id` setter and public error codes.
 - `grid`: `InMemoryGrid`/`HttpGrid` checks (`flwr.superlink.grid`), the `Run` type,
   and the rebinding of `http_grid.pull_objects` (object-pull backoff from the poll
-  interval). Would go with: the engine named in the ServerApp's Context, a backoff
-  setting.
+  interval, carried objects first), `http_grid.remove_content_from_message` (a pushed
+  message carries its objects) and `RuntimeHttpClient.ConfirmMessageReceived` (sent
+  from a background thread). Would go with: the engine named in the ServerApp's
+  Context, a backoff setting.
 - `simulation`: `flwr.simulation.run_simulation._run_simulation` with `app_dir` (the
   public `run_simulation` takes no run config). Would go with: a run config (or app
   directory) argument to `run_simulation`. And `prompt_dispatch`: rebinds

@@ -13,6 +13,11 @@ what they stored, and the pull handlers to wait for it when their answer is empt
 Which push wakes which pull: a SuperNode's message pull waits for the ServerApp's next
 push of messages; the ServerApp's pull of replies, for a SuperNode's next push of
 messages; a pull of an object, for a push of that object (by either side).
+
+Inside the long polling, the message push and pull handlers also carry small messages'
+objects (`fedsilo.peers.flower_compat.inline_objects`): a push stores the objects its
+messages carry before its waiters are woken, and every answer of a pull carries the
+objects stored by then.
 """
 
 from __future__ import annotations
@@ -62,8 +67,13 @@ def install(long_poll: LongPoll, fleet_handlers: Any = None, runtime_handlers: A
     from flwr.superlink.servicer.fleet import fleet_handlers as flower_fleet
     from flwr.superlink.servicer.runtime import runtime_handlers as flower_runtime
 
+    from fedsilo.peers.flower_compat.inline_objects import carried_pull, carried_push
+
     fleet_handlers = flower_fleet if fleet_handlers is None else fleet_handlers
     runtime_handlers = flower_runtime if runtime_handlers is None else runtime_handlers
+    for module, traffic in ((fleet_handlers, True), (runtime_handlers, False)):  # Flower counts Fleet traffic only
+        module.push_messages = carried_push(module.push_messages, record_traffic=traffic)
+        module.pull_messages = carried_pull(module.pull_messages, record_traffic=traffic)
     runtime_handlers.push_messages = long_poll.push(runtime_handlers.push_messages, _instructions)
     fleet_handlers.pull_messages = long_poll.pull(fleet_handlers.pull_messages, no_messages, _instructions)
     fleet_handlers.push_messages = long_poll.push(fleet_handlers.push_messages, _replies)

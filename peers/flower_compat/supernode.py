@@ -20,12 +20,19 @@ as Flower drops it; one the ClientApp cannot be run on (a broken state) is dropp
 too, with an error in the log. Start it with `--isolation process` and a 127.0.0.1
 Runtime API address: no executor is started, and none is needed.
 
+Small messages' objects ride inside the loop's PushMessages and PullMessages requests
+(`fedsilo.peers.flower_compat.inline_objects`): `_push_messages` hands Flower's `send` a
+reply carrying its stored objects, `FleetHttpClient.PullMessages` keeps what a pulled
+message carries, and `pull_objects` takes it from there first.
+
 What this rebinds, all attributes of the loop module: `time` (the module the loop
-sleeps through), `pull_objects` (imported there from `flwr.supercore.inflatable`) and
-`_pull_and_store_message` (called by the loop by its module-global name, with keyword
-arguments only). It also runs the loop's object pushes and pulls on reused threads instead
-of a new thread pool per message (`fedsilo.peers.flower_compat.object_pools`). Flower has no
-option for any of it.
+sleeps through), `pull_objects` (imported there from `flwr.supercore.inflatable`),
+`_pull_and_store_message` and `_push_messages` (called by the loop by their module-global
+names, with keyword arguments only); and `FleetHttpClient.PullMessages` and
+`remove_content_from_message` of `flwr.supernode.fleet_http_connection` (whose `send`
+strips any content but a carrier). It also runs the loop's object pushes and pulls on
+reused threads instead of a new thread pool per message
+(`fedsilo.peers.flower_compat.object_pools`). Flower has no option for any of it.
 """
 
 from __future__ import annotations
@@ -159,16 +166,57 @@ def handle_in_process(
     return wrapped
 
 
-def patch_loop(app: Callable[..., Any], poll: float, declared: str | None = None) -> None:
-    """Rebind the loop module's sleeps, object pulls and message handling (see the module docstring)."""
-    import flwr.supernode.start_client_internal as loop
+def carry_pushes(push_messages: Callable[..., None]) -> Callable[..., None]:
+    """Flower's `_push_messages`, whose `send` gets each reply carrying its stored objects (when small enough).
 
+    A reply with an object not stored whole yet goes as Flower sends it.
+    """
+    from fedsilo.peers.flower_compat.inline_objects import carrying
+    from fedsilo.peers.flower_compat.objects import iterate_object_tree
+
+    @functools.wraps(push_messages)
+    def push(*, state: Any, object_store: Any, send: Callable[..., Any], push_object: Any) -> None:
+        def send_carrying(message: Any, object_tree: Any, clientapp_runtime: float) -> Any:
+            objects = {}
+            for node in iterate_object_tree(object_tree):
+                content = object_store.get(node.object_id)
+                if not content:
+                    return send(message, object_tree, clientapp_runtime)
+                objects[node.object_id] = content
+            return send(carrying(message, objects) or message, object_tree, clientapp_runtime)
+
+        push_messages(state=state, object_store=object_store, send=send_carrying, push_object=push_object)
+
+    return push
+
+
+def _keep_carriers(strip: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`remove_content_from_message` for the Fleet connection's `send`: a carrier stays (it is the objects)."""
+    from fedsilo.peers.flower_compat.inline_objects import is_carrier
+
+    @functools.wraps(strip)
+    def remove_content(message: Any) -> Any:
+        return message if is_carrier(message.content) else strip(message)
+
+    return remove_content
+
+
+def patch_loop(app: Callable[..., Any], poll: float, declared: str | None = None) -> None:
+    """Rebind the loop module's sleeps, object pulls and pushes and message handling (see the module docstring)."""
+    import flwr.supernode.fleet_http_connection as connection
+    import flwr.supernode.start_client_internal as loop
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
+    from fedsilo.peers.flower_compat.inline_objects import install_pulling
     from fedsilo.peers.flower_compat.object_pools import reuse_object_threads
 
     reuse_object_threads()  # a message's objects pushed and pulled on reused threads, not a new pool each
     loop.time = CappedSleepTime(poll)  # type: ignore[assignment]  # a stand-in for the module: only `sleep` differs
     loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=poll, backoff_cap=poll * 4)
+    install_pulling(loop, FleetHttpClient)
     loop._pull_and_store_message = handle_in_process(loop._pull_and_store_message, app, ConfirmLater(), declared)
+    loop._push_messages = carry_pushes(loop._push_messages)
+    connection.remove_content_from_message = _keep_carriers(connection.remove_content_from_message)
 
 
 def run_supernode(app: Callable[..., Any], poll: float, declared: str | None = None) -> None:

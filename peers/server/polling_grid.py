@@ -20,7 +20,8 @@ thread pool per message (`fedsilo.peers.flower_compat.object_pools`).
 
 Every message is sent with its content packed (`fedsilo.peers.packed_content`: the whole
 RecordDict travels as one Flower record, so a message is three Flower objects and every
-hop makes that many fewer HTTP requests) and every reply is unpacked before the
+hop makes that many fewer HTTP requests), those three objects ride inside the push and
+pull requests themselves (`fedsilo.peers.flower_compat.inline_objects`), and every reply is unpacked before the
 strategy sees it (a malformed one becomes an error reply); the fedsilo ClientApp's
 `packed_content_mod` does the reverse at the peer.
 
@@ -56,7 +57,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsilo.errors import FedsiloError
-from fedsilo.peers.flower_compat.grid import Run, is_deployment_grid, prompt_object_pulls
+from fedsilo.peers.flower_compat.grid import Run, carry_small_messages, is_deployment_grid, prompt_object_pulls
 from fedsilo.peers.flower_compat.messages import ErrorCode
 from fedsilo.peers.flower_compat.object_pools import reuse_object_threads
 from fedsilo.peers.packed_content import pack_message, unpack_reply
@@ -108,6 +109,7 @@ class PromptGrid(Grid):
         self._destinations: dict[str, int] = {}
         if is_deployment_grid(inner):
             prompt_object_pulls(interval)
+            carry_small_messages()
             reuse_object_threads()
 
     def set_run(self, run: Run) -> None:

@@ -81,7 +81,7 @@ def test_install_wraps_flowers_pull_and_push_handlers_of_both_apis_with_matching
     for copy, original in ((fleet, fleet_handlers), (runtime, runtime_handlers)):
         for name in ("pull_messages", "pull_object", "push_messages", "push_object"):
             assert getattr(copy, name) is not getattr(original, name)
-            assert getattr(copy, name).__wrapped__ is getattr(original, name)
+            assert inspect.unwrap(getattr(copy, name)) is getattr(original, name)
         assert copy.confirm_message_received is original.confirm_message_received
     # which push wakes which pull: watch each key, then push through the wrapped handlers' announcements
     from flwr.proto.message_pb2 import PushObjectRequest  # pylint: disable=no-name-in-module  # protobuf-generated

@@ -325,13 +325,23 @@ def test_the_node_state_has_every_call_the_in_process_client_app_makes(node):
         assert callable(getattr(store, name)), name
 
 
-def test_patch_loop_rebinds_the_three_names(monkeypatch):
+def test_patch_loop_rebinds_the_loops_names_and_the_connections(monkeypatch):
+    import flwr.supernode.fleet_http_connection as connection
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+
     from fedsilo.peers.flower_compat.supernode import CappedSleepTime, patch_loop
 
-    for name in ("time", "pull_objects", "_pull_and_store_message"):
+    for name in ("time", "pull_objects", "_pull_and_store_message", "_push_messages"):
         monkeypatch.setattr(loop, name, getattr(loop, name))  # restored after the test
-    original = loop._pull_and_store_message
+    monkeypatch.setattr(connection, "remove_content_from_message", connection.remove_content_from_message)
+    monkeypatch.setattr(FleetHttpClient, "PullMessages", FleetHttpClient.PullMessages)
+    original_pull, original_push = loop._pull_and_store_message, loop._push_messages
+    original_strip, original_client_pull = connection.remove_content_from_message, FleetHttpClient.PullMessages
     patch_loop(_doubling_app, poll=0.05)
     assert isinstance(loop.time, CappedSleepTime) and loop.time.cap == 0.05
-    assert loop.pull_objects.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.2}
-    assert loop._pull_and_store_message.__wrapped__ is original
+    assert loop.pull_objects.fedsilo_serves_arrived
+    assert loop.pull_objects.__wrapped__.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.2}
+    assert loop._pull_and_store_message.__wrapped__ is original_pull
+    assert loop._push_messages.__wrapped__ is original_push
+    assert connection.remove_content_from_message.__wrapped__ is original_strip
+    assert FleetHttpClient.PullMessages.__wrapped__ is original_client_pull
