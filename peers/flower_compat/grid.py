@@ -24,7 +24,8 @@ PushMessages request and take the objects a pulled reply carries before asking f
 `pull_objects`, and `RuntimeHttpClient.PullMessages`. It also sends `HttpGrid`'s receipt of
 each reply (`ConfirmMessageReceived`, which only lets the SuperLink delete the reply's
 objects) from a background thread instead of between two pulls, as a fedsilo SuperNode
-does (`fedsilo.peers.flower_compat.supernode.ConfirmLater`).
+does (`fedsilo.peers.flower_compat.supernode.ConfirmLater`), and none for a reply carried
+whole (the SuperLink let go of its objects when it sent them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from flwr.supercore.run import Run
 from flwr.superlink.grid import http_grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedsilo.peers.flower_compat.inline_objects import carrying, install_pulling
+from fedsilo.peers.flower_compat.inline_objects import ARRIVED, carrying, install_pulling
 
 OBJECT_WAIT_SECONDS = 10.0
 LOGGER = logging.getLogger("fedsilo.grid")
@@ -111,7 +112,8 @@ def _confirm_later(confirm: Callable[[Any, Any], Any]) -> Callable[[Any, Any], A
 
     @functools.wraps(confirm)
     def later(client: Any, request: Any) -> Any:
-        sender.submit(send, client, request)
+        if not ARRIVED.whole(request.message_object_id):  # carried whole: the SuperLink already let go of it
+            sender.submit(send, client, request)
         return ConfirmMessageReceivedResponse()
 
     later.fedsilo_later = True  # type: ignore[attr-defined]

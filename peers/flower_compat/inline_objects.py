@@ -24,7 +24,9 @@ so Flower's own code sees the content-less message it expects:
   hash again) and leave only the others in `objects_to_push`, which the pusher then
   pushes one by one as before;
 - the SuperLink's pull handlers (`carried_pull`): attach a carrier to each message whose
-  objects are all stored, at most `INLINE_LIMIT` bytes;
+  objects are all stored, at most `INLINE_LIMIT` bytes, and then let go of those objects,
+  as the message's receipt (`ConfirmMessageReceived`) would, which the puller then skips
+  (`Arrived.whole`): Flower's own semantics, since a pulled message is never handed out again;
 - pulling (`FleetHttpClient`, `RuntimeHttpClient`): `keep_arrived` takes each carrier out
   of the response into this process's `ARRIVED`; Flower's `pull_objects` then
   takes what it needs from there first (`serve_arrived_first`) and asks the SuperLink
@@ -194,26 +196,38 @@ def carried_pull(handler: Callable[..., Any], record_traffic: bool = False) -> C
                     proto.content.CopyFrom(recorddict_to_proto(carrier(objects)))
                     if record_traffic:
                         state.store_traffic(run_id, bytes_sent=sum(map(len, objects.values())), bytes_recv=0)
+                    state.object_store.delete(tree.object_id)  # what the receipt would do: they left with the message
         return response
 
     return pull
 
 
 class Arrived:
-    """The objects the last pulled messages carried, for `pull_objects` to take (one process's pulls)."""
+    """The objects the last pulled messages carried, for `pull_objects` to take (one process's pulls).
+
+    `whole` also names the messages whose every object was carried: the SuperLink let go of
+    their objects when it sent them, so their receipt (`ConfirmMessageReceived`) need not be sent.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[str, bytes] = {}
+        self._whole: frozenset[str] = frozenset()
 
-    def replace(self, objects: dict[str, bytes]) -> None:
+    def replace(self, objects: dict[str, bytes], whole: Iterable[str] = ()) -> None:
         """Keep `objects` instead of what the previous pull left (its messages were handled before this pull)."""
         with self._lock:
-            self._objects = objects
+            self._objects, self._whole = objects, frozenset(whole)
+
+    def whole(self, message_id: str) -> bool:
+        with self._lock:
+            return message_id in self._whole
 
     def take(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """The carried objects among `ids`; they stay for the other messages of the same pull (an object the
+        trees of two replies share came once, and the SuperLink may have let go of it)."""
         with self._lock:
-            return {oid: self._objects.pop(oid) for oid in ids if oid in self._objects}
+            return {oid: self._objects[oid] for oid in ids if oid in self._objects}
 
 
 ARRIVED = Arrived()
@@ -226,9 +240,13 @@ def keep_arrived(pull_messages: Callable[..., Any]) -> Callable[..., Any]:
     def pull(*args: Any, **kwargs: Any) -> Any:
         response = pull_messages(*args, **kwargs)
         objects: dict[str, bytes] = {}
+        whole = []
         for proto, tree in zip(response.messages_list, response.message_object_trees, strict=False):
-            objects.update(take_carrier(proto, tree))
-        ARRIVED.replace(objects)
+            carried = take_carrier(proto, tree)
+            if carried and all(node.object_id in carried for node in iterate_object_tree(tree)):
+                whole.append(tree.object_id)
+            objects.update(carried)
+        ARRIVED.replace(objects, whole)
         return response
 
     pull.fedsilo_keeps_arrived = True  # type: ignore[attr-defined]  # installed once per class

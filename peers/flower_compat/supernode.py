@@ -104,14 +104,20 @@ class ConfirmLater:
     start of its training (10-20 ms, over 100 ms when the SuperLink was busy).
     Confirmations go out in order, one at a time; one that fails is logged and the
     objects stay at the SuperLink until the run ends (Flower would instead have
-    dropped the message it had already stored whole).
+    dropped the message it had already stored whole). A message whose every object was
+    carried inline (`fedsilo.peers.flower_compat.inline_objects`) gets none: the SuperLink
+    let go of its objects when it sent them.
     """
 
     def __init__(self) -> None:
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confirm")
 
     def __call__(self, confirm: Callable[[int, str], None]) -> Callable[[int, str], None]:
+        from fedsilo.peers.flower_compat.inline_objects import ARRIVED
+
         def later(run_id: int, message_id: str) -> None:
+            if ARRIVED.whole(message_id):  # carried whole: the SuperLink already let go of its objects
+                return
             self._sender.submit(self._send, confirm, run_id, message_id)
 
         return later

@@ -161,6 +161,7 @@ def test_a_pull_carries_a_message_only_once_all_its_objects_are_stored():
     assert state.store_object(run_id, session, last, objects[last])
     response = carried_pull(pull_handler)(request=None, state=state)
     assert take_carrier(response.messages_list[0], response.message_object_trees[0]) == objects
+    assert all(state.get_object(run_id, oid) is None for oid in objects)  # let go, as the receipt would
 
 
 def test_a_client_pull_takes_carried_objects_first_and_asks_the_superlink_only_for_the_rest():
@@ -171,6 +172,7 @@ def test_a_client_pull_takes_carried_objects_first_and_asks_the_superlink_only_f
         lambda _request: PullMessagesResponse(messages_list=[proto], message_object_trees=[get_object_tree(message)])
     )(None)
     assert not response.messages_list[0].content.ByteSize()
+    assert ARRIVED.whole(message.object_id)  # its receipt need not be sent
     asked = []
 
     def flower_pull(object_ids, pull_object_fn, **_kwargs):
@@ -182,4 +184,53 @@ def test_a_client_pull_takes_carried_objects_first_and_asks_the_superlink_only_f
     got = serve_arrived_first(flower_pull)(wanted, lambda oid: extra[oid])
     assert got == {**objects, **extra}
     assert sorted(asked) == sorted(set(extra) - set(objects))  # only what did not arrive carried
-    assert ARRIVED.take(objects) == {}  # taken once
+    assert ARRIVED.take(objects) == objects  # still there for another message of the same pull
+
+
+def test_an_object_two_replies_share_serves_both():
+    """Two replies of one pull whose trees share an object (same bytes, same id): it is carried in both
+    carriers but kept once, and the SuperLink let go of it; both replies must still get it."""
+    first, second = _message(), _message(3)  # both hold the same ConfigRecord
+    shared = set(deflated_tree(first)) & set(deflated_tree(second))
+    assert shared
+    protos = [_proto(first), _proto(second)]
+    trees = [get_object_tree(first), get_object_tree(second)]
+    keep_arrived(lambda _request: PullMessagesResponse(messages_list=protos, message_object_trees=trees))(None)
+
+    def superlink_has_nothing(object_ids, pull_object_fn, **_kwargs):
+        raise AssertionError(f"asked the SuperLink for {object_ids}")
+
+    pull = serve_arrived_first(superlink_has_nothing)
+    assert pull(list(deflated_tree(first)), None) == deflated_tree(first)
+    assert pull(list(deflated_tree(second)), None) == deflated_tree(second)
+
+
+def test_a_message_carried_in_part_still_gets_its_receipt():
+    message = _message()
+    objects = deflated_tree(message)
+    proto = message_to_proto(remove_content_from_message(message))
+    partial = {oid: body for oid, body in objects.items() if oid != message.object_id}
+    proto.content.CopyFrom(message_to_proto(Message(carrier(partial), dst_node_id=5, message_type="train")).content)
+
+    def respond(_request):
+        return PullMessagesResponse(messages_list=[proto], message_object_trees=[get_object_tree(message)])
+
+    keep_arrived(respond)(None)
+    assert not ARRIVED.whole(message.object_id)
+
+
+def test_a_supernode_skips_the_receipt_of_a_message_carried_whole_only():
+    from fedsilo.peers.flower_compat.supernode import ConfirmLater
+
+    message = _message()
+    proto = _proto(message)
+    keep_arrived(
+        lambda _request: PullMessagesResponse(messages_list=[proto], message_object_trees=[get_object_tree(message)])
+    )(None)
+    sent = []
+    later = ConfirmLater()
+    confirm = later(lambda run_id, message_id: sent.append(message_id))
+    confirm(RUN_ID, message.object_id)
+    confirm(RUN_ID, "another message")
+    later._sender.shutdown(wait=True)
+    assert sent == ["another message"]
