@@ -31,10 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Horizontal and transfer models are scored this way, locally: pull the model, then score. "
         "A VERTICAL job's model is split between its owners, so its customers are scored over the network: "
         "`fedsilo score JOB --peer URL --ids FILE`, URL the label holder's daemon (the job's host), FILE one "
-        "customer id of its source per line. The label holder asks the feature party for those customers' "
-        "codes through a both-sides PSI (no raw id crosses); each code is released once, counted against "
-        "the label holder's quota there, and audited at both ends. Refused once the job is cancelled "
-        "(its model withdrawn).",
+        "customer id of its source per line. The label holder asks the feature party, through a both-sides PSI "
+        "(no raw id crosses), for those customers' codes (coded scheme) or noised bottom-model outputs (split "
+        "scheme); each customer's is released once and repeated after, counted against the label holder's "
+        "quota there, and audited at both ends. A customer the feature party does not hold gets no score. "
+        "Refused once the job is cancelled (its model withdrawn).",
     )
     p.add_argument(
         "model_dir",

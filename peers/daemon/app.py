@@ -345,6 +345,15 @@ async def vertical_score(request: web.Request) -> web.Response:
     )
 
 
+async def vertical_embed(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    service = _service(request)
+    assert service.vertical.split is not None
+    return web.json_response(
+        await service.vertical.split.score_embeddings(request[MEMBER], request.match_info["job_id"], body)
+    )
+
+
 async def transfer_holdout(request: web.Request) -> web.Response:
     body = await read_json(request)
     return web.json_response(
@@ -527,6 +536,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/jobs/{job_id}/vertical/align", vertical_align),
     ("POST", "/v1/jobs/{job_id}/vertical/release", vertical_release),
     ("POST", "/v1/jobs/{job_id}/vertical/score", vertical_score),
+    ("POST", "/v1/jobs/{job_id}/vertical/embed", vertical_embed),
     ("POST", "/v1/jobs/{job_id}/transfer/holdout", transfer_holdout),
     ("POST", "/v1/jobs/{job_id}/transfer/pins", transfer_pins),
     ("POST", "/v1/proposals", propose_job),

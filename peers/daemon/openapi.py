@@ -142,6 +142,14 @@ def spec() -> dict[str, Any]:
                     params=("job_id",),
                 )
             },
+            "/v1/jobs/{job_id}/vertical/embed": {
+                "post": _op(
+                    "split vertical jobs, at the feature party (the host only): noised embeddings of a scoring PSI "
+                    "session's customers, each drawn once, within the host's query quota",
+                    body="{session: hex}",
+                    params=("job_id",),
+                )
+            },
             "/v1/jobs/{job_id}/transfer/holdout": {
                 "post": _op(
                     "transfer jobs with shared customers, at a participant (the host only), in name order: "

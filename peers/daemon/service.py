@@ -60,7 +60,7 @@ class PeerService:
         self.transfer_holdout = self.hosting.transfer_holdout = TransferHoldout(
             context, self.budget, self.list_serving.lists
         )
-        self.participating.split = self.hosting.split = VerticalSplit(context, self.vertical)
+        self.participating.split = self.hosting.split = self.vertical.split = VerticalSplit(context, self.vertical)
         self.reconciliation = Reconciliation(context, self.budget, self.participating, self.hosting)
         self.views = Views(context)
         contexts = [context.client.ssl_context] + ([server_tls] if server_tls is not None else [])

@@ -39,7 +39,7 @@ from fedsilo.peers.vertical.training import EpochStats, train
 from fedsilo.privacy.audit.roc import roc
 from fedsilo.privacy.psi import PsiResult
 
-__all__ = ["BankRelease", "BrokerModel", "order_digest", "release_plan", "train_broker"]
+__all__ = ["BankRelease", "BrokerModel", "ScoringReleases", "order_digest", "release_plan", "train_broker"]
 
 _PLAN_STREAM = 19  # the release plan's random stream (public, with the job's seed)
 
@@ -119,6 +119,43 @@ class BankRelease:
         temporary = self._released.with_name(".released.tmp.npy")
         np.save(temporary, np.asarray(released, dtype=np.int64))
         os.replace(temporary, self._released)
+
+
+class ScoringReleases:
+    """A split job's feature party's releases for scoring, in ``directory`` (its ``state/vertical/JOB``).
+
+    ``scoring.npy``: per source row, the one noised embedding released for scoring (NaN:
+    none yet). Saved durably (written, fsynced, renamed) before the values leave, so a
+    restart never draws a customer twice.
+    """
+
+    def __init__(self, directory: Path, rows_in_source: int, width: int) -> None:
+        self.directory, self.rows_in_source, self.width = directory, rows_in_source, width
+
+    @property
+    def _path(self) -> Path:
+        return self.directory / "scoring.npy"
+
+    def load(self) -> np.ndarray:
+        """Per source row, its released embedding (a row of NaN: not released)."""
+        if not self._path.is_file():
+            return np.full((self.rows_in_source, self.width), np.nan, dtype=np.float32)
+        released = np.load(self._path)
+        if released.shape != (self.rows_in_source, self.width):
+            raise DataError(
+                f"{self._path} holds {released.shape[0]} rows, the source has {self.rows_in_source}: the source "
+                "changed after embeddings were released for scoring; restore it"
+            )
+        return released
+
+    def save(self, released: np.ndarray) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_name(".scoring.tmp.npy")
+        with open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(released, dtype=np.float32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._path)
 
 
 @dataclass

@@ -12,6 +12,12 @@ the noise multiplier is calibrated so that those releases spend the party's ε. 
 frozen bottoms the label holder releases only its updates (once per epoch) and the
 feature party each row once. A held-out customer is released once by the feature party,
 at scoring, at a noise multiplier calibrated for that one release.
+
+A deployed feature party plans one release more per customer (`NETWORK_SCORING`): the
+label holder may later score any customer over the network
+(:meth:`fedsilo.peers.daemon.roles.vertical_split.VerticalSplit.score_embeddings`), and
+the bank draws that customer's embedding once, at the training noise, and answers the
+same stored release to every later request.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from fedsilo.peers.vertical.parties import PartyDP
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.vertical import plan_noise
 
-__all__ = ["SplitReleases", "party_dp", "planned_mechanisms", "split_releases"]
+__all__ = ["NETWORK_SCORING", "SplitReleases", "party_dp", "planned_mechanisms", "split_releases"]
+
+NETWORK_SCORING = 1  # a deployed feature party's releases per customer for scoring over the network
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,9 @@ class Participating:
                 await asyncio.to_thread(joined.stop)
                 return None
             spent = await asyncio.to_thread(training.finish_joining, joined, self.wall_seconds)
+            if is_split(job):  # a feature party also commits the scoring release it reserved
+                assert self.split is not None
+                spent = self.split.committed(job, spent)
             failure = None
         except FedsiloError as error:
             spent, failure = training.spent_so_far(self.ctx.config.state_dir, job_id), str(error)

@@ -44,7 +44,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -85,16 +85,19 @@ from fedsilo.privacy.accounting import Mechanism, PureMechanism, epsilon_spent
 from fedsilo.privacy.noise_source import SecureNoise
 from fedsilo.privacy.vertical import CodeRelease
 
+if TYPE_CHECKING:
+    from fedsilo.peers.daemon.roles.vertical_split import VerticalSplit
+
 log = logging.getLogger("fedsilo.peer")
 EMBEDDING = 8  # the split spec's embedding width (unused: the label holder's model has no link)
 EXCHANGE_SECONDS = 300.0  # one PSI or release request of a vertical job (a PSI over a large table takes a while)
 
 
-def _b64(data: bytes) -> str:
+def encode_b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(value: Any, what: str) -> bytes:
+def decode_b64(value: Any, what: str) -> bytes:
     if not isinstance(value, str) or len(value) > 8_000_000:
         raise Refused(f"{what} must be a base64 string", 400)
     try:
@@ -103,7 +106,7 @@ def _unb64(value: Any, what: str) -> bytes:
         raise Refused(f"{what} is not valid base64", 400) from None
 
 
-def _session(body: Any) -> bytes:
+def psi_session(body: Any) -> bytes:
     value = body.get("session") if isinstance(body, dict) else None
     try:
         session = bytes.fromhex(value) if isinstance(value, str) else b""
@@ -131,6 +134,7 @@ class Vertical:
         self.ctx = context
         self.budget = budget
         self.lists = lists
+        self.split: VerticalSplit | None = None  # set by the service: a split job's scoring (step 5 there)
 
     # -- acceptance (both sides) ---------------------------------------------------------
     def list_for(self, job: SignedJob | JobRow, source: DataSource) -> SharedList:
@@ -185,8 +189,8 @@ class Vertical:
         self, caller: Member, job_id: str, states: tuple[str, ...], schemes: tuple[str, ...] = ("coded",)
     ) -> tuple[JobRow, SignedJob]:
         """The job and its signed form, if `caller` is its label holder, this peer its feature party, the job in
-        one of `states` and of one of `schemes` (a split job's reservation covers no code: no code is released
-        for it); Refused otherwise."""
+        one of `states` and of one of `schemes` (a split job's reservation covers no code, a coded job's no
+        embedding); Refused otherwise."""
         job = self.ctx.store.job(job_id)
         if job is None or job.source is None:
             raise Refused(f"no job {job_id!r} here", 404)
@@ -194,8 +198,9 @@ class Vertical:
         if signed.setup != "vertical" or job.hosting:
             raise Refused(f"job {job_id} is not a vertical job in which {self.ctx.name} is the feature party", 409)
         if signed.vertical_scheme not in schemes:
+            what = "code" if "coded" in schemes else "embedding for scoring"
             raise Refused(
-                f"job {job_id} runs the {signed.vertical_scheme} scheme: no code is released for it (its "
+                f"job {job_id} runs the {signed.vertical_scheme} scheme: no {what} is released for it (its "
                 "reservation covers its own releases only)",
                 409,
             )
@@ -217,7 +222,7 @@ class Vertical:
 
         async def work() -> dict[str, Any]:
             job, _ = self._bank_job(caller, job_id, ("accepted",), ("coded", "split"))
-            session = _session(body)
+            session = psi_session(body)
             digest = body.get("digest")
             assert job.source is not None
             source = self.ctx.config.sources[job.source]
@@ -250,7 +255,7 @@ class Vertical:
             if not isinstance(requests, list) or not 1 <= len(requests) <= 2:
                 raise Refused('the body is {"requests": [one or two base64 batch requests]}', 400)
             try:
-                asked = [BatchRequest.from_bytes(_unb64(r, "a request")) for r in requests]
+                asked = [BatchRequest.from_bytes(decode_b64(r, "a request")) for r in requests]
             except ProtocolError as error:
                 raise Refused(str(error), 400) from None
             state, frame = await asyncio.to_thread(self._release_state, job)
@@ -290,7 +295,7 @@ class Vertical:
                 detail = f"{int((party.released >= 0).sum())} codes released once each, ε = {epsilon:.4f}"
                 self.ctx.store.set_state(job_id, "finished", detail, spent=[m.to_dict() for m in spent])
                 self.ctx.audit_job(caller.name, "vertical.release", detail, job)
-            return {"codes": [_b64(a.to_bytes()) for a in answers], "spent": [m.to_dict() for m in spent]}
+            return {"codes": [encode_b64(a.to_bytes()) for a in answers], "spent": [m.to_dict() for m in spent]}
 
         return await self.ctx.run(caller.name, "vertical.release", work, job=job_id)
 
@@ -299,7 +304,7 @@ class Vertical:
 
         async def work() -> dict[str, Any]:
             job, signed = self._bank_job(caller, job_id, ("finished",))
-            session = _session(body)
+            session = psi_session(body)
             assert job.source is not None
             source = self.ctx.config.sources[job.source]
             shared = self.list_for(job, source)
@@ -330,7 +335,7 @@ class Vertical:
                 )
                 self.ctx.audit_job(caller.name, "vertical.score", detail, job)
             codes = Codes(self.ctx.name, 0, DELINQUENCY_K, released[rows].copy())
-            return {"codes": _b64(codes.to_bytes()), "digest": order_digest(result) if rows.size else ""}
+            return {"codes": encode_b64(codes.to_bytes()), "digest": order_digest(result) if rows.size else ""}
 
         return await self.ctx.run(caller.name, "vertical.score", work, job=job_id)
 
@@ -369,14 +374,14 @@ class Vertical:
         train, test = np.flatnonzero(sides == TRAIN), np.flatnonzero(sides == TEST)
         requests = [receiver.request(1, train, True).to_bytes(), receiver.request(2, test, False).to_bytes()]
         reply = await client.call(
-            "POST", f"{url}/v1/jobs/{job.job_id}/vertical/release", {"requests": [_b64(r) for r in requests]}
+            "POST", f"{url}/v1/jobs/{job.job_id}/vertical/release", {"requests": [encode_b64(r) for r in requests]}
         )
         answers = reply.get("codes") if isinstance(reply, dict) else None
         if not isinstance(answers, list) or len(answers) != 2:
             raise ProtocolError(f"{bank} answered the release with something that is not two code messages")
         codes = np.zeros(len(rows), dtype=np.int64)
-        codes[train] = receiver.receive(Codes.from_bytes(_unb64(answers[0], "codes")))
-        codes[test] = receiver.receive(Codes.from_bytes(_unb64(answers[1], "codes")))
+        codes[train] = receiver.receive(Codes.from_bytes(decode_b64(answers[0], "codes")))
+        codes[test] = receiver.receive(Codes.from_bytes(decode_b64(answers[1], "codes")))
         await self._audit_own(job, "vertical.receive", f"{len(rows)} codes from {bank}, each released once")
         return await asyncio.to_thread(self._train_and_write, job, table, rows, sides, codes, bank, reply)
 
@@ -486,7 +491,8 @@ class Vertical:
 
     # -- scoring at the label holder ---------------------------------------------------------------
     async def score(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
-        """Scores of the named customers (in this peer's table): codes asked through a PSI, model applied here."""
+        """Scores of the named customers (in this peer's table): the feature party's codes (or, in a split job,
+        embeddings) asked through a PSI, the model applied here; a customer it does not hold scores None."""
         job = self.ctx.store.job(job_id)
         if job is None or not job.hosting or job.source is None:
             raise Refused(f"job {job_id} is not hosted here", 404)
@@ -499,12 +505,7 @@ class Vertical:
                 "--data FILE --out FILE)",
                 409,
             )
-        if signed.vertical_scheme != "coded":
-            raise Refused(
-                f"job {job_id} runs the {signed.vertical_scheme} scheme: scoring over the network is the coded "
-                "scheme's; its model is this peer's part only",
-                409,
-            )
+        split = signed.vertical_scheme == "split"  # the feature party answers embeddings (`roles.vertical_split`)
         if job.state == "cancelled":
             raise Refused(f"job {job_id} is cancelled: its model is withdrawn", 409)
         if job.state != "finished":
@@ -533,30 +534,42 @@ class Vertical:
                     signed, "psi.run", f"at {bank}: both-sides PSI of {len(wanted)} identifiers to score"
                 )
                 result, session = await dh_psi(client, url, job.source, wanted, kind, "both")
-                reply = await client.call("POST", f"{url}/v1/jobs/{job_id}/vertical/score", {"session": session.hex()})
+                route = "embed" if split else "score"
+                reply = await client.call(
+                    "POST", f"{url}/v1/jobs/{job_id}/vertical/{route}", {"session": session.hex()}
+                )
         except PeerUnreachable as error:
             status = re.search(r" answered (\d{3}):", str(error))
             raise Refused(f"{bank} refused: {error}", int(status.group(1)) if status else 502) from None
         matched = aligned_rows(result)  # indices into `wanted`, in the PSI order
-        codes = Codes.from_bytes(_unb64(reply.get("codes") if isinstance(reply, dict) else None, "codes"))
-        if codes.party != bank or len(codes.codes) != len(matched):
-            raise Refused(f"{bank} answered {len(codes.codes)} codes for {len(matched)} shared customers", 502)
-        if len(matched) and reply.get("digest") != order_digest(result):
-            raise Refused(f"{bank} answered the codes of another order than this PSI run's: refused", 502)
-        model = await asyncio.to_thread(self._load_model, job_id, signed)
+        if len(matched) and (not isinstance(reply, dict) or reply.get("digest") != order_digest(result)):
+            raise Refused(f"{bank} answered for another order than this PSI run's: refused", 502)
+        own = table.iloc[positions[matched]].drop(columns=[source.id_column])
+        if split:
+            assert self.split is not None
+            out = await asyncio.to_thread(self.split.scores, job_id, signed, own, reply, bank)
+        else:
+            out = await asyncio.to_thread(self._coded_scores, job_id, signed, own, reply, bank)
         scores: list[float | None] = [None] * len(wanted)
-        if len(matched):
-            encoder = model[1]
-            x = encoder.transform_features(table.iloc[positions[matched]].drop(columns=[source.id_column]))
-            features = np.hstack([x, one_hot(np.asarray(codes.codes), DELINQUENCY_K)]).astype(np.float32)
-            with torch.no_grad():
-                out = torch.sigmoid(model[0](torch.as_tensor(features), torch.zeros(len(matched), 0)))
-            for j, p in enumerate(matched):
-                scores[int(p)] = round(float(out[j]), 6)
+        for j, p in enumerate(matched):
+            scores[int(p)] = round(float(out[j]), 6)
         await self._audit_own(
             signed, "vertical.score", f"{len(wanted)} customers asked, {len(matched)} shared with {bank} scored"
         )
         return {"job": job_id, "feature_party": bank, "scores": dict(zip(wanted, scores))}
+
+    def _coded_scores(self, job_id: str, signed: SignedJob, own: pd.DataFrame, reply: Any, bank: str) -> np.ndarray:
+        """The probabilities of the host's rows `own` (id column dropped) from its model and the bank's codes."""
+        codes = Codes.from_bytes(decode_b64(reply.get("codes") if isinstance(reply, dict) else None, "codes"))
+        if codes.party != bank or len(codes.codes) != len(own):
+            raise Refused(f"{bank} answered {len(codes.codes)} codes for {len(own)} shared customers", 502)
+        if not len(own):
+            return np.zeros(0)
+        model, encoder = self._load_model(job_id, signed)
+        x = encoder.transform_features(own)
+        features = np.hstack([x, one_hot(np.asarray(codes.codes), DELINQUENCY_K)]).astype(np.float32)
+        with torch.no_grad():
+            return torch.sigmoid(model(torch.as_tensor(features), torch.zeros(len(own), 0))).double().numpy()
 
     def _load_model(self, job_id: str, job: SignedJob) -> tuple[LocalModel, TabularEncoder]:
         latest = self.ctx.store.model(job_id)

@@ -9,9 +9,11 @@ ClientApp (:mod:`fedsilo.peers.vertical.apps`), the same DP plan
 (:mod:`fedsilo.peers.vertical.plan`); here each party is a SuperNode of its own daemon.
 
 1. **Acceptance** (`acceptance_facts`, both sides): each party reserves its planned
-   Gaussian releases (``Mechanism(z, 1, 2 × epochs)``, z calibrated to the job's ε at its
-   source's δ and accountant; a held-out customer's one scoring release at the same z)
-   before anything is released. The feature party must serve
+   Gaussian releases before anything is released: the label holder
+   ``Mechanism(z, 1, 2 × epochs)``, the feature party ``Mechanism(z, 1, 2 × epochs + 1)``
+   (the one more is a customer's release for scoring, :data:`~fedsilo.peers.vertical.plan.NETWORK_SCORING`),
+   z calibrated to the job's ε at its source's δ and accountant (a held-out customer's
+   one scoring release at the end of training runs at the same z). The feature party must serve
    the alignment through its shared list named like the source (as in the coded scheme:
    ``[lists.SOURCE]``, ``both`` mode, the host in ``psi``), or it declines.
 2. **Alignment** (`align`, at the host, before the SuperLink starts): both-sides DH-PSI
@@ -31,7 +33,20 @@ ClientApp (:mod:`fedsilo.peers.vertical.apps`), the same DP plan
 4. **Publication** (`model_files`, `card`): the host publishes its part (its bottom model
    and the top model, its encoder, the held-out AUC) as a signed artefact, pulled and
    verified like any model. The feature party's bottom model stays on its own disk
-   (``state/jobs/JOB/peer/PEER.final.safetensors``), never sent.
+   (``state/jobs/JOB/peer/PEER.final.safetensors``), never sent. When its SuperNode ends,
+   the feature party commits its node's durable record plus the scoring release it
+   reserved (`committed`): that release may be drawn any time later, so it is spent now.
+5. **Scoring** (`scores` at the host, through :meth:`Vertical.score`, ``POST /v1/jobs/JOB/score``;
+   `score_embeddings` at the feature party, ``POST /v1/jobs/JOB/vertical/embed``): the
+   host runs a both-sides PSI of the named customers with the list and asks for their
+   embeddings by its session (no raw identifier crosses); the feature party answers each
+   customer's stored release, or draws it now from its final bottom model, clipped and
+   noised at the training z from its OS CSPRNG, and stores it before the answer leaves.
+   A customer is drawn once per job: asking again returns the same values (the host
+   cannot average the noise away), so the committed plan bounds every customer's loss
+   (a training customer: 2 × epochs + 1 releases; any other: at most 2). Counted against
+   the host's query quota on the list (``queriers``; over it: 429, nothing drawn),
+   audited at both ends, refused once the job is cancelled (its model withdrawn).
 """
 
 from __future__ import annotations
@@ -43,30 +58,44 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.numpy import save_file
+from safetensors.torch import load_file
 
-from fedsilo.errors import DataError
+from fedsilo.errors import DataError, QuotaExceeded
 from fedsilo.peers.alignment import aligned_rows
+from fedsilo.peers.daemon import training
 from fedsilo.peers.daemon.card import build_card
 from fedsilo.peers.daemon.client import PeerClient, both_sides_list_kind
 from fedsilo.peers.daemon.config import DataSource
 from fedsilo.peers.daemon.context import PeerContext
 from fedsilo.peers.daemon.participants import Report
 from fedsilo.peers.daemon.policy import file_fingerprint
-from fedsilo.peers.daemon.roles.vertical import Vertical, is_label_holder
+from fedsilo.peers.daemon.roles.vertical import Vertical, decode_b64, encode_b64, is_label_holder, psi_session
 from fedsilo.peers.daemon.signed_job import SignedJob, parse_document
 from fedsilo.peers.daemon.store import JobRow
 from fedsilo.peers.data.bank import TEST, read_table
 from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.errors import Refused
+from fedsilo.peers.identity.manifest import Member
 from fedsilo.peers.risk_lists import dh_psi
 from fedsilo.peers.vertical.apps import Plan, read_final_state, write_party_file
-from fedsilo.peers.vertical.network import BankRelease, order_digest, release_plan
-from fedsilo.peers.vertical.parties import FeatureParty, LabelHolder, Link, PartyDP, SplitSpec
-from fedsilo.peers.vertical.plan import party_dp, planned_mechanisms, split_releases
+from fedsilo.peers.vertical.messages import Embeddings
+from fedsilo.peers.vertical.network import BankRelease, ScoringReleases, order_digest, release_plan
+from fedsilo.peers.vertical.parties import (
+    FeatureParty,
+    LabelHolder,
+    Link,
+    LocalModel,
+    PartyDP,
+    SplitSpec,
+    build_bottom,
+)
+from fedsilo.peers.vertical.plan import NETWORK_SCORING, party_dp, planned_mechanisms, split_releases
 from fedsilo.privacy.accounting import Mechanism
 from fedsilo.privacy.audit.roc import roc
 from fedsilo.privacy.noise_source import SecureNoise
+from fedsilo.privacy.vertical import RowRelease
 
 NO_LABEL = "__no_label__"  # the encoder's label slot for a party that holds none (never filled with data)
 PARTY_FILE = "party.pickle"
@@ -99,17 +128,21 @@ class VerticalSplit:
         self.coded = coded  # the alignment list's checks and the PSI helpers are the coded scheme's
 
     # -- acceptance (both sides) ---------------------------------------------------------
-    def dp(self, job: SignedJob, source: DataSource, holder: bool) -> PartyDP:
-        """This peer's DP in `job`: its releases per training row at the job's ε, its source's δ and accountant.
-
-        A held-out customer's one scoring release runs at the training noise too (the simulation calibrates it
-        for one release): its ε is then below a training customer's, so the worst customer, whose releases the
-        ledger commits, is always a training one and the committed mechanism is exactly the reserved one.
-        """
+    @staticmethod
+    def releases(job: SignedJob, holder: bool) -> int:
+        """This peer's planned releases of its worst customer in `job` (the feature party's include scoring)."""
         releases = split_releases(job.config.train.rounds)
+        return releases.holder if holder else releases.party + NETWORK_SCORING
+
+    def dp(self, job: SignedJob, source: DataSource, holder: bool) -> PartyDP:
+        """This peer's DP in `job`: its planned releases per customer at the job's ε, its source's δ and accountant.
+
+        A held-out customer's one scoring release at the end of training, and any customer's one release for
+        scoring over the network, run at the training noise too (the simulation calibrates the first for one
+        release): the worst customer is a training one, whose releases are exactly the reserved mechanism.
+        """
         dp = job.config.dp
-        count = releases.holder if holder else releases.party
-        return party_dp(dp.epsilon, source.delta, source.accountant, count, dp.max_grad_norm)
+        return party_dp(dp.epsilon, source.delta, source.accountant, self.releases(job, holder), dp.max_grad_norm)
 
     def _columns(self, job: SignedJob, source: DataSource, frame: pd.DataFrame, holder: bool) -> pd.DataFrame:
         """This peer's columns of the job (its table without the id column; the label holder's keeps the label)."""
@@ -134,9 +167,28 @@ class VerticalSplit:
         if not holder:
             self.coded.list_for(job, source)
         fingerprint = file_fingerprint(source.path, self.ctx.identity.manifest.suite)
-        releases = split_releases(job.config.train.rounds)
-        planned = planned_mechanisms(self.dp(job, source, holder), releases.holder if holder else releases.party)
+        planned = planned_mechanisms(self.dp(job, source, holder), self.releases(job, holder))
         return len(frame), 0, fingerprint, planned
+
+    def committed(self, row: JobRow, spent: list[Mechanism]) -> list[Mechanism]:
+        """What this peer commits when its SuperNode ended `row`'s job having spent `spent` (its durable record):
+        the feature party adds the scoring release it reserved (drawn later, by `score_embeddings`), merged
+        into the record's mechanism at the same noise; the label holder commits its record as it is."""
+        signed = self.coded._stored(row)
+        if not spent or is_label_holder(signed, self.ctx.name):
+            return spent
+        assert row.source is not None
+        z = self.dp(signed, self.ctx.config.sources[row.source], False).noise_multiplier
+        merged, added = [], False
+        for mechanism in spent:
+            if (
+                not added
+                and isinstance(mechanism, Mechanism)
+                and (mechanism.noise_multiplier, mechanism.sample_rate) == (z, 1.0)
+            ):
+                mechanism, added = Mechanism(z, 1.0, mechanism.steps + NETWORK_SCORING), True
+            merged.append(mechanism)
+        return merged if added else [*spent, Mechanism(z, 1.0, NETWORK_SCORING)]
 
     # -- the alignment, at the host --------------------------------------------------------
     async def align(self, job: SignedJob, bank: str, client: PeerClient) -> int:
@@ -203,6 +255,97 @@ class VerticalSplit:
         encoder.save(work_dir / "encoder.json")
         path = write_party_file(work_dir, 0, party, Plan(train.rounds, train.batch_size, train.seed), None)
         return path.rename(work_dir / PARTY_FILE)
+
+    # -- scoring over the network ------------------------------------------------------------
+    async def score_embeddings(self, caller: Member, job_id: str, body: Any) -> dict[str, Any]:
+        """At the feature party: the scoring embeddings of the customers of the host's PSI `session`, in its
+        order, each drawn at most once in the job (module docstring, step 5)."""
+
+        async def work() -> dict[str, Any]:
+            job, signed = self.coded._bank_job(caller, job_id, ("finished",), ("split",))
+            session = psi_session(body)
+            assert job.source is not None
+            source = self.ctx.config.sources[job.source]
+            shared = self.coded.list_for(job, source)
+            quota = shared.quota_of(caller.name)
+            if quota is None:
+                raise Refused(
+                    f"{caller.name} has no scoring quota on list {shared.name!r} here (lists.{shared.name}.queriers)",
+                    403,
+                )
+            result = self.coded.lists.take_confirmed(caller.name, shared.name, session)
+            rows = aligned_rows(result)
+            frame = await asyncio.to_thread(read_table, source.path)
+            store = ScoringReleases(self._state(job_id), len(frame), _spec(signed).embedding)
+            released = await asyncio.to_thread(store.load)
+            try:
+                left = self.coded.lists.charge_query(shared, caller.name, int(rows.size))
+            except QuotaExceeded as error:
+                raise Refused(f"scoring on list {shared.name!r}: {error}; nothing was released", 429) from None
+            new = rows[np.isnan(released[rows]).any(axis=1)]
+            if new.size:
+                released[new] = await asyncio.to_thread(self._draw, job, signed, frame, new)
+            with self.ctx.store.transaction():
+                if new.size:
+                    await asyncio.to_thread(store.save, released)  # durable before any value leaves
+                detail = (
+                    f"{rows.size} embeddings answered ({new.size} released now, once each at the job's noise "
+                    f"multiplier); {left} left in the window"
+                )
+                self.ctx.audit_job(caller.name, "vertical.embed", detail, job)
+            embeddings = Embeddings(self.ctx.name, 0, released[rows].copy())
+            return {
+                "embeddings": encode_b64(embeddings.to_bytes()),
+                "digest": order_digest(result) if rows.size else "",
+            }
+
+        return await self.ctx.run(caller.name, "vertical.embed", work, job=job_id)
+
+    def _draw(self, job: JobRow, signed: SignedJob, frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+        """Fresh releases of source `rows` from this feature party's final bottom model: clipped, noised at the
+        training z from the OS CSPRNG (blocking: reads its SuperNode's final state)."""
+        assert job.source is not None
+        source = self.ctx.config.sources[job.source]
+        work_dir = training.peer_work_dir(self.ctx.config.state_dir, job.job_id)
+        encoder = TabularEncoder.load(work_dir / "encoder.json")
+        x = encoder.transform_features(self._columns(signed, source, frame, False).iloc[rows])
+        bottom = build_bottom(_spec(signed), x.shape[1], signed.config.train.seed + 1)
+        state = read_final_state(work_dir, self.ctx.name)
+        bottom.load_state_dict(
+            {k.removeprefix("param."): torch.as_tensor(v) for k, v in state.items() if k.startswith("param.")}
+        )
+        dp = self.dp(signed, source, False)
+        with torch.no_grad():
+            h = bottom(torch.as_tensor(np.asarray(x, dtype=np.float32))).double().numpy()
+        return RowRelease(dp.release_clip, dp.noise_multiplier).apply(h, SecureNoise()).astype(np.float32)
+
+    def scores(self, job_id: str, signed: SignedJob, own: pd.DataFrame, reply: Any, bank: str) -> np.ndarray:
+        """At the host: the probabilities of its rows `own` (its table's, id column dropped) from its part of the
+        model and the feature party's `reply` (their embeddings, row for row); Refused if the reply does not fit."""
+        embeddings = Embeddings.from_bytes(
+            decode_b64(reply.get("embeddings") if isinstance(reply, dict) else None, "embeddings")
+        )
+        width = _spec(signed).embedding
+        if embeddings.party != bank or embeddings.values.shape != (len(own), width):
+            raise Refused(
+                f"{bank} answered {embeddings.values.shape[0]} embeddings of width {embeddings.values.shape[1]} "
+                f"for {len(own)} shared customers of width {width}: refused",
+                502,
+            )
+        if not np.isfinite(embeddings.values).all():
+            raise Refused(f"{bank} answered embeddings that are not finite numbers: refused", 502)
+        if not len(own):
+            return np.zeros(0)
+        latest = self.ctx.store.model(job_id)
+        if latest is None:
+            raise Refused(f"job {job_id} has no published model here", 409)
+        encoder = TabularEncoder.load(latest[1] / "encoder.json")
+        model = LocalModel(_spec(signed), encoder.n_features, width, signed.config.train.seed + 2)
+        model.load_state_dict(load_file(str(latest[1] / "model.safetensors")))
+        model.eval()
+        x = torch.as_tensor(np.asarray(encoder.transform_features(own), dtype=np.float32))
+        with torch.no_grad():
+            return torch.sigmoid(model(x, torch.as_tensor(embeddings.values))).double().numpy()
 
     # -- publication, at the host ----------------------------------------------------------
     def model_files(self, job: SignedJob, work_dir: Path, relay_metrics: dict[str, Any]) -> dict[str, Path]:

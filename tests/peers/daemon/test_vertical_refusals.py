@@ -77,6 +77,8 @@ def test_the_feature_party_reserves_its_one_release_on_acceptance_and_refuses_ou
                 ("broker", "release", {"requests": [REQUEST]}, "409: job v-accept is not aligned yet: align first"),
                 ("broker", "release", {"requests": ["AAAA"]}, "400: a batch request is at least"),
                 ("broker", "score", {"session": "00" * 16}, "409: job v-accept is accepted here, not finished"),
+                # a coded job's host asks for the split scheme's scoring embeddings
+                ("broker", "embed", {"session": "00" * 16}, "409: job v-accept runs the coded scheme: no embedding"),
                 # the broker names a PSI run that never happened (or someone else's)
                 ("broker", "align", {"session": "11" * 16, "digest": "x"}, "409: no confirmed both-sides PSI"),
                 ("broker", "align", {"session": "zz"}, "400: the body must name the PSI run"),
@@ -150,8 +152,9 @@ def test_the_feature_party_without_its_alignment_list_declines(consortium, tmp_p
 
 
 def test_the_label_holder_of_a_split_job_cannot_make_the_feature_party_release_codes(consortium, tmp_path):
-    """A malicious host of a split job asks the bank for the coded scheme's release and scoring: both refused,
-    the bank's reservation (its Gaussian plan) stays as it was, nothing is drawn or committed."""
+    """A malicious host of a split job asks the bank for the coded scheme's release and scoring, and for scoring
+    embeddings before the job is trained: all refused, the bank's reservation (its Gaussian plan) stays as it
+    was, nothing is drawn or committed."""
     path = consortium.job_toml(tmp_path / "split.toml", "v-split", ["broker", "bank"], extra='setup = "vertical"\n')
     path.write_text(path.read_text() + '\n[vertical]\nscheme = "split"\n')
     envelope = signed(consortium, path)
@@ -166,6 +169,9 @@ def test_the_label_holder_of_a_split_job_cannot_make_the_feature_party_release_c
             for route, request in (("release", {"requests": [REQUEST]}), ("score", {"session": "00" * 16})):
                 with pytest.raises(PeerUnreachable, match="409: job v-split runs the split scheme: no code"):
                     await _call(consortium, "broker", f"/v1/jobs/v-split/vertical/{route}", request)
+            # and no embedding for scoring before its bottom model is trained
+            with pytest.raises(PeerUnreachable, match="409: job v-split is accepted here, not finished"):
+                await _call(consortium, "broker", "/v1/jobs/v-split/vertical/embed", {"session": "00" * 16})
             assert state_of(consortium, "bank")[:2] == before
             record = services["bank"].ledger.jobs("credit-card")["v-split"]
             assert record.state == "reserved" and record.mechanisms == planned

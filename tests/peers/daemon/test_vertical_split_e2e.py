@@ -5,28 +5,39 @@ scenario's columns (the coded e2e test's fixtures). The broker's daemon aligns w
 bank by DH-PSI over mTLS, starts the SuperLink with the relay ServerApp and its own
 SuperNode (the label holder); the bank's daemon starts a SuperNode playing its bottom
 model. Checked: both jobs finished, the model pulled and verified, each ledger committed
-exactly the mechanism it reserved at acceptance (which its SuperNode's durable record
-holds), and from the host's side, with everything it holds: the bank's columns (names,
-raw values, its encoded rows) appear in no file under the broker's directory, and every
-array its SuperLink received from the bank's node is an embedding of the agreed width.
+exactly the mechanism it reserved at acceptance (the broker's: its SuperNode's durable
+record; the bank's: that record plus its one scoring release per customer), and from the
+host's side, with everything it holds: the bank's columns (names, raw values, its encoded
+rows) appear in no file under the broker's directory, and every array its SuperLink
+received from the bank's node is an embedding of the agreed width. Then the owner scores
+customers through the broker (`fedsilo score`): the bank answers noised embeddings through
+a PSI, each customer drawn once (asked again, the host gets the same values: it cannot
+average the noise away), within the broker's quota, audited at both ends, its ledger
+untouched; a withdrawn model is refused at both ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fedsilo.cli import main
 from fedsilo.peers.client import node_state
+from fedsilo.peers.daemon import signed_job
 from fedsilo.peers.daemon.model_pull import pull_model
-from fedsilo.peers.vertical.plan import party_dp, planned_mechanisms, split_releases
+from fedsilo.peers.errors import PeerUnreachable
+from fedsilo.peers.vertical.plan import NETWORK_SCORING, party_dp, planned_mechanisms, split_releases
+from fedsilo.privacy.accounting import Mechanism
 from fedsilo.simulations.vertical import PARTY_COLUMNS
 from tests.peers.daemon._consortium import OWNER, make_consortium, member_client, run, running, signed
-from tests.peers.daemon.test_vertical_e2e import POLICY, _configure, _data
+from tests.peers.daemon.test_vertical_e2e import POLICY, _configure, _data, _Later
 
 pytestmark = pytest.mark.slow
 
@@ -80,14 +91,15 @@ def _check_ledgers_and_card(consortium, services, card, tmp_path) -> None:
         service = services[name]
         assert service.store.job("split-1").state == "finished", (name, service.store.job("split-1"))
         source = service.context.config.sources["credit-card"]
-        planned = planned_mechanisms(party_dp(3.0, source.delta, source.accountant, 2 * EPOCHS, 1.0), 2 * EPOCHS)
+        releases = 2 * EPOCHS + (NETWORK_SCORING if name == "bank" else 0)  # the bank's: one more, for scoring
+        planned = planned_mechanisms(party_dp(3.0, source.delta, source.accountant, releases, 1.0), releases)
         record = service.ledger.jobs("credit-card")["split-1"]
         durable = node_state.read_privacy(consortium.root / name / "state" / "jobs" / "split-1" / "peer", "split-1")
-        assert record.state == "committed" and list(record.mechanisms) == planned == list(durable.spent), name
-        assert durable.finished and split_releases(EPOCHS).party == 2 * EPOCHS
-        if name == "broker":  # the host holds every acceptance: each party planned exactly this
-            for peer in ("broker", "bank"):
-                assert list(service.store.participant("split-1", peer).acceptance.planned) == planned
+        z = planned[0].noise_multiplier
+        assert durable.finished and list(durable.spent) == [Mechanism(z, 1.0, 2 * EPOCHS)], name  # what it trained
+        assert record.state == "committed" and list(record.mechanisms) == planned, name
+        assert split_releases(EPOCHS).party == 2 * EPOCHS
+        assert list(services["broker"].store.participant("split-1", name).acceptance.planned) == planned
         spent = service.ledger.status("credit-card").spent_epsilon
         assert 2.9 < spent <= 3.0 + 1e-6, (name, spent)
     assert services["bank"].store.model("split-1") is None  # the label holder's part is not replicated to the bank
@@ -96,7 +108,75 @@ def _check_ledgers_and_card(consortium, services, card, tmp_path) -> None:
     assert set(spending) == {"broker", "bank"} and all(2.9 < e <= 3.0 + 1e-6 for e in spending.values())
 
 
-def test_a_split_vertical_job_trains_between_two_daemons_on_the_deployment_engine(tmp_path, monkeypatch):
+async def _score_through_the_broker(consortium, services, tmp_path, capsys, monkeypatch) -> None:
+    """Scoring over the network, two hours after the job (its signed form expired, its model did not)."""
+    monkeypatch.setattr(signed_job, "dt", SimpleNamespace(datetime=_Later, timedelta=dt.timedelta, UTC=dt.UTC))
+    broker_url, bank_url = consortium.addresses["broker"], consortium.addresses["bank"]
+    bank = services["bank"]
+    ids = list(pd.read_csv(consortium.root / "broker" / "data.csv")["ID"])
+    bank_ids = set(pd.read_csv(consortium.root / "bank" / "data.csv")["ID"])
+    wanted = ids[:16]
+    held = [i for i in wanted if i in bank_ids]
+    assert 0 < len(held) < len(wanted)
+    stored = consortium.root / "bank" / "state" / "vertical" / "split-1" / "scoring.npy"
+    record = bank.ledger.jobs("credit-card")["split-1"]
+    ledger_before = (record.state, record.mechanisms)
+    (tmp_path / "ids.txt").write_text("\n".join(wanted) + "\n")
+    command = [
+        "score", "split-1", "--peer", broker_url, "--ids", tmp_path / "ids.txt",
+        "--identity", consortium.identity_dir(OWNER), "--out", tmp_path / "scores.csv",
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, [str(a) for a in command]) == 0
+    assert "with vertical job split-1" in capsys.readouterr().out
+    written = pd.read_csv(tmp_path / "scores.csv", dtype={"id": str})
+    scores = dict(zip(written["id"], [None if np.isnan(v) else v for v in written["score"]]))
+    assert list(written["id"]) == wanted
+    assert {i for i, v in scores.items() if v is not None} == set(held)  # the bank's customers, and only them
+    assert all(0.0 < scores[i] < 1.0 for i in held)
+    first = np.load(stored)
+    assert int((~np.isnan(first).any(axis=1)).sum()) == len(held)  # one release per held customer, stored
+    assert np.abs(first[~np.isnan(first).any(axis=1)]).max() > 0
+    entry = bank.store.audit.entries()[-1]
+    assert entry.action == "vertical.embed" and f"{len(held)} embeddings answered ({len(held)} released now" in (
+        entry.detail
+    )
+    assert [e.action for e in services["broker"].store.audit.entries()][-1] == "vertical.score"
+
+    # the host asks again, in a new PSI session: the same stored releases, so the same scores (no averaging)
+    async with member_client(consortium, OWNER) as owner:
+        again = await owner.call("POST", f"{broker_url}/v1/jobs/split-1/score", {"ids": held})
+        assert again["scores"] == {i: round(scores[i], 6) for i in held}
+        assert np.array_equal(np.load(stored), first, equal_nan=True)
+        assert "0 released now" in bank.store.audit.entries()[-1].detail
+        # over the broker's quota at the bank (30 shared customers per window): 429, nothing drawn
+        with pytest.raises(PeerUnreachable, match="429"):
+            await owner.call("POST", f"{broker_url}/v1/jobs/split-1/score", {"ids": ids[16:120]})
+        assert np.array_equal(np.load(stored), first, equal_nan=True)
+        assert (
+            bank.ledger.jobs("credit-card")["split-1"].state,
+            bank.ledger.jobs("credit-card")["split-1"].mechanisms,
+        ) == ledger_before  # scoring spends what was committed
+
+        # withdrawn: the owner cancels; refused at the host and at the bank, nothing drawn
+        await owner.call("POST", f"{broker_url}/v1/jobs/split-1/cancel", {})
+        for _ in range(50):
+            if bank.store.job("split-1").state == "cancelled":
+                break
+            await asyncio.sleep(0.1)
+        with pytest.raises(PeerUnreachable, match="409.*withdrawn"):
+            await owner.call("POST", f"{broker_url}/v1/jobs/split-1/score", {"ids": held[:1]})
+    async with member_client(consortium, "broker") as broker:
+        with pytest.raises(PeerUnreachable, match="409.*withdrawn"):
+            await broker.call("POST", f"{bank_url}/v1/jobs/split-1/vertical/embed", {"session": "00" * 16})
+    assert np.array_equal(np.load(stored), first, equal_nan=True)
+    assert (
+        bank.ledger.jobs("credit-card")["split-1"].state,
+        bank.ledger.jobs("credit-card")["split-1"].mechanisms,
+    ) == ledger_before
+
+
+def test_a_split_vertical_job_trains_between_two_daemons_on_the_deployment_engine(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("tests.peers.daemon.test_vertical_e2e.POLICY", SPLIT_POLICY)
     consortium = make_consortium(tmp_path / "c", peers=("broker", "bank"), rows=10)
     _data(consortium.root, customers=600)
@@ -116,6 +196,7 @@ def test_a_split_vertical_job_trains_between_two_daemons_on_the_deployment_engin
                     break
                 await asyncio.sleep(0.1)
             _check_ledgers_and_card(consortium, services, card, tmp_path)
+            await _score_through_the_broker(consortium, services, tmp_path, capsys, monkeypatch)
 
     run(body())
 

@@ -7,6 +7,7 @@ import time
 import pytest
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.serverapp import Grid
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
 from flwr.superlink.grid import http_grid
@@ -22,7 +23,7 @@ from fedsilo.peers.flower_compat.grid import (
 
 def _in_memory_grid() -> InMemoryGrid:
     """The grid the Simulation Engine hands a ServerApp, built as `flwr.simulation.run_simulation` builds it."""
-    return InMemoryGrid(LinkStateFactory(":flwr-in-memory-state:", NoOpFederationManager(), ObjectStoreFactory()))
+    return InMemoryGrid(LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()))
 
 
 def test_each_engine_builds_the_grid_class_the_checks_name():
