@@ -133,8 +133,9 @@ def _score_remote(args: argparse.Namespace) -> int:
     reply = asyncio.run(ask())
     scores = reply["scores"]
     shared = sum(v is not None for v in scores.values())
+    released = "noised embeddings" if reply.get("scheme") == "split" else "codes"
     print(
-        f"scored {shared:,} of {len(ids):,} customers with vertical job {job} at {args.peer} (codes from "
+        f"scored {shared:,} of {len(ids):,} customers with vertical job {job} at {args.peer} ({released} from "
         f"{reply['feature_party']}, asked through PSI; the others are not its customers: score them with a model "
         "over your own columns)"
     )

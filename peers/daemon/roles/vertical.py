@@ -556,7 +556,12 @@ class Vertical:
         await self._audit_own(
             signed, "vertical.score", f"{len(wanted)} customers asked, {len(matched)} shared with {bank} scored"
         )
-        return {"job": job_id, "feature_party": bank, "scores": dict(zip(wanted, scores))}
+        return {
+            "job": job_id,
+            "feature_party": bank,
+            "scheme": signed.vertical_scheme,
+            "scores": dict(zip(wanted, scores)),
+        }
 
     def _coded_scores(self, job_id: str, signed: SignedJob, own: pd.DataFrame, reply: Any, bank: str) -> np.ndarray:
         """The probabilities of the host's rows `own` (id column dropped) from its model and the bank's codes."""

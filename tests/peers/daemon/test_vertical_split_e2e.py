@@ -128,7 +128,10 @@ async def _score_through_the_broker(consortium, services, tmp_path, capsys, monk
     ]  # fmt: skip
     capsys.readouterr()
     assert await asyncio.to_thread(main, [str(a) for a in command]) == 0
-    assert "with vertical job split-1" in capsys.readouterr().out
+    assert (
+        "with vertical job split-1" in (printed := capsys.readouterr().out)
+        and "(noised embeddings from bank" in printed
+    )
     written = pd.read_csv(tmp_path / "scores.csv", dtype={"id": str})
     scores = dict(zip(written["id"], [None if np.isnan(v) else v for v in written["score"]]))
     assert list(written["id"]) == wanted
