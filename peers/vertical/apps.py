@@ -73,7 +73,15 @@ from fedsilo.peers.vertical.state import export_state, import_state
 from fedsilo.peers.vertical.training import EpochStats
 from fedsilo.privacy.noise_source import SecureNoise, SeededNoise
 
-__all__ = ["PARTIES_DIR_KEY", "Relay", "build_client_app", "party_file", "read_final_state", "write_party_file"]
+__all__ = [
+    "PARTIES_DIR_KEY",
+    "Relay",
+    "build_client_app",
+    "final_state_file",
+    "party_file",
+    "read_final_state",
+    "write_party_file",
+]
 
 PARTIES_DIR_KEY = "vertical.parties-dir"  # run config: where each node finds its party file (by partition id)
 STATE_KEY = "fedsilo.vertical.state"

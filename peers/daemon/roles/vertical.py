@@ -205,7 +205,7 @@ class Vertical:
                 409,
             )
         if caller.name != job.host:
-            raise Refused(f"only the job's label holder {job.host} may ask for codes of job {job_id}", 403)
+            raise Refused(f"only the job's label holder {job.host} may ask for releases of job {job_id}", 403)
         if job.state not in states:
             if job.state == "cancelled":
                 raise Refused(f"job {job_id} is cancelled: its model is withdrawn and no code is released", 409)

@@ -79,7 +79,7 @@ from fedsilo.peers.data.encoding import TabularEncoder
 from fedsilo.peers.errors import Refused
 from fedsilo.peers.identity.manifest import Member
 from fedsilo.peers.risk_lists import dh_psi
-from fedsilo.peers.vertical.apps import Plan, read_final_state, write_party_file
+from fedsilo.peers.vertical.apps import Plan, final_state_file, read_final_state, write_party_file
 from fedsilo.peers.vertical.messages import Embeddings
 from fedsilo.peers.vertical.network import BankRelease, ScoringReleases, order_digest, release_plan
 from fedsilo.peers.vertical.parties import (
@@ -278,13 +278,13 @@ class VerticalSplit:
             frame = await asyncio.to_thread(read_table, source.path)
             store = ScoringReleases(self._state(job_id), len(frame), _spec(signed).embedding)
             released = await asyncio.to_thread(store.load)
+            new = rows[np.isnan(released[rows]).any(axis=1)]
+            if new.size:  # drawn before the quota is charged (a failure charges nothing); kept only if charged
+                released[new] = await asyncio.to_thread(self._draw, job, signed, frame, new)
             try:
                 left = self.coded.lists.charge_query(shared, caller.name, int(rows.size))
             except QuotaExceeded as error:
                 raise Refused(f"scoring on list {shared.name!r}: {error}; nothing was released", 429) from None
-            new = rows[np.isnan(released[rows]).any(axis=1)]
-            if new.size:
-                released[new] = await asyncio.to_thread(self._draw, job, signed, frame, new)
             with self.ctx.store.transaction():
                 if new.size:
                     await asyncio.to_thread(store.save, released)  # durable before any value leaves
@@ -307,6 +307,8 @@ class VerticalSplit:
         assert job.source is not None
         source = self.ctx.config.sources[job.source]
         work_dir = training.peer_work_dir(self.ctx.config.state_dir, job.job_id)
+        if not (work_dir / "encoder.json").is_file() or not final_state_file(work_dir, self.ctx.name).is_file():
+            raise Refused(f"job {job.job_id}'s bottom model is not on {self.ctx.name}'s disk: nothing to score", 409)
         encoder = TabularEncoder.load(work_dir / "encoder.json")
         x = encoder.transform_features(self._columns(signed, source, frame, False).iloc[rows])
         bottom = build_bottom(_spec(signed), x.shape[1], signed.config.train.seed + 1)
@@ -317,6 +319,8 @@ class VerticalSplit:
         dp = self.dp(signed, source, False)
         with torch.no_grad():
             h = bottom(torch.as_tensor(np.asarray(x, dtype=np.float32))).double().numpy()
+        if not np.isfinite(h).all():
+            raise DataError(f"job {job.job_id}'s bottom model gives outputs that are not finite numbers: not released")
         return RowRelease(dp.release_clip, dp.noise_multiplier).apply(h, SecureNoise()).astype(np.float32)
 
     def scores(self, job_id: str, signed: SignedJob, own: pd.DataFrame, reply: Any, bank: str) -> np.ndarray:

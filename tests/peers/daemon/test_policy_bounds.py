@@ -7,6 +7,7 @@ Real daemons in-process on 127.0.0.1 over mutual TLS, as in test_daemon_refusals
 import asyncio
 import os
 import re
+import socket
 import sqlite3
 
 import pytest
@@ -23,7 +24,7 @@ from fedsilo.peers.errors import PeerUnreachable
 from fedsilo.peers.model_spec import ModelSpec
 from fedsilo.peers.models import build_model
 
-from ._consortium import OWNER, free_port, make_consortium, member_client, run, running, signed
+from ._consortium import OWNER, make_consortium, member_client, run, running, signed
 from .test_consortium_e2e import descendants
 from .test_daemon_refusals import propose, refused_without_change, state_of
 
@@ -150,17 +151,23 @@ def test_bounds_have_safe_defaults_and_bad_values_are_refused(consortium):
 
 def test_a_job_past_the_wall_time_is_stopped_and_fails_with_its_reservation_settled(consortium, tmp_path):
     """bank-b trains a job for at most 0.05 minutes: its SuperNode, pointed at a SuperLink that never
-    answers, is stopped after 3 s, the job fails saying so, nothing was spent, so the reservation is released."""
+    answers, is stopped after 3 s, the job fails saying so, nothing was spent, so the reservation is released.
+
+    The "SuperLink" is a listening socket that never accepts: the SuperNode's connection waits in its
+    backlog and gets no TLS answer. (A closed port would refuse it, and the SuperNode gives up after its
+    connection retries, which on a loaded machine can come before the wall time.)"""
     consortium.write_peer_toml("bank-b", policy=DEFAULT_POLICY + "max-wall-minutes = 0.05\n")
     envelope = _job(consortium, tmp_path / "job.toml", "wall-1")
     base = consortium.addresses["bank-b"]
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)
 
     async def body():
         async with running(consortium, ["bank-b"]):
             async with member_client(consortium, "bank-a") as host:
                 assert (await host.call("POST", f"{base}/v1/proposals", envelope))["decision"] == "accepted"
                 reserved = state_of(consortium, "bank-b")[1]
-                await host.call("POST", f"{base}/v1/jobs/wall-1/start", {"fleet_address": f"127.0.0.1:{free_port()}"})
+                fleet = f"127.0.0.1:{silent.getsockname()[1]}"
+                await host.call("POST", f"{base}/v1/jobs/wall-1/start", {"fleet_address": fleet})
                 for _ in range(1200):
                     view = await host.call("GET", f"{base}/v1/jobs/wall-1")
                     if view["state"] != "training":
@@ -171,6 +178,7 @@ def test_a_job_past_the_wall_time_is_stopped_and_fails_with_its_reservation_sett
     try:
         reserved, view, left = run(body())
     finally:
+        silent.close()
         consortium.write_peer_toml("bank-b")
     assert ("wall-1", "reserved") in reserved
     assert view["state"] == "failed"

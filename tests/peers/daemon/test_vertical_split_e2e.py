@@ -1,7 +1,8 @@
 """A vertical job of the split scheme between two real daemons, on Flower's Deployment Engine, to a pulled model.
 
 The broker (host, label holder) and the bank (feature party) hold the synthetic vertical
-scenario's columns (the coded e2e test's fixtures). The broker's daemon aligns with the
+scenario's columns (the coded e2e test's fixtures); a third daemon, `outsider`, is a
+member of the consortium but not of the job. The broker's daemon aligns with the
 bank by DH-PSI over mTLS, starts the SuperLink with the relay ServerApp and its own
 SuperNode (the label holder); the bank's daemon starts a SuperNode playing its bottom
 model. Checked: both jobs finished, the model pulled and verified, each ledger committed
@@ -146,6 +147,14 @@ async def _score_through_the_broker(consortium, services, tmp_path, capsys, monk
     )
     assert [e.action for e in services["broker"].store.audit.entries()][-1] == "vertical.score"
 
+    # another member, with the job's id and the broker's ids: refused at both doors, nothing drawn or charged
+    async with member_client(consortium, "outsider") as outsider:
+        with pytest.raises(PeerUnreachable, match="403: only the job's label holder broker"):
+            await outsider.call("POST", f"{bank_url}/v1/jobs/split-1/vertical/embed", {"session": "00" * 16})
+        with pytest.raises(PeerUnreachable, match="403: only job split-1's owner risk-dept or its host"):
+            await outsider.call("POST", f"{broker_url}/v1/jobs/split-1/score", {"ids": held})
+    assert np.array_equal(np.load(stored), first, equal_nan=True)
+
     # the host asks again, in a new PSI session: the same stored releases, so the same scores (no averaging)
     async with member_client(consortium, OWNER) as owner:
         again = await owner.call("POST", f"{broker_url}/v1/jobs/split-1/score", {"ids": held})
@@ -181,7 +190,8 @@ async def _score_through_the_broker(consortium, services, tmp_path, capsys, monk
 
 def test_a_split_vertical_job_trains_between_two_daemons_on_the_deployment_engine(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("tests.peers.daemon.test_vertical_e2e.POLICY", SPLIT_POLICY)
-    consortium = make_consortium(tmp_path / "c", peers=("broker", "bank"), rows=10)
+    # a third member, in the consortium but not in the job: it gets no embedding and no score
+    consortium = make_consortium(tmp_path / "c", peers=("broker", "bank", "outsider"), rows=10)
     _data(consortium.root, customers=600)
     _configure(consortium)
     job_file = _split_job(consortium, tmp_path, "split-1", rounds=EPOCHS)
