@@ -22,6 +22,7 @@ def arguments(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.Argu
     parser.add_argument("--lr", type=float, default=base["lr"])
     parser.add_argument("--banks", type=int, default=base["banks"])
     parser.add_argument("--features-per-tree", type=int, default=base["features_per_tree"])
+    parser.add_argument("--splits", choices=("histogram", "random"), default="histogram", help="as fedsilo simulate")
     return parser
 
 
@@ -39,6 +40,7 @@ def simulate_settings(args: argparse.Namespace) -> dict[str, Any]:
         "bins": args.bins,
         "lr": args.lr,
         "features_per_tree": args.features_per_tree,
+        "splits": args.splits,
     }
 
 

@@ -77,7 +77,7 @@ def main() -> None:
     mean = {k: statistics.fmean(r[k] for r in rows) for k in rows[0] if k != "seed"}
     print(
         f"\nUCI, {args.banks} banks, dirichlet:0.5, {args.trees} trees of depth {args.depth}, {args.bins} bins, "
-        f"lr {args.lr}, {args.features_per_tree or 'all'} columns per tree, ε = {args.epsilon} per bank, seeds {args.seeds}: pooled held-out ROC-AUC (means)"
+        f"lr {args.lr}, {args.features_per_tree or 'all'} columns per tree, {args.splits} splits, ε = {args.epsilon} per bank, seeds {args.seeds}: pooled held-out ROC-AUC (means)"
     )
     print(f"  federated, SecAgg+ + distributed DP   {mean['federated_dp']:.4f}   (ε max {mean['epsilon_max']:.3f})")
     print(f"  centralized non-private (sklearn HGB) {mean['centralized']:.4f}")

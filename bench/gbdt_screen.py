@@ -20,6 +20,13 @@ Each arm is a JSON object of these keys (defaults: the command's defaults):
 * ``c``: the split histograms' gradients clipped to ``[-c, c]`` (the leaf totals keep
   ``|g| <= 1``), with the level sensitivity ``sqrt(k (c² + 1/16))``: gradient clipping
   in the spirit of Li et al.'s gradient-based data filtering (AAAI 2020);
+* ``hs``: the banks scale their hessians by ``hs`` in the split histograms and the host
+  divides the noisy sums back (level sensitivity ``sqrt(k (c² + (hs/4)²))``): a
+  different share of the level noise between G and H (the floor follows H's noise);
+* ``tr``: totally random trees (Maddock et al., CCS 2022, "TR"): every split is a public
+  random (group, cut), no level histogram is released, and the plan's ``trees`` releases
+  are the leaf totals alone (``depth``, ``trees``, ``lr``, ``lam``, ``bins``, ``noise``
+  apply; the floor on a leaf's hessian is 2.5 leaf-noise standard deviations);
 * ``alpha``, ``beta``: the host draws a tree's groups with probability
   ``(1 - alpha) · score / Σ score + alpha / J``, ``score`` an exponential average (weight
   ``beta`` on the past) of each group's share of the root's released gain when drawn
@@ -47,11 +54,13 @@ from fedsilo.peers.data.bank import encode_bank
 from fedsilo.peers.data.encoding import BankSummary, TabularEncoder
 from fedsilo.peers.evaluation import roc_auc
 from fedsilo.peers.gbdt import GBDTBank, federation, layout_from_encoder
+from fedsilo.peers.gbdt.bank import LEAVES
 from fedsilo.privacy import gbdt as privacy_gbdt
+from fedsilo.privacy.accounting.cache import cached_calibration
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import build_config
 from fedsilo.strategies.gbdt import TreeParams
-from fedsilo.strategies.gbdt.tree import Tree
+from fedsilo.strategies.gbdt.tree import LEAF, OPEN, SPLIT, Tree
 
 SCORES: dict[str, Any] = {}  # the adaptive draw's state for the current run
 ACCOUNTANT = "prv"  # the calibration of the plan (`--accountant`)
@@ -80,9 +89,11 @@ def load(data: str, seed: int) -> tuple[Any, Any]:
 
 
 class ClippedSplitBank(GBDTBank):
-    """The pooled bank; its split histograms use gradients clipped to ``[-clip, clip]``."""
+    """The pooled bank; its split histograms use gradients clipped to ``[-clip, clip]`` and hessians scaled by
+    ``hessian_scale`` (divided back out of the noisy sums, so their noise shrinks by that factor)."""
 
     clip = 1.0
+    hessian_scale = 1.0
 
     def start_tree(self) -> None:
         super().start_tree()
@@ -92,9 +103,17 @@ class ClippedSplitBank(GBDTBank):
     def level_histogram(self, tree: Tree) -> np.ndarray:
         self._g = self._level_g
         try:
-            return super().level_histogram(tree)
+            sums = super().level_histogram(tree)
         finally:
             self._g = self._leaf_g
+        sums[..., 1] *= self.hessian_scale
+        return sums
+
+    def release(self) -> np.ndarray:
+        sums = super().release()
+        if self._request is not None and self._request[0] == "level":
+            sums[..., 1] /= self.hessian_scale
+        return sums
 
 
 def adaptive_draw(layout: Any, settings: Any) -> tuple[int, ...] | None:
@@ -124,9 +143,48 @@ def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams) -
     return decisions
 
 
+def run_random_trees(encoder: Any, tensors: Any, a: dict[str, Any]) -> float:
+    """The ``tr`` arm: data-independent random splits, only the leaves released (at the effective multiplier)."""
+    layout = layout_from_encoder(encoder, a["bins"])
+    row_bound = max(t.n_train for t in tensors.values())
+    x = np.concatenate([t.x_train.numpy() for t in tensors.values()]).astype(np.float64)
+    y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
+    x_test = np.concatenate([t.x_test.numpy() for t in tensors.values()]).astype(np.float64)
+    y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
+    default = federation.BoostSettings(30, TreeParams(depth=2), 0.5, features_per_tree=6)
+    default_plan = privacy_gbdt.plan_releases(3.0, 1e-5, 30, 2, a["accountant"])
+    leaf = federation.secure_configs(default, layout, 10, row_bound, default_plan)[1]
+    effective = leaf.noise.noise_multiplier / default_plan.noise_multiplier  # shares sized for dropouts, colluders
+    z = cached_calibration(3.0, 1e-5, 1.0, a["trees"], a["accountant"]) * effective * a["noise"]
+    sigma = z * privacy_gbdt.leaf_sensitivity()
+    bank = GBDTBank("pooled", 1, layout.bin_rows(x), y, layout, row_bound, local_sigma=(0.0, max(sigma, 1e-12)))
+    params = TreeParams(depth=a["depth"], reg_lambda=a["lam"], min_child_hessian=max(2.5 * sigma, 1.0))
+    rng = np.random.default_rng()
+    margin = np.zeros(len(y_test))
+    bins_test = layout.bin_rows(x_test)
+    for _ in range(a["trees"]):
+        bank.start_tree()
+        tree = Tree(a["depth"])
+        for level in range(a["depth"]):
+            for node in tree.open_nodes():
+                j = int(rng.integers(len(layout.groups)))
+                tree.state[node] = SPLIT
+                tree.group[node], tree.threshold[node] = j, int(rng.integers(max(layout.groups[j].n_bins - 1, 1)))
+                tree.state[2 * node + 1] = tree.state[2 * node + 2] = LEAF if level + 1 >= a["depth"] else OPEN
+        bank.request(LEAVES, tree)
+        tree.set_leaf_values(bank.release(), params)
+        bank.finish_tree(tree, a["lr"])
+        margin += a["lr"] * tree.predict(bins_test)
+    return float(roc_auc(y_test, margin))
+
+
 def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     a = {"trees": 30, "depth": 2, "lr": 0.5, "k": 6, "bins": 16, "lam": 1.0, "noise": 1.0, "c": 1.0, "alpha": 1.0}
     a["accountant"] = ACCOUNTANT
+    if arm.get("tr"):
+        a.update(trees=100, depth=4, lr=0.3)
+        a.update(arm)
+        return run_random_trees(encoder, tensors, a)
     a.update(arm)
     layout = layout_from_encoder(encoder, a["bins"])
     row_bound = max(t.n_train for t in tensors.values())
@@ -139,11 +197,11 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
     plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"])
     level, leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)
     z_level, z_leaf = level.noise.noise_multiplier, leaf.noise.noise_multiplier
-    c, noise = a["c"], a["noise"]
+    c, noise, hs = a["c"], a["noise"], a.get("hs", 1.0)
 
     def sensitivity(groups: int) -> float:  # level sensitivity with clipped gradients, at the effective multiplier
         return (
-            float(np.sqrt(groups * (c**2 + privacy_gbdt.HESS_BOUND**2)))
+            float(np.sqrt(groups * (c**2 + (hs * privacy_gbdt.HESS_BOUND) ** 2)))
             * z_level
             / plan.noise_multiplier
             * a.get("snoise", noise)
@@ -153,16 +211,17 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
         plan.noise_multiplier * sensitivity(settings.groups_per_tree(layout)),
         z_leaf * privacy_gbdt.leaf_sensitivity() * a.get("lnoise", noise),
     )
-    ClippedSplitBank.clip = c
+    ClippedSplitBank.clip, ClippedSplitBank.hessian_scale = c, hs
     bank = ClippedSplitBank("pooled", 1, layout.bin_rows(x), y, layout, row_bound, local_sigma=sigmas)
     SCORES.clear()
     SCORES.update(score=np.zeros(len(layout.groups)), alpha=a["alpha"], beta=a.get("beta", 0.7))
-    original = federation.level_sensitivity
+    original, original_sd = federation.level_sensitivity, federation.split_noise_sd
     federation.level_sensitivity = sensitivity
+    federation.split_noise_sd = lambda *args: original_sd(*args) / hs  # the floor: the hessians' own noise
     try:
         model = federation.boost([bank], layout, replace(settings, dp_mode="local", secure=False), plan, row_bound)
     finally:
-        federation.level_sensitivity = original
+        federation.level_sensitivity, federation.split_noise_sd = original, original_sd
     return float(roc_auc(y_test, model.model.predict_margin(x_test)))
 
 

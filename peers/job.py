@@ -219,6 +219,7 @@ class JobConfig:
             flat.update(
                 {"model.learning-rate": model.learning_rate, "model.features-per-tree": model.features_per_tree}
             )
+            flat["model.splits"] = model.splits
             flat.update(self.boost_run_config())
         return flat
 
@@ -236,6 +237,7 @@ class JobConfig:
             "gbdt.bins": model.bins,
             "gbdt.learning-rate": float(model.learning_rate),
             "gbdt.features-per-tree": model.features_per_tree,
+            "gbdt.splits": model.splits,
             "gbdt.dp-mode": self.dp.mode,
             "gbdt.epsilon": float(self.dp.epsilon),
             "gbdt.delta": float(self.dp.delta),
@@ -289,7 +291,7 @@ class JobConfig:
 
 def _boost_fields(config: Mapping[str, Any]) -> dict[str, Any]:
     """The gbdt fields of `ModelSpec` a run config states (`model.trees`, ...), as they are: `ModelSpec` checks them."""
-    names = ("trees", "depth", "bins", "learning_rate", "features_per_tree")
+    names = ("trees", "depth", "bins", "learning_rate", "features_per_tree", "splits")
     return {name: config[key] for name in names if (key := f"model.{name.replace('_', '-')}") in config}
 
 

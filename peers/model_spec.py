@@ -13,7 +13,7 @@ from fedsilo.errors import ConfigError
 
 MODEL_KINDS = ("mlp", "logreg")  # the neural models `fedsilo.peers.models.build_model` builds
 JOB_MODEL_KINDS = (*MODEL_KINDS, "gbdt")  # what a signed job may train: also boosted trees (`fedsilo.peers.gbdt`)
-BOOST_KEYS = ("trees", "depth", "bins", "learning-rate", "features-per-tree")  # a gbdt job's [model] keys
+BOOST_KEYS = ("trees", "depth", "bins", "learning-rate", "features-per-tree", "splits")  # a gbdt job's [model] keys
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class ModelSpec:
 
     A "gbdt" model (a deployed boosting job, `fedsilo.peers.gbdt`) is `trees` trees of
     `depth` levels over `bins` bins per feature, shrunk by `learning_rate`, each tree on
-    `features_per_tree` sampled features (0: all); those fields mean nothing to the other kinds.
+    `features_per_tree` sampled features (0: all), its splits chosen from noisy histograms
+    (`splits` "histogram") or drawn at random, publicly, with only the leaves released
+    ("random"); those fields mean nothing to the other kinds.
 
     `shared_features` > 0 (transfer setups) makes the first `shared_features` inputs,
     the columns of the consortium's shared vocabulary, go through their own first layer
@@ -40,6 +42,7 @@ class ModelSpec:
     bins: int = 16
     learning_rate: float = 0.3
     features_per_tree: int = 0
+    splits: str = "histogram"
 
     def __post_init__(self) -> None:
         if self.shared_features < 0:
@@ -78,11 +81,13 @@ class ModelSpec:
             "must be an integer >= 0 (0: every feature)",
             self.features_per_tree,
         )
+        need(self.splits in ("histogram", "random"), "splits", "must be histogram or random", self.splits)
 
     @property
     def releases(self) -> int:
-        """A gbdt model's histogram releases per bank: one per level and one of the leaves, per tree."""
-        return self.trees * (self.depth + 1)
+        """A gbdt model's releases per bank: per tree, one per level and one of the leaves (random splits: the
+        leaves only)."""
+        return self.trees * (1 if self.splits == "random" else self.depth + 1)
 
     def parameter_count(self, n_features: int) -> int:
         """The parameters `build_model(self, n_features)` has, counted without building it (so a

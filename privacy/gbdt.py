@@ -51,6 +51,13 @@ z × 0.82 at depth 2): a leaf total then sums several level slots, each with √
 leaf sensitivity, and its noise, about 5.7 times the leaf release's, cost 0.013 of ROC-AUC
 on validation seeds.
 
+Random splits (``random_splits``, Maddock et al. CCS 2022's "totally random" trees): the
+host draws every split (group and cut) at random, publicly, before any data is seen, so no
+level histogram is released; each tree spends one release, its leaf totals, and the
+budget goes to ``trees`` leaf releases. Measured on validation seeds with
+``bench/gbdt_screen.py`` (``tr`` arms), many such trees at a small learning rate lose less to
+the noise than the histogram splits do (docs/gbdt.md, "Random splits").
+
 Pure math: no Flower, no network.
 """
 
@@ -99,10 +106,11 @@ class ReleasePlan:
     noise_multiplier: float
     trees: int
     depth: int
+    random_splits: bool = False
 
     @property
     def releases(self) -> int:
-        return self.trees * releases_per_tree(self.depth)
+        return self.trees * releases_per_tree(self.depth, self.random_splits)
 
     @property
     def per_release(self) -> Mechanism:
@@ -113,13 +121,15 @@ class ReleasePlan:
         return Mechanism(self.noise_multiplier, 1.0, self.releases)
 
 
-def releases_per_tree(depth: int) -> int:
-    """One histogram release per level that splits, plus the leaf release."""
-    return depth + 1
+def releases_per_tree(depth: int, random_splits: bool = False) -> int:
+    """One histogram release per level that splits, plus the leaf release; random splits: the leaf release."""
+    return 1 if random_splits else depth + 1
 
 
-def plan_releases(epsilon: float, delta: float, trees: int, depth: int, accountant: str) -> ReleasePlan:
-    """The common noise multiplier that makes ``trees * (depth + 1)`` releases spend (ε, δ).
+def plan_releases(
+    epsilon: float, delta: float, trees: int, depth: int, accountant: str, random_splits: bool = False
+) -> ReleasePlan:
+    """The common noise multiplier that makes ``trees * releases_per_tree`` releases spend (ε, δ).
 
     Calibrated with the job's accountant over the composition of equal Gaussian
     mechanisms (`fedsilo.privacy.accounting.cache.cached_calibration`, q = 1).
@@ -130,5 +140,5 @@ def plan_releases(epsilon: float, delta: float, trees: int, depth: int, accounta
         raise ConfigError(f"--trees must be a positive integer, got {trees!r}")
     if not isinstance(depth, int) or not 1 <= depth <= 8:
         raise ConfigError(f"--depth must be an integer in [1, 8], got {depth!r}")
-    z = cached_calibration(epsilon, delta, 1.0, trees * releases_per_tree(depth), accountant)
-    return ReleasePlan(float(z), trees, depth)
+    z = cached_calibration(epsilon, delta, 1.0, trees * releases_per_tree(depth, random_splits), accountant)
+    return ReleasePlan(float(z), trees, depth, random_splits)

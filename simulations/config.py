@@ -66,6 +66,7 @@ class SimulationConfig:
     depth: int = 2
     bins: int = 16
     features_per_tree: int = 6  # 0: every column; else each tree splits on this many columns drawn by the host
+    splits: str = "histogram"  # --model gbdt: "histogram" (chosen from noisy histograms) or "random" (public draws)
     local_epochs: int = TrainSpec.local_epochs
     batch_size: int = TrainSpec.batch_size
     lr: float = TrainSpec.lr
@@ -152,6 +153,8 @@ class SimulationConfig:
                 f"--overlap {self.overlap}: customers shared between institutions apply to "
                 "--setup transfer, as a probability in [0, 1) (and to --setup vertical)"
             )
+        if self.splits not in ("histogram", "random"):
+            raise ConfigError(f"--splits is histogram or random, got {self.splits!r}")
         if self.vertical_scheme not in ("split", "coded"):
             raise ConfigError(f"--vertical-scheme is split or coded, got {self.vertical_scheme!r}")
         if self.engine not in (None, "flower", "in-process"):

@@ -70,6 +70,7 @@ def settings_of(config: SimulationConfig, job_id: str) -> BoostSettings:
         collusion_fraction=config.secagg_collusion_fraction,
         session_id=job_id.encode(),
         features_per_tree=config.features_per_tree,
+        random_splits=config.splits == "random",
     )
 
 
@@ -99,7 +100,11 @@ def _simulate(config: SimulationConfig, progress: Progress, work: Path) -> RunSu
     layout = layout_from_encoder(encoder, config.bins)
     private = config.dp_mode != "off"
     plan = (
-        plan_releases(config.epsilon, config.delta, config.trees, config.depth, config.accountant) if private else None
+        plan_releases(
+            config.epsilon, config.delta, config.trees, config.depth, config.accountant, config.splits == "random"
+        )
+        if private
+        else None
     )
     row_bound = max(t.n_train for t in tensors.values())  # public: from the banks' sizes, as the runner's bounds
     names = {i: bank_name(i) for i in tensors}
@@ -172,6 +177,7 @@ def _boost_on_engine(config, job_id, frames, encoder, row_bound, work, on_tree) 
         bins=config.bins,
         learning_rate=config.lr,
         features_per_tree=config.features_per_tree,
+        splits=config.splits,
         dp_mode=config.dp_mode,
         epsilon=config.epsilon,
         delta=config.delta,
@@ -298,6 +304,7 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
                 "depth": config.depth,
                 "bins": config.bins,
                 "features_per_tree": config.features_per_tree,
+                "splits": config.splits,
             },
             "train": {"learning_rate": config.lr, **asdict(result.params)},
             "engine": config.runs_on,  # where the banks ran: in-process objects or Flower's Simulation Engine

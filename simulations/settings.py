@@ -413,6 +413,15 @@ SETTINGS: tuple[Setting, ...] = (
         help="--model gbdt: each tree splits on K columns drawn at random by the host (less DP noise per release)",
     ),
     Setting(
+        "splits",
+        toml="model.splits",
+        flag="--splits",
+        kind="str",
+        choices=("histogram", "random"),
+        help="--model gbdt: 'histogram' (each level's split from noisy secure-summed histograms) or 'random' (every "
+        "split a public random draw, only the leaves released: many trees at a small --lr; docs/gbdt.md)",
+    ),
+    Setting(
         "shared",
         toml="model.shared",
         flag="--shared",

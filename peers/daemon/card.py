@@ -132,6 +132,7 @@ def gbdt_model(config: Any) -> dict[str, Any]:
         "bins": model.bins,
         "learning_rate": model.learning_rate,
         "features_per_tree": model.features_per_tree,
+        "splits": model.splits,
         "row_bound": config.public_rows,
         "releases_per_participant": model.releases,
         "file": "model.json (fedsilo.peers.gbdt.model_file: the trees over the encoder's columns, margin = sum)",

@@ -221,7 +221,8 @@ def planned_mechanisms(job: SignedJob, facts: SourceFacts) -> list[Mechanism]:
         from fedsilo.privacy.gbdt import plan_releases
 
         model, dp = config.model, config.dp
-        return [plan_releases(dp.epsilon, dp.delta, model.trees, model.depth, dp.accountant).whole_job]
+        random = model.splits == "random"
+        return [plan_releases(dp.epsilon, dp.delta, model.trees, model.depth, dp.accountant, random).whole_job]
     if job.config.dp.mode == "distributed":
         try:
             return [distributed_dp_reservation(job.config)]

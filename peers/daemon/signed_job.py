@@ -19,7 +19,7 @@ valid-for-minutes = 60          # the signed job expires after this
 shared-customers = false        # transfer only: whether the institutions share customers
 
 [model]                         # kind, hidden; transfer: shared, shared-vocabulary;
-                                # kind = "gbdt": trees, depth, bins, learning-rate, features-per-tree
+                                # kind = "gbdt": trees, depth, bins, learning-rate, features-per-tree, splits
 [train]                         # rounds, local-epochs, batch-size, lr, seed, test-fraction
 [dp]                            # mode (local or distributed), epsilon, delta, max-grad-norm, accountant
 [secagg]                        # mode, clip, dropout-fraction, collusion-fraction

@@ -45,7 +45,7 @@ from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.peers.gbdt.bank import LEAVES, LEVEL, GBDTBank
 from fedsilo.peers.gbdt.model_file import GBDTModel
 from fedsilo.privacy.accounting import Mechanism
-from fedsilo.privacy.gbdt import ReleasePlan, leaf_sensitivity, level_sensitivity
+from fedsilo.privacy.gbdt import ReleasePlan, leaf_sensitivity, level_sensitivity, releases_per_tree
 from fedsilo.privacy.secagg import DistributedNoise, SecAggConfig, ThresholdNotMet, Verifier
 from fedsilo.privacy.secagg.noise import integer_l2_sensitivity
 from fedsilo.strategies.gbdt import (
@@ -77,6 +77,7 @@ class BoostSettings:
     session_id: bytes = b"gbdt"
     features_per_tree: int = 0  # 0: every group; else each tree splits on this many groups drawn by the host
     trees_per_session: int = 10  # secure sums: one SecAgg+ key set-up per this many trees; 0: a full round per release
+    random_splits: bool = False  # the host draws every split at random (public); only the leaves are released
 
     def groups_per_tree(self, layout: BinLayout) -> int:
         k = self.features_per_tree
@@ -120,6 +121,24 @@ def split_noise_sd(
             raise ConfigError("distributed DP needs the secure-aggregation configurations with their noise")
         return configs[0].noise.noise_multiplier * sensitivity
     return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[0]
+
+
+def leaf_noise_sd(
+    settings: BoostSettings,
+    layout: BinLayout,
+    n_banks: int,
+    plan: ReleasePlan | None,
+    configs: tuple[SecAggConfig, SecAggConfig] | None,
+) -> float:
+    """Standard deviation of the noise on one summed leaf total, in sum units (public): `split_noise_sd`'s
+    counterpart for the leaf release (the floor on a leaf's hessian when no level is released)."""
+    if settings.dp_mode == "off" or plan is None:
+        return 0.0
+    if settings.dp_mode == "distributed":
+        if configs is None or configs[1].noise is None:
+            raise ConfigError("distributed DP needs the secure-aggregation configurations with their noise")
+        return configs[1].noise.noise_multiplier * leaf_sensitivity()
+    return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[1]
 
 
 def secure_configs(
@@ -191,13 +210,18 @@ def boost(
         raise ConfigError(f"dp mode {settings.dp_mode} needs a release plan")
     if settings.secure and configs is None:
         configs = secure_configs(settings, layout, len(banks), row_bound, plan)
-    params = noise_aware(settings.params, split_noise_sd(settings, layout, len(banks), plan, configs))
+    if plan is not None and plan.random_splits != settings.random_splits:
+        raise ConfigError("the release plan and the settings disagree on random splits")
+    hessian_sd = (leaf_noise_sd if settings.random_splits else split_noise_sd)(
+        settings, layout, len(banks), plan, configs
+    )
+    params = noise_aware(settings.params, hessian_sd)
     started = time.perf_counter()
     spent: dict[str, list[Mechanism]] = {b.name: [] for b in banks}
     model = GBDTModel(layout, [], settings.learning_rate)
     log: list[dict[str, Any]] = []
     round_id = 0
-    per_tree = settings.params.depth + 1
+    per_tree = releases_per_tree(settings.params.depth, settings.random_splits)
     session: SecureSession | None = None  # the open one, when settings.trees_per_session > 0
     opened = 0  # sessions opened so far: the next one's number
     tree_index = 0
@@ -260,8 +284,11 @@ def boost(
             session = None  # a tree's releases stay in one session when they can: the next opens fresh
         for bank in banks:
             bank.start_tree()
-        tree = Tree(params.depth, features=_draw_groups(layout, settings))
-        for _ in range(params.depth):
+        if settings.random_splits:
+            tree = random_tree(layout, params.depth)
+        else:
+            tree = Tree(params.depth, features=_draw_groups(layout, settings))
+        for _ in range(0 if settings.random_splits else params.depth):
             nodes = tree.open_nodes()
             if not nodes:
                 break
@@ -281,6 +308,23 @@ def boost(
         if on_tree is not None:
             on_tree(t, model)
     return BoostResult(model, spent, params, log, time.perf_counter() - started)
+
+
+def random_tree(layout: BinLayout, depth: int) -> Tree:
+    """A tree of ``depth`` levels whose every split is a uniform public draw: a group, then a cut among its bins.
+
+    Data-independent (nothing is released to choose it), so it needs no secret randomness; its leaves are then
+    valued from the one leaf release. Maddock et al., CCS 2022, "totally random" trees.
+    """
+    rng = np.random.default_rng()
+    tree = Tree(depth)
+    for _ in range(depth):
+        for node in tree.open_nodes():
+            group = int(rng.integers(len(layout.groups)))
+            cut = int(rng.integers(max(layout.groups[group].n_bins - 1, 1)))
+            tree.grow_at(node, group, cut)
+    tree.close()
+    return tree
 
 
 def _draw_groups(layout: BinLayout, settings: BoostSettings) -> tuple[int, ...] | None:

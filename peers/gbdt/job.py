@@ -41,6 +41,7 @@ class GBDTJob:
     bins: int = 16
     learning_rate: float = 0.3
     features_per_tree: int = 0
+    splits: str = "histogram"  # "histogram" or "random" (`BoostSettings.random_splits`)
     trees_per_session: int = 10
     dp_mode: str = "distributed"
     epsilon: float = 3.0
@@ -63,6 +64,7 @@ class GBDTJob:
         need(isinstance(self.bins, int) and 2 <= self.bins <= 256, "bins", f"must be in [2, 256], got {self.bins!r}")
         need(0 < self.learning_rate <= 1, "learning-rate", f"must be in (0, 1], got {self.learning_rate!r}")
         need(self.features_per_tree >= 0, "features-per-tree", "must be >= 0 (0: every feature)")
+        need(self.splits in ("histogram", "random"), "splits", f"must be histogram or random, got {self.splits!r}")
         need(self.trees_per_session >= 1, "trees-per-session", "must be >= 1 over the network (sessions only)")
         need(self.dp_mode in DP_MODES, "dp-mode", f"must be one of {', '.join(DP_MODES)}, got {self.dp_mode!r}")
         TreeParams(depth=self.depth)  # checks the depth
@@ -108,12 +110,13 @@ class GBDTJob:
             session_id=self.session.encode(),
             features_per_tree=self.features_per_tree,
             trees_per_session=self.trees_per_session,
+            random_splits=self.splits == "random",
         )
 
     def plan(self) -> ReleasePlan | None:
         if self.dp_mode == "off":
             return None
-        return plan_releases(self.epsilon, self.delta, self.trees, self.depth, self.accountant)
+        return plan_releases(self.epsilon, self.delta, self.trees, self.depth, self.accountant, self.splits == "random")
 
     def configs(self, layout: BinLayout, plan: ReleasePlan | None) -> tuple[SecAggConfig, SecAggConfig]:
         return secure_configs(self.settings, layout, self.banks, self.row_bound, plan)

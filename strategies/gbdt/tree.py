@@ -173,12 +173,19 @@ class Tree:
                 decisions.append({"node": node, "leaf": True})
                 continue
             group, cut, gain = best
-            self.state[node] = SPLIT
-            self.group[node], self.threshold[node] = group, cut
-            child = LEAF if self.level_of(node) + 1 >= self.depth else OPEN
-            self.state[2 * node + 1] = self.state[2 * node + 2] = child
+            self.grow_at(node, group, cut)
             decisions.append({"node": node, "group": group, "cut": cut, "gain": gain})
         return decisions
+
+    def grow_at(self, node: int, group: int, cut: int) -> None:
+        """Split open ``node`` on ``group`` at ``cut`` (bin <= cut goes left); its children open, or leaves at the
+        last level."""
+        if self.state[node] != OPEN:
+            raise DataError(f"node {node} is not open")
+        self.state[node] = SPLIT
+        self.group[node], self.threshold[node] = group, cut
+        child = LEAF if self.level_of(node) + 1 >= self.depth else OPEN
+        self.state[2 * node + 1] = self.state[2 * node + 2] = child
 
     def close(self) -> None:
         """Make every open node a leaf (no histogram needed at the last level)."""

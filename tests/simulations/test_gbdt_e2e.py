@@ -51,6 +51,7 @@ def test_the_run_folder_holds_the_model_the_card_and_each_banks_ledger(gbdt_run)
         "depth": 2,
         "bins": 8,
         "features_per_tree": 2,
+        "splits": "histogram",
     }
     assert card["job"]["engine"] == "in-process"  # the default of --model gbdt
     assert card["privacy"]["feature_groups_per_tree"] == 2 < card["privacy"]["feature_groups"]

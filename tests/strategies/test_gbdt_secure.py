@@ -321,3 +321,34 @@ def test_in_a_session_the_host_sees_only_the_sum_and_cannot_read_one_banks_histo
         assert abs((masked.astype(np.float64) / encoder.modulus).mean() - 0.5) < 0.05
     with pytest.raises(ProtocolError, match="increasing order"):  # a replayed release index
         banks[0].session_mask(ReleaseRequest(1, 1, LEVEL, tuple(b.node_id for b in banks)))
+
+
+def test_random_splits_release_only_the_leaves_and_plan_one_release_per_tree(monkeypatch) -> None:
+    """Random splits: the host draws every split publicly and asks the banks for nothing but leaf totals, one
+    release per tree, which is what the plan composes; the leaves' floor follows the leaf noise."""
+    plan = plan_releases(3.0, 1e-5, 20, 3, "prv", random_splits=True)
+    assert plan.releases == 20 and plan.whole_job.steps == 20
+    assert plan.noise_multiplier < plan_releases(3.0, 1e-5, 20, 3, "prv").noise_multiplier  # 20 releases, not 80
+    assert 2.9 <= epsilon_spent([plan.whole_job], 1e-5, "prv") <= 3.0
+
+    x, y = data.rows(N, seed=3)
+    lay = data.layout()
+    settings = BoostSettings(trees=4, params=PARAMS, dp_mode="distributed", secure=True, random_splits=True)
+    plan = plan_releases(3.0, 1e-5, 4, PARAMS.depth, "prv", random_splits=True)
+    configs = secure_configs(settings, lay, 4, N // 4, plan)
+    banks, directory = data.banks(x, y, 4, lay, N // 4, configs)
+    asked: list[str] = []
+    for bank in banks:
+        original = bank.request
+        monkeypatch.setattr(bank, "request", lambda kind, tree, _o=original: (asked.append(kind), _o(kind, tree)))
+    result = boost(banks, lay, settings, plan, N // 4, verifier=directory, configs=configs)
+    assert set(asked) == {LEAVES} and [r["kind"] for r in result.releases] == [LEAVES] * 4
+    for bank in banks:
+        assert result.spent[bank.name] == [plan.per_release] * 4
+    sd = configs[1].noise.noise_multiplier * leaf_sensitivity()
+    assert result.params.min_child_hessian == pytest.approx(max(MIN_CHILD_NOISE_SDS * sd, PARAMS.min_child_hessian))
+    assert len(result.model.trees) == 4
+    for tree in result.model.trees:  # full trees of depth 2: every split drawn, on any group
+        assert len(tree.leaves()) == 2**PARAMS.depth
+    with pytest.raises(ConfigError, match="disagree on random splits"):
+        boost(banks, lay, replace(settings, random_splits=False), plan, N // 4, verifier=directory, configs=configs)

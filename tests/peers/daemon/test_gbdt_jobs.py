@@ -69,6 +69,7 @@ def test_a_gbdt_job_becomes_the_boosting_run_config(tmp_path):
         (GBDT_MODEL + "hidden = [16]\n", "public-rows = 500\n", "model.hidden belongs to the neural models"),
         ('[model]\nkind = "mlp"\nhidden = [16]\ntrees = 3\n', "public-rows = 5\n", "model.trees belongs to model kind"),
         (GBDT_MODEL.replace('"gbdt"', '"forest"'), "", "unknown model 'forest': use one of mlp, logreg, gbdt"),
+        (GBDT_MODEL + 'splits = "sideways"\n', "public-rows = 500\n", "model.splits must be histogram or random"),
     ],
 )
 def test_a_bad_gbdt_job_is_refused_before_signing_naming_the_key(tmp_path, model, job_extra, fragment):
@@ -151,6 +152,16 @@ def test_each_participant_reserves_the_whole_release_plan(tmp_path, mode):
     planned = planned_mechanisms(job, SourceFacts(rows=400, n_train=320, fingerprint="sha256:x"))
     expected = plan_releases(2.0, 1e-5, 3, 2, "rdp").whole_job
     assert planned == [expected] and expected.steps == 9 and expected.sample_rate == 1.0
+
+
+def test_a_random_splits_job_reserves_one_release_per_tree(tmp_path):
+    """`splits = "random"`: signed, carried to the boosting run config, and planned as the leaf releases alone."""
+    job = _signed_job(tmp_path, model=GBDT_MODEL + 'splits = "random"\n')
+    assert job.config.model.splits == "random" and job.config.model.releases == 3
+    assert GBDTJob.from_run_config(job.config.to_run_config()).settings.random_splits
+    planned = planned_mechanisms(job, SourceFacts(rows=400, n_train=320, fingerprint="sha256:x"))
+    assert planned == [plan_releases(2.0, 1e-5, 3, 2, "rdp", random_splits=True).whole_job]
+    assert planned[0].steps == 3
 
 
 def test_a_bank_above_the_public_row_bound_declines_with_nothing_reserved(tmp_path):
