@@ -172,6 +172,8 @@ class SimulationConfig:
             raise ConfigError("--positive and --keep-column apply to --data files only")
         if self.model == "gbdt":
             _check_gbdt(self)
+        elif self.splits != "histogram":
+            raise ConfigError("--splits applies to --model gbdt only")
         self.job()  # validates model, training and DP settings
 
     @property
@@ -275,6 +277,8 @@ def _check_gbdt(config: SimulationConfig) -> None:
             "--setup vertical --model gbdt boosts on the bank's ε-DP codes: use --vertical-scheme coded "
             "(the split scheme trains neural bottoms; SecureBoost's comparison is bench/vertical_gbdt.py)"
         )
+    if config.setup == "vertical" and config.splits != "histogram":
+        raise ConfigError("--splits random is the horizontal setup's: the vertical boosting chooses its splits")
     if config.audit:
         raise ConfigError("--audit supports the neural models only; a gbdt run has no membership split")
     if not 1 <= config.trees <= 1000:

@@ -278,8 +278,14 @@ def _write(folder, config, result, status, yardsticks, curve, x_test, y_test, en
     epsilon_max = max((p["epsilon_spent"] or 0.0 for p in participants), default=0.0)
     privacy = {
         "mode": config.dp_mode,
-        "mechanism": "Gaussian mechanism on each release of gradient/hessian histograms (per level) and leaf "
-        "totals (per tree); distributed: discrete Gaussian shares inside SecAgg+ (Kairouz et al. 2021)",
+        "mechanism": (
+            "Gaussian mechanism on each tree's leaf totals; every split a public random draw, nothing released "
+            "to choose it"
+            if settings.random_splits
+            else "Gaussian mechanism on each release of gradient/hessian histograms (per level) and leaf totals "
+            "(per tree)"
+        )
+        + "; distributed: discrete Gaussian shares inside SecAgg+ (Kairouz et al. 2021)",
         "epsilon_target": config.epsilon if plan else None,
         "delta": config.delta if plan else None,
         "accountant": config.accountant if plan else None,

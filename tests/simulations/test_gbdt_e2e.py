@@ -117,6 +117,39 @@ def test_fedsilo_export_writes_a_booster_that_scores_as_fedsilo_score(gbdt_run, 
         model_file.write_text(original)
 
 
+def test_random_splits_spend_one_release_per_tree_in_each_banks_ledger(tmp_path) -> None:
+    import fedsilo
+
+    write_loans(tmp_path / "loans.csv")
+    result = fedsilo.simulate(
+        data=str(tmp_path / "loans.csv"),
+        label="default",
+        id_column="customer_id",
+        banks=4,
+        model="gbdt",
+        trees=5,
+        depth=3,
+        splits="random",
+        dp_mode="distributed",
+        epsilon=3.0,
+        compare="none",
+        out=str(tmp_path / "runs"),
+    )
+    card = json.loads((result.run_dir / "model_card.json").read_text())
+    assert card["job"]["model"]["splits"] == "random" and card["privacy"]["releases_planned"] == 5
+    assert card["privacy"]["mechanism"].startswith("Gaussian mechanism on each tree's leaf totals")
+    ledger = SQLiteLedger(result.run_dir / "ledger.sqlite")
+    try:
+        for participant in card["participants"]:
+            (record,) = ledger.jobs(participant["name"]).values()
+            assert record.state == "committed" and sum(m.steps for m in record.mechanisms) == 5
+            assert 2.9 < ledger.status(participant["name"]).spent_epsilon <= 3.0
+    finally:
+        ledger.close()
+    trees = GBDTModel.load(result.run_dir / "model.json").trees
+    assert len(trees) == 5 and all(len(t.leaves()) == 8 for t in trees)
+
+
 def test_gbdt_settings_are_checked() -> None:
     from fedsilo.simulations.config import SimulationConfig
 
@@ -126,6 +159,12 @@ def test_gbdt_settings_are_checked() -> None:
         SimulationConfig(model="gbdt", bins=1)
     with pytest.raises(ConfigError, match="transfer"):
         SimulationConfig(model="gbdt", setup="transfer")
+    with pytest.raises(ConfigError, match="--splits is histogram or random"):
+        SimulationConfig(model="gbdt", splits="greedy")
+    with pytest.raises(ConfigError, match="--splits applies to --model gbdt only"):
+        SimulationConfig(model="mlp", splits="random")
+    with pytest.raises(ConfigError, match="--splits random is the horizontal setup's"):
+        SimulationConfig(model="gbdt", setup="vertical", splits="random")
 
 
 def test_the_engine_defaults_to_in_process_for_gbdt_and_flower_elsewhere() -> None:
