@@ -50,6 +50,9 @@ def runs(tmp_path_factory):
         out = {
             "engine": fedsilo.simulate(dp_mode="off", out=str(root / "engine"), **on_ray, **common),
             "dp": fedsilo.simulate(dp_mode="distributed", epsilon=3.0, out=str(root / "dp"), **on_ray, **common),
+            "random": fedsilo.simulate(
+                dp_mode="distributed", epsilon=3.0, splits="random", out=str(root / "random"), **on_ray, **common
+            ),
         }
     finally:
         cluster.stop()
@@ -102,6 +105,24 @@ def test_with_dp_each_banks_ledger_holds_exactly_the_planned_releases_it_recorde
             assert 0 < ledger.status(participant["name"]).spent_epsilon <= 3.0
     finally:
         ledger.close()
+
+
+def test_random_splits_on_the_engine_release_only_the_leaves_one_release_per_tree(runs) -> None:
+    """The app pair the daemons run, with `splits = "random"`: the banks are asked for leaf totals only."""
+    out, _ = runs
+    run = out["random"]
+    card = _json(run, "model_card.json")
+    assert card["job"]["model"]["splits"] == "random" and card["privacy"]["releases_planned"] == TREES
+    releases = _json(run, "metrics.json")["releases"]
+    assert [r["kind"] for r in releases] == ["leaves"] * TREES and all(r["banks"] == 3 for r in releases)
+    ledger = SQLiteLedger(run.run_dir / "ledger.sqlite")
+    try:
+        for participant in card["participants"]:
+            (record,) = ledger.jobs(participant["name"]).values()
+            assert record.state == "committed" and len(record.mechanisms) == TREES == participant["releases"]
+    finally:
+        ledger.close()
+    assert all(len(tree.leaves()) == 2**DEPTH for tree in GBDTModel.load(run.run_dir / "model.json").trees)
 
 
 def test_fedsilo_score_scores_with_the_engines_model_file(runs, tmp_path) -> None:
