@@ -13,6 +13,10 @@ out). The host grows the level (`Tree.grow`); after the last level one more rele
 gives the leaves' totals and values; every bank updates its margins with the tree.
 Under DP the trees grow with a noise-aware floor on a child's hessian
 (`fedsilo.strategies.gbdt.noise_aware`, from the public noise of a level release).
+With ``random_splits`` the host draws every split of a tree at random, publicly
+(`random_tree`), no level is released, and the leaf release is the tree's only one
+(the floor then follows the leaf noise). DP holds for any choice of splits, adaptive or
+adversarial: each release's sensitivity is bounded per row whatever the tree.
 
 Sessions: with ``trees_per_session > 0`` (the default, 10) the secure sums run in
 multi-release SecAgg+ sessions (`fedsilo.strategies.gbdt.SecureSession`): one key
