@@ -182,7 +182,12 @@ def test_a_bank_above_the_row_bound_refuses_by_name_spends_nothing_and_the_other
     first = result.releases[0]
     assert "bank-2" in first["refused"] and "row-bound" in first["refused"]["bank-2"]
     assert grid.spent(grid.nodes[2]) == 0 and result.spent["bank-2"] == []
-    assert all(grid.spent(u) == terms.plan().releases for u in grid.nodes if u != grid.nodes[2])
+    # each other bank recorded exactly the releases the host counted for it: all planned ones, unless a noisy
+    # level left no node open (the tree then stops early and releases less, never more)
+    names = grid.names()
+    for u in grid.nodes:
+        if u != grid.nodes[2]:
+            assert 0 < grid.spent(u) == len(result.spent[names[u]]) <= terms.plan().releases
 
 
 def _bad_vector(kind: str):
