@@ -56,11 +56,10 @@ from fedsilo.peers.evaluation import roc_auc
 from fedsilo.peers.gbdt import GBDTBank, federation, layout_from_encoder
 from fedsilo.peers.gbdt.bank import LEAVES
 from fedsilo.privacy import gbdt as privacy_gbdt
-from fedsilo.privacy.accounting.cache import cached_calibration
 from fedsilo.simulations.banks import build_population
 from fedsilo.simulations.config import build_config
 from fedsilo.strategies.gbdt import TreeParams
-from fedsilo.strategies.gbdt.tree import LEAF, OPEN, SPLIT, Tree
+from fedsilo.strategies.gbdt.tree import Tree
 
 SCORES: dict[str, Any] = {}  # the adaptive draw's state for the current run
 ACCOUNTANT = "prv"  # the calibration of the plan (`--accountant`)
@@ -143,34 +142,30 @@ def scored_grow(self: Tree, sums: np.ndarray, layout: Any, params: TreeParams) -
     return decisions
 
 
-def run_random_trees(encoder: Any, tensors: Any, a: dict[str, Any]) -> float:
-    """The ``tr`` arm: data-independent random splits, only the leaves released (at the effective multiplier)."""
-    layout = layout_from_encoder(encoder, a["bins"])
-    row_bound = max(t.n_train for t in tensors.values())
+def pooled(tensors: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Every bank's training and held-out rows pooled, and the row bound (the largest bank's training rows)."""
     x = np.concatenate([t.x_train.numpy() for t in tensors.values()]).astype(np.float64)
     y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
     x_test = np.concatenate([t.x_test.numpy() for t in tensors.values()]).astype(np.float64)
     y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
-    default = federation.BoostSettings(30, TreeParams(depth=2), 0.5, features_per_tree=6)
-    default_plan = privacy_gbdt.plan_releases(3.0, 1e-5, 30, 2, a["accountant"])
-    leaf = federation.secure_configs(default, layout, 10, row_bound, default_plan)[1]
-    effective = leaf.noise.noise_multiplier / default_plan.noise_multiplier  # shares sized for dropouts, colluders
-    z = cached_calibration(3.0, 1e-5, 1.0, a["trees"], a["accountant"]) * effective * a["noise"]
-    sigma = z * privacy_gbdt.leaf_sensitivity()
+    return x, y, x_test, y_test, max(t.n_train for t in tensors.values())
+
+
+def run_random_trees(encoder: Any, tensors: Any, a: dict[str, Any]) -> float:
+    """The ``tr`` arm: data-independent random splits, only the leaves released (at the effective multiplier)."""
+    layout = layout_from_encoder(encoder, a["bins"])
+    x, y, x_test, y_test, row_bound = pooled(tensors)
+    settings = federation.BoostSettings(a["trees"], TreeParams(depth=a["depth"]), a["lr"], random_splits=True)
+    plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"], random_splits=True)
+    leaf = federation.secure_configs(settings, layout, 10, row_bound, plan)[1]  # shares sized for the D + C banks
+    sigma = leaf.noise.noise_multiplier * privacy_gbdt.leaf_sensitivity() * a["noise"]
     bank = GBDTBank("pooled", 1, layout.bin_rows(x), y, layout, row_bound, local_sigma=(0.0, max(sigma, 1e-12)))
     params = TreeParams(depth=a["depth"], reg_lambda=a["lam"], min_child_hessian=max(2.5 * sigma, 1.0))
-    rng = np.random.default_rng()
     margin = np.zeros(len(y_test))
     bins_test = layout.bin_rows(x_test)
     for _ in range(a["trees"]):
         bank.start_tree()
-        tree = Tree(a["depth"])
-        for level in range(a["depth"]):
-            for node in tree.open_nodes():
-                j = int(rng.integers(len(layout.groups)))
-                tree.state[node] = SPLIT
-                tree.group[node], tree.threshold[node] = j, int(rng.integers(max(layout.groups[j].n_bins - 1, 1)))
-                tree.state[2 * node + 1] = tree.state[2 * node + 2] = LEAF if level + 1 >= a["depth"] else OPEN
+        tree = federation.random_tree(layout, a["depth"])
         bank.request(LEAVES, tree)
         tree.set_leaf_values(bank.release(), params)
         bank.finish_tree(tree, a["lr"])
@@ -187,11 +182,7 @@ def run(encoder: Any, tensors: Any, arm: dict[str, Any]) -> float:
         return run_random_trees(encoder, tensors, a)
     a.update(arm)
     layout = layout_from_encoder(encoder, a["bins"])
-    row_bound = max(t.n_train for t in tensors.values())
-    x = np.concatenate([t.x_train.numpy() for t in tensors.values()]).astype(np.float64)
-    y = np.concatenate([t.y_train.numpy() for t in tensors.values()])
-    x_test = np.concatenate([t.x_test.numpy() for t in tensors.values()]).astype(np.float64)
-    y_test = np.concatenate([t.y_test.numpy() for t in tensors.values()])
+    x, y, x_test, y_test, row_bound = pooled(tensors)
     params = TreeParams(depth=a["depth"], reg_lambda=a["lam"], min_child_hessian=a.get("floor", 1.0))
     settings = federation.BoostSettings(a["trees"], params, a["lr"], features_per_tree=a["k"])
     plan = privacy_gbdt.plan_releases(3.0, 1e-5, a["trees"], a["depth"], a["accountant"])

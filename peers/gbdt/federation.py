@@ -117,14 +117,7 @@ def split_noise_sd(
     Distributed: the multiplier of the shares when every bank adds its own (``configs``); local: each
     of the ``n_banks`` adds ``z · level sensitivity``; no DP: 0.
     """
-    if settings.dp_mode == "off" or plan is None:
-        return 0.0
-    sensitivity = level_sensitivity(settings.groups_per_tree(layout))
-    if settings.dp_mode == "distributed":
-        if configs is None or configs[0].noise is None:
-            raise ConfigError("distributed DP needs the secure-aggregation configurations with their noise")
-        return configs[0].noise.noise_multiplier * sensitivity
-    return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[0]
+    return _summed_noise_sd(LEVEL, settings, layout, n_banks, plan, configs)
 
 
 def leaf_noise_sd(
@@ -134,15 +127,28 @@ def leaf_noise_sd(
     plan: ReleasePlan | None,
     configs: tuple[SecAggConfig, SecAggConfig] | None,
 ) -> float:
-    """Standard deviation of the noise on one summed leaf total, in sum units (public): `split_noise_sd`'s
-    counterpart for the leaf release (the floor on a leaf's hessian when no level is released)."""
+    """`split_noise_sd`'s counterpart for one summed leaf total (the floor on a leaf's hessian when no level is
+    released)."""
+    return _summed_noise_sd(LEAVES, settings, layout, n_banks, plan, configs)
+
+
+def _summed_noise_sd(
+    kind: str,
+    settings: BoostSettings,
+    layout: BinLayout,
+    n_banks: int,
+    plan: ReleasePlan | None,
+    configs: tuple[SecAggConfig, SecAggConfig] | None,
+) -> float:
     if settings.dp_mode == "off" or plan is None:
         return 0.0
+    index = 0 if kind == LEVEL else 1
     if settings.dp_mode == "distributed":
-        if configs is None or configs[1].noise is None:
+        if configs is None or configs[index].noise is None:
             raise ConfigError("distributed DP needs the secure-aggregation configurations with their noise")
-        return configs[1].noise.noise_multiplier * leaf_sensitivity()
-    return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[1]
+        sensitivity = level_sensitivity(settings.groups_per_tree(layout)) if kind == LEVEL else leaf_sensitivity()
+        return configs[index].noise.noise_multiplier * sensitivity
+    return math.sqrt(n_banks) * local_sigmas(plan, settings, layout)[index]
 
 
 def secure_configs(

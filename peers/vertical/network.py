@@ -104,21 +104,35 @@ class BankRelease:
 
     def released(self) -> np.ndarray:
         """Per source row, its released code (−1: not released)."""
-        if not self._released.is_file():
-            return np.full(self.rows_in_source, -1, dtype=np.int64)
-        released = np.load(self._released)
-        if released.shape != (self.rows_in_source,):
-            raise DataError(
-                f"{self._released} holds {released.shape[0]} rows, the source has {self.rows_in_source}: the "
-                "source changed after codes were released; restore it"
-            )
-        return released
+        return _load_rows(self._released, np.full(self.rows_in_source, -1, dtype=np.int64), "codes")
 
     def save_released(self, released: np.ndarray) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self._released.with_name(".released.tmp.npy")
-        np.save(temporary, np.asarray(released, dtype=np.int64))
-        os.replace(temporary, self._released)
+        _save_rows(self._released, np.asarray(released, dtype=np.int64))
+
+
+def _load_rows(path: Path, empty: np.ndarray, what: str) -> np.ndarray:
+    """The per-source-row array stored at `path`, or `empty` before any release; DataError if its shape is not
+    `empty`'s (the source changed since)."""
+    if not path.is_file():
+        return empty
+    stored = np.load(path)
+    if stored.shape != empty.shape:
+        raise DataError(
+            f"{path} holds {stored.shape[0]} rows, the source has {empty.shape[0]}: the source changed after "
+            f"{what} were released; restore it"
+        )
+    return stored
+
+
+def _save_rows(path: Path, array: np.ndarray) -> None:
+    """Write `array` to `path` durably: a temporary file, fsynced, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.npy")
+    with open(temporary, "wb") as handle:
+        np.save(handle, array)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 class ScoringReleases:
@@ -138,24 +152,11 @@ class ScoringReleases:
 
     def load(self) -> np.ndarray:
         """Per source row, its released embedding (a row of NaN: not released)."""
-        if not self._path.is_file():
-            return np.full((self.rows_in_source, self.width), np.nan, dtype=np.float32)
-        released = np.load(self._path)
-        if released.shape != (self.rows_in_source, self.width):
-            raise DataError(
-                f"{self._path} holds {released.shape[0]} rows, the source has {self.rows_in_source}: the source "
-                "changed after embeddings were released for scoring; restore it"
-            )
-        return released
+        empty = np.full((self.rows_in_source, self.width), np.nan, dtype=np.float32)
+        return _load_rows(self._path, empty, "embeddings")
 
     def save(self, released: np.ndarray) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self._path.with_name(".scoring.tmp.npy")
-        with open(temporary, "wb") as handle:
-            np.save(handle, np.asarray(released, dtype=np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._path)
+        _save_rows(self._path, np.asarray(released, dtype=np.float32))
 
 
 @dataclass
